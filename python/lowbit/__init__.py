@@ -1,0 +1,36 @@
+"""lowbit: quantized-inference kernels for PyTorch (FP8, INT8, INT4).
+
+Ops (also registered as ``torch.ops.lowbit.<name>``): quantize_fp8, dequantize_fp8,
+quantize_int8, dequantize_int8, int8_mm, int8_gemm, fp8_scaled_mm, int4_quantize,
+w4a16_gemm. ``lowbit.reference`` is the NumPy definition of every number.
+"""
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from . import ops  # noqa: F401  (registers torch.ops.lowbit.*)
+from . import backends  # noqa: F401
+from .backends import reference as _reference_backend  # noqa: F401  (registers kernels)
+from ._backend import BACKENDS, Choice, default_backend, explain, use_backend
+from ._build import build_info
+from .api import (
+    dequantize_fp8,
+    dequantize_int8,
+    fp8_scaled_mm,
+    int4_quantize,
+    int8_gemm,
+    int8_mm,
+    quantize_fp8,
+    quantize_int8,
+    w4a16_gemm,
+)
+from .int4_weight import Int4Weight
+
+try:
+    __version__ = _version("lowbit")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0.0.0+source"
+
+__all__ = [
+    "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
+    "int8_gemm", "fp8_scaled_mm", "int4_quantize", "w4a16_gemm", "Int4Weight",
+    "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
+]

@@ -1,0 +1,212 @@
+"""Backend choice and the kernel registry.
+
+Every op runs one *kernel*: a function registered here under (op, backend) with a name that
+says arch, dtype and variant. ``choose`` picks it:
+
+- ``backend="reference"``: the NumPy kernel. It runs anywhere; CUDA inputs are copied through
+  the host (that copy is what the caller asked for).
+- ``backend="cuda"`` / ``"triton"``: the best registered kernel of that backend that supports
+  the inputs, or a ``ValueError`` (no CUDA device, or CPU tensors) / ``NotImplementedError``
+  (no such kernel for these inputs) saying why.
+- ``backend="auto"`` (the default): CPU tensors run the reference kernel (it *is* the CPU
+  backend); CUDA tensors run the first supporting kernel in heuristic order, and never fall
+  back to the host: with no GPU kernel for the inputs it raises ``NotImplementedError``
+  naming what is missing.
+
+The default backend is ``"auto"``; ``LOWBIT_BACKEND`` in the environment or the
+``use_backend`` context manager changes it. ``explain`` returns the choice without running it.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+BACKENDS = ("auto", "cuda", "triton", "reference")
+ENV_VAR = "LOWBIT_BACKEND"
+
+_log = logging.getLogger("lowbit")
+_context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("lowbit_backend", default=None)
+_explaining: contextvars.ContextVar[bool] = contextvars.ContextVar("lowbit_explain", default=False)
+
+
+def check_backend_name(name, argname: str = "backend") -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{argname} must be one of {BACKENDS}; got {name!r}")
+    return name
+
+
+def default_backend() -> str:
+    """The backend that ``backend=None`` means here: context manager, then env, then auto."""
+    name = _context.get()
+    if name is not None:
+        return name
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return check_backend_name(env, ENV_VAR)
+    return "auto"
+
+
+def arg(backend: Optional[str]) -> str:
+    """The public ``backend=`` argument as the registered ops take it: ``None`` travels as
+    ``"default"`` and is resolved when the op runs, so the context manager and the
+    environment variable also steer ops inside a ``torch.compile``d function."""
+    return "default" if backend is None else check_backend_name(backend)
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the ops inside the ``with`` block on backend ``name`` unless an op says otherwise."""
+    token = _context.set(check_backend_name(name))
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    op: str
+    backend: str
+    name: str
+    fn: Callable
+    # supports(*op_args) -> None when the kernel handles these inputs, else the reason.
+    supports: Optional[Callable] = None
+    # available() -> None when the kernel can run in this process, else the reason.
+    available: Optional[Callable[[], Optional[str]]] = None
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which kernel an op runs for given inputs, and why."""
+
+    op: str
+    backend: str
+    kernel: str
+    reason: str
+    rejected: List[str] = field(default_factory=list)
+    fn: Optional[Callable] = field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        s = f"{self.op}: {self.backend}/{self.kernel} ({self.reason})"
+        if self.rejected:
+            s += "; not chosen: " + "; ".join(self.rejected)
+        return s
+
+
+_KERNELS: Dict[str, List[Kernel]] = {}
+
+
+def register_kernel(op: str, backend: str, name: str, *, supports=None, available=None,
+                    priority: int = 0):
+    """Decorator: register ``fn`` as kernel ``name`` of ``backend`` for ``op``. Higher
+    priority is tried first by ``auto`` within the GPU backends."""
+    if backend not in BACKENDS[1:]:
+        raise ValueError(f"backend must be one of {BACKENDS[1:]}; got {backend!r}")
+
+    def deco(fn):
+        _KERNELS.setdefault(op, []).append(
+            Kernel(op, backend, name, fn, supports, available, priority))
+        _KERNELS[op].sort(key=lambda k: -k.priority)
+        return fn
+
+    return deco
+
+
+def kernels(op: str) -> List[Kernel]:
+    return list(_KERNELS.get(op, ()))
+
+
+class _Explained(Exception):
+    def __init__(self, choice: Choice):
+        super().__init__(str(choice))
+        self.choice = choice
+
+
+def _gpu_unavailable_reason() -> Optional[str]:
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device on this machine"
+    return None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _try(kernel: Kernel, args) -> Optional[str]:
+    if kernel.available is not None:
+        why = kernel.available()
+        if why:
+            return why
+    if kernel.supports is not None:
+        return kernel.supports(*args)
+    return None
+
+
+def choose(op: str, device: torch.device, backend: str, args) -> Choice:
+    """Pick the kernel for ``op`` on inputs ``args`` (already validated) on ``device``."""
+    regs = _KERNELS.get(op, [])
+    if backend == "reference" or (backend == "auto" and device.type == "cpu"):
+        (ref,) = [k for k in regs if k.backend == "reference"]
+        why = ("requested" if backend == "reference" else "CPU tensors")
+        if device.type != "cpu":
+            why += "; copies through the host"
+        return Choice(op, "reference", ref.name, why, fn=ref.fn)
+
+    if backend in ("cuda", "triton"):
+        if device.type != "cuda" and not (backend == "triton" and _interpreting()):
+            raise ValueError(
+                f"{op}: backend={backend!r} needs CUDA tensors; got tensors on {device}")
+        missing = _gpu_unavailable_reason() if device.type == "cuda" else None
+        if missing:
+            raise ValueError(f"{op}: backend={backend!r} cannot run: {missing}")
+        candidates = [k for k in regs if k.backend == backend]
+    else:  # auto on a GPU
+        candidates = [k for k in regs if k.backend in ("cuda", "triton")]
+
+    rejected = []
+    for k in candidates:
+        why = _try(k, args)
+        if why is None:
+            reason = "requested" if backend != "auto" else "fastest supporting kernel"
+            return Choice(op, k.backend, k.name, reason, rejected, fn=k.fn)
+        rejected.append(f"{k.backend}/{k.name}: {why}")
+    wanted = "CUDA or Triton" if backend == "auto" else backend
+    detail = ("; ".join(rejected)) if rejected else f"no {wanted} kernel for {op} is built yet"
+    raise NotImplementedError(
+        f"lowbit.{op}: no {wanted} kernel runs these inputs on {device} ({detail}). "
+        f"Pass backend='reference' to compute it through the host.")
+
+
+def run(op: str, device: torch.device, backend: str, args):
+    """Choose a kernel and run it on ``args`` (or report the choice under ``explain``)."""
+    if backend == "default":
+        backend = default_backend()
+    choice = choose(op, device, backend, args)
+    if _explaining.get():
+        raise _Explained(choice)
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("%s", choice)
+    return choice.fn(*args)
+
+
+def explain(fn: Callable, *args, **kwargs) -> Choice:
+    """The kernel ``fn(*args, **kwargs)`` would run, and why, without running it.
+
+    ``fn`` is a public lowbit op, e.g. ``lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb)``.
+    Argument errors are raised as the op itself would raise them.
+    """
+    token = _explaining.set(True)
+    try:
+        fn(*args, **kwargs)
+    except _Explained as e:
+        return e.choice
+    finally:
+        _explaining.reset(token)
+    raise RuntimeError(f"{getattr(fn, '__name__', fn)} is not a lowbit op")

@@ -1,0 +1,153 @@
+"""Argument checks for every op: the one place where bad input becomes a ValueError or
+TypeError naming the argument, what it got and what it needs. Used by the real and the fake
+implementations alike, so ``torch.compile`` traces raise the same errors as eager calls.
+Checks read shapes, dtypes and devices only: never tensor values (that would synchronize).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+FP8_DTYPES = {
+    "e4m3fn": torch.float8_e4m3fn,
+    "e5m2": torch.float8_e5m2,
+    "e4m3fnuz": torch.float8_e4m3fnuz,
+}
+FP8_FORMAT_OF = {v: k for k, v in FP8_DTYPES.items()}
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+GRANULARITIES = ("tensor", "token", "channel", "group", "block")
+GROUP_SIZES = (32, 64, 128)
+
+
+def _names(dtypes) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def dtype(op: str, name: str, t: torch.Tensor, allowed) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dtype not in allowed:
+        raise TypeError(f"{op}: {name} must have dtype {_names(allowed)}; got {t.dtype}")
+
+
+def rank(op: str, name: str, t: torch.Tensor, ndim: int, what: str) -> None:
+    if t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D {what}; got shape {tuple(t.shape)}")
+
+
+def same_device(op: str, **tensors) -> torch.device:
+    """All given tensors on one device; returns it."""
+    device = None
+    first = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if device is None:
+            device, first = t.device, name
+        elif t.device != device:
+            raise ValueError(
+                f"{op}: all tensors must be on one device; {first} is on {device} "
+                f"but {name} is on {t.device}")
+    return device
+
+
+def shape(op: str, name: str, t: torch.Tensor, allowed: Sequence[Tuple[int, ...]], what: str):
+    got = tuple(t.shape)
+    if got not in [tuple(a) for a in allowed]:
+        raise ValueError(f"{op}: {name} must have shape {what}; got {got}")
+
+
+def out_dtype(op: str, d) -> None:
+    if d not in OUT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be one of {_names(OUT_DTYPES)}; got {d}")
+
+
+def fmt(op: str, f: str) -> torch.dtype:
+    if f not in FP8_DTYPES:
+        raise ValueError(f"{op}: fmt must be one of {sorted(FP8_DTYPES)}; got {f!r}")
+    return FP8_DTYPES[f]
+
+
+def granularity(op: str, x: torch.Tensor, g: str, group_size: int, block: Sequence[int]):
+    """Validate a granularity for input ``x``; returns the scale's shape."""
+    if g not in GRANULARITIES:
+        raise ValueError(f"{op}: granularity must be one of {GRANULARITIES}; got {g!r}")
+    if g == "tensor":
+        return ()
+    if x.dim() < 1:
+        raise ValueError(f"{op}: granularity={g!r} needs x with at least 1 dimension; got 0-D")
+    k = x.shape[-1]
+    lead = tuple(x.shape[:-1])
+    if g in ("token", "channel"):
+        if g == "channel" and x.dim() != 2:
+            rank(op, "x", x, 2, "[N, K] for granularity='channel'")
+        return lead + (1,)
+    if g == "group":
+        if group_size not in GROUP_SIZES:
+            raise ValueError(f"{op}: group_size must be one of {GROUP_SIZES}; got {group_size}")
+        if k % group_size:
+            raise ValueError(
+                f"{op}: K = x.shape[-1] = {k} must be divisible by group_size = {group_size}")
+        return lead + (k // group_size,)
+    # block
+    rank(op, "x", x, 2, "[M, K] for granularity='block'")
+    block = tuple(int(b) for b in block)
+    if block not in ((128, 128), (1, 128)):
+        raise ValueError(f"{op}: block must be (128, 128) or (1, 128); got {block}")
+    return (-(-x.shape[0] // block[0]), -(-k // block[1]))
+
+
+def static_scale(op: str, name: str, s: torch.Tensor, expected: Tuple[int, ...], g: str):
+    dtype(op, name, s, (torch.float32,))
+    if tuple(s.shape) != tuple(expected):
+        raise ValueError(
+            f"{op}: {name} must have shape {tuple(expected)} for granularity={g!r}; "
+            f"got {tuple(s.shape)}")
+
+
+def scale_for(op: str, name: str, s: torch.Tensor, x: torch.Tensor) -> None:
+    """A dequantization scale: per tensor, per row, per group, or per 128-block of x."""
+    dtype(op, name, s, (torch.float32,))
+    shp = tuple(x.shape)
+    got = tuple(s.shape)
+    if got == ():
+        return
+    ok = len(got) == len(shp) and len(shp) >= 1
+    if ok:
+        k = shp[-1]
+        sk = got[-1]
+        row_ok = got[:-1] == shp[:-1] or (len(shp) == 2 and got[0] == -(-shp[0] // 128))
+        col_ok = sk == 1 or sk == -(-k // 128) or (sk and k % sk == 0 and k // sk in GROUP_SIZES)
+        ok = row_ok and col_ok
+    if not ok:
+        raise ValueError(
+            f"{op}: {name} must be 0-D (per tensor), [..., 1] (per row), [..., K // G] "
+            f"(per group) or [ceil(M/128), ceil(K/128)] (per block) for {name[:-6] or 'x'} "
+            f"of shape {shp}; got {got}")
+
+
+def gemm_operands(op: str, a: torch.Tensor, b: torch.Tensor, allowed, a_what="[M, K]"):
+    dtype(op, "a", a, allowed)
+    dtype(op, "b", b, allowed)
+    rank(op, "a", a, 2, a_what)
+    rank(op, "b", b, 2, "[N, K] (the nn.Linear.weight layout)")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{op}: a and b must share K; got a [M, K] = {tuple(a.shape)} and "
+            f"b [N, K] = {tuple(b.shape)}")
+    return a.shape[0], b.shape[0], a.shape[1]
+
+
+def bias(op: str, b: Optional[torch.Tensor], n: int) -> None:
+    if b is None:
+        return
+    dtype(op, "bias", b, FLOAT_DTYPES)
+    shape(op, "bias", b, [(n,)], f"[N] = ({n},)")
+
+
+def row_scale(op: str, name: str, s: torch.Tensor, rows: int, rows_name: str) -> None:
+    """Per-tensor (0-D) or per-row ([rows, 1]) fp32 scale."""
+    dtype(op, name, s, (torch.float32,))
+    shape(op, name, s, [(), (rows, 1)], f"() or [{rows_name}, 1] = ({rows}, 1)")

@@ -1,0 +1,198 @@
+"""INT4 group-wise quantization, the canonical packed layout, and checkpoint importers.
+
+Canonical layout (the SPEC's interchange format):
+    qweight uint8 [N, K // 2]: byte j of row n holds k = 2j in the low nibble and k = 2j + 1
+                               in the high nibble; a nibble u encodes the value u - z.
+    scales  [N, K // G]        fp16, bf16 or fp32.
+    zeros   uint8 [N, K // G]  or None, meaning z = 8 (symmetric).
+Dequantized weight: ``(u - z) * scale``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .fp8 import round_to_bf16
+from .quant import absmax_scale, check_group, minmax_scale_zero
+
+__all__ = [
+    "pack_int4",
+    "unpack_int4",
+    "quantize_int4",
+    "dequantize_int4",
+    "round_scale",
+    "import_awq",
+    "import_gptq",
+    "AWQ_PACK_ORDER",
+]
+
+F32 = np.float32
+# AWQ packs 8 output columns into an int32 with nibble i holding column AWQ_PACK_ORDER[i].
+AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def pack_int4(u) -> np.ndarray:
+    """uint8 nibbles [N, K] (values 0..15, K even) -> canonical uint8 [N, K // 2]."""
+    u = np.asarray(u)
+    if u.ndim != 2 or u.shape[1] % 2:
+        raise ValueError(f"u must be [N, K] with K even; got shape {u.shape}")
+    if u.size and (u.min() < 0 or u.max() > 15):
+        raise ValueError("u must hold values in [0, 15]")
+    u = u.astype(np.uint8)
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_int4(qweight) -> np.ndarray:
+    """canonical uint8 [N, K // 2] -> uint8 nibbles [N, K]."""
+    q = np.asarray(qweight, dtype=np.uint8)
+    out = np.empty((q.shape[0], q.shape[1] * 2), dtype=np.uint8)
+    out[:, 0::2] = q & 0xF
+    out[:, 1::2] = q >> 4
+    return out
+
+
+def round_scale(scale: np.ndarray, dtype: str) -> np.ndarray:
+    """Round fp32 scales to their storage dtype ('float32', 'float16', 'bfloat16'), as fp32.
+
+    A scale that rounds to 0 (fp16 underflow) becomes 1, like an all-zero slice.
+    """
+    scale = np.asarray(scale, F32)
+    if dtype == "float16":
+        with np.errstate(over="ignore"):
+            r = scale.astype(np.float16).astype(F32)
+    elif dtype == "bfloat16":
+        r = round_to_bf16(scale)
+    elif dtype == "float32":
+        r = scale
+    else:
+        raise ValueError(f"scale dtype must be float32, float16 or bfloat16; got {dtype!r}")
+    return np.where(r == 0, F32(1), r).astype(F32)
+
+
+def quantize_int4(w, group_size: int = 128, symmetric: bool = True,
+                  scale_dtype: str = "float32"):
+    """fp32 weight [N, K] -> (qweight uint8 [N, K//2], scales fp32 [N, K//G], zeros or None).
+
+    Scales are rounded to ``scale_dtype`` before ``inv = 1 / scale`` is taken, so the values
+    quantized are the ones the stored scale dequantizes. Symmetric:
+    ``q = clamp(rint(w * inv), -8, 7)``, stored as ``u = q + 8``. Asymmetric (AWQ style):
+    ``scale = (max - min) / 15``, ``z = clamp(rint(-min / scale), 0, 15)``,
+    ``u = clamp(rint(w * inv) + z, 0, 15)``.
+    """
+    w = np.asarray(w, F32)
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D [N, K]; got shape {w.shape}")
+    n, k = w.shape
+    check_group(k, group_size)
+    if symmetric:
+        scale = round_scale(absmax_scale(w, 7.0, "group", group_size), scale_dtype)
+        zeros = None
+        z = np.full((n, k // group_size), 8, dtype=np.uint8)
+    else:
+        scale, _ = minmax_scale_zero(w, 15, 0, 15, 0.0, "group", group_size)
+        scale = round_scale(scale, scale_dtype)
+        # The zero point is derived from the stored scale, for the same reason as inv.
+        lo = np.minimum(w.reshape(n, -1, group_size).min(axis=2, initial=0.0), 0).astype(F32)
+        with np.errstate(invalid="ignore"):
+            z = np.clip(np.nan_to_num(np.rint(-(lo / scale).astype(F32)), nan=0.0), 0, 15)
+        z = z.astype(np.uint8)
+        zeros = z
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inv = (F32(1) / scale).astype(F32)
+        prod = (w * np.repeat(inv, group_size, axis=1)).astype(F32)
+        r = np.rint(np.nan_to_num(prod, nan=0.0))
+    zf = np.repeat(z.astype(F32), group_size, axis=1)
+    if symmetric:
+        u = np.clip(r, -8, 7) + 8
+    else:
+        u = np.clip(r + zf, 0, 15)
+    return pack_int4(u.astype(np.uint8)), scale, zeros
+
+
+def dequantize_int4(qweight, scales, zeros: Optional[np.ndarray], group_size: int) -> np.ndarray:
+    """canonical packed weight -> fp32 [N, K]: (u - z) * scale."""
+    u = unpack_int4(qweight).astype(F32)
+    n, k = u.shape
+    check_group(k, group_size)
+    z = np.full((n, k // group_size), 8, F32) if zeros is None else np.asarray(zeros, F32)
+    s = np.asarray(scales, F32)
+    if s.shape != (n, k // group_size) or z.shape != s.shape:
+        raise ValueError(
+            f"scales/zeros must be [N, K // G] = {(n, k // group_size)}; "
+            f"got {s.shape} and {z.shape}")
+    return ((u - np.repeat(z, group_size, axis=1)) * np.repeat(s, group_size, axis=1)).astype(F32)
+
+
+def _unpack_int32_nibbles(packed: np.ndarray) -> np.ndarray:
+    """int32 [..., C] -> uint8 [..., C, 8]: nibble i (bits 4i..4i+3) at position i."""
+    p = np.asarray(packed).astype(np.int64) & 0xFFFFFFFF
+    shifts = np.arange(8, dtype=np.int64) * 4
+    return ((p[..., None] >> shifts) & 0xF).astype(np.uint8)
+
+
+def import_awq(qweight, qzeros, scales, group_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AWQ (GEMM format) -> canonical (qweight [N, K//2], scales [N, K//G], zeros [N, K//G]).
+
+    AWQ stores ``qweight`` int32 [K, N/8] and ``qzeros`` int32 [K/G, N/8], each int32 holding
+    8 output columns in the interleaved order 0,2,4,6,1,3,5,7, and ``scales`` [K/G, N].
+    Its zeros are the true zero points.
+    """
+    qweight, qzeros, scales = np.asarray(qweight), np.asarray(qzeros), np.asarray(scales)
+    k, n8 = qweight.shape
+    n = n8 * 8
+    check_group(k, group_size)
+    if qzeros.shape != (k // group_size, n8) or scales.shape != (k // group_size, n):
+        raise ValueError(
+            f"AWQ qzeros must be [K/G, N/8] = {(k // group_size, n8)} and scales [K/G, N] = "
+            f"{(k // group_size, n)}; got {qzeros.shape} and {scales.shape}")
+    order = np.argsort(AWQ_PACK_ORDER)  # column j lives at nibble order[j]
+
+    def columns(packed):
+        nib = _unpack_int32_nibbles(packed)[..., order]  # [..., N/8, 8] in column order
+        return nib.reshape(packed.shape[0], n)
+
+    u = columns(qweight)  # [K, N]
+    z = columns(qzeros)  # [K/G, N]
+    return pack_int4(u.T), np.ascontiguousarray(scales.T), np.ascontiguousarray(z.T)
+
+
+def import_gptq(qweight, qzeros, scales, g_idx=None, *, group_size: int, version: int = 1):
+    """GPTQ -> canonical (qweight, scales, zeros, perm).
+
+    GPTQ stores ``qweight`` int32 [K/8, N] packing 8 consecutive k (nibble i holds k = 8r + i),
+    ``qzeros`` int32 [num_groups, N/8] packing 8 consecutive columns, ``scales``
+    [num_groups, N]. Format v1 stores ``zero - 1`` (wrapping in 4 bits), v2 the true zero.
+    ``g_idx`` [K] gives each k's group; when it is not ``k // G`` (act-order checkpoints), the
+    K axis is reordered so that groups are contiguous, and ``perm`` (int64 [K]) is returned:
+    the GEMM must read ``x[:, perm]``. Otherwise ``perm`` is None.
+    """
+    qweight, qzeros, scales = np.asarray(qweight), np.asarray(qzeros), np.asarray(scales)
+    if version not in (1, 2):
+        raise ValueError(f"version must be 1 or 2; got {version}")
+    k8, n = qweight.shape
+    k = k8 * 8
+    check_group(k, group_size)
+    ng = k // group_size
+    if qzeros.shape != (ng, n // 8) or scales.shape != (ng, n):
+        raise ValueError(
+            f"GPTQ qzeros must be [K/G, N/8] = {(ng, n // 8)} and scales [K/G, N] = {(ng, n)}; "
+            f"got {qzeros.shape} and {scales.shape}")
+    u = _unpack_int32_nibbles(qweight)  # [K/8, N, 8]
+    u = u.transpose(0, 2, 1).reshape(k, n)  # [K, N]
+    z = _unpack_int32_nibbles(qzeros).reshape(ng, n)  # [K/G, N]
+    if version == 1:
+        z = ((z.astype(np.int16) + 1) & 0xF).astype(np.uint8)
+    perm = None
+    if g_idx is not None:
+        g_idx = np.asarray(g_idx).astype(np.int64)
+        if g_idx.shape != (k,):
+            raise ValueError(f"g_idx must be [K] = ({k},); got {g_idx.shape}")
+        if g_idx.min(initial=0) < 0 or g_idx.max(initial=0) >= ng:
+            raise ValueError(f"g_idx values must lie in [0, {ng})")
+        if not np.array_equal(g_idx, np.arange(k) // group_size):
+            perm = np.argsort(g_idx, kind="stable")
+            if not np.array_equal(g_idx[perm], np.arange(k) // group_size):
+                raise ValueError(f"g_idx must assign exactly {group_size} k to every group")
+            u = u[perm]
+    return pack_int4(u.T), np.ascontiguousarray(scales.T), np.ascontiguousarray(z.T), perm

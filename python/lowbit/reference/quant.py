@@ -1,0 +1,229 @@
+"""Scaled quantization and dequantization (NumPy reference).
+
+Every quantizer computes ``q = encode(x_fp32 * inv)`` with ``inv = 1.0f / scale``: one
+correctly rounded fp32 division per scale and one fp32 multiply per element. NumPy's float32
+arithmetic is IEEE single precision with round-to-nearest-even, which is exactly that.
+
+Granularities (the scale's shape for a 2-D ``[M, K]`` input):
+
+========== ======================================= ==========================
+tensor     one scale                               ``()``
+token      one per row of an activation            ``[M, 1]``
+channel    one per output row of a weight          ``[N, 1]``
+group      one per ``group_size`` elements of K    ``[M, K // group_size]``
+block      one per ``block`` tile (128x128, 1x128) ``[ceil(M/bh), ceil(K/bw)]``
+========== ======================================= ==========================
+
+``token`` and ``group`` also accept inputs with leading dimensions (``[..., K]``); the scale
+then has shape ``[..., 1]`` or ``[..., K // group_size]``.
+
+Rules the SPEC leaves open, decided here:
+- A slice whose scale would be 0 (all zeros, or an absmax so small that ``absmax / qmax``
+  underflows) gets scale 1, so ``inv`` stays finite and those values encode to 0.
+- A NaN in a slice makes its dynamic scale NaN (NaN propagates through the absmax, as in
+  ``torch.amax``); integer quantizers map a NaN product to the zero point.
+- Padding of ragged blocks never changes a scale: pads are zeros, and every range includes 0.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from .formats import fp8_format
+from .fp8 import fp8_decode, fp8_encode
+
+__all__ = [
+    "GRANULARITIES",
+    "scale_shape",
+    "expand_scale",
+    "absmax_scale",
+    "minmax_scale_zero",
+    "quantize_fp8",
+    "dequantize_fp8",
+    "quantize_int8",
+    "dequantize_int8",
+]
+
+GRANULARITIES = ("tensor", "token", "channel", "group", "block")
+F32 = np.float32
+
+
+def _tile(shape: Tuple[int, ...], granularity: str, group_size: int, block: Sequence[int]):
+    """(rows, cols) of one scale's tile over the input viewed as [rows_total, K]."""
+    if granularity == "tensor":
+        return None
+    k = shape[-1]
+    if granularity in ("token", "channel"):
+        return 1, max(k, 1)
+    if granularity == "group":
+        return 1, group_size
+    if granularity == "block":
+        return int(block[0]), int(block[1])
+    raise ValueError(f"granularity must be one of {GRANULARITIES}; got {granularity!r}")
+
+
+def scale_shape(shape, granularity: str, group_size: int = 128, block=(128, 128)):
+    """The shape of the scale tensor for an input of ``shape``."""
+    shape = tuple(shape)
+    if granularity == "tensor":
+        return ()
+    tile = _tile(shape, granularity, group_size, block)
+    lead, k = shape[:-1], shape[-1]
+    if granularity == "block":
+        return (-(-shape[0] // tile[0]), -(-k // tile[1]))
+    return lead + (-(-k // tile[1]) if k else 0,) if granularity == "group" else lead + (1,)
+
+
+def _tiles_view(x: np.ndarray, tile):
+    """x as [R, th, C, tw] (zero-padded to whole tiles) for per-tile reductions."""
+    x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+    th, tw = tile
+    rows, k = x2.shape
+    rp, kp = -(-rows // th) * th, -(-k // tw) * tw
+    if (rp, kp) != (rows, k):
+        x2 = np.pad(x2, ((0, rp - rows), (0, kp - k)))
+    return x2.reshape(rp // th, th, kp // tw, tw)
+
+
+def _reduce(x: np.ndarray, granularity, group_size, block, fn) -> np.ndarray:
+    """Apply a NaN-propagating reduction per scale tile; result has scale_shape's shape."""
+    out_shape = scale_shape(x.shape, granularity, group_size, block)
+    if granularity == "tensor":
+        return np.asarray(fn(x.reshape(-1)) if x.size else F32(0), dtype=F32).reshape(())
+    if x.size == 0:
+        return np.zeros(out_shape, dtype=F32)
+    tiles = _tiles_view(x, _tile(x.shape, granularity, group_size, block))
+    return fn(tiles, axis=(1, 3)).astype(F32).reshape(out_shape)
+
+
+def expand_scale(scale: np.ndarray, shape) -> np.ndarray:
+    """Broadcast a scale of any SPEC granularity to the full input ``shape`` (float32).
+
+    The granularity is read off the scale's shape: ``()`` per tensor; ``[..., 1]`` per row;
+    ``[..., K // G]`` per group; ``[ceil(M/bh), ceil(K/bw)]`` per block, where a dimension
+    equal to the input's means one scale per row, and otherwise a tile of 128.
+    """
+    scale = np.asarray(scale, dtype=F32)
+    shape = tuple(shape)
+    if scale.ndim == 0:
+        return np.broadcast_to(scale, shape)
+    if scale.ndim != len(shape):
+        raise ValueError(f"scale of shape {scale.shape} does not fit an input of shape {shape}")
+    k = shape[-1]
+    sk = scale.shape[-1]
+    if sk == 1:
+        tw = max(k, 1)
+    elif k % sk == 0 and (k // sk) in (32, 64, 128):
+        tw = k // sk
+    elif sk == -(-k // 128):
+        tw = 128
+    else:
+        raise ValueError(f"scale of shape {scale.shape} does not fit an input of shape {shape}")
+    lead = shape[:-1]
+    if scale.shape[:-1] == lead:
+        full = np.repeat(scale, tw, axis=-1)[..., :k]
+        return full
+    if len(shape) == 2 and scale.shape[0] == -(-shape[0] // 128):
+        full = np.repeat(np.repeat(scale, 128, axis=0), tw, axis=1)
+        return full[: shape[0], :k]
+    raise ValueError(f"scale of shape {scale.shape} does not fit an input of shape {shape}")
+
+
+def _absmax(a, axis=None):
+    return np.max(np.abs(a), axis=axis)
+
+
+def absmax_scale(x: np.ndarray, qmax: float, granularity: str, group_size=128, block=(128, 128)):
+    """Dynamic symmetric scale: absmax / qmax in fp32; 0 becomes 1."""
+    amax = _reduce(np.asarray(x, F32), granularity, group_size, block, _absmax)
+    scale = (amax / F32(qmax)).astype(F32)
+    return np.where(scale == 0, F32(1), scale).astype(F32)
+
+
+def minmax_scale_zero(x, levels: int, zero_lo: int, zero_hi: int, zero_offset: float,
+                      granularity: str, group_size=128, block=(128, 128)):
+    """Dynamic asymmetric scale and zero point: the range is widened to include 0,
+    ``scale = (max - min) / levels`` (0 -> 1), ``zero = clamp(rint(zero_offset - min/scale))``."""
+    x = np.asarray(x, F32)
+    lo = np.minimum(_reduce(x, granularity, group_size, block, np.min), F32(0))
+    hi = np.maximum(_reduce(x, granularity, group_size, block, np.max), F32(0))
+    scale = ((hi - lo) / F32(levels)).astype(F32)
+    scale = np.where(scale == 0, F32(1), scale).astype(F32)
+    with np.errstate(invalid="ignore"):
+        zero = np.rint(F32(zero_offset) - (lo / scale).astype(F32))
+        zero = np.clip(np.nan_to_num(zero, nan=0.0), zero_lo, zero_hi).astype(np.int32)
+    return scale, zero
+
+
+def _scaled(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """x * (1 / scale): one fp32 division per scale, one fp32 multiply per element."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inv = (F32(1) / np.asarray(scale, F32)).astype(F32)
+        return (np.asarray(x, F32) * expand_scale(inv, x.shape)).astype(F32)
+
+
+def _rint_int(v: np.ndarray, lo: int, hi: int, nan_as: float = 0.0) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        r = np.rint(np.nan_to_num(v, nan=nan_as, posinf=np.inf, neginf=-np.inf))
+        return np.clip(r, lo, hi)
+
+
+def quantize_fp8(x, scale: Optional[np.ndarray] = None, *, fmt="e4m3fn", granularity="tensor",
+                 group_size=128, block=(128, 128), saturate=True):
+    """-> (uint8 codes, fp32 scale). ``scale=None`` computes absmax / fmt max."""
+    x = np.asarray(x, F32)
+    if scale is None:
+        scale = absmax_scale(x, fp8_format(fmt).max_value, granularity, group_size, block)
+    scale = np.asarray(scale, F32)
+    return fp8_encode(_scaled(x, scale), fmt, saturate), scale
+
+
+def dequantize_fp8(codes, scale, *, fmt="e4m3fn") -> np.ndarray:
+    """decode(q) * scale in fp32."""
+    v = fp8_decode(np.asarray(codes, np.uint8), fmt)
+    return (v * expand_scale(scale, v.shape)).astype(F32)
+
+
+def quantize_int8(x, scale=None, zero=None, *, granularity="token", group_size=128,
+                  block=(128, 128), symmetric=True):
+    """-> (int8 q, fp32 scale, int32 zero or None).
+
+    Symmetric: ``q = clamp(rint(x * inv), -127, 127)``. Asymmetric:
+    ``scale = (max - min) / 255``, ``zero = clamp(rint(-128 - min / scale), -128, 127)``,
+    ``q = clamp(rint(x * inv) + zero, -128, 127)``.
+    """
+    x = np.asarray(x, F32)
+    if symmetric:
+        if scale is None:
+            scale = absmax_scale(x, 127.0, granularity, group_size, block)
+        scale = np.asarray(scale, F32)
+        q = _rint_int(_scaled(x, scale), -127, 127)
+        return q.astype(np.int8), scale, None
+    if scale is None:
+        scale, zero = minmax_scale_zero(x, 255, -128, 127, -128.0, granularity, group_size, block)
+    elif zero is None:
+        raise ValueError("zero must be given with a static scale when symmetric=False")
+    scale = np.asarray(scale, F32)
+    zero = np.asarray(zero, np.int32)
+    z = expand_scale(zero.astype(F32), x.shape)
+    with np.errstate(invalid="ignore"):
+        r = np.rint(_scaled(x, scale))
+        r = np.where(np.isnan(r), F32(0), r)
+        q = np.clip(r + z, -128, 127)
+    return q.astype(np.int8), scale, zero
+
+
+def dequantize_int8(q, scale, zero=None) -> np.ndarray:
+    """(q - zero) * scale in fp32 (q - zero is an exact small integer)."""
+    q = np.asarray(q).astype(F32)
+    if zero is not None:
+        q = q - expand_scale(np.asarray(zero).astype(F32), q.shape)
+    return (q * expand_scale(scale, q.shape)).astype(F32)
+
+
+def check_group(k: int, group_size: int):
+    if group_size not in (32, 64, 128):
+        raise ValueError(f"group_size must be 32, 64 or 128; got {group_size}")
+    if k % group_size:
+        raise ValueError(f"K ({k}) must be divisible by group_size ({group_size})")

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+# Reproducible property tests in CI; a developer can still ask for more examples.
+try:
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
+    settings.register_profile("dev", max_examples=200, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # the GPU machine may lack hypothesis; those tests skip there
+    pass
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
