@@ -15,6 +15,10 @@ from typing import Any, Callable
 import torch
 
 L2_FLUSH_BYTES = 256 << 20  # 5x the H100's 50 MB L2 (and 4x the H200's 60 MB)
+# "write" (buf.zero_(), as triton's do_bench) leaves the L2 full of dirty lines, whose
+# write-back is then charged to the timed kernel; "read" (a sum over the buffer) leaves clean
+# lines, closer to a decode step whose previous kernels mostly read weights.
+FLUSH_MODE = "write"
 _flush_bufs: dict[int, torch.Tensor] = {}
 
 
@@ -26,14 +30,18 @@ def require_cuda() -> None:
         )
 
 
-def flush_l2() -> None:
-    """Overwrite the L2 with a 256 MB write; enqueued on the current stream, not synchronized."""
+def flush_l2(mode: str | None = None) -> None:
+    """Evict the L2 with 256 MB of traffic ("write" or "read"; default FLUSH_MODE).
+    Enqueued on the current stream, not synchronized."""
     require_cuda()
     dev = torch.cuda.current_device()
     buf = _flush_bufs.get(dev)
     if buf is None:
-        buf = _flush_bufs[dev] = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-    buf.zero_()
+        buf = _flush_bufs[dev] = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    if (mode or FLUSH_MODE) == "read":
+        buf.sum()
+    else:
+        buf.zero_()
 
 
 _flush_l2 = flush_l2  # bench() has a keyword of the same name
@@ -91,11 +99,12 @@ def bench(
     return dict(median_us=_quantile(us, 0.5), p20_us=_quantile(us, 0.2), p80_us=_quantile(us, 0.8), n=n)
 
 
-def capture_graph(fn: Callable[[], Any], warmup: int = 3) -> Callable[[], None]:
-    """Capture one call of fn in a CUDA graph; returns the replay callable.
+def capture_graph(fn: Callable[[], Any], warmup: int = 3, calls: int = 1) -> Callable[[], None]:
+    """Capture `calls` back-to-back calls of fn in one CUDA graph; returns the replay callable.
 
     Warm-up runs on a side stream first, as torch requires, so that lazy initialisation
-    (cuBLAS handles, workspaces, autotuning) happens outside the capture.
+    (cuBLAS handles, workspaces, autotuning) happens outside the capture. With calls > 1 the
+    replay's own launch cost (a few us) is shared: the GPU time per call of a tiny kernel.
     """
     require_cuda()
     side = torch.cuda.Stream()
@@ -107,7 +116,8 @@ def capture_graph(fn: Callable[[], Any], warmup: int = 3) -> Callable[[], None]:
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
+        for _ in range(calls):
+            fn()
     torch.cuda.synchronize()
     return graph.replay  # the bound method keeps the graph (and its memory pool) alive
 

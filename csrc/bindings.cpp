@@ -4,9 +4,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <stdexcept>
 #include <string>
 
 #ifdef LOWBIT_WITH_CUDA
+#include "fp8/fp8_quant.h"
+#include "fp8_gemm/fp8_gemm_smallm.h"
 #include "runtime.h"
 #endif
 
@@ -64,6 +67,120 @@ int driver_version() {
 #endif
 }
 
+#ifdef LOWBIT_WITH_CUDA
+template <typename T>
+const T* cptr(uintptr_t p) {
+  return reinterpret_cast<const T*>(p);
+}
+
+void check_launch(cudaError_t err, const char* kernel) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(kernel) + ": " + lowbit::error_string(err));
+}
+
+bool fp8_gemm_smallm_has_sm89() {
+#ifdef LOWBIT_HAVE_SM89
+  return lowbit::sm89_fp8_gemm_smallm_built();
+#else
+  return false;
+#endif
+}
+
+void fp8_gemm_smallm(const std::string& variant, uintptr_t a, int64_t lda, uintptr_t b,
+                     int64_t ldb, uintptr_t a_scale, int64_t a_scale_ld, int a_mode,
+                     uintptr_t b_scale, int64_t b_scale_ld, int b_mode, uintptr_t bias,
+                     int bias_dtype, uintptr_t out, int64_t ldo, int out_dtype, int M, int N,
+                     int K, bool fast_accum, uintptr_t stream) {
+  lowbit::Fp8GemmSmallMArgs args{};
+  args.a = cptr<uint8_t>(a);
+  args.b = cptr<uint8_t>(b);
+  args.lda = lda;
+  args.ldb = ldb;
+  args.a_scale = cptr<float>(a_scale);
+  args.b_scale = cptr<float>(b_scale);
+  args.a_scale_ld = a_scale_ld;
+  args.b_scale_ld = b_scale_ld;
+  args.a_mode = static_cast<lowbit::ScaleMode>(a_mode);
+  args.b_mode = static_cast<lowbit::ScaleMode>(b_mode);
+  args.bias = reinterpret_cast<const void*>(bias);
+  args.bias_dtype = static_cast<lowbit::OutDtype>(bias_dtype);
+  args.out = reinterpret_cast<void*>(out);
+  args.ldo = ldo;
+  args.out_dtype = static_cast<lowbit::OutDtype>(out_dtype);
+  args.M = M;
+  args.N = N;
+  args.K = K;
+  args.fast_accum = fast_accum;
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (variant == "sm89") {
+#ifdef LOWBIT_HAVE_SM89
+    check_launch(lowbit::sm89_fp8_gemm_smallm(args, s), "sm89_fp8_gemm_smallm");
+#else
+    throw py::value_error("variant='sm89': this build has no sm_89/sm_90 arch");
+#endif
+  } else if (variant == "sm80") {
+    check_launch(lowbit::sm80_fp8_gemm_smallm(args, s), "sm80_fp8_gemm_smallm");
+  } else {
+    throw py::value_error("variant must be 'sm89' or 'sm80'; got '" + variant + "'");
+  }
+}
+#endif  // LOWBIT_WITH_CUDA
+
+#ifdef LOWBIT_WITH_CUDA
+// ---- FP8 quantize / dequantize (csrc/fp8/fp8_quant.h). Enums travel as ints: fmt 0 e4m3fn,
+// 1 e5m2, 2 e4m3fnuz; float types 0 fp32, 1 bf16, 2 fp16; granularity 0 tensor, 1 row,
+// 2 group (1 x group, also 1x128 blocks), 3 128x128 blocks. Pointers are data_ptr() ints
+// (0 = none), strides in elements, `stream` a cudaStream_t as an int.
+void fp8_quantize(uintptr_t x, int x_type, int64_t rows, int64_t cols, int64_t row_stride,
+                  int64_t col_stride, uintptr_t q, int fmt, bool saturate, int granularity,
+                  int64_t group, uintptr_t scale_in, uintptr_t scale_out, uintptr_t workspace,
+                  bool hw_cvt, uintptr_t stream) {
+  lowbit::fp8::QuantizeArgs a;
+  a.x = reinterpret_cast<const void*>(x);
+  a.x_type = static_cast<lowbit::fp8::FloatType>(x_type);
+  a.rows = rows;
+  a.cols = cols;
+  a.row_stride = row_stride;
+  a.col_stride = col_stride;
+  a.q = reinterpret_cast<void*>(q);
+  a.fmt = static_cast<lowbit::fp8::Fp8Format>(fmt);
+  a.saturate = saturate;
+  a.granularity = static_cast<lowbit::fp8::Granularity>(granularity);
+  a.group = group;
+  a.scale_in = reinterpret_cast<const float*>(scale_in);
+  a.scale_out = reinterpret_cast<float*>(scale_out);
+  a.workspace = reinterpret_cast<uint32_t*>(workspace);
+  a.hw_cvt = hw_cvt;
+  const cudaError_t err = lowbit::fp8::quantize(a, reinterpret_cast<cudaStream_t>(stream));
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("lowbit fp8_quantize: ") + cudaGetErrorString(err));
+  }
+}
+
+void fp8_dequantize(uintptr_t q, int fmt, int64_t rows, int64_t cols, int64_t row_stride,
+                    int64_t col_stride, uintptr_t scale, int64_t scale_tile_rows,
+                    int64_t scale_tile_cols, int64_t scale_ld, uintptr_t out, int out_type,
+                    uintptr_t stream) {
+  lowbit::fp8::DequantizeArgs a;
+  a.q = reinterpret_cast<const void*>(q);
+  a.fmt = static_cast<lowbit::fp8::Fp8Format>(fmt);
+  a.rows = rows;
+  a.cols = cols;
+  a.row_stride = row_stride;
+  a.col_stride = col_stride;
+  a.scale = reinterpret_cast<const float*>(scale);
+  a.scale_tile_rows = scale_tile_rows;
+  a.scale_tile_cols = scale_tile_cols;
+  a.scale_ld = scale_ld;
+  a.out = reinterpret_cast<void*>(out);
+  a.out_type = static_cast<lowbit::fp8::FloatType>(out_type);
+  const cudaError_t err = lowbit::fp8::dequantize(a, reinterpret_cast<cudaStream_t>(stream));
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("lowbit fp8_dequantize: ") + cudaGetErrorString(err));
+  }
+}
+#endif  // LOWBIT_WITH_CUDA
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -72,4 +189,27 @@ PYBIND11_MODULE(_C, m) {
   m.def("device_count", &device_count, "CUDA devices visible to the runtime (0 without a driver)");
   m.def("device_info", &device_info, py::arg("index"), "Name, capability, SMs, L2 of a device");
   m.def("driver_version", &driver_version, "CUDA driver version, 0 without a driver");
+#ifdef LOWBIT_WITH_CUDA
+  m.def("fp8_gemm_smallm_has_sm89", &fp8_gemm_smallm_has_sm89,
+        "Whether the fp8 mma.sync small-M GEMM was built (an arch >= 89 in the list)");
+  m.def("fp8_gemm_smallm", &fp8_gemm_smallm, "Small-M (M <= 64) FP8 GEMM, split-K in a CTA",
+        py::arg("variant"), py::arg("a"), py::arg("lda"), py::arg("b"), py::arg("ldb"),
+        py::arg("a_scale"), py::arg("a_scale_ld"), py::arg("a_mode"), py::arg("b_scale"),
+        py::arg("b_scale_ld"), py::arg("b_mode"), py::arg("bias"), py::arg("bias_dtype"),
+        py::arg("out"), py::arg("ldo"), py::arg("out_dtype"), py::arg("M"), py::arg("N"),
+        py::arg("K"), py::arg("fast_accum"), py::arg("stream"));
+#endif
+#ifdef LOWBIT_WITH_CUDA
+  m.def("fp8_quantize", &fp8_quantize,
+        "q = encode(x * (1 / scale)) on the stream; static or dynamic scales (csrc/fp8)",
+        py::arg("x"), py::arg("x_type"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
+        py::arg("col_stride"), py::arg("q"), py::arg("fmt"), py::arg("saturate"),
+        py::arg("granularity"), py::arg("group"), py::arg("scale_in"), py::arg("scale_out"),
+        py::arg("workspace"), py::arg("hw_cvt"), py::arg("stream"));
+  m.def("fp8_dequantize", &fp8_dequantize, "out = decode(q) * scale on the stream (csrc/fp8)",
+        py::arg("q"), py::arg("fmt"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
+        py::arg("col_stride"), py::arg("scale"), py::arg("scale_tile_rows"),
+        py::arg("scale_tile_cols"), py::arg("scale_ld"), py::arg("out"), py::arg("out_type"),
+        py::arg("stream"));
+#endif
 }

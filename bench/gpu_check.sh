@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# One command for a GPU machine, run from the repo root of a copy of the tree:
+#   bash bench/gpu_check.sh [OUTDIR] [run_bench.py args, e.g. --quick]
+# builds and installs lowbit, prints `lowbit info`, runs the GPU tests, runs the benchmark,
+# and ends with a summary (only the last lines of output may reach the caller).
+# OUTDIR: the first argument, else $OUT, else ./gpu_out. Files written there (at most 7):
+# build.log info.txt tests.log bench.log bench.json bench.md summary.txt
+# Environment: PYTHON (default python3), LOWBIT_CUDA_ARCHS (passed to the build),
+# STEPS (default "build info tests bench"; e.g. STEPS="bench" on a machine already set up).
+# A step's failure is recorded and the next step still runs (no set -e).
+set -u
+
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then OUTDIR=$1; shift; else OUTDIR=${OUT:-./gpu_out}; fi
+PY=${PYTHON:-python3}
+STEPS=${STEPS:-build info tests bench}
+mkdir -p "$OUTDIR"
+SUMMARY=$OUTDIR/summary.txt
+: >"$SUMMARY"
+say() { echo "$*" | tee -a "$SUMMARY"; }
+want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+T0=$SECONDS
+
+echo "== (a) machine and versions"
+nvidia-smi || say "nvidia-smi failed (rc $?)"
+say "python: $($PY -c 'import sys; print(sys.version.split()[0], sys.executable)' 2>&1)"
+say "torch:  $($PY -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda, "| cuda available:", torch.cuda.is_available(), "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")' 2>&1 | tail -n 1)"
+say "triton: $($PY -c 'import triton; print(triton.__version__)' 2>&1 | tail -n 1)"
+say "nvcc:   $(nvcc --version 2>&1 | grep -o 'release [0-9.]*' || echo 'not found')"
+
+BUILD_RC=skipped
+if want build; then
+  echo "== (b) build and install (LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-default}) -> $OUTDIR/build.log"
+  t=$SECONDS
+  {
+    # No network there: build requirements missing from the image (scikit-build-core,
+    # pybind11) can travel as wheels in .whl/ (see the device notes).
+    if ls .whl/*.whl >/dev/null 2>&1; then
+      $PY -m pip install --no-index --no-deps .whl/*.whl || echo "wheel install from .whl/ failed"
+    fi
+    $PY -m pip install --no-build-isolation -v .
+  } >"$OUTDIR/build.log" 2>&1
+  BUILD_RC=$?
+  say "build: rc $BUILD_RC in $((SECONDS - t)) s (log: build.log)"
+  if [ "$BUILD_RC" != 0 ]; then
+    echo "-- last lines of build.log:"; tail -n 25 "$OUTDIR/build.log"
+  fi
+fi
+
+INFO_RC=skipped
+if want info; then
+  echo "== (c) lowbit info -> $OUTDIR/info.txt"
+  # Run outside the repo root so that `import lowbit` finds the installed package.
+  (cd "${TMPDIR:-/tmp}" && $PY -m lowbit info) >"$OUTDIR/info.txt" 2>&1
+  INFO_RC=$?
+  if [ "$INFO_RC" != 0 ] && command -v lowbit >/dev/null; then
+    echo "-- python -m lowbit info: rc $INFO_RC; trying the lowbit script" >>"$OUTDIR/info.txt"
+    (cd "${TMPDIR:-/tmp}" && lowbit info) >>"$OUTDIR/info.txt" 2>&1
+    INFO_RC=$?
+  fi
+  cat "$OUTDIR/info.txt"
+  say "info: rc $INFO_RC (info.txt)"
+fi
+
+TESTS_RC=skipped
+if want tests; then
+  echo "== (d) GPU tests -> $OUTDIR/tests.log"
+  t=$SECONDS
+  $PY -m pytest tests -m gpu -q -rs >"$OUTDIR/tests.log" 2>&1
+  TESTS_RC=$?
+  [ "$TESTS_RC" = 5 ] && TESTS_RC="5(no tests collected)"  # pytest's code for "nothing ran"
+  say "tests: rc $TESTS_RC in $((SECONDS - t)) s: $(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUTDIR/tests.log" | tail -n 1)"
+  if [ "${TESTS_RC%%(*}" != 0 ]; then
+    grep -E '^(FAILED|ERROR)' "$OUTDIR/tests.log" | head -n 20 | tee -a "$SUMMARY"
+  fi
+fi
+
+BENCH_RC=skipped
+if want bench; then
+  echo "== (e) benchmark -> $OUTDIR/bench.{json,md,log}"
+  t=$SECONDS
+  PYTHONUNBUFFERED=1 $PY bench/run_bench.py --out "$OUTDIR" "$@" >"$OUTDIR/bench.log" 2>&1
+  BENCH_RC=$?
+  say "bench: rc $BENCH_RC in $((SECONDS - t)) s (log: bench.log)"
+  if [ "$BENCH_RC" != 0 ]; then
+    echo "-- last lines of bench.log:"; tail -n 25 "$OUTDIR/bench.log"
+  fi
+fi
+
+# The table first and the summary last: a caller may see only the tail of the output.
+if [ -f "$OUTDIR/bench.md" ]; then
+  echo; cat "$OUTDIR/bench.md"
+fi
+echo
+echo "== (f) summary ($((SECONDS - T0)) s in all; files in $OUTDIR)"
+echo "steps: build=$BUILD_RC info=$INFO_RC tests=$TESTS_RC bench=$BENCH_RC" >>"$SUMMARY"
+cat "$SUMMARY"
+for rc in "$BUILD_RC" "$INFO_RC" "$TESTS_RC" "$BENCH_RC"; do
+  case "$rc" in 0 | skipped | "5(no tests collected)") ;; *) exit 1 ;; esac
+done
+exit 0

@@ -1,0 +1,12 @@
+// fp8 mma.sync instantiation of the small-M FP8 GEMM: built for sm_89 and sm_90a only.
+#include "fp8_gemm_smallm.cuh"
+
+namespace lowbit {
+
+cudaError_t sm89_fp8_gemm_smallm(const Fp8GemmSmallMArgs& args, cudaStream_t stream) {
+  return smallm::launch<smallm::MmaE4M3>(args, stream);
+}
+
+bool sm89_fp8_gemm_smallm_built() { return true; }
+
+}  // namespace lowbit
