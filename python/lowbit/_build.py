@@ -1,6 +1,7 @@
 """What the compiled module lowbit._C was built with, and what the CUDA runtime sees."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Optional
 
 try:
@@ -21,6 +22,7 @@ def build_info() -> Dict[str, Any]:
     return info
 
 
+@functools.lru_cache(maxsize=None)
 def has_cuda_kernels() -> bool:
     return _C is not None and bool(_C.build_info()["cuda"])
 

@@ -118,9 +118,14 @@ def scale_for(op: str, name: str, s: torch.Tensor, x: torch.Tensor) -> None:
     if ok:
         k = shp[-1]
         sk = got[-1]
-        row_ok = got[:-1] == shp[:-1] or (len(shp) == 2 and got[0] == -(-shp[0] // 128))
-        col_ok = sk == 1 or sk == -(-k // 128) or (sk and k % sk == 0 and k // sk in GROUP_SIZES)
-        ok = row_ok and col_ok
+        kb = -(-k // 128)
+        # One scale per row, per group or per 1x128 block (leading dims equal x's), or exactly
+        # the 128x128 block shape; never a mix (a transposed [1, M] scale must not pass as
+        # 128-row x group tiles).
+        per_row = got[:-1] == shp[:-1] and (
+            sk == 1 or sk == kb or (sk and k % sk == 0 and k // sk in GROUP_SIZES))
+        per_block = len(shp) == 2 and got == (-(-shp[0] // 128), kb)
+        ok = per_row or per_block
     if not ok:
         raise ValueError(
             f"{op}: {name} must be 0-D (per tensor), [..., 1] (per row), [..., K // G] "

@@ -13,8 +13,18 @@ import torch
 from torch import Tensor
 
 from . import ops as _ops
+from .ops import EAGER as _EAGER, OPS as _OPS
 from ._backend import arg
 from .int4_weight import Int4Weight
+
+def _call(name: str, first: Tensor, *args):
+    # Plain tensors outside of tracing skip the dispatcher (see lowbit/ops.py); so do
+    # non-tensors, whose TypeError the op's checks word better than the dispatcher would.
+    if (type(first) is Tensor or not isinstance(first, Tensor)) and \
+            not torch.compiler.is_compiling():
+        return _EAGER[name](first, *args)
+    return _OPS[name](first, *args)
+
 
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
@@ -32,14 +42,14 @@ def quantize_fp8(x: Tensor, scale: Optional[Tensor] = None, *, fmt: str = "e4m3f
     ``granularity`` as absmax / fmt max. ``block`` is (128, 128) for weight tiles or (1, 128)
     for activation tiles when ``granularity="block"``.
     """
-    return _ops.quantize_fp8(x, scale, fmt, granularity, group_size, list(block), saturate,
+    return _call("quantize_fp8", x, scale, fmt, granularity, group_size, list(block), saturate,
                              arg(backend))
 
 
 def dequantize_fp8(q: Tensor, scale: Tensor, *, out_dtype: torch.dtype = torch.bfloat16,
                    backend: Optional[str] = None) -> Tensor:
     """decode(q) * scale, computed in fp32 and rounded to ``out_dtype``."""
-    return _ops.dequantize_fp8(q, scale, out_dtype, arg(backend))
+    return _call("dequantize_fp8", q, scale, out_dtype, arg(backend))
 
 
 def quantize_int8(x: Tensor, scale: Optional[Tensor] = None, *, granularity: str = "token",
@@ -49,7 +59,7 @@ def quantize_int8(x: Tensor, scale: Optional[Tensor] = None, *, granularity: str
     """x -> (int8 q, fp32 scale, int32 zero or None when symmetric).
 
     Static quantization passes ``scale`` (and ``zero`` when asymmetric)."""
-    q, s, z = _ops.quantize_int8(x, scale, zero, granularity, group_size, list(block),
+    q, s, z = _call("quantize_int8", x, scale, zero, granularity, group_size, list(block),
                                  symmetric, arg(backend))
     return q, s, (None if symmetric else z)
 
@@ -58,12 +68,12 @@ def dequantize_int8(q: Tensor, scale: Tensor, zero: Optional[Tensor] = None, *,
                     out_dtype: torch.dtype = torch.bfloat16,
                     backend: Optional[str] = None) -> Tensor:
     """(q - zero) * scale, computed in fp32 and rounded to ``out_dtype``."""
-    return _ops.dequantize_int8(q, scale, zero, out_dtype, arg(backend))
+    return _call("dequantize_int8", q, scale, zero, out_dtype, arg(backend))
 
 
 def int8_mm(a: Tensor, b: Tensor, *, backend: Optional[str] = None) -> Tensor:
     """a int8 [M, K] x b int8 [N, K] -> exact int32 [M, N] (K < 131072)."""
-    return _ops.int8_mm(a, b, arg(backend))
+    return _call("int8_mm", a, b, arg(backend))
 
 
 def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
@@ -71,7 +81,7 @@ def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
               a_zero: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
     """W8A8: ``(acc - a_zero[m] * sum_k b[n, k]) * a_scale[m] * b_scale[n] + bias[n]``,
     int32 accumulation, fp32 epilogue, rounded to ``out_dtype``."""
-    return _ops.int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero, arg(backend))
+    return _call("int8_gemm", a, b, a_scale, b_scale, bias, out_dtype, a_zero, arg(backend))
 
 
 def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
@@ -79,14 +89,14 @@ def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
                   fast_accum: bool = False, backend: Optional[str] = None) -> Tensor:
     """a fp8 [M, K] x b fp8 [N, K] with per-tensor, per-row or 128-block fp32 scales, fp32
     accumulation (promoted out of the tensor cores every 128 K unless ``fast_accum``)."""
-    return _ops.fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum,
+    return _call("fp8_scaled_mm", a, b, a_scale, b_scale, bias, out_dtype, fast_accum,
                               arg(backend))
 
 
 def int4_quantize(w: Tensor, *, group_size: int = 128, symmetric: bool = True,
                   backend: Optional[str] = None) -> Int4Weight:
     """Group-wise int4 quantization of a weight [N, K] into the canonical packed layout."""
-    q, s, z = _ops.int4_quantize(w, group_size, symmetric, arg(backend))
+    q, s, z = _call("int4_quantize", w, group_size, symmetric, arg(backend))
     return Int4Weight(q, s, None if symmetric else z, group_size)
 
 
@@ -95,5 +105,5 @@ def w4a16_gemm(x: Tensor, w: Int4Weight, bias: Optional[Tensor] = None, *,
     """x [M, K] (bf16/fp16) x int4 weight -> [M, N] in x's dtype."""
     if not isinstance(w, Int4Weight):
         raise TypeError(f"w4a16_gemm: w must be a lowbit.Int4Weight; got {type(w).__name__}")
-    return _ops.w4a16_gemm(x, w.qweight, w.scales, w.zeros, w.group_size, w.perm, bias,
+    return _call("w4a16_gemm", x, w.qweight, w.scales, w.zeros, w.group_size, w.perm, bias,
                            arg(backend))

@@ -7,6 +7,11 @@ and capture in CUDA graphs. Backends plug in through ``lowbit._backend.register_
 the ``backend`` argument is ``auto``, ``cuda``, ``triton``, ``reference`` or ``default``
 (lowbit's current default, resolved when the op runs).
 
+Each op has a plain eager implementation (``<name>_eager``): the public functions call it
+directly outside of ``torch.compile`` tracing, because the custom-op dispatcher costs tens of
+microseconds a call, more than a decode-time GEMM takes on the GPU. Under tracing (and for
+tensor subclasses such as FakeTensor) they go through ``torch.ops.lowbit``.
+
 Ops return tensors only: where the public API returns None (the zero point of a symmetric
 quantizer), the registered op returns an empty tensor.
 """
@@ -39,8 +44,7 @@ def check_quantize_fp8(x, scale, fmt, granularity, group_size, block):
     return qdtype, sshape
 
 
-@torch.library.custom_op("lowbit::quantize_fp8", mutates_args=())
-def quantize_fp8(x: Tensor, scale: Optional[Tensor], fmt: str, granularity: str,
+def quantize_fp8_eager(x: Tensor, scale: Optional[Tensor], fmt: str, granularity: str,
                  group_size: int, block: List[int], saturate: bool,
                  backend: str) -> Tuple[Tensor, Tensor]:
     check_quantize_fp8(x, scale, fmt, granularity, group_size, block)
@@ -48,8 +52,7 @@ def quantize_fp8(x: Tensor, scale: Optional[Tensor], fmt: str, granularity: str,
                (x, scale, fmt, granularity, group_size, block, saturate))
 
 
-@quantize_fp8.register_fake
-def _(x, scale, fmt, granularity, group_size, block, saturate, backend):
+def _quantize_fp8_fake(x, scale, fmt, granularity, group_size, block, saturate, backend):
     qdtype, sshape = check_quantize_fp8(x, scale, fmt, granularity, group_size, block)
     return _new(x.shape, qdtype, x), _new(sshape, torch.float32, x)
 
@@ -63,14 +66,12 @@ def check_dequantize_fp8(q, scale, out_dtype):
     C.same_device(op, q=q, scale=scale)
 
 
-@torch.library.custom_op("lowbit::dequantize_fp8", mutates_args=())
-def dequantize_fp8(q: Tensor, scale: Tensor, out_dtype: torch.dtype, backend: str) -> Tensor:
+def dequantize_fp8_eager(q: Tensor, scale: Tensor, out_dtype: torch.dtype, backend: str) -> Tensor:
     check_dequantize_fp8(q, scale, out_dtype)
     return run("dequantize_fp8", q.device, backend, (q, scale, out_dtype))
 
 
-@dequantize_fp8.register_fake
-def _(q, scale, out_dtype, backend):
+def _dequantize_fp8_fake(q, scale, out_dtype, backend):
     check_dequantize_fp8(q, scale, out_dtype)
     return _new(q.shape, out_dtype, q)
 
@@ -95,8 +96,7 @@ def check_quantize_int8(x, scale, zero, granularity, group_size, block, symmetri
     return sshape
 
 
-@torch.library.custom_op("lowbit::quantize_int8", mutates_args=())
-def quantize_int8(x: Tensor, scale: Optional[Tensor], zero: Optional[Tensor], granularity: str,
+def quantize_int8_eager(x: Tensor, scale: Optional[Tensor], zero: Optional[Tensor], granularity: str,
                   group_size: int, block: List[int], symmetric: bool,
                   backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     check_quantize_int8(x, scale, zero, granularity, group_size, block, symmetric)
@@ -104,8 +104,7 @@ def quantize_int8(x: Tensor, scale: Optional[Tensor], zero: Optional[Tensor], gr
                (x, scale, zero, granularity, group_size, block, symmetric))
 
 
-@quantize_int8.register_fake
-def _(x, scale, zero, granularity, group_size, block, symmetric, backend):
+def _quantize_int8_fake(x, scale, zero, granularity, group_size, block, symmetric, backend):
     sshape = check_quantize_int8(x, scale, zero, granularity, group_size, block, symmetric)
     zshape = _EMPTY_I32 if symmetric else sshape
     return (_new(x.shape, torch.int8, x), _new(sshape, torch.float32, x),
@@ -124,15 +123,13 @@ def check_dequantize_int8(q, scale, zero, out_dtype):
     C.same_device(op, q=q, scale=scale, zero=zero)
 
 
-@torch.library.custom_op("lowbit::dequantize_int8", mutates_args=())
-def dequantize_int8(q: Tensor, scale: Tensor, zero: Optional[Tensor], out_dtype: torch.dtype,
+def dequantize_int8_eager(q: Tensor, scale: Tensor, zero: Optional[Tensor], out_dtype: torch.dtype,
                     backend: str) -> Tensor:
     check_dequantize_int8(q, scale, zero, out_dtype)
     return run("dequantize_int8", q.device, backend, (q, scale, zero, out_dtype))
 
 
-@dequantize_int8.register_fake
-def _(q, scale, zero, out_dtype, backend):
+def _dequantize_int8_fake(q, scale, zero, out_dtype, backend):
     check_dequantize_int8(q, scale, zero, out_dtype)
     return _new(q.shape, out_dtype, q)
 
@@ -147,14 +144,12 @@ def check_int8_mm(a, b):
     return m, n
 
 
-@torch.library.custom_op("lowbit::int8_mm", mutates_args=())
-def int8_mm(a: Tensor, b: Tensor, backend: str) -> Tensor:
+def int8_mm_eager(a: Tensor, b: Tensor, backend: str) -> Tensor:
     check_int8_mm(a, b)
     return run("int8_mm", a.device, backend, (a, b))
 
 
-@int8_mm.register_fake
-def _(a, b, backend):
+def _int8_mm_fake(a, b, backend):
     m, n = check_int8_mm(a, b)
     return _new((m, n), torch.int32, a)
 
@@ -174,15 +169,13 @@ def check_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero):
     return m, n
 
 
-@torch.library.custom_op("lowbit::int8_gemm", mutates_args=())
-def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
+def int8_gemm_eager(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
               out_dtype: torch.dtype, a_zero: Optional[Tensor], backend: str) -> Tensor:
     check_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero)
     return run("int8_gemm", a.device, backend, (a, b, a_scale, b_scale, bias, out_dtype, a_zero))
 
 
-@int8_gemm.register_fake
-def _(a, b, a_scale, b_scale, bias, out_dtype, a_zero, backend):
+def _int8_gemm_fake(a, b, a_scale, b_scale, bias, out_dtype, a_zero, backend):
     m, n = check_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero)
     return _new((m, n), out_dtype, a)
 
@@ -206,16 +199,14 @@ def check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
     return m, n
 
 
-@torch.library.custom_op("lowbit::fp8_scaled_mm", mutates_args=())
-def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
+def fp8_scaled_mm_eager(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
                   out_dtype: torch.dtype, fast_accum: bool, backend: str) -> Tensor:
     check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype)
     return run("fp8_scaled_mm", a.device, backend,
                (a, b, a_scale, b_scale, bias, out_dtype, fast_accum))
 
 
-@fp8_scaled_mm.register_fake
-def _(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, backend):
+def _fp8_scaled_mm_fake(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, backend):
     m, n = check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype)
     return _new((m, n), out_dtype, a)
 
@@ -238,15 +229,13 @@ def int4_scale_dtype(w_dtype: torch.dtype) -> torch.dtype:
     return w_dtype if w_dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
-@torch.library.custom_op("lowbit::int4_quantize", mutates_args=())
-def int4_quantize(w: Tensor, group_size: int, symmetric: bool,
+def int4_quantize_eager(w: Tensor, group_size: int, symmetric: bool,
                   backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     check_int4_quantize(w, group_size)
     return run("int4_quantize", w.device, backend, (w, group_size, symmetric))
 
 
-@int4_quantize.register_fake
-def _(w, group_size, symmetric, backend):
+def _int4_quantize_fake(w, group_size, symmetric, backend):
     n, k = check_int4_quantize(w, group_size)
     g = (n, k // group_size)
     return (_new((n, k // 2), torch.uint8, w), _new(g, int4_scale_dtype(w.dtype), w),
@@ -283,8 +272,7 @@ def check_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
     return x.shape[0], n
 
 
-@torch.library.custom_op("lowbit::w4a16_gemm", mutates_args=())
-def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor],
+def w4a16_gemm_eager(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor],
                group_size: int, perm: Optional[Tensor], bias: Optional[Tensor],
                backend: str) -> Tensor:
     check_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias)
@@ -292,10 +280,26 @@ def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tenso
                (x, qweight, scales, zeros, group_size, perm, bias))
 
 
-@w4a16_gemm.register_fake
-def _(x, qweight, scales, zeros, group_size, perm, bias, backend):
+def _w4a16_gemm_fake(x, qweight, scales, zeros, group_size, perm, bias, backend):
     m, n = check_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias)
     return _new((m, n), x.dtype, x)
+
+
+def _register(name, eager, fake):
+    op = torch.library.custom_op(f"lowbit::{name}", eager, mutates_args=())
+    op.register_fake(fake)
+    return op
+
+
+quantize_fp8 = _register("quantize_fp8", quantize_fp8_eager, _quantize_fp8_fake)
+dequantize_fp8 = _register("dequantize_fp8", dequantize_fp8_eager, _dequantize_fp8_fake)
+quantize_int8 = _register("quantize_int8", quantize_int8_eager, _quantize_int8_fake)
+dequantize_int8 = _register("dequantize_int8", dequantize_int8_eager, _dequantize_int8_fake)
+int8_mm = _register("int8_mm", int8_mm_eager, _int8_mm_fake)
+int8_gemm = _register("int8_gemm", int8_gemm_eager, _int8_gemm_fake)
+fp8_scaled_mm = _register("fp8_scaled_mm", fp8_scaled_mm_eager, _fp8_scaled_mm_fake)
+int4_quantize = _register("int4_quantize", int4_quantize_eager, _int4_quantize_fake)
+w4a16_gemm = _register("w4a16_gemm", w4a16_gemm_eager, _w4a16_gemm_fake)
 
 
 OPS = {
@@ -309,3 +313,5 @@ OPS = {
     "int4_quantize": int4_quantize,
     "w4a16_gemm": w4a16_gemm,
 }
+
+EAGER = {name: globals()[name + "_eager"] for name in OPS}

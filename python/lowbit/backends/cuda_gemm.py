@@ -7,6 +7,7 @@ can be exercised on a Hopper card.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -35,8 +36,13 @@ def arch_override() -> Optional[int]:
     return int(v) if v else None
 
 
+@functools.lru_cache(maxsize=None)
+def _capability_of(index: int):
+    return torch.cuda.get_device_capability(index)
+
+
 def _capability(device: torch.device):
-    return torch.cuda.get_device_capability(device)
+    return _capability_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _available() -> Optional[str]:

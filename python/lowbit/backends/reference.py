@@ -32,7 +32,9 @@ def _raw(t):
 
 
 def _back(arr, like, dtype=None):
-    out = torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.asarray(arr)
+    # np.ascontiguousarray returns at least 1-D; keep a 0-d scale 0-d (the fake impl's shape).
+    out = torch.from_numpy(np.ascontiguousarray(arr).reshape(arr.shape))
     if dtype is not None:
         out = out.to(dtype)
     return out.to(like.device)

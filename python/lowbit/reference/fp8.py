@@ -18,7 +18,7 @@ def fp8_encode(x, fmt: str = "e4m3fn", saturate: bool = True) -> np.ndarray:
     """float32 array -> uint8 codes of ``fmt`` (same shape)."""
     f = fp8_format(fmt)
     x = np.asarray(x, dtype=np.float32)
-    bits = np.ascontiguousarray(x).view(np.uint32).astype(np.int64)
+    bits = np.ascontiguousarray(x).view(np.uint32).astype(np.int64).reshape(x.shape)
     sign = (bits >> 31) & 1
     mag_bits = bits & 0x7FFFFFFF
     is_nan = mag_bits > 0x7F800000
@@ -102,7 +102,7 @@ def fp8_decode(codes, fmt: str = "e4m3fn") -> np.ndarray:
 def round_to_bf16(x) -> np.ndarray:
     """Round float32 values to the nearest bfloat16 (ties to even); returned as float32."""
     x = np.asarray(x, dtype=np.float32)
-    bits = np.ascontiguousarray(x).view(np.uint32).astype(np.int64)
+    bits = np.ascontiguousarray(x).view(np.uint32).astype(np.int64).reshape(x.shape)
     nan = (bits & 0x7FFFFFFF) > 0x7F800000
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
     rounded = np.where(nan, 0x7FC00000, rounded)

@@ -124,8 +124,8 @@ def expand_scale(scale: np.ndarray, shape) -> np.ndarray:
     if scale.shape[:-1] == lead:
         full = np.repeat(scale, tw, axis=-1)[..., :k]
         return full
-    if len(shape) == 2 and scale.shape[0] == -(-shape[0] // 128):
-        full = np.repeat(np.repeat(scale, 128, axis=0), tw, axis=1)
+    if len(shape) == 2 and scale.shape == (-(-shape[0] // 128), -(-k // 128)):
+        full = np.repeat(np.repeat(scale, 128, axis=0), 128, axis=1)
         return full[: shape[0], :k]
     raise ValueError(f"scale of shape {scale.shape} does not fit an input of shape {shape}")
 

@@ -1,0 +1,91 @@
+"""Fp8Linear: an nn.Linear whose weight is stored in FP8 (e4m3fn, one scale per output
+channel, quantized once).
+
+Modes:
+- ``"w8a8"`` (default): activations are quantized to e4m3fn per token at run time (dynamic),
+  or per tensor with a static scale from calibration (``act_scale``), and the product runs
+  on ``lowbit.fp8_scaled_mm``: ``y = (q_x @ q_w.T) * s_x[m] * s_w[n] + bias``.
+- ``"w8a16"``: weight-only; the weight is dequantized to the activation dtype and multiplied
+  by ``F.linear``. For cards without FP8 tensor cores (sm_80) and for layers whose
+  activations do not tolerate FP8.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import api
+
+MODES = ("w8a8", "w8a16")
+
+
+class Fp8Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 mode: str = "w8a8", static_act_scale: bool = False, device=None,
+                 dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        self.in_features, self.out_features, self.mode = in_features, out_features, mode
+        self.register_buffer(
+            "weight", torch.zeros(out_features, in_features, dtype=torch.float8_e4m3fn,
+                                  device=device))
+        self.register_buffer("weight_scale",
+                             torch.ones(out_features, 1, dtype=torch.float32, device=device))
+        self.register_buffer("act_scale", torch.ones((), dtype=torch.float32, device=device)
+                             if static_act_scale else None)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device),
+                                 requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, mode: str = "w8a8",
+                    act_scale: Optional[torch.Tensor] = None) -> "Fp8Linear":
+        """Quantize ``linear.weight`` per output channel (absmax / 448, once).
+
+        ``act_scale``: a static per-tensor activation scale (fp32 scalar, e.g. a calibrated
+        absmax / 448); None quantizes activations per token at run time.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear; got {type(linear).__name__}")
+        w = linear.weight.detach()
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode,
+                  static_act_scale=act_scale is not None, device=w.device,
+                  dtype=w.dtype if w.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16)
+        q, s = api.quantize_fp8(w, granularity="channel")
+        mod.weight.copy_(q)
+        mod.weight_scale.copy_(s)
+        if act_scale is not None:
+            act_scale = torch.as_tensor(act_scale, dtype=torch.float32)
+            if act_scale.numel() != 1:
+                raise ValueError(f"act_scale must be a scalar; got shape {tuple(act_scale.shape)}")
+            mod.act_scale.copy_(act_scale.reshape(()))
+        if linear.bias is not None:
+            mod.bias.data.copy_(linear.bias.detach())
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Fp8Linear: x must have last dimension in_features = {self.in_features}; "
+                f"got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.mode == "w8a16":
+            w = api.dequantize_fp8(self.weight, self.weight_scale, out_dtype=x.dtype)
+            y = F.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
+        else:
+            if self.act_scale is not None:
+                q, sx = api.quantize_fp8(x2, self.act_scale, granularity="tensor")
+            else:
+                q, sx = api.quantize_fp8(x2, granularity="token")
+            y = api.fp8_scaled_mm(q, self.weight, sx, self.weight_scale, self.bias,
+                                  out_dtype=x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        act = "static per-tensor" if self.act_scale is not None else "dynamic per-token"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, mode={self.mode}, activations={act}")

@@ -1,0 +1,390 @@
+"""Bad input -> ValueError or TypeError whose message names the argument, what it got and
+what it needs (the SPEC's error classes), for every op; plus the reference's own checks.
+
+Tensors on different devices are simulated with the 'meta' device next to 'cpu'.
+"""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit import Int4Weight
+from lowbit import reference as R
+
+F8 = torch.float8_e4m3fn
+META = "meta"
+
+
+def g(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+X = torch.randn(4, 256, generator=g())
+XB = X.bfloat16()
+Q8, S8 = lowbit.quantize_fp8(X)  # per tensor
+QT, ST = lowbit.quantize_fp8(X, granularity="token")  # [4, 1]
+QI, SI, _ = lowbit.quantize_int8(X)  # [4, 1]
+QA, SA, ZA = lowbit.quantize_int8(X, symmetric=False)
+A = torch.randint(-128, 128, (4, 256), generator=g(1), dtype=torch.int8)
+B = torch.randint(-128, 128, (3, 256), generator=g(2), dtype=torch.int8)
+FA, FB = X.to(F8), torch.randn(3, 256, generator=g(3)).to(F8)
+ONE = torch.tensor(1.0)
+W = torch.randn(8, 256, generator=g(4))
+IW = lowbit.int4_quantize(W, group_size=64, symmetric=False)  # scales [8, 4]
+qw, sw, zw = IW.qweight, IW.scales, IW.zeros
+
+
+def iw(qweight=qw, scales=sw, zeros=zw, group_size=64, perm=None):
+    return Int4Weight(qweight, scales, zeros, group_size, perm)
+
+
+def m(t):
+    return t.to(META)
+
+
+E = pytest.param  # (callable, exception type, regex the message must match)
+CASES = [
+    # ------------------------------------------------------------------ quantize_fp8
+    E(lambda: lowbit.quantize_fp8(X.int()), TypeError,
+      r"quantize_fp8: x must have dtype float32, bfloat16, float16; got torch\.int32",
+      id="quantize_fp8-x-dtype"),
+    E(lambda: lowbit.quantize_fp8(X.double()), TypeError, r"x must have dtype .*float64",
+      id="quantize_fp8-x-float64"),
+    E(lambda: lowbit.quantize_fp8(X, fmt="e4m3"), ValueError,
+      r"fmt must be one of \['e4m3fn', 'e4m3fnuz', 'e5m2'\]; got 'e4m3'", id="quantize_fp8-fmt"),
+    E(lambda: lowbit.quantize_fp8(X, granularity="row"), ValueError,
+      r"granularity must be one of .*'block'\); got 'row'", id="quantize_fp8-granularity"),
+    E(lambda: lowbit.quantize_fp8(X[:, :96], granularity="group", group_size=64), ValueError,
+      r"K = x.shape\[-1\] = 96 must be divisible by group_size = 64",
+      id="quantize_fp8-group-divisibility"),
+    E(lambda: lowbit.quantize_fp8(X, granularity="group", group_size=16), ValueError,
+      r"group_size must be one of \(32, 64, 128\); got 16", id="quantize_fp8-group_size"),
+    E(lambda: lowbit.quantize_fp8(X, ONE, granularity="token"), ValueError,
+      r"scale must have shape \(4, 1\) for granularity='token'; got \(\)",
+      id="quantize_fp8-scale-shape"),
+    E(lambda: lowbit.quantize_fp8(X, torch.ones(1, 2), granularity="block", block=(1, 128)),
+      ValueError, r"scale must have shape \(4, 2\) for granularity='block'; got \(1, 2\)",
+      id="quantize_fp8-block-scale-shape"),
+    E(lambda: lowbit.quantize_fp8(X, ONE.double()), TypeError,
+      r"scale must have dtype float32; got torch\.float64", id="quantize_fp8-scale-dtype"),
+    E(lambda: lowbit.quantize_fp8(X, ONE.bfloat16()), TypeError,
+      r"scale must have dtype float32; got torch\.bfloat16", id="quantize_fp8-scale-bf16"),
+    E(lambda: lowbit.quantize_fp8(X.reshape(2, 2, 256), granularity="block"), ValueError,
+      r"x must be 2-D \[M, K\] for granularity='block'; got shape \(2, 2, 256\)",
+      id="quantize_fp8-block-rank"),
+    E(lambda: lowbit.quantize_fp8(X.reshape(2, 2, 256), granularity="channel"), ValueError,
+      r"x must be 2-D \[N, K\] for granularity='channel'; got shape \(2, 2, 256\)",
+      id="quantize_fp8-channel-rank"),
+    E(lambda: lowbit.quantize_fp8(X, granularity="block", block=(64, 64)), ValueError,
+      r"block must be \(128, 128\) or \(1, 128\); got \(64, 64\)", id="quantize_fp8-block"),
+    E(lambda: lowbit.quantize_fp8(m(X), ONE), ValueError,
+      r"all tensors must be on one device; x is on meta but scale is on cpu",
+      id="quantize_fp8-devices"),
+    E(lambda: lowbit.quantize_fp8(X, backend="cuda"), ValueError,
+      r"quantize_fp8: backend='cuda' needs CUDA tensors; got tensors on cpu",
+      id="quantize_fp8-backend-cuda"),
+    E(lambda: lowbit.quantize_fp8(X, backend="cpu"), ValueError,
+      r"backend must be one of \('auto', 'cuda', 'triton', 'reference'\); got 'cpu'",
+      id="quantize_fp8-backend-name"),
+    # ---------------------------------------------------------------- dequantize_fp8
+    E(lambda: lowbit.dequantize_fp8(QI, SI), TypeError,
+      r"dequantize_fp8: q must have dtype float8_e4m3fn, float8_e5m2, float8_e4m3fnuz; "
+      r"got torch\.int8", id="dequantize_fp8-q-dtype"),
+    E(lambda: lowbit.dequantize_fp8(QT, torch.ones(3, 1)), ValueError,
+      r"scale must be 0-D \(per tensor\).* for x of shape \(4, 256\); got \(3, 1\)",
+      id="dequantize_fp8-scale-shape"),
+    E(lambda: lowbit.dequantize_fp8(QT, torch.ones(4, 3)), ValueError,
+      r"scale must be .*got \(4, 3\)", id="dequantize_fp8-scale-cols"),
+    E(lambda: lowbit.dequantize_fp8(Q8, S8.half()), TypeError,
+      r"scale must have dtype float32; got torch\.float16", id="dequantize_fp8-scale-dtype"),
+    E(lambda: lowbit.dequantize_fp8(Q8, S8, out_dtype=torch.int8), TypeError,
+      r"out_dtype must be one of bfloat16, float16, float32; got torch\.int8",
+      id="dequantize_fp8-out_dtype"),
+    E(lambda: lowbit.dequantize_fp8(Q8, S8, out_dtype=torch.float64), TypeError,
+      r"out_dtype must be one of .*; got torch\.float64", id="dequantize_fp8-out_float64"),
+    E(lambda: lowbit.dequantize_fp8(Q8, m(S8)), ValueError,
+      r"q is on cpu but scale is on meta", id="dequantize_fp8-devices"),
+    E(lambda: lowbit.dequantize_fp8(Q8, S8, backend="triton"), ValueError,
+      r"backend='triton' needs CUDA tensors; got tensors on cpu",
+      id="dequantize_fp8-backend-triton"),
+    # ----------------------------------------------------------------- quantize_int8
+    E(lambda: lowbit.quantize_int8(A), TypeError,
+      r"quantize_int8: x must have dtype float32, bfloat16, float16; got torch\.int8",
+      id="quantize_int8-x-dtype"),
+    E(lambda: lowbit.quantize_int8(X, SI, zero=ZA), ValueError,
+      r"zero must be None when symmetric=True", id="quantize_int8-zero-symmetric"),
+    E(lambda: lowbit.quantize_int8(X, SA, symmetric=False), ValueError,
+      r"zero is required with a static scale when symmetric=False",
+      id="quantize_int8-asym-static-no-zero"),
+    E(lambda: lowbit.quantize_int8(X, zero=ZA, symmetric=False), ValueError,
+      r"zero needs a static scale; got scale=None", id="quantize_int8-zero-no-scale"),
+    E(lambda: lowbit.quantize_int8(X, SA, zero=ZA.long(), symmetric=False), TypeError,
+      r"zero must have dtype int32; got torch\.int64", id="quantize_int8-zero-dtype"),
+    E(lambda: lowbit.quantize_int8(X, SA, zero=ZA[:2], symmetric=False), ValueError,
+      r"zero must have shape \(4, 1\) \(the scale's\); got \(2, 1\)",
+      id="quantize_int8-zero-shape"),
+    E(lambda: lowbit.quantize_int8(X, SI[:2]), ValueError,
+      r"scale must have shape \(4, 1\) for granularity='token'; got \(2, 1\)",
+      id="quantize_int8-scale-shape"),
+    E(lambda: lowbit.quantize_int8(X, SI.double()), TypeError,
+      r"scale must have dtype float32; got torch\.float64", id="quantize_int8-scale-dtype"),
+    E(lambda: lowbit.quantize_int8(X[:, :200], granularity="group", group_size=128),
+      ValueError, r"K = x.shape\[-1\] = 200 must be divisible by group_size = 128",
+      id="quantize_int8-group-divisibility"),
+    E(lambda: lowbit.quantize_int8(X, granularity="per_token"), ValueError,
+      r"granularity must be one of .*; got 'per_token'", id="quantize_int8-granularity"),
+    E(lambda: lowbit.quantize_int8(X, SA, zero=m(ZA), symmetric=False), ValueError,
+      r"x is on cpu but zero is on meta", id="quantize_int8-devices"),
+    E(lambda: lowbit.quantize_int8(X, backend="cuda"), ValueError,
+      r"backend='cuda'", id="quantize_int8-backend-cuda"),
+    # --------------------------------------------------------------- dequantize_int8
+    E(lambda: lowbit.dequantize_int8(QI.view(torch.uint8), SI), TypeError,
+      r"dequantize_int8: q must have dtype int8; got torch\.uint8",
+      id="dequantize_int8-q-dtype"),
+    E(lambda: lowbit.dequantize_int8(QI, SI.t()), ValueError,
+      r"scale must be .*for x of shape \(4, 256\); got \(1, 4\)",
+      id="dequantize_int8-scale-shape"),
+    E(lambda: lowbit.dequantize_int8(QI, SI.half()), TypeError,
+      r"scale must have dtype float32; got torch\.float16", id="dequantize_int8-scale-dtype"),
+    E(lambda: lowbit.dequantize_int8(QA, SA, ZA[:1]), ValueError,
+      r"zero must have shape \(4, 1\) \(the scale's\); got \(1, 1\)",
+      id="dequantize_int8-zero-shape"),
+    E(lambda: lowbit.dequantize_int8(QA, SA, ZA.to(torch.int8)), TypeError,
+      r"zero must have dtype int32; got torch\.int8", id="dequantize_int8-zero-dtype"),
+    E(lambda: lowbit.dequantize_int8(QI, SI, out_dtype=torch.int32), TypeError,
+      r"out_dtype must be one of .*; got torch\.int32", id="dequantize_int8-out_dtype"),
+    E(lambda: lowbit.dequantize_int8(m(QI), SI), ValueError,
+      r"q is on meta but scale is on cpu", id="dequantize_int8-devices"),
+    # ------------------------------------------------------------------------ int8_mm
+    E(lambda: lowbit.int8_mm(X, B), TypeError,
+      r"int8_mm: a must have dtype int8; got torch\.float32", id="int8_mm-a-dtype"),
+    E(lambda: lowbit.int8_mm(A, B.view(torch.uint8)), TypeError,
+      r"b must have dtype int8; got torch\.uint8", id="int8_mm-b-dtype"),
+    E(lambda: lowbit.int8_mm(A[0], B), ValueError,
+      r"a must be 2-D \[M, K\]; got shape \(256,\)", id="int8_mm-a-rank"),
+    E(lambda: lowbit.int8_mm(A, B.reshape(3, 2, 128)), ValueError,
+      r"b must be 2-D \[N, K\] \(the nn.Linear.weight layout\); got shape \(3, 2, 128\)",
+      id="int8_mm-b-rank"),
+    E(lambda: lowbit.int8_mm(A, B[:, :128]), ValueError,
+      r"a and b must share K; got a \[M, K\] = \(4, 256\) and b \[N, K\] = \(3, 128\)",
+      id="int8_mm-K"),
+    E(lambda: lowbit.int8_mm(torch.zeros(1, 131072, dtype=torch.int8),
+                             torch.zeros(1, 131072, dtype=torch.int8)), ValueError,
+      r"K must be below 131072 for an exact int32 result; got K = 131072", id="int8_mm-K-max"),
+    E(lambda: lowbit.int8_mm(m(A), B), ValueError, r"a is on meta but b is on cpu",
+      id="int8_mm-devices"),
+    E(lambda: lowbit.int8_mm(None, B), TypeError, r"a must be a torch.Tensor; got NoneType",
+      id="int8_mm-a-none"),
+    E(lambda: lowbit.int8_mm(A, B, backend="cuda"), ValueError,
+      r"int8_mm: backend='cuda'", id="int8_mm-backend-cuda"),
+    # ---------------------------------------------------------------------- int8_gemm
+    E(lambda: lowbit.int8_gemm(A, B, torch.ones(3, 1), ONE), ValueError,
+      r"int8_gemm: a_scale must have shape \(\) or \[M, 1\] = \(4, 1\); got \(3, 1\)",
+      id="int8_gemm-a_scale-shape"),
+    E(lambda: lowbit.int8_gemm(A, B, ONE, torch.ones(1, 3)), ValueError,
+      r"b_scale must have shape \(\) or \[N, 1\] = \(3, 1\); got \(1, 3\)",
+      id="int8_gemm-b_scale-shape"),
+    E(lambda: lowbit.int8_gemm(A, B, ONE.double(), ONE), TypeError,
+      r"a_scale must have dtype float32; got torch\.float64", id="int8_gemm-a_scale-dtype"),
+    E(lambda: lowbit.int8_gemm(A, B, ONE, ONE, torch.zeros(4)), ValueError,
+      r"bias must have shape \[N\] = \(3,\); got \(4,\)", id="int8_gemm-bias-shape"),
+    E(lambda: lowbit.int8_gemm(A, B, ONE, ONE, torch.zeros(3, dtype=torch.int32)), TypeError,
+      r"bias must have dtype float32, bfloat16, float16; got torch\.int32",
+      id="int8_gemm-bias-dtype"),
+    E(lambda: lowbit.int8_gemm(A, B, ONE, ONE, a_zero=torch.zeros(4, 1, dtype=torch.int64)),
+      TypeError, r"a_zero must have dtype int32; got torch\.int64", id="int8_gemm-a_zero-dtype"),
+    E(lambda: lowbit.int8_gemm(A, B, ONE, ONE, a_zero=torch.zeros(4, dtype=torch.int32)),
+      ValueError, r"a_zero must have shape \(\) or \[M, 1\] = \(4, 1\); got \(4,\)",
+      id="int8_gemm-a_zero-shape"),
+    E(lambda: lowbit.int8_gemm(A, B, ONE, ONE, out_dtype=torch.int32), TypeError,
+      r"out_dtype must be one of .*; got torch\.int32", id="int8_gemm-out_dtype"),
+    E(lambda: lowbit.int8_gemm(A, B[:, :8], ONE, ONE), ValueError, r"a and b must share K",
+      id="int8_gemm-K"),
+    E(lambda: lowbit.int8_gemm(A, B, ONE, ONE, m(torch.zeros(3))), ValueError,
+      r"a is on cpu but bias is on meta", id="int8_gemm-devices"),
+    # ------------------------------------------------------------------ fp8_scaled_mm
+    E(lambda: lowbit.fp8_scaled_mm(A, FB, ONE, ONE), TypeError,
+      r"fp8_scaled_mm: a must have dtype float8_e4m3fn, float8_e5m2; got torch\.int8",
+      id="fp8_scaled_mm-a-dtype"),
+    E(lambda: lowbit.fp8_scaled_mm(FA, FB.float().to(torch.float8_e4m3fnuz), ONE, ONE),
+      TypeError, r"b must have dtype .*; got torch\.float8_e4m3fnuz",
+      id="fp8_scaled_mm-b-fnuz"),
+    E(lambda: lowbit.fp8_scaled_mm(FA, FB, torch.ones(4, 3), ONE), ValueError,
+      r"a_scale must have shape \(\) per tensor, \[M, 1\] = \(4, 1\) per row, or "
+      r"\[M, ceil\(K/128\)\] = \(4, 2\) per 1x128 block; got \(4, 3\)",
+      id="fp8_scaled_mm-a_scale-shape"),
+    E(lambda: lowbit.fp8_scaled_mm(FA, FB, ONE, torch.ones(3, 2)), ValueError,
+      r"b_scale must have shape .*\[ceil\(N/128\), ceil\(K/128\)\] = \(1, 2\) per 128x128 "
+      r"block; got \(3, 2\)", id="fp8_scaled_mm-b_scale-shape"),
+    E(lambda: lowbit.fp8_scaled_mm(FA, FB, ONE, ONE.bfloat16()), TypeError,
+      r"b_scale must have dtype float32; got torch\.bfloat16",
+      id="fp8_scaled_mm-b_scale-dtype"),
+    E(lambda: lowbit.fp8_scaled_mm(FA, FB[:, :128], ONE, ONE), ValueError,
+      r"a and b must share K; got a \[M, K\] = \(4, 256\) and b \[N, K\] = \(3, 128\)",
+      id="fp8_scaled_mm-K"),
+    E(lambda: lowbit.fp8_scaled_mm(FA[None], FB, ONE, ONE), ValueError,
+      r"a must be 2-D \[M, K\]; got shape \(1, 4, 256\)", id="fp8_scaled_mm-a-rank"),
+    E(lambda: lowbit.fp8_scaled_mm(FA, FB, ONE, ONE, torch.zeros(3, 1)), ValueError,
+      r"bias must have shape \[N\] = \(3,\); got \(3, 1\)", id="fp8_scaled_mm-bias-shape"),
+    E(lambda: lowbit.fp8_scaled_mm(FA, FB, ONE, ONE, out_dtype=torch.float8_e4m3fn),
+      TypeError, r"out_dtype must be one of .*; got torch\.float8_e4m3fn",
+      id="fp8_scaled_mm-out_dtype"),
+    E(lambda: lowbit.fp8_scaled_mm(FA, m(FB), ONE, ONE), ValueError,
+      r"a is on cpu but b is on meta", id="fp8_scaled_mm-devices"),
+    E(lambda: lowbit.fp8_scaled_mm(FA, FB, ONE, ONE, backend="cuda"), ValueError,
+      r"fp8_scaled_mm: backend='cuda' needs CUDA tensors; got tensors on cpu",
+      id="fp8_scaled_mm-backend-cuda"),
+    # ------------------------------------------------------------------ int4_quantize
+    E(lambda: lowbit.int4_quantize(A), TypeError,
+      r"int4_quantize: w must have dtype float32, bfloat16, float16; got torch\.int8",
+      id="int4_quantize-w-dtype"),
+    E(lambda: lowbit.int4_quantize(W[0]), ValueError,
+      r"w must be 2-D \[N, K\]; got shape \(256,\)", id="int4_quantize-w-rank"),
+    E(lambda: lowbit.int4_quantize(W[:, :96], group_size=64), ValueError,
+      r"K = w.shape\[1\] = 96 must be divisible by group_size = 64",
+      id="int4_quantize-group-divisibility"),
+    E(lambda: lowbit.int4_quantize(W, group_size=256), ValueError,
+      r"group_size must be one of \(32, 64, 128\); got 256", id="int4_quantize-group_size"),
+    E(lambda: lowbit.int4_quantize(W, backend="cuda"), ValueError,
+      r"int4_quantize: backend='cuda'", id="int4_quantize-backend-cuda"),
+    # --------------------------------------------------------------------- w4a16_gemm
+    E(lambda: lowbit.w4a16_gemm(XB, W), TypeError,
+      r"w4a16_gemm: w must be a lowbit.Int4Weight; got Tensor", id="w4a16_gemm-w-type"),
+    E(lambda: lowbit.w4a16_gemm(A, IW), TypeError,
+      r"w4a16_gemm: x must have dtype float32, bfloat16, float16; got torch\.int8",
+      id="w4a16_gemm-x-dtype"),
+    E(lambda: lowbit.w4a16_gemm(XB[None], IW), ValueError,
+      r"x must be 2-D \[M, K\]; got shape \(1, 4, 256\)", id="w4a16_gemm-x-rank"),
+    E(lambda: lowbit.w4a16_gemm(XB[:, :128], IW), ValueError,
+      r"x and the weight must share K; got x \[M, K\] = \(4, 128\) and a weight of K = "
+      r"2 \* qweight.shape\[1\] = 256", id="w4a16_gemm-K"),
+    E(lambda: lowbit.w4a16_gemm(XB, iw(scales=sw[:, :1])), ValueError,
+      r"scales must have shape \[N, K // G\] = \(8, 4\); got \(8, 1\)",
+      id="w4a16_gemm-scales-shape"),
+    E(lambda: lowbit.w4a16_gemm(XB, iw(scales=sw.int())), TypeError,
+      r"scales must have dtype float32, bfloat16, float16; got torch\.int32",
+      id="w4a16_gemm-scales-dtype"),
+    E(lambda: lowbit.w4a16_gemm(XB, iw(zeros=zw.int())), TypeError,
+      r"zeros must have dtype uint8; got torch\.int32", id="w4a16_gemm-zeros-dtype"),
+    E(lambda: lowbit.w4a16_gemm(XB, iw(zeros=zw[:4])), ValueError,
+      r"zeros must have shape \[N, K // G\] = \(8, 4\); got \(4, 4\)",
+      id="w4a16_gemm-zeros-shape"),
+    E(lambda: lowbit.w4a16_gemm(XB, iw(qweight=qw.view(torch.int8))), TypeError,
+      r"qweight must have dtype uint8; got torch\.int8", id="w4a16_gemm-qweight-dtype"),
+    E(lambda: lowbit.w4a16_gemm(XB, iw(qweight=qw[0])), ValueError,
+      r"qweight must be 2-D \[N, K // 2\]", id="w4a16_gemm-qweight-rank"),
+    E(lambda: lowbit.w4a16_gemm(XB[:, :192], iw(qweight=qw[:, :96], group_size=128)),
+      ValueError, r"K = 192 must be divisible by group_size = 128",
+      id="w4a16_gemm-group-divisibility"),
+    E(lambda: lowbit.w4a16_gemm(XB, iw(group_size=16)), ValueError,
+      r"group_size must be one of \(32, 64, 128\); got 16", id="w4a16_gemm-group_size"),
+    E(lambda: lowbit.w4a16_gemm(XB, iw(perm=torch.arange(128))), ValueError,
+      r"perm must have shape \[K\] = \(256,\); got \(128,\)", id="w4a16_gemm-perm-shape"),
+    E(lambda: lowbit.w4a16_gemm(XB, iw(perm=torch.arange(256).float())), TypeError,
+      r"perm must have dtype int64, int32; got torch\.float32", id="w4a16_gemm-perm-dtype"),
+    E(lambda: lowbit.w4a16_gemm(XB, IW, torch.zeros(7)), ValueError,
+      r"bias must have shape \[N\] = \(8,\); got \(7,\)", id="w4a16_gemm-bias-shape"),
+    E(lambda: lowbit.w4a16_gemm(m(XB), IW), ValueError,
+      r"x is on meta but qweight is on cpu", id="w4a16_gemm-devices"),
+    E(lambda: lowbit.w4a16_gemm(XB, IW, backend="cuda"), ValueError,
+      r"w4a16_gemm: backend='cuda'", id="w4a16_gemm-backend-cuda"),
+]
+
+
+@pytest.mark.parametrize("call,exc,pattern", CASES)
+def test_bad_input(call, exc, pattern):
+    with pytest.raises(exc, match=pattern) as info:
+        call()
+    assert type(info.value) in (ValueError, TypeError)
+
+
+def test_every_op_has_an_error_case():
+    ops_hit = {p.id.split("-")[0] for p in CASES}
+    assert set(lowbit.ops.OPS) <= ops_hit
+
+
+def test_errors_are_the_same_on_meta_tensors():
+    """The fake impls run the same checks: meta tensors raise the same errors."""
+    with pytest.raises(ValueError, match=r"a and b must share K"):
+        lowbit.int8_mm(m(A), m(B[:, :8]))
+    with pytest.raises(TypeError, match=r"scale must have dtype float32"):
+        lowbit.quantize_fp8(m(X), m(ONE.double()))
+
+
+def test_errors_under_torch_compile_keep_the_message():
+    """Inside torch.compile the check runs in the fake impl; dynamo wraps the error in its
+    own exception (a RuntimeError) but keeps lowbit's message."""
+    f = torch.compile(lambda a, b: lowbit.int8_mm(a, b), fullgraph=True)
+    with pytest.raises(Exception, match=r"a and b must share K; got a \[M, K\] = \(4, 256\)"):
+        f(A, B[:, :128])
+
+
+def test_backend_env_var_is_checked(monkeypatch):
+    monkeypatch.setenv("LOWBIT_BACKEND", "gpu0")
+    with pytest.raises(ValueError, match=r"LOWBIT_BACKEND must be one of .*; got 'gpu0'"):
+        lowbit.int8_mm(A, B)
+
+
+def test_use_backend_is_checked():
+    with pytest.raises(ValueError, match=r"backend must be one of .*; got 'fast'"):
+        with lowbit.use_backend("fast"):
+            pass
+
+
+# --------------------------------------------------------------- the NumPy reference
+def _i32(shape):
+    return np.zeros(shape, np.int32)
+
+
+REF_CASES = [
+    E(lambda: R.fp8_encode(np.ones(2, np.float32), "fp8"), ValueError,
+      r"fmt must be one of .*; got 'fp8'", id="fp8_encode-fmt"),
+    E(lambda: R.fp8_decode(np.ones(2, np.int16), "e4m3fn"), TypeError,
+      r"codes must be a uint8 array; got int16", id="fp8_decode-dtype"),
+    E(lambda: R.pack_int4(np.zeros((2, 3), np.uint8)), ValueError,
+      r"u must be \[N, K\] with K even; got shape \(2, 3\)", id="pack_int4-K-odd"),
+    E(lambda: R.pack_int4(np.full((2, 4), 16, np.uint8)), ValueError,
+      r"u must hold values in \[0, 15\]", id="pack_int4-range"),
+    E(lambda: R.quantize_int4(np.zeros(64, np.float32)), ValueError,
+      r"w must be 2-D \[N, K\]; got shape \(64,\)", id="quantize_int4-rank"),
+    E(lambda: R.quantize_int4(np.zeros((2, 96), np.float32), 64), ValueError,
+      r"K \(96\) must be divisible by group_size \(64\)", id="quantize_int4-group"),
+    E(lambda: R.dequantize_int4(np.zeros((2, 32), np.uint8), np.ones((2, 1), np.float32),
+                                None, 32), ValueError,
+      r"scales/zeros must be \[N, K // G\] = \(2, 2\); got \(2, 1\)",
+      id="dequantize_int4-scales"),
+    E(lambda: R.round_scale(np.ones(2, np.float32), "float64"), ValueError,
+      r"scale dtype must be float32, float16 or bfloat16; got 'float64'", id="round_scale"),
+    E(lambda: R.import_awq(_i32((64, 1)), _i32((1, 1)), np.ones((2, 8), np.float32), 32),
+      ValueError, r"AWQ qzeros must be \[K/G, N/8\] = \(2, 1\) and scales \[K/G, N\] = "
+      r"\(2, 8\); got \(1, 1\) and \(2, 8\)", id="import_awq-qzeros"),
+    E(lambda: R.import_gptq(_i32((8, 8)), _i32((2, 1)), np.ones((2, 8), np.float32),
+                            group_size=32, version=3), ValueError,
+      r"version must be 1 or 2; got 3", id="import_gptq-version"),
+    E(lambda: R.import_gptq(_i32((8, 8)), _i32((2, 1)), np.ones((2, 8), np.float32),
+                            np.zeros(32, np.int32), group_size=32), ValueError,
+      r"g_idx must be \[K\] = \(64,\); got \(32,\)", id="import_gptq-g_idx"),
+    E(lambda: R.import_gptq(_i32((8, 8)), _i32((2, 1)), np.ones((1, 8), np.float32),
+                            group_size=32), ValueError,
+      r"GPTQ qzeros must be .*got \(2, 1\) and \(1, 8\)", id="import_gptq-scales"),
+    E(lambda: R.int8_mm(np.zeros((1, 131072), np.int8), np.zeros((1, 131072), np.int8)),
+      ValueError, r"exact only for K < 131072; got K = 131072", id="int8_mm-K"),
+    E(lambda: R.quantize_int8(np.ones((2, 4), np.float32), np.ones((2, 1), np.float32),
+                              symmetric=False), ValueError,
+      r"zero must be given with a static scale when symmetric=False", id="quantize_int8-zero"),
+    E(lambda: R.expand_scale(np.ones((3, 5), np.float32), (4, 256)), ValueError,
+      r"scale of shape \(3, 5\) does not fit an input of shape \(4, 256\)",
+      id="expand_scale"),
+    E(lambda: Int4Weight.from_gptq(torch.zeros(8, 8, dtype=torch.int32),
+                                   torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 8),
+                                   group_size=32, version=0), ValueError,
+      r"version must be 1 or 2; got 0", id="Int4Weight.from_gptq-version"),
+]
+
+
+@pytest.mark.parametrize("call,exc,pattern", REF_CASES)
+def test_reference_bad_input(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()

@@ -1,0 +1,95 @@
+"""lowbit.nn.Fp8Linear: construction, accuracy against nn.Linear, state_dict, compile."""
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.nn import Fp8Linear
+
+
+def _linear(k=256, n=96, bias=True, device="cpu", dtype=torch.bfloat16):
+    torch.manual_seed(0)
+    return nn.Linear(k, n, bias=bias).to(device=device, dtype=dtype)
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _expected(mod: Fp8Linear, x):
+    """The W8A8 result from the reference ops, step by step (per-token dynamic)."""
+    x2 = x.reshape(-1, mod.in_features)
+    q, s = lowbit.quantize_fp8(x2, granularity="token", backend="reference")
+    return lowbit.fp8_scaled_mm(q, mod.weight, s, mod.weight_scale, mod.bias,
+                                out_dtype=x.dtype, backend="reference")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_w8a8_close_to_linear_and_equal_to_ops(bias):
+    lin = _linear(bias=bias)
+    mod = Fp8Linear.from_linear(lin)
+    x = torch.randn(3, 5, 256, dtype=torch.bfloat16)
+    y = mod(x)
+    assert y.shape == (3, 5, 96) and y.dtype == torch.bfloat16
+    # FP8 e4m3 keeps 3 mantissa bits: a few percent of relative error is the format's.
+    assert _rel(y, lin(x)) < 0.08
+    assert torch.equal(y.reshape(15, 96), _expected(mod, x))
+    # The weight was quantized once, per output channel.
+    q, s = lowbit.quantize_fp8(lin.weight.detach(), granularity="channel")
+    assert torch.equal(mod.weight.view(torch.uint8), q.view(torch.uint8))
+    assert torch.equal(mod.weight_scale, s)
+
+
+def test_static_act_scale_and_w8a16():
+    lin = _linear()
+    x = torch.randn(7, 256, dtype=torch.bfloat16)
+    amax = x.abs().amax().float()
+    st = Fp8Linear.from_linear(lin, act_scale=amax / 448)
+    assert _rel(st(x), lin(x)) < 0.08
+    wo = Fp8Linear.from_linear(lin, mode="w8a16")
+    assert _rel(wo(x), lin(x)) < 0.05
+    w = lowbit.dequantize_fp8(wo.weight, wo.weight_scale, out_dtype=x.dtype)
+    assert torch.equal(wo(x), torch.nn.functional.linear(x, w, lin.bias))
+
+
+def test_state_dict_round_trip(tmp_path):
+    lin = _linear()
+    mod = Fp8Linear.from_linear(lin, act_scale=torch.tensor(0.01))
+    path = tmp_path / "m.pt"
+    torch.save(mod.state_dict(), path)
+    fresh = Fp8Linear(256, 96, bias=True, static_act_scale=True)
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    assert torch.equal(fresh(x), mod(x))
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="linear must be an nn.Linear"):
+        Fp8Linear.from_linear(nn.Conv1d(2, 2, 1))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Fp8Linear(4, 4, mode="w4a4")
+    mod = Fp8Linear.from_linear(_linear())
+    with pytest.raises(ValueError, match="in_features = 256"):
+        mod(torch.randn(2, 255, dtype=torch.bfloat16))
+
+
+def test_compile_fullgraph():
+    mod = Fp8Linear.from_linear(_linear())
+    x = torch.randn(6, 256, dtype=torch.bfloat16)
+    compiled = torch.compile(mod, fullgraph=True)
+    assert torch.equal(compiled(x), mod(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 64, 300])
+def test_gpu_matches_reference(m):
+    lin = _linear(k=512, n=384, device="cuda")
+    mod = Fp8Linear.from_linear(lin)
+    x = torch.randn(m, 512, dtype=torch.bfloat16, device="cuda")
+    y = mod(x)
+    ref = _expected(mod, x)
+    assert _rel(y, ref) < 1e-2
+    assert _rel(y, lin(x)) < 0.08
+    y2 = torch.compile(mod, fullgraph=True)(x)
+    assert _rel(y2, ref) < 1e-2
