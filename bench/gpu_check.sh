@@ -12,7 +12,7 @@ set -u
 
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then OUTDIR=$1; shift; else OUTDIR=${OUT:-./gpu_out}; fi
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-build info tests bench}
+STEPS=${STEPS:-build info sass tests bench}
 mkdir -p "$OUTDIR"
 SUMMARY=$OUTDIR/summary.txt
 : >"$SUMMARY"
@@ -59,6 +59,17 @@ if want info; then
   fi
   cat "$OUTDIR/info.txt"
   say "info: rc $INFO_RC (info.txt)"
+fi
+
+if want sass; then
+  # Which tensor-core instructions the built kernels use: QGMMA/HGMMA/IGMMA are wgmma
+  # (sm_90a), HMMA/IMMA are mma.sync; LDG.E.128 are 16-byte loads.
+  so=$(cd "${TMPDIR:-/tmp}" && $PY -c 'import lowbit._C as c; print(c.__file__)' 2>/dev/null)
+  if [ -n "$so" ] && command -v cuobjdump >/dev/null; then
+    cuobjdump -sass "$so" >"$OUTDIR/sass.txt" 2>&1
+    say "sass: $(grep -oE '\b(QGMMA|HGMMA|IGMMA|HMMA|IMMA|UTMALDG|LDG\.E\.128|LDG\.E\.ENL2\.128)[A-Z0-9_.]*' "$OUTDIR/sass.txt" | sed 's/\..*//' | sort | uniq -c | tr -s ' \n' ' ')"
+    rm -f "$OUTDIR/sass.txt"
+  fi
 fi
 
 TESTS_RC=skipped

@@ -9,6 +9,7 @@
 
 #ifdef LOWBIT_WITH_CUDA
 #include "fp8/fp8_quant.h"
+#include "fp8_gemm/fp8_gemm_sm90.h"
 #include "fp8_gemm/fp8_gemm_smallm.h"
 #include "runtime.h"
 #endif
@@ -78,20 +79,24 @@ void check_launch(cudaError_t err, const char* kernel) {
     throw std::runtime_error(std::string(kernel) + ": " + lowbit::error_string(err));
 }
 
-bool fp8_gemm_smallm_has_sm89() {
+py::list fp8_gemm_kernels_built() {
+  py::list names;
+  names.append("sm80_fp8_gemm_smallm");
 #ifdef LOWBIT_HAVE_SM89
-  return lowbit::sm89_fp8_gemm_smallm_built();
-#else
-  return false;
+  names.append("sm89_fp8_gemm_smallm");
 #endif
+#ifdef LOWBIT_HAVE_SM90A
+  names.append("sm90_fp8_gemm_wgmma");
+#endif
+  return names;
 }
 
-void fp8_gemm_smallm(const std::string& variant, uintptr_t a, int64_t lda, uintptr_t b,
-                     int64_t ldb, uintptr_t a_scale, int64_t a_scale_ld, int a_mode,
-                     uintptr_t b_scale, int64_t b_scale_ld, int b_mode, uintptr_t bias,
-                     int bias_dtype, uintptr_t out, int64_t ldo, int out_dtype, int M, int N,
-                     int K, bool fast_accum, uintptr_t stream) {
-  lowbit::Fp8GemmSmallMArgs args{};
+void fp8_gemm(const std::string& kernel, uintptr_t a, int64_t lda, uintptr_t b, int64_t ldb,
+              uintptr_t a_scale, int64_t a_scale_ld, int a_mode, uintptr_t b_scale,
+              int64_t b_scale_ld, int b_mode, uintptr_t bias, int bias_dtype, uintptr_t out,
+              int64_t ldo, int out_dtype, int M, int N, int K, bool fast_accum,
+              uintptr_t stream) {
+  lowbit::Fp8GemmArgs args{};
   args.a = cptr<uint8_t>(a);
   args.b = cptr<uint8_t>(b);
   args.lda = lda;
@@ -112,17 +117,23 @@ void fp8_gemm_smallm(const std::string& variant, uintptr_t a, int64_t lda, uintp
   args.K = K;
   args.fast_accum = fast_accum;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  if (variant == "sm89") {
-#ifdef LOWBIT_HAVE_SM89
-    check_launch(lowbit::sm89_fp8_gemm_smallm(args, s), "sm89_fp8_gemm_smallm");
-#else
-    throw py::value_error("variant='sm89': this build has no sm_89/sm_90 arch");
-#endif
-  } else if (variant == "sm80") {
-    check_launch(lowbit::sm80_fp8_gemm_smallm(args, s), "sm80_fp8_gemm_smallm");
-  } else {
-    throw py::value_error("variant must be 'sm89' or 'sm80'; got '" + variant + "'");
+  if (kernel == "sm80_fp8_gemm_smallm") {
+    check_launch(lowbit::sm80_fp8_gemm_smallm(args, s), kernel.c_str());
+    return;
   }
+#ifdef LOWBIT_HAVE_SM89
+  if (kernel == "sm89_fp8_gemm_smallm") {
+    check_launch(lowbit::sm89_fp8_gemm_smallm(args, s), kernel.c_str());
+    return;
+  }
+#endif
+#ifdef LOWBIT_HAVE_SM90A
+  if (kernel == "sm90_fp8_gemm_wgmma") {
+    check_launch(lowbit::sm90_fp8_gemm_wgmma(args, s), kernel.c_str());
+    return;
+  }
+#endif
+  throw py::value_error("kernel '" + kernel + "' is not in this build");
 }
 #endif  // LOWBIT_WITH_CUDA
 
@@ -190,10 +201,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("device_info", &device_info, py::arg("index"), "Name, capability, SMs, L2 of a device");
   m.def("driver_version", &driver_version, "CUDA driver version, 0 without a driver");
 #ifdef LOWBIT_WITH_CUDA
-  m.def("fp8_gemm_smallm_has_sm89", &fp8_gemm_smallm_has_sm89,
-        "Whether the fp8 mma.sync small-M GEMM was built (an arch >= 89 in the list)");
-  m.def("fp8_gemm_smallm", &fp8_gemm_smallm, "Small-M (M <= 64) FP8 GEMM, split-K in a CTA",
-        py::arg("variant"), py::arg("a"), py::arg("lda"), py::arg("b"), py::arg("ldb"),
+  m.def("fp8_gemm_kernels_built", &fp8_gemm_kernels_built,
+        "Names of the FP8 GEMM kernels compiled into this build");
+  m.def("fp8_gemm", &fp8_gemm, "FP8 GEMM with fp32 scales: run the named kernel",
+        py::arg("kernel"), py::arg("a"), py::arg("lda"), py::arg("b"), py::arg("ldb"),
         py::arg("a_scale"), py::arg("a_scale_ld"), py::arg("a_mode"), py::arg("b_scale"),
         py::arg("b_scale_ld"), py::arg("b_mode"), py::arg("bias"), py::arg("bias_dtype"),
         py::arg("out"), py::arg("ldo"), py::arg("out_dtype"), py::arg("M"), py::arg("N"),

@@ -94,3 +94,47 @@ def test_smallm_rejects_what_it_cannot_run():
 def test_cpu_tensors_never_pick_cuda():
     a, b, sa, sb = _operands(4, 8, 64, "row", "cpu")
     assert lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb).backend == "reference"
+
+
+@gpu
+@pytest.mark.parametrize("m", [65, 100, 128, 257, 1024])
+@pytest.mark.parametrize("n,k", [(1, 256), (3000, 1040), (4096, 4096), (200, 16)])
+@pytest.mark.parametrize("mode", ["tensor", "row", "block"])
+def test_wgmma_matches_reference(m, n, k, mode):
+    a, b, sa, sb = _operands(m, n, k, mode, "cuda")
+    choice = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="cuda")
+    assert choice.kernel == "sm90_fp8_gemm_wgmma", str(choice)
+    _check(m, n, k, mode)
+
+
+@gpu
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("fast_accum", [False, True])
+def test_wgmma_out_dtypes_bias(out_dtype, fast_accum):
+    _check(300, 4096, 4096, "row", out_dtype=out_dtype, bias=True, fast_accum=fast_accum)
+    _check(129, 1000, 512, "block", out_dtype=out_dtype, bias=True, fast_accum=fast_accum)
+
+
+@gpu
+def test_wgmma_benchmark_shapes():
+    for m, n, k in [(4096, 14336, 4096), (512, 4096, 14336), (2048, 28672, 8192)]:
+        _check(m, n, k, "row")
+
+
+@gpu
+def test_accurate_mode_beats_fast_accum_at_large_k():
+    # A large common offset makes the sum grow far beyond each term: the tensor core's
+    # limited-precision accumulator then loses low bits that fp32 promotion keeps.
+    m, n, k = 256, 256, 16384
+    g = torch.Generator().manual_seed(1)
+    a = (torch.rand(m, k, generator=g) + 1.0).to(torch.float8_e4m3fn).cuda()
+    b = (torch.rand(n, k, generator=g) + 1.0).to(torch.float8_e4m3fn).cuda()
+    one = torch.tensor(1.0, device="cuda")
+    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), one.cpu(), one.cpu(), out_dtype=torch.float32,
+                               backend="reference")
+    acc = lowbit.fp8_scaled_mm(a, b, one, one, out_dtype=torch.float32, backend="cuda")
+    fast = lowbit.fp8_scaled_mm(a, b, one, one, out_dtype=torch.float32, fast_accum=True,
+                                backend="cuda")
+    e_acc, e_fast = _rel_fro(acc, ref), _rel_fro(fast, ref)
+    assert e_acc < e_fast, (e_acc, e_fast)
+    assert e_acc <= 2e-3

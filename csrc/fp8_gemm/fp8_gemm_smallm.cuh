@@ -121,7 +121,7 @@ __device__ __forceinline__ void store_out(void* p, OutDtype d, int64_t i, float 
 // MT: number of 8-token mma tiles (M <= 8 * MT).
 template <typename Mma, int MT>
 __global__ void __launch_bounds__(kThreads)
-fp8_gemm_smallm_kernel(const Fp8GemmSmallMArgs p) {
+fp8_gemm_smallm_kernel(const Fp8GemmArgs p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int n0 = blockIdx.x * kTileN;
@@ -228,7 +228,7 @@ fp8_gemm_smallm_kernel(const Fp8GemmSmallMArgs p) {
 }
 
 template <typename Mma>
-cudaError_t launch(const Fp8GemmSmallMArgs& p, cudaStream_t stream) {
+cudaError_t launch(const Fp8GemmArgs& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   if (p.M > kFp8SmallMMaxM) return cudaErrorInvalidValue;
   const dim3 grid((p.N + kTileN - 1) / kTileN), block(kThreads);

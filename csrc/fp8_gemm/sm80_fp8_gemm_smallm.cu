@@ -4,7 +4,7 @@
 
 namespace lowbit {
 
-cudaError_t sm80_fp8_gemm_smallm(const Fp8GemmSmallMArgs& args, cudaStream_t stream) {
+cudaError_t sm80_fp8_gemm_smallm(const Fp8GemmArgs& args, cudaStream_t stream) {
   return smallm::launch<smallm::MmaF16Upconvert>(args, stream);
 }
 

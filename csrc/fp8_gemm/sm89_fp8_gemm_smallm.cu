@@ -3,10 +3,8 @@
 
 namespace lowbit {
 
-cudaError_t sm89_fp8_gemm_smallm(const Fp8GemmSmallMArgs& args, cudaStream_t stream) {
+cudaError_t sm89_fp8_gemm_smallm(const Fp8GemmArgs& args, cudaStream_t stream) {
   return smallm::launch<smallm::MmaE4M3>(args, stream);
 }
-
-bool sm89_fp8_gemm_smallm_built() { return true; }
 
 }  // namespace lowbit

@@ -1,9 +1,12 @@
 """CUDA kernels for fp8_scaled_mm (lowbit._C), registered with the backend registry.
 
-Small-M path (M <= 64): ``sm89_fp8_gemm_smallm`` (fp8 mma.sync, sm_89 / sm_90) and
-``sm80_fp8_gemm_smallm`` (fp8 widened to fp16 in registers; every arch from sm_80). Setting
-``LOWBIT_ARCH=80`` in the environment makes the sm_89+ kernels step aside, so the sm_80 paths
-can be exercised on a Hopper card.
+- ``sm90_fp8_gemm_wgmma``: TMA + wgmma (sm_90a), 128 x 128 tiles, for M > 64.
+- ``sm89_fp8_gemm_smallm``: fp8 mma.sync, split-K inside a CTA, for M <= 64 (sm_89, sm_90).
+- ``sm80_fp8_gemm_smallm``: the same with fp8 widened to fp16 in registers: every arch from
+  sm_80 (which has no fp8 tensor cores), M <= 64.
+
+Setting ``LOWBIT_ARCH=80`` (or 89) in the environment makes the kernels of newer archs step
+aside, so that the older paths are exercised on a Hopper card.
 """
 from __future__ import annotations
 
@@ -25,9 +28,13 @@ except AttributeError:  # pragma: no cover - older torch
     _raw_stream = None
 
 
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def _stream(device: torch.device) -> int:
     if _raw_stream is not None:
-        return _raw_stream(device.index if device.index is not None else torch.cuda.current_device())
+        return _raw_stream(_device_index(device))
     return torch.cuda.current_stream(device).cuda_stream
 
 
@@ -41,8 +48,9 @@ def _capability_of(index: int):
     return torch.cuda.get_device_capability(index)
 
 
-def _capability(device: torch.device):
-    return _capability_of(device.index if device.index is not None else torch.cuda.current_device())
+@functools.lru_cache(maxsize=None)
+def _built() -> frozenset:
+    return frozenset(_C.fp8_gemm_kernels_built()) if has_cuda_kernels() else frozenset()
 
 
 def _available() -> Optional[str]:
@@ -63,13 +71,11 @@ def _aligned(t: torch.Tensor) -> bool:
     return t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0
 
 
-def _supports_smallm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum) -> Optional[str]:
+def _common(a, b) -> Optional[str]:
     if a.device.type != "cuda":
         return f"needs CUDA tensors; got {a.device}"
     if a.dtype != torch.float8_e4m3fn or b.dtype != torch.float8_e4m3fn:
         return f"takes e4m3fn operands; got {a.dtype} x {b.dtype}"
-    if a.shape[0] > SMALL_M_MAX:
-        return f"M = {a.shape[0]} > {SMALL_M_MAX} (a small-M kernel)"
     if a.shape[1] % 16:
         return f"K = {a.shape[1]} is not a multiple of 16"
     if not (_aligned(a) and _aligned(b)):
@@ -77,30 +83,32 @@ def _supports_smallm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum) -> Opt
     return None
 
 
-def _supports_sm89(*args) -> Optional[str]:
-    why = _supports_smallm(*args)
-    if why:
-        return why
-    if not _C.fp8_gemm_smallm_has_sm89():
-        return "this build has no arch >= 89"
-    cap = _capability(args[0].device)
-    if arch_override() is not None and arch_override() < 89:
-        return f"LOWBIT_ARCH={arch_override()} asks for the sm_80 path"
-    if cap not in ((8, 9), (9, 0)):
-        return f"built for sm_89 and sm_90a; device is sm_{cap[0]}{cap[1]}"
-    return None
+def _supports(kernel: str, min_arch: int, archs, m_range):
+    """supports() for a kernel built for ``archs`` (capabilities) taking M in m_range."""
+
+    def supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum) -> Optional[str]:
+        why = _common(a, b)
+        if why:
+            return why
+        m = a.shape[0]
+        if not m_range[0] <= m <= m_range[1]:
+            return f"M = {m} outside [{m_range[0]}, {m_range[1]}]"
+        if kernel not in _built():
+            return "not in this build (arch list)"
+        over = arch_override()
+        if over is not None and over < min_arch:
+            return f"LOWBIT_ARCH={over} asks for an older arch's path"
+        cap = _capability_of(_device_index(a.device))
+        if archs is not None and cap not in archs:
+            return f"built for {sorted(archs)}; device is sm_{cap[0]}{cap[1]}"
+        if cap < (8, 0):
+            return "needs sm_80 or newer"
+        return None
+
+    return supports
 
 
-def _supports_sm80(*args) -> Optional[str]:
-    why = _supports_smallm(*args)
-    if why:
-        return why
-    if _capability(args[0].device) < (8, 0):
-        return "needs sm_80 or newer"
-    return None
-
-
-def _run_smallm(variant: str):
+def _runner(kernel: str):
     def run(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
         m, k = a.shape
         n = b.shape[0]
@@ -113,8 +121,8 @@ def _run_smallm(variant: str):
             b_scale = b_scale.contiguous()
         if bias is not None and bias.stride(0) != 1:
             bias = bias.contiguous()
-        _C.fp8_gemm_smallm(
-            variant, a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0),
+        _C.fp8_gemm(
+            kernel, a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0),
             a_scale.data_ptr(), a_scale.stride(0) if a_scale.dim() == 2 else 0,
             _scale_mode(a_scale, m),
             b_scale.data_ptr(), b_scale.stride(0) if b_scale.dim() == 2 else 0,
@@ -125,11 +133,15 @@ def _run_smallm(variant: str):
             _stream(a.device))
         return out
 
-    run.__name__ = f"{variant}_fp8_gemm_smallm"
+    run.__name__ = kernel
     return run
 
 
-register_kernel("fp8_scaled_mm", "cuda", "sm89_fp8_gemm_smallm", supports=_supports_sm89,
-                available=_available, priority=20)(_run_smallm("sm89"))
-register_kernel("fp8_scaled_mm", "cuda", "sm80_fp8_gemm_smallm", supports=_supports_sm80,
-                available=_available, priority=10)(_run_smallm("sm80"))
+_BIG = 1 << 31
+for _name, _min_arch, _archs, _mr, _prio in (
+    ("sm90_fp8_gemm_wgmma", 90, {(9, 0)}, (SMALL_M_MAX + 1, _BIG), 30),
+    ("sm89_fp8_gemm_smallm", 89, {(8, 9), (9, 0)}, (0, SMALL_M_MAX), 20),
+    ("sm80_fp8_gemm_smallm", 80, None, (0, SMALL_M_MAX), 10),
+):
+    register_kernel("fp8_scaled_mm", "cuda", _name, supports=_supports(_name, _min_arch, _archs, _mr),
+                    available=_available, priority=_prio)(_runner(_name))

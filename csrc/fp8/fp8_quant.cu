@@ -1,0 +1,316 @@
+// FP8 quantize / dequantize launchers: argument validation, the choice of kernel and view,
+// and the launches (kernels in fp8_quant_kernels.cuh, launch shapes in
+// fp8_launch_heuristics.h). Host code only; nothing here synchronizes the host.
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "fp8/fp8_launch_heuristics.h"
+#include "fp8/fp8_quant.h"
+#include "fp8/fp8_quant_launch.h"
+
+namespace lowbit {
+namespace fp8 {
+
+using detail::ceil_div;
+using detail::KernelParams;
+using detail::kShiftAll;
+using detail::QuantKernel;
+using detail::QuantLaunch;
+
+namespace {
+
+bool valid(Fp8Format f) {
+  return f == Fp8Format::kE4M3FN || f == Fp8Format::kE5M2 || f == Fp8Format::kE4M3FNUZ;
+}
+bool valid(FloatType t) {
+  return t == FloatType::kF32 || t == FloatType::kBF16 || t == FloatType::kF16;
+}
+bool valid(Granularity g) {
+  return g == Granularity::kTensor || g == Granularity::kRow || g == Granularity::kGroup ||
+         g == Granularity::kBlock128;
+}
+
+int elem_bytes(FloatType t) { return t == FloatType::kF32 ? 4 : 2; }
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// log2 of a tile extent (1, 32, 64, 128), kShiftAll for 0 (the whole extent), -1 otherwise.
+int tile_shift(int64_t extent) {
+  switch (extent) {
+    case 0: return kShiftAll;
+    case 1: return 0;
+    case 32: return 5;
+    case 64: return 6;
+    case 128: return 7;
+    default: return -1;
+  }
+}
+
+// Properties of the current device, queried once per device and cached (0: unknown).
+struct DeviceProps {
+  int sms;
+  int cc;  // major * 10 + minor
+};
+
+DeviceProps device_props() {
+  static std::atomic<int> sms_cache[64], cc_cache[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return {0, 0};
+  }
+  const bool cacheable = dev >= 0 && dev < 64;
+  if (cacheable) {
+    const int sms = sms_cache[dev].load(std::memory_order_relaxed);
+    if (sms > 0) return {sms, cc_cache[dev].load(std::memory_order_relaxed)};
+  }
+  int sms = 0, major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return {0, 0};
+  }
+  if (cacheable) {
+    cc_cache[dev].store(major * 10 + minor, std::memory_order_relaxed);
+    sms_cache[dev].store(sms, std::memory_order_relaxed);
+  }
+  return {sms, major * 10 + minor};
+}
+
+int sm_count() {
+  const int sms = device_props().sms;
+  return sms > 0 ? sms : 132;
+}
+
+// sm_89+ has cvt.rn.satfinite.{e4m3,e5m2}x2.f32; the kernels built for sm_80 do not.
+bool device_has_fp8_cvt() { return device_props().cc >= 89; }
+
+// Strides of size-1 dimensions carry no meaning; give them the contiguous value.
+void normalize_strides(int64_t rows, int64_t cols, int64_t& row_stride, int64_t& col_stride) {
+  if (cols <= 1) col_stride = 1;
+  if (rows <= 1) row_stride = cols;
+}
+
+// Vector-access flags for the [rows, cols] view in p: 16-byte loads need an aligned base,
+// unit column stride and aligned row starts; 16-byte stores need aligned output rows.
+void set_vector_flags(KernelParams& p, int in_bytes, int out_bytes) {
+  p.vec_load = aligned16(p.x) && p.col_stride == 1 &&
+               (p.rows <= 1 || (p.row_stride * in_bytes) % 16 == 0);
+  p.vec_store = aligned16(p.out) && (p.rows <= 1 || (p.cols * out_bytes) % 16 == 0);
+}
+
+cudaError_t launch_quant(FloatType t, const QuantLaunch& l, cudaStream_t stream) {
+  switch (t) {
+    case FloatType::kF32: return detail::launch_quant_f32(l, stream);
+    case FloatType::kBF16: return detail::launch_quant_bf16(l, stream);
+    case FloatType::kF16: return detail::launch_quant_f16(l, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+// A streaming row-kernel launch (static or pass-2 scales, per-group dynamic scales).
+cudaError_t launch_streaming(FloatType t, QuantLaunch l, int min_team, cudaStream_t stream) {
+  const auto plan = detail::plan_streaming(l.p.rows, ceil_div(l.p.cols, 16),
+                                           detail::cache_chunks(t), min_team);
+  l.p.team = plan.team;
+  l.p.seg_chunks = plan.seg_chunks;
+  l.p.nsegs = plan.nsegs;
+  l.grid = plan.grid;
+  l.threads = plan.threads;
+  return launch_quant(t, l, stream);
+}
+
+}  // namespace
+
+cudaError_t quantize(const QuantizeArgs& a, cudaStream_t stream) {
+  if (!valid(a.fmt) || !valid(a.x_type) || !valid(a.granularity)) return cudaErrorInvalidValue;
+  if (a.rows < 0 || a.cols < 0 || a.row_stride < 0 || a.col_stride < 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (a.granularity == Granularity::kGroup && tile_shift(a.group) < 5) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t n = a.rows * a.cols;
+  const int64_t col_blocks = ceil_div(a.cols, 128);
+  int64_t nscales = 1;  // scales written (and read, when static)
+  switch (a.granularity) {
+    case Granularity::kTensor: nscales = 1; break;
+    case Granularity::kRow: nscales = a.rows; break;
+    case Granularity::kGroup: nscales = a.rows * ceil_div(a.cols, a.group); break;
+    case Granularity::kBlock128: nscales = ceil_div(a.rows, 128) * col_blocks; break;
+  }
+  // Empty tensors may come with null pointers; only what will be touched must be valid.
+  if ((n > 0 && (a.x == nullptr || a.q == nullptr)) ||
+      (nscales > 0 && (a.scale_out == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+
+  QuantLaunch l;
+  l.hw_cvt = a.hw_cvt && a.saturate && a.fmt != Fp8Format::kE4M3FNUZ && device_has_fp8_cvt();
+  KernelParams& p = l.p;
+  p.fmt = a.fmt;
+  p.saturate = a.saturate;
+  p.x = a.x;
+  p.out = a.q;
+  p.rows = a.rows;
+  p.cols = a.cols;
+  p.row_stride = a.row_stride;
+  p.col_stride = a.col_stride;
+  normalize_strides(p.rows, p.cols, p.row_stride, p.col_stride);
+  p.scale_out = a.scale_out;
+  const bool contiguous = p.col_stride == 1 && p.row_stride == p.cols;
+  const int in_bytes = elem_bytes(a.x_type);
+
+  // A per-tensor scale makes the op elementwise: a contiguous input is one long row, which
+  // the streaming kernel cuts into segments (vector access for any row length).
+  auto flatten_if_contiguous = [&]() {
+    if (contiguous) {
+      p.rows = n > 0 ? 1 : 0;
+      p.cols = n;
+      p.row_stride = n;
+    }
+  };
+
+  if (a.scale_in != nullptr) {
+    switch (a.granularity) {
+      case Granularity::kTensor:
+        break;
+      case Granularity::kRow:
+        p.th_shift = 0;
+        p.s_ld = 1;
+        break;
+      case Granularity::kGroup:
+        p.th_shift = 0;
+        p.tw_shift = tile_shift(a.group);
+        p.s_ld = ceil_div(a.cols, a.group);
+        break;
+      case Granularity::kBlock128:
+        p.th_shift = 7;
+        p.tw_shift = 7;
+        p.s_ld = col_blocks;
+        break;
+    }
+    if (n == 0) {  // no element to quantize: the scale still goes out
+      if (nscales == 0) return cudaSuccess;
+      return cudaMemcpyAsync(a.scale_out, a.scale_in, size_t(nscales) * sizeof(float),
+                             cudaMemcpyDeviceToDevice, stream);
+    }
+    p.scale_in = a.scale_in;
+    if (a.granularity == Granularity::kTensor) flatten_if_contiguous();
+    set_vector_flags(p, in_bytes, 1);
+    l.kernel = QuantKernel::kStream;
+    return launch_streaming(a.x_type, l, 4, stream);
+  }
+
+  switch (a.granularity) {
+    case Granularity::kTensor: {
+      // Pass 1: amax over the whole input into the workspace word; pass 2: every CTA turns
+      // the word into the scale and quantizes. Ordered by the stream, no host sync.
+      if (a.workspace == nullptr) return cudaErrorInvalidValue;
+      cudaError_t err = cudaMemsetAsync(a.workspace, 0, sizeof(uint32_t), stream);
+      if (err != cudaSuccess) return err;
+      p.amax_key = a.workspace;
+      if (n == 0) {
+        l.kernel = QuantKernel::kWriteScale;
+        return launch_quant(a.x_type, l, stream);
+      }
+      flatten_if_contiguous();
+      set_vector_flags(p, in_bytes, 1);
+      QuantLaunch amax = l;
+      amax.kernel = QuantKernel::kAmax;
+      amax.p.workspace = a.workspace;
+      amax.threads = detail::kAmaxBlockThreads;
+      amax.grid = detail::plan_amax_grid(p.rows * ceil_div(p.cols, 16), detail::kAmaxBlockThreads,
+                                         detail::cache_chunks(a.x_type), sm_count());
+      err = launch_quant(a.x_type, amax, stream);
+      if (err != cudaSuccess) return err;
+      l.kernel = QuantKernel::kStream;  // th_shift = tw_shift = 63, s_ld = 0: one scale
+      return launch_streaming(a.x_type, l, 4, stream);
+    }
+    case Granularity::kRow: {
+      if (a.rows == 0) return cudaSuccess;
+      set_vector_flags(p, in_bytes, 1);
+      const auto plan = detail::plan_dyn_row(p.rows, ceil_div(p.cols, 16),
+                                             detail::cache_chunks(a.x_type));
+      l.kernel = QuantKernel::kDynRow;
+      p.team = plan.team;
+      p.seg_chunks = plan.seg_chunks;
+      p.nsegs = plan.nsegs;
+      l.grid = plan.grid;
+      l.threads = plan.threads;
+      return launch_quant(a.x_type, l, stream);
+    }
+    case Granularity::kGroup: {
+      if (n == 0) return cudaSuccess;
+      set_vector_flags(p, in_bytes, 1);
+      l.kernel = QuantKernel::kStream;
+      p.dyn_group = true;
+      p.group_lanes = static_cast<int>(a.group / 16);
+      p.th_shift = 0;
+      p.tw_shift = tile_shift(a.group);
+      p.s_ld = ceil_div(a.cols, a.group);
+      return launch_streaming(a.x_type, l, p.group_lanes > 4 ? p.group_lanes : 4, stream);
+    }
+    case Granularity::kBlock128: {
+      if (n == 0) return cudaSuccess;
+      set_vector_flags(p, in_bytes, 1);
+      l.kernel = QuantKernel::kDynBlock128;
+      l.threads = detail::kBlock128Threads;
+      l.grid = std::min(detail::kMaxGrid, ceil_div(a.rows, 128) * col_blocks);
+      return launch_quant(a.x_type, l, stream);
+    }
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t dequantize(const DequantizeArgs& a, cudaStream_t stream) {
+  if (!valid(a.fmt) || !valid(a.out_type)) return cudaErrorInvalidValue;
+  if (a.rows < 0 || a.cols < 0 || a.row_stride < 0 || a.col_stride < 0 || a.scale_ld < 0) {
+    return cudaErrorInvalidValue;
+  }
+  const int th = tile_shift(a.scale_tile_rows);
+  const int tw = tile_shift(a.scale_tile_cols);
+  if (th < 0 || (th > 0 && th < 7 && th != kShiftAll) || tw < 0 || tw == 0) {
+    return cudaErrorInvalidValue;  // tile rows 0, 1 or 128; tile cols 0, 32, 64 or 128
+  }
+  const int64_t n = a.rows * a.cols;
+  if (n == 0) return cudaSuccess;
+  if (a.q == nullptr || a.out == nullptr || a.scale == nullptr) return cudaErrorInvalidValue;
+
+  detail::DequantLaunch l;
+  l.fmt = a.fmt;
+  l.out_type = a.out_type;
+  KernelParams& p = l.p;
+  p.fmt = a.fmt;
+  p.x = a.q;
+  p.out = a.out;
+  p.rows = a.rows;
+  p.cols = a.cols;
+  p.row_stride = a.row_stride;
+  p.col_stride = a.col_stride;
+  normalize_strides(p.rows, p.cols, p.row_stride, p.col_stride);
+  p.scale_in = a.scale;
+  p.th_shift = th;
+  p.tw_shift = tw;
+  p.s_ld = a.scale_ld;
+  if (th == kShiftAll && tw == kShiftAll && p.col_stride == 1 && p.row_stride == p.cols) {
+    p.rows = 1;  // per-tensor scale, contiguous codes: one long row, cut into segments
+    p.cols = n;
+    p.row_stride = n;
+  }
+  set_vector_flags(p, 1, elem_bytes(a.out_type));
+  const auto plan = detail::plan_streaming(p.rows, ceil_div(p.cols, 16),
+                                           detail::kDequantCacheChunks, 4);
+  p.team = plan.team;
+  p.seg_chunks = plan.seg_chunks;
+  p.nsegs = plan.nsegs;
+  l.grid = plan.grid;
+  l.threads = plan.threads;
+  return detail::launch_dequant(l, stream);
+}
+
+}  // namespace fp8
+}  // namespace lowbit

@@ -1,0 +1,13 @@
+// sm_90a FP8 GEMM launcher (wgmma + TMA), for M above the small-M kernels' range.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "fp8_gemm_args.h"
+
+namespace lowbit {
+
+// Requirements (checked by the caller): K % 16 == 0, rows of a and b K-contiguous with
+// 16-byte-aligned starts and strides (TMA), a device of compute capability 9.0.
+cudaError_t sm90_fp8_gemm_wgmma(const Fp8GemmArgs& args, cudaStream_t stream);
+
+}  // namespace lowbit

@@ -1,0 +1,559 @@
+"""The CUDA fp8 quantize / dequantize kernels (csrc/fp8, lowbit/backends/cuda.py), bit-exact
+against the NumPy reference.
+
+Every kernel result is compared with ``backend="reference"`` on the same input copied to the
+host: codes as raw bytes (``q.view(torch.uint8)``), scales and dequantized values bit for
+bit, where NaN compares equal to NaN (NaN payloads are not part of the contract; every other
+bit is). The GPU tests are marked ``gpu``; the CPU tests at the end check the parts that run
+without a GPU (availability, backend choice, argument errors, the torch transliteration of
+the encoder that the exhaustive GPU test uses as its oracle).
+
+``HW_CVT``: saturate=True e4m3fn / e5m2 can use the sm_89+ ``cvt.rn.satfinite`` instruction;
+tests parametrized with ``hw`` run both encoders.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit.backends import cuda as cuda_backend
+from lowbit.reference import fp8_encode
+from lowbit.reference.formats import fp8_format
+
+FORMATS = ("e4m3fn", "e5m2", "e4m3fnuz")
+FP8 = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2,
+       "e4m3fnuz": torch.float8_e4m3fnuz}
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+LAYOUTS = ("contiguous", "transposed", "sliced", "offset")
+
+gpu = pytest.mark.gpu
+fmts = pytest.mark.parametrize("fmt", FORMATS)
+sats = pytest.mark.parametrize("saturate", [True, False], ids=["sat", "nosat"])
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+hws = pytest.mark.parametrize("hw", [False, True], ids=["intcvt", "hwcvt"])
+
+
+@pytest.fixture
+def hw_cvt(request):
+    """Sets cuda_backend.HW_CVT for one test (from the test's ``hw`` parameter)."""
+    old = cuda_backend.HW_CVT
+    cuda_backend.HW_CVT = bool(request.node.callspec.params.get("hw", False))
+    yield cuda_backend.HW_CVT
+    cuda_backend.HW_CVT = old
+
+
+# ----------------------------------------------------------------------------- helpers
+def reference(x, scale=None, **kw):
+    return lowbit.quantize_fp8(x.cpu(), None if scale is None else scale.cpu(),
+                               backend="reference", **kw)
+
+
+def cuda_quant(x, scale=None, **kw):
+    return lowbit.quantize_fp8(x, scale, backend="cuda", **kw)
+
+
+def assert_codes_equal(q, q_ref, what=""):
+    got = q.cpu().view(torch.uint8)
+    want = q_ref.cpu().view(torch.uint8)
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    if not torch.equal(got, want):
+        bad = (got != want).nonzero()
+        first = [tuple(i.tolist()) for i in bad[:8]]
+        detail = [(i, hex(got[i].item()), hex(want[i].item())) for i in first]
+        raise AssertionError(f"{what}: {bad.shape[0]} codes differ, first (index, got, want): "
+                             f"{detail}")
+
+
+def assert_float_bits_equal(a, b, what=""):
+    """Bit-exact float comparison where NaN == NaN (any payload) and -0 != +0."""
+    a = a.cpu()
+    b = b.cpu()
+    assert a.shape == b.shape and a.dtype == b.dtype, (what, a.shape, b.shape, a.dtype, b.dtype)
+    na, nb = torch.isnan(a), torch.isnan(b)
+    assert torch.equal(na, nb), f"{what}: NaN positions differ"
+    int_t = {torch.float32: torch.int32, torch.bfloat16: torch.int16,
+             torch.float16: torch.int16}[a.dtype]
+    ai, bi = a.view(int_t)[~na], b.view(int_t)[~nb]
+    if not torch.equal(ai, bi):
+        bad = (ai != bi).nonzero()[:8].flatten()
+        raise AssertionError(f"{what}: {int((ai != bi).sum())} values differ; first got "
+                             f"{a[~na][bad].tolist()} want {b[~nb][bad].tolist()}")
+
+
+def check_quant(x, scale=None, what="", **kw):
+    q, s = cuda_quant(x, scale, **kw)
+    q_ref, s_ref = reference(x, scale, **kw)
+    assert q.device == x.device and s.device == x.device
+    assert q.dtype == FP8[kw.get("fmt", "e4m3fn")]
+    assert s.dtype == torch.float32 and s.shape == s_ref.shape, (s.shape, s_ref.shape)
+    assert_float_bits_equal(s, s_ref, f"{what} scale")
+    assert_codes_equal(q, q_ref, f"{what} codes")
+    return q, s
+
+
+def with_layout(x, layout):
+    """The same values as 2-D ``x`` (on its device) in another memory layout."""
+    m, k = x.shape
+    dev = x.device
+    if layout == "contiguous":
+        y = x.contiguous()
+    elif layout == "transposed":
+        y = x.t().contiguous().t()
+    elif layout == "sliced":  # row stride k + 7, starting 3 elements into the row
+        big = torch.zeros(2 * m + 1, k + 7, dtype=x.dtype, device=dev)
+        big[1::2, 3:3 + k] = x
+        y = big[1::2, 3:3 + k]
+    elif layout == "offset":  # contiguous, but 5 elements past a 16-byte boundary
+        buf = torch.zeros(m * k + 5, dtype=x.dtype, device=dev)
+        buf[5:] = x.reshape(-1)
+        y = buf[5:].view(m, k)
+    else:
+        raise AssertionError(layout)
+    assert torch.equal(y.cpu().contiguous().view(torch.uint8),
+                       x.cpu().contiguous().view(torch.uint8))
+    return y
+
+
+def all_bf16(device):
+    return torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16) \
+        .reshape(256, 256).to(device)
+
+
+def all_fp16(device):
+    return torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.float16) \
+        .reshape(256, 256).to(device)
+
+
+def special_data(shape, dtype, seed=0, device="cuda"):
+    """Random values over a wide range with NaN, +-Inf, subnormals, -0, all-zero and tiny
+    rows injected at fixed places (rows 0-3 keep finite, ordinary values)."""
+    g = torch.Generator().manual_seed(seed)
+    m, k = shape
+    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-8, 9, shape, generator=g))
+    if m * k == 0:
+        return x.to(dtype).to(device)
+    flat = x.view(-1)
+    n = flat.numel()
+    idx = torch.randperm(n, generator=g)
+    tiny = {torch.float32: 1e-40, torch.bfloat16: 1e-39, torch.float16: 3e-7}[dtype]
+    big = {torch.float32: 3e38, torch.bfloat16: 3e38, torch.float16: 6e4}[dtype]
+    specials = [float("nan"), float("inf"), -float("inf"), tiny, -tiny, -0.0, big, -big]
+    protected = min(4, m) * k  # first rows: no specials
+    pos = idx[idx >= protected][: max(1, n // 200)]
+    for j, p in enumerate(pos.tolist()):
+        flat[p] = specials[j % len(specials)]
+    x = x.view(shape)
+    if m > 5:
+        x[5] = 0.0            # an all-zero row: scale 1
+        x[5, ::3] = -0.0
+    if m > 6:
+        x[6] = tiny           # a row whose absmax / qmax underflows or is subnormal
+    return x.to(dtype).to(device)
+
+
+def bits_to_f32(start, n, device):
+    return torch.arange(start, start + n, dtype=torch.int64, device=device) \
+        .to(torch.int32).view(torch.float32)
+
+
+def torch_fp8_encode(x: torch.Tensor, fmt: str, saturate: bool) -> torch.Tensor:
+    """A transliteration of lowbit.reference.fp8.fp8_encode into torch integer ops, so the
+    reference algorithm runs on the GPU over all 2^32 fp32 patterns. Checked against the
+    NumPy reference itself by test_torch_encoder_matches_reference."""
+    f = fp8_format(fmt)
+    bits = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    sign = (bits >> 31) & 1
+    mag = bits & 0x7FFFFFFF
+    is_nan = mag > 0x7F800000
+    is_inf = mag == 0x7F800000
+    exp_field = mag >> 23
+    sig = torch.where(exp_field > 0, (mag & 0x7FFFFF) | 0x800000, mag & 0x7FFFFF)
+    exp = torch.clamp(exp_field, min=1) - 127
+    shift = (23 - f.mbits) + torch.clamp((1 - f.bias) - exp, min=0)
+    shift = torch.clamp(shift, max=40)
+    one = torch.ones_like(shift)
+    kept = sig >> shift
+    rem = sig & ((one << shift) - 1)
+    half = one << (shift - 1)
+    kept = kept + ((rem > half) | ((rem == half) & ((kept & 1) == 1))).to(torch.int64)
+    biased = exp + f.bias
+    code = torch.where(biased >= 1, ((biased - 1) << f.mbits) + kept, kept)
+    overflow = is_inf | (~is_nan & (code > f.max_code))
+    if saturate:
+        code = torch.where(overflow, f.max_code, code)
+        nan_out = is_nan
+    elif f.inf_code is not None:
+        code = torch.where(overflow, f.inf_code, code)
+        nan_out = is_nan
+    else:
+        nan_out = is_nan | overflow
+    if f.negative_zero:
+        out = code | (sign << 7)
+    else:
+        out = torch.where(code == 0, 0, code | (sign << 7))
+    out = torch.where(nan_out, f.nan_code, out)
+    return out.to(torch.uint8)
+
+
+# ------------------------------------------------- exhaustive encoding (static scale)
+@gpu
+@fmts
+@sats
+@hws
+@pytest.mark.parametrize("scale_value", [1.0, 0.3, 2.0 ** -12], ids=["s1", "s0.3", "s2^-12"])
+def test_all_bf16_patterns(fmt, saturate, hw, scale_value, hw_cvt):
+    x = all_bf16("cuda")
+    scale = torch.tensor(scale_value, device="cuda")
+    check_quant(x, scale, f"bf16 {fmt}", fmt=fmt, saturate=saturate)
+    # The same values as fp32 input (every bf16 is an fp32): the fp32 load path.
+    check_quant(x.float(), scale, f"fp32 {fmt}", fmt=fmt, saturate=saturate)
+
+
+@gpu
+@fmts
+@sats
+@hws
+@pytest.mark.parametrize("scale_value", [1.0, 0.3], ids=["s1", "s0.3"])
+def test_all_fp16_patterns(fmt, saturate, hw, scale_value, hw_cvt):
+    x = all_fp16("cuda")
+    check_quant(x, torch.tensor(scale_value, device="cuda"), f"fp16 {fmt}", fmt=fmt,
+                saturate=saturate)
+
+
+@gpu
+@fmts
+@sats
+@hws
+def test_every_fp32_pattern(fmt, saturate, hw, hw_cvt):
+    """All 2^32 fp32 bit patterns through the kernel (scale 1, so q = encode(x)) against the
+    reference algorithm run in torch on the GPU."""
+    one = torch.tensor(1.0, device="cuda")
+    n = 1 << 26
+    for start in range(0, 1 << 32, n):
+        x = bits_to_f32(start, n, "cuda")
+        q, _ = cuda_quant(x, one, fmt=fmt, saturate=saturate)
+        want = torch_fp8_encode(x, fmt, saturate)
+        got = q.view(torch.uint8)
+        if not torch.equal(got, want):
+            i = int((got != want).nonzero()[0])
+            raise AssertionError(f"{fmt} saturate={saturate}: fp32 0x{start + i:08x} -> "
+                                 f"0x{int(got[i]):02x}, want 0x{int(want[i]):02x}")
+
+
+# ------------------------------------------------------------ dynamic granularities
+GRANS = [
+    ("tensor", {}),
+    ("token", {}),
+    ("channel", {}),
+    ("group", {"group_size": 32}),
+    ("group", {"group_size": 64}),
+    ("group", {"group_size": 128}),
+    ("block", {"block": (1, 128)}),
+    ("block", {"block": (128, 128)}),
+]
+GRAN_IDS = ["tensor", "token", "channel", "group32", "group64", "group128", "block1x128",
+            "block128"]
+grans = pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
+
+
+def shapes_for(granularity, kw):
+    if granularity == "group":
+        g = kw["group_size"]
+        return [(1, g), (17, 3 * g), (7, 4096 + g), (130, 8 * g)]
+    return [(1, 1), (1, 200), (17, 4104), (130, 200), (3, 8192), (257, 128), (5, 40000)]
+
+
+@gpu
+@grans
+@dtypes
+@pytest.mark.parametrize("fmt", ["e4m3fn", "e5m2"])
+@hws
+def test_dynamic_scales(gran, dtype, fmt, hw, hw_cvt):
+    granularity, kw = gran
+    for i, shape in enumerate(shapes_for(granularity, kw)):
+        x = special_data(shape, dtype, seed=i)
+        check_quant(x, None, f"{granularity} {kw} {shape}", fmt=fmt, granularity=granularity, **kw)
+
+
+@gpu
+@grans
+@pytest.mark.parametrize("fmt", FORMATS)
+@sats
+def test_dynamic_scales_all_modes(gran, fmt, saturate):
+    granularity, kw = gran
+    shape = (33, 384) if granularity == "group" else (33, 392)
+    x = special_data(shape, torch.bfloat16, seed=3)
+    check_quant(x, None, f"{granularity}", fmt=fmt, granularity=granularity, saturate=saturate,
+                **kw)
+
+
+@gpu
+@grans
+@pytest.mark.parametrize("layout", LAYOUTS)
+@dtypes
+def test_layouts(gran, layout, dtype):
+    """Transposed, row-strided and offset (misaligned) inputs: same codes and scales."""
+    granularity, kw = gran
+    shape = (37, 512) if granularity == "group" else (37, 520)
+    x = with_layout(special_data(shape, dtype, seed=7), layout)
+    check_quant(x, None, f"{granularity} {layout}", granularity=granularity, **kw)
+    # static scale through the same layouts
+    _, s = reference(x, None, granularity=granularity, **kw)
+    check_quant(x, s.cuda(), f"{granularity} {layout} static", granularity=granularity, **kw)
+
+
+@gpu
+@pytest.mark.parametrize("granularity", ["tensor", "token", "group"])
+def test_leading_dimensions(granularity):
+    x = special_data((6, 256), torch.bfloat16, seed=11).reshape(2, 3, 256)
+    check_quant(x, None, "3-D", granularity=granularity)
+    # leading dimensions that no single stride describes (copied by the backend)
+    y = special_data((12, 256), torch.bfloat16, seed=12).reshape(3, 4, 256).permute(1, 0, 2)
+    assert not y.is_contiguous()
+    check_quant(y, None, "3-D permuted", granularity=granularity)
+    # 1-D and 0-D
+    check_quant(special_data((1, 384), torch.float32, seed=13).reshape(384), None, "1-D",
+                granularity=granularity)
+    if granularity == "tensor":
+        check_quant(torch.tensor(3.5, device="cuda"), None, "0-D")
+
+
+# ----------------------------------------------------------------------- static scales
+def special_scales(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.rand(shape, generator=g) * 4 + 0.01
+    flat = s.view(-1)
+    extra = [0.0, float("inf"), float("nan"), -0.5, 1e-42, 3e-39]
+    for j, v in enumerate(extra[: flat.numel() // 2]):
+        flat[(j * 7919) % flat.numel()] = v
+    return s.cuda()
+
+
+@gpu
+@grans
+@dtypes
+@fmts
+def test_static_scales(gran, dtype, fmt):
+    """Given scales of every granularity, including 0, Inf, NaN, negative and subnormal
+    entries (IEEE arithmetic decides what they do, in the kernel as in the reference)."""
+    granularity, kw = gran
+    shape = (130, 384) if granularity == "group" else (130, 392)
+    x = special_data(shape, dtype, seed=5)
+    _, s_ref = reference(x, None, granularity=granularity, **kw)
+    s = special_scales(tuple(s_ref.shape), seed=6) if s_ref.dim() else torch.tensor(0.7).cuda()
+    q, s_out = check_quant(x, s, f"static {granularity}", fmt=fmt, granularity=granularity, **kw)
+    assert_float_bits_equal(s_out, s, "scale is passed through")
+    assert s_out.data_ptr() != s.data_ptr()
+    # a non-contiguous scale tensor
+    if s.dim() == 2 and s.shape[1] > 1:
+        s_nc = s.t().contiguous().t()
+        check_quant(x, s_nc, "static non-contiguous scale", fmt=fmt, granularity=granularity,
+                    **kw)
+
+
+# ------------------------------------------------------------------------------ empty
+@gpu
+@grans
+def test_empty_inputs(gran):
+    granularity, kw = gran
+    # (5, 0): K = 0 with rows; not for group (K % G) or block, whose NumPy reference cannot
+    # expand a scale with zero columns (ZeroDivisionError in reference.quant.expand_scale).
+    shapes = [(0, 256)] + ([(5, 0)] if granularity in ("tensor", "token", "channel") else [])
+    for shape in shapes:
+        x = torch.empty(shape, dtype=torch.bfloat16, device="cuda")
+        check_quant(x, None, f"empty {shape}", granularity=granularity, **kw)
+        _, s_ref = reference(x, None, granularity=granularity, **kw)
+        s = torch.full(s_ref.shape, 0.25, device="cuda")
+        check_quant(x, s, f"empty static {shape}", granularity=granularity, **kw)
+
+
+# ---------------------------------------------------------------- streams, graphs, size
+@gpu
+def test_side_stream_and_cuda_graph():
+    """Launches on the current stream, with no host synchronization: capturable."""
+    x = special_data((64, 1024), torch.bfloat16, seed=9)
+    want = [reference(x, None, granularity=g) for g in ("tensor", "token")]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = [cuda_quant(x, None, granularity=g) for g in ("tensor", "token")]
+    torch.cuda.current_stream().wait_stream(side)
+    for (q, s), (qr, sr) in zip(got, want):
+        assert_codes_equal(q, qr, "side stream")
+        assert_float_bits_equal(s, sr, "side stream scale")
+
+    lowbit.dequantize_fp8(got[1][0], got[1][1], backend="cuda")  # load the kernel before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    static_x = x.clone()
+    with torch.cuda.graph(graph):
+        outs = [cuda_quant(static_x, None, granularity=g) for g in ("tensor", "token")]
+        deq = lowbit.dequantize_fp8(outs[1][0], outs[1][1], backend="cuda")
+    y = special_data((64, 1024), torch.bfloat16, seed=10)
+    static_x.copy_(y)
+    graph.replay()
+    torch.cuda.synchronize()
+    for (q, s), g in zip(outs, ("tensor", "token")):
+        qr, sr = reference(y, None, granularity=g)
+        assert_codes_equal(q, qr, f"graph replay {g}")
+        assert_float_bits_equal(s, sr, f"graph replay {g} scale")
+    d_ref = lowbit.dequantize_fp8(outs[1][0].cpu(), outs[1][1].cpu(), backend="reference")
+    assert_float_bits_equal(deq, d_ref, "graph replay dequant")
+
+
+@gpu
+def test_beyond_int32_indexing():
+    """More than 2^31 elements: 64-bit offsets (checked on the last rows and a sample)."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 12 << 30:
+        pytest.skip("needs 12 GB of free GPU memory")
+    rows, k = (1 << 17) + 3, 1 << 14  # 2^31 + 3 * 2^14 elements
+    x = torch.empty(rows, k, dtype=torch.bfloat16, device="cuda")
+    x.normal_()
+    for granularity in ("token", "tensor"):
+        q, s = cuda_quant(x, None, granularity=granularity)
+        tail = slice(rows - 5, rows)
+        if granularity == "token":
+            qr, sr = reference(x[tail], None, granularity="token")
+            assert_float_bits_equal(s[tail], sr, "token scale, last rows")
+        else:
+            # torch's `t / 448.0` multiplies by a reciprocal: divide in NumPy instead.
+            amax = x.abs().amax().float().cpu().numpy()
+            sr = torch.from_numpy(np.asarray(amax / np.float32(448.0), np.float32))
+            assert_float_bits_equal(s, sr, "tensor scale")
+            qr, _ = reference(x[tail], s.cpu())
+        assert_codes_equal(q[tail], qr, f"{granularity} last rows")
+        del q
+    torch.cuda.empty_cache()
+
+
+# -------------------------------------------------------------------------- dequantize
+def dequant_scales(shape, kind, seed):
+    m, k = shape
+    size = {"tensor": (), "row": (m, 1), "group32": (m, k // 32), "group128": (m, k // 128),
+            "block1x128": (m, -(-k // 128)), "block128": (-(-m // 128), -(-k // 128))}[kind]
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(size, generator=g) * 3 + 0.01).cuda()
+
+
+@gpu
+@fmts
+@dtypes
+@pytest.mark.parametrize("kind", ["tensor", "row", "group32", "group128", "block1x128",
+                                  "block128"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced", "offset"])
+def test_dequantize(fmt, dtype, kind, layout):
+    """Every code of the format in random places, every scale layout, every output dtype."""
+    shape = (130, 384) if kind.startswith("group") else (130, 392)
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 256, shape, generator=g, dtype=torch.int32).to(torch.uint8)
+    codes.view(-1)[:256] = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    q = with_layout(codes.view(FP8[fmt]).cuda(), layout)
+    s = dequant_scales(shape, kind, seed=2)
+    if kind != "tensor":
+        # Inf * 0 = NaN and Inf * x = Inf; products that are subnormal in bf16 (1e-40) or
+        # fp16 (1e-6), that overflow fp16 (1e5) or round to Inf in bf16 (7.595e35); 0; < 0.
+        special = [float("inf"), 1e-40, 1e-6, 1e5, 7.595e35, 0.0, -2.5]
+        flat = s.view(-1)
+        for j, v in enumerate(special[: flat.numel()]):
+            flat[j] = v
+    out = lowbit.dequantize_fp8(q, s, out_dtype=dtype, backend="cuda")
+    want = lowbit.dequantize_fp8(q.cpu(), s.cpu(), out_dtype=dtype, backend="reference")
+    assert out.device == q.device
+    assert_float_bits_equal(out, want, f"dequant {fmt} {kind} {layout}")
+
+
+@gpu
+def test_dequantize_round_trip_and_nd():
+    x = special_data((24, 512), torch.bfloat16, seed=4).reshape(2, 12, 512)
+    for granularity in ("tensor", "token", "group"):
+        q, s = cuda_quant(x, None, granularity=granularity)
+        for dtype in DTYPES:
+            out = lowbit.dequantize_fp8(q, s, out_dtype=dtype, backend="cuda")
+            want = lowbit.dequantize_fp8(q.cpu(), s.cpu(), out_dtype=dtype, backend="reference")
+            assert_float_bits_equal(out, want, f"round trip {granularity} {dtype}")
+    empty = torch.empty(0, 128, dtype=torch.float8_e4m3fn, device="cuda")
+    out = lowbit.dequantize_fp8(empty, torch.tensor(1.0, device="cuda"), backend="cuda")
+    assert out.shape == (0, 128) and out.dtype == torch.bfloat16
+
+
+@gpu
+def test_auto_picks_a_gpu_kernel():
+    x = torch.randn(8, 256, device="cuda", dtype=torch.bfloat16)
+    choice = lowbit.explain(lowbit.quantize_fp8, x, granularity="token", backend="cuda")
+    assert choice.backend == "cuda" and choice.kernel == "cuda_fp8_quant_per_token"
+    choice = lowbit.explain(lowbit.quantize_fp8, x, torch.tensor(1.0, device="cuda"),
+                            backend="cuda")
+    assert choice.kernel == "cuda_fp8_quant_static"
+
+
+# ------------------------------------------------------------------------- CPU tests
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_without_gpu_reference_is_chosen_and_cuda_unavailable():
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    choice = lowbit.explain(lowbit.quantize_fp8, x)
+    assert choice.backend == "reference"
+    assert lowbit.explain(lowbit.dequantize_fp8, x.to(torch.float8_e4m3fn),
+                          torch.tensor(1.0)).backend == "reference"
+    reason = cuda_backend.available()
+    assert isinstance(reason, str) and reason
+    from lowbit._backend import kernels
+    names = {k.name for k in kernels("quantize_fp8") if k.backend == "cuda"}
+    assert {"cuda_fp8_quant_static", "cuda_fp8_quant_per_tensor", "cuda_fp8_quant_per_token",
+            "cuda_fp8_quant_per_group", "cuda_fp8_quant_per_block128"} <= names
+    for k in kernels("quantize_fp8") + kernels("dequantize_fp8"):
+        if k.name.startswith("cuda_fp8_"):
+            assert k.available() == reason
+    # The ops still run (on the reference) and agree with it.
+    q, s = lowbit.quantize_fp8(x)
+    q_ref, s_ref = lowbit.quantize_fp8(x, backend="reference")
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+def test_cuda_backend_on_cpu_tensors_is_value_error():
+    x = torch.randn(4, 256)
+    with pytest.raises(ValueError, match="backend='cuda'"):
+        lowbit.quantize_fp8(x, backend="cuda")
+    with pytest.raises(ValueError, match="backend='cuda'"):
+        lowbit.dequantize_fp8(x.to(torch.float8_e4m3fn), torch.tensor(1.0), backend="cuda")
+
+
+def test_bad_arguments_raise_before_any_launch():
+    x = torch.randn(4, 100)
+    with pytest.raises(ValueError, match="group_size"):
+        lowbit.quantize_fp8(x, granularity="group", group_size=128, backend="cuda")
+    with pytest.raises(TypeError, match="x must have dtype"):
+        lowbit.quantize_fp8(x.to(torch.int32), backend="cuda")
+
+
+@pytest.mark.skipif(not cuda_backend.has_cuda_kernels(), reason="lowbit._C built without CUDA")
+def test_binding_rejects_bad_enums_without_touching_the_gpu():
+    """The launcher validates its arguments before any CUDA call, so this runs anywhere;
+    a failed launch is a RuntimeError with the CUDA error string."""
+    from lowbit import _C
+    with pytest.raises(RuntimeError, match="lowbit fp8_quantize: .*invalid argument"):
+        _C.fp8_quantize(0, 0, 4, 16, 16, 1, 0, 7, True, 0, 128, 0, 16, 0, False, 0)
+    with pytest.raises(RuntimeError, match="lowbit fp8_dequantize: .*invalid argument"):
+        _C.fp8_dequantize(0, 0, 4, 16, 16, 1, 16, 3, 0, 0, 16, 1, 0)
+
+
+def test_torch_encoder_matches_reference():
+    """The oracle of test_every_fp32_pattern (torch ops) against the NumPy reference on every
+    bf16 pattern, random fp32 patterns, and the halfway points between fp8 neighbours."""
+    rng = np.random.default_rng(0)
+    bf = (np.arange(1 << 16, dtype=np.uint32) << 16)
+    rnd = rng.integers(0, 1 << 32, 1 << 18, dtype=np.uint64).astype(np.uint32)
+    for fmt in FORMATS:
+        from lowbit.reference import fp8_decode
+        d = fp8_decode(np.arange(256, dtype=np.uint8), fmt)
+        fin = np.unique(np.abs(d[np.isfinite(d)])).astype(np.float64)
+        mids = ((fin[:-1] + fin[1:]) / 2).astype(np.float32).view(np.uint32)
+        edge = np.concatenate([mids, mids + 1, mids - 1])
+        bits = np.concatenate([bf, rnd, edge, edge | 0x80000000]).astype(np.uint32)
+        x = bits.view(np.float32)
+        for saturate in (True, False):
+            want = fp8_encode(x, fmt, saturate)
+            got = torch_fp8_encode(torch.from_numpy(x.copy()), fmt, saturate).numpy()
+            assert np.array_equal(got, want), (fmt, saturate)

@@ -1,0 +1,209 @@
+"""FP8 scaled GEMM in Triton: ``out[m, n] = sum_k a[m, k] sa(m, k) * b[n, k] sb(n, k) + bias[n]``.
+
+a: [M, K] fp8, b: [N, K] fp8 (K-major, the nn.Linear.weight layout), fp32 accumulation,
+output bf16 / fp16 / fp32. Scales (fp32) per operand:
+
+=========== ================================ ============================================
+mode        a_scale / b_scale                where it is applied
+=========== ================================ ============================================
+0 tensor    ``()``                           epilogue
+1 row       ``[M, 1]`` / ``[N, 1]``          epilogue
+2 block     ``[M, ceil(K/128)]`` /           to each K-step's partial product, in fp32
+            ``[ceil(N/128), ceil(K/128)]``   (DeepSeek-V3 1x128 / 128x128 block scaling)
+=========== ================================ ============================================
+
+Accumulation. Hopper's fp8 wgmma keeps about 14 bits of mantissa in its accumulator; at
+K = 4096 that costs percent-level error. Unless ``fast_accum``, every K-step (BLOCK_K <= 128)
+runs ``tl.dot`` from a zero accumulator and adds the partial product to a separate fp32
+accumulator: the promotion of CUTLASS's "2xAcc" / DeepGEMM. (On sm_90 Triton does not fold
+``acc + dot(a, b, 0)`` back into ``dot(a, b, acc)`` for fp8 operands, because their
+``max_num_imprecise_acc`` is non-zero.) ``fast_accum`` uses ``tl.dot(a, b, acc)``.
+Block scales force the per-step form in both modes. Measured on an H100 at M = 128,
+K = 16384, on data with a common offset: relative error 1.0e-4 promoted, 0.32 with
+``fast_accum``; the BLOCK_M = 16 tiles run mma.sync, which accumulates fp8 in full fp32
+(3.6e-8 either way). ``LOWBIT_TRITON_FP8_PROMOTE=dot`` selects the equivalent
+``tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)`` (same error, same speed measured).
+
+Any M, N, K: loads are masked, so no alignment is required; M = 0 returns at once. Tile
+choice comes from ``heuristics.fp8_gemm_config`` (a fixed table; no autotuning on the hot
+path; ``LOWBIT_TRITON_AUTOTUNE=1`` autotunes over ``heuristics.fp8_gemm_configs()`` for
+offline tuning).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .fp8_quant import f32_to_bf16_bits
+from .heuristics import fp8_gemm_config, fp8_gemm_configs
+
+__all__ = ["fp8_scaled_mm", "scale_mode"]
+
+SCALE_TENSOR, SCALE_ROW, SCALE_BLOCK = 0, 1, 2
+# How the accurate mode promotes: "add" (acc += tl.dot(a, b) from zero each K-step) or "dot"
+# (tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)); both add into fp32 every BLOCK_K.
+PROMOTE_DEFAULT = "add"
+
+
+@triton.jit
+def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
+                          stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
+                          stride_sam, stride_sak, stride_sbn, stride_sbk,
+                          A_MODE: tl.constexpr, B_MODE: tl.constexpr, BLOCKWISE: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, FAST_ACCUM: tl.constexpr,
+                          PROMOTE_IN_DOT: tl.constexpr, BF16_BITS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          GROUP_M: tl.constexpr):
+    # Grouped tile order: GROUP_M row-tiles share each column of b tiles while it is in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    offs_m64 = offs_m.to(tl.int64)
+    offs_n64 = offs_n.to(tl.int64)
+    a_ptrs = a_ptr + offs_m64[:, None] * stride_am + offs_k[None, :] * stride_ak
+    # b is [N, K] K-major; the tile is read as [BLOCK_K, BLOCK_N], contiguous along K, the
+    # operand order fp8 wgmma wants.
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n64[None, :] * stride_bn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kt in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - kt * BLOCK_K
+        a = tl.load(a_ptrs, mask=m_ok[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & n_ok[None, :], other=0.0)
+        if BLOCKWISE:
+            # BLOCK_K divides 128, so this K-step lies inside scale block kb.
+            kb = (kt * BLOCK_K) // 128
+            part = tl.dot(a, b)
+            if A_MODE == 2:
+                sa = tl.load(sa_ptr + offs_m64 * stride_sam + kb * stride_sak, mask=m_ok,
+                             other=0.0)
+                part = part * sa[:, None]
+            if B_MODE == 2:
+                sb = tl.load(sb_ptr + (offs_n64 // 128) * stride_sbn + kb * stride_sbk,
+                             mask=n_ok, other=0.0)
+                part = part * sb[None, :]
+            acc += part
+        elif FAST_ACCUM:
+            acc = tl.dot(a, b, acc)
+        elif PROMOTE_IN_DOT:
+            # The same promotion done by Triton's wgmma lowering: a partial accumulator
+            # added into acc every max_num_imprecise_acc (= BLOCK_K) K elements, with acc
+            # still a loop-carried dot accumulator.
+            acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc += tl.dot(a, b)  # promotion: a fresh partial sum each K-step
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    # Epilogue in fp32: the per-tensor / per-row scales, then the bias, then one rounding.
+    if A_MODE == 0:
+        acc = acc * tl.load(sa_ptr)
+    elif A_MODE == 1:
+        sa = tl.load(sa_ptr + offs_m64 * stride_sam, mask=m_ok, other=0.0)
+        acc = acc * sa[:, None]
+    if B_MODE == 0:
+        acc = acc * tl.load(sb_ptr)
+    elif B_MODE == 1:
+        sb = tl.load(sb_ptr + offs_n64 * stride_sbn, mask=n_ok, other=0.0)
+        acc = acc * sb[None, :]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    c_ptrs = c_ptr + offs_m64[:, None] * stride_cm + offs_n64[None, :] * stride_cn
+    c_mask = m_ok[:, None] & n_ok[None, :]
+    if BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates; round to nearest even
+        tl.store(c_ptrs, f32_to_bf16_bits(acc), mask=c_mask)
+    else:
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+def _autotuned_kernel():
+    """The kernel wrapped in triton.autotune over heuristics.fp8_gemm_configs() (offline
+    tuning only: the first call per shape key benchmarks every config)."""
+    global _AUTOTUNED
+    if _AUTOTUNED is None:
+        configs = [triton.Config(dict(BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k,
+                                      GROUP_M=c.group_m),
+                                 num_warps=c.num_warps, num_stages=c.num_stages)
+                   for c in fp8_gemm_configs()]
+        _AUTOTUNED = triton.autotune(configs=configs, key=["M", "N", "K", "A_MODE", "B_MODE",
+                                                           "FAST_ACCUM"])(_fp8_scaled_mm_kernel)
+    return _AUTOTUNED
+
+
+_AUTOTUNED = None
+
+
+def scale_mode(s: torch.Tensor, rows: int, k: int) -> int:
+    """0 per tensor, 1 per row, 2 per 128-block, from a validated scale's shape. A [rows, 1]
+    scale is per row (when K <= 128 it is also the block scale, with the same meaning)."""
+    if s.dim() == 0:
+        return SCALE_TENSOR
+    if s.shape[1] == 1 and s.shape[0] == rows:
+        return SCALE_ROW
+    return SCALE_BLOCK
+
+
+def fp8_scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
+                  b_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                  out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = False,
+                  config=None, promote_in_dot: Optional[bool] = None) -> torch.Tensor:
+    """a [M, K] fp8 x b [N, K] fp8 -> [M, N] of out_dtype (arguments validated by
+    lowbit.ops). ``config`` (a heuristics.GemmConfig) overrides the table, and
+    ``promote_in_dot`` the accurate mode's form (LOWBIT_TRITON_FP8_PROMOTE=dot|add), for
+    tuning."""
+    m, k = a.shape
+    n = b.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if m == 0:
+        return out
+    a_mode = scale_mode(a_scale, m, k)
+    b_mode = scale_mode(b_scale, n, k)
+    blockwise = SCALE_BLOCK in (a_mode, b_mode)  # block scales apply inside the K loop
+    if promote_in_dot is None:
+        promote_in_dot = os.environ.get("LOWBIT_TRITON_FP8_PROMOTE", PROMOTE_DEFAULT) == "dot"
+    sam, sak = (a_scale.stride(0), a_scale.stride(1)) if a_scale.dim() == 2 else (0, 0)
+    sbn, sbk = (b_scale.stride(0), b_scale.stride(1)) if b_scale.dim() == 2 else (0, 0)
+    bias_arg = bias if bias is not None else out
+    # Under TRITON_INTERPRET=1 a bf16 output is written as int16 bits rounded in-kernel.
+    bf16_bits = out_dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    c = out.view(torch.int16) if bf16_bits else out
+    args = (a, b, c, a_scale, b_scale, bias_arg, m, n, k, a.stride(0), a.stride(1),
+            b.stride(0), b.stride(1), c.stride(0), c.stride(1), sam, sak, sbn, sbk)
+    if config is None and os.environ.get("LOWBIT_TRITON_AUTOTUNE") == "1":
+        kern = _autotuned_kernel()
+
+        def grid(meta):
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+        kern[grid](*args, A_MODE=a_mode, B_MODE=b_mode, BLOCKWISE=blockwise,
+                   HAS_BIAS=bias is not None, FAST_ACCUM=bool(fast_accum),
+                   PROMOTE_IN_DOT=promote_in_dot, BF16_BITS=bf16_bits)
+        return out
+    # Block scales force the per-step (promoted) form, so they take its configs.
+    cfg = config if config is not None else fp8_gemm_config(
+        m, n, k, fast_accum=bool(fast_accum) and not blockwise)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    _fp8_scaled_mm_kernel[grid](
+        *args, A_MODE=a_mode, B_MODE=b_mode, BLOCKWISE=blockwise, HAS_BIAS=bias is not None,
+        FAST_ACCUM=bool(fast_accum), PROMOTE_IN_DOT=promote_in_dot, BF16_BITS=bf16_bits,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
+    return out
