@@ -27,6 +27,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from . import heuristics
+
 BACKENDS = ("auto", "cuda", "triton", "reference")
 ENV_VAR = "LOWBIT_BACKEND"
 
@@ -167,14 +169,19 @@ def choose(op: str, device: torch.device, backend: str, args) -> Choice:
         if missing:
             raise ValueError(f"{op}: backend={backend!r} cannot run: {missing}")
         candidates = [k for k in regs if k.backend == backend]
-    else:  # auto on a GPU
+    else:  # auto on a GPU: the measured preference of lowbit/heuristics.py, then priority
         candidates = [k for k in regs if k.backend in ("cuda", "triton")]
+        order = heuristics.preferred(op, device, args)
+        if order:
+            rank = {name: i for i, name in enumerate(order)}
+            candidates.sort(key=lambda k: rank.get(k.name, len(rank)))
 
     rejected = []
     for k in candidates:
         why = _try(k, args)
         if why is None:
-            reason = "requested" if backend != "auto" else "fastest supporting kernel"
+            reason = ("requested" if backend != "auto"
+                      else "first supporting kernel in measured order (lowbit/heuristics.py)")
             return Choice(op, k.backend, k.name, reason, rejected, fn=k.fn)
         rejected.append(f"{k.backend}/{k.name}: {why}")
     wanted = "CUDA or Triton" if backend == "auto" else backend

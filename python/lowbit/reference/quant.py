@@ -114,7 +114,7 @@ def expand_scale(scale: np.ndarray, shape) -> np.ndarray:
     sk = scale.shape[-1]
     if sk == 1:
         tw = max(k, 1)
-    elif k % sk == 0 and (k // sk) in (32, 64, 128):
+    elif sk and k % sk == 0 and (k // sk) in (32, 64, 128):
         tw = k // sk
     elif sk == -(-k // 128):
         tw = 128

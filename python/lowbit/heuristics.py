@@ -1,0 +1,47 @@
+"""Which kernel ``backend="auto"`` tries first, per op, device and shape.
+
+A small table built from measured data (never autotuning on the hot path). Kernels a row does
+not name keep their registration priority, after the named ones; a kernel that does not
+support the inputs is skipped as usual.
+
+fp8_scaled_mm on sm_90 (H100 80GB HBM3, torch 2.11, triton 3.6, 2026-11-27, rowwise scales,
+bf16 out, eager calls, bench/gpu_check.sh; speed relative to torch._scaled_mm in one run):
+
+    M = 1      sm89_fp8_gemm_smallm 0.92-1.35x   triton 0.22-1.09x (host-bound at 4096^2)
+    M = 16     sm89_fp8_gemm_smallm 0.71-0.85x   triton 0.20-1.08x
+    M = 64     sm89_fp8_gemm_smallm 0.22-0.29x   triton 0.61-1.04x
+    M >= 128   sm90_fp8_gemm_wgmma  0.38-0.70x   triton 0.64-0.96x
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import torch
+
+_FP8_SCALED_MM = {
+    (9, 0): (
+        (16, ("sm89_fp8_gemm_smallm", "triton_fp8_scaled_mm")),
+        (None, ("triton_fp8_scaled_mm", "sm90_fp8_gemm_wgmma")),
+    ),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int):
+    return torch.cuda.get_device_capability(index)
+
+
+def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
+    """Kernel names in the order ``auto`` should try them, or None for registration order."""
+    if op != "fp8_scaled_mm" or device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    rows = _FP8_SCALED_MM.get(_capability(index))
+    if rows is None:
+        return None
+    m = args[0].shape[0]
+    for max_m, order in rows:
+        if max_m is None or m <= max_m:
+            return order
+    return None

@@ -1,0 +1,50 @@
+"""auto's kernel order: the measured table of lowbit/heuristics.py, then priority."""
+import pytest
+import torch
+
+from lowbit import _backend, heuristics
+
+
+@pytest.fixture
+def h100(monkeypatch):
+    monkeypatch.setattr(heuristics, "_capability", lambda index: (9, 0))
+
+
+def _args(m):
+    return (torch.empty(m, 64, device="meta"),)
+
+
+@pytest.mark.parametrize("m,first", [(1, "sm89_fp8_gemm_smallm"), (16, "sm89_fp8_gemm_smallm"),
+                                     (17, "triton_fp8_scaled_mm"),
+                                     (4096, "triton_fp8_scaled_mm")])
+def test_table_on_sm90(h100, m, first):
+    order = heuristics.preferred("fp8_scaled_mm", torch.device("cuda", 0), _args(m))
+    assert order[0] == first
+
+
+def test_no_table_elsewhere(monkeypatch):
+    monkeypatch.setattr(heuristics, "_capability", lambda index: (8, 0))
+    assert heuristics.preferred("fp8_scaled_mm", torch.device("cuda", 0), _args(1)) is None
+    assert heuristics.preferred("quantize_fp8", torch.device("cuda", 0), _args(1)) is None
+    assert heuristics.preferred("fp8_scaled_mm", torch.device("cpu"), _args(1)) is None
+
+
+def test_choose_follows_table_then_skips_unsupported(h100, monkeypatch):
+    def kernel(name, backend, priority, supports=None):
+        return _backend.Kernel("fp8_scaled_mm", backend, name, lambda *a: name, supports,
+                               None, priority)
+
+    fake = [
+        kernel("sm90_fp8_gemm_wgmma", "cuda", 30),
+        kernel("sm89_fp8_gemm_smallm", "cuda", 20,
+               supports=lambda a: None if a.shape[0] <= 64 else "M too large"),
+        kernel("triton_fp8_scaled_mm", "triton", -10),
+        kernel("reference", "reference", 0),
+    ]
+    monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", fake)
+    dev = torch.device("cuda", 0)
+    assert _backend.choose("fp8_scaled_mm", dev, "auto", _args(8)).kernel == "sm89_fp8_gemm_smallm"
+    assert _backend.choose("fp8_scaled_mm", dev, "auto", _args(512)).kernel == "triton_fp8_scaled_mm"
+    # An explicit backend keeps registration priority within that backend.
+    monkeypatch.setattr(_backend, "_gpu_unavailable_reason", lambda: None)
+    assert _backend.choose("fp8_scaled_mm", dev, "cuda", _args(512)).kernel == "sm90_fp8_gemm_wgmma"
