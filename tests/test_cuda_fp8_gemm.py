@@ -141,3 +141,18 @@ def test_accurate_mode_beats_fast_accum_at_large_k():
     e_acc, e_fast = _rel_fro(acc, ref), _rel_fro(fast, ref)
     assert e_acc < e_fast, (e_acc, e_fast)
     assert e_acc <= 2e-3
+
+
+@gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_strided_scales_and_bias(backend):
+    # Per-row scales and a bias that are views with non-unit strides must be read as such.
+    a, b, sa, sb = _operands(100, 384, 512, "row", "cuda")
+    sa2 = torch.stack([sa, sa + 1], dim=1)[:, 0]   # [M, 1] with stride (2, 1)
+    sb2 = torch.stack([sb, sb + 1], dim=1)[:, 0]
+    bias = torch.randn(2 * 384, device="cuda")[::2]
+    for m in (8, 100):
+        out = lowbit.fp8_scaled_mm(a[:m], b, sa2[:m], sb2, bias, backend=backend)
+        ref = lowbit.fp8_scaled_mm(a[:m], b, sa2[:m].contiguous(), sb2.contiguous(),
+                                   bias.contiguous(), backend=backend)
+        assert torch.equal(out, ref)

@@ -93,7 +93,7 @@ CASES = [
       r"dequantize_fp8: q must have dtype float8_e4m3fn, float8_e5m2, float8_e4m3fnuz; "
       r"got torch\.int8", id="dequantize_fp8-q-dtype"),
     E(lambda: lowbit.dequantize_fp8(QT, torch.ones(3, 1)), ValueError,
-      r"scale must be 0-D \(per tensor\).* for x of shape \(4, 256\); got \(3, 1\)",
+      r"scale must be 0-D \(per tensor\).* for q of shape \(4, 256\); got \(3, 1\)",
       id="dequantize_fp8-scale-shape"),
     E(lambda: lowbit.dequantize_fp8(QT, torch.ones(4, 3)), ValueError,
       r"scale must be .*got \(4, 3\)", id="dequantize_fp8-scale-cols"),
@@ -144,7 +144,7 @@ CASES = [
       r"dequantize_int8: q must have dtype int8; got torch\.uint8",
       id="dequantize_int8-q-dtype"),
     E(lambda: lowbit.dequantize_int8(QI, SI.t()), ValueError,
-      r"scale must be .*for x of shape \(4, 256\); got \(1, 4\)",
+      r"scale must be .*for q of shape \(4, 256\); got \(1, 4\)",
       id="dequantize_int8-scale-shape"),
     E(lambda: lowbit.dequantize_int8(QI, SI.half()), TypeError,
       r"scale must have dtype float32; got torch\.float16", id="dequantize_int8-scale-dtype"),

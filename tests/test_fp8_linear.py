@@ -93,3 +93,10 @@ def test_gpu_matches_reference(m):
     assert _rel(y, lin(x)) < 0.08
     y2 = torch.compile(mod, fullgraph=True)(x)
     assert _rel(y2, ref) < 1e-2
+
+
+def test_fp32_layer_keeps_fp32_bias():
+    lin = _linear(dtype=torch.float32)
+    mod = Fp8Linear.from_linear(lin)
+    assert mod.bias.dtype == torch.float32
+    assert torch.equal(mod.bias, lin.bias)

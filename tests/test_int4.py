@@ -331,3 +331,9 @@ def test_gptq_rejects_unbalanced_g_idx():
     with pytest.raises(ValueError, match="g_idx"):
         R.import_gptq(qweight, qzeros, np.ones((2, n), np.float32), np.full(k, 5),
                       group_size=g)
+
+
+def test_to_refuses_a_dtype():
+    iw = WEIGHTS[list(WEIGHTS)[0]]()
+    with pytest.raises(TypeError, match="takes a device"):
+        iw.to(torch.float16)

@@ -180,7 +180,8 @@ def fp8_scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
         promote_in_dot = os.environ.get("LOWBIT_TRITON_FP8_PROMOTE", PROMOTE_DEFAULT) == "dot"
     sam, sak = (a_scale.stride(0), a_scale.stride(1)) if a_scale.dim() == 2 else (0, 0)
     sbn, sbk = (b_scale.stride(0), b_scale.stride(1)) if b_scale.dim() == 2 else (0, 0)
-    bias_arg = bias if bias is not None else out
+    # The kernel reads bias[n] at unit stride.
+    bias_arg = bias.contiguous() if bias is not None else out
     # Under TRITON_INTERPRET=1 a bf16 output is written as int16 bits rounded in-kernel.
     bf16_bits = out_dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
     c = out.view(torch.int16) if bf16_bits else out

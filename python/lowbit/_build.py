@@ -25,8 +25,3 @@ def build_info() -> Dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def has_cuda_kernels() -> bool:
     return _C is not None and bool(_C.build_info()["cuda"])
-
-
-def cuda_archs():
-    info = build_info()
-    return [a for a in info["cuda_archs"].split(",") if a]

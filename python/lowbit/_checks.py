@@ -107,7 +107,7 @@ def static_scale(op: str, name: str, s: torch.Tensor, expected: Tuple[int, ...],
             f"got {tuple(s.shape)}")
 
 
-def scale_for(op: str, name: str, s: torch.Tensor, x: torch.Tensor) -> None:
+def scale_for(op: str, name: str, s: torch.Tensor, x: torch.Tensor, x_name: str = "q") -> None:
     """A dequantization scale: per tensor, per row, per group, or per 128-block of x."""
     dtype(op, name, s, (torch.float32,))
     shp = tuple(x.shape)
@@ -129,7 +129,7 @@ def scale_for(op: str, name: str, s: torch.Tensor, x: torch.Tensor) -> None:
     if not ok:
         raise ValueError(
             f"{op}: {name} must be 0-D (per tensor), [..., 1] (per row), [..., K // G] "
-            f"(per group) or [ceil(M/128), ceil(K/128)] (per block) for {name[:-6] or 'x'} "
+            f"(per group) or [ceil(M/128), ceil(K/128)] (per block) for {x_name} "
             f"of shape {shp}; got {got}")
 
 

@@ -12,7 +12,6 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import ops as _ops
 from .ops import EAGER as _EAGER, OPS as _OPS
 from ._backend import arg
 from .int4_weight import Int4Weight

@@ -35,6 +35,9 @@ class Int4Weight:
         return self.qweight.device
 
     def to(self, device) -> "Int4Weight":
+        """The same weight on ``device`` (a device only: the packed layout has fixed dtypes)."""
+        if isinstance(device, torch.dtype):
+            raise TypeError(f"Int4Weight.to takes a device; got the dtype {device}")
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Int4Weight(mv(self.qweight), mv(self.scales), mv(self.zeros), self.group_size,
                           mv(self.perm))

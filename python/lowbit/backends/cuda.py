@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 
 from .._backend import register_kernel
+from ._device import OnDevice, stream
 from .._build import _C, has_cuda_kernels
 from .._checks import FP8_DTYPES, FP8_FORMAT_OF
 
@@ -47,11 +48,6 @@ HW_CVT = os.environ.get("LOWBIT_FP8_HW_CVT", "1") != "0"
 _FMT = {"e4m3fn": 0, "e5m2": 1, "e4m3fnuz": 2}
 _FLOAT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _G_TENSOR, _G_ROW, _G_GROUP, _G_BLOCK128 = 0, 1, 2, 3
-
-try:
-    _raw_stream = torch._C._cuda_getCurrentRawStream  # no Stream object per call
-except AttributeError:  # pragma: no cover - older torch
-    _raw_stream = None
 
 _availability: list = []  # [reason or None], computed once
 
@@ -89,33 +85,8 @@ def _device_reason(t: torch.Tensor) -> Optional[str]:
     return None
 
 
-def _stream(device: torch.device) -> int:
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if _raw_stream is not None:
-        return _raw_stream(idx)
-    return torch.cuda.current_stream(idx).cuda_stream
-
-
-class _OnDevice:
-    """Makes ``device`` current for the launch when it is not already (the kernels launch
-    on the current device); a no-op in the common case."""
-
-    __slots__ = ("idx", "prev")
-
-    def __init__(self, device: torch.device):
-        self.idx = device.index
-        self.prev = None
-
-    def __enter__(self):
-        if self.idx is not None:
-            cur = torch.cuda.current_device()
-            if cur != self.idx:
-                self.prev = cur
-                torch.cuda.set_device(self.idx)
-
-    def __exit__(self, *exc):
-        if self.prev is not None:
-            torch.cuda.set_device(self.prev)
+_stream = stream
+_OnDevice = OnDevice
 
 
 def _rows_view(t: torch.Tensor):

@@ -18,47 +18,26 @@ import torch
 
 from .._backend import register_kernel
 from .._build import _C, has_cuda_kernels
+from ._device import OnDevice, capability, device_index, stream
+from .cuda import available as _available
 
 SMALL_M_MAX = 64
 _OUT_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
-try:
-    _raw_stream = torch._C._cuda_getCurrentRawStream  # no Stream object per call
-except AttributeError:  # pragma: no cover - older torch
-    _raw_stream = None
-
-
-def _device_index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
-def _stream(device: torch.device) -> int:
-    if _raw_stream is not None:
-        return _raw_stream(_device_index(device))
-    return torch.cuda.current_stream(device).cuda_stream
-
 
 def arch_override() -> Optional[int]:
     v = os.environ.get("LOWBIT_ARCH")
-    return int(v) if v else None
-
-
-@functools.lru_cache(maxsize=None)
-def _capability_of(index: int):
-    return torch.cuda.get_device_capability(index)
+    if not v:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"LOWBIT_ARCH must be a compute capability such as 80 or 89; got {v!r}")
 
 
 @functools.lru_cache(maxsize=None)
 def _built() -> frozenset:
     return frozenset(_C.fp8_gemm_kernels_built()) if has_cuda_kernels() else frozenset()
-
-
-def _available() -> Optional[str]:
-    if not has_cuda_kernels():
-        return "lowbit._C was built without CUDA"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    return None
 
 
 def _scale_mode(s: torch.Tensor, rows: int) -> int:
@@ -76,6 +55,8 @@ def _common(a, b) -> Optional[str]:
         return f"needs CUDA tensors; got {a.device}"
     if a.dtype != torch.float8_e4m3fn or b.dtype != torch.float8_e4m3fn:
         return f"takes e4m3fn operands; got {a.dtype} x {b.dtype}"
+    if a.shape[1] == 0:
+        return "K = 0"
     if a.shape[1] % 16:
         return f"K = {a.shape[1]} is not a multiple of 16"
     if not (_aligned(a) and _aligned(b)):
@@ -98,7 +79,7 @@ def _supports(kernel: str, min_arch: int, archs, m_range):
         over = arch_override()
         if over is not None and over < min_arch:
             return f"LOWBIT_ARCH={over} asks for an older arch's path"
-        cap = _capability_of(_device_index(a.device))
+        cap = capability(device_index(a.device))
         if archs is not None and cap not in archs:
             return f"built for {sorted(archs)}; device is sm_{cap[0]}{cap[1]}"
         if cap < (8, 0):
@@ -115,12 +96,16 @@ def _runner(kernel: str):
         out = torch.empty((m, n), dtype=out_dtype, device=a.device)
         if m == 0 or n == 0:
             return out
-        if a_scale.dim() == 2 and a_scale.stride(1) != 1:
-            a_scale = a_scale.contiguous()
-        if b_scale.dim() == 2 and b_scale.stride(1) != 1:
-            b_scale = b_scale.contiguous()
-        if bias is not None and bias.stride(0) != 1:
+        # The kernels index per-row scales by m and n alone: make them dense (free when they
+        # already are).
+        a_scale, b_scale = a_scale.contiguous(), b_scale.contiguous()
+        if bias is not None:
             bias = bias.contiguous()
+        with OnDevice(a.device):
+            _launch(a, b, a_scale, b_scale, bias, out, out_dtype, m, n, k, fast_accum)
+        return out
+
+    def _launch(a, b, a_scale, b_scale, bias, out, out_dtype, m, n, k, fast_accum):
         _C.fp8_gemm(
             kernel, a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0),
             a_scale.data_ptr(), a_scale.stride(0) if a_scale.dim() == 2 else 0,
@@ -130,8 +115,7 @@ def _runner(kernel: str):
             0 if bias is None else bias.data_ptr(),
             _OUT_CODE[bias.dtype] if bias is not None else 0,
             out.data_ptr(), out.stride(0), _OUT_CODE[out_dtype], m, n, k, bool(fast_accum),
-            _stream(a.device))
-        return out
+            stream(a.device))
 
     run.__name__ = kernel
     return run

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from .._backend import register_kernel
+from ._device import OnDevice
 
 PRIORITY = -10
 
@@ -84,7 +85,9 @@ def _quant_supports(*granularities):
 
 
 def _quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
-    return _load()[0].quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate)
+    # Triton launches on the current device: make the tensors' device current.
+    with OnDevice(x.device):
+        return _load()[0].quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate)
 
 
 for _name, _grans in (("triton_fp8_quant_per_tensor", ("tensor",)),
@@ -103,7 +106,8 @@ def _dequant_supports(q, scale, out_dtype):
 @register_kernel("dequantize_fp8", "triton", "triton_fp8_dequant", supports=_dequant_supports,
                  available=available, priority=PRIORITY)
 def dequantize_fp8(q, scale, out_dtype):
-    return _load()[0].dequantize_fp8(q, scale, out_dtype)
+    with OnDevice(q.device):
+        return _load()[0].dequantize_fp8(q, scale, out_dtype)
 
 
 # --------------------------------------------------------------------------- fp8_scaled_mm
@@ -127,4 +131,5 @@ def _gemm_supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
 @register_kernel("fp8_scaled_mm", "triton", "triton_fp8_scaled_mm", supports=_gemm_supports,
                  available=available, priority=PRIORITY)
 def fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
-    return _load()[1].fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum)
+    with OnDevice(a.device):
+        return _load()[1].fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum)

@@ -53,7 +53,7 @@ class Fp8Linear(nn.Module):
         w = linear.weight.detach()
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode,
                   static_act_scale=act_scale is not None, device=w.device,
-                  dtype=w.dtype if w.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16)
+                  dtype=w.dtype)
         q, s = api.quantize_fp8(w, granularity="channel")
         mod.weight.copy_(q)
         mod.weight_scale.copy_(s)

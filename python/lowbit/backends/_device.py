@@ -1,0 +1,51 @@
+"""Device helpers shared by the GPU backends: the device index, its capability, the raw
+current stream, and a guard that makes a tensor's device current for a launch."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:
+    _raw_stream = torch._C._cuda_getCurrentRawStream  # no Stream object per call
+except AttributeError:  # pragma: no cover - older torch
+    _raw_stream = None
+
+
+def device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+@functools.lru_cache(maxsize=None)
+def capability(index: int):
+    return torch.cuda.get_device_capability(index)
+
+
+def stream(device: torch.device) -> int:
+    """The handle of ``device``'s current stream."""
+    idx = device_index(device)
+    if _raw_stream is not None:
+        return _raw_stream(idx)
+    return torch.cuda.current_stream(idx).cuda_stream
+
+
+class OnDevice:
+    """Makes ``device`` current for a launch when it is not already (kernels launch on the
+    current device); a no-op in the common case."""
+
+    __slots__ = ("idx", "prev")
+
+    def __init__(self, device: torch.device):
+        self.idx = device.index
+        self.prev = None
+
+    def __enter__(self):
+        if self.idx is not None:
+            cur = torch.cuda.current_device()
+            if cur != self.idx:
+                self.prev = cur
+                torch.cuda.set_device(self.idx)
+
+    def __exit__(self, *exc):
+        if self.prev is not None:
+            torch.cuda.set_device(self.prev)
