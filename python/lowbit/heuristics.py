@@ -14,10 +14,11 @@ bf16 out, eager calls, bench/gpu_check.sh; speed relative to torch._scaled_mm in
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional, Sequence
 
 import torch
+
+from .backends._device import capability as _capability, device_index
 
 _FP8_SCALED_MM = {
     (9, 0): (
@@ -27,17 +28,11 @@ _FP8_SCALED_MM = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _capability(index: int):
-    return torch.cuda.get_device_capability(index)
-
-
 def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
     """Kernel names in the order ``auto`` should try them, or None for registration order."""
     if op != "fp8_scaled_mm" or device.type != "cuda":
         return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    rows = _FP8_SCALED_MM.get(_capability(index))
+    rows = _FP8_SCALED_MM.get(_capability(device_index(device)))
     if rows is None:
         return None
     m = args[0].shape[0]

@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 
 from .._backend import register_kernel
-from ._device import OnDevice, stream
+from ._device import OnDevice, capability, device_index, stream
 from .._build import _C, has_cuda_kernels
 from .._checks import FP8_DTYPES, FP8_FORMAT_OF
 
@@ -70,23 +70,14 @@ def _availability_reason() -> Optional[str]:
     return None
 
 
-_capability_ok: dict = {}
-
-
 def _device_reason(t: torch.Tensor) -> Optional[str]:
     if t.device.type != "cuda":
         return f"needs CUDA tensors; got a tensor on {t.device}"
-    idx = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    ok = _capability_ok.get(idx)
-    if ok is None:
-        ok = _capability_ok[idx] = torch.cuda.get_device_capability(idx) >= (8, 0)
+    idx = device_index(t.device)
+    ok = capability(idx) >= (8, 0)
     if not ok:
         return f"needs compute capability 8.0 or newer; cuda:{idx} is older"
     return None
-
-
-_stream = stream
-_OnDevice = OnDevice
 
 
 def _rows_view(t: torch.Tensor):
@@ -147,10 +138,10 @@ def _quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
         s_in = scale.data_ptr()
     elif g == _G_TENSOR:
         ws = torch.empty(1, dtype=torch.int32, device=dev)
-    with _OnDevice(dev):
+    with OnDevice(dev):
         _C.fp8_quantize(v.data_ptr(), _FLOAT[x.dtype], rows, cols, rs, cs, q.data_ptr(),
                         _FMT[fmt], saturate, g, group, s_in, s_out.data_ptr(),
-                        0 if ws is None else ws.data_ptr(), HW_CVT, _stream(dev))
+                        0 if ws is None else ws.data_ptr(), HW_CVT, stream(dev))
     return q, s_out
 
 
@@ -222,8 +213,8 @@ def _dequantize_fp8(q, scale, out_dtype):
     v, rows, cols, rs, cs = _rows_view(q)
     tile_rows, tile_cols, ld = _scale_layout(tuple(scale.shape), tuple(q.shape))
     scale = scale.contiguous()
-    with _OnDevice(dev):
+    with OnDevice(dev):
         _C.fp8_dequantize(v.data_ptr(), _FMT[FP8_FORMAT_OF[q.dtype]], rows, cols, rs, cs,
                           scale.data_ptr(), tile_rows, tile_cols, ld, out.data_ptr(),
-                          _FLOAT[out_dtype], _stream(dev))
+                          _FLOAT[out_dtype], stream(dev))
     return out

@@ -14,14 +14,12 @@ Kernels (op: name):
 """
 from __future__ import annotations
 
-import functools
-import os
 from typing import Optional
 
 import torch
 
-from .._backend import register_kernel
-from ._device import OnDevice
+from .._backend import _interpreting, register_kernel
+from ._device import OnDevice, capability, device_index
 
 PRIORITY = -10
 
@@ -46,10 +44,6 @@ def _load():
     return _modules
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def available() -> Optional[str]:
     if _load() is None:
         return f"triton is not importable ({_import_error})"
@@ -60,11 +54,6 @@ def available() -> Optional[str]:
     elif not torch.cuda.is_available():
         return "no CUDA device (the Triton kernels need one, or TRITON_INTERPRET=1)"
     return None
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(index: int):
-    return torch.cuda.get_device_capability(index)
 
 
 def _device_reason(t: torch.Tensor) -> Optional[str]:
@@ -121,8 +110,7 @@ def _gemm_supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     if why:
         return why
     if a.device.type == "cuda" and not _interpreting():
-        cap = _capability(a.device.index if a.device.index is not None
-                          else torch.cuda.current_device())
+        cap = capability(device_index(a.device))
         if cap < (8, 9):
             return f"fp8 tl.dot needs compute capability 8.9 or newer; got {cap[0]}.{cap[1]}"
     return None
