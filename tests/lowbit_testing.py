@@ -155,3 +155,26 @@ def unpack_nibbles(q) -> np.ndarray:
 def round_to(x, dtype: torch.dtype) -> np.ndarray:
     """fp32 values rounded to ``dtype`` by torch's cast, returned as fp32."""
     return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dtype).float().numpy()
+
+
+# ------------------------------------------------------------------- tiny dynamic scales
+# The floor of a dynamic scale (the smallest normal fp32), and tiny absmax values: 1e-38
+# and 1e-36 (absmax / 448 has an fp32 reciprocal of +Inf), fp32 subnormals (1e-40, and
+# 1e-45, the smallest), all under qmax * 2^-126 for every qmax (7 to 57344); and
+# 448 * 2^-126 * (1 - 2^-10), just under it for e4m3fn and above it for qmax <= 240.
+MIN_SCALE = np.float32(2.0 ** -126)
+TINY_ABSMAX = (1e-38, 1e-36, 1e-40, 1e-45, 448 * 2.0 ** -126 * (1 - 2.0 ** -10))
+
+
+def tiny_input(absmax: float, shape=(4, 256), seed=0) -> np.ndarray:
+    """float32 [rows, K] with |x| <= absmax: random values, exact zeros and -0 in every row,
+    +-absmax itself in every row, and an all-zero last row (whose dynamic scale is 1)."""
+    rng = np.random.default_rng(seed)
+    rows, k = shape
+    x = (rng.uniform(-1, 1, shape) * absmax).astype(np.float32)
+    x[:, 0::5] = 0.0
+    x[:, 1::7] = -0.0
+    x[:, 3] = np.float32(absmax)
+    x[:, k // 2] = -np.float32(absmax)
+    x[rows - 1] = 0.0
+    return x

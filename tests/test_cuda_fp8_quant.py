@@ -21,6 +21,7 @@ import lowbit
 from lowbit.backends import cuda as cuda_backend
 from lowbit.reference import fp8_encode
 from lowbit.reference.formats import fp8_format
+from lowbit_testing import MIN_SCALE, TINY_ABSMAX, tiny_input
 
 FORMATS = ("e4m3fn", "e5m2", "e4m3fnuz")
 FP8 = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2,
@@ -318,6 +319,30 @@ def test_leading_dimensions(granularity):
                 granularity=granularity)
     if granularity == "tensor":
         check_quant(torch.tensor(3.5, device="cuda"), None, "0-D")
+
+
+@gpu
+@grans
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@fmts
+@hws
+def test_tiny_absmax(gran, dtype, fmt, hw, hw_cvt):
+    """Slices whose absmax / qmax lies under the scale floor 2^-126 (1e-38, 1e-36, fp32
+    subnormals) with zeros and an all-zero row, per tensor, token, group and block: the
+    floor, the codes and the dequantized values are the reference's, and nothing is NaN
+    (with absmax / qmax itself, 1 / scale was +Inf and 0 * Inf made the zeros NaN)."""
+    granularity, kw = gran
+    for absmax in TINY_ABSMAX:
+        for shape in ((4, 256), (130, 384)):
+            x = torch.from_numpy(tiny_input(absmax, shape)).to(dtype).cuda()
+            what = f"{granularity} {kw} absmax={absmax:.3g} {shape}"
+            q, s = check_quant(x, None, what, fmt=fmt, granularity=granularity, **kw)
+            assert bool((s >= float(MIN_SCALE)).all()), what
+            d = lowbit.dequantize_fp8(q, s, out_dtype=torch.float32, backend="cuda")
+            want = lowbit.dequantize_fp8(q.cpu(), s.cpu(), out_dtype=torch.float32,
+                                         backend="reference")
+            assert_float_bits_equal(d, want, f"dequantize {what}")
+            assert not bool(torch.isnan(d).any()), what
 
 
 # ----------------------------------------------------------------------- static scales

@@ -13,9 +13,9 @@ from hypothesis import given, strategies as st
 
 import lowbit
 from lowbit import reference as R
-from lowbit_testing import (FLOAT_DTYPES, FP8, FP8_FORMATS, LAYOUTS, expand_scale,
-                            expected_scale_shape, f32_bits_equal, round_to, tile_reduce,
-                            unpack_nibbles, with_layout)
+from lowbit_testing import (FLOAT_DTYPES, FP8, FP8_FORMATS, LAYOUTS, MIN_SCALE, TINY_ABSMAX,
+                            expand_scale, expected_scale_shape, f32_bits_equal, round_to,
+                            tile_reduce, tiny_input, unpack_nibbles, with_layout)
 
 F32 = np.float32
 EPS = 2.0 ** -24  # unit roundoff of fp32
@@ -92,10 +92,16 @@ def family_cases(family):
 
 
 # ------------------------------------------------------------------------ independent scales
+def floored(extent, levels):
+    """extent / levels in fp32, at least 2^-126; 1 for a zero extent (NaN stays NaN)."""
+    s = (np.asarray(extent, F32) / F32(levels)).astype(F32)  # one correctly rounded division
+    s = np.where(s < MIN_SCALE, MIN_SCALE, s)
+    return np.where(extent == 0, F32(1), s).astype(F32)
+
+
 def absmax_scale(x, qmax, gran, group_size, block):
     amax = tile_reduce(x, gran, lambda t: np.max(np.abs(t)) if t.size else 0, group_size, block)
-    s = (amax / F32(qmax)).astype(F32)  # one correctly rounded fp32 division
-    return np.where(s == 0, F32(1), s).astype(F32)
+    return floored(amax, qmax)
 
 
 def minmax(x, gran, group_size, block):
@@ -136,8 +142,7 @@ def test_int8_asymmetric_properties(family):
         q, s, z = R.quantize_int8(x, granularity=gran, group_size=group_size, block=block,
                                   symmetric=False)
         lo, hi = minmax(x, gran, group_size, block)
-        want_s = ((hi - lo) / F32(255)).astype(F32)
-        want_s = np.where(want_s == 0, F32(1), want_s).astype(F32)
+        want_s = floored(hi - lo, 255)
         assert f32_bits_equal(s, want_s)
         want_z = np.clip(np.rint(F32(-128) - (lo / want_s).astype(F32)), -128, 127)
         assert np.array_equal(np.asarray(z), want_z.astype(np.int32))
@@ -248,6 +253,103 @@ def test_fp8_nan_and_inf_inputs(fmt):
     assert np.isnan(s[0, 0])
 
 
+# ------------------------------------------------------------------ tiny dynamic scales
+# An absmax under qmax * 2^-126 gets the scale floor 2^-126 (with absmax / qmax itself, the
+# fp32 reciprocal is +Inf for the smaller ones, and 0 * Inf made the slice's zeros NaN).
+@pytest.mark.parametrize("absmax", TINY_ABSMAX, ids=lambda a: f"{a:.3g}")
+@pytest.mark.parametrize("gran,group_size,block", GRANS, ids=GRAN_IDS)
+@pytest.mark.parametrize("fmt", FP8_FORMATS)
+def test_fp8_tiny_absmax(fmt, gran, group_size, block, absmax):
+    _, fmax, bias, mbits, _ = FP8[fmt]
+    x = tiny_input(absmax)
+    codes, s = R.quantize_fp8(x, fmt=fmt, granularity=gran, group_size=group_size, block=block)
+    assert f32_bits_equal(s, absmax_scale(x, fmax, gran, group_size, block))
+    assert np.all(s >= MIN_SCALE) and np.all(np.isfinite(F32(1) / s))
+    assert np.any(s == MIN_SCALE) == (absmax < fmax * 2.0 ** -126)
+    deq = R.dequantize_fp8(codes, s, fmt=fmt).astype(np.float64)
+    assert not np.isnan(deq).any()
+    assert np.all(deq[x == 0] == 0)
+    # x * 2^126 and q * 2^-126 are exact, so the only error is fp8's rounding: half an ulp,
+    # relative 2^-(mbits+1) where x * 2^126 is a normal fp8 value.
+    sf = expand_scale(s, x.shape, gran, group_size, block).astype(np.float64)
+    ax = np.abs(x).astype(np.float64)
+    assert np.all(np.abs(x - deq) <= np.maximum(ax * 2.0 ** -(mbits + 1),
+                                                sf * 2.0 ** (-bias - mbits)))
+    normal = ax >= sf * 2.0 ** (1 - bias)
+    assert np.all(np.abs(x - deq)[normal] <= ax[normal] * 2.0 ** -(mbits + 1))
+    codes2, s2 = R.quantize_fp8(x, s, fmt=fmt, granularity=gran, group_size=group_size,
+                                block=block)
+    assert np.array_equal(codes2, codes) and f32_bits_equal(s2, s)
+
+
+@pytest.mark.parametrize("absmax", TINY_ABSMAX, ids=lambda a: f"{a:.3g}")
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_int8_tiny_absmax(symmetric, absmax):
+    x = tiny_input(absmax)
+    q, s, z = R.quantize_int8(x, granularity="token", symmetric=symmetric)
+    if symmetric:
+        want = absmax_scale(x, 127, "token", 128, None)
+    else:
+        lo, hi = minmax(x, "token", 128, None)
+        want = floored(hi - lo, 255)
+    assert f32_bits_equal(s, want) and s[-1, 0] == 1 and np.all(s[:-1] >= MIN_SCALE)
+    deq = R.dequantize_int8(q, s, z).astype(np.float64)
+    assert not np.isnan(deq).any() and np.all(deq[x == 0] == 0)
+    # Half a step, plus the fp32 rounding of x * inv and q * scale.
+    sf = expand_scale(s, x.shape, "token").astype(np.float64)
+    bound = sf / 2 + sf * 255 * 4 * EPS + np.abs(x) * 2 * EPS
+    assert np.all(np.abs(x - deq) <= bound)
+
+
+@pytest.mark.parametrize("absmax", TINY_ABSMAX, ids=lambda a: f"{a:.3g}")
+@pytest.mark.parametrize("scale_dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
+def test_int4_tiny_absmax(symmetric, scale_dtype, absmax):
+    """The floor holds after the scales are rounded to bf16; fp16 cannot store 2^-126, so
+    the stored scale rounds to 0 and becomes 1 (the values then quantize to 0)."""
+    w = tiny_input(absmax, (4, 128))
+    qweight, scales, zeros = R.quantize_int4(w, 64, symmetric, scale_dtype)
+    assert np.all(scales[-1] == 1)
+    deq = R.dequantize_int4(qweight, scales, zeros, 64).astype(np.float64)
+    assert not np.isnan(deq).any() and np.all(deq[w == 0] == 0)
+    if scale_dtype == "float16":
+        assert np.all(scales == 1) and np.all(deq == 0)
+        return
+    assert np.all(scales >= MIN_SCALE)
+    if absmax < 7 * 2.0 ** -126:
+        assert np.all(scales[:-1] == MIN_SCALE)
+    # Within one step of the stored scale (half a step, plus what rounding the scale to
+    # bf16 costs: test_int4_properties has the exact bound).
+    sf = np.repeat(scales.astype(np.float64), 64, axis=1)
+    assert np.all(np.abs(w - deq) <= sf * (1 + 64 * EPS))
+
+
+@pytest.mark.parametrize("fmt", FP8_FORMATS)
+def test_fp8_static_scale_is_used_as_given(fmt):
+    """A given scale is never changed (it is the caller's, and dequantization uses it):
+    the floor applies to dynamic scales only."""
+    x = tiny_input(1e-36)
+    for value in (2.0 ** -126, 1e-30, 3e-39):
+        scale = np.array(value, F32)
+        codes, s = R.quantize_fp8(x, scale, fmt=fmt)
+        assert f32_bits_equal(s, scale)
+        want = R.fp8_encode((x * (F32(1) / scale).astype(F32)).astype(F32), fmt)
+        assert np.array_equal(codes, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("gran,group_size,block", GRANS, ids=GRAN_IDS)
+def test_op_tiny_absmax_round_trip(gran, group_size, block, dtype):
+    """Through the public ops (bf16 holds these magnitudes too; it rounds 1e-45 to 0)."""
+    for absmax in TINY_ABSMAX:
+        x = torch.from_numpy(tiny_input(absmax)).to(dtype)
+        q, s = lowbit.quantize_fp8(x, granularity=gran, group_size=group_size, block=block)
+        assert torch.all((s == float(MIN_SCALE)) | (s == 1))
+        d = lowbit.dequantize_fp8(q, s, out_dtype=torch.float32)
+        assert not torch.isnan(d).any() and torch.all(d[x == 0] == 0)
+        assert torch.all((d - x.float()).abs() <= x.float().abs() / 16 + float(MIN_SCALE) / 2)
+
+
 # ------------------------------------------------------------------------------------ int4
 INT4_SCALE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                      "float16": torch.float16}
@@ -286,8 +388,7 @@ def test_int4_properties(symmetric, scale_dtype):
             z = np.full(scales.shape, 8.0)
         else:
             lo, hi = minmax(w, "group", group_size, None)
-            exact = ((hi - lo) / F32(15)).astype(F32)
-            exact = np.where(exact == 0, F32(1), exact).astype(F32)
+            exact = floored(hi - lo, 15)
         stored = round_to(exact, sdt)
         stored = np.where(stored == 0, F32(1), stored).astype(F32)
         assert f32_bits_equal(scales, stored)

@@ -14,6 +14,8 @@ import os
 import pytest
 import torch
 
+from lowbit_testing import MIN_SCALE, TINY_ABSMAX, tiny_input
+
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
@@ -244,6 +246,27 @@ def test_empty(gran):
         check_quant(x, None, f"dynamic {shape}", granularity=granularity, **kw)
         _, s = lowbit.quantize_fp8(x, granularity=granularity, backend="reference", **kw)
         check_quant(x, s * 2, f"static {shape}", granularity=granularity, **kw)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
+def test_tiny_absmax(gran, fmt):
+    """Slices whose absmax / qmax lies under the scale floor 2^-126 (1e-38, 1e-36, fp32
+    subnormals), with zeros and an all-zero row: scales, codes and the dequantized values
+    equal the reference's bit for bit, and nothing is NaN."""
+    granularity, kw = gran
+    for absmax in TINY_ABSMAX:
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.from_numpy(tiny_input(absmax)).to(dtype).to(DEVICE)
+            what = f"absmax={absmax:.3g} {dtype}"
+            q, s = check_quant(x, None, what, fmt=fmt, granularity=granularity, **kw)
+            assert torch.all(s >= float(MIN_SCALE)), what
+            for od in (torch.float32, torch.bfloat16):
+                got = lowbit.dequantize_fp8(q.to(DEVICE), s.to(DEVICE), out_dtype=od,
+                                            backend="triton")
+                want = lowbit.dequantize_fp8(q, s, out_dtype=od, backend="reference")
+                assert_bits_equal(got, want, f"dequantize {what} -> {od}")
+                assert not torch.isnan(got).any(), what
 
 
 # ------------------------------------------------------------------ dequantize: bit-exact

@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._backend import _interpreting
 from .fp8_quant import f32_to_bf16_bits
 from .heuristics import fp8_gemm_config, fp8_gemm_configs
 
@@ -183,7 +184,7 @@ def fp8_scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
     # The kernel reads bias[n] at unit stride.
     bias_arg = bias.contiguous() if bias is not None else out
     # Under TRITON_INTERPRET=1 a bf16 output is written as int16 bits rounded in-kernel.
-    bf16_bits = out_dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    bf16_bits = out_dtype == torch.bfloat16 and _interpreting()
     c = out.view(torch.int16) if bf16_bits else out
     args = (a, b, c, a_scale, b_scale, bias_arg, m, n, k, a.stride(0), a.stride(1),
             b.stride(0), b.stride(1), c.stride(0), c.stride(1), sam, sak, sbn, sbk)

@@ -1,7 +1,8 @@
 """FP8 quantization and dequantization in Triton, bit-exact with ``lowbit.reference``.
 
     q = encode(x_fp32 * inv),   inv = 1 / scale (one correctly rounded fp32 division)
-    scale = absmax / fmt_max    (dynamic; correctly rounded; 0 -> 1; NaN propagates)
+    scale = max(absmax / fmt_max, 2^-126)    (dynamic; correctly rounded; all zeros -> 1;
+                                              NaN propagates)
     x' = decode(q) * scale      (dequantize; rounded once to the output dtype)
 
 Formats: e4m3fn, e5m2, e4m3fnuz; ``saturate`` as in the SPEC. Granularities and kernels:
@@ -33,7 +34,6 @@ Exactness details that the code relies on:
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Optional, Sequence, Tuple
 
@@ -41,8 +41,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .._backend import _interpreting
 from .._checks import FP8_DTYPES, FP8_FORMAT_OF
+from ..backends._device import capability, device_index
 from ..reference.formats import fp8_format
+from ..reference.scale_layout import scale_tile
 from .heuristics import ELEMWISE_WARPS, block2d_sub_rows, elementwise_tile, segment_tile
 
 __all__ = ["quantize_fp8", "dequantize_fp8", "fp8_encode", "fp8_decode", "fmt_constants"]
@@ -144,10 +147,16 @@ def _abs_bits(x):
 
 @triton.jit
 def _scale_from_amax_bits(amax_bits, QMAX: tl.constexpr):
-    """absmax / qmax, correctly rounded; 0 (all zeros, or an underflow) -> 1."""
+    """max(absmax / qmax, 2^-126), correctly rounded; an all-zero amax -> 1; NaN stays NaN.
+    The floor (lowbit.reference.quant.MIN_SCALE, the smallest normal fp32) keeps 1 / scale
+    finite. It is applied to the bits (2^-126 is 0x00800000; the NaN patterns lie above it),
+    which keeps NaN without relying on tl.maximum's NaN rule and makes the result the same
+    with flush-to-zero: a subnormal absmax or quotient is under the floor either way."""
     amax = amax_bits.to(tl.float32, bitcast=True)
     s = tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32))
-    return tl.where(s == 0.0, 1.0, s)
+    s_bits = s.to(tl.int32, bitcast=True) & 0x7FFFFFFF  # s >= 0 or NaN
+    s = tl.where(s_bits < 0x00800000, 0x00800000, s_bits).to(tl.float32, bitcast=True)
+    return tl.where(amax_bits == 0, 1.0, s)
 
 
 @triton.jit
@@ -367,15 +376,6 @@ def fmt_constants(fmt: str) -> dict:
     return c
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(index: int):
-    return torch.cuda.get_device_capability(index)
-
-
 def _hw_cast_wanted(fmt: str, saturate: bool, device: torch.device,
                     hw_cast: Optional[bool]) -> bool:
     """The hardware e4m3fn cast (cvt.rn.satfinite) replaces the integer encoder where it is
@@ -388,12 +388,11 @@ def _hw_cast_wanted(fmt: str, saturate: bool, device: torch.device,
         env = os.environ.get("LOWBIT_TRITON_FP8_HWCAST")
         if env == "0":
             return False
-        cap = _capability(device.index if device.index is not None else torch.cuda.current_device())
+        cap = capability(device_index(device))
         return cap >= (8, 9) if env == "1" else cap == (9, 0)
     if not hw_cast:
         return False
-    cap = _capability(device.index if device.index is not None else torch.cuda.current_device())
-    return cap >= (8, 9)
+    return capability(device_index(device)) >= (8, 9)
 
 
 def _as_rows(x: torch.Tensor) -> torch.Tensor:
@@ -504,21 +503,13 @@ def quantize_fp8(x: torch.Tensor, scale: Optional[torch.Tensor], fmt: str = "e4m
 
 def _scale_map(q_shape, scale: torch.Tensor):
     """(scale as 2-D, RB, CW, per_tensor) for a dequantization scale of any granularity,
-    read as lowbit.reference.expand_scale reads it."""
-    if scale.dim() == 0:
+    read by lowbit.reference.scale_layout.scale_tile (CW = 0: one scale per row)."""
+    rb, cw = scale_tile(scale.shape, q_shape)
+    if rb == 0:
         return scale, 1, 0, True
-    k = q_shape[-1]
-    sk = scale.shape[-1]
-    lead = tuple(q_shape[:-1])
-    if sk == 1:
-        cw = 0
-    elif k % sk == 0 and (k // sk) in (32, 64, 128):
-        cw = k // sk
-    else:  # sk == ceil(k / 128), a ragged 128-wide block
-        cw = 128
-    if tuple(scale.shape[:-1]) == lead:
-        return scale.reshape(-1, sk), 1, cw, False
-    return scale, 128, cw, False  # [ceil(M/128), ceil(K/128)] weight blocks
+    if rb == 1:
+        return scale.reshape(-1, scale.shape[-1]), 1, cw, False
+    return scale, rb, cw, False  # [ceil(M/128), ceil(K/128)] weight blocks
 
 
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor,

@@ -379,10 +379,18 @@ __device__ __forceinline__ void decode4(uint32_t w, float (&v)[4]) {
 // keys propagates NaN, as torch.amax / np.max do), and usable with atomicMax.
 LOWBIT_HD uint32_t abs_key(float v) { return f2u(v) & 0x7FFFFFFFu; }
 
-// scale = absmax / qmax, correctly rounded; 0 (all zeros, or an underflow) becomes 1.
+// The floor of a dynamic scale: 2^-126, the smallest normal fp32 (reference.quant.MIN_SCALE).
+// Below about 2^-128 the reciprocal __frcp_rn(scale) rounds to +Inf and 0 * Inf makes the
+// slice's zeros NaN; with the floor, inv <= 2^126. It also makes the scale the same under
+// flush-to-zero: a subnormal absmax or quotient is under the floor either way.
+constexpr uint32_t kMinScaleBits = 0x00800000u;  // 2^-126
+
+// scale = max(absmax / qmax, 2^-126), correctly rounded; an all-zero key (all zeros) gives 1;
+// NaN stays NaN. The floor is a compare on the bits (the quotient is >= +0 or a NaN, whose
+// bits lie above every finite value), not fmaxf, which would replace a NaN.
 LOWBIT_HD float scale_from_key(uint32_t key, float qmax) {
-  const float s = div_rn(u2f(key), qmax);
-  return s == 0.0f ? 1.0f : s;
+  const uint32_t s = f2u(div_rn(u2f(key), qmax)) & 0x7FFFFFFFu;
+  return key == 0u ? 1.0f : u2f(s < kMinScaleBits ? kMinScaleBits : s);
 }
 
 }  // namespace fp8

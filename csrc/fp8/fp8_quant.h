@@ -2,7 +2,8 @@
 // strides in elements, enums, and a stream. Every launcher returns a cudaError_t and never
 // synchronizes the host. The numbers are the SPEC's (python/lowbit/reference/quant.py):
 //   q = encode(x_fp32 * inv),  inv = 1.0f / scale (one correctly rounded division per scale),
-//   dynamic scale = absmax / fmt max (correctly rounded; NaN propagates; 0 becomes 1),
+//   dynamic scale = max(absmax / fmt max, 2^-126) (correctly rounded; NaN propagates; an
+//   all-zero slice gets 1); a static scale is used as given,
 //   dequantized x = decode(q) * scale in fp32, rounded to the output type.
 #pragma once
 

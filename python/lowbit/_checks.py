@@ -9,6 +9,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .reference.scale_layout import GROUP_SIZES, scale_tile
+
 FP8_DTYPES = {
     "e4m3fn": torch.float8_e4m3fn,
     "e5m2": torch.float8_e5m2,
@@ -18,7 +20,6 @@ FP8_FORMAT_OF = {v: k for k, v in FP8_DTYPES.items()}
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 GRANULARITIES = ("tensor", "token", "channel", "group", "block")
-GROUP_SIZES = (32, 64, 128)
 
 
 def _names(dtypes) -> str:
@@ -108,29 +109,16 @@ def static_scale(op: str, name: str, s: torch.Tensor, expected: Tuple[int, ...],
 
 
 def scale_for(op: str, name: str, s: torch.Tensor, x: torch.Tensor, x_name: str = "q") -> None:
-    """A dequantization scale: per tensor, per row, per group, or per 128-block of x."""
+    """A dequantization scale: per tensor, per row, per group, or per 1x128 or 128x128 block
+    of x, as ``scale_layout.scale_tile`` reads its shape."""
     dtype(op, name, s, (torch.float32,))
-    shp = tuple(x.shape)
-    got = tuple(s.shape)
-    if got == ():
-        return
-    ok = len(got) == len(shp) and len(shp) >= 1
-    if ok:
-        k = shp[-1]
-        sk = got[-1]
-        kb = -(-k // 128)
-        # One scale per row, per group or per 1x128 block (leading dims equal x's), or exactly
-        # the 128x128 block shape; never a mix (a transposed [1, M] scale must not pass as
-        # 128-row x group tiles).
-        per_row = got[:-1] == shp[:-1] and (
-            sk == 1 or sk == kb or (sk and k % sk == 0 and k // sk in GROUP_SIZES))
-        per_block = len(shp) == 2 and got == (-(-shp[0] // 128), kb)
-        ok = per_row or per_block
-    if not ok:
+    try:
+        scale_tile(s.shape, x.shape)
+    except ValueError:
         raise ValueError(
             f"{op}: {name} must be 0-D (per tensor), [..., 1] (per row), [..., K // G] "
             f"(per group) or [ceil(M/128), ceil(K/128)] (per block) for {x_name} "
-            f"of shape {shp}; got {got}")
+            f"of shape {tuple(x.shape)}; got {tuple(s.shape)}") from None
 
 
 def gemm_operands(op: str, a: torch.Tensor, b: torch.Tensor, allowed, a_what="[M, K]"):

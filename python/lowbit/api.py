@@ -38,8 +38,15 @@ def quantize_fp8(x: Tensor, scale: Optional[Tensor] = None, *, fmt: str = "e4m3f
     """x (fp32/bf16/fp16) -> (q in torch's fp8 dtype of ``fmt``, fp32 scale).
 
     ``q = encode(x * (1 / scale))``; with ``scale=None`` the scale is computed per
-    ``granularity`` as absmax / fmt max. ``block`` is (128, 128) for weight tiles or (1, 128)
-    for activation tiles when ``granularity="block"``.
+    ``granularity`` as ``max(absmax / fmt max, 2**-126)``, and an all-zero slice gets 1. The
+    floor (the smallest normal fp32) keeps ``1 / scale`` finite: without it, an absmax below
+    about ``fmt max * 2**-128`` (1.3e-36 for e4m3fn) would make ``1 / scale`` infinite and the
+    slice's zeros NaN; with it, tiny values keep fp8's relative precision. A given ``scale``
+    is used as given and returned unchanged (its values are never read on the host); one
+    whose reciprocal overflows (0, or below about ``2**-128``) turns zeros into NaN, so
+    static scales should be at least ``2**-126``, as every dynamic scale is. ``block`` is
+    (128, 128) for weight tiles or (1, 128) for activation tiles when
+    ``granularity="block"``.
     """
     return _call("quantize_fp8", x, scale, fmt, granularity, group_size, list(block), saturate,
                              arg(backend))

@@ -37,6 +37,7 @@ from .._backend import register_kernel
 from ._device import OnDevice, capability, device_index, stream
 from .._build import _C, has_cuda_kernels
 from .._checks import FP8_DTYPES, FP8_FORMAT_OF
+from ..reference.scale_layout import scale_tile
 
 PRIORITY = 10
 
@@ -175,30 +176,6 @@ for _kind, _name in (("static", "cuda_fp8_quant_static"),
 
 
 # -------------------------------------------------------------------------- dequantize_fp8
-def _scale_layout(sshape, shape):
-    """(tile_rows, tile_cols, ld) of a dequantization scale, read off its shape with the
-    precedence of lowbit.reference.quant.expand_scale (0 = the whole extent)."""
-    if len(sshape) == 0:
-        return 0, 0, 0
-    k = shape[-1]
-    sk = sshape[-1]
-    if sk == 1:
-        tile_cols = 0
-    elif k % sk == 0 and k // sk in (32, 64, 128):
-        tile_cols = k // sk
-    elif sk == -(-k // 128):
-        tile_cols = 128
-    else:
-        raise ValueError(f"scale of shape {tuple(sshape)} does not fit q of shape {tuple(shape)}")
-    if tuple(sshape[:-1]) == tuple(shape[:-1]):
-        tile_rows = 1
-    elif len(shape) == 2 and sshape[0] == -(-shape[0] // 128):
-        tile_rows = 128
-    else:
-        raise ValueError(f"scale of shape {tuple(sshape)} does not fit q of shape {tuple(shape)}")
-    return tile_rows, tile_cols, sk
-
-
 def _dequant_supports(q, scale, out_dtype) -> Optional[str]:
     return _device_reason(q)
 
@@ -211,7 +188,9 @@ def _dequantize_fp8(q, scale, out_dtype):
     if q.numel() == 0:
         return out
     v, rows, cols, rs, cs = _rows_view(q)
-    tile_rows, tile_cols, ld = _scale_layout(tuple(scale.shape), tuple(q.shape))
+    # (0, 0) per tensor; 0 = the whole extent, as the kernel reads it.
+    tile_rows, tile_cols = scale_tile(scale.shape, q.shape)
+    ld = scale.shape[-1] if scale.dim() else 0
     scale = scale.contiguous()
     with OnDevice(dev):
         _C.fp8_dequantize(v.data_ptr(), _FMT[FP8_FORMAT_OF[q.dtype]], rows, cols, rs, cs,

@@ -18,8 +18,21 @@ block      one per ``block`` tile (128x128, 1x128) ``[ceil(M/bh), ceil(K/bw)]``
 then has shape ``[..., 1]`` or ``[..., K // group_size]``.
 
 Rules the SPEC leaves open, decided here:
-- A slice whose scale would be 0 (all zeros, or an absmax so small that ``absmax / qmax``
-  underflows) gets scale 1, so ``inv`` stays finite and those values encode to 0.
+- Dynamic scales have a floor: ``scale = max(absmax / qmax, MIN_SCALE)`` with
+  ``MIN_SCALE = 2^-126``, the smallest normal fp32 (asymmetric: ``max((max - min) / levels,
+  MIN_SCALE)``); a slice whose range is 0 (all zeros) gets scale 1, as the SPEC says. Without
+  the floor, an absmax below ``qmax * 2^-128`` (about 1.3e-36 for e4m3fn) gives a scale whose
+  fp32 reciprocal overflows to +Inf, and ``0 * Inf`` turns the slice's zeros into NaN. With
+  it, ``inv <= 2^126`` is finite and such tiny slices keep fp8's relative precision
+  (``x * 2^126`` and the dequantized ``q * 2^-126`` are exact, subnormals included). No
+  scale is subnormal, so kernels that flush subnormals to zero compute the same ``inv`` and
+  the same scale (an absmax that such a kernel flushes is under the floor either way).
+- Static (given) scales are used as given and returned unchanged: they are never read on the
+  host (that would synchronize), and the caller dequantizes with its own copy, so changing
+  one would make ``q`` disagree with it. IEEE arithmetic decides what a scale below
+  ``2^-128``, 0, negative, Inf or NaN does (``1 / scale`` may be +-Inf and zeros then become
+  NaN); scales computed by the dynamic rule (or clamped to at least ``MIN_SCALE``) never
+  have that problem.
 - A NaN in a slice makes its dynamic scale NaN (NaN propagates through the absmax, as in
   ``torch.amax``); integer quantizers map a NaN product to the zero point.
 - Padding of ragged blocks never changes a scale: pads are zeros, and every range includes 0.
@@ -32,11 +45,14 @@ import numpy as np
 
 from .formats import fp8_format
 from .fp8 import fp8_decode, fp8_encode
+from .scale_layout import scale_tile
 
 __all__ = [
     "GRANULARITIES",
     "scale_shape",
     "expand_scale",
+    "MIN_SCALE",
+    "dynamic_scale",
     "absmax_scale",
     "minmax_scale_zero",
     "quantize_fp8",
@@ -47,6 +63,8 @@ __all__ = [
 
 GRANULARITIES = ("tensor", "token", "channel", "group", "block")
 F32 = np.float32
+# The floor of a dynamic scale: the smallest normal fp32. 1 / MIN_SCALE = 2^126 is finite.
+MIN_SCALE = F32(2.0 ** -126)
 
 
 def _tile(shape: Tuple[int, ...], granularity: str, group_size: int, block: Sequence[int]):
@@ -100,56 +118,51 @@ def _reduce(x: np.ndarray, granularity, group_size, block, fn) -> np.ndarray:
 def expand_scale(scale: np.ndarray, shape) -> np.ndarray:
     """Broadcast a scale of any SPEC granularity to the full input ``shape`` (float32).
 
-    The granularity is read off the scale's shape: ``()`` per tensor; ``[..., 1]`` per row;
-    ``[..., K // G]`` per group; ``[ceil(M/bh), ceil(K/bw)]`` per block, where a dimension
-    equal to the input's means one scale per row, and otherwise a tile of 128.
+    The granularity is read off the scale's shape by ``scale_layout.scale_tile``: ``()`` per
+    tensor; ``[..., 1]`` per row; ``[..., K // G]`` per group; ``[..., ceil(K/128)]`` per
+    1x128 block; ``[ceil(M/128), ceil(K/128)]`` per 128x128 block.
     """
     scale = np.asarray(scale, dtype=F32)
     shape = tuple(shape)
-    if scale.ndim == 0:
+    tile_rows, tile_cols = scale_tile(scale.shape, shape)
+    if tile_rows == 0:
         return np.broadcast_to(scale, shape)
-    if scale.ndim != len(shape):
-        raise ValueError(f"scale of shape {scale.shape} does not fit an input of shape {shape}")
     k = shape[-1]
-    sk = scale.shape[-1]
-    if sk == 1:
-        tw = max(k, 1)
-    elif sk and k % sk == 0 and (k // sk) in (32, 64, 128):
-        tw = k // sk
-    elif sk == -(-k // 128):
-        tw = 128
-    else:
-        raise ValueError(f"scale of shape {scale.shape} does not fit an input of shape {shape}")
-    lead = shape[:-1]
-    if scale.shape[:-1] == lead:
-        full = np.repeat(scale, tw, axis=-1)[..., :k]
+    full = np.repeat(scale, tile_cols or max(k, 1), axis=-1)[..., :k]
+    if tile_rows == 1:
         return full
-    if len(shape) == 2 and scale.shape == (-(-shape[0] // 128), -(-k // 128)):
-        full = np.repeat(np.repeat(scale, 128, axis=0), 128, axis=1)
-        return full[: shape[0], :k]
-    raise ValueError(f"scale of shape {scale.shape} does not fit an input of shape {shape}")
+    return np.repeat(full, tile_rows, axis=0)[: shape[0]]
 
 
 def _absmax(a, axis=None):
     return np.max(np.abs(a), axis=axis)
 
 
+def dynamic_scale(extent: np.ndarray, levels: float) -> np.ndarray:
+    """``max(extent / levels, MIN_SCALE)`` in fp32 (one correctly rounded division), and 1
+    where ``extent`` is 0; NaN stays NaN. ``extent`` is an absmax or a max - min range."""
+    extent = np.asarray(extent, F32)
+    scale = (extent / F32(levels)).astype(F32)
+    scale = np.where(scale < MIN_SCALE, MIN_SCALE, scale)  # NaN compares false: kept
+    return np.where(extent == 0, F32(1), scale).astype(F32)
+
+
 def absmax_scale(x: np.ndarray, qmax: float, granularity: str, group_size=128, block=(128, 128)):
-    """Dynamic symmetric scale: absmax / qmax in fp32; 0 becomes 1."""
-    amax = _reduce(np.asarray(x, F32), granularity, group_size, block, _absmax)
-    scale = (amax / F32(qmax)).astype(F32)
-    return np.where(scale == 0, F32(1), scale).astype(F32)
+    """Dynamic symmetric scale: ``max(absmax / qmax, MIN_SCALE)`` in fp32; an all-zero slice
+    gets 1."""
+    return dynamic_scale(_reduce(np.asarray(x, F32), granularity, group_size, block, _absmax),
+                         qmax)
 
 
 def minmax_scale_zero(x, levels: int, zero_lo: int, zero_hi: int, zero_offset: float,
                       granularity: str, group_size=128, block=(128, 128)):
     """Dynamic asymmetric scale and zero point: the range is widened to include 0,
-    ``scale = (max - min) / levels`` (0 -> 1), ``zero = clamp(rint(zero_offset - min/scale))``."""
+    ``scale = max((max - min) / levels, MIN_SCALE)`` (a zero range gives 1),
+    ``zero = clamp(rint(zero_offset - min/scale))``."""
     x = np.asarray(x, F32)
     lo = np.minimum(_reduce(x, granularity, group_size, block, np.min), F32(0))
     hi = np.maximum(_reduce(x, granularity, group_size, block, np.max), F32(0))
-    scale = ((hi - lo) / F32(levels)).astype(F32)
-    scale = np.where(scale == 0, F32(1), scale).astype(F32)
+    scale = dynamic_scale((hi - lo).astype(F32), levels)
     with np.errstate(invalid="ignore"):
         zero = np.rint(F32(zero_offset) - (lo / scale).astype(F32))
         zero = np.clip(np.nan_to_num(zero, nan=0.0), zero_lo, zero_hi).astype(np.int32)
@@ -171,7 +184,8 @@ def _rint_int(v: np.ndarray, lo: int, hi: int, nan_as: float = 0.0) -> np.ndarra
 
 def quantize_fp8(x, scale: Optional[np.ndarray] = None, *, fmt="e4m3fn", granularity="tensor",
                  group_size=128, block=(128, 128), saturate=True):
-    """-> (uint8 codes, fp32 scale). ``scale=None`` computes absmax / fmt max."""
+    """-> (uint8 codes, fp32 scale). ``scale=None`` computes ``max(absmax / fmt max,
+    MIN_SCALE)`` (1 for an all-zero slice); a given scale is used and returned as given."""
     x = np.asarray(x, F32)
     if scale is None:
         scale = absmax_scale(x, fp8_format(fmt).max_value, granularity, group_size, block)
