@@ -22,6 +22,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include "fp8_gemm_epilogue.cuh"
 #include "fp8_gemm_smallm.h"
 
 namespace lowbit {
@@ -99,24 +100,6 @@ struct MmaF16Upconvert {
     word(c, wg.w, wg8.w, x.w);
   }
 };
-
-template <typename T>
-__device__ __forceinline__ float load_as_float(const void* p, int64_t i);
-__device__ __forceinline__ float load_bias(const void* p, OutDtype d, int64_t i) {
-  switch (d) {
-    case OutDtype::kF32: return static_cast<const float*>(p)[i];
-    case OutDtype::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    default: return __half2float(static_cast<const __half*>(p)[i]);
-  }
-}
-
-__device__ __forceinline__ void store_out(void* p, OutDtype d, int64_t i, float v) {
-  switch (d) {
-    case OutDtype::kF32: static_cast<float*>(p)[i] = v; break;
-    case OutDtype::kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
-    default: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
-  }
-}
 
 // MT: number of 8-token mma tiles (M <= 8 * MT).
 template <typename Mma, int MT>

@@ -1,0 +1,135 @@
+"""Each fp8_scaled_mm kernel of lowbit against torch._scaled_mm, shape by shape, on one GPU.
+
+    python -m bench.bench_fp8_gemm [--ms 1,16,64,128,512,4096] [--modes row,block] [--fast]
+                                   [--cube] [--md PATH]
+
+Every registered CUDA and Triton kernel that supports a shape is timed by calling it directly
+(no op dispatch, so small-M rows show kernel time, not Python time), with the L2 flushed
+between repetitions, beside the anchor: `torch._scaled_mm` with the same scales (rowwise,
+or tensorwise) and bf16 output, without fast accumulation. Block-scaled rows (1x128 for a,
+128x128 for b) have no torch anchor on every version: they are compared with the rowwise
+anchor of the same shape, which does fewer scale multiplies. `--fast` times fast accumulation
+on both sides (no fp32 promotion). `err` is the relative
+Frobenius difference from the anchor (block rows: from lowbit's reference semantics run by
+the first kernel, so it reads 0 there).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import lowbit  # noqa: F401  (registers the kernels)
+from lowbit._backend import kernels
+
+from .timing import bench, copy_bandwidth
+
+SHAPES_NK = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
+PEAK_FP8 = 1979e12
+
+
+def _operands(m, n, k, mode):
+    a = (torch.randn(m, k, device="cuda") * 2).to(torch.float8_e4m3fn)
+    b = (torch.randn(n, k, device="cuda") * 2).to(torch.float8_e4m3fn)
+    if mode == "row":
+        sa = torch.rand(m, 1, device="cuda") + 0.5
+        sb = torch.rand(n, 1, device="cuda") + 0.5
+    elif mode == "tensor":
+        sa, sb = torch.tensor(0.7, device="cuda"), torch.tensor(1.3, device="cuda")
+    else:
+        sa = torch.rand(m, -(-k // 128), device="cuda") + 0.5
+        sb = torch.rand(-(-n // 128), -(-k // 128), device="cuda") + 0.5
+    return a, b, sa, sb
+
+
+def _anchor(a, b, sa, sb, mode, fast):
+    if mode == "block":
+        sa = torch.ones(a.shape[0], 1, device="cuda")
+        sb = torch.ones(b.shape[0], 1, device="cuda")
+    if mode == "tensor":
+        return lambda: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
+                                        use_fast_accum=fast)
+    return lambda: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16,
+                                    use_fast_accum=fast)
+
+
+def _rel(x, y):
+    x, y = x.float(), y.float()
+    return ((x - y).norm() / y.norm().clamp_min(1e-30)).item()
+
+
+def rows_for(m, n, k, mode, rep, fast=False):
+    a, b, sa, sb = _operands(m, n, k, mode)
+    args = (a, b, sa, sb, None, torch.bfloat16, fast)
+    flops = 2.0 * m * n * k
+    weight = n * k
+    out = []
+    anchor = _anchor(a, b, sa, sb, mode, fast)
+    ref = anchor()
+    t_anchor = bench(anchor, rep=rep, rep_ms=300)["median_us"]
+    out.append(("torch._scaled_mm", t_anchor, None))
+    first = None
+    for kern in kernels("fp8_scaled_mm"):
+        if kern.backend not in ("cuda", "triton"):
+            continue
+        if kern.available is not None and kern.available():
+            continue
+        why = kern.supports(*args) if kern.supports else None
+        if why:
+            continue
+        fn = lambda kern=kern: kern.fn(*args)
+        res = fn()
+        if mode == "block":
+            first = res if first is None else first
+            err = _rel(res, first)
+        else:
+            err = _rel(res, ref)
+        out.append((kern.name, bench(fn, rep=rep, rep_ms=300)["median_us"], err))
+    lines = []
+    for name, us, err in out:
+        lines.append(
+            f"| {m}x{n}x{k} | {mode}{' fast' if fast else ''} | {name} | {us:.1f} | {flops / us / 1e6:.0f} | "
+            f"{weight / us / 1e3:.0f} | {t_anchor / us:.2f} | "
+            f"{'' if err is None else f'{err:.1e}'} |")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ms", default="1,16,32,64,128,512,4096")
+    ap.add_argument("--modes", default="row")
+    ap.add_argument("--cube", action="store_true", help="add 8192^3")
+    ap.add_argument("--rep", type=int, default=50)
+    ap.add_argument("--fast", action="store_true", help="fast_accum on both sides")
+    ap.add_argument("--md")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    head = [
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+        f"copy {copy_bandwidth()['gbps']:.0f} GB/s",
+        "",
+        "| M x N x K | scales | kernel | us | TFLOP/s | weight GB/s | vs anchor | err |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(head), flush=True)
+    lines = list(head)
+    shapes = [(m, n, k) for n, k in SHAPES_NK for m in map(int, args.ms.split(","))]
+    if args.cube:
+        shapes.append((8192, 8192, 8192))
+    for mode in args.modes.split(","):
+        for m, n, k in shapes:
+            try:
+                new = rows_for(m, n, k, mode, args.rep, args.fast)
+            except Exception as e:  # a failed row is reported, the table goes on
+                new = [f"| {m}x{n}x{k} | {mode} | error | {type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:160]} | | | | |"]
+            print("\n".join(new), flush=True)
+            lines += new
+            torch.cuda.empty_cache()
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
