@@ -87,6 +87,7 @@ py::list fp8_gemm_kernels_built() {
 #endif
 #ifdef LOWBIT_HAVE_SM90A
   names.append("sm90_fp8_gemm_wgmma");
+  names.append("sm90_fp8_gemm_swapab");
 #endif
   return names;
 }
@@ -130,6 +131,10 @@ void fp8_gemm(const std::string& kernel, uintptr_t a, int64_t lda, uintptr_t b, 
 #ifdef LOWBIT_HAVE_SM90A
   if (kernel == "sm90_fp8_gemm_wgmma") {
     check_launch(lowbit::sm90_fp8_gemm_wgmma(args, s), kernel.c_str());
+    return;
+  }
+  if (kernel == "sm90_fp8_gemm_swapab") {
+    check_launch(lowbit::sm90_fp8_gemm_swapab(args, s), kernel.c_str());
     return;
   }
 #endif

@@ -1,4 +1,6 @@
 """fp8_scaled_mm CUDA kernels against the float64 reference (SPEC tolerances)."""
+import functools
+
 import pytest
 import torch
 
@@ -44,37 +46,41 @@ def _check(m, n, k, mode, out_dtype=torch.bfloat16, bias=False, fast_accum=False
     return out
 
 
+# LOWBIT_ARCH=89 pins the sm_89 small-M kernel on a Hopper card, where backend="cuda" would
+# otherwise run sm90_fp8_gemm_swapab (tested below) for 1 <= M <= 64.
 @gpu
-@pytest.mark.parametrize("arch", [None, "80"])
+@pytest.mark.parametrize("arch", ["89", "80"])
 @pytest.mark.parametrize("m", [0, 1, 7, 16, 17, 33, 64])
 @pytest.mark.parametrize("n,k", [(1, 256), (3, 128), (4096, 4096), (3000, 1024), (136, 4112)])
 @pytest.mark.parametrize("mode", ["tensor", "row", "block"])
 def test_smallm_matches_reference(monkeypatch, arch, m, n, k, mode):
-    if arch:
-        monkeypatch.setenv("LOWBIT_ARCH", arch)
+    monkeypatch.setenv("LOWBIT_ARCH", arch)
     a, b, sa, sb = _operands(max(m, 1), n, k, mode, "cuda")
     choice = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="cuda")
-    assert choice.kernel == ("sm80_fp8_gemm_smallm" if arch else "sm89_fp8_gemm_smallm")
+    assert choice.kernel == ("sm80_fp8_gemm_smallm" if arch == "80" else "sm89_fp8_gemm_smallm")
     _check(m, n, k, mode)
 
 
 @gpu
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("fast_accum", [False, True])
-def test_smallm_out_dtypes_bias(out_dtype, fast_accum):
+def test_smallm_out_dtypes_bias(monkeypatch, out_dtype, fast_accum):
+    monkeypatch.setenv("LOWBIT_ARCH", "89")
     _check(16, 4096, 4096, "row", out_dtype=out_dtype, bias=True, fast_accum=fast_accum)
     _check(5, 1000, 512, "block", out_dtype=out_dtype, bias=True, fast_accum=fast_accum)
 
 
 @gpu
-def test_smallm_deterministic():
+def test_smallm_deterministic(monkeypatch):
+    monkeypatch.setenv("LOWBIT_ARCH", "89")
     a, b, sa, sb = _operands(32, 4096, 8192, "row", "cuda")
     outs = [lowbit.fp8_scaled_mm(a, b, sa, sb, backend="cuda") for _ in range(3)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
 @gpu
-def test_smallm_strided_rows():
+def test_smallm_strided_rows(monkeypatch):
+    monkeypatch.setenv("LOWBIT_ARCH", "89")
     # Rows padded to a 16-byte multiple: a view with stride(0) > K must still be right.
     a, b, sa, sb = _operands(9, 256, 512, "row", "cuda")
     big = torch.zeros(9, 640, dtype=torch.float8_e4m3fn, device="cuda")
@@ -119,16 +125,28 @@ def test_wgmma_out_dtypes_bias(out_dtype, fast_accum):
 
 
 @gpu
+@pytest.mark.parametrize("k", [16, 128, 256, 384, 1040])
+@pytest.mark.parametrize("mode", ["tensor", "row", "block"])
+@pytest.mark.parametrize("fast_accum", [False, True])
+def test_wgmma_persistent_tiles_and_k_steps(k, mode, fast_accum):
+    # 1100 x 2100 is 9 x 17 = 153 tiles of 128 x 128: more than a 132-SM H100 runs at once,
+    # so CTAs take a second tile (in grouped order, with a short last row group); k gives 1,
+    # 2, 3 and 9 steps of 128 (odd, even, ragged), which take different mainloop paths.
+    _check(1100, 2100, k, mode, fast_accum=fast_accum)
+
+
+@gpu
 def test_wgmma_benchmark_shapes():
     for m, n, k in [(4096, 14336, 4096), (512, 4096, 14336), (2048, 28672, 8192)]:
         _check(m, n, k, "row")
 
 
 @gpu
-def test_accurate_mode_beats_fast_accum_at_large_k():
+@pytest.mark.parametrize("m", [64, 256])  # sm90_fp8_gemm_swapab, sm90_fp8_gemm_wgmma on H100
+def test_accurate_mode_beats_fast_accum_at_large_k(m):
     # A large common offset makes the sum grow far beyond each term: the tensor core's
     # limited-precision accumulator then loses low bits that fp32 promotion keeps.
-    m, n, k = 256, 256, 16384
+    n, k = 256, 16384
     g = torch.Generator().manual_seed(1)
     a = (torch.rand(m, k, generator=g) + 1.0).to(torch.float8_e4m3fn).cuda()
     b = (torch.rand(n, k, generator=g) + 1.0).to(torch.float8_e4m3fn).cuda()
@@ -156,3 +174,134 @@ def test_strided_scales_and_bias(backend):
         ref = lowbit.fp8_scaled_mm(a[:m], b, sa2[:m].contiguous(), sb2.contiguous(),
                                    bias.contiguous(), backend=backend)
         assert torch.equal(out, ref)
+
+
+# ------------------------------------------------------------ sm90_fp8_gemm_swapab (M <= 64)
+SWAPAB = "sm90_fp8_gemm_swapab"
+
+
+@pytest.fixture
+def sm90():
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip(f"{SWAPAB} runs on sm_90 only")
+
+
+@functools.lru_cache(maxsize=4)
+def _swapab_case(m, n, k, mode, bias):
+    """Operands, bf16 bias (or None) and the float64 reference, shared by the tests that only
+    change the output dtype or fast_accum (they vary fastest in the parametrization)."""
+    a, b, sa, sb = _operands(m, n, k, mode, "cuda")
+    bias_t = None
+    if bias:
+        g = torch.Generator().manual_seed(1)
+        bias_t = torch.randn(n, generator=g).to(torch.bfloat16).cuda()
+    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(),
+                               None if bias_t is None else bias_t.cpu(), out_dtype=torch.float32,
+                               backend="reference")
+    return a, b, sa, sb, bias_t, ref
+
+
+def _swapab_check(m, n, k, mode, bias=False, out_dtype=torch.bfloat16, fast_accum=False):
+    a, b, sa, sb, bias_t, ref = _swapab_case(m, n, k, mode, bias)
+    choice = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, bias_t, out_dtype=out_dtype,
+                            fast_accum=fast_accum, backend="cuda")
+    assert choice.kernel == SWAPAB, str(choice)
+    out = lowbit.fp8_scaled_mm(a, b, sa, sb, bias_t, out_dtype=out_dtype, fast_accum=fast_accum,
+                               backend="cuda")
+    assert out.shape == (m, n) and out.dtype == out_dtype
+    assert _rel_fro(out, ref) <= TOL[out_dtype]
+    return out
+
+
+# M: each activation tile width (n = 8, 16, 32, 64) full and partly filled. N = 1, 3000 (a
+# ragged last tile) and 4096; K = 144 and 4112 end in a partial 128-K step. On a 132-SM H100
+# these shapes run K split over clusters of 8 (N = 1), 4 (N = 3000, 4096) and unsplit (K = 144).
+@gpu
+@pytest.mark.parametrize("fast_accum", [False, True])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("mode", ["tensor", "row", "block"])
+@pytest.mark.parametrize("k", [144, 4112, 4096])
+@pytest.mark.parametrize("n", [1, 3000, 4096])
+@pytest.mark.parametrize("m", [1, 7, 8, 16, 17, 33, 64])
+def test_swapab_matches_reference(sm90, m, n, k, mode, bias, out_dtype, fast_accum):
+    _swapab_check(m, n, k, mode, bias, out_dtype, fast_accum)
+
+
+@gpu
+@pytest.mark.parametrize("mode", ["row", "block"])
+@pytest.mark.parametrize("m,n,k", [
+    (5, 8192, 2048),    # K split over clusters of 2
+    (1, 256, 8192),     # two tiles, clusters of 8
+    (33, 17000, 512),   # 133 tiles: one CTA takes a second tile
+    (64, 28672, 1024),  # 224 tiles: CTAs stride over tiles, the ring runs on across them
+    (16, 14336, 4096), (64, 4096, 14336), (1, 28672, 8192),  # benchmark shapes
+])
+def test_swapab_splits_and_persistent_tiles(sm90, m, n, k, mode):
+    _swapab_check(m, n, k, mode)
+
+
+@gpu
+@pytest.mark.parametrize("mode", ["row", "block"])
+def test_swapab_deterministic(sm90, mode):
+    # N = 4096 has 32 tiles: K is split over clusters, and the partials are summed in a fixed
+    # order, so repeated runs agree bit for bit.
+    out = _swapab_check(16, 4096, 14336, mode)
+    a, b, sa, sb, _, _ = _swapab_case(16, 4096, 14336, mode, False)
+    for _ in range(3):
+        assert torch.equal(lowbit.fp8_scaled_mm(a, b, sa, sb, backend="cuda"), out)
+
+
+@gpu
+@pytest.mark.parametrize("bias_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_swapab_bias_dtypes(sm90, bias_dtype):
+    a, b, sa, sb = _operands(9, 640, 1024, "row", "cuda")
+    bias = torch.randn(640, device="cuda").to(bias_dtype)
+    out = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, out_dtype=torch.float32, backend="cuda")
+    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), bias.cpu(),
+                               out_dtype=torch.float32, backend="reference")
+    assert _rel_fro(out, ref) <= TOL[torch.float32]
+
+
+@gpu
+def test_swapab_strided_rows(sm90):
+    # Rows of a and b padded to a 16-byte multiple: views with stride(0) > K (TMA strides).
+    a, b, sa, sb = _operands(9, 300, 512, "row", "cuda")
+    big_a = torch.zeros(9, 640, dtype=torch.float8_e4m3fn, device="cuda")
+    big_b = torch.zeros(300, 528, dtype=torch.float8_e4m3fn, device="cuda")
+    big_a[:, :512] = a
+    big_b[:, :512] = b
+    choice = lowbit.explain(lowbit.fp8_scaled_mm, big_a[:, :512], big_b[:, :512], sa, sb,
+                            backend="cuda")
+    assert choice.kernel == SWAPAB, str(choice)
+    out = lowbit.fp8_scaled_mm(big_a[:, :512], big_b[:, :512], sa, sb, backend="cuda")
+    assert torch.equal(out, lowbit.fp8_scaled_mm(a, b, sa, sb, backend="cuda"))
+
+
+@gpu
+def test_swapab_cuda_graph(sm90):
+    # No host synchronization and no allocation in the launch: it captures and replays.
+    a, b, sa, sb = _operands(16, 4096, 4096, "block", "cuda")
+    want = lowbit.fp8_scaled_mm(a, b, sa, sb, backend="cuda")  # warm-up, outside capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    static_a = a.clone()
+    with torch.cuda.graph(graph):
+        got = lowbit.fp8_scaled_mm(static_a, b, sa, sb, backend="cuda")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+    a2, _, _, _ = _operands(16, 4096, 4096, "block", "cuda", seed=5)
+    static_a.copy_(a2)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, lowbit.fp8_scaled_mm(a2, b, sa, sb, backend="cuda"))
+
+
+@gpu
+def test_swapab_declines_k_not_multiple_of_16(sm90):
+    # K = 136 or 4104 (K % 16 = 8) cannot be a TMA row stride; the CUDA kernels decline
+    # and say why (auto runs the Triton kernel for such shapes).
+    a, b, sa, sb = _operands(4, 256, 136, "row", "cuda")
+    with pytest.raises(NotImplementedError, match="not a multiple of 16"):
+        lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="cuda")

@@ -10,4 +10,10 @@ namespace lowbit {
 // 16-byte-aligned starts and strides (TMA), a device of compute capability 9.0.
 cudaError_t sm90_fp8_gemm_wgmma(const Fp8GemmArgs& args, cudaStream_t stream);
 
+// Small M (1 <= M <= 64, decode): the weight streams through wgmma as the A operand and the
+// activations are the narrow B operand (n = M rounded up to 8, 16, 32 or 64); K is split
+// over a thread-block cluster when N has too few 128-row tiles to fill the GPU. Same
+// requirements as above; M > 64 returns cudaErrorInvalidValue.
+cudaError_t sm90_fp8_gemm_swapab(const Fp8GemmArgs& args, cudaStream_t stream);
+
 }  // namespace lowbit

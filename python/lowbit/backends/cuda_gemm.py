@@ -1,6 +1,11 @@
 """CUDA kernels for fp8_scaled_mm (lowbit._C), registered with the backend registry.
 
 - ``sm90_fp8_gemm_wgmma``: TMA + wgmma (sm_90a), 128 x 128 tiles, for M > 64.
+- ``sm90_fp8_gemm_swapab``: TMA + wgmma (sm_90a) with the operands swapped, for 1 <= M <= 64:
+  the weight streams through wgmma's 64-row A operand and the activations are its narrow B
+  operand (n = M rounded up to 8/16/32/64); K is split over a thread-block cluster when N has
+  too few 128-row tiles to fill the GPU, reduced deterministically through distributed
+  shared memory.
 - ``sm89_fp8_gemm_smallm``: fp8 mma.sync, split-K inside a CTA, for M <= 64 (sm_89, sm_90).
 - ``sm80_fp8_gemm_smallm``: the same with fp8 widened to fp16 in registers: every arch from
   sm_80 (which has no fp8 tensor cores), M <= 64.
@@ -124,6 +129,7 @@ def _runner(kernel: str):
 _BIG = 1 << 31
 for _name, _min_arch, _archs, _mr, _prio in (
     ("sm90_fp8_gemm_wgmma", 90, {(9, 0)}, (SMALL_M_MAX + 1, _BIG), 30),
+    ("sm90_fp8_gemm_swapab", 90, {(9, 0)}, (1, SMALL_M_MAX), 25),
     ("sm89_fp8_gemm_smallm", 89, {(8, 9), (9, 0)}, (0, SMALL_M_MAX), 20),
     ("sm80_fp8_gemm_smallm", 80, None, (0, SMALL_M_MAX), 10),
 ):

@@ -1,0 +1,442 @@
+// sm_90a FP8 GEMM for small M (decode, M <= 64): wgmma with swapped operands ("swap-AB").
+//
+// Why swap. wgmma's A operand is always 64 rows tall, its B operand can be as narrow as 8. At
+// M <= 64 the product is a stream of the weight, so the weight b [N, K] plays A (64 rows of N
+// per consumer warpgroup) and the activations a [M, K] play B, with n = M rounded up to 8, 16,
+// 32 or 64 (the template parameter kN): the tensor core computes out^T = b a^T, and no
+// 64 (or 128) row tile of mostly-zero activations is ever multiplied. Both operands are
+// K-major, as FP8 wgmma requires, and both come from shared memory: TMA writes 128-byte rows
+// with the 128-byte swizzle that the shared-memory descriptor describes (8-row atoms 1024
+// bytes apart, for the 64-row weight tile and for the kN-row activation tile alike). Rows past
+// M or N and K past its end read as zeros, so tails need no special mainloop; the epilogue
+// masks what it stores.
+//
+// Roles. Warpgroup 0 is the producer: one thread waits for a free stage of an 8-stage ring and
+// issues two TMA loads (128 x 128 bytes of weight, kN x 128 bytes of activations) that
+// complete on the stage's "full" mbarrier; setmaxnreg hands its registers to the consumers.
+// Warpgroups 1 and 2 each own 64 of the CTA's 128 weight rows: per 128-K step they run four
+// m64nNk32 wgmmas, release the stage (one "empty" arrival per consumer warp) and promote.
+// The ring keeps 8 x 16 KB = 128 KB of weight in flight per SM (one CTA per SM), several
+// times what one SM needs to cover the memory latency at its share of the bandwidth.
+//
+// Accuracy. Each 128-K step starts from a zero tensor-core accumulator and is added into fp32
+// registers (times its block scales when scales are per 128-block): promotion every 128 K,
+// as the SPEC asks. fast_accum without block scales accumulates inside the tensor core.
+//
+// Split-K, inside a cluster. With N = 4096 there are only 32 tiles of 128 weight rows for 132
+// SMs, so K is split over the CTAs of a thread-block cluster (2, 4 or 8 CTAs, all on one
+// tile): CTA r of the cluster streams the r-th K range, writes its fp32 partial tile to its
+// own shared memory, and after a cluster barrier reduces rows [r * 128 / S, (r + 1) * 128 / S)
+// of the tile by reading the S partials through distributed shared memory in rank order
+// 0, 1, ..., S-1, then applies scales and bias and stores. The summation order is fixed by
+// the code, so results are bitwise reproducible (for a given device, i.e. SM count, which
+// sets S). This was chosen over a global-memory workspace reduced by the last-arriving CTA
+// because it needs no workspace and no counters: nothing to allocate, to keep zeroed, to
+// size before a CUDA-graph capture, or to share between streams running concurrently.
+// The cost: S is at most 8 (the portable cluster size), so a weight of one or two tiles
+// (N <= 256) is streamed by at most 16 SMs; such GEMMs take a few microseconds anyway.
+//
+// Epilogue. The partial tile goes through shared memory (transposed, [token][weight row])
+// even without a split: the store loop then gives consecutive threads consecutive output
+// columns n, so the writes of out[m, n] are coalesced.
+//
+// Schedule. The host picks S (split_count: the largest of 1, 2, 4, 8 with S * tiles <= SMs
+// and >= 4 steps of 128 K per CTA, lowered until every cluster is resident at once) and the
+// grid (S, tiles) with cluster (S, 1, 1). Without a split (more than SMs / 2 tiles, i.e.
+// N > 8448 on 132 SMs, or K <= 896) the grid is (1, min(tiles, SMs)) and each CTA walks
+// tiles blockIdx.y, + gridDim.y, ...; the producer then runs ahead into the next tile while
+// the consumers store the current one.
+#include <cuda_runtime.h>
+
+#include <atomic>
+
+#include "fp8_gemm_epilogue.cuh"
+#include "fp8_gemm_sm90.h"
+#include "sm90_primitives.cuh"
+
+namespace lowbit {
+namespace sm90 {
+namespace swapab {
+
+constexpr int kTileN = 128;           // weight rows per CTA: two consumer warpgroups of m64
+constexpr int kBK = 128;              // K per pipeline step: one 128-byte swizzle row
+constexpr int kStages = 8;            // pipeline depth: 8 x 16 KB of weight in flight
+constexpr int kThreads = 384;         // producer warpgroup + 2 consumer warpgroups
+[[maybe_unused]] constexpr int kConsumerThreads = 256;
+[[maybe_unused]] constexpr int kConsumerWarps = 8;  // arrivals that free a stage
+constexpr int kMaxSplits = 8;         // portable cluster size
+constexpr int kMinStepsPerSplit = 4;  // >= 64 KB of weight per CTA, or do not split
+// Row stride (floats) of the partial tile in shared memory, stored transposed ([token][weight
+// row]) so that the epilogue reads consecutive weight rows; 132 = 4 (mod 16) makes the
+// fragment writes conflict-free (lanes differ by 2 tokens -> 8 banks apart).
+constexpr int kRedLd = kTileN + 4;
+constexpr int kWeightTileBytes = kTileN * kBK;
+constexpr int kSmemLimit = 227 * 1024;  // sm_90 opt-in maximum per block
+static_assert(kBK == 128, "one 128-byte swizzle row per tile row");
+static_assert(kTileN == 2 * 64, "two consumer warpgroups of m64 each");
+static_assert(kTileN % kMaxSplits == 0, "the reduction splits the tile's rows evenly");
+
+template <int kN>
+struct Config {
+  static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64, "wgmma n: 8, 16, 32 or 64");
+  static constexpr int kRegs = kN / 2;           // accumulator registers per thread
+  static constexpr int kActTileBytes = kN * kBK;  // a multiple of the 1024-byte swizzle atom
+  static constexpr int kStageBytes = kWeightTileBytes + kActTileBytes;
+  static constexpr int kRedBytes = kN * kRedLd * 4;
+  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  static constexpr int kSmemBytes =
+      kStages * kStageBytes + kRedBytes + kBarrierBytes + 1024 /*alignment*/;
+  static_assert(kSmemBytes <= kSmemLimit, "shared memory over the sm_90 limit");
+};
+
+// Splits of K (cluster size): the largest power of two that keeps the CTAs within one wave
+// and gives each at least kMinStepsPerSplit 128-K steps.
+inline int split_count(int tiles, int steps, int sms) {
+  int s = 1;
+  while (s < kMaxSplits && 2 * s * tiles <= sms && steps >= 2 * s * kMinStepsPerSplit) s *= 2;
+  return s;
+}
+
+#ifdef LOWBIT_SM90A
+// One 128-K step of a consumer warpgroup: four m64nNk32 wgmmas into d, one commit group.
+template <int kN, int kScaleD>
+__device__ __forceinline__ void issue_step(float (&d)[kN / 2], const uint8_t* w,
+                                           const uint8_t* x) {
+  fence_regs(d);
+  wgmma_fence();
+  wgmma_m64nNk32<kN, kScaleD>(d, smem_desc(w), smem_desc(x));
+#pragma unroll
+  for (int kk = 1; kk < kBK / 32; ++kk)
+    wgmma_m64nNk32<kN, 1>(d, smem_desc(w + kk * 32), smem_desc(x + kk * 32));
+  wgmma_commit();
+  fence_regs(d);
+}
+
+// Per-step promotion factors of this thread's tokens m = 8j + 2(lane % 4) + e, stored at
+// f[2j + e]: the block scales of step kt (tokens past M get 0: their rows of the activation
+// tile are TMA zero-fill, and a_scale has no row for them).
+template <int kN>
+__device__ __forceinline__ void step_scales(const Fp8GemmArgs& p, int tile, int kt, int lane,
+                                            float (&f)[kN / 4]) {
+  const float sb =
+      p.b_mode == ScaleMode::kBlock ? __ldg(&p.b_scale[int64_t(tile) * p.b_scale_ld + kt]) : 1.f;
+#pragma unroll
+  for (int j = 0; j < kN / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int m = 8 * j + 2 * (lane % 4) + e;
+      float sa = 1.f;
+      if (p.a_mode == ScaleMode::kBlock)
+        sa = m < p.M ? __ldg(&p.a_scale[int64_t(m) * p.a_scale_ld + kt]) : 0.f;
+      f[2 * j + e] = sa * sb;
+    }
+  }
+}
+
+// acc += part * f: the factor goes with the column (token), shared by rows r and r + 8.
+template <int kN, bool kBlock>
+__device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part)[kN / 2],
+                                        const float (&f)[kN / 4]) {
+#pragma unroll
+  for (int j = 0; j < kN / 8; ++j) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = 4 * j + r;
+      acc[i] = kBlock ? fmaf(part[i], f[2 * j + r % 2], acc[i]) : acc[i] + part[i];
+    }
+  }
+}
+
+// The consumer warpgroup's mainloop over steps [k_begin, k_end) of one tile; `it` counts the
+// steps consumed by this CTA so far (ring position and phase), in the producer's order.
+template <int kN, bool kPromote, bool kBlock>
+__device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const Fp8GemmArgs& p,
+                                            const uint8_t* w_tiles, const uint8_t* x_tiles,
+                                            uint64_t* full, uint64_t* empty, int tile,
+                                            int k_begin, int k_end, int it, int cw, int lane) {
+  using C = Config<kN>;
+  const uint8_t* w_rows = w_tiles + cw * 64 * kBK;  // this warpgroup's 64 weight rows
+#pragma unroll
+  for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
+
+  if constexpr (kPromote) {
+    float part[C::kRegs];
+#pragma unroll
+    for (int i = 0; i < C::kRegs; ++i) part[i] = 0.f;
+    for (int kt = k_begin; kt < k_end; ++kt, ++it) {
+      const int s = it % kStages;
+      float f[kN / 4];
+      if constexpr (kBlock) step_scales<kN>(p, tile, kt, lane, f);  // loads overlap the wait
+      mbar_wait(&full[s], (it / kStages) & 1);
+      issue_step<kN, 0>(part, w_rows + s * kWeightTileBytes, x_tiles + s * C::kActTileBytes);
+      wgmma_wait<0>();
+      fence_regs(part);
+      if (lane == 0) mbar_arrive(&empty[s]);
+      promote<kN, kBlock>(acc, part, f);
+    }
+  } else {
+    // fast_accum: the steps chain in the tensor core; waiting with one group in flight lets
+    // step i + 1 issue before step i's stage is released.
+    int prev = -1;
+    for (int kt = k_begin; kt < k_end; ++kt, ++it) {
+      const int s = it % kStages;
+      mbar_wait(&full[s], (it / kStages) & 1);
+      issue_step<kN, 1>(acc, w_rows + s * kWeightTileBytes, x_tiles + s * C::kActTileBytes);
+      if (prev >= 0) {
+        wgmma_wait<1>();
+        if (lane == 0) mbar_arrive(&empty[prev]);
+      }
+      prev = s;
+    }
+    wgmma_wait<0>();
+    fence_regs(acc);
+    if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
+  }
+  return it;
+}
+
+// The warpgroup's fragment into the CTA's partial tile red[token][weight row].
+template <int kN>
+__device__ __forceinline__ void write_partial(float* red, const float (&acc)[kN / 2], int cw,
+                                              int warp, int lane) {
+  const int row = cw * 64 + warp * 16 + lane / 4;
+#pragma unroll
+  for (int j = 0; j < kN / 8; ++j) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int m = 8 * j + 2 * (lane % 4) + r % 2;
+      red[m * kRedLd + row + 8 * (r / 2)] = acc[4 * j + r];
+    }
+  }
+}
+
+// This CTA's share of the tile's output: weight rows [rank * rows, (rank + 1) * rows) of the
+// tile, rows = 128 / splits, summed over the cluster's partials in rank order, then scales
+// (those not applied per step), bias, and the store. Consecutive threads take consecutive
+// output columns n, so the stores are coalesced.
+template <int kN, bool kBlock>
+__device__ __forceinline__ void reduce_store(const Fp8GemmArgs& p, const float* red, int tile,
+                                             int rank, int splits, int ctid) {
+  const int rows = kTileN / splits;
+  const int tokens = min(p.M, kN);
+  const int n_first = tile * kTileN + rank * rows;
+  const bool a_step = kBlock && p.a_mode == ScaleMode::kBlock;
+  const bool b_step = kBlock && p.b_mode == ScaleMode::kBlock;
+  for (int e = ctid; e < rows * tokens; e += kConsumerThreads) {
+    const int m = e / rows, r = e % rows;
+    const int n = n_first + r;
+    if (n >= p.N) continue;
+    const float* src = red + m * kRedLd + rank * rows + r;
+    float v;
+    if (splits == 1) {
+      v = *src;
+    } else {
+      const uint32_t addr = smem_u32(src);
+      v = ld_cluster_f32(cluster_map(addr, 0));
+      for (int j = 1; j < splits; ++j) v += ld_cluster_f32(cluster_map(addr, j));
+    }
+    if (!a_step) v *= __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m : 0]);
+    if (!b_step) v *= __ldg(&p.b_scale[p.b_mode == ScaleMode::kRow ? n : 0]);
+    if (p.bias) v += load_bias(p.bias, p.bias_dtype, n);
+    store_out(p.out, p.out_dtype, int64_t(m) * p.ldo + n, v);
+  }
+}
+
+// The consumers' barrier between writing the partial tile and reading it (and back): the
+// whole cluster when K is split, else the two consumer warpgroups (named barrier 1; the
+// producer warpgroup may have exited). Warps arrive converged.
+__device__ __forceinline__ void tile_sync(int splits) {
+  __syncwarp();
+  if (splits > 1)
+    cluster_sync();
+  else
+    asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory");
+}
+#endif  // LOWBIT_SM90A
+
+// kN: the activation tile's rows (M rounded up); kPromote: fp32 promotion every 128 K (else
+// fast_accum); kBlock: per-128-block scales applied per step. Grid (splits, tile stride),
+// cluster (splits, 1, 1): blockIdx.x is the K range and the rank in the cluster.
+template <int kN, bool kPromote, bool kBlock>
+__global__ void __launch_bounds__(kThreads, 1)
+sm90_fp8_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
+                            const __grid_constant__ CUtensorMap map_x, const Fp8GemmArgs p) {
+#ifdef LOWBIT_SM90A
+  static_assert(kPromote || !kBlock, "block scales need promotion");
+  using C = Config<kN>;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  // Swizzled tiles need 1024-byte alignment.
+  uint8_t* smem = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* w_tiles = smem;
+  uint8_t* x_tiles = w_tiles + kStages * kWeightTileBytes;
+  float* red = reinterpret_cast<float*>(x_tiles + kStages * C::kActTileBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(red + kN * kRedLd);
+  uint64_t* empty = full + kStages;
+
+  const int wg = threadIdx.x / 128;
+  const int splits = gridDim.x, rank = blockIdx.x;
+  const int tiles = (p.N + kTileN - 1) / kTileN;
+  const int steps = (p.K + kBK - 1) / kBK;
+  const int k_begin = rank * steps / splits, k_end = (rank + 1) * steps / splits;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], kConsumerWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    // Without a split only the issuing thread has work; with one, the whole warpgroup joins
+    // the two cluster barriers of every tile (a cluster barrier counts every thread).
+    if (splits == 1 && threadIdx.x != 0) return;
+    if (threadIdx.x == 0) {
+      tma_prefetch_desc(&map_w);
+      tma_prefetch_desc(&map_x);
+    }
+    int it = 0;  // steps issued by this CTA, across its tiles
+    for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
+      if (threadIdx.x == 0) {
+        for (int kt = k_begin; kt < k_end; ++kt, ++it) {
+          const int s = it % kStages;
+          // A fresh barrier completes phase "1" at once, so the first pass does not wait.
+          mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+          mbar_expect_tx(&full[s], C::kStageBytes);
+          tma_load_2d(w_tiles + s * kWeightTileBytes, &map_w, &full[s], kt * kBK, tile * kTileN);
+          tma_load_2d(x_tiles + s * C::kActTileBytes, &map_x, &full[s], kt * kBK, 0);
+        }
+      }
+      if (splits > 1) {
+        __syncwarp();    // the issuing thread rejoins its warp
+        cluster_sync();  // partials written
+        cluster_sync();  // partials read
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  const int cw = wg - 1;  // consumer warpgroup: weight rows cw*64 .. cw*64+63 of the tile
+  const int ctid = threadIdx.x - 128;
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  int it = 0;  // steps consumed, in the producer's order
+  for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
+    float acc[C::kRegs];
+    it = consume_tile<kN, kPromote, kBlock>(acc, p, w_tiles, x_tiles, full, empty, tile,
+                                            k_begin, k_end, it, cw, lane);
+    write_partial<kN>(red, acc, cw, warp, lane);
+    tile_sync(splits);
+    reduce_store<kN, kBlock>(p, red, tile, rank, splits, ctid);
+    tile_sync(splits);  // peers are done reading red: it may be rewritten, or the CTA exit
+  }
+#else
+  __trap();  // built without sm_90a: the host never launches this
+#endif
+}
+
+// How many clusters of `splits` CTAs of `kernel` the device runs at once (0: none; e.g. a
+// partitioned GPU whose GPCs hold fewer SMs). Asked once per device and cluster size.
+inline int clusters_that_fit(const void* kernel, int smem_bytes, int splits,
+                             std::atomic<int>& cache) {
+  int known = cache.load(std::memory_order_relaxed);  // the count + 1; 0 = not asked yet
+  if (known == 0) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(splits, 1, 1);
+    cfg.blockDim = dim3(kThreads, 1, 1);
+    cfg.dynamicSmemBytes = smem_bytes;
+    cudaLaunchAttribute cluster[1];
+    cluster[0].id = cudaLaunchAttributeClusterDimension;
+    cluster[0].val.clusterDim.x = splits;
+    cluster[0].val.clusterDim.y = 1;
+    cluster[0].val.clusterDim.z = 1;
+    cfg.attrs = cluster;
+    cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+      (void)cudaGetLastError();  // not sticky: clear it, and do not split
+      n = 0;
+    }
+    known = n + 1;
+    cache.store(known, std::memory_order_relaxed);
+  }
+  return known - 1;
+}
+
+template <int kN, bool kPromote, bool kBlock>
+cudaError_t launch(const CUtensorMap& map_w, const CUtensorMap& map_x, const Fp8GemmArgs& p,
+                   cudaStream_t stream) {
+  using C = Config<kN>;
+  auto kernel = sm90_fp8_gemm_swapab_kernel<kN, kPromote, kBlock>;
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  // Per-device facts of this kernel, looked up on first use (a process may drive several
+  // GPUs). Two threads racing here both do the lookup, which is harmless.
+  static std::atomic<bool> attr_set[kMaxDevices];
+  static std::atomic<int> fit[kMaxDevices][kMaxSplits + 1];  // by cluster size; see above
+  if (!attr_set[device].load(std::memory_order_acquire)) {
+    // The shared-memory opt-in is a per-device attribute of the function.
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             C::kSmemBytes);
+    if (e != cudaSuccess) return e;
+    attr_set[device].store(true, std::memory_order_release);
+  }
+  const int tiles = (p.N + kTileN - 1) / kTileN;
+  const int steps = (p.K + kBK - 1) / kBK;
+  const int sms = sm_count(device);
+  int splits = split_count(tiles, steps, sms);
+  // Every cluster resident at once, or split less.
+  while (splits > 1 && clusters_that_fit(reinterpret_cast<const void*>(kernel), C::kSmemBytes,
+                                         splits, fit[device][splits]) < tiles)
+    splits /= 2;
+  // With a split, tiles * splits <= SMs (one wave); without, the CTAs stride over the tiles.
+  int stride = splits > 1 || sms <= 0 ? tiles : (tiles < sms ? tiles : sms);
+  if (stride > 65535) stride = 65535;
+
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(splits, stride, 1);
+  cfg.blockDim = dim3(kThreads, 1, 1);
+  cfg.dynamicSmemBytes = C::kSmemBytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = splits;
+  cluster[0].val.clusterDim.y = 1;
+  cluster[0].val.clusterDim.z = 1;
+  cfg.attrs = cluster;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  e = cudaLaunchKernelEx(&cfg, kernel, map_w, map_x, p);
+  if (e != cudaSuccess) return e;
+  return cudaGetLastError();
+}
+
+template <int kN>
+cudaError_t dispatch(const Fp8GemmArgs& p, cudaStream_t stream) {
+  CUtensorMap map_w, map_x;
+  if (!make_map_k128(&map_w, p.b, p.N, p.K, p.ldb, kTileN) ||
+      !make_map_k128(&map_x, p.a, p.M, p.K, p.lda, kN))
+    return cudaErrorInvalidValue;
+  const bool block = p.a_mode == ScaleMode::kBlock || p.b_mode == ScaleMode::kBlock;
+  if (block) return launch<kN, true, true>(map_w, map_x, p, stream);
+  if (p.fast_accum) return launch<kN, false, false>(map_w, map_x, p, stream);
+  return launch<kN, true, false>(map_w, map_x, p, stream);
+}
+
+}  // namespace swapab
+}  // namespace sm90
+
+cudaError_t sm90_fp8_gemm_swapab(const Fp8GemmArgs& p, cudaStream_t stream) {
+  if (p.M == 0 || p.N == 0) return cudaSuccess;
+  if (p.M < 0 || p.M > 64 || p.N < 0 || p.K <= 0) return cudaErrorInvalidValue;
+  if (p.M <= 8) return sm90::swapab::dispatch<8>(p, stream);
+  if (p.M <= 16) return sm90::swapab::dispatch<16>(p, stream);
+  if (p.M <= 32) return sm90::swapab::dispatch<32>(p, stream);
+  return sm90::swapab::dispatch<64>(p, stream);
+}
+
+}  // namespace lowbit
