@@ -19,6 +19,16 @@
 // at one time share their a and b panels in L2. The producer runs ahead into the next tile
 // while the consumers write the epilogue of the current one.
 //
+// Epilogue. Each consumer warpgroup scales its 64 x 128 fp32 tile, converts it and writes it
+// to a shared-memory staging tile in the 128-byte-swizzled layout (no bank conflicts), and
+// one thread hands it to TMA stores, which run while the warpgroup goes on with the next
+// tile's mainloop; stores past M and N are clipped by TMA. The column scales and bias of a
+// tile are loaded at its start (one value per thread) and pass through shared memory, so no
+// load latency is left in the epilogue. Measured on the H100: storing from registers straight
+// to global memory (16-byte pieces of 8 rows per warp instruction) cost a third of the
+// kernel's time at 4096^3. Outputs TMA cannot address (row stride or base not a multiple of
+// 16 bytes) take that direct path.
+//
 // Accuracy. FP8 wgmma accumulates with about 14 bits of mantissa. Each 128-K step starts
 // from a zero tensor-core accumulator (scale-d = 0) and is added to fp32 registers afterwards
 // (times its block scales when scales are per 128-block): promotion every 128 K, as the SPEC
@@ -38,15 +48,31 @@ namespace lowbit {
 namespace sm90 {
 
 constexpr int kBM = 128, kBN = 128, kBK = 128;
-constexpr int kStages = 6;
 constexpr int kGroupM = 8;             // row tiles per raster group
 constexpr int kTileBytes = kBM * kBK;  // one operand tile, bytes (fp8)
 constexpr int kThreads = 384;          // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumerWarps = 8;  // arrivals that free a stage
-constexpr int kSmemBytes = kStages * 2 * kTileBytes + 1024 /*alignment*/ + 256 /*barriers*/;
 static_assert(kBK == 128, "one 128-byte swizzle row per tile row");
 static_assert(kBM == 2 * 64, "two consumer warpgroups of m64 each");
 static_assert(kBN == kBM, "both operand tiles are 128 x 128");
+
+// Shared memory for an output of kOutBytes-wide elements: the operand ring (as many stages as
+// fit beside the staging tiles: 6 for 16-bit outputs, 5 for fp32), one 64 x 128 staging tile
+// and 128 column factors and biases per consumer warpgroup, the barriers. The dynamic
+// shared-memory base is 1024-byte aligned (checked in the kernel), as the swizzle needs.
+template <int kOutBytes>
+struct Smem {
+  static constexpr int kStages = kOutBytes == 4 ? 5 : 6;
+  static constexpr int kStageOut = 64 * kBN * kOutBytes;  // one warpgroup's staging tile
+  static constexpr int kA = 0;
+  static constexpr int kB = kA + kStages * kTileBytes;
+  static constexpr int kOut = kB + kStages * kTileBytes;
+  static constexpr int kCol = kOut + 2 * kStageOut;
+  static constexpr int kAdd = kCol + 2 * kBN * 4;
+  static constexpr int kBars = kAdd + 2 * kBN * 4;
+  static constexpr int kBytes = kBars + 2 * kStages * 8;
+  static_assert(kBytes <= 232448, "over the 227 KB a CTA may opt in to");
+};
 
 struct Tile {
   int m0, n0;
@@ -107,10 +133,10 @@ __device__ __forceinline__ void step_scales(const Fp8GemmArgs& p, int row0, int 
   }
 }
 
-// Scales (those not applied per step), bias, and the store of one warp's 16 x 128 slice.
-// Every load is issued before the first store, so the tile pays one memory latency, not one
-// per column pair.
-__device__ __forceinline__ void epilogue(const Fp8GemmArgs& p, const float (&acc)[64],
+// The direct epilogue, for outputs TMA cannot address: scales (those not applied per step),
+// bias, and scalar or pair stores of one warp's 16 x 128 slice to global memory. Every load is
+// issued before the first store.
+__device__ __forceinline__ void epilogue_direct(const Fp8GemmArgs& p, const float (&acc)[64],
                                          int row0, int n0, int lane, bool pair_ok) {
   const bool a_step = p.a_mode == ScaleMode::kBlock, b_step = p.b_mode == ScaleMode::kBlock;
   float col[32], add[32];  // column factor and bias of columns n0 + 8j + 2(lane % 4) + e
@@ -149,22 +175,48 @@ __device__ __forceinline__ void epilogue(const Fp8GemmArgs& p, const float (&acc
     }
   }
 }
+
+// Offset in a staging tile of element (r, c), r < 64, c < 128: 128-byte rows, one box of
+// 128 / kOutBytes columns after another (8 KB each), 16-byte chunks swizzled with r % 8 as
+// TMA's 128-byte swizzle expects.
+template <int kOutBytes>
+__device__ __forceinline__ int staged_offset(int r, int c) {
+  constexpr int kBoxCols = 128 / kOutBytes;
+  const int byte = (c % kBoxCols) * kOutBytes;
+  return (c / kBoxCols) * (64 * 128) + r * 128 + ((((byte >> 4) ^ r) & 7) << 4) + (byte & 15);
+}
+
+template <int kOutBytes>
+__device__ __forceinline__ void put2(uint8_t* stage, OutDtype d, int r, int c, float v0,
+                                     float v1) {
+  uint8_t* q = stage + staged_offset<kOutBytes>(r, c);
+  if constexpr (kOutBytes == 4) {
+    *reinterpret_cast<float2*>(q) = make_float2(v0, v1);
+  } else if (d == OutDtype::kBF16) {
+    *reinterpret_cast<__nv_bfloat162*>(q) = __floats2bfloat162_rn(v0, v1);
+  } else {
+    *reinterpret_cast<__half2*>(q) = __floats2half2_rn(v0, v1);
+  }
+}
 #endif  // LOWBIT_SM90A
 
 // kPromote: fp32 promotion every 128 K (else fast_accum); kBlock: per-128-block scales
-// applied per step.
-template <bool kPromote, bool kBlock>
+// applied per step; kOutBytes: output element size (2 or 4). map_out is used when
+// p_tma_store is set.
+template <bool kPromote, bool kBlock, int kOutBytes>
 __global__ void __launch_bounds__(kThreads, 1)
 sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
-                           const __grid_constant__ CUtensorMap map_b, const Fp8GemmArgs p) {
+                           const __grid_constant__ CUtensorMap map_b,
+                           const __grid_constant__ CUtensorMap map_out, const Fp8GemmArgs p,
+                           const bool tma_store) {
 #ifdef LOWBIT_SM90A
-  extern __shared__ __align__(1024) uint8_t smem_raw[];
-  // Swizzled tiles need 1024-byte alignment.
-  uint8_t* smem = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint8_t* tiles_a = smem;
-  uint8_t* tiles_b = smem + kStages * kTileBytes;
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + 2 * kStages * kTileBytes);
+  using L = Smem<kOutBytes>;
+  constexpr int kStages = L::kStages;
+  extern __shared__ __align__(1024) uint8_t smem[];
+  if (smem_u32(smem) & 1023) __trap();  // the swizzled tiles need it; never seen otherwise
+  uint8_t* tiles_a = smem + L::kA;
+  uint8_t* tiles_b = smem + L::kB;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBars);
   uint64_t* empty = full + kStages;
 
   const int wg = threadIdx.x / 128;
@@ -204,8 +256,13 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
   const int cw = wg - 1;  // consumer warpgroup: rows cw*64 .. cw*64+63 of the tile
-  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
   const bool pair_ok = pair_store_ok(p.out, p.out_dtype, p.ldo);
+  const bool a_step = p.a_mode == ScaleMode::kBlock, b_step = p.b_mode == ScaleMode::kBlock;
+  uint8_t* stage_out = smem + L::kOut + cw * L::kStageOut;
+  float* col_s = reinterpret_cast<float*>(smem + L::kCol) + cw * kBN;
+  float* add_s = reinterpret_cast<float*>(smem + L::kAdd) + cw * kBN;
+  const uint8_t* a_rows = tiles_a + cw * 64 * kBK;
 
   int it = 0;  // steps consumed, in the producer's order
   auto wait_full = [&](int step) {
@@ -220,60 +277,63 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
   for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
     const Tile tile = tile_at(t, tiles_m, tiles_n);
     const int row0 = tile.m0 + cw * 64 + warp * 16 + lane / 4;  // and row0 + 8
+    // This thread's share of the epilogue's factors, loaded now, used after the mainloop.
+    const int nc = min(tile.n0 + tid, p.N - 1);
+    const float my_col = b_step ? 1.f : __ldg(&p.b_scale[p.b_mode == ScaleMode::kRow ? nc : 0]);
+    const float my_add = p.bias ? load_bias(p.bias, p.bias_dtype, nc) : 0.f;
+    float row_scale[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = min(row0 + 8 * h, p.M - 1);
+      row_scale[h] = a_step ? 1.f : __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m : 0]);
+    }
     float acc[64];
 
     if constexpr (kPromote) {
 #pragma unroll
       for (int r = 0; r < 64; ++r) acc[r] = 0.f;
+      // Step i's partial sums live in part0 when i is even, part1 when odd, with their
+      // promotion factors. The loop is peeled so that every path through it has the same
+      // wgmma groups in flight (ptxas checks, and serializes the wgmmas when unsure).
       float part0[64], part1[64];
-      float f0a, f1a, f0b, f1b;  // promotion factors of the steps in part0 / part1
-      const uint8_t* a_rows = tiles_a + cw * 64 * kBK;
-      // Step i lives in part0 when i is even, part1 when odd. The loop is peeled so that
-      // every path through it has the same wgmma groups in flight (the compiler checks).
-      int s0 = wait_full(it), s1 = 0;
-      step_scales<kBlock>(p, row0, tile.n0, 0, f0a, f1a);
-      issue_step<0>(part0, a_rows + s0 * kTileBytes, tiles_b + s0 * kTileBytes);
+      float f0a, f1a, f0b, f1b;
+      auto issue = [&](float(&d)[64], int step, float& g0, float& g1) {
+        const int s = wait_full(it + step);
+        step_scales<kBlock>(p, row0, tile.n0, step, g0, g1);
+        issue_step<0>(d, a_rows + s * kTileBytes, tiles_b + s * kTileBytes);
+        return s;
+      };
+      auto finish = [&](float(&d)[64], int s, float g0, float g1) {
+        fence_regs(d);
+        release(s);
+        promote(acc, d, g0, g1);
+      };
+      int s0 = issue(part0, 0, f0a, f1a), s1 = 0;
       int i = 0;
       for (; i + 2 < nk; i += 2) {  // step i in flight in part0
-        s1 = wait_full(it + i + 1);
-        step_scales<kBlock>(p, row0, tile.n0, i + 1, f0b, f1b);
-        issue_step<0>(part1, a_rows + s1 * kTileBytes, tiles_b + s1 * kTileBytes);
+        s1 = issue(part1, i + 1, f0b, f1b);
         wgmma_wait<1>();
-        fence_regs(part0);
-        release(s0);
-        promote(acc, part0, f0a, f1a);
-        s0 = wait_full(it + i + 2);
-        step_scales<kBlock>(p, row0, tile.n0, i + 2, f0a, f1a);
-        issue_step<0>(part0, a_rows + s0 * kTileBytes, tiles_b + s0 * kTileBytes);
+        finish(part0, s0, f0a, f1a);
+        s0 = issue(part0, i + 2, f0a, f1a);
         wgmma_wait<1>();
-        fence_regs(part1);
-        release(s1);
-        promote(acc, part1, f0b, f1b);
+        finish(part1, s1, f0b, f1b);
       }
       if (i + 1 < nk) {  // two steps left: i (in flight) and i + 1
-        s1 = wait_full(it + i + 1);
-        step_scales<kBlock>(p, row0, tile.n0, i + 1, f0b, f1b);
-        issue_step<0>(part1, a_rows + s1 * kTileBytes, tiles_b + s1 * kTileBytes);
+        s1 = issue(part1, i + 1, f0b, f1b);
         wgmma_wait<1>();
-        fence_regs(part0);
-        release(s0);
-        promote(acc, part0, f0a, f1a);
+        finish(part0, s0, f0a, f1a);
         wgmma_wait<0>();
-        fence_regs(part1);
-        release(s1);
-        promote(acc, part1, f0b, f1b);
-      } else {  // one step left
+        finish(part1, s1, f0b, f1b);
+      } else {
         wgmma_wait<0>();
-        fence_regs(part0);
-        release(s0);
-        promote(acc, part0, f0a, f1a);
+        finish(part0, s0, f0a, f1a);
       }
       it += nk;
     } else {
       int prev = 0;
       for (int i = 0; i < nk; ++i) {
         const int s = wait_full(it + i);
-        const uint8_t* ta = tiles_a + s * kTileBytes + cw * 64 * kBK;
+        const uint8_t* ta = a_rows + s * kTileBytes;
         const uint8_t* tb = tiles_b + s * kTileBytes;
         if (i == 0) {
           issue_step<0>(acc, ta, tb);
@@ -289,17 +349,52 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
       release(prev);
       it += nk;
     }
-    epilogue(p, acc, row0, tile.n0, lane, pair_ok);
+
+    if (!tma_store) {
+      epilogue_direct(p, acc, row0, tile.n0, lane, pair_ok);
+      continue;
+    }
+    // The previous tile's stores have read the staging tile and every thread is past its
+    // reads of col_s / add_s: both may be overwritten.
+    if (tid == 0) bulk_wait_read();
+    named_sync(1 + cw, 128);
+    col_s[tid] = my_col;
+    add_s[tid] = my_add;
+    named_sync(1 + cw, 128);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = warp * 16 + lane / 4 + 8 * h;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int c = 8 * j + 2 * (lane % 4);
+        const float v0 = acc[4 * j + 2 * h] * row_scale[h] * col_s[c] + add_s[c];
+        const float v1 = acc[4 * j + 2 * h + 1] * row_scale[h] * col_s[c + 1] + add_s[c + 1];
+        put2<kOutBytes>(stage_out, p.out_dtype, r, c, v0, v1);
+      }
+    }
+    fence_async_smem();
+    named_sync(1 + cw, 128);
+    if (tid == 0) {
+      constexpr int kBoxCols = 128 / kOutBytes;
+#pragma unroll
+      for (int b = 0; b < kBN / kBoxCols; ++b)
+        tma_store_2d(&map_out, stage_out + b * 64 * 128, tile.n0 + b * kBoxCols,
+                     tile.m0 + cw * 64);
+      bulk_commit();
+    }
   }
+  if (tma_store && tid == 0) bulk_wait();  // the staging tile must outlive its stores
 #else
   __trap();  // built without sm_90a: the host never launches this
 #endif
 }
 
-template <bool kPromote, bool kBlock>
-cudaError_t launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Fp8GemmArgs& p,
+template <bool kPromote, bool kBlock, int kOutBytes>
+cudaError_t launch(const CUtensorMap& map_a, const CUtensorMap& map_b,
+                   const CUtensorMap& map_out, bool tma_store, const Fp8GemmArgs& p,
                    cudaStream_t stream) {
-  auto kernel = sm90_fp8_gemm_wgmma_kernel<kPromote, kBlock>;
+  auto kernel = sm90_fp8_gemm_wgmma_kernel<kPromote, kBlock, kOutBytes>;
+  constexpr int kSmemBytes = Smem<kOutBytes>::kBytes;
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return e;
@@ -314,8 +409,25 @@ cudaError_t launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Fp8
   const int tiles = ((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
   const int sms = sm_count(device);
   const int grid = sms > 0 && sms < tiles ? sms : tiles;
-  kernel<<<grid, kThreads, kSmemBytes, stream>>>(map_a, map_b, p);
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(map_a, map_b, map_out, p, tma_store);
   return cudaGetLastError();
+}
+
+template <int kOutBytes>
+cudaError_t launch_for_out(const CUtensorMap& map_a, const CUtensorMap& map_b,
+                           const Fp8GemmArgs& p, cudaStream_t stream) {
+  CUtensorMap map_out{};
+  const CUtensorMapDataType type = p.out_dtype == OutDtype::kF32    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                   : p.out_dtype == OutDtype::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                                    : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const bool tma_store = reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
+                         (p.ldo * kOutBytes) % 16 == 0 &&
+                         make_map_out(&map_out, p.out, type, kOutBytes, p.M, p.N, p.ldo, 64);
+  const bool block = p.a_mode == ScaleMode::kBlock || p.b_mode == ScaleMode::kBlock;
+  if (block) return launch<true, true, kOutBytes>(map_a, map_b, map_out, tma_store, p, stream);
+  if (p.fast_accum)
+    return launch<false, false, kOutBytes>(map_a, map_b, map_out, tma_store, p, stream);
+  return launch<true, false, kOutBytes>(map_a, map_b, map_out, tma_store, p, stream);
 }
 
 }  // namespace sm90
@@ -326,10 +438,8 @@ cudaError_t sm90_fp8_gemm_wgmma(const Fp8GemmArgs& p, cudaStream_t stream) {
   if (!sm90::make_map_k128(&map_a, p.a, p.M, p.K, p.lda, sm90::kBM) ||
       !sm90::make_map_k128(&map_b, p.b, p.N, p.K, p.ldb, sm90::kBN))
     return cudaErrorInvalidValue;
-  const bool block = p.a_mode == ScaleMode::kBlock || p.b_mode == ScaleMode::kBlock;
-  if (block) return sm90::launch<true, true>(map_a, map_b, p, stream);
-  if (p.fast_accum) return sm90::launch<false, false>(map_a, map_b, p, stream);
-  return sm90::launch<true, false>(map_a, map_b, p, stream);
+  if (p.out_dtype == OutDtype::kF32) return sm90::launch_for_out<4>(map_a, map_b, p, stream);
+  return sm90::launch_for_out<2>(map_a, map_b, p, stream);
 }
 
 }  // namespace lowbit
