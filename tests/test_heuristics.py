@@ -14,9 +14,9 @@ def _args(m):
     return (torch.empty(m, 64, device="meta"),)
 
 
-@pytest.mark.parametrize("m,first", [(1, "sm89_fp8_gemm_smallm"), (16, "sm89_fp8_gemm_smallm"),
-                                     (17, "triton_fp8_scaled_mm"),
-                                     (4096, "triton_fp8_scaled_mm")])
+@pytest.mark.parametrize("m,first", [(1, "sm90_fp8_gemm_swapab"), (64, "sm90_fp8_gemm_swapab"),
+                                     (65, "sm90_fp8_gemm_wgmma"),
+                                     (4096, "sm90_fp8_gemm_wgmma")])
 def test_table_on_sm90(h100, m, first):
     order = heuristics.preferred("fp8_scaled_mm", torch.device("cuda", 0), _args(m))
     assert order[0] == first
@@ -35,7 +35,10 @@ def test_choose_follows_table_then_skips_unsupported(h100, monkeypatch):
                                None, priority)
 
     fake = [
-        kernel("sm90_fp8_gemm_wgmma", "cuda", 30),
+        kernel("sm90_fp8_gemm_wgmma", "cuda", 30,
+               supports=lambda a: None if a.shape[0] > 64 else "M too small"),
+        kernel("sm90_fp8_gemm_swapab", "cuda", 25,
+               supports=lambda a: "not in this build"),
         kernel("sm89_fp8_gemm_smallm", "cuda", 20,
                supports=lambda a: None if a.shape[0] <= 64 else "M too large"),
         kernel("triton_fp8_scaled_mm", "triton", -10),
@@ -43,8 +46,10 @@ def test_choose_follows_table_then_skips_unsupported(h100, monkeypatch):
     ]
     monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", fake)
     dev = torch.device("cuda", 0)
+    # swapab declines: the next name of the row runs.
     assert _backend.choose("fp8_scaled_mm", dev, "auto", _args(8)).kernel == "sm89_fp8_gemm_smallm"
-    assert _backend.choose("fp8_scaled_mm", dev, "auto", _args(512)).kernel == "triton_fp8_scaled_mm"
+    assert _backend.choose("fp8_scaled_mm", dev, "auto", _args(512)).kernel == "sm90_fp8_gemm_wgmma"
     # An explicit backend keeps registration priority within that backend.
     monkeypatch.setattr(_backend, "_gpu_unavailable_reason", lambda: None)
-    assert _backend.choose("fp8_scaled_mm", dev, "cuda", _args(512)).kernel == "sm90_fp8_gemm_wgmma"
+    assert _backend.choose("fp8_scaled_mm", dev, "triton", _args(512)).kernel == "triton_fp8_scaled_mm"
+    assert _backend.choose("fp8_scaled_mm", dev, "cuda", _args(8)).kernel == "sm89_fp8_gemm_smallm"

@@ -5,15 +5,15 @@ not name keep their registration priority, after the named ones; a kernel that d
 support the inputs is skipped as usual.
 
 fp8_scaled_mm on sm_90 (H100 80GB HBM3, torch 2.11, triton 3.6, 2026-11-27, rowwise scales,
-bf16 out, eager calls, bench/gpu_check.sh; speed relative to torch._scaled_mm in one run):
+bf16 out, GPU time of each kernel called directly, bench/bench_fp8_gemm.py; speed relative to
+torch._scaled_mm in the same run, over the PERF.md shapes and 8192^3):
 
-    M = 1      sm89_fp8_gemm_smallm 0.92-1.35x   triton 0.22-1.09x (host-bound at 4096^2)
-    M = 16     sm89_fp8_gemm_smallm 0.71-0.85x   triton 0.20-1.08x
-    M = 64     sm89_fp8_gemm_smallm 0.22-0.29x   triton 0.61-1.04x
-    M >= 128   sm90_fp8_gemm_wgmma  0.38-0.70x   triton 0.64-0.96x
+    M = 1      sm90_fp8_gemm_swapab 1.11-1.50x  sm89_fp8_gemm_smallm 1.02-1.51x  triton 0.50-1.11x
+    M = 16     sm90_fp8_gemm_swapab 1.01-1.40x  sm89_fp8_gemm_smallm 0.72-0.93x  triton 0.41-1.06x
+    M = 64     sm90_fp8_gemm_swapab 0.77-1.09x  sm89_fp8_gemm_smallm 0.19-0.27x  triton 0.51-0.95x
+    M >= 128   sm90_fp8_gemm_wgmma  0.79-1.06x  triton 0.48-0.92x
 
-sm90_fp8_gemm_swapab (M <= 64) is not measured yet: it is listed last, so that auto reaches
-it only where the kernels before it decline.
+so the sm_90 kernels lead at every M, each followed by the next best that takes the shape.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from .backends._device import capability as _capability, device_index
 
 _FP8_SCALED_MM = {
     (9, 0): (
-        (16, ("sm89_fp8_gemm_smallm", "triton_fp8_scaled_mm", "sm90_fp8_gemm_swapab")),
-        (None, ("triton_fp8_scaled_mm", "sm90_fp8_gemm_wgmma", "sm90_fp8_gemm_swapab")),
+        (64, ("sm90_fp8_gemm_swapab", "sm89_fp8_gemm_smallm", "triton_fp8_scaled_mm")),
+        (None, ("sm90_fp8_gemm_wgmma", "triton_fp8_scaled_mm")),
     ),
 }
 
