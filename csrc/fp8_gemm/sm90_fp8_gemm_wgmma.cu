@@ -15,7 +15,7 @@
 // wait for the promotion, and both consumer warpgroups keep a group queued.
 //
 // Schedule. One CTA per SM; CTA c takes tiles c, c + grid, c + 2 grid, ... in a grouped
-// order (kGroupM row tiles of a, then the next column tile of b), so that the tiles in flight
+// order (4 or 8 row tiles of a, then the next column tile of b), so that the tiles in flight
 // at one time share their a and b panels in L2. The producer runs ahead into the next tile
 // while the consumers write the epilogue of the current one.
 //
@@ -48,7 +48,10 @@ namespace lowbit {
 namespace sm90 {
 
 constexpr int kBM = 128, kBN = 128, kBK = 128;
-constexpr int kGroupM = 8;             // row tiles per raster group
+// Row tiles per raster group. Measured on the H100 (2026-11-27, rowwise, one run per value):
+// 4 beats 8 by 5-12% where both N and K are >= 8192 (8192^3, 4096x28672x8192), 8 beats 4 by
+// 3-10% elsewhere (4096x14336x4096, 4096x4096x14336); 16 and 32 were not better anywhere.
+inline int raster_group(int N, int K) { return N >= 8192 && K >= 8192 ? 4 : 8; }
 constexpr int kTileBytes = kBM * kBK;  // one operand tile, bytes (fp8)
 constexpr int kThreads = 384;          // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumerWarps = 8;  // arrivals that free a stage
@@ -78,11 +81,11 @@ struct Tile {
   int m0, n0;
 };
 
-// Grouped raster: tile t -> (row tile, column tile), kGroupM row tiles at a time.
-__device__ __forceinline__ Tile tile_at(int t, int tiles_m, int tiles_n) {
-  const int per_group = kGroupM * tiles_n;
-  const int first_m = (t / per_group) * kGroupM;
-  const int rows = min(tiles_m - first_m, kGroupM);
+// Grouped raster: tile t -> (row tile, column tile), `group` row tiles at a time.
+__device__ __forceinline__ Tile tile_at(int t, int tiles_m, int tiles_n, int group) {
+  const int per_group = group * tiles_n;
+  const int first_m = (t / per_group) * group;
+  const int rows = min(tiles_m - first_m, group);
   const int r = t % per_group;
   return {(first_m + r % rows) * kBM, (r / rows) * kBN};
 }
@@ -201,14 +204,14 @@ __device__ __forceinline__ void put2(uint8_t* stage, OutDtype d, int r, int c, f
 #endif  // LOWBIT_SM90A
 
 // kPromote: fp32 promotion every 128 K (else fast_accum); kBlock: per-128-block scales
-// applied per step; kOutBytes: output element size (2 or 4). map_out is used when
-// p_tma_store is set.
+// applied per step; kOutBytes: output element size (2 or 4). map_out is used when tma_store
+// is set; group: row tiles per raster group.
 template <bool kPromote, bool kBlock, int kOutBytes>
 __global__ void __launch_bounds__(kThreads, 1)
 sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
                            const __grid_constant__ CUtensorMap map_b,
                            const __grid_constant__ CUtensorMap map_out, const Fp8GemmArgs p,
-                           const bool tma_store) {
+                           const bool tma_store, const int group) {
 #ifdef LOWBIT_SM90A
   using L = Smem<kOutBytes>;
   constexpr int kStages = L::kStages;
@@ -240,7 +243,7 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
       tma_prefetch_desc(&map_b);
       int it = 0;  // steps issued by this CTA, across its tiles
       for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-        const Tile tile = tile_at(t, tiles_m, tiles_n);
+        const Tile tile = tile_at(t, tiles_m, tiles_n, group);
         for (int i = 0; i < nk; ++i, ++it) {
           const int s = it % kStages;
           // A fresh barrier completes phase "1" at once, so the first pass does not wait.
@@ -275,18 +278,22 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
   };
 
   for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const Tile tile = tile_at(t, tiles_m, tiles_n);
+    const Tile tile = tile_at(t, tiles_m, tiles_n, group);
     const int row0 = tile.m0 + cw * 64 + warp * 16 + lane / 4;  // and row0 + 8
-    // This thread's share of the epilogue's factors, loaded now, used after the mainloop.
-    const int nc = min(tile.n0 + tid, p.N - 1);
-    const float my_col = b_step ? 1.f : __ldg(&p.b_scale[p.b_mode == ScaleMode::kRow ? nc : 0]);
-    const float my_add = p.bias ? load_bias(p.bias, p.bias_dtype, nc) : 0.f;
-    float row_scale[2];
+    // This thread's share of the epilogue's factors, loaded once the tile's first wgmmas are
+    // issued (wgmma.fence waits for every load in flight, so loads go after an issue, never
+    // just before one), used after the mainloop.
+    float my_col, my_add, row_scale[2];
+    auto load_epilogue_factors = [&] {
+      const int nc = min(tile.n0 + tid, p.N - 1);
+      my_col = b_step ? 1.f : __ldg(&p.b_scale[p.b_mode == ScaleMode::kRow ? nc : 0]);
+      my_add = p.bias ? load_bias(p.bias, p.bias_dtype, nc) : 0.f;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int m = min(row0 + 8 * h, p.M - 1);
-      row_scale[h] = a_step ? 1.f : __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m : 0]);
-    }
+      for (int h = 0; h < 2; ++h) {
+        const int m = min(row0 + 8 * h, p.M - 1);
+        row_scale[h] = a_step ? 1.f : __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m : 0]);
+      }
+    };
     float acc[64];
 
     if constexpr (kPromote) {
@@ -299,8 +306,8 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
       float f0a, f1a, f0b, f1b;
       auto issue = [&](float(&d)[64], int step, float& g0, float& g1) {
         const int s = wait_full(it + step);
-        step_scales<kBlock>(p, row0, tile.n0, step, g0, g1);
         issue_step<0>(d, a_rows + s * kTileBytes, tiles_b + s * kTileBytes);
+        step_scales<kBlock>(p, row0, tile.n0, step, g0, g1);  // used one step later
         return s;
       };
       auto finish = [&](float(&d)[64], int s, float g0, float g1) {
@@ -309,6 +316,7 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
         promote(acc, d, g0, g1);
       };
       int s0 = issue(part0, 0, f0a, f1a), s1 = 0;
+      load_epilogue_factors();
       int i = 0;
       for (; i + 2 < nk; i += 2) {  // step i in flight in part0
         s1 = issue(part1, i + 1, f0b, f1b);
@@ -337,6 +345,7 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
         const uint8_t* tb = tiles_b + s * kTileBytes;
         if (i == 0) {
           issue_step<0>(acc, ta, tb);
+          load_epilogue_factors();
         } else {
           issue_step<1>(acc, ta, tb);
           wgmma_wait<1>();  // step i - 1 is done: its stage can be refilled
@@ -409,7 +418,8 @@ cudaError_t launch(const CUtensorMap& map_a, const CUtensorMap& map_b,
   const int tiles = ((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
   const int sms = sm_count(device);
   const int grid = sms > 0 && sms < tiles ? sms : tiles;
-  kernel<<<grid, kThreads, kSmemBytes, stream>>>(map_a, map_b, map_out, p, tma_store);
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(map_a, map_b, map_out, p, tma_store,
+                                                 raster_group(p.N, p.K));
   return cudaGetLastError();
 }
 
