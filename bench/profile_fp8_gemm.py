@@ -29,14 +29,15 @@ def main():
         b = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
         sa = torch.rand(m, 1, device="cuda") + 0.5
         sb = torch.rand(n, 1, device="cuda") + 0.5
-        fns = [lambda: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb.t(),
-                                        out_dtype=torch.bfloat16)]
+        fns = [lambda sa=sa, sb=sb: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb.t(),
+                                                     out_dtype=torch.bfloat16)]
         if args.block:
             sa = torch.rand(m, -(-k // 128), device="cuda") + 0.5
             sb = torch.rand(-(-n // 128), -(-k // 128), device="cuda") + 0.5
         for kern in kernels("fp8_scaled_mm"):
             if kern.name in names:
-                fns.append(lambda kern=kern: kern.fn(a, b, sa, sb, None, torch.bfloat16, False))
+                fns.append(lambda kern=kern, sa=sa, sb=sb:
+                           kern.fn(a, b, sa, sb, None, torch.bfloat16, False))
         for fn in fns:
             fn()
         torch.cuda.synchronize()
