@@ -125,13 +125,14 @@ def test_wgmma_out_dtypes_bias(out_dtype, fast_accum):
 
 
 @gpu
-@pytest.mark.parametrize("k", [16, 128, 256, 384, 1040])
+@pytest.mark.parametrize("k", [16, 128, 256, 384, 1040, 2048])
 @pytest.mark.parametrize("mode", ["tensor", "row", "block"])
 @pytest.mark.parametrize("fast_accum", [False, True])
 def test_wgmma_persistent_tiles_and_k_steps(k, mode, fast_accum):
     # 1100 x 2100 is 9 x 17 = 153 tiles of 128 x 128: more than a 132-SM H100 runs at once,
     # so CTAs take a second tile (in grouped order, with a short last row group); k gives 1,
-    # 2, 3 and 9 steps of 128 (odd, even, ragged), which take different mainloop paths.
+    # 2, 3 and 9 steps of 128 (odd, even, ragged), which take different mainloop paths; at
+    # k = 512 * n the block scales come by TMA with the stages (16-byte rows), else by loads.
     _check(1100, 2100, k, mode, fast_accum=fast_accum)
 
 
