@@ -73,12 +73,14 @@ def _supports(kernel: str, min_arch: int, archs, m_range):
     """supports() for a kernel built for ``archs`` (capabilities) taking M in m_range."""
 
     def supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum) -> Optional[str]:
-        why = _common(a, b)
-        if why:
-            return why
+        # The M range first: it is the cheapest test, and the one that sorts the kernels of a
+        # backend (every call of the GPU ops pays for the rejections before the choice).
         m = a.shape[0]
         if not m_range[0] <= m <= m_range[1]:
             return f"M = {m} outside [{m_range[0]}, {m_range[1]}]"
+        why = _common(a, b)
+        if why:
+            return why
         if kernel not in _built():
             return "not in this build (arch list)"
         over = arch_override()
