@@ -306,3 +306,14 @@ def test_swapab_declines_k_not_multiple_of_16(sm90):
     a, b, sa, sb = _operands(4, 256, 136, "row", "cuda")
     with pytest.raises(NotImplementedError, match="not a multiple of 16"):
         lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="cuda")
+
+
+@gpu
+def test_non_finite_scales_checked_on_gpu_only_when_asked(monkeypatch):
+    a, b, sa, sb = _operands(16, 256, 256, "tensor", "cuda")
+    bad = torch.tensor(float("nan"), device="cuda")
+    monkeypatch.delenv("LOWBIT_CHECK_SCALES", raising=False)
+    assert torch.isnan(lowbit.fp8_scaled_mm(a, b, bad, sb, backend="cuda")).all()
+    monkeypatch.setenv("LOWBIT_CHECK_SCALES", "1")
+    with pytest.raises(ValueError, match=r"fp8_scaled_mm: a_scale must be finite"):
+        lowbit.fp8_scaled_mm(a, b, bad, sb, backend="cuda")

@@ -321,6 +321,46 @@ def test_errors_under_torch_compile_keep_the_message():
         f(A, B[:, :128])
 
 
+NAN, INF = torch.tensor(float("nan")), torch.tensor(float("inf"))
+FINITE_CASES = [
+    pytest.param(lambda bad: lowbit.quantize_fp8(X, bad), "quantize_fp8: scale", id="quantize_fp8"),
+    pytest.param(lambda bad: lowbit.quantize_int8(X, bad.expand(4, 1).contiguous()),
+                 "quantize_int8: scale", id="quantize_int8"),
+    pytest.param(lambda bad: lowbit.int8_gemm(A, B, ONE, bad), "int8_gemm: b_scale",
+                 id="int8_gemm"),
+    pytest.param(lambda bad: lowbit.fp8_scaled_mm(FA, FB, bad, ONE), "fp8_scaled_mm: a_scale",
+                 id="fp8_scaled_mm"),
+    pytest.param(lambda bad: lowbit.w4a16_gemm(
+        XB, iw(scales=torch.where(torch.arange(4) == 2, bad, sw))), "w4a16_gemm: scales",
+        id="w4a16_gemm"),
+]
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("call,pattern", FINITE_CASES)
+def test_non_finite_scales_are_refused(call, pattern, bad):
+    with pytest.raises(ValueError, match=rf"{pattern} must be finite; it holds"):
+        call(bad)
+
+
+def test_dequantize_propagates_a_nan_scale():
+    # Data holding a NaN quantizes with a NaN dynamic scale; its round trip stays NaN.
+    q, s = lowbit.quantize_fp8(torch.tensor([[1.0, float("nan")]]))
+    assert torch.isnan(s) and torch.isnan(lowbit.dequantize_fp8(q, s)).all()
+
+
+def test_finite_scales_check_reads_gpu_values_only_when_asked(monkeypatch):
+    calls = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: calls.append(t.device.type) or real(t))
+    lowbit._checks.finite_scales("op", s=torch.empty(3, device="meta"))
+    monkeypatch.setenv("LOWBIT_CHECK_SCALES", "1")
+    lowbit._checks.finite_scales("op", s=torch.empty(3, device="meta"))  # meta: no values
+    assert calls == []
+    lowbit._checks.finite_scales("op", s=ONE)
+    assert calls == ["cpu"]
+
+
 def test_backend_env_var_is_checked(monkeypatch):
     monkeypatch.setenv("LOWBIT_BACKEND", "gpu0")
     with pytest.raises(ValueError, match=r"LOWBIT_BACKEND must be one of .*; got 'gpu0'"):

@@ -1,10 +1,13 @@
 """Argument checks for every op: the one place where bad input becomes a ValueError or
 TypeError naming the argument, what it got and what it needs. Used by the real and the fake
 implementations alike, so ``torch.compile`` traces raise the same errors as eager calls.
-Checks read shapes, dtypes and devices only: never tensor values (that would synchronize).
+Checks read shapes, dtypes and devices only: never tensor values (that would synchronize),
+with one exception, `finite_scales`, which reads scale values where that costs no
+synchronization (CPU tensors) or where ``LOWBIT_CHECK_SCALES=1`` asks for it on a GPU.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -144,3 +147,32 @@ def row_scale(op: str, name: str, s: torch.Tensor, rows: int, rows_name: str) ->
     """Per-tensor (0-D) or per-row ([rows, 1]) fp32 scale."""
     dtype(op, name, s, (torch.float32,))
     shape(op, name, s, [(), (rows, 1)], f"() or [{rows_name}, 1] = ({rows}, 1)")
+
+
+CHECK_SCALES_ENV = "LOWBIT_CHECK_SCALES"
+
+
+def finite_scales(op: str, **scales) -> None:
+    """Raise a ValueError naming the first given scale that holds a NaN or an Inf.
+
+    For the scales a caller supplies to quantize (static, calibrated) and to the GEMMs. Not
+    for dequantize's: quantizing data that holds a NaN gives a NaN dynamic scale (NaN
+    propagates through the absmax, per the SPEC), and its round trip must propagate it too.
+
+    On the CPU always; on a GPU only when ``LOWBIT_CHECK_SCALES=1``: reading the values there
+    waits for the GPU (and cannot happen inside CUDA-graph capture), so the hot path skips it
+    unless asked. Eager implementations call this; fake (tracing) ones never do.
+    """
+    on_gpu = None
+    for name, t in scales.items():
+        if t is None or t.numel() == 0:
+            continue
+        if t.device.type != "cpu":
+            if on_gpu is None:
+                on_gpu = os.environ.get(CHECK_SCALES_ENV) == "1"
+            if not on_gpu or t.device.type == "meta":
+                continue
+        if not bool(torch.isfinite(t).all()):
+            bad = t[~torch.isfinite(t)].flatten()[0].item()
+            raise ValueError(f"{op}: {name} must be finite; it holds {bad} (NaN or Inf scales "
+                             f"would turn every value they scale into NaN or Inf)")

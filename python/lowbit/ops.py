@@ -48,6 +48,7 @@ def quantize_fp8_eager(x: Tensor, scale: Optional[Tensor], fmt: str, granularity
                  group_size: int, block: List[int], saturate: bool,
                  backend: str) -> Tuple[Tensor, Tensor]:
     check_quantize_fp8(x, scale, fmt, granularity, group_size, block)
+    C.finite_scales("quantize_fp8", scale=scale)
     return run("quantize_fp8", x.device, backend,
                (x, scale, fmt, granularity, group_size, block, saturate))
 
@@ -100,6 +101,7 @@ def quantize_int8_eager(x: Tensor, scale: Optional[Tensor], zero: Optional[Tenso
                   group_size: int, block: List[int], symmetric: bool,
                   backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     check_quantize_int8(x, scale, zero, granularity, group_size, block, symmetric)
+    C.finite_scales("quantize_int8", scale=scale)
     return run("quantize_int8", x.device, backend,
                (x, scale, zero, granularity, group_size, block, symmetric))
 
@@ -172,6 +174,7 @@ def check_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero):
 def int8_gemm_eager(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
               out_dtype: torch.dtype, a_zero: Optional[Tensor], backend: str) -> Tensor:
     check_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero)
+    C.finite_scales("int8_gemm", a_scale=a_scale, b_scale=b_scale)
     return run("int8_gemm", a.device, backend, (a, b, a_scale, b_scale, bias, out_dtype, a_zero))
 
 
@@ -202,6 +205,7 @@ def check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
 def fp8_scaled_mm_eager(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
                   out_dtype: torch.dtype, fast_accum: bool, backend: str) -> Tensor:
     check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype)
+    C.finite_scales("fp8_scaled_mm", a_scale=a_scale, b_scale=b_scale)
     return run("fp8_scaled_mm", a.device, backend,
                (a, b, a_scale, b_scale, bias, out_dtype, fast_accum))
 
@@ -276,6 +280,7 @@ def w4a16_gemm_eager(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional
                group_size: int, perm: Optional[Tensor], bias: Optional[Tensor],
                backend: str) -> Tensor:
     check_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias)
+    C.finite_scales("w4a16_gemm", scales=scales)
     return run("w4a16_gemm", x.device, backend,
                (x, qweight, scales, zeros, group_size, perm, bias))
 
