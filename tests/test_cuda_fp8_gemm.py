@@ -105,6 +105,18 @@ def test_cpu_tensors_never_pick_cuda():
     assert lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb).backend == "reference"
 
 
+def test_operand_layouts_the_cuda_kernels_take():
+    from lowbit.backends.cuda_gemm import _aligned, _row_stride
+    x = torch.zeros(64, 256, dtype=torch.uint8)
+    assert _aligned(x) and _row_stride(x) == 256
+    assert not _aligned(x.t())                            # not K-contiguous
+    assert not _aligned(x[:, 8:])                         # 8-byte-aligned start
+    assert not _aligned(torch.zeros(64, 264, dtype=torch.uint8)[:, :256])  # stride 264
+    assert not _aligned(x[:1].expand(64, 256))            # broadcast rows (stride 0)
+    one = x[:1].expand(1, 256)                            # a single row: its stride is not used
+    assert _aligned(one) and _row_stride(one) == 256
+
+
 @gpu
 @pytest.mark.parametrize("m", [65, 100, 128, 257, 1024])
 @pytest.mark.parametrize("n,k", [(1, 256), (3000, 1040), (4096, 4096), (200, 16)])

@@ -13,8 +13,10 @@ struct Fp8GemmArgs {
   const uint8_t* a;   // [M, K] e4m3fn, row stride lda, K contiguous
   const uint8_t* b;   // [N, K] e4m3fn, row stride ldb, K contiguous
   int64_t lda, ldb;
-  const float* a_scale;  // (), [M, 1] or [M, ceil(K/128)] (row stride a_scale_ld)
-  const float* b_scale;  // (), [N, 1] or [ceil(N/128), ceil(K/128)] (row stride b_scale_ld)
+  // (), [M, 1] (dense: element m at a_scale[m]) or [M, ceil(K/128)] (row stride a_scale_ld)
+  const float* a_scale;
+  // (), [N, 1] (dense) or [ceil(N/128), ceil(K/128)] (row stride b_scale_ld)
+  const float* b_scale;
   int64_t a_scale_ld, b_scale_ld;
   ScaleMode a_mode, b_mode;
   const void* bias;  // [N] or null

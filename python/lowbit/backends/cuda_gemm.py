@@ -52,7 +52,17 @@ def _scale_mode(s: torch.Tensor, rows: int) -> int:
 
 
 def _aligned(t: torch.Tensor) -> bool:
-    return t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0
+    """K-contiguous rows with 16-byte-aligned starts, one after another (a broadcast operand,
+    row stride 0, is not one: TMA cannot read it). A single row's stride is not used."""
+    if t.stride(1) != 1 or t.data_ptr() % 16:
+        return False
+    return t.shape[0] <= 1 or (t.stride(0) % 16 == 0 and t.stride(0) >= t.shape[1])
+
+
+def _row_stride(t: torch.Tensor) -> int:
+    # The stride of a single row is arbitrary in torch (a [1, K] view may report 0 or any
+    # value): the kernels get K, which is what a packed row would have.
+    return t.stride(0) if t.shape[0] > 1 else t.shape[1]
 
 
 def _common(a, b) -> Optional[str]:
@@ -64,6 +74,8 @@ def _common(a, b) -> Optional[str]:
         return "K = 0"
     if a.shape[1] % 16:
         return f"K = {a.shape[1]} is not a multiple of 16"
+    if b.shape[0] > _BIG:
+        return f"N = {b.shape[0]} is beyond the kernels' int32 row and tile counts"
     if not (_aligned(a) and _aligned(b)):
         return "a and b need K-contiguous rows with 16-byte-aligned starts and strides"
     return None
@@ -114,7 +126,7 @@ def _runner(kernel: str):
 
     def _launch(a, b, a_scale, b_scale, bias, out, out_dtype, m, n, k, fast_accum):
         _C.fp8_gemm(
-            kernel, a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0),
+            kernel, a.data_ptr(), _row_stride(a), b.data_ptr(), _row_stride(b),
             a_scale.data_ptr(), a_scale.stride(0) if a_scale.dim() == 2 else 0,
             _scale_mode(a_scale, m),
             b_scale.data_ptr(), b_scale.stride(0) if b_scale.dim() == 2 else 0,
@@ -128,7 +140,7 @@ def _runner(kernel: str):
     return run
 
 
-_BIG = 1 << 31
+_BIG = (1 << 31) - 128  # the kernels count rows and tiles in int32: M and N stay below this
 for _name, _min_arch, _archs, _mr, _prio in (
     ("sm90_fp8_gemm_wgmma", 90, {(9, 0)}, (SMALL_M_MAX + 1, _BIG), 30),
     ("sm90_fp8_gemm_swapab", 90, {(9, 0)}, (1, SMALL_M_MAX), 25),
