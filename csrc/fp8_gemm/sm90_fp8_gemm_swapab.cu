@@ -280,13 +280,7 @@ sm90_fp8_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   const int steps = (p.K + kBK - 1) / kBK;
   const int k_begin = rank * steps / splits, k_end = (rank + 1) * steps / splits;
 
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], kConsumerWarps);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
+  if (threadIdx.x == 0) init_ring(full, empty, kStages, kConsumerWarps);
   __syncthreads();
 
   if (wg == 0) {
@@ -338,23 +332,33 @@ sm90_fp8_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
 #endif
 }
 
+// A launch of `grid` CTAs of this kernel's shape, in clusters of `splits` CTAs along x (no
+// cluster when splits is 1). `attr` holds the cluster attribute and must outlive the config.
+inline cudaLaunchConfig_t launch_config(dim3 grid, int smem_bytes, int splits,
+                                        cudaStream_t stream, cudaLaunchAttribute& attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads, 1, 1);
+  cfg.dynamicSmemBytes = smem_bytes;
+  cfg.stream = stream;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = splits;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  return cfg;
+}
+
 // How many clusters of `splits` CTAs of `kernel` the device runs at once (0: none; e.g. a
 // partitioned GPU whose GPCs hold fewer SMs). Asked once per device and cluster size.
 inline int clusters_that_fit(const void* kernel, int smem_bytes, int splits,
                              std::atomic<int>& cache) {
   int known = cache.load(std::memory_order_relaxed);  // the count + 1; 0 = not asked yet
   if (known == 0) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(splits, 1, 1);
-    cfg.blockDim = dim3(kThreads, 1, 1);
-    cfg.dynamicSmemBytes = smem_bytes;
-    cudaLaunchAttribute cluster[1];
-    cluster[0].id = cudaLaunchAttributeClusterDimension;
-    cluster[0].val.clusterDim.x = splits;
-    cluster[0].val.clusterDim.y = 1;
-    cluster[0].val.clusterDim.z = 1;
-    cfg.attrs = cluster;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute cluster;
+    const cudaLaunchConfig_t cfg =
+        launch_config(dim3(splits, 1, 1), smem_bytes, splits, nullptr, cluster);
     int n = 0;
     if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
       (void)cudaGetLastError();  // not sticky: clear it, and do not split
@@ -372,20 +376,14 @@ cudaError_t launch(const CUtensorMap& map_w, const CUtensorMap& map_x, const Fp8
   using C = Config<kN>;
   auto kernel = sm90_fp8_gemm_swapab_kernel<kN, kPromote, kBlock>;
   int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
+  cudaError_t e = current_device(device);
   if (e != cudaSuccess) return e;
-  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
-  // Per-device facts of this kernel, looked up on first use (a process may drive several
-  // GPUs). Two threads racing here both do the lookup, which is harmless.
-  static std::atomic<bool> attr_set[kMaxDevices];
+  // Per-device facts of this kernel, looked up on first use. Two threads racing here both
+  // do the lookup, which is harmless.
+  static std::atomic<bool> smem_set[kMaxDevices];
   static std::atomic<int> fit[kMaxDevices][kMaxSplits + 1];  // by cluster size; see above
-  if (!attr_set[device].load(std::memory_order_acquire)) {
-    // The shared-memory opt-in is a per-device attribute of the function.
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             C::kSmemBytes);
-    if (e != cudaSuccess) return e;
-    attr_set[device].store(true, std::memory_order_release);
-  }
+  e = opt_in_smem(kernel, C::kSmemBytes, device, smem_set);
+  if (e != cudaSuccess) return e;
   const int tiles = (p.N + kTileN - 1) / kTileN;
   const int steps = (p.K + kBK - 1) / kBK;
   const int sms = sm_count(device);
@@ -398,18 +396,9 @@ cudaError_t launch(const CUtensorMap& map_w, const CUtensorMap& map_x, const Fp8
   int stride = splits > 1 || sms <= 0 ? tiles : (tiles < sms ? tiles : sms);
   if (stride > 65535) stride = 65535;
 
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(splits, stride, 1);
-  cfg.blockDim = dim3(kThreads, 1, 1);
-  cfg.dynamicSmemBytes = C::kSmemBytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute cluster[1];
-  cluster[0].id = cudaLaunchAttributeClusterDimension;
-  cluster[0].val.clusterDim.x = splits;
-  cluster[0].val.clusterDim.y = 1;
-  cluster[0].val.clusterDim.z = 1;
-  cfg.attrs = cluster;
-  cfg.numAttrs = splits > 1 ? 1 : 0;
+  cudaLaunchAttribute cluster;
+  const cudaLaunchConfig_t cfg =
+      launch_config(dim3(splits, stride, 1), C::kSmemBytes, splits, stream, cluster);
   e = cudaLaunchKernelEx(&cfg, kernel, map_w, map_x, p);
   if (e != cudaSuccess) return e;
   return cudaGetLastError();

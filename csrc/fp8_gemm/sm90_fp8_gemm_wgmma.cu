@@ -250,13 +250,7 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
   const int tiles = tiles_m * tiles_n;
   const int nk = (p.K + kBK - 1) / kBK;
 
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], kConsumerWarps);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
+  if (threadIdx.x == 0) init_ring(full, empty, kStages, kConsumerWarps);
   __syncthreads();
 
   if (wg == 0) {
@@ -439,16 +433,11 @@ cudaError_t launch(const Maps& maps, bool tma_store, const Fp8GemmArgs& p, cudaS
   auto kernel = sm90_fp8_gemm_wgmma_kernel<kPromote, kBlock, kScaleTma, kOutBytes>;
   constexpr int kSmemBytes = Smem<kOutBytes, kScaleTma>::kBytes;
   int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
+  cudaError_t e = current_device(device);
   if (e != cudaSuccess) return e;
-  // The shared-memory opt-in is a per-device attribute of the function.
-  static bool attr_set[kMaxDevices] = {};
-  if (device >= kMaxDevices) return cudaErrorInvalidDevice;
-  if (!attr_set[device]) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-    if (e != cudaSuccess) return e;
-    attr_set[device] = true;
-  }
+  static std::atomic<bool> smem_set[kMaxDevices];
+  e = opt_in_smem(kernel, kSmemBytes, device, smem_set);
+  if (e != cudaSuccess) return e;
   const int tiles = ((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
   const int sms = sm_count(device);
   const int grid = sms > 0 && sms < tiles ? sms : tiles;

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 
@@ -30,6 +31,17 @@ __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, int bytes) {
 }
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+}
+// The barriers of a `stages`-deep TMA ring: full[s] completes when stage s has landed (one
+// arrival, the producer's expect_tx, plus the bytes), empty[s] when `consumers` arrivals have
+// released it. Called by one thread; a __syncthreads() after it publishes the barriers.
+__device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int stages,
+                                          int consumers) {
+  for (int s = 0; s < stages; ++s) {
+    mbar_init(&full[s], 1);
+    mbar_init(&empty[s], consumers);
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
   asm volatile(
@@ -254,6 +266,27 @@ inline bool make_map_out(CUtensorMap* map, void* base, CUtensorMapDataType type,
 
 // Per-device launch facts, looked up once per device (a process may drive several GPUs).
 constexpr int kMaxDevices = 64;
+
+// The current device, which indexes the per-device facts below.
+inline cudaError_t current_device(int& device) {
+  const cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  return device >= 0 && device < kMaxDevices ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+// Opts `kernel` in to `bytes` of dynamic shared memory on `device`: a per-device attribute
+// of the function, set on its first launch there (`done`: the kernel's flags, one per device;
+// two threads racing here both set it, which is harmless).
+template <typename Kernel>
+inline cudaError_t opt_in_smem(Kernel kernel, int bytes, int device,
+                               std::atomic<bool> (&done)[kMaxDevices]) {
+  if (done[device].load(std::memory_order_acquire)) return cudaSuccess;
+  const cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess) done[device].store(true, std::memory_order_release);
+  return e;
+}
+
 inline int sm_count(int device) {
   static int counts[kMaxDevices] = {};
   if (device < 0 || device >= kMaxDevices) return 0;
