@@ -22,13 +22,12 @@ import torch
 import lowbit  # noqa: F401  (registers the kernels)
 from lowbit._backend import kernels
 
+from .anchors import rel_err
 from .timing import bench, copy_bandwidth
 
 SHAPES_NK = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
-PEAK_FP8 = 1979e12
-
-
-def _operands(m, n, k, mode):
+def operands(m, n, k, mode):
+    """fp8 a [M, K], b [N, K] and fp32 scales of `mode` (row, tensor or block), on the GPU."""
     a = (torch.randn(m, k, device="cuda") * 2).to(torch.float8_e4m3fn)
     b = (torch.randn(n, k, device="cuda") * 2).to(torch.float8_e4m3fn)
     if mode == "row":
@@ -42,7 +41,8 @@ def _operands(m, n, k, mode):
     return a, b, sa, sb
 
 
-def _anchor(a, b, sa, sb, mode, fast):
+def anchor(a, b, sa, sb, mode, fast):
+    """torch._scaled_mm with the same scales (rowwise ones for block mode), bf16 out."""
     if mode == "block":
         sa = torch.ones(a.shape[0], 1, device="cuda")
         sb = torch.ones(b.shape[0], 1, device="cuda")
@@ -53,20 +53,15 @@ def _anchor(a, b, sa, sb, mode, fast):
                                     use_fast_accum=fast)
 
 
-def _rel(x, y):
-    x, y = x.float(), y.float()
-    return ((x - y).norm() / y.norm().clamp_min(1e-30)).item()
-
-
 def rows_for(m, n, k, mode, rep, fast=False):
-    a, b, sa, sb = _operands(m, n, k, mode)
+    a, b, sa, sb = operands(m, n, k, mode)
     args = (a, b, sa, sb, None, torch.bfloat16, fast)
     flops = 2.0 * m * n * k
     weight = n * k
     out = []
-    anchor = _anchor(a, b, sa, sb, mode, fast)
-    ref = anchor()
-    t_anchor = bench(anchor, rep=rep, rep_ms=300)["median_us"]
+    anchor_fn = anchor(a, b, sa, sb, mode, fast)
+    ref = anchor_fn()
+    t_anchor = bench(anchor_fn, rep=rep, rep_ms=300)["median_us"]
     out.append(("torch._scaled_mm", t_anchor, None))
     first = None
     for kern in kernels("fp8_scaled_mm"):
@@ -81,9 +76,9 @@ def rows_for(m, n, k, mode, rep, fast=False):
         res = fn()
         if mode == "block":
             first = res if first is None else first
-            err = _rel(res, first)
+            err = rel_err(res, first)
         else:
-            err = _rel(res, ref)
+            err = rel_err(res, ref)
         out.append((kern.name, bench(fn, rep=rep, rep_ms=300)["median_us"], err))
     lines = []
     for name, us, err in out:

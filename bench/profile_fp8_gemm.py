@@ -15,6 +15,8 @@ import torch
 import lowbit  # noqa: F401
 from lowbit._backend import kernels
 
+from .bench_fp8_gemm import anchor, operands
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -23,21 +25,14 @@ def main():
     ap.add_argument("--block", action="store_true", help="1x128 / 128x128 block scales")
     args = ap.parse_args()
     names = set(args.kernels.split(","))
+    mode = "block" if args.block else "row"
     for shape in args.shapes.split(","):
         m, n, k = map(int, shape.split("x"))
-        a = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
-        b = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
-        sa = torch.rand(m, 1, device="cuda") + 0.5
-        sb = torch.rand(n, 1, device="cuda") + 0.5
-        fns = [lambda sa=sa, sb=sb: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb.t(),
-                                                     out_dtype=torch.bfloat16)]
-        if args.block:
-            sa = torch.rand(m, -(-k // 128), device="cuda") + 0.5
-            sb = torch.rand(-(-n // 128), -(-k // 128), device="cuda") + 0.5
+        a, b, sa, sb = operands(m, n, k, mode)
+        fns = [anchor(a, b, sa, sb, mode, False)]
         for kern in kernels("fp8_scaled_mm"):
             if kern.name in names:
-                fns.append(lambda kern=kern, sa=sa, sb=sb:
-                           kern.fn(a, b, sa, sb, None, torch.bfloat16, False))
+                fns.append(lambda kern=kern: kern.fn(a, b, sa, sb, None, torch.bfloat16, False))
         for fn in fns:
             fn()
         torch.cuda.synchronize()
