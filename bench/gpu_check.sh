@@ -64,11 +64,11 @@ fi
 
 if want sass; then
   # Which tensor-core instructions the built kernels use: QGMMA/HGMMA/IGMMA are wgmma
-  # (sm_90a), HMMA/IMMA are mma.sync; LDG.E.128 are 16-byte loads.
+  # (sm_90a), QMMA/HMMA/IMMA are mma.sync; LDSM is ldmatrix, LDGSTS cp.async, LDG.E.128 16-byte loads.
   so=$(cd "${TMPDIR:-/tmp}" && $PY -c 'import lowbit._C as c; print(c.__file__)' 2>/dev/null)
   if [ -n "$so" ] && command -v cuobjdump >/dev/null; then
     cuobjdump -sass "$so" >"$OUTDIR/sass.txt" 2>&1
-    say "sass: $(grep -oE '\b(QGMMA|HGMMA|IGMMA|HMMA|IMMA|UTMALDG|LDG\.E\.128|LDG\.E\.ENL2\.128)[A-Z0-9_.]*' "$OUTDIR/sass.txt" | sed 's/\..*//' | sort | uniq -c | tr -s ' \n' ' ')"
+    say "sass: $(grep -oE '\b(QGMMA|HGMMA|IGMMA|QMMA|HMMA|IMMA|LDSM|LDGSTS|UTMALDG|LDG\.E\.128|LDG\.E\.ENL2\.128)[A-Z0-9_.]*' "$OUTDIR/sass.txt" | sed 's/\..*//' | sort | uniq -c | tr -s ' \n' ' ')"
     rm -f "$OUTDIR/sass.txt"
   fi
 fi

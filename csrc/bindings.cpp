@@ -9,6 +9,7 @@
 
 #ifdef LOWBIT_WITH_CUDA
 #include "fp8/fp8_quant.h"
+#include "fp8_gemm/fp8_gemm_mma.h"
 #include "fp8_gemm/fp8_gemm_sm90.h"
 #include "fp8_gemm/fp8_gemm_smallm.h"
 #include "runtime.h"
@@ -82,8 +83,10 @@ void check_launch(cudaError_t err, const char* kernel) {
 py::list fp8_gemm_kernels_built() {
   py::list names;
   names.append("sm80_fp8_gemm_smallm");
+  names.append("sm80_fp8_gemm_mma");
 #ifdef LOWBIT_HAVE_SM89
   names.append("sm89_fp8_gemm_smallm");
+  names.append("sm89_fp8_gemm_mma");
 #endif
 #ifdef LOWBIT_HAVE_SM90A
   names.append("sm90_fp8_gemm_wgmma");
@@ -122,9 +125,17 @@ void fp8_gemm(const std::string& kernel, uintptr_t a, int64_t lda, uintptr_t b, 
     check_launch(lowbit::sm80_fp8_gemm_smallm(args, s), kernel.c_str());
     return;
   }
+  if (kernel == "sm80_fp8_gemm_mma") {
+    check_launch(lowbit::sm80_fp8_gemm_mma(args, s), kernel.c_str());
+    return;
+  }
 #ifdef LOWBIT_HAVE_SM89
   if (kernel == "sm89_fp8_gemm_smallm") {
     check_launch(lowbit::sm89_fp8_gemm_smallm(args, s), kernel.c_str());
+    return;
+  }
+  if (kernel == "sm89_fp8_gemm_mma") {
+    check_launch(lowbit::sm89_fp8_gemm_mma(args, s), kernel.c_str());
     return;
   }
 #endif

@@ -90,14 +90,70 @@ def test_smallm_strided_rows(monkeypatch):
     assert torch.equal(out, ref)
 
 
+# -------------------------------------- tiled mma.sync kernels (any M; sm_89 and sm_80 paths)
+# LOWBIT_ARCH=89 / 80 makes the sm_90a kernels step aside: above M = 64 the tiled kernel of
+# that arch runs; at M <= 64 the small-M kernels come first, so the tiled ones are called by
+# name there.
+MMA_TILED = {"89": "sm89_fp8_gemm_mma", "80": "sm80_fp8_gemm_mma"}
+
+
+def _registered(name):
+    from lowbit._backend import kernels
+    (kern,) = [k for k in kernels("fp8_scaled_mm") if k.name == name]
+    return kern
+
+
 @gpu
-def test_smallm_rejects_what_it_cannot_run(monkeypatch):
-    # Without the sm_90a kernel (LOWBIT_ARCH=89), nothing in the CUDA backend takes M > 64,
-    # and the error says why for each kernel instead of running something slower.
-    monkeypatch.setenv("LOWBIT_ARCH", "89")
-    a, b, sa, sb = _operands(65, 128, 128, "row", "cuda")
-    with pytest.raises(NotImplementedError, match="M = 65"):
-        lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="cuda")
+@pytest.mark.parametrize("arch", ["89", "80"])
+@pytest.mark.parametrize("m", [65, 257, 1100])
+@pytest.mark.parametrize("n,k", [(1, 256), (3, 128), (3000, 1040), (136, 4112), (200, 16)])
+@pytest.mark.parametrize("mode", ["tensor", "row", "block"])
+def test_mma_tiled_matches_reference(monkeypatch, arch, m, n, k, mode):
+    # M and N end in partial 128-row tiles (and 1100 x 3000 is 9 x 24 tiles, more than one
+    # wave); K = 16, 128, 256, 1040 and 4112 give 1, 1, 2, 9 and 33 steps of 128, ragged or not.
+    monkeypatch.setenv("LOWBIT_ARCH", arch)
+    a, b, sa, sb = _operands(m, n, k, mode, "cuda")
+    choice = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="cuda")
+    assert choice.kernel == MMA_TILED[arch], str(choice)
+    _check(m, n, k, mode)
+
+
+@gpu
+@pytest.mark.parametrize("arch", ["89", "80"])
+@pytest.mark.parametrize("m", [1, 17, 64])
+@pytest.mark.parametrize("mode", ["tensor", "row", "block"])
+def test_mma_tiled_small_m(monkeypatch, arch, m, mode):
+    monkeypatch.setenv("LOWBIT_ARCH", arch)
+    a, b, sa, sb = _operands(m, 300, 512, mode, "cuda")
+    kern = _registered(MMA_TILED[arch])
+    args = (a, b, sa, sb, None, torch.float32, False)
+    assert kern.supports(*args) is None
+    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), out_dtype=torch.float32,
+                               backend="reference")
+    assert _rel_fro(kern.fn(*args), ref) <= TOL[torch.float32]
+
+
+@gpu
+@pytest.mark.parametrize("arch", ["89", "80"])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("fast_accum", [False, True])
+def test_mma_tiled_out_dtypes_bias(monkeypatch, arch, out_dtype, fast_accum):
+    monkeypatch.setenv("LOWBIT_ARCH", arch)
+    _check(300, 4096, 4096, "row", out_dtype=out_dtype, bias=True, fast_accum=fast_accum)
+    _check(129, 1000, 512, "block", out_dtype=out_dtype, bias=True, fast_accum=fast_accum)
+
+
+@gpu
+@pytest.mark.parametrize("arch", ["89", "80"])
+def test_mma_tiled_strided_rows_and_benchmark_shape(monkeypatch, arch):
+    monkeypatch.setenv("LOWBIT_ARCH", arch)
+    # Rows padded to a 16-byte multiple: a view with stride(0) > K must still be right.
+    a, b, sa, sb = _operands(100, 256, 512, "row", "cuda")
+    big = torch.zeros(100, 640, dtype=torch.float8_e4m3fn, device="cuda")
+    big[:, :512] = a
+    out = lowbit.fp8_scaled_mm(big[:, :512], b, sa, sb, backend="cuda")
+    assert torch.equal(out, lowbit.fp8_scaled_mm(a, b, sa, sb, backend="cuda"))
+    _check(2048, 4096, 4096, "row")
 
 
 def test_cpu_tensors_never_pick_cuda():

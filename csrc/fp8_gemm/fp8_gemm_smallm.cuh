@@ -24,6 +24,7 @@
 
 #include "fp8_gemm_epilogue.cuh"
 #include "fp8_gemm_smallm.h"
+#include "mma_sync.cuh"
 
 namespace lowbit {
 namespace smallm {
@@ -52,52 +53,18 @@ __device__ __forceinline__ uint4 ld_act(const uint8_t* p) {
 // 16 bytes of token g into a 16 x 8 fp32 accumulator fragment.
 struct MmaE4M3 {
   __device__ __forceinline__ static void step(float (&c)[4], uint4 wg, uint4 wg8, uint4 x) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    mma(c, wg.x, wg8.x, wg.y, wg8.y, x.x, x.y);
-    mma(c, wg.z, wg8.z, wg.w, wg8.w, x.z, x.w);
-#else
-    __trap();  // never launched: the host picks this kernel only on sm_89+
-#endif
+    mma_e4m3_k32(c, wg.x, wg8.x, wg.y, wg8.y, x.x, x.y);
+    mma_e4m3_k32(c, wg.z, wg8.z, wg.w, wg8.w, x.z, x.w);
   }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  __device__ __forceinline__ static void mma(float (&c)[4], uint32_t a0, uint32_t a1,
-                                             uint32_t a2, uint32_t a3, uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-#endif
 };
 
 struct MmaF16Upconvert {
-  __device__ __forceinline__ static uint32_t cvt2(uint32_t pair) {
-    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair),
-                                               __NV_E4M3);
-    return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
-  }
-  __device__ __forceinline__ static void mma(float (&c)[4], uint32_t a0, uint32_t a1,
-                                             uint32_t a2, uint32_t a3, uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
   // Each 32-bit word holds 4 fp8 = 2 half2; 4 k16 steps consume the 16 bytes.
-  __device__ __forceinline__ static void word(float (&c)[4], uint32_t g, uint32_t g8,
-                                              uint32_t x) {
-    mma(c, cvt2(g & 0xFFFF), cvt2(g8 & 0xFFFF), cvt2(g >> 16), cvt2(g8 >> 16),
-        cvt2(x & 0xFFFF), cvt2(x >> 16));
-  }
   __device__ __forceinline__ static void step(float (&c)[4], uint4 wg, uint4 wg8, uint4 x) {
-    word(c, wg.x, wg8.x, x.x);
-    word(c, wg.y, wg8.y, x.y);
-    word(c, wg.z, wg8.z, x.z);
-    word(c, wg.w, wg8.w, x.w);
+    mma_e4m3_word_as_f16(c, wg.x, wg8.x, x.x);
+    mma_e4m3_word_as_f16(c, wg.y, wg8.y, x.y);
+    mma_e4m3_word_as_f16(c, wg.z, wg8.z, x.z);
+    mma_e4m3_word_as_f16(c, wg.w, wg8.w, x.w);
   }
 };
 

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <mutex>
 
+#include "launch_facts.h"
+
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LOWBIT_SM90A 1
 #endif
@@ -262,40 +264,6 @@ inline bool make_map_out(CUtensorMap* map, void* base, CUtensorMapDataType type,
   return fn(map, type, 2, base, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-// Per-device launch facts, looked up once per device (a process may drive several GPUs).
-constexpr int kMaxDevices = 64;
-
-// The current device, which indexes the per-device facts below.
-inline cudaError_t current_device(int& device) {
-  const cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) return e;
-  return device >= 0 && device < kMaxDevices ? cudaSuccess : cudaErrorInvalidDevice;
-}
-
-// Opts `kernel` in to `bytes` of dynamic shared memory on `device`: a per-device attribute
-// of the function, set on its first launch there (`done`: the kernel's flags, one per device;
-// two threads racing here both set it, which is harmless).
-template <typename Kernel>
-inline cudaError_t opt_in_smem(Kernel kernel, int bytes, int device,
-                               std::atomic<bool> (&done)[kMaxDevices]) {
-  if (done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  const cudaError_t e =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (e == cudaSuccess) done[device].store(true, std::memory_order_release);
-  return e;
-}
-
-inline int sm_count(int device) {
-  static int counts[kMaxDevices] = {};
-  if (device < 0 || device >= kMaxDevices) return 0;
-  if (counts[device] == 0) {
-    int n = 0;
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) == cudaSuccess)
-      counts[device] = n;
-  }
-  return counts[device];
 }
 
 }  // namespace sm90

@@ -9,6 +9,12 @@
 - ``sm89_fp8_gemm_smallm``: fp8 mma.sync, split-K inside a CTA, for M <= 64 (sm_89, sm_90).
 - ``sm80_fp8_gemm_smallm``: the same with fp8 widened to fp16 in registers: every arch from
   sm_80 (which has no fp8 tensor cores), M <= 64.
+- ``sm89_fp8_gemm_mma``: 128 x 128 tiles on fp8 mma.sync with a cp.async ring, any M (sm_89,
+  sm_90): the large-M path of cards without wgmma.
+- ``sm80_fp8_gemm_mma``: the same with fp8 widened to fp16 in registers, any M, every arch
+  from sm_80.
+
+Priorities: at M <= 64 the small-M kernels come before the tiled ones, which take the rest.
 
 Setting ``LOWBIT_ARCH=80`` (or 89) in the environment makes the kernels of newer archs step
 aside, so that the older paths are exercised on a Hopper card.
@@ -145,7 +151,9 @@ for _name, _min_arch, _archs, _mr, _prio in (
     ("sm90_fp8_gemm_wgmma", 90, {(9, 0)}, (SMALL_M_MAX + 1, _BIG), 30),
     ("sm90_fp8_gemm_swapab", 90, {(9, 0)}, (1, SMALL_M_MAX), 25),
     ("sm89_fp8_gemm_smallm", 89, {(8, 9), (9, 0)}, (0, SMALL_M_MAX), 20),
+    ("sm89_fp8_gemm_mma", 89, {(8, 9), (9, 0)}, (0, _BIG), 15),
     ("sm80_fp8_gemm_smallm", 80, None, (0, SMALL_M_MAX), 10),
+    ("sm80_fp8_gemm_mma", 80, None, (0, _BIG), 5),
 ):
     register_kernel("fp8_scaled_mm", "cuda", _name, supports=_supports(_name, _min_arch, _archs, _mr),
                     available=_available, priority=_prio)(_runner(_name))

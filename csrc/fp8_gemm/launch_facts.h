@@ -1,0 +1,44 @@
+// Host-side launch facts shared by lowbit's GEMM launchers: the current device, a kernel's
+// once-per-device shared-memory opt-in, the SM count. Looked up once per device (a process
+// may drive several GPUs).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <atomic>
+
+namespace lowbit {
+
+constexpr int kMaxDevices = 64;
+
+// The current device, which indexes the per-device facts below.
+inline cudaError_t current_device(int& device) {
+  const cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  return device >= 0 && device < kMaxDevices ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+// Opts `kernel` in to `bytes` of dynamic shared memory on `device`: a per-device attribute
+// of the function, set on its first launch there (`done`: the kernel's flags, one per device;
+// two threads racing here both set it, which is harmless).
+template <typename Kernel>
+inline cudaError_t opt_in_smem(Kernel kernel, int bytes, int device,
+                               std::atomic<bool> (&done)[kMaxDevices]) {
+  if (done[device].load(std::memory_order_acquire)) return cudaSuccess;
+  const cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess) done[device].store(true, std::memory_order_release);
+  return e;
+}
+
+// 0 when the count cannot be read (the caller then reports the launch error it gets).
+inline int sm_count(int device) {
+  static std::atomic<int> counts[kMaxDevices] = {};
+  if (device < 0 || device >= kMaxDevices) return 0;
+  int n = counts[device].load(std::memory_order_relaxed);
+  if (n == 0 &&
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) == cudaSuccess)
+    counts[device].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+}  // namespace lowbit
