@@ -53,6 +53,18 @@ def anchor(a, b, sa, sb, mode, fast):
                                     use_fast_accum=fast)
 
 
+def runnable_kernels(args, backends=("cuda", "triton")):
+    """The registered fp8_scaled_mm kernels of `backends` that run `args` on this machine."""
+    for kern in kernels("fp8_scaled_mm"):
+        if kern.backend not in backends:
+            continue
+        if kern.available is not None and kern.available():
+            continue
+        if kern.supports and kern.supports(*args):
+            continue
+        yield kern
+
+
 def rows_for(m, n, k, mode, rep, fast=False):
     a, b, sa, sb = operands(m, n, k, mode)
     args = (a, b, sa, sb, None, torch.bfloat16, fast)
@@ -64,14 +76,7 @@ def rows_for(m, n, k, mode, rep, fast=False):
     t_anchor = bench(anchor_fn, rep=rep, rep_ms=300)["median_us"]
     out.append(("torch._scaled_mm", t_anchor, None))
     first = None
-    for kern in kernels("fp8_scaled_mm"):
-        if kern.backend not in ("cuda", "triton"):
-            continue
-        if kern.available is not None and kern.available():
-            continue
-        why = kern.supports(*args) if kern.supports else None
-        if why:
-            continue
+    for kern in runnable_kernels(args):
         fn = lambda kern=kern: kern.fn(*args)
         res = fn()
         if mode == "block":

@@ -408,6 +408,49 @@ def test_gemm_strided_e5m2_and_empty():
     assert out.shape == (0, n) and out.dtype == torch.bfloat16
 
 
+def nan_padded_scale(s: torch.Tensor) -> torch.Tensor:
+    """s as a view into a buffer one column wider whose extra column is NaN: a kernel that
+    reads past the last scale block turns its output NaN."""
+    buf = torch.full((s.shape[0], s.shape[1] + 1), NAN, device=s.device)
+    buf[:, :s.shape[1]] = s
+    return buf[:, :s.shape[1]]
+
+
+K_UNROLL_MODES = [("row", "row"), ("block", "block"), ("row", "block")]
+
+
+@pytest.mark.parametrize("modes", K_UNROLL_MODES, ids=[f"{a}-{b}" for a, b in K_UNROLL_MODES])
+# K-steps of 128: 2 with a ragged tail; 2; 3 (odd: the last iteration's second step is
+# empty); 9 with a ragged tail (K = 4104's shape of tail at an interpreter-friendly size).
+@pytest.mark.parametrize("k", [136, 256, 384, 1032])
+def test_gemm_k_unroll(k, modes):
+    """k_unroll = 2 (two K-steps per loop iteration) within the SPEC's tolerances of the
+    reference in every accumulation mode, and, in the accurate mode, equal bit for bit to
+    k_unroll = 1: it changes the schedule, not the order of the fp32 additions. Block
+    scales sit in NaN-padded buffers, so a read of the column past ceil(K/128) shows."""
+    m, n = 17, 40  # ragged M and N tiles too
+    a, b, sa, sb = make_gemm(m, n, k, *modes, seed=k)
+    if modes[0] == "block":
+        sa = nan_padded_scale(sa)
+    if modes[1] == "block":
+        sb = nan_padded_scale(sb)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    cfg = heuristics.GemmConfig(16, 32, 128, 1, 4, 2)
+    for od, bb in ((torch.bfloat16, bias.to(DEVICE)), (torch.float32, None)):
+        ref = lowbit.fp8_scaled_mm(a, b, sa, sb, bb, out_dtype=torch.float32,
+                                   backend="reference")
+        for fast, in_dot in ((False, False), (True, False), (False, True)):
+            out = {ku: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, bb, out_dtype=od, fast_accum=fast,
+                                              config=cfg._replace(k_unroll=ku),
+                                              promote_in_dot=in_dot)
+                   for ku in (1, 2)}
+            what = f"{od} fast={fast} promote_in_dot={in_dot} bias={bb is not None}"
+            err = rel_fro(out[2], ref)
+            assert err <= tol(od, fast), f"{what}: {err:.2e}"
+            if not fast:
+                assert_bits_equal(out[2], out[1], what)
+
+
 def test_reference_helper_matches_reference():
     """ref_mm_f64 (used at sizes where NumPy would be slow) is the reference's definition."""
     for modes in GEMM_MODES:
@@ -453,6 +496,19 @@ def test_heuristic_table():
     # The promoted mode's two accumulators must not spill: no 128 x 256 tile.
     assert heuristics.fp8_gemm_config(8192, 8192, 8192).block_n == 128
     assert all(128 % c.block_k == 0 for c in heuristics.fp8_gemm_configs())
+    # Block scales never unroll (they would spill); unrolled configs step 128 K and fit in
+    # shared memory, in the table as in the search space.
+    assert all(blk.k_unroll == 1 for _, _, blk, _ in heuristics.FP8_GEMM_TABLE)
+    for _, *configs in heuristics.FP8_GEMM_TABLE:
+        for c in configs:
+            assert c.k_unroll == 1 or c.block_k == 128
+            assert heuristics.gemm_smem_bytes(c) <= heuristics.GEMM_SMEM_LIMIT
+    assert heuristics.fp8_gemm_config(8192, 8192, 8192, blockwise=True).k_unroll == 1
+    space = heuristics.fp8_gemm_configs()
+    assert {c.k_unroll for c in space} == {1, 2}
+    for c in space:
+        assert c.k_unroll == 1 or c.block_k == 128
+        assert heuristics.gemm_smem_bytes(c) <= heuristics.GEMM_SMEM_LIMIT
 
 
 # ======================================================================= GPU-only tests

@@ -24,10 +24,12 @@ K = 16384, on data with a common offset: relative error 1.0e-4 promoted, 0.32 wi
 (3.6e-8 either way). ``LOWBIT_TRITON_FP8_PROMOTE=dot`` selects the equivalent
 ``tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)`` (same error, same speed measured).
 
-Any M, N, K: loads are masked, so no alignment is required; M = 0 returns at once. Tile
-choice comes from ``heuristics.fp8_gemm_config`` (a fixed table; no autotuning on the hot
-path; ``LOWBIT_TRITON_AUTOTUNE=1`` autotunes over ``heuristics.fp8_gemm_configs()`` for
-offline tuning).
+Any M, N, K: loads are masked, so no alignment is required; M = 0 returns at once.
+``GemmConfig.k_unroll = 2`` takes two K-steps per loop iteration (two dots written before
+either is promoted); the result is the same as with 1. Tile choice comes from
+``heuristics.fp8_gemm_config`` (a fixed table; no autotuning on the hot path;
+``LOWBIT_TRITON_AUTOTUNE=1`` autotunes over ``heuristics.fp8_gemm_configs()`` for offline
+tuning).
 """
 from __future__ import annotations
 
@@ -51,6 +53,36 @@ PROMOTE_DEFAULT = "add"
 
 
 @triton.jit
+def _load_k_step(a_ptrs, b_ptrs, offs_k, k_left, m_ok, n_ok):
+    """One K-step's a [BLOCK_M, BLOCK_K] and b [BLOCK_K, BLOCK_N] tiles; K at or past k_left
+    (all of it when k_left <= 0) and rows past M / N read as 0."""
+    a = tl.load(a_ptrs, mask=m_ok[:, None] & (offs_k[None, :] < k_left), other=0.0)
+    b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & n_ok[None, :], other=0.0)
+    return a, b
+
+
+@triton.jit
+def _block_scaled(part, k0, K, sa_ptr, sb_ptr, offs_m64, offs_n64, m_ok, n_ok,
+                  stride_sam, stride_sak, stride_sbn, stride_sbk,
+                  A_MODE: tl.constexpr, B_MODE: tl.constexpr):
+    """The partial product of the K-step starting at k0, times its 128-block scales. BLOCK_K
+    divides 128, so the step lies inside scale block k0 // 128. A step at or past K (the
+    unrolled loop's empty second half) reads no scale: its column ceil(K/128) may not exist."""
+    kb = k0 // 128
+    # tl.where rather than m_ok & (k0 < K): the interpreter widens a broadcast int1 scalar
+    # to int32, which tl.load refuses as a mask.
+    if A_MODE == 2:
+        sa = tl.load(sa_ptr + offs_m64 * stride_sam + kb * stride_sak,
+                     mask=tl.where(k0 < K, m_ok, False), other=0.0)
+        part = part * sa[:, None]
+    if B_MODE == 2:
+        sb = tl.load(sb_ptr + (offs_n64 // 128) * stride_sbn + kb * stride_sbk,
+                     mask=tl.where(k0 < K, n_ok, False), other=0.0)
+        part = part * sb[None, :]
+    return part
+
+
+@triton.jit
 def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                           stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
                           stride_sam, stride_sak, stride_sbn, stride_sbk,
@@ -58,7 +90,7 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
                           HAS_BIAS: tl.constexpr, FAST_ACCUM: tl.constexpr,
                           PROMOTE_IN_DOT: tl.constexpr, BF16_BITS: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          GROUP_M: tl.constexpr):
+                          GROUP_M: tl.constexpr, K_UNROLL: tl.constexpr):
     # Grouped tile order: GROUP_M row-tiles share each column of b tiles while it is in L2.
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -82,35 +114,53 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
     # operand order fp8 wgmma wants.
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n64[None, :] * stride_bn
 
+    # K_UNROLL = 2: each iteration takes two K-steps, chunks 0 and 1, of BLOCK_K each.
+    # When the number of K-steps is odd, the last chunk 1 lies wholly past K: its loads are
+    # masked to zeros, its block scales are not read, and it adds an exact 0. (a1, b1, p1
+    # exist only under K_UNROLL == 2, a constexpr, and are used only under the same test.)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kt in range(0, tl.cdiv(K, BLOCK_K)):
-        k_left = K - kt * BLOCK_K
-        a = tl.load(a_ptrs, mask=m_ok[:, None] & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & n_ok[None, :], other=0.0)
-        if BLOCKWISE:
-            # BLOCK_K divides 128, so this K-step lies inside scale block kb.
-            kb = (kt * BLOCK_K) // 128
-            part = tl.dot(a, b)
-            if A_MODE == 2:
-                sa = tl.load(sa_ptr + offs_m64 * stride_sam + kb * stride_sak, mask=m_ok,
-                             other=0.0)
-                part = part * sa[:, None]
-            if B_MODE == 2:
-                sb = tl.load(sb_ptr + (offs_n64 // 128) * stride_sbn + kb * stride_sbk,
-                             mask=n_ok, other=0.0)
-                part = part * sb[None, :]
-            acc += part
-        elif FAST_ACCUM:
-            acc = tl.dot(a, b, acc)
-        elif PROMOTE_IN_DOT:
+    for kt in range(0, tl.cdiv(K, BLOCK_K * K_UNROLL)):
+        k0 = kt * (BLOCK_K * K_UNROLL)
+        a0, b0 = _load_k_step(a_ptrs, b_ptrs, offs_k, K - k0, m_ok, n_ok)
+        if K_UNROLL == 2:
+            a1, b1 = _load_k_step(a_ptrs + BLOCK_K * stride_ak, b_ptrs + BLOCK_K * stride_bk,
+                                  offs_k, K - k0 - BLOCK_K, m_ok, n_ok)
+        if FAST_ACCUM and not BLOCKWISE:
+            acc = tl.dot(a0, b0, acc)
+            if K_UNROLL == 2:
+                acc = tl.dot(a1, b1, acc)
+        elif PROMOTE_IN_DOT and not BLOCKWISE:
             # The same promotion done by Triton's wgmma lowering: a partial accumulator
             # added into acc every max_num_imprecise_acc (= BLOCK_K) K elements, with acc
             # still a loop-carried dot accumulator.
-            acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
+            acc = tl.dot(a0, b0, acc, max_num_imprecise_acc=BLOCK_K)
+            if K_UNROLL == 2:
+                acc = tl.dot(a1, b1, acc, max_num_imprecise_acc=BLOCK_K)
         else:
-            acc += tl.dot(a, b)  # promotion: a fresh partial sum each K-step
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+            # Promotion: a fresh partial sum each K-step, added into acc in fp32. Triton
+            # waits for a fresh dot's wgmma to finish before its result is used, so the
+            # tensor cores idle while it is added; with K_UNROLL = 2 both dots are written
+            # before either is used, so that the second may run during the first's
+            # promotion. (Triton 3.6 and 3.9 still place a wait 0 right after each dot in
+            # sm_90a PTX; what is certain is one loop iteration, with its cp.async wait and
+            # barrier, per two K-steps.) The additions keep their order: the sum equals
+            # K_UNROLL = 1's.
+            p0 = tl.dot(a0, b0)
+            if K_UNROLL == 2:
+                p1 = tl.dot(a1, b1)
+            if BLOCKWISE:
+                p0 = _block_scaled(p0, k0, K, sa_ptr, sb_ptr, offs_m64, offs_n64, m_ok, n_ok,
+                                   stride_sam, stride_sak, stride_sbn, stride_sbk,
+                                   A_MODE, B_MODE)
+            acc += p0
+            if K_UNROLL == 2:
+                if BLOCKWISE:
+                    p1 = _block_scaled(p1, k0 + BLOCK_K, K, sa_ptr, sb_ptr, offs_m64,
+                                       offs_n64, m_ok, n_ok, stride_sam, stride_sak,
+                                       stride_sbn, stride_sbk, A_MODE, B_MODE)
+                acc += p1
+        a_ptrs += (BLOCK_K * K_UNROLL) * stride_ak
+        b_ptrs += (BLOCK_K * K_UNROLL) * stride_bk
 
     # Epilogue in fp32: the per-tensor / per-row scales, then the bias, then one rounding.
     if A_MODE == 0:
@@ -140,7 +190,7 @@ def _autotuned_kernel():
     global _AUTOTUNED
     if _AUTOTUNED is None:
         configs = [triton.Config(dict(BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k,
-                                      GROUP_M=c.group_m),
+                                      GROUP_M=c.group_m, K_UNROLL=c.k_unroll),
                                  num_warps=c.num_warps, num_stages=c.num_stages)
                    for c in fp8_gemm_configs()]
         _AUTOTUNED = triton.autotune(configs=configs, key=["M", "N", "K", "A_MODE", "B_MODE",
@@ -198,14 +248,13 @@ def fp8_scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
                    HAS_BIAS=bias is not None, FAST_ACCUM=bool(fast_accum),
                    PROMOTE_IN_DOT=promote_in_dot, BF16_BITS=bf16_bits)
         return out
-    # Block scales force the per-step (promoted) form, so they take its configs.
     cfg = config if config is not None else fp8_gemm_config(
-        m, n, k, fast_accum=bool(fast_accum) and not blockwise)
+        m, n, k, fast_accum=bool(fast_accum), blockwise=blockwise)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _fp8_scaled_mm_kernel[grid](
         *args, A_MODE=a_mode, B_MODE=b_mode, BLOCKWISE=blockwise, HAS_BIAS=bias is not None,
         FAST_ACCUM=bool(fast_accum), PROMOTE_IN_DOT=promote_in_dot, BF16_BITS=bf16_bits,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages)
+        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, K_UNROLL=cfg.k_unroll,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

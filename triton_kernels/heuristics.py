@@ -23,10 +23,15 @@ class GemmConfig(NamedTuple):
     group_m: int
     num_warps: int
     num_stages: int
+    # K-steps per loop iteration (1 or 2). With 2 the accurate mode writes two dots before
+    # promoting either, so that the second wgmma may overlap the first's promotion; each
+    # pipeline stage then holds two K-steps of operands.
+    k_unroll: int = 1
 
 
-# By M bucket (the largest M the row serves), one config for the accurate (promoted) mode
-# and one for fast_accum. Measured on an H100 SXM (triton 3.6, torch 2.11, 2026-11-27; us):
+# By M bucket (the largest M the row serves), one config for the accurate (promoted) mode,
+# one for block scales and one for fast_accum. Measured on an H100 SXM (triton 3.6, torch
+# 2.11, 2026-11-27; us):
 #
 #   M x N x K            promoted 128x256 s3   promoted 128x128 s4   fast 128x256 s3   torch rowwise
 #   512 x 4096 x 4096          268                   26.5                 29.1              30.0
@@ -35,33 +40,47 @@ class GemmConfig(NamedTuple):
 #
 # - The promoted mode keeps two fp32 accumulators (the running sum and the K-step's partial
 #   product): at 128 x 256 they spill, so its large tiles are 128 x 128. Block-scaled inputs
-#   take the same configs (221 us at 4096^3 with 128 x 128 s4, 559 with 128 x 256).
+#   take 128 x 128 too (221 us at 4096^3 with s4, 559 with 128 x 256).
+# - Above M = 256 the accurate mode takes two K-steps per iteration (k_unroll 2, 3 stages of
+#   two steps, groups of 16 row tiles): bench/sweep_triton_gemm.py on an H200 (2026-11-27,
+#   us, 128x128 g8 s4 u1 -> g16 s3 u2): 2048x4096x4096 88.2 -> 85.7, 4096^3 180.6 -> 174.5,
+#   512x4096x14336 76.6 -> 67.6, 512x28672x8192 298.6 -> 288.7, 4096x14336x4096 635.7 ->
+#   617.0, 8192^3 1369 -> 1374. Triton still waits for each dot before promoting it (the
+#   PTX has a wait 0 after each), so the gain is one loop iteration per two steps. Block
+#   scales keep k_unroll 1: unrolled, they need 255 registers and spill.
 # - M <= 16 (decode) is a weight stream: narrow N tiles put more programs on the 132 SMs and
 #   deep pipelines keep loads in flight (17.7 us at 1 x 4096 x 4096, torch 20.1; 100 us at
 #   16 x 28672 x 8192, torch 108). BLOCK_M = 16 runs mma.sync, whose fp8 accumulation is
 #   full fp32 (promotion changes nothing there).
 # BLOCK_K is 128 everywhere: one fp8 K-step is one 128-wide scale block (DeepSeek-V3 block
 # scales apply once per step) and the promotion interval of the accurate mode.
+_PROMOTED_LARGE = GemmConfig(128, 128, 128, 8, 8, 4)
 FP8_GEMM_TABLE: List[tuple] = [
-    # max M     promoted (accurate / block scales)   fast_accum
-    (16, GemmConfig(16, 64, 128, 1, 4, 5), GemmConfig(16, 64, 128, 1, 4, 5)),
-    (64, GemmConfig(64, 64, 128, 8, 4, 4), GemmConfig(64, 64, 128, 8, 4, 4)),
-    (256, GemmConfig(128, 128, 128, 8, 8, 4), GemmConfig(128, 128, 128, 8, 8, 3)),
-    (1 << 62, GemmConfig(128, 128, 128, 8, 8, 4), GemmConfig(128, 256, 128, 8, 8, 3)),
+    # max M     promoted (accurate)    block scales    fast_accum
+    (16, GemmConfig(16, 64, 128, 1, 4, 5), GemmConfig(16, 64, 128, 1, 4, 5),
+     GemmConfig(16, 64, 128, 1, 4, 5)),
+    (64, GemmConfig(64, 64, 128, 8, 4, 4), GemmConfig(64, 64, 128, 8, 4, 4),
+     GemmConfig(64, 64, 128, 8, 4, 4)),
+    (256, _PROMOTED_LARGE, _PROMOTED_LARGE, GemmConfig(128, 128, 128, 8, 8, 3)),
+    (1 << 62, GemmConfig(128, 128, 128, 16, 8, 3, k_unroll=2), _PROMOTED_LARGE,
+     GemmConfig(128, 256, 128, 8, 8, 3)),
 ]
 
 _gemm_cache: Dict[tuple, GemmConfig] = {}
 
 
-def fp8_gemm_config(m: int, n: int, k: int, fast_accum: bool = False) -> GemmConfig:
-    """The table's config for an [m, k] x [n, k] problem, with tiles shrunk to the problem
+def fp8_gemm_config(m: int, n: int, k: int, fast_accum: bool = False,
+                    blockwise: bool = False) -> GemmConfig:
+    """The table's config for an [m, k] x [n, k] problem (block scales take their own column
+    whatever fast_accum says: they force the per-step form), with tiles shrunk to the problem
     (never below tl.dot's 16) so small and awkward shapes waste little work."""
-    key = (next_pow2(m), next_pow2(n), min(next_pow2(k), 128), bool(fast_accum))
+    mode = 1 if blockwise else 2 if fast_accum else 0
+    key = (next_pow2(m), next_pow2(n), min(next_pow2(k), 128), mode)
     cfg = _gemm_cache.get(key)
     if cfg is None:
-        for max_m, promoted, fast in FP8_GEMM_TABLE:
+        for max_m, *configs in FP8_GEMM_TABLE:
             if key[0] <= max_m:
-                cfg = fast if fast_accum else promoted
+                cfg = configs[mode]
                 break
         bm = max(16, min(cfg.block_m, key[0]))
         bn = max(16, min(cfg.block_n, key[1]))
@@ -71,21 +90,34 @@ def fp8_gemm_config(m: int, n: int, k: int, fast_accum: bool = False) -> GemmCon
     return cfg
 
 
+def gemm_smem_bytes(cfg: GemmConfig) -> int:
+    """The fp8 operand bytes the software pipeline keeps in shared memory."""
+    return cfg.num_stages * (cfg.block_m + cfg.block_n) * cfg.block_k * cfg.k_unroll
+
+
+# What the pipeline may take of the 228 KB of shared memory an H100 SM has.
+GEMM_SMEM_LIMIT = 200 * 1024
+
+
 def fp8_gemm_configs() -> List[GemmConfig]:
     """The offline search space: BLOCK_K <= 128 always (the 128-block scales and the
-    accurate mode's promotion interval depend on it)."""
+    accurate mode's promotion interval depend on it); K_UNROLL = 2 (two K-steps per
+    iteration) only with BLOCK_K = 128, the promotion interval it is for."""
     out = []
     for bm in (16, 32, 64, 128):
         for bn in (32, 64, 128, 256):
             for bk in (64, 128):
                 for warps in (4, 8):
-                    for stages in (3, 4, 5):
-                        if bm * bn >= 128 * 256 and warps == 4:
-                            continue
-                        # fp8 operand bytes per stage must fit the 228 KB of an SM.
-                        if stages * (bm + bn) * bk > 200 * 1024:
-                            continue
-                        out.append(GemmConfig(bm, bn, bk, 8, warps, stages))
+                    for stages in (2, 3, 4, 5):
+                        for k_unroll in ((1, 2) if bk == 128 else (1,)):
+                            if bm * bn >= 128 * 256 and warps == 4:
+                                continue
+                            # Two stages only when unrolled (each holds two K-steps).
+                            if stages == 2 and k_unroll == 1:
+                                continue
+                            cfg = GemmConfig(bm, bn, bk, 8, warps, stages, k_unroll)
+                            if gemm_smem_bytes(cfg) <= GEMM_SMEM_LIMIT:
+                                out.append(cfg)
     return out
 
 
