@@ -53,3 +53,41 @@ def test_choose_follows_table_then_skips_unsupported(h100, monkeypatch):
     monkeypatch.setattr(_backend, "_gpu_unavailable_reason", lambda: None)
     assert _backend.choose("fp8_scaled_mm", dev, "triton", _args(512)).kernel == "triton_fp8_scaled_mm"
     assert _backend.choose("fp8_scaled_mm", dev, "cuda", _args(8)).kernel == "sm89_fp8_gemm_smallm"
+
+
+def test_choice_is_remembered_per_signature(h100, monkeypatch):
+    # The GPU choice is computed once per call signature; anything supports() reads (shape,
+    # stride, dtype, alignment, LOWBIT_ARCH) or a change of the registrations makes a new one.
+    calls = []
+
+    def supports(a):
+        calls.append(tuple(a.shape))
+        return None
+
+    kern = _backend.Kernel("fp8_scaled_mm", "cuda", "k", lambda *a: "k", supports, None, 30)
+    monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", [kern])
+    monkeypatch.delenv("LOWBIT_ARCH", raising=False)
+    dev = torch.device("cuda", 0)
+    a = torch.empty(8, 64, device="meta")
+    first = _backend.choose("fp8_scaled_mm", dev, "auto", (a,))
+    assert _backend.choose("fp8_scaled_mm", dev, "auto", (torch.empty(8, 64, device="meta"),)) \
+        is first
+    assert len(calls) == 1
+    _backend.choose("fp8_scaled_mm", dev, "auto", (torch.empty(9, 64, device="meta"),))
+    _backend.choose("fp8_scaled_mm", dev, "auto", (torch.empty(64, 8, device="meta").t(),))
+    _backend.choose("fp8_scaled_mm", dev, "auto", (torch.empty(8, 64, device="meta").half(),))
+    monkeypatch.setenv("LOWBIT_ARCH", "89")
+    _backend.choose("fp8_scaled_mm", dev, "auto", (a,))
+    assert len(calls) == 5
+    # Same list object, new member: the registry forgets what it chose.
+    _backend.register_kernel("fp8_scaled_mm", "cuda", "k2", priority=-1)(lambda *a: "k2")
+    _backend.choose("fp8_scaled_mm", dev, "auto", (a,))
+    assert len(calls) == 6
+
+
+def test_choice_signature_sees_alignment():
+    dev = torch.device("cuda", 0)
+    x = torch.zeros(64, dtype=torch.uint8)
+    sig = lambda t: _backend._signature("op", dev, "auto", (t, [1, 2], None))
+    assert sig(x[16:32]) == sig(x[32:48])
+    assert sig(x[16:32]) != sig(x[8:24])  # same shape and stride, data 8 bytes off

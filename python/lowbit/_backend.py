@@ -15,6 +15,11 @@ says arch, dtype and variant. ``choose`` picks it:
 
 The default backend is ``"auto"``; ``LOWBIT_BACKEND`` in the environment or the
 ``use_backend`` context manager changes it. ``explain`` returns the choice without running it.
+
+A GPU choice is remembered per call signature (op, backend, device, the environment switches
+that kernels read, and each argument's shape, strides, dtype and data-pointer alignment, or
+its value): what ``supports()`` and ``available()`` look at, never tensor values. An eager
+decode loop then pays for the choice once per shape, not once per call.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import contextvars
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -116,6 +121,7 @@ def register_kernel(op: str, backend: str, name: str, *, supports=None, availabl
         _KERNELS.setdefault(op, []).append(
             Kernel(op, backend, name, fn, supports, available, priority))
         _KERNELS[op].sort(key=lambda k: -k.priority)
+        _choices.clear()  # a new kernel may change any remembered choice
         return fn
 
     return deco
@@ -141,6 +147,31 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# Environment switches that a kernel's supports() or available() reads.
+_CHOICE_ENV = ("LOWBIT_ARCH", "TRITON_INTERPRET")
+_CHOICES_MAX = 4096
+# signature -> (the op's kernel list when chosen, the choice). Holding the list keeps its id
+# from being reused: a hit must come from the same registrations.
+_choices: Dict[tuple, Tuple[list, "Choice"]] = {}
+
+
+def _signature(op: str, device: torch.device, backend: str, args) -> Optional[tuple]:
+    sig = [op, device, backend, tuple(os.environ.get(v) for v in _CHOICE_ENV)]
+    for x in args:
+        if isinstance(x, torch.Tensor):
+            sig.append((x.shape, x.stride(), x.dtype, x.data_ptr() % 16))
+        elif isinstance(x, list):
+            sig.append(tuple(x))
+        else:
+            sig.append(x)
+    key = tuple(sig)
+    try:
+        hash(key)
+    except TypeError:  # an argument of a kind the registry has no reason to remember
+        return None
+    return key
+
+
 def _try(kernel: Kernel, args) -> Optional[str]:
     if kernel.available is not None:
         why = kernel.available()
@@ -160,6 +191,12 @@ def choose(op: str, device: torch.device, backend: str, args) -> Choice:
         if device.type != "cpu":
             why += "; copies through the host"
         return Choice(op, "reference", ref.name, why, fn=ref.fn)
+
+    key = _signature(op, device, backend, args) if device.type == "cuda" else None
+    if key is not None:
+        hit = _choices.get(key)
+        if hit is not None and hit[0] is regs:
+            return hit[1]
 
     if backend in ("cuda", "triton"):
         if device.type != "cuda" and not (backend == "triton" and _interpreting()):
@@ -182,7 +219,12 @@ def choose(op: str, device: torch.device, backend: str, args) -> Choice:
         if why is None:
             reason = ("requested" if backend != "auto"
                       else "first supporting kernel in measured order (lowbit/heuristics.py)")
-            return Choice(op, k.backend, k.name, reason, rejected, fn=k.fn)
+            choice = Choice(op, k.backend, k.name, reason, rejected, fn=k.fn)
+            if key is not None:
+                if len(_choices) >= _CHOICES_MAX:
+                    _choices.clear()
+                _choices[key] = (regs, choice)
+            return choice
         rejected.append(f"{k.backend}/{k.name}: {why}")
     wanted = "CUDA or Triton" if backend == "auto" else backend
     detail = ("; ".join(rejected)) if rejected else f"no {wanted} kernel for {op} is built yet"

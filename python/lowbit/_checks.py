@@ -57,10 +57,13 @@ def same_device(op: str, **tensors) -> torch.device:
     return device
 
 
-def shape(op: str, name: str, t: torch.Tensor, allowed: Sequence[Tuple[int, ...]], what: str):
+def shape(op: str, name: str, t: torch.Tensor, allowed: Sequence[Tuple[int, ...]], what):
+    """``what`` words the allowed shapes: a string, or a callable returning one (formatted
+    only when the check fails: the hot path of an eager op pays for no message)."""
     got = tuple(t.shape)
-    if got not in [tuple(a) for a in allowed]:
-        raise ValueError(f"{op}: {name} must have shape {what}; got {got}")
+    if got not in allowed:
+        raise ValueError(f"{op}: {name} must have shape {what() if callable(what) else what}; "
+                         f"got {got}")
 
 
 def out_dtype(op: str, d) -> None:
@@ -140,7 +143,7 @@ def bias(op: str, b: Optional[torch.Tensor], n: int) -> None:
     if b is None:
         return
     dtype(op, "bias", b, FLOAT_DTYPES)
-    shape(op, "bias", b, [(n,)], f"[N] = ({n},)")
+    shape(op, "bias", b, [(n,)], lambda: f"[N] = ({n},)")
 
 
 def row_scale(op: str, name: str, s: torch.Tensor, rows: int, rows_name: str) -> None:

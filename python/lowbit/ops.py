@@ -191,11 +191,11 @@ def check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
     C.dtype(op, "a_scale", a_scale, (torch.float32,))
     C.dtype(op, "b_scale", b_scale, (torch.float32,))
     C.shape(op, "a_scale", a_scale, [(), (m, 1), (m, kb)],
-            f"() per tensor, [M, 1] = ({m}, 1) per row, or [M, ceil(K/128)] = ({m}, {kb}) "
-            f"per 1x128 block")
+            lambda: f"() per tensor, [M, 1] = ({m}, 1) per row, or [M, ceil(K/128)] = "
+                    f"({m}, {kb}) per 1x128 block")
     C.shape(op, "b_scale", b_scale, [(), (n, 1), (-(-n // 128), kb)],
-            f"() per tensor, [N, 1] = ({n}, 1) per row, or [ceil(N/128), ceil(K/128)] = "
-            f"({-(-n // 128)}, {kb}) per 128x128 block")
+            lambda: f"() per tensor, [N, 1] = ({n}, 1) per row, or [ceil(N/128), "
+                    f"ceil(K/128)] = ({-(-n // 128)}, {kb}) per 128x128 block")
     C.bias(op, bias, n)
     C.out_dtype(op, out_dtype)
     C.same_device(op, a=a, b=b, a_scale=a_scale, b_scale=b_scale, bias=bias)
