@@ -15,7 +15,8 @@
 // issues two TMA loads (128 x 128 bytes of weight, kN x 128 bytes of activations) that
 // complete on the stage's "full" mbarrier; setmaxnreg hands its registers to the consumers.
 // Warpgroups 1 and 2 each own 64 of the CTA's 128 weight rows: per 128-K step they run four
-// m64nNk32 wgmmas, release the stage (one "empty" arrival per consumer warp) and promote.
+// m64nNk32 wgmmas, release the stage (one "empty" arrival per consumer warp) and promote;
+// step i is promoted while step i + 1's wgmmas run (two partial-sum fragments, wait_group 1).
 // The ring keeps 8 x 16 KB = 128 KB of weight in flight per SM (one CTA per SM), several
 // times what one SM needs to cover the memory latency at its share of the bandwidth.
 //
@@ -160,19 +161,47 @@ __device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const Fp8GemmA
   for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
 
   if constexpr (kPromote) {
-    float part[C::kRegs];
-#pragma unroll
-    for (int i = 0; i < C::kRegs; ++i) part[i] = 0.f;
-    for (int kt = k_begin; kt < k_end; ++kt, ++it) {
-      const int s = it % kStages;
-      float f[kN / 4];
-      if constexpr (kBlock) step_scales<kN>(p, tile, kt, lane, f);  // loads overlap the wait
-      mbar_wait(&full[s], (it / kStages) & 1);
-      issue_step<kN, 0>(part, w_rows + s * kWeightTileBytes, x_tiles + s * C::kActTileBytes);
-      wgmma_wait<0>();
-      fence_regs(part);
+    // Step i's partial sums live in part0 when i is even, part1 when odd, with their
+    // promotion factors, so that step i + 1's wgmmas run while step i is promoted. The loop
+    // is peeled so that every path through it has the same wgmma groups in flight (ptxas
+    // checks, and serializes the wgmmas when unsure).
+    float part0[C::kRegs], part1[C::kRegs];
+    float f0[kN / 4], f1[kN / 4];
+    const int nk = k_end - k_begin;
+    auto issue = [&](float(&d)[kN / 2], int i, float(&f)[kN / 4]) {
+      const int s = (it + i) % kStages;
+      if constexpr (kBlock) step_scales<kN>(p, tile, k_begin + i, lane, f);  // overlap the wait
+      mbar_wait(&full[s], ((it + i) / kStages) & 1);
+      issue_step<kN, 0>(d, w_rows + s * kWeightTileBytes, x_tiles + s * C::kActTileBytes);
+      return s;
+    };
+    auto finish = [&](float(&d)[kN / 2], int s, const float(&f)[kN / 4]) {
+      fence_regs(d);
       if (lane == 0) mbar_arrive(&empty[s]);
-      promote<kN, kBlock>(acc, part, f);
+      promote<kN, kBlock>(acc, d, f);
+    };
+    if (nk > 0) {
+      int s0 = issue(part0, 0, f0), s1 = 0;
+      int i = 0;
+      for (; i + 2 < nk; i += 2) {  // step i in flight in part0
+        s1 = issue(part1, i + 1, f1);
+        wgmma_wait<1>();
+        finish(part0, s0, f0);
+        s0 = issue(part0, i + 2, f0);
+        wgmma_wait<1>();
+        finish(part1, s1, f1);
+      }
+      if (i + 1 < nk) {  // two steps left: i (in flight) and i + 1
+        s1 = issue(part1, i + 1, f1);
+        wgmma_wait<1>();
+        finish(part0, s0, f0);
+        wgmma_wait<0>();
+        finish(part1, s1, f1);
+      } else {
+        wgmma_wait<0>();
+        finish(part0, s0, f0);
+      }
+      it += nk;
     }
   } else {
     // fast_accum: the steps chain in the tensor core; waiting with one group in flight lets
