@@ -91,3 +91,36 @@ def test_choice_signature_sees_alignment():
     sig = lambda t: _backend._signature("op", dev, "auto", (t, [1, 2], None))
     assert sig(x[16:32]) == sig(x[32:48])
     assert sig(x[16:32]) != sig(x[8:24])  # same shape and stride, data 8 bytes off
+
+
+def test_checks_skipped_only_for_a_signature_that_passed_them(monkeypatch):
+    # run_checked: the argument checks run until a call with this signature has passed them
+    # and chosen a kernel; the value checks run on every call. (Meta tensors stand in for
+    # CUDA ones here.)
+    monkeypatch.setattr(_backend, "_REMEMBER_ON", ("meta",))
+    runs = []
+    kern = _backend.Kernel("fp8_scaled_mm", "cuda", "k", lambda *a: runs.append(a) or "out",
+                           None, None, 30)
+    monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", [kern])
+    checks, values = [], []
+
+    def call(t, flag=False):
+        return _backend.run_checked("fp8_scaled_mm", "auto", (t, flag),
+                                    lambda: checks.append(1), lambda: values.append(1))
+
+    a = torch.empty(4, 64, device="meta")
+    assert call(a) == "out" and call(a) == "out"
+    assert (len(checks), len(values), len(runs)) == (1, 2, 2)
+    call(torch.empty(4, 64, device="meta", dtype=torch.float16))  # a new signature
+    call(a, True)                                                  # a new argument value
+    assert len(checks) == 3
+
+    def refuse():
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError):  # a failing check never lets its signature through
+        _backend.run_checked("fp8_scaled_mm", "auto", (torch.empty(5, 64, device="meta"),),
+                             refuse)
+    with pytest.raises(ValueError):
+        _backend.run_checked("fp8_scaled_mm", "auto", (torch.empty(5, 64, device="meta"),),
+                             refuse)

@@ -17,9 +17,10 @@ The default backend is ``"auto"``; ``LOWBIT_BACKEND`` in the environment or the
 ``use_backend`` context manager changes it. ``explain`` returns the choice without running it.
 
 A GPU choice is remembered per call signature (op, backend, device, the environment switches
-that kernels read, and each argument's shape, strides, dtype and data-pointer alignment, or
-its value): what ``supports()`` and ``available()`` look at, never tensor values. An eager
-decode loop then pays for the choice once per shape, not once per call.
+that kernels read, and each argument's shape, strides, dtype, device and data-pointer
+alignment, or its value): what the argument checks, ``supports()`` and ``available()`` look
+at, never tensor values. An eager decode loop then pays for the checks and the choice once
+per shape, not once per call (``run_checked``).
 """
 from __future__ import annotations
 
@@ -150,6 +151,7 @@ def _interpreting() -> bool:
 # Environment switches that a kernel's supports() or available() reads.
 _CHOICE_ENV = ("LOWBIT_ARCH", "TRITON_INTERPRET")
 _CHOICES_MAX = 4096
+_REMEMBER_ON = ("cuda",)  # device types whose choices are remembered
 # signature -> (the op's kernel list when chosen, the choice). Holding the list keeps its id
 # from being reused: a hit must come from the same registrations.
 _choices: Dict[tuple, Tuple[list, "Choice"]] = {}
@@ -159,7 +161,7 @@ def _signature(op: str, device: torch.device, backend: str, args) -> Optional[tu
     sig = [op, device, backend, tuple(os.environ.get(v) for v in _CHOICE_ENV)]
     for x in args:
         if isinstance(x, torch.Tensor):
-            sig.append((x.shape, x.stride(), x.dtype, x.data_ptr() % 16))
+            sig.append((x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16))
         elif isinstance(x, list):
             sig.append(tuple(x))
         else:
@@ -192,7 +194,7 @@ def choose(op: str, device: torch.device, backend: str, args) -> Choice:
             why += "; copies through the host"
         return Choice(op, "reference", ref.name, why, fn=ref.fn)
 
-    key = _signature(op, device, backend, args) if device.type == "cuda" else None
+    key = _signature(op, device, backend, args) if device.type in _REMEMBER_ON else None
     if key is not None:
         hit = _choices.get(key)
         if hit is not None and hit[0] is regs:
@@ -233,16 +235,39 @@ def choose(op: str, device: torch.device, backend: str, args) -> Choice:
         f"Pass backend='reference' to compute it through the host.")
 
 
-def run(op: str, device: torch.device, backend: str, args):
+def run(op: str, device: torch.device, backend: str, args, choice: Optional[Choice] = None):
     """Choose a kernel and run it on ``args`` (or report the choice under ``explain``)."""
-    if backend == "default":
-        backend = default_backend()
-    choice = choose(op, device, backend, args)
+    if choice is None:
+        if backend == "default":
+            backend = default_backend()
+        choice = choose(op, device, backend, args)
     if _explaining.get():
         raise _Explained(choice)
     if _log.isEnabledFor(logging.DEBUG):
         _log.debug("%s", choice)
     return choice.fn(*args)
+
+
+def run_checked(op: str, backend: str, args, check: Callable[[], None],
+                values: Optional[Callable[[], None]] = None):
+    """``check()`` (the op's argument checks), ``values()`` (checks that read tensor values,
+    every call), then ``run``. A call whose signature (see ``_signature``: everything the
+    checks read, the devices included) already passed the checks and chose a GPU kernel skips
+    ``check()`` and the choice: the checks are a function of the signature alone."""
+    if backend == "default":
+        backend = default_backend()
+    first = args[0]
+    choice = None
+    if type(first) is torch.Tensor and first.device.type in _REMEMBER_ON:
+        key = _signature(op, first.device, backend, args)
+        hit = _choices.get(key) if key is not None else None
+        if hit is not None and hit[0] is _KERNELS.get(op):
+            choice = hit[1]
+    if choice is None:
+        check()
+    if values is not None:
+        values()
+    return run(op, first.device, backend, args, choice)
 
 
 def explain(fn: Callable, *args, **kwargs) -> Choice:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _checks as C
-from ._backend import run
+from ._backend import run, run_checked
 
 _EMPTY_I32 = (0,)
 
@@ -47,10 +47,10 @@ def check_quantize_fp8(x, scale, fmt, granularity, group_size, block):
 def quantize_fp8_eager(x: Tensor, scale: Optional[Tensor], fmt: str, granularity: str,
                  group_size: int, block: List[int], saturate: bool,
                  backend: str) -> Tuple[Tensor, Tensor]:
-    check_quantize_fp8(x, scale, fmt, granularity, group_size, block)
-    C.finite_scales("quantize_fp8", scale=scale)
-    return run("quantize_fp8", x.device, backend,
-               (x, scale, fmt, granularity, group_size, block, saturate))
+    return run_checked(
+        "quantize_fp8", backend, (x, scale, fmt, granularity, group_size, block, saturate),
+        lambda: check_quantize_fp8(x, scale, fmt, granularity, group_size, block),
+        lambda: C.finite_scales("quantize_fp8", scale=scale))
 
 
 def _quantize_fp8_fake(x, scale, fmt, granularity, group_size, block, saturate, backend):
@@ -68,8 +68,8 @@ def check_dequantize_fp8(q, scale, out_dtype):
 
 
 def dequantize_fp8_eager(q: Tensor, scale: Tensor, out_dtype: torch.dtype, backend: str) -> Tensor:
-    check_dequantize_fp8(q, scale, out_dtype)
-    return run("dequantize_fp8", q.device, backend, (q, scale, out_dtype))
+    return run_checked("dequantize_fp8", backend, (q, scale, out_dtype),
+                       lambda: check_dequantize_fp8(q, scale, out_dtype))
 
 
 def _dequantize_fp8_fake(q, scale, out_dtype, backend):
@@ -204,10 +204,10 @@ def check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
 
 def fp8_scaled_mm_eager(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
                   out_dtype: torch.dtype, fast_accum: bool, backend: str) -> Tensor:
-    check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype)
-    C.finite_scales("fp8_scaled_mm", a_scale=a_scale, b_scale=b_scale)
-    return run("fp8_scaled_mm", a.device, backend,
-               (a, b, a_scale, b_scale, bias, out_dtype, fast_accum))
+    return run_checked(
+        "fp8_scaled_mm", backend, (a, b, a_scale, b_scale, bias, out_dtype, fast_accum),
+        lambda: check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype),
+        lambda: C.finite_scales("fp8_scaled_mm", a_scale=a_scale, b_scale=b_scale))
 
 
 def _fp8_scaled_mm_fake(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, backend):
