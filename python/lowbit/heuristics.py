@@ -12,6 +12,8 @@ speed relative to torch._scaled_mm in the same run, over the PERF.md shapes and 
     M = 16        sm90_fp8_gemm_swapab 1.01-1.33x  sm89_fp8_gemm_smallm 0.71-0.88x  triton 0.78-1.07x
     M = 32        sm90_fp8_gemm_swapab 0.95-1.23x  sm89_fp8_gemm_smallm 0.47-0.62x  triton 0.83-1.04x
     M = 64        sm90_fp8_gemm_swapab 0.80-1.10x  sm89_fp8_gemm_smallm 0.21-0.28x  triton 0.05-1.04x
+                  (Triton's 0.05 is its launcher's host time outlasting the L2 flush; its
+                  CUDA-graph replay measured 0.94x on an H200, bench/NOTES.md)
     M = 128-512   sm90_fp8_gemm_wgmma  0.90-1.14x  triton 0.56-0.96x
     M >= 2048     sm90_fp8_gemm_wgmma  0.85-0.96x  triton 0.56-0.71x
 
