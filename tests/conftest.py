@@ -21,3 +21,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kernel_choices():
+    # Remembered kernel choices (lowbit._backend) must not leak from a test that monkeypatches
+    # what supports() reads (capabilities, environment, registrations) into the next test.
+    from lowbit import _backend
+    _backend._choices.clear()
+    yield
+    _backend._choices.clear()

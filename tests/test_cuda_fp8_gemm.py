@@ -97,6 +97,12 @@ def test_smallm_strided_rows(monkeypatch):
 MMA_TILED = {"89": "sm89_fp8_gemm_mma", "80": "sm80_fp8_gemm_mma"}
 
 
+def _force_arch(monkeypatch, arch):
+    if arch == "89" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 mma.sync needs sm_89 or newer")
+    monkeypatch.setenv("LOWBIT_ARCH", arch)
+
+
 def _registered(name):
     from lowbit._backend import kernels
     (kern,) = [k for k in kernels("fp8_scaled_mm") if k.name == name]
@@ -111,7 +117,7 @@ def _registered(name):
 def test_mma_tiled_matches_reference(monkeypatch, arch, m, n, k, mode):
     # M and N end in partial 128-row tiles (and 1100 x 3000 is 9 x 24 tiles, more than one
     # wave); K = 16, 128, 256, 1040 and 4112 give 1, 1, 2, 9 and 33 steps of 128, ragged or not.
-    monkeypatch.setenv("LOWBIT_ARCH", arch)
+    _force_arch(monkeypatch, arch)
     a, b, sa, sb = _operands(m, n, k, mode, "cuda")
     choice = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="cuda")
     assert choice.kernel == MMA_TILED[arch], str(choice)
@@ -123,7 +129,7 @@ def test_mma_tiled_matches_reference(monkeypatch, arch, m, n, k, mode):
 @pytest.mark.parametrize("m", [1, 17, 64])
 @pytest.mark.parametrize("mode", ["tensor", "row", "block"])
 def test_mma_tiled_small_m(monkeypatch, arch, m, mode):
-    monkeypatch.setenv("LOWBIT_ARCH", arch)
+    _force_arch(monkeypatch, arch)
     a, b, sa, sb = _operands(m, 300, 512, mode, "cuda")
     kern = _registered(MMA_TILED[arch])
     args = (a, b, sa, sb, None, torch.float32, False)
@@ -138,7 +144,7 @@ def test_mma_tiled_small_m(monkeypatch, arch, m, mode):
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("fast_accum", [False, True])
 def test_mma_tiled_out_dtypes_bias(monkeypatch, arch, out_dtype, fast_accum):
-    monkeypatch.setenv("LOWBIT_ARCH", arch)
+    _force_arch(monkeypatch, arch)
     _check(300, 4096, 4096, "row", out_dtype=out_dtype, bias=True, fast_accum=fast_accum)
     _check(129, 1000, 512, "block", out_dtype=out_dtype, bias=True, fast_accum=fast_accum)
 
@@ -146,7 +152,7 @@ def test_mma_tiled_out_dtypes_bias(monkeypatch, arch, out_dtype, fast_accum):
 @gpu
 @pytest.mark.parametrize("arch", ["89", "80"])
 def test_mma_tiled_strided_rows_and_benchmark_shape(monkeypatch, arch):
-    monkeypatch.setenv("LOWBIT_ARCH", arch)
+    _force_arch(monkeypatch, arch)
     # Rows padded to a 16-byte multiple: a view with stride(0) > K must still be right.
     a, b, sa, sb = _operands(100, 256, 512, "row", "cuda")
     big = torch.zeros(100, 640, dtype=torch.float8_e4m3fn, device="cuda")
@@ -304,6 +310,8 @@ def test_swapab_matches_reference(sm90, m, n, k, mode, bias, out_dtype, fast_acc
     (1, 256, 8192),     # two tiles, clusters of 8
     (33, 17000, 512),   # 133 tiles: one CTA takes a second tile
     (64, 28672, 1024),  # 224 tiles: CTAs stride over tiles, the ring runs on across them
+    (8, 4096, 128),     # one step per CTA: the promotion loop's shortest path
+    (64, 28672, 1152),  # an odd step count on every tile, so the ring's phase flips per tile
     (16, 14336, 4096), (64, 4096, 14336), (1, 28672, 8192),  # benchmark shapes
 ])
 def test_swapab_splits_and_persistent_tiles(sm90, m, n, k, mode):

@@ -69,19 +69,19 @@ def test_choice_is_remembered_per_signature(h100, monkeypatch):
     monkeypatch.delenv("LOWBIT_ARCH", raising=False)
     dev = torch.device("cuda", 0)
     a = torch.empty(8, 64, device="meta")
-    first = _backend.choose("fp8_scaled_mm", dev, "auto", (a,))
+    first = _backend.choose("fp8_scaled_mm", dev, "auto", (a,), remember=True)
     assert _backend.choose("fp8_scaled_mm", dev, "auto", (torch.empty(8, 64, device="meta"),)) \
         is first
     assert len(calls) == 1
-    _backend.choose("fp8_scaled_mm", dev, "auto", (torch.empty(9, 64, device="meta"),))
-    _backend.choose("fp8_scaled_mm", dev, "auto", (torch.empty(64, 8, device="meta").t(),))
-    _backend.choose("fp8_scaled_mm", dev, "auto", (torch.empty(8, 64, device="meta").half(),))
+    for other in (torch.empty(9, 64, device="meta"), torch.empty(64, 8, device="meta").t(),
+                  torch.empty(8, 64, device="meta").half()):
+        _backend.choose("fp8_scaled_mm", dev, "auto", (other,), remember=True)
     monkeypatch.setenv("LOWBIT_ARCH", "89")
-    _backend.choose("fp8_scaled_mm", dev, "auto", (a,))
+    _backend.choose("fp8_scaled_mm", dev, "auto", (a,), remember=True)
     assert len(calls) == 5
     # Same list object, new member: the registry forgets what it chose.
     _backend.register_kernel("fp8_scaled_mm", "cuda", "k2", priority=-1)(lambda *a: "k2")
-    _backend.choose("fp8_scaled_mm", dev, "auto", (a,))
+    _backend.choose("fp8_scaled_mm", dev, "auto", (a,), remember=True)
     assert len(calls) == 6
 
 
@@ -124,3 +124,28 @@ def test_checks_skipped_only_for_a_signature_that_passed_them(monkeypatch):
     with pytest.raises(ValueError):
         _backend.run_checked("fp8_scaled_mm", "auto", (torch.empty(5, 64, device="meta"),),
                              refuse)
+
+
+def test_only_checked_calls_let_checks_be_skipped(monkeypatch):
+    # A choice made for arguments nobody checked (a direct choose()) is not remembered, so it
+    # cannot let run_checked skip the checks of a later call with the same signature.
+    monkeypatch.setattr(_backend, "_REMEMBER_ON", ("meta",))
+    kern = _backend.Kernel("fp8_scaled_mm", "cuda", "k", lambda *a: "out", None, None, 30)
+    monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", [kern])
+    args = (torch.empty(4, 64, device="meta"), "not a tensor")
+    _backend.choose("fp8_scaled_mm", torch.device("meta"), "auto", args)
+
+    def refuse():
+        raise TypeError("b must be a torch.Tensor")
+
+    with pytest.raises(TypeError):
+        _backend.run_checked("fp8_scaled_mm", "auto", args, refuse)
+
+
+def test_arch_override_drops_the_newer_arch_table(h100, monkeypatch):
+    # LOWBIT_ARCH=89 on an H100: auto orders kernels as an sm_89 card would (by priority).
+    monkeypatch.setenv("LOWBIT_ARCH", "89")
+    assert heuristics.preferred("fp8_scaled_mm", torch.device("cuda", 0), _args(4096)) is None
+    monkeypatch.setenv("LOWBIT_ARCH", "90")
+    assert heuristics.preferred("fp8_scaled_mm", torch.device("cuda", 0), _args(4096))[0] == \
+        "sm90_fp8_gemm_wgmma"

@@ -451,6 +451,23 @@ def test_gemm_k_unroll(k, modes):
                 assert_bits_equal(out[2], out[1], what)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("modes", [("row", "row"), ("block", "block")], ids=["row", "block"])
+@pytest.mark.parametrize("k", [1152, 1160])  # 9 steps (odd), and 10 with a ragged tail
+def test_gemm_k_unroll_wgmma_tiles(k, modes):
+    """The table's large-M config (128 x 128 tiles, wgmma, k_unroll 2) equals k_unroll 1 bit
+    for bit in the accurate mode and is within the SPEC's tolerance of the reference."""
+    m, n = 300, 384
+    a, b, sa, sb = make_gemm(m, n, k, *modes, seed=k)
+    cfg = heuristics.GemmConfig(128, 128, 128, 16, 8, 3, k_unroll=2)
+    out = {ku: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, out_dtype=torch.float32,
+                                      config=cfg._replace(k_unroll=ku)) for ku in (1, 2)}
+    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), out_dtype=torch.float32,
+                               backend="reference")
+    assert rel_fro(out[2].cpu(), ref) <= tol(torch.float32, False)
+    assert_bits_equal(out[2], out[1], f"k={k} {modes}")
+
+
 def test_reference_helper_matches_reference():
     """ref_mm_f64 (used at sizes where NumPy would be slow) is the reference's definition."""
     for modes in GEMM_MODES:
@@ -504,6 +521,15 @@ def test_heuristic_table():
             assert c.k_unroll == 1 or c.block_k == 128
             assert heuristics.gemm_smem_bytes(c) <= heuristics.GEMM_SMEM_LIMIT
     assert heuristics.fp8_gemm_config(8192, 8192, 8192, blockwise=True).k_unroll == 1
+    # A K below one 128-wide step never unrolls; a 99 KB card (sm_86, sm_89) gets a pipeline
+    # that fits, the H100's 227 KB the table as written.
+    assert heuristics.fp8_gemm_config(8192, 8192, 64).k_unroll == 1
+    big = heuristics.fp8_gemm_config(8192, 8192, 8192, smem_limit=227 * 1024)
+    assert big == heuristics.fp8_gemm_config(8192, 8192, 8192)
+    for fast, blockwise in ((False, False), (True, False), (False, True)):
+        for m in (1, 64, 256, 8192):
+            cfg = heuristics.fp8_gemm_config(m, 8192, 8192, fast, blockwise, smem_limit=99 * 1024)
+            assert heuristics.gemm_smem_bytes(cfg) + heuristics.SMEM_MARGIN <= 99 * 1024, cfg
     space = heuristics.fp8_gemm_configs()
     assert {c.k_unroll for c in space} == {1, 2}
     for c in space:

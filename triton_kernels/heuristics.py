@@ -8,7 +8,7 @@ Plain Python (no triton import), so the tables can be read and tested anywhere.
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 
 def next_pow2(n: int) -> int:
@@ -70,12 +70,15 @@ _gemm_cache: Dict[tuple, GemmConfig] = {}
 
 
 def fp8_gemm_config(m: int, n: int, k: int, fast_accum: bool = False,
-                    blockwise: bool = False) -> GemmConfig:
+                    blockwise: bool = False, smem_limit: Optional[int] = None) -> GemmConfig:
     """The table's config for an [m, k] x [n, k] problem (block scales take their own column
     whatever fast_accum says: they force the per-step form), with tiles shrunk to the problem
-    (never below tl.dot's 16) so small and awkward shapes waste little work."""
+    (never below tl.dot's 16) so small and awkward shapes waste little work, and the
+    pipeline shrunk to ``smem_limit`` bytes (the device's shared memory per block: the table
+    is the H100's 227 KB; an sm_89 or sm_86 card gives 99 KB) by fewer K-steps per
+    iteration, then fewer stages, then narrower tiles."""
     mode = 1 if blockwise else 2 if fast_accum else 0
-    key = (next_pow2(m), next_pow2(n), min(next_pow2(k), 128), mode)
+    key = (next_pow2(m), next_pow2(n), min(next_pow2(k), 128), mode, smem_limit)
     cfg = _gemm_cache.get(key)
     if cfg is None:
         for max_m, *configs in FP8_GEMM_TABLE:
@@ -85,8 +88,27 @@ def fp8_gemm_config(m: int, n: int, k: int, fast_accum: bool = False,
         bm = max(16, min(cfg.block_m, key[0]))
         bn = max(16, min(cfg.block_n, key[1]))
         bk = max(32, min(cfg.block_k, key[2]))
-        cfg = cfg._replace(block_m=bm, block_n=bn, block_k=bk)
+        # Two K-steps per iteration only for full 128-wide steps (the promotion interval).
+        cfg = cfg._replace(block_m=bm, block_n=bn, block_k=bk,
+                           k_unroll=cfg.k_unroll if bk == 128 else 1)
+        if smem_limit is not None:
+            cfg = _fit_smem(cfg, smem_limit)
         _gemm_cache[key] = cfg
+    return cfg
+
+
+def _fit_smem(cfg: GemmConfig, limit: int) -> GemmConfig:
+    while gemm_smem_bytes(cfg) + SMEM_MARGIN > limit:
+        if cfg.k_unroll > 1:
+            cfg = cfg._replace(k_unroll=1)
+        elif cfg.num_stages > 2:
+            cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+        elif cfg.block_n > 16:
+            cfg = cfg._replace(block_n=cfg.block_n // 2)
+        elif cfg.block_m > 16:
+            cfg = cfg._replace(block_m=cfg.block_m // 2)
+        else:
+            break
     return cfg
 
 
@@ -97,6 +119,8 @@ def gemm_smem_bytes(cfg: GemmConfig) -> int:
 
 # What the pipeline may take of the 228 KB of shared memory an H100 SM has.
 GEMM_SMEM_LIMIT = 200 * 1024
+# Left beside the pipeline for Triton's barriers and scratch.
+SMEM_MARGIN = 2 * 1024
 
 
 def fp8_gemm_configs() -> List[GemmConfig]:

@@ -41,6 +41,7 @@ constexpr int kSmemBytes = kStages * kStageBytes;
 constexpr int kChunksPerThread = kTileBytes / 16 / kThreads;
 constexpr int kRasterGroup = 8;  // row tiles that share each column of b tiles in L2
 static_assert(kBN == 128, "b's block scales are per 128 rows of b: one per CTA column tile");
+static_assert(kSmemBytes <= 99 * 1024, "the ring must fit the 99 KB one CTA gets on sm_86/sm_89");
 
 __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
   return static_cast<uint32_t>(row * kBK + ((chunk ^ (row & 7)) << 4));

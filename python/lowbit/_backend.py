@@ -29,7 +29,7 @@ import contextvars
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -98,7 +98,7 @@ class Choice:
     backend: str
     kernel: str
     reason: str
-    rejected: List[str] = field(default_factory=list)
+    rejected: Sequence[str] = ()
     fn: Optional[Callable] = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
@@ -121,8 +121,10 @@ def register_kernel(op: str, backend: str, name: str, *, supports=None, availabl
     def deco(fn):
         _KERNELS.setdefault(op, []).append(
             Kernel(op, backend, name, fn, supports, available, priority))
+        global _generation
         _KERNELS[op].sort(key=lambda k: -k.priority)
-        _choices.clear()  # a new kernel may change any remembered choice
+        _generation += 1  # a new kernel may change any remembered choice
+        _choices.clear()
         return fn
 
     return deco
@@ -152,26 +154,35 @@ def _interpreting() -> bool:
 _CHOICE_ENV = ("LOWBIT_ARCH", "TRITON_INTERPRET")
 _CHOICES_MAX = 4096
 _REMEMBER_ON = ("cuda",)  # device types whose choices are remembered
-# signature -> (the op's kernel list when chosen, the choice). Holding the list keeps its id
-# from being reused: a hit must come from the same registrations.
-_choices: Dict[tuple, Tuple[list, "Choice"]] = {}
+# signature -> (the op's kernel list, the registry generation, the choice), stored only by
+# calls whose arguments passed the op's checks (``run``). A hit needs the same list object
+# (held here, so its id cannot be reused) and generation (bumped by every registration).
+_choices: Dict[tuple, tuple] = {}
+_generation = 0
 
 
 def _signature(op: str, device: torch.device, backend: str, args) -> Optional[tuple]:
     sig = [op, device, backend, tuple(os.environ.get(v) for v in _CHOICE_ENV)]
-    for x in args:
-        if isinstance(x, torch.Tensor):
-            sig.append((x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16))
-        elif isinstance(x, list):
-            sig.append(tuple(x))
-        else:
-            sig.append(x)
-    key = tuple(sig)
     try:
+        for x in args:
+            if isinstance(x, torch.Tensor):
+                sig.append((x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16))
+            elif isinstance(x, list):
+                sig.append(tuple(x))
+            else:
+                sig.append(x)
+        key = tuple(sig)
         hash(key)
-    except TypeError:  # an argument of a kind the registry has no reason to remember
+    except (TypeError, RuntimeError):  # unhashable, or a tensor without storage (sparse...)
         return None
     return key
+
+
+def _remembered(key: Optional[tuple], regs) -> Optional["Choice"]:
+    hit = _choices.get(key) if key is not None else None
+    if hit is not None and hit[0] is regs and hit[1] == _generation:
+        return hit[2]
+    return None
 
 
 def _try(kernel: Kernel, args) -> Optional[str]:
@@ -184,9 +195,11 @@ def _try(kernel: Kernel, args) -> Optional[str]:
     return None
 
 
-def choose(op: str, device: torch.device, backend: str, args) -> Choice:
-    """Pick the kernel for ``op`` on inputs ``args`` (already validated) on ``device``."""
+def choose(op: str, device: torch.device, backend: str, args, remember: bool = False) -> Choice:
+    """Pick the kernel for ``op`` on inputs ``args`` (already validated) on ``device``;
+    ``remember``: the arguments passed the op's checks, so their signature may be stored."""
     regs = _KERNELS.get(op, [])
+    generation = _generation
     if backend == "reference" or (backend == "auto" and device.type == "cpu"):
         (ref,) = [k for k in regs if k.backend == "reference"]
         why = ("requested" if backend == "reference" else "CPU tensors")
@@ -195,10 +208,9 @@ def choose(op: str, device: torch.device, backend: str, args) -> Choice:
         return Choice(op, "reference", ref.name, why, fn=ref.fn)
 
     key = _signature(op, device, backend, args) if device.type in _REMEMBER_ON else None
-    if key is not None:
-        hit = _choices.get(key)
-        if hit is not None and hit[0] is regs:
-            return hit[1]
+    known = _remembered(key, regs)
+    if known is not None:
+        return known
 
     if backend in ("cuda", "triton"):
         if device.type != "cuda" and not (backend == "triton" and _interpreting()):
@@ -221,11 +233,11 @@ def choose(op: str, device: torch.device, backend: str, args) -> Choice:
         if why is None:
             reason = ("requested" if backend != "auto"
                       else "first supporting kernel in measured order (lowbit/heuristics.py)")
-            choice = Choice(op, k.backend, k.name, reason, rejected, fn=k.fn)
-            if key is not None:
+            choice = Choice(op, k.backend, k.name, reason, tuple(rejected), fn=k.fn)
+            if remember and key is not None:
                 if len(_choices) >= _CHOICES_MAX:
                     _choices.clear()
-                _choices[key] = (regs, choice)
+                _choices[key] = (regs, generation, choice)
             return choice
         rejected.append(f"{k.backend}/{k.name}: {why}")
     wanted = "CUDA or Triton" if backend == "auto" else backend
@@ -240,7 +252,7 @@ def run(op: str, device: torch.device, backend: str, args, choice: Optional[Choi
     if choice is None:
         if backend == "default":
             backend = default_backend()
-        choice = choose(op, device, backend, args)
+        choice = choose(op, device, backend, args, remember=True)  # callers checked args
     if _explaining.get():
         raise _Explained(choice)
     if _log.isEnabledFor(logging.DEBUG):
@@ -259,10 +271,7 @@ def run_checked(op: str, backend: str, args, check: Callable[[], None],
     first = args[0]
     choice = None
     if type(first) is torch.Tensor and first.device.type in _REMEMBER_ON:
-        key = _signature(op, first.device, backend, args)
-        hit = _choices.get(key) if key is not None else None
-        if hit is not None and hit[0] is _KERNELS.get(op):
-            choice = hit[1]
+        choice = _remembered(_signature(op, first.device, backend, args), _KERNELS.get(op))
     if choice is None:
         check()
     if values is not None:

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .backends._device import capability as _capability, device_index
+from .backends._device import arch_override, capability as _capability, device_index
 
 _FP8_SCALED_MM = {
     (9, 0): (
@@ -41,7 +41,11 @@ def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
     """Kernel names in the order ``auto`` should try them, or None for registration order."""
     if op != "fp8_scaled_mm" or device.type != "cuda":
         return None
-    rows = _FP8_SCALED_MM.get(_capability(device_index(device)))
+    cap = _capability(device_index(device))
+    over = arch_override()
+    if over is not None:  # LOWBIT_ARCH=89 on an H100 orders kernels as an sm_89 card would
+        cap = min(cap, (over // 10, over % 10))
+    rows = _FP8_SCALED_MM.get(cap)
     if rows is None:
         return None
     m = args[0].shape[0]

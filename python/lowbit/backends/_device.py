@@ -3,6 +3,8 @@ current stream, and a guard that makes a tensor's device current for a launch.""
 from __future__ import annotations
 
 import functools
+import os
+from typing import Optional
 
 import torch
 
@@ -19,6 +21,18 @@ def device_index(device: torch.device) -> int:
 @functools.lru_cache(maxsize=None)
 def capability(index: int):
     return torch.cuda.get_device_capability(index)
+
+
+def arch_override() -> Optional[int]:
+    """``LOWBIT_ARCH`` (e.g. 80 or 89): the GPU kernels and ``auto``'s table behave as on that
+    arch, so that older paths run on a newer card. None when unset."""
+    v = os.environ.get("LOWBIT_ARCH")
+    if not v:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"LOWBIT_ARCH must be a compute capability such as 80 or 89; got {v!r}")
 
 
 def stream(device: torch.device) -> int:

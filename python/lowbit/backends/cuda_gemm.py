@@ -22,28 +22,17 @@ aside, so that the older paths are exercised on a Hopper card.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
 
 from .._backend import register_kernel
 from .._build import _C, has_cuda_kernels
-from ._device import OnDevice, capability, device_index, stream
+from ._device import OnDevice, arch_override, capability, device_index, stream
 from .cuda import available as _available
 
 SMALL_M_MAX = 64
 _OUT_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-
-
-def arch_override() -> Optional[int]:
-    v = os.environ.get("LOWBIT_ARCH")
-    if not v:
-        return None
-    try:
-        return int(v)
-    except ValueError:
-        raise ValueError(f"LOWBIT_ARCH must be a compute capability such as 80 or 89; got {v!r}")
 
 
 @functools.lru_cache(maxsize=None)
