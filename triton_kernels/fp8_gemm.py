@@ -33,7 +33,6 @@ tuning).
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Optional
 
@@ -42,6 +41,7 @@ import triton
 import triton.language as tl
 
 from .._backend import _interpreting
+from ..backends._device import device_index, smem_per_block
 from .fp8_quant import f32_to_bf16_bits
 from .heuristics import fp8_gemm_config, fp8_gemm_configs
 
@@ -202,15 +202,6 @@ def _autotuned_kernel():
 _AUTOTUNED = None
 
 
-@functools.lru_cache(maxsize=None)
-def _smem_per_block(index: Optional[int]) -> int:
-    """The shared memory one program may opt in to on device ``index`` (227 KB on an H100,
-    99 KB on sm_86 / sm_89)."""
-    props = torch.cuda.get_device_properties(index if index is not None
-                                             else torch.cuda.current_device())
-    return props.shared_memory_per_block_optin
-
-
 def scale_mode(s: torch.Tensor, rows: int, k: int) -> int:
     """0 per tensor, 1 per row, 2 per 128-block, from a validated scale's shape. A [rows, 1]
     scale is per row (when K <= 128 it is also the block scale, with the same meaning)."""
@@ -260,7 +251,7 @@ def fp8_scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
         return out
     cfg = config if config is not None else fp8_gemm_config(
         m, n, k, fast_accum=bool(fast_accum), blockwise=blockwise,
-        smem_limit=None if _interpreting() else _smem_per_block(a.device.index))
+        smem_limit=None if _interpreting() else smem_per_block(device_index(a.device)))
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _fp8_scaled_mm_kernel[grid](
         *args, A_MODE=a_mode, B_MODE=b_mode, BLOCKWISE=blockwise, HAS_BIAS=bias is not None,
