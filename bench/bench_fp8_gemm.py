@@ -1,7 +1,7 @@
 """Each fp8_scaled_mm kernel of lowbit against torch._scaled_mm, shape by shape, on one GPU.
 
     python -m bench.bench_fp8_gemm [--ms 1,16,64,128,512,4096] [--modes row,block] [--fast]
-                                   [--cube] [--md PATH]
+                                   [--cube] [--kernels wgmma,swapab] [--md PATH]
 
 Every registered CUDA and Triton kernel that supports a shape is timed by calling it directly
 (no op dispatch, so small-M rows show kernel time, not Python time), with the L2 flushed
@@ -53,10 +53,13 @@ def anchor(a, b, sa, sb, mode, fast):
                                     use_fast_accum=fast)
 
 
-def runnable_kernels(args, backends=("cuda", "triton")):
-    """The registered fp8_scaled_mm kernels of `backends` that run `args` on this machine."""
+def runnable_kernels(args, backends=("cuda", "triton"), names=None):
+    """The registered fp8_scaled_mm kernels of `backends` that run `args` on this machine
+    (only those whose name contains one of `names`, when given)."""
     for kern in kernels("fp8_scaled_mm"):
         if kern.backend not in backends:
+            continue
+        if names and not any(n in kern.name for n in names):
             continue
         if kern.available is not None and kern.available():
             continue
@@ -65,7 +68,7 @@ def runnable_kernels(args, backends=("cuda", "triton")):
         yield kern
 
 
-def rows_for(m, n, k, mode, rep, fast=False):
+def rows_for(m, n, k, mode, rep, fast=False, names=None):
     a, b, sa, sb = operands(m, n, k, mode)
     args = (a, b, sa, sb, None, torch.bfloat16, fast)
     flops = 2.0 * m * n * k
@@ -76,7 +79,7 @@ def rows_for(m, n, k, mode, rep, fast=False):
     t_anchor = bench(anchor_fn, rep=rep, rep_ms=300)["median_us"]
     out.append(("torch._scaled_mm", t_anchor, None))
     first = None
-    for kern in runnable_kernels(args):
+    for kern in runnable_kernels(args, names=names):
         fn = lambda kern=kern: kern.fn(*args)
         res = fn()
         if mode == "block":
@@ -101,6 +104,7 @@ def main():
     ap.add_argument("--cube", action="store_true", help="add 8192^3")
     ap.add_argument("--rep", type=int, default=50)
     ap.add_argument("--fast", action="store_true", help="fast_accum on both sides")
+    ap.add_argument("--kernels", help="comma-separated name fragments: time only these kernels")
     ap.add_argument("--md")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -119,7 +123,8 @@ def main():
     for mode in args.modes.split(","):
         for m, n, k in shapes:
             try:
-                new = rows_for(m, n, k, mode, args.rep, args.fast)
+                new = rows_for(m, n, k, mode, args.rep, args.fast,
+                               args.kernels.split(",") if args.kernels else None)
             except Exception as e:  # a failed row is reported, the table goes on
                 new = [f"| {m}x{n}x{k} | {mode} | error | {type(e).__name__}: "
                        f"{str(e).splitlines()[0][:160]} | | | | |"]
