@@ -255,6 +255,42 @@ def test_strided_scales_and_bias(backend):
         assert torch.equal(out, ref)
 
 
+# The kernel each (arch switch, M) runs on an sm_90 card.
+MIXED_KERNELS = {
+    (None, 17): "sm90_fp8_gemm_swapab", (None, 300): "sm90_fp8_gemm_wgmma",
+    ("89", 17): "sm89_fp8_gemm_smallm", ("89", 300): "sm89_fp8_gemm_mma",
+    ("80", 17): "sm80_fp8_gemm_smallm", ("80", 300): "sm80_fp8_gemm_mma",
+}
+MIXED_MODES = [("row", "block"), ("block", "row"), ("tensor", "block"), ("block", "tensor")]
+
+
+@gpu
+@pytest.mark.parametrize("arch", [None, "89", "80"])
+@pytest.mark.parametrize("m", [17, 300])
+@pytest.mark.parametrize("k", [1040, 2048])
+@pytest.mark.parametrize("modes", MIXED_MODES, ids=[f"{a}-{b}" for a, b in MIXED_MODES])
+def test_mixed_scale_modes(monkeypatch, arch, m, k, modes):
+    # One operand block-scaled and the other per row or per tensor: the block factors are
+    # applied at each 128-K promotion and the other operand's in the epilogue, by every
+    # kernel. k = 2048 lets the wgmma kernel TMA-load the block scales (16-byte rows);
+    # k = 1040 (9 steps, the last ragged) makes it load them one by one.
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the kernel choices below are an sm_90 card's")
+    if arch is not None:
+        _force_arch(monkeypatch, arch)
+    a_mode, b_mode = modes
+    n = 1000
+    a, b, sa, _ = _operands(m, n, k, a_mode, "cuda")
+    _, _, _, sb = _operands(m, n, k, b_mode, "cuda")  # same seed: the same a and b
+    choice = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="cuda")
+    assert choice.kernel == MIXED_KERNELS[(arch, m)], str(choice)
+    out = lowbit.fp8_scaled_mm(a, b, sa, sb, backend="cuda")
+    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), out_dtype=torch.float32,
+                               backend="reference")
+    assert out.shape == (m, n)
+    assert _rel_fro(out, ref) <= TOL[torch.bfloat16]
+
+
 # ------------------------------------------------------------ sm90_fp8_gemm_swapab (M <= 64)
 SWAPAB = "sm90_fp8_gemm_swapab"
 
