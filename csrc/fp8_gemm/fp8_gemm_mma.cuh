@@ -25,6 +25,7 @@
 #include "fp8_gemm_mma.h"
 #include "launch_facts.h"
 #include "mma_sync.cuh"
+#include "smem_u32.cuh"
 
 namespace lowbit {
 namespace mma_tiled {
@@ -45,10 +46,6 @@ static_assert(kSmemBytes <= 99 * 1024, "the ring must fit the 99 KB one CTA gets
 
 __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
   return static_cast<uint32_t>(row * kBK + ((chunk ^ (row & 7)) << 4));
-}
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
@@ -138,7 +135,7 @@ __device__ __forceinline__ void load_stage(const Fp8GemmArgs& p, uint32_t stage,
 template <typename Mma>
 __global__ void __launch_bounds__(kThreads) fp8_gemm_mma_kernel(const Fp8GemmArgs p) {
   extern __shared__ __align__(128) uint8_t smem[];
-  const uint32_t smem0 = smem_addr(smem);
+  const uint32_t smem0 = smem_u32(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wm = warp / kWarpsN, wn = warp % kWarpsN;
   const int g = lane / 4, t = lane % 4;

@@ -161,46 +161,38 @@ __device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const Fp8GemmA
   for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
 
   if constexpr (kPromote) {
-    // Step i's partial sums live in part0 when i is even, part1 when odd, with their
-    // promotion factors, so that step i + 1's wgmmas run while step i is promoted. The loop
-    // is peeled so that every path through it has the same wgmma groups in flight (ptxas
-    // checks, and serializes the wgmmas when unsure).
+    // Step i's partial sums and promotion factors live in slot i % 2 (part0 with f0, or part1
+    // with f1; double_buffered_steps runs the steps): step i + 1's wgmmas run while step i is
+    // promoted.
     float part0[C::kRegs], part1[C::kRegs];
     float f0[kN / 4], f1[kN / 4];
     const int nk = k_end - k_begin;
-    auto issue = [&](float(&d)[kN / 2], int i, float(&f)[kN / 4]) {
+    auto issue_into = [&](float(&d)[kN / 2], int i, float(&f)[kN / 4]) {
       const int s = (it + i) % kStages;
       if constexpr (kBlock) step_scales<kN>(p, tile, k_begin + i, lane, f);  // overlap the wait
       mbar_wait(&full[s], ((it + i) / kStages) & 1);
       issue_step<kN, 0>(d, w_rows + s * kWeightTileBytes, x_tiles + s * C::kActTileBytes);
       return s;
     };
-    auto finish = [&](float(&d)[kN / 2], int s, const float(&f)[kN / 4]) {
+    auto finish_from = [&](float(&d)[kN / 2], int s, const float(&f)[kN / 4]) {
       fence_regs(d);
       if (lane == 0) mbar_arrive(&empty[s]);
       promote<kN, kBlock>(acc, d, f);
     };
+    auto issue = [&](auto slot, int i) {
+      if constexpr (decltype(slot)::value == 0)
+        return issue_into(part0, i, f0);
+      else
+        return issue_into(part1, i, f1);
+    };
+    auto finish = [&](auto slot, int s) {
+      if constexpr (decltype(slot)::value == 0)
+        finish_from(part0, s, f0);
+      else
+        finish_from(part1, s, f1);
+    };
     if (nk > 0) {
-      int s0 = issue(part0, 0, f0), s1 = 0;
-      int i = 0;
-      for (; i + 2 < nk; i += 2) {  // step i in flight in part0
-        s1 = issue(part1, i + 1, f1);
-        wgmma_wait<1>();
-        finish(part0, s0, f0);
-        s0 = issue(part0, i + 2, f0);
-        wgmma_wait<1>();
-        finish(part1, s1, f1);
-      }
-      if (i + 1 < nk) {  // two steps left: i (in flight) and i + 1
-        s1 = issue(part1, i + 1, f1);
-        wgmma_wait<1>();
-        finish(part0, s0, f0);
-        wgmma_wait<0>();
-        finish(part1, s1, f1);
-      } else {
-        wgmma_wait<0>();
-        finish(part0, s0, f0);
-      }
+      double_buffered_steps(nk, issue, finish, [] {});
       it += nk;
     }
   } else {

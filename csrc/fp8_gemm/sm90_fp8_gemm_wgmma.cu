@@ -321,12 +321,11 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
     if constexpr (kPromote) {
 #pragma unroll
       for (int r = 0; r < 64; ++r) acc[r] = 0.f;
-      // Step i's partial sums live in part0 when i is even, part1 when odd, with their
-      // promotion factors. The loop is peeled so that every path through it has the same
-      // wgmma groups in flight (ptxas checks, and serializes the wgmmas when unsure).
+      // Step i's partial sums and promotion factors live in slot i % 2 (part0 with f0a, f1a, or
+      // part1 with f0b, f1b; double_buffered_steps runs the steps).
       float part0[64], part1[64];
       float f0a, f1a, f0b, f1b;
-      auto issue = [&](float(&d)[64], int step, float& g0, float& g1) {
+      auto issue_into = [&](float(&d)[64], int step, float& g0, float& g1) {
         const int s = wait_full(it + step);
         issue_step<0>(d, a_rows + s * kTileBytes, tiles_b + s * kTileBytes);
         if constexpr (kScaleTma)  // read before the stage is released
@@ -336,32 +335,24 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
           step_scales<kBlock>(p, row0, tile.n0, step, g0, g1);  // used one step later
         return s;
       };
-      auto finish = [&](float(&d)[64], int s, float g0, float g1) {
+      auto finish_from = [&](float(&d)[64], int s, float g0, float g1) {
         fence_regs(d);
         release(s);
         promote(acc, d, g0, g1);
       };
-      int s0 = issue(part0, 0, f0a, f1a), s1 = 0;
-      load_epilogue_factors();
-      int i = 0;
-      for (; i + 2 < nk; i += 2) {  // step i in flight in part0
-        s1 = issue(part1, i + 1, f0b, f1b);
-        wgmma_wait<1>();
-        finish(part0, s0, f0a, f1a);
-        s0 = issue(part0, i + 2, f0a, f1a);
-        wgmma_wait<1>();
-        finish(part1, s1, f0b, f1b);
-      }
-      if (i + 1 < nk) {  // two steps left: i (in flight) and i + 1
-        s1 = issue(part1, i + 1, f0b, f1b);
-        wgmma_wait<1>();
-        finish(part0, s0, f0a, f1a);
-        wgmma_wait<0>();
-        finish(part1, s1, f0b, f1b);
-      } else {
-        wgmma_wait<0>();
-        finish(part0, s0, f0a, f1a);
-      }
+      auto issue = [&](auto slot, int step) {
+        if constexpr (decltype(slot)::value == 0)
+          return issue_into(part0, step, f0a, f1a);
+        else
+          return issue_into(part1, step, f0b, f1b);
+      };
+      auto finish = [&](auto slot, int s) {
+        if constexpr (decltype(slot)::value == 0)
+          finish_from(part0, s, f0a, f1a);
+        else
+          finish_from(part1, s, f0b, f1b);
+      };
+      double_buffered_steps(nk, issue, finish, load_epilogue_factors);
       it += nk;
     } else {
       int prev = 0;

@@ -9,8 +9,10 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 
 #include "launch_facts.h"
+#include "smem_u32.cuh"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LOWBIT_SM90A 1
@@ -18,10 +20,6 @@
 
 namespace lowbit {
 namespace sm90 {
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 #ifdef LOWBIT_SM90A
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
@@ -126,6 +124,47 @@ template <int R>
 __device__ __forceinline__ void fence_regs(float (&d)[R]) {
 #pragma unroll
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// The buffer of a double-buffered step loop, known at compile time (0 or 1), so that each
+// slot's registers stay fixed.
+template <int N>
+using Slot = std::integral_constant<int, N>;
+
+// Runs nk >= 1 steps of a consumer warpgroup with their wgmmas double-buffered, the scheme of
+// the fp32 promotion in both sm_90a kernels. Step i goes to slot i % 2:
+//   issue(slot, i) waits for step i's stage, issues its wgmmas into the slot's partial sums
+//       (one commit group) and returns the stage;
+//   finish(slot, stage) runs once that group is complete: releases the stage and promotes.
+// Step i + 1 is issued before step i is finished, so the promotion of one step runs while the
+// next one's wgmmas do (wait_group 1). after_first() runs once step 0 is issued: loads go
+// there rather than just before an issue, since wgmma.fence waits for loads in flight. The
+// loop is peeled so that every path through it has the same wgmma groups in flight (ptxas
+// checks, and serializes the wgmmas when unsure).
+template <class Issue, class Finish, class AfterFirst>
+__device__ __forceinline__ void double_buffered_steps(int nk, Issue&& issue, Finish&& finish,
+                                                      AfterFirst&& after_first) {
+  int s0 = issue(Slot<0>{}, 0), s1 = 0;
+  after_first();
+  int i = 0;
+  for (; i + 2 < nk; i += 2) {  // step i in flight in slot 0
+    s1 = issue(Slot<1>{}, i + 1);
+    wgmma_wait<1>();
+    finish(Slot<0>{}, s0);
+    s0 = issue(Slot<0>{}, i + 2);
+    wgmma_wait<1>();
+    finish(Slot<1>{}, s1);
+  }
+  if (i + 1 < nk) {  // two steps left: i (in flight) and i + 1
+    s1 = issue(Slot<1>{}, i + 1);
+    wgmma_wait<1>();
+    finish(Slot<0>{}, s0);
+    wgmma_wait<0>();
+    finish(Slot<1>{}, s1);
+  } else {
+    wgmma_wait<0>();
+    finish(Slot<0>{}, s0);
+  }
 }
 
 // d (64 x 128 fp32 fragment, 64 registers) (+)= A[64 x 32] * B[128 x 32]^T, both e4m3 from
