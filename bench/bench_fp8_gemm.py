@@ -104,9 +104,11 @@ def main():
     ap.add_argument("--cube", action="store_true", help="add 8192^3")
     ap.add_argument("--rep", type=int, default=50)
     ap.add_argument("--fast", action="store_true", help="fast_accum on both sides")
-    ap.add_argument("--kernels", help="comma-separated name fragments: time only these kernels")
+    ap.add_argument("--kernels", help="comma-separated name fragments: time only these kernels "
+                    "(block rows' err is then against the first of them)")
     ap.add_argument("--md")
     args = ap.parse_args()
+    names = [f for f in (args.kernels or "").split(",") if f] or None
     torch.manual_seed(0)
     head = [
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
@@ -123,8 +125,7 @@ def main():
     for mode in args.modes.split(","):
         for m, n, k in shapes:
             try:
-                new = rows_for(m, n, k, mode, args.rep, args.fast,
-                               args.kernels.split(",") if args.kernels else None)
+                new = rows_for(m, n, k, mode, args.rep, args.fast, names)
             except Exception as e:  # a failed row is reported, the table goes on
                 new = [f"| {m}x{n}x{k} | {mode} | error | {type(e).__name__}: "
                        f"{str(e).splitlines()[0][:160]} | | | | |"]

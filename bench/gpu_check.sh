@@ -83,9 +83,9 @@ if want tests; then
   # reference computations take most of the time, and the machine has cores to spare.
   KFILTER=()
   [ -n "${TEST_FILTER:-}" ] && KFILTER=(-k "$TEST_FILTER")
-  $PY -m pytest tests/test_cuda_fp8_gemm.py -m gpu -q -rs -p no:cacheprovider "${KFILTER[@]}" >"$OUTDIR/tests_gemm.log" 2>&1 &
+  $PY -m pytest tests/test_cuda_fp8_gemm.py -m gpu -q -rs -p no:cacheprovider ${KFILTER[@]+"${KFILTER[@]}"} >"$OUTDIR/tests_gemm.log" 2>&1 &
   pid=$!
-  $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider "${KFILTER[@]}" --ignore=tests/test_cuda_fp8_gemm.py >"$OUTDIR/tests.log" 2>&1
+  $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider ${KFILTER[@]+"${KFILTER[@]}"} --ignore=tests/test_cuda_fp8_gemm.py >"$OUTDIR/tests.log" 2>&1
   rc_rest=$?
   wait $pid
   rc_gemm=$?

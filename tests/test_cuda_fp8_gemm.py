@@ -207,8 +207,8 @@ def test_wgmma_persistent_tiles_and_k_steps(k, mode, fast_accum, n):
     # 1100 x 2100 is 9 x 17 = 153 tiles of 128 x 128 (1100 x 2048: 144): more than a 132-SM
     # H100 runs at once, so CTAs take a second tile (in grouped order, with a short last row
     # group); k gives 1, 2, 3 and 9 steps of 128 (odd, even, ragged), which take different
-    # mainloop paths; at k = 512 * n the block scales come by TMA with the stages (16-byte
-    # rows), else by loads. n = 2100 rows are 4200 bytes (not a multiple of 16, so the
+    # mainloop paths; when k is a multiple of 512 the block scales come by TMA with the
+    # stages (16-byte rows), else by loads. n = 2100 rows are 4200 bytes (not a multiple of 16, so the
     # direct-store epilogue runs, with a ragged last column tile); n = 2048 takes TMA stores,
     # whose staging tile a CTA's second tile reuses.
     _check(1100, n, k, mode, fast_accum=fast_accum)

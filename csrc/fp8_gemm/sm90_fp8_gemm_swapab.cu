@@ -372,8 +372,7 @@ inline cudaLaunchConfig_t launch_config(dim3 grid, int smem_bytes, int splits,
 }
 
 // How many clusters of `splits` CTAs of `kernel` the device runs at once (0: none; e.g. a
-// partitioned GPU whose GPCs hold fewer SMs). Asked once per device and cluster size, until
-// the query succeeds.
+// partitioned GPU whose GPCs hold fewer SMs). Asked once per device and cluster size.
 inline int clusters_that_fit(const void* kernel, int smem_bytes, int splits,
                              std::atomic<int>& cache) {
   int known = cache.load(std::memory_order_relaxed);  // the count + 1; 0 = not asked yet
@@ -383,10 +382,10 @@ inline int clusters_that_fit(const void* kernel, int smem_bytes, int splits,
         launch_config(dim3(splits, 1, 1), smem_bytes, splits, nullptr, cluster);
     int n = 0;
     if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
-      // Not sticky: clear it and do not split this call; the next call asks again (a failure
-      // is not remembered as "no cluster fits").
+      // Not sticky: clear it, and do not split. The failure is remembered like an answer: the
+      // split sets the summation order, so it must not change between calls of a process.
       (void)cudaGetLastError();
-      return 0;
+      n = 0;
     }
     known = n + 1;
     cache.store(known, std::memory_order_relaxed);
