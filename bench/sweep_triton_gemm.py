@@ -104,7 +104,7 @@ def config_rows(m, n, k, rep, rep_ms):
     t_anchor = float("nan")
     fns = [("torch._scaled_mm", anchor_fn, "")]
     fns += [(kern.name, lambda kern=kern: kern.fn(*args), "")
-            for kern in runnable_kernels(args, ("cuda",)) if kern.name == CUDA_KERNEL]
+            for kern in runnable_kernels(args, ("cuda",), names=(CUDA_KERNEL,))]
     fns += [(config_name(cfg), lambda cfg=cfg: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, config=cfg),
              "table" if cfg == table_cfg else "") for cfg in CONFIGS]
     for name, fn, note in fns:

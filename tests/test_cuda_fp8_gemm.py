@@ -16,24 +16,28 @@ def _rel_fro(out, ref):
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def _operands(m, n, k, mode, device, seed=0):
+def _scales(mode, rows, kb, per_tensor, g, block_rows):
+    """Scales of one operand with `rows` rows: per tensor, per row, or per block_rows x 128."""
+    if mode == "tensor":
+        return torch.tensor(per_tensor)
+    if mode == "row":
+        return torch.rand(rows, 1, generator=g) + 0.5
+    return torch.rand(-(-rows // block_rows), kb, generator=g) + 0.5
+
+
+def _operands(m, n, k, mode, device, seed=0, b_mode=None):
+    """a, b and their scales; a's scales of `mode`, b's of `b_mode` (default: the same)."""
     g = torch.Generator().manual_seed(seed)
     a = (torch.randn(m, k, generator=g) * 2).to(torch.float8_e4m3fn)
     b = (torch.randn(n, k, generator=g) * 2).to(torch.float8_e4m3fn)
     kb = -(-k // 128)
-    if mode == "tensor":
-        sa, sb = torch.tensor(0.7), torch.tensor(1.3)
-    elif mode == "row":
-        sa = torch.rand(m, 1, generator=g) + 0.5
-        sb = torch.rand(n, 1, generator=g) + 0.5
-    else:
-        sa = torch.rand(m, kb, generator=g) + 0.5
-        sb = torch.rand(-(-n // 128), kb, generator=g) + 0.5
+    sa = _scales(mode, m, kb, 0.7, g, block_rows=1)
+    sb = _scales(b_mode or mode, n, kb, 1.3, g, block_rows=128)
     return [t.to(device) for t in (a, b, sa.float(), sb.float())]
 
 
-def _check(m, n, k, mode, out_dtype=torch.bfloat16, bias=False, fast_accum=False):
-    a, b, sa, sb = _operands(m, n, k, mode, "cuda")
+def _check(m, n, k, mode, out_dtype=torch.bfloat16, bias=False, fast_accum=False, b_mode=None):
+    a, b, sa, sb = _operands(m, n, k, mode, "cuda", b_mode=b_mode)
     bias_t = torch.randn(n, device="cuda").to(torch.bfloat16) if bias else None
     out = lowbit.fp8_scaled_mm(a, b, sa, sb, bias_t, out_dtype=out_dtype,
                                fast_accum=fast_accum, backend="cuda")
@@ -208,9 +212,9 @@ def test_wgmma_persistent_tiles_and_k_steps(k, mode, fast_accum, n):
     # H100 runs at once, so CTAs take a second tile (in grouped order, with a short last row
     # group); k gives 1, 2, 3 and 9 steps of 128 (odd, even, ragged), which take different
     # mainloop paths; when k is a multiple of 512 the block scales come by TMA with the
-    # stages (16-byte rows), else by loads. n = 2100 rows are 4200 bytes (not a multiple of 16, so the
-    # direct-store epilogue runs, with a ragged last column tile); n = 2048 takes TMA stores,
-    # whose staging tile a CTA's second tile reuses.
+    # stages (16-byte rows), else by loads. n = 2100 rows are 4200 bytes (not a multiple of
+    # 16, so the direct-store epilogue runs, with a ragged last column tile); n = 2048 takes
+    # TMA stores, whose staging tile a CTA's second tile reuses.
     _check(1100, n, k, mode, fast_accum=fast_accum)
 
 
@@ -279,16 +283,10 @@ def test_mixed_scale_modes(monkeypatch, arch, m, k, modes):
     if arch is not None:
         _force_arch(monkeypatch, arch)
     a_mode, b_mode = modes
-    n = 1000
-    a, b, sa, _ = _operands(m, n, k, a_mode, "cuda")
-    _, _, _, sb = _operands(m, n, k, b_mode, "cuda")  # same seed: the same a and b
+    a, b, sa, sb = _operands(m, 1000, k, a_mode, "cuda", b_mode=b_mode)
     choice = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="cuda")
     assert choice.kernel == MIXED_KERNELS[(arch, m)], str(choice)
-    out = lowbit.fp8_scaled_mm(a, b, sa, sb, backend="cuda")
-    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), out_dtype=torch.float32,
-                               backend="reference")
-    assert out.shape == (m, n)
-    assert _rel_fro(out, ref) <= TOL[torch.bfloat16]
+    _check(m, 1000, k, a_mode, b_mode=b_mode)
 
 
 # ------------------------------------------------------------ sm90_fp8_gemm_swapab (M <= 64)
