@@ -96,16 +96,30 @@ __device__ __forceinline__ Tile tile_at(int t, int tiles_m, int tiles_n, int gro
 }
 
 #ifdef LOWBIT_SM90A
+// A descriptor as smem_desc builds it is a constant high word and a low word holding the
+// start address in 16-byte units (14 bits; shared memory is below 256 KB, so adding an
+// offset inside the allocation never carries out of it). The mainloop keeps only the low
+// word of each ring's stage 0 and adds offsets to it: a 32-bit add per wgmma instead of
+// rebuilding the descriptor from a pointer.
+__device__ __forceinline__ uint32_t desc_lo(const void* p) {
+  return static_cast<uint32_t>(smem_desc(p));
+}
+__device__ __forceinline__ uint64_t desc_of(uint32_t lo) {
+  constexpr uint64_t kHi = smem_desc_hi();
+  return (kHi << 32) | lo;
+}
+
 // One 128-K step of a consumer warpgroup: four m64n128k32 wgmmas into d, one commit group.
+// a_lo, b_lo: low descriptor words of the stage's a rows and b tile; the k-th 32-byte
+// column block starts 2 units further on.
 template <int kScaleD>
-__device__ __forceinline__ void issue_step(float (&d)[64], const uint8_t* ta,
-                                           const uint8_t* tb) {
+__device__ __forceinline__ void issue_step(float (&d)[64], uint32_t a_lo, uint32_t b_lo) {
   fence_regs(d);
   wgmma_fence();
-  wgmma_m64n128k32<kScaleD>(d, smem_desc(ta), smem_desc(tb));
+  wgmma_m64n128k32<kScaleD>(d, desc_of(a_lo), desc_of(b_lo));
 #pragma unroll
   for (int kk = 1; kk < kBK / 32; ++kk)
-    wgmma_m64n128k32<1>(d, smem_desc(ta + kk * 32), smem_desc(tb + kk * 32));
+    wgmma_m64n128k32<1>(d, desc_of(a_lo + kk * 2), desc_of(b_lo + kk * 2));
   wgmma_commit();
   fence_regs(d);
 }
@@ -288,6 +302,8 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
   float* col_s = reinterpret_cast<float*>(smem + L::kCol) + cw * kBN;
   float* add_s = reinterpret_cast<float*>(smem + L::kAdd) + cw * kBN;
   const uint8_t* a_rows = tiles_a + cw * 64 * kBK;
+  const uint32_t a_lo = desc_lo(a_rows), b_lo = desc_lo(tiles_b);
+  constexpr uint32_t kStageUnits = kTileBytes / 16;  // one stage further on, in descriptor units
 
   int it = 0;  // steps consumed, in the producer's order
   auto wait_full = [&](int step) {
@@ -327,7 +343,7 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
       float f0a, f1a, f0b, f1b;
       auto issue_into = [&](float(&d)[64], int step, float& g0, float& g1) {
         const int s = wait_full(it + step);
-        issue_step<0>(d, a_rows + s * kTileBytes, tiles_b + s * kTileBytes);
+        issue_step<0>(d, a_lo + s * kStageUnits, b_lo + s * kStageUnits);
         if constexpr (kScaleTma)  // read before the stage is released
           step_scales_smem(p, reinterpret_cast<const float*>(scales + s * L::kScaleSlot),
                            row0 - tile.m0, step, g0, g1);
@@ -358,8 +374,7 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
       int prev = 0;
       for (int i = 0; i < nk; ++i) {
         const int s = wait_full(it + i);
-        const uint8_t* ta = a_rows + s * kTileBytes;
-        const uint8_t* tb = tiles_b + s * kTileBytes;
+        const uint32_t ta = a_lo + s * kStageUnits, tb = b_lo + s * kStageUnits;
         if (i == 0) {
           issue_step<0>(acc, ta, tb);
           load_epilogue_factors();

@@ -97,13 +97,18 @@ __device__ __forceinline__ void named_sync(int id, int threads) {
 }
 
 // Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row atoms 1024 bytes apart.
+// Its high word is the same for every address:
+__host__ __device__ constexpr uint32_t smem_desc_hi() {
+  return (1024 >> 4)             // stride byte offset: next 8-row atom
+         | (uint32_t(1) << 30);  // 128-byte swizzle (bit 62 of the descriptor)
+}
+
 __device__ __forceinline__ uint64_t smem_desc(const void* p) {
   const uint64_t addr = smem_u32(p);
   uint64_t d = 0;
-  d |= (addr & 0x3FFFF) >> 4;      // start address
-  d |= uint64_t(1) << 16;          // leading byte offset (unused with 128B swizzle)
-  d |= uint64_t(1024 >> 4) << 32;  // stride byte offset: next 8-row atom
-  d |= uint64_t(1) << 62;          // 128-byte swizzle
+  d |= (addr & 0x3FFFF) >> 4;  // start address
+  d |= uint64_t(1) << 16;      // leading byte offset (unused with 128B swizzle)
+  d |= uint64_t(smem_desc_hi()) << 32;
   return d;
 }
 
