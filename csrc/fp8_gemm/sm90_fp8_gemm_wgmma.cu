@@ -20,7 +20,8 @@
 // while the consumers write the epilogue of the current one.
 //
 // Epilogue. Each consumer warpgroup scales its 64 x 128 fp32 tile, converts it and writes it
-// to a shared-memory staging tile in the 128-byte-swizzled layout (no bank conflicts), and
+// to a shared-memory staging tile in the 128-byte-swizzled layout (no bank conflicts; 16-bit
+// outputs with stmatrix, four 8 x 8 matrices per instruction), and
 // one thread hands it to TMA stores, which run while the warpgroup goes on with the next
 // tile's mainloop; stores past M and N are clipped by TMA. The column scales and bias of a
 // tile are loaded at its start (one value per thread) and pass through shared memory, so no
@@ -235,6 +236,45 @@ __device__ __forceinline__ void put2(uint8_t* stage, OutDtype d, int r, int c, f
     *reinterpret_cast<__half2*>(q) = __floats2half2_rn(v0, v1);
   }
 }
+
+// Two values of one output row as a register of 16-bit pairs (the lower column in the low
+// half), as mma fragments and stmatrix hold them.
+__device__ __forceinline__ uint32_t pack2(OutDtype d, float v0, float v1) {
+  if (d == OutDtype::kBF16) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  const __half2 h = __floats2half2_rn(v0, v1);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// A warp's 16 rows x 128 columns of a 16-bit staging tile: value = acc * row scale * column
+// factor + column addend. The accumulator fragment of two 8-column blocks j, j + 1 is four
+// 8 x 8 matrices (rows 0-7 and 8-15 of block j, then of block j + 1), which one stmatrix.x4
+// writes: 8 store instructions a thread instead of 32 two-element stores, each matrix row a
+// whole 16-byte chunk of the swizzled layout (8 rows, 8 distinct bank groups). Each column
+// factor pair is read from shared memory once for both row halves.
+__device__ __forceinline__ void stage_16bit(uint8_t* stage, OutDtype d, const float (&acc)[64],
+                                            const float (&row_scale)[2], const float* col_s,
+                                            const float* add_s, int warp, int lane) {
+  const uint32_t base = smem_u32(stage);
+  const int m = lane / 8;  // the matrix this lane addresses: row l % 8 of matrix l / 8
+  const int st_row = warp * 16 + lane % 8 + 8 * (m & 1);
+#pragma unroll
+  for (int j = 0; j < 16; j += 2) {
+    uint32_t q[4];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int jj = j + e, c = 8 * jj + 2 * (lane % 4);
+      const float c0 = col_s[c], c1 = col_s[c + 1], a0 = add_s[c], a1 = add_s[c + 1];
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        q[2 * e + h] = pack2(d, acc[4 * jj + 2 * h] * row_scale[h] * c0 + a0,
+                             acc[4 * jj + 2 * h + 1] * row_scale[h] * c1 + a1);
+    }
+    stmatrix_x4(base + staged_offset<2>(st_row, 8 * (j + (m >> 1))), q);
+  }
+}
 #endif  // LOWBIT_SM90A
 
 // kPromote: fp32 promotion every 128 K (else fast_accum); kBlock: per-128-block scales
@@ -402,15 +442,19 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
     col_s[tid] = my_col;
     add_s[tid] = my_add;
     named_sync(1 + cw, 128);
+    if constexpr (kOutBytes == 2) {
+      stage_16bit(stage_out, p.out_dtype, acc, row_scale, col_s, add_s, warp, lane);
+    } else {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = warp * 16 + lane / 4 + 8 * h;
+      for (int h = 0; h < 2; ++h) {
+        const int r = warp * 16 + lane / 4 + 8 * h;
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const int c = 8 * j + 2 * (lane % 4);
-        const float v0 = acc[4 * j + 2 * h] * row_scale[h] * col_s[c] + add_s[c];
-        const float v1 = acc[4 * j + 2 * h + 1] * row_scale[h] * col_s[c + 1] + add_s[c + 1];
-        put2<kOutBytes>(stage_out, p.out_dtype, r, c, v0, v1);
+        for (int j = 0; j < 16; ++j) {
+          const int c = 8 * j + 2 * (lane % 4);
+          const float v0 = acc[4 * j + 2 * h] * row_scale[h] * col_s[c] + add_s[c];
+          const float v1 = acc[4 * j + 2 * h + 1] * row_scale[h] * col_s[c + 1] + add_s[c + 1];
+          put2<kOutBytes>(stage_out, p.out_dtype, r, c, v0, v1);
+        }
       }
     }
     fence_async_smem();
