@@ -100,15 +100,16 @@ inline int split_count(int tiles, int steps, int sms) {
 
 #ifdef LOWBIT_SM90A
 // One 128-K step of a consumer warpgroup: four m64nNk32 wgmmas into d, one commit group.
+// w_lo, x_lo: low descriptor words (desc_lo) of the stage's weight rows and activation
+// tile; the k-th 32-byte column block starts 2 units further on.
 template <int kN, int kScaleD>
-__device__ __forceinline__ void issue_step(float (&d)[kN / 2], const uint8_t* w,
-                                           const uint8_t* x) {
+__device__ __forceinline__ void issue_step(float (&d)[kN / 2], uint32_t w_lo, uint32_t x_lo) {
   fence_regs(d);
   wgmma_fence();
-  wgmma_m64nNk32<kN, kScaleD>(d, smem_desc(w), smem_desc(x));
+  wgmma_m64nNk32<kN, kScaleD>(d, desc_of(w_lo), desc_of(x_lo));
 #pragma unroll
   for (int kk = 1; kk < kBK / 32; ++kk)
-    wgmma_m64nNk32<kN, 1>(d, smem_desc(w + kk * 32), smem_desc(x + kk * 32));
+    wgmma_m64nNk32<kN, 1>(d, desc_of(w_lo + kk * 2), desc_of(x_lo + kk * 2));
   wgmma_commit();
   fence_regs(d);
 }
@@ -156,7 +157,10 @@ __device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const Fp8GemmA
                                             uint64_t* full, uint64_t* empty, int tile,
                                             int k_begin, int k_end, int it, int cw, int lane) {
   using C = Config<kN>;
-  const uint8_t* w_rows = w_tiles + cw * 64 * kBK;  // this warpgroup's 64 weight rows
+  // Low descriptor words of this warpgroup's 64 weight rows and of the activation tile, in
+  // stage 0, and the distance of one stage in descriptor units.
+  const uint32_t w_lo = desc_lo(w_tiles + cw * 64 * kBK), x_lo = desc_lo(x_tiles);
+  constexpr uint32_t kWUnits = kWeightTileBytes / 16, kXUnits = C::kActTileBytes / 16;
 #pragma unroll
   for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
 
@@ -171,7 +175,7 @@ __device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const Fp8GemmA
       const int s = (it + i) % kStages;
       if constexpr (kBlock) step_scales<kN>(p, tile, k_begin + i, lane, f);  // overlap the wait
       mbar_wait(&full[s], ((it + i) / kStages) & 1);
-      issue_step<kN, 0>(d, w_rows + s * kWeightTileBytes, x_tiles + s * C::kActTileBytes);
+      issue_step<kN, 0>(d, w_lo + s * kWUnits, x_lo + s * kXUnits);
       return s;
     };
     auto finish_from = [&](float(&d)[kN / 2], int s, const float(&f)[kN / 4]) {
@@ -202,7 +206,7 @@ __device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const Fp8GemmA
     for (int kt = k_begin; kt < k_end; ++kt, ++it) {
       const int s = it % kStages;
       mbar_wait(&full[s], (it / kStages) & 1);
-      issue_step<kN, 1>(acc, w_rows + s * kWeightTileBytes, x_tiles + s * C::kActTileBytes);
+      issue_step<kN, 1>(acc, w_lo + s * kWUnits, x_lo + s * kXUnits);
       if (prev >= 0) {
         wgmma_wait<1>();
         if (lane == 0) mbar_arrive(&empty[prev]);

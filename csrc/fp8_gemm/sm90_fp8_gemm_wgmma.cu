@@ -97,19 +97,6 @@ __device__ __forceinline__ Tile tile_at(int t, int tiles_m, int tiles_n, int gro
 }
 
 #ifdef LOWBIT_SM90A
-// A descriptor as smem_desc builds it is a constant high word and a low word holding the
-// start address in 16-byte units (14 bits; shared memory is below 256 KB, so adding an
-// offset inside the allocation never carries out of it). The mainloop keeps only the low
-// word of each ring's stage 0 and adds offsets to it: a 32-bit add per wgmma instead of
-// rebuilding the descriptor from a pointer.
-__device__ __forceinline__ uint32_t desc_lo(const void* p) {
-  return static_cast<uint32_t>(smem_desc(p));
-}
-__device__ __forceinline__ uint64_t desc_of(uint32_t lo) {
-  constexpr uint64_t kHi = smem_desc_hi();
-  return (kHi << 32) | lo;
-}
-
 // One 128-K step of a consumer warpgroup: four m64n128k32 wgmmas into d, one commit group.
 // a_lo, b_lo: low descriptor words of the stage's a rows and b tile; the k-th 32-byte
 // column block starts 2 units further on.

@@ -112,6 +112,18 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p) {
   return d;
 }
 
+// A descriptor is that constant high word and a low word holding the start address in
+// 16-byte units (14 bits; shared memory is below 256 KB, so adding an offset inside the
+// allocation never carries out of it). Mainloops keep only the low word of each ring's
+// stage 0 and add offsets to it: one 32-bit add per wgmma operand instead of rebuilding the
+// descriptor from a pointer.
+__device__ __forceinline__ uint32_t desc_lo(const void* p) {
+  return static_cast<uint32_t>(smem_desc(p));
+}
+__device__ __forceinline__ uint64_t desc_of(uint32_t lo) {
+  return (uint64_t(smem_desc_hi()) << 32) | lo;
+}
+
 // Four 8 x 8 matrices of 16-bit elements from the fragments in r[0..3] (lane l holds row
 // l / 4, columns 2 (l % 4) and + 1 of each) to shared memory; lane l gives the address of
 // row l % 8 of matrix l / 8 (16 contiguous bytes).
