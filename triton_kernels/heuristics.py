@@ -48,6 +48,11 @@ class GemmConfig(NamedTuple):
 #   617.0, 8192^3 1369 -> 1374. Triton still waits for each dot before promoting it (the
 #   PTX has a wait 0 after each), so the gain is one loop iteration per two steps. Block
 #   scales keep k_unroll 1: unrolled, they need 255 registers and spill.
+# - M = 129-1024 take that unrolled form with L2 groups of 4 row tiles instead: a sweep on
+#   an H100 (2026-11-27, us, previous table row -> 128x128 g4 s3 u2): 256x14336x4096
+#   53.9 -> 50.9, 512x4096x14336 81.1 -> 72.4, 512x28672x8192 336.4 -> 303.3,
+#   512x14336x4096 87.2 -> 86.9, 512x4096x4096 24.6 -> 24.9 (g8 s4 u1, 128x64 and 64x128
+#   tiles were slower on all five). The wide groups stay above M = 1024, where they won.
 # - M <= 16 (decode) is a weight stream: narrow N tiles put more programs on the 132 SMs and
 #   deep pipelines keep loads in flight (17.7 us at 1 x 4096 x 4096, torch 20.1; 100 us at
 #   16 x 28672 x 8192, torch 108). BLOCK_M = 16 runs mma.sync, whose fp8 accumulation is
@@ -55,13 +60,16 @@ class GemmConfig(NamedTuple):
 # BLOCK_K is 128 everywhere: one fp8 K-step is one 128-wide scale block (DeepSeek-V3 block
 # scales apply once per step) and the promotion interval of the accurate mode.
 _PROMOTED_LARGE = GemmConfig(128, 128, 128, 8, 8, 4)
+_PROMOTED_MID = GemmConfig(128, 128, 128, 4, 8, 3, k_unroll=2)
 FP8_GEMM_TABLE: List[tuple] = [
     # max M     promoted (accurate)    block scales    fast_accum
     (16, GemmConfig(16, 64, 128, 1, 4, 5), GemmConfig(16, 64, 128, 1, 4, 5),
      GemmConfig(16, 64, 128, 1, 4, 5)),
     (64, GemmConfig(64, 64, 128, 8, 4, 4), GemmConfig(64, 64, 128, 8, 4, 4),
      GemmConfig(64, 64, 128, 8, 4, 4)),
-    (256, _PROMOTED_LARGE, _PROMOTED_LARGE, GemmConfig(128, 128, 128, 8, 8, 3)),
+    (128, _PROMOTED_LARGE, _PROMOTED_LARGE, GemmConfig(128, 128, 128, 8, 8, 3)),
+    (256, _PROMOTED_MID, _PROMOTED_LARGE, GemmConfig(128, 128, 128, 8, 8, 3)),
+    (1024, _PROMOTED_MID, _PROMOTED_LARGE, GemmConfig(128, 256, 128, 8, 8, 3)),
     (1 << 62, GemmConfig(128, 128, 128, 16, 8, 3, k_unroll=2), _PROMOTED_LARGE,
      GemmConfig(128, 256, 128, 8, 8, 3)),
 ]
