@@ -17,9 +17,15 @@ speed relative to torch._scaled_mm in the same run, over the PERF.md shapes and 
     M = 128-512   sm90_fp8_gemm_wgmma  0.90-1.14x  triton 0.56-0.96x
     M >= 2048     sm90_fp8_gemm_wgmma  0.85-0.96x  triton 0.56-0.71x
 
-so the sm_90 kernels lead at every M (Triton is ahead by a few percent on some M = 32-64
-shapes with N >= 14336, and far behind on others), each followed by the next best kernel for
-the shapes it declines.
+Re-timed at commit 67c5883 (H100, 2026-11-27, bench/RESULTS.md): swapab 0.80-1.52x over
+M = 1-64, wgmma 0.98-1.10x at M = 128-512 and 0.93-1.01x at M >= 2048, Triton 0.65-1.13x.
+
+So the sm_90 kernels lead at every M but one band, each followed by the next best kernel for
+the shapes it declines. The exception is M = 33-64 on the 4096-wide shapes, where Triton's
+GPU time is ahead (M = 64, 4096 x 4096: 18.4 against 23.4 us; block scales 19.6 against
+29.2). swapab stays first there because an eager call through lowbit costs 72-81 us a call on the
+Triton backend against 29-31 us on the CUDA one (run_bench.py's host table, same day),
+which outweighs the kernel gap; the table is one order for every scale mode.
 """
 from __future__ import annotations
 
