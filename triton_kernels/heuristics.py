@@ -52,7 +52,8 @@ class GemmConfig(NamedTuple):
 #   an H100 (2026-11-27, us, previous table row -> 128x128 g4 s3 u2): 256x14336x4096
 #   53.9 -> 50.9, 512x4096x14336 81.1 -> 72.4, 512x28672x8192 336.4 -> 303.3,
 #   512x14336x4096 87.2 -> 86.9, 512x4096x4096 24.6 -> 24.9 (g8 s4 u1, 128x64 and 64x128
-#   tiles were slower on all five). The wide groups stay above M = 1024, where they won.
+#   tiles were slower on all five). Only M = 256 and 512 were measured; the row covers
+#   M = 129-1024 by interpolation. The wide groups stay above M = 1024, where they won.
 # - M <= 16 (decode) is a weight stream: narrow N tiles put more programs on the 132 SMs and
 #   deep pipelines keep loads in flight (17.7 us at 1 x 4096 x 4096, torch 20.1; 100 us at
 #   16 x 28672 x 8192, torch 108). BLOCK_M = 16 runs mma.sync, whose fp8 accumulation is

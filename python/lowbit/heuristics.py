@@ -21,11 +21,14 @@ Re-timed at commit 67c5883 (H100, 2026-11-27, bench/RESULTS.md): swapab 0.80-1.5
 M = 1-64, wgmma 0.98-1.10x at M = 128-512 and 0.93-1.01x at M >= 2048, Triton 0.65-1.13x.
 
 So the sm_90 kernels lead at every M but one band, each followed by the next best kernel for
-the shapes it declines. The exception is M = 33-64 on the 4096-wide shapes, where Triton's
-GPU time is ahead (M = 64, 4096 x 4096: 18.4 against 23.4 us; block scales 19.6 against
-29.2). swapab stays first there because an eager call through lowbit costs 72-81 us a call on the
-Triton backend against 29-31 us on the CUDA one (run_bench.py's host table, same day),
-which outweighs the kernel gap; the table is one order for every scale mode.
+the shapes it declines. In that band Triton's GPU time is ahead: M = 64 where K = 4096
+(64x4096x4096: 18.4 against 23.4 us; 64x14336x4096: 34.8 against 41.5) and, with block
+scales, M = 64 on every shape (19.6 against 29.2 us at 4096x4096); at M = 16-32 with
+K = 4096 Triton is 1-5% ahead; M = 33-63 was not measured. swapab stays first because an
+eager call costs 67-81 us on the Triton backend against 27-31 us on the CUDA one (run_bench.py
+host table, 1x4096x4096, two runs the same day), which outweighs the kernel gap. Under CUDA
+graphs that argument does not hold; the table is one order for every scale mode and for
+eager and captured use alike.
 """
 from __future__ import annotations
 
