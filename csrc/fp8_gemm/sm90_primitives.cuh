@@ -103,22 +103,13 @@ __host__ __device__ constexpr uint32_t smem_desc_hi() {
          | (uint32_t(1) << 30);  // 128-byte swizzle (bit 62 of the descriptor)
 }
 
-__device__ __forceinline__ uint64_t smem_desc(const void* p) {
-  const uint64_t addr = smem_u32(p);
-  uint64_t d = 0;
-  d |= (addr & 0x3FFFF) >> 4;  // start address
-  d |= uint64_t(1) << 16;      // leading byte offset (unused with 128B swizzle)
-  d |= uint64_t(smem_desc_hi()) << 32;
-  return d;
-}
-
-// A descriptor is that constant high word and a low word holding the start address in
-// 16-byte units (14 bits; shared memory is below 256 KB, so adding an offset inside the
-// allocation never carries out of it). Mainloops keep only the low word of each ring's
-// stage 0 and add offsets to it: one 32-bit add per wgmma operand instead of rebuilding the
-// descriptor from a pointer.
+// Its low word: the start address in 16-byte units (14 bits; shared memory is below 256 KB,
+// so adding an offset inside the allocation never carries out of it) and the leading byte
+// offset. Mainloops keep only the low word of each ring's stage 0 and add offsets to it: one
+// 32-bit add per wgmma operand instead of rebuilding the descriptor from a pointer.
 __device__ __forceinline__ uint32_t desc_lo(const void* p) {
-  return static_cast<uint32_t>(smem_desc(p));
+  return ((smem_u32(p) & 0x3FFFF) >> 4)  // start address
+         | (uint32_t(1) << 16);          // leading byte offset (unused with 128B swizzle)
 }
 __device__ __forceinline__ uint64_t desc_of(uint32_t lo) {
   return (uint64_t(smem_desc_hi()) << 32) | lo;
