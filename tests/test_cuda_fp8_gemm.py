@@ -241,6 +241,27 @@ def test_wgmma_staged_and_direct_epilogues_agree(out_dtype, mode):
 
 
 @gpu
+@pytest.mark.parametrize("m", [16, 300])  # sm90_fp8_gemm_swapab / _wgmma on an H100
+def test_prepared_and_general_launchers_agree(m):
+    # A remembered signature runs a launcher prepared for it (strides, scale modes and
+    # codes worked out once); scales or a bias that are not dense take the general path,
+    # which makes them dense first. Both must give the same bits, call after call.
+    n, k = 512, 1024
+    a, b, sa, sb = _operands(m, n, k, "row", "cuda")
+    bias = torch.randn(n, device="cuda").to(torch.bfloat16)
+    wide = lambda t: torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0]  # strided copy
+    sa_s, sb_s, bias_s = wide(sa), wide(sb), wide(bias)
+    assert not (sa_s.is_contiguous() or sb_s.is_contiguous() or bias_s.is_contiguous())
+    dense = [lowbit.fp8_scaled_mm(a, b, sa, sb, bias, backend="cuda") for _ in range(3)]
+    strided = lowbit.fp8_scaled_mm(a, b, sa_s, sb_s, bias_s, backend="cuda")
+    for out in dense[1:] + [strided]:
+        assert torch.equal(out, dense[0])
+    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), bias.cpu(),
+                               out_dtype=torch.float32, backend="reference")
+    assert _rel_fro(dense[0], ref) <= TOL[torch.bfloat16]
+
+
+@gpu
 def test_wgmma_benchmark_shapes():
     for m, n, k in [(4096, 14336, 4096), (512, 4096, 14336), (2048, 28672, 8192)]:
         _check(m, n, k, "row")

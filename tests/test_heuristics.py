@@ -1,4 +1,6 @@
 """auto's kernel order: the measured table of lowbit/heuristics.py, then priority."""
+import os
+
 import pytest
 import torch
 
@@ -149,3 +151,57 @@ def test_arch_override_drops_the_newer_arch_table(h100, monkeypatch):
     monkeypatch.setenv("LOWBIT_ARCH", "90")
     assert heuristics.preferred("fp8_scaled_mm", torch.device("cuda", 0), _args(4096))[0] == \
         "sm90_fp8_gemm_wgmma"
+
+
+def test_getenv_follows_os_environ(monkeypatch):
+    # The hot path's environment reads see what os.environ.get sees, through every change
+    # made through os.environ (monkeypatch uses it), non-ASCII values included.
+    from lowbit._env import getenv
+    name = "LOWBIT_TEST_ENV_SWITCH"
+    monkeypatch.delenv(name, raising=False)
+    assert getenv(name) is None
+    for value in ("1", "", "89", "\u00e9t\u00e9"):
+        monkeypatch.setenv(name, value)
+        assert getenv(name) == os.environ.get(name) == value
+    monkeypatch.delenv(name)
+    assert getenv(name) is None
+
+
+def test_unhashable_argument_is_not_remembered(monkeypatch):
+    # A signature that cannot be hashed is neither looked up nor stored: the call runs its
+    # checks and choice every time instead of failing.
+    monkeypatch.setattr(_backend, "_REMEMBER_ON", ("meta",))
+    kern = _backend.Kernel("fp8_scaled_mm", "cuda", "k", lambda *a: "out", None, None, 30)
+    monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", [kern])
+    checks = []
+    args = (torch.empty(4, 64, device="meta"), {"not": "hashable"})
+    for _ in range(2):
+        assert _backend.run_checked("fp8_scaled_mm", "auto", args,
+                                    lambda: checks.append(1)) == "out"
+    assert len(checks) == 2 and not _backend._choices
+
+
+def test_remembered_choice_runs_the_prepared_launcher(monkeypatch):
+    # A kernel with prepare(): the choice stored for a signature runs the launcher prepared
+    # for it (made once per signature); a choice nobody stored runs the general function.
+    monkeypatch.setattr(_backend, "_REMEMBER_ON", ("meta",))
+    made = []
+
+    def prepare(t, flag):
+        shape = tuple(t.shape)
+        made.append(shape)
+        return lambda t, flag: ("prepared for", shape, tuple(t.shape))
+
+    kern = _backend.Kernel("fp8_scaled_mm", "cuda", "k", lambda t, flag: "general", None, None,
+                           30, prepare)
+    monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", [kern])
+    call = lambda t: _backend.run_checked("fp8_scaled_mm", "auto", (t, False), lambda: None)
+    a = torch.empty(4, 64, device="meta")
+    assert call(a) == call(torch.empty(4, 64, device="meta")) == \
+        ("prepared for", (4, 64), (4, 64))
+    assert call(torch.empty(5, 64, device="meta")) == ("prepared for", (5, 64), (5, 64))
+    assert made == [(4, 64), (5, 64)]
+    c = torch.empty(6, 64, device="meta")
+    assert _backend.choose("fp8_scaled_mm", torch.device("meta"), "auto", (c, False)).fn(
+        c, False) == "general"
+    assert made == [(4, 64), (5, 64)]

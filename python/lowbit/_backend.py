@@ -27,13 +27,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 from . import heuristics
+from ._env import getenv
 
 BACKENDS = ("auto", "cuda", "triton", "reference")
 ENV_VAR = "LOWBIT_BACKEND"
@@ -54,7 +54,7 @@ def default_backend() -> str:
     name = _context.get()
     if name is not None:
         return name
-    env = os.environ.get(ENV_VAR)
+    env = getenv(ENV_VAR)
     if env:
         return check_backend_name(env, ENV_VAR)
     return "auto"
@@ -88,6 +88,10 @@ class Kernel:
     # available() -> None when the kernel can run in this process, else the reason.
     available: Optional[Callable[[], Optional[str]]] = None
     priority: int = 0
+    # prepare(*op_args) -> a function of the op's arguments, specialized to everything their
+    # signature holds (shapes, strides, dtypes, devices, alignment, non-tensor values): what
+    # a remembered choice runs, so that an eager call repeats no per-signature work.
+    prepare: Optional[Callable] = None
 
 
 @dataclass(frozen=True)
@@ -112,15 +116,15 @@ _KERNELS: Dict[str, List[Kernel]] = {}
 
 
 def register_kernel(op: str, backend: str, name: str, *, supports=None, available=None,
-                    priority: int = 0):
+                    priority: int = 0, prepare=None):
     """Decorator: register ``fn`` as kernel ``name`` of ``backend`` for ``op``. Higher
-    priority is tried first by ``auto`` within the GPU backends."""
+    priority is tried first by ``auto`` within the GPU backends; ``prepare``: see Kernel."""
     if backend not in BACKENDS[1:]:
         raise ValueError(f"backend must be one of {BACKENDS[1:]}; got {backend!r}")
 
     def deco(fn):
         _KERNELS.setdefault(op, []).append(
-            Kernel(op, backend, name, fn, supports, available, priority))
+            Kernel(op, backend, name, fn, supports, available, priority, prepare))
         global _generation
         _KERNELS[op].sort(key=lambda k: -k.priority)
         _generation += 1  # a new kernel may change any remembered choice
@@ -147,7 +151,7 @@ def _gpu_unavailable_reason() -> Optional[str]:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return getenv("TRITON_INTERPRET") == "1"
 
 
 # Environment switches that a kernel's supports() or available() reads.
@@ -162,24 +166,28 @@ _generation = 0
 
 
 def _signature(op: str, device: torch.device, backend: str, args) -> Optional[tuple]:
-    sig = [op, device, backend, tuple(os.environ.get(v) for v in _CHOICE_ENV)]
-    try:
-        for x in args:
-            if isinstance(x, torch.Tensor):
+    # Run on every eager GPU call: kept to attribute reads and one tuple per tensor.
+    sig = [op, device, backend]
+    for name in _CHOICE_ENV:
+        sig.append(getenv(name))
+    for x in args:
+        if isinstance(x, torch.Tensor):
+            try:
                 sig.append((x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16))
-            elif isinstance(x, list):
-                sig.append(tuple(x))
-            else:
-                sig.append(x)
-        key = tuple(sig)
-        hash(key)
-    except (TypeError, RuntimeError):  # unhashable, or a tensor without storage (sparse...)
-        return None
-    return key
+            except RuntimeError:  # a tensor without strides or storage (sparse...)
+                return None
+        elif type(x) is list:
+            sig.append(tuple(x))
+        else:
+            sig.append(x)
+    return tuple(sig)
 
 
 def _remembered(key: Optional[tuple], regs) -> Optional["Choice"]:
-    hit = _choices.get(key) if key is not None else None
+    try:
+        hit = _choices.get(key) if key is not None else None
+    except TypeError:  # an unhashable argument: never stored either
+        return None
     if hit is not None and hit[0] is regs and hit[1] == _generation:
         return hit[2]
     return None
@@ -235,9 +243,14 @@ def choose(op: str, device: torch.device, backend: str, args, remember: bool = F
                       else "first supporting kernel in measured order (lowbit/heuristics.py)")
             choice = Choice(op, k.backend, k.name, reason, tuple(rejected), fn=k.fn)
             if remember and key is not None:
+                if k.prepare is not None:
+                    choice = replace(choice, fn=k.prepare(*args))
                 if len(_choices) >= _CHOICES_MAX:
                     _choices.clear()
-                _choices[key] = (regs, generation, choice)
+                try:
+                    _choices[key] = (regs, generation, choice)
+                except TypeError:  # an unhashable argument
+                    pass
             return choice
         rejected.append(f"{k.backend}/{k.name}: {why}")
     wanted = "CUDA or Triton" if backend == "auto" else backend
@@ -269,14 +282,16 @@ def run_checked(op: str, backend: str, args, check: Callable[[], None],
     if backend == "default":
         backend = default_backend()
     first = args[0]
-    choice = None
-    if type(first) is torch.Tensor and first.device.type in _REMEMBER_ON:
-        choice = _remembered(_signature(op, first.device, backend, args), _KERNELS.get(op))
+    choice = device = None
+    if type(first) is torch.Tensor:
+        device = first.device
+        if device.type in _REMEMBER_ON:
+            choice = _remembered(_signature(op, device, backend, args), _KERNELS.get(op))
     if choice is None:
         check()
     if values is not None:
         values()
-    return run(op, first.device, backend, args, choice)
+    return run(op, first.device if device is None else device, backend, args, choice)
 
 
 def explain(fn: Callable, *args, **kwargs) -> Choice:

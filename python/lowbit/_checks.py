@@ -7,11 +7,11 @@ synchronization (CPU tensors) or where ``LOWBIT_CHECK_SCALES=1`` asks for it on 
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence, Tuple
 
 import torch
 
+from ._env import getenv
 from .reference.scale_layout import GROUP_SIZES, scale_tile
 
 FP8_DTYPES = {
@@ -168,13 +168,15 @@ def finite_scales(op: str, **scales) -> None:
     """
     on_gpu = None
     for name, t in scales.items():
-        if t is None or t.numel() == 0:
+        if t is None:
             continue
-        if t.device.type != "cpu":
+        if not t.is_cpu:  # (attribute tests: this runs on every eager GPU call)
             if on_gpu is None:
-                on_gpu = os.environ.get(CHECK_SCALES_ENV) == "1"
-            if not on_gpu or t.device.type == "meta":
+                on_gpu = getenv(CHECK_SCALES_ENV) == "1"
+            if not on_gpu or t.is_meta:
                 continue
+        if t.numel() == 0:
+            continue
         if not bool(torch.isfinite(t).all()):
             bad = t[~torch.isfinite(t)].flatten()[0].item()
             raise ValueError(f"{op}: {name} must be finite; it holds {bad} (NaN or Inf scales "

@@ -25,8 +25,9 @@ the shapes it declines. In that band Triton's GPU time is ahead: M = 64 where K 
 (64x4096x4096: 18.4 against 23.4 us; 64x14336x4096: 34.8 against 41.5) and, with block
 scales, M = 64 on every shape (19.6 against 29.2 us at 4096x4096); at M = 16-32 with
 K = 4096 Triton is 1-5% ahead; M = 33-63 was not measured. swapab stays first because an
-eager call costs 67-81 us on the Triton backend against 27-31 us on the CUDA one (run_bench.py
-host table, 1x4096x4096, two runs the same day), which outweighs the kernel gap. Under CUDA
+eager call costs 67-81 us on the Triton backend (run_bench.py host table, 1x4096x4096, two
+runs the same day) against 16-17 us on the CUDA one (bench/NOTES.md, "Eager host time"),
+which outweighs the kernel gap. Under CUDA
 graphs that argument does not hold; the table is one order for every scale mode and for
 eager and captured use alike.
 """

@@ -3,15 +3,21 @@ current stream, and a guard that makes a tensor's device current for a launch.""
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
+
+from .._env import getenv
 
 try:
     _raw_stream = torch._C._cuda_getCurrentRawStream  # no Stream object per call
 except AttributeError:  # pragma: no cover - older torch
     _raw_stream = None
+
+
+# torch.cuda.current_device() without its lazy-init check: OnDevice runs for tensors already
+# on a CUDA device, so CUDA is initialized.
+_current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
 
 
 def device_index(device: torch.device) -> int:
@@ -33,7 +39,7 @@ def smem_per_block(index: int) -> int:
 def arch_override() -> Optional[int]:
     """``LOWBIT_ARCH`` (e.g. 80 or 89): the GPU kernels and ``auto``'s table behave as on that
     arch, so that older paths run on a newer card. None when unset."""
-    v = os.environ.get("LOWBIT_ARCH")
+    v = getenv("LOWBIT_ARCH")
     if not v:
         return None
     try:
@@ -42,12 +48,16 @@ def arch_override() -> Optional[int]:
         raise ValueError(f"LOWBIT_ARCH must be a compute capability such as 80 or 89; got {v!r}")
 
 
-def stream(device: torch.device) -> int:
-    """The handle of ``device``'s current stream."""
-    idx = device_index(device)
+def raw_stream(idx: int) -> int:
+    """The handle of device ``idx``'s current stream."""
     if _raw_stream is not None:
         return _raw_stream(idx)
     return torch.cuda.current_stream(idx).cuda_stream
+
+
+def stream(device: torch.device) -> int:
+    """The handle of ``device``'s current stream."""
+    return raw_stream(device_index(device))
 
 
 class OnDevice:
@@ -62,7 +72,7 @@ class OnDevice:
 
     def __enter__(self):
         if self.idx is not None:
-            cur = torch.cuda.current_device()
+            cur = _current_device()
             if cur != self.idx:
                 self.prev = cur
                 torch.cuda.set_device(self.idx)

@@ -28,7 +28,7 @@ import torch
 
 from .._backend import register_kernel
 from .._build import _C, has_cuda_kernels
-from ._device import OnDevice, arch_override, capability, device_index, stream
+from ._device import OnDevice, arch_override, capability, device_index, raw_stream, stream
 from .cuda import available as _available
 
 SMALL_M_MAX = 64
@@ -131,7 +131,37 @@ def _runner(kernel: str):
             out.data_ptr(), out.stride(0), _OUT_CODE[out_dtype], m, n, k, bool(fast_accum),
             stream(a.device))
 
+    def prepare(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+        # The launch of one argument signature: every value below is a function of it. Dense
+        # scales and bias only (the usual case; others keep the general path).
+        m, k = a.shape
+        n = b.shape[0]
+        if m == 0 or n == 0 or not (a_scale.is_contiguous() and b_scale.is_contiguous() and
+                                    (bias is None or bias.is_contiguous())):
+            return run
+        dev, idx, shape = a.device, a.device.index, (m, n)
+        lda, ldb = _row_stride(a), _row_stride(b)
+        sa_ld = a_scale.stride(0) if a_scale.dim() == 2 else 0
+        sb_ld = b_scale.stride(0) if b_scale.dim() == 2 else 0
+        sa_mode, sb_mode = _scale_mode(a_scale, m), _scale_mode(b_scale, n)
+        bias_code = _OUT_CODE[bias.dtype] if bias is not None else 0
+        out_code, fast = _OUT_CODE[out_dtype], bool(fast_accum)
+        launch = _C.fp8_gemm
+
+        def prepared(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+            out = torch.empty(shape, dtype=out_dtype, device=dev)
+            with OnDevice(dev):
+                launch(kernel, a.data_ptr(), lda, b.data_ptr(), ldb, a_scale.data_ptr(), sa_ld,
+                       sa_mode, b_scale.data_ptr(), sb_ld, sb_mode,
+                       0 if bias is None else bias.data_ptr(), bias_code, out.data_ptr(), n,
+                       out_code, m, n, k, fast, raw_stream(idx))
+            return out
+
+        prepared.__name__ = kernel
+        return prepared
+
     run.__name__ = kernel
+    run.prepare = prepare
     return run
 
 
@@ -144,5 +174,6 @@ for _name, _min_arch, _archs, _mr, _prio in (
     ("sm80_fp8_gemm_smallm", 80, None, (0, SMALL_M_MAX), 10),
     ("sm80_fp8_gemm_mma", 80, None, (0, _BIG), 5),
 ):
+    _run = _runner(_name)
     register_kernel("fp8_scaled_mm", "cuda", _name, supports=_supports(_name, _min_arch, _archs, _mr),
-                    available=_available, priority=_prio)(_runner(_name))
+                    available=_available, priority=_prio, prepare=_run.prepare)(_run)
