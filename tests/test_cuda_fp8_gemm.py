@@ -221,22 +221,26 @@ def test_wgmma_persistent_tiles_and_k_steps(k, mode, fast_accum, n):
 @gpu
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("mode", ["tensor", "row", "block"])
-def test_wgmma_staged_and_direct_epilogues_agree(out_dtype, mode):
+@pytest.mark.parametrize("m,fast_accum", [(300, False), (2100, False), (2100, True)])
+def test_wgmma_staged_and_direct_epilogues_agree(out_dtype, mode, m, fast_accum):
     # Output rows of N = 2048 are whole 16-byte units: the epilogue stages each tile in shared
     # memory (stmatrix for 16-bit outputs) and stores it by TMA. Rows of N = 2050 are not, so
     # the same kernel stores from registers. Columns 0..2047 come from the same tiles, K steps
     # and arithmetic in both, so they must agree bit for bit: a misplaced fragment, a wrong
-    # swizzle or a different rounding in either path shows here.
-    m, n, k, nb = 300, 2050, 1024, 2048
+    # swizzle or a different rounding in either path shows here. M = 300 is 48 tiles (one per
+    # CTA); M = 2100 is 272-289, so a CTA stages its second and third tile in a staging tile
+    # whose previous stores may still be in flight; fast_accum takes the other mainloop.
+    n, k, nb = 2050, 1024, 2048
     a, b, sa, sb = _operands(m, n, k, mode, "cuda")
     bias = torch.randn(n, device="cuda").to(torch.bfloat16)
     sb_even = sb if mode == "tensor" else sb[: nb if mode == "row" else nb // 128]
     for args in ((a, b, sa, sb), (a, b[:nb], sa, sb_even)):
         assert lowbit.explain(lowbit.fp8_scaled_mm, *args, backend="cuda").kernel == \
             "sm90_fp8_gemm_wgmma"
-    direct = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, out_dtype=out_dtype, backend="cuda")
+    direct = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, out_dtype=out_dtype,
+                                  fast_accum=fast_accum, backend="cuda")
     staged = lowbit.fp8_scaled_mm(a, b[:nb], sa, sb_even, bias[:nb], out_dtype=out_dtype,
-                                  backend="cuda")
+                                  fast_accum=fast_accum, backend="cuda")
     assert torch.equal(staged, direct[:, :nb])
 
 
