@@ -26,7 +26,7 @@ the shapes it declines. In that band Triton's GPU time is ahead: M = 64 where K 
 scales, M = 64 on every shape (19.6 against 29.2 us at 4096x4096); at M = 16-32 with
 K = 4096 Triton is 1-5% ahead; M = 33-63 was not measured. swapab stays first because an
 eager call costs 67-81 us on the Triton backend (run_bench.py host table, 1x4096x4096, two
-runs the same day) against 16-17 us on the CUDA one (bench/NOTES.md, "Eager host time"),
+runs the same day) against 16-21 us on the CUDA one (bench/NOTES.md, "Eager host time"),
 which outweighs the kernel gap. Under CUDA
 graphs that argument does not hold; the table is one order for every scale mode and for
 eager and captured use alike.
