@@ -23,6 +23,11 @@
 // Accuracy. Each 128-K step starts from a zero tensor-core accumulator and is added into fp32
 // registers (times its block scales when scales are per 128-block): promotion every 128 K,
 // as the SPEC asks. fast_accum without block scales accumulates inside the tensor core.
+// Block scales travel with the stages when TMA can address their rows (16-byte multiples:
+// K a multiple of 512 for dense scales): each stage then also holds a box of four steps of
+// a's scales for the kN tokens and of the tile's b scale, and the ring is as deep as still
+// fits (7 at kN = 64). Otherwise each thread loads its tokens' scales from global memory,
+// issued before the step's wait and used at its promotion, a step later.
 //
 // Split-K, inside a cluster. With N = 4096 there are only 32 tiles of 128 weight rows for 132
 // SMs, so K is split over the CTAs of a thread-block cluster (2, 4 or 8 CTAs, all on one
@@ -61,7 +66,7 @@ namespace swapab {
 
 constexpr int kTileN = 128;           // weight rows per CTA: two consumer warpgroups of m64
 constexpr int kBK = 128;              // K per pipeline step: one 128-byte swizzle row
-constexpr int kStages = 8;            // pipeline depth: 8 x 16 KB of weight in flight
+constexpr int kMaxStages = 8;         // pipeline depth: 8 x 16 KB of weight in flight
 constexpr int kThreads = 384;         // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumerThreads = 256;
 [[maybe_unused]] constexpr int kConsumerWarps = 8;  // arrivals that free a stage
@@ -77,16 +82,26 @@ static_assert(kBK == 128, "one 128-byte swizzle row per tile row");
 static_assert(kTileN == 2 * 64, "two consumer warpgroups of m64 each");
 static_assert(kTileN % kMaxSplits == 0, "the reduction splits the tile's rows evenly");
 
-template <int kN>
+// kScaleTma: block scales travel with the stages, by TMA: per stage a [kN tokens][4 steps]
+// box of a's scales, then 4 steps of the tile's b scale (each part a multiple of 128 bytes,
+// as TMA destinations need). The ring is as deep as fits, up to kMaxStages (7 for kN = 64
+// with scales, else 8).
+template <int kN, bool kScaleTma = false>
 struct Config {
   static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64, "wgmma n: 8, 16, 32 or 64");
   static constexpr int kRegs = kN / 2;           // accumulator registers per thread
   static constexpr int kActTileBytes = kN * kBK;  // a multiple of the 1024-byte swizzle atom
-  static constexpr int kStageBytes = kWeightTileBytes + kActTileBytes;
+  static constexpr int kScaleBytes = kScaleTma ? kN * 16 + 128 : 0;
+  static constexpr int kStageBytes = kWeightTileBytes + kActTileBytes + kScaleBytes;
   static constexpr int kRedBytes = kN * kRedLd * 4;
+  static constexpr int kFixedBytes = kRedBytes + 2 * kMaxStages * 8 + 1024 /*alignment*/;
+  static constexpr int kStages = (kSmemLimit - kFixedBytes) / kStageBytes < kMaxStages
+                                     ? (kSmemLimit - kFixedBytes) / kStageBytes
+                                     : kMaxStages;
   static constexpr int kBarrierBytes = 2 * kStages * 8;
   static constexpr int kSmemBytes =
       kStages * kStageBytes + kRedBytes + kBarrierBytes + 1024 /*alignment*/;
+  static_assert(kStages >= 4, "too shallow a ring");
   static_assert(kSmemBytes <= kSmemLimit, "shared memory over the sm_90 limit");
 };
 
@@ -135,6 +150,22 @@ __device__ __forceinline__ void step_scales(const Fp8GemmArgs& p, int tile, int 
   }
 }
 
+// The same factors read from stage's scale slot, where the producer's TMA put them: a's
+// [kN tokens][4 steps] (tokens past M are TMA's zero fill), then b's 4 steps.
+template <int kN>
+__device__ __forceinline__ void step_scales_smem(const Fp8GemmArgs& p, const float* slot,
+                                                 int kt, int lane, float (&f)[kN / 4]) {
+  const float sb = p.b_mode == ScaleMode::kBlock ? slot[kN * 4 + (kt & 3)] : 1.f;
+#pragma unroll
+  for (int j = 0; j < kN / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int m = 8 * j + 2 * (lane % 4) + e;
+      f[2 * j + e] = p.a_mode == ScaleMode::kBlock ? sb * slot[m * 4 + (kt & 3)] : sb;
+    }
+  }
+}
+
 // acc += part * f: the factor goes with the column (token), shared by rows r and r + 8.
 template <int kN, bool kBlock>
 __device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part)[kN / 2],
@@ -151,12 +182,14 @@ __device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part
 
 // The consumer warpgroup's mainloop over steps [k_begin, k_end) of one tile; `it` counts the
 // steps consumed by this CTA so far (ring position and phase), in the producer's order.
-template <int kN, bool kPromote, bool kBlock>
+template <int kN, bool kPromote, bool kBlock, bool kScaleTma>
 __device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const Fp8GemmArgs& p,
                                             const uint8_t* w_tiles, const uint8_t* x_tiles,
-                                            uint64_t* full, uint64_t* empty, int tile,
-                                            int k_begin, int k_end, int it, int cw, int lane) {
-  using C = Config<kN>;
+                                            const uint8_t* scales, uint64_t* full,
+                                            uint64_t* empty, int tile, int k_begin, int k_end,
+                                            int it, int cw, int lane) {
+  using C = Config<kN, kScaleTma>;
+  constexpr int kStages = C::kStages;
   // Low descriptor words of this warpgroup's 64 weight rows and of the activation tile, in
   // stage 0, and the distance of one stage in descriptor units.
   const uint32_t w_lo = desc_lo(w_tiles + cw * 64 * kBK), x_lo = desc_lo(x_tiles);
@@ -173,9 +206,13 @@ __device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const Fp8GemmA
     const int nk = k_end - k_begin;
     auto issue_into = [&](float(&d)[kN / 2], int i, float(&f)[kN / 4]) {
       const int s = (it + i) % kStages;
-      if constexpr (kBlock) step_scales<kN>(p, tile, k_begin + i, lane, f);  // overlap the wait
+      if constexpr (kBlock && !kScaleTma)  // loads: overlap the wait
+        step_scales<kN>(p, tile, k_begin + i, lane, f);
       mbar_wait(&full[s], ((it + i) / kStages) & 1);
       issue_step<kN, 0>(d, w_lo + s * kWUnits, x_lo + s * kXUnits);
+      if constexpr (kScaleTma)  // read before the stage is released
+        step_scales_smem<kN>(p, reinterpret_cast<const float*>(scales + s * C::kScaleBytes),
+                             k_begin + i, lane, f);
       return s;
     };
     auto finish_from = [&](float(&d)[kN / 2], int s, const float(&f)[kN / 4]) {
@@ -282,20 +319,25 @@ __device__ __forceinline__ void tile_sync(int splits) {
 // kN: the activation tile's rows (M rounded up); kPromote: fp32 promotion every 128 K (else
 // fast_accum); kBlock: per-128-block scales applied per step. Grid (splits, tile stride),
 // cluster (splits, 1, 1): blockIdx.x is the K range and the rank in the cluster.
-template <int kN, bool kPromote, bool kBlock>
+template <int kN, bool kPromote, bool kBlock, bool kScaleTma>
 __global__ void __launch_bounds__(kThreads, 1)
 sm90_fp8_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
-                            const __grid_constant__ CUtensorMap map_x, const Fp8GemmArgs p) {
+                            const __grid_constant__ CUtensorMap map_x,
+                            const __grid_constant__ CUtensorMap map_sa,
+                            const __grid_constant__ CUtensorMap map_sb, const Fp8GemmArgs p) {
 #ifdef LOWBIT_SM90A
   static_assert(kPromote || !kBlock, "block scales need promotion");
-  using C = Config<kN>;
+  static_assert(kBlock || !kScaleTma, "scales by TMA are block scales");
+  using C = Config<kN, kScaleTma>;
+  constexpr int kStages = C::kStages;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // Swizzled tiles need 1024-byte alignment.
   uint8_t* smem = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* w_tiles = smem;
   uint8_t* x_tiles = w_tiles + kStages * kWeightTileBytes;
-  float* red = reinterpret_cast<float*>(x_tiles + kStages * C::kActTileBytes);
+  uint8_t* scales = x_tiles + kStages * C::kActTileBytes;
+  float* red = reinterpret_cast<float*>(scales + kStages * C::kScaleBytes);
   uint64_t* full = reinterpret_cast<uint64_t*>(red + kN * kRedLd);
   uint64_t* empty = full + kStages;
 
@@ -317,6 +359,8 @@ sm90_fp8_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
       tma_prefetch_desc(&map_w);
       tma_prefetch_desc(&map_x);
     }
+    const bool sa = kScaleTma && p.a_mode == ScaleMode::kBlock;
+    const bool sb = kScaleTma && p.b_mode == ScaleMode::kBlock;
     int it = 0;  // steps issued by this CTA, across its tiles
     for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
       if (threadIdx.x == 0) {
@@ -324,9 +368,13 @@ sm90_fp8_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
           const int s = it % kStages;
           // A fresh barrier completes phase "1" at once, so the first pass does not wait.
           mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
-          mbar_expect_tx(&full[s], C::kStageBytes);
+          mbar_expect_tx(&full[s], kWeightTileBytes + C::kActTileBytes + (sa ? kN * 16 : 0) +
+                                       (sb ? 16 : 0));
           tma_load_2d(w_tiles + s * kWeightTileBytes, &map_w, &full[s], kt * kBK, tile * kTileN);
           tma_load_2d(x_tiles + s * C::kActTileBytes, &map_x, &full[s], kt * kBK, 0);
+          uint8_t* slot = scales + s * C::kScaleBytes;
+          if (sa) tma_load_2d(slot, &map_sa, &full[s], kt & ~3, 0);
+          if (sb) tma_load_2d(slot + kN * 16, &map_sb, &full[s], kt & ~3, tile);
         }
       }
       if (splits > 1) {
@@ -345,8 +393,8 @@ sm90_fp8_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   int it = 0;  // steps consumed, in the producer's order
   for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
     float acc[C::kRegs];
-    it = consume_tile<kN, kPromote, kBlock>(acc, p, w_tiles, x_tiles, full, empty, tile,
-                                            k_begin, k_end, it, cw, lane);
+    it = consume_tile<kN, kPromote, kBlock, kScaleTma>(acc, p, w_tiles, x_tiles, scales, full,
+                                                       empty, tile, k_begin, k_end, it, cw, lane);
     write_partial<kN>(red, acc, cw, warp, lane);
     tile_sync(splits);
     reduce_store<kN, kBlock>(p, red, tile, rank, splits, ctid);
@@ -397,11 +445,14 @@ inline int clusters_that_fit(const void* kernel, int smem_bytes, int splits,
   return known - 1;
 }
 
-template <int kN, bool kPromote, bool kBlock>
-cudaError_t launch(const CUtensorMap& map_w, const CUtensorMap& map_x, const Fp8GemmArgs& p,
-                   cudaStream_t stream) {
-  using C = Config<kN>;
-  auto kernel = sm90_fp8_gemm_swapab_kernel<kN, kPromote, kBlock>;
+struct Maps {
+  CUtensorMap w, x, sa, sb;
+};
+
+template <int kN, bool kPromote, bool kBlock, bool kScaleTma>
+cudaError_t launch(const Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream) {
+  using C = Config<kN, kScaleTma>;
+  auto kernel = sm90_fp8_gemm_swapab_kernel<kN, kPromote, kBlock, kScaleTma>;
   int device = 0;
   cudaError_t e = current_device(device);
   if (e != cudaSuccess) return e;
@@ -426,21 +477,27 @@ cudaError_t launch(const CUtensorMap& map_w, const CUtensorMap& map_x, const Fp8
   cudaLaunchAttribute cluster;
   const cudaLaunchConfig_t cfg =
       launch_config(dim3(splits, stride, 1), C::kSmemBytes, splits, stream, cluster);
-  e = cudaLaunchKernelEx(&cfg, kernel, map_w, map_x, p);
+  e = cudaLaunchKernelEx(&cfg, kernel, maps.w, maps.x, maps.sa, maps.sb, p);
   if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
 
 template <int kN>
 cudaError_t dispatch(const Fp8GemmArgs& p, cudaStream_t stream) {
-  CUtensorMap map_w, map_x;
-  if (!make_map_k128(&map_w, p.b, p.N, p.K, p.ldb, kTileN) ||
-      !make_map_k128(&map_x, p.a, p.M, p.K, p.lda, kN))
+  Maps maps{};
+  if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, kTileN) ||
+      !make_map_k128(&maps.x, p.a, p.M, p.K, p.lda, kN))
     return cudaErrorInvalidValue;
-  const bool block = p.a_mode == ScaleMode::kBlock || p.b_mode == ScaleMode::kBlock;
-  if (block) return launch<kN, true, true>(map_w, map_x, p, stream);
-  if (p.fast_accum) return launch<kN, false, false>(map_w, map_x, p, stream);
-  return launch<kN, true, false>(map_w, map_x, p, stream);
+  const bool a_block = p.a_mode == ScaleMode::kBlock, b_block = p.b_mode == ScaleMode::kBlock;
+  if (a_block || b_block) {
+    // Scales by TMA when it can address them (16-byte rows: K a multiple of 512 for dense
+    // scales), else by loads.
+    if (make_block_scale_maps(&maps.sa, &maps.sb, p, kN))
+      return launch<kN, true, true, true>(maps, p, stream);
+    return launch<kN, true, true, false>(maps, p, stream);
+  }
+  if (p.fast_accum) return launch<kN, false, false, false>(maps, p, stream);
+  return launch<kN, true, false, false>(maps, p, stream);
 }
 
 }  // namespace swapab

@@ -476,22 +476,6 @@ cudaError_t launch(const Maps& maps, bool tma_store, const Fp8GemmArgs& p, cudaS
   return cudaGetLastError();
 }
 
-// A map over a block-scale matrix [rows, cols] fp32 (row stride ld), read in boxes of
-// box_rows x 4 (four steps); false when TMA cannot address it (base or stride not a multiple
-// of 16 bytes).
-inline bool make_map_scales(CUtensorMap* map, const float* base, int rows, int cols, int64_t ld,
-                            int box_rows) {
-  auto fn = encode_fn();
-  if (!fn || reinterpret_cast<uintptr_t>(base) % 16 || (ld * 4) % 16) return false;
-  cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 4)};
-  cuuint32_t box[2] = {4, static_cast<cuuint32_t>(box_rows)};
-  cuuint32_t elem[2] = {1, 1};
-  return fn(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(base), dims, strides, box,
-            elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 template <int kOutBytes>
 cudaError_t launch_for_out(Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream) {
   const CUtensorMapDataType type = p.out_dtype == OutDtype::kF32    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
@@ -502,12 +486,8 @@ cudaError_t launch_for_out(Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream
                          make_map_out(&maps.out, p.out, type, kOutBytes, p.M, p.N, p.ldo, 64);
   const bool a_block = p.a_mode == ScaleMode::kBlock, b_block = p.b_mode == ScaleMode::kBlock;
   if (a_block || b_block) {
-    const int kb = (p.K + kBK - 1) / kBK;
-    const bool scale_tma =
-        (!a_block || make_map_scales(&maps.sa, p.a_scale, p.M, kb, p.a_scale_ld, kBM)) &&
-        (!b_block ||
-         make_map_scales(&maps.sb, p.b_scale, (p.N + kBN - 1) / kBN, kb, p.b_scale_ld, 1));
-    if (scale_tma) return launch<true, true, true, kOutBytes>(maps, tma_store, p, stream);
+    if (make_block_scale_maps(&maps.sa, &maps.sb, p, kBM))
+      return launch<true, true, true, kOutBytes>(maps, tma_store, p, stream);
     return launch<true, true, false, kOutBytes>(maps, tma_store, p, stream);
   }
   if (p.fast_accum) return launch<false, false, false, kOutBytes>(maps, tma_store, p, stream);

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <type_traits>
 
+#include "fp8_gemm_args.h"
 #include "launch_facts.h"
 #include "smem_u32.cuh"
 
@@ -320,6 +321,34 @@ inline bool make_map_out(CUtensorMap* map, void* base, CUtensorMapDataType type,
   return fn(map, type, 2, base, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// A map over a block-scale matrix [rows, cols] fp32 (row stride ld), read in boxes of
+// box_rows x 4 (four steps); false when TMA cannot address it (base or stride not a multiple
+// of 16 bytes).
+inline bool make_map_scales(CUtensorMap* map, const float* base, int rows, int cols, int64_t ld,
+                            int box_rows) {
+  auto fn = encode_fn();
+  if (!fn || reinterpret_cast<uintptr_t>(base) % 16 || (ld * 4) % 16) return false;
+  cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 4)};
+  cuuint32_t box[2] = {4, static_cast<cuuint32_t>(box_rows)};
+  cuuint32_t elem[2] = {1, 1};
+  return fn(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(base), dims, strides, box,
+            elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// Maps over the block scales of a GEMM's block-scaled operands: a's [M, ceil(K/128)] in boxes
+// of a_box_rows x 4 steps, b's [ceil(N/128), ceil(K/128)] in boxes of 1 x 4. False when TMA
+// cannot address one of them (the kernel then loads them).
+inline bool make_block_scale_maps(CUtensorMap* sa, CUtensorMap* sb, const Fp8GemmArgs& p,
+                                  int a_box_rows) {
+  const int kb = (p.K + 127) / 128;
+  return (p.a_mode != ScaleMode::kBlock ||
+          make_map_scales(sa, p.a_scale, p.M, kb, p.a_scale_ld, a_box_rows)) &&
+         (p.b_mode != ScaleMode::kBlock ||
+          make_map_scales(sb, p.b_scale, (p.N + 127) / 128, kb, p.b_scale_ld, 1));
 }
 
 }  // namespace sm90

@@ -23,7 +23,8 @@ M = 1-64, wgmma 0.98-1.10x at M = 128-512 and 0.93-1.01x at M >= 2048, Triton 0.
 So the sm_90 kernels lead at every M but one band, each followed by the next best kernel for
 the shapes it declines. In that band Triton's GPU time is ahead: M = 64 where K = 4096
 (64x4096x4096: 18.4 against 23.4 us; 64x14336x4096: 34.8 against 41.5) and, with block
-scales, M = 64 on every shape (19.6 against 29.2 us at 4096x4096); at M = 16-32 with
+scales, M = 64 with K = 4096 (19.6 against 23.0 us at 4096x4096 once swapab took its scales
+by TMA; bench/NOTES.md); at M = 16-32 with
 K = 4096 Triton is 1-5% ahead; M = 33-63 was not measured. swapab stays first because an
 eager call costs 67-81 us on the Triton backend (run_bench.py host table, 1x4096x4096, two
 runs the same day) against 16-21 us on the CUDA one (bench/NOTES.md, "Eager host time"),
