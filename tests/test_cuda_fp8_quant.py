@@ -433,6 +433,34 @@ def test_side_stream_and_cuda_graph():
 
 
 @gpu
+@pytest.mark.parametrize("granularity,block,static", [
+    ("tensor", (128, 128), False), ("token", (128, 128), False), ("group", (128, 128), False),
+    ("block", (128, 128), False), ("block", (1, 128), False), ("tensor", (128, 128), True),
+    ("token", (128, 128), True)])
+def test_prepared_and_general_launchers_agree(granularity, block, static):
+    """A remembered signature runs the launcher its kernel prepared for it (geometry and
+    codes worked out once); it must give the general launcher's bits."""
+    from lowbit import _backend
+    x = special_data((40, 384), torch.bfloat16, seed=21)
+    if granularity not in ("block",):
+        x = x.reshape(4, 10, 384)  # leading dimensions merged by a view
+    scale = None
+    if static:
+        _, s = reference(x, None, granularity=granularity)
+        scale = torch.where(torch.isfinite(s), s, torch.ones_like(s)).cuda()
+    args = (x, scale, "e4m3fn", granularity, 128, list(block), True)
+    name = lowbit.explain(lowbit.quantize_fp8, x, scale, granularity=granularity, block=block,
+                          backend="cuda").kernel
+    (kern,) = [k for k in _backend.kernels("quantize_fp8") if k.name == name]
+    prepared = kern.prepare(*args)
+    assert prepared is not kern.fn
+    for _ in range(2):
+        (q0, s0), (q1, s1) = kern.fn(*args), prepared(*args)
+        assert_codes_equal(q1, q0, f"{granularity} prepared")
+        assert_float_bits_equal(s1, s0, f"{granularity} prepared scale")
+
+
+@gpu
 def test_beyond_int32_indexing():
     """More than 2^31 elements: 64-bit offsets (checked on the last rows and a sample)."""
     free, _ = torch.cuda.mem_get_info()

@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 
 from .._backend import register_kernel
-from ._device import OnDevice, capability, device_index, stream
+from ._device import OnDevice, capability, device_index, raw_stream, stream
 from .._build import _C, has_cuda_kernels
 from .._checks import FP8_DTYPES, FP8_FORMAT_OF
 from ..reference.scale_layout import scale_tile
@@ -146,6 +146,35 @@ def _quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
     return q, s_out
 
 
+def _prepare_quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
+    # The launch of one argument signature (shapes, strides, dtypes, values): codes, shapes
+    # and the [rows, cols] geometry worked out once. Inputs whose rows are no view of x (a
+    # copy per call) and static scales that are not dense keep the general path.
+    g = _granularity(granularity, block)
+    group = 128 if (granularity == "block") else group_size
+    v, rows, cols, rs, cs = _rows_view(x)
+    if (v.data_ptr() != x.data_ptr() or x.numel() == 0 or
+            (scale is not None and not scale.is_contiguous())):
+        return _quantize_fp8
+    dev, idx, shape = x.device, x.device.index, tuple(x.shape)
+    q_dtype, s_shape = FP8_DTYPES[fmt], _scale_shape(x, g, group)
+    x_code, fmt_code, sat = _FLOAT[x.dtype], _FMT[fmt], bool(saturate)
+    workspace = scale is None and g == _G_TENSOR
+    launch = _C.fp8_quantize
+
+    def prepared(x, scale, fmt, granularity, group_size, block, saturate):
+        q = torch.empty(shape, dtype=q_dtype, device=dev)
+        s_out = torch.empty(s_shape, dtype=torch.float32, device=dev)
+        ws = torch.empty(1, dtype=torch.int32, device=dev) if workspace else None
+        with OnDevice(dev):
+            launch(x.data_ptr(), x_code, rows, cols, rs, cs, q.data_ptr(), fmt_code, sat, g,
+                   group, 0 if scale is None else scale.data_ptr(), s_out.data_ptr(),
+                   0 if ws is None else ws.data_ptr(), HW_CVT, raw_stream(idx))
+        return q, s_out
+
+    return prepared
+
+
 def _quant_supports(kind: str):
     """supports() for the kernel serving ``kind``: static, tensor, row, group or block128."""
 
@@ -172,7 +201,8 @@ for _kind, _name in (("static", "cuda_fp8_quant_static"),
                      ("group", "cuda_fp8_quant_per_group"),
                      ("block128", "cuda_fp8_quant_per_block128")):
     register_kernel("quantize_fp8", "cuda", _name, supports=_quant_supports(_kind),
-                    available=available, priority=PRIORITY)(_quantize_fp8)
+                    available=available, priority=PRIORITY,
+                    prepare=_prepare_quantize_fp8)(_quantize_fp8)
 
 
 # -------------------------------------------------------------------------- dequantize_fp8
