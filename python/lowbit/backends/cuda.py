@@ -125,54 +125,50 @@ def _scale_shape(x: torch.Tensor, g: int, group_size: int):
     return ((x.shape[0] + 127) // 128, (k + 127) // 128)
 
 
-def _quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
+def _quantize_launch(x, geometry, scale, fmt, granularity, group_size, block, saturate):
+    """launch(src, scale) -> (q, scale): quantizing inputs of x's signature whose rows are
+    `src` ([rows, cols] with strides rs, cs: `geometry`), with `scale` (dense) or a dynamic
+    one. Codes, shapes and geometry are worked out here, once."""
     g = _granularity(granularity, block)
     group = 128 if (granularity == "block") else group_size
-    dev = x.device
-    v, rows, cols, rs, cs = _rows_view(x)
-    q = torch.empty(x.shape, dtype=FP8_DTYPES[fmt], device=dev)
-    s_out = torch.empty(_scale_shape(x, g, group), dtype=torch.float32, device=dev)
-    s_in = 0
-    ws = None
-    if scale is not None:
-        scale = scale.contiguous()
-        s_in = scale.data_ptr()
-    elif g == _G_TENSOR:
-        ws = torch.empty(1, dtype=torch.int32, device=dev)
-    with OnDevice(dev):
-        _C.fp8_quantize(v.data_ptr(), _FLOAT[x.dtype], rows, cols, rs, cs, q.data_ptr(),
-                        _FMT[fmt], saturate, g, group, s_in, s_out.data_ptr(),
-                        0 if ws is None else ws.data_ptr(), HW_CVT, stream(dev))
-    return q, s_out
-
-
-def _prepare_quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
-    # The launch of one argument signature (shapes, strides, dtypes, values): codes, shapes
-    # and the [rows, cols] geometry worked out once. Inputs whose rows are no view of x (a
-    # copy per call) and static scales that are not dense keep the general path.
-    g = _granularity(granularity, block)
-    group = 128 if (granularity == "block") else group_size
-    v, rows, cols, rs, cs = _rows_view(x)
-    if (v.data_ptr() != x.data_ptr() or x.numel() == 0 or
-            (scale is not None and not scale.is_contiguous())):
-        return _quantize_fp8
-    dev, idx, shape = x.device, x.device.index, tuple(x.shape)
+    rows, cols, rs, cs = geometry
+    dev, shape = x.device, tuple(x.shape)
+    idx = device_index(dev)
     q_dtype, s_shape = FP8_DTYPES[fmt], _scale_shape(x, g, group)
     x_code, fmt_code, sat = _FLOAT[x.dtype], _FMT[fmt], bool(saturate)
     workspace = scale is None and g == _G_TENSOR
-    launch = _C.fp8_quantize
+    fp8_quantize = _C.fp8_quantize
 
-    def prepared(x, scale, fmt, granularity, group_size, block, saturate):
+    def launch(src, scale):
         q = torch.empty(shape, dtype=q_dtype, device=dev)
         s_out = torch.empty(s_shape, dtype=torch.float32, device=dev)
         ws = torch.empty(1, dtype=torch.int32, device=dev) if workspace else None
         with OnDevice(dev):
-            launch(x.data_ptr(), x_code, rows, cols, rs, cs, q.data_ptr(), fmt_code, sat, g,
-                   group, 0 if scale is None else scale.data_ptr(), s_out.data_ptr(),
-                   0 if ws is None else ws.data_ptr(), HW_CVT, raw_stream(idx))
+            fp8_quantize(src.data_ptr(), x_code, rows, cols, rs, cs, q.data_ptr(), fmt_code, sat,
+                         g, group, 0 if scale is None else scale.data_ptr(), s_out.data_ptr(),
+                         0 if ws is None else ws.data_ptr(), HW_CVT, raw_stream(idx))
         return q, s_out
 
-    return prepared
+    return launch
+
+
+def _quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
+    v, *geometry = _rows_view(x)
+    if scale is not None:
+        scale = scale.contiguous()
+    return _quantize_launch(x, geometry, scale, fmt, granularity, group_size, block,
+                            saturate)(v, scale)
+
+
+def _prepare_quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
+    # A remembered signature keeps its launch. Inputs whose rows are no view of x (a copy per
+    # call) and static scales that are not dense keep the general path.
+    v, *geometry = _rows_view(x)
+    if (v.data_ptr() != x.data_ptr() or x.numel() == 0 or
+            (scale is not None and not scale.is_contiguous())):
+        return _quantize_fp8
+    launch = _quantize_launch(x, geometry, scale, fmt, granularity, group_size, block, saturate)
+    return lambda x, scale, fmt, granularity, group_size, block, saturate: launch(x, scale)
 
 
 def _quant_supports(kind: str):

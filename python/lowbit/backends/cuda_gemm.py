@@ -28,7 +28,7 @@ import torch
 
 from .._backend import register_kernel
 from .._build import _C, has_cuda_kernels
-from ._device import OnDevice, arch_override, capability, device_index, raw_stream, stream
+from ._device import OnDevice, arch_override, capability, device_index, raw_stream
 from .cuda import available as _available
 
 SMALL_M_MAX = 64
@@ -104,41 +104,12 @@ def _supports(kernel: str, min_arch: int, archs, m_range):
 
 
 def _runner(kernel: str):
-    def run(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+    def launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+        # The launch of one argument signature, for dense scales and bias and M, N > 0: every
+        # value below is a function of the signature, so a remembered choice keeps this
+        # function and each call repeats only the allocation, the pointers and the call.
         m, k = a.shape
         n = b.shape[0]
-        out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-        if m == 0 or n == 0:
-            return out
-        # The kernels index per-row scales by m and n alone: make them dense (free when they
-        # already are).
-        a_scale, b_scale = a_scale.contiguous(), b_scale.contiguous()
-        if bias is not None:
-            bias = bias.contiguous()
-        with OnDevice(a.device):
-            _launch(a, b, a_scale, b_scale, bias, out, out_dtype, m, n, k, fast_accum)
-        return out
-
-    def _launch(a, b, a_scale, b_scale, bias, out, out_dtype, m, n, k, fast_accum):
-        _C.fp8_gemm(
-            kernel, a.data_ptr(), _row_stride(a), b.data_ptr(), _row_stride(b),
-            a_scale.data_ptr(), a_scale.stride(0) if a_scale.dim() == 2 else 0,
-            _scale_mode(a_scale, m),
-            b_scale.data_ptr(), b_scale.stride(0) if b_scale.dim() == 2 else 0,
-            _scale_mode(b_scale, n),
-            0 if bias is None else bias.data_ptr(),
-            _OUT_CODE[bias.dtype] if bias is not None else 0,
-            out.data_ptr(), out.stride(0), _OUT_CODE[out_dtype], m, n, k, bool(fast_accum),
-            stream(a.device))
-
-    def prepare(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
-        # The launch of one argument signature: every value below is a function of it. Dense
-        # scales and bias only (the usual case; others keep the general path).
-        m, k = a.shape
-        n = b.shape[0]
-        if m == 0 or n == 0 or not (a_scale.is_contiguous() and b_scale.is_contiguous() and
-                                    (bias is None or bias.is_contiguous())):
-            return run
         dev, idx, shape = a.device, a.device.index, (m, n)
         lda, ldb = _row_stride(a), _row_stride(b)
         sa_ld = a_scale.stride(0) if a_scale.dim() == 2 else 0
@@ -159,6 +130,24 @@ def _runner(kernel: str):
 
         prepared.__name__ = kernel
         return prepared
+
+    def run(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+        m, n = a.shape[0], b.shape[0]
+        if m == 0 or n == 0:
+            return torch.empty((m, n), dtype=out_dtype, device=a.device)
+        # The kernels index per-row scales by m and n alone: make them dense (free when they
+        # already are).
+        args = (a, b, a_scale.contiguous(), b_scale.contiguous(),
+                None if bias is None else bias.contiguous(), out_dtype, fast_accum)
+        return launcher(*args)(*args)
+
+    def prepare(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+        # Scales or a bias that are not dense are made dense on every call: the general path.
+        if a.shape[0] == 0 or b.shape[0] == 0 or not (
+                a_scale.is_contiguous() and b_scale.is_contiguous() and
+                (bias is None or bias.is_contiguous())):
+            return run
+        return launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum)
 
     run.__name__ = kernel
     run.prepare = prepare
