@@ -7,7 +7,8 @@
 # build.log info.txt tests.log kbench.md bench.log bench.json bench.md summary.txt
 # Environment: PYTHON (default python3), LOWBIT_CUDA_ARCHS (passed to the build),
 # STEPS (default "build info sass tests kbench bench"; e.g. STEPS="bench" on a machine already
-# set up; kbench: every fp8_scaled_mm kernel and the CUDA quantizers, kernel by kernel),
+# set up; kbench: every fp8_scaled_mm kernel and the CUDA quantizers, kernel by kernel, and
+# the small-M weight stream of back-to-back calls),
 # TEST_FILTER (a pytest -k expression for the tests step, e.g. "not swapab_matches_reference"
 # to leave out the 2268-case swapab matrix when the whole suite would not fit one call).
 # A step's failure is recorded and the next step still runs (no set -e).
@@ -111,6 +112,8 @@ if want kbench; then
     PYTHONUNBUFFERED=1 $PY -m bench.bench_fp8_gemm --ms 1,16,32,64,128,512,2048,4096 --cube --md "$OUTDIR/kbench_gemm.md"
     PYTHONUNBUFFERED=1 $PY -m bench.bench_fp8_gemm --ms 1,64,4096 --modes block --rep 20
     PYTHONUNBUFFERED=1 $PY -m bench.bench_cuda_fp8_quant
+    # small M as a decode step runs it: back-to-back calls on distinct weights, in a graph
+    PYTHONUNBUFFERED=1 $PY -m bench.bench_weight_stream --kernels swapab,triton
   } >"$OUTDIR/kbench.md" 2>&1
   KBENCH_RC=$?
   rm -f "$OUTDIR/kbench_gemm.md"

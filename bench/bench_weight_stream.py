@@ -1,0 +1,114 @@
+"""Small-M fp8_scaled_mm as a decode step runs it: back-to-back calls on distinct weights.
+
+    python -m bench.bench_weight_stream [--ms 1,16,32,64] [--kernels swapab] [--md PATH]
+
+`bench_fp8_gemm` times one call at a time with the L2 flushed in between: each row then
+carries a launch's start, its pipeline fill and the write-back of the flush's dirty lines,
+a fixed 5-10 us that dominates a 16 MB weight. A decode step instead runs one linear layer
+after another. Here each row is a CUDA graph of calls, one per weight copy (enough copies
+that they fill four L2s, so no weight is served from cache), and the time per call is the
+replay's time over the number of calls, with no flush. The same graph of plain reads of each
+weight (torch's sum, and a kernel that only reads) gives the streaming floor of those bytes
+under this method. Weight GB/s counts the N x K fp8 bytes only.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+import lowbit  # noqa: F401  (registers the kernels)
+
+from .bench_fp8_gemm import SHAPES_NK, operands, runnable_kernels
+from .timing import bench, capture_graph, copy_bandwidth
+
+L2_FILLS = 4
+
+
+@triton.jit
+def _read_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + tl.program_id(0), tl.sum(tl.load(x_ptr + offs, mask=offs < n, other=0)))
+
+
+def plain_read(block):
+    """A kernel that only reads: BLOCK int32 words a program (16-byte loads), one word out."""
+    def run(w):
+        x = w.view(torch.int32).view(-1)
+        grid = triton.cdiv(x.numel(), block)
+        out = torch.empty(grid, dtype=torch.int32, device=x.device)
+        _read_kernel[(grid,)](x, out, x.numel(), BLOCK=block, num_warps=4)
+    return run
+
+
+# Plain reads of the weight bytes, for the streaming floor under the same method: torch's
+# reductions, and a read-only kernel with 4, 8 and 16 KB a program (the best of them shown).
+FLOORS = {
+    "read: torch sum (as fp32)": lambda w: w.view(torch.float32).sum(),
+}
+READ_BLOCKS = (1024, 2048, 4096)
+
+
+def per_call_us(fns, rep):
+    """GPU time per call of the calls `fns`, run back to back in one graph replay."""
+    replay = capture_graph(lambda: [f() for f in fns])
+    return bench(replay, rep=rep, flush_l2=False)["median_us"] / len(fns)
+
+
+def rows_for(m, n, k, rep, names=None):
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    copies = max(2, math.ceil(L2_FILLS * l2 / (n * k)))
+    a, b, sa, sb = operands(m, n, k, "row")
+    ws = [b] + [torch.empty_like(b).copy_(b) for _ in range(copies - 1)]
+    out = []
+    for label, op in FLOORS.items():
+        out.append((label, per_call_us([lambda w=w: op(w) for w in ws], rep)))
+    best = min((per_call_us([lambda w=w, f=plain_read(bl): f(w) for w in ws], rep), bl)
+               for bl in READ_BLOCKS)
+    out.append((f"read: read-only kernel, {best[1] * 4 // 1024} KB a program", best[0]))
+    anchor = [lambda w=w: torch._scaled_mm(a, w.t(), scale_a=sa, scale_b=sb.t(),
+                                           out_dtype=torch.bfloat16) for w in ws]
+    out.append(("torch._scaled_mm", per_call_us(anchor, rep)))
+    t_anchor = out[-1][1]
+    for kern in runnable_kernels((a, b, sa, sb, None, torch.bfloat16, False), names=names):
+        calls = [lambda w=w, kern=kern: kern.fn(a, w, sa, sb, None, torch.bfloat16, False)
+                 for w in ws]
+        out.append((kern.name, per_call_us(calls, rep)))
+    return [f"| {m}x{n}x{k} | {copies} | {name} | {us:.1f} | {n * k / us / 1e3:.0f} | "
+            f"{t_anchor / us:.2f} |" for name, us in out]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ms", default="1,16,32,64")
+    ap.add_argument("--rep", type=int, default=30)
+    ap.add_argument("--kernels", help="comma-separated name fragments: time only these kernels")
+    ap.add_argument("--md")
+    args = ap.parse_args()
+    names = [f for f in (args.kernels or "").split(",") if f] or None
+    torch.manual_seed(0)
+    lines = [
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+        f"copy {copy_bandwidth()['gbps']:.0f} GB/s; back-to-back calls in one graph, "
+        f"distinct weights filling {L2_FILLS} L2s, no flush",
+        "",
+        "| M x N x K | weights | kernel | us per call | weight GB/s | vs anchor |",
+        "|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for n, k in SHAPES_NK:
+        for m in map(int, args.ms.split(",")):
+            new = rows_for(m, n, k, args.rep, names)
+            print("\n".join(new), flush=True)
+            lines += new
+            torch.cuda.empty_cache()
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
