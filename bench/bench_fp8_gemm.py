@@ -97,6 +97,19 @@ def rows_for(m, n, k, mode, rep, fast=False, names=None):
     return lines
 
 
+def print_table(head, groups, md=None):
+    """Prints `head`, then each group of rows as soon as it is measured; all of it to `md`."""
+    print("\n".join(head), flush=True)
+    lines = list(head)
+    for new in groups:
+        print("\n".join(new), flush=True)
+        lines += new
+        torch.cuda.empty_cache()
+    if md:
+        with open(md, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default="1,16,32,64,128,512,4096")
@@ -117,24 +130,20 @@ def main():
         "| M x N x K | scales | kernel | us | TFLOP/s | weight GB/s | vs anchor | err |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    print("\n".join(head), flush=True)
-    lines = list(head)
     shapes = [(m, n, k) for n, k in SHAPES_NK for m in map(int, args.ms.split(","))]
     if args.cube:
         shapes.append((8192, 8192, 8192))
-    for mode in args.modes.split(","):
-        for m, n, k in shapes:
-            try:
-                new = rows_for(m, n, k, mode, args.rep, args.fast, names)
-            except Exception as e:  # a failed row is reported, the table goes on
-                new = [f"| {m}x{n}x{k} | {mode} | error | {type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:160]} | | | | |"]
-            print("\n".join(new), flush=True)
-            lines += new
-            torch.cuda.empty_cache()
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write("\n".join(lines) + "\n")
+
+    def groups():
+        for mode in args.modes.split(","):
+            for m, n, k in shapes:
+                try:
+                    yield rows_for(m, n, k, mode, args.rep, args.fast, names)
+                except Exception as e:  # a failed row is reported, the table goes on
+                    yield [f"| {m}x{n}x{k} | {mode} | error | {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160]} | | | | |"]
+
+    print_table(head, groups(), args.md)
 
 
 if __name__ == "__main__":

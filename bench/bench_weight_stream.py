@@ -22,7 +22,7 @@ import triton.language as tl
 
 import lowbit  # noqa: F401  (registers the kernels)
 
-from .bench_fp8_gemm import SHAPES_NK, operands, runnable_kernels
+from .bench_fp8_gemm import SHAPES_NK, operands, print_table, runnable_kernels
 from .timing import bench, capture_graph, copy_bandwidth
 
 L2_FILLS = 4
@@ -90,7 +90,7 @@ def main():
     args = ap.parse_args()
     names = [f for f in (args.kernels or "").split(",") if f] or None
     torch.manual_seed(0)
-    lines = [
+    head = [
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
         f"copy {copy_bandwidth()['gbps']:.0f} GB/s; back-to-back calls in one graph, "
         f"distinct weights filling {L2_FILLS} L2s, no flush",
@@ -98,16 +98,9 @@ def main():
         "| M x N x K | weights | kernel | us per call | weight GB/s | vs anchor |",
         "|---|---|---|---|---|---|",
     ]
-    print("\n".join(lines), flush=True)
-    for n, k in SHAPES_NK:
-        for m in map(int, args.ms.split(",")):
-            new = rows_for(m, n, k, args.rep, names)
-            print("\n".join(new), flush=True)
-            lines += new
-            torch.cuda.empty_cache()
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    groups = (rows_for(m, n, k, args.rep, names)
+              for n, k in SHAPES_NK for m in map(int, args.ms.split(",")))
+    print_table(head, groups, args.md)
 
 
 if __name__ == "__main__":
