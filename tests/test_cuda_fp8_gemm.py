@@ -375,7 +375,9 @@ def _swapab_check(m, n, k, mode, bias=False, out_dtype=torch.bfloat16, fast_accu
 
 # M: each activation tile width (n = 8, 16, 32, 64) full and partly filled. N = 1, 3000 (a
 # ragged last tile) and 4096; K = 144 and 4112 end in a partial 128-K step. On a 132-SM H100
-# these shapes run K split over clusters of 8 (N = 1), 4 (N = 3000, 4096) and unsplit (K = 144).
+# (which runs 66 clusters of 2 CTAs at once, 39 of 3, 30 of 4, 22 of 5, 17 of 6, 15 of 7 or 8)
+# these shapes run K split over clusters of 8 (N = 1), 4 (N = 3000), 3 (N = 4096) and unsplit
+# (K = 144).
 @gpu
 @pytest.mark.parametrize("fast_accum", [False, True])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -393,6 +395,9 @@ def test_swapab_matches_reference(sm90, m, n, k, mode, bias, out_dtype, fast_acc
 @pytest.mark.parametrize("m,n,k", [
     (5, 8192, 2048),    # K split over clusters of 2
     (1, 256, 8192),     # two tiles, clusters of 8
+    (17, 2048, 4096),   # clusters of 6, 7, 5: each CTA reduces 21-22, 18-19 or 25-26 of the
+    (9, 1024, 3584),    # tile's 128 rows
+    (3, 2560, 4096),
     (33, 17000, 512),   # 133 tiles: one CTA takes a second tile
     (64, 28672, 1024),  # 224 tiles: CTAs stride over tiles, the ring runs on across them
     (8, 4096, 128),     # one step per CTA: the promotion loop's shortest path

@@ -30,7 +30,7 @@
 // issued before the step's wait and used at its promotion, a step later.
 //
 // Split-K, inside a cluster. With N = 4096 there are only 32 tiles of 128 weight rows for 132
-// SMs, so K is split over the CTAs of a thread-block cluster (2, 4 or 8 CTAs, all on one
+// SMs, so K is split over the CTAs of a thread-block cluster (S = 2 to 8 CTAs, all on one
 // tile): CTA r of the cluster streams the r-th K range, writes its fp32 partial tile to its
 // own shared memory, and after a cluster barrier reduces rows [r * 128 / S, (r + 1) * 128 / S)
 // of the tile by reading the S partials through distributed shared memory in rank order
@@ -46,10 +46,13 @@
 // even without a split: the store loop then gives consecutive threads consecutive output
 // columns n, so the writes of out[m, n] are coalesced.
 //
-// Schedule. The host picks S (split_count: the largest of 1, 2, 4, 8 with S * tiles <= SMs
-// and >= 4 steps of 128 K per CTA, lowered until every cluster is resident at once) and the
-// grid (S, tiles) with cluster (S, 1, 1). Without a split (more than SMs / 2 tiles, i.e.
-// N > 8448 on 132 SMs, or K <= 896) the grid is (1, min(tiles, SMs)) and each CTA walks
+// Schedule. The host picks S (split_count: the largest S <= 8 with S * tiles <= SMs, >= 4
+// steps of 128 K per CTA, and every cluster of S resident at once) and the grid (S, tiles)
+// with cluster (S, 1, 1). S need not be a power of two: GPCs hold SM counts that clusters of
+// 4 do not divide, so a 132-SM H100 runs 30 clusters of 4 at once but 39 of 3 (measured,
+// 2026-11-27), and N = 4096 (32 tiles) streams its weight with 96 SMs at S = 3 rather than
+// 64 at S = 2. Without a split (more than SMs / 2 tiles, i.e. N > 8448 on 132 SMs, or
+// K <= 896) the grid is (1, min(tiles, SMs)) and each CTA walks
 // tiles blockIdx.y, + gridDim.y, ...; the producer then runs ahead into the next tile while
 // the consumers store the current one.
 #include <cuda_runtime.h>
@@ -80,7 +83,6 @@ constexpr int kWeightTileBytes = kTileN * kBK;
 constexpr int kSmemLimit = 227 * 1024;  // sm_90 opt-in maximum per block
 static_assert(kBK == 128, "one 128-byte swizzle row per tile row");
 static_assert(kTileN == 2 * 64, "two consumer warpgroups of m64 each");
-static_assert(kTileN % kMaxSplits == 0, "the reduction splits the tile's rows evenly");
 
 // kScaleTma: block scales travel with the stages, by TMA: per stage a [kN tokens][4 steps]
 // box of a's scales, then 4 steps of the tile's b scale (each part a multiple of 128 bytes,
@@ -105,12 +107,16 @@ struct Config {
   static_assert(kSmemBytes <= kSmemLimit, "shared memory over the sm_90 limit");
 };
 
-// Splits of K (cluster size): the largest power of two that keeps the CTAs within one wave
-// and gives each at least kMinStepsPerSplit 128-K steps.
-inline int split_count(int tiles, int steps, int sms) {
-  int s = 1;
-  while (s < kMaxSplits && 2 * s * tiles <= sms && steps >= 2 * s * kMinStepsPerSplit) s *= 2;
-  return s;
+// Splits of K (cluster size): the largest S <= kMaxSplits that keeps the CTAs within one
+// wave, gives each at least kMinStepsPerSplit 128-K steps, and whose clusters all fit at
+// once (clusters_fit(S) >= tiles); 1 when none does.
+template <class ClustersFit>
+inline int split_count(int tiles, int steps, int sms, ClustersFit&& clusters_fit) {
+  int s = tiles > 0 && sms / tiles < kMaxSplits ? sms / tiles : kMaxSplits;
+  if (steps / kMinStepsPerSplit < s) s = steps / kMinStepsPerSplit;
+  for (; s > 1; --s)
+    if (clusters_fit(s) >= tiles) return s;
+  return 1;
 }
 
 #ifdef LOWBIT_SM90A
@@ -272,23 +278,23 @@ __device__ __forceinline__ void write_partial(float* red, const float (&acc)[kN 
   }
 }
 
-// This CTA's share of the tile's output: weight rows [rank * rows, (rank + 1) * rows) of the
-// tile, rows = 128 / splits, summed over the cluster's partials in rank order, then scales
+// This CTA's share of the tile's output: weight rows [rank * 128 / splits, (rank + 1) * 128 /
+// splits) of the tile, summed over the cluster's partials in rank order, then scales
 // (those not applied per step), bias, and the store. Consecutive threads take consecutive
 // output columns n, so the stores are coalesced.
 template <int kN, bool kBlock>
 __device__ __forceinline__ void reduce_store(const Fp8GemmArgs& p, const float* red, int tile,
                                              int rank, int splits, int ctid) {
-  const int rows = kTileN / splits;
+  const int first = rank * kTileN / splits, rows = (rank + 1) * kTileN / splits - first;
   const int tokens = min(p.M, kN);
-  const int n_first = tile * kTileN + rank * rows;
+  const int n_first = tile * kTileN + first;
   const bool a_step = kBlock && p.a_mode == ScaleMode::kBlock;
   const bool b_step = kBlock && p.b_mode == ScaleMode::kBlock;
   for (int e = ctid; e < rows * tokens; e += kConsumerThreads) {
     const int m = e / rows, r = e % rows;
     const int n = n_first + r;
     if (n >= p.N) continue;
-    const float* src = red + m * kRedLd + rank * rows + r;
+    const float* src = red + m * kRedLd + first + r;
     float v;
     if (splits == 1) {
       v = *src;
@@ -465,11 +471,10 @@ cudaError_t launch(const Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream) 
   const int tiles = (p.N + kTileN - 1) / kTileN;
   const int steps = (p.K + kBK - 1) / kBK;
   const int sms = sm_count(device);
-  int splits = split_count(tiles, steps, sms);
-  // Every cluster resident at once, or split less.
-  while (splits > 1 && clusters_that_fit(reinterpret_cast<const void*>(kernel), C::kSmemBytes,
-                                         splits, fit[device][splits]) < tiles)
-    splits /= 2;
+  const int splits = split_count(tiles, steps, sms, [&](int s) {
+    return clusters_that_fit(reinterpret_cast<const void*>(kernel), C::kSmemBytes, s,
+                             fit[device][s]);
+  });
   // With a split, tiles * splits <= SMs (one wave); without, the CTAs stride over the tiles.
   int stride = splits > 1 || sms <= 0 ? tiles : (tiles < sms ? tiles : sms);
   if (stride > 65535) stride = 65535;
