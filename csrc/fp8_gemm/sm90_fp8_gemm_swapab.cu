@@ -35,8 +35,8 @@
 // own shared memory, and after a cluster barrier reduces rows [r * 128 / S, (r + 1) * 128 / S)
 // of the tile by reading the S partials through distributed shared memory in rank order
 // 0, 1, ..., S-1, then applies scales and bias and stores. The summation order is fixed by
-// the code, so results are bitwise reproducible (for a given device, i.e. SM count, which
-// sets S). This was chosen over a global-memory workspace reduced by the last-arriving CTA
+// the code, so results are bitwise reproducible (for a given device: its SM count and how
+// many clusters it runs at once set S). This was chosen over a global-memory workspace reduced by the last-arriving CTA
 // because it needs no workspace and no counters: nothing to allocate, to keep zeroed, to
 // size before a CUDA-graph capture, or to share between streams running concurrently.
 // The cost: S is at most 8 (the portable cluster size), so a weight of one or two tiles

@@ -30,7 +30,11 @@ eager call costs 67-81 us on the Triton backend (run_bench.py host table, 1x4096
 runs the same day) against 16-21 us on the CUDA one (bench/NOTES.md, "Eager host time"),
 which outweighs the kernel gap. Under CUDA
 graphs that argument does not hold; the table is one order for every scale mode and for
-eager and captured use alike.
+eager and captured use alike. Back to back in one graph (bench/bench_weight_stream.py,
+2026-11-27; swapab at commit 4579ea1, Triton at f89b8ec) Triton's GPU time leads at M = 64
+with K = 4096 (64x4096x4096: 13.6 against 16.7 us; 64x14336x4096: 25.7 against 32.9) and at
+M = 16-32 on 14336x4096 (4-8%); swapab leads on the other decode rows, by up to 1.5x where
+K = 14336.
 """
 from __future__ import annotations
 
