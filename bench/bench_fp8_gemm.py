@@ -97,6 +97,17 @@ def rows_for(m, n, k, mode, rep, fast=False, names=None):
     return lines
 
 
+def kernel_filter(arg):
+    """The name fragments of a comma-separated --kernels value, or None for every kernel."""
+    return [f for f in (arg or "").split(",") if f] or None
+
+
+def card_line():
+    """The first line of a table: the card, torch's version and the copy bandwidth."""
+    return (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+            f"copy {copy_bandwidth()['gbps']:.0f} GB/s")
+
+
 def print_table(head, groups, md=None):
     """Prints `head`, then each group of rows as soon as it is measured; all of it to `md`."""
     print("\n".join(head), flush=True)
@@ -121,11 +132,10 @@ def main():
                     "(block rows' err is then against the first of them)")
     ap.add_argument("--md")
     args = ap.parse_args()
-    names = [f for f in (args.kernels or "").split(",") if f] or None
+    names = kernel_filter(args.kernels)
     torch.manual_seed(0)
     head = [
-        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
-        f"copy {copy_bandwidth()['gbps']:.0f} GB/s",
+        card_line(),
         "",
         "| M x N x K | scales | kernel | us | TFLOP/s | weight GB/s | vs anchor | err |",
         "|---|---|---|---|---|---|---|---|",

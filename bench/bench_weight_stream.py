@@ -22,8 +22,9 @@ import triton.language as tl
 
 import lowbit  # noqa: F401  (registers the kernels)
 
-from .bench_fp8_gemm import SHAPES_NK, operands, print_table, runnable_kernels
-from .timing import bench, capture_graph, copy_bandwidth
+from .bench_fp8_gemm import (SHAPES_NK, card_line, kernel_filter, operands, print_table,
+                             runnable_kernels)
+from .timing import bench, capture_graph
 
 L2_FILLS = 4
 
@@ -88,12 +89,11 @@ def main():
     ap.add_argument("--kernels", help="comma-separated name fragments: time only these kernels")
     ap.add_argument("--md")
     args = ap.parse_args()
-    names = [f for f in (args.kernels or "").split(",") if f] or None
+    names = kernel_filter(args.kernels)
     torch.manual_seed(0)
     head = [
-        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
-        f"copy {copy_bandwidth()['gbps']:.0f} GB/s; back-to-back calls in one graph, "
-        f"distinct weights filling {L2_FILLS} L2s, no flush",
+        f"{card_line()}; back-to-back calls in one graph, distinct weights filling "
+        f"{L2_FILLS} L2s, no flush",
         "",
         "| M x N x K | weights | kernel | us per call | weight GB/s | vs anchor |",
         "|---|---|---|---|---|---|",

@@ -36,9 +36,10 @@
 // of the tile by reading the S partials through distributed shared memory in rank order
 // 0, 1, ..., S-1, then applies scales and bias and stores. The summation order is fixed by
 // the code, so results are bitwise reproducible (for a given device: its SM count and how
-// many clusters it runs at once set S). This was chosen over a global-memory workspace reduced by the last-arriving CTA
-// because it needs no workspace and no counters: nothing to allocate, to keep zeroed, to
-// size before a CUDA-graph capture, or to share between streams running concurrently.
+// many clusters it runs at once set S). This was chosen over a global-memory workspace
+// reduced by the last-arriving CTA because it needs no workspace and no counters: nothing to
+// allocate, to keep zeroed, to size before a CUDA-graph capture, or to share between streams
+// running concurrently.
 // The cost: S is at most 8 (the portable cluster size), so a weight of one or two tiles
 // (N <= 256) is streamed by at most 16 SMs; such GEMMs take a few microseconds anyway.
 //
@@ -52,9 +53,9 @@
 // 4 do not divide, so a 132-SM H100 runs 30 clusters of 4 at once but 39 of 3 (measured,
 // 2026-11-27), and N = 4096 (32 tiles) streams its weight with 96 SMs at S = 3 rather than
 // 64 at S = 2. Without a split (more than SMs / 2 tiles, i.e. N > 8448 on 132 SMs, or
-// K <= 896) the grid is (1, min(tiles, SMs)) and each CTA walks
-// tiles blockIdx.y, + gridDim.y, ...; the producer then runs ahead into the next tile while
-// the consumers store the current one.
+// K <= 896) the grid is (1, min(tiles, SMs)) and each CTA walks tiles blockIdx.y,
+// + gridDim.y, ...; the producer then runs ahead into the next tile while the consumers
+// store the current one.
 #include <cuda_runtime.h>
 
 #include <atomic>

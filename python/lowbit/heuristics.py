@@ -24,13 +24,12 @@ So the sm_90 kernels lead at every M but one band, each followed by the next bes
 the shapes it declines. In that band Triton's GPU time is ahead: M = 64 where K = 4096
 (64x4096x4096: 18.4 against 23.4 us; 64x14336x4096: 34.8 against 41.5) and, with block
 scales, M = 64 with K = 4096 (19.6 against 23.0 us at 4096x4096 once swapab took its scales
-by TMA; bench/NOTES.md); at M = 16-32 with
-K = 4096 Triton is 1-5% ahead; M = 33-63 was not measured. swapab stays first because an
-eager call costs 67-81 us on the Triton backend (run_bench.py host table, 1x4096x4096, two
-runs the same day) against 16-21 us on the CUDA one (bench/NOTES.md, "Eager host time"),
-which outweighs the kernel gap. Under CUDA
-graphs that argument does not hold; the table is one order for every scale mode and for
-eager and captured use alike. Back to back in one graph (bench/bench_weight_stream.py,
+by TMA; bench/NOTES.md); at M = 16-32 with K = 4096 Triton is 1-5% ahead; M = 33-63 was not
+measured. swapab stays first because an eager call costs 67-81 us on the Triton backend
+(run_bench.py host table, 1x4096x4096, two runs the same day) against 16-21 us on the CUDA
+one (bench/NOTES.md, "Eager host time"), which outweighs the kernel gap. Under CUDA graphs
+that argument does not hold; the table is one order for every scale mode and for eager and
+captured use alike. Back to back in one graph (bench/bench_weight_stream.py,
 2026-11-27; swapab at commit 4579ea1, Triton at f89b8ec) Triton's GPU time leads at M = 64
 with K = 4096 (64x4096x4096: 13.6 against 16.7 us; 64x14336x4096: 25.7 against 32.9) and at
 M = 16-32 on 14336x4096 (4-8%); swapab leads on the other decode rows, by up to 1.5x where
