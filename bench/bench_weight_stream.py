@@ -1,6 +1,7 @@
 """Small-M fp8_scaled_mm as a decode step runs it: back-to-back calls on distinct weights.
 
-    python -m bench.bench_weight_stream [--ms 1,16,32,64] [--kernels swapab] [--md PATH]
+    python -m bench.bench_weight_stream [--ms 1,16,32,64] [--nk 4096x4096,...] [--kernels swapab]
+                                        [--md PATH]
 
 `bench_fp8_gemm` times one call at a time with the L2 flushed in between: each row then
 carries a launch's start, its pipeline fill and the write-back of the flush's dirty lines,
@@ -10,6 +11,10 @@ that they fill four L2s, so no weight is served from cache), and the time per ca
 replay's time over the number of calls, with no flush. The same graph of plain reads of each
 weight (torch's sum, and a kernel that only reads) gives the streaming floor of those bytes
 under this method. Weight GB/s counts the N x K fp8 bytes only.
+
+The sm_90a kernels launch as programmatic dependent launches (each starts its setup while
+the call before it finishes); their rows are also timed with that off ("no PDL"), which is
+how the plain reads and torch's kernels run.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import triton
 import triton.language as tl
 
 import lowbit  # noqa: F401  (registers the kernels)
+from lowbit.backends import cuda_gemm
 
 from .bench_fp8_gemm import (SHAPES_NK, card_line, kernel_filter, operands, print_table,
                              runnable_kernels)
@@ -77,6 +83,12 @@ def rows_for(m, n, k, rep, names=None):
     for kern in runnable_kernels((a, b, sa, sb, None, torch.bfloat16, False), names=names):
         calls = [lambda w=w, kern=kern: kern.fn(a, w, sa, sb, None, torch.bfloat16, False)
                  for w in ws]
+        if kern.name.startswith("sm90_") and cuda_gemm.programmatic_launch():
+            cuda_gemm.set_programmatic_launch(False)
+            try:
+                out.append((f"{kern.name}, no PDL", per_call_us(calls, rep)))
+            finally:
+                cuda_gemm.set_programmatic_launch(True)
         out.append((kern.name, per_call_us(calls, rep)))
     return [f"| {m}x{n}x{k} | {copies} | {name} | {us:.1f} | {n * k / us / 1e3:.0f} | "
             f"{t_anchor / us:.2f} |" for name, us in out]
@@ -86,6 +98,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default="1,16,32,64")
     ap.add_argument("--rep", type=int, default=30)
+    ap.add_argument("--nk", help="comma-separated NxK weight shapes (default: the PERF.md set); "
+                                 "N and K multiples of 16, as torch._scaled_mm needs")
     ap.add_argument("--kernels", help="comma-separated name fragments: time only these kernels")
     ap.add_argument("--md")
     args = ap.parse_args()
@@ -98,8 +112,11 @@ def main():
         "| M x N x K | weights | kernel | us per call | weight GB/s | vs anchor |",
         "|---|---|---|---|---|---|",
     ]
+    shapes = SHAPES_NK
+    if args.nk:
+        shapes = [tuple(map(int, s.split("x"))) for s in args.nk.split(",")]
     groups = (rows_for(m, n, k, args.rep, names)
-              for n, k in SHAPES_NK for m in map(int, args.ms.split(",")))
+              for n, k in shapes for m in map(int, args.ms.split(",")))
     print_table(head, groups, args.md)
 
 

@@ -12,6 +12,7 @@
 #include "fp8_gemm/fp8_gemm_mma.h"
 #include "fp8_gemm/fp8_gemm_sm90.h"
 #include "fp8_gemm/fp8_gemm_smallm.h"
+#include "fp8_gemm/launch_facts.h"
 #include "runtime.h"
 #endif
 
@@ -225,6 +226,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("b_scale_ld"), py::arg("b_mode"), py::arg("bias"), py::arg("bias_dtype"),
         py::arg("out"), py::arg("ldo"), py::arg("out_dtype"), py::arg("M"), py::arg("N"),
         py::arg("K"), py::arg("fast_accum"), py::arg("stream"));
+  m.def("set_programmatic_launch", &lowbit::set_programmatic_launch, py::arg("on"),
+        "Launch the sm_90 GEMMs as programmatic dependent launches (on by default)");
+  m.def("programmatic_launch", &lowbit::programmatic_launch,
+        "Whether the sm_90 GEMMs launch as programmatic dependent launches");
 #endif
 #ifdef LOWBIT_WITH_CUDA
   m.def("fp8_quantize", &fp8_quantize,

@@ -483,3 +483,90 @@ def test_non_finite_scales_checked_on_gpu_only_when_asked(monkeypatch):
     monkeypatch.setenv("LOWBIT_CHECK_SCALES", "1")
     with pytest.raises(ValueError, match=r"fp8_scaled_mm: a_scale must be finite"):
         lowbit.fp8_scaled_mm(a, b, bad, sb, backend="cuda")
+
+
+# ------------------------------------------------- programmatic dependent launch (sm_90a)
+@pytest.fixture
+def pdl_switch(sm90):
+    from lowbit.backends import cuda_gemm
+    was = cuda_gemm.programmatic_launch()
+    yield cuda_gemm.set_programmatic_launch
+    cuda_gemm.set_programmatic_launch(was)
+
+
+def _chain_inputs(m, seed):
+    """Operands of three GEMMs: one giving a positive [m, 1] fp32 column, one a [1, 4096] row,
+    and the last, whose per-row a scale is that column and whose bias is that row."""
+    g = torch.Generator().manual_seed(seed)
+    pos = lambda *s: (torch.rand(*s, generator=g) + 0.25).to(torch.float8_e4m3fn).cuda()
+    a1, b1 = pos(m, 4096), pos(1, 4096)
+    a2, b2 = pos(1, 8192), (torch.randn(4096, 8192, generator=g)).to(torch.float8_e4m3fn).cuda()
+    a3, _, _, sb3 = _operands(m, 4096, 2048, "row", "cuda", seed=seed)
+    b3 = (torch.randn(4096, 2048, generator=g)).to(torch.float8_e4m3fn).cuda()
+    return a1, b1, a2, b2, a3, b3, sb3
+
+
+def _chain(a1, b1, a2, b2, a3, b3, sb3, sync=False):
+    one = torch.ones((), device="cuda")
+    f32, bf16 = torch.float32, torch.bfloat16
+    col = lowbit.fp8_scaled_mm(a1, b1, one, one / 4096, out_dtype=f32, backend="cuda")
+    if sync:
+        torch.cuda.synchronize()
+    row = lowbit.fp8_scaled_mm(a2, b2, one, one / 64, out_dtype=bf16, backend="cuda")
+    if sync:
+        torch.cuda.synchronize()
+    return lowbit.fp8_scaled_mm(a3, b3, col, sb3, row[0], out_dtype=bf16, backend="cuda")
+
+
+# The sm_90a GEMMs start while the kernel before them finishes (programmatic dependent launch)
+# and each lets the next one start once it is past its mainloop. Here each GEMM reads what the
+# two before it wrote a moment earlier, in the same stream, with new inputs every time: a read
+# before griddepcontrol.wait would see the last round's scales or bias. The calls queue up
+# behind a sleeping kernel, so that they run back to back as in a CUDA graph rather than at
+# the pace of the host. m = 16 runs swapab throughout; m = 300 runs wgmma first and last.
+@gpu
+@pytest.mark.parametrize("m", [16, 300])
+def test_programmatic_launch_reads_what_the_kernel_before_wrote(pdl_switch, m):
+    rounds = [_chain_inputs(m, seed) for seed in range(6)]
+    pdl_switch(False)
+    want = [_chain(*r, sync=True) for r in rounds]
+    torch.cuda.synchronize()
+    pdl_switch(True)
+    for _ in range(3):
+        torch.cuda._sleep(50_000_000)  # tens of ms: the host queues every call meanwhile
+        got = [_chain(*r) for r in rounds]
+        torch.cuda.synchronize()
+        for w, o in zip(want, got):
+            assert torch.equal(o, w)
+
+
+@gpu
+def test_programmatic_launch_in_a_cuda_graph(pdl_switch):
+    pdl_switch(True)
+    r = _chain_inputs(16, 0)
+    want = _chain(*r, sync=True)  # warm-up, outside capture
+    static = [t.clone() for t in r]
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = _chain(*static)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+    r2 = _chain_inputs(16, 1)
+    for t, src in zip(static, r2):
+        t.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, _chain(*r2, sync=True))
+
+
+def test_programmatic_launch_switch_without_gpu():
+    from lowbit.backends import cuda_gemm
+    assert cuda_gemm.PDL_ENV == "LOWBIT_PDL"
+    was = cuda_gemm.programmatic_launch()
+    cuda_gemm.set_programmatic_launch(False)
+    assert cuda_gemm.programmatic_launch() is False
+    cuda_gemm.set_programmatic_launch(True)
+    assert cuda_gemm.programmatic_launch() is lowbit.backends.cuda_gemm.has_cuda_kernels()
+    cuda_gemm.set_programmatic_launch(was)

@@ -30,6 +30,29 @@ inline cudaError_t opt_in_smem(Kernel kernel, int bytes, int device,
   return e;
 }
 
+// Whether lowbit's sm_90 GEMMs launch with programmatic stream serialization (programmatic
+// dependent launch): each may then start its setup while the kernel before it in the stream
+// finishes, and waits for it (griddepcontrol.wait) before touching global memory. On by
+// default; set_programmatic_launch(false) gives plain stream order, e.g. to time both.
+inline std::atomic<bool>& programmatic_launch_flag() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+inline bool programmatic_launch() {
+  return programmatic_launch_flag().load(std::memory_order_relaxed);
+}
+inline void set_programmatic_launch(bool on) {
+  programmatic_launch_flag().store(on, std::memory_order_relaxed);
+}
+
+// The launch attribute that asks for it (the caller counts it only when it is on).
+inline cudaLaunchAttribute programmatic_attribute() {
+  cudaLaunchAttribute attr = {};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  return attr;
+}
+
 // 0 when the count cannot be read (the caller then reports the launch error it gets).
 inline int sm_count(int device) {
   static std::atomic<int> counts[kMaxDevices] = {};

@@ -284,14 +284,19 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
   const int tiles = tiles_m * tiles_n;
   const int nk = (p.K + kBK - 1) / kBK;
 
-  if (threadIdx.x == 0) init_ring(full, empty, kStages, kConsumerWarps);
+  if (threadIdx.x == 0) {
+    init_ring(full, empty, kStages, kConsumerWarps);
+    tma_prefetch_desc(&map_a);
+    tma_prefetch_desc(&map_b);
+  }
   __syncthreads();
+  // Programmatic dependent launch: the setup above overlaps the end of the kernel before, and
+  // each thread lets the next kernel start its setup once it is past its last mainloop.
+  grid_dependency_wait();
 
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
     if (threadIdx.x == 0) {
-      tma_prefetch_desc(&map_a);
-      tma_prefetch_desc(&map_b);
       int it = 0;  // steps issued by this CTA, across its tiles
       for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         const Tile tile = tile_at(t, tiles_m, tiles_n, group);
@@ -310,6 +315,7 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
         }
       }
     }
+    launch_dependents();
     return;
   }
 
@@ -410,6 +416,7 @@ sm90_fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
       release(prev);
       it += nk;
     }
+    if (t + gridDim.x >= tiles) launch_dependents();
 
     if (!tma_store) {
       epilogue_direct(p, acc, row0, tile.n0, lane, pair_ok);
@@ -471,8 +478,17 @@ cudaError_t launch(const Maps& maps, bool tma_store, const Fp8GemmArgs& p, cudaS
   const int tiles = ((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
   const int sms = sm_count(device);
   const int grid = sms > 0 && sms < tiles ? sms : tiles;
-  kernel<<<grid, kThreads, kSmemBytes, stream>>>(maps.a, maps.b, maps.out, maps.sa, maps.sb, p,
-                                                 tma_store, raster_group(p.N, p.K));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid, 1, 1);
+  cfg.blockDim = dim3(kThreads, 1, 1);
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute programmatic = programmatic_attribute();
+  cfg.attrs = &programmatic;
+  cfg.numAttrs = programmatic_launch() ? 1 : 0;
+  e = cudaLaunchKernelEx(&cfg, kernel, maps.a, maps.b, maps.out, maps.sa, maps.sb, p, tma_store,
+                         raster_group(p.N, p.K));
+  if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
 

@@ -18,10 +18,17 @@ Priorities: at M <= 64 the small-M kernels come before the tiled ones, which tak
 
 Setting ``LOWBIT_ARCH=80`` (or 89) in the environment makes the kernels of newer archs step
 aside, so that the older paths are exercised on a Hopper card.
+
+The sm_90a kernels launch as programmatic dependent launches: each may start its setup
+(barriers, tensor-map prefetch) while the kernel before it in the stream finishes, and waits
+for that kernel (``griddepcontrol.wait``) before it reads or writes global memory; each lets
+the next one start once all its CTAs run. Results do not change. ``LOWBIT_PDL=0`` in the
+environment (read at import) or ``set_programmatic_launch(False)`` gives plain stream order.
 """
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -32,12 +39,28 @@ from ._device import OnDevice, arch_override, capability, device_index, raw_stre
 from .cuda import available as _available
 
 SMALL_M_MAX = 64
+PDL_ENV = "LOWBIT_PDL"
 _OUT_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 @functools.lru_cache(maxsize=None)
 def _built() -> frozenset:
     return frozenset(_C.fp8_gemm_kernels_built()) if has_cuda_kernels() else frozenset()
+
+
+def set_programmatic_launch(on: bool) -> None:
+    """Launch the sm_90a GEMMs as programmatic dependent launches (the default) or not."""
+    if has_cuda_kernels():
+        _C.set_programmatic_launch(bool(on))
+
+
+def programmatic_launch() -> bool:
+    """Whether the sm_90a GEMMs launch as programmatic dependent launches."""
+    return has_cuda_kernels() and bool(_C.programmatic_launch())
+
+
+if os.environ.get(PDL_ENV, "1") == "0":
+    set_programmatic_launch(False)
 
 
 def _scale_mode(s: torch.Tensor, rows: int) -> int:
