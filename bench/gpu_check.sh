@@ -10,7 +10,8 @@
 # set up; kbench: every fp8_scaled_mm kernel and the CUDA quantizers, kernel by kernel, and
 # the small-M weight stream of back-to-back calls),
 # TEST_FILTER (a pytest -k expression for the tests step, e.g. "not swapab_matches_reference"
-# to leave out the 2268-case swapab matrix when the whole suite would not fit one call).
+# to leave out the 2268-case swapab matrix when the whole suite would not fit one call),
+# TEST_WORKERS (pytest-xdist processes for the tests step, default 12; 1: no xdist).
 # A step's failure is recorded and the next step still runs (no set -e).
 set -u
 
@@ -80,17 +81,25 @@ TESTS_RC=skipped
 if want tests; then
   echo "== (d) GPU tests -> $OUTDIR/tests.log"
   t=$SECONDS
-  # Two pytest processes side by side (the GEMM file, everything else): their host-side
-  # reference computations take most of the time, and the machine has cores to spare.
   KFILTER=()
   [ -n "${TEST_FILTER:-}" ] && KFILTER=(-k "$TEST_FILTER")
-  $PY -m pytest tests/test_cuda_fp8_gemm.py -m gpu -q -rs -p no:cacheprovider ${KFILTER[@]+"${KFILTER[@]}"} >"$OUTDIR/tests_gemm.log" 2>&1 &
-  pid=$!
-  $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider ${KFILTER[@]+"${KFILTER[@]}"} --ignore=tests/test_cuda_fp8_gemm.py >"$OUTDIR/tests.log" 2>&1
-  rc_rest=$?
-  wait $pid
-  rc_gemm=$?
-  cat "$OUTDIR/tests_gemm.log" >>"$OUTDIR/tests.log" && rm -f "$OUTDIR/tests_gemm.log"
+  # The host-side reference computations take most of the time: with pytest-xdist, one run
+  # spread over TEST_WORKERS processes (default 12; all share the GPU); without it, two
+  # pytest processes side by side (the GEMM file, everything else).
+  WORKERS=${TEST_WORKERS:-12}
+  if [ "$WORKERS" -gt 1 ] && $PY -c 'import xdist' >/dev/null 2>&1; then
+    $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider -n "$WORKERS" ${KFILTER[@]+"${KFILTER[@]}"} >"$OUTDIR/tests.log" 2>&1
+    rc_rest=$?
+    rc_gemm=$rc_rest
+  else
+    $PY -m pytest tests/test_cuda_fp8_gemm.py -m gpu -q -rs -p no:cacheprovider ${KFILTER[@]+"${KFILTER[@]}"} >"$OUTDIR/tests_gemm.log" 2>&1 &
+    pid=$!
+    $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider ${KFILTER[@]+"${KFILTER[@]}"} --ignore=tests/test_cuda_fp8_gemm.py >"$OUTDIR/tests.log" 2>&1
+    rc_rest=$?
+    wait $pid
+    rc_gemm=$?
+    cat "$OUTDIR/tests_gemm.log" >>"$OUTDIR/tests.log" && rm -f "$OUTDIR/tests_gemm.log"
+  fi
   # With a filter one side may select nothing (pytest's 5): that side did not fail.
   if [ -n "${TEST_FILTER:-}" ]; then
     [ "$rc_rest" = 5 ] && [ "$rc_gemm" != 5 ] && rc_rest=0

@@ -1,5 +1,5 @@
 // Host-side launch facts shared by lowbit's GEMM launchers: the current device, a kernel's
-// once-per-device shared-memory opt-in, the SM count. Looked up once per device (a process
+// once-per-device shared-memory opt-in, the SM count, the sm_90 launch configuration. Looked up once per device (a process
 // may drive several GPUs).
 #pragma once
 #include <cuda_runtime.h>
@@ -52,6 +52,37 @@ inline cudaLaunchAttribute programmatic_attribute() {
   attr.val.programmaticStreamSerializationAllowed = 1;
   return attr;
 }
+
+// The launch configuration of an sm_90 kernel: grid, block, dynamic shared memory, stream,
+// and its attributes (a cluster of `cluster_x` CTAs along x when above 1; programmatic
+// dependent launch when `programmatic`). The config points at the attributes it owns, so it
+// is built in place and never copied.
+class LaunchConfig {
+ public:
+  LaunchConfig(dim3 grid, int threads, int smem_bytes, cudaStream_t stream, int cluster_x,
+               bool programmatic) {
+    cfg_.gridDim = grid;
+    cfg_.blockDim = dim3(threads, 1, 1);
+    cfg_.dynamicSmemBytes = smem_bytes;
+    cfg_.stream = stream;
+    cfg_.attrs = attrs_;
+    if (cluster_x > 1) {
+      cudaLaunchAttribute& cluster = attrs_[cfg_.numAttrs++];
+      cluster.id = cudaLaunchAttributeClusterDimension;
+      cluster.val.clusterDim.x = cluster_x;
+      cluster.val.clusterDim.y = 1;
+      cluster.val.clusterDim.z = 1;
+    }
+    if (programmatic) attrs_[cfg_.numAttrs++] = programmatic_attribute();
+  }
+  LaunchConfig(const LaunchConfig&) = delete;
+  LaunchConfig& operator=(const LaunchConfig&) = delete;
+  const cudaLaunchConfig_t* get() const { return &cfg_; }
+
+ private:
+  cudaLaunchAttribute attrs_[2] = {};
+  cudaLaunchConfig_t cfg_ = {};
+};
 
 // 0 when the count cannot be read (the caller then reports the launch error it gets).
 inline int sm_count(int device) {

@@ -424,41 +424,15 @@ sm90_fp8_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
 #endif
 }
 
-// A launch of `grid` CTAs of this kernel's shape, in clusters of `splits` CTAs along x (no
-// cluster when splits is 1), as a programmatic dependent launch when `programmatic`. `attrs`
-// holds the attributes and must outlive the config.
-inline cudaLaunchConfig_t launch_config(dim3 grid, int smem_bytes, int splits,
-                                        cudaStream_t stream, bool programmatic,
-                                        cudaLaunchAttribute (&attrs)[2]) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads, 1, 1);
-  cfg.dynamicSmemBytes = smem_bytes;
-  cfg.stream = stream;
-  cfg.attrs = attrs;
-  cfg.numAttrs = 0;
-  if (splits > 1) {
-    cudaLaunchAttribute& cluster = attrs[cfg.numAttrs++];
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = splits;
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
-  }
-  if (programmatic) attrs[cfg.numAttrs++] = programmatic_attribute();
-  return cfg;
-}
-
 // How many clusters of `splits` CTAs of `kernel` the device runs at once (0: none; e.g. a
 // partitioned GPU whose GPCs hold fewer SMs). Asked once per device and cluster size.
 inline int clusters_that_fit(const void* kernel, int smem_bytes, int splits,
                              std::atomic<int>& cache) {
   int known = cache.load(std::memory_order_relaxed);  // the count + 1; 0 = not asked yet
   if (known == 0) {
-    cudaLaunchAttribute attrs[2];
-    const cudaLaunchConfig_t cfg =
-        launch_config(dim3(splits, 1, 1), smem_bytes, splits, nullptr, false, attrs);
+    const LaunchConfig cfg(dim3(splits, 1, 1), kThreads, smem_bytes, nullptr, splits, false);
     int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+    if (cudaOccupancyMaxActiveClusters(&n, kernel, cfg.get()) != cudaSuccess) {
       // Not sticky: clear it, and do not split. The failure is remembered like an answer: the
       // split sets the summation order, so it must not change between calls of a process.
       (void)cudaGetLastError();
@@ -498,12 +472,11 @@ cudaError_t launch(const Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream) 
   int stride = splits > 1 || sms <= 0 ? tiles : (tiles < sms ? tiles : sms);
   if (stride > 65535) stride = 65535;
 
-  cudaLaunchAttribute attrs[2];
-  const cudaLaunchConfig_t cfg = launch_config(dim3(splits, stride, 1), C::kSmemBytes, splits,
-                                               stream, programmatic_launch(), attrs);
-  e = cudaLaunchKernelEx(&cfg, kernel, maps.w, maps.x, maps.sa, maps.sb, p);
-  if (e != cudaSuccess) return e;
-  return cudaGetLastError();
+  // Clusters of `splits` CTAs along x (none when 1).
+  const LaunchConfig cfg(dim3(splits, stride, 1), kThreads, C::kSmemBytes, stream, splits,
+                         programmatic_launch());
+  // The launch's own status: an error left by earlier, unrelated work is not reported here.
+  return cudaLaunchKernelEx(cfg.get(), kernel, maps.w, maps.x, maps.sa, maps.sb, p);
 }
 
 template <int kN>

@@ -478,18 +478,11 @@ cudaError_t launch(const Maps& maps, bool tma_store, const Fp8GemmArgs& p, cudaS
   const int tiles = ((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
   const int sms = sm_count(device);
   const int grid = sms > 0 && sms < tiles ? sms : tiles;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid, 1, 1);
-  cfg.blockDim = dim3(kThreads, 1, 1);
-  cfg.dynamicSmemBytes = kSmemBytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute programmatic = programmatic_attribute();
-  cfg.attrs = &programmatic;
-  cfg.numAttrs = programmatic_launch() ? 1 : 0;
-  e = cudaLaunchKernelEx(&cfg, kernel, maps.a, maps.b, maps.out, maps.sa, maps.sb, p, tma_store,
-                         raster_group(p.N, p.K));
-  if (e != cudaSuccess) return e;
-  return cudaGetLastError();
+  const LaunchConfig cfg(dim3(grid, 1, 1), kThreads, kSmemBytes, stream, 1,
+                         programmatic_launch());
+  // The launch's own status: an error left by earlier, unrelated work is not reported here.
+  return cudaLaunchKernelEx(cfg.get(), kernel, maps.a, maps.b, maps.out, maps.sa, maps.sb, p,
+                            tma_store, raster_group(p.N, p.K));
 }
 
 template <int kOutBytes>
