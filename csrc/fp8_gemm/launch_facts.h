@@ -1,6 +1,6 @@
 // Host-side launch facts shared by lowbit's GEMM launchers: the current device, a kernel's
-// once-per-device shared-memory opt-in, the SM count, the sm_90 launch configuration. Looked up once per device (a process
-// may drive several GPUs).
+// once-per-device shared-memory opt-in, the SM count (looked up once per device: a process
+// may drive several GPUs), and the sm_90 launch configuration.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -83,6 +83,14 @@ class LaunchConfig {
   cudaLaunchAttribute attrs_[2] = {};
   cudaLaunchConfig_t cfg_ = {};
 };
+
+// The status of a cudaLaunchKernelEx call, for the caller to report. A failed launch also
+// records its error as the runtime's last error, where a later, unrelated launch check (e.g.
+// torch's) would find it: it is cleared here, since the caller reports it.
+inline cudaError_t launch_status(cudaError_t e) {
+  if (e != cudaSuccess) (void)cudaGetLastError();
+  return e;
+}
 
 // 0 when the count cannot be read (the caller then reports the launch error it gets).
 inline int sm_count(int device) {

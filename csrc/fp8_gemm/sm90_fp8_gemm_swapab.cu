@@ -476,7 +476,7 @@ cudaError_t launch(const Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream) 
   const LaunchConfig cfg(dim3(splits, stride, 1), kThreads, C::kSmemBytes, stream, splits,
                          programmatic_launch());
   // The launch's own status: an error left by earlier, unrelated work is not reported here.
-  return cudaLaunchKernelEx(cfg.get(), kernel, maps.w, maps.x, maps.sa, maps.sb, p);
+  return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, maps.w, maps.x, maps.sa, maps.sb, p));
 }
 
 template <int kN>

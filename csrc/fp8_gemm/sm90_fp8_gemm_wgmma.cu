@@ -481,8 +481,8 @@ cudaError_t launch(const Maps& maps, bool tma_store, const Fp8GemmArgs& p, cudaS
   const LaunchConfig cfg(dim3(grid, 1, 1), kThreads, kSmemBytes, stream, 1,
                          programmatic_launch());
   // The launch's own status: an error left by earlier, unrelated work is not reported here.
-  return cudaLaunchKernelEx(cfg.get(), kernel, maps.a, maps.b, maps.out, maps.sa, maps.sb, p,
-                            tma_store, raster_group(p.N, p.K));
+  return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, maps.a, maps.b, maps.out, maps.sa,
+                                          maps.sb, p, tma_store, raster_group(p.N, p.K)));
 }
 
 template <int kOutBytes>
