@@ -22,8 +22,9 @@ aside, so that the older paths are exercised on a Hopper card.
 The sm_90a kernels launch as programmatic dependent launches: each may start its setup
 (barriers, tensor-map prefetch) while the kernel before it in the stream finishes, and waits
 for that kernel (``griddepcontrol.wait``) before it reads or writes global memory; each lets
-the next one start once its threads are past their last mainloop. Results do not change. ``LOWBIT_PDL=0`` in the
-environment (read at import) or ``set_programmatic_launch(False)`` gives plain stream order.
+the next one start once its threads are past their last mainloop. Results do not change.
+``LOWBIT_PDL=0`` in the environment (read at import) or ``set_programmatic_launch(False)``
+gives plain stream order.
 """
 from __future__ import annotations
 
