@@ -1,4 +1,4 @@
-"""The one reading of a scale's shape (lowbit.reference.scale_layout.scale_tile), which the
+"""The one reading of a scale's shape (lowbit.scale_layout.scale_tile), which the
 argument checks, the reference's expand_scale, the CUDA backend and the Triton kernels share.
 """
 import numpy as np

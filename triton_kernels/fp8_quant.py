@@ -45,7 +45,7 @@ from .._backend import _interpreting
 from .._checks import FP8_DTYPES, FP8_FORMAT_OF
 from ..backends._device import capability, device_index
 from ..reference.formats import fp8_format
-from ..reference.scale_layout import scale_tile
+from ..scale_layout import scale_tile
 from .heuristics import ELEMWISE_WARPS, block2d_sub_rows, elementwise_tile, segment_tile
 
 __all__ = ["quantize_fp8", "dequantize_fp8", "fp8_encode", "fp8_decode", "fmt_constants"]

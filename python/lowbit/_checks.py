@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from ._env import getenv
-from .reference.scale_layout import GROUP_SIZES, scale_tile
+from .scale_layout import GROUP_SIZES, scale_tile
 
 FP8_DTYPES = {
     "e4m3fn": torch.float8_e4m3fn,

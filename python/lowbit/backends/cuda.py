@@ -37,7 +37,7 @@ from .._backend import register_kernel
 from ._device import OnDevice, capability, device_index, raw_stream, stream
 from .._build import _C, has_cuda_kernels
 from .._checks import FP8_DTYPES, FP8_FORMAT_OF
-from ..reference.scale_layout import scale_tile
+from ..scale_layout import scale_tile
 
 PRIORITY = 10
 

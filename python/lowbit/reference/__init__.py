@@ -29,7 +29,7 @@ from .quant import (
     quantize_int8,
     scale_shape,
 )
-from .scale_layout import scale_tile
+from ..scale_layout import scale_tile
 
 __all__ = [
     "FP8_FORMATS", "Fp8Format", "fp8_format", "fp8_encode", "fp8_decode", "round_to_bf16",

@@ -45,7 +45,7 @@ import numpy as np
 
 from .formats import fp8_format
 from .fp8 import fp8_decode, fp8_encode
-from .scale_layout import scale_tile
+from ..scale_layout import scale_tile
 
 __all__ = [
     "GRANULARITIES",
