@@ -1,19 +1,47 @@
 // The one binding file of lowbit._C. Kernels take raw device pointers, sizes, strides and a
 // stream handle; the Python layer validates every argument before it gets here, so this file
 // only converts types and turns a failed launch into a Python RuntimeError.
+//
+// API (torch-free; pointers are data_ptr() ints, 0 = none; strides in elements; `stream` is a
+// cudaStream_t as an int; scale tiles as lowbit.scale_layout gives them, 0 = whole extent):
+//   build_info() -> dict; device_count() -> int; device_info(index) -> dict;
+//   driver_version() -> int; set_programmatic_launch(on); programmatic_launch() -> bool
+//   enums() -> {"dtype": {name: code}, "fp8_format": {name: code}}
+//   kernels() -> [(name, op kind, min arch, kernel id)], every kernel in this build
+//   GemmLaunch(kernel_id, M, N, K, lda, ldb, a_scale_tile_rows, a_scale_tile_cols,
+//              a_scale_ld, b_scale_tile_rows, b_scale_tile_cols, b_scale_ld, bias_dtype,
+//              out_dtype, ldo, fast_accum)
+//     .launch(a, b, a_scale, b_scale, bias, out, stream)
+//   QuantizeLaunch(kernel_id, x_dtype, rows, cols, row_stride, col_stride, fmt, saturate,
+//                  tile_rows, tile_cols, hw_cvt)
+//     .launch(x, q, scale_in, scale_out, workspace, stream)
+//   DequantizeLaunch(kernel_id, rows, cols, row_stride, col_stride, fmt, scale_tile_rows,
+//                    scale_tile_cols, scale_ld, out_dtype)
+//     .launch(q, scale, out, stream)
+// A Launch object is built once per call signature (it checks and converts everything but
+// the pointers); its launch() is the per-call path. A constructor given values no kernel
+// takes raises ValueError; a failed launch raises RuntimeError with the CUDA error string.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
+
+#include "common/dtypes.h"
+#include "common/kernel_table.h"
 
 #ifdef LOWBIT_WITH_CUDA
+#include "common/launch.h"
+#include "common/runtime.h"
+#include "fp8/fp8_gemm.h"
+#include "fp8/fp8_kernels.h"
 #include "fp8/fp8_quant.h"
-#include "fp8_gemm/fp8_gemm_mma.h"
-#include "fp8_gemm/fp8_gemm_sm90.h"
-#include "fp8_gemm/fp8_gemm_smallm.h"
-#include "fp8_gemm/launch_facts.h"
-#include "runtime.h"
+#endif
+
+#ifndef LOWBIT_CUDA_ARCHS_SOURCE
+#define LOWBIT_CUDA_ARCHS_SOURCE "LOWBIT_CUDA_ARCHS"
 #endif
 
 namespace py = pybind11;
@@ -35,6 +63,7 @@ py::dict build_info() {
   d["cuda_runtime"] = 0;
   d["cudart_static"] = false;
 #endif
+  d["cuda_archs_source"] = std::string(LOWBIT_CUDA_ARCHS_SOURCE);
   return d;
 }
 
@@ -70,10 +99,62 @@ int driver_version() {
 #endif
 }
 
+template <size_t N>
+py::dict enum_dict(const lowbit::EnumName (&names)[N]) {
+  py::dict d;
+  for (const auto& e : names) d[e.name] = e.value;
+  return d;
+}
+
+py::dict enums() {
+  py::dict d;
+  d["dtype"] = enum_dict(lowbit::kFloatTypeNames);
+  d["fp8_format"] = enum_dict(lowbit::kFp8FormatNames);
+  return d;
+}
+
+// Every family's table, one after another: a kernel's id is its index here.
+const std::vector<lowbit::KernelEntry>& all_kernels() {
+  static const std::vector<lowbit::KernelEntry> rows = [] {
+    std::vector<lowbit::KernelEntry> v;
 #ifdef LOWBIT_WITH_CUDA
+    for (const lowbit::KernelTable& t : {lowbit::fp8_kernel_table()})
+      v.insert(v.end(), t.rows, t.rows + t.size);
+#endif
+    return v;
+  }();
+  return rows;
+}
+
+py::list kernels() {
+  py::list out;
+  const auto& rows = all_kernels();
+  for (size_t i = 0; i < rows.size(); ++i)
+    out.append(py::make_tuple(rows[i].name, lowbit::op_kind_name(rows[i].kind), rows[i].min_arch,
+                              static_cast<int>(i)));
+  return out;
+}
+
+#ifdef LOWBIT_WITH_CUDA
+const lowbit::KernelEntry& kernel_of(int id, lowbit::OpKind kind) {
+  const auto& rows = all_kernels();
+  if (id < 0 || static_cast<size_t>(id) >= rows.size() || rows[id].kind != kind)
+    throw py::value_error("kernel id " + std::to_string(id) + " is no " +
+                          lowbit::op_kind_name(kind) + " kernel of this build");
+  return rows[id];
+}
+
+template <class E>
+E enum_arg(int v, const char* what) {
+  const E e = static_cast<E>(v);
+  if (!lowbit::valid(e)) throw py::value_error(std::string("invalid ") + what + " code " +
+                                               std::to_string(v));
+  return e;
+}
+
 template <typename T>
-const T* cptr(uintptr_t p) {
-  return reinterpret_cast<const T*>(p);
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
 }
 
 void check_launch(cudaError_t err, const char* kernel) {
@@ -81,132 +162,136 @@ void check_launch(cudaError_t err, const char* kernel) {
     throw std::runtime_error(std::string(kernel) + ": " + lowbit::error_string(err));
 }
 
-py::list fp8_gemm_kernels_built() {
-  py::list names;
-  names.append("sm80_fp8_gemm_smallm");
-  names.append("sm80_fp8_gemm_mma");
-#ifdef LOWBIT_HAVE_SM89
-  names.append("sm89_fp8_gemm_smallm");
-  names.append("sm89_fp8_gemm_mma");
-#endif
-#ifdef LOWBIT_HAVE_SM90A
-  names.append("sm90_fp8_gemm_wgmma");
-  names.append("sm90_fp8_gemm_swapab");
-#endif
-  return names;
+// What every launch binding holds: its kernel's name (for errors), launcher and arguments.
+template <class Fn, class Args, lowbit::OpKind kKind>
+class Launch {
+ protected:
+  explicit Launch(int kernel_id) {
+    const auto& k = kernel_of(kernel_id, kKind);
+    name_ = k.name;
+    fn_ = lowbit::entry_as<Fn>(k);
+  }
+  void run(uintptr_t stream) { check_launch(fn_(args_, ptr<CUstream_st>(stream)), name_); }
+
+  const char* name_;
+  Fn* fn_;
+  Args args_{};
+};
+
+// A GEMM operand's scale tile -> the kernels' mode: (0, 0) one scale, (1, 0) one per row,
+// else one per 128-wide block of K (`block_rows` x 128: 1 for a, 128 for b).
+lowbit::ScaleMode gemm_scale_mode(int64_t tile_rows, int64_t tile_cols, int64_t block_rows,
+                                  const char* operand) {
+  if (tile_rows == 0 && tile_cols == 0) return lowbit::ScaleMode::kTensor;
+  if (tile_rows == 1 && tile_cols == 0) return lowbit::ScaleMode::kRow;
+  if (tile_rows == block_rows && tile_cols == 128) return lowbit::ScaleMode::kBlock;
+  throw py::value_error(std::string(operand) + " scale tile (" + std::to_string(tile_rows) +
+                        ", " + std::to_string(tile_cols) + ") is not one the GEMMs take");
 }
 
-void fp8_gemm(const std::string& kernel, uintptr_t a, int64_t lda, uintptr_t b, int64_t ldb,
-              uintptr_t a_scale, int64_t a_scale_ld, int a_mode, uintptr_t b_scale,
-              int64_t b_scale_ld, int b_mode, uintptr_t bias, int bias_dtype, uintptr_t out,
-              int64_t ldo, int out_dtype, int M, int N, int K, bool fast_accum,
-              uintptr_t stream) {
-  lowbit::Fp8GemmArgs args{};
-  args.a = cptr<uint8_t>(a);
-  args.b = cptr<uint8_t>(b);
-  args.lda = lda;
-  args.ldb = ldb;
-  args.a_scale = cptr<float>(a_scale);
-  args.b_scale = cptr<float>(b_scale);
-  args.a_scale_ld = a_scale_ld;
-  args.b_scale_ld = b_scale_ld;
-  args.a_mode = static_cast<lowbit::ScaleMode>(a_mode);
-  args.b_mode = static_cast<lowbit::ScaleMode>(b_mode);
-  args.bias = reinterpret_cast<const void*>(bias);
-  args.bias_dtype = static_cast<lowbit::OutDtype>(bias_dtype);
-  args.out = reinterpret_cast<void*>(out);
-  args.ldo = ldo;
-  args.out_dtype = static_cast<lowbit::OutDtype>(out_dtype);
-  args.M = M;
-  args.N = N;
-  args.K = K;
-  args.fast_accum = fast_accum;
-  auto s = reinterpret_cast<cudaStream_t>(stream);
-  if (kernel == "sm80_fp8_gemm_smallm") {
-    check_launch(lowbit::sm80_fp8_gemm_smallm(args, s), kernel.c_str());
-    return;
+class GemmLaunch : Launch<lowbit::Fp8GemmFn, lowbit::Fp8GemmArgs, lowbit::OpKind::kFp8Gemm> {
+ public:
+  GemmLaunch(int kernel_id, int M, int N, int K, int64_t lda, int64_t ldb,
+             int64_t a_scale_tile_rows, int64_t a_scale_tile_cols, int64_t a_scale_ld,
+             int64_t b_scale_tile_rows, int64_t b_scale_tile_cols, int64_t b_scale_ld,
+             int bias_dtype, int out_dtype, int64_t ldo, bool fast_accum)
+      : Launch(kernel_id) {
+    args_.M = M;
+    args_.N = N;
+    args_.K = K;
+    args_.lda = lda;
+    args_.ldb = ldb;
+    args_.a_mode = gemm_scale_mode(a_scale_tile_rows, a_scale_tile_cols, 1, "a");
+    args_.b_mode = gemm_scale_mode(b_scale_tile_rows, b_scale_tile_cols, 128, "b");
+    args_.a_scale_ld = a_scale_ld;
+    args_.b_scale_ld = b_scale_ld;
+    args_.bias_dtype = enum_arg<lowbit::FloatType>(bias_dtype, "bias dtype");
+    args_.out_dtype = enum_arg<lowbit::FloatType>(out_dtype, "out dtype");
+    args_.ldo = ldo;
+    args_.fast_accum = fast_accum;
   }
-  if (kernel == "sm80_fp8_gemm_mma") {
-    check_launch(lowbit::sm80_fp8_gemm_mma(args, s), kernel.c_str());
-    return;
-  }
-#ifdef LOWBIT_HAVE_SM89
-  if (kernel == "sm89_fp8_gemm_smallm") {
-    check_launch(lowbit::sm89_fp8_gemm_smallm(args, s), kernel.c_str());
-    return;
-  }
-  if (kernel == "sm89_fp8_gemm_mma") {
-    check_launch(lowbit::sm89_fp8_gemm_mma(args, s), kernel.c_str());
-    return;
-  }
-#endif
-#ifdef LOWBIT_HAVE_SM90A
-  if (kernel == "sm90_fp8_gemm_wgmma") {
-    check_launch(lowbit::sm90_fp8_gemm_wgmma(args, s), kernel.c_str());
-    return;
-  }
-  if (kernel == "sm90_fp8_gemm_swapab") {
-    check_launch(lowbit::sm90_fp8_gemm_swapab(args, s), kernel.c_str());
-    return;
-  }
-#endif
-  throw py::value_error("kernel '" + kernel + "' is not in this build");
-}
-#endif  // LOWBIT_WITH_CUDA
 
-#ifdef LOWBIT_WITH_CUDA
-// ---- FP8 quantize / dequantize (csrc/fp8/fp8_quant.h). Enums travel as ints: fmt 0 e4m3fn,
-// 1 e5m2, 2 e4m3fnuz; float types 0 fp32, 1 bf16, 2 fp16; granularity 0 tensor, 1 row,
-// 2 group (1 x group, also 1x128 blocks), 3 128x128 blocks. Pointers are data_ptr() ints
-// (0 = none), strides in elements, `stream` a cudaStream_t as an int.
-void fp8_quantize(uintptr_t x, int x_type, int64_t rows, int64_t cols, int64_t row_stride,
-                  int64_t col_stride, uintptr_t q, int fmt, bool saturate, int granularity,
-                  int64_t group, uintptr_t scale_in, uintptr_t scale_out, uintptr_t workspace,
-                  bool hw_cvt, uintptr_t stream) {
-  lowbit::fp8::QuantizeArgs a;
-  a.x = reinterpret_cast<const void*>(x);
-  a.x_type = static_cast<lowbit::fp8::FloatType>(x_type);
-  a.rows = rows;
-  a.cols = cols;
-  a.row_stride = row_stride;
-  a.col_stride = col_stride;
-  a.q = reinterpret_cast<void*>(q);
-  a.fmt = static_cast<lowbit::fp8::Fp8Format>(fmt);
-  a.saturate = saturate;
-  a.granularity = static_cast<lowbit::fp8::Granularity>(granularity);
-  a.group = group;
-  a.scale_in = reinterpret_cast<const float*>(scale_in);
-  a.scale_out = reinterpret_cast<float*>(scale_out);
-  a.workspace = reinterpret_cast<uint32_t*>(workspace);
-  a.hw_cvt = hw_cvt;
-  const cudaError_t err = lowbit::fp8::quantize(a, reinterpret_cast<cudaStream_t>(stream));
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("lowbit fp8_quantize: ") + cudaGetErrorString(err));
+  void launch(uintptr_t a, uintptr_t b, uintptr_t a_scale, uintptr_t b_scale, uintptr_t bias,
+              uintptr_t out, uintptr_t stream) {
+    args_.a = ptr<const uint8_t>(a);
+    args_.b = ptr<const uint8_t>(b);
+    args_.a_scale = ptr<const float>(a_scale);
+    args_.b_scale = ptr<const float>(b_scale);
+    args_.bias = ptr<const void>(bias);
+    args_.out = ptr<void>(out);
+    run(stream);
   }
+};
+
+// A quantizer's scale tile -> the launchers' granularity (and group).
+lowbit::fp8::Granularity quant_granularity(int64_t tile_rows, int64_t tile_cols,
+                                           int64_t& group) {
+  using G = lowbit::fp8::Granularity;
+  if (tile_rows == 0 && tile_cols == 0) return G::kTensor;
+  if (tile_rows == 1 && tile_cols == 0) return G::kRow;
+  if (tile_rows == 1 && (tile_cols == 32 || tile_cols == 64 || tile_cols == 128)) {
+    group = tile_cols;
+    return G::kGroup;
+  }
+  if (tile_rows == 128 && tile_cols == 128) return G::kBlock128;
+  throw py::value_error("quantize scale tile (" + std::to_string(tile_rows) + ", " +
+                        std::to_string(tile_cols) + ") is not one the kernels take");
 }
 
-void fp8_dequantize(uintptr_t q, int fmt, int64_t rows, int64_t cols, int64_t row_stride,
-                    int64_t col_stride, uintptr_t scale, int64_t scale_tile_rows,
-                    int64_t scale_tile_cols, int64_t scale_ld, uintptr_t out, int out_type,
-                    uintptr_t stream) {
-  lowbit::fp8::DequantizeArgs a;
-  a.q = reinterpret_cast<const void*>(q);
-  a.fmt = static_cast<lowbit::fp8::Fp8Format>(fmt);
-  a.rows = rows;
-  a.cols = cols;
-  a.row_stride = row_stride;
-  a.col_stride = col_stride;
-  a.scale = reinterpret_cast<const float*>(scale);
-  a.scale_tile_rows = scale_tile_rows;
-  a.scale_tile_cols = scale_tile_cols;
-  a.scale_ld = scale_ld;
-  a.out = reinterpret_cast<void*>(out);
-  a.out_type = static_cast<lowbit::fp8::FloatType>(out_type);
-  const cudaError_t err = lowbit::fp8::dequantize(a, reinterpret_cast<cudaStream_t>(stream));
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("lowbit fp8_dequantize: ") + cudaGetErrorString(err));
+class QuantizeLaunch : Launch<lowbit::fp8::QuantizeFn, lowbit::fp8::QuantizeArgs,
+                              lowbit::OpKind::kFp8Quantize> {
+ public:
+  QuantizeLaunch(int kernel_id, int x_dtype, int64_t rows, int64_t cols, int64_t row_stride,
+                 int64_t col_stride, int fmt, bool saturate, int64_t tile_rows,
+                 int64_t tile_cols, bool hw_cvt)
+      : Launch(kernel_id) {
+    args_.x_type = enum_arg<lowbit::FloatType>(x_dtype, "x dtype");
+    args_.rows = rows;
+    args_.cols = cols;
+    args_.row_stride = row_stride;
+    args_.col_stride = col_stride;
+    args_.fmt = enum_arg<lowbit::Fp8Format>(fmt, "fp8 format");
+    args_.saturate = saturate;
+    args_.granularity = quant_granularity(tile_rows, tile_cols, args_.group);
+    args_.hw_cvt = hw_cvt;
   }
-}
+
+  void launch(uintptr_t x, uintptr_t q, uintptr_t scale_in, uintptr_t scale_out,
+              uintptr_t workspace, uintptr_t stream) {
+    args_.x = ptr<const void>(x);
+    args_.q = ptr<void>(q);
+    args_.scale_in = ptr<const float>(scale_in);
+    args_.scale_out = ptr<float>(scale_out);
+    args_.workspace = ptr<uint32_t>(workspace);
+    run(stream);
+  }
+};
+
+class DequantizeLaunch : Launch<lowbit::fp8::DequantizeFn, lowbit::fp8::DequantizeArgs,
+                                lowbit::OpKind::kFp8Dequantize> {
+ public:
+  DequantizeLaunch(int kernel_id, int64_t rows, int64_t cols, int64_t row_stride,
+                   int64_t col_stride, int fmt, int64_t scale_tile_rows, int64_t scale_tile_cols,
+                   int64_t scale_ld, int out_dtype)
+      : Launch(kernel_id) {
+    args_.fmt = enum_arg<lowbit::Fp8Format>(fmt, "fp8 format");
+    args_.rows = rows;
+    args_.cols = cols;
+    args_.row_stride = row_stride;
+    args_.col_stride = col_stride;
+    args_.scale_tile_rows = scale_tile_rows;
+    args_.scale_tile_cols = scale_tile_cols;
+    args_.scale_ld = scale_ld;
+    args_.out_type = enum_arg<lowbit::FloatType>(out_dtype, "out dtype");
+  }
+
+  void launch(uintptr_t q, uintptr_t scale, uintptr_t out, uintptr_t stream) {
+    args_.q = ptr<const void>(q);
+    args_.scale = ptr<const float>(scale);
+    args_.out = ptr<void>(out);
+    run(stream);
+  }
+};
 #endif  // LOWBIT_WITH_CUDA
 
 }  // namespace
@@ -217,31 +302,45 @@ PYBIND11_MODULE(_C, m) {
   m.def("device_count", &device_count, "CUDA devices visible to the runtime (0 without a driver)");
   m.def("device_info", &device_info, py::arg("index"), "Name, capability, SMs, L2 of a device");
   m.def("driver_version", &driver_version, "CUDA driver version, 0 without a driver");
+  m.def("enums", &enums, "The codes of the enums the launch bindings take, by name");
+  m.def("kernels", &kernels,
+        "(name, op kind, min arch, kernel id) of every kernel compiled into this build");
 #ifdef LOWBIT_WITH_CUDA
-  m.def("fp8_gemm_kernels_built", &fp8_gemm_kernels_built,
-        "Names of the FP8 GEMM kernels compiled into this build");
-  m.def("fp8_gemm", &fp8_gemm, "FP8 GEMM with fp32 scales: run the named kernel",
-        py::arg("kernel"), py::arg("a"), py::arg("lda"), py::arg("b"), py::arg("ldb"),
-        py::arg("a_scale"), py::arg("a_scale_ld"), py::arg("a_mode"), py::arg("b_scale"),
-        py::arg("b_scale_ld"), py::arg("b_mode"), py::arg("bias"), py::arg("bias_dtype"),
-        py::arg("out"), py::arg("ldo"), py::arg("out_dtype"), py::arg("M"), py::arg("N"),
-        py::arg("K"), py::arg("fast_accum"), py::arg("stream"));
   m.def("set_programmatic_launch", &lowbit::set_programmatic_launch, py::arg("on"),
         "Launch the sm_90 GEMMs as programmatic dependent launches (on by default)");
   m.def("programmatic_launch", &lowbit::programmatic_launch,
         "Whether the sm_90 GEMMs launch as programmatic dependent launches");
-#endif
-#ifdef LOWBIT_WITH_CUDA
-  m.def("fp8_quantize", &fp8_quantize,
-        "q = encode(x * (1 / scale)) on the stream; static or dynamic scales (csrc/fp8)",
-        py::arg("x"), py::arg("x_type"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
-        py::arg("col_stride"), py::arg("q"), py::arg("fmt"), py::arg("saturate"),
-        py::arg("granularity"), py::arg("group"), py::arg("scale_in"), py::arg("scale_out"),
-        py::arg("workspace"), py::arg("hw_cvt"), py::arg("stream"));
-  m.def("fp8_dequantize", &fp8_dequantize, "out = decode(q) * scale on the stream (csrc/fp8)",
-        py::arg("q"), py::arg("fmt"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
-        py::arg("col_stride"), py::arg("scale"), py::arg("scale_tile_rows"),
-        py::arg("scale_tile_cols"), py::arg("scale_ld"), py::arg("out"), py::arg("out_type"),
-        py::arg("stream"));
+  py::class_<GemmLaunch>(m, "GemmLaunch",
+                         "An FP8 GEMM kernel's launch for one call signature: "
+                         "out[m, n] = sum_k a[m, k] b[n, k] * scales (+ bias[n])")
+      .def(py::init<int, int, int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    int64_t, int64_t, int, int, int64_t, bool>(),
+           py::arg("kernel_id"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("lda"),
+           py::arg("ldb"), py::arg("a_scale_tile_rows"), py::arg("a_scale_tile_cols"),
+           py::arg("a_scale_ld"), py::arg("b_scale_tile_rows"), py::arg("b_scale_tile_cols"),
+           py::arg("b_scale_ld"), py::arg("bias_dtype"), py::arg("out_dtype"), py::arg("ldo"),
+           py::arg("fast_accum"))
+      .def("launch", &GemmLaunch::launch, py::arg("a"), py::arg("b"), py::arg("a_scale"),
+           py::arg("b_scale"), py::arg("bias"), py::arg("out"), py::arg("stream"));
+  py::class_<QuantizeLaunch>(m, "QuantizeLaunch",
+                             "An FP8 quantize kernel's launch for one call signature: "
+                             "q = encode(x * (1 / scale)), static or dynamic scales")
+      .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int, bool, int64_t, int64_t,
+                    bool>(),
+           py::arg("kernel_id"), py::arg("x_dtype"), py::arg("rows"), py::arg("cols"),
+           py::arg("row_stride"), py::arg("col_stride"), py::arg("fmt"), py::arg("saturate"),
+           py::arg("tile_rows"), py::arg("tile_cols"), py::arg("hw_cvt"))
+      .def("launch", &QuantizeLaunch::launch, py::arg("x"), py::arg("q"), py::arg("scale_in"),
+           py::arg("scale_out"), py::arg("workspace"), py::arg("stream"));
+  py::class_<DequantizeLaunch>(m, "DequantizeLaunch",
+                               "An FP8 dequantize kernel's launch for one call signature: "
+                               "out = decode(q) * scale")
+      .def(py::init<int, int64_t, int64_t, int64_t, int64_t, int, int64_t, int64_t, int64_t,
+                    int>(),
+           py::arg("kernel_id"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
+           py::arg("col_stride"), py::arg("fmt"), py::arg("scale_tile_rows"),
+           py::arg("scale_tile_cols"), py::arg("scale_ld"), py::arg("out_dtype"))
+      .def("launch", &DequantizeLaunch::launch, py::arg("q"), py::arg("scale"), py::arg("out"),
+           py::arg("stream"));
 #endif
 }

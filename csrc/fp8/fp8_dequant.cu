@@ -1,4 +1,6 @@
-// FP8 dequantization kernels: codes of any format -> fp32 / bf16 / fp16 (9 instantiations).
+// FP8 dequantization kernels: codes of any format -> fp32 / bf16 / fp16 (9 instantiations),
+// and the quantizers' write-scale kernel (one per format: it reads no input, so it lives here
+// rather than once per input dtype).
 #include "fp8/fp8_quant_kernels.cuh"
 
 namespace lowbit {
@@ -28,6 +30,23 @@ cudaError_t launch_for_format(const DequantLaunch& l, cudaStream_t stream) {
 }
 
 }  // namespace
+
+cudaError_t launch_write_scale(Fp8Format fmt, const QuantLaunch& l, cudaStream_t stream) {
+  switch (fmt) {
+    case Fp8Format::kE4M3FN:
+      write_scale_kernel<Fp8Format::kE4M3FN><<<1, 1, 0, stream>>>(l.p);
+      break;
+    case Fp8Format::kE5M2:
+      write_scale_kernel<Fp8Format::kE5M2><<<1, 1, 0, stream>>>(l.p);
+      break;
+    case Fp8Format::kE4M3FNUZ:
+      write_scale_kernel<Fp8Format::kE4M3FNUZ><<<1, 1, 0, stream>>>(l.p);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
 
 cudaError_t launch_dequant(const DequantLaunch& l, cudaStream_t stream) {
   switch (l.fmt) {

@@ -3,9 +3,9 @@
 // fp8_launch_heuristics.h). Host code only; nothing here synchronizes the host.
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 
+#include "common/launch.h"
 #include "fp8/fp8_launch_heuristics.h"
 #include "fp8/fp8_quant.h"
 #include "fp8/fp8_quant_launch.h"
@@ -21,18 +21,10 @@ using detail::QuantLaunch;
 
 namespace {
 
-bool valid(Fp8Format f) {
-  return f == Fp8Format::kE4M3FN || f == Fp8Format::kE5M2 || f == Fp8Format::kE4M3FNUZ;
-}
-bool valid(FloatType t) {
-  return t == FloatType::kF32 || t == FloatType::kBF16 || t == FloatType::kF16;
-}
 bool valid(Granularity g) {
   return g == Granularity::kTensor || g == Granularity::kRow || g == Granularity::kGroup ||
          g == Granularity::kBlock128;
 }
-
-int elem_bytes(FloatType t) { return t == FloatType::kF32 ? 4 : 2; }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
@@ -48,45 +40,24 @@ int tile_shift(int64_t extent) {
   }
 }
 
-// Properties of the current device, queried once per device and cached (0: unknown).
-struct DeviceProps {
-  int sms;
-  int cc;  // major * 10 + minor
-};
-
-DeviceProps device_props() {
-  static std::atomic<int> sms_cache[64], cc_cache[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    return {0, 0};
-  }
-  const bool cacheable = dev >= 0 && dev < 64;
-  if (cacheable) {
-    const int sms = sms_cache[dev].load(std::memory_order_relaxed);
-    if (sms > 0) return {sms, cc_cache[dev].load(std::memory_order_relaxed)};
-  }
-  int sms = 0, major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return {0, 0};
-  }
-  if (cacheable) {
-    cc_cache[dev].store(major * 10 + minor, std::memory_order_relaxed);
-    sms_cache[dev].store(sms, std::memory_order_relaxed);
-  }
-  return {sms, major * 10 + minor};
-}
-
+// The SM count of the current device (common/launch.h's cache); 132 when unknown, which only
+// sizes the amax grid.
 int sm_count() {
-  const int sms = device_props().sms;
+  int dev = 0;
+  const int sms = current_device(dev) == cudaSuccess ? lowbit::sm_count(dev) : 0;
+  if (sms == 0) cudaGetLastError();
   return sms > 0 ? sms : 132;
 }
 
 // sm_89+ has cvt.rn.satfinite.{e4m3,e5m2}x2.f32; the kernels built for sm_80 do not.
-bool device_has_fp8_cvt() { return device_props().cc >= 89; }
+bool device_has_fp8_cvt() {
+  int dev = 0;
+  if (current_device(dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return compute_capability(dev) >= 89;
+}
 
 // Strides of size-1 dimensions carry no meaning; give them the contiguous value.
 void normalize_strides(int64_t rows, int64_t cols, int64_t& row_stride, int64_t& col_stride) {
@@ -111,46 +82,57 @@ cudaError_t launch_quant(FloatType t, const QuantLaunch& l, cudaStream_t stream)
   return cudaErrorInvalidValue;
 }
 
-// A streaming row-kernel launch (static or pass-2 scales, per-group dynamic scales).
-cudaError_t launch_streaming(FloatType t, QuantLaunch l, int min_team, cudaStream_t stream) {
-  const auto plan = detail::plan_streaming(l.p.rows, ceil_div(l.p.cols, 16),
-                                           detail::cache_chunks(t), min_team);
+// A launch of the row kernels (quantize or dequantize) shaped by `plan`.
+template <class Launch>
+void use_plan(Launch& l, const detail::RowsLaunch& plan) {
   l.p.team = plan.team;
   l.p.seg_chunks = plan.seg_chunks;
   l.p.nsegs = plan.nsegs;
   l.grid = plan.grid;
   l.threads = plan.threads;
+}
+
+// A streaming row-kernel launch (static or pass-2 scales, per-group dynamic scales).
+cudaError_t launch_streaming(FloatType t, QuantLaunch l, int min_team, cudaStream_t stream) {
+  use_plan(l, detail::plan_streaming(l.p.rows, ceil_div(l.p.cols, 16),
+                                     detail::cache_chunks(t), min_team));
   return launch_quant(t, l, stream);
 }
 
 }  // namespace
 
-cudaError_t quantize(const QuantizeArgs& a, cudaStream_t stream) {
-  if (!valid(a.fmt) || !valid(a.x_type) || !valid(a.granularity)) return cudaErrorInvalidValue;
-  if (a.rows < 0 || a.cols < 0 || a.row_stride < 0 || a.col_stride < 0) {
-    return cudaErrorInvalidValue;
-  }
-  if (a.granularity == Granularity::kGroup && tile_shift(a.group) < 5) {
-    return cudaErrorInvalidValue;
-  }
-  const int64_t n = a.rows * a.cols;
-  const int64_t col_blocks = ceil_div(a.cols, 128);
-  int64_t nscales = 1;  // scales written (and read, when static)
+namespace {
+
+// A quantize launch as every kernel sets it up: the argument checks, the [rows, cols] view
+// (strides normalized), the codec choice; n: the element count, nscales: the number of
+// scales written (and read, when static).
+struct Setup {
+  cudaError_t err = cudaSuccess;
+  QuantLaunch l;
+  int64_t n = 0, nscales = 0;
+};
+
+Setup setup(const QuantizeArgs& a) {
+  Setup s;
+  s.err = cudaErrorInvalidValue;
+  if (!valid(a.fmt) || !valid(a.x_type) || !valid(a.granularity)) return s;
+  if (a.rows < 0 || a.cols < 0 || a.row_stride < 0 || a.col_stride < 0) return s;
+  if (a.granularity == Granularity::kGroup && tile_shift(a.group) < 5) return s;
+  const int64_t n = s.n = a.rows * a.cols;
+  int64_t& nscales = s.nscales;
   switch (a.granularity) {
     case Granularity::kTensor: nscales = 1; break;
     case Granularity::kRow: nscales = a.rows; break;
     case Granularity::kGroup: nscales = a.rows * ceil_div(a.cols, a.group); break;
-    case Granularity::kBlock128: nscales = ceil_div(a.rows, 128) * col_blocks; break;
+    case Granularity::kBlock128: nscales = ceil_div(a.rows, 128) * ceil_div(a.cols, 128); break;
   }
   // Empty tensors may come with null pointers; only what will be touched must be valid.
   if ((n > 0 && (a.x == nullptr || a.q == nullptr)) ||
       (nscales > 0 && (a.scale_out == nullptr))) {
-    return cudaErrorInvalidValue;
+    return s;
   }
-
-  QuantLaunch l;
-  l.hw_cvt = a.hw_cvt && a.saturate && a.fmt != Fp8Format::kE4M3FNUZ && device_has_fp8_cvt();
-  KernelParams& p = l.p;
+  s.l.hw_cvt = a.hw_cvt && a.saturate && a.fmt != Fp8Format::kE4M3FNUZ && device_has_fp8_cvt();
+  KernelParams& p = s.l.p;
   p.fmt = a.fmt;
   p.saturate = a.saturate;
   p.x = a.x;
@@ -161,109 +143,131 @@ cudaError_t quantize(const QuantizeArgs& a, cudaStream_t stream) {
   p.col_stride = a.col_stride;
   normalize_strides(p.rows, p.cols, p.row_stride, p.col_stride);
   p.scale_out = a.scale_out;
-  const bool contiguous = p.col_stride == 1 && p.row_stride == p.cols;
-  const int in_bytes = elem_bytes(a.x_type);
+  s.err = cudaSuccess;
+  return s;
+}
 
-  // A per-tensor scale makes the op elementwise: a contiguous input is one long row, which
-  // the streaming kernel cuts into segments (vector access for any row length).
-  auto flatten_if_contiguous = [&]() {
-    if (contiguous) {
-      p.rows = n > 0 ? 1 : 0;
-      p.cols = n;
-      p.row_stride = n;
-    }
-  };
-
-  if (a.scale_in != nullptr) {
-    switch (a.granularity) {
-      case Granularity::kTensor:
-        break;
-      case Granularity::kRow:
-        p.th_shift = 0;
-        p.s_ld = 1;
-        break;
-      case Granularity::kGroup:
-        p.th_shift = 0;
-        p.tw_shift = tile_shift(a.group);
-        p.s_ld = ceil_div(a.cols, a.group);
-        break;
-      case Granularity::kBlock128:
-        p.th_shift = 7;
-        p.tw_shift = 7;
-        p.s_ld = col_blocks;
-        break;
-    }
-    if (n == 0) {  // no element to quantize: the scale still goes out
-      if (nscales == 0) return cudaSuccess;
-      return cudaMemcpyAsync(a.scale_out, a.scale_in, size_t(nscales) * sizeof(float),
-                             cudaMemcpyDeviceToDevice, stream);
-    }
-    p.scale_in = a.scale_in;
-    if (a.granularity == Granularity::kTensor) flatten_if_contiguous();
-    set_vector_flags(p, in_bytes, 1);
-    l.kernel = QuantKernel::kStream;
-    return launch_streaming(a.x_type, l, 4, stream);
+// setup() for the dynamic-scale kernel of granularity g.
+Setup setup_dynamic(const QuantizeArgs& a, Granularity g) {
+  if (a.scale_in != nullptr || a.granularity != g) {
+    Setup s;
+    s.err = cudaErrorInvalidValue;
+    return s;
   }
+  return setup(a);
+}
 
+// A per-tensor scale makes the op elementwise: a contiguous input is one long row, which the
+// streaming kernel cuts into segments (vector access for any row length).
+void flatten_if_contiguous(KernelParams& p, int64_t n) {
+  if (p.col_stride == 1 && p.row_stride == p.cols) {
+    p.rows = n > 0 ? 1 : 0;
+    p.cols = n;
+    p.row_stride = n;
+  }
+}
+
+}  // namespace
+
+cudaError_t quantize_static(const QuantizeArgs& a, cudaStream_t stream) {
+  if (a.scale_in == nullptr) return cudaErrorInvalidValue;
+  Setup s = setup(a);
+  if (s.err != cudaSuccess) return s.err;
+  QuantLaunch& l = s.l;
+  KernelParams& p = l.p;
+  const int64_t n = s.n;
   switch (a.granularity) {
-    case Granularity::kTensor: {
-      // Pass 1: amax over the whole input into the workspace word; pass 2: every CTA turns
-      // the word into the scale and quantizes. Ordered by the stream, no host sync.
-      if (a.workspace == nullptr) return cudaErrorInvalidValue;
-      cudaError_t err = cudaMemsetAsync(a.workspace, 0, sizeof(uint32_t), stream);
-      if (err != cudaSuccess) return err;
-      p.amax_key = a.workspace;
-      if (n == 0) {
-        l.kernel = QuantKernel::kWriteScale;
-        return launch_quant(a.x_type, l, stream);
-      }
-      flatten_if_contiguous();
-      set_vector_flags(p, in_bytes, 1);
-      QuantLaunch amax = l;
-      amax.kernel = QuantKernel::kAmax;
-      amax.p.workspace = a.workspace;
-      amax.threads = detail::kAmaxBlockThreads;
-      amax.grid = detail::plan_amax_grid(p.rows * ceil_div(p.cols, 16), detail::kAmaxBlockThreads,
-                                         detail::cache_chunks(a.x_type), sm_count());
-      err = launch_quant(a.x_type, amax, stream);
-      if (err != cudaSuccess) return err;
-      l.kernel = QuantKernel::kStream;  // th_shift = tw_shift = 63, s_ld = 0: one scale
-      return launch_streaming(a.x_type, l, 4, stream);
-    }
-    case Granularity::kRow: {
-      if (a.rows == 0) return cudaSuccess;
-      set_vector_flags(p, in_bytes, 1);
-      const auto plan = detail::plan_dyn_row(p.rows, ceil_div(p.cols, 16),
-                                             detail::cache_chunks(a.x_type));
-      l.kernel = QuantKernel::kDynRow;
-      p.team = plan.team;
-      p.seg_chunks = plan.seg_chunks;
-      p.nsegs = plan.nsegs;
-      l.grid = plan.grid;
-      l.threads = plan.threads;
-      return launch_quant(a.x_type, l, stream);
-    }
-    case Granularity::kGroup: {
-      if (n == 0) return cudaSuccess;
-      set_vector_flags(p, in_bytes, 1);
-      l.kernel = QuantKernel::kStream;
-      p.dyn_group = true;
-      p.group_lanes = static_cast<int>(a.group / 16);
+    case Granularity::kTensor:
+      break;
+    case Granularity::kRow:
+      p.th_shift = 0;
+      p.s_ld = 1;
+      break;
+    case Granularity::kGroup:
       p.th_shift = 0;
       p.tw_shift = tile_shift(a.group);
       p.s_ld = ceil_div(a.cols, a.group);
-      return launch_streaming(a.x_type, l, p.group_lanes > 4 ? p.group_lanes : 4, stream);
-    }
-    case Granularity::kBlock128: {
-      if (n == 0) return cudaSuccess;
-      set_vector_flags(p, in_bytes, 1);
-      l.kernel = QuantKernel::kDynBlock128;
-      l.threads = detail::kBlock128Threads;
-      l.grid = std::min(detail::kMaxGrid, ceil_div(a.rows, 128) * col_blocks);
-      return launch_quant(a.x_type, l, stream);
-    }
+      break;
+    case Granularity::kBlock128:
+      p.th_shift = 7;
+      p.tw_shift = 7;
+      p.s_ld = ceil_div(a.cols, 128);
+      break;
   }
-  return cudaErrorInvalidValue;
+  if (n == 0) {  // no element to quantize: the scale still goes out
+    if (s.nscales == 0) return cudaSuccess;
+    return cudaMemcpyAsync(a.scale_out, a.scale_in, size_t(s.nscales) * sizeof(float),
+                           cudaMemcpyDeviceToDevice, stream);
+  }
+  p.scale_in = a.scale_in;
+  if (a.granularity == Granularity::kTensor) flatten_if_contiguous(p, n);
+  set_vector_flags(p, elem_bytes(a.x_type), 1);
+  l.kernel = QuantKernel::kStream;
+  return launch_streaming(a.x_type, l, 4, stream);
+}
+
+cudaError_t quantize_per_tensor(const QuantizeArgs& a, cudaStream_t stream) {
+  Setup s = setup_dynamic(a, Granularity::kTensor);
+  if (s.err != cudaSuccess) return s.err;
+  QuantLaunch& l = s.l;
+  KernelParams& p = l.p;
+  const int64_t n = s.n;
+  // Pass 1: amax over the whole input into the workspace word; pass 2: every CTA turns the
+  // word into the scale and quantizes. Ordered by the stream, no host sync.
+  if (a.workspace == nullptr) return cudaErrorInvalidValue;
+  cudaError_t err = cudaMemsetAsync(a.workspace, 0, sizeof(uint32_t), stream);
+  if (err != cudaSuccess) return err;
+  p.amax_key = a.workspace;
+  if (n == 0) return detail::launch_write_scale(a.fmt, l, stream);
+  flatten_if_contiguous(p, n);
+  set_vector_flags(p, elem_bytes(a.x_type), 1);
+  QuantLaunch amax = l;
+  amax.kernel = QuantKernel::kAmax;
+  amax.p.workspace = a.workspace;
+  amax.threads = detail::kAmaxBlockThreads;
+  amax.grid = detail::plan_amax_grid(p.rows * ceil_div(p.cols, 16), detail::kAmaxBlockThreads,
+                                     detail::cache_chunks(a.x_type), sm_count());
+  err = launch_quant(a.x_type, amax, stream);
+  if (err != cudaSuccess) return err;
+  l.kernel = QuantKernel::kStream;  // th_shift = tw_shift = 63, s_ld = 0: one scale
+  return launch_streaming(a.x_type, l, 4, stream);
+}
+
+cudaError_t quantize_per_token(const QuantizeArgs& a, cudaStream_t stream) {
+  Setup s = setup_dynamic(a, Granularity::kRow);
+  if (s.err != cudaSuccess || a.rows == 0) return s.err;
+  QuantLaunch& l = s.l;
+  KernelParams& p = l.p;
+  set_vector_flags(p, elem_bytes(a.x_type), 1);
+  l.kernel = QuantKernel::kDynRow;
+  use_plan(l, detail::plan_dyn_row(p.rows, ceil_div(p.cols, 16), detail::cache_chunks(a.x_type)));
+  return launch_quant(a.x_type, l, stream);
+}
+
+cudaError_t quantize_per_group(const QuantizeArgs& a, cudaStream_t stream) {
+  Setup s = setup_dynamic(a, Granularity::kGroup);
+  if (s.err != cudaSuccess || s.n == 0) return s.err;
+  QuantLaunch& l = s.l;
+  KernelParams& p = l.p;
+  set_vector_flags(p, elem_bytes(a.x_type), 1);
+  l.kernel = QuantKernel::kStream;
+  p.dyn_group = true;
+  p.group_lanes = static_cast<int>(a.group / 16);
+  p.th_shift = 0;
+  p.tw_shift = tile_shift(a.group);
+  p.s_ld = ceil_div(a.cols, a.group);
+  return launch_streaming(a.x_type, l, p.group_lanes > 4 ? p.group_lanes : 4, stream);
+}
+
+cudaError_t quantize_per_block128(const QuantizeArgs& a, cudaStream_t stream) {
+  Setup s = setup_dynamic(a, Granularity::kBlock128);
+  if (s.err != cudaSuccess || s.n == 0) return s.err;
+  QuantLaunch& l = s.l;
+  set_vector_flags(l.p, elem_bytes(a.x_type), 1);
+  l.kernel = QuantKernel::kDynBlock128;
+  l.threads = detail::kBlock128Threads;
+  l.grid = std::min(detail::kMaxGrid, ceil_div(a.rows, 128) * ceil_div(a.cols, 128));
+  return launch_quant(a.x_type, l, stream);
 }
 
 cudaError_t dequantize(const DequantizeArgs& a, cudaStream_t stream) {
@@ -302,13 +306,7 @@ cudaError_t dequantize(const DequantizeArgs& a, cudaStream_t stream) {
     p.row_stride = n;
   }
   set_vector_flags(p, 1, elem_bytes(a.out_type));
-  const auto plan = detail::plan_streaming(p.rows, ceil_div(p.cols, 16),
-                                           detail::kDequantCacheChunks, 4);
-  p.team = plan.team;
-  p.seg_chunks = plan.seg_chunks;
-  p.nsegs = plan.nsegs;
-  l.grid = plan.grid;
-  l.threads = plan.threads;
+  use_plan(l, detail::plan_streaming(p.rows, ceil_div(p.cols, 16), detail::kDequantCacheChunks, 4));
   return detail::launch_dequant(l, stream);
 }
 

@@ -12,13 +12,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/dtypes.h"
+
 namespace lowbit {
 namespace fp8 {
 
-enum class Fp8Format : int { kE4M3FN = 0, kE5M2 = 1, kE4M3FNUZ = 2 };
-enum class FloatType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
-
-// How scales tile the input viewed as [rows, cols].
+// How scales tile the input viewed as [rows, cols], as the launchers read it (the launch
+// binding maps the (tile_rows, tile_cols) it is given to this).
 enum class Granularity : int {
   kTensor = 0,    // one scale, shape ()
   kRow = 1,       // one per row (token / channel), [rows] (any [..., 1] view of it)
@@ -63,8 +63,24 @@ struct DequantizeArgs {
 // Bytes of device workspace QuantizeArgs::workspace must point to.
 constexpr size_t kQuantizeWorkspaceBytes = 4;
 
-cudaError_t quantize(const QuantizeArgs& args, cudaStream_t stream);
-cudaError_t dequantize(const DequantizeArgs& args, cudaStream_t stream);
+// The quantize kernels of the family table (fp8_kernels.cpp), one launcher each:
+// - quantize_static: a given scale (scale_in) of any granularity, one pass;
+// - quantize_per_tensor: dynamic per-tensor scale, two passes (amax into the workspace word,
+//   then scale + quantize);
+// - quantize_per_token: dynamic per-row scale, the row held in registers, one read;
+// - quantize_per_group: dynamic per 1 x group scale (also 1x128 blocks), one pass;
+// - quantize_per_block128: dynamic per 128 x 128 tile scale, one pass.
+// Each returns cudaErrorInvalidValue for arguments of another kernel (a static scale given to
+// a dynamic one, another granularity).
+using QuantizeFn = cudaError_t(const QuantizeArgs& args, cudaStream_t stream);
+QuantizeFn quantize_static;
+QuantizeFn quantize_per_tensor;
+QuantizeFn quantize_per_token;
+QuantizeFn quantize_per_group;
+QuantizeFn quantize_per_block128;
+
+using DequantizeFn = cudaError_t(const DequantizeArgs& args, cudaStream_t stream);
+DequantizeFn dequantize;
 
 }  // namespace fp8
 }  // namespace lowbit

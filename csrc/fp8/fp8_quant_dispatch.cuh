@@ -23,9 +23,6 @@ cudaError_t launch_with_codec(const QuantLaunch& l, cudaStream_t stream) {
     case QuantKernel::kDynBlock128:
       quant_block128_kernel<T, C><<<grid, block, 0, stream>>>(l.p);
       break;
-    case QuantKernel::kWriteScale:
-      write_scale_kernel<C><<<1, 1, 0, stream>>>(l.p);
-      break;
     default:
       return cudaErrorInvalidValue;
   }

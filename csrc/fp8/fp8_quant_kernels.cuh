@@ -440,10 +440,9 @@ __global__ void __launch_bounds__(kAmaxThreads) amax_kernel(const KernelParams p
 }
 
 // Per-tensor dynamic scale of an empty input (amax word 0, so scale 1).
-template <class Codec>
+template <Fp8Format F>
 __global__ void write_scale_kernel(const KernelParams p) {
-  const Codec codec(p.fmt, p.saturate);
-  p.scale_out[0] = scale_from_key(*p.amax_key, codec.qmax());
+  p.scale_out[0] = scale_from_key(*p.amax_key, Fp8Traits<F>::kMax);
 }
 
 // ------------------------------------------------------------------------- dequantize

@@ -15,8 +15,8 @@ namespace detail {
 
 // kAmax: pass 1 of per-tensor dynamic scaling. kStream: static scales, pass 2 of per-tensor
 // dynamic scaling, and dynamic per-group scales. kDynRow: dynamic per-row scales.
-// kDynBlock128: dynamic 128x128-block scales. kWriteScale: the scale of an empty input.
-enum class QuantKernel : int { kAmax, kStream, kDynRow, kDynBlock128, kWriteScale };
+// kDynBlock128: dynamic 128x128-block scales.
+enum class QuantKernel : int { kAmax, kStream, kDynRow, kDynBlock128 };
 
 constexpr int kShiftAll = 63;  // a scale-tile shift that maps every index to 0
 
@@ -76,6 +76,9 @@ cudaError_t launch_quant_f32(const QuantLaunch& l, cudaStream_t stream);
 cudaError_t launch_quant_bf16(const QuantLaunch& l, cudaStream_t stream);
 cudaError_t launch_quant_f16(const QuantLaunch& l, cudaStream_t stream);
 cudaError_t launch_dequant(const DequantLaunch& l, cudaStream_t stream);
+// The per-tensor dynamic scale of an empty input (from l.p.amax_key into l.p.scale_out): one
+// thread, one kernel per format (it depends on nothing else).
+cudaError_t launch_write_scale(Fp8Format fmt, const QuantLaunch& l, cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace fp8

@@ -2,7 +2,7 @@
 
 #include <stdexcept>
 
-#include "runtime.h"
+#include "common/runtime.h"
 
 namespace lowbit {
 

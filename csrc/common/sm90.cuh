@@ -1,4 +1,4 @@
-// Hopper (sm_90a) building blocks shared by lowbit's wgmma kernels: mbarriers, TMA tile
+// Hopper (sm_90a) building blocks shared by lowbit's wgmma kernels of every family: mbarriers, TMA tile
 // loads, shared-memory matrix descriptors, wgmma issue/commit/wait, and the host-side tensor
 // map encoder. Device code exists only when compiling for sm_90a; the host part always.
 #pragma once
@@ -11,9 +11,8 @@
 #include <mutex>
 #include <type_traits>
 
-#include "fp8_gemm_args.h"
-#include "launch_facts.h"
-#include "smem_u32.cuh"
+#include "common/launch.h"
+#include "common/smem.cuh"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LOWBIT_SM90A 1
@@ -350,18 +349,6 @@ inline bool make_map_scales(CUtensorMap* map, const float* base, int rows, int c
   return fn(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(base), dims, strides, box,
             elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
             CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-// Maps over the block scales of a GEMM's block-scaled operands: a's [M, ceil(K/128)] in boxes
-// of a_box_rows x 4 steps, b's [ceil(N/128), ceil(K/128)] in boxes of 1 x 4. False when TMA
-// cannot address one of them (the kernel then loads them).
-inline bool make_block_scale_maps(CUtensorMap* sa, CUtensorMap* sb, const Fp8GemmArgs& p,
-                                  int a_box_rows) {
-  const int kb = (p.K + 127) / 128;
-  return (p.a_mode != ScaleMode::kBlock ||
-          make_map_scales(sa, p.a_scale, p.M, kb, p.a_scale_ld, a_box_rows)) &&
-         (p.b_mode != ScaleMode::kBlock ||
-          make_map_scales(sb, p.b_scale, (p.N + 127) / 128, kb, p.b_scale_ld, 1));
 }
 
 }  // namespace sm90

@@ -21,11 +21,11 @@
 
 #include <cstdint>
 
-#include "fp8_gemm_epilogue.cuh"
-#include "fp8_gemm_mma.h"
-#include "launch_facts.h"
-#include "mma_sync.cuh"
-#include "smem_u32.cuh"
+#include "common/epilogue.cuh"
+#include "common/launch.h"
+#include "common/mma_sync.cuh"
+#include "common/smem.cuh"
+#include "fp8/fp8_gemm.h"
 
 namespace lowbit {
 namespace mma_tiled {

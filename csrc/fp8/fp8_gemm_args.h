@@ -4,10 +4,14 @@
 #pragma once
 #include <cstdint>
 
+#include "common/dtypes.h"
+
 namespace lowbit {
 
+// How a scale operand covers its matrix, as the kernels read it (the launch binding maps the
+// (tile_rows, tile_cols) it is given to this): one scale, one per row, one per 128-wide block
+// of K (a: 1 x 128 tiles; b: 128 x 128 tiles).
 enum class ScaleMode : int { kTensor = 0, kRow = 1, kBlock = 2 };
-enum class OutDtype : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
 struct Fp8GemmArgs {
   const uint8_t* a;   // [M, K] e4m3fn, row stride lda, K contiguous
@@ -20,10 +24,10 @@ struct Fp8GemmArgs {
   int64_t a_scale_ld, b_scale_ld;
   ScaleMode a_mode, b_mode;
   const void* bias;  // [N] or null
-  OutDtype bias_dtype;
+  FloatType bias_dtype;
   void* out;  // [M, N], row stride ldo
   int64_t ldo;
-  OutDtype out_dtype;
+  FloatType out_dtype;
   int M, N, K;
   bool fast_accum;
 };

@@ -25,10 +25,10 @@
 // one thread hands it to TMA stores, which run while the warpgroup goes on with the next
 // tile's mainloop; stores past M and N are clipped by TMA. The column scales and bias of a
 // tile are loaded at its start (one value per thread) and pass through shared memory, so no
-// load latency is left in the epilogue. Measured on the H100: storing from registers straight
-// to global memory (16-byte pieces of 8 rows per warp instruction) cost a third of the
-// kernel's time at 4096^3. Outputs TMA cannot address (row stride or base not a multiple of
-// 16 bytes) take that direct path.
+// load latency is left in the epilogue. Storing from registers straight to global memory
+// (16-byte pieces of 8 rows per warp instruction) cost much more (see bench/NOTES.md, "FP8
+// GEMM kernels: where the time went"); outputs TMA cannot address (row stride or base not a
+// multiple of 16 bytes) take that direct path.
 //
 // Accuracy. FP8 wgmma accumulates with about 14 bits of mantissa. Each 128-K step starts
 // from a zero tensor-core accumulator (scale-d = 0) and is added to fp32 registers afterwards
@@ -41,17 +41,15 @@
 // and K past the ends read as zeros, so tails need no special mainloop.
 #include <cuda_runtime.h>
 
-#include "fp8_gemm_epilogue.cuh"
-#include "fp8_gemm_sm90.h"
-#include "sm90_primitives.cuh"
+#include "fp8/sm90_fp8_gemm.cuh"
 
 namespace lowbit {
 namespace sm90 {
 
 constexpr int kBM = 128, kBN = 128, kBK = 128;
-// Row tiles per raster group. Measured on the H100 (2026-11-27, rowwise, one run per value):
-// 4 beats 8 by 5-12% where both N and K are >= 8192 (8192^3, 4096x28672x8192), 8 beats 4 by
-// 3-10% elsewhere (4096x14336x4096, 4096x4096x14336); 16 and 32 were not better anywhere.
+// Row tiles per raster group: 4 where both N and K are large (the a and b panels of the
+// tiles in flight then fill L2 sooner), else 8 (the sweep: see bench/NOTES.md, "wgmma raster
+// group").
 inline int raster_group(int N, int K) { return N >= 8192 && K >= 8192 ? 4 : 8; }
 constexpr int kTileBytes = kBM * kBK;  // one operand tile, bytes (fp8)
 constexpr int kThreads = 384;          // producer warpgroup + 2 consumer warpgroups
@@ -135,8 +133,8 @@ __device__ __forceinline__ void step_scales(const Fp8GemmArgs& p, int row0, int 
     return;
   }
   // Loaded from global memory one step ahead of their use. A load's latency is not hidden
-  // by one step (measured: 0.55-0.75x of the row-scaled kernel), so this is the fallback for
-  // scale layouts TMA cannot read; see step_scales_smem.
+  // by one step (see bench/NOTES.md, "swapab block scales by TMA with the stages"), so this
+  // is the fallback for scale layouts TMA cannot read; see step_scales_smem.
   float sb = 1.f;
   if (p.b_mode == ScaleMode::kBlock) sb = __ldg(&p.b_scale[(n0 / 128) * p.b_scale_ld + i]);
   f0 = f1 = sb;
@@ -219,8 +217,8 @@ __device__ __forceinline__ void put_f32x2(uint8_t* stage, int r, int c, float v0
 
 // Two values of one output row as a register of 16-bit pairs (the lower column in the low
 // half), as mma fragments and stmatrix hold them.
-__device__ __forceinline__ uint32_t pack2(OutDtype d, float v0, float v1) {
-  if (d == OutDtype::kBF16) {
+__device__ __forceinline__ uint32_t pack2(FloatType d, float v0, float v1) {
+  if (d == FloatType::kBF16) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
     return *reinterpret_cast<const uint32_t*>(&h);
   }
@@ -234,7 +232,7 @@ __device__ __forceinline__ uint32_t pack2(OutDtype d, float v0, float v1) {
 // writes: 8 store instructions a thread instead of 32 two-element stores, each matrix row a
 // whole 16-byte chunk of the swizzled layout (8 rows, 8 distinct bank groups). Each column
 // factor pair is read from shared memory once for both row halves.
-__device__ __forceinline__ void stage_16bit(uint8_t* stage, OutDtype d, const float (&acc)[64],
+__device__ __forceinline__ void stage_16bit(uint8_t* stage, FloatType d, const float (&acc)[64],
                                             const float (&row_scale)[2], const float* col_s,
                                             const float* add_s, int warp, int lane) {
   const uint32_t base = smem_u32(stage);
@@ -487,8 +485,8 @@ cudaError_t launch(const Maps& maps, bool tma_store, const Fp8GemmArgs& p, cudaS
 
 template <int kOutBytes>
 cudaError_t launch_for_out(Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream) {
-  const CUtensorMapDataType type = p.out_dtype == OutDtype::kF32    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
-                                   : p.out_dtype == OutDtype::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+  const CUtensorMapDataType type = p.out_dtype == FloatType::kF32    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                   : p.out_dtype == FloatType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
                                                                     : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   const bool tma_store = reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
                          (p.ldo * kOutBytes) % 16 == 0 &&
@@ -511,7 +509,7 @@ cudaError_t sm90_fp8_gemm_wgmma(const Fp8GemmArgs& p, cudaStream_t stream) {
   if (!sm90::make_map_k128(&maps.a, p.a, p.M, p.K, p.lda, sm90::kBM) ||
       !sm90::make_map_k128(&maps.b, p.b, p.N, p.K, p.ldb, sm90::kBN))
     return cudaErrorInvalidValue;
-  if (p.out_dtype == OutDtype::kF32) return sm90::launch_for_out<4>(maps, p, stream);
+  if (p.out_dtype == FloatType::kF32) return sm90::launch_for_out<4>(maps, p, stream);
   return sm90::launch_for_out<2>(maps, p, stream);
 }
 

@@ -1,6 +1,6 @@
 // fp16-widening instantiation of the tiled FP8 GEMM: sm_80 has no fp8 tensor cores, so fp8
 // is widened to fp16 (exact) in registers; runs on every arch from sm_80.
-#include "fp8_gemm_mma.cuh"
+#include "fp8/fp8_gemm_mma.cuh"
 
 namespace lowbit {
 

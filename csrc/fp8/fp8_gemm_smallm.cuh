@@ -22,9 +22,9 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
-#include "fp8_gemm_epilogue.cuh"
-#include "fp8_gemm_smallm.h"
-#include "mma_sync.cuh"
+#include "common/epilogue.cuh"
+#include "common/mma_sync.cuh"
+#include "fp8/fp8_gemm.h"
 
 namespace lowbit {
 namespace smallm {

@@ -1,5 +1,5 @@
 // fp8 mma.sync instantiation of the small-M FP8 GEMM: built for sm_89 and sm_90a only.
-#include "fp8_gemm_smallm.cuh"
+#include "fp8/fp8_gemm_smallm.cuh"
 
 namespace lowbit {
 

@@ -1,5 +1,5 @@
 // fp8 mma.sync instantiation of the tiled FP8 GEMM: built for sm_89 and newer only.
-#include "fp8_gemm_mma.cuh"
+#include "fp8/fp8_gemm_mma.cuh"
 
 namespace lowbit {
 

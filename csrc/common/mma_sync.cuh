@@ -1,4 +1,4 @@
-// mma.sync building blocks shared by lowbit's FP8 GEMMs for sm_80 and sm_89: the fp8 and
+// mma.sync building blocks shared by lowbit's GEMMs for sm_80 and sm_89: the fp8 and
 // fp16 tensor-core instructions and the fp8 -> fp16 widening of the sm_80 path.
 //
 // Fragments (PTX ISA, "Matrix fragments for mma.m16n8k32" / "m16n8k16"): with g = lane / 4

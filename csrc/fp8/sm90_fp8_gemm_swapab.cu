@@ -50,25 +50,23 @@
 // Schedule. The host picks S (split_count: the largest S <= 8 with S * tiles <= SMs, >= 4
 // steps of 128 K per CTA, and every cluster of S resident at once) and the grid (S, tiles)
 // with cluster (S, 1, 1). S need not be a power of two: GPCs hold SM counts that clusters of
-// 4 do not divide, so a 132-SM H100 runs 30 clusters of 4 at once but 39 of 3 (measured,
-// 2026-11-27), and N = 4096 (32 tiles) streams its weight with 96 SMs at S = 3 rather than
-// 64 at S = 2. Without a split (more than SMs / 2 tiles, i.e. N > 8448 on 132 SMs, or
+// 4 do not divide, so a 132-SM H100 runs 30 clusters of 4 at once but 39 of 3 (see
+// bench/NOTES.md, "Small M as a decode step runs it, and swapab's split"), and N = 4096 (32
+// tiles) streams its weight with 96 SMs at S = 3 rather than 64 at S = 2. Without a split (more than SMs / 2 tiles, i.e. N > 8448 on 132 SMs, or
 // K <= 896) the grid is (1, min(tiles, SMs)) and each CTA walks tiles blockIdx.y,
 // + gridDim.y, ...; the producer then runs ahead into the next tile while the consumers
 // store the current one.
 //
 // Launch. The kernel goes out as a programmatic dependent launch (unless switched off,
-// launch_facts.h): its CTAs may be placed while the kernel before it in the stream finishes,
+// common/launch.h): its CTAs may be placed while the kernel before it in the stream finishes,
 // set up their barriers and prefetch the tensor maps, and wait (griddepcontrol.wait) before
 // any global read or write; once past its last mainloop each thread allows the next kernel
-// to do the same. Back to back on an H100 this took 0.4-0.7 us off each call at N = 4096.
+// to do the same (what it saves: see bench/NOTES.md, "Programmatic dependent launch").
 #include <cuda_runtime.h>
 
 #include <atomic>
 
-#include "fp8_gemm_epilogue.cuh"
-#include "fp8_gemm_sm90.h"
-#include "sm90_primitives.cuh"
+#include "fp8/sm90_fp8_gemm.cuh"
 
 namespace lowbit {
 namespace sm90 {

@@ -1,6 +1,7 @@
-// Host-side launch facts shared by lowbit's GEMM launchers: the current device, a kernel's
-// once-per-device shared-memory opt-in, the SM count (looked up once per device: a process
-// may drive several GPUs), and the sm_90 launch configuration.
+// Host-side launch helpers shared by every kernel family: the current device, a kernel's
+// once-per-device shared-memory opt-in, the device facts launchers size grids by (SM count,
+// compute capability: looked up once per device, since a process may drive several GPUs),
+// programmatic dependent launch, and the cudaLaunchKernelEx configuration.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -92,15 +93,33 @@ inline cudaError_t launch_status(cudaError_t e) {
   return e;
 }
 
-// 0 when the count cannot be read (the caller then reports the launch error it gets).
-inline int sm_count(int device) {
-  static std::atomic<int> counts[kMaxDevices] = {};
+// A device attribute, read once per device and cached; 0 when it cannot be read (the caller
+// then falls back or reports the launch error it gets). A failed read is not cached.
+template <cudaDeviceAttr kAttr>
+inline int device_attribute(int device) {
+  static std::atomic<int> known[kMaxDevices] = {};  // the value + 1; 0 = not read yet
   if (device < 0 || device >= kMaxDevices) return 0;
-  int n = counts[device].load(std::memory_order_relaxed);
-  if (n == 0 &&
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) == cudaSuccess)
-    counts[device].store(n, std::memory_order_relaxed);
-  return n;
+  const int k = known[device].load(std::memory_order_relaxed);
+  if (k > 0) return k - 1;
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, kAttr, device) != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: later launches start clean
+    return 0;
+  }
+  known[device].store(v + 1, std::memory_order_relaxed);
+  return v;
+}
+
+// The SM count of `device` (0: unknown).
+inline int sm_count(int device) {
+  return device_attribute<cudaDevAttrMultiProcessorCount>(device);
+}
+
+// major * 10 + minor of `device` (0: unknown).
+inline int compute_capability(int device) {
+  const int major = device_attribute<cudaDevAttrComputeCapabilityMajor>(device);
+  return major > 0 ? major * 10 + device_attribute<cudaDevAttrComputeCapabilityMinor>(device)
+                   : 0;
 }
 
 }  // namespace lowbit

@@ -1,38 +1,40 @@
-// Epilogue helpers shared by lowbit's FP8 GEMM kernels: bias loads and output stores in the
+// Epilogue helpers shared by lowbit's GEMM kernels: bias loads and output stores in the
 // three output dtypes, scalar and as pairs of adjacent columns.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "fp8_gemm_args.h"
+#include <cstdint>
+
+#include "common/dtypes.h"
 
 namespace lowbit {
 
-__device__ __forceinline__ float load_bias(const void* p, OutDtype d, int64_t i) {
+__device__ __forceinline__ float load_bias(const void* p, FloatType d, int64_t i) {
   switch (d) {
-    case OutDtype::kF32: return static_cast<const float*>(p)[i];
-    case OutDtype::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case FloatType::kF32: return static_cast<const float*>(p)[i];
+    case FloatType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
     default: return __half2float(static_cast<const __half*>(p)[i]);
   }
 }
 
-__device__ __forceinline__ void store_out(void* p, OutDtype d, int64_t i, float v) {
+__device__ __forceinline__ void store_out(void* p, FloatType d, int64_t i, float v) {
   switch (d) {
-    case OutDtype::kF32: static_cast<float*>(p)[i] = v; break;
-    case OutDtype::kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+    case FloatType::kF32: static_cast<float*>(p)[i] = v; break;
+    case FloatType::kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
     default: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
   }
 }
 
 // Elements i and i + 1 in one store; i even and the output's base aligned to two elements
 // (checked by the caller, see pair_store_ok).
-__device__ __forceinline__ void store_out2(void* p, OutDtype d, int64_t i, float v0, float v1) {
+__device__ __forceinline__ void store_out2(void* p, FloatType d, int64_t i, float v0, float v1) {
   switch (d) {
-    case OutDtype::kF32:
+    case FloatType::kF32:
       *reinterpret_cast<float2*>(static_cast<float*>(p) + i) = make_float2(v0, v1);
       break;
-    case OutDtype::kBF16:
+    case FloatType::kBF16:
       *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p) + i) =
           __floats2bfloat162_rn(v0, v1);
       break;
@@ -43,8 +45,8 @@ __device__ __forceinline__ void store_out2(void* p, OutDtype d, int64_t i, float
 }
 
 // Whether (row, even column) pairs of out may be written with store_out2.
-__host__ __device__ __forceinline__ bool pair_store_ok(const void* out, OutDtype d, int64_t ldo) {
-  const uintptr_t align = d == OutDtype::kF32 ? 8 : 4;
+__host__ __device__ __forceinline__ bool pair_store_ok(const void* out, FloatType d, int64_t ldo) {
+  const uintptr_t align = d == FloatType::kF32 ? 8 : 4;
   return (reinterpret_cast<uintptr_t>(out) % align) == 0 && ldo % 2 == 0;
 }
 

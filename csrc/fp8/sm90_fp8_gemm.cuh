@@ -1,0 +1,24 @@
+// What the two sm_90a FP8 GEMMs (wgmma, swapab) share beyond the generic sm_90a primitives:
+// the TMA maps over their block scales.
+#pragma once
+#include "common/epilogue.cuh"
+#include "common/sm90.cuh"
+#include "fp8/fp8_gemm.h"
+
+namespace lowbit {
+namespace sm90 {
+
+// Maps over the block scales of a GEMM's block-scaled operands: a's [M, ceil(K/128)] in boxes
+// of a_box_rows x 4 steps, b's [ceil(N/128), ceil(K/128)] in boxes of 1 x 4. False when TMA
+// cannot address one of them (the kernel then loads them).
+inline bool make_block_scale_maps(CUtensorMap* sa, CUtensorMap* sb, const Fp8GemmArgs& p,
+                                  int a_box_rows) {
+  const int kb = (p.K + 127) / 128;
+  return (p.a_mode != ScaleMode::kBlock ||
+          make_map_scales(sa, p.a_scale, p.M, kb, p.a_scale_ld, a_box_rows)) &&
+         (p.b_mode != ScaleMode::kBlock ||
+          make_map_scales(sb, p.b_scale, (p.N + 127) / 128, kb, p.b_scale_ld, 1));
+}
+
+}  // namespace sm90
+}  // namespace lowbit
