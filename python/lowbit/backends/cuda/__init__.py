@@ -1,0 +1,119 @@
+"""The CUDA backend: the hand-written kernels of ``lowbit._C`` (``csrc/``).
+
+Two tables define it. C++ lists every kernel compiled into this build (``_C.kernels()``:
+name, op kind, oldest arch, kernel id; one table per family, ``csrc/<family>/*_kernels.cpp``,
+built inside the arch guards). ``KERNELS`` below gives each op's kernels their M range and
+priority: every kernel in it is registered, so ``lowbit info`` lists it even when ``_C`` has
+no CUDA (``available()`` says why) or the arch list left it out (``supports()`` says so).
+A kernel is named in these two places only.
+
+This module holds what the op modules share: ``_C``'s availability, the device checks, the
+enum codes (from ``_C.enums()``), and registration. ``quantize`` (quantize_fp8,
+dequantize_fp8) and ``gemm`` (fp8_scaled_mm) register their ops on import.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from ..._backend import register_kernel
+from ..._build import _C, has_cuda_kernels
+from .._device import capability, device_index
+
+__all__ = ["KERNELS", "SMALL_M_MAX", "available", "has_cuda_kernels", "kernel_id",
+           "min_arch", "DTYPE_CODE", "FP8_FORMAT_CODE"]
+
+SMALL_M_MAX = 64  # the small-M GEMMs' largest M (kFp8SmallMMaxM in csrc/fp8/fp8_gemm.h)
+_BIG = (1 << 31) - 128  # the GEMMs count rows and tiles in int32: M and N stay below this
+
+# op -> {kernel: (M range or None, priority, variant)}. Higher priority is tried first;
+# `variant` is what the op module needs to tell the kernels of one op apart (the scale a
+# quantizer computes).
+KERNELS: Dict[str, Dict[str, Tuple[Optional[Tuple[int, int]], int, Optional[str]]]] = {
+    "quantize_fp8": {
+        "cuda_fp8_quant_static": (None, 10, "static"),
+        "cuda_fp8_quant_per_tensor": (None, 10, "tensor"),
+        "cuda_fp8_quant_per_token": (None, 10, "row"),
+        "cuda_fp8_quant_per_group": (None, 10, "group"),
+        "cuda_fp8_quant_per_block128": (None, 10, "block128"),
+    },
+    "dequantize_fp8": {
+        "cuda_fp8_dequant": (None, 10, None),
+    },
+    # At M <= 64 the small-M kernels come before the tiled ones, which take the rest.
+    "fp8_scaled_mm": {
+        "sm90_fp8_gemm_wgmma": ((SMALL_M_MAX + 1, _BIG), 30, None),
+        "sm90_fp8_gemm_swapab": ((1, SMALL_M_MAX), 25, None),
+        "sm89_fp8_gemm_smallm": ((0, SMALL_M_MAX), 20, None),
+        "sm89_fp8_gemm_mma": ((0, _BIG), 15, None),
+        "sm80_fp8_gemm_smallm": ((0, SMALL_M_MAX), 10, None),
+        "sm80_fp8_gemm_mma": ((0, _BIG), 5, None),
+    },
+}
+
+# The kernels of this build: name -> (op kind, min arch, kernel id).
+_BUILT: Dict[str, Tuple[str, int, int]] = (
+    {name: (kind, arch, kid) for name, kind, arch, kid in _C.kernels()} if _C is not None
+    else {})
+
+# Enum codes of the launch bindings, by torch dtype and by lowbit format name.
+_ENUMS = _C.enums() if _C is not None else {}
+DTYPE_CODE: Dict[torch.dtype, int] = {
+    getattr(torch, name): code for name, code in _ENUMS.get("dtype", {}).items()}
+FP8_FORMAT_CODE: Dict[str, int] = dict(_ENUMS.get("fp8_format", {}))
+
+
+def kernel_id(name: str) -> Optional[int]:
+    """The id the launch bindings take for kernel ``name``; None when not in this build."""
+    row = _BUILT.get(name)
+    return row[2] if row else None
+
+
+def min_arch(name: str) -> Optional[int]:
+    """The oldest arch (80, 89, 90) kernel ``name`` runs on; None when not in this build."""
+    row = _BUILT.get(name)
+    return row[1] if row else None
+
+
+_availability: list = []  # [reason or None], computed once
+
+
+def available() -> Optional[str]:
+    """None when these kernels can run in this process, else why not."""
+    if not _availability:
+        _availability.append(_availability_reason())
+    return _availability[0]
+
+
+def _availability_reason() -> Optional[str]:
+    if not has_cuda_kernels():
+        return "lowbit._C was built without CUDA kernels (or is not built)"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device on this machine"
+    if _C.device_count() == 0:
+        return ("the CUDA runtime inside lowbit._C sees no device (a driver older than the "
+                f"CUDA {_C.build_info().get('cuda_version')} it was built with?)")
+    return None
+
+
+def device_reason(t: torch.Tensor) -> Optional[str]:
+    """Why the kernels cannot take tensor ``t``'s device, or None."""
+    if t.device.type != "cuda":
+        return f"needs CUDA tensors; got a tensor on {t.device}"
+    idx = device_index(t.device)
+    if capability(idx) < (8, 0):
+        return f"needs compute capability 8.0 or newer; cuda:{idx} is older"
+    return None
+
+
+def register(op: str, make: Callable) -> None:
+    """Registers every kernel of ``KERNELS[op]``. ``make(name, m_range, variant)`` returns
+    (run, supports, prepare) for it."""
+    for name, (m_range, priority, variant) in KERNELS[op].items():
+        run, supports, prepare = make(name, m_range, variant)
+        register_kernel(op, "cuda", name, supports=supports, available=available,
+                        priority=priority, prepare=prepare)(run)
+
+
+from . import gemm, quantize  # noqa: E402,F401  (register the ops' kernels)

@@ -1,0 +1,181 @@
+"""quantize_fp8 and dequantize_fp8 on the CUDA kernels of ``csrc/fp8/`` (the kernels' names
+and priorities: ``KERNELS`` in this package's ``__init__``).
+
+Each call allocates its outputs on the input's device and launches on the current stream:
+no host synchronization, no ``.item()``, no copy of the input (strided, transposed and
+offset inputs go to the kernels as pointer + strides; only an N-D input whose leading
+dimensions cannot be merged into one stride is made contiguous first).
+
+The quantize kernels, by the scale they take or compute (``variant`` in ``KERNELS``):
+
+- static: a given scale of any granularity, one pass.
+- tensor: dynamic per-tensor scale, two passes (amax with an atomicMax into a 4-byte
+  workspace, then scale + quantize; the input is read twice).
+- row: dynamic per-row scale (``token`` and ``channel``), the row held in registers between
+  the max and the encode: one read of the input.
+- group: dynamic scale per 1 x G group (``group``, and ``block`` with ``block=(1, 128)``),
+  one pass.
+- block128: dynamic scale per 128 x 128 tile, one pass.
+
+The dequantize kernel takes every scale layout the SPEC allows.
+
+``HW_CVT`` (on by default; ``LOWBIT_FP8_HW_CVT=0`` in the environment turns it off): on
+sm_89+ GPUs, ``saturate=True`` e4m3fn / e5m2 quantization encodes with the hardware
+``cvt.rn.satfinite.{e4m3,e5m2}x2.f32`` (NaN rewritten to the canonical 0x7F) instead of the
+integer encoder, which is ALU-bound near the copy bandwidth (see bench/NOTES.md, "CUDA fp8
+quantize / dequantize"). Both encoders were checked bit-exact against
+the reference for all 2^32 fp32 inputs (tests/test_cuda_fp8_quant.py runs both). Older
+GPUs, e4m3fnuz and saturate=False always use the integer encoder.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from ..._build import _C
+from ..._checks import FP8_DTYPES, FP8_FORMAT_OF
+from ...scale_layout import quant_tile, scale_ld, scale_shape, scale_tile
+from .._device import OnDevice, device_index, raw_stream
+from . import DTYPE_CODE, FP8_FORMAT_CODE, KERNELS, device_reason, kernel_id, register
+from . import available, has_cuda_kernels  # noqa: F401  (this op's availability, for callers)
+
+# Whether saturate=True e4m3fn / e5m2 quantization may use the sm_89+ hardware conversion
+# (ignored on older GPUs and for the other modes). Read at each call; tests flip it.
+HW_CVT = os.environ.get("LOWBIT_FP8_HW_CVT", "1") != "0"
+
+_STATIC = next(n for n, row in KERNELS["quantize_fp8"].items() if row[2] == "static")
+
+
+def _rows_view(t: torch.Tensor):
+    """``t`` as a [rows, cols] view with element strides: (view, rows, cols, rs, cs). The
+    last dimension is the row; leading dimensions are merged when their strides allow it,
+    else the tensor is made contiguous (a copy)."""
+    if t.dim() == 0:
+        return t, 1, 1, 1, 1
+    cols = t.shape[-1]
+    if t.dim() == 1:
+        return t, 1, cols, cols, t.stride(0)
+    if t.dim() == 2:
+        return t, t.shape[0], cols, t.stride(0), t.stride(1)
+    rows = 1
+    for d in t.shape[:-1]:
+        rows *= d
+    try:
+        v = t.view(rows, cols)
+    except RuntimeError:  # leading dimensions that no single stride describes
+        v = t.reshape(rows, cols)
+    return v, rows, cols, v.stride(0), v.stride(1)
+
+
+def _variant(scale, granularity: str, block) -> str:
+    """The quantize kernel variant serving these arguments."""
+    if scale is not None:
+        return "static"
+    if granularity == "tensor":
+        return "tensor"
+    if granularity in ("token", "channel"):
+        return "row"
+    if granularity == "group" or tuple(block) == (1, 128):
+        return "group"
+    return "block128"
+
+
+# ---------------------------------------------------------------------------- quantize_fp8
+def _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, block, saturate):
+    """launch(src, scale) -> (q, scale): quantizing inputs of x's signature whose rows are
+    `src` ([rows, cols] with strides rs, cs: `geometry`), with `scale` (dense) or a dynamic
+    one, on kernel `kid`. Everything but the pointers is worked out here, once."""
+    rows, cols, rs, cs = geometry
+    dev, shape = x.device, tuple(x.shape)
+    idx = device_index(dev)
+    q_dtype = FP8_DTYPES[fmt]
+    s_shape = scale_shape("quantize_fp8", shape, granularity, group_size, block)
+    tile = quant_tile(granularity, group_size, block)
+    args = (kid, DTYPE_CODE[x.dtype], rows, cols, rs, cs, FP8_FORMAT_CODE[fmt], bool(saturate),
+            *tile)
+    # One launch per encoder, so that flipping HW_CVT takes effect on the next call.
+    by_cvt = (_C.QuantizeLaunch(*args, False).launch, _C.QuantizeLaunch(*args, True).launch)
+    workspace = scale is None and tile == (0, 0)
+    empty, f32, i32 = torch.empty, torch.float32, torch.int32
+
+    def launch(src, scale):
+        q = empty(shape, dtype=q_dtype, device=dev)
+        s_out = empty(s_shape, dtype=f32, device=dev)
+        ws = empty(1, dtype=i32, device=dev).data_ptr() if workspace else 0
+        with OnDevice(dev):
+            by_cvt[HW_CVT](src.data_ptr(), q.data_ptr(), 0 if scale is None else scale.data_ptr(),
+                           s_out.data_ptr(), ws, raw_stream(idx))
+        return q, s_out
+
+    return launch
+
+
+def _make_quantize(name: str, m_range, variant: str):
+    kid = kernel_id(name)
+
+    def run(x, scale, fmt, granularity, group_size, block, saturate):
+        v, *geometry = _rows_view(x)
+        if scale is not None:
+            scale = scale.contiguous()
+        return _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, block,
+                                saturate)(v, scale)
+
+    def prepare(x, scale, fmt, granularity, group_size, block, saturate):
+        # A remembered signature keeps its launch. Inputs whose rows are no view of x (a copy
+        # per call) and static scales that are not dense keep the general path.
+        v, *geometry = _rows_view(x)
+        if (v.data_ptr() != x.data_ptr() or x.numel() == 0 or
+                (scale is not None and not scale.is_contiguous())):
+            return run
+        launch = _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, block,
+                                  saturate)
+        return lambda x, scale, fmt, granularity, group_size, block, saturate: launch(x, scale)
+
+    def supports(x, scale, fmt, granularity, group_size, block, saturate) -> Optional[str]:
+        why = device_reason(x)
+        if why:
+            return why
+        if variant == "static":
+            return None if scale is not None else "dynamic scale (this kernel takes a given scale)"
+        if scale is not None:
+            return f"static scale (served by {_STATIC})"
+        if _variant(None, granularity, block) != variant:
+            return f"granularity={granularity!r} block={tuple(block)} is another kernel's"
+        return None
+
+    run.__name__ = name
+    return run, supports, prepare
+
+
+register("quantize_fp8", _make_quantize)
+
+
+# -------------------------------------------------------------------------- dequantize_fp8
+def _make_dequantize(name: str, m_range, variant):
+    kid = kernel_id(name)
+
+    def run(q, scale, out_dtype):
+        dev = q.device
+        out = torch.empty(q.shape, dtype=out_dtype, device=dev)
+        if q.numel() == 0:
+            return out
+        v, rows, cols, rs, cs = _rows_view(q)
+        tile_rows, tile_cols = scale_tile(scale.shape, q.shape)
+        scale = scale.contiguous()
+        fmt = FP8_FORMAT_CODE[FP8_FORMAT_OF[q.dtype]]
+        launch = _C.DequantizeLaunch(kid, rows, cols, rs, cs, fmt, tile_rows, tile_cols,
+                                     scale_ld(scale.shape), DTYPE_CODE[out_dtype]).launch
+        with OnDevice(dev):
+            launch(v.data_ptr(), scale.data_ptr(), out.data_ptr(), raw_stream(device_index(dev)))
+        return out
+
+    def supports(q, scale, out_dtype) -> Optional[str]:
+        return device_reason(q)
+
+    run.__name__ = name
+    return run, supports, None
+
+
+register("dequantize_fp8", _make_dequantize)
