@@ -22,7 +22,7 @@ from ..._build import _C, has_cuda_kernels
 from .._device import capability, device_index
 
 __all__ = ["KERNELS", "SMALL_M_MAX", "available", "has_cuda_kernels", "kernel_id",
-           "min_arch", "DTYPE_CODE", "FP8_FORMAT_CODE"]
+           "min_arch", "unlisted", "DTYPE_CODE", "FP8_FORMAT_CODE"]
 
 SMALL_M_MAX = 64  # the small-M GEMMs' largest M (kFp8SmallMMaxM in csrc/fp8/fp8_gemm.h)
 _BIG = (1 << 31) - 128  # the GEMMs count rows and tiles in int32: M and N stay below this
@@ -107,10 +107,19 @@ def device_reason(t: torch.Tensor) -> Optional[str]:
     return None
 
 
-def register(op: str, make: Callable) -> None:
-    """Registers every kernel of ``KERNELS[op]``. ``make(name, m_range, variant)`` returns
-    (run, supports, prepare) for it."""
+def unlisted() -> list:
+    """Kernels of this build that ``KERNELS`` does not list (so none registers them)."""
+    listed = {name for table in KERNELS.values() for name in table}
+    return sorted(set(_BUILT) - listed)
+
+
+def register(op: str, kind: str, make: Callable) -> None:
+    """Registers every kernel of ``KERNELS[op]``, whose op kind in ``_C.kernels()`` is
+    ``kind``. ``make(name, m_range, variant)`` returns (run, supports, prepare) for it."""
     for name, (m_range, priority, variant) in KERNELS[op].items():
+        if name in _BUILT and _BUILT[name][0] != kind:
+            raise RuntimeError(f"lowbit._C lists {name} as a {_BUILT[name][0]} kernel, "
+                               f"not {kind}: the build and the package disagree")
         run, supports, prepare = make(name, m_range, variant)
         register_kernel(op, "cuda", name, supports=supports, available=available,
                         priority=priority, prepare=prepare)(run)

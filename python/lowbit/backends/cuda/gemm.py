@@ -166,4 +166,4 @@ def _make_gemm(name: str, m_range, variant):
     return run, supports, prepare
 
 
-register("fp8_scaled_mm", _make_gemm)
+register("fp8_scaled_mm", "fp8_gemm", _make_gemm)

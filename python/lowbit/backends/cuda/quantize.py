@@ -149,7 +149,7 @@ def _make_quantize(name: str, m_range, variant: str):
     return run, supports, prepare
 
 
-register("quantize_fp8", _make_quantize)
+register("quantize_fp8", "fp8_quantize", _make_quantize)
 
 
 # -------------------------------------------------------------------------- dequantize_fp8
@@ -178,4 +178,4 @@ def _make_dequantize(name: str, m_range, variant):
     return run, supports, None
 
 
-register("dequantize_fp8", _make_dequantize)
+register("dequantize_fp8", "fp8_dequantize", _make_dequantize)
