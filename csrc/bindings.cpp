@@ -119,7 +119,7 @@ const std::vector<lowbit::KernelEntry>& all_kernels() {
     std::vector<lowbit::KernelEntry> v;
 #ifdef LOWBIT_WITH_CUDA
     for (const lowbit::KernelTable& t : {lowbit::fp8_kernel_table()})
-      v.insert(v.end(), t.rows, t.rows + t.size);
+      for (size_t i = 0; i < t.size; ++i) v.push_back(t.rows[i]);
 #endif
     return v;
   }();
