@@ -15,8 +15,8 @@ else:
 
 def build_info() -> Dict[str, Any]:
     if _C is None:
-        return {"compiled": False, "cuda": False, "cuda_archs": "", "cuda_version": "",
-                "error": _IMPORT_ERROR}
+        return {"compiled": False, "cuda": False, "cuda_archs": "", "cuda_archs_source": "",
+                "cuda_version": "", "error": _IMPORT_ERROR}
     info = dict(_C.build_info())
     info["compiled"] = True
     return info
