@@ -172,7 +172,7 @@ def test_cpu_tensors_never_pick_cuda():
 
 
 def test_operand_layouts_the_cuda_kernels_take():
-    from lowbit.backends.cuda_gemm import _aligned, _row_stride
+    from lowbit.backends.cuda.gemm import _aligned, _row_stride
     x = torch.zeros(64, 256, dtype=torch.uint8)
     assert _aligned(x) and _row_stride(x) == 256
     assert not _aligned(x.t())                            # not K-contiguous
@@ -488,7 +488,7 @@ def test_non_finite_scales_checked_on_gpu_only_when_asked(monkeypatch):
 # ------------------------------------------------- programmatic dependent launch (sm_90a)
 @pytest.fixture
 def pdl_switch(sm90):
-    from lowbit.backends import cuda_gemm
+    from lowbit.backends.cuda import gemm as cuda_gemm
     was = cuda_gemm.programmatic_launch()
     yield cuda_gemm.set_programmatic_launch
     cuda_gemm.set_programmatic_launch(was)
@@ -562,11 +562,11 @@ def test_programmatic_launch_in_a_cuda_graph(pdl_switch):
 
 
 def test_programmatic_launch_switch_without_gpu():
-    from lowbit.backends import cuda_gemm
+    from lowbit.backends.cuda import gemm as cuda_gemm
     assert cuda_gemm.PDL_ENV == "LOWBIT_PDL"
     was = cuda_gemm.programmatic_launch()
     cuda_gemm.set_programmatic_launch(False)
     assert cuda_gemm.programmatic_launch() is False
     cuda_gemm.set_programmatic_launch(True)
-    assert cuda_gemm.programmatic_launch() is lowbit.backends.cuda_gemm.has_cuda_kernels()
+    assert cuda_gemm.programmatic_launch() is lowbit.backends.cuda.has_cuda_kernels()
     cuda_gemm.set_programmatic_launch(was)

@@ -1,5 +1,5 @@
-"""The CUDA fp8 quantize / dequantize kernels (csrc/fp8, lowbit/backends/cuda.py), bit-exact
-against the NumPy reference.
+"""The CUDA fp8 quantize / dequantize kernels (csrc/fp8, lowbit/backends/cuda/quantize.py),
+bit-exact against the NumPy reference.
 
 Every kernel result is compared with ``backend="reference"`` on the same input copied to the
 host: codes as raw bytes (``q.view(torch.uint8)``), scales and dequantized values bit for
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.backends import cuda as cuda_backend
+from lowbit.backends.cuda import quantize as cuda_backend
 from lowbit.reference import fp8_encode
 from lowbit.reference.formats import fp8_format
 from lowbit_testing import MIN_SCALE, TINY_ABSMAX, tiny_input
@@ -587,13 +587,23 @@ def test_bad_arguments_raise_before_any_launch():
 
 @pytest.mark.skipif(not cuda_backend.has_cuda_kernels(), reason="lowbit._C built without CUDA")
 def test_binding_rejects_bad_enums_without_touching_the_gpu():
-    """The launcher validates its arguments before any CUDA call, so this runs anywhere;
-    a failed launch is a RuntimeError with the CUDA error string."""
+    """The launch bindings validate their arguments before any CUDA call, so this runs
+    anywhere: values no kernel takes are a ValueError when the launch is built; a failed
+    launch is a RuntimeError with the CUDA error string."""
     from lowbit import _C
-    with pytest.raises(RuntimeError, match="lowbit fp8_quantize: .*invalid argument"):
-        _C.fp8_quantize(0, 0, 4, 16, 16, 1, 0, 7, True, 0, 128, 0, 16, 0, False, 0)
-    with pytest.raises(RuntimeError, match="lowbit fp8_dequantize: .*invalid argument"):
-        _C.fp8_dequantize(0, 0, 4, 16, 16, 1, 16, 3, 0, 0, 16, 1, 0)
+    from lowbit.backends.cuda import kernel_id
+    static, dequant = kernel_id("cuda_fp8_quant_static"), kernel_id("cuda_fp8_dequant")
+    with pytest.raises(ValueError, match="fp8 format"):
+        _C.QuantizeLaunch(static, 0, 4, 16, 16, 1, 7, True, 0, 0, False)
+    with pytest.raises(ValueError, match="no fp8_quantize kernel"):
+        _C.QuantizeLaunch(dequant, 0, 4, 16, 16, 1, 0, True, 0, 0, False)
+    with pytest.raises(ValueError, match="scale tile"):
+        _C.QuantizeLaunch(static, 0, 4, 16, 16, 1, 0, True, 3, 0, False)
+    # A static-scale kernel given no scale; a scale tile no dequantize layout has.
+    with pytest.raises(RuntimeError, match="cuda_fp8_quant_static: .*invalid argument"):
+        _C.QuantizeLaunch(static, 0, 4, 16, 16, 1, 0, True, 0, 0, False).launch(0, 0, 0, 16, 0, 0)
+    with pytest.raises(RuntimeError, match="cuda_fp8_dequant: .*invalid argument"):
+        _C.DequantizeLaunch(dequant, 4, 16, 16, 1, 0, 16, 3, 0, 1).launch(0, 16, 16, 0)
 
 
 def test_torch_encoder_matches_reference():
