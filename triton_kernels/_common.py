@@ -19,8 +19,16 @@ from typing import Dict, NamedTuple
 import torch
 
 
+_ENV = getattr(os.environ, "_data", None)
+_INTERPRET_KEY = os.fsencode("TRITON_INTERPRET")
+
+
 def interpreting() -> bool:
-    """Whether kernels launched now run under Triton's interpreter."""
+    """Whether kernels launched now run under Triton's interpreter (read on every launch:
+    from the dict that os.environ keeps in step, where it can, since os.environ.get of an
+    unset variable raises and catches a KeyError, about 1 us)."""
+    if os.name == "posix" and isinstance(_ENV, dict):
+        return _ENV.get(_INTERPRET_KEY) == b"1"
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
