@@ -39,7 +39,7 @@ Rules the SPEC leaves open, decided here:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 
