@@ -40,8 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import _interpreting
-from ..backends._device import device_index, smem_per_block
+from ._common import device_index, jit, smem_per_block
+from ._common import interpreting as _interpreting
 from .fp8_quant import f32_to_bf16_bits
 from .heuristics import fp8_gemm_config, fp8_gemm_configs
 
@@ -53,7 +53,7 @@ SCALE_TENSOR, SCALE_ROW, SCALE_BLOCK = 0, 1, 2
 PROMOTE_DEFAULT = "add"
 
 
-@triton.jit
+@jit
 def _load_k_step(a_ptrs, b_ptrs, offs_k, k_left, m_ok, n_ok):
     """One K-step's a [BLOCK_M, BLOCK_K] and b [BLOCK_K, BLOCK_N] tiles; K at or past k_left
     (all of it when k_left <= 0) and rows past M / N read as 0."""
@@ -62,7 +62,7 @@ def _load_k_step(a_ptrs, b_ptrs, offs_k, k_left, m_ok, n_ok):
     return a, b
 
 
-@triton.jit
+@jit
 def _block_scaled(part, k0, K, sa_ptr, sb_ptr, offs_m64, offs_n64, m_ok, n_ok,
                   stride_sam, stride_sak, stride_sbn, stride_sbk,
                   A_MODE: tl.constexpr, B_MODE: tl.constexpr):
@@ -83,7 +83,7 @@ def _block_scaled(part, k0, K, sa_ptr, sb_ptr, offs_m64, offs_n64, m_ok, n_ok,
     return part
 
 
-@triton.jit
+@jit
 def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                           stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
                           stride_sam, stride_sak, stride_sbn, stride_sbk,
@@ -202,31 +202,42 @@ def _autotuned_kernel():
 _AUTOTUNED = None
 
 
-def scale_mode(s: torch.Tensor, rows: int, k: int) -> int:
-    """0 per tensor, 1 per row, 2 per 128-block, from a validated scale's shape. A [rows, 1]
-    scale is per row (when K <= 128 it is also the block scale, with the same meaning)."""
-    if s.dim() == 0:
+def scale_mode(tile) -> int:
+    """The kernel's A_MODE / B_MODE for a scale whose entries each cover ``tile`` = (rows,
+    cols) of its operand (lowbit.scale_layout.scale_tile): 0 per tensor, 1 per row, else 2,
+    a 128-block scale (a's [M, ceil(K/128)], b's [ceil(N/128), ceil(K/128)])."""
+    if tile[0] == 0:
         return SCALE_TENSOR
-    if s.shape[1] == 1 and s.shape[0] == rows:
+    if tile == (1, 0):
         return SCALE_ROW
     return SCALE_BLOCK
+
+
+def _tile_of(s: torch.Tensor, rows: int):
+    """The tile of a validated GEMM scale from its shape alone (for callers that pass none:
+    tuning scripts and tests): () per tensor, [rows, 1] per row, else a block scale."""
+    if s.dim() == 0:
+        return 0, 0
+    return (1, 0) if tuple(s.shape) == (rows, 1) else (1, 128)
 
 
 def fp8_scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
                   b_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
                   out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = False,
-                  config=None, promote_in_dot: Optional[bool] = None) -> torch.Tensor:
+                  config=None, promote_in_dot: Optional[bool] = None,
+                  a_tile=None, b_tile=None) -> torch.Tensor:
     """a [M, K] fp8 x b [N, K] fp8 -> [M, N] of out_dtype (arguments validated by
-    lowbit.ops). ``config`` (a heuristics.GemmConfig) overrides the table, and
-    ``promote_in_dot`` the accurate mode's form (LOWBIT_TRITON_FP8_PROMOTE=dot|add), for
-    tuning."""
+    lowbit.ops). ``a_tile`` / ``b_tile``: what each scale entry covers (see
+    ``scale_mode``; lowbit passes them, read from the shapes when omitted). ``config`` (a
+    heuristics.GemmConfig) overrides the table, and ``promote_in_dot`` the accurate mode's
+    form (LOWBIT_TRITON_FP8_PROMOTE=dot|add), for tuning."""
     m, k = a.shape
     n = b.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0:
         return out
-    a_mode = scale_mode(a_scale, m, k)
-    b_mode = scale_mode(b_scale, n, k)
+    a_mode = scale_mode(a_tile if a_tile is not None else _tile_of(a_scale, m))
+    b_mode = scale_mode(b_tile if b_tile is not None else _tile_of(b_scale, n))
     blockwise = SCALE_BLOCK in (a_mode, b_mode)  # block scales apply inside the K loop
     if promote_in_dot is None:
         promote_in_dot = os.environ.get("LOWBIT_TRITON_FP8_PROMOTE", PROMOTE_DEFAULT) == "dot"

@@ -41,18 +41,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import _interpreting
-from .._checks import FP8_DTYPES, FP8_FORMAT_OF
-from ..backends._device import capability, device_index
-from ..reference.formats import fp8_format
-from ..scale_layout import scale_tile
+from ._common import FP8_DTYPES, FP8_FORMAT_OF, FP8_FORMATS, capability, device_index, jit
+from ._common import interpreting as _interpreting
 from .heuristics import ELEMWISE_WARPS, block2d_sub_rows, elementwise_tile, segment_tile
 
 __all__ = ["quantize_fp8", "dequantize_fp8", "fp8_encode", "fp8_decode", "fmt_constants"]
 
 
 # --------------------------------------------------------------------------- device helpers
-@triton.jit
+@jit
 def fp8_encode(y, MBITS: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
                NAN_CODE: tl.constexpr, INF_CODE: tl.constexpr, NEG_ZERO: tl.constexpr,
                SATURATE: tl.constexpr, HW_CAST: tl.constexpr):
@@ -106,7 +103,7 @@ def fp8_encode(y, MBITS: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexp
     return out
 
 
-@triton.jit
+@jit
 def fp8_decode(c, MBITS: tl.constexpr, BIAS: tl.constexpr, FMT_ID: tl.constexpr,
                SUB_UNIT: tl.constexpr):
     """fp8 codes (any integer type) -> fp32, exactly (lowbit.reference.fp8_decode).
@@ -130,7 +127,7 @@ def fp8_decode(c, MBITS: tl.constexpr, BIAS: tl.constexpr, FMT_ID: tl.constexpr,
     return bits.to(tl.float32, bitcast=True)
 
 
-@triton.jit
+@jit
 def _load_f32(ptrs, mask, X_BF16: tl.constexpr):
     """Load fp32/fp16 (converted) or bf16 (passed as int16 bits, widened by a shift)."""
     if X_BF16:
@@ -140,12 +137,12 @@ def _load_f32(ptrs, mask, X_BF16: tl.constexpr):
         return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
 
 
-@triton.jit
+@jit
 def _abs_bits(x):
     return x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
 
 
-@triton.jit
+@jit
 def _scale_from_amax_bits(amax_bits, QMAX: tl.constexpr):
     """max(absmax / qmax, 2^-126), correctly rounded; an all-zero amax -> 1; NaN stays NaN.
     The floor (lowbit.reference.quant.MIN_SCALE, the smallest normal fp32) keeps 1 / scale
@@ -159,12 +156,12 @@ def _scale_from_amax_bits(amax_bits, QMAX: tl.constexpr):
     return tl.where(amax_bits == 0, 1.0, s)
 
 
-@triton.jit
+@jit
 def _inv(s):
     return tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
 
 
-@triton.jit
+@jit
 def f32_to_bf16_bits(v):
     """fp32 -> bf16 bits (int16), round to nearest even; NaN -> 0x7FC0 (torch's CPU cast)."""
     b = v.to(tl.int32, bitcast=True)
@@ -174,7 +171,7 @@ def f32_to_bf16_bits(v):
 
 
 # --------------------------------------------------------------------------------- kernels
-@triton.jit
+@jit
 def _absmax_kernel(x_ptr, amax_ptr, R, K, stride_xr, stride_xk, n_tiles_k,
                    X_BF16: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Per-tensor amax: a tile max of |x| bits, then one integer atomic max per program."""
@@ -189,7 +186,7 @@ def _absmax_kernel(x_ptr, amax_ptr, R, K, stride_xr, stride_xk, n_tiles_k,
     tl.atomic_max(amax_ptr, m)
 
 
-@triton.jit
+@jit
 def _fp8_quant_tensor_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, amax_ptr, R, K,
                              stride_xr, stride_xk, stride_qr, n_tiles_k,
                              X_BF16: tl.constexpr, DYNAMIC: tl.constexpr, QMAX: tl.constexpr,
@@ -219,7 +216,7 @@ def _fp8_quant_tensor_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, amax_ptr, R, K,
     tl.store(q_ptr + rows[:, None] * stride_qr + cols[None, :], code.to(tl.uint8), mask=mask)
 
 
-@triton.jit
+@jit
 def _fp8_quant_segment_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, S, NSEG, SEG_LEN, K,
                               stride_xr, stride_xk, stride_qr,
                               stride_sir, stride_sik, stride_sor, stride_sok,
@@ -282,7 +279,7 @@ def _fp8_quant_segment_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, S, NSEG, SEG_LE
             tl.store(q_row[:, None] + cols, code.to(tl.uint8), mask=mask)
 
 
-@triton.jit
+@jit
 def _fp8_quant_block2d_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, M, K, n_blk_k,
                               stride_xr, stride_xk, stride_qr,
                               stride_sir, stride_sik, stride_sor, stride_sok,
@@ -323,7 +320,7 @@ def _fp8_quant_block2d_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, M, K, n_blk_k,
         tl.store(q_ptr + rows[:, None] * stride_qr + cols[None, :], code.to(tl.uint8), mask=mask)
 
 
-@triton.jit
+@jit
 def _fp8_dequant_kernel(q_ptr, s_ptr, o_ptr, R, K, stride_qr, stride_qk, stride_sr, stride_sk,
                         stride_or, n_tiles_k,
                         MBITS: tl.constexpr, BIAS: tl.constexpr, FMT_ID: tl.constexpr,
@@ -359,7 +356,6 @@ def _fp8_dequant_kernel(q_ptr, s_ptr, o_ptr, R, K, stride_qr, stride_qk, stride_
 
 
 # ----------------------------------------------------------------------------- host side
-_FMT_IDS = {"e4m3fn": 0, "e5m2": 1, "e4m3fnuz": 2}
 _FMT_CONSTS = {}
 
 
@@ -367,11 +363,10 @@ def fmt_constants(fmt: str) -> dict:
     """The constexpr arguments of fp8_encode / fp8_decode for ``fmt``."""
     c = _FMT_CONSTS.get(fmt)
     if c is None:
-        f = fp8_format(fmt)
+        f = FP8_FORMATS[fmt]
         c = dict(MBITS=f.mbits, BIAS=f.bias, MAX_CODE=f.max_code, NAN_CODE=f.nan_code,
-                 INF_CODE=-1 if f.inf_code is None else f.inf_code, NEG_ZERO=f.negative_zero,
-                 QMAX=float(f.max_value), FMT_ID=_FMT_IDS[fmt],
-                 SUB_UNIT=float(2.0 ** (1 - f.bias - f.mbits)))
+                 INF_CODE=f.inf_code, NEG_ZERO=f.negative_zero, QMAX=float(f.max_value),
+                 FMT_ID=f.fmt_id, SUB_UNIT=float(2.0 ** (1 - f.bias - f.mbits)))
         _FMT_CONSTS[fmt] = c
     return c
 
@@ -412,11 +407,15 @@ def _kernel_input(x2: torch.Tensor):
 
 
 def quantize_fp8(x: torch.Tensor, scale: Optional[torch.Tensor], fmt: str = "e4m3fn",
-                 granularity: str = "tensor", group_size: int = 128,
-                 block: Sequence[int] = (128, 128), saturate: bool = True,
+                 tile: Tuple[int, int] = (0, 0), scale_shape: Sequence[int] = (),
+                 saturate: bool = True,
                  hw_cast: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """-> (q of torch's fp8 dtype of ``fmt``, fp32 scale). Arguments as lowbit.quantize_fp8
-    (already validated); ``hw_cast`` overrides ``LOWBIT_TRITON_FP8_HWCAST``."""
+    """-> (q of torch's fp8 dtype of ``fmt``, fp32 scale of ``scale_shape``), one scale per
+    ``tile`` = (rows, cols) of x viewed as [rows, K], 0 standing for the whole extent:
+    (0, 0) per tensor, (1, 0) per row, (1, G) per group or 1 x 128 block, (128, 128) per
+    weight block (lowbit.scale_layout.quant_tile and scale_shape give both; the default is
+    per tensor). Arguments already validated; ``hw_cast`` overrides
+    ``LOWBIT_TRITON_FP8_HWCAST``."""
     qdtype = FP8_DTYPES[fmt]
     fc = fmt_constants(fmt)
     enc = dict(MBITS=fc["MBITS"], BIAS=fc["BIAS"], MAX_CODE=fc["MAX_CODE"],
@@ -425,20 +424,7 @@ def quantize_fp8(x: torch.Tensor, scale: Optional[torch.Tensor], fmt: str = "e4m
                HW_CAST=_hw_cast_wanted(fmt, saturate, x.device, hw_cast))
     dynamic = scale is None
     q = torch.empty(x.shape, dtype=qdtype, device=x.device)
-    block = tuple(int(b) for b in block)
-
-    # The scale's shape, as lowbit._checks.granularity computes it.
-    if granularity == "tensor":
-        sshape = ()
-    else:
-        k = x.shape[-1]
-        lead = tuple(x.shape[:-1])
-        if granularity in ("token", "channel"):
-            sshape = lead + (1,)
-        elif granularity == "group":
-            sshape = lead + (k // group_size,)
-        else:
-            sshape = (-(-x.shape[0] // block[0]), -(-k // block[1]))
+    sshape = tuple(scale_shape)
     s_out = torch.empty(sshape, dtype=torch.float32, device=x.device)
 
     if x.numel() == 0:
@@ -454,7 +440,8 @@ def quantize_fp8(x: torch.Tensor, scale: Optional[torch.Tensor], fmt: str = "e4m
     q2 = q.view(rows, k)
     s_in = s_out if dynamic else scale
 
-    if granularity == "tensor":
+    tile_rows, tile_cols = tile
+    if tile_rows == 0:
         if x.is_contiguous():  # one long row: the widest tiles
             xk, q2, rows, k = xk.reshape(1, -1), q2.reshape(1, -1), 1, x.numel()
         br, bk = elementwise_tile(rows, k, _interpreting())
@@ -472,23 +459,20 @@ def quantize_fp8(x: torch.Tensor, scale: Optional[torch.Tensor], fmt: str = "e4m
             num_warps=ELEMWISE_WARPS, **enc)
         return q, s_out
 
-    if granularity == "block" and block == (128, 128):
+    if tile_rows > 1:
         n_blk_r, n_blk_k = sshape
         si = s_in.view(n_blk_r, n_blk_k) if dynamic else s_in
         _fp8_quant_block2d_kernel[(n_blk_r * n_blk_k,)](
             xk, q2.view(torch.uint8), si, s_out, rows, k, n_blk_k,
             xk.stride(0), xk.stride(1), q2.stride(0), si.stride(0), si.stride(1),
             s_out.stride(0), s_out.stride(1), X_BF16=x_bf16, DYNAMIC=dynamic,
-            BH=128, BW=128, SUB_R=block2d_sub_rows(_interpreting()), num_warps=8, **enc)
+            BH=tile_rows, BW=tile_cols, SUB_R=block2d_sub_rows(_interpreting()), num_warps=8,
+            **enc)
         return q, s_out
 
-    # token / channel / group / block 1x128: segments of one row.
-    if granularity in ("token", "channel"):
-        nseg, seg_len = 1, k
-    elif granularity == "group":
-        nseg, seg_len = k // group_size, group_size
-    else:
-        nseg, seg_len = -(-k // block[1]), block[1]
+    # Per row, group or 1 x 128 block: segments of one row.
+    seg_len = tile_cols or k
+    nseg = sshape[-1]
     so2 = s_out.view(rows, nseg)
     si2 = so2 if dynamic else s_in.reshape(rows, nseg)
     nsegs = rows * nseg
@@ -501,10 +485,10 @@ def quantize_fp8(x: torch.Tensor, scale: Optional[torch.Tensor], fmt: str = "e4m
     return q, s_out
 
 
-def _scale_map(q_shape, scale: torch.Tensor):
-    """(scale as 2-D, RB, CW, per_tensor) for a dequantization scale of any granularity,
-    read by lowbit.reference.scale_layout.scale_tile (CW = 0: one scale per row)."""
-    rb, cw = scale_tile(scale.shape, q_shape)
+def _scale_map(scale: torch.Tensor, tile: Tuple[int, int]):
+    """(scale as 2-D, RB, CW, per_tensor) for a dequantization scale whose entries each
+    cover ``tile`` (lowbit.scale_layout.scale_tile; CW = 0: one scale per row)."""
+    rb, cw = tile
     if rb == 0:
         return scale, 1, 0, True
     if rb == 1:
@@ -512,9 +496,10 @@ def _scale_map(q_shape, scale: torch.Tensor):
     return scale, rb, cw, False  # [ceil(M/128), ceil(K/128)] weight blocks
 
 
-def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor,
-                   out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """decode(q) * scale -> out_dtype (arguments validated by lowbit.ops)."""
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype,
+                   tile: Tuple[int, int]) -> torch.Tensor:
+    """decode(q) * scale -> out_dtype, each scale entry covering ``tile`` of q (as
+    ``_scale_map`` reads it); arguments validated by lowbit.ops."""
     fc = fmt_constants(FP8_FORMAT_OF[q.dtype])
     out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
     if q.numel() == 0:
@@ -525,7 +510,7 @@ def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor,
     out_bf16 = out_dtype == torch.bfloat16
     if out_bf16:
         o2 = o2.view(torch.int16)
-    s2, rb, cw, per_tensor = _scale_map(q.shape, scale)
+    s2, rb, cw, per_tensor = _scale_map(scale, tile)
     ssr = s2.stride(0) if s2.dim() == 2 else 0
     ssk = s2.stride(1) if s2.dim() == 2 else 0
     br, bk = elementwise_tile(rows, k, _interpreting())

@@ -30,34 +30,19 @@ class GemmConfig(NamedTuple):
 
 
 # By M bucket (the largest M the row serves), one config for the accurate (promoted) mode,
-# one for block scales and one for fast_accum. Measured on an H100 SXM (triton 3.6, torch
-# 2.11, 2026-11-27; us):
-#
-#   M x N x K            promoted 128x256 s3   promoted 128x128 s4   fast 128x256 s3   torch rowwise
-#   512 x 4096 x 4096          268                   26.5                 29.1              30.0
-#   4096 x 4096 x 4096         347                   172                  110               112
-#   4096 x 14336 x 4096       1286                   595                  376               373
-#
+# one for block scales and one for fast_accum. The measurements behind each row are in
+# bench/NOTES.md ("Triton fp8 GEMM table"). Why the rows look as they do:
 # - The promoted mode keeps two fp32 accumulators (the running sum and the K-step's partial
 #   product): at 128 x 256 they spill, so its large tiles are 128 x 128. Block-scaled inputs
-#   take 128 x 128 too (221 us at 4096^3 with s4, 559 with 128 x 256).
-# - Above M = 256 the accurate mode takes two K-steps per iteration (k_unroll 2, 3 stages of
-#   two steps, groups of 16 row tiles): bench/sweep_triton_gemm.py on an H200 (2026-11-27,
-#   us, 128x128 g8 s4 u1 -> g16 s3 u2): 2048x4096x4096 88.2 -> 85.7, 4096^3 180.6 -> 174.5,
-#   512x4096x14336 76.6 -> 67.6, 512x28672x8192 298.6 -> 288.7, 4096x14336x4096 635.7 ->
-#   617.0, 8192^3 1369 -> 1374. Triton still waits for each dot before promoting it (the
-#   PTX has a wait 0 after each), so the gain is one loop iteration per two steps. Block
-#   scales keep k_unroll 1: unrolled, they need 255 registers and spill.
-# - M = 129-1024 take that unrolled form with L2 groups of 4 row tiles instead: a sweep on
-#   an H100 (2026-11-27, us, previous table row -> 128x128 g4 s3 u2): 256x14336x4096
-#   53.9 -> 50.9, 512x4096x14336 81.1 -> 72.4, 512x28672x8192 336.4 -> 303.3,
-#   512x14336x4096 87.2 -> 86.9, 512x4096x4096 24.6 -> 24.9 (g8 s4 u1, 128x64 and 64x128
-#   tiles were slower on all five). Only M = 256 and 512 were measured; the row covers
-#   M = 129-1024 by interpolation. The wide groups stay above M = 1024, where they won.
-# - M <= 16 (decode) is a weight stream: narrow N tiles put more programs on the 132 SMs and
-#   deep pipelines keep loads in flight (17.7 us at 1 x 4096 x 4096, torch 20.1; 100 us at
-#   16 x 28672 x 8192, torch 108). BLOCK_M = 16 runs mma.sync, whose fp8 accumulation is
-#   full fp32 (promotion changes nothing there).
+#   take 128 x 128 too.
+# - Above M = 128 the accurate mode takes two K-steps per iteration (k_unroll 2): Triton
+#   still waits for each dot before promoting it, so the gain is one loop iteration (its
+#   cp.async wait and barrier) per two steps. M = 129-1024 take L2 groups of 4 row tiles,
+#   larger M groups of 16, where each won. Block scales keep k_unroll 1: unrolled, they
+#   need 255 registers and spill.
+# - M <= 16 (decode) is a weight stream: narrow N tiles put more programs on the SMs and
+#   deep pipelines keep loads in flight. BLOCK_M = 16 runs mma.sync, whose fp8 accumulation
+#   is full fp32 (promotion changes nothing there).
 # BLOCK_K is 128 everywhere: one fp8 K-step is one 128-wide scale block (DeepSeek-V3 block
 # scales apply once per step) and the promotion interval of the accurate mode.
 _PROMOTED_LARGE = GemmConfig(128, 128, 128, 8, 8, 4)

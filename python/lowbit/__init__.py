@@ -7,11 +7,7 @@ w4a16_gemm. ``lowbit.reference`` is the NumPy definition of every number.
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import ops  # noqa: F401  (registers torch.ops.lowbit.*)
-from . import backends  # noqa: F401
-from .backends import reference as _reference_backend  # noqa: F401  (registers kernels)
-# CUDA fp8 quantize/dequantize: imports without _C or a GPU (its kernels then say unavailable).
-from .backends import cuda as _cuda_backend  # noqa: F401  (registers kernels)
-from .backends import triton as _triton_backend  # noqa: F401  (imports triton lazily)
+from . import backends  # noqa: F401  (registers every backend's kernels)
 from ._backend import BACKENDS, Choice, default_backend, explain, use_backend
 from ._build import build_info
 from .api import (

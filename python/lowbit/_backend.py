@@ -20,7 +20,7 @@ A GPU choice is remembered per call signature (op, backend, device, the environm
 that kernels read, and each argument's shape, strides, dtype, device and data-pointer
 alignment, or its value): what the argument checks, ``supports()`` and ``available()`` look
 at, never tensor values. An eager decode loop then pays for the checks and the choice once
-per shape, not once per call (``run_checked``).
+per shape, not once per call (``checked``).
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from . import heuristics
 from ._env import getenv
 
 BACKENDS = ("auto", "cuda", "triton", "reference")
@@ -229,6 +228,10 @@ def choose(op: str, device: torch.device, backend: str, args, remember: bool = F
             raise ValueError(f"{op}: backend={backend!r} cannot run: {missing}")
         candidates = [k for k in regs if k.backend == backend]
     else:  # auto on a GPU: the measured preference of lowbit/heuristics.py, then priority
+        # Imported here: heuristics reads the device helpers of lowbit.backends, whose
+        # modules import this one to register their kernels.
+        from . import heuristics
+
         candidates = [k for k in regs if k.backend in ("cuda", "triton")]
         order = heuristics.preferred(op, device, args)
         if order:
@@ -273,25 +276,39 @@ def run(op: str, device: torch.device, backend: str, args, choice: Optional[Choi
     return choice.fn(*args)
 
 
+def checked(op: str, check: Callable, values: Optional[Callable] = None) -> Callable:
+    """The eager implementation of ``op``: a function of the op's arguments followed by
+    ``backend`` that runs ``check(*args)`` (the op's argument checks), ``values(*args)``
+    (checks that read tensor values, every call), then ``run``. A call whose signature (see
+    ``_signature``: everything the checks read, the devices included) already passed the
+    checks and chose a GPU kernel skips ``check`` and the choice: the checks are a function
+    of the signature alone. This is also what ``torch.ops.lowbit.<op>`` runs."""
+
+    def call(*args):
+        backend = args[-1]
+        args = args[:-1]
+        if backend == "default":
+            backend = default_backend()
+        first = args[0]
+        choice = device = None
+        if type(first) is torch.Tensor:
+            device = first.device
+            if device.type in _REMEMBER_ON:
+                choice = _remembered(_signature(op, device, backend, args), _KERNELS.get(op))
+        if choice is None:
+            check(*args)
+        if values is not None:
+            values(*args)
+        return run(op, first.device if device is None else device, backend, args, choice)
+
+    call.__name__ = call.__qualname__ = op
+    return call
+
+
 def run_checked(op: str, backend: str, args, check: Callable[[], None],
                 values: Optional[Callable[[], None]] = None):
-    """``check()`` (the op's argument checks), ``values()`` (checks that read tensor values,
-    every call), then ``run``. A call whose signature (see ``_signature``: everything the
-    checks read, the devices included) already passed the checks and chose a GPU kernel skips
-    ``check()`` and the choice: the checks are a function of the signature alone."""
-    if backend == "default":
-        backend = default_backend()
-    first = args[0]
-    choice = device = None
-    if type(first) is torch.Tensor:
-        device = first.device
-        if device.type in _REMEMBER_ON:
-            choice = _remembered(_signature(op, device, backend, args), _KERNELS.get(op))
-    if choice is None:
-        check()
-    if values is not None:
-        values()
-    return run(op, first.device if device is None else device, backend, args, choice)
+    """``checked`` for one call, with checks that take no arguments."""
+    return checked(op, lambda *_: check(), values and (lambda *_: values()))(*args, backend)
 
 
 def explain(fn: Callable, *args, **kwargs) -> Choice:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from ._env import getenv
-from .scale_layout import GROUP_SIZES, scale_tile
+from .scale_layout import GRANULARITIES, GROUP_SIZES, scale_shape, scale_tile  # noqa: F401
 
 FP8_DTYPES = {
     "e4m3fn": torch.float8_e4m3fn,
@@ -22,7 +22,6 @@ FP8_DTYPES = {
 FP8_FORMAT_OF = {v: k for k, v in FP8_DTYPES.items()}
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-GRANULARITIES = ("tensor", "token", "channel", "group", "block")
 
 
 def _names(dtypes) -> str:
@@ -79,31 +78,7 @@ def fmt(op: str, f: str) -> torch.dtype:
 
 def granularity(op: str, x: torch.Tensor, g: str, group_size: int, block: Sequence[int]):
     """Validate a granularity for input ``x``; returns the scale's shape."""
-    if g not in GRANULARITIES:
-        raise ValueError(f"{op}: granularity must be one of {GRANULARITIES}; got {g!r}")
-    if g == "tensor":
-        return ()
-    if x.dim() < 1:
-        raise ValueError(f"{op}: granularity={g!r} needs x with at least 1 dimension; got 0-D")
-    k = x.shape[-1]
-    lead = tuple(x.shape[:-1])
-    if g in ("token", "channel"):
-        if g == "channel" and x.dim() != 2:
-            rank(op, "x", x, 2, "[N, K] for granularity='channel'")
-        return lead + (1,)
-    if g == "group":
-        if group_size not in GROUP_SIZES:
-            raise ValueError(f"{op}: group_size must be one of {GROUP_SIZES}; got {group_size}")
-        if k % group_size:
-            raise ValueError(
-                f"{op}: K = x.shape[-1] = {k} must be divisible by group_size = {group_size}")
-        return lead + (k // group_size,)
-    # block
-    rank(op, "x", x, 2, "[M, K] for granularity='block'")
-    block = tuple(int(b) for b in block)
-    if block not in ((128, 128), (1, 128)):
-        raise ValueError(f"{op}: block must be (128, 128) or (1, 128); got {block}")
-    return (-(-x.shape[0] // block[0]), -(-k // block[1]))
+    return scale_shape(op, tuple(x.shape), g, group_size, block)
 
 
 def static_scale(op: str, name: str, s: torch.Tensor, expected: Tuple[int, ...], g: str):

@@ -1,5 +1,6 @@
-"""Every lowbit op: its schema, its argument checks, its fake (meta) implementation, and its
-dispatch to a kernel. Registered as ``torch.ops.lowbit.<name>``; the public functions in
+"""Every lowbit op, each declared once by ``define_op``: its argument checks, which also give
+its outputs' shapes and dtypes, build the eager implementation, the fake (meta)
+implementation and the ``torch.ops.lowbit.<name>`` registration. The public functions in
 ``lowbit`` (``lowbit/api.py``) are thin wrappers over these.
 
 Fake implementations only allocate, so the ops trace under ``torch.compile(fullgraph=True)``
@@ -7,33 +8,96 @@ and capture in CUDA graphs. Backends plug in through ``lowbit._backend.register_
 the ``backend`` argument is ``auto``, ``cuda``, ``triton``, ``reference`` or ``default``
 (lowbit's current default, resolved when the op runs).
 
-Each op has a plain eager implementation (``<name>_eager``): the public functions call it
-directly outside of ``torch.compile`` tracing, because the custom-op dispatcher costs tens of
-microseconds a call, more than a decode-time GEMM takes on the GPU. Under tracing (and for
-tensor subclasses such as FakeTensor) they go through ``torch.ops.lowbit``.
+The eager implementation (``EAGER[name]``, ``lowbit._backend.checked``) is the function the
+dispatcher runs for ``torch.ops.lowbit.<name>`` on every device, and the public functions
+call it directly outside of ``torch.compile`` tracing, where even the dispatcher's few
+microseconds are worth saving. The ops are registered with ``torch.library.Library``
+rather than ``torch.library.custom_op``, whose Python wrappers cost about four times a
+``torch.add_`` per call (bench/NOTES.md, "Host time of a registered op"); they are not
+differentiable (the Autograd key falls through), as the eager path never was.
 
 Ops return tensors only: where the public API returns None (the zero point of a symmetric
 quantizer), the registered op returns an empty tensor.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor
 
 from . import _checks as C
-from ._backend import run, run_checked
+from . import scale_layout
+from ._backend import checked
 
-_EMPTY_I32 = (0,)
+_EMPTY = (0,)
+_LIB = torch.library.Library("lowbit", "DEF")
+
+# Parameter annotations of a check -> schema types.
+_SCHEMA_TYPES = {"Tensor": "Tensor", "Optional[Tensor]": "Tensor?", "int": "int",
+                 "bool": "bool", "str": "str", "List[int]": "int[]",
+                 "torch.dtype": "ScalarType"}
 
 
-def _new(shape, dtype, like: Tensor) -> Tensor:
-    return torch.empty(shape, dtype=dtype, device=like.device)
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    schema: str
+    # check(*args) -> the outputs' (shape, dtype), one pair or a tuple of pairs; raises on
+    # bad arguments. Reads shapes, dtypes and devices only, so it also serves the fake.
+    check: Callable
+    # values(*args): checks that read tensor values (every eager call), or None.
+    values: Optional[Callable]
+    eager: Callable
 
 
-# ---------------------------------------------------------------------------- quantize_fp8
-def check_quantize_fp8(x, scale, fmt, granularity, group_size, block):
+DEFS: Dict[str, OpDef] = {}
+
+
+def _schema(check: Callable, returns: str) -> str:
+    code = check.__code__
+    names = code.co_varnames[:code.co_argcount]
+    params = ", ".join(f"{_SCHEMA_TYPES[check.__annotations__[n]]} {n}" for n in names)
+    return f"({params}, str backend) -> {returns}"
+
+
+def define_op(returns: str, values: Optional[Callable] = None):
+    """Decorator: declare op ``check.__name__`` from its checks.
+
+    ``check``'s parameters, annotated with the types of ``_SCHEMA_TYPES``, are the op's
+    arguments (the registered op adds ``backend: str`` last); ``returns`` is the schema's
+    result ("Tensor" or "(Tensor, Tensor, ...)"); ``values`` as ``OpDef.values``. Registers
+    ``torch.ops.lowbit.<name>`` (the eager implementation for every device, a fake that
+    allocates what ``check`` returns) and returns ``check``."""
+    many = returns.startswith("(")
+
+    def deco(check):
+        name = check.__name__
+        schema = _schema(check, returns)
+        eager = checked(name, check, values)
+        _LIB.define(name + schema)
+        _LIB.impl(name, eager, "CompositeExplicitAutograd")
+        _LIB.impl(name, torch.library.fallthrough_kernel, "Autograd")
+
+        def fake(*args):
+            like = args[0]
+            out = check(*args[:-1])
+            if many:
+                return tuple(torch.empty(s, dtype=d, device=like.device) for s, d in out)
+            return torch.empty(out[0], dtype=out[1], device=like.device)
+
+        torch.library.register_fake(f"lowbit::{name}", fake, lib=_LIB)
+        DEFS[name] = OpDef(name, schema, check, values, eager)
+        return check
+
+    return deco
+
+
+@define_op("(Tensor, Tensor)",
+           values=lambda x, scale, *_: C.finite_scales("quantize_fp8", scale=scale))
+def quantize_fp8(x: Tensor, scale: Optional[Tensor], fmt: str, granularity: str,
+                 group_size: int, block: List[int], saturate: bool):
     op = "quantize_fp8"
     C.dtype(op, "x", x, C.FLOAT_DTYPES)
     qdtype = C.fmt(op, fmt)
@@ -41,44 +105,23 @@ def check_quantize_fp8(x, scale, fmt, granularity, group_size, block):
     if scale is not None:
         C.static_scale(op, "scale", scale, sshape, granularity)
     C.same_device(op, x=x, scale=scale)
-    return qdtype, sshape
+    return (x.shape, qdtype), (sshape, torch.float32)
 
 
-def quantize_fp8_eager(x: Tensor, scale: Optional[Tensor], fmt: str, granularity: str,
-                 group_size: int, block: List[int], saturate: bool,
-                 backend: str) -> Tuple[Tensor, Tensor]:
-    return run_checked(
-        "quantize_fp8", backend, (x, scale, fmt, granularity, group_size, block, saturate),
-        lambda: check_quantize_fp8(x, scale, fmt, granularity, group_size, block),
-        lambda: C.finite_scales("quantize_fp8", scale=scale))
-
-
-def _quantize_fp8_fake(x, scale, fmt, granularity, group_size, block, saturate, backend):
-    qdtype, sshape = check_quantize_fp8(x, scale, fmt, granularity, group_size, block)
-    return _new(x.shape, qdtype, x), _new(sshape, torch.float32, x)
-
-
-# -------------------------------------------------------------------------- dequantize_fp8
-def check_dequantize_fp8(q, scale, out_dtype):
+@define_op("Tensor")
+def dequantize_fp8(q: Tensor, scale: Tensor, out_dtype: torch.dtype):
     op = "dequantize_fp8"
     C.dtype(op, "q", q, tuple(C.FP8_DTYPES.values()))
     C.scale_for(op, "scale", scale, q)
     C.out_dtype(op, out_dtype)
     C.same_device(op, q=q, scale=scale)
+    return q.shape, out_dtype
 
 
-def dequantize_fp8_eager(q: Tensor, scale: Tensor, out_dtype: torch.dtype, backend: str) -> Tensor:
-    return run_checked("dequantize_fp8", backend, (q, scale, out_dtype),
-                       lambda: check_dequantize_fp8(q, scale, out_dtype))
-
-
-def _dequantize_fp8_fake(q, scale, out_dtype, backend):
-    check_dequantize_fp8(q, scale, out_dtype)
-    return _new(q.shape, out_dtype, q)
-
-
-# --------------------------------------------------------------------------- quantize_int8
-def check_quantize_int8(x, scale, zero, granularity, group_size, block, symmetric):
+@define_op("(Tensor, Tensor, Tensor)",
+           values=lambda x, scale, *_: C.finite_scales("quantize_int8", scale=scale))
+def quantize_int8(x: Tensor, scale: Optional[Tensor], zero: Optional[Tensor],
+                  granularity: str, group_size: int, block: List[int], symmetric: bool):
     op = "quantize_int8"
     C.dtype(op, "x", x, C.FLOAT_DTYPES)
     sshape = C.granularity(op, x, granularity, group_size, block)
@@ -94,27 +137,12 @@ def check_quantize_int8(x, scale, zero, granularity, group_size, block, symmetri
         C.dtype(op, "zero", zero, (torch.int32,))
         C.shape(op, "zero", zero, [sshape], f"{sshape} (the scale's)")
     C.same_device(op, x=x, scale=scale, zero=zero)
-    return sshape
+    return ((x.shape, torch.int8), (sshape, torch.float32),
+            (_EMPTY if symmetric else sshape, torch.int32))
 
 
-def quantize_int8_eager(x: Tensor, scale: Optional[Tensor], zero: Optional[Tensor], granularity: str,
-                  group_size: int, block: List[int], symmetric: bool,
-                  backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    check_quantize_int8(x, scale, zero, granularity, group_size, block, symmetric)
-    C.finite_scales("quantize_int8", scale=scale)
-    return run("quantize_int8", x.device, backend,
-               (x, scale, zero, granularity, group_size, block, symmetric))
-
-
-def _quantize_int8_fake(x, scale, zero, granularity, group_size, block, symmetric, backend):
-    sshape = check_quantize_int8(x, scale, zero, granularity, group_size, block, symmetric)
-    zshape = _EMPTY_I32 if symmetric else sshape
-    return (_new(x.shape, torch.int8, x), _new(sshape, torch.float32, x),
-            _new(zshape, torch.int32, x))
-
-
-# ------------------------------------------------------------------------- dequantize_int8
-def check_dequantize_int8(q, scale, zero, out_dtype):
+@define_op("Tensor")
+def dequantize_int8(q: Tensor, scale: Tensor, zero: Optional[Tensor], out_dtype: torch.dtype):
     op = "dequantize_int8"
     C.dtype(op, "q", q, (torch.int8,))
     C.scale_for(op, "scale", scale, q)
@@ -123,41 +151,23 @@ def check_dequantize_int8(q, scale, zero, out_dtype):
         C.shape(op, "zero", zero, [tuple(scale.shape)], f"{tuple(scale.shape)} (the scale's)")
     C.out_dtype(op, out_dtype)
     C.same_device(op, q=q, scale=scale, zero=zero)
+    return q.shape, out_dtype
 
 
-def dequantize_int8_eager(q: Tensor, scale: Tensor, zero: Optional[Tensor], out_dtype: torch.dtype,
-                    backend: str) -> Tensor:
-    check_dequantize_int8(q, scale, zero, out_dtype)
-    return run("dequantize_int8", q.device, backend, (q, scale, zero, out_dtype))
-
-
-def _dequantize_int8_fake(q, scale, zero, out_dtype, backend):
-    check_dequantize_int8(q, scale, zero, out_dtype)
-    return _new(q.shape, out_dtype, q)
-
-
-# --------------------------------------------------------------------------------- int8_mm
-def check_int8_mm(a, b):
+@define_op("Tensor")
+def int8_mm(a: Tensor, b: Tensor):
     op = "int8_mm"
     m, n, k = C.gemm_operands(op, a, b, (torch.int8,))
     if k >= 131072:
         raise ValueError(f"{op}: K must be below 131072 for an exact int32 result; got K = {k}")
     C.same_device(op, a=a, b=b)
-    return m, n
+    return (m, n), torch.int32
 
 
-def int8_mm_eager(a: Tensor, b: Tensor, backend: str) -> Tensor:
-    check_int8_mm(a, b)
-    return run("int8_mm", a.device, backend, (a, b))
-
-
-def _int8_mm_fake(a, b, backend):
-    m, n = check_int8_mm(a, b)
-    return _new((m, n), torch.int32, a)
-
-
-# ------------------------------------------------------------------------------- int8_gemm
-def check_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero):
+@define_op("Tensor", values=lambda a, b, a_scale, b_scale, *_: C.finite_scales(
+    "int8_gemm", a_scale=a_scale, b_scale=b_scale))
+def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
+              out_dtype: torch.dtype, a_zero: Optional[Tensor]):
     op = "int8_gemm"
     m, n, _ = C.gemm_operands(op, a, b, (torch.int8,))
     C.row_scale(op, "a_scale", a_scale, m, "M")
@@ -168,23 +178,13 @@ def check_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero):
         C.dtype(op, "a_zero", a_zero, (torch.int32,))
         C.shape(op, "a_zero", a_zero, [(), (m, 1)], f"() or [M, 1] = ({m}, 1)")
     C.same_device(op, a=a, b=b, a_scale=a_scale, b_scale=b_scale, bias=bias, a_zero=a_zero)
-    return m, n
+    return (m, n), out_dtype
 
 
-def int8_gemm_eager(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
-              out_dtype: torch.dtype, a_zero: Optional[Tensor], backend: str) -> Tensor:
-    check_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero)
-    C.finite_scales("int8_gemm", a_scale=a_scale, b_scale=b_scale)
-    return run("int8_gemm", a.device, backend, (a, b, a_scale, b_scale, bias, out_dtype, a_zero))
-
-
-def _int8_gemm_fake(a, b, a_scale, b_scale, bias, out_dtype, a_zero, backend):
-    m, n = check_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero)
-    return _new((m, n), out_dtype, a)
-
-
-# --------------------------------------------------------------------------- fp8_scaled_mm
-def check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
+@define_op("Tensor", values=lambda a, b, a_scale, b_scale, *_: C.finite_scales(
+    "fp8_scaled_mm", a_scale=a_scale, b_scale=b_scale))
+def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
+                  bias: Optional[Tensor], out_dtype: torch.dtype, fast_accum: bool):
     op = "fp8_scaled_mm"
     m, n, k = C.gemm_operands(op, a, b, (torch.float8_e4m3fn, torch.float8_e5m2))
     kb = -(-k // 128)
@@ -199,33 +199,7 @@ def check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
     C.bias(op, bias, n)
     C.out_dtype(op, out_dtype)
     C.same_device(op, a=a, b=b, a_scale=a_scale, b_scale=b_scale, bias=bias)
-    return m, n
-
-
-def fp8_scaled_mm_eager(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
-                  out_dtype: torch.dtype, fast_accum: bool, backend: str) -> Tensor:
-    return run_checked(
-        "fp8_scaled_mm", backend, (a, b, a_scale, b_scale, bias, out_dtype, fast_accum),
-        lambda: check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype),
-        lambda: C.finite_scales("fp8_scaled_mm", a_scale=a_scale, b_scale=b_scale))
-
-
-def _fp8_scaled_mm_fake(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, backend):
-    m, n = check_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype)
-    return _new((m, n), out_dtype, a)
-
-
-# --------------------------------------------------------------------------- int4_quantize
-def check_int4_quantize(w, group_size):
-    op = "int4_quantize"
-    C.dtype(op, "w", w, C.FLOAT_DTYPES)
-    C.rank(op, "w", w, 2, "[N, K]")
-    n, k = w.shape
-    if group_size not in C.GROUP_SIZES:
-        raise ValueError(f"{op}: group_size must be one of {C.GROUP_SIZES}; got {group_size}")
-    if k % group_size:
-        raise ValueError(f"{op}: K = w.shape[1] = {k} must be divisible by group_size = {group_size}")
-    return n, k
+    return (m, n), out_dtype
 
 
 def int4_scale_dtype(w_dtype: torch.dtype) -> torch.dtype:
@@ -233,21 +207,22 @@ def int4_scale_dtype(w_dtype: torch.dtype) -> torch.dtype:
     return w_dtype if w_dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
-def int4_quantize_eager(w: Tensor, group_size: int, symmetric: bool,
-                  backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    check_int4_quantize(w, group_size)
-    return run("int4_quantize", w.device, backend, (w, group_size, symmetric))
-
-
-def _int4_quantize_fake(w, group_size, symmetric, backend):
-    n, k = check_int4_quantize(w, group_size)
+@define_op("(Tensor, Tensor, Tensor)")
+def int4_quantize(w: Tensor, group_size: int, symmetric: bool):
+    op = "int4_quantize"
+    C.dtype(op, "w", w, C.FLOAT_DTYPES)
+    C.rank(op, "w", w, 2, "[N, K]")
+    n, k = w.shape
+    scale_layout.check_group_size(op, group_size, k=k, k_what="K = w.shape[1]")
     g = (n, k // group_size)
-    return (_new((n, k // 2), torch.uint8, w), _new(g, int4_scale_dtype(w.dtype), w),
-            _new(_EMPTY_I32 if symmetric else g, torch.uint8, w))
+    return (((n, k // 2), torch.uint8), (g, int4_scale_dtype(w.dtype)),
+            (_EMPTY if symmetric else g, torch.uint8))
 
 
-# ------------------------------------------------------------------------------ w4a16_gemm
-def check_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
+@define_op("Tensor", values=lambda x, qweight, scales, *_: C.finite_scales(
+    "w4a16_gemm", scales=scales))
+def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor],
+               group_size: int, perm: Optional[Tensor], bias: Optional[Tensor]):
     op = "w4a16_gemm"
     C.dtype(op, "x", x, C.FLOAT_DTYPES)
     C.rank(op, "x", x, 2, "[M, K]")
@@ -258,10 +233,7 @@ def check_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
         raise ValueError(
             f"{op}: x and the weight must share K; got x [M, K] = {tuple(x.shape)} and a "
             f"weight of K = 2 * qweight.shape[1] = {k}")
-    if group_size not in C.GROUP_SIZES:
-        raise ValueError(f"{op}: group_size must be one of {C.GROUP_SIZES}; got {group_size}")
-    if k % group_size:
-        raise ValueError(f"{op}: K = {k} must be divisible by group_size = {group_size}")
+    scale_layout.check_group_size(op, group_size, k=k)
     g = (n, k // group_size)
     C.dtype(op, "scales", scales, C.FLOAT_DTYPES)
     C.shape(op, "scales", scales, [g], f"[N, K // G] = {g}")
@@ -273,50 +245,9 @@ def check_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
         C.shape(op, "perm", perm, [(k,)], f"[K] = ({k},)")
     C.bias(op, bias, n)
     C.same_device(op, x=x, qweight=qweight, scales=scales, zeros=zeros, perm=perm, bias=bias)
-    return x.shape[0], n
+    return (x.shape[0], n), x.dtype
 
 
-def w4a16_gemm_eager(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor],
-               group_size: int, perm: Optional[Tensor], bias: Optional[Tensor],
-               backend: str) -> Tensor:
-    check_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias)
-    C.finite_scales("w4a16_gemm", scales=scales)
-    return run("w4a16_gemm", x.device, backend,
-               (x, qweight, scales, zeros, group_size, perm, bias))
-
-
-def _w4a16_gemm_fake(x, qweight, scales, zeros, group_size, perm, bias, backend):
-    m, n = check_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias)
-    return _new((m, n), x.dtype, x)
-
-
-def _register(name, eager, fake):
-    op = torch.library.custom_op(f"lowbit::{name}", eager, mutates_args=())
-    op.register_fake(fake)
-    return op
-
-
-quantize_fp8 = _register("quantize_fp8", quantize_fp8_eager, _quantize_fp8_fake)
-dequantize_fp8 = _register("dequantize_fp8", dequantize_fp8_eager, _dequantize_fp8_fake)
-quantize_int8 = _register("quantize_int8", quantize_int8_eager, _quantize_int8_fake)
-dequantize_int8 = _register("dequantize_int8", dequantize_int8_eager, _dequantize_int8_fake)
-int8_mm = _register("int8_mm", int8_mm_eager, _int8_mm_fake)
-int8_gemm = _register("int8_gemm", int8_gemm_eager, _int8_gemm_fake)
-fp8_scaled_mm = _register("fp8_scaled_mm", fp8_scaled_mm_eager, _fp8_scaled_mm_fake)
-int4_quantize = _register("int4_quantize", int4_quantize_eager, _int4_quantize_fake)
-w4a16_gemm = _register("w4a16_gemm", w4a16_gemm_eager, _w4a16_gemm_fake)
-
-
-OPS = {
-    "quantize_fp8": quantize_fp8,
-    "dequantize_fp8": dequantize_fp8,
-    "quantize_int8": quantize_int8,
-    "dequantize_int8": dequantize_int8,
-    "int8_mm": int8_mm,
-    "int8_gemm": int8_gemm,
-    "fp8_scaled_mm": fp8_scaled_mm,
-    "int4_quantize": int4_quantize,
-    "w4a16_gemm": w4a16_gemm,
-}
-
-EAGER = {name: globals()[name + "_eager"] for name in OPS}
+# The registered ops (what compiled graphs call) and their eager implementations, by name.
+OPS = {name: getattr(torch.ops.lowbit, name).default for name in DEFS}
+EAGER = {name: d.eager for name, d in DEFS.items()}

@@ -22,10 +22,14 @@ GRANULARITIES = ("tensor", "token", "channel", "group", "block")
 BLOCKS = ((128, 128), (1, 128))
 
 
-def check_group_size(op: str, group_size, name: str = "group_size") -> None:
-    """The one group-size check: G in GROUP_SIZES (K % G is the caller's, who knows K)."""
+def check_group_size(op: str, group_size, name: str = "group_size", *, k=None,
+                     k_what: str = "K") -> None:
+    """The one group-size check: G in GROUP_SIZES and, when the caller passes the length
+    ``k`` it groups (worded as ``k_what``), G divides it."""
     if group_size not in GROUP_SIZES:
         raise ValueError(f"{op}: {name} must be one of {GROUP_SIZES}; got {group_size}")
+    if k is not None and k % group_size:
+        raise ValueError(f"{op}: {k_what} = {k} must be divisible by {name} = {group_size}")
 
 
 def _block(op: str, block) -> Tuple[int, int]:
@@ -68,10 +72,7 @@ def scale_shape(op: str, shape: Sequence[int], granularity: str, group_size: int
                              f"got shape {shape}")
         return lead + (1,)
     if granularity == "group":
-        check_group_size(op, group_size)
-        if k % group_size:
-            raise ValueError(
-                f"{op}: K = x.shape[-1] = {k} must be divisible by group_size = {group_size}")
+        check_group_size(op, group_size, k=k, k_what="K = x.shape[-1]")
         return lead + (k // group_size,)
     if len(shape) != 2:
         raise ValueError(f"{op}: x must be 2-D [M, K] for granularity='block'; got shape {shape}")

@@ -29,13 +29,6 @@ def capability(index: int):
     return torch.cuda.get_device_capability(index)
 
 
-@functools.lru_cache(maxsize=None)
-def smem_per_block(index: int) -> int:
-    """The shared memory one block (Triton program) may opt in to on device ``index``: 227 KB
-    on an H100, 99 KB on sm_86 / sm_89."""
-    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
-
-
 def arch_override() -> Optional[int]:
     """``LOWBIT_ARCH`` (e.g. 80 or 89): the GPU kernels and ``auto``'s table behave as on that
     arch, so that older paths run on a newer card. None when unset."""

@@ -1,8 +1,10 @@
 """The Triton backend: kernels from ``lowbit.triton_kernels`` behind lowbit's ops.
 
 Importing this module never imports triton: the kernels' modules load on first use, so
-``import lowbit`` stays fast and works without triton, and ``TRITON_INTERPRET=1`` set after
-``import lowbit`` still takes effect. Every kernel's ``available`` names the reason it
+``import lowbit`` stays fast and works without triton. Whether a kernel runs interpreted is
+decided when it is launched (``TRITON_INTERPRET=1`` then; see triton_kernels/_common.py),
+not when its module was imported. The kernels import nothing of lowbit: this module passes
+them the scale layouts (``lowbit.scale_layout``). Every kernel's ``available`` names the reason it
 cannot run (triton missing, or no GPU and no interpreter); ``supports`` names the inputs it
 does not handle. Priorities sit below the CUDA kernels' so ``auto`` prefers those.
 
@@ -18,40 +20,49 @@ from typing import Optional
 
 import torch
 
+from .. import scale_layout
 from .._backend import _interpreting, register_kernel
 from ._device import OnDevice, capability, device_index
 
 PRIORITY = -10
 
-_modules = None
+_kernels = None  # the lowbit.triton_kernels package, once its modules are loaded
 _import_error: Optional[str] = None
-_interpreted_kernels = False  # whether the kernels were defined under TRITON_INTERPRET=1
 
 
 def _load():
-    """(fp8_quant, fp8_gemm) modules, or None with _import_error set."""
-    global _modules, _import_error, _interpreted_kernels
-    if _modules is None and _import_error is None:
+    """The ``lowbit.triton_kernels`` package with its kernel modules (``fp8_quant``,
+    ``fp8_gemm``) loaded, or None with ``_import_error`` set."""
+    global _kernels, _import_error
+    if _kernels is None and _import_error is None:
         try:
-            from ..triton_kernels import fp8_gemm, fp8_quant
+            from .. import triton_kernels
+            from ..triton_kernels import _common, fp8_gemm, fp8_quant  # noqa: F401
+            _check_formats(_common.FP8_FORMATS)
         except Exception as e:  # ImportError, or a triton that fails to initialise
             _import_error = f"{type(e).__name__}: {e}"
         else:
-            _modules = (fp8_quant, fp8_gemm)
-            _interpreted_kernels = all(
-                type(k).__name__ == "InterpretedFunction"
-                for k in (fp8_quant._fp8_dequant_kernel, fp8_gemm._fp8_scaled_mm_kernel))
-    return _modules
+            _kernels = triton_kernels
+    return _kernels
+
+
+def _check_formats(bits) -> None:
+    """The kernels' FP8 bit fields must be the reference's (the definition)."""
+    from ..reference.formats import FP8_FORMATS
+
+    for name, f in FP8_FORMATS.items():
+        b = bits[name]
+        inf = -1 if f.inf_code is None else f.inf_code
+        if (b.mbits, b.bias, b.max_value, b.max_code, b.nan_code, b.inf_code,
+                b.negative_zero) != (f.mbits, f.bias, f.max_value, f.max_code, f.nan_code, inf,
+                                     f.negative_zero):
+            raise ImportError(f"triton_kernels' {name} bit fields differ from the reference's")
 
 
 def available() -> Optional[str]:
     if _load() is None:
         return f"triton is not importable ({_import_error})"
-    if _interpreting():
-        if not _interpreted_kernels:
-            return ("TRITON_INTERPRET=1 was set after lowbit's Triton kernels were loaded "
-                    "(set it before the first Triton op)")
-    elif not torch.cuda.is_available():
+    if not _interpreting() and not torch.cuda.is_available():
         return "no CUDA device (the Triton kernels need one, or TRITON_INTERPRET=1)"
     return None
 
@@ -73,10 +84,22 @@ def _quant_supports(*granularities):
     return supports
 
 
-def _quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
-    # Triton launches on the current device: make the tensors' device current.
-    with OnDevice(x.device):
-        return _load()[0].quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate)
+def _prepare_quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
+    """The launcher for one signature: the scale's layout is worked out once."""
+    tile = scale_layout.quant_tile(granularity, group_size, block)
+    sshape = scale_layout.scale_shape("quantize_fp8", tuple(x.shape), granularity,
+                                      group_size, block)
+    quantize = _load().fp8_quant.quantize_fp8
+
+    def launch(x, scale, fmt, granularity, group_size, block, saturate):
+        # Triton launches on the current device: make the tensors' device current.
+        with OnDevice(x.device):
+            return quantize(x, scale, fmt, tile, sshape, saturate)
+    return launch
+
+
+def _quantize_fp8(*args):
+    return _prepare_quantize_fp8(*args)(*args)
 
 
 for _name, _grans in (("triton_fp8_quant_per_tensor", ("tensor",)),
@@ -84,7 +107,8 @@ for _name, _grans in (("triton_fp8_quant_per_tensor", ("tensor",)),
                       ("triton_fp8_quant_per_group", ("group",)),
                       ("triton_fp8_quant_per_block", ("block",))):
     register_kernel("quantize_fp8", "triton", _name, supports=_quant_supports(*_grans),
-                    available=available, priority=PRIORITY)(_quantize_fp8)
+                    available=available, priority=PRIORITY,
+                    prepare=_prepare_quantize_fp8)(_quantize_fp8)
 
 
 # -------------------------------------------------------------------------- dequantize_fp8
@@ -95,8 +119,9 @@ def _dequant_supports(q, scale, out_dtype):
 @register_kernel("dequantize_fp8", "triton", "triton_fp8_dequant", supports=_dequant_supports,
                  available=available, priority=PRIORITY)
 def dequantize_fp8(q, scale, out_dtype):
+    tile = scale_layout.scale_tile(scale.shape, q.shape)
     with OnDevice(q.device):
-        return _load()[0].dequantize_fp8(q, scale, out_dtype)
+        return _load().fp8_quant.dequantize_fp8(q, scale, out_dtype, tile)
 
 
 # --------------------------------------------------------------------------- fp8_scaled_mm
@@ -119,5 +144,8 @@ def _gemm_supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
 @register_kernel("fp8_scaled_mm", "triton", "triton_fp8_scaled_mm", supports=_gemm_supports,
                  available=available, priority=PRIORITY)
 def fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+    a_tile = scale_layout.scale_tile(a_scale.shape, a.shape)
+    b_tile = scale_layout.scale_tile(b_scale.shape, b.shape)
     with OnDevice(a.device):
-        return _load()[1].fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum)
+        return _load().fp8_gemm.fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype,
+                                              fast_accum, a_tile=a_tile, b_tile=b_tile)

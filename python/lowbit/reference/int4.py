@@ -84,7 +84,7 @@ def quantize_int4(w, group_size: int = 128, symmetric: bool = True,
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D [N, K]; got shape {w.shape}")
     n, k = w.shape
-    check_group(k, group_size)
+    check_group("quantize_int4", k, group_size)
     if symmetric:
         scale = round_scale(absmax_scale(w, 7.0, "group", group_size), scale_dtype)
         zeros = None
@@ -114,7 +114,7 @@ def dequantize_int4(qweight, scales, zeros: Optional[np.ndarray], group_size: in
     """canonical packed weight -> fp32 [N, K]: (u - z) * scale."""
     u = unpack_int4(qweight).astype(F32)
     n, k = u.shape
-    check_group(k, group_size)
+    check_group("dequantize_int4", k, group_size)
     z = np.full((n, k // group_size), 8, F32) if zeros is None else np.asarray(zeros, F32)
     s = np.asarray(scales, F32)
     if s.shape != (n, k // group_size) or z.shape != s.shape:
@@ -141,7 +141,7 @@ def import_awq(qweight, qzeros, scales, group_size: int) -> Tuple[np.ndarray, np
     qweight, qzeros, scales = np.asarray(qweight), np.asarray(qzeros), np.asarray(scales)
     k, n8 = qweight.shape
     n = n8 * 8
-    check_group(k, group_size)
+    check_group("import_awq", k, group_size)
     if qzeros.shape != (k // group_size, n8) or scales.shape != (k // group_size, n):
         raise ValueError(
             f"AWQ qzeros must be [K/G, N/8] = {(k // group_size, n8)} and scales [K/G, N] = "
@@ -172,7 +172,7 @@ def import_gptq(qweight, qzeros, scales, g_idx=None, *, group_size: int, version
         raise ValueError(f"version must be 1 or 2; got {version}")
     k8, n = qweight.shape
     k = k8 * 8
-    check_group(k, group_size)
+    check_group("import_gptq", k, group_size)
     ng = k // group_size
     if qzeros.shape != (ng, n // 8) or scales.shape != (ng, n):
         raise ValueError(

@@ -39,13 +39,14 @@ Rules the SPEC leaves open, decided here:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 
 from .formats import fp8_format
 from .fp8 import fp8_decode, fp8_encode
-from ..scale_layout import scale_tile
+from .. import scale_layout as _layout
+from ..scale_layout import GRANULARITIES, scale_tile
 
 __all__ = [
     "GRANULARITIES",
@@ -61,43 +62,22 @@ __all__ = [
     "dequantize_int8",
 ]
 
-GRANULARITIES = ("tensor", "token", "channel", "group", "block")
 F32 = np.float32
 # The floor of a dynamic scale: the smallest normal fp32. 1 / MIN_SCALE = 2^126 is finite.
 MIN_SCALE = F32(2.0 ** -126)
 
 
-def _tile(shape: Tuple[int, ...], granularity: str, group_size: int, block: Sequence[int]):
-    """(rows, cols) of one scale's tile over the input viewed as [rows_total, K]."""
-    if granularity == "tensor":
-        return None
-    k = shape[-1]
-    if granularity in ("token", "channel"):
-        return 1, max(k, 1)
-    if granularity == "group":
-        return 1, group_size
-    if granularity == "block":
-        return int(block[0]), int(block[1])
-    raise ValueError(f"granularity must be one of {GRANULARITIES}; got {granularity!r}")
-
-
 def scale_shape(shape, granularity: str, group_size: int = 128, block=(128, 128)):
-    """The shape of the scale tensor for an input of ``shape``."""
-    shape = tuple(shape)
-    if granularity == "tensor":
-        return ()
-    tile = _tile(shape, granularity, group_size, block)
-    lead, k = shape[:-1], shape[-1]
-    if granularity == "block":
-        return (-(-shape[0] // tile[0]), -(-k // tile[1]))
-    return lead + (-(-k // tile[1]) if k else 0,) if granularity == "group" else lead + (1,)
+    """The shape of the scale tensor for an input of ``shape`` (``lowbit.scale_layout``)."""
+    return _layout.scale_shape("lowbit.reference", shape, granularity, group_size, block)
 
 
 def _tiles_view(x: np.ndarray, tile):
-    """x as [R, th, C, tw] (zero-padded to whole tiles) for per-tile reductions."""
+    """x as [R, th, C, tw] (zero-padded to whole tiles) for per-tile reductions; a tile
+    side of 0 is the whole extent (``scale_layout.quant_tile``)."""
     x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
-    th, tw = tile
     rows, k = x2.shape
+    th, tw = tile[0] or max(rows, 1), tile[1] or max(k, 1)
     rp, kp = -(-rows // th) * th, -(-k // tw) * tw
     if (rp, kp) != (rows, k):
         x2 = np.pad(x2, ((0, rp - rows), (0, kp - k)))
@@ -111,7 +91,7 @@ def _reduce(x: np.ndarray, granularity, group_size, block, fn) -> np.ndarray:
         return np.asarray(fn(x.reshape(-1)) if x.size else F32(0), dtype=F32).reshape(())
     if x.size == 0:
         return np.zeros(out_shape, dtype=F32)
-    tiles = _tiles_view(x, _tile(x.shape, granularity, group_size, block))
+    tiles = _tiles_view(x, _layout.quant_tile(granularity, group_size, block))
     return fn(tiles, axis=(1, 3)).astype(F32).reshape(out_shape)
 
 
@@ -236,8 +216,7 @@ def dequantize_int8(q, scale, zero=None) -> np.ndarray:
     return (q * expand_scale(scale, q.shape)).astype(F32)
 
 
-def check_group(k: int, group_size: int):
-    if group_size not in (32, 64, 128):
-        raise ValueError(f"group_size must be 32, 64 or 128; got {group_size}")
+def check_group(op: str, k: int, group_size: int):
+    _layout.check_group_size(op, group_size)
     if k % group_size:
         raise ValueError(f"K ({k}) must be divisible by group_size ({group_size})")
