@@ -206,3 +206,27 @@ def test_bert_shaped_encoder_without_transformers():
     assert sum(isinstance(m, nn.Linear) for m in enc.modules()) == 2 * 6 + 1
     out = models._hidden(enc(torch.randint(0, 100, (2, 8))))
     assert out.shape == (2, 8, 64)
+
+
+# ------------------------------------------------------------------------------ lowbit info
+def test_info_groups_kernels_by_status():
+    import io
+
+    import lowbit
+    from lowbit._backend import kernels
+    from lowbit.cli import info
+
+    out = io.StringIO()
+    assert info(out) == 0
+    text = out.getvalue()
+    for op in lowbit.ops.OPS:
+        for k in kernels(op):
+            assert f"{k.backend}/{k.name}" in text, (op, k.name)
+    body = text.split("why unavailable:")
+    reasons = [ln.split("] ", 1)[1] for ln in body[1].splitlines() if ln.strip().startswith("[")] \
+        if len(body) > 1 else []
+    assert len(reasons) == len(set(reasons))
+    for why in reasons:  # each reason written once, the op table points to it by number
+        assert text.count(why) == 1
+    if not torch.cuda.is_available():
+        assert "torch sees no CUDA device" not in body[0]

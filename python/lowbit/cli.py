@@ -52,13 +52,14 @@ def _wrap(first: str, indent: int, items: list[str]) -> list[str]:
     return lines + [line]
 
 
-def info(stream=sys.stdout) -> int:
+def info(stream=None) -> int:
     import torch
 
     import lowbit
     from lowbit import _backend
     from lowbit._build import build_info
 
+    stream = stream or sys.stdout  # looked up per call: a captured or replaced stdout
     p = lambda *a: print(*a, file=stream)  # noqa: E731
     p(f"lowbit {lowbit.__version__}")
     b = build_info()

@@ -144,12 +144,20 @@ def compiled(f: Callable) -> Callable:
     """torch.compile(f) for static shapes, one specialised kernel per shape, as a serving
     stack with fixed shapes runs it (compiled on the first call, outside the timing)."""
     if f not in _compiled:
-        cfg = torch._dynamo.config
-        for name in ("cache_size_limit", "recompile_limit"):  # a matrix is many shapes
-            if hasattr(cfg, name):
-                setattr(cfg, name, max(getattr(cfg, name), 256))
+        raise_recompile_limit()
         _compiled[f] = torch.compile(f, dynamic=False)
     return _compiled[f]
+
+
+def raise_recompile_limit(n: int = 256) -> None:
+    """A benchmark compiles one function for many shapes: past torch's limit (8) dynamo
+    would fall back to eager and the "compiled" row would time eager code."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name in ("cache_size_limit", "recompile_limit"):  # the name changed across versions
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), n))
 
 
 def _fp8_from_scale(x, scale):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import timing
-from .cases import error_text, rel_err
+from .cases import error_text, raise_recompile_limit, rel_err
 
 MODES = ("eager", "compile", "graph")
 MEASURE_S = 0.15  # wall time of one measurement of one model in one round
@@ -75,6 +75,9 @@ def bert_large(batch: int = 32, seq: int = 128):
         model, source = BertModel(cfg), "transformers BertModel"
     except ImportError:
         model, source = BertEncoder(), "torch.nn encoder of BERT-large's shapes (no transformers)"
+    except Exception as e:  # noqa: BLE001 - installed but unusable with this torch
+        model = BertEncoder()
+        source = f"torch.nn encoder of BERT-large's shapes (transformers failed: {error_text(e)})"
     model = model.to("cuda", torch.bfloat16).eval()
     ids = torch.randint(0, 30522, (batch, seq), device="cuda")
     return model, (ids,), source
@@ -113,6 +116,7 @@ def _hidden(out) -> torch.Tensor:
 
 def _callable(model, inputs, mode) -> Callable[[], object]:
     if mode == "compile":
+        raise_recompile_limit()
         model = torch.compile(model, dynamic=False)
     call = lambda: model(*inputs)  # noqa: E731
     if mode == "graph":
