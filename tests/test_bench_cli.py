@@ -165,6 +165,9 @@ def test_op_rows_and_outputs_on_cpu(cpu_timers, tmp_path, capsys):
     gemm = next(r for r in lowbit_rows if r["op"] == "fp8_scaled_mm")
     assert gemm["tflops"] == pytest.approx(2 * 2 * 256 * 256 / 1e-5 / 1e12)
     assert gemm["vs_bf16"] == pytest.approx(1.0) and gemm["line"] == "N x K 256x256"
+    assert gemm["weight_tbps"] == pytest.approx(256 * 256 / 1e-5 / 1e12)
+    lin = next(r for r in bench.rows if r["impl"] == "F.linear bf16")  # its own bytes, peak
+    assert lin["weight_tbps"] == pytest.approx(2 * gemm["weight_tbps"]) and lin["ceiling"] == "bf16"
     bench.run_host(["fp8_scaled_mm", "quantize_fp8"], run._NoBar())
     impls = [r["impl"] for r in bench.host]
     assert impls[0] == "torch.add_" and "torch.ops.lowbit.fp8_scaled_mm" in impls
@@ -230,3 +233,32 @@ def test_info_groups_kernels_by_status():
         assert text.count(why) == 1
     if not torch.cuda.is_available():
         assert "torch sees no CUDA device" not in body[0]
+
+
+def test_main_end_to_end_on_cpu(cpu_timers, monkeypatch, tmp_path, capsys):
+    """main() as on a GPU machine, with the GPU facts faked: ceilings, ops, host, a model."""
+    env = dict(card="FakeGPU", capability="9.0", sms=1, l2_mb=1, memory_gib=1, torch="t",
+               cuda="c", triton=None, python="3", lowbit="0", date="today", lowbit_build={})
+    monkeypatch.setattr(timing, "no_gpu_reason", lambda: None)
+    monkeypatch.setattr(run, "environment", lambda: env)
+    monkeypatch.setattr(run, "measure_ceilings", lambda: dict(
+        copy_gbps=1000.0, bf16_tflops=100.0, bf16_shape="8192^3",
+        peak_tflops={"bf16": 100.0, "fp8": 200.0}))
+    monkeypatch.setattr(cases, "gpu_kernels", lambda op: [] if op == "dequantize_fp8" else ["k"])
+    monkeypatch.setattr(cases, "runnable_kernels", lambda *a, **k: iter(()))
+
+    def tiny_model(rounds, progress):
+        progress("tiny")
+        return [dict(model="tiny", shape="M=1", mode="eager", bf16_ms=1.0, fp8_ms=0.5, speedup=2.0)]
+
+    monkeypatch.setitem(models.MODELS, "tiny", (tiny_model, 1))
+    out = tmp_path / "o"
+    rc = run.main(["--op", "all", "--shapes", "2x256x256", "--model", "tiny", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "## Ops" in text and "## Host time" in text and "## Models" in text and "2.00x" in text
+    assert "dequantize_fp8: skipped, no GPU kernel" in text
+    data = json.loads((out / "bench.json").read_text())
+    assert data["complete"] and data["models"][0]["model"] == "tiny"
+    assert {r["op"] for r in data["ops"]} == {"fp8_scaled_mm", "quantize_fp8"}
+    assert (out / "bench.md").exists()

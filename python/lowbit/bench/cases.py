@@ -28,6 +28,7 @@ class Anchor:
     fn: Callable[[], object]
     role: str = "same"  # "same": lowbit's function; "bf16": what a bf16 model runs instead
     compare: bool = True  # its output is lowbit's function, so the error is reported
+    counts: dict = field(default_factory=dict)  # its own bytes_moved, weight_bytes, ceiling
 
 
 @dataclass
@@ -203,7 +204,9 @@ def _fp8_scaled_mm(variant: str, shape: tuple) -> Case:
     x, w = bf16(m, k), bf16(n, k, std=0.02)
     anchors = [Anchor(label + (", fast accum" if fast else ""),
                       scaled_mm_anchor(a, b, sa, sb, mode, fast), compare=mode != "block"),
-               Anchor("F.linear bf16", lambda: F.linear(x, w), role="bf16", compare=False)]
+               Anchor("F.linear bf16", lambda: F.linear(x, w), role="bf16", compare=False,
+                      counts=dict(bytes_moved=2 * (m * k + n * k + m * n), weight_bytes=2 * n * k,
+                                  ceiling="bf16"))]
     return Case("fp8_scaled_mm", variant, shape, (a, b, sa, sb, None, torch.bfloat16, fast),
                 (lowbit.fp8_scaled_mm, (a, b, sa, sb), dict(out_dtype=torch.bfloat16, fast_accum=fast)),
                 anchors, flops=2 * m * n * k, weight_bytes=n * k, ceiling="fp8",

@@ -163,23 +163,26 @@ class Bench:
 
         return timing.bench(fn, rep=self.args.rep, rep_ms=self.args.rep_ms)
 
-    def _row(self, case, impl: str, role: str, stats=None, **extra) -> dict:
-        shape = matrix.shape_str(case.shape)
-        row = dict(op=case.op, variant=case.variant, shape=shape, m=case.shape[0],
+    def _row(self, case, impl: str, role: str, stats=None, counts=None, **extra) -> dict:
+        """One row; `counts` overrides the case's bytes and ceiling (an anchor in bf16)."""
+        c = dict(flops=case.flops, bytes_moved=case.bytes_moved, weight_bytes=case.weight_bytes,
+                 ceiling=case.ceiling)
+        c.update(counts or {})
+        row = dict(op=case.op, variant=case.variant, shape=matrix.shape_str(case.shape),
+                   m=case.shape[0],
                    line=("N x K " if len(case.shape) == 3 else "cols ") + matrix.shape_str(case.shape[1:]),
-                   impl=impl, role=role,
-                   flops=case.flops, bytes_moved=case.bytes_moved, weight_bytes=case.weight_bytes)
+                   impl=impl, role=role, **c)
         row.update(extra)
         if stats:
             row.update(stats)
             t = stats["median_us"] * 1e-6
-            t_mem = case.bytes_moved / (self.ceilings["copy_gbps"] * 1e9)
-            peak = self.ceilings["peak_tflops"].get(case.ceiling)
-            t_comp = case.flops / (peak * 1e12) if case.flops and peak else 0.0
+            t_mem = c["bytes_moved"] / (self.ceilings["copy_gbps"] * 1e9)
+            peak = self.ceilings["peak_tflops"].get(c["ceiling"])
+            t_comp = c["flops"] / (peak * 1e12) if c["flops"] and peak else 0.0
             row.update(
-                tflops=case.flops / t / 1e12 if case.flops else None,
-                tbps=None if case.flops else case.bytes_moved / t / 1e12,
-                weight_tbps=case.weight_bytes / t / 1e12 if case.weight_bytes else None,
+                tflops=c["flops"] / t / 1e12 if c["flops"] else None,
+                tbps=None if c["flops"] else c["bytes_moved"] / t / 1e12,
+                weight_tbps=c["weight_bytes"] / t / 1e12 if c["weight_bytes"] else None,
                 frac=max(t_mem, t_comp) / t, bound="mem" if t_mem >= t_comp else "compute")
         return row
 
@@ -201,7 +204,8 @@ class Bench:
             row = self._anchor_rows.get(key)  # the bf16 anchor: once per shape, not per variant
             if row is None:
                 out, stats, error = self._measure(a.fn)
-                row = self._row(case, a.label, "anchor" if a.role == "same" else a.role, stats, error=error)
+                row = self._row(case, a.label, "anchor" if a.role == "same" else a.role, stats,
+                                a.counts, error=error)
                 if a.role == "same" and a.compare and ref is None:
                     ref = out
                 del out
