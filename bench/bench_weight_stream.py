@@ -3,7 +3,7 @@
     python -m bench.bench_weight_stream [--ms 1,16,32,64] [--nk 4096x4096,...] [--kernels swapab]
                                         [--md PATH]
 
-`bench_fp8_gemm` times one call at a time with the L2 flushed in between: each row then
+`lowbit bench --kernels` times one call at a time with the L2 flushed in between: each row then
 carries a launch's start, its pipeline fill and the write-back of the flush's dirty lines,
 a fixed 5-10 us that dominates a 16 MB weight. A decode step instead runs one linear layer
 after another. Here each row is a CUDA graph of calls, one per weight copy (enough copies
@@ -25,12 +25,14 @@ import torch
 import triton
 import triton.language as tl
 
-import lowbit  # noqa: F401  (registers the kernels)
-from lowbit.backends import cuda_gemm
+from lowbit.bench import matrix, table
+from lowbit.bench.cases import fp8_operands, runnable_kernels, scaled_mm_anchor
+from lowbit.bench.timing import bench, capture_graph, copy_bandwidth
 
-from .bench_fp8_gemm import (SHAPES_NK, card_line, kernel_filter, operands, print_table,
-                             runnable_kernels)
-from .timing import bench, capture_graph
+try:  # the CUDA GEMM backend's module (programmatic dependent launch switch)
+    from lowbit.backends.cuda import gemm as cuda_gemm
+except ImportError:  # the layout before backends/cuda/ became a package
+    from lowbit.backends import cuda_gemm
 
 L2_FILLS = 4
 
@@ -68,7 +70,7 @@ def per_call_us(fns, rep):
 def rows_for(m, n, k, rep, names=None):
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     copies = max(2, math.ceil(L2_FILLS * l2 / (n * k)))
-    a, b, sa, sb = operands(m, n, k, "row")
+    a, b, sa, sb = fp8_operands(m, n, k, "row")
     ws = [b] + [torch.empty_like(b).copy_(b) for _ in range(copies - 1)]
     out = []
     for label, op in FLOORS.items():
@@ -76,11 +78,10 @@ def rows_for(m, n, k, rep, names=None):
     best = min((per_call_us([lambda w=w, f=plain_read(bl): f(w) for w in ws], rep), bl)
                for bl in READ_BLOCKS)
     out.append((f"read: read-only kernel, {best[1] * 4 // 1024} KB a program", best[0]))
-    anchor = [lambda w=w: torch._scaled_mm(a, w.t(), scale_a=sa, scale_b=sb.t(),
-                                           out_dtype=torch.bfloat16) for w in ws]
-    out.append(("torch._scaled_mm", per_call_us(anchor, rep)))
+    out.append(("torch._scaled_mm", per_call_us([scaled_mm_anchor(a, w, sa, sb) for w in ws], rep)))
     t_anchor = out[-1][1]
-    for kern in runnable_kernels((a, b, sa, sb, None, torch.bfloat16, False), names=names):
+    args = (a, b, sa, sb, None, torch.bfloat16, False)
+    for kern in runnable_kernels("fp8_scaled_mm", args, names=names):
         calls = [lambda w=w, kern=kern: kern.fn(a, w, sa, sb, None, torch.bfloat16, False)
                  for w in ws]
         if kern.name.startswith("sm90_") and cuda_gemm.programmatic_launch():
@@ -90,8 +91,18 @@ def rows_for(m, n, k, rep, names=None):
             finally:
                 cuda_gemm.set_programmatic_launch(True)
         out.append((kern.name, per_call_us(calls, rep)))
-    return [f"| {m}x{n}x{k} | {copies} | {name} | {us:.1f} | {n * k / us / 1e3:.0f} | "
-            f"{t_anchor / us:.2f} |" for name, us in out]
+    return [dict(shape=f"{m}x{n}x{k}", copies=copies, impl=name, us=us,
+                 weight_tbps=n * k / us / 1e6, vs_anchor=t_anchor / us) for name, us in out]
+
+
+COLUMNS = (
+    ("M x N x K", lambda r: r["shape"]),
+    ("weights", lambda r: str(r["copies"])),
+    ("kernel", lambda r: r["impl"]),
+    ("us per call", lambda r: table.us(r["us"])),
+    ("weight TB/s", lambda r: table.num(r["weight_tbps"], ".2f")),
+    ("vs anchor", lambda r: table.ratio(r["vs_anchor"])),
+)
 
 
 def main():
@@ -101,23 +112,27 @@ def main():
     ap.add_argument("--nk", help="comma-separated NxK weight shapes (default: the PERF.md set); "
                                  "N and K multiples of 16, as torch._scaled_mm needs")
     ap.add_argument("--kernels", help="comma-separated name fragments: time only these kernels")
-    ap.add_argument("--md")
+    ap.add_argument("--md", help="also write the table to this markdown file")
     args = ap.parse_args()
-    names = kernel_filter(args.kernels)
+    names = [f for f in (args.kernels or "").split(",") if f] or None
     torch.manual_seed(0)
-    head = [
-        f"{card_line()}; back-to-back calls in one graph, distinct weights filling "
-        f"{L2_FILLS} L2s, no flush",
-        "",
-        "| M x N x K | weights | kernel | us per call | weight GB/s | vs anchor |",
-        "|---|---|---|---|---|---|",
-    ]
-    shapes = SHAPES_NK
-    if args.nk:
-        shapes = [tuple(map(int, s.split("x"))) for s in args.nk.split(",")]
-    groups = (rows_for(m, n, k, args.rep, names)
-              for n, k in shapes for m in map(int, args.ms.split(",")))
-    print_table(head, groups, args.md)
+    head = (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy "
+            f"{copy_bandwidth()['gbps'] / 1e3:.2f} TB/s; back-to-back calls in one graph, "
+            f"distinct weights filling {L2_FILLS} L2s, no flush")
+    print(head, flush=True)
+    shapes = [tuple(s) for s in matrix.parse_shapes(args.nk)] if args.nk else matrix.NK
+    rows = []
+    for n, k in shapes:
+        for m in map(int, args.ms.split(",")):
+            new = rows_for(m, n, k, args.rep, names)
+            print(table.format_table(new, COLUMNS), flush=True)
+            rows += new
+            torch.cuda.empty_cache()
+    md = head + "\n\n" + table.format_table(rows, COLUMNS, markdown=True) + "\n"
+    print("\n" + md)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # One command for a GPU machine, run from the repo root of a copy of the tree:
-#   bash bench/gpu_check.sh [OUTDIR] [run_bench.py args, e.g. --quick]
-# builds and installs lowbit, prints `lowbit info`, runs the GPU tests, runs the benchmark,
-# and ends with a summary (only the last lines of output may reach the caller).
-# OUTDIR: the first argument, else $OUT, else ./gpu_out. Files written there (at most 8):
-# build.log info.txt tests.log kbench.md bench.log bench.json bench.md summary.txt
+#   bash bench/gpu_check.sh [OUTDIR] [lowbit bench args, e.g. --quick]
+# builds and installs lowbit, prints `lowbit info`, runs the GPU tests, runs `lowbit bench`
+# (ops against torch, host time, and the models), then the development benchmarks that
+# `lowbit bench` does not cover, and ends with a summary (only the last lines of output may
+# reach the caller).
+# OUTDIR: the first argument, else $OUT, else ./gpu_out. Files written there (8, at most 8
+# come back): summary.txt build.log info.txt tests.log bench.log bench.json bench.md bench.png
+# (bench.log: the output of `lowbit bench` and of the kbench step).
 # Environment: PYTHON (default python3), LOWBIT_CUDA_ARCHS (passed to the build),
-# STEPS (default "build info sass tests kbench bench"; e.g. STEPS="bench" on a machine already
-# set up; kbench: every fp8_scaled_mm kernel and the CUDA quantizers, kernel by kernel, and
-# the small-M weight stream of back-to-back calls),
+# STEPS (default "build info sass tests bench kbench"; e.g. STEPS="bench" on a machine already
+# set up), BENCH_ARGS (default "--op all --model all"; the script's own extra arguments are
+# added after it), KBENCH (the kbench step's tools, default "weight_stream cuda_fp8_quant":
+# bench/bench_weight_stream.py, the small-M GEMMs as a decode step runs them, and
+# bench/bench_cuda_fp8_quant.py, both fp8 encoders of the CUDA quantizers),
 # TEST_FILTER (a pytest -k expression for the tests step, e.g. "not swapab_matches_reference"
 # to leave out the 2268-case swapab matrix when the whole suite would not fit one call),
 # TEST_WORKERS (pytest-xdist processes for the tests step, default 12; 1: no xdist).
@@ -17,8 +22,9 @@ set -u
 
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then OUTDIR=$1; shift; else OUTDIR=${OUT:-./gpu_out}; fi
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-build info sass tests kbench bench}
+STEPS=${STEPS:-build info sass tests bench kbench}
 mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)  # the bench steps run from another folder
 SUMMARY=$OUTDIR/summary.txt
 : >"$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
@@ -113,32 +119,35 @@ if want tests; then
   fi
 fi
 
-KBENCH_RC=skipped
-if want kbench; then
-  echo "== (e1) kernel benchmarks -> $OUTDIR/kbench.md"
-  t=$SECONDS
-  {
-    PYTHONUNBUFFERED=1 $PY -m bench.bench_fp8_gemm --ms 1,16,32,64,128,512,2048,4096 --cube --md "$OUTDIR/kbench_gemm.md"
-    PYTHONUNBUFFERED=1 $PY -m bench.bench_fp8_gemm --ms 1,64,4096 --modes block --rep 20
-    PYTHONUNBUFFERED=1 $PY -m bench.bench_cuda_fp8_quant
-    # small M as a decode step runs it: back-to-back calls on distinct weights, in a graph
-    PYTHONUNBUFFERED=1 $PY -m bench.bench_weight_stream --kernels swapab,triton
-  } >"$OUTDIR/kbench.md" 2>&1
-  KBENCH_RC=$?
-  rm -f "$OUTDIR/kbench_gemm.md"
-  say "kbench: rc $KBENCH_RC in $((SECONDS - t)) s (kbench.md)"
-fi
-
 BENCH_RC=skipped
 if want bench; then
-  echo "== (e) benchmark -> $OUTDIR/bench.{json,md,log}"
+  echo "== (e) lowbit bench ${BENCH_ARGS:---op all --model all} $* -> $OUTDIR/bench.{json,md,png,log}"
   t=$SECONDS
-  PYTHONUNBUFFERED=1 $PY bench/run_bench.py --out "$OUTDIR" "$@" >"$OUTDIR/bench.log" 2>&1
+  # Outside the repo root, so that `import lowbit` finds the installed package.
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of words
+  (cd "${TMPDIR:-/tmp}" && PYTHONUNBUFFERED=1 $PY -m lowbit bench --out "$OUTDIR" \
+      ${BENCH_ARGS:---op all --model all} "$@") >"$OUTDIR/bench.log" 2>&1
   BENCH_RC=$?
-  say "bench: rc $BENCH_RC in $((SECONDS - t)) s (log: bench.log)"
+  say "bench: rc $BENCH_RC in $((SECONDS - t)) s (bench.md, bench.json, bench.png; log: bench.log)"
   if [ "$BENCH_RC" != 0 ]; then
     echo "-- last lines of bench.log:"; tail -n 25 "$OUTDIR/bench.log"
   fi
+fi
+
+KBENCH_RC=skipped
+if want kbench; then
+  echo "== (e2) development benchmarks (${KBENCH:-weight_stream cuda_fp8_quant}) -> $OUTDIR/bench.log"
+  t=$SECONDS
+  KBENCH_RC=0
+  for tool in ${KBENCH:-weight_stream cuda_fp8_quant}; do
+    case $tool in
+      weight_stream) cmd=(-m bench.bench_weight_stream --kernels swapab,triton) ;;
+      *) cmd=(-m "bench.bench_$tool") ;;
+    esac
+    echo "== bench/bench_$tool.py" >>"$OUTDIR/bench.log"
+    PYTHONUNBUFFERED=1 $PY "${cmd[@]}" >>"$OUTDIR/bench.log" 2>&1 || KBENCH_RC=$?
+  done
+  say "kbench: rc $KBENCH_RC in $((SECONDS - t)) s (appended to bench.log)"
 fi
 
 # The table first and the summary last: a caller may see only the tail of the output.

@@ -12,10 +12,9 @@ import argparse
 
 import torch
 
-import lowbit  # noqa: F401
+import lowbit  # noqa: F401  (registers the kernels)
 from lowbit._backend import kernels
-
-from .bench_fp8_gemm import anchor, operands
+from lowbit.bench.cases import fp8_operands, scaled_mm_anchor
 
 
 def main():
@@ -28,8 +27,8 @@ def main():
     mode = "block" if args.block else "row"
     for shape in args.shapes.split(","):
         m, n, k = map(int, shape.split("x"))
-        a, b, sa, sb = operands(m, n, k, mode)
-        fns = [anchor(a, b, sa, sb, mode, False)]
+        a, b, sa, sb = fp8_operands(m, n, k, mode)
+        fns = [scaled_mm_anchor(a, b, sa, sb, mode)]
         for kern in kernels("fp8_scaled_mm"):
             if kern.name in names:
                 fns.append(lambda kern=kern: kern.fn(a, b, sa, sb, None, torch.bfloat16, False))

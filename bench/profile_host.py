@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import time
 
 import torch
 
 import lowbit
+from lowbit.bench.timing import eager_host_us
 
 
 def main():
@@ -34,15 +34,8 @@ def main():
     else:
         x = torch.randn(args.m, k, device="cuda", dtype=torch.bfloat16)
         fn = lambda: lowbit.quantize_fp8(x, granularity="token", backend=args.backend)
-    for _ in range(50):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(args.calls):
-        fn()
-    torch.cuda.synchronize()
     print(f"{args.op} M={args.m} backend={args.backend}: "
-          f"{(time.perf_counter() - t) / args.calls * 1e6:.1f} us per eager call")
+          f"{eager_host_us(fn, n=args.calls, warmup=50):.1f} us per eager call")
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(args.calls):

@@ -29,9 +29,9 @@ import lowbit
 from lowbit.triton_kernels import fp8_gemm
 from lowbit.triton_kernels.heuristics import GemmConfig, fp8_gemm_config, gemm_smem_bytes
 
-from .anchors import error_text, rel_err
-from .bench_fp8_gemm import anchor, operands, runnable_kernels
-from .timing import bench, capture_graph, eager_host_us
+from lowbit.bench import table
+from lowbit.bench.cases import error_text, fp8_operands, rel_err, runnable_kernels, scaled_mm_anchor
+from lowbit.bench.timing import bench, capture_graph, eager_host_us
 
 SHAPES = [(2048, 4096, 4096), (4096, 4096, 4096), (512, 4096, 14336), (512, 28672, 8192),
           (4096, 14336, 4096), (8192, 8192, 8192)]
@@ -84,79 +84,95 @@ def reference(a, b, sa, sb, mode):
     """What a correct bf16 output is compared with: the anchor's for row scales; for block
     scales the float64 product of the operands dequantized by lowbit, rounded to bf16."""
     if mode != "block":
-        return anchor(a, b, sa, sb, mode, False)()
+        return scaled_mm_anchor(a, b, sa, sb, mode)()
     ad = lowbit.dequantize_fp8(a, sa, out_dtype=torch.float32).double()
     bd = lowbit.dequantize_fp8(b, sb, out_dtype=torch.float32).double()
     return (ad @ bd.t()).to(torch.bfloat16)
 
 
 # ------------------------------------------------------------------------ configs sweep
-CONFIG_HEAD = ["| M x N x K | kernel | us | TFLOP/s | vs anchor | err | note |",
-               "|---|---|---|---|---|---|---|"]
+CONFIG_COLUMNS = (
+    ("M x N x K", lambda r: r["shape"]),
+    ("kernel", lambda r: r["impl"]),
+    ("us", lambda r: table.us(r.get("median_us"))),
+    ("TFLOP/s", lambda r: table.num(r.get("tflops"), ".0f")),
+    ("vs anchor", lambda r: table.ratio(r.get("vs_anchor"))),
+    ("err", lambda r: err_note(r.get("err"))),
+    ("note", lambda r: "; ".join(x for x in (r.get("error"), r.get("note")) if x)),
+)
 
 
 def config_rows(m, n, k, rep, rep_ms):
-    a, b, sa, sb = operands(m, n, k, "row")
+    a, b, sa, sb = fp8_operands(m, n, k, "row")
     args = (a, b, sa, sb, None, torch.bfloat16, False)
-    anchor_fn = anchor(a, b, sa, sb, "row", False)
+    anchor_fn = scaled_mm_anchor(a, b, sa, sb, "row")
     ref = anchor_fn()
     table_cfg = fp8_gemm_config(m, n, k)
-    t_anchor = float("nan")
+    t_anchor = None
     fns = [("torch._scaled_mm", anchor_fn, "")]
     fns += [(kern.name, lambda kern=kern: kern.fn(*args), "")
-            for kern in runnable_kernels(args, ("cuda",), names=(CUDA_KERNEL,))]
+            for kern in runnable_kernels("fp8_scaled_mm", args, ("cuda",), names=(CUDA_KERNEL,))]
     fns += [(config_name(cfg), lambda cfg=cfg: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, config=cfg),
              "table" if cfg == table_cfg else "") for cfg in CONFIGS]
     for name, fn, note in fns:
-        shape = f"{m}x{n}x{k}"
+        row = dict(shape=f"{m}x{n}x{k}", impl=name)
         try:
             before = compiled_kernels()
             out = fn()  # compiles, and is the output checked
-            note = "; ".join(x for x in (note, resources(before)) if x)
-            us = bench(fn, rep=rep, rep_ms=rep_ms)["median_us"]
+            row["note"] = "; ".join(x for x in (note, resources(before)) if x)
+            us = row["median_us"] = bench(fn, rep=rep, rep_ms=rep_ms)["median_us"]
         except Exception as e:  # noqa: BLE001 - a config that fails is a row, not an abort
-            yield f"| {shape} | {name} | error: {error_text(e)} | | | | |"
+            yield dict(row, error=error_text(e))
             continue
         if fn is anchor_fn:
-            t_anchor, err = us, None
+            t_anchor = us
         else:
-            err = rel_err(out, ref)
-        yield (f"| {shape} | {name} | {us:.1f} | {2.0 * m * n * k / us / 1e6:.0f} | "
-               f"{t_anchor / us:.2f} | {err_note(err)} | {note} |")
+            row["err"] = rel_err(out, ref)
+        yield dict(row, tflops=2.0 * m * n * k / us / 1e6,
+                   vs_anchor=t_anchor / us if t_anchor else None)
 
 
 # ---------------------------------------------------------------------- anomaly re-timing
-ANOMALY_HEAD = ["| M x N x K | scales | kernel | median us | p20 | p80 | graph median | "
-                "graph p20 | graph p80 | eager b2b us/call | graph b2b us/call | err |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+_STATS = ("median", "p20", "p80")
+ANOMALY_COLUMNS = (
+    ("M x N x K", lambda r: r["shape"]),
+    ("scales", lambda r: r["mode"]),
+    ("kernel", lambda r: r["impl"]),
+    *((f"{q} us", lambda r, q=q: table.us(r.get(f"{q}_us"))) for q in _STATS),
+    *((f"graph {q}", lambda r, q=q: table.us(r.get(f"graph_{q}_us"))) for q in _STATS),
+    ("eager b2b us/call", lambda r: table.us(r.get("b2b_us"))),
+    ("graph b2b us/call", lambda r: table.us(r.get("b2b_graph_us"))),
+    ("err", lambda r: r.get("error") or err_note(r.get("err"))),
+)
 
 
 def anomaly_rows(m, n, k, mode, rep, rep_ms):
-    a, b, sa, sb = operands(m, n, k, mode)
+    a, b, sa, sb = fp8_operands(m, n, k, mode)
     args = (a, b, sa, sb, None, torch.bfloat16, False)
     ref = reference(a, b, sa, sb, mode)
     cfg = fp8_gemm_config(m, n, k, blockwise=mode == "block")
     fns = [("torch._scaled_mm" + (" (rowwise)" if mode == "block" else ""),
-            anchor(a, b, sa, sb, mode, False)),
+            scaled_mm_anchor(a, b, sa, sb, mode)),
            (f"fp8_scaled_mm(config=None) = {config_name(cfg)}",
             lambda: fp8_gemm.fp8_scaled_mm(a, b, sa, sb))]
-    fns += [(kern.name, lambda kern=kern: kern.fn(*args)) for kern in runnable_kernels(args)]
+    fns += [(kern.name, lambda kern=kern: kern.fn(*args))
+            for kern in runnable_kernels("fp8_scaled_mm", args)]
     for i, (name, fn) in enumerate(fns):
-        head = f"| {m}x{n}x{k} | {mode} | {name} |"
+        row = dict(shape=f"{m}x{n}x{k}", mode=mode, impl=name)
         try:
             out = fn()
             eager = bench(fn, rep=rep, rep_ms=rep_ms)
             graph = capture_graph(fn)
             replay = bench(graph, rep=rep, rep_ms=rep_ms)
-            b2b, b2b_graph = eager_host_us(fn), eager_host_us(graph)
+            row.update(b2b_us=eager_host_us(fn), b2b_graph_us=eager_host_us(graph))
         except Exception as e:  # noqa: BLE001
-            yield f"{head} error: {error_text(e)} | | | | | | | | |"
+            yield dict(row, error=error_text(e))
             continue
         # The rowwise anchor of a block row computes something else: no error for it.
-        err = None if i == 0 and mode == "block" else rel_err(out, ref)
-        stats = [eager[q] for q in ("median_us", "p20_us", "p80_us")]
-        stats += [replay[q] for q in ("median_us", "p20_us", "p80_us")] + [b2b, b2b_graph]
-        yield f"{head} " + " | ".join(f"{x:.1f}" for x in stats) + f" | {err_note(err)} |"
+        row["err"] = None if i == 0 and mode == "block" else rel_err(out, ref)
+        for q in _STATS:
+            row[f"{q}_us"], row[f"graph_{q}_us"] = eager[f"{q}_us"], replay[f"{q}_us"]
+        yield row
 
 
 def main():
@@ -171,31 +187,32 @@ def main():
     args = ap.parse_args()
     parts = args.parts.split(",")
     torch.manual_seed(0)
-    lines = []
+    lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
+             f"{triton.__version__}; accurate mode (promoted), bf16 out; err > {ERR_LIMIT:g} is "
+             "flagged WRONG"]
+    print(lines[0], flush=True)
 
-    def emit(*new):
-        print("\n".join(new), flush=True)
-        lines.extend(new)
-
-    emit(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}"
-         f"; accurate mode (promoted), bf16 out; err > {ERR_LIMIT:g} is flagged WRONG", "")
-    def emit_rows(rows, shape):
-        try:
-            for row in rows:  # one at a time: a long sweep shows progress
-                emit(row)
-        except Exception as e:  # noqa: BLE001 - e.g. the anchor refusing a shape
-            emit(f"| {shape} | error: {error_text(e)} |")
-        torch.cuda.empty_cache()
+    def section(title, columns, groups):
+        rows = []
+        for shape, gen in groups:
+            try:
+                for row in gen:  # one at a time: a long sweep shows progress
+                    print(table.format_table([row], columns).splitlines()[-1], flush=True)
+                    rows.append(row)
+            except Exception as e:  # noqa: BLE001 - e.g. the anchor refusing a shape
+                rows.append(dict(shape=shape, mode="", impl="-", error=error_text(e)))
+            torch.cuda.empty_cache()
+        lines.extend(["", f"## {title}", "", table.format_table(rows, columns, markdown=True)])
 
     if "configs" in parts:
-        emit("## Triton tile configs, rowwise scales", "", *CONFIG_HEAD)
-        for m, n, k in SHAPES:
-            emit_rows(config_rows(m, n, k, args.rep, args.rep_ms), f"{m}x{n}x{k}")
+        section("Triton tile configs, rowwise scales", CONFIG_COLUMNS,
+                ((f"{m}x{n}x{k}", config_rows(m, n, k, args.rep, args.rep_ms)) for m, n, k in SHAPES))
     if "anomalies" in parts:
-        emit("", "## Anomalous rows with the table's configs (us; graph = CUDA-graph replay; "
-             "b2b = back-to-back wall time, no L2 flush)", "", *ANOMALY_HEAD)
-        for m, n, k, mode in ANOMALIES:
-            emit_rows(anomaly_rows(m, n, k, mode, args.rep, args.rep_ms), f"{m}x{n}x{k} {mode}")
+        section("Anomalous rows with the table's configs (us; graph = CUDA-graph replay; "
+                "b2b = back-to-back wall time, no L2 flush)", ANOMALY_COLUMNS,
+                ((f"{m}x{n}x{k} {mode}", anomaly_rows(m, n, k, mode, args.rep, args.rep_ms))
+                 for m, n, k, mode in ANOMALIES))
+    print("\n".join(lines[1:]), flush=True)
     if args.md:
         with open(args.md, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -1,4 +1,4 @@
-"""The ``lowbit`` command line. ``lowbit`` alone runs its default job, ``lowbit info``."""
+"""The ``lowbit`` command line: ``lowbit info`` (the default job) and ``lowbit bench``."""
 from __future__ import annotations
 
 import argparse
@@ -21,13 +21,45 @@ def _versions():
     return out
 
 
-def info(stream=sys.stdout) -> int:
+def kernel_groups(op: str, gpu: bool) -> list[tuple[str | None, list[str]]]:
+    """The kernels of `op` grouped by status: [(None, ready kernels), (reason, kernels)...],
+    the ready group first, the others in the order their reason first appears."""
+    from lowbit import _backend
+
+    groups: dict = {None: []}
+    for k in _backend.kernels(op):
+        why = k.available() if k.available is not None else None
+        if k.backend != "reference" and not gpu:
+            why = why or NO_GPU
+        groups.setdefault(why, []).append(f"{k.backend}/{k.name}")
+    return [(why, names) for why, names in groups.items() if names]
+
+
+NO_GPU = "torch sees no CUDA device on this machine"
+WIDTH = 100
+
+
+def _wrap(first: str, indent: int, items: list[str]) -> list[str]:
+    """`first` then the items comma-separated, continued on indented lines at WIDTH."""
+    lines, line = [], first
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if len(line) + 1 + len(piece) > WIDTH and line.strip():
+            lines.append(line)
+            line = " " * indent + piece
+        else:
+            line += ("" if line.endswith(" ") else " ") + piece
+    return lines + [line]
+
+
+def info(stream=None) -> int:
     import torch
 
     import lowbit
     from lowbit import _backend
     from lowbit._build import build_info
 
+    stream = stream or sys.stdout  # looked up per call: a captured or replaced stdout
     p = lambda *a: print(*a, file=stream)  # noqa: E731
     p(f"lowbit {lowbit.__version__}")
     b = build_info()
@@ -38,9 +70,12 @@ def info(stream=sys.stdout) -> int:
         p(f"  compiled module: lowbit._C, CUDA kernels: {cuda}"
           + (f" (CUDA {b['cuda_version']}, archs {b['cuda_archs']}, cudart static)"
              if b["cuda"] else ""))
+        if b.get("cuda_archs_source"):
+            p(f"  CUDA archs chosen by: {b['cuda_archs_source']}")
     for k, v in _versions().items():
         p(f"  {k}: {v}")
-    if torch.cuda.is_available():
+    gpu = torch.cuda.is_available()
+    if gpu:
         for i in range(torch.cuda.device_count()):
             prop = torch.cuda.get_device_properties(i)
             p(f"  GPU {i}: {prop.name}, compute capability {prop.major}.{prop.minor}, "
@@ -49,24 +84,46 @@ def info(stream=sys.stdout) -> int:
         p("  GPU: none visible to torch")
     p(f"  default backend: {_backend.default_backend()}")
     p("")
-    p("op                 backends that can run it here")
-    gpu = torch.cuda.is_available()
+    p("op                 backends that can run it here (kernels grouped by status)")
+    reasons: list[str] = []
     for op in lowbit.ops.OPS:
-        names = []
-        for k in _backend.kernels(op):
-            why = k.available() if k.available is not None else None
-            if k.backend != "reference" and not gpu:
-                why = why or "no GPU"
-            names.append(f"{k.backend}/{k.name}" + (f" [unavailable: {why}]" if why else ""))
-        p(f"  {op:<17}{', '.join(names)}")
+        lead = f"  {op:<17}"
+        for why, names in kernel_groups(op, gpu):
+            if why is None:
+                status = "ready:"
+            else:
+                if why not in reasons:
+                    reasons.append(why)
+                status = f"unavailable [{reasons.index(why) + 1}]:"
+            for line in _wrap(lead + status, len(lead) + 2, names):
+                p(line)
+            lead = " " * len(lead)
+    if reasons:
+        p("")
+        p("why unavailable:")
+        for i, why in enumerate(reasons, 1):
+            p(f"  [{i}] {why}")
+    if gpu:
+        p("")
+        p("time them against torch on this GPU: lowbit bench --quick (lowbit bench --help)")
     return 0
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     sub = parser.add_subparsers(dest="cmd")
     sub.add_parser("info", help="version, build flags, devices, and backends per op")
-    args = parser.parse_args(argv)
+    sub.add_parser("bench", add_help=False,
+                   help="time lowbit's GPU ops (and --model: quantized models) against torch "
+                        "(lowbit bench --help)")
+    args, rest = parser.parse_known_args(argv)
+    if args.cmd == "bench":
+        from lowbit.bench import main as bench_main
+
+        return bench_main(argv[argv.index("bench") + 1:])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.cmd in (None, "info"):
         return info()
     parser.error(f"unknown command {args.cmd}")

@@ -1,4 +1,4 @@
-"""The one timing helper every lowbit benchmark uses (STYLE point 11).
+"""The one timing helper of every lowbit benchmark (`lowbit bench` and the tools in bench/).
 
 GPU time comes from CUDA events around each repetition, after a warm-up, with the L2 flushed
 between repetitions so that a weight that fits in the 50 MB L2 is not served from cache (the
@@ -22,12 +22,25 @@ FLUSH_MODE = "write"
 _flush_bufs: dict[int, torch.Tensor] = {}
 
 
+def no_gpu_reason() -> str | None:
+    """None when torch sees a CUDA device, else a sentence saying why it does not."""
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return (f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None); "
+                "install a CUDA build of torch")
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device "
+            "(torch.cuda.is_available() is False: no NVIDIA GPU, driver, or visible device)")
+
+
 def require_cuda() -> None:
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"no CUDA device: torch {torch.__version__} reports torch.cuda.is_available() == False; "
-            "the benchmarks need an NVIDIA GPU"
-        )
+    why = no_gpu_reason()
+    if why:
+        raise RuntimeError(f"no CUDA device: {why}; the benchmarks time GPU kernels")
+
+
+def synchronize() -> None:
+    torch.cuda.synchronize()
 
 
 def flush_l2(mode: str | None = None) -> None:
@@ -137,6 +150,12 @@ def eager_host_us(fn: Callable[[], Any], *, n: int = 200, warmup: int = 10) -> f
     require_cuda()
     for _ in range(warmup):
         fn()
+    return wall_us(fn, n)
+
+
+def wall_us(fn: Callable[[], Any], n: int) -> float:
+    """Wall time per call, in us, of n back-to-back calls of fn (synchronized before and
+    after): what a host-bound model's throughput is made of. No warm-up, no flush."""
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n):
@@ -154,3 +173,14 @@ def copy_bandwidth(nbytes: int = 1 << 30, rep: int = 50) -> dict:
     gbps = 2 * nbytes / (stats["median_us"] * 1e3)
     del src, dst
     return dict(gbps=gbps, bytes=2 * nbytes, **stats)
+
+
+def matmul_peak(n: int = 8192, rep: int = 50) -> dict:
+    """bf16 matmul rate of an n^3 F.linear, in TFLOP/s: the compute ceiling measured here.
+    Its long warm-up also brings the clocks up before anything else is timed."""
+    require_cuda()
+    x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, n, device="cuda", dtype=torch.bfloat16) * 0.02
+    stats = bench(lambda: torch.nn.functional.linear(x, w), warmup_ms=500, rep=rep)
+    del x, w
+    return dict(tflops=2 * n**3 / (stats["median_us"] * 1e-6) / 1e12, shape=f"{n}^3", **stats)

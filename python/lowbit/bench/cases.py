@@ -1,0 +1,260 @@
+"""The ops `lowbit bench` times, each beside the torch anchors it competes with.
+
+An `OpBench` entry builds one `Case` for a variant and a shape: random operands in the real
+value range on the GPU (never zeros: they run faster and hide unwritten outputs), the op's
+arguments in the order its registered kernels take them (``lowbit._backend``), the public
+call, the torch anchors, and the byte and flop counts of the two floors. An anchor's role is
+"same" when it computes what lowbit computes (the "vs anchor" ratio, and the relative error
+of lowbit's output against it) or "bf16" when it is what a bf16 model runs instead (the
+"vs bf16" ratio). A new op (int8, int4) plugs in as one more entry of `OPS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+GPU_BACKENDS = ("cuda", "triton")
+DEVICE = "cuda"  # where operands are made (the tests build cases on the CPU)
+
+
+@dataclass
+class Anchor:
+    label: str
+    fn: Callable[[], object]
+    role: str = "same"  # "same": lowbit's function; "bf16": what a bf16 model runs instead
+    compare: bool = True  # its output is lowbit's function, so the error is reported
+    counts: dict = field(default_factory=dict)  # its own bytes_moved, weight_bytes, ceiling
+
+
+@dataclass
+class Case:
+    op: str
+    variant: str
+    shape: tuple
+    args: tuple  # the op's arguments as its kernels take them: kernel.fn(*args)
+    call: tuple  # (public function, positional args, keyword args)
+    anchors: list = field(default_factory=list)
+    flops: int = 0
+    bytes_moved: int = 0  # every input read once, every output written once
+    weight_bytes: int = 0  # the [N, K] weight as stored: what a small-M GEMM streams
+    ceiling: str = "bw"  # the compute peak that applies ("fp8", "bf16"), or memory only
+
+    def public(self, backend: Optional[str] = None) -> Callable[[], object]:
+        fn, args, kwargs = self.call
+        if backend is not None:
+            kwargs = dict(kwargs, backend=backend)
+        return lambda: fn(*args, **kwargs)
+
+    def dispatcher(self) -> Callable[[], object]:
+        """The call a compiled graph makes: through torch's dispatcher, backend auto."""
+        op, args = getattr(torch.ops.lowbit, self.op), self.args
+        return lambda: op(*args, "auto")
+
+    def chosen(self) -> str:
+        """backend/kernel that the public call runs here, as lowbit.explain reports it."""
+        import lowbit
+
+        fn, args, kwargs = self.call
+        c = lowbit.explain(fn, *args, **kwargs)
+        return f"{c.backend}/{c.kernel}"
+
+
+def gpu_kernels(op: str) -> list:
+    """The registered CUDA and Triton kernels of `op` that can run in this process."""
+    from lowbit._backend import kernels
+
+    return [k for k in kernels(op) if k.backend in GPU_BACKENDS
+            and (k.available is None or k.available() is None)]
+
+
+def runnable_kernels(op: str, args: Sequence, backends: Sequence[str] = GPU_BACKENDS,
+                     names: Optional[Sequence[str]] = None) -> Iterator:
+    """The kernels of `op` and `backends` that run `args` here (only those whose name
+    contains one of `names`, when given); call one as ``k.fn(*args)``."""
+    for k in gpu_kernels(op):
+        if k.backend not in backends or (names and not any(n in k.name for n in names)):
+            continue
+        if k.supports is None or k.supports(*args) is None:
+            yield k
+
+
+# ---------------------------------------------------------------------------- operands
+def bf16(*shape, std: float = 1.0) -> torch.Tensor:
+    return (torch.randn(shape, device=DEVICE) * std).to(torch.bfloat16)
+
+
+def fp8(*shape) -> torch.Tensor:
+    # A scaled activation or weight uses the whole e4m3 range: std 64 reaches 448 at 7 sigma.
+    return (torch.randn(shape, device=DEVICE) * 64).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+def scales(*shape) -> torch.Tensor:
+    return torch.rand(shape, device=DEVICE) * 0.01 + 0.005  # fp32, never 0
+
+
+def fp8_operands(m: int, n: int, k: int, mode: str = "row"):
+    """fp8 a [M, K], b [N, K] and fp32 scales per `mode`: row, tensor or block (1x128 for
+    a, 128x128 for b)."""
+    a, b = fp8(m, k), fp8(n, k)
+    if mode == "tensor":
+        return a, b, scales(), scales()
+    if mode == "block":
+        kb = -(-k // 128)
+        return a, b, scales(m, kb), scales(-(-n // 128), kb)
+    return a, b, scales(m, 1), scales(n, 1)
+
+
+def scaled_mm_anchor(a, b, a_scale, b_scale, mode: str = "row", fast_accum: bool = False):
+    """torch._scaled_mm with the same scales, bf16 out (rowwise with unit scales for block
+    mode, which torch does not take on every version). cuBLASLt runs fp8 only "TN": b is the
+    [N, K] weight transposed, and a rowwise b scale is [1, N]."""
+    if mode == "block":
+        a_scale = torch.ones(a.shape[0], 1, device=a.device)
+        b_scale = torch.ones(b.shape[0], 1, device=b.device)
+    sb = b_scale if b_scale.dim() == 0 else b_scale.t()
+    return lambda: torch._scaled_mm(a, b.t(), scale_a=a_scale, scale_b=sb,
+                                    out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+
+
+def error_text(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short line for a table's note."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:limit]
+
+
+def rel_err(out, ref) -> Optional[float]:
+    """Relative Frobenius error of out against ref (first elements of tuples), else None."""
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    ref = ref[0] if isinstance(ref, (tuple, list)) else ref
+    if not (isinstance(out, torch.Tensor) and isinstance(ref, torch.Tensor)) or out.shape != ref.shape:
+        return None
+    o, r = out.float().double(), ref.float().double()
+    return ((o - r).norm() / r.norm().clamp_min(1e-30)).item()
+
+
+# ------------------------------------------------------------------- torch's own versions
+_compiled: dict = {}
+
+
+def compiled(f: Callable) -> Callable:
+    """torch.compile(f) for static shapes, one specialised kernel per shape, as a serving
+    stack with fixed shapes runs it (compiled on the first call, outside the timing)."""
+    if f not in _compiled:
+        raise_recompile_limit()
+        _compiled[f] = torch.compile(f, dynamic=False)
+    return _compiled[f]
+
+
+def raise_recompile_limit(n: int = 256) -> None:
+    """A benchmark compiles one function for many shapes: past torch's limit (8) dynamo
+    would fall back to eager and the "compiled" row would time eager code."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name in ("cache_size_limit", "recompile_limit"):  # the name changed across versions
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), n))
+
+
+def _fp8_from_scale(x, scale):
+    return (x.float() * (1.0 / scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+def _dynamic_scale(amax):
+    # lowbit's rule (SPEC): absmax / 448 floored at 2^-126, 1 for an all-zero slice.
+    return torch.where(amax > 0, torch.clamp(amax / FP8_MAX, min=2.0**-126), 1.0)
+
+
+def quant_token(x):
+    return _fp8_from_scale(x, _dynamic_scale(x.abs().amax(dim=-1, keepdim=True).float()))
+
+
+def quant_tensor(x):
+    return _fp8_from_scale(x, _dynamic_scale(x.abs().amax().float()))
+
+
+def quant_static(x, s):
+    return _fp8_from_scale(x, s)
+
+
+def dequant(q, s):
+    return (q.float() * s).to(torch.bfloat16)
+
+
+def _torch_versions(f: Callable, *args) -> list:
+    g = compiled(f)
+    return [Anchor("torch.compile", lambda: g(*args)), Anchor("torch eager", lambda: f(*args))]
+
+
+# ---------------------------------------------------------------------------- the ops
+def _fp8_scaled_mm(variant: str, shape: tuple) -> Case:
+    import lowbit
+
+    m, n, k = shape
+    mode = "row" if variant == "row_fast" else variant
+    fast = variant == "row_fast"
+    a, b, sa, sb = fp8_operands(m, n, k, mode)
+    label = {"row": "torch._scaled_mm rowwise", "tensor": "torch._scaled_mm tensorwise",
+             "block": "torch._scaled_mm rowwise (torch has no block-scaled anchor)"}[mode]
+    x, w = bf16(m, k), bf16(n, k, std=0.02)
+    anchors = [Anchor(label + (", fast accum" if fast else ""),
+                      scaled_mm_anchor(a, b, sa, sb, mode, fast), compare=mode != "block"),
+               Anchor("F.linear bf16", lambda: F.linear(x, w), role="bf16", compare=False,
+                      counts=dict(bytes_moved=2 * (m * k + n * k + m * n), weight_bytes=2 * n * k,
+                                  ceiling="bf16"))]
+    return Case("fp8_scaled_mm", variant, shape, (a, b, sa, sb, None, torch.bfloat16, fast),
+                (lowbit.fp8_scaled_mm, (a, b, sa, sb), dict(out_dtype=torch.bfloat16, fast_accum=fast)),
+                anchors, flops=2 * m * n * k, weight_bytes=n * k, ceiling="fp8",
+                bytes_moved=m * k + n * k + 2 * m * n + 4 * (sa.numel() + sb.numel()))
+
+
+def _quantize_fp8(variant: str, shape: tuple) -> Case:
+    import lowbit
+
+    r, c = shape
+    x = bf16(r, c)
+    if variant == "static":
+        # What a calibrated static scale looks like for unit-variance activations: amax ~ 5.
+        s = torch.tensor(5.0 / FP8_MAX, device=DEVICE)
+        anchors, gran, n_scales = _torch_versions(quant_static, x, s), "tensor", 1
+    else:
+        f = quant_token if variant == "token" else quant_tensor
+        s, gran, n_scales = None, variant, (r if variant == "token" else 1)
+        anchors = _torch_versions(f, x)
+    return Case("quantize_fp8", variant, shape, (x, s, "e4m3fn", gran, 128, [128, 128], True),
+                (lowbit.quantize_fp8, (x, s), dict(granularity=gran)), anchors,
+                bytes_moved=3 * r * c + 4 * n_scales)
+
+
+def _dequantize_fp8(variant: str, shape: tuple) -> Case:
+    import lowbit
+
+    r, c = shape
+    q, s = fp8(r, c), (scales(r, 1) if variant == "token" else scales())
+    return Case("dequantize_fp8", variant, shape, (q, s, torch.bfloat16),
+                (lowbit.dequantize_fp8, (q, s), dict(out_dtype=torch.bfloat16)),
+                _torch_versions(dequant, q, s), bytes_moved=3 * r * c + 4 * s.numel())
+
+
+@dataclass(frozen=True)
+class OpBench:
+    op: str
+    kind: str  # "gemm": shapes M x N x K; "cast": rows x cols
+    variants: tuple  # every variant; `default` runs unless the command line names others
+    default: tuple
+    build: Callable[[str, tuple], Case]
+
+
+OPS = {
+    "fp8_scaled_mm": OpBench("fp8_scaled_mm", "gemm", ("row", "tensor", "block", "row_fast"),
+                             ("row", "tensor"), _fp8_scaled_mm),
+    "quantize_fp8": OpBench("quantize_fp8", "cast", ("token", "tensor", "static"),
+                            ("token", "tensor"), _quantize_fp8),
+    "dequantize_fp8": OpBench("dequantize_fp8", "cast", ("token", "tensor"), ("token",),
+                              _dequantize_fp8),
+}

@@ -1,0 +1,181 @@
+"""End-to-end rows of `lowbit bench --model`: a bf16 model against the same model with every
+nn.Linear replaced by ``lowbit.nn.Fp8Linear.from_linear``, eager, under torch.compile (both
+models compiled) and replayed as a CUDA graph.
+
+Eager models are host-bound and their timings noisy, so the two models are timed in
+interleaved rounds (bf16, fp8, bf16, fp8, ...: clock and host drift hit both alike) and
+the medians reported, with the range of the per-round speed-ups. Random weights; the
+cosine of the fp8 model's output with the bf16 model's says the swap computes the same thing.
+
+- ``bert-large``: a BERT-large-shaped encoder (hidden 1024, 24 layers, 16 heads, FFN 4096),
+  batch 32 x 128 tokens: transformers' ``BertModel`` when transformers is installed, else the
+  same shapes built from torch.nn modules (the row says which).
+- ``llama-mlp``: a Llama-3-8B MLP block, gate and up fused in one 4096 -> 28672 linear,
+  SiLU(gate) * up, down 14336 -> 4096, at M = 1, 16 and 2048.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import timing
+from .cases import error_text, raise_recompile_limit, rel_err
+
+MODES = ("eager", "compile", "graph")
+MEASURE_S = 0.15  # wall time of one measurement of one model in one round
+
+
+class BertLayer(nn.Module):
+    """A BERT encoder layer (post-norm) with the same Linears as transformers' BertLayer."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int):
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.attn_out, self.ln1 = nn.Linear(hidden, hidden), nn.LayerNorm(hidden)
+        self.up, self.down, self.ln2 = nn.Linear(hidden, ffn), nn.Linear(ffn, hidden), nn.LayerNorm(hidden)
+
+    def forward(self, x):
+        b, t, h = x.shape
+        split = lambda y: y.view(b, t, self.heads, h // self.heads).transpose(1, 2)  # noqa: E731
+        a = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)))
+        x = self.ln1(x + self.attn_out(a.transpose(1, 2).reshape(b, t, h)))
+        return self.ln2(x + self.down(F.gelu(self.up(x))))
+
+
+class BertEncoder(nn.Module):
+    """Embeddings, layers and pooler of BERT's shapes: (last hidden state, pooled)."""
+
+    def __init__(self, hidden=1024, layers=24, heads=16, ffn=4096, vocab=30522, positions=512):
+        super().__init__()
+        self.words, self.positions = nn.Embedding(vocab, hidden), nn.Embedding(positions, hidden)
+        self.ln = nn.LayerNorm(hidden)
+        self.layers = nn.ModuleList(BertLayer(hidden, heads, ffn) for _ in range(layers))
+        self.pooler = nn.Linear(hidden, hidden)
+
+    def forward(self, ids):
+        x = self.ln(self.words(ids) + self.positions.weight[: ids.shape[1]])
+        for layer in self.layers:
+            x = layer(x)
+        return x, torch.tanh(self.pooler(x[:, 0]))
+
+
+def bert_large(batch: int = 32, seq: int = 128):
+    """(model, input tuple, what was built) on the GPU in bf16, random weights."""
+    try:
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                         intermediate_size=4096)
+        model, source = BertModel(cfg), "transformers BertModel"
+    except ImportError:
+        model, source = BertEncoder(), "torch.nn encoder of BERT-large's shapes (no transformers)"
+    except Exception as e:  # noqa: BLE001 - installed but unusable with this torch
+        model = BertEncoder()
+        source = f"torch.nn encoder of BERT-large's shapes (transformers failed: {error_text(e)})"
+    model = model.to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(0, 30522, (batch, seq), device="cuda")
+    return model, (ids,), source
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, hidden: int = 4096, ffn: int = 14336):
+        super().__init__()
+        self.gate_up = nn.Linear(hidden, 2 * ffn, bias=False)
+        self.down = nn.Linear(ffn, hidden, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def to_fp8(model: nn.Module) -> int:
+    """Replace every nn.Linear of `model` (in place) by Fp8Linear.from_linear; returns how many."""
+    from lowbit.nn import Fp8Linear
+
+    n = 0
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(model, name, Fp8Linear.from_linear(child))
+            n += 1
+        else:
+            n += to_fp8(child)
+    return n
+
+
+def _hidden(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _callable(model, inputs, mode) -> Callable[[], object]:
+    if mode == "compile":
+        raise_recompile_limit()
+        model = torch.compile(model, dynamic=False)
+    call = lambda: model(*inputs)  # noqa: E731
+    if mode == "graph":
+        return timing.capture_graph(call)
+    call()  # compiles here, outside the timing
+    return call
+
+
+def compare(model_name: str, shape: str, bf16_model: nn.Module, inputs: tuple, samples: int,
+            rounds: int, source: str = "", progress: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """One row per mode: bf16 and fp8 time per forward (median over interleaved rounds),
+    samples per second, the speed-up and the output cosine."""
+    fp8_model = copy.deepcopy(bf16_model)
+    swapped = to_fp8(fp8_model)
+    rows = []
+    with torch.no_grad():
+        ref, out = _hidden(bf16_model(*inputs)).float(), _hidden(fp8_model(*inputs)).float()
+        cosine = F.cosine_similarity(ref.flatten(), out.flatten(), dim=0).item()
+        err = rel_err(out, ref)
+        del ref, out
+        for mode in MODES:
+            progress(f"{model_name} {shape} {mode}")
+            row = dict(model=model_name, shape=shape, mode=mode, cosine=cosine, err=err,
+                       note=f"{source}; {swapped} Linears swapped".lstrip("; "))
+            try:
+                fns = [_callable(m, inputs, mode) for m in (bf16_model, fp8_model)]
+                n = [max(3, int(MEASURE_S * 1e6 / timing.wall_us(f, 3))) for f in fns]
+                times: list[list[float]] = [[], []]
+                for _ in range(rounds):
+                    for i, f in enumerate(fns):
+                        times[i].append(timing.wall_us(f, n[i]) / 1e3)
+                per_round = [b / f for b, f in zip(*times)]
+                bms, fms = statistics.median(times[0]), statistics.median(times[1])
+                row.update(bf16_ms=bms, fp8_ms=fms, bf16_per_s=samples / bms * 1e3,
+                           fp8_per_s=samples / fms * 1e3, speedup=bms / fms,
+                           speedup_min=min(per_round), speedup_max=max(per_round), rounds=rounds)
+            except Exception as e:  # noqa: BLE001 - a mode that fails is a row, not an abort
+                row["error"] = error_text(e)
+            rows.append(row)
+            torch.cuda.empty_cache()
+    del fp8_model
+    return rows
+
+
+def run_bert(rounds: int, progress=lambda s: None) -> list[dict]:
+    model, inputs, source = bert_large()
+    return compare("bert-large", "32x128", model, inputs, 32, rounds, source, progress)
+
+
+def run_llama_mlp(rounds: int, progress=lambda s: None, ms=(1, 16, 2048)) -> list[dict]:
+    model = LlamaMLP().to("cuda", torch.bfloat16).eval()
+    rows = []
+    for m in ms:
+        x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+        rows += compare("llama-mlp", f"M={m}", model, (x,), m, rounds,
+                        "gate+up fused 4096->28672, down 14336->4096; /s = rows", progress)
+    return rows
+
+
+# runner, progress steps. The MLP first: a model whose graph capture fails (a host sync in
+# its forward) runs last, so that a capture left half-done cannot spoil the other rows.
+MODELS = {"llama-mlp": (run_llama_mlp, 9), "bert-large": (run_bert, 3)}
