@@ -15,7 +15,7 @@ import torch
 
 import lowbit
 from lowbit import _backend
-from lowbit_testing import (GRAN_IDS, GRANS, MIN_SCALE, TINY_ABSMAX, assert_bits_equal,
+from lowbit_testing import (FP8, GRAN_IDS, GRANS, MIN_SCALE, TINY_ABSMAX, assert_bits_equal,
                             cuda_quantize_module, fp8_gemm_operands, gemm_tol, kernel_params,
                             quantized_gemm_operands, rel_fro, skip_unless_runs, tiny_input)
 
@@ -102,6 +102,33 @@ def _check_tiny(kernel, x, kw, what):
         want = lowbit.dequantize_fp8(q0, s0, out_dtype=od, backend="reference")
         assert_bits_equal(got, want, f"dequantize {what} -> {od}")
         assert not bool(torch.isnan(got).any()), what
+
+
+# --------------------------------------------------------------------- dequantize_fp8
+@pytest.mark.parametrize("out_dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("kernel", kernel_params("dequantize_fp8"))
+def test_dequantize_all_codes(kernel, fmt, out_dtype):
+    """Every code of the format, under each scale granularity, bit for bit."""
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    q = codes.repeat(4).reshape(4, 256).view(FP8[fmt][0]).to(DEVICE)
+    g = torch.Generator().manual_seed(6)
+    scales = [
+        torch.tensor(0.37),
+        torch.tensor(1.0),
+        torch.tensor([[1.0], [2.0 ** -30], [3.0e35], [0.1]]),           # per row (+ overflow)
+        torch.rand(4, 8, generator=g) + 0.5,                            # per group of 32
+        torch.rand(4, 2, generator=g) + 0.5,                            # per 1x128 block
+        torch.tensor([[0.25, 3.0]]),                                    # per 128x128 block
+    ]
+    skip_unless_runs(kernel, q, scales[0].to(DEVICE), out_dtype)
+    for s in scales:
+        s = s.to(DEVICE)
+        want = lowbit.dequantize_fp8(q, s, out_dtype=out_dtype, backend="reference")
+        assert_bits_equal(kernel.fn(q, s, out_dtype), want, f"scale shape {tuple(s.shape)}")
+        if _op_runs(kernel, q, s, out_dtype=out_dtype):
+            got = lowbit.dequantize_fp8(q, s, out_dtype=out_dtype, backend=kernel.backend)
+            assert_bits_equal(got, want, f"through the op, scale shape {tuple(s.shape)}")
 
 
 # ---------------------------------------------------------------------- fp8_scaled_mm
