@@ -3,6 +3,33 @@ import os
 import pytest
 import torch
 
+
+def _load_triton_kernels_interpreted():
+    """Without a GPU the Triton kernels run under Triton's interpreter, which a kernel gets
+    only if TRITON_INTERPRET=1 is set when its module defines it (triton.jit reads it then).
+    The conftest runs before any test module (in every pytest-xdist worker too), so the
+    kernels' modules are loaded here, under the variable, whatever order the test modules
+    import in; the variable is then restored, so other tests see the environment they set."""
+    if torch.cuda.is_available():
+        return
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # the Triton tests skip
+        pass
+    else:
+        import lowbit.triton_kernels.fp8_gemm  # noqa: F401
+        import lowbit.triton_kernels.fp8_quant  # noqa: F401
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+_load_triton_kernels_interpreted()
+
 # Reproducible property tests in CI; a developer can still ask for more examples.
 try:
     from hypothesis import settings
@@ -21,6 +48,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def triton_interpreter(monkeypatch):
+    """Without a GPU, TRITON_INTERPRET=1 for the test: the Triton backend then takes CPU
+    tensors (the kernels were loaded interpreted above)."""
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    yield
 
 
 @pytest.fixture(autouse=True)

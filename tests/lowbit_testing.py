@@ -17,6 +17,14 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # The SPEC's GEMM tolerances: relative Frobenius error against float64.
 GEMM_TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 2e-3}
 LAYOUTS = ("contiguous", "transposed", "sliced", "offset")
+# (granularity, group_size, block) cases of the quantizers
+GRANS = [
+    ("tensor", 128, (128, 128)), ("token", 128, (128, 128)), ("channel", 128, (128, 128)),
+    ("group", 32, (128, 128)), ("group", 64, (128, 128)), ("group", 128, (128, 128)),
+    ("block", 128, (128, 128)), ("block", 128, (1, 128)),
+]
+GRAN_IDS = ["tensor", "token", "channel", "group32", "group64", "group128", "block128x128",
+            "block1x128"]
 
 
 def rel_frobenius(got, want) -> float:
@@ -178,3 +186,323 @@ def tiny_input(absmax: float, shape=(4, 256), seed=0) -> np.ndarray:
     x[:, k // 2] = -np.float32(absmax)
     x[rows - 1] = 0.0
     return x
+
+
+# ------------------------------------------------------------------ the SPEC's op list
+def spec_op_params(ops, pending):
+    """pytest params, one per SPEC op; an op not built yet is a strict expected failure whose
+    reason is the issue that builds it."""
+    import pytest
+
+    return [pytest.param(op, id=op, marks=pytest.mark.xfail(strict=True, reason=pending[op]))
+            if op in pending else pytest.param(op, id=op) for op in ops]
+
+
+def find_spec():
+    """The SPEC file, where it is at hand: ``shared/SPEC.md`` beside the repository or
+    beside any folder above it (the workspace keeps it outside the repository); None on a
+    checkout without it (CI)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for folder in (root, *root.parents):
+        path = folder / "shared" / "SPEC.md"
+        if path.is_file():
+            return path
+    return None
+
+
+def spec_block(text: str, heading: str):
+    """The first indented (code) block after ``heading`` in the markdown ``text``, as a list
+    of lines without the indentation."""
+    lines = text.splitlines()
+    i = next(n for n, ln in enumerate(lines) if ln.strip() == heading)
+    block = []
+    for ln in lines[i + 1:]:
+        if ln.startswith("    ") and ln.strip():
+            block.append(ln[4:].rstrip())
+        elif block:
+            break
+        elif ln.startswith("#"):
+            break
+    return block
+
+
+# ------------------------------------------------- independent quantizers (the SPEC's rules)
+# Written from the SPEC, not from lowbit: dynamic scales from explicit per-tile loops, fp8
+# codes from ml_dtypes (a test oracle only), integer codes from np.rint. The tests of the
+# public ops compare against these, so an error in the reference shows there too.
+def floored(extent, levels):
+    """extent / levels in fp32, at least 2^-126; 1 for a zero extent (NaN stays NaN)."""
+    extent = np.asarray(extent, np.float32)
+    s = (extent / np.float32(levels)).astype(np.float32)  # one correctly rounded division
+    s = np.where(s < MIN_SCALE, MIN_SCALE, s)
+    return np.where(extent == 0, np.float32(1), s).astype(np.float32)
+
+
+def absmax_scale(x, qmax, gran, group_size=128, block=(128, 128)):
+    amax = tile_reduce(x, gran, lambda t: np.max(np.abs(t)) if t.size else 0, group_size, block)
+    return floored(amax, qmax)
+
+
+def minmax(x, gran, group_size=128, block=(128, 128)):
+    """Per-tile (min(min, 0), max(max, 0)) in fp32."""
+    lo = tile_reduce(x, gran, lambda t: min(np.min(t), 0) if t.size else 0, group_size, block)
+    hi = tile_reduce(x, gran, lambda t: max(np.max(t), 0) if t.size else 0, group_size, block)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def _times_inverse(x, scale, gran, group_size, block):
+    """x * (1 / scale) in fp32: one division per scale, one multiply per element."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inv = (np.float32(1) / np.asarray(scale, np.float32)).astype(np.float32)
+        return (x * expand_scale(inv, x.shape, gran, group_size, block)).astype(np.float32)
+
+
+def _ml_dtype(fmt):
+    import ml_dtypes
+
+    return {"e4m3fn": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2,
+            "e4m3fnuz": ml_dtypes.float8_e4m3fnuz}[fmt]
+
+
+def fp8_codes(y, fmt, saturate=True) -> np.ndarray:
+    """ml_dtypes' uint8 codes of fp32 ``y`` under the SPEC's rules: saturate clips to the
+    format's max first (NaN kept); every NaN is the format's canonical NaN code."""
+    y = np.asarray(y, np.float32)
+    if saturate:
+        fmax = FP8[fmt][1]
+        y = np.where(np.isnan(y), y, np.clip(y, -fmax, fmax)).astype(np.float32)
+    with np.errstate(all="ignore"):
+        c = y.astype(_ml_dtype(fmt))
+    codes = c.view(np.uint8).copy()
+    codes[np.isnan(c.astype(np.float32))] = FP8[fmt][4]
+    return codes
+
+
+def fp8_values(codes, fmt) -> np.ndarray:
+    """fp32 values of uint8 fp8 codes (ml_dtypes)."""
+    return np.ascontiguousarray(codes, np.uint8).view(_ml_dtype(fmt)).astype(np.float32)
+
+
+def expected_quantize_fp8(x, scale=None, fmt="e4m3fn", gran="tensor", group_size=128,
+                          block=(128, 128), saturate=True):
+    """(uint8 codes, fp32 scale): scale = max(absmax / fmt max, 2^-126) (1 for an all-zero
+    tile) unless given; codes = encode(x * (1 / scale))."""
+    x = np.asarray(x, np.float32)
+    if scale is None:
+        scale = absmax_scale(x, FP8[fmt][1], gran, group_size, block)
+    scale = np.asarray(scale, np.float32)
+    return fp8_codes(_times_inverse(x, scale, gran, group_size, block), fmt, saturate), scale
+
+
+def expected_dequantize_fp8(codes, scale, fmt, gran, group_size=128, block=(128, 128)):
+    v = fp8_values(codes, fmt)
+    return (v * expand_scale(scale, v.shape, gran, group_size, block)).astype(np.float32)
+
+
+def expected_quantize_int8(x, gran="token", group_size=128, block=(128, 128), symmetric=True):
+    """(int8 q, fp32 scale, int32 zero or None), dynamic: symmetric q = clamp(rint(x / s),
+    -127, 127) with s = absmax / 127; asymmetric s = (max - min) / 255 over the range widened
+    to 0, z = clamp(rint(-128 - min / s), -128, 127), q = clamp(rint(x / s) + z, -128, 127);
+    a NaN product maps to the zero point."""
+    x = np.asarray(x, np.float32)
+    if symmetric:
+        scale = absmax_scale(x, 127, gran, group_size, block)
+        zero = None
+        zf = np.float32(0)
+        lo_q = -127
+    else:
+        lo, hi = minmax(x, gran, group_size, block)
+        scale = floored((hi - lo).astype(np.float32), 255)
+        with np.errstate(invalid="ignore"):
+            z = np.rint(np.float32(-128) - (lo / scale).astype(np.float32))
+        zero = np.clip(np.nan_to_num(z, nan=0.0), -128, 127).astype(np.int32)
+        zf = expand_scale(zero.astype(np.float32), x.shape, gran, group_size, block)
+        lo_q = -128
+    with np.errstate(invalid="ignore"):
+        r = np.rint(_times_inverse(x, scale, gran, group_size, block))
+    r = np.where(np.isnan(r), np.float32(0), r)
+    q = np.clip(r + zf, lo_q, 127).astype(np.int8)
+    return q, scale, zero
+
+
+def expected_dequantize_int8(q, scale, zero, gran, group_size=128, block=(128, 128)):
+    q = np.asarray(q).astype(np.float32)
+    if zero is not None:
+        q = q - expand_scale(np.asarray(zero, np.float32), q.shape, gran, group_size, block)
+    return (q * expand_scale(scale, q.shape, gran, group_size, block)).astype(np.float32)
+
+
+def expected_int4_quantize(w, group_size, symmetric, scale_dtype: torch.dtype):
+    """(packed uint8 [N, K/2], scales rounded to ``scale_dtype`` as fp32, zeros or None):
+    scales absmax / 7 (symmetric, u = clamp(rint(w / s), -8, 7) + 8) or (max - min) / 15
+    (z = clamp(rint(-min / s), 0, 15), u = clamp(rint(w / s) + z, 0, 15)), rounded to
+    ``scale_dtype`` (0 becomes 1) before 1 / s is taken."""
+    w = np.asarray(w, np.float32)
+    if symmetric:
+        exact = absmax_scale(w, 7, "group", group_size)
+    else:
+        lo, hi = minmax(w, "group", group_size)
+        exact = floored((hi - lo).astype(np.float32), 15)
+    scale = round_to(exact, scale_dtype)
+    scale = np.where(scale == 0, np.float32(1), scale).astype(np.float32)
+    if symmetric:
+        z = np.full(scale.shape, 8.0, np.float32)
+    else:
+        with np.errstate(invalid="ignore"):
+            z = np.clip(np.nan_to_num(np.rint(-(lo / scale).astype(np.float32)), nan=0.0), 0, 15)
+    with np.errstate(invalid="ignore"):
+        r = np.rint(np.nan_to_num(_times_inverse(w, scale, "group", group_size, None), nan=0.0))
+    zf = np.repeat(z.astype(np.float32), group_size, axis=1)
+    u = (np.clip(r, -8, 7) + 8) if symmetric else np.clip(r + zf, 0, 15)
+    return pack_nibbles(u), scale, None if symmetric else z.astype(np.uint8)
+
+
+# ---------------------------------------------- torch-side helpers of the kernel tests
+def gemm_tol(out_dtype: torch.dtype, fast_accum: bool = False) -> float:
+    """The SPEC's bound (GEMM_TOL); a kernel whose fast_accum skips promotion (Triton's: the
+    Hopper wgmma accumulator of about 14 bits runs over all of K) is held to 1e-2 whatever
+    the output: at K = 14336 its fp32 error on zero-mean data was measured at 2.8e-3."""
+    return 1e-2 if fast_accum else GEMM_TOL[out_dtype]
+
+
+def rel_fro(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 on out's device; out must be finite."""
+    out = out.double()
+    ref = ref.double().to(out.device)
+    assert bool(torch.isfinite(out).all()), "non-finite output"
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def assert_bits_equal(got: torch.Tensor, want: torch.Tensor, what: str = ""):
+    """Same dtype, shape and bits (on the host); NaN matches NaN whatever its payload, and
+    -0 differs from +0. fp8 codes compare as bytes."""
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    got, want = got.cpu(), want.cpu()
+    size = got.element_size()
+    ityp = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[size]
+    gb, wb = got.view(ityp), want.view(ityp)
+    if got.dtype.is_floating_point and size > 1:
+        gn, wn = torch.isnan(got), torch.isnan(want)
+        assert torch.equal(gn, wn), f"{what}: NaN positions differ ({(gn != wn).sum()} places)"
+        gb, wb = gb[~gn], wb[~wn]
+    bad = (gb != wb).nonzero()
+    assert bad.numel() == 0, (
+        f"{what}: {bad.shape[0]} of {gb.numel()} differ; first at {bad[0].tolist()}: "
+        f"{gb[tuple(bad[0])].item():#x} != {wb[tuple(bad[0])].item():#x}")
+
+
+def all_bf16(device="cpu") -> torch.Tensor:
+    """All 65,536 bf16 bit patterns as a [256, 256] tensor."""
+    bits = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16)
+    return bits.view(torch.bfloat16).reshape(256, 256).to(device)
+
+
+def all_fp16(device="cpu") -> torch.Tensor:
+    """All 65,536 fp16 bit patterns as a [256, 256] tensor."""
+    bits = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16)
+    return bits.view(torch.float16).reshape(256, 256).to(device)
+
+
+def _random_scales(mode, rows, kb, per_tensor, g, block_rows):
+    if mode == "tensor":
+        return torch.tensor(per_tensor)
+    if mode == "row":
+        return torch.rand(rows, 1, generator=g) + 0.5
+    return torch.rand(-(-rows // block_rows), kb, generator=g) + 0.5
+
+
+def fp8_gemm_operands(m, n, k, mode, device, seed=0, b_mode=None,
+                      dtype_a=torch.float8_e4m3fn, dtype_b=torch.float8_e4m3fn):
+    """a [m, k], b [n, k] (2 * randn cast to fp8) and random fp32 scales in [0.5, 1.5): a's
+    of ``mode``, b's of ``b_mode`` (default the same); "tensor", "row" or "block" (1 x 128
+    for a, 128 x 128 for b)."""
+    g = torch.Generator().manual_seed(seed)
+    a = (torch.randn(m, k, generator=g) * 2).to(dtype_a)
+    b = (torch.randn(n, k, generator=g) * 2).to(dtype_b)
+    kb = -(-k // 128)
+    sa = _random_scales(mode, m, kb, 0.7, g, block_rows=1)
+    sb = _random_scales(b_mode or mode, n, kb, 1.3, g, block_rows=128)
+    return [t.to(device) for t in (a, b, sa.float(), sb.float())]
+
+
+def quantized_gemm_operands(quantize, m, n, k, a_mode, b_mode, device, seed=0,
+                            fmt_a="e4m3fn", fmt_b="e4m3fn", offset=0.0):
+    """a and b quantized from randn data by ``quantize`` (a quantize_fp8 with the backend
+    bound: the builder never checks it), with their scales: a per tensor, token or 1 x 128
+    block; b per tensor, channel or 128 x 128 block."""
+    g = torch.Generator().manual_seed(seed)
+    a32 = (torch.randn(m, k, generator=g) + offset).to(device)
+    b32 = (torch.randn(n, k, generator=g) * 0.05 + offset * 0.05).to(device)
+    ga = {"tensor": ("tensor", {}), "row": ("token", {}), "block": ("block", dict(block=(1, 128)))}
+    gb = {"tensor": ("tensor", {}), "row": ("channel", {}),
+          "block": ("block", dict(block=(128, 128)))}
+    a, sa = quantize(a32, fmt=fmt_a, granularity=ga[a_mode][0], **ga[a_mode][1])
+    b, sb = quantize(b32, fmt=fmt_b, granularity=gb[b_mode][0], **gb[b_mode][1])
+    return a, b, sa, sb
+
+
+def ref_mm_f64(a, b, sa, sb, bias=None) -> torch.Tensor:
+    """sum_k a sa * b sb + bias in float64 on the operands' device (fp8 -> float64 is
+    exact), for sizes where a NumPy computation would be slow."""
+    m, k = a.shape
+    n = b.shape[0]
+
+    def expand(s, rows, rb):
+        if s.dim() == 0:
+            return s.double()
+        s = s.double()
+        if s.shape[1] != 1 or s.shape[0] != rows:
+            s = s.repeat_interleave(128, dim=1)[:, :k]
+        if s.shape[0] != rows:
+            s = s.repeat_interleave(rb, dim=0)[:rows]
+        return s
+
+    out = (a.double() * expand(sa, m, 1)) @ (b.double() * expand(sb, n, 128)).t()
+    if bias is not None:
+        out = out + bias.double()
+    return out
+
+
+# ------------------------------------------------------------ lowbit modules the tests steer
+def cuda_gemm_module():
+    """The CUDA fp8_scaled_mm backend module (set_programmatic_launch, SMALL_M_MAX, ...),
+    wherever this version of the package keeps it."""
+    try:
+        from lowbit.backends.cuda import gemm
+    except ImportError:
+        from lowbit.backends import cuda_gemm as gemm
+    return gemm
+
+
+def cuda_quantize_module():
+    """The CUDA fp8 quantize backend module (HW_CVT), wherever this version keeps it."""
+    try:
+        from lowbit.backends.cuda import quantize
+    except ImportError:
+        from lowbit.backends import cuda as quantize
+    return quantize
+
+
+def kernel_params(op, backends=("cuda", "triton")):
+    """pytest params, one per registered kernel of ``op`` in ``backends`` (id
+    "backend/name"), in the registry's order."""
+    import pytest
+    from lowbit._backend import kernels
+
+    return [pytest.param(k, id=f"{k.backend}/{k.name}") for k in kernels(op)
+            if k.backend in backends]
+
+
+def skip_unless_runs(kernel, *args):
+    """Skip the test with the kernel's own reason when it cannot run here (available()) or
+    does not take these arguments (supports(); not asked when no arguments are given)."""
+    import pytest
+
+    why = kernel.available() if kernel.available is not None else None
+    if why is None and args and kernel.supports is not None:
+        why = kernel.supports(*args)
+    if why:
+        pytest.skip(f"{kernel.backend}/{kernel.name}: {why}")

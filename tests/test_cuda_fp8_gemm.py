@@ -5,35 +5,10 @@ import pytest
 import torch
 
 import lowbit
+from lowbit_testing import GEMM_TOL as TOL, cuda_gemm_module, fp8_gemm_operands as _operands
+from lowbit_testing import rel_fro as _rel_fro
 
 gpu = pytest.mark.gpu
-TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 2e-3}
-
-
-def _rel_fro(out, ref):
-    out, ref = out.double().cpu(), ref.double().cpu()
-    assert torch.isfinite(out).all()
-    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def _scales(mode, rows, kb, per_tensor, g, block_rows):
-    """Scales of one operand with `rows` rows: per tensor, per row, or per block_rows x 128."""
-    if mode == "tensor":
-        return torch.tensor(per_tensor)
-    if mode == "row":
-        return torch.rand(rows, 1, generator=g) + 0.5
-    return torch.rand(-(-rows // block_rows), kb, generator=g) + 0.5
-
-
-def _operands(m, n, k, mode, device, seed=0, b_mode=None):
-    """a, b and their scales; a's scales of `mode`, b's of `b_mode` (default: the same)."""
-    g = torch.Generator().manual_seed(seed)
-    a = (torch.randn(m, k, generator=g) * 2).to(torch.float8_e4m3fn)
-    b = (torch.randn(n, k, generator=g) * 2).to(torch.float8_e4m3fn)
-    kb = -(-k // 128)
-    sa = _scales(mode, m, kb, 0.7, g, block_rows=1)
-    sb = _scales(b_mode or mode, n, kb, 1.3, g, block_rows=128)
-    return [t.to(device) for t in (a, b, sa.float(), sb.float())]
 
 
 def _check(m, n, k, mode, out_dtype=torch.bfloat16, bias=False, fast_accum=False, b_mode=None):
@@ -289,21 +264,6 @@ def test_accurate_mode_beats_fast_accum_at_large_k(m):
     e_acc, e_fast = _rel_fro(acc, ref), _rel_fro(fast, ref)
     assert e_acc < e_fast, (e_acc, e_fast)
     assert e_acc <= 2e-3
-
-
-@gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_strided_scales_and_bias(backend):
-    # Per-row scales and a bias that are views with non-unit strides must be read as such.
-    a, b, sa, sb = _operands(100, 384, 512, "row", "cuda")
-    sa2 = torch.stack([sa, sa + 1], dim=1)[:, 0]   # [M, 1] with stride (2, 1)
-    sb2 = torch.stack([sb, sb + 1], dim=1)[:, 0]
-    bias = torch.randn(2 * 384, device="cuda")[::2]
-    for m in (8, 100):
-        out = lowbit.fp8_scaled_mm(a[:m], b, sa2[:m], sb2, bias, backend=backend)
-        ref = lowbit.fp8_scaled_mm(a[:m], b, sa2[:m].contiguous(), sb2.contiguous(),
-                                   bias.contiguous(), backend=backend)
-        assert torch.equal(out, ref)
 
 
 # The kernel each (arch switch, M) runs on an sm_90 card.

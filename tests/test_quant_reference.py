@@ -13,22 +13,18 @@ from hypothesis import given, strategies as st
 
 import lowbit
 from lowbit import reference as R
-from lowbit_testing import (FLOAT_DTYPES, FP8, FP8_FORMATS, LAYOUTS, MIN_SCALE, TINY_ABSMAX,
-                            expand_scale, expected_scale_shape, f32_bits_equal, round_to,
-                            tile_reduce, tiny_input, unpack_nibbles, with_layout)
+from lowbit_testing import (FLOAT_DTYPES, FP8, FP8_FORMATS, GRAN_IDS, GRANS, LAYOUTS, MIN_SCALE,
+                            TINY_ABSMAX, absmax_scale, expand_scale, expected_dequantize_fp8,
+                            expected_dequantize_int8, expected_int4_quantize,
+                            expected_quantize_fp8, expected_quantize_int8, expected_scale_shape,
+                            f32_bits_equal, floored, minmax, round_to, tiny_input,
+                            unpack_nibbles, with_layout)
 
 F32 = np.float32
 EPS = 2.0 ** -24  # unit roundoff of fp32
 
-# (granularity, group_size, block) cases; "block" covers weights (128x128) and activations
-# (1x128); shapes drawn below make ragged edges common.
-GRANS = [
-    ("tensor", 128, (128, 128)), ("token", 128, (128, 128)), ("channel", 128, (128, 128)),
-    ("group", 32, (128, 128)), ("group", 64, (128, 128)), ("group", 128, (128, 128)),
-    ("block", 128, (128, 128)), ("block", 128, (1, 128)),
-]
-GRAN_IDS = ["tensor", "token", "channel", "group32", "group64", "group128", "block128x128",
-            "block1x128"]
+# GRANS (lowbit_testing): "block" covers weights (128x128) and activations (1x128); shapes
+# drawn below make ragged edges common.
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -89,25 +85,6 @@ def family_cases(family):
     """(granularity, group_size, block), x."""
     return st.sampled_from(FAMILIES[family]).flatmap(
         lambda g: cases(*g).map(lambda x: (g, x)))
-
-
-# ------------------------------------------------------------------------ independent scales
-def floored(extent, levels):
-    """extent / levels in fp32, at least 2^-126; 1 for a zero extent (NaN stays NaN)."""
-    s = (np.asarray(extent, F32) / F32(levels)).astype(F32)  # one correctly rounded division
-    s = np.where(s < MIN_SCALE, MIN_SCALE, s)
-    return np.where(extent == 0, F32(1), s).astype(F32)
-
-
-def absmax_scale(x, qmax, gran, group_size, block):
-    amax = tile_reduce(x, gran, lambda t: np.max(np.abs(t)) if t.size else 0, group_size, block)
-    return floored(amax, qmax)
-
-
-def minmax(x, gran, group_size, block):
-    lo = tile_reduce(x, gran, lambda t: min(np.min(t), 0) if t.size else 0, group_size, block)
-    hi = tile_reduce(x, gran, lambda t: max(np.max(t), 0) if t.size else 0, group_size, block)
-    return lo.astype(F32), hi.astype(F32)
 
 
 # ------------------------------------------------------------------------------------ int8
@@ -467,13 +444,13 @@ FP8_OP_CASES = [("e4m3fn", d, l) for d, l in X_CASES] + [
 @pytest.mark.parametrize("fmt,dtype,layout", FP8_OP_CASES,
                          ids=[f"{f}-{str(d)[6:]}-{l}" for f, d, l in FP8_OP_CASES])
 @op_grans
-def test_op_quantize_fp8_equals_reference(fmt, gran, group_size, block, dtype, layout):
+def test_op_quantize_fp8_matches_independent_quantizer(fmt, gran, group_size, block, dtype,
+                                                       layout):
     for i, shape in enumerate(op_shapes(gran)):
         x = with_layout(rand(shape, dtype, i), layout)
         q, s = lowbit.quantize_fp8(x, fmt=fmt, granularity=gran, group_size=group_size,
                                    block=block)
-        want_q, want_s = R.quantize_fp8(_np(x), fmt=fmt, granularity=gran,
-                                        group_size=group_size, block=block)
+        want_q, want_s = expected_quantize_fp8(_np(x), None, fmt, gran, group_size, block)
         assert q.dtype == FP8[fmt][0] and q.shape == x.shape
         assert tuple(s.shape) == expected_scale_shape(shape, gran, group_size, block)
         assert np.array_equal(q.view(torch.uint8).numpy(), want_q)
@@ -484,21 +461,22 @@ def test_op_quantize_fp8_equals_reference(fmt, gran, group_size, block, dtype, l
         assert torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(s2, s)
         # and back, from q in the same layout, to the case's dtype
         d = lowbit.dequantize_fp8(with_layout(q, layout), s, out_dtype=dtype)
-        want = torch.from_numpy(R.dequantize_fp8(want_q, want_s, fmt=fmt)).to(dtype)
+        want = torch.from_numpy(expected_dequantize_fp8(want_q, want_s, fmt, gran, group_size,
+                                                        block)).to(dtype)
         assert d.dtype == dtype and torch.equal(d, want)
 
 
 @xcases
 @op_grans
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
-def test_op_quantize_int8_equals_reference(symmetric, gran, group_size, block, dtype, layout):
+def test_op_quantize_int8_matches_independent_quantizer(symmetric, gran, group_size, block,
+                                                        dtype, layout):
     for i, shape in enumerate(op_shapes(gran)):
         x = with_layout(rand(shape, dtype, i), layout)
         q, s, z = lowbit.quantize_int8(x, granularity=gran, group_size=group_size,
                                        block=block, symmetric=symmetric)
-        want_q, want_s, want_z = R.quantize_int8(_np(x), granularity=gran,
-                                                 group_size=group_size, block=block,
-                                                 symmetric=symmetric)
+        want_q, want_s, want_z = expected_quantize_int8(_np(x), gran, group_size, block,
+                                                        symmetric)
         sshape = expected_scale_shape(shape, gran, group_size, block)
         assert q.dtype == torch.int8 and q.shape == x.shape
         assert tuple(s.shape) == sshape and s.dtype == torch.float32
@@ -512,7 +490,8 @@ def test_op_quantize_int8_equals_reference(symmetric, gran, group_size, block, d
                                           block=block, symmetric=symmetric, zero=z)
         assert torch.equal(q2, q) and torch.equal(s2, s)
         d = lowbit.dequantize_int8(with_layout(q, layout), s, z, out_dtype=dtype)
-        want = torch.from_numpy(R.dequantize_int8(want_q, want_s, want_z)).to(dtype)
+        want = torch.from_numpy(expected_dequantize_int8(want_q, want_s, want_z, gran,
+                                                         group_size, block)).to(dtype)
         assert d.dtype == dtype and torch.equal(d, want)
 
 
@@ -520,23 +499,22 @@ def test_op_leading_dims_token_and_group():
     x = rand((2, 3, 128), torch.bfloat16)
     for gran, sshape in (("token", (2, 3, 1)), ("group", (2, 3, 2))):
         q, s = lowbit.quantize_fp8(x, granularity=gran, group_size=64)
-        want_q, want_s = R.quantize_fp8(_np(x), granularity=gran, group_size=64)
+        want_q, want_s = expected_quantize_fp8(_np(x), None, "e4m3fn", gran, 64)
         assert tuple(s.shape) == sshape
         assert np.array_equal(q.view(torch.uint8).numpy(), want_q)
         assert f32_bits_equal(s.numpy(), want_s)
         q8, s8, _ = lowbit.quantize_int8(x, granularity=gran, group_size=64)
-        assert np.array_equal(q8.numpy(), R.quantize_int8(_np(x), granularity=gran,
-                                                          group_size=64)[0])
+        assert np.array_equal(q8.numpy(), expected_quantize_int8(_np(x), gran, 64)[0])
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
-def test_op_int4_quantize_equals_reference(group_size, symmetric, dtype):
+def test_op_int4_quantize_matches_independent_quantizer(group_size, symmetric, dtype):
     for i, (n, layout) in enumerate(zip((1, 17, 64, 33), LAYOUTS)):
         w = with_layout(rand((n, 256), dtype, i), layout)
         iw = lowbit.int4_quantize(w, group_size=group_size, symmetric=symmetric)
-        want_q, want_s, want_z = R.quantize_int4(_np(w), group_size, symmetric, str(dtype)[6:])
+        want_q, want_s, want_z = expected_int4_quantize(_np(w), group_size, symmetric, dtype)
         assert iw.shape == (n, 256) and iw.group_size == group_size
         assert iw.scales.dtype == dtype  # scales are stored in the weight's dtype
         assert np.array_equal(iw.qweight.numpy(), want_q)

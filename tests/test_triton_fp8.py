@@ -1,7 +1,7 @@
 """The Triton FP8 kernels (quantize_fp8, dequantize_fp8, fp8_scaled_mm) against the reference.
 
 Without a GPU the kernels run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
-set only while this module imports the kernels and while its tests run, so other modules
+set while conftest.py loads the kernels and while this module's tests run, so other modules
 see the environment they expect); with a GPU the same cases run compiled on CUDA, and the
 tests marked ``gpu`` add the exhaustive and full-size checks.
 
@@ -9,33 +9,20 @@ Quantization and dequantization are compared bit for bit (NaN against NaN); the 
 relative Frobenius error against a float64 product of the same quantized operands, within
 the SPEC's tolerances (1e-2 for bf16/fp16 outputs, 2e-3 for fp32).
 """
-import os
 
 import pytest
 import torch
 
-from lowbit_testing import MIN_SCALE, TINY_ABSMAX, tiny_input
+from lowbit_testing import (all_bf16, all_fp16, assert_bits_equal, gemm_tol as tol,
+                            quantized_gemm_operands, ref_mm_f64, rel_fro)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
-# Triton picks interpreted or compiled kernels when they are defined, so the variable must
-# be set before the kernels' modules are imported (and before triton itself, to be safe).
-_saved_interpret = os.environ.get("TRITON_INTERPRET")
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-try:
-    triton = pytest.importorskip("triton", reason="triton is not installed")
-    import lowbit
-    from lowbit import _backend
-    # Both kernel modules, now: one imported later, outside TRITON_INTERPRET=1 (another
-    # module's test may load the backend), would hold compiled-only kernels.
-    from lowbit.triton_kernels import fp8_gemm, fp8_quant, heuristics
-finally:
-    if _saved_interpret is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved_interpret
+triton = pytest.importorskip("triton", reason="triton is not installed")
+import lowbit  # noqa: E402
+from lowbit import _backend  # noqa: E402
+from lowbit.triton_kernels import fp8_gemm, fp8_quant, heuristics  # noqa: E402
 
 
 def _interpreted() -> bool:
@@ -44,20 +31,17 @@ def _interpreted() -> bool:
                for k in (fp8_quant._fp8_dequant_kernel, fp8_gemm._fp8_scaled_mm_kernel))
 
 
+# conftest.py loads the kernels under TRITON_INTERPRET=1 before any test module imports:
+# if they are compiled-only here, something imported them before the conftest ran, and the
+# run must say so rather than skip the module.
 if not HAS_CUDA and not _interpreted():
-    pytest.skip("lowbit.triton_kernels was imported before TRITON_INTERPRET=1 could be set",
-                allow_module_level=True)
+    raise RuntimeError("lowbit.triton_kernels was imported before tests/conftest.py could set "
+                       "TRITON_INTERPRET=1: the interpreter tests cannot run")
 
 
 # The interpreter evaluates with NumPy, which warns on the NaN / Inf inputs these tests feed.
-pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
-
-
-@pytest.fixture(autouse=True)
-def _interpreter_env(monkeypatch):
-    if not HAS_CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    yield
+pytestmark = [pytest.mark.usefixtures("triton_interpreter"),
+              pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")]
 
 
 FMTS = ("e4m3fn", "e5m2", "e4m3fnuz")
@@ -66,24 +50,6 @@ NAN, INF = float("nan"), float("inf")
 
 
 # ------------------------------------------------------------------------------ helpers
-def assert_bits_equal(got: torch.Tensor, want: torch.Tensor, what: str = ""):
-    """Same dtype, shape and bits; NaN matches NaN whatever its payload."""
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    got, want = got.cpu(), want.cpu()
-    size = got.element_size()
-    ityp = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[size]
-    gb, wb = got.view(ityp), want.view(ityp)
-    if got.dtype.is_floating_point and size > 1:
-        gn, wn = torch.isnan(got), torch.isnan(want)
-        assert torch.equal(gn, wn), f"{what}: NaN positions differ ({(gn != wn).sum()} places)"
-        gb, wb = gb[~gn], wb[~wn]
-    bad = (gb != wb).nonzero()
-    assert bad.numel() == 0, (
-        f"{what}: {bad.shape[0]} of {gb.numel()} differ; first at {bad[0].tolist()}: "
-        f"{gb[tuple(bad[0])].item():#x} != {wb[tuple(bad[0])].item():#x}")
-
-
 def quant_both(x, scale=None, **kw):
     got = lowbit.quantize_fp8(x, scale, backend="triton", **kw)
     want = lowbit.quantize_fp8(x, scale, backend="reference", **kw)
@@ -112,31 +78,6 @@ def special_values(dtype) -> torch.Tensor:
     x = torch.cat([torch.tensor(vals, dtype=torch.float32), rnd]).reshape(8, 32)
     return x.to(dtype)
 
-
-def all_bf16() -> torch.Tensor:
-    """All 65,536 bf16 bit patterns as a [256, 256] tensor."""
-    bits = torch.arange(65536, dtype=torch.int32).to(torch.int16)
-    return bits.view(torch.bfloat16).reshape(256, 256)
-
-
-def all_fp16() -> torch.Tensor:
-    bits = torch.arange(65536, dtype=torch.int32).to(torch.int16)
-    return bits.view(torch.float16).reshape(256, 256)
-
-
-def rel_fro(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double().to(out.device)
-    return ((out - ref).norm() / ref.norm()).item()
-
-
-TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 2e-3}
-
-
-def tol(out_dtype, fast_accum: bool) -> float:
-    """The SPEC's bound; fast_accum (no promotion: Hopper's ~14-bit wgmma accumulator runs
-    over all of K) is held to 1e-2 whatever the output: at K = 14336 its fp32 error on
-    zero-mean data was measured at 2.8e-3 on an H100."""
-    return 1e-2 if fast_accum else TOL[out_dtype]
 
 # (granularity, extra kwargs) cases of quantize_fp8
 GRANS = [
@@ -228,74 +169,7 @@ def test_strided_offset_and_rank(dynamic):
         check_quant(x, scale, f"case {i}", granularity=granularity, **kw)
 
 
-@pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
-def test_empty(gran):
-    granularity, kw = gran
-    shapes = [(0, 256), (0, 100), (4, 0)]
-    if granularity in ("tensor", "token", "group"):
-        shapes.append((2, 0, 256))
-    for shape in shapes:
-        if granularity == "group" and shape[-1] % 32:
-            continue
-        x = torch.empty(shape, device=DEVICE)
-        if granularity in ("group", "block") and shape[-1] == 0:
-            # K = 0 leaves zero scale columns, which the reference's expand_scale cannot read
-            # (it divides by them); check the shapes alone.
-            q, s = lowbit.quantize_fp8(x, granularity=granularity, backend="triton", **kw)
-            _, s0 = lowbit.quantize_fp8(x[..., :0], granularity=granularity,
-                                        backend="triton", **kw)
-            assert q.shape == x.shape and s.shape[-1] == 0 and s.shape == s0.shape
-            continue
-        check_quant(x, None, f"dynamic {shape}", granularity=granularity, **kw)
-        _, s = lowbit.quantize_fp8(x, granularity=granularity, backend="reference", **kw)
-        check_quant(x, s * 2, f"static {shape}", granularity=granularity, **kw)
-
-
-@pytest.mark.parametrize("fmt", FMTS)
-@pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
-def test_tiny_absmax(gran, fmt):
-    """Slices whose absmax / qmax lies under the scale floor 2^-126 (1e-38, 1e-36, fp32
-    subnormals), with zeros and an all-zero row: scales, codes and the dequantized values
-    equal the reference's bit for bit, and nothing is NaN."""
-    granularity, kw = gran
-    for absmax in TINY_ABSMAX:
-        for dtype in (torch.float32, torch.bfloat16):
-            x = torch.from_numpy(tiny_input(absmax)).to(dtype).to(DEVICE)
-            what = f"absmax={absmax:.3g} {dtype}"
-            q, s = check_quant(x, None, what, fmt=fmt, granularity=granularity, **kw)
-            assert torch.all(s >= float(MIN_SCALE)), what
-            for od in (torch.float32, torch.bfloat16):
-                got = lowbit.dequantize_fp8(q.to(DEVICE), s.to(DEVICE), out_dtype=od,
-                                            backend="triton")
-                want = lowbit.dequantize_fp8(q, s, out_dtype=od, backend="reference")
-                assert_bits_equal(got, want, f"dequantize {what} -> {od}")
-                assert not torch.isnan(got).any(), what
-
-
 # ------------------------------------------------------------------ dequantize: bit-exact
-@pytest.mark.parametrize("out_dtype", FLOATS, ids=str)
-@pytest.mark.parametrize("fmt", FMTS)
-def test_dequantize_all_codes(fmt, out_dtype):
-    """Every code of the format, under each scale granularity."""
-    qdtype = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2,
-              "e4m3fnuz": torch.float8_e4m3fnuz}[fmt]
-    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
-    q = codes.repeat(4).reshape(4, 256).view(qdtype).to(DEVICE)
-    scales = [
-        torch.tensor(0.37),
-        torch.tensor(1.0),
-        torch.tensor([[1.0], [2.0 ** -30], [3.0e35], [0.1]]),           # per row (+ overflow)
-        torch.rand(4, 8) + 0.5,                                         # per group of 32
-        torch.rand(4, 2) + 0.5,                                         # per 1x128 block
-        torch.tensor([[0.25, 3.0]]),                                    # per 128x128 block
-    ]
-    for s in scales:
-        s = s.to(DEVICE)
-        got = lowbit.dequantize_fp8(q, s, out_dtype=out_dtype, backend="triton")
-        want = lowbit.dequantize_fp8(q, s, out_dtype=out_dtype, backend="reference")
-        assert_bits_equal(got, want, f"scale shape {tuple(s.shape)}")
-
-
 def test_dequantize_strided_ranks_and_empty():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3, 40, 300, generator=g).to(DEVICE)
@@ -325,65 +199,13 @@ def make_gemm(m, n, k, a_mode, b_mode, seed=0, fmt_a="e4m3fn", fmt_b="e4m3fn", o
     """Quantized operands and their scales (quantized by the reference on the CPU, by the
     bit-exact Triton kernels on a GPU, where the host reference would be slow)."""
     qb = "triton" if DEVICE == "cuda" else "reference"
-    g = torch.Generator().manual_seed(seed)
-    a32 = (torch.randn(m, k, generator=g) + offset).to(DEVICE)
-    b32 = (torch.randn(n, k, generator=g) * 0.05 + offset * 0.05).to(DEVICE)
-    ga = {"tensor": ("tensor", {}), "row": ("token", {}), "block": ("block", dict(block=(1, 128)))}
-    gb = {"tensor": ("tensor", {}), "row": ("channel", {}),
-          "block": ("block", dict(block=(128, 128)))}
-    a, sa = lowbit.quantize_fp8(a32, fmt=fmt_a, granularity=ga[a_mode][0], backend=qb,
-                                **ga[a_mode][1])
-    b, sb = lowbit.quantize_fp8(b32, fmt=fmt_b, granularity=gb[b_mode][0], backend=qb,
-                                **gb[b_mode][1])
-    return a, b, sa, sb
-
-
-def ref_mm_f64(a, b, sa, sb, bias=None):
-    """sum_k a sa * b sb + bias in float64 on the operands' device (for sizes where the
-    NumPy reference would be slow); fp8 -> float64 is exact."""
-    m, k = a.shape
-    n = b.shape[0]
-
-    def expand(s, rows, rb):
-        if s.dim() == 0:
-            return s.double()
-        s = s.double()
-        if s.shape[1] != 1 or s.shape[0] != rows:
-            s = s.repeat_interleave(128, dim=1)[:, :k]
-        if s.shape[0] != rows:
-            s = s.repeat_interleave(rb, dim=0)[:rows]
-        return s
-
-    ad = a.double() * expand(sa, m, 1)
-    bd = b.double() * expand(sb, n, 128)
-    out = ad @ bd.t()
-    if bias is not None:
-        out = out + bias.double()
-    return out
+    return quantized_gemm_operands(lambda x, **kw: lowbit.quantize_fp8(x, backend=qb, **kw),
+                                   m, n, k, a_mode, b_mode, DEVICE, seed, fmt_a, fmt_b, offset)
 
 
 GEMM_MODES = [("tensor", "tensor"), ("row", "row"), ("block", "block"), ("row", "block"),
               ("tensor", "row")]
 GEMM_MODE_IDS = [f"{a}-{b}" for a, b in GEMM_MODES]
-
-
-@pytest.mark.parametrize("modes", GEMM_MODES, ids=GEMM_MODE_IDS)
-@pytest.mark.parametrize("mnk", [(1, 3, 136), (17, 3, 136), (17, 40, 300)],
-                         ids=lambda s: "x".join(map(str, s)))
-def test_gemm_small(mnk, modes):
-    m, n, k = mnk
-    a, b, sa, sb = make_gemm(m, n, k, *modes, seed=m + n + k)
-    bias = (torch.randn(n, generator=torch.Generator().manual_seed(5))).to(DEVICE)
-    for use_bias in (False, True):
-        bb = bias.to(torch.bfloat16) if use_bias else None
-        ref = lowbit.fp8_scaled_mm(a, b, sa, sb, bb, out_dtype=torch.float32, backend="reference")
-        for od in FLOATS:
-            for fast in (False, True):
-                out = lowbit.fp8_scaled_mm(a, b, sa, sb, bb, out_dtype=od, fast_accum=fast,
-                                           backend="triton")
-                assert out.dtype == od and out.shape == (m, n)
-                err = rel_fro(out, ref)
-                assert err <= tol(od, fast), f"{od} fast={fast} bias={use_bias}: {err:.2e}"
 
 
 def test_gemm_strided_e5m2_and_empty():
