@@ -19,10 +19,7 @@ from lowbit.bench import table
 from lowbit.bench.cases import runnable_kernels
 from lowbit.bench.timing import bench, capture_graph, copy_bandwidth, eager_host_us
 
-try:  # the module that holds the HW_CVT switch
-    from lowbit.backends.cuda import quantize as cuda_quant
-except ImportError:  # the layout before backends/cuda/ became a package
-    from lowbit.backends import cuda as cuda_quant
+from lowbit.backends.cuda import quantize as cuda_quant  # the HW_CVT switch
 
 COLUMNS = (
     ("kernel", lambda r: r["impl"]),

@@ -29,10 +29,7 @@ from lowbit.bench import matrix, table
 from lowbit.bench.cases import fp8_operands, runnable_kernels, scaled_mm_anchor
 from lowbit.bench.timing import bench, capture_graph, copy_bandwidth
 
-try:  # the CUDA GEMM backend's module (programmatic dependent launch switch)
-    from lowbit.backends.cuda import gemm as cuda_gemm
-except ImportError:  # the layout before backends/cuda/ became a package
-    from lowbit.backends import cuda_gemm
+from lowbit.backends.cuda import gemm as cuda_gemm  # the programmatic-launch switch
 
 L2_FILLS = 4
 

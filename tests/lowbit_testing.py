@@ -468,21 +468,14 @@ def ref_mm_f64(a, b, sa, sb, bias=None) -> torch.Tensor:
 
 # ------------------------------------------------------------ lowbit modules the tests steer
 def cuda_gemm_module():
-    """The CUDA fp8_scaled_mm backend module (set_programmatic_launch, SMALL_M_MAX, ...),
-    wherever this version of the package keeps it."""
-    try:
-        from lowbit.backends.cuda import gemm
-    except ImportError:
-        from lowbit.backends import cuda_gemm as gemm
+    """The CUDA fp8_scaled_mm backend module (set_programmatic_launch, SMALL_M_MAX, ...)."""
+    from lowbit.backends.cuda import gemm
     return gemm
 
 
 def cuda_quantize_module():
-    """The CUDA fp8 quantize backend module (HW_CVT), wherever this version keeps it."""
-    try:
-        from lowbit.backends.cuda import quantize
-    except ImportError:
-        from lowbit.backends import cuda as quantize
+    """The CUDA fp8 quantize backend module (HW_CVT)."""
+    from lowbit.backends.cuda import quantize
     return quantize
 
 
