@@ -26,6 +26,7 @@ import torch
 import triton
 
 import lowbit
+from lowbit.scale_layout import scale_tile
 from lowbit.triton_kernels import fp8_gemm
 from lowbit.triton_kernels.heuristics import GemmConfig, fp8_gemm_config, gemm_smem_bytes
 
@@ -102,8 +103,14 @@ CONFIG_COLUMNS = (
 )
 
 
+def _tiles(a, b, sa, sb):
+    # What lowbit's Triton backend passes the kernel: the scale tiles read off the shapes.
+    return dict(a_tile=scale_tile(sa.shape, a.shape), b_tile=scale_tile(sb.shape, b.shape))
+
+
 def config_rows(m, n, k, rep, rep_ms):
     a, b, sa, sb = fp8_operands(m, n, k, "row")
+    tiles = _tiles(a, b, sa, sb)
     args = (a, b, sa, sb, None, torch.bfloat16, False)
     anchor_fn = scaled_mm_anchor(a, b, sa, sb, "row")
     ref = anchor_fn()
@@ -112,7 +119,8 @@ def config_rows(m, n, k, rep, rep_ms):
     fns = [("torch._scaled_mm", anchor_fn, "")]
     fns += [(kern.name, lambda kern=kern: kern.fn(*args), "")
             for kern in runnable_kernels("fp8_scaled_mm", args, ("cuda",), names=(CUDA_KERNEL,))]
-    fns += [(config_name(cfg), lambda cfg=cfg: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, config=cfg),
+    fns += [(config_name(cfg), lambda cfg=cfg: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, config=cfg,
+                                                                  **tiles),
              "table" if cfg == table_cfg else "") for cfg in CONFIGS]
     for name, fn, note in fns:
         row = dict(shape=f"{m}x{n}x{k}", impl=name)
@@ -148,13 +156,14 @@ ANOMALY_COLUMNS = (
 
 def anomaly_rows(m, n, k, mode, rep, rep_ms):
     a, b, sa, sb = fp8_operands(m, n, k, mode)
+    tiles = _tiles(a, b, sa, sb)
     args = (a, b, sa, sb, None, torch.bfloat16, False)
     ref = reference(a, b, sa, sb, mode)
     cfg = fp8_gemm_config(m, n, k, blockwise=mode == "block")
     fns = [("torch._scaled_mm" + (" (rowwise)" if mode == "block" else ""),
             scaled_mm_anchor(a, b, sa, sb, mode)),
            (f"fp8_scaled_mm(config=None) = {config_name(cfg)}",
-            lambda: fp8_gemm.fp8_scaled_mm(a, b, sa, sb))]
+            lambda: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, **tiles))]
     fns += [(kern.name, lambda kern=kern: kern.fn(*args))
             for kern in runnable_kernels("fp8_scaled_mm", args)]
     for i, (name, fn) in enumerate(fns):

@@ -23,6 +23,12 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 import lowbit  # noqa: E402
 from lowbit import _backend  # noqa: E402
 from lowbit.triton_kernels import fp8_gemm, fp8_quant, heuristics  # noqa: E402
+from lowbit.scale_layout import scale_tile  # noqa: E402
+
+
+def _tiles(a, b, sa, sb):
+    """The scale tiles lowbit's Triton backend passes the GEMM kernel (direct calls here)."""
+    return dict(a_tile=scale_tile(sa.shape, a.shape), b_tile=scale_tile(sb.shape, b.shape))
 
 
 def _interpreted() -> bool:
@@ -265,7 +271,7 @@ def test_gemm_k_unroll(k, modes):
         for fast, in_dot in ((False, False), (True, False), (False, True)):
             out = {ku: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, bb, out_dtype=od, fast_accum=fast,
                                               config=cfg._replace(k_unroll=ku),
-                                              promote_in_dot=in_dot)
+                                              promote_in_dot=in_dot, **_tiles(a, b, sa, sb))
                    for ku in (1, 2)}
             what = f"{od} fast={fast} promote_in_dot={in_dot} bias={bb is not None}"
             err = rel_fro(out[2], ref)
@@ -284,7 +290,8 @@ def test_gemm_k_unroll_wgmma_tiles(k, modes):
     a, b, sa, sb = make_gemm(m, n, k, *modes, seed=k)
     cfg = heuristics.GemmConfig(128, 128, 128, 16, 8, 3, k_unroll=2)
     out = {ku: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, out_dtype=torch.float32,
-                                      config=cfg._replace(k_unroll=ku)) for ku in (1, 2)}
+                                      config=cfg._replace(k_unroll=ku), **_tiles(a, b, sa, sb))
+           for ku in (1, 2)}
     ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), out_dtype=torch.float32,
                                backend="reference")
     assert rel_fro(out[2].cpu(), ref) <= tol(torch.float32, False)

@@ -213,22 +213,15 @@ def scale_mode(tile) -> int:
     return SCALE_BLOCK
 
 
-def _tile_of(s: torch.Tensor, rows: int):
-    """The tile of a validated GEMM scale from its shape alone (for callers that pass none:
-    tuning scripts and tests): () per tensor, [rows, 1] per row, else a block scale."""
-    if s.dim() == 0:
-        return 0, 0
-    return (1, 0) if tuple(s.shape) == (rows, 1) else (1, 128)
-
-
 def fp8_scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
                   b_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
                   out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = False,
-                  config=None, promote_in_dot: Optional[bool] = None,
-                  a_tile=None, b_tile=None) -> torch.Tensor:
+                  config=None, promote_in_dot: Optional[bool] = None, *,
+                  a_tile, b_tile) -> torch.Tensor:
     """a [M, K] fp8 x b [N, K] fp8 -> [M, N] of out_dtype (arguments validated by
     lowbit.ops). ``a_tile`` / ``b_tile``: what each scale entry covers (see
-    ``scale_mode``; lowbit passes them, read from the shapes when omitted). ``config`` (a
+    ``scale_mode``; the caller reads them off the scales' shapes with
+    lowbit.scale_layout.scale_tile). ``config`` (a
     heuristics.GemmConfig) overrides the table, and ``promote_in_dot`` the accurate mode's
     form (LOWBIT_TRITON_FP8_PROMOTE=dot|add), for tuning."""
     m, k = a.shape
@@ -236,8 +229,7 @@ def fp8_scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0:
         return out
-    a_mode = scale_mode(a_tile if a_tile is not None else _tile_of(a_scale, m))
-    b_mode = scale_mode(b_tile if b_tile is not None else _tile_of(b_scale, n))
+    a_mode, b_mode = scale_mode(a_tile), scale_mode(b_tile)
     blockwise = SCALE_BLOCK in (a_mode, b_mode)  # block scales apply inside the K loop
     if promote_in_dot is None:
         promote_in_dot = os.environ.get("LOWBIT_TRITON_FP8_PROMOTE", PROMOTE_DEFAULT) == "dot"
