@@ -100,3 +100,86 @@ def test_fp32_layer_keeps_fp32_bias():
     mod = Fp8Linear.from_linear(lin)
     assert mod.bias.dtype == torch.float32
     assert torch.equal(mod.bias, lin.bias)
+
+
+# ------------------------------------------- the prepared chain (one host call per forward)
+def _two_ops(mod, x):
+    """The forward as two checked op calls, for comparison with the prepared chain."""
+    x2 = x.reshape(-1, mod.in_features)
+    gran = "tensor" if mod.act_scale is not None else "token"
+    q, s = lowbit.quantize_fp8(x2, mod.act_scale, granularity=gran)
+    y = lowbit.fp8_scaled_mm(q, mod.weight, s, mod.weight_scale, mod.bias, out_dtype=x.dtype)
+    return y.reshape(*x.shape[:-1], mod.out_features)
+
+
+def _check_prepared_chain(device, static):
+    lin = _linear(device=device)
+    x = torch.randn(3, 4, 256, dtype=torch.bfloat16, device=device)
+    act = x.abs().amax().float() / 448 if static else None
+    mod = Fp8Linear.from_linear(lin, act_scale=act)
+    first = mod(x)
+    assert mod._step is not None, "a GPU forward prepares its chain"
+    runs = []
+    key, held, chain = mod._step
+    mod._step = (key, held, lambda x: runs.append(1) or chain(x))
+    again = mod(x)
+    assert runs == [1], "the second forward of the signature runs the prepared chain"
+    assert torch.equal(again, first) and torch.equal(first, _two_ops(mod, x))
+    # Another signature (M) misses and prepares its own chain; the result is the ops'.
+    assert torch.equal(mod(x[:1]), _two_ops(mod, x[:1])) and runs == [1]
+    # Other strides or dtype: a miss, computed as the ops compute it.
+    for other_x in (x.transpose(0, 1), x.float()):
+        assert torch.equal(mod(other_x), _two_ops(mod, other_x))
+    # Bad input after a prepared chain: the same error as on a fresh module.
+    fresh = Fp8Linear.from_linear(lin, act_scale=act)
+    for bad in (x.double(), x.to(torch.int32)):
+        errs = []
+        for m in (mod, fresh):
+            with pytest.raises((TypeError, ValueError)) as e:
+                m(bad)
+            errs.append(str(e.value))
+        assert errs[0] == errs[1]
+    # New module tensors (load_state_dict(assign=True)): the old chain must not run.
+    mod(x)
+    other = Fp8Linear.from_linear(_linear(device=device).requires_grad_(False).apply(
+        lambda m: torch.nn.init.normal_(m.weight) if isinstance(m, nn.Linear) else None),
+        act_scale=act)
+    mod.load_state_dict(other.state_dict(), assign=True)
+    assert torch.equal(mod(x), _two_ops(other, x))
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_prepared_chain_on_interpreted_triton(monkeypatch, static):
+    """The chain logic on the CPU: the Triton kernels under the interpreter, with choices on
+    CPU tensors remembered as they are on a GPU."""
+    pytest.importorskip("triton")
+    from lowbit import _backend
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_backend, "_REMEMBER_ON", ("cuda", "cpu"))
+    with lowbit.use_backend("triton"):
+        _check_prepared_chain("cpu", static)
+
+
+def test_no_prepared_chain_on_the_reference():
+    mod = Fp8Linear.from_linear(_linear())
+    mod(torch.randn(2, 256, dtype=torch.bfloat16))
+    assert mod._step is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_prepared_chain_on_gpu(static):
+    _check_prepared_chain("cuda", static)
+
+
+@pytest.mark.gpu
+def test_compiled_model_matches_eager_bit_for_bit():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 128)).to(
+        "cuda", torch.bfloat16)
+    for i in (0, 2):
+        model[i] = Fp8Linear.from_linear(model[i])
+    x = torch.randn(5, 256, dtype=torch.bfloat16, device="cuda")
+    eager = [model(x) for _ in range(2)]  # the second runs the prepared chains
+    compiled = torch.compile(model, fullgraph=True)(x)
+    assert torch.equal(eager[0], eager[1]) and torch.equal(compiled, eager[0])

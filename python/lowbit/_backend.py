@@ -311,6 +311,44 @@ def run_checked(op: str, backend: str, args, check: Callable[[], None],
     return checked(op, lambda *_: check(), values and (lambda *_: values()))(*args, backend)
 
 
+# ------------------------------------------------------------- modules that chain ops
+# A quantized module's forward is a fixed chain of op calls (quantize, then GEMM). Once a
+# forward of an input signature has run through the checked ops, the functions the
+# remembered choices run are known, and later forwards of that signature may call them
+# directly: one host call per forward instead of one per op, and no lookup per op.
+_STEP_ENV = _CHOICE_ENV + ("LOWBIT_CHECK_SCALES",)
+
+
+def prepared_fn(op: str, args) -> Optional[Callable]:
+    """The function the remembered GPU choice for ``op`` on ``args`` (the op's arguments
+    without ``backend``, under lowbit's current default backend) runs, or None where there
+    is none: CPU tensors, or a signature that has not passed the op's checks yet."""
+    first = args[0]
+    if type(first) is not torch.Tensor or first.device.type not in _REMEMBER_ON:
+        return None
+    choice = _remembered(_signature(op, first.device, default_backend(), args),
+                         _KERNELS.get(op))
+    return None if choice is None else choice.fn
+
+
+def step_key(x: torch.Tensor) -> Optional[tuple]:
+    """The key under which a module keeps the chain prepared for input ``x``: everything the
+    chained ops' signatures and choices depend on that is not the module's own state (the
+    input's shape, strides, dtype, device and alignment, the default backend, the registry
+    generation and the kernels' switches). None where a prepared chain must not run: tracing,
+    ``explain``, debug logging of choices, or ``LOWBIT_CHECK_SCALES=1`` (whose value checks
+    run in the checked ops only)."""
+    if (torch.compiler.is_compiling() or type(x) is not torch.Tensor
+            or x.device.type not in _REMEMBER_ON or _explaining.get()
+            or _log.isEnabledFor(logging.DEBUG)):
+        return None
+    env = tuple(getenv(name) for name in _STEP_ENV)
+    if env[-1] == "1":
+        return None
+    return (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16, default_backend(),
+            _generation, env)
+
+
 def explain(fn: Callable, *args, **kwargs) -> Choice:
     """The kernel ``fn(*args, **kwargs)`` would run, and why, without running it.
 

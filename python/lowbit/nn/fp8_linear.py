@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import api
+from .. import _backend, api
 
 MODES = ("w8a8", "w8a16")
 
@@ -39,6 +39,8 @@ class Fp8Linear(nn.Module):
                              if static_act_scale else None)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device),
                                  requires_grad=False) if bias else None
+        # (input key, the module tensors it was built with, the chain): see forward.
+        self._step = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, mode: str = "w8a8",
@@ -66,24 +68,60 @@ class Fp8Linear(nn.Module):
             mod.bias.data.copy_(linear.bias.detach())
         return mod
 
+    def _state(self):
+        return (self.weight, self.weight_scale, self.bias, self.act_scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"Fp8Linear: x must have last dimension in_features = {self.in_features}; "
                 f"got shape {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
         if self.mode == "w8a16":
+            x2 = x.reshape(-1, self.in_features)
             w = api.dequantize_fp8(self.weight, self.weight_scale, out_dtype=x.dtype)
             y = F.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
-        else:
-            if self.act_scale is not None:
-                q, sx = api.quantize_fp8(x2, self.act_scale, granularity="tensor")
-            else:
-                q, sx = api.quantize_fp8(x2, granularity="token")
-            y = api.fp8_scaled_mm(q, self.weight, sx, self.weight_scale, self.bias,
-                                  out_dtype=x.dtype)
-        return y.reshape(*lead, self.out_features)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        # W8A8 on a GPU: a forward whose input signature (and module tensors) match the last
+        # one runs the two kernels the checked ops chose then, in one host call. Everything a
+        # check reads is in the key, so an input the checks would reject never matches.
+        key = _backend.step_key(x)
+        step = self._step
+        if key is not None and step is not None and step[0] == key:
+            held = step[1]
+            if (held[0] is self.weight and held[1] is self.weight_scale
+                    and held[2] is self.bias and held[3] is self.act_scale):
+                return step[2](x)
+        y = self._w8a8(x, key)
+        return y
+
+    def _w8a8(self, x: torch.Tensor, key) -> torch.Tensor:
+        lead, k, n = x.shape[:-1], self.in_features, self.out_features
+        x2 = x.reshape(-1, k)
+        act, gran = self.act_scale, ("tensor" if self.act_scale is not None else "token")
+        q, sx = api.quantize_fp8(x2, act, granularity=gran)
+        w, ws, bias, dtype = self.weight, self.weight_scale, self.bias, x.dtype
+        y = api.fp8_scaled_mm(q, w, sx, ws, bias, out_dtype=dtype)
+        if key is not None:
+            # The quantizer's arguments as the op takes them (lowbit.api.quantize_fp8).
+            q_args = (x2, act, "e4m3fn", gran, 128, [128, 128], True)
+            quant = _backend.prepared_fn("quantize_fp8", q_args)
+            gemm = _backend.prepared_fn("fp8_scaled_mm", (q, w, sx, ws, bias, dtype, False))
+            if quant is not None and gemm is not None:
+                out_shape = (*lead, n)
+
+                def step(x):
+                    x2 = x.reshape(-1, k)
+                    q, sx = quant(x2, act, "e4m3fn", gran, 128, [128, 128], True)
+                    return gemm(q, w, sx, ws, bias, dtype, False).reshape(out_shape)
+
+                self._step = (key, self._state(), step)
+        return y.reshape(*lead, n)
+
+    def __getstate__(self):
+        # The prepared chain holds closures over this process's kernels: never pickled.
+        state = self.__dict__.copy()
+        state["_step"] = None
+        return state
 
     def extra_repr(self) -> str:
         act = "static per-tensor" if self.act_scale is not None else "dynamic per-token"
