@@ -1,5 +1,8 @@
 """The CUDA fp8 quantize / dequantize kernels (csrc/fp8, lowbit/backends/cuda/quantize.py),
-bit-exact against the NumPy reference.
+bit-exact against the NumPy reference: what is theirs alone (both encoders over every fp32
+pattern, streams and graphs, prepared launchers, 64-bit indexing, the bindings). The cases
+every quantize / dequantize kernel must pass (granularities, layouts, static scales, every
+bf16 / fp16 pattern) are in test_fp8_kernels.py.
 
 Every kernel result is compared with ``backend="reference"`` on the same input copied to the
 host: codes as raw bytes (``q.view(torch.uint8)``), scales and dequantized values bit for

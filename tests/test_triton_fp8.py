@@ -1,4 +1,5 @@
-"""The Triton FP8 kernels (quantize_fp8, dequantize_fp8, fp8_scaled_mm) against the reference.
+"""The Triton FP8 kernels (quantize_fp8, dequantize_fp8, fp8_scaled_mm) against the reference:
+what is theirs alone. The cases every fp8 kernel must pass are in test_fp8_kernels.py.
 
 Without a GPU the kernels run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
 set while conftest.py loads the kernels and while this module's tests run, so other modules
