@@ -16,7 +16,7 @@ FP8_FORMATS = tuple(FP8)
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # The SPEC's GEMM tolerances: relative Frobenius error against float64.
 GEMM_TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 2e-3}
-LAYOUTS = ("contiguous", "transposed", "sliced", "offset")
+LAYOUTS = ("contiguous", "transposed", "sliced", "offset", "row_strided")
 # (granularity, group_size, block) cases of the quantizers
 GRANS = [
     ("tensor", 128, (128, 128)), ("token", 128, (128, 128)), ("channel", 128, (128, 128)),
@@ -38,24 +38,31 @@ def rel_frobenius(got, want) -> float:
 
 
 def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """The same values as 2-D ``x`` in another memory layout: column-major ("transposed"),
-    a strided view into a larger buffer ("sliced"), or a view at a non-zero storage offset."""
+    """The same values as 2-D ``x`` (on its device) in another memory layout: column-major
+    ("transposed"), a view with both strides > 1 into a larger buffer ("sliced"), a view at a
+    non-zero storage offset ("offset"), or unit column stride with rows k + 7 apart twice over,
+    starting 3 elements into the row ("row_strided": misaligned rows)."""
     m, k = x.shape
+    dev = x.device
     if layout == "contiguous":
         y = x.contiguous()
     elif layout == "transposed":
         y = x.t().contiguous().t()
         assert m < 2 or k < 2 or not y.is_contiguous()
     elif layout == "sliced":
-        big = torch.zeros(2 * m + 1, 2 * k + 7, dtype=x.dtype)
+        big = torch.zeros(2 * m + 1, 2 * k + 7, dtype=x.dtype, device=dev)
         big[1::2, 3:3 + 2 * k:2] = x
         y = big[1::2, 3:3 + 2 * k:2]
         assert m * k == 0 or (m == 1 and k == 1) or not y.is_contiguous()
     elif layout == "offset":
-        buf = torch.zeros(m * k + 5, dtype=x.dtype)
+        buf = torch.zeros(m * k + 5, dtype=x.dtype, device=dev)
         buf[5:] = x.reshape(-1)
         y = buf[5:].view(m, k)
         assert y.storage_offset() == 5
+    elif layout == "row_strided":
+        big = torch.zeros(2 * m + 1, k + 7, dtype=x.dtype, device=dev)
+        big[1::2, 3:3 + k] = x
+        y = big[1::2, 3:3 + k]
     else:
         raise AssertionError(layout)
     # Same bytes (so NaNs and fp8 codes compare too).
@@ -63,6 +70,57 @@ def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     if x.numel():  # (an empty tensor is "contiguous" with any strides, so skip it)
         assert torch.equal(y.contiguous().view(torch.uint8), x.contiguous().view(torch.uint8))
     return y
+
+
+def special_data(shape, dtype, seed=0, device="cpu"):
+    """Random values over a wide range with NaN, +-Inf, subnormals, -0, all-zero and tiny
+    rows injected at fixed places (rows 0-3 keep finite, ordinary values)."""
+    g = torch.Generator().manual_seed(seed)
+    m, k = shape
+    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-8, 9, shape, generator=g))
+    if m * k == 0:
+        return x.to(dtype).to(device)
+    flat = x.view(-1)
+    n = flat.numel()
+    idx = torch.randperm(n, generator=g)
+    tiny = {torch.float32: 1e-40, torch.bfloat16: 1e-39, torch.float16: 3e-7}[dtype]
+    big = {torch.float32: 3e38, torch.bfloat16: 3e38, torch.float16: 6e4}[dtype]
+    specials = [float("nan"), float("inf"), -float("inf"), tiny, -tiny, -0.0, big, -big]
+    protected = min(4, m) * k  # first rows: no specials
+    pos = idx[idx >= protected][: max(1, n // 200)]
+    for j, p in enumerate(pos.tolist()):
+        flat[p] = specials[j % len(specials)]
+    x = x.view(shape)
+    if m > 5:
+        x[5] = 0.0            # an all-zero row: scale 1
+        x[5, ::3] = -0.0
+    if m > 6:
+        x[6] = tiny           # a row whose absmax / qmax underflows or is subnormal
+    return x.to(dtype).to(device)
+
+
+def special_scales(shape, seed, device="cpu"):
+    """Random static scales with 0, a negative and subnormal entries; finite only (a NaN or
+    Inf static scale is a ValueError, test_errors.py)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.rand(shape, generator=g) * 4 + 0.01
+    flat = s.view(-1)
+    extra = [0.0, -0.5, 1e-42, 3e-39]
+    for j, v in enumerate(extra[: flat.numel() // 2]):
+        flat[(j * 7919) % flat.numel()] = v
+    return s.to(device)
+
+
+# dequantize_fp8's scale layouts, by name, for a [m, k] q
+DEQUANT_SCALE_KINDS = ("tensor", "row", "group32", "group128", "block1x128", "block128")
+
+
+def dequant_scales(shape, kind, seed, device="cpu"):
+    m, k = shape
+    size = {"tensor": (), "row": (m, 1), "group32": (m, k // 32), "group128": (m, k // 128),
+            "block1x128": (m, -(-k // 128)), "block128": (-(-m // 128), -(-k // 128))}[kind]
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(size, generator=g) * 3 + 0.01).to(device)
 
 
 def tile_of(shape, granularity, group_size=128, block=(128, 128)):

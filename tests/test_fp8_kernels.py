@@ -17,9 +17,11 @@ import torch
 
 import lowbit
 from lowbit import _backend
-from lowbit_testing import (FP8, GRAN_IDS, GRANS, MIN_SCALE, TINY_ABSMAX, assert_bits_equal,
-                            cuda_quantize_module, fp8_gemm_operands, gemm_tol, kernel_params,
-                            quantized_gemm_operands, rel_fro, skip_unless_runs, tiny_input)
+from lowbit_testing import (DEQUANT_SCALE_KINDS, FP8, GRAN_IDS, GRANS, LAYOUTS, MIN_SCALE,
+                            TINY_ABSMAX, all_bf16, all_fp16, assert_bits_equal,
+                            cuda_quantize_module, dequant_scales, fp8_gemm_operands, gemm_tol,
+                            kernel_params, quantized_gemm_operands, rel_fro, skip_unless_runs,
+                            special_data, special_scales, tiny_input, with_layout)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -108,8 +110,10 @@ def _check_tiny(kernel, x, kw, what):
 
 def _quantize_matches_reference(kernel, x, scale, kw, what) -> Optional[str]:
     """The kernel's codes and scale for ``x`` (and the op's, where it picks this kernel) are
-    the reference's bit for bit; returns why not run when the kernel does not take them."""
-    args = (x, scale, kw["fmt"], kw["granularity"], kw["group_size"], list(kw["block"]), True)
+    the reference's bit for bit, on x's device, and a static scale comes back as a new
+    tensor; returns why not run when the kernel does not take them."""
+    args = (x, scale, kw["fmt"], kw["granularity"], kw["group_size"], list(kw["block"]),
+            kw.get("saturate", True))
     why = kernel.supports(*args) if kernel.supports is not None else None
     if why:
         return why
@@ -119,9 +123,166 @@ def _quantize_matches_reference(kernel, x, scale, kw, what) -> Optional[str]:
     if _op_runs(kernel, x, scale, **kw):
         outs.append(lowbit.quantize_fp8(x, scale, backend=kernel.backend, **kw))
     for q, s in outs:
+        assert q.device == s.device == x.device, what
         assert_bits_equal(q, q0, f"q {what}")
         assert_bits_equal(s, s0, f"scale {what}")
+        if scale is not None and scale.numel():
+            assert s.data_ptr() != scale.data_ptr(), f"{what}: the scale is returned as given"
     return None
+
+
+def _quantize_cases(kernel, cases, both_encoders=True):
+    """Each ``(x, scale, kw, what)`` case the kernel takes matches the reference
+    (_quantize_matches_reference), under both encoders of a CUDA kernel where
+    ``both_encoders``; skips with the kernel's reason when it takes none of them."""
+    reasons = []
+    for hw in _hw_cvt_settings(kernel) if both_encoders else (None,):
+        with _hw_cvt(hw):
+            for x, scale, kw, what in cases:
+                reasons.append(_quantize_matches_reference(kernel, x, scale, kw,
+                                                           f"{what} {kw} hw_cvt={hw}"))
+    if reasons and all(reasons):
+        pytest.skip(f"{kernel.backend}/{kernel.name}: {reasons[0]}")
+
+
+def _kw(gran, fmt="e4m3fn", **extra):
+    granularity, group_size, block = gran
+    return dict(fmt=fmt, granularity=granularity, group_size=group_size, block=block, **extra)
+
+
+def _dynamic_shapes(granularity, group_size):
+    if granularity == "group":
+        g = group_size
+        shapes = [(1, g), (17, 3 * g), (7, 4096 + g), (130, 8 * g)]
+    else:
+        shapes = [(1, 1), (1, 200), (17, 4104), (130, 200), (3, 8192), (257, 128), (5, 40000)]
+    # Under Triton's interpreter (no GPU) the smaller ones: it runs one program at a time.
+    return shapes if HAS_CUDA else [s for s in shapes if s[0] * s[1] <= 30000]
+
+
+@pytest.mark.parametrize("fmt", ["e4m3fn", "e5m2"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
+@pytest.mark.parametrize("kernel", kernel_params("quantize_fp8"))
+def test_quantize_dynamic_special_values(kernel, gran, dtype, fmt):
+    """Dynamic scales of every granularity over data with NaN, +-Inf, subnormals, -0, an
+    all-zero and a tiny row, at ragged and long rows."""
+    skip_unless_runs(kernel)
+    kw = _kw(gran, fmt)
+    cases = [(special_data(shape, dtype, seed=i, device=DEVICE), None, kw, f"{shape}")
+             for i, shape in enumerate(_dynamic_shapes(gran[0], gran[1]))]
+    _quantize_cases(kernel, cases)
+
+
+@pytest.mark.parametrize("saturate", [True, False], ids=["sat", "nosat"])
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
+@pytest.mark.parametrize("kernel", kernel_params("quantize_fp8"))
+def test_quantize_dynamic_all_modes(kernel, gran, fmt, saturate):
+    """Every format, saturating or not, under each granularity's dynamic scale."""
+    skip_unless_runs(kernel)
+    shape = (33, 384) if gran[0] == "group" else (33, 392)
+    x = special_data(shape, torch.bfloat16, seed=3, device=DEVICE)
+    _quantize_cases(kernel, [(x, None, _kw(gran, fmt, saturate=saturate), "")],
+                    both_encoders=False)
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
+@pytest.mark.parametrize("kernel", kernel_params("quantize_fp8"))
+def test_quantize_granularities(kernel, gran, fmt, dynamic):
+    """Rows of very different magnitude, a ragged K (except where the group must divide
+    it), an all-zero row (scale 1) and a row with a NaN (scale NaN), in every input dtype;
+    static scales that the data overflows in places."""
+    skip_unless_runs(kernel)
+    kw = _kw(gran, fmt)
+    g = torch.Generator().manual_seed(2)
+    k = 256 if gran[0] == "group" else 200
+    mag = torch.exp2(torch.randint(-12, 12, (131, 1), generator=g).float())
+    x = torch.randn(131, k, generator=g) * mag
+    x[5] = 0.0
+    x[7, 3] = float("nan")
+    cases = []
+    for dtype in FLOATS:
+        xd = x.to(dtype).to(DEVICE)
+        scale = None
+        if not dynamic:
+            _, scale = lowbit.quantize_fp8(xd.cpu(), backend="reference", **kw)
+            # Finite, as static scales must be (the NaN row's dynamic scale is NaN).
+            scale = torch.nan_to_num(scale * 0.75, nan=1.0).to(DEVICE)
+        cases.append((xd, scale, kw, str(dtype)))
+    _quantize_cases(kernel, cases)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
+@pytest.mark.parametrize("kernel", kernel_params("quantize_fp8"))
+def test_quantize_layouts(kernel, gran, layout, dtype):
+    """Transposed, strided, misaligned-row and offset inputs, with dynamic and static
+    scales: the same codes and scales as from the contiguous copy."""
+    skip_unless_runs(kernel)
+    kw = _kw(gran)
+    shape = (37, 512) if gran[0] == "group" else (37, 520)
+    x = with_layout(special_data(shape, dtype, seed=7, device=DEVICE), layout)
+    _, s = lowbit.quantize_fp8(x.cpu(), backend="reference", **kw)
+    # The data holds NaN and Inf, so some dynamic scales do too; a static scale must be
+    # finite (a non-finite one is a ValueError, tested in test_errors.py).
+    s = torch.where(torch.isfinite(s), s, torch.ones_like(s)).to(DEVICE)
+    _quantize_cases(kernel, [(x, None, kw, layout), (x, s, kw, f"{layout} static")],
+                    both_encoders=False)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
+@pytest.mark.parametrize("kernel", kernel_params("quantize_fp8"))
+def test_quantize_static_scales(kernel, gran, dtype, fmt):
+    """Given scales of every granularity, including 0, negative and subnormal entries (IEEE
+    arithmetic decides what they do, in the kernel as in the reference), and a scale tensor
+    that is not contiguous."""
+    skip_unless_runs(kernel)
+    kw = _kw(gran, fmt)
+    shape = (130, 384) if gran[0] == "group" else (130, 392)
+    x = special_data(shape, dtype, seed=5, device=DEVICE)
+    _, s_ref = lowbit.quantize_fp8(x.cpu(), backend="reference", **kw)
+    s = (special_scales(tuple(s_ref.shape), seed=6, device=DEVICE) if s_ref.dim()
+         else torch.tensor(0.7, device=DEVICE))
+    cases = [(x, s, kw, "static")]
+    if s.dim() == 2 and s.shape[1] > 1:
+        cases.append((x, s.t().contiguous().t(), kw, "static non-contiguous scale"))
+    _quantize_cases(kernel, cases, both_encoders=False)
+
+
+@pytest.mark.parametrize("saturate", [True, False], ids=["sat", "nosat"])
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("kernel", kernel_params("quantize_fp8"))
+def test_quantize_all_bf16_patterns(kernel, fmt, saturate):
+    """Every bf16 bit pattern under static scales (1: the bare encoder; odd values; a small
+    power of two), as bf16 and as the same values in fp32, and with dynamic per-token
+    scales."""
+    skip_unless_runs(kernel)
+    x = all_bf16(DEVICE)
+    kw = _kw(GRANS[0], fmt, saturate=saturate)
+    cases = []
+    for v in (1.0, 0.3, 0.7071, 2.0 ** -12):
+        scale = torch.tensor(v, device=DEVICE)
+        cases += [(x, scale, kw, f"bf16 scale={v}"), (x.float(), scale, kw, f"fp32 scale={v}")]
+    cases.append((x, None, _kw(GRANS[1], fmt, saturate=saturate), "bf16 dynamic"))
+    _quantize_cases(kernel, cases)
+
+
+@pytest.mark.parametrize("saturate", [True, False], ids=["sat", "nosat"])
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("kernel", kernel_params("quantize_fp8"))
+def test_quantize_all_fp16_patterns(kernel, fmt, saturate):
+    """Every fp16 bit pattern under static scales 1 and 0.3."""
+    skip_unless_runs(kernel)
+    x = all_fp16(DEVICE)
+    kw = _kw(GRANS[0], fmt, saturate=saturate)
+    _quantize_cases(kernel, [(x, torch.tensor(v, device=DEVICE), kw, f"fp16 scale={v}")
+                             for v in (1.0, 0.3)])
 
 
 @pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
@@ -182,6 +343,39 @@ def test_dequantize_all_codes(kernel, fmt, out_dtype):
         if _op_runs(kernel, q, s, out_dtype=out_dtype):
             got = lowbit.dequantize_fp8(q, s, out_dtype=out_dtype, backend=kernel.backend)
             assert_bits_equal(got, want, f"through the op, scale shape {tuple(s.shape)}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", DEQUANT_SCALE_KINDS)
+@pytest.mark.parametrize("out_dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("kernel", kernel_params("dequantize_fp8"))
+def test_dequantize_layouts(kernel, fmt, out_dtype, kind, layout):
+    """Every code of the format in random places, every scale layout (with Inf, 0, negative
+    scales and products that are subnormal or overflow in the output dtype), every output
+    dtype, q in every memory layout."""
+    shape = (130, 384) if kind.startswith("group") else (130, 392)
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 256, shape, generator=g, dtype=torch.int32).to(torch.uint8)
+    codes.view(-1)[:256] = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    q = with_layout(codes.view(FP8[fmt][0]).to(DEVICE), layout)
+    s = dequant_scales(shape, kind, seed=2, device=DEVICE)
+    if kind != "tensor":
+        # Inf * 0 = NaN and Inf * x = Inf; products that are subnormal in bf16 (1e-40) or
+        # fp16 (1e-6), that overflow fp16 (1e5) or round to Inf in bf16 (7.595e35); 0; < 0.
+        special = [float("inf"), 1e-40, 1e-6, 1e5, 7.595e35, 0.0, -2.5]
+        flat = s.view(-1)
+        for j, v in enumerate(special[: flat.numel()]):
+            flat[j] = v
+    skip_unless_runs(kernel, q, s, out_dtype)
+    want = lowbit.dequantize_fp8(q.cpu(), s.cpu(), out_dtype=out_dtype, backend="reference")
+    what = f"{fmt} {kind} {layout}"
+    outs = [kernel.fn(q, s, out_dtype)]
+    if _op_runs(kernel, q, s, out_dtype=out_dtype):
+        outs.append(lowbit.dequantize_fp8(q, s, out_dtype=out_dtype, backend=kernel.backend))
+    for out in outs:
+        assert out.device == q.device, what
+        assert_bits_equal(out, want, what)
 
 
 # ---------------------------------------------------------------------- fp8_scaled_mm

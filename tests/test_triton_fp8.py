@@ -1,4 +1,5 @@
-"""The Triton FP8 kernels (quantize_fp8, dequantize_fp8, fp8_scaled_mm) against the reference.
+"""The Triton FP8 kernels (quantize_fp8, dequantize_fp8, fp8_scaled_mm) against the reference:
+what is theirs alone. The cases every fp8 kernel must pass are in test_fp8_kernels.py.
 
 Without a GPU the kernels run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
 set while conftest.py loads the kernels and while this module's tests run, so other modules
@@ -13,8 +14,8 @@ the SPEC's tolerances (1e-2 for bf16/fp16 outputs, 2e-3 for fp32).
 import pytest
 import torch
 
-from lowbit_testing import (all_bf16, all_fp16, assert_bits_equal, gemm_tol as tol,
-                            quantized_gemm_operands, ref_mm_f64, rel_fro)
+from lowbit_testing import (GRAN_IDS, GRANS, all_bf16, all_fp16, assert_bits_equal,
+                            gemm_tol as tol, quantized_gemm_operands, ref_mm_f64, rel_fro)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -85,19 +86,6 @@ def special_values(dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
-# (granularity, extra kwargs) cases of quantize_fp8
-GRANS = [
-    ("tensor", {}),
-    ("token", {}),
-    ("channel", {}),
-    ("group", dict(group_size=32)),
-    ("group", dict(group_size=128)),
-    ("block", dict(block=(128, 128))),
-    ("block", dict(block=(1, 128))),
-]
-GRAN_IDS = ["tensor", "token", "channel", "group32", "group128", "block128x128", "block1x128"]
-
-
 # ------------------------------------------------------------------- quantize: bit-exact
 @pytest.mark.parametrize("saturate", [True, False], ids=["sat", "nosat"])
 @pytest.mark.parametrize("fmt", FMTS)
@@ -111,41 +99,6 @@ def test_special_values_static(dtype, fmt, saturate):
     rows = torch.tensor([[1.0], [1e-3], [3.0e4], [0.37], [2.0 ** -20], [1e30], [1e-30], [7.0]],
                         device=DEVICE)
     check_quant(x, rows, "per-row", fmt=fmt, saturate=saturate, granularity="token")
-
-
-@pytest.mark.parametrize("saturate", [True, False], ids=["sat", "nosat"])
-@pytest.mark.parametrize("fmt", FMTS)
-def test_all_bf16_patterns(fmt, saturate):
-    """Every bf16 bit pattern, with scale 1 and an odd static scale; dynamic per token."""
-    x = all_bf16().to(DEVICE)
-    for s in (1.0, 0.7071):
-        check_quant(x, torch.tensor(s, device=DEVICE), f"scale={s}", fmt=fmt, saturate=saturate)
-    check_quant(x, None, "dynamic", fmt=fmt, saturate=saturate, granularity="token")
-
-
-@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
-@pytest.mark.parametrize("fmt", FMTS)
-@pytest.mark.parametrize("gran", GRANS, ids=GRAN_IDS)
-def test_granularities(gran, fmt, dynamic):
-    granularity, kw = gran
-    g = torch.Generator().manual_seed(2)
-    # Rows of very different magnitude, a ragged K (except where the group must divide it),
-    # an all-zero row (scale 1) and a row with a NaN (scale NaN).
-    k = 256 if granularity == "group" else 200
-    mag = torch.exp2(torch.randint(-12, 12, (131, 1), generator=g).float())
-    x = torch.randn(131, k, generator=g) * mag
-    x[5] = 0.0
-    x[7, 3] = NAN
-    for dtype in FLOATS:
-        xd = x.to(dtype).to(DEVICE)
-        scale = None
-        if not dynamic:
-            _, scale = lowbit.quantize_fp8(xd, fmt=fmt, granularity=granularity,
-                                           backend="reference", **kw)
-            # A static scale that the data overflows in places; finite, as static scales
-            # must be (the NaN row's dynamic scale is NaN).
-            scale = torch.nan_to_num(scale * 0.75, nan=1.0)
-        check_quant(xd, scale, str(dtype), fmt=fmt, granularity=granularity, **kw)
 
 
 @pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
@@ -428,7 +381,8 @@ def test_gpu_hw_cast_matches_integer_encoder_on_all_fp32():
 def test_gpu_granularities_large(gran, fmt):
     """Per-granularity dynamic (and static) quantization at serving sizes, incl. rows longer
     than the one-tile limit (two-pass path) and a ragged K."""
-    granularity, kw = gran
+    granularity, group_size, block = gran
+    kw = dict(group_size=group_size, block=block)
     g = torch.Generator().manual_seed(11)
     shapes = [(1000, 4096), (7, 20480)] if granularity == "group" else [(1000, 4104), (7, 20000)]
     for shape in shapes:
