@@ -539,12 +539,15 @@ def cuda_quantize_module():
 
 def kernel_params(op, backends=("cuda", "triton")):
     """pytest params, one per registered kernel of ``op`` in ``backends`` (id
-    "backend/name"), in the registry's order."""
+    "backend/name"), in the registry's order; CUDA kernels' params are marked ``gpu``."""
     import pytest
     from lowbit._backend import kernels
 
-    return [pytest.param(k, id=f"{k.backend}/{k.name}") for k in kernels(op)
-            if k.backend in backends]
+    # The CUDA kernels' cases are GPU tests (`pytest -m gpu`, as bench/gpu_check.sh runs
+    # them); the Triton ones also run on the CPU under the interpreter.
+    return [pytest.param(k, id=f"{k.backend}/{k.name}",
+                         marks=(pytest.mark.gpu,) if k.backend == "cuda" else ())
+            for k in kernels(op) if k.backend in backends]
 
 
 def skip_unless_runs(kernel, *args):
