@@ -95,8 +95,15 @@ def test_choice_signature_sees_alignment():
     assert sig(x[16:32]) != sig(x[8:24])  # same shape and stride, data 8 bytes off
 
 
+def _run_checked(op, backend, args, check, values=None):
+    """One call of the op's eager implementation (``_backend.checked``) with checks that take
+    no arguments."""
+    eager = _backend.checked(op, lambda *_: check(), values and (lambda *_: values()))
+    return eager(*args, backend)
+
+
 def test_checks_skipped_only_for_a_signature_that_passed_them(monkeypatch):
-    # run_checked: the argument checks run until a call with this signature has passed them
+    # checked: the argument checks run until a call with this signature has passed them
     # and chosen a kernel; the value checks run on every call. (Meta tensors stand in for
     # CUDA ones here.)
     monkeypatch.setattr(_backend, "_REMEMBER_ON", ("meta",))
@@ -107,7 +114,7 @@ def test_checks_skipped_only_for_a_signature_that_passed_them(monkeypatch):
     checks, values = [], []
 
     def call(t, flag=False):
-        return _backend.run_checked("fp8_scaled_mm", "auto", (t, flag),
+        return _run_checked("fp8_scaled_mm", "auto", (t, flag),
                                     lambda: checks.append(1), lambda: values.append(1))
 
     a = torch.empty(4, 64, device="meta")
@@ -121,16 +128,16 @@ def test_checks_skipped_only_for_a_signature_that_passed_them(monkeypatch):
         raise ValueError("bad")
 
     with pytest.raises(ValueError):  # a failing check never lets its signature through
-        _backend.run_checked("fp8_scaled_mm", "auto", (torch.empty(5, 64, device="meta"),),
+        _run_checked("fp8_scaled_mm", "auto", (torch.empty(5, 64, device="meta"),),
                              refuse)
     with pytest.raises(ValueError):
-        _backend.run_checked("fp8_scaled_mm", "auto", (torch.empty(5, 64, device="meta"),),
+        _run_checked("fp8_scaled_mm", "auto", (torch.empty(5, 64, device="meta"),),
                              refuse)
 
 
 def test_only_checked_calls_let_checks_be_skipped(monkeypatch):
     # A choice made for arguments nobody checked (a direct choose()) is not remembered, so it
-    # cannot let run_checked skip the checks of a later call with the same signature.
+    # cannot let a checked call skip the checks of a later call with the same signature.
     monkeypatch.setattr(_backend, "_REMEMBER_ON", ("meta",))
     kern = _backend.Kernel("fp8_scaled_mm", "cuda", "k", lambda *a: "out", None, None, 30)
     monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", [kern])
@@ -141,7 +148,7 @@ def test_only_checked_calls_let_checks_be_skipped(monkeypatch):
         raise TypeError("b must be a torch.Tensor")
 
     with pytest.raises(TypeError):
-        _backend.run_checked("fp8_scaled_mm", "auto", args, refuse)
+        _run_checked("fp8_scaled_mm", "auto", args, refuse)
 
 
 def test_arch_override_drops_the_newer_arch_table(h100, monkeypatch):
@@ -176,7 +183,7 @@ def test_unhashable_argument_is_not_remembered(monkeypatch):
     checks = []
     args = (torch.empty(4, 64, device="meta"), {"not": "hashable"})
     for _ in range(2):
-        assert _backend.run_checked("fp8_scaled_mm", "auto", args,
+        assert _run_checked("fp8_scaled_mm", "auto", args,
                                     lambda: checks.append(1)) == "out"
     assert len(checks) == 2 and not _backend._choices
 
@@ -195,7 +202,7 @@ def test_remembered_choice_runs_the_prepared_launcher(monkeypatch):
     kern = _backend.Kernel("fp8_scaled_mm", "cuda", "k", lambda t, flag: "general", None, None,
                            30, prepare)
     monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", [kern])
-    call = lambda t: _backend.run_checked("fp8_scaled_mm", "auto", (t, False), lambda: None)
+    call = lambda t: _run_checked("fp8_scaled_mm", "auto", (t, False), lambda: None)
     a = torch.empty(4, 64, device="meta")
     assert call(a) == call(torch.empty(4, 64, device="meta")) == \
         ("prepared for", (4, 64), (4, 64))

@@ -305,12 +305,6 @@ def checked(op: str, check: Callable, values: Optional[Callable] = None) -> Call
     return call
 
 
-def run_checked(op: str, backend: str, args, check: Callable[[], None],
-                values: Optional[Callable[[], None]] = None):
-    """``checked`` for one call, with checks that take no arguments."""
-    return checked(op, lambda *_: check(), values and (lambda *_: values()))(*args, backend)
-
-
 # ------------------------------------------------------------- modules that chain ops
 # A quantized module's forward is a fixed chain of op calls (quantize, then GEMM). Once a
 # forward of an input signature has run through the checked ops, the functions the

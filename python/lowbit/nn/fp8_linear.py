@@ -91,8 +91,7 @@ class Fp8Linear(nn.Module):
             if (held[0] is self.weight and held[1] is self.weight_scale
                     and held[2] is self.bias and held[3] is self.act_scale):
                 return step[2](x)
-        y = self._w8a8(x, key)
-        return y
+        return self._w8a8(x, key)
 
     def _w8a8(self, x: torch.Tensor, key) -> torch.Tensor:
         lead, k, n = x.shape[:-1], self.in_features, self.out_features
@@ -102,16 +101,17 @@ class Fp8Linear(nn.Module):
         w, ws, bias, dtype = self.weight, self.weight_scale, self.bias, x.dtype
         y = api.fp8_scaled_mm(q, w, sx, ws, bias, out_dtype=dtype)
         if key is not None:
-            # The quantizer's arguments as the op takes them (lowbit.api.quantize_fp8).
-            q_args = (x2, act, "e4m3fn", gran, 128, [128, 128], True)
-            quant = _backend.prepared_fn("quantize_fp8", q_args)
+            # The quantizer's arguments after x and scale, as the op takes them
+            # (fmt, granularity, group_size, block, saturate: lowbit.api.quantize_fp8).
+            q_rest = ("e4m3fn", gran, 128, [128, 128], True)
+            quant = _backend.prepared_fn("quantize_fp8", (x2, act, *q_rest))
             gemm = _backend.prepared_fn("fp8_scaled_mm", (q, w, sx, ws, bias, dtype, False))
             if quant is not None and gemm is not None:
                 out_shape = (*lead, n)
 
                 def step(x):
                     x2 = x.reshape(-1, k)
-                    q, sx = quant(x2, act, "e4m3fn", gran, 128, [128, 128], True)
+                    q, sx = quant(x2, act, *q_rest)
                     return gemm(q, w, sx, ws, bias, dtype, False).reshape(out_shape)
 
                 self._step = (key, self._state(), step)

@@ -69,10 +69,8 @@ def _rows_view(t: torch.Tensor):
     return v, rows, cols, v.stride(0), v.stride(1)
 
 
-def _variant(scale, granularity: str, block) -> str:
-    """The quantize kernel variant serving these arguments."""
-    if scale is not None:
-        return "static"
+def _dynamic_variant(granularity: str, block) -> str:
+    """The kernel variant serving a dynamic scale of this granularity."""
     if granularity == "tensor":
         return "tensor"
     if granularity in ("token", "channel"):
@@ -141,7 +139,7 @@ def _make_quantize(name: str, m_range, variant: str):
             return None if scale is not None else "dynamic scale (this kernel takes a given scale)"
         if scale is not None:
             return f"static scale (served by {_STATIC})"
-        if _variant(None, granularity, block) != variant:
+        if _dynamic_variant(granularity, block) != variant:
             return f"granularity={granularity!r} block={tuple(block)} is another kernel's"
         return None
 
