@@ -18,6 +18,8 @@
 //   DequantizeLaunch(kernel_id, rows, cols, row_stride, col_stride, fmt, scale_tile_rows,
 //                    scale_tile_cols, scale_ld, out_dtype)
 //     .launch(q, scale, out, stream)
+//   Fp8LinearLaunch(quantize_launch, gemm_launch, scale_offset, amax_offset)
+//     .launch(x, x_scale, b, b_scale, bias, workspace, out, stream)
 // A Launch object is built once per call signature (it checks and converts everything but
 // the pointers); its launch() is the per-call path. A constructor given values no kernel
 // takes raises ValueError; a failed launch raises RuntimeError with the CUDA error string.
@@ -213,6 +215,7 @@ class GemmLaunch : Launch<lowbit::Fp8GemmFn, lowbit::Fp8GemmArgs, lowbit::OpKind
 
   void launch(uintptr_t a, uintptr_t b, uintptr_t a_scale, uintptr_t b_scale, uintptr_t bias,
               uintptr_t out, uintptr_t stream) {
+    args_.map_cache = &maps_;  // set per call: a copied launch keeps its own maps
     args_.a = ptr<const uint8_t>(a);
     args_.b = ptr<const uint8_t>(b);
     args_.a_scale = ptr<const float>(a_scale);
@@ -221,6 +224,9 @@ class GemmLaunch : Launch<lowbit::Fp8GemmFn, lowbit::Fp8GemmArgs, lowbit::OpKind
     args_.out = ptr<void>(out);
     run(stream);
   }
+
+ private:
+  lowbit::TensorMapCache maps_;  // the sm_90a kernels' TMA maps of the last call, by operand
 };
 
 // A quantizer's scale tile -> the launchers' granularity (and group).
@@ -292,6 +298,39 @@ class DequantizeLaunch : Launch<lowbit::fp8::DequantizeFn, lowbit::fp8::Dequanti
     run(stream);
   }
 };
+
+// A quantized linear layer's forward as one host call: the activation quantizer writes q and
+// its scales into a workspace the caller allocates per call, and the GEMM reads them from
+// there. Workspace layout (bytes): q at 0, the scales at scale_offset, the dynamic per-tensor
+// quantizer's amax word at amax_offset (-1: none). Each launch keeps its own copy of the two
+// launch objects, so the GEMM's weight map is encoded once per layer.
+template <class QuantLaunch, class GemmLaunchT>
+class QuantGemmLaunch {
+ public:
+  QuantGemmLaunch(const QuantLaunch& quant, const GemmLaunchT& gemm, int64_t scale_offset,
+                  int64_t amax_offset)
+      : quant_(quant), gemm_(gemm), scale_offset_(scale_offset), amax_offset_(amax_offset) {
+    if (scale_offset <= 0 || scale_offset % 16 || amax_offset < -1 ||
+        (amax_offset >= 0 && amax_offset % 4))
+      throw py::value_error("workspace offsets: scale_offset must be a positive multiple of "
+                            "16 and amax_offset -1 or a multiple of 4");
+  }
+
+  void launch(uintptr_t x, uintptr_t x_scale, uintptr_t b, uintptr_t b_scale, uintptr_t bias,
+              uintptr_t workspace, uintptr_t out, uintptr_t stream) {
+    if (workspace == 0 || workspace % 16) throw py::value_error("workspace must be 16-byte aligned");
+    const uintptr_t scales = workspace + scale_offset_;
+    quant_.launch(x, workspace, x_scale, scales,
+                  amax_offset_ >= 0 ? workspace + amax_offset_ : 0, stream);
+    gemm_.launch(workspace, b, scales, b_scale, bias, out, stream);
+  }
+
+ private:
+  QuantLaunch quant_;
+  GemmLaunchT gemm_;
+  int64_t scale_offset_, amax_offset_;
+};
+using Fp8LinearLaunch = QuantGemmLaunch<QuantizeLaunch, GemmLaunch>;
 #endif  // LOWBIT_WITH_CUDA
 
 }  // namespace
@@ -341,6 +380,14 @@ PYBIND11_MODULE(_C, m) {
            py::arg("col_stride"), py::arg("fmt"), py::arg("scale_tile_rows"),
            py::arg("scale_tile_cols"), py::arg("scale_ld"), py::arg("out_dtype"))
       .def("launch", &DequantizeLaunch::launch, py::arg("q"), py::arg("scale"), py::arg("out"),
+           py::arg("stream"));
+  py::class_<Fp8LinearLaunch>(m, "Fp8LinearLaunch",
+                              "An FP8 linear layer's forward for one call signature: quantize "
+                              "the activations into a workspace, then the GEMM, in one call")
+      .def(py::init<const QuantizeLaunch&, const GemmLaunch&, int64_t, int64_t>(),
+           py::arg("quantize"), py::arg("gemm"), py::arg("scale_offset"), py::arg("amax_offset"))
+      .def("launch", &Fp8LinearLaunch::launch, py::arg("x"), py::arg("x_scale"), py::arg("b"),
+           py::arg("b_scale"), py::arg("bias"), py::arg("workspace"), py::arg("out"),
            py::arg("stream"));
 #endif
 }

@@ -183,3 +183,61 @@ def test_compiled_model_matches_eager_bit_for_bit():
     eager = [model(x) for _ in range(2)]  # the second runs the prepared chains
     compiled = torch.compile(model, fullgraph=True)(x)
     assert torch.equal(eager[0], eager[1]) and torch.equal(compiled, eager[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", [None, "89", "80"], ids=["native", "sm89", "sm80"])
+@pytest.mark.parametrize("shape,k,n,bias,dtype,static", [
+    ((1, 4096), 4096, 1024, False, torch.bfloat16, False),   # small M: swap-AB / split-K
+    ((2, 3, 512), 512, 384, True, torch.bfloat16, False),     # 3-D input, bias
+    ((300, 256), 256, 200, True, torch.float16, True),        # tiled GEMM, static scale, ragged N
+    ((65, 128), 128, 136, False, torch.float32, False),       # fp32 activations and output
+], ids=["m1", "3d-bias", "m300-static", "fp32"])
+def test_fused_cuda_step_matches_the_ops(monkeypatch, arch, shape, k, n, bias, dtype, static):
+    """On CUDA kernels a prepared forward is one fused launch (quantize + GEMM through a
+    workspace): the same kernels as the two op calls, so the same bits, on every arch path,
+    also after the weight's storage changes under the same module tensor."""
+    from lowbit.backends.cuda import quantize
+    if arch is not None:
+        monkeypatch.setenv("LOWBIT_ARCH", arch)
+    lin = _linear(k=k, n=n, bias=bias, device="cuda", dtype=dtype)
+    x = torch.randn(*shape, dtype=dtype, device="cuda")
+    act = x.abs().amax().float() / 448 if static else None
+    mod = Fp8Linear.from_linear(lin, act_scale=act)
+    first = mod(x)
+    step = mod._step[2]
+    x2 = x.reshape(-1, k)
+    q, s = lowbit.quantize_fp8(x2, act, granularity="tensor" if static else "token")
+    want = (lowbit.explain(lowbit.quantize_fp8, x2, act,
+                           granularity="tensor" if static else "token").kernel + "+" +
+            lowbit.explain(lowbit.fp8_scaled_mm, q, mod.weight, s, mod.weight_scale, mod.bias,
+                           out_dtype=dtype).kernel)
+    assert step.__name__ == want, "a CUDA forward fuses the two chosen kernels"
+    for hw_cvt in (True, False):
+        monkeypatch.setattr(quantize, "HW_CVT", hw_cvt)
+        assert torch.equal(mod(x), _two_ops(mod, x)) and torch.equal(mod(x), first)
+    # New storage under the same weight tensor: the fused launch reads the new pointer (its
+    # cached TMA map of the old one must not be used).
+    other = _linear(k=k, n=n, bias=bias, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        other.weight.mul_(-3)
+    new_w = Fp8Linear.from_linear(other).weight
+    mod.weight.data = new_w.clone()
+    assert mod._step is not None and mod._step[2] is step
+    assert torch.equal(mod(x), _two_ops(mod, x)) and not torch.equal(mod(x), first)
+
+
+@pytest.mark.gpu
+def test_fused_launch_rejects_a_misaligned_workspace():
+    from lowbit._build import _C
+    from lowbit.backends.cuda import kernel_id, DTYPE_CODE, FP8_FORMAT_CODE
+    q = _C.QuantizeLaunch(kernel_id("cuda_fp8_quant_per_token"), DTYPE_CODE[torch.bfloat16], 1,
+                          256, 256, 1, FP8_FORMAT_CODE["e4m3fn"], True, 1, 0, True)
+    g = _C.GemmLaunch(kernel_id("sm89_fp8_gemm_smallm"), 1, 96, 256, 256, 256, 1, 0, 1, 1, 0, 1,
+                      0, DTYPE_CODE[torch.bfloat16], 96, False)
+    with pytest.raises(ValueError, match="scale_offset"):
+        _C.Fp8LinearLaunch(q, g, 8, -1)
+    launch = _C.Fp8LinearLaunch(q, g, 256, -1)
+    ws = torch.empty(1024, dtype=torch.uint8, device="cuda")
+    with pytest.raises(ValueError, match="workspace"):
+        launch.launch(1, 0, 1, 1, 0, ws.data_ptr() + 8, 1, 0)

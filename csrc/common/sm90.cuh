@@ -13,6 +13,7 @@
 
 #include "common/launch.h"
 #include "common/smem.cuh"
+#include "common/tensor_map_cache.h"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LOWBIT_SM90A 1
@@ -303,52 +304,79 @@ inline PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
+static_assert(sizeof(CUtensorMap) == 128 && alignof(CUtensorMap) <= 128,
+              "TensorMapCache::Slot holds a CUtensorMap in 128 bytes aligned to 128");
+
+// Encodes a 2-D tiled map (no interleave, no OOB fill: out-of-range reads are zeros), or
+// copies it from `slot` when the slot holds the map of the same arguments (see
+// tensor_map_cache.h); a fresh encode replaces the slot's map. `slot` may be null.
+inline bool encode_2d(CUtensorMap* map, TensorMapCache::Slot* slot, CUtensorMapDataType type,
+                      void* base, uint64_t cols, uint64_t rows, uint64_t stride_bytes,
+                      uint32_t box_cols, uint32_t box_rows, CUtensorMapSwizzle swizzle,
+                      CUtensorMapL2promotion l2) {
+  TensorMapCache::Key key;
+  key.base = base;
+  key.cols = cols;
+  key.rows = rows;
+  key.stride_bytes = stride_bytes;
+  key.box_cols = box_cols;
+  key.box_rows = box_rows;
+  key.type = static_cast<int>(type);
+  key.swizzle = static_cast<int>(swizzle);
+  key.l2 = static_cast<int>(l2);
+  if (slot != nullptr && slot->valid && slot->key == key) {
+    *map = *reinterpret_cast<const CUtensorMap*>(slot->map);
+    return true;
+  }
+  auto fn = encode_fn();
+  if (!fn) return false;
+  cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride_bytes)};
+  cuuint32_t box[2] = {box_cols, box_rows};
+  cuuint32_t elem[2] = {1, 1};
+  if (fn(map, type, 2, base, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+         l2, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+    return false;
+  if (slot != nullptr) {
+    *reinterpret_cast<CUtensorMap*>(slot->map) = *map;
+    slot->key = key;
+    slot->valid = true;
+  }
+  return true;
+}
+
 // A 2-D map over a K-major byte matrix [rows, k] (row stride ld bytes), read in boxes of
 // box_rows x 128 bytes with the 128-byte swizzle; out-of-range elements read as zero.
 inline bool make_map_k128(CUtensorMap* map, const uint8_t* base, int rows, int k, int64_t ld,
-                          int box_rows) {
-  auto fn = encode_fn();
-  if (!fn) return false;
-  cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
-  cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld)};
-  cuuint32_t box[2] = {128, static_cast<cuuint32_t>(box_rows)};
-  cuuint32_t elem[2] = {1, 1};
-  return fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(base), dims, strides,
-            box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+                          int box_rows, TensorMapCache::Slot* slot = nullptr) {
+  return encode_2d(map, slot, CU_TENSOR_MAP_DATA_TYPE_UINT8, const_cast<uint8_t*>(base),
+                   static_cast<uint64_t>(k), static_cast<uint64_t>(rows),
+                   static_cast<uint64_t>(ld), 128, static_cast<uint32_t>(box_rows),
+                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 // A 2-D map over a row-major output [rows, cols] of elem_bytes-wide elements (row stride ld
 // elements), written in boxes of box_rows x 128 bytes with the 128-byte swizzle; stores past
 // the edges are clipped. Needs a 16-byte-aligned base and row stride.
 inline bool make_map_out(CUtensorMap* map, void* base, CUtensorMapDataType type, int elem_bytes,
-                         int rows, int cols, int64_t ld, int box_rows) {
-  auto fn = encode_fn();
-  if (!fn) return false;
-  cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * elem_bytes)};
-  cuuint32_t box[2] = {static_cast<cuuint32_t>(128 / elem_bytes),
-                       static_cast<cuuint32_t>(box_rows)};
-  cuuint32_t elem[2] = {1, 1};
-  return fn(map, type, 2, base, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+                         int rows, int cols, int64_t ld, int box_rows,
+                         TensorMapCache::Slot* slot = nullptr) {
+  return encode_2d(map, slot, type, base, static_cast<uint64_t>(cols),
+                   static_cast<uint64_t>(rows), static_cast<uint64_t>(ld * elem_bytes),
+                   static_cast<uint32_t>(128 / elem_bytes), static_cast<uint32_t>(box_rows),
+                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
 // A map over a block-scale matrix [rows, cols] fp32 (row stride ld), read in boxes of
 // box_rows x 4 (four steps); false when TMA cannot address it (base or stride not a multiple
 // of 16 bytes).
 inline bool make_map_scales(CUtensorMap* map, const float* base, int rows, int cols, int64_t ld,
-                            int box_rows) {
-  auto fn = encode_fn();
-  if (!fn || reinterpret_cast<uintptr_t>(base) % 16 || (ld * 4) % 16) return false;
-  cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 4)};
-  cuuint32_t box[2] = {4, static_cast<cuuint32_t>(box_rows)};
-  cuuint32_t elem[2] = {1, 1};
-  return fn(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(base), dims, strides, box,
-            elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+                            int box_rows, TensorMapCache::Slot* slot = nullptr) {
+  if (reinterpret_cast<uintptr_t>(base) % 16 || (ld * 4) % 16) return false;
+  return encode_2d(map, slot, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, const_cast<float*>(base),
+                   static_cast<uint64_t>(cols), static_cast<uint64_t>(rows),
+                   static_cast<uint64_t>(ld * 4), 4, static_cast<uint32_t>(box_rows),
+                   CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
 }  // namespace sm90

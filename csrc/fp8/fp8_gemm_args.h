@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "common/dtypes.h"
+#include "common/tensor_map_cache.h"
 
 namespace lowbit {
 
@@ -30,6 +31,8 @@ struct Fp8GemmArgs {
   FloatType out_dtype;
   int M, N, K;
   bool fast_accum;
+  // The TMA maps of the launch object's earlier calls (sm_90a kernels), or null: encode all.
+  TensorMapCache* map_cache;
 };
 
 }  // namespace lowbit

@@ -8,6 +8,11 @@
 namespace lowbit {
 namespace sm90 {
 
+// The cache slot of an operand's map, or null when the launch keeps no cache.
+inline TensorMapCache::Slot* map_slot(const Fp8GemmArgs& p, TensorMapCache::Role role) {
+  return p.map_cache != nullptr ? p.map_cache->slot(role) : nullptr;
+}
+
 // Maps over the block scales of a GEMM's block-scaled operands: a's [M, ceil(K/128)] in boxes
 // of a_box_rows x 4 steps, b's [ceil(N/128), ceil(K/128)] in boxes of 1 x 4. False when TMA
 // cannot address one of them (the kernel then loads them).
@@ -15,9 +20,11 @@ inline bool make_block_scale_maps(CUtensorMap* sa, CUtensorMap* sb, const Fp8Gem
                                   int a_box_rows) {
   const int kb = (p.K + 127) / 128;
   return (p.a_mode != ScaleMode::kBlock ||
-          make_map_scales(sa, p.a_scale, p.M, kb, p.a_scale_ld, a_box_rows)) &&
+          make_map_scales(sa, p.a_scale, p.M, kb, p.a_scale_ld, a_box_rows,
+                          map_slot(p, TensorMapCache::kAScale))) &&
          (p.b_mode != ScaleMode::kBlock ||
-          make_map_scales(sb, p.b_scale, (p.N + 127) / 128, kb, p.b_scale_ld, 1));
+          make_map_scales(sb, p.b_scale, (p.N + 127) / 128, kb, p.b_scale_ld, 1,
+                          map_slot(p, TensorMapCache::kBScale)));
 }
 
 }  // namespace sm90

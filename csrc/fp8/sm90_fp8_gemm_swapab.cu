@@ -480,8 +480,8 @@ cudaError_t launch(const Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream) 
 template <int kN>
 cudaError_t dispatch(const Fp8GemmArgs& p, cudaStream_t stream) {
   Maps maps{};
-  if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, kTileN) ||
-      !make_map_k128(&maps.x, p.a, p.M, p.K, p.lda, kN))
+  if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, kTileN, map_slot(p, TensorMapCache::kB)) ||
+      !make_map_k128(&maps.x, p.a, p.M, p.K, p.lda, kN, map_slot(p, TensorMapCache::kA)))
     return cudaErrorInvalidValue;
   const bool a_block = p.a_mode == ScaleMode::kBlock, b_block = p.b_mode == ScaleMode::kBlock;
   if (a_block || b_block) {

@@ -490,7 +490,8 @@ cudaError_t launch_for_out(Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream
                                                                     : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   const bool tma_store = reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
                          (p.ldo * kOutBytes) % 16 == 0 &&
-                         make_map_out(&maps.out, p.out, type, kOutBytes, p.M, p.N, p.ldo, 64);
+                         make_map_out(&maps.out, p.out, type, kOutBytes, p.M, p.N, p.ldo, 64,
+                                      map_slot(p, TensorMapCache::kOut));
   const bool a_block = p.a_mode == ScaleMode::kBlock, b_block = p.b_mode == ScaleMode::kBlock;
   if (a_block || b_block) {
     if (make_block_scale_maps(&maps.sa, &maps.sb, p, kBM))
@@ -506,8 +507,10 @@ cudaError_t launch_for_out(Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream
 cudaError_t sm90_fp8_gemm_wgmma(const Fp8GemmArgs& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   sm90::Maps maps{};
-  if (!sm90::make_map_k128(&maps.a, p.a, p.M, p.K, p.lda, sm90::kBM) ||
-      !sm90::make_map_k128(&maps.b, p.b, p.N, p.K, p.ldb, sm90::kBN))
+  if (!sm90::make_map_k128(&maps.a, p.a, p.M, p.K, p.lda, sm90::kBM,
+                           sm90::map_slot(p, TensorMapCache::kA)) ||
+      !sm90::make_map_k128(&maps.b, p.b, p.N, p.K, p.ldb, sm90::kBN,
+                           sm90::map_slot(p, TensorMapCache::kB)))
     return cudaErrorInvalidValue;
   if (p.out_dtype == FloatType::kF32) return sm90::launch_for_out<4>(maps, p, stream);
   return sm90::launch_for_out<2>(maps, p, stream);

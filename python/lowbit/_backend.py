@@ -313,16 +313,15 @@ def checked(op: str, check: Callable, values: Optional[Callable] = None) -> Call
 _STEP_ENV = _CHOICE_ENV + ("LOWBIT_CHECK_SCALES",)
 
 
-def prepared_fn(op: str, args) -> Optional[Callable]:
-    """The function the remembered GPU choice for ``op`` on ``args`` (the op's arguments
-    without ``backend``, under lowbit's current default backend) runs, or None where there
-    is none: CPU tensors, or a signature that has not passed the op's checks yet."""
+def remembered_choice(op: str, args) -> Optional[Choice]:
+    """The remembered GPU choice for ``op`` on ``args`` (the op's arguments without
+    ``backend``, under lowbit's current default backend), or None where there is none: CPU
+    tensors, or a signature that has not passed the op's checks yet. Its ``fn`` is the
+    function the op runs for this signature."""
     first = args[0]
     if type(first) is not torch.Tensor or first.device.type not in _REMEMBER_ON:
         return None
-    choice = _remembered(_signature(op, first.device, default_backend(), args),
-                         _KERNELS.get(op))
-    return None if choice is None else choice.fn
+    return _remembered(_signature(op, first.device, default_backend(), args), _KERNELS.get(op))
 
 
 def step_key(x: torch.Tensor) -> Optional[tuple]:

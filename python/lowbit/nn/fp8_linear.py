@@ -101,21 +101,39 @@ class Fp8Linear(nn.Module):
         w, ws, bias, dtype = self.weight, self.weight_scale, self.bias, x.dtype
         y = api.fp8_scaled_mm(q, w, sx, ws, bias, out_dtype=dtype)
         if key is not None:
-            # The quantizer's arguments after x and scale, as the op takes them
-            # (fmt, granularity, group_size, block, saturate: lowbit.api.quantize_fp8).
-            q_rest = ("e4m3fn", gran, 128, [128, 128], True)
-            quant = _backend.prepared_fn("quantize_fp8", (x2, act, *q_rest))
-            gemm = _backend.prepared_fn("fp8_scaled_mm", (q, w, sx, ws, bias, dtype, False))
-            if quant is not None and gemm is not None:
-                out_shape = (*lead, n)
-
-                def step(x):
-                    x2 = x.reshape(-1, k)
-                    q, sx = quant(x2, act, *q_rest)
-                    return gemm(q, w, sx, ws, bias, dtype, False).reshape(out_shape)
-
+            step = self._prepare_step(x, x2, act, gran, q, sx)
+            if step is not None:
                 self._step = (key, self._state(), step)
         return y.reshape(*lead, n)
+
+    def _prepare_step(self, x, x2, act, gran, q, sx):
+        """The forward for inputs of x's signature, from the kernels the checked ops chose for
+        it: one fused call on CUDA kernels (lowbit.backends.cuda.linear), else the two
+        prepared op functions back to back. None when an op has no remembered choice."""
+        k, n = self.in_features, self.out_features
+        w, ws, bias, dtype = self.weight, self.weight_scale, self.bias, x.dtype
+        # The quantizer's arguments after x and scale, as the op takes them
+        # (fmt, granularity, group_size, block, saturate: lowbit.api.quantize_fp8).
+        q_rest = ("e4m3fn", gran, 128, [128, 128], True)
+        quant = _backend.remembered_choice("quantize_fp8", (x2, act, *q_rest))
+        gemm = _backend.remembered_choice("fp8_scaled_mm", (q, w, sx, ws, bias, dtype, False))
+        if quant is None or gemm is None:
+            return None
+        if quant.backend == gemm.backend == "cuda":
+            from ..backends.cuda.linear import fp8_linear_step
+
+            step = fp8_linear_step(quant.kernel, gemm.kernel, x, act, q_rest, w, ws, bias,
+                                   dtype)
+            if step is not None:
+                return step
+        quant_fn, gemm_fn, out_shape = quant.fn, gemm.fn, (*x.shape[:-1], n)
+
+        def step(x):
+            x2 = x.reshape(-1, k)
+            q, sx = quant_fn(x2, act, *q_rest)
+            return gemm_fn(q, w, sx, ws, bias, dtype, False).reshape(out_shape)
+
+        return step
 
     def __getstate__(self):
         # The prepared chain holds closures over this process's kernels: never pickled.

@@ -31,7 +31,8 @@ from ..._build import _C, has_cuda_kernels
 from .._device import OnDevice, arch_override, capability, device_index, raw_stream
 from . import _BIG, DTYPE_CODE, SMALL_M_MAX, kernel_id, min_arch, register
 
-__all__ = ["SMALL_M_MAX", "PDL_ENV", "set_programmatic_launch", "programmatic_launch"]
+__all__ = ["SMALL_M_MAX", "PDL_ENV", "set_programmatic_launch", "programmatic_launch",
+           "gemm_launch"]
 
 PDL_ENV = "LOWBIT_PDL"
 
@@ -55,12 +56,13 @@ if os.environ.get(PDL_ENV, "1") == "0":
     set_programmatic_launch(False)
 
 
-def _scale_tile(s: torch.Tensor, rows: int, block_rows: int):
-    """The (tile_rows, tile_cols) of an operand's scale, as the GEMMs take it: per tensor,
-    per row ([rows, 1]), else per block of 128 along K (block_rows: 1 for a, 128 for b)."""
-    if s.dim() == 0:
+def _scale_tile(shape, rows: int, block_rows: int):
+    """The (tile_rows, tile_cols) of an operand's scale of ``shape``, as the GEMMs take it: per
+    tensor, per row ([rows, 1]), else per block of 128 along K (block_rows: 1 for a, 128 for
+    b)."""
+    if len(shape) == 0:
         return 0, 0
-    return (1, 0) if s.shape == (rows, 1) else (block_rows, 128)
+    return (1, 0) if tuple(shape) == (rows, 1) else (block_rows, 128)
 
 
 def _aligned(t: torch.Tensor) -> bool:
@@ -75,6 +77,18 @@ def _row_stride(t: torch.Tensor) -> int:
     # The stride of a single row is arbitrary in torch (a [1, K] view may report 0 or any
     # value): the kernels get K, which is what a packed row would have.
     return t.stride(0) if t.shape[0] > 1 else t.shape[1]
+
+
+def gemm_launch(kid: int, m: int, n: int, k: int, lda: int, ldb: int, a_scale_shape,
+                a_scale_ld: int, b_scale_shape, b_scale_ld: int, bias_dtype, out_dtype,
+                fast_accum: bool):
+    """The ``_C.GemmLaunch`` of kernel ``kid`` for one argument signature (scales and bias
+    dense, the output [m, n] contiguous): what a prepared call and ``Fp8Linear``'s fused
+    forward (``lowbit.backends.cuda.linear``) launch."""
+    return _C.GemmLaunch(kid, m, n, k, lda, ldb, *_scale_tile(a_scale_shape, m, 1), a_scale_ld,
+                         *_scale_tile(b_scale_shape, n, 128), b_scale_ld,
+                         DTYPE_CODE[bias_dtype] if bias_dtype is not None else 0,
+                         DTYPE_CODE[out_dtype], n, bool(fast_accum))
 
 
 def _common(a, b) -> Optional[str]:
@@ -127,11 +141,9 @@ def _make_gemm(name: str, m_range, variant):
         dev, idx, shape = a.device, a.device.index, (m, n)
         sa_ld = a_scale.stride(0) if a_scale.dim() == 2 else 0
         sb_ld = b_scale.stride(0) if b_scale.dim() == 2 else 0
-        launch = _C.GemmLaunch(kid, m, n, k, _row_stride(a), _row_stride(b),
-                               *_scale_tile(a_scale, m, 1), sa_ld,
-                               *_scale_tile(b_scale, n, 128), sb_ld,
-                               DTYPE_CODE[bias.dtype] if bias is not None else 0,
-                               DTYPE_CODE[out_dtype], n, bool(fast_accum)).launch
+        launch = gemm_launch(kid, m, n, k, _row_stride(a), _row_stride(b), a_scale.shape, sa_ld,
+                             b_scale.shape, sb_ld, None if bias is None else bias.dtype,
+                             out_dtype, fast_accum).launch
         empty = torch.empty
 
         def prepared(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):

@@ -69,6 +69,12 @@ def _rows_view(t: torch.Tensor):
     return v, rows, cols, v.stride(0), v.stride(1)
 
 
+def needs_amax_word(granularity: str, group_size: int, block) -> bool:
+    """Whether a dynamic scale of this granularity takes a 4-byte workspace (the per-tensor
+    kernel's amax word)."""
+    return quant_tile(granularity, group_size, block) == (0, 0)
+
+
 def _dynamic_variant(granularity: str, block) -> str:
     """The kernel variant serving a dynamic scale of this granularity."""
     if granularity == "tensor":
@@ -81,21 +87,28 @@ def _dynamic_variant(granularity: str, block) -> str:
 
 
 # ---------------------------------------------------------------------------- quantize_fp8
+def quantize_launches(kid: int, x_dtype, geometry, fmt: str, granularity: str,
+                      group_size: int, block, saturate: bool):
+    """The ``_C.QuantizeLaunch`` objects of kernel ``kid`` for inputs of ``x_dtype`` whose rows
+    are ``geometry`` (rows, cols, row stride, column stride), one per encoder: index with
+    ``HW_CVT``, so that flipping it takes effect on the next call."""
+    rows, cols, rs, cs = geometry
+    args = (kid, DTYPE_CODE[x_dtype], rows, cols, rs, cs, FP8_FORMAT_CODE[fmt], bool(saturate),
+            *quant_tile(granularity, group_size, block))
+    return _C.QuantizeLaunch(*args, False), _C.QuantizeLaunch(*args, True)
+
+
 def _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, block, saturate):
     """launch(src, scale) -> (q, scale): quantizing inputs of x's signature whose rows are
     `src` ([rows, cols] with strides rs, cs: `geometry`), with `scale` (dense) or a dynamic
     one, on kernel `kid`. Everything but the pointers is worked out here, once."""
-    rows, cols, rs, cs = geometry
     dev, shape = x.device, tuple(x.shape)
     idx = device_index(dev)
     q_dtype = FP8_DTYPES[fmt]
     s_shape = scale_shape("quantize_fp8", shape, granularity, group_size, block)
-    tile = quant_tile(granularity, group_size, block)
-    args = (kid, DTYPE_CODE[x.dtype], rows, cols, rs, cs, FP8_FORMAT_CODE[fmt], bool(saturate),
-            *tile)
-    # One launch per encoder, so that flipping HW_CVT takes effect on the next call.
-    by_cvt = (_C.QuantizeLaunch(*args, False).launch, _C.QuantizeLaunch(*args, True).launch)
-    workspace = scale is None and tile == (0, 0)
+    by_cvt = tuple(q.launch for q in quantize_launches(kid, x.dtype, geometry, fmt, granularity,
+                                                        group_size, block, saturate))
+    workspace = scale is None and needs_amax_word(granularity, group_size, block)
     empty, f32, i32 = torch.empty, torch.float32, torch.int32
 
     def launch(src, scale):
