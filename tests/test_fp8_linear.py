@@ -121,7 +121,7 @@ def _check_prepared_chain(device, static):
     assert mod._step is not None, "a GPU forward prepares its chain"
     runs = []
     key, held, chain = mod._step
-    mod._step = (key, held, lambda x: runs.append(1) or chain(x))
+    mod._step = (key, held, lambda x, *a: runs.append(1) or chain(x, *a))
     again = mod(x)
     assert runs == [1], "the second forward of the signature runs the prepared chain"
     assert torch.equal(again, first) and torch.equal(first, _two_ops(mod, x))
@@ -241,3 +241,93 @@ def test_fused_launch_rejects_a_misaligned_workspace():
     ws = torch.empty(1024, dtype=torch.uint8, device="cuda")
     with pytest.raises(ValueError, match="workspace"):
         launch.launch(1, 0, 1, 1, 0, ws.data_ptr() + 8, 1, 0)
+
+
+# ------------------------------------------------ fp8_linear: the module's forward as one op
+_OPCHECK_UTILS = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_fp8_linear_op_is_the_module(static):
+    """lowbit.fp8_linear and torch.ops.lowbit.fp8_linear compute what Fp8Linear computes;
+    a compiled Fp8Linear calls that one op; opcheck passes (test_schema compares fp8 inputs
+    with allclose, which CPU torch lacks: left out, as for the other fp8 ops)."""
+    lin = _linear()
+    x = torch.randn(3, 4, 256, dtype=torch.bfloat16)
+    mod = Fp8Linear.from_linear(lin, act_scale=x.abs().amax().float() / 448 if static else None)
+    args = (x, mod.weight, mod.weight_scale, mod.bias, mod.act_scale)
+    y = mod(x)
+    assert torch.equal(y, _two_ops(mod, x))
+    assert torch.equal(lowbit.fp8_linear(*args), y)
+    assert torch.equal(torch.ops.lowbit.fp8_linear(*args, "default"), y)
+    gm = []
+    compiled = torch.compile(mod, fullgraph=True, backend=lambda g, _: gm.append(g) or g)
+    assert torch.equal(compiled(x), y)
+    targets = [str(n.target) for n in gm[0].graph.nodes if n.op == "call_function"]
+    assert any("lowbit.fp8_linear" in t for t in targets), targets
+    assert not any("quantize_fp8" in t or "fp8_scaled_mm" in t for t in targets), targets
+    torch.library.opcheck(torch.ops.lowbit.fp8_linear.default, (*args, "default"),
+                          test_utils=_OPCHECK_UTILS)
+
+
+def test_fp8_linear_op_errors():
+    mod = Fp8Linear.from_linear(_linear())
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    w, s, b = mod.weight, mod.weight_scale, mod.bias
+    bad = [
+        ((x, w.view(torch.int8), s, b, None), "weight"),
+        ((x[:, :128], w, s, b, None), "K = weight.shape"),
+        ((x, w, s.reshape(-1), b, None), "weight_scale"),
+        ((x, w, s, b[:5], None), "bias"),
+        ((x, w, s, b, torch.ones(2)), "act_scale"),
+        ((x.to(torch.int32), w, s, b, None), "x"),
+        ((torch.tensor(1.0), w, s, b, None), "x"),
+    ]
+    for args, what in bad:
+        with pytest.raises((TypeError, ValueError), match="fp8_linear") as e:
+            lowbit.fp8_linear(*args)
+        assert what in str(e.value), (what, str(e.value))
+
+
+def test_fp8_linear_op_keeps_a_step_per_signature(monkeypatch):
+    """On the CPU through the interpreted Triton kernels, choices remembered as on a GPU: the
+    op keeps the step of a signature, runs it for the next call of that signature (any
+    tensors of it), and a call of another signature, good or bad, goes through the checks."""
+    pytest.importorskip("triton")
+    from lowbit import _backend
+    from lowbit import _linear as fused
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_backend, "_REMEMBER_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(fused, "_steps", {})
+    with lowbit.use_backend("triton"):
+        mod = Fp8Linear.from_linear(_linear())
+        other = Fp8Linear.from_linear(nn.Linear(256, 96).to(torch.bfloat16))
+        x = torch.randn(5, 256, dtype=torch.bfloat16)
+        y = lowbit.fp8_linear(x, mod.weight, mod.weight_scale, mod.bias)
+        assert len(fused._steps) == 1
+        (key, step), = fused._steps.items()
+        runs = []
+        fused._steps[key] = lambda *a: runs.append(1) or step(*a)
+        assert torch.equal(lowbit.fp8_linear(x, mod.weight, mod.weight_scale, mod.bias), y)
+        # Another layer of the same signature runs the same step with its own tensors.
+        y_other = lowbit.fp8_linear(x, other.weight, other.weight_scale, other.bias)
+        assert runs == [1, 1] and torch.equal(y_other, _two_ops(other, x))
+        assert torch.equal(y, _two_ops(mod, x))
+        # Bad input of another signature: the op's own error, not the kept step.
+        with pytest.raises(ValueError, match="fp8_linear: weight_scale"):
+            lowbit.fp8_linear(x, mod.weight, mod.weight_scale.reshape(-1), mod.bias)
+        assert runs == [1, 1]
+
+
+@pytest.mark.gpu
+def test_fp8_linear_op_fuses_on_gpu():
+    lin = _linear(k=512, n=384, device="cuda")
+    mod = Fp8Linear.from_linear(lin)
+    x = torch.randn(7, 512, dtype=torch.bfloat16, device="cuda")
+    args = (x, mod.weight, mod.weight_scale, mod.bias)
+    y = lowbit.fp8_linear(*args)
+    from lowbit import _linear as fused
+    steps = [s for s in fused._steps.values() if "+" in s.__name__]
+    assert steps, "the op keeps a fused CUDA step"
+    assert torch.equal(lowbit.fp8_linear(*args), y) and torch.equal(y, _two_ops(mod, x))
+    assert torch.equal(mod(x), y)

@@ -373,3 +373,10 @@ def test_cli_info_subprocess():
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     _check_info(r.stdout)
+
+
+def test_registered_ops_are_the_spec_ops_and_the_module_ops():
+    from lowbit.spec import MODULE_OPS
+    assert set(lowbit.ops.DEFS) == (set(SPEC_OPS) - set(PENDING)) | set(MODULE_OPS)
+    for name in MODULE_OPS:
+        assert callable(getattr(lowbit, name)) and hasattr(torch.ops.lowbit, name)

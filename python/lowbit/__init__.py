@@ -13,6 +13,7 @@ from ._build import build_info
 from .api import (
     dequantize_fp8,
     dequantize_int8,
+    fp8_linear,
     fp8_scaled_mm,
     int4_quantize,
     int8_gemm,
@@ -31,6 +32,6 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
-    "int8_gemm", "fp8_scaled_mm", "int4_quantize", "w4a16_gemm", "Int4Weight",
+    "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int4_quantize", "w4a16_gemm", "Int4Weight",
     "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
 ]

@@ -313,15 +313,17 @@ def checked(op: str, check: Callable, values: Optional[Callable] = None) -> Call
 _STEP_ENV = _CHOICE_ENV + ("LOWBIT_CHECK_SCALES",)
 
 
-def remembered_choice(op: str, args) -> Optional[Choice]:
+def remembered_choice(op: str, args, backend: Optional[str] = None) -> Optional[Choice]:
     """The remembered GPU choice for ``op`` on ``args`` (the op's arguments without
-    ``backend``, under lowbit's current default backend), or None where there is none: CPU
-    tensors, or a signature that has not passed the op's checks yet. Its ``fn`` is the
-    function the op runs for this signature."""
+    ``backend``) under ``backend`` (None or "default": lowbit's current default), or None
+    where there is none: CPU tensors, or a signature that has not passed the op's checks
+    yet. Its ``fn`` is the function the op runs for this signature."""
     first = args[0]
     if type(first) is not torch.Tensor or first.device.type not in _REMEMBER_ON:
         return None
-    return _remembered(_signature(op, first.device, default_backend(), args), _KERNELS.get(op))
+    if backend is None or backend == "default":
+        backend = default_backend()
+    return _remembered(_signature(op, first.device, backend, args), _KERNELS.get(op))
 
 
 def step_key(x: torch.Tensor) -> Optional[tuple]:

@@ -27,7 +27,7 @@ def _call(name: str, first: Tensor, *args):
 
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
-    "int8_gemm", "fp8_scaled_mm", "int4_quantize", "w4a16_gemm",
+    "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int4_quantize", "w4a16_gemm",
 ]
 
 
@@ -97,6 +97,16 @@ def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
     accumulation (promoted out of the tensor cores every 128 K unless ``fast_accum``)."""
     return _call("fp8_scaled_mm", a, b, a_scale, b_scale, bias, out_dtype, fast_accum,
                               arg(backend))
+
+
+def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None,
+               act_scale: Optional[Tensor] = None, *, backend: Optional[str] = None) -> Tensor:
+    """A W8A8 FP8 linear layer in one op (what ``lowbit.nn.Fp8Linear`` computes):
+    ``quantize_fp8`` of ``x`` [..., K] to e4m3fn per token (per tensor with the static
+    ``act_scale``), then ``fp8_scaled_mm`` with the e4m3fn ``weight`` [N, K], its per-channel
+    ``weight_scale`` [N, 1] and ``bias``, out in x's dtype: [..., N]. A signature seen before
+    runs the kernels chosen for it then (one fused launch on CUDA kernels)."""
+    return _call("fp8_linear", x, weight, weight_scale, bias, act_scale, arg(backend))
 
 
 def int4_quantize(w: Tensor, *, group_size: int = 128, symmetric: bool = True,

@@ -58,6 +58,7 @@ def info(stream=None) -> int:
     import lowbit
     from lowbit import _backend
     from lowbit._build import build_info
+    from lowbit.spec import MODULE_OPS
 
     stream = stream or sys.stdout  # looked up per call: a captured or replaced stdout
     p = lambda *a: print(*a, file=stream)  # noqa: E731
@@ -88,6 +89,10 @@ def info(stream=None) -> int:
     reasons: list[str] = []
     for op in lowbit.ops.OPS:
         lead = f"  {op:<17}"
+        if op in MODULE_OPS:  # composed of the ops above: runs their kernels
+            for line in _wrap(lead + "composed:", len(lead) + 2, MODULE_OPS[op].split(", ")):
+                p(line)
+            continue
         for why, names in kernel_groups(op, gpu):
             if why is None:
                 status = "ready:"

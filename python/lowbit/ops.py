@@ -30,6 +30,7 @@ from torch import Tensor
 from . import _checks as C
 from . import scale_layout
 from ._backend import checked
+from ._linear import fp8_linear_impl
 
 _EMPTY = (0,)
 _LIB = torch.library.Library("lowbit", "DEF")
@@ -62,20 +63,23 @@ def _schema(check: Callable, returns: str) -> str:
     return f"({params}, str backend) -> {returns}"
 
 
-def define_op(returns: str, values: Optional[Callable] = None):
+def define_op(returns: str, values: Optional[Callable] = None,
+              impl: Optional[Callable[[Callable], Callable]] = None):
     """Decorator: declare op ``check.__name__`` from its checks.
 
     ``check``'s parameters, annotated with the types of ``_SCHEMA_TYPES``, are the op's
     arguments (the registered op adds ``backend: str`` last); ``returns`` is the schema's
     result ("Tensor" or "(Tensor, Tensor, ...)"); ``values`` as ``OpDef.values``. Registers
     ``torch.ops.lowbit.<name>`` (the eager implementation for every device, a fake that
-    allocates what ``check`` returns) and returns ``check``."""
+    allocates what ``check`` returns) and returns ``check``. The eager implementation is
+    ``_backend.checked`` (one kernel per call, from the registry), or ``impl(check)`` for an
+    op composed of other ops (a quantized module's forward)."""
     many = returns.startswith("(")
 
     def deco(check):
         name = check.__name__
         schema = _schema(check, returns)
-        eager = checked(name, check, values)
+        eager = checked(name, check, values) if impl is None else impl(check)
         _LIB.define(name + schema)
         _LIB.impl(name, eager, "CompositeExplicitAutograd")
         _LIB.impl(name, torch.library.fallthrough_kernel, "Autograd")
@@ -200,6 +204,34 @@ def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
     C.out_dtype(op, out_dtype)
     C.same_device(op, a=a, b=b, a_scale=a_scale, b_scale=b_scale, bias=bias)
     return (m, n), out_dtype
+
+
+@define_op("Tensor", impl=fp8_linear_impl)
+def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+               act_scale: Optional[Tensor]):
+    """A W8A8 FP8 linear layer (``Fp8Linear``'s forward, lowbit/_linear.py): ``x`` [..., K]
+    quantized to e4m3fn per token (or per tensor with the static ``act_scale``), times the
+    e4m3fn ``weight`` [N, K] with per-channel ``weight_scale`` [N, 1], plus ``bias``; output
+    [..., N] in x's dtype."""
+    op = "fp8_linear"
+    C.dtype(op, "x", x, C.FLOAT_DTYPES)
+    if x.dim() == 0:
+        raise ValueError(f"{op}: x must have at least one dimension (its last is K); got a scalar")
+    C.dtype(op, "weight", weight, (torch.float8_e4m3fn,))
+    C.rank(op, "weight", weight, 2, "[N, K]")
+    n, k = weight.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: x's last dimension must be K = weight.shape[1] = {k}; got x of "
+                         f"shape {tuple(x.shape)}")
+    C.dtype(op, "weight_scale", weight_scale, (torch.float32,))
+    C.shape(op, "weight_scale", weight_scale, [(n, 1)], f"[N, 1] = ({n}, 1)")
+    C.bias(op, bias, n)
+    if act_scale is not None:
+        C.dtype(op, "act_scale", act_scale, (torch.float32,))
+        C.shape(op, "act_scale", act_scale, [()], "() (one static scale)")
+    C.same_device(op, x=x, weight=weight, weight_scale=weight_scale, bias=bias,
+                  act_scale=act_scale)
+    return (*x.shape[:-1], n), x.dtype
 
 
 def int4_scale_dtype(w_dtype: torch.dtype) -> torch.dtype:

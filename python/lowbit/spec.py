@@ -25,6 +25,13 @@ w8a16_gemm(x, w, w_scale, bias=None) -> [M, N] in x's dtype
 
 OPS: Tuple[str, ...] = tuple(line.split("(", 1)[0] for line in SIGNATURES.splitlines())
 
+# Ops beyond the SPEC's list: a quantized module's forward as one op (one dispatcher crossing
+# per layer in a compiled graph), composed of SPEC ops -> what it computes.
+MODULE_OPS: Dict[str, str] = {
+    "fp8_linear": "quantize_fp8 (per token, or per tensor with a static scale), then "
+                  "fp8_scaled_mm (per-channel weight scales): Fp8Linear's W8A8 forward",
+}
+
 # SPEC ops not built yet -> the issue that builds them.
 PENDING: Dict[str, str] = {
     "w8a16_gemm": "INT4 and INT8 weight-only GEMM on the GPU (W4A16, W8A16)",

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _backend, api
+from .. import _backend, _linear, api, ops
 
 MODES = ("w8a8", "w8a16")
 
@@ -82,58 +82,31 @@ class Fp8Linear(nn.Module):
             y = F.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
             return y.reshape(*x.shape[:-1], self.out_features)
         # W8A8 on a GPU: a forward whose input signature (and module tensors) match the last
-        # one runs the two kernels the checked ops chose then, in one host call. Everything a
-        # check reads is in the key, so an input the checks would reject never matches.
+        # one runs the step the checked ops chose then (lowbit/_linear.py), in one host call.
+        # Everything a check reads is in the key, so an input the checks would reject never
+        # matches.
         key = _backend.step_key(x)
         step = self._step
         if key is not None and step is not None and step[0] == key:
             held = step[1]
             if (held[0] is self.weight and held[1] is self.weight_scale
                     and held[2] is self.bias and held[3] is self.act_scale):
-                return step[2](x)
+                return step[2](x, *held)
         return self._w8a8(x, key)
 
     def _w8a8(self, x: torch.Tensor, key) -> torch.Tensor:
-        lead, k, n = x.shape[:-1], self.in_features, self.out_features
-        x2 = x.reshape(-1, k)
-        act, gran = self.act_scale, ("tensor" if self.act_scale is not None else "token")
-        q, sx = api.quantize_fp8(x2, act, granularity=gran)
-        w, ws, bias, dtype = self.weight, self.weight_scale, self.bias, x.dtype
-        y = api.fp8_scaled_mm(q, w, sx, ws, bias, out_dtype=dtype)
+        state = self._state()
+        if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+            # One registered op per layer in a compiled graph (one dispatcher crossing), and
+            # the dispatcher for tensor subclasses (tracing).
+            return ops.OPS["fp8_linear"](x, *state, "default")
+        y, x2, q, sx = _linear.run_fp8_ops(x, *state, "default")
         if key is not None:
-            step = self._prepare_step(x, x2, act, gran, q, sx)
+            # This module's own step (its own launch objects: the weight's TMA map is kept).
+            step = _linear.prepare_fp8_step(x, x2, q, sx, *state)
             if step is not None:
-                self._step = (key, self._state(), step)
-        return y.reshape(*lead, n)
-
-    def _prepare_step(self, x, x2, act, gran, q, sx):
-        """The forward for inputs of x's signature, from the kernels the checked ops chose for
-        it: one fused call on CUDA kernels (lowbit.backends.cuda.linear), else the two
-        prepared op functions back to back. None when an op has no remembered choice."""
-        k, n = self.in_features, self.out_features
-        w, ws, bias, dtype = self.weight, self.weight_scale, self.bias, x.dtype
-        # The quantizer's arguments after x and scale, as the op takes them
-        # (fmt, granularity, group_size, block, saturate: lowbit.api.quantize_fp8).
-        q_rest = ("e4m3fn", gran, 128, [128, 128], True)
-        quant = _backend.remembered_choice("quantize_fp8", (x2, act, *q_rest))
-        gemm = _backend.remembered_choice("fp8_scaled_mm", (q, w, sx, ws, bias, dtype, False))
-        if quant is None or gemm is None:
-            return None
-        if quant.backend == gemm.backend == "cuda":
-            from ..backends.cuda.linear import fp8_linear_step
-
-            step = fp8_linear_step(quant.kernel, gemm.kernel, x, act, q_rest, w, ws, bias,
-                                   dtype)
-            if step is not None:
-                return step
-        quant_fn, gemm_fn, out_shape = quant.fn, gemm.fn, (*x.shape[:-1], n)
-
-        def step(x):
-            x2 = x.reshape(-1, k)
-            q, sx = quant_fn(x2, act, *q_rest)
-            return gemm_fn(q, w, sx, ws, bias, dtype, False).reshape(out_shape)
-
-        return step
+                self._step = (key, state, step)
+        return y
 
     def __getstate__(self):
         # The prepared chain holds closures over this process's kernels: never pickled.

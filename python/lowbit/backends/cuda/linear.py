@@ -5,10 +5,11 @@
 the checked ops on CUDA kernels, ``fp8_linear_step`` builds the same two launches into one
 ``_C.Fp8LinearLaunch``: a call then allocates a workspace for the quantized activations and
 their scales (one allocation instead of two or three), the output, and makes one call into
-C++, which launches the quantizer and then the GEMM on the current stream. The launch object
-belongs to the layer, so its GEMM encodes the weight's TMA map once (see
-``csrc/common/tensor_map_cache.h``). The kernels, their arguments and so the results are the
-ones the two op calls give.
+C++, which launches the quantizer and then the GEMM on the current stream. A module keeps a
+launch object of its own, so its GEMM encodes the weight's TMA map once (see
+``csrc/common/tensor_map_cache.h``); the registered ``fp8_linear`` op keeps one per
+signature, shared by the layers of that shape. The kernels, their arguments and so the
+results are the ones the two op calls give.
 """
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ def _round_up(n: int, to: int) -> int:
 def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
                     act_scale: Optional[torch.Tensor], q_rest: tuple, weight: torch.Tensor,
                     weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
-                    out_dtype: torch.dtype) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """step(x) -> y for inputs of ``x``'s signature: ``quantize_fp8(x, act_scale, *q_rest)``
-    on CUDA kernel ``quant_kernel``, then ``fp8_scaled_mm`` of the result with ``weight``,
-    ``weight_scale`` and ``bias`` on ``gemm_kernel``, into an output of shape
-    ``(*x.shape[:-1], N)``. The arguments passed both ops' checks and chose these kernels.
-    None when the inputs need what the fused call does not do (a copy of x's rows, scales or
-    a bias that are not dense, an empty side): the caller then runs the ops."""
+                    out_dtype: torch.dtype) -> Optional[Callable]:
+    """step(x, weight, weight_scale, bias, act_scale) -> y for arguments of the signature of
+    those given here: ``quantize_fp8(x, act_scale, *q_rest)`` on CUDA kernel
+    ``quant_kernel``, then ``fp8_scaled_mm`` of the result with ``weight``, ``weight_scale``
+    and ``bias`` on ``gemm_kernel``, into an output of shape ``(*x.shape[:-1], N)``. The
+    arguments passed both ops' checks and chose these kernels. None when the inputs need what
+    the fused call does not do (a copy of x's rows, scales or a bias that are not dense, an
+    empty side): the caller then runs the ops."""
     fmt, granularity, group_size, block, saturate = q_rest
     q_kid, g_kid = kernel_id(quant_kernel), kernel_id(gemm_kernel)
     if q_kid is None or g_kid is None or x.dim() < 1:
@@ -70,7 +72,7 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
     empty, u8 = torch.empty, torch.uint8
 
-    def step(x: torch.Tensor) -> torch.Tensor:
+    def step(x, weight, weight_scale, bias, act_scale):
         ws = empty(ws_bytes, dtype=u8, device=dev)
         out = empty(out_shape, dtype=out_dtype, device=dev)
         with OnDevice(dev):
