@@ -24,6 +24,8 @@ from .api import (
 )
 from .int4_weight import Int4Weight
 from . import nn  # noqa: E402
+from .convert import SCHEMES, QuantizeSummary, quantize_
+from .serialize import load_quantized, save_quantized
 
 try:
     __version__ = _version("lowbit")
@@ -34,4 +36,5 @@ __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
     "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int4_quantize", "w4a16_gemm", "Int4Weight",
     "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
+    "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
 ]

@@ -41,6 +41,7 @@ class Fp8Linear(nn.Module):
                                  requires_grad=False) if bias else None
         # (input key, the module tensors it was built with, the chain): see forward.
         self._step = None
+        self._dtype = dtype  # the layer's dtype (its bias's), for config()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, mode: str = "w8a8",
@@ -67,6 +68,16 @@ class Fp8Linear(nn.Module):
         if linear.bias is not None:
             mod.bias.data.copy_(linear.bias.detach())
         return mod
+
+    def config(self) -> dict:
+        """The constructor's keyword arguments that rebuild an empty module of this structure
+        (``lowbit.load_quantized`` builds one, then loads the state)."""
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "mode": self.mode,
+                "static_act_scale": self.act_scale is not None,
+                "dtype": str(self.bias.dtype if self.bias is not None
+                             else getattr(self, "_dtype", torch.bfloat16)
+                             ).removeprefix("torch.")}
 
     def _state(self):
         return (self.weight, self.weight_scale, self.bias, self.act_scale)

@@ -1,0 +1,209 @@
+"""``lowbit.quantize_``: swap a model's ``nn.Linear`` layers for quantized modules, in place.
+
+Schemes (``SCHEMES``):
+
+- ``"fp8"``: W8A8 FP8 (``Fp8Linear``, e4m3fn weights per output channel, activations per
+  token at run time, or per tensor with a calibrated static scale);
+- ``"fp8-w8a16"``: FP8 weights only (``Fp8Linear(mode="w8a16")``);
+- ``"int8"``: W8A8 INT8 (``Int8Linear``), activations as for ``"fp8"``;
+- ``"w8a16"``: INT8 weights only (``Int8Linear(mode="w8a16")``);
+- ``"int4"``: W4A16 group-wise (``Int4Linear``, ``group_size``, ``symmetric``).
+
+Every ``nn.Linear`` the scheme supports is swapped unless ``filter`` excludes it. A layer the
+scheme cannot take is skipped with the reason (K not a multiple of the int4 group), and so is
+one that no kernel of the model's device runs: each swapped layer runs one forward on a
+one-row zero input on its device, and a ``NotImplementedError`` there (no GPU kernel for the
+scheme's ops yet) keeps the layer in full precision, saying why. The returned
+``QuantizeSummary`` lists every layer, swapped or skipped and why, and the bytes of the
+layers' parameters and buffers before and after.
+
+``calibration`` (``lowbit.calibrate``'s result) gives the W8A8 schemes static per-tensor
+activation scales: ``calibration.scale(name, "fp8" | "int8")`` for each swapped layer.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+# scheme -> (module class name in lowbit.nn, from_linear keyword arguments, calibration format)
+SCHEMES: Dict[str, Tuple[str, dict, Optional[str]]] = {
+    "fp8": ("Fp8Linear", {"mode": "w8a8"}, "fp8"),
+    "fp8-w8a16": ("Fp8Linear", {"mode": "w8a16"}, None),
+    "int8": ("Int8Linear", {"mode": "w8a8"}, "int8"),
+    "w8a16": ("Int8Linear", {"mode": "w8a16"}, None),
+    "int4": ("Int4Linear", {}, None),
+}
+
+Filter = Union[None, str, type, Tuple[type, ...], List[Union[str, type]], Callable]
+
+
+@dataclass
+class LayerReport:
+    name: str
+    swapped: bool
+    reason: str  # what it became, or why it was kept
+    bytes_before: int
+    bytes_after: int
+
+
+@dataclass
+class QuantizeSummary:
+    scheme: str
+    layers: List[LayerReport] = field(default_factory=list)
+
+    @property
+    def swapped(self) -> List[str]:
+        return [r.name for r in self.layers if r.swapped]
+
+    @property
+    def skipped(self) -> Dict[str, str]:
+        return {r.name: r.reason for r in self.layers if not r.swapped}
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(r.bytes_before for r in self.layers)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(r.bytes_after for r in self.layers)
+
+    def __str__(self) -> str:
+        n, total = len(self.swapped), len(self.layers)
+        before, after = self.bytes_before, self.bytes_after
+        ratio = f" ({before / after:.2f}x smaller)" if after else ""
+        lines = [f"lowbit.quantize_({self.scheme!r}): {n} of {total} Linear layers swapped; "
+                 f"their bytes {_mib(before)} -> {_mib(after)}{ratio}"]
+        skipped = self.skipped
+        if skipped:
+            lines.append("kept in full precision:")
+            lines += [f"  {name}: {why}" for name, why in skipped.items()]
+        return "\n".join(lines)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def module_bytes(m: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (its own and its children's)."""
+    return sum(t.numel() * t.element_size()
+               for t in list(m.parameters()) + [b for b in m.buffers() if b is not None])
+
+
+def _excluder(filter: Filter, model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    """filter -> excluded(name, linear). Names: a qualified name (the layer or a module above
+    it) or an fnmatch pattern; types: the layer's type, or a module type above the layer;
+    a callable(name, module) -> True to exclude."""
+    if filter is None:
+        return lambda name, m: False
+    if callable(filter) and not isinstance(filter, type):
+        return lambda name, m: bool(filter(name, m))
+    items = [filter] if isinstance(filter, (str, type)) else list(filter)
+    for it in items:
+        if not isinstance(it, (str, type)):
+            raise TypeError(f"quantize_: filter items must be names (str) or module types; got "
+                            f"{type(it).__name__}")
+    names = [it for it in items if isinstance(it, str)]
+    types = tuple(it for it in items if isinstance(it, type))
+    inside = set()
+    if types:
+        for prefix, mod in model.named_modules():
+            if isinstance(mod, types):
+                inside.add(prefix)
+
+    def excluded(name: str, m: nn.Module) -> bool:
+        parts = name.split(".")
+        above = [".".join(parts[:i]) for i in range(len(parts) + 1)]
+        if types and (isinstance(m, types) or any(p in inside for p in above)):
+            return True
+        return any(pat in above[1:] or fnmatch.fnmatchcase(name, pat) for pat in names)
+
+    return excluded
+
+
+def _parent(model: nn.Module, name: str) -> Tuple[nn.Module, str]:
+    *path, leaf = name.split(".")
+    parent = model
+    for p in path:
+        parent = getattr(parent, p)
+    return parent, leaf
+
+
+def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibration=None,
+              group_size: int = 128, symmetric: bool = True,
+              check_device: bool = True) -> QuantizeSummary:
+    """Swap every ``nn.Linear`` of ``model`` that ``scheme`` supports (and ``filter`` does not
+    exclude) for its quantized module, in place; see the module docstring. ``group_size`` and
+    ``symmetric``: the ``"int4"`` scheme's. ``check_device``: run one forward per swapped
+    layer on a zero row of its device, keeping layers no kernel there runs. Returns the
+    summary (print it)."""
+    from . import nn as lnn
+
+    if scheme not in SCHEMES:
+        raise ValueError(f"quantize_: scheme must be one of {tuple(SCHEMES)}; got {scheme!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_: model must be a torch.nn.Module; got {type(model).__name__}")
+    cls_name, kwargs, cal_fmt = SCHEMES[scheme]
+    cls = getattr(lnn, cls_name)
+    if scheme == "int4":
+        from .scale_layout import check_group_size
+        check_group_size("quantize_", group_size)
+        kwargs = dict(group_size=group_size, symmetric=symmetric)
+    if calibration is not None and cal_fmt is None:
+        raise ValueError(f"quantize_: scheme {scheme!r} quantizes weights only; it takes no "
+                         "calibration")
+    excluded = _excluder(filter, model)
+    linears = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
+    if not linears:
+        raise ValueError("quantize_: the model has no nn.Linear layer to quantize")
+    if calibration is not None:
+        missing = [name for name, _ in linears
+                   if not excluded(name, _) and name not in calibration.clips]
+        if missing:
+            raise ValueError(f"quantize_: calibration has no activation statistics for "
+                             f"{len(missing)} layer(s): {', '.join(missing[:8])}"
+                             f"{' ...' if len(missing) > 8 else ''} (calibrate this model)")
+    summary = QuantizeSummary(scheme)
+    for name, lin in linears:
+        before = module_bytes(lin)
+        why = None
+        if excluded(name, lin):
+            why = "excluded by filter"
+        elif scheme == "int4" and lin.in_features % group_size:
+            why = f"in_features = {lin.in_features} is not a multiple of group_size = {group_size}"
+        new = None
+        if why is None:
+            extra = {}
+            if calibration is not None:
+                extra["act_scale"] = calibration.scale(name, cal_fmt)
+            new = cls.from_linear(lin, **kwargs, **extra)
+            if check_device:
+                why = _runs(new, lin)
+        if why is not None:
+            summary.layers.append(LayerReport(name, False, why, before, before))
+            continue
+        parent, leaf = _parent(model, name)
+        setattr(parent, leaf, new)
+        summary.layers.append(LayerReport(name, True, repr_short(new), before,
+                                          module_bytes(new)))
+    return summary
+
+
+def repr_short(m: nn.Module) -> str:
+    return f"{type(m).__name__}({m.extra_repr()})"
+
+
+def _runs(new: nn.Module, lin: nn.Linear) -> Optional[str]:
+    """None when ``new`` runs a one-row forward on its device, else why not."""
+    w = lin.weight
+    x = torch.zeros(1, lin.in_features, dtype=w.dtype, device=w.device)
+    try:
+        with torch.no_grad():
+            new(x)
+    except (NotImplementedError, ValueError) as e:  # no kernel there; a dtype it cannot take
+        return f"does not run on {w.device} ({w.dtype}): {str(e).splitlines()[0]}"
+    return None

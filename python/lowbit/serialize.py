@@ -1,0 +1,94 @@
+"""Saving and loading quantized models: ``save_quantized(model, directory)`` writes the
+model's state (``model.safetensors``, through ``safetensors.torch.save_model``, which keeps
+tied weights once) and ``lowbit.json``: the format version and, for every lowbit module in
+the model, its class and constructor configuration. ``load_quantized(model, directory)``
+takes the same architecture in full precision (freshly built or loaded from its original
+checkpoint), swaps in empty modules of the recorded classes and loads the state into them:
+no re-quantization, so the outputs are the saved model's, bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import torch
+from torch import nn
+
+CONFIG_FILE = "lowbit.json"
+STATE_FILE = "model.safetensors"
+FORMAT = "lowbit-quantized"
+VERSION = 1
+
+
+def _lowbit_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    from . import nn as lnn
+
+    classes = tuple(getattr(lnn, name) for name in lnn.__all__)
+    return {name: m for name, m in model.named_modules() if isinstance(m, classes)}
+
+
+def save_quantized(model: nn.Module, directory: str) -> None:
+    """Write ``model`` (with lowbit modules in it, e.g. after ``lowbit.quantize_``) to
+    ``directory`` (created if needed)."""
+    from safetensors.torch import save_model
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"save_quantized: model must be a torch.nn.Module; got "
+                        f"{type(model).__name__}")
+    layers = _lowbit_modules(model)
+    if not layers:
+        raise ValueError("save_quantized: the model holds no lowbit module (quantize it first "
+                         "with lowbit.quantize_)")
+    os.makedirs(directory, exist_ok=True)
+    config = {"format": FORMAT, "version": VERSION,
+              "layers": {name: {"class": type(m).__name__, "config": m.config()}
+                         for name, m in layers.items()}}
+    save_model(model, os.path.join(directory, STATE_FILE))
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def load_quantized(model: nn.Module, directory: str) -> nn.Module:
+    """Turn ``model``, the full-precision architecture of a model saved by
+    ``save_quantized``, into the saved quantized model, in place; returns it."""
+    from safetensors.torch import load_model
+
+    from . import nn as lnn
+
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load_quantized: {path} not found (not a directory written by "
+                                "lowbit.save_quantized)")
+    with open(path) as f:
+        config = json.load(f)
+    if config.get("format") != FORMAT or config.get("version") != VERSION:
+        raise ValueError(f"load_quantized: {path} is not a {FORMAT} file of version {VERSION}; "
+                         f"got format={config.get('format')!r} version={config.get('version')!r}")
+    modules = dict(model.named_modules())
+    for name, entry in config["layers"].items():
+        old = modules.get(name)
+        if old is None:
+            raise ValueError(f"load_quantized: the model has no module {name!r}, which the "
+                             "saved model quantized (another architecture?)")
+        cls = getattr(lnn, entry["class"], None)
+        if cls is None:
+            raise ValueError(f"load_quantized: unknown module class {entry['class']!r} for "
+                             f"{name!r}")
+        cfg = dict(entry["config"])
+        cfg["dtype"] = getattr(torch, cfg["dtype"])
+        device = next((t.device for t in old.parameters()), torch.device("cpu"))
+        new = cls(**cfg, device=device)
+        *path_, leaf = name.split(".")
+        parent = model
+        for p in path_:
+            parent = getattr(parent, p)
+        setattr(parent, leaf, new)
+    missing, unexpected = load_model(model, os.path.join(directory, STATE_FILE), strict=False,
+                                     device=str(next((t.device for t in model.parameters()),
+                                                     torch.device("cpu"))))
+    bad = [k for k in list(missing) + list(unexpected)]
+    if bad:
+        raise ValueError(f"load_quantized: the saved state and the model disagree on "
+                         f"{len(bad)} tensor(s): {', '.join(bad[:8])}")
+    return model

@@ -1,0 +1,138 @@
+"""lowbit.quantize_, save_quantized and load_quantized on small models (CPU, reference)."""
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.nn import Fp8Linear
+
+
+class Block(nn.Module):
+    def __init__(self, d=64, f=128):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.up, self.down = nn.Linear(d, f), nn.Linear(f, d, bias=False)
+
+    def forward(self, x):
+        return x + self.down(torch.relu(self.up(self.norm(x))))
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(50, 64)
+        self.blocks = nn.ModuleList(Block() for _ in range(2))
+        self.head = nn.Linear(64, 50, bias=False)
+        self.head.weight = self.embed.weight  # tied, as language models do
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+def _model(dtype=torch.bfloat16):
+    return Tiny().to(dtype).eval()
+
+
+IDS = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(1))
+LINEARS = ["blocks.0.up", "blocks.0.down", "blocks.1.up", "blocks.1.down", "head"]
+
+
+def _cos(a, b):
+    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(),
+                                                 dim=0).item()
+
+
+def test_fp8_swaps_every_linear_and_stays_close():
+    ref = _model()
+    model = _model()
+    summary = lowbit.quantize_(model, "fp8")
+    assert summary.swapped == LINEARS and not summary.skipped
+    assert all(isinstance(model.get_submodule(n), Fp8Linear) for n in LINEARS)
+    assert summary.bytes_after < summary.bytes_before
+    with torch.no_grad():
+        assert _cos(model(IDS), ref(IDS)) > 0.99
+    text = str(summary)
+    assert "5 of 5 Linear layers swapped" in text
+
+
+def test_filter_by_name_pattern_type_and_callable():
+    for flt, kept in [("head", ["head"]), ("blocks.1", ["blocks.1.up", "blocks.1.down"]),
+                      ("*.down", ["blocks.0.down", "blocks.1.down"]), (Block, LINEARS[:4]),
+                      (["head", "blocks.0.up"], ["blocks.0.up", "head"]),
+                      (lambda name, m: m.out_features == 64, ["blocks.0.down", "blocks.1.down"])]:
+        model = _model()
+        s = lowbit.quantize_(model, "fp8", filter=flt)
+        assert sorted(s.skipped) == sorted(kept), flt
+        assert all(why == "excluded by filter" for why in s.skipped.values())
+        assert sorted(s.swapped) == sorted(set(LINEARS) - set(kept))
+        for n in kept:
+            assert type(model.get_submodule(n)) is nn.Linear
+
+
+def test_weight_only_fp8_and_calibrated_scales():
+    model = _model()
+    s = lowbit.quantize_(model, "fp8-w8a16")
+    assert all(model.get_submodule(n).mode == "w8a16" for n in s.swapped)
+
+    class Cal:  # what lowbit.calibrate returns, as far as quantize_ reads it
+        clips = {n: 2.0 + i for i, n in enumerate(LINEARS)}
+
+        def scale(self, name, fmt):
+            assert fmt == "fp8"
+            return torch.tensor(self.clips[name] / 448)
+
+    model = _model()
+    lowbit.quantize_(model, "fp8", calibration=Cal())
+    for i, n in enumerate(LINEARS):
+        assert model.get_submodule(n).act_scale.item() == pytest.approx((2.0 + i) / 448)
+    del Cal.clips["head"]
+    with pytest.raises(ValueError, match="head"):
+        lowbit.quantize_(_model(), "fp8", calibration=Cal())
+    # The weight-only schemes take no calibration.
+    with pytest.raises(ValueError, match="calibration"):
+        lowbit.quantize_(_model(), "fp8-w8a16", calibration=Cal())
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="scheme"):
+        lowbit.quantize_(_model(), "fp4")
+    with pytest.raises(TypeError, match="model"):
+        lowbit.quantize_(torch.zeros(3), "fp8")
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        lowbit.quantize_(nn.Sequential(nn.ReLU()), "fp8")
+    with pytest.raises(TypeError, match="filter"):
+        lowbit.quantize_(_model(), "fp8", filter=[3])
+
+
+def test_save_and_load_are_bit_identical(tmp_path):
+    model = _model()
+    lowbit.quantize_(model, "fp8", filter="head")
+    with torch.no_grad():
+        want = model(IDS)
+    lowbit.save_quantized(model, str(tmp_path))
+    fresh = Tiny().to(torch.bfloat16).eval()  # the architecture, other weights
+    torch.manual_seed(5)
+    for p in fresh.parameters():
+        nn.init.normal_(p)
+    lowbit.load_quantized(fresh, str(tmp_path))
+    assert isinstance(fresh.blocks[0].up, Fp8Linear) and type(fresh.head) is nn.Linear
+    with torch.no_grad():
+        assert torch.equal(fresh(IDS), want)
+    assert fresh.head.weight is fresh.embed.weight or torch.equal(fresh.head.weight,
+                                                                   fresh.embed.weight)
+
+
+def test_save_and_load_errors(tmp_path):
+    with pytest.raises(ValueError, match="no lowbit module"):
+        lowbit.save_quantized(_model(), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="lowbit.json"):
+        lowbit.load_quantized(_model(), str(tmp_path / "missing"))
+    model = _model()
+    lowbit.quantize_(model, "fp8")
+    lowbit.save_quantized(model, str(tmp_path))
+    with pytest.raises(ValueError, match="no module"):
+        lowbit.load_quantized(nn.Sequential(nn.Linear(64, 64)), str(tmp_path))
