@@ -26,6 +26,7 @@ from .int4_weight import Int4Weight
 from . import nn  # noqa: E402
 from .convert import SCHEMES, QuantizeSummary, quantize_
 from .serialize import load_quantized, save_quantized
+from .validate import ValidationReport, validate
 
 try:
     __version__ = _version("lowbit")
@@ -37,4 +38,5 @@ __all__ = [
     "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int4_quantize", "w4a16_gemm", "Int4Weight",
     "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
     "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
+    "validate", "ValidationReport",
 ]
