@@ -19,6 +19,7 @@ import lowbit
 from lowbit.nn import Int8Linear
 from lowbit_testing import rel_frobenius
 
+# Shared with test_int4_linear.py: the layer, input and error helpers below.
 K, N = 256, 96
 DTYPES = [torch.bfloat16, torch.float16]
 
@@ -154,7 +155,8 @@ def test_bad_inputs():
                                              "in_features = 256; got shape"):
             mod(bad)
     # A 1-element act_scale of any shape is a scalar.
-    assert Int8Linear.from_linear(_linear(), act_scale=torch.full((1, 1), 0.02)).act_scale.shape == ()
+    one = Int8Linear.from_linear(_linear(), act_scale=torch.full((1, 1), 0.02))
+    assert one.act_scale.shape == ()
 
 
 @pytest.mark.parametrize("mode,static", [("w8a8", False), ("w8a8", True), ("w8a16", False)],
