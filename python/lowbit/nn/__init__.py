@@ -1,4 +1,6 @@
 """Quantized drop-in replacements for torch.nn layers."""
 from .fp8_linear import Fp8Linear
+from .int4_linear import Int4Linear
+from .int8_linear import Int8Linear
 
-__all__ = ["Fp8Linear"]
+__all__ = ["Fp8Linear", "Int8Linear", "Int4Linear"]

@@ -1,0 +1,94 @@
+"""Int4Linear: an nn.Linear whose weight is stored in int4, group-wise (W4A16, the AWQ/GPTQ
+scheme), in the SPEC's canonical layout (``lowbit.Int4Weight``):
+
+    qweight  uint8 [N, K // 2]   two nibbles per byte, k = 2j low, k = 2j + 1 high
+    scales   [N, K // G]         the layer dtype when it is bf16/fp16, else fp32
+    zeros    uint8 [N, K // G]   or None (symmetric: zero point 8)
+    perm     int64 [K]           or None (GPTQ act-order checkpoints only)
+
+The forward is ``lowbit.w4a16_gemm(x, weight, bias)``: activations stay in their own dtype
+(bf16, fp16, or fp32, which the op takes as well: an fp32 model computes in fp32, with no
+cast of its activations), the weight is dequantized group by group inside the op.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import api, scale_layout
+from ..int4_weight import Int4Weight
+from ..ops import int4_scale_dtype
+from .int8_linear import (_check_linear, _copy_bias, _dtype_name, _layer_dtype,
+                          _layer_dtype_of, _new_bias, _rows)
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 group_size: int = 128, symmetric: bool = True, device=None,
+                 dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        name = type(self).__name__
+        scale_layout.check_group_size(name, group_size, k=in_features, k_what="in_features")
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size, self.symmetric = group_size, symmetric
+        self._dtype = _layer_dtype(name, dtype)
+        groups = (out_features, in_features // group_size)
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2,
+                                                    dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(groups, dtype=int4_scale_dtype(self._dtype),
+                                                  device=device))
+        self.register_buffer("zeros", None if symmetric else
+                             torch.full(groups, 8, dtype=torch.uint8, device=device))
+        self.register_buffer("perm", None)
+        self.bias = _new_bias(out_features, bias, self._dtype, device)
+
+    dtype = property(_layer_dtype_of, doc=_layer_dtype_of.__doc__)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, group_size: int = 128,
+                    symmetric: bool = True) -> "Int4Linear":
+        """Quantize ``linear.weight`` group-wise by round to nearest (``lowbit.int4_quantize``:
+        absmax / 7 per group when symmetric, (max - min) / 15 with a zero point otherwise)."""
+        _check_linear(linear)
+        w = linear.weight.detach()
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                  group_size=group_size, symmetric=symmetric, device=w.device, dtype=w.dtype)
+        q = api.int4_quantize(w, group_size=group_size, symmetric=symmetric)
+        mod.qweight.copy_(q.qweight)
+        mod.scales.copy_(q.scales)
+        if not symmetric:
+            mod.zeros.copy_(q.zeros)
+        _copy_bias(mod, linear)
+        return mod
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A None buffer has no state_dict key, so a saved act-order module would not load into
+        # the module its config() builds: the saved perm makes room for itself.
+        perm = state_dict.get(prefix + "perm")
+        if perm is not None and self.perm is None:
+            self.perm = torch.empty_like(perm, device=self.qweight.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def weight_int4(self) -> Int4Weight:
+        """The weight as a ``lowbit.Int4Weight`` over this module's buffers (no copy)."""
+        return Int4Weight(self.qweight, self.scales, self.zeros, self.group_size, self.perm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2, out_shape = _rows(self, x)
+        return api.w4a16_gemm(x2, self.weight_int4(), self.bias).reshape(out_shape)
+
+    def config(self) -> dict:
+        """The constructor's arguments for an empty module of this structure (load_state_dict
+        then fills it): ``Int4Linear(**mod.config())``. A ``perm`` is not structure: a
+        state_dict that holds one brings it along."""
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "group_size": self.group_size,
+                "symmetric": self.symmetric, "dtype": _dtype_name(self.dtype)}
+
+    def extra_repr(self) -> str:
+        zp = "symmetric" if self.symmetric else "asymmetric"
+        order = ", act-order" if self.perm is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, group_size={self.group_size}, {zp}{order}")
