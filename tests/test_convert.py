@@ -136,3 +136,47 @@ def test_save_and_load_errors(tmp_path):
     lowbit.save_quantized(model, str(tmp_path))
     with pytest.raises(ValueError, match="no module"):
         lowbit.load_quantized(nn.Sequential(nn.Linear(64, 64)), str(tmp_path))
+
+
+@pytest.mark.parametrize("scheme,cls_name,cosine", [
+    ("int8", "Int8Linear", 0.99), ("w8a16", "Int8Linear", 0.999), ("int4", "Int4Linear", 0.95)])
+def test_int_schemes_swap_save_and_load(tmp_path, scheme, cls_name, cosine):
+    ref = _model()
+    model = _model()
+    s = lowbit.quantize_(model, scheme, group_size=32)
+    assert s.swapped == LINEARS
+    assert all(type(model.get_submodule(n)).__name__ == cls_name for n in LINEARS)
+    with torch.no_grad():
+        want = model(IDS)
+        assert _cos(want, ref(IDS)) > cosine
+    lowbit.save_quantized(model, str(tmp_path))
+    fresh = _model()
+    lowbit.load_quantized(fresh, str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(fresh(IDS), want)
+
+
+def test_int4_keeps_layers_whose_k_the_group_does_not_divide():
+    model = _model()
+    s = lowbit.quantize_(model, "int4", group_size=128)  # every K here is 64 or 128
+    assert s.swapped == ["blocks.0.down", "blocks.1.down"]
+    assert all("not a multiple of group_size = 128" in why for why in s.skipped.values())
+    with pytest.raises(ValueError, match="group_size"):
+        lowbit.quantize_(_model(), "int4", group_size=48)
+
+
+def test_a_layer_no_kernel_runs_is_kept_and_says_why(monkeypatch):
+    """What quantize_ does on a device where the scheme's ops have no kernel (INT8 on a GPU
+    today), shown on the CPU by making the trial forward raise as auto does there."""
+    from lowbit.nn import Int8Linear
+
+    def no_kernel(self, x):
+        raise NotImplementedError("lowbit.int8_gemm: no CUDA or Triton kernel runs these inputs")
+
+    monkeypatch.setattr(Int8Linear, "forward", no_kernel)
+    model = _model()
+    s = lowbit.quantize_(model, "int8")
+    assert not s.swapped and all("no CUDA or Triton kernel" in w for w in s.skipped.values())
+    assert all(type(model.get_submodule(n)) is nn.Linear for n in LINEARS)
+    s = lowbit.quantize_(model, "int8", check_device=False)
+    assert s.swapped == LINEARS
