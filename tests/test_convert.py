@@ -180,3 +180,25 @@ def test_a_layer_no_kernel_runs_is_kept_and_says_why(monkeypatch):
     assert all(type(model.get_submodule(n)) is nn.Linear for n in LINEARS)
     s = lowbit.quantize_(model, "int8", check_device=False)
     assert s.swapped == LINEARS
+
+
+@pytest.mark.parametrize("scheme,fmt", [("fp8", "fp8"), ("int8", "int8")])
+def test_calibrate_then_quantize(scheme, fmt):
+    """calibrate's absmax clips become the layers' static scales, which then equal the
+    dynamic per-tensor scales of the calibration batch's own activations."""
+    model = _model()
+    seen = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, args, n=n: seen.__setitem__(n, args[0].detach().clone())) for n in LINEARS]
+    cal = lowbit.calibrate(model, [(IDS,)], progress=False)
+    with torch.no_grad():
+        model(IDS)
+    for h in hooks:
+        h.remove()
+    lowbit.quantize_(model, scheme, calibration=cal)
+    quant = lowbit.quantize_fp8 if fmt == "fp8" else lowbit.quantize_int8
+    for n in LINEARS:
+        want = quant(seen[n], granularity="tensor")[1]
+        assert torch.equal(model.get_submodule(n).act_scale, want), n
+    with torch.no_grad():
+        assert _cos(model(IDS), _model()(IDS)) > 0.99

@@ -24,6 +24,8 @@ from .api import (
 )
 from .int4_weight import Int4Weight
 from . import nn  # noqa: E402
+from .calibrate import (AbsMaxObserver, Calibration, MseObserver, PercentileObserver,
+                        calibrate)
 from .convert import SCHEMES, QuantizeSummary, quantize_
 from .serialize import load_quantized, save_quantized
 from .validate import ValidationReport, validate
@@ -38,5 +40,6 @@ __all__ = [
     "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int4_quantize", "w4a16_gemm", "Int4Weight",
     "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
     "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
-    "validate", "ValidationReport",
+    "validate", "ValidationReport", "calibrate", "Calibration", "AbsMaxObserver",
+    "PercentileObserver", "MseObserver",
 ]
