@@ -28,6 +28,7 @@ from .calibrate import (AbsMaxObserver, Calibration, MseObserver, PercentileObse
                         calibrate)
 from .convert import SCHEMES, QuantizeSummary, quantize_
 from .serialize import load_quantized, save_quantized
+from .smoothquant import SmoothReport, smooth_quant
 from .validate import ValidationReport, validate
 
 try:
@@ -41,5 +42,5 @@ __all__ = [
     "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
     "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
     "validate", "ValidationReport", "calibrate", "Calibration", "AbsMaxObserver",
-    "PercentileObserver", "MseObserver",
+    "PercentileObserver", "MseObserver", "smooth_quant", "SmoothReport",
 ]
