@@ -29,6 +29,7 @@ from .calibrate import (AbsMaxObserver, Calibration, MseObserver, PercentileObse
 from .convert import SCHEMES, QuantizeSummary, quantize_
 from .serialize import load_quantized, save_quantized
 from .smoothquant import SmoothReport, smooth_quant
+from .awq import AwqReport, awq
 from .validate import ValidationReport, validate
 
 try:
@@ -43,4 +44,5 @@ __all__ = [
     "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
     "validate", "ValidationReport", "calibrate", "Calibration", "AbsMaxObserver",
     "PercentileObserver", "MseObserver", "smooth_quant", "SmoothReport",
+    "awq", "AwqReport",
 ]

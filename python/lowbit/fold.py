@@ -84,10 +84,11 @@ def _call(model: nn.Module, example: Any):
     return model(example)
 
 
-def input_groups(model: nn.Module, example: Any) -> List[InputGroup]:
+def input_groups(model: nn.Module, example: Any, forward=None) -> List[InputGroup]:
     """The model's nn.Linear layers grouped by the tensor each reads in ``model(example)``
-    (``example``: a tensor, a tuple of positional inputs or a dict), with the producer each
-    group may be folded into; see the module docstring."""
+    (``example``: a tensor, a tuple of positional inputs or a dict; or ``forward(model,
+    example)``), with the producer each group may be folded into; see the module
+    docstring."""
     linears = {name: m for name, m in model.named_modules() if type(m) is nn.Linear}
     if not linears:
         raise ValueError("input_groups: the model has no nn.Linear layer")
@@ -120,7 +121,10 @@ def input_groups(model: nn.Module, example: Any) -> List[InputGroup]:
         for name, m in linears.items():
             handles.append(m.register_forward_pre_hook(on_input(name)))
         with torch.no_grad(), mode:
-            _call(model, example)
+            if forward is not None:
+                forward(model, example)
+            else:
+                _call(model, example)
     finally:
         for h in handles:
             h.remove()

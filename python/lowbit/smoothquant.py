@@ -53,6 +53,51 @@ class SmoothReport:
         return "\n".join(lines)
 
 
+@dataclass
+class InputStats:
+    """What a group's input looked like over the calibration batches."""
+
+    absmax: torch.Tensor  # [K] per-channel max |x|
+    absmean: torch.Tensor  # [K] per-channel mean |x|
+    rows: torch.Tensor  # [<= SAMPLE_ROWS, K]: the first rows seen
+
+
+def collect_group_inputs(model: nn.Module, batches, groups: Sequence[InputGroup],
+                         forward=None) -> Dict[str, InputStats]:
+    """Per group (keyed by its first Linear): per-channel max and mean of |x| over
+    ``batches`` and the first ``SAMPLE_ROWS`` rows, gathered by pre-hooks (always removed)."""
+    mods = dict(model.named_modules())
+    acc: Dict[str, list] = {}  # name -> [absmax, abssum, count, rows]
+
+    def hook(name):
+        def pre(m, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            a = x.abs().float()
+            cur = acc.get(name)
+            if cur is None:
+                acc[name] = [a.amax(dim=0), a.sum(dim=0, dtype=torch.float64), x.shape[0],
+                             [x[:SAMPLE_ROWS].clone()]]
+                return
+            cur[0] = torch.maximum(cur[0], a.amax(dim=0))
+            cur[1] += a.sum(dim=0, dtype=torch.float64)
+            have = sum(r.shape[0] for r in cur[3])
+            cur[2] += x.shape[0]
+            if have < SAMPLE_ROWS:
+                cur[3].append(x[: SAMPLE_ROWS - have].clone())
+        return pre
+
+    handles = [mods[g.linears[0]].register_forward_pre_hook(hook(g.linears[0])) for g in groups]
+    try:
+        with torch.no_grad():
+            for b in batches:
+                _run(model, b, forward)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: InputStats(m, (s / max(n, 1)).float(), torch.cat(r))
+            for name, (m, s, n, r) in acc.items()}
+
+
 def _run(model, batch, forward):
     if forward is not None:
         return forward(model, batch)
@@ -106,68 +151,28 @@ def smooth_quant(model: nn.Module, batches, *, alpha: Union[float, Sequence[floa
     was = model.training
     model.eval()
     try:
-        groups = input_groups(model, example) if forward is None else _groups_via(model, example,
-                                                                                  forward)
+        groups = input_groups(model, example, forward)
         mods = dict(model.named_modules())
-        first = {g.linears[0]: g for g in groups}
-        act_max: Dict[str, torch.Tensor] = {}
-        rows: Dict[str, List[torch.Tensor]] = {}
-        handles = []
-
-        def hook(name):
-            def pre(m, args):
-                x = args[0].detach().reshape(-1, args[0].shape[-1])
-                cur = x.abs().amax(dim=0).float()
-                act_max[name] = cur if name not in act_max else torch.maximum(act_max[name], cur)
-                have = sum(r.shape[0] for r in rows.get(name, []))
-                if have < SAMPLE_ROWS:
-                    rows.setdefault(name, []).append(x[: SAMPLE_ROWS - have].clone())
-            return pre
-
-        for name in first:
-            handles.append(mods[name].register_forward_pre_hook(hook(name)))
-        try:
-            with torch.no_grad():
-                for b in batches:
-                    _run(model, b, forward)
-        finally:
-            for h in handles:
-                h.remove()
+        stats = collect_group_inputs(model, batches, groups, forward)
         report = SmoothReport()
         for g in groups:
-            report.groups.append(_smooth_group(model, mods, g, act_max.get(g.linears[0]),
-                                               rows.get(g.linears[0]), alphas))
+            st = stats.get(g.linears[0])
+            report.groups.append(_smooth_group(model, mods, g, st, alphas))
     finally:
         model.train(was)
     return report
 
 
-def _groups_via(model, example, forward) -> List[InputGroup]:
-    class Wrap(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def forward(self, batch):
-            return forward(self.inner, batch)
-
-    groups = input_groups(Wrap(), (example,))
-    for g in groups:  # names relative to model
-        g.linears = [n.removeprefix("inner.") for n in g.linears]
-        if g.producer is not None:
-            g.producer = g.producer.removeprefix("inner.")
-    return groups
-
-
-def _smooth_group(model, mods, g: InputGroup, act_max, rows, alphas) -> GroupResult:
+def _smooth_group(model, mods, g: InputGroup, st: Optional["InputStats"],
+                  alphas) -> GroupResult:
     res = GroupResult(g.linears, g.producer, None, why=g.why)
     if g.producer is None:
         return res
-    if act_max is None:
+    if st is None:
         res.why = "the calibration batches did not reach it"
         return res
     weights = [mods[n].weight.detach() for n in g.linears]
-    x = torch.cat(rows)
+    act_max, x = st.absmax, st.rows
     res.error_before = best = _w8a8_error(x, weights, None)
     best_s = None
     for a in alphas:
