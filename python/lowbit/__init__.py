@@ -30,6 +30,7 @@ from .convert import SCHEMES, QuantizeSummary, quantize_
 from .serialize import load_quantized, save_quantized
 from .smoothquant import SmoothReport, smooth_quant
 from .awq import AwqReport, awq
+from .mixed import Plan, apply_plan, mixed_precision, sensitivity
 from .validate import ValidationReport, validate
 
 try:
@@ -44,5 +45,5 @@ __all__ = [
     "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
     "validate", "ValidationReport", "calibrate", "Calibration", "AbsMaxObserver",
     "PercentileObserver", "MseObserver", "smooth_quant", "SmoothReport",
-    "awq", "AwqReport",
+    "awq", "AwqReport", "mixed_precision", "sensitivity", "apply_plan", "Plan",
 ]

@@ -1,0 +1,67 @@
+"""lowbit.mixed_precision: per-layer precisions under an output-error budget (CPU)."""
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.mixed import FULL, apply_plan, mixed_precision, sensitivity
+
+
+def _model():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 128), nn.GELU(),
+                      nn.Linear(128, 64))
+    with torch.no_grad():  # one sensitive layer: an outlier input channel for layer 2
+        m[0].weight[7].mul_(40)
+    return m
+
+
+DATA = [torch.randn(16, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+
+def _err(q, ref):
+    with torch.no_grad():
+        a = torch.cat([q(x).flatten() for x in DATA]).double()
+        b = torch.cat([ref(x).flatten() for x in DATA]).double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_sensitivity_orders_the_schemes():
+    s = sensitivity(_model(), DATA, group_size=32)
+    assert set(s) == {"0", "2", "4"}
+    for errs in s.values():
+        assert set(errs) == {"int4", "int8", "fp8"}
+        assert errs["int4"] > errs["int8"] > 0 and errs["fp8"] > 0
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.05, 0.012, 0.0])
+def test_plan_meets_the_budget_with_the_bytes_it_reports(budget):
+    ref = _model()
+    plan = mixed_precision(ref, DATA, budget, group_size=32)
+    assert plan.error <= budget
+    q = _model()
+    apply_plan(q, plan, group_size=32)
+    assert _err(q, ref) == pytest.approx(plan.error, rel=1e-9, abs=1e-12)
+    if budget == 1.0:
+        assert set(plan.schemes.values()) == {"int4"}
+    if budget == 0.0:
+        assert set(plan.schemes.values()) == {FULL} and plan.bytes == plan.bytes_full
+    else:
+        assert plan.bytes < plan.bytes_full
+    assert "budget" in str(plan)
+
+
+def test_a_tighter_budget_costs_more_bytes():
+    ref = _model()
+    loose = mixed_precision(ref, DATA, 0.05, group_size=32)
+    tight = mixed_precision(ref, DATA, 0.005, group_size=32)
+    assert tight.bytes >= loose.bytes and tight.error <= 0.005
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="schemes"):
+        mixed_precision(_model(), DATA, 0.1, schemes=["int2"])
+    with pytest.raises(ValueError, match="budget"):
+        mixed_precision(_model(), DATA, -1.0)
+    with pytest.raises(ValueError, match="empty"):
+        mixed_precision(_model(), [], 0.1)
