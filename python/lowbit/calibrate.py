@@ -25,6 +25,8 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from ._batches import run_batch
+
 __all__ = [
     "Observer", "AbsMaxObserver", "PercentileObserver", "MseObserver", "make_observer",
     "Calibration", "calibrate", "static_scale", "FORMATS",
@@ -388,14 +390,6 @@ class Calibration:
         return cls(clips=dict(d["clips"]), observer=d["observer"], batches=d["batches"])
 
 
-def _run(model: nn.Module, batch):
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    return model(batch)
-
-
 def _targets(model: nn.Module, layers) -> Dict[str, nn.Linear]:
     modules = dict(model.named_modules())
     if layers is None:
@@ -478,10 +472,7 @@ def calibrate(model: nn.Module, batches: Iterable, observer="absmax", *,
         model.eval()
         with torch.no_grad():
             for batch in it:
-                if forward is None:
-                    _run(model, batch)
-                else:
-                    forward(model, batch)
+                run_batch(model, batch, forward)
                 n += 1
     finally:
         for h in handles:

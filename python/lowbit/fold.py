@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._batches import run_batch
+
 # Torch functions that read a tensor's metadata, not its values.
 _METADATA = {"__get__", "size", "dim", "stride", "numel", "is_contiguous", "element_size",
              "is_floating_point", "data_ptr", "__len__", "ndimension", "get_device", "type"}
@@ -76,14 +78,6 @@ class _Uses(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _call(model: nn.Module, example: Any):
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, (tuple, list)):
-        return model(*example)
-    return model(example)
-
-
 def input_groups(model: nn.Module, example: Any, forward=None) -> List[InputGroup]:
     """The model's nn.Linear layers grouped by the tensor each reads in ``model(example)``
     (``example``: a tensor, a tuple of positional inputs or a dict; or ``forward(model,
@@ -121,10 +115,7 @@ def input_groups(model: nn.Module, example: Any, forward=None) -> List[InputGrou
         for name, m in linears.items():
             handles.append(m.register_forward_pre_hook(on_input(name)))
         with torch.no_grad(), mode:
-            if forward is not None:
-                forward(model, example)
-            else:
-                _call(model, example)
+            run_batch(model, example, forward)
     finally:
         for h in handles:
             h.remove()

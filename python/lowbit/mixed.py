@@ -18,20 +18,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ._batches import run_batch
+
 from .convert import SCHEMES, QuantizeSummary, module_bytes, quantize_
 
 DEFAULT_SCHEMES = ("int4", "int8", "fp8")
 FULL = "none"  # a layer kept in full precision
-
-
-def _run(model, batch, forward):
-    if forward is not None:
-        return forward(model, batch)
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def _flat(out) -> torch.Tensor:
@@ -78,7 +70,7 @@ def sensitivity(model: nn.Module, batches, schemes: Sequence[str] = DEFAULT_SCHE
     try:
         with torch.no_grad():
             for b in batches:
-                _run(model, b, forward)
+                run_batch(model, b, forward)
     finally:
         for h in handles:
             h.remove()
@@ -176,7 +168,7 @@ def mixed_precision(model: nn.Module, batches, budget: float, *,
         ladder[n] = rungs
     level = {n: 0 for n in lin}
     with torch.no_grad():
-        refs = [_flat(_run(model, b, forward)) for b in batches]
+        refs = [_flat(run_batch(model, b, forward)) for b in batches]
 
     def plan_now() -> Dict[str, str]:
         return {n: ladder[n][level[n]] for n in lin}
@@ -185,7 +177,7 @@ def mixed_precision(model: nn.Module, batches, budget: float, *,
         q = copy.deepcopy(model)
         apply_plan(q, assign, group_size=group_size)
         with torch.no_grad():
-            outs = [_flat(_run(q, b, forward)) for b in batches]
+            outs = [_flat(run_batch(q, b, forward)) for b in batches]
         return _rel(torch.cat(outs), torch.cat(refs))
 
     steps = []

@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ._batches import run_batch
+
 from .fold import InputGroup, fold_input_scale, input_groups
 
 SAMPLE_ROWS = 512  # calibration rows per group kept for the alpha search
@@ -90,22 +92,12 @@ def collect_group_inputs(model: nn.Module, batches, groups: Sequence[InputGroup]
     try:
         with torch.no_grad():
             for b in batches:
-                _run(model, b, forward)
+                run_batch(model, b, forward)
     finally:
         for h in handles:
             h.remove()
     return {name: InputStats(m, (s / max(n, 1)).float(), torch.cat(r))
             for name, (m, s, n, r) in acc.items()}
-
-
-def _run(model, batch, forward):
-    if forward is not None:
-        return forward(model, batch)
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def _w8a8_error(x: torch.Tensor, weights: Sequence[torch.Tensor], s: Optional[torch.Tensor]):

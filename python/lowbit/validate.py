@@ -24,6 +24,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ._batches import run_batch
 from .convert import module_bytes
 
 MAX_ACCURACY_DROP = {"fp8": 0.5, "int8": 1.0, "int4": 3.0}
@@ -81,14 +82,6 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def _call(model: nn.Module, example) -> Any:
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, (tuple, list)):
-        return model(*example)
-    return model(example)
-
-
 def _sync(model: nn.Module) -> None:
     for t in model.parameters():
         if t.device.type == "cuda":
@@ -104,13 +97,13 @@ def time_models(models: Sequence[nn.Module], example, *, rounds: int = 5,
     with torch.no_grad():
         for m in models:
             for _ in range(warmup):
-                _call(m, example)
+                run_batch(m, example)
             _sync(m)
         for _ in range(rounds):
             for i, m in enumerate(models):
                 t0 = time.perf_counter()
                 for _ in range(calls):
-                    _call(m, example)
+                    run_batch(m, example)
                 _sync(m)
                 times[i].append((time.perf_counter() - t0) * 1e3 / calls)
     return [statistics.median(t) for t in times]
