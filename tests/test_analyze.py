@@ -204,6 +204,9 @@ def test_missing_extra_is_named(cache, monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "pip install 'lowbit[analyze]'" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+    monkeypatch.setitem(sys.modules, "all_minilm_l6_v2", None)
+    assert run.main(["--case", "minilm", "--out", str(tmp_path / "out")]) == 2
+    assert "pip install 'lowbit[analyze]'" in capsys.readouterr().err
 
 
 def test_import_lowbit_needs_no_extra():

