@@ -1,4 +1,5 @@
-"""The ``lowbit`` command line: ``lowbit info`` (the default job) and ``lowbit bench``."""
+"""The ``lowbit`` command line: ``lowbit info`` (the default job), ``lowbit bench`` and
+``lowbit analyze``."""
 from __future__ import annotations
 
 import argparse
@@ -122,11 +123,18 @@ def main(argv=None) -> int:
     sub.add_parser("bench", add_help=False,
                    help="time lowbit's GPU ops (and --model: quantized models) against torch "
                         "(lowbit bench --help)")
+    sub.add_parser("analyze", add_help=False,
+                   help="quantize a real model at fp32/bf16/fp8/int8/int4 and report memory, "
+                        "accuracy and speed (lowbit analyze --help)")
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "bench":
         from lowbit.bench import main as bench_main
 
         return bench_main(argv[argv.index("bench") + 1:])
+    if args.cmd == "analyze":
+        from lowbit.analyze import main as analyze_main
+
+        return analyze_main(argv[argv.index("analyze") + 1:])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.cmd in (None, "info"):
