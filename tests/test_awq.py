@@ -36,8 +36,11 @@ def test_function_unchanged_before_rounding():
     data = [x.double() for x in _data()]
     want = [m(x) for x in data]
     report = lowbit.awq(m, data, group_size=32, grid=10)
-    (g,) = [g for g in report.groups if g.alpha is not None]
-    assert g.linears == ["up"] and g.producer == "norm" and g.error_awq < g.error_rtn
+    up, down = report.groups
+    assert up.linears == ["up"] and up.how == "folded into norm"
+    assert up.error_awq < up.error_rtn
+    assert down.producer is None and down.error_awq <= down.error_rtn
+    assert (down.how == "pre-scaled") == isinstance(m.down, lowbit.nn.PreScale)
     for x, y in zip(data, want):
         torch.testing.assert_close(m(x), y, rtol=1e-10, atol=1e-10)
 

@@ -8,9 +8,10 @@ group (the layers that read one tensor) ``alpha`` is searched over a grid on [0,
 smallest output error of the int4 layers (``lowbit.int4_quantize`` and
 ``lowbit.w4a16_gemm``, the numbers ``Int4Linear`` computes) against full precision on the
 calibration inputs. ``alpha = 0`` (``s = 1``) is round-to-nearest int4, and it is in the
-grid: on its calibration data AWQ is never worse than plain int4. Groups with no foldable
-producer, or whose K the group size does not divide, are left as they are (the report says
-why).
+grid: on its calibration data AWQ is never worse than plain int4. A group with no foldable
+producer is wrapped in ``lowbit.nn.PreScale`` (its input multiplied by ``1 / s`` in the
+layer, as AWQ's scaled activations do) unless ``prescale=False``; a group whose K the group
+size does not divide is left as it is (the report says why).
 
 Run it on the full-precision model, then ``lowbit.quantize_(model, "int4")`` with the same
 ``group_size`` and ``symmetric``.
@@ -23,7 +24,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .fold import InputGroup, fold_input_scale, input_groups
+from .fold import InputGroup, apply_input_scale, input_groups
 from .scale_layout import check_group_size
 from .smoothquant import InputStats, collect_group_inputs
 
@@ -36,6 +37,7 @@ class AwqGroup:
     error_rtn: float = float("nan")  # relative int4 output error, round-to-nearest
     error_awq: float = float("nan")
     why: str = ""
+    how: str = ""  # "folded into <producer>" or "pre-scaled" (lowbit.nn.PreScale)
 
 
 @dataclass
@@ -46,7 +48,7 @@ class AwqReport:
         lines = ["lowbit.awq:"]
         for g in self.groups:
             if g.alpha is not None:
-                lines.append(f"  {g.producer} -> {', '.join(g.linears)}: alpha {g.alpha:.2f}, "
+                lines.append(f"  {', '.join(g.linears)}: alpha {g.alpha:.2f}, {g.how}, "
                              f"int4 error {g.error_rtn:.4g} -> {g.error_awq:.4g}")
             else:
                 lines.append(f"  {', '.join(g.linears)}: not scaled ({g.why})")
@@ -85,7 +87,8 @@ def awq_factors(act_mean: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def awq(model: nn.Module, batches, *, group_size: int = 128, symmetric: bool = True,
-        grid: int = 20, forward: Optional[Callable[[nn.Module, Any], Any]] = None) -> AwqReport:
+        grid: int = 20, forward: Optional[Callable[[nn.Module, Any], Any]] = None,
+        prescale: bool = True) -> AwqReport:
     """Fold AWQ scales into ``model`` (in place) from its activations over ``batches`` (as
     ``calibrate`` takes them); ``grid``: alpha in {0, 1/grid, ..., 1}. See the module
     docstring."""
@@ -104,16 +107,16 @@ def awq(model: nn.Module, batches, *, group_size: int = 128, symmetric: bool = T
         report = AwqReport()
         for g in groups:
             report.groups.append(_awq_group(model, mods, g, stats.get(g.linears[0]),
-                                            group_size, symmetric, grid))
+                                            group_size, symmetric, grid, prescale))
     finally:
         model.train(was)
     return report
 
 
 def _awq_group(model, mods, g: InputGroup, st: Optional[InputStats], group_size, symmetric,
-               grid) -> AwqGroup:
+               grid, prescale: bool) -> AwqGroup:
     res = AwqGroup(g.linears, g.producer, None, why=g.why)
-    if g.producer is None:
+    if g.producer is None and not prescale:
         return res
     if st is None:
         res.why = "the calibration batches did not reach it"
@@ -135,5 +138,5 @@ def _awq_group(model, mods, g: InputGroup, st: Optional[InputStats], group_size,
     if best_s is None:
         res.why = "no alpha lowered the int4 error on the calibration rows (round-to-nearest kept)"
         return res
-    fold_input_scale(model, g, best_s)
+    res.how = apply_input_scale(model, g, best_s)
     return res

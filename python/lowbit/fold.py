@@ -13,7 +13,9 @@ makes the fold change the function, so such a group gets no producer. Uses are s
 ``F.linear`` calls that takes the tensor (shape and dtype queries aside) counts.
 
 ``fold_input_scale(model, group, s)`` divides the producer's output channels by ``s`` and
-multiplies the group's weight columns by ``s``.
+multiplies the group's weight columns by ``s``. ``apply_input_scale`` does that where the
+group has a producer, and otherwise wraps each of its Linears in ``lowbit.nn.PreScale``
+(the input multiplied by ``1 / s`` in the layer itself): the same function either way.
 """
 from __future__ import annotations
 
@@ -154,6 +156,8 @@ def fold_input_scale(model: nn.Module, group: InputGroup, s: torch.Tensor) -> No
         raise ValueError("fold_input_scale: s must be a 1-D tensor of positive finite factors")
     mods = dict(model.named_modules())
     p = mods[group.producer]
+    if type(p).__name__ == "PreScale":  # a producer pre-scaled by its own group: its Linear
+        p = p.inner
     k = s.numel()
 
     def scaled(t: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -176,3 +180,19 @@ def fold_input_scale(model: nn.Module, group: InputGroup, s: torch.Tensor) -> No
     for name in group.linears:
         lin = mods[name]
         lin.weight.copy_(scaled(lin.weight, s[None, :]))
+
+
+def apply_input_scale(model: nn.Module, group: InputGroup, s: torch.Tensor) -> str:
+    """Scale ``group``'s weight columns by ``s`` and its input by ``1 / s``: folded into the
+    producer when there is one, else each Linear becomes a ``lowbit.nn.PreScale``. Returns
+    how ("folded into <producer>" or "pre-scaled")."""
+    if group.producer is not None:
+        fold_input_scale(model, group, s)
+        return f"folded into {group.producer}"
+    from .nn.prescale import PreScale
+
+    for name in group.linears:
+        *path, leaf = name.split(".")
+        parent = model.get_submodule(".".join(path)) if path else model
+        setattr(parent, leaf, PreScale.wrap(getattr(parent, leaf), s))
+    return "pre-scaled"

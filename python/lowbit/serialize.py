@@ -65,9 +65,11 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
     if config.get("format") != FORMAT or config.get("version") != VERSION:
         raise ValueError(f"load_quantized: {path} is not a {FORMAT} file of version {VERSION}; "
                          f"got format={config.get('format')!r} version={config.get('version')!r}")
-    modules = dict(model.named_modules())
-    for name, entry in config["layers"].items():
-        old = modules.get(name)
+    for name, entry in config["layers"].items():  # parents before children (named_modules)
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            old = None
         if old is None:
             raise ValueError(f"load_quantized: the model has no module {name!r}, which the "
                              "saved model quantized (another architecture?)")

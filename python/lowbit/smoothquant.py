@@ -5,13 +5,15 @@ is a norm's or a Linear's output gets per-channel factors
 ``s_j = max|x_j| ** alpha / max|W_j| ** (1 - alpha)`` (``max|W_j|`` over the group's weight
 columns j), folded into that producer (``x / s``) and into the group's weights (``W * s``):
 the full-precision function is unchanged, and the activations the W8A8 quantizer sees have
-their outlier channels tamed. ``alpha`` (the migration strength) is 0.5 by default; a list
+their outlier channels tamed. A group with no such producer (after an activation function,
+or a post-norm whose output is also the residual, as in BERT) is wrapped in
+``lowbit.nn.PreScale`` instead (its input multiplied by ``1 / s`` in the layer) unless
+``prescale=False``. ``alpha`` (the migration strength) is 0.5 by default; a list
 of values is searched per group, choosing the one whose W8A8 output (per-token dynamic
 int8 activations, per-channel int8 weights, through ``lowbit.quantize_int8`` and
 ``lowbit.int8_gemm``) is closest to the full-precision output on the calibration inputs.
 The search always includes no smoothing, so on its calibration data the result is never
-worse than plain W8A8. Groups with no foldable producer are left as they are, and the
-report says why.
+worse than plain W8A8; the report says what was done to each group and why.
 
 Run it on the full-precision model, then ``lowbit.quantize_(model, "int8")``.
 """
@@ -25,7 +27,7 @@ from torch import nn
 
 from ._batches import run_batch
 
-from .fold import InputGroup, fold_input_scale, input_groups
+from .fold import InputGroup, apply_input_scale, input_groups
 
 SAMPLE_ROWS = 512  # calibration rows per group kept for the alpha search
 
@@ -38,6 +40,7 @@ class GroupResult:
     error_before: float = float("nan")  # relative W8A8 output error on the calibration rows
     error_after: float = float("nan")
     why: str = ""
+    how: str = ""  # "folded into <producer>" or "pre-scaled" (lowbit.nn.PreScale)
 
 
 @dataclass
@@ -48,7 +51,7 @@ class SmoothReport:
         lines = ["lowbit.smooth_quant:"]
         for g in self.groups:
             if g.alpha is not None:
-                lines.append(f"  {g.producer} -> {', '.join(g.linears)}: alpha {g.alpha}, "
+                lines.append(f"  {', '.join(g.linears)}: alpha {g.alpha}, {g.how}, "
                              f"W8A8 error {g.error_before:.4g} -> {g.error_after:.4g}")
             else:
                 lines.append(f"  {', '.join(g.linears)}: not smoothed ({g.why})")
@@ -129,7 +132,8 @@ def smoothing_factors(act_max: torch.Tensor, weights: Sequence[torch.Tensor],
 
 
 def smooth_quant(model: nn.Module, batches, *, alpha: Union[float, Sequence[float]] = 0.5,
-                 forward: Optional[Callable[[nn.Module, Any], Any]] = None) -> SmoothReport:
+                 forward: Optional[Callable[[nn.Module, Any], Any]] = None,
+                 prescale: bool = True) -> SmoothReport:
     """Fold SmoothQuant factors into ``model`` (in place) from its activations over
     ``batches`` (each passed as ``calibrate`` passes it, or through ``forward(model,
     batch)``); see the module docstring. Returns what was done per group."""
@@ -149,16 +153,16 @@ def smooth_quant(model: nn.Module, batches, *, alpha: Union[float, Sequence[floa
         report = SmoothReport()
         for g in groups:
             st = stats.get(g.linears[0])
-            report.groups.append(_smooth_group(model, mods, g, st, alphas))
+            report.groups.append(_smooth_group(model, mods, g, st, alphas, prescale))
     finally:
         model.train(was)
     return report
 
 
 def _smooth_group(model, mods, g: InputGroup, st: Optional["InputStats"],
-                  alphas) -> GroupResult:
+                  alphas, prescale: bool) -> GroupResult:
     res = GroupResult(g.linears, g.producer, None, why=g.why)
-    if g.producer is None:
+    if g.producer is None and not prescale:
         return res
     if st is None:
         res.why = "the calibration batches did not reach it"
@@ -176,5 +180,5 @@ def _smooth_group(model, mods, g: InputGroup, st: Optional["InputStats"],
     if best_s is None:
         res.why = "no alpha lowered the W8A8 error on the calibration rows"
         return res
-    fold_input_scale(model, g, best_s)
+    res.how = apply_input_scale(model, g, best_s)
     return res

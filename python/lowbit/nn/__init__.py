@@ -2,5 +2,6 @@
 from .fp8_linear import Fp8Linear
 from .int4_linear import Int4Linear
 from .int8_linear import Int8Linear
+from .prescale import PreScale
 
-__all__ = ["Fp8Linear", "Int8Linear", "Int4Linear"]
+__all__ = ["Fp8Linear", "Int8Linear", "Int4Linear", "PreScale"]
