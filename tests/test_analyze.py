@@ -34,7 +34,7 @@ def _table_header(text: str, unit: str) -> str:
 
 
 def _check_rows(rows, precisions):
-    assert [r["precision"] for r in rows] == list(precisions)
+    assert [r["variant"] for r in rows] == [v.name for v in variants.select(precisions)]
     fp32 = rows[0]
     assert fp32["verdict"] == "reference" and fp32["drop"] == 0.0 and fp32["speedup"] == 1.0
     for r in rows[1:]:
@@ -59,8 +59,13 @@ def test_digits_end_to_end(cache, tmp_path, monkeypatch):
     _check_rows(rows, variants.PRECISIONS)
     assert 50.0 < rows[0]["accuracy"] <= 100.0  # 3 epochs already learn the digits
     # A quantized row's bytes: int4 < int8 = fp8 < bf16 (the MLP's Linear layers).
-    b = {r["precision"]: r["linear_bytes"] for r in rows}
+    b = {r["variant"]: r["linear_bytes"] for r in rows}
     assert b["int4"] < b["int8"] == b["fp8"] < b["bf16"] < b["fp32"]
+    assert b["int8 + SmoothQuant"] == b["int8"] and b["int4 + AWQ"] == b["int4"]
+    # On its calibration data AWQ and SmoothQuant are never worse; here, on the test split,
+    # both stay within their thresholds like their plain rows.
+    v = {r["variant"]: r for r in rows}
+    assert v["int8 + SmoothQuant"]["verdict"] == "PASS" and v["int4 + AWQ"]["verdict"] == "PASS"
     md = (out / "analyze.md").read_text()
     header = _table_header(md.replace("| ", "").replace(" |", ""), "images/s")
     assert all(c in header for c in COLUMNS)
@@ -84,7 +89,7 @@ def test_digits_table_printed(cache, capsys):
     header = _table_header(text, "images/s")
     assert all(c in header for c in COLUMNS)
     assert [ln.split()[0] for ln in text.splitlines()
-            if ln.startswith(("fp32 ", "int8 "))] == ["fp32", "int8"]
+            if ln.startswith(("fp32 ", "int8 "))] == ["fp32", "int8", "int8"]  # + SmoothQuant
     assert "lowbit analyze: CPU" in text and "torch " + torch.__version__ in text
     assert "not representative" in text
     assert "| precision |" in md
@@ -132,7 +137,7 @@ def test_sentence_pipeline_on_tiny_bert(tiny_bert):
     assert rows[1]["cosine"] > 0.999  # bf16
     # int4 at group 128 keeps the layers whose K (64) it does not divide, and says so.
     linears = {n: m for n, m in case.model.named_modules() if isinstance(m, nn.Linear)}
-    int4 = rows[-1]
+    int4 = next(r for r in rows if r["variant"] == "int4")
     kept = {k["layer"] for k in int4["kept"]}
     assert kept == {n for n, m in linears.items() if m.in_features % 128}
     assert kept and len(kept) < len(linears)
@@ -150,7 +155,8 @@ def test_cli_model_dir(tiny_bert, cache, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "tiny-bert: sentence embeddings" in text and "sentences/s" in text
     doc = json.loads((out / "analyze.json").read_text())
-    assert [r["precision"] for r in doc["cases"][0]["rows"]] == ["fp32", "int8"]
+    assert [r["variant"] for r in doc["cases"][0]["rows"]] == ["fp32", "int8",
+                                                               "int8 + SmoothQuant"]
     assert doc["argv"][0] == "--model" and doc["meta"]["device"] == "cpu"
 
 
@@ -184,8 +190,9 @@ def test_defaults_and_cli_wiring(capsys):
     args = run.parse_args([])
     assert args.cases == ["minilm", "digits"] and args.sentences == 1000
     assert args.device == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert [v.name for v in args.variants] == list(variants.PRECISIONS)
-    assert [v.name for v in run.parse_args(["--precisions", "int4"]).variants] == ["fp32", "int4"]
+    assert [v.name for v in args.variants] == [v.name for v in variants.VARIANTS]
+    assert [v.name for v in run.parse_args(["--precisions", "int4"]).variants] == [
+        "fp32", "int4", "int4 + AWQ"]
     from lowbit import cli
 
     with pytest.raises(SystemExit) as e:

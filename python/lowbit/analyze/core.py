@@ -106,7 +106,10 @@ def analyze_case(case: Case, variants: Sequence[Variant], step=lambda: None) -> 
     ref_out, ref = None, None
     for v in variants:
         t0 = time.perf_counter()
-        built = v.build(case.model, case.group_size)
+        # The calibrated rows see the case's calibration batches through the case's own
+        # forward (which casts inputs to the compute dtype, bf16 for them).
+        calibration = (case.calibration, lambda m, b: case.forward(m, b, torch.bfloat16))
+        built = v.build(case.model, case.group_size, calibration)
         t_build = time.perf_counter() - t0
         out, rates = run_passes(case, built.model, built.dtype, step)
         if ref_out is None:

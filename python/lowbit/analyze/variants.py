@@ -28,7 +28,10 @@ SCHEME_TEXT = {
     "fp8": "bf16, Linear W8A8 fp8 e4m3 (weight per channel, act. per token)",
     "int8": "bf16, Linear W8A8 int8 (weight per channel, act. per token)",
     "int4": "bf16, Linear W4A16 int4 (group {g}, symmetric)",
+    "int8+sq": "bf16, SmoothQuant (alpha searched per group), then Linear W8A8 int8",
+    "int4+awq": "bf16, AWQ (alpha searched per group), then Linear W4A16 int4 (group {g})",
 }
+SQ_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 @dataclass
@@ -42,46 +45,57 @@ class Built:
 @dataclass(frozen=True)
 class Variant:
     """One row: ``name`` in the table, ``precision`` for --precisions and the accuracy
-    threshold (``lowbit.validate.MAX_ACCURACY_DROP``), ``build(reference, group_size)``."""
+    threshold (``lowbit.validate.MAX_ACCURACY_DROP``), ``build(reference, group_size,
+    calibration)`` (calibration: (batches, forward(model, batch)), for the rows that use
+    data)."""
 
     name: str
     precision: str
-    build: Callable[[nn.Module, int], Built]
+    build: Callable[[nn.Module, int, list], Built]
 
 
-def _fp32(ref: nn.Module, group_size: int) -> Built:
+def _fp32(ref: nn.Module, group_size: int, calibration) -> Built:
     return Built(ref, torch.float32, [], SCHEME_TEXT["fp32"])
 
 
-def _bf16(ref: nn.Module, group_size: int) -> Built:
+def _bf16(ref: nn.Module, group_size: int, calibration) -> Built:
     return Built(copy.deepcopy(ref).to(torch.bfloat16), torch.bfloat16, [], SCHEME_TEXT["bf16"])
 
 
-def _quantized(scheme: str) -> Callable[[nn.Module, int], Built]:
-    def build(ref: nn.Module, group_size: int) -> Built:
+def _quantized(scheme: str, prepare: str = "") -> Callable[[nn.Module, int, list], Built]:
+    """A quantized row; ``prepare``: "sq" runs SmoothQuant, "awq" AWQ on the bf16 model over
+    the calibration batches before ``quantize_``."""
+
+    def build(ref: nn.Module, group_size: int, calibration) -> Built:
+        from ..awq import awq
         from ..convert import quantize_
+        from ..smoothquant import smooth_quant
 
         model = copy.deepcopy(ref).to(torch.bfloat16)
+        batches, forward = calibration
+        if prepare == "sq":
+            smooth_quant(model, batches, alpha=SQ_ALPHAS, forward=forward)
+        elif prepare == "awq":
+            awq(model, batches, group_size=group_size, forward=forward)
         extra = {"group_size": group_size} if scheme == "int4" else {}
         summary = quantize_(model, scheme, **extra)
+        text = SCHEME_TEXT[f"{scheme}+{prepare}" if prepare else scheme]
         return Built(model, torch.bfloat16, list(summary.skipped.items()),
-                     SCHEME_TEXT[scheme].format(g=group_size))
+                     text.format(g=group_size))
 
     return build
 
 
-# The table's rows, in order. SmoothQuant and AWQ (lowbit.smooth_quant, lowbit.awq) join here
-# as two more rows, each built from the fp32 reference like the others and scored against the
-# same thresholds through its precision:
-#     Variant("int8 + SmoothQuant", "int8", <calibrate, smooth, quantize_(model, "int8")>),
-#     Variant("int4 + AWQ", "int4", <calibrate, scale, quantize_(model, "int4")>),
-# Their calibration data: the case's ``calibration`` batches (run.Case), the same for both.
+# The table's rows, in order; SmoothQuant and AWQ rows are scored against the thresholds of
+# their precision.
 VARIANTS: List[Variant] = [
     Variant("fp32", "fp32", _fp32),
     Variant("bf16", "bf16", _bf16),
     Variant("fp8", "fp8", _quantized("fp8")),
     Variant("int8", "int8", _quantized("int8")),
+    Variant("int8 + SmoothQuant", "int8", _quantized("int8", "sq")),
     Variant("int4", "int4", _quantized("int4")),
+    Variant("int4 + AWQ", "int4", _quantized("int4", "awq")),
 ]
 
 
