@@ -223,3 +223,14 @@ def test_import_lowbit_needs_no_extra():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_lowbit_with_no_command_is_analyze(monkeypatch):
+    import lowbit.analyze
+    from lowbit import cli
+
+    seen = []
+    monkeypatch.setattr(lowbit.analyze, "main", lambda argv: seen.append(list(argv)) or 0)
+    assert cli.main([]) == 0 and cli.main(["--case", "digits"]) == 0
+    assert cli.main(["analyze", "--sentences", "5"]) == 0
+    assert seen == [[], ["--case", "digits"], ["--sentences", "5"]]

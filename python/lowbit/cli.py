@@ -1,5 +1,5 @@
-"""The ``lowbit`` command line: ``lowbit info`` (the default job), ``lowbit bench`` and
-``lowbit analyze``."""
+"""The ``lowbit`` command line: ``lowbit analyze`` (the main job, and what ``lowbit`` with no
+command runs; it needs the ``lowbit[analyze]`` extra), ``lowbit info`` and ``lowbit bench``."""
 from __future__ import annotations
 
 import argparse
@@ -117,6 +117,8 @@ def info(stream=None) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["analyze", *argv]  # no command: the main job, with its options
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     sub = parser.add_subparsers(dest="cmd")
     sub.add_parser("info", help="version, build flags, devices, and backends per op")
@@ -137,8 +139,11 @@ def main(argv=None) -> int:
         return analyze_main(argv[argv.index("analyze") + 1:])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.cmd in (None, "info"):
+    if args.cmd == "info":
         return info()
+    if args.cmd is None:
+        parser.print_help()
+        return 2
     parser.error(f"unknown command {args.cmd}")
     return 2
 
