@@ -18,41 +18,15 @@ Run it on the full-precision model, then ``lowbit.quantize_(model, "int4")`` wit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .fold import InputGroup, apply_input_scale, input_groups
+from ._scaling import ScaledGroup, ScaleReport, best_factors, scale_groups
 from .scale_layout import check_group_size
-from .smoothquant import InputStats, collect_group_inputs
 
-
-@dataclass
-class AwqGroup:
-    linears: List[str]
-    producer: Optional[str]
-    alpha: Optional[float]  # None: not scaled
-    error_rtn: float = float("nan")  # relative int4 output error, round-to-nearest
-    error_awq: float = float("nan")
-    why: str = ""
-    how: str = ""  # "folded into <producer>" or "pre-scaled" (lowbit.nn.PreScale)
-
-
-@dataclass
-class AwqReport:
-    groups: List[AwqGroup] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = ["lowbit.awq:"]
-        for g in self.groups:
-            if g.alpha is not None:
-                lines.append(f"  {', '.join(g.linears)}: alpha {g.alpha:.2f}, {g.how}, "
-                             f"int4 error {g.error_rtn:.4g} -> {g.error_awq:.4g}")
-            else:
-                lines.append(f"  {', '.join(g.linears)}: not scaled ({g.why})")
-        return "\n".join(lines)
+AwqReport = ScaleReport  # what awq returns
 
 
 def int4_error(x: torch.Tensor, weights: Sequence[torch.Tensor], s: Optional[torch.Tensor],
@@ -88,55 +62,23 @@ def awq_factors(act_mean: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def awq(model: nn.Module, batches, *, group_size: int = 128, symmetric: bool = True,
         grid: int = 20, forward: Optional[Callable[[nn.Module, Any], Any]] = None,
-        prescale: bool = True) -> AwqReport:
+        prescale: bool = True) -> ScaleReport:
     """Fold AWQ scales into ``model`` (in place) from its activations over ``batches`` (as
     ``calibrate`` takes them); ``grid``: alpha in {0, 1/grid, ..., 1}. See the module
     docstring."""
     check_group_size("awq", group_size)
     if not isinstance(grid, int) or grid < 1:
         raise ValueError(f"awq: grid must be a positive int; got {grid!r}")
-    batches = list(batches)
-    if not batches:
-        raise ValueError("awq: batches is empty; give at least one calibration batch")
-    was = model.training
-    model.eval()
-    try:
-        groups = input_groups(model, batches[0], forward)
-        stats = collect_group_inputs(model, batches, groups, forward)
-        mods = dict(model.named_modules())
-        report = AwqReport()
-        for g in groups:
-            report.groups.append(_awq_group(model, mods, g, stats.get(g.linears[0]),
-                                            group_size, symmetric, grid, prescale))
-    finally:
-        model.train(was)
-    return report
 
+    def search(g, st, weights):
+        k = st.absmean.numel()
+        if k % group_size:
+            why = f"K = {k} is not a multiple of group_size = {group_size}"
+            return ScaledGroup(g.linears, g.producer, None, why=why), None
+        return best_factors(
+            g, ((i / grid, awq_factors(st.absmean, i / grid)) for i in range(1, grid + 1)),
+            lambda s: int4_error(st.rows, weights, s, group_size, symmetric),
+            "no alpha lowered the int4 error on the calibration rows (round-to-nearest kept)")
 
-def _awq_group(model, mods, g: InputGroup, st: Optional[InputStats], group_size, symmetric,
-               grid, prescale: bool) -> AwqGroup:
-    res = AwqGroup(g.linears, g.producer, None, why=g.why)
-    if g.producer is None and not prescale:
-        return res
-    if st is None:
-        res.why = "the calibration batches did not reach it"
-        return res
-    k = st.absmean.numel()
-    if k % group_size:
-        res.why = f"K = {k} is not a multiple of group_size = {group_size}"
-        return res
-    weights = [mods[n].weight.detach() for n in g.linears]
-    res.error_rtn = best = int4_error(st.rows, weights, None, group_size, symmetric)
-    best_s = None
-    for i in range(1, grid + 1):
-        a = i / grid
-        s = awq_factors(st.absmean, a)
-        err = int4_error(st.rows, weights, s, group_size, symmetric)
-        if err < best:
-            best, best_s, res.alpha = err, s, a
-    res.error_awq = best
-    if best_s is None:
-        res.why = "no alpha lowered the int4 error on the calibration rows (round-to-nearest kept)"
-        return res
-    res.how = apply_input_scale(model, g, best_s)
-    return res
+    report = ScaleReport("lowbit.awq", "int4 error", "not scaled", ".2f")
+    return scale_groups(model, batches, report, "awq", search, forward, prescale)

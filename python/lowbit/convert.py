@@ -125,14 +125,6 @@ def _excluder(filter: Filter, model: nn.Module) -> Callable[[str, nn.Module], bo
     return excluded
 
 
-def _parent(model: nn.Module, name: str) -> Tuple[nn.Module, str]:
-    *path, leaf = name.split(".")
-    parent = model
-    for p in path:
-        parent = getattr(parent, p)
-    return parent, leaf
-
-
 def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibration=None,
               group_size: int = 128, symmetric: bool = True,
               check_device: bool = True) -> QuantizeSummary:
@@ -186,8 +178,7 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
         if why is not None:
             summary.layers.append(LayerReport(name, False, why, before, before))
             continue
-        parent, leaf = _parent(model, name)
-        setattr(parent, leaf, new)
+        model.set_submodule(name, new)
         summary.layers.append(LayerReport(name, True, repr_short(new), before,
                                           module_bytes(new)))
     return summary

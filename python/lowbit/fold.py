@@ -19,7 +19,7 @@ group has a producer, and otherwise wraps each of its Linears in ``lowbit.nn.Pre
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -192,7 +192,5 @@ def apply_input_scale(model: nn.Module, group: InputGroup, s: torch.Tensor) -> s
     from .nn.prescale import PreScale
 
     for name in group.linears:
-        *path, leaf = name.split(".")
-        parent = model.get_submodule(".".join(path)) if path else model
-        setattr(parent, leaf, PreScale.wrap(getattr(parent, leaf), s))
+        model.set_submodule(name, PreScale.wrap(model.get_submodule(name), s))
     return "pre-scaled"

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ._batches import run_batch
+from ._scaling import collect_inputs
 
 from .convert import SCHEMES, QuantizeSummary, module_bytes, quantize_
 
@@ -56,30 +57,13 @@ def sensitivity(model: nn.Module, batches, schemes: Sequence[str] = DEFAULT_SCHE
     lin = _linears(model)
     if not lin:
         raise ValueError("sensitivity: the model has no nn.Linear layer")
-    seen: Dict[str, List[torch.Tensor]] = {}
-
-    def hook(name):
-        def pre(m, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            have = sum(t.shape[0] for t in seen.get(name, []))
-            if have < rows:
-                seen.setdefault(name, []).append(x[: rows - have].clone())
-        return pre
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in lin.items()]
-    try:
-        with torch.no_grad():
-            for b in batches:
-                run_batch(model, b, forward)
-    finally:
-        for h in handles:
-            h.remove()
+    seen = collect_inputs(model, batches, list(lin), forward, rows)
     out: Dict[str, Dict[str, float]] = {}
     with torch.no_grad():
         for name, m in lin.items():
             if name not in seen:
                 raise ValueError(f"sensitivity: the batches did not reach {name}")
-            x = torch.cat(seen[name])
+            x = seen[name].rows
             ref = m(x).double()
             out[name] = {}
             for s in schemes:

@@ -81,11 +81,7 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
         cfg["dtype"] = getattr(torch, cfg["dtype"])
         device = next((t.device for t in old.parameters()), torch.device("cpu"))
         new = cls(**cfg, device=device)
-        *path_, leaf = name.split(".")
-        parent = model
-        for p in path_:
-            parent = getattr(parent, p)
-        setattr(parent, leaf, new)
+        model.set_submodule(name, new)
     missing, unexpected = load_model(model, os.path.join(directory, STATE_FILE), strict=False,
                                      device=str(next((t.device for t in model.parameters()),
                                                      torch.device("cpu"))))

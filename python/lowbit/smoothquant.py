@@ -19,88 +19,14 @@ Run it on the full-precision model, then ``lowbit.quantize_(model, "int8")``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from ._batches import run_batch
+from ._scaling import ScaleReport, best_factors, scale_groups
 
-from .fold import InputGroup, apply_input_scale, input_groups
-
-SAMPLE_ROWS = 512  # calibration rows per group kept for the alpha search
-
-
-@dataclass
-class GroupResult:
-    linears: List[str]
-    producer: Optional[str]
-    alpha: Optional[float]  # None: not smoothed
-    error_before: float = float("nan")  # relative W8A8 output error on the calibration rows
-    error_after: float = float("nan")
-    why: str = ""
-    how: str = ""  # "folded into <producer>" or "pre-scaled" (lowbit.nn.PreScale)
-
-
-@dataclass
-class SmoothReport:
-    groups: List[GroupResult] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = ["lowbit.smooth_quant:"]
-        for g in self.groups:
-            if g.alpha is not None:
-                lines.append(f"  {', '.join(g.linears)}: alpha {g.alpha}, {g.how}, "
-                             f"W8A8 error {g.error_before:.4g} -> {g.error_after:.4g}")
-            else:
-                lines.append(f"  {', '.join(g.linears)}: not smoothed ({g.why})")
-        return "\n".join(lines)
-
-
-@dataclass
-class InputStats:
-    """What a group's input looked like over the calibration batches."""
-
-    absmax: torch.Tensor  # [K] per-channel max |x|
-    absmean: torch.Tensor  # [K] per-channel mean |x|
-    rows: torch.Tensor  # [<= SAMPLE_ROWS, K]: the first rows seen
-
-
-def collect_group_inputs(model: nn.Module, batches, groups: Sequence[InputGroup],
-                         forward=None) -> Dict[str, InputStats]:
-    """Per group (keyed by its first Linear): per-channel max and mean of |x| over
-    ``batches`` and the first ``SAMPLE_ROWS`` rows, gathered by pre-hooks (always removed)."""
-    mods = dict(model.named_modules())
-    acc: Dict[str, list] = {}  # name -> [absmax, abssum, count, rows]
-
-    def hook(name):
-        def pre(m, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            a = x.abs().float()
-            cur = acc.get(name)
-            if cur is None:
-                acc[name] = [a.amax(dim=0), a.sum(dim=0, dtype=torch.float64), x.shape[0],
-                             [x[:SAMPLE_ROWS].clone()]]
-                return
-            cur[0] = torch.maximum(cur[0], a.amax(dim=0))
-            cur[1] += a.sum(dim=0, dtype=torch.float64)
-            have = sum(r.shape[0] for r in cur[3])
-            cur[2] += x.shape[0]
-            if have < SAMPLE_ROWS:
-                cur[3].append(x[: SAMPLE_ROWS - have].clone())
-        return pre
-
-    handles = [mods[g.linears[0]].register_forward_pre_hook(hook(g.linears[0])) for g in groups]
-    try:
-        with torch.no_grad():
-            for b in batches:
-                run_batch(model, b, forward)
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: InputStats(m, (s / max(n, 1)).float(), torch.cat(r))
-            for name, (m, s, n, r) in acc.items()}
+SmoothReport = ScaleReport  # what smooth_quant returns
 
 
 def _w8a8_error(x: torch.Tensor, weights: Sequence[torch.Tensor], s: Optional[torch.Tensor]):
@@ -133,52 +59,19 @@ def smoothing_factors(act_max: torch.Tensor, weights: Sequence[torch.Tensor],
 
 def smooth_quant(model: nn.Module, batches, *, alpha: Union[float, Sequence[float]] = 0.5,
                  forward: Optional[Callable[[nn.Module, Any], Any]] = None,
-                 prescale: bool = True) -> SmoothReport:
+                 prescale: bool = True) -> ScaleReport:
     """Fold SmoothQuant factors into ``model`` (in place) from its activations over
     ``batches`` (each passed as ``calibrate`` passes it, or through ``forward(model,
     batch)``); see the module docstring. Returns what was done per group."""
     alphas = [float(alpha)] if isinstance(alpha, (int, float)) else [float(a) for a in alpha]
     if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):
         raise ValueError(f"smooth_quant: alpha must be in [0, 1] (or a list of such); got {alpha!r}")
-    batches = list(batches)
-    if not batches:
-        raise ValueError("smooth_quant: batches is empty; give at least one calibration batch")
-    example = batches[0]
-    was = model.training
-    model.eval()
-    try:
-        groups = input_groups(model, example, forward)
-        mods = dict(model.named_modules())
-        stats = collect_group_inputs(model, batches, groups, forward)
-        report = SmoothReport()
-        for g in groups:
-            st = stats.get(g.linears[0])
-            report.groups.append(_smooth_group(model, mods, g, st, alphas, prescale))
-    finally:
-        model.train(was)
-    return report
 
+    def search(g, st, weights):
+        return best_factors(
+            g, ((a, smoothing_factors(st.absmax, weights, a)) for a in alphas),
+            lambda s: _w8a8_error(st.rows, weights, s),
+            "no alpha lowered the W8A8 error on the calibration rows")
 
-def _smooth_group(model, mods, g: InputGroup, st: Optional["InputStats"],
-                  alphas, prescale: bool) -> GroupResult:
-    res = GroupResult(g.linears, g.producer, None, why=g.why)
-    if g.producer is None and not prescale:
-        return res
-    if st is None:
-        res.why = "the calibration batches did not reach it"
-        return res
-    weights = [mods[n].weight.detach() for n in g.linears]
-    act_max, x = st.absmax, st.rows
-    res.error_before = best = _w8a8_error(x, weights, None)
-    best_s = None
-    for a in alphas:
-        s = smoothing_factors(act_max, weights, a)
-        err = _w8a8_error(x, weights, s)
-        if err < best:
-            best, best_s, res.alpha = err, s, a
-    res.error_after = best
-    if best_s is None:
-        res.why = "no alpha lowered the W8A8 error on the calibration rows"
-        return res
-    res.how = apply_input_scale(model, g, best_s)
-    return res
+    report = ScaleReport("lowbit.smooth_quant", "W8A8 error", "not smoothed")
+    return scale_groups(model, batches, report, "smooth_quant", search, forward, prescale)

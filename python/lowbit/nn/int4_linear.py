@@ -12,7 +12,6 @@ cast of its activations), the weight is dequantized group by group inside the op
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from torch import nn
