@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _backend, _linear, api, ops
+from ._layer import (_check_linear, _copy_bias, _dtype_name, _layer_dtype_of, _new_bias,
+                     _static_act_scale)
 
 MODES = ("w8a8", "w8a16")
 
@@ -37,11 +39,12 @@ class Fp8Linear(nn.Module):
                              torch.ones(out_features, 1, dtype=torch.float32, device=device))
         self.register_buffer("act_scale", torch.ones((), dtype=torch.float32, device=device)
                              if static_act_scale else None)
-        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device),
-                                 requires_grad=False) if bias else None
+        self.bias = _new_bias(out_features, bias, dtype, device)
         # (input key, the module tensors it was built with, the chain): see forward.
         self._step = None
-        self._dtype = dtype  # the layer's dtype (its bias's), for config()
+        self._dtype = dtype  # the layer's dtype when it has no bias, for config()
+
+    dtype = property(_layer_dtype_of, doc=_layer_dtype_of.__doc__)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, mode: str = "w8a8",
@@ -51,8 +54,8 @@ class Fp8Linear(nn.Module):
         ``act_scale``: a static per-tensor activation scale (fp32 scalar, e.g. a calibrated
         absmax / 448); None quantizes activations per token at run time.
         """
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear must be an nn.Linear; got {type(linear).__name__}")
+        _check_linear(linear)
+        act_scale = _static_act_scale(act_scale)
         w = linear.weight.detach()
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode,
                   static_act_scale=act_scale is not None, device=w.device,
@@ -61,12 +64,8 @@ class Fp8Linear(nn.Module):
         mod.weight.copy_(q)
         mod.weight_scale.copy_(s)
         if act_scale is not None:
-            act_scale = torch.as_tensor(act_scale, dtype=torch.float32)
-            if act_scale.numel() != 1:
-                raise ValueError(f"act_scale must be a scalar; got shape {tuple(act_scale.shape)}")
             mod.act_scale.copy_(act_scale.reshape(()))
-        if linear.bias is not None:
-            mod.bias.data.copy_(linear.bias.detach())
+        _copy_bias(mod, linear)
         return mod
 
     def config(self) -> dict:
@@ -75,9 +74,7 @@ class Fp8Linear(nn.Module):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "mode": self.mode,
                 "static_act_scale": self.act_scale is not None,
-                "dtype": str(self.bias.dtype if self.bias is not None
-                             else getattr(self, "_dtype", torch.bfloat16)
-                             ).removeprefix("torch.")}
+                "dtype": _dtype_name(self.dtype)}
 
     def _state(self):
         return (self.weight, self.weight_scale, self.bias, self.act_scale)

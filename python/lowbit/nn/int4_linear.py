@@ -19,8 +19,8 @@ from torch import nn
 from .. import api, scale_layout
 from ..int4_weight import Int4Weight
 from ..ops import int4_scale_dtype
-from .int8_linear import (_check_linear, _copy_bias, _dtype_name, _layer_dtype,
-                          _layer_dtype_of, _new_bias, _rows)
+from ._layer import (_check_linear, _copy_bias, _dtype_name, _layer_dtype, _layer_dtype_of,
+                     _new_bias, _rows)
 
 
 class Int4Linear(nn.Module):

@@ -14,67 +14,17 @@ today) serves the module, eager or under ``torch.compile``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import api
+from ._layer import (_check_linear, _copy_bias, _dtype_name, _layer_dtype, _layer_dtype_of,
+                     _new_bias, _rows, _static_act_scale)
 
 MODES = ("w8a8", "w8a16")
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-# ---------------------------------------------- helpers shared with Int4Linear (int4_linear.py)
-def _layer_dtype(cls_name: str, dtype: Union[torch.dtype, str]) -> torch.dtype:
-    """The layer dtype as a torch dtype; the name config() writes ("bfloat16") is accepted,
-    so ``cls(**mod.config())`` rebuilds the module."""
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, dtype)
-    if dtype not in _DTYPES:
-        names = ", ".join(str(d).replace("torch.", "") for d in _DTYPES)
-        raise TypeError(f"{cls_name}: dtype must be one of {names}; got {dtype!r}")
-    return dtype
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def _layer_dtype_of(mod: nn.Module) -> torch.dtype:
-    """The layer dtype: the bias's when there is one (it follows ``module.to(dtype)``),
-    else the constructor's."""
-    return mod.bias.dtype if mod.bias is not None else mod._dtype
-
-
-def _check_linear(linear) -> None:
-    if not isinstance(linear, nn.Linear):
-        raise TypeError(f"linear must be an nn.Linear; got {type(linear).__name__}")
-
-
-def _copy_bias(mod: nn.Module, linear: nn.Linear) -> None:
-    if linear.bias is not None:
-        mod.bias.data.copy_(linear.bias.detach())
-
-
-def _new_bias(out_features: int, bias: bool, dtype, device) -> Optional[nn.Parameter]:
-    # A Parameter (not a buffer) in the layer dtype, as nn.Linear's: state_dict keys and
-    # dtype casts of the model treat it as they treat the original layer's bias.
-    if not bias:
-        return None
-    return nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device),
-                        requires_grad=False)
-
-
-def _rows(mod: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...]]:
-    """x [..., K] -> (x as [M, K], the output shape [..., N]); a ValueError naming the
-    module when x's last dimension is not in_features."""
-    if x.dim() == 0 or x.shape[-1] != mod.in_features:
-        raise ValueError(
-            f"{type(mod).__name__}: x must have last dimension in_features = "
-            f"{mod.in_features}; got shape {tuple(x.shape)}")
-    return x.reshape(-1, mod.in_features), (*x.shape[:-1], mod.out_features)
 
 
 class Int8Linear(nn.Module):
@@ -105,10 +55,7 @@ class Int8Linear(nn.Module):
         absmax / 127); None quantizes activations per token at run time.
         """
         _check_linear(linear)
-        if act_scale is not None:
-            act_scale = torch.as_tensor(act_scale, dtype=torch.float32)
-            if act_scale.numel() != 1:
-                raise ValueError(f"act_scale must be a scalar; got shape {tuple(act_scale.shape)}")
+        act_scale = _static_act_scale(act_scale)
         w = linear.weight.detach()
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode,
                   static_act_scale=act_scale is not None, device=w.device, dtype=w.dtype)

@@ -1,0 +1,71 @@
+"""What lowbit's quantized Linear modules share: the layer dtype, the bias, argument checks
+and the [M, K] view of the input."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _layer_dtype(cls_name: str, dtype: Union[torch.dtype, str]) -> torch.dtype:
+    """The layer dtype as a torch dtype; the name config() writes ("bfloat16") is accepted,
+    so ``cls(**mod.config())`` rebuilds the module."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, dtype)
+    if dtype not in _DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in _DTYPES)
+        raise TypeError(f"{cls_name}: dtype must be one of {names}; got {dtype!r}")
+    return dtype
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _layer_dtype_of(mod: nn.Module) -> torch.dtype:
+    """The layer dtype: the bias's when there is one (it follows ``module.to(dtype)``),
+    else the constructor's (bf16 for an Fp8Linear pickled before modules kept it)."""
+    return mod.bias.dtype if mod.bias is not None else getattr(mod, "_dtype", torch.bfloat16)
+
+
+def _check_linear(linear) -> None:
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"linear must be an nn.Linear; got {type(linear).__name__}")
+
+
+def _copy_bias(mod: nn.Module, linear: nn.Linear) -> None:
+    if linear.bias is not None:
+        mod.bias.data.copy_(linear.bias.detach())
+
+
+def _new_bias(out_features: int, bias: bool, dtype, device) -> Optional[nn.Parameter]:
+    # A Parameter (not a buffer) in the layer dtype, as nn.Linear's: state_dict keys and
+    # dtype casts of the model treat it as they treat the original layer's bias.
+    if not bias:
+        return None
+    return nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device),
+                        requires_grad=False)
+
+
+def _rows(mod: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...]]:
+    """x [..., K] -> (x as [M, K], the output shape [..., N]); a ValueError naming the
+    module when x's last dimension is not in_features."""
+    if x.dim() == 0 or x.shape[-1] != mod.in_features:
+        raise ValueError(
+            f"{type(mod).__name__}: x must have last dimension in_features = "
+            f"{mod.in_features}; got shape {tuple(x.shape)}")
+    return x.reshape(-1, mod.in_features), (*x.shape[:-1], mod.out_features)
+
+
+def _static_act_scale(act_scale) -> Optional[torch.Tensor]:
+    """``from_linear``'s ``act_scale`` as an fp32 tensor (None stays None); a ValueError
+    unless it is one value."""
+    if act_scale is None:
+        return None
+    act_scale = torch.as_tensor(act_scale, dtype=torch.float32)
+    if act_scale.numel() != 1:
+        raise ValueError(f"act_scale must be a scalar; got shape {tuple(act_scale.shape)}")
+    return act_scale
