@@ -9,13 +9,23 @@ namespace lowbit {
 
 // The kinds of operation a kernel implements; each has one launch binding and one entry-point
 // type (declared by the family that owns it).
-enum class OpKind : int { kFp8Quantize, kFp8Dequantize, kFp8Gemm };
+enum class OpKind : int {
+  kFp8Quantize,
+  kFp8Dequantize,
+  kFp8Gemm,
+  kInt8Quantize,
+  kInt8Dequantize,
+  kInt8Gemm,
+};
 
 inline const char* op_kind_name(OpKind k) {
   switch (k) {
     case OpKind::kFp8Quantize: return "fp8_quantize";
     case OpKind::kFp8Dequantize: return "fp8_dequantize";
     case OpKind::kFp8Gemm: return "fp8_gemm";
+    case OpKind::kInt8Quantize: return "int8_quantize";
+    case OpKind::kInt8Dequantize: return "int8_dequantize";
+    case OpKind::kInt8Gemm: return "int8_gemm";
   }
   return "?";
 }
