@@ -12,6 +12,9 @@
 //              a_scale_ld, b_scale_tile_rows, b_scale_tile_cols, b_scale_ld, bias_dtype,
 //              out_dtype, ldo, fast_accum)
 //     .launch(a, b, a_scale, b_scale, bias, out, stream)
+//   Int8GemmLaunch(kernel_id, M, N, K, lda, ldb, a_scale_per_row, b_scale_per_row,
+//                  a_zero_mode, bias_dtype, out_dtype, ldo)
+//     .launch(a, b, a_scale, b_scale, bias, a_zero, b_sum, out, stream)
 //   QuantizeLaunch(kernel_id, x_dtype, rows, cols, row_stride, col_stride, fmt, saturate,
 //                  tile_rows, tile_cols, hw_cvt)
 //     .launch(x, q, scale_in, scale_out, workspace, stream)
@@ -40,6 +43,7 @@
 #include "fp8/fp8_gemm.h"
 #include "fp8/fp8_kernels.h"
 #include "fp8/fp8_quant.h"
+#include "int8/int8_kernels.h"
 #endif
 
 #ifndef LOWBIT_CUDA_ARCHS_SOURCE
@@ -120,7 +124,7 @@ const std::vector<lowbit::KernelEntry>& all_kernels() {
   static const std::vector<lowbit::KernelEntry> rows = [] {
     std::vector<lowbit::KernelEntry> v;
 #ifdef LOWBIT_WITH_CUDA
-    for (const lowbit::KernelTable& t : {lowbit::fp8_kernel_table()})
+    for (const lowbit::KernelTable& t : {lowbit::fp8_kernel_table(), lowbit::int8_kernel_table()})
       for (size_t i = 0; i < t.size; ++i) v.push_back(t.rows[i]);
 #endif
     return v;
@@ -180,6 +184,16 @@ class Launch {
   Args args_{};
 };
 
+void set_gemm_shape(lowbit::GemmArgs& a, int M, int N, int K, int64_t lda, int64_t ldb,
+                    int64_t ldo) {
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.lda = lda;
+  a.ldb = ldb;
+  a.ldo = ldo;
+}
+
 // A GEMM operand's scale tile -> the kernels' mode: (0, 0) one scale, (1, 0) one per row,
 // else one per 128-wide block of K (`block_rows` x 128: 1 for a, 128 for b).
 lowbit::ScaleMode gemm_scale_mode(int64_t tile_rows, int64_t tile_cols, int64_t block_rows,
@@ -191,25 +205,20 @@ lowbit::ScaleMode gemm_scale_mode(int64_t tile_rows, int64_t tile_cols, int64_t 
                         ", " + std::to_string(tile_cols) + ") is not one the GEMMs take");
 }
 
-class GemmLaunch : Launch<lowbit::Fp8GemmFn, lowbit::Fp8GemmArgs, lowbit::OpKind::kFp8Gemm> {
+class GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kFp8Gemm> {
  public:
   GemmLaunch(int kernel_id, int M, int N, int K, int64_t lda, int64_t ldb,
              int64_t a_scale_tile_rows, int64_t a_scale_tile_cols, int64_t a_scale_ld,
              int64_t b_scale_tile_rows, int64_t b_scale_tile_cols, int64_t b_scale_ld,
              int bias_dtype, int out_dtype, int64_t ldo, bool fast_accum)
       : Launch(kernel_id) {
-    args_.M = M;
-    args_.N = N;
-    args_.K = K;
-    args_.lda = lda;
-    args_.ldb = ldb;
+    set_gemm_shape(args_, M, N, K, lda, ldb, ldo);
     args_.a_mode = gemm_scale_mode(a_scale_tile_rows, a_scale_tile_cols, 1, "a");
     args_.b_mode = gemm_scale_mode(b_scale_tile_rows, b_scale_tile_cols, 128, "b");
     args_.a_scale_ld = a_scale_ld;
     args_.b_scale_ld = b_scale_ld;
     args_.bias_dtype = enum_arg<lowbit::FloatType>(bias_dtype, "bias dtype");
     args_.out_dtype = enum_arg<lowbit::FloatType>(out_dtype, "out dtype");
-    args_.ldo = ldo;
     args_.fast_accum = fast_accum;
   }
 
@@ -227,6 +236,50 @@ class GemmLaunch : Launch<lowbit::Fp8GemmFn, lowbit::Fp8GemmArgs, lowbit::OpKind
 
  private:
   lowbit::TensorMapCache maps_;  // the sm_90a kernels' TMA maps of the last call, by operand
+};
+
+// An INT8 GEMM's launch for one call signature. Scales are per tensor or per row; a_zero_mode
+// 0: symmetric a, 1: one zero point, 2: one per row (then b_sum, b's row sums, is read);
+// out_dtype -1: the int32 accumulator itself (int8_mm: no scales, no bias).
+class Int8GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kInt8Gemm> {
+ public:
+  Int8GemmLaunch(int kernel_id, int M, int N, int K, int64_t lda, int64_t ldb,
+                 bool a_scale_per_row, bool b_scale_per_row, int a_zero_mode, int bias_dtype,
+                 int out_dtype, int64_t ldo)
+      : Launch(kernel_id) {
+    if (a_zero_mode < 0 || a_zero_mode > 2)
+      throw py::value_error("a_zero_mode must be 0, 1 or 2; got " + std::to_string(a_zero_mode));
+    set_gemm_shape(args_, M, N, K, lda, ldb, ldo);
+    args_.a_mode = a_scale_per_row ? lowbit::ScaleMode::kRow : lowbit::ScaleMode::kTensor;
+    args_.b_mode = b_scale_per_row ? lowbit::ScaleMode::kRow : lowbit::ScaleMode::kTensor;
+    args_.bias_dtype = enum_arg<lowbit::FloatType>(bias_dtype, "bias dtype");
+    args_.out_int32 = out_dtype == -1;
+    // An int32 output is stored as 4-byte elements, as fp32's are (alignment, pair stores).
+    args_.out_dtype = args_.out_int32 ? lowbit::FloatType::kF32
+                                      : enum_arg<lowbit::FloatType>(out_dtype, "out dtype");
+    has_zero_ = a_zero_mode != 0;
+    args_.a_zero_row = a_zero_mode == 2;
+  }
+
+  void launch(uintptr_t a, uintptr_t b, uintptr_t a_scale, uintptr_t b_scale, uintptr_t bias,
+              uintptr_t a_zero, uintptr_t b_sum, uintptr_t out, uintptr_t stream) {
+    if (has_zero_ && (a_zero == 0 || b_sum == 0))
+      throw py::value_error("a launch with zero points needs a_zero and b_sum");
+    args_.map_cache = &maps_;  // set per call: a copied launch keeps its own maps
+    args_.a = ptr<const uint8_t>(a);
+    args_.b = ptr<const uint8_t>(b);
+    args_.a_scale = ptr<const float>(a_scale);
+    args_.b_scale = ptr<const float>(b_scale);
+    args_.bias = ptr<const void>(bias);
+    args_.a_zero = has_zero_ ? ptr<const int32_t>(a_zero) : nullptr;
+    args_.b_sum = has_zero_ ? ptr<const int32_t>(b_sum) : nullptr;
+    args_.out = ptr<void>(out);
+    run(stream);
+  }
+
+ private:
+  bool has_zero_ = false;
+  lowbit::TensorMapCache maps_;
 };
 
 // A quantizer's scale tile -> the launchers' granularity (and group).
@@ -361,6 +414,16 @@ PYBIND11_MODULE(_C, m) {
            py::arg("fast_accum"))
       .def("launch", &GemmLaunch::launch, py::arg("a"), py::arg("b"), py::arg("a_scale"),
            py::arg("b_scale"), py::arg("bias"), py::arg("out"), py::arg("stream"));
+  py::class_<Int8GemmLaunch>(m, "Int8GemmLaunch",
+                             "An INT8 GEMM kernel's launch for one call signature: the exact "
+                             "int32 product, or (acc - a_zero * b_sum) * scales (+ bias)")
+      .def(py::init<int, int, int, int, int64_t, int64_t, bool, bool, int, int, int, int64_t>(),
+           py::arg("kernel_id"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("lda"),
+           py::arg("ldb"), py::arg("a_scale_per_row"), py::arg("b_scale_per_row"),
+           py::arg("a_zero_mode"), py::arg("bias_dtype"), py::arg("out_dtype"), py::arg("ldo"))
+      .def("launch", &Int8GemmLaunch::launch, py::arg("a"), py::arg("b"), py::arg("a_scale"),
+           py::arg("b_scale"), py::arg("bias"), py::arg("a_zero"), py::arg("b_sum"),
+           py::arg("out"), py::arg("stream"));
   py::class_<QuantizeLaunch>(m, "QuantizeLaunch",
                              "An FP8 quantize kernel's launch for one call signature: "
                              "q = encode(x * (1 / scale)), static or dynamic scales")

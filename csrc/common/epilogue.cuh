@@ -1,5 +1,5 @@
 // Epilogue helpers shared by lowbit's GEMM kernels: bias loads and output stores in the
-// three output dtypes, scalar and as pairs of adjacent columns.
+// three output dtypes, scalar and as pairs of adjacent columns; the INT8 accumulator's value.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/dtypes.h"
+#include "common/gemm_args.h"
 
 namespace lowbit {
 
@@ -48,6 +49,29 @@ __device__ __forceinline__ void store_out2(void* p, FloatType d, int64_t i, floa
 __host__ __device__ __forceinline__ bool pair_store_ok(const void* out, FloatType d, int64_t ldo) {
   const uintptr_t align = d == FloatType::kF32 ? 8 : 4;
   return (reinterpret_cast<uintptr_t>(out) % align) == 0 && ldo % 2 == 0;
+}
+
+// An INT8 accumulator as the epilogue's fp32 value: acc, or with asymmetric activations
+// acc - a_zero[m] * b_sum[n], exact (the product fits int32 for the K an int32 accumulator
+// allows, the difference may not: 64 bits), rounded once.
+__device__ __forceinline__ float int_acc_value(const GemmArgs& p, int32_t acc, int m, int n) {
+  if (p.a_zero == nullptr) return __int2float_rn(acc);
+  const int32_t z = p.a_zero[p.a_zero_row ? m : 0];
+  return __ll2float_rn(static_cast<int64_t>(acc) - z * p.b_sum[n]);
+}
+
+// int8_mm's output: the int32 accumulators of columns n and n + 1 of a row (n + 1 < N
+// tells whether the second exists), one 8-byte store when `pair` (aligned, see
+// pair_store_ok with an fp32 output).
+__device__ __forceinline__ void store_i32_pair(void* out, int64_t i, int32_t v0, int32_t v1,
+                                               bool second, bool pair) {
+  int32_t* o = static_cast<int32_t*>(out) + i;
+  if (pair && second) {
+    *reinterpret_cast<int2*>(o) = make_int2(v0, v1);
+  } else {
+    o[0] = v0;
+    if (second) o[1] = v1;
+  }
 }
 
 }  // namespace lowbit

@@ -22,6 +22,18 @@
 namespace lowbit {
 namespace sm90 {
 
+// The 8-bit operand types of wgmma (and the accumulator each comes with): e4m3 x e4m3 into
+// fp32, s8 x s8 into s32 (exact). One tag per type; the kernels take it as a template
+// parameter, so the FP8 and INT8 GEMMs are one mainloop.
+struct E4M3 {
+  using Acc = float;
+  static constexpr bool kInt = false;
+};
+struct S8 {
+  using Acc = int32_t;
+  static constexpr bool kInt = true;
+};
+
 #ifdef LOWBIT_SM90A
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count));
@@ -156,6 +168,11 @@ __device__ __forceinline__ void fence_regs(float (&d)[R]) {
 #pragma unroll
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
+template <int R>
+__device__ __forceinline__ void fence_regs(int32_t (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
 
 // The buffer of a double-buffered step loop, known at compile time (0 or 1), so that each
 // slot's registers stay fixed.
@@ -198,72 +215,70 @@ __device__ __forceinline__ void double_buffered_steps(int nk, Issue&& issue, Fin
   }
 }
 
-// d (64 x 128 fp32 fragment, 64 registers) (+)= A[64 x 32] * B[128 x 32]^T, both e4m3 from
-// shared memory. scale_d = 0 starts from zero.
-template <int kScaleD>
-__device__ __forceinline__ void wgmma_m64n128k32(float (&d)[64], uint64_t da, uint64_t db) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "
-      "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "
-      "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, %66, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),
-        "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),
-        "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),
-        "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),
-        "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),
-        "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),
-        "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]),
-        "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "n"(kScaleD));
+// Operand lists of the accumulator registers ("+f" for fp32, "+r" for s32) and their
+// placeholders, for the wgmma asm statements below.
+#define LOWBIT_ACC4(c, d, i) "+" c(d[i]), "+" c(d[i + 1]), "+" c(d[i + 2]), "+" c(d[i + 3])
+#define LOWBIT_ACC8(c, d, i) LOWBIT_ACC4(c, d, i), LOWBIT_ACC4(c, d, i + 4)
+#define LOWBIT_ACC16(c, d, i) LOWBIT_ACC8(c, d, i), LOWBIT_ACC8(c, d, i + 8)
+#define LOWBIT_ACC32(c, d, i) LOWBIT_ACC16(c, d, i), LOWBIT_ACC16(c, d, i + 16)
+#define LOWBIT_ACC64(c, d, i) LOWBIT_ACC32(c, d, i), LOWBIT_ACC32(c, d, i + 32)
+#define LOWBIT_REGS4 "{%0, %1, %2, %3}"
+#define LOWBIT_REGS8 "{%0, %1, %2, %3, %4, %5, %6, %7}"
+#define LOWBIT_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
+#define LOWBIT_REGS32                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "   \
+  "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define LOWBIT_REGS64                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "   \
+  "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "    \
+  "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "     \
+  "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+// The two descriptors and scale-d, the operands after R accumulator registers.
+#define LOWBIT_DESCS4 ", %4, %5, %6"
+#define LOWBIT_DESCS8 ", %8, %9, %10"
+#define LOWBIT_DESCS16 ", %16, %17, %18"
+#define LOWBIT_DESCS32 ", %32, %33, %34"
+#define LOWBIT_DESCS64 ", %64, %65, %66"
+// One wgmma of shape m64n<n>k32 with R accumulator registers: fp8 takes scale-d and the two
+// operand scales (1, 1), integer types scale-d only. scale_d = 0 starts from zero.
+#define LOWBIT_WGMMA(Op, n, R, d, da, db, kScaleD)                                            \
+  do {                                                                                        \
+    if constexpr (Op::kInt)                                                                   \
+      asm volatile("wgmma.mma_async.sync.aligned.m64n" #n "k32.s32.s8.s8 " LOWBIT_REGS##R   \
+                   LOWBIT_DESCS##R ";\n"                                                     \
+                   : LOWBIT_ACC##R("r", d, 0)                                                    \
+                   : "l"(da), "l"(db), "n"(kScaleD));                                         \
+    else                                                                                      \
+      asm volatile("wgmma.mma_async.sync.aligned.m64n" #n "k32.f32.e4m3.e4m3 " LOWBIT_REGS##R \
+                   LOWBIT_DESCS##R ", 1, 1;\n"                                               \
+                   : LOWBIT_ACC##R("f", d, 0)                                                    \
+                   : "l"(da), "l"(db), "n"(kScaleD));                                         \
+  } while (0)
+
+// d (64 x 128 fragment, 64 registers) (+)= A[64 x 32] * B[128 x 32]^T, both of type Op from
+// shared memory.
+template <class Op, int kScaleD>
+__device__ __forceinline__ void wgmma_m64n128k32(typename Op::Acc (&d)[64], uint64_t da,
+                                                 uint64_t db) {
+  LOWBIT_WGMMA(Op, 128, 64, d, da, db, kScaleD);
 }
 
-// Narrow-n wgmma for the swapped-operand small-M kernels: d (64 x N fp32 fragment, N / 2
-// registers) (+)= A[64 x 32] * B[N x 32]^T, both e4m3 from shared memory, N in {8, 16, 32,
-// 64}. Fragment: register 4j + {0, 1} holds row w*16 + lane/4, columns 8j + 2(lane%4) + {0, 1}
-// (w: warp of the warpgroup); 4j + {2, 3} the same columns of row + 8. scale_d = 0 starts
-// from zero.
-template <int N, int kScaleD>
-__device__ __forceinline__ void wgmma_m64nNk32(float (&d)[N / 2], uint64_t da, uint64_t db) {
+// Narrow-n wgmma for the swapped-operand small-M kernels: d (64 x N fragment, N / 2
+// registers) (+)= A[64 x 32] * B[N x 32]^T, both of type Op from shared memory, N in {8, 16,
+// 32, 64}. Fragment: register 4j + {0, 1} holds row w*16 + lane/4, columns 8j + 2(lane%4) +
+// {0, 1} (w: warp of the warpgroup); 4j + {2, 3} the same columns of row + 8.
+template <class Op, int N, int kScaleD>
+__device__ __forceinline__ void wgmma_m64nNk32(typename Op::Acc (&d)[N / 2], uint64_t da,
+                                               uint64_t db) {
   static_assert(N == 8 || N == 16 || N == 32 || N == 64, "wgmma_m64nNk32: N in 8/16/32/64");
   if constexpr (N == 8) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 "
-        "{%0, %1, %2, %3}, %4, %5, %6, 1, 1;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "l"(da), "l"(db), "n"(kScaleD));
+    LOWBIT_WGMMA(Op, 8, 4, d, da, db, kScaleD);
   } else if constexpr (N == 16) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, %10, 1, 1;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7])
-        : "l"(da), "l"(db), "n"(kScaleD));
+    LOWBIT_WGMMA(Op, 16, 8, d, da, db, kScaleD);
   } else if constexpr (N == 32) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-        "%16, %17, %18, 1, 1;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),
-          "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "l"(da), "l"(db), "n"(kScaleD));
+    LOWBIT_WGMMA(Op, 32, 16, d, da, db, kScaleD);
   } else {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, %34, 1, 1;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),
-          "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),
-          "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),
-          "+f"(d[31])
-        : "l"(da), "l"(db), "n"(kScaleD));
+    LOWBIT_WGMMA(Op, 64, 32, d, da, db, kScaleD);
   }
 }
 

@@ -66,7 +66,8 @@
 
 #include <atomic>
 
-#include "fp8/sm90_fp8_gemm.cuh"
+#include "common/sm90_gemm.cuh"
+#include "fp8/fp8_gemm.h"
 
 namespace lowbit {
 namespace sm90 {
@@ -132,10 +133,10 @@ template <int kN, int kScaleD>
 __device__ __forceinline__ void issue_step(float (&d)[kN / 2], uint32_t w_lo, uint32_t x_lo) {
   fence_regs(d);
   wgmma_fence();
-  wgmma_m64nNk32<kN, kScaleD>(d, desc_of(w_lo), desc_of(x_lo));
+  wgmma_m64nNk32<E4M3, kN, kScaleD>(d, desc_of(w_lo), desc_of(x_lo));
 #pragma unroll
   for (int kk = 1; kk < kBK / 32; ++kk)
-    wgmma_m64nNk32<kN, 1>(d, desc_of(w_lo + kk * 2), desc_of(x_lo + kk * 2));
+    wgmma_m64nNk32<E4M3, kN, 1>(d, desc_of(w_lo + kk * 2), desc_of(x_lo + kk * 2));
   wgmma_commit();
   fence_regs(d);
 }
@@ -144,7 +145,7 @@ __device__ __forceinline__ void issue_step(float (&d)[kN / 2], uint32_t w_lo, ui
 // f[2j + e]: the block scales of step kt (tokens past M get 0: their rows of the activation
 // tile are TMA zero-fill, and a_scale has no row for them).
 template <int kN>
-__device__ __forceinline__ void step_scales(const Fp8GemmArgs& p, int tile, int kt, int lane,
+__device__ __forceinline__ void step_scales(const GemmArgs& p, int tile, int kt, int lane,
                                             float (&f)[kN / 4]) {
   const float sb =
       p.b_mode == ScaleMode::kBlock ? __ldg(&p.b_scale[int64_t(tile) * p.b_scale_ld + kt]) : 1.f;
@@ -164,7 +165,7 @@ __device__ __forceinline__ void step_scales(const Fp8GemmArgs& p, int tile, int 
 // The same factors read from stage's scale slot, where the producer's TMA put them: a's
 // [kN tokens][4 steps] (tokens past M are TMA's zero fill), then b's 4 steps.
 template <int kN>
-__device__ __forceinline__ void step_scales_smem(const Fp8GemmArgs& p, const float* slot,
+__device__ __forceinline__ void step_scales_smem(const GemmArgs& p, const float* slot,
                                                  int kt, int lane, float (&f)[kN / 4]) {
   const float sb = p.b_mode == ScaleMode::kBlock ? slot[kN * 4 + (kt & 3)] : 1.f;
 #pragma unroll
@@ -194,7 +195,7 @@ __device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part
 // The consumer warpgroup's mainloop over steps [k_begin, k_end) of one tile; `it` counts the
 // steps consumed by this CTA so far (ring position and phase), in the producer's order.
 template <int kN, bool kPromote, bool kBlock, bool kScaleTma>
-__device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const Fp8GemmArgs& p,
+__device__ __forceinline__ int consume_tile(float (&acc)[kN / 2], const GemmArgs& p,
                                             const uint8_t* w_tiles, const uint8_t* x_tiles,
                                             const uint8_t* scales, uint64_t* full,
                                             uint64_t* empty, int tile, int k_begin, int k_end,
@@ -288,7 +289,7 @@ __device__ __forceinline__ void write_partial(float* red, const float (&acc)[kN 
 // (those not applied per step), bias, and the store. Consecutive threads take consecutive
 // output columns n, so the stores are coalesced.
 template <int kN, bool kBlock>
-__device__ __forceinline__ void reduce_store(const Fp8GemmArgs& p, const float* red, int tile,
+__device__ __forceinline__ void reduce_store(const GemmArgs& p, const float* red, int tile,
                                              int rank, int splits, int ctid) {
   const int first = rank * kTileN / splits, rows = (rank + 1) * kTileN / splits - first;
   const int tokens = min(p.M, kN);
@@ -335,7 +336,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 sm90_fp8_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
                             const __grid_constant__ CUtensorMap map_x,
                             const __grid_constant__ CUtensorMap map_sa,
-                            const __grid_constant__ CUtensorMap map_sb, const Fp8GemmArgs p) {
+                            const __grid_constant__ CUtensorMap map_sb, const GemmArgs p) {
 #ifdef LOWBIT_SM90A
   static_assert(kPromote || !kBlock, "block scales need promotion");
   static_assert(kBlock || !kScaleTma, "scales by TMA are block scales");
@@ -447,7 +448,7 @@ struct Maps {
 };
 
 template <int kN, bool kPromote, bool kBlock, bool kScaleTma>
-cudaError_t launch(const Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream) {
+cudaError_t launch(const Maps& maps, const GemmArgs& p, cudaStream_t stream) {
   using C = Config<kN, kScaleTma>;
   auto kernel = sm90_fp8_gemm_swapab_kernel<kN, kPromote, kBlock, kScaleTma>;
   int device = 0;
@@ -478,7 +479,7 @@ cudaError_t launch(const Maps& maps, const Fp8GemmArgs& p, cudaStream_t stream) 
 }
 
 template <int kN>
-cudaError_t dispatch(const Fp8GemmArgs& p, cudaStream_t stream) {
+cudaError_t dispatch(const GemmArgs& p, cudaStream_t stream) {
   Maps maps{};
   if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, kTileN, map_slot(p, TensorMapCache::kB)) ||
       !make_map_k128(&maps.x, p.a, p.M, p.K, p.lda, kN, map_slot(p, TensorMapCache::kA)))
@@ -498,7 +499,7 @@ cudaError_t dispatch(const Fp8GemmArgs& p, cudaStream_t stream) {
 }  // namespace swapab
 }  // namespace sm90
 
-cudaError_t sm90_fp8_gemm_swapab(const Fp8GemmArgs& p, cudaStream_t stream) {
+cudaError_t sm90_fp8_gemm_swapab(const GemmArgs& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   if (p.M < 0 || p.M > 64 || p.N < 0 || p.K <= 0) return cudaErrorInvalidValue;
   if (p.M <= 8) return sm90::swapab::dispatch<8>(p, stream);

@@ -213,6 +213,48 @@ def _fp8_scaled_mm(variant: str, shape: tuple) -> Case:
                 bytes_moved=m * k + n * k + 2 * m * n + 4 * (sa.numel() + sb.numel()))
 
 
+def int8(*shape) -> torch.Tensor:
+    return torch.randint(-127, 128, shape, device=DEVICE, dtype=torch.int8)
+
+
+def _int_mm_anchor(a, b):
+    """torch._int_mm (cuBLASLt int8, int32 out); it refuses M <= 16, which the row notes."""
+    return lambda: torch._int_mm(a, b.t())
+
+
+def _int8_gemm(variant: str, shape: tuple) -> Case:
+    """int8_mm (variant "mm": the exact int32 product) or int8_gemm ("row": per-token x
+    per-channel scales, bf16 out; "row_zero": the same with asymmetric activations)."""
+    import lowbit
+
+    m, n, k = shape
+    a, b = int8(m, k), int8(n, k)
+    x, w = bf16(m, k), bf16(n, k, std=0.02)
+    bf16_anchor = Anchor("F.linear bf16", lambda: F.linear(x, w), role="bf16", compare=False,
+                         counts=dict(bytes_moved=2 * (m * k + n * k + m * n),
+                                     weight_bytes=2 * n * k, ceiling="bf16"))
+    if variant == "mm":
+        return Case("int8_mm", variant, shape, (a, b), (lowbit.int8_mm, (a, b), {}),
+                    [Anchor("torch._int_mm", _int_mm_anchor(a, b)), bf16_anchor],
+                    flops=2 * m * n * k, weight_bytes=n * k, ceiling="int8",
+                    bytes_moved=m * k + n * k + 4 * m * n)
+    sa, sb = scales(m, 1), scales(n, 1)
+    z = (torch.randint(-128, 128, (m, 1), device=DEVICE, dtype=torch.int32)
+         if variant == "row_zero" else None)
+
+    def int_mm_scaled():  # what a torch user writes: _int_mm, then the epilogue in torch
+        acc = torch._int_mm(a, b.t()).float()
+        if z is not None:
+            acc = acc - z.float() * b.sum(1, dtype=torch.int32).float()
+        return (acc * sa * sb.t()).to(torch.bfloat16)
+
+    return Case("int8_gemm", variant, shape, (a, b, sa, sb, None, torch.bfloat16, z),
+                (lowbit.int8_gemm, (a, b, sa, sb), dict(a_zero=z)),
+                [Anchor("torch._int_mm + torch epilogue", int_mm_scaled), bf16_anchor],
+                flops=2 * m * n * k, weight_bytes=n * k, ceiling="int8",
+                bytes_moved=m * k + n * k + 2 * m * n + 4 * (m + n))
+
+
 def _quantize_fp8(variant: str, shape: tuple) -> Case:
     import lowbit
 
@@ -253,6 +295,8 @@ class OpBench:
 OPS = {
     "fp8_scaled_mm": OpBench("fp8_scaled_mm", "gemm", ("row", "tensor", "block", "row_fast"),
                              ("row", "tensor"), _fp8_scaled_mm),
+    "int8_mm": OpBench("int8_mm", "gemm", ("mm",), ("mm",), _int8_gemm),
+    "int8_gemm": OpBench("int8_gemm", "gemm", ("row", "row_zero"), ("row",), _int8_gemm),
     "quantize_fp8": OpBench("quantize_fp8", "cast", ("token", "tensor", "static"),
                             ("token", "tensor"), _quantize_fp8),
     "dequantize_fp8": OpBench("dequantize_fp8", "cast", ("token", "tensor"), ("token",),

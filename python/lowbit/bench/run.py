@@ -352,7 +352,8 @@ def measure_ceilings() -> dict:
     # fp8 tensor cores run at twice the bf16 rate on sm_89/sm_90 (datasheets): the fp8
     # ceiling is that multiple of the bf16 rate measured here, not a datasheet figure.
     return dict(copy_gbps=copy["gbps"], bf16_tflops=peak["tflops"], bf16_shape=peak["shape"],
-                peak_tflops={"bf16": peak["tflops"], "fp8": 2 * peak["tflops"]})
+                peak_tflops={"bf16": peak["tflops"], "fp8": 2 * peak["tflops"],
+                             "int8": 2 * peak["tflops"]})
 
 
 def header_lines(env: dict, ceilings: dict, argv, elapsed_s: float, complete: bool) -> list[str]:
@@ -371,7 +372,7 @@ def header_lines(env: dict, ceilings: dict, argv, elapsed_s: float, complete: bo
     if ceilings:
         lines.append(f"- ceilings measured here: copy {ceilings['copy_gbps'] / 1e3:.2f} TB/s (bytes "
                      f"read + written); bf16 matmul {ceilings['bf16_tflops']:.0f} TFLOP/s "
-                     f"({ceilings['bf16_shape']} F.linear); fp8 taken as twice that")
+                     f"({ceilings['bf16_shape']} F.linear); fp8 and int8 taken as twice that")
     lines.append(
         "- method: CUDA events, median of up to N reps after warm-up, L2 flushed between reps; "
         "rate = TFLOP/s for GEMMs, TB/s of bytes moved for casts; weight TB/s = weight bytes / "

@@ -9,7 +9,8 @@ A kernel is named in these two places only.
 
 This module holds what the op modules share: ``_C``'s availability, the device checks, the
 enum codes (from ``_C.enums()``), and registration. ``quantize`` (quantize_fp8,
-dequantize_fp8) and ``gemm`` (fp8_scaled_mm) register their ops on import.
+dequantize_fp8), ``gemm`` (fp8_scaled_mm) and ``int8_gemm`` (int8_mm, int8_gemm) register
+their ops on import.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .._device import capability, device_index
 __all__ = ["KERNELS", "SMALL_M_MAX", "available", "has_cuda_kernels", "kernel_id",
            "min_arch", "unlisted", "DTYPE_CODE", "FP8_FORMAT_CODE"]
 
-SMALL_M_MAX = 64  # the small-M GEMMs' largest M (kFp8SmallMMaxM in csrc/fp8/fp8_gemm.h)
+SMALL_M_MAX = 64  # the small-M GEMMs' largest M (kSmallMMaxM in csrc/common/gemm_args.h)
 _BIG = (1 << 31) - 128  # the GEMMs count rows and tiles in int32: M and N stay below this
 
 # op -> {kernel: (M range or None, priority, variant)}. Higher priority is tried first;
@@ -50,7 +51,14 @@ KERNELS: Dict[str, Dict[str, Tuple[Optional[Tuple[int, int]], int, Optional[str]
         "sm80_fp8_gemm_smallm": ((0, SMALL_M_MAX), 10, None),
         "sm80_fp8_gemm_mma": ((0, _BIG), 5, None),
     },
+    # The same kernels serve both INT8 GEMM ops (int8_mm stores the int32 accumulator).
+    "int8_mm": {
+        "sm90_int8_gemm_wgmma": ((SMALL_M_MAX + 1, _BIG), 30, None),
+        "sm80_int8_gemm_smallm": ((0, SMALL_M_MAX), 10, None),
+        "sm80_int8_gemm_mma": ((0, _BIG), 5, None),
+    },
 }
+KERNELS["int8_gemm"] = dict(KERNELS["int8_mm"])
 
 # The kernels of this build: name -> (op kind, min arch, kernel id).
 _BUILT: Dict[str, Tuple[str, int, int]] = (
@@ -125,4 +133,4 @@ def register(op: str, kind: str, make: Callable) -> None:
                         priority=priority, prepare=prepare)(run)
 
 
-from . import gemm, quantize  # noqa: E402,F401  (register the ops' kernels)
+from . import gemm, int8_gemm, quantize  # noqa: E402,F401  (register the ops' kernels)

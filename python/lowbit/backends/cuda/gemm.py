@@ -32,7 +32,7 @@ from .._device import OnDevice, arch_override, capability, device_index, raw_str
 from . import _BIG, DTYPE_CODE, SMALL_M_MAX, kernel_id, min_arch, register
 
 __all__ = ["SMALL_M_MAX", "PDL_ENV", "set_programmatic_launch", "programmatic_launch",
-           "gemm_launch"]
+           "gemm_launch", "kernel_supports", "operand_reason", "row_stride"]
 
 PDL_ENV = "LOWBIT_PDL"
 
@@ -73,7 +73,7 @@ def _aligned(t: torch.Tensor) -> bool:
     return t.shape[0] <= 1 or (t.stride(0) % 16 == 0 and t.stride(0) >= t.shape[1])
 
 
-def _row_stride(t: torch.Tensor) -> int:
+def row_stride(t: torch.Tensor) -> int:
     # The stride of a single row is arbitrary in torch (a [1, K] view may report 0 or any
     # value): the kernels get K, which is what a packed row would have.
     return t.stride(0) if t.shape[0] > 1 else t.shape[1]
@@ -91,11 +91,12 @@ def gemm_launch(kid: int, m: int, n: int, k: int, lda: int, ldb: int, a_scale_sh
                          DTYPE_CODE[out_dtype], n, bool(fast_accum))
 
 
-def _common(a, b) -> Optional[str]:
+def operand_reason(a, b, dtype: torch.dtype) -> Optional[str]:
+    """Why the 8-bit GEMM kernels cannot take operands a, b of ``dtype``, or None."""
     if a.device.type != "cuda":
         return f"needs CUDA tensors; got {a.device}"
-    if a.dtype != torch.float8_e4m3fn or b.dtype != torch.float8_e4m3fn:
-        return f"takes e4m3fn operands; got {a.dtype} x {b.dtype}"
+    if a.dtype != dtype or b.dtype != dtype:
+        return f"takes {str(dtype).replace('torch.', '')} operands; got {a.dtype} x {b.dtype}"
     if a.shape[1] == 0:
         return "K = 0"
     if a.shape[1] % 16:
@@ -107,16 +108,18 @@ def _common(a, b) -> Optional[str]:
     return None
 
 
-def _make_gemm(name: str, m_range, variant):
+def kernel_supports(name: str, m_range, dtype: torch.dtype):
+    """``supports(a, b, *rest)`` of GEMM kernel ``name``: its M range, the operands (``dtype``,
+    layout), this build and the device's arch."""
     kid, arch = kernel_id(name), min_arch(name)
 
-    def supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum) -> Optional[str]:
+    def supports(a, b, *rest) -> Optional[str]:
         # The M range first: it is the cheapest test, and the one that sorts the kernels of a
         # backend (every call of the GPU ops pays for the rejections before the choice).
         m = a.shape[0]
         if not m_range[0] <= m <= m_range[1]:
             return f"M = {m} outside [{m_range[0]}, {m_range[1]}]"
-        why = _common(a, b)
+        why = operand_reason(a, b, dtype)
         if why:
             return why
         if kid is None:
@@ -132,6 +135,13 @@ def _make_gemm(name: str, m_range, variant):
             return "needs sm_80 or newer"
         return None
 
+    return supports
+
+
+def _make_gemm(name: str, m_range, variant):
+    kid = kernel_id(name)
+    supports = kernel_supports(name, m_range, torch.float8_e4m3fn)
+
     def launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
         # The launch of one argument signature, for dense scales and bias and M, N > 0: every
         # value below is a function of the signature, so a remembered choice keeps this
@@ -141,7 +151,7 @@ def _make_gemm(name: str, m_range, variant):
         dev, idx, shape = a.device, a.device.index, (m, n)
         sa_ld = a_scale.stride(0) if a_scale.dim() == 2 else 0
         sb_ld = b_scale.stride(0) if b_scale.dim() == 2 else 0
-        launch = gemm_launch(kid, m, n, k, _row_stride(a), _row_stride(b), a_scale.shape, sa_ld,
+        launch = gemm_launch(kid, m, n, k, row_stride(a), row_stride(b), a_scale.shape, sa_ld,
                              b_scale.shape, sb_ld, None if bias is None else bias.dtype,
                              out_dtype, fast_accum).launch
         empty = torch.empty

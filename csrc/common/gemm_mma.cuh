@@ -1,6 +1,8 @@
-// Tiled FP8 GEMM on mma.sync, for any M: the sm_89 path (fp8 tensor cores, m16n8k32 e4m3)
-// and the sm_80 path (no fp8 tensor cores: fp8 widened to fp16 in registers, m16n8k16), one
-// kernel body with the tensor-core step as a policy.
+// Tiled 8-bit GEMM on mma.sync, for any M, one kernel body with the tensor-core step as a
+// policy: FP8 on sm_89 (fp8 tensor cores, m16n8k32 e4m3) and on sm_80 (no fp8 tensor cores:
+// fp8 widened to fp16 in registers, m16n8k16); INT8 on every arch from sm_80 (IMMA,
+// m16n8k32 s8, whose fragments are e4m3's, accumulating exactly in int32: no promotion, and
+// the epilogue converts once, int_acc_value).
 //
 // Tiles. A CTA computes a 128 x 128 tile of out with 8 warps (2 along M x 4 along N, 64 x 32
 // each: 4 x 4 m16n8 fragments). K advances 128 at a time: one K-step is one 128-wide scale
@@ -20,12 +22,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/epilogue.cuh"
 #include "common/launch.h"
 #include "common/mma_sync.cuh"
 #include "common/smem.cuh"
-#include "fp8/fp8_gemm.h"
+#include "common/gemm_args.h"
 
 namespace lowbit {
 namespace mma_tiled {
@@ -71,6 +74,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
 // m16n8k32 lays them out, b: 2 words). Widen first converts each fragment once per slice,
 // so a fragment shared by four mma tiles is converted once, not four times.
 struct Fp8Mma {
+  using Acc = float;
   static constexpr int kAWords = 4, kBWords = 2;
   __device__ __forceinline__ static void widen_a(uint32_t (&out)[4], const uint32_t (&in)[4]) {
 #pragma unroll
@@ -89,6 +93,7 @@ struct Fp8Mma {
 // The fp16 form of one k32 slice is two m16n8k16 (see mma_e4m3_word_as_f16 for the k order):
 // words 0-1 of a and word 0 of b, then words 2-3 of a and word 1 of b.
 struct F16WidenMma {
+  using Acc = float;
   static constexpr int kAWords = 8, kBWords = 4;
   __device__ __forceinline__ static void widen_a(uint32_t (&out)[8], const uint32_t (&in)[4]) {
 #pragma unroll
@@ -113,9 +118,25 @@ struct F16WidenMma {
   }
 };
 
+// s8 x s8 into int32: the fragments go to the tensor core as loaded.
+struct S8Mma {
+  using Acc = int32_t;
+  static constexpr int kAWords = 4, kBWords = 2;
+  __device__ __forceinline__ static void widen_a(uint32_t (&out)[4], const uint32_t (&in)[4]) {
+    Fp8Mma::widen_a(out, in);
+  }
+  __device__ __forceinline__ static void widen_b(uint32_t (&out)[2], uint32_t b0, uint32_t b1) {
+    Fp8Mma::widen_b(out, b0, b1);
+  }
+  __device__ __forceinline__ static void mma(int32_t (&c)[4], const uint32_t (&a)[4],
+                                             const uint32_t (&b)[2]) {
+    mma_s8_k32(c, a[0], a[1], a[2], a[3], b[0], b[1]);
+  }
+};
+
 // Copies K-step `ks` of the CTA's a rows [m0, m0 + 128) and b rows [n0, n0 + 128) into stage
 // smem (a tile, then b tile). Chunks past M, N or K are zero-filled.
-__device__ __forceinline__ void load_stage(const Fp8GemmArgs& p, uint32_t stage, int m0, int n0,
+__device__ __forceinline__ void load_stage(const GemmArgs& p, uint32_t stage, int m0, int n0,
                                            int ks) {
   const int64_t k0 = static_cast<int64_t>(ks) * kBK;
 #pragma unroll
@@ -133,7 +154,9 @@ __device__ __forceinline__ void load_stage(const Fp8GemmArgs& p, uint32_t stage,
 }
 
 template <typename Mma>
-__global__ void __launch_bounds__(kThreads) fp8_gemm_mma_kernel(const Fp8GemmArgs p) {
+__global__ void __launch_bounds__(kThreads) gemm_mma_kernel(const GemmArgs p) {
+  using Acc = typename Mma::Acc;
+  constexpr bool kInt = std::is_same<Acc, int32_t>::value;
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t smem0 = smem_u32(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -152,15 +175,16 @@ __global__ void __launch_bounds__(kThreads) fp8_gemm_mma_kernel(const Fp8GemmArg
 
   const int nk = (p.K + kBK - 1) / kBK;
   const bool a_block = p.a_mode == ScaleMode::kBlock, b_block = p.b_mode == ScaleMode::kBlock;
-  const bool promote = !p.fast_accum || a_block || b_block;
+  const bool promote = !kInt && (!p.fast_accum || a_block || b_block);
 
-  float acc[kMT][kNT][4], part[kMT][kNT][4];
+  float acc[kMT][kNT][4];
+  Acc part[kMT][kNT][4];
 #pragma unroll
   for (int i = 0; i < kMT; ++i)
 #pragma unroll
     for (int j = 0; j < kNT; ++j)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) acc[i][j][c] = part[i][j][c] = 0.f;
+      for (int c = 0; c < 4; ++c) acc[i][j][c] = part[i][j][c] = 0;
 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -227,7 +251,7 @@ __global__ void __launch_bounds__(kThreads) fp8_gemm_mma_kernel(const Fp8GemmArg
 #pragma unroll
           for (int c = 0; c < 4; ++c) {
             acc[i][j][c] = fmaf(part[i][j][c], sa[i][c / 2] * sb, acc[i][j][c]);
-            part[i][j][c] = 0.f;
+            part[i][j][c] = 0;
           }
     }
   }
@@ -241,6 +265,16 @@ __global__ void __launch_bounds__(kThreads) fp8_gemm_mma_kernel(const Fp8GemmArg
     for (int h = 0; h < 2; ++h) {
       const int m = m0 + wm * (kMT * 16) + i * 16 + h * 8 + g;
       if (m >= p.M) continue;
+      if (kInt && p.out_int32) {  // int8_mm: the accumulators as they are
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          const int n = n0 + wn * (kNT * 8) + j * 8 + 2 * t;
+          if (n < p.N)
+            store_i32_pair(p.out, static_cast<int64_t>(m) * p.ldo + n, part[i][j][2 * h],
+                           part[i][j][2 * h + 1], n + 1 < p.N, pairs);
+        }
+        continue;
+      }
       const float fa = a_block ? 1.f : p.a_scale[p.a_mode == ScaleMode::kRow ? m : 0];
 #pragma unroll
       for (int j = 0; j < kNT; ++j) {
@@ -250,7 +284,10 @@ __global__ void __launch_bounds__(kThreads) fp8_gemm_mma_kernel(const Fp8GemmArg
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int ne = n + e < p.N ? n + e : n;
-          v[e] = promote ? acc[i][j][2 * h + e] : part[i][j][2 * h + e];
+          if constexpr (kInt)
+            v[e] = int_acc_value(p, part[i][j][2 * h + e], m, ne);
+          else
+            v[e] = promote ? acc[i][j][2 * h + e] : part[i][j][2 * h + e];
           v[e] *= fa;
           if (!b_block) v[e] *= p.b_scale[p.b_mode == ScaleMode::kRow ? ne : 0];
           if (p.bias) v[e] += load_bias(p.bias, p.bias_dtype, ne);
@@ -267,7 +304,7 @@ __global__ void __launch_bounds__(kThreads) fp8_gemm_mma_kernel(const Fp8GemmArg
 }
 
 template <typename Mma>
-cudaError_t launch(const Fp8GemmArgs& p, cudaStream_t stream) {
+cudaError_t launch(const GemmArgs& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   if (p.M < 0 || p.N < 0 || p.K <= 0 || p.K % 16) return cudaErrorInvalidValue;
   const int64_t tiles = static_cast<int64_t>((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
@@ -276,7 +313,7 @@ cudaError_t launch(const Fp8GemmArgs& p, cudaStream_t stream) {
   int device = 0;
   cudaError_t e = current_device(device);
   if (e != cudaSuccess) return e;
-  auto kernel = fp8_gemm_mma_kernel<Mma>;
+  auto kernel = gemm_mma_kernel<Mma>;
   e = opt_in_smem(kernel, kSmemBytes, device, smem_set);
   if (e != cudaSuccess) return e;
   kernel<<<static_cast<unsigned>(tiles), kThreads, kSmemBytes, stream>>>(p);

@@ -1,22 +1,22 @@
-// What the two sm_90a FP8 GEMMs (wgmma, swapab) share beyond the generic sm_90a primitives:
-// the TMA maps over their block scales.
+// What the sm_90a GEMMs (wgmma, swapab) share beyond the generic sm_90a primitives: the
+// cached TMA maps of their operands and the maps over block scales.
 #pragma once
 #include "common/epilogue.cuh"
+#include "common/gemm_args.h"
 #include "common/sm90.cuh"
-#include "fp8/fp8_gemm.h"
 
 namespace lowbit {
 namespace sm90 {
 
 // The cache slot of an operand's map, or null when the launch keeps no cache.
-inline TensorMapCache::Slot* map_slot(const Fp8GemmArgs& p, TensorMapCache::Role role) {
+inline TensorMapCache::Slot* map_slot(const GemmArgs& p, TensorMapCache::Role role) {
   return p.map_cache != nullptr ? p.map_cache->slot(role) : nullptr;
 }
 
 // Maps over the block scales of a GEMM's block-scaled operands: a's [M, ceil(K/128)] in boxes
 // of a_box_rows x 4 steps, b's [ceil(N/128), ceil(K/128)] in boxes of 1 x 4. False when TMA
 // cannot address one of them (the kernel then loads them).
-inline bool make_block_scale_maps(CUtensorMap* sa, CUtensorMap* sb, const Fp8GemmArgs& p,
+inline bool make_block_scale_maps(CUtensorMap* sa, CUtensorMap* sb, const GemmArgs& p,
                                   int a_box_rows) {
   const int kb = (p.K + 127) / 128;
   return (p.a_mode != ScaleMode::kBlock ||

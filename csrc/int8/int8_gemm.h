@@ -1,0 +1,20 @@
+// INT8 GEMM launchers, one per kernel of the family table (int8_kernels.cpp), each a GemmFn
+// (common/gemm_args.h): int8 a [M, K] and b [N, K], exact int32 accumulation, then either the
+// int32 accumulator itself (out_int32: int8_mm) or the fp32 epilogue of int8_gemm
+// (acc - a_zero[m] * b_sum[n]) * a_scale * b_scale (+ bias), per tensor or per row scales.
+// They are the FP8 kernels' templates instantiated with s8 operands.
+#pragma once
+#include "common/gemm_args.h"
+
+namespace lowbit {
+
+// Tiled mma.sync IMMA GEMM (m16n8k32 s8, any M; 128 x 128 tiles): every arch from sm_80.
+GemmFn sm80_int8_gemm_mma;
+
+// Small-M (decode, M <= kSmallMMaxM) IMMA GEMM, split-K inside a CTA: every arch from sm_80.
+GemmFn sm80_int8_gemm_smallm;
+
+// sm_90a (TMA + s8 wgmma, persistent, warp-specialized), for M above the small-M range.
+GemmFn sm90_int8_gemm_wgmma;
+
+}  // namespace lowbit

@@ -1,0 +1,12 @@
+// The INT8 instantiation of the sm_90a wgmma GEMM (common/sm90_gemm_wgmma.cuh): s8 operands,
+// exact int32 accumulation (IGMMA), the int8_gemm epilogue or the raw int32 of int8_mm.
+#include "common/sm90_gemm_wgmma.cuh"
+#include "int8/int8_gemm.h"
+
+namespace lowbit {
+
+cudaError_t sm90_int8_gemm_wgmma(const GemmArgs& p, cudaStream_t stream) {
+  return sm90::gemm_wgmma<sm90::S8>(p, stream);
+}
+
+}  // namespace lowbit
