@@ -21,6 +21,12 @@
 //   DequantizeLaunch(kernel_id, rows, cols, row_stride, col_stride, fmt, scale_tile_rows,
 //                    scale_tile_cols, scale_ld, out_dtype)
 //     .launch(q, scale, out, stream)
+//   Int8QuantizeLaunch(kernel_id, x_dtype, rows, cols, row_stride, col_stride, symmetric,
+//                      tile_rows, tile_cols)
+//     .launch(x, q, scale_in, zero_in, scale_out, zero_out, workspace, stream)
+//   Int8DequantizeLaunch(kernel_id, rows, cols, row_stride, col_stride, scale_tile_rows,
+//                        scale_tile_cols, scale_ld, out_dtype)
+//     .launch(q, scale, zero, out, stream)
 //   Fp8LinearLaunch(quantize_launch, gemm_launch, scale_offset, amax_offset)
 //     .launch(x, x_scale, b, b_scale, bias, workspace, out, stream)
 // A Launch object is built once per call signature (it checks and converts everything but
@@ -44,6 +50,7 @@
 #include "fp8/fp8_kernels.h"
 #include "fp8/fp8_quant.h"
 #include "int8/int8_kernels.h"
+#include "int8/int8_quant.h"
 #endif
 
 #ifndef LOWBIT_CUDA_ARCHS_SOURCE
@@ -283,9 +290,9 @@ class Int8GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::
 };
 
 // A quantizer's scale tile -> the launchers' granularity (and group).
-lowbit::fp8::Granularity quant_granularity(int64_t tile_rows, int64_t tile_cols,
-                                           int64_t& group) {
-  using G = lowbit::fp8::Granularity;
+lowbit::quant::Granularity quant_granularity(int64_t tile_rows, int64_t tile_cols,
+                                             int64_t& group) {
+  using G = lowbit::quant::Granularity;
   if (tile_rows == 0 && tile_cols == 0) return G::kTensor;
   if (tile_rows == 1 && tile_cols == 0) return G::kRow;
   if (tile_rows == 1 && (tile_cols == 32 || tile_cols == 64 || tile_cols == 128)) {
@@ -297,6 +304,30 @@ lowbit::fp8::Granularity quant_granularity(int64_t tile_rows, int64_t tile_cols,
                         std::to_string(tile_cols) + ") is not one the kernels take");
 }
 
+// The fields of a quantize launch that every family shares.
+void set_view(lowbit::quant::QuantizeView& v, int x_dtype, int64_t rows, int64_t cols,
+              int64_t row_stride, int64_t col_stride, int64_t tile_rows, int64_t tile_cols) {
+  v.x_type = enum_arg<lowbit::FloatType>(x_dtype, "x dtype");
+  v.rows = rows;
+  v.cols = cols;
+  v.row_stride = row_stride;
+  v.col_stride = col_stride;
+  v.granularity = quant_granularity(tile_rows, tile_cols, v.group);
+}
+
+void set_view(lowbit::quant::DequantizeView& v, int64_t rows, int64_t cols, int64_t row_stride,
+              int64_t col_stride, int64_t scale_tile_rows, int64_t scale_tile_cols,
+              int64_t scale_ld, int out_dtype) {
+  v.rows = rows;
+  v.cols = cols;
+  v.row_stride = row_stride;
+  v.col_stride = col_stride;
+  v.scale_tile_rows = scale_tile_rows;
+  v.scale_tile_cols = scale_tile_cols;
+  v.scale_ld = scale_ld;
+  v.out_type = enum_arg<lowbit::FloatType>(out_dtype, "out dtype");
+}
+
 class QuantizeLaunch : Launch<lowbit::fp8::QuantizeFn, lowbit::fp8::QuantizeArgs,
                               lowbit::OpKind::kFp8Quantize> {
  public:
@@ -304,14 +335,9 @@ class QuantizeLaunch : Launch<lowbit::fp8::QuantizeFn, lowbit::fp8::QuantizeArgs
                  int64_t col_stride, int fmt, bool saturate, int64_t tile_rows,
                  int64_t tile_cols, bool hw_cvt)
       : Launch(kernel_id) {
-    args_.x_type = enum_arg<lowbit::FloatType>(x_dtype, "x dtype");
-    args_.rows = rows;
-    args_.cols = cols;
-    args_.row_stride = row_stride;
-    args_.col_stride = col_stride;
+    set_view(args_, x_dtype, rows, cols, row_stride, col_stride, tile_rows, tile_cols);
     args_.fmt = enum_arg<lowbit::Fp8Format>(fmt, "fp8 format");
     args_.saturate = saturate;
-    args_.granularity = quant_granularity(tile_rows, tile_cols, args_.group);
     args_.hw_cvt = hw_cvt;
   }
 
@@ -334,19 +360,57 @@ class DequantizeLaunch : Launch<lowbit::fp8::DequantizeFn, lowbit::fp8::Dequanti
                    int64_t scale_ld, int out_dtype)
       : Launch(kernel_id) {
     args_.fmt = enum_arg<lowbit::Fp8Format>(fmt, "fp8 format");
-    args_.rows = rows;
-    args_.cols = cols;
-    args_.row_stride = row_stride;
-    args_.col_stride = col_stride;
-    args_.scale_tile_rows = scale_tile_rows;
-    args_.scale_tile_cols = scale_tile_cols;
-    args_.scale_ld = scale_ld;
-    args_.out_type = enum_arg<lowbit::FloatType>(out_dtype, "out dtype");
+    set_view(args_, rows, cols, row_stride, col_stride, scale_tile_rows, scale_tile_cols,
+             scale_ld, out_dtype);
   }
 
   void launch(uintptr_t q, uintptr_t scale, uintptr_t out, uintptr_t stream) {
     args_.q = ptr<const void>(q);
     args_.scale = ptr<const float>(scale);
+    args_.out = ptr<void>(out);
+    run(stream);
+  }
+};
+
+class Int8QuantizeLaunch : Launch<lowbit::int8::QuantizeFn, lowbit::int8::QuantizeArgs,
+                                  lowbit::OpKind::kInt8Quantize> {
+ public:
+  Int8QuantizeLaunch(int kernel_id, int x_dtype, int64_t rows, int64_t cols,
+                     int64_t row_stride, int64_t col_stride, bool symmetric, int64_t tile_rows,
+                     int64_t tile_cols)
+      : Launch(kernel_id) {
+    set_view(args_, x_dtype, rows, cols, row_stride, col_stride, tile_rows, tile_cols);
+    args_.symmetric = symmetric;
+  }
+
+  void launch(uintptr_t x, uintptr_t q, uintptr_t scale_in, uintptr_t zero_in,
+              uintptr_t scale_out, uintptr_t zero_out, uintptr_t workspace, uintptr_t stream) {
+    args_.x = ptr<const void>(x);
+    args_.q = ptr<void>(q);
+    args_.scale_in = ptr<const float>(scale_in);
+    args_.zero_in = ptr<const int32_t>(zero_in);
+    args_.scale_out = ptr<float>(scale_out);
+    args_.zero_out = ptr<int32_t>(zero_out);
+    args_.workspace = ptr<uint32_t>(workspace);
+    run(stream);
+  }
+};
+
+class Int8DequantizeLaunch : Launch<lowbit::int8::DequantizeFn, lowbit::int8::DequantizeArgs,
+                                    lowbit::OpKind::kInt8Dequantize> {
+ public:
+  Int8DequantizeLaunch(int kernel_id, int64_t rows, int64_t cols, int64_t row_stride,
+                       int64_t col_stride, int64_t scale_tile_rows, int64_t scale_tile_cols,
+                       int64_t scale_ld, int out_dtype)
+      : Launch(kernel_id) {
+    set_view(args_, rows, cols, row_stride, col_stride, scale_tile_rows, scale_tile_cols,
+             scale_ld, out_dtype);
+  }
+
+  void launch(uintptr_t q, uintptr_t scale, uintptr_t zero, uintptr_t out, uintptr_t stream) {
+    args_.q = ptr<const void>(q);
+    args_.scale = ptr<const float>(scale);
+    args_.zero = ptr<const int32_t>(zero);
     args_.out = ptr<void>(out);
     run(stream);
   }
@@ -444,6 +508,26 @@ PYBIND11_MODULE(_C, m) {
            py::arg("scale_tile_cols"), py::arg("scale_ld"), py::arg("out_dtype"))
       .def("launch", &DequantizeLaunch::launch, py::arg("q"), py::arg("scale"), py::arg("out"),
            py::arg("stream"));
+  py::class_<Int8QuantizeLaunch>(m, "Int8QuantizeLaunch",
+                                 "An INT8 quantize kernel's launch for one call signature: "
+                                 "q = clamp(rint(x * (1 / scale)) + zero), static or dynamic "
+                                 "scales, symmetric or asymmetric")
+      .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, bool, int64_t, int64_t>(),
+           py::arg("kernel_id"), py::arg("x_dtype"), py::arg("rows"), py::arg("cols"),
+           py::arg("row_stride"), py::arg("col_stride"), py::arg("symmetric"),
+           py::arg("tile_rows"), py::arg("tile_cols"))
+      .def("launch", &Int8QuantizeLaunch::launch, py::arg("x"), py::arg("q"),
+           py::arg("scale_in"), py::arg("zero_in"), py::arg("scale_out"), py::arg("zero_out"),
+           py::arg("workspace"), py::arg("stream"));
+  py::class_<Int8DequantizeLaunch>(m, "Int8DequantizeLaunch",
+                                   "An INT8 dequantize kernel's launch for one call signature: "
+                                   "out = (q - zero) * scale")
+      .def(py::init<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>(),
+           py::arg("kernel_id"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
+           py::arg("col_stride"), py::arg("scale_tile_rows"), py::arg("scale_tile_cols"),
+           py::arg("scale_ld"), py::arg("out_dtype"))
+      .def("launch", &Int8DequantizeLaunch::launch, py::arg("q"), py::arg("scale"),
+           py::arg("zero"), py::arg("out"), py::arg("stream"));
   py::class_<Fp8LinearLaunch>(m, "Fp8LinearLaunch",
                               "An FP8 linear layer's forward for one call signature: quantize "
                               "the activations into a workspace, then the GEMM, in one call")

@@ -1,314 +1,70 @@
-// FP8 quantize / dequantize launchers: argument validation, the choice of kernel and view,
-// and the launches (kernels in fp8_quant_kernels.cuh, launch shapes in
-// fp8_launch_heuristics.h). Host code only; nothing here synchronizes the host.
+// FP8 quantize / dequantize launchers: the FP8 codec's fields on the shared launchers
+// (common/quant_launch.cu: validation, view, kernel choice; kernels in
+// common/quant_kernels.cuh with the codecs of fp8_codec.cuh). Host code only; nothing here
+// synchronizes the host.
 #include <cuda_runtime.h>
 
-#include <cstdint>
-
-#include "common/launch.h"
-#include "fp8/fp8_launch_heuristics.h"
+#include "common/quant_launch.h"
 #include "fp8/fp8_quant.h"
 #include "fp8/fp8_quant_launch.h"
 
 namespace lowbit {
 namespace fp8 {
 
-using detail::ceil_div;
-using detail::KernelParams;
-using detail::kShiftAll;
-using detail::QuantKernel;
-using detail::QuantLaunch;
-
 namespace {
 
-bool valid(Granularity g) {
-  return g == Granularity::kTensor || g == Granularity::kRow || g == Granularity::kGroup ||
-         g == Granularity::kBlock128;
-}
+namespace q = quant::detail;
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-// log2 of a tile extent (1, 32, 64, 128), kShiftAll for 0 (the whole extent), -1 otherwise.
-int tile_shift(int64_t extent) {
-  switch (extent) {
-    case 0: return kShiftAll;
-    case 1: return 0;
-    case 32: return 5;
-    case 64: return 6;
-    case 128: return 7;
-    default: return -1;
-  }
-}
-
-// The SM count of the current device (common/launch.h's cache); 132 when unknown, which only
-// sizes the amax grid.
-int sm_count() {
-  int dev = 0;
-  const int sms = current_device(dev) == cudaSuccess ? lowbit::sm_count(dev) : 0;
-  if (sms == 0) cudaGetLastError();
-  return sms > 0 ? sms : 132;
-}
-
-// sm_89+ has cvt.rn.satfinite.{e4m3,e5m2}x2.f32; the kernels built for sm_80 do not.
-bool device_has_fp8_cvt() {
-  int dev = 0;
-  if (current_device(dev) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return compute_capability(dev) >= 89;
-}
-
-// Strides of size-1 dimensions carry no meaning; give them the contiguous value.
-void normalize_strides(int64_t rows, int64_t cols, int64_t& row_stride, int64_t& col_stride) {
-  if (cols <= 1) col_stride = 1;
-  if (rows <= 1) row_stride = cols;
-}
-
-// Vector-access flags for the [rows, cols] view in p: 16-byte loads need an aligned base,
-// unit column stride and aligned row starts; 16-byte stores need aligned output rows.
-void set_vector_flags(KernelParams& p, int in_bytes, int out_bytes) {
-  p.vec_load = aligned16(p.x) && p.col_stride == 1 &&
-               (p.rows <= 1 || (p.row_stride * in_bytes) % 16 == 0);
-  p.vec_store = aligned16(p.out) && (p.rows <= 1 || (p.cols * out_bytes) % 16 == 0);
-}
-
-cudaError_t launch_quant(FloatType t, const QuantLaunch& l, cudaStream_t stream) {
-  switch (t) {
-    case FloatType::kF32: return detail::launch_quant_f32(l, stream);
-    case FloatType::kBF16: return detail::launch_quant_bf16(l, stream);
-    case FloatType::kF16: return detail::launch_quant_f16(l, stream);
-  }
-  return cudaErrorInvalidValue;
-}
-
-// A launch of the row kernels (quantize or dequantize) shaped by `plan`.
-template <class Launch>
-void use_plan(Launch& l, const detail::RowsLaunch& plan) {
-  l.p.team = plan.team;
-  l.p.seg_chunks = plan.seg_chunks;
-  l.p.nsegs = plan.nsegs;
-  l.grid = plan.grid;
-  l.threads = plan.threads;
-}
-
-// A streaming row-kernel launch (static or pass-2 scales, per-group dynamic scales).
-cudaError_t launch_streaming(FloatType t, QuantLaunch l, int min_team, cudaStream_t stream) {
-  use_plan(l, detail::plan_streaming(l.p.rows, ceil_div(l.p.cols, 16),
-                                     detail::cache_chunks(t), min_team));
-  return launch_quant(t, l, stream);
-}
-
-}  // namespace
-
-namespace {
-
-// A quantize launch as every kernel sets it up: the argument checks, the [rows, cols] view
-// (strides normalized), the codec choice; n: the element count, nscales: the number of
-// scales written (and read, when static).
-struct Setup {
-  cudaError_t err = cudaSuccess;
-  QuantLaunch l;
-  int64_t n = 0, nscales = 0;
+const q::QuantFamily kFamily = {
+    {detail::launch_quant_f32, detail::launch_quant_bf16, detail::launch_quant_f16},
+    detail::launch_write_scale,
+    1,  // the amax word
 };
 
-Setup setup(const QuantizeArgs& a) {
-  Setup s;
-  s.err = cudaErrorInvalidValue;
-  if (!valid(a.fmt) || !valid(a.x_type) || !valid(a.granularity)) return s;
-  if (a.rows < 0 || a.cols < 0 || a.row_stride < 0 || a.col_stride < 0) return s;
-  if (a.granularity == Granularity::kGroup && tile_shift(a.group) < 5) return s;
-  const int64_t n = s.n = a.rows * a.cols;
-  int64_t& nscales = s.nscales;
-  switch (a.granularity) {
-    case Granularity::kTensor: nscales = 1; break;
-    case Granularity::kRow: nscales = a.rows; break;
-    case Granularity::kGroup: nscales = a.rows * ceil_div(a.cols, a.group); break;
-    case Granularity::kBlock128: nscales = ceil_div(a.rows, 128) * ceil_div(a.cols, 128); break;
-  }
-  // Empty tensors may come with null pointers; only what will be touched must be valid.
-  if ((n > 0 && (a.x == nullptr || a.q == nullptr)) ||
-      (nscales > 0 && (a.scale_out == nullptr))) {
-    return s;
-  }
-  s.l.hw_cvt = a.hw_cvt && a.saturate && a.fmt != Fp8Format::kE4M3FNUZ && device_has_fp8_cvt();
-  KernelParams& p = s.l.p;
-  p.fmt = a.fmt;
-  p.saturate = a.saturate;
-  p.x = a.x;
-  p.out = a.q;
-  p.rows = a.rows;
-  p.cols = a.cols;
-  p.row_stride = a.row_stride;
-  p.col_stride = a.col_stride;
-  normalize_strides(p.rows, p.cols, p.row_stride, p.col_stride);
-  p.scale_out = a.scale_out;
-  s.err = cudaSuccess;
-  return s;
+// The codec's fields of a launch; false for an unknown format.
+bool codec_of(const QuantizeArgs& a, q::QuantLaunch& l) {
+  if (!valid(a.fmt)) return false;
+  l.hw_cvt = a.hw_cvt && a.saturate && a.fmt != Fp8Format::kE4M3FNUZ && q::device_has_fp8_cvt();
+  l.p.fmt = a.fmt;
+  l.p.saturate = a.saturate;
+  return true;
 }
 
-// setup() for the dynamic-scale kernel of granularity g.
-Setup setup_dynamic(const QuantizeArgs& a, Granularity g) {
-  if (a.scale_in != nullptr || a.granularity != g) {
-    Setup s;
-    s.err = cudaErrorInvalidValue;
-    return s;
-  }
-  return setup(a);
-}
-
-// A per-tensor scale makes the op elementwise: a contiguous input is one long row, which the
-// streaming kernel cuts into segments (vector access for any row length).
-void flatten_if_contiguous(KernelParams& p, int64_t n) {
-  if (p.col_stride == 1 && p.row_stride == p.cols) {
-    p.rows = n > 0 ? 1 : 0;
-    p.cols = n;
-    p.row_stride = n;
-  }
+template <q::SharedQuantizeFn* kLaunch>
+cudaError_t quantize_with(const QuantizeArgs& a, cudaStream_t stream) {
+  q::QuantLaunch l;
+  if (!codec_of(a, l)) return cudaErrorInvalidValue;
+  return kLaunch(a, l, kFamily, stream);
 }
 
 }  // namespace
 
 cudaError_t quantize_static(const QuantizeArgs& a, cudaStream_t stream) {
-  Setup s = setup(a);
-  if (s.err != cudaSuccess) return s.err;
-  // An empty scale tensor (no rows, or no columns to group) may come with a null pointer.
-  if (s.nscales > 0 && a.scale_in == nullptr) return cudaErrorInvalidValue;
-  QuantLaunch& l = s.l;
-  KernelParams& p = l.p;
-  const int64_t n = s.n;
-  switch (a.granularity) {
-    case Granularity::kTensor:
-      break;
-    case Granularity::kRow:
-      p.th_shift = 0;
-      p.s_ld = 1;
-      break;
-    case Granularity::kGroup:
-      p.th_shift = 0;
-      p.tw_shift = tile_shift(a.group);
-      p.s_ld = ceil_div(a.cols, a.group);
-      break;
-    case Granularity::kBlock128:
-      p.th_shift = 7;
-      p.tw_shift = 7;
-      p.s_ld = ceil_div(a.cols, 128);
-      break;
-  }
-  if (n == 0) {  // no element to quantize: the scale still goes out
-    if (s.nscales == 0) return cudaSuccess;
-    return cudaMemcpyAsync(a.scale_out, a.scale_in, size_t(s.nscales) * sizeof(float),
-                           cudaMemcpyDeviceToDevice, stream);
-  }
-  p.scale_in = a.scale_in;
-  if (a.granularity == Granularity::kTensor) flatten_if_contiguous(p, n);
-  set_vector_flags(p, elem_bytes(a.x_type), 1);
-  l.kernel = QuantKernel::kStream;
-  return launch_streaming(a.x_type, l, 4, stream);
+  return quantize_with<q::quantize_static>(a, stream);
 }
 
 cudaError_t quantize_per_tensor(const QuantizeArgs& a, cudaStream_t stream) {
-  Setup s = setup_dynamic(a, Granularity::kTensor);
-  if (s.err != cudaSuccess) return s.err;
-  QuantLaunch& l = s.l;
-  KernelParams& p = l.p;
-  const int64_t n = s.n;
-  // Pass 1: amax over the whole input into the workspace word; pass 2: every CTA turns the
-  // word into the scale and quantizes. Ordered by the stream, no host sync.
-  if (a.workspace == nullptr) return cudaErrorInvalidValue;
-  cudaError_t err = cudaMemsetAsync(a.workspace, 0, sizeof(uint32_t), stream);
-  if (err != cudaSuccess) return err;
-  p.amax_key = a.workspace;
-  if (n == 0) return detail::launch_write_scale(a.fmt, l, stream);
-  flatten_if_contiguous(p, n);
-  set_vector_flags(p, elem_bytes(a.x_type), 1);
-  QuantLaunch amax = l;
-  amax.kernel = QuantKernel::kAmax;
-  amax.p.workspace = a.workspace;
-  amax.threads = detail::kAmaxBlockThreads;
-  amax.grid = detail::plan_amax_grid(p.rows * ceil_div(p.cols, 16), detail::kAmaxBlockThreads,
-                                     detail::cache_chunks(a.x_type), sm_count());
-  err = launch_quant(a.x_type, amax, stream);
-  if (err != cudaSuccess) return err;
-  l.kernel = QuantKernel::kStream;  // th_shift = tw_shift = 63, s_ld = 0: one scale
-  return launch_streaming(a.x_type, l, 4, stream);
+  return quantize_with<q::quantize_per_tensor>(a, stream);
 }
 
 cudaError_t quantize_per_token(const QuantizeArgs& a, cudaStream_t stream) {
-  Setup s = setup_dynamic(a, Granularity::kRow);
-  if (s.err != cudaSuccess || a.rows == 0) return s.err;
-  QuantLaunch& l = s.l;
-  KernelParams& p = l.p;
-  set_vector_flags(p, elem_bytes(a.x_type), 1);
-  l.kernel = QuantKernel::kDynRow;
-  use_plan(l, detail::plan_dyn_row(p.rows, ceil_div(p.cols, 16), detail::cache_chunks(a.x_type)));
-  return launch_quant(a.x_type, l, stream);
+  return quantize_with<q::quantize_per_token>(a, stream);
 }
 
 cudaError_t quantize_per_group(const QuantizeArgs& a, cudaStream_t stream) {
-  Setup s = setup_dynamic(a, Granularity::kGroup);
-  if (s.err != cudaSuccess || s.n == 0) return s.err;
-  QuantLaunch& l = s.l;
-  KernelParams& p = l.p;
-  set_vector_flags(p, elem_bytes(a.x_type), 1);
-  l.kernel = QuantKernel::kStream;
-  p.dyn_group = true;
-  p.group_lanes = static_cast<int>(a.group / 16);
-  p.th_shift = 0;
-  p.tw_shift = tile_shift(a.group);
-  p.s_ld = ceil_div(a.cols, a.group);
-  return launch_streaming(a.x_type, l, p.group_lanes > 4 ? p.group_lanes : 4, stream);
+  return quantize_with<q::quantize_per_group>(a, stream);
 }
 
 cudaError_t quantize_per_block128(const QuantizeArgs& a, cudaStream_t stream) {
-  Setup s = setup_dynamic(a, Granularity::kBlock128);
-  if (s.err != cudaSuccess || s.n == 0) return s.err;
-  QuantLaunch& l = s.l;
-  set_vector_flags(l.p, elem_bytes(a.x_type), 1);
-  l.kernel = QuantKernel::kDynBlock128;
-  l.threads = detail::kBlock128Threads;
-  l.grid = std::min(detail::kMaxGrid, ceil_div(a.rows, 128) * ceil_div(a.cols, 128));
-  return launch_quant(a.x_type, l, stream);
+  return quantize_with<q::quantize_per_block128>(a, stream);
 }
 
 cudaError_t dequantize(const DequantizeArgs& a, cudaStream_t stream) {
-  if (!valid(a.fmt) || !valid(a.out_type)) return cudaErrorInvalidValue;
-  if (a.rows < 0 || a.cols < 0 || a.row_stride < 0 || a.col_stride < 0 || a.scale_ld < 0) {
-    return cudaErrorInvalidValue;
-  }
-  const int th = tile_shift(a.scale_tile_rows);
-  const int tw = tile_shift(a.scale_tile_cols);
-  if (th < 0 || (th > 0 && th < 7 && th != kShiftAll) || tw < 0 || tw == 0) {
-    return cudaErrorInvalidValue;  // tile rows 0, 1 or 128; tile cols 0, 32, 64 or 128
-  }
-  const int64_t n = a.rows * a.cols;
-  if (n == 0) return cudaSuccess;
-  if (a.q == nullptr || a.out == nullptr || a.scale == nullptr) return cudaErrorInvalidValue;
-
-  detail::DequantLaunch l;
+  if (!valid(a.fmt)) return cudaErrorInvalidValue;
+  q::DequantLaunch l;
   l.fmt = a.fmt;
-  l.out_type = a.out_type;
-  KernelParams& p = l.p;
-  p.fmt = a.fmt;
-  p.x = a.q;
-  p.out = a.out;
-  p.rows = a.rows;
-  p.cols = a.cols;
-  p.row_stride = a.row_stride;
-  p.col_stride = a.col_stride;
-  normalize_strides(p.rows, p.cols, p.row_stride, p.col_stride);
-  p.scale_in = a.scale;
-  p.th_shift = th;
-  p.tw_shift = tw;
-  p.s_ld = a.scale_ld;
-  if (th == kShiftAll && tw == kShiftAll && p.col_stride == 1 && p.row_stride == p.cols) {
-    p.rows = 1;  // per-tensor scale, contiguous codes: one long row, cut into segments
-    p.cols = n;
-    p.row_stride = n;
-  }
-  set_vector_flags(p, 1, elem_bytes(a.out_type));
-  use_plan(l, detail::plan_streaming(p.rows, ceil_div(p.cols, 16), detail::kDequantCacheChunks, 4));
-  return detail::launch_dequant(l, stream);
+  l.p.fmt = a.fmt;
+  return q::dequantize(a, l, detail::launch_dequant, stream);
 }
 
 }  // namespace fp8

@@ -13,54 +13,25 @@
 #include <cstdint>
 
 #include "common/dtypes.h"
+#include "common/quant_args.h"
 
 namespace lowbit {
 namespace fp8 {
 
-// How scales tile the input viewed as [rows, cols], as the launchers read it (the launch
-// binding maps the (tile_rows, tile_cols) it is given to this).
-enum class Granularity : int {
-  kTensor = 0,    // one scale, shape ()
-  kRow = 1,       // one per row (token / channel), [rows] (any [..., 1] view of it)
-  kGroup = 2,     // one per 1 x group elements of a row, [rows, ceil(cols / group)]; covers
-                  // `group` granularity (group = 32/64/128) and 1x128 activation blocks
-  kBlock128 = 3,  // one per 128 x 128 tile, [ceil(rows / 128), ceil(cols / 128)]
-};
+using quant::Granularity;
 
-struct QuantizeArgs {
-  const void* x = nullptr;  // input, viewed as [rows, cols] with strides in elements
-  FloatType x_type = FloatType::kBF16;
-  int64_t rows = 0, cols = 0, row_stride = 0, col_stride = 1;
-  void* q = nullptr;  // output codes, [rows, cols] contiguous
+struct QuantizeArgs : quant::QuantizeView {
   Fp8Format fmt = Fp8Format::kE4M3FN;
   bool saturate = true;
-  Granularity granularity = Granularity::kTensor;
-  int64_t group = 128;  // kGroup only: 32, 64 or 128
-  // Static scales in the granularity's layout (row-major, contiguous), or nullptr for
-  // dynamic scales computed from the input.
-  const float* scale_in = nullptr;
-  // Receives the scales used (a copy of scale_in when static), same layout.
-  float* scale_out = nullptr;
-  // kTensor with dynamic scale: one uint32 of device memory (zeroed here, on the stream).
-  uint32_t* workspace = nullptr;
   // sm_89+: use cvt.rn.satfinite for saturate=True e4m3fn / e5m2 (ignored elsewhere).
   bool hw_cvt = false;
 };
 
-struct DequantizeArgs {
-  const void* q = nullptr;  // codes, viewed as [rows, cols] with strides in elements
+struct DequantizeArgs : quant::DequantizeView {
   Fp8Format fmt = Fp8Format::kE4M3FN;
-  int64_t rows = 0, cols = 0, row_stride = 0, col_stride = 1;
-  // scale[(r / tile_rows) * scale_ld + c / tile_cols]; tile_rows is 1 or 128, tile_cols is
-  // 32, 64 or 128; 0 in either means the whole extent (scale_ld is then ignored for columns:
-  // use tile_cols = 0 for per-row scales, both 0 for a per-tensor scale).
-  const float* scale = nullptr;
-  int64_t scale_tile_rows = 0, scale_tile_cols = 0, scale_ld = 0;
-  void* out = nullptr;  // [rows, cols] contiguous
-  FloatType out_type = FloatType::kBF16;
 };
 
-// Bytes of device workspace QuantizeArgs::workspace must point to.
+// Bytes of device workspace QuantizeArgs::workspace must point to (the amax word).
 constexpr size_t kQuantizeWorkspaceBytes = 4;
 
 // The quantize kernels of the family table (fp8_kernels.cpp), one launcher each:

@@ -9,31 +9,15 @@ namespace lowbit {
 namespace fp8 {
 namespace detail {
 
-template <FloatType T, class C>
+template <FloatType T, class Enc>
 cudaError_t launch_with_codec(const QuantLaunch& l, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(l.grid));
-  const dim3 block(static_cast<unsigned>(l.threads));
-  switch (l.kernel) {
-    case QuantKernel::kStream:
-      quant_rows_kernel<T, C, QuantKernel::kStream><<<grid, block, 0, stream>>>(l.p);
-      break;
-    case QuantKernel::kDynRow:
-      quant_rows_kernel<T, C, QuantKernel::kDynRow><<<grid, block, 0, stream>>>(l.p);
-      break;
-    case QuantKernel::kDynBlock128:
-      quant_block128_kernel<T, C><<<grid, block, 0, stream>>>(l.p);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return launch_rows<T, Fp8Codec<Enc>>(l, stream);
 }
 
 template <FloatType T>
 cudaError_t launch_quant(const QuantLaunch& l, cudaStream_t stream) {
   if (l.kernel == QuantKernel::kAmax) {
-    amax_kernel<T><<<dim3(static_cast<unsigned>(l.grid)), dim3(kAmaxThreads), 0, stream>>>(l.p);
-    return cudaGetLastError();
+    return launch_amax<T, AbsKey>(l, stream);
   }
   // Templated codecs for the saturating e4m3fn / e5m2 casts real models run; one generic
   // codec for e4m3fnuz and saturate=False (fp8_codec.cuh).

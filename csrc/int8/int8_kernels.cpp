@@ -8,14 +8,22 @@
 #include <iterator>
 
 #include "int8/int8_gemm.h"
+#include "int8/int8_quant.h"
 
 namespace lowbit {
 
 namespace {
 
+constexpr OpKind kQ = OpKind::kInt8Quantize;
 constexpr OpKind kGemm = OpKind::kInt8Gemm;
 
 const KernelEntry kInt8Kernels[] = {
+    {"cuda_int8_quant_static", kQ, 80, as_entry(&int8::quantize_static)},
+    {"cuda_int8_quant_per_tensor", kQ, 80, as_entry(&int8::quantize_per_tensor)},
+    {"cuda_int8_quant_per_token", kQ, 80, as_entry(&int8::quantize_per_token)},
+    {"cuda_int8_quant_per_group", kQ, 80, as_entry(&int8::quantize_per_group)},
+    {"cuda_int8_quant_per_block128", kQ, 80, as_entry(&int8::quantize_per_block128)},
+    {"cuda_int8_dequant", OpKind::kInt8Dequantize, 80, as_entry(&int8::dequantize)},
 #ifdef LOWBIT_HAVE_SM90A
     {"sm90_int8_gemm_wgmma", kGemm, 90, as_entry(&sm90_int8_gemm_wgmma)},
 #endif

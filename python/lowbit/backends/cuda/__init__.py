@@ -9,8 +9,8 @@ A kernel is named in these two places only.
 
 This module holds what the op modules share: ``_C``'s availability, the device checks, the
 enum codes (from ``_C.enums()``), and registration. ``quantize`` (quantize_fp8,
-dequantize_fp8), ``gemm`` (fp8_scaled_mm) and ``int8_gemm`` (int8_mm, int8_gemm) register
-their ops on import.
+dequantize_fp8), ``int8_quantize`` (quantize_int8, dequantize_int8), ``gemm``
+(fp8_scaled_mm) and ``int8_gemm`` (int8_mm, int8_gemm) register their ops on import.
 """
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ KERNELS: Dict[str, Dict[str, Tuple[Optional[Tuple[int, int]], int, Optional[str]
     },
     "dequantize_fp8": {
         "cuda_fp8_dequant": (None, 10, None),
+    },
+    "quantize_int8": {
+        "cuda_int8_quant_static": (None, 10, "static"),
+        "cuda_int8_quant_per_tensor": (None, 10, "tensor"),
+        "cuda_int8_quant_per_token": (None, 10, "row"),
+        "cuda_int8_quant_per_group": (None, 10, "group"),
+        "cuda_int8_quant_per_block128": (None, 10, "block128"),
+    },
+    "dequantize_int8": {
+        "cuda_int8_dequant": (None, 10, None),
     },
     # At M <= 64 the small-M kernels come before the tiled ones, which take the rest.
     "fp8_scaled_mm": {
@@ -133,4 +143,4 @@ def register(op: str, kind: str, make: Callable) -> None:
                         priority=priority, prepare=prepare)(run)
 
 
-from . import gemm, int8_gemm, quantize  # noqa: E402,F401  (register the ops' kernels)
+from . import gemm, int8_gemm, int8_quantize, quantize  # noqa: E402,F401  (register the ops' kernels)

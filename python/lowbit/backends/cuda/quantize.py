@@ -123,35 +123,46 @@ def _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, bloc
     return launch
 
 
-def _make_quantize(name: str, m_range, variant: str):
+def make_quantize(name: str, variant: str, static_name: str, launcher, n_given: int,
+                  tiling):
+    """(run, supports, prepare) of quantize kernel ``name`` of a family whose op takes
+    ``(x, *given, *params)``: ``given`` the ``n_given`` (1 or 2) static tensors (scale, zero
+    point; None when dynamic), ``params`` the rest. ``launcher(kid, x, geometry, given,
+    params)`` returns ``launch(src, *given)`` for inputs of x's signature whose rows are ``src``
+    ([rows, cols] with strides rs, cs: ``geometry``), everything but the pointers worked out
+    once; ``tiling(params)`` -> (granularity, block). ``variant`` as in ``KERNELS``;
+    ``static_name`` the family's static-scale kernel."""
     kid = kernel_id(name)
 
-    def run(x, scale, fmt, granularity, group_size, block, saturate):
+    def run(x, *rest):
         v, *geometry = _rows_view(x)
-        if scale is not None:
-            scale = scale.contiguous()
-        return _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, block,
-                                saturate)(v, scale)
+        given = tuple(None if t is None else t.contiguous() for t in rest[:n_given])
+        return launcher(kid, x, geometry, given, rest[n_given:])(v, *given)
 
-    def prepare(x, scale, fmt, granularity, group_size, block, saturate):
+    def prepare(x, *rest):
         # A remembered signature keeps its launch. Inputs whose rows are no view of x (a copy
-        # per call) and static scales that are not dense keep the general path.
+        # per call) and static tensors that are not dense keep the general path.
         v, *geometry = _rows_view(x)
+        given = rest[:n_given]
         if (v.data_ptr() != x.data_ptr() or x.numel() == 0 or
-                (scale is not None and not scale.is_contiguous())):
+                any(t is not None and not t.is_contiguous() for t in given)):
             return run
-        launch = _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, block,
-                                  saturate)
-        return lambda x, scale, fmt, granularity, group_size, block, saturate: launch(x, scale)
+        launch = launcher(kid, x, geometry, given, rest[n_given:])
+        if n_given == 1:
+            return lambda x, scale, *_: launch(x, scale)
+        return lambda x, scale, zero, *_: launch(x, scale, zero)
 
-    def supports(x, scale, fmt, granularity, group_size, block, saturate) -> Optional[str]:
+    def supports(x, scale, *rest) -> Optional[str]:
         why = device_reason(x)
         if why:
             return why
+        if kid is None:
+            return "not in this build of lowbit._C"
         if variant == "static":
             return None if scale is not None else "dynamic scale (this kernel takes a given scale)"
         if scale is not None:
-            return f"static scale (served by {_STATIC})"
+            return f"static scale (served by {static_name})"
+        granularity, block = tiling(rest[n_given - 1:])
         if _dynamic_variant(granularity, block) != variant:
             return f"granularity={granularity!r} block={tuple(block)} is another kernel's"
         return None
@@ -160,27 +171,45 @@ def _make_quantize(name: str, m_range, variant: str):
     return run, supports, prepare
 
 
+def _fp8_launcher(kid, x, geometry, given, params):
+    return _quantize_launch(kid, x, geometry, given[0], *params)
+
+
+def _make_quantize(name: str, m_range, variant: str):
+    # params: fmt, granularity, group_size, block, saturate
+    return make_quantize(name, variant, _STATIC, _fp8_launcher, 1, lambda p: (p[1], p[3]))
+
+
 register("quantize_fp8", "fp8_quantize", _make_quantize)
 
 
 # -------------------------------------------------------------------------- dequantize_fp8
+def dequantize_into(q, scale, out_dtype, binding, codec_args, extra_ptrs=()):
+    """A new ``out_dtype`` tensor of q's shape: codes ``q`` with ``scale`` (any layout)
+    through the launch ``binding(*view, *codec_args, tile_rows, tile_cols, scale_ld,
+    out_dtype_code)``, launched with (q, scale, *extra_ptrs, out, stream)."""
+    dev = q.device
+    out = torch.empty(q.shape, dtype=out_dtype, device=dev)
+    if q.numel() == 0:
+        return out
+    v, rows, cols, rs, cs = _rows_view(q)
+    tile_rows, tile_cols = scale_tile(scale.shape, q.shape)
+    scale = scale.contiguous()
+    launch = binding(rows, cols, rs, cs, *codec_args, tile_rows, tile_cols,
+                     scale_ld(scale.shape), DTYPE_CODE[out_dtype]).launch
+    with OnDevice(dev):
+        launch(v.data_ptr(), scale.data_ptr(), *extra_ptrs, out.data_ptr(),
+               raw_stream(device_index(dev)))
+    return out
+
+
 def _make_dequantize(name: str, m_range, variant):
     kid = kernel_id(name)
 
     def run(q, scale, out_dtype):
-        dev = q.device
-        out = torch.empty(q.shape, dtype=out_dtype, device=dev)
-        if q.numel() == 0:
-            return out
-        v, rows, cols, rs, cs = _rows_view(q)
-        tile_rows, tile_cols = scale_tile(scale.shape, q.shape)
-        scale = scale.contiguous()
         fmt = FP8_FORMAT_CODE[FP8_FORMAT_OF[q.dtype]]
-        launch = _C.DequantizeLaunch(kid, rows, cols, rs, cs, fmt, tile_rows, tile_cols,
-                                     scale_ld(scale.shape), DTYPE_CODE[out_dtype]).launch
-        with OnDevice(dev):
-            launch(v.data_ptr(), scale.data_ptr(), out.data_ptr(), raw_stream(device_index(dev)))
-        return out
+        return dequantize_into(q, scale, out_dtype,
+                               lambda *a: _C.DequantizeLaunch(kid, *a), (fmt,))
 
     def supports(q, scale, out_dtype) -> Optional[str]:
         return device_reason(q)
