@@ -560,3 +560,43 @@ def skip_unless_runs(kernel, *args):
         why = kernel.supports(*args)
     if why:
         pytest.skip(f"{kernel.backend}/{kernel.name}: {why}")
+
+
+# ------------------------------------------------------------------------- int8, independently
+def int8_mm_ref(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The exact int64 product ``a @ b.T`` of int8 operands, on their device: in int64 on the
+    CPU; on a GPU (no int64 matmul there) in float64, exact as well for K < 2^17 (every
+    partial sum is an integer below 2^31, far inside float64's 2^53)."""
+    if a.device.type == "cpu":
+        return a.long() @ b.long().t()
+    assert a.shape[1] < 1 << 17
+    return (a.double() @ b.double().t()).long()
+
+
+def int8_gemm_ref_f64(a, b, a_scale, b_scale, bias=None, a_zero=None) -> torch.Tensor:
+    """``(sum_k (a - a_zero) b) * a_scale * b_scale + bias`` in float64 on the operands'
+    device, from the same int8 operands (scales () or [rows, 1])."""
+    acc = int8_mm_ref(a, b).double()
+    if a_zero is not None:
+        acc = acc - a_zero.double().reshape(-1, 1) * b.double().sum(dim=1)[None, :]
+    out = acc * a_scale.double().reshape(-1, 1) * b_scale.double().reshape(1, -1)
+    if bias is not None:
+        out = out + bias.double()[None, :]
+    return out
+
+
+def empty_quant_inputs(granularity, group_size, device="cpu"):
+    """(x, k_empty) for the quantizers' empty cases: M = 0, K = 0 and an empty leading
+    dimension, in fp32 and bf16, skipping K that a group does not divide. ``k_empty``: K = 0
+    under group or block scales, whose zero scale columns the reference cannot read (check
+    the shapes alone)."""
+    import itertools
+
+    shapes = [(0, 256), (0, 100), (4, 0), (5, 0)]
+    if granularity in ("tensor", "token", "group"):
+        shapes.append((2, 0, 256))
+    for shape, dtype in itertools.product(shapes, (torch.float32, torch.bfloat16)):
+        if granularity == "group" and shape[-1] % group_size:
+            continue
+        yield (torch.empty(shape, dtype=dtype, device=device),
+               granularity in ("group", "block") and shape[-1] == 0)

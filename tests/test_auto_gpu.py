@@ -194,8 +194,6 @@ def _gpu_calls():
 # NotImplementedError saying so (and pointing to backend="reference"). When an issue lands
 # its kernels, delete its ops here: test_auto_runs_on_cuda then checks them instead.
 NO_GPU_KERNEL_YET = {
-    "quantize_int8": "INT8 on the GPU",
-    "dequantize_int8": "INT8 on the GPU",
     "int4_quantize": "INT4 and INT8 weight-only GEMM on the GPU (W4A16, W8A16)",
     "w4a16_gemm": "INT4 and INT8 weight-only GEMM on the GPU (W4A16, W8A16)",
 }

@@ -1,8 +1,9 @@
 """Tile and launch choices for lowbit's Triton kernels, kept apart from the launchers.
 
-Nothing here autotunes on the hot path: each choice is a table lookup on the problem size.
-``fp8_gemm_configs()`` builds the search space for offline tuning (``LOWBIT_TRITON_AUTOTUNE=1``
-or ``bench/``); the winners go into ``FP8_GEMM_TABLE`` by hand.
+Nothing here autotunes on the hot path: each choice is a table lookup on the problem size
+(``FP8_GEMM_TABLE``, ``INT8_GEMM_TABLE``). ``fp8_gemm_configs()`` builds the search space
+for offline tuning (``LOWBIT_TRITON_AUTOTUNE=1`` or ``bench/``); the winners go into the
+tables by hand.
 
 Plain Python (no triton import), so the tables can be read and tested anywhere.
 """
@@ -72,16 +73,23 @@ def fp8_gemm_config(m: int, n: int, k: int, fast_accum: bool = False,
     is the H100's 227 KB; an sm_89 or sm_86 card gives 99 KB) by fewer K-steps per
     iteration, then fewer stages, then narrower tiles."""
     mode = 1 if blockwise else 2 if fast_accum else 0
-    key = (next_pow2(m), next_pow2(n), min(next_pow2(k), 128), mode, smem_limit)
+    return _table_config(FP8_GEMM_TABLE, "fp8", m, n, k, mode, smem_limit)
+
+
+def _table_config(table, family: str, m: int, n: int, k: int, column: int,
+                  smem_limit: Optional[int]) -> GemmConfig:
+    """The config of ``table``'s ``column`` for the first row whose max M holds m, shrunk to
+    the problem and to ``smem_limit`` (see fp8_gemm_config); cached per size class."""
+    key = (family, next_pow2(m), next_pow2(n), min(next_pow2(k), 128), column, smem_limit)
     cfg = _gemm_cache.get(key)
     if cfg is None:
-        for max_m, *configs in FP8_GEMM_TABLE:
-            if key[0] <= max_m:
-                cfg = configs[mode]
+        for max_m, *configs in table:
+            if key[1] <= max_m:
+                cfg = configs[column]
                 break
-        bm = max(16, min(cfg.block_m, key[0]))
-        bn = max(16, min(cfg.block_n, key[1]))
-        bk = max(32, min(cfg.block_k, key[2]))
+        bm = max(16, min(cfg.block_m, key[1]))
+        bn = max(16, min(cfg.block_n, key[2]))
+        bk = max(32, min(cfg.block_k, key[3]))
         # Two K-steps per iteration only for full 128-wide steps (the promotion interval).
         cfg = cfg._replace(block_m=bm, block_n=bn, block_k=bk,
                            k_unroll=cfg.k_unroll if bk == 128 else 1)
@@ -137,6 +145,27 @@ def fp8_gemm_configs() -> List[GemmConfig]:
                             if gemm_smem_bytes(cfg) <= GEMM_SMEM_LIMIT:
                                 out.append(cfg)
     return out
+
+
+# ----------------------------------------------------------------------------- int8 GEMM
+# By M bucket, one config (int8_mm and int8_gemm alike: the epilogue is per output element).
+# int32 accumulates exactly, so there is no promotion and no second accumulator: tiles may
+# be as large as fp8 fast_accum's. BLOCK_K = 128 int8 bytes is one 128-byte row per operand
+# row per stage, as for fp8. M <= 16 (decode) streams the weight: narrow N tiles, deep
+# pipelines, mma.sync (BLOCK_M = 16). Not yet tuned on a GPU: the rows copy fp8
+# fast_accum's, which is the same shape of work with the same operand bytes.
+INT8_GEMM_TABLE: List[tuple] = [
+    (16, GemmConfig(16, 64, 128, 1, 4, 5)),
+    (64, GemmConfig(64, 64, 128, 8, 4, 4)),
+    (128, GemmConfig(128, 128, 128, 8, 8, 3)),
+    (1 << 62, GemmConfig(128, 256, 128, 8, 8, 3)),
+]
+
+
+def int8_gemm_config(m: int, n: int, k: int, smem_limit: Optional[int] = None) -> GemmConfig:
+    """The table's config for an int8 [m, k] x [n, k] problem, shrunk to the problem and to
+    ``smem_limit`` bytes as fp8_gemm_config does."""
+    return _table_config(INT8_GEMM_TABLE, "int8", m, n, k, 0, smem_limit)
 
 
 # ------------------------------------------------------------------------- quantization

@@ -13,6 +13,11 @@ Kernels (op: name):
   triton_fp8_quant_per_group, triton_fp8_quant_per_block (128x128 and 1x128)
 - dequantize_fp8: triton_fp8_dequant
 - fp8_scaled_mm: triton_fp8_scaled_mm
+- quantize_int8: triton_int8_quant_per_tensor, triton_int8_quant_per_token (token and
+  channel), triton_int8_quant_per_group, triton_int8_quant_per_block (128x128 and 1x128)
+- dequantize_int8: triton_int8_dequant
+- int8_mm: triton_int8_mm
+- int8_gemm: triton_int8_gemm
 """
 from __future__ import annotations
 
@@ -32,12 +37,14 @@ _import_error: Optional[str] = None
 
 def _load():
     """The ``lowbit.triton_kernels`` package with its kernel modules (``fp8_quant``,
-    ``fp8_gemm``) loaded, or None with ``_import_error`` set."""
+    ``fp8_gemm``, ``int8_quant``, ``int8_gemm``) loaded, or None with ``_import_error``
+    set."""
     global _kernels, _import_error
     if _kernels is None and _import_error is None:
         try:
             from .. import triton_kernels
-            from ..triton_kernels import _common, fp8_gemm, fp8_quant  # noqa: F401
+            from ..triton_kernels import (_common, fp8_gemm, fp8_quant, int8_gemm,  # noqa: F401
+                                          int8_quant)
             _check_formats(_common.FP8_FORMATS)
         except Exception as e:  # ImportError, or a triton that fails to initialise
             _import_error = f"{type(e).__name__}: {e}"
@@ -77,18 +84,41 @@ def _device_reason(t: torch.Tensor) -> Optional[str]:
 
 # ---------------------------------------------------------------------------- quantize_fp8
 def _quant_supports(*granularities):
-    def supports(x, scale, fmt, granularity, group_size, block, saturate):
+    """supports() of a quantizer (fp8 or int8: x and the granularity come at the same
+    places) that takes ``granularities``."""
+    def supports(x, scale, _fmt_or_zero, granularity, *_):
         if granularity not in granularities:
             return f"granularity={granularity!r} is another kernel's"
         return _device_reason(x)
     return supports
 
 
+# (name suffix, granularities) of the quantizers' kernels, fp8 and int8 alike.
+_QUANT_KERNELS = (("quant_per_tensor", ("tensor",)), ("quant_per_token", ("token", "channel")),
+                  ("quant_per_group", ("group",)), ("quant_per_block", ("block",)))
+
+
+def _quant_layout(op, x, granularity, group_size, block):
+    """(tile, scale shape) of a quantizer's signature (lowbit.scale_layout)."""
+    return (scale_layout.quant_tile(granularity, group_size, block),
+            scale_layout.scale_shape(op, tuple(x.shape), granularity, group_size, block))
+
+
+def _register_quantizers(op: str, family: str, prepare) -> None:
+    """The four quantizers of ``op`` (one per kind of scale slice, _QUANT_KERNELS), each
+    running the launcher that ``prepare`` builds for a signature."""
+    def run(*args):
+        return prepare(*args)(*args)
+
+    for name, grans in _QUANT_KERNELS:
+        register_kernel(op, "triton", f"triton_{family}_{name}",
+                        supports=_quant_supports(*grans), available=available,
+                        priority=PRIORITY, prepare=prepare)(run)
+
+
 def _prepare_quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
     """The launcher for one signature: the scale's layout is worked out once."""
-    tile = scale_layout.quant_tile(granularity, group_size, block)
-    sshape = scale_layout.scale_shape("quantize_fp8", tuple(x.shape), granularity,
-                                      group_size, block)
+    tile, sshape = _quant_layout("quantize_fp8", x, granularity, group_size, block)
     quantize = _load().fp8_quant.quantize_fp8
 
     def launch(x, scale, fmt, granularity, group_size, block, saturate):
@@ -98,17 +128,7 @@ def _prepare_quantize_fp8(x, scale, fmt, granularity, group_size, block, saturat
     return launch
 
 
-def _quantize_fp8(*args):
-    return _prepare_quantize_fp8(*args)(*args)
-
-
-for _name, _grans in (("triton_fp8_quant_per_tensor", ("tensor",)),
-                      ("triton_fp8_quant_per_token", ("token", "channel")),
-                      ("triton_fp8_quant_per_group", ("group",)),
-                      ("triton_fp8_quant_per_block", ("block",))):
-    register_kernel("quantize_fp8", "triton", _name, supports=_quant_supports(*_grans),
-                    available=available, priority=PRIORITY,
-                    prepare=_prepare_quantize_fp8)(_quantize_fp8)
+_register_quantizers("quantize_fp8", "fp8", _prepare_quantize_fp8)
 
 
 # -------------------------------------------------------------------------- dequantize_fp8
@@ -149,3 +169,61 @@ def fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     with OnDevice(a.device):
         return _load().fp8_gemm.fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype,
                                               fast_accum, a_tile=a_tile, b_tile=b_tile)
+
+
+# --------------------------------------------------------------------------- quantize_int8
+def _prepare_quantize_int8(x, scale, zero, granularity, group_size, block, symmetric):
+    """The launcher for one signature: the scale's layout is worked out once."""
+    tile, sshape = _quant_layout("quantize_int8", x, granularity, group_size, block)
+    quantize = _load().int8_quant.quantize_int8
+
+    def launch(x, scale, zero, granularity, group_size, block, symmetric):
+        with OnDevice(x.device):
+            q, s, z = quantize(x, scale, zero, symmetric, tile, sshape)
+        # The registered op returns an empty zero point for a symmetric quantizer.
+        return q, s, z if z is not None else x.new_empty(0, dtype=torch.int32)
+    return launch
+
+
+_register_quantizers("quantize_int8", "int8", _prepare_quantize_int8)
+
+
+# ------------------------------------------------------------------------- dequantize_int8
+def _dequant_int8_supports(q, scale, zero, out_dtype):
+    return _device_reason(q)
+
+
+@register_kernel("dequantize_int8", "triton", "triton_int8_dequant",
+                 supports=_dequant_int8_supports, available=available, priority=PRIORITY)
+def dequantize_int8(q, scale, zero, out_dtype):
+    tile = scale_layout.scale_tile(scale.shape, q.shape)
+    with OnDevice(q.device):
+        return _load().int8_quant.dequantize_int8(q, scale, zero, out_dtype, tile)
+
+
+# ---------------------------------------------------------------------- int8_mm, int8_gemm
+def _int8_dot_reason(a) -> Optional[str]:
+    why = _device_reason(a)
+    if why:
+        return why
+    if a.device.type == "cuda" and not _interpreting():
+        cap = capability(device_index(a.device))
+        if cap < (8, 0):
+            return f"int8 tl.dot needs compute capability 8.0 or newer; got {cap[0]}.{cap[1]}"
+    return None
+
+
+@register_kernel("int8_mm", "triton", "triton_int8_mm",
+                 supports=lambda a, b: _int8_dot_reason(a), available=available,
+                 priority=PRIORITY)
+def int8_mm(a, b):
+    with OnDevice(a.device):
+        return _load().int8_gemm.int8_mm(a, b)
+
+
+@register_kernel("int8_gemm", "triton", "triton_int8_gemm",
+                 supports=lambda a, *_: _int8_dot_reason(a), available=available,
+                 priority=PRIORITY)
+def int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero):
+    with OnDevice(a.device):
+        return _load().int8_gemm.int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero)

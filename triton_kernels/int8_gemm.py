@@ -1,0 +1,173 @@
+"""INT8 GEMMs in Triton: a [M, K] int8 x b [N, K] int8 (K-major, the nn.Linear.weight
+layout), accumulated exactly in int32 by ``tl.dot`` (IMMA: mma.sync on sm_80 / sm_89,
+wgmma s8 on sm_90).
+
+- ``int8_mm``: the int32 product ``a @ b.T`` (exact for K < 131072: |a b| <= 2^14 per term).
+- ``int8_gemm``: the fused fp32 epilogue of lowbit.reference.gemm.int8_gemm,
+
+      out[m, n] = ((acc[m, n] - a_zero[m] * b_sum[n]) * a_scale[m]) * b_scale[n] + bias[n]
+
+  with ``b_sum[n] = sum_k b[n, k]`` (the weight's row sums, precomputed once by a module,
+  or computed here when a_zero is given without them). The zero-point correction is
+  integer arithmetic in int64: the true value ``sum_k (a - z) b`` reaches 255 * 128 * K,
+  past int32 from K = 65794 on. The corrected integer is rounded to fp32 once, then the
+  two multiplies and the add are each rounded to fp32 (the kernel compiles with
+  ``enable_fp_fusion=False``, so no FMA merges them), then one rounding to out dtype: the
+  reference's numbers, bit for bit. a_scale is () or [M, 1]; b_scale () or [N, 1]; a_zero
+  () or [M, 1] int32; bias [N] of bf16 / fp16 / fp32; out bf16 / fp16 / fp32.
+
+Any M (0 included), N and K: loads are masked, so no alignment is required. Tiles come
+from ``heuristics.int8_gemm_config`` (a fixed table).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (device_index, f32_to_bf16_bits, grouped_tile, jit, kernel_input,
+                      load_f32, smem_per_block)
+from ._common import interpreting as _interpreting
+from .fp8_gemm import _load_k_step
+from .heuristics import int8_gemm_config
+
+__all__ = ["int8_mm", "int8_gemm", "row_sums"]
+
+
+@jit
+def _row_or_scalar(ptr, offs64, ok, stride, ROW: tl.constexpr, OTHER: tl.constexpr):
+    """ptr[offs * stride] per row (masked), or the single value at ptr."""
+    if ROW:
+        v = tl.load(ptr + offs64 * stride, mask=ok, other=OTHER)
+    else:
+        v = tl.load(ptr)
+    return v
+
+
+@jit
+def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, za_ptr, bsum_ptr,
+                      M, N, K, stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
+                      stride_sam, stride_sbn, stride_zam, stride_bsum,
+                      EPILOGUE: tl.constexpr, A_ROW: tl.constexpr, B_ROW: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr, HAS_ZERO: tl.constexpr,
+                      ZERO_ROW: tl.constexpr, BF16_BITS: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP_M: tl.constexpr):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    offs_m64 = offs_m.to(tl.int64)
+    offs_n64 = offs_n.to(tl.int64)
+    a_ptrs = a_ptr + offs_m64[:, None] * stride_am + offs_k[None, :] * stride_ak
+    # b is [N, K] K-major; its tile is read as [BLOCK_K, BLOCK_N], contiguous along K.
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n64[None, :] * stride_bn
+
+    # int32 accumulates exactly: no promotion, one loop-carried dot.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for kt in range(0, tl.cdiv(K, BLOCK_K)):
+        a, b = _load_k_step(a_ptrs, b_ptrs, offs_k, K - kt * BLOCK_K, m_ok, n_ok)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    c_ptrs = c_ptr + offs_m64[:, None] * stride_cm + offs_n64[None, :] * stride_cn
+    c_mask = m_ok[:, None] & n_ok[None, :]
+    if not EPILOGUE:
+        tl.store(c_ptrs, acc, mask=c_mask)
+    else:
+        if HAS_ZERO:
+            z = _row_or_scalar(za_ptr, offs_m64, m_ok, stride_zam, ZERO_ROW, 0).to(tl.int64)
+            bsum = tl.load(bsum_ptr + offs_n64 * stride_bsum, mask=n_ok, other=0).to(tl.int64)
+            if ZERO_ROW:
+                corr = z[:, None] * bsum[None, :]
+            else:
+                corr = z * bsum[None, :]
+            out = (acc.to(tl.int64) - corr).to(tl.float32)
+        else:
+            out = acc.to(tl.float32)
+        sa = _row_or_scalar(sa_ptr, offs_m64, m_ok, stride_sam, A_ROW, 0.0)
+        if A_ROW:
+            out = out * sa[:, None]
+        else:
+            out = out * sa
+        sb = _row_or_scalar(sb_ptr, offs_n64, n_ok, stride_sbn, B_ROW, 0.0)
+        if B_ROW:
+            out = out * sb[None, :]
+        else:
+            out = out * sb
+        if HAS_BIAS:
+            bias = load_f32(bias_ptr + offs_n, n_ok, BIAS_BF16)
+            out = out + bias[None, :]
+        if BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates
+            tl.store(c_ptrs, f32_to_bf16_bits(out), mask=c_mask)
+        else:
+            tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+def row_sums(b: torch.Tensor) -> torch.Tensor:
+    """int32 [N]: sum_k b[n, k] of an int8 [N, K] weight (|sum| <= 128 K, exact), the
+    ``b_sum`` that ``int8_gemm`` takes with a zero point."""
+    return b.sum(dim=1, dtype=torch.int32)
+
+
+def _launch(a, b, c, epilogue: dict, config):
+    m, k = a.shape
+    n = b.shape[0]
+    cfg = config if config is not None else int8_gemm_config(
+        m, n, k, smem_limit=None if _interpreting() else smem_per_block(device_index(a.device)))
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    _int8_gemm_kernel[grid](
+        a, b, c, *epilogue.pop("tensors"), m, n, k, a.stride(0), a.stride(1), b.stride(0),
+        b.stride(1), c.stride(0), c.stride(1), *epilogue.pop("strides"),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
+        **epilogue)
+
+
+def int8_mm(a: torch.Tensor, b: torch.Tensor, config=None) -> torch.Tensor:
+    """a [M, K] int8 x b [N, K] int8 -> int32 [M, N], exact (arguments validated by
+    lowbit.ops). ``config`` (a heuristics.GemmConfig) overrides the table."""
+    out = torch.empty((a.shape[0], b.shape[0]), dtype=torch.int32, device=a.device)
+    if out.numel() == 0:
+        return out
+    _launch(a, b, out, dict(tensors=(out,) * 5, strides=(0, 0, 0, 0), EPILOGUE=False,
+                            A_ROW=False, B_ROW=False, HAS_BIAS=False, BIAS_BF16=False,
+                            HAS_ZERO=False, ZERO_ROW=False, BF16_BITS=False), config)
+    return out
+
+
+def int8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+              bias: Optional[torch.Tensor] = None, out_dtype: torch.dtype = torch.bfloat16,
+              a_zero: Optional[torch.Tensor] = None, b_sum: Optional[torch.Tensor] = None,
+              config=None) -> torch.Tensor:
+    """The fused INT8 GEMM (see the module); arguments validated by lowbit.ops. ``b_sum``:
+    ``row_sums(b)`` computed once by the caller (used only with ``a_zero``; computed here
+    when missing). ``config`` overrides the table."""
+    m, n = a.shape[0], b.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if out.numel() == 0:
+        return out
+    if a_zero is not None and b_sum is None:
+        b_sum = row_sums(b)
+    # The kernel reads bias[n] at unit stride.
+    bias_k, bias_bf16 = kernel_input(bias.contiguous()) if bias is not None else (out, False)
+    # Under TRITON_INTERPRET=1 a bf16 output is written as int16 bits rounded in-kernel.
+    bf16_bits = out_dtype == torch.bfloat16 and _interpreting()
+    c = out.view(torch.int16) if bf16_bits else out
+    za = a_zero if a_zero is not None else a_scale
+    bs = b_sum if a_zero is not None else a_scale
+    epilogue = dict(
+        tensors=(a_scale, b_scale, bias_k, za, bs),
+        strides=(a_scale.stride(0) if a_scale.dim() else 0,
+                 b_scale.stride(0) if b_scale.dim() else 0,
+                 za.stride(0) if za.dim() else 0, bs.stride(0) if bs.dim() else 0),
+        EPILOGUE=True, A_ROW=a_scale.dim() > 0, B_ROW=b_scale.dim() > 0,
+        HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, HAS_ZERO=a_zero is not None,
+        ZERO_ROW=a_zero is not None and a_zero.dim() > 0, BF16_BITS=bf16_bits)
+    _launch(a, b, c, epilogue, config)
+    return out
