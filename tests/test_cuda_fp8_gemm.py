@@ -147,15 +147,15 @@ def test_cpu_tensors_never_pick_cuda():
 
 
 def test_operand_layouts_the_cuda_kernels_take():
-    from lowbit.backends.cuda.gemm import _aligned, _row_stride
+    from lowbit.backends.cuda.gemm import _aligned, row_stride
     x = torch.zeros(64, 256, dtype=torch.uint8)
-    assert _aligned(x) and _row_stride(x) == 256
+    assert _aligned(x) and row_stride(x) == 256
     assert not _aligned(x.t())                            # not K-contiguous
     assert not _aligned(x[:, 8:])                         # 8-byte-aligned start
     assert not _aligned(torch.zeros(64, 264, dtype=torch.uint8)[:, :256])  # stride 264
     assert not _aligned(x[:1].expand(64, 256))            # broadcast rows (stride 0)
     one = x[:1].expand(1, 256)                            # a single row: its stride is not used
-    assert _aligned(one) and _row_stride(one) == 256
+    assert _aligned(one) and row_stride(one) == 256
 
 
 @gpu

@@ -47,9 +47,11 @@ def _ops(mod: Int8Linear, x):
         y = F.linear(x2, w, None if mod.bias is None else mod.bias.to(x.dtype))
     else:
         gran = "tensor" if mod.act_scale is not None else "token"
-        q, s, z = lowbit.quantize_int8(x2, mod.act_scale, granularity=gran, symmetric=True)
-        assert z is None
-        y = lowbit.int8_gemm(q, mod.weight, s, mod.weight_scale, mod.bias, out_dtype=x.dtype)
+        q, s, z = lowbit.quantize_int8(x2, mod.act_scale, zero=mod.act_zero, granularity=gran,
+                                       symmetric=mod.act_symmetric)
+        assert (z is None) == mod.act_symmetric
+        y = lowbit.int8_gemm(q, mod.weight, s, mod.weight_scale, mod.bias, out_dtype=x.dtype,
+                             a_zero=z)
     return y.reshape(*x.shape[:-1], N)
 
 
@@ -90,6 +92,50 @@ def test_static_act_scale(dtype):
     assert not torch.equal(mod(x), y)
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_asymmetric_activations(static):
+    """Asymmetric activations spend the 8 bits on the range the input uses: on a one-sided
+    (post-GELU) input they beat symmetric ones, and the forward is the ops' composition."""
+    lin = _linear()
+    x = F.gelu(_x(3, 5).float()).to(torch.bfloat16)
+    kw = {}
+    if static:
+        lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+        scale = torch.tensor((hi - lo) / 255, dtype=torch.float32)
+        kw = dict(act_scale=scale, act_zero=torch.round(-128 - lo / scale).int())
+    mod = Int8Linear.from_linear(lin, act_symmetric=False, **kw)
+    assert mod.act_symmetric is False and (mod.act_zero is not None) == static
+    y = mod(x)
+    assert torch.equal(y, _ops(mod, x))
+    sym = Int8Linear.from_linear(lin, act_scale=x.abs().amax().float() / 127 if static else None)
+    assert _err(y, lin, x) < _err(sym(x), lin, x)
+    assert _err(y, lin, x) < 0.015
+    cfg = mod.config()
+    assert cfg["act_symmetric"] is False
+    fresh = Int8Linear(**cfg)
+    fresh.load_state_dict(mod.state_dict())
+    assert torch.equal(fresh(x), y)
+    assert "asymmetric" in repr(mod)
+    # The registered op computes the same.
+    assert torch.equal(lowbit.int8_linear(x, mod.weight, mod.weight_scale, mod.bias,
+                                          mod.act_scale, mod.act_zero, act_symmetric=False), y)
+
+
+def test_asymmetric_argument_errors():
+    lin = _linear()
+    with pytest.raises(ValueError, match="act_zero is required"):
+        Int8Linear.from_linear(lin, act_scale=torch.tensor(0.1), act_symmetric=False)
+    with pytest.raises(ValueError, match="act_zero goes with"):
+        Int8Linear.from_linear(lin, act_zero=torch.tensor(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"act_zero must be one integer in \[-128, 127\]"):
+        Int8Linear.from_linear(lin, act_scale=torch.tensor(0.1), act_symmetric=False,
+                               act_zero=torch.tensor(300))
+    mod = Int8Linear.from_linear(lin)
+    with pytest.raises(ValueError, match="int8_linear: act_zero goes with a static act_scale"):
+        lowbit.int8_linear(_x(2), mod.weight, mod.weight_scale, None, None,
+                           torch.tensor(1, dtype=torch.int32), act_symmetric=False)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 def test_w8a16(dtype):
     lin = _linear(dtype=dtype)
@@ -126,7 +172,7 @@ def test_state_dict_round_trip_through_config(tmp_path, mode, static, bias):
     mod = Int8Linear.from_linear(lin, mode=mode, act_scale=torch.tensor(0.02) if static else None)
     cfg = mod.config()
     assert cfg == {"in_features": K, "out_features": N, "bias": bias, "mode": mode,
-                   "static_act_scale": static, "dtype": "float16"}
+                   "static_act_scale": static, "act_symmetric": True, "dtype": "float16"}
     path = tmp_path / "m.pt"
     torch.save(mod.state_dict(), path)
     fresh = Int8Linear(**cfg)
@@ -159,11 +205,12 @@ def test_bad_inputs():
     assert one.act_scale.shape == ()
 
 
-@pytest.mark.parametrize("mode,static", [("w8a8", False), ("w8a8", True), ("w8a16", False)],
-                         ids=["dynamic", "static", "w8a16"])
-def test_compile_fullgraph(mode, static):
+@pytest.mark.parametrize("mode,static,sym", [("w8a8", False, True), ("w8a8", True, True),
+                                             ("w8a8", False, False), ("w8a16", False, True)],
+                         ids=["dynamic", "static", "asymmetric", "w8a16"])
+def test_compile_fullgraph(mode, static, sym):
     x = _x(2, 3)
-    mod = Int8Linear.from_linear(_linear(), mode=mode,
+    mod = Int8Linear.from_linear(_linear(), mode=mode, act_symmetric=sym,
                                  act_scale=x.abs().amax().float() / 127 if static else None)
     compiled = torch.compile(mod, fullgraph=True)
     assert torch.equal(compiled(x), mod(x))

@@ -17,6 +17,7 @@ from .api import (
     fp8_scaled_mm,
     int4_quantize,
     int8_gemm,
+    int8_linear,
     int8_mm,
     quantize_fp8,
     quantize_int8,
@@ -40,7 +41,7 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
-    "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int4_quantize", "w4a16_gemm", "Int4Weight",
+    "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int8_linear", "int4_quantize", "w4a16_gemm", "Int4Weight",
     "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
     "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
     "validate", "ValidationReport", "calibrate", "Calibration", "AbsMaxObserver",

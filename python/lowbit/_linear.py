@@ -1,16 +1,24 @@
-"""Quantized linear layers as one op: ``fp8_linear`` (W8A8 FP8) is ``quantize_fp8`` of the
-activations (per token, or per tensor with a static scale) followed by ``fp8_scaled_mm``
-with the weight's per-channel scales, the bias and the activations' dtype as output dtype.
+"""Quantized linear layers as one op each: a forward is a quantizer on the activations
+followed by a GEMM with the quantized weight, written once here for every family.
 
-A module's forward calls the two ops in eager mode (and keeps a prepared step of its own,
-see ``Fp8Linear``); a compiled graph calls ``torch.ops.lowbit.fp8_linear`` once per layer
-instead of two ops, so the dispatcher is crossed once. Its implementation runs the two
-checked ops the first time it sees an argument signature and keeps, per signature, the step
-they chose: on CUDA kernels one fused launch (``lowbit.backends.cuda.linear``), else the two
-prepared op functions back to back. Same kernels, same bits as the two ops.
+- ``fp8_linear`` (``Fp8Linear``, W8A8 FP8): ``quantize_fp8`` of the activations (e4m3fn, per
+  token, or per tensor with a static scale), then ``fp8_scaled_mm`` with the weight's
+  per-channel scales.
+- ``int8_linear`` (``Int8Linear``, W8A8 INT8): ``quantize_int8`` of the activations
+  (symmetric or asymmetric, per token, or per tensor with a static scale and zero point),
+  then ``int8_gemm`` with the weight's per-channel scales (and the zero-point correction).
+
+Both end with the bias and the activations' dtype as output dtype. A module's forward calls
+the two ops in eager mode (and keeps a prepared step of its own, ``nn/_layer.py``); a
+compiled graph calls ``torch.ops.lowbit.<family>_linear`` once per layer instead of two
+ops, so the dispatcher is crossed once. Its implementation runs the two checked ops the first
+time it sees an argument signature and keeps, per signature, the step they chose: on CUDA
+kernels one fused launch where the family has one (``lowbit.backends.cuda.linear``), else
+the two prepared op functions back to back. Same kernels, same bits as the two ops.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
@@ -22,6 +30,22 @@ _STEPS_MAX = 1024
 _steps: Dict[tuple, Callable] = {}
 
 
+@dataclass(frozen=True)
+class Family:
+    """One quantized-linear op: how its module state (the op's arguments after x) feeds the
+    quantizer and the GEMM. ``state[0]`` is the weight [N, K]."""
+
+    op: str
+    quantize: str
+    gemm: str
+    # quant_args(x2, *state) -> the quantizer op's arguments (without backend)
+    quant_args: Callable
+    # gemm_args(quantized, dtype, *state) -> the GEMM op's arguments (without backend)
+    gemm_args: Callable
+    # fused(quant_kernel, gemm_kernel, x, quant_args, dtype, *state) -> a step or None
+    fused: Optional[Callable] = None
+
+
 def fp8_quantizer_args(act_scale: Optional[torch.Tensor]) -> tuple:
     """``quantize_fp8``'s arguments after x and scale for a layer's activations (fmt,
     granularity, group_size, block, saturate): per tensor with a static scale, else per
@@ -29,81 +53,111 @@ def fp8_quantizer_args(act_scale: Optional[torch.Tensor]) -> tuple:
     return (FP8_FMT, "tensor" if act_scale is not None else "token", 128, [128, 128], True)
 
 
-def run_fp8_ops(x, weight, weight_scale, bias, act_scale, backend: str):
-    """The forward as two checked op calls: (y, x2, q, sx), x2 = x as [M, K]."""
+def _fp8_fused(quant_kernel, gemm_kernel, x, q_args, dtype, weight, weight_scale, bias,
+               act_scale):
+    from .backends.cuda.linear import fp8_linear_step
+
+    return fp8_linear_step(quant_kernel, gemm_kernel, x, act_scale, q_args[2:], weight,
+                           weight_scale, bias, dtype)
+
+
+FP8 = Family(
+    "fp8_linear", "quantize_fp8", "fp8_scaled_mm",
+    quant_args=lambda x2, weight, weight_scale, bias, act_scale: (
+        x2, act_scale, *fp8_quantizer_args(act_scale)),
+    gemm_args=lambda qs, dtype, weight, weight_scale, bias, act_scale: (
+        qs[0], weight, qs[1], weight_scale, bias, dtype, False),
+    fused=_fp8_fused)
+
+INT8 = Family(
+    "int8_linear", "quantize_int8", "int8_gemm",
+    quant_args=lambda x2, weight, weight_scale, bias, act_scale, act_zero, act_symmetric: (
+        x2, act_scale, act_zero, "tensor" if act_scale is not None else "token", 128,
+        [128, 128], act_symmetric),
+    gemm_args=lambda qs, dtype, weight, weight_scale, bias, act_scale, act_zero,
+    act_symmetric: (qs[0], weight, qs[1], weight_scale, bias, dtype,
+                    None if act_symmetric else qs[2]))
+
+FAMILIES = {f.op: f for f in (FP8, INT8)}
+
+
+def run_ops(fam: Family, x, state: tuple, backend: str):
+    """The forward as two checked op calls: (y, quantizer args, GEMM args)."""
     from .ops import EAGER
 
+    weight = state[0]
     k, n = weight.shape[1], weight.shape[0]
-    x2 = x.reshape(-1, k)
-    q, sx = EAGER["quantize_fp8"](x2, act_scale, *fp8_quantizer_args(act_scale), backend)
-    y = EAGER["fp8_scaled_mm"](q, weight, sx, weight_scale, bias, x.dtype, False, backend)
-    return y.reshape(*x.shape[:-1], n), x2, q, sx
+    q_args = fam.quant_args(x.reshape(-1, k), *state)
+    qs = EAGER[fam.quantize](*q_args, backend)
+    g_args = fam.gemm_args(qs, x.dtype, *state)
+    y = EAGER[fam.gemm](*g_args, backend)
+    return y.reshape(*x.shape[:-1], n), q_args, g_args
 
 
-def prepare_fp8_step(x, x2, q, sx, weight, weight_scale, bias, act_scale,
-                     backend: Optional[str] = None) -> Optional[Callable]:
-    """step(x, weight, weight_scale, bias, act_scale) -> y for arguments of this signature,
-    from the kernels the checked ops chose for it (``run_fp8_ops`` ran them on ``x2``, ``q``,
-    ``sx``): one fused call on CUDA kernels, else the two prepared op functions back to back.
-    None when an op has no remembered choice (CPU tensors, or not run through the checks)."""
-    q_rest = fp8_quantizer_args(act_scale)
-    dtype, k, n = x.dtype, weight.shape[1], weight.shape[0]
-    quant = _backend.remembered_choice("quantize_fp8", (x2, act_scale, *q_rest), backend)
-    gemm = _backend.remembered_choice(
-        "fp8_scaled_mm", (q, weight, sx, weight_scale, bias, dtype, False), backend)
+def prepare_step(fam: Family, x, q_args: tuple, g_args: tuple, state: tuple,
+                 backend: Optional[str] = None) -> Optional[Callable]:
+    """step(x, *state) -> y for arguments of this signature, from the kernels the checked ops
+    chose for it (``run_ops`` ran them on ``q_args``, ``g_args``): one fused call where the
+    family has one for those kernels, else the two prepared op functions back to back. None
+    when an op has no remembered choice (CPU tensors, or not run through the checks)."""
+    quant = _backend.remembered_choice(fam.quantize, q_args, backend)
+    gemm = _backend.remembered_choice(fam.gemm, g_args, backend)
     if quant is None or gemm is None:
         return None
-    if quant.backend == gemm.backend == "cuda":
-        from .backends.cuda.linear import fp8_linear_step
-
-        step = fp8_linear_step(quant.kernel, gemm.kernel, x, act_scale, q_rest, weight,
-                               weight_scale, bias, dtype)
+    dtype, weight = x.dtype, state[0]
+    if fam.fused is not None and quant.backend == gemm.backend == "cuda":
+        step = fam.fused(quant.kernel, gemm.kernel, x, q_args, dtype, *state)
         if step is not None:
             return step
-    quant_fn, gemm_fn, out_shape = quant.fn, gemm.fn, (*x.shape[:-1], n)
+    quant_fn, gemm_fn = quant.fn, gemm.fn
+    k, out_shape = weight.shape[1], (*x.shape[:-1], weight.shape[0])
+    quant_args, gemm_args = fam.quant_args, fam.gemm_args
 
-    def step(x, weight, weight_scale, bias, act_scale):
-        q, sx = quant_fn(x.reshape(-1, k), act_scale, *q_rest)
-        return gemm_fn(q, weight, sx, weight_scale, bias, dtype, False).reshape(out_shape)
+    def step(x, *state):
+        qs = quant_fn(*quant_args(x.reshape(-1, k), *state))
+        return gemm_fn(*gemm_args(qs, dtype, *state)).reshape(out_shape)
 
     step.__name__ = f"{quant.kernel}, {gemm.kernel}"
     return step
 
 
-def _tensor_key(t: Optional[torch.Tensor]):
-    if t is None:
-        return None
+def _tensor_key(t):
+    if t is None or not isinstance(t, torch.Tensor):
+        return t
     return (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16)
 
 
-def fp8_linear_impl(check: Callable) -> Callable:
-    """The implementation of the ``fp8_linear`` op (``check``: its argument checks): a
-    signature seen before (everything the checks read, see ``_backend.step_key``) runs its
-    kept step; any other runs the checks and the two checked ops, and keeps their step."""
+def linear_impl(fam: Family) -> Callable[[Callable], Callable]:
+    """The implementation of the family's op, given its argument checks: a signature seen
+    before (everything the checks read, see ``_backend.step_key``) runs its kept step; any
+    other runs the checks and the two checked ops, and keeps their step."""
 
-    def fp8_linear(x, weight, weight_scale, bias, act_scale, backend):
-        if backend == "default":
-            backend = _backend.default_backend()
-        key = _backend.step_key(x) if type(x) is torch.Tensor else None
-        if key is not None:
-            try:
-                key = (key, backend, _tensor_key(weight), _tensor_key(weight_scale),
-                       _tensor_key(bias), _tensor_key(act_scale))
-            except (RuntimeError, AttributeError, TypeError):  # no strides, not a tensor...
-                key = None
-        if key is not None:
-            step = _steps.get(key)
-            if step is not None:
-                return step(x, weight, weight_scale, bias, act_scale)
-        check(x, weight, weight_scale, bias, act_scale)
-        y, x2, q, sx = run_fp8_ops(x, weight, weight_scale, bias, act_scale, backend)
-        if key is not None:
-            step = prepare_fp8_step(x, x2, q, sx, weight, weight_scale, bias, act_scale,
-                                    backend)
-            if step is not None:
-                if len(_steps) >= _STEPS_MAX:
-                    _steps.clear()
-                _steps[key] = step
-        return y
+    def make(check: Callable) -> Callable:
+        def linear(x, *rest):
+            *state, backend = rest
+            if backend == "default":
+                backend = _backend.default_backend()
+            key = _backend.step_key(x) if type(x) is torch.Tensor else None
+            if key is not None:
+                try:
+                    key = (key, backend, fam.op, *map(_tensor_key, state))
+                except (RuntimeError, AttributeError, TypeError):  # no strides...
+                    key = None
+            if key is not None:
+                step = _steps.get(key)
+                if step is not None:
+                    return step(x, *state)
+            check(x, *state)
+            y, q_args, g_args = run_ops(fam, x, tuple(state), backend)
+            if key is not None:
+                step = prepare_step(fam, x, q_args, g_args, tuple(state), backend)
+                if step is not None:
+                    if len(_steps) >= _STEPS_MAX:
+                        _steps.clear()
+                    _steps[key] = step
+            return y
 
-    return fp8_linear
+        linear.__name__ = linear.__qualname__ = fam.op
+        return linear
+
+    return make

@@ -27,7 +27,7 @@ def _call(name: str, first: Tensor, *args):
 
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
-    "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int4_quantize", "w4a16_gemm",
+    "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int8_linear", "int4_quantize", "w4a16_gemm",
 ]
 
 
@@ -107,6 +107,18 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[T
     ``weight_scale`` [N, 1] and ``bias``, out in x's dtype: [..., N]. A signature seen before
     runs the kernels chosen for it then (one fused launch on CUDA kernels)."""
     return _call("fp8_linear", x, weight, weight_scale, bias, act_scale, arg(backend))
+
+
+def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None,
+                act_scale: Optional[Tensor] = None, act_zero: Optional[Tensor] = None, *,
+                act_symmetric: bool = True, backend: Optional[str] = None) -> Tensor:
+    """A W8A8 INT8 linear layer in one op (what ``lowbit.nn.Int8Linear`` computes):
+    ``quantize_int8`` of ``x`` [..., K] per token (per tensor with the static ``act_scale``
+    and, when asymmetric, ``act_zero``), then ``int8_gemm`` with the int8 ``weight`` [N, K],
+    its per-channel ``weight_scale`` [N, 1] and ``bias``, out in x's dtype: [..., N]. A
+    signature seen before runs the kernels chosen for it then."""
+    return _call("int8_linear", x, weight, weight_scale, bias, act_scale, act_zero,
+                 act_symmetric, arg(backend))
 
 
 def int4_quantize(w: Tensor, *, group_size: int = 128, symmetric: bool = True,

@@ -30,7 +30,7 @@ from torch import Tensor
 from . import _checks as C
 from . import scale_layout
 from ._backend import checked
-from ._linear import fp8_linear_impl
+from ._linear import FP8, INT8, linear_impl
 
 _EMPTY = (0,)
 _LIB = torch.library.Library("lowbit", "DEF")
@@ -206,18 +206,13 @@ def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
     return (m, n), out_dtype
 
 
-@define_op("Tensor", impl=fp8_linear_impl)
-def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
-               act_scale: Optional[Tensor]):
-    """A W8A8 FP8 linear layer (``Fp8Linear``'s forward, lowbit/_linear.py): ``x`` [..., K]
-    quantized to e4m3fn per token (or per tensor with the static ``act_scale``), times the
-    e4m3fn ``weight`` [N, K] with per-channel ``weight_scale`` [N, 1], plus ``bias``; output
-    [..., N] in x's dtype."""
-    op = "fp8_linear"
+def _linear_operands(op, x, weight, weight_dtypes, weight_scale, bias):
+    """The checks every quantized-linear op makes of x, its weight [N, K] with per-channel
+    scales [N, 1] and the bias: -> (N, K)."""
     C.dtype(op, "x", x, C.FLOAT_DTYPES)
     if x.dim() == 0:
         raise ValueError(f"{op}: x must have at least one dimension (its last is K); got a scalar")
-    C.dtype(op, "weight", weight, (torch.float8_e4m3fn,))
+    C.dtype(op, "weight", weight, weight_dtypes)
     C.rank(op, "weight", weight, 2, "[N, K]")
     n, k = weight.shape
     if x.shape[-1] != k:
@@ -226,11 +221,49 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[T
     C.dtype(op, "weight_scale", weight_scale, (torch.float32,))
     C.shape(op, "weight_scale", weight_scale, [(n, 1)], f"[N, 1] = ({n}, 1)")
     C.bias(op, bias, n)
+    return n, k
+
+
+@define_op("Tensor", impl=linear_impl(FP8))
+def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+               act_scale: Optional[Tensor]):
+    """A W8A8 FP8 linear layer (``Fp8Linear``'s forward, lowbit/_linear.py): ``x`` [..., K]
+    quantized to e4m3fn per token (or per tensor with the static ``act_scale``), times the
+    e4m3fn ``weight`` [N, K] with per-channel ``weight_scale`` [N, 1], plus ``bias``; output
+    [..., N] in x's dtype."""
+    op = "fp8_linear"
+    n, k = _linear_operands(op, x, weight, (torch.float8_e4m3fn,), weight_scale, bias)
     if act_scale is not None:
         C.dtype(op, "act_scale", act_scale, (torch.float32,))
         C.shape(op, "act_scale", act_scale, [()], "() (one static scale)")
     C.same_device(op, x=x, weight=weight, weight_scale=weight_scale, bias=bias,
                   act_scale=act_scale)
+    return (*x.shape[:-1], n), x.dtype
+
+
+@define_op("Tensor", impl=linear_impl(INT8))
+def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                act_scale: Optional[Tensor], act_zero: Optional[Tensor], act_symmetric: bool):
+    """A W8A8 INT8 linear layer (``Int8Linear``'s forward, lowbit/_linear.py): ``x`` [..., K]
+    quantized to int8 per token (or per tensor with the static ``act_scale`` and, when
+    asymmetric, ``act_zero``), symmetric or not, times the int8 ``weight`` [N, K] with
+    per-channel ``weight_scale`` [N, 1], plus ``bias``; output [..., N] in x's dtype."""
+    op = "int8_linear"
+    n, k = _linear_operands(op, x, weight, (torch.int8,), weight_scale, bias)
+    if act_scale is not None:
+        C.dtype(op, "act_scale", act_scale, (torch.float32,))
+        C.shape(op, "act_scale", act_scale, [()], "() (one static scale)")
+        if not act_symmetric and act_zero is None:
+            raise ValueError(f"{op}: act_zero is required with a static act_scale when "
+                             "act_symmetric=False")
+    if act_zero is not None:
+        if act_symmetric or act_scale is None:
+            raise ValueError(f"{op}: act_zero goes with a static act_scale and "
+                             "act_symmetric=False")
+        C.dtype(op, "act_zero", act_zero, (torch.int32,))
+        C.shape(op, "act_zero", act_zero, [()], "() (one static zero point)")
+    C.same_device(op, x=x, weight=weight, weight_scale=weight_scale, bias=bias,
+                  act_scale=act_scale, act_zero=act_zero)
     return (*x.shape[:-1], n), x.dtype
 
 

@@ -30,6 +30,9 @@ OPS: Tuple[str, ...] = tuple(line.split("(", 1)[0] for line in SIGNATURES.splitl
 MODULE_OPS: Dict[str, str] = {
     "fp8_linear": "quantize_fp8 (per token, or per tensor with a static scale), then "
                   "fp8_scaled_mm (per-channel weight scales): Fp8Linear's W8A8 forward",
+    "int8_linear": "quantize_int8 (per token, or per tensor with a static scale and zero "
+                   "point; symmetric or not), then int8_gemm (per-channel weight scales, the "
+                   "zero-point correction): Int8Linear's W8A8 forward",
 }
 
 # SPEC ops not built yet -> the issue that builds them.

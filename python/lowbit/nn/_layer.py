@@ -1,11 +1,13 @@
-"""What lowbit's quantized Linear modules share: the layer dtype, the bias, argument checks
-and the [M, K] view of the input."""
+"""What lowbit's quantized Linear modules share: the layer dtype, the bias, argument checks,
+the [M, K] view of the input, and the W8A8 forward with its prepared step."""
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from .. import _backend, _linear, ops
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -69,3 +71,44 @@ def _static_act_scale(act_scale) -> Optional[torch.Tensor]:
     if act_scale.numel() != 1:
         raise ValueError(f"act_scale must be a scalar; got shape {tuple(act_scale.shape)}")
     return act_scale
+
+
+class W8A8Forward:
+    """The W8A8 forward of a quantized Linear whose family (``_family``, a
+    ``lowbit._linear.Family``) names its op, and whose ``_state()`` is the op's arguments
+    after x. On a GPU, a forward whose input signature (and module tensors) match the last
+    one runs the step the checked ops chose then (lowbit/_linear.py), in one host call.
+    Everything a check reads is in the key, so an input the checks would reject never
+    matches."""
+
+    _family: "_linear.Family"
+    _step = None  # (input key, the module state it was built with, the step)
+
+    def _w8a8(self, x: torch.Tensor) -> torch.Tensor:
+        key = _backend.step_key(x)
+        step = self._step
+        if key is not None and step is not None and step[0] == key:
+            held, state = step[1], self._state()
+            if all(h is s for h, s in zip(held, state)):
+                return step[2](x, *held)
+        return self._w8a8_checked(x, key)
+
+    def _w8a8_checked(self, x: torch.Tensor, key) -> torch.Tensor:
+        state = self._state()
+        if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+            # One registered op per layer in a compiled graph (one dispatcher crossing), and
+            # the dispatcher for tensor subclasses (tracing).
+            return ops.OPS[self._family.op](x, *state, "default")
+        y, q_args, g_args = _linear.run_ops(self._family, x, state, "default")
+        if key is not None:
+            # This module's own step (its own launch objects: the weight's TMA map is kept).
+            step = _linear.prepare_step(self._family, x, q_args, g_args, state)
+            if step is not None:
+                self._step = (key, state, step)
+        return y
+
+    def __getstate__(self):
+        # The prepared step holds closures over this process's kernels: never pickled.
+        state = self.__dict__.copy()
+        state["_step"] = None
+        return state

@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _backend, _linear, api, ops
-from ._layer import (_check_linear, _copy_bias, _dtype_name, _layer_dtype_of, _new_bias,
-                     _static_act_scale)
+from .. import _linear, api
+from ._layer import (W8A8Forward, _check_linear, _copy_bias, _dtype_name, _layer_dtype_of,
+                     _new_bias, _static_act_scale)
 
 MODES = ("w8a8", "w8a16")
 
 
-class Fp8Linear(nn.Module):
+class Fp8Linear(W8A8Forward, nn.Module):
+    _family = _linear.FP8
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  mode: str = "w8a8", static_act_scale: bool = False, device=None,
                  dtype: torch.dtype = torch.bfloat16):
@@ -40,8 +42,7 @@ class Fp8Linear(nn.Module):
         self.register_buffer("act_scale", torch.ones((), dtype=torch.float32, device=device)
                              if static_act_scale else None)
         self.bias = _new_bias(out_features, bias, dtype, device)
-        # (input key, the module tensors it was built with, the chain): see forward.
-        self._step = None
+        self._step = None  # see W8A8Forward
         self._dtype = dtype  # the layer's dtype when it has no bias, for config()
 
     dtype = property(_layer_dtype_of, doc=_layer_dtype_of.__doc__)
@@ -89,38 +90,7 @@ class Fp8Linear(nn.Module):
             w = api.dequantize_fp8(self.weight, self.weight_scale, out_dtype=x.dtype)
             y = F.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
             return y.reshape(*x.shape[:-1], self.out_features)
-        # W8A8 on a GPU: a forward whose input signature (and module tensors) match the last
-        # one runs the step the checked ops chose then (lowbit/_linear.py), in one host call.
-        # Everything a check reads is in the key, so an input the checks would reject never
-        # matches.
-        key = _backend.step_key(x)
-        step = self._step
-        if key is not None and step is not None and step[0] == key:
-            held = step[1]
-            if (held[0] is self.weight and held[1] is self.weight_scale
-                    and held[2] is self.bias and held[3] is self.act_scale):
-                return step[2](x, *held)
-        return self._w8a8(x, key)
-
-    def _w8a8(self, x: torch.Tensor, key) -> torch.Tensor:
-        state = self._state()
-        if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
-            # One registered op per layer in a compiled graph (one dispatcher crossing), and
-            # the dispatcher for tensor subclasses (tracing).
-            return ops.OPS["fp8_linear"](x, *state, "default")
-        y, x2, q, sx = _linear.run_fp8_ops(x, *state, "default")
-        if key is not None:
-            # This module's own step (its own launch objects: the weight's TMA map is kept).
-            step = _linear.prepare_fp8_step(x, x2, q, sx, *state)
-            if step is not None:
-                self._step = (key, state, step)
-        return y
-
-    def __getstate__(self):
-        # The prepared chain holds closures over this process's kernels: never pickled.
-        state = self.__dict__.copy()
-        state["_step"] = None
-        return state
+        return self._w8a8(x)
 
     def extra_repr(self) -> str:
         act = "static per-tensor" if self.act_scale is not None else "dynamic per-token"
