@@ -1,8 +1,11 @@
 """int8_mm and int8_gemm on the CUDA kernels: int8_mm exactly equal to an int64 product,
 int8_gemm within the SPEC's tolerance of the float64 reference from the same int8 operands.
 Each kernel is pinned through ``LOWBIT_ARCH`` and the M range: on a Hopper card the sm_90a
-wgmma kernel takes M > 64, the IMMA small-M kernel M <= 64, and ``LOWBIT_ARCH=80`` gives the
-tiled IMMA kernel (the A100 path) every M above 64."""
+wgmma kernel takes M > 64 and the sm_90a swap-AB kernel 1 <= M <= 64; ``LOWBIT_ARCH=80``
+gives the A100 path, the IMMA small-M kernel for M <= 64 and the tiled IMMA kernel above (the
+small-M kernel also takes M = 0 natively)."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +28,12 @@ def _exact(a, b) -> torch.Tensor:
     return out.int()
 
 
+SWAPAB = "sm90_int8_gemm_swapab"
+
+
 def _expected_kernel(m: int, arch):
+    if arch is None and 1 <= m <= 64:
+        return SWAPAB
     if m <= 64:
         return "sm80_int8_gemm_smallm"
     return "sm80_int8_gemm_mma" if arch == "80" else "sm90_int8_gemm_wgmma"
@@ -101,10 +109,12 @@ def _gemm_case(m, n, k, a_row, b_row, zero, bias, out_dtype, seed=0):
     return a, b, sa, sb, bt, z
 
 
-def _f64_reference(a, b, sa, sb, bias, z):
-    acc = a.double() @ b.double().T
+def _f64_reference(a, b, sa, sb, bias, z, acc=None):
+    """The epilogue in float64 on a's device; ``acc``: a @ b.T in float64, when known."""
+    if acc is None:
+        acc = a.double() @ b.double().T
     if z is not None:
-        acc = acc - z.double().reshape(-1, 1) * b.double().sum(1).reshape(1, -1)
+        acc = acc - z.double().reshape(-1, 1) * b.sum(1, dtype=torch.int64).double().reshape(1, -1)
     out = acc * sa.double().reshape(-1, 1) * sb.double().reshape(1, -1)
     if bias is not None:
         out = out + bias.double().reshape(1, -1)
@@ -155,6 +165,7 @@ def test_int8_gemm_fp32_epilogue_matches_reference_closely(monkeypatch, arch, m)
 
 @gpu
 def test_int8_gemm_deterministic():
+    # On a Hopper card M = 16, N = 4096 runs swapab with K split over clusters (32 tiles).
     a, b, sa, sb, bt, z = _gemm_case(16, 4096, 8192, True, True, "row", True, torch.bfloat16)
     args = [t.cuda() for t in (a, b, sa, sb, bt)]
     outs = [lowbit.int8_gemm(*args, a_zero=z.cuda()) for _ in range(3)]
@@ -170,3 +181,99 @@ def test_int8_kernels_step_aside():
     a, b = torch.zeros(2, 131072 - 16, dtype=torch.int8, device="cuda"), torch.zeros(
         3, 131072 - 16, dtype=torch.int8, device="cuda")
     assert lowbit.explain(lowbit.int8_mm, a, b, backend="cuda").backend == "cuda"
+
+
+# ------------------------------------------------------- sm90_int8_gemm_swapab (1 <= M <= 64)
+@pytest.fixture
+def sm90():
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip(f"{SWAPAB} runs on sm_90 only")
+
+
+def _int8_cuda(shape, seed, lo=-128, hi=128):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randint(lo, hi, shape, generator=g, dtype=torch.int8, device="cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def _swapab_operands(m, n, k):
+    """a [m, k] in [-128, 127], b [n, k] in [-127, 127] (weights quantized symmetrically) and
+    a @ b.T in float64, exact: every partial sum is an integer below 2^14 K < 2^53."""
+    a, b = _int8_cuda((m, k), m + k), _int8_cuda((n, k), n + k + 1, -127)
+    return a, b, a.double() @ b.double().T
+
+
+# On a 132-SM H200 (clusters of 2-8 CTAs, as the FP8 swapab tests list) N = 4096 (32 tiles)
+# splits K over clusters of 3 or 4, N = 256 (2 tiles) over clusters of 8, and N = 28672
+# (224 tiles) does not split: each CTA strides over two tiles. M = 1, 16, 24, 33 and 64 run
+# activation tiles of 8, 16, 32, 64 and 64 rows.
+SWAPAB_SHAPES = [(4096, 4096), (4096, 8192), (256, 8192), (28672, 8192), (3000, 4112)]
+SWAPAB_MS = [1, 16, 24, 33, 64]
+
+
+@gpu
+@pytest.mark.parametrize("n,k", SWAPAB_SHAPES)
+@pytest.mark.parametrize("m", SWAPAB_MS)
+def test_swapab_int8_mm_exact(sm90, m, n, k):
+    """The int32 partials of a split K add up exactly: the product bit for bit."""
+    a, b, acc = _swapab_operands(m, n, k)
+    choice = lowbit.explain(lowbit.int8_mm, a, b)
+    assert choice.kernel == SWAPAB, str(choice)
+    out = lowbit.int8_mm(a, b)
+    assert out.dtype == torch.int32 and out.shape == (m, n)
+    assert torch.equal(out.double(), acc)
+
+
+@gpu
+@pytest.mark.parametrize("n,k", SWAPAB_SHAPES)
+@pytest.mark.parametrize("m", SWAPAB_MS)
+def test_swapab_int8_gemm_epilogues(sm90, m, n, k):
+    """Every epilogue (per-tensor / per-row scales of a and b, no, one or per-row zero points,
+    bias or none, each output dtype) within the SPEC's tolerance of float64; fp32 outputs
+    within a few ulps of it, as one rounding of the exact corrected sum and three fp32
+    operations give."""
+    a, b, acc = _swapab_operands(m, n, k)
+    g = torch.Generator().manual_seed(m + n)
+    for a_row, b_row in ((True, True), (False, False), (True, False), (False, True)):
+        sa = (torch.rand((m, 1) if a_row else (), generator=g) * 0.02 + 1e-3).cuda()
+        sb = (torch.rand((n, 1) if b_row else (), generator=g) * 0.002 + 1e-4).cuda()
+        for zero in (None, "tensor", "row"):
+            z = None if zero is None else (
+                torch.tensor(-7, dtype=torch.int32) if zero == "tensor" else
+                torch.randint(-128, 128, (m, 1), generator=g, dtype=torch.int32)).cuda()
+            for out_dtype, bias_dtype in ((torch.bfloat16, torch.bfloat16),
+                                          (torch.float16, None),
+                                          (torch.float32, torch.float32),
+                                          (torch.float32, None)):
+                bias = None if bias_dtype is None else (
+                    torch.randn(n, generator=g).to(bias_dtype).cuda())
+                what = (a_row, b_row, zero, out_dtype, bias_dtype)
+                choice = lowbit.explain(lowbit.int8_gemm, a, b, sa, sb, bias,
+                                        out_dtype=out_dtype, a_zero=z)
+                assert choice.kernel == SWAPAB, (str(choice), what)
+                out = lowbit.int8_gemm(a, b, sa, sb, bias, out_dtype=out_dtype, a_zero=z)
+                assert out.dtype == out_dtype and out.shape == (m, n), what
+                ref = _f64_reference(a, b, sa, sb, bias, z, acc)
+                assert rel_fro(out, ref) <= gemm_tol(out_dtype), what
+                if out_dtype == torch.float32:
+                    scaled = ref if bias is None else ref - bias.double()
+                    bound = 4 * np.finfo(np.float32).eps * (
+                        scaled.abs().max() + (0 if bias is None else bias.double().abs().max()))
+                    assert (out.double() - ref).abs().max() <= bound, what
+
+
+@gpu
+@pytest.mark.parametrize("n,k", [(4096, 8192), (256, 8192)])
+def test_swapab_int8_deterministic(sm90, n, k):
+    """Split K: repeated calls agree bit for bit, int8_mm and int8_gemm alike."""
+    a, b, _ = _swapab_operands(16, n, k)
+    assert lowbit.explain(lowbit.int8_mm, a, b).kernel == SWAPAB
+    mm = lowbit.int8_mm(a, b)
+    sa = torch.rand(16, 1, device="cuda") * 0.02 + 1e-3
+    sb = torch.rand(n, 1, device="cuda") * 0.002 + 1e-4
+    z = torch.randint(-128, 128, (16, 1), dtype=torch.int32, device="cuda")
+    gemm = lowbit.int8_gemm(a, b, sa, sb, out_dtype=torch.float32, a_zero=z)
+    for _ in range(3):
+        assert torch.equal(lowbit.int8_mm(a, b), mm)
+        assert torch.equal(lowbit.int8_gemm(a, b, sa, sb, out_dtype=torch.float32, a_zero=z),
+                           gemm)

@@ -17,4 +17,10 @@ GemmFn sm80_int8_gemm_smallm;
 // sm_90a (TMA + s8 wgmma, persistent, warp-specialized), for M above the small-M range.
 GemmFn sm90_int8_gemm_wgmma;
 
+// sm_90a small M (1 <= M <= 64, decode): the weight streams through s8 wgmma as the A operand
+// and the activations are the narrow B operand (n = M rounded up to 8, 16, 32 or 64); K is
+// split over a thread-block cluster when N has too few 128-row tiles to fill the GPU, its
+// int32 partials added exactly. M > 64 returns cudaErrorInvalidValue.
+GemmFn sm90_int8_gemm_swapab;
+
 }  // namespace lowbit

@@ -64,6 +64,7 @@ KERNELS: Dict[str, Dict[str, Tuple[Optional[Tuple[int, int]], int, Optional[str]
     # The same kernels serve both INT8 GEMM ops (int8_mm stores the int32 accumulator).
     "int8_mm": {
         "sm90_int8_gemm_wgmma": ((SMALL_M_MAX + 1, _BIG), 30, None),
+        "sm90_int8_gemm_swapab": ((1, SMALL_M_MAX), 25, None),
         "sm80_int8_gemm_smallm": ((0, SMALL_M_MAX), 10, None),
         "sm80_int8_gemm_mma": ((0, _BIG), 5, None),
     },
