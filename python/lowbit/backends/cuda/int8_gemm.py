@@ -2,9 +2,11 @@
 ``KERNELS`` in this package's ``__init__``; what each kernel does: ``csrc/int8/int8_gemm.h``).
 
 They are the FP8 GEMMs' templates instantiated with s8 operands, accumulating exactly in
-int32: ``sm90_int8_gemm_wgmma`` (TMA + s8 wgmma, sm_90a) for M above 64, and the mma.sync
-IMMA kernels of every arch from sm_80 (the A100 path): ``sm80_int8_gemm_smallm`` (split-K
-inside a CTA, M <= 64) and ``sm80_int8_gemm_mma`` (128 x 128 tiles, any M).
+int32: on sm_90a ``sm90_int8_gemm_wgmma`` (TMA + s8 wgmma, persistent) for M above 64 and
+``sm90_int8_gemm_swapab`` (the weight as wgmma's 64-row operand, K split over a cluster,
+int32 partials added in a fixed order) for 1 <= M <= 64; on every arch from sm_80 (the A100
+path) the mma.sync IMMA kernels ``sm80_int8_gemm_smallm`` (split-K inside a CTA, M <= 64)
+and ``sm80_int8_gemm_mma`` (128 x 128 tiles, any M).
 
 ``int8_mm`` stores the int32 accumulator itself. ``int8_gemm`` converts it to fp32 once in
 the epilogue, after subtracting ``a_zero[m] * sum_k b[n, k]`` for asymmetric activations (in
