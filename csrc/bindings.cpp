@@ -29,6 +29,8 @@
 //     .launch(q, scale, zero, out, stream)
 //   Fp8LinearLaunch(quantize_launch, gemm_launch, scale_offset, amax_offset)
 //     .launch(x, x_scale, b, b_scale, bias, workspace, out, stream)
+//   Int8LinearLaunch(quantize_launch, gemm_launch, scale_offset, zero_offset, amax_offset)
+//     .launch(x, x_scale, x_zero, b, b_scale, b_sum, bias, workspace, out, stream)
 // A Launch object is built once per call signature (it checks and converts everything but
 // the pointers); its launch() is the per-call path. A constructor given values no kernel
 // takes raises ValueError; a failed launch raises RuntimeError with the CUDA error string.
@@ -417,37 +419,69 @@ class Int8DequantizeLaunch : Launch<lowbit::int8::DequantizeFn, lowbit::int8::De
 };
 
 // A quantized linear layer's forward as one host call: the activation quantizer writes q and
-// its scales into a workspace the caller allocates per call, and the GEMM reads them from
-// there. Workspace layout (bytes): q at 0, the scales at scale_offset, the dynamic per-tensor
-// quantizer's amax word at amax_offset (-1: none). Each launch keeps its own copy of the two
+// its scales (and zero points) into a workspace the caller allocates per call, and the GEMM
+// reads them from there. Workspace layout (bytes): q at 0, the scales at scale_offset, the
+// zero points of asymmetric INT8 activations at zero_offset, the dynamic per-tensor
+// quantizer's words at amax_offset (-1: none). Each launch keeps its own copy of the two
 // launch objects, so the GEMM's weight map is encoded once per layer.
 template <class QuantLaunch, class GemmLaunchT>
 class QuantGemmLaunch {
  public:
   QuantGemmLaunch(const QuantLaunch& quant, const GemmLaunchT& gemm, int64_t scale_offset,
-                  int64_t amax_offset)
-      : quant_(quant), gemm_(gemm), scale_offset_(scale_offset), amax_offset_(amax_offset) {
-    if (scale_offset <= 0 || scale_offset % 16 || amax_offset < -1 ||
-        (amax_offset >= 0 && amax_offset % 4))
+                  int64_t zero_offset, int64_t amax_offset)
+      : quant_(quant), gemm_(gemm), scale_offset_(scale_offset), zero_offset_(zero_offset),
+        amax_offset_(amax_offset) {
+    auto optional_ok = [](int64_t off) { return off == -1 || (off >= 0 && off % 4 == 0); };
+    if (scale_offset <= 0 || scale_offset % 16 || !optional_ok(zero_offset) ||
+        !optional_ok(amax_offset))
       throw py::value_error("workspace offsets: scale_offset must be a positive multiple of "
-                            "16 and amax_offset -1 or a multiple of 4");
+                            "16, zero_offset and amax_offset -1 or a multiple of 4");
   }
+
+ protected:
+  // The workspace's regions: q, scales, zero points (0: none), the amax words (0: none).
+  struct Regions {
+    uintptr_t q, scales, zeros, amax;
+  };
+  Regions regions(uintptr_t workspace) const {
+    if (workspace == 0 || workspace % 16) throw py::value_error("workspace must be 16-byte aligned");
+    auto at = [&](int64_t off) { return off >= 0 ? workspace + off : uintptr_t(0); };
+    return {workspace, workspace + scale_offset_, at(zero_offset_), at(amax_offset_)};
+  }
+
+  QuantLaunch quant_;
+  GemmLaunchT gemm_;
+  int64_t scale_offset_, zero_offset_, amax_offset_;
+};
+
+class Fp8LinearLaunch : public QuantGemmLaunch<QuantizeLaunch, GemmLaunch> {
+ public:
+  Fp8LinearLaunch(const QuantizeLaunch& quant, const GemmLaunch& gemm, int64_t scale_offset,
+                  int64_t amax_offset)
+      : QuantGemmLaunch(quant, gemm, scale_offset, -1, amax_offset) {}
 
   void launch(uintptr_t x, uintptr_t x_scale, uintptr_t b, uintptr_t b_scale, uintptr_t bias,
               uintptr_t workspace, uintptr_t out, uintptr_t stream) {
-    if (workspace == 0 || workspace % 16) throw py::value_error("workspace must be 16-byte aligned");
-    const uintptr_t scales = workspace + scale_offset_;
-    quant_.launch(x, workspace, x_scale, scales,
-                  amax_offset_ >= 0 ? workspace + amax_offset_ : 0, stream);
-    gemm_.launch(workspace, b, scales, b_scale, bias, out, stream);
+    const Regions r = regions(workspace);
+    quant_.launch(x, r.q, x_scale, r.scales, r.amax, stream);
+    gemm_.launch(r.q, b, r.scales, b_scale, bias, out, stream);
   }
-
- private:
-  QuantLaunch quant_;
-  GemmLaunchT gemm_;
-  int64_t scale_offset_, amax_offset_;
 };
-using Fp8LinearLaunch = QuantGemmLaunch<QuantizeLaunch, GemmLaunch>;
+
+// INT8: asymmetric activations' zero points go from the quantizer (computed, or a copy of the
+// static x_zero) to the GEMM through the workspace; b_sum holds the weight's row sums.
+class Int8LinearLaunch : public QuantGemmLaunch<Int8QuantizeLaunch, Int8GemmLaunch> {
+ public:
+  using QuantGemmLaunch::QuantGemmLaunch;
+
+  void launch(uintptr_t x, uintptr_t x_scale, uintptr_t x_zero, uintptr_t b, uintptr_t b_scale,
+              uintptr_t b_sum, uintptr_t bias, uintptr_t workspace, uintptr_t out,
+              uintptr_t stream) {
+    const Regions r = regions(workspace);
+    quant_.launch(x, r.q, x_scale, x_zero, r.scales, r.zeros, r.amax, stream);
+    gemm_.launch(r.q, b, r.scales, b_scale, bias, r.zeros, b_sum, out, stream);
+  }
+};
 #endif  // LOWBIT_WITH_CUDA
 
 }  // namespace
@@ -536,5 +570,15 @@ PYBIND11_MODULE(_C, m) {
       .def("launch", &Fp8LinearLaunch::launch, py::arg("x"), py::arg("x_scale"), py::arg("b"),
            py::arg("b_scale"), py::arg("bias"), py::arg("workspace"), py::arg("out"),
            py::arg("stream"));
+  py::class_<Int8LinearLaunch>(m, "Int8LinearLaunch",
+                               "An INT8 linear layer's forward for one call signature: quantize "
+                               "the activations into a workspace, then the GEMM, in one call")
+      .def(py::init<const Int8QuantizeLaunch&, const Int8GemmLaunch&, int64_t, int64_t,
+                    int64_t>(),
+           py::arg("quantize"), py::arg("gemm"), py::arg("scale_offset"), py::arg("zero_offset"),
+           py::arg("amax_offset"))
+      .def("launch", &Int8LinearLaunch::launch, py::arg("x"), py::arg("x_scale"),
+           py::arg("x_zero"), py::arg("b"), py::arg("b_scale"), py::arg("b_sum"), py::arg("bias"),
+           py::arg("workspace"), py::arg("out"), py::arg("stream"));
 #endif
 }

@@ -41,7 +41,7 @@ def _err(y, lin, x):
 
 def _ops(mod: Int8Linear, x):
     """The forward as the public ops compute it, step by step."""
-    x2 = x.reshape(-1, K)
+    x2 = x.reshape(-1, mod.in_features)
     if mod.mode == "w8a16":
         w = lowbit.dequantize_int8(mod.weight, mod.weight_scale, out_dtype=x.dtype)
         y = F.linear(x2, w, None if mod.bias is None else mod.bias.to(x.dtype))
@@ -52,7 +52,7 @@ def _ops(mod: Int8Linear, x):
         assert (z is None) == mod.act_symmetric
         y = lowbit.int8_gemm(q, mod.weight, s, mod.weight_scale, mod.bias, out_dtype=x.dtype,
                              a_zero=z)
-    return y.reshape(*x.shape[:-1], N)
+    return y.reshape(*x.shape[:-1], mod.out_features)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
@@ -220,3 +220,54 @@ def test_extra_repr():
     r = repr(Int8Linear.from_linear(_linear(), act_scale=torch.tensor(0.02)))
     assert "in_features=256, out_features=96, bias=True, mode=w8a8" in r
     assert "activations=static per-tensor" in r
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", [None, "80"], ids=["native", "sm80"])
+@pytest.mark.parametrize("shape,k,n,bias,dtype,act", [
+    ((1, 4096), 4096, 1024, False, torch.bfloat16, "dynamic"),       # decode: swap-AB / split-K
+    ((2, 3, 512), 512, 384, True, torch.bfloat16, "asymmetric"),     # 3-D input, zero points
+    ((300, 256), 256, 200, True, torch.float16, "static"),           # tiled GEMM, ragged N
+    ((65, 128), 128, 136, False, torch.float32, "static-asymmetric"),
+], ids=["m1", "3d-asym", "m300-static", "fp32-static-asym"])
+def test_fused_cuda_step_matches_the_ops(monkeypatch, arch, shape, k, n, bias, dtype, act):
+    """On CUDA kernels a prepared forward is one fused launch (quantize + GEMM through a
+    workspace): the same kernels as the two op calls, so the same bits; the weight's row
+    sums (asymmetric activations) follow in-place writes to the weight."""
+    if arch is not None:
+        monkeypatch.setenv("LOWBIT_ARCH", arch)
+    torch.manual_seed(3)
+    lin = nn.Linear(k, n, bias=bias).to("cuda", dtype)
+    x = F.gelu(torch.randn(*shape, device="cuda")).to(dtype)
+    sym = "asym" not in act
+    kw = {}
+    if act.startswith("static"):
+        if sym:
+            kw = dict(act_scale=x.abs().amax().float() / 127)
+        else:
+            lo, hi = x.float().min().clamp(max=0), x.float().max().clamp(min=0)
+            s = (hi - lo) / 255
+            kw = dict(act_scale=s, act_zero=torch.round(-128 - lo / s).int())
+    mod = Int8Linear.from_linear(lin, act_symmetric=sym, **kw)
+    first = mod(x)
+    step = mod._step[2]
+    assert "+" in step.__name__, "a CUDA forward fuses the two chosen kernels"
+    assert torch.equal(first, _ops(mod, x))
+    assert torch.equal(mod(x), first)
+    # An in-place write to the weight: the same module tensors, new values.
+    with torch.no_grad():
+        mod.weight.neg_()
+    again = mod(x)
+    assert mod._step[2] is step
+    assert torch.equal(again, _ops(mod, x)) and not torch.equal(again, first)
+
+
+@pytest.mark.gpu
+def test_int8_linear_compiled_matches_eager_on_gpu():
+    lin = nn.Linear(512, 384).to("cuda", torch.bfloat16)
+    x = torch.randn(7, 512, dtype=torch.bfloat16, device="cuda")
+    for sym in (True, False):
+        mod = Int8Linear.from_linear(lin, act_symmetric=sym)
+        eager = mod(x)
+        compiled = torch.compile(mod, fullgraph=True)
+        assert torch.equal(compiled(x), eager) and torch.equal(mod(x), eager)

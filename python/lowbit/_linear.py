@@ -69,6 +69,12 @@ FP8 = Family(
         qs[0], weight, qs[1], weight_scale, bias, dtype, False),
     fused=_fp8_fused)
 
+def _int8_fused(quant_kernel, gemm_kernel, x, q_args, dtype, *state):
+    from .backends.cuda.linear import int8_linear_step
+
+    return int8_linear_step(quant_kernel, gemm_kernel, x, q_args, dtype, *state)
+
+
 INT8 = Family(
     "int8_linear", "quantize_int8", "int8_gemm",
     quant_args=lambda x2, weight, weight_scale, bias, act_scale, act_zero, act_symmetric: (
@@ -76,7 +82,8 @@ INT8 = Family(
         [128, 128], act_symmetric),
     gemm_args=lambda qs, dtype, weight, weight_scale, bias, act_scale, act_zero,
     act_symmetric: (qs[0], weight, qs[1], weight_scale, bias, dtype,
-                    None if act_symmetric else qs[2]))
+                    None if act_symmetric else qs[2]),
+    fused=_int8_fused)
 
 FAMILIES = {f.op: f for f in (FP8, INT8)}
 

@@ -1,9 +1,9 @@
 """A quantized linear layer's forward on the CUDA kernels in one host call.
 
 ``Fp8Linear`` (W8A8) runs two ops per forward: ``quantize_fp8`` on the activations, then
-``fp8_scaled_mm`` on the result. Once a forward of an input signature has run both through
+``fp8_scaled_mm`` on the result (``Int8Linear``: ``quantize_int8``, then ``int8_gemm``). Once a forward of an input signature has run both through
 the checked ops on CUDA kernels, ``fp8_linear_step`` builds the same two launches into one
-``_C.Fp8LinearLaunch``: a call then allocates a workspace for the quantized activations and
+``_C.Fp8LinearLaunch`` (``_C.Int8LinearLaunch``): a call then allocates a workspace for the quantized activations and
 their scales (one allocation instead of two or three), the output, and makes one call into
 C++, which launches the quantizer and then the GEMM on the current stream. A module keeps a
 launch object of its own, so its GEMM encodes the weight's TMA map once (see
@@ -30,6 +30,42 @@ def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
+def _plan(x, weight, weight_scale, bias, act_scale, op, granularity, group_size, block,
+          zero_points: bool, amax_words: int):
+    """The shared part of a fused step: None when the inputs need what the fused call does
+    not do (a copy of x's rows, scales or a bias that are not dense, an empty side), else
+    (rows view, scale shape, workspace bytes, scale, zero and amax offsets). Workspace: q
+    [rows, cols] at 0, its scales at a 256-byte boundary, then the zero points and the
+    per-tensor quantizer's words (-1: none)."""
+    if x.dim() < 1:
+        return None
+    v, rows, cols, rs, cs = _rows_view(x)
+    n = weight.shape[0]
+    if (v.data_ptr() != x.data_ptr() or rows == 0 or cols == 0 or n == 0
+            or not _aligned(weight) or not weight_scale.is_contiguous()
+            or (act_scale is not None and not act_scale.is_contiguous())
+            or (bias is not None and not bias.is_contiguous())):
+        return None
+    s_shape = scale_shape(op, (rows, cols), granularity, group_size, block)
+    scale_offset = _round_up(rows * cols, 256)
+    end = scale_offset + 4 * math.prod(s_shape)
+    zero_offset = amax_offset = -1
+    if zero_points:
+        zero_offset = _round_up(end, 16)
+        end = zero_offset + 4 * math.prod(s_shape)
+    if act_scale is None and needs_amax_word(granularity, group_size, block):
+        amax_offset = _round_up(end, 16)
+        end = amax_offset + 4 * amax_words
+    return (rows, cols, rs, cs), s_shape, _round_up(end, 16), scale_offset, zero_offset, amax_offset
+
+
+def _gemm_geometry(weight, weight_scale, cols):
+    n = weight.shape[0]
+    ldb = weight.stride(0) if n > 1 else cols
+    sb_ld = weight_scale.stride(0) if weight_scale.dim() == 2 else 0
+    return n, ldb, sb_ld
+
+
 def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
                     act_scale: Optional[torch.Tensor], q_rest: tuple, weight: torch.Tensor,
                     weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
@@ -39,35 +75,22 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
     ``quant_kernel``, then ``fp8_scaled_mm`` of the result with ``weight``, ``weight_scale``
     and ``bias`` on ``gemm_kernel``, into an output of shape ``(*x.shape[:-1], N)``. The
     arguments passed both ops' checks and chose these kernels. None when the inputs need what
-    the fused call does not do (a copy of x's rows, scales or a bias that are not dense, an
-    empty side): the caller then runs the ops."""
+    the fused call does not do: the caller then runs the ops."""
     fmt, granularity, group_size, block, saturate = q_rest
     q_kid, g_kid = kernel_id(quant_kernel), kernel_id(gemm_kernel)
-    if q_kid is None or g_kid is None or x.dim() < 1:
+    plan = None if q_kid is None or g_kid is None else _plan(
+        x, weight, weight_scale, bias, act_scale, "quantize_fp8", granularity, group_size,
+        block, False, 1)
+    if plan is None:
         return None
-    v, rows, cols, rs, cs = _rows_view(x)
-    n = weight.shape[0]
-    if (v.data_ptr() != x.data_ptr() or rows == 0 or cols == 0 or n == 0
-            or not _aligned(weight) or not weight_scale.is_contiguous()
-            or (act_scale is not None and not act_scale.is_contiguous())
-            or (bias is not None and not bias.is_contiguous())):
-        return None
-    s_shape = scale_shape("quantize_fp8", (rows, cols), granularity, group_size, block)
-    # Workspace: q [rows, cols] at 0, its scales at a 256-byte boundary, then the amax word.
-    scale_offset = _round_up(rows * cols, 256)
-    end = scale_offset + 4 * math.prod(s_shape)
-    amax_offset = -1
-    if act_scale is None and needs_amax_word(granularity, group_size, block):
-        amax_offset = _round_up(end, 16)
-        end = amax_offset + 4
-    ws_bytes = _round_up(end, 16)
-    ldb = weight.stride(0) if n > 1 else cols
-    sb_ld = weight_scale.stride(0) if weight_scale.dim() == 2 else 0
+    geometry, s_shape, ws_bytes, scale_offset, _, amax_offset = plan
+    rows, cols = geometry[:2]
+    n, ldb, sb_ld = _gemm_geometry(weight, weight_scale, cols)
     gemm = gemm_launch(g_kid, rows, n, cols, cols, ldb, s_shape,
                        s_shape[-1] if len(s_shape) == 2 else 0, tuple(weight_scale.shape), sb_ld,
                        None if bias is None else bias.dtype, out_dtype, False)
     launches = tuple(_C.Fp8LinearLaunch(q, gemm, scale_offset, amax_offset).launch
-                     for q in quantize_launches(q_kid, x.dtype, (rows, cols, rs, cs), fmt,
+                     for q in quantize_launches(q_kid, x.dtype, geometry, fmt,
                                                 granularity, group_size, block, saturate))
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
     empty, u8 = torch.empty, torch.uint8
@@ -81,6 +104,62 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
                 weight.data_ptr(), weight_scale.data_ptr(),
                 0 if bias is None else bias.data_ptr(), ws.data_ptr(), out.data_ptr(),
                 raw_stream(idx))
+        return out
+
+    step.__name__ = f"{quant_kernel}+{gemm_kernel}"
+    return step
+
+
+def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_args: tuple,
+                     out_dtype: torch.dtype, weight: torch.Tensor, weight_scale: torch.Tensor,
+                     bias: Optional[torch.Tensor], act_scale: Optional[torch.Tensor],
+                     act_zero: Optional[torch.Tensor], act_symmetric: bool
+                     ) -> Optional[Callable]:
+    """The INT8 twin of ``fp8_linear_step``: ``quantize_int8`` with ``q_args`` (its arguments
+    after x) on ``quant_kernel``, then ``int8_gemm`` on ``gemm_kernel``, as one
+    ``_C.Int8LinearLaunch``: step(x, weight, weight_scale, bias, act_scale, act_zero,
+    act_symmetric) -> y. Asymmetric activations need the weight's row sums: computed here
+    once, and again whenever the weight has been written in place since (its version
+    counter moved)."""
+    from .int8_gemm import int8_gemm_launch, row_sums
+    from .int8_quantize import quantize_launch
+
+    _, _, _, granularity, group_size, block, symmetric = q_args
+    q_kid, g_kid = kernel_id(quant_kernel), kernel_id(gemm_kernel)
+    plan = None if q_kid is None or g_kid is None else _plan(
+        x, weight, weight_scale, bias, act_scale, "quantize_int8", granularity, group_size,
+        block, not symmetric, 2)
+    if plan is None:
+        return None
+    geometry, s_shape, ws_bytes, scale_offset, zero_offset, amax_offset = plan
+    rows, cols = geometry[:2]
+    n, ldb, _ = _gemm_geometry(weight, weight_scale, cols)
+    zero_mode = 0 if symmetric else (2 if len(s_shape) == 2 else 1)
+    gemm = int8_gemm_launch(g_kid, rows, n, cols, cols, ldb, len(s_shape) == 2,
+                            weight_scale.dim() == 2, zero_mode,
+                            None if bias is None else bias.dtype, out_dtype)
+    quant = quantize_launch(q_kid, x.dtype, geometry, granularity, group_size, block, symmetric)
+    launch = _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset).launch
+    dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
+    empty, u8 = torch.empty, torch.uint8
+    sums = [None, None]  # [row sums, the weight's version they were computed at]
+
+    def b_sum(weight) -> int:
+        if symmetric:
+            return 0
+        if sums[0] is None or sums[1] != weight._version:
+            sums[0], sums[1] = row_sums(weight), weight._version
+        return sums[0].data_ptr()
+
+    def step(x, weight, weight_scale, bias, act_scale, act_zero, act_symmetric):
+        ws = empty(ws_bytes, dtype=u8, device=dev)
+        out = empty(out_shape, dtype=out_dtype, device=dev)
+        with OnDevice(dev):
+            launch(x.data_ptr(), 0 if act_scale is None else act_scale.data_ptr(),
+                   0 if act_zero is None else act_zero.data_ptr(), weight.data_ptr(),
+                   weight_scale.data_ptr(), b_sum(weight),
+                   0 if bias is None else bias.data_ptr(), ws.data_ptr(), out.data_ptr(),
+                   raw_stream(idx))
         return out
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
