@@ -303,7 +303,7 @@ template <FloatType T, class Codec, QuantKernel kMode>
 __device__ __forceinline__ void quant_rows_body(const KernelParams& p);
 
 // Per-row dynamic teams reach 512 threads (the row in registers); the streaming mode runs
-// 256-thread CTAs (fp8_launch_heuristics.h).
+// 256-thread CTAs (common/quant_heuristics.h).
 template <FloatType T, class Codec, QuantKernel kMode>
 __global__ void __launch_bounds__(kMode == QuantKernel::kDynRow ? kDynRowMaxThreads : kStreamThreads,
                       kMode == QuantKernel::kDynRow ? kDynRowMinBlocks : kStreamMinBlocks)

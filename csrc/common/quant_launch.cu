@@ -1,7 +1,7 @@
 // The quantizer families' shared launchers: argument validation, the choice of kernel and
 // [rows, cols] view, and the launches through the family's per-dtype dispatch (kernels in
-// common/quant_kernels.cuh, launch shapes in fp8/fp8_launch_heuristics.h, which every family
-// uses). Host code only; nothing here synchronizes the host.
+// common/quant_kernels.cuh, launch shapes in common/quant_heuristics.h). Host code only;
+// nothing here synchronizes the host.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -9,15 +9,11 @@
 
 #include "common/launch.h"
 #include "common/quant_launch.h"
-#include "fp8/fp8_launch_heuristics.h"
+#include "common/quant_heuristics.h"
 
 namespace lowbit {
 namespace quant {
 namespace detail {
-
-using fp8::detail::ceil_div;
-using fp8::detail::kMaxGrid;
-using fp8::detail::RowsLaunch;
 
 namespace {
 
@@ -82,7 +78,7 @@ void use_plan(Launch& l, const RowsLaunch& plan) {
 // A streaming row-kernel launch (static or pass-2 scales, per-group dynamic scales).
 cudaError_t launch_streaming(const QuantFamily& f, FloatType t, QuantLaunch l, int min_team,
                              cudaStream_t stream) {
-  use_plan(l, fp8::detail::plan_streaming(l.p.rows, ceil_div(l.p.cols, 16), cache_chunks(t),
+  use_plan(l, plan_streaming(l.p.rows, ceil_div(l.p.cols, 16), cache_chunks(t),
                                           min_team));
   return launch_quant(f, t, l, stream);
 }
@@ -227,7 +223,7 @@ cudaError_t quantize_per_tensor(const QuantizeView& a, const QuantLaunch& codec,
   amax.kernel = QuantKernel::kAmax;
   amax.p.workspace = a.workspace;
   amax.threads = kAmaxBlockThreads;
-  amax.grid = fp8::detail::plan_amax_grid(p.rows * ceil_div(p.cols, 16), kAmaxBlockThreads,
+  amax.grid = plan_amax_grid(p.rows * ceil_div(p.cols, 16), kAmaxBlockThreads,
                                           cache_chunks(a.x_type), sm_count());
   err = launch_quant(f, a.x_type, amax, stream);
   if (err != cudaSuccess) return err;
@@ -243,7 +239,7 @@ cudaError_t quantize_per_token(const QuantizeView& a, const QuantLaunch& codec,
   KernelParams& p = l.p;
   set_vector_flags(p, elem_bytes(a.x_type), 1);
   l.kernel = QuantKernel::kDynRow;
-  use_plan(l, fp8::detail::plan_dyn_row(p.rows, ceil_div(p.cols, 16), cache_chunks(a.x_type)));
+  use_plan(l, plan_dyn_row(p.rows, ceil_div(p.cols, 16), cache_chunks(a.x_type)));
   return launch_quant(f, a.x_type, l, stream);
 }
 
@@ -310,7 +306,7 @@ cudaError_t dequantize(const DequantizeView& a, const DequantLaunch& codec,
     p.row_stride = n;
   }
   set_vector_flags(p, 1, elem_bytes(a.out_type));
-  use_plan(l, fp8::detail::plan_streaming(p.rows, ceil_div(p.cols, 16), kDequantCacheChunks, 4));
+  use_plan(l, plan_streaming(p.rows, ceil_div(p.cols, 16), kDequantCacheChunks, 4));
   return launch(l, stream);
 }
 

@@ -1,14 +1,14 @@
-// Launch shapes for the FP8 quantize / dequantize kernels (kept apart from the launchers so
+// Launch shapes for the quantize / dequantize kernels of every family (FP8, INT8) (kept apart from the launchers so
 // the choices can be read and tuned in one place).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
-#include "fp8/fp8_quant_launch.h"
+#include "common/quant_launch.h"
 
 namespace lowbit {
-namespace fp8 {
+namespace quant {
 namespace detail {
 
 struct RowsLaunch {
@@ -65,5 +65,5 @@ inline int64_t plan_amax_grid(int64_t total_chunks, int threads, int cache, int 
 }
 
 }  // namespace detail
-}  // namespace fp8
+}  // namespace quant
 }  // namespace lowbit
