@@ -196,14 +196,25 @@ def test_model_rows_on_cpu(cpu_timers, monkeypatch):
             return self.mlp(x)
 
     x = torch.randn(4, 128, dtype=torch.bfloat16)
-    rows = models.compare("tiny", "M=4", Tiny(), (x,), 4, rounds=3, source="test")
-    assert [r["mode"] for r in rows] == ["eager", "graph"]
-    for r in rows:
-        assert r.get("error") is None and r["speedup"] == pytest.approx(1.0)
-        assert r["cosine"] > 0.99 and "2 Linears swapped" in r["note"]
-        assert r["bf16_per_s"] == pytest.approx(4 / 1.0 * 1e3)
-    text = table.format_table(rows, table.MODEL_COLUMNS)
-    assert "1.00x (1.00-1.00)" in text
+    for precision in models.PRECISIONS:
+        rows = models.compare("tiny", "M=4", Tiny(), (x,), 4, rounds=3, source="test",
+                              precision=precision)
+        assert [r["mode"] for r in rows] == ["eager", "graph"]
+        for r in rows:
+            assert r.get("error") is None and r["speedup"] == pytest.approx(1.0)
+            assert r["cosine"] > 0.99 and "2 Linears swapped" in r["note"]
+            assert r["bf16_per_s"] == pytest.approx(4 / 1.0 * 1e3)
+            assert r["precision"] == precision and r["q_ms"] == pytest.approx(1.0)
+        text = table.format_table(rows, table.MODEL_COLUMNS)
+        assert "1.00x (1.00-1.00)" in text and f" {precision} " in text
+    # the swap puts the precision's layer in every Linear's place
+    m = Tiny()
+    assert models.to_quantized(m, "int8") == 2
+    assert all(type(c).__name__ == "Int8Linear" for c in m.mlp.children())
+    with pytest.raises(ValueError, match="--precision: unknown precision 'int4'"):
+        run.parse_args(["--model", "all", "--precision", "fp8,int4"])
+    assert run.parse_args(["--model", "all", "--precision", "fp8,int8"]).precisions == (
+        "fp8", "int8")
 
 
 def test_bert_shaped_encoder_without_transformers():
@@ -249,9 +260,10 @@ def test_main_end_to_end_on_cpu(cpu_timers, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cases, "gpu_kernels", lambda op: [] if op == "dequantize_fp8" else ["k"])
     monkeypatch.setattr(cases, "runnable_kernels", lambda *a, **k: iter(()))
 
-    def tiny_model(rounds, progress):
+    def tiny_model(rounds, progress, precisions):
         progress("tiny")
-        return [dict(model="tiny", shape="M=1", mode="eager", bf16_ms=1.0, fp8_ms=0.5, speedup=2.0)]
+        return [dict(model="tiny", shape="M=1", precision=p, mode="eager", bf16_ms=1.0, q_ms=0.5,
+                     speedup=2.0) for p in precisions]
 
     monkeypatch.setitem(models.MODELS, "tiny", (tiny_model, 1))
     out = tmp_path / "o"

@@ -1,11 +1,14 @@
 """End-to-end rows of `lowbit bench --model`: a bf16 model against the same model with every
-nn.Linear replaced by ``lowbit.nn.Fp8Linear.from_linear``, eager, under torch.compile (both
-models compiled) and replayed as a CUDA graph.
+nn.Linear replaced by a quantized layer of each precision asked for (``--precision``: "fp8",
+``lowbit.nn.Fp8Linear.from_linear``, and "int8", ``lowbit.nn.Int8Linear.from_linear``, both
+W8A8 with per-token dynamic activations), eager, under torch.compile (both models compiled)
+and replayed as a CUDA graph.
 
 Eager models are host-bound and their timings noisy, so the two models are timed in
 interleaved rounds (bf16, fp8, bf16, fp8, ...: clock and host drift hit both alike) and
 the medians reported, with the range of the per-round speed-ups. Random weights; the
-cosine of the fp8 model's output with the bf16 model's says the swap computes the same thing.
+cosine of the quantized model's output with the bf16 model's says the swap computes the same
+thing.
 
 - ``bert-large``: a BERT-large-shaped encoder (hidden 1024, 24 layers, 16 heads, FFN 4096),
   batch 32 x 128 tokens: transformers' ``BertModel`` when transformers is installed, else the
@@ -94,17 +97,22 @@ class LlamaMLP(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
-def to_fp8(model: nn.Module) -> int:
-    """Replace every nn.Linear of `model` (in place) by Fp8Linear.from_linear; returns how many."""
-    from lowbit.nn import Fp8Linear
+PRECISIONS = ("fp8", "int8")
 
+
+def to_quantized(model: nn.Module, precision: str = "fp8") -> int:
+    """Replace every nn.Linear of `model` (in place) by the W8A8 layer of `precision`
+    (Fp8Linear or Int8Linear, ``from_linear``); returns how many."""
+    from lowbit.nn import Fp8Linear, Int8Linear
+
+    layer = {"fp8": Fp8Linear, "int8": Int8Linear}[precision]
     n = 0
     for name, child in model.named_children():
         if isinstance(child, nn.Linear):
-            setattr(model, name, Fp8Linear.from_linear(child))
+            setattr(model, name, layer.from_linear(child))
             n += 1
         else:
-            n += to_fp8(child)
+            n += to_quantized(child, precision)
     return n
 
 
@@ -126,23 +134,25 @@ def _callable(model, inputs, mode) -> Callable[[], object]:
 
 
 def compare(model_name: str, shape: str, bf16_model: nn.Module, inputs: tuple, samples: int,
-            rounds: int, source: str = "", progress: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """One row per mode: bf16 and fp8 time per forward (median over interleaved rounds),
-    samples per second, the speed-up and the output cosine."""
-    fp8_model = copy.deepcopy(bf16_model)
-    swapped = to_fp8(fp8_model)
+            rounds: int, source: str = "", progress: Callable[[str], None] = lambda s: None,
+            precision: str = "fp8") -> list[dict]:
+    """One row per mode: bf16 and quantized (``q_*``) time per forward (median over
+    interleaved rounds), samples per second, the speed-up and the output cosine."""
+    q_model = copy.deepcopy(bf16_model)
+    swapped = to_quantized(q_model, precision)
     rows = []
     with torch.no_grad():
-        ref, out = _hidden(bf16_model(*inputs)).float(), _hidden(fp8_model(*inputs)).float()
+        ref, out = _hidden(bf16_model(*inputs)).float(), _hidden(q_model(*inputs)).float()
         cosine = F.cosine_similarity(ref.flatten(), out.flatten(), dim=0).item()
         err = rel_err(out, ref)
         del ref, out
         for mode in MODES:
-            progress(f"{model_name} {shape} {mode}")
-            row = dict(model=model_name, shape=shape, mode=mode, cosine=cosine, err=err,
+            progress(f"{model_name} {shape} {precision} {mode}")
+            row = dict(model=model_name, shape=shape, precision=precision, mode=mode,
+                       cosine=cosine, err=err,
                        note=f"{source}; {swapped} Linears swapped".lstrip("; "))
             try:
-                fns = [_callable(m, inputs, mode) for m in (bf16_model, fp8_model)]
+                fns = [_callable(m, inputs, mode) for m in (bf16_model, q_model)]
                 n = [max(3, int(MEASURE_S * 1e6 / timing.wall_us(f, 3))) for f in fns]
                 times: list[list[float]] = [[], []]
                 for _ in range(rounds):
@@ -150,32 +160,36 @@ def compare(model_name: str, shape: str, bf16_model: nn.Module, inputs: tuple, s
                         times[i].append(timing.wall_us(f, n[i]) / 1e3)
                 per_round = [b / f for b, f in zip(*times)]
                 bms, fms = statistics.median(times[0]), statistics.median(times[1])
-                row.update(bf16_ms=bms, fp8_ms=fms, bf16_per_s=samples / bms * 1e3,
-                           fp8_per_s=samples / fms * 1e3, speedup=bms / fms,
+                row.update(bf16_ms=bms, q_ms=fms, bf16_per_s=samples / bms * 1e3,
+                           q_per_s=samples / fms * 1e3, speedup=bms / fms,
                            speedup_min=min(per_round), speedup_max=max(per_round), rounds=rounds)
             except Exception as e:  # noqa: BLE001 - a mode that fails is a row, not an abort
                 row["error"] = error_text(e)
             rows.append(row)
             torch.cuda.empty_cache()
-    del fp8_model
+    del q_model
     return rows
 
 
-def run_bert(rounds: int, progress=lambda s: None) -> list[dict]:
+def run_bert(rounds: int, progress=lambda s: None, precisions=("fp8",)) -> list[dict]:
     model, inputs, source = bert_large()
-    return compare("bert-large", "32x128", model, inputs, 32, rounds, source, progress)
+    return [r for p in precisions
+            for r in compare("bert-large", "32x128", model, inputs, 32, rounds, source, progress,
+                             p)]
 
 
-def run_llama_mlp(rounds: int, progress=lambda s: None, ms=(1, 16, 2048)) -> list[dict]:
+def run_llama_mlp(rounds: int, progress=lambda s: None, precisions=("fp8",),
+                  ms=(1, 16, 2048)) -> list[dict]:
     model = LlamaMLP().to("cuda", torch.bfloat16).eval()
     rows = []
     for m in ms:
         x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
-        rows += compare("llama-mlp", f"M={m}", model, (x,), m, rounds,
-                        "gate+up fused 4096->28672, down 14336->4096; /s = rows", progress)
+        for p in precisions:
+            rows += compare("llama-mlp", f"M={m}", model, (x,), m, rounds,
+                            "gate+up fused 4096->28672, down 14336->4096; /s = rows", progress, p)
     return rows
 
 
-# runner, progress steps. The MLP first: a model whose graph capture fails (a host sync in
+# runner, progress steps per precision. The MLP first: a model whose graph capture fails (a host sync in
 # its forward) runs last, so that a capture left half-done cannot spoil the other rows.
 MODELS = {"llama-mlp": (run_llama_mlp, 9), "bert-large": (run_bert, 3)}

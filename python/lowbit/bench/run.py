@@ -49,10 +49,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rep", type=int, default=None, help="timed repetitions per row (default 100; --quick 30)")
     p.add_argument("--rep-ms", type=float, default=500.0,
                    help="at most this many ms of timed calls per row (slow rows take fewer reps, at least 5)")
+    p.add_argument("--precision", default="fp8",
+                   help="comma list of the model rows' precisions: fp8, int8 (W8A8 layers, "
+                        "per-token activations; default fp8)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per model row (default 7; --quick 3)")
     args = p.parse_args(argv)
     args.rep = args.rep or (30 if args.quick else 100)
     args.rounds = args.rounds or (3 if args.quick else 7)
+    from .models import PRECISIONS
+    args.precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    for prec in args.precisions:
+        if prec not in PRECISIONS:
+            raise ValueError(f"--precision: unknown precision {prec!r}; known: "
+                             f"{', '.join(PRECISIONS)}")
     try:
         args.jobs = select_ops(args.op, args.model is not None)
         args.models = select_models(args.model, MODELS)
@@ -331,7 +340,7 @@ class Bench:
 
         for name in self.args.models:
             runner, _ = MODELS[name]
-            self.models += runner(self.args.rounds, step)
+            self.models += runner(self.args.rounds, step, self.args.precisions)
 
 
 def _speedup(t_ref, t):
@@ -395,7 +404,8 @@ def report(bench: Bench, env: dict, argv, elapsed_s: float, complete: bool) -> t
                          f"graph = GPU time per call in a CUDA graph of {GRAPH_CALLS} calls",
                          bench.host, table.HOST_COLUMNS))
     if bench.models:
-        sections.append(("Models: bf16 against every Linear in FP8 (Fp8Linear, w8a8 per-token); "
+        sections.append(("Models: bf16 against every Linear quantized (Fp8Linear or Int8Linear, "
+                         "w8a8 per-token); "
                          "median of interleaved rounds (range of the per-round speed-ups)",
                          bench.models, table.MODEL_COLUMNS))
     text, md = list(head), list(head)
@@ -460,7 +470,8 @@ def main(argv=None) -> int:
     from .models import MODELS
 
     total = sum(len(shapes_for(OPS[op].kind, args)) for op, _ in args.jobs)
-    total += (0 if args.no_host or not ops else len(ops)) + sum(MODELS[m][1] for m in args.models)
+    total += (0 if args.no_host or not ops else len(ops)) + sum(
+        MODELS[m][1] for m in args.models) * len(args.precisions)
     complete = False
     bar = progress_bar(total)
     try:

@@ -78,12 +78,13 @@ HOST_COLUMNS: Sequence[Column] = (
 MODEL_COLUMNS: Sequence[Column] = (
     ("model", lambda r: r["model"]),
     ("shape", lambda r: r["shape"]),
+    ("precision", lambda r: r.get("precision", "fp8")),
     ("mode", lambda r: r["mode"]),
     ("bf16 ms", lambda r: num(r.get("bf16_ms"), ".3f")),
-    ("fp8 ms", lambda r: num(r.get("fp8_ms"), ".3f")),
+    ("quantized ms", lambda r: num(r.get("q_ms"), ".3f")),
     ("bf16 /s", lambda r: num(r.get("bf16_per_s"), ".0f")),
-    ("fp8 /s", lambda r: num(r.get("fp8_per_s"), ".0f")),
-    ("fp8 vs bf16", lambda r: ratio(r.get("speedup"))
+    ("quantized /s", lambda r: num(r.get("q_per_s"), ".0f")),
+    ("vs bf16", lambda r: ratio(r.get("speedup"))
      + (f" ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})" if r.get("speedup_min") else "")),
     ("cosine", lambda r: num(r.get("cosine"), ".4f")),
     ("note", note),
