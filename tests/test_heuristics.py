@@ -24,6 +24,18 @@ def test_table_on_sm90(h100, m, first):
     assert order[0] == first
 
 
+@pytest.mark.parametrize("op", ["int8_mm", "int8_gemm"])
+@pytest.mark.parametrize("m,first", [(1, "sm90_int8_gemm_swapab"), (64, "sm90_int8_gemm_swapab"),
+                                     (65, "sm90_int8_gemm_wgmma")])
+def test_int8_table_on_sm90(h100, op, m, first):
+    order = heuristics.preferred(op, torch.device("cuda", 0), _args(m))
+    assert order[0] == first
+    # every name in the table is a registered kernel of the op
+    from lowbit._backend import kernels
+    names = {k.name for k in kernels(op)}
+    assert set(order) <= names, set(order) - names
+
+
 def test_no_table_elsewhere(monkeypatch):
     monkeypatch.setattr(heuristics, "_capability", lambda index: (8, 0))
     assert heuristics.preferred("fp8_scaled_mm", torch.device("cuda", 0), _args(1)) is None

@@ -11,6 +11,12 @@ fp8_scaled_mm on sm_90: the sm_90 kernels lead at every M but one band, each fol
 next best kernel for the shapes it declines. At M = 16-64 with K = 4096 Triton's GPU time
 is a few percent to 1.3x ahead, but its eager call costs several times the CUDA backend's
 host time, which outweighs that gap; the table is one order for eager and captured use.
+
+int8_mm / int8_gemm on sm_90: the same shape of table. Swap-AB leads at M <= 64 (1.3-1.6x
+bf16 at M = 1-16 on 4096 x 4096; Triton's GPU time is level at M = 64, its host time is
+not), the wgmma kernel above (1.3-1.4x ``torch._int_mm`` at 4096 x 28672 x 8192 and 8192^3),
+then Triton (any shape and stride), then the IMMA tiled kernel (the A100 path, half the
+wgmma kernel's rate on Hopper).
 """
 from __future__ import annotations
 
@@ -27,6 +33,18 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
         (9, 0): (
             (64, ("sm90_fp8_gemm_swapab", "sm89_fp8_gemm_smallm", "triton_fp8_scaled_mm")),
             (None, ("sm90_fp8_gemm_wgmma", "triton_fp8_scaled_mm")),
+        ),
+    },
+    "int8_mm": {
+        (9, 0): (
+            (64, ("sm90_int8_gemm_swapab", "sm80_int8_gemm_smallm", "triton_int8_mm")),
+            (None, ("sm90_int8_gemm_wgmma", "triton_int8_mm", "sm80_int8_gemm_mma")),
+        ),
+    },
+    "int8_gemm": {
+        (9, 0): (
+            (64, ("sm90_int8_gemm_swapab", "sm80_int8_gemm_smallm", "triton_int8_gemm")),
+            (None, ("sm90_int8_gemm_wgmma", "triton_int8_gemm", "sm80_int8_gemm_mma")),
         ),
     },
 }
