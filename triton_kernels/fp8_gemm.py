@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import device_index, jit, smem_per_block
+from ._common import device_index, grouped_tile, jit, smem_per_block
 from ._common import interpreting as _interpreting
 from .fp8_quant import f32_to_bf16_bits
 from .heuristics import fp8_gemm_config, fp8_gemm_configs
@@ -92,16 +92,7 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
                           PROMOTE_IN_DOT: tl.constexpr, BF16_BITS: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           GROUP_M: tl.constexpr, K_UNROLL: tl.constexpr):
-    # Grouped tile order: GROUP_M row-tiles share each column of b tiles while it is in L2.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

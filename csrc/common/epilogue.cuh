@@ -51,13 +51,18 @@ __host__ __device__ __forceinline__ bool pair_store_ok(const void* out, FloatTyp
   return (reinterpret_cast<uintptr_t>(out) % align) == 0 && ldo % 2 == 0;
 }
 
+// acc - zero * b_sum exactly, rounded once to fp32: |zero * b_sum| <= 128 * 127 * K stays
+// inside int32 for the K an int32 accumulator allows (K < 131072); only the difference
+// needs 64 bits.
+__device__ __forceinline__ float zero_corrected(int32_t acc, int32_t zero, int32_t b_sum) {
+  return __ll2float_rn(static_cast<int64_t>(acc) - zero * b_sum);
+}
+
 // An INT8 accumulator as the epilogue's fp32 value: acc, or with asymmetric activations
-// acc - a_zero[m] * b_sum[n], exact (the product fits int32 for the K an int32 accumulator
-// allows, the difference may not: 64 bits), rounded once.
+// zero_corrected(acc, a_zero[m], b_sum[n]).
 __device__ __forceinline__ float int_acc_value(const GemmArgs& p, int32_t acc, int m, int n) {
   if (p.a_zero == nullptr) return __int2float_rn(acc);
-  const int32_t z = p.a_zero[p.a_zero_row ? m : 0];
-  return __ll2float_rn(static_cast<int64_t>(acc) - z * p.b_sum[n]);
+  return zero_corrected(acc, p.a_zero[p.a_zero_row ? m : 0], p.b_sum[n]);
 }
 
 // int8_mm's output: the int32 accumulators of columns n and n + 1 of a row (n + 1 < N

@@ -182,8 +182,6 @@ __device__ __forceinline__ void int_values(const GemmArgs& p, const int32_t (&ac
 #pragma unroll
     for (int j = 0; j < 64; ++j) v[j] = __int2float_rn(acc[j]);
   } else {
-    // |a_zero * b_sum| <= 128 * 127 * K stays inside int32 for the K an int32 accumulator
-    // allows (K < 131072); only the difference needs 64 bits.
     int32_t z[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) z[h] = p.a_zero[p.a_zero_row ? min(row0 + 8 * h, p.M - 1) : 0];
@@ -195,7 +193,7 @@ __device__ __forceinline__ void int_values(const GemmArgs& p, const int32_t (&ac
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = 4 * j + 2 * h + e;
-          v[r] = __ll2float_rn(static_cast<int64_t>(acc[r]) - z[h] * s);
+          v[r] = zero_corrected(acc[r], z[h], s);
         }
       }
   }
