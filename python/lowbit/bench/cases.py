@@ -283,6 +283,87 @@ def _dequantize_fp8(variant: str, shape: tuple) -> Case:
                 _torch_versions(dequant, q, s), bytes_moved=3 * r * c + 4 * s.numel())
 
 
+def _int8_from_scale(x, scale, zero=None):
+    q = torch.round(x.float() * (1.0 / scale))
+    if zero is None:
+        return q.clamp(-127, 127).to(torch.int8), scale
+    return (q + zero).clamp(-128, 127).to(torch.int8), scale, zero
+
+
+def int8_quant_token(x):
+    amax = x.abs().amax(dim=-1, keepdim=True).float()
+    return _int8_from_scale(x, torch.where(amax > 0, torch.clamp(amax / 127, min=2.0**-126), 1.0))
+
+
+def int8_quant_token_asym(x):
+    # lowbit's rule (SPEC): the range widened to include 0, (max - min) / 255, zero point
+    # rint(-128 - min / scale).
+    lo = x.amin(dim=-1, keepdim=True).float().clamp(max=0)
+    hi = x.amax(dim=-1, keepdim=True).float().clamp(min=0)
+    rng = hi - lo
+    s = torch.where(rng > 0, torch.clamp(rng / 255, min=2.0**-126), 1.0)
+    z = torch.round(-128 - lo / s).clamp(-128, 127).to(torch.int32)
+    return _int8_from_scale(x, s, z)
+
+
+def int8_quant_tensor(x):
+    amax = x.abs().amax().float()
+    return _int8_from_scale(x, torch.where(amax > 0, torch.clamp(amax / 127, min=2.0**-126), 1.0))
+
+
+def _quantize_int8(variant: str, shape: tuple) -> Case:
+    import lowbit
+
+    r, c = shape
+    x = bf16(r, c)
+    sym = variant != "token_asym"
+    gran = "tensor" if variant == "tensor" else "token"
+    f = {"token": int8_quant_token, "token_asym": int8_quant_token_asym,
+         "tensor": int8_quant_tensor}[variant]
+    n_scales = r if gran == "token" else 1
+    return Case("quantize_int8", variant, shape, (x, None, None, gran, 128, [128, 128], sym),
+                (lowbit.quantize_int8, (x,), dict(granularity=gran, symmetric=sym)),
+                _torch_versions(f, x),
+                bytes_moved=3 * r * c + (4 if sym else 8) * n_scales)
+
+
+def _linear(op: str) -> Callable[[str, tuple], Case]:
+    """A quantized layer's forward (``fp8_linear`` / ``int8_linear``: the activation
+    quantized per token, then the GEMM with its epilogue) against the bf16 layer it
+    replaces: what a model gains per Linear at each M."""
+    def build(variant: str, shape: tuple) -> Case:
+        import lowbit
+
+        m, n, k = shape
+        x, w_bf16 = bf16(m, k), bf16(n, k, std=0.02)
+        ws = scales(n, 1)
+        if op == "fp8_linear":
+            w = fp8(n, k)
+            args, call = (x, w, ws, None, None), (lowbit.fp8_linear, (x, w, ws), {})
+
+            def torch_layer():
+                q, s = quant_token(x)
+                return torch._scaled_mm(q, w.t(), scale_a=s, scale_b=ws.t(),
+                                        out_dtype=torch.bfloat16)
+            label = "torch per-token quant + torch._scaled_mm"
+        else:
+            w = int8(n, k)
+            args, call = (x, w, ws, None, None, None, True), (lowbit.int8_linear, (x, w, ws), {})
+
+            def torch_layer():
+                q, s = int8_quant_token(x)
+                return (torch._int_mm(q, w.t()).float() * s * ws.t()).to(torch.bfloat16)
+            label = "torch per-token quant + torch._int_mm + epilogue"
+        return Case(op, variant, shape, args, call,
+                    [Anchor(label, torch_layer),
+                     Anchor("F.linear bf16", lambda: F.linear(x, w_bf16), role="bf16",
+                            compare=False, counts=dict(bytes_moved=2 * (m * k + n * k + m * n),
+                                                       weight_bytes=2 * n * k, ceiling="bf16"))],
+                    flops=2 * m * n * k, weight_bytes=n * k, ceiling="fp8" if op == "fp8_linear" else "int8",
+                    bytes_moved=2 * m * k + n * k + 2 * m * n + 4 * n)
+    return build
+
+
 @dataclass(frozen=True)
 class OpBench:
     op: str
@@ -301,4 +382,8 @@ OPS = {
                             ("token", "tensor"), _quantize_fp8),
     "dequantize_fp8": OpBench("dequantize_fp8", "cast", ("token", "tensor"), ("token",),
                               _dequantize_fp8),
+    "quantize_int8": OpBench("quantize_int8", "cast", ("token", "token_asym", "tensor"),
+                             ("token",), _quantize_int8),
+    "fp8_linear": OpBench("fp8_linear", "gemm", ("token",), ("token",), _linear("fp8_linear")),
+    "int8_linear": OpBench("int8_linear", "gemm", ("token",), ("token",), _linear("int8_linear")),
 }

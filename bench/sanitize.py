@@ -1,0 +1,174 @@
+"""Every CUDA kernel of the registry, run on its own at awkward shapes: the program that
+bench/sanitize.sh hands to compute-sanitizer (memcheck, racecheck).
+
+    python bench/sanitize.py [--ops int8_mm,int8_gemm] [--list]
+
+For each op and each of its CUDA kernels, the registry is narrowed to that one kernel and the
+public op is called on every case below with ``backend="cuda"``; a case the kernel declines
+(its ``supports()`` reason) is skipped and counted. Shapes are small (a sanitizer slows every
+kernel by 10-100x) and chosen to cross every edge: M = 0, 1 and odd M, N and K that are not
+multiples of the tiles, offset and strided inputs. The last lines say which kernels ran how
+many cases. ``LOWBIT_ARCH=80`` (or 89) puts the mma.sync kernels on a Hopper card, where
+the sm_90a kernels then decline every case: bench/sanitize.sh runs each arch and fails when
+a kernel ran no case in any of them, so a sanitizer run never passes by checking nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from typing import Callable, Dict, List
+
+import torch
+
+import lowbit
+from lowbit import _backend as B
+
+DEV = "cuda"
+F8 = torch.float8_e4m3fn
+
+
+@contextlib.contextmanager
+def only(kernel):
+    """The registry with ``kernel`` as its op's only kernel, and no remembered choice."""
+    saved = B._KERNELS[kernel.op]
+    B._KERNELS[kernel.op] = [kernel]
+    B._generation += 1
+    B._choices.clear()
+    try:
+        yield
+    finally:
+        B._KERNELS[kernel.op] = saved
+        B._generation += 1
+        B._choices.clear()
+
+
+def _x(m, k, offset=0, pad=0):
+    """bf16 [m, k] whose first element lies ``offset`` elements into its storage and whose
+    rows are ``pad`` elements longer than k: what a sliced activation looks like."""
+    base = torch.randn(offset + m * (k + pad), device=DEV, dtype=torch.bfloat16)
+    return base[offset:].view(m, k + pad)[:, :k]
+
+
+def _i8(m, k):
+    return torch.randint(-127, 128, (m, k), device=DEV, dtype=torch.int8)
+
+
+def _f8(m, k):
+    return (torch.randn(m, k, device=DEV) * 8).to(F8)
+
+
+def _scale(rows):
+    return torch.rand(rows, 1, device=DEV) + 0.5 if rows else torch.rand((), device=DEV) + 0.5
+
+
+GEMM_SHAPES = [(1, 136, 256), (17, 264, 4112), (100, 3000, 528), (0, 128, 256),
+               (64, 4096, 1024), (300, 520, 2064)]
+QUANT_SHAPES = [(0, 256), (1, 4096), (5, 136), (17, 1040), (130, 384)]
+
+
+def quant_cases(fn: Callable, **extra) -> List[Callable]:
+    cases = []
+    for m, k in QUANT_SHAPES:
+        for gran, kw in (("tensor", {}), ("token", {}), ("group", {"group_size": 128}),
+                         ("block", {"block": (1, 128)}), ("block", {"block": (128, 128)})):
+            for layout in ((0, 0), (3, 8)):
+                def case(m=m, k=k, gran=gran, kw=kw, layout=layout):
+                    fn(_x(m, k, *layout), granularity=gran,
+                       backend="cuda", **kw, **extra)
+                cases.append(case)
+        cases.append(lambda m=m, k=k: fn(_x(m, k), torch.tensor(0.05, device=DEV),
+                                         granularity="tensor", backend="cuda", **extra))
+    return cases
+
+
+def fp8_cases() -> Dict[str, List[Callable]]:
+    c = {"quantize_fp8": quant_cases(lowbit.quantize_fp8),
+         "dequantize_fp8": [lambda m=m, k=k: lowbit.dequantize_fp8(
+             _f8(m, k), _scale(m), backend="cuda") for m, k in QUANT_SHAPES],
+         "fp8_scaled_mm": []}
+    for m, n, k in GEMM_SHAPES:
+        for rows in (False, True):
+            for bias, out in ((False, torch.bfloat16), (True, torch.float16),
+                              (True, torch.float32)):
+                c["fp8_scaled_mm"].append(
+                    lambda m=m, n=n, k=k, rows=rows, bias=bias, out=out: lowbit.fp8_scaled_mm(
+                        _f8(m, k), _f8(n, k), _scale(m if rows else 0), _scale(n if rows else 0),
+                        torch.randn(n, device=DEV) if bias else None, out_dtype=out,
+                        backend="cuda"))
+        c["fp8_scaled_mm"].append(lambda m=m, n=n, k=k: lowbit.fp8_scaled_mm(
+            _f8(m, k), _f8(n, k), torch.rand(m, -(-k // 128), device=DEV) + 0.5,
+            torch.rand(-(-n // 128), -(-k // 128), device=DEV) + 0.5, backend="cuda"))
+    return c
+
+
+def int8_cases() -> Dict[str, List[Callable]]:
+    c = {"quantize_int8": quant_cases(lowbit.quantize_int8, symmetric=True)
+         + quant_cases(lowbit.quantize_int8, symmetric=False),
+         "dequantize_int8": [], "int8_mm": [], "int8_gemm": []}
+    for m, k in QUANT_SHAPES:
+        c["dequantize_int8"] += [
+            lambda m=m, k=k: lowbit.dequantize_int8(_i8(m, k), _scale(m), backend="cuda"),
+            lambda m=m, k=k: lowbit.dequantize_int8(
+                _i8(m, k), _scale(m), torch.randint(-128, 128, (m, 1), device=DEV,
+                                                    dtype=torch.int32), backend="cuda")]
+    for m, n, k in GEMM_SHAPES:
+        c["int8_mm"].append(lambda m=m, n=n, k=k: lowbit.int8_mm(_i8(m, k), _i8(n, k),
+                                                                 backend="cuda"))
+        for rows, zero, bias, out in ((False, False, False, torch.bfloat16),
+                                      (True, False, True, torch.float16),
+                                      (True, True, True, torch.float32),
+                                      (True, True, False, torch.bfloat16)):
+            c["int8_gemm"].append(
+                lambda m=m, n=n, k=k, rows=rows, zero=zero, bias=bias, out=out: lowbit.int8_gemm(
+                    _i8(m, k), _i8(n, k), _scale(m if rows else 0), _scale(n if rows else 0),
+                    torch.randn(n, device=DEV) if bias else None, out_dtype=out,
+                    a_zero=torch.randint(-128, 128, (m, 1), device=DEV, dtype=torch.int32)
+                    if zero else None, backend="cuda"))
+    return c
+
+
+def all_cases() -> Dict[str, List[Callable]]:
+    cases = fp8_cases()
+    cases.update(int8_cases())
+    return cases
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ops", default="", help="comma-separated ops (default: every op here)")
+    p.add_argument("--list", action="store_true", help="list the kernels and case counts")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check", file=sys.stderr)
+        return 1
+    cases = all_cases()
+    ops = [o for o in args.ops.split(",") if o] or list(cases)
+    bad = [o for o in ops if o not in cases]
+    if bad:
+        p.error(f"--ops: unknown {bad}; known: {sorted(cases)}")
+    for op in ops:
+        for kernel in [k for k in B.kernels(op) if k.backend == "cuda"]:
+            why = kernel.available() if kernel.available else None
+            if why:
+                print(f"{op:16s} {kernel.name:32s} not available here: {why}")
+                continue
+            if args.list:
+                print(f"{op:16s} {kernel.name:32s} {len(cases[op])} cases")
+                continue
+            ran = declined = 0
+            with only(kernel):
+                for case in cases[op]:
+                    try:
+                        case()
+                    except NotImplementedError:
+                        declined += 1
+                        continue
+                    ran += 1
+                torch.cuda.synchronize()
+            print(f"{op:16s} {kernel.name:32s} ran {ran:3d}, declined {declined:3d}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

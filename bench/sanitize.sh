@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# compute-sanitizer over every CUDA kernel (bench/sanitize.py), on a GPU machine with lowbit
+# installed:   bash bench/sanitize.sh [OUTDIR] [sanitize.py args, e.g. --ops int8_mm]
+# Runs memcheck and racecheck, each natively and with LOWBIT_ARCH=89 and 80 (the mma.sync
+# kernels on a Hopper card); logs go to OUTDIR (default $OUT, else ./sanitize_out), one per run, and a
+# line per run to OUTDIR/sanitize.txt. The caching allocator is off so that memcheck sees an
+# access past the end of a tensor, not inside a pooled block.
+set -u
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then OUTDIR=$1; shift; else OUTDIR=${OUT:-./sanitize_out}; fi
+mkdir -p "$OUTDIR"
+PY=${PYTHON:-python3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+SUMMARY=$OUTDIR/sanitize.txt
+: >"$SUMMARY"
+status=0
+for tool in memcheck racecheck; do
+  for arch in native 89 80; do
+    log=$OUTDIR/$tool-$arch.log
+    env=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+    [ "$arch" != native ] && env+=(LOWBIT_ARCH=$arch)
+    t=$SECONDS
+    # Run from outside the repo so that the installed package is imported.
+    (cd "${TMPDIR:-/tmp}" && env "${env[@]}" compute-sanitizer --tool "$tool" \
+        --error-exitcode 3 --print-limit 20 $PY "$HERE/sanitize.py" "$@") >"$log" 2>&1
+    rc=$?
+    [ "$rc" != 0 ] && status=1
+    echo "$tool arch=$arch: rc $rc in $((SECONDS - t)) s; $(grep -c 'ran ' "$log") kernels ran;" \
+         "$(grep -m1 'ERROR SUMMARY' "$log" || echo 'no summary line')" | tee -a "$SUMMARY"
+  done
+done
+# Every kernel must have run a case in some arch's memcheck pass: a run that checked nothing
+# is not clean.
+idle=$(cat "$OUTDIR"/memcheck-*.log | awk '$3 == "ran" {ran[$2] += $4 + 0; seen[$2] = 1}
+  END {for (k in seen) if (ran[k] == 0) print k}')
+if [ -n "$idle" ]; then echo "kernels that ran no case: $idle" | tee -a "$SUMMARY"; status=1; fi
+exit $status
