@@ -58,8 +58,10 @@ def _f8(m, k):
     return (torch.randn(m, k, device=DEV) * 8).to(F8)
 
 
-def _scale(rows):
-    return torch.rand(rows, 1, device=DEV) + 0.5 if rows else torch.rand((), device=DEV) + 0.5
+def _scale(rows=None):
+    """fp32 scales: [rows, 1], or one per tensor (0-d) when rows is None."""
+    shape = () if rows is None else (rows, 1)
+    return torch.rand(shape, device=DEV) + 0.5
 
 
 GEMM_SHAPES = [(1, 136, 256), (17, 264, 4112), (100, 3000, 528), (0, 128, 256),
@@ -70,15 +72,21 @@ QUANT_SHAPES = [(0, 256), (1, 4096), (5, 136), (17, 1040), (130, 384)]
 def quant_cases(fn: Callable, **extra) -> List[Callable]:
     cases = []
     for m, k in QUANT_SHAPES:
-        for gran, kw in (("tensor", {}), ("token", {}), ("group", {"group_size": 128}),
-                         ("block", {"block": (1, 128)}), ("block", {"block": (128, 128)})):
+        grans = [("tensor", {}), ("token", {}), ("block", {"block": (1, 128)}),
+                 ("block", {"block": (128, 128)})]
+        if k % 128 == 0:  # groups must divide K (the op refuses others with a ValueError)
+            grans.append(("group", {"group_size": 128}))
+        for gran, kw in grans:
             for layout in ((0, 0), (3, 8)):
                 def case(m=m, k=k, gran=gran, kw=kw, layout=layout):
                     fn(_x(m, k, *layout), granularity=gran,
                        backend="cuda", **kw, **extra)
                 cases.append(case)
+        static = dict(extra)
+        if not static.get("symmetric", True):  # a static asymmetric scale comes with its zero
+            static["zero"] = torch.tensor(3, device=DEV, dtype=torch.int32)
         cases.append(lambda m=m, k=k: fn(_x(m, k), torch.tensor(0.05, device=DEV),
-                                         granularity="tensor", backend="cuda", **extra))
+                                         granularity="tensor", backend="cuda", **static))
     return cases
 
 
@@ -93,7 +101,8 @@ def fp8_cases() -> Dict[str, List[Callable]]:
                               (True, torch.float32)):
                 c["fp8_scaled_mm"].append(
                     lambda m=m, n=n, k=k, rows=rows, bias=bias, out=out: lowbit.fp8_scaled_mm(
-                        _f8(m, k), _f8(n, k), _scale(m if rows else 0), _scale(n if rows else 0),
+                        _f8(m, k), _f8(n, k), _scale(m if rows else None),
+                        _scale(n if rows else None),
                         torch.randn(n, device=DEV) if bias else None, out_dtype=out,
                         backend="cuda"))
         c["fp8_scaled_mm"].append(lambda m=m, n=n, k=k: lowbit.fp8_scaled_mm(
@@ -121,7 +130,7 @@ def int8_cases() -> Dict[str, List[Callable]]:
                                       (True, True, False, torch.bfloat16)):
             c["int8_gemm"].append(
                 lambda m=m, n=n, k=k, rows=rows, zero=zero, bias=bias, out=out: lowbit.int8_gemm(
-                    _i8(m, k), _i8(n, k), _scale(m if rows else 0), _scale(n if rows else 0),
+                    _i8(m, k), _i8(n, k), _scale(m if rows else None), _scale(n if rows else None),
                     torch.randn(n, device=DEV) if bias else None, out_dtype=out,
                     a_zero=torch.randint(-128, 128, (m, 1), device=DEV, dtype=torch.int32)
                     if zero else None, backend="cuda"))

@@ -359,7 +359,8 @@ def _linear(op: str) -> Callable[[str, tuple], Case]:
                      Anchor("F.linear bf16", lambda: F.linear(x, w_bf16), role="bf16",
                             compare=False, counts=dict(bytes_moved=2 * (m * k + n * k + m * n),
                                                        weight_bytes=2 * n * k, ceiling="bf16"))],
-                    flops=2 * m * n * k, weight_bytes=n * k, ceiling="fp8" if op == "fp8_linear" else "int8",
+                    flops=2 * m * n * k, weight_bytes=n * k,
+                    ceiling="fp8" if op == "fp8_linear" else "int8",
                     bytes_moved=2 * m * k + n * k + 2 * m * n + 4 * n)
     return build
 
