@@ -351,3 +351,32 @@ def test_bindings_validate_without_touching_the_gpu():
                            (group, False, (1, 32)), (block, True, (128, 128))):
         _C.Int8QuantizeLaunch(kid, 1, 0, 256, 256, 1, sym, *tile).launch(0, 0, 0, 0, 0, 0, 0, 0)
     _C.Int8DequantizeLaunch(dequant, 0, 256, 256, 1, 1, 0, 1, 1).launch(0, 0, 0, 0, 0)
+
+
+@gpu
+def test_per_tensor_workspace_outlives_the_launch():
+    """The per-tensor quantizers' amax workspace must stay allocated until the kernels ran:
+    without the caching allocator a freed temporary goes back to the driver at once, and the
+    launch failed with "invalid argument" (found by compute-sanitizer, bench/sanitize.sh)."""
+    import os
+    import subprocess
+    import sys
+
+    code = """if True:
+        import torch, lowbit
+        x = torch.randn(5, 136, device="cuda", dtype=torch.bfloat16)
+        for fn, kw in ((lowbit.quantize_fp8, {}), (lowbit.quantize_int8, {"symmetric": True}),
+                       (lowbit.quantize_int8, {"symmetric": False})):
+            got = fn(x, granularity="tensor", backend="cuda", **kw)
+            ref = fn(x.cpu(), granularity="tensor", backend="reference", **kw)
+            for g, r in zip(got, ref):
+                if r is not None:
+                    assert torch.equal(g.cpu().view(torch.uint8) if g.dtype.itemsize == 1 else
+                                       g.cpu(), r.view(torch.uint8) if r.dtype.itemsize == 1
+                                       else r), (fn.__name__, kw)
+        print("ok")
+    """
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

@@ -64,11 +64,17 @@ class Case:
         return f"{c.backend}/{c.kernel}"
 
 
+# A layer op has no kernel of its own in the registry: it runs its GEMM op's kernels (with
+# the activation quantizer fused in front).
+LAYER_GEMM = {"fp8_linear": "fp8_scaled_mm", "int8_linear": "int8_gemm"}
+
+
 def gpu_kernels(op: str) -> list:
-    """The registered CUDA and Triton kernels of `op` that can run in this process."""
+    """The registered CUDA and Triton kernels of `op` (of its GEMM, for a layer op) that can
+    run in this process."""
     from lowbit._backend import kernels
 
-    return [k for k in kernels(op) if k.backend in GPU_BACKENDS
+    return [k for k in kernels(LAYER_GEMM.get(op, op)) if k.backend in GPU_BACKENDS
             and (k.available is None or k.available() is None)]
 
 
@@ -76,6 +82,8 @@ def runnable_kernels(op: str, args: Sequence, backends: Sequence[str] = GPU_BACK
                      names: Optional[Sequence[str]] = None) -> Iterator:
     """The kernels of `op` and `backends` that run `args` here (only those whose name
     contains one of `names`, when given); call one as ``k.fn(*args)``."""
+    if op in LAYER_GEMM:  # its kernels take the GEMM's arguments, not the layer's
+        return
     for k in gpu_kernels(op):
         if k.backend not in backends or (names and not any(n in k.name for n in names)):
             continue

@@ -56,10 +56,11 @@ def _launcher(kid, x, geometry, given, params):
         q = empty(shape, dtype=i8, device=dev)
         s_out = empty(s_shape, dtype=f32, device=dev)
         z_out = empty(z_shape, dtype=i32, device=dev)
-        ws = empty(_WORKSPACE_WORDS, dtype=i32, device=dev).data_ptr() if workspace else 0
+        # Held in a name until the launch is queued (see backends/cuda/quantize.py).
+        ws = empty(_WORKSPACE_WORDS, dtype=i32, device=dev) if workspace else None
         with OnDevice(dev):
             run(src.data_ptr(), q.data_ptr(), _ptr(scale), _ptr(zero), s_out.data_ptr(),
-                0 if symmetric else z_out.data_ptr(), ws, raw_stream(idx))
+                0 if symmetric else z_out.data_ptr(), _ptr(ws), raw_stream(idx))
         return q, s_out, z_out
 
     return launch

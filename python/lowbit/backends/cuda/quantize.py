@@ -114,10 +114,13 @@ def _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, bloc
     def launch(src, scale):
         q = empty(shape, dtype=q_dtype, device=dev)
         s_out = empty(s_shape, dtype=f32, device=dev)
-        ws = empty(1, dtype=i32, device=dev).data_ptr() if workspace else 0
+        # Held in a name until the launch is queued: a temporary's memory would go back to
+        # the allocator before the kernel runs (and to the driver, without the caching
+        # allocator).
+        ws = empty(1, dtype=i32, device=dev) if workspace else None
         with OnDevice(dev):
             by_cvt[HW_CVT](src.data_ptr(), q.data_ptr(), 0 if scale is None else scale.data_ptr(),
-                           s_out.data_ptr(), ws, raw_stream(idx))
+                           s_out.data_ptr(), 0 if ws is None else ws.data_ptr(), raw_stream(idx))
         return q, s_out
 
     return launch
