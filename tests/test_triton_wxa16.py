@@ -8,6 +8,10 @@ N = 3000 only with M <= 3); with one, the same cases run on it, plus K = 4224 an
 benchmark shapes (marked ``gpu``). w8a16 runs through the reference backend for every case
 as well.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -269,6 +273,62 @@ def test_explain_names_the_kernels():
     q, s = int8_weight(8, 128, 0)
     assert lowbit.explain(lowbit.w8a16_gemm, x, q, s, backend="triton").kernel == \
         "triton_w8a16_gemm"
+
+
+# ------------------------------------------------------- compiled for GPUs, without one
+def _compile(target, bits, per_channel, decode):
+    """Compile the kernel for ``target`` (no device needed), as a launch would specialize
+    it: unit K strides, 16-byte aligned pointers and leading strides."""
+    from triton.compiler import ASTSource
+
+    kern = wxa16_gemm._wxa16_kernel
+    block = (16, 64, 128) if decode else (128, 128, 64)
+    const = dict(BITS=bits, PER_CHANNEL=per_channel, SCALE_W=not (per_channel or decode),
+                 HAS_ZERO=bits == 4, S_BF16=bits == 4, HAS_BIAS=True, BIAS_BF16=True,
+                 X_BF16_BITS=False, FP32_DOT=False, PARTIAL=decode, OUT_BF16_BITS=False,
+                 BLOCK_M=block[0], BLOCK_N=block[1], BLOCK_K=block[2], GROUP_M=8,
+                 stride_xk=1, stride_wk=1, stride_sg=1, stride_zg=1, stride_cn=1)
+    ptrs = dict(x_ptr="*bf16", w_ptr="*u8" if bits == 4 else "*i8",
+                s_ptr="*i16" if bits == 4 else "*fp32", z_ptr="*u8", bias_ptr="*i16",
+                c_ptr="*fp32" if decode else "*bf16")
+    sig = {a: "constexpr" if a in const else ptrs.get(a, "i32") for a in kern.arg_names}
+    aligned = [a for a in kern.arg_names if a in ptrs or a in (
+        "N", "K", "G", "stride_xm", "stride_wn", "stride_sn", "stride_zn", "stride_cs",
+        "stride_cm")]
+    src = ASTSource(fn=kern, signature=sig,
+                    constexprs={(kern.arg_names.index(a),): v for a, v in const.items()},
+                    attrs={(kern.arg_names.index(a),): [["tt.divisibility", 16]]
+                           for a in aligned})
+    return triton.compile(src, target=target, options=dict(num_warps=8 if not decode else 4,
+                                                           num_stages=3))
+
+
+def compile_checks(target) -> None:
+    """Compile both regimes and both bit widths for ``target`` (GPUTarget's arguments); on
+    NVIDIA the tiled regime must run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
+    and decode on mma.sync."""
+    from triton.backends.compiler import GPUTarget
+
+    tgt = GPUTarget(*target)
+    for bits, per_channel in ((4, False), (8, True), (8, False)):
+        for decode in (True, False):
+            c = _compile(tgt, bits, per_channel, decode)
+            if target[0] == "cuda":
+                want = "wgmma" if target[1] == 90 and not decode else "mma.sync"
+                assert want in c.asm["ptx"], (target, bits, per_channel, decode)
+
+
+@pytest.mark.parametrize("target", [("cuda", 90, 32), ("cuda", 80, 32), ("hip", "gfx942", 64)],
+                         ids=["sm90", "sm80", "gfx942"])
+def test_compiles_for_gpu_targets(target):
+    """The kernel compiles for Hopper, Ampere and MI300X from any machine. In a fresh
+    process: this one may hold triton imported for the interpreter, which cannot compile."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+            f"import test_triton_wxa16 as t; t.compile_checks({tuple(target)!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------- GPU

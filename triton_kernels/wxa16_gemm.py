@@ -11,12 +11,19 @@ bit width (the constexpr ``BITS``):
 
 x is [M, K] bf16 / fp16 (fp32 too, multiplied in IEEE fp32); the output is x's dtype.
 
-Numerics. Each K-step loads the weight, subtracts the zero point in integers and converts
-``u - z`` to x's dtype in registers, where it is exact (|u - z| <= 15, or 127 for int8:
-both fit bf16's 8-bit significand), then ``tl.dot`` accumulates in fp32. The scale is
-applied to the fp32 dot of the K-step (a step never straddles two groups: BLOCK_K divides
-G), not to each weight: the weight operand stays exact, and a large fp16 scale cannot
-overflow a dequantized fp16 weight. Per channel the scale is one multiply in the epilogue.
+Numerics. Each K-step loads the weight and subtracts the zero point, exactly (|u - z| <=
+15, or 127 for int8: both fit bf16's 8-bit significand), then ``tl.dot`` accumulates in
+fp32. Where the scale goes (a K-step never straddles two groups: BLOCK_K divides G):
+- per channel: one multiply of the fp32 sum in the epilogue;
+- per group, decode: on the step's fp32 dot (``acc += dot(x, u - z) * s``), so the weight
+  operand stays exact and the per-step work is BLOCK_M x BLOCK_N multiplies, not
+  BLOCK_N x BLOCK_K (with M <= 16 the weight's conversion bounds the speed);
+- per group, tiled (``SCALE_W``): on the weight, ``((u - z) * s)`` in fp32 rounded to x's
+  dtype, so the dot accumulates in place (one accumulator: the two of the form above
+  spill at 128 x 128 tiles and break Hopper's chained wgmma). The rounding of the
+  dequantized weight (2^-9 relative in bf16) stays far inside the SPEC's 1e-2; with
+  fp16 x a dequantized weight must lie in fp16's range (it does for any weight that was
+  fp16 or bf16-in-fp16-range before quantization).
 
 Regimes, by M (``heuristics.WXA16_GEMM_TABLE``):
 - decode, M <= 16: few output tiles, so the K-steps are split among
@@ -62,21 +69,33 @@ def _sm_count(index: int) -> int:
 @jit
 def _weight_tile(w_rows, k0, K, n_ok, z, stride_wk, BITS: tl.constexpr,
                  BLOCK_K: tl.constexpr):
-    """The K-step's integer weights ``u - z`` as int32 [BLOCK_N, BLOCK_K]; ``w_rows``:
-    pointers to the rows' starts, ``z`` [BLOCK_N] int32. K past the end reads 0 (x is 0
-    there too, so the product is 0 whatever ``u - z`` is)."""
+    """The K-step's weights ``u - z`` [BLOCK_N, BLOCK_K] in z's dtype (x's, for the dot):
+    ``w_rows`` points to the rows' starts, ``z`` [BLOCK_N] is the zero point. Nibbles
+    stay 8-bit until the conversion (a quarter of int32's registers), and ``u - z`` is
+    exact in bf16 / fp16 (|u - z| <= 15). K past the end reads 0 (x is 0 there too, so
+    the product is 0 whatever ``u - z`` is)."""
     if BITS == 4:
         # Half as many bytes as K-values; K and k0 are even, so a byte is whole or absent.
         j = tl.arange(0, BLOCK_K // 2)
         ok = n_ok[:, None] & ((k0 + 2 * j) < K)[None, :]
         b = tl.load(w_rows[:, None] + ((k0 // 2) + j)[None, :] * stride_wk, mask=ok, other=0)
-        b = b.to(tl.int32)
         u = tl.interleave(b & 0xF, b >> 4)  # column 2j: the low nibble, 2j + 1: the high
+        w = u.to(z.dtype) - z[:, None]
     else:
+        # int8 values are exact in bf16 / fp16; the zero point is 0.
         kk = k0 + tl.arange(0, BLOCK_K)
         ok = n_ok[:, None] & (kk < K)[None, :]
-        u = tl.load(w_rows[:, None] + kk[None, :] * stride_wk, mask=ok, other=0).to(tl.int32)
-    return u - z[:, None]
+        w = tl.load(w_rows[:, None] + kk[None, :] * stride_wk, mask=ok, other=0).to(z.dtype)
+    return w
+
+
+@jit
+def _dot(x, w, acc, FP32_DOT: tl.constexpr):
+    """acc + x @ w in fp32; fp32 operands multiply in IEEE fp32 (not TF32)."""
+    if FP32_DOT:
+        return tl.dot(x, w, acc, input_precision="ieee")
+    else:
+        return tl.dot(x, w, acc)
 
 
 @jit
@@ -95,7 +114,8 @@ def _store_out(acc, bias_ptr, offs_n, n_ok, c_ptrs, c_mask, HAS_BIAS: tl.constex
 def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS_PER_SPLIT,
                   stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sg,
                   stride_zn, stride_zg, stride_cs, stride_cm, stride_cn,
-                  BITS: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_ZERO: tl.constexpr,
+                  BITS: tl.constexpr, PER_CHANNEL: tl.constexpr, SCALE_W: tl.constexpr,
+                  HAS_ZERO: tl.constexpr,
                   S_BF16: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
                   X_BF16_BITS: tl.constexpr, FP32_DOT: tl.constexpr, PARTIAL: tl.constexpr,
                   OUT_BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -112,10 +132,17 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
     w_rows = w_ptr + offs_n64 * stride_wn
     s_rows = s_ptr + offs_n64 * stride_sn
     z_rows = z_ptr + offs_n64 * stride_zn
-    if BITS == 4:
-        z = tl.full((BLOCK_N,), 8, tl.int32)
+    # The dot's operand dtype: x's, or fp32 for bf16 bits under the interpreter.
+    if X_BF16_BITS:
+        DOT_T: tl.constexpr = tl.float32
     else:
-        z = tl.zeros((BLOCK_N,), tl.int32)
+        DOT_T: tl.constexpr = x_ptr.dtype.element_ty
+    # u - z is formed in fp32 when the scale multiplies the weight, else in DOT_T.
+    if SCALE_W:
+        Z_T: tl.constexpr = tl.float32
+    else:
+        Z_T: tl.constexpr = DOT_T
+    z = tl.full((BLOCK_N,), 8 if BITS == 4 else 0, Z_T)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     kt_lo = split * STEPS_PER_SPLIT
@@ -129,22 +156,20 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
         else:
             x = tl.load(x_rows + kx[None, :] * stride_xk, mask=x_ok, other=0.0)
         if HAS_ZERO:
-            z = tl.load(z_rows + (k0 // G) * stride_zg, mask=n_ok, other=0).to(tl.int32)
-        w = tl.trans(_weight_tile(w_rows, k0, K, n_ok, z, stride_wk, BITS, BLOCK_K)
-                     .to(x.dtype))
+            z = tl.load(z_rows + (k0 // G) * stride_zg, mask=n_ok, other=0).to(Z_T)
+        w = _weight_tile(w_rows, k0, K, n_ok, z, stride_wk, BITS, BLOCK_K)
         if PER_CHANNEL:
-            if FP32_DOT:
-                acc = tl.dot(x, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, w, acc)
+            acc = _dot(x, tl.trans(w), acc, FP32_DOT)
         else:
-            # The step lies in group k0 // G: its scale multiplies the step's fp32 dot.
+            # The step lies in group k0 // G.
             s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
-            if FP32_DOT:
-                part = tl.dot(x, w, input_precision="ieee")
+            if SCALE_W:
+                w = (w * s[:, None]).to(DOT_T)
+                acc = _dot(x, tl.trans(w), acc, FP32_DOT)
             else:
-                part = tl.dot(x, w)
-            acc += part * s[None, :]
+                part = _dot(x, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_N), tl.float32),
+                            FP32_DOT)
+                acc += part * s[None, :]
     if PER_CHANNEL:
         acc = acc * load_f32(s_rows, n_ok, S_BF16)[None, :]
 
@@ -198,8 +223,9 @@ def _gemm(x: torch.Tensor, w: torch.Tensor, bits: int, scales: torch.Tensor,
         raise ValueError(f"BLOCK_K = {bk} must divide the group size {group_size}")
     steps = triton.cdiv(k, bk)
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    decode = m <= WXA16_DECODE_MAX_M
     if split_k is None:
-        if m > WXA16_DECODE_MAX_M:
+        if not decode:
             split_k = 1
         else:
             sms = INTERPRET_SMS if interp else _sm_count(device_index(x.device))
@@ -224,7 +250,8 @@ def _gemm(x: torch.Tensor, w: torch.Tensor, bits: int, scales: torch.Tensor,
         xk, w, sk, zk, bias_k, ws, m, n, k, g, per_split, xk.stride(0), xk.stride(1),
         w.stride(0), w.stride(1), sk.stride(0), sk.stride(1), zk.stride(0), zk.stride(1),
         stride_cs, ws.stride(-2), ws.stride(-1),
-        BITS=bits, PER_CHANNEL=not group_size, HAS_ZERO=zeros is not None, S_BF16=s_bf16,
+        BITS=bits, PER_CHANNEL=not group_size, SCALE_W=bool(group_size) and not decode,
+        HAS_ZERO=zeros is not None, S_BF16=s_bf16,
         HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, X_BF16_BITS=x_bits,
         FP32_DOT=x.dtype == torch.float32, PARTIAL=partial, OUT_BF16_BITS=out_bits,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.group_m,
