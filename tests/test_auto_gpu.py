@@ -187,6 +187,7 @@ def _gpu_calls():
         "int8_gemm": lambda: lowbit.int8_gemm(a8, b8, sa, sb),
         "int4_quantize": lambda: lowbit.int4_quantize(x, group_size=64),
         "w4a16_gemm": lambda: lowbit.w4a16_gemm(xb, iw),
+        "w8a16_gemm": lambda: lowbit.w8a16_gemm(xb, b8, sb),
     }
 
 
@@ -195,10 +196,9 @@ def _gpu_calls():
 # its kernels, delete its ops here: test_auto_runs_on_cuda then checks them instead.
 NO_GPU_KERNEL_YET = {
     "int4_quantize": "INT4 and INT8 weight-only GEMM on the GPU (W4A16, W8A16)",
-    "w4a16_gemm": "INT4 and INT8 weight-only GEMM on the GPU (W4A16, W8A16)",
 }
 GPU_OPS = ["quantize_int8", "dequantize_int8", "int8_mm", "int8_gemm", "int4_quantize",
-           "w4a16_gemm"]
+           "w4a16_gemm", "w8a16_gemm"]
 
 
 @pytest.mark.parametrize("op", [op for op in GPU_OPS if op in NO_GPU_KERNEL_YET])

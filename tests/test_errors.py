@@ -36,6 +36,8 @@ ONE = torch.tensor(1.0)
 W = torch.randn(8, 256, generator=g(4))
 IW = lowbit.int4_quantize(W, group_size=64, symmetric=False)  # scales [8, 4]
 qw, sw, zw = IW.qweight, IW.scales, IW.zeros
+W8, W8S, _ = lowbit.quantize_int8(W, granularity="channel")  # int8 [8, 256], [8, 1]
+_, W8G, _ = lowbit.quantize_int8(W, granularity="group", group_size=64)  # [8, 4]
 
 
 def iw(qweight=qw, scales=sw, zeros=zw, group_size=64, perm=None):
@@ -292,6 +294,43 @@ CASES = [
       r"x is on meta but qweight is on cpu", id="w4a16_gemm-devices"),
     E(lambda: lowbit.w4a16_gemm(XB, IW, backend="cuda"), ValueError,
       r"w4a16_gemm: backend='cuda'", id="w4a16_gemm-backend-cuda"),
+    # --------------------------------------------------------------------- w8a16_gemm
+    E(lambda: lowbit.w8a16_gemm(A, W8, W8S), TypeError,
+      r"w8a16_gemm: x must have dtype float32, bfloat16, float16; got torch\.int8",
+      id="w8a16_gemm-x-dtype"),
+    E(lambda: lowbit.w8a16_gemm(XB[None], W8, W8S), ValueError,
+      r"w8a16_gemm: x must be 2-D \[M, K\]; got shape \(1, 4, 256\)", id="w8a16_gemm-x-rank"),
+    E(lambda: lowbit.w8a16_gemm(XB, W8.float(), W8S), TypeError,
+      r"w8a16_gemm: w must have dtype int8; got torch\.float32", id="w8a16_gemm-w-dtype"),
+    E(lambda: lowbit.w8a16_gemm(XB, W8[0], W8S), ValueError,
+      r"w8a16_gemm: w must be 2-D \[N, K\] .*; got shape \(256,\)", id="w8a16_gemm-w-rank"),
+    E(lambda: lowbit.w8a16_gemm(XB[:, :128], W8, W8S), ValueError,
+      r"w8a16_gemm: x and w must share K; got x \[M, K\] = \(4, 128\) and "
+      r"w \[N, K\] = \(8, 256\)", id="w8a16_gemm-K"),
+    E(lambda: lowbit.w8a16_gemm(XB, W8, W8S.double()), TypeError,
+      r"w8a16_gemm: w_scale must have dtype float32; got torch\.float64",
+      id="w8a16_gemm-w_scale-dtype"),
+    E(lambda: lowbit.w8a16_gemm(XB, W8, W8S[:4]), ValueError,
+      r"w8a16_gemm: w_scale must have shape \[N, 1\] = \(8, 1\) per channel or "
+      r"\[N, K // G\] per group of G in \(32, 64, 128\) dividing K = 256; got \(4, 1\)",
+      id="w8a16_gemm-w_scale-rows"),
+    # G = 96 // 2 = 48 is no group size of the SPEC's.
+    E(lambda: lowbit.w8a16_gemm(X[:, :96], W8[:, :96], torch.ones(8, 2)), ValueError,
+      r"w8a16_gemm: w_scale must have shape .* dividing K = 96; got \(8, 2\)",
+      id="w8a16_gemm-w_scale-group"),
+    E(lambda: lowbit.w8a16_gemm(XB, W8, W8S.view(8)), ValueError,
+      r"w8a16_gemm: w_scale must have shape .*; got \(8,\)", id="w8a16_gemm-w_scale-rank"),
+    E(lambda: lowbit.w8a16_gemm(XB, W8, W8S, torch.zeros(7)), ValueError,
+      r"w8a16_gemm: bias must have shape \[N\] = \(8,\); got \(7,\)",
+      id="w8a16_gemm-bias-shape"),
+    E(lambda: lowbit.w8a16_gemm(XB, W8, W8S, torch.zeros(8, dtype=torch.int32)), TypeError,
+      r"w8a16_gemm: bias must have dtype float32, bfloat16, float16; got torch\.int32",
+      id="w8a16_gemm-bias-dtype"),
+    E(lambda: lowbit.w8a16_gemm(XB, m(W8), W8S), ValueError,
+      r"w8a16_gemm: all tensors must be on one device; x is on cpu but w is on meta",
+      id="w8a16_gemm-devices"),
+    E(lambda: lowbit.w8a16_gemm(XB, W8, W8G, backend="cuda"), ValueError,
+      r"w8a16_gemm: backend='cuda'", id="w8a16_gemm-backend-cuda"),
 ]
 
 
@@ -336,6 +375,9 @@ FINITE_CASES = [
     pytest.param(lambda bad: lowbit.w4a16_gemm(
         XB, iw(scales=torch.where(torch.arange(4) == 2, bad, sw))), "w4a16_gemm: scales",
         id="w4a16_gemm"),
+    pytest.param(lambda bad: lowbit.w8a16_gemm(
+        XB, W8, torch.where(torch.arange(4) == 1, bad, W8G)), "w8a16_gemm: w_scale",
+        id="w8a16_gemm"),
 ]
 
 

@@ -48,6 +48,8 @@ def opcheck_cases():
     qw, sw, zw = int4_fields(symmetric=False)
     qs, ss, _ = int4_fields(symmetric=True)
     perm = torch.randperm(256, generator=gen(5))
+    w8, w8c, _ = lowbit.quantize_int8(w[:48], granularity="channel")
+    _, w8g, _ = lowbit.quantize_int8(w[:48], granularity="group", group_size=32)
     return [
         ("quantize_fp8", (x, None, "e4m3fn", "tensor", 128, blk, True, "reference")),
         ("quantize_fp8", (xb, torch.tensor(0.5), "e5m2", "tensor", 128, blk, False, "auto")),
@@ -90,6 +92,9 @@ def opcheck_cases():
         ("w4a16_gemm", (xb, qs, ss, None, 64, None, None, "reference")),
         ("w4a16_gemm", (xb, qw, sw, zw, 64, perm, torch.randn(48).bfloat16(), "default")),
         ("w4a16_gemm", (xb[:0], qw, sw, zw, 64, None, None, "auto")),
+        ("w8a16_gemm", (xb, w8, w8c, None, "reference")),
+        ("w8a16_gemm", (xb.half(), w8, w8g, torch.randn(48), "default")),
+        ("w8a16_gemm", (x[:0], w8, w8g, None, "auto")),
     ]
 
 
@@ -168,6 +173,7 @@ def _public_cases():
     qa, sa, za = lowbit.quantize_int8(x, symmetric=False)
     qw, sw, _ = lowbit.quantize_int8(w, granularity="channel")
     iw = lowbit.int4_quantize(w, group_size=64, symmetric=False)
+    _, sg, _ = lowbit.quantize_int8(w, granularity="group", group_size=64)
     bias = randn(48, seed=2)
     return {
         "quantize_fp8": (lambda x: lowbit.quantize_fp8(x, granularity="token", fmt="e5m2"),
@@ -183,6 +189,7 @@ def _public_cases():
                           (q8, qb, s8, sb)),
         "int4_quantize": (lambda w: lowbit.int4_quantize(w, group_size=32), (w,)),
         "w4a16_gemm": (lambda x, w, b: lowbit.w4a16_gemm(x, w, b), (x, iw, bias.bfloat16())),
+        "w8a16_gemm": (lambda x, w, s, b: lowbit.w8a16_gemm(x, w, s, b), (x, qw, sg, bias)),
     }
 
 

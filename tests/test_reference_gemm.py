@@ -253,3 +253,41 @@ def test_w4a16_gemm(m, n, k, group_size, symmetric, dtype):
         assert out.dtype == dtype and out.shape == (m, n)
         want = x.double().numpy() @ wd.T + (0 if b is None else b.double().numpy()[None])
         assert rel_frobenius(out.double().numpy(), want) <= GEMM_TOL[dtype]
+
+
+# ------------------------------------------------------------------------------ w8a16_gemm
+W8_GRANS = [("channel", 128), ("group", 32), ("group", 64), ("group", 128)]
+
+
+@pytest.mark.parametrize("m,n,k", W4_MNK, ids=[f"{m}x{n}x{k}" for m, n, k in W4_MNK])
+@pytest.mark.parametrize("gran,group_size", W8_GRANS,
+                         ids=["channel", "group32", "group64", "group128"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: str(d)[6:])
+def test_w8a16_gemm(m, n, k, gran, group_size, dtype):
+    w = torch.randn(n, k, generator=gen(50)).to(dtype)
+    q, s, _ = lowbit.quantize_int8(w, granularity=gran, group_size=group_size)
+    assert q.dtype == torch.int8 and s.shape == ((n, 1) if gran == "channel"
+                                                 else (n, k // group_size))
+    x = torch.randn(m, k, generator=gen(51)).to(dtype)
+    bias = torch.randn(n, generator=gen(52)).to(dtype)
+    # The dense weight in float64, each int8 value times its scale, expanded here.
+    wd = i64(q).astype(np.float64) * np.repeat(s.double().numpy(), k // s.shape[1], axis=1)
+    for b, layout in ((None, "contiguous"), (bias, "transposed"), (bias.float(), "offset")):
+        out = lowbit.w8a16_gemm(with_layout(x, layout), q, s, b)
+        assert out.dtype == dtype and out.shape == (m, n)
+        want = x.double().numpy() @ wd.T + (0 if b is None else b.double().numpy()[None])
+        assert rel_frobenius(out.double().numpy(), want) <= GEMM_TOL[dtype]
+
+
+def test_w8a16_gemm_per_group_scales_are_per_group():
+    """Scaling one group of one row changes only that row's share of that group's K."""
+    x = torch.randn(3, 128, generator=gen(53))
+    q = rand_i8((5, 128), 54, lo=-127)
+    s = torch.full((5, 4), 0.01)
+    base = lowbit.w8a16_gemm(x, q, s)
+    s2 = s.clone()
+    s2[2, 1] = 0.03
+    got = lowbit.w8a16_gemm(x, q, s2) - base
+    want = 0.02 * (x[:, 32:64].double() @ q[2, 32:64].double())
+    assert torch.allclose(got[:, 2].double(), want, rtol=1e-4, atol=1e-5)
+    assert torch.equal(got[:, [0, 1, 3, 4]], torch.zeros(3, 4))

@@ -146,6 +146,18 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     return pid_m, pid_n
 
 
+@jit
+def tile_offsets(pid_m, pid_n, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A GEMM output tile's row and column indices, their in-bounds masks, and the indices
+    widened to int64 (for pointer arithmetic past 2^31 elements):
+    (offs_m, offs_n, m_ok, n_ok, offs_m64, offs_n64)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    return offs_m, offs_n, m_ok, n_ok, offs_m.to(tl.int64), offs_n.to(tl.int64)
+
+
 # ------------------------------------------------------------------------------ codecs
 @jit
 def fp8_encode(y, MBITS: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,

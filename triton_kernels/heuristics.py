@@ -168,6 +168,45 @@ def int8_gemm_config(m: int, n: int, k: int, smem_limit: Optional[int] = None) -
     return _table_config(INT8_GEMM_TABLE, "int8", m, n, k, 0, smem_limit)
 
 
+# ----------------------------------------------------------------- W4A16 / W8A16 GEMM
+# By M bucket, one config for the weight-only kernel (wxa16_gemm.py, int4 and int8 weights
+# alike). M <= WXA16_DECODE_MAX_M is the decode regime: a weight stream split along K
+# (``wxa16_split_k``) so one row keeps every SM busy; narrow N tiles, BLOCK_M = 16 (tl.dot's
+# least), deep pipelines. Larger M tiles without a split. BLOCK_K is capped at the group
+# size by the launcher (each K-step lies in one scale group). Not yet tuned on a GPU.
+WXA16_DECODE_MAX_M = 16
+WXA16_GEMM_TABLE: List[tuple] = [
+    (WXA16_DECODE_MAX_M, GemmConfig(16, 64, 128, 1, 4, 4)),
+    (64, GemmConfig(64, 64, 64, 8, 4, 4)),
+    (256, GemmConfig(64, 128, 64, 8, 4, 3)),
+    (1 << 62, GemmConfig(128, 128, 64, 8, 8, 3)),
+]
+# The splits of a decode GEMM aim at this many programs per SM.
+WXA16_PROGRAMS_PER_SM = 2
+
+
+def wxa16_gemm_config(m: int, n: int, k: int, group_size: int) -> GemmConfig:
+    """The table's config for x [m, k] times a weight [n, k] quantized in groups of
+    ``group_size`` along K (0: per channel), shrunk to the problem; BLOCK_K never exceeds
+    the group, so a K-step never straddles two scales."""
+    cfg = _table_config(WXA16_GEMM_TABLE, "wxa16", m, n, k, 0, None)
+    if group_size and cfg.block_k > group_size:
+        cfg = cfg._replace(block_k=group_size)
+    return cfg
+
+
+def wxa16_split_k(tiles: int, k_units: int, sm_count: int) -> int:
+    """Splits along K of a decode GEMM of ``tiles`` output tiles and ``k_units`` K-steps:
+    enough for WXA16_PROGRAMS_PER_SM programs per SM, at least one K-step each."""
+    want = -(-(WXA16_PROGRAMS_PER_SM * sm_count) // max(tiles, 1))
+    return max(1, min(want, k_units))
+
+
+def wxa16_smem_bytes(cfg: GemmConfig, bits: int, x_bytes: int = 2) -> int:
+    """Operand bytes the pipeline keeps in shared memory: x's tile and the packed weight's."""
+    return cfg.num_stages * cfg.block_k * (cfg.block_m * x_bytes + cfg.block_n * bits // 8)
+
+
 # ------------------------------------------------------------------------- quantization
 # Elements per program for the elementwise (per-tensor) and dequantize kernels: 16 per
 # thread at 8 warps; enough bytes in flight per SM to stream at full bandwidth.

@@ -2,7 +2,7 @@
 
 Ops (also registered as ``torch.ops.lowbit.<name>``): quantize_fp8, dequantize_fp8,
 quantize_int8, dequantize_int8, int8_mm, int8_gemm, fp8_scaled_mm, int4_quantize,
-w4a16_gemm. ``lowbit.reference`` is the NumPy definition of every number.
+w4a16_gemm, w8a16_gemm. ``lowbit.reference`` is the NumPy definition of every number.
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
@@ -22,6 +22,7 @@ from .api import (
     quantize_fp8,
     quantize_int8,
     w4a16_gemm,
+    w8a16_gemm,
 )
 from .int4_weight import Int4Weight
 from . import nn  # noqa: E402
@@ -41,7 +42,8 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
-    "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int8_linear", "int4_quantize", "w4a16_gemm", "Int4Weight",
+    "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int8_linear", "int4_quantize", "w4a16_gemm",
+    "w8a16_gemm", "Int4Weight",
     "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
     "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
     "validate", "ValidationReport", "calibrate", "Calibration", "AbsMaxObserver",

@@ -28,6 +28,7 @@ def _call(name: str, first: Tensor, *args):
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
     "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int8_linear", "int4_quantize", "w4a16_gemm",
+    "w8a16_gemm",
 ]
 
 
@@ -135,3 +136,12 @@ def w4a16_gemm(x: Tensor, w: Int4Weight, bias: Optional[Tensor] = None, *,
         raise TypeError(f"w4a16_gemm: w must be a lowbit.Int4Weight; got {type(w).__name__}")
     return _call("w4a16_gemm", x, w.qweight, w.scales, w.zeros, w.group_size, w.perm, bias,
                            arg(backend))
+
+
+def w8a16_gemm(x: Tensor, w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None, *,
+               backend: Optional[str] = None) -> Tensor:
+    """Weight-only INT8: x [M, K] (bf16/fp16; fp32 too) times the symmetric int8 weight
+    ``w`` [N, K] with fp32 ``w_scale`` [N, 1] per channel or [N, K // G] per group (G in
+    32, 64, 128; ``quantize_int8(w, granularity="channel" or "group")``), plus ``bias``:
+    ``x @ (w * w_scale).T`` with fp32 accumulation, [M, N] in x's dtype."""
+    return _call("w8a16_gemm", x, w, w_scale, bias, arg(backend))

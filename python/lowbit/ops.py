@@ -313,6 +313,33 @@ def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tenso
     return (x.shape[0], n), x.dtype
 
 
+def _w8a16_scale_shapes(n: int, k: int):
+    """w8a16_gemm's w_scale shapes: [N, 1] per channel, [N, K // G] per group of G in
+    scale_layout.GROUP_SIZES dividing K."""
+    return [(n, 1)] + [(n, k // g) for g in scale_layout.GROUP_SIZES if k % g == 0]
+
+
+@define_op("Tensor", values=lambda x, w, w_scale, *_: C.finite_scales(
+    "w8a16_gemm", w_scale=w_scale))
+def w8a16_gemm(x: Tensor, w: Tensor, w_scale: Tensor, bias: Optional[Tensor]):
+    op = "w8a16_gemm"
+    C.dtype(op, "x", x, C.FLOAT_DTYPES)
+    C.rank(op, "x", x, 2, "[M, K]")
+    C.dtype(op, "w", w, (torch.int8,))
+    C.rank(op, "w", w, 2, "[N, K] (the nn.Linear.weight layout)")
+    n, k = w.shape
+    if x.shape[1] != k:
+        raise ValueError(f"{op}: x and w must share K; got x [M, K] = {tuple(x.shape)} and "
+                         f"w [N, K] = {tuple(w.shape)}")
+    C.dtype(op, "w_scale", w_scale, (torch.float32,))
+    C.shape(op, "w_scale", w_scale, _w8a16_scale_shapes(n, k),
+            lambda: f"[N, 1] = ({n}, 1) per channel or [N, K // G] per group of G in "
+                    f"{scale_layout.GROUP_SIZES} dividing K = {k}")
+    C.bias(op, bias, n)
+    C.same_device(op, x=x, w=w, w_scale=w_scale, bias=bias)
+    return (x.shape[0], n), x.dtype
+
+
 # The registered ops (what compiled graphs call) and their eager implementations, by name.
 OPS = {name: getattr(torch.ops.lowbit, name).default for name in DEFS}
 EAGER = {name: d.eager for name, d in DEFS.items()}

@@ -36,6 +36,4 @@ MODULE_OPS: Dict[str, str] = {
 }
 
 # SPEC ops not built yet -> the issue that builds them.
-PENDING: Dict[str, str] = {
-    "w8a16_gemm": "INT4 and INT8 weight-only GEMM on the GPU (W4A16, W8A16)",
-}
+PENDING: Dict[str, str] = {}

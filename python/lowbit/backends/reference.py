@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import reference as R
+from ..reference.gemm import w8a16_gemm as _w8a16_reference
 from .._backend import register_kernel
 from .._checks import FP8_DTYPES, FP8_FORMAT_OF
 from ..ops import int4_scale_dtype
@@ -99,3 +100,8 @@ def w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
     out = R.w4a16_gemm(_f32(x), _raw(qweight), _f32(scales), _raw(zeros), group_size,
                        _f32(bias), _raw(perm))
     return _back(out, x, x.dtype)
+
+
+@register_kernel("w8a16_gemm", "reference", NAME)
+def w8a16_gemm(x, w, w_scale, bias):
+    return _back(_w8a16_reference(_f32(x), _raw(w), _f32(w_scale), _f32(bias)), x, x.dtype)

@@ -18,6 +18,8 @@ Kernels (op: name):
 - dequantize_int8: triton_int8_dequant
 - int8_mm: triton_int8_mm
 - int8_gemm: triton_int8_gemm
+- w4a16_gemm: triton_w4a16_gemm (the canonical int4 layout only)
+- w8a16_gemm: triton_w8a16_gemm
 """
 from __future__ import annotations
 
@@ -37,14 +39,14 @@ _import_error: Optional[str] = None
 
 def _load():
     """The ``lowbit.triton_kernels`` package with its kernel modules (``fp8_quant``,
-    ``fp8_gemm``, ``int8_quant``, ``int8_gemm``) loaded, or None with ``_import_error``
-    set."""
+    ``fp8_gemm``, ``int8_quant``, ``int8_gemm``, ``wxa16_gemm``) loaded, or None with
+    ``_import_error`` set."""
     global _kernels, _import_error
     if _kernels is None and _import_error is None:
         try:
             from .. import triton_kernels
             from ..triton_kernels import (_common, fp8_gemm, fp8_quant, int8_gemm,  # noqa: F401
-                                          int8_quant)
+                                          int8_quant, wxa16_gemm)
             _check_formats(_common.FP8_FORMATS)
         except Exception as e:  # ImportError, or a triton that fails to initialise
             _import_error = f"{type(e).__name__}: {e}"
@@ -202,15 +204,21 @@ def dequantize_int8(q, scale, zero, out_dtype):
 
 
 # ---------------------------------------------------------------------- int8_mm, int8_gemm
-def _int8_dot_reason(a) -> Optional[str]:
+def _dot_reason(a, what: str) -> Optional[str]:
+    """None when a ``tl.dot`` of ``what`` operands (int8, bf16: both from sm_80) can run
+    on a's device, else why not."""
     why = _device_reason(a)
     if why:
         return why
     if a.device.type == "cuda" and not _interpreting():
         cap = capability(device_index(a.device))
         if cap < (8, 0):
-            return f"int8 tl.dot needs compute capability 8.0 or newer; got {cap[0]}.{cap[1]}"
+            return f"{what} tl.dot needs compute capability 8.0 or newer; got {cap[0]}.{cap[1]}"
     return None
+
+
+def _int8_dot_reason(a) -> Optional[str]:
+    return _dot_reason(a, "int8")
 
 
 @register_kernel("int8_mm", "triton", "triton_int8_mm",
@@ -227,3 +235,35 @@ def int8_mm(a, b):
 def int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero):
     with OnDevice(a.device):
         return _load().int8_gemm.int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero)
+
+
+# ------------------------------------------------------------------ w4a16_gemm, w8a16_gemm
+def _half_dot_reason(x) -> Optional[str]:
+    """The weight-only kernels multiply in x's dtype: bf16 needs sm_80, fp16 and fp32 run
+    wherever Triton does."""
+    return _dot_reason(x, "bf16") if x.dtype == torch.bfloat16 else _device_reason(x)
+
+
+def _w4a16_supports(x, qweight, scales, zeros, group_size, perm, bias):
+    # A prepacked (kernel-layout) weight is another backend's: it is not the canonical
+    # rank-2 uint8 [N, K // 2] tensor.
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2 \
+            or qweight.shape[1] * 2 != x.shape[-1]:
+        return ("triton_w4a16_gemm reads the canonical int4 layout (uint8 [N, K // 2]); got "
+                f"qweight {qweight.dtype} of shape {tuple(qweight.shape)}")
+    return _half_dot_reason(x)
+
+
+@register_kernel("w4a16_gemm", "triton", "triton_w4a16_gemm", supports=_w4a16_supports,
+                 available=available, priority=PRIORITY)
+def w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
+    with OnDevice(x.device):
+        return _load().wxa16_gemm.w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias)
+
+
+@register_kernel("w8a16_gemm", "triton", "triton_w8a16_gemm",
+                 supports=lambda x, *_: _half_dot_reason(x), available=available,
+                 priority=PRIORITY)
+def w8a16_gemm(x, w, w_scale, bias):
+    with OnDevice(x.device):
+        return _load().wxa16_gemm.w8a16_gemm(x, w, w_scale, bias)

@@ -12,7 +12,7 @@ from .fp8 import fp8_decode
 from .int4 import dequantize_int4
 from .quant import expand_scale
 
-__all__ = ["int8_mm", "int8_gemm", "fp8_scaled_mm", "w4a16_gemm"]
+__all__ = ["int8_mm", "int8_gemm", "fp8_scaled_mm", "w4a16_gemm", "w8a16_gemm"]
 
 F32 = np.float32
 
@@ -79,6 +79,17 @@ def w4a16_gemm(x, qweight, scales, zeros: Optional[np.ndarray], group_size: int,
     if perm is not None:
         x = x[:, np.asarray(perm)]
     out = x @ w.T
+    if bias is not None:
+        out = out + np.asarray(bias, np.float64).reshape(1, -1)
+    return out
+
+
+def w8a16_gemm(x, w, w_scale, bias=None) -> np.ndarray:
+    """``x @ (w * w_scale).T + bias`` accumulated in float64 (x given as float32): ``w``
+    int8 [N, K], ``w_scale`` [N, 1] per channel or [N, K // G] per group."""
+    w = np.asarray(w, np.int8)
+    wd = w.astype(np.float64) * expand_scale(w_scale, w.shape).astype(np.float64)
+    out = np.asarray(x, np.float64) @ wd.T
     if bias is not None:
         out = out + np.asarray(bias, np.float64).reshape(1, -1)
     return out

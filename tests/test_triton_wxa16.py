@@ -1,0 +1,381 @@
+"""The Triton weight-only GEMMs (triton_kernels/wxa16_gemm.py: w4a16_gemm and w8a16_gemm, one
+kernel templated on the weight's bit width) against a float64 product of the same quantized
+weights, dequantized here independently of lowbit. The SPEC's tolerance: relative Frobenius
+error <= 1e-2 for bf16 / fp16 outputs, 2e-3 for fp32.
+
+Without a GPU the kernels run under TRITON_INTERPRET=1 at small sizes (K = 128 and 256;
+N = 3000 only with M <= 3); with one, the same cases run on it, plus K = 4224 and the
+benchmark shapes (marked ``gpu``). w8a16 runs through the reference backend for every case
+as well.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lowbit_testing import GEMM_TOL, rel_frobenius, with_layout
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+import lowbit  # noqa: E402
+from lowbit._backend import kernels  # noqa: E402
+from lowbit.triton_kernels import heuristics, wxa16_gemm  # noqa: E402
+
+pytestmark = [pytest.mark.usefixtures("triton_interpreter")]
+HALF = (torch.bfloat16, torch.float16)
+half = pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+MS = (0, 1, 3, 17, 100)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------- expectations, independently
+def int4_dense(iw) -> torch.Tensor:
+    """An Int4Weight's [N, K] float64 weight from its fields: nibble k = 2j is byte j's low
+    four bits, k = 2j + 1 its high four; value (u - z) * scale, z = 8 without zeros."""
+    q = iw.qweight.to(torch.int64)
+    u = torch.stack([q & 15, q >> 4], dim=2).reshape(q.shape[0], -1).double()
+    g = iw.group_size
+    z = 8.0 if iw.zeros is None else iw.zeros.double().repeat_interleave(g, dim=1)
+    return (u - z) * iw.scales.double().repeat_interleave(g, dim=1)
+
+
+def int8_dense(q, s) -> torch.Tensor:
+    k = q.shape[1]
+    return q.double() * s.double().repeat_interleave(k // s.shape[1], dim=1)
+
+
+def expected(x, dense, bias=None, perm=None) -> torch.Tensor:
+    """x[:, perm] @ dense.T + bias in float64 on the operands' device, returned on the CPU."""
+    xd = x.double()
+    if perm is not None:
+        xd = xd[:, perm]
+    out = xd @ dense.T
+    return (out if bias is None else out + bias.double()[None]).cpu()
+
+
+def check(got, want, dtype, what=""):
+    assert got.dtype == dtype and tuple(got.shape) == tuple(want.shape), what
+    err = rel_frobenius(got.cpu().double().numpy(), want.numpy())
+    assert err <= GEMM_TOL[dtype], f"{what}: relative Frobenius error {err:.3g}"
+
+
+# --------------------------------------------------------------------------- operands
+def int4_weight(n, k, group_size, symmetric, wdtype, perm=False, seed=0):
+    w = torch.randn(n, k, generator=gen(seed)).to(wdtype)
+    iw = lowbit.int4_quantize(w, group_size=group_size, symmetric=symmetric)
+    if perm:
+        iw = lowbit.Int4Weight(iw.qweight, iw.scales, iw.zeros, iw.group_size,
+                               torch.randperm(k, generator=gen(seed + 1)))
+    return iw.to(DEVICE)
+
+
+def int8_weight(n, k, group_size, seed=0):
+    """(q int8 [N, K], fp32 scale): per channel when group_size is 0, else per group."""
+    w = torch.randn(n, k, generator=gen(seed))
+    if group_size:
+        q, s, _ = lowbit.quantize_int8(w, granularity="group", group_size=group_size)
+    else:
+        q, s, _ = lowbit.quantize_int8(w, granularity="channel")
+    return q.to(DEVICE), s.to(DEVICE)
+
+
+def activations(m, k, dtype, seed=10):
+    return torch.randn(m, k, generator=gen(seed)).to(dtype).to(DEVICE)
+
+
+def bias_of(n, dtype, seed=20):
+    return torch.randn(n, generator=gen(seed)).to(dtype).to(DEVICE)
+
+
+# ------------------------------------------------------------------------------- w4a16
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
+@pytest.mark.parametrize("perm", [False, True], ids=["", "actorder"])
+@half
+def test_w4a16(m, group_size, symmetric, perm, dtype):
+    n, k = 8, 256
+    iw = int4_weight(n, k, group_size, symmetric, dtype, perm)
+    x = activations(m, k, dtype)
+    bias = bias_of(n, dtype)
+    dense = int4_dense(iw)
+    for b in (None, bias):
+        got = lowbit.w4a16_gemm(x, iw, b, backend="triton")
+        check(got, expected(x, dense, b, iw.perm), dtype, f"bias={b is not None}")
+
+
+@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["x_fp32", "x_bf16", "x_fp16"])
+def test_w4a16_scale_and_activation_dtypes(sdtype, xdtype):
+    """Scales of every storage dtype under activations of every dtype (fp32 x multiplies
+    in IEEE fp32, held to fp32's tolerance); bias in another dtype than x."""
+    iw = int4_weight(24, 128, 64, False, sdtype, seed=3)
+    assert iw.scales.dtype == sdtype
+    x = activations(5, 128, xdtype, seed=4)
+    bias = bias_of(24, torch.float32 if xdtype != torch.float32 else torch.bfloat16)
+    got = lowbit.w4a16_gemm(x, iw, bias, backend="triton")
+    check(got, expected(x, int4_dense(iw), bias), xdtype)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
+def test_w4a16_wide_n(m, symmetric):
+    """N = 3000: many N tiles, the last one ragged."""
+    iw = int4_weight(3000, 128, 32, symmetric, torch.bfloat16, seed=5)
+    x = activations(m, 128, torch.bfloat16, seed=6)
+    bias = bias_of(3000, torch.bfloat16)
+    got = lowbit.w4a16_gemm(x, iw, bias, backend="triton")
+    check(got, expected(x, int4_dense(iw), bias), torch.bfloat16)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "offset", "row_strided"])
+def test_w4a16_strided_x(layout):
+    iw = int4_weight(8, 128, 32, False, torch.float16, seed=7)
+    x = activations(17, 128, torch.float16, seed=8)
+    got = lowbit.w4a16_gemm(with_layout(x, layout), iw, backend="triton")
+    check(got, expected(x, int4_dense(iw)), torch.float16, layout)
+
+
+def test_w4a16_nibble_order():
+    """A hand-built weight: byte 0x1F holds k = 0 -> 15 and k = 1 -> 1 (values 7 and -7
+    with z = 8); x picks each K column in turn, so every output is one weight value."""
+    k = 32
+    q = torch.full((16, k // 2), 0x88, dtype=torch.uint8)  # value 0 everywhere
+    q[3, 0] = 0x1F
+    iw = lowbit.Int4Weight(q, torch.ones(16, 1, dtype=torch.float16), None, 32).to(DEVICE)
+    x = torch.eye(k, dtype=torch.float16, device=DEVICE)[:4]
+    got = lowbit.w4a16_gemm(x, iw, backend="triton").cpu().float()
+    assert got[0, 3] == 7.0 and got[1, 3] == -7.0
+    got[0, 3] = got[1, 3] = 0
+    assert not got.any()
+
+
+# ------------------------------------------------------------------------------- w8a16
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("group_size", [0, 32, 64, 128],
+                         ids=["channel", "group32", "group64", "group128"])
+@half
+def test_w8a16(m, group_size, dtype):
+    n, k = 8, 256
+    q, s = int8_weight(n, k, group_size)
+    x = activations(m, k, dtype)
+    bias = bias_of(n, dtype)
+    dense = int8_dense(q, s)
+    for b in (None, bias):
+        want = expected(x, dense, b)
+        for backend in ("triton", "reference"):
+            got = lowbit.w8a16_gemm(x, q, s, b, backend=backend)
+            check(got, want, dtype, f"{backend} bias={b is not None}")
+
+
+@pytest.mark.parametrize("group_size", [0, 32], ids=["channel", "group32"])
+def test_w8a16_wide_n_fp32_and_odd_k(group_size):
+    """N = 3000 at M = 1; fp32 activations; per channel, K = 200 (no multiple of BLOCK_K)."""
+    q, s = int8_weight(3000, 128, group_size, seed=9)
+    x = activations(1, 128, torch.bfloat16, seed=11)
+    check(lowbit.w8a16_gemm(x, q, s, backend="triton"), expected(x, int8_dense(q, s)),
+          torch.bfloat16)
+    x32 = activations(3, 128, torch.float32, seed=12)
+    check(lowbit.w8a16_gemm(x32, q, s, backend="triton"), expected(x32, int8_dense(q, s)),
+          torch.float32)
+    if not group_size:
+        q, s = int8_weight(40, 200, 0, seed=13)
+        x = activations(3, 200, torch.float16)
+        check(lowbit.w8a16_gemm(x, q, s, backend="triton"), expected(x, int8_dense(q, s)),
+              torch.float16)
+
+
+# ----------------------------------------------------------------------------- split-K
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m", [1, 16])
+def test_decode_split_k_is_deterministic_and_correct(bits, m):
+    """Every split of K (1 to one K-step per split) meets the tolerance, and a split's
+    result is the same bits on every run (a fixed summation order, no atomics)."""
+    k = 512
+    x = activations(m, k, torch.bfloat16, seed=14)
+    bias = bias_of(40, torch.bfloat16)
+    if bits == 4:
+        iw = int4_weight(40, k, 64, False, torch.bfloat16, seed=15)
+        want = expected(x, int4_dense(iw), bias)
+
+        def run(split):
+            return wxa16_gemm.w4a16_gemm(x, iw.qweight, iw.scales, iw.zeros, 64, None, bias,
+                                         split_k=split)
+    else:
+        q, s = int8_weight(40, k, 0, seed=15)
+        want = expected(x, int8_dense(q, s), bias)
+
+        def run(split):
+            return wxa16_gemm.w8a16_gemm(x, q, s, bias, split_k=split)
+    steps = k // heuristics.wxa16_gemm_config(m, 40, k, 64 if bits == 4 else 0).block_k
+    for split in sorted({1, 2, 3, steps}):
+        first = run(split)
+        check(first, want, torch.bfloat16, f"split_k={split}")
+        assert torch.equal(first.view(torch.int16), run(split).view(torch.int16)), split
+
+
+def test_split_k_heuristic():
+    # One tile on 132 SMs: as many splits as K-steps allow, up to two programs per SM.
+    assert heuristics.wxa16_split_k(1, 32, 132) == 32
+    assert heuristics.wxa16_split_k(1, 1000, 132) == 264
+    assert heuristics.wxa16_split_k(64, 32, 132) == 5
+    # Enough tiles already: no split.
+    assert heuristics.wxa16_split_k(300, 32, 132) == 1
+    assert heuristics.wxa16_split_k(1, 0, 132) == 1
+
+
+def test_table_fits_and_respects_groups():
+    for m in (1, 16, 17, 64, 100, 256, 4096):
+        for g in (0, 32, 64, 128):
+            cfg = heuristics.wxa16_gemm_config(m, 8192, 8192, g)
+            assert cfg.block_m >= 16 and cfg.block_n >= 16 and cfg.block_k >= 32
+            if g:
+                assert g % cfg.block_k == 0, (m, g, cfg)
+            for bits in (4, 8):  # within the 99 KB of an sm_86 / sm_89 card
+                assert heuristics.wxa16_smem_bytes(cfg, bits) <= 96 * 1024, cfg
+    assert heuristics.wxa16_gemm_config(1, 3, 128, 0).block_n == 16
+
+
+# --------------------------------------------------------------------- the registry
+def _kernel(op, name):
+    return next(k for k in kernels(op) if k.name == name)
+
+
+def test_supports_declines_a_prepacked_weight():
+    """Only the canonical rank-2 uint8 [N, K // 2] qweight is this kernel's; a prepacked
+    layout (any other tensor) is declined with the reason."""
+    k = _kernel("w4a16_gemm", "triton_w4a16_gemm")
+    x = torch.zeros(2, 128, dtype=torch.bfloat16, device=DEVICE)
+    s = torch.ones(8, 4, dtype=torch.bfloat16, device=DEVICE)
+    canonical = torch.zeros(8, 64, dtype=torch.uint8, device=DEVICE)
+    assert k.supports(x, canonical, s, None, 32, None, None) is None
+    for packed in (torch.zeros(2, 8, 32, dtype=torch.uint8, device=DEVICE),
+                   torch.zeros(8, 16, dtype=torch.int32, device=DEVICE),
+                   torch.zeros(4, 128, dtype=torch.uint8, device=DEVICE)):
+        why = k.supports(x, packed, s, None, 32, None, None)
+        assert why is not None and "canonical int4 layout" in why, why
+
+
+def test_explain_names_the_kernels():
+    iw = int4_weight(8, 128, 32, True, torch.bfloat16)
+    x = activations(2, 128, torch.bfloat16)
+    assert lowbit.explain(lowbit.w4a16_gemm, x, iw, backend="triton").kernel == \
+        "triton_w4a16_gemm"
+    q, s = int8_weight(8, 128, 0)
+    assert lowbit.explain(lowbit.w8a16_gemm, x, q, s, backend="triton").kernel == \
+        "triton_w8a16_gemm"
+
+
+# ------------------------------------------------------- compiled for GPUs, without one
+def _compile(target, bits, per_channel, decode):
+    """Compile the kernel for ``target`` (no device needed), as a launch would specialize
+    it: unit K strides, 16-byte aligned pointers and leading strides."""
+    from triton.compiler import ASTSource
+
+    kern = wxa16_gemm._wxa16_kernel
+    block = (16, 64, 128) if decode else (128, 128, 64)
+    const = dict(BITS=bits, PER_CHANNEL=per_channel, SCALE_W=not (per_channel or decode),
+                 HAS_ZERO=bits == 4, S_BF16=bits == 4, HAS_BIAS=True, BIAS_BF16=True,
+                 X_BF16_BITS=False, FP32_DOT=False, PARTIAL=decode, OUT_BF16_BITS=False,
+                 BLOCK_M=block[0], BLOCK_N=block[1], BLOCK_K=block[2], GROUP_M=8,
+                 stride_xk=1, stride_wk=1, stride_sg=1, stride_zg=1, stride_cn=1)
+    ptrs = dict(x_ptr="*bf16", w_ptr="*u8" if bits == 4 else "*i8",
+                s_ptr="*i16" if bits == 4 else "*fp32", z_ptr="*u8", bias_ptr="*i16",
+                c_ptr="*fp32" if decode else "*bf16")
+    sig = {a: "constexpr" if a in const else ptrs.get(a, "i32") for a in kern.arg_names}
+    aligned = [a for a in kern.arg_names if a in ptrs or a in (
+        "N", "K", "G", "stride_xm", "stride_wn", "stride_sn", "stride_zn", "stride_cs",
+        "stride_cm")]
+    src = ASTSource(fn=kern, signature=sig,
+                    constexprs={(kern.arg_names.index(a),): v for a, v in const.items()},
+                    attrs={(kern.arg_names.index(a),): [["tt.divisibility", 16]]
+                           for a in aligned})
+    return triton.compile(src, target=target, options=dict(num_warps=8 if not decode else 4,
+                                                           num_stages=3))
+
+
+def compile_checks(target) -> None:
+    """Compile both regimes and both bit widths for ``target`` (GPUTarget's arguments); on
+    NVIDIA the tiled regime must run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
+    and decode on mma.sync."""
+    from triton.backends.compiler import GPUTarget
+
+    tgt = GPUTarget(*target)
+    for bits, per_channel in ((4, False), (8, True), (8, False)):
+        for decode in (True, False):
+            c = _compile(tgt, bits, per_channel, decode)
+            if target[0] == "cuda":
+                want = "wgmma" if target[1] == 90 and not decode else "mma.sync"
+                assert want in c.asm["ptx"], (target, bits, per_channel, decode)
+
+
+@pytest.mark.parametrize("target", [("cuda", 90, 32), ("cuda", 80, 32), ("hip", "gfx942", 64)],
+                         ids=["sm90", "sm80", "gfx942"])
+def test_compiles_for_gpu_targets(target):
+    """The kernel compiles for Hopper, Ampere and MI300X from any machine. In a fresh
+    process: this one may hold triton imported for the interpreter, which cannot compile."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+            f"import test_triton_wxa16 as t; t.compile_checks({tuple(target)!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------- GPU
+BENCH_NK = [(14336, 4096), (4096, 14336), (28672, 8192), (4096, 4096)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 3, 17, 100])
+@pytest.mark.parametrize("n", [8, 3000])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
+@half
+def test_gpu_k4224(m, n, group_size, symmetric, dtype):
+    k = 4224
+    iw = int4_weight(n, k, group_size, symmetric, dtype, perm=not symmetric)
+    x = activations(m, k, dtype)
+    bias = bias_of(n, dtype)
+    check(lowbit.w4a16_gemm(x, iw, bias, backend="triton"),
+          expected(x, int4_dense(iw), bias, iw.perm), dtype, "w4a16")
+    q, s = int8_weight(n, k, group_size if symmetric else 0)
+    check(lowbit.w8a16_gemm(x, q, s, bias, backend="triton"),
+          expected(x, int8_dense(q, s), bias), dtype, "w8a16")
+
+
+def _random_int4(n, k, group_size, seed):
+    """Random canonical int4 fields on the GPU (any bytes are a valid weight): quantizing a
+    benchmark-sized weight through the reference would take the test's time."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8, device="cuda")
+    s = (torch.rand(n, k // group_size, generator=g, device="cuda") * 0.02 + 1e-3)
+    return lowbit.Int4Weight(q, s.bfloat16(), None, group_size)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("nk", BENCH_NK, ids=lambda s: "x".join(map(str, s)))
+def test_gpu_benchmark_shapes(nk):
+    n, k = nk
+    dtype = torch.bfloat16
+    iw = _random_int4(n, k, 128, seed=21)
+    g = torch.Generator(device="cuda").manual_seed(22)
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8, device="cuda")
+    s = torch.rand(n, 1, generator=g, device="cuda") * 0.01 + 1e-3
+    dense4, dense8 = int4_dense(iw), int8_dense(q, s)
+    bias = bias_of(n, dtype)
+    for m in (1, 16, 64, 128, 1024):
+        x = activations(m, k, dtype, seed=m)
+        check(lowbit.w4a16_gemm(x, iw, bias, backend="triton"), expected(x, dense4, bias),
+              dtype, f"w4a16 M = {m}")
+        check(lowbit.w8a16_gemm(x, q, s, bias, backend="triton"), expected(x, dense8, bias),
+              dtype, f"w8a16 M = {m}")

@@ -1,0 +1,288 @@
+"""Weight-only GEMMs in Triton, W4A16 and W8A16, from one kernel templated on the weight's
+bit width (the constexpr ``BITS``):
+
+    out[m, n] = sum_k x[m, k] * (u[n, k] - z[n, g(k)]) * s[n, g(k)] + bias[n]
+
+- ``BITS = 4`` (``w4a16_gemm``): the canonical int4 layout of the SPEC, ``qweight`` uint8
+  [N, K // 2] (byte j of row n: k = 2j in the low nibble, k = 2j + 1 in the high one),
+  ``scales`` [N, K // G] fp16 / bf16 / fp32, ``zeros`` uint8 [N, K // G] or None (z = 8).
+- ``BITS = 8`` (``w8a16_gemm``): ``w`` int8 [N, K] (z = 0), fp32 ``w_scale`` [N, 1] per
+  channel or [N, K // G] per group.
+
+x is [M, K] bf16 / fp16 (fp32 too, multiplied in IEEE fp32); the output is x's dtype.
+
+Numerics. Each K-step loads the weight and subtracts the zero point, exactly (|u - z| <=
+15, or 127 for int8: both fit bf16's 8-bit significand), then ``tl.dot`` accumulates in
+fp32. Where the scale goes (a K-step never straddles two groups: BLOCK_K divides G):
+- per channel: one multiply of the fp32 sum in the epilogue;
+- per group, decode: on the step's fp32 dot (``acc += dot(x, u - z) * s``), so the weight
+  operand stays exact and the per-step work is BLOCK_M x BLOCK_N multiplies, not
+  BLOCK_N x BLOCK_K (with M <= 16 the weight's conversion bounds the speed);
+- per group, tiled (``SCALE_W``): on the weight, ``((u - z) * s)`` in fp32 rounded to x's
+  dtype, so the dot accumulates in place (one accumulator: the two of the form above
+  spill at 128 x 128 tiles and break Hopper's chained wgmma). The rounding of the
+  dequantized weight (2^-9 relative in bf16) stays far inside the SPEC's 1e-2; with
+  fp16 x a dequantized weight must lie in fp16's range (it does for any weight that was
+  fp16 or bf16-in-fp16-range before quantization).
+
+Regimes, by M (``heuristics.WXA16_GEMM_TABLE``):
+- decode, M <= 16: few output tiles, so the K-steps are split among
+  ``heuristics.wxa16_split_k`` programs per tile to keep every SM streaming the weight.
+  Each split writes its fp32 partial tile to a workspace [SPLIT, M, N]; a second kernel
+  sums the splits in split order, adds the bias and rounds once. No atomics: the result is
+  the same bits on every run.
+- tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K.
+
+Any M (0 included), any N, K a multiple of the group size (any K per channel); strided x
+is read through its strides. Under ``TRITON_INTERPRET=1`` (CI), whose NumPy has no bf16,
+bf16 tensors travel as their int16 bits: x is widened to fp32 and multiplied in fp32
+(exact: every bf16 is an fp32), and the output is rounded to bf16 in the kernel.
+Nothing here is NVIDIA-only (no inline assembly): the same source serves AMD GPUs.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (device_index, f32_to_bf16_bits, grouped_tile, jit, kernel_input,
+                      load_f32, tile_offsets)
+from ._common import interpreting as _interpreting
+from .heuristics import WXA16_DECODE_MAX_M, wxa16_gemm_config, wxa16_split_k
+
+__all__ = ["w4a16_gemm", "w8a16_gemm"]
+
+# Under the interpreter a program costs milliseconds of Python: a GPU's SM count would
+# make hundreds of splits, so the decode split is sized for this many "SMs" there (enough
+# to exercise the split and its reduction).
+INTERPRET_SMS = 4
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@jit
+def _weight_tile(w_rows, k0, K, n_ok, z, stride_wk, BITS: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """The K-step's weights ``u - z`` [BLOCK_N, BLOCK_K] in z's dtype (x's, for the dot):
+    ``w_rows`` points to the rows' starts, ``z`` [BLOCK_N] is the zero point. Nibbles
+    stay 8-bit until the conversion (a quarter of int32's registers), and ``u - z`` is
+    exact in bf16 / fp16 (|u - z| <= 15). K past the end reads 0 (x is 0 there too, so
+    the product is 0 whatever ``u - z`` is)."""
+    if BITS == 4:
+        # Half as many bytes as K-values; K and k0 are even, so a byte is whole or absent.
+        j = tl.arange(0, BLOCK_K // 2)
+        ok = n_ok[:, None] & ((k0 + 2 * j) < K)[None, :]
+        b = tl.load(w_rows[:, None] + ((k0 // 2) + j)[None, :] * stride_wk, mask=ok, other=0)
+        u = tl.interleave(b & 0xF, b >> 4)  # column 2j: the low nibble, 2j + 1: the high
+        w = u.to(z.dtype) - z[:, None]
+    else:
+        # int8 values are exact in bf16 / fp16; the zero point is 0.
+        kk = k0 + tl.arange(0, BLOCK_K)
+        ok = n_ok[:, None] & (kk < K)[None, :]
+        w = tl.load(w_rows[:, None] + kk[None, :] * stride_wk, mask=ok, other=0).to(z.dtype)
+    return w
+
+
+@jit
+def _dot(x, w, acc, FP32_DOT: tl.constexpr):
+    """acc + x @ w in fp32; fp32 operands multiply in IEEE fp32 (not TF32)."""
+    if FP32_DOT:
+        return tl.dot(x, w, acc, input_precision="ieee")
+    else:
+        return tl.dot(x, w, acc)
+
+
+@jit
+def _store_out(acc, bias_ptr, offs_n, n_ok, c_ptrs, c_mask, HAS_BIAS: tl.constexpr,
+               BIAS_BF16: tl.constexpr, OUT_BF16_BITS: tl.constexpr):
+    """acc (fp32) + bias, rounded once to the output dtype."""
+    if HAS_BIAS:
+        acc = acc + load_f32(bias_ptr + offs_n, n_ok, BIAS_BF16)[None, :]
+    if OUT_BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates
+        tl.store(c_ptrs, f32_to_bf16_bits(acc), mask=c_mask)
+    else:
+        tl.store(c_ptrs, acc.to(c_ptrs.dtype.element_ty), mask=c_mask)
+
+
+@jit
+def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS_PER_SPLIT,
+                  stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sg,
+                  stride_zn, stride_zg, stride_cs, stride_cm, stride_cn,
+                  BITS: tl.constexpr, PER_CHANNEL: tl.constexpr, SCALE_W: tl.constexpr,
+                  HAS_ZERO: tl.constexpr,
+                  S_BF16: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
+                  X_BF16_BITS: tl.constexpr, FP32_DOT: tl.constexpr, PARTIAL: tl.constexpr,
+                  OUT_BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program (tile, split): the output tile's sum over the split's K-steps
+    [split * STEPS_PER_SPLIT, ...). PARTIAL: the fp32 sum goes to the workspace c[split]
+    (no bias); else it is the output."""
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    split = tl.program_id(1)
+    offs_m, offs_n, m_ok, n_ok, offs_m64, offs_n64 = tile_offsets(pid_m, pid_n, M, N,
+                                                                  BLOCK_M, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + offs_m64[:, None] * stride_xm
+    w_rows = w_ptr + offs_n64 * stride_wn
+    s_rows = s_ptr + offs_n64 * stride_sn
+    z_rows = z_ptr + offs_n64 * stride_zn
+    # The dot's operand dtype: x's, or fp32 for bf16 bits under the interpreter.
+    if X_BF16_BITS:
+        DOT_T: tl.constexpr = tl.float32
+    else:
+        DOT_T: tl.constexpr = x_ptr.dtype.element_ty
+    # u - z is formed in fp32 when the scale multiplies the weight, else in DOT_T.
+    if SCALE_W:
+        Z_T: tl.constexpr = tl.float32
+    else:
+        Z_T: tl.constexpr = DOT_T
+    z = tl.full((BLOCK_N,), 8 if BITS == 4 else 0, Z_T)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    kt_lo = split * STEPS_PER_SPLIT
+    kt_hi = tl.minimum(kt_lo + STEPS_PER_SPLIT, tl.cdiv(K, BLOCK_K))
+    for kt in range(kt_lo, kt_hi):
+        k0 = kt * BLOCK_K
+        kx = k0 + offs_k
+        x_ok = m_ok[:, None] & (kx < K)[None, :]
+        if X_BF16_BITS:
+            x = load_f32(x_rows + kx[None, :] * stride_xk, x_ok, True)
+        else:
+            x = tl.load(x_rows + kx[None, :] * stride_xk, mask=x_ok, other=0.0)
+        if HAS_ZERO:
+            z = tl.load(z_rows + (k0 // G) * stride_zg, mask=n_ok, other=0).to(Z_T)
+        w = _weight_tile(w_rows, k0, K, n_ok, z, stride_wk, BITS, BLOCK_K)
+        if PER_CHANNEL:
+            acc = _dot(x, tl.trans(w), acc, FP32_DOT)
+        else:
+            # The step lies in group k0 // G.
+            s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
+            if SCALE_W:
+                w = (w * s[:, None]).to(DOT_T)
+                acc = _dot(x, tl.trans(w), acc, FP32_DOT)
+            else:
+                part = _dot(x, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_N), tl.float32),
+                            FP32_DOT)
+                acc += part * s[None, :]
+    if PER_CHANNEL:
+        acc = acc * load_f32(s_rows, n_ok, S_BF16)[None, :]
+
+    c_mask = m_ok[:, None] & n_ok[None, :]
+    if PARTIAL:
+        c_ptrs = (c_ptr + split.to(tl.int64) * stride_cs + offs_m64[:, None] * stride_cm
+                  + offs_n64[None, :] * stride_cn)
+        tl.store(c_ptrs, acc, mask=c_mask)
+    else:
+        c_ptrs = c_ptr + offs_m64[:, None] * stride_cm + offs_n64[None, :] * stride_cn
+        _store_out(acc, bias_ptr, offs_n, n_ok, c_ptrs, c_mask, HAS_BIAS, BIAS_BF16,
+                   OUT_BF16_BITS)
+
+
+@jit
+def _split_sum_kernel(ws_ptr, bias_ptr, c_ptr, M, N, SPLIT, stride_ws, stride_wm, stride_wn,
+                      stride_cm, stride_cn, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
+                      OUT_BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    """out = sum over the splits of the workspace, in split order (a fixed order: the same
+    bits every run), + bias, rounded once."""
+    _, offs_n, m_ok, n_ok, offs_m64, offs_n64 = tile_offsets(
+        tl.program_id(0), tl.program_id(1), M, N, BLOCK_M, BLOCK_N)
+    mask = m_ok[:, None] & n_ok[None, :]
+    ws = ws_ptr + offs_m64[:, None] * stride_wm + offs_n64[None, :] * stride_wn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in range(0, SPLIT):
+        acc += tl.load(ws + s * stride_ws, mask=mask, other=0.0)
+    c_ptrs = c_ptr + offs_m64[:, None] * stride_cm + offs_n64[None, :] * stride_cn
+    _store_out(acc, bias_ptr, offs_n, n_ok, c_ptrs, mask, HAS_BIAS, BIAS_BF16, OUT_BF16_BITS)
+
+
+# Tile of the split reduction: M <= 16 rows, a wide strip of N.
+_SUM_BLOCK_M, _SUM_BLOCK_N = 16, 128
+
+
+def _gemm(x: torch.Tensor, w: torch.Tensor, bits: int, scales: torch.Tensor,
+          zeros: Optional[torch.Tensor], group_size: int, bias: Optional[torch.Tensor],
+          config, split_k: Optional[int]) -> torch.Tensor:
+    """The launcher of both ops; ``group_size`` 0 means one scale per row of the weight
+    (scales [N, 1]). Arguments are validated by lowbit.ops."""
+    m, k = x.shape
+    n = w.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out
+    interp = _interpreting()
+    cfg = config if config is not None else wxa16_gemm_config(m, n, k, group_size)
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    if group_size and group_size % bk:
+        raise ValueError(f"BLOCK_K = {bk} must divide the group size {group_size}")
+    steps = triton.cdiv(k, bk)
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    decode = m <= WXA16_DECODE_MAX_M
+    if split_k is None:
+        if not decode:
+            split_k = 1
+        else:
+            sms = INTERPRET_SMS if interp else _sm_count(device_index(x.device))
+            # Scales apply per K-step, so a split may end anywhere, even inside a group.
+            split_k = wxa16_split_k(tiles, steps, sms)
+    per_split = max(triton.cdiv(steps, max(split_k, 1)), 1)
+    split = max(triton.cdiv(steps, per_split), 1)
+
+    xk, x_bits = kernel_input(x) if interp else (x, False)
+    sk, s_bf16 = kernel_input(scales)
+    # The kernel reads bias[n] at unit stride.
+    bias_k, bias_bf16 = kernel_input(bias.contiguous()) if bias is not None else (sk, False)
+    zk = zeros if zeros is not None else sk  # (not read without zeros)
+    out_bits = interp and x.dtype == torch.bfloat16
+    c = out.view(torch.int16) if out_bits else out
+    partial = split > 1
+    ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if partial else c
+    stride_cs = ws.stride(0) if partial else 0
+    # A per-channel scale's group is all of K (its column index k0 // G is 0).
+    g = group_size if group_size else max(k, 1)
+    _wxa16_kernel[(tiles, split)](
+        xk, w, sk, zk, bias_k, ws, m, n, k, g, per_split, xk.stride(0), xk.stride(1),
+        w.stride(0), w.stride(1), sk.stride(0), sk.stride(1), zk.stride(0), zk.stride(1),
+        stride_cs, ws.stride(-2), ws.stride(-1),
+        BITS=bits, PER_CHANNEL=not group_size, SCALE_W=bool(group_size) and not decode,
+        HAS_ZERO=zeros is not None, S_BF16=s_bf16,
+        HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, X_BF16_BITS=x_bits,
+        FP32_DOT=x.dtype == torch.float32, PARTIAL=partial, OUT_BF16_BITS=out_bits,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if partial:
+        grid = (triton.cdiv(m, _SUM_BLOCK_M), triton.cdiv(n, _SUM_BLOCK_N))
+        _split_sum_kernel[grid](
+            ws, bias_k, c, m, n, split, ws.stride(0), ws.stride(1), ws.stride(2),
+            c.stride(0), c.stride(1), HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16,
+            OUT_BF16_BITS=out_bits, BLOCK_M=_SUM_BLOCK_M, BLOCK_N=_SUM_BLOCK_N, num_warps=4)
+    return out
+
+
+def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+               zeros: Optional[torch.Tensor], group_size: int,
+               perm: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, *,
+               config=None, split_k: Optional[int] = None) -> torch.Tensor:
+    """x [M, K] times the canonical int4 weight (module docstring) -> [M, N] in x's dtype.
+    ``perm`` (GPTQ act order): the product reads x[:, perm]. ``config`` (a
+    heuristics.GemmConfig) and ``split_k`` override the table, for tuning and tests."""
+    if perm is not None:
+        # Act order gathers x's columns once per call, here: a copy of x (M x K, small
+        # beside the weight at decode sizes) that keeps the kernel's x loads contiguous.
+        x = x.index_select(1, perm)
+    return _gemm(x, qweight, 4, scales, zeros, group_size, bias, config, split_k)
+
+
+def w8a16_gemm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
+               bias: Optional[torch.Tensor] = None, *, config=None,
+               split_k: Optional[int] = None) -> torch.Tensor:
+    """x [M, K] times the int8 weight ``w`` [N, K] with fp32 ``w_scale`` [N, 1] (per
+    channel) or [N, K // G] (per group) -> [M, N] in x's dtype."""
+    group = 0 if w_scale.shape[1] == 1 else w.shape[1] // w_scale.shape[1]
+    return _gemm(x, w, 8, w_scale, None, group, bias, config, split_k)
