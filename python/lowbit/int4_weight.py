@@ -8,14 +8,12 @@ import numpy as np
 import torch
 
 from . import reference as R
-from .reference.int4 import PREPACK_TILE_K, PREPACK_TILE_N, prepacked_shape
+from .reference.int4 import (PREPACK_AXES, PREPACK_TILE_K, PREPACK_TILE_N, UNPACK_AXES,
+                             prepacked_shape)
 
 CANONICAL = "canonical"
 # The CUDA mixed-input GEMM's layout (lowbit/reference/int4.py describes it).
 PREPACKED = "mma16x64"
-# Axes: see _PREPACK_AXES in lowbit/reference/int4.py.
-_PREPACK_AXES = (0, 3, 2, 4, 5, 7, 6, 1)
-_UNPACK_AXES = (0, 7, 2, 1, 3, 4, 6, 5)
 
 
 def _nibbles(qweight: torch.Tensor) -> torch.Tensor:
@@ -33,7 +31,7 @@ def prepack_int4(qweight: torch.Tensor) -> torch.Tensor:
     r, c, _, _ = prepacked_shape(n, k)
     u = torch.nn.functional.pad(_nibbles(qweight), (0, c * PREPACK_TILE_K - k,
                                                     0, r * PREPACK_TILE_N - n))
-    a = u.reshape(r, 2, 8, c, 4, 4, 2, 2).permute(_PREPACK_AXES)
+    a = u.reshape(r, 2, 8, c, 4, 4, 2, 2).permute(PREPACK_AXES)
     b = a[..., 0] | (a[..., 1] << 4)
     return b.reshape(r, c, 32, 16).contiguous().view(torch.int32)
 
@@ -46,7 +44,7 @@ def unpack_int4_prepacked(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
                          f"(k even); got {packed.dtype} {tuple(packed.shape)}")
     r, c = packed.shape[:2]
     b = packed.contiguous().view(torch.uint8).reshape(r, c, 8, 4, 4, 2, 2)
-    a = torch.stack([b & 0xF, b >> 4], dim=-1).permute(_UNPACK_AXES)
+    a = torch.stack([b & 0xF, b >> 4], dim=-1).permute(UNPACK_AXES)
     u = a.reshape(r * PREPACK_TILE_N, c * PREPACK_TILE_K)[:n, :k]
     return u[:, 0::2] | (u[:, 1::2] << 4)
 

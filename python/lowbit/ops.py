@@ -292,7 +292,9 @@ def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tenso
     op = "w4a16_gemm"
     C.dtype(op, "x", x, C.FLOAT_DTYPES)
     C.rank(op, "x", x, 2, "[M, K]")
-    C.dtype(op, "qweight", qweight, (torch.uint8, torch.int32))
+    if not (isinstance(qweight, torch.Tensor) and qweight.dtype == torch.int32):
+        # uint8: canonical; int32: the prepacked layout (Int4Weight.prepack()), checked below
+        C.dtype(op, "qweight", qweight, (torch.uint8,))
     if qweight.dtype == torch.uint8:
         C.rank(op, "qweight", qweight, 2, "[N, K // 2] (canonical packed int4)")
         n, k = qweight.shape[0], qweight.shape[1] * 2

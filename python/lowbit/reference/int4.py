@@ -30,6 +30,8 @@ __all__ = [
     "prepacked_shape",
     "PREPACK_TILE_N",
     "PREPACK_TILE_K",
+    "PREPACK_AXES",
+    "UNPACK_AXES",
 ]
 
 F32 = np.float32
@@ -86,8 +88,8 @@ def prepacked_shape(n: int, k: int) -> Tuple[int, int, int, int]:
 # Axes of the padded nibble array viewed as [R, h, g, C, t, s, p, j] (n = 16 R + 8 h + g,
 # k = 64 C + 16 t + 4 s + 2 p + j) -> [R, C, g, t, s, j, p, h]: the last three give nibble
 # 4 j + 2 p + h of a word, so bytes (j, p) hold h = 0 low and h = 1 high.
-_PREPACK_AXES = (0, 3, 2, 4, 5, 7, 6, 1)
-_UNPACK_AXES = tuple(int(i) for i in np.argsort(_PREPACK_AXES))
+PREPACK_AXES = (0, 3, 2, 4, 5, 7, 6, 1)
+UNPACK_AXES = tuple(int(i) for i in np.argsort(PREPACK_AXES))
 
 
 def prepack_int4(qweight) -> np.ndarray:
@@ -100,7 +102,7 @@ def prepack_int4(qweight) -> np.ndarray:
     r, c, _, _ = prepacked_shape(n, k)
     pad = np.zeros((r * PREPACK_TILE_N, c * PREPACK_TILE_K), np.uint8)
     pad[:n, :k] = u
-    a = pad.reshape(r, 2, 8, c, 4, 4, 2, 2).transpose(_PREPACK_AXES)
+    a = pad.reshape(r, 2, 8, c, 4, 4, 2, 2).transpose(PREPACK_AXES)
     b = a[..., 0] | (a[..., 1] << 4)  # [R, C, g, t, s, j, p]: byte 2 j + p of word s
     return np.ascontiguousarray(b).reshape(r, c, 32, 16).view("<i4").astype(np.int32)
 
@@ -113,7 +115,7 @@ def unpack_int4_prepacked(packed, n: int, k: int) -> np.ndarray:
                          f"(k even); got {p.dtype} {p.shape}")
     r, c = p.shape[:2]
     b = np.ascontiguousarray(p).astype("<i4").view(np.uint8).reshape(r, c, 8, 4, 4, 2, 2)
-    a = np.stack([b & 0xF, b >> 4], axis=-1).transpose(_UNPACK_AXES)
+    a = np.stack([b & 0xF, b >> 4], axis=-1).transpose(UNPACK_AXES)
     u = a.reshape(r * PREPACK_TILE_N, c * PREPACK_TILE_K)[:n, :k]
     return pack_int4(u)
 
