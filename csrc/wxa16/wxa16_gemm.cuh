@@ -198,8 +198,10 @@ wxa16_gemm_kernel(const WXA16GemmArgs p) {
                            ? load_scale(p.scales, p.scale_dtype, row + 2 * c + 1)
                            : 0.f;
         if constexpr (Bits == 4) {
+          // G = 32 with K % 64 == 32: the last chunk's lanes t >= 2 lie past K (group zi
+          // does not exist; their activations are zero).
           const int zi = two ? 2 * c + (t >> 1) : gi;
-          const uint32_t z = (ok && p.zeros != nullptr)
+          const uint32_t z = (ok && p.zeros != nullptr && zi * (two ? 32 : 1) < p.K)
                                  ? p.zeros[static_cast<int64_t>(n) * p.zero_ld + zi]
                                  : 8u;
           b.z[w][r] = magic | (z * 0x00010001u);
