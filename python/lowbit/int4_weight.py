@@ -74,7 +74,9 @@ class Int4Weight:
 
     @property
     def shape(self) -> Tuple[int, int]:
-        # The scales carry N and K // G in both layouts (the prepacked one is padded).
+        if self.layout == CANONICAL:
+            return (self.qweight.shape[0], self.qweight.shape[1] * 2)
+        # The prepacked tiles are padded: the scales [N, K // G] carry N and K.
         return (self.scales.shape[0], self.scales.shape[1] * self.group_size)
 
     def prepack(self) -> "Int4Weight":
