@@ -31,6 +31,10 @@
 //     .launch(x, x_scale, b, b_scale, bias, workspace, out, stream)
 //   Int8LinearLaunch(quantize_launch, gemm_launch, scale_offset, zero_offset, amax_offset)
 //     .launch(x, x_scale, x_zero, b, b_scale, b_sum, bias, workspace, out, stream)
+//   WXA16GemmLaunch(kernel_id, bits, M, N, K, group, ldx, x_dtype, ldw, scale_dtype,
+//                   scale_ld, has_zeros, zero_ld, bias_dtype, ldo)
+//     .workspace_bytes (planned on the current device), .splits
+//     .launch(x, w, scales, zeros, bias, workspace, out, stream)
 // A Launch object is built once per call signature (it checks and converts everything but
 // the pointers); its launch() is the per-call path. A constructor given values no kernel
 // takes raises ValueError; a failed launch raises RuntimeError with the CUDA error string.
@@ -53,6 +57,8 @@
 #include "fp8/fp8_quant.h"
 #include "int8/int8_kernels.h"
 #include "int8/int8_quant.h"
+#include "wxa16/wxa16_gemm.h"
+#include "wxa16/wxa16_kernels.h"
 #endif
 
 #ifndef LOWBIT_CUDA_ARCHS_SOURCE
@@ -133,7 +139,8 @@ const std::vector<lowbit::KernelEntry>& all_kernels() {
   static const std::vector<lowbit::KernelEntry> rows = [] {
     std::vector<lowbit::KernelEntry> v;
 #ifdef LOWBIT_WITH_CUDA
-    for (const lowbit::KernelTable& t : {lowbit::fp8_kernel_table(), lowbit::int8_kernel_table()})
+    for (const lowbit::KernelTable& t : {lowbit::fp8_kernel_table(), lowbit::int8_kernel_table(),
+                                         lowbit::wxa16_kernel_table()})
       for (size_t i = 0; i < t.size; ++i) v.push_back(t.rows[i]);
 #endif
     return v;
@@ -289,6 +296,68 @@ class Int8GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::
  private:
   bool has_zero_ = false;
   lowbit::TensorMapCache maps_;
+};
+
+// A mixed-input (W4A16 / W8A16) GEMM's launch for one call signature. The constructor plans
+// the kernel's split of K on the current device (the launch then needs workspace_bytes of
+// workspace, 16-byte aligned; 0: none); group 0 means one scale per row of w.
+class WXA16GemmLaunch {
+ public:
+  WXA16GemmLaunch(int kernel_id, int bits, int M, int N, int K, int group, int64_t ldx,
+                  int x_dtype, int64_t ldw, int scale_dtype, int64_t scale_ld, bool has_zeros,
+                  int64_t zero_ld, int bias_dtype, int64_t ldo) {
+    const auto& k = kernel_of(kernel_id, lowbit::OpKind::kWxa16Gemm);
+    name_ = k.name;
+    fn_ = lowbit::entry_as<lowbit::WXA16GemmFn>(k);
+    if (bits != 4 && bits != 8)
+      throw py::value_error("bits must be 4 or 8; got " + std::to_string(bits));
+    if (group != 0 && group != 32 && group != 64 && group != 128)
+      throw py::value_error("group must be 0, 32, 64 or 128; got " + std::to_string(group));
+    if (M < 0 || N < 0 || K < 0)
+      throw py::value_error("M, N and K must be >= 0");
+    args_.bits = bits;
+    args_.M = M;
+    args_.N = N;
+    args_.K = K;
+    args_.group = group;
+    args_.ldx = ldx;
+    args_.x_dtype = enum_arg<lowbit::FloatType>(x_dtype, "x dtype");
+    if (args_.x_dtype == lowbit::FloatType::kF32)
+      throw py::value_error("x dtype must be bfloat16 or float16");
+    args_.ldw = ldw;
+    args_.scale_dtype = enum_arg<lowbit::FloatType>(scale_dtype, "scale dtype");
+    args_.scale_ld = scale_ld;
+    has_zeros_ = has_zeros;
+    args_.zero_ld = zero_ld;
+    args_.bias_dtype = enum_arg<lowbit::FloatType>(bias_dtype, "bias dtype");
+    args_.ldo = ldo;
+    check_launch(fn_(args_, nullptr, true), name_);
+  }
+
+  size_t workspace_bytes() const { return args_.workspace_bytes; }
+  int splits() const { return args_.splits; }
+
+  void launch(uintptr_t x, uintptr_t w, uintptr_t scales, uintptr_t zeros, uintptr_t bias,
+              uintptr_t workspace, uintptr_t out, uintptr_t stream) {
+    if (has_zeros_ && zeros == 0) throw py::value_error("this launch needs zeros");
+    if (args_.workspace_bytes > 0 && (workspace == 0 || workspace % 16))
+      throw py::value_error("this launch needs a 16-byte aligned workspace of " +
+                            std::to_string(args_.workspace_bytes) + " bytes");
+    args_.x = ptr<const void>(x);
+    args_.w = ptr<const void>(w);
+    args_.scales = ptr<const void>(scales);
+    args_.zeros = has_zeros_ ? ptr<const uint8_t>(zeros) : nullptr;
+    args_.bias = ptr<const void>(bias);
+    args_.workspace = ptr<void>(workspace);
+    args_.out = ptr<void>(out);
+    check_launch(fn_(args_, ptr<CUstream_st>(stream), false), name_);
+  }
+
+ private:
+  const char* name_;
+  lowbit::WXA16GemmFn* fn_;
+  lowbit::WXA16GemmArgs args_{};
+  bool has_zeros_ = false;
 };
 
 // A quantizer's scale tile -> the launchers' granularity (and group).
@@ -522,6 +591,20 @@ PYBIND11_MODULE(_C, m) {
       .def("launch", &Int8GemmLaunch::launch, py::arg("a"), py::arg("b"), py::arg("a_scale"),
            py::arg("b_scale"), py::arg("bias"), py::arg("a_zero"), py::arg("b_sum"),
            py::arg("out"), py::arg("stream"));
+  py::class_<WXA16GemmLaunch>(m, "WXA16GemmLaunch",
+                              "A mixed-input (W4A16 / W8A16) GEMM kernel's launch for one call "
+                              "signature: out = x @ ((w - zeros) * scales).T (+ bias)")
+      .def(py::init<int, int, int, int, int, int, int64_t, int, int64_t, int, int64_t, bool,
+                    int64_t, int, int64_t>(),
+           py::arg("kernel_id"), py::arg("bits"), py::arg("M"), py::arg("N"), py::arg("K"),
+           py::arg("group"), py::arg("ldx"), py::arg("x_dtype"), py::arg("ldw"),
+           py::arg("scale_dtype"), py::arg("scale_ld"), py::arg("has_zeros"), py::arg("zero_ld"),
+           py::arg("bias_dtype"), py::arg("ldo"))
+      .def_property_readonly("workspace_bytes", &WXA16GemmLaunch::workspace_bytes)
+      .def_property_readonly("splits", &WXA16GemmLaunch::splits)
+      .def("launch", &WXA16GemmLaunch::launch, py::arg("x"), py::arg("w"), py::arg("scales"),
+           py::arg("zeros"), py::arg("bias"), py::arg("workspace"), py::arg("out"),
+           py::arg("stream"));
   py::class_<QuantizeLaunch>(m, "QuantizeLaunch",
                              "An FP8 quantize kernel's launch for one call signature: "
                              "q = encode(x * (1 / scale)), static or dynamic scales")

@@ -16,6 +16,7 @@ enum class OpKind : int {
   kInt8Quantize,
   kInt8Dequantize,
   kInt8Gemm,
+  kWxa16Gemm,
 };
 
 inline const char* op_kind_name(OpKind k) {
@@ -26,6 +27,7 @@ inline const char* op_kind_name(OpKind k) {
     case OpKind::kInt8Quantize: return "int8_quantize";
     case OpKind::kInt8Dequantize: return "int8_dequantize";
     case OpKind::kInt8Gemm: return "int8_gemm";
+    case OpKind::kWxa16Gemm: return "wxa16_gemm";
   }
   return "?";
 }

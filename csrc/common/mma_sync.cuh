@@ -1,5 +1,5 @@
-// mma.sync building blocks shared by lowbit's GEMMs for sm_80 and sm_89: the fp8, int8 and
-// fp16 tensor-core instructions and the fp8 -> fp16 widening of the sm_80 path.
+// mma.sync building blocks shared by lowbit's GEMMs for sm_80 and sm_89: the fp8, int8, fp16
+// and bf16 tensor-core instructions and the fp8 -> fp16 widening of the sm_80 path.
 //
 // Fragments (PTX ISA, "Matrix fragments for mma.m16n8k32" / "m16n8k16"): with g = lane / 4
 // and t = lane % 4, an e4m3 A fragment of m16n8k32 is four 32-bit words holding row g
@@ -47,6 +47,17 @@ __device__ __forceinline__ void mma_f16_k16(float (&c)[4], uint32_t a0, uint32_t
                                             uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// c += a (16 x 16 bf16) x b (16 x 8 bf16); sm_80 and newer.
+__device__ __forceinline__ void mma_bf16_k16(float (&c)[4], uint32_t a0, uint32_t a1,
+                                             uint32_t a2, uint32_t a3, uint32_t b0,
+                                             uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
       "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));

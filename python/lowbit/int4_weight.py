@@ -8,13 +8,54 @@ import numpy as np
 import torch
 
 from . import reference as R
+from .reference.int4 import (PREPACK_AXES, PREPACK_TILE_K, PREPACK_TILE_N, UNPACK_AXES,
+                             prepacked_shape)
+
+CANONICAL = "canonical"
+# The CUDA mixed-input GEMM's layout (lowbit/reference/int4.py describes it).
+PREPACKED = "mma16x64"
+
+
+def _nibbles(qweight: torch.Tensor) -> torch.Tensor:
+    """canonical uint8 [N, K // 2] -> uint8 nibbles [N, K], on qweight's device."""
+    return torch.stack([qweight & 0xF, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1)
+
+
+def prepack_int4(qweight: torch.Tensor) -> torch.Tensor:
+    """canonical uint8 [N, K // 2] -> the prepacked int32 [ceil(N/16), ceil(K/64), 32, 4],
+    with tensor ops on qweight's device (no host copy); reference.prepack_int4's twin."""
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
+        raise ValueError(f"qweight must be uint8 [N, K // 2]; got {qweight.dtype} "
+                         f"{tuple(qweight.shape)}")
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    r, c, _, _ = prepacked_shape(n, k)
+    u = torch.nn.functional.pad(_nibbles(qweight), (0, c * PREPACK_TILE_K - k,
+                                                    0, r * PREPACK_TILE_N - n))
+    a = u.reshape(r, 2, 8, c, 4, 4, 2, 2).permute(PREPACK_AXES)
+    b = a[..., 0] | (a[..., 1] << 4)
+    return b.reshape(r, c, 32, 16).contiguous().view(torch.int32)
+
+
+def unpack_int4_prepacked(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The prepacked int32 [ceil(n/16), ceil(k/64), 32, 4] -> canonical uint8 [n, k // 2], on
+    packed's device; reference.unpack_int4_prepacked's twin."""
+    if packed.dtype != torch.int32 or tuple(packed.shape) != prepacked_shape(n, k) or k % 2:
+        raise ValueError(f"packed must be int32 {prepacked_shape(n, k)} for n = {n}, k = {k} "
+                         f"(k even); got {packed.dtype} {tuple(packed.shape)}")
+    r, c = packed.shape[:2]
+    b = packed.contiguous().view(torch.uint8).reshape(r, c, 8, 4, 4, 2, 2)
+    a = torch.stack([b & 0xF, b >> 4], dim=-1).permute(UNPACK_AXES)
+    u = a.reshape(r * PREPACK_TILE_N, c * PREPACK_TILE_K)[:n, :k]
+    return u[:, 0::2] | (u[:, 1::2] << 4)
 
 
 @dataclass
 class Int4Weight:
-    """Canonical packed int4 weight of logical shape [N, K].
+    """Packed int4 weight of logical shape [N, K].
 
-    qweight  uint8 [N, K // 2]  byte j of row n: k = 2j low nibble, k = 2j + 1 high nibble
+    qweight  uint8 [N, K // 2]  canonical: byte j of row n: k = 2j low nibble, k = 2j + 1 high
+             or int32 [ceil(N/16), ceil(K/64), 32, 4], the CUDA GEMM's prepacked layout
+             ("mma16x64", after ``prepack()``; ``unpack()`` goes back)
     scales   [N, K // G]        fp16, bf16 or fp32
     zeros    uint8 [N, K // G]  or None (zero point 8: symmetric)
     perm     int64 [K] or None  act-order GPTQ: the GEMM reads x[:, perm]
@@ -27,8 +68,35 @@ class Int4Weight:
     perm: Optional[torch.Tensor] = None
 
     @property
+    def layout(self) -> str:
+        """``"canonical"`` or ``"mma16x64"`` (prepacked), told apart by qweight's rank."""
+        return PREPACKED if self.qweight.dim() == 4 else CANONICAL
+
+    @property
     def shape(self) -> Tuple[int, int]:
-        return (self.qweight.shape[0], self.qweight.shape[1] * 2)
+        if self.layout == CANONICAL:
+            return (self.qweight.shape[0], self.qweight.shape[1] * 2)
+        # The prepacked tiles are padded: the scales [N, K // G] carry N and K.
+        return (self.scales.shape[0], self.scales.shape[1] * self.group_size)
+
+    def prepack(self) -> "Int4Weight":
+        """The same weight in the CUDA GEMM's prepacked layout, converted on its device once
+        (the GEMM never repacks). Already prepacked: returned as it is."""
+        if self.layout == PREPACKED:
+            return self
+        return Int4Weight(prepack_int4(self.qweight), self.scales, self.zeros, self.group_size,
+                          self.perm)
+
+    def unpack(self) -> "Int4Weight":
+        """The same weight in the canonical layout (the exact inverse of ``prepack``)."""
+        if self.layout == CANONICAL:
+            return self
+        return Int4Weight(unpack_int4_prepacked(self.qweight, *self.shape), self.scales,
+                          self.zeros, self.group_size, self.perm)
+
+    def canonical_qweight(self) -> torch.Tensor:
+        """qweight in the canonical layout, whatever this weight's layout."""
+        return self.unpack().qweight
 
     @property
     def device(self) -> torch.device:
@@ -45,17 +113,19 @@ class Int4Weight:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(u - z) * scale as a dense [N, K] tensor (K in checkpoint order when perm is set)."""
         w = R.dequantize_int4(
-            self.qweight.cpu().numpy(), self.scales.float().cpu().numpy(),
+            self.canonical_qweight().cpu().numpy(), self.scales.float().cpu().numpy(),
             None if self.zeros is None else self.zeros.cpu().numpy(), self.group_size)
         if self.perm is not None:
             inv = np.argsort(self.perm.cpu().numpy())
             w = w[:, inv]
         return torch.from_numpy(np.ascontiguousarray(w)).to(dtype).to(self.device)
 
-    # -- serialization: a flat dict of tensors, so safetensors and state_dict both carry it
+    # -- serialization: a flat dict of tensors, so safetensors and state_dict both carry it.
+    # The canonical layout is what is stored (the interchange format): a prepacked weight
+    # loads back canonical, and prepack() after loading gives the kernel's layout again.
     def state_dict(self, prefix: str = "") -> Dict[str, torch.Tensor]:
         d = {
-            prefix + "qweight": self.qweight,
+            prefix + "qweight": self.canonical_qweight(),
             prefix + "scales": self.scales,
             prefix + "group_size": torch.tensor(self.group_size, dtype=torch.int64),
         }

@@ -31,6 +31,7 @@ from . import _checks as C
 from . import scale_layout
 from ._backend import checked
 from ._linear import FP8, INT8, linear_impl
+from .reference.int4 import prepacked_shape
 
 _EMPTY = (0,)
 _LIB = torch.library.Library("lowbit", "DEF")
@@ -291,13 +292,26 @@ def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tenso
     op = "w4a16_gemm"
     C.dtype(op, "x", x, C.FLOAT_DTYPES)
     C.rank(op, "x", x, 2, "[M, K]")
-    C.dtype(op, "qweight", qweight, (torch.uint8,))
-    C.rank(op, "qweight", qweight, 2, "[N, K // 2] (canonical packed int4)")
-    n, k = qweight.shape[0], qweight.shape[1] * 2
-    if x.shape[1] != k:
-        raise ValueError(
-            f"{op}: x and the weight must share K; got x [M, K] = {tuple(x.shape)} and a "
-            f"weight of K = 2 * qweight.shape[1] = {k}")
+    if not (isinstance(qweight, torch.Tensor) and qweight.dtype == torch.int32):
+        # uint8: canonical; int32: the prepacked layout (Int4Weight.prepack()), checked below
+        C.dtype(op, "qweight", qweight, (torch.uint8,))
+    if qweight.dtype == torch.uint8:
+        C.rank(op, "qweight", qweight, 2, "[N, K // 2] (canonical packed int4)")
+        n, k = qweight.shape[0], qweight.shape[1] * 2
+        if x.shape[1] != k:
+            raise ValueError(
+                f"{op}: x and the weight must share K; got x [M, K] = {tuple(x.shape)} and a "
+                f"weight of K = 2 * qweight.shape[1] = {k}")
+    else:  # prepacked (Int4Weight.prepack()): N and K come from the scales and x
+        C.rank(op, "qweight", qweight, 4,
+               "[ceil(N/16), ceil(K/64), 32, 4] (prepacked int4, Int4Weight.prepack())")
+        C.rank(op, "scales", scales, 2, "[N, K // G]")
+        n, k = scales.shape[0], x.shape[1]
+        want = prepacked_shape(n, k)
+        if tuple(qweight.shape) != want:
+            raise ValueError(
+                f"{op}: a prepacked qweight for N = scales.shape[0] = {n} and K = x.shape[1] "
+                f"= {k} must have shape {want}; got {tuple(qweight.shape)}")
     scale_layout.check_group_size(op, group_size, k=k)
     g = (n, k // group_size)
     C.dtype(op, "scales", scales, C.FLOAT_DTYPES)

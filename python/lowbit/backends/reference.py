@@ -14,6 +14,7 @@ from ..reference.gemm import w8a16_gemm as _w8a16_reference
 from .._backend import register_kernel
 from .._checks import FP8_DTYPES, FP8_FORMAT_OF
 from ..ops import int4_scale_dtype
+from ..reference.int4 import unpack_int4_prepacked
 
 NAME = "numpy_reference"
 
@@ -97,7 +98,10 @@ def int4_quantize(w, group_size, symmetric):
 
 @register_kernel("w4a16_gemm", "reference", NAME)
 def w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
-    out = R.w4a16_gemm(_f32(x), _raw(qweight), _f32(scales), _raw(zeros), group_size,
+    q = _raw(qweight)
+    if q.ndim == 4:  # prepacked (the op's check tied its shape to N and K)
+        q = unpack_int4_prepacked(q, scales.shape[0], x.shape[1])
+    out = R.w4a16_gemm(_f32(x), q, _f32(scales), _raw(zeros), group_size,
                        _f32(bias), _raw(perm))
     return _back(out, x, x.dtype)
 

@@ -25,6 +25,13 @@ __all__ = [
     "import_awq",
     "import_gptq",
     "AWQ_PACK_ORDER",
+    "prepack_int4",
+    "unpack_int4_prepacked",
+    "prepacked_shape",
+    "PREPACK_TILE_N",
+    "PREPACK_TILE_K",
+    "PREPACK_AXES",
+    "UNPACK_AXES",
 ]
 
 F32 = np.float32
@@ -50,6 +57,67 @@ def unpack_int4(qweight) -> np.ndarray:
     out[:, 0::2] = q & 0xF
     out[:, 1::2] = q >> 4
     return out
+
+
+# Prepacked layout ("mma16x64"), the CUDA mixed-input GEMM's (csrc/wxa16/wxa16_gemm.cuh):
+#
+#   packed int32 [ceil(N / 16), ceil(K / 64), 32, 4]: for each 16-row tile r of N (rows past N
+#   are zero) and each 64-wide chunk c of K (k past K is zero), the 32 lanes of a warp hold
+#   4 words each; warp lane l = 4 g + t (g = l // 4, t = l % 4) holds in word s (one mma k-step)
+#   the 8 nibbles of rows n = 16 r + g + 8 h (h = 0, 1) at k = 64 c + 16 t + 4 s + 2 p + j
+#   (p, j = 0, 1), nibble i = 4 j + 2 p + h, i.e. bits 4i..4i+3 of the word.
+#
+# Why: a lane reads its 4 words as one 16-byte load, 512 contiguous bytes per warp, and
+# ``(word >> 4 i) & 0x000f000f`` is register i of the m16n8k16 A fragment (rows g / g + 8) with
+# the nibble in the mantissa of both 16-bit halves, so OR-ing the exponent bits of 128 (bf16) or
+# 1024 (fp16) dequantizes a pair in 2 integer ops. Lane t's 16 k of a chunk are contiguous
+# (16 t .. 16 t + 15), so the matching activations are 16-byte vectors too: k-step s takes
+# x[token][16 t + 4 s .. + 3]. The mma's k order is thereby permuted within the chunk, which a
+# dot product allows because both operands follow the same permutation; it is the order the
+# plain int8 [N, K] weight has under the same 16-byte-per-lane loads, so both bit widths share
+# the kernel's activation path.
+PREPACK_TILE_N = 16
+PREPACK_TILE_K = 64
+
+
+def prepacked_shape(n: int, k: int) -> Tuple[int, int, int, int]:
+    """The prepacked tensor's shape for a weight of logical shape [n, k]."""
+    return (-(-n // PREPACK_TILE_N), -(-k // PREPACK_TILE_K), 32, 4)
+
+
+# Axes of the padded nibble array viewed as [R, h, g, C, t, s, p, j] (n = 16 R + 8 h + g,
+# k = 64 C + 16 t + 4 s + 2 p + j) -> [R, C, g, t, s, j, p, h]: the last three give nibble
+# 4 j + 2 p + h of a word, so bytes (j, p) hold h = 0 low and h = 1 high.
+PREPACK_AXES = (0, 3, 2, 4, 5, 7, 6, 1)
+UNPACK_AXES = tuple(int(i) for i in np.argsort(PREPACK_AXES))
+
+
+def prepack_int4(qweight) -> np.ndarray:
+    """canonical uint8 [N, K // 2] -> prepacked int32 [ceil(N/16), ceil(K/64), 32, 4]."""
+    q = np.asarray(qweight)
+    if q.ndim != 2 or q.dtype != np.uint8:
+        raise ValueError(f"qweight must be uint8 [N, K // 2]; got {q.dtype} {q.shape}")
+    u = unpack_int4(q)
+    n, k = u.shape
+    r, c, _, _ = prepacked_shape(n, k)
+    pad = np.zeros((r * PREPACK_TILE_N, c * PREPACK_TILE_K), np.uint8)
+    pad[:n, :k] = u
+    a = pad.reshape(r, 2, 8, c, 4, 4, 2, 2).transpose(PREPACK_AXES)
+    b = a[..., 0] | (a[..., 1] << 4)  # [R, C, g, t, s, j, p]: byte 2 j + p of word s
+    return np.ascontiguousarray(b).reshape(r, c, 32, 16).view("<i4").astype(np.int32)
+
+
+def unpack_int4_prepacked(packed, n: int, k: int) -> np.ndarray:
+    """prepacked int32 [ceil(n/16), ceil(k/64), 32, 4] -> canonical uint8 [n, k // 2]."""
+    p = np.asarray(packed)
+    if p.dtype != np.int32 or p.shape != prepacked_shape(n, k) or k % 2:
+        raise ValueError(f"packed must be int32 {prepacked_shape(n, k)} for n = {n}, k = {k} "
+                         f"(k even); got {p.dtype} {p.shape}")
+    r, c = p.shape[:2]
+    b = np.ascontiguousarray(p).astype("<i4").view(np.uint8).reshape(r, c, 8, 4, 4, 2, 2)
+    a = np.stack([b & 0xF, b >> 4], axis=-1).transpose(UNPACK_AXES)
+    u = a.reshape(r * PREPACK_TILE_N, c * PREPACK_TILE_K)[:n, :k]
+    return pack_int4(u)
 
 
 def round_scale(scale: np.ndarray, dtype: str) -> np.ndarray:

@@ -10,7 +10,8 @@ A kernel is named in these two places only.
 This module holds what the op modules share: ``_C``'s availability, the device checks, the
 enum codes (from ``_C.enums()``), and registration. ``quantize`` (quantize_fp8,
 dequantize_fp8), ``int8_quantize`` (quantize_int8, dequantize_int8), ``gemm``
-(fp8_scaled_mm) and ``int8_gemm`` (int8_mm, int8_gemm) register their ops on import.
+(fp8_scaled_mm), ``int8_gemm`` (int8_mm, int8_gemm) and ``wxa16_gemm`` (w4a16_gemm,
+w8a16_gemm) register their ops on import.
 """
 from __future__ import annotations
 
@@ -70,6 +71,16 @@ KERNELS: Dict[str, Dict[str, Tuple[Optional[Tuple[int, int]], int, Optional[str]
     },
 }
 KERNELS["int8_gemm"] = dict(KERNELS["int8_mm"])
+# The mixed-input GEMMs (csrc/wxa16): decode (split-K) up to M = 16, tiled for the rest.
+WXA16_DECODE_MAX_M = 16  # kWXA16DecodeMaxM in csrc/wxa16/wxa16_gemm.h
+KERNELS["w4a16_gemm"] = {
+    "cuda_w4a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
+    "cuda_w4a16_gemm_tiled": ((0, _BIG), 10, None),
+}
+KERNELS["w8a16_gemm"] = {
+    "cuda_w8a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
+    "cuda_w8a16_gemm_tiled": ((0, _BIG), 10, None),
+}
 
 # The kernels of this build: name -> (op kind, min arch, kernel id).
 _BUILT: Dict[str, Tuple[str, int, int]] = (
@@ -144,4 +155,5 @@ def register(op: str, kind: str, make: Callable) -> None:
                         priority=priority, prepare=prepare)(run)
 
 
-from . import gemm, int8_gemm, int8_quantize, quantize  # noqa: E402,F401  (register the ops' kernels)
+# Register the ops' kernels.
+from . import gemm, int8_gemm, int8_quantize, quantize, wxa16_gemm  # noqa: E402,F401

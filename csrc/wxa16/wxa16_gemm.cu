@@ -1,0 +1,20 @@
+// The one instantiation list of the mixed-input GEMM family (wxa16_gemm.cuh): 2 bit widths x
+// 2 regimes x 2 activation dtypes = 8 kernels, every arch from sm_80.
+#include "wxa16/wxa16_gemm.cuh"
+
+namespace lowbit {
+
+cudaError_t cuda_w4a16_gemm_decode(WXA16GemmArgs& args, cudaStream_t stream, bool plan) {
+  return wxa16::decode<4>(args, stream, plan);
+}
+cudaError_t cuda_w8a16_gemm_decode(WXA16GemmArgs& args, cudaStream_t stream, bool plan) {
+  return wxa16::decode<8>(args, stream, plan);
+}
+cudaError_t cuda_w4a16_gemm_tiled(WXA16GemmArgs& args, cudaStream_t stream, bool plan) {
+  return wxa16::tiled<4>(args, stream, plan);
+}
+cudaError_t cuda_w8a16_gemm_tiled(WXA16GemmArgs& args, cudaStream_t stream, bool plan) {
+  return wxa16::tiled<8>(args, stream, plan);
+}
+
+}  // namespace lowbit

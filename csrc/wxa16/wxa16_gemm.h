@@ -1,0 +1,64 @@
+// The mixed-input (weight-only) GEMM family, W4A16 and W8A16: out[m, n] = sum_k x[m, k] *
+// (w[n, k] - z) * scale (+ bias[n]) with bf16/fp16 activations, int4 or int8 weights, fp32
+// accumulation, out in x's dtype. One kernel template serves both bit widths
+// (wxa16_gemm.cuh); the launchers below are the rows of the family table (wxa16_kernels.cpp).
+// Torch-free: raw pointers, sizes and strides in elements.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/dtypes.h"
+
+namespace lowbit {
+
+struct WXA16GemmArgs {
+  int bits;  // 4: w is the prepacked int4 layout; 8: w is int8 [N, K], row stride ldw
+  int M, N, K;
+  const void* x;  // [M, K] bf16 or fp16 (x_dtype), row stride ldx, K contiguous
+  int64_t ldx;
+  FloatType x_dtype;  // also the output's dtype
+  // bits 4: int32 [ceil(N/16), ceil(K/64), 32, 4] (lowbit/reference/int4.py, "mma16x64");
+  // bits 8: int8 [N, K] with row stride ldw.
+  const void* w;
+  int64_t ldw;
+  // [N, K / group] (row stride scale_ld), or [N, 1] per channel (group 0). bits 8: fp32.
+  const void* scales;
+  FloatType scale_dtype;
+  int64_t scale_ld;
+  int group;  // 32, 64 or 128; 0: one scale per row of w
+  // bits 4 only: uint8 [N, K / group] (row stride zero_ld), or null: every zero point is 8.
+  const uint8_t* zeros;
+  int64_t zero_ld;
+  const void* bias;  // [N] or null
+  FloatType bias_dtype;
+  void* out;  // [M, N] in x_dtype, row stride ldo
+  int64_t ldo;
+  // Split-K over CTAs: set by the launcher's plan; the workspace (fp32 partials and one
+  // counter per output tile, workspace_bytes of it, 16-byte aligned) is the caller's.
+  int splits;
+  size_t workspace_bytes;
+  void* workspace;
+};
+
+// A launcher of the family. plan = true: choose this kernel's split of K for these sizes on
+// the current device and set args.splits and args.workspace_bytes (no launch); the caller
+// then allocates the workspace. plan = false: launch with the planned split (M = 0 launches
+// nothing). The caller has checked: K a multiple of 16 (bits 8) or of the group (bits 4), x's
+// rows 16-byte aligned (K and ldx multiples of 8, x 16-byte aligned), bits 8: w's rows
+// 16-byte aligned.
+using WXA16GemmFn = cudaError_t(WXA16GemmArgs& args, cudaStream_t stream, bool plan);
+
+// Decode (M <= 16): 64 rows of w x 8 or 16 tokens per CTA, K split over CTAs until every SM
+// streams weight; the partials are added in a fixed order by the last CTA of each tile.
+WXA16GemmFn cuda_w4a16_gemm_decode;
+WXA16GemmFn cuda_w8a16_gemm_decode;
+// Any M: 128 rows of w x 64 tokens per CTA (K split over CTAs only when the tiles are few).
+WXA16GemmFn cuda_w4a16_gemm_tiled;
+WXA16GemmFn cuda_w8a16_gemm_tiled;
+
+// The decode kernels' largest M.
+constexpr int kWXA16DecodeMaxM = 16;
+
+}  // namespace lowbit

@@ -1,0 +1,186 @@
+"""w4a16_gemm and w8a16_gemm on the mixed-input CUDA kernels of ``csrc/wxa16/`` (names, M
+ranges and priorities: ``KERNELS`` in this package's ``__init__``; what the kernels do:
+``csrc/wxa16/wxa16_gemm.cuh``).
+
+One mma.sync template (bf16/fp16, fp32 accumulation, every arch from sm_80) for both bit
+widths: ``cuda_w4a16_gemm_*`` read the prepacked int4 layout (``Int4Weight.prepack()``; a
+canonical weight is refused with that advice, since repacking per call would cost more than
+the GEMM), ``cuda_w8a16_gemm_*`` the plain int8 [N, K] weight as it is. ``*_decode`` takes
+M <= 16 with K split over CTAs (deterministic: partials in a workspace, added in a fixed
+order), ``*_tiled`` any M. GPTQ act order: ``x[:, perm]`` is gathered once per call here.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ... import ops as _ops
+from ..._build import _C
+from .._device import OnDevice, raw_stream
+from . import DTYPE_CODE, device_reason, kernel_id, register
+from .gemm import row_stride
+
+__all__ = ["X_DTYPES", "wxa16_gemm_launch"]
+
+X_DTYPES = (torch.bfloat16, torch.float16)
+_GROUPS = (32, 64, 128)
+_M_MAX = 65535 * 64  # the tiled kernel's token tiles are grid.z
+_N_MAX = (1 << 31) - 1024
+
+
+def wxa16_gemm_launch(kid: int, bits: int, m: int, n: int, k: int, group: int, ldx: int,
+                      x_dtype, ldw: int, scale_dtype, scale_ld: int, has_zeros: bool,
+                      zero_ld: int, bias_dtype):
+    """The ``_C.WXA16GemmLaunch`` of kernel ``kid`` for one signature (output [m, n]
+    contiguous; ``group`` 0: one scale per row of w). Plans on the current device."""
+    return _C.WXA16GemmLaunch(kid, bits, m, n, k, group, ldx, DTYPE_CODE[x_dtype], ldw,
+                              DTYPE_CODE[scale_dtype], scale_ld, has_zeros, zero_ld,
+                              DTYPE_CODE[bias_dtype] if bias_dtype is not None else 0, n)
+
+
+def _aligned_rows(t: torch.Tensor) -> bool:
+    """K-contiguous rows whose starts are 16-byte aligned."""
+    if t.stride(1) != 1 or t.data_ptr() % 16:
+        return False
+    return t.shape[0] <= 1 or (t.stride(0) * t.element_size()) % 16 == 0
+
+
+def _dense_rows(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t with unit column stride (scales, zeros: the kernels take a row stride)."""
+    if t is None or t.dim() < 2 or t.stride(1) == 1:
+        return t
+    return t.contiguous()
+
+
+def _row_stride(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else (t.stride(0) if t.shape[0] > 1 else t.shape[1])
+
+
+class _Operands:
+    """One call's arguments as the kernels take them (bits, weight, scales, zeros, group)."""
+
+    __slots__ = ("x", "w", "scales", "zeros", "group", "bias", "n", "k")
+
+    def __init__(self, x, w, scales, zeros, group, bias, n, k):
+        self.x, self.w, self.scales, self.zeros = x, w, scales, zeros
+        self.group, self.bias, self.n, self.k = group, bias, n, k
+
+
+def _w4(x, qweight, scales, zeros, group_size, perm, bias) -> _Operands:
+    if perm is not None:
+        x = x.index_select(1, perm.to(torch.int64))
+    return _Operands(x, qweight, scales, zeros, group_size, bias, scales.shape[0], x.shape[1])
+
+
+def _w8(x, w, w_scale, bias) -> _Operands:
+    n, k = w.shape
+    group = 0 if w_scale.shape[1] == 1 else k // w_scale.shape[1]
+    return _Operands(x, w, w_scale, None, group, bias, n, k)
+
+
+def _reason(bits: int, o: _Operands, m_range) -> Optional[str]:
+    m = o.x.shape[0]
+    if not m_range[0] <= m <= m_range[1]:
+        return f"M = {m} outside [{m_range[0]}, {m_range[1]}]"
+    why = device_reason(o.x)
+    if why:
+        return why
+    if o.x.dtype not in X_DTYPES:
+        return f"takes bfloat16 or float16 activations; got {o.x.dtype}"
+    if o.n > _N_MAX:
+        return f"N = {o.n} is beyond the kernels' int32 row counts"
+    if o.k % 16:
+        return f"K = {o.k} is not a multiple of 16"
+    if bits == 4:
+        if o.w.dim() != 4:
+            return "prepack the weight: Int4Weight.prepack()"
+        if not o.w.is_contiguous() or o.w.data_ptr() % 16:
+            return "the prepacked qweight must be contiguous and 16-byte aligned"
+    else:
+        if o.group not in (0,) + _GROUPS or (o.group and o.k % o.group):
+            return (f"w_scale [N, {o.scales.shape[1]}] gives a group of K / "
+                    f"{o.scales.shape[1]}; the kernels take per-channel or groups of {_GROUPS}")
+        if o.scales.dtype != torch.float32:
+            return f"takes fp32 w_scale; got {o.scales.dtype}"
+        if not _aligned_rows(o.w):
+            return "w needs K-contiguous rows with 16-byte-aligned starts and strides"
+    return None
+
+
+def _make(op: str, bits: int, operands):
+    def make(name: str, m_range, variant):
+        kid = kernel_id(name)
+
+        def supports(*args) -> Optional[str]:
+            if kid is None:
+                return "not in this build"
+            if op == "w4a16_gemm" and args[5] is not None:  # perm: reason on x as it is
+                args = (args[0], args[1], args[2], args[3], args[4], None, args[6])
+            return _reason(bits, operands(*args), m_range)
+
+        def launcher(o: _Operands):
+            # Everything but the pointers and the workspace is a function of the signature.
+            x = o.x
+            m = x.shape[0]
+            dev, idx = x.device, x.device.index
+            with OnDevice(dev):
+                launch = wxa16_gemm_launch(
+                    kid, bits, m, o.n, o.k, o.group, row_stride(x), x.dtype,
+                    _row_stride(o.w) if bits == 8 else 0, o.scales.dtype,
+                    _row_stride(o.scales), o.zeros is not None, _row_stride(o.zeros),
+                    None if o.bias is None else o.bias.dtype)
+            ws_bytes, go, empty = launch.workspace_bytes, launch.launch, torch.empty
+            shape, dtype = (m, o.n), x.dtype
+
+            def prepared(o: _Operands):
+                out = empty(shape, dtype=dtype, device=dev)
+                ws = empty(ws_bytes, dtype=torch.uint8, device=dev) if ws_bytes else None
+                with OnDevice(dev):
+                    go(o.x.data_ptr(), o.w.data_ptr(), o.scales.data_ptr(),
+                       0 if o.zeros is None else o.zeros.data_ptr(),
+                       0 if o.bias is None else o.bias.data_ptr(),
+                       0 if ws is None else ws.data_ptr(), out.data_ptr(), raw_stream(idx))
+                return out
+
+            return prepared
+
+        def dense(o: _Operands) -> _Operands:
+            x = o.x
+            if not _aligned_rows(x):
+                x = x.clone(memory_format=torch.contiguous_format)
+            bias = None if o.bias is None else o.bias.contiguous()
+            return _Operands(x, o.w, _dense_rows(o.scales), _dense_rows(o.zeros), o.group,
+                             bias, o.n, o.k)
+
+        def run(*args):
+            o = operands(*args)
+            if o.x.shape[0] == 0 or o.n == 0:
+                return torch.empty((o.x.shape[0], o.n), dtype=o.x.dtype, device=o.x.device)
+            o = dense(o)
+            return launcher(o)(o)
+
+        def prepare(*args):
+            o = operands(*args)
+            d = dense(o)
+            if o.x.shape[0] == 0 or o.n == 0 or any(
+                    a is not b for a, b in zip((o.x, o.scales, o.zeros, o.bias),
+                                               (d.x, d.scales, d.zeros, d.bias))):
+                return run
+            launch = launcher(d)
+
+            def prepared(*a):  # (a perm's gather runs per call, in operands)
+                return launch(operands(*a))
+
+            prepared.__name__ = name
+            return prepared
+
+        run.__name__ = name
+        return run, supports, prepare
+    return make
+
+
+register("w4a16_gemm", "wxa16_gemm", _make("w4a16_gemm", 4, _w4))
+# w8a16_gemm is an op of its own (ops.py); register its kernels where this build defines it.
+if "w8a16_gemm" in _ops.DEFS:
+    register("w8a16_gemm", "wxa16_gemm", _make("w8a16_gemm", 8, _w8))

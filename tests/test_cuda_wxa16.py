@@ -1,0 +1,229 @@
+"""The mixed-input CUDA GEMMs (csrc/wxa16): w4a16_gemm on the prepacked int4 layout and
+w8a16 on plain int8 weights, against float64 products of the same quantized weights (SPEC:
+relative Frobenius error <= 1e-2 for bf16/fp16 outputs). M <= 16 runs the decode kernel
+(K split over CTAs), larger M the tiled one; both are mma.sync kernels of every arch from
+sm_80, so ``LOWBIT_ARCH=80`` (the A100 path) must pick the same kernels on a newer card.
+
+The W8A16 kernels are also launched directly through ``_C.WXA16GemmLaunch``, so they are
+tested whether or not this build defines the ``w8a16_gemm`` op."""
+import functools
+
+import pytest
+import torch
+
+import lowbit
+from lowbit import Int4Weight
+from lowbit_testing import gemm_tol, rel_fro
+
+gpu = pytest.mark.gpu
+
+MS = [0, 1, 3, 16, 17, 100, 256]
+NKS = [(8, 128), (8, 4224), (3000, 128), (3000, 4224)]
+GROUPS = [32, 64, 128]
+DTYPES = [torch.bfloat16, torch.float16]
+DTYPE_IDS = ["bf16", "fp16"]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _int4(n, k, group, symmetric):
+    """(canonical Int4Weight on the CPU, its float64 dequantized [N, K] on the GPU)."""
+    w = torch.randn(n, k, generator=_gen(n + k + group)) * 0.05
+    q = lowbit.int4_quantize(w, group_size=group, symmetric=symmetric)
+    return q, q.dequantize(torch.float64).cuda()
+
+
+@functools.lru_cache(maxsize=None)
+def _prepacked(n, k, group, symmetric):
+    q, _ = _int4(n, k, group, symmetric)
+    return q.to("cuda").prepack()
+
+
+def _x(m, k, dtype, seed=0):
+    return torch.randn(m, k, generator=_gen(seed)).to(dtype).cuda()
+
+
+def _expected_kernel(bits, m):
+    return f"cuda_w{bits}a16_gemm_" + ("decode" if m <= 16 else "tiled")
+
+
+def _check(out, ref, dtype):
+    assert out.dtype == dtype
+    assert out.shape == ref.shape
+    if out.numel():
+        assert rel_fro(out, ref) <= gemm_tol(dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("n,k", NKS)
+@pytest.mark.parametrize("m", MS)
+def test_w4a16(m, n, k, group, symmetric, dtype):
+    _, wd = _int4(n, k, group, symmetric)
+    w = _prepacked(n, k, group, symmetric)
+    x = _x(m, k, dtype, seed=m)
+    bias = (torch.randn(n, generator=_gen(3)).to(dtype).cuda() if m % 2 else None)
+    choice = lowbit.explain(lowbit.w4a16_gemm, x, w, bias, backend="cuda")
+    assert choice.kernel == _expected_kernel(4, m), str(choice)
+    out = lowbit.w4a16_gemm(x, w, bias, backend="cuda")
+    ref = x.double() @ wd.T
+    if bias is not None:
+        ref = ref + bias.double()
+    _check(out, ref, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("m", [1, 16, 17, 100])
+def test_w4a16_sm80_path(monkeypatch, m):
+    monkeypatch.setenv("LOWBIT_ARCH", "80")
+    _, wd = _int4(3000, 4224, 128, False)
+    w = _prepacked(3000, 4224, 128, False)
+    x = _x(m, 4224, torch.bfloat16)
+    choice = lowbit.explain(lowbit.w4a16_gemm, x, w, backend="cuda")
+    assert choice.kernel == _expected_kernel(4, m), str(choice)
+    _check(lowbit.w4a16_gemm(x, w, backend="cuda"), x.double() @ wd.T, torch.bfloat16)
+
+
+@gpu
+@pytest.mark.parametrize("m", [1, 17])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_w4a16_act_order(m, dtype):
+    """GPTQ act order: the kernel reads x[:, perm] (gathered once per call)."""
+    n, k, group = 3000, 4224, 128
+    q, wd = _int4(n, k, group, False)
+    perm = torch.randperm(k, generator=_gen(9))
+    w = Int4Weight(q.qweight, q.scales, q.zeros, group, perm).to("cuda")
+    x = _x(m, k, dtype, seed=5)
+    out = lowbit.w4a16_gemm(x, w.prepack(), backend="cuda")
+    ref = x.double()[:, perm.cuda()] @ wd.T
+    _check(out, ref, dtype)
+    # The same through the weight's own dequantize (K in checkpoint order).
+    _check(out, x.double() @ w.dequantize(torch.float64).T, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("m", [1, 5, 100])
+def test_w4a16_deterministic(m):
+    """Split-K partials are added in a fixed order: repeated calls agree bit for bit."""
+    w = _prepacked(3000, 4224, 64, False)
+    x = _x(m, 4224, torch.bfloat16, seed=2)
+    first = lowbit.w4a16_gemm(x, w, backend="cuda")
+    for _ in range(5):
+        assert torch.equal(lowbit.w4a16_gemm(x, w, backend="cuda"), first)
+
+
+@gpu
+def test_w4a16_strided_x_and_scale_dtypes():
+    q, wd = _int4(3000, 4224, 128, True)
+    big = _x(7, 4300, torch.float16, seed=4)
+    x = big[:, 3:3 + 4224]  # rows not 16-byte aligned: the launcher copies them
+    for sdtype in (torch.float32, torch.bfloat16, torch.float16):
+        w = Int4Weight(q.qweight, q.scales.to(sdtype), None, 128).to("cuda").prepack()
+        ref = x.double() @ w.dequantize(torch.float64).T
+        _check(lowbit.w4a16_gemm(x, w, backend="cuda"), ref, torch.float16)
+
+
+@gpu
+def test_w4a16_canonical_weight_is_refused():
+    q, _ = _int4(3000, 128, 32, True)
+    x = _x(1, 128, torch.bfloat16)
+    with pytest.raises(NotImplementedError, match="prepack"):
+        lowbit.w4a16_gemm(x, q.to("cuda"), backend="cuda")
+
+
+@gpu
+def test_w4a16_bad_inputs():
+    w = _prepacked(3000, 4224, 128, False)
+    x = _x(2, 4224, torch.bfloat16)
+    with pytest.raises(ValueError, match="scales"):
+        lowbit.w4a16_gemm(x, Int4Weight(w.qweight, w.scales[:, :-1], w.zeros, 128),
+                          backend="cuda")
+    with pytest.raises(ValueError, match="zeros"):
+        lowbit.w4a16_gemm(x, Int4Weight(w.qweight, w.scales, w.zeros[:-1], 128),
+                          backend="cuda")
+    with pytest.raises(ValueError, match="qweight"):
+        lowbit.w4a16_gemm(x[:, :4160], w, backend="cuda")  # K of x does not fit the tiles
+    with pytest.raises(ValueError, match="qweight"):
+        lowbit.w4a16_gemm(x, Int4Weight(w.qweight.cpu(), w.scales, w.zeros, 128),
+                          backend="cuda")
+    with pytest.raises(NotImplementedError, match="activations"):
+        lowbit.w4a16_gemm(x.float(), w, backend="cuda")
+
+
+# -- W8A16 -------------------------------------------------------------------------------
+
+def _int8_weight(n, k, group):
+    """int8 [N, K] and fp32 scales [N, 1] (group 0) or [N, K / group], on the GPU."""
+    q = torch.randint(-128, 128, (n, k), generator=_gen(n + k), dtype=torch.int8)
+    cols = 1 if group == 0 else k // group
+    s = torch.rand(n, cols, generator=_gen(group + 1)) * 1e-3 + 1e-4
+    return q.cuda(), s.cuda()
+
+
+def _int8_ref(x, q, s, bias):
+    rep = q.shape[1] // s.shape[1]
+    w = q.double() * s.double().repeat_interleave(rep, dim=1)
+    out = x.double() @ w.T
+    return out if bias is None else out + bias.double()
+
+
+def _launch_w8(name, x, q, s, bias):
+    """Launches W8A16 kernel ``name`` directly (contiguous operands)."""
+    from lowbit.backends.cuda import kernel_id
+    from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
+
+    m, k = x.shape
+    n = q.shape[0]
+    group = 0 if s.shape[1] == 1 else k // s.shape[1]
+    launch = wxa16_gemm_launch(kernel_id(name), 8, m, n, k, group, k, x.dtype, k, s.dtype,
+                               s.shape[1], False, 0, None if bias is None else bias.dtype)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    ws = torch.empty(max(launch.workspace_bytes, 16), dtype=torch.uint8, device=x.device)
+    launch.launch(x.data_ptr(), q.data_ptr(), s.data_ptr(), 0,
+                  0 if bias is None else bias.data_ptr(), ws.data_ptr(), out.data_ptr(),
+                  torch.cuda.current_stream().cuda_stream)
+    return out
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("group", [0] + GROUPS, ids=["channel", "g32", "g64", "g128"])
+@pytest.mark.parametrize("n,k", NKS)
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 100, 256])
+def test_w8a16_kernels(m, n, k, group, dtype):
+    q, s = _int8_weight(n, k, group)
+    x = _x(m, k, dtype, seed=m)
+    bias = torch.randn(n, generator=_gen(4)).to(dtype).cuda() if m % 2 else None
+    out = _launch_w8(_expected_kernel(8, m), x, q, s, bias)
+    torch.cuda.synchronize()
+    _check(out, _int8_ref(x, q, s, bias), dtype)
+
+
+@gpu
+def test_w8a16_tiled_takes_small_m():
+    q, s = _int8_weight(3000, 4224, 128)
+    x = _x(5, 4224, torch.float16)
+    _check(_launch_w8("cuda_w8a16_gemm_tiled", x, q, s, None), _int8_ref(x, q, s, None),
+           torch.float16)
+
+
+needs_op = pytest.mark.skipif(not hasattr(lowbit, "w8a16_gemm"),
+                              reason="this build defines no w8a16_gemm op")
+
+
+@gpu
+@needs_op
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("group", [0, 32, 128], ids=["channel", "g32", "g128"])
+@pytest.mark.parametrize("m", [0, 1, 17])
+def test_w8a16_op(m, group, dtype):
+    q, s = _int8_weight(3000, 4224, group)
+    x = _x(m, 4224, dtype)
+    choice = lowbit.explain(lowbit.w8a16_gemm, x, q, s, None, backend="cuda")
+    assert choice.kernel == _expected_kernel(8, m), str(choice)
+    _check(lowbit.w8a16_gemm(x, q, s, None, backend="cuda"), _int8_ref(x, q, s, None), dtype)
