@@ -137,9 +137,39 @@ def int8_cases() -> Dict[str, List[Callable]]:
     return c
 
 
+WXA16_SHAPES = [(1, 8, 128), (3, 3000, 256), (17, 264, 4224), (100, 136, 1152), (0, 64, 128),
+                (300, 520, 2048)]
+
+
+def wxa16_cases() -> Dict[str, List[Callable]]:
+    c = {"w4a16_gemm": [], "w8a16_gemm": []}
+    for i, (m, n, k) in enumerate(WXA16_SHAPES):
+        dtype = (torch.bfloat16, torch.float16)[i % 2]
+        for g, zeros, bias in ((32, True, False), (64, False, True), (128, True, True)):
+            if k % g:
+                continue
+
+            def w4(m=m, n=n, k=k, g=g, zeros=zeros, bias=bias, dtype=dtype):
+                w = lowbit.Int4Weight(
+                    torch.randint(0, 256, (n, k // 2), device=DEV, dtype=torch.uint8),
+                    (torch.rand(n, k // g, device=DEV) * 0.01).to(dtype),
+                    torch.randint(0, 16, (n, k // g), device=DEV, dtype=torch.uint8)
+                    if zeros else None, g)
+                lowbit.w4a16_gemm(_x(m, k).to(dtype), w.prepack(),
+                                  torch.randn(n, device=DEV) if bias else None, backend="cuda")
+            c["w4a16_gemm"].append(w4)
+        for groups in (1, k // 128):
+            c["w8a16_gemm"].append(lambda m=m, n=n, k=k, groups=groups, dtype=dtype:
+                                   lowbit.w8a16_gemm(_x(m, k).to(dtype), _i8(n, k),
+                                                     torch.rand(n, groups, device=DEV) * 0.01,
+                                                     backend="cuda"))
+    return c
+
+
 def all_cases() -> Dict[str, List[Callable]]:
     cases = fp8_cases()
     cases.update(int8_cases())
+    cases.update(wxa16_cases())
     return cases
 
 

@@ -162,7 +162,11 @@ def test_op_rows_and_outputs_on_cpu(cpu_timers, tmp_path, capsys):
     assert sum(r["impl"] == "F.linear bf16" for r in bench.rows) == sum(
         o.kind == "gemm" for o in cases.OPS.values())
     for r in lowbit_rows:
-        assert r["vs_anchor"] == pytest.approx(1.0) and r.get("error") is None
+        assert r.get("error") is None, r
+        if r["op"] == "w4a16_gemm":  # tinygemm quantizes its own way: timed, not compared
+            assert r["err"] is None and r["vs_bf16"] == pytest.approx(1.0), r
+            continue
+        assert r["vs_anchor"] == pytest.approx(1.0)
         assert r["err"] is not None and r["err"] < 0.1, r
     gemm = next(r for r in lowbit_rows if r["op"] == "fp8_scaled_mm")
     assert gemm["tflops"] == pytest.approx(2 * 2 * 256 * 256 / 1e-5 / 1e12)

@@ -373,6 +373,81 @@ def _linear(op: str) -> Callable[[str, tuple], Case]:
     return build
 
 
+def _tinygemm_anchor(x, w_bf16, group: int):
+    """torch's own W4A16 (tinygemm: ``torch._weight_int4pack_mm``) on a weight of the same
+    shape and group size, quantized its way (asymmetric, bf16 scale-and-zero pairs). Times
+    only: its numbers follow its own rounding, so no error is reported against it."""
+    try:
+        return _tinygemm(x, w_bf16, group)
+    except Exception as e:  # noqa: BLE001 - e.g. a torch without it for this device
+        def unavailable(e=e):
+            raise e
+        return unavailable
+
+
+def _tinygemm(x, w_bf16, group: int):
+    n, k = w_bf16.shape
+    g = w_bf16.float().reshape(n, k // group, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = ((hi - lo).clamp_min(1e-6) / 15)
+    u = ((g - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+    packed = torch._convert_weight_to_int4pack((u[:, ::2] << 4 | u[:, 1::2]).to(torch.uint8), 8)
+    zero = lo + 8 * scale  # tinygemm dequantizes (u - 8) * scale + zero
+    sz = torch.cat([scale, zero], dim=-1).reshape(n, k // group, 2).transpose(0, 1)
+    sz = sz.contiguous().to(torch.bfloat16)
+    return lambda: torch._weight_int4pack_mm(x, packed, group, sz)
+
+
+def _w4a16_gemm(variant: str, shape: tuple) -> Case:
+    """w4a16_gemm, group 128, symmetric, bf16: "prepacked" is the weight as Int4Linear holds
+    it on an NVIDIA GPU (the CUDA kernels' layout), "canonical" the SPEC's layout (what the
+    Triton kernel reads)."""
+    import lowbit
+
+    m, n, k = shape
+    group = 128
+    x, w_bf16 = bf16(m, k), bf16(n, k, std=0.02)
+    # Random nibbles and scales: the weight's values do not change the kernels' work.
+    w = lowbit.Int4Weight(torch.randint(0, 256, (n, k // 2), device=DEVICE, dtype=torch.uint8),
+                          (torch.rand(n, k // group, device=DEVICE) * 0.004 + 0.001
+                           ).to(torch.bfloat16), None, group)
+    if variant == "prepacked":
+        w = w.prepack()
+    return Case("w4a16_gemm", variant, shape, (x, w.qweight, w.scales, None, group, None, None),
+                (lowbit.w4a16_gemm, (x, w), {}),
+                [Anchor("tinygemm (torch._weight_int4pack_mm)", _tinygemm_anchor(x, w_bf16, group),
+                        compare=False),
+                 Anchor("F.linear bf16", lambda: F.linear(x, w_bf16), role="bf16", compare=False,
+                        counts=dict(bytes_moved=2 * (m * k + n * k + m * n),
+                                    weight_bytes=2 * n * k, ceiling="bf16"))],
+                flops=2 * m * n * k, weight_bytes=n * k // 2 + 2 * n * (k // group),
+                ceiling="bf16",
+                bytes_moved=2 * m * k + n * k // 2 + 2 * n * (k // group) + 2 * m * n)
+
+
+def _w8a16_gemm(variant: str, shape: tuple) -> Case:
+    """w8a16_gemm, bf16 activations, the int8 weight per channel ("channel") or per group of
+    128 ("g128")."""
+    import lowbit
+
+    m, n, k = shape
+    x, w_bf16, w = bf16(m, k), bf16(n, k, std=0.02), int8(n, k)
+    ws = scales(n, 1) if variant == "channel" else scales(n, k // 128)
+
+    def dequant_linear():  # what a torch user writes: dequantize, then F.linear
+        wd = (w.float().reshape(n, ws.shape[1], -1) * ws.unsqueeze(-1)).reshape(n, k)
+        return F.linear(x, wd.to(torch.bfloat16))
+
+    return Case("w8a16_gemm", variant, shape, (x, w, ws, None),
+                (lowbit.w8a16_gemm, (x, w, ws), {}),
+                [Anchor("dequantize + F.linear (torch)", dequant_linear),
+                 Anchor("F.linear bf16", lambda: F.linear(x, w_bf16), role="bf16", compare=False,
+                        counts=dict(bytes_moved=2 * (m * k + n * k + m * n),
+                                    weight_bytes=2 * n * k, ceiling="bf16"))],
+                flops=2 * m * n * k, weight_bytes=n * k + 4 * ws.numel(), ceiling="bf16",
+                bytes_moved=2 * m * k + n * k + 4 * ws.numel() + 2 * m * n)
+
+
 @dataclass(frozen=True)
 class OpBench:
     op: str
@@ -395,4 +470,8 @@ OPS = {
                              ("token",), _quantize_int8),
     "fp8_linear": OpBench("fp8_linear", "gemm", ("token",), ("token",), _linear("fp8_linear")),
     "int8_linear": OpBench("int8_linear", "gemm", ("token",), ("token",), _linear("int8_linear")),
+    "w4a16_gemm": OpBench("w4a16_gemm", "gemm", ("prepacked", "canonical"),
+                          ("prepacked", "canonical"), _w4a16_gemm),
+    "w8a16_gemm": OpBench("w8a16_gemm", "gemm", ("channel", "g128"), ("channel",),
+                          _w8a16_gemm),
 }

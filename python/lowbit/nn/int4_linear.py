@@ -9,18 +9,33 @@ scheme), in the SPEC's canonical layout (``lowbit.Int4Weight``):
 The forward is ``lowbit.w4a16_gemm(x, weight, bias)``: activations stay in their own dtype
 (bf16, fp16, or fp32, which the op takes as well: an fp32 model computes in fp32, with no
 cast of its activations), the weight is dequantized group by group inside the op.
+
+On an NVIDIA GPU the module holds qweight in the CUDA kernels' prepacked layout
+(``prepack()``; ``from_linear`` does it there by default), converted once; its state_dict
+still carries the canonical layout, and a canonical checkpoint loads into a prepacked module.
 """
 from __future__ import annotations
 
+from typing import Optional
 
 import torch
 from torch import nn
 
 from .. import api, scale_layout
-from ..int4_weight import Int4Weight
+from .._backend import kernels
+from ..int4_weight import CANONICAL, Int4Weight, prepack_int4
 from ..ops import int4_scale_dtype
 from ._layer import (_check_linear, _copy_bias, _dtype_name, _layer_dtype, _layer_dtype_of,
                      _new_bias, _rows)
+
+
+def cuda_kernels_run_on(device: torch.device) -> bool:
+    """Whether one of lowbit's CUDA W4A16 kernels (which read the prepacked layout) can run
+    on ``device``: an NVIDIA GPU, and the kernels built in."""
+    if device.type != "cuda" or torch.version.hip:
+        return False
+    return any(k.backend == "cuda" and (k.available is None or k.available() is None)
+               for k in kernels("w4a16_gemm"))
 
 
 class Int4Linear(nn.Module):
@@ -46,10 +61,13 @@ class Int4Linear(nn.Module):
     dtype = property(_layer_dtype_of, doc=_layer_dtype_of.__doc__)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, group_size: int = 128,
-                    symmetric: bool = True) -> "Int4Linear":
+    def from_linear(cls, linear: nn.Linear, *, group_size: int = 128, symmetric: bool = True,
+                    prepack: Optional[bool] = None) -> "Int4Linear":
         """Quantize ``linear.weight`` group-wise by round to nearest (``lowbit.int4_quantize``:
-        absmax / 7 per group when symmetric, (max - min) / 15 with a zero point otherwise)."""
+        absmax / 7 per group when symmetric, (max - min) / 15 with a zero point otherwise).
+
+        ``prepack``: hold the weight in the CUDA kernels' layout (``Int4Weight.prepack``);
+        None does so when the weight is on a GPU that lowbit's CUDA W4A16 kernels run on."""
         _check_linear(linear)
         w = linear.weight.detach()
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
@@ -60,7 +78,32 @@ class Int4Linear(nn.Module):
         if not symmetric:
             mod.zeros.copy_(q.zeros)
         _copy_bias(mod, linear)
+        if prepack if prepack is not None else cuda_kernels_run_on(w.device):
+            mod.prepack()
         return mod
+
+    @property
+    def layout(self) -> str:
+        """The weight's layout: ``"canonical"`` or the CUDA kernels' prepacked one."""
+        return self.weight_int4().layout
+
+    def prepack(self) -> "Int4Linear":
+        """Convert the weight to the CUDA kernels' prepacked layout, once, on its device (the
+        Triton kernel reads the canonical one: ``unpack`` goes back). Returns self."""
+        self.qweight = self.weight_int4().prepack().qweight
+        return self
+
+    def unpack(self) -> "Int4Linear":
+        """Convert the weight back to the canonical layout. Returns self."""
+        self.qweight = self.weight_int4().canonical_qweight()
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # Checkpoints hold the canonical layout (the SPEC's interchange format), whatever the
+        # module runs on.
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.layout != CANONICAL:
+            destination[prefix + "qweight"] = self.weight_int4().canonical_qweight()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A None buffer has no state_dict key, so a saved act-order module would not load into
@@ -68,6 +111,12 @@ class Int4Linear(nn.Module):
         perm = state_dict.get(prefix + "perm")
         if perm is not None and self.perm is None:
             self.perm = torch.empty_like(perm, device=self.qweight.device)
+        key = prefix + "qweight"
+        q = state_dict.get(key)
+        if q is not None and self.layout != CANONICAL and q.dim() == 2:
+            # A canonical checkpoint into a prepacked module: converted on the way in.
+            state_dict = dict(state_dict)
+            state_dict[key] = prepack_int4(q.to(self.qweight.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def weight_int4(self) -> Int4Weight:
