@@ -142,3 +142,21 @@ def test_compile_fullgraph(symmetric):
 def test_extra_repr():
     r = repr(Int4Linear.from_linear(_linear(bias=False), group_size=32))
     assert "in_features=256, out_features=96, bias=False, group_size=32, symmetric" in r
+
+
+def test_prepacked_module_runs_and_saves_canonical():
+    """Int4Linear in the CUDA kernels' layout computes what the canonical one does, saves the
+    canonical layout, and loads a canonical checkpoint into a prepacked module."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 48, dtype=torch.bfloat16)
+    a = Int4Linear.from_linear(lin, group_size=64, symmetric=False, prepack=False)
+    b = Int4Linear.from_linear(lin, group_size=64, symmetric=False, prepack=True)
+    assert a.layout == "canonical" and b.layout != "canonical" and b.qweight.dim() == 4
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    assert torch.equal(a(x), b(x))
+    sd = b.state_dict()
+    assert torch.equal(sd["qweight"], a.qweight)
+    c = Int4Linear(**b.config()).prepack()
+    c.load_state_dict(sd)
+    assert torch.equal(c.qweight, b.qweight) and torch.equal(c(x), a(x))
+    assert torch.equal(b.unpack().qweight, a.qweight) and b.layout == "canonical"

@@ -43,8 +43,7 @@ def _ops(mod: Int8Linear, x):
     """The forward as the public ops compute it, step by step."""
     x2 = x.reshape(-1, mod.in_features)
     if mod.mode == "w8a16":
-        w = lowbit.dequantize_int8(mod.weight, mod.weight_scale, out_dtype=x.dtype)
-        y = F.linear(x2, w, None if mod.bias is None else mod.bias.to(x.dtype))
+        y = lowbit.w8a16_gemm(x2, mod.weight, mod.weight_scale, mod.bias)
     else:
         gran = "tensor" if mod.act_scale is not None else "token"
         q, s, z = lowbit.quantize_int8(x2, mod.act_scale, zero=mod.act_zero, granularity=gran,
