@@ -36,6 +36,15 @@ def test_int8_table_on_sm90(h100, op, m, first):
     assert set(order) <= names, set(order) - names
 
 
+@pytest.mark.parametrize("m,first", [(1, "cuda_w8a16_gemm_decode"), (16, "cuda_w8a16_gemm_decode"),
+                                     (17, "triton_w8a16_gemm"), (4096, "triton_w8a16_gemm")])
+def test_w8a16_table_on_sm90(h100, m, first):
+    order = heuristics.preferred("w8a16_gemm", torch.device("cuda", 0), _args(m))
+    assert order[0] == first
+    from lowbit._backend import kernels
+    assert set(order) <= {k.name for k in kernels("w8a16_gemm")}
+
+
 def test_no_table_elsewhere(monkeypatch):
     monkeypatch.setattr(heuristics, "_capability", lambda index: (8, 0))
     assert heuristics.preferred("fp8_scaled_mm", torch.device("cuda", 0), _args(1)) is None

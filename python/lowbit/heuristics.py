@@ -17,6 +17,11 @@ bf16 at M = 1-16 on 4096 x 4096; Triton's GPU time is level at M = 64, its host 
 not), the wgmma kernel above (1.3-1.4x ``torch._int_mm`` at 4096 x 28672 x 8192 and 8192^3),
 then Triton (any shape and stride), then the IMMA tiled kernel (the A100 path, half the
 wgmma kernel's rate on Hopper).
+
+w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on three of the four
+benchmark weights; Triton leads on 28672 x 8192), Triton above (ahead of the CUDA tiled
+kernel at every M >= 64 measured, by 1.1-4x). w4a16_gemm needs no row: the weight's layout
+picks the backend (prepacked: the CUDA kernels; canonical: Triton).
 """
 from __future__ import annotations
 
@@ -45,6 +50,12 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
         (9, 0): (
             (64, ("sm90_int8_gemm_swapab", "sm80_int8_gemm_smallm", "triton_int8_gemm")),
             (None, ("sm90_int8_gemm_wgmma", "triton_int8_gemm", "sm80_int8_gemm_mma")),
+        ),
+    },
+    "w8a16_gemm": {
+        (9, 0): (
+            (16, ("cuda_w8a16_gemm_decode", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
+            (None, ("triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
         ),
     },
 }

@@ -60,6 +60,11 @@ class Case:
         import lowbit
 
         fn, args, kwargs = self.call
+        if self.op in LAYER_GEMM:  # explain names the first op a layer runs: its quantizer
+            x, w, ws = self.args[:3]
+            q = torch.empty(x.shape, dtype=w.dtype, device=x.device)
+            fn = getattr(lowbit, LAYER_GEMM[self.op])
+            args, kwargs = (q, w, torch.ones(x.shape[0], 1, device=x.device), ws), {}
         c = lowbit.explain(fn, *args, **kwargs)
         return f"{c.backend}/{c.kernel}"
 
