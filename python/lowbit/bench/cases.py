@@ -122,6 +122,16 @@ def fp8_operands(m: int, n: int, k: int, mode: str = "row"):
     return a, b, scales(m, 1), scales(n, 1)
 
 
+def bf16_linear_anchor(x: torch.Tensor, w: torch.Tensor) -> Anchor:
+    """bf16 ``F.linear(x, w)``: what a bf16 model runs instead of the op (the "vs bf16"
+    ratio), with its own byte counts and peak."""
+    m, k = x.shape
+    n = w.shape[0]
+    return Anchor("F.linear bf16", lambda: F.linear(x, w), role="bf16", compare=False,
+                  counts=dict(bytes_moved=2 * (m * k + n * k + m * n), weight_bytes=2 * n * k,
+                              ceiling="bf16"))
+
+
 def scaled_mm_anchor(a, b, a_scale, b_scale, mode: str = "row", fast_accum: bool = False):
     """torch._scaled_mm with the same scales, bf16 out (rowwise with unit scales for block
     mode, which torch does not take on every version). cuBLASLt runs fp8 only "TN": b is the
@@ -178,9 +188,9 @@ def _fp8_from_scale(x, scale):
     return (x.float() * (1.0 / scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
-def _dynamic_scale(amax):
-    # lowbit's rule (SPEC): absmax / 448 floored at 2^-126, 1 for an all-zero slice.
-    return torch.where(amax > 0, torch.clamp(amax / FP8_MAX, min=2.0**-126), 1.0)
+def _dynamic_scale(amax, qmax: float = FP8_MAX):
+    # lowbit's rule (SPEC): range / qmax floored at 2^-126, 1 for an all-zero range.
+    return torch.where(amax > 0, torch.clamp(amax / qmax, min=2.0**-126), 1.0)
 
 
 def quant_token(x):
@@ -217,9 +227,7 @@ def _fp8_scaled_mm(variant: str, shape: tuple) -> Case:
     x, w = bf16(m, k), bf16(n, k, std=0.02)
     anchors = [Anchor(label + (", fast accum" if fast else ""),
                       scaled_mm_anchor(a, b, sa, sb, mode, fast), compare=mode != "block"),
-               Anchor("F.linear bf16", lambda: F.linear(x, w), role="bf16", compare=False,
-                      counts=dict(bytes_moved=2 * (m * k + n * k + m * n), weight_bytes=2 * n * k,
-                                  ceiling="bf16"))]
+               bf16_linear_anchor(x, w)]
     return Case("fp8_scaled_mm", variant, shape, (a, b, sa, sb, None, torch.bfloat16, fast),
                 (lowbit.fp8_scaled_mm, (a, b, sa, sb), dict(out_dtype=torch.bfloat16, fast_accum=fast)),
                 anchors, flops=2 * m * n * k, weight_bytes=n * k, ceiling="fp8",
@@ -243,9 +251,7 @@ def _int8_gemm(variant: str, shape: tuple) -> Case:
     m, n, k = shape
     a, b = int8(m, k), int8(n, k)
     x, w = bf16(m, k), bf16(n, k, std=0.02)
-    bf16_anchor = Anchor("F.linear bf16", lambda: F.linear(x, w), role="bf16", compare=False,
-                         counts=dict(bytes_moved=2 * (m * k + n * k + m * n),
-                                     weight_bytes=2 * n * k, ceiling="bf16"))
+    bf16_anchor = bf16_linear_anchor(x, w)
     if variant == "mm":
         return Case("int8_mm", variant, shape, (a, b), (lowbit.int8_mm, (a, b), {}),
                     [Anchor("torch._int_mm", _int_mm_anchor(a, b)), bf16_anchor],
@@ -305,7 +311,7 @@ def _int8_from_scale(x, scale, zero=None):
 
 def int8_quant_token(x):
     amax = x.abs().amax(dim=-1, keepdim=True).float()
-    return _int8_from_scale(x, torch.where(amax > 0, torch.clamp(amax / 127, min=2.0**-126), 1.0))
+    return _int8_from_scale(x, _dynamic_scale(amax, 127))
 
 
 def int8_quant_token_asym(x):
@@ -314,14 +320,14 @@ def int8_quant_token_asym(x):
     lo = x.amin(dim=-1, keepdim=True).float().clamp(max=0)
     hi = x.amax(dim=-1, keepdim=True).float().clamp(min=0)
     rng = hi - lo
-    s = torch.where(rng > 0, torch.clamp(rng / 255, min=2.0**-126), 1.0)
+    s = _dynamic_scale(rng, 255)
     z = torch.round(-128 - lo / s).clamp(-128, 127).to(torch.int32)
     return _int8_from_scale(x, s, z)
 
 
 def int8_quant_tensor(x):
     amax = x.abs().amax().float()
-    return _int8_from_scale(x, torch.where(amax > 0, torch.clamp(amax / 127, min=2.0**-126), 1.0))
+    return _int8_from_scale(x, _dynamic_scale(amax, 127))
 
 
 def _quantize_int8(variant: str, shape: tuple) -> Case:
@@ -369,9 +375,7 @@ def _linear(op: str) -> Callable[[str, tuple], Case]:
             label = "torch per-token quant + torch._int_mm + epilogue"
         return Case(op, variant, shape, args, call,
                     [Anchor(label, torch_layer),
-                     Anchor("F.linear bf16", lambda: F.linear(x, w_bf16), role="bf16",
-                            compare=False, counts=dict(bytes_moved=2 * (m * k + n * k + m * n),
-                                                       weight_bytes=2 * n * k, ceiling="bf16"))],
+                     bf16_linear_anchor(x, w_bf16)],
                     flops=2 * m * n * k, weight_bytes=n * k,
                     ceiling="fp8" if op == "fp8_linear" else "int8",
                     bytes_moved=2 * m * k + n * k + 2 * m * n + 4 * n)
@@ -422,9 +426,7 @@ def _w4a16_gemm(variant: str, shape: tuple) -> Case:
                 (lowbit.w4a16_gemm, (x, w), {}),
                 [Anchor("tinygemm (torch._weight_int4pack_mm)", _tinygemm_anchor(x, w_bf16, group),
                         compare=False),
-                 Anchor("F.linear bf16", lambda: F.linear(x, w_bf16), role="bf16", compare=False,
-                        counts=dict(bytes_moved=2 * (m * k + n * k + m * n),
-                                    weight_bytes=2 * n * k, ceiling="bf16"))],
+                 bf16_linear_anchor(x, w_bf16)],
                 flops=2 * m * n * k, weight_bytes=n * k // 2 + 2 * n * (k // group),
                 ceiling="bf16",
                 bytes_moved=2 * m * k + n * k // 2 + 2 * n * (k // group) + 2 * m * n)
@@ -446,9 +448,7 @@ def _w8a16_gemm(variant: str, shape: tuple) -> Case:
     return Case("w8a16_gemm", variant, shape, (x, w, ws, None),
                 (lowbit.w8a16_gemm, (x, w, ws), {}),
                 [Anchor("dequantize + F.linear (torch)", dequant_linear),
-                 Anchor("F.linear bf16", lambda: F.linear(x, w_bf16), role="bf16", compare=False,
-                        counts=dict(bytes_moved=2 * (m * k + n * k + m * n),
-                                    weight_bytes=2 * n * k, ceiling="bf16"))],
+                 bf16_linear_anchor(x, w_bf16)],
                 flops=2 * m * n * k, weight_bytes=n * k + 4 * ws.numel(), ceiling="bf16",
                 bytes_moved=2 * m * k + n * k + 4 * ws.numel() + 2 * m * n)
 
