@@ -54,6 +54,7 @@ def kind(model: nn.Module) -> str:
 @pytest.fixture
 def board(monkeypatch):
     b = Board()
+    b.calls = 0
     modes = []
 
     def prepare_call(model, inputs, mode):
@@ -63,6 +64,7 @@ def board(monkeypatch):
         return call
 
     def wall_us(fn, n):
+        b.calls += 1
         fn()
         ms, watts = FAKE[fn.kind]
         b.run(ms * 1e-3 * n, watts)
@@ -128,6 +130,8 @@ def test_rows_from_fake_timer_and_board(board):
                            ("llama-mlp", "M=96 (prefill)", "graph"),
                            ("bert-large", "2x8", "eager"), ("bert-large", "2x8", "compile")}
     assert set(board.modes) == {"graph", "eager", "compile"}
+    # per shape and mode: a probe per precision, then a run-in before each measurement
+    assert board.calls == 4 * (5 + 3 * 5 * 2)
     for r in result["rows"]:
         ms, watts = FAKE[r["precision"]]
         assert r["ms"] == pytest.approx(ms) and r["speedup"] == pytest.approx(2.0 / ms)
@@ -200,6 +204,8 @@ def test_power_not_available_prints_na(board):
     result = gpu.run(tiny_workloads()[:1], precisions=["int8"], rounds=1, measure_s=0.01,
                      meter=power.PowerMeter(why="pynvml is not importable"), card="x")
     assert all(r["watts"] is None and "mj_per_sample" not in r for r in result["rows"])
+    # no power, no run-in: per shape, one probe and one measurement per round and precision
+    assert board.calls == 2 * (2 + 1 * 2)
     text, _ = report.render(report.environment("cpu"), [], [], 1.0, result)
     assert "avg W: n/a: pynvml is not importable" in text
     row = next(ln.split() for ln in text.splitlines() if ln.startswith("M=1 (decode)")

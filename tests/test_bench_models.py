@@ -81,3 +81,23 @@ def test_time_interleaved_order_and_hook(monkeypatch):
 def test_time_interleaved_without_hook(monkeypatch):
     monkeypatch.setattr(timing, "wall_us", lambda fn, n: (fn(), 1000.0)[1])
     assert models.time_interleaved([lambda: None], rounds=2) == [[1.0, 1.0]]
+
+
+def test_time_interleaved_run_in_comes_before_the_hook(monkeypatch):
+    events = []
+
+    def fake_wall_us(fn, n):
+        events.append((fn(), n))
+        return 1000.0
+
+    monkeypatch.setattr(timing, "wall_us", fake_wall_us)
+
+    @contextlib.contextmanager
+    def around(i):
+        events.append(("span", i))
+        yield
+
+    models.time_interleaved([lambda: "a"], rounds=2, measure_s=0.01, around=around,
+                            run_in_s=0.004)
+    # probe; then per round: 4 untimed calls (0.004 s / 1 ms), the span, 10 timed calls
+    assert events == [("a", 3)] + [("a", 4), ("span", 0), ("a", 10)] * 2

@@ -16,7 +16,10 @@ is a copy of the bf16 model with its Linear layers swapped (``models.to_quantize
 shape and mode, every precision is timed in the same interleaved rounds (bf16, fp8, ...,
 bf16, fp8, ...; ``models.time_interleaved``), medians reported, speed-up = bf16's median time
 / the row's, its range the per-round ratios. Power: ``power.PowerMeter`` around each timed
-measurement, summed over the rounds: joules / seconds of that precision's runs.
+measurement, summed over the rounds: joules / seconds of that precision's runs. NVML's
+counters move in steps (up to about 100 ms apart on recent boards), so where power is read
+each measurement follows an untimed run-in of the same model (``RUN_IN_S``): the counter's
+window then holds this precision's work, not the one timed before it.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ PRECISIONS = tuple(models.LAYERS)  # timed beside bf16: fp8, int8, int4, w8a16
 BASELINE = "bf16"
 ROUNDS = 5
 MEASURE_S = 0.3  # wall time of one measurement: enough energy-counter updates per round
+RUN_IN_S = 0.1  # untimed calls before each measurement, where power is read
 IDLE_S = 0.5  # the idle power's reading, before anything is timed
 LLAMA_MS = (1, 16, 64, 2048)
 DECODE_MAX_M = 64  # rows up to this M are decode steps, above it prefill
@@ -127,10 +131,11 @@ def article_columns(precision: str) -> dict:
                 article_speedup=per_s / ARTICLE["fp16"][0])
 
 
-def measure(workload: Workload, shape: Shape, mode: str, built: List[_Built], rounds: int,
-            measure_s: float, meter: power.PowerMeter, source: str) -> List[dict]:
-    """One row per precision of ``built`` (bf16 first) at one shape and mode."""
-    inputs = shape.inputs()
+def measure(workload: Workload, shape: Shape, inputs: tuple, agree: Dict[str, tuple],
+            mode: str, built: List[_Built], rounds: int, measure_s: float,
+            meter: power.PowerMeter, source: str) -> List[dict]:
+    """One row per precision of ``built`` (bf16 first) at one shape and mode; ``agree``:
+    precision -> (cosine, error) against bf16, or an exception."""
     rows = []
     for b in built:
         row = dict(workload=workload.name, shape=shape.label, mode=mode, precision=b.precision,
@@ -143,8 +148,10 @@ def measure(workload: Workload, shape: Shape, mode: str, built: List[_Built], ro
         if b.model is None:
             continue
         try:
+            if isinstance(agree.get(b.precision), Exception):
+                raise agree[b.precision]
             if b.precision != BASELINE:
-                row["cosine"], row["err"] = models.agreement(built[0].model, b.model, inputs)
+                row["cosine"], row["err"] = agree[b.precision]
             with torch.no_grad():
                 fns.append(models.prepare_call(b.model, inputs, mode))
             timed.append(row)
@@ -162,7 +169,8 @@ def measure(workload: Workload, shape: Shape, mode: str, built: List[_Built], ro
 
     try:
         with torch.no_grad():
-            times = models.time_interleaved(fns, rounds, measure_s, around)
+            times = models.time_interleaved(fns, rounds, measure_s, around,
+                                            RUN_IN_S if meter.available else 0.0)
     except Exception as e:  # noqa: BLE001
         for row in timed:
             row["error"] = error_text(e)
@@ -191,9 +199,18 @@ def run_workload(workload: Workload, precisions: Sequence[str], rounds: int, mea
     built = [_build(base, p) for p in (BASELINE, *precisions)]
     rows = []
     for shape in workload.shapes:
+        inputs = shape.inputs()
+        agree: Dict[str, object] = {}
+        for b in built[1:]:
+            if b.model is not None:
+                try:
+                    agree[b.precision] = models.agreement(base, b.model, inputs)
+                except Exception as e:  # noqa: BLE001 - its rows carry the error
+                    agree[b.precision] = e
         for mode in workload.modes:
             progress(f"{workload.name} {shape.label} {mode}")
-            rows += measure(workload, shape, mode, built, rounds, measure_s, meter, source)
+            rows += measure(workload, shape, inputs, agree, mode, built, rounds, measure_s,
+                            meter, source)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return rows

@@ -175,16 +175,23 @@ def agreement(ref_model: nn.Module, model: nn.Module, inputs: tuple) -> tuple:
 
 
 def time_interleaved(fns, rounds: int, measure_s: Optional[float] = None,
-                     around: Optional[Callable[[int], ContextManager]] = None) -> list:
+                     around: Optional[Callable[[int], ContextManager]] = None,
+                     run_in_s: float = 0.0) -> list:
     """Wall time per call (ms) of each of ``fns``, one list per fn: ``rounds`` interleaved
     rounds (fns[0], fns[1], ..., fns[0], ...), each measurement about ``measure_s`` (default
     ``MEASURE_S``) of back-to-back calls. ``around(i)``: a context manager entered around each
-    measurement of fns[i] (a power reading), outside the calls but inside nothing else."""
+    measurement of fns[i] (a power reading), outside the calls but inside nothing else.
+    ``run_in_s``: before each measurement, about that long of untimed calls of the same fn
+    (a sensor that lags then reads this fn's work, not the previous one's)."""
     measure_s = MEASURE_S if measure_s is None else measure_s
-    n = [max(3, int(measure_s * 1e6 / timing.wall_us(f, 3))) for f in fns]
+    per_call_us = [timing.wall_us(f, 3) for f in fns]
+    n = [max(3, int(measure_s * 1e6 / us)) for us in per_call_us]
+    run_in = [int(run_in_s * 1e6 / us) for us in per_call_us]
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
         for i, f in enumerate(fns):
+            if run_in[i]:
+                timing.wall_us(f, run_in[i])
             with around(i) if around is not None else contextlib.nullcontext():
                 times[i].append(timing.wall_us(f, n[i]) / 1e3)
     return times
