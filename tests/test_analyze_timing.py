@@ -5,6 +5,7 @@ GPU (marked ``gpu``), the section runs at a tiny size and its rows are checked f
 (no speed is asserted)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 
@@ -95,6 +96,11 @@ def tiny_workloads(device="cpu", hidden=128):
                          [gpu.Shape("2x8", 2, ids)], article=True)]
 
 
+# The output cosine with bf16 each precision's error allows on random weights (int4: about
+# 1/15 of a group's absmax per weight; fp8 e4m3: 3 mantissa bits; int8: 1/255).
+MIN_COSINE = {"fp8": 0.995, "int8": 0.999, "w8a16": 0.999, "int4": 0.98}
+
+
 def check_rows(rows, precisions=ALL):
     """What every timed row holds, whatever the machine."""
     groups = {}
@@ -113,11 +119,12 @@ def check_rows(rows, precisions=ALL):
                                    else models.LAYERS[r["precision"]])
             assert r["model_bytes"] >= r["linear_bytes"] > 0
             if r["precision"] != "bf16":
-                assert r["cosine"] > 0.99 and r["quantize_s"] >= 0
+                assert r["cosine"] > MIN_COSINE[r["precision"]] and r["quantize_s"] >= 0
             assert ("article_per_s" in r) == (r["workload"] == "bert-large"
                                               and r["precision"] != "w8a16")
         b = {r["precision"]: r["linear_bytes"] for r in group}
-        assert b["int4"] < b["int8"] == b["w8a16"] <= b["fp8"] < b["bf16"]
+        eight = [b[p] for p in ("fp8", "int8", "w8a16")]
+        assert b["int4"] < min(eight) and max(eight) < b["bf16"]
     return groups
 
 
@@ -197,6 +204,8 @@ def test_table_and_json(board, tmp_path):
     report.write(str(out), env, [], ["--case", "digits"], 1.0, result)
     doc = json.loads((out / "analyze.json").read_text())
     assert doc["timing"]["rows"] == json.loads(json.dumps(result["rows"]))
+    if importlib.util.find_spec("matplotlib"):  # the timing row alone makes a figure
+        assert (out / "analyze.png").stat().st_size > 0
     assert doc["timing"]["article"]["card"] == "NVIDIA A100"
 
 
@@ -368,7 +377,7 @@ def test_cpu_run_skips_the_timing_and_says_why(monkeypatch, tmp_path, capsys):
 def test_timing_section_on_cuda():
     workloads = tiny_workloads("cuda", hidden=256)
     workloads[1].modes = ("eager", "graph")
-    result = gpu.run(workloads, rounds=2, measure_s=0.02)
+    result = gpu.run(workloads, rounds=2, measure_s=0.2)  # spans the counter's steps
     check_rows(result["rows"])
     assert torch.cuda.get_device_name() in result["card"]
     watts = [r["watts"] for r in result["rows"]]

@@ -210,9 +210,40 @@ def render(env: dict, cases: List[dict], argv, elapsed_s: float,
     return "\n".join(text) + "\n", "\n".join(md) + "\n"
 
 
-def plot(cases: List[dict], path: str, title: str) -> str:
-    """Per case: Linear memory, accuracy drop (threshold marked) and speed-up, per row."""
-    if not cases:
+def _timing_panels(ax_row, timing: dict) -> None:
+    """Speed-up vs bf16, average power and energy per sample, per timed shape and mode, one
+    bar per precision."""
+    rows = [r for r in timing["rows"] if r.get("ms") is not None]
+    groups = list(dict.fromkeys((r["workload"], r["shape"], r["mode"]) for r in rows))
+    precisions = [p for p in timing["precisions"] if any(r["precision"] == p for r in rows)]
+    width = 0.8 / len(precisions)
+    panels = (("speedup", "GPU: speed-up vs bf16"), ("watts", "GPU: average board power (W)"),
+              ("mj_per_sample", "GPU: energy per sample (mJ)"))
+    for j, p in enumerate(precisions):
+        by = {(r["workload"], r["shape"], r["mode"]): r for r in rows if r["precision"] == p}
+        xs = [i + (j - (len(precisions) - 1) / 2) * width for i in range(len(groups))]
+        for ax, (key, _) in zip(ax_row, panels):
+            ax.bar(xs, [by.get(g, {}).get(key) or 0.0 for g in groups], width, label=p,
+                   color=f"C{j}")
+    for ax, (_, label) in zip(ax_row, panels):
+        ax.set_xticks(range(len(groups)), [" ".join(g) for g in groups], rotation=25,
+                      fontsize=7, ha="right")
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    ax_row[0].axhline(1.0, color="gray", lw=0.8)
+    ax_row[0].legend(fontsize=7)
+    if any(r.get("mj_per_sample") for r in rows):
+        ax_row[2].set_yscale("log")  # a decode step's energy per token is 100x a prefill's
+    else:
+        for ax in ax_row[1:]:
+            ax.set_title(ax.get_title() + ": n/a (no power reading)", fontsize=9)
+
+
+def plot(cases: List[dict], path: str, title: str, timing: Optional[dict] = None) -> str:
+    """Per case: Linear memory, accuracy drop (threshold marked) and speed-up, per row; and
+    with GPU timing rows, a row of their speed-up, power and energy per sample."""
+    timed = bool(timing and any(r.get("ms") is not None for r in timing.get("rows", ())))
+    if not cases and not timed:
         return "no plot: no accuracy case ran"
     try:
         import matplotlib
@@ -221,7 +252,10 @@ def plot(cases: List[dict], path: str, title: str) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "no plot: matplotlib is not installed (pip install 'lowbit[analyze]')"
-    fig, axes = plt.subplots(len(cases), 3, figsize=(13, 3.4 * len(cases)), squeeze=False)
+    n = len(cases) + timed
+    fig, axes = plt.subplots(n, 3, figsize=(13, 3.4 * n), squeeze=False)
+    if timed:
+        _timing_panels(axes[-1], timing)
     for ax_row, c in zip(axes, cases):
         rows = c["rows"]
         names = [r["variant"] for r in rows]
@@ -259,5 +293,6 @@ def write(out_dir: str, env: dict, cases: List[dict], argv, elapsed_s: float,
     with open(os.path.join(out_dir, "analyze.md"), "w") as f:
         f.write(md)
     msg = plot(cases, os.path.join(out_dir, "analyze.png"),
-               f"lowbit analyze, {env['machine']}, torch {env['torch']}, {env['date'][:10]}")
+               f"lowbit analyze, {env['machine']}, torch {env['torch']}, {env['date'][:10]}",
+               timing)
     return text + f"\n{msg}\nwrote {os.path.join(out_dir, 'analyze.json')} and analyze.md\n"
