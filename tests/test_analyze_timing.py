@@ -209,7 +209,7 @@ def test_table_and_json(board, tmp_path):
     assert doc["timing"]["article"]["card"] == "NVIDIA A100"
 
 
-def test_power_not_available_prints_na(board):
+def test_power_not_available_prints_na(board, tmp_path):
     result = gpu.run(tiny_workloads()[:1], precisions=["int8"], rounds=1, measure_s=0.01,
                      meter=power.PowerMeter(why="pynvml is not importable"), card="x")
     assert all(r["watts"] is None and "mj_per_sample" not in r for r in result["rows"])
@@ -220,6 +220,10 @@ def test_power_not_available_prints_na(board):
     row = next(ln.split() for ln in text.splitlines() if ln.startswith("M=1 (decode)")
                and " int8 " in ln)
     assert row[row.index("0.10") + 2] == "n/a"  # Linear MiB, model MiB, avg W
+    if importlib.util.find_spec("matplotlib"):
+        path = tmp_path / "t.png"
+        assert report.plot([], str(path), "t", result) == f"plot: {path}"
+        assert path.stat().st_size > 0
 
 
 # ------------------------------------------------------------------ the power reader
