@@ -131,7 +131,7 @@ def article_columns(precision: str) -> dict:
                 article_speedup=per_s / ARTICLE["fp16"][0])
 
 
-def measure(workload: Workload, shape: Shape, inputs: tuple, agree: Dict[str, tuple],
+def measure(workload: Workload, shape: Shape, inputs: tuple, agree: Dict[str, object],
             mode: str, built: List[_Built], rounds: int, measure_s: float,
             meter: power.PowerMeter, source: str) -> List[dict]:
     """One row per precision of ``built`` (bf16 first) at one shape and mode; ``agree``:
