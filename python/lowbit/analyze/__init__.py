@@ -6,6 +6,8 @@
 - ``core``: a case (model, data, metric) and the loop that builds, runs and scores each row;
 - ``minilm``: the sentence-embedding case (all-MiniLM-L6-v2, or ``--model DIR``);
 - ``digits``: the classification case (scikit-learn's digits, a small MLP);
+- ``gpu``: the GPU timing section (BERT-large-shaped encoder, Llama-shaped layers, per
+  precision, with the board's power: ``power``);
 - ``report``: the table, analyze.json, analyze.md and analyze.png;
 - ``run``: the command line, ``main(argv) -> exit code``.
 

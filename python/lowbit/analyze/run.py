@@ -2,7 +2,10 @@
 each precision gains and loses: memory, accuracy, accuracy drop, throughput, speed-up and a
 pass/fail verdict, for two built-in cases (all-MiniLM-L6-v2 sentence embeddings, scored by
 retrieval agreement with fp32, and a small MLP on scikit-learn's digits, scored by
-classification accuracy). Writes analyze.json, analyze.md and analyze.png into --out.
+classification accuracy). On a GPU it also times a BERT-large-shaped encoder and
+Llama-shaped layers per precision (bf16, fp8, int8, int4, w8a16) with the board's average
+power, beside the article's A100 numbers (--no-timing skips it). Writes analyze.json,
+analyze.md and analyze.png into --out.
 """
 from __future__ import annotations
 
@@ -10,8 +13,10 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
+from .gpu import PRECISIONS as TIMING_PRECISIONS
+from .gpu import ROUNDS as TIMING_ROUNDS
 from .variants import PRECISIONS, Variant, select
 
 DEFAULT_OUT = "lowbit-analyze"
@@ -53,6 +58,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precisions", default=",".join(PRECISIONS), metavar="LIST",
                    help=f"comma list of {','.join(PRECISIONS)} (default: all; fp32, the "
                         "reference, always runs)")
+    p.add_argument("--no-timing", dest="timing", action="store_false",
+                   help="skip the GPU timing section (BERT-large-shaped encoder and Llama-shaped "
+                        "layers timed per precision, with the board's power); it runs by "
+                        "default when the models run on a GPU")
+    p.add_argument("--timing-precisions", default=",".join(TIMING_PRECISIONS), metavar="LIST",
+                   help=f"comma list of {','.join(TIMING_PRECISIONS)}: the GPU timing's rows "
+                        "beside bf16, the baseline (default: all)")
+    p.add_argument("--timing-rounds", type=_positive("--timing-rounds", 1), default=TIMING_ROUNDS,
+                   metavar="N", help=f"interleaved rounds of the GPU timing (default "
+                                     f"{TIMING_ROUNDS}; medians are reported)")
     args = p.parse_args(argv)
     import torch
 
@@ -75,7 +90,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as e:
         p.error(str(e))
     args.cases = list(CASES) if args.case == "all" else [args.case]
+    timed = [t.strip() for t in args.timing_precisions.split(",") if t.strip()]
+    unknown = [t for t in timed if t not in TIMING_PRECISIONS]
+    if unknown or not timed:
+        what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "give at least one"
+        p.error(f"--timing-precisions: {what}; choose from {','.join(TIMING_PRECISIONS)}")
+    args.timing_precisions = [t for t in TIMING_PRECISIONS if t in timed]
+    args.timing_skipped = timing_skipped(args)
     return args
+
+
+def timing_skipped(args) -> Optional[str]:
+    """Why the GPU timing section does not run (None: it does)."""
+    if not args.timing:
+        return "--no-timing: the GPU timing section was not asked for"
+    if args.device == "cuda":
+        return None
+    from ..bench.timing import no_gpu_reason
+
+    why = no_gpu_reason()
+    if why is None:
+        return ("--device cpu: the GPU timing section runs with the models on the GPU "
+                "(leave --device out, or give --device cuda)")
+    return (f"no GPU: {why}. The GPU timing section (BERT-large-shaped encoder, Llama-shaped "
+            "layers, board power) needs one; throughput on this machine is not representative")
 
 
 def analyze(case, variants: Sequence[Variant], bar=None) -> dict:
@@ -110,7 +148,11 @@ def main(argv=None) -> int:
     env = environment(args.device)
     print(f"lowbit analyze on {env['machine']}: {', '.join(args.cases)} at "
           f"{', '.join(v.name for v in args.variants)}", flush=True)
+    if args.timing_skipped:
+        print(f"lowbit analyze: {args.timing_skipped}", flush=True)
     done: List[dict] = []
+    partial: dict = {}  # the GPU timing's rows as they come
+    timing: Optional[dict] = None
     try:
         for name in args.cases:
             try:
@@ -121,9 +163,25 @@ def main(argv=None) -> int:
             with tqdm(total=len(args.variants) * len(case.passes), desc=name, unit="pass",
                       file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
                 done.append(analyze(case, args.variants, bar))
+        timing = run_timing(args, partial)
     except KeyboardInterrupt:
-        print("\ninterrupted: writing the cases finished so far", file=sys.stderr)
+        print("\ninterrupted: writing what was finished so far", file=sys.stderr)
+        timing = dict(partial, interrupted=True) if partial.get("rows") else None
     elapsed = time.time() - t0
     if done:
-        print("\n" + write(args.out, env, done, argv, elapsed), flush=True)
-    return 0 if len(done) == len(args.cases) else 1
+        print("\n" + write(args.out, env, done, argv, elapsed, timing), flush=True)
+    return 0 if len(done) == len(args.cases) and timing is not None else 1  # 1: interrupted
+
+
+def run_timing(args, out: Optional[dict] = None) -> dict:
+    """The GPU timing section (``gpu.run``), or ``{"skipped": why}``; ``out`` is filled as
+    rows come, so an interrupted run keeps them."""
+    if args.timing_skipped:
+        return dict(skipped=args.timing_skipped)
+    from . import gpu
+
+    def progress(text: str) -> None:
+        print(f"GPU timing: {text}", file=sys.stderr, flush=True)
+
+    return gpu.run(precisions=args.timing_precisions, rounds=args.timing_rounds,
+                   progress=progress, out=out)

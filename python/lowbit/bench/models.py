@@ -1,8 +1,9 @@
-"""End-to-end rows of `lowbit bench --model`: a bf16 model against the same model with every
-nn.Linear replaced by a quantized layer of each precision asked for (``--precision``: "fp8",
-``lowbit.nn.Fp8Linear.from_linear``, and "int8", ``lowbit.nn.Int8Linear.from_linear``, both
-W8A8 with per-token dynamic activations), eager, under torch.compile (both models compiled)
-and replayed as a CUDA graph.
+"""End-to-end rows of `lowbit bench --model` (and of `lowbit analyze`'s GPU timing): a bf16
+model against the same model with every nn.Linear replaced by a quantized layer of each
+precision asked for (``--precision``: "fp8", ``lowbit.nn.Fp8Linear.from_linear``, and "int8",
+``lowbit.nn.Int8Linear.from_linear``, both W8A8 with per-token dynamic activations;
+``to_quantized`` also builds "int4", W4A16 ``Int4Linear``, and "w8a16", weight-only
+``Int8Linear``), eager, under torch.compile (both models compiled) and replayed as a CUDA graph.
 
 Eager models are host-bound and their timings noisy, so the two models are timed in
 interleaved rounds (bf16, fp8, bf16, fp8, ...: clock and host drift hit both alike) and
@@ -18,9 +19,10 @@ thing.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
-from typing import Callable
+from typing import Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +72,13 @@ class BertEncoder(nn.Module):
 
 def bert_large(batch: int = 32, seq: int = 128):
     """(model, input tuple, what was built) on the GPU in bf16, random weights."""
+    model, source = bert_large_model()
+    ids = torch.randint(0, 30522, (batch, seq), device="cuda")
+    return model, (ids,), source
+
+
+def bert_large_model():
+    """(BERT-large-shaped encoder on the GPU in bf16 with random weights, what was built)."""
     try:
         from transformers import BertConfig, BertModel
 
@@ -81,9 +90,7 @@ def bert_large(batch: int = 32, seq: int = 128):
     except Exception as e:  # noqa: BLE001 - installed but unusable with this torch
         model = BertEncoder()
         source = f"torch.nn encoder of BERT-large's shapes (transformers failed: {error_text(e)})"
-    model = model.to("cuda", torch.bfloat16).eval()
-    ids = torch.randint(0, 30522, (batch, seq), device="cuda")
-    return model, (ids,), source
+    return model.to("cuda", torch.bfloat16).eval(), source
 
 
 class LlamaMLP(nn.Module):
@@ -97,19 +104,43 @@ class LlamaMLP(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
-PRECISIONS = ("fp8", "int8")
+PRECISIONS = ("fp8", "int8")  # what `lowbit bench --precision` takes
+INT4_GROUP = 128  # the group size of the int4 rows (divides every K of both models)
+
+# precision -> what its layers compute (for a table); ``quantized_layer`` builds them.
+LAYERS = {
+    "fp8": "Fp8Linear W8A8 (fp8 e4m3, weight per channel, act. per token)",
+    "int8": "Int8Linear W8A8 (weight per channel, act. per token)",
+    "int4": f"Int4Linear W4A16 (group {INT4_GROUP}, symmetric)",
+    "w8a16": "Int8Linear W8A16 (weight-only int8, per channel)",
+}
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in LAYERS:
+        raise ValueError(f"precision: unknown {precision!r}; choose from {', '.join(LAYERS)}")
+
+
+def quantized_layer(linear: nn.Linear, precision: str) -> nn.Module:
+    """The lowbit layer of ``precision`` (a key of ``LAYERS``) built from ``linear``."""
+    from lowbit.nn import Fp8Linear, Int4Linear, Int8Linear
+
+    _check_precision(precision)
+    if precision == "fp8":
+        return Fp8Linear.from_linear(linear)
+    if precision == "int4":
+        return Int4Linear.from_linear(linear, group_size=INT4_GROUP)
+    return Int8Linear.from_linear(linear, mode="w8a16" if precision == "w8a16" else "w8a8")
 
 
 def to_quantized(model: nn.Module, precision: str = "fp8") -> int:
-    """Replace every nn.Linear of `model` (in place) by the W8A8 layer of `precision`
-    (Fp8Linear or Int8Linear, ``from_linear``); returns how many."""
-    from lowbit.nn import Fp8Linear, Int8Linear
-
-    layer = {"fp8": Fp8Linear, "int8": Int8Linear}[precision]
+    """Replace every nn.Linear of `model` (in place) by the layer of `precision` (``LAYERS``:
+    fp8, int8, int4, w8a16); returns how many."""
+    _check_precision(precision)
     n = 0
     for name, child in model.named_children():
         if isinstance(child, nn.Linear):
-            setattr(model, name, layer.from_linear(child))
+            setattr(model, name, quantized_layer(child, precision))
             n += 1
         else:
             n += to_quantized(child, precision)
@@ -122,7 +153,9 @@ def _hidden(out) -> torch.Tensor:
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
-def _callable(model, inputs, mode) -> Callable[[], object]:
+def prepare_call(model, inputs, mode) -> Callable[[], object]:
+    """``model(*inputs)`` as a callable of ``mode`` (a key of ``MODES``): eager, compiled
+    (compiled and run once here, outside any timing) or a captured CUDA graph."""
     if mode == "compile":
         raise_recompile_limit()
         model = torch.compile(model, dynamic=False)
@@ -133,6 +166,37 @@ def _callable(model, inputs, mode) -> Callable[[], object]:
     return call
 
 
+def agreement(ref_model: nn.Module, model: nn.Module, inputs: tuple) -> tuple:
+    """(cosine, relative error) of ``model``'s output against ``ref_model``'s on ``inputs``:
+    random weights, so this says the swap computes the same function."""
+    with torch.no_grad():
+        ref, out = _hidden(ref_model(*inputs)).float(), _hidden(model(*inputs)).float()
+        return F.cosine_similarity(ref.flatten(), out.flatten(), dim=0).item(), rel_err(out, ref)
+
+
+def time_interleaved(fns, rounds: int, measure_s: Optional[float] = None,
+                     around: Optional[Callable[[int], ContextManager]] = None,
+                     run_in_s: float = 0.0) -> list:
+    """Wall time per call (ms) of each of ``fns``, one list per fn: ``rounds`` interleaved
+    rounds (fns[0], fns[1], ..., fns[0], ...), each measurement about ``measure_s`` (default
+    ``MEASURE_S``) of back-to-back calls. ``around(i)``: a context manager entered around each
+    measurement of fns[i] (a power reading), outside the calls but inside nothing else.
+    ``run_in_s``: before each measurement, about that long of untimed calls of the same fn
+    (a sensor that lags then reads this fn's work, not the previous one's)."""
+    measure_s = MEASURE_S if measure_s is None else measure_s
+    per_call_us = [timing.wall_us(f, 3) for f in fns]
+    n = [max(3, int(measure_s * 1e6 / us)) for us in per_call_us]
+    run_in = [int(run_in_s * 1e6 / us) for us in per_call_us]
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, f in enumerate(fns):
+            if run_in[i]:
+                timing.wall_us(f, run_in[i])
+            with around(i) if around is not None else contextlib.nullcontext():
+                times[i].append(timing.wall_us(f, n[i]) / 1e3)
+    return times
+
+
 def compare(model_name: str, shape: str, bf16_model: nn.Module, inputs: tuple, samples: int,
             rounds: int, source: str = "", progress: Callable[[str], None] = lambda s: None,
             precision: str = "fp8") -> list[dict]:
@@ -141,23 +205,16 @@ def compare(model_name: str, shape: str, bf16_model: nn.Module, inputs: tuple, s
     q_model = copy.deepcopy(bf16_model)
     swapped = to_quantized(q_model, precision)
     rows = []
+    cosine, err = agreement(bf16_model, q_model, inputs)
     with torch.no_grad():
-        ref, out = _hidden(bf16_model(*inputs)).float(), _hidden(q_model(*inputs)).float()
-        cosine = F.cosine_similarity(ref.flatten(), out.flatten(), dim=0).item()
-        err = rel_err(out, ref)
-        del ref, out
         for mode in MODES:
             progress(f"{model_name} {shape} {precision} {mode}")
             row = dict(model=model_name, shape=shape, precision=precision, mode=mode,
                        cosine=cosine, err=err,
                        note=f"{source}; {swapped} Linears swapped".lstrip("; "))
             try:
-                fns = [_callable(m, inputs, mode) for m in (bf16_model, q_model)]
-                n = [max(3, int(MEASURE_S * 1e6 / timing.wall_us(f, 3))) for f in fns]
-                times: list[list[float]] = [[], []]
-                for _ in range(rounds):
-                    for i, f in enumerate(fns):
-                        times[i].append(timing.wall_us(f, n[i]) / 1e3)
+                fns = [prepare_call(m, inputs, mode) for m in (bf16_model, q_model)]
+                times = time_interleaved(fns, rounds)
                 per_round = [b / f for b, f in zip(*times)]
                 bms, fms = statistics.median(times[0]), statistics.median(times[1])
                 row.update(bf16_ms=bms, q_ms=fms, bf16_per_s=samples / bms * 1e3,
