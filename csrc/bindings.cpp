@@ -33,8 +33,8 @@
 //     .launch(x, x_scale, x_zero, b, b_scale, b_sum, bias, workspace, out, stream)
 //   WXA16GemmLaunch(kernel_id, bits, M, N, K, group, ldx, x_dtype, ldw, scale_dtype,
 //                   scale_ld, has_zeros, zero_ld, bias_dtype, ldo)
-//     .workspace_bytes (planned on the current device), .splits
-//     .launch(x, w, scales, zeros, bias, workspace, out, stream)
+//     .counter_bytes, .partial_bytes (planned on the current device), .splits
+//     .launch(x, w, scales, zeros, bias, counters, partials, out, stream)
 // A Launch object is built once per call signature (it checks and converts everything but
 // the pointers); its launch() is the per-call path. A constructor given values no kernel
 // takes raises ValueError; a failed launch raises RuntimeError with the CUDA error string.
@@ -299,8 +299,9 @@ class Int8GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::
 };
 
 // A mixed-input (W4A16 / W8A16) GEMM's launch for one call signature. The constructor plans
-// the kernel's split of K on the current device (the launch then needs workspace_bytes of
-// workspace, 16-byte aligned; 0: none); group 0 means one scale per row of w.
+// the kernel's split of K on the current device (the launch then needs counter_bytes of
+// counters, zero on entry and left zero, and partial_bytes of scratch, both 16-byte aligned;
+// 0: none); group 0 means one scale per row of w.
 class WXA16GemmLaunch {
  public:
   WXA16GemmLaunch(int kernel_id, int bits, int M, int N, int K, int group, int64_t ldx,
@@ -334,21 +335,26 @@ class WXA16GemmLaunch {
     check_launch(fn_(args_, nullptr, true), name_);
   }
 
-  size_t workspace_bytes() const { return args_.workspace_bytes; }
+  size_t counter_bytes() const { return args_.counter_bytes; }
+  size_t partial_bytes() const { return args_.partial_bytes; }
   int splits() const { return args_.splits; }
 
   void launch(uintptr_t x, uintptr_t w, uintptr_t scales, uintptr_t zeros, uintptr_t bias,
-              uintptr_t workspace, uintptr_t out, uintptr_t stream) {
+              uintptr_t counters, uintptr_t partials, uintptr_t out, uintptr_t stream) {
     if (has_zeros_ && zeros == 0) throw py::value_error("this launch needs zeros");
-    if (args_.workspace_bytes > 0 && (workspace == 0 || workspace % 16))
-      throw py::value_error("this launch needs a 16-byte aligned workspace of " +
-                            std::to_string(args_.workspace_bytes) + " bytes");
+    if (args_.counter_bytes > 0 && (counters == 0 || counters % 16))
+      throw py::value_error("this launch needs 16-byte aligned zeroed counters of " +
+                            std::to_string(args_.counter_bytes) + " bytes");
+    if (args_.partial_bytes > 0 && (partials == 0 || partials % 16))
+      throw py::value_error("this launch needs 16-byte aligned partials of " +
+                            std::to_string(args_.partial_bytes) + " bytes");
     args_.x = ptr<const void>(x);
     args_.w = ptr<const void>(w);
     args_.scales = ptr<const void>(scales);
     args_.zeros = has_zeros_ ? ptr<const uint8_t>(zeros) : nullptr;
     args_.bias = ptr<const void>(bias);
-    args_.workspace = ptr<void>(workspace);
+    args_.counters = ptr<unsigned>(counters);
+    args_.partials = ptr<void>(partials);
     args_.out = ptr<void>(out);
     check_launch(fn_(args_, ptr<CUstream_st>(stream), false), name_);
   }
@@ -600,11 +606,12 @@ PYBIND11_MODULE(_C, m) {
            py::arg("group"), py::arg("ldx"), py::arg("x_dtype"), py::arg("ldw"),
            py::arg("scale_dtype"), py::arg("scale_ld"), py::arg("has_zeros"), py::arg("zero_ld"),
            py::arg("bias_dtype"), py::arg("ldo"))
-      .def_property_readonly("workspace_bytes", &WXA16GemmLaunch::workspace_bytes)
+      .def_property_readonly("counter_bytes", &WXA16GemmLaunch::counter_bytes)
+      .def_property_readonly("partial_bytes", &WXA16GemmLaunch::partial_bytes)
       .def_property_readonly("splits", &WXA16GemmLaunch::splits)
       .def("launch", &WXA16GemmLaunch::launch, py::arg("x"), py::arg("w"), py::arg("scales"),
-           py::arg("zeros"), py::arg("bias"), py::arg("workspace"), py::arg("out"),
-           py::arg("stream"));
+           py::arg("zeros"), py::arg("bias"), py::arg("counters"), py::arg("partials"),
+           py::arg("out"), py::arg("stream"));
   py::class_<QuantizeLaunch>(m, "QuantizeLaunch",
                              "An FP8 quantize kernel's launch for one call signature: "
                              "q = encode(x * (1 / scale)), static or dynamic scales")

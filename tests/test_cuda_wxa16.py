@@ -172,8 +172,9 @@ def _int8_ref(x, q, s, bias):
     return out if bias is None else out + bias.double()
 
 
-def _launch_w8(name, x, q, s, bias):
-    """Launches W8A16 kernel ``name`` directly (contiguous operands)."""
+def _launch_w8(name, x, q, s, bias, counters=None):
+    """Launches W8A16 kernel ``name`` directly (contiguous operands); ``counters``: the
+    split counters to use (fresh zeros when None)."""
     from lowbit.backends.cuda import kernel_id
     from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
 
@@ -183,10 +184,12 @@ def _launch_w8(name, x, q, s, bias):
     launch = wxa16_gemm_launch(kernel_id(name), 8, m, n, k, group, k, x.dtype, k, s.dtype,
                                s.shape[1], False, 0, None if bias is None else bias.dtype)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    ws = torch.empty(max(launch.workspace_bytes, 16), dtype=torch.uint8, device=x.device)
+    if counters is None:
+        counters = torch.zeros(max(launch.counter_bytes, 16), dtype=torch.uint8, device=x.device)
+    partials = torch.empty(max(launch.partial_bytes, 16), dtype=torch.uint8, device=x.device)
     launch.launch(x.data_ptr(), q.data_ptr(), s.data_ptr(), 0,
-                  0 if bias is None else bias.data_ptr(), ws.data_ptr(), out.data_ptr(),
-                  torch.cuda.current_stream().cuda_stream)
+                  0 if bias is None else bias.data_ptr(), counters.data_ptr(),
+                  partials.data_ptr(), out.data_ptr(), torch.cuda.current_stream().cuda_stream)
     return out
 
 
@@ -202,6 +205,30 @@ def test_w8a16_kernels(m, n, k, group, dtype):
     out = _launch_w8(_expected_kernel(8, m), x, q, s, bias)
     torch.cuda.synchronize()
     _check(out, _int8_ref(x, q, s, bias), dtype)
+
+
+@gpu
+@pytest.mark.parametrize("name,m", [("cuda_w8a16_gemm_decode", 1),
+                                    ("cuda_w8a16_gemm_decode", 16),
+                                    ("cuda_w8a16_gemm_tiled", 64)])
+def test_split_launches_leave_their_counters_zero(name, m):
+    """The launchers zero their split counters once and reuse them (no memset per call):
+    each launch must leave them zero, and repeated launches give bit-identical sums."""
+    from lowbit.backends.cuda import kernel_id
+    from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
+
+    q, s = _int8_weight(8, 4224, 128)  # one output tile: K is split over many CTAs
+    x = _x(m, 4224, torch.bfloat16)
+    launch = wxa16_gemm_launch(kernel_id(name), 8, m, 8, 4224, 128, 4224, x.dtype, 4224,
+                               s.dtype, s.shape[1], False, 0, None)
+    assert launch.splits > 1 and launch.counter_bytes > 0
+    counters = torch.zeros(launch.counter_bytes, dtype=torch.uint8, device="cuda")
+    outs = [_launch_w8(name, x, q, s, None, counters) for _ in range(3)]
+    torch.cuda.synchronize()
+    assert int(counters.count_nonzero()) == 0
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+    _check(outs[0], _int8_ref(x, q, s, None), torch.bfloat16)
 
 
 @gpu

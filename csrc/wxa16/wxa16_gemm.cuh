@@ -1,7 +1,8 @@
 // The mixed-input GEMM (W4A16 / W8A16) on mma.sync m16n8k16, bf16 or fp16 with fp32
-// accumulation: one kernel template for both weight bit widths and both regimes (decode:
-// 64 rows x 16 tokens per CTA, K split over CTAs; tiled: 128 rows x 64 tokens per CTA).
-// Runs on every arch from sm_80.
+// accumulation: kernel templates over both weight bit widths for two regimes, decode (M <= 16:
+// 64 rows x 8 or 16 tokens per CTA, weights staged through shared memory, K split over warps
+// and CTAs) and tiled (128 rows x 64 tokens per CTA, weights through registers). Runs on every
+// arch from sm_80.
 //
 // Operands. The weight is the mma's A operand (16 output channels per mma, the row-major
 // layout of nn.Linear.weight) and the activations its B operand (8 tokens per mma):
@@ -18,16 +19,26 @@
 // layout (lowbit/reference/int4.py) stores the nibbles in the same order, so both bit widths
 // share the activation path.
 //
-// Loads. Weights go global -> registers with 16-byte loads that bypass L1 (read once),
-// prefetched kPf chunks ahead: a warp reads 512 contiguous bytes per int4 row tile and chunk.
-// Registers rather than cp.async into shared memory because each weight fragment is used by
-// exactly one warp: staging it would cost shared-memory bandwidth and a barrier for no reuse.
+// Loads, decode. At M <= 16 the kernel is a stream of the weight, and what bounds it is the
+// bytes in flight per SM. Weights, activations, scales and zero points all go through one
+// 4-stage ring in shared memory (cp.async for w and x, zero-filled past N, M, K and the
+// split's end): three stages of 8 KB of weight per CTA stay in flight with no registers held,
+// and one barrier covers a 256-K (int4) or 128-K (int8) stage rather than every 64-K chunk.
+// The CTA's 8 warps are 4 row tiles x 2 halves of each stage's chunks, so the 4 warps of a
+// chunk share its activations; the two halves are added in a fixed order at the end. Scales
+// and zero points are gathered by plain loads one stage before they are stored to the ring
+// (cp.async cannot copy a 2-byte scale), which hides their latency behind a stage.
+//
+// Loads, tiled. Weights go global -> registers with 16-byte loads that bypass L1 (read
+// once), prefetched kPf chunks ahead: each weight fragment is used by exactly one warp.
 // Activations, which every warp reuses, go through a 4-stage cp.async ring (zero-filled past
 // M and K), rows padded to 72 elements so the 16-byte fragment reads are conflict-free.
 //
 // Dequantization, in registers, a few integer ops per pair: int4 `(w >> 4 i) & 0x000f000f`
 // OR the exponent of 128 (bf16, 0x4300) or 1024 (fp16, 0x6400) is the pair 128 + u / 1024 + u
-// exactly; subtracting (128 + z) (hsub2, exact) gives u - z. int8 fp16: byte permute into
+// exactly (one lop3 with the mask and the magic in registers); subtracting (128 + z) (hsub2,
+// exact) gives u - z. In fp16 the odd nibbles skip their shift: 1024 + 16 u is exact there,
+// and one hfma2 (times 1/16, minus 64 + z) dequantizes it. int8 fp16: byte permute into
 // 0x64xx (1024 + (q + 128)), minus 1152; int8 bf16 (8 significant bits do not fit a bf16
 // magic): byte permute into the fp32 0x4B0000xx (2^23 + (q + 128)), fsub, cvt.rn.bf16x2. All
 // exact: the tensor cores see the integer weights (u - z or q), never a rounded product.
@@ -41,10 +52,11 @@
 // different groups, and the chunk is summed twice with the other half's activations zeroed
 // (twice the mma work for G = 32 only).
 //
-// Split-K (deterministic). With too few tiles to fill the GPU, CTAs split K
+// Split-K (deterministic). With too few tiles to fill whole waves, CTAs split K
 // (blockIdx.y); each writes its fp32 partial to the workspace, and the last CTA of a tile to
 // arrive (a counter per tile) adds all partials in split order, so the sum does not depend on
-// which CTA finished last. It resets the counter for the next launch.
+// which CTA finished last. It resets the counter, so the caller zeroes the counters once
+// rather than before every launch (no memset launch on the decode path).
 //
 // Epilogue: + bias in fp32, rounded once to x's dtype.
 #pragma once
@@ -52,6 +64,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -78,6 +91,11 @@ struct Half;
 template <>
 struct Half<__nv_bfloat16> {
   static constexpr uint32_t kMagic = 0x43004300u;  // bf16 128 | 128
+  // 128 + 16 u needs 8 significant bits, one more than bf16 has: every nibble is shifted
+  // down to the low bits instead.
+  static constexpr bool kHiTrick = false;
+  static constexpr uint32_t kSixteenth = 0;
+  static constexpr float kHiBase = 0.f;
   __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4],
                                              uint32_t b0, uint32_t b1) {
     mma_bf16_k16(c, a[0], a[1], a[2], a[3], b0, b1);
@@ -100,7 +118,19 @@ struct Half<__nv_bfloat16> {
 
 template <>
 struct Half<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;  // fp16 1024 | 1024
+  static constexpr uint32_t kMagic = 0x64006400u;      // fp16 1024 | 1024
+  static constexpr bool kHiTrick = true;               // 1024 + 16 u is exact in fp16
+  static constexpr uint32_t kSixteenth = 0x2C002C00u;  // fp16 1/16 | 1/16
+  static constexpr float kHiBase = 64.f;               // 1024 / 16
+  __device__ __forceinline__ static uint32_t pair(float v) {
+    __half2 r = __floats2half2_rn(v, v);
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
+  __device__ __forceinline__ static uint32_t fma(uint32_t a, uint32_t b, uint32_t c) {
+    __half2 r = __hfma2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b),
+                        *reinterpret_cast<__half2*>(&c));
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
   __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4],
                                              uint32_t b0, uint32_t b1) {
     mma_f16_k16(c, a[0], a[1], a[2], a[3], b0, b1);
@@ -119,6 +149,153 @@ struct Half<__half> {
 
 __device__ __forceinline__ float load_scale(const void* p, FloatType d, int64_t i) {
   return load_bias(p, d, i);  // the same three dtypes, read the same way
+}
+
+// A scale's bits (2- or 4-byte dtypes), loaded without converting, so that the conversion
+// (to_float) can wait until the load has landed.
+__device__ __forceinline__ uint32_t load_scale_bits(const void* p, bool f32, int64_t i) {
+  return f32 ? static_cast<const uint32_t*>(p)[i] : static_cast<const uint16_t*>(p)[i];
+}
+__device__ __forceinline__ float scale_bits_to_float(uint32_t b, FloatType d) {
+  return d == FloatType::kF32    ? __uint_as_float(b)
+         : d == FloatType::kBF16 ? __uint_as_float(b << 16)
+                                 : __half2float(__ushort_as_half(static_cast<uint16_t>(b)));
+}
+
+__device__ __forceinline__ uint32_t word(const uint4& v, int s) {
+  return s == 0 ? v.x : s == 1 ? v.y : s == 2 ? v.z : v.w;
+}
+
+// (a & b) | c in one instruction (the compiler splits it in two when b and c are both
+// immediates).
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+
+// The zero-point pairs an int4 fragment subtracts: row g's nibbles are dequantized from
+// 128 + u (bf16; 1024 + u in fp16) by subtracting (128 + z). In fp16, row g + 8's nibbles
+// are left in place, 1024 + 16 u, and dequantized by one hfma2: times 1/16, plus -(64 + z),
+// which saves the shift. Exact: every value is a small integer.
+template <typename T>
+__device__ __forceinline__ uint32_t int4_zero_lo(uint32_t z) {
+  return Half<T>::kMagic | (z * 0x00010001u);
+}
+template <typename T>
+__device__ __forceinline__ uint32_t int4_zero_hi(uint32_t z) {
+  if constexpr (Half<T>::kHiTrick)
+    return Half<T>::pair(-(Half<T>::kHiBase + static_cast<float>(z)));
+  else
+    return int4_zero_lo<T>(z);
+}
+
+// The A fragment of k-step s of one 16-row tile, dequantized. int4: v holds the lane's
+// prepacked nibbles (word s: nibbles i and i + 4 are a[i]'s pair), z the zero pairs of row g
+// (int4_zero_lo) and row g + 8 (int4_zero_hi); 9 (fp16) or 11 (bf16) instructions for 4
+// registers. int8: vg and vg8 the lane's 16 bytes of rows g and g + 8.
+template <typename T>
+__device__ __forceinline__ void int4_fragment(const uint4& v, int s, const uint32_t (&z)[2],
+                                              uint32_t (&a)[4]) {
+  constexpr uint32_t kLo = 0x000f000fu, kMagic = Half<T>::kMagic;
+  const uint32_t q = word(v, s), q8 = q >> 8;
+  if constexpr (Half<T>::kHiTrick) {
+    a[0] = Half<T>::sub(and_or(q, kLo, kMagic), z[0]);
+    a[1] = Half<T>::fma(and_or(q, kLo << 4, kMagic), Half<T>::kSixteenth, z[1]);
+    a[2] = Half<T>::sub(and_or(q8, kLo, kMagic), z[0]);
+    a[3] = Half<T>::fma(and_or(q8, kLo << 4, kMagic), Half<T>::kSixteenth, z[1]);
+  } else {
+    a[0] = Half<T>::sub(and_or(q, kLo, kMagic), z[0]);
+    a[1] = Half<T>::sub(and_or(q >> 4, kLo, kMagic), z[1]);
+    a[2] = Half<T>::sub(and_or(q8, kLo, kMagic), z[0]);
+    a[3] = Half<T>::sub(and_or(q >> 12, kLo, kMagic), z[1]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void int8_fragment(const uint4& vg, const uint4& vg8, int s,
+                                              uint32_t (&a)[4]) {
+  const uint32_t qg = word(vg, s) ^ 0x80808080u, qg8 = word(vg8, s) ^ 0x80808080u;
+  a[0] = Half<T>::template int8_pair<0>(qg);
+  a[1] = Half<T>::template int8_pair<0>(qg8);
+  a[2] = Half<T>::template int8_pair<2>(qg);
+  a[3] = Half<T>::template int8_pair<2>(qg8);
+}
+
+// Split-K across CTAs, called by every thread of the CTA: the kParts threads with `part` set
+// (index `pi`) hold kAcc fp32 accumulators each. They write them to this split's slot of the
+// workspace; the last CTA of the tile to arrive reloads every split's slot in split order
+// into `acc` and returns true, the others return false. The counter is reset for the next
+// launch.
+template <int kAcc, int kParts>
+__device__ __forceinline__ bool gather_splits(const WXA16GemmArgs& p, float (&acc)[kAcc],
+                                              bool part, int pi, bool& last_cta) {
+  const int split = blockIdx.y;
+  const int64_t tile = static_cast<int64_t>(blockIdx.z) * gridDim.x + blockIdx.x;
+  unsigned* counters = p.counters;
+  float* partials = static_cast<float*>(p.partials);
+  auto slot = [&](int sp) {
+    return reinterpret_cast<float4*>(partials +
+                                     ((tile * p.splits + sp) * kParts + pi) * kAcc);
+  };
+  static_assert(kAcc % 4 == 0, "partials move as float4");
+  if (part) {
+    float4* mine = slot(split);
+#pragma unroll
+    for (int i = 0; i < kAcc / 4; ++i)
+      __stcg(mine + i, make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]));
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned prev = atomicAdd(&counters[tile], 1u);
+    last_cta = prev == static_cast<unsigned>(p.splits - 1);
+    if (last_cta) counters[tile] = 0;  // ready for the next launch
+  }
+  __syncthreads();
+  if (!last_cta) return false;
+  __threadfence();
+  if (part) {
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
+    for (int sp = 0; sp < p.splits; ++sp) {
+      const float4* src = slot(sp);
+#pragma unroll
+      for (int i = 0; i < kAcc / 4; ++i) {
+        const float4 v = __ldcg(src + i);
+        acc[4 * i] += v.x;
+        acc[4 * i + 1] += v.y;
+        acc[4 * i + 2] += v.z;
+        acc[4 * i + 3] += v.w;
+      }
+    }
+  }
+  return true;
+}
+
+// out[m, n] = acc + bias for one warp's WN x MT accumulator tiles. Fragment (i) -> (n, m):
+// c0, c1 at row g, c2, c3 at row g + 8; tokens 2t, 2t + 1.
+template <int WN, int MT>
+__device__ __forceinline__ void store_tiles(const WXA16GemmArgs& p, const float (&acc)[WN][MT][4],
+                                            int rt0, int m0, int g, int t) {
+#pragma unroll
+  for (int w = 0; w < WN; ++w) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int n = (rt0 + w) * 16 + g + 8 * r;
+      if (n >= p.N) continue;
+      const float bias = p.bias ? load_bias(p.bias, p.bias_dtype, n) : 0.f;
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int m = m0 + 8 * j + 2 * t + e;
+          if (m < p.M)
+            store_out(p.out, p.x_dtype, static_cast<int64_t>(m) * p.ldo + n,
+                      acc[w][j][2 * r + e] + bias);
+        }
+    }
+  }
 }
 
 // One warp's weights and scales of one chunk. v: int4: the lane's 4 fragment words of each
@@ -151,7 +328,6 @@ wxa16_gemm_kernel(const WXA16GemmArgs p) {
   const int rt0 = (blockIdx.x * kWarps + warp) * WN;  // this warp's first 16-row tile
   const int n16 = (p.N + 15) / 16;
   const bool two = p.group == 32;  // a chunk holds two groups
-  const uint32_t magic = Half<T>::kMagic;
 
   const T* x = static_cast<const T*>(p.x);
   auto load_x = [&](int c, int stage) {
@@ -204,7 +380,7 @@ wxa16_gemm_kernel(const WXA16GemmArgs p) {
           const uint32_t z = (ok && p.zeros != nullptr && zi * (two ? 32 : 1) < p.K)
                                  ? p.zeros[static_cast<int64_t>(n) * p.zero_ld + zi]
                                  : 8u;
-          b.z[w][r] = magic | (z * 0x00010001u);
+          b.z[w][r] = r == 0 ? int4_zero_lo<T>(z) : int4_zero_hi<T>(z);
         } else {
           b.z[w][r] = 0;
         }
@@ -214,23 +390,10 @@ wxa16_gemm_kernel(const WXA16GemmArgs p) {
 
   // The A fragment of k-step s of row tile w.
   auto fragment = [&](const Chunk<Bits, WN>& b, int w, int s, uint32_t (&a)[4]) {
-    if constexpr (Bits == 4) {
-      const uint32_t q = s == 0 ? b.v[w][0].x : s == 1 ? b.v[w][0].y
-                       : s == 2 ? b.v[w][0].z : b.v[w][0].w;
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        a[i] = Half<T>::sub(((q >> (4 * i)) & 0x000f000fu) | magic, b.z[w][i & 1]);
-    } else {
-      const uint4& vg = b.v[w][0];
-      const uint4& vg8 = b.v[w][1];
-      const uint32_t qg = (s == 0 ? vg.x : s == 1 ? vg.y : s == 2 ? vg.z : vg.w) ^ 0x80808080u;
-      const uint32_t qg8 =
-          (s == 0 ? vg8.x : s == 1 ? vg8.y : s == 2 ? vg8.z : vg8.w) ^ 0x80808080u;
-      a[0] = Half<T>::template int8_pair<0>(qg);
-      a[1] = Half<T>::template int8_pair<0>(qg8);
-      a[2] = Half<T>::template int8_pair<2>(qg);
-      a[3] = Half<T>::template int8_pair<2>(qg8);
-    }
+    if constexpr (Bits == 4)
+      int4_fragment<T>(b.v[w][0], s, b.z[w], a);
+    else
+      int8_fragment<T>(b.v[w][0], b.v[w][1], s, a);
   };
 
   float acc[WN][MT][4];
@@ -311,75 +474,356 @@ wxa16_gemm_kernel(const WXA16GemmArgs p) {
   }
   mma_tiled::cp_async_wait<0>();
 
-  if (p.splits > 1) {
-    float* ws = static_cast<float*>(p.workspace);
-    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
-    const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.z;
-    auto slot = [&](int sp) {
-      return reinterpret_cast<float4*>(
-          ws + ((static_cast<int64_t>(tile) * p.splits + sp) * kThreads + threadIdx.x) * kAcc);
-    };
-    float4* mine = slot(split);
-#pragma unroll
-    for (int w = 0; w < WN; ++w)
-#pragma unroll
-      for (int j = 0; j < MT; ++j)
-        __stcg(mine + w * MT + j, make_float4(acc[w][j][0], acc[w][j][1], acc[w][j][2],
-                                              acc[w][j][3]));
-    __threadfence();
-    __syncthreads();
-    unsigned* counters = reinterpret_cast<unsigned*>(ws + tiles * p.splits * kThreads * kAcc);
-    if (threadIdx.x == 0) {
-      const unsigned prev = atomicAdd(&counters[tile], 1u);
-      last_cta = prev == static_cast<unsigned>(p.splits - 1);
-      if (last_cta) counters[tile] = 0;  // ready for the next launch
-    }
-    __syncthreads();
-    if (!last_cta) return;
-    __threadfence();
-#pragma unroll
-    for (int w = 0; w < WN; ++w)
-#pragma unroll
-      for (int j = 0; j < MT; ++j)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[w][j][i] = 0.f;
-    for (int sp = 0; sp < p.splits; ++sp) {
-      const float4* part = slot(sp);
-#pragma unroll
-      for (int w = 0; w < WN; ++w)
-#pragma unroll
-        for (int j = 0; j < MT; ++j) {
-          const float4 v = __ldcg(part + w * MT + j);
-          acc[w][j][0] += v.x;
-          acc[w][j][1] += v.y;
-          acc[w][j][2] += v.z;
-          acc[w][j][3] += v.w;
-        }
-    }
-  }
-
-  // Fragment (i) -> (n, m): c0, c1 at row g, c2, c3 at row g + 8; tokens 2t, 2t + 1.
-#pragma unroll
-  for (int w = 0; w < WN; ++w) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int n = (rt0 + w) * 16 + g + 8 * r;
-      if (n >= p.N) continue;
-      const float bias = p.bias ? load_bias(p.bias, p.bias_dtype, n) : 0.f;
-#pragma unroll
-      for (int j = 0; j < MT; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int m = m0 + 8 * j + 2 * t + e;
-          if (m < p.M)
-            store_out(p.out, p.x_dtype, static_cast<int64_t>(m) * p.ldo + n,
-                      acc[w][j][2 * r + e] + bias);
-        }
-    }
-  }
+  if (p.splits > 1 &&
+      !gather_splits<kAcc, kThreads>(p, reinterpret_cast<float(&)[kAcc]>(acc), true,
+                                     threadIdx.x, last_cta))
+    return;
+  store_tiles<WN, MT>(p, acc, rt0, m0, g, t);
 }
 
-// Plan (split and workspace) or launch one configuration.
+// The decode kernel's shape, per weight bit width: 4 row tiles x 2 warps per CTA, a stage
+// of 8 KB of weight (4 chunks of int4 or 2 of int8) and its activations, scales and zeros.
+template <int Bits>
+struct Decode {
+  static constexpr int kRT = 4;  // 16-row tiles per CTA
+  static constexpr int kKW = 2;  // warps that split one row tile's chunks
+  static constexpr int kWarps = kRT * kKW;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kChunks = Bits == 4 ? 4 : 2;  // 64-K chunks per stage
+  static constexpr int kStages = 4;
+  static constexpr int kTile = Bits == 4 ? kTileBytes4 : 1024;  // one 16 x 64 tile of w
+  static constexpr int kWStage = kRT * kChunks * kTile;
+  static constexpr int kWPieces = kWStage / 16;  // 16-byte copies of a stage's weight
+  static constexpr int kGroups = 2 * kChunks;  // groups a stage can span (G = 32)
+  static constexpr int kMeta = kGroups * kRT * 16;  // scales (and zeros) per stage
+  static constexpr int kMetaPer = kMeta / kThreads;  // gathered per thread
+  static constexpr int kXRowE = kChunks * kChunkK + 8;  // padded x row (elements)
+  static_assert(kMeta % kThreads == 0, "scales split evenly over the threads");
+  template <int MT>
+  static constexpr int x_stage_bytes() { return 8 * MT * kXRowE * 2; }
+  template <int MT>
+  static constexpr int smem_bytes() {
+    return kStages * (kWStage + x_stage_bytes<MT>() + kMeta * 8);
+  }
+};
+
+// One token tile fits three CTAs per SM in shared memory (two at MT = 2): registers are
+// capped to match.
+template <int Bits, typename T, int MT>
+__global__ void __launch_bounds__(Decode<Bits>::kThreads, MT == 1 ? 3 : 2)
+wxa16_decode_kernel(const WXA16GemmArgs p) {
+  using D = Decode<Bits>;
+  constexpr int kRT = D::kRT, kKW = D::kKW, kChunks = D::kChunks, kStages = D::kStages;
+  constexpr int kThreads = D::kThreads, kTok = 8 * MT, kXRowE = D::kXRowE;
+  constexpr int kXStage = kTok * kXRowE;  // elements
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t* wsm = smem;  // [stage][row tile][chunk][tile bytes]
+  T* xsm = reinterpret_cast<T*>(smem + kStages * D::kWStage);  // [stage][token][kXRowE]
+  float* ssm = reinterpret_cast<float*>(smem + kStages * (D::kWStage +
+                                                          D::template x_stage_bytes<MT>()));
+  uint32_t* zsm = reinterpret_cast<uint32_t*>(ssm + kStages * D::kMeta);  // [stage][q][row]
+  __shared__ bool last_cta;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int r = warp % kRT, kw = warp / kRT;
+  const int nk = (p.K + kChunkK - 1) / kChunkK;
+  const int ns_all = (nk + kChunks - 1) / kChunks;
+  const int s_begin = static_cast<int>(static_cast<int64_t>(ns_all) * blockIdx.y / p.splits);
+  const int s_end = static_cast<int>(static_cast<int64_t>(ns_all) * (blockIdx.y + 1) / p.splits);
+  const int ns = s_end - s_begin;
+  const int c_end = s_end * kChunks < nk ? s_end * kChunks : nk;
+  const int rt0 = blockIdx.x * kRT;
+  const int m0 = blockIdx.z * kTok;
+  const int G = p.group;
+  const bool two = G == 32;
+  // Group of k: k >> gsh (G = 0, one scale per row: gsh = 31 maps every k < 2^31 to 0).
+  const int gsh = G == 32 ? 5 : G == 64 ? 6 : G == 128 ? 7 : 31;
+  const int gps = G == 0 ? 1 : kChunks * kChunkK / G;  // groups per stage
+  const int ngroups = G == 0 ? 1 : p.K / G;
+
+  // This thread's share of every stage's copies, fixed but for the stage's first chunk c0:
+  // source pointers advance by c0, predicates compare the piece's k with K and its chunk
+  // with c_end.
+  constexpr int kWP = D::kWPieces / kThreads;
+  const uint8_t* w_src[kWP];
+  uint32_t w_dst[kWP];
+  int w_k[kWP];  // the piece's k within the stage
+  bool w_ok[kWP];
+#pragma unroll
+  for (int u = 0; u < kWP; ++u) {
+    const int i = threadIdx.x + u * kThreads;
+    const uint8_t* wb = static_cast<const uint8_t*>(p.w);
+    if constexpr (Bits == 4) {
+      // A row tile's chunks are contiguous in the prepacked layout.
+      const int rr = i / (kChunks * 32), rem = i % (kChunks * 32);
+      w_src[u] = wb + static_cast<int64_t>(rt0 + rr) * nk * kTileBytes4 + rem * 16;
+      w_dst[u] = smem_u32(wsm + i * 16);
+      w_k[u] = rem / 32 * kChunkK;  // the prepacked layout pads K to whole chunks
+      w_ok[u] = rt0 + rr < (p.N + 15) / 16;
+    } else {
+      // Global order row by row (a row's stage bytes are contiguous); shared order
+      // [row tile][chunk][row][16-byte piece], the fragment reads' layout.
+      const int row = i / (kChunks * 4), cc = (i / 4) % kChunks, piece = i % 4;
+      const int n = rt0 * 16 + row;
+      w_src[u] = wb + static_cast<int64_t>(n < p.N ? n : 0) * p.ldw + cc * kChunkK + piece * 16;
+      w_dst[u] = smem_u32(wsm + (((row / 16) * kChunks + cc) * 16 + row % 16) * 64 + piece * 16);
+      w_k[u] = cc * kChunkK + piece * 16;
+      w_ok[u] = n < p.N;
+    }
+  }
+  constexpr int kXP = (kTok * kChunks * 8 + kThreads - 1) / kThreads;
+  const T* x_src[kXP];
+  uint32_t x_dst[kXP];
+  int x_k[kXP];
+  bool x_ok[kXP];
+#pragma unroll
+  for (int u = 0; u < kXP; ++u) {
+    const int i = threadIdx.x + u * kThreads;
+    const int row = i / (kChunks * 8), piece = i % (kChunks * 8);
+    const int m = m0 + row;
+    x_ok[u] = i < kTok * kChunks * 8 && m < p.M;
+    x_src[u] = static_cast<const T*>(p.x) + static_cast<int64_t>(x_ok[u] ? m : 0) * p.ldx +
+               piece * 8;
+    x_dst[u] = smem_u32(xsm + row * kXRowE + piece * 8);
+    x_k[u] = piece * 8;
+  }
+
+  auto load_stage = [&](int st, int slot) {
+    const int c0 = (s_begin + st) * kChunks;
+    const int64_t k0 = static_cast<int64_t>(c0) * kChunkK;
+#pragma unroll
+    for (int u = 0; u < kWP; ++u) {
+      const bool ok = w_ok[u] && c0 + w_k[u] / kChunkK < c_end && k0 + w_k[u] < p.K;
+      const uint8_t* src = w_src[u] + (Bits == 4 ? k0 / kChunkK * kTileBytes4 : k0);
+      mma_tiled::cp_async16(w_dst[u] + slot * D::kWStage, ok ? src : w_src[u], ok);
+    }
+#pragma unroll
+    for (int u = 0; u < kXP; ++u) {
+      const int64_t k = k0 + x_k[u];
+      const bool ok = x_ok[u] && k < p.K && c0 + x_k[u] / kChunkK < c_end;
+      if (u * kThreads + static_cast<int>(threadIdx.x) < kTok * kChunks * 8)
+        mma_tiled::cp_async16(x_dst[u] + slot * kXStage * 2, ok ? x_src[u] + k0 : x_src[u], ok);
+    }
+  };
+
+  // Scales and zero points of a stage, entry i = q * 64 + row: group q of the stage.
+  int64_t m_scale[D::kMetaPer], m_zero[D::kMetaPer];
+  int m_q[D::kMetaPer];
+  bool m_ok[D::kMetaPer];
+#pragma unroll
+  for (int u = 0; u < D::kMetaPer; ++u) {
+    const int i = threadIdx.x + u * kThreads;
+    const int q = i / (kRT * 16), n = rt0 * 16 + i % (kRT * 16);
+    m_ok[u] = q < gps && n < p.N;
+    m_q[u] = q;
+    m_scale[u] = static_cast<int64_t>(n) * p.scale_ld + q;
+    m_zero[u] = static_cast<int64_t>(n) * p.zero_ld + q;
+  }
+  using Meta = uint32_t[2][D::kMetaPer];  // [0]: scale bits, [1]: zero point
+  const bool scale_f32 = p.scale_dtype == FloatType::kF32;
+  auto meta_load = [&](int st, Meta& m) {
+    const int g0 = ((s_begin + st) * kChunks * kChunkK) >> gsh;
+#pragma unroll
+    for (int u = 0; u < D::kMetaPer; ++u) {
+      const bool ok = m_ok[u] && g0 + m_q[u] < ngroups;
+      m[0][u] = ok ? load_scale_bits(p.scales, scale_f32, m_scale[u] + g0) : 0u;
+      if constexpr (Bits == 4)
+        m[1][u] = ok && p.zeros != nullptr ? p.zeros[m_zero[u] + g0] : 8u;
+    }
+  };
+  auto meta_store = [&](int slot, const Meta& m) {
+#pragma unroll
+    for (int u = 0; u < D::kMetaPer; ++u) {
+      const int i = threadIdx.x + u * kThreads;
+      ssm[slot * D::kMeta + i] = scale_bits_to_float(m[0][u], p.scale_dtype);
+      // Rows 0-7 of a 16-row tile are a fragment's row g, rows 8-15 its row g + 8.
+      if constexpr (Bits == 4)
+        zsm[slot * D::kMeta + i] = (i & 8) ? int4_zero_hi<T>(m[1][u]) : int4_zero_lo<T>(m[1][u]);
+    }
+  };
+
+  float acc[1][MT][4];
+#pragma unroll
+  for (int j = 0; j < MT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[0][j][i] = 0.f;
+
+  const int x_lane = g * kXRowE + 16 * t;  // the lane's B fragment, token g, k = 16 t
+  auto compute = [&](int slot) {
+    const uint8_t* wst = wsm + slot * D::kWStage + r * kChunks * D::kTile;
+    const T* xst = xsm + slot * kXStage + x_lane;
+    const float* sst = ssm + slot * D::kMeta + r * 16 + g;
+    const uint32_t* zst = zsm + slot * D::kMeta + r * 16 + g;
+#pragma unroll
+    for (int jc = 0; jc < kChunks / kKW; ++jc) {
+      const int cc = kw + jc * kKW;
+      uint4 v0, v1;
+      uint32_t z[2] = {0u, 0u};
+      if constexpr (Bits == 4) {
+        v0 = *reinterpret_cast<const uint4*>(wst + cc * D::kTile + lane * 16);
+        const int qz = (cc * kChunkK + 16 * t) >> gsh;  // the lane's own group
+        z[0] = zst[qz * kRT * 16];
+        z[1] = zst[qz * kRT * 16 + 8];
+      } else {
+        const uint8_t* base = wst + cc * D::kTile + t * 16;
+        v0 = *reinterpret_cast<const uint4*>(base + g * 64);
+        v1 = *reinterpret_cast<const uint4*>(base + (g + 8) * 64);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (h == 1 && !two) break;
+        // G = 32: pass h keeps the k of the lanes whose group is 2 cc + h.
+        const bool keep = !two || (t >> 1) == h;
+        float part[MT][4];
+#pragma unroll
+        for (int j = 0; j < MT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
+#pragma unroll
+        for (int sp = 0; sp < 2; ++sp) {
+          uint4 xv[MT];
+#pragma unroll
+          for (int j = 0; j < MT; ++j) {
+            xv[j] = keep ? *reinterpret_cast<const uint4*>(xst + 8 * j * kXRowE +
+                                                           cc * kChunkK + 8 * sp)
+                         : make_uint4(0, 0, 0, 0);
+          }
+#pragma unroll
+          for (int ss = 0; ss < 2; ++ss) {
+            uint32_t a[4];
+            if constexpr (Bits == 4)
+              int4_fragment<T>(v0, 2 * sp + ss, z, a);
+            else
+              int8_fragment<T>(v0, v1, 2 * sp + ss, a);
+#pragma unroll
+            for (int j = 0; j < MT; ++j)
+              Half<T>::mma(part[j], a, ss ? xv[j].z : xv[j].x, ss ? xv[j].w : xv[j].y);
+          }
+        }
+        const int q = (cc * kChunkK + 32 * h) >> gsh;
+        const float s0 = sst[q * kRT * 16], s1 = sst[q * kRT * 16 + 8];
+#pragma unroll
+        for (int j = 0; j < MT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            acc[0][j][i] = fmaf(part[j][i], i < 2 ? s0 : s1, acc[0][j][i]);
+      }
+    }
+  };
+
+  // Prologue: kStages - 1 stages of w and x in flight; their scales in place.
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < ns) load_stage(st, st);
+    mma_tiled::cp_async_commit();
+  }
+  {
+    Meta first[kStages - 1];  // every load issued before the first store waits on one
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st)
+      if (st < ns) meta_load(st, first[st]);
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st)
+      if (st < ns) meta_store(st, first[st]);
+  }
+  Meta later;
+  bool pending = false;  // `later` holds stage st + kStages - 2's scales, not yet stored
+  for (int st = 0; st < ns; ++st) {
+    mma_tiled::cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage st landed; every warp is done with stage st - 1's slot
+    if (pending) meta_store((st + kStages - 2) % kStages, later);
+    const int next = st + kStages - 1;
+    if (next < ns) load_stage(next, next % kStages);
+    mma_tiled::cp_async_commit();
+    pending = next < ns;
+    if (pending) meta_load(next, later);
+    compute(st % kStages);
+  }
+  mma_tiled::cp_async_wait<0>();
+  __syncthreads();
+
+  // The two halves of each row tile, added in a fixed order (half 0 + half 1).
+  float* red = reinterpret_cast<float*>(smem);  // [kKW - 1][kRT][32][MT * 4]
+  float(&flat)[MT * 4] = reinterpret_cast<float(&)[MT * 4]>(acc);
+  if (kw > 0) {
+#pragma unroll
+    for (int i = 0; i < MT * 4; ++i)
+      red[(((kw - 1) * kRT + r) * 32 + lane) * MT * 4 + i] = flat[i];
+  }
+  __syncthreads();
+  if (kw == 0) {
+#pragma unroll
+    for (int h = 1; h < kKW; ++h)
+#pragma unroll
+      for (int i = 0; i < MT * 4; ++i)
+        flat[i] += red[(((h - 1) * kRT + r) * 32 + lane) * MT * 4 + i];
+  }
+  if (p.splits > 1 &&
+      !gather_splits<MT * 4, kRT * 32>(p, flat, kw == 0, r * 32 + lane, last_cta))
+    return;
+  if (kw == 0) store_tiles<1, MT>(p, acc, rt0 + r, m0, g, t);
+}
+
+// The buffers of a split: one counter per tile (rounded to 16 bytes), and the partials (acc
+// fp32 per thread that holds them).
+inline void plan_workspace(WXA16GemmArgs& p, int64_t tiles, int parts, int acc) {
+  p.counter_bytes = p.partial_bytes = 0;
+  if (p.splits <= 1) return;
+  p.counter_bytes = (static_cast<size_t>(tiles) * 4 + 15) / 16 * 16;
+  p.partial_bytes = static_cast<size_t>(tiles) * p.splits * parts * acc * sizeof(float);
+}
+
+inline cudaError_t check_launch_args(const WXA16GemmArgs& p, const dim3& grid) {
+  if (p.splits < 1 || (p.splits > 1 && (p.counters == nullptr || p.partials == nullptr)))
+    return cudaErrorInvalidValue;
+  if (grid.z > 65535 || p.splits > 65535) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+template <int Bits, typename T, int MT>
+cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  using D = Decode<Bits>;
+  constexpr int kRows = 16 * D::kRT, kSmem = D::template smem_bytes<MT>();
+  static std::atomic<bool> opted[kMaxDevices];
+  const auto kernel = wxa16_decode_kernel<Bits, T, MT>;
+  const dim3 grid((p.N + kRows - 1) / kRows, 1, (p.M + 8 * MT - 1) / (8 * MT));
+  int device = 0;
+  cudaError_t e = current_device(device);
+  if (e == cudaSuccess) e = opt_in_smem(kernel, kSmem, device, opted);
+  if (e != cudaSuccess) return e;
+  if (plan) {
+    // Split K so that the CTAs fill whole waves: the cost of s splits is the number of
+    // waves times a CTA's stages (plus the ring's fill); fewer splits win ties.
+    int per_sm = 0;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, D::kThreads, kSmem);
+    if (e != cudaSuccess) return e;
+    const int64_t slots = static_cast<int64_t>(sm_count(device) > 0 ? sm_count(device) : 108) *
+                          (per_sm > 0 ? per_sm : 1);
+    const int64_t tiles = static_cast<int64_t>(grid.x) * (grid.z > 0 ? grid.z : 1);
+    const int nk = (p.K + kChunkK - 1) / kChunkK;
+    const int ns_all = (nk + D::kChunks - 1) / D::kChunks;
+    int best = 1;
+    int64_t best_cost = -1;
+    for (int s = 1; s <= 16 && s <= ns_all; ++s) {
+      const int64_t waves = (tiles * s + slots - 1) / slots;
+      // A CTA's fixed cost (ring fill, scales of the first stages, the reduction) is
+      // counted as kStages + 1 stages.
+      const int64_t cost = waves * ((ns_all + s - 1) / s + D::kStages + 1);
+      if (best_cost < 0 || cost < best_cost) best = s, best_cost = cost;
+    }
+    p.splits = best;
+    plan_workspace(p, tiles, D::kRT * 32, MT * 4);
+    return cudaSuccess;
+  }
+  if (p.M == 0 || p.N == 0) return cudaSuccess;
+  e = check_launch_args(p, grid);
+  if (e != cudaSuccess) return e;
+  kernel<<<dim3(grid.x, p.splits, grid.z), D::kThreads, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// Plan (split and workspace) or launch one tiled configuration.
 template <int Bits, typename T, int WN, int MT, int kWarps, int kPf>
 cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   constexpr int kRows = 16 * WN * kWarps, kTok = 8 * MT, kThreads = 32 * kWarps;
@@ -400,40 +844,28 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
       if (splits > 64) splits = 64;
     }
     p.splits = splits;
-    p.workspace_bytes = 0;
-    if (splits > 1) {
-      const size_t partials = static_cast<size_t>(tiles) * splits * kThreads * WN * MT * 4;
-      p.workspace_bytes = ((partials + static_cast<size_t>(tiles)) * 4 + 15) / 16 * 16;
-    }
+    plan_workspace(p, tiles, kThreads, WN * MT * 4);
     return cudaSuccess;
   }
   if (p.M == 0 || p.N == 0) return cudaSuccess;
-  if (p.splits < 1 || (p.splits > 1 && p.workspace == nullptr)) return cudaErrorInvalidValue;
-  if (grid.z > 65535) return cudaErrorInvalidValue;
-  if (p.splits > 1) {
-    // Zero the counters (the partials need no clearing: every CTA writes its own).
-    const size_t tiles = static_cast<size_t>(grid.x) * grid.z;
-    const size_t partials = tiles * p.splits * kThreads * WN * MT * 4;
-    const cudaError_t e = cudaMemsetAsync(static_cast<float*>(p.workspace) + partials, 0,
-                                          tiles * sizeof(unsigned), stream);
-    if (e != cudaSuccess) return e;
-  }
+  const cudaError_t e = check_launch_args(p, grid);
+  if (e != cudaSuccess) return e;
   wxa16_gemm_kernel<Bits, T, WN, MT, kWarps, kPf>
       <<<dim3(grid.x, p.splits, grid.z), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
-// The decode and tiled configurations of one bit width, by x's dtype.
-// Decode: 4 warps x one 16-row tile, 16 tokens, 4 chunks of weight in flight per warp.
-// Tiled: 8 warps x one 16-row tile, 64 tokens (one A fragment feeds 8 mmas), 2 in flight;
-// 216 registers, no spills (two row tiles per warp spill).
-template <int Bits, typename T>
-cudaError_t decode_of(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
-  return run<Bits, T, 1, 2, 4, 4>(p, s, plan);
-}
+// The tiled configuration of one bit width, by x's dtype: 8 warps x one 16-row tile, 64
+// tokens (one A fragment feeds 8 mmas), 2 chunks in flight; 216 registers, no spills (two
+// row tiles per warp spill).
 template <int Bits, typename T>
 cudaError_t tiled_of(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
   return run<Bits, T, 1, 8, 8, 2>(p, s, plan);
+}
+
+template <int Bits, typename T>
+cudaError_t decode_of(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
+  return p.M <= 8 ? run_decode<Bits, T, 1>(p, s, plan) : run_decode<Bits, T, 2>(p, s, plan);
 }
 
 template <int Bits>

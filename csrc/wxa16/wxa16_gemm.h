@@ -35,23 +35,29 @@ struct WXA16GemmArgs {
   FloatType bias_dtype;
   void* out;  // [M, N] in x_dtype, row stride ldo
   int64_t ldo;
-  // Split-K over CTAs: set by the launcher's plan; the workspace (fp32 partials and one
-  // counter per output tile, workspace_bytes of it, 16-byte aligned) is the caller's.
+  // Split-K over CTAs: set by the launcher's plan. Both buffers are the caller's, 16-byte
+  // aligned: `counters` (counter_bytes: one arrival counter per output tile) must be zero when
+  // a launch starts, and every launch leaves them zero again, so counters zeroed once serve
+  // every later launch on one stream (no memset per call); `partials` (partial_bytes of fp32
+  // partial sums) need no clearing.
   int splits;
-  size_t workspace_bytes;
-  void* workspace;
+  size_t counter_bytes;
+  size_t partial_bytes;
+  unsigned* counters;
+  void* partials;
 };
 
 // A launcher of the family. plan = true: choose this kernel's split of K for these sizes on
-// the current device and set args.splits and args.workspace_bytes (no launch); the caller
-// then allocates the workspace. plan = false: launch with the planned split (M = 0 launches
+// the current device and set args.splits, counter_bytes and partial_bytes (no launch); the
+// caller then provides the two buffers. plan = false: launch with the planned split (M = 0 launches
 // nothing). The caller has checked: K a multiple of 16 (bits 8) or of the group (bits 4), x's
 // rows 16-byte aligned (K and ldx multiples of 8, x 16-byte aligned), bits 8: w's rows
 // 16-byte aligned.
 using WXA16GemmFn = cudaError_t(WXA16GemmArgs& args, cudaStream_t stream, bool plan);
 
-// Decode (M <= 16): 64 rows of w x 8 or 16 tokens per CTA, K split over CTAs until every SM
-// streams weight; the partials are added in a fixed order by the last CTA of each tile.
+// Decode (M <= 16): 64 rows of w x 8 or 16 tokens per CTA, weights and activations staged
+// through a cp.async ring, K split over the CTA's warps and over CTAs until the grid fills
+// whole waves; the partials are added in a fixed order.
 WXA16GemmFn cuda_w4a16_gemm_decode;
 WXA16GemmFn cuda_w8a16_gemm_decode;
 // Any M: 128 rows of w x 64 tokens per CTA (K split over CTAs only when the tiles are few).

@@ -8,6 +8,10 @@ canonical weight is refused with that advice, since repacking per call would cos
 the GEMM), ``cuda_w8a16_gemm_*`` the plain int8 [N, K] weight as it is. ``*_decode`` takes
 M <= 16 with K split over CTAs (deterministic: partials in a workspace, added in a fixed
 order), ``*_tiled`` any M. GPTQ act order: ``x[:, perm]`` is gathered once per call here.
+
+A split launch needs arrival counters that are zero when it starts and that it leaves zero,
+and scratch for its partials: both are kept per device and stream (``_scratch``) and zeroed
+once, so a decode call is one kernel launch, with no memset and no allocation of its own.
 """
 from __future__ import annotations
 
@@ -37,6 +41,30 @@ def wxa16_gemm_launch(kid: int, bits: int, m: int, n: int, k: int, group: int, l
     return _C.WXA16GemmLaunch(kid, bits, m, n, k, group, ldx, DTYPE_CODE[x_dtype], ldw,
                               DTYPE_CODE[scale_dtype], scale_ld, has_zeros, zero_ld,
                               DTYPE_CODE[bias_dtype] if bias_dtype is not None else 0, n)
+
+
+# (device index, stream) -> [counters, partials, used in a graph capture]. Per stream: two
+# launches in flight on different streams must not share counters, and launches on one
+# stream run in order. A buffer that a captured graph points at is never freed.
+_SCRATCH: dict = {}
+_KEPT_FOR_GRAPHS: list = []
+
+
+def _scratch(dev: torch.device, stream: int, counter_bytes: int, partial_bytes: int):
+    """(counters, partials) pointers of at least these sizes for launches on `stream`."""
+    key = (dev.index, stream)
+    have = _SCRATCH.get(key)
+    if have is None or have[0].numel() < counter_bytes or have[1].numel() < partial_bytes:
+        if have is not None and have[2]:
+            _KEPT_FOR_GRAPHS.append(have)
+        c_old, p_old = (have[0].numel(), have[1].numel()) if have is not None else (0, 0)
+        have = [torch.zeros(max(counter_bytes, c_old, 16), dtype=torch.uint8, device=dev),
+                torch.empty(max(partial_bytes, p_old, 16), dtype=torch.uint8, device=dev),
+                False]
+        _SCRATCH[key] = have
+    if not have[2] and torch.cuda.is_current_stream_capturing():
+        have[2] = True
+    return have[0].data_ptr(), have[1].data_ptr()
 
 
 def _aligned_rows(t: torch.Tensor) -> bool:
@@ -130,17 +158,20 @@ def _make(op: str, bits: int, operands):
                     _row_stride(o.w) if bits == 8 else 0, o.scales.dtype,
                     _row_stride(o.scales), o.zeros is not None, _row_stride(o.zeros),
                     None if o.bias is None else o.bias.dtype)
-            ws_bytes, go, empty = launch.workspace_bytes, launch.launch, torch.empty
+            c_bytes, p_bytes = launch.counter_bytes, launch.partial_bytes
+            go, empty = launch.launch, torch.empty
             shape, dtype = (m, o.n), x.dtype
 
             def prepared(o: _Operands):
                 out = empty(shape, dtype=dtype, device=dev)
-                ws = empty(ws_bytes, dtype=torch.uint8, device=dev) if ws_bytes else None
+                stream = raw_stream(idx)
+                counters, partials = _scratch(dev, stream, c_bytes, p_bytes) if c_bytes \
+                    else (0, 0)
                 with OnDevice(dev):
                     go(o.x.data_ptr(), o.w.data_ptr(), o.scales.data_ptr(),
                        0 if o.zeros is None else o.zeros.data_ptr(),
                        0 if o.bias is None else o.bias.data_ptr(),
-                       0 if ws is None else ws.data_ptr(), out.data_ptr(), raw_stream(idx))
+                       counters, partials, out.data_ptr(), stream)
                 return out
 
             return prepared
