@@ -216,3 +216,49 @@ def test_quantized_model_compiles_fullgraph(scheme):
         eager = model(IDS).double()
         compiled = torch.compile(model, fullgraph=True)(IDS).double()
     assert (compiled - eager).norm() < (eager - full).norm()
+
+
+def test_keep_slower_keeps_the_layers_measured_slower(monkeypatch):
+    """keep_slower reads the measured layer table at the nearest weight shape and M: the up
+    projections (64 -> 128: N = 128, K = 64) and the down ones (N = 64, K = 128) each have
+    their own rows, and the verdict follows the nearest measured M."""
+    from lowbit import heuristics
+
+    table = {(128, 64): ((1, 1.5), (64, 0.8)), (64, 128): ((1, 0.9), (64, 1.2))}
+    monkeypatch.setitem(heuristics.LAYER_SPEEDUP, "fp8", {(9, 0): table})
+    monkeypatch.setattr(heuristics, "device_capability", lambda device: (9, 0))
+    model = _model()
+    summary = lowbit.quantize_(model, "fp8", keep_slower=2, filter=["head"])
+    # M = 2 is nearest M = 1: up (N = 128, K = 64) 1.5x is swapped, down (64 x 128) 0.9x kept
+    assert summary.swapped == ["blocks.0.up", "blocks.1.up"]
+    assert "slower quantized: measured 0.90x bf16 at 1x64x128" in summary.skipped["blocks.0.down"]
+    assert isinstance(model.blocks[0].up, Fp8Linear)
+    assert type(model.blocks[0].down) is nn.Linear
+    report = {r.name: r.reason for r in summary.layers}
+    assert "measured 1.50x bf16 at 1x128x64" in report["blocks.1.up"]
+    # At M = 100 the nearest measured M is 64: the verdicts flip.
+    summary = lowbit.quantize_(_model(), "fp8", keep_slower=100, filter=["head"])
+    assert summary.swapped == ["blocks.0.down", "blocks.1.down"]
+
+
+def test_keep_slower_says_when_nothing_was_measured():
+    summary = lowbit.quantize_(_model(), "fp8", keep_slower=16, filter=["head"])
+    assert len(summary.swapped) == 4
+    assert all("not measured for fp8 on cpu" in r.reason for r in summary.layers if r.swapped)
+    with pytest.raises(ValueError, match="keep_slower"):
+        lowbit.quantize_(_model(), "fp8", keep_slower=0)
+    with pytest.raises(ValueError, match="keep_slower"):
+        lowbit.quantize_(_model(), "fp8", keep_slower=True)
+
+
+def test_layer_speedup_reads_the_nearest_measured_point(monkeypatch):
+    from lowbit import heuristics
+
+    monkeypatch.setattr(heuristics, "device_capability", lambda device: (9, 0))
+    cuda = torch.device("cuda", 0)
+    # On log scales of N and K, 14336 x 8192 is nearer 28672 x 8192 than 4096^2.
+    assert heuristics.layer_speedup("int8", cuda, 14336, 8192, 16) == (1.66, (16, 28672, 8192))
+    assert heuristics.layer_speedup("int8", cuda, 4096, 4096, 3000) == (1.41, (4096, 4096, 4096))
+    assert heuristics.layer_speedup("nf4", cuda, 4096, 4096, 1) is None
+    monkeypatch.setattr(heuristics, "device_capability", lambda device: (8, 0))
+    assert heuristics.layer_speedup("int8", cuda, 4096, 4096, 1) is None

@@ -19,6 +19,11 @@ layers' parameters and buffers before and after.
 
 ``calibration`` (``lowbit.calibrate``'s result) gives the W8A8 schemes static per-tensor
 activation scales: ``calibration.scale(name, "fp8" | "int8")`` for each swapped layer.
+
+``keep_slower=M`` also keeps the layers that would run slower quantized than in bf16 at M
+tokens per forward on their device, by measured data, not a guess: the layer speed-ups of
+``heuristics.LAYER_SPEEDUP`` (lowbit bench's layer rows), read at the nearest measured
+weight size and M. A device or scheme with no measured rows swaps the layer and says so.
 """
 from __future__ import annotations
 
@@ -127,12 +132,16 @@ def _excluder(filter: Filter, model: nn.Module) -> Callable[[str, nn.Module], bo
 
 def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibration=None,
               group_size: int = 128, symmetric: bool = True,
-              check_device: bool = True) -> QuantizeSummary:
+              check_device: bool = True, keep_slower: Optional[int] = None) -> QuantizeSummary:
     """Swap every ``nn.Linear`` of ``model`` that ``scheme`` supports (and ``filter`` does not
     exclude) for its quantized module, in place; see the module docstring. ``group_size`` and
     ``symmetric``: the ``"int4"`` scheme's. ``check_device``: run one forward per swapped
-    layer on a zero row of its device, keeping layers no kernel there runs. Returns the
-    summary (print it)."""
+    layer on a zero row of its device, keeping layers no kernel there runs. ``keep_slower``:
+    the tokens per forward the model will run at (M); a layer whose measured speed-up on its
+    device at that M is below 1 (``heuristics.LAYER_SPEEDUP``, the nearest measured shape) is
+    kept in full precision, and the summary gives the measured point; where nothing was
+    measured for the scheme on that device the layer is swapped and the summary says so.
+    Returns the summary (print it)."""
     from . import nn as lnn
 
     if scheme not in SCHEMES:
@@ -148,6 +157,10 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
     if calibration is not None and cal_fmt is None:
         raise ValueError(f"quantize_: scheme {scheme!r} quantizes weights only; it takes no "
                          "calibration")
+    if keep_slower is not None and (isinstance(keep_slower, bool) or
+                                    not isinstance(keep_slower, int) or keep_slower < 1):
+        raise ValueError(f"quantize_: keep_slower must be the tokens per forward, an int >= 1; "
+                         f"got {keep_slower!r}")
     excluded = _excluder(filter, model)
     linears = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
     if not linears:
@@ -162,11 +175,13 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
     summary = QuantizeSummary(scheme)
     for name, lin in linears:
         before = module_bytes(lin)
-        why = None
+        why, note = None, ""
         if excluded(name, lin):
             why = "excluded by filter"
         elif scheme == "int4" and lin.in_features % group_size:
             why = f"in_features = {lin.in_features} is not a multiple of group_size = {group_size}"
+        elif keep_slower is not None:
+            why, note = _slower(scheme, lin, keep_slower)
         new = None
         if why is None:
             extra = {}
@@ -179,9 +194,30 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
             summary.layers.append(LayerReport(name, False, why, before, before))
             continue
         model.set_submodule(name, new)
-        summary.layers.append(LayerReport(name, True, repr_short(new), before,
+        summary.layers.append(LayerReport(name, True, repr_short(new) + note, before,
                                           module_bytes(new)))
     return summary
+
+
+def _slower(scheme: str, lin: nn.Linear, m: int):
+    """(why the layer stays in full precision, or None; a note for a swapped layer)."""
+    from .heuristics import layer_speedup
+
+    dev = lin.weight.device
+    found = layer_speedup(scheme, dev, lin.out_features, lin.in_features, m)
+    if found is None:
+        return None, f"; speed at M = {m} not measured for {scheme} on {_device_name(dev)}"
+    ratio, (mm, n, k) = found
+    point = f"measured {ratio:.2f}x bf16 at {mm}x{n}x{k} on {_device_name(dev)}"
+    if ratio < 1.0:
+        return f"slower quantized: {point}", ""
+    return None, f"; {point}"
+
+
+def _device_name(dev) -> str:
+    if dev.type != "cuda":
+        return dev.type
+    return f"{torch.cuda.get_device_name(dev)} (sm_{''.join(map(str, torch.cuda.get_device_capability(dev)))})"
 
 
 def repr_short(m: nn.Module) -> str:

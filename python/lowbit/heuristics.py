@@ -61,16 +61,23 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
 }
 
 
-def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
-    """Kernel names in the order ``auto`` should try them, or None for registration order."""
-    by_cap = TABLE.get(op)
-    if by_cap is None or device.type != "cuda":
+def device_capability(device: torch.device) -> Optional[Tuple[int, int]]:
+    """The capability the tables are read at (LOWBIT_ARCH lowers it); None off CUDA."""
+    if device.type != "cuda":
         return None
     cap = _capability(device_index(device))
     over = arch_override()
     if over is not None:  # LOWBIT_ARCH=89 on an H100 orders kernels as an sm_89 card would
         cap = min(cap, (over // 10, over % 10))
-    rows = by_cap.get(cap)
+    return cap
+
+
+def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
+    """Kernel names in the order ``auto`` should try them, or None for registration order."""
+    by_cap = TABLE.get(op)
+    if by_cap is None or device.type != "cuda":
+        return None
+    rows = by_cap.get(device_capability(device))
     if rows is None:
         return None
     m = args[0].shape[0]
@@ -78,3 +85,45 @@ def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
         if max_m is None or m <= max_m:
             return order
     return None
+
+
+# A quantized layer's measured speed against the bf16 nn.Linear it replaces, per quantize_
+# scheme and capability: {(N, K): ((M, speed-up), ...)}, the GPU time of one eager forward
+# in lowbit bench's layer rows (bench/RESULTS.md, H200, 2026-12-03). ``quantize_``'s
+# ``keep_slower`` reads it; shapes and token counts between the measured ones take the
+# nearest measured point, which the summary names.
+LayerRows = Dict[Tuple[int, int], Tuple[Tuple[int, float], ...]]
+LAYER_SPEEDUP: Dict[str, Dict[Tuple[int, int], LayerRows]] = {
+    "fp8": {
+        (9, 0): {
+            (4096, 4096): ((1, 0.66), (16, 0.92), (64, 0.78), (128, 0.57), (512, 1.25),
+                           (4096, 1.29)),
+            (28672, 8192): ((1, 1.69), (16, 1.60), (128, 1.68), (4096, 1.63)),
+        },
+    },
+    "int8": {
+        (9, 0): {
+            (4096, 4096): ((1, 0.82), (16, 0.71), (64, 0.72), (128, 0.87), (512, 0.92),
+                           (4096, 1.41)),
+            (28672, 8192): ((1, 1.71), (16, 1.66), (128, 1.68), (4096, 1.78)),
+        },
+    },
+}
+
+
+def layer_speedup(scheme: str, device: torch.device, n: int, k: int,
+                  m: int) -> Optional[Tuple[float, Tuple[int, int, int]]]:
+    """(measured speed-up, the measured (M, N, K) it comes from) of a ``scheme`` layer of
+    out_features ``n`` and in_features ``k`` at ``m`` tokens on ``device``; None where
+    nothing was measured for the scheme on this device's capability. The nearest measured
+    weight shape (|log N ratio| + |log K ratio|), then the nearest measured M (log scale)."""
+    import math
+
+    rows = LAYER_SPEEDUP.get(scheme, {}).get(device_capability(device))
+    if not rows:
+        return None
+    ln, lk = math.log(max(n, 1)), math.log(max(k, 1))
+    nk = min(rows, key=lambda s: (abs(math.log(s[0]) - ln) + abs(math.log(s[1]) - lk), s))
+    lm = math.log(max(m, 1))
+    mm, ratio = min(rows[nk], key=lambda r: (abs(math.log(r[0]) - lm), r[0]))
+    return ratio, (mm, nk[0], nk[1])
