@@ -47,7 +47,10 @@ def _x(m, k, dtype, seed=0):
 
 
 def _expected_kernel(bits, m):
-    return f"cuda_w{bits}a16_gemm_" + ("decode" if m <= 16 else "tiled")
+    """What backend="cuda" runs: decode at M <= 16; above, int4 dequantizes then multiplies
+    (cuBLAS) and int8 runs the tiled kernel."""
+    return f"cuda_w{bits}a16_gemm_" + ("decode" if m <= 16 else
+                                       "dequant" if bits == 4 else "tiled")
 
 
 def _check(out, ref, dtype):
@@ -87,6 +90,41 @@ def test_w4a16_sm80_path(monkeypatch, m):
     choice = lowbit.explain(lowbit.w4a16_gemm, x, w, backend="cuda")
     assert choice.kernel == _expected_kernel(4, m), str(choice)
     _check(lowbit.w4a16_gemm(x, w, backend="cuda"), x.double() @ wd.T, torch.bfloat16)
+
+
+@gpu
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("m", [17, 100])
+def test_w4a16_tiled_kernel(m, group, symmetric):
+    """The int4 tiled kernel, which backend="cuda" no longer picks above M = 16, called
+    directly: it stays correct for the sm_80 path and for callers that pin it."""
+    from lowbit._backend import kernels
+
+    tiled, = (k for k in kernels("w4a16_gemm") if k.name == "cuda_w4a16_gemm_tiled")
+    n, k = 3000, 4224
+    _, wd = _int4(n, k, group, symmetric)
+    w = _prepacked(n, k, group, symmetric)
+    for dtype in DTYPES:
+        x = _x(m, k, dtype, seed=m)
+        bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda()
+        args = (x, w.qweight, w.scales, w.zeros, group, None, bias)
+        assert tiled.supports(*args) is None
+        _check(tiled.fn(*args), x.double() @ wd.T + bias.double(), dtype)
+
+
+@gpu
+def test_w4a16_dequant_bias_in_fp32():
+    """The dequantize-then-GEMM path adds an fp32 bias after the product (cuBLAS takes a
+    bias in x's dtype only)."""
+    _, wd = _int4(3000, 4224, 128, False)
+    w = _prepacked(3000, 4224, 128, False)
+    x = _x(64, 4224, torch.bfloat16, seed=6)
+    bias = torch.randn(3000, generator=_gen(7)).cuda()
+    choice = lowbit.explain(lowbit.w4a16_gemm, x, w, bias, backend="cuda")
+    assert choice.kernel == "cuda_w4a16_gemm_dequant", str(choice)
+    _check(lowbit.w4a16_gemm(x, w, bias, backend="cuda"), x.double() @ wd.T + bias.double(),
+           torch.bfloat16)
 
 
 @gpu

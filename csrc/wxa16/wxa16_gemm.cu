@@ -1,5 +1,6 @@
 // The one instantiation list of the mixed-input GEMM family (wxa16_gemm.cuh): 2 bit widths x
-// 2 regimes x 2 activation dtypes = 8 kernels, every arch from sm_80.
+// (decode at 1 or 2 token tiles, tiled) x 2 activation dtypes, and the int4 dequantizer of
+// the large-M path; every arch from sm_80.
 #include "wxa16/wxa16_gemm.cuh"
 
 namespace lowbit {
@@ -15,6 +16,9 @@ cudaError_t cuda_w4a16_gemm_tiled(WXA16GemmArgs& args, cudaStream_t stream, bool
 }
 cudaError_t cuda_w8a16_gemm_tiled(WXA16GemmArgs& args, cudaStream_t stream, bool plan) {
   return wxa16::tiled<8>(args, stream, plan);
+}
+cudaError_t cuda_w4a16_gemm_dequant(WXA16GemmArgs& args, cudaStream_t stream, bool plan) {
+  return wxa16::dequant(args, stream, plan);
 }
 
 }  // namespace lowbit

@@ -190,6 +190,17 @@ __device__ __forceinline__ uint32_t int4_zero_hi(uint32_t z) {
     return int4_zero_lo<T>(z);
 }
 
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    __nv_bfloat162 r = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&r);
+  } else {
+    __half2 r = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
+}
+
 // The A fragment of k-step s of one 16-row tile, dequantized. int4: v holds the lane's
 // prepacked nibbles (word s: nibbles i and i + 4 are a[i]'s pair), z the zero pairs of row g
 // (int4_zero_lo) and row g + 8 (int4_zero_hi); 9 (fp16) or 11 (bf16) instructions for 4
@@ -868,11 +879,74 @@ cudaError_t decode_of(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
   return p.M <= 8 ? run_decode<Bits, T, 1>(p, s, plan) : run_decode<Bits, T, 2>(p, s, plan);
 }
 
+// The prepacked int4 weight dequantized to x's dtype, [N, K] row-major in `out` (row stride
+// ldo): the first half of the large-M path, whose product is then a dense bf16/fp16 GEMM
+// (cuBLAS). One thread per lane of a 16 x 64 tile: it reads the lane's 16 bytes (rows g and
+// g + 8, k = 16 t .. 16 t + 15 of the chunk, one group since G >= 32) and writes 32
+// contiguous bytes of each row: (u - z) * scale in fp32, rounded once.
+template <typename T>
+__global__ void __launch_bounds__(256) int4_dequant_kernel(const WXA16GemmArgs p) {
+  const int nk = (p.K + kChunkK - 1) / kChunkK;
+  const int64_t tile = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (tile >= static_cast<int64_t>((p.N + 15) / 16) * nk) return;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int rt = static_cast<int>(tile / nk), c = static_cast<int>(tile % nk);
+  const int k0 = c * kChunkK + 16 * t;
+  if (k0 >= p.K) return;
+  const uint4 v = smallm::ld_stream(static_cast<const uint8_t*>(p.w) + tile * kTileBytes4 +
+                                    lane * 16);
+  const int gi = p.group == 0 ? 0 : k0 / p.group;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int n = rt * 16 + 8 * h + g;
+    if (n >= p.N) continue;
+    const float scale = load_scale(p.scales, p.scale_dtype, static_cast<int64_t>(n) * p.scale_ld + gi);
+    const float zero = p.zeros != nullptr ? p.zeros[static_cast<int64_t>(n) * p.zero_ld + gi] : 8.f;
+    // Word s, nibble 4 j + 2 p + h holds k = 16 t + 4 s + 2 p + j (lowbit/reference/int4.py).
+    uint32_t out[8];
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const uint32_t w = word(v, s);
+#pragma unroll
+      for (int pp = 0; pp < 2; ++pp) {
+        const float lo = static_cast<float>((w >> (4 * (2 * pp + h))) & 0xF);
+        const float hi = static_cast<float>((w >> (4 * (4 + 2 * pp + h))) & 0xF);
+        out[2 * s + pp] = pack2<T>((lo - zero) * scale, (hi - zero) * scale);
+      }
+    }
+    uint4* dst = reinterpret_cast<uint4*>(static_cast<T*>(p.out) + static_cast<int64_t>(n) * p.ldo + k0);
+    dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+    dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+  }
+}
+
+template <typename T>
+cudaError_t dequant_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  if (plan) {
+    p.splits = 1;
+    p.counter_bytes = p.partial_bytes = 0;
+    return cudaSuccess;
+  }
+  const int64_t lanes = static_cast<int64_t>((p.N + 15) / 16) * ((p.K + kChunkK - 1) / kChunkK);
+  if (lanes == 0) return cudaSuccess;
+  const int64_t blocks = (lanes + 7) / 8;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  int4_dequant_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
 template <int Bits>
 cudaError_t decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M > kWXA16DecodeMaxM) return cudaErrorInvalidValue;
   if (p.x_dtype == FloatType::kBF16) return decode_of<Bits, __nv_bfloat16>(p, stream, plan);
   if (p.x_dtype == FloatType::kF16) return decode_of<Bits, __half>(p, stream, plan);
+  return cudaErrorInvalidValue;
+}
+
+inline cudaError_t dequant(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  if (p.bits != 4 || p.K % 16) return cudaErrorInvalidValue;
+  if (p.x_dtype == FloatType::kBF16) return dequant_of<__nv_bfloat16>(p, stream, plan);
+  if (p.x_dtype == FloatType::kF16) return dequant_of<__half>(p, stream, plan);
   return cudaErrorInvalidValue;
 }
 

@@ -64,6 +64,11 @@ WXA16GemmFn cuda_w8a16_gemm_decode;
 WXA16GemmFn cuda_w4a16_gemm_tiled;
 WXA16GemmFn cuda_w8a16_gemm_tiled;
 
+// Large M, int4: the first half of a dequantize-then-GEMM product. Writes the prepacked
+// weight dequantized to x's dtype into `out` as [N, K] (row stride ldo, 16-byte aligned rows);
+// the caller multiplies (a dense GEMM: cuBLAS through torch). M and x are not read.
+WXA16GemmFn cuda_w4a16_gemm_dequant;
+
 // The decode kernels' largest M.
 constexpr int kWXA16DecodeMaxM = 16;
 

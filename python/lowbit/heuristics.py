@@ -21,7 +21,8 @@ wgmma kernel's rate on Hopper).
 w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on three of the four
 benchmark weights; Triton leads on 28672 x 8192), Triton above (ahead of the CUDA tiled
 kernel at every M >= 64 measured, by 1.04-4.2x). w4a16_gemm needs no row: the weight's layout
-picks the backend (prepacked: the CUDA kernels; canonical: Triton).
+picks the backend (prepacked: the CUDA kernels, decode to M = 16 and dequantize-then-cuBLAS
+above, by their M ranges; canonical: Triton).
 """
 from __future__ import annotations
 

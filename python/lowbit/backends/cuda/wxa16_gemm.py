@@ -7,7 +7,9 @@ widths: ``cuda_w4a16_gemm_*`` read the prepacked int4 layout (``Int4Weight.prepa
 canonical weight is refused with that advice, since repacking per call would cost more than
 the GEMM), ``cuda_w8a16_gemm_*`` the plain int8 [N, K] weight as it is. ``*_decode`` takes
 M <= 16 with K split over CTAs (deterministic: partials in a workspace, added in a fixed
-order), ``*_tiled`` any M. GPTQ act order: ``x[:, perm]`` is gathered once per call here.
+order), ``*_tiled`` any M. ``cuda_w4a16_gemm_dequant`` (M > 16) dequantizes the prepacked
+weight to x's dtype with a CUDA kernel and multiplies with ``F.linear`` (cuBLAS): a
+temporary [N, K] weight per call, for a product that stays near bf16's speed at large M. GPTQ act order: ``x[:, perm]`` is gathered once per call here.
 
 A split launch needs arrival counters that are zero when it starts and that it leaves zero,
 and scratch for its partials: both are kept per device and stream (``_scratch``) and zeroed
@@ -35,12 +37,14 @@ _N_MAX = (1 << 31) - 1024
 
 def wxa16_gemm_launch(kid: int, bits: int, m: int, n: int, k: int, group: int, ldx: int,
                       x_dtype, ldw: int, scale_dtype, scale_ld: int, has_zeros: bool,
-                      zero_ld: int, bias_dtype):
+                      zero_ld: int, bias_dtype, ldo: Optional[int] = None):
     """The ``_C.WXA16GemmLaunch`` of kernel ``kid`` for one signature (output [m, n]
-    contiguous; ``group`` 0: one scale per row of w). Plans on the current device."""
+    contiguous, or ``ldo``; ``group`` 0: one scale per row of w). Plans on the current
+    device."""
     return _C.WXA16GemmLaunch(kid, bits, m, n, k, group, ldx, DTYPE_CODE[x_dtype], ldw,
                               DTYPE_CODE[scale_dtype], scale_ld, has_zeros, zero_ld,
-                              DTYPE_CODE[bias_dtype] if bias_dtype is not None else 0, n)
+                              DTYPE_CODE[bias_dtype] if bias_dtype is not None else 0,
+                              n if ldo is None else ldo)
 
 
 # (device index, stream) -> [counters, partials, used in a graph capture]. Per stream: two
@@ -136,6 +140,27 @@ def _reason(bits: int, o: _Operands, m_range) -> Optional[str]:
     return None
 
 
+def _dequant_then_linear(launch, dev, idx, o: _Operands):
+    """The large-M int4 product: the weight dequantized to x's dtype by the CUDA kernel, then
+    ``F.linear`` (cuBLAS). The bias is added by cuBLAS in x's dtype when it has it, else in
+    fp32 after the product."""
+    go, empty, linear = launch.launch, torch.empty, torch.nn.functional.linear
+    shape, dtype = (o.n, o.k), o.x.dtype
+    fused_bias = o.bias is None or o.bias.dtype == dtype
+
+    def prepared(o: _Operands):
+        w = empty(shape, dtype=dtype, device=dev)
+        with OnDevice(dev):
+            go(0, o.w.data_ptr(), o.scales.data_ptr(),
+               0 if o.zeros is None else o.zeros.data_ptr(), 0, 0, 0, w.data_ptr(),
+               raw_stream(idx))
+        if fused_bias:
+            return linear(o.x, w, o.bias)
+        return (linear(o.x, w).float() + o.bias.float()).to(dtype)
+
+    return prepared
+
+
 def _make(op: str, bits: int, operands):
     def make(name: str, m_range, variant):
         kid = kernel_id(name)
@@ -157,7 +182,10 @@ def _make(op: str, bits: int, operands):
                     kid, bits, m, o.n, o.k, o.group, row_stride(x), x.dtype,
                     _row_stride(o.w) if bits == 8 else 0, o.scales.dtype,
                     _row_stride(o.scales), o.zeros is not None, _row_stride(o.zeros),
-                    None if o.bias is None else o.bias.dtype)
+                    None if o.bias is None else o.bias.dtype,
+                    o.k if variant == "dequant" else None)
+            if variant == "dequant":
+                return _dequant_then_linear(launch, dev, idx, o)
             c_bytes, p_bytes = launch.counter_bytes, launch.partial_bytes
             go, empty = launch.launch, torch.empty
             shape, dtype = (m, o.n), x.dtype
