@@ -63,8 +63,9 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, group_size: int = 128, symmetric: bool = True,
                     prepack: Optional[bool] = None) -> "Int4Linear":
-        """Quantize ``linear.weight`` group-wise by round to nearest (``lowbit.int4_quantize``:
-        absmax / 7 per group when symmetric, (max - min) / 15 with a zero point otherwise).
+        """Quantize ``linear.weight`` group-wise by round to nearest (``lowbit.int4_quantize``
+        on the reference backend, its only one, wherever the weight lives: absmax / 7 per
+        group when symmetric, (max - min) / 15 with a zero point otherwise).
 
         ``prepack``: hold the weight in the CUDA kernels' layout (``Int4Weight.prepack``);
         None does so when the weight is on a GPU that lowbit's CUDA W4A16 kernels run on."""
@@ -72,7 +73,10 @@ class Int4Linear(nn.Module):
         w = linear.weight.detach()
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
                   group_size=group_size, symmetric=symmetric, device=w.device, dtype=w.dtype)
-        q = api.int4_quantize(w, group_size=group_size, symmetric=symmetric)
+        # int4_quantize has one implementation, the NumPy reference (a weight is quantized
+        # once, at conversion): named here, since `auto` finds no kernel for a GPU weight.
+        q = api.int4_quantize(w, group_size=group_size, symmetric=symmetric,
+                              backend="reference")
         mod.qweight.copy_(q.qweight)
         mod.scales.copy_(q.scales)
         if not symmetric:
