@@ -89,10 +89,11 @@ def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
 
 
 # A quantized layer's measured speed against the bf16 nn.Linear it replaces, per quantize_
-# scheme and capability: {(N, K): ((M, speed-up), ...)}, the GPU time of one eager forward
-# in lowbit bench's layer rows (bench/RESULTS.md, H200, 2026-12-03). ``quantize_``'s
-# ``keep_slower`` reads it; shapes and token counts between the measured ones take the
-# nearest measured point, which the summary names.
+# scheme and capability: {(N, K): ((M, speed-up), ...)}, GPU time against F.linear bf16 in
+# lowbit bench on the H200 (bench/RESULTS.md, 2026-12-03): the layer ops for fp8 and int8
+# (quantizer + GEMM), the GEMM for the weight-only schemes (their layers' only kernel).
+# ``quantize_``'s ``keep_slower`` reads it; shapes and token counts between the measured
+# ones take the nearest measured point, which the summary names.
 LayerRows = Dict[Tuple[int, int], Tuple[Tuple[int, float], ...]]
 LAYER_SPEEDUP: Dict[str, Dict[Tuple[int, int], LayerRows]] = {
     "fp8": {
@@ -107,6 +108,22 @@ LAYER_SPEEDUP: Dict[str, Dict[Tuple[int, int], LayerRows]] = {
             (4096, 4096): ((1, 0.82), (16, 0.71), (64, 0.72), (128, 0.87), (512, 0.92),
                            (4096, 1.41)),
             (28672, 8192): ((1, 1.71), (16, 1.66), (128, 1.68), (4096, 1.78)),
+        },
+    },
+    "int4": {
+        (9, 0): {
+            (4096, 4096): ((1, 1.35), (16, 1.20), (64, 0.59), (1024, 0.70)),
+            (14336, 4096): ((1, 1.56), (16, 1.37), (64, 0.45), (1024, 0.71)),
+            (4096, 14336): ((1, 1.69), (16, 1.47), (64, 0.43), (1024, 0.74)),
+            (28672, 8192): ((1, 1.70), (16, 1.37), (64, 0.39), (1024, 0.73)),
+        },
+    },
+    "w8a16": {
+        (9, 0): {
+            (4096, 4096): ((1, 1.10), (16, 1.08), (64, 0.41)),
+            (14336, 4096): ((1, 1.02), (16, 0.93), (64, 0.69)),
+            (4096, 14336): ((1, 1.06), (16, 0.98), (64, 0.43)),
+            (28672, 8192): ((1, 1.11), (16, 0.83), (64, 0.83)),
         },
     },
 }
