@@ -292,3 +292,33 @@ def test_w8a16_op(m, group, dtype):
     choice = lowbit.explain(lowbit.w8a16_gemm, x, q, s, None, backend="cuda")
     assert choice.kernel == _expected_kernel(8, m), str(choice)
     _check(lowbit.w8a16_gemm(x, q, s, None, backend="cuda"), _int8_ref(x, q, s, None), dtype)
+
+
+def test_split_scratch_is_kept_per_stream_and_grows(monkeypatch):
+    """The split counters and partials (backends/cuda/wxa16_gemm._scratch): one pair per
+    (device, stream), reused while big enough, reallocated zeroed when not, and a pair that
+    a graph capture saw is never freed (the graph keeps pointing at it). Runs anywhere: the
+    buffers' device is a parameter."""
+    from lowbit.backends.cuda import wxa16_gemm as wx
+
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    monkeypatch.setattr(wx, "_SCRATCH", {})
+    monkeypatch.setattr(wx, "_KEPT_FOR_GRAPHS", [])
+    cpu = torch.device("cpu")
+    first = wx._scratch(cpu, 7, 64, 1024)
+    assert wx._scratch(cpu, 7, 32, 512) == first  # big enough: the same buffers
+    other = wx._scratch(cpu, 8, 64, 1024)  # another stream: its own
+    assert set(other).isdisjoint(first)
+    capturing[0] = True
+    wx._scratch(cpu, 7, 64, 1024)  # seen by a capture
+    capturing[0] = False
+    counters, partials, _ = wx._SCRATCH[(None, 7)]
+    grown = wx._scratch(cpu, 7, 4096, 1024)
+    assert grown != first
+    new_counters = wx._SCRATCH[(None, 7)][0]
+    assert new_counters.numel() >= 4096 and int(new_counters.count_nonzero()) == 0
+    assert wx._KEPT_FOR_GRAPHS and wx._KEPT_FOR_GRAPHS[-1][0] is counters
+    # A pair no capture saw is simply replaced.
+    wx._scratch(cpu, 8, 8192, 16)
+    assert len(wx._KEPT_FOR_GRAPHS) == 1
