@@ -387,3 +387,17 @@ def test_registered_ops_are_the_spec_ops_and_the_module_ops():
     assert set(lowbit.ops.DEFS) == (set(SPEC_OPS) - set(PENDING)) | set(MODULE_OPS)
     for name in MODULE_OPS:
         assert callable(getattr(lowbit, name)) and hasattr(torch.ops.lowbit, name)
+
+
+def test_available_kernels_filters_by_backend_and_availability():
+    from lowbit._backend import available_kernels, kernels
+
+    ref = available_kernels("w4a16_gemm", ("reference",))
+    assert [k.backend for k in ref] == ["reference"]
+    gpu = available_kernels("w4a16_gemm", ("cuda", "triton"))
+    assert all(k.backend in ("cuda", "triton") and (k.available is None or k.available() is None)
+               for k in gpu)
+    # What it leaves out is exactly what says it cannot run here.
+    left = [k for k in kernels("w4a16_gemm") if k.backend in ("cuda", "triton") and k not in gpu]
+    assert all(k.available is not None and k.available() for k in left)
+    assert available_kernels("no_such_op", ("cuda",)) == []

@@ -137,6 +137,13 @@ def kernels(op: str) -> List[Kernel]:
     return list(_KERNELS.get(op, ()))
 
 
+def available_kernels(op: str, backends: Sequence[str]) -> List[Kernel]:
+    """The kernels of ``op`` in ``backends`` that can run in this process (``available()``
+    gives no reason against them), in registry order."""
+    return [k for k in _KERNELS.get(op, ()) if k.backend in backends
+            and (k.available is None or k.available() is None)]
+
+
 class _Explained(Exception):
     def __init__(self, choice: Choice):
         super().__init__(str(choice))

@@ -77,10 +77,9 @@ LAYER_GEMM = {"fp8_linear": "fp8_scaled_mm", "int8_linear": "int8_gemm"}
 def gpu_kernels(op: str) -> list:
     """The registered CUDA and Triton kernels of `op` (of its GEMM, for a layer op) that can
     run in this process."""
-    from lowbit._backend import kernels
+    from lowbit._backend import available_kernels
 
-    return [k for k in kernels(LAYER_GEMM.get(op, op)) if k.backend in GPU_BACKENDS
-            and (k.available is None or k.available() is None)]
+    return available_kernels(LAYER_GEMM.get(op, op), GPU_BACKENDS)
 
 
 def runnable_kernels(op: str, args: Sequence, backends: Sequence[str] = GPU_BACKENDS,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import api, scale_layout
-from .._backend import kernels
+from .._backend import available_kernels
 from ..int4_weight import CANONICAL, Int4Weight, prepack_int4
 from ..ops import int4_scale_dtype
 from ._layer import (_check_linear, _copy_bias, _dtype_name, _layer_dtype, _layer_dtype_of,
@@ -34,8 +34,7 @@ def cuda_kernels_run_on(device: torch.device) -> bool:
     on ``device``: an NVIDIA GPU, and the kernels built in."""
     if device.type != "cuda" or torch.version.hip:
         return False
-    return any(k.backend == "cuda" and (k.available is None or k.available() is None)
-               for k in kernels("w4a16_gemm"))
+    return bool(available_kernels("w4a16_gemm", ("cuda",)))
 
 
 class Int4Linear(nn.Module):
