@@ -215,10 +215,10 @@ def test_model_rows_on_cpu(cpu_timers, monkeypatch):
     m = Tiny()
     assert models.to_quantized(m, "int8") == 2
     assert all(type(c).__name__ == "Int8Linear" for c in m.mlp.children())
-    with pytest.raises(ValueError, match="--precision: unknown precision 'int4'"):
-        run.parse_args(["--model", "all", "--precision", "fp8,int4"])
-    assert run.parse_args(["--model", "all", "--precision", "fp8,int8"]).precisions == (
-        "fp8", "int8")
+    with pytest.raises(ValueError, match="--precision: unknown precision 'nf4'"):
+        run.parse_args(["--model", "all", "--precision", "fp8,nf4"])
+    assert run.parse_args(["--model", "all", "--precision", "fp8,int4,w8a16"]).precisions == (
+        "fp8", "int4", "w8a16")
 
 
 def test_bert_shaped_encoder_without_transformers():

@@ -1,9 +1,9 @@
 """End-to-end rows of `lowbit bench --model` (and of `lowbit analyze`'s GPU timing): a bf16
 model against the same model with every nn.Linear replaced by a quantized layer of each
 precision asked for (``--precision``: "fp8", ``lowbit.nn.Fp8Linear.from_linear``, and "int8",
-``lowbit.nn.Int8Linear.from_linear``, both W8A8 with per-token dynamic activations;
-``to_quantized`` also builds "int4", W4A16 ``Int4Linear``, and "w8a16", weight-only
-``Int8Linear``), eager, under torch.compile (both models compiled) and replayed as a CUDA graph.
+``lowbit.nn.Int8Linear.from_linear``, both W8A8 with per-token dynamic activations; "int4",
+W4A16 ``Int4Linear``, and "w8a16", weight-only ``Int8Linear``), eager, under torch.compile
+(both models compiled) and replayed as a CUDA graph.
 
 Eager models are host-bound and their timings noisy, so the two models are timed in
 interleaved rounds (bf16, fp8, bf16, fp8, ...: clock and host drift hit both alike) and
@@ -104,7 +104,7 @@ class LlamaMLP(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
-PRECISIONS = ("fp8", "int8")  # what `lowbit bench --precision` takes
+PRECISIONS = ("fp8", "int8", "int4", "w8a16")  # what `lowbit bench --precision` takes
 INT4_GROUP = 128  # the group size of the int4 rows (divides every K of both models)
 
 # precision -> what its layers compute (for a table); ``quantized_layer`` builds them.

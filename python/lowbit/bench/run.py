@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="at most this many ms of timed calls per row (slow rows take fewer reps, at least 5)")
     p.add_argument("--precision", default="fp8",
                    help="comma list of the model rows' precisions: fp8, int8 (W8A8 layers, "
-                        "per-token activations; default fp8)")
+                        "per-token activations), int4 (W4A16, group 128), w8a16 (weight-only "
+                        "int8); default fp8")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per model row (default 7; --quick 3)")
     args = p.parse_args(argv)
     args.rep = args.rep or (30 if args.quick else 100)
