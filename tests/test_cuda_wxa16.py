@@ -114,6 +114,30 @@ def test_w4a16_tiled_kernel(m, group, symmetric):
 
 
 @gpu
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
+@pytest.mark.parametrize("m", [1, 9, 16, 17])
+def test_w4a16_k_ends_mid_chunk(m, symmetric):
+    """K = 4256 with groups of 32: the last 64-wide chunk is half past K (its second group
+    does not exist), in the decode kernel's stages and in the dequantizer."""
+    n, k = 3000, 4256
+    _, wd = _int4(n, k, 32, symmetric)
+    w = _prepacked(n, k, 32, symmetric)
+    x = _x(m, k, torch.bfloat16, seed=m)
+    _check(lowbit.w4a16_gemm(x, w, backend="cuda"), x.double() @ wd.T, torch.bfloat16)
+
+
+@gpu
+@pytest.mark.parametrize("m", [1, 9, 16, 17])
+def test_w8a16_k_ends_mid_chunk(m):
+    """K = 4240 (a multiple of 16, not of 64), per-channel scales: the last chunk's 16-byte
+    pieces past K are zero-filled, on both kernels."""
+    q, s = _int8_weight(3000, 4240, 0)
+    x = _x(m, 4240, torch.float16, seed=m)
+    _check(_launch_w8(_expected_kernel(8, m), x, q, s, None), _int8_ref(x, q, s, None),
+           torch.float16)
+
+
+@gpu
 def test_w4a16_dequant_bias_in_fp32():
     """The dequantize-then-GEMM path adds an fp32 bias after the product (cuBLAS takes a
     bias in x's dtype only)."""
@@ -294,31 +318,57 @@ def test_w8a16_op(m, group, dtype):
     _check(lowbit.w8a16_gemm(x, q, s, None, backend="cuda"), _int8_ref(x, q, s, None), dtype)
 
 
-def test_split_scratch_is_kept_per_stream_and_grows(monkeypatch):
-    """The split counters and partials (backends/cuda/wxa16_gemm._scratch): one pair per
-    (device, stream), reused while big enough, reallocated zeroed when not, and a pair that
-    a graph capture saw is never freed (the graph keeps pointing at it). Runs anywhere: the
-    buffers' device is a parameter."""
+def test_split_scratch_is_kept_per_stream_and_never_made_in_a_capture():
+    """The split counters and partials (backends/cuda/wxa16_gemm._scratch): outside a graph
+    capture one pair per (device, stream), reused while big enough and each regrown on its
+    own (counters zeroed); a launch being captured gets a fresh zeroed pair that is never
+    cached, so no graph shares counters with eager launches or another graph. Runs anywhere:
+    the buffers' device is a parameter."""
     from lowbit.backends.cuda import wxa16_gemm as wx
 
-    capturing = [False]
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
-    monkeypatch.setattr(wx, "_SCRATCH", {})
-    monkeypatch.setattr(wx, "_KEPT_FOR_GRAPHS", [])
     cpu = torch.device("cpu")
-    first = wx._scratch(cpu, 7, 64, 1024)
-    assert wx._scratch(cpu, 7, 32, 512) == first  # big enough: the same buffers
-    other = wx._scratch(cpu, 8, 64, 1024)  # another stream: its own
-    assert set(other).isdisjoint(first)
-    capturing[0] = True
-    wx._scratch(cpu, 7, 64, 1024)  # seen by a capture
-    capturing[0] = False
-    counters, partials, _ = wx._SCRATCH[(None, 7)]
-    grown = wx._scratch(cpu, 7, 4096, 1024)
-    assert grown != first
-    new_counters = wx._SCRATCH[(None, 7)][0]
-    assert new_counters.numel() >= 4096 and int(new_counters.count_nonzero()) == 0
-    assert wx._KEPT_FOR_GRAPHS and wx._KEPT_FOR_GRAPHS[-1][0] is counters
-    # A pair no capture saw is simply replaced.
-    wx._scratch(cpu, 8, 8192, 16)
-    assert len(wx._KEPT_FOR_GRAPHS) == 1
+    saved = dict(wx._SCRATCH)
+    wx._SCRATCH.clear()
+    try:
+        c, p = wx._scratch(cpu, 7, 64, 1024, False)
+        assert c.numel() >= 64 and p.numel() >= 1024 and int(c.count_nonzero()) == 0
+        c2, p2 = wx._scratch(cpu, 7, 32, 512, False)
+        assert c2 is c and p2 is p  # big enough: the same buffers
+        c3, p3 = wx._scratch(cpu, 8, 64, 1024, False)  # another stream: its own
+        assert c3 is not c and p3 is not p
+        c4, p4 = wx._scratch(cpu, 7, 64, 4096, False)  # partials regrow, counters stay
+        assert c4 is c and p4.numel() >= 4096
+        c.fill_(1)  # (a launch in flight would leave them zero; this checks the regrow)
+        c5, _ = wx._scratch(cpu, 7, 4096, 16, False)
+        assert c5 is not c and int(c5.count_nonzero()) == 0
+        g1, gp1 = wx._scratch(cpu, 7, 64, 1024, True)
+        g2, _ = wx._scratch(cpu, 7, 64, 1024, True)
+        assert g1 is not g2 and g1 is not c5 and int(g1.count_nonzero()) == 0
+        assert wx._SCRATCH[(None, 7)][0] is c5  # the capture left the cache alone
+    finally:
+        wx._SCRATCH.clear()
+        wx._SCRATCH.update(saved)
+
+
+@gpu
+def test_graphs_captured_at_different_m_replay_in_any_order():
+    """Split decode launches inside CUDA graphs: two graphs captured on the same capture
+    stream at different M (different splits and buffer sizes), replayed second-first and
+    between eager calls, give the eager results bit for bit."""
+    w = _prepacked(3000, 4224, 128, True)
+    xs = [_x(1, 4224, torch.bfloat16, seed=11), _x(9, 4224, torch.bfloat16, seed=12)]
+    eager = [lowbit.w4a16_gemm(x, w, backend="cuda") for x in xs]
+    graphs, outs = [], []
+    for x in xs:
+        lowbit.w4a16_gemm(x, w, backend="cuda")  # warm: plan and remember outside capture
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            outs.append(lowbit.w4a16_gemm(x, w, backend="cuda"))
+        graphs.append(g)
+    for order in ((1, 0), (0, 1), (1, 1, 0)):
+        for i in order:
+            graphs[i].replay()
+            lowbit.w4a16_gemm(xs[1 - i], w, backend="cuda")  # eager work between replays
+        torch.cuda.synchronize()
+        for i in (0, 1):
+            assert torch.equal(outs[i], eager[i]), (order, i)

@@ -6,8 +6,9 @@
 //
 // Operands. The weight is the mma's A operand (16 output channels per mma, the row-major
 // layout of nn.Linear.weight) and the activations its B operand (8 tokens per mma):
-// weight-stationary, so at decode the kernel is a stream of the weight. Warp w of a CTA owns
-// WN 16-row tiles of the weight; all warps share one activation tile.
+// weight-stationary, so at decode the kernel is a stream of the weight. Tiled: warp w of a CTA
+// owns WN 16-row tiles of the weight and all warps share one activation tile. Decode: warp w
+// owns row tile w % 4 and every other chunk of each stage (w / 4 picks the even or odd ones).
 //
 // K order. A 64-wide chunk of K is 4 mma k-steps. Lane (g = lane / 4, t = lane % 4) holds the
 // weight at k = 16 t .. 16 t + 15 of the chunk for rows g and g + 8, and k-step s takes
@@ -24,8 +25,9 @@
 // 4-stage ring in shared memory (cp.async for w and x, zero-filled past N, M, K and the
 // split's end): three stages of 8 KB of weight per CTA stay in flight with no registers held,
 // and one barrier covers a 256-K (int4) or 128-K (int8) stage rather than every 64-K chunk.
-// The CTA's 8 warps are 4 row tiles x 2 halves of each stage's chunks, so the 4 warps of a
-// chunk share its activations; the two halves are added in a fixed order at the end. Scales
+// The CTA's 8 warps are 4 row tiles x 2 interleaved halves of each stage's chunks (even and
+// odd), so the 4 warps of a chunk share its activations; the two halves' sums are added in a
+// fixed order at the end. Scales
 // and zero points are gathered by plain loads one stage before they are stored to the ring
 // (cp.async cannot copy a 2-byte scale), which hides their latency behind a stage.
 //
@@ -50,7 +52,8 @@
 // cost is 4 FMAs per mma tile per chunk instead of an hmul2 per weight pair. A chunk lies in
 // one group for G = 64 and 128 (and per channel); for G = 32 its lanes t < 2 and t >= 2 hold
 // different groups, and the chunk is summed twice with the other half's activations zeroed
-// (twice the mma work for G = 32 only).
+// (twice the mma work for G = 32 only). (The int4 dequantize-then-GEMM path for M > 16,
+// int4_dequant_kernel, does round (u - z) * scale to x's dtype: a dense GEMM needs it.)
 //
 // Split-K (deterministic). With too few tiles to fill whole waves, CTAs split K
 // (blockIdx.y); each writes its fp32 partial to the workspace, and the last CTA of a tile to
@@ -312,7 +315,7 @@ __device__ __forceinline__ void store_tiles(const WXA16GemmArgs& p, const float 
 // One warp's weights and scales of one chunk. v: int4: the lane's 4 fragment words of each
 // row tile; int8: 16 bytes of row g ([0]) and of row g + 8 ([1]). s[w][h][r]: the scale of
 // group half h (G = 32) for row g (r = 0) or g + 8 (r = 1). z[w][r]: int4 only, the
-// zero point (128 + z or 1024 + z) as a pair, of the lane's own group.
+// zero-point pairs of the lane's own group, int4_zero_lo (row g) and int4_zero_hi (row g + 8).
 template <int Bits, int WN>
 struct Chunk {
   uint4 v[WN][Bits == 4 ? 1 : 2];
@@ -743,6 +746,8 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   for (int st = 0; st < ns; ++st) {
     mma_tiled::cp_async_wait<kStages - 2>();
     __syncthreads();  // stage st landed; every warp is done with stage st - 1's slot
+    // Slot (st + 2) % 4 was last read by compute(st - 2), before barrier st - 1, and is next
+    // read by compute(st + 2), after barrier st + 1.
     if (pending) meta_store((st + kStages - 2) % kStages, later);
     const int next = st + kStages - 1;
     if (next < ns) load_stage(next, next % kStages);
@@ -944,7 +949,9 @@ cudaError_t decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
 }
 
 inline cudaError_t dequant(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  if (p.bits != 4 || p.K % 16) return cudaErrorInvalidValue;
+  // 16-byte stores of whole 16-k runs: K and the row stride multiples of 8 elements.
+  if (p.bits != 4 || p.K % 16 || p.ldo < p.K || p.ldo % 8) return cudaErrorInvalidValue;
+  if (!plan && reinterpret_cast<uintptr_t>(p.out) % 16) return cudaErrorInvalidValue;
   if (p.x_dtype == FloatType::kBF16) return dequant_of<__nv_bfloat16>(p, stream, plan);
   if (p.x_dtype == FloatType::kF16) return dequant_of<__half>(p, stream, plan);
   return cudaErrorInvalidValue;

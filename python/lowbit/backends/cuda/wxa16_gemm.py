@@ -6,14 +6,17 @@ One mma.sync template (bf16/fp16, fp32 accumulation, every arch from sm_80) for 
 widths: ``cuda_w4a16_gemm_*`` read the prepacked int4 layout (``Int4Weight.prepack()``; a
 canonical weight is refused with that advice, since repacking per call would cost more than
 the GEMM), ``cuda_w8a16_gemm_*`` the plain int8 [N, K] weight as it is. ``*_decode`` takes
-M <= 16 with K split over CTAs (deterministic: partials in a workspace, added in a fixed
-order), ``*_tiled`` any M. ``cuda_w4a16_gemm_dequant`` (M > 16) dequantizes the prepacked
+M <= 16 with K split over CTAs (deterministic: partials added in a fixed order),
+``*_tiled`` any M. ``cuda_w4a16_gemm_dequant`` (M > 16) dequantizes the prepacked
 weight to x's dtype with a CUDA kernel and multiplies with ``F.linear`` (cuBLAS): a
-temporary [N, K] weight per call, for a product that stays near bf16's speed at large M. GPTQ act order: ``x[:, perm]`` is gathered once per call here.
+temporary [N, K] weight per call, rounded to x's dtype (the fused kernels never round the
+weight), for a product that keeps near bf16's speed at large M. GPTQ act order: ``x[:, perm]``
+is gathered once per call here.
 
 A split launch needs arrival counters that are zero when it starts and that it leaves zero,
-and scratch for its partials: both are kept per device and stream (``_scratch``) and zeroed
-once, so a decode call is one kernel launch, with no memset and no allocation of its own.
+and scratch for its partials: both are kept per device and stream (``_scratch``; counters
+zeroed once), so an eager decode call is one kernel launch with no memset and no allocation
+of its own. Under graph capture each launch gets its own pair instead.
 """
 from __future__ import annotations
 
@@ -47,28 +50,28 @@ def wxa16_gemm_launch(kid: int, bits: int, m: int, n: int, k: int, group: int, l
                               n if ldo is None else ldo)
 
 
-# (device index, stream) -> [counters, partials, used in a graph capture]. Per stream: two
-# launches in flight on different streams must not share counters, and launches on one
-# stream run in order. A buffer that a captured graph points at is never freed.
+# (device index, stream) -> [counters, partials], reused by the split launches on that
+# stream outside graph captures: launches on one stream run in order, and each leaves its
+# counters zero. A launch being captured gets buffers of its own instead (zeroed by a memset
+# node the graph owns), so no graph shares counters with eager launches or with another
+# graph, and no cached buffer is ever made inside a capture.
 _SCRATCH: dict = {}
-_KEPT_FOR_GRAPHS: list = []
 
 
-def _scratch(dev: torch.device, stream: int, counter_bytes: int, partial_bytes: int):
-    """(counters, partials) pointers of at least these sizes for launches on `stream`."""
-    key = (dev.index, stream)
-    have = _SCRATCH.get(key)
-    if have is None or have[0].numel() < counter_bytes or have[1].numel() < partial_bytes:
-        if have is not None and have[2]:
-            _KEPT_FOR_GRAPHS.append(have)
-        c_old, p_old = (have[0].numel(), have[1].numel()) if have is not None else (0, 0)
-        have = [torch.zeros(max(counter_bytes, c_old, 16), dtype=torch.uint8, device=dev),
-                torch.empty(max(partial_bytes, p_old, 16), dtype=torch.uint8, device=dev),
-                False]
-        _SCRATCH[key] = have
-    if not have[2] and torch.cuda.is_current_stream_capturing():
-        have[2] = True
-    return have[0].data_ptr(), have[1].data_ptr()
+def _scratch(dev: torch.device, stream: int, counter_bytes: int, partial_bytes: int,
+             capturing: bool):
+    """(counters, partials) tensors of at least these sizes for a launch on ``stream``; the
+    caller holds them until the launch is enqueued."""
+    u8 = torch.uint8
+    if capturing:
+        return (torch.zeros(max(counter_bytes, 16), dtype=u8, device=dev),
+                torch.empty(max(partial_bytes, 16), dtype=u8, device=dev))
+    have = _SCRATCH.setdefault((dev.index, stream), [None, None])
+    if have[0] is None or have[0].numel() < counter_bytes:
+        have[0] = torch.zeros(max(counter_bytes, 16), dtype=u8, device=dev)
+    if have[1] is None or have[1].numel() < partial_bytes:
+        have[1] = torch.empty(max(partial_bytes, 16), dtype=u8, device=dev)
+    return have[0], have[1]
 
 
 def _aligned_rows(t: torch.Tensor) -> bool:
@@ -188,18 +191,22 @@ def _make(op: str, bits: int, operands):
                 return _dequant_then_linear(launch, dev, idx, o)
             c_bytes, p_bytes = launch.counter_bytes, launch.partial_bytes
             go, empty = launch.launch, torch.empty
+            capturing = torch.cuda.is_current_stream_capturing
             shape, dtype = (m, o.n), x.dtype
 
             def prepared(o: _Operands):
                 out = empty(shape, dtype=dtype, device=dev)
-                stream = raw_stream(idx)
-                counters, partials = _scratch(dev, stream, c_bytes, p_bytes) if c_bytes \
-                    else (0, 0)
                 with OnDevice(dev):
+                    stream = raw_stream(idx)
+                    cp = pp = 0
+                    if c_bytes:
+                        counters, partials = _scratch(dev, stream, c_bytes, p_bytes,
+                                                      capturing())
+                        cp, pp = counters.data_ptr(), partials.data_ptr()
                     go(o.x.data_ptr(), o.w.data_ptr(), o.scales.data_ptr(),
                        0 if o.zeros is None else o.zeros.data_ptr(),
-                       0 if o.bias is None else o.bias.data_ptr(),
-                       counters, partials, out.data_ptr(), stream)
+                       0 if o.bias is None else o.bias.data_ptr(), cp, pp, out.data_ptr(),
+                       stream)
                 return out
 
             return prepared
