@@ -262,3 +262,32 @@ def test_layer_speedup_reads_the_nearest_measured_point(monkeypatch):
     assert heuristics.layer_speedup("nf4", cuda, 4096, 4096, 1) is None
     monkeypatch.setattr(heuristics, "device_capability", lambda device: (8, 0))
     assert heuristics.layer_speedup("int8", cuda, 4096, 4096, 1) is None
+
+
+# Cosine of a quantized model's output with bf16's, per scheme (random weights, tiny model).
+DECODER_COS = {"fp8": 0.995, "fp8-w8a16": 0.997, "int8": 0.999, "w8a16": 0.999, "int4": 0.98}
+
+
+@pytest.mark.parametrize("scheme", list(DECODER_COS))
+def test_quantize_a_hugging_face_decoder(scheme):
+    """A transformers decoder (a 2-layer Llama with random weights): every projection and
+    the LM head are swapped, the logits stay close to the bf16 model's, and the quantized
+    model generates without error."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64)
+    ref = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    model.load_state_dict(ref.state_dict())
+    linears = [n for n, m in ref.named_modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer; lm_head
+    summary = lowbit.quantize_(model, scheme, group_size=32)
+    assert sorted(summary.swapped) == sorted(linears), summary.skipped
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out, want = model(ids).logits, ref(ids).logits
+        assert _cos(out, want) > DECODER_COS[scheme]
+        gen = model.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)
+    assert gen.shape == (1, 7)
