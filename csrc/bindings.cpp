@@ -302,14 +302,14 @@ class Int8GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::
 // the kernel's split of K on the current device (the launch then needs counter_bytes of
 // counters, zero on entry and left zero, and partial_bytes of scratch, both 16-byte aligned;
 // 0: none); group 0 means one scale per row of w.
-class WXA16GemmLaunch {
+// (Its launcher also plans, so it calls fn_ itself rather than through Launch::run.)
+class WXA16GemmLaunch
+    : Launch<lowbit::WXA16GemmFn, lowbit::WXA16GemmArgs, lowbit::OpKind::kWxa16Gemm> {
  public:
   WXA16GemmLaunch(int kernel_id, int bits, int M, int N, int K, int group, int64_t ldx,
                   int x_dtype, int64_t ldw, int scale_dtype, int64_t scale_ld, bool has_zeros,
-                  int64_t zero_ld, int bias_dtype, int64_t ldo) {
-    const auto& k = kernel_of(kernel_id, lowbit::OpKind::kWxa16Gemm);
-    name_ = k.name;
-    fn_ = lowbit::entry_as<lowbit::WXA16GemmFn>(k);
+                  int64_t zero_ld, int bias_dtype, int64_t ldo)
+      : Launch(kernel_id) {
     if (bits != 4 && bits != 8)
       throw py::value_error("bits must be 4 or 8; got " + std::to_string(bits));
     if (group != 0 && group != 32 && group != 64 && group != 128)
@@ -360,9 +360,6 @@ class WXA16GemmLaunch {
   }
 
  private:
-  const char* name_;
-  lowbit::WXA16GemmFn* fn_;
-  lowbit::WXA16GemmArgs args_{};
   bool has_zeros_ = false;
 };
 
