@@ -312,6 +312,57 @@ __device__ __forceinline__ void store_tiles(const WXA16GemmArgs& p, const float 
   }
 }
 
+// One 64-K chunk of WN 16-row tiles into acc, for both kernels: per G = 32 half h (one pass
+// otherwise) the chunk is summed from zero in the tensor core and added to acc times the
+// rows' scales. `x` is the lane's B fragment of token tile 0 at the chunk's start (token g,
+// k = 16 t), `x_row` elements per token; frag(w, s, a) dequantizes k-step s of row tile w;
+// scale(w, h, r) is the scale of half h's group for row g (r = 0) or g + 8 (r = 1).
+template <typename T, int WN, int MT, typename Frag, typename Scale>
+__device__ __forceinline__ void chunk_mma(float (&acc)[WN][MT][4], const T* x, int x_row,
+                                          bool two, int t, Frag frag, Scale scale) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (h == 1 && !two) break;
+    // G = 32: pass h keeps the k of the lanes whose group is 2 c + h.
+    const bool keep = !two || (t >> 1) == h;
+    float part[WN][MT][4];
+#pragma unroll
+    for (int w = 0; w < WN; ++w)
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) part[w][j][i] = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < 2; ++sp) {
+      uint4 xv[MT];
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+        xv[j] = keep ? *reinterpret_cast<const uint4*>(x + 8 * j * x_row + 8 * sp)
+                     : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int ss = 0; ss < 2; ++ss) {
+#pragma unroll
+        for (int w = 0; w < WN; ++w) {
+          uint32_t a[4];
+          frag(w, 2 * sp + ss, a);
+#pragma unroll
+          for (int j = 0; j < MT; ++j)
+            Half<T>::mma(part[w][j], a, ss ? xv[j].z : xv[j].x, ss ? xv[j].w : xv[j].y);
+        }
+      }
+    }
+#pragma unroll
+    for (int w = 0; w < WN; ++w) {
+      const float s0 = scale(w, h, 0), s1 = scale(w, h, 1);
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          acc[w][j][i] = fmaf(part[w][j][i], i < 2 ? s0 : s1, acc[w][j][i]);
+    }
+  }
+}
+
 // One warp's weights and scales of one chunk. v: int4: the lane's 4 fragment words of each
 // row tile; int8: 16 bytes of row g ([0]) and of row g + 8 ([1]). s[w][h][r]: the scale of
 // group half h (G = 32) for row g (r = 0) or g + 8 (r = 1). z[w][r]: int4 only, the
@@ -419,46 +470,10 @@ wxa16_gemm_kernel(const WXA16GemmArgs p) {
       for (int i = 0; i < 4; ++i) acc[w][j][i] = 0.f;
 
   auto compute = [&](const Chunk<Bits, WN>& b, int stage) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (h == 1 && !two) break;
-      // G = 32: pass h keeps the k of the lanes whose group is 2 c + h.
-      const bool keep = !two || (t >> 1) == h;
-      float part[WN][MT][4];
-#pragma unroll
-      for (int w = 0; w < WN; ++w)
-#pragma unroll
-        for (int j = 0; j < MT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) part[w][j][i] = 0.f;
-#pragma unroll
-      for (int sp = 0; sp < 2; ++sp) {
-        uint4 xv[MT];
-#pragma unroll
-        for (int j = 0; j < MT; ++j) {
-          xv[j] = *reinterpret_cast<const uint4*>(&xs[stage][8 * j + g][16 * t + 8 * sp]);
-          if (!keep) xv[j] = zero4;
-        }
-#pragma unroll
-        for (int ss = 0; ss < 2; ++ss) {
-#pragma unroll
-          for (int w = 0; w < WN; ++w) {
-            uint32_t a[4];
-            fragment(b, w, 2 * sp + ss, a);
-#pragma unroll
-            for (int j = 0; j < MT; ++j)
-              Half<T>::mma(part[w][j], a, ss ? xv[j].z : xv[j].x, ss ? xv[j].w : xv[j].y);
-          }
-        }
-      }
-#pragma unroll
-      for (int w = 0; w < WN; ++w)
-#pragma unroll
-        for (int j = 0; j < MT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            acc[w][j][i] = fmaf(part[w][j][i], b.s[w][h][i >> 1], acc[w][j][i]);
-    }
+    chunk_mma<T, WN, MT>(
+        acc, &xs[stage][g][16 * t], kXRow, two, t,
+        [&](int w, int s, uint32_t (&a)[4]) { fragment(b, w, s, a); },
+        [&](int w, int h, int r) { return b.s[w][h][r]; });
   };
 
   // Prologue: kPf chunks of weights and kStages - 1 of activations in flight.
@@ -684,45 +699,17 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
         v0 = *reinterpret_cast<const uint4*>(base + g * 64);
         v1 = *reinterpret_cast<const uint4*>(base + (g + 8) * 64);
       }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (h == 1 && !two) break;
-        // G = 32: pass h keeps the k of the lanes whose group is 2 cc + h.
-        const bool keep = !two || (t >> 1) == h;
-        float part[MT][4];
-#pragma unroll
-        for (int j = 0; j < MT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
-#pragma unroll
-        for (int sp = 0; sp < 2; ++sp) {
-          uint4 xv[MT];
-#pragma unroll
-          for (int j = 0; j < MT; ++j) {
-            xv[j] = keep ? *reinterpret_cast<const uint4*>(xst + 8 * j * kXRowE +
-                                                           cc * kChunkK + 8 * sp)
-                         : make_uint4(0, 0, 0, 0);
-          }
-#pragma unroll
-          for (int ss = 0; ss < 2; ++ss) {
-            uint32_t a[4];
+      chunk_mma<T, 1, MT>(
+          acc, xst + cc * kChunkK, kXRowE, two, t,
+          [&](int, int s, uint32_t (&a)[4]) {
             if constexpr (Bits == 4)
-              int4_fragment<T>(v0, 2 * sp + ss, z, a);
+              int4_fragment<T>(v0, s, z, a);
             else
-              int8_fragment<T>(v0, v1, 2 * sp + ss, a);
-#pragma unroll
-            for (int j = 0; j < MT; ++j)
-              Half<T>::mma(part[j], a, ss ? xv[j].z : xv[j].x, ss ? xv[j].w : xv[j].y);
-          }
-        }
-        const int q = (cc * kChunkK + 32 * h) >> gsh;
-        const float s0 = sst[q * kRT * 16], s1 = sst[q * kRT * 16 + 8];
-#pragma unroll
-        for (int j = 0; j < MT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            acc[0][j][i] = fmaf(part[j][i], i < 2 ? s0 : s1, acc[0][j][i]);
-      }
+              int8_fragment<T>(v0, v1, s, a);
+          },
+          [&](int, int h, int rr) {
+            return sst[((cc * kChunkK + 32 * h) >> gsh) * kRT * 16 + 8 * rr];
+          });
     }
   };
 
