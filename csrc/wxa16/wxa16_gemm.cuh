@@ -536,10 +536,8 @@ struct Decode {
   }
 };
 
-// One token tile fits three CTAs per SM in shared memory (two at MT = 2): registers are
-// capped to match.
 template <int Bits, typename T, int MT>
-__global__ void __launch_bounds__(Decode<Bits>::kThreads, MT == 1 ? 3 : 2)
+__global__ void __launch_bounds__(Decode<Bits>::kThreads)
 wxa16_decode_kernel(const WXA16GemmArgs p) {
   using D = Decode<Bits>;
   constexpr int kRT = D::kRT, kKW = D::kKW, kChunks = D::kChunks, kStages = D::kStages;
@@ -566,8 +564,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   const int m0 = blockIdx.z * kTok;
   const int G = p.group;
   const bool two = G == 32;
-  // Group of k: k >> gsh (G = 0, one scale per row: gsh = 31 maps every k < 2^31 to 0).
-  const int gsh = G == 32 ? 5 : G == 64 ? 6 : G == 128 ? 7 : 31;
+  const int gsh = p.group_shift;  // group of k: k >> gsh
   const int gps = G == 0 ? 1 : kChunks * kChunkK / G;  // groups per stage
   const int ngroups = G == 0 ? 1 : p.K / G;
 
@@ -637,7 +634,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   };
 
   // Scales and zero points of a stage, entry i = q * 64 + row: group q of the stage.
-  int64_t m_scale[D::kMetaPer], m_zero[D::kMetaPer];
+  int m_scale[D::kMetaPer], m_zero[D::kMetaPer];  // < 2^31: checked by the plan
   int m_q[D::kMetaPer];
   bool m_ok[D::kMetaPer];
 #pragma unroll
@@ -646,8 +643,8 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
     const int q = i / (kRT * 16), n = rt0 * 16 + i % (kRT * 16);
     m_ok[u] = q < gps && n < p.N;
     m_q[u] = q;
-    m_scale[u] = static_cast<int64_t>(n) * p.scale_ld + q;
-    m_zero[u] = static_cast<int64_t>(n) * p.zero_ld + q;
+    m_scale[u] = static_cast<int>(n * p.scale_ld + q);
+    m_zero[u] = static_cast<int>(n * p.zero_ld + q);
   }
   using Meta = uint32_t[2][D::kMetaPer];  // [0]: scale bits, [1]: zero point
   const bool scale_f32 = p.scale_dtype == FloatType::kF32;
@@ -768,6 +765,10 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   if (kw == 0) store_tiles<1, MT>(p, acc, rt0 + r, m0, g, t);
 }
 
+inline int group_shift(int group) {
+  return group == 32 ? 5 : group == 64 ? 6 : group == 128 ? 7 : 31;
+}
+
 // The buffers of a split: one counter per tile (rounded to 16 bytes), and the partials (acc
 // fp32 per thread that holds them).
 inline void plan_workspace(WXA16GemmArgs& p, int64_t tiles, int parts, int acc) {
@@ -796,6 +797,10 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (e == cudaSuccess) e = opt_in_smem(kernel, kSmem, device, opted);
   if (e != cudaSuccess) return e;
   if (plan) {
+    p.group_shift = group_shift(p.group);
+    // The scale and zero-point offsets are int32 in the kernel.
+    if (static_cast<int64_t>(p.N) * (p.scale_ld > p.zero_ld ? p.scale_ld : p.zero_ld) >= (1ll << 31))
+      return cudaErrorInvalidValue;
     // Split K so that the CTAs fill whole waves: the cost of s splits is the number of
     // waves times a CTA's stages (plus the ring's fill); fewer splits win ties.
     int per_sm = 0;

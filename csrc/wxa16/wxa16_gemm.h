@@ -28,6 +28,9 @@ struct WXA16GemmArgs {
   FloatType scale_dtype;
   int64_t scale_ld;
   int group;  // 32, 64 or 128; 0: one scale per row of w
+  // log2(group), or 31 for one scale per row (k >> 31 is 0 for every k): set by the plan, so
+  // that the kernels read it as a constant instead of rebuilding it from `group`.
+  int group_shift;
   // bits 4 only: uint8 [N, K / group] (row stride zero_ld), or null: every zero point is 8.
   const uint8_t* zeros;
   int64_t zero_ld;
