@@ -648,26 +648,37 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   }
   using Meta = uint32_t[2][D::kMetaPer];  // [0]: scale bits, [1]: zero point
   const bool scale_f32 = p.scale_dtype == FloatType::kF32;
+  // Without zero points every zero pair is the constant of 8, stored once (below); with
+  // them they move with the scales.
+  const bool has_zeros = Bits == 4 && p.zeros != nullptr;
+  // Entries past the stage's groups are never read: a warp whose 32 entries all lie there
+  // skips them (warp-uniform), e.g. 3/4 of the entries at G = 128.
+  auto meta_warp = [&](int u) { return u * kThreads + warp * 32 < gps * kRT * 16; };
   auto meta_load = [&](int st, Meta& m) {
     const int g0 = ((s_begin + st) * kChunks * kChunkK) >> gsh;
 #pragma unroll
     for (int u = 0; u < D::kMetaPer; ++u) {
+      if (!meta_warp(u)) continue;
       const bool ok = m_ok[u] && g0 + m_q[u] < ngroups;
       m[0][u] = ok ? load_scale_bits(p.scales, scale_f32, m_scale[u] + g0) : 0u;
-      if constexpr (Bits == 4)
-        m[1][u] = ok && p.zeros != nullptr ? p.zeros[m_zero[u] + g0] : 8u;
+      if (has_zeros) m[1][u] = ok ? p.zeros[m_zero[u] + g0] : 8u;
     }
   };
   auto meta_store = [&](int slot, const Meta& m) {
 #pragma unroll
     for (int u = 0; u < D::kMetaPer; ++u) {
+      if (!meta_warp(u)) continue;
       const int i = threadIdx.x + u * kThreads;
       ssm[slot * D::kMeta + i] = scale_bits_to_float(m[0][u], p.scale_dtype);
       // Rows 0-7 of a 16-row tile are a fragment's row g, rows 8-15 its row g + 8.
-      if constexpr (Bits == 4)
+      if (has_zeros)
         zsm[slot * D::kMeta + i] = (i & 8) ? int4_zero_hi<T>(m[1][u]) : int4_zero_lo<T>(m[1][u]);
     }
   };
+  if (Bits == 4 && !has_zeros) {
+    for (int i = threadIdx.x; i < kStages * D::kMeta; i += kThreads)
+      zsm[i] = (i & 8) ? int4_zero_hi<T>(8u) : int4_zero_lo<T>(8u);
+  }
 
   float acc[1][MT][4];
 #pragma unroll
