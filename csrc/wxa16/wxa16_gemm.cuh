@@ -583,7 +583,9 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
     if constexpr (Bits == 4) {
       // A row tile's chunks are contiguous in the prepacked layout.
       const int rr = i / (kChunks * 32), rem = i % (kChunks * 32);
-      w_src[u] = wb + static_cast<int64_t>(rt0 + rr) * nk * kTileBytes4 + rem * 16;
+      // Row tiles past the weight copy nothing; their source stays inside it all the same.
+      const int rt = rt0 + rr < (p.N + 15) / 16 ? rt0 + rr : 0;
+      w_src[u] = wb + static_cast<int64_t>(rt) * nk * kTileBytes4 + rem * 16;
       w_dst[u] = smem_u32(wsm + i * 16);
       w_k[u] = rem / 32 * kChunkK;  // the prepacked layout pads K to whole chunks
       w_ok[u] = rt0 + rr < (p.N + 15) / 16;

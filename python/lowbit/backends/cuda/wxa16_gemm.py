@@ -127,8 +127,8 @@ def _reason(bits: int, o: _Operands, m_range) -> Optional[str]:
         return f"N = {o.n} is beyond the kernels' int32 row counts"
     if o.k % 16:
         return f"K = {o.k} is not a multiple of 16"
-    if o.n * max(_row_stride(o.scales), _row_stride(o.zeros)) >= 1 << 31:
-        return "more than 2^31 scales: the decode kernel's offsets are int32"
+    if m_range[1] <= 16 and o.n * max(_row_stride(o.scales), _row_stride(o.zeros)) >= 1 << 31:
+        return "2^31 scales or more: the decode kernel's offsets are int32"
     if bits == 4:
         if o.w.dim() != 4:
             return "prepack the weight: Int4Weight.prepack()"
