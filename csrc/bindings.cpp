@@ -35,6 +35,9 @@
 //                   scale_ld, has_zeros, zero_ld, bias_dtype, ldo)
 //     .counter_bytes, .partial_bytes (planned on the current device), .splits
 //     .launch(x, w, scales, zeros, bias, counters, partials, out, stream)
+//   Int4QuantizeLaunch(kernel_id, w_dtype, rows, cols, row_stride, col_stride, group,
+//                      symmetric)
+//     .launch(w, q, scales, zeros, stream)
 // A Launch object is built once per call signature (it checks and converts everything but
 // the pointers); its launch() is the per-call path. A constructor given values no kernel
 // takes raises ValueError; a failed launch raises RuntimeError with the CUDA error string.
@@ -57,6 +60,7 @@
 #include "fp8/fp8_quant.h"
 #include "int8/int8_kernels.h"
 #include "int8/int8_quant.h"
+#include "wxa16/int4_quant.h"
 #include "wxa16/wxa16_gemm.h"
 #include "wxa16/wxa16_kernels.h"
 #endif
@@ -490,6 +494,34 @@ class Int8DequantizeLaunch : Launch<lowbit::int8::DequantizeFn, lowbit::int8::De
   }
 };
 
+class Int4QuantizeLaunch : Launch<lowbit::Int4QuantizeFn, lowbit::Int4QuantizeArgs,
+                                  lowbit::OpKind::kInt4Quantize> {
+ public:
+  Int4QuantizeLaunch(int kernel_id, int w_dtype, int64_t rows, int64_t cols, int64_t row_stride,
+                     int64_t col_stride, int group, bool symmetric)
+      : Launch(kernel_id) {
+    if (group != 32 && group != 64 && group != 128)
+      throw py::value_error("group must be 32, 64 or 128; got " + std::to_string(group));
+    if (rows < 0 || cols < 0 || cols % group)
+      throw py::value_error("rows and cols must be >= 0, cols a multiple of the group");
+    args_.w_type = enum_arg<lowbit::FloatType>(w_dtype, "w dtype");
+    args_.rows = rows;
+    args_.cols = cols;
+    args_.row_stride = row_stride;
+    args_.col_stride = col_stride;
+    args_.group = group;
+    args_.symmetric = symmetric;
+  }
+
+  void launch(uintptr_t w, uintptr_t q, uintptr_t scales, uintptr_t zeros, uintptr_t stream) {
+    args_.w = ptr<const void>(w);
+    args_.q = ptr<uint8_t>(q);
+    args_.scales = ptr<void>(scales);
+    args_.zeros = ptr<uint8_t>(zeros);
+    run(stream);
+  }
+};
+
 // A quantized linear layer's forward as one host call: the activation quantizer writes q and
 // its scales (and zero points) into a workspace the caller allocates per call, and the GEMM
 // reads them from there. Workspace layout (bytes): q at 0, the scales at scale_offset, the
@@ -649,6 +681,13 @@ PYBIND11_MODULE(_C, m) {
            py::arg("scale_ld"), py::arg("out_dtype"))
       .def("launch", &Int8DequantizeLaunch::launch, py::arg("q"), py::arg("scale"),
            py::arg("zero"), py::arg("out"), py::arg("stream"));
+  py::class_<Int4QuantizeLaunch>(m, "Int4QuantizeLaunch",
+                                 "int4_quantize of one signature (csrc/wxa16/int4_quant.h)")
+      .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int, bool>(),
+           py::arg("kernel_id"), py::arg("w_dtype"), py::arg("rows"), py::arg("cols"),
+           py::arg("row_stride"), py::arg("col_stride"), py::arg("group"), py::arg("symmetric"))
+      .def("launch", &Int4QuantizeLaunch::launch, py::arg("w"), py::arg("q"), py::arg("scales"),
+           py::arg("zeros"), py::arg("stream"));
   py::class_<Fp8LinearLaunch>(m, "Fp8LinearLaunch",
                               "An FP8 linear layer's forward for one call signature: quantize "
                               "the activations into a workspace, then the GEMM, in one call")

@@ -17,6 +17,7 @@ enum class OpKind : int {
   kInt8Dequantize,
   kInt8Gemm,
   kWxa16Gemm,
+  kInt4Quantize,
 };
 
 inline const char* op_kind_name(OpKind k) {
@@ -28,6 +29,7 @@ inline const char* op_kind_name(OpKind k) {
     case OpKind::kInt8Dequantize: return "int8_dequantize";
     case OpKind::kInt8Gemm: return "int8_gemm";
     case OpKind::kWxa16Gemm: return "wxa16_gemm";
+    case OpKind::kInt4Quantize: return "int4_quantize";
   }
   return "?";
 }

@@ -1,10 +1,11 @@
-// The mixed-input family's kernel table: every W4A16 / W8A16 kernel of this build (all run on
-// every arch from sm_80), with its op kind and launcher. The Python side
+// The mixed-input family's kernel table: every W4A16 / W8A16 kernel of this build and the
+// int4 weight quantizer (all run on every arch from sm_80), with its op kind and launcher. The Python side
 // (python/lowbit/backends/cuda/wxa16_gemm.py) keys its M ranges and priorities by these names.
 #include "wxa16/wxa16_kernels.h"
 
 #include <iterator>
 
+#include "wxa16/int4_quant.h"
 #include "wxa16/wxa16_gemm.h"
 
 namespace lowbit {
@@ -19,6 +20,7 @@ const KernelEntry kWxa16Kernels[] = {
     {"cuda_w4a16_gemm_dequant", kGemm, 80, as_entry(&cuda_w4a16_gemm_dequant)},
     {"cuda_w8a16_gemm_decode", kGemm, 80, as_entry(&cuda_w8a16_gemm_decode)},
     {"cuda_w8a16_gemm_tiled", kGemm, 80, as_entry(&cuda_w8a16_gemm_tiled)},
+    {"cuda_int4_quantize", OpKind::kInt4Quantize, 80, as_entry(&cuda_int4_quantize)},
 };
 
 }  // namespace

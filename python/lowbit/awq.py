@@ -34,6 +34,7 @@ def int4_error(x: torch.Tensor, weights: Sequence[torch.Tensor], s: Optional[tor
     """Relative error, over the group's layers, of int4 weights (``W * s`` quantized group-
     wise, inputs ``x / s``) against full precision on rows ``x``."""
     from . import api
+    from .nn.int4_linear import int4_quantize_backend
 
     x64 = x.double()
     xs = (x64 if s is None else x64 / s).float()
@@ -41,8 +42,11 @@ def int4_error(x: torch.Tensor, weights: Sequence[torch.Tensor], s: Optional[tor
     for w in weights:
         ref = x64 @ w.double().T
         ws = (w.double() if s is None else w.double() * s).float()
-        y = api.w4a16_gemm(xs, api.int4_quantize(ws, group_size=group_size,
-                                                 symmetric=symmetric)).double()
+        q = api.int4_quantize(ws, group_size=group_size, symmetric=symmetric,
+                              backend=int4_quantize_backend(ws.device))
+        # The reference w4a16_gemm's product (fp64 sums of the dequantized weight, rounded to
+        # x's fp32), written with tensor ops so that it runs on the weight's device too.
+        y = (xs.double() @ q.dequantize(torch.float64).T).float().double()
         num += (y - ref).pow(2).sum().item()
         den += ref.pow(2).sum().item()
     return (num / den) ** 0.5 if den > 0 else 0.0

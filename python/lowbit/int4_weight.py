@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 
 from . import reference as R
@@ -111,14 +110,16 @@ class Int4Weight:
                           mv(self.perm))
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """(u - z) * scale as a dense [N, K] tensor (K in checkpoint order when perm is set)."""
-        w = R.dequantize_int4(
-            self.canonical_qweight().cpu().numpy(), self.scales.float().cpu().numpy(),
-            None if self.zeros is None else self.zeros.cpu().numpy(), self.group_size)
+        """(u - z) * scale as a dense [N, K] tensor (K in checkpoint order when perm is set),
+        on the weight's device: reference.dequantize_int4's values (one fp32 subtract and one
+        fp32 multiply per element), then cast to ``dtype``."""
+        u = _nibbles(self.canonical_qweight()).float()
+        g = self.group_size
+        z = 8.0 if self.zeros is None else self.zeros.float().repeat_interleave(g, dim=1)
+        w = (u - z) * self.scales.float().repeat_interleave(g, dim=1)
         if self.perm is not None:
-            inv = np.argsort(self.perm.cpu().numpy())
-            w = w[:, inv]
-        return torch.from_numpy(np.ascontiguousarray(w)).to(dtype).to(self.device)
+            w = w[:, torch.argsort(self.perm.to(w.device))]
+        return w.to(dtype)
 
     # -- serialization: a flat dict of tensors, so safetensors and state_dict both carry it.
     # The canonical layout is what is stored (the interchange format): a prepacked weight

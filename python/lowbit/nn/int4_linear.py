@@ -37,6 +37,17 @@ def cuda_kernels_run_on(device: torch.device) -> bool:
     return bool(available_kernels("w4a16_gemm", ("cuda",)))
 
 
+def int4_quantize_backend(device: torch.device) -> Optional[str]:
+    """The backend to quantize a weight on ``device`` with: None (``auto``: the CUDA kernel on
+    an NVIDIA GPU, the reference on the CPU), or ``"reference"`` by name where no GPU kernel
+    of ``int4_quantize`` runs (a ROCm GPU, a build without CUDA kernels): there the weight
+    goes through the host, once, at conversion."""
+    if device.type == "cuda" and (torch.version.hip
+                                  or not available_kernels("int4_quantize", ("cuda",))):
+        return "reference"
+    return None
+
+
 class Int4Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  group_size: int = 128, symmetric: bool = True, device=None,
@@ -63,8 +74,8 @@ class Int4Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, *, group_size: int = 128, symmetric: bool = True,
                     prepack: Optional[bool] = None) -> "Int4Linear":
         """Quantize ``linear.weight`` group-wise by round to nearest (``lowbit.int4_quantize``
-        on the reference backend, its only one, wherever the weight lives: absmax / 7 per
-        group when symmetric, (max - min) / 15 with a zero point otherwise).
+        where the weight lives, see ``int4_quantize_backend``: absmax / 7 per group when
+        symmetric, (max - min) / 15 with a zero point otherwise).
 
         ``prepack``: hold the weight in the CUDA kernels' layout (``Int4Weight.prepack``);
         None does so when the weight is on a GPU that lowbit's CUDA W4A16 kernels run on."""
@@ -72,10 +83,8 @@ class Int4Linear(nn.Module):
         w = linear.weight.detach()
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
                   group_size=group_size, symmetric=symmetric, device=w.device, dtype=w.dtype)
-        # int4_quantize has one implementation, the NumPy reference (a weight is quantized
-        # once, at conversion): named here, since `auto` finds no kernel for a GPU weight.
         q = api.int4_quantize(w, group_size=group_size, symmetric=symmetric,
-                              backend="reference")
+                              backend=int4_quantize_backend(w.device))
         mod.qweight.copy_(q.qweight)
         mod.scales.copy_(q.scales)
         if not symmetric:

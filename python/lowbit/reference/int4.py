@@ -161,7 +161,8 @@ def quantize_int4(w, group_size: int = 128, symmetric: bool = True,
         scale, _ = minmax_scale_zero(w, 15, 0, 15, 0.0, "group", group_size)
         scale = round_scale(scale, scale_dtype)
         # The zero point is derived from the stored scale, for the same reason as inv.
-        lo = np.minimum(w.reshape(n, -1, group_size).min(axis=2, initial=0.0), 0).astype(F32)
+        lo = np.minimum(w.reshape(n, k // group_size, group_size).min(axis=2, initial=0.0),
+                        0).astype(F32)
         with np.errstate(invalid="ignore"):
             z = np.clip(np.nan_to_num(np.rint(-(lo / scale).astype(F32)), nan=0.0), 0, 15)
         z = z.astype(np.uint8)

@@ -10,8 +10,8 @@ A kernel is named in these two places only.
 This module holds what the op modules share: ``_C``'s availability, the device checks, the
 enum codes (from ``_C.enums()``), and registration. ``quantize`` (quantize_fp8,
 dequantize_fp8), ``int8_quantize`` (quantize_int8, dequantize_int8), ``gemm``
-(fp8_scaled_mm), ``int8_gemm`` (int8_mm, int8_gemm) and ``wxa16_gemm`` (w4a16_gemm,
-w8a16_gemm) register their ops on import.
+(fp8_scaled_mm), ``int8_gemm`` (int8_mm, int8_gemm), ``wxa16_gemm`` (w4a16_gemm,
+w8a16_gemm) and ``int4_quantize`` register their ops on import.
 """
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ KERNELS["w8a16_gemm"] = {
     "cuda_w8a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w8a16_gemm_tiled": ((0, _BIG), 10, None),
 }
+KERNELS["int4_quantize"] = {"cuda_int4_quantize": (None, 10, None)}
 
 # The kernels of this build: name -> (op kind, min arch, kernel id).
 _BUILT: Dict[str, Tuple[str, int, int]] = (
@@ -159,4 +160,4 @@ def register(op: str, kind: str, make: Callable) -> None:
 
 
 # Register the ops' kernels.
-from . import gemm, int8_gemm, int8_quantize, quantize, wxa16_gemm  # noqa: E402,F401
+from . import gemm, int4_quantize, int8_gemm, int8_quantize, quantize, wxa16_gemm  # noqa: E402,F401
