@@ -168,7 +168,7 @@ def wxa16_cases() -> Dict[str, List[Callable]]:
 
 def int4_quantize_cases() -> Dict[str, List[Callable]]:
     c = []
-    for i, (n, k) in enumerate([(1, 128), (37, 384), (300, 4224), (0, 64)]):
+    for i, (n, k) in enumerate([(1, 128), (37, 384), (300, 4224), (0, 128)]):
         dtype = (torch.bfloat16, torch.float16, torch.float32)[i % 3]
         w = torch.randn(n, k, device=DEV).to(dtype)
         buf = torch.zeros(n * k + 5, device=DEV, dtype=dtype)
