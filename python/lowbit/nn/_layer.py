@@ -52,13 +52,17 @@ def _new_bias(out_features: int, bias: bool, dtype, device) -> Optional[nn.Param
                         requires_grad=False)
 
 
-def _rows(mod: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...]]:
-    """x [..., K] -> (x as [M, K], the output shape [..., N]); a ValueError naming the
-    module when x's last dimension is not in_features."""
+def _check_x(mod: nn.Module, x: torch.Tensor) -> None:
+    """A ValueError naming the module when x's last dimension is not in_features."""
     if x.dim() == 0 or x.shape[-1] != mod.in_features:
         raise ValueError(
             f"{type(mod).__name__}: x must have last dimension in_features = "
             f"{mod.in_features}; got shape {tuple(x.shape)}")
+
+
+def _rows(mod: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...]]:
+    """x [..., K] -> (x as [M, K], the output shape [..., N]), after ``_check_x``."""
+    _check_x(mod, x)
     return x.reshape(-1, mod.in_features), (*x.shape[:-1], mod.out_features)
 
 
