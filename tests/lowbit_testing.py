@@ -600,3 +600,20 @@ def empty_quant_inputs(granularity, group_size, device="cpu"):
             continue
         yield (torch.empty(shape, dtype=dtype, device=device),
                granularity in ("group", "block") and shape[-1] == 0)
+
+
+def compile_checks_in_fresh_process(test_file: str, target) -> None:
+    """Run ``compile_checks(target)`` of the test module at ``test_file`` in a fresh Python
+    without TRITON_INTERPRET: a process that imported triton for the interpreter cannot
+    compile for a GPU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    folder, name = os.path.split(os.path.splitext(test_file)[0])
+    code = (f"import sys; sys.path.insert(0, {folder!r}); "
+            f"import {name} as t; t.compile_checks({tuple(target)!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]

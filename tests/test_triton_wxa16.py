@@ -8,14 +8,11 @@ N = 3000 only with M <= 3); with one, the same cases run on it, plus K = 4224 an
 benchmark shapes (marked ``gpu``). w8a16 runs through the reference backend for every case
 as well.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from lowbit_testing import GEMM_TOL, rel_frobenius, with_layout
+from lowbit_testing import (GEMM_TOL, compile_checks_in_fresh_process, rel_frobenius,
+                            with_layout)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -323,12 +320,7 @@ def compile_checks(target) -> None:
 def test_compiles_for_gpu_targets(target):
     """The kernel compiles for Hopper, Ampere and MI300X from any machine. In a fresh
     process: this one may hold triton imported for the interpreter, which cannot compile."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
-            f"import test_triton_wxa16 as t; t.compile_checks({tuple(target)!r})")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    compile_checks_in_fresh_process(__file__, target)
 
 
 # ------------------------------------------------------------------------------- GPU

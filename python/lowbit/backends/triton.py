@@ -20,6 +20,7 @@ Kernels (op: name):
 - int8_gemm: triton_int8_gemm
 - w4a16_gemm: triton_w4a16_gemm (the canonical int4 layout only)
 - w8a16_gemm: triton_w8a16_gemm
+- int4_quantize: triton_int4_quantize (bit-exact with the reference, as the CUDA kernel)
 """
 from __future__ import annotations
 
@@ -39,14 +40,14 @@ _import_error: Optional[str] = None
 
 def _load():
     """The ``lowbit.triton_kernels`` package with its kernel modules (``fp8_quant``,
-    ``fp8_gemm``, ``int8_quant``, ``int8_gemm``, ``wxa16_gemm``) loaded, or None with
-    ``_import_error`` set."""
+    ``fp8_gemm``, ``int8_quant``, ``int8_gemm``, ``wxa16_gemm``, ``int4_quant``) loaded, or
+    None with ``_import_error`` set."""
     global _kernels, _import_error
     if _kernels is None and _import_error is None:
         try:
             from .. import triton_kernels
-            from ..triton_kernels import (_common, fp8_gemm, fp8_quant, int8_gemm,  # noqa: F401
-                                          int8_quant, wxa16_gemm)
+            from ..triton_kernels import (_common, fp8_gemm, fp8_quant, int4_quant,  # noqa: F401
+                                          int8_gemm, int8_quant, wxa16_gemm)
             _check_formats(_common.FP8_FORMATS)
         except Exception as e:  # ImportError, or a triton that fails to initialise
             _import_error = f"{type(e).__name__}: {e}"
@@ -267,3 +268,12 @@ def w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
 def w8a16_gemm(x, w, w_scale, bias):
     with OnDevice(x.device):
         return _load().wxa16_gemm.w8a16_gemm(x, w, w_scale, bias)
+
+
+# --------------------------------------------------------------------------- int4_quantize
+@register_kernel("int4_quantize", "triton", "triton_int4_quantize",
+                 supports=lambda w, *_: _device_reason(w), available=available,
+                 priority=PRIORITY)
+def int4_quantize(w, group_size, symmetric):
+    with OnDevice(w.device):
+        return _load().int4_quant.int4_quantize(w, group_size, symmetric)

@@ -39,13 +39,14 @@ def cuda_kernels_run_on(device: torch.device) -> bool:
 
 def int4_quantize_backend(device: torch.device) -> Optional[str]:
     """The backend to quantize a weight on ``device`` with: None (``auto``: the CUDA kernel on
-    an NVIDIA GPU, the reference on the CPU), or ``"reference"`` by name where no GPU kernel
-    of ``int4_quantize`` runs (a ROCm GPU, a build without CUDA kernels): there the weight
-    goes through the host, once, at conversion."""
-    if device.type == "cuda" and (torch.version.hip
-                                  or not available_kernels("int4_quantize", ("cuda",))):
-        return "reference"
-    return None
+    an NVIDIA GPU, the Triton kernel on other GPUs, the reference on the CPU), or
+    ``"reference"`` by name where no GPU kernel of ``int4_quantize`` runs (neither lowbit's
+    CUDA kernels nor Triton): there the weight goes through the host, once, at conversion."""
+    if device.type != "cuda":
+        return None
+    if not torch.version.hip and available_kernels("int4_quantize", ("cuda",)):
+        return None
+    return None if available_kernels("int4_quantize", ("triton",)) else "reference"
 
 
 class Int4Linear(nn.Module):

@@ -1,0 +1,91 @@
+"""The Triton int4 weight quantizer (triton_kernels/int4_quant.py), bit-exact against the
+NumPy reference like the CUDA kernel: codes, scales and zero points for every group size,
+both zero-point modes, the three input dtypes, strided and offset weights, special values
+and empty weights. Without a GPU it runs under TRITON_INTERPRET=1; the compile test builds
+it for Hopper, Ampere and MI300X from any machine."""
+import pytest
+import torch
+
+from lowbit_testing import (LAYOUTS, assert_bits_equal, compile_checks_in_fresh_process,
+                            special_data, with_layout)
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+import lowbit  # noqa: E402
+
+pytestmark = [pytest.mark.usefixtures("triton_interpreter")]
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
+                                 ids=["bf16", "fp16", "fp32"])
+SYMS = pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+
+
+def check(w, group, symmetric, what=""):
+    got = lowbit.int4_quantize(w, group_size=group, symmetric=symmetric, backend="triton")
+    want = lowbit.int4_quantize(w.cpu(), group_size=group, symmetric=symmetric,
+                                backend="reference")
+    assert got.qweight.device == w.device
+    assert_bits_equal(got.qweight, want.qweight, f"{what} codes")
+    assert_bits_equal(got.scales, want.scales, f"{what} scales")
+    if symmetric:
+        assert got.zeros is None
+    else:
+        assert_bits_equal(got.zeros, want.zeros, f"{what} zeros")
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@SYMS
+@DTYPES
+def test_special_values(group, symmetric, dtype):
+    """NaN, +-Inf, subnormals, -0, an all-zero row and a row whose scale underflows (fp16
+    scales round to 0 and become 1); 37 rows, so the last row block is partial."""
+    check(special_data((37, 384), dtype, seed=group, device=DEV), group, symmetric,
+          f"G={group} {dtype}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@SYMS
+def test_layouts(layout, symmetric):
+    for dtype in (torch.bfloat16, torch.float32):
+        w = with_layout(special_data((19, 256), dtype, seed=7, device=DEV), layout)
+        check(w, 64, symmetric, f"{layout} {dtype}")
+
+
+@pytest.mark.parametrize("shape", [(0, 128), (5, 0)], ids=str)
+@SYMS
+def test_empty(shape, symmetric):
+    check(torch.randn(shape, device=DEV), 32, symmetric, str(shape))
+
+
+def test_explain_names_the_kernel():
+    w = torch.randn(8, 128, device=DEV)
+    assert lowbit.explain(lowbit.int4_quantize, w, backend="triton").kernel == \
+        "triton_int4_quantize"
+
+
+def compile_checks(target) -> None:
+    """Compile the kernel for ``target`` (GPUTarget's arguments) with every constexpr
+    combination a launch can take."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lowbit.triton_kernels import int4_quant
+
+    kern = int4_quant._int4_quant_kernel
+    tgt = GPUTarget(*target)
+    for s_kind, x_bf16, w_ty in ((0, False, "*fp32"), (1, True, "*i16"), (2, False, "*fp16")):
+        for asym in (False, True):
+            const = dict(G=128, BLOCK_N=32, X_BF16=x_bf16, S_KIND=s_kind, ASYM=asym)
+            ptrs = dict(w_ptr=w_ty, q_ptr="*u8", z_ptr="*u8",
+                        s_ptr={0: "*fp32", 1: "*i16", 2: "*fp16"}[s_kind])
+            sig = {a: "constexpr" if a in const else ptrs.get(a, "i64")
+                   for a in kern.arg_names}
+            src = ASTSource(fn=kern, signature=sig, constexprs={
+                (kern.arg_names.index(a),): v for a, v in const.items()})
+            triton.compile(src, target=tgt, options=dict(num_warps=4, enable_fp_fusion=False))
+
+
+@pytest.mark.parametrize("target", [("cuda", 90, 32), ("cuda", 80, 32), ("hip", "gfx942", 64)],
+                         ids=["sm90", "sm80", "gfx942"])
+def test_compiles_for_gpu_targets(target):
+    """In a fresh process: this one may hold triton imported for the interpreter."""
+    compile_checks_in_fresh_process(__file__, target)

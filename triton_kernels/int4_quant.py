@@ -1,0 +1,94 @@
+"""int4_quantize in Triton: group-wise int4 weight quantization into the canonical packed
+layout (uint8 [N, K // 2], k = 2j in the low nibble of byte j), bit-exact with
+``lowbit.reference.int4.quantize_int4``, the portable twin of the CUDA kernel
+(csrc/wxa16/int4_quant.cu).
+
+One program quantizes BLOCK_N rows x one group. Every step is the reference's fp32
+operation: the group's statistic (max |w|, or the range widened to hold 0) as integer keys,
+``scale = max(extent / levels, 2^-126)`` (1 for a zero extent; ``_scale_from_extent_bits``),
+rounded to the scales' storage dtype (bf16 by the bit rule, fp16 by the cast, both to
+nearest even; a scale that rounds to 0 becomes 1), ``inv = 1 / scale`` correctly rounded,
+the zero point from the stored scale, then ``rint(w * inv)`` (the add of ``rint_f32`` kept
+apart from the multiply: the launch turns FMA fusion off), a NaN product counting as 0.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (_abs_bits, _inv, _key_value, _keys, _launch_options,
+                      _scale_from_extent_bits, f32_to_bf16_bits, interpreting, jit,
+                      kernel_input, load_f32, rint_f32, INT8)
+
+# S_KIND: how the scales are stored (the weight's dtype when half, else fp32).
+_S_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+@jit
+def _int4_quant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, stride_n, stride_k, ngroups,
+                       G: tl.constexpr, BLOCK_N: tl.constexpr, X_BF16: tl.constexpr,
+                       S_KIND: tl.constexpr, ASYM: tl.constexpr):
+    pid_n = tl.program_id(0)
+    g = tl.program_id(1)
+    rows = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    row_ok = rows < N
+    cols = (g * G + tl.arange(0, G)).to(tl.int64)
+    x = load_f32(w_ptr + rows[:, None] * stride_n + cols[None, :] * stride_k,
+                 row_ok[:, None], X_BF16)
+    if ASYM:
+        hi, lo = _keys(x, 2)
+        lo_v = _key_value(tl.minimum(tl.min(lo, axis=1), 0))
+        ext = _key_value(tl.maximum(tl.max(hi, axis=1), 0)) - lo_v
+        s = _scale_from_extent_bits(ext.to(tl.int32, bitcast=True), 15.0)
+    else:
+        s = _scale_from_extent_bits(tl.max(_abs_bits(x), axis=1), 7.0)
+    if S_KIND == 1:
+        s = (f32_to_bf16_bits(s).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    elif S_KIND == 2:
+        s = s.to(tl.float16).to(tl.float32)
+    s = tl.where(s == 0.0, 1.0, s)
+    r = rint_f32(x * _inv(s)[:, None])
+    r = tl.where(r != r, 0.0, r)
+    if ASYM:
+        z = rint_f32(tl.math.div_rn(-lo_v, s))  # -(lo / s): the sign flip is exact
+        z = tl.minimum(tl.maximum(tl.where(z != z, 0.0, z), 0.0), 15.0)
+        u = tl.minimum(tl.maximum(r + z[:, None], 0.0), 15.0)
+    else:
+        u = tl.minimum(tl.maximum(r, -8.0), 7.0) + 8.0
+    lo_nib, hi_nib = tl.split(tl.reshape(u.to(tl.int32), (BLOCK_N, G // 2, 2)))
+    qcols = g * (G // 2) + tl.arange(0, G // 2)
+    tl.store(q_ptr + rows[:, None] * (ngroups * (G // 2)) + qcols[None, :],
+             (lo_nib | (hi_nib << 4)).to(tl.uint8), mask=row_ok[:, None])
+    sidx = rows * ngroups + g
+    if S_KIND == 1:
+        tl.store(s_ptr + sidx, f32_to_bf16_bits(s), mask=row_ok)
+    elif S_KIND == 2:
+        tl.store(s_ptr + sidx, s.to(tl.float16), mask=row_ok)
+    else:
+        tl.store(s_ptr + sidx, s, mask=row_ok)
+    if ASYM:
+        tl.store(z_ptr + sidx, z.to(tl.uint8), mask=row_ok)
+
+
+def int4_quantize(w: torch.Tensor, group_size: int, symmetric: bool):
+    """w [N, K] fp32 / bf16 / fp16 (any strides; K a multiple of group_size = 32, 64 or 128)
+    -> (qweight uint8 [N, K // 2], scales [N, K // G] in w's dtype when half else fp32,
+    zeros uint8 [N, K // G], or an empty tensor when symmetric)."""
+    n, k = w.shape
+    dev = w.device
+    ngroups = k // group_size
+    q = torch.empty((n, k // 2), dtype=torch.uint8, device=dev)
+    s_dtype = w.dtype if w.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    s = torch.empty((n, ngroups), dtype=s_dtype, device=dev)
+    z = torch.empty((0,) if symmetric else (n, ngroups), dtype=torch.uint8, device=dev)
+    if n == 0 or ngroups == 0:
+        return q, s, z
+    wk, x_bf16 = kernel_input(w)
+    block_n = 16 if interpreting() else 32
+    _int4_quant_kernel[(triton.cdiv(n, block_n), ngroups)](
+        wk, q, s.view(torch.int16) if s_dtype == torch.bfloat16 else s,
+        q if symmetric else z, n, wk.stride(0), wk.stride(1), ngroups,
+        G=group_size, BLOCK_N=block_n, X_BF16=x_bf16, S_KIND=_S_KIND[s_dtype],
+        ASYM=not symmetric, num_warps=4, **_launch_options(INT8))
+    return q, s, z
