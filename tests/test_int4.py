@@ -337,3 +337,85 @@ def test_to_refuses_a_dtype():
     iw = WEIGHTS[list(WEIGHTS)[0]]()
     with pytest.raises(TypeError, match="takes a device"):
         iw.to(torch.float16)
+
+
+# ------------------------------------ imported checkpoints = the same weights quantized here
+def _as_checkpoint(direct: Int4Weight, fmt: str, g_idx=None):
+    """``direct`` (canonical, zero points) written as an AWQ or GPTQ (v1 / v2) checkpoint by
+    this file's packers, and read back with the importer. With ``g_idx`` (GPTQ act order)
+    checkpoint row k belongs to group g_idx[k]: canonical column j is checkpoint row perm[j],
+    perm listing group 0's rows, then group 1's (the importer's order)."""
+    g = direct.group_size
+    u = unpack_nibbles(direct.qweight.numpy())  # [N, K]
+    z = direct.zeros.numpy().astype(np.int64)  # [N, K // G]
+    s = direct.scales.T.contiguous()  # [K // G, N]
+    if fmt == "awq":
+        return Int4Weight.from_awq(torch.from_numpy(awq_pack_cols(u.T)),
+                                   torch.from_numpy(awq_pack_cols(z.T)), s, g)
+    version = int(fmt[-1])
+    u_ck = u.T
+    if g_idx is not None:
+        perm = np.concatenate([np.flatnonzero(g_idx == i) for i in range(u.shape[1] // g)])
+        u_ck = np.empty_like(u.T)
+        u_ck[perm] = u.T
+        g_idx = torch.from_numpy(g_idx)
+    stored = (z - 1) % 16 if version == 1 else z
+    return Int4Weight.from_gptq(torch.from_numpy(seq_pack_rows(u_ck)),
+                                torch.from_numpy(seq_pack_cols(stored.T)), s, g_idx,
+                                group_size=g, version=version)
+
+
+def _direct(n=72, k=1152, g=128):
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)) * 0.05
+    return lowbit.int4_quantize(w.half(), group_size=g, symmetric=False)
+
+
+@pytest.mark.parametrize("fmt", ["awq", "gptq1", "gptq2"])
+def test_imported_checkpoint_is_the_direct_weight(fmt):
+    """A directly quantized weight written as an AWQ / GPTQ checkpoint imports to the same
+    canonical tensors, so every backend computes the same bits from either."""
+    direct = _direct()
+    imp = _as_checkpoint(direct, fmt)
+    for a, b in ((imp.qweight, direct.qweight), (imp.scales, direct.scales),
+                 (imp.zeros, direct.zeros)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert imp.perm is None
+    x = torch.randn(5, 1152, generator=torch.Generator().manual_seed(0)).half()
+    assert torch.equal(lowbit.w4a16_gemm(x, imp), lowbit.w4a16_gemm(x, direct))
+
+
+def _act_order_g_idx(k, g, seed=3):
+    return np.random.default_rng(seed).permutation(np.arange(k) // g)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_act_order_checkpoint_is_the_direct_weight(version):
+    """GPTQ act order: the import holds the direct weight's canonical tensors and a perm; x in
+    checkpoint order times it equals x[:, perm] times the direct weight."""
+    direct = _direct()
+    g_idx = _act_order_g_idx(1152, 128)
+    imp = _as_checkpoint(direct, f"gptq{version}", g_idx)
+    assert torch.equal(imp.qweight, direct.qweight) and torch.equal(imp.zeros, direct.zeros)
+    assert imp.perm is not None
+    x = torch.randn(5, 1152, generator=torch.Generator().manual_seed(1)).half()
+    assert torch.equal(lowbit.w4a16_gemm(x, imp), lowbit.w4a16_gemm(x[:, imp.perm], direct))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["awq", "gptq1", "gptq2", "gptq1-act-order"])
+def test_imported_checkpoints_on_the_gpu_kernels(fmt):
+    """On the CUDA kernels (prepacked weight; decode, dequantize path) and the Triton kernel
+    (canonical weight), an imported checkpoint gives exactly the output of the directly
+    quantized weight (act order: of x[:, perm] times it)."""
+    direct = _direct()
+    act = fmt.endswith("act-order")
+    imp = _as_checkpoint(direct, fmt.split("-")[0], _act_order_g_idx(1152, 128) if act else None)
+    dev_direct, dev_imp = direct.to("cuda"), imp.to("cuda")
+    for m in (1, 16, 100):
+        x = torch.randn(m, 1152, generator=torch.Generator().manual_seed(m)).half().cuda()
+        xd = x[:, dev_imp.perm] if act else x
+        for backend, a, b in (("cuda", dev_imp.prepack(), dev_direct.prepack()),
+                              ("triton", dev_imp, dev_direct)):
+            got = lowbit.w4a16_gemm(x, a, backend=backend)
+            want = lowbit.w4a16_gemm(xd, b, backend=backend)
+            assert torch.equal(got, want), (fmt, m, backend)
