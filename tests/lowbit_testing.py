@@ -617,3 +617,23 @@ def compile_checks_in_fresh_process(test_file: str, target) -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def int4_edge_group(case: str, device="cpu"):
+    """(w, group, symmetric) of an int4 quantizer case that special_data does not reach:
+    "subnormal_min", an asymmetric group whose only nonzero entry is -0.75 * 2^-126 (scale
+    floored to 2^-126, zero point rint(0.75) = 1; bf16 holds that value exactly), and
+    "fp16_scale_to_zero", a symmetric fp16 group of 2^-24 (scale 2^-24 / 7 rounds to 0 in
+    fp16 and becomes 1); three rows, the second and third ordinary values."""
+    g = torch.Generator().manual_seed(5)
+    if case == "subnormal_min":
+        w = torch.randn(3, 64, generator=g)
+        w[0] = 0.0
+        w[0, 5] = -0.75 * 2.0 ** -126
+        return w.to(torch.bfloat16).to(device), 32, False
+    if case == "fp16_scale_to_zero":
+        w = torch.randn(3, 64, generator=g).half()
+        w[0] = 0.0
+        w[0, :7] = 2.0 ** -24
+        return w.to(device), 32, True
+    raise AssertionError(case)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import lowbit
-from lowbit_testing import LAYOUTS, assert_bits_equal, special_data, with_layout
+from lowbit_testing import (LAYOUTS, assert_bits_equal, int4_edge_group, special_data,
+                            with_layout)
 
 gpu = pytest.mark.gpu
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -70,10 +71,18 @@ def test_empty(shape, symmetric):
 
 
 @gpu
+@pytest.mark.parametrize("case", ["subnormal_min", "fp16_scale_to_zero"])
+def test_edge_groups(case):
+    """A zero point from a subnormal minimum, and an fp16 scale that rounds to 0."""
+    check(*int4_edge_group(case, "cuda"), case)
+
+
+@gpu
 def test_many_rows_stride_over_the_grid():
-    """More pieces than the launch's CTAs hold: the warps loop over the rest."""
-    w = torch.randn(4096 * 2 + 3, 640, device="cuda") * 0.02
-    check(w, 64, False, "8195x640")
+    """More 8-element pieces (16387 x 80 = 1,310,960) than the launch's 4096 CTAs x 256
+    threads: the warps loop over the rest."""
+    w = torch.randn(16387, 640, device="cuda") * 0.02
+    check(w, 64, False, "16387x640")
 
 
 @gpu
@@ -130,5 +139,18 @@ def test_reference_takes_empty_weights(shape, symmetric):
     """The reference (the GPU tests' oracle) on weights with no rows or no columns."""
     q = lowbit.int4_quantize(torch.randn(shape), group_size=32, symmetric=symmetric)
     assert tuple(q.qweight.shape) == (shape[0], shape[1] // 2)
+    assert tuple(q.dequantize().shape) == shape
+    assert tuple(q.prepack().dequantize().shape) == shape
     assert tuple(q.scales.shape) == (shape[0], shape[1] // 32)
     assert symmetric == (q.zeros is None)
+
+
+def test_edge_groups_reach_their_edge():
+    """The edge groups hold what they claim, on the reference: a zero point of 1 from the
+    subnormal minimum, a scale of 1 where fp16 rounds 2^-24 / 7 to 0."""
+    w, g, sym = int4_edge_group("subnormal_min")
+    q = lowbit.int4_quantize(w, group_size=g, symmetric=sym)
+    assert q.zeros[0, 0].item() == 1 and q.scales[0, 0].item() == 2.0 ** -126
+    w, g, sym = int4_edge_group("fp16_scale_to_zero")
+    q = lowbit.int4_quantize(w, group_size=g, symmetric=sym)
+    assert q.scales[0, 0].item() == 1.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lowbit_testing import (LAYOUTS, assert_bits_equal, compile_checks_in_fresh_process,
-                            special_data, with_layout)
+                            int4_edge_group as edge_group, special_data, with_layout)
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 import lowbit  # noqa: E402
@@ -56,6 +56,14 @@ def test_empty(shape, symmetric):
     check(torch.randn(shape, device=DEV), 32, symmetric, str(shape))
 
 
+@pytest.mark.parametrize("case", ["subnormal_min", "fp16_scale_to_zero"])
+def test_edge_groups(case):
+    """What special_data does not hold: an asymmetric group whose only nonzero is a subnormal
+    minimum (its zero point divides that subnormal: 1, not the 0 a flush to zero gives), and
+    an fp16 group whose scale 2^-24 / 7 rounds to 0 in fp16 and becomes 1."""
+    check(*edge_group(case, DEV), case)
+
+
 def test_explain_names_the_kernel():
     w = torch.randn(8, 128, device=DEV)
     assert lowbit.explain(lowbit.int4_quantize, w, backend="triton").kernel == \
@@ -81,7 +89,8 @@ def compile_checks(target) -> None:
                    for a in kern.arg_names}
             src = ASTSource(fn=kern, signature=sig, constexprs={
                 (kern.arg_names.index(a),): v for a, v in const.items()})
-            triton.compile(src, target=tgt, options=dict(num_warps=4, enable_fp_fusion=False))
+            triton.compile(src, target=tgt, options=dict(num_warps=4, enable_fp_fusion=False,
+                                                         enable_reflect_ftz=False))
 
 
 @pytest.mark.parametrize("target", [("cuda", 90, 32), ("cuda", 80, 32), ("hip", "gfx942", 64)],

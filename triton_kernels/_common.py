@@ -654,8 +654,11 @@ def int8_codec(symmetric: bool) -> dict:
 
 def _launch_options(codec: int) -> dict:
     # The INT8 codecs round with an add right after x * inv (rint_f32): an FMA would fuse
-    # them and round once. The FP8 encoder reads the product's bits only.
-    return {} if codec == FP8 else dict(enable_fp_fusion=False)
+    # them and round once. The FP8 encoder reads the product's bits only. The zero points
+    # divide a range end that may be subnormal (-lo / scale): where a Triton version lowers
+    # div_rn through libdevice, its flush-to-zero reflection would read that end as 0, so it
+    # is turned off (an option the AMD backend does not have, and ignores).
+    return {} if codec == FP8 else dict(enable_fp_fusion=False, enable_reflect_ftz=False)
 
 
 def quantize(x: torch.Tensor, scale: Optional[torch.Tensor], zero: Optional[torch.Tensor],

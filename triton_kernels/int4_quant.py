@@ -29,8 +29,9 @@ _S_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 def _int4_quant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, stride_n, stride_k, ngroups,
                        G: tl.constexpr, BLOCK_N: tl.constexpr, X_BF16: tl.constexpr,
                        S_KIND: tl.constexpr, ASYM: tl.constexpr):
-    pid_n = tl.program_id(0)
-    g = tl.program_id(1)
+    # One flat grid (a grid's second axis stops at 65535: K / G can exceed it).
+    pid_n = tl.program_id(0) // ngroups
+    g = tl.program_id(0) % ngroups
     rows = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     row_ok = rows < N
     cols = (g * G + tl.arange(0, G)).to(tl.int64)
@@ -86,7 +87,7 @@ def int4_quantize(w: torch.Tensor, group_size: int, symmetric: bool):
         return q, s, z
     wk, x_bf16 = kernel_input(w)
     block_n = 16 if interpreting() else 32
-    _int4_quant_kernel[(triton.cdiv(n, block_n), ngroups)](
+    _int4_quant_kernel[(triton.cdiv(n, block_n) * ngroups,)](
         wk, q, s.view(torch.int16) if s_dtype == torch.bfloat16 else s,
         q if symmetric else z, n, wk.stride(0), wk.stride(1), ngroups,
         G=group_size, BLOCK_N=block_n, X_BF16=x_bf16, S_KIND=_S_KIND[s_dtype],

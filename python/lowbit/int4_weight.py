@@ -17,7 +17,8 @@ PREPACKED = "mma16x64"
 
 def _nibbles(qweight: torch.Tensor) -> torch.Tensor:
     """canonical uint8 [N, K // 2] -> uint8 nibbles [N, K], on qweight's device."""
-    return torch.stack([qweight & 0xF, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1)
+    return torch.stack([qweight & 0xF, qweight >> 4], dim=-1).reshape(qweight.shape[0],
+                                                                      2 * qweight.shape[1])
 
 
 def prepack_int4(qweight: torch.Tensor) -> torch.Tensor:
