@@ -98,3 +98,21 @@ def compile_checks(target) -> None:
 def test_compiles_for_gpu_targets(target):
     """In a fresh process: this one may hold triton imported for the interpreter."""
     compile_checks_in_fresh_process(__file__, target)
+
+
+@pytest.mark.parametrize("hip", [False, True], ids=["nvidia", "amd"])
+def test_launch_options_are_the_backends_own(monkeypatch, hip):
+    """A Triton launch given an option its backend does not define raises, so the quantizers'
+    launch options must be fields of the GPU backend's options class (NVIDIA's CUDAOptions,
+    AMD's HIPOptions) as this Triton defines them."""
+    from lowbit.triton_kernels import _common
+
+    if hip:
+        from triton.backends.amd.compiler import HIPOptions as Options
+        monkeypatch.setattr(torch.version, "hip", "6.0")
+    else:
+        from triton.backends.nvidia.compiler import CUDAOptions as Options
+        monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    for codec in (_common.FP8, _common.INT8, _common.INT8_ASYM):
+        assert set(_common._launch_options(codec)) <= set(Options.__dataclass_fields__)

@@ -652,13 +652,30 @@ def int8_codec(symmetric: bool) -> dict:
     return dict(CODEC=INT8_ASYM, QMAX=255.0, **_NO_FP8)
 
 
+@functools.lru_cache(maxsize=None)
+def _nvidia_reflect_ftz_option() -> bool:
+    """Whether this Triton's NVIDIA backend takes ``enable_reflect_ftz`` (a launch given an
+    option its backend lacks raises)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except Exception:  # noqa: BLE001 - no NVIDIA backend in this Triton
+        return False
+    return "enable_reflect_ftz" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
 def _launch_options(codec: int) -> dict:
     # The INT8 codecs round with an add right after x * inv (rint_f32): an FMA would fuse
     # them and round once. The FP8 encoder reads the product's bits only. The zero points
     # divide a range end that may be subnormal (-lo / scale): where a Triton version lowers
-    # div_rn through libdevice, its flush-to-zero reflection would read that end as 0, so it
-    # is turned off (an option the AMD backend does not have, and ignores).
-    return {} if codec == FP8 else dict(enable_fp_fusion=False, enable_reflect_ftz=False)
+    # div_rn through libdevice, its flush-to-zero reflection would read that end as 0, so
+    # it is turned off on NVIDIA GPUs (AMD's backend has no such option and keeps
+    # denormals; the interpreter computes in numpy).
+    if codec == FP8:
+        return {}
+    opts = dict(enable_fp_fusion=False)
+    if not interpreting() and torch.version.hip is None and _nvidia_reflect_ftz_option():
+        opts["enable_reflect_ftz"] = False
+    return opts
 
 
 def quantize(x: torch.Tensor, scale: Optional[torch.Tensor], zero: Optional[torch.Tensor],
