@@ -280,3 +280,20 @@ def test_main_end_to_end_on_cpu(cpu_timers, monkeypatch, tmp_path, capsys):
     assert data["complete"] and data["models"][0]["model"] == "tiny"
     assert {r["op"] for r in data["ops"]} == set(cases.OPS) - {"dequantize_fp8"}
     assert (out / "bench.md").exists()
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_int4_torch_anchor_is_the_same_function(symmetric):
+    """The int4_quantize row's torch anchor computes lowbit's codes and scales (on ordinary
+    weights: it leaves NaN and Inf to the SPEC's kernels), so its error column means something."""
+    import lowbit
+
+    w = (torch.randn(24, 512, generator=torch.Generator().manual_seed(3)) * 0.02).bfloat16()
+    q, s = cases.int4_quant_torch(w, 128, symmetric)
+    want = lowbit.int4_quantize(w, group_size=128, symmetric=symmetric, backend="reference")
+    assert torch.equal(q, want.qweight) and torch.equal(s, want.scales)
+
+
+def test_weight_shapes():
+    assert matrix.weight_shapes([(1, 4096, 4096), (16, 4096, 4096), (2, 14336, 4096),
+                                 (512, 256)]) == [(4096, 4096), (14336, 4096), (512, 256)]

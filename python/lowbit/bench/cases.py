@@ -452,10 +452,51 @@ def _w8a16_gemm(variant: str, shape: tuple) -> Case:
                 bytes_moved=2 * m * k + n * k + 4 * ws.numel() + 2 * m * n)
 
 
+def int4_quant_torch(w, group: int, symmetric: bool):
+    """int4_quantize written with torch ops (what a torch user would write): packed codes and
+    scales in w's dtype."""
+    n, k = w.shape
+    g = w.float().reshape(n, k // group, group)
+    if symmetric:
+        ext, levels = g.abs().amax(-1, keepdim=True), 7
+    else:
+        lo = g.amin(-1, keepdim=True).clamp(max=0)
+        ext, levels = g.amax(-1, keepdim=True).clamp(min=0) - lo, 15
+    s = torch.where(ext == 0, 1.0, (ext / levels).clamp_min(2.0 ** -126)).to(w.dtype).float()
+    s = torch.where(s == 0, 1.0, s)
+    r = (g * (1 / s)).round()
+    if symmetric:
+        u = r.clamp(-8, 7) + 8
+    else:
+        u = (r + (-lo / s).round().clamp(0, 15)).clamp(0, 15)
+    u = u.to(torch.uint8).reshape(n, k)
+    return u[:, 0::2] | (u[:, 1::2] << 4), s.reshape(n, -1).to(w.dtype)
+
+
+def _int4_codes(w, **kwargs):
+    """lowbit.int4_quantize's (packed codes, scales), comparable with the torch version's."""
+    import lowbit
+
+    q = lowbit.int4_quantize(w, **kwargs)
+    return q.qweight, q.scales
+
+
+def _int4_quantize(variant: str, shape: tuple) -> Case:
+    """int4_quantize of a bf16 weight [N, K], group 128, symmetric ("sym") or with zero
+    points ("asym"): a conversion-time op, so its row is a bandwidth row."""
+    n, k = shape
+    sym = variant == "sym"
+    w = bf16(n, k, std=0.02)
+    f = lambda w: int4_quant_torch(w, 128, sym)  # noqa: E731
+    return Case("int4_quantize", variant, shape, (w, 128, sym),
+                (_int4_codes, (w,), dict(group_size=128, symmetric=sym)), _torch_versions(f, w),
+                bytes_moved=2 * n * k + n * k // 2 + (2 if sym else 3) * n * (k // 128))
+
+
 @dataclass(frozen=True)
 class OpBench:
     op: str
-    kind: str  # "gemm": shapes M x N x K; "cast": rows x cols
+    kind: str  # "gemm": shapes M x N x K; "cast": rows x cols; "weight": N x K
     variants: tuple  # every variant; `default` runs unless the command line names others
     default: tuple
     build: Callable[[str, tuple], Case]
@@ -478,4 +519,6 @@ OPS = {
                           ("prepacked", "canonical"), _w4a16_gemm),
     "w8a16_gemm": OpBench("w8a16_gemm", "gemm", ("channel", "g128"), ("channel",),
                           _w8a16_gemm),
+    "int4_quantize": OpBench("int4_quantize", "weight", ("sym", "asym"), ("sym",),
+                             _int4_quantize),
 }

@@ -1,7 +1,8 @@
 """The benchmark matrix of PERF.md, and the shapes a command line gives instead.
 
 GEMM shapes are M x N x K (a [M, K] times a weight [N, K]); cast shapes (quantize,
-dequantize) are rows x cols, the activation [M, K] of the same GEMMs.
+dequantize) are rows x cols, the activation [M, K] of the same GEMMs; weight shapes (the
+weight quantizer) are their weights [N, K].
 """
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ def cast_shapes(gemms: list[tuple], extra: tuple = ()) -> list[tuple[int, int]]:
     """The activations [M, K] of the GEMM shapes (each once, in order), then `extra`."""
     out: list[tuple[int, int]] = []
     for s in [(g[0], g[2]) for g in gemms if len(g) == 3] + list(extra):
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def weight_shapes(shapes: list[tuple]) -> list[tuple[int, int]]:
+    """The weights [N, K] of the GEMM shapes (each once, in order), then the rows x cols
+    shapes as weights."""
+    out: list[tuple[int, int]] = []
+    for s in [(g[1], g[2]) for g in shapes if len(g) == 3] + [g for g in shapes if len(g) == 2]:
         if s not in out:
             out.append(s)
     return out

@@ -108,6 +108,8 @@ def shapes_for(kind: str, args) -> list[tuple]:
     gemms = args.shape_list if args.shape_list else matrix.gemm_shapes(args.quick)
     if kind == "gemm":
         return [s for s in gemms if len(s) == 3]
+    if kind == "weight":  # the weights [N, K] of the GEMM shapes, then rows x cols given
+        return matrix.weight_shapes(gemms)
     extra = [] if (args.shape_list or args.quick) else list(matrix.BIG_CASTS)
     return matrix.cast_shapes(gemms, tuple(extra) + tuple(s for s in gemms if len(s) == 2))
 
