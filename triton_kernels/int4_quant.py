@@ -72,15 +72,15 @@ def _int4_quant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, stride_n, stride_k, ngroup
         tl.store(z_ptr + sidx, z.to(tl.uint8), mask=row_ok)
 
 
-def int4_quantize(w: torch.Tensor, group_size: int, symmetric: bool):
+def int4_quantize(w: torch.Tensor, group_size: int, symmetric: bool, s_dtype: torch.dtype):
     """w [N, K] fp32 / bf16 / fp16 (any strides; K a multiple of group_size = 32, 64 or 128)
-    -> (qweight uint8 [N, K // 2], scales [N, K // G] in w's dtype when half else fp32,
-    zeros uint8 [N, K // G], or an empty tensor when symmetric)."""
+    -> (qweight uint8 [N, K // 2], scales [N, K // G] stored as ``s_dtype`` (fp32, bf16 or
+    fp16: the op's rule, lowbit.ops.int4_scale_dtype), zeros uint8 [N, K // G], or an empty
+    tensor when symmetric)."""
     n, k = w.shape
     dev = w.device
     ngroups = k // group_size
     q = torch.empty((n, k // 2), dtype=torch.uint8, device=dev)
-    s_dtype = w.dtype if w.dtype in (torch.bfloat16, torch.float16) else torch.float32
     s = torch.empty((n, ngroups), dtype=s_dtype, device=dev)
     z = torch.empty((0,) if symmetric else (n, ngroups), dtype=torch.uint8, device=dev)
     if n == 0 or ngroups == 0:

@@ -30,6 +30,7 @@ import torch
 
 from .. import scale_layout
 from .._backend import _interpreting, register_kernel
+from ..ops import int4_scale_dtype
 from ._device import OnDevice, capability, device_index
 
 PRIORITY = -10
@@ -276,4 +277,5 @@ def w8a16_gemm(x, w, w_scale, bias):
                  priority=PRIORITY)
 def int4_quantize(w, group_size, symmetric):
     with OnDevice(w.device):
-        return _load().int4_quant.int4_quantize(w, group_size, symmetric)
+        return _load().int4_quant.int4_quantize(w, group_size, symmetric,
+                                                int4_scale_dtype(w.dtype))
