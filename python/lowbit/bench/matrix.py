@@ -23,21 +23,19 @@ def gemm_shapes(quick: bool = False) -> list[tuple[int, int, int]]:
 
 def cast_shapes(gemms: list[tuple], extra: tuple = ()) -> list[tuple[int, int]]:
     """The activations [M, K] of the GEMM shapes (each once, in order), then `extra`."""
-    out: list[tuple[int, int]] = []
-    for s in [(g[0], g[2]) for g in gemms if len(g) == 3] + list(extra):
-        if s not in out:
-            out.append(s)
-    return out
+    return _once([(g[0], g[2]) for g in gemms if len(g) == 3] + list(extra))
 
 
 def weight_shapes(shapes: list[tuple]) -> list[tuple[int, int]]:
     """The weights [N, K] of the GEMM shapes (each once, in order), then the rows x cols
     shapes as weights."""
-    out: list[tuple[int, int]] = []
-    for s in [(g[1], g[2]) for g in shapes if len(g) == 3] + [g for g in shapes if len(g) == 2]:
-        if s not in out:
-            out.append(s)
-    return out
+    return _once([(g[1], g[2]) for g in shapes if len(g) == 3]
+                 + [g for g in shapes if len(g) == 2])
+
+
+def _once(shapes: list[tuple]) -> list[tuple]:
+    """The shapes in order, each at its first place only."""
+    return list(dict.fromkeys(shapes))
 
 
 def parse_shapes(text: str) -> list[tuple[int, ...]]:
