@@ -90,8 +90,9 @@ def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
 
 # A quantized layer's measured speed against the bf16 nn.Linear it replaces, per quantize_
 # scheme and capability: {(N, K): ((M, speed-up), ...)}, GPU time against F.linear bf16 in
-# lowbit bench on the H200 (bench/RESULTS.md, 2026-12-03): the layer ops for fp8 and int8
-# (quantizer + GEMM), the GEMM for the weight-only schemes (their layers' only kernel).
+# lowbit bench on the H200 (bench/RESULTS.md, 2026-12-03; int4 at M <= 16 from the 09:40 UTC
+# run of the reworked decode kernel): the layer ops for fp8 and int8 (quantizer + GEMM), the
+# GEMM for the weight-only schemes (their layers' only kernel).
 # ``quantize_``'s ``keep_slower`` reads it; shapes and token counts between the measured
 # ones take the nearest measured point, which the summary names.
 LayerRows = Dict[Tuple[int, int], Tuple[Tuple[int, float], ...]]
@@ -112,10 +113,10 @@ LAYER_SPEEDUP: Dict[str, Dict[Tuple[int, int], LayerRows]] = {
     },
     "int4": {
         (9, 0): {
-            (4096, 4096): ((1, 1.35), (16, 1.20), (64, 0.59), (1024, 0.70)),
-            (14336, 4096): ((1, 1.56), (16, 1.37), (64, 0.45), (1024, 0.71)),
-            (4096, 14336): ((1, 1.69), (16, 1.47), (64, 0.43), (1024, 0.74)),
-            (28672, 8192): ((1, 1.70), (16, 1.37), (64, 0.39), (1024, 0.73)),
+            (4096, 4096): ((1, 1.31), (16, 1.25), (64, 0.59), (1024, 0.70)),
+            (14336, 4096): ((1, 1.77), (16, 1.44), (64, 0.45), (1024, 0.71)),
+            (4096, 14336): ((1, 1.72), (16, 1.45), (64, 0.43), (1024, 0.74)),
+            (28672, 8192): ((1, 1.85), (16, 1.38), (64, 0.39), (1024, 0.73)),
         },
     },
     "w8a16": {
