@@ -601,9 +601,9 @@ PYBIND11_MODULE(_C, m) {
         "(name, op kind, min arch, kernel id) of every kernel compiled into this build");
 #ifdef LOWBIT_WITH_CUDA
   m.def("set_programmatic_launch", &lowbit::set_programmatic_launch, py::arg("on"),
-        "Launch the sm_90 GEMMs as programmatic dependent launches (on by default)");
+        "Launch the sm_90 GEMMs and quantizers as programmatic dependent launches (on by default)");
   m.def("programmatic_launch", &lowbit::programmatic_launch,
-        "Whether the sm_90 GEMMs launch as programmatic dependent launches");
+        "Whether the sm_90 GEMMs and quantizers launch as programmatic dependent launches");
   py::class_<GemmLaunch>(m, "GemmLaunch",
                          "An FP8 GEMM kernel's launch for one call signature: "
                          "out[m, n] = sum_k a[m, k] b[n, k] * scales (+ bias[n])")

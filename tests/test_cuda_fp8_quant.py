@@ -24,7 +24,8 @@ import lowbit
 from lowbit.backends.cuda import quantize as cuda_backend
 from lowbit.reference import fp8_encode
 from lowbit.reference.formats import fp8_format
-from lowbit_testing import assert_bits_equal, cuda_quantize_module, special_data
+from lowbit_testing import (GRAN_IDS, GRANS, assert_bits_equal, cuda_gemm_module,
+                            cuda_quantize_module, special_data)
 
 FORMATS = ("e4m3fn", "e5m2", "e4m3fnuz")
 FP8 = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2,
@@ -151,6 +152,80 @@ def test_leading_dimensions(granularity):
 
 
 # ---------------------------------------------------------------- streams, graphs, size
+# ------------------------------------------------ programmatic dependent launch (sm_90)
+# On sm_90 every quantizer of both families launches programmatically (common/quant_launch.cu):
+# it waits for the kernel before it (griddepcontrol.wait) before reading x, and lets the next
+# kernel in at once. Here each quantizer reads the output that a GEMM wrote a moment earlier
+# (the sm_90a GEMMs let their successor start once past their mainloop, before their epilogue
+# stores), and a second GEMM reads the quantizer's codes and scales (per token and per
+# tensor, the activation scales it takes), with new inputs every round. The calls queue up
+# behind a sleeping kernel, so they run back to back: a quantizer that read before its wait
+# would see the previous round's GEMM output. Per tensor is two kernels (amax, then encode),
+# the second reading the first's words.
+def _pdl_inputs(family, seed):
+    """Device operands of one round, made before the calls queue up (a copy from the host
+    would wait for the sleeping kernel)."""
+    g = torch.Generator().manual_seed(seed)
+    if family == "fp8":
+        rand = lambda *shape: torch.randn(*shape, generator=g).to(torch.float8_e4m3fn).cuda()  # noqa: E731
+        a1, b1, b2 = rand(96, 512), rand(640, 512), rand(256, 640)
+        return a1, b1, b2, torch.ones(96, 1).cuda(), torch.full((640, 1), 1 / 64).cuda()
+    rand = lambda *shape: torch.randint(-127, 128, shape, generator=g, dtype=torch.int8).cuda()  # noqa: E731
+    a1, b1, b2 = rand(96, 512), rand(640, 512), rand(256, 640)
+    return a1, b1, b2, torch.ones(96, 1).cuda(), torch.full((640, 1), 1e-3).cuda()
+
+
+def _pdl_round(family, granularity, group_size, block, symmetric, ops):
+    """GEMM -> quantize its output -> GEMM of the codes (where the GEMM takes those scales)."""
+    a1, b1, b2, sa1, sb1 = ops
+    sb2 = sb1[:256]
+    kw = dict(granularity=granularity, group_size=group_size, block=block, backend="cuda")
+    z = y2 = None
+    if family == "fp8":
+        y1 = lowbit.fp8_scaled_mm(a1, b1, sa1, sb1, out_dtype=torch.bfloat16, backend="cuda")
+        q, s = lowbit.quantize_fp8(y1, **kw)
+        if granularity in ("tensor", "token"):
+            y2 = lowbit.fp8_scaled_mm(q, b2, s, sb2, out_dtype=torch.bfloat16, backend="cuda")
+    else:
+        y1 = lowbit.int8_gemm(a1, b1, sa1, sb1, out_dtype=torch.bfloat16, backend="cuda")
+        q, s, z = lowbit.quantize_int8(y1, symmetric=symmetric, **kw)
+        if granularity == "token":
+            y2 = lowbit.int8_gemm(q, b2, s, sb2, out_dtype=torch.bfloat16, a_zero=z,
+                                  backend="cuda")
+    return [t for t in (y1, q, s, z, y2) if t is not None]
+
+
+@gpu
+@pytest.mark.parametrize("family", ["fp8", "int8"])
+@pytest.mark.parametrize("granularity,group_size,block", GRANS, ids=GRAN_IDS)
+def test_programmatic_quantizers_read_what_the_gemm_before_wrote(family, granularity,
+                                                                  group_size, block):
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the programmatically launched GEMMs run on sm_90 only")
+    gemm = cuda_gemm_module()
+    was = gemm.programmatic_launch()
+    rounds = [(seed % 2 == 0, _pdl_inputs(family, seed)) for seed in range(6)]
+    run = lambda sym, ops: _pdl_round(family, granularity, group_size, block, sym, ops)  # noqa: E731
+    try:
+        gemm.set_programmatic_launch(False)
+        want = []
+        for sym, ops in rounds:
+            want.append(run(sym, ops))
+            torch.cuda.synchronize()
+        gemm.set_programmatic_launch(True)
+        bits = lambda t: t.view(torch.uint8) if t.dtype.itemsize == 1 else t  # noqa: E731
+        for _ in range(3):
+            torch.cuda._sleep(50_000_000)  # tens of ms: the host queues every call meanwhile
+            got = [run(sym, ops) for sym, ops in rounds]
+            torch.cuda.synchronize()
+            for w, o in zip(want, got):
+                assert len(w) == len(o)
+                for a, b in zip(w, o):
+                    assert torch.equal(bits(a), bits(b))
+    finally:
+        gemm.set_programmatic_launch(was)
+
+
 @gpu
 def test_side_stream_and_cuda_graph():
     """Launches on the current stream, with no host synchronization: capturable."""

@@ -94,7 +94,7 @@ def test_granularities(granularity, group_size, block, symmetric, dtype, static)
 @SYMS
 def test_layouts_and_row_lengths(layout, k, granularity, symmetric):
     """Aligned contiguous rows take 16-byte loads; offset, strided and misaligned rows (and
-    ragged tails) the element path; K from one chunk to rows longer than a 512-thread team
+    ragged tails) the element path; K from one chunk to rows longer than a 256-thread team
     keeps in registers."""
     m = 3 if k >= 4096 else 37
     for dtype in (torch.bfloat16, torch.float32):

@@ -31,9 +31,9 @@ inline cudaError_t opt_in_smem(Kernel kernel, int bytes, int device,
   return e;
 }
 
-// Whether lowbit's sm_90 GEMMs launch with programmatic stream serialization (programmatic
-// dependent launch): each may then start its setup while the kernel before it in the stream
-// finishes, and waits for it (griddepcontrol.wait) before touching global memory. On by
+// Whether lowbit's sm_90 GEMMs and quantizers launch with programmatic stream serialization
+// (programmatic dependent launch): each may then start its setup while the kernel before it
+// in the stream finishes, and waits for it (griddepcontrol.wait) before touching global memory. On by
 // default; set_programmatic_launch(false) gives plain stream order, e.g. to time both.
 inline std::atomic<bool>& programmatic_launch_flag() {
   static std::atomic<bool> on{true};

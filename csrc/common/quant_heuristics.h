@@ -45,8 +45,8 @@ inline RowsLaunch plan_streaming(int64_t rows, int64_t nchunks, int cache, int m
 }
 
 // Per-row dynamic scales: the team holds the whole row in registers (`cache` chunks per
-// thread) when it fits in 512 threads (32768 bf16/fp16 or 16384 fp32 elements); short rows
-// share a 256-thread CTA.
+// thread) when it fits in kDynRowMaxThreads = 256 threads (16384 bf16/fp16 or 8192 fp32
+// elements; longer rows read the rest again, from L2); short rows share a 256-thread CTA.
 inline RowsLaunch plan_dyn_row(int64_t rows, int64_t nchunks, int cache) {
   RowsLaunch l;
   l.team = std::min(kDynRowMaxThreads, std::max(4, pow2_at_least(ceil_div(nchunks, cache))));

@@ -40,6 +40,8 @@
 
 #include <cstdint>
 
+#include "common/launch.h"
+#include "common/pdl.cuh"
 #include "common/quant_launch.h"
 #include "common/quant_math.cuh"
 
@@ -302,16 +304,40 @@ __device__ __forceinline__ void encode_chunk(const Codec& codec, const Chunk<T>&
 template <FloatType T, class Codec, QuantKernel kMode>
 __device__ __forceinline__ void quant_rows_body(const KernelParams& p);
 
-// Per-row dynamic teams reach 512 threads (the row in registers); the streaming mode runs
-// 256-thread CTAs (common/quant_heuristics.h).
+// The streaming mode runs 256-thread CTAs (common/quant_heuristics.h).
 template <FloatType T, class Codec, QuantKernel kMode>
-__global__ void __launch_bounds__(kMode == QuantKernel::kDynRow ? kDynRowMaxThreads : kStreamThreads,
-                      kMode == QuantKernel::kDynRow ? kDynRowMinBlocks : kStreamMinBlocks)
+__global__ void __launch_bounds__(kStreamThreads, kStreamMinBlocks)
     quant_rows_kernel(const KernelParams p) {
+  static_assert(kMode == QuantKernel::kStream, "per-row scales: quant_dynrow_kernel");
   if constexpr (!Codec::kRunsHere) {
     __trap();  // never launched: the launcher checks the device
   } else {
+    // Launched programmatically on sm_90+ (launch_quant_kernel): wait for the kernel before
+    // (it may have written x), then let the next one (the GEMM reading q) start its setup.
+    grid_dependency_wait();
+    launch_dependents();
     quant_rows_body<T, Codec, kMode>(p);
+  }
+}
+
+// Per-row dynamic scales: teams of up to kDynRowMaxThreads keep the row in registers, three
+// CTAs per SM (common/quant_launch.h). The sm_80 build keeps two: its software fp8 encoder
+// and the asymmetric int8 codec spill at the 80 registers three would leave.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+constexpr int kDynRowCtas = 2;
+#else
+constexpr int kDynRowCtas = kDynRowMinBlocks;
+#endif
+
+template <FloatType T, class Codec>
+__global__ void __launch_bounds__(kDynRowMaxThreads, kDynRowCtas)
+    quant_dynrow_kernel(const KernelParams p) {
+  if constexpr (!Codec::kRunsHere) {
+    __trap();  // never launched: the launcher checks the device
+  } else {
+    grid_dependency_wait();  // as in quant_rows_kernel
+    launch_dependents();
+    quant_rows_body<T, Codec, QuantKernel::kDynRow>(p);
   }
 }
 
@@ -458,6 +484,8 @@ __global__ void __launch_bounds__(kBlockThreads, kStreamMinBlocks) quant_block12
   if constexpr (!Codec::kRunsHere) {
     __trap();  // never launched: the launcher checks the device
   } else {
+    grid_dependency_wait();  // as in quant_rows_kernel
+    launch_dependents();
     quant_block128_body<T, Codec>(p);
   }
 }
@@ -513,6 +541,8 @@ constexpr int kAmaxThreads = kAmaxBlockThreads;
 
 template <FloatType T, class Key>
 __global__ void __launch_bounds__(kAmaxThreads) amax_kernel(const KernelParams p) {
+  grid_dependency_wait();  // as in quant_rows_kernel; pass 2 waits for this grid in turn
+  launch_dependents();
   constexpr int kCache = Elem<T>::kCache;
   __shared__ uint32_t red[32];
   const int64_t nchunks = (p.cols + kChunk - 1) / kChunk;
@@ -669,32 +699,36 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamMinBlocks) dequant_rows
 }
 
 // ---------------------------------------------------------------------------- launches
+// A quantize kernel's launch: programmatic (l.programmatic, set by the shared launcher on
+// sm_90+ devices) or in plain stream order.
+template <class Kernel>
+cudaError_t launch_quant_kernel(Kernel kernel, const QuantLaunch& l, int threads,
+                                cudaStream_t stream) {
+  const LaunchConfig cfg(dim3(static_cast<unsigned>(l.grid)), threads, 0, stream, 1,
+                         l.programmatic);
+  return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, l.p));
+}
+
 // The row / block kernels of codec C for input type T, as l.kernel says.
 template <FloatType T, class C>
 cudaError_t launch_rows(const QuantLaunch& l, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(l.grid));
-  const dim3 block(static_cast<unsigned>(l.threads));
   switch (l.kernel) {
     case QuantKernel::kStream:
-      quant_rows_kernel<T, C, QuantKernel::kStream><<<grid, block, 0, stream>>>(l.p);
-      break;
+      return launch_quant_kernel(quant_rows_kernel<T, C, QuantKernel::kStream>, l, l.threads,
+                                 stream);
     case QuantKernel::kDynRow:
-      quant_rows_kernel<T, C, QuantKernel::kDynRow><<<grid, block, 0, stream>>>(l.p);
-      break;
+      return launch_quant_kernel(quant_dynrow_kernel<T, C>, l, l.threads, stream);
     case QuantKernel::kDynBlock128:
-      quant_block128_kernel<T, C><<<grid, block, 0, stream>>>(l.p);
-      break;
+      return launch_quant_kernel(quant_block128_kernel<T, C>, l, l.threads, stream);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 // Pass 1 of per-tensor dynamic scaling: the statistic Key of the whole input.
 template <FloatType T, class Key>
 cudaError_t launch_amax(const QuantLaunch& l, cudaStream_t stream) {
-  amax_kernel<T, Key><<<dim3(static_cast<unsigned>(l.grid)), dim3(kAmaxThreads), 0, stream>>>(l.p);
-  return cudaGetLastError();
+  return launch_quant_kernel(amax_kernel<T, Key>, l, kAmaxThreads, stream);
 }
 
 // The dequantize kernel of decoder Dec for l.out_type.

@@ -59,10 +59,19 @@ void set_vector_flags(KernelParams& p, int in_bytes, int out_bytes) {
   p.vec_store = aligned16(p.out) && (p.rows <= 1 || (p.cols * out_bytes) % 16 == 0);
 }
 
+// Every quantize kernel launches through here. On sm_90+ (while programmatic_launch() is on,
+// as for the GEMMs) it is a programmatic dependent launch: its CTAs wait for the kernel
+// before reading anything and then let the next kernel (a GEMM reading q) set up.
 cudaError_t launch_quant(const QuantFamily& f, FloatType t, const QuantLaunch& l,
                          cudaStream_t stream) {
   if (!lowbit::valid(t)) return cudaErrorInvalidValue;
-  return f.by_dtype[static_cast<int>(t)](l, stream);
+  int dev = 0;
+  const bool programmatic = programmatic_launch() && current_device(dev) == cudaSuccess &&
+                            compute_capability(dev) >= 90;
+  if (programmatic == l.programmatic) return f.by_dtype[static_cast<int>(t)](l, stream);
+  QuantLaunch pl = l;
+  pl.programmatic = programmatic;
+  return f.by_dtype[static_cast<int>(t)](pl, stream);
 }
 
 // A launch of the row kernels (quantize or dequantize) shaped by `plan`.

@@ -54,6 +54,7 @@ struct QuantLaunch {
   QuantKernel kernel = QuantKernel::kStream;
   bool hw_cvt = false;      // fp8: only with saturate and e4m3fn / e5m2, on an sm_89+ device
   bool asymmetric = false;  // int8: min/max scales and zero points
+  bool programmatic = false;  // programmatic dependent launch (set by launch_quant)
   KernelParams p;  // with the two flags above, p.fmt and p.saturate select the codec
   int64_t grid = 1;
   int threads = 256;
@@ -71,12 +72,17 @@ struct DequantLaunch {
 inline int cache_chunks(FloatType t) { return t == FloatType::kF32 ? 2 : 4; }
 constexpr int kDequantCacheChunks = 8;
 constexpr int kStreamThreads = 256;     // CTA size of the streaming kernels
-constexpr int kDynRowMaxThreads = 512;  // largest per-row team (and CTA) of kDynRow
-// __launch_bounds__ minBlocks. 1 leaves ptxas free (96-144 registers, no spills); 4 x 256
-// threads (a 64-register cap) spilled in the per-row and 128x128 kernels, and the loads in
-// flight per thread, not the occupancy, set the bandwidth here (bench/NOTES.md).
+constexpr int kDynRowMaxThreads = 256;  // largest per-row team (and CTA) of kDynRow
+// __launch_bounds__ minBlocks of the streaming and 128x128 kernels. 1 leaves ptxas free
+// (96-144 registers, no spills); 4 x 256 threads (a 64-register cap) spilled in the per-row
+// and 128x128 kernels (bench/NOTES.md).
 constexpr int kStreamMinBlocks = 1;  // x 256 threads
-constexpr int kDynRowMinBlocks = 1;  // x 512 threads
+// The per-row kernel: three 256-thread CTAs per SM (80 registers, no spills) keep more loads
+// in flight, while other CTAs reduce and store, than two at the 122 registers ptxas takes
+// unbounded. 16384 x 8192 bf16 -> fp8 per token went from 81-82% to 94-97% of copy bandwidth
+// on an H200 (bench/NOTES.md, "Per-token quantizer occupancy"). A 64-register cap (512-thread
+// teams, or four CTAs) spills. The sm_80 build keeps two (quant_kernels.cuh).
+constexpr int kDynRowMinBlocks = 3;  // x kDynRowMaxThreads
 constexpr int kBlock128Threads = 256;
 constexpr int kAmaxBlockThreads = 256;
 

@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "common/launch.h"
+#include "common/pdl.cuh"
 #include "common/smem.cuh"
 #include "common/tensor_map_cache.h"
 
@@ -67,19 +68,9 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
       "r"(parity)
       : "memory");
 }
-// Programmatic dependent launch. A kernel launched with the programmatic-serialization
-// attribute may start while the kernel before it in the stream is still running; the wait
-// returns once that kernel has completed and its writes are visible, so every global read or
-// write of such a kernel comes after it (a no-op in a launch without the attribute).
-// launch_dependents lets the next such kernel start as soon as every CTA of this grid has
-// run it (CTAs that have exited count too); that kernel then does its own setup on SMs this
-// grid leaves idle or frees, and waits in its turn.
-__device__ __forceinline__ void grid_dependency_wait() {
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-}
-__device__ __forceinline__ void launch_dependents() {
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-}
+// Programmatic dependent launch: common/pdl.cuh.
+using lowbit::grid_dependency_wait;
+using lowbit::launch_dependents;
 __device__ __forceinline__ void tma_prefetch_desc(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }

@@ -16,8 +16,10 @@ aside, so that the older paths are exercised on a Hopper card.
 The sm_90a kernels launch as programmatic dependent launches: each may start its setup
 (barriers, tensor-map prefetch) while the kernel before it in the stream finishes, and waits
 for that kernel (``griddepcontrol.wait``) before it reads or writes global memory; each lets
-the next one start once its threads are past their last mainloop. Results do not change.
-``LOWBIT_PDL=0`` in the environment (read at import) or ``set_programmatic_launch(False)``
+the next one start once its threads are past their last mainloop. The quantize kernels
+launch the same way on sm_90 devices (they wait before reading x and let the next kernel in
+at once), so a quantize -> GEMM chain overlaps the GEMM's setup with the quantizer. Results
+do not change. ``LOWBIT_PDL=0`` in the environment (read at import) or ``set_programmatic_launch(False)``
 gives plain stream order.
 """
 from __future__ import annotations
@@ -42,13 +44,15 @@ _RUNS_ON = {90: {(9, 0)}, 89: {(8, 9), (9, 0)}, 80: None}
 
 
 def set_programmatic_launch(on: bool) -> None:
-    """Launch the sm_90a GEMMs as programmatic dependent launches (the default) or not."""
+    """Launch the sm_90a GEMMs and the sm_90 quantizers as programmatic dependent launches (the
+    default) or not."""
     if has_cuda_kernels():
         _C.set_programmatic_launch(bool(on))
 
 
 def programmatic_launch() -> bool:
-    """Whether the sm_90a GEMMs launch as programmatic dependent launches."""
+    """Whether the sm_90a GEMMs and the sm_90 quantizers launch as programmatic dependent
+    launches."""
     return has_cuda_kernels() and bool(_C.programmatic_launch())
 
 
