@@ -120,8 +120,8 @@ def _check_prepared_chain(device, static):
     first = mod(x)
     assert mod._step is not None, "a GPU forward prepares its chain"
     runs = []
-    key, held, chain = mod._step
-    mod._step = (key, held, lambda x, *a: runs.append(1) or chain(x, *a))
+    chain = mod._step.run
+    mod._step = mod._step._replace(run=lambda x, *a: runs.append(1) or chain(x, *a))
     again = mod(x)
     assert runs == [1], "the second forward of the signature runs the prepared chain"
     assert torch.equal(again, first) and torch.equal(first, _two_ops(mod, x))
@@ -146,6 +146,11 @@ def _check_prepared_chain(device, static):
         act_scale=act)
     mod.load_state_dict(other.state_dict(), assign=True)
     assert torch.equal(mod(x), _two_ops(other, x))
+    # A tensor replaced without __setattr__ (register_buffer writes the buffer dict): the
+    # chain checks the dicts that hold the tensors, so the old chain must not run either.
+    mod(x)
+    mod.register_buffer("weight_scale", mod.weight_scale * 2)
+    assert torch.equal(mod(x), _two_ops(mod, x))
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
@@ -170,6 +175,55 @@ def test_no_prepared_chain_on_the_reference():
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_prepared_chain_on_gpu(static):
     _check_prepared_chain("cuda", static)
+
+
+# Prepared forwards on CUDA kernels share one workspace per device and stream
+# (backends/cuda/linear.py): here three layers of different sizes run back to back behind a
+# sleeping kernel, so that each quantizer writes the workspace right after the GEMM before it
+# has read it (stream order, and on sm_90 the quantizer's wait for that GEMM, keep them apart),
+# on the default stream, on a side stream, and in a CUDA graph (a workspace per call there).
+@pytest.mark.gpu
+def test_layers_share_the_stream_workspace():
+    torch.manual_seed(3)
+    sizes = ((256, 512), (512, 128), (128, 384))
+    mods = [Fp8Linear.from_linear(_linear(k=k, n=n, device="cuda")) for k, n in sizes]
+    xs = [torch.randn(m, 256, dtype=torch.bfloat16, device="cuda") for m in (1, 40, 300)]
+
+    def run(x):
+        outs = []
+        for mod in mods:
+            x = mod(x)
+            outs.append(x)
+        return outs
+
+    def two_ops(x):
+        outs = []
+        for mod in mods:
+            x = _two_ops(mod, x)
+            outs.append(x)
+        return outs
+
+    want = [two_ops(x) for x in xs]
+    for x in xs:
+        run(x)  # prepares each layer's step for each M
+    side = torch.cuda.Stream()
+    for stream in (torch.cuda.current_stream(), side):
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                torch.cuda._sleep(20_000_000)  # the host queues every call meanwhile
+                got = [run(x) for x in xs]
+                torch.cuda.synchronize()
+                for w, o in zip(want, got):
+                    assert all(torch.equal(a, b) for a, b in zip(w, o))
+    graph = torch.cuda.CUDAGraph()
+    static = xs[1].clone()
+    with torch.cuda.graph(graph):
+        captured = run(static)
+    for x, w in zip(xs[1:2] * 2, want[1:2] * 2):
+        static.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(a, b) for a, b in zip(w, captured))
 
 
 @pytest.mark.gpu
@@ -205,7 +259,7 @@ def test_fused_cuda_step_matches_the_ops(monkeypatch, arch, shape, k, n, bias, d
     act = x.abs().amax().float() / 448 if static else None
     mod = Fp8Linear.from_linear(lin, act_scale=act)
     first = mod(x)
-    step = mod._step[2]
+    step = mod._step.run
     x2 = x.reshape(-1, k)
     q, s = lowbit.quantize_fp8(x2, act, granularity="tensor" if static else "token")
     want = (lowbit.explain(lowbit.quantize_fp8, x2, act,
@@ -223,7 +277,7 @@ def test_fused_cuda_step_matches_the_ops(monkeypatch, arch, shape, k, n, bias, d
         other.weight.mul_(-3)
     new_w = Fp8Linear.from_linear(other).weight
     mod.weight.data = new_w.clone()
-    assert mod._step is not None and mod._step[2] is step
+    assert mod._step is not None and mod._step.run is step
     assert torch.equal(mod(x), _two_ops(mod, x)) and not torch.equal(mod(x), first)
 
 

@@ -340,14 +340,15 @@ def step_key(x: torch.Tensor) -> Optional[tuple]:
     generation and the kernels' switches). None where a prepared chain must not run: tracing,
     ``explain``, debug logging of choices, or ``LOWBIT_CHECK_SCALES=1`` (whose value checks
     run in the checked ops only)."""
-    if (torch.compiler.is_compiling() or type(x) is not torch.Tensor
-            or x.device.type not in _REMEMBER_ON or _explaining.get()
-            or _log.isEnabledFor(logging.DEBUG)):
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
         return None
-    env = tuple(getenv(name) for name in _STEP_ENV)
+    device = x.device
+    if device.type not in _REMEMBER_ON or _explaining.get() or _log.isEnabledFor(logging.DEBUG):
+        return None
+    env = tuple(map(getenv, _STEP_ENV))
     if env[-1] == "1":
         return None
-    return (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16, default_backend(),
+    return (x.shape, x.stride(), x.dtype, device, x.data_ptr() % 16, default_backend(),
             _generation, env)
 
 

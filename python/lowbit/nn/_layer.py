@@ -2,7 +2,7 @@
 the [M, K] view of the input, and the W8A8 forward with its prepared step."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -77,25 +77,54 @@ def _static_act_scale(act_scale) -> Optional[torch.Tensor]:
     return act_scale
 
 
+_MISSING = object()
+
+
+class _Step(NamedTuple):
+    """A module's prepared W8A8 step (``W8A8Forward``)."""
+
+    key: tuple  # the input signature (lowbit._backend.step_key)
+    held: tuple  # (dict holding it, name, value) of each _STATE attribute
+    args: tuple  # the _STATE values: the step's arguments after x
+    run: Callable
+
+
 class W8A8Forward:
     """The W8A8 forward of a quantized Linear whose family (``_family``, a
-    ``lowbit._linear.Family``) names its op, and whose ``_state()`` is the op's arguments
-    after x. On a GPU, a forward whose input signature (and module tensors) match the last
-    one runs the step the checked ops chose then (lowbit/_linear.py), in one host call.
-    Everything a check reads is in the key, so an input the checks would reject never
-    matches."""
+    ``lowbit._linear.Family``) names its op, and whose ``_STATE`` attributes are the op's
+    arguments after x. On a GPU, a forward whose input signature (and module tensors) match
+    the last one runs the step the checked ops chose then (lowbit/_linear.py), in one host
+    call. Everything a check reads is in the key, so an input the checks would reject never
+    matches; the module's tensors must be the very objects the step was built with (looked up
+    in the dict that holds each, not through ``nn.Module.__getattr__``, which costs more than
+    the rest of the check)."""
 
     _family: "_linear.Family"
-    _step = None  # (input key, the module state it was built with, the step)
+    _STATE: Tuple[str, ...]
+    _step: Optional[_Step] = None
+
+    def _state(self) -> tuple:
+        return tuple(getattr(self, name) for name in self._STATE)
 
     def _w8a8(self, x: torch.Tensor) -> torch.Tensor:
         key = _backend.step_key(x)
         step = self._step
-        if key is not None and step is not None and step[0] == key:
-            held, state = step[1], self._state()
-            if all(h is s for h, s in zip(held, state)):
-                return step[2](x, *held)
+        if key is not None and step is not None:
+            step_key, held, args, run = step
+            if step_key == key:
+                for holder, name, value in held:
+                    if holder.get(name, _MISSING) is not value:
+                        break
+                else:
+                    return run(x, *args)
         return self._w8a8_checked(x, key)
+
+    def _holder(self, name: str) -> dict:
+        """The dict that holds attribute ``name`` (a parameter, a buffer or a plain one)."""
+        for d in (self.__dict__, self._parameters, self._buffers):
+            if name in d:
+                return d
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def _w8a8_checked(self, x: torch.Tensor, key) -> torch.Tensor:
         state = self._state()
@@ -108,7 +137,8 @@ class W8A8Forward:
             # This module's own step (its own launch objects: the weight's TMA map is kept).
             step = _linear.prepare_step(self._family, x, q_args, g_args, state)
             if step is not None:
-                self._step = (key, state, step)
+                held = tuple((self._holder(n), n, v) for n, v in zip(self._STATE, state))
+                self._step = _Step(key, held, state, step)
         return y
 
     def __getstate__(self):

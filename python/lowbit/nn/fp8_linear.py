@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _linear, api
-from ._layer import (W8A8Forward, _check_linear, _copy_bias, _dtype_name, _layer_dtype_of,
-                     _new_bias, _static_act_scale)
+from ._layer import (W8A8Forward, _check_linear, _check_x, _copy_bias, _dtype_name,
+                     _layer_dtype_of, _new_bias, _static_act_scale)
 
 MODES = ("w8a8", "w8a16")
 
 
 class Fp8Linear(W8A8Forward, nn.Module):
     _family = _linear.FP8
+    _STATE = ("weight", "weight_scale", "bias", "act_scale")  # fp8_linear's arguments after x
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  mode: str = "w8a8", static_act_scale: bool = False, device=None,
@@ -77,14 +78,8 @@ class Fp8Linear(W8A8Forward, nn.Module):
                 "static_act_scale": self.act_scale is not None,
                 "dtype": _dtype_name(self.dtype)}
 
-    def _state(self):
-        return (self.weight, self.weight_scale, self.bias, self.act_scale)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"Fp8Linear: x must have last dimension in_features = {self.in_features}; "
-                f"got shape {tuple(x.shape)}")
+        _check_x(self, x)
         if self.mode == "w8a16":
             x2 = x.reshape(-1, self.in_features)
             w = api.dequantize_fp8(self.weight, self.weight_scale, out_dtype=x.dtype)

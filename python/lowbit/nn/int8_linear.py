@@ -36,6 +36,8 @@ MODES = ("w8a8", "w8a16")
 
 class Int8Linear(W8A8Forward, nn.Module):
     _family = _linear.INT8
+    # int8_linear's arguments after x
+    _STATE = ("weight", "weight_scale", "bias", "act_scale", "act_zero", "act_symmetric")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  mode: str = "w8a8", static_act_scale: bool = False,
@@ -93,10 +95,6 @@ class Int8Linear(W8A8Forward, nn.Module):
             mod.act_zero.copy_(z.reshape(()))
         _copy_bias(mod, linear)
         return mod
-
-    def _state(self):
-        return (self.weight, self.weight_scale, self.bias, self.act_scale, self.act_zero,
-                self.act_symmetric)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "w8a16":

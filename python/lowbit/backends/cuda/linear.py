@@ -3,9 +3,13 @@
 ``Fp8Linear`` (W8A8) runs two ops per forward: ``quantize_fp8`` on the activations, then
 ``fp8_scaled_mm`` on the result (``Int8Linear``: ``quantize_int8``, then ``int8_gemm``). Once a forward of an input signature has run both through
 the checked ops on CUDA kernels, ``fp8_linear_step`` builds the same two launches into one
-``_C.Fp8LinearLaunch`` (``_C.Int8LinearLaunch``): a call then allocates a workspace for the quantized activations and
-their scales (one allocation instead of two or three), the output, and makes one call into
-C++, which launches the quantizer and then the GEMM on the current stream. A module keeps a
+``_C.Fp8LinearLaunch`` (``_C.Int8LinearLaunch``): a call then allocates the output and makes
+one call into C++, which launches the quantizer and then the GEMM on the current stream. The
+quantized activations and their scales go through a workspace kept per device and stream
+(``_workspace``), shared by every layer: the stream runs each layer's quantizer after the GEMM
+that last read the workspace (on sm_90 both launch programmatically, and the quantizer waits
+for that GEMM before it writes). It grows to the largest layer's need and is kept; under CUDA
+graph capture each call takes a workspace of its own from the graph's pool instead. A module keeps a
 launch object of its own, so its GEMM encodes the weight's TMA map once (see
 ``csrc/common/tensor_map_cache.h``); the registered ``fp8_linear`` op keeps one per
 signature, shared by the layers of that shape. The kernels, their arguments and so the
@@ -28,6 +32,21 @@ from .quantize import _rows_view, needs_amax_word, quantize_launches
 
 def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
+
+
+_WORKSPACE: dict = {}  # (device index, stream handle) -> uint8 tensor
+_capturing = torch.cuda.is_current_stream_capturing
+
+
+def _workspace(dev: torch.device, idx: int, stream: int, nbytes: int) -> torch.Tensor:
+    """A workspace of at least ``nbytes`` for a launch on ``stream`` (see the module's
+    docstring); the caller holds it until the launch is enqueued."""
+    if _capturing():
+        return torch.empty(nbytes, dtype=torch.uint8, device=dev)
+    ws = _WORKSPACE.get((idx, stream))
+    if ws is None or ws.numel() < nbytes:
+        ws = _WORKSPACE[(idx, stream)] = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+    return ws
 
 
 def _plan(x, weight, weight_scale, bias, act_scale, op, granularity, group_size, block,
@@ -93,17 +112,17 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
                      for q in quantize_launches(q_kid, x.dtype, geometry, fmt,
                                                 granularity, group_size, block, saturate))
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
-    empty, u8 = torch.empty, torch.uint8
+    empty = torch.empty
 
     def step(x, weight, weight_scale, bias, act_scale):
-        ws = empty(ws_bytes, dtype=u8, device=dev)
         out = empty(out_shape, dtype=out_dtype, device=dev)
         with OnDevice(dev):
+            stream = raw_stream(idx)
             launches[quantize.HW_CVT](
                 x.data_ptr(), 0 if act_scale is None else act_scale.data_ptr(),
                 weight.data_ptr(), weight_scale.data_ptr(),
-                0 if bias is None else bias.data_ptr(), ws.data_ptr(), out.data_ptr(),
-                raw_stream(idx))
+                0 if bias is None else bias.data_ptr(),
+                _workspace(dev, idx, stream, ws_bytes).data_ptr(), out.data_ptr(), stream)
         return out
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
@@ -141,7 +160,7 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
     quant = quantize_launch(q_kid, x.dtype, geometry, granularity, group_size, block, symmetric)
     launch = _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset).launch
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
-    empty, u8 = torch.empty, torch.uint8
+    empty = torch.empty
     sums = [None, None]  # [row sums, the weight's version they were computed at]
 
     def b_sum(weight) -> int:
@@ -152,14 +171,14 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
         return sums[0].data_ptr()
 
     def step(x, weight, weight_scale, bias, act_scale, act_zero, act_symmetric):
-        ws = empty(ws_bytes, dtype=u8, device=dev)
         out = empty(out_shape, dtype=out_dtype, device=dev)
         with OnDevice(dev):
+            stream = raw_stream(idx)
             launch(x.data_ptr(), 0 if act_scale is None else act_scale.data_ptr(),
                    0 if act_zero is None else act_zero.data_ptr(), weight.data_ptr(),
                    weight_scale.data_ptr(), b_sum(weight),
-                   0 if bias is None else bias.data_ptr(), ws.data_ptr(), out.data_ptr(),
-                   raw_stream(idx))
+                   0 if bias is None else bias.data_ptr(),
+                   _workspace(dev, idx, stream, ws_bytes).data_ptr(), out.data_ptr(), stream)
         return out
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
