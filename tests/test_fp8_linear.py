@@ -153,6 +153,34 @@ def _check_prepared_chain(device, static):
     assert torch.equal(mod(x), _two_ops(mod, x))
 
 
+# torch counts float8 (and the fp32 scales) as floating point: a plain nn.Module cast would
+# turn the quantized weight into fp16 values and round the scales. The W8A8 modules keep
+# their format tensors as they are under every dtype cast; the layer (bias, output, config)
+# follows the cast, and the prepared step is dropped (the bias changed dtype in place).
+@pytest.mark.parametrize("cls", ["Fp8Linear", "Int8Linear"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_dtype_casts_keep_the_quantized_format(cls, bias):
+    import lowbit.nn
+    cls = getattr(lowbit.nn, cls)
+    mod = cls.from_linear(_linear(bias=bias))
+    bits = lambda t: t.view(torch.uint8) if t.dtype.itemsize == 1 else t  # noqa: E731
+    fmt = {name: t.clone() for name, t in mod.named_buffers()}
+    for cast, dtype in ((lambda m: m.half(), torch.float16),
+                        (lambda m: m.to(torch.float32), torch.float32),
+                        (lambda m: m.to("cpu", torch.bfloat16), torch.bfloat16)):
+        mod._step = "a step of the old dtypes"
+        cast(mod)
+        assert mod._step is None
+        assert mod.dtype == dtype and (mod.bias is None or mod.bias.dtype == dtype)
+        for name, t in mod.named_buffers():
+            assert t.dtype == fmt[name].dtype and torch.equal(bits(t), bits(fmt[name])), name
+        x = torch.randn(3, 256, dtype=dtype)
+        rebuilt = cls(**mod.config())
+        rebuilt.load_state_dict(mod.state_dict())
+        y = mod(x)
+        assert y.dtype == dtype and torch.equal(y, rebuilt(x))
+
+
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_prepared_chain_on_interpreted_triton(monkeypatch, static):
     """The chain logic on the CPU: the Triton kernels under the interpreter, with choices on

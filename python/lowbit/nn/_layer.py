@@ -141,6 +141,31 @@ class W8A8Forward:
                 self._step = _Step(key, held, state, step)
         return y
 
+    # Quantized tensors and their scales: their dtypes are the format, so dtype casts of the
+    # module (``model.half()``, ``model.to(torch.float16)``) move them to the new device but
+    # never convert them (torch counts float8 and fp32 scales as floating point and would).
+    _FORMAT_TENSORS = ("weight", "weight_scale", "act_scale", "act_zero")
+
+    def _apply(self, fn, recurse=True):
+        """``nn.Module._apply`` (what ``to``, ``half``, ``cuda``... run) with the format
+        tensors kept in their dtype, the layer dtype following a cast, and the prepared step
+        dropped (the bias may have changed dtype in place, under the same Parameter)."""
+        keep = {id(t) for t in (self._buffers.get(n) for n in self._FORMAT_TENSORS)
+                if t is not None}
+
+        def keeping_format(t):
+            out = fn(t)
+            if id(t) in keep and out.dtype != t.dtype:
+                out = t.to(device=out.device)  # the cast is dropped, the move kept
+            return out
+
+        self._step = None
+        if self.bias is None:
+            layer = fn(torch.empty((), dtype=_layer_dtype_of(self)))
+            if layer.is_floating_point():
+                self._dtype = layer.dtype
+        return super()._apply(keeping_format, recurse)
+
     def __getstate__(self):
         # The prepared step holds closures over this process's kernels: never pickled.
         state = self.__dict__.copy()

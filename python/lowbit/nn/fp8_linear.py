@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import _linear, api
 from ._layer import (W8A8Forward, _check_linear, _check_x, _copy_bias, _dtype_name,
-                     _layer_dtype_of, _new_bias, _static_act_scale)
+                     _layer_dtype, _layer_dtype_of, _new_bias, _static_act_scale)
 
 MODES = ("w8a8", "w8a16")
 
@@ -42,9 +42,9 @@ class Fp8Linear(W8A8Forward, nn.Module):
                              torch.ones(out_features, 1, dtype=torch.float32, device=device))
         self.register_buffer("act_scale", torch.ones((), dtype=torch.float32, device=device)
                              if static_act_scale else None)
-        self.bias = _new_bias(out_features, bias, dtype, device)
+        self._dtype = _layer_dtype(type(self).__name__, dtype)  # without a bias: config()'s
+        self.bias = _new_bias(out_features, bias, self._dtype, device)
         self._step = None  # see W8A8Forward
-        self._dtype = dtype  # the layer's dtype when it has no bias, for config()
 
     dtype = property(_layer_dtype_of, doc=_layer_dtype_of.__doc__)
 
