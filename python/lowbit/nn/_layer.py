@@ -127,6 +127,7 @@ class W8A8Forward:
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def _w8a8_checked(self, x: torch.Tensor, key) -> torch.Tensor:
+        _check_x(self, x)  # (a prepared step's key holds a shape that passed it)
         state = self._state()
         if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
             # One registered op per layer in a compiled graph (one dispatcher crossing), and

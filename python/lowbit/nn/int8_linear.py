@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from .. import _linear, api
-from ._layer import (W8A8Forward, _check_linear, _check_x, _copy_bias, _dtype_name,
-                     _layer_dtype, _layer_dtype_of, _new_bias, _rows, _static_act_scale)
+from ._layer import (W8A8Forward, _check_linear, _copy_bias, _dtype_name, _layer_dtype,
+                     _layer_dtype_of, _new_bias, _rows, _static_act_scale)
 
 MODES = ("w8a8", "w8a16")
 
@@ -101,8 +101,7 @@ class Int8Linear(W8A8Forward, nn.Module):
             x2, out_shape = _rows(self, x)
             return api.w8a16_gemm(x2, self.weight, self.weight_scale,
                                   self.bias).reshape(out_shape)
-        _check_x(self, x)  # the W8A8 step takes x as it is (no reshape per call)
-        return self._w8a8(x)
+        return self._w8a8(x)  # takes x as it is (no reshape per call), checked there
 
     def config(self) -> dict:
         """The constructor's arguments for an empty module of this structure (load_state_dict
