@@ -619,6 +619,24 @@ def compile_checks_in_fresh_process(test_file: str, target) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+def check_int4_quantize(w, group, symmetric, backend, what=""):
+    """``backend``'s int4_quantize of ``w`` against the reference's on the same values, bit
+    for bit (codes, scales, zero points), the result on w's device; returns it."""
+    import lowbit
+    got = lowbit.int4_quantize(w, group_size=group, symmetric=symmetric, backend=backend)
+    want = lowbit.int4_quantize(w.cpu(), group_size=group, symmetric=symmetric,
+                                backend="reference")
+    assert got.qweight.device == w.device and got.scales.device == w.device
+    assert_bits_equal(got.qweight, want.qweight, f"{what} codes")
+    assert_bits_equal(got.scales, want.scales, f"{what} scales")
+    if symmetric:
+        assert got.zeros is None
+    else:
+        assert got.zeros.device == w.device
+        assert_bits_equal(got.zeros, want.zeros, f"{what} zeros")
+    return got
+
+
 def int4_edge_group(case: str, device="cpu"):
     """(w, group, symmetric) of an int4 quantizer case that special_data does not reach:
     "subnormal_min", an asymmetric group whose only nonzero entry is -0.75 * 2^-126 (scale

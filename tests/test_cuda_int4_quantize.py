@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import lowbit
-from lowbit_testing import (LAYOUTS, assert_bits_equal, int4_edge_group, special_data,
-                            with_layout)
+from lowbit_testing import (LAYOUTS, assert_bits_equal, check_int4_quantize, int4_edge_group,
+                            special_data, with_layout)
 
 gpu = pytest.mark.gpu
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -22,19 +22,7 @@ GROUPS = pytest.mark.parametrize("group", [32, 64, 128])
 
 
 def check(w, group, symmetric, what=""):
-    """The CUDA kernel's Int4Weight against the reference's on the same values, bit for bit."""
-    got = lowbit.int4_quantize(w, group_size=group, symmetric=symmetric, backend="cuda")
-    want = lowbit.int4_quantize(w.cpu(), group_size=group, symmetric=symmetric,
-                                backend="reference")
-    assert got.qweight.device == w.device and got.scales.device == w.device
-    assert_bits_equal(got.qweight, want.qweight, f"{what} codes")
-    assert_bits_equal(got.scales, want.scales, f"{what} scales")
-    if symmetric:
-        assert got.zeros is None
-    else:
-        assert got.zeros.device == w.device
-        assert_bits_equal(got.zeros, want.zeros, f"{what} zeros")
-    return got
+    return check_int4_quantize(w, group, symmetric, "cuda", what)
 
 
 @gpu

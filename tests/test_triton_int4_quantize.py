@@ -6,7 +6,7 @@ it for Hopper, Ampere and MI300X from any machine."""
 import pytest
 import torch
 
-from lowbit_testing import (LAYOUTS, assert_bits_equal, compile_checks_in_fresh_process,
+from lowbit_testing import (LAYOUTS, check_int4_quantize, compile_checks_in_fresh_process,
                             int4_edge_group as edge_group, special_data, with_layout)
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
@@ -20,16 +20,7 @@ SYMS = pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 
 
 def check(w, group, symmetric, what=""):
-    got = lowbit.int4_quantize(w, group_size=group, symmetric=symmetric, backend="triton")
-    want = lowbit.int4_quantize(w.cpu(), group_size=group, symmetric=symmetric,
-                                backend="reference")
-    assert got.qweight.device == w.device
-    assert_bits_equal(got.qweight, want.qweight, f"{what} codes")
-    assert_bits_equal(got.scales, want.scales, f"{what} scales")
-    if symmetric:
-        assert got.zeros is None
-    else:
-        assert_bits_equal(got.zeros, want.zeros, f"{what} zeros")
+    return check_int4_quantize(w, group, symmetric, "triton", what)
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
