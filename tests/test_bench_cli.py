@@ -174,10 +174,13 @@ def test_op_rows_and_outputs_on_cpu(cpu_timers, tmp_path, capsys):
     assert gemm["weight_tbps"] == pytest.approx(256 * 256 / 1e-5 / 1e12)
     lin = next(r for r in bench.rows if r["impl"] == "F.linear bf16")  # its own bytes, peak
     assert lin["weight_tbps"] == pytest.approx(2 * gemm["weight_tbps"]) and lin["ceiling"] == "bf16"
-    bench.run_host(["fp8_scaled_mm", "quantize_fp8"], run._NoBar())
+    bench.run_host(["fp8_scaled_mm", "quantize_fp8", "int8_linear", "w4a16_gemm"], run._NoBar())
     impls = [r["impl"] for r in bench.host]
     assert impls[0] == "torch.add_" and "torch.ops.lowbit.fp8_scaled_mm" in impls
-    assert impls[-2:] == ["nn.Linear bf16", "lowbit.nn.Fp8Linear"]
+    # Each quantized module whose op ran, beside nn.Linear, eager and compiled.
+    layers = ["nn.Linear bf16", "lowbit.nn.Fp8Linear", "lowbit.nn.Int8Linear",
+              "lowbit.nn.Int4Linear"]
+    assert impls[-8:] == [f for name in layers for f in (name, f"torch.compile({name})")]
     assert all(r.get("vs_add") == pytest.approx(1.0) for r in bench.host if not r.get("error"))
     env = dict(card="CPU", capability="0.0", sms=0, l2_mb=0, memory_gib=0, torch=torch.__version__,
                cuda=None, triton=None, python="3", lowbit="0", date="today", lowbit_build={})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import signal
@@ -20,6 +21,10 @@ from . import matrix
 from .cases import OPS, error_text
 
 DEFAULT_OUT = "lowbit-bench"
+# lowbit.nn module -> the ops whose host rows bring its module rows along
+_HOST_MODULES = {"Fp8Linear": {"fp8_scaled_mm", "fp8_linear"},
+                 "Int8Linear": {"int8_gemm", "int8_linear"},
+                 "Int4Linear": {"w4a16_gemm"}}
 GRAPH_CALLS = 20  # calls per captured graph in the host table: the replay's own launch is shared
 
 
@@ -310,28 +315,37 @@ class Bench:
             for impl, fn in fns:
                 self.host.append(self._host_row(impl, shape, fn, op))
             bar.update()
-        if "fp8_scaled_mm" in ops:
-            self._host_modules()
+        modules = [name for name, wants in _HOST_MODULES.items() if wants & set(ops)]
+        if modules:
+            self._host_modules(modules)
 
-    def _host_modules(self) -> None:
+    def _host_modules(self, modules) -> None:
+        """Each quantized module of ``modules`` (``lowbit.nn`` class names) beside the bf16
+        nn.Linear it replaces, at the decode size, eager and compiled: a quantized module's
+        forward should cost no more host time than nn.Linear's, both ways."""
         import torch
 
-        from lowbit.nn import Fp8Linear
+        import lowbit.nn
 
-        from .cases import DEVICE
+        from .cases import DEVICE, compiled
 
         m, n, k = matrix.HOST_GEMM
         shape = matrix.shape_str(matrix.HOST_GEMM)
         lin = torch.nn.Linear(k, n, device=DEVICE, dtype=torch.bfloat16)
         x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
-        try:
-            fp8 = Fp8Linear.from_linear(lin)
-        except Exception as e:  # noqa: BLE001
-            self.host.append(dict(op="module", impl="lowbit.nn.Fp8Linear", shape=shape, error=error_text(e)))
-            return
+        layers = [("nn.Linear bf16", lin)]
+        for name in modules:
+            try:
+                layers.append((f"lowbit.nn.{name}", getattr(lowbit.nn, name).from_linear(lin)))
+            except Exception as e:  # noqa: BLE001
+                self.host.append(dict(op="module", impl=f"lowbit.nn.{name}", shape=shape,
+                                      error=error_text(e)))
         with torch.no_grad():
-            self.host.append(self._host_row("nn.Linear bf16", shape, lambda: lin(x), "module"))
-            self.host.append(self._host_row("lowbit.nn.Fp8Linear", shape, lambda: fp8(x), "module"))
+            for label, layer in layers:
+                self.host.append(self._host_row(label, shape, functools.partial(layer, x),
+                                                "module"))
+                self.host.append(self._host_row(f"torch.compile({label})", shape,
+                                                functools.partial(compiled(layer), x), "module"))
 
     # -------------------------------------------------------------------- models
     def run_models(self, bar) -> None:
