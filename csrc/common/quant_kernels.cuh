@@ -321,8 +321,8 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamMinBlocks)
 }
 
 // Per-row dynamic scales: teams of up to kDynRowMaxThreads keep the row in registers, three
-// CTAs per SM (common/quant_launch.h). The sm_80 build keeps two: its software fp8 encoder
-// and the asymmetric int8 codec spill at the 80 registers three would leave.
+// CTAs per SM (common/quant_launch.h). Code for archs below sm_89 keeps two: there the
+// software fp8 encoder and the asymmetric int8 codec spill at the 80 registers three leave.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
 constexpr int kDynRowCtas = 2;
 #else

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "common/launch.h"
@@ -59,15 +60,38 @@ void set_vector_flags(KernelParams& p, int in_bytes, int out_bytes) {
   p.vec_store = aligned16(p.out) && (p.rows <= 1 || (p.cols * out_bytes) % 16 == 0);
 }
 
-// Every quantize kernel launches through here. On sm_90+ (while programmatic_launch() is on,
-// as for the GEMMs) it is a programmatic dependent launch: its CTAs wait for the kernel
-// before reading anything and then let the next kernel (a GEMM reading q) set up.
+// An empty kernel of the quantizers' library: built from the same arch list as every
+// quantize kernel, so the code that runs it on a device is what they run there.
+__global__ void quant_arch_probe() {}
+
+// Whether the quantize kernels that run on `device` hold the PDL wait: they do when that code
+// was compiled for sm_90+ (common/pdl.cuh). An sm_90 device runs sm_80 / sm_89 PTX through the
+// JIT when the build has no sm_90 target, and so does a newer device; that code has no wait,
+// and launched programmatically it could read x before the kernel before it wrote it.
+bool quant_kernels_wait(int device) {
+  static std::atomic<int> known[kMaxDevices] = {};  // 0: not read yet, 1: no, 2: yes
+  const int k = known[device].load(std::memory_order_relaxed);
+  if (k != 0) return k == 2;
+  cudaFuncAttributes attr = {};
+  if (cudaFuncGetAttributes(&attr, quant_arch_probe) != cudaSuccess) {
+    (void)cudaGetLastError();  // not cached: asked again next time
+    return false;
+  }
+  const bool wait = attr.ptxVersion >= 90;
+  known[device].store(wait ? 2 : 1, std::memory_order_relaxed);
+  return wait;
+}
+
+// Every quantize kernel launches through here. Where its code holds the PDL wait (sm_90, and
+// while programmatic_launch() is on, as for the GEMMs) it is a programmatic dependent launch:
+// its CTAs wait for the kernel before reading anything and then let the next kernel (a GEMM
+// reading q) set up.
 cudaError_t launch_quant(const QuantFamily& f, FloatType t, const QuantLaunch& l,
                          cudaStream_t stream) {
   if (!lowbit::valid(t)) return cudaErrorInvalidValue;
   int dev = 0;
   const bool programmatic = programmatic_launch() && current_device(dev) == cudaSuccess &&
-                            compute_capability(dev) >= 90;
+                            compute_capability(dev) >= 90 && quant_kernels_wait(dev);
   if (programmatic == l.programmatic) return f.by_dtype[static_cast<int>(t)](l, stream);
   QuantLaunch pl = l;
   pl.programmatic = programmatic;
