@@ -158,10 +158,11 @@ def test_leading_dimensions(granularity):
 # kernel in at once. Here each quantizer reads the output that a GEMM wrote a moment earlier
 # (the sm_90a GEMMs let their successor start once past their mainloop, before their epilogue
 # stores), and a second GEMM reads the quantizer's codes and scales (per token and per
-# tensor, the activation scales it takes), with new inputs every round. The calls queue up
-# behind a sleeping kernel, so they run back to back: a quantizer that read before its wait
-# would see the previous round's GEMM output. Per tensor is two kernels (amax, then encode),
-# the second reading the first's words.
+# tensor, the activation scales it takes), with new inputs every round and every pass (so
+# memory that an earlier pass left holds other values). The calls queue up behind a
+# sleeping kernel, so they run back to back: a quantizer that read before its wait would see
+# whatever the GEMM's output memory held before. Per tensor is two kernels (amax, then
+# encode), the second reading the first's words.
 def _pdl_inputs(family, seed):
     """Device operands of one round, made before the calls queue up (a copy from the host
     would wait for the sleeping kernel)."""
@@ -204,21 +205,23 @@ def test_programmatic_quantizers_read_what_the_gemm_before_wrote(family, granula
         pytest.skip("the programmatically launched GEMMs run on sm_90 only")
     gemm = cuda_gemm_module()
     was = gemm.programmatic_launch()
-    rounds = [(seed % 2 == 0, _pdl_inputs(family, seed)) for seed in range(6)]
+    passes = [[(seed % 2 == 0, _pdl_inputs(family, 6 * p + seed)) for seed in range(6)]
+              for p in range(3)]
     run = lambda sym, ops: _pdl_round(family, granularity, group_size, block, sym, ops)  # noqa: E731
     try:
         gemm.set_programmatic_launch(False)
         want = []
-        for sym, ops in rounds:
-            want.append(run(sym, ops))
-            torch.cuda.synchronize()
+        for rounds in passes:
+            for sym, ops in rounds:
+                want.append(run(sym, ops))
+                torch.cuda.synchronize()
         gemm.set_programmatic_launch(True)
         bits = lambda t: t.view(torch.uint8) if t.dtype.itemsize == 1 else t  # noqa: E731
-        for _ in range(3):
+        for i, rounds in enumerate(passes):
             torch.cuda._sleep(50_000_000)  # tens of ms: the host queues every call meanwhile
             got = [run(sym, ops) for sym, ops in rounds]
             torch.cuda.synchronize()
-            for w, o in zip(want, got):
+            for w, o in zip(want[6 * i:], got):
                 assert len(w) == len(o)
                 for a, b in zip(w, o):
                     assert torch.equal(bits(a), bits(b))

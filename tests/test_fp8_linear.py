@@ -193,6 +193,32 @@ def test_prepared_chain_on_interpreted_triton(monkeypatch, static):
         _check_prepared_chain("cpu", static)
 
 
+@pytest.mark.parametrize("cls", ["Fp8Linear", "Int8Linear"])
+def test_a_prepared_module_is_freed_by_reference_counting(monkeypatch, cls):
+    """The prepared step must not form a reference cycle with its module (e.g. by holding
+    its __dict__): a dropped model's weights go at once, not at the next full collection."""
+    pytest.importorskip("triton")
+    import gc
+    import weakref
+
+    import lowbit.nn
+    from lowbit import _backend
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_backend, "_REMEMBER_ON", ("cuda", "cpu"))
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    with lowbit.use_backend("triton"):
+        mod = getattr(lowbit.nn, cls).from_linear(_linear(bias=False))
+        mod(x)
+        assert mod._step is not None
+    weight = weakref.ref(mod.weight)
+    gc.disable()
+    try:
+        del mod
+        assert weight() is None
+    finally:
+        gc.enable()
+
+
 def test_no_prepared_chain_on_the_reference():
     mod = Fp8Linear.from_linear(_linear())
     mod(torch.randn(2, 256, dtype=torch.bfloat16))
@@ -252,6 +278,30 @@ def test_layers_share_the_stream_workspace():
         graph.replay()
         torch.cuda.synchronize()
         assert all(torch.equal(a, b) for a, b in zip(w, captured))
+    # Only the modules' eager forwards keep a workspace; the registered op (what compiled
+    # graphs call, also in their CUDA-graph warm-up) allocates one per call.
+    from lowbit.backends.cuda import linear
+    linear.release_workspaces()
+    torch.ops.lowbit.fp8_linear(xs[2], *mods[0]._state(), "default")
+    torch.ops.lowbit.fp8_linear(xs[2], *mods[0]._state(), "default")
+    assert not linear._WORKSPACE
+    mods[0](xs[2])
+    assert len(linear._WORKSPACE) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", ["Fp8Linear", "Int8Linear"])
+def test_a_cast_and_move_to_the_gpu_keeps_the_quantized_format(cls):
+    import lowbit.nn
+    mod = getattr(lowbit.nn, cls).from_linear(_linear())
+    fmt = {name: t.clone() for name, t in mod.named_buffers()}
+    mod.to("cuda", torch.float16, non_blocking=True)
+    for name, t in mod.named_buffers():
+        assert t.is_cuda and t.dtype == fmt[name].dtype, name
+        assert torch.equal(t.cpu().view(torch.uint8), fmt[name].view(torch.uint8)), name
+    assert mod.bias.dtype == torch.float16 and mod.bias.is_cuda
+    x = torch.randn(5, 256, dtype=torch.float16, device="cuda")
+    assert torch.equal(mod(x), mod(x)) and mod(x).dtype == torch.float16
 
 
 @pytest.mark.gpu

@@ -42,7 +42,8 @@ class Family:
     quant_args: Callable
     # gemm_args(quantized, dtype, *state) -> the GEMM op's arguments (without backend)
     gemm_args: Callable
-    # fused(quant_kernel, gemm_kernel, x, quant_args, dtype, *state) -> a step or None
+    # fused(quant_kernel, gemm_kernel, x, quant_args, dtype, shared_workspace, *state)
+    #   -> a step or None
     fused: Optional[Callable] = None
 
 
@@ -53,12 +54,12 @@ def fp8_quantizer_args(act_scale: Optional[torch.Tensor]) -> tuple:
     return (FP8_FMT, "tensor" if act_scale is not None else "token", 128, [128, 128], True)
 
 
-def _fp8_fused(quant_kernel, gemm_kernel, x, q_args, dtype, weight, weight_scale, bias,
-               act_scale):
+def _fp8_fused(quant_kernel, gemm_kernel, x, q_args, dtype, shared_workspace, weight,
+               weight_scale, bias, act_scale):
     from .backends.cuda.linear import fp8_linear_step
 
     return fp8_linear_step(quant_kernel, gemm_kernel, x, act_scale, q_args[2:], weight,
-                           weight_scale, bias, dtype)
+                           weight_scale, bias, dtype, shared_workspace)
 
 
 FP8 = Family(
@@ -69,10 +70,11 @@ FP8 = Family(
         qs[0], weight, qs[1], weight_scale, bias, dtype, False),
     fused=_fp8_fused)
 
-def _int8_fused(quant_kernel, gemm_kernel, x, q_args, dtype, *state):
+def _int8_fused(quant_kernel, gemm_kernel, x, q_args, dtype, shared_workspace, *state):
     from .backends.cuda.linear import int8_linear_step
 
-    return int8_linear_step(quant_kernel, gemm_kernel, x, q_args, dtype, *state)
+    return int8_linear_step(quant_kernel, gemm_kernel, x, q_args, dtype, shared_workspace,
+                            *state)
 
 
 INT8 = Family(
@@ -102,18 +104,24 @@ def run_ops(fam: Family, x, state: tuple, backend: str):
 
 
 def prepare_step(fam: Family, x, q_args: tuple, g_args: tuple, state: tuple,
-                 backend: Optional[str] = None) -> Optional[Callable]:
+                 backend: Optional[str] = None, shared_workspace: bool = False
+                 ) -> Optional[Callable]:
     """step(x, *state) -> y for arguments of this signature, from the kernels the checked ops
     chose for it (``run_ops`` ran them on ``q_args``, ``g_args``): one fused call where the
     family has one for those kernels, else the two prepared op functions back to back. None
-    when an op has no remembered choice (CPU tensors, or not run through the checks)."""
+    when an op has no remembered choice (CPU tensors, or not run through the checks).
+    ``shared_workspace``: a fused call takes its workspace from the per-stream cache of
+    backends/cuda/linear.py, for eager module forwards only: the registered op also runs
+    inside compiled graphs, whose CUDA-graph warm-up allocates from a graph's private pool,
+    where a block kept in the cache could later be handed to the graph's own tensors."""
     quant = _backend.remembered_choice(fam.quantize, q_args, backend)
     gemm = _backend.remembered_choice(fam.gemm, g_args, backend)
     if quant is None or gemm is None:
         return None
     dtype, weight = x.dtype, state[0]
     if fam.fused is not None and quant.backend == gemm.backend == "cuda":
-        step = fam.fused(quant.kernel, gemm.kernel, x, q_args, dtype, *state)
+        step = fam.fused(quant.kernel, gemm.kernel, x, q_args, dtype, shared_workspace,
+                         *state)
         if step is not None:
             return step
     quant_fn, gemm_fn = quant.fn, gemm.fn

@@ -10,6 +10,7 @@ from torch import nn
 from .. import _backend, _linear, ops
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _layer_dtype(cls_name: str, dtype: Union[torch.dtype, str]) -> torch.dtype:
@@ -29,8 +30,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _layer_dtype_of(mod: nn.Module) -> torch.dtype:
     """The layer dtype: the bias's when there is one (it follows ``module.to(dtype)``),
-    else the constructor's (bf16 for an Fp8Linear pickled before modules kept it)."""
-    return mod.bias.dtype if mod.bias is not None else getattr(mod, "_dtype", torch.bfloat16)
+    else the constructor's (bf16 for an Fp8Linear pickled before modules kept it; the name
+    for one pickled when its constructor kept the name config() gives)."""
+    if mod.bias is not None:
+        return mod.bias.dtype
+    return _layer_dtype(type(mod).__name__, getattr(mod, "_dtype", torch.bfloat16))
 
 
 def _check_linear(linear) -> None:
@@ -112,19 +116,25 @@ class W8A8Forward:
         if key is not None and step is not None:
             step_key, held, args, run = step
             if step_key == key:
-                for holder, name, value in held:
-                    if holder.get(name, _MISSING) is not value:
+                attrs = self.__dict__
+                for where, name, value in held:
+                    if (attrs[where] if where else attrs).get(name, _MISSING) is not value:
                         break
                 else:
                     return run(x, *args)
         return self._w8a8_checked(x, key)
 
-    def _holder(self, name: str) -> dict:
-        """The dict that holds attribute ``name`` (a parameter, a buffer or a plain one)."""
-        for d in (self.__dict__, self._parameters, self._buffers):
-            if name in d:
-                return d
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+    def _holder(self, name: str) -> Optional[str]:
+        """Where attribute ``name`` lives: "" (the instance dict), "_parameters" or
+        "_buffers"; None elsewhere (e.g. a parametrization's property). A name, not the
+        dict: the step must not hold the module's own __dict__ (a reference cycle that would
+        keep the weights alive after the model is dropped, until a full collection)."""
+        if name in self.__dict__:
+            return ""
+        for where in ("_parameters", "_buffers"):
+            if name in self.__dict__[where]:
+                return where
+        return None
 
     def _w8a8_checked(self, x: torch.Tensor, key) -> torch.Tensor:
         _check_x(self, x)  # (a prepared step's key holds a shape that passed it)
@@ -135,10 +145,13 @@ class W8A8Forward:
             return ops.OPS[self._family.op](x, *state, "default")
         y, q_args, g_args = _linear.run_ops(self._family, x, state, "default")
         if key is not None:
-            # This module's own step (its own launch objects: the weight's TMA map is kept).
-            step = _linear.prepare_step(self._family, x, q_args, g_args, state)
+            where = [self._holder(n) for n in self._STATE]
+            # This module's own step (its own launch objects: the weight's TMA map is kept),
+            # the one path that reuses a workspace per stream (backends/cuda/linear.py).
+            step = None if None in where else _linear.prepare_step(
+                self._family, x, q_args, g_args, state, shared_workspace=True)
             if step is not None:
-                held = tuple((self._holder(n), n, v) for n, v in zip(self._STATE, state))
+                held = tuple(zip(where, self._STATE, state))
                 self._step = _Step(key, held, state, step)
         return y
 
@@ -149,21 +162,23 @@ class W8A8Forward:
 
     def _apply(self, fn, recurse=True):
         """``nn.Module._apply`` (what ``to``, ``half``, ``cuda``... run) with the format
-        tensors kept in their dtype, the layer dtype following a cast, and the prepared step
-        dropped (the bias may have changed dtype in place, under the same Parameter)."""
+        tensors kept in their dtype, the layer dtype following a cast to a layer dtype, and the
+        prepared step dropped (the bias may have changed dtype in place, under the same
+        Parameter)."""
         keep = {id(t) for t in (self._buffers.get(n) for n in self._FORMAT_TENSORS)
-                if t is not None}
+                if t is not None and t.is_floating_point()}
 
         def keeping_format(t):
-            out = fn(t)
-            if id(t) in keep and out.dtype != t.dtype:
-                out = t.to(device=out.device)  # the cast is dropped, the move kept
-            return out
+            if id(t) in keep:
+                # fn sees the bits as integers: it moves them (device, pinning, sharing, as
+                # it would the tensor) and casts nothing.
+                return fn(t.view(_SAME_SIZE_INT[t.element_size()])).view(t.dtype)
+            return fn(t)
 
         self._step = None
         if self.bias is None:
             layer = fn(torch.empty((), dtype=_layer_dtype_of(self)))
-            if layer.is_floating_point():
+            if layer.dtype in _DTYPES:
                 self._dtype = layer.dtype
         return super()._apply(keeping_format, recurse)
 

@@ -5,11 +5,14 @@
 the checked ops on CUDA kernels, ``fp8_linear_step`` builds the same two launches into one
 ``_C.Fp8LinearLaunch`` (``_C.Int8LinearLaunch``): a call then allocates the output and makes
 one call into C++, which launches the quantizer and then the GEMM on the current stream. The
-quantized activations and their scales go through a workspace kept per device and stream
-(``_workspace``), shared by every layer: the stream runs each layer's quantizer after the GEMM
-that last read the workspace (on sm_90 both launch programmatically, and the quantizer waits
-for that GEMM before it writes). It grows to the largest layer's need and is kept; under CUDA
-graph capture each call takes a workspace of its own from the graph's pool instead. A module keeps a
+quantized activations and their scales go through a workspace: for a module's eager forward
+(``shared_workspace``), one kept per device and stream (``_workspace``) and shared by every
+layer. The stream runs each layer's quantizer after the GEMM that last read it (on sm_90 both
+launch programmatically, and the quantizer waits for that GEMM before it writes), and a
+call enqueues its two kernels in one C++ call under the GIL, so no other thread's launch on
+the stream falls between them. It grows to the largest layer's need and is kept until
+``release_workspaces()``. Under CUDA graph capture, and for the registered op (which compiled
+graphs call, also inside their CUDA-graph warm-up), each call allocates its own. A module keeps a
 launch object of its own, so its GEMM encodes the weight's TMA map once (see
 ``csrc/common/tensor_map_cache.h``); the registered ``fp8_linear`` op keeps one per
 signature, shared by the layers of that shape. The kernels, their arguments and so the
@@ -38,15 +41,23 @@ _WORKSPACE: dict = {}  # (device index, stream handle) -> uint8 tensor
 _capturing = torch.cuda.is_current_stream_capturing
 
 
-def _workspace(dev: torch.device, idx: int, stream: int, nbytes: int) -> torch.Tensor:
+def _workspace(dev: torch.device, idx: int, stream: int, nbytes: int,
+               shared: bool) -> torch.Tensor:
     """A workspace of at least ``nbytes`` for a launch on ``stream`` (see the module's
-    docstring); the caller holds it until the launch is enqueued."""
-    if _capturing():
+    docstring); the caller holds it until the launch is enqueued (a larger one may replace
+    it in the cache meanwhile)."""
+    if not shared or _capturing():
         return torch.empty(nbytes, dtype=torch.uint8, device=dev)
     ws = _WORKSPACE.get((idx, stream))
     if ws is None or ws.numel() < nbytes:
         ws = _WORKSPACE[(idx, stream)] = torch.empty(nbytes, dtype=torch.uint8, device=dev)
     return ws
+
+
+def release_workspaces() -> None:
+    """Drop the W8A8 forwards' per-stream workspaces (the caching allocator then holds their
+    memory, which ``torch.cuda.empty_cache()`` returns); the next forward allocates anew."""
+    _WORKSPACE.clear()
 
 
 def _plan(x, weight, weight_scale, bias, act_scale, op, granularity, group_size, block,
@@ -88,13 +99,15 @@ def _gemm_geometry(weight, weight_scale, cols):
 def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
                     act_scale: Optional[torch.Tensor], q_rest: tuple, weight: torch.Tensor,
                     weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
-                    out_dtype: torch.dtype) -> Optional[Callable]:
+                    out_dtype: torch.dtype, shared_workspace: bool = False
+                    ) -> Optional[Callable]:
     """step(x, weight, weight_scale, bias, act_scale) -> y for arguments of the signature of
     those given here: ``quantize_fp8(x, act_scale, *q_rest)`` on CUDA kernel
     ``quant_kernel``, then ``fp8_scaled_mm`` of the result with ``weight``, ``weight_scale``
     and ``bias`` on ``gemm_kernel``, into an output of shape ``(*x.shape[:-1], N)``. The
     arguments passed both ops' checks and chose these kernels. None when the inputs need what
-    the fused call does not do: the caller then runs the ops."""
+    the fused call does not do: the caller then runs the ops. ``shared_workspace``: see the
+    module's docstring."""
     fmt, granularity, group_size, block, saturate = q_rest
     q_kid, g_kid = kernel_id(quant_kernel), kernel_id(gemm_kernel)
     plan = None if q_kid is None or g_kid is None else _plan(
@@ -118,11 +131,11 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
         out = empty(out_shape, dtype=out_dtype, device=dev)
         with OnDevice(dev):
             stream = raw_stream(idx)
+            ws = _workspace(dev, idx, stream, ws_bytes, shared_workspace)
             launches[quantize.HW_CVT](
                 x.data_ptr(), 0 if act_scale is None else act_scale.data_ptr(),
                 weight.data_ptr(), weight_scale.data_ptr(),
-                0 if bias is None else bias.data_ptr(),
-                _workspace(dev, idx, stream, ws_bytes).data_ptr(), out.data_ptr(), stream)
+                0 if bias is None else bias.data_ptr(), ws.data_ptr(), out.data_ptr(), stream)
         return out
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
@@ -130,16 +143,16 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
 
 
 def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_args: tuple,
-                     out_dtype: torch.dtype, weight: torch.Tensor, weight_scale: torch.Tensor,
-                     bias: Optional[torch.Tensor], act_scale: Optional[torch.Tensor],
-                     act_zero: Optional[torch.Tensor], act_symmetric: bool
-                     ) -> Optional[Callable]:
+                     out_dtype: torch.dtype, shared_workspace: bool, weight: torch.Tensor,
+                     weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+                     act_scale: Optional[torch.Tensor], act_zero: Optional[torch.Tensor],
+                     act_symmetric: bool) -> Optional[Callable]:
     """The INT8 twin of ``fp8_linear_step``: ``quantize_int8`` with ``q_args`` (its arguments
     after x) on ``quant_kernel``, then ``int8_gemm`` on ``gemm_kernel``, as one
     ``_C.Int8LinearLaunch``: step(x, weight, weight_scale, bias, act_scale, act_zero,
     act_symmetric) -> y. Asymmetric activations need the weight's row sums: computed here
     once, and again whenever the weight has been written in place since (its version
-    counter moved)."""
+    counter moved) or its storage replaced (``weight.data = ...``: a new pointer)."""
     from .int8_gemm import int8_gemm_launch, row_sums
     from .int8_quantize import quantize_launch
 
@@ -161,24 +174,26 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
     launch = _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset).launch
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
     empty = torch.empty
-    sums = [None, None]  # [row sums, the weight's version they were computed at]
+    sums = [None, None]  # [row sums, the weight's (pointer, version) they were computed at]
 
     def b_sum(weight) -> int:
         if symmetric:
             return 0
-        if sums[0] is None or sums[1] != weight._version:
-            sums[0], sums[1] = row_sums(weight), weight._version
+        at = (weight.data_ptr(), weight._version)
+        if sums[0] is None or sums[1] != at:
+            sums[0], sums[1] = row_sums(weight), at
         return sums[0].data_ptr()
 
     def step(x, weight, weight_scale, bias, act_scale, act_zero, act_symmetric):
         out = empty(out_shape, dtype=out_dtype, device=dev)
         with OnDevice(dev):
             stream = raw_stream(idx)
+            ws = _workspace(dev, idx, stream, ws_bytes, shared_workspace)
             launch(x.data_ptr(), 0 if act_scale is None else act_scale.data_ptr(),
                    0 if act_zero is None else act_zero.data_ptr(), weight.data_ptr(),
                    weight_scale.data_ptr(), b_sum(weight),
-                   0 if bias is None else bias.data_ptr(),
-                   _workspace(dev, idx, stream, ws_bytes).data_ptr(), out.data_ptr(), stream)
+                   0 if bias is None else bias.data_ptr(), ws.data_ptr(), out.data_ptr(),
+                   stream)
         return out
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
