@@ -216,7 +216,6 @@ def test_programmatic_quantizers_read_what_the_gemm_before_wrote(family, granula
                 want.append(run(sym, ops))
                 torch.cuda.synchronize()
         gemm.set_programmatic_launch(True)
-        bits = lambda t: t.view(torch.uint8) if t.dtype.itemsize == 1 else t  # noqa: E731
         for i, rounds in enumerate(passes):
             torch.cuda._sleep(50_000_000)  # tens of ms: the host queues every call meanwhile
             got = [run(sym, ops) for sym, ops in rounds]
@@ -224,7 +223,7 @@ def test_programmatic_quantizers_read_what_the_gemm_before_wrote(family, granula
             for w, o in zip(want[6 * i:], got):
                 assert len(w) == len(o)
                 for a, b in zip(w, o):
-                    assert torch.equal(bits(a), bits(b))
+                    assert_bits_equal(b, a)
     finally:
         gemm.set_programmatic_launch(was)
 

@@ -88,7 +88,7 @@ class _Step(NamedTuple):
     """A module's prepared W8A8 step (``W8A8Forward``)."""
 
     key: tuple  # the input signature (lowbit._backend.step_key)
-    held: tuple  # (dict holding it, name, value) of each _STATE attribute
+    held: tuple  # (where it lives: see _holder, name, value) of each _STATE attribute
     args: tuple  # the _STATE values: the step's arguments after x
     run: Callable
 

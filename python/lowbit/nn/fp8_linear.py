@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _linear, api
-from ._layer import (W8A8Forward, _check_linear, _check_x, _copy_bias, _dtype_name,
-                     _layer_dtype, _layer_dtype_of, _new_bias, _static_act_scale)
+from ._layer import (W8A8Forward, _check_linear, _copy_bias, _dtype_name, _layer_dtype,
+                     _layer_dtype_of, _new_bias, _rows, _static_act_scale)
 
 MODES = ("w8a8", "w8a16")
 
@@ -80,11 +80,10 @@ class Fp8Linear(W8A8Forward, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "w8a16":
-            _check_x(self, x)
-            x2 = x.reshape(-1, self.in_features)
+            x2, out_shape = _rows(self, x)
             w = api.dequantize_fp8(self.weight, self.weight_scale, out_dtype=x.dtype)
             y = F.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
-            return y.reshape(*x.shape[:-1], self.out_features)
+            return y.reshape(out_shape)
         return self._w8a8(x)
 
     def extra_repr(self) -> str:
