@@ -29,8 +29,10 @@
 //     .launch(q, scale, zero, out, stream)
 //   Fp8LinearLaunch(quantize_launch, gemm_launch, scale_offset, amax_offset)
 //     .launch(x, x_scale, b, b_scale, bias, workspace, out, stream)
+//     .native() -> (address, launch function's address) for lowbit._torch_ops
 //   Int8LinearLaunch(quantize_launch, gemm_launch, scale_offset, zero_offset, amax_offset)
 //     .launch(x, x_scale, x_zero, b, b_scale, b_sum, bias, workspace, out, stream)
+//     .native() -> as Fp8LinearLaunch's
 //   WXA16GemmLaunch(kernel_id, bits, M, N, K, group, ldx, x_dtype, ldw, scale_dtype,
 //                   scale_ld, has_zeros, zero_ld, bias_dtype, ldo)
 //     .counter_bytes, .partial_bytes (planned on the current device), .splits
@@ -45,6 +47,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -586,6 +589,44 @@ class Int8LinearLaunch : public QuantGemmLaunch<Int8QuantizeLaunch, Int8GemmLaun
     gemm_.launch(r.q, b, r.scales, b_scale, bias, r.zeros, b_sum, out, stream);
   }
 };
+
+// The C++ registered ops (csrc/torch/linear_ops.cpp, built into lowbit._torch_ops against
+// torch) call a launch object they were handed as an int through one of these plain
+// functions, since the two libraries share no C++ types: launch(self, pointers, stream, error,
+// error_size) -> 0, else 1 with the error text in `error`. The pointers are launch()'s
+// arguments in order, the stream last.
+int native_error(const std::exception& e, char* error, size_t error_size) {
+  std::snprintf(error, error_size, "%s", e.what());
+  return 1;
+}
+
+int fp8_linear_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                      size_t error_size) {
+  try {
+    static_cast<Fp8LinearLaunch*>(self)->launch(p[0], p[1], p[2], p[3], p[4], p[5], p[6], stream);
+    return 0;
+  } catch (const std::exception& e) {
+    return native_error(e, error, error_size);
+  }
+}
+
+int int8_linear_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                       size_t error_size) {
+  try {
+    static_cast<Int8LinearLaunch*>(self)->launch(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7],
+                                                 p[8], stream);
+    return 0;
+  } catch (const std::exception& e) {
+    return native_error(e, error, error_size);
+  }
+}
+
+// (object address, entry address) for the Python side to hand to lowbit._torch_ops; the
+// Python object must outlive every use.
+template <class L>
+py::tuple native_handle(L& launch, int (*entry)(void*, const uintptr_t*, uintptr_t, char*, size_t)) {
+  return py::make_tuple(reinterpret_cast<uintptr_t>(&launch), reinterpret_cast<uintptr_t>(entry));
+}
 #endif  // LOWBIT_WITH_CUDA
 
 }  // namespace
@@ -695,7 +736,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("quantize"), py::arg("gemm"), py::arg("scale_offset"), py::arg("amax_offset"))
       .def("launch", &Fp8LinearLaunch::launch, py::arg("x"), py::arg("x_scale"), py::arg("b"),
            py::arg("b_scale"), py::arg("bias"), py::arg("workspace"), py::arg("out"),
-           py::arg("stream"));
+           py::arg("stream"))
+      .def("native", [](Fp8LinearLaunch& l) { return native_handle(l, &fp8_linear_native); },
+           "(this object's address, the address of its plain-function launch) for "
+           "lowbit._torch_ops; the object must outlive their use");
   py::class_<Int8LinearLaunch>(m, "Int8LinearLaunch",
                                "An INT8 linear layer's forward for one call signature: quantize "
                                "the activations into a workspace, then the GEMM, in one call")
@@ -705,6 +749,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("amax_offset"))
       .def("launch", &Int8LinearLaunch::launch, py::arg("x"), py::arg("x_scale"),
            py::arg("x_zero"), py::arg("b"), py::arg("b_scale"), py::arg("b_sum"), py::arg("bias"),
-           py::arg("workspace"), py::arg("out"), py::arg("stream"));
+           py::arg("workspace"), py::arg("out"), py::arg("stream"))
+      .def("native", [](Int8LinearLaunch& l) { return native_handle(l, &int8_linear_native); },
+           "(this object's address, the address of its plain-function launch) for "
+           "lowbit._torch_ops; the object must outlive their use");
 #endif
 }

@@ -66,12 +66,32 @@ def arg(backend: Optional[str]) -> str:
     return "default" if backend is None else check_backend_name(backend)
 
 
+# Set by lowbit/_native.py when the C++ implementations of the linear ops are loaded:
+# hold(delta) holds their plans off while a block whose context they cannot see is open;
+# reset() empties their table when the choices may change.
+_native_hold: Optional[Callable[[int], int]] = None
+_native_reset: Optional[Callable[[], None]] = None
+
+
+@contextlib.contextmanager
+def _holding_native():
+    hold = _native_hold
+    if hold is not None:
+        hold(1)
+    try:
+        yield
+    finally:
+        if hold is not None:
+            hold(-1)
+
+
 @contextlib.contextmanager
 def use_backend(name: str):
     """Run the ops inside the ``with`` block on backend ``name`` unless an op says otherwise."""
     token = _context.set(check_backend_name(name))
     try:
-        yield
+        with _holding_native():
+            yield
     finally:
         _context.reset(token)
 
@@ -128,6 +148,8 @@ def register_kernel(op: str, backend: str, name: str, *, supports=None, availabl
         _KERNELS[op].sort(key=lambda k: -k.priority)
         _generation += 1  # a new kernel may change any remembered choice
         _choices.clear()
+        if _native_reset is not None:
+            _native_reset()
         return fn
 
     return deco
@@ -360,7 +382,8 @@ def explain(fn: Callable, *args, **kwargs) -> Choice:
     """
     token = _explaining.set(True)
     try:
-        fn(*args, **kwargs)
+        with _holding_native():
+            fn(*args, **kwargs)
     except _Explained as e:
         return e.choice
     finally:

@@ -143,12 +143,15 @@ def _tensor_key(t):
 
 
 def linear_impl(fam: Family) -> Callable[[Callable], Callable]:
-    """The implementation of the family's op, given its argument checks: a signature seen
-    before (everything the checks read, see ``_backend.step_key``) runs its kept step; any
-    other runs the checks and the two checked ops, and keeps their step."""
+    """The Python implementation of the family's op, given its argument checks: a signature
+    seen before (everything the checks read, see ``_backend.step_key``) runs its kept step;
+    any other runs the checks and the two checked ops, and keeps their step. Its
+    ``prepare`` (the registered op ``_<op>_prepare``, lowbit/_native.py) returns the output
+    with the step's plan for the C++ implementation."""
 
     def make(check: Callable) -> Callable:
-        def linear(x, *rest):
+        def run(x, *rest):
+            """-> (y, the kept step of this signature or None)."""
             *state, backend = rest
             if backend == "default":
                 backend = _backend.default_backend()
@@ -161,18 +164,29 @@ def linear_impl(fam: Family) -> Callable[[Callable], Callable]:
             if key is not None:
                 step = _steps.get(key)
                 if step is not None:
-                    return step(x, *state)
+                    return step(x, *state), step
             check(x, *state)
             y, q_args, g_args = run_ops(fam, x, tuple(state), backend)
+            step = None
             if key is not None:
                 step = prepare_step(fam, x, q_args, g_args, tuple(state), backend)
                 if step is not None:
                     if len(_steps) >= _STEPS_MAX:
                         _steps.clear()
                     _steps[key] = step
-            return y
+            return y, step
+
+        def linear(x, *rest):
+            return run(x, *rest)[0]
+
+        def prepare(x, *rest):
+            from . import _native
+
+            y, step = run(x, *rest)
+            return y, _native.plan(step)
 
         linear.__name__ = linear.__qualname__ = fam.op
+        linear.prepare = prepare
         return linear
 
     return make

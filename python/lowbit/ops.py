@@ -354,6 +354,23 @@ def w8a16_gemm(x: Tensor, w: Tensor, w_scale: Tensor, bias: Optional[Tensor]):
     return (x.shape[0], n), x.dtype
 
 
+def _define_prepare(name: str) -> None:
+    """``lowbit::_<name>_prepare``: the Python implementation of linear op ``name`` that also
+    returns its plan, what the op's C++ implementation calls for a signature it has not seen
+    (lowbit/_native.py). Not part of the API; never traced."""
+    params = DEFS[name].schema.rsplit(" -> ", 1)[0]
+    _LIB.define(f"_{name}_prepare{params} -> (Tensor, int[])")
+    _LIB.impl(f"_{name}_prepare", DEFS[name].eager.prepare, "CompositeExplicitAutograd")
+    _LIB.impl(f"_{name}_prepare", torch.library.fallthrough_kernel, "Autograd")
+
+
+for _name in ("fp8_linear", "int8_linear"):
+    _define_prepare(_name)
+
 # The registered ops (what compiled graphs call) and their eager implementations, by name.
 OPS = {name: getattr(torch.ops.lowbit, name).default for name in DEFS}
 EAGER = {name: d.eager for name, d in DEFS.items()}
+
+from . import _native  # noqa: E402  (after the ops it implements are defined)
+
+_native.load()

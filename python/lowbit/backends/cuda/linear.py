@@ -121,9 +121,10 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
     gemm = gemm_launch(g_kid, rows, n, cols, cols, ldb, s_shape,
                        s_shape[-1] if len(s_shape) == 2 else 0, tuple(weight_scale.shape), sb_ld,
                        None if bias is None else bias.dtype, out_dtype, False)
+    quants = quantize_launches(q_kid, x.dtype, geometry, fmt, granularity, group_size, block,
+                               saturate)
     launches = tuple(_C.Fp8LinearLaunch(q, gemm, scale_offset, amax_offset).launch
-                     for q in quantize_launches(q_kid, x.dtype, geometry, fmt,
-                                                granularity, group_size, block, saturate))
+                     for q in quants)
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
     empty = torch.empty
 
@@ -139,7 +140,25 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
         return out
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
+    if not shared_workspace:
+        step.native = _native_once(lambda: (
+            _C.Fp8LinearLaunch(quants[quantize.HW_CVT], gemm, scale_offset, amax_offset),
+            ws_bytes, n, False))
     return step
+
+
+def _native_once(make: Callable) -> Callable:
+    """A step's ``native()`` for lowbit/_native.py: (a launch object of its own, workspace
+    bytes, N, whether the GEMM reads the weight's row sums), made on first use. Its own
+    object: the C++ side launches it under its own lock, never the GIL."""
+    made = []
+
+    def native():
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return native
 
 
 def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_args: tuple,
@@ -197,4 +216,8 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
         return out
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
+    if not shared_workspace:
+        step.native = _native_once(lambda: (
+            _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset),
+            ws_bytes, n, not symmetric))
     return step

@@ -1,0 +1,316 @@
+// lowbit._torch_ops: the CUDA implementations of the registered ops lowbit::fp8_linear and
+// lowbit::int8_linear, in C++, so that a call through the torch dispatcher (what a compiled
+// graph makes once per quantized layer, and torch.ops.lowbit.<op>) costs no Python.
+//
+// The Python layer stays the source of truth: a call whose argument signature this library
+// has not seen goes to lowbit::_<op>_prepare (lowbit/_native.py), which checks the arguments,
+// runs the two checked ops and returns the output with a *plan*: the prepared launch object of
+// lowbit._C that fuses the quantizer and the GEMM (lowbit/backends/cuda/linear.py) and what a
+// call needs besides the pointers. Later calls of that signature allocate the output and the
+// workspace and call the plan's launch, with no Python. The signature holds everything the
+// checks and the kernel choice read of the arguments: each tensor's sizes, strides, dtype,
+// device and data-pointer alignment, the backend argument, and the environment switches the
+// choice reads. What Python holds in context variables (lowbit.use_backend, lowbit.explain)
+// is not visible here: while any such block is open, Python holds the plans off
+// (lowbit_native_hold) and every call takes the Python path. Python empties the table
+// when a kernel registration changes what the choices would be (lowbit_native_reset).
+//
+// This file includes torch headers and links against the torch it was built with
+// (lowbit/_native.py loads it only under that torch version); lowbit._C does neither. The two
+// share no C++ types: a plan's launch is a plain function of lowbit._C taking the launch
+// object's address (bindings.cpp, "native").
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/util/intrusive_ptr.h>
+#include <torch/library.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using Launch = int (*)(void* self, const uintptr_t* pointers, uintptr_t stream, char* error,
+                       size_t error_size);
+
+// The plan list lowbit/_native.py returns: [kPlanFormat, launch, self, workspace bytes, N,
+// row sums (0/1)].
+constexpr int64_t kPlanFormat = 1;
+constexpr size_t kPlanLength = 6;
+// Signatures kept; a full table takes no more (those calls take the Python path).
+constexpr size_t kMaxPlans = 4096;
+
+struct Plan {
+  Launch launch = nullptr;
+  void* self = nullptr;
+  int64_t workspace_bytes = 0;
+  int64_t n = 0;
+  bool row_sums = false;  // asymmetric INT8 activations: the GEMM reads the weight's row sums
+};
+
+struct Key {
+  std::vector<int64_t> v;
+  bool operator==(const Key& o) const { return v == o.v; }
+};
+
+struct KeyHash {
+  size_t operator()(const Key& k) const {
+    uint64_t h = 1469598103934665603ull;
+    for (int64_t x : k.v) h = (h ^ static_cast<uint64_t>(x)) * 1099511628211ull;
+    return static_cast<size_t>(h);
+  }
+};
+
+// The environment switches a choice reads (lowbit/_backend.py: _STEP_ENV, and LOWBIT_BACKEND
+// for the default backend); a change empties the table.
+constexpr const char* kEnvSwitches[] = {"LOWBIT_BACKEND", "LOWBIT_ARCH", "TRITON_INTERPRET",
+                                        "LOWBIT_CHECK_SCALES"};
+
+std::string environment() {
+  std::string s;
+  for (const char* name : kEnvSwitches) {
+    const char* v = std::getenv(name);
+    s += v ? v : "\x01";  // unset differs from empty
+    s += '\0';
+  }
+  return s;
+}
+
+std::mutex g_mutex;  // the tables, and every launch (launch objects keep per-call state)
+std::unordered_map<Key, Plan, KeyHash> g_plans;
+std::string g_environment = environment();
+std::atomic<int64_t> g_hold{0};
+std::atomic<int64_t> g_hits{0}, g_misses{0};
+
+// The weight's row sums per weight tensor (asymmetric INT8 activations), recomputed when its
+// storage or version moved; the weak reference tells a dead tensor from a new one at the same
+// address.
+struct RowSums {
+  c10::weak_intrusive_ptr<c10::TensorImpl> owner;
+  const void* data;
+  uint32_t version;
+  at::Tensor sums;
+};
+std::unordered_map<const c10::TensorImpl*, RowSums> g_row_sums;
+constexpr size_t kMaxRowSums = 1024;
+
+int backend_code(c10::string_view backend) {
+  static constexpr const char* kNames[] = {"default", "auto", "cuda", "triton", "reference"};
+  for (int i = 0; i < 5; ++i)
+    if (backend == kNames[i]) return i;
+  return -1;
+}
+
+void add(Key& key, const at::Tensor& t) {
+  if (!t.defined()) {
+    key.v.push_back(-1);
+    return;
+  }
+  const int64_t dim = t.dim();
+  key.v.push_back(dim);
+  for (int64_t s : t.sizes()) key.v.push_back(s);
+  for (int64_t s : t.strides()) key.v.push_back(s);
+  key.v.push_back(static_cast<int64_t>(t.scalar_type()));
+  key.v.push_back(static_cast<int64_t>(t.device().type()));
+  key.v.push_back(t.device().index());
+  key.v.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16));
+}
+
+void add(Key& key, const std::optional<at::Tensor>& t) {
+  add(key, t.has_value() ? *t : at::Tensor());
+}
+
+// The key of a call, or nullopt when no plan may serve it (Python holds them off, or a
+// backend name Python will reject).
+template <class... Tensors>
+std::optional<Key> signature(int op, c10::string_view backend, int64_t flag,
+                             const Tensors&... tensors) {
+  if (g_hold.load(std::memory_order_relaxed) != 0) return std::nullopt;
+  const int b = backend_code(backend);
+  if (b < 0) return std::nullopt;
+  Key key;
+  key.v.reserve(48);
+  key.v.push_back(op);
+  key.v.push_back(b);
+  key.v.push_back(flag);
+  (add(key, tensors), ...);
+  return key;
+}
+
+// The plan of `key`, after emptying the table if the environment switches changed. Called
+// with g_mutex held: a plan's launch object lives until Python empties the table, which
+// takes the mutex first (lowbit_native_reset).
+const Plan* find_locked(const Key& key, std::string&& env) {
+  if (env != g_environment) {
+    g_plans.clear();
+    g_environment = std::move(env);
+    return nullptr;
+  }
+  auto it = g_plans.find(key);
+  return it == g_plans.end() ? nullptr : &it->second;
+}
+
+void remember(const std::optional<Key>& key, const std::vector<int64_t>& plan) {
+  if (!key || plan.empty() || g_hold.load() != 0) return;
+  TORCH_CHECK(plan.size() == kPlanLength && plan[0] == kPlanFormat,
+              "lowbit: a plan from lowbit/_native.py of an unknown format");
+  Plan p;
+  p.launch = reinterpret_cast<Launch>(static_cast<uintptr_t>(plan[1]));
+  p.self = reinterpret_cast<void*>(static_cast<uintptr_t>(plan[2]));
+  p.workspace_bytes = plan[3];
+  p.n = plan[4];
+  p.row_sums = plan[5] != 0;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_plans.size() < kMaxPlans) g_plans.emplace(*key, p);
+}
+
+uintptr_t address(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()); }
+
+uintptr_t address(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? address(*t) : 0;
+}
+
+// Called with g_mutex held.
+uintptr_t row_sums(const at::Tensor& weight) {
+  const c10::TensorImpl* impl = weight.unsafeGetTensorImpl();
+  const uint32_t version = weight._version();
+  auto it = g_row_sums.find(impl);
+  if (it != g_row_sums.end() && !it->second.owner.expired() &&
+      it->second.data == weight.data_ptr() && it->second.version == version)
+    return address(it->second.sums);
+  if (g_row_sums.size() >= kMaxRowSums) g_row_sums.clear();
+  // sum_k w[n, k] as int32 (exact: |sum| <= 128 K < 2^31), as backends/cuda/int8_gemm.py.
+  at::Tensor sums = at::sum(weight, {1}, false, at::kInt);
+  g_row_sums.insert_or_assign(
+      impl, RowSums{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()),
+                    weight.data_ptr(), version, sums});
+  return address(sums);
+}
+
+// Allocates the output [..., N] in x's dtype and the workspace, then makes the plan's launch
+// on x's device's current stream, with g_mutex held (launch objects keep per-call state).
+// `pointers` holds the launch's pointer arguments with the workspace and output slots (the
+// last two) and the row-sums slot (`row_sums_slot`, -1: none) left to fill.
+template <size_t P>
+at::Tensor run_locked(const char* op, const Plan& plan, const at::Tensor& x,
+                      const at::Tensor& weight, std::array<uintptr_t, P> pointers,
+                      int row_sums_slot) {
+  c10::DeviceGuard guard(x.device());
+  c10::SmallVector<int64_t, 8> sizes(x.sizes().begin(), x.sizes().end());
+  sizes.back() = plan.n;
+  at::Tensor out = at::empty(sizes, x.options());
+  at::Tensor workspace = at::empty({plan.workspace_bytes}, x.options().dtype(at::kByte));
+  const auto* impl = c10::impl::getDeviceGuardImpl(x.device().type());
+  const uintptr_t stream =
+      reinterpret_cast<uintptr_t>(impl->getStreamNativeHandle(impl->getStream(x.device())));
+  pointers[P - 2] = address(workspace);
+  pointers[P - 1] = address(out);
+  if (plan.row_sums && row_sums_slot >= 0) pointers[row_sums_slot] = row_sums(weight);
+  char error[512] = {0};
+  const int rc = plan.launch(plan.self, pointers.data(), stream, error, sizeof error);
+  TORCH_CHECK(rc == 0, "lowbit::", op, ": ", error);
+  return out;
+}
+
+template <class Signature>
+c10::TypedOperatorHandle<Signature> prepare_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using Prepared = std::tuple<at::Tensor, std::vector<int64_t>>;
+
+at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight,
+                      const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                      const std::optional<at::Tensor>& act_scale, c10::string_view backend) {
+  const auto key = signature(0, backend, 0, x, weight, weight_scale, bias, act_scale);
+  if (key) {
+    std::string env = environment();
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (const Plan* plan = find_locked(*key, std::move(env))) {
+      g_hits.fetch_add(1, std::memory_order_relaxed);
+      return run_locked<7>("fp8_linear", *plan, x, weight,
+                           {address(x), address(act_scale), address(weight),
+                            address(weight_scale), address(bias), 0, 0},
+                           -1);
+    }
+  }
+  g_misses.fetch_add(1, std::memory_order_relaxed);
+  static const auto prepare = prepare_op<Prepared(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+      const std::optional<at::Tensor>&, c10::string_view)>("lowbit::_fp8_linear_prepare");
+  auto [out, plan] = prepare.call(x, weight, weight_scale, bias, act_scale, backend);
+  remember(key, plan);
+  return out;
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
+                       const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& act_scale,
+                       const std::optional<at::Tensor>& act_zero, bool act_symmetric,
+                       c10::string_view backend) {
+  const auto key =
+      signature(1, backend, act_symmetric, x, weight, weight_scale, bias, act_scale, act_zero);
+  if (key) {
+    std::string env = environment();
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (const Plan* plan = find_locked(*key, std::move(env))) {
+      g_hits.fetch_add(1, std::memory_order_relaxed);
+      return run_locked<9>("int8_linear", *plan, x, weight,
+                           {address(x), address(act_scale), address(act_zero), address(weight),
+                            address(weight_scale), 0, address(bias), 0, 0},
+                           5);
+    }
+  }
+  g_misses.fetch_add(1, std::memory_order_relaxed);
+  static const auto prepare = prepare_op<Prepared(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool,
+      c10::string_view)>("lowbit::_int8_linear_prepare");
+  auto [out, plan] =
+      prepare.call(x, weight, weight_scale, bias, act_scale, act_zero, act_symmetric, backend);
+  remember(key, plan);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
+  m.impl("fp8_linear", &fp8_linear);
+  m.impl("int8_linear", &int8_linear);
+}
+
+// Control from lowbit/_native.py (ctypes).
+extern "C" {
+// Adds `delta` to the hold count (Python blocks that the plans cannot see); returns it.
+int64_t lowbit_native_hold(int64_t delta) { return g_hold.fetch_add(delta) + delta; }
+
+// Forgets every plan and row sum.
+void lowbit_native_reset() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_plans.clear();
+  g_row_sums.clear();
+}
+
+// [plans kept, calls served by a plan, calls that went to Python, hold count]
+void lowbit_native_stats(int64_t* out) {
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    out[0] = static_cast<int64_t>(g_plans.size());
+  }
+  out[1] = g_hits.load();
+  out[2] = g_misses.load();
+  out[3] = g_hold.load();
+}
+}

@@ -1,0 +1,132 @@
+"""``lowbit._torch_ops``: the C++ implementations of the registered ops ``fp8_linear`` and
+``int8_linear`` on CUDA tensors (csrc/torch/linear_ops.cpp), and their control from Python.
+
+A compiled graph calls ``torch.ops.lowbit.<family>_linear`` once per quantized layer. With
+a Python implementation each call costs the dispatcher's crossing into Python and the
+signature lookup there, three times what the kernels' launches cost
+(bench/NOTES.md). The C++ implementation keeps, per argument signature, a *plan*: the
+prepared launch object of ``lowbit._C`` that fuses the activation quantizer and the GEMM
+(lowbit/backends/cuda/linear.py), and calls it with no Python. A signature it has not seen
+goes to ``torch.ops.lowbit._<family>_linear_prepare``, the Python implementation (the
+checks, the two checked ops, the kernel choice), which also returns the plan. Same kernels,
+same arguments, same bits as the Python path.
+
+What the plans cannot see, Python tells them:
+
+- ``lowbit.use_backend`` and ``lowbit.explain`` (context variables) hold the plans off while
+  any such block is open (``hold``): calls take the Python path, which reads them.
+- A kernel registration (``lowbit._backend.register_kernel``) empties the table (``reset``).
+- The environment switches the choice reads (``LOWBIT_BACKEND``, ``LOWBIT_ARCH``,
+  ``TRITON_INTERPRET``, ``LOWBIT_CHECK_SCALES``) are read by the C++ side on every call; a
+  change empties the table.
+- lowbit's debug log records a choice when a signature is prepared, not per call.
+- ``HW_CVT`` (backends/cuda/quantize.py, the fp8 encoder): a plan keeps the encoder of the
+  time it was prepared (both give the same bits).
+
+The library includes torch's headers: it is built only where the build could import torch
+(``pip install --no-build-isolation .`` after torch), and loaded only under the torch version
+it was built with. ``LOWBIT_NATIVE_OPS=0`` in the environment leaves it unloaded (the
+Python implementation serves every call). ``status()`` says which is the case and why.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import _backend
+from ._env import getenv
+
+_lib: Optional[ctypes.CDLL] = None
+_status = "not loaded yet"
+PLAN_FORMAT = 1  # csrc/torch/linear_ops.cpp: kPlanFormat
+# Launch objects handed to the C++ side, which holds their addresses: kept here until the
+# C++ table is emptied (``reset``), up to this many.
+_KEEP_MAX = 8192
+_keep: Dict[int, object] = {}
+
+
+def _library_path() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torch_ops.so")
+
+
+def load() -> None:
+    """Load lowbit._torch_ops when it was built, under this torch, and not switched off; its
+    static registrations then serve the ops' CUDA calls."""
+    global _lib, _status
+    if _lib is not None:
+        return
+    if getenv("LOWBIT_NATIVE_OPS") == "0":
+        _status = "off (LOWBIT_NATIVE_OPS=0)"
+        return
+    try:
+        from ._torch_ops_build import TORCH_VERSION
+    except ImportError:
+        _status = ("not built (the build could not import torch, or had no CUDA: "
+                   "pip install --no-build-isolation . after torch builds it)")
+        return
+    if TORCH_VERSION != torch.__version__:
+        _status = (f"not loaded: built against torch {TORCH_VERSION}, running torch "
+                   f"{torch.__version__} (reinstall lowbit to rebuild it)")
+        return
+    try:
+        lib = ctypes.CDLL(_library_path())
+    except OSError as e:
+        _status = f"not loaded: {e}"
+        return
+    lib.lowbit_native_hold.argtypes = [ctypes.c_int64]
+    lib.lowbit_native_hold.restype = ctypes.c_int64
+    lib.lowbit_native_reset.argtypes = []
+    lib.lowbit_native_reset.restype = None
+    lib.lowbit_native_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+    lib.lowbit_native_stats.restype = None
+    _lib = lib
+    _status = f"loaded (built against torch {TORCH_VERSION})"
+    _backend._native_hold, _backend._native_reset = hold, reset
+
+
+def loaded() -> bool:
+    return _lib is not None
+
+
+def status() -> str:
+    """Whether the C++ implementations serve the registered linear ops here, and why not."""
+    return _status
+
+
+def hold(delta: int) -> int:
+    """Add ``delta`` to the count of open blocks that hold the plans off; returns it."""
+    return _lib.lowbit_native_hold(delta) if _lib is not None else 0
+
+
+def reset() -> None:
+    """Forget every plan (and the row sums kept for asymmetric INT8 activations), then
+    release the launch objects they held."""
+    if _lib is not None:
+        _lib.lowbit_native_reset()
+    _keep.clear()
+
+
+def stats() -> Dict[str, int]:
+    """{"plans": signatures kept, "hits": calls a plan served, "misses": calls that went to
+    Python, "hold": open blocks}; zeros when the library is not loaded."""
+    out = (ctypes.c_int64 * 4)()
+    if _lib is not None:
+        _lib.lowbit_native_stats(out)
+    return dict(zip(("plans", "hits", "misses", "hold"), out))
+
+
+def plan(step: Optional[Callable]) -> List[int]:
+    """The plan of a prepared step (lowbit/_linear.py) for the C++ side, or [] when it has
+    none: a step that is not one fused CUDA launch, or the library is not loaded."""
+    native = getattr(step, "native", None)
+    if native is None or _lib is None:
+        return []
+    launch, workspace_bytes, n, row_sums = native()
+    if len(_keep) >= _KEEP_MAX:
+        reset()
+    _keep[id(launch)] = launch
+    address, entry = launch.native()
+    return [PLAN_FORMAT, entry, address, workspace_bytes, n, int(row_sums)]

@@ -1,0 +1,269 @@
+"""lowbit._torch_ops: the C++ implementations of torch.ops.lowbit.fp8_linear and int8_linear
+on CUDA tensors (csrc/torch/linear_ops.cpp, lowbit/_native.py).
+
+On the CPU: the library loads where it was built, registers the CUDA kernels, and the
+context managers hold its plans off. On a GPU: a call served by a plan gives the bits of the
+Python path, a signature that passed once still rejects a later call whose tensors differ,
+and what Python holds in context (use_backend, explain) reaches the op.
+"""
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit import _native
+from lowbit.nn import Fp8Linear, Int8Linear
+
+BUILT = importlib.util.find_spec("lowbit._torch_ops_build") is not None
+needs_native = pytest.mark.skipif(not _native.loaded(), reason=f"lowbit._torch_ops: "
+                                  f"{_native.status()}")
+
+
+def test_status_says_why():
+    status = _native.status()
+    if not BUILT:
+        assert status.startswith("not built"), status
+    elif _native.loaded():
+        assert status.startswith("loaded (built against torch "), status
+    else:
+        assert status.startswith(("not loaded", "off")), status
+
+
+@pytest.mark.skipif(not BUILT, reason="lowbit._torch_ops was not built here")
+def test_the_built_library_loads_under_its_torch():
+    from lowbit._torch_ops_build import TORCH_VERSION
+    assert TORCH_VERSION == torch.__version__
+    assert _native.loaded() or _native.status() == "off (LOWBIT_NATIVE_OPS=0)"
+
+
+@needs_native
+@pytest.mark.parametrize("op", ["fp8_linear", "int8_linear"])
+def test_cuda_kernels_are_registered_in_cpp(op):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lowbit::{op}", "CUDA")
+    assert hasattr(torch.ops.lowbit, f"_{op}_prepare")
+
+
+@needs_native
+def test_use_backend_and_explain_hold_the_plans_off():
+    assert _native.stats()["hold"] == 0
+    with lowbit.use_backend("reference"):
+        assert _native.stats()["hold"] == 1
+        with lowbit.use_backend("auto"):
+            assert _native.stats()["hold"] == 2
+    assert _native.stats()["hold"] == 0
+    mod = Fp8Linear.from_linear(nn.Linear(64, 32).to(torch.bfloat16))
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    seen = []
+    real = _native.hold
+
+    def spy(delta):
+        seen.append(delta)
+        return real(delta)
+
+    import lowbit._backend as backend
+    old, backend._native_hold = backend._native_hold, spy
+    try:
+        choice = lowbit.explain(lowbit.fp8_linear, x, mod.weight, mod.weight_scale, mod.bias)
+    finally:
+        backend._native_hold = old
+    assert choice.backend == "reference" and seen == [1, -1]
+    with pytest.raises(ValueError):
+        with lowbit.use_backend("reference"):
+            raise ValueError("inside")
+    assert _native.stats()["hold"] == 0
+
+
+def test_prepare_returns_the_python_output_and_no_plan_on_the_cpu():
+    mod = Fp8Linear.from_linear(nn.Linear(64, 32).to(torch.bfloat16))
+    x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
+    y, plan = torch.ops.lowbit._fp8_linear_prepare(x, *mod._state(), "default")
+    assert torch.equal(y, mod(x)) and plan == []
+    imod = Int8Linear.from_linear(nn.Linear(64, 32).to(torch.bfloat16))
+    y, plan = torch.ops.lowbit._int8_linear_prepare(x, *imod._state(), "default")
+    assert torch.equal(y, imod(x)) and plan == []
+
+
+def test_a_step_without_a_fused_launch_has_no_plan():
+    assert _native.plan(None) == [] and _native.plan(lambda x: x) == []
+
+
+# ------------------------------------------------------------------------------- GPU
+def _fp8(k=512, n=384, bias=True, static=False, dtype=torch.bfloat16, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n, bias=bias).to("cuda", dtype)
+    act = torch.tensor(0.02) if static else None
+    return Fp8Linear.from_linear(lin, act_scale=act)
+
+
+def _int8(k=512, n=384, bias=True, static=False, symmetric=True, dtype=torch.bfloat16, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n, bias=bias).to("cuda", dtype)
+    act = torch.tensor(0.03) if static else None
+    zero = torch.tensor(3, dtype=torch.int32) if static and not symmetric else None
+    return Int8Linear.from_linear(lin, act_scale=act, act_symmetric=symmetric, act_zero=zero)
+
+
+CASES = [("fp8", dict()), ("fp8", dict(bias=False)), ("fp8", dict(static=True)),
+         ("int8", dict()), ("int8", dict(symmetric=False)), ("int8", dict(static=True)),
+         ("int8", dict(static=True, symmetric=False, bias=False))]
+
+
+def _make(family, **kw):
+    return (_fp8 if family == "fp8" else _int8)(**kw)
+
+
+def _op(mod):
+    return torch.ops.lowbit.fp8_linear if isinstance(mod, Fp8Linear) else torch.ops.lowbit.int8_linear
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("family,kw", CASES, ids=[f"{f}-{kw}" for f, kw in CASES])
+@pytest.mark.parametrize("lead", [(1,), (16,), (3, 45)], ids=["m1", "m16", "3x45"])
+def test_a_plan_gives_the_bits_of_the_python_path(family, kw, lead):
+    mod = _make(family, **kw)
+    x = torch.randn(*lead, mod.in_features, dtype=torch.bfloat16, device="cuda")
+    want = mod(x)  # the module's eager path (Python)
+    op = _op(mod)
+    before = _native.stats()
+    first = op(x, *mod._state(), "default")  # a miss: Python prepares the plan
+    after_first = _native.stats()
+    assert after_first["misses"] == before["misses"] + 1
+    for _ in range(2):
+        x2 = torch.randn_like(x)
+        got = op(x2, *mod._state(), "default")  # served by the plan
+        assert torch.equal(got, mod(x2)), "plan and Python path differ"
+    assert _native.stats()["hits"] >= after_first["hits"] + 2
+    assert torch.equal(first, want)
+
+
+@needs_native
+@pytest.mark.gpu
+def test_layers_of_one_signature_share_a_plan_with_their_own_tensors():
+    mods = [_fp8(seed=s) for s in range(3)]
+    x = torch.randn(4, 512, dtype=torch.bfloat16, device="cuda")
+    op = torch.ops.lowbit.fp8_linear
+    for m in mods:
+        op(x, *m._state(), "default")
+    plans = _native.stats()["plans"]
+    for m in mods:
+        assert torch.equal(op(x, *m._state(), "default"), m(x))
+    assert _native.stats()["plans"] == plans
+
+
+@needs_native
+@pytest.mark.gpu
+def test_asymmetric_row_sums_follow_the_weight():
+    """The C++ side keeps the weight's row sums per weight tensor: an in-place write (a new
+    version) or new storage under the same tensor recomputes them."""
+    mods = [_int8(symmetric=False, seed=s) for s in range(2)]
+    x = torch.randn(8, 512, dtype=torch.bfloat16, device="cuda")
+    op = torch.ops.lowbit.int8_linear
+    for _ in range(2):
+        for m in mods:
+            assert torch.equal(op(x, *m._state(), "default"), m(x))
+    m = mods[0]
+
+    def python_path():  # the two checked ops (their own row sums)
+        w, s, b, a, z, sym = m._state()
+        x2 = x.reshape(-1, 512)
+        q, sx, zx = lowbit.quantize_int8(x2, a, zero=z, granularity="token", symmetric=sym)
+        return lowbit.int8_gemm(q, w, sx, s, b, out_dtype=x.dtype, a_zero=zx)
+
+    with torch.no_grad():
+        m.weight.neg_()
+    assert torch.equal(op(x, *m._state(), "default"), python_path())
+    m.weight.data = mods[1].weight.clone()
+    assert torch.equal(op(x, *m._state(), "default"), python_path())
+
+
+@needs_native
+@pytest.mark.gpu
+def test_a_known_signature_still_rejects_what_differs():
+    mod = _fp8()
+    op = torch.ops.lowbit.fp8_linear
+    x = torch.randn(4, 512, dtype=torch.bfloat16, device="cuda")
+    for _ in range(2):
+        op(x, *mod._state(), "default")
+    w, s, b, a = mod._state()
+    bad = [
+        ((x, w.view(torch.int8), s, b, a), "weight"),  # dtype
+        ((x, w[:, :256], s, b, a), "K"),  # shape
+        ((x, w, s.reshape(-1), b, a), "weight_scale"),  # shape
+        ((x, w, s, b.cpu(), a), "device"),  # device
+        ((x.float().to(torch.int32), w, s, b, a), "x"),
+    ]
+    for args, what in bad:
+        with pytest.raises((TypeError, ValueError, RuntimeError), match="fp8_linear") as e:
+            op(*args, "default")
+        assert what in str(e.value), (what, str(e.value))
+    # Another alignment (x one element in) is another signature: right, through Python.
+    buf = torch.randn(4 * 512 + 1, dtype=torch.bfloat16, device="cuda")
+    shifted = buf[1:].view(4, 512)
+    assert torch.equal(op(shifted, *mod._state(), "default"), mod(shifted.clone()))
+    # And a strided x (a column slice) another again.
+    wide = torch.randn(4, 1024, dtype=torch.bfloat16, device="cuda")
+    assert torch.equal(op(wide[:, :512], *mod._state(), "default"), mod(wide[:, :512].contiguous()))
+
+
+@needs_native
+@pytest.mark.gpu
+def test_use_backend_reaches_a_known_signature():
+    pytest.importorskip("triton")
+    mod = _fp8()
+    op = torch.ops.lowbit.fp8_linear
+    x = torch.randn(4, 512, dtype=torch.bfloat16, device="cuda")
+    for _ in range(2):
+        y = op(x, *mod._state(), "default")
+    with lowbit.use_backend("reference"):
+        hits = _native.stats()["hits"]
+        ref = op(x, *mod._state(), "default")
+        assert _native.stats()["hits"] == hits, "a held plan served a call"
+    assert torch.equal(ref.cpu(), lowbit.fp8_linear(x.cpu(), *[t if t is None else t.cpu()
+                                                            for t in mod._state()]))
+    assert torch.equal(op(x, *mod._state(), "default"), y)
+
+
+@needs_native
+@pytest.mark.gpu
+def test_an_environment_switch_empties_the_plans(monkeypatch):
+    mod = _fp8()
+    op = torch.ops.lowbit.fp8_linear
+    x = torch.randn(4, 512, dtype=torch.bfloat16, device="cuda")
+    for _ in range(2):
+        y = op(x, *mod._state(), "default")
+    monkeypatch.setenv("LOWBIT_ARCH", "80")
+    misses = _native.stats()["misses"]
+    got = op(x, *mod._state(), "default")
+    assert _native.stats()["misses"] == misses + 1, "the plan of another arch served a call"
+    assert (got.float() - y.float()).abs().max() < 0.05 * y.float().abs().max()
+
+
+@needs_native
+@pytest.mark.gpu
+def test_a_compiled_model_runs_the_plans_and_matches_eager():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 128),
+                          nn.Linear(128, 256)).to("cuda", torch.bfloat16)
+    model[0] = Fp8Linear.from_linear(model[0])
+    model[2] = Int8Linear.from_linear(model[2])
+    model[3] = Int8Linear.from_linear(model[3], act_symmetric=False)
+    x = torch.randn(5, 256, dtype=torch.bfloat16, device="cuda")
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True)
+    hits = _native.stats()["hits"]
+    outs = [compiled(x) for _ in range(3)]
+    assert all(torch.equal(o, eager) for o in outs)
+    assert _native.stats()["hits"] >= hits + 6, "the compiled graph's calls ran no plan"
+    graph = torch.cuda.CUDAGraph()
+    static = x.clone()
+    compiled(static)
+    with torch.cuda.graph(graph):
+        captured = compiled(static)
+    x2 = torch.randn_like(x)
+    static.copy_(x2)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, model(x2))
