@@ -624,7 +624,8 @@ int int8_linear_native(void* self, const uintptr_t* p, uintptr_t stream, char* e
 // (object address, entry address) for the Python side to hand to lowbit._torch_ops; the
 // Python object must outlive every use.
 template <class L>
-py::tuple native_handle(L& launch, int (*entry)(void*, const uintptr_t*, uintptr_t, char*, size_t)) {
+py::tuple native_handle(L& launch,
+                        int (*entry)(void*, const uintptr_t*, uintptr_t, char*, size_t)) {
   return py::make_tuple(reinterpret_cast<uintptr_t>(&launch), reinterpret_cast<uintptr_t>(entry));
 }
 #endif  // LOWBIT_WITH_CUDA

@@ -4,7 +4,8 @@ on CUDA tensors (csrc/torch/linear_ops.cpp, lowbit/_native.py).
 On the CPU: the library loads where it was built, registers the CUDA kernels, and the
 context managers hold its plans off. On a GPU: a call served by a plan gives the bits of the
 Python path, a signature that passed once still rejects a later call whose tensors differ,
-and what Python holds in context (use_backend, explain) reaches the op.
+and what Python holds in context (use_backend, explain) reaches the op. Asymmetric INT8
+activations get no plan.
 """
 import importlib.util
 
@@ -19,6 +20,13 @@ from lowbit.nn import Fp8Linear, Int8Linear
 BUILT = importlib.util.find_spec("lowbit._torch_ops_build") is not None
 needs_native = pytest.mark.skipif(not _native.loaded(), reason=f"lowbit._torch_ops: "
                                   f"{_native.status()}")
+
+
+@pytest.fixture(autouse=True)
+def _no_plans():
+    """Each test starts with no plan kept (another file may have run the same signatures)."""
+    _native.reset()
+    yield
 
 
 def test_status_says_why():
@@ -89,6 +97,25 @@ def test_a_step_without_a_fused_launch_has_no_plan():
     assert _native.plan(None) == [] and _native.plan(lambda x: x) == []
 
 
+@needs_native
+def test_a_plan_is_what_csrc_torch_linear_ops_reads_and_keeps_its_launch_alive():
+    class Launch:  # stands for _C.Fp8LinearLaunch
+        def native(self):
+            return 0x1000, 0x2000
+
+    def step():
+        pass
+
+    launch = Launch()
+    step.native = lambda: (launch, 4096, 384)
+    plan = _native.plan(step)
+    # [kPlanFormat, launch function, object, workspace bytes, N]
+    assert plan == [_native.PLAN_FORMAT, 0x2000, 0x1000, 4096, 384]
+    assert launch in _native._keep.values()
+    _native.reset()
+    assert not _native._keep and _native.stats()["plans"] == 0
+
+
 # ------------------------------------------------------------------------------- GPU
 def _fp8(k=512, n=384, bias=True, static=False, dtype=torch.bfloat16, seed=0):
     torch.manual_seed(seed)
@@ -115,7 +142,8 @@ def _make(family, **kw):
 
 
 def _op(mod):
-    return torch.ops.lowbit.fp8_linear if isinstance(mod, Fp8Linear) else torch.ops.lowbit.int8_linear
+    ops = torch.ops.lowbit
+    return ops.fp8_linear if isinstance(mod, Fp8Linear) else ops.int8_linear
 
 
 @needs_native
@@ -123,6 +151,8 @@ def _op(mod):
 @pytest.mark.parametrize("family,kw", CASES, ids=[f"{f}-{kw}" for f, kw in CASES])
 @pytest.mark.parametrize("lead", [(1,), (16,), (3, 45)], ids=["m1", "m16", "3x45"])
 def test_a_plan_gives_the_bits_of_the_python_path(family, kw, lead):
+    """... and asymmetric INT8 activations get no plan: every call runs Python's."""
+    planned = not (family == "int8" and kw.get("symmetric") is False)
     mod = _make(family, **kw)
     x = torch.randn(*lead, mod.in_features, dtype=torch.bfloat16, device="cuda")
     want = mod(x)  # the module's eager path (Python)
@@ -135,7 +165,11 @@ def test_a_plan_gives_the_bits_of_the_python_path(family, kw, lead):
         x2 = torch.randn_like(x)
         got = op(x2, *mod._state(), "default")  # served by the plan
         assert torch.equal(got, mod(x2)), "plan and Python path differ"
-    assert _native.stats()["hits"] >= after_first["hits"] + 2
+    if planned:
+        assert _native.stats()["hits"] >= after_first["hits"] + 2
+    else:
+        assert _native.stats()["hits"] == after_first["hits"]
+        assert _native.stats()["misses"] >= after_first["misses"] + 2
     assert torch.equal(first, want)
 
 
@@ -151,32 +185,6 @@ def test_layers_of_one_signature_share_a_plan_with_their_own_tensors():
     for m in mods:
         assert torch.equal(op(x, *m._state(), "default"), m(x))
     assert _native.stats()["plans"] == plans
-
-
-@needs_native
-@pytest.mark.gpu
-def test_asymmetric_row_sums_follow_the_weight():
-    """The C++ side keeps the weight's row sums per weight tensor: an in-place write (a new
-    version) or new storage under the same tensor recomputes them."""
-    mods = [_int8(symmetric=False, seed=s) for s in range(2)]
-    x = torch.randn(8, 512, dtype=torch.bfloat16, device="cuda")
-    op = torch.ops.lowbit.int8_linear
-    for _ in range(2):
-        for m in mods:
-            assert torch.equal(op(x, *m._state(), "default"), m(x))
-    m = mods[0]
-
-    def python_path():  # the two checked ops (their own row sums)
-        w, s, b, a, z, sym = m._state()
-        x2 = x.reshape(-1, 512)
-        q, sx, zx = lowbit.quantize_int8(x2, a, zero=z, granularity="token", symmetric=sym)
-        return lowbit.int8_gemm(q, w, sx, s, b, out_dtype=x.dtype, a_zero=zx)
-
-    with torch.no_grad():
-        m.weight.neg_()
-    assert torch.equal(op(x, *m._state(), "default"), python_path())
-    m.weight.data = mods[1].weight.clone()
-    assert torch.equal(op(x, *m._state(), "default"), python_path())
 
 
 @needs_native
@@ -256,7 +264,8 @@ def test_a_compiled_model_runs_the_plans_and_matches_eager():
     hits = _native.stats()["hits"]
     outs = [compiled(x) for _ in range(3)]
     assert all(torch.equal(o, eager) for o in outs)
-    assert _native.stats()["hits"] >= hits + 6, "the compiled graph's calls ran no plan"
+    # Two planned layers (the asymmetric one runs Python), their first compiled call a miss.
+    assert _native.stats()["hits"] >= hits + 4, "the compiled graph's calls ran no plan"
     graph = torch.cuda.CUDAGraph()
     static = x.clone()
     compiled(static)

@@ -14,6 +14,9 @@
 // is not visible here: while any such block is open, Python holds the plans off
 // (lowbit_native_hold) and every call takes the Python path. Python empties the table
 // when a kernel registration changes what the choices would be (lowbit_native_reset).
+// Asymmetric INT8 activations get no plan (their GEMM reads the weight's row sums, which a
+// plan would have to keep per weight, also across CUDA-graph pools): they take the Python
+// path.
 //
 // This file includes torch headers and links against the torch it was built with
 // (lowbit/_native.py loads it only under that torch version); lowbit._C does neither. The two
@@ -22,10 +25,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/sum.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
-#include <c10/util/intrusive_ptr.h>
 #include <torch/library.h>
 
 #include <array>
@@ -45,11 +46,10 @@ namespace {
 using Launch = int (*)(void* self, const uintptr_t* pointers, uintptr_t stream, char* error,
                        size_t error_size);
 
-// The plan list lowbit/_native.py returns: [kPlanFormat, launch, self, workspace bytes, N,
-// row sums (0/1)].
-constexpr int64_t kPlanFormat = 1;
-constexpr size_t kPlanLength = 6;
-// Signatures kept; a full table takes no more (those calls take the Python path).
+// The plan list lowbit/_native.py returns: [kPlanFormat, launch, self, workspace bytes, N].
+constexpr int64_t kPlanFormat = 2;
+constexpr size_t kPlanLength = 5;
+// Signatures kept; a full table is emptied (Python keeps the launch objects alive).
 constexpr size_t kMaxPlans = 4096;
 
 struct Plan {
@@ -57,7 +57,6 @@ struct Plan {
   void* self = nullptr;
   int64_t workspace_bytes = 0;
   int64_t n = 0;
-  bool row_sums = false;  // asymmetric INT8 activations: the GEMM reads the weight's row sums
 };
 
 struct Key {
@@ -92,19 +91,8 @@ std::mutex g_mutex;  // the tables, and every launch (launch objects keep per-ca
 std::unordered_map<Key, Plan, KeyHash> g_plans;
 std::string g_environment = environment();
 std::atomic<int64_t> g_hold{0};
+uint64_t g_epoch = 0;  // bumped by every reset (under g_mutex)
 std::atomic<int64_t> g_hits{0}, g_misses{0};
-
-// The weight's row sums per weight tensor (asymmetric INT8 activations), recomputed when its
-// storage or version moved; the weak reference tells a dead tensor from a new one at the same
-// address.
-struct RowSums {
-  c10::weak_intrusive_ptr<c10::TensorImpl> owner;
-  const void* data;
-  uint32_t version;
-  at::Tensor sums;
-};
-std::unordered_map<const c10::TensorImpl*, RowSums> g_row_sums;
-constexpr size_t kMaxRowSums = 1024;
 
 int backend_code(c10::string_view backend) {
   static constexpr const char* kNames[] = {"default", "auto", "cuda", "triton", "reference"};
@@ -152,17 +140,21 @@ std::optional<Key> signature(int op, c10::string_view backend, int64_t flag,
 // The plan of `key`, after emptying the table if the environment switches changed. Called
 // with g_mutex held: a plan's launch object lives until Python empties the table, which
 // takes the mutex first (lowbit_native_reset).
-const Plan* find_locked(const Key& key, std::string&& env) {
+const Plan* find_locked(const Key& key, const std::string& env) {
   if (env != g_environment) {
     g_plans.clear();
-    g_environment = std::move(env);
+    g_environment = env;
     return nullptr;
   }
   auto it = g_plans.find(key);
   return it == g_plans.end() ? nullptr : &it->second;
 }
 
-void remember(const std::optional<Key>& key, const std::vector<int64_t>& plan) {
+// Keeps the plan Python returned for `key`, unless the table was reset (a kernel
+// registration) or the environment switches changed while Python prepared it: `epoch` and
+// `env` are what they were before the call.
+void remember(const std::optional<Key>& key, const std::vector<int64_t>& plan, uint64_t epoch,
+              const std::string& env) {
   if (!key || plan.empty() || g_hold.load() != 0) return;
   TORCH_CHECK(plan.size() == kPlanLength && plan[0] == kPlanFormat,
               "lowbit: a plan from lowbit/_native.py of an unknown format");
@@ -171,9 +163,10 @@ void remember(const std::optional<Key>& key, const std::vector<int64_t>& plan) {
   p.self = reinterpret_cast<void*>(static_cast<uintptr_t>(plan[2]));
   p.workspace_bytes = plan[3];
   p.n = plan[4];
-  p.row_sums = plan[5] != 0;
   std::lock_guard<std::mutex> lock(g_mutex);
-  if (g_plans.size() < kMaxPlans) g_plans.emplace(*key, p);
+  if (epoch != g_epoch || env != g_environment) return;
+  if (g_plans.size() >= kMaxPlans) g_plans.clear();
+  g_plans.emplace(*key, p);
 }
 
 uintptr_t address(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()); }
@@ -182,31 +175,13 @@ uintptr_t address(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? address(*t) : 0;
 }
 
-// Called with g_mutex held.
-uintptr_t row_sums(const at::Tensor& weight) {
-  const c10::TensorImpl* impl = weight.unsafeGetTensorImpl();
-  const uint32_t version = weight._version();
-  auto it = g_row_sums.find(impl);
-  if (it != g_row_sums.end() && !it->second.owner.expired() &&
-      it->second.data == weight.data_ptr() && it->second.version == version)
-    return address(it->second.sums);
-  if (g_row_sums.size() >= kMaxRowSums) g_row_sums.clear();
-  // sum_k w[n, k] as int32 (exact: |sum| <= 128 K < 2^31), as backends/cuda/int8_gemm.py.
-  at::Tensor sums = at::sum(weight, {1}, false, at::kInt);
-  g_row_sums.insert_or_assign(
-      impl, RowSums{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()),
-                    weight.data_ptr(), version, sums});
-  return address(sums);
-}
-
 // Allocates the output [..., N] in x's dtype and the workspace, then makes the plan's launch
-// on x's device's current stream, with g_mutex held (launch objects keep per-call state).
-// `pointers` holds the launch's pointer arguments with the workspace and output slots (the
-// last two) and the row-sums slot (`row_sums_slot`, -1: none) left to fill.
+// on x's device's current stream, with g_mutex held: launch objects keep per-call state, and
+// a reset (which takes the mutex) must not free one in use. `pointers` holds the launch's
+// pointer arguments with the workspace and output slots (the last two) left to fill.
 template <size_t P>
 at::Tensor run_locked(const char* op, const Plan& plan, const at::Tensor& x,
-                      const at::Tensor& weight, std::array<uintptr_t, P> pointers,
-                      int row_sums_slot) {
+                      std::array<uintptr_t, P> pointers) {
   c10::DeviceGuard guard(x.device());
   c10::SmallVector<int64_t, 8> sizes(x.sizes().begin(), x.sizes().end());
   sizes.back() = plan.n;
@@ -217,7 +192,6 @@ at::Tensor run_locked(const char* op, const Plan& plan, const at::Tensor& x,
       reinterpret_cast<uintptr_t>(impl->getStreamNativeHandle(impl->getStream(x.device())));
   pointers[P - 2] = address(workspace);
   pointers[P - 1] = address(out);
-  if (plan.row_sums && row_sums_slot >= 0) pointers[row_sums_slot] = row_sums(weight);
   char error[512] = {0};
   const int rc = plan.launch(plan.self, pointers.data(), stream, error, sizeof error);
   TORCH_CHECK(rc == 0, "lowbit::", op, ": ", error);
@@ -231,28 +205,40 @@ c10::TypedOperatorHandle<Signature> prepare_op(const char* name) {
 
 using Prepared = std::tuple<at::Tensor, std::vector<int64_t>>;
 
+// One call: the plan kept for `key` when there is one, else `prepare()` (the Python
+// implementation), whose plan is kept for the next call of this signature.
+template <size_t P, class Prepare>
+at::Tensor serve(const char* op, const std::optional<Key>& key, const at::Tensor& x,
+                 const std::array<uintptr_t, P>& pointers, Prepare&& prepare) {
+  std::string env = environment();
+  uint64_t epoch;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (key) {
+      if (const Plan* plan = find_locked(*key, env)) {
+        g_hits.fetch_add(1, std::memory_order_relaxed);
+        return run_locked(op, *plan, x, pointers);
+      }
+    }
+    epoch = g_epoch;
+  }
+  g_misses.fetch_add(1, std::memory_order_relaxed);
+  auto [out, plan] = prepare();
+  remember(key, plan, epoch, env);
+  return out;
+}
+
 at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight,
                       const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
                       const std::optional<at::Tensor>& act_scale, c10::string_view backend) {
-  const auto key = signature(0, backend, 0, x, weight, weight_scale, bias, act_scale);
-  if (key) {
-    std::string env = environment();
-    std::lock_guard<std::mutex> lock(g_mutex);
-    if (const Plan* plan = find_locked(*key, std::move(env))) {
-      g_hits.fetch_add(1, std::memory_order_relaxed);
-      return run_locked<7>("fp8_linear", *plan, x, weight,
-                           {address(x), address(act_scale), address(weight),
-                            address(weight_scale), address(bias), 0, 0},
-                           -1);
-    }
-  }
-  g_misses.fetch_add(1, std::memory_order_relaxed);
   static const auto prepare = prepare_op<Prepared(
       const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
       const std::optional<at::Tensor>&, c10::string_view)>("lowbit::_fp8_linear_prepare");
-  auto [out, plan] = prepare.call(x, weight, weight_scale, bias, act_scale, backend);
-  remember(key, plan);
-  return out;
+  return serve<7>(
+      "fp8_linear", signature(0, backend, 0, x, weight, weight_scale, bias, act_scale), x,
+      {address(x), address(act_scale), address(weight), address(weight_scale), address(bias), 0,
+       0},
+      [&] { return prepare.call(x, weight, weight_scale, bias, act_scale, backend); });
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
@@ -260,28 +246,19 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& act_scale,
                        const std::optional<at::Tensor>& act_zero, bool act_symmetric,
                        c10::string_view backend) {
-  const auto key =
-      signature(1, backend, act_symmetric, x, weight, weight_scale, bias, act_scale, act_zero);
-  if (key) {
-    std::string env = environment();
-    std::lock_guard<std::mutex> lock(g_mutex);
-    if (const Plan* plan = find_locked(*key, std::move(env))) {
-      g_hits.fetch_add(1, std::memory_order_relaxed);
-      return run_locked<9>("int8_linear", *plan, x, weight,
-                           {address(x), address(act_scale), address(act_zero), address(weight),
-                            address(weight_scale), 0, address(bias), 0, 0},
-                           5);
-    }
-  }
-  g_misses.fetch_add(1, std::memory_order_relaxed);
   static const auto prepare = prepare_op<Prepared(
       const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
       const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool,
       c10::string_view)>("lowbit::_int8_linear_prepare");
-  auto [out, plan] =
-      prepare.call(x, weight, weight_scale, bias, act_scale, act_zero, act_symmetric, backend);
-  remember(key, plan);
-  return out;
+  return serve<9>(
+      "int8_linear",
+      signature(1, backend, act_symmetric, x, weight, weight_scale, bias, act_scale, act_zero), x,
+      {address(x), address(act_scale), address(act_zero), address(weight), address(weight_scale),
+       0, address(bias), 0, 0},
+      [&] {
+        return prepare.call(x, weight, weight_scale, bias, act_scale, act_zero, act_symmetric,
+                            backend);
+      });
 }
 
 }  // namespace
@@ -296,11 +273,12 @@ extern "C" {
 // Adds `delta` to the hold count (Python blocks that the plans cannot see); returns it.
 int64_t lowbit_native_hold(int64_t delta) { return g_hold.fetch_add(delta) + delta; }
 
-// Forgets every plan and row sum.
+// Forgets every plan, and every plan being prepared: once this returns, no launch object
+// handed over before is used again.
 void lowbit_native_reset() {
   std::lock_guard<std::mutex> lock(g_mutex);
   g_plans.clear();
-  g_row_sums.clear();
+  ++g_epoch;
 }
 
 // [plans kept, calls served by a plan, calls that went to Python, hold count]

@@ -22,6 +22,13 @@ What the plans cannot see, Python tells them:
 - lowbit's debug log records a choice when a signature is prepared, not per call.
 - ``HW_CVT`` (backends/cuda/quantize.py, the fp8 encoder): a plan keeps the encoder of the
   time it was prepared (both give the same bits).
+- The hold lasts as long as the ``with`` block. A context copied inside it that runs after
+  the block (an asyncio task created there, ``contextvars.copy_context().run``) still sees
+  the block's backend in Python, but the plans no longer hold off: set the backend inside
+  the task, or pass ``backend=`` to the op.
+
+Asymmetric INT8 activations get no plan: their GEMM reads the weight's row sums, which the
+Python step keeps per weight; those calls take the Python implementation.
 
 The library includes torch's headers: it is built only where the build could import torch
 (``pip install --no-build-isolation .`` after torch), and loaded only under the torch version
@@ -41,15 +48,16 @@ from ._env import getenv
 
 _lib: Optional[ctypes.CDLL] = None
 _status = "not loaded yet"
-PLAN_FORMAT = 1  # csrc/torch/linear_ops.cpp: kPlanFormat
+PLAN_FORMAT = 2  # csrc/torch/linear_ops.cpp: kPlanFormat
 # Launch objects handed to the C++ side, which holds their addresses: kept here until the
 # C++ table is emptied (``reset``), up to this many.
 _KEEP_MAX = 8192
 _keep: Dict[int, object] = {}
 
 
-def _library_path() -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torch_ops.so")
+def _library_path(build_module) -> str:
+    # Beside the build's record (an editable install keeps both in its build tree).
+    return os.path.join(os.path.dirname(os.path.abspath(build_module.__file__)), "_torch_ops.so")
 
 
 def load() -> None:
@@ -62,17 +70,18 @@ def load() -> None:
         _status = "off (LOWBIT_NATIVE_OPS=0)"
         return
     try:
-        from ._torch_ops_build import TORCH_VERSION
+        from . import _torch_ops_build
     except ImportError:
         _status = ("not built (the build could not import torch, or had no CUDA: "
                    "pip install --no-build-isolation . after torch builds it)")
         return
-    if TORCH_VERSION != torch.__version__:
-        _status = (f"not loaded: built against torch {TORCH_VERSION}, running torch "
+    built = _torch_ops_build.TORCH_VERSION
+    if built != torch.__version__:
+        _status = (f"not loaded: built against torch {built}, running torch "
                    f"{torch.__version__} (reinstall lowbit to rebuild it)")
         return
     try:
-        lib = ctypes.CDLL(_library_path())
+        lib = ctypes.CDLL(_library_path(_torch_ops_build))
     except OSError as e:
         _status = f"not loaded: {e}"
         return
@@ -83,7 +92,7 @@ def load() -> None:
     lib.lowbit_native_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
     lib.lowbit_native_stats.restype = None
     _lib = lib
-    _status = f"loaded (built against torch {TORCH_VERSION})"
+    _status = f"loaded (built against torch {built})"
     _backend._native_hold, _backend._native_reset = hold, reset
 
 
@@ -102,8 +111,8 @@ def hold(delta: int) -> int:
 
 
 def reset() -> None:
-    """Forget every plan (and the row sums kept for asymmetric INT8 activations), then
-    release the launch objects they held."""
+    """Forget every plan, then release the launch objects they held (the C++ side uses none
+    of them once its reset returns)."""
     if _lib is not None:
         _lib.lowbit_native_reset()
     _keep.clear()
@@ -124,9 +133,9 @@ def plan(step: Optional[Callable]) -> List[int]:
     native = getattr(step, "native", None)
     if native is None or _lib is None:
         return []
-    launch, workspace_bytes, n, row_sums = native()
+    launch, workspace_bytes, n = native()
     if len(_keep) >= _KEEP_MAX:
         reset()
     _keep[id(launch)] = launch
     address, entry = launch.native()
-    return [PLAN_FORMAT, entry, address, workspace_bytes, n, int(row_sums)]
+    return [PLAN_FORMAT, entry, address, workspace_bytes, n]

@@ -143,14 +143,14 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
     if not shared_workspace:
         step.native = _native_once(lambda: (
             _C.Fp8LinearLaunch(quants[quantize.HW_CVT], gemm, scale_offset, amax_offset),
-            ws_bytes, n, False))
+            ws_bytes, n))
     return step
 
 
 def _native_once(make: Callable) -> Callable:
     """A step's ``native()`` for lowbit/_native.py: (a launch object of its own, workspace
-    bytes, N, whether the GEMM reads the weight's row sums), made on first use. Its own
-    object: the C++ side launches it under its own lock, never the GIL."""
+    bytes, N), made on first use. Its own object: the C++ side launches it under its own
+    lock, not under the GIL."""
     made = []
 
     def native():
@@ -216,8 +216,9 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
         return out
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
-    if not shared_workspace:
+    if not shared_workspace and symmetric:
+        # (Asymmetric activations: no plan; the row sums above stay with this Python step.)
         step.native = _native_once(lambda: (
             _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset),
-            ws_bytes, n, not symmetric))
+            ws_bytes, n))
     return step
