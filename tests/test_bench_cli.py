@@ -177,15 +177,21 @@ def test_op_rows_and_outputs_on_cpu(cpu_timers, tmp_path, capsys):
     bench.run_host(["fp8_scaled_mm", "quantize_fp8", "int8_linear", "w4a16_gemm"], run._NoBar())
     impls = [r["impl"] for r in bench.host]
     assert impls[0] == "torch.add_" and "torch.ops.lowbit.fp8_scaled_mm" in impls
+    # The registered linear op's row names the implementation that serves it.
+    from lowbit import _native
+    served = " [C++]" if _native.loaded() else ""
+    assert f"torch.ops.lowbit.int8_linear{served}" in impls
     # Each quantized module whose op ran, beside nn.Linear, eager and compiled.
     layers = ["nn.Linear bf16", "lowbit.nn.Fp8Linear", "lowbit.nn.Int8Linear",
               "lowbit.nn.Int4Linear"]
     assert impls[-8:] == [f for name in layers for f in (name, f"torch.compile({name})")]
     assert all(r.get("vs_add") == pytest.approx(1.0) for r in bench.host if not r.get("error"))
     env = dict(card="CPU", capability="0.0", sms=0, l2_mb=0, memory_gib=0, torch=torch.__version__,
-               cuda=None, triton=None, python="3", lowbit="0", date="today", lowbit_build={})
+               cuda=None, triton=None, python="3", lowbit="0", date="today", lowbit_build={},
+               native_ops="off (LOWBIT_NATIVE_OPS=0)")
     text = run.write_outputs(str(tmp_path), bench, env, ["--quick"], 1.0, True)
     assert "## Ops" in text and "## Host time" in text and "torch.add_" in text
+    assert "registered linear ops in C++ (lowbit._torch_ops): off (LOWBIT_NATIVE_OPS=0)" in text
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["complete"] and len(data["ops"]) == len(bench.rows) and data["host"]
     assert "| op |" in (tmp_path / "bench.md").read_text()

@@ -47,10 +47,11 @@ def test_the_built_library_loads_under_its_torch():
 
 
 @needs_native
-@pytest.mark.parametrize("op", ["fp8_linear", "int8_linear"])
+@pytest.mark.parametrize("op", _native.OPS)
 def test_cuda_kernels_are_registered_in_cpp(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lowbit::{op}", "CUDA")
-    assert hasattr(torch.ops.lowbit, f"_{op}_prepare")
+    assert hasattr(torch.ops.lowbit, f"_{op}_prepare") and _native.serves(op)
+    assert not _native.serves("fp8_scaled_mm")
 
 
 @needs_native

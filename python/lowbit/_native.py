@@ -100,6 +100,16 @@ def loaded() -> bool:
     return _lib is not None
 
 
+# The registered ops the library implements on CUDA tensors.
+OPS = ("fp8_linear", "int8_linear")
+
+
+def serves(op: str) -> bool:
+    """Whether calls of registered op ``op`` on CUDA tensors run the C++ implementation
+    (a plan per signature; asymmetric INT8 activations excepted) here."""
+    return _lib is not None and op in OPS
+
+
 def status() -> str:
     """Whether the C++ implementations serve the registered linear ops here, and why not."""
     return _status

@@ -143,6 +143,7 @@ def environment() -> dict:
     import torch
 
     import lowbit
+    from lowbit import _native
     from lowbit._build import build_info
 
     p = torch.cuda.get_device_properties(0)
@@ -159,6 +160,7 @@ def environment() -> dict:
         python=platform.python_version(), lowbit=lowbit.__version__,
         lowbit_build={k: b.get(k) for k in ("compiled", "cuda", "cuda_version", "cuda_archs",
                                             "cuda_archs_source", "error") if b.get(k) is not None},
+        native_ops=_native.status(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -295,6 +297,8 @@ class Bench:
         anchors, against torch.add_ in the same process; graph = GPU time per call."""
         import torch
 
+        from lowbit import _native
+
         from .cases import DEVICE, runnable_kernels
 
         m, n, k = matrix.HOST_GEMM
@@ -311,7 +315,9 @@ class Bench:
             fns.append((f"lowbit.{op}", case.public()))
             for backend in sorted({k.backend for k in runnable_kernels(op, case.args)}):
                 fns.append((f"lowbit.{op}(backend={backend!r})", case.public(backend)))
-            fns.append((f"torch.ops.lowbit.{op}", case.dispatcher()))
+            # (which implementation serves it: the C++ one where lowbit._torch_ops does)
+            served = " [C++]" if _native.serves(op) else ""
+            fns.append((f"torch.ops.lowbit.{op}{served}", case.dispatcher()))
             for impl, fn in fns:
                 self.host.append(self._host_row(impl, shape, fn, op))
             bar.update()
@@ -395,6 +401,8 @@ def header_lines(env: dict, ceilings: dict, argv, elapsed_s: float, complete: bo
         f"- date: {env['date']}; command: lowbit bench {' '.join(argv)}; {elapsed_s:.0f} s"
         + ("" if complete else "; INCOMPLETE (interrupted or failed)"),
     ]
+    if env.get("native_ops"):
+        lines.append(f"- registered linear ops in C++ (lowbit._torch_ops): {env['native_ops']}")
     if ceilings:
         lines.append(f"- ceilings measured here: copy {ceilings['copy_gbps'] / 1e3:.2f} TB/s (bytes "
                      f"read + written); bf16 matmul {ceilings['bf16_tflops']:.0f} TFLOP/s "
