@@ -277,3 +277,40 @@ def test_a_compiled_model_runs_the_plans_and_matches_eager():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, model(x2))
+
+
+@needs_native
+@pytest.mark.gpu
+def test_threads_share_the_plans():
+    """Plans serve calls from several threads at once (no GIL on that path: the launch objects
+    are shared under a lock), each thread on its own stream, and resets meanwhile."""
+    import threading
+
+    mods = [_fp8(seed=s) for s in range(2)] + [_int8(seed=s) for s in range(2)]
+    xs = [torch.randn(8, 512, dtype=torch.bfloat16, device="cuda") for _ in range(4)]
+    want = [[m(x) for x in xs] for m in mods]
+    errors = []
+
+    def work(t):
+        try:
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                for i in range(50):
+                    m = mods[(t + i) % len(mods)]
+                    j = (t * 7 + i) % len(xs)
+                    y = _op(m)(xs[j], *m._state(), "default")
+                    stream.synchronize()
+                    if not torch.equal(y, want[(t + i) % len(mods)][j]):
+                        errors.append((t, i))
+                    if t == 0 and i % 10 == 9:
+                        _native.reset()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:5]
+    assert _native.stats()["hits"] > 0
