@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import _checks as C
-from . import scale_layout
+from . import _native, scale_layout
 from ._backend import checked
 from ._linear import FP8, INT8, linear_impl
 from .reference.int4 import prepacked_shape
@@ -64,6 +64,14 @@ def _schema(check: Callable, returns: str) -> str:
     return f"({params}, str backend) -> {returns}"
 
 
+def _register(name: str, schema: str, impl: Callable) -> None:
+    """Define ``lowbit::<name><schema>`` with ``impl`` for every device, not differentiable
+    (the Autograd key falls through)."""
+    _LIB.define(name + schema)
+    _LIB.impl(name, impl, "CompositeExplicitAutograd")
+    _LIB.impl(name, torch.library.fallthrough_kernel, "Autograd")
+
+
 def define_op(returns: str, values: Optional[Callable] = None,
               impl: Optional[Callable[[Callable], Callable]] = None):
     """Decorator: declare op ``check.__name__`` from its checks.
@@ -81,9 +89,7 @@ def define_op(returns: str, values: Optional[Callable] = None,
         name = check.__name__
         schema = _schema(check, returns)
         eager = checked(name, check, values) if impl is None else impl(check)
-        _LIB.define(name + schema)
-        _LIB.impl(name, eager, "CompositeExplicitAutograd")
-        _LIB.impl(name, torch.library.fallthrough_kernel, "Autograd")
+        _register(name, schema, eager)
 
         def fake(*args):
             like = args[0]
@@ -359,18 +365,14 @@ def _define_prepare(name: str) -> None:
     returns its plan, what the op's C++ implementation calls for a signature it has not seen
     (lowbit/_native.py). Not part of the API; never traced."""
     params = DEFS[name].schema.rsplit(" -> ", 1)[0]
-    _LIB.define(f"_{name}_prepare{params} -> (Tensor, int[])")
-    _LIB.impl(f"_{name}_prepare", DEFS[name].eager.prepare, "CompositeExplicitAutograd")
-    _LIB.impl(f"_{name}_prepare", torch.library.fallthrough_kernel, "Autograd")
+    _register(f"_{name}_prepare", f"{params} -> (Tensor, int[])", DEFS[name].eager.prepare)
 
 
-for _name in ("fp8_linear", "int8_linear"):
+for _name in _native.OPS:
     _define_prepare(_name)
 
 # The registered ops (what compiled graphs call) and their eager implementations, by name.
 OPS = {name: getattr(torch.ops.lowbit, name).default for name in DEFS}
 EAGER = {name: d.eager for name, d in DEFS.items()}
 
-from . import _native  # noqa: E402  (after the ops it implements are defined)
-
-_native.load()
+_native.load()  # (after the ops it implements are defined)

@@ -20,6 +20,7 @@ results are the ones the two op calls give.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
@@ -141,24 +142,12 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
     if not shared_workspace:
-        step.native = _native_once(lambda: (
+        # native() for lowbit/_native.py: (a launch object of its own, workspace bytes, N),
+        # made once. Its own object: the C++ side launches it under its lock, not the GIL.
+        step.native = functools.cache(lambda: (
             _C.Fp8LinearLaunch(quants[quantize.HW_CVT], gemm, scale_offset, amax_offset),
             ws_bytes, n))
     return step
-
-
-def _native_once(make: Callable) -> Callable:
-    """A step's ``native()`` for lowbit/_native.py: (a launch object of its own, workspace
-    bytes, N), made on first use. Its own object: the C++ side launches it under its own
-    lock, not under the GIL."""
-    made = []
-
-    def native():
-        if not made:
-            made.append(make())
-        return made[0]
-
-    return native
 
 
 def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_args: tuple,
@@ -218,7 +207,7 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
     if not shared_workspace and symmetric:
         # (Asymmetric activations: no plan; the row sums above stay with this Python step.)
-        step.native = _native_once(lambda: (
+        step.native = functools.cache(lambda: (
             _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset),
             ws_bytes, n))
     return step
