@@ -67,3 +67,13 @@ def _fresh_kernel_choices():
     _backend._choices.clear()
     yield
     _backend._choices.clear()
+
+
+@pytest.fixture
+def python_step(monkeypatch):
+    """The quantized modules' Python path for the test: their forwards do not enter the C++
+    plans of lowbit._torch_ops (tests/test_native_ops.py tests those), so that the module's
+    own prepared step runs, as it does where the library is not built."""
+    from lowbit.nn import _layer
+    monkeypatch.setattr(_layer, "_MODULE_ENTRY", {})
+    yield

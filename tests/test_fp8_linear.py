@@ -227,7 +227,7 @@ def test_no_prepared_chain_on_the_reference():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_prepared_chain_on_gpu(static):
+def test_prepared_chain_on_gpu(python_step, static):
     _check_prepared_chain("cuda", static)
 
 
@@ -237,7 +237,7 @@ def test_prepared_chain_on_gpu(static):
 # has read it (stream order, and on sm_90 the quantizer's wait for that GEMM, keep them apart),
 # on the default stream, on a side stream, and in a CUDA graph (a workspace per call there).
 @pytest.mark.gpu
-def test_layers_share_the_stream_workspace():
+def test_layers_share_the_stream_workspace(python_step):
     torch.manual_seed(3)
     sizes = ((256, 512), (512, 128), (128, 384))
     mods = [Fp8Linear.from_linear(_linear(k=k, n=n, device="cuda")) for k, n in sizes]
@@ -326,7 +326,8 @@ def test_compiled_model_matches_eager_bit_for_bit():
     ((300, 256), 256, 200, True, torch.float16, True),        # tiled GEMM, static scale, ragged N
     ((65, 128), 128, 136, False, torch.float32, False),       # fp32 activations and output
 ], ids=["m1", "3d-bias", "m300-static", "fp32"])
-def test_fused_cuda_step_matches_the_ops(monkeypatch, arch, shape, k, n, bias, dtype, static):
+def test_fused_cuda_step_matches_the_ops(monkeypatch, python_step, arch, shape, k, n, bias,
+                                         dtype, static):
     """On CUDA kernels a prepared forward is one fused launch (quantize + GEMM through a
     workspace): the same kernels as the two op calls, so the same bits, on every arch path,
     also after the weight's storage changes under the same module tensor."""

@@ -229,7 +229,8 @@ def test_extra_repr():
     ((300, 256), 256, 200, True, torch.float16, "static"),           # tiled GEMM, ragged N
     ((65, 128), 128, 136, False, torch.float32, "static-asymmetric"),
 ], ids=["m1", "3d-asym", "m300-static", "fp32-static-asym"])
-def test_fused_cuda_step_matches_the_ops(monkeypatch, arch, shape, k, n, bias, dtype, act):
+def test_fused_cuda_step_matches_the_ops(monkeypatch, python_step, arch, shape, k, n, bias,
+                                         dtype, act):
     """On CUDA kernels a prepared forward is one fused launch (quantize + GEMM through a
     workspace): the same kernels as the two op calls, so the same bits; the weight's row
     sums (asymmetric activations) follow in-place writes to the weight."""

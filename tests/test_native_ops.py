@@ -7,6 +7,7 @@ Python path, a signature that passed once still rejects a later call whose tenso
 and what Python holds in context (use_backend, explain) reaches the op. Asymmetric INT8
 activations get no plan.
 """
+import contextlib
 import importlib.util
 
 import pytest
@@ -94,8 +95,26 @@ def test_prepare_returns_the_python_output_and_no_plan_on_the_cpu():
     assert torch.equal(y, imod(x)) and plan == []
 
 
-def test_a_step_without_a_fused_launch_has_no_plan():
-    assert _native.plan(None) == [] and _native.plan(lambda x: x) == []
+def test_a_step_without_a_fused_launch_has_the_no_plan_plan():
+    """A step that is not one fused launch: the "no plan" plan (launch 0), which sends the
+    signature's module calls to Python; no step at all: nothing to keep."""
+    assert _native.plan(None) == []
+    want = [_native.PLAN_FORMAT, 0, 0, 0, 0] if _native.loaded() else []
+    assert _native.plan(lambda x: x) == want
+
+
+@needs_native
+@pytest.mark.parametrize("op", _native.OPS)
+def test_the_module_entry_leaves_what_plans_do_not_take_to_python(op):
+    entry = _native.MODULE_ENTRY[op]
+    mod = (Fp8Linear if op == "fp8_linear" else Int8Linear).from_linear(
+        nn.Linear(64, 32).to(torch.bfloat16))
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert entry(mod, x) is None  # a CPU tensor
+    assert entry(mod, nn.Parameter(x)) is None  # not exactly a torch.Tensor
+    assert entry(nn.Linear(2, 2), x) is None
+    with pytest.raises(TypeError, match=f"{op}_module.module, x. takes 2 arguments; got 1"):
+        entry(mod)
 
 
 @needs_native
@@ -147,6 +166,30 @@ def _op(mod):
     return ops.fp8_linear if isinstance(mod, Fp8Linear) else ops.int8_linear
 
 
+def _replayed(fn, x):
+    """fn captured in a CUDA graph on a copy of x, replayed on new values: (output, input)."""
+    static = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fn(static)
+    x2 = torch.randn_like(x)
+    static.copy_(x2)
+    graph.replay()
+    torch.cuda.synchronize()
+    return captured, x2
+
+
+@contextlib.contextmanager
+def _python_path():
+    """Every call in the block served by Python (the plans held off, as lowbit.use_backend
+    holds them): the module's own step, the op's Python implementation."""
+    _native.hold(1)
+    try:
+        yield
+    finally:
+        _native.hold(-1)
+
+
 @needs_native
 @pytest.mark.gpu
 @pytest.mark.parametrize("family,kw", CASES, ids=[f"{f}-{kw}" for f, kw in CASES])
@@ -156,7 +199,8 @@ def test_a_plan_gives_the_bits_of_the_python_path(family, kw, lead):
     planned = not (family == "int8" and kw.get("symmetric") is False)
     mod = _make(family, **kw)
     x = torch.randn(*lead, mod.in_features, dtype=torch.bfloat16, device="cuda")
-    want = mod(x)  # the module's eager path (Python)
+    with _python_path():
+        want = mod(x)
     op = _op(mod)
     before = _native.stats()
     first = op(x, *mod._state(), "default")  # a miss: Python prepares the plan
@@ -165,7 +209,8 @@ def test_a_plan_gives_the_bits_of_the_python_path(family, kw, lead):
     for _ in range(2):
         x2 = torch.randn_like(x)
         got = op(x2, *mod._state(), "default")  # served by the plan
-        assert torch.equal(got, mod(x2)), "plan and Python path differ"
+        with _python_path():
+            assert torch.equal(got, mod(x2)), "plan and Python path differ"
     if planned:
         assert _native.stats()["hits"] >= after_first["hits"] + 2
     else:
@@ -267,16 +312,113 @@ def test_a_compiled_model_runs_the_plans_and_matches_eager():
     assert all(torch.equal(o, eager) for o in outs)
     # Two planned layers (the asymmetric one runs Python), their first compiled call a miss.
     assert _native.stats()["hits"] >= hits + 4, "the compiled graph's calls ran no plan"
-    graph = torch.cuda.CUDAGraph()
-    static = x.clone()
-    compiled(static)
-    with torch.cuda.graph(graph):
-        captured = compiled(static)
-    x2 = torch.randn_like(x)
-    static.copy_(x2)
-    graph.replay()
-    torch.cuda.synchronize()
+    compiled(x.clone())
+    captured, x2 = _replayed(compiled, x)
     assert torch.equal(captured, model(x2))
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("family,kw", CASES, ids=[f"{f}-{kw}" for f, kw in CASES])
+def test_a_module_forward_runs_the_plan_of_its_signature(family, kw):
+    """The module's eager forward enters the plans with no dispatcher: its first call of a
+    signature goes through the registered op (which prepares the plan), the next ones are
+    served by the plan, with the Python path's bits. A signature with no plan (asymmetric
+    INT8) runs the module's own Python step, without the dispatcher either."""
+    planned = not (family == "int8" and kw.get("symmetric") is False)
+    mod = _make(family, **kw)
+    x = torch.randn(3, 45, mod.in_features, dtype=torch.bfloat16, device="cuda")
+    before = _native.stats()
+    first = mod(x)
+    after_first = _native.stats()
+    assert after_first["misses"] == before["misses"] + 1, "an unseen signature: the op"
+    for _ in range(2):
+        x2 = torch.randn_like(x)
+        got = mod(x2)
+        with _python_path():
+            assert torch.equal(got, mod(x2)), "the module's plan and Python path differ"
+    after = _native.stats()
+    assert after["misses"] == after_first["misses"], "a known signature went to the op"
+    assert after["hits"] == after_first["hits"] + (2 if planned else 0)
+    if not planned:
+        assert mod._step is not None, "no plan: the module's own step"
+    with _python_path():
+        assert torch.equal(first, mod(x))
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", [None, "89", "80"], ids=["native", "sm89", "sm80"])
+def test_a_module_plan_follows_its_tensors_and_the_arch(monkeypatch, arch):
+    """A plan reads the module's tensors on every call: new tensors (load_state_dict with
+    assign, register_buffer, new storage under the same tensor) are used at once; and the
+    arch switch prepares the plan of that arch's kernels."""
+    if arch is not None:
+        monkeypatch.setenv("LOWBIT_ARCH", arch)
+    mod = _fp8(k=1024, n=256)
+    x = torch.randn(1, 1024, dtype=torch.bfloat16, device="cuda")
+
+    def python(m, x):
+        with _python_path():
+            return m(x)
+
+    hits = _native.stats()["hits"]
+    for _ in range(2):  # the op (unseen), then the plan
+        assert torch.equal(mod(x), python(mod, x))
+    other = _fp8(k=1024, n=256, seed=5)
+    mod.load_state_dict(other.state_dict(), assign=True)
+    assert torch.equal(mod(x), python(other, x))
+    mod.register_buffer("weight_scale", mod.weight_scale * 2)
+    got = mod(x)
+    assert torch.equal(got, python(mod, x)) and not torch.equal(got, python(other, x))
+    mod.weight.data = _fp8(k=1024, n=256, seed=6).weight.clone()
+    assert torch.equal(mod(x), python(mod, x))
+    assert _native.stats()["hits"] == hits + 4, "the plan served the module's calls"
+
+
+@needs_native
+@pytest.mark.gpu
+def test_a_module_says_the_same_errors_on_every_path():
+    """Bad input to a module whose plans serve its good input: the errors of the module's
+    Python path (module check, then the op's)."""
+    mod = _fp8()
+    x = torch.randn(4, 512, dtype=torch.bfloat16, device="cuda")
+    for _ in range(2):
+        mod(x)
+    bias = torch.randn(383, dtype=torch.bfloat16, device="cuda")
+    bad_inputs = [x[:, :256], x.to(torch.int32), x.double()[0, 0], x.cpu()]
+    for bad in bad_inputs:
+        errors = []
+        for path in (contextlib.nullcontext, _python_path):
+            with path(), pytest.raises((TypeError, ValueError, RuntimeError)) as e:
+                mod(bad)
+            errors.append((type(e.value), str(e.value)))
+        assert errors[0] == errors[1], bad.shape
+    # A module tensor of the wrong shape (set by hand): the op's error, on both paths.
+    mod.bias.data = bias
+    errors = []
+    for path in (contextlib.nullcontext, _python_path):
+        with path(), pytest.raises((TypeError, ValueError)) as e:
+            mod(x)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "bias" in errors[0]
+
+
+@needs_native
+@pytest.mark.gpu
+def test_an_eager_model_matches_its_compiled_self_and_its_graph():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256)).to(
+        "cuda", torch.bfloat16)
+    model[0] = Fp8Linear.from_linear(model[0])
+    model[2] = Int8Linear.from_linear(model[2])
+    x = torch.randn(16, 256, dtype=torch.bfloat16, device="cuda")
+    eager = [model(x) for _ in range(3)]  # the op, then the plans
+    assert all(torch.equal(e, eager[0]) for e in eager)
+    assert torch.equal(torch.compile(model, fullgraph=True)(x), eager[0])
+    captured, x2 = _replayed(model, x)
+    with _python_path():
+        assert torch.equal(captured, model(x2))
 
 
 @needs_native

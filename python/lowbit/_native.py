@@ -11,6 +11,12 @@ goes to ``torch.ops.lowbit._<family>_linear_prepare``, the Python implementation
 checks, the two checked ops, the kernel choice), which also returns the plan. Same kernels,
 same arguments, same bits as the Python path.
 
+The quantized modules (``Fp8Linear``, ``Int8Linear``) reach the same plans from their eager
+forward through ``MODULE_ENTRY``: one C++ call reads the module's tensors and runs the plan
+of the signature, with no dispatcher and no op arguments parsed. An unseen signature goes
+through the registered op once (the module's own errors first); a signature with no plan
+(Triton kernels, asymmetric INT8) runs the module's Python step.
+
 What the plans cannot see, Python tells them:
 
 - ``lowbit.use_backend`` and ``lowbit.explain`` (context variables) hold the plans off while
@@ -38,6 +44,7 @@ Python implementation serves every call). ``status()`` says which is the case an
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 from typing import Callable, Dict, List, Optional
 
@@ -80,9 +87,16 @@ def load() -> None:
         _status = (f"not loaded: built against torch {built}, running torch "
                    f"{torch.__version__} (reinstall lowbit to rebuild it)")
         return
+    path = _library_path(_torch_ops_build)
     try:
-        lib = ctypes.CDLL(_library_path(_torch_ops_build))
-    except OSError as e:
+        # A Python extension (the modules' entry) whose control functions ctypes calls.
+        spec = importlib.util.spec_from_file_location(f"{__package__}._torch_ops", path)
+        if spec is None:
+            raise ImportError(f"no extension module at {path}")
+        ext = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ext)
+        lib = ctypes.CDLL(path)
+    except (ImportError, OSError) as e:
         _status = f"not loaded: {e}"
         return
     lib.lowbit_native_hold.argtypes = [ctypes.c_int64]
@@ -92,6 +106,7 @@ def load() -> None:
     lib.lowbit_native_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
     lib.lowbit_native_stats.restype = None
     _lib = lib
+    MODULE_ENTRY.update(fp8_linear=ext.fp8_linear_module, int8_linear=ext.int8_linear_module)
     _status = f"loaded (built against torch {built})"
     _backend._native_hold, _backend._native_reset = hold, reset
 
@@ -102,6 +117,12 @@ def loaded() -> bool:
 
 # The registered ops the library implements on CUDA tensors.
 OPS = ("fp8_linear", "int8_linear")
+# op -> entry(module, x) for the quantized modules of that op (lowbit/nn/_layer.py): the
+# output when a plan serves the call, None when the module's Python path must (no plan for
+# the signature, or a call plans do not take: CPU, tensor subclasses, held), NotImplemented
+# for a signature not seen yet (the module then calls the registered op, which prepares it).
+# Empty when the library is not loaded.
+MODULE_ENTRY: Dict[str, Callable] = {}
 
 
 def serves(op: str) -> bool:
@@ -138,11 +159,15 @@ def stats() -> Dict[str, int]:
 
 
 def plan(step: Optional[Callable]) -> List[int]:
-    """The plan of a prepared step (lowbit/_linear.py) for the C++ side, or [] when it has
-    none: a step that is not one fused CUDA launch, or the library is not loaded."""
-    native = getattr(step, "native", None)
-    if native is None or _lib is None:
+    """The plan of a prepared step (lowbit/_linear.py) for the C++ side: the "no plan" plan
+    (launch 0) for a step that is not one fused CUDA launch, whose signature Python serves
+    from then on; [] when there is no step (the call could not be prepared: CPU tensors,
+    ``explain``, debug logging...) or the library is not loaded."""
+    if step is None or _lib is None:
         return []
+    native = getattr(step, "native", None)
+    if native is None:
+        return [PLAN_FORMAT, 0, 0, 0, 0]
     launch, workspace_bytes, n = native()
     if len(_keep) >= _KEEP_MAX:
         reset()

@@ -7,10 +7,11 @@ from typing import Callable, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .. import _backend, _linear, ops
+from .. import _backend, _linear, _native, ops
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_MODULE_ENTRY = _native.MODULE_ENTRY  # filled when lowbit._torch_ops loads
 
 
 def _layer_dtype(cls_name: str, dtype: Union[torch.dtype, str]) -> torch.dtype:
@@ -96,9 +97,11 @@ class _Step(NamedTuple):
 class W8A8Forward:
     """The W8A8 forward of a quantized Linear whose family (``_family``, a
     ``lowbit._linear.Family``) names its op, and whose ``_STATE`` attributes are the op's
-    arguments after x. On a GPU, a forward whose input signature (and module tensors) match
-    the last one runs the step the checked ops chose then (lowbit/_linear.py), in one host
-    call. Everything a check reads is in the key, so an input the checks would reject never
+    arguments after x. On a GPU where lowbit._torch_ops is loaded, a forward is one C++ call
+    into the plan the registered op keeps for its signature (lowbit/_native.py); a signature
+    that has no plan, or where the library is not loaded, runs the Python path: a forward
+    whose input signature (and module tensors) match the last one runs the step the checked
+    ops chose then (lowbit/_linear.py), in one host call. Everything a check reads is in the key, so an input the checks would reject never
     matches; the module's tensors must be the very objects the step was built with (looked up
     in the dict that holds each, not through ``nn.Module.__getattr__``, which costs more than
     the rest of the check)."""
@@ -111,6 +114,16 @@ class W8A8Forward:
         return tuple(getattr(self, name) for name in self._STATE)
 
     def _w8a8(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            entry = _MODULE_ENTRY.get(self._family.op)
+            if entry is not None:
+                # lowbit._torch_ops: the plan of this signature, in one C++ call.
+                y = entry(self, x)
+                if y is NotImplemented:  # unseen: the op prepares its plan
+                    _check_x(self, x)
+                    return ops.OPS[self._family.op](x, *self._state(), "default")
+                if y is not None:
+                    return y
         key = _backend.step_key(x)
         step = self._step
         if key is not None and step is not None:
@@ -139,6 +152,9 @@ class W8A8Forward:
     def _w8a8_checked(self, x: torch.Tensor, key) -> torch.Tensor:
         _check_x(self, x)  # (a prepared step's key holds a shape that passed it)
         state = self._state()
+        # The op's own checks first: a module raises what its op raises (the path through
+        # lowbit._torch_ops calls the op), whichever path serves it.
+        ops.DEFS[self._family.op].check(x, *state)
         if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
             # One registered op per layer in a compiled graph (one dispatcher crossing), and
             # the dispatcher for tensor subclasses (tracing).
