@@ -12,12 +12,14 @@
 //              a_scale_ld, b_scale_tile_rows, b_scale_tile_cols, b_scale_ld, bias_dtype,
 //              out_dtype, ldo, fast_accum)
 //     .launch(a, b, a_scale, b_scale, bias, out, stream)
+//     .native() -> (address, launch function's address) for lowbit._torch_ops
 //   Int8GemmLaunch(kernel_id, M, N, K, lda, ldb, a_scale_per_row, b_scale_per_row,
 //                  a_zero_mode, bias_dtype, out_dtype, ldo)
 //     .launch(a, b, a_scale, b_scale, bias, a_zero, b_sum, out, stream)
 //   QuantizeLaunch(kernel_id, x_dtype, rows, cols, row_stride, col_stride, fmt, saturate,
 //                  tile_rows, tile_cols, hw_cvt)
 //     .launch(x, q, scale_in, scale_out, workspace, stream)
+//     .native() -> as GemmLaunch's
 //   DequantizeLaunch(kernel_id, rows, cols, row_stride, col_stride, fmt, scale_tile_rows,
 //                    scale_tile_cols, scale_ld, out_dtype)
 //     .launch(q, scale, out, stream)
@@ -29,7 +31,7 @@
 //     .launch(q, scale, zero, out, stream)
 //   Fp8LinearLaunch(quantize_launch, gemm_launch, scale_offset, amax_offset)
 //     .launch(x, x_scale, b, b_scale, bias, workspace, out, stream)
-//     .native() -> (address, launch function's address) for lowbit._torch_ops
+//     .native() -> as GemmLaunch's
 //   Int8LinearLaunch(quantize_launch, gemm_launch, scale_offset, zero_offset, amax_offset)
 //     .launch(x, x_scale, x_zero, b, b_scale, b_sum, bias, workspace, out, stream)
 //     .native() -> as Fp8LinearLaunch's
@@ -590,7 +592,7 @@ class Int8LinearLaunch : public QuantGemmLaunch<Int8QuantizeLaunch, Int8GemmLaun
   }
 };
 
-// The C++ registered ops (csrc/torch/linear_ops.cpp, built into lowbit._torch_ops against
+// The C++ registered ops (csrc/torch/plans.cpp, built into lowbit._torch_ops against
 // torch) call a launch object they were handed as an int through one of these plain
 // functions, since the two libraries share no C++ types: launch(self, pointers, stream, error,
 // error_size) -> 0, else 1 with the error text in `error`. The pointers are launch()'s
@@ -598,6 +600,28 @@ class Int8LinearLaunch : public QuantGemmLaunch<Int8QuantizeLaunch, Int8GemmLaun
 int native_error(const std::exception& e, char* error, size_t error_size) {
   std::snprintf(error, error_size, "%s", e.what());
   return 1;
+}
+
+// The pointers of a plan are the op's tensors in its argument order, then the workspace and
+// the outputs (csrc/torch/plans.cpp).
+int gemm_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                size_t error_size) {
+  try {  // a, b, a_scale, b_scale, bias, (workspace), out
+    static_cast<GemmLaunch*>(self)->launch(p[0], p[1], p[2], p[3], p[4], p[6], stream);
+    return 0;
+  } catch (const std::exception& e) {
+    return native_error(e, error, error_size);
+  }
+}
+
+int quantize_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                    size_t error_size) {
+  try {  // x, scale_in, workspace, q, scale_out
+    static_cast<QuantizeLaunch*>(self)->launch(p[0], p[3], p[1], p[4], p[2], stream);
+    return 0;
+  } catch (const std::exception& e) {
+    return native_error(e, error, error_size);
+  }
 }
 
 int fp8_linear_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
@@ -657,7 +681,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("b_scale_ld"), py::arg("bias_dtype"), py::arg("out_dtype"), py::arg("ldo"),
            py::arg("fast_accum"))
       .def("launch", &GemmLaunch::launch, py::arg("a"), py::arg("b"), py::arg("a_scale"),
-           py::arg("b_scale"), py::arg("bias"), py::arg("out"), py::arg("stream"));
+           py::arg("b_scale"), py::arg("bias"), py::arg("out"), py::arg("stream"))
+      .def("native", [](GemmLaunch& l) { return native_handle(l, &gemm_native); },
+           "(address, launch function) for lowbit._torch_ops; the object must outlive its use");
   py::class_<Int8GemmLaunch>(m, "Int8GemmLaunch",
                              "An INT8 GEMM kernel's launch for one call signature: the exact "
                              "int32 product, or (acc - a_zero * b_sum) * scales (+ bias)")
@@ -692,7 +718,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("row_stride"), py::arg("col_stride"), py::arg("fmt"), py::arg("saturate"),
            py::arg("tile_rows"), py::arg("tile_cols"), py::arg("hw_cvt"))
       .def("launch", &QuantizeLaunch::launch, py::arg("x"), py::arg("q"), py::arg("scale_in"),
-           py::arg("scale_out"), py::arg("workspace"), py::arg("stream"));
+           py::arg("scale_out"), py::arg("workspace"), py::arg("stream"))
+      .def("native", [](QuantizeLaunch& l) { return native_handle(l, &quantize_native); },
+           "as GemmLaunch.native");
   py::class_<DequantizeLaunch>(m, "DequantizeLaunch",
                                "An FP8 dequantize kernel's launch for one call signature: "
                                "out = decode(q) * scale")

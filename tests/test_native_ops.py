@@ -1,5 +1,5 @@
 """lowbit._torch_ops: the C++ implementations of torch.ops.lowbit.fp8_linear and int8_linear
-on CUDA tensors (csrc/torch/linear_ops.cpp, lowbit/_native.py).
+on CUDA tensors (csrc/torch/plans.cpp, lowbit/_native.py).
 
 On the CPU: the library loads where it was built, registers the CUDA kernels, and the
 context managers hold its plans off. On a GPU: a call served by a plan gives the bits of the
@@ -52,7 +52,7 @@ def test_the_built_library_loads_under_its_torch():
 def test_cuda_kernels_are_registered_in_cpp(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lowbit::{op}", "CUDA")
     assert hasattr(torch.ops.lowbit, f"_{op}_prepare") and _native.serves(op)
-    assert not _native.serves("fp8_scaled_mm")
+    assert not _native.serves("int8_gemm")
 
 
 @needs_native
@@ -99,12 +99,12 @@ def test_a_step_without_a_fused_launch_has_the_no_plan_plan():
     """A step that is not one fused launch: the "no plan" plan (launch 0), which sends the
     signature's module calls to Python; no step at all: nothing to keep."""
     assert _native.plan(None) == []
-    want = [_native.PLAN_FORMAT, 0, 0, 0, 0] if _native.loaded() else []
+    want = [_native.PLAN_FORMAT, 0, 0, 0] if _native.loaded() else []
     assert _native.plan(lambda x: x) == want
 
 
 @needs_native
-@pytest.mark.parametrize("op", _native.OPS)
+@pytest.mark.parametrize("op", ["fp8_linear", "int8_linear"])
 def test_the_module_entry_leaves_what_plans_do_not_take_to_python(op):
     entry = _native.MODULE_ENTRY[op]
     mod = (Fp8Linear if op == "fp8_linear" else Int8Linear).from_linear(
@@ -127,10 +127,10 @@ def test_a_plan_is_what_csrc_torch_linear_ops_reads_and_keeps_its_launch_alive()
         pass
 
     launch = Launch()
-    step.native = lambda: (launch, 4096, 384)
+    step.native = lambda: (launch, 4096)
     plan = _native.plan(step)
-    # [kPlanFormat, launch function, object, workspace bytes, N]
-    assert plan == [_native.PLAN_FORMAT, 0x2000, 0x1000, 4096, 384]
+    # [kPlanFormat, launch function, object, workspace bytes]
+    assert plan == [_native.PLAN_FORMAT, 0x2000, 0x1000, 4096]
     assert launch in _native._keep.values()
     _native.reset()
     assert not _native._keep and _native.stats()["plans"] == 0
@@ -355,7 +355,7 @@ def test_a_module_plan_follows_its_tensors_and_the_arch(monkeypatch, arch):
     arch switch prepares the plan of that arch's kernels."""
     if arch is not None:
         monkeypatch.setenv("LOWBIT_ARCH", arch)
-    mod = _fp8(k=1024, n=256)
+    mod, other, third = (_fp8(k=1024, n=256, seed=s) for s in (0, 5, 6))
     x = torch.randn(1, 1024, dtype=torch.bfloat16, device="cuda")
 
     def python(m, x):
@@ -365,13 +365,12 @@ def test_a_module_plan_follows_its_tensors_and_the_arch(monkeypatch, arch):
     hits = _native.stats()["hits"]
     for _ in range(2):  # the op (unseen), then the plan
         assert torch.equal(mod(x), python(mod, x))
-    other = _fp8(k=1024, n=256, seed=5)
     mod.load_state_dict(other.state_dict(), assign=True)
     assert torch.equal(mod(x), python(other, x))
     mod.register_buffer("weight_scale", mod.weight_scale * 2)
     got = mod(x)
     assert torch.equal(got, python(mod, x)) and not torch.equal(got, python(other, x))
-    mod.weight.data = _fp8(k=1024, n=256, seed=6).weight.clone()
+    mod.weight.data = third.weight.clone()
     assert torch.equal(mod(x), python(mod, x))
     assert _native.stats()["hits"] == hits + 4, "the plan served the module's calls"
 
@@ -419,6 +418,120 @@ def test_an_eager_model_matches_its_compiled_self_and_its_graph():
     captured, x2 = _replayed(model, x)
     with _python_path():
         assert torch.equal(captured, model(x2))
+
+
+def _bits(t):
+    return t.view(torch.uint8) if t.element_size() == 1 else t
+
+
+def _same(a, b):
+    a, b = (a, b) if isinstance(a, tuple) else ((a,), (b,))
+    return len(a) == len(b) and all(torch.equal(_bits(x), _bits(y)) for x, y in zip(a, b))
+
+
+QUANT_CASES = [dict(granularity="token"), dict(granularity="tensor"),
+               dict(granularity="channel"), dict(granularity="group", group_size=64),
+               dict(granularity="block", block=(1, 128)), dict(granularity="block"),
+               dict(granularity="token", fmt="e5m2"), dict(granularity="tensor", saturate=False),
+               dict(granularity="tensor", static=True)]
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("kw", QUANT_CASES, ids=lambda kw: "-".join(map(str, kw.values())))
+@pytest.mark.parametrize("shape", [(1, 256), (3, 50, 384), (300, 1024)], ids=str)
+def test_quantize_fp8_plans_give_the_bits_of_the_python_path(kw, shape):
+    """lowbit.quantize_fp8 and torch.ops.lowbit.quantize_fp8 of a known signature run its
+    plan (the dynamic per-tensor scale with its workspace word), with Python's bits."""
+    kw = dict(kw)
+    if len(shape) > 2 and kw["granularity"] in ("channel", "block"):
+        pytest.skip("per-channel and block scales take 2-D x")
+    x = torch.randn(*shape, dtype=torch.bfloat16, device="cuda") * 3
+    scale = (x.abs().amax().float() / 448) if kw.pop("static", False) else None
+    op = torch.ops.lowbit.quantize_fp8
+    full = dict(dict(fmt="e4m3fn", granularity="tensor", group_size=128, block=(128, 128),
+                     saturate=True), **kw)
+    args = (scale, full["fmt"], full["granularity"], full["group_size"], list(full["block"]),
+            full["saturate"], "default")
+    hits = _native.stats()["hits"]
+    for _ in range(3):
+        x2 = torch.randn_like(x) * 3
+        got, got_op = lowbit.quantize_fp8(x2, scale, **kw), op(x2, *args)
+        with _python_path():
+            want = lowbit.quantize_fp8(x2, scale, **kw)
+        assert _same(got, want) and _same(tuple(got_op), want)
+    assert _native.stats()["hits"] >= hits + 4, "no plan served the known signature"
+
+
+GEMM_CASES = [  # (M, N, K, scales, bias, out_dtype, fast_accum)
+    (1, 512, 1024, "row", False, torch.bfloat16, False),      # swap-AB
+    (16, 384, 512, "row", True, torch.float16, False),
+    (300, 256, 512, "tensor", True, torch.bfloat16, True),
+    (256, 256, 512, "block", False, torch.float32, False),
+]
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", [None, "89", "80"], ids=["native", "sm89", "sm80"])
+@pytest.mark.parametrize("case", GEMM_CASES, ids=lambda c: f"m{c[0]}-{c[3]}-{c[5]}")
+def test_fp8_scaled_mm_plans_give_the_bits_of_the_python_path(monkeypatch, arch, case):
+    if arch is not None:
+        monkeypatch.setenv("LOWBIT_ARCH", arch)
+    m, n, k, scales, bias, out_dtype, fast_accum = case
+    gran = {"row": ("token", "channel"), "tensor": ("tensor", "tensor"),
+            "block": (("block", (1, 128)), ("block", (128, 128)))}[scales]
+
+    def quant(t, g):
+        g, block = (g if isinstance(g, tuple) else (g, (128, 128)))
+        return lowbit.quantize_fp8(t, granularity=g, block=block)
+
+    b, sb = quant(torch.randn(n, k, device="cuda"), gran[1])
+    bias_t = torch.randn(n, dtype=torch.bfloat16, device="cuda") if bias else None
+    op = torch.ops.lowbit.fp8_scaled_mm
+    hits = _native.stats()["hits"]
+    for _ in range(3):
+        a, sa = quant(torch.randn(m, k, device="cuda"), gran[0])
+        got = lowbit.fp8_scaled_mm(a, b, sa, sb, bias_t, out_dtype=out_dtype,
+                                   fast_accum=fast_accum)
+        got_op = op(a, b, sa, sb, bias_t, out_dtype, fast_accum, "default")
+        with _python_path():
+            want = lowbit.fp8_scaled_mm(a, b, sa, sb, bias_t, out_dtype=out_dtype,
+                                        fast_accum=fast_accum)
+        assert got.dtype == out_dtype and torch.equal(got, want) and torch.equal(got_op, want)
+    chosen = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, bias_t, out_dtype=out_dtype,
+                            fast_accum=fast_accum)
+    if chosen.backend == "cuda":  # (else a Triton kernel: no plan, Python serves it)
+        assert _native.stats()["hits"] >= hits + 4, "no plan served the known signature"
+
+
+@needs_native
+@pytest.mark.gpu
+def test_known_op_signatures_still_reject_what_differs():
+    """Eager and through torch.ops, after a signature has its plan: every bad argument gets
+    the Python path's error."""
+    a, sa = lowbit.quantize_fp8(torch.randn(16, 512, device="cuda"), granularity="token")
+    b, sb = lowbit.quantize_fp8(torch.randn(256, 512, device="cuda"), granularity="channel")
+    for _ in range(2):
+        lowbit.fp8_scaled_mm(a, b, sa, sb)
+        lowbit.quantize_fp8(a.float(), granularity="token")
+    calls = [
+        lambda: lowbit.fp8_scaled_mm(a, b, sa[:8], sb),
+        lambda: lowbit.fp8_scaled_mm(a, b, sa, sb.cpu()),
+        lambda: lowbit.fp8_scaled_mm(a, b.view(torch.int8), sa, sb),
+        lambda: lowbit.fp8_scaled_mm(a, b, sa, sb, out_dtype=torch.int32),
+        lambda: lowbit.fp8_scaled_mm(a, b, sa, sb, backend="nope"),
+        lambda: lowbit.quantize_fp8(a.float(), granularity="tokens"),
+        lambda: lowbit.quantize_fp8(a.float().double(), granularity="token"),
+        lambda: lowbit.quantize_fp8(a.float(), torch.ones(3, device="cuda"), granularity="token"),
+    ]
+    for i, call in enumerate(calls):
+        errors = []
+        for path in (contextlib.nullcontext, _python_path):
+            with path(), pytest.raises((TypeError, ValueError, RuntimeError)) as e:
+                call()
+            errors.append((type(e.value), str(e.value)))
+        assert errors[0] == errors[1], i
 
 
 @needs_native

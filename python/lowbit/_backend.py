@@ -330,7 +330,20 @@ def checked(op: str, check: Callable, values: Optional[Callable] = None) -> Call
             values(*args)
         return run(op, first.device if device is None else device, backend, args, choice)
 
+    def prepare(*args):
+        """``call``, and the plan of the function its remembered choice runs for this
+        signature (lowbit/_native.py): (*outputs, plan)."""
+        from . import _native
+
+        out = call(*args)
+        plan = []
+        if getenv("LOWBIT_CHECK_SCALES") != "1":  # (value checks on every call: Python)
+            choice = remembered_choice(op, args[:-1], args[-1])
+            plan = _native.plan(None if choice is None else choice.fn)
+        return (*out, plan) if isinstance(out, tuple) else (out, plan)
+
     call.__name__ = call.__qualname__ = op
+    call.prepare = prepare
     return call
 
 

@@ -1,5 +1,5 @@
 """``lowbit._torch_ops``: the C++ implementations of the registered ops ``fp8_linear`` and
-``int8_linear`` on CUDA tensors (csrc/torch/linear_ops.cpp), and their control from Python.
+``int8_linear`` on CUDA tensors (csrc/torch/plans.cpp), and their control from Python.
 
 A compiled graph calls ``torch.ops.lowbit.<family>_linear`` once per quantized layer. With
 a Python implementation each call costs the dispatcher's crossing into Python and the
@@ -55,7 +55,7 @@ from ._env import getenv
 
 _lib: Optional[ctypes.CDLL] = None
 _status = "not loaded yet"
-PLAN_FORMAT = 2  # csrc/torch/linear_ops.cpp: kPlanFormat
+PLAN_FORMAT = 3  # csrc/torch/plans.cpp: kPlanFormat
 # Launch objects handed to the C++ side, which holds their addresses: kept here until the
 # C++ table is emptied (``reset``), up to this many.
 _KEEP_MAX = 8192
@@ -107,6 +107,7 @@ def load() -> None:
     lib.lowbit_native_stats.restype = None
     _lib = lib
     MODULE_ENTRY.update(fp8_linear=ext.fp8_linear_module, int8_linear=ext.int8_linear_module)
+    ENTRY.update({op: getattr(ext, op) for op in OPS})
     _status = f"loaded (built against torch {built})"
     _backend._native_hold, _backend._native_reset = hold, reset
 
@@ -116,13 +117,15 @@ def loaded() -> bool:
 
 
 # The registered ops the library implements on CUDA tensors.
-OPS = ("fp8_linear", "int8_linear")
+OPS = ("fp8_linear", "int8_linear", "fp8_scaled_mm", "quantize_fp8")
 # op -> entry(module, x) for the quantized modules of that op (lowbit/nn/_layer.py): the
 # output when a plan serves the call, None when the module's Python path must (no plan for
 # the signature, or a call plans do not take: CPU, tensor subclasses, held), NotImplemented
 # for a signature not seen yet (the module then calls the registered op, which prepares it).
 # Empty when the library is not loaded.
 MODULE_ENTRY: Dict[str, Callable] = {}
+# op -> entry(*the op's arguments) for the eager API (lowbit/api.py), the same three answers.
+ENTRY: Dict[str, Callable] = {}
 
 
 def serves(op: str) -> bool:
@@ -167,10 +170,10 @@ def plan(step: Optional[Callable]) -> List[int]:
         return []
     native = getattr(step, "native", None)
     if native is None:
-        return [PLAN_FORMAT, 0, 0, 0, 0]
-    launch, workspace_bytes, n = native()
+        return [PLAN_FORMAT, 0, 0, 0]
+    launch, workspace_bytes = native()
     if len(_keep) >= _KEEP_MAX:
         reset()
     _keep[id(launch)] = launch
     address, entry = launch.native()
-    return [PLAN_FORMAT, entry, address, workspace_bytes, n]
+    return [PLAN_FORMAT, entry, address, workspace_bytes]

@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ._native import ENTRY as _ENTRY
 from .ops import EAGER as _EAGER, OPS as _OPS
 from ._backend import arg
 from .int4_weight import Int4Weight
@@ -21,6 +22,15 @@ def _call(name: str, first: Tensor, *args):
     # non-tensors, whose TypeError the op's checks word better than the dispatcher would.
     if (type(first) is Tensor or not isinstance(first, Tensor)) and \
             not torch.compiler.is_compiling():
+        entry = _ENTRY.get(name)
+        if entry is not None:
+            # lowbit._torch_ops: the plan of this signature, in one C++ call; an unseen one
+            # goes through the registered op, which prepares it (lowbit/_native.py).
+            out = entry(first, *args)
+            if out is NotImplemented:
+                return _OPS[name](first, *args)
+            if out is not None:
+                return out
         return _EAGER[name](first, *args)
     return _OPS[name](first, *args)
 

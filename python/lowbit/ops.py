@@ -361,11 +361,12 @@ def w8a16_gemm(x: Tensor, w: Tensor, w_scale: Tensor, bias: Optional[Tensor]):
 
 
 def _define_prepare(name: str) -> None:
-    """``lowbit::_<name>_prepare``: the Python implementation of linear op ``name`` that also
-    returns its plan, what the op's C++ implementation calls for a signature it has not seen
-    (lowbit/_native.py). Not part of the API; never traced."""
-    params = DEFS[name].schema.rsplit(" -> ", 1)[0]
-    _register(f"_{name}_prepare", f"{params} -> (Tensor, int[])", DEFS[name].eager.prepare)
+    """``lowbit::_<name>_prepare``: the Python implementation of op ``name`` that also
+    returns its plan after its outputs, what the op's C++ implementation calls for a signature
+    it has not seen (lowbit/_native.py). Not part of the API; never traced."""
+    params, returns = DEFS[name].schema.rsplit(" -> ", 1)
+    outputs = returns.strip("()")
+    _register(f"_{name}_prepare", f"{params} -> ({outputs}, int[])", DEFS[name].eager.prepare)
 
 
 for _name in _native.OPS:

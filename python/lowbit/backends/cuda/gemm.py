@@ -24,6 +24,8 @@ gives plain stream order.
 """
 from __future__ import annotations
 
+import functools
+
 import os
 from typing import Optional
 
@@ -155,9 +157,10 @@ def _make_gemm(name: str, m_range, variant):
         dev, idx, shape = a.device, a.device.index, (m, n)
         sa_ld = a_scale.stride(0) if a_scale.dim() == 2 else 0
         sb_ld = b_scale.stride(0) if b_scale.dim() == 2 else 0
-        launch = gemm_launch(kid, m, n, k, row_stride(a), row_stride(b), a_scale.shape, sa_ld,
-                             b_scale.shape, sb_ld, None if bias is None else bias.dtype,
-                             out_dtype, fast_accum).launch
+        params = (kid, m, n, k, row_stride(a), row_stride(b), a_scale.shape, sa_ld,
+                  b_scale.shape, sb_ld, None if bias is None else bias.dtype, out_dtype,
+                  fast_accum)
+        launch = gemm_launch(*params).launch
         empty = torch.empty
 
         def prepared(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
@@ -168,6 +171,9 @@ def _make_gemm(name: str, m_range, variant):
             return out
 
         prepared.__name__ = name
+        # native() for lowbit/_native.py: (a launch object of its own, workspace bytes), made
+        # once. Its own object: the C++ side launches it under its lock, not the GIL.
+        prepared.native = functools.cache(lambda: (gemm_launch(*params), 0))
         return prepared
 
     def run(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):

@@ -142,11 +142,11 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
 
     step.__name__ = f"{quant_kernel}+{gemm_kernel}"
     if not shared_workspace:
-        # native() for lowbit/_native.py: (a launch object of its own, workspace bytes, N),
-        # made once. Its own object: the C++ side launches it under its lock, not the GIL.
+        # native() for lowbit/_native.py: (a launch object of its own, workspace bytes), made
+        # once. Its own object: the C++ side launches it under its lock, not the GIL.
         step.native = functools.cache(lambda: (
             _C.Fp8LinearLaunch(quants[quantize.HW_CVT], gemm, scale_offset, amax_offset),
-            ws_bytes, n))
+            ws_bytes))
     return step
 
 
@@ -209,5 +209,5 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
         # (Asymmetric activations: no plan; the row sums above stay with this Python step.)
         step.native = functools.cache(lambda: (
             _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset),
-            ws_bytes, n))
+            ws_bytes))
     return step

@@ -29,6 +29,7 @@ GPUs, e4m3fnuz and saturate=False always use the integer encoder.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -106,8 +107,8 @@ def _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, bloc
     idx = device_index(dev)
     q_dtype = FP8_DTYPES[fmt]
     s_shape = scale_shape("quantize_fp8", shape, granularity, group_size, block)
-    by_cvt = tuple(q.launch for q in quantize_launches(kid, x.dtype, geometry, fmt, granularity,
-                                                        group_size, block, saturate))
+    params = (kid, x.dtype, geometry, fmt, granularity, group_size, block, saturate)
+    by_cvt = tuple(q.launch for q in quantize_launches(*params))
     workspace = scale is None and needs_amax_word(granularity, group_size, block)
     empty, f32, i32 = torch.empty, torch.float32, torch.int32
 
@@ -123,6 +124,10 @@ def _quantize_launch(kid, x, geometry, scale, fmt, granularity, group_size, bloc
                            s_out.data_ptr(), 0 if ws is None else ws.data_ptr(), raw_stream(idx))
         return q, s_out
 
+    # native() for lowbit/_native.py: (a launch object of its own, of the encoder HW_CVT
+    # names when it is made, workspace bytes), made once (see gemm.py).
+    launch.native = functools.cache(lambda: (quantize_launches(*params)[HW_CVT],
+                                             4 if workspace else 0))
     return launch
 
 
@@ -152,8 +157,13 @@ def make_quantize(name: str, variant: str, static_name: str, launcher, n_given: 
             return run
         launch = launcher(kid, x, geometry, given, rest[n_given:])
         if n_given == 1:
-            return lambda x, scale, *_: launch(x, scale)
-        return lambda x, scale, zero, *_: launch(x, scale, zero)
+            prepared = lambda x, scale, *_: launch(x, scale)  # noqa: E731
+        else:
+            prepared = lambda x, scale, zero, *_: launch(x, scale, zero)  # noqa: E731
+        native = getattr(launch, "native", None)
+        if native is not None:
+            prepared.native = native
+        return prepared
 
     def supports(x, scale, *rest) -> Optional[str]:
         why = device_reason(x)

@@ -1,0 +1,745 @@
+// lowbit._torch_ops: the CUDA implementations of registered ops in C++ (fp8_linear,
+// int8_linear, fp8_scaled_mm, quantize_fp8), so that a call through the torch dispatcher
+// (what a compiled graph makes, and torch.ops.lowbit.<op>) costs no Python, and the entries
+// of the eager API and the quantized modules into the same code.
+//
+// The Python layer stays the source of truth: a call whose argument signature this library
+// has not seen goes to lowbit::_<op>_prepare (lowbit/_native.py), which checks the arguments,
+// runs the checked op and returns its outputs with a *plan*: the prepared launch object of
+// lowbit._C the op chose for the signature (for the linear ops, the one fused launch of
+// quantizer and GEMM, lowbit/backends/cuda/linear.py) and the workspace it takes. Later calls
+// of that signature allocate the outputs (the dtypes and sizes the prepare call returned) and
+// the workspace and call the plan's launch, with no Python. The signature holds everything
+// the checks and the kernel choice read of the arguments: each tensor's sizes, strides,
+// dtype, device and data-pointer alignment, the op's other arguments, and the environment
+// switches the choice reads. What Python holds in context variables (lowbit.use_backend,
+// lowbit.explain) is not visible here: while any such block is open, Python holds the plans
+// off (lowbit_native_hold) and every call takes the Python path. Python empties the table
+// when a kernel registration changes what the choices would be (lowbit_native_reset).
+// A signature whose chosen kernel is no single lowbit._C launch (a Triton kernel, the INT8
+// GEMM of asymmetric activations, which reads the weight's row sums that Python keeps per
+// weight) is kept as "no plan": its calls go to Python.
+//
+// Entries from Python (functions of this extension; lowbit/_native.py): <op>_module(module,
+// x) for the quantized modules, which read the module's tensors as nn.Module's attribute
+// lookup finds them, and <op>(args...) for the eager API, which take the op's arguments as
+// lowbit's API passes them. Each returns the outputs when a plan serves the signature, None
+// when Python must serve it ("no plan", a held or CPU call, a tensor subclass, an argument of
+// another type), or NotImplemented when the signature is unseen (the caller then calls the
+// registered op, which prepares the plan).
+//
+// This file includes torch headers and links against the torch it was built with
+// (lowbit/_native.py loads it only under that torch version); lowbit._C does neither. The two
+// share no C++ types: a plan's launch is a plain function of lowbit._C taking the launch
+// object's address (bindings.cpp, "native").
+#include <Python.h>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/util/SmallVector.h>
+#include <torch/csrc/Dtype.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/library.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using Launch = int (*)(void* self, const uintptr_t* pointers, uintptr_t stream, char* error,
+                       size_t error_size);
+
+// The plan list lowbit/_native.py returns: [kPlanFormat, launch, self, workspace bytes];
+// launch 0 for "no plan", or an empty list when Python could not tell (nothing is kept).
+constexpr int64_t kPlanFormat = 3;
+constexpr size_t kPlanLength = 4;
+// Signatures kept; a full table is emptied (Python keeps the launch objects alive).
+constexpr size_t kMaxPlans = 4096;
+
+struct Output {
+  at::ScalarType dtype;
+  c10::SmallVector<int64_t, 4> sizes;
+};
+
+struct Plan {
+  Launch launch = nullptr;  // nullptr: "no plan", Python serves the signature
+  void* self = nullptr;
+  int64_t workspace_bytes = 0;
+  c10::SmallVector<Output, 3> outputs;  // contiguous, on the first tensor's device
+};
+
+struct Key {
+  std::vector<int64_t> v;
+  bool operator==(const Key& o) const { return v == o.v; }
+};
+
+struct KeyHash {
+  size_t operator()(const Key& k) const {
+    uint64_t h = 1469598103934665603ull;
+    for (int64_t x : k.v) h = (h ^ static_cast<uint64_t>(x)) * 1099511628211ull;
+    return static_cast<size_t>(h);
+  }
+};
+
+// The environment switches a choice reads (lowbit/_backend.py: _STEP_ENV, and LOWBIT_BACKEND
+// for the default backend); a change empties the table.
+constexpr const char* kEnvSwitches[] = {"LOWBIT_BACKEND", "LOWBIT_ARCH", "TRITON_INTERPRET",
+                                        "LOWBIT_CHECK_SCALES"};
+
+std::string environment() {
+  std::string s;
+  for (const char* name : kEnvSwitches) {
+    const char* v = std::getenv(name);
+    s += v ? v : "\x01";  // unset differs from empty
+    s += '\0';
+  }
+  return s;
+}
+
+std::mutex g_mutex;  // the tables, and every launch (launch objects keep per-call state)
+std::unordered_map<Key, Plan, KeyHash> g_plans;
+std::string g_environment = environment();
+std::atomic<int64_t> g_hold{0};
+uint64_t g_epoch = 0;  // bumped by every reset (under g_mutex)
+std::atomic<int64_t> g_hits{0}, g_misses{0};
+
+// The ops, as the first entry of a key.
+enum Op : int64_t { kFp8Linear, kInt8Linear, kFp8ScaledMm, kQuantizeFp8 };
+
+int backend_code(c10::string_view backend) {
+  static constexpr const char* kNames[] = {"default", "auto", "cuda", "triton", "reference"};
+  for (int i = 0; i < 5; ++i)
+    if (backend == kNames[i]) return i;
+  return -1;
+}
+
+void add(Key& key, const at::Tensor& t) {
+  if (!t.defined()) {
+    key.v.push_back(-1);
+    return;
+  }
+  const int64_t dim = t.dim();
+  key.v.push_back(dim);
+  for (int64_t s : t.sizes()) key.v.push_back(s);
+  for (int64_t s : t.strides()) key.v.push_back(s);
+  key.v.push_back(static_cast<int64_t>(t.scalar_type()));
+  key.v.push_back(static_cast<int64_t>(t.device().type()));
+  key.v.push_back(t.device().index());
+  key.v.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16));
+}
+
+void add(Key& key, int64_t v) { key.v.push_back(v); }
+
+void add(Key& key, c10::IntArrayRef v) {
+  key.v.push_back(static_cast<int64_t>(v.size()));
+  key.v.insert(key.v.end(), v.begin(), v.end());
+}
+
+void add(Key& key, c10::string_view s) {  // the length, then the bytes, 8 to an entry
+  key.v.push_back(static_cast<int64_t>(s.size()));
+  for (size_t i = 0; i < s.size(); i += 8) {
+    int64_t chunk = 0;
+    std::memcpy(&chunk, s.data() + i, std::min<size_t>(8, s.size() - i));
+    key.v.push_back(chunk);
+  }
+}
+
+// The key of a call, or nullopt when no plan may serve it (Python holds them off, or a
+// backend name Python will reject). `parts`: the op's arguments (tensors, ints, strings).
+template <class... Parts>
+std::optional<Key> signature(Op op, c10::string_view backend, const Parts&... parts) {
+  if (g_hold.load(std::memory_order_relaxed) != 0) return std::nullopt;
+  const int b = backend_code(backend);
+  if (b < 0) return std::nullopt;
+  Key key;
+  key.v.reserve(48);
+  key.v.push_back(op);
+  key.v.push_back(b);
+  (add(key, parts), ...);
+  return key;
+}
+
+// The plan of `key`, after emptying the table if the environment switches changed. Called
+// with g_mutex held: a plan's launch object lives until Python empties the table, which
+// takes the mutex first (lowbit_native_reset).
+const Plan* find_locked(const Key& key, const std::string& env) {
+  if (env != g_environment) {
+    g_plans.clear();
+    g_environment = env;
+    return nullptr;
+  }
+  auto it = g_plans.find(key);
+  return it == g_plans.end() ? nullptr : &it->second;
+}
+
+// Keeps the plan Python returned for `key` with the outputs it made, unless the table was
+// reset (a kernel registration) or the environment switches changed while Python prepared
+// it: `epoch` and `env` are what they were before the call.
+template <size_t N>
+void remember(const std::optional<Key>& key, const std::vector<int64_t>& plan,
+              const std::array<at::Tensor, N>& outputs, uint64_t epoch, const std::string& env) {
+  if (!key || plan.empty() || g_hold.load() != 0) return;
+  TORCH_CHECK(plan.size() == kPlanLength && plan[0] == kPlanFormat,
+              "lowbit: a plan from lowbit/_native.py of an unknown format");
+  Plan p;
+  p.launch = reinterpret_cast<Launch>(static_cast<uintptr_t>(plan[1]));
+  p.self = reinterpret_cast<void*>(static_cast<uintptr_t>(plan[2]));
+  p.workspace_bytes = plan[3];
+  if (p.launch) {
+    for (const at::Tensor& t : outputs) {
+      if (!t.defined() || !t.is_contiguous()) return;  // not what a plan can allocate
+      p.outputs.push_back({t.scalar_type(), {t.sizes().begin(), t.sizes().end()}});
+    }
+  }
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (epoch != g_epoch || env != g_environment) return;
+  if (g_plans.size() >= kMaxPlans) g_plans.clear();
+  g_plans.emplace(*key, std::move(p));
+}
+
+uintptr_t address(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<uintptr_t>(t.data_ptr()) : 0;
+}
+
+// A call of an op: the key of its signature and its launch's pointer arguments: the op's
+// tensors, then the workspace and the N outputs, left to fill.
+template <size_t P, size_t N>
+struct Call {
+  std::optional<Key> key;
+  std::array<uintptr_t, P> pointers;
+  at::Device device;  // of the outputs
+};
+
+// Allocates the outputs and the workspace, then makes the plan's launch on the device's
+// current stream, with g_mutex held: launch objects keep per-call state, and a reset (which
+// takes the mutex) must not free one in use.
+template <size_t P, size_t N>
+std::array<at::Tensor, N> run_locked(const char* op, const Plan& plan, const Call<P, N>& call) {
+  static_assert(P > N, "the pointers end with the workspace and the outputs");
+  TORCH_CHECK(plan.outputs.size() == N, "lowbit::", op, ": a plan of ", plan.outputs.size(),
+              " outputs");
+  c10::DeviceGuard guard(call.device);
+  std::array<uintptr_t, P> pointers = call.pointers;
+  std::array<at::Tensor, N> outputs;
+  for (size_t i = 0; i < N; ++i) {
+    const Output& o = plan.outputs[i];
+    outputs[i] = at::empty(o.sizes, at::TensorOptions().dtype(o.dtype).device(call.device));
+    pointers[P - N + i] = address(outputs[i]);
+  }
+  at::Tensor workspace;  // held until the launch is queued
+  if (plan.workspace_bytes > 0) {
+    workspace = at::empty({plan.workspace_bytes},
+                          at::TensorOptions().dtype(at::kByte).device(call.device));
+    pointers[P - N - 1] = address(workspace);
+  }
+  const auto* impl = c10::impl::getDeviceGuardImpl(call.device.type());
+  const uintptr_t stream = reinterpret_cast<uintptr_t>(
+      impl->getStreamNativeHandle(impl->getStream(call.device)));
+  char error[512] = {0};
+  const int rc = plan.launch(plan.self, pointers.data(), stream, error, sizeof error);
+  TORCH_CHECK(rc == 0, "lowbit::", op, ": ", error);
+  return outputs;
+}
+
+template <class Signature>
+c10::TypedOperatorHandle<Signature> prepare_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+template <size_t N>
+using Prepared = std::pair<std::array<at::Tensor, N>, std::vector<int64_t>>;
+
+// One call through the dispatcher: the plan kept for the signature when there is one, else
+// `prepare()` (the Python implementation), whose plan is kept for the next call.
+template <size_t P, size_t N, class Prepare>
+std::array<at::Tensor, N> serve(const char* op, const Call<P, N>& call, Prepare&& prepare) {
+  const std::string env = environment();
+  uint64_t epoch;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (call.key) {
+      const Plan* plan = find_locked(*call.key, env);
+      if (plan && plan->launch) {
+        g_hits.fetch_add(1, std::memory_order_relaxed);
+        return run_locked(op, *plan, call);
+      }
+    }
+    epoch = g_epoch;
+  }
+  g_misses.fetch_add(1, std::memory_order_relaxed);
+  Prepared<N> prepared = prepare();
+  remember(call.key, prepared.second, prepared.first, epoch, env);
+  return prepared.first;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ops' calls (the same for the registered op and the entries from Python).
+
+Call<7, 1> fp8_linear_call(c10::string_view backend, const at::Tensor& x,
+                           const at::Tensor& weight, const at::Tensor& weight_scale,
+                           const at::Tensor& bias, const at::Tensor& act_scale) {
+  return {signature(kFp8Linear, backend, x, weight, weight_scale, bias, act_scale),
+          {address(x), address(act_scale), address(weight), address(weight_scale),
+           address(bias), 0, 0},
+          x.device()};
+}
+
+Call<9, 1> int8_linear_call(c10::string_view backend, const at::Tensor& x,
+                            const at::Tensor& weight, const at::Tensor& weight_scale,
+                            const at::Tensor& bias, const at::Tensor& act_scale,
+                            const at::Tensor& act_zero, bool act_symmetric) {
+  return {signature(kInt8Linear, backend, x, weight, weight_scale, bias, act_scale, act_zero,
+                    int64_t{act_symmetric}),
+          {address(x), address(act_scale), address(act_zero), address(weight),
+           address(weight_scale), 0, address(bias), 0, 0},
+          x.device()};
+}
+
+Call<7, 1> fp8_scaled_mm_call(c10::string_view backend, const at::Tensor& a,
+                              const at::Tensor& b, const at::Tensor& a_scale,
+                              const at::Tensor& b_scale, const at::Tensor& bias,
+                              at::ScalarType out_dtype, bool fast_accum) {
+  return {signature(kFp8ScaledMm, backend, a, b, a_scale, b_scale, bias,
+                    static_cast<int64_t>(out_dtype), int64_t{fast_accum}),
+          {address(a), address(b), address(a_scale), address(b_scale), address(bias), 0, 0},
+          a.device()};
+}
+
+Call<5, 2> quantize_fp8_call(c10::string_view backend, const at::Tensor& x,
+                             const at::Tensor& scale, c10::string_view fmt,
+                             c10::string_view granularity, int64_t group_size,
+                             c10::IntArrayRef block, bool saturate) {
+  return {signature(kQuantizeFp8, backend, x, scale, fmt, granularity, group_size, block,
+                    int64_t{saturate}),
+          {address(x), address(scale), 0, 0, 0},
+          x.device()};
+}
+
+const at::Tensor& value(const std::optional<at::Tensor>& t) {
+  static const at::Tensor undefined;
+  return t.has_value() ? *t : undefined;
+}
+
+Prepared<1> one(std::tuple<at::Tensor, std::vector<int64_t>>&& r) {
+  return {{std::move(std::get<0>(r))}, std::move(std::get<1>(r))};
+}
+
+// The registered ops' CUDA implementations.
+
+at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight,
+                      const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                      const std::optional<at::Tensor>& act_scale, c10::string_view backend) {
+  static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+      const std::optional<at::Tensor>&, c10::string_view)>("lowbit::_fp8_linear_prepare");
+  return serve("fp8_linear",
+               fp8_linear_call(backend, x, weight, weight_scale, value(bias), value(act_scale)),
+               [&] {
+                 return one(prepare.call(x, weight, weight_scale, bias, act_scale, backend));
+               })[0];
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
+                       const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& act_scale,
+                       const std::optional<at::Tensor>& act_zero, bool act_symmetric,
+                       c10::string_view backend) {
+  static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool,
+      c10::string_view)>("lowbit::_int8_linear_prepare");
+  return serve("int8_linear",
+               int8_linear_call(backend, x, weight, weight_scale, value(bias), value(act_scale),
+                                value(act_zero), act_symmetric),
+               [&] {
+                 return one(prepare.call(x, weight, weight_scale, bias, act_scale, act_zero,
+                                         act_symmetric, backend));
+               })[0];
+}
+
+at::Tensor fp8_scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,
+                         const at::Tensor& b_scale, const std::optional<at::Tensor>& bias,
+                         at::ScalarType out_dtype, bool fast_accum, c10::string_view backend) {
+  static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const std::optional<at::Tensor>&, at::ScalarType, bool, c10::string_view)>(
+      "lowbit::_fp8_scaled_mm_prepare");
+  return serve("fp8_scaled_mm",
+               fp8_scaled_mm_call(backend, a, b, a_scale, b_scale, value(bias), out_dtype,
+                                  fast_accum),
+               [&] {
+                 return one(prepare.call(a, b, a_scale, b_scale, bias, out_dtype, fast_accum,
+                                         backend));
+               })[0];
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_fp8(const at::Tensor& x,
+                                                const std::optional<at::Tensor>& scale,
+                                                c10::string_view fmt,
+                                                c10::string_view granularity,
+                                                int64_t group_size, c10::IntArrayRef block,
+                                                bool saturate, c10::string_view backend) {
+  static const auto prepare =
+      prepare_op<std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>>(
+          const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+          c10::string_view, int64_t, c10::IntArrayRef, bool, c10::string_view)>(
+          "lowbit::_quantize_fp8_prepare");
+  auto [q, s] = serve("quantize_fp8",
+                      quantize_fp8_call(backend, x, value(scale), fmt, granularity, group_size,
+                                        block, saturate),
+                      [&]() -> Prepared<2> {
+                        auto r = prepare.call(x, scale, fmt, granularity, group_size, block,
+                                              saturate, backend);
+                        return {{std::move(std::get<0>(r)), std::move(std::get<1>(r))},
+                                std::move(std::get<2>(r))};
+                      });
+  return {std::move(q), std::move(s)};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The entries from Python. The GIL is held throughout: a plan's launch takes microseconds,
+// and the threads that hold g_mutex never wait for the GIL.
+
+PyObject* none() {
+  if (PyErr_Occurred()) PyErr_Clear();  // (an argument parse that gave up)
+  Py_RETURN_NONE;
+}
+
+PyObject* unseen() { Py_RETURN_NOTIMPLEMENTED; }
+
+// Arguments as the entries take them; false: of another type (Python's path says what).
+struct Args {
+  PyObject* const* args;
+
+  // The first tensor: exactly a torch.Tensor, on a CUDA device.
+  bool cuda_input(int i, const at::Tensor*& out) const {
+    if (Py_TYPE(args[i]) != reinterpret_cast<PyTypeObject*>(THPVariableClass)) return false;
+    out = &THPVariable_Unpack(args[i]);
+    return out->is_cuda();
+  }
+  bool tensor(int i, const at::Tensor*& out, bool optional = false) const {
+    static const at::Tensor undefined;
+    if (optional && args[i] == Py_None) {
+      out = &undefined;
+      return true;
+    }
+    if (!THPVariable_Check(args[i])) return false;
+    out = &THPVariable_Unpack(args[i]);
+    return true;
+  }
+  bool flag(int i, bool& out) const {
+    out = args[i] == Py_True;
+    return out || args[i] == Py_False;
+  }
+  bool integer(int i, int64_t& out) const {
+    if (!PyLong_CheckExact(args[i])) return false;
+    int overflow = 0;
+    out = PyLong_AsLongLongAndOverflow(args[i], &overflow);
+    return overflow == 0 && !(out == -1 && PyErr_Occurred());
+  }
+  bool string(int i, c10::string_view& out) const {
+    if (!PyUnicode_CheckExact(args[i])) return false;
+    Py_ssize_t size = 0;
+    const char* s = PyUnicode_AsUTF8AndSize(args[i], &size);
+    if (!s) return false;
+    out = c10::string_view(s, static_cast<size_t>(size));
+    return true;
+  }
+  bool dtype(int i, at::ScalarType& out) const {
+    if (!THPDtype_Check(args[i])) return false;
+    out = reinterpret_cast<THPDtype*>(args[i])->scalar_type;
+    return true;
+  }
+  bool ints(int i, c10::SmallVector<int64_t, 4>& out) const {
+    PyObject* seq = args[i];
+    if (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq)) return false;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject** items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t j = 0; j < n; ++j) {
+      if (!PyLong_CheckExact(items[j])) return false;
+      int overflow = 0;
+      out.push_back(PyLong_AsLongLongAndOverflow(items[j], &overflow));
+      if (overflow) return false;
+    }
+    return true;
+  }
+};
+
+PyObject* wrap(std::array<at::Tensor, 1>&& outputs) {
+  return THPVariable_Wrap(std::move(outputs[0]));
+}
+
+template <size_t N>
+PyObject* wrap(std::array<at::Tensor, N>&& outputs) {
+  PyObject* tuple = PyTuple_New(N);
+  if (!tuple) return nullptr;
+  for (size_t i = 0; i < N; ++i) {
+    PyObject* t = THPVariable_Wrap(std::move(outputs[i]));
+    if (!t) {
+      Py_DECREF(tuple);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(tuple, i, t);
+  }
+  return tuple;
+}
+
+// An entry's call: the plan's outputs, None ("no plan", or no key), NotImplemented (unseen).
+template <size_t P, size_t N>
+PyObject* serve_entry(const char* op, const Call<P, N>& call) {
+  if (!call.key) return none();
+  const std::string env = environment();
+  std::array<at::Tensor, N> outputs;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    const Plan* plan = find_locked(*call.key, env);
+    if (!plan) return unseen();
+    if (!plan->launch) return none();
+    g_hits.fetch_add(1, std::memory_order_relaxed);
+    outputs = run_locked(op, *plan, call);
+  }
+  return wrap(std::move(outputs));
+}
+
+bool arity(const char* fn, const char* params, Py_ssize_t want, Py_ssize_t nargs) {
+  if (nargs == want) return true;
+  PyErr_Format(PyExc_TypeError, "%s(%s) takes %zd arguments; got %zd", fn, params, want,
+               nargs);
+  return false;
+}
+
+// The modules' entries: their tensors as nn.Module's attribute lookup finds them (the
+// instance dict, then _parameters, then _buffers); a tensor found elsewhere (e.g. a
+// parametrization's property) sends the call to Python.
+enum Name { kWeight, kWeightScale, kBias, kActScale, kActZero, kActSymmetric, kNameCount };
+PyObject* g_names[kNameCount];  // interned, in the order of Name
+PyObject* g_parameters = nullptr;
+PyObject* g_buffers = nullptr;
+
+PyObject* module_attr(PyObject* dict, PyObject* name) {
+  if (PyObject* v = PyDict_GetItemWithError(dict, name)) return v;
+  for (PyObject* where : {g_parameters, g_buffers}) {
+    PyObject* d = PyDict_GetItemWithError(dict, where);
+    if (d && PyDict_Check(d))
+      if (PyObject* v = PyDict_GetItemWithError(d, name)) return v;
+  }
+  return nullptr;
+}
+
+// The module's tensors (None: an undefined tensor, for the optional ones) and the INT8 flag.
+struct ModuleState {
+  std::array<at::Tensor, 5> t;
+  bool symmetric = true;
+};
+
+bool read_state(PyObject* module, int tensors, bool flag, ModuleState& st) {
+  PyObject* dict = PyObject_GenericGetDict(module, nullptr);
+  if (!dict) {
+    PyErr_Clear();
+    return false;
+  }
+  bool ok = true;
+  for (int i = 0; ok && i < tensors; ++i) {
+    PyObject* v = module_attr(dict, g_names[i]);
+    const bool optional = i == kBias || i == kActScale || i == kActZero;
+    if (v && THPVariable_Check(v))
+      st.t[i] = THPVariable_Unpack(v);
+    else
+      ok = v == Py_None && optional;
+  }
+  if (ok && flag) {
+    PyObject* v = module_attr(dict, g_names[kActSymmetric]);
+    ok = v == Py_True || v == Py_False;
+    st.symmetric = v == Py_True;
+  }
+  Py_DECREF(dict);
+  if (PyErr_Occurred()) PyErr_Clear();
+  return ok;
+}
+
+// fn(module, x) of an op whose module has `tensors` tensors (and the INT8 flag):
+// make_call(x, state) -> its Call.
+template <class MakeCall>
+PyObject* module_entry(const char* fn, const char* op, int tensors, bool flag,
+                       PyObject* const* args, Py_ssize_t nargs, MakeCall&& make_call) {
+  if (!arity(fn, "module, x", 2, nargs)) return nullptr;
+  const at::Tensor* x = nullptr;
+  ModuleState st;
+  if (!Args{args}.cuda_input(1, x) || !read_state(args[0], tensors, flag, st)) return none();
+  return serve_entry(op, make_call(*x, st));
+}
+
+PyObject* fp8_linear_module(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return module_entry("fp8_linear_module", "fp8_linear", 4, false, args, nargs,
+                      [](const at::Tensor& x, const ModuleState& s) {
+                        return fp8_linear_call("default", x, s.t[kWeight], s.t[kWeightScale],
+                                               s.t[kBias], s.t[kActScale]);
+                      });
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* int8_linear_module(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return module_entry("int8_linear_module", "int8_linear", 5, true, args, nargs,
+                      [](const at::Tensor& x, const ModuleState& s) {
+                        return int8_linear_call("default", x, s.t[kWeight], s.t[kWeightScale],
+                                                s.t[kBias], s.t[kActScale], s.t[kActZero],
+                                                s.symmetric);
+                      });
+  END_HANDLE_TH_ERRORS
+}
+
+// The eager API's entries: the registered op's arguments, positionally (lowbit/api.py).
+
+PyObject* fp8_linear_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("fp8_linear", "x, weight, weight_scale, bias, act_scale, backend", 6, nargs))
+    return nullptr;
+  const Args a{args};
+  const at::Tensor *x, *w, *ws, *b, *s;
+  c10::string_view backend;
+  if (!a.cuda_input(0, x) || !a.tensor(1, w) || !a.tensor(2, ws) || !a.tensor(3, b, true) ||
+      !a.tensor(4, s, true) || !a.string(5, backend))
+    return none();
+  return serve_entry("fp8_linear", fp8_linear_call(backend, *x, *w, *ws, *b, *s));
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* int8_linear_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("int8_linear",
+             "x, weight, weight_scale, bias, act_scale, act_zero, act_symmetric, backend", 8,
+             nargs))
+    return nullptr;
+  const Args a{args};
+  const at::Tensor *x, *w, *ws, *b, *s, *z;
+  bool symmetric;
+  c10::string_view backend;
+  if (!a.cuda_input(0, x) || !a.tensor(1, w) || !a.tensor(2, ws) || !a.tensor(3, b, true) ||
+      !a.tensor(4, s, true) || !a.tensor(5, z, true) || !a.flag(6, symmetric) ||
+      !a.string(7, backend))
+    return none();
+  return serve_entry("int8_linear",
+                     int8_linear_call(backend, *x, *w, *ws, *b, *s, *z, symmetric));
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* fp8_scaled_mm_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("fp8_scaled_mm", "a, b, a_scale, b_scale, bias, out_dtype, fast_accum, backend",
+             8, nargs))
+    return nullptr;
+  const Args p{args};
+  const at::Tensor *a, *b, *sa, *sb, *bias;
+  at::ScalarType out_dtype;
+  bool fast_accum;
+  c10::string_view backend;
+  if (!p.cuda_input(0, a) || !p.tensor(1, b) || !p.tensor(2, sa) || !p.tensor(3, sb) ||
+      !p.tensor(4, bias, true) || !p.dtype(5, out_dtype) || !p.flag(6, fast_accum) ||
+      !p.string(7, backend))
+    return none();
+  return serve_entry("fp8_scaled_mm", fp8_scaled_mm_call(backend, *a, *b, *sa, *sb, *bias,
+                                                         out_dtype, fast_accum));
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* quantize_fp8_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("quantize_fp8", "x, scale, fmt, granularity, group_size, block, saturate, backend",
+             8, nargs))
+    return nullptr;
+  const Args a{args};
+  const at::Tensor *x, *scale;
+  c10::string_view fmt, granularity, backend;
+  int64_t group_size;
+  c10::SmallVector<int64_t, 4> block;
+  bool saturate;
+  if (!a.cuda_input(0, x) || !a.tensor(1, scale, true) || !a.string(2, fmt) ||
+      !a.string(3, granularity) || !a.integer(4, group_size) || !a.ints(5, block) ||
+      !a.flag(6, saturate) || !a.string(7, backend))
+    return none();
+  return serve_entry("quantize_fp8", quantize_fp8_call(backend, *x, *scale, fmt, granularity,
+                                                       group_size, block, saturate));
+  END_HANDLE_TH_ERRORS
+}
+
+#define LOWBIT_FASTCALL(f) reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&f))
+
+PyMethodDef g_methods[] = {
+    {"fp8_linear_module", LOWBIT_FASTCALL(fp8_linear_module), METH_FASTCALL,
+     "fp8_linear_module(module, x): Fp8Linear's forward when a plan serves it"},
+    {"int8_linear_module", LOWBIT_FASTCALL(int8_linear_module), METH_FASTCALL,
+     "int8_linear_module(module, x): Int8Linear's forward when a plan serves it"},
+    {"fp8_linear", LOWBIT_FASTCALL(fp8_linear_entry), METH_FASTCALL,
+     "lowbit::fp8_linear's arguments -> its output when a plan serves it"},
+    {"int8_linear", LOWBIT_FASTCALL(int8_linear_entry), METH_FASTCALL,
+     "lowbit::int8_linear's arguments -> its output when a plan serves it"},
+    {"fp8_scaled_mm", LOWBIT_FASTCALL(fp8_scaled_mm_entry), METH_FASTCALL,
+     "lowbit::fp8_scaled_mm's arguments -> its output when a plan serves it"},
+    {"quantize_fp8", LOWBIT_FASTCALL(quantize_fp8_entry), METH_FASTCALL,
+     "lowbit::quantize_fp8's arguments -> (q, scale) when a plan serves it"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef g_module = {PyModuleDef_HEAD_INIT, "_torch_ops",
+                        "lowbit's registered ops in C++ (csrc/torch/plans.cpp)", -1, g_methods,
+                        nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
+  m.impl("fp8_linear", &fp8_linear);
+  m.impl("int8_linear", &int8_linear);
+  m.impl("fp8_scaled_mm", &fp8_scaled_mm);
+  m.impl("quantize_fp8", &quantize_fp8);
+}
+
+PyMODINIT_FUNC PyInit__torch_ops() {
+  static const char* kNames[] = {"weight",   "weight_scale", "bias",         "act_scale",
+                                 "act_zero", "act_symmetric"};
+  for (int i = 0; i < kNameCount; ++i)
+    if (!(g_names[i] = PyUnicode_InternFromString(kNames[i]))) return nullptr;
+  if (!(g_parameters = PyUnicode_InternFromString("_parameters")) ||
+      !(g_buffers = PyUnicode_InternFromString("_buffers")))
+    return nullptr;
+  return PyModule_Create(&g_module);
+}
+
+// Control from lowbit/_native.py (ctypes).
+extern "C" {
+// Adds `delta` to the hold count (Python blocks that the plans cannot see); returns it.
+int64_t lowbit_native_hold(int64_t delta) { return g_hold.fetch_add(delta) + delta; }
+
+// Forgets every plan, and every plan being prepared: once this returns, no launch object
+// handed over before is used again.
+void lowbit_native_reset() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_plans.clear();
+  ++g_epoch;
+}
+
+// [plans kept, calls served by a plan, calls that went to Python, hold count]
+void lowbit_native_stats(int64_t* out) {
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    out[0] = static_cast<int64_t>(g_plans.size());
+  }
+  out[1] = g_hits.load();
+  out[2] = g_misses.load();
+  out[3] = g_hold.load();
+}
+}
