@@ -215,42 +215,82 @@ def fp8_scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
     lowbit.scale_layout.scale_tile). ``config`` (a
     heuristics.GemmConfig) overrides the table, and ``promote_in_dot`` the accurate mode's
     form (LOWBIT_TRITON_FP8_PROMOTE=dot|add), for tuning."""
-    m, k = a.shape
-    n = b.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    if m == 0:
-        return out
+    args = (a, b, a_scale, b_scale, bias, out_dtype, fast_accum)
+    if config is None and os.environ.get("LOWBIT_TRITON_AUTOTUNE") == "1":
+        return _autotuned(*args, promote_in_dot, a_tile=a_tile, b_tile=b_tile)
+    return fp8_scaled_mm_launcher(*args, config, promote_in_dot, a_tile=a_tile,
+                                  b_tile=b_tile)(*args)
+
+
+def _layout(a, b, a_scale, b_scale, out_dtype, promote_in_dot, a_tile, b_tile):
+    """(scale modes, constexprs, scale strides, whether c is bf16 bits) of a signature."""
     a_mode, b_mode = scale_mode(a_tile), scale_mode(b_tile)
     blockwise = SCALE_BLOCK in (a_mode, b_mode)  # block scales apply inside the K loop
     if promote_in_dot is None:
         promote_in_dot = os.environ.get("LOWBIT_TRITON_FP8_PROMOTE", PROMOTE_DEFAULT) == "dot"
     sam, sak = (a_scale.stride(0), a_scale.stride(1)) if a_scale.dim() == 2 else (0, 0)
     sbn, sbk = (b_scale.stride(0), b_scale.stride(1)) if b_scale.dim() == 2 else (0, 0)
-    # The kernel reads bias[n] at unit stride.
-    bias_arg = bias.contiguous() if bias is not None else out
     # Under TRITON_INTERPRET=1 a bf16 output is written as int16 bits rounded in-kernel.
     bf16_bits = out_dtype == torch.bfloat16 and _interpreting()
-    c = out.view(torch.int16) if bf16_bits else out
-    args = (a, b, c, a_scale, b_scale, bias_arg, m, n, k, a.stride(0), a.stride(1),
-            b.stride(0), b.stride(1), c.stride(0), c.stride(1), sam, sak, sbn, sbk)
-    if config is None and os.environ.get("LOWBIT_TRITON_AUTOTUNE") == "1":
-        kern = _autotuned_kernel()
+    consts = dict(A_MODE=a_mode, B_MODE=b_mode, BLOCKWISE=blockwise,
+                  PROMOTE_IN_DOT=promote_in_dot, BF16_BITS=bf16_bits)
+    return consts, (sam, sak, sbn, sbk), bf16_bits
 
-        def grid(meta):
-            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-        kern[grid](*args, A_MODE=a_mode, B_MODE=b_mode, BLOCKWISE=blockwise,
-                   HAS_BIAS=bias is not None, FAST_ACCUM=bool(fast_accum),
-                   PROMOTE_IN_DOT=promote_in_dot, BF16_BITS=bf16_bits)
-        return out
+def fp8_scaled_mm_launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, config=None,
+                           promote_in_dot=None, *, a_tile, b_tile):
+    """launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum) -> out for arguments of
+    this signature (shapes, strides, dtypes, scale layouts): the config, the grid and every
+    constexpr are worked out once, so that a call is the output's allocation and the kernel's
+    launch. ``LOWBIT_TRITON_FP8_PROMOTE`` is read here, when the signature is prepared."""
+    m, k = a.shape
+    n = b.shape[0]
+    dev = a.device
+    if m == 0:
+        return lambda a, b, a_scale, b_scale, bias, out_dtype, fast_accum: torch.empty(
+            (0, n), dtype=out_dtype, device=dev)
+    consts, scale_strides, bf16_bits = _layout(a, b, a_scale, b_scale, out_dtype,
+                                               promote_in_dot, a_tile, b_tile)
+    consts.update(FAST_ACCUM=bool(fast_accum), HAS_BIAS=bias is not None)
     cfg = config if config is not None else fp8_gemm_config(
-        m, n, k, fast_accum=bool(fast_accum), blockwise=blockwise,
-        smem_limit=None if _interpreting() else smem_per_block(device_index(a.device)))
+        m, n, k, fast_accum=bool(fast_accum), blockwise=consts["BLOCKWISE"],
+        smem_limit=None if _interpreting() else smem_per_block(device_index(dev)))
+    consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                  GROUP_M=cfg.group_m, K_UNROLL=cfg.k_unroll, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
-    _fp8_scaled_mm_kernel[grid](
-        *args, A_MODE=a_mode, B_MODE=b_mode, BLOCKWISE=blockwise, HAS_BIAS=bias is not None,
-        FAST_ACCUM=bool(fast_accum), PROMOTE_IN_DOT=promote_in_dot, BF16_BITS=bf16_bits,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, K_UNROLL=cfg.k_unroll,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    # c's strides are those of a contiguous [m, n] output.
+    sizes = (m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), n, 1, *scale_strides)
+    kernel, empty, shape = _fp8_scaled_mm_kernel[grid], torch.empty, (m, n)
+
+    def launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+        out = empty(shape, dtype=out_dtype, device=dev)
+        c = out.view(torch.int16) if bf16_bits else out
+        # The kernel reads bias[n] at unit stride.
+        bias_arg = bias.contiguous() if bias is not None else out
+        kernel(a, b, c, a_scale, b_scale, bias_arg, *sizes, **consts)
+        return out
+
+    return launch
+
+
+def _autotuned(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, promote_in_dot, *,
+               a_tile, b_tile):
+    m, k = a.shape
+    n = b.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if m == 0:
+        return out
+    consts, scale_strides, bf16_bits = _layout(a, b, a_scale, b_scale, out_dtype,
+                                               promote_in_dot, a_tile, b_tile)
+    c = out.view(torch.int16) if bf16_bits else out
+    bias_arg = bias.contiguous() if bias is not None else out
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+    _autotuned_kernel()[grid](a, b, c, a_scale, b_scale, bias_arg, m, n, k, a.stride(0),
+                              a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+                              *scale_strides, HAS_BIAS=bias is not None,
+                              FAST_ACCUM=bool(fast_accum), **consts)
     return out

@@ -30,6 +30,7 @@ import torch
 
 from .. import scale_layout
 from .._backend import _interpreting, register_kernel
+from .._env import getenv
 from ..ops import int4_scale_dtype
 from ._device import OnDevice, capability, device_index
 
@@ -165,8 +166,29 @@ def _gemm_supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     return None
 
 
+def _prepare_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+    """The launcher for one signature: the scale layouts, the config, the grid and the
+    constexprs are worked out once, and a call is the allocation and the kernel's launch
+    (not Triton's autotuner, which has its own per-call path)."""
+    if getenv("LOWBIT_TRITON_AUTOTUNE") == "1":
+        return fp8_scaled_mm
+    a_tile = scale_layout.scale_tile(a_scale.shape, a.shape)
+    b_tile = scale_layout.scale_tile(b_scale.shape, b.shape)
+    dev = a.device
+    with OnDevice(dev):
+        launch = _load().fp8_gemm.fp8_scaled_mm_launcher(
+            a, b, a_scale, b_scale, bias, out_dtype, fast_accum, a_tile=a_tile, b_tile=b_tile)
+
+    def prepared(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
+        with OnDevice(dev):
+            return launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum)
+
+    prepared.__name__ = "triton_fp8_scaled_mm"
+    return prepared
+
+
 @register_kernel("fp8_scaled_mm", "triton", "triton_fp8_scaled_mm", supports=_gemm_supports,
-                 available=available, priority=PRIORITY)
+                 available=available, priority=PRIORITY, prepare=_prepare_fp8_scaled_mm)
 def fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     a_tile = scale_layout.scale_tile(a_scale.shape, a.shape)
     b_tile = scale_layout.scale_tile(b_scale.shape, b.shape)
