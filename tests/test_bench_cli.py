@@ -191,7 +191,7 @@ def test_op_rows_and_outputs_on_cpu(cpu_timers, tmp_path, capsys):
                native_ops="off (LOWBIT_NATIVE_OPS=0)")
     text = run.write_outputs(str(tmp_path), bench, env, ["--quick"], 1.0, True)
     assert "## Ops" in text and "## Host time" in text and "torch.add_" in text
-    assert "registered linear ops in C++ (lowbit._torch_ops): off (LOWBIT_NATIVE_OPS=0)" in text
+    assert "registered ops in C++ (lowbit._torch_ops): off (LOWBIT_NATIVE_OPS=0)" in text
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["complete"] and len(data["ops"]) == len(bench.rows) and data["host"]
     assert "| op |" in (tmp_path / "bench.md").read_text()

@@ -1,21 +1,24 @@
-"""``lowbit._torch_ops``: the C++ implementations of the registered ops ``fp8_linear`` and
-``int8_linear`` on CUDA tensors (csrc/torch/plans.cpp), and their control from Python.
+"""``lowbit._torch_ops``: the C++ implementations of the registered ops ``fp8_linear``,
+``int8_linear``, ``fp8_scaled_mm`` and ``quantize_fp8`` on CUDA tensors
+(csrc/torch/plans.cpp), their entries for the eager API and the quantized modules, and their
+control from Python.
 
-A compiled graph calls ``torch.ops.lowbit.<family>_linear`` once per quantized layer. With
-a Python implementation each call costs the dispatcher's crossing into Python and the
-signature lookup there, three times what the kernels' launches cost
+A compiled graph calls ``torch.ops.lowbit.<op>`` (once per quantized layer for the linear
+ops). With a Python implementation each call costs the dispatcher's crossing into Python and
+the signature lookup there, several times what the kernels' launches cost
 (bench/NOTES.md). The C++ implementation keeps, per argument signature, a *plan*: the
-prepared launch object of ``lowbit._C`` that fuses the activation quantizer and the GEMM
-(lowbit/backends/cuda/linear.py), and calls it with no Python. A signature it has not seen
-goes to ``torch.ops.lowbit._<family>_linear_prepare``, the Python implementation (the
-checks, the two checked ops, the kernel choice), which also returns the plan. Same kernels,
-same arguments, same bits as the Python path.
+prepared launch object of ``lowbit._C`` the op chose (for the linear ops, the one launch that
+fuses the activation quantizer and the GEMM, lowbit/backends/cuda/linear.py), the workspace
+it takes and the outputs' dtypes and sizes, and calls it with no Python. A signature it has
+not seen goes to ``torch.ops.lowbit._<op>_prepare``, the Python implementation (the checks,
+the checked ops, the kernel choice), which also returns the plan. Same kernels, same
+arguments, same bits as the Python path.
 
-The quantized modules (``Fp8Linear``, ``Int8Linear``) reach the same plans from their eager
-forward through ``MODULE_ENTRY``: one C++ call reads the module's tensors and runs the plan
-of the signature, with no dispatcher and no op arguments parsed. An unseen signature goes
-through the registered op once (the module's own errors first); a signature with no plan
-(Triton kernels, asymmetric INT8) runs the module's Python step.
+The eager API (``lowbit.fp8_scaled_mm`` and the others of ``OPS``, through ``ENTRY``) and the
+quantized modules (``Fp8Linear``, ``Int8Linear``, through ``MODULE_ENTRY``: one C++ call reads
+the module's tensors) reach the same plans with no dispatcher. An unseen signature goes
+through the registered op once (a module's own errors first); a signature with no plan (a
+Triton kernel, asymmetric INT8) runs the Python path, a module's own Python step.
 
 What the plans cannot see, Python tells them:
 
@@ -130,12 +133,12 @@ ENTRY: Dict[str, Callable] = {}
 
 def serves(op: str) -> bool:
     """Whether calls of registered op ``op`` on CUDA tensors run the C++ implementation
-    (a plan per signature; asymmetric INT8 activations excepted) here."""
+    (a plan per signature whose kernel is one lowbit._C launch) here."""
     return _lib is not None and op in OPS
 
 
 def status() -> str:
-    """Whether the C++ implementations serve the registered linear ops here, and why not."""
+    """Whether the C++ implementations serve the registered ops of ``OPS`` here, and why not."""
     return _status
 
 

@@ -75,7 +75,7 @@ def info(stream=None) -> int:
         if b.get("cuda_archs_source"):
             p(f"  CUDA archs chosen by: {b['cuda_archs_source']}")
     from lowbit import _native
-    p(f"  registered linear ops in C++ (lowbit._torch_ops): {_native.status()}")
+    p(f"  registered ops in C++ (lowbit._torch_ops): {_native.status()}")
     for k, v in _versions().items():
         p(f"  {k}: {v}")
     gpu = torch.cuda.is_available()

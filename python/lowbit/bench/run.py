@@ -402,7 +402,7 @@ def header_lines(env: dict, ceilings: dict, argv, elapsed_s: float, complete: bo
         + ("" if complete else "; INCOMPLETE (interrupted or failed)"),
     ]
     if env.get("native_ops"):
-        lines.append(f"- registered linear ops in C++ (lowbit._torch_ops): {env['native_ops']}")
+        lines.append(f"- registered ops in C++ (lowbit._torch_ops): {env['native_ops']}")
     if ceilings:
         lines.append(f"- ceilings measured here: copy {ceilings['copy_gbps'] / 1e3:.2f} TB/s (bytes "
                      f"read + written); bf16 matmul {ceilings['bf16_tflops']:.0f} TFLOP/s "
