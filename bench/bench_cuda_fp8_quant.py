@@ -19,7 +19,16 @@ from lowbit.bench import table
 from lowbit.bench.cases import runnable_kernels
 from lowbit.bench.timing import bench, capture_graph, copy_bandwidth, eager_host_us
 
+from lowbit import _native
 from lowbit.backends.cuda import quantize as cuda_quant  # the HW_CVT switch
+
+
+def set_hw_cvt(on: bool) -> None:
+    """The encoder of the CUDA quantizers from the next call on, C++ plans included (a plan
+    keeps the encoder it was prepared with)."""
+    cuda_quant.HW_CVT = on
+    _native.reset()
+
 
 COLUMNS = (
     ("kernel", lambda r: r["impl"]),
@@ -64,7 +73,7 @@ def main():
     rows = []
     hw_default = cuda_quant.HW_CVT
     for hw in (False, True):
-        cuda_quant.HW_CVT = hw
+        set_hw_cvt(hw)
         tag = "hwcvt" if hw else "intcvt"
         q = "quantize_fp8"
         rows += [
@@ -83,12 +92,12 @@ def main():
                  _quant_args(a, torch.rand(m, 1, device="cuda") + 0.5, fmt="e5m2", granularity="token"),
                  3 * m * k + 8 * m, bw),
         ]
-    cuda_quant.HW_CVT = False
+    set_hw_cvt(False)
     rows.append(_row("quantize_fp8", "static tensor 2^28 bf16->e4m3fnuz",
                      _quant_args(x, one, fmt="e4m3fnuz"), 3 * n, bw))
     rows.append(_row("quantize_fp8", "static tensor 2^28 bf16->e4m3 nosat",
                      _quant_args(x, one, saturate=False), 3 * n, bw))
-    cuda_quant.HW_CVT = hw_default
+    set_hw_cvt(hw_default)
     qx = x.to(torch.float8_e4m3fn)
     qa, sa = a.to(torch.float8_e4m3fn), torch.rand(m, 1, device="cuda") + 0.5
     rows.append(_row("dequantize_fp8", "dequant tensor 2^28 e4m3->bf16", (qx, one, torch.bfloat16), 3 * n, bw))

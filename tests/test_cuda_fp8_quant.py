@@ -40,12 +40,16 @@ hws = pytest.mark.parametrize("hw", [False, True], ids=["intcvt", "hwcvt"])
 
 @pytest.fixture
 def hw_cvt(request):
-    """Sets the CUDA quantizer's HW_CVT for one test (from the test's ``hw`` parameter)."""
+    """Sets the CUDA quantizer's HW_CVT for one test (from the test's ``hw`` parameter), with
+    no C++ plan kept from before (a plan keeps the encoder it was prepared with)."""
+    from lowbit import _native
     mod = cuda_quantize_module()
     old = mod.HW_CVT
     mod.HW_CVT = bool(request.node.callspec.params.get("hw", False))
+    _native.reset()
     yield mod.HW_CVT
     mod.HW_CVT = old
+    _native.reset()
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit import _backend
+from lowbit import _backend, _native
 from lowbit_testing import (DEQUANT_SCALE_KINDS, FP8, GRAN_IDS, GRANS, LAYOUTS, MIN_SCALE,
                             TINY_ABSMAX, all_bf16, all_fp16, assert_bits_equal,
                             cuda_quantize_module, dequant_scales, fp8_gemm_operands, gemm_tol,
@@ -41,19 +41,21 @@ def _hw_cvt_settings(kernel):
 
 @contextlib.contextmanager
 def _hw_cvt(hw):
-    """HW_CVT = hw inside (None: left alone). Remembered choices are dropped on the way in and
-    out: they hold launchers prepared under the setting of their time."""
+    """HW_CVT = hw inside (None: left alone). Remembered choices and the C++ plans are dropped
+    on the way in and out: they hold launchers prepared under the setting of their time."""
     if hw is None:
         yield
         return
     mod = cuda_quantize_module()
     old, mod.HW_CVT = mod.HW_CVT, hw
     _backend._choices.clear()
+    _native.reset()
     try:
         yield
     finally:
         mod.HW_CVT = old
         _backend._choices.clear()
+        _native.reset()
 
 
 def _op_runs(kernel, *args, **kwargs):

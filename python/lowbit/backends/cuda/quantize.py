@@ -43,7 +43,9 @@ from . import DTYPE_CODE, FP8_FORMAT_CODE, KERNELS, device_reason, kernel_id, re
 from . import available, has_cuda_kernels  # noqa: F401  (this op's availability, for callers)
 
 # Whether saturate=True e4m3fn / e5m2 quantization may use the sm_89+ hardware conversion
-# (ignored on older GPUs and for the other modes). Read at each call; tests flip it.
+# (ignored on older GPUs and for the other modes). Read at each call of the Python path;
+# tests flip it. The C++ plans of lowbit._torch_ops keep the encoder of the time they were
+# prepared: a flip that must reach every call is followed by lowbit._native.reset().
 HW_CVT = os.environ.get("LOWBIT_FP8_HW_CVT", "1") != "0"
 
 _STATIC = next(n for n, row in KERNELS["quantize_fp8"].items() if row[2] == "static")
