@@ -507,6 +507,22 @@ def test_fp8_scaled_mm_plans_give_the_bits_of_the_python_path(monkeypatch, arch,
 
 @needs_native
 @pytest.mark.gpu
+def test_entries_leave_tensors_without_a_strided_storage_to_python():
+    """A meta or sparse tensor has no pointer a plan could key: the entry answers None (the
+    Python path then says what the op takes), and raises nothing of its own."""
+    a, sa = lowbit.quantize_fp8(torch.randn(16, 512, device="cuda"), granularity="token")
+    b, sb = lowbit.quantize_fp8(torch.randn(256, 512, device="cuda"), granularity="channel")
+    entry = _native.ENTRY["fp8_scaled_mm"]
+    for odd in (sb.to("meta"), torch.eye(256, 1, device="cuda").to_sparse()):
+        assert entry(a, b, sa, odd, None, torch.bfloat16, False, "default") is None
+    mod = _fp8()
+    mod.register_buffer("weight_scale", mod.weight_scale.to("meta"))
+    x = torch.randn(4, 512, dtype=torch.bfloat16, device="cuda")
+    assert _native.MODULE_ENTRY["fp8_linear"](mod, x) is None
+
+
+@needs_native
+@pytest.mark.gpu
 def test_known_op_signatures_still_reject_what_differs():
     """Eager and through torch.ops, after a signature has its plan: every bad argument gets
     the Python path's error."""

@@ -84,6 +84,7 @@ struct Plan {
 
 struct Key {
   std::vector<int64_t> v;
+  bool usable = true;  // false: an argument no plan may take
   bool operator==(const Key& o) const { return v == o.v; }
 };
 
@@ -97,8 +98,9 @@ struct KeyHash {
 
 // The environment switches a choice reads (lowbit/_backend.py: _STEP_ENV, and LOWBIT_BACKEND
 // for the default backend); a change empties the table.
-constexpr const char* kEnvSwitches[] = {"LOWBIT_BACKEND", "LOWBIT_ARCH", "TRITON_INTERPRET",
-                                        "LOWBIT_CHECK_SCALES"};
+constexpr const char* kEnvSwitches[] = {"LOWBIT_BACKEND",         "LOWBIT_ARCH",
+                                        "TRITON_INTERPRET",       "LOWBIT_TRITON_AUTOTUNE",
+                                        "LOWBIT_TRITON_FP8_PROMOTE", "LOWBIT_CHECK_SCALES"};
 
 std::string environment() {
   std::string s;
@@ -130,6 +132,12 @@ int backend_code(c10::string_view backend) {
 void add(Key& key, const at::Tensor& t) {
   if (!t.defined()) {
     key.v.push_back(-1);
+    return;
+  }
+  // Only dense tensors with storage have the strides and the pointer a key holds (sparse,
+  // nested, meta and functorch-wrapped tensors go to Python, which says what it takes).
+  if (t.layout() != at::kStrided || t.is_nested() || t.is_meta() || !t.has_storage()) {
+    key.usable = false;
     return;
   }
   const int64_t dim = t.dim();
@@ -170,6 +178,7 @@ std::optional<Key> signature(Op op, c10::string_view backend, const Parts&... pa
   key.v.push_back(op);
   key.v.push_back(b);
   (add(key, parts), ...);
+  if (!key.usable) return std::nullopt;
   return key;
 }
 
@@ -211,8 +220,9 @@ void remember(const std::optional<Key>& key, const std::vector<int64_t>& plan,
   g_plans.emplace(*key, std::move(p));
 }
 
+// (0 for a tensor without storage too: its call has no key, see add())
 uintptr_t address(const at::Tensor& t) {
-  return t.defined() ? reinterpret_cast<uintptr_t>(t.data_ptr()) : 0;
+  return t.defined() && t.has_storage() ? reinterpret_cast<uintptr_t>(t.data_ptr()) : 0;
 }
 
 // A call of an op: the key of its signature and its launch's pointer arguments: the op's
@@ -411,8 +421,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_fp8(const at::Tensor& x,
 }
 
 // ---------------------------------------------------------------------------------------------
-// The entries from Python. The GIL is held throughout: a plan's launch takes microseconds,
-// and the threads that hold g_mutex never wait for the GIL.
+// The entries from Python. The GIL is held throughout (a plan's launch takes microseconds),
+// except while waiting for g_mutex (serve_entry).
 
 PyObject* none() {
   if (PyErr_Occurred()) PyErr_Clear();  // (an argument parse that gave up)
@@ -505,7 +515,15 @@ PyObject* serve_entry(const char* op, const Call<P, N>& call) {
   const std::string env = environment();
   std::array<at::Tensor, N> outputs;
   {
-    std::lock_guard<std::mutex> lock(g_mutex);
+    // Never wait for g_mutex holding the GIL: a thread of the dispatcher path holds g_mutex
+    // without the GIL, and its allocation may want the GIL (the caching allocator's Python
+    // hooks, e.g. memory-history recording with Python stacks).
+    std::unique_lock<std::mutex> lock(g_mutex, std::try_to_lock);
+    if (!lock.owns_lock()) {
+      Py_BEGIN_ALLOW_THREADS
+      lock.lock();
+      Py_END_ALLOW_THREADS
+    }
     const Plan* plan = find_locked(*call.key, env);
     if (!plan) return unseen();
     if (!plan->launch) return none();

@@ -149,10 +149,14 @@ def hold(delta: int) -> int:
 
 def reset() -> None:
     """Forget every plan, then release the launch objects they held (the C++ side uses none
-    of them once its reset returns)."""
+    of them once its reset returns). The kept objects are swapped out first: one handed over
+    by a preparation that finishes during the reset goes to the new dict, so a plan the C++
+    side keeps never loses its object (one prepared before the reset is refused there)."""
+    global _keep
+    old, _keep = _keep, {}
     if _lib is not None:
         _lib.lowbit_native_reset()
-    _keep.clear()
+    old.clear()
 
 
 def stats() -> Dict[str, int]:

@@ -169,8 +169,9 @@ def _gemm_supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
 def _prepare_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     """The launcher for one signature: the scale layouts, the config, the grid and the
     constexprs are worked out once, and a call is the allocation and the kernel's launch.
-    ``LOWBIT_TRITON_AUTOTUNE`` and ``LOWBIT_TRITON_FP8_PROMOTE`` are read here, when a
-    signature is first prepared (the autotuner keeps its own per-call path)."""
+    ``LOWBIT_TRITON_AUTOTUNE`` and ``LOWBIT_TRITON_FP8_PROMOTE`` are read here, once per
+    signature (they are in the remembered choices' key, lowbit._backend._CHOICE_ENV); the
+    autotuner keeps its own per-call path."""
     if getenv("LOWBIT_TRITON_AUTOTUNE") == "1":
         return fp8_scaled_mm
     a_tile = scale_layout.scale_tile(a_scale.shape, a.shape)
