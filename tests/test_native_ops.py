@@ -103,6 +103,36 @@ def test_a_step_without_a_fused_launch_has_the_no_plan_plan():
     assert _native.plan(lambda x: x) == want
 
 
+def test_the_entries_are_not_used_under_a_backend_of_a_copied_context(monkeypatch):
+    """A context copied inside a use_backend block that runs after it still has the block's
+    backend, which the plans cannot see: the eager API and the modules do not enter them."""
+    import contextvars
+
+    from lowbit.nn import _layer
+    called = []
+
+    def entry(*args):
+        called.append(args)
+        return None  # "Python serves it"
+
+    monkeypatch.setitem(_native.ENTRY, "fp8_scaled_mm", entry)
+    monkeypatch.setattr(_layer, "_MODULE_ENTRY", {"fp8_linear": entry})
+    mod = Fp8Linear.from_linear(nn.Linear(64, 32).to(torch.bfloat16))
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    a, sa = lowbit.quantize_fp8(x, granularity="token")
+
+    def calls():
+        lowbit.fp8_scaled_mm(a, mod.weight, sa, mod.weight_scale)
+        mod(x)
+
+    with lowbit.use_backend("reference"):
+        copied = contextvars.copy_context()
+    copied.run(calls)
+    assert called == []
+    calls()
+    assert len(called) == 2
+
+
 @needs_native
 @pytest.mark.parametrize("op", ["fp8_linear", "int8_linear"])
 def test_the_module_entry_leaves_what_plans_do_not_take_to_python(op):

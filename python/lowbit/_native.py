@@ -33,8 +33,9 @@ What the plans cannot see, Python tells them:
   time it was prepared (both give the same bits).
 - The hold lasts as long as the ``with`` block. A context copied inside it that runs after
   the block (an asyncio task created there, ``contextvars.copy_context().run``) still sees
-  the block's backend in Python, but the plans no longer hold off: set the backend inside
-  the task, or pass ``backend=`` to the op.
+  the block's backend in Python: the eager API and the modules check it before they enter
+  the plans, but a call through ``torch.ops`` (a compiled graph) no longer sees the hold:
+  set the backend inside the task, or pass ``backend=`` to the op.
 
 Asymmetric INT8 activations get no plan: their GEMM reads the weight's row sums, which the
 Python step keeps per weight; those calls take the Python implementation.

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._native import ENTRY as _ENTRY
 from .ops import EAGER as _EAGER, OPS as _OPS
-from ._backend import arg
+from ._backend import _context as _backend_context, arg
 from .int4_weight import Int4Weight
 
 def _call(name: str, first: Tensor, *args):
@@ -23,9 +23,11 @@ def _call(name: str, first: Tensor, *args):
     if (type(first) is Tensor or not isinstance(first, Tensor)) and \
             not torch.compiler.is_compiling():
         entry = _ENTRY.get(name)
-        if entry is not None:
+        if entry is not None and _backend_context.get() is None:
             # lowbit._torch_ops: the plan of this signature, in one C++ call; an unseen one
-            # goes through the registered op, which prepares it (lowbit/_native.py).
+            # goes through the registered op, which prepares it (lowbit/_native.py). Not
+            # under a use_backend backend: the plans cannot see it (a context copied inside
+            # the block may run after it, when the plans no longer hold off).
             out = entry(first, *args)
             if out is NotImplemented:
                 return _OPS[name](first, *args)

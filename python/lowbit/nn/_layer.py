@@ -116,7 +116,7 @@ class W8A8Forward:
     def _w8a8(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling():
             entry = _MODULE_ENTRY.get(self._family.op)
-            if entry is not None:
+            if entry is not None and _backend._context.get() is None:  # (see lowbit/api.py)
                 # lowbit._torch_ops: the plan of this signature, in one C++ call.
                 y = entry(self, x)
                 if y is NotImplemented:  # unseen: the op prepares its plan
