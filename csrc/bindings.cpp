@@ -595,54 +595,46 @@ class Int8LinearLaunch : public QuantGemmLaunch<Int8QuantizeLaunch, Int8GemmLaun
 // The C++ registered ops (csrc/torch/plans.cpp, built into lowbit._torch_ops against
 // torch) call a launch object they were handed as an int through one of these plain
 // functions, since the two libraries share no C++ types: launch(self, pointers, stream, error,
-// error_size) -> 0, else 1 with the error text in `error`. The pointers are launch()'s
-// arguments in order, the stream last.
-int native_error(const std::exception& e, char* error, size_t error_size) {
-  std::snprintf(error, error_size, "%s", e.what());
-  return 1;
+// error_size) -> 0, else 1 with the error text in `error` (native_launch).
+template <class L, class Launch>
+int native_launch(void* self, char* error, size_t error_size, Launch&& launch) {
+  try {
+    launch(*static_cast<L*>(self));
+    return 0;
+  } catch (const std::exception& e) {
+    std::snprintf(error, error_size, "%s", e.what());
+    return 1;
+  }
 }
 
 // The pointers of a plan are the op's tensors in its argument order, then the workspace and
 // the outputs (csrc/torch/plans.cpp).
 int gemm_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
                 size_t error_size) {
-  try {  // a, b, a_scale, b_scale, bias, (workspace), out
-    static_cast<GemmLaunch*>(self)->launch(p[0], p[1], p[2], p[3], p[4], p[6], stream);
-    return 0;
-  } catch (const std::exception& e) {
-    return native_error(e, error, error_size);
-  }
+  return native_launch<GemmLaunch>(self, error, error_size, [&](GemmLaunch& l) {
+    l.launch(p[0], p[1], p[2], p[3], p[4], p[6], stream);  // a, b, a_scale, b_scale, bias, out
+  });
 }
 
 int quantize_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
                     size_t error_size) {
-  try {  // x, scale_in, workspace, q, scale_out
-    static_cast<QuantizeLaunch*>(self)->launch(p[0], p[3], p[1], p[4], p[2], stream);
-    return 0;
-  } catch (const std::exception& e) {
-    return native_error(e, error, error_size);
-  }
+  return native_launch<QuantizeLaunch>(self, error, error_size, [&](QuantizeLaunch& l) {
+    l.launch(p[0], p[3], p[1], p[4], p[2], stream);  // x, q, scale_in, scale_out, workspace
+  });
 }
 
 int fp8_linear_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
                       size_t error_size) {
-  try {
-    static_cast<Fp8LinearLaunch*>(self)->launch(p[0], p[1], p[2], p[3], p[4], p[5], p[6], stream);
-    return 0;
-  } catch (const std::exception& e) {
-    return native_error(e, error, error_size);
-  }
+  return native_launch<Fp8LinearLaunch>(self, error, error_size, [&](Fp8LinearLaunch& l) {
+    l.launch(p[0], p[1], p[2], p[3], p[4], p[5], p[6], stream);
+  });
 }
 
 int int8_linear_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
                        size_t error_size) {
-  try {
-    static_cast<Int8LinearLaunch*>(self)->launch(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7],
-                                                 p[8], stream);
-    return 0;
-  } catch (const std::exception& e) {
-    return native_error(e, error, error_size);
-  }
+  return native_launch<Int8LinearLaunch>(self, error, error_size, [&](Int8LinearLaunch& l) {
+    l.launch(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], stream);
+  });
 }
 
 // (object address, entry address) for the Python side to hand to lowbit._torch_ops; the

@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ._checks import CHECK_SCALES_ENV
 from ._env import getenv
 
 BACKENDS = ("auto", "cuda", "triton", "reference")
@@ -339,7 +340,7 @@ def checked(op: str, check: Callable, values: Optional[Callable] = None) -> Call
 
         out = call(*args)
         plan = []
-        if getenv("LOWBIT_CHECK_SCALES") != "1":  # (value checks on every call: Python)
+        if getenv(CHECK_SCALES_ENV) != "1":  # (value checks on every call: Python)
             choice = remembered_choice(op, args[:-1], args[-1])
             plan = _native.plan(None if choice is None else choice.fn)
         return (*out, plan) if isinstance(out, tuple) else (out, plan)
@@ -354,7 +355,7 @@ def checked(op: str, check: Callable, values: Optional[Callable] = None) -> Call
 # forward of an input signature has run through the checked ops, the functions the
 # remembered choices run are known, and later forwards of that signature may call them
 # directly: one host call per forward instead of one per op, and no lookup per op.
-_STEP_ENV = _CHOICE_ENV + ("LOWBIT_CHECK_SCALES",)
+_STEP_ENV = _CHOICE_ENV + (CHECK_SCALES_ENV,)
 
 
 def remembered_choice(op: str, args, backend: Optional[str] = None) -> Optional[Choice]:

@@ -25,7 +25,6 @@ gives plain stream order.
 from __future__ import annotations
 
 import functools
-
 import os
 from typing import Optional
 
