@@ -444,3 +444,36 @@ def test_gpu_accurate_mode_beats_fast_accum(m):
     assert err[False] < 1e-3, err
     if m >= 64:  # wgmma tiles: the unpromoted accumulator must show its loss
         assert err[False] * 10 < err[True], err
+
+
+@gpu
+def test_gpu_bound_launch_matches_the_jit_launch_and_keeps_launch_hooks():
+    """A prepared Triton GEMM calls its compiled kernel's launcher directly: its output
+    equals, bit for bit, that of the launch through ``kernel[grid]`` (taken while a launch
+    hook is set, as a profiler sets one), and the hook still sees that launch."""
+    from triton import knobs
+
+    a, b, sa, sb = make_gemm(16, 384, 1032, "row", "row", seed=21)
+    bias = torch.randn(384, device="cuda").to(torch.bfloat16)
+    first = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, backend="triton")  # prepares, binds
+    bound = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, backend="triton")
+    seen = []
+
+    def hook(metadata):
+        seen.append(metadata)
+
+    chain = knobs.runtime.launch_enter_hook
+    if hasattr(chain, "add"):  # Triton 3.6 keeps a chain of hooks
+        chain.add(hook)
+        restore = lambda: chain.remove(hook)  # noqa: E731
+    else:
+        knobs.runtime.launch_enter_hook = hook
+        restore = lambda: setattr(knobs.runtime, "launch_enter_hook", chain)  # noqa: E731
+    try:
+        hooked = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, backend="triton")
+    finally:
+        restore()
+    torch.cuda.synchronize()
+    assert len(seen) == 1
+    assert_bits_equal(bound, first, "bound launch, twice")
+    assert_bits_equal(bound, hooked, "bound launch vs kernel[grid]")

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import device_index, grouped_tile, jit, smem_per_block
+from ._common import bind, device_index, grouped_tile, jit, smem_per_block
 from ._common import interpreting as _interpreting
 from .fp8_quant import f32_to_bf16_bits
 from .heuristics import fp8_gemm_config, fp8_gemm_configs
@@ -261,14 +261,21 @@ def fp8_scaled_mm_launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, 
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     # c's strides are those of a contiguous [m, n] output.
     sizes = (m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), n, 1, *scale_strides)
-    kernel, empty, shape = _fp8_scaled_mm_kernel[grid], torch.empty, (m, n)
+    # Bound on stand-ins for the output (and the bias when there is none): only their
+    # dtypes and alignment are specialized on, and a fresh allocation is aligned.
+    c0 = torch.empty(16, dtype=out_dtype, device=dev)
+    c0 = c0.view(torch.int16) if bf16_bits else c0
+    bias0 = bias.contiguous() if bias is not None else c0
+    kernel = bind(_fp8_scaled_mm_kernel, grid, (a, b, c0, a_scale, b_scale, bias0, *sizes),
+                  consts)
+    empty, shape = torch.empty, (m, n)
 
     def launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
         out = empty(shape, dtype=out_dtype, device=dev)
         c = out.view(torch.int16) if bf16_bits else out
         # The kernel reads bias[n] at unit stride.
-        bias_arg = bias.contiguous() if bias is not None else out
-        kernel(a, b, c, a_scale, b_scale, bias_arg, *sizes, **consts)
+        bias_arg = bias.contiguous() if bias is not None else c
+        kernel(a, b, c, a_scale, b_scale, bias_arg, *sizes)
         return out
 
     return launch

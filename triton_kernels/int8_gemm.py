@@ -27,13 +27,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (device_index, f32_to_bf16_bits, grouped_tile, jit, kernel_input,
+from ._common import (bind, device_index, f32_to_bf16_bits, grouped_tile, jit, kernel_input,
                       load_f32, smem_per_block)
 from ._common import interpreting as _interpreting
 from .fp8_gemm import _load_k_step
 from .heuristics import int8_gemm_config
 
-__all__ = ["int8_mm", "int8_gemm", "row_sums"]
+__all__ = ["int8_mm", "int8_gemm", "int8_mm_launcher", "int8_gemm_launcher", "row_sums"]
 
 
 @jit
@@ -115,30 +115,103 @@ def row_sums(b: torch.Tensor) -> torch.Tensor:
     return b.sum(dim=1, dtype=torch.int32)
 
 
-def _launch(a, b, c, epilogue: dict, config):
+def _bind(a, b, c, epilogue: dict, config):
+    """launch(a, b, c, *epilogue tensors) for arguments of the signature of these (``c``
+    and the epilogue tensors may be stand-ins of the right dtypes: the output's strides are
+    those of a contiguous [M, N] tensor): the tiles, the grid and the constexprs are worked
+    out and the kernel compiled once (_common.bind)."""
     m, k = a.shape
     n = b.shape[0]
     cfg = config if config is not None else int8_gemm_config(
         m, n, k, smem_limit=None if _interpreting() else smem_per_block(device_index(a.device)))
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
-    _int8_gemm_kernel[grid](
-        a, b, c, *epilogue.pop("tensors"), m, n, k, a.stride(0), a.stride(1), b.stride(0),
-        b.stride(1), c.stride(0), c.stride(1), *epilogue.pop("strides"),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
-        **epilogue)
+    epilogue = dict(epilogue)
+    tensors, strides = epilogue.pop("tensors"), epilogue.pop("strides")
+    sizes = (m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), n, 1, *strides)
+    consts = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                  GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                  enable_fp_fusion=False, **epilogue)
+    kernel = bind(_int8_gemm_kernel, grid, (a, b, c, *tensors, *sizes), consts)
+
+    def launch(a, b, c, *tensors):
+        kernel(a, b, c, *tensors, *sizes)
+
+    return launch
+
+
+_MM = dict(strides=(0, 0, 0, 0), EPILOGUE=False, A_ROW=False, B_ROW=False, HAS_BIAS=False,
+           BIAS_BF16=False, HAS_ZERO=False, ZERO_ROW=False, BF16_BITS=False)
+
+
+def int8_mm_launcher(a: torch.Tensor, b: torch.Tensor, config=None):
+    """launch(a, b) -> a @ b.T in int32 for arguments of the signature of a and b (shapes,
+    strides, alignment): a call is the output's allocation and the kernel's launch."""
+    m, n, dev = a.shape[0], b.shape[0], a.device
+    empty, shape = torch.empty, (m, n)
+    if m == 0 or n == 0:
+        return lambda a, b: empty(shape, dtype=torch.int32, device=dev)
+    c0 = empty(16, dtype=torch.int32, device=dev)  # an aligned int32 stand-in
+    kernel = _bind(a, b, c0, dict(_MM, tensors=(c0,) * 5), config)
+
+    def launch(a, b):
+        out = empty(shape, dtype=torch.int32, device=dev)
+        kernel(a, b, out, out, out, out, out, out)
+        return out
+
+    return launch
 
 
 def int8_mm(a: torch.Tensor, b: torch.Tensor, config=None) -> torch.Tensor:
     """a [M, K] int8 x b [N, K] int8 -> int32 [M, N], exact (arguments validated by
     lowbit.ops). ``config`` (a heuristics.GemmConfig) overrides the table."""
-    out = torch.empty((a.shape[0], b.shape[0]), dtype=torch.int32, device=a.device)
-    if out.numel() == 0:
+    return int8_mm_launcher(a, b, config)(a, b)
+
+
+def int8_gemm_launcher(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
+                       b_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                       out_dtype: torch.dtype = torch.bfloat16,
+                       a_zero: Optional[torch.Tensor] = None, config=None):
+    """launch(a, b, a_scale, b_scale, bias, out_dtype, a_zero, b_sum=None) -> out for
+    arguments of this signature (shapes, strides, dtypes, alignment): the epilogue's
+    constexprs, the tiles and the grid are worked out once. ``b_sum``: ``row_sums(b)``,
+    computed by the launch when a zero point comes without it."""
+    m, n, dev = a.shape[0], b.shape[0], a.device
+    empty, shape = torch.empty, (m, n)
+    if m == 0 or n == 0:
+        return lambda a, b, a_scale, b_scale, bias, out_dtype, a_zero, b_sum=None: empty(
+            shape, dtype=out_dtype, device=dev)
+    # Under TRITON_INTERPRET=1 a bf16 output is written as int16 bits rounded in-kernel.
+    bf16_bits = out_dtype == torch.bfloat16 and _interpreting()
+    c0 = empty(16, dtype=out_dtype, device=dev)  # an aligned stand-in of the out dtype
+    c0 = c0.view(torch.int16) if bf16_bits else c0
+    has_zero = a_zero is not None
+    # The kernel reads bias[n] at unit stride; bf16 travels as its int16 bits.
+    bias0, bias_bf16 = kernel_input(bias.contiguous()) if bias is not None else (c0, False)
+    za0 = a_zero if has_zero else a_scale
+    bs0 = empty(16, dtype=torch.int32, device=dev) if has_zero else a_scale
+    epilogue = dict(
+        tensors=(a_scale, b_scale, bias0, za0, bs0),
+        strides=(a_scale.stride(0) if a_scale.dim() else 0,
+                 b_scale.stride(0) if b_scale.dim() else 0,
+                 za0.stride(0) if za0.dim() else 0, 1 if has_zero else 0),
+        EPILOGUE=True, A_ROW=a_scale.dim() > 0, B_ROW=b_scale.dim() > 0,
+        HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, HAS_ZERO=has_zero,
+        ZERO_ROW=has_zero and a_zero.dim() > 0, BF16_BITS=bf16_bits)
+    kernel = _bind(a, b, c0, epilogue, config)
+
+    def launch(a, b, a_scale, b_scale, bias, out_dtype, a_zero, b_sum=None):
+        out = empty(shape, dtype=out_dtype, device=dev)
+        c = out.view(torch.int16) if bf16_bits else out
+        bias_k = kernel_input(bias.contiguous())[0] if bias is not None else c
+        if has_zero:
+            # The kernel reads b_sum[n] at unit stride.
+            b_sum = row_sums(b) if b_sum is None else b_sum.contiguous()
+            kernel(a, b, c, a_scale, b_scale, bias_k, a_zero, b_sum)
+        else:
+            kernel(a, b, c, a_scale, b_scale, bias_k, a_scale, a_scale)
         return out
-    _launch(a, b, out, dict(tensors=(out,) * 5, strides=(0, 0, 0, 0), EPILOGUE=False,
-                            A_ROW=False, B_ROW=False, HAS_BIAS=False, BIAS_BF16=False,
-                            HAS_ZERO=False, ZERO_ROW=False, BF16_BITS=False), config)
-    return out
+
+    return launch
 
 
 def int8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
@@ -148,26 +221,5 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: 
     """The fused INT8 GEMM (see the module); arguments validated by lowbit.ops. ``b_sum``:
     ``row_sums(b)`` computed once by the caller (used only with ``a_zero``; computed here
     when missing). ``config`` overrides the table."""
-    m, n = a.shape[0], b.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    if out.numel() == 0:
-        return out
-    if a_zero is not None and b_sum is None:
-        b_sum = row_sums(b)
-    # The kernel reads bias[n] at unit stride.
-    bias_k, bias_bf16 = kernel_input(bias.contiguous()) if bias is not None else (out, False)
-    # Under TRITON_INTERPRET=1 a bf16 output is written as int16 bits rounded in-kernel.
-    bf16_bits = out_dtype == torch.bfloat16 and _interpreting()
-    c = out.view(torch.int16) if bf16_bits else out
-    za = a_zero if a_zero is not None else a_scale
-    bs = b_sum if a_zero is not None else a_scale
-    epilogue = dict(
-        tensors=(a_scale, b_scale, bias_k, za, bs),
-        strides=(a_scale.stride(0) if a_scale.dim() else 0,
-                 b_scale.stride(0) if b_scale.dim() else 0,
-                 za.stride(0) if za.dim() else 0, bs.stride(0) if bs.dim() else 0),
-        EPILOGUE=True, A_ROW=a_scale.dim() > 0, B_ROW=b_scale.dim() > 0,
-        HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, HAS_ZERO=a_zero is not None,
-        ZERO_ROW=a_zero is not None and a_zero.dim() > 0, BF16_BITS=bf16_bits)
-    _launch(a, b, c, epilogue, config)
-    return out
+    return int8_gemm_launcher(a, b, a_scale, b_scale, bias, out_dtype, a_zero, config)(
+        a, b, a_scale, b_scale, bias, out_dtype, a_zero, b_sum)

@@ -166,6 +166,16 @@ def _gemm_supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     return None
 
 
+def _prepared_on(dev, launch, name):
+    """``launch`` run with ``dev`` current, named as the kernel it launches."""
+    def prepared(*args):
+        with OnDevice(dev):
+            return launch(*args)
+
+    prepared.__name__ = name
+    return prepared
+
+
 def _prepare_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     """The launcher for one signature: the scale layouts, the config, the grid and the
     constexprs are worked out once, and a call is the allocation and the kernel's launch.
@@ -176,17 +186,10 @@ def _prepare_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
         return fp8_scaled_mm
     a_tile = scale_layout.scale_tile(a_scale.shape, a.shape)
     b_tile = scale_layout.scale_tile(b_scale.shape, b.shape)
-    dev = a.device
-    with OnDevice(dev):
+    with OnDevice(a.device):
         launch = _load().fp8_gemm.fp8_scaled_mm_launcher(
             a, b, a_scale, b_scale, bias, out_dtype, fast_accum, a_tile=a_tile, b_tile=b_tile)
-
-    def prepared(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
-        with OnDevice(dev):
-            return launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum)
-
-    prepared.__name__ = "triton_fp8_scaled_mm"
-    return prepared
+    return _prepared_on(a.device, launch, "triton_fp8_scaled_mm")
 
 
 @register_kernel("fp8_scaled_mm", "triton", "triton_fp8_scaled_mm", supports=_gemm_supports,
@@ -247,9 +250,25 @@ def _int8_dot_reason(a) -> Optional[str]:
     return _dot_reason(a, "int8")
 
 
+def _prepare_int8_mm(a, b):
+    """The launcher for one signature: the tiles, the grid and the compiled kernel once."""
+    with OnDevice(a.device):
+        launch = _load().int8_gemm.int8_mm_launcher(a, b)
+    return _prepared_on(a.device, launch, "triton_int8_mm")
+
+
+def _prepare_int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero):
+    """The launcher for one signature: the epilogue's constexprs, the tiles, the grid and
+    the compiled kernel once."""
+    with OnDevice(a.device):
+        launch = _load().int8_gemm.int8_gemm_launcher(a, b, a_scale, b_scale, bias, out_dtype,
+                                                      a_zero)
+    return _prepared_on(a.device, launch, "triton_int8_gemm")
+
+
 @register_kernel("int8_mm", "triton", "triton_int8_mm",
                  supports=lambda a, b: _int8_dot_reason(a), available=available,
-                 priority=PRIORITY)
+                 priority=PRIORITY, prepare=_prepare_int8_mm)
 def int8_mm(a, b):
     with OnDevice(a.device):
         return _load().int8_gemm.int8_mm(a, b)
@@ -257,7 +276,7 @@ def int8_mm(a, b):
 
 @register_kernel("int8_gemm", "triton", "triton_int8_gemm",
                  supports=lambda a, *_: _int8_dot_reason(a), available=available,
-                 priority=PRIORITY)
+                 priority=PRIORITY, prepare=_prepare_int8_gemm)
 def int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero):
     with OnDevice(a.device):
         return _load().int8_gemm.int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero)
