@@ -16,6 +16,7 @@
 //   Int8GemmLaunch(kernel_id, M, N, K, lda, ldb, a_scale_per_row, b_scale_per_row,
 //                  a_zero_mode, bias_dtype, out_dtype, ldo)
 //     .launch(a, b, a_scale, b_scale, bias, a_zero, b_sum, out, stream)
+//     .native() (int8_gemm without zero points), .native_mm() (int8_mm) -> as GemmLaunch's
 //   QuantizeLaunch(kernel_id, x_dtype, rows, cols, row_stride, col_stride, fmt, saturate,
 //                  tile_rows, tile_cols, hw_cvt)
 //     .launch(x, q, scale_in, scale_out, workspace, stream)
@@ -26,6 +27,7 @@
 //   Int8QuantizeLaunch(kernel_id, x_dtype, rows, cols, row_stride, col_stride, symmetric,
 //                      tile_rows, tile_cols)
 //     .launch(x, q, scale_in, zero_in, scale_out, zero_out, workspace, stream)
+//     .native() -> as GemmLaunch's
 //   Int8DequantizeLaunch(kernel_id, rows, cols, row_stride, col_stride, scale_tile_rows,
 //                        scale_tile_cols, scale_ld, out_dtype)
 //     .launch(q, scale, zero, out, stream)
@@ -466,6 +468,8 @@ class Int8QuantizeLaunch : Launch<lowbit::int8::QuantizeFn, lowbit::int8::Quanti
     args_.symmetric = symmetric;
   }
 
+  bool symmetric() const { return args_.symmetric; }
+
   void launch(uintptr_t x, uintptr_t q, uintptr_t scale_in, uintptr_t zero_in,
               uintptr_t scale_out, uintptr_t zero_out, uintptr_t workspace, uintptr_t stream) {
     args_.x = ptr<const void>(x);
@@ -623,6 +627,33 @@ int quantize_native(void* self, const uintptr_t* p, uintptr_t stream, char* erro
   });
 }
 
+// int8_mm(a, b): a, b, workspace, out.
+int int8_mm_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                   size_t error_size) {
+  return native_launch<Int8GemmLaunch>(self, error, error_size, [&](Int8GemmLaunch& l) {
+    l.launch(p[0], p[1], 0, 0, 0, 0, 0, p[3], stream);
+  });
+}
+
+// int8_gemm(a, b, a_scale, b_scale, bias, out_dtype, a_zero): a, b, a_scale, b_scale, bias,
+// a_zero, workspace, out. Plans are made without zero points only (their row sums of b are
+// one more kernel per call): a_zero is 0 and no row sums are read.
+int int8_gemm_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                     size_t error_size) {
+  return native_launch<Int8GemmLaunch>(self, error, error_size, [&](Int8GemmLaunch& l) {
+    l.launch(p[0], p[1], p[2], p[3], p[4], p[5], 0, p[7], stream);
+  });
+}
+
+// quantize_int8(x, scale, zero, ...): x, scale, zero, workspace, q, scale_out, zero_out (an
+// empty tensor when symmetric, which the kernels must be given as 0).
+int int8_quantize_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                         size_t error_size) {
+  return native_launch<Int8QuantizeLaunch>(self, error, error_size, [&](Int8QuantizeLaunch& l) {
+    l.launch(p[0], p[4], p[1], p[2], p[5], l.symmetric() ? 0 : p[6], p[3], stream);
+  });
+}
+
 int fp8_linear_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
                       size_t error_size) {
   return native_launch<Fp8LinearLaunch>(self, error, error_size, [&](Fp8LinearLaunch& l) {
@@ -685,7 +716,11 @@ PYBIND11_MODULE(_C, m) {
            py::arg("a_zero_mode"), py::arg("bias_dtype"), py::arg("out_dtype"), py::arg("ldo"))
       .def("launch", &Int8GemmLaunch::launch, py::arg("a"), py::arg("b"), py::arg("a_scale"),
            py::arg("b_scale"), py::arg("bias"), py::arg("a_zero"), py::arg("b_sum"),
-           py::arg("out"), py::arg("stream"));
+           py::arg("out"), py::arg("stream"))
+      .def("native_mm", [](Int8GemmLaunch& l) { return native_handle(l, &int8_mm_native); },
+           "as GemmLaunch.native, for int8_mm's plans")
+      .def("native", [](Int8GemmLaunch& l) { return native_handle(l, &int8_gemm_native); },
+           "as GemmLaunch.native, for int8_gemm's plans (no zero points)");
   py::class_<WXA16GemmLaunch>(m, "WXA16GemmLaunch",
                               "A mixed-input (W4A16 / W8A16) GEMM kernel's launch for one call "
                               "signature: out = x @ ((w - zeros) * scales).T (+ bias)")
@@ -733,7 +768,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("tile_rows"), py::arg("tile_cols"))
       .def("launch", &Int8QuantizeLaunch::launch, py::arg("x"), py::arg("q"),
            py::arg("scale_in"), py::arg("zero_in"), py::arg("scale_out"), py::arg("zero_out"),
-           py::arg("workspace"), py::arg("stream"));
+           py::arg("workspace"), py::arg("stream"))
+      .def("native",
+           [](Int8QuantizeLaunch& l) { return native_handle(l, &int8_quantize_native); },
+           "as GemmLaunch.native");
   py::class_<Int8DequantizeLaunch>(m, "Int8DequantizeLaunch",
                                    "An INT8 dequantize kernel's launch for one call signature: "
                                    "out = (q - zero) * scale")

@@ -1,4 +1,4 @@
-"""lowbit._torch_ops: the C++ implementations of torch.ops.lowbit.fp8_linear and int8_linear
+"""lowbit._torch_ops: the C++ implementations of the registered ops of lowbit._native.OPS
 on CUDA tensors (csrc/torch/plans.cpp, lowbit/_native.py).
 
 On the CPU: the library loads where it was built, registers the CUDA kernels, and the
@@ -52,7 +52,7 @@ def test_the_built_library_loads_under_its_torch():
 def test_cuda_kernels_are_registered_in_cpp(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lowbit::{op}", "CUDA")
     assert hasattr(torch.ops.lowbit, f"_{op}_prepare") and _native.serves(op)
-    assert not _native.serves("int8_gemm")
+    assert not _native.serves("w4a16_gemm")
 
 
 @needs_native
@@ -535,6 +535,102 @@ def test_fp8_scaled_mm_plans_give_the_bits_of_the_python_path(monkeypatch, arch,
         assert _native.stats()["hits"] >= hits + 4, "no plan served the known signature"
 
 
+INT8_QUANT_CASES = [dict(granularity="token"), dict(granularity="token", symmetric=False),
+                    dict(granularity="tensor"), dict(granularity="tensor", symmetric=False),
+                    dict(granularity="group", group_size=64), dict(granularity="block"),
+                    dict(granularity="tensor", static=True),
+                    dict(granularity="tensor", symmetric=False, static=True)]
+
+
+def _present(outputs):
+    """The outputs of lowbit.quantize_int8 without its None zero point (symmetric)."""
+    return tuple(t for t in outputs if t is not None)
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("kw", INT8_QUANT_CASES, ids=lambda kw: "-".join(map(str, kw.values())))
+@pytest.mark.parametrize("shape", [(1, 256), (3, 50, 384), (300, 1024)], ids=str)
+def test_quantize_int8_plans_give_the_bits_of_the_python_path(kw, shape):
+    """lowbit.quantize_int8 and torch.ops.lowbit.quantize_int8 of a known signature run its
+    plan (dynamic per-tensor scales with their workspace, asymmetric zero points, the empty
+    zero point of a symmetric quantizer), with Python's bits."""
+    kw = dict(kw)
+    if len(shape) > 2 and kw["granularity"] == "block":
+        pytest.skip("block scales take 2-D x")
+    x = torch.randn(*shape, dtype=torch.bfloat16, device="cuda") * 3 + 0.5
+    symmetric = kw.get("symmetric", True)
+    scale = zero = None
+    if kw.pop("static", False):
+        scale = x.abs().amax().float() / 127
+        zero = None if symmetric else torch.tensor(3, dtype=torch.int32, device="cuda")
+    op = torch.ops.lowbit.quantize_int8
+    full = dict(dict(granularity="token", group_size=128, block=(128, 128), symmetric=True), **kw)
+    args = (scale, zero, full["granularity"], full["group_size"], list(full["block"]),
+            full["symmetric"], "default")
+    hits = _native.stats()["hits"]
+    for _ in range(3):
+        x2 = torch.randn_like(x) * 3 + 0.5
+        got = lowbit.quantize_int8(x2, scale, zero=zero, **kw)
+        got_op = op(x2, *args)
+        with _python_path():
+            want = lowbit.quantize_int8(x2, scale, zero=zero, **kw)
+            want_op = op(x2, *args)
+        assert (got[2] is None) == symmetric and (want[2] is None) == symmetric
+        assert _same(_present(got), _present(want)) and _same(tuple(got_op), tuple(want_op))
+        assert _same(tuple(got_op)[:2], _present(want)[:2])
+        assert got_op[2].dtype == torch.int32 and got_op[2].numel() == (0 if symmetric else
+                                                                        want[1].numel())
+    assert _native.stats()["hits"] >= hits + 4, "no plan served the known signature"
+
+
+INT8_GEMM_CASES = [  # (M, N, K, per-row scales, bias, out_dtype)
+    (1, 512, 1024, True, False, torch.bfloat16),      # swap-AB
+    (16, 384, 512, True, True, torch.float16),
+    (300, 256, 512, False, True, torch.bfloat16),
+    (256, 256, 512, True, False, torch.float32),
+]
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", [None, "80"], ids=["native", "sm80"])
+@pytest.mark.parametrize("case", INT8_GEMM_CASES, ids=lambda c: f"m{c[0]}-{c[5]}")
+def test_int8_gemm_plans_give_the_bits_of_the_python_path(monkeypatch, arch, case):
+    """int8_gemm (symmetric: a plan) and int8_mm of a known signature, eager and through
+    torch.ops, give Python's bits; with a zero point the signature has no plan (the row sums
+    of b are one more kernel) and still gives Python's bits."""
+    if arch is not None:
+        monkeypatch.setenv("LOWBIT_ARCH", arch)
+    m, n, k, rows, bias, out_dtype = case
+    g = torch.Generator(device="cuda").manual_seed(m + n)
+    b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda", generator=g)
+    sb = torch.rand(n, 1, device="cuda", generator=g) if rows else torch.tensor(0.02, device="cuda")
+    bias_t = torch.randn(n, dtype=torch.bfloat16, device="cuda") if bias else None
+    gemm, mm = torch.ops.lowbit.int8_gemm, torch.ops.lowbit.int8_mm
+    hits = _native.stats()["hits"]
+    for _ in range(3):
+        a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda", generator=g)
+        sa = torch.rand(m, 1, device="cuda", generator=g) if rows else torch.tensor(
+            0.01, device="cuda")
+        za = torch.randint(-128, 128, (m, 1), dtype=torch.int32, device="cuda", generator=g)
+        got = lowbit.int8_gemm(a, b, sa, sb, bias_t, out_dtype=out_dtype)
+        got_op = gemm(a, b, sa, sb, bias_t, out_dtype, None, "default")
+        got_mm, got_mm_op = lowbit.int8_mm(a, b), mm(a, b, "default")
+        got_z = lowbit.int8_gemm(a, b, sa, sb, bias_t, out_dtype=out_dtype, a_zero=za)
+        with _python_path():
+            want = lowbit.int8_gemm(a, b, sa, sb, bias_t, out_dtype=out_dtype)
+            want_mm = lowbit.int8_mm(a, b)
+            want_z = lowbit.int8_gemm(a, b, sa, sb, bias_t, out_dtype=out_dtype, a_zero=za)
+        assert got.dtype == out_dtype and torch.equal(got, want) and torch.equal(got_op, want)
+        assert torch.equal(got_mm, want_mm) and torch.equal(got_mm_op, want_mm)
+        assert torch.equal(got_z, want_z)
+    chosen = [lowbit.explain(lowbit.int8_gemm, a, b, sa, sb, bias_t, out_dtype=out_dtype),
+              lowbit.explain(lowbit.int8_mm, a, b)]
+    served = sum(4 for c in chosen if c.backend == "cuda")  # (Triton: Python serves it)
+    assert _native.stats()["hits"] >= hits + served, "no plan served the known signature"
+
+
 @needs_native
 @pytest.mark.gpu
 def test_entries_leave_tensors_without_a_strided_storage_to_python():
@@ -558,9 +654,17 @@ def test_known_op_signatures_still_reject_what_differs():
     the Python path's error."""
     a, sa = lowbit.quantize_fp8(torch.randn(16, 512, device="cuda"), granularity="token")
     b, sb = lowbit.quantize_fp8(torch.randn(256, 512, device="cuda"), granularity="channel")
+    a8 = torch.randint(-127, 128, (16, 512), dtype=torch.int8, device="cuda")
+    b8 = torch.randint(-127, 128, (256, 512), dtype=torch.int8, device="cuda")
+    sa8, sb8 = torch.rand(16, 1, device="cuda"), torch.rand(256, 1, device="cuda")
+    x = torch.randn(16, 512, device="cuda")
     for _ in range(2):
         lowbit.fp8_scaled_mm(a, b, sa, sb)
         lowbit.quantize_fp8(a.float(), granularity="token")
+        lowbit.int8_gemm(a8, b8, sa8, sb8)
+        lowbit.int8_mm(a8, b8)
+        lowbit.quantize_int8(x, granularity="token")
+        lowbit.quantize_int8(x, granularity="tensor", symmetric=False)
     calls = [
         lambda: lowbit.fp8_scaled_mm(a, b, sa[:8], sb),
         lambda: lowbit.fp8_scaled_mm(a, b, sa, sb.cpu()),
@@ -570,6 +674,18 @@ def test_known_op_signatures_still_reject_what_differs():
         lambda: lowbit.quantize_fp8(a.float(), granularity="tokens"),
         lambda: lowbit.quantize_fp8(a.float().double(), granularity="token"),
         lambda: lowbit.quantize_fp8(a.float(), torch.ones(3, device="cuda"), granularity="token"),
+        lambda: lowbit.int8_gemm(a8, b8, sa8[:8], sb8),
+        lambda: lowbit.int8_gemm(a8, b8, sa8, sb8.cpu()),
+        lambda: lowbit.int8_gemm(a8, b8.view(torch.uint8), sa8, sb8),
+        lambda: lowbit.int8_gemm(a8, b8[:, :256], sa8, sb8),
+        lambda: lowbit.int8_gemm(a8, b8, sa8, sb8, out_dtype=torch.int32),
+        lambda: lowbit.int8_mm(a8, b8[:, :256]),
+        lambda: lowbit.int8_mm(a8.float(), b8),
+        lambda: lowbit.quantize_int8(x, granularity="tokens"),
+        lambda: lowbit.quantize_int8(x.double(), granularity="token"),
+        lambda: lowbit.quantize_int8(x, torch.ones(3, device="cuda"), granularity="token"),
+        lambda: lowbit.quantize_int8(x, torch.ones((), device="cuda"), granularity="tensor",
+                                     symmetric=False),
     ]
     for i, call in enumerate(calls):
         errors = []

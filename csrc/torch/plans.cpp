@@ -1,5 +1,5 @@
 // lowbit._torch_ops: the CUDA implementations of registered ops in C++ (fp8_linear,
-// int8_linear, fp8_scaled_mm, quantize_fp8), so that a call through the torch dispatcher
+// int8_linear, fp8_scaled_mm, quantize_fp8, int8_mm, int8_gemm, quantize_int8), so that a call through the torch dispatcher
 // (what a compiled graph makes, and torch.ops.lowbit.<op>) costs no Python, and the entries
 // of the eager API and the quantized modules into the same code.
 //
@@ -17,8 +17,8 @@
 // off (lowbit_native_hold) and every call takes the Python path. Python empties the table
 // when a kernel registration changes what the choices would be (lowbit_native_reset).
 // A signature whose chosen kernel is no single lowbit._C launch (a Triton kernel, the INT8
-// GEMM of asymmetric activations, which reads the weight's row sums that Python keeps per
-// weight) is kept as "no plan": its calls go to Python.
+// GEMM of asymmetric activations, which reads the weight's row sums that Python computes or
+// keeps per weight) is kept as "no plan": its calls go to Python.
 //
 // Entries from Python (functions of this extension; lowbit/_native.py): <op>_module(module,
 // x) for the quantized modules, which read the module's tensors as nn.Module's attribute
@@ -120,7 +120,15 @@ uint64_t g_epoch = 0;  // bumped by every reset (under g_mutex)
 std::atomic<int64_t> g_hits{0}, g_misses{0};
 
 // The ops, as the first entry of a key.
-enum Op : int64_t { kFp8Linear, kInt8Linear, kFp8ScaledMm, kQuantizeFp8 };
+enum Op : int64_t {
+  kFp8Linear,
+  kInt8Linear,
+  kFp8ScaledMm,
+  kQuantizeFp8,
+  kInt8Mm,
+  kInt8Gemm,
+  kQuantizeInt8
+};
 
 int backend_code(c10::string_view backend) {
   static constexpr const char* kNames[] = {"default", "auto", "cuda", "triton", "reference"};
@@ -339,6 +347,31 @@ Call<5, 2> quantize_fp8_call(c10::string_view backend, const at::Tensor& x,
           x.device()};
 }
 
+Call<4, 1> int8_mm_call(c10::string_view backend, const at::Tensor& a, const at::Tensor& b) {
+  return {signature(kInt8Mm, backend, a, b), {address(a), address(b), 0, 0}, a.device()};
+}
+
+Call<8, 1> int8_gemm_call(c10::string_view backend, const at::Tensor& a, const at::Tensor& b,
+                          const at::Tensor& a_scale, const at::Tensor& b_scale,
+                          const at::Tensor& bias, at::ScalarType out_dtype,
+                          const at::Tensor& a_zero) {
+  return {signature(kInt8Gemm, backend, a, b, a_scale, b_scale, bias,
+                    static_cast<int64_t>(out_dtype), a_zero),
+          {address(a), address(b), address(a_scale), address(b_scale), address(bias),
+           address(a_zero), 0, 0},
+          a.device()};
+}
+
+Call<7, 3> quantize_int8_call(c10::string_view backend, const at::Tensor& x,
+                              const at::Tensor& scale, const at::Tensor& zero,
+                              c10::string_view granularity, int64_t group_size,
+                              c10::IntArrayRef block, bool symmetric) {
+  return {signature(kQuantizeInt8, backend, x, scale, zero, granularity, group_size, block,
+                    int64_t{symmetric}),
+          {address(x), address(scale), address(zero), 0, 0, 0, 0},
+          x.device()};
+}
+
 const at::Tensor& value(const std::optional<at::Tensor>& t) {
   static const at::Tensor undefined;
   return t.has_value() ? *t : undefined;
@@ -418,6 +451,52 @@ std::tuple<at::Tensor, at::Tensor> quantize_fp8(const at::Tensor& x,
                                 std::move(std::get<2>(r))};
                       });
   return {std::move(q), std::move(s)};
+}
+
+at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& b, c10::string_view backend) {
+  static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
+      const at::Tensor&, const at::Tensor&, c10::string_view)>("lowbit::_int8_mm_prepare");
+  return serve("int8_mm", int8_mm_call(backend, a, b),
+               [&] { return one(prepare.call(a, b, backend)); })[0];
+}
+
+at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,
+                     const at::Tensor& b_scale, const std::optional<at::Tensor>& bias,
+                     at::ScalarType out_dtype, const std::optional<at::Tensor>& a_zero,
+                     c10::string_view backend) {
+  static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const std::optional<at::Tensor>&, at::ScalarType, const std::optional<at::Tensor>&,
+      c10::string_view)>("lowbit::_int8_gemm_prepare");
+  return serve("int8_gemm",
+               int8_gemm_call(backend, a, b, a_scale, b_scale, value(bias), out_dtype,
+                              value(a_zero)),
+               [&] {
+                 return one(prepare.call(a, b, a_scale, b_scale, bias, out_dtype, a_zero,
+                                         backend));
+               })[0];
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_int8(
+    const at::Tensor& x, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& zero, c10::string_view granularity, int64_t group_size,
+    c10::IntArrayRef block, bool symmetric, c10::string_view backend) {
+  static const auto prepare =
+      prepare_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>(
+          const at::Tensor&, const std::optional<at::Tensor>&,
+          const std::optional<at::Tensor>&, c10::string_view, int64_t, c10::IntArrayRef, bool,
+          c10::string_view)>("lowbit::_quantize_int8_prepare");
+  auto [q, s, z] = serve("quantize_int8",
+                         quantize_int8_call(backend, x, value(scale), value(zero), granularity,
+                                            group_size, block, symmetric),
+                         [&]() -> Prepared<3> {
+                           auto r = prepare.call(x, scale, zero, granularity, group_size,
+                                                 block, symmetric, backend);
+                           return {{std::move(std::get<0>(r)), std::move(std::get<1>(r)),
+                                    std::move(std::get<2>(r))},
+                                   std::move(std::get<3>(r))};
+                         });
+  return {std::move(q), std::move(s), std::move(z)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -696,6 +775,56 @@ PyObject* quantize_fp8_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs)
   END_HANDLE_TH_ERRORS
 }
 
+PyObject* int8_mm_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("int8_mm", "a, b, backend", 3, nargs)) return nullptr;
+  const Args p{args};
+  const at::Tensor *a, *b;
+  c10::string_view backend;
+  if (!p.cuda_input(0, a) || !p.tensor(1, b) || !p.string(2, backend)) return none();
+  return serve_entry("int8_mm", int8_mm_call(backend, *a, *b));
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* int8_gemm_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("int8_gemm", "a, b, a_scale, b_scale, bias, out_dtype, a_zero, backend", 8,
+             nargs))
+    return nullptr;
+  const Args p{args};
+  const at::Tensor *a, *b, *sa, *sb, *bias, *za;
+  at::ScalarType out_dtype;
+  c10::string_view backend;
+  if (!p.cuda_input(0, a) || !p.tensor(1, b) || !p.tensor(2, sa) || !p.tensor(3, sb) ||
+      !p.tensor(4, bias, true) || !p.dtype(5, out_dtype) || !p.tensor(6, za, true) ||
+      !p.string(7, backend))
+    return none();
+  return serve_entry("int8_gemm",
+                     int8_gemm_call(backend, *a, *b, *sa, *sb, *bias, out_dtype, *za));
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* quantize_int8_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("quantize_int8",
+             "x, scale, zero, granularity, group_size, block, symmetric, backend", 8, nargs))
+    return nullptr;
+  const Args a{args};
+  const at::Tensor *x, *scale, *zero;
+  c10::string_view granularity, backend;
+  int64_t group_size;
+  c10::SmallVector<int64_t, 4> block;
+  bool symmetric;
+  if (!a.cuda_input(0, x) || !a.tensor(1, scale, true) || !a.tensor(2, zero, true) ||
+      !a.string(3, granularity) || !a.integer(4, group_size) || !a.ints(5, block) ||
+      !a.flag(6, symmetric) || !a.string(7, backend))
+    return none();
+  return serve_entry("quantize_int8", quantize_int8_call(backend, *x, *scale, *zero,
+                                                         granularity, group_size, block,
+                                                         symmetric));
+  END_HANDLE_TH_ERRORS
+}
+
 #define LOWBIT_FASTCALL(f) reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&f))
 
 PyMethodDef g_methods[] = {
@@ -711,6 +840,12 @@ PyMethodDef g_methods[] = {
      "lowbit::fp8_scaled_mm's arguments -> its output when a plan serves it"},
     {"quantize_fp8", LOWBIT_FASTCALL(quantize_fp8_entry), METH_FASTCALL,
      "lowbit::quantize_fp8's arguments -> (q, scale) when a plan serves it"},
+    {"int8_mm", LOWBIT_FASTCALL(int8_mm_entry), METH_FASTCALL,
+     "lowbit::int8_mm's arguments -> its output when a plan serves it"},
+    {"int8_gemm", LOWBIT_FASTCALL(int8_gemm_entry), METH_FASTCALL,
+     "lowbit::int8_gemm's arguments -> its output when a plan serves it"},
+    {"quantize_int8", LOWBIT_FASTCALL(quantize_int8_entry), METH_FASTCALL,
+     "lowbit::quantize_int8's arguments -> (q, scale, zero) when a plan serves it"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef g_module = {PyModuleDef_HEAD_INIT, "_torch_ops",
@@ -724,6 +859,9 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("fp8_scaled_mm", &fp8_scaled_mm);
   m.impl("quantize_fp8", &quantize_fp8);
+  m.impl("int8_mm", &int8_mm);
+  m.impl("int8_gemm", &int8_gemm);
+  m.impl("quantize_int8", &quantize_int8);
 }
 
 PyMODINIT_FUNC PyInit__torch_ops() {

@@ -1,5 +1,6 @@
-"""``lowbit._torch_ops``: the C++ implementations of the registered ops ``fp8_linear``,
-``int8_linear``, ``fp8_scaled_mm`` and ``quantize_fp8`` on CUDA tensors
+"""``lowbit._torch_ops``: the C++ implementations of the registered ops of ``OPS``
+(``fp8_linear``, ``int8_linear``, ``fp8_scaled_mm``, ``quantize_fp8``, ``int8_mm``,
+``int8_gemm``, ``quantize_int8``) on CUDA tensors
 (csrc/torch/plans.cpp), their entries for the eager API and the quantized modules, and their
 control from Python.
 
@@ -38,7 +39,9 @@ What the plans cannot see, Python tells them:
   set the backend inside the task, or pass ``backend=`` to the op.
 
 Asymmetric INT8 activations get no plan: their GEMM reads the weight's row sums, which the
-Python step keeps per weight; those calls take the Python implementation.
+Python step keeps per weight (``int8_linear``) or computes per call (``int8_gemm`` with
+``a_zero``); those calls take the Python implementation. So do the ops without a C++
+implementation here (the dequantizers, ``int4_quantize``, ``w4a16_gemm``, ``w8a16_gemm``).
 
 The library includes torch's headers: it is built only where the build could import torch
 (``pip install --no-build-isolation .`` after torch), and loaded only under the torch version
@@ -121,7 +124,8 @@ def loaded() -> bool:
 
 
 # The registered ops the library implements on CUDA tensors.
-OPS = ("fp8_linear", "int8_linear", "fp8_scaled_mm", "quantize_fp8")
+OPS = ("fp8_linear", "int8_linear", "fp8_scaled_mm", "quantize_fp8", "int8_mm", "int8_gemm",
+       "quantize_int8")
 # op -> entry(module, x) for the quantized modules of that op (lowbit/nn/_layer.py): the
 # output when a plan serves the call, None when the module's Python path must (no plan for
 # the signature, or a call plans do not take: CPU, tensor subclasses, held), NotImplemented

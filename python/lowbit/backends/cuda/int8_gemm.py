@@ -18,6 +18,7 @@ could overflow.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -48,6 +49,19 @@ def row_sums(b: torch.Tensor) -> torch.Tensor:
     return b.sum(dim=1, dtype=torch.int32)
 
 
+class _Native:
+    """An ``Int8GemmLaunch`` as lowbit/_native.py hands it over: ``native()`` is the entry of
+    the op it serves (int8_mm's pointers differ from int8_gemm's)."""
+
+    __slots__ = ("launch", "mm")
+
+    def __init__(self, launch, mm: bool):
+        self.launch, self.mm = launch, mm
+
+    def native(self):
+        return self.launch.native_mm() if self.mm else self.launch.native()
+
+
 def _per_row(t: Optional[torch.Tensor]) -> bool:
     return t is not None and t.dim() == 2
 
@@ -70,9 +84,10 @@ def _make(op: str):
             n = b.shape[0]
             dev, idx = a.device, a.device.index
             zero_mode = 0 if a_zero is None else 2 if a_zero.dim() == 2 else 1
-            launch = int8_gemm_launch(kid, m, n, k, row_stride(a), row_stride(b),
-                                      _per_row(a_scale), _per_row(b_scale), zero_mode,
-                                      None if bias is None else bias.dtype, out_dtype).launch
+            params = (kid, m, n, k, row_stride(a), row_stride(b), _per_row(a_scale),
+                      _per_row(b_scale), zero_mode, None if bias is None else bias.dtype,
+                      out_dtype)
+            launch = int8_gemm_launch(*params).launch
             out_type = torch.int32 if out_dtype is None else out_dtype
             empty = torch.empty
 
@@ -91,6 +106,11 @@ def _make(op: str):
                 return out
 
             prepared.__name__ = name
+            if a_zero is None:
+                # native() for lowbit/_native.py (see gemm.py). With zero points, the row sums
+                # of b are one more kernel per call: no single launch, no plan.
+                prepared.native = functools.cache(
+                    lambda: (_Native(int8_gemm_launch(*params), op == "int8_mm"), 0))
             return prepared
 
         def dense(args):

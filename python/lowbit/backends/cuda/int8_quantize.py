@@ -9,6 +9,7 @@ the range [min(x, 0), max(x, 0)] in the same pass and write an int32 zero point 
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -47,8 +48,8 @@ def _launcher(kid, x, geometry, given, params):
     idx = device_index(dev)
     s_shape = scale_shape("quantize_int8", shape, granularity, group_size, block)
     z_shape = (0,) if symmetric else s_shape
-    run = quantize_launch(kid, x.dtype, geometry, granularity, group_size, block,
-                          symmetric).launch
+    params = (kid, x.dtype, geometry, granularity, group_size, block, symmetric)
+    run = quantize_launch(*params).launch
     workspace = given[0] is None and needs_amax_word(granularity, group_size, block)
     empty, i8, f32, i32 = torch.empty, torch.int8, torch.float32, torch.int32
 
@@ -63,6 +64,10 @@ def _launcher(kid, x, geometry, given, params):
                 0 if symmetric else z_out.data_ptr(), _ptr(ws), raw_stream(idx))
         return q, s_out, z_out
 
+    # native() for lowbit/_native.py: (a launch object of its own, workspace bytes), made
+    # once (see gemm.py).
+    launch.native = functools.cache(lambda: (quantize_launch(*params),
+                                             4 * _WORKSPACE_WORDS if workspace else 0))
     return launch
 
 
