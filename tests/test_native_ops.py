@@ -97,10 +97,20 @@ def test_prepare_returns_the_python_output_and_no_plan_on_the_cpu():
 
 def test_a_step_without_a_fused_launch_has_the_no_plan_plan():
     """A step that is not one fused launch: the "no plan" plan (launch 0), which sends the
-    signature's module calls to Python; no step at all: nothing to keep."""
+    signature's module calls to Python, or, for a single op, names the step for the eager
+    entry to hand back (kept alive until a reset); no step at all: nothing to keep."""
     assert _native.plan(None) == []
-    want = [_native.PLAN_FORMAT, 0, 0, 0] if _native.loaded() else []
-    assert _native.plan(lambda x: x) == want
+
+    def step(x):
+        return x
+
+    want = [_native.PLAN_FORMAT, 0, 0, 0, 0] if _native.loaded() else []
+    assert _native.plan(step) == want
+    want = [_native.PLAN_FORMAT, 0, 0, 0, id(step)] if _native.loaded() else []
+    assert _native.plan(step, python_step=True) == want
+    assert (step in _native._keep.values()) == _native.loaded()
+    _native.reset()
+    assert not _native._keep
 
 
 def test_the_entries_are_not_used_under_a_backend_of_a_copied_context(monkeypatch):
@@ -159,8 +169,9 @@ def test_a_plan_is_what_csrc_torch_linear_ops_reads_and_keeps_its_launch_alive()
     launch = Launch()
     step.native = lambda: (launch, 4096)
     plan = _native.plan(step)
-    # [kPlanFormat, launch function, object, workspace bytes]
-    assert plan == [_native.PLAN_FORMAT, 0x2000, 0x1000, 4096]
+    # [kPlanFormat, launch function, object, workspace bytes, Python step]
+    assert plan == [_native.PLAN_FORMAT, 0x2000, 0x1000, 4096, 0]
+    assert _native.plan(step, python_step=True) == plan  # (a launch: no Python step)
     assert launch in _native._keep.values()
     _native.reset()
     assert not _native._keep and _native.stats()["plans"] == 0
@@ -625,6 +636,10 @@ def test_int8_gemm_plans_give_the_bits_of_the_python_path(monkeypatch, arch, cas
         assert got.dtype == out_dtype and torch.equal(got, want) and torch.equal(got_op, want)
         assert torch.equal(got_mm, want_mm) and torch.equal(got_mm_op, want_mm)
         assert torch.equal(got_z, want_z)
+    # A zero point: no launch for the plan, which names the Python step instead.
+    step = _native.ENTRY["int8_gemm"](a, b, sa, sb, bias_t, out_dtype, za, "default")
+    assert type(step) is list and torch.equal(step[0](a, b, sa, sb, bias_t, out_dtype, za),
+                                              got_z)
     chosen = [lowbit.explain(lowbit.int8_gemm, a, b, sa, sb, bias_t, out_dtype=out_dtype),
               lowbit.explain(lowbit.int8_mm, a, b)]
     served = sum(4 for c in chosen if c.backend == "cuda")  # (Triton: Python serves it)

@@ -457,6 +457,11 @@ def test_gpu_bound_launch_matches_the_jit_launch_and_keeps_launch_hooks():
     bias = torch.randn(384, device="cuda").to(torch.bfloat16)
     first = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, backend="triton")  # prepares, binds
     bound = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, backend="triton")
+    from lowbit import _native
+    entry = _native.ENTRY.get("fp8_scaled_mm")
+    if entry is not None:  # lowbit._torch_ops keeps the prepared launcher as the plan's step
+        step = entry(a, b, sa, sb, bias, torch.bfloat16, False, "triton")
+        assert type(step) is list and step[0].__name__ == "triton_fp8_scaled_mm"
     seen = []
 
     def hook(metadata):

@@ -18,15 +18,18 @@
 // when a kernel registration changes what the choices would be (lowbit_native_reset).
 // A signature whose chosen kernel is no single lowbit._C launch (a Triton kernel, the INT8
 // GEMM of asymmetric activations, which reads the weight's row sums that Python computes or
-// keeps per weight) is kept as "no plan": its calls go to Python.
+// keeps per weight) is kept as "no plan": its calls go to Python. For a single op, the plan
+// may then name the Python function its choice runs (the "step"): the eager entry hands it
+// back, and Python calls it with no checks and no choice (lowbit/api.py).
 //
 // Entries from Python (functions of this extension; lowbit/_native.py): <op>_module(module,
 // x) for the quantized modules, which read the module's tensors as nn.Module's attribute
 // lookup finds them, and <op>(args...) for the eager API, which take the op's arguments as
 // lowbit's API passes them. Each returns the outputs when a plan serves the signature, None
 // when Python must serve it ("no plan", a held or CPU call, a tensor subclass, an argument of
-// another type), or NotImplemented when the signature is unseen (the caller then calls the
-// registered op, which prepares the plan).
+// another type), [step] when the plan names a Python step (the eager API's entries only), or
+// NotImplemented when the signature is unseen (the caller then calls the registered op, which
+// prepares the plan).
 //
 // This file includes torch headers and links against the torch it was built with
 // (lowbit/_native.py loads it only under that torch version); lowbit._C does neither. The two
@@ -63,10 +66,12 @@ namespace {
 using Launch = int (*)(void* self, const uintptr_t* pointers, uintptr_t stream, char* error,
                        size_t error_size);
 
-// The plan list lowbit/_native.py returns: [kPlanFormat, launch, self, workspace bytes];
-// launch 0 for "no plan", or an empty list when Python could not tell (nothing is kept).
-constexpr int64_t kPlanFormat = 3;
-constexpr size_t kPlanLength = 4;
+// The plan list lowbit/_native.py returns: [kPlanFormat, launch, self, workspace bytes, step];
+// launch 0 for "no plan" (step: 0, or the address of the Python function the signature runs,
+// which Python keeps alive until it empties the table), or an empty list when Python could
+// not tell (nothing is kept).
+constexpr int64_t kPlanFormat = 4;
+constexpr size_t kPlanLength = 5;
 // Signatures kept; a full table is emptied (Python keeps the launch objects alive).
 constexpr size_t kMaxPlans = 4096;
 
@@ -80,6 +85,7 @@ struct Plan {
   void* self = nullptr;
   int64_t workspace_bytes = 0;
   c10::SmallVector<Output, 3> outputs;  // contiguous, on the first tensor's device
+  PyObject* step = nullptr;  // with no launch: the Python function Python may call instead
 };
 
 struct Key {
@@ -216,6 +222,7 @@ void remember(const std::optional<Key>& key, const std::vector<int64_t>& plan,
   p.launch = reinterpret_cast<Launch>(static_cast<uintptr_t>(plan[1]));
   p.self = reinterpret_cast<void*>(static_cast<uintptr_t>(plan[2]));
   p.workspace_bytes = plan[3];
+  p.step = p.launch ? nullptr : reinterpret_cast<PyObject*>(static_cast<uintptr_t>(plan[4]));
   if (p.launch) {
     for (const at::Tensor& t : outputs) {
       if (!t.defined() || !t.is_contiguous()) return;  // not what a plan can allocate
@@ -587,9 +594,10 @@ PyObject* wrap(std::array<at::Tensor, N>&& outputs) {
   return tuple;
 }
 
-// An entry's call: the plan's outputs, None ("no plan", or no key), NotImplemented (unseen).
+// An entry's call: the plan's outputs, None ("no plan", or no key), [step] (a plan that names
+// a Python step, when `steps`), NotImplemented (unseen).
 template <size_t P, size_t N>
-PyObject* serve_entry(const char* op, const Call<P, N>& call) {
+PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false) {
   if (!call.key) return none();
   const std::string env = environment();
   std::array<at::Tensor, N> outputs;
@@ -605,7 +613,16 @@ PyObject* serve_entry(const char* op, const Call<P, N>& call) {
     }
     const Plan* plan = find_locked(*call.key, env);
     if (!plan) return unseen();
-    if (!plan->launch) return none();
+    if (!plan->launch) {
+      // The step is alive while its plan is (Python empties this table before it lets go of
+      // the steps); the list holds a reference of its own.
+      if (!steps || !plan->step) return none();
+      PyObject* list = PyList_New(1);
+      if (!list) return nullptr;
+      Py_INCREF(plan->step);
+      PyList_SET_ITEM(list, 0, plan->step);
+      return list;
+    }
     g_hits.fetch_add(1, std::memory_order_relaxed);
     outputs = run_locked(op, *plan, call);
   }
@@ -751,7 +768,7 @@ PyObject* fp8_scaled_mm_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs
       !p.string(7, backend))
     return none();
   return serve_entry("fp8_scaled_mm", fp8_scaled_mm_call(backend, *a, *b, *sa, *sb, *bias,
-                                                         out_dtype, fast_accum));
+                                                         out_dtype, fast_accum), true);
   END_HANDLE_TH_ERRORS
 }
 
@@ -771,7 +788,7 @@ PyObject* quantize_fp8_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs)
       !a.flag(6, saturate) || !a.string(7, backend))
     return none();
   return serve_entry("quantize_fp8", quantize_fp8_call(backend, *x, *scale, fmt, granularity,
-                                                       group_size, block, saturate));
+                                                       group_size, block, saturate), true);
   END_HANDLE_TH_ERRORS
 }
 
@@ -782,7 +799,7 @@ PyObject* int8_mm_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const at::Tensor *a, *b;
   c10::string_view backend;
   if (!p.cuda_input(0, a) || !p.tensor(1, b) || !p.string(2, backend)) return none();
-  return serve_entry("int8_mm", int8_mm_call(backend, *a, *b));
+  return serve_entry("int8_mm", int8_mm_call(backend, *a, *b), true);
   END_HANDLE_TH_ERRORS
 }
 
@@ -800,7 +817,7 @@ PyObject* int8_gemm_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       !p.string(7, backend))
     return none();
   return serve_entry("int8_gemm",
-                     int8_gemm_call(backend, *a, *b, *sa, *sb, *bias, out_dtype, *za));
+                     int8_gemm_call(backend, *a, *b, *sa, *sb, *bias, out_dtype, *za), true);
   END_HANDLE_TH_ERRORS
 }
 
@@ -821,7 +838,7 @@ PyObject* quantize_int8_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs
     return none();
   return serve_entry("quantize_int8", quantize_int8_call(backend, *x, *scale, *zero,
                                                          granularity, group_size, block,
-                                                         symmetric));
+                                                         symmetric), true);
   END_HANDLE_TH_ERRORS
 }
 

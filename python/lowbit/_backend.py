@@ -342,7 +342,7 @@ def checked(op: str, check: Callable, values: Optional[Callable] = None) -> Call
         plan = []
         if getenv(CHECK_SCALES_ENV) != "1":  # (value checks on every call: Python)
             choice = remembered_choice(op, args[:-1], args[-1])
-            plan = _native.plan(None if choice is None else choice.fn)
+            plan = _native.plan(None if choice is None else choice.fn, python_step=True)
         return (*out, plan) if isinstance(out, tuple) else (out, plan)
 
     call.__name__ = call.__qualname__ = op

@@ -38,6 +38,11 @@ What the plans cannot see, Python tells them:
   the plans, but a call through ``torch.ops`` (a compiled graph) no longer sees the hold:
   set the backend inside the task, or pass ``backend=`` to the op.
 
+A single op's signature whose kernel is no single launch (a Triton kernel) keeps the
+Python function its choice runs: the eager entry hands it back, and ``lowbit.<op>`` calls it
+with no checks and no choice (the checks are a function of the signature, as for the C++
+plans). Calls through ``torch.ops`` of such a signature run the Python implementation.
+
 Asymmetric INT8 activations get no plan: their GEMM reads the weight's row sums, which the
 Python step keeps per weight (``int8_linear``) or computes per call (``int8_gemm`` with
 ``a_zero``); those calls take the Python implementation. So do the ops without a C++
@@ -62,7 +67,7 @@ from ._env import getenv
 
 _lib: Optional[ctypes.CDLL] = None
 _status = "not loaded yet"
-PLAN_FORMAT = 3  # csrc/torch/plans.cpp: kPlanFormat
+PLAN_FORMAT = 4  # csrc/torch/plans.cpp: kPlanFormat
 # Launch objects handed to the C++ side, which holds their addresses: kept here until the
 # C++ table is emptied (``reset``), up to this many.
 _KEEP_MAX = 8192
@@ -132,7 +137,9 @@ OPS = ("fp8_linear", "int8_linear", "fp8_scaled_mm", "quantize_fp8", "int8_mm", 
 # for a signature not seen yet (the module then calls the registered op, which prepares it).
 # Empty when the library is not loaded.
 MODULE_ENTRY: Dict[str, Callable] = {}
-# op -> entry(*the op's arguments) for the eager API (lowbit/api.py), the same three answers.
+# op -> entry(*the op's arguments) for the eager API (lowbit/api.py), the same three answers,
+# or [step]: the Python function the signature runs (called with the op's arguments but
+# ``backend``).
 ENTRY: Dict[str, Callable] = {}
 
 
@@ -173,19 +180,30 @@ def stats() -> Dict[str, int]:
     return dict(zip(("plans", "hits", "misses", "hold"), out))
 
 
-def plan(step: Optional[Callable]) -> List[int]:
-    """The plan of a prepared step (lowbit/_linear.py) for the C++ side: the "no plan" plan
-    (launch 0) for a step that is not one fused CUDA launch, whose signature Python serves
-    from then on; [] when there is no step (the call could not be prepared: CPU tensors,
-    ``explain``, debug logging...) or the library is not loaded."""
+def plan(step: Optional[Callable], python_step: bool = False) -> List[int]:
+    """The plan of a prepared step (lowbit/_linear.py, or the function a single op's choice
+    runs) for the C++ side: the "no plan" plan (launch 0) for a step that is not one fused
+    CUDA launch, whose signature Python serves from then on (with ``python_step``, the plan
+    names the step itself, which the eager entries hand back to be called directly: the
+    step takes the op's arguments without ``backend``); [] when there is no step (the call
+    could not be prepared: CPU tensors, ``explain``, debug logging...) or the library is not
+    loaded."""
     if step is None or _lib is None:
         return []
     native = getattr(step, "native", None)
     if native is None:
-        return [PLAN_FORMAT, 0, 0, 0]
+        if not python_step:
+            return [PLAN_FORMAT, 0, 0, 0, 0]
+        _keep_alive(step)
+        return [PLAN_FORMAT, 0, 0, 0, id(step)]
     launch, workspace_bytes = native()
+    _keep_alive(launch)
+    address, entry = launch.native()
+    return [PLAN_FORMAT, entry, address, workspace_bytes, 0]
+
+
+def _keep_alive(obj) -> None:
+    """Keep ``obj`` (whose address a plan holds) until the C++ table is emptied."""
     if len(_keep) >= _KEEP_MAX:
         reset()
-    _keep[id(launch)] = launch
-    address, entry = launch.native()
-    return [PLAN_FORMAT, entry, address, workspace_bytes]
+    _keep[id(obj)] = obj
