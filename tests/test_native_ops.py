@@ -592,7 +592,9 @@ def test_quantize_int8_plans_give_the_bits_of_the_python_path(kw, shape):
         assert _same(tuple(got_op)[:2], _present(want)[:2])
         assert got_op[2].dtype == torch.int32 and got_op[2].numel() == (0 if symmetric else
                                                                         want[1].numel())
-    assert _native.stats()["hits"] >= hits + 4, "no plan served the known signature"
+    chosen = lowbit.explain(lowbit.quantize_int8, x, scale, zero=zero, **kw)
+    if chosen.backend == "cuda":  # (else a Triton kernel: the plan names its Python step)
+        assert _native.stats()["hits"] >= hits + 4, "no plan served the known signature"
 
 
 INT8_GEMM_CASES = [  # (M, N, K, per-row scales, bias, out_dtype)

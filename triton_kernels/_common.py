@@ -96,6 +96,23 @@ def _hook_set(hook) -> bool:
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
+def _version(v: str) -> Tuple[int, int]:
+    major, minor = v.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+# The launch protocol ``bind`` mirrors (JITFunction.run handing every parameter, constexprs
+# included, to the compiled kernel's launcher, with the launch hooks in triton.knobs) is
+# that of Triton 3.6 to 3.9, where it was read and tested; other versions launch through
+# ``kernel[grid]``.
+_DIRECT_LAUNCH = (3, 6) <= _version(triton.__version__) < (3, 10)
+
+
+def _knobs():
+    from triton import knobs
+    return knobs
+
+
 _DEFAULTS: Dict[int, dict] = {}
 
 
@@ -118,21 +135,26 @@ def bind(kernel, grid: Tuple[int, ...], args: Sequence, consts: dict):
     ``kernel[grid]`` when the interpreter is on (the module's rule), when a launch hook is
     set (a profiler that wants every launch named), or when this Triton's compiled kernel has
     no such launcher. ``run``'s check that the kernel's global constants did not change is
-    left out: lowbit's kernels read none that change."""
+    left out: lowbit's kernels read none that change.
+
+    ``launch.direct(*args)`` is the direct launch alone, which also takes pointers as ints
+    (``data_ptr()``, so a caller need not build the views it was bound with): it returns
+    False, launching nothing, where only ``kernel[grid]`` may launch (which takes tensors)."""
     generic = kernel[grid]
 
     def slow(*a):
         generic(*a, **consts)
 
-    if interpreting():
-        compiled = None
-    else:
-        compiled = kernel.warmup(*args, grid=grid, **consts)
-        if hasattr(compiled, "result"):  # a compile future (Triton's async mode)
-            compiled = compiled.result()
+    slow.direct = lambda *a: False
+
+    if interpreting() or not _DIRECT_LAUNCH:
+        return slow
+    compiled = kernel.warmup(*args, grid=grid, **consts)
+    if hasattr(compiled, "result"):  # a compile future (Triton's async mode)
+        compiled = compiled.result()
     try:
         run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
-    except AttributeError:  # the interpreter, or a Triton with another launch protocol
+    except AttributeError:  # a Triton with another launch protocol
         return slow
     # The constexprs and defaulted parameters after the positional ones, in the kernel's
     # order: the launcher takes every parameter and skips the constexprs itself.
@@ -142,14 +164,20 @@ def bind(kernel, grid: Tuple[int, ...], args: Sequence, consts: dict):
     g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
     current_stream = triton.runtime.driver.active.get_current_stream
     device = triton.runtime.driver.active.get_current_device()
-    from triton import knobs
-    hooks = knobs.runtime
+    hooks = _knobs().runtime
+
+    def direct(*a) -> bool:
+        if interpreting() or _hook_set(hooks.launch_enter_hook) or \
+                _hook_set(hooks.launch_exit_hook):
+            return False
+        run(g0, g1, g2, current_stream(device), function, packed, None, None, None, *a, *tail)
+        return True
 
     def launch(*a):
-        if interpreting() or _hook_set(hooks.launch_enter_hook) or _hook_set(hooks.launch_exit_hook):
-            return slow(*a)
-        run(g0, g1, g2, current_stream(device), function, packed, None, None, None, *a, *tail)
+        if not direct(*a):
+            slow(*a)
 
+    launch.direct = direct
     return launch
 
 
@@ -823,6 +851,112 @@ def quantize(x: torch.Tensor, scale: Optional[torch.Tensor], zero: Optional[torc
         zi2.stride(0), zi2.stride(1), so2.stride(0), so2.stride(1),
         BLOCK_S=bs, BLOCK_K=bk, ONE_TILE=one_tile, num_warps=warps, **opts)
     return s_out, z_out
+
+
+def quantize_launcher(x: torch.Tensor, scale: Optional[torch.Tensor],
+                      zero: Optional[torch.Tensor], q_dtype: torch.dtype, enc: dict,
+                      tile: Tuple[int, int], scale_shape: Sequence[int]):
+    """``launch(x, scale, zero) -> (q of q_dtype, scale, zero or None)``: ``quantize`` for
+    later arguments of the signature of these (shapes, strides, dtypes, alignment). Per row,
+    group or 1 x 128 block (the activations' scales) and per tensor, the kernels are bound
+    once (``bind``) and a call allocates the outputs and launches them on the data pointers
+    with the views' strides worked out here; 128 x 128 weight blocks, empty inputs, and rows
+    that are no view of x run ``quantize``, as does any call ``bind`` leaves to Triton's own
+    launch (the interpreter, a launch hook)."""
+    codec = enc["CODEC"]
+    asym = codec == INT8_ASYM
+    dynamic = scale is None
+    sshape = tuple(scale_shape)
+    dev, shape = x.device, tuple(x.shape)
+    codes = torch.int8 if q_dtype == torch.int8 else torch.uint8  # fp8 codes travel as uint8
+    empty, f32, i32 = torch.empty, torch.float32, torch.int32
+
+    def generic(x, scale, zero):
+        q = empty(shape, dtype=q_dtype, device=dev)
+        s, z = quantize(x, scale, zero, q if codes == q_dtype else q.view(codes), enc, tile,
+                        sshape)
+        return q, s, z
+
+    tile_rows, tile_cols = tile
+    x2 = as_rows(x)
+    if x.numel() == 0 or tile_rows > 1 or interpreting() or x2.data_ptr() != x.data_ptr():
+        return generic
+    xk, x_bf16 = kernel_input(x2)
+    rows, k = x2.shape
+    opts = dict(X_BF16=x_bf16, DYNAMIC=dynamic, **enc, **_launch_options(codec))
+    # Aligned stand-ins of the outputs' dtypes for the binding (Triton specializes on the
+    # dtype and the alignment of a pointer, which a fresh allocation has).
+    q0, s0, z0 = (empty(16, dtype=t, device=dev) for t in (codes, f32, i32))
+
+    if tile_rows == 0:  # per tensor
+        if x.is_contiguous():  # one long row: the widest tiles
+            xk, rows, k = xk.reshape(1, -1), 1, x.numel()
+        br, bk = elementwise_tile(rows, k, False)
+        n_tiles_k = triton.cdiv(k, bk)
+        grid = (triton.cdiv(rows, br) * n_tiles_k,)
+        sizes = (rows, k, xk.stride(0), xk.stride(1), k, n_tiles_k)  # (q's rows: k apart)
+        extent = None
+        if dynamic:
+            extent = bind(_extent_kernel, grid, (xk, z0, rows, k, xk.stride(0), xk.stride(1),
+                                                 n_tiles_k),
+                          dict(X_BF16=x_bf16, CODEC=codec, BLOCK_R=br, BLOCK_K=bk,
+                               num_warps=ELEMWISE_WARPS))
+        s_in0 = s0 if dynamic else scale
+        z_in0 = zero if asym and not dynamic else (z0 if asym else s0)
+        kernel = bind(_quant_tensor_kernel, grid,
+                      (xk, q0, s_in0, s0, z_in0, z0 if asym else s0, z0, *sizes),
+                      dict(BLOCK_R=br, BLOCK_K=bk, num_warps=ELEMWISE_WARPS, **opts))
+
+        def launch(x, scale, zero):
+            q = empty(shape, dtype=q_dtype, device=dev)
+            s = empty(sshape, dtype=f32, device=dev)
+            z = empty(sshape, dtype=i32, device=dev) if asym else None
+            xp, sp = x.data_ptr(), s.data_ptr()
+            zp = z.data_ptr() if asym else sp
+            if dynamic:
+                ext = torch.zeros(2, dtype=i32, device=dev)  # keys of +0: the range has 0
+                if not extent.direct(xp, ext.data_ptr(), *sizes[:4], n_tiles_k):
+                    return generic(x, scale, zero)
+                ok = kernel.direct(xp, q.data_ptr(), sp, sp, zp, zp, ext.data_ptr(), *sizes)
+            else:
+                zi = zero.data_ptr() if asym else sp
+                ok = kernel.direct(xp, q.data_ptr(), scale.data_ptr(), sp, zi, zp, sp, *sizes)
+            return (q, s, z) if ok else generic(x, scale, zero)
+
+        return launch
+
+    # Per row, group or 1 x 128 block: segments of one row.
+    seg_len = tile_cols or k
+    nseg = sshape[-1]
+    nsegs = rows * nseg
+    # The given scale and zero as [rows, nseg]: views, or the general path.
+    given = [t.reshape(rows, nseg) for t in (scale, zero) if t is not None]
+    if any(g.data_ptr() != t.data_ptr() for g, t in zip(given, (scale, zero))):
+        return generic
+    si = given[0] if not dynamic else None
+    zi = given[1] if len(given) > 1 else None
+    bs, bk, one_tile, warps = segment_tile(nsegs, seg_len, False)
+    so_strides = (nseg, 1)  # a fresh [rows, nseg] scale
+    si_strides = (si.stride(0), si.stride(1)) if si is not None else so_strides
+    zi_strides = (zi.stride(0), zi.stride(1)) if zi is not None else so_strides
+    sizes = (nsegs, nseg, seg_len, k, xk.stride(0), xk.stride(1), k, *si_strides,
+             *zi_strides, *so_strides)
+    kernel = bind(_quant_segment_kernel, (triton.cdiv(nsegs, bs),),
+                  (xk, q0, si if si is not None else s0, s0,
+                   zi if zi is not None else (z0 if asym else s0), z0 if asym else s0, *sizes),
+                  dict(BLOCK_S=bs, BLOCK_K=bk, ONE_TILE=one_tile, num_warps=warps, **opts))
+
+    def launch(x, scale, zero):
+        q = empty(shape, dtype=q_dtype, device=dev)
+        s = empty(sshape, dtype=f32, device=dev)
+        z = empty(sshape, dtype=i32, device=dev) if asym else None
+        sp = s.data_ptr()
+        zp = z.data_ptr() if asym else sp
+        ok = kernel.direct(x.data_ptr(), q.data_ptr(), sp if dynamic else scale.data_ptr(), sp,
+                           zero.data_ptr() if zi is not None else zp, zp, *sizes)
+        return (q, s, z) if ok else generic(x, scale, zero)
+
+    return launch
 
 
 def _scale_map(scale: torch.Tensor, tile: Tuple[int, int]):

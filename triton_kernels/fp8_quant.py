@@ -44,9 +44,10 @@ import torch
 from ._common import FP8, FP8_DTYPES, FP8_FORMAT_OF, FP8_FORMATS, capability, device_index
 from ._common import _dequant_kernel as _fp8_dequant_kernel  # noqa: F401 (the tests' probe)
 from ._common import dequantize, f32_to_bf16_bits, fp8_decode, fp8_encode, quantize
+from ._common import quantize_launcher
 from ._common import interpreting as _interpreting
 
-__all__ = ["quantize_fp8", "dequantize_fp8", "fp8_encode", "fp8_decode", "fmt_constants",
+__all__ = ["quantize_fp8", "quantize_fp8_launcher", "dequantize_fp8", "fp8_encode", "fp8_decode", "fmt_constants",
            "f32_to_bf16_bits"]
 
 
@@ -95,14 +96,34 @@ def quantize_fp8(x: torch.Tensor, scale: Optional[torch.Tensor], fmt: str = "e4m
     weight block (lowbit.scale_layout.quant_tile and scale_shape give both; the default is
     per tensor). Arguments already validated; ``hw_cast`` overrides
     ``LOWBIT_TRITON_FP8_HWCAST``."""
-    fc = fmt_constants(fmt)
-    enc = dict(CODEC=FP8, QMAX=fc["QMAX"], MBITS=fc["MBITS"], BIAS=fc["BIAS"],
-               MAX_CODE=fc["MAX_CODE"], NAN_CODE=fc["NAN_CODE"], INF_CODE=fc["INF_CODE"],
-               NEG_ZERO=fc["NEG_ZERO"], SATURATE=bool(saturate),
-               HW_CAST=_hw_cast_wanted(fmt, saturate, x.device, hw_cast))
     q = torch.empty(x.shape, dtype=FP8_DTYPES[fmt], device=x.device)
-    s, _ = quantize(x, scale, None, q.view(torch.uint8), enc, tile, scale_shape)
+    s, _ = quantize(x, scale, None, q.view(torch.uint8), _encoder(fmt, saturate, x, hw_cast),
+                    tile, scale_shape)
     return q, s
+
+
+def _encoder(fmt: str, saturate: bool, x: torch.Tensor, hw_cast: Optional[bool]) -> dict:
+    fc = fmt_constants(fmt)
+    return dict(CODEC=FP8, QMAX=fc["QMAX"], MBITS=fc["MBITS"], BIAS=fc["BIAS"],
+                MAX_CODE=fc["MAX_CODE"], NAN_CODE=fc["NAN_CODE"], INF_CODE=fc["INF_CODE"],
+                NEG_ZERO=fc["NEG_ZERO"], SATURATE=bool(saturate),
+                HW_CAST=_hw_cast_wanted(fmt, saturate, x.device, hw_cast))
+
+
+def quantize_fp8_launcher(x: torch.Tensor, scale: Optional[torch.Tensor], fmt: str,
+                          tile: Tuple[int, int], scale_shape: Sequence[int], saturate: bool,
+                          hw_cast: Optional[bool] = None):
+    """launch(x, scale) -> (q, scale): ``quantize_fp8`` for later arguments of the signature
+    of x and scale, its kernels bound once (_common.quantize_launcher);
+    ``LOWBIT_TRITON_FP8_HWCAST`` is read here, once."""
+    launch = quantize_launcher(x, scale, None, FP8_DTYPES[fmt],
+                               _encoder(fmt, saturate, x, hw_cast), tile, scale_shape)
+
+    def quantize_fp8(x, scale):
+        q, s, _ = launch(x, scale, None)
+        return q, s
+
+    return quantize_fp8
 
 
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype,

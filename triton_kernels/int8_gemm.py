@@ -115,6 +115,13 @@ def row_sums(b: torch.Tensor) -> torch.Tensor:
     return b.sum(dim=1, dtype=torch.int32)
 
 
+def _as_bound_sums(b_sum: torch.Tensor) -> torch.Tensor:
+    """A caller's row sums as the kernel was bound for them: int32, read at unit stride from
+    a 16-byte-aligned start (the aligned stand-in of the binding)."""
+    b_sum = b_sum.to(torch.int32).contiguous()
+    return b_sum.clone() if b_sum.data_ptr() % 16 else b_sum
+
+
 def _bind(a, b, c, epilogue: dict, config):
     """launch(a, b, c, *epilogue tensors) for arguments of the signature of these (``c``
     and the epilogue tensors may be stand-ins of the right dtypes: the output's strides are
@@ -204,8 +211,7 @@ def int8_gemm_launcher(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
         c = out.view(torch.int16) if bf16_bits else out
         bias_k = kernel_input(bias.contiguous())[0] if bias is not None else c
         if has_zero:
-            # The kernel reads b_sum[n] at unit stride.
-            b_sum = row_sums(b) if b_sum is None else b_sum.contiguous()
+            b_sum = row_sums(b) if b_sum is None else _as_bound_sums(b_sum)
             kernel(a, b, c, a_scale, b_scale, bias_k, a_zero, b_sum)
         else:
             kernel(a, b, c, a_scale, b_scale, bias_k, a_scale, a_scale)

@@ -28,9 +28,9 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ._common import INT8, dequantize, int8_codec, quantize
+from ._common import INT8, dequantize, int8_codec, quantize, quantize_launcher
 
-__all__ = ["quantize_int8", "dequantize_int8"]
+__all__ = ["quantize_int8", "quantize_int8_launcher", "dequantize_int8"]
 
 _DEC = dict(CODEC=INT8, MBITS=0, BIAS=0, FMT_ID=0, SUB_UNIT=0.0)
 
@@ -47,6 +47,19 @@ def quantize_int8(x: torch.Tensor, scale: Optional[torch.Tensor] = None,
     s, z = quantize(x, scale, None if symmetric else zero, q, int8_codec(symmetric), tile,
                     scale_shape)
     return q, s, z
+
+
+def quantize_int8_launcher(x: torch.Tensor, scale: Optional[torch.Tensor],
+                           zero: Optional[torch.Tensor], symmetric: bool,
+                           tile: Tuple[int, int], scale_shape: Sequence[int]):
+    """launch(x, scale, zero) -> (q, scale, zero or None): ``quantize_int8`` for later
+    arguments of the signature of these, its kernels bound once
+    (_common.quantize_launcher)."""
+    launch = quantize_launcher(x, scale, None if symmetric else zero, torch.int8,
+                               int8_codec(symmetric), tile, scale_shape)
+    if symmetric:
+        return lambda x, scale, zero: launch(x, scale, None)
+    return launch
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],

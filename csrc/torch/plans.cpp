@@ -104,9 +104,10 @@ struct KeyHash {
 
 // The environment switches a choice reads (lowbit/_backend.py: _STEP_ENV, and LOWBIT_BACKEND
 // for the default backend); a change empties the table.
-constexpr const char* kEnvSwitches[] = {"LOWBIT_BACKEND",         "LOWBIT_ARCH",
-                                        "TRITON_INTERPRET",       "LOWBIT_TRITON_AUTOTUNE",
-                                        "LOWBIT_TRITON_FP8_PROMOTE", "LOWBIT_CHECK_SCALES"};
+constexpr const char* kEnvSwitches[] = {
+    "LOWBIT_BACKEND",         "LOWBIT_ARCH",         "TRITON_INTERPRET",
+    "LOWBIT_TRITON_AUTOTUNE", "LOWBIT_TRITON_FP8_PROMOTE", "LOWBIT_TRITON_FP8_HWCAST",
+    "LOWBIT_CHECK_SCALES"};
 
 std::string environment() {
   std::string s;
@@ -601,6 +602,7 @@ PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false
   if (!call.key) return none();
   const std::string env = environment();
   std::array<at::Tensor, N> outputs;
+  PyObject* step = nullptr;  // a new reference, once the plan names a Python step
   {
     // Never wait for g_mutex holding the GIL: a thread of the dispatcher path holds g_mutex
     // without the GIL, and its allocation may want the GIL (the caching allocator's Python
@@ -614,17 +616,25 @@ PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false
     const Plan* plan = find_locked(*call.key, env);
     if (!plan) return unseen();
     if (!plan->launch) {
-      // The step is alive while its plan is (Python empties this table before it lets go of
-      // the steps); the list holds a reference of its own.
       if (!steps || !plan->step) return none();
-      PyObject* list = PyList_New(1);
-      if (!list) return nullptr;
-      Py_INCREF(plan->step);
-      PyList_SET_ITEM(list, 0, plan->step);
-      return list;
+      // Alive while its plan is (Python empties this table before it lets go of the steps):
+      // a reference of our own, taken under the lock; the list is made after it, since an
+      // allocation may run the garbage collector, whose finalizers may call an entry.
+      step = plan->step;
+      Py_INCREF(step);
+    } else {
+      g_hits.fetch_add(1, std::memory_order_relaxed);
+      outputs = run_locked(op, *plan, call);
     }
-    g_hits.fetch_add(1, std::memory_order_relaxed);
-    outputs = run_locked(op, *plan, call);
+  }
+  if (step) {
+    PyObject* list = PyList_New(1);
+    if (!list) {
+      Py_DECREF(step);
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, 0, step);
+    return list;
   }
   return wrap(std::move(outputs));
 }
@@ -889,7 +899,13 @@ PyMODINIT_FUNC PyInit__torch_ops() {
   if (!(g_parameters = PyUnicode_InternFromString("_parameters")) ||
       !(g_buffers = PyUnicode_InternFromString("_buffers")))
     return nullptr;
-  return PyModule_Create(&g_module);
+  PyObject* module = PyModule_Create(&g_module);
+  // lowbit/_native.py loads a library of its own plan format only (a stale build is refused).
+  if (module && PyModule_AddIntConstant(module, "PLAN_FORMAT", kPlanFormat) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 
 // Control from lowbit/_native.py (ctypes).

@@ -186,7 +186,7 @@ def _interpreting() -> bool:
 # Environment switches that a kernel's supports(), available() or prepare() reads (the Triton
 # GEMM's launcher reads its tuning switches once per signature).
 _CHOICE_ENV = ("LOWBIT_ARCH", "TRITON_INTERPRET", "LOWBIT_TRITON_AUTOTUNE",
-               "LOWBIT_TRITON_FP8_PROMOTE")
+               "LOWBIT_TRITON_FP8_PROMOTE", "LOWBIT_TRITON_FP8_HWCAST")
 _CHOICES_MAX = 4096
 _REMEMBER_ON = ("cuda",)  # device types whose choices are remembered
 # signature -> (the op's kernel list, the registry generation, the choice), stored only by

@@ -27,8 +27,9 @@ What the plans cannot see, Python tells them:
   any such block is open (``hold``): calls take the Python path, which reads them.
 - A kernel registration (``lowbit._backend.register_kernel``) empties the table (``reset``).
 - The environment switches the choice reads (``LOWBIT_BACKEND``, ``LOWBIT_ARCH``,
-  ``TRITON_INTERPRET``, ``LOWBIT_CHECK_SCALES``) are read by the C++ side on every call; a
-  change empties the table.
+  ``TRITON_INTERPRET``, the Triton kernels' ``LOWBIT_TRITON_AUTOTUNE``,
+  ``LOWBIT_TRITON_FP8_PROMOTE`` and ``LOWBIT_TRITON_FP8_HWCAST``, ``LOWBIT_CHECK_SCALES``)
+  are read by the C++ side on every call; a change empties the table.
 - lowbit's debug log records a choice when a signature is prepared, not per call.
 - ``HW_CVT`` (backends/cuda/quantize.py, the fp8 encoder): a plan keeps the encoder of the
   time it was prepared (both give the same bits).
@@ -110,6 +111,13 @@ def load() -> None:
         lib = ctypes.CDLL(path)
     except (ImportError, OSError) as e:
         _status = f"not loaded: {e}"
+        return
+    missing = [op for op in OPS if not hasattr(ext, op)]
+    if getattr(ext, "PLAN_FORMAT", None) != PLAN_FORMAT or missing:
+        _status = (f"not loaded: built from another version of lowbit (plan format "
+                   f"{getattr(ext, 'PLAN_FORMAT', 'unknown')}, this one {PLAN_FORMAT}"
+                   f"{'; no entry for ' + ', '.join(missing) if missing else ''}; reinstall "
+                   f"lowbit to rebuild it)")
         return
     lib.lowbit_native_hold.argtypes = [ctypes.c_int64]
     lib.lowbit_native_hold.restype = ctypes.c_int64

@@ -122,14 +122,17 @@ def _register_quantizers(op: str, family: str, prepare) -> None:
 
 
 def _prepare_quantize_fp8(x, scale, fmt, granularity, group_size, block, saturate):
-    """The launcher for one signature: the scale's layout is worked out once."""
+    """The launcher for one signature: the scale's layout, the encoder (and
+    ``LOWBIT_TRITON_FP8_HWCAST``, in the remembered choices' key) and the kernels' binding
+    once."""
     tile, sshape = _quant_layout("quantize_fp8", x, granularity, group_size, block)
-    quantize = _load().fp8_quant.quantize_fp8
+    with OnDevice(x.device):
+        quantize = _load().fp8_quant.quantize_fp8_launcher(x, scale, fmt, tile, sshape, saturate)
 
     def launch(x, scale, fmt, granularity, group_size, block, saturate):
         # Triton launches on the current device: make the tensors' device current.
         with OnDevice(x.device):
-            return quantize(x, scale, fmt, tile, sshape, saturate)
+            return quantize(x, scale)
     return launch
 
 
@@ -204,13 +207,15 @@ def fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
 
 # --------------------------------------------------------------------------- quantize_int8
 def _prepare_quantize_int8(x, scale, zero, granularity, group_size, block, symmetric):
-    """The launcher for one signature: the scale's layout is worked out once."""
+    """The launcher for one signature: the scale's layout and the kernels' binding once."""
     tile, sshape = _quant_layout("quantize_int8", x, granularity, group_size, block)
-    quantize = _load().int8_quant.quantize_int8
+    with OnDevice(x.device):
+        quantize = _load().int8_quant.quantize_int8_launcher(x, scale, zero, symmetric, tile,
+                                                             sshape)
 
     def launch(x, scale, zero, granularity, group_size, block, symmetric):
         with OnDevice(x.device):
-            q, s, z = quantize(x, scale, zero, symmetric, tile, sshape)
+            q, s, z = quantize(x, scale, zero)
         # The registered op returns an empty zero point for a symmetric quantizer.
         return q, s, z if z is not None else x.new_empty(0, dtype=torch.int32)
     return launch
