@@ -108,6 +108,21 @@ def _version(v: str) -> Tuple[int, int]:
 _DIRECT_LAUNCH = (3, 6) <= _version(triton.__version__) < (3, 10)
 
 
+def _c_launcher(run):
+    """(the compiled launch function, cooperative grid, PDL) under the Python wrapper of a
+    Triton 3.6 NVIDIA launcher whose kernel takes no scratch buffers, whose ``__call__``
+    then adds nothing but two Nones; None elsewhere (AMD, other versions: the wrapper runs)."""
+    if not (3, 6) <= _version(triton.__version__) < (3, 7) or \
+            type(run).__name__ != "CudaLauncher":
+        return None
+    if getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1):
+        return None
+    try:
+        return run.launch, run.launch_cooperative_grid, run.launch_pdl
+    except AttributeError:
+        return None
+
+
 def _knobs():
     from triton import knobs
     return knobs
@@ -166,11 +181,23 @@ def bind(kernel, grid: Tuple[int, ...], args: Sequence, consts: dict):
     device = triton.runtime.driver.active.get_current_device()
     hooks = _knobs().runtime
 
+    c_launch = _c_launcher(run)
+    if c_launch is not None:
+        # Triton 3.6's CudaLauncher.__call__ only adds the scratch buffers, None here.
+        launch_c, coop, pdl = c_launch
+
+        def call(stream, a):
+            launch_c(g0, g1, g2, stream, function, coop, pdl, None, None, packed, None, None,
+                     None, *a, *tail)
+    else:
+        def call(stream, a):
+            run(g0, g1, g2, stream, function, packed, None, None, None, *a, *tail)
+
     def direct(*a) -> bool:
         if interpreting() or _hook_set(hooks.launch_enter_hook) or \
                 _hook_set(hooks.launch_exit_hook):
             return False
-        run(g0, g1, g2, current_stream(device), function, packed, None, None, None, *a, *tail)
+        call(current_stream(device), a)
         return True
 
     def launch(*a):

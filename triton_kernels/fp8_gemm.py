@@ -272,10 +272,14 @@ def fp8_scaled_mm_launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, 
 
     def launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
         out = empty(shape, dtype=out_dtype, device=dev)
-        c = out.view(torch.int16) if bf16_bits else out
         # The kernel reads bias[n] at unit stride.
-        bias_arg = bias.contiguous() if bias is not None else c
-        kernel(a, b, c, a_scale, b_scale, bias_arg, *sizes)
+        bias = bias.contiguous() if bias is not None else out
+        # The direct launch takes the data pointers; Triton's own path (the interpreter, a
+        # launch hook) the tensors, a bf16 output as its int16 bits under the interpreter.
+        if not kernel.direct(a.data_ptr(), b.data_ptr(), out.data_ptr(), a_scale.data_ptr(),
+                             b_scale.data_ptr(), bias.data_ptr(), *sizes):
+            c = out.view(torch.int16) if bf16_bits else out
+            kernel(a, b, c, a_scale, b_scale, c if bias is out else bias, *sizes)
         return out
 
     return launch

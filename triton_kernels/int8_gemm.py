@@ -123,10 +123,10 @@ def _as_bound_sums(b_sum: torch.Tensor) -> torch.Tensor:
 
 
 def _bind(a, b, c, epilogue: dict, config):
-    """launch(a, b, c, *epilogue tensors) for arguments of the signature of these (``c``
-    and the epilogue tensors may be stand-ins of the right dtypes: the output's strides are
-    those of a contiguous [M, N] tensor): the tiles, the grid and the constexprs are worked
-    out and the kernel compiled once (_common.bind)."""
+    """launch(a, b, out, a_scale, b_scale, bias or None, a_zero, b_sum) for arguments of the
+    signature of these (``c`` and the epilogue tensors may be stand-ins of the right dtypes:
+    the output's strides are those of a contiguous [M, N] tensor): the tiles, the grid and
+    the constexprs are worked out and the kernel compiled once (_common.bind)."""
     m, k = a.shape
     n = b.shape[0]
     cfg = config if config is not None else int8_gemm_config(
@@ -139,9 +139,18 @@ def _bind(a, b, c, epilogue: dict, config):
                   GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                   enable_fp_fusion=False, **epilogue)
     kernel = bind(_int8_gemm_kernel, grid, (a, b, c, *tensors, *sizes), consts)
+    c_dtype = c.dtype  # (int16 for the bits of a bf16 output under the interpreter)
 
-    def launch(a, b, c, *tensors):
-        kernel(a, b, c, *tensors, *sizes)
+    def launch(a, b, c, sa, sb, bias, za, bs):
+        # bias None: no bias. The direct launch takes the data pointers (no views to build);
+        # Triton's own path, where bind leaves the launch to it, the tensors as bound.
+        cp = c.data_ptr()
+        if not kernel.direct(a.data_ptr(), b.data_ptr(), cp, sa.data_ptr(), sb.data_ptr(),
+                             cp if bias is None else bias.data_ptr(), za.data_ptr(),
+                             bs.data_ptr(), *sizes):
+            c = c.view(c_dtype)
+            kernel(a, b, c, sa, sb, c if bias is None else kernel_input(bias)[0], za, bs,
+                   *sizes)
 
     return launch
 
@@ -162,7 +171,7 @@ def int8_mm_launcher(a: torch.Tensor, b: torch.Tensor, config=None):
 
     def launch(a, b):
         out = empty(shape, dtype=torch.int32, device=dev)
-        kernel(a, b, out, out, out, out, out, out)
+        kernel(a, b, out, out, out, None, out, out)
         return out
 
     return launch
@@ -208,13 +217,13 @@ def int8_gemm_launcher(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
 
     def launch(a, b, a_scale, b_scale, bias, out_dtype, a_zero, b_sum=None):
         out = empty(shape, dtype=out_dtype, device=dev)
-        c = out.view(torch.int16) if bf16_bits else out
-        bias_k = kernel_input(bias.contiguous())[0] if bias is not None else c
+        # The kernel reads bias[n] at unit stride.
+        bias = bias.contiguous() if bias is not None else None
         if has_zero:
             b_sum = row_sums(b) if b_sum is None else _as_bound_sums(b_sum)
-            kernel(a, b, c, a_scale, b_scale, bias_k, a_zero, b_sum)
+            kernel(a, b, out, a_scale, b_scale, bias, a_zero, b_sum)
         else:
-            kernel(a, b, c, a_scale, b_scale, bias_k, a_scale, a_scale)
+            kernel(a, b, out, a_scale, b_scale, bias, a_scale, a_scale)
         return out
 
     return launch
