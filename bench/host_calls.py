@@ -1,0 +1,107 @@
+"""Host time of one call of lowbit's single ops at decode size, on both GPU backends and
+through ``torch.ops``, against ``torch.add_``: back-to-back calls, the median of interleaved
+rounds (a host's noise moves every row of a round together).
+
+    python bench/host_calls.py [--calls 2000] [--rounds 7]
+
+M = 1, 4096 x 4096 for the GEMMs; a 1 x 4096 bf16 row, per token, for the quantizers. The
+indented rows are the parts of the Triton GEMM's call: the C++ entry that hands back the
+signature's Python step (lowbit/_native.py), the step, and its launcher without the device
+guard. Every signature is prepared before the timing.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import lowbit
+from lowbit import _native
+from lowbit.scale_layout import scale_tile
+from lowbit.triton_kernels import fp8_gemm
+
+
+def cases():
+    dev, bf = "cuda", torch.bfloat16
+    x = torch.ones(1, 4096, device=dev, dtype=bf)
+    y = torch.zeros_like(x)
+    a, sa = lowbit.quantize_fp8(torch.randn(1, 4096, device=dev), granularity="token")
+    b, sb = lowbit.quantize_fp8(torch.randn(4096, 4096, device=dev), granularity="channel")
+    a8 = torch.randint(-127, 128, (1, 4096), dtype=torch.int8, device=dev)
+    b8 = torch.randint(-127, 128, (4096, 4096), dtype=torch.int8, device=dev)
+    sa8, sb8 = torch.rand(1, 1, device=dev), torch.rand(4096, 1, device=dev)
+    xb = torch.randn(1, 4096, device=dev, dtype=bf)
+    ops, entry = torch.ops.lowbit, _native.ENTRY.get("fp8_scaled_mm")
+    out = {
+        "torch.add_": lambda: y.add_(x),
+        "torch.empty (1 x 4096 bf16)": lambda: torch.empty((1, 4096), dtype=bf, device=dev),
+        "fp8_scaled_mm cuda": lambda: lowbit.fp8_scaled_mm(a, b, sa, sb),
+        "fp8_scaled_mm triton": lambda: lowbit.fp8_scaled_mm(a, b, sa, sb, backend="triton"),
+    }
+    for _ in range(3):  # prepare the Triton signature (its plan and step)
+        lowbit.fp8_scaled_mm(a, b, sa, sb, backend="triton")
+    step = entry(a, b, sa, sb, None, bf, False, "triton") if entry is not None else None
+    if type(step) is list:
+        launch = fp8_gemm.fp8_scaled_mm_launcher(a, b, sa, sb, None, bf, False,
+                                                 a_tile=scale_tile(sa.shape, a.shape),
+                                                 b_tile=scale_tile(sb.shape, b.shape))
+        out.update({
+            "  entry alone (hands back the step)":
+                lambda: entry(a, b, sa, sb, None, bf, False, "triton"),
+            "  step alone (device guard, launcher)":
+                lambda: step[0](a, b, sa, sb, None, bf, False),
+            "  launcher alone (output, bound launch)":
+                lambda: launch(a, b, sa, sb, None, bf, False),
+        })
+    out.update({
+        "torch.ops fp8_scaled_mm": lambda: ops.fp8_scaled_mm(a, b, sa, sb, None, bf, False,
+                                                             "default"),
+        "int8_gemm cuda": lambda: lowbit.int8_gemm(a8, b8, sa8, sb8),
+        "int8_gemm triton": lambda: lowbit.int8_gemm(a8, b8, sa8, sb8, backend="triton"),
+        "torch.ops int8_gemm": lambda: ops.int8_gemm(a8, b8, sa8, sb8, None, bf, None,
+                                                     "default"),
+        "quantize_int8 cuda": lambda: lowbit.quantize_int8(xb),
+        "quantize_int8 triton": lambda: lowbit.quantize_int8(xb, backend="triton"),
+        "torch.ops quantize_int8": lambda: ops.quantize_int8(xb, None, None, "token", 128,
+                                                             [128, 128], True, "default"),
+        "quantize_fp8 cuda": lambda: lowbit.quantize_fp8(xb, granularity="token"),
+        "quantize_fp8 triton": lambda: lowbit.quantize_fp8(xb, granularity="token",
+                                                           backend="triton"),
+        "torch.ops quantize_fp8": lambda: ops.quantize_fp8(xb, None, "e4m3fn", "token", 128,
+                                                           [128, 128], True, "default"),
+    })
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    fns = cases()
+    for f in fns.values():  # prepare every signature
+        for _ in range(3):
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(args.rounds):
+        for k, f in fns.items():
+            for _ in range(50):
+                f()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(args.calls):
+                f()
+            times[k].append((time.perf_counter() - t) / args.calls * 1e6)
+            torch.cuda.synchronize()
+    add = statistics.median(times["torch.add_"])
+    print(f"{'call':42s} {'us (median)':>12s} {'x add_':>7s}  range")
+    for k, v in times.items():
+        m = statistics.median(v)
+        print(f"{k:42s} {m:12.2f} {m / add:7.2f}  {min(v):.2f}-{max(v):.2f}")
+    print("plans:", _native.stats())
+
+
+if __name__ == "__main__":
+    main()
