@@ -22,16 +22,22 @@ __device__ __forceinline__ uint32_t pack4(uint32_t a, uint32_t b, uint32_t c, ui
   return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
 }
 
+// rint(v) (half to even) in the low byte, two's complement, for v in [-128, 127]: 1.5 * 2^23
+// + v lies in one binade whose ulp is 1, so the fp32 add rounds v half to even and the sum's
+// bits are 0x4B400000 + rint(v). One add on the FMA pipe where a conversion (F2I) would take
+// the slower conversion pipe, for every element.
+__device__ __forceinline__ uint32_t byte_code(float v) { return f2u(add_rn(v, 12582912.0f)); }
+
 // Symmetric element encoder (wrapped by AbsmaxCodec: scale from |x| max / 127):
 // clamp(rint(v), -127, 127), NaN -> 0. The clamp bounds are integers, so clamping before the
-// rounding conversion gives the same code; the NaN goes first, as fminf would drop it.
+// rounding gives the same code; the NaN goes first, as fminf would drop it.
 struct SymEncoder {
   static constexpr bool kRunsHere = true;
   __device__ __forceinline__ SymEncoder(Fp8Format, bool) {}
   __device__ __forceinline__ float qmax() const { return 127.0f; }
   __device__ __forceinline__ static uint32_t code(float v) {
     v = v == v ? v : 0.0f;
-    return static_cast<uint32_t>(__float2int_rn(fminf(fmaxf(v, -127.0f), 127.0f)));
+    return byte_code(fminf(fmaxf(v, -127.0f), 127.0f));
   }
   __device__ __forceinline__ uint32_t encode4(float a, float b, float c, float d) const {
     return pack4(code(a), code(b), code(c), code(d));
@@ -80,8 +86,7 @@ struct AsymCodec {
   __device__ __forceinline__ static uint32_t code(float x, const Scale& sc) {
     float r = rintf(mul_rn(x, sc.inv));
     r = r == r ? r : 0.0f;
-    return static_cast<uint32_t>(
-        __float2int_rn(fminf(fmaxf(add_rn(r, sc.zf), -128.0f), 127.0f)));
+    return byte_code(fminf(fmaxf(add_rn(r, sc.zf), -128.0f), 127.0f));
   }
   __device__ __forceinline__ uint32_t encode4(const Scale& sc, float a, float b, float c,
                                               float d) const {
