@@ -931,7 +931,8 @@ def quantize_launcher(x: torch.Tensor, scale: Optional[torch.Tensor],
         s_in0 = s0 if dynamic else scale
         z_in0 = zero if asym and not dynamic else (z0 if asym else s0)
         kernel = bind(_quant_tensor_kernel, grid,
-                      (xk, q0, s_in0, s0, z_in0, z0 if asym else s0, z0, *sizes),
+                      (xk, q0, s_in0, s0, z_in0, z0 if asym else s0, z0 if dynamic else s0,
+                       *sizes),
                       dict(BLOCK_R=br, BLOCK_K=bk, num_warps=ELEMWISE_WARPS, **opts))
 
         def launch(x, scale, zero):
