@@ -542,7 +542,7 @@ def test_fp8_scaled_mm_plans_give_the_bits_of_the_python_path(monkeypatch, arch,
         assert got.dtype == out_dtype and torch.equal(got, want) and torch.equal(got_op, want)
     chosen = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, bias_t, out_dtype=out_dtype,
                             fast_accum=fast_accum)
-    if chosen.backend == "cuda":  # (else a Triton kernel: no plan, Python serves it)
+    if chosen.backend == "cuda":  # (else a Triton kernel: the plan names its Python step)
         assert _native.stats()["hits"] >= hits + 4, "no plan served the known signature"
 
 
@@ -611,8 +611,9 @@ INT8_GEMM_CASES = [  # (M, N, K, per-row scales, bias, out_dtype)
 @pytest.mark.parametrize("case", INT8_GEMM_CASES, ids=lambda c: f"m{c[0]}-{c[5]}")
 def test_int8_gemm_plans_give_the_bits_of_the_python_path(monkeypatch, arch, case):
     """int8_gemm (symmetric: a plan) and int8_mm of a known signature, eager and through
-    torch.ops, give Python's bits; with a zero point the signature has no plan (the row sums
-    of b are one more kernel) and still gives Python's bits."""
+    torch.ops, give Python's bits; with a zero point the signature has no launch (the row
+    sums of b are one more kernel), its plan names the Python step, and it still gives
+    Python's bits."""
     if arch is not None:
         monkeypatch.setenv("LOWBIT_ARCH", arch)
     m, n, k, rows, bias, out_dtype = case

@@ -1,7 +1,8 @@
 // lowbit._torch_ops: the CUDA implementations of registered ops in C++ (fp8_linear,
-// int8_linear, fp8_scaled_mm, quantize_fp8, int8_mm, int8_gemm, quantize_int8), so that a call through the torch dispatcher
-// (what a compiled graph makes, and torch.ops.lowbit.<op>) costs no Python, and the entries
-// of the eager API and the quantized modules into the same code.
+// int8_linear, fp8_scaled_mm, quantize_fp8, int8_mm, int8_gemm, quantize_int8), so that a
+// call through the torch dispatcher (what a compiled graph makes, and torch.ops.lowbit.<op>)
+// costs no Python, and the entries of the eager API and the quantized modules into the same
+// code.
 //
 // The Python layer stays the source of truth: a call whose argument signature this library
 // has not seen goes to lowbit::_<op>_prepare (lowbit/_native.py), which checks the arguments,

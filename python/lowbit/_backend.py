@@ -184,7 +184,7 @@ def _interpreting() -> bool:
 
 
 # Environment switches that a kernel's supports(), available() or prepare() reads (the Triton
-# GEMM's launcher reads its tuning switches once per signature).
+# GEMM's and quantizers' launchers read theirs once per signature).
 _CHOICE_ENV = ("LOWBIT_ARCH", "TRITON_INTERPRET", "LOWBIT_TRITON_AUTOTUNE",
                "LOWBIT_TRITON_FP8_PROMOTE", "LOWBIT_TRITON_FP8_HWCAST")
 _CHOICES_MAX = 4096

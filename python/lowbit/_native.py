@@ -18,8 +18,10 @@ arguments, same bits as the Python path.
 The eager API (``lowbit.fp8_scaled_mm`` and the others of ``OPS``, through ``ENTRY``) and the
 quantized modules (``Fp8Linear``, ``Int8Linear``, through ``MODULE_ENTRY``: one C++ call reads
 the module's tensors) reach the same plans with no dispatcher. An unseen signature goes
-through the registered op once (a module's own errors first); a signature with no plan (a
-Triton kernel, asymmetric INT8) runs the Python path, a module's own Python step.
+through the registered op once (a module's own errors first). A signature whose kernel is
+no single launch (a Triton kernel, INT8 with asymmetric activations in a linear layer or a
+zero-point ``int8_gemm``) runs the Python path: a module's own Python step, or for a single
+op the Python step its plan names (below).
 
 What the plans cannot see, Python tells them:
 
@@ -39,15 +41,17 @@ What the plans cannot see, Python tells them:
   the plans, but a call through ``torch.ops`` (a compiled graph) no longer sees the hold:
   set the backend inside the task, or pass ``backend=`` to the op.
 
-A single op's signature whose kernel is no single launch (a Triton kernel) keeps the
-Python function its choice runs: the eager entry hands it back, and ``lowbit.<op>`` calls it
+A single op's signature whose kernel is no single launch (a Triton kernel, an ``int8_gemm``
+with ``a_zero``) keeps the Python function its choice runs: the eager entry hands it back, and ``lowbit.<op>`` calls it
 with no checks and no choice (the checks are a function of the signature, as for the C++
 plans). Calls through ``torch.ops`` of such a signature run the Python implementation.
 
-Asymmetric INT8 activations get no plan: their GEMM reads the weight's row sums, which the
-Python step keeps per weight (``int8_linear``) or computes per call (``int8_gemm`` with
-``a_zero``); those calls take the Python implementation. So do the ops without a C++
-implementation here (the dequantizers, ``int4_quantize``, ``w4a16_gemm``, ``w8a16_gemm``).
+The GEMM of asymmetric INT8 activations has no C++ launch: it reads the weight's row sums,
+which the Python step keeps per weight (``int8_linear``: its calls take the Python
+implementation) or computes per call (``int8_gemm`` with ``a_zero``: its plan names the
+Python step, eager; through ``torch.ops``, the Python implementation). The asymmetric
+quantizer itself has a plan. The ops without a C++ implementation here (the dequantizers,
+``int4_quantize``, ``w4a16_gemm``, ``w8a16_gemm``) take the Python implementation.
 
 The library includes torch's headers: it is built only where the build could import torch
 (``pip install --no-build-isolation .`` after torch), and loaded only under the torch version
