@@ -184,11 +184,11 @@ def _fake_bind(log):
     return bind
 
 
-def _role(v, roles):
-    """A pointer argument's role by address; an integer stays itself."""
-    if isinstance(v, torch.Tensor):
-        return roles.get(v.data_ptr(), "workspace")
-    return v
+def _roles(x, q, s, z, scale, zero) -> dict:
+    """{address: role} of a quantizer call's tensors; any other pointer is a workspace."""
+    named = ((x, "x"), (q, "q"), (s, "scale"), (z, "zero"), (scale, "scale_in"),
+             (zero, "zero_in"))
+    return {t.data_ptr(): role for t, role in named if t is not None}
 
 
 def _x_case(layout, dtype):
@@ -227,7 +227,6 @@ def test_a_bound_quantizer_launches_what_quantize_launches(monkeypatch, codec, t
     enc = enc if enc is not None else _fp8_encoder()
     asym = codec == "int8_asym"
     x = _x_case(layout, dtype)
-    rows = x.numel() // x.shape[-1]
     sshape = () if tile == (0, 0) else (*x.shape[:-1], x.shape[-1] // (tile[1] or x.shape[-1]))
     scale = torch.tensor(0.05) if static else None
     zero = torch.tensor(3, dtype=torch.int32) if static and asym else None
@@ -242,13 +241,10 @@ def test_a_bound_quantizer_launches_what_quantize_launches(monkeypatch, codec, t
     s, z = _common.quantize(x, scale, zero, q if codes == q_dtype else q.view(codes), enc, tile,
                             sshape)
     generic = [e for e in log if e[0] == "generic"]
-    roles = {x.data_ptr(): "x", q.data_ptr(): "q", s.data_ptr(): "scale"}
-    if z is not None:
-        roles[z.data_ptr()] = "zero"
-    for t, role in ((scale, "scale_in"), (zero, "zero_in")):
-        if t is not None:
-            roles[t.data_ptr()] = role
-    want = [(e[1], e[2], tuple(_role(v, roles) for v in e[3]), e[4]) for e in generic]
+    roles = _roles(x, q, s, z, scale, zero)
+    want = [(e[1], e[2], tuple(roles.get(v.data_ptr(), "workspace")
+                               if isinstance(v, torch.Tensor) else v for v in e[3]), e[4])
+            for e in generic]
 
     log.clear()
     launch = _common.quantize_launcher(x, scale, zero, q_dtype, enc, tile, sshape)
@@ -257,17 +253,12 @@ def test_a_bound_quantizer_launches_what_quantize_launches(monkeypatch, codec, t
     q2, s2, z2 = launch(x, scale, zero)
     assert q2.dtype == q_dtype and q2.shape == x.shape and tuple(s2.shape) == sshape
     assert (z2 is None) == (not asym)
-    roles2 = {x.data_ptr(): "x", q2.data_ptr(): "q", s2.data_ptr(): "scale"}
-    if z2 is not None:
-        roles2[z2.data_ptr()] = "zero"
-    for t, role in ((scale, "scale_in"), (zero, "zero_in")):
-        if t is not None:
-            roles2[t.data_ptr()] = role
+    roles2 = _roles(x, q2, s2, z2, scale, zero)
     got = [(e[1], e[2], tuple(roles2.get(v, "workspace") if i < _pointers(e[1]) else v
                               for i, v in enumerate(e[3])), e[4])
            for e in log if e[0] == "direct"]
     # Same kernels, grids, constexprs and integers, each pointer in the same role.
-    assert got == [(n, g, a, {k: v for k, v in kw.items()}) for n, g, a, kw in want]
+    assert got == want
     # Bound on pointers of the dtypes (and alignment) the generic path passes.
     for (_, name, grid, args, consts), g in zip(binds, generic):
         assert (name, grid, consts) == g[1:3] + (g[4],)

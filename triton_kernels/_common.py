@@ -149,8 +149,9 @@ def bind(kernel, grid: Tuple[int, ...], args: Sequence, consts: dict):
     cache key and option parsing (20-30 us a call under Triton 3.6). A launch goes through
     ``kernel[grid]`` when the interpreter is on (the module's rule), when a launch hook is
     set (a profiler that wants every launch named), on Triton versions outside 3.6-3.9
-    (``_DIRECT_LAUNCH``), or when this Triton's compiled kernel has no such launcher. ``run``'s check that the kernel's global constants did not change is
-    left out: lowbit's kernels read none that change.
+    (``_DIRECT_LAUNCH``), or when this Triton's compiled kernel has no such launcher.
+    ``run``'s check that the kernel's global constants did not change is left out: lowbit's
+    kernels read none that change.
 
     ``launch.direct(*args)`` is the direct launch alone, which also takes pointers as ints
     (``data_ptr()``, so a caller need not build the views it was bound with): it returns

@@ -47,8 +47,8 @@ from ._common import dequantize, f32_to_bf16_bits, fp8_decode, fp8_encode, quant
 from ._common import quantize_launcher
 from ._common import interpreting as _interpreting
 
-__all__ = ["quantize_fp8", "quantize_fp8_launcher", "dequantize_fp8", "fp8_encode", "fp8_decode", "fmt_constants",
-           "f32_to_bf16_bits"]
+__all__ = ["quantize_fp8", "quantize_fp8_launcher", "dequantize_fp8", "fp8_encode",
+           "fp8_decode", "fmt_constants", "f32_to_bf16_bits"]
 
 
 # ----------------------------------------------------------------------------- host side

@@ -42,9 +42,9 @@ What the plans cannot see, Python tells them:
   set the backend inside the task, or pass ``backend=`` to the op.
 
 A single op's signature whose kernel is no single launch (a Triton kernel, an ``int8_gemm``
-with ``a_zero``) keeps the Python function its choice runs: the eager entry hands it back, and ``lowbit.<op>`` calls it
-with no checks and no choice (the checks are a function of the signature, as for the C++
-plans). Calls through ``torch.ops`` of such a signature run the Python implementation.
+with ``a_zero``) keeps the Python function its choice runs: the eager entry hands it back,
+and ``lowbit.<op>`` calls it with no checks and no choice (the checks are a function of the
+signature, as for the C++ plans). Calls through ``torch.ops`` of such a signature run the Python implementation.
 
 The GEMM of asymmetric INT8 activations has no C++ launch: it reads the weight's row sums,
 which the Python step keeps per weight (``int8_linear``: its calls take the Python
