@@ -1,6 +1,6 @@
 // The one instantiation list of the mixed-input GEMM family (wxa16_gemm.cuh): 2 bit widths x
-// (decode at 1 or 2 token tiles, tiled) x 2 activation dtypes, and the int4 dequantizer of
-// the large-M path; every arch from sm_80.
+// (decode at 1 or 2 token tiles x 3 group sizes (x zero points or not, int4), tiled) x 2
+// activation dtypes, and the int4 dequantizer of the large-M path; every arch from sm_80.
 #include "wxa16/wxa16_gemm.cuh"
 
 namespace lowbit {

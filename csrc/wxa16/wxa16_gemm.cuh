@@ -1,14 +1,14 @@
 // The mixed-input GEMM (W4A16 / W8A16) on mma.sync m16n8k16, bf16 or fp16 with fp32
 // accumulation: kernel templates over both weight bit widths for two regimes, decode (M <= 16:
-// 64 rows x 8 or 16 tokens per CTA, weights staged through shared memory, K split over warps
-// and CTAs) and tiled (128 rows x 64 tokens per CTA, weights through registers). Runs on every
-// arch from sm_80.
+// 128 rows x 8 or 16 tokens per CTA, weights streamed into registers, K split over CTAs) and
+// tiled (128 rows x 64 tokens per CTA, weights through registers). Runs on every arch from
+// sm_80.
 //
 // Operands. The weight is the mma's A operand (16 output channels per mma, the row-major
 // layout of nn.Linear.weight) and the activations its B operand (8 tokens per mma):
 // weight-stationary, so at decode the kernel is a stream of the weight. Tiled: warp w of a CTA
 // owns WN 16-row tiles of the weight and all warps share one activation tile. Decode: warp w
-// owns row tile w % 4 and every other chunk of each stage (w / 4 picks the even or odd ones).
+// owns row tile w of the CTA's 8, over the CTA's whole share of K.
 //
 // K order. A 64-wide chunk of K is 4 mma k-steps. Lane (g = lane / 4, t = lane % 4) holds the
 // weight at k = 16 t .. 16 t + 15 of the chunk for rows g and g + 8, and k-step s takes
@@ -20,16 +20,13 @@
 // layout (lowbit/reference/int4.py) stores the nibbles in the same order, so both bit widths
 // share the activation path.
 //
-// Loads, decode. At M <= 16 the kernel is a stream of the weight, and what bounds it is the
-// bytes in flight per SM. Weights, activations, scales and zero points all go through one
-// 4-stage ring in shared memory (cp.async for w and x, zero-filled past N, M, K and the
-// split's end): three stages of 8 KB of weight per CTA stay in flight with no registers held,
-// and one barrier covers a 256-K (int4) or 128-K (int8) stage rather than every 64-K chunk.
-// The CTA's 8 warps are 4 row tiles x 2 interleaved halves of each stage's chunks (even and
-// odd), so the 4 warps of a chunk share its activations; the two halves' sums are added in a
-// fixed order at the end. Scales
-// and zero points are gathered by plain loads one stage before they are stored to the ring
-// (cp.async cannot copy a 2-byte scale), which hides their latency behind a stage.
+// Loads, decode. At M <= 16 the kernel is a stream of the weight, bound by instruction issue
+// (bench/NOTES.md), so every instruction per weight byte counts. Each lane loads its own
+// 16-byte fragment of every chunk straight into a register ring one stage (512 K of int4,
+// 256 K of int8) ahead; activations, scales and zero points, which the CTA's 8 warps share,
+// go through shared memory once per stage (cp.async for x, zero-filled past M, K and the
+// split's end; scales and zero points by plain loads a stage early, since cp.async cannot
+// copy a 2-byte scale). One barrier per stage: 4 KB of weight per warp.
 //
 // Loads, tiled. Weights go global -> registers with 16-byte loads that bypass L1 (read
 // once), prefetched kPf chunks ahead: each weight fragment is used by exactly one warp.
@@ -78,6 +75,7 @@
 #include "common/mma_sync.cuh"
 #include "common/smem.cuh"
 #include "wxa16/wxa16_gemm.h"
+
 
 namespace lowbit {
 namespace wxa16 {
@@ -510,177 +508,180 @@ wxa16_gemm_kernel(const WXA16GemmArgs p) {
   store_tiles<WN, MT>(p, acc, rt0, m0, g, t);
 }
 
-// The decode kernel's shape, per weight bit width: 4 row tiles x 2 warps per CTA, a stage
-// of 8 KB of weight (4 chunks of int4 or 2 of int8) and its activations, scales and zeros.
-template <int Bits>
+// The decode kernel's shape, per weight bit width and G = 32 flag: 8 warps per CTA, one
+// 16-row tile each (128 rows), and a stage of 512 K (int4) or 256 K (int8): 4 KB of weight
+// per warp between two barriers.
+//
+// The kernel is issue-bound, not bound by bytes in flight, so the design counts instructions
+// per byte of weight. Weights go global -> registers: the prepacked int4 layout is already
+// in fragment order (lane i's 16 bytes are its A fragment of a chunk), so a copy through
+// shared memory would only add a store, a load and the addresses of both. Each warp holds
+// one stage of its weight in a register ring and refills a chunk's registers with the next
+// stage's chunk as soon as it is dequantized, so a stage (4 KB per warp) stays in flight.
+// Activations, scales and zero points, which all 8 warps share, go through shared memory
+// once per stage, so the copies' and gathers' address work is spread over 8 chunks (int4).
+template <int Bits, int kG>
 struct Decode {
-  static constexpr int kRT = 4;  // 16-row tiles per CTA
-  static constexpr int kKW = 2;  // warps that split one row tile's chunks
-  static constexpr int kWarps = kRT * kKW;
+  static constexpr int kWarps = 8;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kChunks = Bits == 4 ? 4 : 2;  // 64-K chunks per stage
-  static constexpr int kStages = 4;
-  static constexpr int kTile = Bits == 4 ? kTileBytes4 : 1024;  // one 16 x 64 tile of w
-  static constexpr int kWStage = kRT * kChunks * kTile;
-  static constexpr int kWPieces = kWStage / 16;  // 16-byte copies of a stage's weight
-  static constexpr int kGroups = 2 * kChunks;  // groups a stage can span (G = 32)
-  static constexpr int kMeta = kGroups * kRT * 16;  // scales (and zeros) per stage
+  // Registers capped at 128 for two CTAs per SM: uncapped (145-176) one CTA fits, and the
+  // kernel ran 1.2-1.4x slower; a cap of 85 for three spills.
+  static constexpr int kRows = 16 * kWarps;
+  static constexpr int kChunks = Bits == 4 ? 8 : 4;  // 64-K chunks per stage
+  static constexpr int kStageK = kChunks * kChunkK;
+  static constexpr int kWVec = Bits == 4 ? 1 : 2;  // 16-byte weight vectors per lane per chunk
+  static constexpr int kXStages = 3;               // activation ring
+  static constexpr int kXRowE = kStageK + 8;       // padded x row (elements): conflict-free
+  static constexpr int kGroups = kStageK / kG;     // groups a stage spans
+  static constexpr int kMeta = kGroups * kRows;    // scale (and zero) entries per stage
   static constexpr int kMetaPer = kMeta / kThreads;  // gathered per thread
-  static constexpr int kXRowE = kChunks * kChunkK + 8;  // padded x row (elements)
   static_assert(kMeta % kThreads == 0, "scales split evenly over the threads");
   template <int MT>
   static constexpr int x_stage_bytes() { return 8 * MT * kXRowE * 2; }
   template <int MT>
-  static constexpr int smem_bytes() {
-    return kStages * (kWStage + x_stage_bytes<MT>() + kMeta * 8);
-  }
+  static constexpr int smem_bytes() { return kXStages * x_stage_bytes<MT>() + 2 * kMeta * 8; }
 };
 
-template <int Bits, typename T, int MT>
-__global__ void __launch_bounds__(Decode<Bits>::kThreads)
+// kG: the group size, 32, 64 or 128; a weight with one scale per row runs as G = 128 whose
+// groups all read the row's scale. kZeros: int4 with zero points (else every zero is 8).
+template <int Bits, typename T, int MT, int kG, bool kZeros>
+__global__ void __launch_bounds__(Decode<Bits, kG>::kThreads, 2)
 wxa16_decode_kernel(const WXA16GemmArgs p) {
-  using D = Decode<Bits>;
-  constexpr int kRT = D::kRT, kKW = D::kKW, kChunks = D::kChunks, kStages = D::kStages;
-  constexpr int kThreads = D::kThreads, kTok = 8 * MT, kXRowE = D::kXRowE;
+  using D = Decode<Bits, kG>;
+  constexpr int kChunks = D::kChunks, kThreads = D::kThreads, kRows = D::kRows;
+  constexpr int kTok = 8 * MT, kXRowE = D::kXRowE, kW = D::kWVec;
   constexpr int kXStage = kTok * kXRowE;  // elements
+  // Bytes between a lane's vectors of consecutive chunks.
+  constexpr int kWStep = Bits == 4 ? kTileBytes4 : kChunkK;
   extern __shared__ __align__(16) uint8_t smem[];
-  uint8_t* wsm = smem;  // [stage][row tile][chunk][tile bytes]
-  T* xsm = reinterpret_cast<T*>(smem + kStages * D::kWStage);  // [stage][token][kXRowE]
-  float* ssm = reinterpret_cast<float*>(smem + kStages * (D::kWStage +
-                                                          D::template x_stage_bytes<MT>()));
-  uint32_t* zsm = reinterpret_cast<uint32_t*>(ssm + kStages * D::kMeta);  // [stage][q][row]
+  T* xsm = reinterpret_cast<T*>(smem);  // [x stage][token][kXRowE]
+  float* ssm = reinterpret_cast<float*>(smem + D::kXStages * kXStage * 2);  // [2][q][row]
+  uint32_t* zsm = reinterpret_cast<uint32_t*>(ssm + 2 * D::kMeta);        // [2][q][row]
   __shared__ bool last_cta;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int r = warp % kRT, kw = warp / kRT;
   const int nk = (p.K + kChunkK - 1) / kChunkK;
   const int ns_all = (nk + kChunks - 1) / kChunks;
   const int s_begin = static_cast<int>(static_cast<int64_t>(ns_all) * blockIdx.y / p.splits);
   const int s_end = static_cast<int>(static_cast<int64_t>(ns_all) * (blockIdx.y + 1) / p.splits);
   const int ns = s_end - s_begin;
-  const int c_end = s_end * kChunks < nk ? s_end * kChunks : nk;
-  const int rt0 = blockIdx.x * kRT;
+  const int rt = blockIdx.x * D::kWarps + warp;  // this warp's 16-row tile
   const int m0 = blockIdx.z * kTok;
-  const int G = p.group;
-  const bool two = G == 32;
-  const int gsh = p.group_shift;  // group of k: k >> gsh
-  const int gps = G == 0 ? 1 : kChunks * kChunkK / G;  // groups per stage
-  const int ngroups = G == 0 ? 1 : p.K / G;
+  constexpr bool two = kG == 32;  // a chunk holds two groups
+  constexpr int gsh = kG == 32 ? 5 : kG == 64 ? 6 : 7;  // group of k: k >> gsh
+  // One scale per row: every group of the row reads entry 0 (stride 0).
+  const bool per_row = p.group == 0;
+  const int ngroups = p.K / kG;
 
-  // This thread's share of every stage's copies, fixed but for the stage's first chunk c0:
-  // source pointers advance by c0, predicates compare the piece's k with K and its chunk
-  // with c_end.
-  constexpr int kWP = D::kWPieces / kThreads;
-  const uint8_t* w_src[kWP];
-  uint32_t w_dst[kWP];
-  int w_k[kWP];  // the piece's k within the stage
-  bool w_ok[kWP];
+  // The lane's weight: int4, its 16 bytes of each chunk of row tile rt (chunks contiguous);
+  // int8, 16 bytes of rows g and g + 8 at k = 16 t of each chunk. w_next points at the
+  // lane's vectors of the next stage to load; rows past the weight load nothing.
+  const uint8_t* w_next[kW];
+  bool wok[kW];
+  if constexpr (Bits == 4) {
+    wok[0] = rt < (p.N + 15) / 16;
+    w_next[0] = static_cast<const uint8_t*>(p.w) +
+                ((static_cast<int64_t>(wok[0] ? rt : 0) * nk + static_cast<int64_t>(s_begin) * kChunks) * 32 + lane) * 16;
+  } else {
 #pragma unroll
-  for (int u = 0; u < kWP; ++u) {
-    const int i = threadIdx.x + u * kThreads;
-    const uint8_t* wb = static_cast<const uint8_t*>(p.w);
-    if constexpr (Bits == 4) {
-      // A row tile's chunks are contiguous in the prepacked layout.
-      const int rr = i / (kChunks * 32), rem = i % (kChunks * 32);
-      // Row tiles past the weight copy nothing; their source stays inside it all the same.
-      const int rt = rt0 + rr < (p.N + 15) / 16 ? rt0 + rr : 0;
-      w_src[u] = wb + static_cast<int64_t>(rt) * nk * kTileBytes4 + rem * 16;
-      w_dst[u] = smem_u32(wsm + i * 16);
-      w_k[u] = rem / 32 * kChunkK;  // the prepacked layout pads K to whole chunks
-      w_ok[u] = rt0 + rr < (p.N + 15) / 16;
-    } else {
-      // Global order row by row (a row's stage bytes are contiguous); shared order
-      // [row tile][chunk][row][16-byte piece], the fragment reads' layout.
-      const int row = i / (kChunks * 4), cc = (i / 4) % kChunks, piece = i % 4;
-      const int n = rt0 * 16 + row;
-      w_src[u] = wb + static_cast<int64_t>(n < p.N ? n : 0) * p.ldw + cc * kChunkK + piece * 16;
-      w_dst[u] = smem_u32(wsm + (((row / 16) * kChunks + cc) * 16 + row % 16) * 64 + piece * 16);
-      w_k[u] = cc * kChunkK + piece * 16;
-      w_ok[u] = n < p.N;
+    for (int r = 0; r < 2; ++r) {
+      const int n = rt * 16 + g + 8 * r;
+      wok[r] = n < p.N;
+      w_next[r] = static_cast<const uint8_t*>(p.w) + static_cast<int64_t>(wok[r] ? n : 0) * p.ldw +
+                  static_cast<int64_t>(s_begin) * D::kStageK + 16 * t;
     }
   }
-  constexpr int kXP = (kTok * kChunks * 8 + kThreads - 1) / kThreads;
-  const T* x_src[kXP];
-  uint32_t x_dst[kXP];
-  int x_k[kXP];
-  bool x_ok[kXP];
-#pragma unroll
-  for (int u = 0; u < kXP; ++u) {
-    const int i = threadIdx.x + u * kThreads;
-    const int row = i / (kChunks * 8), piece = i % (kChunks * 8);
-    const int m = m0 + row;
-    x_ok[u] = i < kTok * kChunks * 8 && m < p.M;
-    x_src[u] = static_cast<const T*>(p.x) + static_cast<int64_t>(x_ok[u] ? m : 0) * p.ldx +
-               piece * 8;
-    x_dst[u] = smem_u32(xsm + row * kXRowE + piece * 8);
-    x_k[u] = piece * 8;
-  }
-
-  auto load_stage = [&](int st, int slot) {
+  uint4 ring[kChunks][kW];
+  const uint4 zero4 = make_uint4(0, 0, 0, 0);
+  // Chunk j of stage st loads when j < lim (int4: the chunks the layout holds; int8: the
+  // lane's k inside K, counted in 64-K steps as j * 64 < lim); 0 past the split.
+  auto stage_limit = [&](int st) {
+    if (st >= ns) return 0;
     const int c0 = (s_begin + st) * kChunks;
-    const int64_t k0 = static_cast<int64_t>(c0) * kChunkK;
+    return Bits == 4 ? nk - c0 : p.K - c0 * kChunkK - 16 * t;
+  };
+  auto load_chunk = [&](int j, int lim, uint4 (&v)[kW]) {
+    const bool in = Bits == 4 ? j < lim : j * kChunkK < lim;
 #pragma unroll
-    for (int u = 0; u < kWP; ++u) {
-      const bool ok = w_ok[u] && c0 + w_k[u] / kChunkK < c_end && k0 + w_k[u] < p.K;
-      const uint8_t* src = w_src[u] + (Bits == 4 ? k0 / kChunkK * kTileBytes4 : k0);
-      mma_tiled::cp_async16(w_dst[u] + slot * D::kWStage, ok ? src : w_src[u], ok);
-    }
+    for (int r = 0; r < kW; ++r)
+      v[r] = in && wok[r] ? smallm::ld_stream(w_next[r] + j * kWStep) : zero4;
+  };
+  auto advance_w = [&]() {
+#pragma unroll
+    for (int r = 0; r < kW; ++r) w_next[r] += kChunks * kWStep;
+  };
+
+  // Activations: this thread's share of a stage's 16-byte copies, zero-filled past M and
+  // K. Its pieces share one column (piece) and lie kXRowStep tokens apart, so one source
+  // pointer and one row stride serve them all.
+  constexpr int kXPerRow = D::kStageK / 8;  // 16-byte pieces of a token's stage row
+  constexpr int kXPieces = kTok * kXPerRow;
+  constexpr int kXP = (kXPieces + kThreads - 1) / kThreads;
+  static_assert(kThreads % kXPerRow == 0, "a thread's pieces share a column");
+  constexpr int kXRowStep = kThreads / kXPerRow;
+  const int x_row0 = static_cast<int>(threadIdx.x) / kXPerRow;
+  const int x_k = (static_cast<int>(threadIdx.x) % kXPerRow) * 8;
+  const int64_t x_ld_step = kXRowStep * p.ldx;
+  const T* x_src = static_cast<const T*>(p.x) + static_cast<int64_t>(m0 + x_row0) * p.ldx + x_k;
+  const uint32_t x_dst = smem_u32(xsm + x_row0 * kXRowE + x_k);
+  auto load_x = [&](int st, int slot) {
+    const int64_t k0 = static_cast<int64_t>(s_begin + st) * D::kStageK;
+    const bool k_ok = k0 + x_k < p.K;
 #pragma unroll
     for (int u = 0; u < kXP; ++u) {
-      const int64_t k = k0 + x_k[u];
-      const bool ok = x_ok[u] && k < p.K && c0 + x_k[u] / kChunkK < c_end;
-      if (u * kThreads + static_cast<int>(threadIdx.x) < kTok * kChunks * 8)
-        mma_tiled::cp_async16(x_dst[u] + slot * kXStage * 2, ok ? x_src[u] + k0 : x_src[u], ok);
+      const int row = x_row0 + u * kXRowStep;
+      if (kXPieces % kThreads != 0 && row >= kTok) continue;
+      const bool ok = k_ok && m0 + row < p.M;
+      mma_tiled::cp_async16(x_dst + (slot * kXStage + u * kXRowStep * kXRowE) * 2,
+                            ok ? x_src + u * x_ld_step + k0 : static_cast<const T*>(p.x), ok);
     }
   };
 
-  // Scales and zero points of a stage, entry i = q * 64 + row: group q of the stage.
-  int m_scale[D::kMetaPer], m_zero[D::kMetaPer];  // < 2^31: checked by the plan
-  int m_q[D::kMetaPer];
-  bool m_ok[D::kMetaPer];
-#pragma unroll
-  for (int u = 0; u < D::kMetaPer; ++u) {
-    const int i = threadIdx.x + u * kThreads;
-    const int q = i / (kRT * 16), n = rt0 * 16 + i % (kRT * 16);
-    m_ok[u] = q < gps && n < p.N;
-    m_q[u] = q;
-    m_scale[u] = static_cast<int>(n * p.scale_ld + q);
-    m_zero[u] = static_cast<int>(n * p.zero_ld + q);
-  }
+  // Scales and zero points of a stage, entry i = q * kRows + row: group q of the stage. A
+  // thread's entries share one row (kThreads is a multiple of kRows), and its u-th entry is
+  // group m_q0 + u * kQStep.
+  constexpr int kQStep = kThreads / kRows;
+  static_assert(kThreads % kRows == 0, "a thread's entries share a row");
+  const int m_n = blockIdx.x * kRows + static_cast<int>(threadIdx.x) % kRows;
+  const int m_q0 = static_cast<int>(threadIdx.x) / kRows;
+  const bool m_row_ok = m_n < p.N;
+  const int m_scale = static_cast<int>(m_n * p.scale_ld);  // < 2^31: checked by the plan
+  const int m_zero = static_cast<int>(m_n * p.zero_ld);
   using Meta = uint32_t[2][D::kMetaPer];  // [0]: scale bits, [1]: zero point
   const bool scale_f32 = p.scale_dtype == FloatType::kF32;
-  // Without zero points every zero pair is the constant of 8, stored once (below); with
-  // them they move with the scales.
-  const bool has_zeros = Bits == 4 && p.zeros != nullptr;
-  // Entries past the stage's groups are never read: a warp whose 32 entries all lie there
-  // skips them (warp-uniform), e.g. 3/4 of the entries at G = 128.
-  auto meta_warp = [&](int u) { return u * kThreads + warp * 32 < gps * kRT * 16; };
+  const bool scale_bf16 = p.scale_dtype == FloatType::kBF16;
+  // Without zero points every zero pair is the constant of 8, kept in registers.
+  constexpr bool has_zeros = Bits == 4 && kZeros;
+  // G = 128: a group is two chunks, summed in the tensor core before one scaled accumulate
+  // (half the fp32 FMAs and zeroing of G = 64's per-chunk sums).
+  constexpr bool kGroupAcc = kG == 128;
+  // A stage's groups: g0 + q of the row, past K none (G = 32 with K % 64 == 32).
   auto meta_load = [&](int st, Meta& m) {
-    const int g0 = ((s_begin + st) * kChunks * kChunkK) >> gsh;
+    const int g0 = ((s_begin + st) * D::kStageK) >> gsh;
 #pragma unroll
     for (int u = 0; u < D::kMetaPer; ++u) {
-      if (!meta_warp(u)) continue;
-      const bool ok = m_ok[u] && g0 + m_q[u] < ngroups;
-      m[0][u] = ok ? load_scale_bits(p.scales, scale_f32, m_scale[u] + g0) : 0u;
-      if (has_zeros) m[1][u] = ok ? p.zeros[m_zero[u] + g0] : 8u;
+      const int q = m_q0 + u * kQStep;
+      const bool ok = m_row_ok && (per_row || g0 + q < ngroups);
+      const int gi = per_row ? 0 : g0 + q;
+      m[0][u] = ok ? load_scale_bits(p.scales, scale_f32, m_scale + gi) : 0u;
+      if (has_zeros) m[1][u] = ok ? p.zeros[m_zero + gi] : 8u;
     }
   };
   auto meta_store = [&](int slot, const Meta& m) {
 #pragma unroll
     for (int u = 0; u < D::kMetaPer; ++u) {
-      if (!meta_warp(u)) continue;
       const int i = threadIdx.x + u * kThreads;
-      ssm[slot * D::kMeta + i] = scale_bits_to_float(m[0][u], p.scale_dtype);
+      // The three dtypes by selects, not a jump table per entry.
+      const uint32_t b = m[0][u];
+      const float hf = __half2float(__ushort_as_half(static_cast<uint16_t>(b)));
+      const float f = scale_f32 ? __uint_as_float(b) : scale_bf16 ? __uint_as_float(b << 16) : hf;
+      ssm[slot * D::kMeta + i] = f;
       // Rows 0-7 of a 16-row tile are a fragment's row g, rows 8-15 its row g + 8.
       if (has_zeros)
         zsm[slot * D::kMeta + i] = (i & 8) ? int4_zero_hi<T>(m[1][u]) : int4_zero_lo<T>(m[1][u]);
     }
   };
-  if (Bits == 4 && !has_zeros) {
-    for (int i = threadIdx.x; i < kStages * D::kMeta; i += kThreads)
-      zsm[i] = (i & 8) ? int4_zero_hi<T>(8u) : int4_zero_lo<T>(8u);
-  }
 
   float acc[1][MT][4];
 #pragma unroll
@@ -688,94 +689,110 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[0][j][i] = 0.f;
 
+  // Stage st from x slot xs and meta slot ms with its weights in the ring; each chunk's
+  // registers are refilled with the next stage's chunk (up to lim) once dequantized.
   const int x_lane = g * kXRowE + 16 * t;  // the lane's B fragment, token g, k = 16 t
-  auto compute = [&](int slot) {
-    const uint8_t* wst = wsm + slot * D::kWStage + r * kChunks * D::kTile;
-    const T* xst = xsm + slot * kXStage + x_lane;
-    const float* sst = ssm + slot * D::kMeta + r * 16 + g;
-    const uint32_t* zst = zsm + slot * D::kMeta + r * 16 + g;
+  auto compute = [&](int xs, int ms, int lim) {
+    const T* xst = xsm + xs * kXStage + x_lane;
+    const float* sst = ssm + ms * D::kMeta + warp * 16 + g;
+    const uint32_t* zst = zsm + ms * D::kMeta + warp * 16 + g;
+    float part[MT][4];
 #pragma unroll
-    for (int jc = 0; jc < kChunks / kKW; ++jc) {
-      const int cc = kw + jc * kKW;
-      uint4 v0, v1;
-      uint32_t z[2] = {0u, 0u};
-      if constexpr (Bits == 4) {
-        v0 = *reinterpret_cast<const uint4*>(wst + cc * D::kTile + lane * 16);
+    for (int cc = 0; cc < kChunks; ++cc) {
+      const uint4(&v)[kW] = ring[cc];
+      uint32_t z[2] = {int4_zero_lo<T>(8u), int4_zero_hi<T>(8u)};
+      if constexpr (has_zeros) {
         const int qz = (cc * kChunkK + 16 * t) >> gsh;  // the lane's own group
-        z[0] = zst[qz * kRT * 16];
-        z[1] = zst[qz * kRT * 16 + 8];
-      } else {
-        const uint8_t* base = wst + cc * D::kTile + t * 16;
-        v0 = *reinterpret_cast<const uint4*>(base + g * 64);
-        v1 = *reinterpret_cast<const uint4*>(base + (g + 8) * 64);
+        z[0] = zst[qz * kRows];
+        z[1] = zst[qz * kRows + 8];
       }
-      chunk_mma<T, 1, MT>(
-          acc, xst + cc * kChunkK, kXRowE, two, t,
-          [&](int, int s, uint32_t (&a)[4]) {
+#pragma unroll
+      for (int h = 0; h < (two ? 2 : 1); ++h) {
+        // G = 32: pass h keeps the k of the lanes whose group is 2 c + h.
+        const bool keep = !two || (t >> 1) == h;
+        // A group's sum starts from zero: each chunk at G <= 64, every other one at 128.
+        if (!kGroupAcc || cc % 2 == 0) {
+#pragma unroll
+          for (int j = 0; j < MT; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
+        }
+#pragma unroll
+        for (int sp = 0; sp < 2; ++sp) {
+          uint4 xv[MT];
+#pragma unroll
+          for (int j = 0; j < MT; ++j)
+            xv[j] = keep ? *reinterpret_cast<const uint4*>(xst + cc * kChunkK +
+                                                           8 * j * kXRowE + 8 * sp)
+                         : make_uint4(0, 0, 0, 0);
+#pragma unroll
+          for (int ss = 0; ss < 2; ++ss) {
+            uint32_t a[4];
             if constexpr (Bits == 4)
-              int4_fragment<T>(v0, s, z, a);
+              int4_fragment<T>(v[0], 2 * sp + ss, z, a);
             else
-              int8_fragment<T>(v0, v1, s, a);
-          },
-          [&](int, int h, int rr) {
-            return sst[((cc * kChunkK + 32 * h) >> gsh) * kRT * 16 + 8 * rr];
-          });
+              int8_fragment<T>(v[0], v[kW - 1], 2 * sp + ss, a);
+#pragma unroll
+            for (int j = 0; j < MT; ++j) {
+              const uint32_t b0 = ss ? xv[j].z : xv[j].x, b1 = ss ? xv[j].w : xv[j].y;
+              Half<T>::mma(part[j], a, b0, b1);
+            }
+          }
+        }
+        if (!kGroupAcc || cc % 2 == 1) {
+          const int q = (cc * kChunkK + 32 * h) >> gsh;
+          const float s0 = sst[q * kRows], s1 = sst[q * kRows + 8];
+#pragma unroll
+          for (int j = 0; j < MT; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+              acc[0][j][i] = fmaf(part[j][i], i < 2 ? s0 : s1, acc[0][j][i]);
+        }
+      }
+      // The chunk's registers are free now: the refill needs no copies.
+      load_chunk(cc, lim, ring[cc]);
     }
   };
 
-  // Prologue: kStages - 1 stages of w and x in flight; their scales in place.
-#pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < ns) load_stage(st, st);
-    mma_tiled::cp_async_commit();
-  }
+  // Prologue: the first stage's weights and two stages of activations in flight, the first
+  // stage's scales in place and the second's loaded.
   {
-    Meta first[kStages - 1];  // every load issued before the first store waits on one
+    const int lim = stage_limit(0);
 #pragma unroll
-    for (int st = 0; st < kStages - 1; ++st)
-      if (st < ns) meta_load(st, first[st]);
+    for (int j = 0; j < kChunks; ++j) load_chunk(j, lim, ring[j]);
+    advance_w();
+  }
 #pragma unroll
-    for (int st = 0; st < kStages - 1; ++st)
-      if (st < ns) meta_store(st, first[st]);
+  for (int st = 0; st < 2; ++st) {
+    if (st < ns) load_x(st, st);
+    mma_tiled::cp_async_commit();
   }
   Meta later;
-  bool pending = false;  // `later` holds stage st + kStages - 2's scales, not yet stored
+  {
+    Meta first;
+    meta_load(0, first);
+    if (ns > 1) meta_load(1, later);
+    meta_store(0, first);
+  }
+  // Step st: x(st) has landed and every warp is done with stage st - 1, whose x slot
+  // ((st + 2) % 3) and meta slot ((st + 1) % 2) are refilled for stages st + 2 and st + 1.
   for (int st = 0; st < ns; ++st) {
-    mma_tiled::cp_async_wait<kStages - 2>();
-    __syncthreads();  // stage st landed; every warp is done with stage st - 1's slot
-    // Slot (st + 2) % 4 was last read by compute(st - 2), before barrier st - 1, and is next
-    // read by compute(st + 2), after barrier st + 1.
-    if (pending) meta_store((st + kStages - 2) % kStages, later);
-    const int next = st + kStages - 1;
-    if (next < ns) load_stage(next, next % kStages);
+    mma_tiled::cp_async_wait<1>();
+    __syncthreads();
+    if (st + 1 < ns) meta_store((st + 1) & 1, later);
+    if (st + 2 < ns) load_x(st + 2, (st + 2) % D::kXStages);
     mma_tiled::cp_async_commit();
-    pending = next < ns;
-    if (pending) meta_load(next, later);
-    compute(st % kStages);
+    if (st + 2 < ns) meta_load(st + 2, later);
+    compute(st % D::kXStages, st & 1, stage_limit(st + 1));
+    advance_w();
   }
   mma_tiled::cp_async_wait<0>();
-  __syncthreads();
 
-  // The two halves of each row tile, added in a fixed order (half 0 + half 1).
-  float* red = reinterpret_cast<float*>(smem);  // [kKW - 1][kRT][32][MT * 4]
   float(&flat)[MT * 4] = reinterpret_cast<float(&)[MT * 4]>(acc);
-  if (kw > 0) {
-#pragma unroll
-    for (int i = 0; i < MT * 4; ++i)
-      red[(((kw - 1) * kRT + r) * 32 + lane) * MT * 4 + i] = flat[i];
-  }
-  __syncthreads();
-  if (kw == 0) {
-#pragma unroll
-    for (int h = 1; h < kKW; ++h)
-#pragma unroll
-      for (int i = 0; i < MT * 4; ++i)
-        flat[i] += red[(((h - 1) * kRT + r) * 32 + lane) * MT * 4 + i];
-  }
   if (p.splits > 1 &&
-      !gather_splits<MT * 4, kRT * 32>(p, flat, kw == 0, r * 32 + lane, last_cta))
+      !gather_splits<MT * 4, kThreads>(p, flat, true, threadIdx.x, last_cta))
     return;
-  if (kw == 0) store_tiles<1, MT>(p, acc, rt0 + r, m0, g, t);
+  store_tiles<1, MT>(p, acc, rt, m0, g, t);
 }
 
 inline int group_shift(int group) {
@@ -798,12 +815,12 @@ inline cudaError_t check_launch_args(const WXA16GemmArgs& p, const dim3& grid) {
   return cudaSuccess;
 }
 
-template <int Bits, typename T, int MT>
+template <int Bits, typename T, int MT, int kG, bool kZeros>
 cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  using D = Decode<Bits>;
-  constexpr int kRows = 16 * D::kRT, kSmem = D::template smem_bytes<MT>();
+  using D = Decode<Bits, kG>;
+  constexpr int kRows = D::kRows, kSmem = D::template smem_bytes<MT>();
   static std::atomic<bool> opted[kMaxDevices];
-  const auto kernel = wxa16_decode_kernel<Bits, T, MT>;
+  const auto kernel = wxa16_decode_kernel<Bits, T, MT, kG, kZeros>;
   const dim3 grid((p.N + kRows - 1) / kRows, 1, (p.M + 8 * MT - 1) / (8 * MT));
   int device = 0;
   cudaError_t e = current_device(device);
@@ -828,13 +845,13 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     int64_t best_cost = -1;
     for (int s = 1; s <= 16 && s <= ns_all; ++s) {
       const int64_t waves = (tiles * s + slots - 1) / slots;
-      // A CTA's fixed cost (ring fill, scales of the first stages, the reduction) is
-      // counted as kStages + 1 stages.
-      const int64_t cost = waves * ((ns_all + s - 1) / s + D::kStages + 1);
+      // A CTA's fixed cost (the rings' fill, the first stage's scales, the reduction) is
+      // counted as 3 stages.
+      const int64_t cost = waves * ((ns_all + s - 1) / s + 3);
       if (best_cost < 0 || cost < best_cost) best = s, best_cost = cost;
     }
     p.splits = best;
-    plan_workspace(p, tiles, D::kRT * 32, MT * 4);
+    plan_workspace(p, tiles, D::kThreads, MT * 4);
     return cudaSuccess;
   }
   if (p.M == 0 || p.N == 0) return cudaSuccess;
@@ -884,9 +901,24 @@ cudaError_t tiled_of(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
   return run<Bits, T, 1, 8, 8, 2>(p, s, plan);
 }
 
+// The group size and zero points are the kernel's constants: its scale and zero reads are
+// then fixed offsets, and G = 32's second pass per chunk is compiled only where it runs.
+template <int Bits, typename T, int MT, int kG>
+cudaError_t decode_zeros(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
+  if constexpr (Bits == 4) {
+    if (p.zeros != nullptr) return run_decode<Bits, T, MT, kG, true>(p, s, plan);
+  }
+  return run_decode<Bits, T, MT, kG, false>(p, s, plan);
+}
+template <int Bits, typename T, int MT>
+cudaError_t decode_group(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
+  if (p.group == 32) return decode_zeros<Bits, T, MT, 32>(p, s, plan);
+  if (p.group == 64) return decode_zeros<Bits, T, MT, 64>(p, s, plan);
+  return decode_zeros<Bits, T, MT, 128>(p, s, plan);  // 128, or one scale per row
+}
 template <int Bits, typename T>
 cudaError_t decode_of(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
-  return p.M <= 8 ? run_decode<Bits, T, 1>(p, s, plan) : run_decode<Bits, T, 2>(p, s, plan);
+  return p.M <= 8 ? decode_group<Bits, T, 1>(p, s, plan) : decode_group<Bits, T, 2>(p, s, plan);
 }
 
 // The prepacked int4 weight dequantized to x's dtype, [N, K] row-major in `out` (row stride

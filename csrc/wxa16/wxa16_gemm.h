@@ -58,9 +58,10 @@ struct WXA16GemmArgs {
 // 16-byte aligned.
 using WXA16GemmFn = cudaError_t(WXA16GemmArgs& args, cudaStream_t stream, bool plan);
 
-// Decode (M <= 16): 64 rows of w x 8 or 16 tokens per CTA, weights and activations staged
-// through a cp.async ring, K split over the CTA's warps and over CTAs until the grid fills
-// whole waves; the partials are added in a fixed order.
+// Decode (M <= 16): 128 rows of w x 8 or 16 tokens per CTA, each warp's weights streamed
+// into registers a stage ahead, activations and scales through a cp.async ring, K split over
+// CTAs until the grid fills whole waves; the partials are added in a fixed order. A kernel
+// per group size (32, 64, 128; one scale per row runs as 128) and, int4, zero points or not.
 WXA16GemmFn cuda_w4a16_gemm_decode;
 WXA16GemmFn cuda_w8a16_gemm_decode;
 // Any M: 128 rows of w x 64 tokens per CTA (K split over CTAs only when the tiles are few).
