@@ -581,8 +581,9 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   bool wok[kW];
   if constexpr (Bits == 4) {
     wok[0] = rt < (p.N + 15) / 16;
-    w_next[0] = static_cast<const uint8_t*>(p.w) +
-                ((static_cast<int64_t>(wok[0] ? rt : 0) * nk + static_cast<int64_t>(s_begin) * kChunks) * 32 + lane) * 16;
+    const int64_t chunk0 = static_cast<int64_t>(wok[0] ? rt : 0) * nk +
+                           static_cast<int64_t>(s_begin) * kChunks;  // the split's first
+    w_next[0] = static_cast<const uint8_t*>(p.w) + (chunk0 * 32 + lane) * 16;
   } else {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

@@ -18,11 +18,11 @@ not), the wgmma kernel above (1.3-1.4x ``torch._int_mm`` at 4096 x 28672 x 8192 
 then Triton (any shape and stride), then the IMMA tiled kernel (the A100 path, half the
 wgmma kernel's rate on Hopper).
 
-w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on three of the four
-benchmark weights; Triton leads on 28672 x 8192), Triton above (ahead of the CUDA tiled
-kernel at every M >= 64 measured, by 1.04-4.2x). w4a16_gemm needs no row: the weight's layout
-picks the backend (prepacked: the CUDA kernels, decode to M = 16 and dequantize-then-cuBLAS
-above, by their M ranges; canonical: Triton).
+w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on every benchmark
+weight at M = 1, by 1.3-4.8x; Triton leads by 7% at 16 x 28672 x 8192), Triton above (ahead
+of the CUDA tiled kernel at every M >= 64 measured, by 1.04-4.2x). w4a16_gemm needs no row:
+the weight's layout picks the backend (prepacked: the CUDA kernels, decode to M = 16 and
+dequantize-then-cuBLAS above, by their M ranges; canonical: Triton).
 """
 from __future__ import annotations
 
