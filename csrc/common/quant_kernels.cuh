@@ -39,6 +39,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/launch.h"
 #include "common/pdl.cuh"
@@ -262,19 +263,30 @@ struct RangeKey : MaxWords<2> {
 // -------------------------------------------------------------------- absmax codecs
 // A symmetric codec from an element encoder: scale = max(absmax / qmax, 2^-126), codes =
 // encode(x * (1 / scale)). Enc(fmt, saturate) gives qmax() and encode4 of four products.
+// Whether an element encoder has encode4_in_range: encode4 for values known to lie within
+// [-qmax, qmax] (AbsmaxCodec::DynScale).
+template <class E, class = void>
+struct HasInRange : std::false_type {};
+template <class E>
+struct HasInRange<E, std::void_t<decltype(&E::encode4_in_range)>> : std::true_type {};
+
 template <class Enc>
 struct AbsmaxCodec {
   using Key = AbsKey;
   struct Scale {
     float s, inv;
   };
+  // A scale made from the slice's own |x| max: every x * inv then lies within qmax (1 + 3 ulp),
+  // so an encoder's clamp to qmax cannot change a code (NaN products still need their rule).
+  // Code that keeps it as this type takes the encoder's encode4_in_range where it has one.
+  struct DynScale : Scale {};
   static constexpr bool kRunsHere = Enc::kRunsHere;
   Enc enc;
 
   __device__ __forceinline__ explicit AbsmaxCodec(const KernelParams& p) : enc(p.fmt, p.saturate) {}
-  __device__ __forceinline__ Scale dynamic(const Key& k) const {
+  __device__ __forceinline__ DynScale dynamic(const Key& k) const {
     const float s = scale_from_key(k.w[0], enc.qmax());
-    return {s, __frcp_rn(s)};
+    return {{s, __frcp_rn(s)}};
   }
   __device__ __forceinline__ Scale given(const KernelParams& p, int64_t sidx) const {
     const float s = p.scale_in[sidx];
@@ -287,12 +299,22 @@ struct AbsmaxCodec {
                                               float d) const {
     return enc.encode4(mul_rn(a, sc.inv), mul_rn(b, sc.inv), mul_rn(c, sc.inv), mul_rn(d, sc.inv));
   }
+  __device__ __forceinline__ uint32_t encode4(const DynScale& sc, float a, float b, float c,
+                                              float d) const {
+    if constexpr (HasInRange<Enc>::value)
+      return enc.encode4_in_range(mul_rn(a, sc.inv), mul_rn(b, sc.inv), mul_rn(c, sc.inv),
+                                  mul_rn(d, sc.inv));
+    else
+      return encode4(static_cast<const Scale&>(sc), a, b, c, d);
+  }
 };
 
 // Encodes a chunk: 4 codes per word.
-template <class Codec, FloatType T>
+// Scale: the codec's Scale, or a type it derives (AbsmaxCodec::DynScale), which picks its
+// own encode4 overload.
+template <class Codec, FloatType T, class Scale>
 __device__ __forceinline__ void encode_chunk(const Codec& codec, const Chunk<T>& c,
-                                             const typename Codec::Scale& sc, uint32_t (&o)[4]) {
+                                             const Scale& sc, uint32_t (&o)[4]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     o[i] = codec.encode4(sc, elem_f32(c, 4 * i + 0), elem_f32(c, 4 * i + 1),
@@ -404,7 +426,7 @@ __device__ __forceinline__ void quant_rows_body(const KernelParams& p) {
         merge(key, Key::of(u));
       }
       key = team_max(key, team, red);
-      const Scale scl = codec.dynamic(key);
+      const auto scl = codec.dynamic(key);  // its own type: encoders may skip the clamp
       if (row_ok && t == 0) codec.store(p, row, scl);
 #pragma unroll
       for (int i = 0; i < kCache; ++i) {
@@ -522,7 +544,7 @@ __device__ __forceinline__ void quant_block128_body(const KernelParams& p) {
       if (row < p.rows && count > 0) merge(key, Codec::Key::of(v[i]));
     }
     key = team_max(key, kBlockThreads, red);
-    const typename Codec::Scale scl = codec.dynamic(key);
+    const auto scl = codec.dynamic(key);  // its own type: encoders may skip the clamp
     if (threadIdx.x == 0) codec.store(p, b, scl);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
