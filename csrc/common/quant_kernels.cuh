@@ -263,8 +263,8 @@ struct RangeKey : MaxWords<2> {
 // -------------------------------------------------------------------- absmax codecs
 // A symmetric codec from an element encoder: scale = max(absmax / qmax, 2^-126), codes =
 // encode(x * (1 / scale)). Enc(fmt, saturate) gives qmax() and encode4 of four products.
-// Whether an element encoder has encode4_in_range: encode4 for values known to lie within
-// [-qmax, qmax] (AbsmaxCodec::DynScale).
+// Whether an element encoder has encode4_in_range: encode4 for finite values known to lie
+// within [-qmax, qmax] (AbsmaxCodec::DynScale).
 template <class E, class = void>
 struct HasInRange : std::false_type {};
 template <class E>
@@ -276,17 +276,21 @@ struct AbsmaxCodec {
   struct Scale {
     float s, inv;
   };
-  // A scale made from the slice's own |x| max: every x * inv then lies within qmax (1 + 3 ulp),
-  // so an encoder's clamp to qmax cannot change a code (NaN products still need their rule).
-  // Code that keeps it as this type takes the encoder's encode4_in_range where it has one.
-  struct DynScale : Scale {};
+  // A scale made from the slice's own |x| max. With a finite max every x * inv is finite and
+  // within qmax (1 + 3 ulp), so an encoder's NaN rule and clamp cannot change a code; with
+  // an Inf or NaN in the slice (the max is NaN then: NaN keys lie above Inf) the scale is
+  // not finite and every product is 0 or NaN. Code that keeps this type takes the encoder's
+  // encode4_in_range and kNonFinite4 (its packed codes of such a slice) where it has them.
+  struct DynScale : Scale {
+    bool finite;
+  };
   static constexpr bool kRunsHere = Enc::kRunsHere;
   Enc enc;
 
   __device__ __forceinline__ explicit AbsmaxCodec(const KernelParams& p) : enc(p.fmt, p.saturate) {}
   __device__ __forceinline__ DynScale dynamic(const Key& k) const {
     const float s = scale_from_key(k.w[0], enc.qmax());
-    return {{s, __frcp_rn(s)}};
+    return {{s, __frcp_rn(s)}, (f2u(s) & 0x7F800000u) != 0x7F800000u};
   }
   __device__ __forceinline__ Scale given(const KernelParams& p, int64_t sidx) const {
     const float s = p.scale_in[sidx];
@@ -301,11 +305,13 @@ struct AbsmaxCodec {
   }
   __device__ __forceinline__ uint32_t encode4(const DynScale& sc, float a, float b, float c,
                                               float d) const {
-    if constexpr (HasInRange<Enc>::value)
+    if constexpr (HasInRange<Enc>::value) {
+      if (!sc.finite) return Enc::kNonFinite4;  // uniform over the slice
       return enc.encode4_in_range(mul_rn(a, sc.inv), mul_rn(b, sc.inv), mul_rn(c, sc.inv),
                                   mul_rn(d, sc.inv));
-    else
+    } else {
       return encode4(static_cast<const Scale&>(sc), a, b, c, d);
+    }
   }
 };
 
