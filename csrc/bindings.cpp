@@ -340,6 +340,10 @@ class WXA16GemmLaunch
     args_.scale_dtype = enum_arg<lowbit::FloatType>(scale_dtype, "scale dtype");
     args_.scale_ld = scale_ld;
     has_zeros_ = has_zeros;
+    // The plan picks the kernel a launch will run, which depends on whether zero points come:
+    // a non-null placeholder says they will (the plan never reads it; launch sets the real one).
+    static const uint8_t kZerosPlaceholder = 0;
+    args_.zeros = has_zeros ? &kZerosPlaceholder : nullptr;
     args_.zero_ld = zero_ld;
     args_.bias_dtype = enum_arg<lowbit::FloatType>(bias_dtype, "bias dtype");
     args_.ldo = ldo;

@@ -981,6 +981,9 @@ cudaError_t dequant_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
 template <int Bits>
 cudaError_t decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M > kWXA16DecodeMaxM) return cudaErrorInvalidValue;
+  // decode_group runs every other value as 128.
+  if (p.group != 0 && p.group != 32 && p.group != 64 && p.group != 128)
+    return cudaErrorInvalidValue;
   if (p.x_dtype == FloatType::kBF16) return decode_of<Bits, __nv_bfloat16>(p, stream, plan);
   if (p.x_dtype == FloatType::kF16) return decode_of<Bits, __half>(p, stream, plan);
   return cudaErrorInvalidValue;

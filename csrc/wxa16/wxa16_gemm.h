@@ -32,6 +32,8 @@ struct WXA16GemmArgs {
   // that the kernels read it as a constant instead of rebuilding it from `group`.
   int group_shift;
   // bits 4 only: uint8 [N, K / group] (row stride zero_ld), or null: every zero point is 8.
+  // When planning, non-null exactly when the launches will pass zero points (not read): the
+  // decode kernel for zero points is another kernel.
   const uint8_t* zeros;
   int64_t zero_ld;
   const void* bias;  // [N] or null
