@@ -320,3 +320,92 @@ def test_the_gemms_direct_and_own_launches_pass_the_same_arguments(monkeypatch, 
         assert own[2].data_ptr() == out.data_ptr()
         for d, o in zip(direct, own):
             assert d == (o.data_ptr() if isinstance(o, torch.Tensor) else o)
+
+
+# ------------------------------------------ the weight-only GEMMs' two launch paths agree
+def _wxa16_cases():
+    """Int4 with zero points, bias and a split; int4 in act order; int8 per channel (split)
+    and per group with bias, tiled (no split)."""
+    from lowbit.triton_kernels import wxa16_gemm as wx
+    g = torch.Generator().manual_seed(5)
+    n, k = 48, 256
+    x = torch.randn(3, k, generator=g).to(torch.bfloat16)
+    xt = torch.randn(40, k, generator=g).to(torch.float16)
+    q4 = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8)
+    s4 = torch.rand(n, k // 64, generator=g).to(torch.bfloat16)
+    z4 = torch.randint(0, 16, (n, k // 64), generator=g, dtype=torch.uint8)
+    perm = torch.randperm(k, generator=g)
+    w8 = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    s8c, s8g = torch.rand(n, 1, generator=g), torch.rand(n, k // 128, generator=g)
+    b16 = torch.randn(n, generator=g).to(torch.bfloat16)
+    bh = torch.randn(n, generator=g).to(torch.float16)
+    four = (x, q4, s4, z4, 64, None, b16)
+    act = (x, q4, s4, None, 64, perm, None)
+    # (name, the launcher's binding, the call's arguments)
+    return [
+        ("w4-zeros-bias", lambda: wx.w4a16_gemm_launcher(*four, split_k=4), four),
+        ("w4-act-order", lambda: wx.w4a16_gemm_launcher(*act, split_k=2), act),
+        ("w8-channel", lambda: wx.w8a16_gemm_launcher(x, w8, s8c, None, split_k=4),
+         (x, w8, s8c, None)),
+        ("w8-group-tiled", lambda: wx.w8a16_gemm_launcher(xt, w8, s8g, bh), (xt, w8, s8g, bh)),
+    ]
+
+
+def test_the_weight_only_gemms_direct_and_own_launches_agree(monkeypatch):
+    """Both kernels of a weight-only GEMM call (the split GEMM and its reduction) get from
+    the direct launch the data pointers of the tensors Triton's own path gets, in the same
+    order and roles, and were bound on tensors of the dtypes and alignment those have."""
+    from lowbit.triton_kernels import wxa16_gemm as wx
+    log, declines = [], set()
+
+    def bind(kernel, grid, args, consts):
+        name = kernel.fn.__name__
+        log.append(("bind", name, args))
+
+        def launch(*a):
+            log.append(("own", name, a))
+
+        def direct(*a):
+            log.append(("direct", name, a))
+            return name not in declines
+
+        launch.direct = direct
+        return launch
+
+    monkeypatch.setattr(wx, "_interpreting", lambda: False)
+    monkeypatch.setattr(wx, "bind", bind)
+    monkeypatch.setattr(wx, "_sm_count", lambda i: 132)
+    monkeypatch.setattr(wx, "device_index", lambda d: 0)
+    ptr = lambda v: v.data_ptr() if isinstance(v, torch.Tensor) else v  # noqa: E731
+    seen = set()
+    for name, make, args in _wxa16_cases():
+        log.clear()
+        launch = make()
+        binds = {e[1]: e[2] for e in log if e[0] == "bind"}
+        split = "_split_sum_kernel" in binds
+        # The GEMM declines its direct launch; then the GEMM launches, the reduction declines.
+        for declined in (["_wxa16_kernel"], ["_split_sum_kernel"] if split else []):
+            if not declined:
+                continue
+            declines.clear()
+            declines.update(declined)
+            log.clear()
+            out = launch(*args)
+            kernel = declined[0]
+            direct = [e[2] for e in log if e[0] == "direct" and e[1] == kernel]
+            own = [e[2] for e in log if e[0] == "own" and e[1] == kernel]
+            assert len(direct) == 1 and len(own) == 1, (name, kernel, log)
+            assert direct[0] == tuple(ptr(v) for v in own[0]), (name, kernel)
+            for b, o in zip(binds[kernel], own[0]):
+                if isinstance(o, torch.Tensor):
+                    assert b.dtype == o.dtype, (name, kernel)
+                    assert (b.data_ptr() % 16 == 0) == (o.data_ptr() % 16 == 0), (name, kernel)
+                else:
+                    assert b == o, (name, kernel)
+            # The result lands in the output: the GEMM's when it does not split, else the
+            # reduction's.
+            c_arg = 5 if kernel == "_wxa16_kernel" else 2
+            if kernel == "_split_sum_kernel" or not split:
+                assert own[0][c_arg].data_ptr() == out.data_ptr(), (name, kernel)
+            seen.add((kernel, split))
+    assert {("_wxa16_kernel", True), ("_wxa16_kernel", False), ("_split_sum_kernel", True)} <= seen

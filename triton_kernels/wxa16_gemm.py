@@ -38,6 +38,10 @@ is read through its strides. Under ``TRITON_INTERPRET=1`` (CI), whose NumPy has 
 bf16 tensors travel as their int16 bits: x is widened to fp32 and multiplied in fp32
 (exact: every bf16 is an fp32), and the output is rounded to bf16 in the kernel.
 Nothing here is NVIDIA-only (no inline assembly): the same source serves AMD GPUs.
+
+``w4a16_gemm_launcher`` / ``w8a16_gemm_launcher`` work out a signature's config, split, grids
+and constexprs once and bind both kernels (``_common.bind``): the Triton backend's prepared
+calls are the allocations and the two launches.
 """
 from __future__ import annotations
 
@@ -48,12 +52,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (device_index, f32_to_bf16_bits, grouped_tile, jit, kernel_input,
+from ._common import (bind, device_index, f32_to_bf16_bits, grouped_tile, jit, kernel_input,
                       load_f32, tile_offsets)
 from ._common import interpreting as _interpreting
 from .heuristics import WXA16_DECODE_MAX_M, wxa16_gemm_config, wxa16_split_k
 
-__all__ = ["w4a16_gemm", "w8a16_gemm"]
+__all__ = ["w4a16_gemm", "w8a16_gemm", "w4a16_gemm_launcher", "w8a16_gemm_launcher"]
 
 # Under the interpreter a program costs milliseconds of Python: a GPU's SM count would
 # make hundreds of splits, so the decode split is sized for this many "SMs" there (enough
@@ -206,16 +210,19 @@ def _split_sum_kernel(ws_ptr, bias_ptr, c_ptr, M, N, SPLIT, stride_ws, stride_wm
 _SUM_BLOCK_M, _SUM_BLOCK_N = 16, 128
 
 
-def _gemm(x: torch.Tensor, w: torch.Tensor, bits: int, scales: torch.Tensor,
-          zeros: Optional[torch.Tensor], group_size: int, bias: Optional[torch.Tensor],
-          config, split_k: Optional[int]) -> torch.Tensor:
-    """The launcher of both ops; ``group_size`` 0 means one scale per row of the weight
-    (scales [N, 1]). Arguments are validated by lowbit.ops."""
+def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: torch.Tensor,
+                        zeros: Optional[torch.Tensor], group_size: int,
+                        bias: Optional[torch.Tensor], config=None, split_k: Optional[int] = None):
+    """launch(x, w, scales, zeros, bias) -> out for arguments of the signature of these
+    (shapes, strides, dtypes, alignment; ``group_size`` 0: one scale per row of the weight,
+    scales [N, 1]): the config, the split, the grids and the constexprs are worked out and
+    both kernels bound once (_common.bind), so that a call is the output's (and the split
+    workspace's) allocation and the launches. Arguments are validated by lowbit.ops."""
     m, k = x.shape
     n = w.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    dev, dtype, empty, shape = x.device, x.dtype, torch.empty, (m, n)
     if m == 0 or n == 0:
-        return out
+        return lambda x, w, scales, zeros, bias: empty(shape, dtype=dtype, device=dev)
     interp = _interpreting()
     cfg = config if config is not None else wxa16_gemm_config(m, n, k, group_size)
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
@@ -233,36 +240,100 @@ def _gemm(x: torch.Tensor, w: torch.Tensor, bits: int, scales: torch.Tensor,
             split_k = wxa16_split_k(tiles, steps, sms)
     per_split = max(triton.cdiv(steps, max(split_k, 1)), 1)
     split = max(triton.cdiv(steps, per_split), 1)
+    partial = split > 1
 
     xk, x_bits = kernel_input(x) if interp else (x, False)
     sk, s_bf16 = kernel_input(scales)
     # The kernel reads bias[n] at unit stride.
     bias_k, bias_bf16 = kernel_input(bias.contiguous()) if bias is not None else (sk, False)
     zk = zeros if zeros is not None else sk  # (not read without zeros)
-    out_bits = interp and x.dtype == torch.bfloat16
-    c = out.view(torch.int16) if out_bits else out
-    partial = split > 1
-    ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if partial else c
-    stride_cs = ws.stride(0) if partial else 0
+    out_bits = interp and dtype == torch.bfloat16
+    # Aligned stand-ins of the output (as the kernels see it) and of the workspace, which a
+    # launch allocates: [M, N] and [SPLIT, M, N], contiguous.
+    c0 = empty(16, dtype=dtype, device=dev)
+    c0 = c0.view(torch.int16) if out_bits else c0
+    ws0 = empty(16, dtype=torch.float32, device=dev) if partial else c0
     # A per-channel scale's group is all of K (its column index k0 // G is 0).
     g = group_size if group_size else max(k, 1)
-    _wxa16_kernel[(tiles, split)](
-        xk, w, sk, zk, bias_k, ws, m, n, k, g, per_split, xk.stride(0), xk.stride(1),
-        w.stride(0), w.stride(1), sk.stride(0), sk.stride(1), zk.stride(0), zk.stride(1),
-        stride_cs, ws.stride(-2), ws.stride(-1),
+    sizes = (m, n, k, g, per_split, xk.stride(0), xk.stride(1), w.stride(0), w.stride(1),
+             sk.stride(0), sk.stride(1), zk.stride(0), zk.stride(1),
+             m * n if partial else 0, n, 1)
+    gemm = bind(_wxa16_kernel, (tiles, split), (xk, w, sk, zk, bias_k, ws0, *sizes), dict(
         BITS=bits, PER_CHANNEL=not group_size, SCALE_W=bool(group_size) and not decode,
         HAS_ZERO=zeros is not None, S_BF16=s_bf16,
         HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, X_BF16_BITS=x_bits,
-        FP32_DOT=x.dtype == torch.float32, PARTIAL=partial, OUT_BF16_BITS=out_bits,
+        FP32_DOT=dtype == torch.float32, PARTIAL=partial, OUT_BF16_BITS=out_bits,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    sum_sizes = (m, n, split, m * n, n, 1, n, 1)
     if partial:
-        grid = (triton.cdiv(m, _SUM_BLOCK_M), triton.cdiv(n, _SUM_BLOCK_N))
-        _split_sum_kernel[grid](
-            ws, bias_k, c, m, n, split, ws.stride(0), ws.stride(1), ws.stride(2),
-            c.stride(0), c.stride(1), HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16,
-            OUT_BF16_BITS=out_bits, BLOCK_M=_SUM_BLOCK_M, BLOCK_N=_SUM_BLOCK_N, num_warps=4)
-    return out
+        reduce = bind(_split_sum_kernel,
+                      (triton.cdiv(m, _SUM_BLOCK_M), triton.cdiv(n, _SUM_BLOCK_N)),
+                      (ws0, bias_k, c0, *sum_sizes),
+                      dict(HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16,
+                           OUT_BF16_BITS=out_bits, BLOCK_M=_SUM_BLOCK_M, BLOCK_N=_SUM_BLOCK_N,
+                           num_warps=4))
+
+    def launch(x, w, scales, zeros, bias):
+        out = empty(shape, dtype=dtype, device=dev)
+        ws = empty((split, m, n), dtype=torch.float32, device=dev) if partial else out
+        bias = bias.contiguous() if bias is not None else None
+        # The direct launches take the data pointers (no views to build); Triton's own path,
+        # where bind leaves the launch to it, the tensors as bound.
+        sp, wsp = scales.data_ptr(), ws.data_ptr()
+        bp = bias.data_ptr() if bias is not None else sp
+        if gemm.direct(x.data_ptr(), w.data_ptr(), sp,
+                       zeros.data_ptr() if zeros is not None else sp, bp, wsp, *sizes):
+            if partial and not reduce.direct(wsp, bp, out.data_ptr(), *sum_sizes):
+                # (a launch hook set between the two launches) Triton's own path
+                reduce(ws, kernel_input(bias if bias is not None else scales)[0], out,
+                       *sum_sizes)
+            return out
+        s_k = kernel_input(scales)[0]
+        b_k = kernel_input(bias)[0] if bias is not None else s_k
+        c = out.view(torch.int16) if out_bits else out
+        w_k = ws if partial else c
+        gemm(kernel_input(x)[0] if interp else x, w, s_k, zeros if zeros is not None else s_k,
+             b_k, w_k, *sizes)
+        if partial:
+            reduce(w_k, b_k, c, *sum_sizes)
+        return out
+
+    return launch
+
+
+def w4a16_gemm_launcher(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                        zeros: Optional[torch.Tensor], group_size: int,
+                        perm: Optional[torch.Tensor] = None,
+                        bias: Optional[torch.Tensor] = None, *, config=None,
+                        split_k: Optional[int] = None):
+    """launch(x, qweight, scales, zeros, group_size, perm, bias) -> out, w4a16_gemm for
+    arguments of this signature, its launches bound once (wxa16_gemm_launcher)."""
+    if perm is not None:
+        # Act order gathers x's columns once per call: a copy of x (M x K, small beside the
+        # weight at decode sizes) that keeps the kernel's x loads contiguous.
+        inner = wxa16_gemm_launcher(x.index_select(1, perm), qweight, 4, scales, zeros,
+                                    group_size, bias, config, split_k)
+        return lambda x, qweight, scales, zeros, group_size, perm, bias: inner(
+            x.index_select(1, perm), qweight, scales, zeros, bias)
+    inner = wxa16_gemm_launcher(x, qweight, 4, scales, zeros, group_size, bias, config, split_k)
+    return lambda x, qweight, scales, zeros, group_size, perm, bias: inner(
+        x, qweight, scales, zeros, bias)
+
+
+def _group_of(w: torch.Tensor, w_scale: torch.Tensor) -> int:
+    """The int8 weight's group size from its scales' shape: 0 per channel."""
+    return 0 if w_scale.shape[1] == 1 else w.shape[1] // w_scale.shape[1]
+
+
+def w8a16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
+                        bias: Optional[torch.Tensor] = None, *, config=None,
+                        split_k: Optional[int] = None):
+    """launch(x, w, w_scale, bias) -> out, w8a16_gemm for arguments of this signature, its
+    launches bound once (wxa16_gemm_launcher)."""
+    inner = wxa16_gemm_launcher(x, w, 8, w_scale, None, _group_of(w, w_scale), bias, config,
+                                split_k)
+    return lambda x, w, w_scale, bias: inner(x, w, w_scale, None, bias)
 
 
 def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -272,11 +343,9 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     """x [M, K] times the canonical int4 weight (module docstring) -> [M, N] in x's dtype.
     ``perm`` (GPTQ act order): the product reads x[:, perm]. ``config`` (a
     heuristics.GemmConfig) and ``split_k`` override the table, for tuning and tests."""
-    if perm is not None:
-        # Act order gathers x's columns once per call, here: a copy of x (M x K, small
-        # beside the weight at decode sizes) that keeps the kernel's x loads contiguous.
-        x = x.index_select(1, perm)
-    return _gemm(x, qweight, 4, scales, zeros, group_size, bias, config, split_k)
+    return w4a16_gemm_launcher(x, qweight, scales, zeros, group_size, perm, bias,
+                               config=config, split_k=split_k)(
+        x, qweight, scales, zeros, group_size, perm, bias)
 
 
 def w8a16_gemm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
@@ -284,5 +353,5 @@ def w8a16_gemm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
                split_k: Optional[int] = None) -> torch.Tensor:
     """x [M, K] times the int8 weight ``w`` [N, K] with fp32 ``w_scale`` [N, 1] (per
     channel) or [N, K // G] (per group) -> [M, N] in x's dtype."""
-    group = 0 if w_scale.shape[1] == 1 else w.shape[1] // w_scale.shape[1]
-    return _gemm(x, w, 8, w_scale, None, group, bias, config, split_k)
+    return w8a16_gemm_launcher(x, w, w_scale, bias, config=config, split_k=split_k)(
+        x, w, w_scale, bias)

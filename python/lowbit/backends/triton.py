@@ -304,8 +304,24 @@ def _w4a16_supports(x, qweight, scales, zeros, group_size, perm, bias):
     return _half_dot_reason(x)
 
 
+def _prepare_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
+    """The launcher for one signature: the config, the split and both kernels' binding
+    once; a call is the allocations and the launches."""
+    with OnDevice(x.device):
+        launch = _load().wxa16_gemm.w4a16_gemm_launcher(x, qweight, scales, zeros, group_size,
+                                                        perm, bias)
+    return _prepared_on(x.device, launch, "triton_w4a16_gemm")
+
+
+def _prepare_w8a16_gemm(x, w, w_scale, bias):
+    """As _prepare_w4a16_gemm, for the int8 weight."""
+    with OnDevice(x.device):
+        launch = _load().wxa16_gemm.w8a16_gemm_launcher(x, w, w_scale, bias)
+    return _prepared_on(x.device, launch, "triton_w8a16_gemm")
+
+
 @register_kernel("w4a16_gemm", "triton", "triton_w4a16_gemm", supports=_w4a16_supports,
-                 available=available, priority=PRIORITY)
+                 available=available, priority=PRIORITY, prepare=_prepare_w4a16_gemm)
 def w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
     with OnDevice(x.device):
         return _load().wxa16_gemm.w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias)
@@ -313,7 +329,7 @@ def w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
 
 @register_kernel("w8a16_gemm", "triton", "triton_w8a16_gemm",
                  supports=lambda x, *_: _half_dot_reason(x), available=available,
-                 priority=PRIORITY)
+                 priority=PRIORITY, prepare=_prepare_w8a16_gemm)
 def w8a16_gemm(x, w, w_scale, bias):
     with OnDevice(x.device):
         return _load().wxa16_gemm.w8a16_gemm(x, w, w_scale, bias)
