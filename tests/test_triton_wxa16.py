@@ -371,3 +371,53 @@ def test_gpu_benchmark_shapes(nk):
               dtype, f"w4a16 M = {m}")
         check(lowbit.w8a16_gemm(x, q, s, bias, backend="triton"), expected(x, dense8, bias),
               dtype, f"w8a16 M = {m}")
+
+
+def _with_launch_hook(call):
+    """call() with a launch hook set (as a profiler sets one): Triton's own launch path then
+    serves every launch. Returns (call's result, launches the hook saw)."""
+    from triton import knobs
+    seen = []
+
+    def hook(metadata):
+        seen.append(metadata)
+
+    chain = knobs.runtime.launch_enter_hook
+    if hasattr(chain, "add"):  # Triton 3.6 keeps a chain of hooks
+        chain.add(hook)
+        restore = lambda: chain.remove(hook)  # noqa: E731
+    else:
+        knobs.runtime.launch_enter_hook = hook
+        restore = lambda: setattr(knobs.runtime, "launch_enter_hook", chain)  # noqa: E731
+    try:
+        return call(), seen
+    finally:
+        restore()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 40])
+def test_gpu_bound_launches_match_the_jit_launches(m):
+    """The prepared weight-only GEMMs launch their compiled kernels directly (the split GEMM
+    and its reduction at M <= 16): bit for bit what the launches through ``kernel[grid]``
+    give (taken while a launch hook is set), with zero points, act order, bias and both
+    scale layouts of the int8 weight."""
+    from lowbit_testing import assert_bits_equal
+    n, k, dtype = 3000, 4224, torch.bfloat16
+    iw = int4_weight(n, k, 64, False, dtype, perm=True)
+    q, s = int8_weight(n, k, 128)
+    qc, sc = int8_weight(n, k, 0)
+    x, bias = activations(m, k, dtype), bias_of(n, dtype)
+    calls = {
+        "w4a16": lambda: lowbit.w4a16_gemm(x, iw, bias, backend="triton"),
+        "w8a16 g128": lambda: lowbit.w8a16_gemm(x, q, s, bias, backend="triton"),
+        "w8a16 channel": lambda: lowbit.w8a16_gemm(x, qc, sc, None, backend="triton"),
+    }
+    for what, call in calls.items():
+        first = call()  # prepares and binds
+        bound = call()
+        hooked, seen = _with_launch_hook(call)
+        torch.cuda.synchronize()
+        assert len(seen) in (1, 2), (what, len(seen))  # the GEMM, and its reduction if split
+        assert_bits_equal(bound, first, f"{what}: bound launch, twice")
+        assert_bits_equal(bound, hooked, f"{what}: bound launch vs kernel[grid]")
