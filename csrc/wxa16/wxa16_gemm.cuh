@@ -524,8 +524,8 @@ template <int Bits, int kG>
 struct Decode {
   static constexpr int kWarps = 8;
   static constexpr int kThreads = 32 * kWarps;
-  // Registers capped at 128 for two CTAs per SM: uncapped (145-176) one CTA fits, and the
-  // kernel ran 1.2-1.4x slower; a cap of 85 for three spills.
+  // Registers capped at 128 for two CTAs per SM: uncapped, one CTA fits and the kernel is
+  // slower; a cap for three CTAs spills (bench/NOTES.md, "third kernel").
   static constexpr int kRows = 16 * kWarps;
   static constexpr int kChunks = Bits == 4 ? 8 : 4;  // 64-K chunks per stage
   static constexpr int kStageK = kChunks * kChunkK;
