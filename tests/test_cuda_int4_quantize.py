@@ -142,3 +142,25 @@ def test_edge_groups_reach_their_edge():
     w, g, sym = int4_edge_group("fp16_scale_to_zero")
     q = lowbit.int4_quantize(w, group_size=g, symmetric=sym)
     assert q.scales[0, 0].item() == 1.0
+
+
+@gpu
+def test_per_channel_quantizes_through_the_reference_and_runs_on_the_gpu_kernels():
+    """One group per row (group_size -1) has no GPU quantizer: ``auto`` declines it with the
+    kernels' reason, ``Int4Linear.from_linear`` names the reference (once, at conversion),
+    and the prepacked module then runs the CUDA GEMMs (group 0 there: one scale per row),
+    close to the layer and equal to the op on the canonical weight."""
+    w = torch.randn(96, 512, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(NotImplementedError, match="per channel"):
+        lowbit.int4_quantize(w, group_size=-1)
+    lin = torch.nn.Linear(512, 96, dtype=torch.bfloat16, device="cuda")
+    mod = lowbit.nn.Int4Linear.from_linear(lin, group_size=-1, symmetric=False)
+    want = lowbit.int4_quantize(lin.weight.detach().cpu(), group_size=-1, symmetric=False)
+    assert mod.layout != "canonical" and mod.group_size == 512
+    assert_bits_equal(mod.scales, want.scales.cuda(), "per-channel scales")
+    assert_bits_equal(mod.zeros, want.zeros.cuda(), "per-channel zeros")
+    for m in (1, 16, 40):  # decode, then dequantize + cuBLAS
+        x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+        y = mod(x)
+        ref = x.double() @ want.dequantize(torch.float64).cuda().T + lin.bias.double()
+        assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-2, m

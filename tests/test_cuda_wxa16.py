@@ -63,7 +63,7 @@ def _check(out, ref, dtype):
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
-@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("group", GROUPS + [-1], ids=["g32", "g64", "g128", "channel"])
 @pytest.mark.parametrize("n,k", NKS)
 @pytest.mark.parametrize("m", MS)
 def test_w4a16(m, n, k, group, symmetric, dtype):

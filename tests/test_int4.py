@@ -93,10 +93,13 @@ def make_weight(symmetric, n=24, k=256, group_size=64, dtype=torch.bfloat16, see
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
                          ids=lambda d: str(d)[6:])
-@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1], ids=["g32", "g64", "g128", "channel"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
 def test_quantize_dequantize_error_bound(symmetric, group_size, dtype):
     w, iw = make_weight(symmetric, group_size=group_size, dtype=dtype)
+    if group_size == -1:  # per channel: held as one group of the whole row
+        group_size = w.shape[1]
+        assert iw.group_size == group_size and iw.scales.shape == (w.shape[0], 1)
     assert iw.shape == tuple(w.shape) and iw.device == w.device
     assert iw.qweight.dtype == torch.uint8 and iw.scales.dtype == dtype
     deq = iw.dequantize(torch.float32).double().numpy()
@@ -247,9 +250,10 @@ def test_gptq_word_layout_hand_built():
 
 
 @pytest.mark.parametrize("version", [1, 2])
-@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1], ids=["g32", "g64", "g128", "channel"])
 def test_gptq_import_hand_built(group_size, version):
     k, n = 256, 16
+    given, group_size = group_size, k if group_size == -1 else group_size  # -1: per channel
     ng = k // group_size
     u_ck = rng_nibbles((k, n), seed=4)  # [K, N]
     z_true = rng_nibbles((ng, n), seed=5)
@@ -262,9 +266,9 @@ def test_gptq_import_hand_built(group_size, version):
     assert qweight.shape == (k // 8, n) and qzeros.shape == (ng, n // 8)
 
     w = Int4Weight.from_gptq(torch.from_numpy(qweight), torch.from_numpy(qzeros),
-                             torch.from_numpy(s_ck).half(), group_size=group_size,
+                             torch.from_numpy(s_ck).half(), group_size=given,
                              version=version)
-    assert w.shape == (n, k) and w.perm is None
+    assert w.shape == (n, k) and w.perm is None and w.group_size == group_size
     assert np.array_equal(unpack_nibbles(w.qweight.numpy()), u_ck.T)
     assert np.array_equal(w.zeros.numpy(), z_true.T)
     g_of_k = np.arange(k) // group_size
@@ -419,3 +423,49 @@ def test_imported_checkpoints_on_the_gpu_kernels(fmt):
             got = lowbit.w4a16_gemm(x, a, backend=backend)
             want = lowbit.w4a16_gemm(xd, b, backend=backend)
             assert torch.equal(got, want), (fmt, m, backend)
+
+
+# ------------------------------------------------------------------------ per channel
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
+def test_per_channel_is_one_group_per_row(symmetric):
+    """group_size -1 (or K): one scale (and zero point) per row, computed from the whole row
+    by the SPEC's formulas, here written out independently in NumPy for fp32 scales."""
+    g = torch.Generator().manual_seed(12)
+    n, k = 10, 192  # K not a group size: only the per-channel reading fits
+    w = torch.randn(n, k, generator=g) * torch.linspace(0.01, 3.0, n)[:, None]
+    w[3] = 0.0  # an all-zero row: scale 1
+    for group_size in (-1, k):
+        iw = lowbit.int4_quantize(w, group_size=group_size, symmetric=symmetric)
+        assert iw.group_size == k and iw.scales.shape == (n, 1) and iw.shape == (n, k)
+        wf = w.numpy().astype(np.float32)
+        if symmetric:
+            s = (np.abs(wf).max(axis=1, keepdims=True) / np.float32(7)).astype(np.float32)
+            s = np.where(s == 0, np.float32(1), s)
+            z = np.full((n, 1), 8, np.float32)
+            u = np.clip(np.rint(wf * (np.float32(1) / s).astype(np.float32)), -8, 7) + 8
+        else:
+            lo = np.minimum(wf.min(axis=1, keepdims=True), 0).astype(np.float32)
+            hi = np.maximum(wf.max(axis=1, keepdims=True), 0).astype(np.float32)
+            s = ((hi - lo) / np.float32(15)).astype(np.float32)
+            s = np.where(s == 0, np.float32(1), s)
+            z = np.clip(np.rint(-(lo / s).astype(np.float32)), 0, 15)
+            u = np.clip(np.rint(wf * (np.float32(1) / s).astype(np.float32)) + z, 0, 15)
+            assert np.array_equal(iw.zeros.numpy(), z.astype(np.uint8))
+        assert np.array_equal(iw.scales.numpy(), s)
+        assert np.array_equal(unpack_nibbles(iw.qweight.numpy()), u.astype(np.uint8))
+        assert np.array_equal(iw.dequantize().numpy(), ((u - z) * s).astype(np.float32))
+        x = torch.randn(5, k, generator=g).to(torch.bfloat16)
+        ref = x.double().numpy() @ ((u - z) * s).T
+        assert rel_frobenius(lowbit.w4a16_gemm(x, iw).double().numpy(), ref) <= 1e-2
+        assert_same_weight(Int4Weight.from_state_dict(iw.state_dict()), iw)
+
+
+def test_group_size_neither_a_group_nor_per_channel_is_refused():
+    w = torch.randn(8, 192)
+    for bad in (96, 0, -2, 384):
+        with pytest.raises(ValueError, match="group_size"):
+            lowbit.int4_quantize(w, group_size=bad)
+    iw = lowbit.int4_quantize(w, group_size=64)
+    x = torch.randn(2, 192)
+    with pytest.raises(ValueError, match="scales"):  # 3 groups' scales held as per channel
+        lowbit.w4a16_gemm(x, Int4Weight(iw.qweight, iw.scales, None, 192))

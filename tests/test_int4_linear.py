@@ -27,8 +27,8 @@ def _op(mod: Int4Linear, x):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("group_size,symmetric,bias", [
-    (128, True, True), (32, True, False), (64, False, True)],
-    ids=["g128", "g32-nobias", "g64-asym"])
+    (128, True, True), (32, True, False), (64, False, True), (-1, False, True)],
+    ids=["g128", "g32-nobias", "g64-asym", "channel-asym"])
 def test_close_to_linear_and_equal_to_op(group_size, symmetric, bias, dtype):
     lin = _linear(bias, dtype)
     mod = Int4Linear.from_linear(lin, group_size=group_size, symmetric=symmetric)
@@ -42,7 +42,9 @@ def test_close_to_linear_and_equal_to_op(group_size, symmetric, bias, dtype):
     assert mod.qweight.dtype == torch.uint8 and mod.qweight.shape == (N, K // 2)
     assert torch.equal(mod.qweight, want.qweight)
     assert mod.scales.dtype == want.scales.dtype == dtype
-    assert mod.scales.shape == (N, K // group_size) and torch.equal(mod.scales, want.scales)
+    g = K if group_size == -1 else group_size  # -1: per channel, held as one group of K
+    assert mod.group_size == want.group_size == g
+    assert mod.scales.shape == (N, K // g) and torch.equal(mod.scales, want.scales)
     if symmetric:
         assert mod.zeros is None
     else:
@@ -116,8 +118,8 @@ def test_act_order_perm():
 def test_bad_inputs():
     with pytest.raises(TypeError, match="linear must be an nn.Linear; got Conv1d"):
         Int4Linear.from_linear(nn.Conv1d(2, 2, 1))
-    with pytest.raises(ValueError, match=r"Int4Linear: group_size must be one of \(32, 64, 128\); "
-                                         r"got 100"):
+    with pytest.raises(ValueError, match=r"Int4Linear: group_size must be one of \(32, 64, 128\) "
+                                         r"or in_features \(per channel\); got 100"):
         Int4Linear(256, 8, group_size=100)
     with pytest.raises(ValueError, match="Int4Linear: in_features = 192 must be divisible by "
                                          "group_size = 128"):

@@ -93,7 +93,7 @@ def bias_of(n, dtype, seed=20):
 
 # ------------------------------------------------------------------------------- w4a16
 @pytest.mark.parametrize("m", MS)
-@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1], ids=["g32", "g64", "g128", "channel"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
 @pytest.mark.parametrize("perm", [False, True], ids=["", "actorder"])
 @half
@@ -330,7 +330,7 @@ BENCH_NK = [(14336, 4096), (4096, 14336), (28672, 8192), (4096, 4096)]
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 3, 17, 100])
 @pytest.mark.parametrize("n", [8, 3000])
-@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1], ids=["g32", "g64", "g128", "channel"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
 @half
 def test_gpu_k4224(m, n, group_size, symmetric, dtype):
@@ -340,7 +340,7 @@ def test_gpu_k4224(m, n, group_size, symmetric, dtype):
     bias = bias_of(n, dtype)
     check(lowbit.w4a16_gemm(x, iw, bias, backend="triton"),
           expected(x, int4_dense(iw), bias, iw.perm), dtype, "w4a16")
-    q, s = int8_weight(n, k, group_size if symmetric else 0)
+    q, s = int8_weight(n, k, group_size if symmetric and group_size > 0 else 0)
     check(lowbit.w8a16_gemm(x, q, s, bias, backend="triton"),
           expected(x, int8_dense(q, s), bias), dtype, "w8a16")
 

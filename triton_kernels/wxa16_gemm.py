@@ -309,14 +309,16 @@ def w4a16_gemm_launcher(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Te
                         split_k: Optional[int] = None):
     """launch(x, qweight, scales, zeros, group_size, perm, bias) -> out, w4a16_gemm for
     arguments of this signature, its launches bound once (wxa16_gemm_launcher)."""
+    # One group of the whole row (per channel, G = K, scales [N, 1]) is the kernel's group 0.
+    group = 0 if scales.shape[1] == 1 else group_size
     if perm is not None:
         # Act order gathers x's columns once per call: a copy of x (M x K, small beside the
         # weight at decode sizes) that keeps the kernel's x loads contiguous.
         inner = wxa16_gemm_launcher(x.index_select(1, perm), qweight, 4, scales, zeros,
-                                    group_size, bias, config, split_k)
+                                    group, bias, config, split_k)
         return lambda x, qweight, scales, zeros, group_size, perm, bias: inner(
             x.index_select(1, perm), qweight, scales, zeros, bias)
-    inner = wxa16_gemm_launcher(x, qweight, 4, scales, zeros, group_size, bias, config, split_k)
+    inner = wxa16_gemm_launcher(x, qweight, 4, scales, zeros, group, bias, config, split_k)
     return lambda x, qweight, scales, zeros, group_size, perm, bias: inner(
         x, qweight, scales, zeros, bias)
 

@@ -16,6 +16,7 @@ from ._native import ENTRY as _ENTRY
 from .ops import EAGER as _EAGER, OPS as _OPS
 from ._backend import _context as _backend_context, arg
 from .int4_weight import Int4Weight
+from .scale_layout import int4_group_size
 
 def _call(name: str, first: Tensor, *args):
     # Plain tensors outside of tracing skip the dispatcher (see lowbit/ops.py); so do
@@ -138,7 +139,11 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[
 
 def int4_quantize(w: Tensor, *, group_size: int = 128, symmetric: bool = True,
                   backend: Optional[str] = None) -> Int4Weight:
-    """Group-wise int4 quantization of a weight [N, K] into the canonical packed layout."""
+    """Group-wise int4 quantization of a weight [N, K] into the canonical packed layout.
+    ``group_size``: 32, 64 or 128, or -1 (or K) for one group per row, per channel (held as
+    ``group_size = K``, scales [N, 1])."""
+    if isinstance(w, Tensor) and w.dim() == 2:
+        group_size = int4_group_size(group_size, w.shape[1])
     q, s, z = _call("int4_quantize", w, group_size, symmetric, arg(backend))
     return Int4Weight(q, s, None if symmetric else z, group_size)
 

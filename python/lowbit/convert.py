@@ -150,7 +150,7 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
         raise TypeError(f"quantize_: model must be a torch.nn.Module; got {type(model).__name__}")
     cls_name, kwargs, cal_fmt = SCHEMES[scheme]
     cls = getattr(lnn, cls_name)
-    if scheme == "int4":
+    if scheme == "int4" and group_size != -1:  # -1: per channel (Int4Linear)
         from .scale_layout import check_group_size
         check_group_size("quantize_", group_size)
         kwargs = dict(group_size=group_size, symmetric=symmetric)

@@ -7,6 +7,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from . import reference as R
+from .scale_layout import int4_group_size
 from .reference.int4 import (PREPACK_AXES, PREPACK_TILE_K, PREPACK_TILE_N, UNPACK_AXES,
                              prepacked_shape)
 
@@ -168,8 +169,10 @@ class Int4Weight:
     def from_gptq(cls, qweight, qzeros, scales, g_idx=None, *, group_size: int,
                   version: int = 1) -> "Int4Weight":
         """GPTQ checkpoint tensors (qweight int32 [K/8, N], qzeros int32 [K/G, N/8], scales
-        [K/G, N], optional g_idx [K]; v1 stores zero - 1) -> canonical."""
+        [K/G, N], optional g_idx [K]; v1 stores zero - 1) -> canonical. ``group_size`` -1
+        (per channel) is held as K."""
         dev = scales.device
+        group_size = int4_group_size(group_size, qweight.shape[0] * 8)
         q, s, z, perm = R.import_gptq(
             qweight.cpu().numpy(), qzeros.cpu().numpy(), scales.float().cpu().numpy(),
             None if g_idx is None else g_idx.cpu().numpy(), group_size=group_size,

@@ -285,7 +285,7 @@ def int4_quantize(w: Tensor, group_size: int, symmetric: bool):
     C.dtype(op, "w", w, C.FLOAT_DTYPES)
     C.rank(op, "w", w, 2, "[N, K]")
     n, k = w.shape
-    scale_layout.check_group_size(op, group_size, k=k, k_what="K = w.shape[1]")
+    scale_layout.check_group_size(op, group_size, k=k, k_what="K = w.shape[1]", whole_k=True)
     g = (n, k // group_size)
     return (((n, k // 2), torch.uint8), (g, int4_scale_dtype(w.dtype)),
             (_EMPTY if symmetric else g, torch.uint8))
@@ -318,7 +318,7 @@ def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tenso
             raise ValueError(
                 f"{op}: a prepacked qweight for N = scales.shape[0] = {n} and K = x.shape[1] "
                 f"= {k} must have shape {want}; got {tuple(qweight.shape)}")
-    scale_layout.check_group_size(op, group_size, k=k)
+    scale_layout.check_group_size(op, group_size, k=k, whole_k=True)
     g = (n, k // group_size)
     C.dtype(op, "scales", scales, C.FLOAT_DTYPES)
     C.shape(op, "scales", scales, [g], f"[N, K // G] = {g}")

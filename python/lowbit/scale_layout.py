@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
-__all__ = ["GROUP_SIZES", "BLOCK", "GRANULARITIES", "check_group_size", "quant_tile",
-           "scale_shape", "scale_tile", "scale_ld"]
+__all__ = ["GROUP_SIZES", "BLOCK", "GRANULARITIES", "check_group_size", "int4_group_size",
+           "quant_tile", "scale_shape", "scale_tile", "scale_ld"]
 
 GROUP_SIZES = (32, 64, 128)
 BLOCK = 128  # the side of a weight block and the width of an activation block
@@ -23,13 +23,22 @@ BLOCKS = ((128, 128), (1, 128))
 
 
 def check_group_size(op: str, group_size, name: str = "group_size", *, k=None,
-                     k_what: str = "K") -> None:
+                     k_what: str = "K", whole_k: bool = False) -> None:
     """The one group-size check: G in GROUP_SIZES and, when the caller passes the length
-    ``k`` it groups (worded as ``k_what``), G divides it."""
-    if group_size not in GROUP_SIZES:
-        raise ValueError(f"{op}: {name} must be one of {GROUP_SIZES}; got {group_size}")
+    ``k`` it groups (worded as ``k_what``), G divides it. ``whole_k``: G = k, one group per
+    row (an int4 weight per channel), is allowed too."""
+    if group_size not in GROUP_SIZES and not (whole_k and k and group_size == k):
+        also = f" or {k_what} (per channel)" if whole_k else ""
+        raise ValueError(f"{op}: {name} must be one of {GROUP_SIZES}{also}; got {group_size}")
     if k is not None and k % group_size:
         raise ValueError(f"{op}: {k_what} = {k} must be divisible by {name} = {group_size}")
+
+
+def int4_group_size(group_size: int, k: int) -> int:
+    """An int4 weight's group size as held: -1 means per channel, one group of the whole
+    row, held as G = K (scales [N, 1]); any other value is returned as given (checked by
+    check_group_size(..., whole_k=True))."""
+    return k if group_size == -1 else group_size
 
 
 def _block(op: str, block) -> Tuple[int, int]:

@@ -37,13 +37,17 @@ def cuda_kernels_run_on(device: torch.device) -> bool:
     return bool(available_kernels("w4a16_gemm", ("cuda",)))
 
 
-def int4_quantize_backend(device: torch.device) -> Optional[str]:
+def int4_quantize_backend(device: torch.device, group_size: int = 128) -> Optional[str]:
     """The backend to quantize a weight on ``device`` with: None (``auto``: the CUDA kernel on
     an NVIDIA GPU, the Triton kernel on other GPUs, the reference on the CPU), or
     ``"reference"`` by name where no GPU kernel of ``int4_quantize`` runs (neither lowbit's
-    CUDA kernels nor Triton): there the weight goes through the host, once, at conversion."""
+    CUDA kernels nor Triton, or a weight per channel, ``group_size`` not one of
+    scale_layout.GROUP_SIZES, which neither GPU kernel quantizes): there the weight goes
+    through the host, once, at conversion."""
     if device.type != "cuda":
         return None
+    if group_size not in scale_layout.GROUP_SIZES:
+        return "reference"
     if not torch.version.hip and available_kernels("int4_quantize", ("cuda",)):
         return None
     return None if available_kernels("int4_quantize", ("triton",)) else "reference"
@@ -55,7 +59,9 @@ class Int4Linear(nn.Module):
                  dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         name = type(self).__name__
-        scale_layout.check_group_size(name, group_size, k=in_features, k_what="in_features")
+        group_size = scale_layout.int4_group_size(group_size, in_features)
+        scale_layout.check_group_size(name, group_size, k=in_features, k_what="in_features",
+                                      whole_k=True)
         self.in_features, self.out_features = in_features, out_features
         self.group_size, self.symmetric = group_size, symmetric
         self._dtype = _layer_dtype(name, dtype)
@@ -84,8 +90,8 @@ class Int4Linear(nn.Module):
         w = linear.weight.detach()
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
                   group_size=group_size, symmetric=symmetric, device=w.device, dtype=w.dtype)
-        q = api.int4_quantize(w, group_size=group_size, symmetric=symmetric,
-                              backend=int4_quantize_backend(w.device))
+        q = api.int4_quantize(w, group_size=mod.group_size, symmetric=symmetric,
+                              backend=int4_quantize_backend(w.device, mod.group_size))
         mod.qweight.copy_(q.qweight)
         mod.scales.copy_(q.scales)
         if not symmetric:

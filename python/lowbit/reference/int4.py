@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .fp8 import round_to_bf16
+from ..scale_layout import GROUP_SIZES, int4_group_size
 from .quant import absmax_scale, check_group, minmax_scale_zero
 
 __all__ = [
@@ -152,13 +153,15 @@ def quantize_int4(w, group_size: int = 128, symmetric: bool = True,
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D [N, K]; got shape {w.shape}")
     n, k = w.shape
-    check_group("quantize_int4", k, group_size)
+    check_group("quantize_int4", k, group_size, whole_k=True)
+    # G = K (per channel) is one scale per row: the "channel" granularity.
+    gran = "group" if group_size in GROUP_SIZES else "channel"
     if symmetric:
-        scale = round_scale(absmax_scale(w, 7.0, "group", group_size), scale_dtype)
+        scale = round_scale(absmax_scale(w, 7.0, gran, group_size), scale_dtype)
         zeros = None
         z = np.full((n, k // group_size), 8, dtype=np.uint8)
     else:
-        scale, _ = minmax_scale_zero(w, 15, 0, 15, 0.0, "group", group_size)
+        scale, _ = minmax_scale_zero(w, 15, 0, 15, 0.0, gran, group_size)
         scale = round_scale(scale, scale_dtype)
         # The zero point is derived from the stored scale, for the same reason as inv.
         lo = np.minimum(w.reshape(n, k // group_size, group_size).min(axis=2, initial=0.0),
@@ -183,7 +186,7 @@ def dequantize_int4(qweight, scales, zeros: Optional[np.ndarray], group_size: in
     """canonical packed weight -> fp32 [N, K]: (u - z) * scale."""
     u = unpack_int4(qweight).astype(F32)
     n, k = u.shape
-    check_group("dequantize_int4", k, group_size)
+    check_group("dequantize_int4", k, group_size, whole_k=True)
     z = np.full((n, k // group_size), 8, F32) if zeros is None else np.asarray(zeros, F32)
     s = np.asarray(scales, F32)
     if s.shape != (n, k // group_size) or z.shape != s.shape:
@@ -241,7 +244,8 @@ def import_gptq(qweight, qzeros, scales, g_idx=None, *, group_size: int, version
         raise ValueError(f"version must be 1 or 2; got {version}")
     k8, n = qweight.shape
     k = k8 * 8
-    check_group("import_gptq", k, group_size)
+    group_size = int4_group_size(group_size, k)  # a checkpoint's -1: per channel
+    check_group("import_gptq", k, group_size, whole_k=True)
     ng = k // group_size
     if qzeros.shape != (ng, n // 8) or scales.shape != (ng, n):
         raise ValueError(

@@ -14,6 +14,7 @@ import torch
 
 from ... import ops as _ops
 from ..._build import _C
+from ...scale_layout import GROUP_SIZES
 from .._device import OnDevice, device_index, raw_stream
 from . import DTYPE_CODE, device_reason, kernel_id, register
 
@@ -36,6 +37,11 @@ def _make(name: str, m_range, variant):
         return q, s, z
 
     def supports(w, group_size, symmetric) -> Optional[str]:
+        if group_size not in GROUP_SIZES:
+            # A warp's lanes reduce a group of at most 128: one group per row (per channel)
+            # has no kernel here.
+            return (f"{name} quantizes groups of {GROUP_SIZES}; per channel (group_size = K "
+                    f"= {group_size}) runs on the reference")
         return device_reason(w)
 
     run.__name__ = name

@@ -105,7 +105,9 @@ class _Operands:
 def _w4(x, qweight, scales, zeros, group_size, perm, bias) -> _Operands:
     if perm is not None:
         x = x.index_select(1, perm.to(torch.int64))
-    return _Operands(x, qweight, scales, zeros, group_size, bias, scales.shape[0], x.shape[1])
+    # One group of the whole row (per channel, G = K) is the kernels' group 0: one scale per row.
+    group = 0 if scales.shape[1] == 1 else group_size
+    return _Operands(x, qweight, scales, zeros, group, bias, scales.shape[0], x.shape[1])
 
 
 def _w8(x, w, w_scale, bias) -> _Operands:
