@@ -250,7 +250,8 @@ CASES = [
       r"K = w.shape\[1\] = 96 must be divisible by group_size = 64",
       id="int4_quantize-group-divisibility"),
     E(lambda: lowbit.int4_quantize(W, group_size=512), ValueError,
-      r"group_size must be one of \(32, 64, 128\) or K = w.shape\[1\] \(per channel\); got 512",
+      r"group_size must be one of \(32, 64, 128\) or K = w.shape\[1\] \(per channel, a "
+      r"multiple of 32\); got 512",
       id="int4_quantize-group_size"),
     E(lambda: lowbit.int4_quantize(W, backend="cuda"), ValueError,
       r"int4_quantize: backend='cuda'", id="int4_quantize-backend-cuda"),
@@ -284,7 +285,8 @@ CASES = [
       ValueError, r"K = 192 must be divisible by group_size = 128",
       id="w4a16_gemm-group-divisibility"),
     E(lambda: lowbit.w4a16_gemm(XB, iw(group_size=16)), ValueError,
-      r"group_size must be one of \(32, 64, 128\) or K \(per channel\); got 16",
+      r"group_size must be one of \(32, 64, 128\) or K \(per channel, a multiple of 32\); "
+      r"got 16",
       id="w4a16_gemm-group_size"),
     E(lambda: lowbit.w4a16_gemm(XB, iw(perm=torch.arange(128))), ValueError,
       r"perm must have shape \[K\] = \(256,\); got \(128,\)", id="w4a16_gemm-perm-shape"),

@@ -12,6 +12,7 @@ import torch
 
 import lowbit
 from lowbit import Int4Weight
+from lowbit.nn import Int4Linear
 from lowbit import reference as R
 from lowbit_testing import GEMM_TOL, pack_nibbles, rel_frobenius, unpack_nibbles
 
@@ -465,7 +466,39 @@ def test_group_size_neither_a_group_nor_per_channel_is_refused():
     for bad in (96, 0, -2, 384):
         with pytest.raises(ValueError, match="group_size"):
             lowbit.int4_quantize(w, group_size=bad)
+    # Per channel needs K a multiple of 32, as every group size gives (packing, kernels).
+    for k in (200, 40, 34):
+        with pytest.raises(ValueError, match="per channel, a multiple of 32"):
+            lowbit.int4_quantize(torch.randn(4, k), group_size=-1)
+        with pytest.raises(ValueError, match="per channel, a multiple of 32"):
+            Int4Linear(k, 4, group_size=-1)
     iw = lowbit.int4_quantize(w, group_size=64)
     x = torch.randn(2, 192)
     with pytest.raises(ValueError, match="scales"):  # 3 groups' scales held as per channel
         lowbit.w4a16_gemm(x, Int4Weight(iw.qweight, iw.scales, None, 192))
+
+
+def test_an_int4_weight_given_group_size_minus_one_holds_k():
+    iw = lowbit.int4_quantize(torch.randn(8, 96), group_size=-1, symmetric=False)
+    same = Int4Weight(iw.qweight, iw.scales, iw.zeros, -1)
+    assert same.group_size == 96 and same.shape == (8, 96)
+    assert torch.equal(same.dequantize(), iw.dequantize())
+    with pytest.raises(ValueError, match="prepacked weight per channel takes group_size = K"):
+        Int4Weight(iw.prepack().qweight, iw.scales, iw.zeros, -1)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
+def test_quantize_model_per_channel(symmetric):
+    """quantize_(model, "int4", group_size=-1) swaps each eligible layer for a per-channel
+    Int4Linear with the caller's symmetry, and keeps one whose in_features is no multiple
+    of 32, saying why."""
+    model = torch.nn.Sequential(torch.nn.Linear(96, 64), torch.nn.Linear(64, 40),
+                                torch.nn.Linear(40, 8))
+    summary = lowbit.quantize_(model, "int4", group_size=-1, symmetric=symmetric)
+    assert isinstance(model[0], Int4Linear) and isinstance(model[1], Int4Linear)
+    assert (model[0].group_size, model[1].group_size) == (96, 64)
+    assert model[0].scales.shape == (64, 1) and model[0].symmetric == symmetric
+    assert (model[0].zeros is None) == symmetric
+    assert type(model[2]) is torch.nn.Linear
+    kept = [r for r in summary.layers if not r.swapped]
+    assert len(kept) == 1 and "not a multiple of 32 (int4 per channel)" in kept[0].reason

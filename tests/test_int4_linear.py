@@ -119,7 +119,8 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="linear must be an nn.Linear; got Conv1d"):
         Int4Linear.from_linear(nn.Conv1d(2, 2, 1))
     with pytest.raises(ValueError, match=r"Int4Linear: group_size must be one of \(32, 64, 128\) "
-                                         r"or in_features \(per channel\); got 100"):
+                                         r"or in_features \(per channel, a multiple of 32\); "
+                                         r"got 100"):
         Int4Linear(256, 8, group_size=100)
     with pytest.raises(ValueError, match="Int4Linear: in_features = 192 must be divisible by "
                                          "group_size = 128"):

@@ -150,9 +150,10 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
         raise TypeError(f"quantize_: model must be a torch.nn.Module; got {type(model).__name__}")
     cls_name, kwargs, cal_fmt = SCHEMES[scheme]
     cls = getattr(lnn, cls_name)
-    if scheme == "int4" and group_size != -1:  # -1: per channel (Int4Linear)
-        from .scale_layout import check_group_size
-        check_group_size("quantize_", group_size)
+    if scheme == "int4":
+        if group_size != -1:  # -1: per channel, checked per layer by Int4Linear
+            from .scale_layout import check_group_size
+            check_group_size("quantize_", group_size)
         kwargs = dict(group_size=group_size, symmetric=symmetric)
     if calibration is not None and cal_fmt is None:
         raise ValueError(f"quantize_: scheme {scheme!r} quantizes weights only; it takes no "
@@ -178,8 +179,9 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
         why, note = None, ""
         if excluded(name, lin):
             why = "excluded by filter"
-        elif scheme == "int4" and lin.in_features % group_size:
-            why = f"in_features = {lin.in_features} is not a multiple of group_size = {group_size}"
+        elif scheme == "int4" and lin.in_features % (32 if group_size == -1 else group_size):
+            need = "32 (int4 per channel)" if group_size == -1 else f"group_size = {group_size}"
+            why = f"in_features = {lin.in_features} is not a multiple of {need}"
         elif keep_slower is not None:
             why, note = _slower(scheme, lin, keep_slower)
         new = None

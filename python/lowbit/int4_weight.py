@@ -68,6 +68,16 @@ class Int4Weight:
     group_size: int
     perm: Optional[torch.Tensor] = None
 
+    def __post_init__(self):
+        # Per channel is held as one group of the whole row (group_size = K); -1, the
+        # spelling int4_quantize takes, is resolved here where K is known (the canonical
+        # layout's; the prepacked one pads K, so it must be given as K there).
+        if self.group_size == -1:
+            if self.qweight.dim() != 2:
+                raise ValueError("Int4Weight: a prepacked weight per channel takes group_size "
+                                 "= K; got -1")
+            self.group_size = self.qweight.shape[1] * 2
+
     @property
     def layout(self) -> str:
         """``"canonical"`` or ``"mma16x64"`` (prepacked), told apart by qweight's rank."""

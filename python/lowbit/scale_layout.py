@@ -26,9 +26,11 @@ def check_group_size(op: str, group_size, name: str = "group_size", *, k=None,
                      k_what: str = "K", whole_k: bool = False) -> None:
     """The one group-size check: G in GROUP_SIZES and, when the caller passes the length
     ``k`` it groups (worded as ``k_what``), G divides it. ``whole_k``: G = k, one group per
-    row (an int4 weight per channel), is allowed too."""
-    if group_size not in GROUP_SIZES and not (whole_k and k and group_size == k):
-        also = f" or {k_what} (per channel)" if whole_k else ""
+    row (an int4 weight per channel), is allowed too where k is a multiple of 32, as every
+    group size is: the packing, the kernels' 16-element K steps and their vector loads all
+    rest on it."""
+    if group_size not in GROUP_SIZES and not (whole_k and k and group_size == k and k % 32 == 0):
+        also = f" or {k_what} (per channel, a multiple of 32)" if whole_k else ""
         raise ValueError(f"{op}: {name} must be one of {GROUP_SIZES}{also}; got {group_size}")
     if k is not None and k % group_size:
         raise ValueError(f"{op}: {k_what} = {k} must be divisible by {name} = {group_size}")

@@ -218,7 +218,7 @@ def dequantize_int8(q, scale, zero=None) -> np.ndarray:
 
 def check_group(op: str, k: int, group_size: int, whole_k: bool = False):
     """``whole_k``: G = K (one group per row, an int4 weight per channel) is allowed."""
-    if not (whole_k and k and group_size == k):
+    if not (whole_k and k and group_size == k and k % 32 == 0):
         _layout.check_group_size(op, group_size)
     if k % group_size:
         raise ValueError(f"K ({k}) must be divisible by group_size ({group_size})")
