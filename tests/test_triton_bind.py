@@ -351,6 +351,9 @@ def _wxa16_cases():
     ]
 
 
+_WX_POINTERS = {"_wxa16_kernel": 6, "_split_sum_kernel": 3}  # leading pointer parameters
+
+
 def test_the_weight_only_gemms_direct_and_own_launches_agree(monkeypatch):
     """Both kernels of a weight-only GEMM call (the split GEMM and its reduction) get from
     the direct launch the data pointers of the tensors Triton's own path gets, in the same
@@ -390,12 +393,18 @@ def test_the_weight_only_gemms_direct_and_own_launches_agree(monkeypatch):
             declines.clear()
             declines.update(declined)
             log.clear()
-            out = launch(*args)
+            # A later call of the signature: other tensors of the same shapes and dtypes.
+            call = tuple(v.clone() if isinstance(v, torch.Tensor) else v for v in args)
+            out = launch(*call)
             kernel = declined[0]
             direct = [e[2] for e in log if e[0] == "direct" and e[1] == kernel]
             own = [e[2] for e in log if e[0] == "own" and e[1] == kernel]
             assert len(direct) == 1 and len(own) == 1, (name, kernel, log)
             assert direct[0] == tuple(ptr(v) for v in own[0]), (name, kernel)
+            # Nothing bound is reused: every pointer is this call's (its tensors, its output
+            # and workspace), none a tensor the launcher was bound with.
+            bound = {v.data_ptr() for v in binds[kernel] if isinstance(v, torch.Tensor)}
+            assert not bound & {v for v in direct[0][:_WX_POINTERS[kernel]]}, (name, kernel)
             for b, o in zip(binds[kernel], own[0]):
                 if isinstance(o, torch.Tensor):
                     assert b.dtype == o.dtype, (name, kernel)
