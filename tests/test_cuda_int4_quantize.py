@@ -145,14 +145,15 @@ def test_edge_groups_reach_their_edge():
 
 
 @gpu
-def test_per_channel_quantizes_through_the_reference_and_runs_on_the_gpu_kernels():
-    """One group per row (group_size -1) has no GPU quantizer: ``auto`` declines it with the
-    kernels' reason, ``Int4Linear.from_linear`` names the reference (once, at conversion),
-    and the prepacked module then runs the CUDA GEMMs (group 0 there: one scale per row),
-    close to the layer and equal to the op on the canonical weight."""
+def test_per_channel_quantizes_on_triton_and_runs_on_the_cuda_kernels():
+    """One group per row (group_size -1): the CUDA quantizer declines it (its warps reduce
+    groups of at most 128), so ``auto`` runs the Triton one, bit-exact with the reference;
+    the prepacked module then runs the CUDA GEMMs (group 0 there: one scale per row), close
+    to the float64 product of its weight."""
     w = torch.randn(96, 512, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(NotImplementedError, match="per channel"):
-        lowbit.int4_quantize(w, group_size=-1)
+    choice = lowbit.explain(lowbit.int4_quantize, w, group_size=-1)
+    assert choice.kernel == "triton_int4_quantize" and "per channel" in str(choice), str(choice)
+    check_int4_quantize(w, -1, False, None, "per channel on the GPU")
     lin = torch.nn.Linear(512, 96, dtype=torch.bfloat16, device="cuda")
     mod = lowbit.nn.Int4Linear.from_linear(lin, group_size=-1, symmetric=False)
     want = lowbit.int4_quantize(lin.weight.detach().cpu(), group_size=-1, symmetric=False)

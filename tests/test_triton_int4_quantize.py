@@ -23,7 +23,7 @@ def check(w, group, symmetric, what=""):
     return check_int4_quantize(w, group, symmetric, "triton", what)
 
 
-@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("group", [32, 64, 128, -1], ids=["g32", "g64", "g128", "channel"])
 @SYMS
 @DTYPES
 def test_special_values(group, symmetric, dtype):
@@ -31,6 +31,14 @@ def test_special_values(group, symmetric, dtype):
     scales round to 0 and become 1); 37 rows, so the last row block is partial."""
     check(special_data((37, 384), dtype, seed=group, device=DEV), group, symmetric,
           f"G={group} {dtype}")
+
+
+@pytest.mark.parametrize("k", [96, 4224, 8192])
+@SYMS
+def test_per_channel_rows_in_pieces(k, symmetric):
+    """One group per row (group_size -1, held as K): the statistic over the row's pieces of
+    up to 128, then each piece encoded; K = 96 is one piece of 32 x 3, 4224 = 33 x 128."""
+    check(special_data((21, k), torch.bfloat16, seed=k, device=DEV), -1, symmetric, f"K={k}")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -71,17 +79,21 @@ def compile_checks(target) -> None:
 
     kern = int4_quant._int4_quant_kernel
     tgt = GPUTarget(*target)
-    for s_kind, x_bf16, w_ty in ((0, False, "*fp32"), (1, True, "*i16"), (2, False, "*fp16")):
-        for asym in (False, True):
-            const = dict(G=128, BLOCK_N=32, X_BF16=x_bf16, S_KIND=s_kind, ASYM=asym)
-            ptrs = dict(w_ptr=w_ty, q_ptr="*u8", z_ptr="*u8",
-                        s_ptr={0: "*fp32", 1: "*i16", 2: "*fp16"}[s_kind])
-            sig = {a: "constexpr" if a in const else ptrs.get(a, "i64")
-                   for a in kern.arg_names}
-            src = ASTSource(fn=kern, signature=sig, constexprs={
-                (kern.arg_names.index(a),): v for a, v in const.items()})
-            triton.compile(src, target=tgt, options=dict(num_warps=4, enable_fp_fusion=False,
-                                                         enable_reflect_ftz=False))
+    combos = [(s_kind, x_bf16, w_ty, asym, group)
+              for s_kind, x_bf16, w_ty in ((0, False, "*fp32"), (1, True, "*i16"),
+                                           (2, False, "*fp16"))
+              for asym in (False, True) for group in (128, 4224)]  # a group, a row (33 pieces)
+    for s_kind, x_bf16, w_ty, asym, group in combos:
+        const = dict(G=group, CHUNK=int4_quant._chunk(group), BLOCK_N=32, X_BF16=x_bf16,
+                     S_KIND=s_kind, ASYM=asym)
+        ptrs = dict(w_ptr=w_ty, q_ptr="*u8", z_ptr="*u8",
+                    s_ptr={0: "*fp32", 1: "*i16", 2: "*fp16"}[s_kind])
+        sig = {a: "constexpr" if a in const else ptrs.get(a, "i64")
+               for a in kern.arg_names}
+        src = ASTSource(fn=kern, signature=sig, constexprs={
+            (kern.arg_names.index(a),): v for a, v in const.items()})
+        triton.compile(src, target=tgt, options=dict(num_warps=4, enable_fp_fusion=False,
+                                                     enable_reflect_ftz=False))
 
 
 @pytest.mark.parametrize("target", [("cuda", 90, 32), ("cuda", 80, 32), ("hip", "gfx942", 64)],

@@ -336,15 +336,9 @@ def w8a16_gemm(x, w, w_scale, bias):
 
 
 # --------------------------------------------------------------------------- int4_quantize
-def _int4_quantize_supports(w, group_size, symmetric):
-    if group_size not in scale_layout.GROUP_SIZES:
-        return (f"triton_int4_quantize quantizes groups of {scale_layout.GROUP_SIZES}; per "
-                f"channel (group_size = K = {group_size}) runs on the reference")
-    return _device_reason(w)
-
-
 @register_kernel("int4_quantize", "triton", "triton_int4_quantize",
-                 supports=_int4_quantize_supports, available=available, priority=PRIORITY)
+                 supports=lambda w, *_: _device_reason(w), available=available,
+                 priority=PRIORITY)
 def int4_quantize(w, group_size, symmetric):
     with OnDevice(w.device):
         return _load().int4_quant.int4_quantize(w, group_size, symmetric,

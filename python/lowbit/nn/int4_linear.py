@@ -39,16 +39,15 @@ def cuda_kernels_run_on(device: torch.device) -> bool:
 
 def int4_quantize_backend(device: torch.device, group_size: int = 128) -> Optional[str]:
     """The backend to quantize a weight on ``device`` with: None (``auto``: the CUDA kernel on
-    an NVIDIA GPU, the Triton kernel on other GPUs, the reference on the CPU), or
-    ``"reference"`` by name where no GPU kernel of ``int4_quantize`` runs (neither lowbit's
-    CUDA kernels nor Triton, or a weight per channel, ``group_size`` not one of
-    scale_layout.GROUP_SIZES, which neither GPU kernel quantizes): there the weight goes
-    through the host, once, at conversion."""
+    an NVIDIA GPU, the Triton kernel on other GPUs and for a weight per channel, whose
+    ``group_size`` is none of scale_layout.GROUP_SIZES, the reference on the CPU), or
+    ``"reference"`` by name where no GPU kernel of ``int4_quantize`` runs for it (neither
+    lowbit's CUDA kernels nor Triton): there the weight goes through the host, once, at
+    conversion."""
     if device.type != "cuda":
         return None
-    if group_size not in scale_layout.GROUP_SIZES:
-        return "reference"
-    if not torch.version.hip and available_kernels("int4_quantize", ("cuda",)):
+    if group_size in scale_layout.GROUP_SIZES and not torch.version.hip and \
+            available_kernels("int4_quantize", ("cuda",)):
         return None
     return None if available_kernels("int4_quantize", ("triton",)) else "reference"
 

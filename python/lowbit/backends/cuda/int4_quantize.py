@@ -41,7 +41,7 @@ def _make(name: str, m_range, variant):
             # A warp's lanes reduce a group of at most 128: one group per row (per channel)
             # has no kernel here.
             return (f"{name} quantizes groups of {GROUP_SIZES}; per channel (group_size = K "
-                    f"= {group_size}) runs on the reference")
+                    f"= {group_size}) runs on triton_int4_quantize")
         return device_reason(w)
 
     run.__name__ = name
