@@ -36,8 +36,10 @@ def _int4_quant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, stride_n, stride_k, ngroup
     rows = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     row_ok = rows < N
     # The group in CHUNK-wide pieces (one piece for G <= 128; a row per channel takes
-    # G / CHUNK): the statistic over all of them, then each piece encoded.
+    # G / CHUNK): the statistic over all of them, then each piece encoded. One piece stays
+    # in registers between the two loops (x is carried); more are read again (from L2).
     w_rows = w_ptr + rows[:, None] * stride_n
+    x = tl.zeros((BLOCK_N, CHUNK), tl.float32)
     if ASYM:
         # Order keys; 0 is the key of +0, which the widened range holds.
         hi_k = tl.zeros((BLOCK_N,), tl.int32)
@@ -69,8 +71,9 @@ def _int4_quant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, stride_n, stride_k, ngroup
         z = rint_f32(tl.math.div_rn(-lo_v, s))  # -(lo / s): the sign flip is exact
         z = tl.minimum(tl.maximum(tl.where(z != z, 0.0, z), 0.0), 15.0)
     for c in range(0, G // CHUNK):
-        cols = (g * G + c * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
-        x = load_f32(w_rows + cols[None, :] * stride_k, row_ok[:, None], X_BF16)
+        if G != CHUNK:
+            cols = (g * G + c * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
+            x = load_f32(w_rows + cols[None, :] * stride_k, row_ok[:, None], X_BF16)
         r = rint_f32(x * inv[:, None])
         r = tl.where(r != r, 0.0, r)
         if ASYM:
