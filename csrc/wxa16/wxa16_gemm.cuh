@@ -311,25 +311,30 @@ __device__ __forceinline__ void store_tiles(const WXA16GemmArgs& p, const float 
 }
 
 // One 64-K chunk of WN 16-row tiles into acc, for both kernels: per G = 32 half h (one pass
-// otherwise) the chunk is summed from zero in the tensor core and added to acc times the
-// rows' scales. `x` is the lane's B fragment of token tile 0 at the chunk's start (token g,
-// k = 16 t), `x_row` elements per token; frag(w, s, a) dequantizes k-step s of row tile w;
-// scale(w, h, r) is the scale of half h's group for row g (r = 0) or g + 8 (r = 1).
+// otherwise) the chunk is summed in the tensor core into `part` and added to acc times the
+// rows' scales. `begin`: the sum starts from zero here; `end`: it is added to acc here (a
+// group of 128 spans two chunks: the first begins it, the second ends it; G <= 64 and the
+// tiled kernel do both per chunk, and G = 32 in each half). `x` is the lane's B fragment of
+// token tile 0 at the chunk's start (token g, k = 16 t), `x_row` elements per token;
+// frag(w, s, a) dequantizes k-step s of row tile w; scale(w, h, r) is the scale of half h's
+// group for row g (r = 0) or g + 8 (r = 1).
 template <typename T, int WN, int MT, typename Frag, typename Scale>
-__device__ __forceinline__ void chunk_mma(float (&acc)[WN][MT][4], const T* x, int x_row,
-                                          bool two, int t, Frag frag, Scale scale) {
+__device__ __forceinline__ void chunk_mma(float (&acc)[WN][MT][4], float (&part)[WN][MT][4],
+                                          const T* x, int x_row, bool two, int t, bool begin,
+                                          bool end, Frag frag, Scale scale) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     if (h == 1 && !two) break;
     // G = 32: pass h keeps the k of the lanes whose group is 2 c + h.
     const bool keep = !two || (t >> 1) == h;
-    float part[WN][MT][4];
+    if (begin) {
 #pragma unroll
-    for (int w = 0; w < WN; ++w)
+      for (int w = 0; w < WN; ++w)
 #pragma unroll
-      for (int j = 0; j < MT; ++j)
+        for (int j = 0; j < MT; ++j)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) part[w][j][i] = 0.f;
+          for (int i = 0; i < 4; ++i) part[w][j][i] = 0.f;
+    }
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
       uint4 xv[MT];
@@ -349,14 +354,16 @@ __device__ __forceinline__ void chunk_mma(float (&acc)[WN][MT][4], const T* x, i
         }
       }
     }
+    if (end) {
 #pragma unroll
-    for (int w = 0; w < WN; ++w) {
-      const float s0 = scale(w, h, 0), s1 = scale(w, h, 1);
+      for (int w = 0; w < WN; ++w) {
+        const float s0 = scale(w, h, 0), s1 = scale(w, h, 1);
 #pragma unroll
-      for (int j = 0; j < MT; ++j)
+        for (int j = 0; j < MT; ++j)
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-          acc[w][j][i] = fmaf(part[w][j][i], i < 2 ? s0 : s1, acc[w][j][i]);
+          for (int i = 0; i < 4; ++i)
+            acc[w][j][i] = fmaf(part[w][j][i], i < 2 ? s0 : s1, acc[w][j][i]);
+      }
     }
   }
 }
@@ -468,8 +475,9 @@ wxa16_gemm_kernel(const WXA16GemmArgs p) {
       for (int i = 0; i < 4; ++i) acc[w][j][i] = 0.f;
 
   auto compute = [&](const Chunk<Bits, WN>& b, int stage) {
+    float part[WN][MT][4];
     chunk_mma<T, WN, MT>(
-        acc, &xs[stage][g][16 * t], kXRow, two, t,
+        acc, part, &xs[stage][g][16 * t], kXRow, two, t, true, true,
         [&](int w, int s, uint32_t (&a)[4]) { fragment(b, w, s, a); },
         [&](int w, int h, int r) { return b.s[w][h][r]; });
   };
@@ -697,7 +705,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
     const T* xst = xsm + xs * kXStage + x_lane;
     const float* sst = ssm + ms * D::kMeta + warp * 16 + g;
     const uint32_t* zst = zsm + ms * D::kMeta + warp * 16 + g;
-    float part[MT][4];
+    float part[1][MT][4];
 #pragma unroll
     for (int cc = 0; cc < kChunks; ++cc) {
       const uint4(&v)[kW] = ring[cc];
@@ -707,49 +715,20 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
         z[0] = zst[qz * kRows];
         z[1] = zst[qz * kRows + 8];
       }
-#pragma unroll
-      for (int h = 0; h < (two ? 2 : 1); ++h) {
-        // G = 32: pass h keeps the k of the lanes whose group is 2 c + h.
-        const bool keep = !two || (t >> 1) == h;
-        // A group's sum starts from zero: each chunk at G <= 64, every other one at 128.
-        if (!kGroupAcc || cc % 2 == 0) {
-#pragma unroll
-          for (int j = 0; j < MT; ++j)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
-        }
-#pragma unroll
-        for (int sp = 0; sp < 2; ++sp) {
-          uint4 xv[MT];
-#pragma unroll
-          for (int j = 0; j < MT; ++j)
-            xv[j] = keep ? *reinterpret_cast<const uint4*>(xst + cc * kChunkK +
-                                                           8 * j * kXRowE + 8 * sp)
-                         : make_uint4(0, 0, 0, 0);
-#pragma unroll
-          for (int ss = 0; ss < 2; ++ss) {
-            uint32_t a[4];
+      // A group's sum starts from zero and is scaled at each chunk for G <= 64, over the
+      // chunk pair for 128.
+      chunk_mma<T, 1, MT>(
+          acc, part, xst + cc * kChunkK, kXRowE, two, t, !kGroupAcc || cc % 2 == 0,
+          !kGroupAcc || cc % 2 == 1,
+          [&](int, int s, uint32_t (&a)[4]) {
             if constexpr (Bits == 4)
-              int4_fragment<T>(v[0], 2 * sp + ss, z, a);
+              int4_fragment<T>(v[0], s, z, a);
             else
-              int8_fragment<T>(v[0], v[kW - 1], 2 * sp + ss, a);
-#pragma unroll
-            for (int j = 0; j < MT; ++j) {
-              const uint32_t b0 = ss ? xv[j].z : xv[j].x, b1 = ss ? xv[j].w : xv[j].y;
-              Half<T>::mma(part[j], a, b0, b1);
-            }
-          }
-        }
-        if (!kGroupAcc || cc % 2 == 1) {
-          const int q = (cc * kChunkK + 32 * h) >> gsh;
-          const float s0 = sst[q * kRows], s1 = sst[q * kRows + 8];
-#pragma unroll
-          for (int j = 0; j < MT; ++j)
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-              acc[0][j][i] = fmaf(part[j][i], i < 2 ? s0 : s1, acc[0][j][i]);
-        }
-      }
+              int8_fragment<T>(v[0], v[kW - 1], s, a);
+          },
+          [&](int, int h, int rr) {
+            return sst[((cc * kChunkK + 32 * h) >> gsh) * kRows + 8 * rr];
+          });
       // The chunk's registers are free now: the refill needs no copies.
       load_chunk(cc, lim, ring[cc]);
     }
