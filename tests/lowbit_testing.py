@@ -655,3 +655,26 @@ def int4_edge_group(case: str, device="cpu"):
         w[0, :7] = 2.0 ** -24
         return w.to(device), 32, True
     raise AssertionError(case)
+
+
+def with_launch_hook(call):
+    """call() with a Triton launch hook set (as a profiler sets one): Triton's own launch
+    path then serves every launch, where lowbit's bound launches step aside. Returns
+    (call's result, the launches the hook saw)."""
+    from triton import knobs
+    seen = []
+
+    def hook(metadata):
+        seen.append(metadata)
+
+    chain = knobs.runtime.launch_enter_hook
+    if hasattr(chain, "add"):  # Triton 3.6 keeps a chain of hooks
+        chain.add(hook)
+        restore = lambda: chain.remove(hook)  # noqa: E731
+    else:
+        knobs.runtime.launch_enter_hook = hook
+        restore = lambda: setattr(knobs.runtime, "launch_enter_hook", chain)  # noqa: E731
+    try:
+        return call(), seen
+    finally:
+        restore()

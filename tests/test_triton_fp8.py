@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from lowbit_testing import (GRAN_IDS, GRANS, all_bf16, all_fp16, assert_bits_equal,
-                            gemm_tol as tol, quantized_gemm_operands, ref_mm_f64, rel_fro)
+                            gemm_tol as tol, quantized_gemm_operands, ref_mm_f64, rel_fro,
+                            with_launch_hook)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -451,8 +452,6 @@ def test_gpu_bound_launch_matches_the_jit_launch_and_keeps_launch_hooks():
     """A prepared Triton GEMM calls its compiled kernel's launcher directly: its output
     equals, bit for bit, that of the launch through ``kernel[grid]`` (taken while a launch
     hook is set, as a profiler sets one), and the hook still sees that launch."""
-    from triton import knobs
-
     a, b, sa, sb = make_gemm(16, 384, 1032, "row", "row", seed=21)
     bias = torch.randn(384, device="cuda").to(torch.bfloat16)
     first = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, backend="triton")  # prepares, binds
@@ -462,22 +461,8 @@ def test_gpu_bound_launch_matches_the_jit_launch_and_keeps_launch_hooks():
     if entry is not None:  # lowbit._torch_ops keeps the prepared launcher as the plan's step
         step = entry(a, b, sa, sb, bias, torch.bfloat16, False, "triton")
         assert type(step) is list and step[0].__name__ == "triton_fp8_scaled_mm"
-    seen = []
-
-    def hook(metadata):
-        seen.append(metadata)
-
-    chain = knobs.runtime.launch_enter_hook
-    if hasattr(chain, "add"):  # Triton 3.6 keeps a chain of hooks
-        chain.add(hook)
-        restore = lambda: chain.remove(hook)  # noqa: E731
-    else:
-        knobs.runtime.launch_enter_hook = hook
-        restore = lambda: setattr(knobs.runtime, "launch_enter_hook", chain)  # noqa: E731
-    try:
-        hooked = lowbit.fp8_scaled_mm(a, b, sa, sb, bias, backend="triton")
-    finally:
-        restore()
+    hooked, seen = with_launch_hook(
+        lambda: lowbit.fp8_scaled_mm(a, b, sa, sb, bias, backend="triton"))
     torch.cuda.synchronize()
     assert len(seen) == 1
     assert_bits_equal(bound, first, "bound launch, twice")

@@ -373,28 +373,6 @@ def test_gpu_benchmark_shapes(nk):
               dtype, f"w8a16 M = {m}")
 
 
-def _with_launch_hook(call):
-    """call() with a launch hook set (as a profiler sets one): Triton's own launch path then
-    serves every launch. Returns (call's result, launches the hook saw)."""
-    from triton import knobs
-    seen = []
-
-    def hook(metadata):
-        seen.append(metadata)
-
-    chain = knobs.runtime.launch_enter_hook
-    if hasattr(chain, "add"):  # Triton 3.6 keeps a chain of hooks
-        chain.add(hook)
-        restore = lambda: chain.remove(hook)  # noqa: E731
-    else:
-        knobs.runtime.launch_enter_hook = hook
-        restore = lambda: setattr(knobs.runtime, "launch_enter_hook", chain)  # noqa: E731
-    try:
-        return call(), seen
-    finally:
-        restore()
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 16, 40])
 def test_gpu_bound_launches_match_the_jit_launches(m):
@@ -402,7 +380,7 @@ def test_gpu_bound_launches_match_the_jit_launches(m):
     and its reduction at M <= 16): bit for bit what the launches through ``kernel[grid]``
     give (taken while a launch hook is set), with zero points, act order, bias and both
     scale layouts of the int8 weight."""
-    from lowbit_testing import assert_bits_equal
+    from lowbit_testing import assert_bits_equal, with_launch_hook
     n, k, dtype = 3000, 4224, torch.bfloat16
     iw = int4_weight(n, k, 64, False, dtype, perm=True)
     q, s = int8_weight(n, k, 128)
@@ -416,7 +394,7 @@ def test_gpu_bound_launches_match_the_jit_launches(m):
     for what, call in calls.items():
         first = call()  # prepares and binds
         bound = call()
-        hooked, seen = _with_launch_hook(call)
+        hooked, seen = with_launch_hook(call)
         torch.cuda.synchronize()
         assert len(seen) in (1, 2), (what, len(seen))  # the GEMM, and its reduction if split
         assert_bits_equal(bound, first, f"{what}: bound launch, twice")
