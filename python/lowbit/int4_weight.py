@@ -76,7 +76,7 @@ class Int4Weight:
             if self.qweight.dim() != 2:
                 raise ValueError("Int4Weight: a prepacked weight per channel takes group_size "
                                  "= K; got -1")
-            self.group_size = self.qweight.shape[1] * 2
+            self.group_size = int4_group_size(-1, self.qweight.shape[1] * 2)
 
     @property
     def layout(self) -> str:
@@ -182,7 +182,6 @@ class Int4Weight:
         [K/G, N], optional g_idx [K]; v1 stores zero - 1) -> canonical. ``group_size`` -1
         (per channel) is held as K."""
         dev = scales.device
-        group_size = int4_group_size(group_size, qweight.shape[0] * 8)
         q, s, z, perm = R.import_gptq(
             qweight.cpu().numpy(), qzeros.cpu().numpy(), scales.float().cpu().numpy(),
             None if g_idx is None else g_idx.cpu().numpy(), group_size=group_size,
