@@ -1,8 +1,11 @@
 // A/B timing of the W4A16 / W8A16 decode kernels without building the package: compiled
 // against a copy of csrc/wxa16/wxa16_gemm.cuh (bench/wxa16_ab.sh picks which), it times
 // wxa16::decode<4> (int4 prepacked, group 128, bf16 scales, symmetric) and decode<8> (int8,
-// fp32 scale per channel) on the decode benchmark weights at M = 1, 8 and 16, bf16
-// activations, with a 256 MB memset between repetitions so that the weight comes from DRAM.
+// fp32 scale per channel) on the decode benchmark weights at M = 1, 8 and 16 (or the shapes
+// of $SHAPES, e.g. "32x4096x4096,64x28672x8192"), bf16 activations, with a 256 MB memset
+// between repetitions so that the weight comes from DRAM. With $BF16 set, each shape also
+// times cuBLAS's bf16 GEMM of the same M x N x K (the dense baseline, in the same process).
+// A shape the variant's decode declines is printed as such.
 // Prints per shape the planned split, the median of 25 launches (CUDA events), the weight
 // stream's rate and two sums of the bf16 outputs: variants that keep the kernel's summation
 // order print the same sums. The data are hash-filled, not meaningful numbers.
@@ -11,7 +14,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
+
+#ifdef WITH_CUBLAS
+#include <cublas_v2.h>
+#endif
 
 #include "wxa16/wxa16_gemm.cuh"
 
@@ -46,9 +54,30 @@ struct Shape {
 
 int main(int argc, char** argv) {
   const char* name = argc > 1 ? argv[1] : "-";
-  const Shape shapes[] = {{1, 28672, 8192}, {8, 28672, 8192}, {16, 28672, 8192},
-                          {1, 14336, 4096}, {16, 14336, 4096}, {1, 4096, 14336},
-                          {1, 4096, 4096},  {16, 4096, 4096}};
+  std::vector<Shape> shapes = {{1, 28672, 8192}, {8, 28672, 8192}, {16, 28672, 8192},
+                               {1, 14336, 4096}, {16, 14336, 4096}, {1, 4096, 14336},
+                               {1, 4096, 4096},  {16, 4096, 4096}};
+  if (const char* env = std::getenv("SHAPES")) {
+    shapes.clear();
+    for (const char* c = env; *c;) {
+      Shape s{};
+      int used = 0;
+      if (std::sscanf(c, "%dx%dx%d%n", &s.m, &s.n, &s.k, &used) != 3) break;
+      shapes.push_back(s);
+      c += used;
+      if (*c == ',') ++c;
+    }
+  }
+#ifdef WITH_CUBLAS
+  const bool bf16 = std::getenv("BF16") != nullptr;
+  cublasHandle_t blas = nullptr;
+  if (bf16 && cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) {
+    std::printf("cublasCreate failed\n");
+    return 1;
+  }
+#else
+  if (std::getenv("BF16")) std::printf("BF16: built without cuBLAS (no cublas_v2.h)\n");
+#endif
   void* flush;
   CHECK(cudaMalloc(&flush, 256 << 20));
   cudaEvent_t e0, e1;
@@ -90,7 +119,15 @@ int main(int argc, char** argv) {
       a.out = out;
       a.ldo = s.n;
       auto fn = bits == 4 ? wxa16::decode<4> : wxa16::decode<8>;
-      CHECK(fn(a, nullptr, true));
+      if (fn(a, nullptr, true) != cudaSuccess) {
+        (void)cudaGetLastError();
+        std::printf("%-12s w%da16 %3d x %5d x %5d  declined\n", name, bits, s.m, s.n, s.k);
+        CHECK(cudaFree(w));
+        CHECK(cudaFree(sc));
+        CHECK(cudaFree(x));
+        CHECK(cudaFree(out));
+        continue;
+      }
       if (a.counter_bytes) {
         CHECK(cudaMalloc(&a.counters, a.counter_bytes));
         CHECK(cudaMemset(a.counters, 0, a.counter_bytes));
@@ -120,8 +157,40 @@ int main(int argc, char** argv) {
         asum += std::fabs(f);
       }
       const double t = us[us.size() / 2];
-      std::printf("%-12s w%da16 %3d x %5d x %5d  splits %2d  %7.1f us  %5.2f TB/s  sum %.6e  abs %.6e\n",
+      double tb = 0;  // cuBLAS bf16 out^T[N, M] = W[N, K] x^T, the weight as bf16 (hash bits)
+#ifdef WITH_CUBLAS
+      if (bf16 && bits == 4) {
+        void* wb;
+        CHECK(cudaMalloc(&wb, static_cast<size_t>(s.n) * s.k * 2));
+        fill<<<1024, 256>>>(static_cast<uint32_t*>(wb), static_cast<size_t>(s.n) * s.k / 2, 4,
+                            0x807f807fu, 0x3c003c00u);
+        const float one = 1.f, zero = 0.f;
+        auto gemm = [&] {
+          return cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, s.n, s.m, s.k, &one, wb,
+                              CUDA_R_16BF, s.k, x, CUDA_R_16BF, s.k, &zero, out, CUDA_R_16BF,
+                              s.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        };
+        for (int i = 0; i < 3; ++i) gemm();
+        std::vector<float> ub;
+        for (int r = 0; r < 25; ++r) {
+          CHECK(cudaMemsetAsync(flush, r, 256 << 20));
+          CHECK(cudaEventRecord(e0));
+          if (gemm() != CUBLAS_STATUS_SUCCESS) std::printf("cublasGemmEx failed\n");
+          CHECK(cudaEventRecord(e1));
+          CHECK(cudaEventSynchronize(e1));
+          float ms = 0.f;
+          CHECK(cudaEventElapsedTime(&ms, e0, e1));
+          ub.push_back(ms * 1000.f);
+        }
+        std::sort(ub.begin(), ub.end());
+        tb = ub[ub.size() / 2];
+        CHECK(cudaFree(wb));
+      }
+#endif
+      std::printf("%-12s w%da16 %3d x %5d x %5d  splits %2d  %7.1f us  %5.2f TB/s  sum %.6e  abs %.6e",
                   name, bits, s.m, s.n, s.k, a.splits, t, wbytes / t * 1e-6, sum, asum);
+      if (tb > 0) std::printf("  bf16 %7.1f us (%.2fx)", tb, tb / t);
+      std::printf("\n");
       CHECK(cudaFree(w));
       CHECK(cudaFree(sc));
       CHECK(cudaFree(x));

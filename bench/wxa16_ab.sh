@@ -12,13 +12,16 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 CSRC=$HERE/../csrc
 ARCH=${ARCH:-sm_90a}
 TMP=$(mktemp -d)
+# The bf16 baseline ($BF16, see wxa16_ab.cu) where the toolkit has cuBLAS.
+BLAS=()
+echo '#include <cublas_v2.h>' | nvcc -E -x cu - >/dev/null 2>&1 && BLAS=(-DWITH_CUBLAS -lcublas)
 i=0
 for v in "$@"; do
   dir=${v%%:*}; flags=""; [ "$v" != "$dir" ] && flags=$(echo "${v#*:}" | tr ',' ' ')
   inc=(); [ "$dir" != tree ] && inc=(-I"$dir")
   # shellcheck disable=SC2086
   nvcc -std=c++17 -O3 -arch="$ARCH" "${inc[@]}" -I"$CSRC" $flags -Xptxas -v \
-    -o "$TMP/ab$i" "$HERE/wxa16_ab.cu" >"$TMP/ab$i.log" 2>&1 || echo "build of $v failed (log: $TMP/ab$i.log)" &
+    -o "$TMP/ab$i" "$HERE/wxa16_ab.cu" "${BLAS[@]}" >"$TMP/ab$i.log" 2>&1 || echo "build of $v failed (log: $TMP/ab$i.log)" &
   i=$((i + 1))
 done
 wait
