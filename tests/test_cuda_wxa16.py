@@ -1,6 +1,6 @@
 """The mixed-input CUDA GEMMs (csrc/wxa16): w4a16_gemm on the prepacked int4 layout and
 w8a16 on plain int8 weights, against float64 products of the same quantized weights (SPEC:
-relative Frobenius error <= 1e-2 for bf16/fp16 outputs). M <= 16 runs the decode kernel
+relative Frobenius error <= 1e-2 for bf16/fp16 outputs). M <= 64 runs the decode kernel
 (K split over CTAs), larger M the tiled one; both are mma.sync kernels of every arch from
 sm_80, so ``LOWBIT_ARCH=80`` (the A100 path) must pick the same kernels on a newer card.
 
@@ -17,7 +17,7 @@ from lowbit_testing import gemm_tol, rel_fro
 
 gpu = pytest.mark.gpu
 
-MS = [0, 1, 3, 16, 17, 100, 256]
+MS = [0, 1, 3, 16, 17, 40, 65, 256]
 NKS = [(8, 128), (8, 4224), (3000, 128), (3000, 4224)]
 GROUPS = [32, 64, 128]
 DTYPES = [torch.bfloat16, torch.float16]
@@ -47,9 +47,9 @@ def _x(m, k, dtype, seed=0):
 
 
 def _expected_kernel(bits, m):
-    """What backend="cuda" runs: decode at M <= 16; above, int4 dequantizes then multiplies
+    """What backend="cuda" runs: decode at M <= 64; above, int4 dequantizes then multiplies
     (cuBLAS) and int8 runs the tiled kernel."""
-    return f"cuda_w{bits}a16_gemm_" + ("decode" if m <= 16 else
+    return f"cuda_w{bits}a16_gemm_" + ("decode" if m <= 64 else
                                        "dequant" if bits == 4 else "tiled")
 
 
@@ -81,7 +81,7 @@ def test_w4a16(m, n, k, group, symmetric, dtype):
 
 
 @gpu
-@pytest.mark.parametrize("m", [1, 16, 17, 100])
+@pytest.mark.parametrize("m", [1, 16, 17, 64, 65])
 def test_w4a16_sm80_path(monkeypatch, m):
     monkeypatch.setenv("LOWBIT_ARCH", "80")
     _, wd = _int4(3000, 4224, 128, False)
@@ -97,7 +97,7 @@ def test_w4a16_sm80_path(monkeypatch, m):
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("m", [17, 100])
 def test_w4a16_tiled_kernel(m, group, symmetric):
-    """The int4 tiled kernel, which backend="cuda" no longer picks above M = 16, called
+    """The int4 tiled kernel, which backend="cuda" does not pick, called
     directly: it stays correct for the sm_80 path and for callers that pin it."""
     from lowbit._backend import kernels
 
@@ -115,7 +115,7 @@ def test_w4a16_tiled_kernel(m, group, symmetric):
 
 @gpu
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
-@pytest.mark.parametrize("m", [1, 9, 16, 17])
+@pytest.mark.parametrize("m", [1, 9, 16, 17, 64])
 def test_w4a16_k_ends_mid_chunk(m, symmetric):
     """K = 4256 with groups of 32: the last 64-wide chunk is half past K (its second group
     does not exist), in the decode kernel's stages and in the dequantizer."""
@@ -127,7 +127,7 @@ def test_w4a16_k_ends_mid_chunk(m, symmetric):
 
 
 @gpu
-@pytest.mark.parametrize("m", [1, 9, 16, 17])
+@pytest.mark.parametrize("m", [1, 9, 16, 17, 64])
 def test_w8a16_k_ends_mid_chunk(m):
     """K = 4240 (a multiple of 16, not of 64), per-channel scales: the last chunk's 16-byte
     pieces past K are zero-filled, on both kernels."""
@@ -143,7 +143,7 @@ def test_w4a16_dequant_bias_in_fp32():
     bias in x's dtype only)."""
     _, wd = _int4(3000, 4224, 128, False)
     w = _prepacked(3000, 4224, 128, False)
-    x = _x(64, 4224, torch.bfloat16, seed=6)
+    x = _x(80, 4224, torch.bfloat16, seed=6)
     bias = torch.randn(3000, generator=_gen(7)).cuda()
     choice = lowbit.explain(lowbit.w4a16_gemm, x, w, bias, backend="cuda")
     assert choice.kernel == "cuda_w4a16_gemm_dequant", str(choice)
@@ -169,7 +169,7 @@ def test_w4a16_act_order(m, dtype):
 
 
 @gpu
-@pytest.mark.parametrize("m", [1, 5, 100])
+@pytest.mark.parametrize("m", [1, 5, 40, 100])
 def test_w4a16_deterministic(m):
     """Split-K partials are added in a fixed order: repeated calls agree bit for bit."""
     w = _prepacked(3000, 4224, 64, False)
@@ -259,7 +259,7 @@ def _launch_w8(name, x, q, s, bias, counters=None):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("group", [0] + GROUPS, ids=["channel", "g32", "g64", "g128"])
 @pytest.mark.parametrize("n,k", NKS)
-@pytest.mark.parametrize("m", [1, 3, 16, 17, 100, 256])
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 64, 100, 256])
 def test_w8a16_kernels(m, n, k, group, dtype):
     q, s = _int8_weight(n, k, group)
     x = _x(m, k, dtype, seed=m)
@@ -272,6 +272,7 @@ def test_w8a16_kernels(m, n, k, group, dtype):
 @gpu
 @pytest.mark.parametrize("name,m", [("cuda_w8a16_gemm_decode", 1),
                                     ("cuda_w8a16_gemm_decode", 16),
+                                    ("cuda_w8a16_gemm_decode", 40),
                                     ("cuda_w8a16_gemm_tiled", 64)])
 def test_split_launches_leave_their_counters_zero(name, m):
     """The launchers zero their split counters once and reuse them (no memset per call):

@@ -1,5 +1,5 @@
 // The mixed-input GEMM (W4A16 / W8A16) on mma.sync m16n8k16, bf16 or fp16 with fp32
-// accumulation: kernel templates over both weight bit widths for two regimes, decode (M <= 16:
+// accumulation: kernel templates over both weight bit widths for two regimes, decode (M <= 64:
 // 128 rows x 8 or 16 tokens per CTA, weights streamed into registers, K split over CTAs) and
 // tiled (128 rows x 64 tokens per CTA, weights through registers). Runs on every arch from
 // sm_80.
@@ -20,7 +20,7 @@
 // layout (lowbit/reference/int4.py) stores the nibbles in the same order, so both bit widths
 // share the activation path.
 //
-// Loads, decode. At M <= 16 the kernel is a stream of the weight, bound by instruction issue
+// Loads, decode. At small M the kernel is a stream of the weight, bound by instruction issue
 // (bench/NOTES.md), so every instruction per weight byte counts. Each lane loads its own
 // 16-byte fragment of every chunk straight into a register ring one stage (512 K of int4,
 // 256 K of int8) ahead; activations, scales and zero points, which the CTA's 8 warps share,
@@ -57,6 +57,12 @@
 // arrive (a counter per tile) adds all partials in split order, so the sum does not depend on
 // which CTA finished last. It resets the counter, so the caller zeroes the counters once
 // rather than before every launch (no memset launch on the decode path).
+//
+// Tokens, decode. A CTA takes 8 (M <= 8) or 16 tokens; above 16 the token tiles of one row
+// tile are neighbours in blockIdx.x, so the CTAs that stream the same weight rows run
+// together and all but the first read them from L2. Every token tile dequantizes the weight
+// again: at M = 17-64 this beats larger token tiles, which spill at two CTAs per SM or halve
+// the warps at one (bench/NOTES.md, "Decode to M = 64").
 //
 // Epilogue: + bias in fp32, rounded once to x's dtype.
 #pragma once
@@ -574,8 +580,12 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   const int s_begin = static_cast<int>(static_cast<int64_t>(ns_all) * blockIdx.y / p.splits);
   const int s_end = static_cast<int>(static_cast<int64_t>(ns_all) * (blockIdx.y + 1) / p.splits);
   const int ns = s_end - s_begin;
-  const int rt = blockIdx.x * D::kWarps + warp;  // this warp's 16-row tile
-  const int m0 = blockIdx.z * kTok;
+  // blockIdx.x: row tile bx, token tile bz (token tiles of a row tile adjacent).
+  const int token_tiles = (p.M + kTok - 1) / kTok;
+  const int bx = static_cast<int>(blockIdx.x) / token_tiles;
+  const int bz = static_cast<int>(blockIdx.x) % token_tiles;
+  const int rt = bx * D::kWarps + warp;  // this warp's 16-row tile
+  const int m0 = bz * kTok;
   constexpr bool two = kG == 32;  // a chunk holds two groups
   constexpr int gsh = kG == 32 ? 5 : kG == 64 ? 6 : 7;  // group of k: k >> gsh
   // One scale per row: every group of the row reads entry 0 (stride 0).
@@ -652,7 +662,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   // group m_q0 + u * kQStep.
   constexpr int kQStep = kThreads / kRows;
   static_assert(kThreads % kRows == 0, "a thread's entries share a row");
-  const int m_n = blockIdx.x * kRows + static_cast<int>(threadIdx.x) % kRows;
+  const int m_n = bx * kRows + static_cast<int>(threadIdx.x) % kRows;
   const int m_q0 = static_cast<int>(threadIdx.x) / kRows;
   const bool m_row_ok = m_n < p.N;
   const int m_scale = static_cast<int>(m_n * p.scale_ld);  // < 2^31: checked by the plan
@@ -801,7 +811,10 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   constexpr int kRows = D::kRows, kSmem = D::template smem_bytes<MT>();
   static std::atomic<bool> opted[kMaxDevices];
   const auto kernel = wxa16_decode_kernel<Bits, T, MT, kG, kZeros>;
-  const dim3 grid((p.N + kRows - 1) / kRows, 1, (p.M + 8 * MT - 1) / (8 * MT));
+  // Row tiles x token tiles, flattened into x (the kernel splits them).
+  const int64_t row_tiles = (p.N + kRows - 1) / kRows, token_tiles = (p.M + 8 * MT - 1) / (8 * MT);
+  if (row_tiles * token_tiles > 0x7fffffff) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(row_tiles * token_tiles), 1, 1);
   int device = 0;
   cudaError_t e = current_device(device);
   if (e == cudaSuccess) e = opt_in_smem(kernel, kSmem, device, opted);

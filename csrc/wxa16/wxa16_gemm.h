@@ -76,6 +76,6 @@ WXA16GemmFn cuda_w8a16_gemm_tiled;
 WXA16GemmFn cuda_w4a16_gemm_dequant;
 
 // The decode kernels' largest M.
-constexpr int kWXA16DecodeMaxM = 16;
+constexpr int kWXA16DecodeMaxM = 64;
 
 }  // namespace lowbit

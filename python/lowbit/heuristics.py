@@ -21,8 +21,10 @@ wgmma kernel's rate on Hopper).
 w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on every benchmark
 weight at M = 1, by 1.3-4.8x; Triton leads by 7% at 16 x 28672 x 8192), Triton above (ahead
 of the CUDA tiled kernel at every M >= 64 measured, by 1.04-4.2x). w4a16_gemm needs no row:
-the weight's layout picks the backend (prepacked: the CUDA kernels, decode to M = 16 and
-dequantize-then-cuBLAS above, by their M ranges; canonical: Triton).
+the weight's layout picks the backend (prepacked: the CUDA kernels, decode to M = 64 and
+dequantize-then-cuBLAS above, by their M ranges; canonical: Triton). At M = 17-64 the w8a16
+decode kernel and Triton each lead on some weights (decode at N = 4096, Triton at N = 14336
+and 28672, by up to 1.6x either way, 2026-12-04): Triton keeps that band.
 """
 from __future__ import annotations
 

@@ -71,10 +71,10 @@ KERNELS: Dict[str, Dict[str, Tuple[Optional[Tuple[int, int]], int, Optional[str]
     },
 }
 KERNELS["int8_gemm"] = dict(KERNELS["int8_mm"])
-# The mixed-input GEMMs (csrc/wxa16): decode (split-K) up to M = 16, tiled for the rest;
-# int4 above M = 16 first dequantizes the weight and multiplies in bf16/fp16 (cuBLAS): at
+# The mixed-input GEMMs (csrc/wxa16): decode (split-K) up to M = 64, tiled for the rest;
+# int4 above M = 64 first dequantizes the weight and multiplies in bf16/fp16 (cuBLAS): at
 # M = 64 the tiled mma.sync kernel ran 0.24-0.33x bf16 F.linear on the H200.
-WXA16_DECODE_MAX_M = 16  # kWXA16DecodeMaxM in csrc/wxa16/wxa16_gemm.h
+WXA16_DECODE_MAX_M = 64  # kWXA16DecodeMaxM in csrc/wxa16/wxa16_gemm.h
 KERNELS["w4a16_gemm"] = {
     "cuda_w4a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w4a16_gemm_dequant": ((WXA16_DECODE_MAX_M + 1, _BIG), 15, "dequant"),

@@ -6,8 +6,8 @@ One mma.sync template (bf16/fp16, fp32 accumulation, every arch from sm_80) for 
 widths: ``cuda_w4a16_gemm_*`` read the prepacked int4 layout (``Int4Weight.prepack()``; a
 canonical weight is refused with that advice, since repacking per call would cost more than
 the GEMM), ``cuda_w8a16_gemm_*`` the plain int8 [N, K] weight as it is. ``*_decode`` takes
-M <= 16 with K split over CTAs (deterministic: partials added in a fixed order),
-``*_tiled`` any M. ``cuda_w4a16_gemm_dequant`` (M > 16) dequantizes the prepacked
+M <= 64 with K split over CTAs (deterministic: partials added in a fixed order),
+``*_tiled`` any M. ``cuda_w4a16_gemm_dequant`` (M > 64) dequantizes the prepacked
 weight to x's dtype with a CUDA kernel and multiplies with ``F.linear`` (cuBLAS): a
 temporary [N, K] weight per call, rounded to x's dtype (the fused kernels never round the
 weight), for a product that keeps near bf16's speed at large M. GPTQ act order: ``x[:, perm]``
@@ -27,7 +27,7 @@ import torch
 from ... import ops as _ops
 from ..._build import _C
 from .._device import OnDevice, raw_stream
-from . import DTYPE_CODE, device_reason, kernel_id, register
+from . import DTYPE_CODE, WXA16_DECODE_MAX_M, device_reason, kernel_id, register
 from .gemm import row_stride
 
 __all__ = ["X_DTYPES", "wxa16_gemm_launch"]
@@ -129,7 +129,8 @@ def _reason(bits: int, o: _Operands, m_range) -> Optional[str]:
         return f"N = {o.n} is beyond the kernels' int32 row counts"
     if o.k % 16:
         return f"K = {o.k} is not a multiple of 16"
-    if m_range[1] <= 16 and o.n * max(_row_stride(o.scales), _row_stride(o.zeros)) >= 1 << 31:
+    if (m_range[1] <= WXA16_DECODE_MAX_M
+            and o.n * max(_row_stride(o.scales), _row_stride(o.zeros)) >= 1 << 31):
         return "2^31 scales or more: the decode kernel's offsets are int32"
     if bits == 4:
         if o.w.dim() != 4:
