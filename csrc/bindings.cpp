@@ -41,6 +41,7 @@
 //                   scale_ld, has_zeros, zero_ld, bias_dtype, ldo)
 //     .counter_bytes, .partial_bytes (planned on the current device), .splits
 //     .launch(x, w, scales, zeros, bias, counters, partials, out, stream)
+//     .native() -> as GemmLaunch's (its split counters its own, per stream)
 //   Int4QuantizeLaunch(kernel_id, w_dtype, rows, cols, row_stride, col_stride, group,
 //                      symmetric)
 //     .launch(w, q, scales, zeros, stream)
@@ -60,6 +61,10 @@
 #include "common/kernel_table.h"
 
 #ifdef LOWBIT_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include <utility>
+
 #include "common/launch.h"
 #include "common/runtime.h"
 #include "fp8/fp8_gemm.h"
@@ -374,8 +379,52 @@ class WXA16GemmLaunch
     check_launch(fn_(args_, ptr<CUstream_st>(stream), false), name_);
   }
 
+  // The launch of a plan (lowbit._torch_ops), whose workspace holds the partials only: a
+  // split's arrival counters must be zero when a launch starts, and each launch leaves them
+  // zero, so they are this object's own, one zeroed buffer per stream (launches on one
+  // stream run in order; two streams must not share counters). False, launching nothing, on
+  // a capturing stream: every launch in a graph needs counters of its own (two graphs
+  // captured on one stream may replay concurrently), which the Python path gives it.
+  bool launch_native(uintptr_t x, uintptr_t w, uintptr_t scales, uintptr_t zeros,
+                     uintptr_t bias, uintptr_t partials, uintptr_t out, uintptr_t stream) {
+    uintptr_t counters = 0;
+    if (args_.counter_bytes > 0) {
+      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(ptr<CUstream_st>(stream), &status) != cudaSuccess) {
+        (void)cudaGetLastError();  // e.g. the legacy stream while another one captures
+        return false;
+      }
+      if (status != cudaStreamCaptureStatusNone) return false;
+      counters = counters_for(stream);
+    }
+    launch(x, w, scales, zeros, bias, counters, partials, out, stream);
+    return true;
+  }
+
+  WXA16GemmLaunch(const WXA16GemmLaunch&) = delete;
+  WXA16GemmLaunch& operator=(const WXA16GemmLaunch&) = delete;
+  ~WXA16GemmLaunch() {
+    for (auto& c : counters_) (void)cudaFree(c.second);  // (synchronizes: none is in use after)
+  }
+
  private:
+  uintptr_t counters_for(uintptr_t stream) {
+    for (const auto& c : counters_)
+      if (c.first == stream) return reinterpret_cast<uintptr_t>(c.second);
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, args_.counter_bytes);
+    if (e == cudaSuccess) {
+      e = cudaMemsetAsync(p, 0, args_.counter_bytes, ptr<CUstream_st>(stream));
+      if (e != cudaSuccess) (void)cudaFree(p);
+    }
+    if (e != cudaSuccess)
+      throw std::runtime_error(std::string(name_) + ": split counters: " + cudaGetErrorString(e));
+    counters_.emplace_back(stream, p);
+    return reinterpret_cast<uintptr_t>(p);
+  }
+
   bool has_zeros_ = false;
+  std::vector<std::pair<uintptr_t, void*>> counters_;  // per stream
 };
 
 // A quantizer's scale tile -> the launchers' granularity (and group).
@@ -672,6 +721,19 @@ int int8_linear_native(void* self, const uintptr_t* p, uintptr_t stream, char* e
   });
 }
 
+// w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias) and w8a16_gemm(x, w,
+// w_scale, bias): x, w, scales, zeros (0 for w8a16), bias, workspace (the partials), out.
+// Plans are made without perm (its gather is a second kernel). 2: declined (a capturing
+// stream), the caller takes the Python path.
+int wxa16_gemm_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                      size_t error_size) {
+  bool launched = false;
+  const int rc = native_launch<WXA16GemmLaunch>(self, error, error_size, [&](WXA16GemmLaunch& l) {
+    launched = l.launch_native(p[0], p[1], p[2], p[3], p[4], p[5], p[6], stream);
+  });
+  return rc == 0 && !launched ? 2 : rc;
+}
+
 // (object address, entry address) for the Python side to hand to lowbit._torch_ops; the
 // Python object must outlive every use.
 template <class L>
@@ -739,7 +801,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("splits", &WXA16GemmLaunch::splits)
       .def("launch", &WXA16GemmLaunch::launch, py::arg("x"), py::arg("w"), py::arg("scales"),
            py::arg("zeros"), py::arg("bias"), py::arg("counters"), py::arg("partials"),
-           py::arg("out"), py::arg("stream"));
+           py::arg("out"), py::arg("stream"))
+      .def("native", [](WXA16GemmLaunch& l) { return native_handle(l, &wxa16_gemm_native); },
+           "as GemmLaunch.native, for w4a16_gemm's and w8a16_gemm's plans");
   py::class_<QuantizeLaunch>(m, "QuantizeLaunch",
                              "An FP8 quantize kernel's launch for one call signature: "
                              "q = encode(x * (1 / scale)), static or dynamic scales")

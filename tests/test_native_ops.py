@@ -52,7 +52,7 @@ def test_the_built_library_loads_under_its_torch():
 def test_cuda_kernels_are_registered_in_cpp(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lowbit::{op}", "CUDA")
     assert hasattr(torch.ops.lowbit, f"_{op}_prepare") and _native.serves(op)
-    assert not _native.serves("w4a16_gemm")
+    assert not _native.serves("int4_quantize")
 
 
 @needs_native
@@ -749,3 +749,146 @@ def test_threads_share_the_plans():
         th.join()
     assert not errors, errors[:5]
     assert _native.stats()["hits"] > 0
+
+
+# ---- the weight-only GEMMs (w4a16_gemm on the prepacked layout, w8a16_gemm)
+
+
+def _w4(n, k, group, symmetric, seed=0, perm=False):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    q = lowbit.int4_quantize(w, group_size=group, symmetric=symmetric)
+    if perm:
+        q = lowbit.Int4Weight(q.qweight, q.scales, q.zeros, q.group_size,
+                              torch.randperm(k, generator=g))
+    return q.to("cuda").prepack()
+
+
+def _w4_args(w, x, bias):
+    return (x, w.qweight, w.scales, w.zeros, w.group_size, w.perm, bias)
+
+
+def _w8(n, k, group, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    q, s, _ = lowbit.quantize_int8(w, granularity="channel" if group == 0 else "group",
+                                   group_size=group or 128)
+    return q.cuda(), s.cuda()
+
+
+W_ONLY = [("w4a16", 128, True), ("w4a16", 128, False), ("w4a16", -1, True),
+          ("w4a16", 32, False), ("w8a16", 0, None), ("w8a16", 128, None)]
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,group,symmetric", W_ONLY,
+                         ids=[f"{k}-g{g}-{s}" for k, g, s in W_ONLY])
+@pytest.mark.parametrize("m", [1, 16, 40, 100])
+def test_weight_only_plans_give_the_bits_of_the_python_path(kind, group, symmetric, m):
+    """torch.ops and the eager API: the first call of a signature prepares the plan, the
+    next ones are served by it (split launches with the plan's own counters, M = 100 the
+    tiled int8 kernel; int4 above M = 64 is two steps, no plan), bit for bit the Python
+    path's, call after call."""
+    n, k = 3000, 4224
+    if kind == "w4a16":
+        w = _w4(n, k, group, symmetric)
+        op, api = torch.ops.lowbit.w4a16_gemm, lowbit.w4a16_gemm
+        args = lambda x, b: _w4_args(w, x, b)  # noqa: E731
+        call = lambda x, b: api(x, w, b)  # noqa: E731
+    else:
+        q, s = _w8(n, k, group)
+        op, api = torch.ops.lowbit.w8a16_gemm, lowbit.w8a16_gemm
+        args = lambda x, b: (x, q, s, b)  # noqa: E731
+        call = lambda x, b: api(x, q, s, b)  # noqa: E731
+    bias = torch.randn(n, dtype=torch.bfloat16, device="cuda") if m % 2 == 0 else None
+    x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+    # One CUDA launch has a plan (not Triton, which auto runs for w8a16 above M = 16, nor
+    # int4's two-step path above M = 64).
+    kernel = lowbit.explain(call, x, bias).kernel
+    planned = kernel.startswith("cuda_") and not kernel.endswith("_dequant")
+    assert planned == ((kind == "w4a16" and m <= 64) or (kind == "w8a16" and m <= 16)), kernel
+    with _python_path():
+        want = op(*args(x, bias), "default")
+    first = op(*args(x, bias), "default")  # a miss: prepared
+    assert torch.equal(first, want)
+    hits = _native.stats()["hits"]
+    for _ in range(3):
+        x2 = torch.randn_like(x)
+        got_op, got_api = op(*args(x2, bias), "default"), call(x2, bias)
+        with _python_path():
+            ref = op(*args(x2, bias), "default")
+        assert torch.equal(got_op, ref) and torch.equal(got_api, ref), "plan and Python differ"
+    assert _native.stats()["hits"] == hits + (6 if planned else 0)
+
+
+@needs_native
+@pytest.mark.gpu
+def test_act_order_gets_no_plan_and_the_right_product():
+    w = _w4(3000, 4224, 128, False, perm=True)
+    x = torch.randn(1, 4224, dtype=torch.bfloat16, device="cuda")
+    with _python_path():
+        want = lowbit.w4a16_gemm(x, w)
+    lowbit.w4a16_gemm(x, w)
+    hits = _native.stats()["hits"]
+    for _ in range(2):
+        assert torch.equal(torch.ops.lowbit.w4a16_gemm(*_w4_args(w, x, None), "default"), want)
+        assert torch.equal(lowbit.w4a16_gemm(x, w), want)
+    assert _native.stats()["hits"] == hits
+
+
+@needs_native
+@pytest.mark.gpu
+def test_weight_only_plans_decline_a_capture():
+    """A planned split launch under CUDA graph capture declines (the Python path gives the
+    graph's launch counters of its own): two graphs captured on one stream replay
+    concurrently on two streams, and eager calls on the capture stream keep working."""
+    w = _w4(256, 8192, 128, True)  # two row tiles, K split over many CTAs
+    op = torch.ops.lowbit.w4a16_gemm
+    x = torch.randn(1, 8192, dtype=torch.bfloat16, device="cuda")
+    for _ in range(2):
+        op(*_w4_args(w, x, None), "default")  # prepared, then planned
+    stream = torch.cuda.Stream()
+    graphs, statics, outs = [], [], []
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            static = x.clone()
+            graph = torch.cuda.CUDAGraph()
+            misses = _native.stats()["misses"]
+            with torch.cuda.graph(graph, stream=stream):
+                outs.append(op(*_w4_args(w, static, None), "default"))
+            assert _native.stats()["misses"] == misses + 1, "the plan launched in a capture"
+            graphs.append(graph)
+            statics.append(static)
+        eager = op(*_w4_args(w, x, None), "default")  # the stream's own counters
+    torch.cuda.synchronize()
+    xs = [torch.randn_like(x) for _ in graphs]
+    for static, v in zip(statics, xs):
+        static.copy_(v)
+    side = [torch.cuda.Stream(), torch.cuda.Stream()]
+    torch.cuda.synchronize()
+    for _ in range(20):
+        for g, s in zip(graphs, side):
+            with torch.cuda.stream(s):
+                g.replay()
+    torch.cuda.synchronize()
+    with _python_path():
+        for out, v in zip(outs, xs):
+            assert torch.equal(out, op(*_w4_args(w, v, None), "default"))
+        assert torch.equal(eager, op(*_w4_args(w, x, None), "default"))
+
+
+@needs_native
+@pytest.mark.gpu
+def test_int4_linear_forward_runs_the_plan():
+    mod = lowbit.nn.Int4Linear.from_linear(
+        nn.Linear(4224, 3000, bias=True).to("cuda", torch.bfloat16), symmetric=False)
+    x = torch.randn(2, 3, 4224, dtype=torch.bfloat16, device="cuda")
+    mod(x)
+    hits = _native.stats()["hits"]
+    for _ in range(2):
+        x2 = torch.randn_like(x)
+        got = mod(x2)
+        with _python_path():
+            assert torch.equal(got, mod(x2))
+    assert _native.stats()["hits"] == hits + 2

@@ -1,5 +1,6 @@
 // lowbit._torch_ops: the CUDA implementations of registered ops in C++ (fp8_linear,
-// int8_linear, fp8_scaled_mm, quantize_fp8, int8_mm, int8_gemm, quantize_int8), so that a
+// int8_linear, fp8_scaled_mm, quantize_fp8, int8_mm, int8_gemm, quantize_int8, w4a16_gemm,
+// w8a16_gemm), so that a
 // call through the torch dispatcher (what a compiled graph makes, and torch.ops.lowbit.<op>)
 // costs no Python, and the entries of the eager API and the quantized modules into the same
 // code.
@@ -66,12 +67,16 @@ namespace {
 
 using Launch = int (*)(void* self, const uintptr_t* pointers, uintptr_t stream, char* error,
                        size_t error_size);
+// A launch's answer besides 0 (launched) and 1 (failed, with the error text): it launched
+// nothing and this call must take the Python path (the weight-only GEMMs on a capturing
+// stream, whose graph needs split counters of its own).
+constexpr int kDeclined = 2;
 
 // The plan list lowbit/_native.py returns: [kPlanFormat, launch, self, workspace bytes, step];
 // launch 0 for "no plan" (step: 0, or the address of the Python function the signature runs,
 // which Python keeps alive until it empties the table), or an empty list when Python could
 // not tell (nothing is kept).
-constexpr int64_t kPlanFormat = 4;
+constexpr int64_t kPlanFormat = 5;
 constexpr size_t kPlanLength = 5;
 // Signatures kept; a full table is emptied (Python keeps the launch objects alive).
 constexpr size_t kMaxPlans = 4096;
@@ -135,7 +140,9 @@ enum Op : int64_t {
   kQuantizeFp8,
   kInt8Mm,
   kInt8Gemm,
-  kQuantizeInt8
+  kQuantizeInt8,
+  kW4a16Gemm,
+  kW8a16Gemm
 };
 
 int backend_code(c10::string_view backend) {
@@ -253,9 +260,10 @@ struct Call {
 
 // Allocates the outputs and the workspace, then makes the plan's launch on the device's
 // current stream, with g_mutex held: launch objects keep per-call state, and a reset (which
-// takes the mutex) must not free one in use.
+// takes the mutex) must not free one in use. nullopt: the launch declined the call.
 template <size_t P, size_t N>
-std::array<at::Tensor, N> run_locked(const char* op, const Plan& plan, const Call<P, N>& call) {
+std::optional<std::array<at::Tensor, N>> run_locked(const char* op, const Plan& plan,
+                                                    const Call<P, N>& call) {
   static_assert(P > N, "the pointers end with the workspace and the outputs");
   TORCH_CHECK(plan.outputs.size() == N, "lowbit::", op, ": a plan of ", plan.outputs.size(),
               " outputs");
@@ -278,6 +286,7 @@ std::array<at::Tensor, N> run_locked(const char* op, const Plan& plan, const Cal
       impl->getStreamNativeHandle(impl->getStream(call.device)));
   char error[512] = {0};
   const int rc = plan.launch(plan.self, pointers.data(), stream, error, sizeof error);
+  if (rc == kDeclined) return std::nullopt;
   TORCH_CHECK(rc == 0, "lowbit::", op, ": ", error);
   return outputs;
 }
@@ -291,25 +300,30 @@ template <size_t N>
 using Prepared = std::pair<std::array<at::Tensor, N>, std::vector<int64_t>>;
 
 // One call through the dispatcher: the plan kept for the signature when there is one, else
-// `prepare()` (the Python implementation), whose plan is kept for the next call.
+// `prepare()` (the Python implementation), whose plan is kept for the next call (a call
+// whose plan declined it keeps that plan).
 template <size_t P, size_t N, class Prepare>
 std::array<at::Tensor, N> serve(const char* op, const Call<P, N>& call, Prepare&& prepare) {
   const std::string env = environment();
   uint64_t epoch;
+  bool declined = false;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
     if (call.key) {
       const Plan* plan = find_locked(*call.key, env);
       if (plan && plan->launch) {
-        g_hits.fetch_add(1, std::memory_order_relaxed);
-        return run_locked(op, *plan, call);
+        if (auto outputs = run_locked(op, *plan, call)) {
+          g_hits.fetch_add(1, std::memory_order_relaxed);
+          return std::move(*outputs);
+        }
+        declined = true;
       }
     }
     epoch = g_epoch;
   }
   g_misses.fetch_add(1, std::memory_order_relaxed);
   Prepared<N> prepared = prepare();
-  remember(call.key, prepared.second, prepared.first, epoch, env);
+  if (!declined) remember(call.key, prepared.second, prepared.first, epoch, env);
   return prepared.first;
 }
 
@@ -378,6 +392,25 @@ Call<7, 3> quantize_int8_call(c10::string_view backend, const at::Tensor& x,
   return {signature(kQuantizeInt8, backend, x, scale, zero, granularity, group_size, block,
                     int64_t{symmetric}),
           {address(x), address(scale), address(zero), 0, 0, 0, 0},
+          x.device()};
+}
+
+// The weight-only GEMMs' launch takes x, w, scales, zeros, bias (the same five for both
+// ops, zeros 0 for w8a16), the workspace and the output; perm is in the key only (a plan
+// is made without it).
+Call<7, 1> w4a16_gemm_call(c10::string_view backend, const at::Tensor& x,
+                           const at::Tensor& qweight, const at::Tensor& scales,
+                           const at::Tensor& zeros, int64_t group_size, const at::Tensor& perm,
+                           const at::Tensor& bias) {
+  return {signature(kW4a16Gemm, backend, x, qweight, scales, zeros, group_size, perm, bias),
+          {address(x), address(qweight), address(scales), address(zeros), address(bias), 0, 0},
+          x.device()};
+}
+
+Call<7, 1> w8a16_gemm_call(c10::string_view backend, const at::Tensor& x, const at::Tensor& w,
+                           const at::Tensor& w_scale, const at::Tensor& bias) {
+  return {signature(kW8a16Gemm, backend, x, w, w_scale, bias),
+          {address(x), address(w), address(w_scale), 0, address(bias), 0, 0},
           x.device()};
 }
 
@@ -508,6 +541,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_int8(
   return {std::move(q), std::move(s), std::move(z)};
 }
 
+at::Tensor w4a16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                      const std::optional<at::Tensor>& zeros, int64_t group_size,
+                      const std::optional<at::Tensor>& perm,
+                      const std::optional<at::Tensor>& bias, c10::string_view backend) {
+  static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+      int64_t, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+      c10::string_view)>("lowbit::_w4a16_gemm_prepare");
+  return serve("w4a16_gemm",
+               w4a16_gemm_call(backend, x, qweight, scales, value(zeros), group_size,
+                               value(perm), value(bias)),
+               [&] {
+                 return one(prepare.call(x, qweight, scales, zeros, group_size, perm, bias,
+                                         backend));
+               })[0];
+}
+
+at::Tensor w8a16_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
+                      const std::optional<at::Tensor>& bias, c10::string_view backend) {
+  static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+      c10::string_view)>("lowbit::_w8a16_gemm_prepare");
+  return serve("w8a16_gemm", w8a16_gemm_call(backend, x, w, w_scale, value(bias)),
+               [&] { return one(prepare.call(x, w, w_scale, bias, backend)); })[0];
+}
+
 // ---------------------------------------------------------------------------------------------
 // The entries from Python. The GIL is held throughout (a plan's launch takes microseconds),
 // except while waiting for g_mutex (serve_entry).
@@ -596,8 +655,8 @@ PyObject* wrap(std::array<at::Tensor, N>&& outputs) {
   return tuple;
 }
 
-// An entry's call: the plan's outputs, None ("no plan", or no key), [step] (a plan that names
-// a Python step, when `steps`), NotImplemented (unseen).
+// An entry's call: the plan's outputs, None ("no plan", no key, or a launch that declined the
+// call), [step] (a plan that names a Python step, when `steps`), NotImplemented (unseen).
 template <size_t P, size_t N>
 PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false) {
   if (!call.key) return none();
@@ -624,8 +683,10 @@ PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false
       step = plan->step;
       Py_INCREF(step);
     } else {
+      auto served = run_locked(op, *plan, call);
+      if (!served) return none();
       g_hits.fetch_add(1, std::memory_order_relaxed);
-      outputs = run_locked(op, *plan, call);
+      outputs = std::move(*served);
     }
   }
   if (step) {
@@ -853,6 +914,37 @@ PyObject* quantize_int8_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs
   END_HANDLE_TH_ERRORS
 }
 
+PyObject* w4a16_gemm_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("w4a16_gemm", "x, qweight, scales, zeros, group_size, perm, bias, backend", 8,
+             nargs))
+    return nullptr;
+  const Args a{args};
+  const at::Tensor *x, *q, *s, *z, *perm, *bias;
+  int64_t group_size;
+  c10::string_view backend;
+  if (!a.cuda_input(0, x) || !a.tensor(1, q) || !a.tensor(2, s) || !a.tensor(3, z, true) ||
+      !a.integer(4, group_size) || !a.tensor(5, perm, true) || !a.tensor(6, bias, true) ||
+      !a.string(7, backend))
+    return none();
+  return serve_entry("w4a16_gemm",
+                     w4a16_gemm_call(backend, *x, *q, *s, *z, group_size, *perm, *bias), true);
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* w8a16_gemm_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("w8a16_gemm", "x, w, w_scale, bias, backend", 5, nargs)) return nullptr;
+  const Args a{args};
+  const at::Tensor *x, *w, *s, *bias;
+  c10::string_view backend;
+  if (!a.cuda_input(0, x) || !a.tensor(1, w) || !a.tensor(2, s) || !a.tensor(3, bias, true) ||
+      !a.string(4, backend))
+    return none();
+  return serve_entry("w8a16_gemm", w8a16_gemm_call(backend, *x, *w, *s, *bias), true);
+  END_HANDLE_TH_ERRORS
+}
+
 #define LOWBIT_FASTCALL(f) reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&f))
 
 PyMethodDef g_methods[] = {
@@ -874,6 +966,10 @@ PyMethodDef g_methods[] = {
      "lowbit::int8_gemm's arguments -> its output when a plan serves it"},
     {"quantize_int8", LOWBIT_FASTCALL(quantize_int8_entry), METH_FASTCALL,
      "lowbit::quantize_int8's arguments -> (q, scale, zero) when a plan serves it"},
+    {"w4a16_gemm", LOWBIT_FASTCALL(w4a16_gemm_entry), METH_FASTCALL,
+     "lowbit::w4a16_gemm's arguments -> its output when a plan serves it"},
+    {"w8a16_gemm", LOWBIT_FASTCALL(w8a16_gemm_entry), METH_FASTCALL,
+     "lowbit::w8a16_gemm's arguments -> its output when a plan serves it"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef g_module = {PyModuleDef_HEAD_INIT, "_torch_ops",
@@ -890,6 +986,8 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
   m.impl("int8_mm", &int8_mm);
   m.impl("int8_gemm", &int8_gemm);
   m.impl("quantize_int8", &quantize_int8);
+  m.impl("w4a16_gemm", &w4a16_gemm);
+  m.impl("w8a16_gemm", &w8a16_gemm);
 }
 
 PyMODINIT_FUNC PyInit__torch_ops() {

@@ -1,6 +1,6 @@
 """``lowbit._torch_ops``: the C++ implementations of the registered ops of ``OPS``
 (``fp8_linear``, ``int8_linear``, ``fp8_scaled_mm``, ``quantize_fp8``, ``int8_mm``,
-``int8_gemm``, ``quantize_int8``) on CUDA tensors
+``int8_gemm``, ``quantize_int8``, ``w4a16_gemm``, ``w8a16_gemm``) on CUDA tensors
 (csrc/torch/plans.cpp), their entries for the eager API and the quantized modules, and their
 control from Python.
 
@@ -51,7 +51,14 @@ which the Python step keeps per weight (``int8_linear``: its calls take the Pyth
 implementation) or computes per call (``int8_gemm`` with ``a_zero``: its plan names the
 Python step, eager; through ``torch.ops``, the Python implementation). The asymmetric
 quantizer itself has a plan. The ops without a C++ implementation here (the dequantizers,
-``int4_quantize``, ``w4a16_gemm``, ``w8a16_gemm``) take the Python implementation.
+``int4_quantize``) take the Python implementation.
+
+The weight-only GEMMs (``w4a16_gemm``, ``w8a16_gemm``) have plans for their CUDA decode and
+tiled kernels (not for an act-order ``perm``, whose gather is a kernel of its own, nor for
+int4's dequantize-then-cuBLAS path, two steps). A split launch's arrival counters, which
+must be zero when it starts, belong to the launch object, one zeroed buffer per stream; on
+a capturing stream the plan declines and the call takes the Python path, which gives each
+launch in a graph counters of its own.
 
 The library includes torch's headers: it is built only where the build could import torch
 (``pip install --no-build-isolation .`` after torch), and loaded only under the torch version
@@ -72,7 +79,7 @@ from ._env import getenv
 
 _lib: Optional[ctypes.CDLL] = None
 _status = "not loaded yet"
-PLAN_FORMAT = 4  # csrc/torch/plans.cpp: kPlanFormat
+PLAN_FORMAT = 5  # csrc/torch/plans.cpp: kPlanFormat
 # Launch objects handed to the C++ side, which holds their addresses: kept here until the
 # C++ table is emptied (``reset``), up to this many.
 _KEEP_MAX = 8192
@@ -142,7 +149,7 @@ def loaded() -> bool:
 
 # The registered ops the library implements on CUDA tensors.
 OPS = ("fp8_linear", "int8_linear", "fp8_scaled_mm", "quantize_fp8", "int8_mm", "int8_gemm",
-       "quantize_int8")
+       "quantize_int8", "w4a16_gemm", "w8a16_gemm")
 # op -> entry(module, x) for the quantized modules of that op (lowbit/nn/_layer.py): the
 # output when a plan serves the call, None when the module's Python path must (no plan for
 # the signature, or a call plans do not take: CPU, tensor subclasses, held), NotImplemented

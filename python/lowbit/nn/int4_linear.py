@@ -143,7 +143,10 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2, out_shape = _rows(self, x)
-        return api.w4a16_gemm(x2, self.weight_int4(), self.bias).reshape(out_shape)
+        # lowbit.w4a16_gemm's op on the module's tensors, without an Int4Weight per call (the
+        # op checks the same shapes; a prepared signature runs its C++ plan).
+        return api._call("w4a16_gemm", x2, self.qweight, self.scales, self.zeros,
+                         self.group_size, self.perm, self.bias, "default").reshape(out_shape)
 
     def config(self) -> dict:
         """The constructor's arguments for an empty module of this structure (load_state_dict

@@ -214,6 +214,9 @@ def _make(op: str, bits: int, operands):
                        stream)
                 return out
 
+            # The C++ plan (lowbit/_native.py): the launch object, whose counters are its
+            # own, and the partials as the plan's workspace.
+            prepared.native = lambda: (launch, p_bytes)
             return prepared
 
         def dense(o: _Operands) -> _Operands:
@@ -243,6 +246,10 @@ def _make(op: str, bits: int, operands):
             def prepared(*a):  # (a perm's gather runs per call, in operands)
                 return launch(operands(*a))
 
+            if op != "w4a16_gemm" or args[5] is None:  # a perm: no C++ plan
+                native = getattr(launch, "native", None)
+                if native is not None:
+                    prepared.native = native
             prepared.__name__ = name
             return prepared
 
