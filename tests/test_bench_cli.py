@@ -65,6 +65,9 @@ def test_op_selection():
     assert run.select_ops("fp8_scaled_mm:block,quantize_fp8,fp8_scaled_mm:block", False) == [
         ("fp8_scaled_mm", "block"), ("quantize_fp8", "token"), ("quantize_fp8", "tensor")]
     assert run.parse_args(["--model", "all"]).models == list(models.MODELS)
+    # --op given twice adds up (the last one does not win).
+    assert run.parse_args(["--op", "fp8_scaled_mm:block", "--op", "quantize_fp8"]).jobs == [
+        ("fp8_scaled_mm", "block"), ("quantize_fp8", "token"), ("quantize_fp8", "tensor")]
 
 
 def test_matrix_shapes():

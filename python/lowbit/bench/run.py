@@ -36,9 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="ops and variants (the first ones run by default): " + "; ".join(
             f"{o.op}: {', '.join(o.variants)} (default {', '.join(o.default)})" for o in OPS.values()))
-    p.add_argument("--op", default=None,
+    p.add_argument("--op", default=None, action="append",
                    help="comma list of ops, or op:variant (e.g. fp8_scaled_mm:block), or 'all' "
-                        "(default: every op with a GPU kernel here, unless --model is given)")
+                        "(default: every op with a GPU kernel here, unless --model is given); "
+                        "may be given more than once")
     p.add_argument("--shapes", default=None,
                    help="comma list instead of the PERF.md matrix: M x N x K for GEMMs (casts "
                         "take M x K), or rows x cols for casts only; e.g. 1x4096x4096,16384x8192")
@@ -69,7 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError(f"--precision: unknown precision {prec!r}; known: "
                              f"{', '.join(PRECISIONS)}")
     try:
-        args.jobs = select_ops(args.op, args.model is not None)
+        args.jobs = select_ops(None if args.op is None else ",".join(args.op),
+                               args.model is not None)
         args.models = select_models(args.model, MODELS)
         args.shape_list = matrix.parse_shapes(args.shapes) if args.shapes else None
     except ValueError as e:
