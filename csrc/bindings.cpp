@@ -45,6 +45,7 @@
 //   Int4QuantizeLaunch(kernel_id, w_dtype, rows, cols, row_stride, col_stride, group,
 //                      symmetric)
 //     .launch(w, q, scales, zeros, stream)
+//     .native() -> as GemmLaunch's
 // A Launch object is built once per call signature (it checks and converts everything but
 // the pointers); its launch() is the per-call path. A constructor given values no kernel
 // takes raises ValueError; a failed launch raises RuntimeError with the CUDA error string.
@@ -582,6 +583,7 @@ class Int4QuantizeLaunch : Launch<lowbit::Int4QuantizeFn, lowbit::Int4QuantizeAr
     args_.zeros = ptr<uint8_t>(zeros);
     run(stream);
   }
+  bool symmetric() const { return args_.symmetric; }
 };
 
 // A quantized linear layer's forward as one host call: the activation quantizer writes q and
@@ -734,6 +736,15 @@ int wxa16_gemm_native(void* self, const uintptr_t* p, uintptr_t stream, char* er
   return rc == 0 && !launched ? 2 : rc;
 }
 
+// int4_quantize(w, group_size, symmetric): w, workspace, q, scales, zeros (an empty tensor
+// when symmetric, which the kernel must be given as 0).
+int int4_quantize_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                         size_t error_size) {
+  return native_launch<Int4QuantizeLaunch>(self, error, error_size, [&](Int4QuantizeLaunch& l) {
+    l.launch(p[0], p[2], p[3], l.symmetric() ? 0 : p[4], stream);
+  });
+}
+
 // (object address, entry address) for the Python side to hand to lowbit._torch_ops; the
 // Python object must outlive every use.
 template <class L>
@@ -855,7 +866,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("kernel_id"), py::arg("w_dtype"), py::arg("rows"), py::arg("cols"),
            py::arg("row_stride"), py::arg("col_stride"), py::arg("group"), py::arg("symmetric"))
       .def("launch", &Int4QuantizeLaunch::launch, py::arg("w"), py::arg("q"), py::arg("scales"),
-           py::arg("zeros"), py::arg("stream"));
+           py::arg("zeros"), py::arg("stream"))
+      .def("native",
+           [](Int4QuantizeLaunch& l) { return native_handle(l, &int4_quantize_native); },
+           "as GemmLaunch.native");
   py::class_<Fp8LinearLaunch>(m, "Fp8LinearLaunch",
                               "An FP8 linear layer's forward for one call signature: quantize "
                               "the activations into a workspace, then the GEMM, in one call")

@@ -52,7 +52,7 @@ def test_the_built_library_loads_under_its_torch():
 def test_cuda_kernels_are_registered_in_cpp(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lowbit::{op}", "CUDA")
     assert hasattr(torch.ops.lowbit, f"_{op}_prepare") and _native.serves(op)
-    assert not _native.serves("int4_quantize")
+    assert not _native.serves("dequantize_fp8")
 
 
 @needs_native
@@ -892,3 +892,35 @@ def test_int4_linear_forward_runs_the_plan():
         with _python_path():
             assert torch.equal(got, mod(x2))
     assert _native.stats()["hits"] == hits + 2
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
+@pytest.mark.parametrize("group", [32, 128, -1], ids=["g32", "g128", "channel"])
+def test_int4_quantize_plans_give_the_bits_of_the_python_path(group, symmetric):
+    """The CUDA quantizer's signatures are planned (per channel runs Triton: its Python
+    step); the three outputs, the empty zero points of a symmetric call included, match the
+    Python path's bit for bit, through the eager API and torch.ops."""
+    w = torch.randn(300, 4224, dtype=torch.bfloat16, device="cuda")
+    kernel = lowbit.explain(lowbit.int4_quantize, w, group_size=group,
+                            symmetric=symmetric).kernel
+    planned = kernel == "cuda_int4_quantize"
+    assert planned == (group != -1), kernel
+    g = group if group != -1 else 4224
+    lowbit.int4_quantize(w, group_size=group, symmetric=symmetric)  # prepared
+    hits = _native.stats()["hits"]
+    for _ in range(2):
+        w2 = torch.randn_like(w)
+        got = lowbit.int4_quantize(w2, group_size=group, symmetric=symmetric)
+        got_op = torch.ops.lowbit.int4_quantize(w2, g, symmetric, "default")
+        with _python_path():
+            want = torch.ops.lowbit.int4_quantize(w2, g, symmetric, "default")
+        for a, b in zip((got.qweight, got.scales), want[:2]):
+            assert torch.equal(a, b)
+        assert (got.zeros is None) == symmetric
+        if not symmetric:
+            assert torch.equal(got.zeros, want[2])
+        for a, b in zip(got_op, want):
+            assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    assert _native.stats()["hits"] == hits + (4 if planned else 0)

@@ -1,6 +1,6 @@
 // lowbit._torch_ops: the CUDA implementations of registered ops in C++ (fp8_linear,
 // int8_linear, fp8_scaled_mm, quantize_fp8, int8_mm, int8_gemm, quantize_int8, w4a16_gemm,
-// w8a16_gemm), so that a
+// w8a16_gemm, int4_quantize), so that a
 // call through the torch dispatcher (what a compiled graph makes, and torch.ops.lowbit.<op>)
 // costs no Python, and the entries of the eager API and the quantized modules into the same
 // code.
@@ -142,7 +142,8 @@ enum Op : int64_t {
   kInt8Gemm,
   kQuantizeInt8,
   kW4a16Gemm,
-  kW8a16Gemm
+  kW8a16Gemm,
+  kInt4Quantize
 };
 
 int backend_code(c10::string_view backend) {
@@ -414,6 +415,13 @@ Call<7, 1> w8a16_gemm_call(c10::string_view backend, const at::Tensor& x, const 
           x.device()};
 }
 
+Call<5, 3> int4_quantize_call(c10::string_view backend, const at::Tensor& w, int64_t group_size,
+                              bool symmetric) {
+  return {signature(kInt4Quantize, backend, w, group_size, int64_t{symmetric}),
+          {address(w), 0, 0, 0, 0},
+          w.device()};
+}
+
 const at::Tensor& value(const std::optional<at::Tensor>& t) {
   static const at::Tensor undefined;
   return t.has_value() ? *t : undefined;
@@ -565,6 +573,22 @@ at::Tensor w8a16_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
       c10::string_view)>("lowbit::_w8a16_gemm_prepare");
   return serve("w8a16_gemm", w8a16_gemm_call(backend, x, w, w_scale, value(bias)),
                [&] { return one(prepare.call(x, w, w_scale, bias, backend)); })[0];
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_quantize(const at::Tensor& w,
+                                                             int64_t group_size, bool symmetric,
+                                                             c10::string_view backend) {
+  static const auto prepare =
+      prepare_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>(
+          const at::Tensor&, int64_t, bool, c10::string_view)>("lowbit::_int4_quantize_prepare");
+  auto [q, s, z] = serve("int4_quantize", int4_quantize_call(backend, w, group_size, symmetric),
+                         [&]() -> Prepared<3> {
+                           auto r = prepare.call(w, group_size, symmetric, backend);
+                           return {{std::move(std::get<0>(r)), std::move(std::get<1>(r)),
+                                    std::move(std::get<2>(r))},
+                                   std::move(std::get<3>(r))};
+                         });
+  return {std::move(q), std::move(s), std::move(z)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -945,6 +969,22 @@ PyObject* w8a16_gemm_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
+PyObject* int4_quantize_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("int4_quantize", "w, group_size, symmetric, backend", 4, nargs)) return nullptr;
+  const Args a{args};
+  const at::Tensor* w;
+  int64_t group_size;
+  bool symmetric;
+  c10::string_view backend;
+  if (!a.cuda_input(0, w) || !a.integer(1, group_size) || !a.flag(2, symmetric) ||
+      !a.string(3, backend))
+    return none();
+  return serve_entry("int4_quantize", int4_quantize_call(backend, *w, group_size, symmetric),
+                     true);
+  END_HANDLE_TH_ERRORS
+}
+
 #define LOWBIT_FASTCALL(f) reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&f))
 
 PyMethodDef g_methods[] = {
@@ -970,6 +1010,8 @@ PyMethodDef g_methods[] = {
      "lowbit::w4a16_gemm's arguments -> its output when a plan serves it"},
     {"w8a16_gemm", LOWBIT_FASTCALL(w8a16_gemm_entry), METH_FASTCALL,
      "lowbit::w8a16_gemm's arguments -> its output when a plan serves it"},
+    {"int4_quantize", LOWBIT_FASTCALL(int4_quantize_entry), METH_FASTCALL,
+     "lowbit::int4_quantize's arguments -> (q, scales, zeros) when a plan serves it"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef g_module = {PyModuleDef_HEAD_INIT, "_torch_ops",
@@ -988,6 +1030,7 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
   m.impl("quantize_int8", &quantize_int8);
   m.impl("w4a16_gemm", &w4a16_gemm);
   m.impl("w8a16_gemm", &w8a16_gemm);
+  m.impl("int4_quantize", &int4_quantize);
 }
 
 PyMODINIT_FUNC PyInit__torch_ops() {

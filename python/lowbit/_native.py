@@ -1,6 +1,7 @@
 """``lowbit._torch_ops``: the C++ implementations of the registered ops of ``OPS``
 (``fp8_linear``, ``int8_linear``, ``fp8_scaled_mm``, ``quantize_fp8``, ``int8_mm``,
-``int8_gemm``, ``quantize_int8``, ``w4a16_gemm``, ``w8a16_gemm``) on CUDA tensors
+``int8_gemm``, ``quantize_int8``, ``w4a16_gemm``, ``w8a16_gemm``, ``int4_quantize``) on CUDA
+tensors
 (csrc/torch/plans.cpp), their entries for the eager API and the quantized modules, and their
 control from Python.
 
@@ -50,8 +51,8 @@ The GEMM of asymmetric INT8 activations has no C++ launch: it reads the weight's
 which the Python step keeps per weight (``int8_linear``: its calls take the Python
 implementation) or computes per call (``int8_gemm`` with ``a_zero``: its plan names the
 Python step, eager; through ``torch.ops``, the Python implementation). The asymmetric
-quantizer itself has a plan. The ops without a C++ implementation here (the dequantizers,
-``int4_quantize``) take the Python implementation.
+quantizer itself has a plan. The ops without a C++ implementation here (the dequantizers)
+take the Python implementation.
 
 The weight-only GEMMs (``w4a16_gemm``, ``w8a16_gemm``) have plans for their CUDA decode and
 tiled kernels (not for an act-order ``perm``, whose gather is a kernel of its own, nor for
@@ -149,7 +150,7 @@ def loaded() -> bool:
 
 # The registered ops the library implements on CUDA tensors.
 OPS = ("fp8_linear", "int8_linear", "fp8_scaled_mm", "quantize_fp8", "int8_mm", "int8_gemm",
-       "quantize_int8", "w4a16_gemm", "w8a16_gemm")
+       "quantize_int8", "w4a16_gemm", "w8a16_gemm", "int4_quantize")
 # op -> entry(module, x) for the quantized modules of that op (lowbit/nn/_layer.py): the
 # output when a plan serves the call, None when the module's Python path must (no plan for
 # the signature, or a call plans do not take: CPU, tensor subclasses, held), NotImplemented
