@@ -12,8 +12,8 @@ def h100(monkeypatch):
     monkeypatch.setattr(heuristics, "_capability", lambda index: (9, 0))
 
 
-def _args(m):
-    return (torch.empty(m, 64, device="meta"),)
+def _args(m, n=64):
+    return (torch.empty(m, 64, device="meta"), torch.empty(n, 64, device="meta"))
 
 
 @pytest.mark.parametrize("m,first", [(1, "sm90_fp8_gemm_swapab"), (64, "sm90_fp8_gemm_swapab"),
@@ -36,10 +36,14 @@ def test_int8_table_on_sm90(h100, op, m, first):
     assert set(order) <= names, set(order) - names
 
 
-@pytest.mark.parametrize("m,first", [(1, "cuda_w8a16_gemm_decode"), (16, "cuda_w8a16_gemm_decode"),
-                                     (17, "triton_w8a16_gemm"), (4096, "triton_w8a16_gemm")])
-def test_w8a16_table_on_sm90(h100, m, first):
-    order = heuristics.preferred("w8a16_gemm", torch.device("cuda", 0), _args(m))
+@pytest.mark.parametrize("m,n,first", [
+    (1, 28672, "cuda_w8a16_gemm_decode"), (16, 28672, "cuda_w8a16_gemm_decode"),
+    (17, 4096, "cuda_w8a16_gemm_decode"), (64, 4096, "cuda_w8a16_gemm_decode"),
+    (17, 4097, "triton_w8a16_gemm"), (64, 14336, "triton_w8a16_gemm"),
+    (65, 4096, "triton_w8a16_gemm"), (4096, 4096, "triton_w8a16_gemm")])
+def test_w8a16_table_on_sm90(h100, m, n, first):
+    """Decode to M = 16 on every weight, to 64 on weights of N <= 4096, then Triton."""
+    order = heuristics.preferred("w8a16_gemm", torch.device("cuda", 0), _args(m, n))
     assert order[0] == first
     from lowbit._backend import kernels
     assert set(order) <= {k.name for k in kernels("w8a16_gemm")}
@@ -59,11 +63,11 @@ def test_choose_follows_table_then_skips_unsupported(h100, monkeypatch):
 
     fake = [
         kernel("sm90_fp8_gemm_wgmma", "cuda", 30,
-               supports=lambda a: None if a.shape[0] > 64 else "M too small"),
+               supports=lambda a, *_: None if a.shape[0] > 64 else "M too small"),
         kernel("sm90_fp8_gemm_swapab", "cuda", 25,
-               supports=lambda a: "not in this build"),
+               supports=lambda a, *_: "not in this build"),
         kernel("sm89_fp8_gemm_smallm", "cuda", 20,
-               supports=lambda a: None if a.shape[0] <= 64 else "M too large"),
+               supports=lambda a, *_: None if a.shape[0] <= 64 else "M too large"),
         kernel("triton_fp8_scaled_mm", "triton", -10),
         kernel("reference", "reference", 0),
     ]

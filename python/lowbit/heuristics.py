@@ -1,8 +1,9 @@
 """Which kernel ``backend="auto"`` tries first, per op, device and shape.
 
-``TABLE[op][capability]`` is a tuple of rows ``(max_m, kernel names)``: the first row whose
-``max_m`` (None: any) is at least the first dimension of the op's first argument (M of a
-GEMM) gives the order. Built from measured data (never autotuning on the hot path); the
+``TABLE[op][capability]`` is a tuple of rows ``(max_m, kernel names)`` or ``(max_m, kernel
+names, max_n)``: the first row whose ``max_m`` (None: any) is at least the first dimension
+of the op's first argument (M of a GEMM), and whose ``max_n`` (when given) at least the first
+dimension of its second (N of a weight [N, K]), gives the order. Built from measured data (never autotuning on the hot path); the
 measurements and the reasoning behind each row are in bench/NOTES.md ("auto's kernel
 order"). Kernels a row does not name keep their registration priority, after the named
 ones; a kernel that does not support the inputs is skipped as usual.
@@ -19,12 +20,13 @@ then Triton (any shape and stride), then the IMMA tiled kernel (the A100 path, h
 wgmma kernel's rate on Hopper).
 
 w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on every benchmark
-weight at M = 1, by 1.3-4.8x; Triton leads by 7% at 16 x 28672 x 8192), Triton above (ahead
-of the CUDA tiled kernel at every M >= 64 measured, by 1.04-4.2x). w4a16_gemm needs no row:
+weight at M = 1, by 1.3-4.8x; Triton leads by 7% at 16 x 28672 x 8192), and at M = 17-64 on
+weights of N <= 4096 (18.1 against 28.2 us at 32 x 4096 x 4096, 40.6 against 84.9 at
+32 x 4096 x 14336, 26.1 and 69.1 against 33.6 and 102.9 at M = 64; 2026-12-04), where Triton
+leads on the larger N measured (14336, 28672: by 5% to 1.6x); Triton above (ahead of the
+CUDA tiled kernel at every M >= 64 measured, by 1.04-4.2x). w4a16_gemm needs no row:
 the weight's layout picks the backend (prepacked: the CUDA kernels, decode to M = 64 and
-dequantize-then-cuBLAS above, by their M ranges; canonical: Triton). At M = 17-64 the w8a16
-decode kernel and Triton each lead on some weights (decode at N = 4096, Triton at N = 14336
-and 28672, by up to 1.6x either way, 2026-12-04): Triton keeps that band.
+dequantize-then-cuBLAS above, by their M ranges; canonical: Triton).
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
     "w8a16_gemm": {
         (9, 0): (
             (16, ("cuda_w8a16_gemm_decode", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
+            (64, ("cuda_w8a16_gemm_decode", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled"),
+             4096),
             (None, ("triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
         ),
     },
@@ -84,17 +88,22 @@ def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
     if rows is None:
         return None
     m = args[0].shape[0]
-    for max_m, order in rows:
-        if max_m is None or m <= max_m:
-            return order
+    for row in rows:
+        max_m, order = row[0], row[1]
+        if max_m is not None and m > max_m:
+            continue
+        if len(row) > 2 and not (len(args) > 1 and args[1].shape[0] <= row[2]):
+            continue
+        return order
     return None
 
 
 # A quantized layer's measured speed against the bf16 nn.Linear it replaces, per quantize_
 # scheme and capability: {(N, K): ((M, speed-up), ...)}, GPU time against F.linear bf16 in
-# lowbit bench on the H200 (bench/RESULTS.md, 2026-12-03; int4 at M <= 16 from the 09:40 UTC
-# run of the reworked decode kernel): the layer ops for fp8 and int8 (quantizer + GEMM), the
-# GEMM for the weight-only schemes (their layers' only kernel).
+# lowbit bench on the H200 (bench/RESULTS.md, 2026-12-03; int4 and w8a16 at M <= 64 from the
+# 2026-12-04 runs of the third decode kernel, 18:14 and 20:15 UTC, the kernel auto runs): the
+# layer ops for fp8 and int8 (quantizer + GEMM), the GEMM for the weight-only schemes (their
+# layers' only kernel).
 # ``quantize_``'s ``keep_slower`` reads it; shapes and token counts between the measured
 # ones take the nearest measured point, which the summary names.
 LayerRows = Dict[Tuple[int, int], Tuple[Tuple[int, float], ...]]
@@ -115,18 +124,18 @@ LAYER_SPEEDUP: Dict[str, Dict[Tuple[int, int], LayerRows]] = {
     },
     "int4": {
         (9, 0): {
-            (4096, 4096): ((1, 1.31), (16, 1.25), (64, 0.59), (1024, 0.70)),
-            (14336, 4096): ((1, 1.77), (16, 1.44), (64, 0.45), (1024, 0.71)),
-            (4096, 14336): ((1, 1.72), (16, 1.45), (64, 0.43), (1024, 0.74)),
-            (28672, 8192): ((1, 1.85), (16, 1.38), (64, 0.39), (1024, 0.73)),
+            (4096, 4096): ((1, 1.54), (16, 1.35), (32, 1.14), (64, 0.87), (1024, 0.70)),
+            (14336, 4096): ((1, 2.10), (16, 1.83), (32, 1.35), (64, 0.77), (1024, 0.71)),
+            (4096, 14336): ((1, 2.08), (16, 1.87), (32, 1.39), (64, 0.92), (1024, 0.74)),
+            (28672, 8192): ((1, 2.41), (16, 2.03), (32, 1.23), (64, 0.73), (1024, 0.73)),
         },
     },
     "w8a16": {
         (9, 0): {
-            (4096, 4096): ((1, 1.10), (16, 1.08), (64, 0.41)),
-            (14336, 4096): ((1, 1.02), (16, 0.93), (64, 0.69)),
-            (4096, 14336): ((1, 1.06), (16, 0.98), (64, 0.43)),
-            (28672, 8192): ((1, 1.11), (16, 0.83), (64, 0.83)),
+            (4096, 4096): ((1, 1.31), (16, 1.24), (32, 1.00), (64, 0.66)),
+            (14336, 4096): ((1, 1.58), (16, 1.44), (32, 1.05), (64, 0.90)),
+            (4096, 14336): ((1, 1.55), (16, 1.53), (32, 1.03), (64, 0.64)),
+            (28672, 8192): ((1, 1.64), (16, 1.57), (32, 1.15), (64, 0.87)),
         },
     },
 }
