@@ -54,6 +54,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -315,6 +317,43 @@ class Int8GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::
   lowbit::TensorMapCache maps_;
 };
 
+// Split counters of WXA16GemmLaunch objects that died, by device and stream. They are never
+// freed: cudaFree synchronizes the device, which a CUDA graph capture under way in any thread
+// forbids, and a launch object may die at any point (the garbage collector). A later launch
+// object takes one back for the same device and stream only: stream order then puts its
+// memset after the last kernel that used the buffer. Small (4 bytes a row tile of one
+// signature) and bounded by the largest number of signatures alive per stream at once.
+struct Counters {
+  int device;
+  uintptr_t stream;
+  void* p;
+  size_t bytes;
+};
+std::mutex g_retired_mutex;
+std::vector<Counters>* g_retired = new std::vector<Counters>;  // never destroyed
+
+void retire_counters(const Counters& c) noexcept {
+  try {
+    std::lock_guard<std::mutex> lock(g_retired_mutex);
+    g_retired->push_back(c);
+  } catch (...) {  // (no memory for the list: the buffer is lost, a few bytes)
+  }
+}
+
+void* take_retired_counters(int device, uintptr_t stream, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_retired_mutex);
+  for (size_t i = 0; i < g_retired->size(); ++i) {
+    const Counters& c = (*g_retired)[i];
+    if (c.device == device && c.stream == stream && c.bytes >= bytes) {
+      void* p = c.p;
+      (*g_retired)[i] = g_retired->back();
+      g_retired->pop_back();
+      return p;
+    }
+  }
+  return nullptr;
+}
+
 // A mixed-input (W4A16 / W8A16) GEMM's launch for one call signature. The constructor plans
 // the kernel's split of K on the current device (the launch then needs counter_bytes of
 // counters, zero on entry and left zero, and partial_bytes of scratch, both 16-byte aligned;
@@ -369,15 +408,18 @@ class WXA16GemmLaunch
     if (args_.partial_bytes > 0 && (partials == 0 || partials % 16))
       throw py::value_error("this launch needs 16-byte aligned partials of " +
                             std::to_string(args_.partial_bytes) + " bytes");
-    args_.x = ptr<const void>(x);
-    args_.w = ptr<const void>(w);
-    args_.scales = ptr<const void>(scales);
-    args_.zeros = has_zeros_ ? ptr<const uint8_t>(zeros) : nullptr;
-    args_.bias = ptr<const void>(bias);
-    args_.counters = ptr<unsigned>(counters);
-    args_.partials = ptr<void>(partials);
-    args_.out = ptr<void>(out);
-    check_launch(fn_(args_, ptr<CUstream_st>(stream), false), name_);
+    // The pointers go into a copy: the Python path (GIL, no plan lock) and a plan (plan lock,
+    // maybe no GIL) may launch the same object at once.
+    lowbit::WXA16GemmArgs a = args_;
+    a.x = ptr<const void>(x);
+    a.w = ptr<const void>(w);
+    a.scales = ptr<const void>(scales);
+    a.zeros = has_zeros_ ? ptr<const uint8_t>(zeros) : nullptr;
+    a.bias = ptr<const void>(bias);
+    a.counters = ptr<unsigned>(counters);
+    a.partials = ptr<void>(partials);
+    a.out = ptr<void>(out);
+    check_launch(fn_(a, ptr<CUstream_st>(stream), false), name_);
   }
 
   // The launch of a plan (lowbit._torch_ops), whose workspace holds the partials only: a
@@ -385,7 +427,8 @@ class WXA16GemmLaunch
   // zero, so they are this object's own, one zeroed buffer per stream (launches on one
   // stream run in order; two streams must not share counters). False, launching nothing, on
   // a capturing stream: every launch in a graph needs counters of its own (two graphs
-  // captured on one stream may replay concurrently), which the Python path gives it.
+  // captured on one stream may replay concurrently), which the Python path gives it; and
+  // when no counters could be had (the Python path's come from torch's allocator).
   bool launch_native(uintptr_t x, uintptr_t w, uintptr_t scales, uintptr_t zeros,
                      uintptr_t bias, uintptr_t partials, uintptr_t out, uintptr_t stream) {
     uintptr_t counters = 0;
@@ -397,35 +440,54 @@ class WXA16GemmLaunch
       }
       if (status != cudaStreamCaptureStatusNone) return false;
       counters = counters_for(stream);
+      if (counters == 0) return false;
     }
     launch(x, w, scales, zeros, bias, counters, partials, out, stream);
     return true;
   }
 
+  bool is_dequant() const { return std::strstr(name_, "_dequant") != nullptr; }
+
   WXA16GemmLaunch(const WXA16GemmLaunch&) = delete;
   WXA16GemmLaunch& operator=(const WXA16GemmLaunch&) = delete;
   ~WXA16GemmLaunch() {
-    for (auto& c : counters_) (void)cudaFree(c.second);  // (synchronizes: none is in use after)
+    for (const Counters& c : counters_) retire_counters(c);
   }
 
  private:
+  // A zeroed buffer of counter_bytes on this device for `stream` (kept for the object's
+  // life), or 0 when none could be had (the CUDA error is cleared: the call then takes the
+  // Python path).
   uintptr_t counters_for(uintptr_t stream) {
-    for (const auto& c : counters_)
-      if (c.first == stream) return reinterpret_cast<uintptr_t>(c.second);
-    void* p = nullptr;
-    cudaError_t e = cudaMalloc(&p, args_.counter_bytes);
-    if (e == cudaSuccess) {
-      e = cudaMemsetAsync(p, 0, args_.counter_bytes, ptr<CUstream_st>(stream));
-      if (e != cudaSuccess) (void)cudaFree(p);
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
     }
-    if (e != cudaSuccess)
-      throw std::runtime_error(std::string(name_) + ": split counters: " + cudaGetErrorString(e));
-    counters_.emplace_back(stream, p);
-    return reinterpret_cast<uintptr_t>(p);
+    for (const Counters& c : counters_)
+      if (c.device == device && c.stream == stream) return reinterpret_cast<uintptr_t>(c.p);
+    Counters c{device, stream, nullptr, args_.counter_bytes};
+    try {
+      counters_.reserve(counters_.size() + 1);
+    } catch (const std::bad_alloc&) {
+      return 0;
+    }
+    c.p = take_retired_counters(device, stream, c.bytes);
+    if (c.p == nullptr && cudaMalloc(&c.p, c.bytes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    if (cudaMemsetAsync(c.p, 0, c.bytes, ptr<CUstream_st>(stream)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      retire_counters(c);
+      return 0;
+    }
+    counters_.push_back(c);  // (room reserved above)
+    return reinterpret_cast<uintptr_t>(c.p);
   }
 
   bool has_zeros_ = false;
-  std::vector<std::pair<uintptr_t, void*>> counters_;  // per stream
+  std::vector<Counters> counters_;  // per device and stream
 };
 
 // A quantizer's scale tile -> the launchers' granularity (and group).
@@ -813,7 +875,12 @@ PYBIND11_MODULE(_C, m) {
       .def("launch", &WXA16GemmLaunch::launch, py::arg("x"), py::arg("w"), py::arg("scales"),
            py::arg("zeros"), py::arg("bias"), py::arg("counters"), py::arg("partials"),
            py::arg("out"), py::arg("stream"))
-      .def("native", [](WXA16GemmLaunch& l) { return native_handle(l, &wxa16_gemm_native); },
+      .def("native",
+           [](WXA16GemmLaunch& l) {
+             // The dequantizer writes an [N, K] weight, not the product: no plan launches it.
+             if (l.is_dequant()) throw py::value_error("the dequantize kernel has no plan");
+             return native_handle(l, &wxa16_gemm_native);
+           },
            "as GemmLaunch.native, for w4a16_gemm's and w8a16_gemm's plans");
   py::class_<QuantizeLaunch>(m, "QuantizeLaunch",
                              "An FP8 quantize kernel's launch for one call signature: "

@@ -924,3 +924,36 @@ def test_int4_quantize_plans_give_the_bits_of_the_python_path(group, symmetric):
         for a, b in zip(got_op, want):
             assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
     assert _native.stats()["hits"] == hits + (4 if planned else 0)
+
+
+@needs_native
+@pytest.mark.gpu
+def test_weight_only_plans_survive_resets():
+    """A launch object that dies hands its split counters back (they are never freed: a free
+    synchronizes the device); the next plan on the stream takes them, zeroed again."""
+    import gc
+
+    w = _w4(256, 8192, 128, True)
+    op = torch.ops.lowbit.w4a16_gemm
+    x = torch.randn(1, 8192, dtype=torch.bfloat16, device="cuda")
+    with _python_path():
+        want = op(*_w4_args(w, x, None), "default")
+    for _ in range(3):
+        hits = _native.stats()["hits"]
+        for _ in range(3):
+            assert torch.equal(op(*_w4_args(w, x, None), "default"), want)
+        assert _native.stats()["hits"] == hits + 2
+        _native.reset()
+        gc.collect()
+
+
+@needs_native
+@pytest.mark.gpu
+def test_the_dequantize_launch_has_no_native_entry():
+    from lowbit.backends.cuda import kernel_id
+    from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
+
+    launch = wxa16_gemm_launch(kernel_id("cuda_w4a16_gemm_dequant"), 4, 128, 256, 4096, 128,
+                               4096, torch.bfloat16, 0, torch.bfloat16, 32, False, 0, None, 4096)
+    with pytest.raises(ValueError, match="dequantize"):
+        launch.native()
