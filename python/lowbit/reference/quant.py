@@ -142,7 +142,8 @@ def minmax_scale_zero(x, levels: int, zero_lo: int, zero_hi: int, zero_offset: f
     x = np.asarray(x, F32)
     lo = np.minimum(_reduce(x, granularity, group_size, block, np.min), F32(0))
     hi = np.maximum(_reduce(x, granularity, group_size, block, np.max), F32(0))
-    scale = dynamic_scale((hi - lo).astype(F32), levels)
+    with np.errstate(over="ignore"):  # a range past fp32's largest value: an infinite scale
+        scale = dynamic_scale((hi - lo).astype(F32), levels)
     with np.errstate(invalid="ignore"):
         zero = np.rint(F32(zero_offset) - (lo / scale).astype(F32))
         zero = np.clip(np.nan_to_num(zero, nan=0.0), zero_lo, zero_hi).astype(np.int32)
