@@ -50,6 +50,25 @@ struct Shape {
   int m, n, k;
 };
 
+// The median of 25 timed calls of `call` (CUDA events), each after a 256 MB memset of
+// `flush`, so that the weight comes from DRAM.
+template <class Call>
+float median_us(void* flush, cudaEvent_t e0, cudaEvent_t e1, Call&& call) {
+  std::vector<float> us;
+  for (int r = 0; r < 25; ++r) {
+    CHECK(cudaMemsetAsync(flush, r, 256 << 20));
+    CHECK(cudaEventRecord(e0));
+    call();
+    CHECK(cudaEventRecord(e1));
+    CHECK(cudaEventSynchronize(e1));
+    float ms = 0.f;
+    CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    us.push_back(ms * 1000.f);
+  }
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -134,18 +153,7 @@ int main(int argc, char** argv) {
       }
       if (a.partial_bytes) CHECK(cudaMalloc(&a.partials, a.partial_bytes));
       for (int i = 0; i < 3; ++i) CHECK(fn(a, nullptr, false));
-      std::vector<float> us;
-      for (int r = 0; r < 25; ++r) {
-        CHECK(cudaMemsetAsync(flush, r, 256 << 20));
-        CHECK(cudaEventRecord(e0));
-        CHECK(fn(a, nullptr, false));
-        CHECK(cudaEventRecord(e1));
-        CHECK(cudaEventSynchronize(e1));
-        float ms = 0.f;
-        CHECK(cudaEventElapsedTime(&ms, e0, e1));
-        us.push_back(ms * 1000.f);
-      }
-      std::sort(us.begin(), us.end());
+      const double t = median_us(flush, e0, e1, [&] { CHECK(fn(a, nullptr, false)); });
       std::vector<uint16_t> h(static_cast<size_t>(s.m) * s.n);
       CHECK(cudaMemcpy(h.data(), out, h.size() * 2, cudaMemcpyDeviceToHost));
       double sum = 0, asum = 0;
@@ -156,7 +164,6 @@ int main(int argc, char** argv) {
         sum += f;
         asum += std::fabs(f);
       }
-      const double t = us[us.size() / 2];
       double tb = 0;  // cuBLAS bf16 out^T[N, M] = W[N, K] x^T, the weight as bf16 (hash bits)
 #ifdef WITH_CUBLAS
       if (bf16 && bits == 4) {
@@ -171,19 +178,9 @@ int main(int argc, char** argv) {
                               s.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         };
         for (int i = 0; i < 3; ++i) gemm();
-        std::vector<float> ub;
-        for (int r = 0; r < 25; ++r) {
-          CHECK(cudaMemsetAsync(flush, r, 256 << 20));
-          CHECK(cudaEventRecord(e0));
+        tb = median_us(flush, e0, e1, [&] {
           if (gemm() != CUBLAS_STATUS_SUCCESS) std::printf("cublasGemmEx failed\n");
-          CHECK(cudaEventRecord(e1));
-          CHECK(cudaEventSynchronize(e1));
-          float ms = 0.f;
-          CHECK(cudaEventElapsedTime(&ms, e0, e1));
-          ub.push_back(ms * 1000.f);
-        }
-        std::sort(ub.begin(), ub.end());
-        tb = ub[ub.size() / 2];
+        });
         CHECK(cudaFree(wb));
       }
 #endif
