@@ -269,6 +269,20 @@ class GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kFp8
     run(stream);
   }
 
+  // The arguments of a launch of this signature whose a operand a fused quantizer makes (a,
+  // a_scale unset), with this object's map cache.
+  lowbit::GemmArgs fused_args(uintptr_t b, uintptr_t b_scale, uintptr_t bias, uintptr_t out) {
+    lowbit::GemmArgs a = args_;
+    a.map_cache = &maps_;
+    a.a = nullptr;
+    a.a_scale = nullptr;
+    a.b = ptr<const uint8_t>(b);
+    a.b_scale = ptr<const float>(b_scale);
+    a.bias = ptr<const void>(bias);
+    a.out = ptr<void>(out);
+    return a;
+  }
+
  private:
   lowbit::TensorMapCache maps_;  // the sm_90a kernels' TMA maps of the last call, by operand
 };
@@ -311,6 +325,23 @@ class Int8GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::
     args_.out = ptr<void>(out);
     run(stream);
   }
+
+  // As GemmLaunch::fused_args (no zero points: a fused quantizer is symmetric).
+  lowbit::GemmArgs fused_args(uintptr_t b, uintptr_t b_scale, uintptr_t bias, uintptr_t out) {
+    if (has_zero_) throw py::value_error("a fused INT8 launch has no zero points");
+    lowbit::GemmArgs a = args_;
+    a.map_cache = &maps_;
+    a.a = nullptr;
+    a.a_scale = nullptr;
+    a.a_zero = nullptr;
+    a.b_sum = nullptr;
+    a.b = ptr<const uint8_t>(b);
+    a.b_scale = ptr<const float>(b_scale);
+    a.bias = ptr<const void>(bias);
+    a.out = ptr<void>(out);
+    return a;
+  }
+  bool has_zero() const { return has_zero_; }
 
  private:
   bool has_zero_ = false;
@@ -551,6 +582,9 @@ class QuantizeLaunch : Launch<lowbit::fp8::QuantizeFn, lowbit::fp8::QuantizeArgs
     args_.workspace = ptr<uint32_t>(workspace);
     run(stream);
   }
+
+  const lowbit::fp8::QuantizeArgs& view() const { return args_; }
+  const char* kernel() const { return name_; }
 };
 
 class DequantizeLaunch : Launch<lowbit::fp8::DequantizeFn, lowbit::fp8::DequantizeArgs,
@@ -597,6 +631,9 @@ class Int8QuantizeLaunch : Launch<lowbit::int8::QuantizeFn, lowbit::int8::Quanti
     args_.workspace = ptr<uint32_t>(workspace);
     run(stream);
   }
+
+  const lowbit::int8::QuantizeArgs& view() const { return args_; }
+  const char* kernel() const { return name_; }
 };
 
 class Int8DequantizeLaunch : Launch<lowbit::int8::DequantizeFn, lowbit::int8::DequantizeArgs,
@@ -654,11 +691,16 @@ class Int4QuantizeLaunch : Launch<lowbit::Int4QuantizeFn, lowbit::Int4QuantizeAr
 // zero points of asymmetric INT8 activations at zero_offset, the dynamic per-tensor
 // quantizer's words at amax_offset (-1: none). Each launch keeps its own copy of the two
 // launch objects, so the GEMM's weight map is encoded once per layer.
-template <class QuantLaunch, class GemmLaunchT>
+//
+// fused_kernel_id >= 0: the family's quantizer-in-the-GEMM kernel (a LinearFn) runs the
+// forward instead, one launch that reads x and writes out (the workspace is not touched): for
+// the per-token quantizer (the launch is then given no x_scale) or the static one with a
+// per-tensor scale (given it), on bf16 / fp16 rows with unit column stride.
+template <class QuantLaunch, class GemmLaunchT, lowbit::OpKind kLinearKind>
 class QuantGemmLaunch {
  public:
   QuantGemmLaunch(const QuantLaunch& quant, const GemmLaunchT& gemm, int64_t scale_offset,
-                  int64_t zero_offset, int64_t amax_offset)
+                  int64_t zero_offset, int64_t amax_offset, int fused_kernel_id)
       : quant_(quant), gemm_(gemm), scale_offset_(scale_offset), zero_offset_(zero_offset),
         amax_offset_(amax_offset) {
     auto optional_ok = [](int64_t off) { return off == -1 || (off >= 0 && off % 4 == 0); };
@@ -666,9 +708,47 @@ class QuantGemmLaunch {
         !optional_ok(amax_offset))
       throw py::value_error("workspace offsets: scale_offset must be a positive multiple of "
                             "16, zero_offset and amax_offset -1 or a multiple of 4");
+    if (fused_kernel_id >= 0) {
+      const auto& k = kernel_of(fused_kernel_id, kLinearKind);
+      const auto& v = quant.view();
+      const bool per_token = v.granularity == lowbit::quant::Granularity::kRow &&
+                             std::strstr(quant.kernel(), "_quant_per_token") != nullptr;
+      const bool static_tensor = v.granularity == lowbit::quant::Granularity::kTensor &&
+                                 std::strstr(quant.kernel(), "_quant_static") != nullptr;
+      if (!(per_token || static_tensor) || v.col_stride != 1 ||
+          v.x_type == lowbit::FloatType::kF32)
+        throw py::value_error(std::string(k.name) + " takes the per-token quantizer or the "
+                              "static per-tensor one, on bf16 / fp16 rows with unit column "
+                              "stride");
+      fused_ = lowbit::entry_as<lowbit::LinearFn>(k);
+      fused_name_ = k.name;
+      act_.x_type = v.x_type;
+      act_.ldx = v.rows > 1 ? v.row_stride : v.cols;
+      per_row_ = per_token;
+    }
   }
 
+  // The kernel that runs the forward when fused, else None.
+  py::object fused() const { return fused_ ? py::object(py::str(fused_name_)) : py::none(); }
+
  protected:
+  // The fused forward, when there is one: true once launched. A per-row quantizer computes
+  // its scales (no x_scale); a per-tensor one is given its scale.
+  bool launch_fused(uintptr_t x, uintptr_t x_scale, uintptr_t b, uintptr_t b_scale,
+                    uintptr_t bias, uintptr_t out, uintptr_t stream) {
+    if (fused_ == nullptr) return false;
+    if ((x_scale == 0) != per_row_)
+      throw py::value_error(std::string(fused_name_) + (per_row_ ? " computes per-row scales: "
+                                                                   "no x_scale"
+                                                                 : " needs a static x_scale"));
+    lowbit::ActQuantArgs act = act_;
+    act.x = ptr<const void>(x);
+    act.x_scale = ptr<const float>(x_scale);
+    check_launch(fused_(gemm_.fused_args(b, b_scale, bias, out), act, ptr<CUstream_st>(stream)),
+                 fused_name_);
+    return true;
+  }
+
   // The workspace's regions: q, scales, zero points (0: none), the amax words (0: none).
   struct Regions {
     uintptr_t q, scales, zeros, amax;
@@ -682,16 +762,26 @@ class QuantGemmLaunch {
   QuantLaunch quant_;
   GemmLaunchT gemm_;
   int64_t scale_offset_, zero_offset_, amax_offset_;
+  lowbit::LinearFn* fused_ = nullptr;
+  const char* fused_name_ = nullptr;
+  lowbit::ActQuantArgs act_{};
+  bool per_row_ = false;
 };
 
-class Fp8LinearLaunch : public QuantGemmLaunch<QuantizeLaunch, GemmLaunch> {
+class Fp8LinearLaunch
+    : public QuantGemmLaunch<QuantizeLaunch, GemmLaunch, lowbit::OpKind::kFp8Linear> {
  public:
   Fp8LinearLaunch(const QuantizeLaunch& quant, const GemmLaunch& gemm, int64_t scale_offset,
-                  int64_t amax_offset)
-      : QuantGemmLaunch(quant, gemm, scale_offset, -1, amax_offset) {}
+                  int64_t amax_offset, int fused_kernel_id)
+      : QuantGemmLaunch(quant, gemm, scale_offset, -1, amax_offset, fused_kernel_id) {
+    const auto& v = quant.view();
+    if (fused_ && (v.fmt != lowbit::Fp8Format::kE4M3FN || !v.saturate))
+      throw py::value_error(std::string(fused_name_) + " quantizes to saturating e4m3fn only");
+  }
 
   void launch(uintptr_t x, uintptr_t x_scale, uintptr_t b, uintptr_t b_scale, uintptr_t bias,
               uintptr_t workspace, uintptr_t out, uintptr_t stream) {
+    if (launch_fused(x, x_scale, b, b_scale, bias, out, stream)) return;
     const Regions r = regions(workspace);
     quant_.launch(x, r.q, x_scale, r.scales, r.amax, stream);
     gemm_.launch(r.q, b, r.scales, b_scale, bias, out, stream);
@@ -700,13 +790,21 @@ class Fp8LinearLaunch : public QuantGemmLaunch<QuantizeLaunch, GemmLaunch> {
 
 // INT8: asymmetric activations' zero points go from the quantizer (computed, or a copy of the
 // static x_zero) to the GEMM through the workspace; b_sum holds the weight's row sums.
-class Int8LinearLaunch : public QuantGemmLaunch<Int8QuantizeLaunch, Int8GemmLaunch> {
+class Int8LinearLaunch
+    : public QuantGemmLaunch<Int8QuantizeLaunch, Int8GemmLaunch, lowbit::OpKind::kInt8Linear> {
  public:
-  using QuantGemmLaunch::QuantGemmLaunch;
+  Int8LinearLaunch(const Int8QuantizeLaunch& quant, const Int8GemmLaunch& gemm,
+                   int64_t scale_offset, int64_t zero_offset, int64_t amax_offset,
+                   int fused_kernel_id)
+      : QuantGemmLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused_kernel_id) {
+    if (fused_ && (!quant.symmetric() || gemm.has_zero()))
+      throw py::value_error(std::string(fused_name_) + " quantizes symmetric activations only");
+  }
 
   void launch(uintptr_t x, uintptr_t x_scale, uintptr_t x_zero, uintptr_t b, uintptr_t b_scale,
               uintptr_t b_sum, uintptr_t bias, uintptr_t workspace, uintptr_t out,
               uintptr_t stream) {
+    if (launch_fused(x, x_scale, b, b_scale, bias, out, stream)) return;
     const Regions r = regions(workspace);
     quant_.launch(x, r.q, x_scale, x_zero, r.scales, r.zeros, r.amax, stream);
     gemm_.launch(r.q, b, r.scales, b_scale, bias, r.zeros, b_sum, out, stream);
@@ -940,8 +1038,11 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Fp8LinearLaunch>(m, "Fp8LinearLaunch",
                               "An FP8 linear layer's forward for one call signature: quantize "
                               "the activations into a workspace, then the GEMM, in one call")
-      .def(py::init<const QuantizeLaunch&, const GemmLaunch&, int64_t, int64_t>(),
-           py::arg("quantize"), py::arg("gemm"), py::arg("scale_offset"), py::arg("amax_offset"))
+      .def(py::init<const QuantizeLaunch&, const GemmLaunch&, int64_t, int64_t, int>(),
+           py::arg("quantize"), py::arg("gemm"), py::arg("scale_offset"), py::arg("amax_offset"),
+           py::arg("fused_kernel_id") = -1)
+      .def_property_readonly("fused", &Fp8LinearLaunch::fused,
+                             "the kernel that runs the whole forward, or None: two launches")
       .def("launch", &Fp8LinearLaunch::launch, py::arg("x"), py::arg("x_scale"), py::arg("b"),
            py::arg("b_scale"), py::arg("bias"), py::arg("workspace"), py::arg("out"),
            py::arg("stream"))
@@ -952,9 +1053,11 @@ PYBIND11_MODULE(_C, m) {
                                "An INT8 linear layer's forward for one call signature: quantize "
                                "the activations into a workspace, then the GEMM, in one call")
       .def(py::init<const Int8QuantizeLaunch&, const Int8GemmLaunch&, int64_t, int64_t,
-                    int64_t>(),
+                    int64_t, int>(),
            py::arg("quantize"), py::arg("gemm"), py::arg("scale_offset"), py::arg("zero_offset"),
-           py::arg("amax_offset"))
+           py::arg("amax_offset"), py::arg("fused_kernel_id") = -1)
+      .def_property_readonly("fused", &Int8LinearLaunch::fused,
+                             "the kernel that runs the whole forward, or None: two launches")
       .def("launch", &Int8LinearLaunch::launch, py::arg("x"), py::arg("x_scale"),
            py::arg("x_zero"), py::arg("b"), py::arg("b_scale"), py::arg("b_sum"), py::arg("bias"),
            py::arg("workspace"), py::arg("out"), py::arg("stream"))

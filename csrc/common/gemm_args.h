@@ -51,6 +51,21 @@ struct GemmArgs {
 // b, a device of the kernel's arch).
 using GemmFn = cudaError_t(const GemmArgs& args, cudaStream_t stream);
 
+// The activation quantizer a fused linear forward runs inside its GEMM (LinearFn): the
+// GEMM's a operand is not given as codes but made from x, as the family's quantizer makes it
+// (one scale per row of x from its own |x| max, or one static scale), bit for bit.
+struct ActQuantArgs {
+  const void* x;    // [M, K] bf16 or fp16, row stride ldx elements, K contiguous, rows 16-byte aligned
+  int64_t ldx;
+  FloatType x_type;
+  // A static per-tensor scale (one fp32), or null: per-row scales from each row's |x| max.
+  const float* x_scale;
+};
+
+// A GEMM whose prologue quantizes the activations: the GemmArgs' a, lda and a_scale are not
+// read (a_mode says per row or per tensor, as the quantizer would have given them).
+using LinearFn = cudaError_t(const GemmArgs& args, const ActQuantArgs& act, cudaStream_t stream);
+
 // Max M the small-M kernels take; larger M belongs to a tiled tensor-core GEMM.
 constexpr int kSmallMMaxM = 64;
 

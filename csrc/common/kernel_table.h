@@ -18,6 +18,8 @@ enum class OpKind : int {
   kInt8Gemm,
   kWxa16Gemm,
   kInt4Quantize,
+  kFp8Linear,   // a quantizer fused into a GEMM (LinearFn)
+  kInt8Linear,
 };
 
 inline const char* op_kind_name(OpKind k) {
@@ -30,6 +32,8 @@ inline const char* op_kind_name(OpKind k) {
     case OpKind::kInt8Gemm: return "int8_gemm";
     case OpKind::kWxa16Gemm: return "wxa16_gemm";
     case OpKind::kInt4Quantize: return "int4_quantize";
+    case OpKind::kFp8Linear: return "fp8_linear";
+    case OpKind::kInt8Linear: return "int8_linear";
   }
   return "?";
 }

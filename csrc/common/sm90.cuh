@@ -46,13 +46,14 @@ __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, int bytes) {
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
-// The barriers of a `stages`-deep TMA ring: full[s] completes when stage s has landed (one
-// arrival, the producer's expect_tx, plus the bytes), empty[s] when `consumers` arrivals have
-// released it. Called by one thread; a __syncthreads() after it publishes the barriers.
+// The barriers of a `stages`-deep TMA ring: full[s] completes when stage s has landed (the
+// producer's expect_tx arrival plus the bytes; and full_arrivals - 1 more arrivals where
+// producer threads also write the stage), empty[s] when `consumers` arrivals have released
+// it. Called by one thread; a __syncthreads() after it publishes the barriers.
 __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int stages,
-                                          int consumers) {
+                                          int consumers, int full_arrivals = 1) {
   for (int s = 0; s < stages; ++s) {
-    mbar_init(&full[s], 1);
+    mbar_init(&full[s], full_arrivals);
     mbar_init(&empty[s], consumers);
   }
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -364,6 +365,17 @@ inline bool make_map_k128(CUtensorMap* map, const uint8_t* base, int rows, int k
                    static_cast<uint64_t>(k), static_cast<uint64_t>(rows),
                    static_cast<uint64_t>(ld), 128, static_cast<uint32_t>(box_rows),
                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+}
+
+// A 2-D map over a K-major matrix of 16-bit elements [rows, k] (row stride ld elements), read
+// in boxes of box_rows x 128 elements without swizzle (row r of a box at r * 256 bytes);
+// out-of-range elements read as zero. Needs a 16-byte-aligned base and row stride.
+inline bool make_map_k128_u16(CUtensorMap* map, const void* base, int rows, int k, int64_t ld,
+                              int box_rows, TensorMapCache::Slot* slot = nullptr) {
+  return encode_2d(map, slot, CU_TENSOR_MAP_DATA_TYPE_UINT16, const_cast<void*>(base),
+                   static_cast<uint64_t>(k), static_cast<uint64_t>(rows),
+                   static_cast<uint64_t>(ld * 2), 128, static_cast<uint32_t>(box_rows),
+                   CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 // A 2-D map over a row-major output [rows, cols] of elem_bytes-wide elements (row stride ld

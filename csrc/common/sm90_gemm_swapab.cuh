@@ -72,12 +72,30 @@
 // set up their barriers and prefetch the tensor maps, and wait (griddepcontrol.wait) before
 // any global read or write; once past its last mainloop each thread allows the next kernel
 // to do the same (what it saves: see bench/NOTES.md, "Programmatic dependent launch").
+//
+// Fused activation quantizer (ActCodec, the linear layers' forward at M <= 64). The GEMM is
+// given the layer's bf16 / fp16 activations x instead of their codes and makes each stage's
+// activation tile itself, with the family quantizer's own codec (common/quant_kernels.cuh),
+// so the codes, the scales and so the output are those of quantize-then-GEMM, bit for bit:
+// - scales first: every thread of the CTA reduces |x| over the CTA's K range of the M rows
+//   (one shared atomicMax per warp and row part); a K split merges its CTAs' maxima through
+//   distributed shared memory. The scales (or the static one) stay in shared memory, where
+//   the epilogue reads them too. The weight and x loads of the first ring are issued before
+//   the reduction, which they do not need, so it runs under the ring's fill;
+// - per stage, the producer's issuing thread also TMA-loads the stage's [kN][128] box of x
+//   (no swizzle) into a staging slot that completes on a barrier of its own; the producer's
+//   other three warps encode it into the stage's activation tile, written in the 128-byte
+//   swizzle TMA would have written (16-byte chunk c of row r at c ^ (r % 8)), fence it for
+//   the async proxy and arrive on the stage's full barrier (1 + 3 arrivals and the weight's
+//   bytes). Rows past M and K past its end are written as zero codes.
+// The producer warpgroup then keeps 56 registers and the consumers 224.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <atomic>
 #include <type_traits>
 
+#include "common/quant_kernels.cuh"
 #include "common/sm90_gemm.cuh"
 
 namespace lowbit {
@@ -98,28 +116,42 @@ constexpr int kMinStepsPerSplit = 4;  // >= 64 KB of weight per CTA, or do not s
 constexpr int kRedLd = kTileN + 4;
 constexpr int kWeightTileBytes = kTileN * kBK;
 constexpr int kSmemLimit = 227 * 1024;  // sm_90 opt-in maximum per block
+// The fused quantizer: the producer's warps that encode activation tiles (all but the
+// issuing one), and the bytes a staged row of 128 16-bit elements takes.
+constexpr int kEncodeWarps = 3;
+constexpr int kEncodeThreads = 32 * kEncodeWarps;
+constexpr int kStagedRowBytes = 128 * 2;
 static_assert(kBK == 128, "one 128-byte swizzle row per tile row");
 static_assert(kTileN == 2 * 64, "two consumer warpgroups of m64 each");
 
 // kScaleTma: block scales travel with the stages, by TMA: per stage a [kN tokens][4 steps]
 // box of a's scales, then 4 steps of the tile's b scale (each part a multiple of 128 bytes,
-// as TMA destinations need). The ring is as deep as fits, up to kMaxStages (7 for kN = 64
-// with scales, else 8).
-template <int kN, bool kScaleTma = false>
+// as TMA destinations need). kQuant: the fused quantizer's staging slot per stage, its
+// barriers, and per token its scale, |x| max and codec scale (kQuantSlotBytes). The ring is
+// as deep as fits, up to kMaxStages (7 for kN = 64 with scales; with the quantizer 7 at
+// kN = 32 and 4 at kN = 64; else 8).
+constexpr int kQuantSlotBytes = 4 /*scale*/ + 4 /*|x| max*/ + 16 /*codec scale*/;
+template <int kN, bool kScaleTma = false, bool kQuant = false>
 struct Config {
   static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64, "wgmma n: 8, 16, 32 or 64");
+  static_assert(!(kScaleTma && kQuant), "the fused quantizer has no block scales");
   static constexpr int kRegs = kN / 2;           // accumulator registers per thread
   static constexpr int kActTileBytes = kN * kBK;  // a multiple of the 1024-byte swizzle atom
   static constexpr int kScaleBytes = kScaleTma ? kN * 16 + 128 : 0;
-  static constexpr int kStageBytes = kWeightTileBytes + kActTileBytes + kScaleBytes;
+  static constexpr int kStagingBytes = kQuant ? kN * kStagedRowBytes : 0;  // 1024-multiples
+  static constexpr int kStageBytes =
+      kWeightTileBytes + kActTileBytes + kScaleBytes + kStagingBytes;
   static constexpr int kRedBytes = kN * kRedLd * 4;
-  static constexpr int kFixedBytes = kRedBytes + 2 * kMaxStages * 8 + 1024 /*alignment*/;
+  static constexpr int kQuantBytes = kQuant ? kN * kQuantSlotBytes : 0;
+  static constexpr int kRingBarriers = kQuant ? 3 : 2;  // full, empty (, staged)
+  static constexpr int kFixedBytes =
+      kRedBytes + kQuantBytes + kRingBarriers * kMaxStages * 8 + 1024 /*alignment*/;
   static constexpr int kStages = (kSmemLimit - kFixedBytes) / kStageBytes < kMaxStages
                                      ? (kSmemLimit - kFixedBytes) / kStageBytes
                                      : kMaxStages;
-  static constexpr int kBarrierBytes = 2 * kStages * 8;
-  static constexpr int kSmemBytes =
-      kStages * kStageBytes + kRedBytes + kBarrierBytes + 1024 /*alignment*/;
+  static constexpr int kBarrierBytes = kRingBarriers * kStages * 8;
+  static constexpr int kSmemBytes = kStages * kStageBytes + kRedBytes + kQuantBytes +
+                                    kBarrierBytes + 1024 /*alignment*/;
   static_assert(kStages >= 4, "too shallow a ring");
   static_assert(kSmemBytes <= kSmemLimit, "shared memory over the sm_90 limit");
 };
@@ -206,13 +238,13 @@ __device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part
 
 // The consumer warpgroup's mainloop over steps [k_begin, k_end) of one tile; `it` counts the
 // steps consumed by this CTA so far (ring position and phase), in the producer's order.
-template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma>
+template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, bool kQuant>
 __device__ __forceinline__ int consume_tile(typename Op::Acc (&acc)[kN / 2], const GemmArgs& p,
                                             const uint8_t* w_tiles, const uint8_t* x_tiles,
                                             const uint8_t* scales, uint64_t* full,
                                             uint64_t* empty, int tile, int k_begin, int k_end,
                                             int it, int cw, int lane) {
-  using C = Config<kN, kScaleTma>;
+  using C = Config<kN, kScaleTma, kQuant>;
   constexpr int kStages = C::kStages;
   // Low descriptor words of this warpgroup's 64 weight rows and of the activation tile, in
   // stage 0, and the distance of one stage in descriptor units.
@@ -311,10 +343,11 @@ __device__ __forceinline__ Acc ld_cluster_acc(uint32_t cluster_addr) {
 // exact), then for INT8 the conversion to fp32 with the zero-point correction (or, for
 // int8_mm, the int32 sum stored as it is), scales (those not applied per step), bias, and
 // the store. Consecutive threads take consecutive output columns n, so the stores are
-// coalesced.
+// coalesced. a_smem: the fused quantizer's scale of each token (else null: p.a_scale).
 template <class Op, int kN, bool kBlock>
 __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename Op::Acc* red,
-                                             int tile, int rank, int splits, int ctid) {
+                                             int tile, int rank, int splits, int ctid,
+                                             const float* a_smem) {
   using Acc = typename Op::Acc;
   const int first = rank * kTileN / splits, rows = (rank + 1) * kTileN / splits - first;
   const int tokens = min(p.M, kN);
@@ -344,7 +377,8 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
     } else {
       v = sum;
     }
-    if (!a_step) v *= __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m : 0]);
+    if (!a_step)
+      v *= a_smem != nullptr ? a_smem[m] : __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m : 0]);
     if (!b_step) v *= __ldg(&p.b_scale[p.b_mode == ScaleMode::kRow ? n : 0]);
     if (p.bias) v += load_bias(p.bias, p.bias_dtype, n);
     store_out(p.out, p.out_dtype, int64_t(m) * p.ldo + n, v);
@@ -361,25 +395,192 @@ __device__ __forceinline__ void tile_sync(int splits) {
   else
     asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory");
 }
+
+// ------------------------------------------------------------ the fused quantizer's parts
+// The fused quantizer's shared state, per token m < kN: its scale (the epilogue's factor),
+// the |x| max as an abs_key, and the codec's scale (scale and 1 / scale, as the quantizer
+// encodes with them).
+template <class ActCodec, int kN>
+struct QuantSmem {
+  using DynScale = typename ActCodec::DynScale;
+  static_assert(sizeof(DynScale) <= 16 && alignof(DynScale) <= 4, "kQuantSlotBytes");
+  float* scale;
+  uint32_t* key;
+  DynScale* codec_scale;
+  __device__ __forceinline__ explicit QuantSmem(uint8_t* base)
+      : scale(reinterpret_cast<float*>(base)),
+        key(reinterpret_cast<uint32_t*>(base + kN * 4)),
+        codec_scale(reinterpret_cast<DynScale*>(base + kN * 8)) {}
+};
+
+// The |x| max of 16-bit pairs (15-bit magnitudes, which order like the values; NaN above
+// Inf) merged into k2, as the quantizers' chunk_key reduces a chunk.
+__device__ __forceinline__ uint32_t max_pairs(uint32_t k2, const uint4& v) {
+  k2 = __vmaxu2(k2, v.x & 0x7FFF7FFFu);
+  k2 = __vmaxu2(k2, v.y & 0x7FFF7FFFu);
+  k2 = __vmaxu2(k2, v.z & 0x7FFF7FFFu);
+  return __vmaxu2(k2, v.w & 0x7FFF7FFFu);
+}
+// ... as an abs_key of the fp32 value.
+__device__ __forceinline__ uint32_t key_of_pairs(uint32_t k2, FloatType t) {
+  const uint32_t k16 = max(k2 >> 16, k2 & 0xFFFFu);
+  return t == FloatType::kBF16 ? k16 << 16 : abs_key(f16_bits_to_f32(k16));
+}
+
+// Eight 16-bit elements (bf16 or fp16, element 0 in the low half of v.x) as fp32, exactly.
+__device__ __forceinline__ void widen8(const uint4& v, FloatType t, float (&f)[8]) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (t == FloatType::kBF16) {
+      f[2 * i] = u2f(w[i] << 16);
+      f[2 * i + 1] = u2f(w[i] & 0xFFFF0000u);
+    } else {
+      f[2 * i] = f16_bits_to_f32(w[i] & 0xFFFFu);
+      f[2 * i + 1] = f16_bits_to_f32(w[i] >> 16);
+    }
+  }
+}
+
+// |x| max of rows [0, M) over columns [k0, k1) (multiples of 8) into key[row] (zero before),
+// by every thread of the CTA: each warp takes a part of a row (rows are cut into parts so
+// that all warps have work at small M), keeps eight 16-byte loads in flight per lane, and
+// merges its part with one shared atomicMax.
+__device__ __forceinline__ void row_absmax(const ActQuantArgs& aq, int M, int k0, int k1,
+                                           uint32_t* key) {
+  constexpr int kWarps = kThreads / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int parts = M >= kWarps ? 1 : kWarps / M;
+  const int units = (k1 - k0) / 8;
+  for (int item = warp; item < M * parts; item += kWarps) {
+    const int row = item / parts, part = item % parts;
+    const uint4* src = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(aq.x) +
+                                                      int64_t(row) * aq.ldx + k0);
+    const int end = (part + 1) * units / parts;
+    int u = part * units / parts + lane;
+    uint32_t k2 = 0;
+    for (; u + 7 * 32 < end; u += 8 * 32) {
+      uint4 v[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = __ldg(src + u + 32 * i);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) k2 = max_pairs(k2, v[i]);
+    }
+    for (; u < end; u += 32) k2 = max_pairs(k2, __ldg(src + u));
+    const uint32_t k = __reduce_max_sync(0xFFFFFFFFu, key_of_pairs(k2, aq.x_type));
+    if (lane == 0) atomicMax(&key[row], k);
+  }
+}
+
+// The tokens' scales, by every thread of the CTA (all of a cluster's CTAs when splits > 1):
+// dynamic, the |x| max of each row over all of K (this CTA's K range, merged over the
+// cluster), then the codec's scale of it, as the quantizer computes it; static, the codec's
+// scale of the one given. Rows past M get the scale of zeros (never used).
+template <class ActCodec, int kN>
+__device__ __forceinline__ void act_scales(const ActQuantArgs& aq, const QuantSmem<ActCodec, kN>& q,
+                                           int M, int k0, int k1, int splits) {
+  using KernelParams = quant::detail::KernelParams;
+  const bool dynamic = aq.x_scale == nullptr;
+  if (dynamic) {
+    row_absmax(aq, M, k0, k1, q.key);
+    if (splits > 1)
+      cluster_sync();  // every CTA's maxima written
+    else
+      __syncthreads();
+  }
+  if (threadIdx.x < kN) {
+    const int m = threadIdx.x;
+    const ActCodec codec{KernelParams{}};
+    typename ActCodec::DynScale d;
+    if (dynamic) {
+      typename ActCodec::Key k;
+      k.w[0] = q.key[m];
+      if (splits > 1) {
+        for (int r = 0; r < splits; ++r)
+          k.w[0] = max(k.w[0], uint32_t(ld_cluster_s32(cluster_map(smem_u32(&q.key[m]), r))));
+      }
+      d = codec.dynamic(k);
+    } else {
+      KernelParams kp;
+      kp.scale_in = aq.x_scale;
+      d = {codec.given(kp, 0), true};
+    }
+    q.codec_scale[m] = d;
+    q.scale[m] = d.s;
+  }
+  __syncthreads();
+}
+
+// The issuing thread's loads of the fused kernel's step `it` (its tile and K step in the
+// consumers' order): the weight tile onto full[s], x's [kN][128] box onto staged[s], once
+// the consumers have released the stage.
+template <class C>
+__device__ __forceinline__ void issue_quant_stage(const CUtensorMap* map_w, const CUtensorMap* map_x,
+                                                  uint8_t* w_tiles, uint8_t* staging,
+                                                  uint64_t* full, uint64_t* empty,
+                                                  uint64_t* staged, int it, int nk,
+                                                  int k_begin) {
+  const int s = it % C::kStages;
+  const int tile = blockIdx.y + (it / nk) * gridDim.y, kt = k_begin + it % nk;
+  mbar_wait(&empty[s], ((it / C::kStages) & 1) ^ 1);
+  mbar_expect_tx(&full[s], kWeightTileBytes);
+  tma_load_2d(w_tiles + s * kWeightTileBytes, map_w, &full[s], kt * kBK, tile * kTileN);
+  mbar_expect_tx(&staged[s], C::kStagingBytes);
+  tma_load_2d(staging + s * C::kStagingBytes, map_x, &staged[s], kt * kBK, 0);
+}
+
+// One stage's activation tile from its staged x, by the encoding warps (et: 0 ..
+// kEncodeThreads - 1): 16 units of 8 elements per row, each encoded to 8 codes and stored
+// where TMA's 128-byte swizzle puts them.
+template <class ActCodec, int kN>
+__device__ __forceinline__ void encode_stage(const ActCodec& codec,
+                                             const typename ActCodec::DynScale* sc,
+                                             bool dynamic, FloatType x_type,
+                                             const uint8_t* staged, uint8_t* act, int M,
+                                             int k_left, int et) {
+  for (int u = et; u < kN * 16; u += kEncodeThreads) {
+    const int r = u >> 4, h = u & 15;
+    uint32_t lo = 0, hi = 0;
+    if (r < M && h * 8 < k_left) {
+      float f[8];
+      widen8(*reinterpret_cast<const uint4*>(staged + r * kStagedRowBytes + h * 16), x_type, f);
+      const typename ActCodec::DynScale d = sc[r];
+      if (dynamic) {  // the quantizer's per-row encode (it may skip the clamp)
+        lo = codec.encode4(d, f[0], f[1], f[2], f[3]);
+        hi = codec.encode4(d, f[4], f[5], f[6], f[7]);
+      } else {  // a given scale: the full encode
+        const typename ActCodec::Scale& g = d;
+        lo = codec.encode4(g, f[0], f[1], f[2], f[3]);
+        hi = codec.encode4(g, f[4], f[5], f[6], f[7]);
+      }
+    }
+    *reinterpret_cast<uint2*>(act + r * kBK + (((h >> 1) ^ (r & 7)) << 4) + (h & 1) * 8) =
+        make_uint2(lo, hi);
+  }
+}
 #endif  // LOWBIT_SM90A
 
 // Op: the operand type (E4M3, S8); kN: the activation tile's rows (M rounded up); kPromote:
-// fp32 promotion every 128 K (else fast_accum, which S8 always runs); kBlock: per-128-block scales
-// applied per step. Grid (splits, tile stride), cluster (splits, 1, 1): blockIdx.x is the K
-// range and the rank in the cluster.
-template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma>
+// fp32 promotion every 128 K (else fast_accum, which S8 always runs); kBlock: per-128-block
+// scales applied per step; ActCodec: the fused activation quantizer's codec (void: a is given
+// as codes; aq is then unused). Grid (splits, tile stride), cluster (splits, 1, 1):
+// blockIdx.x is the K range and the rank in the cluster.
+template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, class ActCodec>
 __global__ void __launch_bounds__(kThreads, 1)
 sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
                         const __grid_constant__ CUtensorMap map_x,
                         const __grid_constant__ CUtensorMap map_sa,
-                        const __grid_constant__ CUtensorMap map_sb, const GemmArgs p) {
+                        const __grid_constant__ CUtensorMap map_sb, const GemmArgs p,
+                        const ActQuantArgs aq) {
   static_assert(!Op::kInt || !(kPromote || kBlock || kScaleTma),
                 "int32 accumulation is exact: no promotion, no block scales");
 #ifdef LOWBIT_SM90A
   static_assert(kPromote || !kBlock, "block scales need promotion");
   static_assert(kBlock || !kScaleTma, "scales by TMA are block scales");
+  constexpr bool kQuant = !std::is_void_v<ActCodec>;
+  static_assert(!(kQuant && kBlock), "the fused quantizer gives per-row or per-tensor scales");
   using Acc = typename Op::Acc;
-  using C = Config<kN, kScaleTma>;
+  using C = Config<kN, kScaleTma, kQuant>;
   constexpr int kStages = C::kStages;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // Swizzled tiles need 1024-byte alignment.
@@ -388,9 +589,12 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   uint8_t* w_tiles = smem;
   uint8_t* x_tiles = w_tiles + kStages * kWeightTileBytes;
   uint8_t* scales = x_tiles + kStages * C::kActTileBytes;
-  Acc* red = reinterpret_cast<Acc*>(scales + kStages * C::kScaleBytes);
-  uint64_t* full = reinterpret_cast<uint64_t*>(red + kN * kRedLd);
+  uint8_t* staging = scales + kStages * C::kScaleBytes;
+  Acc* red = reinterpret_cast<Acc*>(staging + kStages * C::kStagingBytes);
+  uint8_t* quant = reinterpret_cast<uint8_t*>(red + kN * kRedLd);
+  uint64_t* full = reinterpret_cast<uint64_t*>(quant + C::kQuantBytes);
   uint64_t* empty = full + kStages;
+  uint64_t* staged = empty + kStages;  // kQuant only
 
   const int wg = threadIdx.x / 128;
   const int splits = gridDim.x, rank = blockIdx.x;
@@ -399,9 +603,15 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   const int k_begin = rank * steps / splits, k_end = (rank + 1) * steps / splits;
 
   if (threadIdx.x == 0) {
-    init_ring(full, empty, kStages, kConsumerWarps);
+    init_ring(full, empty, kStages, kConsumerWarps, kQuant ? 1 + kEncodeWarps : 1);
+    if constexpr (kQuant) {
+      for (int s = 0; s < kStages; ++s) mbar_init(&staged[s], 1);
+    }
     tma_prefetch_desc(&map_w);
     tma_prefetch_desc(&map_x);
+  }
+  if constexpr (kQuant) {
+    if (threadIdx.x < kN) QuantSmem<ActCodec, kN>(quant).key[threadIdx.x] = 0;
   }
   __syncthreads();
   // The setup above touches no global memory, so under programmatic dependent launch it
@@ -409,7 +619,52 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   // thread lets the next kernel start its setup once it is past its last mainloop.
   grid_dependency_wait();
 
-  if (wg == 0) {
+  if constexpr (kQuant) {
+    // Steps of this CTA, over its tiles, in the consumers' order; the first ring's loads go
+    // out before the scales, which they do not need.
+    const int nk = k_end - k_begin;
+    const int total = nk * (blockIdx.y < tiles ? (tiles - 1 - blockIdx.y) / gridDim.y + 1 : 0);
+    const int prefill = total < kStages ? total : kStages;
+    if (threadIdx.x == 0) {
+      for (int it = 0; it < prefill; ++it)
+        issue_quant_stage<C>(&map_w, &map_x, w_tiles, staging, full, empty, staged, it, nk,
+                             k_begin);
+    }
+    const QuantSmem<ActCodec, kN> q(quant);
+    act_scales<ActCodec, kN>(aq, q, p.M, k_begin * kBK, min(p.K, k_end * kBK), splits);
+    if (wg == 0) {
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 56;");
+      const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+      if (warp == 0) {
+        if (lane == 0) {
+          for (int it = prefill; it < total; ++it)
+            issue_quant_stage<C>(&map_w, &map_x, w_tiles, staging, full, empty, staged, it, nk,
+                                 k_begin);
+        }
+      } else {
+        const ActCodec codec{quant::detail::KernelParams{}};
+        const bool dynamic = aq.x_scale == nullptr;
+        for (int it = 0; it < total; ++it) {
+          const int s = it % kStages, kt = k_begin + it % nk;
+          mbar_wait(&staged[s], (it / kStages) & 1);
+          encode_stage<ActCodec, kN>(codec, q.codec_scale, dynamic, aq.x_type,
+                                     staging + s * C::kStagingBytes,
+                                     x_tiles + s * C::kActTileBytes, p.M, p.K - kt * kBK,
+                                     threadIdx.x - 32);
+          fence_async_smem();  // the codes, written by this thread, for wgmma to read
+          __syncwarp();
+          if (lane == 0) mbar_arrive(&full[s]);
+        }
+      }
+      launch_dependents();
+      if (splits > 1) {  // one tile per CTA
+        __syncwarp();
+        cluster_sync();  // partials written
+        cluster_sync();  // partials read
+      }
+      return;
+    }
+  } else if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
     // Without a split only the issuing thread has work; with one, the whole warpgroup joins
     // the two cluster barriers of every tile (a cluster barrier counts every thread).
@@ -442,20 +697,24 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  if constexpr (kQuant)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;");
+  else
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  const float* a_smem = nullptr;  // the fused quantizer's token scales (QuantSmem::scale)
+  if constexpr (kQuant) a_smem = reinterpret_cast<const float*>(quant);
   const int cw = wg - 1;  // consumer warpgroup: weight rows cw*64 .. cw*64+63 of the tile
   const int ctid = threadIdx.x - 128;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   int it = 0;  // steps consumed, in the producer's order
   for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
     Acc acc[C::kRegs];
-    it = consume_tile<Op, kN, kPromote, kBlock, kScaleTma>(acc, p, w_tiles, x_tiles, scales, full,
-                                                           empty, tile, k_begin, k_end, it, cw,
-                                                           lane);
+    it = consume_tile<Op, kN, kPromote, kBlock, kScaleTma, kQuant>(
+        acc, p, w_tiles, x_tiles, scales, full, empty, tile, k_begin, k_end, it, cw, lane);
     if (tile + gridDim.y >= tiles) launch_dependents();
     write_partial<kN>(red, acc, cw, warp, lane);
     tile_sync(splits);
-    reduce_store<Op, kN, kBlock>(p, red, tile, rank, splits, ctid);
+    reduce_store<Op, kN, kBlock>(p, red, tile, rank, splits, ctid, a_smem);
     tile_sync(splits);  // peers are done reading red: it may be rewritten, or the CTA exit
   }
 #else
@@ -487,26 +746,46 @@ struct Maps {
   CUtensorMap w, x, sa, sb;
 };
 
+// The K split of the GEMM kernel <Op, kN, kPromote, kBlock, kScaleTma> (a is given as
+// codes) for `tiles` tiles of `steps` steps on `device`, in `splits`. Per-device facts of the
+// kernel are looked up on first use; two threads racing here both do the lookup, which is
+// harmless. A fused kernel takes the split of the GEMM whose mainloop it runs (the same
+// instantiation of this function, so the same cached answers): its fp32 partial sums are
+// the GEMM's, added in the same order.
 template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma>
-cudaError_t launch(const Maps& maps, const GemmArgs& p, cudaStream_t stream) {
+cudaError_t plan_splits(int device, int tiles, int steps, int& splits) {
   using C = Config<kN, kScaleTma>;
-  auto kernel = sm90_gemm_swapab_kernel<Op, kN, kPromote, kBlock, kScaleTma>;
-  int device = 0;
-  cudaError_t e = current_device(device);
-  if (e != cudaSuccess) return e;
-  // Per-device facts of this kernel, looked up on first use. Two threads racing here both
-  // do the lookup, which is harmless.
+  auto kernel = sm90_gemm_swapab_kernel<Op, kN, kPromote, kBlock, kScaleTma, void>;
   static std::atomic<bool> smem_set[kMaxDevices];
   static std::atomic<int> fit[kMaxDevices][kMaxSplits + 1];  // by cluster size; see above
-  e = opt_in_smem(kernel, C::kSmemBytes, device, smem_set);
+  const cudaError_t e = opt_in_smem(kernel, C::kSmemBytes, device, smem_set);
+  if (e != cudaSuccess) return e;
+  splits = split_count(tiles, steps, sm_count(device), [&](int s) {
+    return clusters_that_fit(reinterpret_cast<const void*>(kernel), C::kSmemBytes, s,
+                             fit[device][s]);
+  });
+  return cudaSuccess;
+}
+
+template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, class ActCodec = void>
+cudaError_t launch(const Maps& maps, const GemmArgs& p, const ActQuantArgs& aq,
+                   cudaStream_t stream) {
+  using C = Config<kN, kScaleTma, !std::is_void_v<ActCodec>>;
+  auto kernel = sm90_gemm_swapab_kernel<Op, kN, kPromote, kBlock, kScaleTma, ActCodec>;
+  int device = 0;
+  cudaError_t e = current_device(device);
   if (e != cudaSuccess) return e;
   const int tiles = (p.N + kTileN - 1) / kTileN;
   const int steps = (p.K + kBK - 1) / kBK;
   const int sms = sm_count(device);
-  const int splits = split_count(tiles, steps, sms, [&](int s) {
-    return clusters_that_fit(reinterpret_cast<const void*>(kernel), C::kSmemBytes, s,
-                             fit[device][s]);
-  });
+  int splits = 1;
+  e = plan_splits<Op, kN, kPromote, kBlock, kScaleTma>(device, tiles, steps, splits);
+  if (e != cudaSuccess) return e;
+  if constexpr (!std::is_void_v<ActCodec>) {
+    static std::atomic<bool> smem_set[kMaxDevices];  // the fused kernel's own opt-in
+    e = opt_in_smem(kernel, C::kSmemBytes, device, smem_set);
+    if (e != cudaSuccess) return e;
+  }
   // With a split, tiles * splits <= SMs (one wave); without, the CTAs stride over the tiles.
   int stride = splits > 1 || sms <= 0 ? tiles : (tiles < sms ? tiles : sms);
   if (stride > 65535) stride = 65535;
@@ -515,7 +794,8 @@ cudaError_t launch(const Maps& maps, const GemmArgs& p, cudaStream_t stream) {
   const LaunchConfig cfg(dim3(splits, stride, 1), kThreads, C::kSmemBytes, stream, splits,
                          programmatic_launch());
   // The launch's own status: an error left by earlier, unrelated work is not reported here.
-  return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, maps.w, maps.x, maps.sa, maps.sb, p));
+  return launch_status(
+      cudaLaunchKernelEx(cfg.get(), kernel, maps.w, maps.x, maps.sa, maps.sb, p, aq));
 }
 
 // The operand maps and the kernel for the scales' modes (S8: exact int32 accumulation, one
@@ -526,20 +806,33 @@ cudaError_t dispatch(const GemmArgs& p, cudaStream_t stream) {
   if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, kTileN, map_slot(p, TensorMapCache::kB)) ||
       !make_map_k128(&maps.x, p.a, p.M, p.K, p.lda, kN, map_slot(p, TensorMapCache::kA)))
     return cudaErrorInvalidValue;
+  const ActQuantArgs none{};
   if constexpr (Op::kInt) {
-    return launch<Op, kN, false, false, false>(maps, p, stream);
+    return launch<Op, kN, false, false, false>(maps, p, none, stream);
   } else {
     const bool a_block = p.a_mode == ScaleMode::kBlock, b_block = p.b_mode == ScaleMode::kBlock;
     if (a_block || b_block) {
       // Scales by TMA when it can address them (16-byte rows: K a multiple of 512 for dense
       // scales), else by loads.
       if (make_block_scale_maps(&maps.sa, &maps.sb, p, kN))
-        return launch<Op, kN, true, true, true>(maps, p, stream);
-      return launch<Op, kN, true, true, false>(maps, p, stream);
+        return launch<Op, kN, true, true, true>(maps, p, none, stream);
+      return launch<Op, kN, true, true, false>(maps, p, none, stream);
     }
-    if (p.fast_accum) return launch<Op, kN, false, false, false>(maps, p, stream);
-    return launch<Op, kN, true, false, false>(maps, p, stream);
+    if (p.fast_accum) return launch<Op, kN, false, false, false>(maps, p, none, stream);
+    return launch<Op, kN, true, false, false>(maps, p, none, stream);
   }
+}
+
+// The fused kernel of operand type Op and quantizer codec ActCodec: x's map (16-bit elements,
+// no swizzle) in place of a's, fp32 promotion for FP8 (the linear layers never ask for
+// fast_accum), int32 for INT8.
+template <class Op, int kN, class ActCodec>
+cudaError_t dispatch_quant(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_t stream) {
+  Maps maps{};
+  if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, kTileN, map_slot(p, TensorMapCache::kB)) ||
+      !make_map_k128_u16(&maps.x, aq.x, p.M, p.K, aq.ldx, kN, map_slot(p, TensorMapCache::kA)))
+    return cudaErrorInvalidValue;
+  return launch<Op, kN, !Op::kInt, false, false, ActCodec>(maps, p, aq, stream);
 }
 
 // The launcher of operand type Op (the families' sm90_*_gemm_swapab): kN = M rounded up to
@@ -552,6 +845,25 @@ cudaError_t gemm_swapab(const GemmArgs& p, cudaStream_t stream) {
   if (p.M <= 16) return dispatch<Op, 16>(p, stream);
   if (p.M <= 32) return dispatch<Op, 32>(p, stream);
   return dispatch<Op, 64>(p, stream);
+}
+
+// The launcher of a linear layer's forward with its activation quantizer fused (the
+// families' sm90_*_linear_swapab, a LinearFn): what it does not take (block scales,
+// fast_accum, INT8 zero points or int32 output, fp32 or misaligned x, K not a multiple of 16)
+// is cudaErrorInvalidValue; the caller runs quantize-then-GEMM for those.
+template <class Op, class ActCodec>
+cudaError_t linear_swapab(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_t stream) {
+  if (p.M == 0 || p.N == 0) return cudaSuccess;
+  const ScaleMode a_mode = aq.x_scale == nullptr ? ScaleMode::kRow : ScaleMode::kTensor;
+  if (p.M < 0 || p.M > 64 || p.N < 0 || p.K <= 0 || p.K % 16 || p.a_mode != a_mode ||
+      p.b_mode == ScaleMode::kBlock || p.fast_accum || p.a_zero != nullptr || p.out_int32 ||
+      (aq.x_type != FloatType::kBF16 && aq.x_type != FloatType::kF16) ||
+      reinterpret_cast<uintptr_t>(aq.x) % 16 || (aq.ldx * 2) % 16 || (p.M > 1 && aq.ldx < p.K))
+    return cudaErrorInvalidValue;
+  if (p.M <= 8) return dispatch_quant<Op, 8, ActCodec>(p, aq, stream);
+  if (p.M <= 16) return dispatch_quant<Op, 16, ActCodec>(p, aq, stream);
+  if (p.M <= 32) return dispatch_quant<Op, 32, ActCodec>(p, aq, stream);
+  return dispatch_quant<Op, 64, ActCodec>(p, aq, stream);
 }
 
 }  // namespace swapab

@@ -24,4 +24,10 @@ GemmFn sm90_fp8_gemm_wgmma;
 // M > 64 returns cudaErrorInvalidValue.
 GemmFn sm90_fp8_gemm_swapab;
 
+// Fp8Linear's forward at 1 <= M <= 64 on sm_90a: the swap-AB GEMM with the activations'
+// quantizer in its prologue (saturating e4m3fn, per-token or static per-tensor scales, bf16
+// or fp16 activations), bit-identical to quantize_fp8 then sm90_fp8_gemm_swapab; other
+// arguments return cudaErrorInvalidValue.
+LinearFn sm90_fp8_linear_swapab;
+
 }  // namespace lowbit

@@ -27,6 +27,7 @@ const KernelEntry kFp8Kernels[] = {
 #ifdef LOWBIT_HAVE_SM90A
     {"sm90_fp8_gemm_wgmma", kGemm, 90, as_entry(&sm90_fp8_gemm_wgmma)},
     {"sm90_fp8_gemm_swapab", kGemm, 90, as_entry(&sm90_fp8_gemm_swapab)},
+    {"sm90_fp8_linear_swapab", OpKind::kFp8Linear, 90, as_entry(&sm90_fp8_linear_swapab)},
 #endif
 #ifdef LOWBIT_HAVE_SM89
     {"sm89_fp8_gemm_smallm", kGemm, 89, as_entry(&sm89_fp8_gemm_smallm)},

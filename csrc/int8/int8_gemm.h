@@ -23,4 +23,10 @@ GemmFn sm90_int8_gemm_wgmma;
 // int32 partials added exactly. M > 64 returns cudaErrorInvalidValue.
 GemmFn sm90_int8_gemm_swapab;
 
+// Int8Linear's forward at 1 <= M <= 64 on sm_90a with symmetric activations: the swap-AB GEMM
+// with the quantizer in its prologue (per-token or static per-tensor scales, bf16 or fp16
+// activations), bit-identical to quantize_int8 then sm90_int8_gemm_swapab; other arguments
+// return cudaErrorInvalidValue.
+LinearFn sm90_int8_linear_swapab;
+
 }  // namespace lowbit

@@ -27,6 +27,7 @@ const KernelEntry kInt8Kernels[] = {
 #ifdef LOWBIT_HAVE_SM90A
     {"sm90_int8_gemm_wgmma", kGemm, 90, as_entry(&sm90_int8_gemm_wgmma)},
     {"sm90_int8_gemm_swapab", kGemm, 90, as_entry(&sm90_int8_gemm_swapab)},
+    {"sm90_int8_linear_swapab", OpKind::kInt8Linear, 90, as_entry(&sm90_int8_linear_swapab)},
 #endif
     {"sm80_int8_gemm_smallm", kGemm, 80, as_entry(&sm80_int8_gemm_smallm)},
     {"sm80_int8_gemm_mma", kGemm, 80, as_entry(&sm80_int8_gemm_mma)},

@@ -113,7 +113,7 @@ struct KeyHash {
 constexpr const char* kEnvSwitches[] = {
     "LOWBIT_BACKEND",         "LOWBIT_ARCH",         "TRITON_INTERPRET",
     "LOWBIT_TRITON_AUTOTUNE", "LOWBIT_TRITON_FP8_PROMOTE", "LOWBIT_TRITON_FP8_HWCAST",
-    "LOWBIT_CHECK_SCALES"};
+    "LOWBIT_FUSED_QUANT",     "LOWBIT_CHECK_SCALES"};
 
 std::string environment() {
   std::string s;

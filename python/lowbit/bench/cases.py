@@ -65,6 +65,16 @@ class Case:
             q = torch.empty(x.shape, dtype=w.dtype, device=x.device)
             fn = getattr(lowbit, LAYER_GEMM[self.op])
             args, kwargs = (q, w, torch.ones(x.shape[0], 1, device=x.device), ws), {}
+            gemm = lowbit.explain(fn, *args, **kwargs)
+            quant_op = "quantize_fp8" if self.op == "fp8_linear" else "quantize_int8"
+            quant = lowbit.explain(getattr(lowbit, quant_op), x, granularity="token")
+            if quant.backend == gemm.backend == "cuda":  # one kernel for both, where it runs
+                from lowbit.backends.cuda.linear import fused_kernel_name
+
+                fused = fused_kernel_name(self.op, quant.kernel, gemm.kernel, x, ws)
+                if fused is not None:
+                    return f"cuda/{fused}"
+            return f"{gemm.backend}/{gemm.kernel}"
         c = lowbit.explain(fn, *args, **kwargs)
         return f"{c.backend}/{c.kernel}"
 

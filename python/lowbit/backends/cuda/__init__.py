@@ -24,7 +24,7 @@ from ..._build import _C, has_cuda_kernels
 from .._device import capability, device_index
 
 __all__ = ["KERNELS", "SMALL_M_MAX", "available", "has_cuda_kernels", "kernel_id",
-           "min_arch", "unlisted", "DTYPE_CODE", "FP8_FORMAT_CODE"]
+           "min_arch", "unlisted", "DTYPE_CODE", "FP8_FORMAT_CODE", "FUSED_LINEAR"]
 
 SMALL_M_MAX = 64  # the small-M GEMMs' largest M (kSmallMMaxM in csrc/common/gemm_args.h)
 _BIG = (1 << 31) - 128  # the GEMMs count rows and tiles in int32: M and N stay below this
@@ -86,6 +86,17 @@ KERNELS["w8a16_gemm"] = {
 }
 KERNELS["int4_quantize"] = {"cuda_int4_quantize": (None, 10, None)}
 
+# The linear layers' kernels with the activation quantizer in the GEMM's prologue: no op of
+# their own. backends/cuda/linear.py runs one in place of a layer's two kernels when those
+# are the quantizers and the GEMM named here: linear op -> (kernel, quantizers, GEMM).
+FUSED_LINEAR: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
+    "fp8_linear": ("sm90_fp8_linear_swapab",
+                   ("cuda_fp8_quant_per_token", "cuda_fp8_quant_static"), "sm90_fp8_gemm_swapab"),
+    "int8_linear": ("sm90_int8_linear_swapab",
+                    ("cuda_int8_quant_per_token", "cuda_int8_quant_static"),
+                    "sm90_int8_gemm_swapab"),
+}
+
 # The kernels of this build: name -> (op kind, min arch, kernel id).
 _BUILT: Dict[str, Tuple[str, int, int]] = (
     {name: (kind, arch, kid) for name, kind, arch, kid in _C.kernels()} if _C is not None
@@ -142,8 +153,10 @@ def device_reason(t: torch.Tensor) -> Optional[str]:
 
 
 def unlisted() -> list:
-    """Kernels of this build that ``KERNELS`` does not list (so none registers them)."""
+    """Kernels of this build that neither ``KERNELS`` nor ``FUSED_LINEAR`` lists (so none
+    runs them)."""
     listed = {name for table in KERNELS.values() for name in table}
+    listed |= {row[0] for row in FUSED_LINEAR.values()}
     return sorted(set(_BUILT) - listed)
 
 

@@ -17,6 +17,14 @@ launch object of its own, so its GEMM encodes the weight's TMA map once (see
 ``csrc/common/tensor_map_cache.h``); the registered ``fp8_linear`` op keeps one per
 signature, shared by the layers of that shape. The kernels, their arguments and so the
 results are the ones the two op calls give.
+
+Where the GEMM chosen is the sm_90a swap-AB kernel (M <= 64) and the quantizer a per-token or
+static per-tensor one (symmetric for INT8) on bf16 / fp16 rows, the launch object runs one
+kernel instead, with the quantizer in the GEMM's prologue (``sm90_fp8_linear_swapab``,
+``sm90_int8_linear_swapab``; ``csrc/common/sm90_gemm_swapab.cuh``): the same codes, scales
+and output as the two kernels, bit for bit, and no workspace. The step's name says which
+ran. ``LOWBIT_FUSED_QUANT=1`` turns it on, ``0`` off; unset, ``FUSED_BY_DEFAULT`` decides:
+off until the kernels have passed their GPU tests (tests/test_fused_linear.py).
 """
 from __future__ import annotations
 
@@ -27,9 +35,10 @@ from typing import Callable, Optional
 import torch
 
 from ..._build import _C
+from ..._env import getenv
 from ...scale_layout import scale_shape
 from .._device import OnDevice, device_index, raw_stream
-from . import kernel_id, quantize
+from . import FUSED_LINEAR, kernel_id, quantize
 from .gemm import _aligned, gemm_launch
 from .quantize import _rows_view, needs_amax_word, quantize_launches
 
@@ -90,6 +99,43 @@ def _plan(x, weight, weight_scale, bias, act_scale, op, granularity, group_size,
     return (rows, cols, rs, cs), s_shape, _round_up(end, 16), scale_offset, zero_offset, amax_offset
 
 
+FUSED_ENV = "LOWBIT_FUSED_QUANT"
+FUSED_BY_DEFAULT = False
+
+
+def fused_enabled() -> bool:
+    """Whether a forward may run its quantizer inside the GEMM (``FUSED_ENV``)."""
+    v = getenv(FUSED_ENV)
+    return FUSED_BY_DEFAULT if v is None else v == "1"
+
+
+def _fused_kernel(op: str, quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
+                  geometry: tuple, weight_scale: torch.Tensor, n: int) -> int:
+    """The kernel id of the op's quantizer-in-the-GEMM kernel (``FUSED_LINEAR``) when it can
+    run this forward (what ``_C.<Family>LinearLaunch`` takes as ``fused_kernel_id``), else
+    -1: the chosen kernels are the ones it replaces, the weight's scale is per tensor or per
+    channel, and x's rows are bf16 / fp16, K-contiguous and 16-byte aligned."""
+    name, quantizers, gemm = FUSED_LINEAR[op]
+    if not fused_enabled() or gemm_kernel != gemm or quant_kernel not in quantizers:
+        return -1
+    rows, cols, rs, cs = geometry
+    if (x.dtype not in (torch.bfloat16, torch.float16) or cs != 1 or x.data_ptr() % 16
+            or (rows > 1 and (rs * 2) % 16) or cols % 16
+            or tuple(weight_scale.shape) not in ((), (n, 1))):
+        return -1
+    kid = kernel_id(name)
+    return -1 if kid is None else kid
+
+
+def fused_kernel_name(op: str, quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
+                      weight_scale: torch.Tensor) -> Optional[str]:
+    """The kernel that runs linear op ``op``'s forward on x in place of ``quant_kernel`` and
+    ``gemm_kernel`` (the kernels its two ops chose), or None: those two run."""
+    n = weight_scale.shape[0] if weight_scale.dim() else 0
+    kid = _fused_kernel(op, quant_kernel, gemm_kernel, x, _rows_view(x)[1:], weight_scale, n)
+    return FUSED_LINEAR[op][0] if kid >= 0 else None
+
+
 def _gemm_geometry(weight, weight_scale, cols):
     n = weight.shape[0]
     ldb = weight.stride(0) if n > 1 else cols
@@ -124,8 +170,13 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
                        None if bias is None else bias.dtype, out_dtype, False)
     quants = quantize_launches(q_kid, x.dtype, geometry, fmt, granularity, group_size, block,
                                saturate)
-    launches = tuple(_C.Fp8LinearLaunch(q, gemm, scale_offset, amax_offset).launch
-                     for q in quants)
+    fused = -1 if (fmt, saturate) != ("e4m3fn", True) else _fused_kernel(
+        "fp8_linear", quant_kernel, gemm_kernel, x, geometry, weight_scale, n)
+    if fused >= 0:
+        ws_bytes = 0  # one kernel, from x to out
+    objects = tuple(_C.Fp8LinearLaunch(q, gemm, scale_offset, amax_offset, fused)
+                    for q in quants)
+    launches = tuple(o.launch for o in objects)
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
     empty = torch.empty
 
@@ -140,12 +191,12 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
                 0 if bias is None else bias.data_ptr(), ws.data_ptr(), out.data_ptr(), stream)
         return out
 
-    step.__name__ = f"{quant_kernel}+{gemm_kernel}"
+    step.__name__ = objects[0].fused or f"{quant_kernel}+{gemm_kernel}"
     if not shared_workspace:
         # native() for lowbit/_native.py: (a launch object of its own, workspace bytes), made
         # once. Its own object: the C++ side launches it under its lock, not the GIL.
         step.native = functools.cache(lambda: (
-            _C.Fp8LinearLaunch(quants[quantize.HW_CVT], gemm, scale_offset, amax_offset),
+            _C.Fp8LinearLaunch(quants[quantize.HW_CVT], gemm, scale_offset, amax_offset, fused),
             ws_bytes))
     return step
 
@@ -179,7 +230,12 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
                             weight_scale.dim() == 2, zero_mode,
                             None if bias is None else bias.dtype, out_dtype)
     quant = quantize_launch(q_kid, x.dtype, geometry, granularity, group_size, block, symmetric)
-    launch = _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset).launch
+    fused = -1 if not symmetric else _fused_kernel(
+        "int8_linear", quant_kernel, gemm_kernel, x, geometry, weight_scale, n)
+    if fused >= 0:
+        ws_bytes = 0  # one kernel, from x to out
+    obj = _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused)
+    launch = obj.launch
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
     empty = torch.empty
     sums = [None, None]  # [row sums, the weight's (pointer, version) they were computed at]
@@ -204,10 +260,10 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
                    stream)
         return out
 
-    step.__name__ = f"{quant_kernel}+{gemm_kernel}"
+    step.__name__ = obj.fused or f"{quant_kernel}+{gemm_kernel}"
     if not shared_workspace and symmetric:
         # (Asymmetric activations: no plan; the row sums above stay with this Python step.)
         step.native = functools.cache(lambda: (
-            _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset),
+            _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused),
             ws_bytes))
     return step
