@@ -382,6 +382,16 @@ def test_cli_info_subprocess():
     _check_info(r.stdout)
 
 
+def test_a_built_extension_loads():
+    """An installed lowbit._C that fails to load (an undefined symbol, say) would leave every
+    CUDA test skipped as on a machine without a build: where the file exists, it must load."""
+    import pathlib
+    from lowbit import _build
+
+    built = list(pathlib.Path(_build.__file__).parent.glob("_C.*"))
+    assert not built or _build.build_info()["compiled"], _build.build_info()["error"]
+
+
 def test_registered_ops_are_the_spec_ops_and_the_module_ops():
     from lowbit.spec import MODULE_OPS
     assert set(lowbit.ops.DEFS) == (set(SPEC_OPS) - set(PENDING)) | set(MODULE_OPS)
