@@ -603,10 +603,11 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   const int k_begin = rank * steps / splits, k_end = (rank + 1) * steps / splits;
 
   if (threadIdx.x == 0) {
-    init_ring(full, empty, kStages, kConsumerWarps, kQuant ? 1 + kEncodeWarps : 1);
     if constexpr (kQuant) {
       for (int s = 0; s < kStages; ++s) mbar_init(&staged[s], 1);
     }
+    // After every init: its fence publishes them all.
+    init_ring(full, empty, kStages, kConsumerWarps, kQuant ? 1 + kEncodeWarps : 1);
     tma_prefetch_desc(&map_w);
     tma_prefetch_desc(&map_x);
   }
