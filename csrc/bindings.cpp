@@ -442,6 +442,7 @@ class WXA16GemmLaunch
     // The pointers go into a copy: the Python path (GIL, no plan lock) and a plan (plan lock,
     // maybe no GIL) may launch the same object at once.
     lowbit::WXA16GemmArgs a = args_;
+    a.map_cache = &maps_;
     a.x = ptr<const void>(x);
     a.w = ptr<const void>(w);
     a.scales = ptr<const void>(scales);
@@ -486,6 +487,7 @@ class WXA16GemmLaunch
   }
 
  private:
+  lowbit::TensorMapCache maps_;  // the sm_90a kernel's TMA maps of the last call
   // A zeroed buffer of counter_bytes on this device for `stream` (kept for the object's
   // life), or 0 when none could be had (the CUDA error is cleared: the call then takes the
   // Python path).

@@ -114,6 +114,65 @@ def test_w4a16_tiled_kernel(m, group, symmetric):
 
 
 @gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
+@pytest.mark.parametrize("group", [64, 128, -1], ids=["g64", "g128", "channel"])
+@pytest.mark.parametrize("n,k", [(8, 128), (3000, 4224), (4096, 4096)])
+@pytest.mark.parametrize("m", [1, 17, 33, 64, 65, 200, 256])
+def test_w4a16_wgmma_kernel(m, n, k, group, symmetric, dtype):
+    """The sm_90a wgmma kernel (the decode kernel's fragments as wgmma's register operand),
+    which no call picks yet, called directly: one row block with rows past N and a K too
+    short to split (8 x 128), several token tiles and a K split (4096 x 4096), 32- and
+    64-token tiles, rows past M."""
+    from lowbit._backend import kernels
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("an sm_90a kernel")
+    wgmma, = (kk for kk in kernels("w4a16_gemm") if kk.name == "sm90_w4a16_gemm_wgmma")
+    _, wd = _int4(n, k, group, symmetric)
+    w = _prepacked(n, k, group, symmetric)
+    x = _x(m, k, dtype, seed=m)
+    bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda() if m % 2 else None
+    args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, bias)
+    assert wgmma.supports(*args) is None
+    ref = x.double() @ wd.T
+    _check(wgmma.fn(*args), ref if bias is None else ref + bias.double(), dtype)
+    # A prepared launch of the same signature, twice (its split counters are left zero).
+    run = wgmma.prepare(*args)
+    for _ in range(2):
+        _check(run(*args), ref if bias is None else ref + bias.double(), dtype)
+
+
+@gpu
+@pytest.mark.parametrize("m", [1, 40, 64, 100])
+def test_w4a16_wgmma_kernel_k_ends_mid_chunk(m):
+    """One scale per row and K = 4112: the last 64-K chunk is a quarter inside K (TMA's zero
+    fill for x past K, the prepacked layout's zero nibbles for w)."""
+    from lowbit._backend import kernels
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("an sm_90a kernel")
+    wgmma, = (kk for kk in kernels("w4a16_gemm") if kk.name == "sm90_w4a16_gemm_wgmma")
+    _, wd = _int4(3000, 4112, -1, False)
+    w = _prepacked(3000, 4112, -1, False)
+    x = _x(m, 4112, torch.float16, seed=m)
+    args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, None)
+    assert wgmma.supports(*args) is None
+    _check(wgmma.fn(*args), x.double() @ wd.T, torch.float16)
+
+
+@gpu
+def test_w4a16_wgmma_kernel_declines_groups_of_32():
+    from lowbit._backend import kernels
+
+    wgmma, = (kk for kk in kernels("w4a16_gemm") if kk.name == "sm90_w4a16_gemm_wgmma")
+    w = _prepacked(256, 256, 32, True)
+    x = _x(40, 256, torch.bfloat16)
+    why = wgmma.supports(x, w.qweight, w.scales, w.zeros, 32, None, None)
+    assert why is not None and ("groups of 64" in why or "9.0" in why)
+
+
+@gpu
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
 @pytest.mark.parametrize("m", [1, 9, 16, 17, 64])
 def test_w4a16_k_ends_mid_chunk(m, symmetric):

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "common/dtypes.h"
+#include "common/tensor_map_cache.h"
 
 namespace lowbit {
 
@@ -50,6 +51,9 @@ struct WXA16GemmArgs {
   size_t partial_bytes;
   unsigned* counters;
   void* partials;
+  // The sm_90a kernel's TMA maps of the launch object's earlier calls (x: kA, w: kB), or
+  // null: encode both.
+  TensorMapCache* map_cache;
 };
 
 // A launcher of the family. plan = true: choose this kernel's split of K for these sizes on
@@ -74,6 +78,11 @@ WXA16GemmFn cuda_w8a16_gemm_tiled;
 // weight dequantized to x's dtype into `out` as [N, K] (row stride ldo, 16-byte aligned rows);
 // the caller multiplies (a dense GEMM: cuBLAS through torch). M and x are not read.
 WXA16GemmFn cuda_w4a16_gemm_dequant;
+
+// sm_90a, int4, M up to a few hundred: the decode kernel's weight fragments as wgmma's
+// register A operand against 32 or 64 tokens from shared memory (one dequantization per 64
+// tokens); G = 64, 128 or one scale per row. Declines (cudaErrorInvalidValue) G = 32.
+WXA16GemmFn sm90_w4a16_gemm_wgmma;
 
 // The decode kernels' largest M.
 constexpr int kWXA16DecodeMaxM = 64;

@@ -26,7 +26,7 @@ import torch
 
 from ... import ops as _ops
 from ..._build import _C
-from .._device import OnDevice, raw_stream
+from .._device import OnDevice, arch_override, capability, device_index, raw_stream
 from . import DTYPE_CODE, WXA16_DECODE_MAX_M, device_reason, kernel_id, register
 from .gemm import row_stride
 
@@ -148,6 +148,19 @@ def _reason(bits: int, o: _Operands, m_range) -> Optional[str]:
     return None
 
 
+def _wgmma_reason(o: _Operands) -> Optional[str]:
+    """What the sm_90a wgmma kernel adds to ``_reason``: an sm_90 device (not stepped down by
+    LOWBIT_ARCH), and groups of 64, 128 or one scale per row."""
+    over = arch_override()
+    if over is not None and over < 90:
+        return f"LOWBIT_ARCH={over} asks for an older arch's path"
+    if capability(device_index(o.x.device)) != (9, 0):
+        return "an sm_90a kernel: runs on compute capability 9.0"
+    if o.group not in (0, 64, 128):
+        return f"takes groups of 64 or 128 or one scale per row; got {o.group}"
+    return None
+
+
 def _dequant_then_linear(launch, dev, idx, o: _Operands):
     """The large-M int4 product: the weight dequantized to x's dtype by the CUDA kernel, then
     ``F.linear`` (cuBLAS). The bias is added by cuBLAS in x's dtype when it has it, else in
@@ -178,7 +191,11 @@ def _make(op: str, bits: int, operands):
                 return "not in this build"
             if op == "w4a16_gemm" and args[5] is not None:  # perm: reason on x as it is
                 args = (args[0], args[1], args[2], args[3], args[4], None, args[6])
-            return _reason(bits, operands(*args), m_range)
+            o = operands(*args)
+            why = _reason(bits, o, m_range)
+            if why is None and variant == "wgmma":
+                why = _wgmma_reason(o)
+            return why
 
         def launcher(o: _Operands):
             # Everything but the pointers and the workspace is a function of the signature.

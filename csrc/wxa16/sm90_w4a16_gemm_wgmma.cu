@@ -1,0 +1,368 @@
+// sm_90a W4A16 GEMM for M up to 256 (sm90_w4a16_gemm_wgmma; meant for M = 17-256): the decode kernel's weight path
+// (prepacked int4 fragments dequantized in registers, wxa16_gemm.cuh) feeding wgmma with the
+// weight as its register A operand, so one dequantized fragment serves a tile of kN = 32 or 64
+// tokens in one instruction, where the mma.sync decode kernel dequantizes it once per 16
+// tokens (bench/NOTES.md, "Decode to M = 64").
+//
+// Operands. A: the weight, 64 rows per consumer warpgroup (warp w: 16-row tile w, its lanes'
+// A fragments exactly those of mma.sync m16n8k16, which is how the prepacked layout stores
+// them). B: the activations, [kN tokens][64 K] bf16/fp16 per 64-K chunk in shared memory,
+// K-major with the 128-byte swizzle (one 128-byte row per token). The prepacked layout
+// permutes K inside a chunk (lane (g, t), k-step s holds k = 16 t + 4 s + {0, 1} and
+// 16 t + 4 s + {2, 3}: wxa16_gemm.cuh, "K order"), so the B tile must be permuted alike: its
+// logical 16-byte column L (k' = 8 L .. 8 L + 7, k-step L / 2) holds, for t = 0..3, the x
+// pair at k = 16 t + 2 L .. + 1, i.e. 4-byte words L, L + 8, L + 16, L + 24 of the token's
+// 128-byte chunk.
+//
+// Roles (384 threads). Warpgroup 0 produces: its first thread TMA-loads each chunk's weight
+// (8 row tiles x 512 bytes, one box of the prepacked tensor viewed as [row tiles][chunks x
+// 512 bytes]) onto the stage's full barrier and x's [kN][64] box (128-byte swizzle) into a
+// staging slot; its other three warps permute the staged x into the B tile, fence it for the
+// async proxy and arrive on the full barrier (1 + 3 arrivals and the weight's bytes).
+// Warpgroups 1 and 2 consume: per chunk each thread reads its 16 weight bytes from shared
+// memory, dequantizes the 4 k-steps' A fragments (int4_fragment, exact), issues four
+// m64nNk16 wgmmas into a zeroed partial tile, and adds it to the fp32 accumulator times the
+// rows' scales of the chunk's group once the next chunk's wgmmas are in flight (two partial
+// tiles, as the FP8 kernels promote). A chunk lies in one group (G = 64, 128, or one scale
+// per row); G = 32 is the decode kernel's.
+//
+// Grid: (row blocks of 128 x token tiles, K splits); the token tiles of a row block are
+// adjacent, so they read its weight from L2 after the first. K splits use the decode
+// kernel's workspace and counters (gather_splits: partials added in split order).
+#include "common/sm90.cuh"
+#include "wxa16/wxa16_gemm.cuh"
+
+namespace lowbit {
+namespace wxa16 {
+namespace wg {
+
+constexpr int kThreads = 384;
+constexpr int kConsumerThreads = 256;
+constexpr int kConsumerWarps = 8;
+constexpr int kEncodeWarps = 3;
+constexpr int kRowTiles = 8;  // 16-row tiles per CTA: 128 rows
+constexpr int kRows = 16 * kRowTiles;
+constexpr int kWeightBytes = kRowTiles * kTileBytes4;  // one chunk of the CTA's rows: 4 KB
+constexpr int kMaxStages = 8;
+constexpr int kSmemLimit = 227 * 1024;
+
+template <int kN>
+struct Config {
+  static_assert(kN == 32 || kN == 64, "token tiles of 32 or 64");
+  static constexpr int kRegs = kN / 2;
+  static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
+  static constexpr int kStageBytes = kWeightBytes + 2 * kActBytes;  // weight, B tile, staging
+  // Fixed: 3 barriers per stage, the split's "last CTA" flag, the alignment slack.
+  static constexpr int kFixedBytes = (3 * kMaxStages + 1) * 8 + 1024;
+  static constexpr int kStages = (kSmemLimit - kFixedBytes) / kStageBytes < kMaxStages
+                                     ? (kSmemLimit - kFixedBytes) / kStageBytes
+                                     : kMaxStages;
+  static constexpr int kSmemBytes = kStages * kStageBytes + (3 * kStages + 1) * 8 + 1024;
+  static_assert(kStages >= 4, "too shallow a ring");
+};
+
+#ifdef LOWBIT_SM90A
+// d (64 x kN fp32 fragment) (+)= A (64 x 16, registers a) * B (kN x 16, descriptor b), 16-bit
+// operands of type T.
+template <typename T, int kN, int kScaleD>
+__device__ __forceinline__ void wgmma_rs(float (&d)[kN / 2], const uint32_t (&a)[4],
+                                         uint64_t b) {
+#define LOWBIT_WGMMA_RS(n, R, ty, A)                                                         \
+  asm volatile("wgmma.mma_async.sync.aligned.m64n" #n "k16.f32." ty "." ty " " LOWBIT_REGS##R \
+               ", " A ", 1, 1, 0;\n"                                                       \
+               : LOWBIT_ACC##R("f", d, 0)                                                   \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kScaleD))
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  if constexpr (kN == 32) {
+    if constexpr (kBf16)
+      LOWBIT_WGMMA_RS(32, 16, "bf16", "{%16, %17, %18, %19}, %20, %21");
+    else
+      LOWBIT_WGMMA_RS(32, 16, "f16", "{%16, %17, %18, %19}, %20, %21");
+  } else {
+    if constexpr (kBf16)
+      LOWBIT_WGMMA_RS(64, 32, "bf16", "{%32, %33, %34, %35}, %36, %37");
+    else
+      LOWBIT_WGMMA_RS(64, 32, "f16", "{%32, %33, %34, %35}, %36, %37");
+  }
+#undef LOWBIT_WGMMA_RS
+}
+
+// One stage's B tile from its staged x ([kN][64] elements, 128-byte swizzle as TMA wrote it),
+// by the encoding warps (et: 0 .. 95): logical column L of token n gathers words L, L + 8,
+// L + 16, L + 24 of the token's row (see the file comment), stored where the 128-byte
+// swizzle puts column L. A warp's 32 units are 4 tokens of one parity (n, n + 2, n + 4,
+// n + 6 of an 8-token atom) x 8 columns: tokens an odd distance apart would share banks
+// after the swizzle's XOR; these do not, for the reads and the writes.
+template <int kN>
+__device__ __forceinline__ void permute_stage(const uint8_t* staged, uint8_t* tile, int et) {
+  for (int u = et; u < kN * 8; u += 32 * kEncodeWarps) {
+    const int n = (u >> 6) * 8 + ((u >> 5) & 1) + 2 * ((u >> 3) & 3), L = u & 7;
+    const uint8_t* row = staged + n * 128;
+    uint32_t w[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int word = L + 8 * q;  // chunk word / 4, 4-byte slot word % 4
+      w[q] = *reinterpret_cast<const uint32_t*>(row + ((((word >> 2) ^ (n & 7))) << 4) +
+                                                (word & 3) * 4);
+    }
+    *reinterpret_cast<uint4*>(tile + n * 128 + ((L ^ (n & 7)) << 4)) =
+        make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
+// A consumer thread's weight metadata for one chunk: the scale bits of rows g and g + 8 and
+// their int4 zero-point pairs (int4_zero_lo / int4_zero_hi), loaded two chunks ahead.
+struct Meta {
+  uint32_t s[2];
+  uint32_t z[2];
+};
+#endif  // LOWBIT_SM90A
+
+template <typename T, int kN>
+__global__ void __launch_bounds__(kThreads, 1)
+w4a16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
+                   const __grid_constant__ CUtensorMap map_x, const WXA16GemmArgs p) {
+#ifdef LOWBIT_SM90A
+  using C = Config<kN>;
+  constexpr int kStages = C::kStages;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* w_tiles = smem;                                   // [stage][8 row tiles][512]
+  uint8_t* b_tiles = w_tiles + kStages * kWeightBytes;       // [stage][kN][128], swizzled
+  uint8_t* staging = b_tiles + kStages * C::kActBytes;       // [stage][kN][128], swizzled
+  uint64_t* full = reinterpret_cast<uint64_t*>(staging + kStages * C::kActBytes);
+  uint64_t* empty = full + kStages;
+  uint64_t* staged = empty + kStages;
+  // (In the dynamic allocation: a static __shared__ variable would put the dynamic base after
+  // a 1 KB pad, for its alignment.)
+  bool& last_cta = *reinterpret_cast<bool*>(staged + kStages);
+
+  const int wg = threadIdx.x / 128;
+  const int nk = (p.K + kChunkK - 1) / kChunkK;
+  const int c_begin = static_cast<int>(static_cast<int64_t>(nk) * blockIdx.y / p.splits);
+  const int c_end = static_cast<int>(static_cast<int64_t>(nk) * (blockIdx.y + 1) / p.splits);
+  const int steps = c_end - c_begin;
+  const int token_tiles = (p.M + kN - 1) / kN;
+  const int bx = static_cast<int>(blockIdx.x) / token_tiles;  // row block: row tiles 8 bx ..
+  const int m0 = static_cast<int>(blockIdx.x) % token_tiles * kN;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) sm90::mbar_init(&staged[s], 1);
+    sm90::init_ring(full, empty, kStages, kConsumerWarps, 1 + kEncodeWarps);  // (its fence
+                                                                              // covers all)
+    sm90::tma_prefetch_desc(&map_w);
+    sm90::tma_prefetch_desc(&map_x);
+  }
+  __syncthreads();
+  grid_dependency_wait();
+
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp == 0) {
+      if (lane == 0) {
+        for (int it = 0; it < steps; ++it) {
+          const int s = it % kStages, c = c_begin + it;
+          sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+          sm90::mbar_expect_tx(&full[s], kWeightBytes);
+          sm90::tma_load_2d(w_tiles + s * kWeightBytes, &map_w, &full[s],
+                            c * (kTileBytes4 / 4), bx * kRowTiles);
+          sm90::mbar_expect_tx(&staged[s], C::kActBytes);
+          sm90::tma_load_2d(staging + s * C::kActBytes, &map_x, &staged[s], c * kChunkK, m0);
+        }
+      }
+    } else {
+      for (int it = 0; it < steps; ++it) {
+        const int s = it % kStages;
+        sm90::mbar_wait(&staged[s], (it / kStages) & 1);
+        permute_stage<kN>(staging + s * C::kActBytes, b_tiles + s * C::kActBytes,
+                          threadIdx.x - 32);
+        sm90::fence_async_smem();  // the tile, written by this thread, for wgmma to read
+        __syncwarp();
+        if (lane == 0) sm90::mbar_arrive(&full[s]);
+      }
+    }
+    launch_dependents();
+    // gather_splits holds CTA barriers: the producer joins them, with nothing to add (the
+    // issuing lane rejoins its warp first: the barriers are warp-aligned).
+    __syncwarp();
+    float none[C::kRegs];
+    if (p.splits > 1) gather_splits<C::kRegs, kConsumerThreads>(p, none, false, 0, last_cta);
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  const int cw = wg - 1, ctid = threadIdx.x - 128;
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int wt = cw * 4 + warp;  // this warp's row tile in the CTA
+  const int rt = bx * kRowTiles + wt;
+  const int n0 = rt * 16 + g, n1 = n0 + 8;
+
+  // Scales and zero points of chunk c for rows n0, n1 (rows past N: scale 0, zero 8).
+  const bool f32_scale = p.scale_dtype == FloatType::kF32;
+  auto meta_load = [&](int c, Meta& m) {
+    const int gi = (c * kChunkK) >> p.group_shift;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int n = r ? n1 : n0;
+      const bool ok = n < p.N && c < c_end;
+      m.s[r] = ok ? load_scale_bits(p.scales, f32_scale, static_cast<int64_t>(n) * p.scale_ld + gi)
+                  : 0u;
+      m.z[r] = ok && p.zeros != nullptr ? p.zeros[static_cast<int64_t>(n) * p.zero_ld + gi] : 8u;
+    }
+  };
+
+  float acc[C::kRegs];
+#pragma unroll
+  for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
+  float part0[C::kRegs], part1[C::kRegs];
+  uint32_t a0[4][4], a1[4][4];  // the A fragments of the chunk in flight in each slot
+  float f0[2], f1[2];           // its rows' scales
+  Meta m0_, m1_;                // the next chunks' metadata, a slot each
+  meta_load(c_begin, m0_);
+  meta_load(c_begin + 1, m1_);
+
+  const uint32_t b_lo = sm90::desc_lo(b_tiles);
+  constexpr uint32_t kBUnits = C::kActBytes / 16;
+  auto issue_into = [&](float(&d)[C::kRegs], uint32_t(&a)[4][4], float(&f)[2], Meta& m,
+                        int i) {
+    const int s = (i) % kStages;
+    const uint32_t z[2] = {int4_zero_lo<T>(m.z[0]), int4_zero_hi<T>(m.z[1])};
+    f[0] = scale_bits_to_float(m.s[0], p.scale_dtype);
+    f[1] = scale_bits_to_float(m.s[1], p.scale_dtype);
+    sm90::mbar_wait(&full[s], (i / kStages) & 1);
+    const uint4 v = *reinterpret_cast<const uint4*>(w_tiles + s * kWeightBytes +
+                                                    wt * kTileBytes4 + lane * 16);
+    meta_load(c_begin + i + 2, m);  // this slot's next chunk
+#pragma unroll
+    for (int k = 0; k < 4; ++k) int4_fragment<T>(v, k, z, a[k]);
+    sm90::fence_regs(d);
+    sm90::wgmma_fence();
+    wgmma_rs<T, kN, 0>(d, a[0], sm90::desc_of(b_lo + s * kBUnits));
+#pragma unroll
+    for (int k = 1; k < 4; ++k) wgmma_rs<T, kN, 1>(d, a[k], sm90::desc_of(b_lo + s * kBUnits + 2 * k));
+    sm90::wgmma_commit();
+    sm90::fence_regs(d);
+    return s;
+  };
+  auto finish_from = [&](float(&d)[C::kRegs], uint32_t(&a)[4][4], const float(&f)[2], int s) {
+    sm90::fence_regs(d);
+    // The wgmmas read their A registers asynchronously: keep them unchanged until here.
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[k][j])::"memory");
+    if (lane == 0) sm90::mbar_arrive(&empty[s]);
+#pragma unroll
+    for (int j = 0; j < kN / 8; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[4 * j + r] = fmaf(d[4 * j + r], f[r / 2], acc[4 * j + r]);
+  };
+  auto issue = [&](auto slot, int i) {
+    if constexpr (decltype(slot)::value == 0)
+      return issue_into(part0, a0, f0, m0_, i);
+    else
+      return issue_into(part1, a1, f1, m1_, i);
+  };
+  auto finish = [&](auto slot, int s) {
+    if constexpr (decltype(slot)::value == 0)
+      finish_from(part0, a0, f0, s);
+    else
+      finish_from(part1, a1, f1, s);
+  };
+  if (steps > 0) sm90::double_buffered_steps(steps, issue, finish, [] {});
+  launch_dependents();
+
+  float(&flat)[C::kRegs] = acc;
+  if (p.splits > 1 && !gather_splits<C::kRegs, kConsumerThreads>(p, flat, true, ctid, last_cta))
+    return;
+  store_tiles<1, kN / 8>(p, reinterpret_cast<const float(&)[1][kN / 8][4]>(acc), rt, m0, g, t);
+#else
+  __trap();  // built without sm_90a: the host never launches this
+#endif
+}
+
+// The weight's map: the prepacked int4 tensor as [row tiles][chunks x 128 words], boxes of
+// 8 row tiles x one chunk (4 KB); x's: [M][K] 16-bit elements in [kN][64] boxes with the
+// 128-byte swizzle. Rows and chunks past the ends read as zero. Kept in the launch object's
+// cache (p.map_cache) between calls.
+inline bool make_maps(CUtensorMap* w, CUtensorMap* x, const WXA16GemmArgs& p, int kn) {
+  const int nk = (p.K + kChunkK - 1) / kChunkK;
+  auto slot = [&](TensorMapCache::Role r) {
+    return p.map_cache != nullptr ? p.map_cache->slot(r) : nullptr;
+  };
+  return sm90::encode_2d(w, slot(TensorMapCache::kB), CU_TENSOR_MAP_DATA_TYPE_UINT32,
+                         const_cast<void*>(p.w),
+                         static_cast<uint64_t>(nk) * (kTileBytes4 / 4),
+                         static_cast<uint64_t>((p.N + 15) / 16),
+                         static_cast<uint64_t>(nk) * kTileBytes4, kTileBytes4 / 4, kRowTiles,
+                         CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B) &&
+         sm90::encode_2d(x, slot(TensorMapCache::kA), CU_TENSOR_MAP_DATA_TYPE_UINT16,
+                         const_cast<void*>(p.x),
+                         static_cast<uint64_t>(p.K), static_cast<uint64_t>(p.M),
+                         static_cast<uint64_t>(p.ldx) * 2, kChunkK, static_cast<uint32_t>(kn),
+                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+}
+
+template <typename T, int kN>
+cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  using C = Config<kN>;
+  const auto kernel = w4a16_wgmma_kernel<T, kN>;
+  const int64_t row_blocks = (p.N + kRows - 1) / kRows, token_tiles = (p.M + kN - 1) / kN;
+  if (row_blocks * token_tiles > 0x7fffffff) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(row_blocks * token_tiles), 1, 1);
+  int device = 0;
+  static std::atomic<bool> opted[kMaxDevices];
+  cudaError_t e = current_device(device);
+  if (e == cudaSuccess) e = opt_in_smem(kernel, C::kSmemBytes, device, opted);
+  if (e != cudaSuccess) return e;
+  if (plan) {
+    p.group_shift = group_shift(p.group);
+    // One CTA per SM: split K until the grid fills whole waves, each split at least
+    // kStages chunks (a full ring); fewer splits win ties, as the decode kernel plans.
+    const int64_t sms = sm_count(device) > 0 ? sm_count(device) : 132;
+    const int64_t tiles = grid.x;
+    const int nk = (p.K + kChunkK - 1) / kChunkK;
+    int best = 1;
+    int64_t best_cost = -1;
+    for (int s = 1; s <= 16 && s * C::kStages <= nk; ++s) {
+      const int64_t waves = (tiles * s + sms - 1) / sms;
+      const int64_t cost = waves * ((nk + s - 1) / s + C::kStages);
+      if (best_cost < 0 || cost < best_cost) best = s, best_cost = cost;
+    }
+    p.splits = best;
+    plan_workspace(p, tiles, kConsumerThreads, C::kRegs);
+    return cudaSuccess;
+  }
+  if (p.M == 0 || p.N == 0) return cudaSuccess;
+  e = check_launch_args(p, grid);
+  if (e != cudaSuccess) return e;
+  CUtensorMap map_w, map_x;
+  if (!make_maps(&map_w, &map_x, p, kN)) return cudaErrorInvalidValue;
+  const LaunchConfig cfg(dim3(grid.x, p.splits, 1), kThreads, C::kSmemBytes, stream, 1,
+                         programmatic_launch());
+  return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, p));
+}
+
+template <typename T>
+cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  return p.M <= 32 ? run<T, 32>(p, stream, plan) : run<T, 64>(p, stream, plan);
+}
+
+}  // namespace wg
+}  // namespace wxa16
+
+// The launcher of the family table (wxa16_gemm.h): int4 prepacked, G = 64, 128 or one scale
+// per row, bf16 / fp16, x 16-byte aligned with a row stride of a multiple of 8 elements.
+cudaError_t sm90_w4a16_gemm_wgmma(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  if (p.bits != 4 || (p.group != 0 && p.group != 64 && p.group != 128) || p.K % 16 ||
+      p.ldx % 8 || (!plan && reinterpret_cast<uintptr_t>(p.x) % 16))
+    return cudaErrorInvalidValue;
+  if (p.x_dtype == FloatType::kBF16) return wxa16::wg::run_of<__nv_bfloat16>(p, stream, plan);
+  if (p.x_dtype == FloatType::kF16) return wxa16::wg::run_of<__half>(p, stream, plan);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace lowbit
