@@ -378,6 +378,33 @@ def test_w8a16_op(m, group, dtype):
     _check(lowbit.w8a16_gemm(x, q, s, None, backend="cuda"), _int8_ref(x, q, s, None), dtype)
 
 
+@gpu
+@needs_op
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("group", [0, 64, 128], ids=["channel", "g64", "g128"])
+@pytest.mark.parametrize("n,k", [(8, 128), (3000, 4224), (4096, 4096), (3000, 4240)])
+@pytest.mark.parametrize("m", [1, 17, 33, 64, 100, 256])
+def test_w8a16_wgmma_kernel(m, n, k, group, dtype):
+    """The sm_90a W8A16 wgmma kernel, which no call picks yet, called directly (K = 4240:
+    per channel only, the last chunk a quarter inside K)."""
+    from lowbit._backend import kernels
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("an sm_90a kernel")
+    if group and k % group:
+        pytest.skip("K is not a multiple of the group")
+    wgmma, = (kk for kk in kernels("w8a16_gemm") if kk.name == "sm90_w8a16_gemm_wgmma")
+    q, s = _int8_weight(n, k, group)
+    x = _x(m, k, dtype, seed=m)
+    bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda() if m % 2 else None
+    args = (x, q, s, bias)
+    assert wgmma.supports(*args) is None
+    _check(wgmma.fn(*args), _int8_ref(x, q, s, bias), dtype)
+    run = wgmma.prepare(*args)
+    for _ in range(2):
+        _check(run(*args), _int8_ref(x, q, s, bias), dtype)
+
+
 def test_split_scratch_is_kept_per_stream_and_never_made_in_a_capture():
     """The split counters and partials (backends/cuda/wxa16_gemm._scratch): outside a graph
     capture one pair per (device, stream), reused while big enough and each regrown on its

@@ -1,5 +1,5 @@
 // The mixed-input family's kernel table: every W4A16 / W8A16 kernel of this build and the
-// int4 weight quantizer (every arch from sm_80, but the sm_90a wgmma kernel, whose row exists
+// int4 weight quantizer (every arch from sm_80, but the sm_90a wgmma kernels, whose rows exist
 // only in a build with sm_90a), with its op kind and launcher. The Python side
 // (python/lowbit/backends/cuda/wxa16_gemm.py) keys its M ranges and priorities by these names.
 #include "wxa16/wxa16_kernels.h"
@@ -23,6 +23,7 @@ const KernelEntry kWxa16Kernels[] = {
     {"cuda_w8a16_gemm_tiled", kGemm, 80, as_entry(&cuda_w8a16_gemm_tiled)},
 #ifdef LOWBIT_HAVE_SM90A
     {"sm90_w4a16_gemm_wgmma", kGemm, 90, as_entry(&sm90_w4a16_gemm_wgmma)},
+    {"sm90_w8a16_gemm_wgmma", kGemm, 90, as_entry(&sm90_w8a16_gemm_wgmma)},
 #endif
     {"cuda_int4_quantize", OpKind::kInt4Quantize, 80, as_entry(&cuda_int4_quantize)},
 };

@@ -75,8 +75,8 @@ KERNELS["int8_gemm"] = dict(KERNELS["int8_mm"])
 # int4 above M = 64 first dequantizes the weight and multiplies in bf16/fp16 (cuBLAS): at
 # M = 64 the tiled mma.sync kernel ran 0.24-0.33x bf16 F.linear on the H200.
 WXA16_DECODE_MAX_M = 64  # kWXA16DecodeMaxM in csrc/wxa16/wxa16_gemm.h
-# sm90_w4a16_gemm_wgmma (sm_90a: one dequantized fragment per 64 tokens through wgmma) comes
-# last, so no call picks it until its GPU tests and timings say where it leads.
+# The sm_90a wgmma kernels (one dequantized fragment per 64 tokens) come last, so no call
+# picks them until their GPU tests and timings say where they lead.
 KERNELS["w4a16_gemm"] = {
     "cuda_w4a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w4a16_gemm_dequant": ((WXA16_DECODE_MAX_M + 1, _BIG), 15, "dequant"),
@@ -86,6 +86,7 @@ KERNELS["w4a16_gemm"] = {
 KERNELS["w8a16_gemm"] = {
     "cuda_w8a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w8a16_gemm_tiled": ((0, _BIG), 10, None),
+    "sm90_w8a16_gemm_wgmma": ((1, 256), 5, "wgmma"),
 }
 KERNELS["int4_quantize"] = {"cuda_int4_quantize": (None, 10, None)}
 

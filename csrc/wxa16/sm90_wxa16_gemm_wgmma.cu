@@ -1,30 +1,33 @@
-// sm_90a W4A16 GEMM for M up to 256 (sm90_w4a16_gemm_wgmma; meant for M = 17-256): the decode kernel's weight path
-// (prepacked int4 fragments dequantized in registers, wxa16_gemm.cuh) feeding wgmma with the
-// weight as its register A operand, so one dequantized fragment serves a tile of kN = 32 or 64
-// tokens in one instruction, where the mma.sync decode kernel dequantizes it once per 16
-// tokens (bench/NOTES.md, "Decode to M = 64").
+// sm_90a W4A16 / W8A16 GEMMs for M up to 256 (sm90_w4a16_gemm_wgmma, sm90_w8a16_gemm_wgmma;
+// meant for M = 17-256): the decode kernel's weight path (wxa16_gemm.cuh: int4 prepacked or
+// int8 fragments dequantized in registers, exactly) feeding wgmma with the weight as its
+// register A operand, so one dequantized fragment serves a tile of kN = 32 or 64 tokens in one
+// instruction, where the mma.sync decode kernel dequantizes it once per 16 tokens
+// (bench/NOTES.md, "Decode to M = 64").
 //
 // Operands. A: the weight, 64 rows per consumer warpgroup (warp w: 16-row tile w, its lanes'
-// A fragments exactly those of mma.sync m16n8k16, which is how the prepacked layout stores
-// them). B: the activations, [kN tokens][64 K] bf16/fp16 per 64-K chunk in shared memory,
-// K-major with the 128-byte swizzle (one 128-byte row per token). The prepacked layout
-// permutes K inside a chunk (lane (g, t), k-step s holds k = 16 t + 4 s + {0, 1} and
-// 16 t + 4 s + {2, 3}: wxa16_gemm.cuh, "K order"), so the B tile must be permuted alike: its
-// logical 16-byte column L (k' = 8 L .. 8 L + 7, k-step L / 2) holds, for t = 0..3, the x
+// A fragments exactly those of mma.sync m16n8k16, which the decode kernel builds). B: the
+// activations, [kN tokens][64 K] bf16/fp16 per 64-K chunk in shared memory, K-major with the
+// 128-byte swizzle (one 128-byte row per token). The decode kernel's fragments permute K
+// inside a chunk (lane (g, t), k-step s holds k = 16 t + 4 s + {0, 1} and 16 t + 4 s +
+// {2, 3}: wxa16_gemm.cuh, "K order"; the int4 prepacked layout stores its nibbles so, and a
+// lane's 16 bytes of an int8 row are k = 16 t .. 16 t + 15), so the B tile is permuted alike:
+// its logical 16-byte column L (k' = 8 L .. 8 L + 7, k-step L / 2) holds, for t = 0..3, the x
 // pair at k = 16 t + 2 L .. + 1, i.e. 4-byte words L, L + 8, L + 16, L + 24 of the token's
 // 128-byte chunk.
 //
 // Roles (384 threads). Warpgroup 0 produces: its first thread TMA-loads each chunk's weight
-// (8 row tiles x 512 bytes, one box of the prepacked tensor viewed as [row tiles][chunks x
-// 512 bytes]) onto the stage's full barrier and x's [kN][64] box (128-byte swizzle) into a
-// staging slot; its other three warps permute the staged x into the B tile, fence it for the
-// async proxy and arrive on the full barrier (1 + 3 arrivals and the weight's bytes).
-// Warpgroups 1 and 2 consume: per chunk each thread reads its 16 weight bytes from shared
-// memory, dequantizes the 4 k-steps' A fragments (int4_fragment, exact), issues four
-// m64nNk16 wgmmas into a zeroed partial tile, and adds it to the fp32 accumulator times the
-// rows' scales of the chunk's group once the next chunk's wgmmas are in flight (two partial
-// tiles, as the FP8 kernels promote). A chunk lies in one group (G = 64, 128, or one scale
-// per row); G = 32 is the decode kernel's.
+// (int4: 8 row tiles x 512 bytes, one box of the prepacked tensor viewed as [row tiles]
+// [chunks x 512 bytes]; int8: 128 rows x 64 bytes of [N, K]) onto the stage's full barrier
+// and x's [kN][64] box (128-byte swizzle) into a staging slot; its other three warps permute
+// the staged x into the B tile, fence it for the async proxy and arrive on the full barrier
+// (1 + 3 arrivals and the weight's bytes). Warpgroups 1 and 2 consume: per chunk each thread
+// reads its weight bytes from shared memory (int4: 16, int8: 16 of rows g and g + 8),
+// dequantizes the 4 k-steps' A fragments, issues four m64nNk16 wgmmas into a zeroed partial
+// tile, and adds it to the fp32 accumulator times the rows' scales of the chunk's group once
+// the next chunk's wgmmas are in flight (two partial tiles, as the FP8 kernels promote). A
+// chunk lies in one group (G = 64, 128, or one scale per row); G = 32 is the decode
+// kernel's.
 //
 // Grid: (row blocks of 128 x token tiles, K splits); the token tiles of a row block are
 // adjacent, so they read its weight from L2 after the first. K splits use the decode
@@ -42,16 +45,20 @@ constexpr int kConsumerWarps = 8;
 constexpr int kEncodeWarps = 3;
 constexpr int kRowTiles = 8;  // 16-row tiles per CTA: 128 rows
 constexpr int kRows = 16 * kRowTiles;
-constexpr int kWeightBytes = kRowTiles * kTileBytes4;  // one chunk of the CTA's rows: 4 KB
+// One chunk of the CTA's 128 rows: int4, 8 prepacked 16 x 64 tiles (4 KB); int8, 128 rows of
+// 64 bytes (8 KB).
+template <int Bits>
+constexpr int kWeightBytes = Bits == 4 ? kRowTiles * kTileBytes4 : kRows * kChunkK;
 constexpr int kMaxStages = 8;
 constexpr int kSmemLimit = 227 * 1024;
 
-template <int kN>
+template <int Bits, int kN>
 struct Config {
   static_assert(kN == 32 || kN == 64, "token tiles of 32 or 64");
   static constexpr int kRegs = kN / 2;
   static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
-  static constexpr int kStageBytes = kWeightBytes + 2 * kActBytes;  // weight, B tile, staging
+  static constexpr int kWBytes = kWeightBytes<Bits>;
+  static constexpr int kStageBytes = kWBytes + 2 * kActBytes;  // weight, B tile, staging
   // Fixed: 3 barriers per stage, the split's "last CTA" flag, the alignment slack.
   static constexpr int kFixedBytes = (3 * kMaxStages + 1) * 8 + 1024;
   static constexpr int kStages = (kSmemLimit - kFixedBytes) / kStageBytes < kMaxStages
@@ -118,18 +125,18 @@ struct Meta {
 };
 #endif  // LOWBIT_SM90A
 
-template <typename T, int kN>
+template <int Bits, typename T, int kN>
 __global__ void __launch_bounds__(kThreads, 1)
-w4a16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
+wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
                    const __grid_constant__ CUtensorMap map_x, const WXA16GemmArgs p) {
 #ifdef LOWBIT_SM90A
-  using C = Config<kN>;
-  constexpr int kStages = C::kStages;
+  using C = Config<Bits, kN>;
+  constexpr int kStages = C::kStages, kWBytes = C::kWBytes;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint8_t* w_tiles = smem;                                   // [stage][8 row tiles][512]
-  uint8_t* b_tiles = w_tiles + kStages * kWeightBytes;       // [stage][kN][128], swizzled
+  uint8_t* w_tiles = smem;  // [stage][8 row tiles][512] (int4) or [stage][128 rows][64] (int8)
+  uint8_t* b_tiles = w_tiles + kStages * kWBytes;            // [stage][kN][128], swizzled
   uint8_t* staging = b_tiles + kStages * C::kActBytes;       // [stage][kN][128], swizzled
   uint64_t* full = reinterpret_cast<uint64_t*>(staging + kStages * C::kActBytes);
   uint64_t* empty = full + kStages;
@@ -165,9 +172,12 @@ w4a16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
         for (int it = 0; it < steps; ++it) {
           const int s = it % kStages, c = c_begin + it;
           sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
-          sm90::mbar_expect_tx(&full[s], kWeightBytes);
-          sm90::tma_load_2d(w_tiles + s * kWeightBytes, &map_w, &full[s],
-                            c * (kTileBytes4 / 4), bx * kRowTiles);
+          sm90::mbar_expect_tx(&full[s], kWBytes);
+          if constexpr (Bits == 4)
+            sm90::tma_load_2d(w_tiles + s * kWBytes, &map_w, &full[s], c * (kTileBytes4 / 4),
+                              bx * kRowTiles);
+          else
+            sm90::tma_load_2d(w_tiles + s * kWBytes, &map_w, &full[s], c * kChunkK, bx * kRows);
           sm90::mbar_expect_tx(&staged[s], C::kActBytes);
           sm90::tma_load_2d(staging + s * C::kActBytes, &map_x, &staged[s], c * kChunkK, m0);
         }
@@ -210,7 +220,9 @@ w4a16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
       const bool ok = n < p.N && c < c_end;
       m.s[r] = ok ? load_scale_bits(p.scales, f32_scale, static_cast<int64_t>(n) * p.scale_ld + gi)
                   : 0u;
-      m.z[r] = ok && p.zeros != nullptr ? p.zeros[static_cast<int64_t>(n) * p.zero_ld + gi] : 8u;
+      m.z[r] = Bits == 4 && ok && p.zeros != nullptr
+                   ? p.zeros[static_cast<int64_t>(n) * p.zero_ld + gi]
+                   : 8u;
     }
   };
 
@@ -233,11 +245,20 @@ w4a16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     f[0] = scale_bits_to_float(m.s[0], p.scale_dtype);
     f[1] = scale_bits_to_float(m.s[1], p.scale_dtype);
     sm90::mbar_wait(&full[s], (i / kStages) & 1);
-    const uint4 v = *reinterpret_cast<const uint4*>(w_tiles + s * kWeightBytes +
-                                                    wt * kTileBytes4 + lane * 16);
-    meta_load(c_begin + i + 2, m);  // this slot's next chunk
+    const uint8_t* wsm = w_tiles + s * kWBytes;
+    if constexpr (Bits == 4) {
+      const uint4 v = *reinterpret_cast<const uint4*>(wsm + wt * kTileBytes4 + lane * 16);
+      meta_load(c_begin + i + 2, m);  // this slot's next chunk
 #pragma unroll
-    for (int k = 0; k < 4; ++k) int4_fragment<T>(v, k, z, a[k]);
+      for (int k = 0; k < 4; ++k) int4_fragment<T>(v, k, z, a[k]);
+    } else {  // rows g and g + 8 of the warp's tile, k = 16 t .. 16 t + 15 of the chunk
+      const uint8_t* row = wsm + (wt * 16 + g) * kChunkK + 16 * t;
+      const uint4 vg = *reinterpret_cast<const uint4*>(row);
+      const uint4 vg8 = *reinterpret_cast<const uint4*>(row + 8 * kChunkK);
+      meta_load(c_begin + i + 2, m);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) int8_fragment<T>(vg, vg8, k, a[k]);
+    }
     sm90::fence_regs(d);
     sm90::wgmma_fence();
     wgmma_rs<T, kN, 0>(d, a[0], sm90::desc_of(b_lo + s * kBUnits));
@@ -288,17 +309,25 @@ w4a16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 // 8 row tiles x one chunk (4 KB); x's: [M][K] 16-bit elements in [kN][64] boxes with the
 // 128-byte swizzle. Rows and chunks past the ends read as zero. Kept in the launch object's
 // cache (p.map_cache) between calls.
+// int8: w [N][K] bytes (row stride ldw) in boxes of 128 rows x 64 bytes.
 inline bool make_maps(CUtensorMap* w, CUtensorMap* x, const WXA16GemmArgs& p, int kn) {
   const int nk = (p.K + kChunkK - 1) / kChunkK;
   auto slot = [&](TensorMapCache::Role r) {
     return p.map_cache != nullptr ? p.map_cache->slot(r) : nullptr;
   };
-  return sm90::encode_2d(w, slot(TensorMapCache::kB), CU_TENSOR_MAP_DATA_TYPE_UINT32,
-                         const_cast<void*>(p.w),
-                         static_cast<uint64_t>(nk) * (kTileBytes4 / 4),
-                         static_cast<uint64_t>((p.N + 15) / 16),
-                         static_cast<uint64_t>(nk) * kTileBytes4, kTileBytes4 / 4, kRowTiles,
-                         CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B) &&
+  const bool w_ok =
+      p.bits == 4
+          ? sm90::encode_2d(w, slot(TensorMapCache::kB), CU_TENSOR_MAP_DATA_TYPE_UINT32,
+                            const_cast<void*>(p.w), static_cast<uint64_t>(nk) * (kTileBytes4 / 4),
+                            static_cast<uint64_t>((p.N + 15) / 16),
+                            static_cast<uint64_t>(nk) * kTileBytes4, kTileBytes4 / 4, kRowTiles,
+                            CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B)
+          : sm90::encode_2d(w, slot(TensorMapCache::kB), CU_TENSOR_MAP_DATA_TYPE_UINT8,
+                            const_cast<void*>(p.w), static_cast<uint64_t>(p.K),
+                            static_cast<uint64_t>(p.N), static_cast<uint64_t>(p.ldw), kChunkK,
+                            kRows, CU_TENSOR_MAP_SWIZZLE_NONE,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+  return w_ok &&
          sm90::encode_2d(x, slot(TensorMapCache::kA), CU_TENSOR_MAP_DATA_TYPE_UINT16,
                          const_cast<void*>(p.x),
                          static_cast<uint64_t>(p.K), static_cast<uint64_t>(p.M),
@@ -306,10 +335,10 @@ inline bool make_maps(CUtensorMap* w, CUtensorMap* x, const WXA16GemmArgs& p, in
                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
-template <typename T, int kN>
+template <int Bits, typename T, int kN>
 cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  using C = Config<kN>;
-  const auto kernel = w4a16_wgmma_kernel<T, kN>;
+  using C = Config<Bits, kN>;
+  const auto kernel = wxa16_wgmma_kernel<Bits, T, kN>;
   const int64_t row_blocks = (p.N + kRows - 1) / kRows, token_tiles = (p.M + kN - 1) / kN;
   if (row_blocks * token_tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(row_blocks * token_tiles), 1, 1);
@@ -346,23 +375,34 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, p));
 }
 
-template <typename T>
+template <int Bits, typename T>
 cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  return p.M <= 32 ? run<T, 32>(p, stream, plan) : run<T, 64>(p, stream, plan);
+  return p.M <= 32 ? run<Bits, T, 32>(p, stream, plan) : run<Bits, T, 64>(p, stream, plan);
+}
+
+// The checks of both launchers: G = 64, 128 or one scale per row; x 16-byte aligned rows;
+// int8, w's rows too (TMA).
+template <int Bits>
+cudaError_t launch(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  if (p.bits != Bits || (p.group != 0 && p.group != 64 && p.group != 128) || p.K % 16 ||
+      p.ldx % 8 || (!plan && reinterpret_cast<uintptr_t>(p.x) % 16))
+    return cudaErrorInvalidValue;
+  if (Bits == 8 && (p.ldw % 16 || (!plan && reinterpret_cast<uintptr_t>(p.w) % 16)))
+    return cudaErrorInvalidValue;
+  if (p.x_dtype == FloatType::kBF16) return run_of<Bits, __nv_bfloat16>(p, stream, plan);
+  if (p.x_dtype == FloatType::kF16) return run_of<Bits, __half>(p, stream, plan);
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace wg
 }  // namespace wxa16
 
-// The launcher of the family table (wxa16_gemm.h): int4 prepacked, G = 64, 128 or one scale
-// per row, bf16 / fp16, x 16-byte aligned with a row stride of a multiple of 8 elements.
+// The launchers of the family table (wxa16_gemm.h).
 cudaError_t sm90_w4a16_gemm_wgmma(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  if (p.bits != 4 || (p.group != 0 && p.group != 64 && p.group != 128) || p.K % 16 ||
-      p.ldx % 8 || (!plan && reinterpret_cast<uintptr_t>(p.x) % 16))
-    return cudaErrorInvalidValue;
-  if (p.x_dtype == FloatType::kBF16) return wxa16::wg::run_of<__nv_bfloat16>(p, stream, plan);
-  if (p.x_dtype == FloatType::kF16) return wxa16::wg::run_of<__half>(p, stream, plan);
-  return cudaErrorInvalidValue;
+  return wxa16::wg::launch<4>(p, stream, plan);
+}
+cudaError_t sm90_w8a16_gemm_wgmma(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  return wxa16::wg::launch<8>(p, stream, plan);
 }
 
 }  // namespace lowbit
