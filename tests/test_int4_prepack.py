@@ -95,6 +95,63 @@ def test_fragment_registers():
                 assert reg & 0xF == u[row, col] and reg >> 16 == u[row, col + 1]
 
 
+def _swizzled(tile_rows, chunk):
+    """Element offset of 16-byte chunk `chunk` of 128-byte row `tile_rows` under the 128-byte
+    swizzle of a 1024-aligned tile of 2-byte elements (TMA's SWIZZLE_128B, and what the
+    wgmma descriptor reads): chunk c of row r at c ^ (r % 8)."""
+    return tile_rows * 64 + ((chunk ^ (tile_rows & 7)) * 8)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_wgmma_b_permutation_follows_the_fragment_k_order(bits):
+    """The sm_90a wgmma W4A16 / W8A16 kernel (csrc/wxa16/sm90_wxa16_gemm_wgmma.cu) feeds the
+    decode kernel's A fragments (the prepacked int4 layout, or 16 bytes of an int8 row at
+    k = 16 t) to wgmma, so its B tile must hold x in the fragments' K order: emulated here
+    end to end, x staged by TMA with the 128-byte swizzle, permute_stage's gather (logical
+    column L = words L, L + 8, L + 16, L + 24 of a token's 64-K chunk) into the swizzled B
+    tile, the descriptor's reads per k-step, and the fragments' registers (nibbles i and
+    i + 4 of word s, or bytes of int8_fragment): the products are the plain u @ x^T."""
+    rng = np.random.default_rng(bits)
+    n_tok = 16
+    u = rng.integers(0, 16, (16, 64)) if bits == 4 else rng.integers(-128, 128, (16, 64))
+    x = rng.integers(-3, 4, (n_tok, 64))
+    staged = np.zeros(n_tok * 64, np.int64)
+    for n in range(n_tok):
+        for c in range(8):
+            staged[_swizzled(n, c):_swizzled(n, c) + 8] = x[n, 8 * c:8 * c + 8]
+    tile = np.zeros(n_tok * 64, np.int64)
+    for n in range(n_tok):
+        for L in range(8):
+            pairs = []
+            for q in range(4):
+                word = L + 8 * q
+                off = _swizzled(n, word >> 2) + (word & 3) * 2
+                pairs += [staged[off], staged[off + 1]]
+            tile[_swizzled(n, L):_swizzled(n, L) + 8] = pairs
+    # A: register i of lane (g, t) at k-step s is (row g + 8 (i & 1), k' = 16 s + 2 t +
+    # 8 (i >> 1) and k' + 1), as wgmma's and mma.sync's A fragments place it.
+    a = np.zeros((16, 64), np.int64)
+    if bits == 4:
+        words = prepack_int4((u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8)).view(np.uint32)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for s in range(4):
+            for i in range(4):
+                row, kk = g + 8 * (i & 1), 16 * s + 2 * t + 8 * (i >> 1)
+                if bits == 4:
+                    w = int(words[0, 0, lane, s])
+                    lo, hi = (w >> (4 * i)) & 0xF, (w >> (4 * i + 16)) & 0xF
+                else:  # int8_fragment: bytes 2 (i >> 1), + 1 of word s of the row's 16 bytes
+                    lo = u[row, 16 * t + 4 * s + 2 * (i >> 1)]
+                    hi = u[row, 16 * t + 4 * s + 2 * (i >> 1) + 1]
+                a[row, kk], a[row, kk + 1] = lo, hi
+    b = np.zeros((n_tok, 64), np.int64)  # B[n, k'] as the descriptor reads it per k-step
+    for n in range(n_tok):
+        for kp in range(64):
+            b[n, kp] = tile[_swizzled(n, kp // 8) + kp % 8]
+    np.testing.assert_array_equal(a @ b.T, u @ x.T)
+
+
 @pytest.mark.parametrize("bad", [np.zeros((4, 3), np.int8), np.zeros((2, 2, 2), np.uint8)])
 def test_prepack_rejects(bad):
     with pytest.raises(ValueError, match="qweight"):
