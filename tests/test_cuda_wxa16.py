@@ -144,6 +144,35 @@ def test_w4a16_wgmma_kernel(m, n, k, group, symmetric, dtype):
 
 
 @gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
+@pytest.mark.parametrize("group", [64, 128, -1], ids=["g64", "g128", "channel"])
+@pytest.mark.parametrize("m", [129, 300, 1024])
+def test_w4a16_wgmma_kernel_large_m(m, group, symmetric, dtype):
+    """Above M = 128 with scales of x's dtype the wgmma kernel takes 128-token tiles and
+    applies the scales to the weights in registers ((u - z) * scale rounded once, as the
+    dequantize path does), accumulating in the tensor core; fp32 scales keep 64-token tiles
+    with fp32 promotion."""
+    from lowbit._backend import kernels
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("an sm_90a kernel")
+    wgmma, = (kk for kk in kernels("w4a16_gemm") if kk.name == "sm90_w4a16_gemm_wgmma")
+    n, k = 3000, 4224
+    w_full = (torch.randn(n, k, generator=_gen(5)) * 0.05).to(dtype)
+    for scales_dtype in (dtype, torch.float32):
+        q = lowbit.int4_quantize(w_full.to(scales_dtype), group_size=group,
+                                 symmetric=symmetric)
+        assert q.scales.dtype == scales_dtype
+        wd = q.dequantize(torch.float64).cuda()
+        w = q.to("cuda").prepack()
+        x = _x(m, k, dtype, seed=m)
+        args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, None)
+        assert wgmma.supports(*args) is None
+        _check(wgmma.fn(*args), x.double() @ wd.T, dtype)
+
+
+@gpu
 @pytest.mark.parametrize("m", [1, 40, 64, 100])
 def test_w4a16_wgmma_kernel_k_ends_mid_chunk(m):
     """One scale per row and K = 4112: the last 64-K chunk is a quarter inside K (TMA's zero

@@ -1,5 +1,5 @@
-// sm_90a W4A16 / W8A16 GEMMs for M up to 256 (sm90_w4a16_gemm_wgmma, sm90_w8a16_gemm_wgmma;
-// meant for M = 17-256): the decode kernel's weight path (wxa16_gemm.cuh: int4 prepacked or
+// sm_90a W4A16 / W8A16 GEMMs above the decode range (sm90_w4a16_gemm_wgmma, any M;
+// sm90_w8a16_gemm_wgmma, M <= 256): the decode kernel's weight path (wxa16_gemm.cuh: int4 prepacked or
 // int8 fragments dequantized in registers, exactly) feeding wgmma with the weight as its
 // register A operand, so one dequantized fragment serves a tile of kN = 32 or 64 tokens in one
 // instruction, where the mma.sync decode kernel dequantizes it once per 16 tokens
@@ -27,7 +27,9 @@
 // tile, and adds it to the fp32 accumulator times the rows' scales of the chunk's group once
 // the next chunk's wgmmas are in flight (two partial tiles, as the FP8 kernels promote). A
 // chunk lies in one group (G = 64, 128, or one scale per row); G = 32 is the decode
-// kernel's.
+// kernel's. Large M (int4, above 128 tokens, scales of x's dtype): 128-token tiles whose
+// weights are multiplied by their scales in registers, as the dequantize-then-GEMM path's
+// weights are, and summed in the tensor core (Config).
 //
 // Grid: (row blocks of 128 x token tiles, K splits); the token tiles of a row block are
 // adjacent, so they read its weight from L2 after the first. K splits use the decode
@@ -52,9 +54,13 @@ constexpr int kWeightBytes = Bits == 4 ? kRowTiles * kTileBytes4 : kRows * kChun
 constexpr int kMaxStages = 8;
 constexpr int kSmemLimit = 227 * 1024;
 
+// kN = 128 (large M, int4): the weights are multiplied by their scales in registers (the
+// dequantize-then-GEMM path's weights, (u - z) * scale rounded once to x's dtype) and the
+// chunks accumulate in the tensor core, as a dense GEMM does: 64 accumulators, no partials.
 template <int Bits, int kN>
 struct Config {
-  static_assert(kN == 32 || kN == 64, "token tiles of 32 or 64");
+  static_assert(kN == 32 || kN == 64 || (kN == 128 && Bits == 4), "token tiles of 32, 64, 128");
+  static constexpr bool kPreScale = kN == 128;
   static constexpr int kRegs = kN / 2;
   static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
   static constexpr int kWBytes = kWeightBytes<Bits>;
@@ -85,13 +91,33 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[kN / 2], const uint32_t (&a)
       LOWBIT_WGMMA_RS(32, 16, "bf16", "{%16, %17, %18, %19}, %20, %21");
     else
       LOWBIT_WGMMA_RS(32, 16, "f16", "{%16, %17, %18, %19}, %20, %21");
-  } else {
+  } else if constexpr (kN == 64) {
     if constexpr (kBf16)
       LOWBIT_WGMMA_RS(64, 32, "bf16", "{%32, %33, %34, %35}, %36, %37");
     else
       LOWBIT_WGMMA_RS(64, 32, "f16", "{%32, %33, %34, %35}, %36, %37");
+  } else {
+    if constexpr (kBf16)
+      LOWBIT_WGMMA_RS(128, 64, "bf16", "{%64, %65, %66, %67}, %68, %69");
+    else
+      LOWBIT_WGMMA_RS(128, 64, "f16", "{%64, %65, %66, %67}, %68, %69");
   }
 #undef LOWBIT_WGMMA_RS
+}
+
+// a * b on 16-bit pairs of type T, rounded once (the exact product: an integer of at most 5
+// bits times a scale of x's dtype).
+template <typename T>
+__device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    const __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a),
+                                     *reinterpret_cast<const __nv_bfloat162*>(&b));
+    return *reinterpret_cast<const uint32_t*>(&r);
+  } else {
+    const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a),
+                              *reinterpret_cast<const __half2*>(&b));
+    return *reinterpret_cast<const uint32_t*>(&r);
+  }
 }
 
 // One stage's B tile from its staged x ([kN][64] elements, 128-byte swizzle as TMA wrote it),
@@ -226,10 +252,14 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     }
   };
 
+  constexpr bool kPre = C::kPreScale;
   float acc[C::kRegs];
 #pragma unroll
   for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
-  float part0[C::kRegs], part1[C::kRegs];
+  // Each slot's sums: a partial tile promoted with the scales, or (kPre) acc itself.
+  float part0_[kPre ? 1 : C::kRegs], part1_[kPre ? 1 : C::kRegs];
+  float(&part0)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kPre ? acc : part0_);
+  float(&part1)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kPre ? acc : part1_);
   uint32_t a0[4][4], a1[4][4];  // the A fragments of the chunk in flight in each slot
   float f0[2], f1[2];           // its rows' scales
   Meta m0_, m1_;                // the next chunks' metadata, a slot each
@@ -248,9 +278,17 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     const uint8_t* wsm = w_tiles + s * kWBytes;
     if constexpr (Bits == 4) {
       const uint4 v = *reinterpret_cast<const uint4*>(wsm + wt * kTileBytes4 + lane * 16);
+      // Scale pairs of rows g and g + 8 (kPre: the scales are x's dtype, 16 bits).
+      const uint32_t sp[2] = {m.s[0] * 0x00010001u, m.s[1] * 0x00010001u};
       meta_load(c_begin + i + 2, m);  // this slot's next chunk
 #pragma unroll
-      for (int k = 0; k < 4; ++k) int4_fragment<T>(v, k, z, a[k]);
+      for (int k = 0; k < 4; ++k) {
+        int4_fragment<T>(v, k, z, a[k]);
+        if constexpr (kPre) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) a[k][j] = mul2<T>(a[k][j], sp[j & 1]);
+        }
+      }
     } else {  // rows g and g + 8 of the warp's tile, k = 16 t .. 16 t + 15 of the chunk
       const uint8_t* row = wsm + (wt * 16 + g) * kChunkK + 16 * t;
       const uint4 vg = *reinterpret_cast<const uint4*>(row);
@@ -261,7 +299,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     }
     sm90::fence_regs(d);
     sm90::wgmma_fence();
-    wgmma_rs<T, kN, 0>(d, a[0], sm90::desc_of(b_lo + s * kBUnits));
+    // A partial starts from zero; kPre adds every chunk to acc (zeroed above).
+    wgmma_rs<T, kN, kPre ? 1 : 0>(d, a[0], sm90::desc_of(b_lo + s * kBUnits));
 #pragma unroll
     for (int k = 1; k < 4; ++k) wgmma_rs<T, kN, 1>(d, a[k], sm90::desc_of(b_lo + s * kBUnits + 2 * k));
     sm90::wgmma_commit();
@@ -276,10 +315,12 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 #pragma unroll
       for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[k][j])::"memory");
     if (lane == 0) sm90::mbar_arrive(&empty[s]);
+    if constexpr (!kPre) {
 #pragma unroll
-    for (int j = 0; j < kN / 8; ++j)
+      for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) acc[4 * j + r] = fmaf(d[4 * j + r], f[r / 2], acc[4 * j + r]);
+        for (int r = 0; r < 4; ++r) acc[4 * j + r] = fmaf(d[4 * j + r], f[r / 2], acc[4 * j + r]);
+    }
   };
   auto issue = [&](auto slot, int i) {
     if constexpr (decltype(slot)::value == 0)
@@ -375,9 +416,15 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, p));
 }
 
+// Token tiles: 32 up to M = 32, 64 up to M = 128 (and for int8, or scales not of x's
+// dtype), else 128 with the scales applied to the weights.
 template <int Bits, typename T>
 cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  return p.M <= 32 ? run<Bits, T, 32>(p, stream, plan) : run<Bits, T, 64>(p, stream, plan);
+  if (p.M <= 32) return run<Bits, T, 32>(p, stream, plan);
+  if constexpr (Bits == 4) {
+    if (p.M > 128 && p.scale_dtype == p.x_dtype) return run<Bits, T, 128>(p, stream, plan);
+  }
+  return run<Bits, T, 64>(p, stream, plan);
 }
 
 // The checks of both launchers: G = 64, 128 or one scale per row; x 16-byte aligned rows;

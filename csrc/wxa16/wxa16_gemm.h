@@ -79,9 +79,10 @@ WXA16GemmFn cuda_w8a16_gemm_tiled;
 // the caller multiplies (a dense GEMM: cuBLAS through torch). M and x are not read.
 WXA16GemmFn cuda_w4a16_gemm_dequant;
 
-// sm_90a, M up to a few hundred: the decode kernel's weight fragments as wgmma's register A
-// operand against 32 or 64 tokens from shared memory (one dequantization per 64 tokens);
-// G = 64, 128 or one scale per row. Declines (cudaErrorInvalidValue) G = 32.
+// sm_90a, above the decode range: the decode kernel's weight fragments as wgmma's register A
+// operand against 32, 64 or (int4, M > 128, scales of x's dtype, pre-scaled weights) 128
+// tokens from shared memory; G = 64, 128 or one scale per row. Declines
+// (cudaErrorInvalidValue) G = 32.
 WXA16GemmFn sm90_w4a16_gemm_wgmma;
 WXA16GemmFn sm90_w8a16_gemm_wgmma;
 

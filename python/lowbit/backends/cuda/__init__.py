@@ -81,7 +81,7 @@ KERNELS["w4a16_gemm"] = {
     "cuda_w4a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w4a16_gemm_dequant": ((WXA16_DECODE_MAX_M + 1, _BIG), 15, "dequant"),
     "cuda_w4a16_gemm_tiled": ((0, _BIG), 10, None),
-    "sm90_w4a16_gemm_wgmma": ((1, 256), 5, "wgmma"),
+    "sm90_w4a16_gemm_wgmma": ((1, _BIG), 5, "wgmma"),
 }
 KERNELS["w8a16_gemm"] = {
     "cuda_w8a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
