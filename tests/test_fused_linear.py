@@ -207,8 +207,9 @@ def test_fused_forward_with_inf_and_nan_rows(python_step, fused_on, dtype):
 @pytest.mark.gpu
 @needs_fused
 def test_fused_forward_switch_and_graph(monkeypatch, python_step):
-    """LOWBIT_FUSED_QUANT=0 keeps the two kernels (a new step); the fused step replays in a
-    CUDA graph and runs on a side stream with the same bits."""
+    """LOWBIT_FUSED_QUANT=0 keeps the two kernels (a new step), and lowbit.explain names
+    what runs either way; the fused step replays in a CUDA graph and runs on a side stream
+    with the same bits."""
     _on_hopper()
     monkeypatch.setenv(cuda_linear.FUSED_ENV, "1")
     lin = nn.Linear(1024, 768).to("cuda", torch.bfloat16)
@@ -217,7 +218,14 @@ def test_fused_forward_switch_and_graph(monkeypatch, python_step):
     mod(x)
     y = mod(x)
     assert mod._step.run.__name__ == FP8_FUSED
+    args = (x, mod.weight, mod.weight_scale, mod.bias)
+    assert lowbit.explain(lowbit.fp8_linear, *args).kernel == FP8_FUSED
+    imod = Int8Linear.from_linear(lin)
+    iargs = (x, imod.weight, imod.weight_scale, imod.bias)
+    assert lowbit.explain(lowbit.int8_linear, *iargs).kernel == INT8_FUSED
     monkeypatch.setenv(cuda_linear.FUSED_ENV, "0")
+    assert lowbit.explain(lowbit.fp8_linear, *args).kernel == "cuda_fp8_quant_per_token"
+    assert lowbit.explain(lowbit.int8_linear, *iargs).kernel == "cuda_int8_quant_per_token"
     mod(x)
     assert torch.equal(mod(x), y) and "+" in mod._step.run.__name__
     monkeypatch.setenv(cuda_linear.FUSED_ENV, "1")

@@ -90,6 +90,45 @@ INT8 = Family(
 FAMILIES = {f.op: f for f in (FP8, INT8)}
 
 
+def _explain_layer(fam: Family, x, q_args: tuple, state: tuple, backend: str):
+    """Under ``lowbit.explain``: raises the choice of the layer's forward. That is the
+    quantizer's (the first op it runs), unless the two ops' kernels run as one
+    (lowbit/backends/cuda/linear.py): then that kernel, named as the layer op's choice. The
+    GEMM's choice is asked on stand-ins of the quantizer's outputs (their shapes and dtypes
+    are what the choice reads)."""
+    from .ops import EAGER
+    from .scale_layout import scale_shape
+
+    try:
+        EAGER[fam.quantize](*q_args, backend)
+    except _backend._Explained as e:
+        quant = e.choice
+    if quant.backend != "cuda":
+        raise _backend._Explained(quant)
+    x2, weight = q_args[0], state[0]
+    gran, group, block = q_args[3], q_args[4], q_args[5]
+    s_shape = scale_shape(fam.quantize, tuple(x2.shape), gran, group, block)
+    dev = x2.device
+    qs = (torch.empty(x2.shape, dtype=weight.dtype, device=dev),
+          torch.ones(s_shape, dtype=torch.float32, device=dev))
+    if fam is INT8:
+        qs += (None if q_args[6] else torch.zeros(s_shape, dtype=torch.int32, device=dev),)
+    try:
+        EAGER[fam.gemm](*fam.gemm_args(qs, x.dtype, *state), backend)
+    except _backend._Explained as e:
+        gemm = e.choice
+    from .backends.cuda.linear import fused_kernel_name
+
+    fused = (fused_kernel_name(fam.op, quant.kernel, gemm.kernel, x2, state[1])
+             if gemm.backend == "cuda" else None)
+    if fused is None:
+        raise _backend._Explained(quant)
+    raise _backend._Explained(_backend.Choice(
+        fam.op, "cuda", fused,
+        f"{fam.quantize}'s {quant.kernel} and {fam.gemm}'s {gemm.kernel} as one kernel "
+        "(LOWBIT_FUSED_QUANT)"))
+
+
 def run_ops(fam: Family, x, state: tuple, backend: str):
     """The forward as two checked op calls: (y, quantizer args, GEMM args)."""
     from .ops import EAGER
@@ -97,6 +136,8 @@ def run_ops(fam: Family, x, state: tuple, backend: str):
     weight = state[0]
     k, n = weight.shape[1], weight.shape[0]
     q_args = fam.quant_args(x.reshape(-1, k), *state)
+    if _backend._explaining.get():
+        _explain_layer(fam, x, q_args, state, backend)
     qs = EAGER[fam.quantize](*q_args, backend)
     g_args = fam.gemm_args(qs, x.dtype, *state)
     y = EAGER[fam.gemm](*g_args, backend)
