@@ -126,6 +126,18 @@ def test_the_fused_kernel_is_chosen_for_what_it_takes(monkeypatch):
     assert (fused() >= 0) == cuda_linear.FUSED_BY_DEFAULT
 
 
+@needs_fused
+def test_lowbit_info_names_the_fused_kernels(monkeypatch, capsys):
+    from lowbit.cli import main
+
+    for value, state in (("1", "on here"), ("0", "off here")):
+        monkeypatch.setenv(cuda_linear.FUSED_ENV, value)
+        assert main(["info"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"fused: cuda/{FP8_FUSED}" in text and f"fused: cuda/{INT8_FUSED}" in text
+        assert f"LOWBIT_FUSED_QUANT=1 ({state})" in text
+
+
 # ------------------------------------------------------------------- bit for bit on a GPU
 SHAPES = [(4096, 256), (896, 9000), (400, 200), (4000, 256)]
 # a cluster over K; one CTA per tile; K % 128 != 0; both

@@ -40,6 +40,20 @@ NO_GPU = "torch sees no CUDA device on this machine"
 WIDTH = 100
 
 
+def _fused_line(op: str) -> list:
+    """The kernel that runs layer op ``op`` as one launch where it applies, and its switch
+    (lowbit/backends/cuda/linear.py), as items for _wrap; empty when this build has none."""
+    from .backends.cuda import FUSED_LINEAR, kernel_id
+    from .backends.cuda.linear import FUSED_ENV, fused_enabled
+
+    if op not in FUSED_LINEAR or kernel_id(FUSED_LINEAR[op][0]) is None:
+        return []
+    name, _, gemm = FUSED_LINEAR[op]
+    state = "on" if fused_enabled() else "off"
+    return [f"cuda/{name}", f"in place of the two kernels where {gemm} would run",
+            f"with {FUSED_ENV}=1 ({state} here)"]
+
+
 def _wrap(first: str, indent: int, items: list[str]) -> list[str]:
     """`first` then the items comma-separated, continued on indented lines at WIDTH."""
     lines, line = [], first
@@ -95,6 +109,10 @@ def info(stream=None) -> int:
         if op in MODULE_OPS:  # composed of the ops above: runs their kernels
             for line in _wrap(lead + "composed:", len(lead) + 2, MODULE_OPS[op].split(", ")):
                 p(line)
+            fused = _fused_line(op)
+            if fused:
+                for line in _wrap(" " * (len(lead) + 2) + "fused:", len(lead) + 4, fused):
+                    p(line)
             continue
         for why, names in kernel_groups(op, gpu):
             if why is None:
