@@ -316,8 +316,8 @@ cudaError_t launch(const GemmArgs& p, cudaStream_t stream) {
   auto kernel = gemm_mma_kernel<Mma>;
   e = opt_in_smem(kernel, kSmemBytes, device, smem_set);
   if (e != cudaSuccess) return e;
-  kernel<<<static_cast<unsigned>(tiles), kThreads, kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return launch_plain(kernel, dim3(static_cast<unsigned>(tiles)), dim3(kThreads), kSmemBytes,
+                      stream, p);
 }
 
 }  // namespace mma_tiled

@@ -28,8 +28,9 @@
 #include <type_traits>
 
 #include "common/epilogue.cuh"
-#include "common/mma_sync.cuh"
 #include "common/gemm_args.h"
+#include "common/launch.h"
+#include "common/mma_sync.cuh"
 
 namespace lowbit {
 namespace smallm {
@@ -212,11 +213,10 @@ cudaError_t launch(const GemmArgs& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   if (p.M > kSmallMMaxM) return cudaErrorInvalidValue;
   const dim3 grid((p.N + kTileN - 1) / kTileN), block(kThreads);
-  if (p.M <= 8) gemm_smallm_kernel<Mma, 1><<<grid, block, 0, stream>>>(p);
-  else if (p.M <= 16) gemm_smallm_kernel<Mma, 2><<<grid, block, 0, stream>>>(p);
-  else if (p.M <= 32) gemm_smallm_kernel<Mma, 4><<<grid, block, 0, stream>>>(p);
-  else gemm_smallm_kernel<Mma, 8><<<grid, block, 0, stream>>>(p);
-  return cudaGetLastError();
+  if (p.M <= 8) return launch_plain(gemm_smallm_kernel<Mma, 1>, grid, block, 0, stream, p);
+  if (p.M <= 16) return launch_plain(gemm_smallm_kernel<Mma, 2>, grid, block, 0, stream, p);
+  if (p.M <= 32) return launch_plain(gemm_smallm_kernel<Mma, 4>, grid, block, 0, stream, p);
+  return launch_plain(gemm_smallm_kernel<Mma, 8>, grid, block, 0, stream, p);
 }
 
 }  // namespace smallm

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <utility>
 
 namespace lowbit {
 
@@ -91,6 +92,20 @@ class LaunchConfig {
 inline cudaError_t launch_status(cudaError_t e) {
   if (e != cudaSuccess) (void)cudaGetLastError();
   return e;
+}
+
+// A launch with no attributes that reports its own status, as launch_status does: after
+// `kernel<<<...>>>`, cudaGetLastError would also return (and clear) an error left by earlier,
+// unrelated work, and name this kernel's launch as its cause.
+template <typename... Params, typename... Args>
+inline cudaError_t launch_plain(void (*kernel)(Params...), dim3 grid, dim3 block, int smem_bytes,
+                                cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem_bytes;
+  cfg.stream = stream;
+  return launch_status(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 // A device attribute, read once per device and cached; 0 when it cannot be read (the caller

@@ -766,18 +766,15 @@ cudaError_t launch_dequant_rows(const DequantLaunch& l, cudaStream_t stream) {
   const dim3 block(static_cast<unsigned>(l.threads));
   switch (l.out_type) {
     case FloatType::kF32:
-      dequant_rows_kernel<Dec, FloatType::kF32><<<grid, block, 0, stream>>>(l.p);
-      break;
+      return launch_plain(dequant_rows_kernel<Dec, FloatType::kF32>, grid, block, 0, stream, l.p);
     case FloatType::kBF16:
-      dequant_rows_kernel<Dec, FloatType::kBF16><<<grid, block, 0, stream>>>(l.p);
-      break;
+      return launch_plain(dequant_rows_kernel<Dec, FloatType::kBF16>, grid, block, 0, stream,
+                          l.p);
     case FloatType::kF16:
-      dequant_rows_kernel<Dec, FloatType::kF16><<<grid, block, 0, stream>>>(l.p);
-      break;
+      return launch_plain(dequant_rows_kernel<Dec, FloatType::kF16>, grid, block, 0, stream, l.p);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace detail

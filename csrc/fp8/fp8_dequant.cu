@@ -10,8 +10,8 @@ namespace detail {
 cudaError_t launch_write_scale(const QuantLaunch& l, cudaStream_t stream) {
   if (!valid(l.p.fmt)) return cudaErrorInvalidValue;
   // The generic codec reads the format from l.p: one kernel for every format.
-  write_scale_kernel<Fp8Codec<GenericCodec>><<<1, 1, 0, stream>>>(l.p);
-  return cudaGetLastError();
+  return launch_plain(write_scale_kernel<Fp8Codec<GenericCodec>>, dim3(1), dim3(1), 0, stream,
+                      l.p);
 }
 
 cudaError_t launch_dequant(const DequantLaunch& l, cudaStream_t stream) {

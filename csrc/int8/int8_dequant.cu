@@ -9,12 +9,11 @@ namespace int8 {
 namespace detail {
 
 cudaError_t launch_write_scale(const QuantLaunch& l, cudaStream_t stream) {
-  if (l.asymmetric) {
-    quant::detail::write_scale_kernel<AsymCodec><<<1, 1, 0, stream>>>(l.p);
-  } else {
-    quant::detail::write_scale_kernel<SymCodec><<<1, 1, 0, stream>>>(l.p);
-  }
-  return cudaGetLastError();
+  if (l.asymmetric)
+    return launch_plain(quant::detail::write_scale_kernel<AsymCodec>, dim3(1), dim3(1), 0,
+                        stream, l.p);
+  return launch_plain(quant::detail::write_scale_kernel<SymCodec>, dim3(1), dim3(1), 0, stream,
+                      l.p);
 }
 
 cudaError_t launch_dequant(const DequantLaunch& l, cudaStream_t stream) {

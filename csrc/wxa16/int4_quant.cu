@@ -14,6 +14,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "common/launch.h"
 #include "common/quant_math.cuh"
 
 namespace lowbit {
@@ -177,8 +178,7 @@ cudaError_t launch(const Int4QuantizeArgs& p, cudaStream_t stream) {
   // A few waves of CTAs on any current GPU; the warps stride over the rest.
   const int64_t ctas = (pieces + kThreads - 1) / kThreads;
   const unsigned grid = static_cast<unsigned>(ctas < 4096 ? ctas : 4096);
-  int4_quantize_kernel<T><<<grid, kThreads, 0, stream>>>(p, vec);
-  return cudaGetLastError();
+  return launch_plain(int4_quantize_kernel<T>, dim3(grid), dim3(kThreads), 0, stream, p, vec);
 }
 
 }  // namespace

@@ -850,8 +850,8 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   e = check_launch_args(p, grid);
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(grid.x, p.splits, grid.z), D::kThreads, kSmem, stream>>>(p);
-  return cudaGetLastError();
+  return launch_plain(kernel, dim3(grid.x, p.splits, grid.z), dim3(D::kThreads), kSmem, stream,
+                      p);
 }
 
 // Plan (split and workspace) or launch one tiled configuration.
@@ -881,9 +881,8 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   const cudaError_t e = check_launch_args(p, grid);
   if (e != cudaSuccess) return e;
-  wxa16_gemm_kernel<Bits, T, WN, MT, kWarps, kPf>
-      <<<dim3(grid.x, p.splits, grid.z), kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_plain(wxa16_gemm_kernel<Bits, T, WN, MT, kWarps, kPf>,
+                      dim3(grid.x, p.splits, grid.z), dim3(kThreads), 0, stream, p);
 }
 
 // The tiled configuration of one bit width, by x's dtype: 8 warps x one 16-row tile, 64
@@ -966,8 +965,8 @@ cudaError_t dequant_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (lanes == 0) return cudaSuccess;
   const int64_t blocks = (lanes + 7) / 8;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  int4_dequant_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_plain(int4_dequant_kernel<T>, dim3(static_cast<unsigned>(blocks)), dim3(256), 0,
+                      stream, p);
 }
 
 template <int Bits>
