@@ -309,3 +309,31 @@ def test_int4_torch_anchor_is_the_same_function(symmetric):
 def test_weight_shapes():
     assert matrix.weight_shapes([(1, 4096, 4096), (16, 4096, 4096), (2, 14336, 4096),
                                  (512, 256)]) == [(4096, 4096), (14336, 4096), (512, 256)]
+
+
+def test_fused_layer_rows_time_both_ways(monkeypatch):
+    """--kernels on a layer op whose forward the fused kernel would run: one row with it
+    (LOWBIT_FUSED_QUANT=1) and one with the two kernels (=0), each under its own switch, the
+    environment restored after."""
+    import os
+
+    from lowbit.backends.cuda.linear import FUSED_ENV, fused_enabled
+    from lowbit.bench import run
+
+    monkeypatch.delenv(FUSED_ENV, raising=False)
+
+    class Case:
+        def __init__(self, op):
+            self.op = op
+
+        def chosen(self):
+            return "cuda/sm90_fp8_linear_swapab" if fused_enabled() else "cuda/x"
+
+    rows = run._fused_layer_rows(Case("fp8_linear"))
+    assert [env for _, env in rows] == [{FUSED_ENV: "1"}, {FUSED_ENV: "0"}]
+    assert "sm90_fp8_linear_swapab" in rows[0][0] and FUSED_ENV not in os.environ
+    assert run._fused_layer_rows(Case("fp8_scaled_mm")) == []
+    with run._environment({FUSED_ENV: "0"}):
+        assert run._fused_layer_rows(Case("fp8_linear")) != []  # asks with the switch on
+        assert os.environ[FUSED_ENV] == "0"
+    assert FUSED_ENV not in os.environ

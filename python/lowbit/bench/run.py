@@ -9,6 +9,7 @@ into ``--out``. Only ratios measured in the same run are results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import os
@@ -119,6 +120,41 @@ def shapes_for(kind: str, args) -> list[tuple]:
         return matrix.weight_shapes(gemms)
     extra = [] if (args.shape_list or args.quick) else list(matrix.BIG_CASTS)
     return matrix.cast_shapes(gemms, tuple(extra) + tuple(s for s in gemms if len(s) == 2))
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """os.environ with `values` set for the block (a kernel switch for a whole row)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _fused_layer_rows(case) -> list:
+    """A layer op's forward both ways where a fused kernel would run it (--kernels): its two
+    kernels (LOWBIT_FUSED_QUANT=0) and the fused one (=1), timed in the same run."""
+    from .cases import LAYER_GEMM
+
+    if case.op not in LAYER_GEMM:
+        return []
+    from lowbit.backends.cuda.linear import FUSED_ENV
+
+    with _environment({FUSED_ENV: "1"}):
+        try:
+            fused = case.chosen()
+        except Exception:  # noqa: BLE001 - the plain row reports why nothing runs
+            return []
+    if "linear_swapab" not in fused:
+        return []
+    return [(f"{fused} ({FUSED_ENV}=1)", {FUSED_ENV: "1"}),
+            (f"two kernels ({FUSED_ENV}=0)", {FUSED_ENV: "0"})]
 
 
 class _NoBar:
@@ -243,17 +279,22 @@ class Bench:
             self.rows += anchor_rows
             self.rows.append(self._row(case, "lowbit", "lowbit", error=error_text(e)))
             return
+        envs = {}  # row -> the environment it is timed under
         if self.args.kernels:
             from .cases import runnable_kernels
 
             lowbit_rows += [(f"{k.backend}/{k.name}", (lambda k=k: k.fn(*case.args)), "kernel")
                             for k in runnable_kernels(case.op, case.args)]
+            for impl, env in _fused_layer_rows(case):
+                envs[impl] = env
+                lowbit_rows.append((impl, case.public(), "kernel"))
         for r in anchor_rows:
             if r["role"] != "bf16":
                 r["vs_bf16"] = _speedup(t_bf16, r.get("median_us"))
         self.rows += anchor_rows
         for impl, fn, role in lowbit_rows:
-            out, stats, error = self._measure(fn)
+            with _environment(envs.get(impl, {})):
+                out, stats, error = self._measure(fn)
             t = stats["median_us"] if stats else None
             self.rows.append(self._row(
                 case, impl, role, stats, error=error, err=(rel_err_or_none(out, ref)),
