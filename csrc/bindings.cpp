@@ -240,6 +240,23 @@ lowbit::ScaleMode gemm_scale_mode(int64_t tile_rows, int64_t tile_cols, int64_t 
                         ", " + std::to_string(tile_cols) + ") is not one the GEMMs take");
 }
 
+// The arguments of a GEMM launch of signature `base` whose a operand a fused quantizer makes
+// (a, its scale and zero points unset), with the launch object's map cache.
+lowbit::GemmArgs fused_gemm_args(const lowbit::GemmArgs& base, lowbit::TensorMapCache* maps,
+                                 uintptr_t b, uintptr_t b_scale, uintptr_t bias, uintptr_t out) {
+  lowbit::GemmArgs a = base;
+  a.map_cache = maps;
+  a.a = nullptr;
+  a.a_scale = nullptr;
+  a.a_zero = nullptr;
+  a.b_sum = nullptr;
+  a.b = ptr<const uint8_t>(b);
+  a.b_scale = ptr<const float>(b_scale);
+  a.bias = ptr<const void>(bias);
+  a.out = ptr<void>(out);
+  return a;
+}
+
 class GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kFp8Gemm> {
  public:
   GemmLaunch(int kernel_id, int M, int N, int K, int64_t lda, int64_t ldb,
@@ -269,18 +286,8 @@ class GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kFp8
     run(stream);
   }
 
-  // The arguments of a launch of this signature whose a operand a fused quantizer makes (a,
-  // a_scale unset), with this object's map cache.
   lowbit::GemmArgs fused_args(uintptr_t b, uintptr_t b_scale, uintptr_t bias, uintptr_t out) {
-    lowbit::GemmArgs a = args_;
-    a.map_cache = &maps_;
-    a.a = nullptr;
-    a.a_scale = nullptr;
-    a.b = ptr<const uint8_t>(b);
-    a.b_scale = ptr<const float>(b_scale);
-    a.bias = ptr<const void>(bias);
-    a.out = ptr<void>(out);
-    return a;
+    return fused_gemm_args(args_, &maps_, b, b_scale, bias, out);
   }
 
  private:
@@ -326,20 +333,9 @@ class Int8GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::
     run(stream);
   }
 
-  // As GemmLaunch::fused_args (no zero points: a fused quantizer is symmetric).
+  // (Int8LinearLaunch takes no launch with zero points for a fused kernel: see has_zero.)
   lowbit::GemmArgs fused_args(uintptr_t b, uintptr_t b_scale, uintptr_t bias, uintptr_t out) {
-    if (has_zero_) throw py::value_error("a fused INT8 launch has no zero points");
-    lowbit::GemmArgs a = args_;
-    a.map_cache = &maps_;
-    a.a = nullptr;
-    a.a_scale = nullptr;
-    a.a_zero = nullptr;
-    a.b_sum = nullptr;
-    a.b = ptr<const uint8_t>(b);
-    a.b_scale = ptr<const float>(b_scale);
-    a.bias = ptr<const void>(bias);
-    a.out = ptr<void>(out);
-    return a;
+    return fused_gemm_args(args_, &maps_, b, b_scale, bias, out);
   }
   bool has_zero() const { return has_zero_; }
 

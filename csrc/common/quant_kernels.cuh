@@ -83,19 +83,41 @@ struct Chunk {
   uint32_t w[kWords];
 };
 
+// Element j (0: the low half) of a packed pair of 16-bit elements of type T as fp32, exactly.
 template <FloatType T>
-__device__ __forceinline__ float elem_f32(const Chunk<T>& c, int j) {
-  if constexpr (T == FloatType::kF32) {
-    return u2f(c.w[j]);
-  } else if constexpr (T == FloatType::kBF16) {
-    return (j & 1) ? u2f(c.w[j >> 1] & 0xFFFF0000u) : u2f(c.w[j >> 1] << 16);
-  } else {
-    return f16_bits_to_f32((j & 1) ? (c.w[j >> 1] >> 16) : (c.w[j >> 1] & 0xFFFFu));
-  }
+__device__ __forceinline__ float pair_elem_f32(uint32_t w, int j) {
+  static_assert(T != FloatType::kF32, "16-bit elements");
+  if constexpr (T == FloatType::kBF16)
+    return j ? u2f(w & 0xFFFF0000u) : u2f(w << 16);
+  else
+    return f16_bits_to_f32(j ? (w >> 16) : (w & 0xFFFFu));
 }
 
-// max |x| over the chunk as an abs_key (NaN above Inf). For 16-bit inputs the 15-bit
-// magnitudes order exactly like the fp32 values, so the max runs on packed pairs.
+template <FloatType T>
+__device__ __forceinline__ float elem_f32(const Chunk<T>& c, int j) {
+  if constexpr (T == FloatType::kF32)
+    return u2f(c.w[j]);
+  else
+    return pair_elem_f32<T>(c.w[j >> 1], j & 1);
+}
+
+// |x| of 16-bit inputs, on packed pairs: their 15-bit magnitudes order exactly like the fp32
+// values (NaN above Inf), so a max of pairs (pair_abs_max: both halves at once) then of the two
+// halves gives the max |x|, as an abs_key (pair_abs_key).
+__device__ __forceinline__ uint32_t pair_abs_max(uint32_t k2, uint32_t w) {
+  return __vmaxu2(k2, w & 0x7FFF7FFFu);
+}
+template <FloatType T>
+__device__ __forceinline__ uint32_t pair_abs_key(uint32_t k2) {
+  static_assert(T != FloatType::kF32, "16-bit elements");
+  const uint32_t k16 = max(k2 >> 16, k2 & 0xFFFFu);
+  if constexpr (T == FloatType::kBF16)
+    return k16 << 16;
+  else
+    return abs_key(f16_bits_to_f32(k16));
+}
+
+// max |x| over the chunk as an abs_key (NaN above Inf).
 template <FloatType T>
 __device__ __forceinline__ uint32_t chunk_key(const Chunk<T>& c) {
   if constexpr (T == FloatType::kF32) {
@@ -106,13 +128,8 @@ __device__ __forceinline__ uint32_t chunk_key(const Chunk<T>& c) {
   } else {
     uint32_t k2 = 0;
 #pragma unroll
-    for (int i = 0; i < Chunk<T>::kWords; ++i) k2 = __vmaxu2(k2, c.w[i] & 0x7FFF7FFFu);
-    const uint32_t k16 = max(k2 >> 16, k2 & 0xFFFFu);
-    if constexpr (T == FloatType::kBF16) {
-      return k16 << 16;
-    } else {
-      return abs_key(f16_bits_to_f32(k16));
-    }
+    for (int i = 0; i < Chunk<T>::kWords; ++i) k2 = pair_abs_max(k2, c.w[i]);
+    return pair_abs_key<T>(k2);
   }
 }
 

@@ -23,6 +23,9 @@
 namespace lowbit {
 namespace sm90 {
 
+// The shared memory one CTA may opt in to on sm_90 (227 KB).
+constexpr int kSmemLimit = 227 * 1024;
+
 // The 8-bit operand types of wgmma (and the accumulator each comes with): e4m3 x e4m3 into
 // fp32, s8 x s8 into s32 (exact). One tag per type; the kernels take it as a template
 // parameter, so the FP8 and INT8 GEMMs are one mainloop.

@@ -115,7 +115,6 @@ constexpr int kMinStepsPerSplit = 4;  // >= 64 KB of weight per CTA, or do not s
 // makes the fragment writes conflict-free (lanes differ by 2 tokens -> 8 banks apart).
 constexpr int kRedLd = kTileN + 4;
 constexpr int kWeightTileBytes = kTileN * kBK;
-constexpr int kSmemLimit = 227 * 1024;  // sm_90 opt-in maximum per block
 // The fused quantizer: the producer's warps that encode activation tiles (all but the
 // issuing one), and the bytes a staged row of 128 16-bit elements takes.
 constexpr int kEncodeWarps = 3;
@@ -413,33 +412,24 @@ struct QuantSmem {
         codec_scale(reinterpret_cast<DynScale*>(base + kN * 8)) {}
 };
 
-// The |x| max of 16-bit pairs (15-bit magnitudes, which order like the values; NaN above
-// Inf) merged into k2, as the quantizers' chunk_key reduces a chunk.
+// The quantizers' own |x| max and element conversion (common/quant_kernels.cuh), for eight
+// 16-bit elements (element 0 in the low half of v.x) of the dtype t known at run time.
 __device__ __forceinline__ uint32_t max_pairs(uint32_t k2, const uint4& v) {
-  k2 = __vmaxu2(k2, v.x & 0x7FFF7FFFu);
-  k2 = __vmaxu2(k2, v.y & 0x7FFF7FFFu);
-  k2 = __vmaxu2(k2, v.z & 0x7FFF7FFFu);
-  return __vmaxu2(k2, v.w & 0x7FFF7FFFu);
+  using quant::detail::pair_abs_max;
+  return pair_abs_max(pair_abs_max(pair_abs_max(pair_abs_max(k2, v.x), v.y), v.z), v.w);
 }
-// ... as an abs_key of the fp32 value.
 __device__ __forceinline__ uint32_t key_of_pairs(uint32_t k2, FloatType t) {
-  const uint32_t k16 = max(k2 >> 16, k2 & 0xFFFFu);
-  return t == FloatType::kBF16 ? k16 << 16 : abs_key(f16_bits_to_f32(k16));
+  using quant::detail::pair_abs_key;
+  return t == FloatType::kBF16 ? pair_abs_key<FloatType::kBF16>(k2)
+                               : pair_abs_key<FloatType::kF16>(k2);
 }
-
-// Eight 16-bit elements (bf16 or fp16, element 0 in the low half of v.x) as fp32, exactly.
 __device__ __forceinline__ void widen8(const uint4& v, FloatType t, float (&f)[8]) {
+  using quant::detail::pair_elem_f32;
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if (t == FloatType::kBF16) {
-      f[2 * i] = u2f(w[i] << 16);
-      f[2 * i + 1] = u2f(w[i] & 0xFFFF0000u);
-    } else {
-      f[2 * i] = f16_bits_to_f32(w[i] & 0xFFFFu);
-      f[2 * i + 1] = f16_bits_to_f32(w[i] >> 16);
-    }
-  }
+  for (int j = 0; j < 8; ++j)
+    f[j] = t == FloatType::kBF16 ? pair_elem_f32<FloatType::kBF16>(w[j >> 1], j & 1)
+                                 : pair_elem_f32<FloatType::kF16>(w[j >> 1], j & 1);
 }
 
 // |x| max of rows [0, M) over columns [k0, k1) (multiples of 8) into key[row] (zero before),

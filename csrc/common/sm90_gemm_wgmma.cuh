@@ -88,7 +88,7 @@ struct Smem {
   static constexpr int kScales = kAdd + 2 * kBN * 4;
   static constexpr int kBars = kScales + kStages * kScaleSlot;
   static constexpr int kBytes = kBars + 2 * kStages * 8;
-  static_assert(kBytes <= 232448, "over the 227 KB a CTA may opt in to");
+  static_assert(kBytes <= kSmemLimit, "over the 227 KB a CTA may opt in to");
 };
 
 struct Tile {

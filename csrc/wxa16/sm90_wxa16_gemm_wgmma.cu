@@ -52,7 +52,7 @@ constexpr int kRows = 16 * kRowTiles;
 template <int Bits>
 constexpr int kWeightBytes = Bits == 4 ? kRowTiles * kTileBytes4 : kRows * kChunkK;
 constexpr int kMaxStages = 8;
-constexpr int kSmemLimit = 227 * 1024;
+using sm90::kSmemLimit;
 
 // kN = 128 (large M, int4): the weights are multiplied by their scales in registers (the
 // dequantize-then-GEMM path's weights, (u - z) * scale rounded once to x's dtype) and the
