@@ -129,18 +129,27 @@ def kernel_supports(name: str, m_range, dtype: torch.dtype):
             return why
         if kid is None:
             return "not in this build (arch list)"
-        over = arch_override()
-        if over is not None and over < arch:
-            return f"LOWBIT_ARCH={over} asks for an older arch's path"
-        cap = capability(device_index(a.device))
-        runs_on = _RUNS_ON[arch]
-        if runs_on is not None and cap not in runs_on:
-            return f"built for {sorted(runs_on)}; device is sm_{cap[0]}{cap[1]}"
-        if cap < (8, 0):
+        why = arch_reason(arch, a.device)
+        if why:
+            return why
+        if capability(device_index(a.device)) < (8, 0):
             return "needs sm_80 or newer"
         return None
 
     return supports
+
+
+def arch_reason(arch: int, device: torch.device) -> Optional[str]:
+    """Why a kernel of min arch ``arch`` (80, 89, 90) cannot run on ``device`` here: the
+    device's arch (_RUNS_ON), or LOWBIT_ARCH stepping down to an older arch's path."""
+    over = arch_override()
+    if over is not None and over < arch:
+        return f"LOWBIT_ARCH={over} asks for an older arch's path"
+    cap = capability(device_index(device))
+    runs_on = _RUNS_ON[arch]
+    if runs_on is not None and cap not in runs_on:
+        return f"built for {sorted(runs_on)}; device is sm_{cap[0]}{cap[1]}"
+    return None
 
 
 def _make_gemm(name: str, m_range, variant):

@@ -26,9 +26,9 @@ import torch
 
 from ... import ops as _ops
 from ..._build import _C
-from .._device import OnDevice, arch_override, capability, device_index, raw_stream
+from .._device import OnDevice, raw_stream
 from . import DTYPE_CODE, WXA16_DECODE_MAX_M, device_reason, kernel_id, register
-from .gemm import row_stride
+from .gemm import arch_reason, row_stride
 
 __all__ = ["X_DTYPES", "wxa16_gemm_launch"]
 
@@ -151,11 +151,9 @@ def _reason(bits: int, o: _Operands, m_range) -> Optional[str]:
 def _wgmma_reason(o: _Operands) -> Optional[str]:
     """What the sm_90a wgmma kernel adds to ``_reason``: an sm_90 device (not stepped down by
     LOWBIT_ARCH), and groups of 64, 128 or one scale per row."""
-    over = arch_override()
-    if over is not None and over < 90:
-        return f"LOWBIT_ARCH={over} asks for an older arch's path"
-    if capability(device_index(o.x.device)) != (9, 0):
-        return "an sm_90a kernel: runs on compute capability 9.0"
+    why = arch_reason(90, o.x.device)
+    if why:
+        return why
     if o.group not in (0, 64, 128):
         return f"takes groups of 64 or 128 or one scale per row; got {o.group}"
     return None
