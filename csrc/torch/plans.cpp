@@ -38,6 +38,7 @@
 // share no C++ types: a plan's launch is a plain function of lowbit._C taking the launch
 // object's address (bindings.cpp, "native").
 #include <Python.h>
+#include <unistd.h>  // environ
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -50,6 +51,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -95,7 +97,7 @@ struct Plan {
 };
 
 struct Key {
-  std::vector<int64_t> v;
+  c10::SmallVector<int64_t, 48> v;  // inline: a call's key costs no allocation
   bool usable = true;  // false: an argument no plan may take
   bool operator==(const Key& o) const { return v == o.v; }
 };
@@ -109,7 +111,7 @@ struct KeyHash {
 };
 
 // The environment switches a choice reads (lowbit/_backend.py: _STEP_ENV, and LOWBIT_BACKEND
-// for the default backend); a change empties the table.
+// for the default backend); a change empties the table (refresh_environment_locked).
 constexpr const char* kEnvSwitches[] = {
     "LOWBIT_BACKEND",         "LOWBIT_ARCH",         "TRITON_INTERPRET",
     "LOWBIT_TRITON_AUTOTUNE", "LOWBIT_TRITON_FP8_PROMOTE", "LOWBIT_TRITON_FP8_HWCAST",
@@ -128,8 +130,34 @@ std::string environment() {
 std::mutex g_mutex;  // the tables, and every launch (launch objects keep per-call state)
 std::unordered_map<Key, Plan, KeyHash> g_plans;
 std::string g_environment = environment();
+std::vector<char*> g_environ_seen;  // environ's entries (and its null end) when last read
 std::atomic<int64_t> g_hold{0};
-uint64_t g_epoch = 0;  // bumped by every reset (under g_mutex)
+uint64_t g_epoch = 0;  // bumped by every reset and switch change (under g_mutex)
+
+// Empties the table when a switch changed since the last call. The switches are read again
+// only when the process environment changed, which a call finds by comparing environ's
+// entry pointers with the last ones seen (a few tens of nanoseconds; eight getenv scans and
+// the string they build cost several times that, on every call): setenv and unsetenv, what
+// os.environ's assignments and deletions call, replace an entry's pointer or the array (glibc
+// keeps every value string it made, so no new value reuses a pointer in use). With g_mutex.
+void refresh_environment_locked() {
+  char** const env = environ;
+  size_t n = 0;
+  while (env != nullptr && env[n] != nullptr) ++n;
+  if (env != nullptr && g_environ_seen.size() == n + 1 &&
+      std::equal(env, env + n + 1, g_environ_seen.begin()))
+    return;
+  if (env != nullptr)
+    g_environ_seen.assign(env, env + n + 1);
+  else
+    g_environ_seen.clear();
+  std::string now = environment();
+  if (now != g_environment) {
+    g_plans.clear();
+    g_environment = std::move(now);
+    ++g_epoch;
+  }
+}
 std::atomic<int64_t> g_hits{0}, g_misses{0};
 
 // The ops, as the first entry of a key.
@@ -209,22 +237,18 @@ std::optional<Key> signature(Op op, c10::string_view backend, const Parts&... pa
 // The plan of `key`, after emptying the table if the environment switches changed. Called
 // with g_mutex held: a plan's launch object lives until Python empties the table, which
 // takes the mutex first (lowbit_native_reset).
-const Plan* find_locked(const Key& key, const std::string& env) {
-  if (env != g_environment) {
-    g_plans.clear();
-    g_environment = env;
-    return nullptr;
-  }
+const Plan* find_locked(const Key& key) {
+  refresh_environment_locked();
   auto it = g_plans.find(key);
   return it == g_plans.end() ? nullptr : &it->second;
 }
 
 // Keeps the plan Python returned for `key` with the outputs it made, unless the table was
 // reset (a kernel registration) or the environment switches changed while Python prepared
-// it: `epoch` and `env` are what they were before the call.
+// it: `epoch` is what it was before the call.
 template <size_t N>
 void remember(const std::optional<Key>& key, const std::vector<int64_t>& plan,
-              const std::array<at::Tensor, N>& outputs, uint64_t epoch, const std::string& env) {
+              const std::array<at::Tensor, N>& outputs, uint64_t epoch) {
   if (!key || plan.empty() || g_hold.load() != 0) return;
   TORCH_CHECK(plan.size() == kPlanLength && plan[0] == kPlanFormat,
               "lowbit: a plan from lowbit/_native.py of an unknown format");
@@ -240,7 +264,8 @@ void remember(const std::optional<Key>& key, const std::vector<int64_t>& plan,
     }
   }
   std::lock_guard<std::mutex> lock(g_mutex);
-  if (epoch != g_epoch || env != g_environment) return;
+  refresh_environment_locked();
+  if (epoch != g_epoch) return;
   if (g_plans.size() >= kMaxPlans) g_plans.clear();
   g_plans.emplace(*key, std::move(p));
 }
@@ -305,13 +330,12 @@ using Prepared = std::pair<std::array<at::Tensor, N>, std::vector<int64_t>>;
 // whose plan declined it keeps that plan).
 template <size_t P, size_t N, class Prepare>
 std::array<at::Tensor, N> serve(const char* op, const Call<P, N>& call, Prepare&& prepare) {
-  const std::string env = environment();
   uint64_t epoch;
   bool declined = false;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
     if (call.key) {
-      const Plan* plan = find_locked(*call.key, env);
+      const Plan* plan = find_locked(*call.key);
       if (plan && plan->launch) {
         if (auto outputs = run_locked(op, *plan, call)) {
           g_hits.fetch_add(1, std::memory_order_relaxed);
@@ -324,7 +348,7 @@ std::array<at::Tensor, N> serve(const char* op, const Call<P, N>& call, Prepare&
   }
   g_misses.fetch_add(1, std::memory_order_relaxed);
   Prepared<N> prepared = prepare();
-  if (!declined) remember(call.key, prepared.second, prepared.first, epoch, env);
+  if (!declined) remember(call.key, prepared.second, prepared.first, epoch);
   return prepared.first;
 }
 
@@ -684,7 +708,6 @@ PyObject* wrap(std::array<at::Tensor, N>&& outputs) {
 template <size_t P, size_t N>
 PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false) {
   if (!call.key) return none();
-  const std::string env = environment();
   std::array<at::Tensor, N> outputs;
   PyObject* step = nullptr;  // a new reference, once the plan names a Python step
   {
@@ -697,7 +720,7 @@ PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false
       lock.lock();
       Py_END_ALLOW_THREADS
     }
-    const Plan* plan = find_locked(*call.key, env);
+    const Plan* plan = find_locked(*call.key);
     if (!plan) return unseen();
     if (!plan->launch) {
       if (!steps || !plan->step) return none();
