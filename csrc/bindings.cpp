@@ -203,9 +203,34 @@ void check_launch(cudaError_t err, const char* kernel) {
     throw std::runtime_error(std::string(kernel) + ": " + lowbit::error_string(err));
 }
 
+// One call at a time per launch object. The Python path (holding the GIL) and a plan of
+// lowbit._torch_ops (holding the plan table's lock; torch.ops releases the GIL) may call the
+// same object at once, and a call writes the object's arguments and its kept TMA maps: both
+// entries (the bindings' launch methods, native_launch) take this lock (uncontended, a few
+// nanoseconds). A copy (a linear launch's quantizer and GEMM) gets its own.
+class Serialized {
+ public:
+  Serialized() = default;
+  Serialized(const Serialized&) {}
+  Serialized& operator=(const Serialized&) { return *this; }
+  std::mutex& call_mutex() const { return mutex_; }
+
+ private:
+  mutable std::mutex mutex_;
+};
+
+// A launch method as the bindings expose it: under the object's call lock.
+template <class L, class R, class... A>
+auto serialized(R (L::*fn)(A...)) {
+  return [fn](L& l, A... a) -> R {
+    std::lock_guard<std::mutex> hold(l.call_mutex());
+    return (l.*fn)(a...);
+  };
+}
+
 // What every launch binding holds: its kernel's name (for errors), launcher and arguments.
 template <class Fn, class Args, lowbit::OpKind kKind>
-class Launch {
+class Launch : public Serialized {
  protected:
   explicit Launch(int kernel_id) {
     const auto& k = kernel_of(kernel_id, kKind);
@@ -257,7 +282,8 @@ lowbit::GemmArgs fused_gemm_args(const lowbit::GemmArgs& base, lowbit::TensorMap
   return a;
 }
 
-class GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kFp8Gemm> {
+class GemmLaunch
+    : public Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kFp8Gemm> {
  public:
   GemmLaunch(int kernel_id, int M, int N, int K, int64_t lda, int64_t ldb,
              int64_t a_scale_tile_rows, int64_t a_scale_tile_cols, int64_t a_scale_ld,
@@ -297,7 +323,8 @@ class GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kFp8
 // An INT8 GEMM's launch for one call signature. Scales are per tensor or per row; a_zero_mode
 // 0: symmetric a, 1: one zero point, 2: one per row (then b_sum, b's row sums, is read);
 // out_dtype -1: the int32 accumulator itself (int8_mm: no scales, no bias).
-class Int8GemmLaunch : Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kInt8Gemm> {
+class Int8GemmLaunch
+    : public Launch<lowbit::GemmFn, lowbit::GemmArgs, lowbit::OpKind::kInt8Gemm> {
  public:
   Int8GemmLaunch(int kernel_id, int M, int N, int K, int64_t lda, int64_t ldb,
                  bool a_scale_per_row, bool b_scale_per_row, int a_zero_mode, int bias_dtype,
@@ -387,7 +414,7 @@ void* take_retired_counters(int device, uintptr_t stream, size_t bytes) {
 // 0: none); group 0 means one scale per row of w.
 // (Its launcher also plans, so it calls fn_ itself rather than through Launch::run.)
 class WXA16GemmLaunch
-    : Launch<lowbit::WXA16GemmFn, lowbit::WXA16GemmArgs, lowbit::OpKind::kWxa16Gemm> {
+    : public Launch<lowbit::WXA16GemmFn, lowbit::WXA16GemmArgs, lowbit::OpKind::kWxa16Gemm> {
  public:
   WXA16GemmLaunch(int kernel_id, int bits, int M, int N, int K, int group, int64_t ldx,
                   int x_dtype, int64_t ldw, int scale_dtype, int64_t scale_ld, bool has_zeros,
@@ -435,8 +462,8 @@ class WXA16GemmLaunch
     if (args_.partial_bytes > 0 && (partials == 0 || partials % 16))
       throw py::value_error("this launch needs 16-byte aligned partials of " +
                             std::to_string(args_.partial_bytes) + " bytes");
-    // The pointers go into a copy: the Python path (GIL, no plan lock) and a plan (plan lock,
-    // maybe no GIL) may launch the same object at once.
+    // The pointers go into a copy, so that args_ stays the signature's (calls are one at a
+    // time: Serialized).
     lowbit::WXA16GemmArgs a = args_;
     a.map_cache = &maps_;
     a.x = ptr<const void>(x);
@@ -558,8 +585,8 @@ void set_view(lowbit::quant::DequantizeView& v, int64_t rows, int64_t cols, int6
   v.out_type = enum_arg<lowbit::FloatType>(out_dtype, "out dtype");
 }
 
-class QuantizeLaunch : Launch<lowbit::fp8::QuantizeFn, lowbit::fp8::QuantizeArgs,
-                              lowbit::OpKind::kFp8Quantize> {
+class QuantizeLaunch : public Launch<lowbit::fp8::QuantizeFn, lowbit::fp8::QuantizeArgs,
+                                     lowbit::OpKind::kFp8Quantize> {
  public:
   QuantizeLaunch(int kernel_id, int x_dtype, int64_t rows, int64_t cols, int64_t row_stride,
                  int64_t col_stride, int fmt, bool saturate, int64_t tile_rows,
@@ -585,8 +612,8 @@ class QuantizeLaunch : Launch<lowbit::fp8::QuantizeFn, lowbit::fp8::QuantizeArgs
   const char* kernel() const { return name_; }
 };
 
-class DequantizeLaunch : Launch<lowbit::fp8::DequantizeFn, lowbit::fp8::DequantizeArgs,
-                                lowbit::OpKind::kFp8Dequantize> {
+class DequantizeLaunch : public Launch<lowbit::fp8::DequantizeFn, lowbit::fp8::DequantizeArgs,
+                                       lowbit::OpKind::kFp8Dequantize> {
  public:
   DequantizeLaunch(int kernel_id, int64_t rows, int64_t cols, int64_t row_stride,
                    int64_t col_stride, int fmt, int64_t scale_tile_rows, int64_t scale_tile_cols,
@@ -605,8 +632,8 @@ class DequantizeLaunch : Launch<lowbit::fp8::DequantizeFn, lowbit::fp8::Dequanti
   }
 };
 
-class Int8QuantizeLaunch : Launch<lowbit::int8::QuantizeFn, lowbit::int8::QuantizeArgs,
-                                  lowbit::OpKind::kInt8Quantize> {
+class Int8QuantizeLaunch : public Launch<lowbit::int8::QuantizeFn, lowbit::int8::QuantizeArgs,
+                                         lowbit::OpKind::kInt8Quantize> {
  public:
   Int8QuantizeLaunch(int kernel_id, int x_dtype, int64_t rows, int64_t cols,
                      int64_t row_stride, int64_t col_stride, bool symmetric, int64_t tile_rows,
@@ -634,8 +661,9 @@ class Int8QuantizeLaunch : Launch<lowbit::int8::QuantizeFn, lowbit::int8::Quanti
   const char* kernel() const { return name_; }
 };
 
-class Int8DequantizeLaunch : Launch<lowbit::int8::DequantizeFn, lowbit::int8::DequantizeArgs,
-                                    lowbit::OpKind::kInt8Dequantize> {
+class Int8DequantizeLaunch
+    : public Launch<lowbit::int8::DequantizeFn, lowbit::int8::DequantizeArgs,
+                    lowbit::OpKind::kInt8Dequantize> {
  public:
   Int8DequantizeLaunch(int kernel_id, int64_t rows, int64_t cols, int64_t row_stride,
                        int64_t col_stride, int64_t scale_tile_rows, int64_t scale_tile_cols,
@@ -654,8 +682,8 @@ class Int8DequantizeLaunch : Launch<lowbit::int8::DequantizeFn, lowbit::int8::De
   }
 };
 
-class Int4QuantizeLaunch : Launch<lowbit::Int4QuantizeFn, lowbit::Int4QuantizeArgs,
-                                  lowbit::OpKind::kInt4Quantize> {
+class Int4QuantizeLaunch : public Launch<lowbit::Int4QuantizeFn, lowbit::Int4QuantizeArgs,
+                                         lowbit::OpKind::kInt4Quantize> {
  public:
   Int4QuantizeLaunch(int kernel_id, int w_dtype, int64_t rows, int64_t cols, int64_t row_stride,
                      int64_t col_stride, int group, bool symmetric)
@@ -695,7 +723,7 @@ class Int4QuantizeLaunch : Launch<lowbit::Int4QuantizeFn, lowbit::Int4QuantizeAr
 // the per-token quantizer (the launch is then given no x_scale) or the static one with a
 // per-tensor scale (given it), on bf16 / fp16 rows with unit column stride.
 template <class QuantLaunch, class GemmLaunchT, lowbit::OpKind kLinearKind>
-class QuantGemmLaunch {
+class QuantGemmLaunch : public Serialized {
  public:
   QuantGemmLaunch(const QuantLaunch& quant, const GemmLaunchT& gemm, int64_t scale_offset,
                   int64_t zero_offset, int64_t amax_offset, int fused_kernel_id)
@@ -816,7 +844,9 @@ class Int8LinearLaunch
 template <class L, class Launch>
 int native_launch(void* self, char* error, size_t error_size, Launch&& launch) {
   try {
-    launch(*static_cast<L*>(self));
+    L& l = *static_cast<L*>(self);
+    std::lock_guard<std::mutex> hold(l.call_mutex());
+    launch(l);
     return 0;
   } catch (const std::exception& e) {
     std::snprintf(error, error_size, "%s", e.what());
@@ -938,8 +968,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("a_scale_ld"), py::arg("b_scale_tile_rows"), py::arg("b_scale_tile_cols"),
            py::arg("b_scale_ld"), py::arg("bias_dtype"), py::arg("out_dtype"), py::arg("ldo"),
            py::arg("fast_accum"))
-      .def("launch", &GemmLaunch::launch, py::arg("a"), py::arg("b"), py::arg("a_scale"),
-           py::arg("b_scale"), py::arg("bias"), py::arg("out"), py::arg("stream"))
+      .def("launch", serialized(&GemmLaunch::launch),
+           py::arg("a"), py::arg("b"), py::arg("a_scale"), py::arg("b_scale"), py::arg("bias"),
+           py::arg("out"), py::arg("stream"))
       .def("native", [](GemmLaunch& l) { return native_handle(l, &gemm_native); },
            "(address, launch function) for lowbit._torch_ops; the object must outlive its use");
   py::class_<Int8GemmLaunch>(m, "Int8GemmLaunch",
@@ -949,9 +980,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("kernel_id"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("lda"),
            py::arg("ldb"), py::arg("a_scale_per_row"), py::arg("b_scale_per_row"),
            py::arg("a_zero_mode"), py::arg("bias_dtype"), py::arg("out_dtype"), py::arg("ldo"))
-      .def("launch", &Int8GemmLaunch::launch, py::arg("a"), py::arg("b"), py::arg("a_scale"),
-           py::arg("b_scale"), py::arg("bias"), py::arg("a_zero"), py::arg("b_sum"),
-           py::arg("out"), py::arg("stream"))
+      .def("launch", serialized(&Int8GemmLaunch::launch),
+           py::arg("a"), py::arg("b"), py::arg("a_scale"), py::arg("b_scale"), py::arg("bias"),
+           py::arg("a_zero"), py::arg("b_sum"), py::arg("out"), py::arg("stream"))
       .def("native_mm", [](Int8GemmLaunch& l) { return native_handle(l, &int8_mm_native); },
            "as GemmLaunch.native, for int8_mm's plans")
       .def("native", [](Int8GemmLaunch& l) { return native_handle(l, &int8_gemm_native); },
@@ -968,9 +999,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("counter_bytes", &WXA16GemmLaunch::counter_bytes)
       .def_property_readonly("partial_bytes", &WXA16GemmLaunch::partial_bytes)
       .def_property_readonly("splits", &WXA16GemmLaunch::splits)
-      .def("launch", &WXA16GemmLaunch::launch, py::arg("x"), py::arg("w"), py::arg("scales"),
-           py::arg("zeros"), py::arg("bias"), py::arg("counters"), py::arg("partials"),
-           py::arg("out"), py::arg("stream"))
+      .def("launch", serialized(&WXA16GemmLaunch::launch),
+           py::arg("x"), py::arg("w"), py::arg("scales"), py::arg("zeros"), py::arg("bias"),
+           py::arg("counters"), py::arg("partials"), py::arg("out"), py::arg("stream"))
       .def("native",
            [](WXA16GemmLaunch& l) {
              // The dequantizer writes an [N, K] weight, not the product: no plan launches it.
@@ -986,8 +1017,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("kernel_id"), py::arg("x_dtype"), py::arg("rows"), py::arg("cols"),
            py::arg("row_stride"), py::arg("col_stride"), py::arg("fmt"), py::arg("saturate"),
            py::arg("tile_rows"), py::arg("tile_cols"), py::arg("hw_cvt"))
-      .def("launch", &QuantizeLaunch::launch, py::arg("x"), py::arg("q"), py::arg("scale_in"),
-           py::arg("scale_out"), py::arg("workspace"), py::arg("stream"))
+      .def("launch", serialized(&QuantizeLaunch::launch),
+           py::arg("x"), py::arg("q"), py::arg("scale_in"), py::arg("scale_out"),
+           py::arg("workspace"), py::arg("stream"))
       .def("native", [](QuantizeLaunch& l) { return native_handle(l, &quantize_native); },
            "as GemmLaunch.native");
   py::class_<DequantizeLaunch>(m, "DequantizeLaunch",
@@ -998,8 +1030,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("kernel_id"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
            py::arg("col_stride"), py::arg("fmt"), py::arg("scale_tile_rows"),
            py::arg("scale_tile_cols"), py::arg("scale_ld"), py::arg("out_dtype"))
-      .def("launch", &DequantizeLaunch::launch, py::arg("q"), py::arg("scale"), py::arg("out"),
-           py::arg("stream"));
+      .def("launch", serialized(&DequantizeLaunch::launch),
+           py::arg("q"), py::arg("scale"), py::arg("out"), py::arg("stream"));
   py::class_<Int8QuantizeLaunch>(m, "Int8QuantizeLaunch",
                                  "An INT8 quantize kernel's launch for one call signature: "
                                  "q = clamp(rint(x * (1 / scale)) + zero), static or dynamic "
@@ -1008,7 +1040,7 @@ PYBIND11_MODULE(_C, m) {
            py::arg("kernel_id"), py::arg("x_dtype"), py::arg("rows"), py::arg("cols"),
            py::arg("row_stride"), py::arg("col_stride"), py::arg("symmetric"),
            py::arg("tile_rows"), py::arg("tile_cols"))
-      .def("launch", &Int8QuantizeLaunch::launch, py::arg("x"), py::arg("q"),
+      .def("launch", serialized(&Int8QuantizeLaunch::launch), py::arg("x"), py::arg("q"),
            py::arg("scale_in"), py::arg("zero_in"), py::arg("scale_out"), py::arg("zero_out"),
            py::arg("workspace"), py::arg("stream"))
       .def("native",
@@ -1021,15 +1053,15 @@ PYBIND11_MODULE(_C, m) {
            py::arg("kernel_id"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
            py::arg("col_stride"), py::arg("scale_tile_rows"), py::arg("scale_tile_cols"),
            py::arg("scale_ld"), py::arg("out_dtype"))
-      .def("launch", &Int8DequantizeLaunch::launch, py::arg("q"), py::arg("scale"),
+      .def("launch", serialized(&Int8DequantizeLaunch::launch), py::arg("q"), py::arg("scale"),
            py::arg("zero"), py::arg("out"), py::arg("stream"));
   py::class_<Int4QuantizeLaunch>(m, "Int4QuantizeLaunch",
                                  "int4_quantize of one signature (csrc/wxa16/int4_quant.h)")
       .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int, bool>(),
            py::arg("kernel_id"), py::arg("w_dtype"), py::arg("rows"), py::arg("cols"),
            py::arg("row_stride"), py::arg("col_stride"), py::arg("group"), py::arg("symmetric"))
-      .def("launch", &Int4QuantizeLaunch::launch, py::arg("w"), py::arg("q"), py::arg("scales"),
-           py::arg("zeros"), py::arg("stream"))
+      .def("launch", serialized(&Int4QuantizeLaunch::launch),
+           py::arg("w"), py::arg("q"), py::arg("scales"), py::arg("zeros"), py::arg("stream"))
       .def("native",
            [](Int4QuantizeLaunch& l) { return native_handle(l, &int4_quantize_native); },
            "as GemmLaunch.native");
@@ -1041,9 +1073,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("fused_kernel_id") = -1)
       .def_property_readonly("fused", &Fp8LinearLaunch::fused,
                              "the kernel that runs the whole forward, or None: two launches")
-      .def("launch", &Fp8LinearLaunch::launch, py::arg("x"), py::arg("x_scale"), py::arg("b"),
-           py::arg("b_scale"), py::arg("bias"), py::arg("workspace"), py::arg("out"),
-           py::arg("stream"))
+      .def("launch", serialized(&Fp8LinearLaunch::launch),
+           py::arg("x"), py::arg("x_scale"), py::arg("b"), py::arg("b_scale"), py::arg("bias"),
+           py::arg("workspace"), py::arg("out"), py::arg("stream"))
       .def("native", [](Fp8LinearLaunch& l) { return native_handle(l, &fp8_linear_native); },
            "(this object's address, the address of its plain-function launch) for "
            "lowbit._torch_ops; the object must outlive their use");
@@ -1056,7 +1088,7 @@ PYBIND11_MODULE(_C, m) {
            py::arg("amax_offset"), py::arg("fused_kernel_id") = -1)
       .def_property_readonly("fused", &Int8LinearLaunch::fused,
                              "the kernel that runs the whole forward, or None: two launches")
-      .def("launch", &Int8LinearLaunch::launch, py::arg("x"), py::arg("x_scale"),
+      .def("launch", serialized(&Int8LinearLaunch::launch), py::arg("x"), py::arg("x_scale"),
            py::arg("x_zero"), py::arg("b"), py::arg("b_scale"), py::arg("b_sum"), py::arg("bias"),
            py::arg("workspace"), py::arg("out"), py::arg("stream"))
       .def("native", [](Int8LinearLaunch& l) { return native_handle(l, &int8_linear_native); },
