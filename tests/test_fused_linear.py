@@ -139,9 +139,10 @@ def test_lowbit_info_names_the_fused_kernels(monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------- bit for bit on a GPU
-SHAPES = [(4096, 256), (896, 9000), (400, 200), (4000, 256)]
-# a cluster over K; one CTA per tile; K % 128 != 0; both
-SHAPE_IDS = ["k-split", "no-split", "k-tail", "k-split-tail"]
+SHAPES = [(4096, 256), (896, 9000), (400, 200), (4000, 256), (2048, 20000)]
+# a cluster over K; one CTA per tile; K % 128 != 0; both; 157 tiles of 16 steps on 132 SMs
+# (the ring wraps at every M, and CTAs walk two tiles)
+SHAPE_IDS = ["k-split", "no-split", "k-tail", "k-split-tail", "tiles-per-cta"]
 
 
 def _rows(m, k, dtype, seed):

@@ -648,10 +648,12 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
         }
       }
       launch_dependents();
-      if (splits > 1) {  // one tile per CTA
+      if (splits > 1) {  // the consumers' two cluster barriers of each tile (one per CTA today)
         __syncwarp();
-        cluster_sync();  // partials written
-        cluster_sync();  // partials read
+        for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
+          cluster_sync();  // partials written
+          cluster_sync();  // partials read
+        }
       }
       return;
     }
