@@ -231,6 +231,12 @@ auto serialized(R (L::*fn)(A...)) {
 // What every launch binding holds: its kernel's name (for errors), launcher and arguments.
 template <class Fn, class Args, lowbit::OpKind kKind>
 class Launch : public Serialized {
+ public:
+  // The signature's arguments (pointers aside) and the kernel's name, for a launch object
+  // built from this one (QuantGemmLaunch's checks of its quantizer).
+  const Args& view() const { return args_; }
+  const char* kernel() const { return name_; }
+
  protected:
   explicit Launch(int kernel_id) {
     const auto& k = kernel_of(kernel_id, kKind);
@@ -607,9 +613,6 @@ class QuantizeLaunch : public Launch<lowbit::fp8::QuantizeFn, lowbit::fp8::Quant
     args_.workspace = ptr<uint32_t>(workspace);
     run(stream);
   }
-
-  const lowbit::fp8::QuantizeArgs& view() const { return args_; }
-  const char* kernel() const { return name_; }
 };
 
 class DequantizeLaunch : public Launch<lowbit::fp8::DequantizeFn, lowbit::fp8::DequantizeArgs,
@@ -656,9 +659,6 @@ class Int8QuantizeLaunch : public Launch<lowbit::int8::QuantizeFn, lowbit::int8:
     args_.workspace = ptr<uint32_t>(workspace);
     run(stream);
   }
-
-  const lowbit::int8::QuantizeArgs& view() const { return args_; }
-  const char* kernel() const { return name_; }
 };
 
 class Int8DequantizeLaunch
