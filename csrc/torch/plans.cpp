@@ -451,8 +451,24 @@ const at::Tensor& value(const std::optional<at::Tensor>& t) {
   return t.has_value() ? *t : undefined;
 }
 
-Prepared<1> one(std::tuple<at::Tensor, std::vector<int64_t>>&& r) {
-  return {{std::move(std::get<0>(r))}, std::move(std::get<1>(r))};
+// A prepare op's answer, its outputs then the plan, as serve takes it.
+template <class Tuple, size_t... I>
+Prepared<sizeof...(I)> prepared(Tuple&& r, std::index_sequence<I...>) {
+  return {{std::move(std::get<I>(r))...}, std::move(std::get<sizeof...(I)>(r))};
+}
+template <class... T>
+Prepared<sizeof...(T) - 1> prepared(std::tuple<T...>&& r) {
+  return prepared(std::move(r), std::make_index_sequence<sizeof...(T) - 1>{});
+}
+
+// serve's outputs as an op of several outputs returns them.
+template <size_t N, size_t... I>
+auto as_tuple(std::array<at::Tensor, N>&& outputs, std::index_sequence<I...>) {
+  return std::make_tuple(std::move(outputs[I])...);
+}
+template <size_t N>
+auto as_tuple(std::array<at::Tensor, N>&& outputs) {
+  return as_tuple(std::move(outputs), std::make_index_sequence<N>{});
 }
 
 // The registered ops' CUDA implementations.
@@ -466,7 +482,7 @@ at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight,
   return serve("fp8_linear",
                fp8_linear_call(backend, x, weight, weight_scale, value(bias), value(act_scale)),
                [&] {
-                 return one(prepare.call(x, weight, weight_scale, bias, act_scale, backend));
+                 return prepared(prepare.call(x, weight, weight_scale, bias, act_scale, backend));
                })[0];
 }
 
@@ -483,7 +499,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
                int8_linear_call(backend, x, weight, weight_scale, value(bias), value(act_scale),
                                 value(act_zero), act_symmetric),
                [&] {
-                 return one(prepare.call(x, weight, weight_scale, bias, act_scale, act_zero,
+                 return prepared(prepare.call(x, weight, weight_scale, bias, act_scale, act_zero,
                                          act_symmetric, backend));
                })[0];
 }
@@ -499,7 +515,7 @@ at::Tensor fp8_scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Ten
                fp8_scaled_mm_call(backend, a, b, a_scale, b_scale, value(bias), out_dtype,
                                   fast_accum),
                [&] {
-                 return one(prepare.call(a, b, a_scale, b_scale, bias, out_dtype, fast_accum,
+                 return prepared(prepare.call(a, b, a_scale, b_scale, bias, out_dtype, fast_accum,
                                          backend));
                })[0];
 }
@@ -515,23 +531,20 @@ std::tuple<at::Tensor, at::Tensor> quantize_fp8(const at::Tensor& x,
           const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
           c10::string_view, int64_t, c10::IntArrayRef, bool, c10::string_view)>(
           "lowbit::_quantize_fp8_prepare");
-  auto [q, s] = serve("quantize_fp8",
-                      quantize_fp8_call(backend, x, value(scale), fmt, granularity, group_size,
-                                        block, saturate),
-                      [&]() -> Prepared<2> {
-                        auto r = prepare.call(x, scale, fmt, granularity, group_size, block,
-                                              saturate, backend);
-                        return {{std::move(std::get<0>(r)), std::move(std::get<1>(r))},
-                                std::move(std::get<2>(r))};
-                      });
-  return {std::move(q), std::move(s)};
+  return as_tuple(serve("quantize_fp8",
+                        quantize_fp8_call(backend, x, value(scale), fmt, granularity,
+                                          group_size, block, saturate),
+                        [&] {
+                          return prepared(prepare.call(x, scale, fmt, granularity, group_size,
+                                                       block, saturate, backend));
+                        }));
 }
 
 at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& b, c10::string_view backend) {
   static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
       const at::Tensor&, const at::Tensor&, c10::string_view)>("lowbit::_int8_mm_prepare");
   return serve("int8_mm", int8_mm_call(backend, a, b),
-               [&] { return one(prepare.call(a, b, backend)); })[0];
+               [&] { return prepared(prepare.call(a, b, backend)); })[0];
 }
 
 at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,
@@ -546,7 +559,7 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
                int8_gemm_call(backend, a, b, a_scale, b_scale, value(bias), out_dtype,
                               value(a_zero)),
                [&] {
-                 return one(prepare.call(a, b, a_scale, b_scale, bias, out_dtype, a_zero,
+                 return prepared(prepare.call(a, b, a_scale, b_scale, bias, out_dtype, a_zero,
                                          backend));
                })[0];
 }
@@ -560,17 +573,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_int8(
           const at::Tensor&, const std::optional<at::Tensor>&,
           const std::optional<at::Tensor>&, c10::string_view, int64_t, c10::IntArrayRef, bool,
           c10::string_view)>("lowbit::_quantize_int8_prepare");
-  auto [q, s, z] = serve("quantize_int8",
-                         quantize_int8_call(backend, x, value(scale), value(zero), granularity,
-                                            group_size, block, symmetric),
-                         [&]() -> Prepared<3> {
-                           auto r = prepare.call(x, scale, zero, granularity, group_size,
-                                                 block, symmetric, backend);
-                           return {{std::move(std::get<0>(r)), std::move(std::get<1>(r)),
-                                    std::move(std::get<2>(r))},
-                                   std::move(std::get<3>(r))};
-                         });
-  return {std::move(q), std::move(s), std::move(z)};
+  return as_tuple(serve("quantize_int8",
+                        quantize_int8_call(backend, x, value(scale), value(zero), granularity,
+                                           group_size, block, symmetric),
+                        [&] {
+                          return prepared(prepare.call(x, scale, zero, granularity, group_size,
+                                                       block, symmetric, backend));
+                        }));
 }
 
 at::Tensor w4a16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
@@ -585,7 +594,7 @@ at::Tensor w4a16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::
                w4a16_gemm_call(backend, x, qweight, scales, value(zeros), group_size,
                                value(perm), value(bias)),
                [&] {
-                 return one(prepare.call(x, qweight, scales, zeros, group_size, perm, bias,
+                 return prepared(prepare.call(x, qweight, scales, zeros, group_size, perm, bias,
                                          backend));
                })[0];
 }
@@ -596,7 +605,7 @@ at::Tensor w8a16_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
       const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
       c10::string_view)>("lowbit::_w8a16_gemm_prepare");
   return serve("w8a16_gemm", w8a16_gemm_call(backend, x, w, w_scale, value(bias)),
-               [&] { return one(prepare.call(x, w, w_scale, bias, backend)); })[0];
+               [&] { return prepared(prepare.call(x, w, w_scale, bias, backend)); })[0];
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_quantize(const at::Tensor& w,
@@ -605,14 +614,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_quantize(const at::Tensor& w
   static const auto prepare =
       prepare_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>(
           const at::Tensor&, int64_t, bool, c10::string_view)>("lowbit::_int4_quantize_prepare");
-  auto [q, s, z] = serve("int4_quantize", int4_quantize_call(backend, w, group_size, symmetric),
-                         [&]() -> Prepared<3> {
-                           auto r = prepare.call(w, group_size, symmetric, backend);
-                           return {{std::move(std::get<0>(r)), std::move(std::get<1>(r)),
-                                    std::move(std::get<2>(r))},
-                                   std::move(std::get<3>(r))};
-                         });
-  return {std::move(q), std::move(s), std::move(z)};
+  return as_tuple(serve("int4_quantize", int4_quantize_call(backend, w, group_size, symmetric),
+                        [&] { return prepared(prepare.call(w, group_size, symmetric, backend)); }));
 }
 
 // ---------------------------------------------------------------------------------------------
