@@ -84,10 +84,16 @@ def resources():
 
 
 @lru_cache(maxsize=None)
+def _cubins():
+    """The library's cubins as cuobjdump -lelf lists them."""
+    return _run("-lelf", LIBRARY)
+
+
+@lru_cache(maxsize=None)
 def tensor_core_ops(cubin):
     """{tensor-core mnemonic with shape and types: [its operands]} in one cubin of the
     library (its name as cuobjdump -lelf lists it, e.g. sm90_int8_gemm_wgmma.sm_90a.cubin)."""
-    if cubin not in _run("-lelf", LIBRARY):
+    if cubin not in _cubins():
         pytest.skip(f"{cubin} is not in this build")
     with tempfile.TemporaryDirectory() as tmp:  # -xelf writes the cubin where it runs
         subprocess.run([CUOBJDUMP, "-xelf", cubin, LIBRARY], check=True, cwd=tmp,
