@@ -11,7 +11,7 @@ import lowbit
 from lowbit.calibrate import (AbsMaxObserver, Calibration, MseObserver, PercentileObserver,
                               _fake_quant, calibrate, make_observer)
 
-QMAX = {"fp8": 448.0, "int8": 127.0}
+QMAX = {"fp8": 448.0, "e4m3fnuz": 240.0, "int8": 127.0}
 
 
 def _gen(seed=0):
@@ -33,8 +33,9 @@ def _scale(clip: float, fmt: str) -> torch.Tensor:
 
 def _library_fake_quant(x: torch.Tensor, scale: torch.Tensor, fmt: str) -> torch.Tensor:
     """Static per-tensor quantize, then dequantize to fp32, with the library's own ops."""
-    if fmt == "fp8":
-        q, _ = lowbit.quantize_fp8(x, scale, backend="reference")
+    if fmt in ("fp8", "e4m3fnuz"):
+        q, _ = lowbit.quantize_fp8(x, scale, fmt="e4m3fn" if fmt == "fp8" else fmt,
+                                   backend="reference")
         return lowbit.dequantize_fp8(q, scale, out_dtype=torch.float32, backend="reference")
     q, _, _ = lowbit.quantize_int8(x, scale, granularity="tensor", backend="reference")
     return lowbit.dequantize_int8(q, scale, out_dtype=torch.float32, backend="reference")
@@ -117,7 +118,7 @@ def test_percentile_rejects_bad_arguments():
         PercentileObserver(bins=1)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "e4m3fnuz"])
 def test_fake_quant_is_the_library_ops_bit_for_bit(fmt):
     g = _gen(3)
     mags = 10.0 ** (torch.rand(20000, generator=g) * 14 - 10)
@@ -153,7 +154,7 @@ def test_mse_with_outliers_clips_and_beats_absmax(fmt):
     assert all(_library_mse(x, c, fmt) <= _library_mse(x, other, fmt) for other in grid)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "e4m3fnuz"])
 def test_mse_on_uniform_data_is_near_absmax(fmt):
     x = torch.rand(200000, generator=_gen(5)) * 2 - 1
     obs = MseObserver(fmt)

@@ -210,11 +210,12 @@ CASES = [
       r"a is on cpu but bias is on meta", id="int8_gemm-devices"),
     # ------------------------------------------------------------------ fp8_scaled_mm
     E(lambda: lowbit.fp8_scaled_mm(A, FB, ONE, ONE), TypeError,
-      r"fp8_scaled_mm: a must have dtype float8_e4m3fn, float8_e5m2; got torch\.int8",
-      id="fp8_scaled_mm-a-dtype"),
+      r"fp8_scaled_mm: a must have dtype float8_e4m3fn, float8_e5m2, float8_e4m3fnuz; got "
+      r"torch\.int8", id="fp8_scaled_mm-a-dtype"),
     E(lambda: lowbit.fp8_scaled_mm(FA, FB.float().to(torch.float8_e4m3fnuz), ONE, ONE),
-      TypeError, r"b must have dtype .*; got torch\.float8_e4m3fnuz",
-      id="fp8_scaled_mm-b-fnuz"),
+      TypeError, r"fp8_scaled_mm: a and b must both be float8_e4m3fnuz or both OCP formats "
+      r"\(float8_e4m3fn, float8_e5m2\); got a torch\.float8_e4m3fn and b "
+      r"torch\.float8_e4m3fnuz", id="fp8_scaled_mm-b-fnuz"),
     E(lambda: lowbit.fp8_scaled_mm(FA, FB, torch.ones(4, 3), ONE), ValueError,
       r"a_scale must have shape \(\) per tensor, \[M, 1\] = \(4, 1\) per row, or "
       r"\[M, ceil\(K/128\)\] = \(4, 2\) per 1x128 block; got \(4, 3\)",

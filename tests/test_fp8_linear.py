@@ -67,6 +67,51 @@ def test_state_dict_round_trip(tmp_path):
     assert torch.equal(fresh(x), mod(x))
 
 
+def _expected_fmt(mod: Fp8Linear, x):
+    """As _expected, the activations quantized to the module's format."""
+    x2 = x.reshape(-1, mod.in_features)
+    q, s = lowbit.quantize_fp8(x2.cpu(), fmt=mod.fmt, granularity="token", backend="reference")
+    return lowbit.fp8_scaled_mm(q, mod.weight.cpu(), s, mod.weight_scale.cpu(),
+                                None if mod.bias is None else mod.bias.cpu(),
+                                out_dtype=x.dtype, backend="reference")
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_e4m3fnuz_layer(tmp_path, static):
+    """fmt="e4m3fnuz" (AMD MI300's format): weights and activations in it (max 240), the
+    ops' result, its calibrated static scale, config and state round trips, and no mixing
+    of formats in the layer op."""
+    lin = _linear()
+    x = torch.randn(3, 5, 256, dtype=torch.bfloat16)
+    act = None
+    if static:
+        cal = lowbit.calibrate(lin, [x])
+        act = cal.scale("", "e4m3fnuz")
+        assert torch.equal(act, x.abs().amax().float() / 240)
+    mod = Fp8Linear.from_linear(lin, fmt="e4m3fnuz", act_scale=act)
+    assert mod.weight.dtype == torch.float8_e4m3fnuz and mod.fmt == "e4m3fnuz"
+    assert "fmt=e4m3fnuz" in repr(mod)
+    q, s = lowbit.quantize_fp8(lin.weight.detach(), fmt="e4m3fnuz", granularity="channel")
+    assert torch.equal(mod.weight.view(torch.uint8), q.view(torch.uint8))
+    assert torch.equal(mod.weight_scale, s)
+    y = mod(x)
+    assert _rel(y, lin(x)) < 0.08
+    if not static:
+        assert torch.equal(y.reshape(15, 96), _expected_fmt(mod, x))
+    rebuilt = Fp8Linear(**mod.config())
+    rebuilt.load_state_dict(mod.state_dict())
+    assert rebuilt.weight.dtype == torch.float8_e4m3fnuz and torch.equal(rebuilt(x), y)
+    model = nn.Sequential(lin)
+    summary = lowbit.quantize_(model, "fp8-fnuz", calibration=lowbit.calibrate(model, [x])
+                               if static else None, check_device=False)
+    assert isinstance(model[0], Fp8Linear) and model[0].fmt == "e4m3fnuz", summary
+    lowbit.save_quantized(model, str(tmp_path))
+    fresh = lowbit.load_quantized(nn.Sequential(_linear()), str(tmp_path))
+    assert fresh[0].fmt == "e4m3fnuz" and torch.equal(fresh(x), model(x))
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        Fp8Linear(4, 4, fmt="e5m2")
+
+
 def test_bad_inputs():
     with pytest.raises(TypeError, match="linear must be an nn.Linear"):
         Fp8Linear.from_linear(nn.Conv1d(2, 2, 1))
@@ -96,6 +141,22 @@ def test_gpu_matches_reference(m):
     assert _rel(y, lin(x)) < 0.08
     y2 = torch.compile(mod, fullgraph=True)(x)
     assert _rel(y2, ref) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_gpu_e4m3fnuz_layer(m):
+    """e4m3fnuz on an NVIDIA GPU: quantized on CUDA, multiplied by the Triton GEMM (decoded);
+    eager and compiled within the tolerance of the reference's ops."""
+    pytest.importorskip("triton")
+    lin = _linear(k=512, n=384, device="cuda")
+    mod = Fp8Linear.from_linear(lin, fmt="e4m3fnuz")
+    x = torch.randn(m, 512, dtype=torch.bfloat16, device="cuda")
+    ref = _expected_fmt(mod, x)
+    y = mod(x)
+    assert _rel(y.cpu(), ref) < 1e-2
+    assert _rel(y, lin(x)) < 0.08
+    assert _rel(torch.compile(mod, fullgraph=True)(x).cpu(), ref) < 1e-2
 
 
 def test_fp32_layer_keeps_fp32_bias():

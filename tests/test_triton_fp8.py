@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from lowbit_testing import (GRAN_IDS, GRANS, all_bf16, all_fp16, assert_bits_equal,
-                            gemm_tol as tol, quantized_gemm_operands, ref_mm_f64, rel_fro,
-                            with_launch_hook)
+                            compile_checks_in_fresh_process, gemm_tol as tol,
+                            quantized_gemm_operands, ref_mm_f64, rel_fro, with_launch_hook)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -252,6 +252,123 @@ def test_gemm_k_unroll_wgmma_tiles(k, modes):
     assert_bits_equal(out[2], out[1], f"k={k} {modes}")
 
 
+FNUZ = torch.float8_e4m3fnuz
+
+
+@pytest.mark.parametrize("modes", GEMM_MODES, ids=GEMM_MODE_IDS)
+@pytest.mark.parametrize("mnk", [(1, 17, 129), (37, 50, 300), (64, 40, 256)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gemm_e4m3fnuz(mnk, modes):
+    """e4m3fnuz operands (AMD MI300's format): off CDNA3 the kernel decodes them to fp16
+    before its dots. Within the SPEC's tolerances of the reference in every mode, output
+    dtype and accumulation, with a bias; on a GPU, ``auto`` runs them on this kernel."""
+    m, n, k = mnk
+    a, b, sa, sb = make_gemm(m, n, k, *modes, seed=m + k, fmt_a="e4m3fnuz", fmt_b="e4m3fnuz")
+    assert a.dtype == b.dtype == FNUZ
+    assert fp8_gemm.decodes(FNUZ, a.device) == (not fp8_gemm.fnuz_native(a.device))
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), bias.cpu(),
+                               out_dtype=torch.float32, backend="reference")
+    for od in (torch.float32, torch.bfloat16):
+        for fast in (False, True):
+            out = lowbit.fp8_scaled_mm(a, b, sa, sb, bias.to(od), out_dtype=od,
+                                       fast_accum=fast, backend="triton")
+            assert out.dtype == od and out.shape == (m, n)
+            err = rel_fro(out.float().cpu(), ref)
+            assert err <= tol(od, fast), f"{od} fast={fast}: {err:.2e}"
+    if DEVICE == "cuda":  # the CUDA kernels take e4m3fn only: auto picks this one
+        assert lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb).kernel == \
+            "triton_fp8_scaled_mm"
+
+
+def test_gemm_e4m3fnuz_nan_and_layout():
+    """e4m3fnuz's NaN code (0x80) turns its row of the product NaN, as in the reference, and
+    strided operands decode as contiguous ones do."""
+    m, n, k = 5, 24, 160
+    a, b, sa, sb = make_gemm(m, n, k, "row", "row", seed=4, fmt_a="e4m3fnuz",
+                             fmt_b="e4m3fnuz")
+    codes = a.view(torch.uint8).clone()
+    codes[2, 7] = 0x80
+    a = codes.view(FNUZ)
+    ref = lowbit.fp8_scaled_mm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), out_dtype=torch.float32,
+                               backend="reference")
+    out = lowbit.fp8_scaled_mm(a, b, sa, sb, out_dtype=torch.float32, backend="triton").cpu()
+    assert torch.isnan(ref[2]).all() and torch.isnan(out[2]).all()
+    keep = torch.arange(m) != 2
+    assert rel_fro(out[keep], ref[keep]) <= 2e-3
+    a_big = torch.zeros(m, k + 21, dtype=torch.uint8, device=DEVICE)
+    a_big[:, 3:3 + k] = a.view(torch.uint8)
+    b_t = b.t().contiguous().t()
+    out_s = lowbit.fp8_scaled_mm(a_big.view(FNUZ)[:, 3:3 + k], b_t, sa, sb,
+                                 out_dtype=torch.float32, backend="triton").cpu()
+    assert_bits_equal(out_s, out, "strided e4m3fnuz")
+
+
+def test_gemm_e4m3fnuz_does_not_mix():
+    a, b, sa, sb = make_gemm(4, 16, 32, "row", "row", fmt_a="e4m3fnuz", fmt_b="e4m3fnuz")
+    b_fn = b.float().to(torch.float8_e4m3fn)
+    for x, y in ((a, b_fn), (b_fn[:4], b)):
+        with pytest.raises(TypeError, match=r"fp8_scaled_mm: a and b must both be "
+                                             r"float8_e4m3fnuz or both OCP formats"):
+            lowbit.fp8_scaled_mm(x, y, sa, sb, backend="triton")
+
+
+# ------------------------------------------------------- compiled for GPUs, without one
+def _compile(target, decode: bool, fast: bool, mnk):
+    """The GEMM kernel compiled for ``target`` (no device needed) as a launch of e4m3fnuz
+    operands of shape ``mnk`` would specialize it (the table's config, rowwise scales, bf16
+    out with a bias): ``decode`` reads uint8 codes, else e4m3fnuz itself."""
+    from triton.compiler import ASTSource
+
+    kern = fp8_gemm._fp8_scaled_mm_kernel
+    smem = 232448 if target == ("cuda", 90, 32) else 166912 if target[0] == "cuda" else 65536
+    cfg = heuristics.fp8_gemm_config(*mnk, fast_accum=fast, smem_limit=smem, decoded=decode)
+    const = dict(A_MODE=1, B_MODE=1, BLOCKWISE=False, HAS_BIAS=True, FAST_ACCUM=fast,
+                 PROMOTE_IN_DOT=False, BF16_BITS=False, BLOCK_M=cfg.block_m,
+                 BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+                 K_UNROLL=cfg.k_unroll, DECODE=decode, MBITS=3, BIAS=8, FMT_ID=2,
+                 SUB_UNIT=2.0 ** -10, stride_ak=1, stride_bk=1, stride_cn=1)
+    op = "*u8" if decode else "*fp8e4b8"
+    ptrs = dict(a_ptr=op, b_ptr=op, c_ptr="*bf16", sa_ptr="*fp32", sb_ptr="*fp32",
+                bias_ptr="*bf16")
+    sig = {a: "constexpr" if a in const else ptrs.get(a, "i32") for a in kern.arg_names}
+    aligned = [a for a in kern.arg_names
+               if a in ptrs or a in ("K", "stride_am", "stride_bn", "stride_cm")]
+    src = ASTSource(fn=kern, signature=sig,
+                    constexprs={(kern.arg_names.index(a),): v for a, v in const.items()},
+                    attrs={(kern.arg_names.index(a),): [["tt.divisibility", 16]]
+                           for a in aligned})
+    c = triton.compile(src, target=triton.backends.compiler.GPUTarget(*target),
+                       options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    assert c.metadata.shared <= smem, (target, mnk, cfg, c.metadata.shared)
+    return c
+
+
+def compile_checks(target) -> None:
+    """e4m3fnuz at decode, mid and large M in both accumulation modes: on NVIDIA decoded to
+    fp16, on tensor cores (wgmma on sm_90 where the tile allows, mma.sync on sm_80), within
+    the shared memory; on MI300 (gfx942) multiplied natively by its fp8 MFMA."""
+    import triton.backends.compiler  # noqa: F401
+
+    decode = target[0] == "cuda"
+    for mnk in ((1, 4096, 4096), (64, 4096, 4096), (4096, 4096, 4096)):
+        for fast in (False, True):
+            c = _compile(target, decode, fast, mnk)
+            if target[0] == "cuda":
+                want = "wgmma" if target[1] == 90 and mnk[0] >= 64 else "mma.sync"
+                assert want in c.asm["ptx"], (target, mnk, fast)
+            else:
+                assert "_fp8_fp8" in c.asm["amdgcn"], (target, mnk, fast)
+
+
+@pytest.mark.parametrize("target", [("cuda", 90, 32), ("cuda", 80, 32), ("hip", "gfx942", 64)],
+                         ids=["sm90", "sm80", "gfx942"])
+def test_gemm_e4m3fnuz_compiles_for_gpu_targets(target):
+    """In a fresh process: this one may hold triton imported for the interpreter, which
+    cannot compile."""
+    compile_checks_in_fresh_process(__file__, target)
+
+
 def test_reference_helper_matches_reference():
     """ref_mm_f64 (used at sizes where NumPy would be slow) is the reference's definition."""
     for modes in GEMM_MODES:
@@ -319,6 +436,19 @@ def test_heuristic_table():
     for c in space:
         assert c.k_unroll == 1 or c.block_k == 128
         assert heuristics.gemm_smem_bytes(c) <= heuristics.GEMM_SMEM_LIMIT
+
+
+def test_decoded_configs_fit():
+    """The decoding kernel's configs (e4m3fnuz off CDNA3) take one K-step per iteration and
+    leave room for the fp16 copy of a step's tiles beside the fp8 pipeline."""
+    for limit in (227 * 1024, 163 * 1024, 99 * 1024, 64 * 1024):
+        for m in (1, 16, 64, 256, 8192):
+            for fast, blockwise in ((False, False), (True, False), (False, True)):
+                cfg = heuristics.fp8_gemm_config(m, 8192, 8192, fast, blockwise,
+                                                 smem_limit=limit, decoded=True)
+                assert cfg.k_unroll == 1
+                assert heuristics.gemm_smem_bytes(cfg, 2) + heuristics.SMEM_MARGIN <= limit, \
+                    (limit, m, cfg)
 
 
 # ======================================================================= GPU-only tests
@@ -420,6 +550,27 @@ def test_gpu_gemm_tolerance(mnk, modes):
         out = lowbit.fp8_scaled_mm(a, b, sa, sb, bb, out_dtype=od, fast_accum=fast,
                                    backend="triton")
         err = rel_fro(out, ref if bb is None else ref_b)
+        assert err <= tol(od, fast), f"{od} fast={fast} bias={bb is not None}: {err:.2e}"
+
+
+@gpu
+@pytest.mark.parametrize("modes", [("row", "row"), ("block", "block"), ("tensor", "row")],
+                         ids=["row", "block", "tensor-row"])
+@pytest.mark.parametrize("mnk", [(1, 4096, 4096), (64, 4096, 4096), (300, 384, 1160),
+                                 (4096, 4096, 4096), (17, 3000, 4104)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gpu_gemm_e4m3fnuz_tolerance(mnk, modes):
+    """e4m3fnuz on an NVIDIA GPU: the decoding kernel at the table's tiles (mma.sync at small
+    M, wgmma above), within the SPEC's tolerances."""
+    m, n, k = mnk
+    a, b, sa, sb = make_gemm(m, n, k, *modes, seed=m + n, fmt_a="e4m3fnuz", fmt_b="e4m3fnuz")
+    assert fp8_gemm.decodes(a.dtype, a.device)
+    bias = torch.randn(n, device="cuda").to(torch.bfloat16)
+    ref = ref_mm_f64(a, b, sa, sb)
+    for od, fast, bb in ((torch.bfloat16, False, bias), (torch.float32, True, None),
+                         (torch.float32, False, None)):
+        out = lowbit.fp8_scaled_mm(a, b, sa, sb, bb, out_dtype=od, fast_accum=fast)
+        err = rel_fro(out, ref if bb is None else ref + bias.double())
         assert err <= tol(od, fast), f"{od} fast={fast} bias={bb is not None}: {err:.2e}"
 
 

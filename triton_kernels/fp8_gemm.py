@@ -24,6 +24,13 @@ K = 16384, on data with a common offset: relative error 1.0e-4 promoted, 0.32 wi
 (3.6e-8 either way). ``LOWBIT_TRITON_FP8_PROMOTE=dot`` selects the equivalent
 ``tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)`` (same error, same speed measured).
 
+Operands: e4m3fn and e5m2 (OCP) go to ``tl.dot`` as they are (NVIDIA sm_89+, and AMD's
+software emulation before CDNA4). e4m3fnuz (AMD MI300's format) pairs only with e4m3fnuz:
+on CDNA3 (gfx940-942) its matrix cores multiply it natively, and everywhere else (NVIDIA,
+other AMD chips, the interpreter) the kernel decodes the codes to fp16 after loading them
+(``DECODE``: exact, since every e4m3 value is an fp16 value, NaN included) and runs an fp16
+``tl.dot`` with fp32 accumulation. Either way the result is the same product in fp32.
+
 Any M, N, K: loads are masked, so no alignment is required; M = 0 returns at once.
 ``GemmConfig.k_unroll = 2`` takes two K-steps per loop iteration (two dots written before
 either is promoted); the result is the same as with 1. Tile choice comes from
@@ -40,12 +47,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import bind, device_index, grouped_tile, jit, smem_per_block
+from ._common import bind, device_index, fp8_decode, grouped_tile, jit, smem_per_block
 from ._common import interpreting as _interpreting
-from .fp8_quant import f32_to_bf16_bits
+from .fp8_quant import f32_to_bf16_bits, fmt_constants
 from .heuristics import fp8_gemm_config, fp8_gemm_configs
 
-__all__ = ["fp8_scaled_mm", "scale_mode"]
+__all__ = ["fp8_scaled_mm", "scale_mode", "decodes", "fnuz_native"]
 
 SCALE_TENSOR, SCALE_ROW, SCALE_BLOCK = 0, 1, 2
 # How the accurate mode promotes: "add" (acc += tl.dot(a, b) from zero each K-step) or "dot"
@@ -59,6 +66,19 @@ def _load_k_step(a_ptrs, b_ptrs, offs_k, k_left, m_ok, n_ok):
     (all of it when k_left <= 0) and rows past M / N read as 0."""
     a = tl.load(a_ptrs, mask=m_ok[:, None] & (offs_k[None, :] < k_left), other=0.0)
     b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & n_ok[None, :], other=0.0)
+    return a, b
+
+
+@jit
+def _decoded(a, b, DECODE: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
+             FMT_ID: tl.constexpr, SUB_UNIT: tl.constexpr):
+    """The K-step's tiles as ``tl.dot`` takes them: as loaded, or (DECODE) their fp8 codes
+    decoded to fp16, exactly: every e4m3 value (magnitudes 2^-10 to 240 for e4m3fnuz) and
+    NaN are fp16 values. (fp16 rather than bf16: the interpreter multiplies bf16 tiles as
+    their integer bits.)"""
+    if DECODE:
+        a = fp8_decode(a, MBITS, BIAS, FMT_ID, SUB_UNIT).to(tl.float16)
+        b = fp8_decode(b, MBITS, BIAS, FMT_ID, SUB_UNIT).to(tl.float16)
     return a, b
 
 
@@ -91,7 +111,13 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
                           HAS_BIAS: tl.constexpr, FAST_ACCUM: tl.constexpr,
                           PROMOTE_IN_DOT: tl.constexpr, BF16_BITS: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          GROUP_M: tl.constexpr, K_UNROLL: tl.constexpr):
+                          GROUP_M: tl.constexpr, K_UNROLL: tl.constexpr,
+                          # DECODE: a and b are the operands' codes as uint8 (Triton's
+                          # NVIDIA backend takes no e4m3fnuz pointer), decoded after each
+                          # load; MBITS ... SUB_UNIT: their format's fp8_decode constants.
+                          DECODE: tl.constexpr = False, MBITS: tl.constexpr = 3,
+                          BIAS: tl.constexpr = 8, FMT_ID: tl.constexpr = 2,
+                          SUB_UNIT: tl.constexpr = 2.0 ** -10):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -114,9 +140,11 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
     for kt in range(0, tl.cdiv(K, BLOCK_K * K_UNROLL)):
         k0 = kt * (BLOCK_K * K_UNROLL)
         a0, b0 = _load_k_step(a_ptrs, b_ptrs, offs_k, K - k0, m_ok, n_ok)
+        a0, b0 = _decoded(a0, b0, DECODE, MBITS, BIAS, FMT_ID, SUB_UNIT)
         if K_UNROLL == 2:
             a1, b1 = _load_k_step(a_ptrs + BLOCK_K * stride_ak, b_ptrs + BLOCK_K * stride_bk,
                                   offs_k, K - k0 - BLOCK_K, m_ok, n_ok)
+            a1, b1 = _decoded(a1, b1, DECODE, MBITS, BIAS, FMT_ID, SUB_UNIT)
         if FAST_ACCUM and not BLOCKWISE:
             acc = tl.dot(a0, b0, acc)
             if K_UNROLL == 2:
@@ -174,6 +202,35 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
         tl.store(c_ptrs, f32_to_bf16_bits(acc), mask=c_mask)
     else:
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+FNUZ = "e4m3fnuz"
+# The AMD chips whose matrix cores multiply e4m3fnuz (CDNA3: MI300); CDNA4 (gfx950) takes the
+# OCP formats instead, and Triton calls its fnuz dot deprecated there.
+FNUZ_NATIVE_ARCHS = ("gfx940", "gfx941", "gfx942")
+
+
+def fnuz_native(device: torch.device) -> bool:
+    """Whether ``device`` multiplies e4m3fnuz operands in its matrix cores."""
+    if _interpreting() or device.type != "cuda" or torch.version.hip is None:
+        return False
+    arch = torch.cuda.get_device_properties(device).gcnArchName
+    return arch.split(":")[0] in FNUZ_NATIVE_ARCHS
+
+
+def decodes(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the kernel decodes operands of ``dtype`` to fp16 before its dots on
+    ``device`` (e4m3fnuz wherever it is not native)."""
+    return dtype == torch.float8_e4m3fnuz and not fnuz_native(device)
+
+
+def _codes(t: torch.Tensor) -> torch.Tensor:
+    """An fp8 operand as the uint8 codes the decoding kernel reads."""
+    return t.view(torch.uint8)
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _autotuned_kernel():
@@ -234,6 +291,10 @@ def _layout(a, b, a_scale, b_scale, out_dtype, promote_in_dot, a_tile, b_tile):
     bf16_bits = out_dtype == torch.bfloat16 and _interpreting()
     consts = dict(A_MODE=a_mode, B_MODE=b_mode, BLOCKWISE=blockwise,
                   PROMOTE_IN_DOT=promote_in_dot, BF16_BITS=bf16_bits)
+    if decodes(a.dtype, a.device):
+        f = fmt_constants(FNUZ)
+        consts.update(DECODE=True, MBITS=f["MBITS"], BIAS=f["BIAS"], FMT_ID=f["FMT_ID"],
+                      SUB_UNIT=f["SUB_UNIT"])
     return consts, (sam, sak, sbn, sbk), bf16_bits
 
 
@@ -254,7 +315,8 @@ def fp8_scaled_mm_launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, 
     consts.update(FAST_ACCUM=bool(fast_accum), HAS_BIAS=bias is not None)
     cfg = config if config is not None else fp8_gemm_config(
         m, n, k, fast_accum=bool(fast_accum), blockwise=consts["BLOCKWISE"],
-        smem_limit=None if _interpreting() else smem_per_block(device_index(dev)))
+        smem_limit=None if _interpreting() else smem_per_block(device_index(dev)),
+        decoded=consts.get("DECODE", False))
     consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   GROUP_M=cfg.group_m, K_UNROLL=cfg.k_unroll, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
@@ -266,8 +328,9 @@ def fp8_scaled_mm_launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, 
     c0 = torch.empty(16, dtype=out_dtype, device=dev)
     c0 = c0.view(torch.int16) if bf16_bits else c0
     bias0 = bias.contiguous() if bias is not None else c0
-    kernel = bind(_fp8_scaled_mm_kernel, grid, (a, b, c0, a_scale, b_scale, bias0, *sizes),
-                  consts)
+    codes = _codes if consts.get("DECODE") else _same
+    kernel = bind(_fp8_scaled_mm_kernel, grid,
+                  (codes(a), codes(b), c0, a_scale, b_scale, bias0, *sizes), consts)
     empty, shape = torch.empty, (m, n)
 
     def launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
@@ -279,7 +342,7 @@ def fp8_scaled_mm_launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, 
         if not kernel.direct(a.data_ptr(), b.data_ptr(), out.data_ptr(), a_scale.data_ptr(),
                              b_scale.data_ptr(), bias.data_ptr(), *sizes):
             c = out.view(torch.int16) if bf16_bits else out
-            kernel(a, b, c, a_scale, b_scale, c if bias is out else bias, *sizes)
+            kernel(codes(a), codes(b), c, a_scale, b_scale, c if bias is out else bias, *sizes)
         return out
 
     return launch
@@ -300,6 +363,8 @@ def _autotuned(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, promote_in_d
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
+    if consts.get("DECODE"):
+        a, b = _codes(a), _codes(b)
     _autotuned_kernel()[grid](a, b, c, a_scale, b_scale, bias_arg, m, n, k, a.stride(0),
                               a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
                               *scale_strides, HAS_BIAS=bias is not None,

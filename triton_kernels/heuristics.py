@@ -65,15 +65,26 @@ _gemm_cache: Dict[tuple, GemmConfig] = {}
 
 
 def fp8_gemm_config(m: int, n: int, k: int, fast_accum: bool = False,
-                    blockwise: bool = False, smem_limit: Optional[int] = None) -> GemmConfig:
+                    blockwise: bool = False, smem_limit: Optional[int] = None,
+                    decoded: bool = False) -> GemmConfig:
     """The table's config for an [m, k] x [n, k] problem (block scales take their own column
     whatever fast_accum says: they force the per-step form), with tiles shrunk to the problem
     (never below tl.dot's 16) so small and awkward shapes waste little work, and the
     pipeline shrunk to ``smem_limit`` bytes (the device's shared memory per block: the table
     is the H100's 227 KB; an sm_89 or sm_86 card gives 99 KB) by fewer K-steps per
-    iteration, then fewer stages, then narrower tiles."""
+    iteration, then fewer stages, then narrower tiles.
+
+    ``decoded``: the kernel decodes its fp8 operands to fp16 before each dot (e4m3fnuz off
+    CDNA3, lowbit.triton_kernels.fp8_gemm): one K-step per iteration, and the fit counts the
+    fp16 copy of a step's tiles that the dot reads beside the fp8 pipeline. Not tuned: the
+    decoded kernel is the portable path of a format that NVIDIA GPUs do not multiply."""
     mode = 1 if blockwise else 2 if fast_accum else 0
-    return _table_config(FP8_GEMM_TABLE, "fp8", m, n, k, mode, smem_limit)
+    cfg = _table_config(FP8_GEMM_TABLE, "fp8", m, n, k, mode, smem_limit)
+    if decoded:
+        cfg = cfg._replace(k_unroll=1)
+        if smem_limit is not None:
+            cfg = _fit_smem(cfg, smem_limit, staged=2)
+    return cfg
 
 
 def _table_config(table, family: str, m: int, n: int, k: int, column: int,
@@ -99,8 +110,8 @@ def _table_config(table, family: str, m: int, n: int, k: int, column: int,
     return cfg
 
 
-def _fit_smem(cfg: GemmConfig, limit: int) -> GemmConfig:
-    while gemm_smem_bytes(cfg) + SMEM_MARGIN > limit:
+def _fit_smem(cfg: GemmConfig, limit: int, staged: int = 0) -> GemmConfig:
+    while gemm_smem_bytes(cfg, staged) + SMEM_MARGIN > limit:
         if cfg.k_unroll > 1:
             cfg = cfg._replace(k_unroll=1)
         elif cfg.num_stages > 2:
@@ -114,9 +125,11 @@ def _fit_smem(cfg: GemmConfig, limit: int) -> GemmConfig:
     return cfg
 
 
-def gemm_smem_bytes(cfg: GemmConfig) -> int:
-    """The fp8 operand bytes the software pipeline keeps in shared memory."""
-    return cfg.num_stages * (cfg.block_m + cfg.block_n) * cfg.block_k * cfg.k_unroll
+def gemm_smem_bytes(cfg: GemmConfig, staged: int = 0) -> int:
+    """The fp8 operand bytes the software pipeline keeps in shared memory, plus ``staged``
+    bytes per element of one K-step's tiles converted for the dot (2: decoded to fp16)."""
+    step = (cfg.block_m + cfg.block_n) * cfg.block_k * cfg.k_unroll
+    return cfg.num_stages * step + staged * step
 
 
 # What the pipeline may take of the 228 KB of shared memory an H100 SM has.

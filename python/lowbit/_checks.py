@@ -102,6 +102,22 @@ def scale_for(op: str, name: str, s: torch.Tensor, x: torch.Tensor, x_name: str 
             f"of shape {tuple(x.shape)}; got {tuple(s.shape)}") from None
 
 
+# fp8_scaled_mm's operands: the OCP formats in any pair, or e4m3fnuz (AMD MI300's) with
+# itself; a layer's weight is e4m3fn or e4m3fnuz, and its activations take the same format.
+FP8_GEMM_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz)
+FP8_WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+
+
+def fp8_pair(op: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    """e4m3fnuz multiplies only e4m3fnuz: its codes mean other numbers than the OCP
+    formats' (bias 8, NaN at 0x80), and no GPU multiplies the two kinds together."""
+    fnuz = torch.float8_e4m3fnuz
+    if (a.dtype == fnuz) != (b.dtype == fnuz):
+        raise TypeError(
+            f"{op}: a and b must both be float8_e4m3fnuz or both OCP formats (float8_e4m3fn, "
+            f"float8_e5m2); got a {a.dtype} and b {b.dtype}")
+
+
 def gemm_operands(op: str, a: torch.Tensor, b: torch.Tensor, allowed, a_what="[M, K]"):
     dtype(op, "a", a, allowed)
     dtype(op, "b", b, allowed)

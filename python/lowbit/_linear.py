@@ -1,9 +1,9 @@
 """Quantized linear layers as one op each: a forward is a quantizer on the activations
 followed by a GEMM with the quantized weight, written once here for every family.
 
-- ``fp8_linear`` (``Fp8Linear``, W8A8 FP8): ``quantize_fp8`` of the activations (e4m3fn, per
-  token, or per tensor with a static scale), then ``fp8_scaled_mm`` with the weight's
-  per-channel scales.
+- ``fp8_linear`` (``Fp8Linear``, W8A8 FP8): ``quantize_fp8`` of the activations (to the
+  weight's format, e4m3fn or e4m3fnuz; per token, or per tensor with a static scale), then
+  ``fp8_scaled_mm`` with the weight's per-channel scales.
 - ``int8_linear`` (``Int8Linear``, W8A8 INT8): ``quantize_int8`` of the activations
   (symmetric or asymmetric, per token, or per tensor with a static scale and zero point),
   then ``int8_gemm`` with the weight's per-channel scales (and the zero-point correction).
@@ -24,8 +24,8 @@ from typing import Callable, Dict, Optional
 import torch
 
 from . import _backend
+from ._checks import FP8_FORMAT_OF
 
-FP8_FMT = "e4m3fn"
 _STEPS_MAX = 1024
 _steps: Dict[tuple, Callable] = {}
 
@@ -47,11 +47,12 @@ class Family:
     fused: Optional[Callable] = None
 
 
-def fp8_quantizer_args(act_scale: Optional[torch.Tensor]) -> tuple:
+def fp8_quantizer_args(act_scale: Optional[torch.Tensor], weight: torch.Tensor) -> tuple:
     """``quantize_fp8``'s arguments after x and scale for a layer's activations (fmt,
-    granularity, group_size, block, saturate): per tensor with a static scale, else per
-    token."""
-    return (FP8_FMT, "tensor" if act_scale is not None else "token", 128, [128, 128], True)
+    granularity, group_size, block, saturate): the weight's format (e4m3fn, or e4m3fnuz),
+    per tensor with a static scale, else per token."""
+    return (FP8_FORMAT_OF[weight.dtype], "tensor" if act_scale is not None else "token", 128,
+            [128, 128], True)
 
 
 def _fp8_fused(quant_kernel, gemm_kernel, x, q_args, dtype, shared_workspace, weight,
@@ -65,7 +66,7 @@ def _fp8_fused(quant_kernel, gemm_kernel, x, q_args, dtype, shared_workspace, we
 FP8 = Family(
     "fp8_linear", "quantize_fp8", "fp8_scaled_mm",
     quant_args=lambda x2, weight, weight_scale, bias, act_scale: (
-        x2, act_scale, *fp8_quantizer_args(act_scale)),
+        x2, act_scale, *fp8_quantizer_args(act_scale, weight)),
     gemm_args=lambda qs, dtype, weight, weight_scale, bias, act_scale: (
         qs[0], weight, qs[1], weight_scale, bias, dtype, False),
     fused=_fp8_fused)

@@ -110,7 +110,8 @@ def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
                   bias: Optional[Tensor] = None, *, out_dtype: torch.dtype = torch.bfloat16,
                   fast_accum: bool = False, backend: Optional[str] = None) -> Tensor:
     """a fp8 [M, K] x b fp8 [N, K] with per-tensor, per-row or 128-block fp32 scales, fp32
-    accumulation (promoted out of the tensor cores every 128 K unless ``fast_accum``)."""
+    accumulation (promoted out of the tensor cores every 128 K unless ``fast_accum``).
+    Operands: e4m3fn and e5m2 in any pair, or e4m3fnuz (AMD MI300's format) with itself."""
     return _call("fp8_scaled_mm", a, b, a_scale, b_scale, bias, out_dtype, fast_accum,
                               arg(backend))
 
@@ -118,9 +119,9 @@ def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
 def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None,
                act_scale: Optional[Tensor] = None, *, backend: Optional[str] = None) -> Tensor:
     """A W8A8 FP8 linear layer in one op (what ``lowbit.nn.Fp8Linear`` computes):
-    ``quantize_fp8`` of ``x`` [..., K] to e4m3fn per token (per tensor with the static
-    ``act_scale``), then ``fp8_scaled_mm`` with the e4m3fn ``weight`` [N, K], its per-channel
-    ``weight_scale`` [N, 1] and ``bias``, out in x's dtype: [..., N]. A signature seen before
+    ``quantize_fp8`` of ``x`` [..., K] per token (per tensor with the static ``act_scale``) to
+    the format of ``weight`` [N, K] (e4m3fn, or e4m3fnuz), then ``fp8_scaled_mm`` with the
+    weight, its per-channel ``weight_scale`` [N, 1] and ``bias``, out in x's dtype: [..., N]. A signature seen before
     runs the kernels chosen for it then (one fused launch on CUDA kernels)."""
     return _call("fp8_linear", x, weight, weight_scale, bias, act_scale, arg(backend))
 

@@ -3,7 +3,8 @@ layers, from a few batches of representative data.
 
 ``calibrate(model, batches, observer)`` hooks every Linear's input, runs the batches, and
 returns a ``Calibration``: one clipping value ``c`` per layer, whose static scale is ``c / 448``
-for FP8 e4m3fn and ``c / 127`` for INT8 (``Calibration.scale``). Observers reduce a layer's
+for FP8 e4m3fn ("fp8"), ``c / 240`` for AMD MI300's e4m3fnuz ("e4m3fnuz") and ``c / 127``
+for INT8 (``Calibration.scale``). Observers reduce a layer's
 inputs to ``c``:
 
 - ``AbsMaxObserver``: the largest ``|x|`` seen (nothing is clipped).
@@ -33,7 +34,8 @@ __all__ = [
 ]
 
 # The formats a clip becomes a scale for: the largest magnitude of each (the SPEC's qmax).
-FORMATS = {"fp8": 448.0, "int8": 127.0}
+FORMATS = {"fp8": 448.0, "e4m3fnuz": 240.0, "int8": 127.0}
+_FP8_OF = {"fp8": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
 # The SPEC's floor on a scale (the smallest normal fp32): keeps 1 / scale finite.
 _SCALE_FLOOR = 2.0 ** -126
 _FP32_MAX = float(torch.finfo(torch.float32).max)
@@ -48,7 +50,8 @@ def _fmt(where: str, fmt) -> float:
 
 def static_scale(clip: float, fmt: str, device=None) -> Tensor:
     """The fp32 0-d static scale of a clipping value: ``fp32(clip) / qmax`` (one correctly
-    rounded fp32 division; qmax is 448 for "fp8" e4m3fn, 127 for "int8"), floored at
+    rounded fp32 division; qmax is 448 for "fp8" e4m3fn, 240 for "e4m3fnuz", 127 for
+    "int8"), floored at
     ``2**-126``; a clip of 0 (activations that were all zero) gives 1. This is the SPEC's
     dynamic per-tensor scale of a tensor whose absmax is ``clip``, so an absmax calibration
     on one batch reproduces the scale ``quantize_fp8``/``quantize_int8`` would compute."""
@@ -64,13 +67,15 @@ def _fake_quant(values: Tensor, scale: Tensor, fmt: str) -> Tensor:
     ``quantize_*``/``dequantize_*`` (fp32 out) do, in plain torch: ``x * (1 / scale)`` (one
     fp32 multiply), then round to nearest even and saturate (to e4m3fn: clamping to +-448
     first is saturation, as every larger value rounds to 448 or beyond, and it leaves nothing
-    to how the installed torch's cast treats overflow; to int8: [-127, 127]),
+    to how the installed torch's cast treats overflow; e4m3fnuz likewise at +-240; to int8:
+    [-127, 127]),
     then ``* scale``. tests/test_calibrate.py checks it bit for bit against the library's ops;
     it exists because the MSE search runs it ``grid`` times per layer, and the NumPy reference
     of the e4m3fn encoder is several times slower on a CPU."""
     y = values * (1.0 / scale)
-    if fmt == "fp8":
-        q = y.clamp_(-448.0, 448.0).to(torch.float8_e4m3fn).to(torch.float32)
+    if fmt in _FP8_OF:
+        qmax, dtype = FORMATS[fmt], _FP8_OF[fmt]
+        q = y.clamp_(-qmax, qmax).to(dtype).to(torch.float32)
     else:
         # + 0 turns -0 into +0: an int8 code has no sign of zero.
         q = torch.round(y).clamp_(-127.0, 127.0).add_(0.0)
@@ -246,7 +251,8 @@ class PercentileObserver(Observer):
 class MseObserver(Observer):
     """c = the clip in ``(0, absmax]`` that minimizes the mean squared error of fake-quantizing
     the observed values to ``fmt`` with the static scale ``static_scale(c, fmt)``: "int8"
-    (symmetric, round to nearest even, [-127, 127]) or "fp8" (e4m3fn, saturating).
+    (symmetric, round to nearest even, [-127, 127]), "fp8" (e4m3fn, saturating) or
+    "e4m3fnuz" (saturating at 240).
 
     Candidates: ``c_i = absmax * i / grid`` for i = 1..grid, each rounded to fp32 (the clip a
     ``Calibration`` keeps gives exactly the scale evaluated here); ties go to the smaller c.
@@ -367,7 +373,7 @@ class Calibration:
 
     def scale(self, name: str, fmt: str, device=None) -> Tensor:
         """The fp32 0-d static scale of layer ``name``'s input for ``fmt`` ("fp8": e4m3fn,
-        c / 448; "int8": c / 127), as ``static_scale``: floored at 2**-126, and 1 for a clip
+        c / 448; "e4m3fnuz": c / 240; "int8": c / 127), as ``static_scale``: floored at 2**-126, and 1 for a clip
         of 0, the SPEC's dynamic scale of a tensor whose absmax is c."""
         if name not in self.clips:
             raise ValueError(f"Calibration.scale: name {name!r} is not a calibrated layer; "

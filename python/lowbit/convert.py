@@ -4,6 +4,8 @@ Schemes (``SCHEMES``):
 
 - ``"fp8"``: W8A8 FP8 (``Fp8Linear``, e4m3fn weights per output channel, activations per
   token at run time, or per tensor with a calibrated static scale);
+- ``"fp8-fnuz"``: as ``"fp8"`` in AMD MI300's e4m3fnuz (``Fp8Linear(fmt="e4m3fnuz")``, static
+  scales from ``calibration.scale(name, "e4m3fnuz")``);
 - ``"fp8-w8a16"``: FP8 weights only (``Fp8Linear(mode="w8a16")``);
 - ``"int8"``: W8A8 INT8 (``Int8Linear``), activations as for ``"fp8"``;
 - ``"w8a16"``: INT8 weights only (``Int8Linear(mode="w8a16")``);
@@ -18,7 +20,8 @@ scheme's ops yet) keeps the layer in full precision, saying why. The returned
 layers' parameters and buffers before and after.
 
 ``calibration`` (``lowbit.calibrate``'s result) gives the W8A8 schemes static per-tensor
-activation scales: ``calibration.scale(name, "fp8" | "int8")`` for each swapped layer.
+activation scales: ``calibration.scale(name, fmt)`` for each swapped layer, ``fmt`` the
+scheme's ("fp8", "e4m3fnuz" or "int8").
 
 ``keep_slower=M`` also keeps the layers that would run slower quantized than in bf16 at M
 tokens per forward on their device, by measured data, not a guess: the layer speed-ups of
@@ -37,6 +40,7 @@ from torch import nn
 # scheme -> (module class name in lowbit.nn, from_linear keyword arguments, calibration format)
 SCHEMES: Dict[str, Tuple[str, dict, Optional[str]]] = {
     "fp8": ("Fp8Linear", {"mode": "w8a8"}, "fp8"),
+    "fp8-fnuz": ("Fp8Linear", {"mode": "w8a8", "fmt": "e4m3fnuz"}, "e4m3fnuz"),
     "fp8-w8a16": ("Fp8Linear", {"mode": "w8a16"}, None),
     "int8": ("Int8Linear", {"mode": "w8a8"}, "int8"),
     "w8a16": ("Int8Linear", {"mode": "w8a16"}, None),

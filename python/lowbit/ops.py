@@ -197,7 +197,8 @@ def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Opti
 def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
                   bias: Optional[Tensor], out_dtype: torch.dtype, fast_accum: bool):
     op = "fp8_scaled_mm"
-    m, n, k = C.gemm_operands(op, a, b, (torch.float8_e4m3fn, torch.float8_e5m2))
+    m, n, k = C.gemm_operands(op, a, b, C.FP8_GEMM_DTYPES)
+    C.fp8_pair(op, a, b)
     kb = -(-k // 128)
     C.dtype(op, "a_scale", a_scale, (torch.float32,))
     C.dtype(op, "b_scale", b_scale, (torch.float32,))
@@ -235,11 +236,11 @@ def _linear_operands(op, x, weight, weight_dtypes, weight_scale, bias):
 def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
                act_scale: Optional[Tensor]):
     """A W8A8 FP8 linear layer (``Fp8Linear``'s forward, lowbit/_linear.py): ``x`` [..., K]
-    quantized to e4m3fn per token (or per tensor with the static ``act_scale``), times the
-    e4m3fn ``weight`` [N, K] with per-channel ``weight_scale`` [N, 1], plus ``bias``; output
-    [..., N] in x's dtype."""
+    quantized per token (or per tensor with the static ``act_scale``) to the format of the
+    ``weight`` [N, K] (e4m3fn, or e4m3fnuz on AMD MI300), times the weight with its
+    per-channel ``weight_scale`` [N, 1], plus ``bias``; output [..., N] in x's dtype."""
     op = "fp8_linear"
-    n, k = _linear_operands(op, x, weight, (torch.float8_e4m3fn,), weight_scale, bias)
+    n, k = _linear_operands(op, x, weight, C.FP8_WEIGHT_DTYPES, weight_scale, bias)
     if act_scale is not None:
         C.dtype(op, "act_scale", act_scale, (torch.float32,))
         C.shape(op, "act_scale", act_scale, [()], "() (one static scale)")

@@ -153,19 +153,25 @@ def dequantize_fp8(q, scale, out_dtype):
 
 
 # --------------------------------------------------------------------------- fp8_scaled_mm
-_GEMM_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_GEMM_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz)
 
 
 def _gemm_supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     if a.dtype not in _GEMM_DTYPES or b.dtype not in _GEMM_DTYPES:
-        return f"operands {a.dtype} x {b.dtype}: needs float8_e4m3fn or float8_e5m2"
+        return (f"operands {a.dtype} x {b.dtype}: needs float8_e4m3fn, float8_e5m2 or "
+                "float8_e4m3fnuz")
     why = _device_reason(a)
     if why:
         return why
-    if a.device.type == "cuda" and not _interpreting():
+    if a.device.type == "cuda" and not _interpreting() and torch.version.hip is None:
         cap = capability(device_index(a.device))
-        if cap < (8, 9):
-            return f"fp8 tl.dot needs compute capability 8.9 or newer; got {cap[0]}.{cap[1]}"
+        # e4m3fnuz is decoded to fp16 on NVIDIA GPUs (lowbit.triton_kernels.fp8_gemm): an fp16
+        # tl.dot, sm_80 and newer; the OCP formats go to an fp8 tl.dot.
+        need = (8, 0) if a.dtype == torch.float8_e4m3fnuz else (8, 9)
+        if cap < need:
+            what = "fp16 tl.dot (e4m3fnuz decoded)" if need == (8, 0) else "fp8 tl.dot"
+            return (f"{what} needs compute capability {need[0]}.{need[1]} or newer; got "
+                    f"{cap[0]}.{cap[1]}")
     return None
 
 

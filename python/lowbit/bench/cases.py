@@ -103,19 +103,21 @@ def bf16(*shape, std: float = 1.0) -> torch.Tensor:
     return (torch.randn(shape, device=DEVICE) * std).to(torch.bfloat16)
 
 
-def fp8(*shape) -> torch.Tensor:
-    # A scaled activation or weight uses the whole e4m3 range: std 64 reaches 448 at 7 sigma.
-    return (torch.randn(shape, device=DEVICE) * 64).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+def fp8(*shape, dtype: torch.dtype = FP8) -> torch.Tensor:
+    # A scaled activation or weight uses the whole e4m3 range: std 64 reaches 448 at 7 sigma
+    # (e4m3fnuz: std 34 reaches its 240).
+    top = torch.finfo(dtype).max
+    return (torch.randn(shape, device=DEVICE) * top / 7).clamp(-top, top).to(dtype)
 
 
 def scales(*shape) -> torch.Tensor:
     return torch.rand(shape, device=DEVICE) * 0.01 + 0.005  # fp32, never 0
 
 
-def fp8_operands(m: int, n: int, k: int, mode: str = "row"):
-    """fp8 a [M, K], b [N, K] and fp32 scales per `mode`: row, tensor or block (1x128 for
-    a, 128x128 for b)."""
-    a, b = fp8(m, k), fp8(n, k)
+def fp8_operands(m: int, n: int, k: int, mode: str = "row", dtype: torch.dtype = FP8):
+    """fp8 a [M, K], b [N, K] of ``dtype`` and fp32 scales per `mode`: row, tensor or block
+    (1x128 for a, 128x128 for b)."""
+    a, b = fp8(m, k, dtype=dtype), fp8(n, k, dtype=dtype)
     if mode == "tensor":
         return a, b, scales(), scales()
     if mode == "block":
@@ -221,9 +223,12 @@ def _fp8_scaled_mm(variant: str, shape: tuple) -> Case:
     import lowbit
 
     m, n, k = shape
-    mode = "row" if variant == "row_fast" else variant
+    mode = "row" if variant in ("row_fast", "fnuz") else variant
     fast = variant == "row_fast"
-    a, b, sa, sb = fp8_operands(m, n, k, mode)
+    # fnuz: e4m3fnuz operands (AMD MI300's format; on NVIDIA GPUs the Triton kernel decodes
+    # them, and torch._scaled_mm refuses them, which the table shows).
+    dtype = torch.float8_e4m3fnuz if variant == "fnuz" else FP8
+    a, b, sa, sb = fp8_operands(m, n, k, mode, dtype)
     label = {"row": "torch._scaled_mm rowwise", "tensor": "torch._scaled_mm tensorwise",
              "block": "torch._scaled_mm rowwise (torch has no block-scaled anchor)"}[mode]
     x, w = bf16(m, k), bf16(n, k, std=0.02)
@@ -506,8 +511,9 @@ class OpBench:
 
 
 OPS = {
-    "fp8_scaled_mm": OpBench("fp8_scaled_mm", "gemm", ("row", "tensor", "block", "row_fast"),
-                             ("row", "tensor"), _fp8_scaled_mm),
+    "fp8_scaled_mm": OpBench("fp8_scaled_mm", "gemm",
+                             ("row", "tensor", "block", "row_fast", "fnuz"), ("row", "tensor"),
+                             _fp8_scaled_mm),
     "int8_mm": OpBench("int8_mm", "gemm", ("mm",), ("mm",), _int8_gemm),
     "int8_gemm": OpBench("int8_gemm", "gemm", ("row", "row_zero"), ("row",), _int8_gemm),
     "quantize_fp8": OpBench("quantize_fp8", "cast", ("token", "tensor", "static"),
