@@ -121,8 +121,9 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[T
     """A W8A8 FP8 linear layer in one op (what ``lowbit.nn.Fp8Linear`` computes):
     ``quantize_fp8`` of ``x`` [..., K] per token (per tensor with the static ``act_scale``) to
     the format of ``weight`` [N, K] (e4m3fn, or e4m3fnuz), then ``fp8_scaled_mm`` with the
-    weight, its per-channel ``weight_scale`` [N, 1] and ``bias``, out in x's dtype: [..., N]. A signature seen before
-    runs the kernels chosen for it then (one fused launch on CUDA kernels)."""
+    weight, its per-channel ``weight_scale`` [N, 1] and ``bias``, out in x's dtype: [..., N].
+    A signature seen before runs the kernels chosen for it then (one fused launch on CUDA
+    kernels)."""
     return _call("fp8_linear", x, weight, weight_scale, bias, act_scale, arg(backend))
 
 

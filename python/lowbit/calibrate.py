@@ -373,8 +373,9 @@ class Calibration:
 
     def scale(self, name: str, fmt: str, device=None) -> Tensor:
         """The fp32 0-d static scale of layer ``name``'s input for ``fmt`` ("fp8": e4m3fn,
-        c / 448; "e4m3fnuz": c / 240; "int8": c / 127), as ``static_scale``: floored at 2**-126, and 1 for a clip
-        of 0, the SPEC's dynamic scale of a tensor whose absmax is c."""
+        c / 448; "e4m3fnuz": c / 240; "int8": c / 127), as ``static_scale``: floored at
+        2**-126, and 1 for a clip of 0, the SPEC's dynamic scale of a tensor whose absmax is
+        c."""
         if name not in self.clips:
             raise ValueError(f"Calibration.scale: name {name!r} is not a calibrated layer; "
                              f"calibrated: {sorted(self.clips)}")
