@@ -606,17 +606,22 @@ def compile_checks_in_fresh_process(test_file: str, target) -> None:
     """Run ``compile_checks(target)`` of the test module at ``test_file`` in a fresh Python
     without TRITON_INTERPRET: a process that imported triton for the interpreter cannot
     compile for a GPU."""
+    call_in_fresh_process(test_file, f"compile_checks({tuple(target)!r})")
+
+
+def call_in_fresh_process(test_file: str, call: str, timeout: int = 300) -> None:
+    """Evaluate ``call`` (e.g. "compile_checks(('cuda', 90, 32))") on the test module at
+    ``test_file`` in a fresh Python without TRITON_INTERPRET; fails with its stderr."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     folder, name = os.path.split(os.path.splitext(test_file)[0])
-    code = (f"import sys; sys.path.insert(0, {folder!r}); "
-            f"import {name} as t; t.compile_checks({tuple(target)!r})")
+    code = f"import sys; sys.path.insert(0, {folder!r}); import {name} as t; t.{call}"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+                       timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
 
 
 def check_int4_quantize(w, group, symmetric, backend, what=""):

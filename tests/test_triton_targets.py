@@ -1,0 +1,214 @@
+"""Every Triton kernel launch that lowbit's ops make, compiled for the GPUs its users run:
+Hopper (sm_90), Ampere (sm_80) and MI300X (gfx942), on a machine without any of them.
+
+The ops run once under Triton's interpreter on small CPU tensors (every quantizer format and
+granularity, both GEMM accumulations, INT8 with a zero point, the weight-only GEMMs), and
+each launch is recorded as Triton would specialize it: argument dtypes, which pointers and
+integers are 16-byte multiples, the constexprs, warps and stages. A fresh process (one that
+imported triton for the interpreter cannot compile) then compiles each recorded launch for
+each target with ``triton.compile``: a kernel that uses something a target lacks (an
+NVIDIA-only instruction, an fp8 type the backend refuses, more shared memory than the chip
+has) fails here rather than on a user's GPU. Launch parameters that only the interpreter
+uses (bf16 tensors passed as their int16 bits) are compiled as recorded: the code paths are
+the GPU's.
+"""
+import json
+
+import pytest
+import torch
+from lowbit_testing import call_in_fresh_process
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+import lowbit  # noqa: E402
+from lowbit.triton_kernels import _common  # noqa: E402
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
+                                reason="records launches under the interpreter (CPU only)")
+
+# torch dtype -> the type Triton's signature gives a pointer to it.
+_POINTEE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+            torch.float64: "fp64", torch.int8: "i8", torch.uint8: "u8", torch.int16: "i16",
+            torch.int32: "i32", torch.int64: "i64", torch.bool: "i1",
+            torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5",
+            torch.float8_e4m3fnuz: "fp8e4b8"}
+# Shared memory (bytes) a block may use on each target: H100/H200, A100, MI300X.
+SMEM = {"sm90": 232448, "sm80": 166912, "gfx942": 65536}
+TARGETS = {"sm90": ("cuda", 90, 32), "sm80": ("cuda", 80, 32), "gfx942": ("hip", "gfx942", 64)}
+# Keywords of a launch that are compile options, not kernel parameters.
+_OPTIONS = ("num_warps", "num_stages", "num_ctas", "enable_fp_fusion", "maxnreg")
+
+
+def _spec(kernel, args, kwargs) -> dict:
+    """One launch as Triton specializes it: {kernel, signature, constexprs, aligned, options}."""
+    names = kernel.arg_names
+    constexpr = {p.name for p in kernel.params if p.is_constexpr}
+    defaults = _common._defaults(kernel)
+    sig, consts, aligned = {}, {}, []
+    for name, value in zip(names, args):
+        if name in constexpr:
+            consts[name] = value
+        elif isinstance(value, torch.Tensor):
+            sig[name] = "*" + _POINTEE[value.dtype]
+            if value.data_ptr() % 16 == 0:
+                aligned.append(name)
+        elif isinstance(value, bool):
+            sig[name] = "i1"
+        elif isinstance(value, int):
+            sig[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+            if value % 16 == 0:
+                aligned.append(name)
+        elif isinstance(value, float):
+            sig[name] = "fp32"
+        else:
+            raise TypeError(f"{kernel.fn.__name__}: argument {name} of type {type(value)}")
+    options = {}
+    for name, value in kwargs.items():
+        if name in constexpr:
+            consts[name] = value
+        elif name in _OPTIONS:
+            options[name] = value
+        else:
+            raise TypeError(f"{kernel.fn.__name__}: keyword {name} is neither a constexpr "
+                            "nor a launch option")
+    for name in names[len(args):]:
+        if name in constexpr and name not in consts:
+            consts[name] = defaults[name]
+    for name in names:
+        if name in consts:
+            sig[name] = "constexpr"
+    return dict(module=kernel.fn.__module__, name=kernel.fn.__name__, signature=sig,
+                constexprs=consts, aligned=aligned, options=options)
+
+
+def _run_ops() -> None:
+    """The ops whose Triton launches are checked, on small CPU tensors (each kernel and each
+    variant of its constexprs that the ops choose)."""
+    t = "triton"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(17, 256, generator=g).bfloat16()
+    w = torch.randn(48, 256, generator=g)
+    for fmt in ("e4m3fn", "e5m2", "e4m3fnuz"):
+        for gran in ("tensor", "token", "group", "block"):
+            q, s = lowbit.quantize_fp8(x, fmt=fmt, granularity=gran, backend=t)
+            lowbit.dequantize_fp8(q, s, backend=t)
+        lowbit.quantize_fp8(x.float(), torch.tensor(0.01), fmt=fmt, saturate=False, backend=t)
+    for gran in ("tensor", "token", "group", "block"):
+        for sym in (True, False):
+            q, s, z = lowbit.quantize_int8(x, granularity=gran, symmetric=sym, backend=t)
+            lowbit.dequantize_int8(q, s, z, backend=t)
+    for fa, fb in (("e4m3fn", "e4m3fn"), ("e5m2", "e4m3fn"), ("e4m3fnuz", "e4m3fnuz")):
+        for am, bm in (("token", "channel"), ("block", "block")):
+            kw_a = dict(block=(1, 128)) if am == "block" else {}
+            kw_b = dict(block=(128, 128)) if bm == "block" else {}
+            qa, sa = lowbit.quantize_fp8(x, fmt=fa, granularity=am, **kw_a)
+            qb, sb = lowbit.quantize_fp8(w, fmt=fb, granularity=bm, **kw_b)
+            for fast in (False, True):
+                lowbit.fp8_scaled_mm(qa, qb, sa, sb, out_dtype=torch.bfloat16,
+                                     fast_accum=fast, backend=t)
+    qa, sa, za = lowbit.quantize_int8(x, granularity="token", symmetric=False)
+    qb, sb, _ = lowbit.quantize_int8(w, granularity="channel")
+    lowbit.int8_mm(qa, qb, backend=t)
+    lowbit.int8_gemm(qa, qb, sa, sb, out_dtype=torch.bfloat16, backend=t)
+    lowbit.int8_gemm(qa, qb, sa, sb, out_dtype=torch.float32, a_zero=za, backend=t)
+    qg, sg, _ = lowbit.quantize_int8(w, granularity="group", group_size=64)
+    for xm in (x[:4], x):  # decode (K split, then the split sum) and tiled
+        for sym in (True, False):
+            iw = lowbit.int4_quantize(w, group_size=64, symmetric=sym, backend=t)
+            lowbit.w4a16_gemm(xm, iw, backend=t)
+        lowbit.w8a16_gemm(xm, qb, sb, backend=t)
+        lowbit.w8a16_gemm(xm.half(), qg, sg, backend=t)
+
+
+def recorded_launches(monkeypatch) -> list:
+    """Run the ops under the interpreter and return their launches, each once."""
+    kernel_class = _common._kernel_class()
+    run = kernel_class.run
+    seen = {}
+
+    def recording(self, *args, grid, warmup, **kwargs):
+        spec = _spec(self, args, kwargs)
+        seen.setdefault(json.dumps(spec, sort_keys=True), spec)
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(kernel_class, "run", recording)
+    _run_ops()
+    return list(seen.values())
+
+
+def _launched_on(spec: dict, target: str) -> bool:
+    """Whether lowbit would make this launch on ``target``: its Triton backend refuses the
+    fp8 GEMM of OCP operands below sm_89, which has no fp8 tl.dot
+    (lowbit/backends/triton.py, _gemm_supports)."""
+    ocp = {"*fp8e4nv", "*fp8e5"}
+    return not (target == "sm80" and spec["name"] == "_fp8_scaled_mm_kernel" and
+                spec["signature"]["a_ptr"] in ocp)
+
+
+def compile_launches(path: str, target: str) -> None:
+    """Compile every launch in the JSON file at ``path`` for ``target`` (TARGETS' key);
+    raises on the first that fails, naming it. Run without the interpreter."""
+    import importlib
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    with open(path) as f:
+        launches = json.load(f)
+    for spec in launches:
+        if not _launched_on(spec, target):
+            continue
+        kernel = getattr(importlib.import_module(spec["module"]), spec["name"])
+        names = kernel.arg_names
+        index = {n: i for i, n in enumerate(names)}
+        src = ASTSource(fn=kernel, signature=spec["signature"],
+                        constexprs={(index[n],): v for n, v in spec["constexprs"].items()},
+                        attrs={(index[n],): [["tt.divisibility", 16]] for n in spec["aligned"]})
+        options = dict(spec["options"])
+        if TARGETS[target][0] == "cuda" and "enable_fp_fusion" in options and \
+                _common._nvidia_reflect_ftz_option():
+            options["enable_reflect_ftz"] = False  # what such a launch adds on NVIDIA GPUs
+        what = f"{spec['name']} {spec['constexprs']} {options} for {target}"
+        try:
+            c = triton.compile(src, target=GPUTarget(*TARGETS[target]), options=options)
+        except Exception as e:  # noqa: BLE001 -- re-raised with the launch named
+            raise AssertionError(f"{what}: {type(e).__name__}: {e}") from e
+        assert c.metadata.shared <= SMEM[target], f"{what}: {c.metadata.shared} bytes of smem"
+
+
+@pytest.fixture(scope="module")
+def launches_file(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    try:
+        launches = recorded_launches(mp)
+    finally:
+        mp.undo()
+    path = tmp_path_factory.mktemp("launches") / "launches.json"
+    path.write_text(json.dumps(launches))
+    return str(path), launches
+
+
+def test_the_ops_launch_every_kernel(launches_file):
+    """The recorded calls reach every Triton kernel of the package (a new kernel must join
+    _run_ops to be checked)."""
+    _, launches = launches_file
+    got = {(s["module"].rsplit(".", 1)[1], s["name"]) for s in launches}
+    import importlib
+
+    want = set()
+    for mod_name in ("_common", "fp8_gemm", "fp8_quant", "int8_gemm", "int8_quant",
+                     "int4_quant", "wxa16_gemm"):
+        mod = importlib.import_module(f"lowbit.triton_kernels.{mod_name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, _common._kernel_class()) and name.endswith("_kernel") and \
+                    obj.fn.__module__ == mod.__name__:
+                want.add((mod_name, name))
+    assert want - got == set(), f"kernels no recorded call launches: {sorted(want - got)}"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_launch_compiles_for(target, launches_file):
+    """In a fresh process: this one imported triton for the interpreter, which cannot
+    compile."""
+    path, _ = launches_file
+    call_in_fresh_process(__file__, f"compile_launches({path!r}, {target!r})", timeout=1200)
