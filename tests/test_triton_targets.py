@@ -1,5 +1,6 @@
 """Every Triton kernel launch that lowbit's ops make, compiled for the GPUs its users run:
-Hopper (sm_90), Ampere (sm_80) and MI300X (gfx942), on a machine without any of them.
+Hopper (sm_90), Ampere (sm_80) and MI300X (gfx942), and MI355X (gfx950, where AMD's matrix
+cores take the OCP fp8 formats), on a machine without any of them.
 
 The ops run once under Triton's interpreter on small CPU tensors (every quantizer format and
 granularity, both GEMM accumulations, INT8 with a zero point, the weight-only GEMMs), and
@@ -31,9 +32,10 @@ _POINTEE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"
             torch.int32: "i32", torch.int64: "i64", torch.bool: "i1",
             torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5",
             torch.float8_e4m3fnuz: "fp8e4b8"}
-# Shared memory (bytes) a block may use on each target: H100/H200, A100, MI300X.
-SMEM = {"sm90": 232448, "sm80": 166912, "gfx942": 65536}
-TARGETS = {"sm90": ("cuda", 90, 32), "sm80": ("cuda", 80, 32), "gfx942": ("hip", "gfx942", 64)}
+# Shared memory (bytes) a block may use on each target: H100/H200, A100, MI300X, MI355X.
+SMEM = {"sm90": 232448, "sm80": 166912, "gfx942": 65536, "gfx950": 163840}
+TARGETS = {"sm90": ("cuda", 90, 32), "sm80": ("cuda", 80, 32), "gfx942": ("hip", "gfx942", 64),
+           "gfx950": ("hip", "gfx950", 64)}
 # Keywords of a launch that are compile options, not kernel parameters.
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "enable_fp_fusion", "maxnreg")
 
