@@ -438,6 +438,22 @@ def test_heuristic_table():
         assert heuristics.gemm_smem_bytes(c) <= heuristics.GEMM_SMEM_LIMIT
 
 
+def test_hw_cast_never_on_amd(monkeypatch):
+    """The hardware e4m3fn cast is proven on NVIDIA sm_90 only: an AMD GPU (a "cuda" device
+    under ROCm's torch) keeps the integer encoder even when asked for the cast."""
+    monkeypatch.setattr(fp8_quant, "_interpreting", lambda: False)
+    monkeypatch.setattr(fp8_quant, "capability", lambda index: (9, 0))
+    monkeypatch.setattr(fp8_quant, "device_index", lambda device: 0)
+    dev = torch.device("cuda", 0)
+    for hip, want in ((None, True), ("6.4", False)):
+        monkeypatch.setattr(torch.version, "hip", hip)
+        monkeypatch.delenv("LOWBIT_TRITON_FP8_HWCAST", raising=False)
+        assert fp8_quant._hw_cast_wanted("e4m3fn", True, dev, None) == want
+        assert fp8_quant._hw_cast_wanted("e4m3fn", True, dev, True) == want
+        monkeypatch.setenv("LOWBIT_TRITON_FP8_HWCAST", "1")
+        assert fp8_quant._hw_cast_wanted("e4m3fn", True, dev, None) == want
+
+
 def test_decoded_configs_fit():
     """The decoding kernel's configs (e4m3fnuz off CDNA3) take one K-step per iteration and
     leave room for the fp16 copy of a step's tiles beside the fp8 pipeline."""

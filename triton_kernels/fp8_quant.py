@@ -72,8 +72,11 @@ def _hw_cast_wanted(fmt: str, saturate: bool, device: torch.device,
     """The hardware e4m3fn cast (cvt.rn.satfinite) replaces the integer encoder where it is
     proven identical: on sm_90 it matched the integer encoder on all 2^32 fp32 patterns (and
     the reference on all bf16 / fp16 patterns) on an H100, so it is on by default there.
-    LOWBIT_TRITON_FP8_HWCAST=0 turns it off; =1 also allows it on sm_89 (unverified)."""
-    if fmt != "e4m3fn" or not saturate or device.type != "cuda" or _interpreting():
+    LOWBIT_TRITON_FP8_HWCAST=0 turns it off; =1 also allows it on sm_89 (unverified). Never
+    on AMD GPUs (torch calls them "cuda" too), whose e4m3fn conversion is not the one
+    proven: the integer encoder runs there."""
+    if fmt != "e4m3fn" or not saturate or device.type != "cuda" or _interpreting() or \
+            torch.version.hip is not None:
         return False
     if hw_cast is None:
         env = os.environ.get("LOWBIT_TRITON_FP8_HWCAST")
