@@ -454,6 +454,22 @@ def test_hw_cast_never_on_amd(monkeypatch):
         assert fp8_quant._hw_cast_wanted("e4m3fn", True, dev, None) == want
 
 
+def test_smem_per_block_without_an_opt_in_figure(monkeypatch):
+    """The tile fit's shared-memory budget: the opt-in limit where torch reports one, else
+    the per-block limit (a ROCm build may report 0)."""
+    from types import SimpleNamespace
+
+    from lowbit.triton_kernels import _common
+    for props, want in ((dict(shared_memory_per_block_optin=232448,
+                              shared_memory_per_block=49152), 232448),
+                        (dict(shared_memory_per_block_optin=0,
+                              shared_memory_per_block=65536), 65536),
+                        (dict(shared_memory_per_block=65536), 65536)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda index, p=props: SimpleNamespace(**p))
+        assert _common.smem_per_block.__wrapped__(0) == want  # past the per-device cache
+
+
 def test_decoded_configs_fit():
     """The decoding kernel's configs (e4m3fnuz off CDNA3) take one K-step per iteration and
     leave room for the fp16 copy of a step's tiles beside the fp8 pipeline."""

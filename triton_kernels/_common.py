@@ -222,8 +222,10 @@ def capability(index: int):
 @functools.lru_cache(maxsize=None)
 def smem_per_block(index: int) -> int:
     """The shared memory one program may opt in to on device ``index``: 227 KB on an H100,
-    99 KB on sm_86 / sm_89."""
-    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
+    99 KB on sm_86 / sm_89, an MI300's 64 KB of LDS. A torch build that reports no opt-in
+    figure (0, or no such field) gives the plain per-block limit."""
+    props = torch.cuda.get_device_properties(index)
+    return getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
 
 
 # ----------------------------------------------------------------------------- fp8 formats
