@@ -112,6 +112,20 @@ def test_e4m3fnuz_layer(tmp_path, static):
         Fp8Linear(4, 4, fmt="e5m2")
 
 
+def test_native_fp8_format(monkeypatch):
+    """e4m3fn wherever the device is not an MI300; e4m3fnuz where it is (faked here)."""
+    fp8_gemm = pytest.importorskip("lowbit.triton_kernels.fp8_gemm")
+    assert lowbit.native_fp8_format("cpu") == "e4m3fn"
+    monkeypatch.setattr(torch.version, "hip", "6.4")
+    monkeypatch.setattr(fp8_gemm, "_interpreting", lambda: False)
+    for arch, want in (("gfx942:sramecc+:xnack-", "e4m3fnuz"), ("gfx950", "e4m3fn"),
+                       ("gfx90a", "e4m3fn")):
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda device, a=arch: type("P", (), {"gcnArchName": a})())
+        assert lowbit.native_fp8_format("cuda:0") == want, arch
+    assert lowbit.native_fp8_format("cpu") == "e4m3fn"
+
+
 def test_bad_inputs():
     with pytest.raises(TypeError, match="linear must be an nn.Linear"):
         Fp8Linear.from_linear(nn.Conv1d(2, 2, 1))

@@ -19,6 +19,7 @@ from .api import (
     int8_gemm,
     int8_linear,
     int8_mm,
+    native_fp8_format,
     quantize_fp8,
     quantize_int8,
     w4a16_gemm,
@@ -43,7 +44,7 @@ except PackageNotFoundError:  # a source tree that was never installed
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
     "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int8_linear", "int4_quantize", "w4a16_gemm",
-    "w8a16_gemm", "Int4Weight",
+    "w8a16_gemm", "native_fp8_format", "Int4Weight",
     "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
     "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
     "validate", "ValidationReport", "calibrate", "Calibration", "AbsMaxObserver",

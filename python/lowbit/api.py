@@ -43,8 +43,25 @@ def _call(name: str, first: Tensor, *args):
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
     "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int8_linear", "int4_quantize", "w4a16_gemm",
-    "w8a16_gemm",
+    "w8a16_gemm", "native_fp8_format",
 ]
+
+
+def native_fp8_format(device=None) -> str:
+    """The FP8 format that ``device``'s matrix cores multiply (default: the current CUDA
+    device, else the CPU): "e4m3fnuz" on AMD CDNA3 (MI300, gfx940-942), "e4m3fn" elsewhere
+    (NVIDIA sm_89+, AMD CDNA4, the CPU reference). Both run everywhere (lowbit's Triton GEMM
+    decodes the other one), at the native one's speed only where it is native: e.g.
+    ``Fp8Linear.from_linear(lin, fmt=lowbit.native_fp8_format(lin.weight.device))``."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and torch.version.hip is not None:
+        from .triton_kernels.fp8_gemm import fnuz_native
+
+        if fnuz_native(device):
+            return "e4m3fnuz"
+    return "e4m3fn"
 
 
 def quantize_fp8(x: Tensor, scale: Optional[Tensor] = None, *, fmt: str = "e4m3fn",

@@ -109,7 +109,7 @@ INT4_GROUP = 128  # the group size of the int4 rows (divides every K of both mod
 
 # precision -> what its layers compute (for a table); ``quantized_layer`` builds them.
 LAYERS = {
-    "fp8": "Fp8Linear W8A8 (fp8 e4m3, weight per channel, act. per token)",
+    "fp8": "Fp8Linear W8A8 (the device's fp8 e4m3, weight per channel, act. per token)",
     "int8": "Int8Linear W8A8 (weight per channel, act. per token)",
     "int4": f"Int4Linear W4A16 (group {INT4_GROUP}, symmetric)",
     "w8a16": "Int8Linear W8A16 (weight-only int8, per channel)",
@@ -123,11 +123,13 @@ def _check_precision(precision: str) -> None:
 
 def quantized_layer(linear: nn.Linear, precision: str) -> nn.Module:
     """The lowbit layer of ``precision`` (a key of ``LAYERS``) built from ``linear``."""
+    from lowbit import native_fp8_format
     from lowbit.nn import Fp8Linear, Int4Linear, Int8Linear
 
     _check_precision(precision)
     if precision == "fp8":
-        return Fp8Linear.from_linear(linear)
+        # The device's own FP8: e4m3fnuz on MI300, whose matrix cores do not take e4m3fn.
+        return Fp8Linear.from_linear(linear, fmt=native_fp8_format(linear.weight.device))
     if precision == "int4":
         return Int4Linear.from_linear(linear, group_size=INT4_GROUP)
     return Int8Linear.from_linear(linear, mode="w8a16" if precision == "w8a16" else "w8a8")
