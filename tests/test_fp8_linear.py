@@ -98,6 +98,7 @@ def test_e4m3fnuz_layer(tmp_path, static):
     assert _rel(y, lin(x)) < 0.08
     if not static:
         assert torch.equal(y.reshape(15, 96), _expected_fmt(mod, x))
+    assert torch.equal(torch.compile(mod, fullgraph=True)(x), y)
     rebuilt = Fp8Linear(**mod.config())
     rebuilt.load_state_dict(mod.state_dict())
     assert rebuilt.weight.dtype == torch.float8_e4m3fnuz and torch.equal(rebuilt(x), y)
