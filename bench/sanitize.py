@@ -187,6 +187,63 @@ def int4_quantize_cases() -> Dict[str, List[Callable]]:
 # the dequantize kernel, has no shared memory to race on: racecheck runs leave them out
 # (--no-cublas); memcheck runs them.
 CUBLAS_KERNELS = ("cuda_w4a16_gemm_dequant",)
+FUSED_OPS = ("fp8_linear", "int8_linear")
+
+
+# The layer ops' quantizer-in-the-GEMM kernels (lowbit.backends.cuda.linear.FUSED_LINEAR):
+# not registry kernels of one op, so each case is a whole layer forward with
+# LOWBIT_FUSED_QUANT=1, counted as run where lowbit.explain names the fused kernel. M <= 64
+# (their range); N and K off the tiles; rows padded (strided) and not; bf16 and fp16; static
+# and dynamic activation scales; bias or not.
+FUSED_SHAPES = [(1, 136, 256), (3, 3000, 4112), (17, 264, 1040), (64, 520, 2064)]
+
+
+def fused_cases() -> Dict[str, List[Callable]]:
+    c = {"fp8_linear": [], "int8_linear": []}
+    for i, (m, n, k) in enumerate(FUSED_SHAPES):
+        for dtype, static, bias, pad in ((torch.bfloat16, False, True, 0),
+                                         (torch.float16, True, False, 8)):
+            def fp8(m=m, n=n, k=k, dtype=dtype, static=static, bias=bias, pad=pad):
+                return lowbit.fp8_linear, (
+                    _x(m, k, 0, pad).to(dtype), _f8(n, k), _scale(n),
+                    torch.randn(n, device=DEV).to(dtype) if bias else None,
+                    torch.tensor(0.05, device=DEV) if static else None)
+
+            def int8(m=m, n=n, k=k, dtype=dtype, static=static, bias=bias, pad=pad):
+                return lowbit.int8_linear, (
+                    _x(m, k, 0, pad).to(dtype), _i8(n, k), _scale(n),
+                    torch.randn(n, device=DEV).to(dtype) if bias else None,
+                    torch.tensor(0.05, device=DEV) if static else None)
+            c["fp8_linear"].append(fp8)
+            c["int8_linear"].append(int8)
+    return c
+
+
+def run_fused(op: str, cases: List[Callable]) -> None:
+    """Each case's layer forward with the fused kernel on, where explain says it takes it."""
+    import os
+
+    from lowbit.backends.cuda.linear import FUSED_ENV, FUSED_LINEAR
+
+    name = FUSED_LINEAR[op][0]
+    saved = os.environ.get(FUSED_ENV)
+    os.environ[FUSED_ENV] = "1"
+    ran = declined = 0
+    try:
+        for case in cases:
+            fn, args = case()
+            if lowbit.explain(fn, *args, backend="cuda").kernel != name:
+                declined += 1
+                continue
+            fn(*args, backend="cuda")
+            ran += 1
+        torch.cuda.synchronize()
+    finally:
+        if saved is None:
+            os.environ.pop(FUSED_ENV, None)
+        else:
+            os.environ[FUSED_ENV] = saved
+    print(f"{op:16s} {name:32s} ran {ran:3d}, declined {declined:3d}", flush=True)
 
 
 def all_cases() -> Dict[str, List[Callable]]:
@@ -194,6 +251,7 @@ def all_cases() -> Dict[str, List[Callable]]:
     cases.update(int8_cases())
     cases.update(wxa16_cases())
     cases.update(int4_quantize_cases())
+    cases.update(fused_cases())
     return cases
 
 
@@ -213,6 +271,12 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"--ops: unknown {bad}; known: {sorted(cases)}")
     for op in ops:
+        if op in FUSED_OPS:
+            if args.list:
+                print(f"{op:16s} (fused layer kernel) {len(cases[op])} cases")
+            else:
+                run_fused(op, cases[op])
+            continue
         for kernel in [k for k in B.kernels(op) if k.backend == "cuda"]:
             why = kernel.available() if kernel.available else None
             if args.no_cublas and kernel.name in CUBLAS_KERNELS:
