@@ -5,13 +5,19 @@ cores take the OCP fp8 formats), on a machine without any of them.
 The ops run once under Triton's interpreter on small CPU tensors (every quantizer format and
 granularity, both GEMM accumulations, INT8 with a zero point, the weight-only GEMMs), and
 each launch is recorded as Triton would specialize it: argument dtypes, which pointers and
-integers are 16-byte multiples, the constexprs, warps and stages. A fresh process (one that
-imported triton for the interpreter cannot compile) then compiles each recorded launch for
-each target with ``triton.compile``: a kernel that uses something a target lacks (an
-NVIDIA-only instruction, an fp8 type the backend refuses, more shared memory than the chip
-has) fails here rather than on a user's GPU. Launch parameters that only the interpreter
-uses (bf16 tensors passed as their int16 bits) are compiled as recorded: the code paths are
-the GPU's.
+integers are 16-byte multiples, integers equal to 1 as constants, the constexprs, warps and
+stages. A fresh process (one that imported triton for the interpreter cannot compile) then
+compiles, for each target, the launches a GPU of that target makes in their place
+(``_gpu_forms``: bf16 tensors as bf16 rather than the interpreter's int16 bits, the
+e4m3fnuz GEMM native on MI300, the hardware-cast quantizer on sm_90) with
+``triton.compile``: a kernel that uses something a target lacks (an NVIDIA-only
+instruction, an fp8 type the backend refuses, more shared memory than the chip has) fails
+here rather than on a user's GPU.
+
+What this does not cover: the tile sizes are those the host code picks for these small
+problems under the interpreter (the quantizers pick smaller tiles there); the GEMMs'
+large-M configs at each chip's shared-memory fit are compiled by test_triton_fp8's and
+test_triton_wxa16's own compile checks.
 """
 import json
 
@@ -43,6 +49,7 @@ _OPTIONS = ("num_warps", "num_stages", "num_ctas", "enable_fp_fusion", "maxnreg"
 def _spec(kernel, args, kwargs) -> dict:
     """One launch as Triton specializes it: {kernel, signature, constexprs, aligned, options}."""
     names = kernel.arg_names
+    params = {p.name: p for p in kernel.params}
     constexpr = {p.name for p in kernel.params if p.is_constexpr}
     defaults = _common._defaults(kernel)
     sig, consts, aligned = {}, {}, []
@@ -56,8 +63,13 @@ def _spec(kernel, args, kwargs) -> dict:
         elif isinstance(value, bool):
             sig[name] = "i1"
         elif isinstance(value, int):
+            # Triton compiles an integer equal to 1 as that constant (a unit stride), and
+            # marks a multiple of 16, unless the parameter opts out of specialization.
+            if value == 1 and not params[name].do_not_specialize:
+                consts[name] = 1
+                continue
             sig[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
-            if value % 16 == 0:
+            if value % 16 == 0 and not params[name].do_not_specialize:
                 aligned.append(name)
         elif isinstance(value, float):
             sig[name] = "fp32"
@@ -138,13 +150,40 @@ def recorded_launches(monkeypatch) -> list:
     return list(seen.values())
 
 
-def _launched_on(spec: dict, target: str) -> bool:
-    """Whether lowbit would make this launch on ``target``: its Triton backend refuses the
-    fp8 GEMM of OCP operands below sm_89, which has no fp8 tl.dot
-    (lowbit/backends/triton.py, _gemm_supports)."""
-    ocp = {"*fp8e4nv", "*fp8e5"}
-    return not (target == "sm80" and spec["name"] == "_fp8_scaled_mm_kernel" and
-                spec["signature"]["a_ptr"] in ocp)
+# Constexprs that only the interpreter sets (a bf16 tensor passed as its int16 bits, because
+# the interpreter's own fp32 -> bf16 cast truncates), and the pointers they retype.
+_INTERPRETER_BITS = {"BF16_BITS": ("c_ptr",), "OUT_BF16_BITS": ("c_ptr",),
+                     "X_BF16_BITS": ("x_ptr",)}
+
+
+def _gpu_forms(spec: dict, target: str) -> list:
+    """The launches a GPU of ``target`` makes in place of a recorded one, as the host code
+    decides them there: bf16 tensors as bf16 (``_INTERPRETER_BITS``); the e4m3fnuz GEMM
+    native on MI300 (gfx942: e4m3fnuz pointers, no decoding); the saturating e4m3fn
+    quantizer with the hardware cast on sm_90 (its default there) and without (the switch
+    off); none for the OCP fp8 GEMM on sm_80, which lowbit's Triton backend refuses (no fp8
+    tl.dot: lowbit/backends/triton.py, _gemm_supports)."""
+    spec = json.loads(json.dumps(spec))  # a copy
+    consts, sig = spec["constexprs"], spec["signature"]
+    for flag, ptrs in _INTERPRETER_BITS.items():
+        if consts.get(flag):
+            consts[flag] = False
+            for ptr in ptrs:  # (a split GEMM's fp32 workspace keeps its type)
+                if sig[ptr] == "*i16":
+                    sig[ptr] = "*bf16"
+    if spec["name"] == "_fp8_scaled_mm_kernel":
+        if target == "sm80" and sig["a_ptr"] in ("*fp8e4nv", "*fp8e5"):
+            return []
+        if consts.get("DECODE") and target == "gfx942":
+            consts["DECODE"] = False
+            sig["a_ptr"] = sig["b_ptr"] = "*fp8e4b8"
+    forms = [spec]
+    if target == "sm90" and consts.get("HW_CAST") is False and consts.get("SATURATE") and \
+            consts.get("MAX_CODE") == 0x7E and consts.get("NEG_ZERO"):  # e4m3fn's constants
+        cast = json.loads(json.dumps(spec))
+        cast["constexprs"]["HW_CAST"] = True
+        forms.append(cast)
+    return forms
 
 
 def compile_launches(path: str, target: str) -> None:
@@ -157,9 +196,8 @@ def compile_launches(path: str, target: str) -> None:
 
     with open(path) as f:
         launches = json.load(f)
-    for spec in launches:
-        if not _launched_on(spec, target):
-            continue
+    forms = [form for spec in launches for form in _gpu_forms(spec, target)]
+    for spec in forms:
         kernel = getattr(importlib.import_module(spec["module"]), spec["name"])
         names = kernel.arg_names
         index = {n: i for i, n in enumerate(names)}
