@@ -364,6 +364,10 @@ def test_scale_values_match_the_dynamic_scales():
         assert fp8.dtype == torch.float32 and fp8.shape == ()
         _, dyn = lowbit.quantize_fp8(x, granularity="tensor", backend="reference")
         assert torch.equal(fp8, dyn), name
+        assert torch.equal(cal.scale("", "e4m3fn"), fp8)  # the format's own name
+        _, dyn = lowbit.quantize_fp8(x, fmt="e4m3fnuz", granularity="tensor",
+                                     backend="reference")
+        assert torch.equal(cal.scale("", "e4m3fnuz"), dyn), name
         _, dyn, _ = lowbit.quantize_int8(x, granularity="tensor", backend="reference")
         assert torch.equal(int8, dyn), name
         if name == "normal":

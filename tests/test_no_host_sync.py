@@ -86,11 +86,12 @@ def test_ops_do_not_synchronize(backend):
 @pytest.mark.parametrize("make", [
     lambda lin: lowbit.nn.Fp8Linear.from_linear(lin),
     lambda lin: lowbit.nn.Fp8Linear.from_linear(lin, act_scale=torch.tensor(0.02)),
+    lambda lin: lowbit.nn.Fp8Linear.from_linear(lin, fmt="e4m3fnuz"),
     lambda lin: lowbit.nn.Int8Linear.from_linear(lin),
     lambda lin: lowbit.nn.Int8Linear.from_linear(lin, act_symmetric=False),
     lambda lin: lowbit.nn.Int8Linear.from_linear(lin, mode="w8a16"),
     lambda lin: lowbit.nn.Int4Linear.from_linear(lin, group_size=128),
-], ids=["fp8", "fp8-static", "int8", "int8-asym", "w8a16", "int4"])
+], ids=["fp8", "fp8-static", "fp8-fnuz", "int8", "int8-asym", "w8a16", "int4"])
 @pytest.mark.parametrize("m", [1, 16, 300])
 def test_modules_do_not_synchronize(make, m):
     lin = nn.Linear(512, 384).to(DEV, torch.bfloat16)

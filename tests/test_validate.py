@@ -73,6 +73,14 @@ def test_models_left_in_their_mode():
     assert ref.training and not q.training
 
 
+def test_every_scheme_has_a_precision():
+    """validate takes quantize_'s scheme names; each maps to a precision with thresholds."""
+    import importlib
+    V = importlib.import_module("lowbit.validate")  # (lowbit.validate is the function)
+    assert set(lowbit.SCHEMES) <= set(V._PRECISION_OF)
+    assert set(V._PRECISION_OF.values()) <= set(V.MAX_ACCURACY_DROP)
+
+
 def test_errors():
     ref, q = _pair()
     with pytest.raises(ValueError, match="precision"):

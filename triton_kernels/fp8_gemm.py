@@ -51,6 +51,7 @@ from ._common import bind, device_index, fp8_decode, grouped_tile, jit, smem_per
 from ._common import interpreting as _interpreting
 from .fp8_quant import f32_to_bf16_bits, fmt_constants
 from .heuristics import fp8_gemm_config, fp8_gemm_configs
+from .targets import fnuz_native
 
 __all__ = ["fp8_scaled_mm", "scale_mode", "decodes", "fnuz_native"]
 
@@ -205,23 +206,13 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
 
 
 FNUZ = "e4m3fnuz"
-# The AMD chips whose matrix cores multiply e4m3fnuz (CDNA3: MI300); CDNA4 (gfx950) takes the
-# OCP formats instead, and Triton calls its fnuz dot deprecated there.
-FNUZ_NATIVE_ARCHS = ("gfx940", "gfx941", "gfx942")
-
-
-def fnuz_native(device: torch.device) -> bool:
-    """Whether ``device`` multiplies e4m3fnuz operands in its matrix cores."""
-    if _interpreting() or device.type != "cuda" or torch.version.hip is None:
-        return False
-    arch = torch.cuda.get_device_properties(device).gcnArchName
-    return arch.split(":")[0] in FNUZ_NATIVE_ARCHS
 
 
 def decodes(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the kernel decodes operands of ``dtype`` to fp16 before its dots on
-    ``device`` (e4m3fnuz wherever it is not native)."""
-    return dtype == torch.float8_e4m3fnuz and not fnuz_native(device)
+    ``device``: e4m3fnuz wherever it is not native (targets.fnuz_native), the interpreter
+    included."""
+    return dtype == torch.float8_e4m3fnuz and (_interpreting() or not fnuz_native(device))
 
 
 def _codes(t: torch.Tensor) -> torch.Tensor:

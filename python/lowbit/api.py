@@ -53,15 +53,11 @@ def native_fp8_format(device=None) -> str:
     (NVIDIA sm_89+, AMD CDNA4, the CPU reference). Both run everywhere (lowbit's Triton GEMM
     decodes the other one), at the native one's speed only where it is native: e.g.
     ``Fp8Linear.from_linear(lin, fmt=lowbit.native_fp8_format(lin.weight.device))``."""
+    from .triton_kernels.targets import fnuz_native  # (imports no triton)
+
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and torch.version.hip is not None:
-        from .triton_kernels.fp8_gemm import fnuz_native
-
-        if fnuz_native(device):
-            return "e4m3fnuz"
-    return "e4m3fn"
+    return "e4m3fnuz" if fnuz_native(torch.device(device)) else "e4m3fn"
 
 
 def quantize_fp8(x: Tensor, scale: Optional[Tensor] = None, *, fmt: str = "e4m3fn",

@@ -34,8 +34,11 @@ __all__ = [
 ]
 
 # The formats a clip becomes a scale for: the largest magnitude of each (the SPEC's qmax).
-FORMATS = {"fp8": 448.0, "e4m3fnuz": 240.0, "int8": 127.0}
-_FP8_OF = {"fp8": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
+# "e4m3fn" is "fp8" by its format's name, so that the name Fp8Linear's fmt and
+# lowbit.native_fp8_format give serves here too.
+FORMATS = {"fp8": 448.0, "e4m3fn": 448.0, "e4m3fnuz": 240.0, "int8": 127.0}
+_FP8_OF = {"fp8": torch.float8_e4m3fn, "e4m3fn": torch.float8_e4m3fn,
+           "e4m3fnuz": torch.float8_e4m3fnuz}
 # The SPEC's floor on a scale (the smallest normal fp32): keeps 1 / scale finite.
 _SCALE_FLOOR = 2.0 ** -126
 _FP32_MAX = float(torch.finfo(torch.float32).max)

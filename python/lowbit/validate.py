@@ -29,8 +29,8 @@ from .convert import module_bytes
 
 MAX_ACCURACY_DROP = {"fp8": 0.5, "int8": 1.0, "int4": 3.0}
 ARTICLE_MIN_SPEEDUP = {"fp8": 2.0, "int8": 3.0, "int4": 5.0}
-_PRECISION_OF = {"fp8": "fp8", "fp8-w8a16": "fp8", "int8": "int8", "w8a16": "int8",
-                 "int4": "int4"}
+_PRECISION_OF = {"fp8": "fp8", "fp8-fnuz": "fp8", "fp8-w8a16": "fp8", "int8": "int8",
+                 "w8a16": "int8", "int4": "int4"}
 
 
 @dataclass
