@@ -276,9 +276,9 @@ def test_gemm_e4m3fnuz(mnk, modes):
             assert out.dtype == od and out.shape == (m, n)
             err = rel_fro(out.float().cpu(), ref)
             assert err <= tol(od, fast), f"{od} fast={fast}: {err:.2e}"
-    if DEVICE == "cuda":  # the CUDA kernels take e4m3fn only: auto picks this one
+    if DEVICE == "cuda":  # the CUDA kernels take e4m3fn only: auto picks the decoding one
         assert lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb).kernel == \
-            "triton_fp8_scaled_mm"
+            "triton_fp8_scaled_mm_decoded"
 
 
 def test_gemm_e4m3fnuz_nan_and_layout():
@@ -387,7 +387,7 @@ def test_registered_kernels_and_choice():
     assert names["quantize_fp8"] == ["triton_fp8_quant_per_tensor", "triton_fp8_quant_per_token",
                                      "triton_fp8_quant_per_group", "triton_fp8_quant_per_block"]
     assert names["dequantize_fp8"] == ["triton_fp8_dequant"]
-    assert names["fp8_scaled_mm"] == ["triton_fp8_scaled_mm"]
+    assert names["fp8_scaled_mm"] == ["triton_fp8_scaled_mm", "triton_fp8_scaled_mm_decoded"]
     for op in names:
         for k in _backend.kernels(op):
             if k.backend == "triton":
@@ -403,6 +403,11 @@ def test_registered_kernels_and_choice():
     a, b, sa, sb = make_gemm(2, 16, 64, "row", "row")
     c = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="triton")
     assert c.kernel == "triton_fp8_scaled_mm"
+    # e4m3fnuz off MI300 (here: the interpreter) runs decoded, and explain says so.
+    a, b, sa, sb = make_gemm(2, 16, 64, "row", "row", fmt_a="e4m3fnuz", fmt_b="e4m3fnuz")
+    c = lowbit.explain(lowbit.fp8_scaled_mm, a, b, sa, sb, backend="triton")
+    assert c.kernel == "triton_fp8_scaled_mm_decoded", str(c)
+    assert any("not native here" in r for r in c.rejected), str(c)
 
 
 def test_heuristic_table():

@@ -12,7 +12,7 @@ Kernels (op: name):
 - quantize_fp8: triton_fp8_quant_per_tensor, triton_fp8_quant_per_token (token and channel),
   triton_fp8_quant_per_group, triton_fp8_quant_per_block (128x128 and 1x128)
 - dequantize_fp8: triton_fp8_dequant
-- fp8_scaled_mm: triton_fp8_scaled_mm
+- fp8_scaled_mm: triton_fp8_scaled_mm (triton_fp8_scaled_mm_decoded: e4m3fnuz off MI300)
 - quantize_int8: triton_int8_quant_per_tensor, triton_int8_quant_per_token (token and
   channel), triton_int8_quant_per_group, triton_int8_quant_per_block (128x128 and 1x128)
 - dequantize_int8: triton_int8_dequant
@@ -156,6 +156,27 @@ def dequantize_fp8(q, scale, out_dtype):
 _GEMM_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz)
 
 
+def _decodes(a) -> bool:
+    """Whether the GEMM kernel decodes a's fp8 codes to fp16 before its dots on a's device
+    (e4m3fnuz off MI300): a registry kernel of its own name, so that explain says so."""
+    return _load().fp8_gemm.decodes(a.dtype, a.device)
+
+
+def _gemm_supports_native(a, *rest):
+    why = _gemm_supports(a, *rest)
+    if why is None and _decodes(a):
+        return (f"{a.dtype} is not native here: the decoding kernel "
+                "(triton_fp8_scaled_mm_decoded) runs it")
+    return why
+
+
+def _gemm_supports_decoded(a, *rest):
+    why = _gemm_supports(a, *rest)
+    if why is None and not _decodes(a):
+        return f"runs only operands this device does not multiply; {a.dtype} is native here"
+    return why
+
+
 def _gemm_supports(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     if a.dtype not in _GEMM_DTYPES or b.dtype not in _GEMM_DTYPES:
         return (f"operands {a.dtype} x {b.dtype}: needs float8_e4m3fn, float8_e5m2 or "
@@ -198,17 +219,26 @@ def _prepare_fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     with OnDevice(a.device):
         launch = _load().fp8_gemm.fp8_scaled_mm_launcher(
             a, b, a_scale, b_scale, bias, out_dtype, fast_accum, a_tile=a_tile, b_tile=b_tile)
-    return _prepared_on(a.device, launch, "triton_fp8_scaled_mm")
+    name = "triton_fp8_scaled_mm_decoded" if _decodes(a) else "triton_fp8_scaled_mm"
+    return _prepared_on(a.device, launch, name)
 
 
-@register_kernel("fp8_scaled_mm", "triton", "triton_fp8_scaled_mm", supports=_gemm_supports,
-                 available=available, priority=PRIORITY, prepare=_prepare_fp8_scaled_mm)
 def fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
     a_tile = scale_layout.scale_tile(a_scale.shape, a.shape)
     b_tile = scale_layout.scale_tile(b_scale.shape, b.shape)
     with OnDevice(a.device):
         return _load().fp8_gemm.fp8_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype,
                                               fast_accum, a_tile=a_tile, b_tile=b_tile)
+
+
+# One kernel, two names: the operands as tl.dot takes them, and e4m3fnuz decoded to fp16
+# where the device does not multiply it (slower: an fp16 dot and the decode).
+register_kernel("fp8_scaled_mm", "triton", "triton_fp8_scaled_mm",
+                supports=_gemm_supports_native, available=available, priority=PRIORITY,
+                prepare=_prepare_fp8_scaled_mm)(fp8_scaled_mm)
+register_kernel("fp8_scaled_mm", "triton", "triton_fp8_scaled_mm_decoded",
+                supports=_gemm_supports_decoded, available=available, priority=PRIORITY,
+                prepare=_prepare_fp8_scaled_mm)(fp8_scaled_mm)
 
 
 # --------------------------------------------------------------------------- quantize_int8
