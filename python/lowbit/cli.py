@@ -97,7 +97,8 @@ def info(stream=None) -> int:
         for i in range(torch.cuda.device_count()):
             prop = torch.cuda.get_device_properties(i)
             p(f"  GPU {i}: {prop.name}, compute capability {prop.major}.{prop.minor}, "
-              f"{prop.multi_processor_count} SMs, {prop.total_memory / 2**30:.0f} GiB")
+              f"{prop.multi_processor_count} SMs, {prop.total_memory / 2**30:.0f} GiB, "
+              f"native fp8: {lowbit.native_fp8_format(torch.device('cuda', i))}")
     else:
         p("  GPU: none visible to torch")
     p(f"  default backend: {_backend.default_backend()}")
