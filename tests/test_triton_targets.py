@@ -14,10 +14,10 @@ e4m3fnuz GEMM native on MI300, the hardware-cast quantizer on sm_90) with
 instruction, an fp8 type the backend refuses, more shared memory than the chip has) fails
 here rather than on a user's GPU.
 
-What this does not cover: the tile sizes are those the host code picks for these small
-problems under the interpreter (the quantizers pick smaller tiles there); the GEMMs'
-large-M configs at each chip's shared-memory fit are compiled by test_triton_fp8's and
-test_triton_wxa16's own compile checks.
+The GEMMs are compiled again with the tiles of full-size problems at each chip's
+shared-memory fit (``_large_tiles``). What this does not cover: the quantizers' tiles are
+those the host code picks for these small problems under the interpreter (smaller than a
+GPU's).
 """
 import json
 
@@ -183,6 +183,39 @@ def _gpu_forms(spec: dict, target: str) -> list:
         cast = json.loads(json.dumps(spec))
         cast["constexprs"]["HW_CAST"] = True
         forms.append(cast)
+    return forms + _large_tiles(spec, target)
+
+
+def _large_tiles(spec: dict, target: str) -> list:
+    """A GEMM launch again with the tiles the host code picks for full-size problems on
+    ``target`` (its table's configs fitted to the chip's shared memory: MI300 has 64 KB,
+    not an H100's 227): M = 1 and 64 where the launch is a decode one (the weight-only
+    GEMM's split), else M = 64 and 4096, on a 4096 x 4096 weight."""
+    from lowbit.triton_kernels import heuristics as H
+
+    consts, name, smem = spec["constexprs"], spec["name"], SMEM[target]
+    if name == "_fp8_scaled_mm_kernel":
+        cfgs = [H.fp8_gemm_config(m, 4096, 4096, consts["FAST_ACCUM"], consts["BLOCKWISE"],
+                                  smem_limit=smem, decoded=consts.get("DECODE", False))
+                for m in (1, 64, 4096)]
+    elif name == "_int8_gemm_kernel":
+        cfgs = [H.int8_gemm_config(m, 4096, 4096, smem_limit=smem) for m in (1, 64, 4096)]
+    elif name == "_wxa16_kernel":
+        group = 0 if consts["PER_CHANNEL"] else 64  # the recorded weights' groups
+        cfgs = [H.wxa16_gemm_config(m, 4096, 4096, group)
+                for m in ((1, 16) if consts["PARTIAL"] else (64, 4096))]
+    else:
+        return []
+    forms = []
+    for cfg in cfgs:
+        form = json.loads(json.dumps(spec))
+        form["constexprs"].update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                  BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
+        if "K_UNROLL" in consts:
+            form["constexprs"]["K_UNROLL"] = cfg.k_unroll
+        form["options"].update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if form != spec and form not in forms:
+            forms.append(form)
     return forms
 
 
