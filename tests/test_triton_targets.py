@@ -15,9 +15,8 @@ instruction, an fp8 type the backend refuses, more shared memory than the chip h
 here rather than on a user's GPU.
 
 The GEMMs are compiled again with the tiles of full-size problems at each chip's
-shared-memory fit (``_large_tiles``). What this does not cover: the quantizers' tiles are
-those the host code picks for these small problems under the interpreter (smaller than a
-GPU's).
+shared-memory fit (``_large_tiles``), and the quantizers with the tiles a GPU takes for
+full-size inputs (``_gpu_quantizer_tiles``): the interpreter picks other sizes.
 """
 import json
 
@@ -205,7 +204,7 @@ def _large_tiles(spec: dict, target: str) -> list:
         cfgs = [H.wxa16_gemm_config(m, 4096, 4096, group)
                 for m in ((1, 16) if consts["PARTIAL"] else (64, 4096))]
     else:
-        return []
+        return _gpu_quantizer_tiles(spec)
     forms = []
     for cfg in cfgs:
         form = json.loads(json.dumps(spec))
@@ -214,6 +213,38 @@ def _large_tiles(spec: dict, target: str) -> list:
         if "K_UNROLL" in consts:
             form["constexprs"]["K_UNROLL"] = cfg.k_unroll
         form["options"].update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if form != spec and form not in forms:
+            forms.append(form)
+    return forms
+
+
+def _gpu_quantizer_tiles(spec: dict) -> list:
+    """A quantizer or dequantizer launch again with the tiles a GPU takes (the interpreter's
+    are other sizes): elementwise tiles of 4096 x 4096 and 4096 x 1024 inputs; segment tiles
+    of 4096-long rows (held in registers), 16384-long rows (two passes) and groups of 128;
+    the 128 x 128 block quantizer's GPU slices; the int4 quantizer's 32 rows."""
+    from lowbit.triton_kernels import heuristics as H
+
+    name, variants = spec["name"], []
+    if name in ("_extent_kernel", "_quant_tensor_kernel", "_dequant_kernel"):
+        for rows, cols in ((4096, 4096), (4096, 1024)):
+            br, bk = H.elementwise_tile(rows, cols)
+            variants.append(({"BLOCK_R": br, "BLOCK_K": bk}, {}))
+    elif name == "_quant_segment_kernel":
+        for segs, seg_len in ((4096, 4096), (4096, 16384), (4096 * 32, 128)):
+            bs, bk, one, warps = H.segment_tile(segs, seg_len)
+            variants.append(({"BLOCK_S": bs, "BLOCK_K": bk, "ONE_TILE": one},
+                             {"num_warps": warps}))
+    elif name == "_quant_block2d_kernel":
+        variants.append(({"SUB_R": H.block2d_sub_rows()}, {}))
+    elif name == "_int4_quant_kernel":
+        from lowbit.triton_kernels import int4_quant
+        variants.append(({"BLOCK_N": int4_quant.BLOCK_N}, {}))
+    forms = []
+    for consts, options in variants:
+        form = json.loads(json.dumps(spec))
+        form["constexprs"].update(consts)
+        form["options"].update(options)
         if form != spec and form not in forms:
             forms.append(form)
     return forms

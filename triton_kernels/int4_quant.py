@@ -95,6 +95,11 @@ def _int4_quant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, stride_n, stride_k, ngroup
         tl.store(z_ptr + sidx, z.to(tl.uint8), mask=row_ok)
 
 
+# Weight rows per program: 32 on a GPU, 16 under the interpreter (whose programs cost
+# Python time whatever their size, and whose tests use small weights).
+BLOCK_N, INTERPRET_BLOCK_N = 32, 16
+
+
 def _chunk(group_size: int) -> int:
     """The piece of a group one step loads, a power of two: the largest of 128, 64, 32
     dividing the group (the group itself for G = 32, 64, 128; a row per channel has K a
@@ -117,7 +122,7 @@ def int4_quantize(w: torch.Tensor, group_size: int, symmetric: bool, s_dtype: to
     if n == 0 or ngroups == 0:
         return q, s, z
     wk, x_bf16 = kernel_input(w)
-    block_n = 16 if interpreting() else 32
+    block_n = INTERPRET_BLOCK_N if interpreting() else BLOCK_N
     _int4_quant_kernel[(triton.cdiv(n, block_n) * ngroups,)](
         wk, q, s.view(torch.int16) if s_dtype == torch.bfloat16 else s,
         q if symmetric else z, n, wk.stride(0), wk.stride(1), ngroups,
