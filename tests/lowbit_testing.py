@@ -602,6 +602,30 @@ def empty_quant_inputs(granularity, group_size, device="cpu"):
                granularity in ("group", "block") and shape[-1] == 0)
 
 
+# The GPUs the Triton kernels are compiled for in CI (GPUTarget's arguments), and the shared
+# memory a block may use on each: H100/H200, A100, MI300X, MI355X.
+GPU_TARGETS = {"sm90": ("cuda", 90, 32), "sm80": ("cuda", 80, 32),
+               "gfx942": ("hip", "gfx942", 64), "gfx950": ("hip", "gfx950", 64)}
+SMEM_LIMIT = {"sm90": 232448, "sm80": 166912, "gfx942": 65536, "gfx950": 163840}
+
+
+def compile_kernel(kernel, target, signature: dict, constexprs: dict, aligned=(),
+                   options=None):
+    """``triton.compile`` of the jitted ``kernel`` for ``target`` (GPUTarget's arguments), no
+    device needed: ``signature`` {parameter: Triton type, or "constexpr"}, ``constexprs``
+    {parameter: value}, ``aligned``: the parameters a launch would mark as 16-byte
+    multiples. Run it in a process without TRITON_INTERPRET (call_in_fresh_process)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    index = {n: i for i, n in enumerate(kernel.arg_names)}
+    src = ASTSource(fn=kernel, signature=signature,
+                    constexprs={(index[n],): v for n, v in constexprs.items()},
+                    attrs={(index[n],): [["tt.divisibility", 16]] for n in aligned})
+    return triton.compile(src, target=GPUTarget(*target), options=dict(options or {}))
+
+
 def compile_checks_in_fresh_process(test_file: str, target) -> None:
     """Run ``compile_checks(target)`` of the test module at ``test_file`` in a fresh Python
     without TRITON_INTERPRET: a process that imported triton for the interpreter cannot

@@ -14,9 +14,10 @@ the SPEC's tolerances (1e-2 for bf16/fp16 outputs, 2e-3 for fp32).
 import pytest
 import torch
 
-from lowbit_testing import (GRAN_IDS, GRANS, all_bf16, all_fp16, assert_bits_equal,
-                            compile_checks_in_fresh_process, gemm_tol as tol,
-                            quantized_gemm_operands, ref_mm_f64, rel_fro, with_launch_hook)
+from lowbit_testing import (GPU_TARGETS, GRAN_IDS, GRANS, SMEM_LIMIT, all_bf16, all_fp16,
+                            assert_bits_equal, compile_checks_in_fresh_process,
+                            compile_kernel, gemm_tol as tol, quantized_gemm_operands,
+                            ref_mm_f64, rel_fro, with_launch_hook)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -318,10 +319,8 @@ def _compile(target, decode: bool, fast: bool, mnk):
     """The GEMM kernel compiled for ``target`` (no device needed) as a launch of e4m3fnuz
     operands of shape ``mnk`` would specialize it (the table's config, rowwise scales, bf16
     out with a bias): ``decode`` reads uint8 codes, else e4m3fnuz itself."""
-    from triton.compiler import ASTSource
-
     kern = fp8_gemm._fp8_scaled_mm_kernel
-    smem = 232448 if target == ("cuda", 90, 32) else 166912 if target[0] == "cuda" else 65536
+    smem = SMEM_LIMIT[{t: name for name, t in GPU_TARGETS.items()}[tuple(target)]]
     cfg = heuristics.fp8_gemm_config(*mnk, fast_accum=fast, smem_limit=smem, decoded=decode)
     const = dict(A_MODE=1, B_MODE=1, BLOCKWISE=False, HAS_BIAS=True, FAST_ACCUM=fast,
                  PROMOTE_IN_DOT=False, BF16_BITS=False, BLOCK_M=cfg.block_m,
@@ -334,12 +333,8 @@ def _compile(target, decode: bool, fast: bool, mnk):
     sig = {a: "constexpr" if a in const else ptrs.get(a, "i32") for a in kern.arg_names}
     aligned = [a for a in kern.arg_names
                if a in ptrs or a in ("K", "stride_am", "stride_bn", "stride_cm")]
-    src = ASTSource(fn=kern, signature=sig,
-                    constexprs={(kern.arg_names.index(a),): v for a, v in const.items()},
-                    attrs={(kern.arg_names.index(a),): [["tt.divisibility", 16]]
-                           for a in aligned})
-    c = triton.compile(src, target=triton.backends.compiler.GPUTarget(*target),
-                       options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    c = compile_kernel(kern, target, sig, const, aligned,
+                       dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
     assert c.metadata.shared <= smem, (target, mnk, cfg, c.metadata.shared)
     return c
 
@@ -348,8 +343,6 @@ def compile_checks(target) -> None:
     """e4m3fnuz at decode, mid and large M in both accumulation modes: on NVIDIA decoded to
     fp16, on tensor cores (wgmma on sm_90 where the tile allows, mma.sync on sm_80), within
     the shared memory; on MI300 (gfx942) multiplied natively by its fp8 MFMA."""
-    import triton.backends.compiler  # noqa: F401
-
     decode = target[0] == "cuda"
     for mnk in ((1, 4096, 4096), (64, 4096, 4096), (4096, 4096, 4096)):
         for fast in (False, True):
@@ -361,7 +354,7 @@ def compile_checks(target) -> None:
                 assert "_fp8_fp8" in c.asm["amdgcn"], (target, mnk, fast)
 
 
-@pytest.mark.parametrize("target", [("cuda", 90, 32), ("cuda", 80, 32), ("hip", "gfx942", 64)],
+@pytest.mark.parametrize("target", [GPU_TARGETS[t] for t in ("sm90", "sm80", "gfx942")],
                          ids=["sm90", "sm80", "gfx942"])
 def test_gemm_e4m3fnuz_compiles_for_gpu_targets(target):
     """In a fresh process: this one may hold triton imported for the interpreter, which

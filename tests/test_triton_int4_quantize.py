@@ -6,7 +6,8 @@ it for Hopper, Ampere and MI300X from any machine."""
 import pytest
 import torch
 
-from lowbit_testing import (LAYOUTS, check_int4_quantize, compile_checks_in_fresh_process,
+from lowbit_testing import (GPU_TARGETS, LAYOUTS, check_int4_quantize,
+                            compile_checks_in_fresh_process, compile_kernel,
                             int4_edge_group as edge_group, special_data, with_layout)
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
@@ -72,31 +73,27 @@ def test_explain_names_the_kernel():
 def compile_checks(target) -> None:
     """Compile the kernel for ``target`` (GPUTarget's arguments) with every constexpr
     combination a launch can take."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from lowbit.triton_kernels import int4_quant
 
     kern = int4_quant._int4_quant_kernel
-    tgt = GPUTarget(*target)
     combos = [(s_kind, x_bf16, w_ty, asym, group)
               for s_kind, x_bf16, w_ty in ((0, False, "*fp32"), (1, True, "*i16"),
                                            (2, False, "*fp16"))
               for asym in (False, True) for group in (128, 4224)]  # a group, a row (33 pieces)
     for s_kind, x_bf16, w_ty, asym, group in combos:
-        const = dict(G=group, CHUNK=int4_quant._chunk(group), BLOCK_N=32, X_BF16=x_bf16,
+        const = dict(G=group, CHUNK=int4_quant._chunk(group), BLOCK_N=int4_quant.BLOCK_N,
+                     X_BF16=x_bf16,
                      S_KIND=s_kind, ASYM=asym)
         ptrs = dict(w_ptr=w_ty, q_ptr="*u8", z_ptr="*u8",
                     s_ptr={0: "*fp32", 1: "*i16", 2: "*fp16"}[s_kind])
         sig = {a: "constexpr" if a in const else ptrs.get(a, "i64")
                for a in kern.arg_names}
-        src = ASTSource(fn=kern, signature=sig, constexprs={
-            (kern.arg_names.index(a),): v for a, v in const.items()})
-        triton.compile(src, target=tgt, options=dict(num_warps=4, enable_fp_fusion=False,
-                                                     enable_reflect_ftz=False))
+        compile_kernel(kern, target, sig, const,
+                       options=dict(num_warps=4, enable_fp_fusion=False,
+                                    enable_reflect_ftz=False))
 
 
-@pytest.mark.parametrize("target", [("cuda", 90, 32), ("cuda", 80, 32), ("hip", "gfx942", 64)],
+@pytest.mark.parametrize("target", [GPU_TARGETS[t] for t in ("sm90", "sm80", "gfx942")],
                          ids=["sm90", "sm80", "gfx942"])
 def test_compiles_for_gpu_targets(target):
     """In a fresh process: this one may hold triton imported for the interpreter."""

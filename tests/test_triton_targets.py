@@ -22,7 +22,8 @@ import json
 
 import pytest
 import torch
-from lowbit_testing import call_in_fresh_process
+from lowbit_testing import (GPU_TARGETS as TARGETS, SMEM_LIMIT as SMEM,
+                            call_in_fresh_process, compile_kernel)
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 import lowbit  # noqa: E402
@@ -37,10 +38,6 @@ _POINTEE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"
             torch.int32: "i32", torch.int64: "i64", torch.bool: "i1",
             torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5",
             torch.float8_e4m3fnuz: "fp8e4b8"}
-# Shared memory (bytes) a block may use on each target: H100/H200, A100, MI300X, MI355X.
-SMEM = {"sm90": 232448, "sm80": 166912, "gfx942": 65536, "gfx950": 163840}
-TARGETS = {"sm90": ("cuda", 90, 32), "sm80": ("cuda", 80, 32), "gfx942": ("hip", "gfx942", 64),
-           "gfx950": ("hip", "gfx950", 64)}
 # Keywords of a launch that are compile options, not kernel parameters.
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "enable_fp_fusion", "maxnreg")
 
@@ -255,26 +252,19 @@ def compile_launches(path: str, target: str) -> None:
     raises on the first that fails, naming it. Run without the interpreter."""
     import importlib
 
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     with open(path) as f:
         launches = json.load(f)
     forms = [form for spec in launches for form in _gpu_forms(spec, target)]
     for spec in forms:
         kernel = getattr(importlib.import_module(spec["module"]), spec["name"])
-        names = kernel.arg_names
-        index = {n: i for i, n in enumerate(names)}
-        src = ASTSource(fn=kernel, signature=spec["signature"],
-                        constexprs={(index[n],): v for n, v in spec["constexprs"].items()},
-                        attrs={(index[n],): [["tt.divisibility", 16]] for n in spec["aligned"]})
         options = dict(spec["options"])
         if TARGETS[target][0] == "cuda" and "enable_fp_fusion" in options and \
                 _common._nvidia_reflect_ftz_option():
             options["enable_reflect_ftz"] = False  # what such a launch adds on NVIDIA GPUs
         what = f"{spec['name']} {spec['constexprs']} {options} for {target}"
         try:
-            c = triton.compile(src, target=GPUTarget(*TARGETS[target]), options=options)
+            c = compile_kernel(kernel, TARGETS[target], spec["signature"], spec["constexprs"],
+                               spec["aligned"], options)
         except Exception as e:  # noqa: BLE001 -- re-raised with the launch named
             raise AssertionError(f"{what}: {type(e).__name__}: {e}") from e
         assert c.metadata.shared <= SMEM[target], f"{what}: {c.metadata.shared} bytes of smem"

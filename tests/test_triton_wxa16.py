@@ -11,8 +11,8 @@ as well.
 import pytest
 import torch
 
-from lowbit_testing import (GEMM_TOL, compile_checks_in_fresh_process, rel_frobenius,
-                            with_layout)
+from lowbit_testing import (GEMM_TOL, GPU_TARGETS, compile_checks_in_fresh_process,
+                            compile_kernel, rel_frobenius, with_layout)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -276,8 +276,6 @@ def test_explain_names_the_kernels():
 def _compile(target, bits, per_channel, decode):
     """Compile the kernel for ``target`` (no device needed), as a launch would specialize
     it: unit K strides, 16-byte aligned pointers and leading strides."""
-    from triton.compiler import ASTSource
-
     kern = wxa16_gemm._wxa16_kernel
     block = (16, 64, 128) if decode else (128, 128, 64)
     const = dict(BITS=bits, PER_CHANNEL=per_channel, SCALE_W=not (per_channel or decode),
@@ -292,30 +290,23 @@ def _compile(target, bits, per_channel, decode):
     aligned = [a for a in kern.arg_names if a in ptrs or a in (
         "N", "K", "G", "stride_xm", "stride_wn", "stride_sn", "stride_zn", "stride_cs",
         "stride_cm")]
-    src = ASTSource(fn=kern, signature=sig,
-                    constexprs={(kern.arg_names.index(a),): v for a, v in const.items()},
-                    attrs={(kern.arg_names.index(a),): [["tt.divisibility", 16]]
-                           for a in aligned})
-    return triton.compile(src, target=target, options=dict(num_warps=8 if not decode else 4,
-                                                           num_stages=3))
+    return compile_kernel(kern, target, sig, const, aligned,
+                          dict(num_warps=8 if not decode else 4, num_stages=3))
 
 
 def compile_checks(target) -> None:
     """Compile both regimes and both bit widths for ``target`` (GPUTarget's arguments); on
     NVIDIA the tiled regime must run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
     and decode on mma.sync."""
-    from triton.backends.compiler import GPUTarget
-
-    tgt = GPUTarget(*target)
     for bits, per_channel in ((4, False), (8, True), (8, False)):
         for decode in (True, False):
-            c = _compile(tgt, bits, per_channel, decode)
+            c = _compile(target, bits, per_channel, decode)
             if target[0] == "cuda":
                 want = "wgmma" if target[1] == 90 and not decode else "mma.sync"
                 assert want in c.asm["ptx"], (target, bits, per_channel, decode)
 
 
-@pytest.mark.parametrize("target", [("cuda", 90, 32), ("cuda", 80, 32), ("hip", "gfx942", 64)],
+@pytest.mark.parametrize("target", [GPU_TARGETS[t] for t in ("sm90", "sm80", "gfx942")],
                          ids=["sm90", "sm80", "gfx942"])
 def test_compiles_for_gpu_targets(target):
     """The kernel compiles for Hopper, Ampere and MI300X from any machine. In a fresh

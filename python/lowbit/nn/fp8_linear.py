@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _linear, api
-from .._checks import FP8_FORMAT_OF
+from .._checks import FP8_FORMAT_OF, FP8_WEIGHT_DTYPES
 from ._layer import (W8A8Forward, _check_linear, _copy_bias, _dtype_name, _layer_dtype,
                      _layer_dtype_of, _new_bias, _rows, _static_act_scale)
 
 MODES = ("w8a8", "w8a16")
-FORMATS = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
+FORMATS = {FP8_FORMAT_OF[d]: d for d in FP8_WEIGHT_DTYPES}  # fmt -> the weight's dtype
 
 
 class Fp8Linear(W8A8Forward, nn.Module):
