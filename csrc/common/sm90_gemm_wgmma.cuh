@@ -50,6 +50,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdlib>
 
 #include "common/sm90_gemm.cuh"
 
@@ -60,7 +61,17 @@ constexpr int kBM = 128, kBN = 128, kBK = 128;
 // Row tiles per raster group: 4 where both N and K are large (the a and b panels of the
 // tiles in flight then fill L2 sooner), else 8 (the sweep: see bench/NOTES.md, "wgmma raster
 // group").
-inline int raster_group(int N, int K) { return N >= 8192 && K >= 8192 ? 4 : 8; }
+// LOWBIT_WGMMA_RASTER=g overrides it for the raster sweep (bench/sweep_raster.py): g > 0, g
+// row tiles per group; g < 0, -g column tiles per group (consecutive tiles walk down M).
+// Read once per process.
+inline int raster_group(int N, int K) {
+  static const int forced = [] {
+    const char* v = std::getenv("LOWBIT_WGMMA_RASTER");
+    return v ? std::atoi(v) : 0;
+  }();
+  if (forced != 0) return forced;
+  return N >= 8192 && K >= 8192 ? 4 : 8;
+}
 constexpr int kTileBytes = kBM * kBK;  // one operand tile, bytes (fp8)
 constexpr int kThreads = 384;          // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumerWarps = 8;  // arrivals that free a stage
@@ -95,8 +106,16 @@ struct Tile {
   int m0, n0;
 };
 
-// Grouped raster: tile t -> (row tile, column tile), `group` row tiles at a time.
+// Grouped raster: tile t -> (row tile, column tile), `group` row tiles at a time (a negative
+// group: -group column tiles at a time).
 __device__ __forceinline__ Tile tile_at(int t, int tiles_m, int tiles_n, int group) {
+  if (group < 0) {
+    const int per_group = -group * tiles_m;
+    const int first_n = (t / per_group) * -group;
+    const int cols = min(tiles_n - first_n, -group);
+    const int r = t % per_group;
+    return {(r / cols) * kBM, (first_n + r % cols) * kBN};
+  }
   const int per_group = group * tiles_n;
   const int first_m = (t / per_group) * group;
   const int rows = min(tiles_m - first_m, group);
