@@ -47,10 +47,9 @@ def _x(m, k, dtype, seed=0):
 
 
 def _expected_kernel(bits, m):
-    """What backend="cuda" runs: decode at M <= 64; above, int4 dequantizes then multiplies
-    (cuBLAS) and int8 runs the tiled kernel."""
-    return f"cuda_w{bits}a16_gemm_" + ("decode" if m <= 64 else
-                                       "dequant" if bits == 4 else "tiled")
+    """What backend="cuda" runs: decode at M <= 64; above, the weight dequantized, then
+    multiplied (cuBLAS)."""
+    return f"cuda_w{bits}a16_gemm_" + ("decode" if m <= 64 else "dequant")
 
 
 def _check(out, ref, dtype):
@@ -175,16 +174,17 @@ def test_w4a16_wgmma_kernel_large_m(m, group, symmetric, dtype):
 @gpu
 @pytest.mark.parametrize("m", [1, 40, 64, 100])
 def test_w4a16_wgmma_kernel_k_ends_mid_chunk(m):
-    """One scale per row and K = 4112: the last 64-K chunk is a quarter inside K (TMA's zero
-    fill for x past K, the prepacked layout's zero nibbles for w)."""
+    """One scale per row and K = 4128 (per-channel int4 needs K a multiple of 32): the last
+    64-K chunk is half inside K (TMA's zero fill for x past K, the prepacked layout's zero
+    nibbles for w)."""
     from lowbit._backend import kernels
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("an sm_90a kernel")
     wgmma, = (kk for kk in kernels("w4a16_gemm") if kk.name == "sm90_w4a16_gemm_wgmma")
-    _, wd = _int4(3000, 4112, -1, False)
-    w = _prepacked(3000, 4112, -1, False)
-    x = _x(m, 4112, torch.float16, seed=m)
+    _, wd = _int4(3000, 4128, -1, False)
+    w = _prepacked(3000, 4128, -1, False)
+    x = _x(m, 4128, torch.float16, seed=m)
     args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, None)
     assert wgmma.supports(*args) is None
     _check(wgmma.fn(*args), x.double() @ wd.T, torch.float16)
@@ -352,7 +352,10 @@ def test_w8a16_kernels(m, n, k, group, dtype):
     q, s = _int8_weight(n, k, group)
     x = _x(m, k, dtype, seed=m)
     bias = torch.randn(n, generator=_gen(4)).to(dtype).cuda() if m % 2 else None
-    out = _launch_w8(_expected_kernel(8, m), x, q, s, bias)
+    # Above the decode range the fused kernel here is the tiled one (the dequantizer's launch
+    # writes a weight, not the product: test_w8a16_dequant).
+    out = _launch_w8("cuda_w8a16_gemm_decode" if m <= 64 else "cuda_w8a16_gemm_tiled",
+                     x, q, s, bias)
     torch.cuda.synchronize()
     _check(out, _int8_ref(x, q, s, bias), dtype)
 
@@ -392,6 +395,48 @@ def test_w8a16_tiled_takes_small_m():
 
 needs_op = pytest.mark.skipif(not hasattr(lowbit, "w8a16_gemm"),
                               reason="this build defines no w8a16_gemm op")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("group", [0] + GROUPS, ids=["channel", "g32", "g64", "g128"])
+@pytest.mark.parametrize("n,k", [(8, 128), (3000, 4224), (5, 4112)])
+def test_w8a16_dequantized_weight_is_exact(n, k, group, dtype):
+    """The large-M path's first half: q * scale in fp32, rounded once to x's dtype, which is
+    what torch computes elementwise; bit for bit (K = 4112: per channel and G = 16 divide it
+    only, so groups that do not divide K are left out)."""
+    from lowbit.backends.cuda import kernel_id
+    from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
+
+    if group and k % group:
+        pytest.skip("K is not a multiple of the group")
+    q, s = _int8_weight(n, k, group)
+    launch = wxa16_gemm_launch(kernel_id("cuda_w8a16_gemm_dequant"), 8, 100, n, k, group, k,
+                               dtype, k, s.dtype, s.shape[1], False, 0, None, k)
+    w = torch.full((n, k), float("nan"), dtype=dtype, device="cuda")
+    launch.launch(0, q.data_ptr(), s.data_ptr(), 0, 0, 0, 0, w.data_ptr(),
+                  torch.cuda.current_stream().cuda_stream)
+    want = (q.float() * s.repeat_interleave(k // s.shape[1], dim=1)).to(dtype)
+    assert torch.equal(w, want)
+
+
+@gpu
+@needs_op
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("group", [0, 32, 128], ids=["channel", "g32", "g128"])
+@pytest.mark.parametrize("m", [65, 100, 256])
+@pytest.mark.parametrize("bias_dtype", [None, "x", torch.float32], ids=["nobias", "xbias", "f32bias"])
+def test_w8a16_dequant(m, group, dtype, bias_dtype):
+    """backend="cuda" above M = 64: dequantize, then cuBLAS (a bias of x's dtype through
+    cuBLAS, an fp32 one after the product)."""
+    q, s = _int8_weight(3000, 4224, group)
+    x = _x(m, 4224, dtype, seed=m)
+    bias = (None if bias_dtype is None else
+            torch.randn(3000, generator=_gen(5)).to(dtype if bias_dtype == "x" else bias_dtype)
+            .cuda())
+    choice = lowbit.explain(lowbit.w8a16_gemm, x, q, s, bias, backend="cuda")
+    assert choice.kernel == "cuda_w8a16_gemm_dequant", str(choice)
+    _check(lowbit.w8a16_gemm(x, q, s, bias, backend="cuda"), _int8_ref(x, q, s, bias), dtype)
 
 
 @gpu

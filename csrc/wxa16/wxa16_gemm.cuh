@@ -954,19 +954,50 @@ __global__ void __launch_bounds__(256) int4_dequant_kernel(const WXA16GemmArgs p
   }
 }
 
+// The int8 [N, K] weight dequantized to x's dtype the same way: one thread per 16 bytes of a
+// row (16 k of one group, since K and G are multiples of 16), q * scale in fp32, rounded once,
+// written as 32 contiguous bytes.
 template <typename T>
+__global__ void __launch_bounds__(256) int8_dequant_kernel(const WXA16GemmArgs p) {
+  const int per_row = p.K / 16;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
+  if (i >= static_cast<int64_t>(p.N) * per_row) return;
+  const int n = static_cast<int>(i / per_row), k0 = static_cast<int>(i % per_row) * 16;
+  const uint4 v = smallm::ld_stream(static_cast<const uint8_t*>(p.w) +
+                                    static_cast<int64_t>(n) * p.ldw + k0);
+  const int gi = p.group == 0 ? 0 : k0 / p.group;
+  const float scale = load_scale(p.scales, p.scale_dtype, static_cast<int64_t>(n) * p.scale_ld + gi);
+  uint32_t out[8];
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const uint32_t w = word(v, s);
+    // Bytes 0..3 of the word are k = k0 + 4 s .. 4 s + 3, sign-extended by the shifts.
+    out[2 * s] = pack2<T>(static_cast<float>(static_cast<int32_t>(w << 24) >> 24) * scale,
+                          static_cast<float>(static_cast<int32_t>(w << 16) >> 24) * scale);
+    out[2 * s + 1] = pack2<T>(static_cast<float>(static_cast<int32_t>(w << 8) >> 24) * scale,
+                              static_cast<float>(static_cast<int32_t>(w) >> 24) * scale);
+  }
+  uint4* dst = reinterpret_cast<uint4*>(static_cast<T*>(p.out) + static_cast<int64_t>(n) * p.ldo + k0);
+  dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+  dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+}
+
+template <int Bits, typename T>
 cudaError_t dequant_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (plan) {
     p.splits = 1;
     p.counter_bytes = p.partial_bytes = 0;
     return cudaSuccess;
   }
-  const int64_t lanes = static_cast<int64_t>((p.N + 15) / 16) * ((p.K + kChunkK - 1) / kChunkK);
-  if (lanes == 0) return cudaSuccess;
-  const int64_t blocks = (lanes + 7) / 8;
+  // int4: a warp per 16 x 64 tile of the prepacked layout; int8: a thread per 16 bytes.
+  const int64_t threads =
+      Bits == 4 ? static_cast<int64_t>((p.N + 15) / 16) * ((p.K + kChunkK - 1) / kChunkK) * 32
+                : static_cast<int64_t>(p.N) * (p.K / 16);
+  if (threads == 0) return cudaSuccess;
+  const int64_t blocks = (threads + 255) / 256;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  return launch_plain(int4_dequant_kernel<T>, dim3(static_cast<unsigned>(blocks)), dim3(256), 0,
-                      stream, p);
+  auto kernel = Bits == 4 ? int4_dequant_kernel<T> : int8_dequant_kernel<T>;
+  return launch_plain(kernel, dim3(static_cast<unsigned>(blocks)), dim3(256), 0, stream, p);
 }
 
 template <int Bits>
@@ -980,12 +1011,17 @@ cudaError_t decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   return cudaErrorInvalidValue;
 }
 
-inline cudaError_t dequant(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  // 16-byte stores of whole 16-k runs: K and the row stride multiples of 8 elements.
-  if (p.bits != 4 || p.K % 16 || p.ldo < p.K || p.ldo % 8) return cudaErrorInvalidValue;
-  if (!plan && reinterpret_cast<uintptr_t>(p.out) % 16) return cudaErrorInvalidValue;
-  if (p.x_dtype == FloatType::kBF16) return dequant_of<__nv_bfloat16>(p, stream, plan);
-  if (p.x_dtype == FloatType::kF16) return dequant_of<__half>(p, stream, plan);
+template <int Bits>
+cudaError_t dequant(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  // 16-byte stores of whole 16-k runs: K and the row stride multiples of 8 elements; int8:
+  // 16-byte loads, so w's rows 16-byte aligned too.
+  if (p.bits != Bits || p.K % 16 || p.ldo < p.K || p.ldo % 8) return cudaErrorInvalidValue;
+  if (Bits == 8 && (p.ldw % 16 || (p.group != 0 && p.group % 16))) return cudaErrorInvalidValue;
+  if (!plan && (reinterpret_cast<uintptr_t>(p.out) % 16 ||
+                (Bits == 8 && reinterpret_cast<uintptr_t>(p.w) % 16)))
+    return cudaErrorInvalidValue;
+  if (p.x_dtype == FloatType::kBF16) return dequant_of<Bits, __nv_bfloat16>(p, stream, plan);
+  if (p.x_dtype == FloatType::kF16) return dequant_of<Bits, __half>(p, stream, plan);
   return cudaErrorInvalidValue;
 }
 

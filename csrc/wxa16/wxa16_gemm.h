@@ -74,10 +74,12 @@ WXA16GemmFn cuda_w8a16_gemm_decode;
 WXA16GemmFn cuda_w4a16_gemm_tiled;
 WXA16GemmFn cuda_w8a16_gemm_tiled;
 
-// Large M, int4: the first half of a dequantize-then-GEMM product. Writes the prepacked
-// weight dequantized to x's dtype into `out` as [N, K] (row stride ldo, 16-byte aligned rows);
-// the caller multiplies (a dense GEMM: cuBLAS through torch). M and x are not read.
+// Large M: the first half of a dequantize-then-GEMM product. Writes the weight (int4: the
+// prepacked layout; int8: [N, K], 16-byte aligned rows) dequantized to x's dtype into `out`
+// as [N, K] (row stride ldo, 16-byte aligned rows); the caller multiplies (a dense GEMM:
+// cuBLAS through torch). M and x are not read.
 WXA16GemmFn cuda_w4a16_gemm_dequant;
+WXA16GemmFn cuda_w8a16_gemm_dequant;
 
 // sm_90a, above the decode range: the decode kernel's weight fragments as wgmma's register A
 // operand against 32, 64 or (int4, M > 128, scales of x's dtype, pre-scaled weights) 128

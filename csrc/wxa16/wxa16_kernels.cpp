@@ -21,6 +21,7 @@ const KernelEntry kWxa16Kernels[] = {
     {"cuda_w4a16_gemm_dequant", kGemm, 80, as_entry(&cuda_w4a16_gemm_dequant)},
     {"cuda_w8a16_gemm_decode", kGemm, 80, as_entry(&cuda_w8a16_gemm_decode)},
     {"cuda_w8a16_gemm_tiled", kGemm, 80, as_entry(&cuda_w8a16_gemm_tiled)},
+    {"cuda_w8a16_gemm_dequant", kGemm, 80, as_entry(&cuda_w8a16_gemm_dequant)},
 #ifdef LOWBIT_HAVE_SM90A
     {"sm90_w4a16_gemm_wgmma", kGemm, 90, as_entry(&sm90_w4a16_gemm_wgmma)},
     {"sm90_w8a16_gemm_wgmma", kGemm, 90, as_entry(&sm90_w8a16_gemm_wgmma)},

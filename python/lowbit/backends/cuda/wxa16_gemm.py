@@ -7,8 +7,8 @@ widths: ``cuda_w4a16_gemm_*`` read the prepacked int4 layout (``Int4Weight.prepa
 canonical weight is refused with that advice, since repacking per call would cost more than
 the GEMM), ``cuda_w8a16_gemm_*`` the plain int8 [N, K] weight as it is. ``*_decode`` takes
 M <= 64 with K split over CTAs (deterministic: partials added in a fixed order),
-``*_tiled`` any M. ``cuda_w4a16_gemm_dequant`` (M > 64) dequantizes the prepacked
-weight to x's dtype with a CUDA kernel and multiplies with ``F.linear`` (cuBLAS): a
+``*_tiled`` any M. ``cuda_w4a16_gemm_dequant`` and ``cuda_w8a16_gemm_dequant`` (M > 64)
+dequantize the weight to x's dtype with a CUDA kernel and multiply with ``F.linear`` (cuBLAS): a
 temporary [N, K] weight per call, rounded to x's dtype (the fused kernels never round the
 weight), for a product that keeps near bf16's speed at large M. GPTQ act order: ``x[:, perm]``
 is gathered once per call here.
@@ -160,7 +160,7 @@ def _wgmma_reason(o: _Operands) -> Optional[str]:
 
 
 def _dequant_then_linear(launch, dev, idx, o: _Operands):
-    """The large-M int4 product: the weight dequantized to x's dtype by the CUDA kernel, then
+    """The large-M product: the weight dequantized to x's dtype by the CUDA kernel, then
     ``F.linear`` (cuBLAS). The bias is added by cuBLAS in x's dtype when it has it, else in
     fp32 after the product."""
     go, empty, linear = launch.launch, torch.empty, torch.nn.functional.linear
