@@ -40,9 +40,12 @@ def test_int8_table_on_sm90(h100, op, m, first):
     (1, 28672, "cuda_w8a16_gemm_decode"), (16, 28672, "cuda_w8a16_gemm_decode"),
     (17, 4096, "cuda_w8a16_gemm_decode"), (64, 4096, "cuda_w8a16_gemm_decode"),
     (17, 4097, "triton_w8a16_gemm"), (64, 14336, "triton_w8a16_gemm"),
-    (65, 4096, "triton_w8a16_gemm"), (4096, 4096, "triton_w8a16_gemm")])
+    (65, 4096, "cuda_w8a16_gemm_dequant"), (256, 4096, "cuda_w8a16_gemm_dequant"),
+    (65, 4097, "triton_w8a16_gemm"), (256, 14336, "triton_w8a16_gemm"),
+    (257, 14336, "cuda_w8a16_gemm_dequant"), (4096, 4096, "cuda_w8a16_gemm_dequant")])
 def test_w8a16_table_on_sm90(h100, m, n, first):
-    """Decode to M = 16 on every weight, to 64 on weights of N <= 4096, then Triton."""
+    """Decode to M = 16 on every weight and to 64 on weights of N <= 4096, else Triton; above
+    M = 64 dequantize-then-cuBLAS, but for M <= 256 on weights of N > 4096 (Triton)."""
     order = heuristics.preferred("w8a16_gemm", torch.device("cuda", 0), _args(m, n))
     assert order[0] == first
     from lowbit._backend import kernels

@@ -23,8 +23,13 @@ w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on every
 weight at M = 1, by 1.3-4.8x; Triton leads by 7% at 16 x 28672 x 8192), and at M = 17-64 on
 weights of N <= 4096 (18.1 against 28.2 us at 32 x 4096 x 4096, 40.6 against 84.9 at
 32 x 4096 x 14336, 26.1 and 69.1 against 33.6 and 102.9 at M = 64; 2026-12-04), where Triton
-leads on the larger N measured (14336, 28672: by 5% to 1.6x); Triton above (ahead of the
-CUDA tiled kernel at every M >= 64 measured, by 1.04-4.2x). w4a16_gemm needs no row:
+leads on the larger N measured (14336, 28672: by 5% to 1.6x). Above M = 64 the weight
+dequantized then cuBLAS (``cuda_w8a16_gemm_dequant``) leads on N <= 4096 from M = 128 (36.5
+against Triton's 46.7 us at 128 x 4096 x 4096, 34.7 against 46.3 at M = 256) and on every
+weight from M = 1024 (217.9 against 317.4 us at 1024 x 14336 x 4096, 2952 against 4758 at
+4096 x 28672 x 8192; 2026-12-05), while Triton keeps M = 65-256 on larger N (93.4 against
+98.9 us at 256 x 14336 x 4096), where the dequantization's fixed ~45 us is not yet paid back.
+The CUDA tiled kernel trails both. w4a16_gemm needs no row:
 the weight's layout picks the backend (prepacked: the CUDA kernels, decode to M = 64 and
 dequantize-then-cuBLAS above, by their M ranges; canonical: Triton).
 """
@@ -62,7 +67,11 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
             (16, ("cuda_w8a16_gemm_decode", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
             (64, ("cuda_w8a16_gemm_decode", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled"),
              4096),
-            (None, ("triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
+            (64, ("triton_w8a16_gemm", "cuda_w8a16_gemm_decode", "cuda_w8a16_gemm_tiled")),
+            (256, ("cuda_w8a16_gemm_dequant", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled"),
+             4096),
+            (256, ("triton_w8a16_gemm", "cuda_w8a16_gemm_dequant", "cuda_w8a16_gemm_tiled")),
+            (None, ("cuda_w8a16_gemm_dequant", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
         ),
     },
 }
