@@ -1,10 +1,12 @@
 """The sm_90a wgmma GEMM's tile order, swept: each LOWBIT_WGMMA_RASTER value in a process of
 its own (the kernel reads it once), timed against torch._scaled_mm in that process.
 
-    python -m bench.sweep_raster --groups 0,2,4,8,16,-4,-8 --shapes 8192x8192x8192,4096x28672x8192
+    python -m bench.sweep_raster --groups 4,8 --rounds 3 --shapes 8192x8192x8192,4096x28672x8192
 
 0 is the built-in choice (csrc/common/sm90_gemm_wgmma.cuh, raster_group); g > 0 groups g row
 tiles, g < 0 groups -g column tiles. Rowwise scales, bf16 out, L2 flushed between repetitions.
+The same value's time moves by up to ~15% between processes on an H200: `--rounds` repeats
+the whole list, interleaved, and a choice needs every round to agree.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument("--groups", default="0,2,4,8,16,-4,-8,-16")
     ap.add_argument("--shapes", default="8192x8192x8192,4096x28672x8192,4096x14336x4096")
     ap.add_argument("--rep", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=1, help="the list of groups, this many times")
     ap.add_argument("--block", action="store_true", help="1x128 / 128x128 block scales")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -52,7 +55,7 @@ def main() -> None:
         return
     print(f"{'group':>6} {'M x N x K':>18} {'ours us':>9} {'anchor':>9} {'ratio':>7} {'TFLOP/s':>7}",
           flush=True)
-    for g in args.groups.split(","):
+    for g in args.groups.split(",") * args.rounds:
         env = dict(os.environ)
         env.pop("LOWBIT_WGMMA_RASTER", None)
         if int(g) != 0:

@@ -130,11 +130,6 @@ inline int sm_count(int device) {
   return device_attribute<cudaDevAttrMultiProcessorCount>(device);
 }
 
-// The L2 cache size of `device` in bytes (0: unknown).
-inline int l2_bytes(int device) {
-  return device_attribute<cudaDevAttrL2CacheSize>(device);
-}
-
 // major * 10 + minor of `device` (0: unknown).
 inline int compute_capability(int device) {
   const int major = device_attribute<cudaDevAttrComputeCapabilityMajor>(device);

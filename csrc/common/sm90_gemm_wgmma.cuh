@@ -58,20 +58,20 @@ namespace lowbit {
 namespace sm90 {
 
 constexpr int kBM = 128, kBN = 128, kBK = 128;
-// Row tiles per raster group: 8, but 4 where both N and K are large on a card with less
-// than 56 MB of L2 (the H100's 50 MB: the a and b panels of the tiles in flight fill it
-// sooner; the H200's 60 MB ran faster with 8 at 8192^3 and 4096 x 28672 x 8192). The sweeps:
-// bench/NOTES.md, "wgmma raster group" and "The first GPU run since 6200c02".
+// Row tiles per raster group: 4 where both N and K are large (the a and b panels of the
+// tiles in flight then fill L2 sooner), else 8 (the sweep: see bench/NOTES.md, "wgmma raster
+// group"; on the H200, whose L2 is 60 MB, 8 ran faster at 8192^3 in one-process-per-value
+// sweeps, not yet in interleaved rounds: "The first GPU run since 6200c02").
 // LOWBIT_WGMMA_RASTER=g overrides it for the raster sweep (bench/sweep_raster.py): g > 0, g
 // row tiles per group; g < 0, -g column tiles per group (consecutive tiles walk down M).
 // Read once per process.
-inline int raster_group(int N, int K, int l2) {
+inline int raster_group(int N, int K) {
   static const int forced = [] {
     const char* v = std::getenv("LOWBIT_WGMMA_RASTER");
     return v ? std::atoi(v) : 0;
   }();
   if (forced != 0) return forced;
-  return N >= 8192 && K >= 8192 && l2 < (56 << 20) ? 4 : 8;
+  return N >= 8192 && K >= 8192 ? 4 : 8;
 }
 constexpr int kTileBytes = kBM * kBK;  // one operand tile, bytes (fp8)
 constexpr int kThreads = 384;          // producer warpgroup + 2 consumer warpgroups
@@ -601,8 +601,7 @@ cudaError_t launch(const Maps& maps, bool tma_store, const GemmArgs& p, cudaStre
                          programmatic_launch());
   // The launch's own status: an error left by earlier, unrelated work is not reported here.
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, maps.a, maps.b, maps.out, maps.sa,
-                                          maps.sb, p, tma_store,
-                                          raster_group(p.N, p.K, l2_bytes(device))));
+                                          maps.sb, p, tma_store, raster_group(p.N, p.K)));
 }
 
 // The output map (when TMA can address the output) and the kernel for the output's type and
