@@ -31,10 +31,12 @@
 //   Int8DequantizeLaunch(kernel_id, rows, cols, row_stride, col_stride, scale_tile_rows,
 //                        scale_tile_cols, scale_ld, out_dtype)
 //     .launch(q, scale, zero, out, stream)
-//   Fp8LinearLaunch(quantize_launch, gemm_launch, scale_offset, amax_offset)
+//   Fp8LinearLaunch(quantize_launch, gemm_launch, scale_offset, amax_offset,
+//                   fused_kernel_id=-1, weight_early=False)
 //     .launch(x, x_scale, b, b_scale, bias, workspace, out, stream)
 //     .native() -> as GemmLaunch's
-//   Int8LinearLaunch(quantize_launch, gemm_launch, scale_offset, zero_offset, amax_offset)
+//   Int8LinearLaunch(quantize_launch, gemm_launch, scale_offset, zero_offset, amax_offset,
+//                    fused_kernel_id=-1, weight_early=False)
 //     .launch(x, x_scale, x_zero, b, b_scale, b_sum, bias, workspace, out, stream)
 //     .native() -> as Fp8LinearLaunch's
 //   WXA16GemmLaunch(kernel_id, bits, M, N, K, group, ldx, x_dtype, ldw, scale_dtype,
@@ -321,6 +323,7 @@ class GemmLaunch
   lowbit::GemmArgs fused_args(uintptr_t b, uintptr_t b_scale, uintptr_t bias, uintptr_t out) {
     return fused_gemm_args(args_, &maps_, b, b_scale, bias, out);
   }
+  void set_b_static(bool on) { args_.b_static = on; }  // GemmArgs::b_static
 
  private:
   lowbit::TensorMapCache maps_;  // the sm_90a kernels' TMA maps of the last call, by operand
@@ -371,6 +374,7 @@ class Int8GemmLaunch
     return fused_gemm_args(args_, &maps_, b, b_scale, bias, out);
   }
   bool has_zero() const { return has_zero_; }
+  void set_b_static(bool on) { args_.b_static = on; }  // GemmArgs::b_static
 
  private:
   bool has_zero_ = false;
@@ -718,6 +722,11 @@ class Int4QuantizeLaunch : public Launch<lowbit::Int4QuantizeFn, lowbit::Int4Qua
 // quantizer's words at amax_offset (-1: none). Each launch keeps its own copy of the two
 // launch objects, so the GEMM's weight map is encoded once per layer.
 //
+// weight_early: the GEMM launched after the quantizer may load its first stages of the
+// weight before its grid-dependency wait (GemmArgs::b_static): the quantizer does not write
+// the weight, and it lets the GEMM start only after its own wait, when every earlier kernel
+// of the stream has completed.
+//
 // fused_kernel_id >= 0: the family's quantizer-in-the-GEMM kernel (a LinearFn) runs the
 // forward instead, one launch that reads x and writes out (the workspace is not touched): for
 // the per-token quantizer (the launch is then given no x_scale) or the static one with a
@@ -726,9 +735,11 @@ template <class QuantLaunch, class GemmLaunchT, lowbit::OpKind kLinearKind>
 class QuantGemmLaunch : public Serialized {
  public:
   QuantGemmLaunch(const QuantLaunch& quant, const GemmLaunchT& gemm, int64_t scale_offset,
-                  int64_t zero_offset, int64_t amax_offset, int fused_kernel_id)
+                  int64_t zero_offset, int64_t amax_offset, int fused_kernel_id,
+                  bool weight_early)
       : quant_(quant), gemm_(gemm), scale_offset_(scale_offset), zero_offset_(zero_offset),
-        amax_offset_(amax_offset) {
+        amax_offset_(amax_offset), weight_early_(weight_early) {
+    gemm_.set_b_static(weight_early);
     auto optional_ok = [](int64_t off) { return off == -1 || (off >= 0 && off % 4 == 0); };
     if (scale_offset <= 0 || scale_offset % 16 || !optional_ok(zero_offset) ||
         !optional_ok(amax_offset))
@@ -756,6 +767,7 @@ class QuantGemmLaunch : public Serialized {
 
   // The kernel that runs the forward when fused, else None.
   py::object fused() const { return fused_ ? py::object(py::str(fused_name_)) : py::none(); }
+  bool weight_early() const { return weight_early_; }
 
  protected:
   // The fused forward, when there is one: true once launched. A per-row quantizer computes
@@ -788,6 +800,7 @@ class QuantGemmLaunch : public Serialized {
   QuantLaunch quant_;
   GemmLaunchT gemm_;
   int64_t scale_offset_, zero_offset_, amax_offset_;
+  bool weight_early_;
   lowbit::LinearFn* fused_ = nullptr;
   const char* fused_name_ = nullptr;
   lowbit::ActQuantArgs act_{};
@@ -798,8 +811,9 @@ class Fp8LinearLaunch
     : public QuantGemmLaunch<QuantizeLaunch, GemmLaunch, lowbit::OpKind::kFp8Linear> {
  public:
   Fp8LinearLaunch(const QuantizeLaunch& quant, const GemmLaunch& gemm, int64_t scale_offset,
-                  int64_t amax_offset, int fused_kernel_id)
-      : QuantGemmLaunch(quant, gemm, scale_offset, -1, amax_offset, fused_kernel_id) {
+                  int64_t amax_offset, int fused_kernel_id, bool weight_early)
+      : QuantGemmLaunch(quant, gemm, scale_offset, -1, amax_offset, fused_kernel_id,
+                        weight_early) {
     const auto& v = quant.view();
     if (fused_ && (v.fmt != lowbit::Fp8Format::kE4M3FN || !v.saturate))
       throw py::value_error(std::string(fused_name_) + " quantizes to saturating e4m3fn only");
@@ -821,8 +835,9 @@ class Int8LinearLaunch
  public:
   Int8LinearLaunch(const Int8QuantizeLaunch& quant, const Int8GemmLaunch& gemm,
                    int64_t scale_offset, int64_t zero_offset, int64_t amax_offset,
-                   int fused_kernel_id)
-      : QuantGemmLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused_kernel_id) {
+                   int fused_kernel_id, bool weight_early)
+      : QuantGemmLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused_kernel_id,
+                        weight_early) {
     if (fused_ && (!quant.symmetric() || gemm.has_zero()))
       throw py::value_error(std::string(fused_name_) + " quantizes symmetric activations only");
   }
@@ -1068,11 +1083,14 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Fp8LinearLaunch>(m, "Fp8LinearLaunch",
                               "An FP8 linear layer's forward for one call signature: quantize "
                               "the activations into a workspace, then the GEMM, in one call")
-      .def(py::init<const QuantizeLaunch&, const GemmLaunch&, int64_t, int64_t, int>(),
+      .def(py::init<const QuantizeLaunch&, const GemmLaunch&, int64_t, int64_t, int, bool>(),
            py::arg("quantize"), py::arg("gemm"), py::arg("scale_offset"), py::arg("amax_offset"),
-           py::arg("fused_kernel_id") = -1)
+           py::arg("fused_kernel_id") = -1, py::arg("weight_early") = false)
       .def_property_readonly("fused", &Fp8LinearLaunch::fused,
                              "the kernel that runs the whole forward, or None: two launches")
+      .def_property_readonly("weight_early", &Fp8LinearLaunch::weight_early,
+                             "whether the GEMM loads its first weight stages before waiting "
+                             "for the quantizer (sm_90a swap-AB)")
       .def("launch", serialized(&Fp8LinearLaunch::launch),
            py::arg("x"), py::arg("x_scale"), py::arg("b"), py::arg("b_scale"), py::arg("bias"),
            py::arg("workspace"), py::arg("out"), py::arg("stream"))
@@ -1083,11 +1101,14 @@ PYBIND11_MODULE(_C, m) {
                                "An INT8 linear layer's forward for one call signature: quantize "
                                "the activations into a workspace, then the GEMM, in one call")
       .def(py::init<const Int8QuantizeLaunch&, const Int8GemmLaunch&, int64_t, int64_t,
-                    int64_t, int>(),
+                    int64_t, int, bool>(),
            py::arg("quantize"), py::arg("gemm"), py::arg("scale_offset"), py::arg("zero_offset"),
-           py::arg("amax_offset"), py::arg("fused_kernel_id") = -1)
+           py::arg("amax_offset"), py::arg("fused_kernel_id") = -1,
+           py::arg("weight_early") = false)
       .def_property_readonly("fused", &Int8LinearLaunch::fused,
                              "the kernel that runs the whole forward, or None: two launches")
+      .def_property_readonly("weight_early", &Int8LinearLaunch::weight_early,
+                             "as Fp8LinearLaunch.weight_early")
       .def("launch", serialized(&Int8LinearLaunch::launch), py::arg("x"), py::arg("x_scale"),
            py::arg("x_zero"), py::arg("b"), py::arg("b_scale"), py::arg("b_sum"), py::arg("bias"),
            py::arg("workspace"), py::arg("out"), py::arg("stream"))

@@ -44,6 +44,12 @@ struct GemmArgs {
   bool out_int32;
   // The TMA maps of the launch object's earlier calls (sm_90a kernels), or null: encode all.
   TensorMapCache* map_cache;
+  // b is not written by the kernel this launch follows in its stream, nor by any kernel
+  // still running when that one passed its own grid-dependency wait (a layer's weight after
+  // the layer's activation quantizer): the sm_90a swap-AB kernel then issues its first
+  // stages' b loads before its own wait, so under programmatic dependent launch the weight
+  // streams while the quantizer runs. Other kernels ignore it.
+  bool b_static;
 };
 
 // A GEMM launcher: every kernel of the FP8 and INT8 tables has this type. The caller has

@@ -604,6 +604,26 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   if constexpr (kQuant) {
     if (threadIdx.x < kN) QuantSmem<ActCodec, kN>(quant).key[threadIdx.x] = 0;
   }
+  const bool sa = kScaleTma && p.a_mode == ScaleMode::kBlock;
+  const bool sb = kScaleTma && p.b_mode == ScaleMode::kBlock;
+  [[maybe_unused]] const int stage_bytes =
+      kWeightTileBytes + C::kActTileBytes + (sa ? kN * 16 : 0) + (sb ? 16 : 0);
+  // Steps whose weight tile is already on its way (b_static): the first ring's, issued before
+  // the wait below, since the kernel before does not write the weight. Their stages are fresh
+  // (no empty wait), and the producer adds the rest of each stage's loads after the wait.
+  int early = 0;
+  if constexpr (!kQuant) {
+    const int nk = k_end - k_begin;
+    if (p.b_static && threadIdx.x == 0 && nk > 0) {
+      const int total = nk * (blockIdx.y < tiles ? (tiles - 1 - blockIdx.y) / gridDim.y + 1 : 0);
+      early = total < kStages ? total : kStages;
+      for (int i = 0; i < early; ++i) {
+        const int tile = blockIdx.y + (i / nk) * gridDim.y, kt = k_begin + i % nk;
+        mbar_expect_tx(&full[i], stage_bytes);
+        tma_load_2d(w_tiles + i * kWeightTileBytes, &map_w, &full[i], kt * kBK, tile * kTileN);
+      }
+    }
+  }
   __syncthreads();
   // The setup above touches no global memory, so under programmatic dependent launch it
   // overlaps the end of the kernel before; everything below comes after that kernel. Each
@@ -662,18 +682,18 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
     // Without a split only the issuing thread has work; with one, the whole warpgroup joins
     // the two cluster barriers of every tile (a cluster barrier counts every thread).
     if (splits == 1 && threadIdx.x != 0) return;
-    const bool sa = kScaleTma && p.a_mode == ScaleMode::kBlock;
-    const bool sb = kScaleTma && p.b_mode == ScaleMode::kBlock;
     int it = 0;  // steps issued by this CTA, across its tiles
     for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
       if (threadIdx.x == 0) {
         for (int kt = k_begin; kt < k_end; ++kt, ++it) {
           const int s = it % kStages;
-          // A fresh barrier completes phase "1" at once, so the first pass does not wait.
-          mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
-          mbar_expect_tx(&full[s], kWeightTileBytes + C::kActTileBytes + (sa ? kN * 16 : 0) +
-                                       (sb ? 16 : 0));
-          tma_load_2d(w_tiles + s * kWeightTileBytes, &map_w, &full[s], kt * kBK, tile * kTileN);
+          if (it >= early) {
+            // A fresh barrier completes phase "1" at once, so the first pass does not wait.
+            mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+            mbar_expect_tx(&full[s], stage_bytes);
+            tma_load_2d(w_tiles + s * kWeightTileBytes, &map_w, &full[s], kt * kBK,
+                        tile * kTileN);
+          }
           tma_load_2d(x_tiles + s * C::kActTileBytes, &map_x, &full[s], kt * kBK, 0);
           uint8_t* slot = scales + s * C::kScaleBytes;
           if (sa) tma_load_2d(slot, &map_sa, &full[s], kt & ~3, 0);

@@ -115,7 +115,7 @@ struct KeyHash {
 constexpr const char* kEnvSwitches[] = {
     "LOWBIT_BACKEND",         "LOWBIT_ARCH",         "TRITON_INTERPRET",
     "LOWBIT_TRITON_AUTOTUNE", "LOWBIT_TRITON_FP8_PROMOTE", "LOWBIT_TRITON_FP8_HWCAST",
-    "LOWBIT_FUSED_QUANT",     "LOWBIT_CHECK_SCALES"};
+    "LOWBIT_FUSED_QUANT",     "LOWBIT_EARLY_WEIGHTS", "LOWBIT_CHECK_SCALES"};
 
 std::string environment() {
   std::string s;
@@ -136,7 +136,7 @@ uint64_t g_epoch = 0;  // bumped by every reset and switch change (under g_mutex
 
 // Empties the table when a switch changed since the last call. The switches are read again
 // only when the process environment changed, which a call finds by comparing environ's
-// entry pointers with the last ones seen (a few tens of nanoseconds; eight getenv scans and
+// entry pointers with the last ones seen (a few tens of nanoseconds; nine getenv scans and
 // the string they build cost several times that, on every call): setenv and unsetenv, what
 // os.environ's assignments and deletions call, replace an entry's pointer or the array (glibc
 // keeps every value string it made, so no new value reuses a pointer in use). With g_mutex.

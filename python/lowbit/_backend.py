@@ -355,9 +355,10 @@ def checked(op: str, check: Callable, values: Optional[Callable] = None) -> Call
 # forward of an input signature has run through the checked ops, the functions the
 # remembered choices run are known, and later forwards of that signature may call them
 # directly: one host call per forward instead of one per op, and no lookup per op.
-# LOWBIT_FUSED_QUANT: whether a linear layer's quantizer may run inside its GEMM
-# (lowbit/backends/cuda/linear.py). CHECK_SCALES_ENV stays last (step_key reads it there).
-_STEP_ENV = _CHOICE_ENV + ("LOWBIT_FUSED_QUANT", CHECK_SCALES_ENV)
+# LOWBIT_FUSED_QUANT: whether a linear layer's quantizer may run inside its GEMM;
+# LOWBIT_EARLY_WEIGHTS: whether its GEMM may load weights before waiting for the quantizer
+# (both lowbit/backends/cuda/linear.py). CHECK_SCALES_ENV stays last (step_key reads it there).
+_STEP_ENV = _CHOICE_ENV + ("LOWBIT_FUSED_QUANT", "LOWBIT_EARLY_WEIGHTS", CHECK_SCALES_ENV)
 
 
 def remembered_choice(op: str, args, backend: Optional[str] = None) -> Optional[Choice]:

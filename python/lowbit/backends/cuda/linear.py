@@ -24,7 +24,16 @@ kernel instead, with the quantizer in the GEMM's prologue (``sm90_fp8_linear_swa
 ``sm90_int8_linear_swapab``; ``csrc/common/sm90_gemm_swapab.cuh``): the same codes, scales
 and output as the two kernels, bit for bit, and no workspace. The step's name says which
 ran. ``LOWBIT_FUSED_QUANT=1`` turns it on, ``0`` off; unset, ``FUSED_BY_DEFAULT`` decides:
-off until the kernels have passed their GPU tests (tests/test_fused_linear.py).
+off, since on the H200 the fused kernel ran slower than the two launches at every M
+(bench/NOTES.md, "The first GPU run since 6200c02").
+
+Where the two launches run and the GEMM is the swap-AB kernel, it may instead load the
+first ring of weight tiles before its grid-dependency wait, so that under programmatic
+dependent launch the weight streams while the quantizer runs (``GemmArgs::b_static`` in
+``csrc/common/gemm_args.h``; the launch object's ``weight_early``): safe because the quantizer
+never writes the weight and lets the GEMM start only once every earlier kernel of the stream
+has completed. ``LOWBIT_EARLY_WEIGHTS=1`` turns it on, ``0`` off; unset,
+``WEIGHT_EARLY_BY_DEFAULT`` decides (off until its GPU tests and timings are in).
 """
 from __future__ import annotations
 
@@ -109,6 +118,20 @@ def fused_enabled() -> bool:
     return FUSED_BY_DEFAULT if v is None else v == "1"
 
 
+WEIGHT_EARLY_ENV = "LOWBIT_EARLY_WEIGHTS"
+WEIGHT_EARLY_BY_DEFAULT = False
+# The GEMMs that read GemmArgs::b_static.
+WEIGHT_EARLY_GEMMS = ("sm90_fp8_gemm_swapab", "sm90_int8_gemm_swapab")
+
+
+def weight_early(gemm_kernel: str) -> bool:
+    """Whether a layer's GEMM ``gemm_kernel`` loads its first weight stages before waiting for
+    the layer's quantizer (``WEIGHT_EARLY_ENV``; the module's docstring)."""
+    v = getenv(WEIGHT_EARLY_ENV)
+    on = WEIGHT_EARLY_BY_DEFAULT if v is None else v == "1"
+    return on and gemm_kernel in WEIGHT_EARLY_GEMMS
+
+
 def _fused_kernel(op: str, quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
                   geometry: tuple, weight_scale: torch.Tensor, n: int) -> int:
     """The kernel id of the op's quantizer-in-the-GEMM kernel (``FUSED_LINEAR``) when it can
@@ -174,7 +197,8 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
         "fp8_linear", quant_kernel, gemm_kernel, x, geometry, weight_scale, n)
     if fused >= 0:
         ws_bytes = 0  # one kernel, from x to out
-    objects = tuple(_C.Fp8LinearLaunch(q, gemm, scale_offset, amax_offset, fused)
+    early = fused < 0 and weight_early(gemm_kernel)
+    objects = tuple(_C.Fp8LinearLaunch(q, gemm, scale_offset, amax_offset, fused, early)
                     for q in quants)
     launches = tuple(o.launch for o in objects)
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
@@ -192,11 +216,13 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
         return out
 
     step.__name__ = objects[0].fused or f"{quant_kernel}+{gemm_kernel}"
+    step.weight_early = early
     if not shared_workspace:
         # native() for lowbit/_native.py: (a launch object of its own, workspace bytes), made
         # once. Its own object: the C++ side launches it under its lock, not the GIL.
         step.native = functools.cache(lambda: (
-            _C.Fp8LinearLaunch(quants[quantize.HW_CVT], gemm, scale_offset, amax_offset, fused),
+            _C.Fp8LinearLaunch(quants[quantize.HW_CVT], gemm, scale_offset, amax_offset, fused,
+                               early),
             ws_bytes))
     return step
 
@@ -234,7 +260,9 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
         "int8_linear", quant_kernel, gemm_kernel, x, geometry, weight_scale, n)
     if fused >= 0:
         ws_bytes = 0  # one kernel, from x to out
-    obj = _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused)
+    early = fused < 0 and weight_early(gemm_kernel)
+    obj = _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused,
+                              early)
     launch = obj.launch
     dev, idx, out_shape = x.device, device_index(x.device), (*x.shape[:-1], n)
     empty = torch.empty
@@ -261,9 +289,11 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
         return out
 
     step.__name__ = obj.fused or f"{quant_kernel}+{gemm_kernel}"
+    step.weight_early = early
     if not shared_workspace and symmetric:
         # (Asymmetric activations: no plan; the row sums above stay with this Python step.)
         step.native = functools.cache(lambda: (
-            _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused),
+            _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused,
+                                early),
             ws_bytes))
     return step

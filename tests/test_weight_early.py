@@ -1,0 +1,140 @@
+"""A linear layer's swap-AB GEMM loading its first weight stages before it waits for the
+layer's activation quantizer (GemmArgs::b_static, csrc/common/sm90_gemm_swapab.cuh; switched
+by LOWBIT_EARLY_WEIGHTS, lowbit/backends/cuda/linear.py). The output must be the two op
+calls' bit for bit, also when the weight was rewritten by the kernel just before the
+quantizer: the early loads may not see a stale weight. The switch and the launch objects'
+flag are checked without a GPU."""
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.backends import cuda
+from lowbit.backends.cuda import DTYPE_CODE, FP8_FORMAT_CODE, kernel_id
+from lowbit.backends.cuda import linear as cuda_linear
+from lowbit.nn import Fp8Linear, Int8Linear
+
+needs_swapab = pytest.mark.skipif(kernel_id("sm90_fp8_gemm_swapab") is None,
+                                  reason="lowbit._C built without the sm_90a kernels")
+FP8_STEP = "cuda_fp8_quant_per_token+sm90_fp8_gemm_swapab"
+INT8_STEP = "cuda_int8_quant_per_token+sm90_int8_gemm_swapab"
+
+
+@pytest.fixture
+def early_on(monkeypatch):
+    monkeypatch.setenv(cuda_linear.WEIGHT_EARLY_ENV, "1")
+    monkeypatch.setenv(cuda_linear.FUSED_ENV, "0")
+
+
+def test_the_switch_names_the_swapab_gemms_only(monkeypatch):
+    monkeypatch.setenv(cuda_linear.WEIGHT_EARLY_ENV, "1")
+    for gemm in cuda_linear.WEIGHT_EARLY_GEMMS:
+        assert cuda_linear.weight_early(gemm)
+    assert not cuda_linear.weight_early("sm90_fp8_gemm_wgmma")
+    assert not cuda_linear.weight_early("sm89_fp8_gemm_smallm")
+    monkeypatch.setenv(cuda_linear.WEIGHT_EARLY_ENV, "0")
+    assert not cuda_linear.weight_early("sm90_fp8_gemm_swapab")
+    monkeypatch.delenv(cuda_linear.WEIGHT_EARLY_ENV)
+    assert cuda_linear.weight_early("sm90_fp8_gemm_swapab") == cuda_linear.WEIGHT_EARLY_BY_DEFAULT
+
+
+@needs_swapab
+def test_the_launch_objects_carry_the_flag():
+    q = cuda._C.QuantizeLaunch(kernel_id("cuda_fp8_quant_per_token"), DTYPE_CODE[torch.bfloat16],
+                               4, 256, 256, 1, FP8_FORMAT_CODE["e4m3fn"], True, 1, 0, True)
+    g = cuda._C.GemmLaunch(kernel_id("sm90_fp8_gemm_swapab"), 4, 96, 256, 256, 256, 1, 0, 1, 1,
+                           0, 1, 0, DTYPE_CODE[torch.bfloat16], 96, False)
+    assert cuda._C.Fp8LinearLaunch(q, g, 256, -1, -1, True).weight_early is True
+    assert cuda._C.Fp8LinearLaunch(q, g, 256, -1).weight_early is False
+    iq = cuda._C.Int8QuantizeLaunch(kernel_id("cuda_int8_quant_per_token"),
+                                    DTYPE_CODE[torch.float16], 4, 256, 256, 1, True, 1, 0)
+    ig = cuda._C.Int8GemmLaunch(kernel_id("sm90_int8_gemm_swapab"), 4, 96, 256, 256, 256, True,
+                                True, 0, 0, DTYPE_CODE[torch.float16], 96)
+    assert cuda._C.Int8LinearLaunch(iq, ig, 256, -1, -1, -1, True).weight_early is True
+    assert cuda._C.Int8LinearLaunch(iq, ig, 256, -1, -1).weight_early is False
+
+
+# ------------------------------------------------------------------- bit for bit on a GPU
+# One CTA per tile with K split over a cluster; no split; 157 tiles of 16 steps on 132 SMs
+# (CTAs walk two tiles, the early stages span a tile's end at small K); K % 128 != 0.
+SHAPES = [(4096, 256), (896, 9000), (2048, 20000), (400, 200)]
+SHAPE_IDS = ["k-split", "no-split", "tiles-per-cta", "k-tail"]
+MS = [1, 2, 5, 8, 9, 16, 17, 31, 32, 33, 48, 63, 64]
+
+
+def _on_hopper():
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the swap-AB kernel runs on sm_90a")
+
+
+def _rows(m, k, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return (torch.randn(m, k, device="cuda", generator=g) *
+            torch.exp2(torch.arange(m, device="cuda") % 5 - 2.0)[:, None]).to(dtype)
+
+
+def _two_ops(mod, x):
+    if isinstance(mod, Fp8Linear):
+        q, s = lowbit.quantize_fp8(x, granularity="token")
+        return lowbit.fp8_scaled_mm(q, mod.weight, s, mod.weight_scale, mod.bias,
+                                    out_dtype=x.dtype)
+    q, s, _ = lowbit.quantize_int8(x, granularity="token", symmetric=True)
+    return lowbit.int8_gemm(q, mod.weight, s, mod.weight_scale, mod.bias, out_dtype=x.dtype)
+
+
+def _module(family, k, n, dtype):
+    torch.manual_seed(k + n)
+    lin = nn.Linear(k, n, bias=family == "fp8").to("cuda", dtype)
+    if family == "fp8":
+        return Fp8Linear.from_linear(lin), FP8_STEP
+    return Int8Linear.from_linear(lin, act_symmetric=True), INT8_STEP
+
+
+@pytest.mark.gpu
+@needs_swapab
+@pytest.mark.parametrize("family", ["fp8", "int8"])
+@pytest.mark.parametrize("path", ["python", "plans"])
+@pytest.mark.parametrize("k,n", SHAPES, ids=SHAPE_IDS)
+def test_early_weights_are_the_two_ops(early_on, monkeypatch, k, n, path, family):
+    _on_hopper()
+    if path == "python":
+        from lowbit.nn import _layer
+        monkeypatch.setattr(_layer, "_MODULE_ENTRY", {})
+    mod, name = _module(family, k, n, torch.bfloat16)
+    for m in MS:
+        x = _rows(m, k, torch.bfloat16, seed=m)
+        mod(x)  # the checked ops, which prepare the step
+        y = mod(x)
+        if path == "python":
+            assert mod._step.run.__name__ == name and mod._step.run.weight_early, m
+        assert torch.equal(y, _two_ops(mod, x)), f"M = {m}"
+
+
+@pytest.mark.gpu
+@needs_swapab
+@pytest.mark.parametrize("family", ["fp8", "int8"])
+def test_a_weight_written_just_before_is_read_new(early_on, family):
+    """The weight rewritten in place by the kernel right before the forward (eagerly, and
+    inside a captured graph, copy then forward): every output is the new weight's."""
+    _on_hopper()
+    mod, _ = _module(family, 4096, 2048, torch.bfloat16)
+    weights = [mod.weight.clone(), mod.weight.flip(0).contiguous()]
+    x = _rows(4, 4096, torch.bfloat16, seed=1)
+    mod(x)
+    want = []
+    for w in weights:
+        mod.weight.copy_(w)
+        want.append(_two_ops(mod, x))
+    for i in range(6):
+        mod.weight.copy_(weights[i % 2])
+        assert torch.equal(mod(x), want[i % 2]), i
+    src = weights[0].clone()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        mod.weight.copy_(src)
+        out = mod(x)
+    for i in range(6):
+        src.copy_(weights[i % 2])
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, want[i % 2]), i
