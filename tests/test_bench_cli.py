@@ -311,13 +311,14 @@ def test_weight_shapes():
                                  (512, 256)]) == [(4096, 4096), (14336, 4096), (512, 256)]
 
 
-def test_fused_layer_rows_time_both_ways(monkeypatch):
+def test_fused_layer_rows_time_three_ways(monkeypatch):
     """--kernels on a layer op whose forward the fused kernel would run: one row with it
-    (LOWBIT_FUSED_QUANT=1) and one with the two kernels (=0), each under its own switch, the
+    (LOWBIT_FUSED_QUANT=1), one with the two kernels (=0) and one with the two kernels and
+    the GEMM's early weight loads (LOWBIT_EARLY_WEIGHTS=1), each under its own switches, the
     environment restored after."""
     import os
 
-    from lowbit.backends.cuda.linear import FUSED_ENV, fused_enabled
+    from lowbit.backends.cuda.linear import FUSED_ENV, WEIGHT_EARLY_ENV, fused_enabled
     from lowbit.bench import run
 
     monkeypatch.delenv(FUSED_ENV, raising=False)
@@ -330,7 +331,9 @@ def test_fused_layer_rows_time_both_ways(monkeypatch):
             return "cuda/sm90_fp8_linear_swapab" if fused_enabled() else "cuda/x"
 
     rows = run._fused_layer_rows(Case("fp8_linear"))
-    assert [env for _, env in rows] == [{FUSED_ENV: "1"}, {FUSED_ENV: "0"}]
+    assert [env for _, env in rows] == [{FUSED_ENV: "1"},
+                                        {FUSED_ENV: "0", WEIGHT_EARLY_ENV: "0"},
+                                        {FUSED_ENV: "0", WEIGHT_EARLY_ENV: "1"}]
     assert "sm90_fp8_linear_swapab" in rows[0][0] and FUSED_ENV not in os.environ
     assert run._fused_layer_rows(Case("fp8_scaled_mm")) == []
     with run._environment({FUSED_ENV: "0"}):

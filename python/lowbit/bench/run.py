@@ -138,13 +138,14 @@ def _environment(values: dict):
 
 
 def _fused_layer_rows(case) -> list:
-    """A layer op's forward both ways where a fused kernel would run it (--kernels): its two
-    kernels (LOWBIT_FUSED_QUANT=0) and the fused one (=1), timed in the same run."""
+    """A layer op's forward three ways where a fused kernel would run it (--kernels): the
+    fused one (LOWBIT_FUSED_QUANT=1), its two kernels (=0), and the two with the GEMM's early
+    weight loads (LOWBIT_EARLY_WEIGHTS=1), timed in the same run."""
     from .cases import LAYER_GEMM
 
     if case.op not in LAYER_GEMM:
         return []
-    from lowbit.backends.cuda.linear import FUSED_ENV
+    from lowbit.backends.cuda.linear import FUSED_ENV, WEIGHT_EARLY_ENV as EARLY
 
     with _environment({FUSED_ENV: "1"}):
         try:
@@ -154,7 +155,8 @@ def _fused_layer_rows(case) -> list:
     if "linear_swapab" not in fused:
         return []
     return [(f"{fused} ({FUSED_ENV}=1)", {FUSED_ENV: "1"}),
-            (f"two kernels ({FUSED_ENV}=0)", {FUSED_ENV: "0"})]
+            (f"two kernels ({FUSED_ENV}=0)", {FUSED_ENV: "0", EARLY: "0"}),
+            (f"two kernels, early weights ({EARLY}=1)", {FUSED_ENV: "0", EARLY: "1"})]
 
 
 class _NoBar:
