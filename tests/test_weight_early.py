@@ -114,24 +114,32 @@ def test_early_weights_are_the_two_ops(early_on, monkeypatch, k, n, path, family
 @needs_swapab
 @pytest.mark.parametrize("family", ["fp8", "int8"])
 def test_a_weight_written_just_before_is_read_new(early_on, family):
-    """The weight rewritten in place by the kernel right before the forward (eagerly, and
-    inside a captured graph, copy then forward): every output is the new weight's."""
+    """The weight rewritten in place by a kernel (an elementwise xor, not a copy, which the
+    stream would order more strictly) right before the forward, eagerly and inside a
+    captured graph: every output is the new weight's."""
     _on_hopper()
     mod, _ = _module(family, 4096, 2048, torch.bfloat16)
-    weights = [mod.weight.clone(), mod.weight.flip(0).contiguous()]
+    bits = mod.weight.view(torch.uint8)
+    weights = [bits.clone(), bits.flip(0).contiguous()]
+    zero = torch.zeros_like(bits)
+
+    def write(w):  # one elementwise kernel that writes the weight's bytes
+        torch.bitwise_xor(w, zero, out=bits)
+
     x = _rows(4, 4096, torch.bfloat16, seed=1)
     mod(x)
     want = []
     for w in weights:
-        mod.weight.copy_(w)
+        write(w)
         want.append(_two_ops(mod, x))
+    assert not torch.equal(want[0], want[1])
     for i in range(6):
-        mod.weight.copy_(weights[i % 2])
+        write(weights[i % 2])
         assert torch.equal(mod(x), want[i % 2]), i
     src = weights[0].clone()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        mod.weight.copy_(src)
+        write(src)
         out = mod(x)
     for i in range(6):
         src.copy_(weights[i % 2])

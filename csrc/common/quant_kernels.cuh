@@ -359,6 +359,8 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamMinBlocks)
   } else {
     // Launched programmatically on sm_90+ (launch_quant_kernel): wait for the kernel before
     // (it may have written x), then let the next one (the GEMM reading q) start its setup.
+    // Wait first, then trigger, in every quantizer kernel: a layer's GEMM loads its weight
+    // before its own wait (GemmArgs::b_static) on the strength of that order.
     grid_dependency_wait();
     launch_dependents();
     quant_rows_body<T, Codec, kMode>(p);

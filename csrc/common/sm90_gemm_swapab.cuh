@@ -70,8 +70,16 @@
 // Launch. The kernel goes out as a programmatic dependent launch (unless switched off,
 // common/launch.h): its CTAs may be placed while the kernel before it in the stream finishes,
 // set up their barriers and prefetch the tensor maps, and wait (griddepcontrol.wait) before
-// any global read or write; once past its last mainloop each thread allows the next kernel
-// to do the same (what it saves: see bench/NOTES.md, "Programmatic dependent launch").
+// any other global read or write (but the early weight loads of GemmArgs::b_static, below);
+// once past its last mainloop each thread allows the next kernel to do the same (what it
+// saves: see bench/NOTES.md, "Programmatic dependent launch").
+//
+// Early weight loads (GemmArgs::b_static, a linear layer's GEMM after its own activation
+// quantizer): the first ring's weight tiles are requested before the wait, so the weight
+// streams while the quantizer runs. This rests on the kernel before: it must not write the
+// weight, and it must trigger its dependents only after its own griddepcontrol.wait (the
+// quantizers of common/quant_kernels.cuh do both), so that every kernel before it, an
+// in-place weight update included, has completed when this one starts.
 //
 // Fused activation quantizer (ActCodec, the linear layers' forward at M <= 64). The GEMM is
 // given the layer's bf16 / fp16 activations x instead of their codes and makes each stage's
@@ -611,7 +619,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   // Steps whose weight tile is already on its way (b_static): the first ring's, issued before
   // the wait below, since the kernel before does not write the weight. Their stages are fresh
   // (no empty wait), and the producer adds the rest of each stage's loads after the wait.
-  int early = 0;
+  [[maybe_unused]] int early = 0;
   if constexpr (!kQuant) {
     const int nk = k_end - k_begin;
     if (p.b_static && threadIdx.x == 0 && nk > 0) {
@@ -625,9 +633,10 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
     }
   }
   __syncthreads();
-  // The setup above touches no global memory, so under programmatic dependent launch it
-  // overlaps the end of the kernel before; everything below comes after that kernel. Each
-  // thread lets the next kernel start its setup once it is past its last mainloop.
+  // The setup above touches no global memory but the early weight loads, so under
+  // programmatic dependent launch it overlaps the end of the kernel before; everything below
+  // comes after that kernel. Each thread lets the next kernel start its setup once it is
+  // past its last mainloop.
   grid_dependency_wait();
 
   if constexpr (kQuant) {
