@@ -39,6 +39,19 @@ def test_the_switch_names_the_swapab_gemms_only(monkeypatch):
 
 
 @needs_swapab
+def test_lowbit_info_says_whether_weights_load_early(monkeypatch, capsys):
+    from lowbit.cli import main
+
+    for value, state in (("1", "on here"), ("0", "off here")):
+        monkeypatch.setenv(cuda_linear.WEIGHT_EARLY_ENV, value)
+        assert main(["info"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "early weights: sm90_fp8_gemm_swapab starts its weight loads" in text
+        assert "early weights: sm90_int8_gemm_swapab starts its weight loads" in text
+        assert f"{cuda_linear.WEIGHT_EARLY_ENV}=1 ({state})" in text
+
+
+@needs_swapab
 def test_the_launch_objects_carry_the_flag():
     q = cuda._C.QuantizeLaunch(kernel_id("cuda_fp8_quant_per_token"), DTYPE_CODE[torch.bfloat16],
                                4, 256, 256, 1, FP8_FORMAT_CODE["e4m3fn"], True, 1, 0, True)

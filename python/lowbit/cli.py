@@ -54,6 +54,21 @@ def _fused_line(op: str) -> list:
             f"with {FUSED_ENV}=1 ({state} here)"]
 
 
+def _early_line(op: str) -> list:
+    """Whether layer op ``op``'s swap-AB GEMM loads its first weight stages before waiting
+    for the quantizer, and the switch (lowbit/backends/cuda/linear.py); empty when this build
+    has no such GEMM."""
+    from .backends.cuda import FUSED_LINEAR, kernel_id
+    from .backends.cuda.linear import WEIGHT_EARLY_ENV, weight_early
+
+    if op not in FUSED_LINEAR or kernel_id(FUSED_LINEAR[op][2]) is None:
+        return []
+    gemm = FUSED_LINEAR[op][2]
+    state = "on" if weight_early(gemm) else "off"
+    return [f"{gemm} starts its weight loads before the quantizer ends",
+            f"with {WEIGHT_EARLY_ENV}=1 ({state} here)"]
+
+
 def _wrap(first: str, indent: int, items: list[str]) -> list[str]:
     """`first` then the items comma-separated, continued on indented lines at WIDTH."""
     lines, line = [], first
@@ -113,6 +128,11 @@ def info(stream=None) -> int:
             fused = _fused_line(op)
             if fused:
                 for line in _wrap(" " * (len(lead) + 2) + "fused:", len(lead) + 4, fused):
+                    p(line)
+            early = _early_line(op)
+            if early:
+                for line in _wrap(" " * (len(lead) + 2) + "early weights:", len(lead) + 4,
+                                  early):
                     p(line)
             continue
         for why, names in kernel_groups(op, gpu):
