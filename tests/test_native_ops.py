@@ -804,7 +804,7 @@ def test_weight_only_plans_give_the_bits_of_the_python_path(kind, group, symmetr
     bias = torch.randn(n, dtype=torch.bfloat16, device="cuda") if m % 2 == 0 else None
     x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
     # One CUDA launch has a plan (not Triton, which auto runs for w8a16 above M = 16 on
-    # weights of N > 4096 and above M = 64 on all, nor int4's two-step path above M = 64).
+    # weights of N > 4096, nor the two-step dequantize paths, which it runs above M = 64).
     kernel = lowbit.explain(call, x, bias).kernel
     planned = kernel.startswith("cuda_") and not kernel.endswith("_dequant")
     assert planned == (m <= 64), kernel  # (N = 3000)
