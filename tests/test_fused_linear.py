@@ -126,14 +126,20 @@ def test_the_fused_kernel_is_chosen_for_what_it_takes(monkeypatch):
     assert (fused() >= 0) == cuda_linear.FUSED_BY_DEFAULT
 
 
-@needs_fused
-def test_lowbit_info_names_the_fused_kernels(monkeypatch, capsys):
+def info_text(monkeypatch, capsys, env: str, value: str) -> str:
+    """`lowbit info`'s output with ``env`` set to ``value``, its whitespace runs made one
+    space (it wraps its long lines)."""
     from lowbit.cli import main
 
+    monkeypatch.setenv(env, value)
+    assert main(["info"]) == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@needs_fused
+def test_lowbit_info_names_the_fused_kernels(monkeypatch, capsys):
     for value, state in (("1", "on here"), ("0", "off here")):
-        monkeypatch.setenv(cuda_linear.FUSED_ENV, value)
-        assert main(["info"]) == 0
-        text = " ".join(capsys.readouterr().out.split())
+        text = info_text(monkeypatch, capsys, cuda_linear.FUSED_ENV, value)
         assert f"fused: cuda/{FP8_FUSED}" in text and f"fused: cuda/{INT8_FUSED}" in text
         assert f"LOWBIT_FUSED_QUANT=1 ({state})" in text
 
@@ -145,7 +151,7 @@ SHAPES = [(4096, 256), (896, 9000), (400, 200), (4000, 256), (2048, 20000)]
 SHAPE_IDS = ["k-split", "no-split", "k-tail", "k-split-tail", "tiles-per-cta"]
 
 
-def _rows(m, k, dtype, seed):
+def rows(m, k, dtype, seed):
     """m rows of different magnitudes (row scales 2^-3 .. 2^3), row 0 zeros when m > 2."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(m, k, device="cuda", generator=g)
@@ -157,20 +163,20 @@ def _rows(m, k, dtype, seed):
 
 def _check_all_m(mod, two_ops, fused_name, k, dtype):
     for m in range(1, 65):
-        x = _rows(m, k, dtype, seed=m)
+        x = rows(m, k, dtype, seed=m)
         mod(x)  # the checked ops, which prepare the step
         y = mod(x)
         assert mod._step.run.__name__ == fused_name, m
         assert torch.equal(y, two_ops(mod, x)), f"M = {m}"
 
 
-def _fp8_two_ops(mod, x):
+def fp8_two_ops(mod, x):
     gran = "tensor" if mod.act_scale is not None else "token"
     q, s = lowbit.quantize_fp8(x, mod.act_scale, granularity=gran)
     return lowbit.fp8_scaled_mm(q, mod.weight, s, mod.weight_scale, mod.bias, out_dtype=x.dtype)
 
 
-def _int8_two_ops(mod, x):
+def int8_two_ops(mod, x):
     gran = "tensor" if mod.act_scale is not None else "token"
     q, s, _ = lowbit.quantize_int8(x, mod.act_scale, granularity=gran, symmetric=True)
     return lowbit.int8_gemm(q, mod.weight, s, mod.weight_scale, mod.bias, out_dtype=x.dtype)
@@ -187,14 +193,14 @@ def test_fused_forward_is_the_two_kernels(python_step, fused_on, k, n, dtype, st
     torch.manual_seed(k + n)
     lin = nn.Linear(k, n, bias=family == "fp8").to("cuda", dtype)
     # A static scale at half the batch's range: the larger values saturate (448, 127).
-    amax = _rows(64, k, dtype, seed=0).abs().amax().float()
+    amax = rows(64, k, dtype, seed=0).abs().amax().float()
     if family == "fp8":
         mod = Fp8Linear.from_linear(lin, act_scale=amax / 896 if static else None)
-        _check_all_m(mod, _fp8_two_ops, FP8_FUSED, k, dtype)
+        _check_all_m(mod, fp8_two_ops, FP8_FUSED, k, dtype)
     else:
         mod = Int8Linear.from_linear(lin, act_scale=amax / 254 if static else None,
                                      act_symmetric=True)
-        _check_all_m(mod, _int8_two_ops, INT8_FUSED, k, dtype)
+        _check_all_m(mod, int8_two_ops, INT8_FUSED, k, dtype)
 
 
 @pytest.mark.gpu
@@ -206,9 +212,9 @@ def test_fused_forward_with_inf_and_nan_rows(python_step, fused_on, dtype):
     _on_hopper()
     lin = nn.Linear(512, 384).to("cuda", dtype)
     big = torch.finfo(dtype).max / 2
-    for mod, two_ops in ((Fp8Linear.from_linear(lin), _fp8_two_ops),
-                         (Int8Linear.from_linear(lin, act_symmetric=True), _int8_two_ops)):
-        x = _rows(12, 512, dtype, seed=5)
+    for mod, two_ops in ((Fp8Linear.from_linear(lin), fp8_two_ops),
+                         (Int8Linear.from_linear(lin, act_symmetric=True), int8_two_ops)):
+        x = rows(12, 512, dtype, seed=5)
         x[1, 5], x[2, 7], x[3, 9] = float("inf"), float("nan"), big
         mod(x)
         y = mod(x)
@@ -227,7 +233,7 @@ def test_fused_forward_switch_and_graph(monkeypatch, python_step):
     monkeypatch.setenv(cuda_linear.FUSED_ENV, "1")
     lin = nn.Linear(1024, 768).to("cuda", torch.bfloat16)
     mod = Fp8Linear.from_linear(lin)
-    x = _rows(9, 1024, torch.bfloat16, seed=2)
+    x = rows(9, 1024, torch.bfloat16, seed=2)
     mod(x)
     y = mod(x)
     assert mod._step.run.__name__ == FP8_FUSED
@@ -251,8 +257,8 @@ def test_fused_forward_switch_and_graph(monkeypatch, python_step):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = mod(x)
-    x_new = _rows(9, 1024, torch.bfloat16, seed=3)
+    x_new = rows(9, 1024, torch.bfloat16, seed=3)
     x.copy_(x_new)
     g.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, _fp8_two_ops(mod, x_new))
+    assert torch.equal(out, fp8_two_ops(mod, x_new))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-import lowbit
 from lowbit.backends import cuda
 from lowbit.backends.cuda import DTYPE_CODE, FP8_FORMAT_CODE, kernel_id
 from lowbit.backends.cuda import linear as cuda_linear
 from lowbit.nn import Fp8Linear, Int8Linear
+from test_fused_linear import fp8_two_ops, info_text, int8_two_ops, rows
 
 needs_swapab = pytest.mark.skipif(kernel_id("sm90_fp8_gemm_swapab") is None,
                                   reason="lowbit._C built without the sm_90a kernels")
@@ -40,12 +40,8 @@ def test_the_switch_names_the_swapab_gemms_only(monkeypatch):
 
 @needs_swapab
 def test_lowbit_info_says_whether_weights_load_early(monkeypatch, capsys):
-    from lowbit.cli import main
-
     for value, state in (("1", "on here"), ("0", "off here")):
-        monkeypatch.setenv(cuda_linear.WEIGHT_EARLY_ENV, value)
-        assert main(["info"]) == 0
-        text = " ".join(capsys.readouterr().out.split())
+        text = info_text(monkeypatch, capsys, cuda_linear.WEIGHT_EARLY_ENV, value)
         assert "early weights: sm90_fp8_gemm_swapab starts its weight loads" in text
         assert "early weights: sm90_int8_gemm_swapab starts its weight loads" in text
         assert f"{cuda_linear.WEIGHT_EARLY_ENV}=1 ({state})" in text
@@ -80,19 +76,8 @@ def _on_hopper():
         pytest.skip("the swap-AB kernel runs on sm_90a")
 
 
-def _rows(m, k, dtype, seed):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    return (torch.randn(m, k, device="cuda", generator=g) *
-            torch.exp2(torch.arange(m, device="cuda") % 5 - 2.0)[:, None]).to(dtype)
-
-
 def _two_ops(mod, x):
-    if isinstance(mod, Fp8Linear):
-        q, s = lowbit.quantize_fp8(x, granularity="token")
-        return lowbit.fp8_scaled_mm(q, mod.weight, s, mod.weight_scale, mod.bias,
-                                    out_dtype=x.dtype)
-    q, s, _ = lowbit.quantize_int8(x, granularity="token", symmetric=True)
-    return lowbit.int8_gemm(q, mod.weight, s, mod.weight_scale, mod.bias, out_dtype=x.dtype)
+    return (fp8_two_ops if isinstance(mod, Fp8Linear) else int8_two_ops)(mod, x)
 
 
 def _module(family, k, n, dtype):
@@ -115,7 +100,7 @@ def test_early_weights_are_the_two_ops(early_on, monkeypatch, k, n, path, family
         monkeypatch.setattr(_layer, "_MODULE_ENTRY", {})
     mod, name = _module(family, k, n, torch.bfloat16)
     for m in MS:
-        x = _rows(m, k, torch.bfloat16, seed=m)
+        x = rows(m, k, torch.bfloat16, seed=m)
         mod(x)  # the checked ops, which prepare the step
         y = mod(x)
         if path == "python":
@@ -139,7 +124,7 @@ def test_a_weight_written_just_before_is_read_new(early_on, family):
     def write(w):  # one elementwise kernel that writes the weight's bytes
         torch.bitwise_xor(w, zero, out=bits)
 
-    x = _rows(4, 4096, torch.bfloat16, seed=1)
+    x = rows(4, 4096, torch.bfloat16, seed=1)
     mod(x)
     want = []
     for w in weights:

@@ -125,14 +125,10 @@ def info(stream=None) -> int:
         if op in MODULE_OPS:  # composed of the ops above: runs their kernels
             for line in _wrap(lead + "composed:", len(lead) + 2, MODULE_OPS[op].split(", ")):
                 p(line)
-            fused = _fused_line(op)
-            if fused:
-                for line in _wrap(" " * (len(lead) + 2) + "fused:", len(lead) + 4, fused):
-                    p(line)
-            early = _early_line(op)
-            if early:
-                for line in _wrap(" " * (len(lead) + 2) + "early weights:", len(lead) + 4,
-                                  early):
+            for label, items in (("fused:", _fused_line(op)),
+                                 ("early weights:", _early_line(op))):
+                for line in (_wrap(" " * (len(lead) + 2) + label, len(lead) + 4, items)
+                             if items else ()):
                     p(line)
             continue
         for why, names in kernel_groups(op, gpu):

@@ -112,10 +112,16 @@ FUSED_ENV = "LOWBIT_FUSED_QUANT"
 FUSED_BY_DEFAULT = False
 
 
+def _switch(env: str, default: bool) -> bool:
+    """An on/off environment switch of this module: "1" on, anything else off, unset
+    ``default``."""
+    v = getenv(env)
+    return default if v is None else v == "1"
+
+
 def fused_enabled() -> bool:
     """Whether a forward may run its quantizer inside the GEMM (``FUSED_ENV``)."""
-    v = getenv(FUSED_ENV)
-    return FUSED_BY_DEFAULT if v is None else v == "1"
+    return _switch(FUSED_ENV, FUSED_BY_DEFAULT)
 
 
 WEIGHT_EARLY_ENV = "LOWBIT_EARLY_WEIGHTS"
@@ -127,9 +133,8 @@ WEIGHT_EARLY_GEMMS = ("sm90_fp8_gemm_swapab", "sm90_int8_gemm_swapab")
 def weight_early(gemm_kernel: str) -> bool:
     """Whether a layer's GEMM ``gemm_kernel`` loads its first weight stages before waiting for
     the layer's quantizer (``WEIGHT_EARLY_ENV``; the module's docstring)."""
-    v = getenv(WEIGHT_EARLY_ENV)
-    on = WEIGHT_EARLY_BY_DEFAULT if v is None else v == "1"
-    return on and gemm_kernel in WEIGHT_EARLY_GEMMS
+    return gemm_kernel in WEIGHT_EARLY_GEMMS and _switch(WEIGHT_EARLY_ENV,
+                                                         WEIGHT_EARLY_BY_DEFAULT)
 
 
 def _fused_kernel(op: str, quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
