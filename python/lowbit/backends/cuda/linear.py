@@ -35,7 +35,7 @@ never writes the weight and lets the GEMM start only once every earlier kernel o
 has completed. ``LOWBIT_EARLY_WEIGHTS=1`` turns it on, ``0`` off; unset,
 ``WEIGHT_EARLY_BY_DEFAULT`` decides: on, since on the H100 it took 0.5-1.7 us off every
 two-kernel forward measured at M = 1-64, bringing the forward at M = 1-16 within 1.02-1.10x
-of the GEMM alone on pre-quantized input (bench/NOTES.md, "Early weight loads, measured").
+(FP8) and 1.01-1.15x (INT8) of the GEMM alone on pre-quantized input (bench/NOTES.md, "Early weight loads, measured").
 """
 from __future__ import annotations
 
