@@ -4,10 +4,13 @@ rounds (a host's noise moves every row of a round together).
 
     python bench/host_calls.py [--calls 2000] [--rounds 7]
 
-M = 1, 4096 x 4096 for the GEMMs; a 1 x 4096 bf16 row, per token, for the quantizers. The
-indented rows are the parts of the Triton GEMM's call: the C++ entry that hands back the
-signature's Python step (lowbit/_native.py), the step, and its launcher without the device
-guard. Every signature is prepared before the timing.
+M = 1, 4096 x 4096 for the GEMMs (the weight-only ones also at 1 x 14336 x 4096, where
+Triton's decode split makes two launches); a 1 x 4096 bf16 row, per token, for the
+quantizers. The indented rows are the parts of the Triton GEMM's call: the C++ entry that
+hands back the signature's Python step (lowbit/_native.py), the step, and its launcher
+without the device guard. Every signature is prepared before the timing. The last column is
+the call's GPU time, as a CUDA-graph replay of 20 back-to-back calls (no host work, no L2
+flush): where the wall time is well above it, the call is host-bound.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 
 import lowbit
 from lowbit import _native
+from lowbit.bench import timing
 from lowbit.scale_layout import scale_tile
 from lowbit.triton_kernels import fp8_gemm
 
@@ -72,7 +76,28 @@ def cases():
         "torch.ops quantize_fp8": lambda: ops.quantize_fp8(xb, None, "e4m3fn", "token", 128,
                                                            [128, 128], True, "default"),
     })
+    for n in (4096, 14336):
+        w = torch.randn(n, 4096, device=dev, dtype=bf)
+        w4 = lowbit.int4_quantize(w, group_size=128)
+        q8, s8, _ = lowbit.quantize_int8(w, granularity="channel")
+        for be in ("cuda", "triton"):
+            out[f"w4a16_gemm {be} (N = {n})"] = (
+                lambda w4=w4, be=be: lowbit.w4a16_gemm(xb, w4, backend=be))
+            out[f"w8a16_gemm {be} (N = {n})"] = (
+                lambda q8=q8, s8=s8, be=be: lowbit.w8a16_gemm(xb, q8, s8, backend=be))
+        out[f"torch.ops w8a16_gemm (N = {n})"] = (
+            lambda q8=q8, s8=s8: ops.w8a16_gemm(xb, q8, s8, None, "default"))
     return out
+
+
+def gpu_us(fn, calls: int = 20) -> str:
+    """GPU time per call of fn in a captured graph of `calls` calls, or "-" where the call
+    cannot be captured."""
+    try:
+        replay = timing.capture_graph(fn, calls=calls)
+        return f"{timing.bench(replay, flush_l2=False, rep=50)['median_us'] / calls:.2f}"
+    except Exception as e:  # noqa: BLE001 (a row, not the run)
+        return f"- ({type(e).__name__})"
 
 
 def main():
@@ -96,10 +121,11 @@ def main():
             times[k].append((time.perf_counter() - t) / args.calls * 1e6)
             torch.cuda.synchronize()
     add = statistics.median(times["torch.add_"])
-    print(f"{'call':42s} {'us (median)':>12s} {'x add_':>7s}  range")
+    print(f"{'call':42s} {'us (median)':>12s} {'x add_':>7s}  {'range':14s} GPU us (graph)")
     for k, v in times.items():
         m = statistics.median(v)
-        print(f"{k:42s} {m:12.2f} {m / add:7.2f}  {min(v):.2f}-{max(v):.2f}")
+        print(f"{k:42s} {m:12.2f} {m / add:7.2f}  {min(v):.2f}-{max(v):.2f}".ljust(80)
+              + gpu_us(fns[k]))
     print("plans:", _native.stats())
 
 
