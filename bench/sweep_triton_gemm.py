@@ -31,7 +31,8 @@ from lowbit.triton_kernels import fp8_gemm
 from lowbit.triton_kernels.heuristics import GemmConfig, fp8_gemm_config, gemm_smem_bytes
 
 from lowbit.bench import table
-from lowbit.bench.cases import error_text, fp8_operands, rel_err, runnable_kernels, scaled_mm_anchor
+from lowbit.bench.cases import (error_text, fp8_operands, prepared_call, rel_err, runnable_kernels,
+                                scaled_mm_anchor)
 from lowbit.bench.timing import bench, capture_graph, eager_host_us
 
 SHAPES = [(2048, 4096, 4096), (4096, 4096, 4096), (512, 4096, 14336), (512, 28672, 8192),
@@ -117,7 +118,7 @@ def config_rows(m, n, k, rep, rep_ms):
     table_cfg = fp8_gemm_config(m, n, k)
     t_anchor = None
     fns = [("torch._scaled_mm", anchor_fn, "")]
-    fns += [(kern.name, lambda kern=kern: kern.fn(*args), "")
+    fns += [(kern.name, prepared_call(kern, args), "")
             for kern in runnable_kernels("fp8_scaled_mm", args, ("cuda",), names=(CUDA_KERNEL,))]
     fns += [(config_name(cfg), lambda cfg=cfg: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, config=cfg,
                                                                   **tiles),
@@ -164,7 +165,7 @@ def anomaly_rows(m, n, k, mode, rep, rep_ms):
             scaled_mm_anchor(a, b, sa, sb, mode)),
            (f"fp8_scaled_mm(config=None) = {config_name(cfg)}",
             lambda: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, **tiles))]
-    fns += [(kern.name, lambda kern=kern: kern.fn(*args))
+    fns += [(kern.name, prepared_call(kern, args))
             for kern in runnable_kernels("fp8_scaled_mm", args)]
     for i, (name, fn) in enumerate(fns):
         row = dict(shape=f"{m}x{n}x{k}", mode=mode, impl=name)

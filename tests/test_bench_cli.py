@@ -340,3 +340,28 @@ def test_fused_layer_rows_time_three_ways(monkeypatch):
         assert run._fused_layer_rows(Case("fp8_linear")) != []  # asks with the switch on
         assert os.environ[FUSED_ENV] == "0"
     assert FUSED_ENV not in os.environ
+
+
+def test_kernel_rows_time_the_prepared_function():
+    """--kernels times each kernel as an op call that chose it runs it: its signature
+    prepared once (a Triton launcher bound once), then only the prepared function; a kernel
+    without ``prepare`` runs its ``fn``."""
+    from lowbit._backend import Kernel
+
+    log = []
+
+    def prepare(*args):
+        log.append(("prepare", args))
+        return lambda *a: log.append(("run", a)) or "out"
+
+    prepared = Kernel("w8a16_gemm", "triton", "k", lambda *a: log.append(("fn", a)),
+                      prepare=prepare)
+    call = cases.prepared_call(prepared, (1, 2))
+    assert log == []  # nothing runs before the first call (the timing's warm-up)
+    assert [call(), call(), call()] == ["out"] * 3
+    assert log == [("prepare", (1, 2))] + [("run", (1, 2))] * 3
+    log.clear()
+    plain = cases.prepared_call(Kernel("w8a16_gemm", "cuda", "k", lambda *a: log.append(a)),
+                                (3,))
+    call(), plain(), plain()
+    assert log == [("run", (1, 2)), (3,), (3,)]

@@ -11,7 +11,7 @@ of lowbit's output against it) or "bf16" when it is what a bf16 model runs inste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,22 @@ def runnable_kernels(op: str, args: Sequence, backends: Sequence[str] = GPU_BACK
             continue
         if k.supports is None or k.supports(*args) is None:
             yield k
+
+
+def prepared_call(kernel, args: Sequence) -> Callable[[], Any]:
+    """``kernel`` run on ``args`` as an op call that chose it runs it: through the function
+    its ``prepare`` makes once for the signature (a remembered choice's, lowbit/_backend.py),
+    prepared at the first call, which the timing's warm-up makes. Without one, ``kernel.fn``.
+    Calling ``kernel.fn`` itself would redo per call what a signature's preparation does once
+    (a Triton launcher's binding, a compile-cache lookup per kernel), which no op call does."""
+    prepared = []
+
+    def call():
+        if not prepared:
+            prepared.append(kernel.fn if kernel.prepare is None else kernel.prepare(*args))
+        return prepared[0](*args)
+
+    return call
 
 
 # ---------------------------------------------------------------------------- operands

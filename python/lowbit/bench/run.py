@@ -283,9 +283,9 @@ class Bench:
             return
         envs = {}  # row -> the environment it is timed under
         if self.args.kernels:
-            from .cases import runnable_kernels
+            from .cases import prepared_call, runnable_kernels
 
-            lowbit_rows += [(f"{k.backend}/{k.name}", (lambda k=k: k.fn(*case.args)), "kernel")
+            lowbit_rows += [(f"{k.backend}/{k.name}", prepared_call(k, case.args), "kernel")
                             for k in runnable_kernels(case.op, case.args)]
             for impl, env in _fused_layer_rows(case):
                 envs[impl] = env
