@@ -361,6 +361,40 @@ def test_w8a16_kernels(m, n, k, group, dtype):
 
 
 @gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("group", [0, 128], ids=["channel", "g128"])
+@pytest.mark.parametrize("name", ["cuda_w8a16_gemm_decode", "cuda_w8a16_gemm_tiled",
+                                  "sm90_w8a16_gemm_wgmma"])
+def test_w8a16_kernels_dequantize_every_code_exactly(name, group, dtype):
+    """Each fused W8A16 kernel's in-register dequantization, bit for bit: every row of x is
+    one-hot, so each output is one weight times its scale (fp32, rounded once to x's dtype:
+    the one nonzero product is exact in the tensor core and the other terms add zeros), for
+    all 256 int8 codes in every column."""
+    from lowbit._backend import kernels
+
+    n, k = 256, 256
+    codes = (torch.arange(n)[:, None] + torch.arange(k)[None, :]) % 256 - 128
+    q = codes.to(torch.int8).cuda()
+    s = (torch.rand(n, 1 if group == 0 else k // group, generator=_gen(7)) + 0.5).cuda()
+    want_all = (q.float() * s.repeat_interleave(k // s.shape[1], dim=1)).to(dtype)  # [n, k]
+    if name == "sm90_w8a16_gemm_wgmma":
+        if torch.cuda.get_device_capability() != (9, 0):
+            pytest.skip("an sm_90a kernel")
+        kernel, = (kk for kk in kernels("w8a16_gemm") if kk.name == name)
+        run = lambda x: kernel.fn(x, q, s, None)  # noqa: E731
+    else:
+        run = lambda x: _launch_w8(name, x, q, s, None)  # noqa: E731
+    rows = 64 if name == "cuda_w8a16_gemm_decode" else k  # the decode kernel's M <= 64
+    for first in range(0, k, rows):
+        cols = torch.arange(first, first + rows, device="cuda")
+        x = torch.zeros(rows, k, dtype=dtype, device="cuda")
+        x[torch.arange(rows, device="cuda"), cols] = 1
+        out = run(x)
+        torch.cuda.synchronize()
+        assert torch.equal(out, want_all[:, cols].T), (name, first)
+
+
+@gpu
 @pytest.mark.parametrize("name,m", [("cuda_w8a16_gemm_decode", 1),
                                     ("cuda_w8a16_gemm_decode", 16),
                                     ("cuda_w8a16_gemm_decode", 40),

@@ -39,8 +39,10 @@
 // exact) gives u - z. In fp16 the odd nibbles skip their shift: 1024 + 16 u is exact there,
 // and one hfma2 (times 1/16, minus 64 + z) dequantizes it. int8 fp16: byte permute into
 // 0x64xx (1024 + (q + 128)), minus 1152; int8 bf16 (8 significant bits do not fit a bf16
-// magic): byte permute into the fp32 0x4B0000xx (2^23 + (q + 128)), fsub, cvt.rn.bf16x2. All
-// exact: the tensor cores see the integer weights (u - z or q), never a rounded product.
+// magic): byte permute into 0x43xx, then the low 7 bits (128 + (q & 127)) minus bit 7 alone
+// (128 or 256): two ands and an hsub2, against two fp32 subtractions and a conversion per
+// pair before. All exact: the tensor cores see the integer weights (u - z or q), never a
+// rounded product.
 //
 // Scales: accumulated per group in fp32, scaled after. Each chunk is summed from zero in the
 // tensor core and added to the fp32 accumulator times the chunk's per-row scale (fp32 FMA),
@@ -112,14 +114,17 @@ struct Half<__nv_bfloat16> {
                                *reinterpret_cast<__nv_bfloat162*>(&b));
     return *reinterpret_cast<uint32_t*>(&r);
   }
-  // Bytes lo, lo + 1 of `wx` (int8 codes xor 0x80, i.e. q + 128) -> bf16 pair q, exactly.
+  // The int8 codes as int8_pair takes them: as stored (two's complement).
+  __device__ __forceinline__ static uint32_t int8_word(uint32_t w) { return w; }
+  // Bytes lo, lo + 1 of `w` (int8 codes q) -> bf16 pair q, exactly, in four instructions.
+  // One byte permute gives [q_lo, 0x43, q_lo+1, 0x43]; with bit 7 of each code cleared that
+  // is the bf16 128 + (q & 127), with only bit 7 kept it is 128 (bit 7 clear) or 256 (set: it
+  // lands in the exponent's low bit). Their difference, (q & 127) - 128 * bit 7, is q: small
+  // integers all, so the subtraction is exact.
   template <int kLo>
-  __device__ __forceinline__ static uint32_t int8_pair(uint32_t wx) {
-    constexpr float kBias = 8388736.f;  // 2^23 + 128
-    const float f0 = __uint_as_float(__byte_perm(wx, 0x4B000000u, 0x7540 + kLo)) - kBias;
-    const float f1 = __uint_as_float(__byte_perm(wx, 0x4B000000u, 0x7541 + kLo)) - kBias;
-    __nv_bfloat162 r = __floats2bfloat162_rn(f0, f1);
-    return *reinterpret_cast<uint32_t*>(&r);
+  __device__ __forceinline__ static uint32_t int8_pair(uint32_t w) {
+    const uint32_t p = __byte_perm(w, 0x43434343u, 0x4140 + kLo * 0x0101);
+    return sub(p & 0xFF7FFF7Fu, p & 0xFF80FF80u);
   }
 };
 
@@ -146,6 +151,8 @@ struct Half<__half> {
     __half2 r = __hsub2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
     return *reinterpret_cast<uint32_t*>(&r);
   }
+  // The int8 codes as int8_pair takes them: xor 0x80, i.e. q + 128 (unsigned).
+  __device__ __forceinline__ static uint32_t int8_word(uint32_t w) { return w ^ 0x80808080u; }
   template <int kLo>
   __device__ __forceinline__ static uint32_t int8_pair(uint32_t wx) {
     // [byte lo, 0x64, byte lo + 1, 0x64] = 1024 + (q + 128) per half; minus 1152 = q.
@@ -233,7 +240,7 @@ __device__ __forceinline__ void int4_fragment(const uint4& v, int s, const uint3
 template <typename T>
 __device__ __forceinline__ void int8_fragment(const uint4& vg, const uint4& vg8, int s,
                                               uint32_t (&a)[4]) {
-  const uint32_t qg = word(vg, s) ^ 0x80808080u, qg8 = word(vg8, s) ^ 0x80808080u;
+  const uint32_t qg = Half<T>::int8_word(word(vg, s)), qg8 = Half<T>::int8_word(word(vg8, s));
   a[0] = Half<T>::template int8_pair<0>(qg);
   a[1] = Half<T>::template int8_pair<0>(qg8);
   a[2] = Half<T>::template int8_pair<2>(qg);
