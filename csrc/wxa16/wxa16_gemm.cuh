@@ -121,9 +121,12 @@ struct Half<__nv_bfloat16> {
   // is the bf16 128 + (q & 127), with only bit 7 kept it is 128 (bit 7 clear) or 256 (set: it
   // lands in the exponent's low bit). Their difference, (q & 127) - 128 * bit 7, is q: small
   // integers all, so the subtraction is exact.
+  // (The constant goes first: with the codes first, ptxas kept the constant as the
+  // permute's immediate and copied the selector into a register before every permute, one
+  // instruction per pair; the same holds for fp16.)
   template <int kLo>
   __device__ __forceinline__ static uint32_t int8_pair(uint32_t w) {
-    const uint32_t p = __byte_perm(w, 0x43434343u, 0x4140 + kLo * 0x0101);
+    const uint32_t p = __byte_perm(0x43434343u, w, 0x0504 + kLo * 0x0101);
     return sub(p & 0xFF7FFF7Fu, p & 0xFF80FF80u);
   }
 };
@@ -156,7 +159,7 @@ struct Half<__half> {
   template <int kLo>
   __device__ __forceinline__ static uint32_t int8_pair(uint32_t wx) {
     // [byte lo, 0x64, byte lo + 1, 0x64] = 1024 + (q + 128) per half; minus 1152 = q.
-    const uint32_t h = __byte_perm(wx, 0x64646464u, 0x4140 + kLo * 0x0101);
+    const uint32_t h = __byte_perm(0x64646464u, wx, 0x0504 + kLo * 0x0101);
     return sub(h, 0x64806480u);
   }
 };
