@@ -360,38 +360,84 @@ def test_w8a16_kernels(m, n, k, group, dtype):
     _check(out, _int8_ref(x, q, s, bias), dtype)
 
 
-@gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("group", [0, 128], ids=["channel", "g128"])
-@pytest.mark.parametrize("name", ["cuda_w8a16_gemm_decode", "cuda_w8a16_gemm_tiled",
-                                  "sm90_w8a16_gemm_wgmma"])
-def test_w8a16_kernels_dequantize_every_code_exactly(name, group, dtype):
-    """Each fused W8A16 kernel's in-register dequantization, bit for bit: every row of x is
-    one-hot, so each output is one weight times its scale (fp32, rounded once to x's dtype:
-    the one nonzero product is exact in the tensor core and the other terms add zeros), for
-    all 256 int8 codes in every column."""
+def _one_hot_runs(op, args_of, k, dtype):
+    """For each GPU kernel of ``op`` that runs here, its outputs for one-hot rows of x (row
+    r has its 1 at column first + r) covering every column of K, as (kernel name, first
+    column, output). ``args_of(kernel, x)``: the op's arguments for x, or None where the
+    kernel takes none of the weight's forms. A kernel takes the largest row count of 256, 64
+    and 16 that it supports."""
     from lowbit._backend import kernels
 
+    def supported(kernel, x):
+        args = args_of(kernel, x)
+        ok = args is not None and (kernel.supports is None or kernel.supports(*args) is None)
+        return args if ok else None
+
+    for kernel in kernels(op):
+        if kernel.backend not in ("cuda", "triton"):
+            continue
+        rows = next((r for r in (256, 64, 16) if supported(
+            kernel, torch.zeros(r, k, dtype=dtype, device="cuda")) is not None), None)
+        if rows is None:
+            continue
+        for first in range(0, k, rows):
+            x = torch.zeros(rows, k, dtype=dtype, device="cuda")
+            x[torch.arange(rows, device="cuda"), torch.arange(first, first + rows,
+                                                              device="cuda")] = 1
+            yield kernel.name, first, kernel.fn(*supported(kernel, x))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("group", [0, 32, 128], ids=["channel", "g32", "g128"])
+def test_w8a16_kernels_dequantize_every_code_exactly(group, dtype):
+    """Every W8A16 GPU kernel's dequantization, bit for bit: the rows of x are one-hot, so
+    each output is one weight times its scale (fp32, rounded once to x's dtype: the one
+    nonzero product is exact in the tensor core and the other terms add zeros), for all 256
+    int8 codes in every column."""
     n, k = 256, 256
     codes = (torch.arange(n)[:, None] + torch.arange(k)[None, :]) % 256 - 128
     q = codes.to(torch.int8).cuda()
     s = (torch.rand(n, 1 if group == 0 else k // group, generator=_gen(7)) + 0.5).cuda()
-    want_all = (q.float() * s.repeat_interleave(k // s.shape[1], dim=1)).to(dtype)  # [n, k]
-    if name == "sm90_w8a16_gemm_wgmma":
-        if torch.cuda.get_device_capability() != (9, 0):
-            pytest.skip("an sm_90a kernel")
-        kernel, = (kk for kk in kernels("w8a16_gemm") if kk.name == name)
-        run = lambda x: kernel.fn(x, q, s, None)  # noqa: E731
-    else:
-        run = lambda x: _launch_w8(name, x, q, s, None)  # noqa: E731
-    rows = 64 if name == "cuda_w8a16_gemm_decode" else k  # the decode kernel's M <= 64
-    for first in range(0, k, rows):
-        cols = torch.arange(first, first + rows, device="cuda")
-        x = torch.zeros(rows, k, dtype=dtype, device="cuda")
-        x[torch.arange(rows, device="cuda"), cols] = 1
-        out = run(x)
-        torch.cuda.synchronize()
-        assert torch.equal(out, want_all[:, cols].T), (name, first)
+    want = (q.float() * s.repeat_interleave(k // s.shape[1], dim=1)).to(dtype)  # [n, k]
+    ran = set()
+    for name, first, out in _one_hot_runs("w8a16_gemm", lambda kernel, x: (x, q, s, None),
+                                          k, dtype):
+        ran.add(name)
+        assert torch.equal(out, want[:, first:first + out.shape[0]].T), (name, first)
+    assert {"cuda_w8a16_gemm_decode", "cuda_w8a16_gemm_tiled", "triton_w8a16_gemm"} <= ran
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
+@pytest.mark.parametrize("group", [32, 128, -1], ids=["g32", "g128", "channel"])
+def test_w4a16_kernels_dequantize_every_code_exactly(group, symmetric, dtype):
+    """The same for W4A16: every nibble under every zero point (asymmetric), one-hot rows,
+    each output (u - z) * scale rounded once, bit for bit, on every GPU kernel in the layout
+    it takes (the first of canonical and prepacked that its supports accept)."""
+    n, k = 256, 256
+    g = k if group == -1 else group
+    u = (torch.arange(n)[:, None] + torch.arange(k)[None, :]) % 16
+    canonical = (u[:, 0::2] | (u[:, 1::2] << 4)).to(torch.uint8)
+    zeros = None if symmetric else (
+        (torch.arange(n)[:, None] * 3 + torch.arange(k // g)[None, :]) % 16).to(torch.uint8)
+    scales = torch.rand(n, k // g, generator=_gen(9)) + 0.5
+    w = Int4Weight(canonical, scales, zeros, g).to("cuda")
+    want = w.dequantize(torch.float32).to(dtype)  # [n, k]
+
+    def args_of(kernel, x):
+        for lw in (w, w.prepack()):
+            args = (x, lw.qweight, lw.scales, lw.zeros, lw.group_size, None, None)
+            if kernel.supports is None or kernel.supports(*args) is None:
+                return args
+        return None
+
+    ran = set()
+    for name, first, out in _one_hot_runs("w4a16_gemm", args_of, k, dtype):
+        ran.add(name)
+        assert torch.equal(out, want[:, first:first + out.shape[0]].T), (name, first)
+    assert {"cuda_w4a16_gemm_decode", "cuda_w4a16_gemm_tiled", "triton_w4a16_gemm"} <= ran
 
 
 @gpu
