@@ -245,8 +245,8 @@ __device__ __forceinline__ void int8_fragment(const uint4& vg, const uint4& vg8,
                                               uint32_t (&a)[4]) {
   const uint32_t qg = Half<T>::int8_word(word(vg, s)), qg8 = Half<T>::int8_word(word(vg8, s));
   a[0] = Half<T>::template int8_pair<0>(qg);
-  a[1] = Half<T>::template int8_pair<0>(qg8);
   a[2] = Half<T>::template int8_pair<2>(qg);
+  a[1] = Half<T>::template int8_pair<0>(qg8);
   a[3] = Half<T>::template int8_pair<2>(qg8);
 }
 
