@@ -40,9 +40,9 @@
 // and one hfma2 (times 1/16, minus 64 + z) dequantizes it. int8 fp16: byte permute into
 // 0x64xx (1024 + (q + 128)), minus 1152; int8 bf16 (8 significant bits do not fit a bf16
 // magic): byte permute into 0x43xx, then the low 7 bits (128 + (q & 127)) minus bit 7 alone
-// (128 or 256): two ands and an hsub2, against two fp32 subtractions and a conversion per
-// pair before. All exact: the tensor cores see the integer weights (u - z or q), never a
-// rounded product.
+// (128 or 256): two ands and an hsub2, where a route through fp32 takes two subtractions and
+// a conversion per pair. All exact: the tensor cores see the integer weights (u - z or q),
+// never a rounded product.
 //
 // Scales: accumulated per group in fp32, scaled after. Each chunk is summed from zero in the
 // tensor core and added to the fp32 accumulator times the chunk's per-row scale (fp32 FMA),
@@ -244,6 +244,8 @@ template <typename T>
 __device__ __forceinline__ void int8_fragment(const uint4& vg, const uint4& vg8, int s,
                                               uint32_t (&a)[4]) {
   const uint32_t qg = Half<T>::int8_word(word(vg, s)), qg8 = Half<T>::int8_word(word(vg8, s));
+  // Row g's pairs, then row g + 8's: in this order the decode kernel fits 128 registers on
+  // sm_90a without a stack frame (bench/NOTES.md, "W8A16 bf16: four instructions").
   a[0] = Half<T>::template int8_pair<0>(qg);
   a[2] = Half<T>::template int8_pair<2>(qg);
   a[1] = Half<T>::template int8_pair<0>(qg8);
