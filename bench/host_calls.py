@@ -78,11 +78,12 @@ def cases():
     })
     for n in (4096, 14336):
         w = torch.randn(n, 4096, device=dev, dtype=bf)
-        w4 = lowbit.int4_quantize(w, group_size=128)
+        w4 = lowbit.int4_quantize(w, group_size=128)  # canonical: Triton's layout
+        layouts = {"cuda": w4.prepack(), "triton": w4}  # the CUDA kernels' own layout
         q8, s8, _ = lowbit.quantize_int8(w, granularity="channel")
         for be in ("cuda", "triton"):
             out[f"w4a16_gemm {be} (N = {n})"] = (
-                lambda w4=w4, be=be: lowbit.w4a16_gemm(xb, w4, backend=be))
+                lambda w4=layouts[be], be=be: lowbit.w4a16_gemm(xb, w4, backend=be))
             out[f"w8a16_gemm {be} (N = {n})"] = (
                 lambda q8=q8, s8=s8, be=be: lowbit.w8a16_gemm(xb, q8, s8, backend=be))
         out[f"torch.ops w8a16_gemm (N = {n})"] = (
