@@ -360,31 +360,29 @@ def test_w8a16_kernels(m, n, k, group, dtype):
     _check(out, _int8_ref(x, q, s, bias), dtype)
 
 
-def _one_hot_runs(op, args_of, k, dtype):
+def _one_hot_runs(op, forms, k, dtype):
     """For each GPU kernel of ``op`` that runs here, its outputs for one-hot rows of x (row
     r has its 1 at column first + r) covering every column of K, as (kernel name, first
-    column, output). ``args_of(kernel, x)``: the op's arguments for x, or None where the
-    kernel takes none of the weight's forms. A kernel takes the largest row count of 256, 64
-    and 16 that it supports."""
+    column, output). ``forms(x)``: the op's arguments for x, one tuple per form of the weight
+    (a kernel runs the first its ``supports`` accepts). A kernel takes the largest row count
+    of 256, 64 and 16 that it supports."""
     from lowbit._backend import kernels
 
-    def supported(kernel, x):
-        args = args_of(kernel, x)
-        ok = args is not None and (kernel.supports is None or kernel.supports(*args) is None)
-        return args if ok else None
+    eye = torch.eye(k, dtype=dtype, device="cuda")
+
+    def args_for(kernel, x):
+        return next((a for a in forms(x)
+                     if kernel.supports is None or kernel.supports(*a) is None), None)
 
     for kernel in kernels(op):
         if kernel.backend not in ("cuda", "triton"):
             continue
-        rows = next((r for r in (256, 64, 16) if supported(
-            kernel, torch.zeros(r, k, dtype=dtype, device="cuda")) is not None), None)
+        rows = next((r for r in (256, 64, 16) if args_for(kernel, eye[:r]) is not None), None)
         if rows is None:
             continue
         for first in range(0, k, rows):
-            x = torch.zeros(rows, k, dtype=dtype, device="cuda")
-            x[torch.arange(rows, device="cuda"), torch.arange(first, first + rows,
-                                                              device="cuda")] = 1
-            yield kernel.name, first, kernel.fn(*supported(kernel, x))
+            x = eye[first:first + rows]
+            yield kernel.name, first, kernel.fn(*args_for(kernel, x))
 
 
 @gpu
@@ -401,8 +399,7 @@ def test_w8a16_kernels_dequantize_every_code_exactly(group, dtype):
     s = (torch.rand(n, 1 if group == 0 else k // group, generator=_gen(7)) + 0.5).cuda()
     want = (q.float() * s.repeat_interleave(k // s.shape[1], dim=1)).to(dtype)  # [n, k]
     ran = set()
-    for name, first, out in _one_hot_runs("w8a16_gemm", lambda kernel, x: (x, q, s, None),
-                                          k, dtype):
+    for name, first, out in _one_hot_runs("w8a16_gemm", lambda x: [(x, q, s, None)], k, dtype):
         ran.add(name)
         assert torch.equal(out, want[:, first:first + out.shape[0]].T), (name, first)
     assert {"cuda_w8a16_gemm_decode", "cuda_w8a16_gemm_tiled", "triton_w8a16_gemm"} <= ran
@@ -425,16 +422,14 @@ def test_w4a16_kernels_dequantize_every_code_exactly(group, symmetric, dtype):
     scales = torch.rand(n, k // g, generator=_gen(9)) + 0.5
     w = Int4Weight(canonical, scales, zeros, g).to("cuda")
     want = w.dequantize(torch.float32).to(dtype)  # [n, k]
+    layouts = (w, w.prepack())
 
-    def args_of(kernel, x):
-        for lw in (w, w.prepack()):
-            args = (x, lw.qweight, lw.scales, lw.zeros, lw.group_size, None, None)
-            if kernel.supports is None or kernel.supports(*args) is None:
-                return args
-        return None
+    def forms(x):
+        return [(x, lw.qweight, lw.scales, lw.zeros, lw.group_size, None, None)
+                for lw in layouts]
 
     ran = set()
-    for name, first, out in _one_hot_runs("w4a16_gemm", args_of, k, dtype):
+    for name, first, out in _one_hot_runs("w4a16_gemm", forms, k, dtype):
         ran.add(name)
         assert torch.equal(out, want[:, first:first + out.shape[0]].T), (name, first)
     assert {"cuda_w4a16_gemm_decode", "cuda_w4a16_gemm_tiled", "triton_w4a16_gemm"} <= ran
