@@ -46,9 +46,10 @@ def main() -> None:
                 wall = timing.eager_host_us(call, n=args.calls, warmup=20)
                 after = _native.stats()
                 graph = timing.eager_host_us(timing.capture_graph(call), n=args.calls, warmup=20)
-                plans = {k: after[k] - before.get(k, 0) for k in ("hits", "misses")}
+                plans = {k: after[k] - before[k] for k in ("hits", "misses")}
                 print(f"== {name} {mode} M={args.m}: {wall:.1f} us per forward back to back, "
-                      f"{graph:.1f} us as a graph replay; plans over the timed calls: {plans}")
+                      f"{graph:.1f} us as a graph replay; plans over those calls and their "
+                      f"warm-up: {plans}")
                 if name == "bf16" and mode == "eager":
                     continue
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
