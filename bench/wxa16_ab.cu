@@ -5,7 +5,9 @@
 // of $SHAPES, e.g. "32x4096x4096,64x28672x8192"), bf16 activations, with a 256 MB memset
 // between repetitions so that the weight comes from DRAM. With $BF16 set, each shape also
 // times cuBLAS's bf16 GEMM of the same M x N x K (the dense baseline, in the same process).
-// A shape the variant's decode declines is printed as such.
+// A shape the variant's decode declines is printed as such. Built with -DAB_WIDE (a variant's
+// flags: `bash bench/wxa16_ab.sh tree tree:-DAB_WIDE`), it times wxa16::wide<4> / wide<8>, the
+// 64-token kernel, instead of decode.
 // Prints per shape the planned split, the median of 25 launches (CUDA events), the weight
 // stream's rate and two sums of the bf16 outputs: variants that keep the kernel's summation
 // order print the same sums. The data are hash-filled, not meaningful numbers.
@@ -137,7 +139,11 @@ int main(int argc, char** argv) {
       a.bias_dtype = FloatType::kBF16;
       a.out = out;
       a.ldo = s.n;
+#ifdef AB_WIDE
+      auto fn = bits == 4 ? wxa16::wide<4> : wxa16::wide<8>;
+#else
       auto fn = bits == 4 ? wxa16::decode<4> : wxa16::decode<8>;
+#endif
       if (fn(a, nullptr, true) != cudaSuccess) {
         (void)cudaGetLastError();
         std::printf("%-12s w%da16 %3d x %5d x %5d  declined\n", name, bits, s.m, s.n, s.k);

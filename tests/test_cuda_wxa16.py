@@ -117,29 +117,34 @@ def test_w4a16_tiled_kernel(m, group, symmetric):
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
 @pytest.mark.parametrize("group", [64, 128, -1], ids=["g64", "g128", "channel"])
 @pytest.mark.parametrize("n,k", [(8, 128), (3000, 4224), (4096, 4096)])
-@pytest.mark.parametrize("m", [1, 17, 33, 64, 65, 200, 256])
-def test_w4a16_wgmma_kernel(m, n, k, group, symmetric, dtype):
-    """The sm_90a wgmma kernel (the decode kernel's fragments as wgmma's register operand),
-    which no call picks yet, called directly: one row block with rows past N and a K too
-    short to split (8 x 128), several token tiles and a K split (4096 x 4096), 32- and
-    64-token tiles, rows past M."""
+@pytest.mark.parametrize("m", [1, 17, 33, 64, 65, 100, 128, 200, 256])
+@pytest.mark.parametrize("name", ["sm90_w4a16_gemm_wgmma", "cuda_w4a16_gemm_wide"])
+def test_w4a16_pinned_kernel(name, m, n, k, group, symmetric, dtype):
+    """Kernels no call picks yet, called directly: the sm_90a wgmma kernel (the decode
+    kernel's fragments as wgmma's register operand; 32- and 64-token tiles) and the wide
+    mma.sync kernel (64-token tiles, M <= 128): one row block with rows past N and a K too
+    short to split (8 x 128), several token tiles and a K split (4096 x 4096), K = 4224 (the
+    wide kernel's last stage two chunks long), rows past M; a prepared launch of the same
+    signature twice (its split counters are left zero)."""
     from lowbit._backend import kernels
 
-    if torch.cuda.get_device_capability() != (9, 0):
+    if name.startswith("sm90") and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("an sm_90a kernel")
-    wgmma, = (kk for kk in kernels("w4a16_gemm") if kk.name == "sm90_w4a16_gemm_wgmma")
+    if name.endswith("wide") and m > 128:
+        pytest.skip("the wide kernel takes M <= 128")
+    kernel, = (kk for kk in kernels("w4a16_gemm") if kk.name == name)
     _, wd = _int4(n, k, group, symmetric)
     w = _prepacked(n, k, group, symmetric)
     x = _x(m, k, dtype, seed=m)
     bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda() if m % 2 else None
     args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, bias)
-    assert wgmma.supports(*args) is None
+    assert kernel.supports(*args) is None
     ref = x.double() @ wd.T
-    _check(wgmma.fn(*args), ref if bias is None else ref + bias.double(), dtype)
-    # A prepared launch of the same signature, twice (its split counters are left zero).
-    run = wgmma.prepare(*args)
+    ref = ref if bias is None else ref + bias.double()
+    _check(kernel.fn(*args), ref, dtype)
+    run = kernel.prepare(*args)
     for _ in range(2):
-        _check(run(*args), ref if bias is None else ref + bias.double(), dtype)
+        _check(run(*args), ref, dtype)
 
 
 @gpu
@@ -172,22 +177,24 @@ def test_w4a16_wgmma_kernel_large_m(m, group, symmetric, dtype):
 
 
 @gpu
+@pytest.mark.parametrize("name", ["sm90_w4a16_gemm_wgmma", "cuda_w4a16_gemm_wide"])
 @pytest.mark.parametrize("m", [1, 40, 64, 100])
-def test_w4a16_wgmma_kernel_k_ends_mid_chunk(m):
-    """One scale per row and K = 4128 (per-channel int4 needs K a multiple of 32): the last
-    64-K chunk is half inside K (TMA's zero fill for x past K, the prepacked layout's zero
-    nibbles for w)."""
+def test_w4a16_kernel_k_ends_mid_chunk(m, name):
+    """The wgmma and wide kernels, one scale per row and K = 4128 (per-channel int4 needs K a
+    multiple of 32): the last 64-K chunk is half inside K (the activations zero-filled past
+    K: TMA's fill for wgmma, cp.async's for wide; the prepacked layout's zero nibbles for
+    w); for the wide kernel that chunk is its last stage's only one."""
     from lowbit._backend import kernels
 
-    if torch.cuda.get_device_capability() != (9, 0):
+    if name.startswith("sm90") and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("an sm_90a kernel")
-    wgmma, = (kk for kk in kernels("w4a16_gemm") if kk.name == "sm90_w4a16_gemm_wgmma")
+    kernel, = (kk for kk in kernels("w4a16_gemm") if kk.name == name)
     _, wd = _int4(3000, 4128, -1, False)
     w = _prepacked(3000, 4128, -1, False)
     x = _x(m, 4128, torch.float16, seed=m)
     args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, None)
-    assert wgmma.supports(*args) is None
-    _check(wgmma.fn(*args), x.double() @ wd.T, torch.float16)
+    assert kernel.supports(*args) is None
+    _check(kernel.fn(*args), x.double() @ wd.T, torch.float16)
 
 
 @gpu
@@ -199,6 +206,26 @@ def test_w4a16_wgmma_kernel_declines_groups_of_32():
     x = _x(40, 256, torch.bfloat16)
     why = wgmma.supports(x, w.qweight, w.scales, w.zeros, 32, None, None)
     assert why is not None and ("groups of 64" in why or "built for [(9, 0)]" in why)
+
+
+@gpu
+def test_wide_kernels_decline_groups_of_32_and_m_past_128():
+    from lowbit._backend import kernels
+
+    wide4, = (kk for kk in kernels("w4a16_gemm") if kk.name == "cuda_w4a16_gemm_wide")
+    w = _prepacked(256, 256, 32, True)
+    why = wide4.supports(_x(40, 256, torch.bfloat16), w.qweight, w.scales, w.zeros, 32, None,
+                         None)
+    assert why is not None and "groups of 64" in why
+    w = _prepacked(256, 256, 128, True)
+    why = wide4.supports(_x(129, 256, torch.bfloat16), w.qweight, w.scales, w.zeros, 128,
+                         None, None)
+    assert why is not None and "M = 129" in why
+    if hasattr(lowbit, "w8a16_gemm"):
+        wide8, = (kk for kk in kernels("w8a16_gemm") if kk.name == "cuda_w8a16_gemm_wide")
+        q, s = _int8_weight(256, 256, 32)
+        why = wide8.supports(_x(40, 256, torch.bfloat16), q, s, None)
+        assert why is not None and "groups of 64" in why
 
 
 @gpu
@@ -439,6 +466,7 @@ def test_w4a16_kernels_dequantize_every_code_exactly(group, symmetric, dtype):
 @pytest.mark.parametrize("name,m", [("cuda_w8a16_gemm_decode", 1),
                                     ("cuda_w8a16_gemm_decode", 16),
                                     ("cuda_w8a16_gemm_decode", 40),
+                                    ("cuda_w8a16_gemm_wide", 100),
                                     ("cuda_w8a16_gemm_tiled", 64)])
 def test_split_launches_leave_their_counters_zero(name, m):
     """The launchers zero their split counters once and reuse them (no memset per call):
@@ -458,6 +486,25 @@ def test_split_launches_leave_their_counters_zero(name, m):
     for out in outs[1:]:
         assert torch.equal(out, outs[0])
     _check(outs[0], _int8_ref(x, q, s, None), torch.bfloat16)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("group", [0, 64, 128], ids=["channel", "g64", "g128"])
+@pytest.mark.parametrize("n,k", NKS + [(4096, 4096), (3000, 4160), (3000, 4128)])
+@pytest.mark.parametrize("m", [1, 3, 17, 64, 100, 128])
+def test_w8a16_wide_kernel(m, n, k, group, dtype):
+    """The W8A16 wide kernel launched directly (128-K stages: at G = 128 a stage spans one
+    group, so half the threads gather no scales; K = 4160 ends one chunk into a stage, 4128
+    (per channel) half a chunk into it)."""
+    if group and k % group:
+        pytest.skip("K is not a multiple of the group")
+    q, s = _int8_weight(n, k, group)
+    x = _x(m, k, dtype, seed=m)
+    bias = torch.randn(n, generator=_gen(4)).to(dtype).cuda() if m % 2 else None
+    out = _launch_w8("cuda_w8a16_gemm_wide", x, q, s, bias)
+    torch.cuda.synchronize()
+    _check(out, _int8_ref(x, q, s, bias), dtype)
 
 
 @gpu

@@ -66,6 +66,14 @@
 // again: at M = 17-64 this beats larger token tiles, which spill at two CTAs per SM or halve
 // the warps at one (bench/NOTES.md, "Decode to M = 64").
 //
+// Tokens, wide (the same kernel with kWide, M <= 128). What spilled there was chunk_mma's
+// per-group partial sums, one set per token tile beside the accumulators. The wide kernel
+// takes 64 tokens per CTA, dequantizes a chunk's four k-steps once, and runs the token tiles
+// one after another over them (chunk_mma_tokens), so one token tile's partial sum is live at
+// a time; the weight is still never rounded. Its stages are half as long (2 KB of weight per
+// warp) and its activations double- rather than triple-buffered, so that 64 tokens' stages
+// fit every arch's shared memory; one CTA per SM.
+//
 // Epilogue: + bias in fp32, rounded once to x's dtype.
 #pragma once
 #include <cuda_bf16.h>
@@ -386,6 +394,39 @@ __device__ __forceinline__ void chunk_mma(float (&acc)[WN][MT][4], float (&part)
   }
 }
 
+// The wide kernel's chunk: one 16-row tile against MT token tiles, with the tile's four
+// k-steps already dequantized in `a`. Token tiles go outermost: each is summed from zero over
+// the chunk's k-steps (a chain of 4 mmas, MT chains independent of each other) and added to
+// acc times the rows' scales before the next, so one token tile's partial sum is live at a
+// time, not MT of them: the registers that chunk_mma would spend on them hold the 64 tokens'
+// accumulators instead. Same per-chunk scaling as chunk_mma (the weight is never rounded);
+// G = 32 takes two passes with the other half's activations zeroed, as there. x, x_row, two,
+// t and scale(h, r) as in chunk_mma.
+template <typename T, int MT, typename Scale>
+__device__ __forceinline__ void chunk_mma_tokens(float (&acc)[MT][4], const uint32_t (&a)[4][4],
+                                                 const T* x, int x_row, bool two, int t,
+                                                 Scale scale) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (h == 1 && !two) break;
+    const bool keep = !two || (t >> 1) == h;
+    const float s0 = scale(h, 0), s1 = scale(h, 1);
+#pragma unroll
+    for (int j = 0; j < MT; ++j) {
+      float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int sp = 0; sp < 2; ++sp) {
+        const uint4 xv = keep ? *reinterpret_cast<const uint4*>(x + 8 * j * x_row + 8 * sp)
+                              : make_uint4(0, 0, 0, 0);
+        Half<T>::mma(part, a[2 * sp], xv.x, xv.y);
+        Half<T>::mma(part, a[2 * sp + 1], xv.z, xv.w);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][i] = fmaf(part[i], i < 2 ? s0 : s1, acc[j][i]);
+    }
+  }
+}
+
 // One warp's weights and scales of one chunk. v: int4: the lane's 4 fragment words of each
 // row tile; int8: 16 bytes of row g ([0]) and of row g + 8 ([1]). s[w][h][r]: the scale of
 // group half h (G = 32) for row g (r = 0) or g + 8 (r = 1). z[w][r]: int4 only, the
@@ -546,22 +587,32 @@ wxa16_gemm_kernel(const WXA16GemmArgs p) {
 // stage's chunk as soon as it is dequantized, so a stage (4 KB per warp) stays in flight.
 // Activations, scales and zero points, which all 8 warps share, go through shared memory
 // once per stage, so the copies' and gathers' address work is spread over 8 chunks (int4).
-template <int Bits, int kG>
+template <int Bits, int kG, bool kWide = false>
 struct Decode {
   static constexpr int kWarps = 8;
   static constexpr int kThreads = 32 * kWarps;
   // Registers capped at 128 for two CTAs per SM: uncapped, one CTA fits and the kernel is
-  // slower; a cap for three CTAs spills (bench/NOTES.md, "third kernel").
+  // slower; a cap for three CTAs spills (bench/NOTES.md, "third kernel"). The wide kernel
+  // keeps local memory in its loop at 128 registers (64 tokens' accumulators and a dequantized
+  // chunk): one CTA per SM, 204-254 registers and none, whose warps each run 8 independent mma
+  // chains (one per token tile) where decode's run 1 or 2.
+  static constexpr int kMinCtas = kWide ? 1 : 2;
   static constexpr int kRows = 16 * kWarps;
-  static constexpr int kChunks = Bits == 4 ? 8 : 4;  // 64-K chunks per stage
+  // 64-K chunks per stage. The wide kernel (64 tokens) halves the stage, 2 KB of weight per
+  // warp, so that two activation stages of 64 tokens fit the shared memory of every arch
+  // (75 KB at int4 G = 64; sm_89 has 99 KB).
+  static constexpr int kChunks = (Bits == 4 ? 8 : 4) / (kWide ? 2 : 1);
   static constexpr int kStageK = kChunks * kChunkK;
   static constexpr int kWVec = Bits == 4 ? 1 : 2;  // 16-byte weight vectors per lane per chunk
-  static constexpr int kXStages = 3;               // activation ring
+  // Activation ring: three stages, or two for the wide kernel, whose stage of 64 tokens
+  // takes as long to compute as the next one's copy.
+  static constexpr int kXStages = kWide ? 2 : 3;
   static constexpr int kXRowE = kStageK + 8;       // padded x row (elements): conflict-free
   static constexpr int kGroups = kStageK / kG;     // groups a stage spans
   static constexpr int kMeta = kGroups * kRows;    // scale (and zero) entries per stage
-  static constexpr int kMetaPer = kMeta / kThreads;  // gathered per thread
-  static_assert(kMeta % kThreads == 0, "scales split evenly over the threads");
+  // Gathered per thread (some threads gather none when a stage spans one group of 128 rows).
+  static constexpr int kMetaPer = (kMeta + kThreads - 1) / kThreads;
+  static_assert(kMeta % kThreads == 0 || kMeta < kThreads, "scales split evenly over the threads");
   template <int MT>
   static constexpr int x_stage_bytes() { return 8 * MT * kXRowE * 2; }
   template <int MT>
@@ -570,10 +621,13 @@ struct Decode {
 
 // kG: the group size, 32, 64 or 128; a weight with one scale per row runs as G = 128 whose
 // groups all read the row's scale. kZeros: int4 with zero points (else every zero is 8).
-template <int Bits, typename T, int MT, int kG, bool kZeros>
-__global__ void __launch_bounds__(Decode<Bits, kG>::kThreads, 2)
+// kWide: the wide kernel (MT = 8, 64 tokens per CTA): half-size stages, two activation
+// stages, and each chunk dequantized once for all 64 tokens (chunk_mma_tokens).
+template <int Bits, typename T, int MT, int kG, bool kZeros, bool kWide>
+__global__ void __launch_bounds__(Decode<Bits, kG, kWide>::kThreads,
+                                  Decode<Bits, kG, kWide>::kMinCtas)
 wxa16_decode_kernel(const WXA16GemmArgs p) {
-  using D = Decode<Bits, kG>;
+  using D = Decode<Bits, kG, kWide>;
   constexpr int kChunks = D::kChunks, kThreads = D::kThreads, kRows = D::kRows;
   constexpr int kTok = 8 * MT, kXRowE = D::kXRowE, kW = D::kWVec;
   constexpr int kXStage = kTok * kXRowE;  // elements
@@ -686,13 +740,18 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   constexpr bool has_zeros = Bits == 4 && kZeros;
   // G = 128: a group is two chunks, summed in the tensor core before one scaled accumulate
   // (half the fp32 FMAs and zeroing of G = 64's per-chunk sums).
-  constexpr bool kGroupAcc = kG == 128;
+  // (The wide kernel scales every chunk: a group's sum over two chunks would keep 64 tokens'
+  // partial sums live.)
+  constexpr bool kGroupAcc = kG == 128 && !kWide;
+  // Threads whose entry lies past the stage's groups (a stage of one group) gather none.
+  constexpr bool kSomeIdle = D::kMeta % kThreads != 0;
   // A stage's groups: g0 + q of the row, past K none (G = 32 with K % 64 == 32).
   auto meta_load = [&](int st, Meta& m) {
     const int g0 = ((s_begin + st) * D::kStageK) >> gsh;
 #pragma unroll
     for (int u = 0; u < D::kMetaPer; ++u) {
       const int q = m_q0 + u * kQStep;
+      if (kSomeIdle && q >= D::kGroups) continue;
       const bool ok = m_row_ok && (per_row || g0 + q < ngroups);
       const int gi = per_row ? 0 : g0 + q;
       m[0][u] = ok ? load_scale_bits(p.scales, scale_f32, m_scale + gi) : 0u;
@@ -703,6 +762,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
 #pragma unroll
     for (int u = 0; u < D::kMetaPer; ++u) {
       const int i = threadIdx.x + u * kThreads;
+      if (kSomeIdle && i >= D::kMeta) continue;
       // The three dtypes by selects, not a jump table per entry.
       const uint32_t b = m[0][u];
       const float hf = __half2float(__ushort_as_half(static_cast<uint16_t>(b)));
@@ -727,7 +787,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
     const T* xst = xsm + xs * kXStage + x_lane;
     const float* sst = ssm + ms * D::kMeta + warp * 16 + g;
     const uint32_t* zst = zsm + ms * D::kMeta + warp * 16 + g;
-    float part[1][MT][4];
+    float part[1][MT][4];  // (chunk_mma's group sums; the wide kernel keeps none)
 #pragma unroll
     for (int cc = 0; cc < kChunks; ++cc) {
       const uint4(&v)[kW] = ring[cc];
@@ -737,35 +797,52 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
         z[0] = zst[qz * kRows];
         z[1] = zst[qz * kRows + 8];
       }
-      // A group's sum starts from zero and is scaled at each chunk for G <= 64, over the
-      // chunk pair for 128.
-      chunk_mma<T, 1, MT>(
-          acc, part, xst + cc * kChunkK, kXRowE, two, t, !kGroupAcc || cc % 2 == 0,
-          !kGroupAcc || cc % 2 == 1,
-          [&](int, int s, uint32_t (&a)[4]) {
-            if constexpr (Bits == 4)
-              int4_fragment<T>(v[0], s, z, a);
-            else
-              int8_fragment<T>(v[0], v[kW - 1], s, a);
-          },
-          [&](int, int h, int rr) {
-            return sst[((cc * kChunkK + 32 * h) >> gsh) * kRows + 8 * rr];
-          });
-      // The chunk's registers are free now: the refill needs no copies.
-      load_chunk(cc, lim, ring[cc]);
+      auto chunk_scale = [&](int h, int rr) {
+        return sst[((cc * kChunkK + 32 * h) >> gsh) * kRows + 8 * rr];
+      };
+      if constexpr (kWide) {
+        // The whole chunk dequantized once for the 64 tokens; its ring registers are free
+        // at once, so the refill goes out before the mmas.
+        uint32_t a[4][4];
+#pragma unroll
+        for (int s4 = 0; s4 < 4; ++s4) {
+          if constexpr (Bits == 4)
+            int4_fragment<T>(v[0], s4, z, a[s4]);
+          else
+            int8_fragment<T>(v[0], v[kW - 1], s4, a[s4]);
+        }
+        load_chunk(cc, lim, ring[cc]);
+        chunk_mma_tokens<T, MT>(acc[0], a, xst + cc * kChunkK, kXRowE, two, t, chunk_scale);
+      } else {
+        // A group's sum starts from zero and is scaled at each chunk for G <= 64, over the
+        // chunk pair for 128.
+        chunk_mma<T, 1, MT>(
+            acc, part, xst + cc * kChunkK, kXRowE, two, t, !kGroupAcc || cc % 2 == 0,
+            !kGroupAcc || cc % 2 == 1,
+            [&](int, int s, uint32_t (&a)[4]) {
+              if constexpr (Bits == 4)
+                int4_fragment<T>(v[0], s, z, a);
+              else
+                int8_fragment<T>(v[0], v[kW - 1], s, a);
+            },
+            [&](int, int h, int rr) { return chunk_scale(h, rr); });
+        // The chunk's registers are free now: the refill needs no copies.
+        load_chunk(cc, lim, ring[cc]);
+      }
     }
   };
 
-  // Prologue: the first stage's weights and two stages of activations in flight, the first
-  // stage's scales in place and the second's loaded.
+  // Prologue: the first stage's weights and all but one stage of activations in flight, the
+  // first stage's scales in place and the second's loaded.
   {
     const int lim = stage_limit(0);
 #pragma unroll
     for (int j = 0; j < kChunks; ++j) load_chunk(j, lim, ring[j]);
     advance_w();
   }
+  constexpr int kXAhead = D::kXStages - 1;  // activation stages in flight ahead of compute
 #pragma unroll
-  for (int st = 0; st < 2; ++st) {
+  for (int st = 0; st < kXAhead; ++st) {
     if (st < ns) load_x(st, st);
     mma_tiled::cp_async_commit();
   }
@@ -777,12 +854,13 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
     meta_store(0, first);
   }
   // Step st: x(st) has landed and every warp is done with stage st - 1, whose x slot
-  // ((st + 2) % 3) and meta slot ((st + 1) % 2) are refilled for stages st + 2 and st + 1.
+  // ((st + kXAhead) % kXStages) and meta slot ((st + 1) % 2) are refilled for stages
+  // st + kXAhead and st + 1.
   for (int st = 0; st < ns; ++st) {
-    mma_tiled::cp_async_wait<1>();
+    mma_tiled::cp_async_wait<kXAhead - 1>();
     __syncthreads();
     if (st + 1 < ns) meta_store((st + 1) & 1, later);
-    if (st + 2 < ns) load_x(st + 2, (st + 2) % D::kXStages);
+    if (st + kXAhead < ns) load_x(st + kXAhead, (st + kXAhead) % D::kXStages);
     mma_tiled::cp_async_commit();
     if (st + 2 < ns) meta_load(st + 2, later);
     compute(st % D::kXStages, st & 1, stage_limit(st + 1));
@@ -817,12 +895,12 @@ inline cudaError_t check_launch_args(const WXA16GemmArgs& p, const dim3& grid) {
   return cudaSuccess;
 }
 
-template <int Bits, typename T, int MT, int kG, bool kZeros>
+template <int Bits, typename T, int MT, int kG, bool kZeros, bool kWide>
 cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  using D = Decode<Bits, kG>;
+  using D = Decode<Bits, kG, kWide>;
   constexpr int kRows = D::kRows, kSmem = D::template smem_bytes<MT>();
   static std::atomic<bool> opted[kMaxDevices];
-  const auto kernel = wxa16_decode_kernel<Bits, T, MT, kG, kZeros>;
+  const auto kernel = wxa16_decode_kernel<Bits, T, MT, kG, kZeros, kWide>;
   // Row tiles x token tiles, flattened into x (the kernel splits them).
   const int64_t row_tiles = (p.N + kRows - 1) / kRows, token_tiles = (p.M + 8 * MT - 1) / (8 * MT);
   if (row_tiles * token_tiles > 0x7fffffff) return cudaErrorInvalidValue;
@@ -907,18 +985,18 @@ cudaError_t tiled_of(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
 
 // The group size and zero points are the kernel's constants: its scale and zero reads are
 // then fixed offsets, and G = 32's second pass per chunk is compiled only where it runs.
-template <int Bits, typename T, int MT, int kG>
+template <int Bits, typename T, int MT, int kG, bool kWide>
 cudaError_t decode_zeros(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
   if constexpr (Bits == 4) {
-    if (p.zeros != nullptr) return run_decode<Bits, T, MT, kG, true>(p, s, plan);
+    if (p.zeros != nullptr) return run_decode<Bits, T, MT, kG, true, kWide>(p, s, plan);
   }
-  return run_decode<Bits, T, MT, kG, false>(p, s, plan);
+  return run_decode<Bits, T, MT, kG, false, kWide>(p, s, plan);
 }
 template <int Bits, typename T, int MT>
 cudaError_t decode_group(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
-  if (p.group == 32) return decode_zeros<Bits, T, MT, 32>(p, s, plan);
-  if (p.group == 64) return decode_zeros<Bits, T, MT, 64>(p, s, plan);
-  return decode_zeros<Bits, T, MT, 128>(p, s, plan);  // 128, or one scale per row
+  if (p.group == 32) return decode_zeros<Bits, T, MT, 32, false>(p, s, plan);
+  if (p.group == 64) return decode_zeros<Bits, T, MT, 64, false>(p, s, plan);
+  return decode_zeros<Bits, T, MT, 128, false>(p, s, plan);  // 128, or one scale per row
 }
 template <int Bits, typename T>
 cudaError_t decode_of(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
@@ -1020,6 +1098,23 @@ cudaError_t decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     return cudaErrorInvalidValue;
   if (p.x_dtype == FloatType::kBF16) return decode_of<Bits, __nv_bfloat16>(p, stream, plan);
   if (p.x_dtype == FloatType::kF16) return decode_of<Bits, __half>(p, stream, plan);
+  return cudaErrorInvalidValue;
+}
+
+// The wide kernel: 64-token tiles (adjacent in the grid above 64 tokens). G = 64, 128 or one
+// scale per row: G = 32's two passes per chunk keep local memory in the loop even at 255
+// registers, and decode serves it.
+template <int Bits, typename T>
+cudaError_t wide_group(WXA16GemmArgs& p, cudaStream_t s, bool plan) {
+  if (p.group == 64) return decode_zeros<Bits, T, 8, 64, true>(p, s, plan);
+  return decode_zeros<Bits, T, 8, 128, true>(p, s, plan);  // 128, or one scale per row
+}
+template <int Bits>
+cudaError_t wide(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  if (p.M > kWXA16WideMaxM) return cudaErrorInvalidValue;
+  if (p.group != 0 && p.group != 64 && p.group != 128) return cudaErrorInvalidValue;
+  if (p.x_dtype == FloatType::kBF16) return wide_group<Bits, __nv_bfloat16>(p, stream, plan);
+  if (p.x_dtype == FloatType::kF16) return wide_group<Bits, __half>(p, stream, plan);
   return cudaErrorInvalidValue;
 }
 

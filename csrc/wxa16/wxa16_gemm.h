@@ -70,6 +70,12 @@ using WXA16GemmFn = cudaError_t(WXA16GemmArgs& args, cudaStream_t stream, bool p
 // per group size (32, 64, 128; one scale per row runs as 128) and, int4, zero points or not.
 WXA16GemmFn cuda_w4a16_gemm_decode;
 WXA16GemmFn cuda_w8a16_gemm_decode;
+// M <= 128 (kWXA16WideMaxM): the decode kernel with 64-token tiles, each 16 x 64 weight
+// fragment dequantized once for all 64 tokens (decode dequantizes it once per 16), half-size
+// stages, two activation stages, one CTA per SM; K split the same way. G = 64, 128 or one
+// scale per row; declines (cudaErrorInvalidValue) G = 32.
+WXA16GemmFn cuda_w4a16_gemm_wide;
+WXA16GemmFn cuda_w8a16_gemm_wide;
 // Any M: 128 rows of w x 64 tokens per CTA (K split over CTAs only when the tiles are few).
 WXA16GemmFn cuda_w4a16_gemm_tiled;
 WXA16GemmFn cuda_w8a16_gemm_tiled;
@@ -88,7 +94,8 @@ WXA16GemmFn cuda_w8a16_gemm_dequant;
 WXA16GemmFn sm90_w4a16_gemm_wgmma;
 WXA16GemmFn sm90_w8a16_gemm_wgmma;
 
-// The decode kernels' largest M.
+// The decode kernels' largest M, and the wide kernels'.
 constexpr int kWXA16DecodeMaxM = 64;
+constexpr int kWXA16WideMaxM = 128;
 
 }  // namespace lowbit

@@ -17,9 +17,11 @@ constexpr OpKind kGemm = OpKind::kWxa16Gemm;
 
 const KernelEntry kWxa16Kernels[] = {
     {"cuda_w4a16_gemm_decode", kGemm, 80, as_entry(&cuda_w4a16_gemm_decode)},
+    {"cuda_w4a16_gemm_wide", kGemm, 80, as_entry(&cuda_w4a16_gemm_wide)},
     {"cuda_w4a16_gemm_tiled", kGemm, 80, as_entry(&cuda_w4a16_gemm_tiled)},
     {"cuda_w4a16_gemm_dequant", kGemm, 80, as_entry(&cuda_w4a16_gemm_dequant)},
     {"cuda_w8a16_gemm_decode", kGemm, 80, as_entry(&cuda_w8a16_gemm_decode)},
+    {"cuda_w8a16_gemm_wide", kGemm, 80, as_entry(&cuda_w8a16_gemm_wide)},
     {"cuda_w8a16_gemm_tiled", kGemm, 80, as_entry(&cuda_w8a16_gemm_tiled)},
     {"cuda_w8a16_gemm_dequant", kGemm, 80, as_entry(&cuda_w8a16_gemm_dequant)},
 #ifdef LOWBIT_HAVE_SM90A

@@ -75,19 +75,23 @@ KERNELS["int8_gemm"] = dict(KERNELS["int8_mm"])
 # above M = 64 both widths can first dequantize the weight and multiply in bf16/fp16
 # (cuBLAS): at M = 64 the tiled mma.sync kernel ran 0.24-0.33x bf16 F.linear on the H200.
 WXA16_DECODE_MAX_M = 64  # kWXA16DecodeMaxM in csrc/wxa16/wxa16_gemm.h
-# The sm_90a wgmma kernels (one dequantized fragment per 64 tokens) come last, so no call
-# picks them until their GPU tests and timings say where they lead.
+WXA16_WIDE_MAX_M = 128  # kWXA16WideMaxM
+# The sm_90a wgmma kernels and the wide mma.sync kernels (one dequantized fragment per 64
+# tokens) come last, so no call picks them until their GPU tests and timings say where they
+# lead.
 KERNELS["w4a16_gemm"] = {
     "cuda_w4a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w4a16_gemm_dequant": ((WXA16_DECODE_MAX_M + 1, _BIG), 15, "dequant"),
     "cuda_w4a16_gemm_tiled": ((0, _BIG), 10, None),
     "sm90_w4a16_gemm_wgmma": ((1, _BIG), 5, "wgmma"),
+    "cuda_w4a16_gemm_wide": ((0, WXA16_WIDE_MAX_M), 3, "wide"),
 }
 KERNELS["w8a16_gemm"] = {
     "cuda_w8a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w8a16_gemm_dequant": ((WXA16_DECODE_MAX_M + 1, _BIG), 15, "dequant"),
     "cuda_w8a16_gemm_tiled": ((0, _BIG), 10, None),
     "sm90_w8a16_gemm_wgmma": ((1, 256), 5, "wgmma"),
+    "cuda_w8a16_gemm_wide": ((0, WXA16_WIDE_MAX_M), 3, "wide"),
 }
 KERNELS["int4_quantize"] = {"cuda_int4_quantize": (None, 10, None)}
 

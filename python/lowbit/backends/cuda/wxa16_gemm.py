@@ -7,6 +7,7 @@ widths: ``cuda_w4a16_gemm_*`` read the prepacked int4 layout (``Int4Weight.prepa
 canonical weight is refused with that advice, since repacking per call would cost more than
 the GEMM), ``cuda_w8a16_gemm_*`` the plain int8 [N, K] weight as it is. ``*_decode`` takes
 M <= 64 with K split over CTAs (deterministic: partials added in a fixed order),
+``*_wide`` M <= 128 the same way with 64-token tiles (groups of 64, 128 or per channel),
 ``*_tiled`` any M. ``cuda_w4a16_gemm_dequant`` and ``cuda_w8a16_gemm_dequant`` (M > 64)
 dequantize the weight to x's dtype with a CUDA kernel and multiply with ``F.linear`` (cuBLAS): a
 temporary [N, K] weight per call, rounded to x's dtype (the fused kernels never round the
@@ -116,7 +117,7 @@ def _w8(x, w, w_scale, bias) -> _Operands:
     return _Operands(x, w, w_scale, None, group, bias, n, k)
 
 
-def _reason(bits: int, o: _Operands, m_range) -> Optional[str]:
+def _reason(bits: int, o: _Operands, m_range, variant=None) -> Optional[str]:
     m = o.x.shape[0]
     if not m_range[0] <= m <= m_range[1]:
         return f"M = {m} outside [{m_range[0]}, {m_range[1]}]"
@@ -129,9 +130,9 @@ def _reason(bits: int, o: _Operands, m_range) -> Optional[str]:
         return f"N = {o.n} is beyond the kernels' int32 row counts"
     if o.k % 16:
         return f"K = {o.k} is not a multiple of 16"
-    if (m_range[1] <= WXA16_DECODE_MAX_M
+    if ((m_range[1] <= WXA16_DECODE_MAX_M or variant == "wide")
             and o.n * max(_row_stride(o.scales), _row_stride(o.zeros)) >= 1 << 31):
-        return "2^31 scales or more: the decode kernel's offsets are int32"
+        return "2^31 scales or more: the decode and wide kernels' offsets are int32"
     if bits == 4:
         if o.w.dim() != 4:
             return "prepack the weight: Int4Weight.prepack()"
@@ -148,15 +149,17 @@ def _reason(bits: int, o: _Operands, m_range) -> Optional[str]:
     return None
 
 
-def _wgmma_reason(o: _Operands) -> Optional[str]:
-    """What the sm_90a wgmma kernel adds to ``_reason``: an sm_90 device (not stepped down by
-    LOWBIT_ARCH), and groups of 64, 128 or one scale per row."""
-    why = arch_reason(90, o.x.device)
-    if why:
-        return why
+def _groups_reason(o: _Operands) -> Optional[str]:
+    """The wgmma and wide kernels' groups: 64, 128 or one scale per row."""
     if o.group not in (0, 64, 128):
         return f"takes groups of 64 or 128 or one scale per row; got {o.group}"
     return None
+
+
+def _wgmma_reason(o: _Operands) -> Optional[str]:
+    """What the sm_90a wgmma kernel adds to ``_reason``: an sm_90 device (not stepped down by
+    LOWBIT_ARCH), and groups of 64, 128 or one scale per row."""
+    return arch_reason(90, o.x.device) or _groups_reason(o)
 
 
 def _dequant_then_linear(launch, dev, idx, o: _Operands):
@@ -190,9 +193,11 @@ def _make(op: str, bits: int, operands):
             if op == "w4a16_gemm" and args[5] is not None:  # perm: reason on x as it is
                 args = (args[0], args[1], args[2], args[3], args[4], None, args[6])
             o = operands(*args)
-            why = _reason(bits, o, m_range)
+            why = _reason(bits, o, m_range, variant)
             if why is None and variant == "wgmma":
                 why = _wgmma_reason(o)
+            if why is None and variant == "wide":
+                why = _groups_reason(o)
             return why
 
         def launcher(o: _Operands):
