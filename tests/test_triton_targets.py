@@ -121,10 +121,17 @@ def _run_ops() -> None:
     lowbit.int8_gemm(qa, qb, sa, sb, out_dtype=torch.bfloat16, backend=t)
     lowbit.int8_gemm(qa, qb, sa, sb, out_dtype=torch.float32, a_zero=za, backend=t)
     qg, sg, _ = lowbit.quantize_int8(w, granularity="group", group_size=64)
-    for xm in (x[:4], x):  # decode (K split, then the split sum) and tiled
+    from lowbit._backend import kernels
+
+    fused4 = next(k for k in kernels("w4a16_gemm") if k.name == "triton_w4a16_gemm")
+    x65 = torch.randn(65, 256, generator=g).bfloat16()
+    # decode (K split, then the split sum), tiled, and dequantize-then-GEMM (w4a16 from
+    # M = 17, w8a16 from M = 65), with the fused kernel pinned where the dequantizer leads
+    for xm in (x[:4], x, x65):
         for sym in (True, False):
             iw = lowbit.int4_quantize(w, group_size=64, symmetric=sym, backend=t)
             lowbit.w4a16_gemm(xm, iw, backend=t)
+            fused4.fn(xm, iw.qweight, iw.scales, iw.zeros, iw.group_size, None, None)
         lowbit.w8a16_gemm(xm, qb, sb, backend=t)
         lowbit.w8a16_gemm(xm.half(), qg, sg, backend=t)
 

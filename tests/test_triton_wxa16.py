@@ -191,6 +191,82 @@ def test_w8a16_wide_n_fp32_and_odd_k(group_size):
               torch.float16)
 
 
+# ------------------------------------------------- dequantize, then torch's GEMM (M > 16)
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1], ids=["g32", "g64", "g128", "channel"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
+@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["s_fp32", "s_bf16"])
+@half
+def test_int4_dequantized_weight_is_exact(group_size, symmetric, sdtype, dtype):
+    """The dequantizer's weight, bit for bit: (u - z) * s in fp32, rounded once to x's dtype
+    (Int4Weight.dequantize's values, which the CUDA dequantizer also writes). K = 224 with
+    per-channel scales ends mid-tile."""
+    k = 224 if group_size == -1 else 256
+    iw = int4_weight(40, k, group_size, symmetric, sdtype, seed=21)
+    group = 0 if iw.scales.shape[1] == 1 else iw.group_size
+    got = wxa16_gemm.wxa16_dequant_launcher(iw.qweight, 4, iw.scales, iw.zeros, group, k,
+                                            dtype)(iw.qweight, iw.scales, iw.zeros)
+    assert torch.equal(got.cpu(), iw.dequantize(torch.float32).to(dtype).cpu())
+
+
+@pytest.mark.parametrize("group_size", [0, 32, 128], ids=["channel", "g32", "g128"])
+@half
+def test_int8_dequantized_weight_is_exact(group_size, dtype):
+    q, s = int8_weight(40, 256, group_size, seed=22)
+    got = wxa16_gemm.wxa16_dequant_launcher(q, 8, s, None, group_size, 256, dtype)(q, s, None)
+    want = (q.float() * s.repeat_interleave(256 // s.shape[1], dim=1)).to(dtype)
+    assert torch.equal(got.cpu(), want.cpu())
+
+
+@pytest.mark.parametrize("m", [17, 40])
+@pytest.mark.parametrize("group_size", [32, -1], ids=["g32", "channel"])
+@pytest.mark.parametrize("perm", [False, True], ids=["", "actorder"])
+@half
+def test_w4a16_dequant_kernel(m, group_size, perm, dtype):
+    """Above M = 16 the Triton backend dequantizes the weight and multiplies in x's dtype;
+    a bias of another dtype is added in fp32. Act order gathers x's columns."""
+    n, k = 24, 256
+    iw = int4_weight(n, k, group_size, False, dtype, perm)
+    x = activations(m, k, dtype)
+    assert lowbit.explain(lowbit.w4a16_gemm, x, iw, backend="triton").kernel == \
+        "triton_w4a16_gemm_dequant"
+    for b in (None, bias_of(n, dtype), bias_of(n, torch.float32)):
+        got = lowbit.w4a16_gemm(x, iw, b, backend="triton")
+        check(got, expected(x, int4_dense(iw), b, iw.perm), dtype, f"bias={b is not None}")
+
+
+@pytest.mark.parametrize("group_size", [0, 64], ids=["channel", "g64"])
+@half
+def test_w8a16_dequant_kernel(group_size, dtype):
+    n, k = 24, 256
+    q, s = int8_weight(n, k, group_size, seed=23)
+    x = activations(65, k, dtype)
+    assert lowbit.explain(lowbit.w8a16_gemm, x, q, s, backend="triton").kernel == \
+        "triton_w8a16_gemm_dequant"
+    for b in (None, bias_of(n, dtype)):
+        check(lowbit.w8a16_gemm(x, q, s, b, backend="triton"),
+              expected(x, int8_dense(q, s), b), dtype)
+
+
+def test_dequant_kernels_decline_the_decode_range_and_fp32():
+    iw = int4_weight(8, 128, 32, True, torch.bfloat16)
+    k4 = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")
+    args = (iw.qweight, iw.scales, iw.zeros, 32, None, None)
+    assert "M = 16" in k4.supports(activations(16, 128, torch.bfloat16), *args)
+    assert k4.supports(activations(17, 128, torch.bfloat16), *args) is None
+    assert "float32" in k4.supports(activations(17, 128, torch.float32), *args)
+    q, s = int8_weight(8, 128, 0)
+    k8 = _kernel("w8a16_gemm", "triton_w8a16_gemm_dequant")
+    assert "M = 64" in k8.supports(activations(64, 128, torch.bfloat16), q, s, None)
+    assert k8.supports(activations(65, 128, torch.bfloat16), q, s, None) is None
+    # The fused kernel still serves every M when pinned, and fp32 activations above M = 16.
+    x32 = activations(17, 128, torch.float32)
+    assert lowbit.explain(lowbit.w4a16_gemm, x32, iw, backend="triton").kernel == \
+        "triton_w4a16_gemm"
+    fused = _kernel("w4a16_gemm", "triton_w4a16_gemm")
+    x = activations(40, 128, torch.bfloat16)
+    check(fused.fn(x, *args), expected(x, int4_dense(iw)), torch.bfloat16)
+
+
 # ----------------------------------------------------------------------------- split-K
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("m", [1, 16])

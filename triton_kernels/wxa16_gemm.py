@@ -33,6 +33,12 @@ Regimes, by M (``heuristics.WXA16_GEMM_TABLE``):
   the same bits on every run.
 - tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K.
 
+Above the decode regime the weight can instead be dequantized to x's dtype by
+``_wxa16_dequant_kernel`` (``wxa16_dequant_launcher``) for a dense GEMM to multiply: the
+same weight bits as the CUDA backend's dequantizer, ``(u - z) * s`` in fp32 rounded once,
+and a temporary [N, K] weight per call (the backend's ``triton_w4a16_gemm_dequant`` and
+``triton_w8a16_gemm_dequant``).
+
 Any M (0 included), any N, K a multiple of the group size (any K per channel); strided x
 is read through its strides. Under ``TRITON_INTERPRET=1`` (CI), whose NumPy has no bf16,
 bf16 tensors travel as their int16 bits: x is widened to fp32 and multiplied in fp32
@@ -57,7 +63,8 @@ from ._common import (bind, device_index, f32_to_bf16_bits, grouped_tile, jit, k
 from ._common import interpreting as _interpreting
 from .heuristics import WXA16_DECODE_MAX_M, wxa16_gemm_config, wxa16_split_k
 
-__all__ = ["w4a16_gemm", "w8a16_gemm", "w4a16_gemm_launcher", "w8a16_gemm_launcher"]
+__all__ = ["w4a16_gemm", "w8a16_gemm", "w4a16_gemm_launcher", "w8a16_gemm_launcher",
+           "wxa16_dequant_launcher"]
 
 # Under the interpreter a program costs milliseconds of Python: a GPU's SM count would
 # make hundreds of splits, so the decode split is sized for this many "SMs" there (enough
@@ -204,6 +211,81 @@ def _split_sum_kernel(ws_ptr, bias_ptr, c_ptr, M, N, SPLIT, stride_ws, stride_wm
         acc += tl.load(ws + s * stride_ws, mask=mask, other=0.0)
     c_ptrs = c_ptr + offs_m64[:, None] * stride_cm + offs_n64[None, :] * stride_cn
     _store_out(acc, bias_ptr, offs_n, n_ok, c_ptrs, mask, HAS_BIAS, BIAS_BF16, OUT_BF16_BITS)
+
+
+@jit
+def _wxa16_dequant_kernel(w_ptr, s_ptr, z_ptr, c_ptr, N, K, G, stride_wn, stride_wk,
+                          stride_sn, stride_sg, stride_zn, stride_zg, stride_cm,
+                          BITS: tl.constexpr, HAS_ZERO: tl.constexpr, S_BF16: tl.constexpr,
+                          OUT_BF16_BITS: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    """out [N, K] (row stride ``stride_cm``, unit column stride) = (u - z) * s in fp32,
+    rounded once to out's dtype, for a dense GEMM to multiply. One program per
+    [BLOCK_N, BLOCK_K] tile, which lies in one scale group (BLOCK_K divides G; per channel,
+    G = K)."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_n64 = offs_n.to(tl.int64)
+    k0 = tl.program_id(1) * BLOCK_K
+    gi = k0 // G
+    if HAS_ZERO:
+        z = tl.load(z_ptr + offs_n64 * stride_zn + gi * stride_zg, mask=n_ok,
+                    other=0).to(tl.float32)
+    else:
+        z = tl.full((BLOCK_N,), 8 if BITS == 4 else 0, tl.float32)
+    w = _weight_tile(w_ptr + offs_n64 * stride_wn, k0, K, n_ok, z, stride_wk, BITS, BLOCK_K)
+    w = w * load_f32(s_ptr + offs_n64 * stride_sn + gi * stride_sg, n_ok, S_BF16)[:, None]
+    kk = k0 + tl.arange(0, BLOCK_K)
+    ptrs = c_ptr + offs_n64[:, None] * stride_cm + kk[None, :]
+    mask = n_ok[:, None] & (kk < K)[None, :]
+    if OUT_BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates
+        tl.store(ptrs, f32_to_bf16_bits(w), mask=mask)
+    else:
+        tl.store(ptrs, w.to(ptrs.dtype.element_ty), mask=mask)
+
+
+# The dequantizer's tile: 64 rows x up to 128 K, 16 KB of bf16 written per program (a stream:
+# the tile only has to be large enough to keep the loads in flight).
+_DEQ_BLOCK_N, _DEQ_BLOCK_K = 64, 128
+
+
+def wxa16_dequant_launcher(w: torch.Tensor, bits: int, scales: torch.Tensor,
+                           zeros: Optional[torch.Tensor], group_size: int, k: int, dtype):
+    """launch(w, scales, zeros) -> the weight [N, K] dequantized to ``dtype`` (bf16 or
+    fp16), for arguments of this signature (``w``: the canonical int4 qweight [N, K // 2]
+    with ``bits`` 4, int8 [N, K] with 8; ``group_size`` 0: one scale per row), the kernel
+    bound once. Bit-identical with the CUDA backend's dequantizer."""
+    n = w.shape[0]
+    dev, empty, shape = w.device, torch.empty, (n, k)
+    if n == 0 or k == 0:
+        return lambda w, scales, zeros: empty(shape, dtype=dtype, device=dev)
+    g = group_size if group_size else k
+    # A tile lies in one group: BLOCK_K divides G (any BLOCK_K per channel, one group).
+    bk = min(_DEQ_BLOCK_K, g & -g) if group_size else _DEQ_BLOCK_K
+    sk, s_bf16 = kernel_input(scales)
+    zk = zeros if zeros is not None else sk  # (not read without zeros)
+    out_bits = _interpreting() and dtype == torch.bfloat16
+    o0 = empty(16, dtype=dtype, device=dev)  # an aligned stand-in of the output
+    o0 = o0.view(torch.int16) if out_bits else o0
+    sizes = (n, k, g, w.stride(0), w.stride(1), sk.stride(0), sk.stride(1), zk.stride(0),
+             zk.stride(1), k)
+    kern = bind(_wxa16_dequant_kernel, (triton.cdiv(n, _DEQ_BLOCK_N), triton.cdiv(k, bk)),
+                (w, sk, zk, o0, *sizes),
+                dict(BITS=bits, HAS_ZERO=zeros is not None, S_BF16=s_bf16,
+                     OUT_BF16_BITS=out_bits, BLOCK_N=_DEQ_BLOCK_N, BLOCK_K=bk, num_warps=4))
+
+    def launch(w, scales, zeros):
+        out = empty(shape, dtype=dtype, device=dev)
+        sp = scales.data_ptr()
+        if kern.direct(w.data_ptr(), sp, zeros.data_ptr() if zeros is not None else sp,
+                       out.data_ptr(), *sizes):
+            return out
+        s_k = kernel_input(scales)[0]
+        kern(w, s_k, zeros if zeros is not None else s_k,
+             out.view(torch.int16) if out_bits else out, *sizes)
+        return out
+
+    return launch
 
 
 # Tile of the split reduction: M <= 16 rows, a wide strip of N.

@@ -31,7 +31,8 @@ weight from M = 1024 (217.9 against 317.4 us at 1024 x 14336 x 4096, 2952 agains
 98.9 us at 256 x 14336 x 4096), where the dequantization's fixed ~45 us is not yet paid back.
 The CUDA tiled kernel trails both. w4a16_gemm needs no row:
 the weight's layout picks the backend (prepacked: the CUDA kernels, decode to M = 64 and
-dequantize-then-cuBLAS above, by their M ranges; canonical: Triton).
+dequantize-then-cuBLAS above, by their M ranges; canonical: Triton, its fused kernel to
+M = 16 and its dequantize-then-GEMM kernel above, by their supports and priorities).
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ Kernels (op: name):
 - dequantize_int8: triton_int8_dequant
 - int8_mm: triton_int8_mm
 - int8_gemm: triton_int8_gemm
-- w4a16_gemm: triton_w4a16_gemm (the canonical int4 layout only)
-- w8a16_gemm: triton_w8a16_gemm
+- w4a16_gemm: triton_w4a16_gemm (the canonical int4 layout only), triton_w4a16_gemm_dequant
+  (the same layout, above the decode regime: dequantized, then torch's GEMM)
+- w8a16_gemm: triton_w8a16_gemm, triton_w8a16_gemm_dequant
 - int4_quantize: triton_int4_quantize (bit-exact with the reference, as the CUDA kernel)
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Optional
 import torch
 
 from .. import scale_layout
+from . import _dense
 from .._backend import _interpreting, register_kernel
 from .._env import getenv
 from ..ops import int4_scale_dtype
@@ -354,6 +356,93 @@ def _prepare_w8a16_gemm(x, w, w_scale, bias):
     with OnDevice(x.device):
         launch = _load().wxa16_gemm.w8a16_gemm_launcher(x, w, w_scale, bias)
     return _prepared_on(x.device, launch, "triton_w8a16_gemm")
+
+
+# Above the decode regime: the weight dequantized to x's dtype by a Triton kernel (the same
+# bits as the CUDA backend's dequantizer), then torch's GEMM (cuBLAS, or hipBLASLt on AMD),
+# as the CUDA backend's ``*_dequant`` kernels do above M = 64. The fused Triton kernel
+# converts the weight per output tile, which at M > 16 repeats the int4 unpacking and scaling
+# for every M tile (bench/RESULTS.md, 2026-12-04: 0.15-0.19x bf16 at M = 32-2048 with a
+# grouped int4 weight); its int8 per-channel form (no per-step scale) keeps up to M = 64.
+# From these M (priority above the fused kernel's).
+DEQUANT_MIN_M = {"w4a16_gemm": 17, "w8a16_gemm": 65}
+
+
+def _dequant_reason(op: str, x) -> Optional[str]:
+    lo = DEQUANT_MIN_M[op]
+    if x.shape[0] < lo:
+        return f"M = {x.shape[0]} is below {lo}: the fused kernel's decode range"
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return f"dequantizes to x's dtype, bfloat16 or float16; got {x.dtype}"
+    return _device_reason(x)
+
+
+def _dequant_launch(x, w, bits, scales, zeros, group, bias, name, gather=None):
+    """launch(x, w, scales, zeros, bias) for one signature: the dequantizer bound once, and
+    the dense product with the bias (backends._dense); ``gather``: act order's columns of x."""
+    m, n = x.shape[0], w.shape[0]
+    dev, dtype = x.device, x.dtype
+    if m == 0:
+        return lambda *a: torch.empty((0, n), dtype=dtype, device=dev)
+    with OnDevice(dev):
+        deq = _load().wxa16_gemm.wxa16_dequant_launcher(w, bits, scales, zeros, group,
+                                                        x.shape[1], dtype)
+    dense = _dense.product(dtype, None if bias is None else bias.dtype)
+
+    def launch(x, w, scales, zeros, bias):
+        with OnDevice(dev):
+            wd = deq(w, scales, zeros)
+        return dense(x if gather is None else x.index_select(1, gather), wd, bias)
+
+    launch.__name__ = name
+    return launch
+
+
+def _w4a16_group(scales, group_size) -> int:
+    return 0 if scales.shape[1] == 1 else group_size
+
+
+def _prepare_w4a16_dequant(x, qweight, scales, zeros, group_size, perm, bias):
+    launch = _dequant_launch(x, qweight, 4, scales, zeros, _w4a16_group(scales, group_size),
+                             bias, "triton_w4a16_gemm_dequant", perm)
+
+    def prepared(x, qweight, scales, zeros, group_size, perm, bias):
+        return launch(x, qweight, scales, zeros, bias)
+
+    prepared.__name__ = launch.__name__
+    return prepared
+
+
+def _w8a16_group(w, w_scale) -> int:
+    return 0 if w_scale.shape[1] == 1 else w.shape[1] // w_scale.shape[1]
+
+
+def _prepare_w8a16_dequant(x, w, w_scale, bias):
+    launch = _dequant_launch(x, w, 8, w_scale, None, _w8a16_group(w, w_scale), bias,
+                             "triton_w8a16_gemm_dequant")
+
+    def prepared(x, w, w_scale, bias):
+        return launch(x, w, w_scale, None, bias)
+
+    prepared.__name__ = launch.__name__
+    return prepared
+
+
+@register_kernel("w4a16_gemm", "triton", "triton_w4a16_gemm_dequant",
+                 supports=lambda x, qweight, scales, zeros, group_size, perm, bias: (
+                     _w4a16_supports(x, qweight, scales, zeros, group_size, perm, bias)
+                     or _dequant_reason("w4a16_gemm", x)),
+                 available=available, priority=PRIORITY + 1, prepare=_prepare_w4a16_dequant)
+def w4a16_gemm_dequant(x, qweight, scales, zeros, group_size, perm, bias):
+    return _prepare_w4a16_dequant(x, qweight, scales, zeros, group_size, perm, bias)(
+        x, qweight, scales, zeros, group_size, perm, bias)
+
+
+@register_kernel("w8a16_gemm", "triton", "triton_w8a16_gemm_dequant",
+                 supports=lambda x, *_: _dequant_reason("w8a16_gemm", x),
+                 available=available, priority=PRIORITY + 1, prepare=_prepare_w8a16_dequant)
+def w8a16_gemm_dequant(x, w, w_scale, bias):
+    return _prepare_w8a16_dequant(x, w, w_scale, bias)(x, w, w_scale, bias)
 
 
 @register_kernel("w4a16_gemm", "triton", "triton_w4a16_gemm", supports=_w4a16_supports,

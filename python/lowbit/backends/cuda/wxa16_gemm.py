@@ -27,6 +27,7 @@ import torch
 
 from ... import ops as _ops
 from ..._build import _C
+from .._dense import product
 from .._device import OnDevice, raw_stream
 from . import DTYPE_CODE, WXA16_DECODE_MAX_M, device_reason, kernel_id, register
 from .gemm import arch_reason, row_stride
@@ -164,11 +165,10 @@ def _wgmma_reason(o: _Operands) -> Optional[str]:
 
 def _dequant_then_linear(launch, dev, idx, o: _Operands):
     """The large-M product: the weight dequantized to x's dtype by the CUDA kernel, then
-    ``F.linear`` (cuBLAS). The bias is added by cuBLAS in x's dtype when it has it, else in
-    fp32 after the product."""
-    go, empty, linear = launch.launch, torch.empty, torch.nn.functional.linear
+    ``F.linear`` (cuBLAS; the bias as ``backends._dense.product`` adds it)."""
+    go, empty = launch.launch, torch.empty
     shape, dtype = (o.n, o.k), o.x.dtype
-    fused_bias = o.bias is None or o.bias.dtype == dtype
+    dense = product(dtype, None if o.bias is None else o.bias.dtype)
 
     def prepared(o: _Operands):
         w = empty(shape, dtype=dtype, device=dev)
@@ -176,9 +176,7 @@ def _dequant_then_linear(launch, dev, idx, o: _Operands):
             go(0, o.w.data_ptr(), o.scales.data_ptr(),
                0 if o.zeros is None else o.zeros.data_ptr(), 0, 0, 0, w.data_ptr(),
                raw_stream(idx))
-        if fused_bias:
-            return linear(o.x, w, o.bias)
-        return (linear(o.x, w).float() + o.bias.float()).to(dtype)
+        return dense(o.x, w, o.bias)
 
     return prepared
 
