@@ -358,7 +358,7 @@ def _compile(target, bits, per_channel, decode):
                  HAS_ZERO=bits == 4, S_BF16=bits == 4, HAS_BIAS=True, BIAS_BF16=True,
                  X_BF16_BITS=False, FP32_DOT=False, PARTIAL=decode, OUT_BF16_BITS=False,
                  BLOCK_M=block[0], BLOCK_N=block[1], BLOCK_K=block[2], GROUP_M=8,
-                 stride_xk=1, stride_wk=1, stride_sg=1, stride_zg=1, stride_cn=1)
+                 EVEN_K=True, stride_xk=1, stride_wk=1, stride_sg=1, stride_zg=1, stride_cn=1)
     ptrs = dict(x_ptr="*bf16", w_ptr="*u8" if bits == 4 else "*i8",
                 s_ptr="*i16" if bits == 4 else "*fp32", z_ptr="*u8", bias_ptr="*i16",
                 c_ptr="*fp32" if decode else "*bf16")

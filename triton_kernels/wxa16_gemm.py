@@ -78,24 +78,67 @@ def _sm_count(index: int) -> int:
 
 
 @jit
+def _nibbles_minus(u, z):
+    """u - z[:, None] in z's dtype for nibbles u (uint8, 0..15), exactly and without a
+    conversion instruction per element (an int-to-float conversion runs at a quarter of the
+    ALU's rate): u's bits ORed into the exponent of 2^p (bf16 128, fp16 1024, fp32 2^23) are
+    the number 2^p + u, and one subtraction of 2^p + z, exact (small integers), leaves
+    u - z."""
+    if z.dtype == tl.bfloat16:
+        t = (u.to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
+        return t - (z + 128.0)[:, None]
+    elif z.dtype == tl.float16:
+        t = (u.to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
+        return t - (z + 1024.0)[:, None]
+    else:
+        t = (u.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
+        return t - (z + 8388608.0)[:, None]
+
+
+@jit
+def _nibble_bytes(w_rows, k0, K, n_ok, stride_wk, BLOCK_K: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """The K-step's packed int4 bytes [BLOCK_N, BLOCK_K // 2] (byte j: k = k0 + 2 j in the
+    low nibble, k0 + 2 j + 1 in the high one). Half as many bytes as K-values; K and k0 are
+    even, so a byte is whole or absent. EVEN_K: K is a multiple of BLOCK_K, so the mask is
+    the rows' alone, the same along K, and the loads can be vectors."""
+    j = tl.arange(0, BLOCK_K // 2)
+    if EVEN_K:
+        ok = n_ok[:, None]
+    else:
+        ok = n_ok[:, None] & ((k0 + 2 * j) < K)[None, :]
+    return tl.load(w_rows[:, None] + ((k0 // 2) + j)[None, :] * stride_wk, mask=ok, other=0)
+
+
+@jit
+def _nibble_tiles(w_rows, k0, K, n_ok, z, stride_wk, BLOCK_K: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """The K-step's int4 weights as two [BLOCK_N, BLOCK_K // 2] tiles ``u - z`` in z's
+    dtype: the low nibbles (k = k0 + 2 j) and the high ones (k0 + 2 j + 1), for two dots
+    against x's even and odd columns, so that no interleave reorders the nibbles."""
+    b = _nibble_bytes(w_rows, k0, K, n_ok, stride_wk, BLOCK_K, EVEN_K).to(tl.int16)
+    return _nibbles_minus(b & 0xF, z), _nibbles_minus(b >> 4, z)
+
+
+@jit
 def _weight_tile(w_rows, k0, K, n_ok, z, stride_wk, BITS: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
+                 BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     """The K-step's weights ``u - z`` [BLOCK_N, BLOCK_K] in z's dtype (x's, for the dot):
     ``w_rows`` points to the rows' starts, ``z`` [BLOCK_N] is the zero point. Nibbles
     stay 8-bit until the conversion (a quarter of int32's registers), and ``u - z`` is
     exact in bf16 / fp16 (|u - z| <= 15). K past the end reads 0 (x is 0 there too, so
-    the product is 0 whatever ``u - z`` is)."""
+    the product is 0 whatever ``u - z`` is). EVEN_K: as in _nibble_bytes."""
     if BITS == 4:
-        # Half as many bytes as K-values; K and k0 are even, so a byte is whole or absent.
-        j = tl.arange(0, BLOCK_K // 2)
-        ok = n_ok[:, None] & ((k0 + 2 * j) < K)[None, :]
-        b = tl.load(w_rows[:, None] + ((k0 // 2) + j)[None, :] * stride_wk, mask=ok, other=0)
+        b = _nibble_bytes(w_rows, k0, K, n_ok, stride_wk, BLOCK_K, EVEN_K)
         u = tl.interleave(b & 0xF, b >> 4)  # column 2j: the low nibble, 2j + 1: the high
-        w = u.to(z.dtype) - z[:, None]
+        w = _nibbles_minus(u, z)
     else:
         # int8 values are exact in bf16 / fp16; the zero point is 0.
         kk = k0 + tl.arange(0, BLOCK_K)
-        ok = n_ok[:, None] & (kk < K)[None, :]
+        if EVEN_K:
+            ok = n_ok[:, None]
+        else:
+            ok = n_ok[:, None] & (kk < K)[None, :]
         w = tl.load(w_rows[:, None] + kk[None, :] * stride_wk, mask=ok, other=0).to(z.dtype)
     return w
 
@@ -130,7 +173,7 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
                   S_BF16: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
                   X_BF16_BITS: tl.constexpr, FP32_DOT: tl.constexpr, PARTIAL: tl.constexpr,
                   OUT_BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
     """Program (tile, split): the output tile's sum over the split's K-steps
     [split * STEPS_PER_SPLIT, ...). PARTIAL: the fp32 sum goes to the workspace c[split]
     (no bias); else it is the output."""
@@ -161,26 +204,42 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
     for kt in range(kt_lo, kt_hi):
         k0 = kt * BLOCK_K
         kx = k0 + offs_k
-        x_ok = m_ok[:, None] & (kx < K)[None, :]
+        if EVEN_K:
+            x_ok = m_ok[:, None]
+        else:
+            x_ok = m_ok[:, None] & (kx < K)[None, :]
         if X_BF16_BITS:
             x = load_f32(x_rows + kx[None, :] * stride_xk, x_ok, True)
         else:
             x = tl.load(x_rows + kx[None, :] * stride_xk, mask=x_ok, other=0.0)
         if HAS_ZERO:
             z = tl.load(z_rows + (k0 // G) * stride_zg, mask=n_ok, other=0).to(Z_T)
-        w = _weight_tile(w_rows, k0, K, n_ok, z, stride_wk, BITS, BLOCK_K)
-        if PER_CHANNEL:
-            acc = _dot(x, tl.trans(w), acc, FP32_DOT)
+        if BITS == 4 and not SCALE_W:
+            # Two dots over x's even and odd columns: the nibbles need no interleave.
+            x_lo, x_hi = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 2, 2)))
+            w_lo, w_hi = _nibble_tiles(w_rows, k0, K, n_ok, z, stride_wk, BLOCK_K, EVEN_K)
+            if PER_CHANNEL:
+                acc = _dot(x_hi, tl.trans(w_hi), _dot(x_lo, tl.trans(w_lo), acc, FP32_DOT),
+                           FP32_DOT)
+            else:
+                s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
+                part = _dot(x_lo, tl.trans(w_lo), tl.zeros((BLOCK_M, BLOCK_N), tl.float32),
+                            FP32_DOT)
+                acc += _dot(x_hi, tl.trans(w_hi), part, FP32_DOT) * s[None, :]
         else:
-            # The step lies in group k0 // G.
-            s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
-            if SCALE_W:
-                w = (w * s[:, None]).to(DOT_T)
+            w = _weight_tile(w_rows, k0, K, n_ok, z, stride_wk, BITS, BLOCK_K, EVEN_K)
+            if PER_CHANNEL:
                 acc = _dot(x, tl.trans(w), acc, FP32_DOT)
             else:
-                part = _dot(x, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_N), tl.float32),
-                            FP32_DOT)
-                acc += part * s[None, :]
+                # The step lies in group k0 // G.
+                s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
+                if SCALE_W:
+                    w = (w * s[:, None]).to(DOT_T)
+                    acc = _dot(x, tl.trans(w), acc, FP32_DOT)
+                else:
+                    part = _dot(x, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_N), tl.float32),
+                                FP32_DOT)
+                    acc += part * s[None, :]
     if PER_CHANNEL:
         acc = acc * load_f32(s_rows, n_ok, S_BF16)[None, :]
 
@@ -218,7 +277,7 @@ def _wxa16_dequant_kernel(w_ptr, s_ptr, z_ptr, c_ptr, N, K, G, stride_wn, stride
                           stride_sn, stride_sg, stride_zn, stride_zg, stride_cm,
                           BITS: tl.constexpr, HAS_ZERO: tl.constexpr, S_BF16: tl.constexpr,
                           OUT_BF16_BITS: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
+                          BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     """out [N, K] (row stride ``stride_cm``, unit column stride) = (u - z) * s in fp32,
     rounded once to out's dtype, for a dense GEMM to multiply. One program per
     [BLOCK_N, BLOCK_K] tile, which lies in one scale group (BLOCK_K divides G; per channel,
@@ -233,11 +292,15 @@ def _wxa16_dequant_kernel(w_ptr, s_ptr, z_ptr, c_ptr, N, K, G, stride_wn, stride
                     other=0).to(tl.float32)
     else:
         z = tl.full((BLOCK_N,), 8 if BITS == 4 else 0, tl.float32)
-    w = _weight_tile(w_ptr + offs_n64 * stride_wn, k0, K, n_ok, z, stride_wk, BITS, BLOCK_K)
+    w = _weight_tile(w_ptr + offs_n64 * stride_wn, k0, K, n_ok, z, stride_wk, BITS, BLOCK_K,
+                     EVEN_K)
     w = w * load_f32(s_ptr + offs_n64 * stride_sn + gi * stride_sg, n_ok, S_BF16)[:, None]
     kk = k0 + tl.arange(0, BLOCK_K)
     ptrs = c_ptr + offs_n64[:, None] * stride_cm + kk[None, :]
-    mask = n_ok[:, None] & (kk < K)[None, :]
+    if EVEN_K:
+        mask = n_ok[:, None]
+    else:
+        mask = n_ok[:, None] & (kk < K)[None, :]
     if OUT_BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates
         tl.store(ptrs, f32_to_bf16_bits(w), mask=mask)
     else:
@@ -272,7 +335,8 @@ def wxa16_dequant_launcher(w: torch.Tensor, bits: int, scales: torch.Tensor,
     kern = bind(_wxa16_dequant_kernel, (triton.cdiv(n, _DEQ_BLOCK_N), triton.cdiv(k, bk)),
                 (w, sk, zk, o0, *sizes),
                 dict(BITS=bits, HAS_ZERO=zeros is not None, S_BF16=s_bf16,
-                     OUT_BF16_BITS=out_bits, BLOCK_N=_DEQ_BLOCK_N, BLOCK_K=bk, num_warps=4))
+                     OUT_BF16_BITS=out_bits, BLOCK_N=_DEQ_BLOCK_N, BLOCK_K=bk,
+                     EVEN_K=k % bk == 0, num_warps=4))
 
     def launch(w, scales, zeros):
         out = empty(shape, dtype=dtype, device=dev)
@@ -345,7 +409,7 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
         HAS_ZERO=zeros is not None, S_BF16=s_bf16,
         HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, X_BF16_BITS=x_bits,
         FP32_DOT=dtype == torch.float32, PARTIAL=partial, OUT_BF16_BITS=out_bits,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.group_m,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.group_m, EVEN_K=k % bk == 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages))
     sum_sizes = (m, n, split, m * n, n, 1, n, 1)
     if partial:
