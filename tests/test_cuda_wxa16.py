@@ -655,3 +655,18 @@ def test_graphs_captured_at_different_m_replay_in_any_order():
         torch.cuda.synchronize()
         for i in (0, 1):
             assert torch.equal(outs[i], eager[i]), (order, i)
+
+
+@gpu
+@needs_op
+@pytest.mark.parametrize("m", [1, 40, 100, 300])
+def test_w8a16_k0_gives_the_bias(m):
+    """K = 0 (scales [N, 0]): no kernel runs (it would read a scale past the empty tensor);
+    the output is the bias rounded to x's dtype, on every backend."""
+    q = torch.zeros(8, 0, dtype=torch.int8, device="cuda")
+    s = torch.ones(8, 0, device="cuda")
+    bias = torch.randn(8, generator=_gen(5)).cuda()
+    x = torch.zeros(m, 0, dtype=torch.bfloat16, device="cuda")
+    for backend in ("cuda", "triton"):
+        got = lowbit.w8a16_gemm(x, q, s, bias, backend=backend)
+        assert torch.equal(got, bias.to(torch.bfloat16).expand(m, 8)), backend

@@ -247,6 +247,32 @@ def test_w8a16_dequant_kernel(group_size, dtype):
               expected(x, int8_dense(q, s), b), dtype)
 
 
+def test_dequant_prepared_call_gathers_each_calls_perm():
+    """A prepared function serves every later call of its signature, whose act-order perm
+    (a value, not part of the signature) may differ: each call gathers x by its own."""
+    iw = int4_weight(24, 256, 32, False, torch.float16, perm=True, seed=31)
+    other = torch.randperm(256, generator=gen(32)).to(iw.perm.device)
+    kernel = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")
+    x = activations(17, 256, torch.float16, seed=33)
+    args = (x, iw.qweight, iw.scales, iw.zeros, iw.group_size, iw.perm, None)
+    run = kernel.prepare(*args)
+    check(run(*args), expected(x, int4_dense(iw), None, iw.perm), torch.float16, "first")
+    args2 = args[:5] + (other, None)
+    check(run(*args2), expected(x, int4_dense(iw), None, other), torch.float16, "second perm")
+
+
+def test_w8a16_k0_gives_the_bias():
+    """K = 0 (scales [N, 0] are accepted then): the product is empty, the output the bias."""
+    q = torch.zeros(8, 0, dtype=torch.int8, device=DEVICE)
+    s = torch.ones(8, 0, device=DEVICE)
+    bias = bias_of(8, torch.float16)
+    for m in (3, 65):
+        x = torch.zeros(m, 0, dtype=torch.float16, device=DEVICE)
+        for backend in ("triton", "reference"):
+            got = lowbit.w8a16_gemm(x, q, s, bias, backend=backend)
+            assert torch.equal(got.cpu(), bias.expand(m, 8).cpu()), backend
+
+
 def test_dequant_kernels_decline_the_decode_range_and_fp32():
     iw = int4_weight(8, 128, 32, True, torch.bfloat16)
     k4 = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")

@@ -369,6 +369,10 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
     dev, dtype, empty, shape = x.device, x.dtype, torch.empty, (m, n)
     if m == 0 or n == 0:
         return lambda x, w, scales, zeros, bias: empty(shape, dtype=dtype, device=dev)
+    if k == 0:  # no product (and no scale to read: scales may be [N, 0]): the bias, rounded
+        return lambda x, w, scales, zeros, bias: (
+            torch.zeros(shape, dtype=dtype, device=dev) if bias is None
+            else bias.to(dtype).expand(shape).clone())
     interp = _interpreting()
     cfg = config if config is not None else wxa16_gemm_config(m, n, k, group_size)
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
@@ -470,8 +474,9 @@ def w4a16_gemm_launcher(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Te
 
 
 def _group_of(w: torch.Tensor, w_scale: torch.Tensor) -> int:
-    """The int8 weight's group size from its scales' shape: 0 per channel."""
-    return 0 if w_scale.shape[1] == 1 else w.shape[1] // w_scale.shape[1]
+    """The int8 weight's group size from its scales' shape: 0 per channel (and at K = 0,
+    whose scales may be [N, 0])."""
+    return 0 if w_scale.shape[1] <= 1 else w.shape[1] // w_scale.shape[1]
 
 
 def w8a16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,

@@ -146,6 +146,25 @@ def row_scale(op: str, name: str, s: torch.Tensor, rows: int, rows_name: str) ->
 CHECK_SCALES_ENV = "LOWBIT_CHECK_SCALES"
 
 
+def _values_checked(t: torch.Tensor) -> bool:
+    """Whether a value check reads ``t``: on the CPU always; on a GPU only under
+    ``LOWBIT_CHECK_SCALES=1`` (finite_scales says why); never for a meta tensor or none."""
+    if t.numel() == 0 or t.is_meta:
+        return False
+    return t.is_cpu or getenv(CHECK_SCALES_ENV) == "1"
+
+
+def int4_zeros(op: str, zeros: Optional[torch.Tensor]) -> None:
+    """Raise a ValueError when an int4 weight's zero points leave 0..15 (the SPEC's range;
+    the kernels place a zero point in the mantissa of a small float, so a larger one would
+    give wrong products rather than an error). When read: as finite_scales."""
+    if zeros is None or not _values_checked(zeros):
+        return
+    top = int(zeros.max())
+    if top > 15:
+        raise ValueError(f"{op}: zeros must lie in 0..15 (int4 zero points); it holds {top}")
+
+
 def finite_scales(op: str, **scales) -> None:
     """Raise a ValueError naming the first given scale that holds a NaN or an Inf.
 

@@ -292,8 +292,12 @@ def int4_quantize(w: Tensor, group_size: int, symmetric: bool):
             (_EMPTY if symmetric else g, torch.uint8))
 
 
-@define_op("Tensor", values=lambda x, qweight, scales, *_: C.finite_scales(
-    "w4a16_gemm", scales=scales))
+def _w4a16_values(x, qweight, scales, zeros, *_) -> None:
+    C.finite_scales("w4a16_gemm", scales=scales)
+    C.int4_zeros("w4a16_gemm", zeros)
+
+
+@define_op("Tensor", values=_w4a16_values)
 def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor],
                group_size: int, perm: Optional[Tensor], bias: Optional[Tensor]):
     op = "w4a16_gemm"

@@ -19,3 +19,11 @@ def product(dtype: torch.dtype, bias_dtype: Optional[torch.dtype]) -> Callable:
         return (linear(x, w).float() + bias.float()).to(dtype)
 
     return with_bias_in_fp32
+
+
+def without_k(m: int, n: int, dtype: torch.dtype, device, bias) -> torch.Tensor:
+    """The product at K = 0 (no kernel launch: the weight and its scales hold no element,
+    and a kernel would read a scale past them): [m, n] of the bias rounded to ``dtype`` on
+    every row, or zeros."""
+    out = torch.zeros((m, n), dtype=dtype, device=device)
+    return out if bias is None or m == 0 else out.copy_(bias.to(dtype).expand(m, n))

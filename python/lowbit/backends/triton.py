@@ -332,14 +332,18 @@ def _half_dot_reason(x) -> Optional[str]:
     return _dot_reason(x, "bf16") if x.dtype == torch.bfloat16 else _device_reason(x)
 
 
-def _w4a16_supports(x, qweight, scales, zeros, group_size, perm, bias):
+def _canonical_reason(x, qweight) -> Optional[str]:
     # A prepacked (kernel-layout) weight is another backend's: it is not the canonical
     # rank-2 uint8 [N, K // 2] tensor.
     if qweight.dtype != torch.uint8 or qweight.dim() != 2 \
             or qweight.shape[1] * 2 != x.shape[-1]:
-        return ("triton_w4a16_gemm reads the canonical int4 layout (uint8 [N, K // 2]); got "
+        return ("the Triton kernels read the canonical int4 layout (uint8 [N, K // 2]); got "
                 f"qweight {qweight.dtype} of shape {tuple(qweight.shape)}")
-    return _half_dot_reason(x)
+    return None
+
+
+def _w4a16_supports(x, qweight, scales, zeros, group_size, perm, bias):
+    return _canonical_reason(x, qweight) or _half_dot_reason(x)
 
 
 def _prepare_w4a16_gemm(x, qweight, scales, zeros, group_size, perm, bias):
@@ -377,9 +381,11 @@ def _dequant_reason(op: str, x) -> Optional[str]:
     return _device_reason(x)
 
 
-def _dequant_launch(x, w, bits, scales, zeros, group, bias, name, gather=None):
+def _dequant_launch(x, w, bits, scales, zeros, group, bias, name):
     """launch(x, w, scales, zeros, bias) for one signature: the dequantizer bound once, and
-    the dense product with the bias (backends._dense); ``gather``: act order's columns of x."""
+    the dense product with the bias (backends._dense). x as the weight's K order takes it
+    (act order's gather is the caller's, per call: the signature does not fix perm's
+    values)."""
     m, n = x.shape[0], w.shape[0]
     dev, dtype = x.device, x.dtype
     if m == 0:
@@ -392,7 +398,7 @@ def _dequant_launch(x, w, bits, scales, zeros, group, bias, name, gather=None):
     def launch(x, w, scales, zeros, bias):
         with OnDevice(dev):
             wd = deq(w, scales, zeros)
-        return dense(x if gather is None else x.index_select(1, gather), wd, bias)
+        return dense(x, wd, bias)
 
     launch.__name__ = name
     return launch
@@ -404,17 +410,19 @@ def _w4a16_group(scales, group_size) -> int:
 
 def _prepare_w4a16_dequant(x, qweight, scales, zeros, group_size, perm, bias):
     launch = _dequant_launch(x, qweight, 4, scales, zeros, _w4a16_group(scales, group_size),
-                             bias, "triton_w4a16_gemm_dequant", perm)
+                             bias, "triton_w4a16_gemm_dequant")
 
     def prepared(x, qweight, scales, zeros, group_size, perm, bias):
-        return launch(x, qweight, scales, zeros, bias)
+        return launch(x if perm is None else x.index_select(1, perm), qweight, scales, zeros,
+                      bias)
 
     prepared.__name__ = launch.__name__
     return prepared
 
 
 def _w8a16_group(w, w_scale) -> int:
-    return 0 if w_scale.shape[1] == 1 else w.shape[1] // w_scale.shape[1]
+    # (K = 0 takes scales [N, 0] too: no group then)
+    return 0 if w_scale.shape[1] <= 1 else w.shape[1] // w_scale.shape[1]
 
 
 def _prepare_w8a16_dequant(x, w, w_scale, bias):
@@ -429,9 +437,8 @@ def _prepare_w8a16_dequant(x, w, w_scale, bias):
 
 
 @register_kernel("w4a16_gemm", "triton", "triton_w4a16_gemm_dequant",
-                 supports=lambda x, qweight, scales, zeros, group_size, perm, bias: (
-                     _w4a16_supports(x, qweight, scales, zeros, group_size, perm, bias)
-                     or _dequant_reason("w4a16_gemm", x)),
+                 supports=lambda x, qweight, *_: (_canonical_reason(x, qweight)
+                                                  or _dequant_reason("w4a16_gemm", x)),
                  available=available, priority=PRIORITY + 1, prepare=_prepare_w4a16_dequant)
 def w4a16_gemm_dequant(x, qweight, scales, zeros, group_size, perm, bias):
     return _prepare_w4a16_dequant(x, qweight, scales, zeros, group_size, perm, bias)(

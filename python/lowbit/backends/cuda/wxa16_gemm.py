@@ -27,7 +27,7 @@ import torch
 
 from ... import ops as _ops
 from ..._build import _C
-from .._dense import product
+from .._dense import product, without_k
 from .._device import OnDevice, raw_stream
 from . import DTYPE_CODE, WXA16_DECODE_MAX_M, device_reason, kernel_id, register
 from .gemm import arch_reason, row_stride
@@ -114,7 +114,7 @@ def _w4(x, qweight, scales, zeros, group_size, perm, bias) -> _Operands:
 
 def _w8(x, w, w_scale, bias) -> _Operands:
     n, k = w.shape
-    group = 0 if w_scale.shape[1] == 1 else k // w_scale.shape[1]
+    group = 0 if w_scale.shape[1] <= 1 else k // w_scale.shape[1]  # (K = 0: scales [N, 0])
     return _Operands(x, w, w_scale, None, group, bias, n, k)
 
 
@@ -249,13 +249,15 @@ def _make(op: str, bits: int, operands):
             o = operands(*args)
             if o.x.shape[0] == 0 or o.n == 0:
                 return torch.empty((o.x.shape[0], o.n), dtype=o.x.dtype, device=o.x.device)
+            if o.k == 0:
+                return without_k(o.x.shape[0], o.n, o.x.dtype, o.x.device, o.bias)
             o = dense(o)
             return launcher(o)(o)
 
         def prepare(*args):
             o = operands(*args)
             d = dense(o)
-            if o.x.shape[0] == 0 or o.n == 0 or any(
+            if o.x.shape[0] == 0 or o.n == 0 or o.k == 0 or any(
                     a is not b for a, b in zip((o.x, o.scales, o.zeros, o.bias),
                                                (d.x, d.scales, d.zeros, d.bias))):
                 return run
