@@ -22,7 +22,7 @@ LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} STEPS=build timeout 300 bash bench/g
 say "1 build: $(cat "$OUTDIR/b/summary.txt" 2>/dev/null | grep build)"
 
 t=$SECONDS
-(cd "${TMPDIR:-/tmp}" && timeout 240 $PY -m pytest -q -m gpu -n 12 -p no:cacheprovider \
+(cd "${TMPDIR:-/tmp}" && timeout 240 $PY -m pytest -q -n 12 -p no:cacheprovider \
     -k "wide or pinned or mid_chunk or every_code or dequant or k0" \
     "$R/tests/test_cuda_wxa16.py" "$R/tests/test_triton_wxa16.py") >"$OUTDIR/tests.txt" 2>&1
 say "2 tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/tests.txt")"
