@@ -318,21 +318,26 @@ def test_gemm_e4m3fnuz_does_not_mix():
 def _compile(target, decode: bool, fast: bool, mnk):
     """The GEMM kernel compiled for ``target`` (no device needed) as a launch of e4m3fnuz
     operands of shape ``mnk`` would specialize it (the table's config, rowwise scales, bf16
-    out with a bias): ``decode`` reads uint8 codes, else e4m3fnuz itself."""
+    out with a bias; at M <= 16 transposed, as the launcher passes it): ``decode`` reads
+    uint8 codes, else e4m3fnuz itself."""
     kern = fp8_gemm._fp8_scaled_mm_kernel
     smem = SMEM_LIMIT[{t: name for name, t in GPU_TARGETS.items()}[tuple(target)]]
     cfg = heuristics.fp8_gemm_config(*mnk, fast_accum=fast, smem_limit=smem, decoded=decode)
+    swapped = mnk[0] <= fp8_gemm.SWAP_AB_MAX_M
+    if swapped:
+        cfg = cfg._replace(block_m=cfg.block_n, block_n=cfg.block_m)
     const = dict(A_MODE=1, B_MODE=1, BLOCKWISE=False, HAS_BIAS=True, FAST_ACCUM=fast,
                  PROMOTE_IN_DOT=False, BF16_BITS=False, BLOCK_M=cfg.block_m,
                  BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
                  K_UNROLL=cfg.k_unroll, DECODE=decode, MBITS=3, BIAS=8, FMT_ID=2,
-                 SUB_UNIT=2.0 ** -10, stride_ak=1, stride_bk=1, stride_cn=1)
+                 SUB_UNIT=2.0 ** -10, SWAPPED=swapped, stride_ak=1, stride_bk=1)
+    const["stride_cm" if swapped else "stride_cn"] = 1  # the output's unit stride
     op = "*u8" if decode else "*fp8e4b8"
     ptrs = dict(a_ptr=op, b_ptr=op, c_ptr="*bf16", sa_ptr="*fp32", sb_ptr="*fp32",
                 bias_ptr="*bf16")
     sig = {a: "constexpr" if a in const else ptrs.get(a, "i32") for a in kern.arg_names}
-    aligned = [a for a in kern.arg_names
-               if a in ptrs or a in ("K", "stride_am", "stride_bn", "stride_cm")]
+    aligned = [a for a in kern.arg_names if a in ptrs or a in (
+        "K", "stride_am", "stride_bn", "stride_cn" if swapped else "stride_cm")]
     c = compile_kernel(kern, target, sig, const, aligned,
                        dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
     assert c.metadata.shared <= smem, (target, mnk, cfg, c.metadata.shared)
@@ -341,14 +346,15 @@ def _compile(target, decode: bool, fast: bool, mnk):
 
 def compile_checks(target) -> None:
     """e4m3fnuz at decode, mid and large M in both accumulation modes: on NVIDIA decoded to
-    fp16, on tensor cores (wgmma on sm_90 where the tile allows, mma.sync on sm_80), within
+    fp16, on tensor cores (wgmma on sm_90 where the tile allows: at M = 64 and, transposed,
+    at M = 1, whose dot's M is the weight's 64 rows; mma.sync on sm_80), within
     the shared memory; on MI300 (gfx942) multiplied natively by its fp8 MFMA."""
     decode = target[0] == "cuda"
     for mnk in ((1, 4096, 4096), (64, 4096, 4096), (4096, 4096, 4096)):
         for fast in (False, True):
             c = _compile(target, decode, fast, mnk)
             if target[0] == "cuda":
-                want = "wgmma" if target[1] == 90 and mnk[0] >= 64 else "mma.sync"
+                want = "wgmma" if target[1] == 90 else "mma.sync"
                 assert want in c.asm["ptx"], (target, mnk, fast)
             else:
                 assert "_fp8_fp8" in c.asm["amdgcn"], (target, mnk, fast)

@@ -118,7 +118,11 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
                           # load; MBITS ... SUB_UNIT: their format's fp8_decode constants.
                           DECODE: tl.constexpr = False, MBITS: tl.constexpr = 3,
                           BIAS: tl.constexpr = 8, FMT_ID: tl.constexpr = 2,
-                          SUB_UNIT: tl.constexpr = 2.0 ** -10):
+                          SUB_UNIT: tl.constexpr = 2.0 ** -10,
+                          # SWAPPED: the launcher passed the product transposed (a the
+                          # weight, b the activations, c's strides swapped): the bias runs
+                          # along the rows.
+                          SWAPPED: tl.constexpr = False):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -195,8 +199,12 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
         sb = tl.load(sb_ptr + offs_n64 * stride_sbn, mask=n_ok, other=0.0)
         acc = acc * sb[None, :]
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        acc = acc + bias[None, :]
+        if SWAPPED:
+            bias = tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+            acc = acc + bias[:, None]
+        else:
+            bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            acc = acc + bias[None, :]
     c_ptrs = c_ptr + offs_m64[:, None] * stride_cm + offs_n64[None, :] * stride_cn
     c_mask = m_ok[:, None] & n_ok[None, :]
     if BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates; round to nearest even
@@ -206,6 +214,8 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
 
 
 FNUZ = "e4m3fnuz"
+# The largest M the launcher multiplies transposed (the weight's rows as the dot's M).
+SWAP_AB_MAX_M = 16
 
 
 def decodes(dtype: torch.dtype, device: torch.device) -> bool:
@@ -308,26 +318,49 @@ def fp8_scaled_mm_launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, 
         m, n, k, fast_accum=bool(fast_accum), blockwise=consts["BLOCKWISE"],
         smem_limit=None if _interpreting() else smem_per_block(device_index(dev)),
         decoded=consts.get("DECODE", False))
+    # Decode (M <= SWAP_AB_MAX_M, scales per row or tensor): out^T = b a^T, the weight's
+    # rows as the dot's M (64: wgmma on sm_90, with fp8 operands as they are) and the tokens
+    # as its N, rather than 16 tokens as M (mma.sync, which on sm_90 takes fp8 only widened
+    # to fp16: bench/NOTES.md, "The Triton FP8 GEMM at decode"). The same products, the
+    # same per-step promotion; the config's tile transposed.
+    swap = config is None and m <= SWAP_AB_MAX_M and not consts["BLOCKWISE"]
+    if swap:
+        cfg = cfg._replace(block_m=cfg.block_n, block_n=cfg.block_m)
+        consts.update(A_MODE=consts["B_MODE"], B_MODE=consts["A_MODE"], SWAPPED=True)
+        sam, sak, sbn, sbk = scale_strides
+        scale_strides = (sbn, sbk, sam, sak)
     consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   GROUP_M=cfg.group_m, K_UNROLL=cfg.k_unroll, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
-    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
-    # c's strides are those of a contiguous [m, n] output.
-    sizes = (m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), n, 1, *scale_strides)
+    rows, cols = (n, m) if swap else (m, n)
+    grid = (triton.cdiv(rows, cfg.block_m) * triton.cdiv(cols, cfg.block_n),)
+    # c's strides are those of a contiguous [m, n] output (transposed when swapped).
+    if swap:
+        sizes = (n, m, k, b.stride(0), b.stride(1), a.stride(0), a.stride(1), 1, n,
+                 *scale_strides)
+    else:
+        sizes = (m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), n, 1,
+                 *scale_strides)
     # Bound on stand-ins for the output (and the bias when there is none): only their
     # dtypes and alignment are specialized on, and a fresh allocation is aligned.
     c0 = torch.empty(16, dtype=out_dtype, device=dev)
     c0 = c0.view(torch.int16) if bf16_bits else c0
     bias0 = bias.contiguous() if bias is not None else c0
     codes = _codes if consts.get("DECODE") else _same
-    kernel = bind(_fp8_scaled_mm_kernel, grid,
-                  (codes(a), codes(b), c0, a_scale, b_scale, bias0, *sizes), consts)
+    if swap:
+        kernel = bind(_fp8_scaled_mm_kernel, grid,
+                      (codes(b), codes(a), c0, b_scale, a_scale, bias0, *sizes), consts)
+    else:
+        kernel = bind(_fp8_scaled_mm_kernel, grid,
+                      (codes(a), codes(b), c0, a_scale, b_scale, bias0, *sizes), consts)
     empty, shape = torch.empty, (m, n)
 
     def launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
         out = empty(shape, dtype=out_dtype, device=dev)
         # The kernel reads bias[n] at unit stride.
         bias = bias.contiguous() if bias is not None else out
+        if swap:  # the kernel's a is the weight, its b the activations
+            a, b, a_scale, b_scale = b, a, b_scale, a_scale
         # The direct launch takes the data pointers; Triton's own path (the interpreter, a
         # launch hook) the tensors, a bf16 output as its int16 bits under the interpreter.
         if not kernel.direct(a.data_ptr(), b.data_ptr(), out.data_ptr(), a_scale.data_ptr(),
