@@ -34,7 +34,7 @@ SHAPES=32x4096x4096,64x4096x4096,64x14336x4096,64x4096x14336,64x28672x8192,128x4
 say "3 wide A/B: rc $? in $((SECONDS - t)) s (wide.txt)"
 
 t=$SECONDS
-(cd "${TMPDIR:-/tmp}" && timeout 300 $PY -m lowbit bench --op w4a16_gemm,w4a16_gemm:canonical,w8a16_gemm \
+(cd "${TMPDIR:-/tmp}" && timeout 300 $PY -m lowbit bench --op w4a16_gemm,w8a16_gemm,w8a16_gemm:g128 \
     --shapes 1x4096x4096,16x4096x4096,32x4096x4096,64x4096x4096,64x14336x4096,64x28672x8192,256x4096x4096,1x28672x8192,16x28672x8192,2048x14336x4096 \
     --kernels --no-host --out "$OUTDIR/w") >"$OUTDIR/wbench.txt" 2>&1
 say "4 weight-only bench: rc $? in $((SECONDS - t)) s (w/bench.md)"
