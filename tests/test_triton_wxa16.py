@@ -202,9 +202,8 @@ def test_int4_dequantized_weight_is_exact(group_size, symmetric, sdtype, dtype):
     per-channel scales ends mid-tile."""
     k = 224 if group_size == -1 else 256
     iw = int4_weight(40, k, group_size, symmetric, sdtype, seed=21)
-    group = 0 if iw.scales.shape[1] == 1 else iw.group_size
-    got = wxa16_gemm.wxa16_dequant_launcher(iw.qweight, 4, iw.scales, iw.zeros, group, k,
-                                            dtype)(iw.qweight, iw.scales, iw.zeros)
+    got = wxa16_gemm.w4a16_dequant_launcher(iw.qweight, iw.scales, iw.zeros, iw.group_size,
+                                            k, dtype)(iw.qweight, iw.scales, iw.zeros)
     assert torch.equal(got.cpu(), iw.dequantize(torch.float32).to(dtype).cpu())
 
 
@@ -212,7 +211,7 @@ def test_int4_dequantized_weight_is_exact(group_size, symmetric, sdtype, dtype):
 @half
 def test_int8_dequantized_weight_is_exact(group_size, dtype):
     q, s = int8_weight(40, 256, group_size, seed=22)
-    got = wxa16_gemm.wxa16_dequant_launcher(q, 8, s, None, group_size, 256, dtype)(q, s, None)
+    got = wxa16_gemm.w8a16_dequant_launcher(q, s, dtype)(q, s, None)
     want = (q.float() * s.repeat_interleave(256 // s.shape[1], dim=1)).to(dtype)
     assert torch.equal(got.cpu(), want.cpu())
 

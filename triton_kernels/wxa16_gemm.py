@@ -64,7 +64,7 @@ from ._common import interpreting as _interpreting
 from .heuristics import WXA16_DECODE_MAX_M, wxa16_gemm_config, wxa16_split_k
 
 __all__ = ["w4a16_gemm", "w8a16_gemm", "w4a16_gemm_launcher", "w8a16_gemm_launcher",
-           "wxa16_dequant_launcher"]
+           "w4a16_dequant_launcher", "w8a16_dequant_launcher"]
 
 # Under the interpreter a program costs milliseconds of Python: a GPU's SM count would
 # make hundreds of splits, so the decode split is sized for this many "SMs" there (enough
@@ -459,8 +459,7 @@ def w4a16_gemm_launcher(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Te
                         split_k: Optional[int] = None):
     """launch(x, qweight, scales, zeros, group_size, perm, bias) -> out, w4a16_gemm for
     arguments of this signature, its launches bound once (wxa16_gemm_launcher)."""
-    # One group of the whole row (per channel, G = K, scales [N, 1]) is the kernel's group 0.
-    group = 0 if scales.shape[1] == 1 else group_size
+    group = _int4_group(scales, group_size)
     if perm is not None:
         # Act order gathers x's columns once per call: a copy of x (M x K, small beside the
         # weight at decode sizes) that keeps the kernel's x loads contiguous.
@@ -473,10 +472,31 @@ def w4a16_gemm_launcher(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Te
         x, qweight, scales, zeros, bias)
 
 
+def _int4_group(scales: torch.Tensor, group_size: int) -> int:
+    """The kernels' group of an int4 weight: one group of the whole row (per channel, G = K,
+    scales [N, 1]) is group 0."""
+    return 0 if scales.shape[1] == 1 else group_size
+
+
 def _group_of(w: torch.Tensor, w_scale: torch.Tensor) -> int:
     """The int8 weight's group size from its scales' shape: 0 per channel (and at K = 0,
     whose scales may be [N, 0])."""
     return 0 if w_scale.shape[1] <= 1 else w.shape[1] // w_scale.shape[1]
+
+
+def w4a16_dequant_launcher(qweight: torch.Tensor, scales: torch.Tensor,
+                           zeros: Optional[torch.Tensor], group_size: int, k: int, dtype):
+    """launch(qweight, scales, zeros) -> the canonical int4 weight [N, K] dequantized to
+    ``dtype`` (wxa16_dequant_launcher)."""
+    return wxa16_dequant_launcher(qweight, 4, scales, zeros, _int4_group(scales, group_size),
+                                  k, dtype)
+
+
+def w8a16_dequant_launcher(w: torch.Tensor, w_scale: torch.Tensor, dtype):
+    """launch(w, w_scale, None) -> the int8 weight [N, K] dequantized to ``dtype``
+    (wxa16_dequant_launcher)."""
+    return wxa16_dequant_launcher(w, 8, w_scale, None, _group_of(w, w_scale), w.shape[1],
+                                  dtype)
 
 
 def w8a16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,

@@ -381,18 +381,18 @@ def _dequant_reason(op: str, x) -> Optional[str]:
     return _device_reason(x)
 
 
-def _dequant_launch(x, w, bits, scales, zeros, group, bias, name):
-    """launch(x, w, scales, zeros, bias) for one signature: the dequantizer bound once, and
-    the dense product with the bias (backends._dense). x as the weight's K order takes it
-    (act order's gather is the caller's, per call: the signature does not fix perm's
-    values)."""
+def _dequant_launch(x, w, scales, zeros, bias, dequantizer, name):
+    """launch(x, w, scales, zeros, bias) for one signature: the dequantizer
+    ``dequantizer(dtype)`` (a triton_kernels.wxa16_gemm launcher for w's signature) bound
+    once, and the dense product with the bias (backends._dense). x as the weight's K order
+    takes it (act order's gather is the caller's, per call: the signature does not fix
+    perm's values)."""
     m, n = x.shape[0], w.shape[0]
     dev, dtype = x.device, x.dtype
     if m == 0:
         return lambda *a: torch.empty((0, n), dtype=dtype, device=dev)
     with OnDevice(dev):
-        deq = _load().wxa16_gemm.wxa16_dequant_launcher(w, bits, scales, zeros, group,
-                                                        x.shape[1], dtype)
+        deq = dequantizer(dtype)
     dense = _dense.product(dtype, None if bias is None else bias.dtype)
 
     def launch(x, w, scales, zeros, bias):
@@ -404,13 +404,12 @@ def _dequant_launch(x, w, bits, scales, zeros, group, bias, name):
     return launch
 
 
-def _w4a16_group(scales, group_size) -> int:
-    return 0 if scales.shape[1] == 1 else group_size
-
-
 def _prepare_w4a16_dequant(x, qweight, scales, zeros, group_size, perm, bias):
-    launch = _dequant_launch(x, qweight, 4, scales, zeros, _w4a16_group(scales, group_size),
-                             bias, "triton_w4a16_gemm_dequant")
+    launch = _dequant_launch(
+        x, qweight, scales, zeros, bias,
+        lambda dtype: _load().wxa16_gemm.w4a16_dequant_launcher(qweight, scales, zeros,
+                                                                group_size, x.shape[1], dtype),
+        "triton_w4a16_gemm_dequant")
 
     def prepared(x, qweight, scales, zeros, group_size, perm, bias):
         return launch(x if perm is None else x.index_select(1, perm), qweight, scales, zeros,
@@ -420,14 +419,11 @@ def _prepare_w4a16_dequant(x, qweight, scales, zeros, group_size, perm, bias):
     return prepared
 
 
-def _w8a16_group(w, w_scale) -> int:
-    # (K = 0 takes scales [N, 0] too: no group then)
-    return 0 if w_scale.shape[1] <= 1 else w.shape[1] // w_scale.shape[1]
-
-
 def _prepare_w8a16_dequant(x, w, w_scale, bias):
-    launch = _dequant_launch(x, w, 8, w_scale, None, _w8a16_group(w, w_scale), bias,
-                             "triton_w8a16_gemm_dequant")
+    launch = _dequant_launch(
+        x, w, w_scale, None, bias,
+        lambda dtype: _load().wxa16_gemm.w8a16_dequant_launcher(w, w_scale, dtype),
+        "triton_w8a16_gemm_dequant")
 
     def prepared(x, w, w_scale, bias):
         return launch(x, w, w_scale, None, bias)
