@@ -332,27 +332,22 @@ def fp8_scaled_mm_launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, 
     consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   GROUP_M=cfg.group_m, K_UNROLL=cfg.k_unroll, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
-    rows, cols = (n, m) if swap else (m, n)
+    # The kernel's operands: (a, b, their scales, c's row and column strides), transposed
+    # when swapped. c's strides are those of a contiguous [m, n] output.
+    ka, kb, ksa, ksb, c_strides = ((b, a, b_scale, a_scale, (1, n)) if swap
+                                   else (a, b, a_scale, b_scale, (n, 1)))
+    rows, cols = ka.shape[0], kb.shape[0]
     grid = (triton.cdiv(rows, cfg.block_m) * triton.cdiv(cols, cfg.block_n),)
-    # c's strides are those of a contiguous [m, n] output (transposed when swapped).
-    if swap:
-        sizes = (n, m, k, b.stride(0), b.stride(1), a.stride(0), a.stride(1), 1, n,
-                 *scale_strides)
-    else:
-        sizes = (m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), n, 1,
-                 *scale_strides)
+    sizes = (rows, cols, k, ka.stride(0), ka.stride(1), kb.stride(0), kb.stride(1), *c_strides,
+             *scale_strides)
     # Bound on stand-ins for the output (and the bias when there is none): only their
     # dtypes and alignment are specialized on, and a fresh allocation is aligned.
     c0 = torch.empty(16, dtype=out_dtype, device=dev)
     c0 = c0.view(torch.int16) if bf16_bits else c0
     bias0 = bias.contiguous() if bias is not None else c0
     codes = _codes if consts.get("DECODE") else _same
-    if swap:
-        kernel = bind(_fp8_scaled_mm_kernel, grid,
-                      (codes(b), codes(a), c0, b_scale, a_scale, bias0, *sizes), consts)
-    else:
-        kernel = bind(_fp8_scaled_mm_kernel, grid,
-                      (codes(a), codes(b), c0, a_scale, b_scale, bias0, *sizes), consts)
+    kernel = bind(_fp8_scaled_mm_kernel, grid,
+                  (codes(ka), codes(kb), c0, ksa, ksb, bias0, *sizes), consts)
     empty, shape = torch.empty, (m, n)
 
     def launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
