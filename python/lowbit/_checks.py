@@ -148,10 +148,11 @@ CHECK_SCALES_ENV = "LOWBIT_CHECK_SCALES"
 
 def _values_checked(t: torch.Tensor) -> bool:
     """Whether a value check reads ``t``: on the CPU always; on a GPU only under
-    ``LOWBIT_CHECK_SCALES=1`` (finite_scales says why); never for a meta tensor or none."""
-    if t.numel() == 0 or t.is_meta:
+    ``LOWBIT_CHECK_SCALES=1`` (finite_scales says why); never a meta or empty tensor.
+    (Attribute tests first: this runs on every eager GPU call.)"""
+    if not t.is_cpu and (getenv(CHECK_SCALES_ENV) != "1" or t.is_meta):
         return False
-    return t.is_cpu or getenv(CHECK_SCALES_ENV) == "1"
+    return t.numel() != 0
 
 
 def int4_zeros(op: str, zeros: Optional[torch.Tensor]) -> None:
@@ -176,16 +177,8 @@ def finite_scales(op: str, **scales) -> None:
     waits for the GPU (and cannot happen inside CUDA-graph capture), so the hot path skips it
     unless asked. Eager implementations call this; fake (tracing) ones never do.
     """
-    on_gpu = None
     for name, t in scales.items():
-        if t is None:
-            continue
-        if not t.is_cpu:  # (attribute tests: this runs on every eager GPU call)
-            if on_gpu is None:
-                on_gpu = getenv(CHECK_SCALES_ENV) == "1"
-            if not on_gpu or t.is_meta:
-                continue
-        if t.numel() == 0:
+        if t is None or not _values_checked(t):
             continue
         if not bool(torch.isfinite(t).all()):
             bad = t[~torch.isfinite(t)].flatten()[0].item()
