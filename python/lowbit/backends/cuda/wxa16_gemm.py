@@ -77,7 +77,10 @@ def _scratch(dev: torch.device, stream: int, counter_bytes: int, partial_bytes: 
 
 
 def _aligned_rows(t: torch.Tensor) -> bool:
-    """K-contiguous rows whose starts are 16-byte aligned."""
+    """K-contiguous rows whose starts are 16-byte aligned (an empty weight, K = 0, reads
+    nothing: its strides are whatever torch gave it)."""
+    if t.numel() == 0:
+        return True
     if t.stride(1) != 1 or t.data_ptr() % 16:
         return False
     return t.shape[0] <= 1 or (t.stride(0) * t.element_size()) % 16 == 0
