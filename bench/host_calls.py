@@ -40,10 +40,15 @@ def cases():
     ops, entry = torch.ops.lowbit, _native.ENTRY.get("fp8_scaled_mm")
     out = {
         "torch.add_": lambda: y.add_(x),
+        # The floor of any call through torch.ops: the dispatcher's boxed path from Python.
+        "torch.ops.aten.add_.Tensor": lambda: torch.ops.aten.add_.Tensor(y, x),
         "torch.empty (1 x 4096 bf16)": lambda: torch.empty((1, 4096), dtype=bf, device=dev),
         "fp8_scaled_mm cuda": lambda: lowbit.fp8_scaled_mm(a, b, sa, sb),
         "fp8_scaled_mm triton": lambda: lowbit.fp8_scaled_mm(a, b, sa, sb, backend="triton"),
     }
+    if _native.EMPTY is not None:  # what the Triton launches allocate with
+        out["lowbit's C++ empty (1 x 4096 bf16)"] = (
+            lambda d=torch.device(dev): _native.EMPTY(d, bf, 1, 4096))
     for _ in range(3):  # prepare the Triton signature (its plan and step)
         lowbit.fp8_scaled_mm(a, b, sa, sb, backend="triton")
     step = entry(a, b, sa, sb, None, bf, False, "triton") if entry is not None else None
@@ -62,6 +67,9 @@ def cases():
     out.update({
         "torch.ops fp8_scaled_mm": lambda: ops.fp8_scaled_mm(a, b, sa, sb, None, bf, False,
                                                              "default"),
+        # What a compiled graph calls: the overload itself, not the packet.
+        "torch.ops fp8_scaled_mm.default": lambda: ops.fp8_scaled_mm.default(
+            a, b, sa, sb, None, bf, False, "default"),
         "int8_gemm cuda": lambda: lowbit.int8_gemm(a8, b8, sa8, sb8),
         "int8_gemm triton": lambda: lowbit.int8_gemm(a8, b8, sa8, sb8, backend="triton"),
         "torch.ops int8_gemm": lambda: ops.int8_gemm(a8, b8, sa8, sb8, None, bf, None,

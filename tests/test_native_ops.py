@@ -957,3 +957,36 @@ def test_the_dequantize_launch_has_no_native_entry():
                                4096, torch.bfloat16, 0, torch.bfloat16, 32, False, 0, None, 4096)
     with pytest.raises(ValueError, match="dequantize"):
         launch.native()
+
+
+@needs_native
+def test_the_native_empty_means_torch_empty():
+    """EMPTY(device, dtype, *sizes) is torch.empty(sizes, dtype=dtype, device=device): the
+    Triton launches allocate with it, so a wrong shape, dtype or device would be a wrong
+    output. Bad arguments raise, naming what is wrong."""
+    empty = _native.EMPTY
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available()
+                                       else [])
+    for dev in devices:
+        for dtype, sizes in ((torch.bfloat16, (3, 5)), (torch.float32, (2, 0, 7)),
+                             (torch.int8, ()), (torch.float8_e4m3fn, (16,))):
+            t = empty(dev, dtype, *sizes)
+            want = torch.empty(sizes, dtype=dtype, device=dev)
+            assert (t.shape, t.dtype, t.device, t.stride()) == \
+                (want.shape, want.dtype, want.device, want.stride())
+    with pytest.raises(TypeError, match="torch.device"):
+        empty("cpu", torch.float32, 2)
+    with pytest.raises(ValueError, match="negative"):
+        empty(torch.device("cpu"), torch.float32, 4, -1)
+    with pytest.raises(TypeError):
+        empty(torch.device("cpu"), torch.float32, 1.5)
+
+
+@needs_native
+def test_the_triton_launches_allocate_with_the_native_empty():
+    backend = pytest.importorskip("lowbit.backends.triton")
+    if backend._load() is None:
+        pytest.skip(f"triton kernels: {backend._import_error}")
+    from lowbit.triton_kernels import _common
+
+    assert _common.allocator() is _native.EMPTY

@@ -209,6 +209,28 @@ def bind(kernel, grid: Tuple[int, ...], args: Sequence, consts: dict):
     return launch
 
 
+# ---------------------------------------------------------------------------- allocation
+def _torch_empty(device, dtype, *sizes):
+    return torch.empty(sizes, dtype=dtype, device=device)
+
+
+_ALLOCATOR = [_torch_empty]
+
+
+def set_allocator(fn) -> None:
+    """Launches prepared from now on allocate their outputs and workspaces with
+    ``fn(device, dtype, *sizes)``, which means ``torch.empty(sizes, dtype=dtype,
+    device=device)``; None restores torch.empty. lowbit hands over its C++ one
+    (csrc/torch/plans.cpp, ``empty``), which skips torch's Python argument parser: most of
+    an allocation's host time, and a decode call's launch is a few microseconds."""
+    _ALLOCATOR[0] = fn or _torch_empty
+
+
+def allocator():
+    """``new(device, dtype, *sizes)``: the allocation a launch prepared now uses."""
+    return _ALLOCATOR[0]
+
+
 # ------------------------------------------------------------------------------- devices
 def device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
@@ -899,7 +921,7 @@ def quantize_launcher(x: torch.Tensor, scale: Optional[torch.Tensor],
     sshape = tuple(scale_shape)
     dev, shape = x.device, tuple(x.shape)
     codes = torch.int8 if q_dtype == torch.int8 else torch.uint8  # fp8 codes travel as uint8
-    empty, f32, i32 = torch.empty, torch.float32, torch.int32
+    empty, f32, i32, new = torch.empty, torch.float32, torch.int32, allocator()
 
     def generic(x, scale, zero):
         q = empty(shape, dtype=q_dtype, device=dev)
@@ -939,9 +961,9 @@ def quantize_launcher(x: torch.Tensor, scale: Optional[torch.Tensor],
                       dict(BLOCK_R=br, BLOCK_K=bk, num_warps=ELEMWISE_WARPS, **opts))
 
         def launch(x, scale, zero):
-            q = empty(shape, dtype=q_dtype, device=dev)
-            s = empty(sshape, dtype=f32, device=dev)
-            z = empty(sshape, dtype=i32, device=dev) if asym else None
+            q = new(dev, q_dtype, *shape)
+            s = new(dev, f32, *sshape)
+            z = new(dev, i32, *sshape) if asym else None
             xp, sp = x.data_ptr(), s.data_ptr()
             zp = z.data_ptr() if asym else sp
             if dynamic:
@@ -978,9 +1000,9 @@ def quantize_launcher(x: torch.Tensor, scale: Optional[torch.Tensor],
                   dict(BLOCK_S=bs, BLOCK_K=bk, ONE_TILE=one_tile, num_warps=warps, **opts))
 
     def launch(x, scale, zero):
-        q = empty(shape, dtype=q_dtype, device=dev)
-        s = empty(sshape, dtype=f32, device=dev)
-        z = empty(sshape, dtype=i32, device=dev) if asym else None
+        q = new(dev, q_dtype, *shape)
+        s = new(dev, f32, *sshape)
+        z = new(dev, i32, *sshape) if asym else None
         sp = s.data_ptr()
         zp = z.data_ptr() if asym else sp
         ok = kernel.direct(x.data_ptr(), q.data_ptr(), sp if dynamic else scale.data_ptr(), sp,

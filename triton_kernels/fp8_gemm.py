@@ -47,7 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import bind, device_index, fp8_decode, grouped_tile, jit, smem_per_block
+from ._common import (allocator, bind, device_index, fp8_decode, grouped_tile, jit,
+                      smem_per_block)
 from ._common import interpreting as _interpreting
 from .fp8_quant import f32_to_bf16_bits, fmt_constants
 from .heuristics import fp8_gemm_config, fp8_gemm_configs
@@ -348,10 +349,10 @@ def fp8_scaled_mm_launcher(a, b, a_scale, b_scale, bias, out_dtype, fast_accum, 
     codes = _codes if consts.get("DECODE") else _same
     kernel = bind(_fp8_scaled_mm_kernel, grid,
                   (codes(ka), codes(kb), c0, ksa, ksb, bias0, *sizes), consts)
-    empty, shape = torch.empty, (m, n)
+    new = allocator()
 
     def launch(a, b, a_scale, b_scale, bias, out_dtype, fast_accum):
-        out = empty(shape, dtype=out_dtype, device=dev)
+        out = new(dev, out_dtype, m, n)
         # The kernel reads bias[n] at unit stride.
         bias = bias.contiguous() if bias is not None else out
         if swap:  # the kernel's a is the weight, its b the activations

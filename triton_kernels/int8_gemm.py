@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (bind, device_index, f32_to_bf16_bits, grouped_tile, jit, kernel_input,
-                      load_f32, smem_per_block)
+from ._common import (allocator, bind, device_index, f32_to_bf16_bits, grouped_tile, jit,
+                      kernel_input, load_f32, smem_per_block)
 from ._common import interpreting as _interpreting
 from .fp8_gemm import _load_k_step
 from .heuristics import int8_gemm_config
@@ -169,8 +169,10 @@ def int8_mm_launcher(a: torch.Tensor, b: torch.Tensor, config=None):
     c0 = empty(16, dtype=torch.int32, device=dev)  # an aligned int32 stand-in
     kernel = _bind(a, b, c0, dict(_MM, tensors=(c0,) * 5), config)
 
+    new = allocator()
+
     def launch(a, b):
-        out = empty(shape, dtype=torch.int32, device=dev)
+        out = new(dev, torch.int32, m, n)
         kernel(a, b, out, out, out, None, out, out)
         return out
 
@@ -214,9 +216,10 @@ def int8_gemm_launcher(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor,
         HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, HAS_ZERO=has_zero,
         ZERO_ROW=has_zero and a_zero.dim() > 0, BF16_BITS=bf16_bits)
     kernel = _bind(a, b, c0, epilogue, config)
+    new = allocator()
 
     def launch(a, b, a_scale, b_scale, bias, out_dtype, a_zero, b_sum=None):
-        out = empty(shape, dtype=out_dtype, device=dev)
+        out = new(dev, out_dtype, m, n)
         # The kernel reads bias[n] at unit stride.
         bias = bias.contiguous() if bias is not None else None
         if has_zero:

@@ -58,8 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (bind, device_index, f32_to_bf16_bits, grouped_tile, jit, kernel_input,
-                      load_f32, tile_offsets)
+from ._common import (allocator, bind, device_index, f32_to_bf16_bits, grouped_tile, jit,
+                      kernel_input, load_f32, tile_offsets)
 from ._common import interpreting as _interpreting
 from .heuristics import WXA16_DECODE_MAX_M, wxa16_gemm_config, wxa16_split_k
 
@@ -338,8 +338,10 @@ def wxa16_dequant_launcher(w: torch.Tensor, bits: int, scales: torch.Tensor,
                      OUT_BF16_BITS=out_bits, BLOCK_N=_DEQ_BLOCK_N, BLOCK_K=bk,
                      EVEN_K=k % bk == 0, num_warps=4))
 
+    new = allocator()
+
     def launch(w, scales, zeros):
-        out = empty(shape, dtype=dtype, device=dev)
+        out = new(dev, dtype, n, k)
         sp = scales.data_ptr()
         if kern.direct(w.data_ptr(), sp, zeros.data_ptr() if zeros is not None else sp,
                        out.data_ptr(), *sizes):
@@ -424,9 +426,11 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
                            OUT_BF16_BITS=out_bits, BLOCK_M=_SUM_BLOCK_M, BLOCK_N=_SUM_BLOCK_N,
                            num_warps=4))
 
+    new = allocator()
+
     def launch(x, w, scales, zeros, bias):
-        out = empty(shape, dtype=dtype, device=dev)
-        ws = empty((split, m, n), dtype=torch.float32, device=dev) if partial else out
+        out = new(dev, dtype, m, n)
+        ws = new(dev, torch.float32, split, m, n) if partial else out
         bias = bias.contiguous() if bias is not None else None
         # The direct launches take the data pointers (no views to build); Triton's own path,
         # where bind leaves the launch to it, the tensors as bound.

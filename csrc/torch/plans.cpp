@@ -46,6 +46,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/SmallVector.h>
+#include <torch/csrc/Device.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -1011,6 +1012,34 @@ PyObject* int4_quantize_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs
   END_HANDLE_TH_ERRORS
 }
 
+// empty(device, dtype, *sizes) -> torch.empty(sizes, dtype=dtype, device=device), without
+// torch's Python argument parser, which is most of torch.empty's 3.3 us a call (H100 host,
+// bench/NOTES.md): the Triton kernels' launchers allocate their outputs and workspaces with
+// it (triton_kernels/_common.py, ``allocator``).
+PyObject* empty_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs < 2 || !THPDevice_Check(args[0]) || !THPDtype_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "empty(device, dtype, *sizes): a torch.device and a "
+                                     "torch.dtype, then the sizes");
+    return nullptr;
+  }
+  c10::SmallVector<int64_t, 4> sizes;
+  for (Py_ssize_t i = 2; i < nargs; ++i) {
+    const long long v = PyLong_AsLongLong(args[i]);
+    if (v == -1 && PyErr_Occurred()) return nullptr;
+    if (v < 0) {
+      PyErr_Format(PyExc_ValueError, "empty: size %zd is negative (%lld)", i - 2, v);
+      return nullptr;
+    }
+    sizes.push_back(v);
+  }
+  const at::TensorOptions options = at::TensorOptions()
+                                        .dtype(reinterpret_cast<THPDtype*>(args[1])->scalar_type)
+                                        .device(reinterpret_cast<THPDevice*>(args[0])->device);
+  return THPVariable_Wrap(at::empty(sizes, options));
+  END_HANDLE_TH_ERRORS
+}
+
 #define LOWBIT_FASTCALL(f) reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&f))
 
 PyMethodDef g_methods[] = {
@@ -1038,6 +1067,8 @@ PyMethodDef g_methods[] = {
      "lowbit::w8a16_gemm's arguments -> its output when a plan serves it"},
     {"int4_quantize", LOWBIT_FASTCALL(int4_quantize_entry), METH_FASTCALL,
      "lowbit::int4_quantize's arguments -> (q, scales, zeros) when a plan serves it"},
+    {"empty", LOWBIT_FASTCALL(empty_entry), METH_FASTCALL,
+     "empty(device, dtype, *sizes): torch.empty(sizes, dtype=dtype, device=device)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef g_module = {PyModuleDef_HEAD_INIT, "_torch_ops",

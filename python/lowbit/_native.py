@@ -71,6 +71,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import sys
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -95,7 +96,7 @@ def _library_path(build_module) -> str:
 def load() -> None:
     """Load lowbit._torch_ops when it was built, under this torch, and not switched off; its
     static registrations then serve the ops' CUDA calls."""
-    global _lib, _status
+    global _lib, _status, EMPTY
     if _lib is not None:
         return
     if getenv("LOWBIT_NATIVE_OPS") == "0":
@@ -140,6 +141,10 @@ def load() -> None:
     _lib = lib
     MODULE_ENTRY.update(fp8_linear=ext.fp8_linear_module, int8_linear=ext.int8_linear_module)
     ENTRY.update({op: getattr(ext, op) for op in OPS})
+    EMPTY = getattr(ext, "empty", None)
+    common = sys.modules.get(f"{__package__}.triton_kernels._common")
+    if common is not None:  # (else lowbit/backends/triton.py hands it over when it loads them)
+        common.set_allocator(EMPTY)
     _status = f"loaded (built against torch {built})"
     _backend._native_hold, _backend._native_reset = hold, reset
 
@@ -161,6 +166,10 @@ MODULE_ENTRY: Dict[str, Callable] = {}
 # or [step]: the Python function the signature runs (called with the op's arguments but
 # ``backend``).
 ENTRY: Dict[str, Callable] = {}
+# empty(device, dtype, *sizes): torch.empty's meaning without its Python argument parser, for
+# the Triton kernels' launches (triton_kernels/_common.py, ``set_allocator``); None when the
+# library is not loaded.
+EMPTY: Optional[Callable] = None
 
 
 def serves(op: str) -> bool:
