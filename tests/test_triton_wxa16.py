@@ -21,6 +21,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 import lowbit  # noqa: E402
 from lowbit._backend import kernels  # noqa: E402
 from lowbit.triton_kernels import heuristics, wxa16_gemm  # noqa: E402
+from lowbit.backends.triton import dequant_min_m  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("triton_interpreter")]
 HALF = (torch.bfloat16, torch.float16)
@@ -216,12 +217,12 @@ def test_int8_dequantized_weight_is_exact(group_size, dtype):
     assert torch.equal(got.cpu(), want.cpu())
 
 
-@pytest.mark.parametrize("m", [17, 40])
+@pytest.mark.parametrize("m", [33, 70])
 @pytest.mark.parametrize("group_size", [32, -1], ids=["g32", "channel"])
 @pytest.mark.parametrize("perm", [False, True], ids=["", "actorder"])
 @half
 def test_w4a16_dequant_kernel(m, group_size, perm, dtype):
-    """Above M = 16 the Triton backend dequantizes the weight and multiplies in x's dtype;
+    """Above M = 32 on a small weight the Triton backend dequantizes the weight and multiplies in x's dtype;
     a bias of another dtype is added in fp32. Act order gathers x's columns."""
     n, k = 24, 256
     iw = int4_weight(n, k, group_size, False, dtype, perm)
@@ -252,7 +253,7 @@ def test_dequant_prepared_call_gathers_each_calls_perm():
     iw = int4_weight(24, 256, 32, False, torch.float16, perm=True, seed=31)
     other = torch.randperm(256, generator=gen(32)).to(iw.perm.device)
     kernel = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")
-    x = activations(17, 256, torch.float16, seed=33)
+    x = activations(33, 256, torch.float16, seed=33)
     args = (x, iw.qweight, iw.scales, iw.zeros, iw.group_size, iw.perm, None)
     run = kernel.prepare(*args)
     check(run(*args), expected(x, int4_dense(iw), None, iw.perm), torch.float16, "first")
@@ -276,13 +277,18 @@ def test_dequant_kernels_decline_the_decode_range_and_fp32():
     iw = int4_weight(8, 128, 32, True, torch.bfloat16)
     k4 = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")
     args = (iw.qweight, iw.scales, iw.zeros, 32, None, None)
-    assert "M = 16" in k4.supports(activations(16, 128, torch.bfloat16), *args)
-    assert k4.supports(activations(17, 128, torch.bfloat16), *args) is None
-    assert "float32" in k4.supports(activations(17, 128, torch.float32), *args)
+    assert "M = 32" in k4.supports(activations(32, 128, torch.bfloat16), *args)
+    assert k4.supports(activations(33, 128, torch.bfloat16), *args) is None
+    assert "float32" in k4.supports(activations(33, 128, torch.float32), *args)
     q, s = int8_weight(8, 128, 0)
     k8 = _kernel("w8a16_gemm", "triton_w8a16_gemm_dequant")
     assert "M = 64" in k8.supports(activations(64, 128, torch.bfloat16), q, s, None)
     assert k8.supports(activations(65, 128, torch.bfloat16), q, s, None) is None
+    # Past 4096 x 4096 the fused int4 kernel keeps M = 33-64 (it leads there); int8 keeps
+    # M <= 64 on every weight.
+    assert [dequant_min_m("w4a16_gemm", n, k) for n, k in
+            ((4096, 4096), (14336, 4096), (4096, 14336))] == [33, 65, 65]
+    assert dequant_min_m("w8a16_gemm", 4096, 4096) == 65
     # The fused kernel still serves every M when pinned, and fp32 activations above M = 16.
     x32 = activations(17, 128, torch.float32)
     assert lowbit.explain(lowbit.w4a16_gemm, x32, iw, backend="triton").kernel == \

@@ -53,6 +53,9 @@ def _load():
             from ..triton_kernels import (_common, fp8_gemm, fp8_quant, int4_quant,  # noqa: F401
                                           int8_gemm, int8_quant, wxa16_gemm)
             _check_formats(_common.FP8_FORMATS)
+            from .. import _native
+
+            _common.set_allocator(_native.EMPTY)  # None: torch.empty
         except Exception as e:  # ImportError, or a triton that fails to initialise
             _import_error = f"{type(e).__name__}: {e}"
         else:
@@ -365,17 +368,29 @@ def _prepare_w8a16_gemm(x, w, w_scale, bias):
 # Above the decode regime: the weight dequantized to x's dtype by a Triton kernel (the same
 # bits as the CUDA backend's dequantizer), then torch's GEMM (cuBLAS, or hipBLASLt on AMD),
 # as the CUDA backend's ``*_dequant`` kernels do above M = 64. The fused Triton kernel
-# converts the weight per output tile, which at M > 16 repeats the int4 unpacking and scaling
-# for every M tile (bench/RESULTS.md, 2026-12-04: 0.15-0.19x bf16 at M = 32-2048 with a
-# grouped int4 weight); its int8 per-channel form (no per-step scale) keeps up to M = 64.
-# From these M (priority above the fused kernel's).
-DEQUANT_MIN_M = {"w4a16_gemm": 17, "w8a16_gemm": 65}
+# converts the weight per output tile, so its cost grows with the M tiles; the dequantized
+# path pays a fixed write and read of the whole weight in x's dtype (2 bytes a weight) and
+# then runs at cuBLAS's rate. Where they cross (H100, 2026-12-05, bench/NOTES.md): int4 at
+# 64 x 4096 x 4096 33.4 us dequantized against 47.6 fused, level at M = 32; at
+# 64 x 14336 x 4096 and 64 x 28672 x 8192 the fused kernel is 2.0-2.5x ahead (58 against
+# 116 us, 171 against 432); both weight types' dequantized path leads from M = 256 on every
+# shape measured. So: from M = 65, and from M = 33 on weights of at most 4096 x 4096.
+DEQUANT_MIN_M = {"w4a16_gemm": 65, "w8a16_gemm": 65}
+DEQUANT_SMALL_WEIGHT = (33, 4096 * 4096)  # (from this M, on weights of at most N x K)
 
 
-def _dequant_reason(op: str, x) -> Optional[str]:
+def dequant_min_m(op: str, n: int, k: int) -> int:
+    """The first M at which ``op``'s dequantize-then-GEMM kernel takes an N x K weight."""
     lo = DEQUANT_MIN_M[op]
+    if op == "w4a16_gemm" and n * k <= DEQUANT_SMALL_WEIGHT[1]:
+        lo = min(lo, DEQUANT_SMALL_WEIGHT[0])
+    return lo
+
+
+def _dequant_reason(op: str, x, n: int) -> Optional[str]:
+    lo = dequant_min_m(op, n, x.shape[1])
     if x.shape[0] < lo:
-        return f"M = {x.shape[0]} is below {lo}: the fused kernel's decode range"
+        return f"M = {x.shape[0]} is below {lo}: the fused kernel's range for this weight"
     if x.dtype not in (torch.bfloat16, torch.float16):
         return f"dequantizes to x's dtype, bfloat16 or float16; got {x.dtype}"
     return _device_reason(x)
@@ -434,7 +449,8 @@ def _prepare_w8a16_dequant(x, w, w_scale, bias):
 
 @register_kernel("w4a16_gemm", "triton", "triton_w4a16_gemm_dequant",
                  supports=lambda x, qweight, *_: (_canonical_reason(x, qweight)
-                                                  or _dequant_reason("w4a16_gemm", x)),
+                                                  or _dequant_reason("w4a16_gemm", x,
+                                                                     qweight.shape[0])),
                  available=available, priority=PRIORITY + 1, prepare=_prepare_w4a16_dequant)
 def w4a16_gemm_dequant(x, qweight, scales, zeros, group_size, perm, bias):
     return _prepare_w4a16_dequant(x, qweight, scales, zeros, group_size, perm, bias)(
@@ -442,7 +458,7 @@ def w4a16_gemm_dequant(x, qweight, scales, zeros, group_size, perm, bias):
 
 
 @register_kernel("w8a16_gemm", "triton", "triton_w8a16_gemm_dequant",
-                 supports=lambda x, *_: _dequant_reason("w8a16_gemm", x),
+                 supports=lambda x, w, *_: _dequant_reason("w8a16_gemm", x, w.shape[0]),
                  available=available, priority=PRIORITY + 1, prepare=_prepare_w8a16_dequant)
 def w8a16_gemm_dequant(x, w, w_scale, bias):
     return _prepare_w8a16_dequant(x, w, w_scale, bias)(x, w, w_scale, bias)
