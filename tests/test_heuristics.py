@@ -52,6 +52,23 @@ def test_w8a16_table_on_sm90(h100, m, n, first):
     assert set(order) <= {k.name for k in kernels("w8a16_gemm")}
 
 
+@pytest.mark.parametrize("m,n,first", [
+    (1, 28672, "cuda_w4a16_gemm_decode"), (48, 28672, "cuda_w4a16_gemm_decode"),
+    (64, 8192, "cuda_w4a16_gemm_decode"), (49, 8193, "cuda_w4a16_gemm_wide"),
+    (64, 14336, "cuda_w4a16_gemm_wide"), (65, 14336, None)])
+def test_w4a16_table_on_sm90(h100, m, n, first):
+    """Decode to M = 64 but at M = 49-64 on weights of N > 8192 (the wide kernel). N is the
+    scales' first dimension: a prepacked qweight is 4-D, its first dimension is not N."""
+    meta = dict(device="meta")
+    args = (torch.empty(m, 64, **meta), torch.empty(2, 2, 32, 4, dtype=torch.int32, **meta),
+            torch.empty(n, 1, **meta), None, 0, None, None)
+    order = heuristics.preferred("w4a16_gemm", torch.device("cuda", 0), args)
+    assert (order[0] if order else None) == first
+    if order:
+        from lowbit._backend import kernels
+        assert set(order) <= {k.name for k in kernels("w4a16_gemm")}
+
+
 def test_no_table_elsewhere(monkeypatch):
     monkeypatch.setattr(heuristics, "_capability", lambda index: (8, 0))
     assert heuristics.preferred("fp8_scaled_mm", torch.device("cuda", 0), _args(1)) is None

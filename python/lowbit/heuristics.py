@@ -29,10 +29,17 @@ against Triton's 46.7 us at 128 x 4096 x 4096, 34.7 against 46.3 at M = 256) and
 weight from M = 1024 (217.9 against 317.4 us at 1024 x 14336 x 4096, 2952 against 4758 at
 4096 x 28672 x 8192; 2026-12-05), while Triton keeps M = 65-256 on larger N (93.4 against
 98.9 us at 256 x 14336 x 4096), where the dequantization's fixed ~45 us is not yet paid back.
-The CUDA tiled kernel trails both. w4a16_gemm needs no row:
-the weight's layout picks the backend (prepacked: the CUDA kernels, decode to M = 64 and
-dequantize-then-cuBLAS above, by their M ranges; canonical: Triton, its fused kernel to
-M = 16 and its dequantize-then-GEMM kernel above, by their supports and priorities).
+The CUDA tiled kernel trails both.
+
+w4a16_gemm: the weight's layout picks the backend (prepacked: the CUDA kernels; canonical:
+Triton, its fused kernel and its dequantize-then-GEMM kernel by their supports and
+priorities). On sm_90 the CUDA decode kernel leads to M = 64 but for one band: at M = 49-64
+on weights of N > 8192 the wide kernel (64 tokens a CTA, each chunk dequantized once) is
+5-10% ahead (H100, 2026-12-05: 47.8 against 52.6 us at 64 x 14336 x 4096, 166.8 against
+179.5 at 64 x 28672 x 8192), and behind everywhere else measured (46.0 against 30.3 us at
+32 x 14336 x 4096, 165.5 against 148.8 at 48 x 28672 x 8192, 57.0 against 54.2 at
+64 x 8192 x 8192, 29.7 against 20.6 at 64 x 4096 x 4096). Above M = 64 the dequantize-then-
+cuBLAS kernel, by the M ranges. N is read from the scales (the prepacked qweight is 4-D).
 """
 from __future__ import annotations
 
@@ -61,6 +68,13 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
         (9, 0): (
             (64, ("sm90_int8_gemm_swapab", "sm80_int8_gemm_smallm", "triton_int8_gemm")),
             (None, ("sm90_int8_gemm_wgmma", "triton_int8_gemm", "sm80_int8_gemm_mma")),
+        ),
+    },
+    "w4a16_gemm": {
+        (9, 0): (
+            (48, ("cuda_w4a16_gemm_decode",)),
+            (64, ("cuda_w4a16_gemm_decode",), 8192),
+            (64, ("cuda_w4a16_gemm_wide", "cuda_w4a16_gemm_decode")),
         ),
     },
     "w8a16_gemm": {
@@ -98,14 +112,22 @@ def preferred(op: str, device: torch.device, args) -> Optional[Sequence[str]]:
     if rows is None:
         return None
     m = args[0].shape[0]
+    n = _n_of(op, args)
     for row in rows:
         max_m, order = row[0], row[1]
         if max_m is not None and m > max_m:
             continue
-        if len(row) > 2 and not (len(args) > 1 and args[1].shape[0] <= row[2]):
+        if len(row) > 2 and not (n is not None and n <= row[2]):
             continue
         return order
     return None
+
+
+def _n_of(op: str, args) -> Optional[int]:
+    """N of a GEMM's weight: its first dimension, or for w4a16_gemm the scales' (a prepacked
+    qweight is 4-D)."""
+    i = 2 if op == "w4a16_gemm" else 1
+    return args[i].shape[0] if len(args) > i and hasattr(args[i], "shape") else None
 
 
 # A quantized layer's measured speed against the bf16 nn.Linear it replaces, per quantize_
