@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The first GPU call of bench/NOTES.md's last list ("The next GPU run (supersedes the lists
-# above)"), steps 1-4, as one command from the repo root of a copy of the tree:
+# The first GPU call of bench/NOTES.md's list "The GPU run planned at 08:40 UTC", steps 1-4,
+# as one command from the repo root of a copy of the tree:
 #   bash bench/next_run.sh [OUTDIR]      (default $OUT, else ./gpu_out)
 # 1 build (bench/gpu_check.sh), 2 the new kernels' GPU tests, 3 the wide kernel against
 # decode against cuBLAS (bench/wxa16_ab.sh), 4 `lowbit bench` of the weight-only ops with
