@@ -1,7 +1,7 @@
 """Every CUDA kernel of the registry, run on its own at awkward shapes: the program that
 bench/sanitize.sh hands to compute-sanitizer (memcheck, racecheck).
 
-    python bench/sanitize.py [--ops int8_mm,int8_gemm] [--list]
+    python bench/sanitize.py [--ops int8_mm,int8_gemm] [--kernel NAME] [--cases] [--list]
 
 For each op and each of its CUDA kernels, the registry is narrowed to that one kernel and the
 public op is called on every case below with ``backend="cuda"``; a case the kernel declines
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import sys
 from typing import Callable, Dict, List
 
@@ -255,10 +256,21 @@ def all_cases() -> Dict[str, List[Callable]]:
     return cases
 
 
+def _describe(case: Callable) -> str:
+    """A case's bound values (its lambda's defaults: m, n, k, dtype...)."""
+    params = inspect.signature(case).parameters.values()
+    return ", ".join(f"{p.name}={p.default}" for p in params if p.default is not p.empty)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", default="", help="comma-separated ops (default: every op here)")
     p.add_argument("--list", action="store_true", help="list the kernels and case counts")
+    p.add_argument("--kernel", default="",
+                   help="comma-separated kernel names: only these (default: every CUDA kernel)")
+    p.add_argument("--cases", action="store_true",
+                   help="a line per case once it has run (synchronized), so that a sanitizer "
+                        "error or a crash falls after the last case named")
     p.add_argument("--no-cublas", action="store_true",
                    help=f"leave out the kernels that end in a cuBLAS call ({', '.join(CUBLAS_KERNELS)})")
     args = p.parse_args(argv)
@@ -277,10 +289,12 @@ def main(argv=None) -> int:
             else:
                 run_fused(op, cases[op])
             continue
-        for kernel in [k for k in B.kernels(op) if k.backend == "cuda"]:
+        wanted = [n for n in args.kernel.split(",") if n]
+        for kernel in [k for k in B.kernels(op) if k.backend == "cuda"
+                       and (not wanted or k.name in wanted)]:
             why = kernel.available() if kernel.available else None
             if args.no_cublas and kernel.name in CUBLAS_KERNELS:
-                print(f"{op:16s} {kernel.name:32s} left out (--no-cublas)")
+                print(f"{op:16s} {kernel.name:32s} left out (--no-cublas)", flush=True)
                 continue
             if why:
                 print(f"{op:16s} {kernel.name:32s} not available here: {why}")
@@ -290,13 +304,17 @@ def main(argv=None) -> int:
                 continue
             ran = declined = 0
             with only(kernel):
-                for case in cases[op]:
+                for i, case in enumerate(cases[op]):
                     try:
                         case()
                     except NotImplementedError:
                         declined += 1
                         continue
                     ran += 1
+                    if args.cases:
+                        torch.cuda.synchronize()
+                        print(f"{op:16s} {kernel.name:32s} case {i} ({_describe(case)}) done",
+                              flush=True)
                 torch.cuda.synchronize()
             print(f"{op:16s} {kernel.name:32s} ran {ran:3d}, declined {declined:3d}", flush=True)
     return 0
