@@ -71,7 +71,6 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
-import sys
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -142,9 +141,6 @@ def load() -> None:
     MODULE_ENTRY.update(fp8_linear=ext.fp8_linear_module, int8_linear=ext.int8_linear_module)
     ENTRY.update({op: getattr(ext, op) for op in OPS})
     EMPTY = getattr(ext, "empty", None)
-    common = sys.modules.get(f"{__package__}.triton_kernels._common")
-    if common is not None:  # (else lowbit/backends/triton.py hands it over when it loads them)
-        common.set_allocator(EMPTY)
     _status = f"loaded (built against torch {built})"
     _backend._native_hold, _backend._native_reset = hold, reset
 
@@ -167,8 +163,9 @@ MODULE_ENTRY: Dict[str, Callable] = {}
 # ``backend``).
 ENTRY: Dict[str, Callable] = {}
 # empty(device, dtype, *sizes): torch.empty's meaning without its Python argument parser, for
-# the Triton kernels' launches (triton_kernels/_common.py, ``set_allocator``); None when the
-# library is not loaded.
+# the Triton kernels' launches, which lowbit/backends/triton.py hands it to when it loads them
+# (after this module's load, which runs when lowbit.ops is imported); None when the library
+# is not loaded.
 EMPTY: Optional[Callable] = None
 
 
