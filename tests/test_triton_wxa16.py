@@ -192,7 +192,7 @@ def test_w8a16_wide_n_fp32_and_odd_k(group_size):
               torch.float16)
 
 
-# ------------------------------------------------- dequantize, then torch's GEMM (M > 16)
+# ------------------------------- dequantize, then torch's GEMM (above the fused kernel's M)
 @pytest.mark.parametrize("group_size", [32, 64, 128, -1], ids=["g32", "g64", "g128", "channel"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
 @pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["s_fp32", "s_bf16"])
@@ -222,8 +222,8 @@ def test_int8_dequantized_weight_is_exact(group_size, dtype):
 @pytest.mark.parametrize("perm", [False, True], ids=["", "actorder"])
 @half
 def test_w4a16_dequant_kernel(m, group_size, perm, dtype):
-    """Above M = 32 on a small weight the Triton backend dequantizes the weight and multiplies in x's dtype;
-    a bias of another dtype is added in fp32. Act order gathers x's columns."""
+    """Above M = 32 on a small weight the Triton backend dequantizes the weight and multiplies
+    in x's dtype; a bias of another dtype is added in fp32. Act order gathers x's columns."""
     n, k = 24, 256
     iw = int4_weight(n, k, group_size, False, dtype, perm)
     x = activations(m, k, dtype)
