@@ -101,6 +101,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <type_traits>
 
 #include "common/quant_kernels.cuh"
@@ -166,8 +167,20 @@ struct Config {
 // Splits of K (cluster size): the largest S <= kMaxSplits that keeps the CTAs within one
 // wave, gives each at least kMinStepsPerSplit 128-K steps, and whose clusters all fit at
 // once (clusters_fit(S) >= tiles); 1 when none does.
+// LOWBIT_SWAPAB_SPLIT=S forces S (for the split sweep of bench/m64_probe.sh), where all of its
+// clusters fit at once; otherwise the rule above. Read once per process.
+inline int forced_split() {
+  static const int forced = [] {
+    const char* v = std::getenv("LOWBIT_SWAPAB_SPLIT");
+    const int s = v ? std::atoi(v) : 0;
+    return s > 0 && s <= kMaxSplits ? s : 0;
+  }();
+  return forced;
+}
+
 template <class ClustersFit>
 inline int split_count(int tiles, int steps, int sms, ClustersFit&& clusters_fit) {
+  if (const int f = forced_split(); f == 1 || (f > 1 && clusters_fit(f) >= tiles)) return f;
   int s = tiles > 0 && sms / tiles < kMaxSplits ? sms / tiles : kMaxSplits;
   if (steps / kMinStepsPerSplit < s) s = steps / kMinStepsPerSplit;
   for (; s > 1; --s)
@@ -351,6 +364,16 @@ __device__ __forceinline__ Acc ld_cluster_acc(uint32_t cluster_addr) {
 // int8_mm, the int32 sum stored as it is), scales (those not applied per step), bias, and
 // the store. Consecutive threads take consecutive output columns n, so the stores are
 // coalesced. a_smem: the fused quantizer's scale of each token (else null: p.a_scale).
+//
+// Each thread takes kStoreBatch elements at a time and issues all of their loads (the
+// partials, over distributed shared memory when split, and the scales, bias and zero-point
+// terms from global memory) before it uses any: one element at a time, every element paid
+// the loads' whole latency in turn, and at kN = 64 (a thread's 11 elements of a 3-way split,
+// or 32 without one) that latency was most of the GEMM's growth from M = 1 to 64
+// (bench/NOTES.md, "The swap-AB epilogue's latency"). Elements past the share (or past N)
+// load from element 0's addresses, which are always valid, and store nothing.
+constexpr int kStoreBatch = 8;
+
 template <class Op, int kN, bool kBlock>
 __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename Op::Acc* red,
                                              int tile, int rank, int splits, int ctid,
@@ -359,36 +382,69 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
   const int first = rank * kTileN / splits, rows = (rank + 1) * kTileN / splits - first;
   const int tokens = min(p.M, kN);
   const int n_first = tile * kTileN + first;
+  const int total = rows * tokens;
   const bool a_step = kBlock && p.a_mode == ScaleMode::kBlock;
   const bool b_step = kBlock && p.b_mode == ScaleMode::kBlock;
-  for (int e = ctid; e < rows * tokens; e += kConsumerThreads) {
-    const int m = e / rows, r = e % rows;
-    const int n = n_first + r;
-    if (n >= p.N) continue;
-    const Acc* src = red + m * kRedLd + first + r;
-    Acc sum;
-    if (splits == 1) {
-      sum = *src;
-    } else {
-      const uint32_t addr = smem_u32(src);
-      sum = ld_cluster_acc<Acc>(cluster_map(addr, 0));
-      for (int j = 1; j < splits; ++j) sum += ld_cluster_acc<Acc>(cluster_map(addr, j));
-    }
-    float v;
-    if constexpr (Op::kInt) {
-      if (p.out_int32) {
-        static_cast<int32_t*>(p.out)[int64_t(m) * p.ldo + n] = sum;
-        continue;
+  [[maybe_unused]] const bool int_out = Op::kInt && p.out_int32;
+  [[maybe_unused]] const bool zeros = Op::kInt && p.a_zero != nullptr;
+  for (int e0 = ctid; e0 < total; e0 += kStoreBatch * kConsumerThreads) {
+    int m[kStoreBatch], n[kStoreBatch], at[kStoreBatch];  // at: the element's offset in red
+    bool ok[kStoreBatch];
+    Acc sum[kStoreBatch];
+    float fa[kStoreBatch], fb[kStoreBatch], bias[kStoreBatch];
+    [[maybe_unused]] int32_t zero[kStoreBatch], b_sum[kStoreBatch];
+#pragma unroll
+    for (int u = 0; u < kStoreBatch; ++u) {
+      const int e = e0 + u * kConsumerThreads;
+      const int mu = e / rows, r = e % rows;
+      ok[u] = e < total && n_first + r < p.N;
+      m[u] = ok[u] ? mu : 0;
+      n[u] = ok[u] ? n_first + r : 0;
+      at[u] = m[u] * kRedLd + first + (ok[u] ? r : 0);
+      sum[u] = splits == 1 ? red[at[u]]
+                           : ld_cluster_acc<Acc>(cluster_map(smem_u32(red + at[u]), 0));
+      if (Op::kInt && int_out) continue;
+      fa[u] = a_step                ? 1.f
+              : a_smem != nullptr ? a_smem[m[u]]
+                                  : __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m[u] : 0]);
+      fb[u] = b_step ? 1.f : __ldg(&p.b_scale[p.b_mode == ScaleMode::kRow ? n[u] : 0]);
+      bias[u] = p.bias ? load_bias(p.bias, p.bias_dtype, n[u]) : 0.f;
+      if constexpr (Op::kInt) {
+        if (zeros) {
+          zero[u] = __ldg(&p.a_zero[p.a_zero_row ? m[u] : 0]);
+          b_sum[u] = __ldg(&p.b_sum[n[u]]);
+        }
       }
-      v = int_acc_value(p, sum, m, n);
-    } else {
-      v = sum;
     }
-    if (!a_step)
-      v *= a_smem != nullptr ? a_smem[m] : __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m : 0]);
-    if (!b_step) v *= __ldg(&p.b_scale[p.b_mode == ScaleMode::kRow ? n : 0]);
-    if (p.bias) v += load_bias(p.bias, p.bias_dtype, n);
-    store_out(p.out, p.out_dtype, int64_t(m) * p.ldo + n, v);
+    // The peers' partials, rank by rank: the same order of adds as one element at a time.
+    for (int j = 1; j < splits; ++j) {
+      Acc part[kStoreBatch];
+#pragma unroll
+      for (int u = 0; u < kStoreBatch; ++u)
+        part[u] = ld_cluster_acc<Acc>(cluster_map(smem_u32(red + at[u]), j));
+#pragma unroll
+      for (int u = 0; u < kStoreBatch; ++u) sum[u] += part[u];
+    }
+#pragma unroll
+    for (int u = 0; u < kStoreBatch; ++u) {
+      if (!ok[u]) continue;
+      const int64_t o = int64_t(m[u]) * p.ldo + n[u];
+      float v;
+      if constexpr (Op::kInt) {
+        if (int_out) {
+          static_cast<int32_t*>(p.out)[o] = sum[u];
+          continue;
+        }
+        v = zeros ? zero_corrected(sum[u], zero[u], b_sum[u]) : __int2float_rn(sum[u]);
+      } else {
+        v = sum[u];
+      }
+      // a's scale, then b's, then the bias, one rounding each (a factor of 1 is exact).
+      v *= fa[u];
+      v *= fb[u];
+      if (p.bias) v += bias[u];
+      store_out(p.out, p.out_dtype, o, v);
+    }
   }
 }
 
