@@ -4,10 +4,11 @@
 #   bash bench/next_run.sh [OUTDIR]      (default $OUT, else ./gpu_out)
 # 1 build (bench/gpu_check.sh); 2 the swap-AB GEMMs' GPU tests (FP8, INT8 and the fused
 # linear layers: the batched epilogue); 3 bench/m64_probe.py, the 8-bit GEMMs at M = 1-64
-# kernel by kernel (split as chosen, then forced to 2 for comparison); 4 the racecheck crash
-# in the W8A16 tiled kernel, one case at a time with a line per finished case (the last case
-# named in racecheck-tiled.log is the one before the crash). Each step writes under OUTDIR as
-# it goes and runs under a timeout; summary.txt gets a line per step.
+# kernel by kernel (the split as chosen); 4 the racecheck crash in the W8A16 tiled kernel,
+# one case at a time with a line per finished case (the last case named in
+# racecheck-tiled.log is the one before the crash); 5 the probe with the split forced to 2.
+# Each step writes under OUTDIR as it goes and runs under a timeout; summary.txt gets a line
+# per step.
 set -u
 OUTDIR=${1:-${OUT:-./gpu_out}}
 mkdir -p "$OUTDIR"
@@ -28,10 +29,7 @@ t=$SECONDS
 say "2 swapab tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/tests-swapab.log")"
 
 t=$SECONDS
-for s in "" 2; do
-  (cd "${TMPDIR:-/tmp}" && LOWBIT_SWAPAB_SPLIT=$s timeout 80 $PY "$R/bench/m64_probe.py") \
-    >>"$OUTDIR/m64.log" 2>&1
-done
+(cd "${TMPDIR:-/tmp}" && timeout 80 $PY "$R/bench/m64_probe.py") >>"$OUTDIR/m64.log" 2>&1
 say "3 m64 probe: in $((SECONDS - t)) s (m64.log)"
 
 t=$SECONDS
@@ -40,3 +38,8 @@ t=$SECONDS
    --error-exitcode 3 --print-limit 20 $PY "$R/bench/sanitize.py" --no-cublas \
    --ops w8a16_gemm --kernel cuda_w8a16_gemm_tiled --cases) >"$OUTDIR/racecheck-tiled.log" 2>&1
 say "4 racecheck: rc $? in $((SECONDS - t)) s; last case: $(grep ' done$' "$OUTDIR/racecheck-tiled.log" | tail -n 1)"
+
+t=$SECONDS
+(cd "${TMPDIR:-/tmp}" && LOWBIT_SWAPAB_SPLIT=2 timeout 80 $PY "$R/bench/m64_probe.py") \
+  >>"$OUTDIR/m64.log" 2>&1
+say "5 m64 probe, split 2: in $((SECONDS - t)) s (m64.log)"
