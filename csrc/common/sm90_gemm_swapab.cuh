@@ -32,11 +32,12 @@
 // fits (7 at kN = 64). Otherwise each thread loads its tokens' scales from global memory,
 // issued before the step's wait and used at its promotion, a step later.
 //
-// INT8. s8 wgmma accumulates in int32, exactly: the mainloop is the fast_accum one (no
-// promotion, no block scales), the partial tiles are int32 and the split-K reduction adds
-// them as integers, and the epilogue converts each sum to fp32 once (after the zero-point
-// correction of asymmetric activations, in 64-bit integers) before the scales and bias;
-// int8_mm stores the int32 sums themselves.
+// INT8. s8 wgmma accumulates in int32, exactly: no promotion and no block scales; even and
+// odd steps go to two accumulators added at the end (two independent wgmma chains, as the
+// promoted FP8 loop has, where one chain would wait on each step). The partial tiles are
+// int32 and the split-K reduction adds them as integers, and the epilogue converts each sum
+// to fp32 once (after the zero-point correction of asymmetric activations, in 64-bit
+// integers) before the scales and bias; int8_mm stores the int32 sums themselves.
 //
 // Split-K, inside a cluster. With N = 4096 there are only 32 tiles of 128 weight rows for 132
 // SMs, so K is split over the CTAs of a thread-block cluster (S = 2 to 8 CTAs, all on one
@@ -312,9 +313,41 @@ __device__ __forceinline__ int consume_tile(typename Op::Acc (&acc)[kN / 2], con
       double_buffered_steps(nk, issue, finish, [] {});
       it += nk;
     }
+  } else if constexpr (Op::kInt) {
+    // INT8 (exact): even steps into acc, odd ones into acc1, added at the end. Chained into
+    // one accumulator, each step's wgmmas would wait for the previous step's (the same
+    // registers), and at n = 8..64 a wgmma's latency, not its math, sets the pace; two
+    // independent chains keep two steps in the tensor pipe, as the promoted FP8 loop does.
+    // Integer sums: the same int32 result in any order.
+    typename Op::Acc acc1[C::kRegs];
+#pragma unroll
+    for (int i = 0; i < C::kRegs; ++i) acc1[i] = typename Op::Acc(0);
+    const int nk = k_end - k_begin;
+    auto issue = [&](auto slot, int i) {
+      const int s = (it + i) % kStages;
+      mbar_wait(&full[s], ((it + i) / kStages) & 1);
+      if constexpr (decltype(slot)::value == 0)
+        issue_step<Op, kN, 1>(acc, w_lo + s * kWUnits, x_lo + s * kXUnits);
+      else
+        issue_step<Op, kN, 1>(acc1, w_lo + s * kWUnits, x_lo + s * kXUnits);
+      return s;
+    };
+    auto finish = [&](auto slot, int s) {
+      if constexpr (decltype(slot)::value == 0)
+        fence_regs(acc);
+      else
+        fence_regs(acc1);
+      if (lane == 0) mbar_arrive(&empty[s]);
+    };
+    if (nk > 0) {
+      double_buffered_steps(nk, issue, finish, [] {});
+      it += nk;
+    }
+#pragma unroll
+    for (int i = 0; i < C::kRegs; ++i) acc[i] += acc1[i];
   } else {
-    // fast_accum, and INT8 (exact): the steps chain in the tensor core; waiting with one group
-    // in flight lets step i + 1 issue before step i's stage is released.
+    // fast_accum: the steps chain in the tensor core; waiting with one group in flight lets
+    // step i + 1 issue before step i's stage is released.
     int prev = -1;
     for (int kt = k_begin; kt < k_end; ++kt, ++it) {
       const int s = it % kStages;
