@@ -15,18 +15,18 @@ import os
 import torch
 
 import lowbit  # noqa: F401  (registers the kernels)
-from lowbit.bench.cases import fp8_operands, int8, prepared_call, runnable_kernels, scales
+from lowbit.bench.cases import (_int_mm_anchor, fp8_operands, int8, prepared_call,
+                                runnable_kernels, scaled_mm_anchor, scales)
 from lowbit.bench.timing import bench
 
 
 def cases(m: int, n: int, k: int):
     a, b, sa, sb = fp8_operands(m, n, k, "row")
     yield ("fp8_scaled_mm", (a, b, sa, sb, None, torch.bfloat16, False),
-           {"_scaled_mm": lambda: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb.t(),
-                                                   out_dtype=torch.bfloat16)})
+           {"_scaled_mm": scaled_mm_anchor(a, b, sa, sb, "row")})
     qa, qb = int8(m, k), int8(n, k)
     ra, rb = scales(m, 1), scales(n, 1)
-    anchors = {} if m <= 16 else {"_int_mm": lambda: torch._int_mm(qa, qb.t())}
+    anchors = {} if m <= 16 else {"_int_mm": _int_mm_anchor(qa, qb)}  # it refuses M <= 16
     yield "int8_gemm", (qa, qb, ra, rb, None, torch.bfloat16, None), anchors
 
 
