@@ -7,7 +7,9 @@
 // M <= 64 the product is a stream of the weight, so the weight b [N, K] plays A (64 rows of N
 // per consumer warpgroup) and the activations a [M, K] play B, with n = M rounded up to 8, 16,
 // 32 or 64 (the template parameter kN): the tensor core computes out^T = b a^T, and no
-// 64 (or 128) row tile of mostly-zero activations is ever multiplied. Both operands are
+// 64 (or 128) row tile of mostly-zero activations is ever multiplied. At M = 33..64 the
+// operands may also go the usual way round ("tokens as A", Form below), where a tile's
+// height is free to fit the SM count. Both operands are
 // K-major, as 8-bit wgmma requires, and both come from shared memory: TMA writes 128-byte rows
 // with the 128-byte swizzle that the shared-memory descriptor describes (8-row atoms 1024
 // bytes apart, for the 64-row weight tile and for the kN-row activation tile alike). Rows past
@@ -112,7 +114,7 @@ namespace lowbit {
 namespace sm90 {
 namespace swapab {
 
-constexpr int kTileN = 128;           // weight rows per CTA: two consumer warpgroups of m64
+constexpr int kTileN = 128;           // weight rows per CTA in the swapped form (Swapped)
 constexpr int kBK = 128;              // K per pipeline step: one 128-byte swizzle row
 constexpr int kMaxStages = 8;         // pipeline depth: 8 x 16 KB of weight in flight
 constexpr int kThreads = 384;         // producer warpgroup + 2 consumer warpgroups
@@ -120,11 +122,6 @@ constexpr int kThreads = 384;         // producer warpgroup + 2 consumer warpgro
 [[maybe_unused]] constexpr int kConsumerWarps = 8;  // arrivals that free a stage
 constexpr int kMaxSplits = 8;         // portable cluster size
 constexpr int kMinStepsPerSplit = 4;  // >= 64 KB of weight per CTA, or do not split
-// Row stride (4-byte elements) of the partial tile in shared memory, stored transposed
-// ([token][weight row]) so that the epilogue reads consecutive weight rows; 132 = 4 (mod 16)
-// makes the fragment writes conflict-free (lanes differ by 2 tokens -> 8 banks apart).
-constexpr int kRedLd = kTileN + 4;
-constexpr int kWeightTileBytes = kTileN * kBK;
 // The fused quantizer: the producer's warps that encode activation tiles (all but the
 // issuing one), and the bytes a staged row of 128 16-bit elements takes.
 constexpr int kEncodeWarps = 3;
@@ -133,6 +130,24 @@ constexpr int kStagedRowBytes = 128 * 2;
 static_assert(kBK == 128, "one 128-byte swizzle row per tile row");
 static_assert(kTileN == 2 * 64, "two consumer warpgroups of m64 each");
 
+// Which operand the weight is, and the tile's height. Swapped (kTokensA false): the weight
+// is wgmma's A, 64 rows per consumer warpgroup, so a tile is 128 rows, and the activations
+// are B with n = kN. Tokens as A (kTokensA): 64 activation rows are A (TMA zero-fills rows
+// past M) and the weight is B, n = kRows / 2 rows per consumer warpgroup, so a tile may be
+// any height wgmma's n allows. At M = 33..64 (kN = 64) the tensor work per weight byte is
+// the same in both forms and only the tile count differs, so the host takes the form whose
+// busiest CTA streams the least weight (pick_rows): e.g. N = 14336 is 112 tiles of 128 rows
+// for 132 SMs (20 idle, no K split), or 128 tiles of 112.
+template <int kRowsT, bool kTokensAT>
+struct Form {
+  static constexpr int kRows = kRowsT;  // weight rows per CTA tile
+  static constexpr bool kTokensA = kTokensAT;
+  static constexpr int kWgRows = kRows / 2;  // per consumer warpgroup
+  static_assert(kTokensA ? kWgRows % 8 == 0 && kWgRows <= 64 : kRows == kTileN,
+                "tokens as A: n = kRows / 2, a multiple of 8 up to 64; swapped: 128 rows");
+};
+using Swapped = Form<kTileN, false>;
+
 // kScaleTma: block scales travel with the stages, by TMA: per stage a [kN tokens][4 steps]
 // box of a's scales, then 4 steps of the tile's b scale (each part a multiple of 128 bytes,
 // as TMA destinations need). kQuant: the fused quantizer's staging slot per stage, its
@@ -140,16 +155,26 @@ static_assert(kTileN == 2 * 64, "two consumer warpgroups of m64 each");
 // as deep as fits, up to kMaxStages (7 for kN = 64 with scales; with the quantizer 7 at
 // kN = 32 and 4 at kN = 64; else 8).
 constexpr int kQuantSlotBytes = 4 /*scale*/ + 4 /*|x| max*/ + 16 /*codec scale*/;
-template <int kN, bool kScaleTma = false, bool kQuant = false>
+template <int kN, bool kScaleTma = false, bool kQuant = false, class F = Swapped>
 struct Config {
   static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64, "wgmma n: 8, 16, 32 or 64");
   static_assert(!(kScaleTma && kQuant), "the fused quantizer has no block scales");
-  static constexpr int kRegs = kN / 2;           // accumulator registers per thread
+  static_assert(!F::kTokensA || (kN == 64 && !kScaleTma), "tokens as A: 64 rows, no block scales");
+  // Accumulator registers per thread: a 64 x n fragment over 128 threads.
+  static constexpr int kRegs = F::kTokensA ? F::kWgRows / 2 : kN / 2;
+  static constexpr int kWeightBytes = F::kRows * kBK;  // 1024-multiples: swizzle atoms
   static constexpr int kActTileBytes = kN * kBK;  // a multiple of the 1024-byte swizzle atom
   static constexpr int kScaleBytes = kScaleTma ? kN * 16 + 128 : 0;
   static constexpr int kStagingBytes = kQuant ? kN * kStagedRowBytes : 0;  // 1024-multiples
-  static constexpr int kStageBytes =
-      kWeightTileBytes + kActTileBytes + kScaleBytes + kStagingBytes;
+  static constexpr int kStageBytes = kWeightBytes + kActTileBytes + kScaleBytes + kStagingBytes;
+  // Row stride (4-byte elements) of the partial tile in shared memory, stored transposed
+  // ([token][weight row]) so that the epilogue reads consecutive weight rows. Swapped, a
+  // thread writes single elements of tokens 2 apart: 132 = 4 (mod 16) puts lanes 8 banks
+  // apart. Tokens as A, a thread writes pairs of weight rows and a half-warp covers 4
+  // tokens: a stride of 8 or 24 (mod 32) puts them in distinct banks.
+  static constexpr int kRedLd = F::kRows + (F::kTokensA ? 8 : 4);
+  static_assert(F::kTokensA ? kRedLd % 32 == 8 || kRedLd % 32 == 24 : kRedLd % 16 == 4,
+                "bank-conflict-free partial tile");
   static constexpr int kRedBytes = kN * kRedLd * 4;
   static constexpr int kQuantBytes = kQuant ? kN * kQuantSlotBytes : 0;
   static constexpr int kRingBarriers = kQuant ? 3 : 2;  // full, empty (, staged)
@@ -192,16 +217,20 @@ inline int split_count(int tiles, int steps, int sms, ClustersFit&& clusters_fit
 #ifdef LOWBIT_SM90A
 // One 128-K step of a consumer warpgroup: four m64nNk32 wgmmas of operand type Op into d,
 // one commit group. w_lo, x_lo: low descriptor words (desc_lo) of the stage's weight rows and
-// activation tile; the k-th 32-byte column block starts 2 units further on.
-template <class Op, int kN, int kScaleD>
-__device__ __forceinline__ void issue_step(typename Op::Acc (&d)[kN / 2], uint32_t w_lo,
-                                           uint32_t x_lo) {
+// activation tile; the k-th 32-byte column block starts 2 units further on. Swapped: the
+// weight rows are A and the kN tokens B; tokens as A: the 64 tokens are A and the
+// warpgroup's kWgRows weight rows B.
+template <class Op, int kN, int kScaleD, class F = Swapped>
+__device__ __forceinline__ void issue_step(
+    typename Op::Acc (&d)[Config<kN, false, false, F>::kRegs], uint32_t w_lo, uint32_t x_lo) {
+  constexpr int n = F::kTokensA ? F::kWgRows : kN;
+  const uint32_t a_lo = F::kTokensA ? x_lo : w_lo, b_lo = F::kTokensA ? w_lo : x_lo;
   fence_regs(d);
   wgmma_fence();
-  wgmma_m64nNk32<Op, kN, kScaleD>(d, desc_of(w_lo), desc_of(x_lo));
+  wgmma_m64nNk32<Op, n, kScaleD>(d, desc_of(a_lo), desc_of(b_lo));
 #pragma unroll
   for (int kk = 1; kk < kBK / 32; ++kk)
-    wgmma_m64nNk32<Op, kN, 1>(d, desc_of(w_lo + kk * 2), desc_of(x_lo + kk * 2));
+    wgmma_m64nNk32<Op, n, 1>(d, desc_of(a_lo + kk * 2), desc_of(b_lo + kk * 2));
   wgmma_commit();
   fence_regs(d);
 }
@@ -243,34 +272,41 @@ __device__ __forceinline__ void step_scales_smem(const GemmArgs& p, const float*
   }
 }
 
-// acc += part * f: the factor goes with the column (token), shared by rows r and r + 8.
-template <int kN, bool kBlock>
-__device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part)[kN / 2],
+// acc += part (* f with block scales, swapped form only: the factor goes with the column,
+// i.e. the token, shared by rows r and r + 8). R: registers of the fragment.
+template <int kN, bool kBlock, int R>
+__device__ __forceinline__ void promote(float (&acc)[R], const float (&part)[R],
                                         const float (&f)[kN / 4]) {
+  if constexpr (!kBlock) {
 #pragma unroll
-  for (int j = 0; j < kN / 8; ++j) {
+    for (int i = 0; i < R; ++i) acc[i] += part[i];
+  } else {
+    static_assert(R == kN / 2, "block scales: the swapped form's fragment");
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = 4 * j + r;
-      acc[i] = kBlock ? fmaf(part[i], f[2 * j + r % 2], acc[i]) : acc[i] + part[i];
+    for (int j = 0; j < kN / 8; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = 4 * j + r;
+        acc[i] = fmaf(part[i], f[2 * j + r % 2], acc[i]);
+      }
     }
   }
 }
 
 // The consumer warpgroup's mainloop over steps [k_begin, k_end) of one tile; `it` counts the
 // steps consumed by this CTA so far (ring position and phase), in the producer's order.
-template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, bool kQuant>
-__device__ __forceinline__ int consume_tile(typename Op::Acc (&acc)[kN / 2], const GemmArgs& p,
-                                            const uint8_t* w_tiles, const uint8_t* x_tiles,
-                                            const uint8_t* scales, uint64_t* full,
-                                            uint64_t* empty, int tile, int k_begin, int k_end,
-                                            int it, int cw, int lane) {
-  using C = Config<kN, kScaleTma, kQuant>;
+template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, bool kQuant, class F>
+__device__ __forceinline__ int consume_tile(
+    typename Op::Acc (&acc)[Config<kN, kScaleTma, kQuant, F>::kRegs], const GemmArgs& p,
+    const uint8_t* w_tiles, const uint8_t* x_tiles, const uint8_t* scales, uint64_t* full,
+    uint64_t* empty, int tile, int k_begin, int k_end, int it, int cw, int lane) {
+  using C = Config<kN, kScaleTma, kQuant, F>;
   constexpr int kStages = C::kStages;
-  // Low descriptor words of this warpgroup's 64 weight rows and of the activation tile, in
-  // stage 0, and the distance of one stage in descriptor units.
-  const uint32_t w_lo = desc_lo(w_tiles + cw * 64 * kBK), x_lo = desc_lo(x_tiles);
-  constexpr uint32_t kWUnits = kWeightTileBytes / 16, kXUnits = C::kActTileBytes / 16;
+  // Low descriptor words of this warpgroup's weight rows (kWgRows from row cw * kWgRows, a
+  // whole number of 1024-byte swizzle atoms) and of the activation tile, in stage 0, and the
+  // distance of one stage in descriptor units.
+  const uint32_t w_lo = desc_lo(w_tiles + cw * F::kWgRows * kBK), x_lo = desc_lo(x_tiles);
+  constexpr uint32_t kWUnits = C::kWeightBytes / 16, kXUnits = C::kActTileBytes / 16;
 #pragma unroll
   for (int i = 0; i < C::kRegs; ++i) acc[i] = typename Op::Acc(0);
 
@@ -281,21 +317,21 @@ __device__ __forceinline__ int consume_tile(typename Op::Acc (&acc)[kN / 2], con
     float part0[C::kRegs], part1[C::kRegs];
     float f0[kN / 4], f1[kN / 4];
     const int nk = k_end - k_begin;
-    auto issue_into = [&](float(&d)[kN / 2], int i, float(&f)[kN / 4]) {
+    auto issue_into = [&](float(&d)[C::kRegs], int i, float(&f)[kN / 4]) {
       const int s = (it + i) % kStages;
       if constexpr (kBlock && !kScaleTma)  // loads: overlap the wait
         step_scales<kN>(p, tile, k_begin + i, lane, f);
       mbar_wait(&full[s], ((it + i) / kStages) & 1);
-      issue_step<Op, kN, 0>(d, w_lo + s * kWUnits, x_lo + s * kXUnits);
+      issue_step<Op, kN, 0, F>(d, w_lo + s * kWUnits, x_lo + s * kXUnits);
       if constexpr (kScaleTma)  // read before the stage is released
         step_scales_smem<kN>(p, reinterpret_cast<const float*>(scales + s * C::kScaleBytes),
                              k_begin + i, lane, f);
       return s;
     };
-    auto finish_from = [&](float(&d)[kN / 2], int s, const float(&f)[kN / 4]) {
+    auto finish_from = [&](float(&d)[C::kRegs], int s, const float(&f)[kN / 4]) {
       fence_regs(d);
       if (lane == 0) mbar_arrive(&empty[s]);
-      promote<kN, kBlock>(acc, d, f);
+      promote<kN, kBlock, C::kRegs>(acc, d, f);
     };
     auto issue = [&](auto slot, int i) {
       if constexpr (decltype(slot)::value == 0)
@@ -327,9 +363,9 @@ __device__ __forceinline__ int consume_tile(typename Op::Acc (&acc)[kN / 2], con
       const int s = (it + i) % kStages;
       mbar_wait(&full[s], ((it + i) / kStages) & 1);
       if constexpr (decltype(slot)::value == 0)
-        issue_step<Op, kN, 1>(acc, w_lo + s * kWUnits, x_lo + s * kXUnits);
+        issue_step<Op, kN, 1, F>(acc, w_lo + s * kWUnits, x_lo + s * kXUnits);
       else
-        issue_step<Op, kN, 1>(acc1, w_lo + s * kWUnits, x_lo + s * kXUnits);
+        issue_step<Op, kN, 1, F>(acc1, w_lo + s * kWUnits, x_lo + s * kXUnits);
       return s;
     };
     auto finish = [&](auto slot, int s) {
@@ -352,7 +388,7 @@ __device__ __forceinline__ int consume_tile(typename Op::Acc (&acc)[kN / 2], con
     for (int kt = k_begin; kt < k_end; ++kt, ++it) {
       const int s = it % kStages;
       mbar_wait(&full[s], (it / kStages) & 1);
-      issue_step<Op, kN, 1>(acc, w_lo + s * kWUnits, x_lo + s * kXUnits);
+      issue_step<Op, kN, 1, F>(acc, w_lo + s * kWUnits, x_lo + s * kXUnits);
       if (prev >= 0) {
         wgmma_wait<1>();
         if (lane == 0) mbar_arrive(&empty[prev]);
@@ -367,17 +403,33 @@ __device__ __forceinline__ int consume_tile(typename Op::Acc (&acc)[kN / 2], con
 }
 
 // The warpgroup's fragment into the CTA's partial tile red[token][weight row] (fp32, or
-// int32 for INT8).
-template <int kN, class Acc>
-__device__ __forceinline__ void write_partial(Acc* red, const Acc (&acc)[kN / 2], int cw,
-                                              int warp, int lane) {
-  const int row = cw * 64 + warp * 16 + lane / 4;
+// int32 for INT8). Swapped, the fragment's rows are weight rows and its columns tokens;
+// tokens as A, the other way round, and a register pair (two weight rows of one token)
+// goes out as one 8-byte store.
+template <int kN, class F, class Acc, int R>
+__device__ __forceinline__ void write_partial(Acc* red, const Acc (&acc)[R], int cw, int warp,
+                                              int lane) {
+  constexpr int ld = Config<kN, false, false, F>::kRedLd;
+  if constexpr (F::kTokensA) {
+    using Pair = std::conditional_t<std::is_same_v<Acc, float>, float2, int2>;
+    const int m = warp * 16 + lane / 4;
 #pragma unroll
-  for (int j = 0; j < kN / 8; ++j) {
+    for (int j = 0; j < R / 4; ++j) {
+      const int row = cw * F::kWgRows + 8 * j + 2 * (lane % 4);
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int m = 8 * j + 2 * (lane % 4) + r % 2;
-      red[m * kRedLd + row + 8 * (r / 2)] = acc[4 * j + r];
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<Pair*>(&red[(m + 8 * h) * ld + row]) =
+            Pair{acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]};
+    }
+  } else {
+    const int row = cw * 64 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < kN / 8; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int m = 8 * j + 2 * (lane % 4) + r % 2;
+        red[m * ld + row + 8 * (r / 2)] = acc[4 * j + r];
+      }
     }
   }
 }
@@ -391,11 +443,11 @@ __device__ __forceinline__ Acc ld_cluster_acc(uint32_t cluster_addr) {
     return ld_cluster_s32(cluster_addr);
 }
 
-// This CTA's share of the tile's output: weight rows [rank * 128 / splits, (rank + 1) * 128 /
-// splits) of the tile, summed over the cluster's partials in rank order (INT8: integer adds,
-// exact), then for INT8 the conversion to fp32 with the zero-point correction (or, for
-// int8_mm, the int32 sum stored as it is), scales (those not applied per step), bias, and
-// the store. Consecutive threads take consecutive output columns n, so the stores are
+// This CTA's share of the tile's output: weight rows [rank * kRows / splits, (rank + 1) *
+// kRows / splits) of the tile, summed over the cluster's partials in rank order (INT8:
+// integer adds, exact), then for INT8 the conversion to fp32 with the zero-point correction
+// (or, for int8_mm, the int32 sum stored as it is), scales (those not applied per step),
+// bias, and the store. Consecutive threads take consecutive output columns n, so the stores are
 // coalesced. a_smem: the fused quantizer's scale of each token (else null: p.a_scale).
 //
 // Each thread takes kStoreBatch elements at a time and issues all of their loads (the
@@ -407,14 +459,15 @@ __device__ __forceinline__ Acc ld_cluster_acc(uint32_t cluster_addr) {
 // load from element 0's addresses, which are always valid, and store nothing.
 constexpr int kStoreBatch = 8;
 
-template <class Op, int kN, bool kBlock>
+template <class Op, int kN, bool kBlock, class F>
 __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename Op::Acc* red,
                                              int tile, int rank, int splits, int ctid,
                                              const float* a_smem) {
   using Acc = typename Op::Acc;
-  const int first = rank * kTileN / splits, rows = (rank + 1) * kTileN / splits - first;
+  constexpr int kRedLd = Config<kN, false, false, F>::kRedLd;
+  const int first = rank * F::kRows / splits, rows = (rank + 1) * F::kRows / splits - first;
   const int tokens = min(p.M, kN);
-  const int n_first = tile * kTileN + first;
+  const int n_first = tile * F::kRows + first;
   const int total = rows * tokens;
   const bool a_step = kBlock && p.a_mode == ScaleMode::kBlock;
   const bool b_step = kBlock && p.b_mode == ScaleMode::kBlock;
@@ -601,7 +654,7 @@ __device__ __forceinline__ void act_scales(const ActQuantArgs& aq, const QuantSm
 // The issuing thread's loads of the fused kernel's step `it` (its tile and K step in the
 // consumers' order): the weight tile onto full[s], x's [kN][128] box onto staged[s], once
 // the consumers have released the stage.
-template <class C>
+template <class C, class F>
 __device__ __forceinline__ void issue_quant_stage(const CUtensorMap* map_w, const CUtensorMap* map_x,
                                                   uint8_t* w_tiles, uint8_t* staging,
                                                   uint64_t* full, uint64_t* empty,
@@ -610,8 +663,8 @@ __device__ __forceinline__ void issue_quant_stage(const CUtensorMap* map_w, cons
   const int s = it % C::kStages;
   const int tile = blockIdx.y + (it / nk) * gridDim.y, kt = k_begin + it % nk;
   mbar_wait(&empty[s], ((it / C::kStages) & 1) ^ 1);
-  mbar_expect_tx(&full[s], kWeightTileBytes);
-  tma_load_2d(w_tiles + s * kWeightTileBytes, map_w, &full[s], kt * kBK, tile * kTileN);
+  mbar_expect_tx(&full[s], C::kWeightBytes);
+  tma_load_2d(w_tiles + s * C::kWeightBytes, map_w, &full[s], kt * kBK, tile * F::kRows);
   mbar_expect_tx(&staged[s], C::kStagingBytes);
   tma_load_2d(staging + s * C::kStagingBytes, map_x, &staged[s], kt * kBK, 0);
 }
@@ -650,9 +703,10 @@ __device__ __forceinline__ void encode_stage(const ActCodec& codec,
 // Op: the operand type (E4M3, S8); kN: the activation tile's rows (M rounded up); kPromote:
 // fp32 promotion every 128 K (else fast_accum, which S8 always runs); kBlock: per-128-block
 // scales applied per step; ActCodec: the fused activation quantizer's codec (void: a is given
-// as codes; aq is then unused). Grid (splits, tile stride), cluster (splits, 1, 1):
-// blockIdx.x is the K range and the rank in the cluster.
-template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, class ActCodec>
+// as codes; aq is then unused); F: the operands' roles and the tile's height (Form). Grid
+// (splits, tile stride), cluster (splits, 1, 1): blockIdx.x is the K range and the rank in
+// the cluster.
+template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, class ActCodec, class F>
 __global__ void __launch_bounds__(kThreads, 1)
 sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
                         const __grid_constant__ CUtensorMap map_x,
@@ -667,25 +721,25 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   constexpr bool kQuant = !std::is_void_v<ActCodec>;
   static_assert(!(kQuant && kBlock), "the fused quantizer gives per-row or per-tensor scales");
   using Acc = typename Op::Acc;
-  using C = Config<kN, kScaleTma, kQuant>;
+  using C = Config<kN, kScaleTma, kQuant, F>;
   constexpr int kStages = C::kStages;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // Swizzled tiles need 1024-byte alignment.
   uint8_t* smem = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* w_tiles = smem;
-  uint8_t* x_tiles = w_tiles + kStages * kWeightTileBytes;
+  uint8_t* x_tiles = w_tiles + kStages * C::kWeightBytes;
   uint8_t* scales = x_tiles + kStages * C::kActTileBytes;
   uint8_t* staging = scales + kStages * C::kScaleBytes;
   Acc* red = reinterpret_cast<Acc*>(staging + kStages * C::kStagingBytes);
-  uint8_t* quant = reinterpret_cast<uint8_t*>(red + kN * kRedLd);
+  uint8_t* quant = reinterpret_cast<uint8_t*>(red + kN * C::kRedLd);
   uint64_t* full = reinterpret_cast<uint64_t*>(quant + C::kQuantBytes);
   uint64_t* empty = full + kStages;
   uint64_t* staged = empty + kStages;  // kQuant only
 
   const int wg = threadIdx.x / 128;
   const int splits = gridDim.x, rank = blockIdx.x;
-  const int tiles = (p.N + kTileN - 1) / kTileN;
+  const int tiles = (p.N + F::kRows - 1) / F::kRows;
   const int steps = (p.K + kBK - 1) / kBK;
   const int k_begin = rank * steps / splits, k_end = (rank + 1) * steps / splits;
 
@@ -704,7 +758,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   const bool sa = kScaleTma && p.a_mode == ScaleMode::kBlock;
   const bool sb = kScaleTma && p.b_mode == ScaleMode::kBlock;
   [[maybe_unused]] const int stage_bytes =
-      kWeightTileBytes + C::kActTileBytes + (sa ? kN * 16 : 0) + (sb ? 16 : 0);
+      C::kWeightBytes + C::kActTileBytes + (sa ? kN * 16 : 0) + (sb ? 16 : 0);
   // Steps whose weight tile is already on its way (b_static): the first ring's, issued before
   // the wait below, since the kernel before does not write the weight. Their stages are fresh
   // (no empty wait), and the producer adds the rest of each stage's loads after the wait.
@@ -717,7 +771,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
       for (int i = 0; i < early; ++i) {
         const int tile = blockIdx.y + (i / nk) * gridDim.y, kt = k_begin + i % nk;
         mbar_expect_tx(&full[i], stage_bytes);
-        tma_load_2d(w_tiles + i * kWeightTileBytes, &map_w, &full[i], kt * kBK, tile * kTileN);
+        tma_load_2d(w_tiles + i * C::kWeightBytes, &map_w, &full[i], kt * kBK, tile * F::kRows);
       }
     }
   }
@@ -736,7 +790,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
     const int prefill = total < kStages ? total : kStages;
     if (threadIdx.x == 0) {
       for (int it = 0; it < prefill; ++it)
-        issue_quant_stage<C>(&map_w, &map_x, w_tiles, staging, full, empty, staged, it, nk,
+        issue_quant_stage<C, F>(&map_w, &map_x, w_tiles, staging, full, empty, staged, it, nk,
                              k_begin);
     }
     const QuantSmem<ActCodec, kN> q(quant);
@@ -747,7 +801,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
       if (warp == 0) {
         if (lane == 0) {
           for (int it = prefill; it < total; ++it)
-            issue_quant_stage<C>(&map_w, &map_x, w_tiles, staging, full, empty, staged, it, nk,
+            issue_quant_stage<C, F>(&map_w, &map_x, w_tiles, staging, full, empty, staged, it, nk,
                                  k_begin);
         }
       } else {
@@ -789,8 +843,8 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
             // A fresh barrier completes phase "1" at once, so the first pass does not wait.
             mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
             mbar_expect_tx(&full[s], stage_bytes);
-            tma_load_2d(w_tiles + s * kWeightTileBytes, &map_w, &full[s], kt * kBK,
-                        tile * kTileN);
+            tma_load_2d(w_tiles + s * C::kWeightBytes, &map_w, &full[s], kt * kBK,
+                        tile * F::kRows);
           }
           tma_load_2d(x_tiles + s * C::kActTileBytes, &map_x, &full[s], kt * kBK, 0);
           uint8_t* slot = scales + s * C::kScaleBytes;
@@ -814,18 +868,18 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
   const float* a_smem = nullptr;  // the fused quantizer's token scales (QuantSmem::scale)
   if constexpr (kQuant) a_smem = reinterpret_cast<const float*>(quant);
-  const int cw = wg - 1;  // consumer warpgroup: weight rows cw*64 .. cw*64+63 of the tile
+  const int cw = wg - 1;  // consumer warpgroup: weight rows from cw * kWgRows of the tile
   const int ctid = threadIdx.x - 128;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   int it = 0;  // steps consumed, in the producer's order
   for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
     Acc acc[C::kRegs];
-    it = consume_tile<Op, kN, kPromote, kBlock, kScaleTma, kQuant>(
+    it = consume_tile<Op, kN, kPromote, kBlock, kScaleTma, kQuant, F>(
         acc, p, w_tiles, x_tiles, scales, full, empty, tile, k_begin, k_end, it, cw, lane);
     if (tile + gridDim.y >= tiles) launch_dependents();
-    write_partial<kN>(red, acc, cw, warp, lane);
+    write_partial<kN, F>(red, acc, cw, warp, lane);
     tile_sync(splits);
-    reduce_store<Op, kN, kBlock>(p, red, tile, rank, splits, ctid, a_smem);
+    reduce_store<Op, kN, kBlock, F>(p, red, tile, rank, splits, ctid, a_smem);
     tile_sync(splits);  // peers are done reading red: it may be rewritten, or the CTA exit
   }
 #else
@@ -857,16 +911,16 @@ struct Maps {
   CUtensorMap w, x, sa, sb;
 };
 
-// The K split of the GEMM kernel <Op, kN, kPromote, kBlock, kScaleTma> (a is given as
+// The K split of the GEMM kernel <Op, kN, kPromote, kBlock, kScaleTma, F> (a is given as
 // codes) for `tiles` tiles of `steps` steps on `device`, in `splits`. Per-device facts of the
 // kernel are looked up on first use; two threads racing here both do the lookup, which is
 // harmless. A fused kernel takes the split of the GEMM whose mainloop it runs (the same
 // instantiation of this function, so the same cached answers): its fp32 partial sums are
 // the GEMM's, added in the same order.
-template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma>
+template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, class F = Swapped>
 cudaError_t plan_splits(int device, int tiles, int steps, int& splits) {
-  using C = Config<kN, kScaleTma>;
-  auto kernel = sm90_gemm_swapab_kernel<Op, kN, kPromote, kBlock, kScaleTma, void>;
+  using C = Config<kN, kScaleTma, false, F>;
+  auto kernel = sm90_gemm_swapab_kernel<Op, kN, kPromote, kBlock, kScaleTma, void, F>;
   static std::atomic<bool> smem_set[kMaxDevices];
   static std::atomic<int> fit[kMaxDevices][kMaxSplits + 1];  // by cluster size; see above
   const cudaError_t e = opt_in_smem(kernel, C::kSmemBytes, device, smem_set);
@@ -878,19 +932,77 @@ cudaError_t plan_splits(int device, int tiles, int steps, int& splits) {
   return cudaSuccess;
 }
 
-template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, class ActCodec = void>
+// The tile forms of a kN = 64 GEMM (M = 33..64) without block scales: the swapped 128-row
+// tile, and tokens as A with 112 rows (e4m3 only: s8 wgmma has no n = 56) or 96.
+using TokensA112 = Form<112, true>;
+using TokensA96 = Form<96, true>;
+
+// LOWBIT_SWAPAB_ROWS=r forces the form of the GEMMs without block scales (r = 128: swapped;
+// 112 or 96: tokens as A, at any M, as 64 rows), for the sweep of bench/m64_probe.sh and the
+// forms' tests. Read once per process.
+inline int forced_rows() {
+  static const int forced = [] {
+    const char* v = std::getenv("LOWBIT_SWAPAB_ROWS");
+    const int r = v ? std::atoi(v) : 0;
+    return r == 128 || r == 112 || r == 96 ? r : 0;
+  }();
+  return forced;
+}
+
+// The weight rows x steps that the busiest CTA of form F streams (its split as planned), in
+// `cost`; the time of a weight-streaming GEMM follows it, since every CTA streams at about the
+// same rate.
+template <class Op, bool kPromote, class F>
+cudaError_t form_cost(int device, const GemmArgs& p, int64_t& cost) {
+  const int tiles = (p.N + F::kRows - 1) / F::kRows, steps = (p.K + kBK - 1) / kBK;
+  int splits = 1;
+  const cudaError_t e =
+      plan_splits<Op, 64, kPromote, false, false, F>(device, tiles, steps, splits);
+  if (e != cudaSuccess) return e;
+  const int sms = sm_count(device) > 0 ? sm_count(device) : 1;
+  const int waves = splits > 1 ? 1 : (tiles + sms - 1) / sms;
+  cost = int64_t(F::kRows) * ((steps + splits - 1) / splits) * waves;
+  return cudaSuccess;
+}
+
+// The tile height of a kN = 64 GEMM without block scales (128, 112 or 96; see Form): the
+// form of least form_cost, the swapped one on a tie. The fused kernel asks with the kPromote
+// of the GEMM it matches, so both run the same form and split: the same sums in the same
+// order.
+template <class Op, bool kPromote>
+cudaError_t pick_rows(int device, const GemmArgs& p, int& rows) {
+  rows = 128;
+  if (const int f = forced_rows(); f != 0) {
+    rows = Op::kInt && f == 112 ? 128 : f;
+    return cudaSuccess;
+  }
+  int64_t best = 0, cost = 0;
+  cudaError_t e = form_cost<Op, kPromote, Swapped>(device, p, best);
+  if (e != cudaSuccess) return e;
+  if constexpr (!Op::kInt) {
+    e = form_cost<Op, kPromote, TokensA112>(device, p, cost);
+    if (e != cudaSuccess) return e;
+    if (cost < best) best = cost, rows = 112;
+  }
+  e = form_cost<Op, kPromote, TokensA96>(device, p, cost);
+  if (e != cudaSuccess) return e;
+  if (cost < best) best = cost, rows = 96;
+  return cudaSuccess;
+}
+
+template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, class ActCodec, class F>
 cudaError_t launch(const Maps& maps, const GemmArgs& p, const ActQuantArgs& aq,
                    cudaStream_t stream) {
-  using C = Config<kN, kScaleTma, !std::is_void_v<ActCodec>>;
-  auto kernel = sm90_gemm_swapab_kernel<Op, kN, kPromote, kBlock, kScaleTma, ActCodec>;
+  using C = Config<kN, kScaleTma, !std::is_void_v<ActCodec>, F>;
+  auto kernel = sm90_gemm_swapab_kernel<Op, kN, kPromote, kBlock, kScaleTma, ActCodec, F>;
   int device = 0;
   cudaError_t e = current_device(device);
   if (e != cudaSuccess) return e;
-  const int tiles = (p.N + kTileN - 1) / kTileN;
+  const int tiles = (p.N + F::kRows - 1) / F::kRows;
   const int steps = (p.K + kBK - 1) / kBK;
   const int sms = sm_count(device);
   int splits = 1;
-  e = plan_splits<Op, kN, kPromote, kBlock, kScaleTma>(device, tiles, steps, splits);
+  e = plan_splits<Op, kN, kPromote, kBlock, kScaleTma, F>(device, tiles, steps, splits);
   if (e != cudaSuccess) return e;
   if constexpr (!std::is_void_v<ActCodec>) {
     static std::atomic<bool> smem_set[kMaxDevices];  // the fused kernel's own opt-in
@@ -910,48 +1022,73 @@ cudaError_t launch(const Maps& maps, const GemmArgs& p, const ActQuantArgs& aq,
 }
 
 // The operand maps and the kernel for the scales' modes (S8: exact int32 accumulation, one
-// kernel per kN).
-template <class Op, int kN>
+// kernel per kN and form).
+template <class Op, int kN, class F = Swapped>
 cudaError_t dispatch(const GemmArgs& p, cudaStream_t stream) {
   Maps maps{};
-  if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, kTileN, map_slot(p, TensorMapCache::kB)) ||
+  if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, F::kRows, map_slot(p, TensorMapCache::kB)) ||
       !make_map_k128(&maps.x, p.a, p.M, p.K, p.lda, kN, map_slot(p, TensorMapCache::kA)))
     return cudaErrorInvalidValue;
   const ActQuantArgs none{};
   if constexpr (Op::kInt) {
-    return launch<Op, kN, false, false, false>(maps, p, none, stream);
+    return launch<Op, kN, false, false, false, void, F>(maps, p, none, stream);
   } else {
     const bool a_block = p.a_mode == ScaleMode::kBlock, b_block = p.b_mode == ScaleMode::kBlock;
-    if (a_block || b_block) {
-      // Scales by TMA when it can address them (16-byte rows: K a multiple of 512 for dense
-      // scales), else by loads.
-      if (make_block_scale_maps(&maps.sa, &maps.sb, p, kN))
-        return launch<Op, kN, true, true, true>(maps, p, none, stream);
-      return launch<Op, kN, true, true, false>(maps, p, none, stream);
+    if constexpr (!F::kTokensA) {
+      if (a_block || b_block) {
+        // Scales by TMA when it can address them (16-byte rows: K a multiple of 512 for dense
+        // scales), else by loads.
+        if (make_block_scale_maps(&maps.sa, &maps.sb, p, kN))
+          return launch<Op, kN, true, true, true, void, F>(maps, p, none, stream);
+        return launch<Op, kN, true, true, false, void, F>(maps, p, none, stream);
+      }
+    } else if (a_block || b_block) {
+      return cudaErrorInvalidValue;  // gemm_swapab sends block scales to the swapped form
     }
-    if (p.fast_accum) return launch<Op, kN, false, false, false>(maps, p, none, stream);
-    return launch<Op, kN, true, false, false>(maps, p, none, stream);
+    if (p.fast_accum) return launch<Op, kN, false, false, false, void, F>(maps, p, none, stream);
+    return launch<Op, kN, true, false, false, void, F>(maps, p, none, stream);
   }
 }
 
 // The fused kernel of operand type Op and quantizer codec ActCodec: x's map (16-bit elements,
 // no swizzle) in place of a's, fp32 promotion for FP8 (the linear layers never ask for
 // fast_accum), int32 for INT8.
-template <class Op, int kN, class ActCodec>
+template <class Op, int kN, class ActCodec, class F = Swapped>
 cudaError_t dispatch_quant(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_t stream) {
   Maps maps{};
-  if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, kTileN, map_slot(p, TensorMapCache::kB)) ||
+  if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, F::kRows, map_slot(p, TensorMapCache::kB)) ||
       !make_map_k128_u16(&maps.x, aq.x, p.M, p.K, aq.ldx, kN, map_slot(p, TensorMapCache::kA)))
     return cudaErrorInvalidValue;
-  return launch<Op, kN, !Op::kInt, false, false, ActCodec>(maps, p, aq, stream);
+  return launch<Op, kN, !Op::kInt, false, false, ActCodec, F>(maps, p, aq, stream);
+}
+
+// The form of a GEMM with the given promotion (the rows of pick_rows), for M = 33..64 or
+// where LOWBIT_SWAPAB_ROWS forces one; 128 (swapped) otherwise.
+template <class Op, bool kPromote>
+cudaError_t rows_of(const GemmArgs& p, int& rows) {
+  rows = 128;
+  if (p.M <= 32 && forced_rows() == 0) return cudaSuccess;
+  int device = 0;
+  const cudaError_t e = current_device(device);
+  return e != cudaSuccess ? e : pick_rows<Op, kPromote>(device, p, rows);
 }
 
 // The launcher of operand type Op (the families' sm90_*_gemm_swapab): kN = M rounded up to
-// 8, 16, 32 or 64.
+// 8, 16, 32 or 64, in the form rows_of gives when the scales are not per block.
 template <class Op>
 cudaError_t gemm_swapab(const GemmArgs& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   if (p.M < 0 || p.M > 64 || p.N < 0 || p.K <= 0) return cudaErrorInvalidValue;
+  if (p.a_mode != ScaleMode::kBlock && p.b_mode != ScaleMode::kBlock) {
+    int rows = 128;
+    const cudaError_t e = !Op::kInt && !p.fast_accum ? rows_of<Op, !Op::kInt>(p, rows)
+                                                     : rows_of<Op, false>(p, rows);
+    if (e != cudaSuccess) return e;
+    if constexpr (!Op::kInt) {
+      if (rows == 112) return dispatch<Op, 64, TokensA112>(p, stream);
+    }
+    if (rows == 96) return dispatch<Op, 64, TokensA96>(p, stream);
+  }
   if (p.M <= 8) return dispatch<Op, 8>(p, stream);
   if (p.M <= 16) return dispatch<Op, 16>(p, stream);
   if (p.M <= 32) return dispatch<Op, 32>(p, stream);
@@ -961,7 +1098,8 @@ cudaError_t gemm_swapab(const GemmArgs& p, cudaStream_t stream) {
 // The launcher of a linear layer's forward with its activation quantizer fused (the
 // families' sm90_*_linear_swapab, a LinearFn): what it does not take (block scales,
 // fast_accum, INT8 zero points or int32 output, fp32 or misaligned x, K not a multiple of 16)
-// is cudaErrorInvalidValue; the caller runs quantize-then-GEMM for those.
+// is cudaErrorInvalidValue; the caller runs quantize-then-GEMM for those. It runs the form
+// the GEMM would (rows_of), so the two stay bit-identical.
 template <class Op, class ActCodec>
 cudaError_t linear_swapab(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
@@ -971,6 +1109,13 @@ cudaError_t linear_swapab(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_
       (aq.x_type != FloatType::kBF16 && aq.x_type != FloatType::kF16) ||
       reinterpret_cast<uintptr_t>(aq.x) % 16 || (aq.ldx * 2) % 16 || (p.M > 1 && aq.ldx < p.K))
     return cudaErrorInvalidValue;
+  int rows = 128;
+  const cudaError_t e = rows_of<Op, !Op::kInt>(p, rows);
+  if (e != cudaSuccess) return e;
+  if constexpr (!Op::kInt) {
+    if (rows == 112) return dispatch_quant<Op, 64, ActCodec, TokensA112>(p, aq, stream);
+  }
+  if (rows == 96) return dispatch_quant<Op, 64, ActCodec, TokensA96>(p, aq, stream);
   if (p.M <= 8) return dispatch_quant<Op, 8, ActCodec>(p, aq, stream);
   if (p.M <= 16) return dispatch_quant<Op, 16, ActCodec>(p, aq, stream);
   if (p.M <= 32) return dispatch_quant<Op, 32, ActCodec>(p, aq, stream);
