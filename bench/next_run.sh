@@ -3,11 +3,14 @@
 # command each from the repo root of a copy of the tree:
 #   bash bench/next_run.sh suite [OUTDIR]   build, then the whole GPU suite (a call of its
 #                                           own: more than 460 s on an H200; SUITE_S caps it)
+#   bash bench/next_run.sh forms [OUTDIR]   build, then the swap-AB forms' tests and
+#                                           bench/m64_probe.py with each form forced
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
 #                                           the last one named in a log is the case before a
-#                                           crash), then bench/m64_probe.py
+#                                           crash), then bench/m64_probe.py and ncu on
+#                                           the swap-AB / Triton kernels at N = 14336
 # OUTDIR defaults to $OUT, else ./gpu_out. Each step writes under OUTDIR as it goes and runs
 # under a timeout; summary.txt gets a line per step.
 set -u
@@ -31,6 +34,27 @@ if [ "$WHAT" = suite ]; then
   exit 0
 fi
 
+if [ "$WHAT" = forms ]; then
+  # The swap-AB GEMM's two forms at M = 33..64: their tests, then the probe per form.
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout "${FORMS_TEST_S:-200}" $PY -m pytest -q -x -n 8 \
+     -p no:cacheprovider "$R/tests/test_swapab_forms.py" "$R/tests/test_cuda_fp8_gemm.py" \
+     "$R/tests/test_cuda_int8_gemm.py" "$R/tests/test_fused_linear.py" \
+     "$R/tests/test_weight_early.py" -k "forms or swapab or fused or early") \
+     >"$OUTDIR/forms_tests.log" 2>&1
+  say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/forms_tests.log" | tail -n 1)"
+  for r in "" 128 112 96; do
+    t=$SECONDS
+    k=swapab
+    [ -z "$r" ] && k=swapab,triton
+    (cd "${TMPDIR:-/tmp}" && LOWBIT_SWAPAB_ROWS=$r timeout 80 $PY "$R/bench/m64_probe.py" \
+       --kernels $k --shapes ${FORMS_SHAPES:-1x4096x4096,16x4096x4096,33x4096x4096,48x4096x4096,64x4096x4096,64x6144x4096,1x14336x4096,64x14336x4096,64x4096x14336,64x28672x8192} \
+       | sed "s/^/rows=${r:-auto} /") >>"$OUTDIR/forms_m64.log" 2>&1
+    say "3 probe rows=${r:-auto}: in $((SECONDS - t)) s"
+  done
+  exit 0
+fi
+
 n=2
 for ops in w8a16_gemm w4a16_gemm,w8a16_gemm; do
   t=$SECONDS
@@ -44,5 +68,18 @@ for ops in w8a16_gemm w4a16_gemm,w8a16_gemm; do
 done
 
 t=$SECONDS
-(cd "${TMPDIR:-/tmp}" && timeout 80 $PY "$R/bench/m64_probe.py") >>"$OUTDIR/m64.log" 2>&1
+(cd "${TMPDIR:-/tmp}" && timeout 100 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \
+   --shapes 1x4096x4096,16x4096x4096,32x4096x4096,48x4096x4096,64x4096x4096,1x14336x4096,16x14336x4096,64x14336x4096,64x4096x14336) \
+   >>"$OUTDIR/m64.log" 2>&1
 say "$n m64 probe: in $((SECONDS - t)) s (m64.log)"
+n=$((n + 1))
+
+# The 64 x 14336 x 4096 row (no K split, 112 CTAs): ncu's view of the swap-AB and Triton
+# kernels there and at M = 1 on the same weight.
+t=$SECONDS
+(cd "${TMPDIR:-/tmp}" && timeout 120 ncu --clock-control none -k regex:'swapab|fp8_gemm' \
+   --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+   --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+   $PY "$R/bench/m64_probe.py" --once --kernels swapab,triton --shapes 64x14336x4096,1x14336x4096) \
+   >"$OUTDIR/ncu14336.log" 2>&1
+say "$n ncu 14336: rc $? in $((SECONDS - t)) s (ncu14336.log)"
