@@ -20,8 +20,10 @@ GemmFn sm90_fp8_gemm_wgmma;
 
 // sm_90a small M (1 <= M <= 64, decode): the weight streams through wgmma as the A operand
 // and the activations are the narrow B operand (n = M rounded up to 8, 16, 32 or 64); K is
-// split over a thread-block cluster when N has too few 128-row tiles to fill the GPU.
-// M > 64 returns cudaErrorInvalidValue.
+// split over a thread-block cluster when N has too few 128-row tiles to fill the GPU. At
+// M = 33..64 the tokens may instead be the A operand, with 112- or 96-row weight tiles,
+// whichever leaves the fewest SMs idle (sm90_gemm_swapab.cuh, Form). M > 64 returns
+// cudaErrorInvalidValue.
 GemmFn sm90_fp8_gemm_swapab;
 
 // Fp8Linear's forward at 1 <= M <= 64 on sm_90a: the swap-AB GEMM with the activations'

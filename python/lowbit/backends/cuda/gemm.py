@@ -4,7 +4,9 @@
 - ``sm90_*``: TMA + wgmma (sm_90a): 128 x 128 tiles for M > 64, and for 1 <= M <= 64 the
   operands swapped (the weight streams through wgmma's 64-row A operand, the activations are
   its narrow B operand), K split over a thread-block cluster when N has too few tiles to fill
-  the GPU, reduced deterministically through distributed shared memory.
+  the GPU, reduced deterministically through distributed shared memory. At M = 33..64 the
+  tokens may fill the 64-row operand instead and the weight tile be 112 or 96 rows, the
+  height that leaves the fewest SMs idle (``LOWBIT_SWAPAB_ROWS=128|112|96`` forces one).
 - ``sm89_*``: fp8 mma.sync (sm_89, sm_90): split-K inside a CTA for M <= 64, 128 x 128 tiles
   with a cp.async ring for any M (the large-M path of cards without wgmma).
 - ``sm80_*``: the same with fp8 widened to fp16 in registers: every arch from sm_80 (which
