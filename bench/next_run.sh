@@ -2,7 +2,9 @@
 # The GPU calls of bench/NOTES.md's list "Next" (after "The swap-AB epilogue's latency"), one
 # command each from the repo root of a copy of the tree:
 #   bash bench/next_run.sh suite [OUTDIR]   build, then the whole GPU suite (a call of its
-#                                           own: more than 460 s on an H200; SUITE_S caps it)
+#                                           own: more than 460 s on an H200; SUITE_S caps it;
+#                                           SHARD=i/n runs the i-th of n shards: 0/2 and 1/2
+#                                           in two calls cover it, LOWBIT_TEST_SHARD)
 #   bash bench/next_run.sh forms [OUTDIR]   build, then the swap-AB forms' tests and
 #                                           bench/m64_probe.py with each form forced
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
@@ -29,8 +31,9 @@ say "1 build: $(grep build "$OUTDIR/b/summary.txt" 2>/dev/null)"
 
 if [ "$WHAT" = suite ]; then
   t=$SECONDS
-  STEPS=tests timeout "${SUITE_S:-500}" bash bench/gpu_check.sh "$OUTDIR/s" >/dev/null 2>&1
-  say "2 suite: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/s/tests.log" | tail -n 1)"
+  LOWBIT_TEST_SHARD=${SHARD:-} STEPS=tests timeout "${SUITE_S:-500}" bash bench/gpu_check.sh \
+    "$OUTDIR/s" >/dev/null 2>&1
+  say "2 suite${SHARD:+ shard $SHARD}: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/s/tests.log" | tail -n 1)"
   exit 0
 fi
 

@@ -41,7 +41,27 @@ except ImportError:  # the GPU machine may lack hypothesis; those tests skip the
     pass
 
 
+def _shard(config, items):
+    """LOWBIT_TEST_SHARD=i/n keeps every n-th collected test from the i-th on, so that n runs
+    (i = 0 .. n - 1) split a suite that outlasts one call on the lent GPU, each with tests of
+    every file; the n shards partition the collection."""
+    shard = os.environ.get("LOWBIT_TEST_SHARD")
+    if not shard:
+        return
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise pytest.UsageError(f"LOWBIT_TEST_SHARD={shard!r}: expected i/n with 0 <= i < n")
+    keep = items[i::n]
+    kept = {id(item) for item in keep}
+    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
+    items[:] = keep
+
+
 def pytest_collection_modifyitems(config, items):
+    _shard(config, items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
