@@ -216,12 +216,14 @@ __device__ __forceinline__ void double_buffered_steps(int nk, Issue&& issue, Fin
 #define LOWBIT_ACC8(c, d, i) LOWBIT_ACC4(c, d, i), LOWBIT_ACC4(c, d, i + 4)
 #define LOWBIT_ACC16(c, d, i) LOWBIT_ACC8(c, d, i), LOWBIT_ACC8(c, d, i + 8)
 #define LOWBIT_ACC32(c, d, i) LOWBIT_ACC16(c, d, i), LOWBIT_ACC16(c, d, i + 16)
+#define LOWBIT_ACC12(c, d, i) LOWBIT_ACC8(c, d, i), LOWBIT_ACC4(c, d, i + 8)
 #define LOWBIT_ACC24(c, d, i) LOWBIT_ACC16(c, d, i), LOWBIT_ACC8(c, d, i + 16)
 #define LOWBIT_ACC28(c, d, i) LOWBIT_ACC24(c, d, i), LOWBIT_ACC4(c, d, i + 24)
 #define LOWBIT_ACC64(c, d, i) LOWBIT_ACC32(c, d, i), LOWBIT_ACC32(c, d, i + 32)
 #define LOWBIT_REGS4 "{%0, %1, %2, %3}"
 #define LOWBIT_REGS8 "{%0, %1, %2, %3, %4, %5, %6, %7}"
 #define LOWBIT_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
+#define LOWBIT_REGS12 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11}"
 #define LOWBIT_REGS24                                                                        \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "   \
   "%19, %20, %21, %22, %23}"
@@ -240,6 +242,7 @@ __device__ __forceinline__ void double_buffered_steps(int nk, Issue&& issue, Fin
 #define LOWBIT_DESCS4 ", %4, %5, %6"
 #define LOWBIT_DESCS8 ", %8, %9, %10"
 #define LOWBIT_DESCS16 ", %16, %17, %18"
+#define LOWBIT_DESCS12 ", %12, %13, %14"
 #define LOWBIT_DESCS24 ", %24, %25, %26"
 #define LOWBIT_DESCS28 ", %28, %29, %30"
 #define LOWBIT_DESCS32 ", %32, %33, %34"
@@ -269,20 +272,22 @@ __device__ __forceinline__ void wgmma_m64n128k32(typename Op::Acc (&d)[64], uint
 }
 
 // Narrow-n wgmma for the small-M kernels: d (64 x N fragment, N / 2 registers) (+)=
-// A[64 x 32] * B[N x 32]^T, both of type Op from shared memory, N in {8, 16, 32, 48, 56, 64}
-// (56 for e4m3 only: s8 takes multiples of 16 above 32). Fragment: register 4j + {0, 1}
+// A[64 x 32] * B[N x 32]^T, both of type Op from shared memory, N in {8, 16, 24, 32, 48, 56,
+// 64} (56 for e4m3 only: s8 takes multiples of 16 above 32). Fragment: register 4j + {0, 1}
 // holds row w*16 + lane/4, columns 8j + 2(lane%4) + {0, 1} (w: warp of the warpgroup);
 // 4j + {2, 3} the same columns of row + 8.
 template <class Op, int N, int kScaleD>
 __device__ __forceinline__ void wgmma_m64nNk32(typename Op::Acc (&d)[N / 2], uint64_t da,
                                                uint64_t db) {
-  static_assert(N == 8 || N == 16 || N == 32 || N == 48 || N == 56 || N == 64,
-                "wgmma_m64nNk32: N in 8/16/32/48/56/64");
+  static_assert(N == 8 || N == 16 || N == 24 || N == 32 || N == 48 || N == 56 || N == 64,
+                "wgmma_m64nNk32: N in 8/16/24/32/48/56/64");
   static_assert(!(Op::kInt && N == 56), "s8 wgmma has no n = 56");
   if constexpr (N == 8) {
     LOWBIT_WGMMA(Op, 8, 4, d, da, db, kScaleD);
   } else if constexpr (N == 16) {
     LOWBIT_WGMMA(Op, 16, 8, d, da, db, kScaleD);
+  } else if constexpr (N == 24) {
+    LOWBIT_WGMMA(Op, 24, 12, d, da, db, kScaleD);
   } else if constexpr (N == 32) {
     LOWBIT_WGMMA(Op, 32, 16, d, da, db, kScaleD);
   } else if constexpr (N == 48) {

@@ -215,6 +215,24 @@ inline int split_count(int tiles, int steps, int sms, ClustersFit&& clusters_fit
 }
 
 #ifdef LOWBIT_SM90A
+// d (64 x n) (+)= A[64 x 32] * B[n x 32]^T from the descriptors' low words: one wgmma, or for
+// s8 at n = 56 (which s8 wgmma lacks) two, n = 32 then n = 24 on B's rows 32..55 (4 KB, four
+// swizzle atoms, further on). Their fragments side by side are the n = 56 fragment: register
+// group j holds columns 8j .. 8j + 7 in both.
+template <class Op, int n, int kScaleD>
+__device__ __forceinline__ void wgmma_rows(typename Op::Acc (&d)[n / 2], uint32_t a_lo,
+                                           uint32_t b_lo) {
+  if constexpr (Op::kInt && n == 56) {
+    using Acc = typename Op::Acc;
+    wgmma_m64nNk32<Op, 32, kScaleD>(reinterpret_cast<Acc(&)[16]>(d[0]), desc_of(a_lo),
+                                    desc_of(b_lo));
+    wgmma_m64nNk32<Op, 24, kScaleD>(reinterpret_cast<Acc(&)[12]>(d[16]), desc_of(a_lo),
+                                    desc_of(b_lo + 32 * kBK / 16));
+  } else {
+    wgmma_m64nNk32<Op, n, kScaleD>(d, desc_of(a_lo), desc_of(b_lo));
+  }
+}
+
 // One 128-K step of a consumer warpgroup: four m64nNk32 wgmmas of operand type Op into d,
 // one commit group. w_lo, x_lo: low descriptor words (desc_lo) of the stage's weight rows and
 // activation tile; the k-th 32-byte column block starts 2 units further on. Swapped: the
@@ -227,10 +245,9 @@ __device__ __forceinline__ void issue_step(
   const uint32_t a_lo = F::kTokensA ? x_lo : w_lo, b_lo = F::kTokensA ? w_lo : x_lo;
   fence_regs(d);
   wgmma_fence();
-  wgmma_m64nNk32<Op, n, kScaleD>(d, desc_of(a_lo), desc_of(b_lo));
+  wgmma_rows<Op, n, kScaleD>(d, a_lo, b_lo);
 #pragma unroll
-  for (int kk = 1; kk < kBK / 32; ++kk)
-    wgmma_m64nNk32<Op, n, 1>(d, desc_of(a_lo + kk * 2), desc_of(b_lo + kk * 2));
+  for (int kk = 1; kk < kBK / 32; ++kk) wgmma_rows<Op, n, 1>(d, a_lo + kk * 2, b_lo + kk * 2);
   wgmma_commit();
   fence_regs(d);
 }
@@ -933,7 +950,9 @@ cudaError_t plan_splits(int device, int tiles, int steps, int& splits) {
 }
 
 // The tile forms of a kN = 64 GEMM (M = 33..64) without block scales: the swapped 128-row
-// tile, and tokens as A with 112 rows (e4m3 only: s8 wgmma has no n = 56) or 96.
+// tile, and tokens as A with 112 rows or 96. s8 wgmma has no n = 56: INT8's 112-row form runs
+// an n = 32 and an n = 24 wgmma per K block (wgmma_rows); until it is measured, only
+// LOWBIT_SWAPAB_ROWS=112 runs it, and pick_rows chooses between 128 and 96 for INT8.
 using TokensA112 = Form<112, true>;
 using TokensA96 = Form<96, true>;
 
@@ -973,7 +992,7 @@ template <class Op, bool kPromote>
 cudaError_t pick_rows(int device, const GemmArgs& p, int& rows) {
   rows = 128;
   if (const int f = forced_rows(); f != 0) {
-    rows = Op::kInt && f == 112 ? 128 : f;
+    rows = f;
     return cudaSuccess;
   }
   int64_t best = 0, cost = 0;
@@ -1084,9 +1103,7 @@ cudaError_t gemm_swapab(const GemmArgs& p, cudaStream_t stream) {
     const cudaError_t e = !Op::kInt && !p.fast_accum ? rows_of<Op, !Op::kInt>(p, rows)
                                                      : rows_of<Op, false>(p, rows);
     if (e != cudaSuccess) return e;
-    if constexpr (!Op::kInt) {
-      if (rows == 112) return dispatch<Op, 64, TokensA112>(p, stream);
-    }
+    if (rows == 112) return dispatch<Op, 64, TokensA112>(p, stream);
     if (rows == 96) return dispatch<Op, 64, TokensA96>(p, stream);
   }
   if (p.M <= 8) return dispatch<Op, 8>(p, stream);
@@ -1112,9 +1129,7 @@ cudaError_t linear_swapab(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_
   int rows = 128;
   const cudaError_t e = rows_of<Op, !Op::kInt>(p, rows);
   if (e != cudaSuccess) return e;
-  if constexpr (!Op::kInt) {
-    if (rows == 112) return dispatch_quant<Op, 64, ActCodec, TokensA112>(p, aq, stream);
-  }
+  if (rows == 112) return dispatch_quant<Op, 64, ActCodec, TokensA112>(p, aq, stream);
   if (rows == 96) return dispatch_quant<Op, 64, ActCodec, TokensA96>(p, aq, stream);
   if (p.M <= 8) return dispatch_quant<Op, 8, ActCodec>(p, aq, stream);
   if (p.M <= 16) return dispatch_quant<Op, 16, ActCodec>(p, aq, stream);
