@@ -46,12 +46,14 @@ if [ "$WHAT" = forms ]; then
      "$R/tests/test_weight_early.py" -k "forms or swapab or fused or early") \
      >"$OUTDIR/forms_tests.log" 2>&1
   say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/forms_tests.log" | tail -n 1)"
+  shapes=1x4096x4096,16x4096x4096,33x4096x4096,48x4096x4096,64x4096x4096,64x6144x4096
+  shapes=${FORMS_SHAPES:-$shapes,1x14336x4096,64x14336x4096,64x4096x14336,64x28672x8192}
   for r in "" 128 112 96; do
     t=$SECONDS
     k=swapab
     [ -z "$r" ] && k=swapab,triton
     (cd "${TMPDIR:-/tmp}" && LOWBIT_SWAPAB_ROWS=$r timeout 80 $PY "$R/bench/m64_probe.py" \
-       --kernels $k --shapes ${FORMS_SHAPES:-1x4096x4096,16x4096x4096,33x4096x4096,48x4096x4096,64x4096x4096,64x6144x4096,1x14336x4096,64x14336x4096,64x4096x14336,64x28672x8192} \
+       --kernels $k --shapes "$shapes" \
        | sed "s/^/rows=${r:-auto} /") >>"$OUTDIR/forms_m64.log" 2>&1
     say "3 probe rows=${r:-auto}: in $((SECONDS - t)) s"
   done

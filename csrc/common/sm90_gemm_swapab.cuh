@@ -9,12 +9,11 @@
 // 32 or 64 (the template parameter kN): the tensor core computes out^T = b a^T, and no
 // 64 (or 128) row tile of mostly-zero activations is ever multiplied. At M = 33..64 the
 // operands may also go the usual way round ("tokens as A", Form below), where a tile's
-// height is free to fit the SM count. Both operands are
-// K-major, as 8-bit wgmma requires, and both come from shared memory: TMA writes 128-byte rows
-// with the 128-byte swizzle that the shared-memory descriptor describes (8-row atoms 1024
-// bytes apart, for the 64-row weight tile and for the kN-row activation tile alike). Rows past
-// M or N and K past its end read as zeros, so tails need no special mainloop; the epilogue
-// masks what it stores.
+// height is free to fit the SM count. Both operands are K-major, as 8-bit wgmma requires,
+// and both come from shared memory: TMA writes 128-byte rows with the 128-byte swizzle that
+// the shared-memory descriptor describes (8-row atoms 1024 bytes apart, for the 64-row
+// weight tile and for the kN-row activation tile alike). Rows past M or N and K past its end
+// read as zeros, so tails need no special mainloop; the epilogue masks what it stores.
 //
 // Roles. Warpgroup 0 is the producer: one thread waits for a free stage of an 8-stage ring and
 // issues two TMA loads (128 x 128 bytes of weight, kN x 128 bytes of activations) that
@@ -808,7 +807,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
     if (threadIdx.x == 0) {
       for (int it = 0; it < prefill; ++it)
         issue_quant_stage<C, F>(&map_w, &map_x, w_tiles, staging, full, empty, staged, it, nk,
-                             k_begin);
+                                k_begin);
     }
     const QuantSmem<ActCodec, kN> q(quant);
     act_scales<ActCodec, kN>(aq, q, p.M, k_begin * kBK, min(p.K, k_end * kBK), splits);
@@ -818,8 +817,8 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
       if (warp == 0) {
         if (lane == 0) {
           for (int it = prefill; it < total; ++it)
-            issue_quant_stage<C, F>(&map_w, &map_x, w_tiles, staging, full, empty, staged, it, nk,
-                                 k_begin);
+            issue_quant_stage<C, F>(&map_w, &map_x, w_tiles, staging, full, empty, staged, it,
+                                    nk, k_begin);
         }
       } else {
         const ActCodec codec{quant::detail::KernelParams{}};
@@ -1100,8 +1099,9 @@ cudaError_t gemm_swapab(const GemmArgs& p, cudaStream_t stream) {
   if (p.M < 0 || p.M > 64 || p.N < 0 || p.K <= 0) return cudaErrorInvalidValue;
   if (p.a_mode != ScaleMode::kBlock && p.b_mode != ScaleMode::kBlock) {
     int rows = 128;
-    const cudaError_t e = !Op::kInt && !p.fast_accum ? rows_of<Op, !Op::kInt>(p, rows)
-                                                     : rows_of<Op, false>(p, rows);
+    // The kPromote of the kernel that will run (FP8 promotes unless fast_accum; S8 never).
+    const cudaError_t e =
+        p.fast_accum ? rows_of<Op, false>(p, rows) : rows_of<Op, !Op::kInt>(p, rows);
     if (e != cudaSuccess) return e;
     if (rows == 112) return dispatch<Op, 64, TokensA112>(p, stream);
     if (rows == 96) return dispatch<Op, 64, TokensA96>(p, stream);
