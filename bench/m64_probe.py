@@ -4,8 +4,11 @@ kernel and shape. With LOWBIT_SWAPAB_SPLIT=S in the environment the swap-AB kern
 S-way K splits (csrc/common/sm90_gemm_swapab.cuh); bench/m64_probe.sh sweeps S and runs ncu.
 
     python bench/m64_probe.py [--shapes 64x4096x4096,...] [--kernels swapab,triton] [--once]
+                              [--ops w4a16_gemm:prepacked,w8a16_gemm]
 
 --once: no timing, each kernel called a few times (for ncu, which profiles the last launch).
+--ops: other ops instead, each with `lowbit bench`'s operands of a variant (op[:variant]) and
+its anchors.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import os
 import torch
 
 import lowbit  # noqa: F401  (registers the kernels)
-from lowbit.bench.cases import (_int_mm_anchor, fp8_operands, int8, prepared_call,
+from lowbit.bench.cases import (OPS, _int_mm_anchor, fp8_operands, int8, prepared_call,
                                 runnable_kernels, scaled_mm_anchor, scales)
 from lowbit.bench.timing import bench
 
@@ -30,18 +33,28 @@ def cases(m: int, n: int, k: int):
     yield "int8_gemm", (qa, qb, ra, rb, None, torch.bfloat16, None), anchors
 
 
+def op_cases(specs: list, m: int, n: int, k: int):
+    for spec in specs:
+        op, _, variant = spec.partition(":")
+        bench_op = OPS[op]
+        case = bench_op.build(variant or bench_op.default[0], (m, n, k))
+        yield op, case.args, {a.label.split(" ")[0]: a.fn for a in case.anchors}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="1x4096x4096,16x4096x4096,32x4096x4096,64x4096x4096,"
                     "48x4096x4096,64x14336x4096,64x4096x14336")
     ap.add_argument("--kernels", default="swapab,triton,wgmma")
     ap.add_argument("--once", action="store_true")
+    ap.add_argument("--ops", default="")
     args = ap.parse_args()
     names = args.kernels.split(",")
     split = os.environ.get("LOWBIT_SWAPAB_SPLIT", "auto")
     for shape in args.shapes.split(","):
         m, n, k = map(int, shape.split("x"))
-        for op, call_args, anchors in cases(m, n, k):
+        shape_cases = op_cases(args.ops.split(","), m, n, k) if args.ops else cases(m, n, k)
+        for op, call_args, anchors in shape_cases:
             fns = dict(anchors)
             for kern in runnable_kernels(op, call_args, names=names):
                 fns[kern.name] = prepared_call(kern, call_args)

@@ -7,6 +7,11 @@
 #                                           in two calls cover it, LOWBIT_TEST_SHARD)
 #   bash bench/next_run.sh forms [OUTDIR]   build, then the swap-AB forms' tests and
 #                                           bench/m64_probe.py with each form forced
+#                                           (FORMS_SHAPES, FORMS_ROWS="auto 112" narrow it)
+#   bash bench/next_run.sh probe [OUTDIR]   build, then the forms' probe (as `forms`, without
+#                                           the tests), ncu at N = 14336 (as `race`, without
+#                                           the racecheck steps), and W4A16 at M = 64: every
+#                                           kernel's time, ncu of the wgmma and decode kernels
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -37,31 +42,33 @@ if [ "$WHAT" = suite ]; then
   exit 0
 fi
 
-if [ "$WHAT" = forms ]; then
+if [ "$WHAT" = forms ] || [ "$WHAT" = probe ]; then
   # The swap-AB GEMM's two forms at M = 33..64: their tests, then the probe per form.
-  t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout "${FORMS_TEST_S:-200}" $PY -m pytest -q -x -n 8 \
-     -p no:cacheprovider "$R/tests/test_swapab_forms.py" "$R/tests/test_cuda_fp8_gemm.py" \
-     "$R/tests/test_cuda_int8_gemm.py" "$R/tests/test_fused_linear.py" \
-     "$R/tests/test_weight_early.py" -k "forms or swapab or fused or early") \
-     >"$OUTDIR/forms_tests.log" 2>&1
-  say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/forms_tests.log" | tail -n 1)"
+  if [ "$WHAT" = forms ]; then
+    t=$SECONDS
+    (cd "${TMPDIR:-/tmp}" && timeout "${FORMS_TEST_S:-200}" $PY -m pytest -q -x -n 8 \
+       -p no:cacheprovider "$R/tests/test_swapab_forms.py" "$R/tests/test_cuda_fp8_gemm.py" \
+       "$R/tests/test_cuda_int8_gemm.py" "$R/tests/test_fused_linear.py" \
+       "$R/tests/test_weight_early.py" -k "forms or swapab or fused or early") \
+       >"$OUTDIR/forms_tests.log" 2>&1
+    say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/forms_tests.log" | tail -n 1)"
+  fi
   shapes=1x4096x4096,16x4096x4096,33x4096x4096,48x4096x4096,64x4096x4096,64x6144x4096
   shapes=${FORMS_SHAPES:-$shapes,1x14336x4096,64x14336x4096,64x4096x14336,64x28672x8192}
-  for r in "" 128 112 96; do
+  for r in ${FORMS_ROWS:-auto 128 112 96}; do
     t=$SECONDS
     k=swapab
-    [ -z "$r" ] && k=swapab,triton
+    [ "$r" = auto ] && k=swapab,triton r=
     (cd "${TMPDIR:-/tmp}" && LOWBIT_SWAPAB_ROWS=$r timeout 80 $PY "$R/bench/m64_probe.py" \
        --kernels $k --shapes "$shapes" \
        | sed "s/^/rows=${r:-auto} /") >>"$OUTDIR/forms_m64.log" 2>&1
     say "3 probe rows=${r:-auto}: in $((SECONDS - t)) s"
   done
-  exit 0
+  [ "$WHAT" = forms ] && exit 0
 fi
 
 n=2
-for ops in w8a16_gemm w4a16_gemm,w8a16_gemm; do
+[ "$WHAT" = race ] && for ops in w8a16_gemm w4a16_gemm,w8a16_gemm; do
   t=$SECONDS
   log=$OUTDIR/racecheck-${ops//,/+}.log
   (cd "${TMPDIR:-/tmp}" && env PYTORCH_NO_CUDA_MEMORY_CACHING=1 CUDA_LAUNCH_BLOCKING=1 \
@@ -73,7 +80,7 @@ for ops in w8a16_gemm w4a16_gemm,w8a16_gemm; do
 done
 
 t=$SECONDS
-(cd "${TMPDIR:-/tmp}" && timeout 100 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \
+[ "$WHAT" = race ] && (cd "${TMPDIR:-/tmp}" && timeout 100 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \
    --shapes 1x4096x4096,16x4096x4096,32x4096x4096,48x4096x4096,64x4096x4096,1x14336x4096,16x14336x4096,64x14336x4096,64x4096x14336) \
    >>"$OUTDIR/m64.log" 2>&1
 say "$n m64 probe: in $((SECONDS - t)) s (m64.log)"
@@ -88,3 +95,20 @@ t=$SECONDS
    $PY "$R/bench/m64_probe.py" --once --kernels swapab,triton --shapes 64x14336x4096,1x14336x4096) \
    >"$OUTDIR/ncu14336.log" 2>&1
 say "$n ncu 14336: rc $? in $((SECONDS - t)) s (ncu14336.log)"
+n=$((n + 1))
+
+# W4A16 at M = 64 (issue 15's 2.0x): every kernel's time, then ncu's view of the wgmma
+# kernel beside the decode kernel that `auto` runs there.
+t=$SECONDS
+(cd "${TMPDIR:-/tmp}" && timeout 90 $PY "$R/bench/m64_probe.py" --ops w4a16_gemm:prepacked \
+   --kernels w4a16 --shapes 16x4096x4096,64x4096x4096,64x14336x4096,128x4096x4096) \
+   >"$OUTDIR/w4a16_m64.log" 2>&1
+say "$n w4a16 probe: rc $? in $((SECONDS - t)) s (w4a16_m64.log)"
+n=$((n + 1))
+t=$SECONDS
+(cd "${TMPDIR:-/tmp}" && timeout 120 ncu --clock-control none -k regex:'wxa16_wgmma|wxa16_decode' \
+   --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+   --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats \
+   $PY "$R/bench/m64_probe.py" --once --ops w4a16_gemm:prepacked --kernels w4a16_gemm_wgmma,w4a16_gemm_decode \
+   --shapes 64x4096x4096) >"$OUTDIR/ncu_w4a16.log" 2>&1
+say "$n ncu w4a16: rc $? in $((SECONDS - t)) s (ncu_w4a16.log)"
