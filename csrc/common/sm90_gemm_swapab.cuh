@@ -950,8 +950,8 @@ cudaError_t plan_splits(int device, int tiles, int steps, int& splits) {
 
 // The tile forms of a kN = 64 GEMM (M = 33..64) without block scales: the swapped 128-row
 // tile, and tokens as A with 112 rows or 96. s8 wgmma has no n = 56: INT8's 112-row form runs
-// an n = 32 and an n = 24 wgmma per K block (wgmma_rows); until it is measured, only
-// LOWBIT_SWAPAB_ROWS=112 runs it, and pick_rows chooses between 128 and 96 for INT8.
+// an n = 32 and an n = 24 wgmma per K block (wgmma_rows), as fast as 128 rows or faster where
+// the cost model picks it (bench/NOTES.md, "INT8's 112-row form, measured").
 using TokensA112 = Form<112, true>;
 using TokensA96 = Form<96, true>;
 
@@ -997,11 +997,9 @@ cudaError_t pick_rows(int device, const GemmArgs& p, int& rows) {
   int64_t best = 0, cost = 0;
   cudaError_t e = form_cost<Op, kPromote, Swapped>(device, p, best);
   if (e != cudaSuccess) return e;
-  if constexpr (!Op::kInt) {
-    e = form_cost<Op, kPromote, TokensA112>(device, p, cost);
-    if (e != cudaSuccess) return e;
-    if (cost < best) best = cost, rows = 112;
-  }
+  e = form_cost<Op, kPromote, TokensA112>(device, p, cost);
+  if (e != cudaSuccess) return e;
+  if (cost < best) best = cost, rows = 112;
   e = form_cost<Op, kPromote, TokensA96>(device, p, cost);
   if (e != cudaSuccess) return e;
   if (cost < best) best = cost, rows = 96;
