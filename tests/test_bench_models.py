@@ -72,9 +72,10 @@ def test_time_interleaved_order_and_hook(monkeypatch):
     times = models.time_interleaved([lambda: "a", lambda: "b"], rounds=3, measure_s=0.01,
                                     around=around)
     assert times == [[2.0] * 3, [0.5] * 3]
-    # one probe of 3 calls each, then a: 0.01 s / 2 ms = 5 calls (at least 3), b: 20 calls
-    assert calls[:2] == [("a", 3), ("b", 3)]
-    assert calls[2:] == [("a", 5), ("b", 20)] * 3
+    # a first call each, one probe of 3 calls each, then a: 0.01 s / 2 ms = 5 calls (at
+    # least 3), b: 20 calls
+    assert calls[:4] == [("a", 1), ("b", 1), ("a", 3), ("b", 3)]
+    assert calls[4:] == [("a", 5), ("b", 20)] * 3
     assert hooks == [("enter", 0), ("exit", 0), ("enter", 1), ("exit", 1)] * 3
 
 
@@ -99,5 +100,20 @@ def test_time_interleaved_run_in_comes_before_the_hook(monkeypatch):
 
     models.time_interleaved([lambda: "a"], rounds=2, measure_s=0.01, around=around,
                             run_in_s=0.004)
-    # probe; then per round: 4 untimed calls (0.004 s / 1 ms), the span, 10 timed calls
-    assert events == [("a", 3)] + [("a", 4), ("span", 0), ("a", 10)] * 2
+    # first call, probe; then per round: 4 untimed calls (0.004 s / 1 ms), the span, 10
+    # timed calls
+    assert events == [("a", 1), ("a", 3)] + [("a", 4), ("span", 0), ("a", 10)] * 2
+
+
+def test_time_interleaved_calibrates_past_a_slow_first_call(monkeypatch):
+    # A first call 100x slower than the rest (lazy initialization) must not shrink the
+    # measurements: calibrated on it, each would be 3 calls, 6 ms instead of about 10.
+    calls = []
+
+    def fake_wall_us(fn, n):
+        calls.append(n)
+        return 200_000.0 if len(calls) == 1 else 2000.0
+
+    monkeypatch.setattr(timing, "wall_us", fake_wall_us)
+    models.time_interleaved([lambda: None], rounds=1, measure_s=0.01)
+    assert calls == [1, 3, 5]

@@ -38,7 +38,9 @@ class Reading:
 
     @property
     def watts(self) -> Optional[float]:
-        return self.joules / self.seconds if self.seconds > 0 else None
+        # No energy over a span: the counter did not step in it (too short), not a board
+        # drawing nothing; unknown rather than 0 W.
+        return self.joules / self.seconds if self.seconds > 0 and self.joules > 0 else None
 
 
 class PowerMeter:
