@@ -12,6 +12,9 @@
 #                                           the tests), ncu at N = 14336 (as `race`, without
 #                                           the racecheck steps), and W4A16 at M = 64: every
 #                                           kernel's time, ncu of the wgmma and decode kernels
+#   bash bench/next_run.sh trace [OUTDIR]   no package build: bench/wxa16_ab.sh times decode
+#                                           and the wgmma weight-only kernel, then traces the
+#                                           wgmma kernel's phases (TRACE_SHAPES; about 40 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -30,6 +33,17 @@ PY=${PYTHON:-python3}
 SUMMARY=$OUTDIR/summary.txt
 say() { echo "$*" | tee -a "$SUMMARY"; }
 say "0 $WHAT: $(nvidia-smi --query-gpu=name --format=csv,noheader) $(date -u +%FT%TZ)"
+
+if [ "$WHAT" = trace ]; then
+  # Where the wgmma W4A16 / W8A16 kernel's time goes (issue 15's M = 64): 2200 cycles a
+  # 64-K chunk on the H100 where its tensor work is about 256 (bench/NOTES.md).
+  t=$SECONDS
+  SHAPES=${TRACE_SHAPES:-16x4096x4096,64x4096x4096,64x14336x4096} BF16=1 timeout 300 \
+    bash bench/wxa16_ab.sh tree tree:-DAB_WGMMA tree:-DAB_WGMMA,-DLOWBIT_WXA16_TRACE \
+    >"$OUTDIR/wgmma_trace.txt" 2>&1
+  say "1 trace: rc $? in $((SECONDS - t)) s (wgmma_trace.txt)"
+  exit 0
+fi
 
 LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} STEPS=build timeout 200 bash bench/gpu_check.sh "$OUTDIR/b" >/dev/null 2>&1
 say "1 build: $(grep build "$OUTDIR/b/summary.txt" 2>/dev/null)"

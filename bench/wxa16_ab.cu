@@ -7,7 +7,14 @@
 // times cuBLAS's bf16 GEMM of the same M x N x K (the dense baseline, in the same process).
 // A shape the variant's decode declines is printed as such. Built with -DAB_WIDE (a variant's
 // flags: `bash bench/wxa16_ab.sh tree tree:-DAB_WIDE`), it times wxa16::wide<4> / wide<8>, the
-// 64-token kernel, instead of decode.
+// 64-token kernel, instead of decode; with -DAB_WGMMA, the sm_90a wgmma kernels
+// (csrc/wxa16/sm90_wxa16_gemm_wgmma.cu, compiled in here). Adding -DLOWBIT_WXA16_TRACE to
+// -DAB_WGMMA (`bash bench/wxa16_ab.sh tree:-DAB_WGMMA,-DLOWBIT_WXA16_TRACE`) builds that
+// kernel with its phase trace, and each shape prints, from one more launch, where its CTAs'
+// time went: the spread of their starts, the first chunk's arrival, the mainloop, the
+// epilogue (the K split's gather included), and the cycles per chunk that the consumers
+// waited for stages, the encoding warps for x and in the permutation, the producer for
+// empty slots.
 // Prints per shape the planned split, the median of 25 launches (CUDA events), the weight
 // stream's rate and two sums of the bf16 outputs: variants that keep the kernel's summation
 // order print the same sums. The data are hash-filled, not meaningful numbers.
@@ -24,6 +31,9 @@
 #endif
 
 #include "wxa16/wxa16_gemm.cuh"
+#ifdef AB_WGMMA
+#include "wxa16/sm90_wxa16_gemm_wgmma.cu"
+#endif
 
 using namespace lowbit;
 
@@ -70,6 +80,49 @@ float median_us(void* flush, cudaEvent_t e0, cudaEvent_t e1, Call&& call) {
   std::sort(us.begin(), us.end());
   return us[us.size() / 2];
 }
+
+#ifdef LOWBIT_WXA16_TRACE
+// One launch's phase trace (sm90_wxa16_gemm_wgmma.cu, namespace trace): medians and maxima
+// over the CTAs, in us from the first CTA's start, and cycles per chunk of `chunks`.
+template <class Call>
+void print_trace(void* flush, int chunks, Call&& call) {
+  namespace tr = wxa16::wg::trace;
+  static unsigned long long h[tr::kCtas][tr::kSlots];
+  std::memset(h, 0, sizeof(h));
+  CHECK(cudaMemcpyToSymbol(tr::stamps, h, sizeof(h)));
+  CHECK(cudaMemsetAsync(flush, 7, 256 << 20));
+  call();
+  CHECK(cudaDeviceSynchronize());
+  CHECK(cudaMemcpyFromSymbol(h, tr::stamps, sizeof(h)));
+  std::vector<int> ctas;
+  unsigned long long t0 = ~0ull;
+  for (int c = 0; c < tr::kCtas; ++c)
+    if (h[c][tr::kStart] != 0) ctas.push_back(c), t0 = std::min(t0, h[c][tr::kStart]);
+  if (ctas.empty()) return;
+  auto stat = [&](const char* what, auto value, double unit) {
+    std::vector<double> v;
+    for (int c : ctas) v.push_back(static_cast<double>(value(h[c])) / unit);
+    std::sort(v.begin(), v.end());
+    std::printf("  %-34s median %9.2f  max %9.2f\n", what, v[v.size() / 2], v.back());
+  };
+  auto ns = [](unsigned long long a, unsigned long long b) { return a > b ? a - b : 0ull; };
+  const double per_chunk = chunks > 0 ? chunks : 1;
+  std::printf("  trace: %zu CTAs, %d chunks each (us from the first start; cycles per chunk)\n",
+              ctas.size(), chunks);
+  stat("start", [&](auto& r) { return ns(r[tr::kStart], t0); }, 1e3);
+  stat("first chunk at the consumers", [&](auto& r) { return ns(r[tr::kFirstFull], t0); }, 1e3);
+  stat("mainloop end", [&](auto& r) { return ns(r[tr::kMainEnd], t0); }, 1e3);
+  stat("end", [&](auto& r) { return ns(r[tr::kEnd], t0); }, 1e3);
+  stat("mainloop (first chunk to end)",
+       [&](auto& r) { return ns(r[tr::kMainEnd], r[tr::kFirstFull]); }, 1e3);
+  stat("epilogue (gather, store)", [&](auto& r) { return ns(r[tr::kEnd], r[tr::kMainEnd]); },
+       1e3);
+  stat("consumer wait for a stage", [&](auto& r) { return r[tr::kWaitFull]; }, per_chunk);
+  stat("encoder wait for x", [&](auto& r) { return r[tr::kWaitStaged]; }, per_chunk);
+  stat("encoder permutation", [&](auto& r) { return r[tr::kPermute]; }, per_chunk);
+  stat("producer wait for a slot", [&](auto& r) { return r[tr::kWaitEmpty]; }, per_chunk);
+}
+#endif
 
 }  // namespace
 
@@ -139,7 +192,9 @@ int main(int argc, char** argv) {
       a.bias_dtype = FloatType::kBF16;
       a.out = out;
       a.ldo = s.n;
-#ifdef AB_WIDE
+#if defined(AB_WGMMA)
+      auto fn = bits == 4 ? sm90_w4a16_gemm_wgmma : sm90_w8a16_gemm_wgmma;
+#elif defined(AB_WIDE)
       auto fn = bits == 4 ? wxa16::wide<4> : wxa16::wide<8>;
 #else
       auto fn = bits == 4 ? wxa16::decode<4> : wxa16::decode<8>;
@@ -194,6 +249,10 @@ int main(int argc, char** argv) {
                   name, bits, s.m, s.n, s.k, a.splits, t, wbytes / t * 1e-6, sum, asum);
       if (tb > 0) std::printf("  bf16 %7.1f us (%.2fx)", tb, tb / t);
       std::printf("\n");
+#ifdef LOWBIT_WXA16_TRACE
+      print_trace(flush, (s.k + 63) / 64 / std::max(a.splits, 1),
+                  [&] { CHECK(fn(a, nullptr, false)); });
+#endif
       CHECK(cudaFree(w));
       CHECK(cudaFree(sc));
       CHECK(cudaFree(x));

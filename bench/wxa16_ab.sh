@@ -5,8 +5,9 @@
 # VARIANT: "tree" (this tree's csrc), or a folder holding wxa16/wxa16_gemm.cuh (a copy to
 # compare, e.g. `git show REV:csrc/wxa16/wxa16_gemm.cuh`), found before csrc on the include
 # path; FLAGS: comma-separated nvcc flags for that build (e.g. -DNAME=1 for a switch the
-# copy reads). Builds every variant in parallel (about 20 s), then runs them in turn; prints
-# each build's decode-kernel registers and spills, then the timings. ARCH (default sm_90a).
+# copy reads; -DAB_WIDE, -DAB_WGMMA and -DLOWBIT_WXA16_TRACE: see wxa16_ab.cu). Builds every
+# variant in parallel (about 20 s), then runs them in turn; prints each build's kernel
+# registers and spills (decode, wide or wgmma), then the timings. ARCH (default sm_90a).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 CSRC=$HERE/../csrc
@@ -27,10 +28,10 @@ done
 wait
 i=0
 for v in "$@"; do
-  echo "== $v: $(grep -A3 'Compiling entry.*decode_kernel' "$TMP/ab$i.log" | awk '
+  echo "== $v: $(grep -A3 'Compiling entry.*\(decode\|wgmma\)_kernel' "$TMP/ab$i.log" | awk '
     /bytes spill stores/ {n++; s = $5 + 0; if (s > 0) spilled++; if (s > ms) ms = s}
     /Used [0-9]+ registers/ {for (j = 1; j <= NF; j++) if ($j == "Used" && $(j + 1) + 0 > mr) mr = $(j + 1) + 0}
-    END {printf "%d decode kernels, at most %d registers, %d spill (at most %d bytes)", n, mr, spilled, ms}')"
+    END {printf "%d kernels, at most %d registers, %d spill (at most %d bytes)", n, mr, spilled, ms}')"
   [ -x "$TMP/ab$i" ] && "$TMP/ab$i" "$v"
   i=$((i + 1))
 done

@@ -143,6 +143,46 @@ __device__ __forceinline__ void permute_stage(const uint8_t* staged, uint8_t* ti
   }
 }
 
+#endif  // LOWBIT_SM90A
+
+// Phase trace (built only with -DLOWBIT_WXA16_TRACE, by bench/wxa16_ab.cu): per CTA (index
+// blockIdx.y * gridDim.x + blockIdx.x, the first kCtas), %globaltimer stamps of its start, the
+// first chunk's arrival at the consumers, the end of the mainloop and the CTA's end, and
+// SM cycles (32-bit %clock, differences wrap safely) summed over the chunks of time spent waiting: the first consumer thread on
+// its full barriers, the first encoding thread on its staged x and in the permutation, the
+// producer thread on empty stages. Where the chunks' time goes, where ncu's stall sampling is
+// not available.
+namespace trace {
+enum Slot { kStart, kFirstFull, kMainEnd, kEnd, kWaitFull, kWaitStaged, kPermute, kWaitEmpty,
+            kSlots };
+constexpr int kCtas = 2048;
+#ifdef LOWBIT_WXA16_TRACE
+__device__ unsigned long long stamps[kCtas][kSlots];
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ void put(Slot s, unsigned long long v) {
+  const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;
+  if (cta < kCtas) stamps[cta][s] = v;
+}
+#endif
+}  // namespace trace
+// Trace hooks: nothing without LOWBIT_WXA16_TRACE.
+#ifdef LOWBIT_WXA16_TRACE
+#define WXA16_TRACE_NOW(slot) trace::put(trace::slot, trace::global_ns())
+#define WXA16_TRACE_PUT(slot, v) trace::put(trace::slot, (v))
+#define WXA16_TRACE_CLOCK(name) const unsigned name = static_cast<unsigned>(clock())
+#define WXA16_TRACE_ADD(sum, since) (sum) += static_cast<unsigned>(clock()) - (since)
+#else
+#define WXA16_TRACE_NOW(slot) (void)0
+#define WXA16_TRACE_PUT(slot, v) (void)0
+#define WXA16_TRACE_CLOCK(name) (void)0
+#define WXA16_TRACE_ADD(sum, since) (void)0
+#endif
+
+#ifdef LOWBIT_SM90A
 // A consumer thread's weight metadata for one chunk: the scale bits of rows g and g + 8 and
 // their int4 zero-point pairs (int4_zero_lo / int4_zero_hi), loaded two chunks ahead.
 struct Meta {
@@ -181,6 +221,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   const int m0 = static_cast<int>(blockIdx.x) % token_tiles * kN;
 
   if (threadIdx.x == 0) {
+    WXA16_TRACE_NOW(kStart);
     for (int s = 0; s < kStages; ++s) sm90::mbar_init(&staged[s], 1);
     sm90::init_ring(full, empty, kStages, kConsumerWarps, 1 + kEncodeWarps);  // (its fence
                                                                               // covers all)
@@ -195,9 +236,12 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 0) {
       if (lane == 0) {
+        [[maybe_unused]] unsigned wait_empty = 0;
         for (int it = 0; it < steps; ++it) {
           const int s = it % kStages, c = c_begin + it;
+          WXA16_TRACE_CLOCK(t0);
           sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+          WXA16_TRACE_ADD(wait_empty, t0);
           sm90::mbar_expect_tx(&full[s], kWBytes);
           if constexpr (Bits == 4)
             sm90::tma_load_2d(w_tiles + s * kWBytes, &map_w, &full[s], c * (kTileBytes4 / 4),
@@ -207,16 +251,26 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
           sm90::mbar_expect_tx(&staged[s], C::kActBytes);
           sm90::tma_load_2d(staging + s * C::kActBytes, &map_x, &staged[s], c * kChunkK, m0);
         }
+        WXA16_TRACE_PUT(kWaitEmpty, wait_empty);
       }
     } else {
+      [[maybe_unused]] unsigned wait_staged = 0, permute = 0;
       for (int it = 0; it < steps; ++it) {
         const int s = it % kStages;
+        WXA16_TRACE_CLOCK(t0);
         sm90::mbar_wait(&staged[s], (it / kStages) & 1);
+        WXA16_TRACE_ADD(wait_staged, t0);
+        WXA16_TRACE_CLOCK(t1);
         permute_stage<kN>(staging + s * C::kActBytes, b_tiles + s * C::kActBytes,
                           threadIdx.x - 32);
         sm90::fence_async_smem();  // the tile, written by this thread, for wgmma to read
         __syncwarp();
         if (lane == 0) sm90::mbar_arrive(&full[s]);
+        WXA16_TRACE_ADD(permute, t1);
+      }
+      if (threadIdx.x == 32) {
+        WXA16_TRACE_PUT(kWaitStaged, wait_staged);
+        WXA16_TRACE_PUT(kPermute, permute);
       }
     }
     launch_dependents();
@@ -268,13 +322,19 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 
   const uint32_t b_lo = sm90::desc_lo(b_tiles);
   constexpr uint32_t kBUnits = C::kActBytes / 16;
+  [[maybe_unused]] unsigned wait_full = 0;
   auto issue_into = [&](float(&d)[C::kRegs], uint32_t(&a)[4][4], float(&f)[2], Meta& m,
                         int i) {
     const int s = (i) % kStages;
     const uint32_t z[2] = {int4_zero_lo<T>(m.z[0]), int4_zero_hi<T>(m.z[1])};
     f[0] = scale_bits_to_float(m.s[0], p.scale_dtype);
     f[1] = scale_bits_to_float(m.s[1], p.scale_dtype);
+    WXA16_TRACE_CLOCK(t0);
     sm90::mbar_wait(&full[s], (i / kStages) & 1);
+    WXA16_TRACE_ADD(wait_full, t0);
+#ifdef LOWBIT_WXA16_TRACE
+    if (i == 0 && ctid == 0) WXA16_TRACE_NOW(kFirstFull);
+#endif
     const uint8_t* wsm = w_tiles + s * kWBytes;
     if constexpr (Bits == 4) {
       const uint4 v = *reinterpret_cast<const uint4*>(wsm + wt * kTileBytes4 + lane * 16);
@@ -336,11 +396,18 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   };
   if (steps > 0) sm90::double_buffered_steps(steps, issue, finish, [] {});
   launch_dependents();
+  if (ctid == 0) {
+    WXA16_TRACE_NOW(kMainEnd);
+    WXA16_TRACE_PUT(kWaitFull, wait_full);
+  }
 
   float(&flat)[C::kRegs] = acc;
-  if (p.splits > 1 && !gather_splits<C::kRegs, kConsumerThreads>(p, flat, true, ctid, last_cta))
+  if (p.splits > 1 && !gather_splits<C::kRegs, kConsumerThreads>(p, flat, true, ctid, last_cta)) {
+    if (ctid == 0) WXA16_TRACE_NOW(kEnd);
     return;
+  }
   store_tiles<1, kN / 8>(p, reinterpret_cast<const float(&)[1][kN / 8][4]>(acc), rt, m0, g, t);
+  if (ctid == 0) WXA16_TRACE_NOW(kEnd);
 #else
   __trap();  // built without sm_90a: the host never launches this
 #endif
