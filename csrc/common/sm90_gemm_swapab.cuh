@@ -740,10 +740,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   using C = Config<kN, kScaleTma, kQuant, F>;
   constexpr int kStages = C::kStages;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  // Swizzled tiles need 1024-byte alignment.
-  uint8_t* smem = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint8_t* w_tiles = smem;
+  uint8_t* w_tiles = align_smem_1024(smem_raw);  // swizzled tiles need 1024-byte alignment
   uint8_t* x_tiles = w_tiles + kStages * C::kWeightBytes;
   uint8_t* scales = x_tiles + kStages * C::kActTileBytes;
   uint8_t* staging = scales + kStages * C::kScaleBytes;

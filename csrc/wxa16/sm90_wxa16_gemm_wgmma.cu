@@ -199,9 +199,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   using C = Config<Bits, kN>;
   constexpr int kStages = C::kStages, kWBytes = C::kWBytes;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint8_t* w_tiles = smem;  // [stage][8 row tiles][512] (int4) or [stage][128 rows][64] (int8)
+  uint8_t* w_tiles = align_smem_1024(smem_raw);  // [stage][8 row tiles][512] (int4) or
+                                                 // [stage][128 rows][64] (int8)
   uint8_t* b_tiles = w_tiles + kStages * kWBytes;            // [stage][kN][128], swizzled
   uint8_t* staging = b_tiles + kStages * C::kActBytes;       // [stage][kN][128], swizzled
   uint64_t* full = reinterpret_cast<uint64_t*>(staging + kStages * C::kActBytes);
