@@ -94,7 +94,8 @@ n=2
 done
 
 t=$SECONDS
-[ "$WHAT" = race ] && (cd "${TMPDIR:-/tmp}" && timeout 100 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \
+[ "$WHAT" = race ] && (cd "${TMPDIR:-/tmp}" && timeout 100 $PY "$R/bench/m64_probe.py" \
+   --kernels swapab,triton \
    --shapes 1x4096x4096,16x4096x4096,32x4096x4096,48x4096x4096,64x4096x4096,1x14336x4096,16x14336x4096,64x14336x4096,64x4096x14336) \
    >>"$OUTDIR/m64.log" 2>&1
 say "$n m64 probe: in $((SECONDS - t)) s (m64.log)"
@@ -123,6 +124,7 @@ t=$SECONDS
 (cd "${TMPDIR:-/tmp}" && timeout 120 ncu --clock-control none -k regex:'wxa16_wgmma|wxa16_decode' \
    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats \
-   $PY "$R/bench/m64_probe.py" --once --ops w4a16_gemm:prepacked --kernels w4a16_gemm_wgmma,w4a16_gemm_decode \
+   $PY "$R/bench/m64_probe.py" --once --ops w4a16_gemm:prepacked \
+   --kernels w4a16_gemm_wgmma,w4a16_gemm_decode \
    --shapes 64x4096x4096) >"$OUTDIR/ncu_w4a16.log" 2>&1
 say "$n ncu w4a16: rc $? in $((SECONDS - t)) s (ncu_w4a16.log)"

@@ -147,11 +147,11 @@ __device__ __forceinline__ void permute_stage(const uint8_t* staged, uint8_t* ti
 
 // Phase trace (built only with -DLOWBIT_WXA16_TRACE, by bench/wxa16_ab.cu): per CTA (index
 // blockIdx.y * gridDim.x + blockIdx.x, the first kCtas), %globaltimer stamps of its start, the
-// first chunk's arrival at the consumers, the end of the mainloop and the CTA's end, and
-// SM cycles (32-bit %clock, differences wrap safely) summed over the chunks of time spent waiting: the first consumer thread on
-// its full barriers, the first encoding thread on its staged x and in the permutation, the
-// producer thread on empty stages. Where the chunks' time goes, where ncu's stall sampling is
-// not available.
+// first chunk's arrival at the consumers, the end of the mainloop and the CTA's end, and SM
+// cycles (32-bit %clock; differences wrap safely) summed over the chunks: the first consumer
+// thread's waits on its full barriers, the first encoding thread's waits on its staged x and
+// its time in the permutation, the producer thread's waits on empty stages. It says where a
+// chunk's time goes where ncu's stall sampling is not available.
 namespace trace {
 enum Slot { kStart, kFirstFull, kMainEnd, kEnd, kWaitFull, kWaitStaged, kPermute, kWaitEmpty,
             kSlots };
@@ -331,9 +331,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     WXA16_TRACE_CLOCK(t0);
     sm90::mbar_wait(&full[s], (i / kStages) & 1);
     WXA16_TRACE_ADD(wait_full, t0);
-#ifdef LOWBIT_WXA16_TRACE
     if (i == 0 && ctid == 0) WXA16_TRACE_NOW(kFirstFull);
-#endif
     const uint8_t* wsm = w_tiles + s * kWBytes;
     if constexpr (Bits == 4) {
       const uint4 v = *reinterpret_cast<const uint4*>(wsm + wt * kTileBytes4 + lane * 16);
