@@ -94,7 +94,9 @@ if want tests; then
   # pytest processes side by side (the GEMM file, everything else).
   WORKERS=${TEST_WORKERS:-12}
   if [ "$WORKERS" -gt 1 ] && $PY -c 'import xdist' >/dev/null 2>&1; then
-    $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider -n "$WORKERS" ${KFILTER[@]+"${KFILTER[@]}"} >"$OUTDIR/tests.log" 2>&1
+    # --durations: the whole suite takes two device calls; the log says which tests cost most.
+    $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider -n "$WORKERS" --durations=40 \
+      ${KFILTER[@]+"${KFILTER[@]}"} >"$OUTDIR/tests.log" 2>&1
     rc_rest=$?
     rc_gemm=$rc_rest
   else
