@@ -15,6 +15,10 @@
 #   bash bench/next_run.sh trace [OUTDIR]   no package build: bench/wxa16_ab.sh times decode
 #                                           and the wgmma weight-only kernel, then traces the
 #                                           wgmma kernel's phases (TRACE_SHAPES; about 40 s)
+#   bash bench/next_run.sh stages [OUTDIR]  the swap-AB ring's depth: for each of STAGES
+#                                           (default "12 5 8") a build with
+#                                           LOWBIT_SWAPAB_MAX_STAGES set, then the probe at
+#                                           STAGES_SHAPES (about 80 s a depth)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -42,6 +46,27 @@ if [ "$WHAT" = trace ]; then
     bash bench/wxa16_ab.sh tree tree:-DAB_WGMMA tree:-DAB_WGMMA,-DLOWBIT_WXA16_TRACE \
     >"$OUTDIR/wgmma_trace.txt" 2>&1
   say "1 trace: rc $? in $((SECONDS - t)) s (wgmma_trace.txt)"
+  exit 0
+fi
+
+if [ "$WHAT" = stages ]; then
+  # Whether the weight bytes in flight set the swap-AB GEMM's rate (bench/NOTES.md: 23 KB/us
+  # a CTA with 128 KB in flight at M = 1, 17 with 112 KB at M = 64; DRAM at 58-69%). The
+  # flag changes every swap-AB kernel's ring, so each depth is a build of its own; the last
+  # build is left installed, so the list ends where the next step wants it (8: the default).
+  shapes=${STAGES_SHAPES:-1x4096x4096,16x4096x4096,64x4096x4096,1x14336x4096,64x14336x4096}
+  n=1
+  for d in ${STAGES:-12 5 8}; do
+    t=$SECONDS
+    LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} timeout 200 $PY -m pip install \
+      --no-build-isolation -q -C cmake.define.CMAKE_CUDA_FLAGS=-DLOWBIT_SWAPAB_MAX_STAGES=$d . \
+      >"$OUTDIR/build_stages$d.log" 2>&1
+    rc=$?
+    (cd "${TMPDIR:-/tmp}" && timeout 80 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \
+       --shapes "$shapes" | sed "s/^/stages=$d /") >>"$OUTDIR/stages.log" 2>&1
+    say "$n stages $d: build rc $rc, in $((SECONDS - t)) s"
+    n=$((n + 1))
+  done
   exit 0
 fi
 

@@ -115,7 +115,14 @@ namespace swapab {
 
 constexpr int kTileN = 128;           // weight rows per CTA in the swapped form (Swapped)
 constexpr int kBK = 128;              // K per pipeline step: one 128-byte swizzle row
-constexpr int kMaxStages = 8;         // pipeline depth: 8 x 16 KB of weight in flight
+// Pipeline depth: 8 x 16 KB of weight in flight. LOWBIT_SWAPAB_MAX_STAGES (a build flag,
+// e.g. -C cmake.define.CMAKE_CUDA_FLAGS=-DLOWBIT_SWAPAB_MAX_STAGES=12) changes it for the
+// ring-depth experiment of bench/next_run.sh stages: whether the bytes in flight set the
+// weight stream's rate.
+#ifndef LOWBIT_SWAPAB_MAX_STAGES
+#define LOWBIT_SWAPAB_MAX_STAGES 8
+#endif
+constexpr int kMaxStages = LOWBIT_SWAPAB_MAX_STAGES;
 constexpr int kThreads = 384;         // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumerThreads = 256;
 [[maybe_unused]] constexpr int kConsumerWarps = 8;  // arrivals that free a stage
