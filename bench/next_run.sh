@@ -26,7 +26,11 @@
 #                                           crash), then bench/m64_probe.py and ncu on
 #                                           the swap-AB / Triton kernels at N = 14336
 # OUTDIR defaults to $OUT, else ./gpu_out. Each step writes under OUTDIR as it goes and runs
-# under a timeout; summary.txt gets a line per step.
+# under a timeout; summary.txt gets a line per step. SKIP_BUILD=1: no build first (the
+# package an earlier step installed, e.g. `stages`, which ends on the default build). The
+# next session's first call, about 540 s:
+#   bash bench/next_run.sh trace $OUT; bash bench/next_run.sh stages $OUT;
+#   SKIP_BUILD=1 FORMS_ROWS=auto bash bench/next_run.sh forms $OUT
 set -u
 WHAT=${1:-suite}
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -70,8 +74,12 @@ if [ "$WHAT" = stages ]; then
   exit 0
 fi
 
-LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} STEPS=build timeout 200 bash bench/gpu_check.sh "$OUTDIR/b" >/dev/null 2>&1
-say "1 build: $(grep build "$OUTDIR/b/summary.txt" 2>/dev/null)"
+if [ -n "${SKIP_BUILD:-}" ]; then
+  say "1 build: skipped (SKIP_BUILD: the package installed by an earlier step)"
+else
+  LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} STEPS=build timeout 200 bash bench/gpu_check.sh "$OUTDIR/b" >/dev/null 2>&1
+  say "1 build: $(grep build "$OUTDIR/b/summary.txt" 2>/dev/null)"
+fi
 
 if [ "$WHAT" = suite ]; then
   t=$SECONDS
