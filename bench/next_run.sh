@@ -19,6 +19,10 @@
 #                                           (default "12 5 8") a build with
 #                                           LOWBIT_SWAPAB_MAX_STAGES set, then the probe at
 #                                           STAGES_SHAPES (about 80 s a depth)
+#   bash bench/next_run.sh swtrace [OUTDIR] a build with the swap-AB phase trace
+#                                           (-DLOWBIT_SWAPAB_TRACE), bench/swapab_trace.py
+#                                           at SWTRACE_SHAPES, then the default build again
+#                                           (about 2.5 minutes)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -70,6 +74,23 @@ if [ "$WHAT" = stages ]; then
        --shapes "$shapes" | sed "s/^/stages=$d /") >>"$OUTDIR/stages.log" 2>&1
     say "$n stages $d: build rc $rc, in $((SECONDS - t)) s"
     n=$((n + 1))
+  done
+  exit 0
+fi
+
+if [ "$WHAT" = swtrace ]; then
+  # Where a swap-AB launch's microseconds go (bench/NOTES.md: M = 1 at 4096^2 trails Triton's
+  # kernel by about 2 us; +9k cycles a CTA from M = 1 to 64 at 14336 x 4096).
+  t=$SECONDS
+  for flags in -DLOWBIT_SWAPAB_TRACE ""; do
+    LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} timeout 200 $PY -m pip install \
+      --no-build-isolation -q -C "cmake.define.CMAKE_CUDA_FLAGS=$flags" . \
+      >>"$OUTDIR/build_swtrace.log" 2>&1
+    say "1 build [${flags:-default}]: rc $? at $((SECONDS - t)) s"
+    [ -z "$flags" ] && break
+    (cd "${TMPDIR:-/tmp}" && timeout 120 $PY "$R/bench/swapab_trace.py" \
+       ${SWTRACE_SHAPES:+--shapes "$SWTRACE_SHAPES"}) >"$OUTDIR/swapab_trace.txt" 2>&1
+    say "2 swapab_trace.py: rc $? at $((SECONDS - t)) s (swapab_trace.txt)"
   done
   exit 0
 fi

@@ -220,6 +220,39 @@ inline int split_count(int tiles, int steps, int sms, ClustersFit&& clusters_fit
   return 1;
 }
 
+// Phase trace, built only with -DLOWBIT_SWAPAB_TRACE (a build flag, as for
+// LOWBIT_SWAPAB_MAX_STAGES; bench/swapab_trace.py reads it): the first consumer thread of
+// each CTA stamps (%globaltimer, ns) its start, the end of the wait for the kernel before
+// (PDL), the first stage's arrival, the mainloop's end, the partial tile's barrier, the end
+// of its stores and its exit (for a CTA of several tiles, the last tile's). It says where a
+// launch's microseconds go, which ncu's counters do not. Kept in device memory (a printf
+// would make ptxas serialize the wgmmas); each translation unit has its own copy, and the
+// FP8 GEMM's exports a reader (sm90_fp8_gemm_swapab.cu).
+#ifdef LOWBIT_SWAPAB_TRACE
+namespace trace {
+enum Stamp { kStart, kDep, kFirst, kMain, kSync, kStore, kEnd, kStamps };
+constexpr int kCtas = 4096;
+static __device__ unsigned long long stamps[kCtas][kStamps];
+__device__ __forceinline__ unsigned long long now_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// This CTA's row of stamps, for the first consumer thread; null otherwise.
+__device__ __forceinline__ unsigned long long* mine() {
+  const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;
+  return threadIdx.x == 128 && cta < kCtas ? stamps[cta] : nullptr;
+}
+}  // namespace trace
+#define SWAPAB_TRACE_STAMP(slot)                           \
+  do {                                                     \
+    if (unsigned long long* row_ = trace::mine())          \
+      row_[trace::slot] = trace::now_ns();                 \
+  } while (0)
+#else
+#define SWAPAB_TRACE_STAMP(slot) (void)0
+#endif
+
 #ifdef LOWBIT_SM90A
 // d (64 x n) (+)= A[64 x 32] * B[n x 32]^T from the descriptors' low words: one wgmma, or for
 // s8 at n = 56 (which s8 wgmma lacks) two, n = 32 then n = 24 on B's rows 32..55 (4 KB, four
@@ -757,6 +790,12 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   uint64_t* empty = full + kStages;
   uint64_t* staged = empty + kStages;  // kQuant only
 
+#ifdef LOWBIT_SWAPAB_TRACE
+  if (unsigned long long* row = trace::mine()) {
+    for (int i = 0; i < trace::kStamps; ++i) row[i] = 0;
+    row[trace::kStart] = trace::now_ns();
+  }
+#endif
   const int wg = threadIdx.x / 128;
   const int splits = gridDim.x, rank = blockIdx.x;
   const int tiles = (p.N + F::kRows - 1) / F::kRows;
@@ -801,6 +840,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   // comes after that kernel. Each thread lets the next kernel start its setup once it is
   // past its last mainloop.
   grid_dependency_wait();
+  SWAPAB_TRACE_STAMP(kDep);
 
   if constexpr (kQuant) {
     // Steps of this CTA, over its tiles, in the consumers' order; the first ring's loads go
@@ -892,16 +932,28 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
   const int ctid = threadIdx.x - 128;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   int it = 0;  // steps consumed, in the producer's order
+#ifdef LOWBIT_SWAPAB_TRACE
+  // The first stage's arrival, waited for here (the mainloop's own wait then passes at once):
+  // a stamp inside the mainloop makes ptxas serialize its wgmmas.
+  if (blockIdx.y < tiles && k_end > k_begin) {
+    mbar_wait(&full[0], 0);
+    SWAPAB_TRACE_STAMP(kFirst);
+  }
+#endif
   for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
     Acc acc[C::kRegs];
     it = consume_tile<Op, kN, kPromote, kBlock, kScaleTma, kQuant, F>(
         acc, p, w_tiles, x_tiles, scales, full, empty, tile, k_begin, k_end, it, cw, lane);
     if (tile + gridDim.y >= tiles) launch_dependents();
+    SWAPAB_TRACE_STAMP(kMain);
     write_partial<kN, F>(red, acc, cw, warp, lane);
     tile_sync(splits);
+    SWAPAB_TRACE_STAMP(kSync);
     reduce_store<Op, kN, kBlock, F>(p, red, tile, rank, splits, ctid, a_smem);
+    SWAPAB_TRACE_STAMP(kStore);
     tile_sync(splits);  // peers are done reading red: it may be rewritten, or the CTA exit
   }
+  SWAPAB_TRACE_STAMP(kEnd);
 #else
   __trap();  // built without sm_90a: the host never launches this
 #endif

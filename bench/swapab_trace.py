@@ -1,0 +1,91 @@
+"""Where one launch of the sm_90a swap-AB FP8 GEMM spends its microseconds, CTA by CTA: the
+phase trace of csrc/common/sm90_gemm_swapab.cuh, which only a build with the flag has:
+
+    pip install --no-build-isolation -C cmake.define.CMAKE_CUDA_FLAGS=-DLOWBIT_SWAPAB_TRACE .
+    python bench/swapab_trace.py [--shapes 1x4096x4096,64x14336x4096]
+
+(bench/next_run.sh swtrace builds it, runs this, and builds the default again.) Per shape
+(FP8 rowwise, bf16 out): the kernel's time as the benchmarks take it (median of 200 with the
+L2 flushed), then one traced launch after an L2 flush, and per phase the median and maximum
+over the CTAs, in us: the CTAs' starts from the first; the wait for the kernel before (PDL);
+the first stage's arrival; the mainloop; the partial tile's barrier (a K split's cluster
+barrier); the stores; the last barrier; and the launch's span from the first start to the last
+exit. Only the FP8 GEMM's kernels are traced (each translation unit keeps its own stamps).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+
+import torch
+
+import lowbit  # noqa: F401  (registers the kernels)
+from lowbit._build import _C
+from lowbit.bench.cases import fp8_operands, prepared_call, runnable_kernels
+from lowbit.bench.timing import bench
+
+CTAS = 4096  # trace::kCtas
+STAMPS = ("start", "dep", "first", "main", "sync", "store", "end")  # trace::Stamp, in order
+PHASES = (("start (from the first CTA's)", None, "start"),
+          ("wait for the kernel before", "start", "dep"),
+          ("first stage's arrival", "dep", "first"), ("mainloop", "first", "main"),
+          ("partial tile's barrier", "main", "sync"), ("stores", "sync", "store"),
+          ("last barrier", "store", "end"))
+
+
+def reader():
+    try:
+        fn = ctypes.CDLL(_C.__file__).lowbit_swapab_trace
+    except (AttributeError, OSError) as e:
+        raise SystemExit("lowbit._C has no phase trace: build it with -C cmake.define."
+                         f"CMAKE_CUDA_FLAGS=-DLOWBIT_SWAPAB_TRACE ({e})")
+    fn.restype = ctypes.c_int
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
+    return fn
+
+
+def traced(fn, call) -> list:
+    """Rows of stamps (ns) of the CTAs that ran, from one launch of ``call`` after an L2
+    flush."""
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    if fn(None, CTAS, len(STAMPS)) != 0:
+        raise SystemExit("lowbit_swapab_trace: the build's trace has another shape")
+    flush.fill_(1)
+    call()
+    buf = (ctypes.c_ulonglong * (CTAS * len(STAMPS)))()
+    if fn(ctypes.addressof(buf), CTAS, len(STAMPS)) != 0:
+        raise SystemExit("lowbit_swapab_trace: a CUDA error")
+    rows = [dict(zip(STAMPS, buf[i * len(STAMPS):(i + 1) * len(STAMPS)])) for i in range(CTAS)]
+    return [r for r in rows if r["start"] and r["end"]]
+
+
+def report(rows: list) -> None:
+    t0 = min(r["start"] for r in rows)
+    print(f"  {len(rows)} CTAs; launch span {(max(r['end'] for r in rows) - t0) / 1e3:.2f} us")
+    for label, a, b in PHASES:
+        v = sorted(((r[b] - (r[a] if a else t0)) / 1e3) for r in rows if r[b] and (not a or r[a]))
+        if v:
+            print(f"  {label:32s} median {statistics.median(v):7.2f}  max {v[-1]:7.2f}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="1x4096x4096,16x4096x4096,64x4096x4096,1x14336x4096,"
+                    "64x14336x4096")
+    args = ap.parse_args()
+    fn = reader()
+    for shape in args.shapes.split(","):
+        m, n, k = map(int, shape.split("x"))
+        a, b, sa, sb = fp8_operands(m, n, k, "row")
+        call_args = (a, b, sa, sb, None, torch.bfloat16, False)
+        for kern in runnable_kernels("fp8_scaled_mm", call_args, backends=("cuda",),
+                                     names=["sm90_fp8_gemm_swapab"]):
+            call = prepared_call(kern, call_args)
+            t = bench(call, rep=200)
+            print(f"{shape} {kern.name}: {t['median_us']:.2f} us (median of 200, L2 flushed)")
+            report(traced(fn, call))
+
+
+if __name__ == "__main__":
+    main()
