@@ -23,6 +23,9 @@
 #                                           (-DLOWBIT_SWAPAB_TRACE), bench/swapab_trace.py
 #                                           at SWTRACE_SHAPES, then the default build again
 #                                           (about 2.5 minutes)
+#   bash bench/next_run.sh wxsweep [OUTDIR] build, then bench/sweep_triton_wxa16.py (the
+#                                           Triton weight-only GEMM's configs at M = 32-64;
+#                                           WXSWEEP_ARGS, e.g. "--bits 4"; 450 s at most)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -133,6 +136,14 @@ if [ "$WHAT" = forms ] || [ "$WHAT" = probe ]; then
     say "3 probe rows=${r:-auto}: in $((SECONDS - t)) s"
   done
   [ "$WHAT" = forms ] && exit 0
+fi
+
+if [ "$WHAT" = wxsweep ]; then
+  t=$SECONDS
+  (cd "$R" && timeout "${WXSWEEP_S:-450}" $PY -m bench.sweep_triton_wxa16 ${WXSWEEP_ARGS:-}) \
+    >"$OUTDIR/wxsweep.txt" 2>&1
+  say "2 wxsweep: rc $? in $((SECONDS - t)) s: $(grep -c BEST "$OUTDIR/wxsweep.txt") shapes done"
+  exit 0
 fi
 
 n=2
