@@ -7,11 +7,11 @@ backend's time against issue 15's 1.5x. One GPU:
 Per shape and weight (int4 group 128 in the canonical layout, the Triton kernel's; int8 per
 channel), bf16 activations: every config of ``candidates(m)`` with K splits of 1, 2 and 4,
 through ``w4a16_gemm`` / ``w8a16_gemm``'s ``config`` and ``split_k`` overrides, beside the
-table's own choice, the CUDA backend's ``auto`` (on the prepacked int4 weight, the layout an
-NVIDIA GPU holds) and bf16 ``F.linear``: us (median, L2 flushed), the ratio to CUDA, and the
-error against the table's output (a config that does not compile or launch gets a row that
-says why). Each shape ends with the best config; a table row that changes goes into
-heuristics.py by hand, with the numbers in bench/NOTES.md.
+table's own choice, the Triton and CUDA backends' ``auto`` (CUDA's on the prepacked int4
+weight, the layout an NVIDIA GPU holds) and bf16 ``F.linear``: us (median, L2 flushed), the
+ratio to CUDA, and the error against the table's output (a config that does not compile or
+launch gets a row that says why). Each shape ends with the best config; a table row that
+changes goes into heuristics.py by hand, with the numbers in bench/NOTES.md.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def calls(bits: int, m: int, n: int, k: int) -> Tuple[dict, Iterator]:
         canon = OPS["w4a16_gemm"].build("canonical", (m, n, k))
         packed = OPS["w4a16_gemm"].build("prepacked", (m, n, k))
         x, qw, sc, z, group = canon.args[:5]
-        cuda = packed.public("cuda")
+        cuda, triton_auto = packed.public("cuda"), canon.public("triton")
         w_bf16 = next(a for a in canon.anchors if a.role == "bf16")
 
         def triton(cfg, split):
@@ -67,14 +67,17 @@ def calls(bits: int, m: int, n: int, k: int) -> Tuple[dict, Iterator]:
         case = OPS["w8a16_gemm"].build("channel", (m, n, k))
         x, w, ws = case.args[:3]
         group = 0
-        cuda = case.public("cuda")
+        cuda, triton_auto = case.public("cuda"), case.public("triton")
         w_bf16 = next(a for a in case.anchors if a.role == "bf16")
 
         def triton(cfg, split):
             return lambda: wxa16_gemm.w8a16_gemm(x, w, ws, config=cfg, split_k=split)
 
     table_cfg = wxa16_gemm_config(m, n, k, group)
-    anchors = {"CUDA auto": cuda, "F.linear bf16": w_bf16.fn,
+    # The Triton backend's own choice may be its dequantize-then-GEMM kernel (from M = 33 on
+    # int4 weights of at most 4096 x 4096, lowbit/backends/triton.py); the fused kernel with
+    # the table's config is the sweep's baseline.
+    anchors = {"CUDA auto": cuda, "Triton auto": triton_auto, "F.linear bf16": w_bf16.fn,
                f"table {name(table_cfg, None)}": triton(None, None)}
     sweep = ((name(c, s), triton(c, s)) for c in candidates(m, bits, group) for s in SPLITS)
     return anchors, sweep
