@@ -1007,7 +1007,7 @@ cudaError_t plan_splits(int device, int tiles, int steps, int& splits) {
 // The tile forms of a kN = 64 GEMM (M = 33..64) without block scales: the swapped 128-row
 // tile, and tokens as A with 112 rows or 96. s8 wgmma has no n = 56: INT8's 112-row form runs
 // an n = 32 and an n = 24 wgmma per K block (wgmma_rows), as fast as 128 rows or faster where
-// the cost model picks it (bench/NOTES.md, "INT8's 112-row form, measured").
+// the cost model picks it (bench/NOTES.md, "The whole GPU suite in two shards").
 using TokensA112 = Form<112, true>;
 using TokensA96 = Form<96, true>;
 
