@@ -1,8 +1,8 @@
 """The two forms of the swap-AB GEMM at M = 33..64 (csrc/common/sm90_gemm_swapab.cuh, Form):
 the swapped 128-row tile, and tokens as A with 112 or 96 weight rows per tile (INT8's 112
-rows as an n = 32 and an n = 24 wgmma, s8 having no n = 56). The host
-picks the form per shape; LOWBIT_SWAPAB_ROWS forces one, read once per process, so
-each form runs in a process of its own (tests/swapab_forms_child.py). INT8's int32 sums do
+rows as an n = 32 and an n = 24 wgmma, s8 having no n = 56). The host picks the form per
+shape; LOWBIT_SWAPAB_ROWS forces one, read once per process, so each form runs in a process
+of its own (tests/swapab_forms_child.py). INT8's int32 sums do
 not depend on the form: its outputs must agree bit for bit across forms; FP8's must meet the
 SPEC's tolerance against the reference in every form; in every form the fused linear
 forward must equal quantize-then-GEMM bit for bit (it runs the form the GEMM runs)."""

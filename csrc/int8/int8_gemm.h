@@ -21,8 +21,8 @@ GemmFn sm90_int8_gemm_wgmma;
 // and the activations are the narrow B operand (n = M rounded up to 8, 16, 32 or 64); K is
 // split over a thread-block cluster when N has too few 128-row tiles to fill the GPU, its
 // int32 partials added exactly. At M = 33..64 the tokens may instead be the A operand, with
-// 96-row weight tiles, where that leaves fewer SMs idle. M > 64 returns
-// cudaErrorInvalidValue.
+// 112- or 96-row weight tiles, where that leaves fewer SMs idle (112 rows as an n = 32 and an
+// n = 24 wgmma: s8 has no n = 56). M > 64 returns cudaErrorInvalidValue.
 GemmFn sm90_int8_gemm_swapab;
 
 // Int8Linear's forward at 1 <= M <= 64 on sm_90a with symmetric activations: the swap-AB GEMM

@@ -5,7 +5,7 @@ They are the FP8 GEMMs' templates instantiated with s8 operands, accumulating ex
 int32: on sm_90a ``sm90_int8_gemm_wgmma`` (TMA + s8 wgmma, persistent) for M above 64 and
 ``sm90_int8_gemm_swapab`` (the weight as wgmma's 64-row operand, K split over a cluster,
 int32 partials added in a fixed order; at M = 33..64 the tokens may take that operand and
-the weight tile be 96 rows) for 1 <= M <= 64; on every arch from sm_80 (the A100
+the weight tile be 112 or 96 rows) for 1 <= M <= 64; on every arch from sm_80 (the A100
 path) the mma.sync IMMA kernels ``sm80_int8_gemm_smallm`` (split-K inside a CTA, M <= 64)
 and ``sm80_int8_gemm_mma`` (128 x 128 tiles, any M).
 
