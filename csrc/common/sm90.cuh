@@ -38,6 +38,14 @@ struct S8 {
   static constexpr bool kInt = true;
 };
 
+// The GPU's global nanosecond clock (%globaltimer), comparable across SMs: the kernels' phase
+// traces (LOWBIT_SWAPAB_TRACE, LOWBIT_WXA16_TRACE) stamp with it.
+__device__ __forceinline__ unsigned long long globaltimer_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 #ifdef LOWBIT_SM90A
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count));

@@ -233,21 +233,16 @@ namespace trace {
 enum Stamp { kStart, kDep, kFirst, kMain, kSync, kStore, kEnd, kStamps };
 constexpr int kCtas = 4096;
 static __device__ unsigned long long stamps[kCtas][kStamps];
-__device__ __forceinline__ unsigned long long now_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 // This CTA's row of stamps, for the first consumer thread; null otherwise.
 __device__ __forceinline__ unsigned long long* mine() {
   const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;
   return threadIdx.x == 128 && cta < kCtas ? stamps[cta] : nullptr;
 }
 }  // namespace trace
-#define SWAPAB_TRACE_STAMP(slot)                           \
-  do {                                                     \
-    if (unsigned long long* row_ = trace::mine())          \
-      row_[trace::slot] = trace::now_ns();                 \
+#define SWAPAB_TRACE_STAMP(slot)                  \
+  do {                                            \
+    if (unsigned long long* row_ = trace::mine()) \
+      row_[trace::slot] = globaltimer_ns();       \
   } while (0)
 #else
 #define SWAPAB_TRACE_STAMP(slot) (void)0
@@ -793,7 +788,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
 #ifdef LOWBIT_SWAPAB_TRACE
   if (unsigned long long* row = trace::mine()) {
     for (int i = 0; i < trace::kStamps; ++i) row[i] = 0;
-    row[trace::kStart] = trace::now_ns();
+    row[trace::kStart] = globaltimer_ns();
   }
 #endif
   const int wg = threadIdx.x / 128;

@@ -158,11 +158,6 @@ enum Slot { kStart, kFirstFull, kMainEnd, kEnd, kWaitFull, kWaitStaged, kPermute
 constexpr int kCtas = 2048;
 #ifdef LOWBIT_WXA16_TRACE
 __device__ unsigned long long stamps[kCtas][kSlots];
-__device__ __forceinline__ unsigned long long global_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 __device__ __forceinline__ void put(Slot s, unsigned long long v) {
   const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;
   if (cta < kCtas) stamps[cta][s] = v;
@@ -171,7 +166,7 @@ __device__ __forceinline__ void put(Slot s, unsigned long long v) {
 }  // namespace trace
 // Trace hooks: nothing without LOWBIT_WXA16_TRACE.
 #ifdef LOWBIT_WXA16_TRACE
-#define WXA16_TRACE_NOW(slot) trace::put(trace::slot, trace::global_ns())
+#define WXA16_TRACE_NOW(slot) trace::put(trace::slot, sm90::globaltimer_ns())
 #define WXA16_TRACE_PUT(slot, v) trace::put(trace::slot, (v))
 #define WXA16_TRACE_CLOCK(name) const unsigned name = static_cast<unsigned>(clock())
 #define WXA16_TRACE_ADD(sum, since) (sum) += static_cast<unsigned>(clock()) - (since)
