@@ -40,6 +40,10 @@
 #   SKIP_BUILD=1 FORMS_ROWS=auto bash bench/next_run.sh forms $OUT
 set -u
 WHAT=${1:-suite}
+case $WHAT in
+  suite | forms | probe | trace | stages | swtrace | wxsweep | race) ;;
+  *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
+esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
@@ -48,6 +52,12 @@ PY=${PYTHON:-python3}
 SUMMARY=$OUTDIR/summary.txt
 say() { echo "$*" | tee -a "$SUMMARY"; }
 say "0 $WHAT: $(nvidia-smi --query-gpu=name --format=csv,noheader) $(date -u +%FT%TZ)"
+# The package built with extra nvcc flags ($1; empty: none), the log appended to $2. The flags
+# stay in the build folder's CMake cache until a build passes others.
+build_with() {
+  LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} timeout 200 $PY -m pip install \
+    --no-build-isolation -q -C "cmake.define.CMAKE_CUDA_FLAGS=$1" . >>"$2" 2>&1
+}
 
 if [ "$WHAT" = trace ]; then
   # Where the wgmma W4A16 / W8A16 kernel's time goes (issue 15's M = 64): 2200 cycles a
@@ -69,9 +79,7 @@ if [ "$WHAT" = stages ]; then
   n=1
   for d in ${STAGES:-12 5 8}; do
     t=$SECONDS
-    LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} timeout 200 $PY -m pip install \
-      --no-build-isolation -q -C cmake.define.CMAKE_CUDA_FLAGS=-DLOWBIT_SWAPAB_MAX_STAGES=$d . \
-      >"$OUTDIR/build_stages$d.log" 2>&1
+    build_with "-DLOWBIT_SWAPAB_MAX_STAGES=$d" "$OUTDIR/build_stages$d.log"
     rc=$?
     (cd "${TMPDIR:-/tmp}" && timeout 80 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \
        --shapes "$shapes" | sed "s/^/stages=$d /") >>"$OUTDIR/stages.log" 2>&1
@@ -86,9 +94,7 @@ if [ "$WHAT" = swtrace ]; then
   # kernel by about 2 us; +9k cycles a CTA from M = 1 to 64 at 14336 x 4096).
   t=$SECONDS
   for flags in -DLOWBIT_SWAPAB_TRACE ""; do
-    LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} timeout 200 $PY -m pip install \
-      --no-build-isolation -q -C "cmake.define.CMAKE_CUDA_FLAGS=$flags" . \
-      >>"$OUTDIR/build_swtrace.log" 2>&1
+    build_with "$flags" "$OUTDIR/build_swtrace.log"
     say "1 build [${flags:-default}]: rc $? at $((SECONDS - t)) s"
     [ -z "$flags" ] && break
     (cd "${TMPDIR:-/tmp}" && timeout 120 $PY "$R/bench/swapab_trace.py" \
@@ -158,13 +164,14 @@ n=2
   n=$((n + 1))
 done
 
-t=$SECONDS
-[ "$WHAT" = race ] && (cd "${TMPDIR:-/tmp}" && timeout 100 $PY "$R/bench/m64_probe.py" \
-   --kernels swapab,triton \
-   --shapes 1x4096x4096,16x4096x4096,32x4096x4096,48x4096x4096,64x4096x4096,1x14336x4096,16x14336x4096,64x14336x4096,64x4096x14336) \
-   >>"$OUTDIR/m64.log" 2>&1
-say "$n m64 probe: in $((SECONDS - t)) s (m64.log)"
-n=$((n + 1))
+if [ "$WHAT" = race ]; then
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 100 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \
+     --shapes 1x4096x4096,16x4096x4096,32x4096x4096,48x4096x4096,64x4096x4096,1x14336x4096,16x14336x4096,64x14336x4096,64x4096x14336) \
+     >>"$OUTDIR/m64.log" 2>&1
+  say "$n m64 probe: in $((SECONDS - t)) s (m64.log)"
+  n=$((n + 1))
+fi
 
 # The 64 x 14336 x 4096 row (no K split, 112 CTAs): ncu's view of the swap-AB and Triton
 # kernels there and at M = 1 on the same weight.
