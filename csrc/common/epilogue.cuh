@@ -58,11 +58,22 @@ __device__ __forceinline__ float zero_corrected(int32_t acc, int32_t zero, int32
   return __ll2float_rn(static_cast<int64_t>(acc) - zero * b_sum);
 }
 
+// Token m's activation zero point (one per token or one for all).
+__device__ __forceinline__ int32_t a_zero_of(const GemmArgs& p, int m) {
+  return __ldg(&p.a_zero[p.a_zero_row ? m : 0]);
+}
+
 // An INT8 accumulator as the epilogue's fp32 value: acc, or with asymmetric activations
-// zero_corrected(acc, a_zero[m], b_sum[n]).
+// (`zeros`) zero_corrected(acc, zero, b_sum); for epilogues that load the terms ahead.
+__device__ __forceinline__ float int_acc_value(int32_t acc, bool zeros, int32_t zero,
+                                               int32_t b_sum) {
+  return zeros ? zero_corrected(acc, zero, b_sum) : __int2float_rn(acc);
+}
+
+// The same, loading a_zero[m] and b_sum[n] itself.
 __device__ __forceinline__ float int_acc_value(const GemmArgs& p, int32_t acc, int m, int n) {
   if (p.a_zero == nullptr) return __int2float_rn(acc);
-  return zero_corrected(acc, p.a_zero[p.a_zero_row ? m : 0], p.b_sum[n]);
+  return int_acc_value(acc, true, a_zero_of(p, m), __ldg(&p.b_sum[n]));
 }
 
 // int8_mm's output: the int32 accumulators of columns n and n + 1 of a row (n + 1 < N

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <utility>
 
 namespace lowbit {
@@ -17,6 +18,13 @@ inline cudaError_t current_device(int& device) {
   const cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return e;
   return device >= 0 && device < kMaxDevices ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+// An integer tuning switch from the environment (0 when unset or not a number), for the
+// sweeps' overrides; callers read it once per process and check its range.
+inline int env_int(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : 0;
 }
 
 // Opts `kernel` in to `bytes` of dynamic shared memory on `device`: a per-device attribute

@@ -103,7 +103,6 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <type_traits>
 
 #include "common/quant_kernels.cuh"
@@ -203,8 +202,7 @@ struct Config {
 // clusters fit at once; otherwise the rule above. Read once per process.
 inline int forced_split() {
   static const int forced = [] {
-    const char* v = std::getenv("LOWBIT_SWAPAB_SPLIT");
-    const int s = v ? std::atoi(v) : 0;
+    const int s = env_int("LOWBIT_SWAPAB_SPLIT");
     return s > 0 && s <= kMaxSplits ? s : 0;
   }();
   return forced;
@@ -548,7 +546,7 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
       bias[u] = p.bias ? load_bias(p.bias, p.bias_dtype, n[u]) : 0.f;
       if constexpr (Op::kInt) {
         if (zeros) {
-          zero[u] = __ldg(&p.a_zero[p.a_zero_row ? m[u] : 0]);
+          zero[u] = a_zero_of(p, m[u]);
           b_sum[u] = __ldg(&p.b_sum[n[u]]);
         }
       }
@@ -572,7 +570,7 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
           static_cast<int32_t*>(p.out)[o] = sum[u];
           continue;
         }
-        v = zeros ? zero_corrected(sum[u], zero[u], b_sum[u]) : __int2float_rn(sum[u]);
+        v = int_acc_value(sum[u], zeros, zero[u], b_sum[u]);
       } else {
         v = sum[u];
       }
@@ -1011,20 +1009,18 @@ using TokensA96 = Form<96, true>;
 // forms' tests. Read once per process.
 inline int forced_rows() {
   static const int forced = [] {
-    const char* v = std::getenv("LOWBIT_SWAPAB_ROWS");
-    const int r = v ? std::atoi(v) : 0;
+    const int r = env_int("LOWBIT_SWAPAB_ROWS");
     return r == 128 || r == 112 || r == 96 ? r : 0;
   }();
   return forced;
 }
 
-// The weight rows x steps that the busiest CTA of form F streams (its split as planned), in
-// `cost`; the time of a weight-streaming GEMM follows it, since every CTA streams at about the
-// same rate.
+// The weight rows x steps that the busiest CTA of form F streams (its split as planned, in
+// `splits`), in `cost`; the time of a weight-streaming GEMM follows it, since every CTA
+// streams at about the same rate.
 template <class Op, bool kPromote, class F>
-cudaError_t form_cost(int device, const GemmArgs& p, int64_t& cost) {
+cudaError_t form_cost(int device, const GemmArgs& p, int64_t& cost, int& splits) {
   const int tiles = (p.N + F::kRows - 1) / F::kRows, steps = (p.K + kBK - 1) / kBK;
-  int splits = 1;
   const cudaError_t e =
       plan_splits<Op, 64, kPromote, false, false, F>(device, tiles, steps, splits);
   if (e != cudaSuccess) return e;
@@ -1034,32 +1030,41 @@ cudaError_t form_cost(int device, const GemmArgs& p, int64_t& cost) {
   return cudaSuccess;
 }
 
-// The tile height of a kN = 64 GEMM without block scales (128, 112 or 96; see Form): the
-// form of least form_cost, the swapped one on a tie. The fused kernel asks with the kPromote
-// of the GEMM it matches, so both run the same form and split: the same sums in the same
-// order.
+// The form of a kN = 64 GEMM without block scales: its tile height (128, 112 or 96; see
+// Form) and its K split as planned for kN = 64, which the launch then takes as it is (0: the
+// launch plans it, as where LOWBIT_SWAPAB_ROWS forces the form).
+struct FormPlan {
+  int rows = 128;
+  int splits = 0;
+};
+
+// The form of least form_cost, the swapped one on a tie. The fused kernel asks with the
+// kPromote of the GEMM it matches, so both run the same form and split: the same sums in the
+// same order.
 template <class Op, bool kPromote>
-cudaError_t pick_rows(int device, const GemmArgs& p, int& rows) {
-  rows = 128;
+cudaError_t pick_rows(int device, const GemmArgs& p, FormPlan& plan) {
+  plan = FormPlan{};
   if (const int f = forced_rows(); f != 0) {
-    rows = f;
+    plan.rows = f;
     return cudaSuccess;
   }
   int64_t best = 0, cost = 0;
-  cudaError_t e = form_cost<Op, kPromote, Swapped>(device, p, best);
+  int splits = 1;
+  cudaError_t e = form_cost<Op, kPromote, Swapped>(device, p, best, plan.splits);
   if (e != cudaSuccess) return e;
-  e = form_cost<Op, kPromote, TokensA112>(device, p, cost);
+  e = form_cost<Op, kPromote, TokensA112>(device, p, cost, splits);
   if (e != cudaSuccess) return e;
-  if (cost < best) best = cost, rows = 112;
-  e = form_cost<Op, kPromote, TokensA96>(device, p, cost);
+  if (cost < best) best = cost, plan = {112, splits};
+  e = form_cost<Op, kPromote, TokensA96>(device, p, cost, splits);
   if (e != cudaSuccess) return e;
-  if (cost < best) best = cost, rows = 96;
+  if (cost < best) best = cost, plan = {96, splits};
   return cudaSuccess;
 }
 
+// `splits`: the K split pick_rows planned for this kernel's form, or 0 to plan it here.
 template <class Op, int kN, bool kPromote, bool kBlock, bool kScaleTma, class ActCodec, class F>
 cudaError_t launch(const Maps& maps, const GemmArgs& p, const ActQuantArgs& aq,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, int splits) {
   using C = Config<kN, kScaleTma, !std::is_void_v<ActCodec>, F>;
   auto kernel = sm90_gemm_swapab_kernel<Op, kN, kPromote, kBlock, kScaleTma, ActCodec, F>;
   int device = 0;
@@ -1068,9 +1073,10 @@ cudaError_t launch(const Maps& maps, const GemmArgs& p, const ActQuantArgs& aq,
   const int tiles = (p.N + F::kRows - 1) / F::kRows;
   const int steps = (p.K + kBK - 1) / kBK;
   const int sms = sm_count(device);
-  int splits = 1;
-  e = plan_splits<Op, kN, kPromote, kBlock, kScaleTma, F>(device, tiles, steps, splits);
-  if (e != cudaSuccess) return e;
+  if (splits <= 0) {
+    e = plan_splits<Op, kN, kPromote, kBlock, kScaleTma, F>(device, tiles, steps, splits);
+    if (e != cudaSuccess) return e;
+  }
   if constexpr (!std::is_void_v<ActCodec>) {
     static std::atomic<bool> smem_set[kMaxDevices];  // the fused kernel's own opt-in
     e = opt_in_smem(kernel, C::kSmemBytes, device, smem_set);
@@ -1089,16 +1095,16 @@ cudaError_t launch(const Maps& maps, const GemmArgs& p, const ActQuantArgs& aq,
 }
 
 // The operand maps and the kernel for the scales' modes (S8: exact int32 accumulation, one
-// kernel per kN and form).
+// kernel per kN and form); `splits` as launch takes it.
 template <class Op, int kN, class F = Swapped>
-cudaError_t dispatch(const GemmArgs& p, cudaStream_t stream) {
+cudaError_t dispatch(const GemmArgs& p, cudaStream_t stream, int splits = 0) {
   Maps maps{};
   if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, F::kRows, map_slot(p, TensorMapCache::kB)) ||
       !make_map_k128(&maps.x, p.a, p.M, p.K, p.lda, kN, map_slot(p, TensorMapCache::kA)))
     return cudaErrorInvalidValue;
   const ActQuantArgs none{};
   if constexpr (Op::kInt) {
-    return launch<Op, kN, false, false, false, void, F>(maps, p, none, stream);
+    return launch<Op, kN, false, false, false, void, F>(maps, p, none, stream, splits);
   } else {
     const bool a_block = p.a_mode == ScaleMode::kBlock, b_block = p.b_mode == ScaleMode::kBlock;
     if constexpr (!F::kTokensA) {
@@ -1106,14 +1112,15 @@ cudaError_t dispatch(const GemmArgs& p, cudaStream_t stream) {
         // Scales by TMA when it can address them (16-byte rows: K a multiple of 512 for dense
         // scales), else by loads.
         if (make_block_scale_maps(&maps.sa, &maps.sb, p, kN))
-          return launch<Op, kN, true, true, true, void, F>(maps, p, none, stream);
-        return launch<Op, kN, true, true, false, void, F>(maps, p, none, stream);
+          return launch<Op, kN, true, true, true, void, F>(maps, p, none, stream, 0);
+        return launch<Op, kN, true, true, false, void, F>(maps, p, none, stream, 0);
       }
     } else if (a_block || b_block) {
       return cudaErrorInvalidValue;  // gemm_swapab sends block scales to the swapped form
     }
-    if (p.fast_accum) return launch<Op, kN, false, false, false, void, F>(maps, p, none, stream);
-    return launch<Op, kN, true, false, false, void, F>(maps, p, none, stream);
+    if (p.fast_accum)
+      return launch<Op, kN, false, false, false, void, F>(maps, p, none, stream, splits);
+    return launch<Op, kN, true, false, false, void, F>(maps, p, none, stream, splits);
   }
 }
 
@@ -1121,23 +1128,24 @@ cudaError_t dispatch(const GemmArgs& p, cudaStream_t stream) {
 // no swizzle) in place of a's, fp32 promotion for FP8 (the linear layers never ask for
 // fast_accum), int32 for INT8.
 template <class Op, int kN, class ActCodec, class F = Swapped>
-cudaError_t dispatch_quant(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_t stream) {
+cudaError_t dispatch_quant(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_t stream,
+                           int splits = 0) {
   Maps maps{};
   if (!make_map_k128(&maps.w, p.b, p.N, p.K, p.ldb, F::kRows, map_slot(p, TensorMapCache::kB)) ||
       !make_map_k128_u16(&maps.x, aq.x, p.M, p.K, aq.ldx, kN, map_slot(p, TensorMapCache::kA)))
     return cudaErrorInvalidValue;
-  return launch<Op, kN, !Op::kInt, false, false, ActCodec, F>(maps, p, aq, stream);
+  return launch<Op, kN, !Op::kInt, false, false, ActCodec, F>(maps, p, aq, stream, splits);
 }
 
-// The form of a GEMM with the given promotion (the rows of pick_rows), for M = 33..64 or
-// where LOWBIT_SWAPAB_ROWS forces one; 128 (swapped) otherwise.
+// The form of a GEMM with the given promotion (pick_rows's), for M = 33..64 or where
+// LOWBIT_SWAPAB_ROWS forces one; 128 rows (swapped), split planned by the launch, otherwise.
 template <class Op, bool kPromote>
-cudaError_t rows_of(const GemmArgs& p, int& rows) {
-  rows = 128;
+cudaError_t form_of(const GemmArgs& p, FormPlan& plan) {
+  plan = FormPlan{};
   if (p.M <= 32 && forced_rows() == 0) return cudaSuccess;
   int device = 0;
   const cudaError_t e = current_device(device);
-  return e != cudaSuccess ? e : pick_rows<Op, kPromote>(device, p, rows);
+  return e != cudaSuccess ? e : pick_rows<Op, kPromote>(device, p, plan);
 }
 
 // The launcher of operand type Op (the families' sm90_*_gemm_swapab): kN = M rounded up to
@@ -1146,26 +1154,26 @@ template <class Op>
 cudaError_t gemm_swapab(const GemmArgs& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   if (p.M < 0 || p.M > 64 || p.N < 0 || p.K <= 0) return cudaErrorInvalidValue;
+  FormPlan form;  // 128 rows, split planned by the launch, with block scales
   if (p.a_mode != ScaleMode::kBlock && p.b_mode != ScaleMode::kBlock) {
-    int rows = 128;
     // The kPromote of the kernel that will run (FP8 promotes unless fast_accum; S8 never).
     const cudaError_t e =
-        p.fast_accum ? rows_of<Op, false>(p, rows) : rows_of<Op, !Op::kInt>(p, rows);
+        p.fast_accum ? form_of<Op, false>(p, form) : form_of<Op, !Op::kInt>(p, form);
     if (e != cudaSuccess) return e;
-    if (rows == 112) return dispatch<Op, 64, TokensA112>(p, stream);
-    if (rows == 96) return dispatch<Op, 64, TokensA96>(p, stream);
+    if (form.rows == 112) return dispatch<Op, 64, TokensA112>(p, stream, form.splits);
+    if (form.rows == 96) return dispatch<Op, 64, TokensA96>(p, stream, form.splits);
   }
   if (p.M <= 8) return dispatch<Op, 8>(p, stream);
   if (p.M <= 16) return dispatch<Op, 16>(p, stream);
   if (p.M <= 32) return dispatch<Op, 32>(p, stream);
-  return dispatch<Op, 64>(p, stream);
+  return dispatch<Op, 64>(p, stream, form.splits);
 }
 
 // The launcher of a linear layer's forward with its activation quantizer fused (the
 // families' sm90_*_linear_swapab, a LinearFn): what it does not take (block scales,
 // fast_accum, INT8 zero points or int32 output, fp32 or misaligned x, K not a multiple of 16)
 // is cudaErrorInvalidValue; the caller runs quantize-then-GEMM for those. It runs the form
-// the GEMM would (rows_of), so the two stay bit-identical.
+// the GEMM would (form_of), so the two stay bit-identical.
 template <class Op, class ActCodec>
 cudaError_t linear_swapab(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
@@ -1175,15 +1183,17 @@ cudaError_t linear_swapab(const GemmArgs& p, const ActQuantArgs& aq, cudaStream_
       (aq.x_type != FloatType::kBF16 && aq.x_type != FloatType::kF16) ||
       reinterpret_cast<uintptr_t>(aq.x) % 16 || (aq.ldx * 2) % 16 || (p.M > 1 && aq.ldx < p.K))
     return cudaErrorInvalidValue;
-  int rows = 128;
-  const cudaError_t e = rows_of<Op, !Op::kInt>(p, rows);
+  FormPlan form;
+  const cudaError_t e = form_of<Op, !Op::kInt>(p, form);
   if (e != cudaSuccess) return e;
-  if (rows == 112) return dispatch_quant<Op, 64, ActCodec, TokensA112>(p, aq, stream);
-  if (rows == 96) return dispatch_quant<Op, 64, ActCodec, TokensA96>(p, aq, stream);
+  if (form.rows == 112)
+    return dispatch_quant<Op, 64, ActCodec, TokensA112>(p, aq, stream, form.splits);
+  if (form.rows == 96)
+    return dispatch_quant<Op, 64, ActCodec, TokensA96>(p, aq, stream, form.splits);
   if (p.M <= 8) return dispatch_quant<Op, 8, ActCodec>(p, aq, stream);
   if (p.M <= 16) return dispatch_quant<Op, 16, ActCodec>(p, aq, stream);
   if (p.M <= 32) return dispatch_quant<Op, 32, ActCodec>(p, aq, stream);
-  return dispatch_quant<Op, 64, ActCodec>(p, aq, stream);
+  return dispatch_quant<Op, 64, ActCodec>(p, aq, stream, form.splits);
 }
 
 }  // namespace swapab

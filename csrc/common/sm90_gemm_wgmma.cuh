@@ -50,7 +50,6 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
-#include <cstdlib>
 
 #include "common/sm90_gemm.cuh"
 
@@ -66,10 +65,7 @@ constexpr int kBM = 128, kBN = 128, kBK = 128;
 // row tiles per group; g < 0, -g column tiles per group (consecutive tiles walk down M).
 // Read once per process.
 inline int raster_group(int N, int K) {
-  static const int forced = [] {
-    const char* v = std::getenv("LOWBIT_WGMMA_RASTER");
-    return v ? std::atoi(v) : 0;
-  }();
+  static const int forced = env_int("LOWBIT_WGMMA_RASTER");
   if (forced != 0) return forced;
   return N >= 8192 && K >= 8192 ? 4 : 8;
 }
@@ -204,7 +200,7 @@ __device__ __forceinline__ void int_values(const GemmArgs& p, const int32_t (&ac
   } else {
     int32_t z[2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) z[h] = p.a_zero[p.a_zero_row ? min(row0 + 8 * h, p.M - 1) : 0];
+    for (int h = 0; h < 2; ++h) z[h] = a_zero_of(p, min(row0 + 8 * h, p.M - 1));
 #pragma unroll
     for (int j = 0; j < 16; ++j)
 #pragma unroll
