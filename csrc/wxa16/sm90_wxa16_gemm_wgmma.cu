@@ -53,6 +53,16 @@ template <int Bits>
 constexpr int kWeightBytes = Bits == 4 ? kRowTiles * kTileBytes4 : kRows * kChunkK;
 constexpr int kMaxStages = 8;
 using sm90::kSmemLimit;
+// How many chunks ahead a consumer loads its scales and zero points, in pairs of chunks (the
+// two slots alternate): 1 loads them two chunks ahead. A build flag
+// (-DLOWBIT_WXA16_META_DEPTH=2: four ahead) for bench/wxa16_ab.sh, to time whether these
+// global loads' latency is on the chunk's critical path.
+#ifdef LOWBIT_WXA16_META_DEPTH
+constexpr int kMetaDepth = LOWBIT_WXA16_META_DEPTH;
+#else
+constexpr int kMetaDepth = 1;
+#endif
+static_assert(kMetaDepth >= 1 && kMetaDepth <= 4, "metadata 2 to 8 chunks ahead");
 
 // kN = 128 (large M, int4): the weights are multiplied by their scales in registers (the
 // dequantize-then-GEMM path's weights, (u - z) * scale rounded once to x's dtype) and the
@@ -179,7 +189,8 @@ __device__ __forceinline__ void put(Slot s, unsigned long long v) {
 
 #ifdef LOWBIT_SM90A
 // A consumer thread's weight metadata for one chunk: the scale bits of rows g and g + 8 and
-// their int4 zero-point pairs (int4_zero_lo / int4_zero_hi), loaded two chunks ahead.
+// their int4 zero-point pairs (int4_zero_lo / int4_zero_hi), loaded 2 kMetaDepth chunks
+// ahead.
 struct Meta {
   uint32_t s[2];
   uint32_t z[2];
@@ -310,16 +321,29 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   float(&part1)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kPre ? acc : part1_);
   uint32_t a0[4][4], a1[4][4];  // the A fragments of the chunk in flight in each slot
   float f0[2], f1[2];           // its rows' scales
-  Meta m0_, m1_;                // the next chunks' metadata, a slot each
-  meta_load(c_begin, m0_);
-  meta_load(c_begin + 1, m1_);
+  // The next chunks' metadata, a slot each: slot q's [j] is chunk c_begin + i + 2 j at its
+  // issue of step i.
+  Meta m0_[kMetaDepth], m1_[kMetaDepth];
+#pragma unroll
+  for (int j = 0; j < kMetaDepth; ++j) {
+    meta_load(c_begin + 2 * j, m0_[j]);
+    meta_load(c_begin + 2 * j + 1, m1_[j]);
+  }
 
   const uint32_t b_lo = sm90::desc_lo(b_tiles);
   constexpr uint32_t kBUnits = C::kActBytes / 16;
   [[maybe_unused]] unsigned wait_full = 0;
-  auto issue_into = [&](float(&d)[C::kRegs], uint32_t(&a)[4][4], float(&f)[2], Meta& m,
-                        int i) {
+  auto issue_into = [&](float(&d)[C::kRegs], uint32_t(&a)[4][4], float(&f)[2],
+                        Meta (&ms)[kMetaDepth], int i) {
     const int s = (i) % kStages;
+    const Meta m = ms[0];
+    // This slot's chunk 2 kMetaDepth ahead, into the FIFO's end (issued below, once m's
+    // registers are read).
+    auto meta_next = [&] {
+#pragma unroll
+      for (int j = 0; j + 1 < kMetaDepth; ++j) ms[j] = ms[j + 1];
+      meta_load(c_begin + i + 2 * kMetaDepth, ms[kMetaDepth - 1]);
+    };
     const uint32_t z[2] = {int4_zero_lo<T>(m.z[0]), int4_zero_hi<T>(m.z[1])};
     f[0] = scale_bits_to_float(m.s[0], p.scale_dtype);
     f[1] = scale_bits_to_float(m.s[1], p.scale_dtype);
@@ -332,7 +356,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
       const uint4 v = *reinterpret_cast<const uint4*>(wsm + wt * kTileBytes4 + lane * 16);
       // Scale pairs of rows g and g + 8 (kPre: the scales are x's dtype, 16 bits).
       const uint32_t sp[2] = {m.s[0] * 0x00010001u, m.s[1] * 0x00010001u};
-      meta_load(c_begin + i + 2, m);  // this slot's next chunk
+      meta_next();
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         int4_fragment<T>(v, k, z, a[k]);
@@ -345,7 +369,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
       const uint8_t* row = wsm + (wt * 16 + g) * kChunkK + 16 * t;
       const uint4 vg = *reinterpret_cast<const uint4*>(row);
       const uint4 vg8 = *reinterpret_cast<const uint4*>(row + 8 * kChunkK);
-      meta_load(c_begin + i + 2, m);
+      meta_next();
 #pragma unroll
       for (int k = 0; k < 4; ++k) int8_fragment<T>(vg, vg8, k, a[k]);
     }
