@@ -90,6 +90,15 @@ def _fresh_kernel_choices():
 
 
 @pytest.fixture
+def unchecked_values(monkeypatch):
+    """LOWBIT_CHECK_SCALES=0 for the test: static scales and zero points the ops refuse where
+    they read values (0 and subnormal scales, zero points out of range) reach the kernels on
+    the CPU too, as they do on a GPU by default; the kernels' tests compare what each backend
+    does with them against the reference, bit for bit."""
+    monkeypatch.setenv("LOWBIT_CHECK_SCALES", "0")
+
+
+@pytest.fixture
 def python_step(monkeypatch):
     """The quantized modules' Python path for the test: their forwards do not enter the C++
     plans of lowbit._torch_ops (tests/test_native_ops.py tests those), so that the module's

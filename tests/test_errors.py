@@ -176,7 +176,7 @@ CASES = [
       id="int8_mm-K"),
     E(lambda: lowbit.int8_mm(torch.zeros(1, 131072, dtype=torch.int8),
                              torch.zeros(1, 131072, dtype=torch.int8)), ValueError,
-      r"K must be below 131072 for an exact int32 result; got K = 131072", id="int8_mm-K-max"),
+      r"K must be below 131072 for an exact int32 accumulation; got K = 131072", id="int8_mm-K-max"),
     E(lambda: lowbit.int8_mm(m(A), B), ValueError, r"a is on meta but b is on cpu",
       id="int8_mm-devices"),
     E(lambda: lowbit.int8_mm(None, B), TypeError, r"a must be a torch.Tensor; got NoneType",
@@ -481,3 +481,177 @@ REF_CASES = [
 def test_reference_bad_input(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+# ------------------------------------------------------- values and arguments read closer
+LIN = torch.nn.Linear(256, 8, bias=True)
+LIN.weight.data = W.clone()
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.0, 1e-40, -3e-39], ids=["zero", "-zero", "tiny",
+                                                                  "negative-subnormal"])
+@pytest.mark.parametrize("call,pattern", [
+    pytest.param(lambda s: lowbit.quantize_fp8(X, s), "quantize_fp8: scale", id="quantize_fp8"),
+    pytest.param(lambda s: lowbit.quantize_int8(X, s.expand(4, 1).contiguous()),
+                 "quantize_int8: scale", id="quantize_int8"),
+    pytest.param(lambda s: lowbit.fp8_linear(XB, FB, ONE.expand(3, 1).contiguous(), None, s),
+                 "fp8_linear: act_scale", id="fp8_linear"),
+])
+def test_static_quantization_scales_below_the_floor_are_refused(call, pattern, bad):
+    # 1 / scale must be finite in every backend: every dynamic scale is at least 2^-126.
+    with pytest.raises(ValueError, match=rf"{pattern} must have magnitude at least 2\^-126 "
+                                         r"\(a normal fp32\); it holds"):
+        call(torch.tensor(bad))
+
+
+def test_negative_static_scales_round_trip():
+    # Rounding is symmetric in sign: -s gives the codes of s negated, and the same values back.
+    q, s = lowbit.quantize_fp8(X, torch.tensor(-0.01))
+    qp, sp = lowbit.quantize_fp8(X, torch.tensor(0.01))
+    assert torch.equal(q.float(), -qp.float())
+    assert torch.equal(lowbit.dequantize_fp8(q, s, out_dtype=torch.float32),
+                       lowbit.dequantize_fp8(qp, sp, out_dtype=torch.float32))
+
+
+def test_value_checks_can_be_turned_off_on_the_cpu(monkeypatch):
+    # LOWBIT_CHECK_SCALES=0: the kernels' tests feed such scales to compare IEEE behaviour.
+    monkeypatch.setenv("LOWBIT_CHECK_SCALES", "0")
+    q, s = lowbit.quantize_fp8(X, torch.tensor(0.0))  # x * (1 / 0): every code saturates
+    assert s == 0 and torch.equal(q.float().abs(), torch.full(X.shape, 448.0))
+
+
+def test_from_linear_checks_act_scale():
+    for cls in (lowbit.nn.Fp8Linear, lowbit.nn.Int8Linear):
+        with pytest.raises(ValueError, match=r"act_scale must have magnitude at least 2\^-126 "
+                                             r"\(a normal fp32\); it holds 0"):
+            cls.from_linear(LIN, act_scale=0.0)
+        with pytest.raises(TypeError, match=r"act_scale must be a number or a tensor; got str"):
+            cls.from_linear(LIN, act_scale="0.1")
+    with pytest.raises(TypeError, match=r"act_zero must be a number or a tensor; got str"):
+        lowbit.nn.Int8Linear.from_linear(LIN, act_scale=0.1, act_symmetric=False, act_zero="3")
+
+
+def test_a_zero_act_scale_loaded_into_a_module_is_refused_at_forward():
+    mod = lowbit.nn.Fp8Linear.from_linear(LIN, act_scale=0.05)
+    sd = mod.state_dict()
+    sd["act_scale"] = torch.tensor(0.0)
+    mod.load_state_dict(sd)
+    with pytest.raises(ValueError, match=r"fp8_linear: act_scale must have magnitude at least"):
+        mod(X[:, :256])
+
+
+def test_int8_zero_points_out_of_range_are_refused():
+    s = torch.full((4, 1), 0.05)
+    with pytest.raises(ValueError, match=r"quantize_int8: zero must lie in -128\.\.127 \(int8 "
+                                         r"zero points\); it holds 1000"):
+        lowbit.quantize_int8(X, s, zero=torch.full((4, 1), 1000, dtype=torch.int32),
+                             symmetric=False)
+    mod = lowbit.nn.Int8Linear.from_linear(LIN, act_scale=0.05, act_symmetric=False, act_zero=3)
+    sd = mod.state_dict()
+    sd["act_zero"] = torch.tensor(-100000, dtype=torch.int32)
+    mod.load_state_dict(sd)
+    with pytest.raises(ValueError, match=r"int8_linear: act_zero must lie in -128\.\.127 "
+                                         r"\(int8 zero points\); it holds -100000"):
+        mod(X)
+
+
+@pytest.mark.parametrize("perm", [torch.arange(256) - 256, torch.zeros(256, dtype=torch.long),
+                                  torch.arange(256) + 1], ids=["negative", "repeated", "past-k"])
+def test_w4a16_perm_must_be_a_permutation(perm):
+    with pytest.raises(ValueError, match=r"w4a16_gemm: perm must hold each of 0\.\.255 once"):
+        lowbit.w4a16_gemm(XB, iw(perm=perm))
+
+
+def test_load_state_dict_refuses_a_quantized_tensor_of_another_dtype():
+    fp8 = lowbit.nn.Fp8Linear.from_linear(LIN)
+    sd = fp8.state_dict()
+    sd["weight"] = sd["weight"].view(torch.uint8)  # raw codes: would load as the numbers
+    with pytest.raises(TypeError, match=r"Fp8Linear: state_dict\['weight'\] must have dtype "
+                                        r"torch\.float8_e4m3fn .*; got torch\.uint8"):
+        fp8.load_state_dict(sd)
+    sd = fp8.state_dict()
+    sd["weight_scale"] = sd["weight_scale"].int()
+    with pytest.raises(TypeError, match=r"state_dict\['weight_scale'\] must have dtype "
+                                        r"torch\.float32"):
+        fp8.load_state_dict(sd)
+    i4 = lowbit.nn.Int4Linear.from_linear(LIN, group_size=64, symmetric=False)
+    sd = i4.state_dict()
+    sd["zeros"] = sd["zeros"].int()
+    with pytest.raises(TypeError, match=r"Int4Linear: state_dict\['zeros'\] must have dtype "
+                                        r"torch\.uint8"):
+        i4.load_state_dict(sd)
+    sd = i4.state_dict()
+    sd["qweight"] = sd["qweight"].float()
+    with pytest.raises(TypeError, match=r"state_dict\['qweight'\] must have dtype torch\.uint8"):
+        i4.load_state_dict(sd)
+    i4.load_state_dict(i4.state_dict())  # the module's own dtypes load
+
+
+@pytest.mark.parametrize("call,name", [
+    pytest.param(lambda: lowbit.quantize_int8(X, symmetric="no"), "symmetric", id="symmetric"),
+    pytest.param(lambda: lowbit.quantize_fp8(X, saturate="yes"), "saturate", id="saturate"),
+    pytest.param(lambda: lowbit.fp8_scaled_mm(FA, FB, ONE, ONE, fast_accum=None), "fast_accum",
+                 id="fast_accum"),
+    pytest.param(lambda: lowbit.int4_quantize(W, symmetric=1), "symmetric", id="int4"),
+])
+def test_flags_must_be_bools(call, name):
+    with pytest.raises(TypeError, match=rf"{name} must be a bool; got"):
+        call()
+
+
+@pytest.mark.parametrize("call", [
+    lambda: lowbit.quantize_fp8(X, granularity="group", group_size=64.0),
+    lambda: lowbit.int4_quantize(W, group_size=64.0),
+    lambda: lowbit.nn.Int4Linear.from_linear(LIN, group_size="64"),
+], ids=["quantize_fp8", "int4_quantize", "Int4Linear"])
+def test_group_size_must_be_an_int(call):
+    with pytest.raises(TypeError, match=r"group_size must be an int; got (float 64\.0|str '64')"):
+        call()
+
+
+@pytest.mark.parametrize("block", ["ab", None, (1.5, 128)], ids=["str", "none", "float"])
+def test_block_must_be_two_ints(block):
+    with pytest.raises(TypeError, match=r"quantize_fp8: block must be \(128, 128\) or "
+                                        r"\(1, 128\); got"):
+        lowbit.quantize_fp8(X, granularity="block", block=block)
+
+
+def test_modules_name_x_when_it_is_no_tensor_or_of_a_wrong_dtype():
+    for mod in (lowbit.nn.Fp8Linear.from_linear(LIN), lowbit.nn.Int8Linear.from_linear(LIN),
+                lowbit.nn.Int4Linear.from_linear(LIN, group_size=64)):
+        with pytest.raises(TypeError, match=rf"{type(mod).__name__}: x must be a torch\.Tensor; "
+                                            r"got NoneType"):
+            mod(None)
+    w8a16 = lowbit.nn.Fp8Linear.from_linear(LIN, mode="w8a16")
+    with pytest.raises(TypeError, match=r"Fp8Linear: x must have dtype .*; got torch\.float64"):
+        w8a16(X.double())
+
+
+def test_int4_weight_state_dict_names_a_missing_key():
+    d = IW.state_dict()
+    del d["group_size"]
+    with pytest.raises(ValueError, match=r"Int4Weight\.from_state_dict: the state dict lacks "
+                                         r"\['group_size'\]"):
+        Int4Weight.from_state_dict(d)
+
+
+@pytest.mark.parametrize("call,op", [
+    pytest.param(lambda a, b: lowbit.int8_gemm(a, b, ONE, ONE), "int8_gemm", id="int8_gemm"),
+    pytest.param(lambda a, b: lowbit.int8_linear(a.float(), b, ONE.reshape(1, 1)),
+                 "int8_linear", id="int8_linear"),
+])
+def test_int8_gemms_refuse_k_past_the_int32_accumulator(call, op):
+    a = torch.ones(1, 131072, dtype=torch.int8)
+    with pytest.raises(ValueError, match=rf"{op}: K must be below 131072"):
+        call(a, a)
+
+
+def test_meta_tensors_give_meta_outputs_eagerly():
+    # As torch.ops.lowbit does: shapes and dtypes, no values, and no kernel asked for.
+    out = lowbit.int8_mm(m(A), m(B))
+    assert out.is_meta and out.shape == (4, 3) and out.dtype == torch.int32
+    q, s = lowbit.quantize_fp8(m(X), granularity="token")
+    assert q.is_meta and q.dtype == F8 and s.shape == (4, 1)
+    lin = torch.nn.Linear(256, 8, device="meta")
+    mod = lowbit.nn.Fp8Linear.from_linear(lin)
+    assert mod.weight.is_meta and mod(m(XB)).shape == (4, 8)

@@ -133,6 +133,9 @@ class Choice:
 
 
 _KERNELS: Dict[str, List[Kernel]] = {}
+# Per op, its fake (lowbit/ops.py) as a function of the op's arguments: what an eager call
+# on meta tensors runs, as the registered op does there.
+META_FNS: Dict[str, Callable] = {}
 
 
 def register_kernel(op: str, backend: str, name: str, *, supports=None, available=None,
@@ -234,12 +237,19 @@ def _try(kernel: Kernel, args) -> Optional[str]:
     return None
 
 
+def _meta_choice(op: str) -> Choice:
+    return Choice(op, "meta", "fake", "meta tensors: outputs of the right shapes and dtypes, "
+                  "no values (the op's fake)", fn=META_FNS[op])
+
+
 def choose(op: str, device: torch.device, backend: str, args, remember: bool = False) -> Choice:
     """Pick the kernel for ``op`` on inputs ``args`` (already validated) on ``device``;
     ``remember``: the arguments passed the op's checks, so their signature may be stored."""
     regs = _KERNELS.get(op, [])
     generation = _generation
     if backend == "reference" or (backend == "auto" and device.type == "cpu"):
+        if device.type == "meta":
+            return _meta_choice(op)
         (ref,) = [k for k in regs if k.backend == "reference"]
         why = ("requested" if backend == "reference" else "CPU tensors")
         if device.type != "cpu":
@@ -288,6 +298,8 @@ def choose(op: str, device: torch.device, backend: str, args, remember: bool = F
                     pass
             return choice
         rejected.append(f"{k.backend}/{k.name}: {why}")
+    if device.type == "meta":  # where no kernel takes them: shapes and dtypes only
+        return _meta_choice(op)
     wanted = "CUDA or Triton" if backend == "auto" else backend
     detail = ("; ".join(rejected)) if rejected else f"no {wanted} kernel for {op} is built yet"
     raise NotImplementedError(

@@ -2,8 +2,9 @@
 TypeError naming the argument, what it got and what it needs. Used by the real and the fake
 implementations alike, so ``torch.compile`` traces raise the same errors as eager calls.
 Checks read shapes, dtypes and devices only: never tensor values (that would synchronize),
-with one exception, `finite_scales`, which reads scale values where that costs no
-synchronization (CPU tensors) or where ``LOWBIT_CHECK_SCALES=1`` asks for it on a GPU.
+with one kind of exception, the value checks (`finite_scales`, `quant_scales`, `int8_zeros`,
+`int4_zeros`, `permutation`), which read values where that costs no synchronization (CPU
+tensors) or where ``LOWBIT_CHECK_SCALES=1`` asks for it on a GPU.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from ._env import getenv
+from .reference.quant import MIN_SCALE
 from .scale_layout import GRANULARITIES, GROUP_SIZES, scale_shape, scale_tile  # noqa: F401
 
 FP8_DTYPES = {
@@ -137,6 +139,14 @@ def bias(op: str, b: Optional[torch.Tensor], n: int) -> None:
     shape(op, "bias", b, [(n,)], lambda: f"[N] = ({n},)")
 
 
+def int32_k(op: str, k: int) -> None:
+    """K below 131072: the int8 GEMMs accumulate in int32, and 128 * 128 * K reaches 2^31
+    there."""
+    if k >= 131072:
+        raise ValueError(f"{op}: K must be below 131072 for an exact int32 accumulation; got "
+                         f"K = {k}")
+
+
 def row_scale(op: str, name: str, s: torch.Tensor, rows: int, rows_name: str) -> None:
     """Per-tensor (0-D) or per-row ([rows, 1]) fp32 scale."""
     dtype(op, name, s, (torch.float32,))
@@ -147,12 +157,44 @@ CHECK_SCALES_ENV = "LOWBIT_CHECK_SCALES"
 
 
 def _values_checked(t: torch.Tensor) -> bool:
-    """Whether a value check reads ``t``: on the CPU always; on a GPU only under
-    ``LOWBIT_CHECK_SCALES=1`` (finite_scales says why); never a meta or empty tensor.
-    (Attribute tests first: this runs on every eager GPU call.)"""
-    if not t.is_cpu and (getenv(CHECK_SCALES_ENV) != "1" or t.is_meta):
+    """Whether a value check reads ``t``: on the CPU unless ``LOWBIT_CHECK_SCALES=0``; on a
+    GPU only under ``LOWBIT_CHECK_SCALES=1`` (finite_scales says why); never a meta or empty
+    tensor. (Attribute tests first: this runs on every eager GPU call.)"""
+    if not t.is_cpu:
+        if getenv(CHECK_SCALES_ENV) != "1" or t.is_meta:
+            return False
+    elif getenv(CHECK_SCALES_ENV) == "0":
         return False
     return t.numel() != 0
+
+
+def flag(op: str, name: str, v) -> None:
+    """A bool argument: a string or None would otherwise be read by its truthiness."""
+    if not isinstance(v, bool):
+        raise TypeError(f"{op}: {name} must be a bool; got {type(v).__name__} {v!r}")
+
+
+def int8_zeros(op: str, name: str, zero: Optional[torch.Tensor]) -> None:
+    """Raise a ValueError when an int8 zero point leaves -128..127 (the range the SPEC's
+    asymmetric quantizer gives; a larger one would clamp every code). When read: as
+    finite_scales."""
+    if zero is None or not _values_checked(zero):
+        return
+    lo, hi = int(zero.min()), int(zero.max())
+    if lo < -128 or hi > 127:
+        raise ValueError(f"{op}: {name} must lie in -128..127 (int8 zero points); it holds "
+                         f"{lo if lo < -128 else hi}")
+
+
+def permutation(op: str, name: str, perm: Optional[torch.Tensor], k: int) -> None:
+    """Raise a ValueError unless ``perm`` holds each of 0..k-1 once (a reordering of K: a
+    repeated or out-of-range index would read the wrong columns of x). When read: as
+    finite_scales."""
+    if perm is None or not _values_checked(perm):
+        return
+    if not torch.equal(torch.sort(perm.flatten().long()).values.cpu(), torch.arange(k)):
+        raise ValueError(f"{op}: {name} must hold each of 0..{k - 1} once (a permutation of "
+                         "K)")
 
 
 def int4_zeros(op: str, zeros: Optional[torch.Tensor]) -> None:
@@ -178,9 +220,32 @@ def finite_scales(op: str, **scales) -> None:
     unless asked. Eager implementations call this; fake (tracing) ones never do.
     """
     for name, t in scales.items():
+        if t is not None and _values_checked(t):
+            _finite(op, name, t)
+
+
+def _finite(op: str, name: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        bad = t[~torch.isfinite(t)].flatten()[0].item()
+        raise ValueError(f"{op}: {name} must be finite; it holds {bad} (NaN or Inf scales "
+                         f"would turn every value they scale into NaN or Inf)")
+
+
+def quant_scales(op: str, **scales) -> None:
+    """finite_scales, and no scale of magnitude below 2^-126: for the static scales a
+    quantizer multiplies by the reciprocal of. 1 / 0 is infinite (zeros become NaN, every
+    other value a saturated code), and so is a subnormal's reciprocal in a kernel that
+    flushes subnormals; every dynamic scale is at least 2^-126 (the SPEC's floor). A negative
+    scale is no error: the round trip ``dequantize(quantize(x, s), s)`` holds as for -s.
+    When read: as finite_scales."""
+    for name, t in scales.items():
         if t is None or not _values_checked(t):
             continue
-        if not bool(torch.isfinite(t).all()):
-            bad = t[~torch.isfinite(t)].flatten()[0].item()
-            raise ValueError(f"{op}: {name} must be finite; it holds {bad} (NaN or Inf scales "
-                             f"would turn every value they scale into NaN or Inf)")
+        _finite(op, name, t)
+        small = t.abs() < MIN_SCALE
+        if bool(small.any()):
+            bad = t[small].flatten()[0].item()
+            raise ValueError(f"{op}: {name} must have magnitude at least 2^-126 (a normal "
+                             f"fp32); it holds {bad} (quantizing multiplies by 1 / scale, "
+                             f"infinite for 0 and for a subnormal in kernels that flush "
+                             f"them)")

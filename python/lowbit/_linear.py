@@ -185,13 +185,14 @@ def _tensor_key(t):
 
 
 def linear_impl(fam: Family) -> Callable[[Callable], Callable]:
-    """The Python implementation of the family's op, given its argument checks: a signature
-    seen before (everything the checks read, see ``_backend.step_key``) runs its kept step;
-    any other runs the checks and the two checked ops, and keeps their step. Its
+    """The Python implementation of the family's op, given its argument checks and value
+    checks: a signature seen before (everything the checks read, see ``_backend.step_key``)
+    runs its kept step; any other runs the checks and the two checked ops, and keeps their
+    step. Its
     ``prepare`` (the registered op ``_<op>_prepare``, lowbit/_native.py) returns the output
     with the step's plan for the C++ implementation."""
 
-    def make(check: Callable) -> Callable:
+    def make(check: Callable, values: Optional[Callable] = None) -> Callable:
         def run(x, *rest):
             """-> (y, the kept step of this signature or None)."""
             *state, backend = rest
@@ -208,6 +209,8 @@ def linear_impl(fam: Family) -> Callable[[Callable], Callable]:
                 if step is not None:
                     return step(x, *state), step
             check(x, *state)
+            if values is not None:  # (a kept step never runs where values are read)
+                values(x, *state)
             y, q_args, g_args = run_ops(fam, x, tuple(state), backend)
             step = None
             if key is not None:

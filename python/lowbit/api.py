@@ -40,6 +40,13 @@ def _call(name: str, first: Tensor, *args):
     return _OPS[name](first, *args)
 
 
+def _block_list(op: str, block) -> list:
+    try:
+        return list(block)
+    except TypeError:  # the op's check words the rest (scale_layout._block)
+        raise TypeError(f"{op}: block must be (128, 128) or (1, 128); got {block!r}") from None
+
+
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
     "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int8_linear", "int4_quantize", "w4a16_gemm",
@@ -71,14 +78,15 @@ def quantize_fp8(x: Tensor, scale: Optional[Tensor] = None, *, fmt: str = "e4m3f
     floor (the smallest normal fp32) keeps ``1 / scale`` finite: without it, an absmax below
     about ``fmt max * 2**-128`` (1.3e-36 for e4m3fn) would make ``1 / scale`` infinite and the
     slice's zeros NaN; with it, tiny values keep fp8's relative precision. A given ``scale``
-    is used as given and returned unchanged (its values are never read on the host); one
-    whose reciprocal overflows (0, or below about ``2**-128``) turns zeros into NaN, so
-    static scales should be at least ``2**-126``, as every dynamic scale is. ``block`` is
+    is used as given and returned unchanged; it must be finite and of magnitude at least
+    ``2**-126``, as every dynamic scale is (a ValueError otherwise, where values are read: on
+    the CPU, and on a GPU under ``LOWBIT_CHECK_SCALES=1``, since reading it there would wait
+    for the GPU). ``block`` is
     (128, 128) for weight tiles or (1, 128) for activation tiles when
     ``granularity="block"``.
     """
-    return _call("quantize_fp8", x, scale, fmt, granularity, group_size, list(block), saturate,
-                             arg(backend))
+    return _call("quantize_fp8", x, scale, fmt, granularity, group_size,
+                 _block_list("quantize_fp8", block), saturate, arg(backend))
 
 
 def dequantize_fp8(q: Tensor, scale: Tensor, *, out_dtype: torch.dtype = torch.bfloat16,
@@ -94,8 +102,8 @@ def quantize_int8(x: Tensor, scale: Optional[Tensor] = None, *, granularity: str
     """x -> (int8 q, fp32 scale, int32 zero or None when symmetric).
 
     Static quantization passes ``scale`` (and ``zero`` when asymmetric)."""
-    q, s, z = _call("quantize_int8", x, scale, zero, granularity, group_size, list(block),
-                                 symmetric, arg(backend))
+    q, s, z = _call("quantize_int8", x, scale, zero, granularity, group_size,
+                    _block_list("quantize_int8", block), symmetric, arg(backend))
     return q, s, (None if symmetric else z)
 
 

@@ -150,6 +150,10 @@ class Int4Weight:
 
     @classmethod
     def from_state_dict(cls, d: Dict[str, torch.Tensor], prefix: str = "") -> "Int4Weight":
+        missing = [prefix + k for k in ("qweight", "scales", "group_size") if prefix + k not in d]
+        if missing:
+            raise ValueError(f"Int4Weight.from_state_dict: the state dict lacks {missing} (it "
+                             f"holds {sorted(d)})")
         return cls(d[prefix + "qweight"], d[prefix + "scales"], d.get(prefix + "zeros"),
                    int(d[prefix + "group_size"]), d.get(prefix + "perm"))
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import _checks as C
-from . import _native, scale_layout
+from . import _backend, _native, scale_layout
 from ._backend import checked
 from ._linear import FP8, INT8, linear_impl
 from .reference.int4 import prepacked_shape
@@ -81,14 +81,14 @@ def define_op(returns: str, values: Optional[Callable] = None,
     result ("Tensor" or "(Tensor, Tensor, ...)"); ``values`` as ``OpDef.values``. Registers
     ``torch.ops.lowbit.<name>`` (the eager implementation for every device, a fake that
     allocates what ``check`` returns) and returns ``check``. The eager implementation is
-    ``_backend.checked`` (one kernel per call, from the registry), or ``impl(check)`` for an
-    op composed of other ops (a quantized module's forward)."""
+    ``_backend.checked`` (one kernel per call, from the registry), or ``impl(check, values)``
+    for an op composed of other ops (a quantized module's forward)."""
     many = returns.startswith("(")
 
     def deco(check):
         name = check.__name__
         schema = _schema(check, returns)
-        eager = checked(name, check, values) if impl is None else impl(check)
+        eager = checked(name, check, values) if impl is None else impl(check, values)
         _register(name, schema, eager)
 
         def fake(*args):
@@ -99,6 +99,7 @@ def define_op(returns: str, values: Optional[Callable] = None,
             return torch.empty(out[0], dtype=out[1], device=like.device)
 
         torch.library.register_fake(f"lowbit::{name}", fake, lib=_LIB)
+        _backend.META_FNS[name] = lambda *args: fake(*args, "default")
         DEFS[name] = OpDef(name, schema, check, values, eager)
         return check
 
@@ -106,12 +107,13 @@ def define_op(returns: str, values: Optional[Callable] = None,
 
 
 @define_op("(Tensor, Tensor)",
-           values=lambda x, scale, *_: C.finite_scales("quantize_fp8", scale=scale))
+           values=lambda x, scale, *_: C.quant_scales("quantize_fp8", scale=scale))
 def quantize_fp8(x: Tensor, scale: Optional[Tensor], fmt: str, granularity: str,
                  group_size: int, block: List[int], saturate: bool):
     op = "quantize_fp8"
     C.dtype(op, "x", x, C.FLOAT_DTYPES)
     qdtype = C.fmt(op, fmt)
+    C.flag(op, "saturate", saturate)
     sshape = C.granularity(op, x, granularity, group_size, block)
     if scale is not None:
         C.static_scale(op, "scale", scale, sshape, granularity)
@@ -129,12 +131,17 @@ def dequantize_fp8(q: Tensor, scale: Tensor, out_dtype: torch.dtype):
     return q.shape, out_dtype
 
 
-@define_op("(Tensor, Tensor, Tensor)",
-           values=lambda x, scale, *_: C.finite_scales("quantize_int8", scale=scale))
+def _quantize_int8_values(x, scale, zero, *_) -> None:
+    C.quant_scales("quantize_int8", scale=scale)
+    C.int8_zeros("quantize_int8", "zero", zero)
+
+
+@define_op("(Tensor, Tensor, Tensor)", values=_quantize_int8_values)
 def quantize_int8(x: Tensor, scale: Optional[Tensor], zero: Optional[Tensor],
                   granularity: str, group_size: int, block: List[int], symmetric: bool):
     op = "quantize_int8"
     C.dtype(op, "x", x, C.FLOAT_DTYPES)
+    C.flag(op, "symmetric", symmetric)
     sshape = C.granularity(op, x, granularity, group_size, block)
     if scale is not None:
         C.static_scale(op, "scale", scale, sshape, granularity)
@@ -169,8 +176,7 @@ def dequantize_int8(q: Tensor, scale: Tensor, zero: Optional[Tensor], out_dtype:
 def int8_mm(a: Tensor, b: Tensor):
     op = "int8_mm"
     m, n, k = C.gemm_operands(op, a, b, (torch.int8,))
-    if k >= 131072:
-        raise ValueError(f"{op}: K must be below 131072 for an exact int32 result; got K = {k}")
+    C.int32_k(op, k)
     C.same_device(op, a=a, b=b)
     return (m, n), torch.int32
 
@@ -180,7 +186,8 @@ def int8_mm(a: Tensor, b: Tensor):
 def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
               out_dtype: torch.dtype, a_zero: Optional[Tensor]):
     op = "int8_gemm"
-    m, n, _ = C.gemm_operands(op, a, b, (torch.int8,))
+    m, n, k = C.gemm_operands(op, a, b, (torch.int8,))
+    C.int32_k(op, k)
     C.row_scale(op, "a_scale", a_scale, m, "M")
     C.row_scale(op, "b_scale", b_scale, n, "N")
     C.bias(op, bias, n)
@@ -210,6 +217,7 @@ def fp8_scaled_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor,
                     f"ceil(K/128)] = ({-(-n // 128)}, {kb}) per 128x128 block")
     C.bias(op, bias, n)
     C.out_dtype(op, out_dtype)
+    C.flag(op, "fast_accum", fast_accum)
     C.same_device(op, a=a, b=b, a_scale=a_scale, b_scale=b_scale, bias=bias)
     return (m, n), out_dtype
 
@@ -232,7 +240,12 @@ def _linear_operands(op, x, weight, weight_dtypes, weight_scale, bias):
     return n, k
 
 
-@define_op("Tensor", impl=linear_impl(FP8))
+def _fp8_linear_values(x, w, w_scale, bias, act_scale) -> None:
+    C.finite_scales("fp8_linear", weight_scale=w_scale)
+    C.quant_scales("fp8_linear", act_scale=act_scale)
+
+
+@define_op("Tensor", impl=linear_impl(FP8), values=_fp8_linear_values)
 def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
                act_scale: Optional[Tensor]):
     """A W8A8 FP8 linear layer (``Fp8Linear``'s forward, lowbit/_linear.py): ``x`` [..., K]
@@ -249,7 +262,13 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[T
     return (*x.shape[:-1], n), x.dtype
 
 
-@define_op("Tensor", impl=linear_impl(INT8))
+def _int8_linear_values(x, w, w_scale, bias, act_scale, act_zero, act_symmetric) -> None:
+    C.finite_scales("int8_linear", weight_scale=w_scale)
+    C.quant_scales("int8_linear", act_scale=act_scale)
+    C.int8_zeros("int8_linear", "act_zero", act_zero)
+
+
+@define_op("Tensor", impl=linear_impl(INT8), values=_int8_linear_values)
 def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
                 act_scale: Optional[Tensor], act_zero: Optional[Tensor], act_symmetric: bool):
     """A W8A8 INT8 linear layer (``Int8Linear``'s forward, lowbit/_linear.py): ``x`` [..., K]
@@ -258,6 +277,8 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[
     per-channel ``weight_scale`` [N, 1], plus ``bias``; output [..., N] in x's dtype."""
     op = "int8_linear"
     n, k = _linear_operands(op, x, weight, (torch.int8,), weight_scale, bias)
+    C.int32_k(op, k)
+    C.flag(op, "act_symmetric", act_symmetric)
     if act_scale is not None:
         C.dtype(op, "act_scale", act_scale, (torch.float32,))
         C.shape(op, "act_scale", act_scale, [()], "() (one static scale)")
@@ -287,14 +308,16 @@ def int4_quantize(w: Tensor, group_size: int, symmetric: bool):
     C.rank(op, "w", w, 2, "[N, K]")
     n, k = w.shape
     scale_layout.check_group_size(op, group_size, k=k, k_what="K = w.shape[1]", whole_k=True)
+    C.flag(op, "symmetric", symmetric)
     g = (n, k // group_size)
     return (((n, k // 2), torch.uint8), (g, int4_scale_dtype(w.dtype)),
             (_EMPTY if symmetric else g, torch.uint8))
 
 
-def _w4a16_values(x, qweight, scales, zeros, *_) -> None:
+def _w4a16_values(x, qweight, scales, zeros, group_size, perm, bias) -> None:
     C.finite_scales("w4a16_gemm", scales=scales)
     C.int4_zeros("w4a16_gemm", zeros)
+    C.permutation("w4a16_gemm", "perm", perm, x.shape[-1])
 
 
 @define_op("Tensor", values=_w4a16_values)

@@ -11,6 +11,8 @@ for the whole extent. Plain Python (no NumPy, no torch), so every layer can impo
 """
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Sequence, Tuple
 
 __all__ = ["GROUP_SIZES", "BLOCK", "GRANULARITIES", "check_group_size", "int4_group_size",
@@ -29,6 +31,9 @@ def check_group_size(op: str, group_size, name: str = "group_size", *, k=None,
     row (an int4 weight per channel), is allowed too where k is a multiple of 32, as every
     group size is: the packing, the kernels' 16-element K steps and their vector loads all
     rest on it."""
+    if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int; got {type(group_size).__name__} "
+                        f"{group_size!r}")
     if group_size not in GROUP_SIZES and not (whole_k and k and group_size == k and k % 32 == 0):
         also = f" or {k_what} (per channel, a multiple of 32)" if whole_k else ""
         raise ValueError(f"{op}: {name} must be one of {GROUP_SIZES}{also}; got {group_size}")
@@ -44,7 +49,10 @@ def int4_group_size(group_size: int, k: int) -> int:
 
 
 def _block(op: str, block) -> Tuple[int, int]:
-    b = tuple(int(v) for v in block)
+    try:
+        b = tuple(operator.index(v) for v in block)
+    except TypeError:  # not a sequence of ints (None, a string, floats)
+        raise TypeError(f"{op}: block must be (128, 128) or (1, 128); got {block!r}") from None
     if b not in BLOCKS:
         raise ValueError(f"{op}: block must be (128, 128) or (1, 128); got {b}")
     return b

@@ -7,7 +7,7 @@ from typing import Callable, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .. import _backend, _linear, _native, ops
+from .. import _backend, _checks, _linear, _native, ops
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -58,7 +58,11 @@ def _new_bias(out_features: int, bias: bool, dtype, device) -> Optional[nn.Param
 
 
 def _check_x(mod: nn.Module, x: torch.Tensor) -> None:
-    """A ValueError naming the module when x's last dimension is not in_features."""
+    """A ValueError naming the module when x's last dimension is not in_features (a
+    TypeError when x is no tensor)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{type(mod).__name__}: x must be a torch.Tensor; got "
+                        f"{type(x).__name__}")
     if x.dim() == 0 or x.shape[-1] != mod.in_features:
         raise ValueError(
             f"{type(mod).__name__}: x must have last dimension in_features = "
@@ -71,15 +75,45 @@ def _rows(mod: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...
     return x.reshape(-1, mod.in_features), (*x.shape[:-1], mod.out_features)
 
 
+def _host_tensor(name: str, v, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``torch.as_tensor(v, dtype)``, with a TypeError naming the argument for what is
+    neither a number nor a tensor."""
+    try:
+        return torch.as_tensor(v, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number or a tensor; got {type(v).__name__} "
+                        f"{v!r}") from None
+
+
 def _static_act_scale(act_scale) -> Optional[torch.Tensor]:
     """``from_linear``'s ``act_scale`` as an fp32 tensor (None stays None); a ValueError
-    unless it is one value."""
+    unless it is one value of at least 2^-126 (finite; checked where its value is on the
+    host, as the ops check it)."""
     if act_scale is None:
         return None
-    act_scale = torch.as_tensor(act_scale, dtype=torch.float32)
+    act_scale = _host_tensor("act_scale", act_scale, torch.float32)
     if act_scale.numel() != 1:
         raise ValueError(f"act_scale must be a scalar; got shape {tuple(act_scale.shape)}")
+    _checks.quant_scales("from_linear", act_scale=act_scale)
     return act_scale
+
+
+def _check_state_dtypes(mod: nn.Module, state_dict, prefix: str, names, expect=None) -> None:
+    """A TypeError naming the key when a state_dict's tensor for one of the module's
+    quantized buffers ``names`` has another dtype than the buffer (``expect``: name -> the
+    dtype wanted instead, where the module converts on the way in): ``load_state_dict``
+    would convert it, turning fp8 codes read as uint8, or truncated integer scales, into
+    silently wrong numbers."""
+    for name in names:
+        have = mod._buffers.get(name)
+        v = state_dict.get(prefix + name)
+        if have is None or not isinstance(v, torch.Tensor):
+            continue
+        want = (expect or {}).get(name, have.dtype)
+        if v.dtype != want:
+            raise TypeError(f"{type(mod).__name__}: state_dict[{prefix + name!r}] must have "
+                            f"dtype {want} (the module's {name}: a conversion would change "
+                            f"the quantized numbers); got {v.dtype}")
 
 
 _MISSING = object()
@@ -154,11 +188,14 @@ class W8A8Forward:
         state = self._state()
         # The op's own checks first: a module raises what its op raises (the path through
         # lowbit._torch_ops calls the op), whichever path serves it.
-        ops.DEFS[self._family.op].check(x, *state)
+        op = ops.DEFS[self._family.op]
+        op.check(x, *state)
         if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
             # One registered op per layer in a compiled graph (one dispatcher crossing), and
             # the dispatcher for tensor subclasses (tracing).
             return ops.OPS[self._family.op](x, *state, "default")
+        if op.values is not None:  # (values, never under tracing)
+            op.values(x, *state)
         y, q_args, g_args = _linear.run_ops(self._family, x, state, "default")
         if key is not None:
             where = [self._holder(n) for n in self._STATE]
@@ -175,6 +212,10 @@ class W8A8Forward:
     # module (``model.half()``, ``model.to(torch.float16)``) move them to the new device but
     # never convert them (torch counts float8 and fp32 scales as floating point and would).
     _FORMAT_TENSORS = ("weight", "weight_scale", "act_scale", "act_zero")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _check_state_dtypes(self, state_dict, prefix, self._FORMAT_TENSORS)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _apply(self, fn, recurse=True):
         """``nn.Module._apply`` (what ``to``, ``half``, ``cuda``... run) with the format

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _linear, api
-from .._checks import FP8_FORMAT_OF, FP8_WEIGHT_DTYPES
+from .._checks import FLOAT_DTYPES, FP8_FORMAT_OF, FP8_WEIGHT_DTYPES
 from ._layer import (W8A8Forward, _check_linear, _copy_bias, _dtype_name, _layer_dtype,
                      _layer_dtype_of, _new_bias, _rows, _static_act_scale)
 
@@ -96,6 +96,9 @@ class Fp8Linear(W8A8Forward, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "w8a16":
             x2, out_shape = _rows(self, x)
+            if x.dtype not in FLOAT_DTYPES:  # (dequantize_fp8 would name its out_dtype)
+                raise TypeError(f"{type(self).__name__}: x must have dtype bfloat16, float16 "
+                                f"or float32; got {x.dtype}")
             w = api.dequantize_fp8(self.weight, self.weight_scale, out_dtype=x.dtype)
             y = F.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
             return y.reshape(out_shape)

@@ -25,8 +25,8 @@ from .. import api, scale_layout
 from .._backend import available_kernels
 from ..int4_weight import CANONICAL, Int4Weight, prepack_int4
 from ..ops import int4_scale_dtype
-from ._layer import (_check_linear, _copy_bias, _dtype_name, _layer_dtype, _layer_dtype_of,
-                     _new_bias, _rows)
+from ._layer import (_check_linear, _check_state_dtypes, _copy_bias, _dtype_name,
+                     _layer_dtype, _layer_dtype_of, _new_bias, _rows)
 
 
 def cuda_kernels_run_on(device: torch.device) -> bool:
@@ -124,6 +124,9 @@ class Int4Linear(nn.Module):
             destination[prefix + "qweight"] = self.weight_int4().canonical_qweight()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints hold qweight canonical (uint8), whatever layout the module runs on.
+        _check_state_dtypes(self, state_dict, prefix, ("qweight", "scales", "zeros"),
+                            {"qweight": torch.uint8})
         # A None buffer has no state_dict key, so a saved act-order module would not load into
         # the module its config() builds: the saved perm makes room for itself.
         perm = state_dict.get(prefix + "perm")

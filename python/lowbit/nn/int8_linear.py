@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from .. import _linear, api
-from ._layer import (W8A8Forward, _check_linear, _copy_bias, _dtype_name, _layer_dtype,
-                     _layer_dtype_of, _new_bias, _rows, _static_act_scale)
+from ._layer import (W8A8Forward, _check_linear, _copy_bias, _dtype_name, _host_tensor,
+                     _layer_dtype, _layer_dtype_of, _new_bias, _rows, _static_act_scale)
 
 MODES = ("w8a8", "w8a16")
 
@@ -89,7 +89,7 @@ class Int8Linear(W8A8Forward, nn.Module):
         if act_scale is not None:
             mod.act_scale.copy_(act_scale.reshape(()))
         if act_zero is not None:
-            z = torch.as_tensor(act_zero)
+            z = _host_tensor("act_zero", act_zero)
             if z.numel() != 1 or z.dtype.is_floating_point or not -128 <= int(z) <= 127:
                 raise ValueError(f"act_zero must be one integer in [-128, 127]; got {act_zero!r}")
             mod.act_zero.copy_(z.reshape(()))

@@ -27,12 +27,13 @@ Rules the SPEC leaves open, decided here:
   (``x * 2^126`` and the dequantized ``q * 2^-126`` are exact, subnormals included). No
   scale is subnormal, so kernels that flush subnormals to zero compute the same ``inv`` and
   the same scale (an absmax that such a kernel flushes is under the floor either way).
-- Static (given) scales are used as given and returned unchanged: they are never read on the
-  host (that would synchronize), and the caller dequantizes with its own copy, so changing
-  one would make ``q`` disagree with it. IEEE arithmetic decides what a scale below
-  ``2^-128``, 0, negative, Inf or NaN does (``1 / scale`` may be +-Inf and zeros then become
-  NaN); scales computed by the dynamic rule (or clamped to at least ``MIN_SCALE``) never
-  have that problem.
+- Static (given) scales are used as given and returned unchanged: the caller dequantizes with
+  its own copy, so changing one would make ``q`` disagree with it. The ops
+  (``lowbit.quantize_fp8`` ...) refuse one of magnitude below ``MIN_SCALE``, Inf or NaN (a
+  negative one is allowed: its round trip holds) where they read
+  values (CPU tensors; a GPU under ``LOWBIT_CHECK_SCALES=1``); these functions take any, and
+  IEEE arithmetic decides what a scale below ``2^-128``, 0, negative, Inf or NaN does
+  (``1 / scale`` may be +-Inf and zeros then become NaN).
 - A NaN in a slice makes its dynamic scale NaN (NaN propagates through the absmax, as in
   ``torch.amax``); integer quantizers map a NaN product to the zero point.
 - Padding of ragged blocks never changes a scale: pads are zeros, and every range includes 0.
