@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -213,7 +214,31 @@ def test_missing_extra_is_named(cache, monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     monkeypatch.setitem(sys.modules, "all_minilm_l6_v2", None)
     assert run.main(["--case", "minilm", "--out", str(tmp_path / "out")]) == 2
-    assert "pip install 'lowbit[analyze]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pip install 'lowbit[analyze]'" in err and "lowbit analyze: lowbit analyze" not in err
+
+
+def test_cases_finished_before_a_missing_extra_are_written(monkeypatch, tmp_path, capsys):
+    # The first case runs; the second needs a package that is missing: the first is still
+    # written, and the run says what is missing and exits 2.
+    first, second = run.CASES[:2]
+
+    def build(name, args):
+        if name == second:
+            raise ImportError(f"lowbit analyze: the {second} case needs 'x', which is not "
+                              "installed")
+        return types.SimpleNamespace(name=name, passes=())
+
+    written = []
+    monkeypatch.setattr(run, "build_case", build)
+    monkeypatch.setattr(run, "analyze", lambda case, variants, bar: {"case": case.name})
+    monkeypatch.setattr("lowbit.analyze.report.write",
+                        lambda out, env, done, *a: written.append(done) or "report")
+    monkeypatch.setattr(run, "run_timing", lambda *a: pytest.fail("no timing after a failure"))
+    assert run.main(["--case", "all", "--out", str(tmp_path / "out")]) == 2
+    assert written == [[{"case": first}]]
+    err = capsys.readouterr().err
+    assert f"the {second} case needs 'x'" in err and "lowbit analyze: lowbit analyze" not in err
 
 
 def test_import_lowbit_needs_no_extra():

@@ -396,3 +396,11 @@ def test_calibration_dict_round_trip():
         Calibration({"a": float("nan")}, "x", 1)
     with pytest.raises(ValueError, match="batches must be"):
         Calibration({}, "x", -1)
+
+
+def test_calibrate_an_attention_layer():
+    # nn.MultiheadAttention reads its out_proj's weight without calling it: calibrate takes
+    # the layers quantize_ swaps, nn.Linear itself.
+    m = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).eval()
+    cal = lowbit.calibrate(m, [torch.randn(2, 8, 64)])
+    assert sorted(cal.clips) == ["linear1", "linear2"]

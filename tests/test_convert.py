@@ -291,3 +291,59 @@ def test_quantize_a_hugging_face_decoder(scheme):
         assert _cos(out, want) > DECODER_COS[scheme]
         gen = model.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)
     assert gen.shape == (1, 7)
+
+
+def test_transformer_encoder_layer_runs_after_quantizing():
+    # Its fused inference path reads linear1/linear2's weights directly; once they are
+    # swapped the layer must take its Python path. nn.MultiheadAttention's out_proj (a
+    # subclass of nn.Linear whose weight it reads) is kept, and the summary says so.
+    import copy
+    torch.manual_seed(0)
+    m = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).eval()
+    x = torch.randn(2, 8, 64)
+    with torch.no_grad():
+        ref = m(x)
+    for scheme, tol in (("int8", 0.02), ("fp8", 0.05), ("int4", 0.1)):
+        q = copy.deepcopy(m)
+        s = lowbit.quantize_(q, scheme, group_size=64,
+                             calibration=lowbit.calibrate(m, [x]) if scheme == "int8" else None)
+        assert s.swapped == ["linear1", "linear2"]
+        assert "a subclass of nn.Linear (NonDynamicallyQuantizableLinear)" in \
+            s.skipped["self_attn.out_proj"]
+        with torch.no_grad():
+            y = q(x)
+        assert float((y - ref).norm() / ref.norm()) < tol
+    q = copy.deepcopy(m)
+    lowbit.smooth_quant(q, [x])
+    with torch.no_grad():
+        assert torch.allclose(q(x), ref, atol=1e-5)
+
+
+def test_linear_subclasses_are_reported_kept():
+    class MyLinear(nn.Linear):
+        pass
+
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), MyLinear(64, 64))
+    s = lowbit.quantize_(m, "int8")
+    assert s.swapped == ["0"] and "subclass of nn.Linear (MyLinear)" in s.skipped["2"]
+    with pytest.raises(TypeError, match=r"quantize_: filter must be a name, a module type, a "
+                                        r"list of them or a callable"):
+        lowbit.quantize_(nn.Sequential(nn.Linear(64, 64)), "int8", filter=3)
+
+
+def test_load_keeps_the_saved_dtypes_and_checks_shapes(tmp_path):
+    # A bf16 model loaded into its freshly built fp32 architecture comes back in bf16.
+    def build(out=32):
+        return nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64), nn.Linear(64, out))
+
+    torch.manual_seed(0)
+    m = build().to(torch.bfloat16)
+    lowbit.quantize_(m, "int8", filter="2")
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    lowbit.save_quantized(m, str(tmp_path))
+    back = lowbit.load_quantized(build(), str(tmp_path))
+    assert back[1].weight.dtype == torch.bfloat16 and torch.equal(back(x), m(x))
+    with pytest.raises(ValueError, match=r"load_quantized: '0' was saved as a 64 -> 64 layer; "
+                                         r"the model's is 64 -> 48"):
+        lowbit.load_quantized(nn.Sequential(nn.Linear(64, 48), nn.LayerNorm(48),
+                                            nn.Linear(48, 32)), str(tmp_path))

@@ -516,8 +516,23 @@ def test_negative_static_scales_round_trip():
 def test_value_checks_can_be_turned_off_on_the_cpu(monkeypatch):
     # LOWBIT_CHECK_SCALES=0: the kernels' tests feed such scales to compare IEEE behaviour.
     monkeypatch.setenv("LOWBIT_CHECK_SCALES", "0")
-    q, s = lowbit.quantize_fp8(X, torch.tensor(0.0))  # x * (1 / 0): every code saturates
+    x = X.masked_fill(X == 0, 1.0)  # (0 * (1 / 0) would be NaN's code)
+    q, s = lowbit.quantize_fp8(x, torch.tensor(0.0))  # x * (1 / 0): every code saturates
     assert s == 0 and torch.equal(q.float().abs(), torch.full(X.shape, 448.0))
+
+
+def test_values_at_the_limits_pass():
+    for v in (2.0 ** -126, -2.0 ** -126):
+        lowbit.quantize_fp8(X, torch.tensor(v))
+        lowbit.quantize_int8(X, torch.full((4, 1), v))
+    for z in (-128, 127):
+        lowbit.quantize_int8(X, torch.full((4, 1), 0.05), symmetric=False,
+                             zero=torch.full((4, 1), z, dtype=torch.int32))
+    # What the package computes passes its own checks: a dynamic scale (and zero point)
+    # given back as a static one, an all-zero slice's scale of 1.
+    q, s, z = lowbit.quantize_int8(torch.cat([X, torch.zeros(1, 256)]), symmetric=False)
+    assert s[-1] == 1
+    lowbit.quantize_int8(torch.cat([X, torch.zeros(1, 256)]), s, symmetric=False, zero=z)
 
 
 def test_from_linear_checks_act_scale():
@@ -570,9 +585,9 @@ def test_load_state_dict_refuses_a_quantized_tensor_of_another_dtype():
                                         r"torch\.float8_e4m3fn .*; got torch\.uint8"):
         fp8.load_state_dict(sd)
     sd = fp8.state_dict()
-    sd["weight_scale"] = sd["weight_scale"].int()
-    with pytest.raises(TypeError, match=r"state_dict\['weight_scale'\] must have dtype "
-                                        r"torch\.float32"):
+    sd["weight_scale"] = sd["weight_scale"].int()  # would be truncated
+    with pytest.raises(TypeError, match=r"state_dict\['weight_scale'\] must be a "
+                                        r"floating-point scale; got torch\.int32"):
         fp8.load_state_dict(sd)
     i4 = lowbit.nn.Int4Linear.from_linear(LIN, group_size=64, symmetric=False)
     sd = i4.state_dict()
@@ -585,6 +600,11 @@ def test_load_state_dict_refuses_a_quantized_tensor_of_another_dtype():
     with pytest.raises(TypeError, match=r"state_dict\['qweight'\] must have dtype torch\.uint8"):
         i4.load_state_dict(sd)
     i4.load_state_dict(i4.state_dict())  # the module's own dtypes load
+    # Scales of another float dtype convert, as a cast of the module converts them: a
+    # bias-less module cast to fp16 reloads into the module its config() builds.
+    half = lowbit.nn.Int4Linear.from_linear(torch.nn.Linear(256, 8, bias=False)).half()
+    assert half.dtype == torch.float16  # (the scales', without a bias)
+    lowbit.nn.Int4Linear(**half.config()).load_state_dict(half.state_dict())
 
 
 @pytest.mark.parametrize("call,name", [
@@ -646,8 +666,14 @@ def test_int8_gemms_refuse_k_past_the_int32_accumulator(call, op):
         call(a, a)
 
 
-def test_meta_tensors_give_meta_outputs_eagerly():
-    # As torch.ops.lowbit does: shapes and dtypes, no values, and no kernel asked for.
+@pytest.mark.parametrize("interpret", [False, True], ids=["plain", "triton-interpreter"])
+def test_meta_tensors_give_meta_outputs_eagerly(monkeypatch, interpret):
+    # As torch.ops.lowbit does: shapes and dtypes, no values, and no kernel asked for (not
+    # even Triton's under its interpreter, which takes tensors of any device).
+    if interpret:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for backend in ("auto", "reference", "triton"):
+        assert lowbit.explain(lowbit.int8_mm, m(A), m(B), backend=backend).backend == "meta"
     out = lowbit.int8_mm(m(A), m(B))
     assert out.is_meta and out.shape == (4, 3) and out.dtype == torch.int32
     q, s = lowbit.quantize_fp8(m(X), granularity="token")
@@ -655,3 +681,5 @@ def test_meta_tensors_give_meta_outputs_eagerly():
     lin = torch.nn.Linear(256, 8, device="meta")
     mod = lowbit.nn.Fp8Linear.from_linear(lin)
     assert mod.weight.is_meta and mod(m(XB)).shape == (4, 8)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 8, device="meta"))
+    assert lowbit.quantize_(model, "int8").swapped == ["0"] and model[0].weight.is_meta

@@ -65,3 +65,13 @@ def test_errors():
         mixed_precision(_model(), DATA, -1.0)
     with pytest.raises(ValueError, match="empty"):
         mixed_precision(_model(), [], 0.1)
+
+
+def test_apply_plan_checks_its_plan():
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    with pytest.raises(ValueError, match=r"apply_plan: plan's schemes must be 'none' or one of "
+                                         r".*; got \['fp16'\]"):
+        apply_plan(m, {"0": "fp16"})
+    with pytest.raises(ValueError, match=r"apply_plan: plan names layers the model does not "
+                                         r"have: \['nope'\]"):
+        apply_plan(m, {"nope": "int8", "0": "int8"})

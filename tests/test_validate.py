@@ -92,3 +92,9 @@ def test_errors():
     with pytest.raises(ValueError, match="example"):
         lowbit.validate(ref, q, _fixed([1, 1]), None, precision="fp8", min_speedup=1.5)
     assert set(MAX_ACCURACY_DROP) == {"fp8", "int8", "int4"}
+
+
+def test_a_drop_equal_to_the_limit_passes_despite_binary_rounding():
+    ref, q = _pair()
+    ok = lowbit.validate(ref, q, _fixed([64.01, 63.01]), None, precision="int8")
+    assert 64.01 - 63.01 > 1.0 and ok.passed  # 1.000000000000007 in binary

@@ -403,7 +403,9 @@ class Calibration:
 def _targets(model: nn.Module, layers) -> Dict[str, nn.Linear]:
     modules = dict(model.named_modules())
     if layers is None:
-        found = {n: m for n, m in modules.items() if isinstance(m, nn.Linear)}
+        # The layers quantize_ swaps: nn.Linear itself, not a subclass (whose owner may read its
+        # weight without calling it, as nn.MultiheadAttention does its out_proj's).
+        found = {n: m for n, m in modules.items() if type(m) is nn.Linear}
         if not found:
             raise ValueError(f"calibrate: model ({type(model).__name__}) has no nn.Linear "
                              f"layer to calibrate")

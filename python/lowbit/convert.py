@@ -111,7 +111,13 @@ def _excluder(filter: Filter, model: nn.Module) -> Callable[[str, nn.Module], bo
         return lambda name, m: False
     if callable(filter) and not isinstance(filter, type):
         return lambda name, m: bool(filter(name, m))
-    items = [filter] if isinstance(filter, (str, type)) else list(filter)
+    if isinstance(filter, (str, type)):
+        items = [filter]
+    elif isinstance(filter, (list, tuple, set, frozenset)):
+        items = list(filter)
+    else:
+        raise TypeError(f"quantize_: filter must be a name, a module type, a list of them or a "
+                        f"callable(name, module); got {type(filter).__name__}")
     for it in items:
         if not isinstance(it, (str, type)):
             raise TypeError(f"quantize_: filter items must be names (str) or module types; got "
@@ -167,12 +173,12 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
         raise ValueError(f"quantize_: keep_slower must be the tokens per forward, an int >= 1; "
                          f"got {keep_slower!r}")
     excluded = _excluder(filter, model)
-    linears = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError("quantize_: the model has no nn.Linear layer to quantize")
     if calibration is not None:
-        missing = [name for name, _ in linears
-                   if not excluded(name, _) and name not in calibration.clips]
+        missing = [name for name, m in linears if type(m) is nn.Linear
+                   and not excluded(name, m) and name not in calibration.clips]
         if missing:
             raise ValueError(f"quantize_: calibration has no activation statistics for "
                              f"{len(missing)} layer(s): {', '.join(missing[:8])}"
@@ -181,7 +187,12 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
     for name, lin in linears:
         before = module_bytes(lin)
         why, note = None, ""
-        if excluded(name, lin):
+        if type(lin) is not nn.Linear:
+            # Its owner may read its weight without calling it (nn.MultiheadAttention's
+            # out_proj), or its forward may not be nn.Linear's.
+            why = (f"a subclass of nn.Linear ({type(lin).__name__}): only nn.Linear itself is "
+                   "swapped")
+        elif excluded(name, lin):
             why = "excluded by filter"
         elif scheme == "int4" and lin.in_features % (32 if group_size == -1 else group_size):
             need = "32 (int4 per channel)" if group_size == -1 else f"group_size = {group_size}"
@@ -202,7 +213,21 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
         model.set_submodule(name, new)
         summary.layers.append(LayerReport(name, True, repr_short(new) + note, before,
                                           module_bytes(new)))
+    no_fused_layers(model)
     return summary
+
+
+def no_fused_layers(model: nn.Module) -> None:
+    """Keep ``nn.TransformerEncoderLayer``'s fused inference path
+    (``torch._transformer_encoder_layer_fwd``) off in a layer whose ``linear1`` or ``linear2``
+    is no longer an ``nn.Linear``: that path reads their ``weight`` tensors instead of calling
+    them (an int8 weight into a float GEMM, or a module with no ``weight``). The layer then
+    runs its Python forward, which calls them, with the same activation: the flag cleared
+    here only chooses the path (torch takes that path when it is 1 or 2, ReLU or GELU)."""
+    for mod in model.modules():
+        if isinstance(mod, nn.TransformerEncoderLayer) and (
+                type(mod.linear1) is not nn.Linear or type(mod.linear2) is not nn.Linear):
+            mod.activation_relu_or_gelu = 0
 
 
 def _slower(scheme: str, lin: nn.Linear, m: int):

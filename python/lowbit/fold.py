@@ -191,6 +191,9 @@ def apply_input_scale(model: nn.Module, group: InputGroup, s: torch.Tensor) -> s
         return f"folded into {group.producer}"
     from .nn.prescale import PreScale
 
+    from .convert import no_fused_layers
+
     for name in group.linears:
         model.set_submodule(name, PreScale.wrap(model.get_submodule(name), s))
+    no_fused_layers(model)
     return "pre-scaled"

@@ -112,6 +112,14 @@ def apply_plan(model: nn.Module, plan, *, group_size: int = 128,
     """Quantize ``model`` in place by ``plan`` (a ``Plan`` or {layer: scheme}), one
     ``quantize_`` per scheme over its layers; returns the summaries."""
     schemes = plan.schemes if isinstance(plan, Plan) else dict(plan)
+    bad = {s for s in schemes.values() if s != FULL and s not in SCHEMES}
+    if bad:
+        raise ValueError(f"apply_plan: plan's schemes must be {FULL!r} or one of "
+                         f"{tuple(SCHEMES)}; got {sorted(bad)}")
+    unknown = sorted(set(schemes) - dict(model.named_modules()).keys())
+    if unknown:
+        raise ValueError(f"apply_plan: plan names layers the model does not have: "
+                         f"{unknown[:8]}")
     out = []
     for scheme in sorted(set(schemes.values()) - {FULL}):
         mine = {n for n, s in schemes.items() if s == scheme}

@@ -78,10 +78,16 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
             raise ValueError(f"load_quantized: unknown module class {entry['class']!r} for "
                              f"{name!r}")
         cfg = dict(entry["config"])
+        shape = (cfg.get("in_features"), cfg.get("out_features"))
+        if isinstance(old, nn.Linear) and shape != (old.in_features, old.out_features):
+            raise ValueError(f"load_quantized: {name!r} was saved as a {shape[0]} -> {shape[1]} "
+                             f"layer; the model's is {old.in_features} -> "
+                             f"{old.out_features} (another architecture?)")
         cfg["dtype"] = getattr(torch, cfg["dtype"])
         device = next((t.device for t in old.parameters()), torch.device("cpu"))
         new = cls(**cfg, device=device)
         model.set_submodule(name, new)
+    _take_saved_dtypes(model, os.path.join(directory, STATE_FILE))
     missing, unexpected = load_model(model, os.path.join(directory, STATE_FILE), strict=False,
                                      device=str(next((t.device for t in model.parameters()),
                                                      torch.device("cpu"))))
@@ -90,3 +96,25 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
         raise ValueError(f"load_quantized: the saved state and the model disagree on "
                          f"{len(bad)} tensor(s): {', '.join(bad[:8])}")
     return model
+
+
+_FLOAT_CODES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,
+                "F16": torch.float16}
+
+
+def _take_saved_dtypes(model: nn.Module, path: str) -> None:
+    """Give every floating-point parameter and buffer of ``model`` the float dtype its saved
+    tensor has: loading copies into the model's tensors, so a bf16 model loaded into its
+    freshly built fp32 architecture would otherwise come back in fp32 (its LayerNorms and
+    embeddings beside the quantized modules' bf16), with other outputs or none."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        saved = {k: _FLOAT_CODES.get(f.get_slice(k).get_dtype()) for k in f.keys()}
+    for prefix, mod in model.named_modules():
+        for table in (mod._parameters, mod._buffers):
+            for name, t in table.items():
+                want = saved.get(f"{prefix}.{name}" if prefix else name)
+                if t is not None and want is not None and t.is_floating_point() \
+                        and t.dtype != want:
+                    t.data = t.data.to(want)

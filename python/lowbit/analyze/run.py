@@ -153,23 +153,30 @@ def main(argv=None) -> int:
     done: List[dict] = []
     partial: dict = {}  # the GPU timing's rows as they come
     timing: Optional[dict] = None
+    failed: Optional[Exception] = None  # a case that could not be built
     try:
         for name in args.cases:
             try:
                 case = build_case(name, args)
             except (ImportError, ValueError) as e:  # a missing extra; too few sentences
-                print(f"lowbit analyze: {e}", file=sys.stderr)
-                return 2
+                failed = e
+                break
             with tqdm(total=len(args.variants) * len(case.passes), desc=name, unit="pass",
                       file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
                 done.append(analyze(case, args.variants, bar))
-        timing = run_timing(args, partial)
+        if failed is None:
+            timing = run_timing(args, partial)
     except KeyboardInterrupt:
         print("\ninterrupted: writing what was finished so far", file=sys.stderr)
         timing = dict(partial, interrupted=True) if partial.get("rows") else None
     elapsed = time.time() - t0
-    if done:
+    if done:  # (the cases finished before one that could not be built, too)
         print("\n" + write(args.out, env, done, argv, elapsed, timing), flush=True)
+    if failed is not None:
+        msg = str(failed)
+        print(msg if msg.startswith("lowbit analyze:") else f"lowbit analyze: {msg}",
+              file=sys.stderr)
+        return 2
     return 0 if len(done) == len(args.cases) and timing is not None else 1  # 1: interrupted
 
 

@@ -98,16 +98,23 @@ def _static_act_scale(act_scale) -> Optional[torch.Tensor]:
     return act_scale
 
 
-def _check_state_dtypes(mod: nn.Module, state_dict, prefix: str, names, expect=None) -> None:
-    """A TypeError naming the key when a state_dict's tensor for one of the module's
-    quantized buffers ``names`` has another dtype than the buffer (``expect``: name -> the
-    dtype wanted instead, where the module converts on the way in): ``load_state_dict``
-    would convert it, turning fp8 codes read as uint8, or truncated integer scales, into
-    silently wrong numbers."""
-    for name in names:
+def _check_state_dtypes(mod: nn.Module, state_dict, prefix: str, codes, scales,
+                        expect=None) -> None:
+    """A TypeError naming the key where ``load_state_dict`` would turn a state_dict's tensor
+    into silently wrong numbers: one of the module's buffers of codes (``codes``: quantized
+    values, zero points) of another dtype than the buffer's (fp8 codes saved as uint8 would
+    load as the numbers 0-255; ``expect``: name -> the dtype wanted instead, where the module
+    converts on the way in), or a scale (``scales``) that is not floating point (truncated).
+    A scale of another float dtype converts, as a module cast (``.half()``) converts it."""
+    for name in (*codes, *scales):
         have = mod._buffers.get(name)
         v = state_dict.get(prefix + name)
         if have is None or not isinstance(v, torch.Tensor):
+            continue
+        if name in scales:
+            if not v.dtype.is_floating_point or v.dtype.itemsize == 1:  # (int, fp8)
+                raise TypeError(f"{type(mod).__name__}: state_dict[{prefix + name!r}] must "
+                                f"be a floating-point scale; got {v.dtype}")
             continue
         want = (expect or {}).get(name, have.dtype)
         if v.dtype != want:
@@ -214,7 +221,8 @@ class W8A8Forward:
     _FORMAT_TENSORS = ("weight", "weight_scale", "act_scale", "act_zero")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        _check_state_dtypes(self, state_dict, prefix, self._FORMAT_TENSORS)
+        _check_state_dtypes(self, state_dict, prefix, ("weight", "act_zero"),
+                            ("weight_scale", "act_scale"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _apply(self, fn, recurse=True):

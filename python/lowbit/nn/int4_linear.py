@@ -26,7 +26,7 @@ from .._backend import available_kernels
 from ..int4_weight import CANONICAL, Int4Weight, prepack_int4
 from ..ops import int4_scale_dtype
 from ._layer import (_check_linear, _check_state_dtypes, _copy_bias, _dtype_name,
-                     _layer_dtype, _layer_dtype_of, _new_bias, _rows)
+                     _layer_dtype, _new_bias, _rows)
 
 
 def cuda_kernels_run_on(device: torch.device) -> bool:
@@ -74,7 +74,11 @@ class Int4Linear(nn.Module):
         self.register_buffer("perm", None)
         self.bias = _new_bias(out_features, bias, self._dtype, device)
 
-    dtype = property(_layer_dtype_of, doc=_layer_dtype_of.__doc__)
+    @property
+    def dtype(self) -> torch.dtype:
+        """The layer dtype: the bias's, else the scales' (the scales are held in the layer
+        dtype, and both follow a cast of the module, e.g. ``.half()``)."""
+        return self.bias.dtype if self.bias is not None else self.scales.dtype
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, group_size: int = 128, symmetric: bool = True,
@@ -125,7 +129,7 @@ class Int4Linear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints hold qweight canonical (uint8), whatever layout the module runs on.
-        _check_state_dtypes(self, state_dict, prefix, ("qweight", "scales", "zeros"),
+        _check_state_dtypes(self, state_dict, prefix, ("qweight", "zeros"), ("scales",),
                             {"qweight": torch.uint8})
         # A None buffer has no state_dict key, so a saved act-order module would not load into
         # the module its config() builds: the saved perm makes room for itself.
