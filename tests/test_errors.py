@@ -555,6 +555,12 @@ def test_a_zero_act_scale_loaded_into_a_module_is_refused_at_forward():
         mod(X[:, :256])
 
 
+def test_int8_gemm_zero_points_out_of_range_are_refused():
+    with pytest.raises(ValueError, match=r"int8_gemm: a_zero must lie in -128\.\.127 \(int8 "
+                                         r"zero points\); it holds 255"):
+        lowbit.int8_gemm(A, B, ONE, ONE, a_zero=torch.tensor(255, dtype=torch.int32))
+
+
 def test_int8_zero_points_out_of_range_are_refused():
     s = torch.full((4, 1), 0.05)
     with pytest.raises(ValueError, match=r"quantize_int8: zero must lie in -128\.\.127 \(int8 "

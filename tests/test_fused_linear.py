@@ -119,6 +119,9 @@ def test_the_fused_kernel_is_chosen_for_what_it_takes(monkeypatch):
     misaligned = torch.zeros(4 * 256 + 4, dtype=torch.bfloat16)[4:].view(4, 256)
     assert fused(x=misaligned) == -1
     assert fused(geometry=(4, 256, 260, 1)) == -1  # rows 520 bytes apart: not 16-aligned
+    assert fused(geometry=(4, 256, 0, 1)) == -1  # one row repeated (expand): the kernel
+    assert fused(geometry=(4, 256, 128, 1)) == -1  # reads K-long rows that do not overlap
+    assert fused(geometry=(1, 256, 0, 1)) == kernel_id(name)  # (one row: no stride read)
     assert fused(weight_scale=torch.ones(1, 2)) == -1  # 128 x 128 blocks
     monkeypatch.setenv(cuda_linear.FUSED_ENV, "0")
     assert fused() == -1
@@ -221,6 +224,22 @@ def test_fused_forward_with_inf_and_nan_rows(python_step, fused_on, dtype):
         assert "linear_swapab" in mod._step.run.__name__
         torch.testing.assert_close(y, two_ops(mod, x), rtol=0, atol=0, equal_nan=True)
         assert torch.isfinite(y[4:]).all()
+
+
+@pytest.mark.gpu
+@needs_fused
+def test_repeated_rows_take_the_two_kernels(python_step, fused_on):
+    """x = one row expanded (row stride 0): the fused kernel declines such rows, so the
+    prepared step must be the two kernels' (it raised a launch error on the second call)."""
+    _on_hopper()
+    lin = nn.Linear(256, 96).to("cuda", torch.bfloat16)
+    x = rows(1, 256, torch.bfloat16, seed=3).expand(8, 256)
+    for mod, two_ops in ((Fp8Linear.from_linear(lin), fp8_two_ops),
+                         (Int8Linear.from_linear(lin, act_symmetric=True), int8_two_ops)):
+        mod(x)
+        y = mod(x)
+        assert "linear_swapab" not in mod._step.run.__name__
+        assert torch.equal(y, two_ops(mod, x.contiguous()))
 
 
 @pytest.mark.gpu

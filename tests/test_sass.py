@@ -22,18 +22,20 @@ import lowbit
 
 
 def _cuobjdump():
+    """cuobjdump, where nvdisasm (which its -sass runs) is beside it or on PATH."""
     found = shutil.which("cuobjdump")
-    if found:
-        return found
+    candidates = [found] if found else []
     try:
         import nvidia
     except ImportError:
-        return None
-    for root in nvidia.__path__:
+        nvidia = None
+    for root in nvidia.__path__ if nvidia is not None else ():
         for sub in ("cu13", "cu12", "cuda_cuobjdump"):
-            path = os.path.join(root, sub, "bin", "cuobjdump")
-            if os.access(path, os.X_OK):
-                return path
+            candidates.append(os.path.join(root, sub, "bin", "cuobjdump"))
+    for path in candidates:
+        beside = os.path.join(os.path.dirname(path), "nvdisasm")
+        if os.access(path, os.X_OK) and (os.access(beside, os.X_OK) or shutil.which("nvdisasm")):
+            return path
     return None
 
 
@@ -49,7 +51,8 @@ CUOBJDUMP = _cuobjdump()
 LIBRARY = _library()
 pytestmark = pytest.mark.skipif(
     CUOBJDUMP is None or LIBRARY is None,
-    reason="needs lowbit._C built with CUDA and cuobjdump (pip install nvidia-cuda-cuobjdump)")
+    reason="needs lowbit._C built with CUDA, and cuobjdump with nvdisasm (pip install "
+           "nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
 ARCHS = set(lowbit.build_info().get("cuda_archs", "").split(",")) - {""}
 
 

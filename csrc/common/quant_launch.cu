@@ -64,23 +64,26 @@ void set_vector_flags(KernelParams& p, int in_bytes, int out_bytes) {
 // quantize kernel, so the code that runs it on a device is what they run there.
 __global__ void quant_arch_probe() {}
 
-// Whether the quantize kernels that run on `device` hold the PDL wait: they do when that code
-// was compiled for sm_90+ (common/pdl.cuh). An sm_90 device runs sm_80 / sm_89 PTX through the
-// JIT when the build has no sm_90 target, and so does a newer device; that code has no wait,
-// and launched programmatically it could read x before the kernel before it wrote it.
-bool quant_kernels_wait(int device) {
-  static std::atomic<int> known[kMaxDevices] = {};  // 0: not read yet, 1: no, 2: yes
+// The arch (80, 89, 90...) the quantize kernels' code that runs on `device` was compiled
+// for: an sm_90 device runs sm_80 / sm_89 PTX through the JIT when the build has no sm_90
+// target, and so does a newer device. 0 where it cannot be read (not cached: asked again).
+int quant_code_arch(int device) {
+  static std::atomic<int> known[kMaxDevices] = {};  // 0: not read yet
   const int k = known[device].load(std::memory_order_relaxed);
-  if (k != 0) return k == 2;
+  if (k != 0) return k;
   cudaFuncAttributes attr = {};
   if (cudaFuncGetAttributes(&attr, quant_arch_probe) != cudaSuccess) {
-    (void)cudaGetLastError();  // not cached: asked again next time
-    return false;
+    (void)cudaGetLastError();
+    return 0;
   }
-  const bool wait = attr.ptxVersion >= 90;
-  known[device].store(wait ? 2 : 1, std::memory_order_relaxed);
-  return wait;
+  known[device].store(attr.ptxVersion, std::memory_order_relaxed);
+  return attr.ptxVersion;
 }
+
+// Whether the quantize kernels that run on `device` hold the PDL wait: they do when that code
+// was compiled for sm_90+ (common/pdl.cuh); code for an older arch has no wait, and launched
+// programmatically it could read x before the kernel before it wrote it.
+bool quant_kernels_wait(int device) { return quant_code_arch(device) >= 90; }
 
 // Every quantize kernel launches through here. Where its code holds the PDL wait (sm_90, and
 // while programmatic_launch() is on, as for the GEMMs) it is a programmatic dependent launch:
@@ -187,7 +190,9 @@ bool device_has_fp8_cvt() {
     cudaGetLastError();
     return false;
   }
-  return compute_capability(dev) >= 89;
+  // The device's, and the code's: sm_80 code JIT-compiled for an sm_89+ device has no cvt
+  // instruction (its hardware-cvt kernels trap: fp8_codec.cuh, kRunsHere).
+  return compute_capability(dev) >= 89 && quant_code_arch(dev) >= 89;
 }
 
 cudaError_t quantize_static(const QuantizeView& a, const QuantLaunch& codec,

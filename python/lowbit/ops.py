@@ -181,8 +181,13 @@ def int8_mm(a: Tensor, b: Tensor):
     return (m, n), torch.int32
 
 
-@define_op("Tensor", values=lambda a, b, a_scale, b_scale, *_: C.finite_scales(
-    "int8_gemm", a_scale=a_scale, b_scale=b_scale))
+def _int8_gemm_values(a, b, a_scale, b_scale, bias, out_dtype, a_zero) -> None:
+    C.finite_scales("int8_gemm", a_scale=a_scale, b_scale=b_scale)
+    # (the kernels' zero-point term zero * sum_k b[n, k] is exact in int32 for these)
+    C.int8_zeros("int8_gemm", "a_zero", a_zero)
+
+
+@define_op("Tensor", values=_int8_gemm_values)
 def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Optional[Tensor],
               out_dtype: torch.dtype, a_zero: Optional[Tensor]):
     op = "int8_gemm"

@@ -28,6 +28,7 @@ __all__ = ["KERNELS", "SMALL_M_MAX", "available", "has_cuda_kernels", "kernel_id
 
 SMALL_M_MAX = 64  # the small-M GEMMs' largest M (kSmallMMaxM in csrc/common/gemm_args.h)
 _BIG = (1 << 31) - 128  # the GEMMs count rows and tiles in int32: M and N stay below this
+WXA16_TILED_MAX_M = 65535 * 64  # the tiled weight-only kernels' 64-token tiles are grid.z
 
 # op -> {kernel: (M range or None, priority, variant)}. Higher priority is tried first;
 # `variant` is what the op module needs to tell the kernels of one op apart (the scale a
@@ -83,14 +84,14 @@ WXA16_WIDE_MAX_M = 128  # kWXA16WideMaxM
 KERNELS["w4a16_gemm"] = {
     "cuda_w4a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w4a16_gemm_dequant": ((WXA16_DECODE_MAX_M + 1, _BIG), 15, "dequant"),
-    "cuda_w4a16_gemm_tiled": ((0, _BIG), 10, None),
+    "cuda_w4a16_gemm_tiled": ((0, WXA16_TILED_MAX_M), 10, None),
     "sm90_w4a16_gemm_wgmma": ((1, _BIG), 5, "wgmma"),
     "cuda_w4a16_gemm_wide": ((0, WXA16_WIDE_MAX_M), 3, "wide"),
 }
 KERNELS["w8a16_gemm"] = {
     "cuda_w8a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w8a16_gemm_dequant": ((WXA16_DECODE_MAX_M + 1, _BIG), 15, "dequant"),
-    "cuda_w8a16_gemm_tiled": ((0, _BIG), 10, None),
+    "cuda_w8a16_gemm_tiled": ((0, WXA16_TILED_MAX_M), 10, None),
     "sm90_w8a16_gemm_wgmma": ((1, 256), 5, "wgmma"),
     "cuda_w8a16_gemm_wide": ((0, WXA16_WIDE_MAX_M), 3, "wide"),
 }

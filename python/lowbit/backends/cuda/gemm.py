@@ -108,6 +108,8 @@ def operand_reason(a, b, dtype: torch.dtype) -> Optional[str]:
         return "K = 0"
     if a.shape[1] % 16:
         return f"K = {a.shape[1]} is not a multiple of 16"
+    if a.shape[1] > _BIG:
+        return f"K = {a.shape[1]} is beyond the kernels' int32 K-step counts"
     if b.shape[0] > _BIG:
         return f"N = {b.shape[0]} is beyond the kernels' int32 row and tile counts"
     if not (_aligned(a) and _aligned(b)):

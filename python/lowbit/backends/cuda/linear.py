@@ -144,13 +144,14 @@ def _fused_kernel(op: str, quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
     """The kernel id of the op's quantizer-in-the-GEMM kernel (``FUSED_LINEAR``) when it can
     run this forward (what ``_C.<Family>LinearLaunch`` takes as ``fused_kernel_id``), else
     -1: the chosen kernels are the ones it replaces, the weight's scale is per tensor or per
-    channel, and x's rows are bf16 / fp16, K-contiguous and 16-byte aligned."""
+    channel, and x's rows are bf16 / fp16, K-contiguous, 16-byte aligned and apart (no row
+    overlaps the next: the kernel declines a row stride below K)."""
     name, quantizers, gemm = FUSED_LINEAR[op]
     if not fused_enabled() or gemm_kernel != gemm or quant_kernel not in quantizers:
         return -1
     rows, cols, rs, cs = geometry
     if (x.dtype not in (torch.bfloat16, torch.float16) or cs != 1 or x.data_ptr() % 16
-            or (rows > 1 and (rs * 2) % 16) or cols % 16
+            or (rows > 1 and ((rs * 2) % 16 or rs < cols)) or cols % 16
             or tuple(weight_scale.shape) not in ((), (n, 1))):
         return -1
     kid = kernel_id(name)

@@ -36,8 +36,7 @@ __all__ = ["X_DTYPES", "wxa16_gemm_launch"]
 
 X_DTYPES = (torch.bfloat16, torch.float16)
 _GROUPS = (32, 64, 128)
-_M_MAX = 65535 * 64  # the tiled kernel's token tiles are grid.z
-_N_MAX = (1 << 31) - 1024
+_N_MAX = (1 << 31) - 1024  # N and K: the kernels count rows and K steps in int32
 
 
 def wxa16_gemm_launch(kid: int, bits: int, m: int, n: int, k: int, group: int, ldx: int,
@@ -134,6 +133,8 @@ def _reason(bits: int, o: _Operands, m_range, variant=None) -> Optional[str]:
         return f"N = {o.n} is beyond the kernels' int32 row counts"
     if o.k % 16:
         return f"K = {o.k} is not a multiple of 16"
+    if o.k > _N_MAX:
+        return f"K = {o.k} is beyond the kernels' int32 K-step counts"
     if ((m_range[1] <= WXA16_DECODE_MAX_M or variant == "wide")
             and o.n * max(_row_stride(o.scales), _row_stride(o.zeros)) >= 1 << 31):
         return "2^31 scales or more: the decode and wide kernels' offsets are int32"
