@@ -541,7 +541,7 @@ def _extent_kernel(x_ptr, ext_ptr, R, K, stride_xr, stride_xk, n_tiles_k,
     pid = tl.program_id(0)
     pid_r = pid // n_tiles_k
     pid_k = pid % n_tiles_k
-    rows = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # (2^31 rows: no wrap)
     cols = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rows < R)[:, None] & (cols < K)[None, :]
     x = load_f32(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xk, mask, X_BF16)
@@ -578,7 +578,7 @@ def _quant_tensor_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, z_in_ptr, z_out_ptr,
         if CODEC == 2:
             tl.store(z_out_ptr, z)
     inv = _inv(s)
-    rows = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # (2^31 rows: no wrap)
     cols = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rows < R)[:, None] & (cols < K)[None, :]
     x = load_f32(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xk, mask, X_BF16)
@@ -587,6 +587,15 @@ def _quant_tensor_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, z_in_ptr, z_out_ptr,
     tl.store(q_ptr + rows[:, None] * stride_qr + cols[None, :],
              code.to(q_ptr.dtype.element_ty), mask=mask)
 
+
+
+def _segments_fit(nsegs: int, block: int) -> None:
+    """_quant_segment_kernel numbers the row segments (rows x scales per row) in int32, as
+    its per-segment divisions are cheapest there: a ValueError past that, rather than
+    indices that wrap."""
+    if nsegs + block > 2**31 - 1:
+        raise ValueError(f"the Triton quantizer takes fewer than 2^31 row segments (rows x "
+                         f"scales per row); this input has {nsegs}")
 
 @jit
 def _quant_segment_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, z_in_ptr, z_out_ptr,
@@ -733,7 +742,7 @@ def _dequant_kernel(q_ptr, s_ptr, z_ptr, o_ptr, R, K, stride_qr, stride_qk, stri
     pid = tl.program_id(0)
     pid_r = pid // n_tiles_k
     pid_k = pid % n_tiles_k
-    rows = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # (2^31 rows: no wrap)
     cols = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     row_ok = rows < R
     mask = row_ok[:, None] & (cols < K)[None, :]
@@ -897,6 +906,7 @@ def quantize(x: torch.Tensor, scale: Optional[torch.Tensor], zero: Optional[torc
     zi2 = z_in.reshape(rows, nseg)
     nsegs = rows * nseg
     bs, bk, one_tile, warps = segment_tile(nsegs, seg_len, interp)
+    _segments_fit(nsegs, bs)
     _quant_segment_kernel[(triton.cdiv(nsegs, bs),)](
         xk, q2, si2, so2, zi2, z_o.view(rows, nseg), nsegs, nseg, seg_len, k,
         xk.stride(0), xk.stride(1), q2.stride(0), si2.stride(0), si2.stride(1),
@@ -989,6 +999,7 @@ def quantize_launcher(x: torch.Tensor, scale: Optional[torch.Tensor],
     si = given[0] if not dynamic else None
     zi = given[1] if len(given) > 1 else None
     bs, bk, one_tile, warps = segment_tile(nsegs, seg_len, False)
+    _segments_fit(nsegs, bs)
     so_strides = (nseg, 1)  # a fresh [rows, nseg] scale
     si_strides = (si.stride(0), si.stride(1)) if si is not None else so_strides
     zi_strides = (zi.stride(0), zi.stride(1)) if zi is not None else so_strides

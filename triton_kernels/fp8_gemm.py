@@ -133,6 +133,10 @@ def _fp8_scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K
     n_ok = offs_n < N
     offs_m64 = offs_m.to(tl.int64)
     offs_n64 = offs_n.to(tl.int64)
+    # K offsets and steps in 64 bits: the K-stride of a column-major view can be large enough
+    # that BLOCK_K of it passes 2^31 (the usual stride of 1 folds away).
+    stride_ak = tl.cast(stride_ak, tl.int64)
+    stride_bk = tl.cast(stride_bk, tl.int64)
     a_ptrs = a_ptr + offs_m64[:, None] * stride_am + offs_k[None, :] * stride_ak
     # b is [N, K] K-major; the tile is read as [BLOCK_K, BLOCK_N], contiguous along K, the
     # operand order fp8 wgmma wants.

@@ -63,6 +63,9 @@ def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, za_ptr, bsu
     n_ok = offs_n < N
     offs_m64 = offs_m.to(tl.int64)
     offs_n64 = offs_n.to(tl.int64)
+    # K offsets and steps in 64 bits, as the fp8 GEMM's.
+    stride_ak = tl.cast(stride_ak, tl.int64)
+    stride_bk = tl.cast(stride_bk, tl.int64)
     a_ptrs = a_ptr + offs_m64[:, None] * stride_am + offs_k[None, :] * stride_ak
     # b is [N, K] K-major; its tile is read as [BLOCK_K, BLOCK_N], contiguous along K.
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n64[None, :] * stride_bn

@@ -182,6 +182,10 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
     offs_m, offs_n, m_ok, n_ok, offs_m64, offs_n64 = tile_offsets(pid_m, pid_n, M, N,
                                                                   BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    # K offsets in 64 bits: (K - 1) x the K-stride of a column-major x or a transposed int8
+    # weight can pass 2^31 (the usual stride of 1 folds away).
+    stride_xk = tl.cast(stride_xk, tl.int64)
+    stride_wk = tl.cast(stride_wk, tl.int64)
     x_rows = x_ptr + offs_m64[:, None] * stride_xm
     w_rows = w_ptr + offs_n64 * stride_wn
     s_rows = s_ptr + offs_n64 * stride_sn
@@ -281,11 +285,14 @@ def _wxa16_dequant_kernel(w_ptr, s_ptr, z_ptr, c_ptr, N, K, G, stride_wn, stride
     """out [N, K] (row stride ``stride_cm``, unit column stride) = (u - z) * s in fp32,
     rounded once to out's dtype, for a dense GEMM to multiply. One program per
     [BLOCK_N, BLOCK_K] tile, which lies in one scale group (BLOCK_K divides G; per channel,
-    G = K)."""
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    G = K), on one flat grid, a row block's K tiles in turn (a second grid axis stops at
+    65535 tiles, which K / BLOCK_K passes from K = 2^21 at G = 32)."""
+    tiles_k = tl.cdiv(K, BLOCK_K)
+    offs_n = tl.program_id(0) // tiles_k * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_n64 = offs_n.to(tl.int64)
-    k0 = tl.program_id(1) * BLOCK_K
+    k0 = tl.program_id(0) % tiles_k * BLOCK_K
+    stride_wk = tl.cast(stride_wk, tl.int64)  # (as _wxa16_kernel's)
     gi = k0 // G
     if HAS_ZERO:
         z = tl.load(z_ptr + offs_n64 * stride_zn + gi * stride_zg, mask=n_ok,
@@ -332,7 +339,7 @@ def wxa16_dequant_launcher(w: torch.Tensor, bits: int, scales: torch.Tensor,
     o0 = o0.view(torch.int16) if out_bits else o0
     sizes = (n, k, g, w.stride(0), w.stride(1), sk.stride(0), sk.stride(1), zk.stride(0),
              zk.stride(1), k)
-    kern = bind(_wxa16_dequant_kernel, (triton.cdiv(n, _DEQ_BLOCK_N), triton.cdiv(k, bk)),
+    kern = bind(_wxa16_dequant_kernel, (triton.cdiv(n, _DEQ_BLOCK_N) * triton.cdiv(k, bk),),
                 (w, sk, zk, o0, *sizes),
                 dict(BITS=bits, HAS_ZERO=zeros is not None, S_BF16=s_bf16,
                      OUT_BF16_BITS=out_bits, BLOCK_N=_DEQ_BLOCK_N, BLOCK_K=bk,
