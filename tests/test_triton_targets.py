@@ -134,6 +134,12 @@ def _run_ops() -> None:
             fused4.fn(xm, iw.qweight, iw.scales, iw.zeros, iw.group_size, None, None)
         lowbit.w8a16_gemm(xm, qb, sb, backend=t)
         lowbit.w8a16_gemm(xm.half(), qg, sg, backend=t)
+    # fp32 activations (the fused kernel at any M, fp32 tiles: the largest shared memory)
+    iw = lowbit.int4_quantize(w, group_size=64, backend=t)
+    for m in (4, 17, 65, 257):
+        xf = torch.randn(m, 256, generator=g)
+        lowbit.w4a16_gemm(xf, iw, backend=t)
+        lowbit.w8a16_gemm(xf, qb, sb, backend=t)
 
 
 def recorded_launches(monkeypatch) -> list:
@@ -165,7 +171,8 @@ def _gpu_forms(spec: dict, target: str) -> list:
     native on MI300 (gfx942: e4m3fnuz pointers, no decoding); the saturating e4m3fn
     quantizer with the hardware cast on sm_90 (its default there) and without (the switch
     off); none for the OCP fp8 GEMM on sm_80, which lowbit's Triton backend refuses (no fp8
-    tl.dot: lowbit/backends/triton.py, _gemm_supports)."""
+    tl.dot: lowbit/backends/triton.py, _gemm_supports); the weight-only GEMM's tiles fitted
+    to the target's shared memory (the interpreter fits none)."""
     spec = json.loads(json.dumps(spec))  # a copy
     consts, sig = spec["constexprs"], spec["signature"]
     for flag, ptrs in _INTERPRETER_BITS.items():
@@ -174,6 +181,16 @@ def _gpu_forms(spec: dict, target: str) -> list:
             for ptr in ptrs:  # (a split GEMM's fp32 workspace keeps its type)
                 if sig[ptr] == "*i16":
                     sig[ptr] = "*bf16"
+    if spec["name"] == "_wxa16_kernel":  # its tiles fitted to the target's shared memory
+        from lowbit.triton_kernels import heuristics as H
+
+        opts = spec["options"]
+        cfg = H.wxa16_fit_smem(
+            H.GemmConfig(consts["BLOCK_M"], consts["BLOCK_N"], consts["BLOCK_K"],
+                         consts["GROUP_M"], opts["num_warps"], opts["num_stages"]),
+            consts["BITS"], 4 if consts["FP32_DOT"] else 2, SMEM[target])
+        consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+        opts["num_stages"] = cfg.num_stages
     if spec["name"] == "_fp8_scaled_mm_kernel":
         if target == "sm80" and sig["a_ptr"] in ("*fp8e4nv", "*fp8e5"):
             return []
@@ -205,7 +222,8 @@ def _large_tiles(spec: dict, target: str) -> list:
         cfgs = [H.int8_gemm_config(m, 4096, 4096, smem_limit=smem) for m in (1, 64, 4096)]
     elif name == "_wxa16_kernel":
         group = 0 if consts["PER_CHANNEL"] else 64  # the recorded weights' groups
-        cfgs = [H.wxa16_gemm_config(m, 4096, 4096, group)
+        x_bytes = 4 if consts["FP32_DOT"] else 2
+        cfgs = [H.wxa16_gemm_config(m, 4096, 4096, group, consts["BITS"], x_bytes, smem)
                 for m in ((1, 16) if consts["PARTIAL"] else (64, 4096))]
     else:
         return _gpu_quantizer_tiles(spec)

@@ -198,13 +198,33 @@ WXA16_GEMM_TABLE: List[tuple] = [
 WXA16_PROGRAMS_PER_SM = 2
 
 
-def wxa16_gemm_config(m: int, n: int, k: int, group_size: int) -> GemmConfig:
-    """The table's config for x [m, k] times a weight [n, k] quantized in groups of
-    ``group_size`` along K (0: per channel), shrunk to the problem; BLOCK_K never exceeds
-    the group, so a K-step never straddles two scales."""
+def wxa16_gemm_config(m: int, n: int, k: int, group_size: int, bits: int = 4,
+                      x_bytes: int = 2, smem_limit: Optional[int] = None) -> GemmConfig:
+    """The table's config for x [m, k] (``x_bytes`` an element) times a ``bits``-bit weight
+    [n, k] quantized in groups of ``group_size`` along K (0: per channel), shrunk to the
+    problem and to ``smem_limit`` bytes (wxa16_fit_smem); BLOCK_K never exceeds the group, so
+    a K-step never straddles two scales."""
     cfg = _table_config(WXA16_GEMM_TABLE, "wxa16", m, n, k, 0, None)
     if group_size and cfg.block_k > group_size:
         cfg = cfg._replace(block_k=group_size)
+    if smem_limit is not None:
+        cfg = wxa16_fit_smem(cfg, bits, x_bytes, smem_limit)
+    return cfg
+
+
+def wxa16_fit_smem(cfg: GemmConfig, bits: int, x_bytes: int, limit: int) -> GemmConfig:
+    """``cfg`` with fewer stages, then narrower tiles, until its operand tiles fit ``limit``
+    bytes of shared memory (fp32 activations double x's tile: MI300 has 64 KB a program,
+    sm_86 / sm_89 99 KB)."""
+    while wxa16_smem_bytes(cfg, bits, x_bytes) + SMEM_MARGIN > limit:
+        if cfg.num_stages > 2:
+            cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+        elif cfg.block_n > 16:
+            cfg = cfg._replace(block_n=cfg.block_n // 2)
+        elif cfg.block_m > 16:
+            cfg = cfg._replace(block_m=cfg.block_m // 2)
+        else:
+            break
     return cfg
 
 

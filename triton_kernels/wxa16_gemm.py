@@ -59,7 +59,7 @@ import triton
 import triton.language as tl
 
 from ._common import (allocator, bind, device_index, f32_to_bf16_bits, grouped_tile, jit,
-                      kernel_input, load_f32, tile_offsets)
+                      kernel_input, load_f32, smem_per_block, tile_offsets)
 from ._common import interpreting as _interpreting
 from .heuristics import WXA16_DECODE_MAX_M, wxa16_gemm_config, wxa16_split_k
 
@@ -383,7 +383,9 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
             torch.zeros(shape, dtype=dtype, device=dev) if bias is None
             else bias.to(dtype).expand(shape).clone())
     interp = _interpreting()
-    cfg = config if config is not None else wxa16_gemm_config(m, n, k, group_size)
+    cfg = config if config is not None else wxa16_gemm_config(
+        m, n, k, group_size, bits, x.element_size(),
+        None if interp else smem_per_block(device_index(x.device)))
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
     if group_size and group_size % bk:
         raise ValueError(f"BLOCK_K = {bk} must divide the group size {group_size}")
