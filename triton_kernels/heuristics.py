@@ -111,7 +111,14 @@ def _table_config(table, family: str, m: int, n: int, k: int, column: int,
 
 
 def _fit_smem(cfg: GemmConfig, limit: int, staged: int = 0) -> GemmConfig:
-    while gemm_smem_bytes(cfg, staged) + SMEM_MARGIN > limit:
+    return _shrink_to(cfg, limit, lambda c: gemm_smem_bytes(c, staged))
+
+
+def _shrink_to(cfg: GemmConfig, limit: int, size) -> GemmConfig:
+    """``cfg`` with one K-step per iteration, then fewer stages (2 at least), then narrower N
+    and M tiles (16 at least), until its ``size(cfg)`` bytes of shared memory fit
+    ``limit``."""
+    while size(cfg) + SMEM_MARGIN > limit:
         if cfg.k_unroll > 1:
             cfg = cfg._replace(k_unroll=1)
         elif cfg.num_stages > 2:
@@ -216,16 +223,7 @@ def wxa16_fit_smem(cfg: GemmConfig, bits: int, x_bytes: int, limit: int) -> Gemm
     """``cfg`` with fewer stages, then narrower tiles, until its operand tiles fit ``limit``
     bytes of shared memory (fp32 activations double x's tile: MI300 has 64 KB a program,
     sm_86 / sm_89 99 KB)."""
-    while wxa16_smem_bytes(cfg, bits, x_bytes) + SMEM_MARGIN > limit:
-        if cfg.num_stages > 2:
-            cfg = cfg._replace(num_stages=cfg.num_stages - 1)
-        elif cfg.block_n > 16:
-            cfg = cfg._replace(block_n=cfg.block_n // 2)
-        elif cfg.block_m > 16:
-            cfg = cfg._replace(block_m=cfg.block_m // 2)
-        else:
-            break
-    return cfg
+    return _shrink_to(cfg, limit, lambda c: wxa16_smem_bytes(c, bits, x_bytes))
 
 
 def wxa16_split_k(tiles: int, k_units: int, sm_count: int) -> int:
