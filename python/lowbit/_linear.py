@@ -188,9 +188,8 @@ def linear_impl(fam: Family) -> Callable[[Callable], Callable]:
     """The Python implementation of the family's op, given its argument checks and value
     checks: a signature seen before (everything the checks read, see ``_backend.step_key``)
     runs its kept step; any other runs the checks and the two checked ops, and keeps their
-    step. Its
-    ``prepare`` (the registered op ``_<op>_prepare``, lowbit/_native.py) returns the output
-    with the step's plan for the C++ implementation."""
+    step. Its ``prepare`` (the registered op ``_<op>_prepare``, lowbit/_native.py) returns
+    the output with the step's plan for the C++ implementation."""
 
     def make(check: Callable, values: Optional[Callable] = None) -> Callable:
         def run(x, *rest):

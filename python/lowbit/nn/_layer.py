@@ -87,8 +87,8 @@ def _host_tensor(name: str, v, dtype: Optional[torch.dtype] = None) -> torch.Ten
 
 def _static_act_scale(act_scale) -> Optional[torch.Tensor]:
     """``from_linear``'s ``act_scale`` as an fp32 tensor (None stays None); a ValueError
-    unless it is one value of at least 2^-126 (finite; checked where its value is on the
-    host, as the ops check it)."""
+    unless it is one finite value of magnitude at least 2^-126 (checked where its value is
+    on the host, as the ops check it)."""
     if act_scale is None:
         return None
     act_scale = _host_tensor("act_scale", act_scale, torch.float32)
