@@ -198,6 +198,28 @@ def test_w4a16_kernel_k_ends_mid_chunk(m, name):
 
 
 @gpu
+def test_wgmma_kernels_take_overlapping_x_rows():
+    """One row expanded (row stride 0): the wgmma kernels read x through a TMA map, which
+    takes no row stride below K, so the launcher copies such an x; an int8 weight whose
+    rows overlap is declined with the reason."""
+    from lowbit._backend import kernels
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("an sm_90a kernel")
+    w4, = (kk for kk in kernels("w4a16_gemm") if kk.name == "sm90_w4a16_gemm_wgmma")
+    w8, = (kk for kk in kernels("w8a16_gemm") if kk.name == "sm90_w8a16_gemm_wgmma")
+    _, wd = _int4(256, 512, 128, True)
+    w = _prepacked(256, 512, 128, True)
+    x = _x(1, 512, torch.bfloat16, seed=4).expand(40, 512)
+    args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, None)
+    assert w4.supports(*args) is None
+    _check(w4.fn(*args), x.double() @ wd.T, torch.bfloat16)
+    q8 = torch.randint(-127, 128, (1, 512), generator=_gen(6), dtype=torch.int8).cuda()
+    why = w8.supports(x, q8.expand(256, 512), torch.ones(256, 1, device="cuda"), None)
+    assert why is not None and "rows overlap" in why
+
+
+@gpu
 def test_w4a16_wgmma_kernel_declines_groups_of_32():
     from lowbit._backend import kernels
 

@@ -163,8 +163,15 @@ def _groups_reason(o: _Operands) -> Optional[str]:
 
 def _wgmma_reason(o: _Operands) -> Optional[str]:
     """What the sm_90a wgmma kernel adds to ``_reason``: an sm_90 device (not stepped down by
-    LOWBIT_ARCH), and groups of 64, 128 or one scale per row."""
+    LOWBIT_ARCH), groups of 64, 128 or one scale per row, and an int8 weight whose rows lie
+    apart (its TMA map takes no row stride below K; x is copied where its rows overlap)."""
+    if o.w.dim() == 2 and _overlapping_rows(o.w, o.k):
+        return "the int8 weight's rows overlap (row stride below K): TMA cannot read them"
     return arch_reason(90, o.x.device) or _groups_reason(o)
+
+
+def _overlapping_rows(t: torch.Tensor, k: int) -> bool:
+    return t.shape[0] > 1 and t.stride(0) < k
 
 
 def _dequant_then_linear(launch, dev, idx, o: _Operands):
@@ -243,7 +250,9 @@ def _make(op: str, bits: int, operands):
 
         def dense(o: _Operands) -> _Operands:
             x = o.x
-            if not _aligned_rows(x):
+            # (the wgmma kernel reads x through a TMA map, which takes no row stride below K:
+            # one row expanded is copied too)
+            if not _aligned_rows(x) or (variant == "wgmma" and _overlapping_rows(x, o.k)):
                 x = x.clone(memory_format=torch.contiguous_format)
             bias = None if o.bias is None else o.bias.contiguous()
             return _Operands(x, o.w, _dense_rows(o.scales), _dense_rows(o.zeros), o.group,
