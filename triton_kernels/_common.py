@@ -588,7 +588,6 @@ def _quant_tensor_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, z_in_ptr, z_out_ptr,
              code.to(q_ptr.dtype.element_ty), mask=mask)
 
 
-
 def _segments_fit(nsegs: int, block: int) -> None:
     """_quant_segment_kernel numbers the row segments (rows x scales per row) in int32, as
     its per-segment divisions are cheapest there: a ValueError past that, rather than
@@ -596,6 +595,7 @@ def _segments_fit(nsegs: int, block: int) -> None:
     if nsegs + block > 2**31 - 1:
         raise ValueError(f"the Triton quantizer takes fewer than 2^31 row segments (rows x "
                          f"scales per row); this input has {nsegs}")
+
 
 @jit
 def _quant_segment_kernel(x_ptr, q_ptr, s_in_ptr, s_out_ptr, z_in_ptr, z_out_ptr,

@@ -40,6 +40,15 @@ def _call(name: str, first: Tensor, *args):
     return _OPS[name](first, *args)
 
 
+def _block_list(op: str, block) -> list:
+    """The quantizers' ``block`` as the list the op's schema takes; what is no sequence at
+    all is a TypeError here (scale_layout._block words the rest)."""
+    try:
+        return list(block)
+    except TypeError:
+        raise TypeError(f"{op}: block must be (128, 128) or (1, 128); got {block!r}") from None
+
+
 __all__ = [
     "quantize_fp8", "dequantize_fp8", "quantize_int8", "dequantize_int8", "int8_mm",
     "int8_gemm", "fp8_scaled_mm", "fp8_linear", "int8_linear", "int4_quantize", "w4a16_gemm",
@@ -78,13 +87,8 @@ def quantize_fp8(x: Tensor, scale: Optional[Tensor] = None, *, fmt: str = "e4m3f
     (128, 128) for weight tiles or (1, 128) for activation tiles when
     ``granularity="block"``.
     """
-    try:
-        block = list(block)
-    except TypeError:  # (not a sequence; the op's check words the rest: scale_layout._block)
-        raise TypeError(f"quantize_fp8: block must be (128, 128) or (1, 128); got {block!r}"
-                        ) from None
-    return _call("quantize_fp8", x, scale, fmt, granularity, group_size, block, saturate,
-                 arg(backend))
+    return _call("quantize_fp8", x, scale, fmt, granularity, group_size,
+                 _block_list("quantize_fp8", block), saturate, arg(backend))
 
 
 def dequantize_fp8(q: Tensor, scale: Tensor, *, out_dtype: torch.dtype = torch.bfloat16,
@@ -100,13 +104,8 @@ def quantize_int8(x: Tensor, scale: Optional[Tensor] = None, *, granularity: str
     """x -> (int8 q, fp32 scale, int32 zero or None when symmetric).
 
     Static quantization passes ``scale`` (and ``zero`` when asymmetric)."""
-    try:
-        block = list(block)
-    except TypeError:  # as quantize_fp8's
-        raise TypeError(f"quantize_int8: block must be (128, 128) or (1, 128); got {block!r}"
-                        ) from None
-    q, s, z = _call("quantize_int8", x, scale, zero, granularity, group_size, block, symmetric,
-                    arg(backend))
+    q, s, z = _call("quantize_int8", x, scale, zero, granularity, group_size,
+                    _block_list("quantize_int8", block), symmetric, arg(backend))
     return q, s, (None if symmetric else z)
 
 

@@ -189,9 +189,8 @@ def apply_input_scale(model: nn.Module, group: InputGroup, s: torch.Tensor) -> s
     if group.producer is not None:
         fold_input_scale(model, group, s)
         return f"folded into {group.producer}"
-    from .nn.prescale import PreScale
-
     from .convert import no_fused_layers
+    from .nn.prescale import PreScale
 
     for name in group.linears:
         model.set_submodule(name, PreScale.wrap(model.get_submodule(name), s))
