@@ -131,25 +131,60 @@ __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) {
 }
 
 // One stage's B tile from its staged x ([kN][64] elements, 128-byte swizzle as TMA wrote it),
-// by the encoding warps (et: 0 .. 95): logical column L of token n gathers words L, L + 8,
-// L + 16, L + 24 of the token's row (see the file comment), stored where the 128-byte
-// swizzle puts column L. A warp's 32 units are 4 tokens of one parity (n, n + 2, n + 4,
-// n + 6 of an 8-token atom) x 8 columns: tokens an odd distance apart would share banks
-// after the swizzle's XOR; these do not, for the reads and the writes.
-template <int kN>
-__device__ __forceinline__ void permute_stage(const uint8_t* staged, uint8_t* tile, int et) {
-  for (int u = et; u < kN * 8; u += 32 * kEncodeWarps) {
-    const int n = (u >> 6) * 8 + ((u >> 5) & 1) + 2 * ((u >> 3) & 3), L = u & 7;
-    const uint8_t* row = staged + n * 128;
-    uint32_t w[4];
+// by the encoding warps: logical column L of token n gathers words L, L + 8, L + 16, L + 24
+// of the token's row (see the file comment), stored where the 128-byte swizzle puts column L.
+// A warp's item is 32 units: 4 tokens of one parity of an 8-token atom (n, n + 2, n + 4,
+// n + 6) x 8 columns, lane (j, L) taking token 2 j + parity; tokens an odd distance apart
+// would share banks after the swizzle's XOR, these do not, for the reads and the writes. The
+// kN / 4 items go round the three warps (warp ew takes items ew, ew + 3, ...), so a warp's
+// i-th item has parity (ew + i) & 1 and lies 3 atoms past its (i - 2)-th: each thread's byte
+// offsets are those of its first two items plus a constant, computed once per CTA, and a
+// stage costs its loads and stores alone (index arithmetic per unit made this loop the
+// kernel's critical path: bench/NOTES.md, "the weight-only wgmma kernel's encoder").
+struct PermuteUnits {
+  // [item i & 1]: the staged offset of word L of the token (word L + 8 q's: this XOR q << 5,
+  // the swizzle's XOR acting on the 16-byte column's bits 1-2 alone), and the tile offset of
+  // the token's column L.
+  uint32_t rd[2], wr[2];
+  __device__ __forceinline__ explicit PermuteUnits(int et) {
+    static_assert(kEncodeWarps == 3, "the item walk below assumes three encoding warps");
+    const int ew = et / 32, j = (et % 32) / 8, L = et % 8;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int word = L + 8 * q;  // chunk word / 4, 4-byte slot word % 4
-      w[q] = *reinterpret_cast<const uint32_t*>(row + ((((word >> 2) ^ (n & 7))) << 4) +
-                                                (word & 3) * 4);
+    for (int h = 0; h < 2; ++h) {
+      const int item = ew + kEncodeWarps * h;  // the warp's first (h = 0) or second item
+      const int n = (item >> 1) * 8 + 2 * j + (item & 1);
+      rd[h] = n * 128 + (((L >> 2) ^ (n & 7)) << 4) + (L & 3) * 4;
+      wr[h] = n * 128 + ((L ^ (n & 7)) << 4);
     }
-    *reinterpret_cast<uint4*>(tile + n * 128 + ((L ^ (n & 7)) << 4)) =
-        make_uint4(w[0], w[1], w[2], w[3]);
+  }
+};
+
+template <int kN>
+__device__ __forceinline__ void permute_stage(const uint8_t* staged, uint8_t* tile,
+                                              const PermuteUnits& pu, int ew) {
+  constexpr int kItems = kN / 4;
+  constexpr int kIters = (kItems + kEncodeWarps - 1) / kEncodeWarps;
+  // Two items at a time, loads before stores, so that one item's loads wait out the other's.
+#pragma unroll
+  for (int i = 0; i < kIters; i += 2) {
+    bool todo[2];
+    uint32_t w[2][4];
+    // Items i and i - 2 lie 2 kEncodeWarps items, kEncodeWarps atoms of 1024 bytes, apart.
+    const uint32_t step = static_cast<uint32_t>(i >> 1) * kEncodeWarps * 1024;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      todo[h] = i + h < kIters && ew + kEncodeWarps * (i + h) < kItems;
+      if (todo[h]) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          w[h][q] = *reinterpret_cast<const uint32_t*>(staged + ((pu.rd[h] ^ (q << 5)) + step));
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (todo[h])
+        *reinterpret_cast<uint4*>(tile + pu.wr[h] + step) =
+            make_uint4(w[h][0], w[h][1], w[h][2], w[h][3]);
   }
 }
 
@@ -236,8 +271,10 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   __syncthreads();
   grid_dependency_wait();
 
+  // 56 + 2 x 224 registers a thread (168 x 3 at launch): the encoding warps hold two items'
+  // loads and their offsets; the consumers use up to about 208.
   if (wg == 0) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 0) {
       if (lane == 0) {
@@ -260,14 +297,15 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
       }
     } else {
       [[maybe_unused]] unsigned wait_staged = 0, permute = 0;
+      const PermuteUnits units(threadIdx.x - 32);
       for (int it = 0; it < steps; ++it) {
         const int s = it % kStages;
         WXA16_TRACE_CLOCK(t0);
         sm90::mbar_wait(&staged[s], (it / kStages) & 1);
         WXA16_TRACE_ADD(wait_staged, t0);
         WXA16_TRACE_CLOCK(t1);
-        permute_stage<kN>(staging + s * C::kActBytes, b_tiles + s * C::kActBytes,
-                          threadIdx.x - 32);
+        permute_stage<kN>(staging + s * C::kActBytes, b_tiles + s * C::kActBytes, units,
+                          warp - 1);
         sm90::fence_async_smem();  // the tile, written by this thread, for wgmma to read
         __syncwarp();
         if (lane == 0) sm90::mbar_arrive(&full[s]);
@@ -287,7 +325,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 224;");
   const int cw = wg - 1, ctid = threadIdx.x - 128;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
