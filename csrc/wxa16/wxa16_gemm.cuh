@@ -264,7 +264,9 @@ __device__ __forceinline__ void int8_fragment(const uint4& vg, const uint4& vg8,
 // (index `pi`) hold kAcc fp32 accumulators each. They write them to this split's slot of the
 // workspace; the last CTA of the tile to arrive reloads every split's slot in split order
 // into `acc` and returns true, the others return false. The counter is reset for the next
-// launch.
+// launch. A slot holds float4 i of every thread, then float4 i + 1: a warp's stores and
+// loads are 512 contiguous bytes each (thread-major, each lane's 16 bytes fell in a line of
+// its own: eight times the L2 transactions, all CTAs at once).
 template <int kAcc, int kParts>
 __device__ __forceinline__ bool gather_splits(const WXA16GemmArgs& p, float (&acc)[kAcc],
                                               bool part, int pi, bool& last_cta) {
@@ -273,19 +275,21 @@ __device__ __forceinline__ bool gather_splits(const WXA16GemmArgs& p, float (&ac
   unsigned* counters = p.counters;
   float* partials = static_cast<float*>(p.partials);
   auto slot = [&](int sp) {
-    return reinterpret_cast<float4*>(partials +
-                                     ((tile * p.splits + sp) * kParts + pi) * kAcc);
+    return reinterpret_cast<float4*>(partials + (tile * p.splits + sp) * kParts * kAcc) + pi;
   };
   static_assert(kAcc % 4 == 0, "partials move as float4");
   if (part) {
     float4* mine = slot(split);
 #pragma unroll
     for (int i = 0; i < kAcc / 4; ++i)
-      __stcg(mine + i, make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]));
+      __stcg(mine + i * kParts,
+             make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]));
   }
-  __threadfence();
+  // The CTA's stores, then one release by thread 0 (the barrier orders the others' stores
+  // before its fence, as a grid-wide barrier's arrival does).
   __syncthreads();
   if (threadIdx.x == 0) {
+    __threadfence();
     const unsigned prev = atomicAdd(&counters[tile], 1u);
     last_cta = prev == static_cast<unsigned>(p.splits - 1);
     if (last_cta) counters[tile] = 0;  // ready for the next launch
@@ -300,7 +304,7 @@ __device__ __forceinline__ bool gather_splits(const WXA16GemmArgs& p, float (&ac
       const float4* src = slot(sp);
 #pragma unroll
       for (int i = 0; i < kAcc / 4; ++i) {
-        const float4 v = __ldcg(src + i);
+        const float4 v = __ldcg(src + i * kParts);
         acc[4 * i] += v.x;
         acc[4 * i + 1] += v.y;
         acc[4 * i + 2] += v.z;
