@@ -15,6 +15,11 @@
 #   bash bench/next_run.sh trace [OUTDIR]   no package build: bench/wxa16_ab.sh times decode
 #                                           and the wgmma weight-only kernel, then traces the
 #                                           wgmma kernel's phases (TRACE_SHAPES; about 40 s)
+#   bash bench/next_run.sh wx [OUTDIR]      build, the weight-only kernels' GPU tests
+#                                           (test_cuda_wxa16.py), `trace`, then every
+#                                           weight-only kernel's time at M = 16-64 on the
+#                                           four benchmark weights (WX_SHAPES): the rows of
+#                                           heuristics.TABLE for w4a16 / w8a16 (about 300 s)
 #   bash bench/next_run.sh stages [OUTDIR]  the swap-AB ring's depth: for each of STAGES
 #                                           (default "12 5 8") a build with
 #                                           LOWBIT_SWAPAB_MAX_STAGES set, then the probe at
@@ -35,13 +40,12 @@
 # OUTDIR defaults to $OUT, else ./gpu_out. Each step writes under OUTDIR as it goes and runs
 # under a timeout; summary.txt gets a line per step. SKIP_BUILD=1: no build first (the
 # package an earlier step installed, e.g. `stages`, which ends on the default build). The
-# next session's first call, about 540 s:
-#   bash bench/next_run.sh trace $OUT; bash bench/next_run.sh stages $OUT;
-#   SKIP_BUILD=1 FORMS_ROWS=auto bash bench/next_run.sh forms $OUT
+# next session's first call, about 300 s:
+#   bash bench/next_run.sh wx $OUT
 set -u
 WHAT=${1:-suite}
 case $WHAT in
-  suite | forms | probe | trace | stages | swtrace | wxsweep | race) ;;
+  suite | forms | probe | trace | wx | stages | swtrace | wxsweep | race) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -59,16 +63,42 @@ build_with() {
     --no-build-isolation -q -C "cmake.define.CMAKE_CUDA_FLAGS=$1" . >>"$2" 2>&1
 }
 
+if [ "$WHAT" = wx ]; then
+  if [ -n "${SKIP_BUILD:-}" ]; then
+    say "1 build: skipped (SKIP_BUILD)"
+  else
+    t=$SECONDS
+    build_with "" "$OUTDIR/build_wx.log"
+    say "1 build: rc $? in $((SECONDS - t)) s"
+  fi
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout "${WX_TEST_S:-150}" $PY -m pytest -q -x -n 8 \
+     -p no:cacheprovider "$R/tests/test_cuda_wxa16.py") >"$OUTDIR/wx_tests.log" 2>&1
+  say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/wx_tests.log" | tail -n 1)"
+  bash "$0" trace "$OUTDIR"
+  t=$SECONDS
+  shapes=16x4096x4096,32x4096x4096,48x4096x4096,64x4096x4096,32x14336x4096,48x14336x4096
+  shapes=${WX_SHAPES:-$shapes,64x14336x4096,64x4096x14336,48x28672x8192,64x28672x8192}
+  (cd "${TMPDIR:-/tmp}" && timeout 150 $PY "$R/bench/m64_probe.py" \
+     --ops w4a16_gemm:prepacked,w8a16_gemm --kernels w4a16,w8a16 --shapes "$shapes") \
+    >"$OUTDIR/wx_probe.log" 2>&1
+  say "4 probe: rc $? in $((SECONDS - t)) s (wx_probe.log)"
+  exit 0
+fi
+
 if [ "$WHAT" = trace ]; then
   # Where the wgmma W4A16 / W8A16 kernel's time goes (issue 15's M = 64): 2200 cycles a
   # 64-K chunk on the H100 where its tensor work is about 256 (bench/NOTES.md).
   t=$SECONDS
   # The fourth build loads the scales four chunks ahead instead of two
   # (LOWBIT_WXA16_META_DEPTH): same sums as the second, faster if their global loads' latency
-  # sits on a chunk's path.
+  # sits on a chunk's path. The fifth multiplies int4 weights by their scales in registers at
+  # kN = 64 too (LOWBIT_WXA16_PRESCALE64: no partial tiles, no promotion; sums within
+  # rounding of the second's).
   SHAPES=${TRACE_SHAPES:-16x4096x4096,64x4096x4096,64x14336x4096} BF16=1 timeout 300 \
     bash bench/wxa16_ab.sh tree tree:-DAB_WGMMA tree:-DAB_WGMMA,-DLOWBIT_WXA16_TRACE \
-    tree:-DAB_WGMMA,-DLOWBIT_WXA16_META_DEPTH=2 >"$OUTDIR/wgmma_trace.txt" 2>&1
+    tree:-DAB_WGMMA,-DLOWBIT_WXA16_META_DEPTH=2 tree:-DAB_WGMMA,-DLOWBIT_WXA16_PRESCALE64 \
+    >"$OUTDIR/wgmma_trace.txt" 2>&1
   say "1 trace: rc $? in $((SECONDS - t)) s (wgmma_trace.txt)"
   exit 0
 fi

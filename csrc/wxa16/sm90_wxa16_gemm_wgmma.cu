@@ -64,13 +64,16 @@ constexpr int kMetaDepth = 1;
 #endif
 static_assert(kMetaDepth >= 1 && kMetaDepth <= 4, "metadata 2 to 8 chunks ahead");
 
-// kN = 128 (large M, int4): the weights are multiplied by their scales in registers (the
-// dequantize-then-GEMM path's weights, (u - z) * scale rounded once to x's dtype) and the
-// chunks accumulate in the tensor core, as a dense GEMM does: 64 accumulators, no partials.
-template <int Bits, int kN>
+// kPre (int4 with scales of x's dtype: kN = 128, large M; kN = 64 too in a build with
+// -DLOWBIT_WXA16_PRESCALE64, for bench/wxa16_ab.sh): the weights are multiplied by their
+// scales in registers (the dequantize-then-GEMM path's weights, (u - z) * scale rounded once
+// to x's dtype) and the chunks accumulate in the tensor core, as a dense GEMM does: no
+// partial tiles, no promotion, 16 multiplies a chunk for the promotion's kN / 2 FMAs.
+template <int Bits, int kN, bool kPre>
 struct Config {
   static_assert(kN == 32 || kN == 64 || (kN == 128 && Bits == 4), "token tiles of 32, 64, 128");
-  static constexpr bool kPreScale = kN == 128;
+  static_assert(!kPre || Bits == 4, "scales applied to int4 weights alone");
+  static constexpr bool kPreScale = kPre;
   static constexpr int kRegs = kN / 2;
   static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
   static constexpr int kWBytes = kWeightBytes<Bits>;
@@ -232,12 +235,12 @@ struct Meta {
 };
 #endif  // LOWBIT_SM90A
 
-template <int Bits, typename T, int kN>
+template <int Bits, typename T, int kN, bool kPre>
 __global__ void __launch_bounds__(kThreads, 1)
 wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
                    const __grid_constant__ CUtensorMap map_x, const WXA16GemmArgs p) {
 #ifdef LOWBIT_SM90A
-  using C = Config<Bits, kN>;
+  using C = Config<Bits, kN, kPre>;
   constexpr int kStages = C::kStages, kWBytes = C::kWBytes;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* w_tiles = align_smem_1024(smem_raw);  // [stage][8 row tiles][512] (int4) or
@@ -349,7 +352,6 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     }
   };
 
-  constexpr bool kPre = C::kPreScale;
   float acc[C::kRegs];
 #pragma unroll
   for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
@@ -497,10 +499,10 @@ inline bool make_maps(CUtensorMap* w, CUtensorMap* x, const WXA16GemmArgs& p, in
                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
-template <int Bits, typename T, int kN>
+template <int Bits, typename T, int kN, bool kPre = false>
 cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  using C = Config<Bits, kN>;
-  const auto kernel = wxa16_wgmma_kernel<Bits, T, kN>;
+  using C = Config<Bits, kN, kPre>;
+  const auto kernel = wxa16_wgmma_kernel<Bits, T, kN, kPre>;
   const int64_t row_blocks = (p.N + kRows - 1) / kRows, token_tiles = (p.M + kN - 1) / kN;
   if (row_blocks * token_tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(row_blocks * token_tiles), 1, 1);
@@ -543,7 +545,10 @@ template <int Bits, typename T>
 cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M <= 32) return run<Bits, T, 32>(p, stream, plan);
   if constexpr (Bits == 4) {
-    if (p.M > 128 && p.scale_dtype == p.x_dtype) return run<Bits, T, 128>(p, stream, plan);
+    if (p.M > 128 && p.scale_dtype == p.x_dtype) return run<Bits, T, 128, true>(p, stream, plan);
+#ifdef LOWBIT_WXA16_PRESCALE64
+    if (p.scale_dtype == p.x_dtype) return run<Bits, T, 64, true>(p, stream, plan);
+#endif
   }
   return run<Bits, T, 64>(p, stream, plan);
 }
