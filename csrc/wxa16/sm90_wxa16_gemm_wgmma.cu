@@ -336,19 +336,29 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   const int rt = bx * kRowTiles + wt;
   const int n0 = rt * 16 + g, n1 = n0 + 8;
 
-  // Scales and zero points of chunk c for rows n0, n1 (rows past N: scale 0, zero 8).
+  // Scales and zero points of chunk c for rows n0, n1 (rows past N: scale 0, zero 8). The
+  // rows' addresses are formed once: per chunk a load is its row's base plus the group's
+  // offset (the 64-bit row products recomputed per chunk were a quarter of a chunk's
+  // instructions: bench/NOTES.md, "the weight-only wgmma kernel's encoder").
   const bool f32_scale = p.scale_dtype == FloatType::kF32;
+  const uint8_t* srow[2];
+  const uint8_t* zrow[2];
+  bool row_ok[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t n = r ? n1 : n0;
+    row_ok[r] = n < p.N;
+    srow[r] = static_cast<const uint8_t*>(p.scales) +
+              (row_ok[r] ? n * p.scale_ld * (f32_scale ? 4 : 2) : 0);
+    zrow[r] = Bits == 4 && row_ok[r] && p.zeros != nullptr ? p.zeros + n * p.zero_ld : nullptr;
+  }
   auto meta_load = [&](int c, Meta& m) {
     const int gi = (c * kChunkK) >> p.group_shift;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int n = r ? n1 : n0;
-      const bool ok = n < p.N && c < c_end;
-      m.s[r] = ok ? load_scale_bits(p.scales, f32_scale, static_cast<int64_t>(n) * p.scale_ld + gi)
-                  : 0u;
-      m.z[r] = Bits == 4 && ok && p.zeros != nullptr
-                   ? p.zeros[static_cast<int64_t>(n) * p.zero_ld + gi]
-                   : 8u;
+      const bool ok = row_ok[r] && c < c_end;
+      m.s[r] = ok ? load_scale_bits(srow[r], f32_scale, gi) : 0u;
+      m.z[r] = Bits == 4 && ok && zrow[r] != nullptr ? zrow[r][gi] : 8u;
     }
   };
 
