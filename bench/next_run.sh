@@ -13,8 +13,9 @@
 #                                           the racecheck steps), and W4A16 at M = 64: every
 #                                           kernel's time, ncu of the wgmma and decode kernels
 #   bash bench/next_run.sh trace [OUTDIR]   no package build: bench/wxa16_ab.sh times decode
-#                                           and the wgmma weight-only kernel, then traces the
-#                                           wgmma kernel's phases (TRACE_SHAPES; about 40 s)
+#                                           and the wgmma weight-only kernel (four builds),
+#                                           then traces the wgmma kernel's phases
+#                                           (TRACE_SHAPES; about 60 s)
 #   bash bench/next_run.sh wx [OUTDIR]      build, the weight-only kernels' GPU tests
 #                                           (test_cuda_wxa16.py), `trace`, then every
 #                                           weight-only kernel's time at M = 16-64 on the
@@ -63,43 +64,51 @@ build_with() {
     --no-build-isolation -q -C "cmake.define.CMAKE_CUDA_FLAGS=$1" . >>"$2" 2>&1
 }
 
+# The wgmma weight-only kernel's trace (bench/wxa16_ab.sh, no package build), as summary
+# step $1. Where the wgmma W4A16 / W8A16 kernel's time goes (issue 15's M = 64). The fourth
+# build loads the scales four chunks ahead instead of two (LOWBIT_WXA16_META_DEPTH): same
+# sums as the second, faster if their global loads' latency sits on a chunk's path. The
+# fifth multiplies int4 weights by their scales in registers at kN = 64 too
+# (LOWBIT_WXA16_PRESCALE64: no partial tiles, no promotion; sums within rounding of the
+# second's).
+trace_step() {
+  local t=$SECONDS
+  SHAPES=${TRACE_SHAPES:-16x4096x4096,64x4096x4096,64x14336x4096} BF16=1 timeout 150 \
+    bash bench/wxa16_ab.sh tree tree:-DAB_WGMMA tree:-DAB_WGMMA,-DLOWBIT_WXA16_TRACE \
+    tree:-DAB_WGMMA,-DLOWBIT_WXA16_META_DEPTH=2 tree:-DAB_WGMMA,-DLOWBIT_WXA16_PRESCALE64 \
+    >"$OUTDIR/wgmma_trace.txt" 2>&1
+  say "$1 trace: rc $? in $((SECONDS - t)) s (wgmma_trace.txt)"
+}
+
+if [ "$WHAT" = trace ]; then
+  trace_step 1
+  exit 0
+fi
+
 if [ "$WHAT" = wx ]; then
+  # Time limits within one 600 s call: build 200, tests 110, trace 150, probe 100.
   if [ -n "${SKIP_BUILD:-}" ]; then
     say "1 build: skipped (SKIP_BUILD)"
   else
     t=$SECONDS
     build_with "" "$OUTDIR/build_wx.log"
-    say "1 build: rc $? in $((SECONDS - t)) s"
+    rc=$?
+    say "1 build: rc $rc in $((SECONDS - t)) s"
+    # The tests and the probe would time the package an earlier call installed.
+    [ "$rc" = 0 ] || { tail -n 20 "$OUTDIR/build_wx.log"; exit 1; }
   fi
   t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout "${WX_TEST_S:-150}" $PY -m pytest -q -x -n 8 \
+  (cd "${TMPDIR:-/tmp}" && timeout "${WX_TEST_S:-110}" $PY -m pytest -q -x -n 8 \
      -p no:cacheprovider "$R/tests/test_cuda_wxa16.py") >"$OUTDIR/wx_tests.log" 2>&1
   say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/wx_tests.log" | tail -n 1)"
-  bash "$0" trace "$OUTDIR"
+  trace_step 3
   t=$SECONDS
   shapes=16x4096x4096,32x4096x4096,48x4096x4096,64x4096x4096,32x14336x4096,48x14336x4096
   shapes=${WX_SHAPES:-$shapes,64x14336x4096,64x4096x14336,48x28672x8192,64x28672x8192}
-  (cd "${TMPDIR:-/tmp}" && timeout 150 $PY "$R/bench/m64_probe.py" \
+  (cd "${TMPDIR:-/tmp}" && timeout 100 $PY "$R/bench/m64_probe.py" \
      --ops w4a16_gemm:prepacked,w8a16_gemm --kernels w4a16,w8a16 --shapes "$shapes") \
     >"$OUTDIR/wx_probe.log" 2>&1
   say "4 probe: rc $? in $((SECONDS - t)) s (wx_probe.log)"
-  exit 0
-fi
-
-if [ "$WHAT" = trace ]; then
-  # Where the wgmma W4A16 / W8A16 kernel's time goes (issue 15's M = 64): 2200 cycles a
-  # 64-K chunk on the H100 where its tensor work is about 256 (bench/NOTES.md).
-  t=$SECONDS
-  # The fourth build loads the scales four chunks ahead instead of two
-  # (LOWBIT_WXA16_META_DEPTH): same sums as the second, faster if their global loads' latency
-  # sits on a chunk's path. The fifth multiplies int4 weights by their scales in registers at
-  # kN = 64 too (LOWBIT_WXA16_PRESCALE64: no partial tiles, no promotion; sums within
-  # rounding of the second's).
-  SHAPES=${TRACE_SHAPES:-16x4096x4096,64x4096x4096,64x14336x4096} BF16=1 timeout 300 \
-    bash bench/wxa16_ab.sh tree tree:-DAB_WGMMA tree:-DAB_WGMMA,-DLOWBIT_WXA16_TRACE \
-    tree:-DAB_WGMMA,-DLOWBIT_WXA16_META_DEPTH=2 tree:-DAB_WGMMA,-DLOWBIT_WXA16_PRESCALE64 \
-    >"$OUTDIR/wgmma_trace.txt" 2>&1
-  say "1 trace: rc $? in $((SECONDS - t)) s (wgmma_trace.txt)"
   exit 0
 fi
 

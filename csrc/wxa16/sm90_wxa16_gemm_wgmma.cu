@@ -275,7 +275,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   grid_dependency_wait();
 
   // 56 + 2 x 224 registers a thread (168 x 3 at launch): the encoding warps hold two items'
-  // loads and their offsets; the consumers use up to about 208.
+  // loads and their offsets (below 56); the consumers stay below 200.
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
