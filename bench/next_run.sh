@@ -20,7 +20,9 @@
 #                                           (test_cuda_wxa16.py), `trace`, then every
 #                                           weight-only kernel's time at M = 16-64 on the
 #                                           four benchmark weights (WX_SHAPES): the rows of
-#                                           heuristics.TABLE for w4a16 / w8a16 (about 300 s)
+#                                           heuristics.TABLE for w4a16 / w8a16; then FP8 /
+#                                           INT8 swap-AB against Triton at M = 32-64 on
+#                                           K = 4096 weights (about 350 s)
 #   bash bench/next_run.sh stages [OUTDIR]  the swap-AB ring's depth: for each of STAGES
 #                                           (default "12 5 8") a build with
 #                                           LOWBIT_SWAPAB_MAX_STAGES set, then the probe at
@@ -41,7 +43,7 @@
 # OUTDIR defaults to $OUT, else ./gpu_out. Each step writes under OUTDIR as it goes and runs
 # under a timeout; summary.txt gets a line per step. SKIP_BUILD=1: no build first (the
 # package an earlier step installed, e.g. `stages`, which ends on the default build). The
-# next session's first call, about 300 s:
+# next session's first call, about 350 s:
 #   bash bench/next_run.sh wx $OUT
 set -u
 WHAT=${1:-suite}
@@ -73,7 +75,7 @@ build_with() {
 # second's).
 trace_step() {
   local t=$SECONDS
-  SHAPES=${TRACE_SHAPES:-16x4096x4096,64x4096x4096,64x14336x4096} BF16=1 timeout 150 \
+  SHAPES=${TRACE_SHAPES:-16x4096x4096,64x4096x4096,64x14336x4096} BF16=1 timeout 120 \
     bash bench/wxa16_ab.sh tree tree:-DAB_WGMMA tree:-DAB_WGMMA,-DLOWBIT_WXA16_TRACE \
     tree:-DAB_WGMMA,-DLOWBIT_WXA16_META_DEPTH=2 tree:-DAB_WGMMA,-DLOWBIT_WXA16_PRESCALE64 \
     >"$OUTDIR/wgmma_trace.txt" 2>&1
@@ -86,7 +88,7 @@ if [ "$WHAT" = trace ]; then
 fi
 
 if [ "$WHAT" = wx ]; then
-  # Time limits within one 600 s call: build 200, tests 110, trace 150, probe 100.
+  # Time limits within one 600 s call: build 200, tests 110, trace 120, probes 100 + 60.
   if [ -n "${SKIP_BUILD:-}" ]; then
     say "1 build: skipped (SKIP_BUILD)"
   else
@@ -109,6 +111,13 @@ if [ "$WHAT" = wx ]; then
      --ops w4a16_gemm:prepacked,w8a16_gemm --kernels w4a16,w8a16 --shapes "$shapes") \
     >"$OUTDIR/wx_probe.log" 2>&1
   say "4 probe: rc $? in $((SECONDS - t)) s (wx_probe.log)"
+  # FP8 / INT8 at M = 32-64 on K = 4096 weights of growing N: whether Triton's kernel leads
+  # the swap-AB GEMM beyond the one shape measured (bench/NOTES.md, "### Next", item 3).
+  t=$SECONDS
+  shapes=32x8192x4096,64x8192x4096,32x14336x4096,48x14336x4096,64x14336x4096
+  (cd "${TMPDIR:-/tmp}" && timeout 60 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \
+     --shapes "$shapes,32x28672x4096,64x28672x4096") >"$OUTDIR/mx_probe.log" 2>&1
+  say "5 swap-AB / Triton probe: rc $? in $((SECONDS - t)) s (mx_probe.log)"
   exit 0
 fi
 
