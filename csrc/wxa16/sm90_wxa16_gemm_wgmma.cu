@@ -73,7 +73,6 @@ template <int Bits, int kN, bool kPre>
 struct Config {
   static_assert(kN == 32 || kN == 64 || (kN == 128 && Bits == 4), "token tiles of 32, 64, 128");
   static_assert(!kPre || Bits == 4, "scales applied to int4 weights alone");
-  static constexpr bool kPreScale = kPre;
   static constexpr int kRegs = kN / 2;
   static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
   static constexpr int kWBytes = kWeightBytes<Bits>;
