@@ -178,12 +178,7 @@ def int8_zeros(op: str, name: str, zero: Optional[torch.Tensor]) -> None:
     """Raise a ValueError when an int8 zero point leaves -128..127 (the range the SPEC's
     asymmetric quantizer gives; a larger one would clamp every code). When read: as
     finite_scales."""
-    if zero is None or not _values_checked(zero):
-        return
-    lo, hi = int(zero.min()), int(zero.max())
-    if lo < -128 or hi > 127:
-        raise ValueError(f"{op}: {name} must lie in -128..127 (int8 zero points); it holds "
-                         f"{lo if lo < -128 else hi}")
+    _zeros_within(op, name, zero, -128, 127, "int8")
 
 
 def permutation(op: str, name: str, perm: Optional[torch.Tensor], k: int) -> None:
@@ -201,11 +196,17 @@ def int4_zeros(op: str, zeros: Optional[torch.Tensor]) -> None:
     """Raise a ValueError when an int4 weight's zero points leave 0..15 (the SPEC's range;
     the kernels place a zero point in the mantissa of a small float, so a larger one would
     give wrong products rather than an error). When read: as finite_scales."""
-    if zeros is None or not _values_checked(zeros):
+    _zeros_within(op, "zeros", zeros, 0, 15, "int4")
+
+
+def _zeros_within(op: str, name: str, zero: Optional[torch.Tensor], lo: int, hi: int,
+                  kind: str) -> None:
+    if zero is None or not _values_checked(zero):
         return
-    top = int(zeros.max())
-    if top > 15:
-        raise ValueError(f"{op}: zeros must lie in 0..15 (int4 zero points); it holds {top}")
+    low, high = (int(v) for v in torch.aminmax(zero))
+    if low < lo or high > hi:
+        raise ValueError(f"{op}: {name} must lie in {lo}..{hi} ({kind} zero points); it holds "
+                         f"{low if low < lo else high}")
 
 
 def finite_scales(op: str, **scales) -> None:
