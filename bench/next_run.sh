@@ -67,18 +67,15 @@ build_with() {
 }
 
 # The wgmma weight-only kernel's trace (bench/wxa16_ab.sh, no package build), as summary
-# step $1. Where the wgmma W4A16 / W8A16 kernel's time goes (issue 15's M = 64). The fourth
-# build loads the scales four chunks ahead instead of two (LOWBIT_WXA16_META_DEPTH): same
-# sums as the second, faster if their global loads' latency sits on a chunk's path. The
-# fifth multiplies int4 weights by their scales in registers at kN = 64 too
-# (LOWBIT_WXA16_PRESCALE64: no partial tiles, no promotion; sums within rounding of the
-# second's).
+# step $1. Where the wgmma W4A16 / W8A16 kernel's time goes (issue 15's M = 64): decode, the
+# wgmma kernel, its phase trace. TRACE_VARIANTS replaces the builds, e.g. with
+# "DIR:-DAB_WGMMA" added for a copy of the kernel to compare (bench/wxa16_ab.sh says how).
 trace_step() {
   local t=$SECONDS
+  # shellcheck disable=SC2086
   SHAPES=${TRACE_SHAPES:-16x4096x4096,64x4096x4096,64x14336x4096} BF16=1 timeout 120 \
-    bash bench/wxa16_ab.sh tree tree:-DAB_WGMMA tree:-DAB_WGMMA,-DLOWBIT_WXA16_TRACE \
-    tree:-DAB_WGMMA,-DLOWBIT_WXA16_META_DEPTH=2 tree:-DAB_WGMMA,-DLOWBIT_WXA16_PRESCALE64 \
-    >"$OUTDIR/wgmma_trace.txt" 2>&1
+    bash bench/wxa16_ab.sh ${TRACE_VARIANTS:-tree tree:-DAB_WGMMA \
+    tree:-DAB_WGMMA,-DLOWBIT_WXA16_TRACE} >"$OUTDIR/wgmma_trace.txt" 2>&1
   say "$1 trace: rc $? in $((SECONDS - t)) s (wgmma_trace.txt)"
 }
 

@@ -64,11 +64,9 @@ constexpr int kMetaDepth = 1;
 #endif
 static_assert(kMetaDepth >= 1 && kMetaDepth <= 4, "metadata 2 to 8 chunks ahead");
 
-// kPre (int4 with scales of x's dtype: kN = 128, large M; kN = 64 too in a build with
-// -DLOWBIT_WXA16_PRESCALE64, for bench/wxa16_ab.sh): the weights are multiplied by their
-// scales in registers (the dequantize-then-GEMM path's weights, (u - z) * scale rounded once
-// to x's dtype) and the chunks accumulate in the tensor core, as a dense GEMM does: no
-// partial tiles, no promotion, 16 multiplies a chunk for the promotion's kN / 2 FMAs.
+// kPre (int4 with scales of x's dtype at kN = 128, large M): the prescaled way of the kernel
+// (see "How a chunk's products reach acc" in it) with acc as the tensor core's accumulator
+// for both slots, no partial tiles.
 template <int Bits, int kN, bool kPre>
 struct Config {
   static_assert(kN == 32 || kN == 64 || (kN == 128 && Bits == 4), "token tiles of 32, 64, 128");
@@ -88,31 +86,33 @@ struct Config {
 
 #ifdef LOWBIT_SM90A
 // d (64 x kN fp32 fragment) (+)= A (64 x 16, registers a) * B (kN x 16, descriptor b), 16-bit
-// operands of type T.
-template <typename T, int kN, int kScaleD>
-__device__ __forceinline__ void wgmma_rs(float (&d)[kN / 2], const uint32_t (&a)[4],
-                                         uint64_t b) {
-#define LOWBIT_WGMMA_RS(n, R, ty, A)                                                         \
-  asm volatile("wgmma.mma_async.sync.aligned.m64n" #n "k16.f32." ty "." ty " " LOWBIT_REGS##R \
-               ", " A ", 1, 1, 0;\n"                                                       \
+// operands of type T; accumulate (a predicate, so one kernel serves both) keeps d's sums.
+template <typename T, int kN>
+__device__ __forceinline__ void wgmma_rs(float (&d)[kN / 2], const uint32_t (&a)[4], uint64_t b,
+                                         bool accumulate) {
+#define LOWBIT_WGMMA_RS(n, R, ty, A, S)                                                       \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " S ", 0;\n"                                \
+               "wgmma.mma_async.sync.aligned.m64n" #n "k16.f32." ty "." ty " " LOWBIT_REGS##R \
+               ", " A ", p, 1, 1, 0;\n}\n"                                                   \
                : LOWBIT_ACC##R("f", d, 0)                                                   \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kScaleD))
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b),                        \
+                 "r"(static_cast<int>(accumulate)))
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   if constexpr (kN == 32) {
     if constexpr (kBf16)
-      LOWBIT_WGMMA_RS(32, 16, "bf16", "{%16, %17, %18, %19}, %20, %21");
+      LOWBIT_WGMMA_RS(32, 16, "bf16", "{%16, %17, %18, %19}, %20", "%21");
     else
-      LOWBIT_WGMMA_RS(32, 16, "f16", "{%16, %17, %18, %19}, %20, %21");
+      LOWBIT_WGMMA_RS(32, 16, "f16", "{%16, %17, %18, %19}, %20", "%21");
   } else if constexpr (kN == 64) {
     if constexpr (kBf16)
-      LOWBIT_WGMMA_RS(64, 32, "bf16", "{%32, %33, %34, %35}, %36, %37");
+      LOWBIT_WGMMA_RS(64, 32, "bf16", "{%32, %33, %34, %35}, %36", "%37");
     else
-      LOWBIT_WGMMA_RS(64, 32, "f16", "{%32, %33, %34, %35}, %36, %37");
+      LOWBIT_WGMMA_RS(64, 32, "f16", "{%32, %33, %34, %35}, %36", "%37");
   } else {
     if constexpr (kBf16)
-      LOWBIT_WGMMA_RS(128, 64, "bf16", "{%64, %65, %66, %67}, %68, %69");
+      LOWBIT_WGMMA_RS(128, 64, "bf16", "{%64, %65, %66, %67}, %68", "%69");
     else
-      LOWBIT_WGMMA_RS(128, 64, "f16", "{%64, %65, %66, %67}, %68, %69");
+      LOWBIT_WGMMA_RS(128, 64, "f16", "{%64, %65, %66, %67}, %68", "%69");
   }
 #undef LOWBIT_WGMMA_RS
 }
@@ -361,13 +361,30 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     }
   };
 
+  // How a chunk's products reach acc, one way per launch:
+  // - per channel (group 0): the chunks accumulate in the tensor core, (u - z) being exact in
+  //   x's dtype, and the rows' scales multiply the two slots' sums once, after the mainloop;
+  // - prescaled (kPre, or int4 with scales of x's dtype): the weights are multiplied by their
+  //   scales in registers, (u - z) * scale rounded once to x's dtype as the dequantize-then-
+  //   GEMM path's weights are, and the chunks accumulate in the tensor core;
+  // - else each chunk's partial, from zero, is promoted into acc with its rows' fp32 scales.
+  // The first two spare the promotion's kN / 2 FMAs a chunk (bench/NOTES.md, "the weight-only
+  // wgmma kernel without the promotion").
+  const bool per_channel = !kPre && p.group == 0;
+  const bool prescale =
+      kPre || (Bits == 4 && !per_channel && p.scale_dtype == p.x_dtype);
+  const bool in_tc = per_channel || prescale;
   float acc[C::kRegs];
 #pragma unroll
   for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
-  // Each slot's sums: a partial tile promoted with the scales, or (kPre) acc itself.
+  // Each slot's sums: a partial tile or its share of the whole sum, or (kPre) acc itself.
   float part0_[kPre ? 1 : C::kRegs], part1_[kPre ? 1 : C::kRegs];
   float(&part0)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kPre ? acc : part0_);
   float(&part1)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kPre ? acc : part1_);
+  if constexpr (!kPre) {
+#pragma unroll
+    for (int i = 0; i < C::kRegs; ++i) part0[i] = part1[i] = 0.f;
+  }
   uint32_t a0[4][4], a1[4][4];  // the A fragments of the chunk in flight in each slot
   float f0[2], f1[2];           // its rows' scales
   // The next chunks' metadata, a slot each: slot q's [j] is chunk c_begin + i + 2 j at its
@@ -403,16 +420,16 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     const uint8_t* wsm = w_tiles + s * kWBytes;
     if constexpr (Bits == 4) {
       const uint4 v = *reinterpret_cast<const uint4*>(wsm + wt * kTileBytes4 + lane * 16);
-      // Scale pairs of rows g and g + 8 (kPre: the scales are x's dtype, 16 bits).
+      // Scale pairs of rows g and g + 8 (prescaled: the scales are x's dtype, 16 bits).
       const uint32_t sp[2] = {m.s[0] * 0x00010001u, m.s[1] * 0x00010001u};
       meta_next();
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        int4_fragment<T>(v, k, z, a[k]);
-        if constexpr (kPre) {
+      for (int k = 0; k < 4; ++k) int4_fragment<T>(v, k, z, a[k]);
+      if (prescale) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
 #pragma unroll
           for (int j = 0; j < 4; ++j) a[k][j] = mul2<T>(a[k][j], sp[j & 1]);
-        }
       }
     } else {  // rows g and g + 8 of the warp's tile, k = 16 t .. 16 t + 15 of the chunk
       const uint8_t* row = wsm + (wt * 16 + g) * kChunkK + 16 * t;
@@ -424,10 +441,11 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     }
     sm90::fence_regs(d);
     sm90::wgmma_fence();
-    // A partial starts from zero; kPre adds every chunk to acc (zeroed above).
-    wgmma_rs<T, kN, kPre ? 1 : 0>(d, a[0], sm90::desc_of(b_lo + s * kBUnits));
+    // A partial starts from zero; in the tensor core the sums go on (zeroed above).
+    wgmma_rs<T, kN>(d, a[0], sm90::desc_of(b_lo + s * kBUnits), in_tc);
 #pragma unroll
-    for (int k = 1; k < 4; ++k) wgmma_rs<T, kN, 1>(d, a[k], sm90::desc_of(b_lo + s * kBUnits + 2 * k));
+    for (int k = 1; k < 4; ++k)
+      wgmma_rs<T, kN>(d, a[k], sm90::desc_of(b_lo + s * kBUnits + 2 * k), true);
     sm90::wgmma_commit();
     sm90::fence_regs(d);
     return s;
@@ -440,7 +458,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 #pragma unroll
       for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[k][j])::"memory");
     if (lane == 0) sm90::mbar_arrive(&empty[s]);
-    if constexpr (!kPre) {
+    if (!in_tc) {
 #pragma unroll
       for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
@@ -460,6 +478,15 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
       finish_from(part1, a1, f1, s);
   };
   if (steps > 0) sm90::double_buffered_steps(steps, issue, finish, [] {});
+  if constexpr (!kPre) {
+    if (in_tc) {  // the slots' sums (f0: slot 0's rows' scales, every chunk's under group 0)
+#pragma unroll
+      for (int j = 0; j < kN / 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          acc[4 * j + r] = (part0[4 * j + r] + part1[4 * j + r]) * (per_channel ? f0[r / 2] : 1.f);
+    }
+  }
   launch_dependents();
   if (ctid == 0) {
     WXA16_TRACE_NOW(kMainEnd);
@@ -549,15 +576,13 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
 }
 
 // Token tiles: 32 up to M = 32, 64 up to M = 128 (and for int8, or scales not of x's
-// dtype), else 128 with the scales applied to the weights.
+// dtype), else 128 with the scales applied to the weights (kPre: acc itself is the slots'
+// accumulator, as 3 x 64 fp32 registers a thread would not fit).
 template <int Bits, typename T>
 cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M <= 32) return run<Bits, T, 32>(p, stream, plan);
   if constexpr (Bits == 4) {
     if (p.M > 128 && p.scale_dtype == p.x_dtype) return run<Bits, T, 128, true>(p, stream, plan);
-#ifdef LOWBIT_WXA16_PRESCALE64
-    if (p.scale_dtype == p.x_dtype) return run<Bits, T, 64, true>(p, stream, plan);
-#endif
   }
   return run<Bits, T, 64>(p, stream, plan);
 }

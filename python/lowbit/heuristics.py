@@ -20,26 +20,28 @@ then Triton (any shape and stride), then the IMMA tiled kernel (the A100 path, h
 wgmma kernel's rate on Hopper).
 
 w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on every benchmark
-weight at M = 1, by 1.3-4.8x; Triton leads by 7% at 16 x 28672 x 8192), and at M = 17-64 on
-weights of N <= 4096 (18.1 against 28.2 us at 32 x 4096 x 4096, 40.6 against 84.9 at
-32 x 4096 x 14336, 26.1 and 69.1 against 33.6 and 102.9 at M = 64; 2026-12-04), where Triton
-leads on the larger N measured (14336, 28672: by 5% to 1.6x). Above M = 64 the weight
-dequantized then cuBLAS (``cuda_w8a16_gemm_dequant``) leads on N <= 4096 from M = 128 (36.5
-against Triton's 46.7 us at 128 x 4096 x 4096, 34.7 against 46.3 at M = 256) and on every
-weight from M = 1024 (217.9 against 317.4 us at 1024 x 14336 x 4096, 2952 against 4758 at
-4096 x 28672 x 8192; 2026-12-05), while Triton keeps M = 65-256 on larger N (93.4 against
-98.9 us at 256 x 14336 x 4096), where the dequantization's fixed ~45 us is not yet paid back.
-The CUDA tiled kernel trails both.
+weight at M = 1, by 1.3-4.8x; Triton leads by 7% at 16 x 28672 x 8192) and at M = 17-32 on
+weights of N <= 4096 (19.0 against the wgmma kernel's 19.9 us at 32 x 4096 x 4096); the
+sm_90a wgmma kernel at M = 17-64 everywhere else (H100, 2026-12-06: 36.2 against decode's
+39.1 and Triton's 45.7 us at 32 x 14336 x 4096; at M = 48-64 1.0-1.45x ahead of the next
+kernel on every benchmark weight, 39.7 against Triton's 49.2 at 64 x 14336 x 4096, 131.4
+against 158.1 at 64 x 28672 x 8192). Above M = 64 the weight dequantized then cuBLAS
+(``cuda_w8a16_gemm_dequant``) leads on N <= 4096 from M = 128 (36.5 against Triton's 46.7 us
+at 128 x 4096 x 4096, 34.7 against 46.3 at M = 256) and on every weight from M = 1024 (217.9
+against 317.4 us at 1024 x 14336 x 4096, 2952 against 4758 at 4096 x 28672 x 8192;
+2026-12-05), while Triton keeps M = 65-256 on larger N (93.4 against 98.9 us at
+256 x 14336 x 4096), where the dequantization's fixed ~45 us is not yet paid back. The CUDA
+tiled kernel trails both.
 
 w4a16_gemm: the weight's layout picks the backend (prepacked: the CUDA kernels; canonical:
 Triton, its fused kernel and its dequantize-then-GEMM kernel by their supports and
-priorities). On sm_90 the CUDA decode kernel leads to M = 64 but for one band: at M = 49-64
-on weights of N > 8192 the wide kernel (64 tokens a CTA, each chunk dequantized once) is
-5-10% ahead (H100, 2026-12-05: 47.8 against 52.6 us at 64 x 14336 x 4096, 166.8 against
-179.5 at 64 x 28672 x 8192), and behind everywhere else measured (46.0 against 30.3 us at
-32 x 14336 x 4096, 165.5 against 148.8 at 48 x 28672 x 8192, 57.0 against 54.2 at
-64 x 8192 x 8192, 29.7 against 20.6 at 64 x 4096 x 4096). Above M = 64 the dequantize-then-
-cuBLAS kernel, by the M ranges. N is read from the scales (the prepacked qweight is 4-D).
+priorities). On sm_90 the CUDA decode kernel leads to M = 32 (14.4 against the wgmma
+kernel's 15.9 us at 16 x 4096 x 4096, 30.8 against 32.8 at 32 x 14336 x 4096; level at
+32 x 4096 x 4096), the sm_90a wgmma kernel at M = 33-64 (H100, 2026-12-06: 37.8 against
+decode's 53.8 and the wide kernel's 48.2 us at 64 x 14336 x 4096, 126.5 against 169.3 at
+64 x 28672 x 8192, 20.4 against 21.3 at 64 x 4096 x 4096), decode behind it for the group
+sizes it declines (32). Above M = 64 the dequantize-then-cuBLAS kernel, by the M ranges. N is
+read from the scales (the prepacked qweight is 4-D).
 """
 from __future__ import annotations
 
@@ -72,17 +74,16 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
     },
     "w4a16_gemm": {
         (9, 0): (
-            (48, ("cuda_w4a16_gemm_decode",)),
-            (64, ("cuda_w4a16_gemm_decode",), 8192),
-            (64, ("cuda_w4a16_gemm_wide", "cuda_w4a16_gemm_decode")),
+            (32, ("cuda_w4a16_gemm_decode",)),
+            (64, ("sm90_w4a16_gemm_wgmma", "cuda_w4a16_gemm_decode")),
         ),
     },
     "w8a16_gemm": {
         (9, 0): (
             (16, ("cuda_w8a16_gemm_decode", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
-            (64, ("cuda_w8a16_gemm_decode", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled"),
+            (32, ("cuda_w8a16_gemm_decode", "sm90_w8a16_gemm_wgmma", "triton_w8a16_gemm"),
              4096),
-            (64, ("triton_w8a16_gemm", "cuda_w8a16_gemm_decode", "cuda_w8a16_gemm_tiled")),
+            (64, ("sm90_w8a16_gemm_wgmma", "cuda_w8a16_gemm_decode", "triton_w8a16_gemm")),
             (256, ("cuda_w8a16_gemm_dequant", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled"),
              4096),
             (256, ("triton_w8a16_gemm", "cuda_w8a16_gemm_dequant", "cuda_w8a16_gemm_tiled")),
