@@ -41,12 +41,13 @@ def test_int8_table_on_sm90(h100, op, m, first):
     (17, 4096, "cuda_w8a16_gemm_decode"), (32, 4096, "cuda_w8a16_gemm_decode"),
     (33, 4096, "sm90_w8a16_gemm_wgmma"), (17, 4097, "sm90_w8a16_gemm_wgmma"),
     (64, 14336, "sm90_w8a16_gemm_wgmma"),
-    (65, 4096, "cuda_w8a16_gemm_dequant"), (256, 4096, "cuda_w8a16_gemm_dequant"),
-    (65, 4097, "triton_w8a16_gemm"), (256, 14336, "triton_w8a16_gemm"),
+    (128, 4096, "sm90_w8a16_gemm_wgmma"), (128, 14336, "sm90_w8a16_gemm_wgmma"),
+    (129, 4096, "cuda_w8a16_gemm_dequant"), (256, 4096, "cuda_w8a16_gemm_dequant"),
+    (129, 4097, "triton_w8a16_gemm"), (256, 14336, "triton_w8a16_gemm"),
     (257, 14336, "cuda_w8a16_gemm_dequant"), (4096, 4096, "cuda_w8a16_gemm_dequant")])
 def test_w8a16_table_on_sm90(h100, m, n, first):
     """Decode to M = 16 on every weight and to 32 on weights of N <= 4096, else the wgmma
-    kernel to M = 64; above M = 64 dequantize-then-cuBLAS, but for M <= 256 on weights of
+    kernel to M = 128; above it dequantize-then-cuBLAS, but for M <= 256 on weights of
     N > 4096 (Triton)."""
     order = heuristics.preferred("w8a16_gemm", torch.device("cuda", 0), _args(m, n))
     assert order[0] == first
@@ -57,9 +58,9 @@ def test_w8a16_table_on_sm90(h100, m, n, first):
 @pytest.mark.parametrize("m,n,first", [
     (1, 28672, "cuda_w4a16_gemm_decode"), (32, 28672, "cuda_w4a16_gemm_decode"),
     (33, 4096, "sm90_w4a16_gemm_wgmma"), (64, 14336, "sm90_w4a16_gemm_wgmma"),
-    (65, 14336, None)])
+    (256, 14336, "sm90_w4a16_gemm_wgmma"), (257, 14336, None)])
 def test_w4a16_table_on_sm90(h100, m, n, first):
-    """Decode to M = 32, the wgmma kernel at M = 33-64, then registration order. N is the
+    """Decode to M = 32, the wgmma kernel at M = 33-256, then registration order. N is the
     scales' first dimension: a prepacked qweight is 4-D, its first dimension is not N."""
     meta = dict(device="meta")
     args = (torch.empty(m, 64, **meta), torch.empty(2, 2, 32, 4, dtype=torch.int32, **meta),

@@ -64,13 +64,11 @@ constexpr int kMetaDepth = 1;
 #endif
 static_assert(kMetaDepth >= 1 && kMetaDepth <= 4, "metadata 2 to 8 chunks ahead");
 
-// kPre (int4 with scales of x's dtype at kN = 128, large M): the prescaled way of the kernel
-// (see "How a chunk's products reach acc" in it) with acc as the tensor core's accumulator
-// for both slots, no partial tiles.
-template <int Bits, int kN, bool kPre>
+// kAcc: the chunks accumulate in the tensor core, in acc (both slots), with no partial tiles
+// (see "How a chunk's products reach acc" in the kernel).
+template <int Bits, int kN, bool kAcc>
 struct Config {
   static_assert(kN == 32 || kN == 64 || (kN == 128 && Bits == 4), "token tiles of 32, 64, 128");
-  static_assert(!kPre || Bits == 4, "scales applied to int4 weights alone");
   static constexpr int kRegs = kN / 2;
   static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
   static constexpr int kWBytes = kWeightBytes<Bits>;
@@ -234,12 +232,12 @@ struct Meta {
 };
 #endif  // LOWBIT_SM90A
 
-template <int Bits, typename T, int kN, bool kPre>
+template <int Bits, typename T, int kN, bool kAcc>
 __global__ void __launch_bounds__(kThreads, 1)
 wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
                    const __grid_constant__ CUtensorMap map_x, const WXA16GemmArgs p) {
 #ifdef LOWBIT_SM90A
-  using C = Config<Bits, kN, kPre>;
+  using C = Config<Bits, kN, kAcc>;
   constexpr int kStages = C::kStages, kWBytes = C::kWBytes;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* w_tiles = align_smem_1024(smem_raw);  // [stage][8 row tiles][512] (int4) or
@@ -361,30 +359,23 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     }
   };
 
-  // How a chunk's products reach acc, one way per launch:
-  // - per channel (group 0): the chunks accumulate in the tensor core, (u - z) being exact in
-  //   x's dtype, and the rows' scales multiply the two slots' sums once, after the mainloop;
-  // - prescaled (kPre, or int4 with scales of x's dtype): the weights are multiplied by their
-  //   scales in registers, (u - z) * scale rounded once to x's dtype as the dequantize-then-
-  //   GEMM path's weights are, and the chunks accumulate in the tensor core;
+  // How a chunk's products reach acc (the launcher picks kAcc):
+  // - kAcc, one scale per row (group 0): the chunks accumulate in the tensor core, (u - z)
+  //   being exact in x's dtype, and the rows' scales multiply acc once, after the mainloop;
+  // - kAcc, int4 groups with scales of x's dtype: the weights are multiplied by their scales
+  //   in registers, (u - z) * scale rounded once to x's dtype as the dequantize-then-GEMM
+  //   path's weights are, and the chunks accumulate in the tensor core;
   // - else each chunk's partial, from zero, is promoted into acc with its rows' fp32 scales.
-  // The first two spare the promotion's kN / 2 FMAs a chunk (bench/NOTES.md, "the weight-only
-  // wgmma kernel without the promotion").
-  const bool per_channel = !kPre && p.group == 0;
-  const bool prescale =
-      kPre || (Bits == 4 && !per_channel && p.scale_dtype == p.x_dtype);
-  const bool in_tc = per_channel || prescale;
+  // kAcc spares the promotion's kN / 2 FMAs a chunk and two partial tiles of registers
+  // (bench/NOTES.md, "the weight-only wgmma kernel without the promotion").
+  const bool prescale = kAcc && Bits == 4 && p.group != 0;
   float acc[C::kRegs];
 #pragma unroll
   for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
-  // Each slot's sums: a partial tile or its share of the whole sum, or (kPre) acc itself.
-  float part0_[kPre ? 1 : C::kRegs], part1_[kPre ? 1 : C::kRegs];
-  float(&part0)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kPre ? acc : part0_);
-  float(&part1)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kPre ? acc : part1_);
-  if constexpr (!kPre) {
-#pragma unroll
-    for (int i = 0; i < C::kRegs; ++i) part0[i] = part1[i] = 0.f;
-  }
+  // Each slot's sums: a partial tile, or (kAcc) acc itself.
+  float part0_[kAcc ? 1 : C::kRegs], part1_[kAcc ? 1 : C::kRegs];
+  float(&part0)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kAcc ? acc : part0_);
+  float(&part1)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kAcc ? acc : part1_);
   uint32_t a0[4][4], a1[4][4];  // the A fragments of the chunk in flight in each slot
   float f0[2], f1[2];           // its rows' scales
   // The next chunks' metadata, a slot each: slot q's [j] is chunk c_begin + i + 2 j at its
@@ -420,16 +411,19 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     const uint8_t* wsm = w_tiles + s * kWBytes;
     if constexpr (Bits == 4) {
       const uint4 v = *reinterpret_cast<const uint4*>(wsm + wt * kTileBytes4 + lane * 16);
-      // Scale pairs of rows g and g + 8 (prescaled: the scales are x's dtype, 16 bits).
-      const uint32_t sp[2] = {m.s[0] * 0x00010001u, m.s[1] * 0x00010001u};
+      // Scale pairs of rows g and g + 8 (prescaled: the scales are x's dtype, 16 bits), or
+      // ones: multiplying by a selected pair costs fewer instructions than a branch.
+      constexpr uint32_t kOnes = std::is_same<T, __nv_bfloat16>::value ? 0x3f803f80u : 0x3c003c00u;
+      const uint32_t sp[2] = {prescale ? m.s[0] * 0x00010001u : kOnes,
+                              prescale ? m.s[1] * 0x00010001u : kOnes};
       meta_next();
 #pragma unroll
-      for (int k = 0; k < 4; ++k) int4_fragment<T>(v, k, z, a[k]);
-      if (prescale) {
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
+      for (int k = 0; k < 4; ++k) {
+        int4_fragment<T>(v, k, z, a[k]);
+        if constexpr (kAcc) {
 #pragma unroll
           for (int j = 0; j < 4; ++j) a[k][j] = mul2<T>(a[k][j], sp[j & 1]);
+        }
       }
     } else {  // rows g and g + 8 of the warp's tile, k = 16 t .. 16 t + 15 of the chunk
       const uint8_t* row = wsm + (wt * 16 + g) * kChunkK + 16 * t;
@@ -442,7 +436,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     sm90::fence_regs(d);
     sm90::wgmma_fence();
     // A partial starts from zero; in the tensor core the sums go on (zeroed above).
-    wgmma_rs<T, kN>(d, a[0], sm90::desc_of(b_lo + s * kBUnits), in_tc);
+    wgmma_rs<T, kN>(d, a[0], sm90::desc_of(b_lo + s * kBUnits), kAcc);
 #pragma unroll
     for (int k = 1; k < 4; ++k)
       wgmma_rs<T, kN>(d, a[k], sm90::desc_of(b_lo + s * kBUnits + 2 * k), true);
@@ -458,7 +452,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 #pragma unroll
       for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[k][j])::"memory");
     if (lane == 0) sm90::mbar_arrive(&empty[s]);
-    if (!in_tc) {
+    if constexpr (!kAcc) {
 #pragma unroll
       for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
@@ -478,14 +472,11 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
       finish_from(part1, a1, f1, s);
   };
   if (steps > 0) sm90::double_buffered_steps(steps, issue, finish, [] {});
-  if constexpr (!kPre) {
-    if (in_tc) {  // the slots' sums (f0: slot 0's rows' scales, every chunk's under group 0)
+  if (kAcc && p.group == 0 && steps > 0) {  // the rows' scales (f0: every chunk's)
 #pragma unroll
-      for (int j = 0; j < kN / 8; ++j)
+    for (int j = 0; j < kN / 8; ++j)
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
-          acc[4 * j + r] = (part0[4 * j + r] + part1[4 * j + r]) * (per_channel ? f0[r / 2] : 1.f);
-    }
+      for (int r = 0; r < 4; ++r) acc[4 * j + r] *= f0[r / 2];
   }
   launch_dependents();
   if (ctid == 0) {
@@ -535,10 +526,10 @@ inline bool make_maps(CUtensorMap* w, CUtensorMap* x, const WXA16GemmArgs& p, in
                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
-template <int Bits, typename T, int kN, bool kPre = false>
+template <int Bits, typename T, int kN, bool kAcc>
 cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  using C = Config<Bits, kN, kPre>;
-  const auto kernel = wxa16_wgmma_kernel<Bits, T, kN, kPre>;
+  using C = Config<Bits, kN, kAcc>;
+  const auto kernel = wxa16_wgmma_kernel<Bits, T, kN, kAcc>;
   const int64_t row_blocks = (p.N + kRows - 1) / kRows, token_tiles = (p.M + kN - 1) / kN;
   if (row_blocks * token_tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(row_blocks * token_tiles), 1, 1);
@@ -575,16 +566,22 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, p));
 }
 
-// Token tiles: 32 up to M = 32, 64 up to M = 128 (and for int8, or scales not of x's
-// dtype), else 128 with the scales applied to the weights (kPre: acc itself is the slots'
-// accumulator, as 3 x 64 fp32 registers a thread would not fit).
+// Token tiles: 32 up to M = 32, 64 up to M = 128 (and for int8), else 128 (int4, kAcc: 3 x 64
+// fp32 registers a thread, with partial tiles, would not fit). The tensor core keeps the sums
+// (kAcc) under one scale per row, and for int4 groups with scales of x's dtype from 33 tokens
+// (at 32 the multiplies ahead of the wgmmas cost more than the promotion they spare).
 template <int Bits, typename T>
 cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  if (p.M <= 32) return run<Bits, T, 32>(p, stream, plan);
-  if constexpr (Bits == 4) {
-    if (p.M > 128 && p.scale_dtype == p.x_dtype) return run<Bits, T, 128, true>(p, stream, plan);
+  const bool prescalable = Bits == 4 && p.scale_dtype == p.x_dtype;
+  if (p.M <= 32) {
+    return p.group == 0 ? run<Bits, T, 32, true>(p, stream, plan)
+                        : run<Bits, T, 32, false>(p, stream, plan);
   }
-  return run<Bits, T, 64>(p, stream, plan);
+  if constexpr (Bits == 4) {
+    if (p.M > 128 && (p.group == 0 || prescalable)) return run<Bits, T, 128, true>(p, stream, plan);
+  }
+  return p.group == 0 || prescalable ? run<Bits, T, 64, true>(p, stream, plan)
+                                     : run<Bits, T, 64, false>(p, stream, plan);
 }
 
 // The checks of both launchers: G = 64, 128 or one scale per row; x 16-byte aligned rows;

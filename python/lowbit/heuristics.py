@@ -75,7 +75,8 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
     "w4a16_gemm": {
         (9, 0): (
             (32, ("cuda_w4a16_gemm_decode",)),
-            (64, ("sm90_w4a16_gemm_wgmma", "cuda_w4a16_gemm_decode")),
+            (256, ("sm90_w4a16_gemm_wgmma", "cuda_w4a16_gemm_decode",
+                   "cuda_w4a16_gemm_dequant")),
         ),
     },
     "w8a16_gemm": {
@@ -83,7 +84,7 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
             (16, ("cuda_w8a16_gemm_decode", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
             (32, ("cuda_w8a16_gemm_decode", "sm90_w8a16_gemm_wgmma", "triton_w8a16_gemm"),
              4096),
-            (64, ("sm90_w8a16_gemm_wgmma", "cuda_w8a16_gemm_decode", "triton_w8a16_gemm")),
+            (128, ("sm90_w8a16_gemm_wgmma", "cuda_w8a16_gemm_decode", "triton_w8a16_gemm")),
             (256, ("cuda_w8a16_gemm_dequant", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled"),
              4096),
             (256, ("triton_w8a16_gemm", "cuda_w8a16_gemm_dequant", "cuda_w8a16_gemm_tiled")),
