@@ -153,10 +153,10 @@ def test_w4a16_pinned_kernel(name, m, n, k, group, symmetric, dtype):
 @pytest.mark.parametrize("group", [64, 128, -1], ids=["g64", "g128", "channel"])
 @pytest.mark.parametrize("m", [129, 300, 1024])
 def test_w4a16_wgmma_kernel_large_m(m, group, symmetric, dtype):
-    """Above M = 128 with scales of x's dtype the wgmma kernel takes 128-token tiles and
-    applies the scales to the weights in registers ((u - z) * scale rounded once, as the
-    dequantize path does), accumulating in the tensor core; fp32 scales keep 64-token tiles
-    with fp32 promotion."""
+    """Above M = 128 the wgmma kernel takes 128-token tiles summed in the tensor core: group
+    scales of x's dtype applied to the weights in registers ((u - z) * scale rounded once,
+    as the dequantize path does), one scale per row (any dtype) applied after the mainloop;
+    fp32 group scales keep 64-token tiles with fp32 promotion."""
     from lowbit._backend import kernels
 
     if torch.cuda.get_device_capability() != (9, 0):
@@ -603,8 +603,9 @@ def test_w8a16_op(m, group, dtype):
 @pytest.mark.parametrize("n,k", [(8, 128), (3000, 4224), (4096, 4096), (3000, 4240)])
 @pytest.mark.parametrize("m", [1, 17, 33, 64, 100, 256])
 def test_w8a16_wgmma_kernel(m, n, k, group, dtype):
-    """The sm_90a W8A16 wgmma kernel, which no call picks yet, called directly (K = 4240:
-    per channel only, the last chunk a quarter inside K)."""
+    """The sm_90a W8A16 wgmma kernel called directly, each token tile (32, 64, and 128 per
+    channel at M = 256) and each way of summing (K = 4240: per channel only, the last chunk a
+    quarter inside K)."""
     from lowbit._backend import kernels
 
     if torch.cuda.get_device_capability() != (9, 0):

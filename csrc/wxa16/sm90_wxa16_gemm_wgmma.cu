@@ -68,7 +68,7 @@ static_assert(kMetaDepth >= 1 && kMetaDepth <= 4, "metadata 2 to 8 chunks ahead"
 // (see "How a chunk's products reach acc" in the kernel).
 template <int Bits, int kN, bool kAcc>
 struct Config {
-  static_assert(kN == 32 || kN == 64 || (kN == 128 && Bits == 4), "token tiles of 32, 64, 128");
+  static_assert(kN == 32 || kN == 64 || (kN == 128 && kAcc), "token tiles of 32, 64, 128");
   static constexpr int kRegs = kN / 2;
   static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
   static constexpr int kWBytes = kWeightBytes<Bits>;
@@ -566,22 +566,27 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, p));
 }
 
-// Token tiles: 32 up to M = 32, 64 up to M = 128 (and for int8), else 128 (int4, kAcc: 3 x 64
-// fp32 registers a thread, with partial tiles, would not fit). The tensor core keeps the sums
-// (kAcc) under one scale per row, and for int4 groups with scales of x's dtype from 33 tokens
-// (at 32 the multiplies ahead of the wgmmas cost more than the promotion they spare).
+// Where 128-token tiles start (int4, kAcc): above M = 128; a build flag for bench/wxa16_ab.sh
+// to time them from lower M (the weight dequantized once where two 64-token tiles do it twice).
+#ifdef LOWBIT_WXA16_N128_ABOVE
+constexpr int kN128Above = LOWBIT_WXA16_N128_ABOVE;
+#else
+constexpr int kN128Above = 128;
+#endif
+
+// Token tiles: 32 up to M = 32, 64 up to M = 128, else 128 where the tensor core keeps the
+// sums (kAcc: 3 x 64 fp32 registers a thread, with partial tiles, would not fit). kAcc under
+// one scale per row, and for int4 groups with scales of x's dtype from 33 tokens (at 32 the
+// multiplies ahead of the wgmmas cost more than the promotion they spare).
 template <int Bits, typename T>
 cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  const bool prescalable = Bits == 4 && p.scale_dtype == p.x_dtype;
+  const bool acc = p.group == 0 || (Bits == 4 && p.scale_dtype == p.x_dtype);
   if (p.M <= 32) {
     return p.group == 0 ? run<Bits, T, 32, true>(p, stream, plan)
                         : run<Bits, T, 32, false>(p, stream, plan);
   }
-  if constexpr (Bits == 4) {
-    if (p.M > 128 && (p.group == 0 || prescalable)) return run<Bits, T, 128, true>(p, stream, plan);
-  }
-  return p.group == 0 || prescalable ? run<Bits, T, 64, true>(p, stream, plan)
-                                     : run<Bits, T, 64, false>(p, stream, plan);
+  if (p.M > kN128Above && acc) return run<Bits, T, 128, true>(p, stream, plan);
+  return acc ? run<Bits, T, 64, true>(p, stream, plan) : run<Bits, T, 64, false>(p, stream, plan);
 }
 
 // The checks of both launchers: G = 64, 128 or one scale per row; x 16-byte aligned rows;
