@@ -92,6 +92,33 @@ def test_w4a16_sm80_path(monkeypatch, m):
 
 
 @gpu
+@pytest.mark.parametrize("bits,m,n,group,expected", [
+    (4, 32, 3000, 128, "cuda_w4a16_gemm_decode"), (4, 33, 3000, 128, "sm90_w4a16_gemm_wgmma"),
+    (4, 256, 3000, 128, "sm90_w4a16_gemm_wgmma"), (4, 48, 3000, 32, "cuda_w4a16_gemm_decode"),
+    (8, 32, 3000, 0, "cuda_w8a16_gemm_decode"), (8, 17, 8192, 0, "sm90_w8a16_gemm_wgmma"),
+    (8, 100, 3000, 128, "sm90_w8a16_gemm_wgmma")])
+def test_auto_takes_the_wgmma_kernels_on_sm90(monkeypatch, bits, m, n, group, expected):
+    """backend="auto" on an sm_90 card runs what heuristics.TABLE names where it supports the
+    inputs (G = 32: the wgmma kernel declines, decode runs), and its output is right."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the sm_90 table")
+    monkeypatch.delenv("LOWBIT_ARCH", raising=False)
+    k = 4224
+    x = _x(m, k, torch.bfloat16, seed=m)
+    if bits == 4:
+        _, wd = _int4(n, k, group, True)
+        w = _prepacked(n, k, group, True)
+        choice = lowbit.explain(lowbit.w4a16_gemm, x, w, backend="auto")
+        out, ref = lowbit.w4a16_gemm(x, w, backend="auto"), x.double() @ wd.T
+    else:
+        q, s = _int8_weight(n, k, group)
+        choice = lowbit.explain(lowbit.w8a16_gemm, x, q, s, None, backend="auto")
+        out, ref = lowbit.w8a16_gemm(x, q, s, None, backend="auto"), _int8_ref(x, q, s, None)
+    assert choice.kernel == expected, str(choice)
+    _check(out, ref, torch.bfloat16)
+
+
+@gpu
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zeros"])
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("m", [17, 100])
