@@ -21,27 +21,30 @@ wgmma kernel's rate on Hopper).
 
 w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on every benchmark
 weight at M = 1, by 1.3-4.8x; Triton leads by 7% at 16 x 28672 x 8192) and at M = 17-32 on
-weights of N <= 4096 (19.0 against the wgmma kernel's 19.9 us at 32 x 4096 x 4096); the
-sm_90a wgmma kernel at M = 17-64 everywhere else (H100, 2026-12-06: 36.2 against decode's
-39.1 and Triton's 45.7 us at 32 x 14336 x 4096; at M = 48-64 1.0-1.45x ahead of the next
-kernel on every benchmark weight, 39.7 against Triton's 49.2 at 64 x 14336 x 4096, 131.4
-against 158.1 at 64 x 28672 x 8192). Above M = 64 the weight dequantized then cuBLAS
-(``cuda_w8a16_gemm_dequant``) leads on N <= 4096 from M = 128 (36.5 against Triton's 46.7 us
-at 128 x 4096 x 4096, 34.7 against 46.3 at M = 256) and on every weight from M = 1024 (217.9
-against 317.4 us at 1024 x 14336 x 4096, 2952 against 4758 at 4096 x 28672 x 8192;
-2026-12-05), while Triton keeps M = 65-256 on larger N (93.4 against 98.9 us at
-256 x 14336 x 4096), where the dequantization's fixed ~45 us is not yet paid back. The CUDA
-tiled kernel trails both.
+weights of N <= 4096 (19.0 against the wgmma kernel's 19.9 us at 32 x 4096 x 4096, 37.5
+against 38.8 at 32 x 4096 x 14336); the sm_90a wgmma kernel at M = 17-128 everywhere else
+(H100, 2026-12-06: 36.2 against decode's 39.1 and Triton's 45.7 us at 32 x 14336 x 4096; at
+M = 48-64 1.0-1.45x ahead of the next kernel on every benchmark weight, 39.7 against
+Triton's 49.2 at 64 x 14336 x 4096, 131.4 against 158.1 at 64 x 28672 x 8192; 25.3 against
+dequantize-then-cuBLAS's 36.6 at 128 x 4096 x 4096, level with Triton at 128 x 14336 x 4096).
+Above M = 128 the weight dequantized then cuBLAS (``cuda_w8a16_gemm_dequant``) leads on
+N <= 4096 (34.7 against Triton's 46.3 us at 256 x 4096 x 4096) and on every weight from
+M = 1024 (217.9 against 317.4 us at 1024 x 14336 x 4096, 2952 against 4758 at
+4096 x 28672 x 8192; 2026-12-05), while Triton keeps M = 129-256 on larger N (95.0 against
+121.4 us at 256 x 14336 x 4096), where the dequantization's fixed ~45 us is not yet paid
+back. The CUDA tiled kernel trails both.
 
 w4a16_gemm: the weight's layout picks the backend (prepacked: the CUDA kernels; canonical:
 Triton, its fused kernel and its dequantize-then-GEMM kernel by their supports and
 priorities). On sm_90 the CUDA decode kernel leads to M = 32 (14.4 against the wgmma
 kernel's 15.9 us at 16 x 4096 x 4096, 30.8 against 32.8 at 32 x 14336 x 4096; level at
-32 x 4096 x 4096), the sm_90a wgmma kernel at M = 33-64 (H100, 2026-12-06: 37.8 against
+32 x 4096 x 4096), the sm_90a wgmma kernel at M = 33-256 (H100, 2026-12-06: 37.8 against
 decode's 53.8 and the wide kernel's 48.2 us at 64 x 14336 x 4096, 126.5 against 169.3 at
-64 x 28672 x 8192, 20.4 against 21.3 at 64 x 4096 x 4096), decode behind it for the group
-sizes it declines (32). Above M = 64 the dequantize-then-cuBLAS kernel, by the M ranges. N is
-read from the scales (the prepacked qweight is 4-D).
+64 x 28672 x 8192, 20.4 against 21.3 at 64 x 4096 x 4096; 70.8 and 82.1 against
+dequantize-then-cuBLAS's 116.5 and 123.6 at 128 and 256 x 14336 x 4096), decode or the
+dequantize path behind it for the group size it declines (32). Above M = 256 the
+dequantize-then-cuBLAS kernel, by the M ranges. N is read from the scales (the prepacked
+qweight is 4-D).
 """
 from __future__ import annotations
 
