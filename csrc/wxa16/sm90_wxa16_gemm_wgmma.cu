@@ -1,8 +1,8 @@
 // sm_90a W4A16 / W8A16 GEMMs above the decode range (sm90_w4a16_gemm_wgmma, any M;
 // sm90_w8a16_gemm_wgmma, M <= 256): the decode kernel's weight path (wxa16_gemm.cuh: int4 prepacked or
 // int8 fragments dequantized in registers, exactly) feeding wgmma with the weight as its
-// register A operand, so one dequantized fragment serves a tile of kN = 32 or 64 tokens in one
-// instruction, where the mma.sync decode kernel dequantizes it once per 16 tokens
+// register A operand, so one dequantized fragment serves a tile of kN = 32, 64 or 128 tokens in
+// one instruction, where the mma.sync decode kernel dequantizes it once per 16 tokens
 // (bench/NOTES.md, "Decode to M = 64").
 //
 // Operands. A: the weight, 64 rows per consumer warpgroup (warp w: 16-row tile w, its lanes'
@@ -23,13 +23,14 @@
 // the staged x into the B tile, fence it for the async proxy and arrive on the full barrier
 // (1 + 3 arrivals and the weight's bytes). Warpgroups 1 and 2 consume: per chunk each thread
 // reads its weight bytes from shared memory (int4: 16, int8: 16 of rows g and g + 8),
-// dequantizes the 4 k-steps' A fragments, issues four m64nNk16 wgmmas into a zeroed partial
-// tile, and adds it to the fp32 accumulator times the rows' scales of the chunk's group once
-// the next chunk's wgmmas are in flight (two partial tiles, as the FP8 kernels promote). A
-// chunk lies in one group (G = 64, 128, or one scale per row); G = 32 is the decode
-// kernel's. Large M (int4, above 128 tokens, scales of x's dtype): 128-token tiles whose
-// weights are multiplied by their scales in registers, as the dequantize-then-GEMM path's
-// weights are, and summed in the tensor core (Config).
+// dequantizes the 4 k-steps' A fragments and issues four m64nNk16 wgmmas. A chunk lies in one
+// group (G = 64, 128, or one scale per row); G = 32 is the decode kernel's. The chunks' sums
+// either stay in the tensor core (kAcc: one scale per row, applied after the mainloop; int4
+// groups with scales of x's dtype, the weights multiplied by their scales in registers as the
+// dequantize-then-GEMM path's weights are), or each chunk's wgmmas write a zeroed partial
+// tile that is added to the fp32 accumulator times the rows' scales once the next chunk's
+// wgmmas are in flight (two partial tiles, as the FP8 kernels promote). Above 128 tokens,
+// under kAcc alone, 128-token tiles (run_of).
 //
 // Grid: (row blocks of 128 x token tiles, K splits); the token tiles of a row block are
 // adjacent, so they read its weight from L2 after the first. K splits use the decode
@@ -528,6 +529,10 @@ inline bool make_maps(CUtensorMap* w, CUtensorMap* x, const WXA16GemmArgs& p, in
 
 template <int Bits, typename T, int kN, bool kAcc>
 cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
+  // kAcc with groups multiplies the weights by the scales' bits as x's dtype: int4 with
+  // scales of that dtype only.
+  if (kAcc && p.group != 0 && (Bits != 4 || p.scale_dtype != p.x_dtype))
+    return cudaErrorInvalidValue;
   using C = Config<Bits, kN, kAcc>;
   const auto kernel = wxa16_wgmma_kernel<Bits, T, kN, kAcc>;
   const int64_t row_blocks = (p.N + kRows - 1) / kRows, token_tiles = (p.M + kN - 1) / kN;
@@ -566,7 +571,7 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, p));
 }
 
-// Where 128-token tiles start (int4, kAcc): above M = 128; a build flag for bench/wxa16_ab.sh
+// Where 128-token tiles start (kAcc): above M = 128; a build flag for bench/wxa16_ab.sh
 // to time them from lower M (the weight dequantized once where two 64-token tiles do it twice).
 #ifdef LOWBIT_WXA16_N128_ABOVE
 constexpr int kN128Above = LOWBIT_WXA16_N128_ABOVE;
