@@ -368,7 +368,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   //   path's weights are, and the chunks accumulate in the tensor core;
   // - else each chunk's partial, from zero, is promoted into acc with its rows' fp32 scales.
   // kAcc spares the promotion's kN / 2 FMAs a chunk and two partial tiles of registers
-  // (bench/NOTES.md, "the weight-only wgmma kernel without the promotion").
+  // (bench/NOTES.md, "the tensor core keeps the sums").
   const bool prescale = kAcc && Bits == 4 && p.group != 0;
   float acc[C::kRegs];
 #pragma unroll
