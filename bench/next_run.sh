@@ -43,8 +43,11 @@
 # OUTDIR defaults to $OUT, else ./gpu_out. Each step writes under OUTDIR as it goes and runs
 # under a timeout; summary.txt gets a line per step. SKIP_BUILD=1: no build first (the
 # package an earlier step installed, e.g. `stages`, which ends on the default build). The
-# next session's first call, about 350 s:
-#   bash bench/next_run.sh wx $OUT
+# next session's first call, about 350 s, with a copy of 5c869f8's kernel in an untracked
+# folder of the tree (P/wxa16/sm90_wxa16_gemm_wgmma.cu and P/wxa16/wxa16_gemm.cuh, from
+# `git show`) to A/B against (bench/NOTES.md, "### Next", item 1):
+#   TRACE_VARIANTS="tree P:-DAB_WGMMA tree:-DAB_WGMMA tree:-DAB_WGMMA,-DLOWBIT_WXA16_N128_ABOVE=64
+#   P:-DAB_WGMMA,-DLOWBIT_WXA16_PRESCALE64" bash bench/next_run.sh wx $OUT
 set -u
 WHAT=${1:-suite}
 case $WHAT in
