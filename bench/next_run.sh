@@ -13,9 +13,9 @@
 #                                           the racecheck steps), and W4A16 at M = 64: every
 #                                           kernel's time, ncu of the wgmma and decode kernels
 #   bash bench/next_run.sh trace [OUTDIR]   no package build: bench/wxa16_ab.sh times decode
-#                                           and the wgmma weight-only kernel (four builds),
-#                                           then traces the wgmma kernel's phases
-#                                           (TRACE_SHAPES; about 60 s)
+#                                           and the wgmma weight-only kernel, then traces
+#                                           the wgmma kernel's phases (three builds, or
+#                                           TRACE_VARIANTS; TRACE_SHAPES; about 40 s)
 #   bash bench/next_run.sh wx [OUTDIR]      build, the weight-only kernels' GPU tests
 #                                           (test_cuda_wxa16.py), `trace`, then every
 #                                           weight-only kernel's time at M = 16-64 on the
@@ -112,7 +112,7 @@ if [ "$WHAT" = wx ]; then
     >"$OUTDIR/wx_probe.log" 2>&1
   say "4 probe: rc $? in $((SECONDS - t)) s (wx_probe.log)"
   # FP8 / INT8 at M = 32-64 on K = 4096 weights of growing N: whether Triton's kernel leads
-  # the swap-AB GEMM beyond the one shape measured (bench/NOTES.md, "### Next", item 3).
+  # the swap-AB GEMM beyond the one shape first measured (bench/NOTES.md, "### Next").
   t=$SECONDS
   shapes=32x8192x4096,64x8192x4096,32x14336x4096,48x14336x4096,64x14336x4096
   (cd "${TMPDIR:-/tmp}" && timeout 60 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \

@@ -527,12 +527,16 @@ inline bool make_maps(CUtensorMap* w, CUtensorMap* x, const WXA16GemmArgs& p, in
                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
+// Whether the chunks' sums may stay in the tensor core (kAcc): one scale per row, or int4
+// groups whose scales are x's dtype (the prescale reads the scale bits as x's dtype).
+template <int Bits>
+inline bool sums_in_tensor_core(const WXA16GemmArgs& p) {
+  return p.group == 0 || (Bits == 4 && p.scale_dtype == p.x_dtype);
+}
+
 template <int Bits, typename T, int kN, bool kAcc>
 cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  // kAcc with groups multiplies the weights by the scales' bits as x's dtype: int4 with
-  // scales of that dtype only.
-  if (kAcc && p.group != 0 && (Bits != 4 || p.scale_dtype != p.x_dtype))
-    return cudaErrorInvalidValue;
+  if (kAcc && !sums_in_tensor_core<Bits>(p)) return cudaErrorInvalidValue;
   using C = Config<Bits, kN, kAcc>;
   const auto kernel = wxa16_wgmma_kernel<Bits, T, kN, kAcc>;
   const int64_t row_blocks = (p.N + kRows - 1) / kRows, token_tiles = (p.M + kN - 1) / kN;
@@ -585,7 +589,7 @@ constexpr int kN128Above = 128;
 // multiplies ahead of the wgmmas cost more than the promotion they spare).
 template <int Bits, typename T>
 cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
-  const bool acc = p.group == 0 || (Bits == 4 && p.scale_dtype == p.x_dtype);
+  const bool acc = sums_in_tensor_core<Bits>(p);
   if (p.M <= 32) {
     return p.group == 0 ? run<Bits, T, 32, true>(p, stream, plan)
                         : run<Bits, T, 32, false>(p, stream, plan);
