@@ -204,6 +204,40 @@ def test_w4a16_wgmma_kernel_large_m(m, group, symmetric, dtype):
 
 
 @gpu
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m", [65, 100, 128])
+def test_wgmma_kernels_take_128_token_tiles_on_wide_weights_from_m_65(m, bits):
+    """At M = 65-128 on a weight whose 64-token tiles would take more than one wave of CTAs,
+    the wgmma kernels take 128-token tiles summed in the tensor core (the last one partial
+    below M = 128): int4 with group scales of x's dtype and per channel, int8 per channel;
+    int8 groups (fp32 scales) keep 64-token tiles. N is ragged past the last 128-row block."""
+    from lowbit._backend import kernels
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("an sm_90a kernel")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    n, k, dtype = 64 * sms + 72, 512, torch.bfloat16
+    wgmma, = (kk for kk in kernels(f"w{bits}a16_gemm")
+              if kk.name == f"sm90_w{bits}a16_gemm_wgmma")
+    x = _x(m, k, dtype, seed=m)
+    if bits == 4:
+        w_full = (torch.randn(n, k, generator=_gen(7)) * 0.05).to(dtype)
+        for group in (128, -1):
+            q = lowbit.int4_quantize(w_full, group_size=group, symmetric=False)
+            w = q.to("cuda").prepack()
+            args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, None)
+            assert wgmma.supports(*args) is None
+            _check(wgmma.fn(*args), x.double() @ q.dequantize(torch.float64).cuda().T, dtype)
+        return
+    bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda()
+    for group in (0, 128):
+        q, s = _int8_weight(n, k, group)
+        args = (x, q, s, bias)
+        assert wgmma.supports(*args) is None
+        _check(wgmma.fn(*args), _int8_ref(x, q, s, bias), dtype)
+
+
+@gpu
 @pytest.mark.parametrize("name", ["sm90_w4a16_gemm_wgmma", "cuda_w4a16_gemm_wide"])
 @pytest.mark.parametrize("m", [1, 40, 64, 100])
 def test_w4a16_kernel_k_ends_mid_chunk(m, name):

@@ -575,18 +575,29 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, p));
 }
 
-// Where 128-token tiles start (kAcc): above M = 128; a build flag for bench/wxa16_ab.sh
-// to time them from lower M (the weight dequantized once where two 64-token tiles do it twice).
+// Whether 128-token tiles (kAcc) serve M: above M = 128, and from M = 65 where 64-token tiles
+// would take more than one wave of CTAs, the weight dequantized once where two 64-token
+// tiles do it twice (H100: 42.2 against 63.0 us at w4a16 128 x 14336 x 4096). Within one
+// wave the 64-token grid splits K less and leads (24.1 against 25.1 us at 128 x 4096 x 4096,
+// w8a16 23.0 against 27.8). LOWBIT_WXA16_N128_ABOVE, a build flag for bench/wxa16_ab.sh,
+// puts the start at a fixed M instead.
+inline bool takes_128_token_tiles(const WXA16GemmArgs& p) {
 #ifdef LOWBIT_WXA16_N128_ABOVE
-constexpr int kN128Above = LOWBIT_WXA16_N128_ABOVE;
+  return p.M > LOWBIT_WXA16_N128_ABOVE;
 #else
-constexpr int kN128Above = 128;
+  if (p.M <= 64) return false;
+  if (p.M > 128) return true;
+  int device = 0;
+  if (current_device(device) != cudaSuccess) return false;
+  const int64_t sms = sm_count(device) > 0 ? sm_count(device) : 132;
+  return (p.N + kRows - 1) / kRows * 2 > sms;
 #endif
+}
 
-// Token tiles: 32 up to M = 32, 64 up to M = 128, else 128 where the tensor core keeps the
-// sums (kAcc: 3 x 64 fp32 registers a thread, with partial tiles, would not fit). kAcc under
-// one scale per row, and for int4 groups with scales of x's dtype from 33 tokens (at 32 the
-// multiplies ahead of the wgmmas cost more than the promotion they spare).
+// Token tiles: 32 up to M = 32, 64 or 128 above (takes_128_token_tiles) where the tensor core
+// keeps the sums (kAcc: 3 x 64 fp32 registers a thread, with partial tiles, would not fit).
+// kAcc under one scale per row, and for int4 groups with scales of x's dtype from 33 tokens
+// (at 32 the multiplies ahead of the wgmmas cost more than the promotion they spare).
 template <int Bits, typename T>
 cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   const bool acc = sums_in_tensor_core<Bits>(p);
@@ -594,7 +605,7 @@ cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     return p.group == 0 ? run<Bits, T, 32, true>(p, stream, plan)
                         : run<Bits, T, 32, false>(p, stream, plan);
   }
-  if (p.M > kN128Above && acc) return run<Bits, T, 128, true>(p, stream, plan);
+  if (acc && takes_128_token_tiles(p)) return run<Bits, T, 128, true>(p, stream, plan);
   return acc ? run<Bits, T, 64, true>(p, stream, plan) : run<Bits, T, 64, false>(p, stream, plan);
 }
 
