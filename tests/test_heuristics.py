@@ -42,8 +42,7 @@ def test_int8_table_on_sm90(h100, op, m, first):
     (33, 4096, "sm90_w8a16_gemm_wgmma"), (17, 4097, "sm90_w8a16_gemm_wgmma"),
     (64, 14336, "sm90_w8a16_gemm_wgmma"),
     (128, 4096, "sm90_w8a16_gemm_wgmma"), (128, 14336, "sm90_w8a16_gemm_wgmma"),
-    (129, 4096, "cuda_w8a16_gemm_dequant"), (256, 4096, "cuda_w8a16_gemm_dequant"),
-    (129, 4097, "triton_w8a16_gemm"), (256, 14336, "triton_w8a16_gemm"),
+    (129, 4096, "sm90_w8a16_gemm_wgmma"), (256, 14336, "sm90_w8a16_gemm_wgmma"),
     (257, 14336, "cuda_w8a16_gemm_dequant"), (4096, 4096, "cuda_w8a16_gemm_dequant")])
 def test_w8a16_table_on_sm90(h100, m, n, first):
     """Decode to M = 16 on every weight and to 32 on weights of N <= 4096, else the wgmma

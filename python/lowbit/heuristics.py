@@ -22,17 +22,16 @@ wgmma kernel's rate on Hopper).
 w8a16_gemm on sm_90: the CUDA decode kernel at M <= 16 (ahead of Triton on every benchmark
 weight at M = 1, by 1.3-4.8x; Triton leads by 7% at 16 x 28672 x 8192) and at M = 17-32 on
 weights of N <= 4096 (19.0 against the wgmma kernel's 19.9 us at 32 x 4096 x 4096, 37.5
-against 38.8 at 32 x 4096 x 14336); the sm_90a wgmma kernel at M = 17-128 everywhere else
-(H100, 2026-12-06: 36.2 against decode's 39.1 and Triton's 45.7 us at 32 x 14336 x 4096; at
-M = 48-64 1.0-1.45x ahead of the next kernel on every benchmark weight, 39.7 against
-Triton's 49.2 at 64 x 14336 x 4096, 131.4 against 158.1 at 64 x 28672 x 8192; 25.3 against
-dequantize-then-cuBLAS's 36.6 at 128 x 4096 x 4096, level with Triton at 128 x 14336 x 4096).
-Above M = 128 the weight dequantized then cuBLAS (``cuda_w8a16_gemm_dequant``) leads on
-N <= 4096 (34.7 against Triton's 46.3 us at 256 x 4096 x 4096) and on every weight from
-M = 1024 (217.9 against 317.4 us at 1024 x 14336 x 4096, 2952 against 4758 at
-4096 x 28672 x 8192; 2026-12-05), while Triton keeps M = 129-256 on larger N (95.0 against
-121.4 us at 256 x 14336 x 4096), where the dequantization's fixed ~45 us is not yet paid
-back. The CUDA tiled kernel trails both.
+against 38.8 at 32 x 4096 x 14336); the sm_90a wgmma kernel at M = 17-256 everywhere else
+(H100, 2026-12-06: 35.3 against decode's 38.9 and Triton's 44.8 us at 32 x 14336 x 4096; at
+M = 48-64 1.0-1.45x ahead of the next kernel on every benchmark weight, 37.8 against
+Triton's 49.0 at 64 x 14336 x 4096, 115.3 against 156.6 at 64 x 28672 x 8192; 23.9 against
+Triton's dequantize-then-GEMM's 36.6 at 128 x 4096 x 4096, 32.5 against 40.3 at
+256 x 4096 x 4096, 82.7 against Triton's 91.3 at 256 x 14336 x 4096), Triton behind it.
+Above M = 256 the weight dequantized then cuBLAS (``cuda_w8a16_gemm_dequant``) leads
+(217.9 against Triton's 317.4 us at 1024 x 14336 x 4096, 2952 against 4758 at
+4096 x 28672 x 8192; 2026-12-05; level with Triton at 512 x 14336 x 4096, 160.0 against
+157.1 us). The CUDA tiled kernel trails both.
 
 w4a16_gemm: the weight's layout picks the backend (prepacked: the CUDA kernels; canonical:
 Triton, its fused kernel and its dequantize-then-GEMM kernel by their supports and
@@ -87,10 +86,8 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
             (16, ("cuda_w8a16_gemm_decode", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
             (32, ("cuda_w8a16_gemm_decode", "sm90_w8a16_gemm_wgmma", "triton_w8a16_gemm"),
              4096),
-            (128, ("sm90_w8a16_gemm_wgmma", "cuda_w8a16_gemm_decode", "triton_w8a16_gemm")),
-            (256, ("cuda_w8a16_gemm_dequant", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled"),
-             4096),
-            (256, ("triton_w8a16_gemm", "cuda_w8a16_gemm_dequant", "cuda_w8a16_gemm_tiled")),
+            (64, ("sm90_w8a16_gemm_wgmma", "cuda_w8a16_gemm_decode", "triton_w8a16_gemm")),
+            (256, ("sm90_w8a16_gemm_wgmma", "triton_w8a16_gemm", "cuda_w8a16_gemm_dequant")),
             (None, ("cuda_w8a16_gemm_dequant", "triton_w8a16_gemm", "cuda_w8a16_gemm_tiled")),
         ),
     },
