@@ -37,10 +37,10 @@ w4a16_gemm: the weight's layout picks the backend (prepacked: the CUDA kernels; 
 Triton, its fused kernel and its dequantize-then-GEMM kernel by their supports and
 priorities). On sm_90 the CUDA decode kernel leads to M = 32 (14.4 against the wgmma
 kernel's 15.9 us at 16 x 4096 x 4096, 30.8 against 32.8 at 32 x 14336 x 4096; level at
-32 x 4096 x 4096), the sm_90a wgmma kernel at M = 33-256 (H100, 2026-12-06: 37.8 against
-decode's 53.8 and the wide kernel's 48.2 us at 64 x 14336 x 4096, 126.5 against 169.3 at
-64 x 28672 x 8192, 20.4 against 21.3 at 64 x 4096 x 4096; 70.8 and 82.1 against
-dequantize-then-cuBLAS's 116.5 and 123.6 at 128 and 256 x 14336 x 4096), decode or the
+32 x 4096 x 4096), the sm_90a wgmma kernel at M = 33-256 (H100, 2026-12-06: 35.5 against
+decode's 53.8 and the wide kernel's 47.7 us at 64 x 14336 x 4096, 118.6 against 168.5 at
+64 x 28672 x 8192, 19.0 against 20.5 at 64 x 4096 x 4096; 42.5 and 82.0 against
+dequantize-then-cuBLAS's 117.0 and 123.0 at 128 and 256 x 14336 x 4096), decode or the
 dequantize path behind it for the group size it declines (32). Above M = 256 the
 dequantize-then-cuBLAS kernel, by the M ranges. N is read from the scales (the prepacked
 qweight is 4-D).
