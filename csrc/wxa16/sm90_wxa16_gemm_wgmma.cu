@@ -575,18 +575,21 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, p));
 }
 
-// Whether 128-token tiles (kAcc) serve M: above M = 128, and from M = 65 where 64-token tiles
-// would take more than one wave of CTAs, the weight dequantized once where two 64-token
-// tiles do it twice (H100: 42.2 against 63.0 us at w4a16 128 x 14336 x 4096). Within one
-// wave the 64-token grid splits K less and leads (24.1 against 25.1 us at 128 x 4096 x 4096,
-// w8a16 23.0 against 27.8). LOWBIT_WXA16_N128_ABOVE, a build flag for bench/wxa16_ab.sh,
-// puts the start at a fixed M instead.
+// Whether 128-token tiles (kAcc) serve M: above M = 128, and from M = 65 for int4, whose
+// dequantization the larger tile does once where two 64-token tiles do it twice (H100,
+// w4a16: 42.2 against 63.0 us at 128 x 14336 x 4096, 45.5 against 57.2 at 128 x 4096 x
+// 14336, 25.1 against 24.1 at 128 x 4096 x 4096). int8, with twice the bytes a chunk and
+// less dequantization, only where 64-token tiles would take more than one wave of CTAs
+// (46.6 against 57.7 us at 128 x 14336 x 4096); within one wave the 64-token grid splits K
+// less and leads (31.9 against 36.9 us at 128 x 8192 x 4096). LOWBIT_WXA16_N128_ABOVE, a
+// build flag for bench/wxa16_ab.sh, puts the start at a fixed M instead.
+template <int Bits>
 inline bool takes_128_token_tiles(const WXA16GemmArgs& p) {
 #ifdef LOWBIT_WXA16_N128_ABOVE
   return p.M > LOWBIT_WXA16_N128_ABOVE;
 #else
   if (p.M <= 64) return false;
-  if (p.M > 128) return true;
+  if (p.M > 128 || Bits == 4) return true;
   int device = 0;
   if (current_device(device) != cudaSuccess) return false;
   const int64_t sms = sm_count(device) > 0 ? sm_count(device) : 132;
@@ -605,7 +608,7 @@ cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     return p.group == 0 ? run<Bits, T, 32, true>(p, stream, plan)
                         : run<Bits, T, 32, false>(p, stream, plan);
   }
-  if (acc && takes_128_token_tiles(p)) return run<Bits, T, 128, true>(p, stream, plan);
+  if (acc && takes_128_token_tiles<Bits>(p)) return run<Bits, T, 128, true>(p, stream, plan);
   return acc ? run<Bits, T, 64, true>(p, stream, plan) : run<Bits, T, 64, false>(p, stream, plan);
 }
 
