@@ -21,7 +21,6 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 import lowbit  # noqa: E402
 from lowbit._backend import kernels  # noqa: E402
 from lowbit.triton_kernels import heuristics, wxa16_gemm  # noqa: E402
-from lowbit.backends.triton import dequant_min_m  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("triton_interpreter")]
 HALF = (torch.bfloat16, torch.float16)
@@ -217,13 +216,13 @@ def test_int8_dequantized_weight_is_exact(group_size, dtype):
     assert torch.equal(got.cpu(), want.cpu())
 
 
-@pytest.mark.parametrize("m", [33, 70])
+@pytest.mark.parametrize("m", [65, 70])
 @pytest.mark.parametrize("group_size", [32, -1], ids=["g32", "channel"])
 @pytest.mark.parametrize("perm", [False, True], ids=["", "actorder"])
 @half
 def test_w4a16_dequant_kernel(m, group_size, perm, dtype):
-    """Above M = 32 on a small weight the Triton backend dequantizes the weight and multiplies
-    in x's dtype; a bias of another dtype is added in fp32. Act order gathers x's columns."""
+    """Above M = 64 the Triton backend dequantizes the weight and multiplies in x's dtype; a
+    bias of another dtype is added in fp32. Act order gathers x's columns."""
     n, k = 24, 256
     iw = int4_weight(n, k, group_size, False, dtype, perm)
     x = activations(m, k, dtype)
@@ -277,18 +276,13 @@ def test_dequant_kernels_decline_the_decode_range_and_fp32():
     iw = int4_weight(8, 128, 32, True, torch.bfloat16)
     k4 = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")
     args = (iw.qweight, iw.scales, iw.zeros, 32, None, None)
-    assert "M = 32" in k4.supports(activations(32, 128, torch.bfloat16), *args)
-    assert k4.supports(activations(33, 128, torch.bfloat16), *args) is None
-    assert "float32" in k4.supports(activations(33, 128, torch.float32), *args)
+    assert "M = 64" in k4.supports(activations(64, 128, torch.bfloat16), *args)
+    assert k4.supports(activations(65, 128, torch.bfloat16), *args) is None
+    assert "float32" in k4.supports(activations(65, 128, torch.float32), *args)
     q, s = int8_weight(8, 128, 0)
     k8 = _kernel("w8a16_gemm", "triton_w8a16_gemm_dequant")
     assert "M = 64" in k8.supports(activations(64, 128, torch.bfloat16), q, s, None)
     assert k8.supports(activations(65, 128, torch.bfloat16), q, s, None) is None
-    # Past 4096 x 4096 the fused int4 kernel keeps M = 33-64 (it leads there); int8 keeps
-    # M <= 64 on every weight.
-    assert [dequant_min_m("w4a16_gemm", n, k) for n, k in
-            ((4096, 4096), (14336, 4096), (4096, 14336))] == [33, 65, 65]
-    assert dequant_min_m("w8a16_gemm", 4096, 4096) == 65
     # The fused kernel still serves every M when pinned, and fp32 activations above M = 16.
     x32 = activations(17, 128, torch.float32)
     assert lowbit.explain(lowbit.w4a16_gemm, x32, iw, backend="triton").kernel == \
@@ -347,6 +341,19 @@ def test_table_fits_and_respects_groups():
             for bits in (4, 8):  # within the 99 KB of an sm_86 / sm_89 card
                 assert heuristics.wxa16_smem_bytes(cfg, bits) <= 96 * 1024, cfg
     assert heuristics.wxa16_gemm_config(1, 3, 128, 0).block_n == 16
+
+
+def test_tiles_cover_the_sms_above_the_decode_regime():
+    """Without a K split, BLOCK_N halves (to 32 at least) while the tiles number fewer than
+    the SMs; the decode regime splits K instead and keeps the table's tile."""
+    cfg = heuristics.wxa16_gemm_config
+    table_n = cfg(64, 14336, 4096, 128).block_n
+    assert table_n == 64
+    assert cfg(64, 14336, 4096, 128, sm_count=132).block_n == 64  # 224 tiles
+    assert cfg(64, 4096, 4096, 128, sm_count=132).block_n == 32  # 64 tiles at 64 wide
+    assert cfg(64, 4096, 4096, 128).block_n == 64  # no SM count: the table's
+    assert cfg(40, 100, 4096, 0, sm_count=132).block_n == 32  # the floor
+    assert cfg(16, 4096, 4096, 128, sm_count=132) == cfg(16, 4096, 4096, 128)
 
 
 # --------------------------------------------------------------------- the registry

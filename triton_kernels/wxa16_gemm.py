@@ -31,7 +31,8 @@ Regimes, by M (``heuristics.WXA16_GEMM_TABLE``):
   Each split writes its fp32 partial tile to a workspace [SPLIT, M, N]; a second kernel
   sums the splits in split order, adds the bias and rounds once. No atomics: the result is
   the same bits on every run.
-- tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K.
+- tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K; N
+  tiles narrowed (to 32) while they number fewer than the SMs.
 
 Above the decode regime the weight can instead be dequantized to x's dtype by
 ``_wxa16_dequant_kernel`` (``wxa16_dequant_launcher``) for a dense GEMM to multiply: the
@@ -383,9 +384,10 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
             torch.zeros(shape, dtype=dtype, device=dev) if bias is None
             else bias.to(dtype).expand(shape).clone())
     interp = _interpreting()
+    sms = INTERPRET_SMS if interp else _sm_count(device_index(x.device))
     cfg = config if config is not None else wxa16_gemm_config(
         m, n, k, group_size, bits, x.element_size(),
-        None if interp else smem_per_block(device_index(x.device)))
+        None if interp else smem_per_block(device_index(x.device)), sms)
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
     if group_size and group_size % bk:
         raise ValueError(f"BLOCK_K = {bk} must divide the group size {group_size}")
@@ -396,7 +398,6 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
         if not decode:
             split_k = 1
         else:
-            sms = INTERPRET_SMS if interp else _sm_count(device_index(x.device))
             # Scales apply per K-step, so a split may end anywhere, even inside a group.
             split_k = wxa16_split_k(tiles, steps, sms)
     per_split = max(triton.cdiv(steps, max(split_k, 1)), 1)

@@ -370,27 +370,18 @@ def _prepare_w8a16_gemm(x, w, w_scale, bias):
 # as the CUDA backend's ``*_dequant`` kernels do above M = 64. The fused Triton kernel
 # converts the weight per output tile, so its cost grows with the M tiles; the dequantized
 # path pays a fixed write and read of the whole weight in x's dtype (2 bytes a weight) and
-# then runs at cuBLAS's rate. Where they cross (H100, 2026-12-05, bench/NOTES.md): int4 at
-# 64 x 4096 x 4096 33.4 us dequantized against 47.6 fused, level at M = 32; at
-# 64 x 14336 x 4096 and 64 x 28672 x 8192 the fused kernel is 2.0-2.5x ahead (58 against
-# 116 us, 171 against 432); both weight types' dequantized path leads from M = 256 on every
-# shape measured. So: from M = 65, and from M = 33 on weights of at most 4096 x 4096.
+# then runs at cuBLAS's rate. Where they cross (H100, bench/NOTES.md): with the fused
+# kernel's M = 17-64 configs of 2026-12-06 it leads at M = 64 on every weight measured
+# (int4 group 128: 26.7 against 30.8 us at 64 x 4096 x 4096; 49.3 at 64 x 14336 x 4096,
+# where the dequantized path took 116 on 2026-12-05); both weight types' dequantized path leads from M = 256 on every shape
+# measured (2026-12-05). So: from M = 65.
 DEQUANT_MIN_M = {"w4a16_gemm": 65, "w8a16_gemm": 65}
-DEQUANT_SMALL_WEIGHT = (33, 4096 * 4096)  # (from this M, on weights of at most N x K)
 
 
-def dequant_min_m(op: str, n: int, k: int) -> int:
-    """The first M at which ``op``'s dequantize-then-GEMM kernel takes an N x K weight."""
+def _dequant_reason(op: str, x) -> Optional[str]:
     lo = DEQUANT_MIN_M[op]
-    if op == "w4a16_gemm" and n * k <= DEQUANT_SMALL_WEIGHT[1]:
-        lo = min(lo, DEQUANT_SMALL_WEIGHT[0])
-    return lo
-
-
-def _dequant_reason(op: str, x, n: int) -> Optional[str]:
-    lo = dequant_min_m(op, n, x.shape[1])
     if x.shape[0] < lo:
-        return f"M = {x.shape[0]} is below {lo}: the fused kernel's range for this weight"
+        return f"M = {x.shape[0]} is below {lo}: the fused kernel's range"
     if x.dtype not in (torch.bfloat16, torch.float16):
         return f"dequantizes to x's dtype, bfloat16 or float16; got {x.dtype}"
     return _device_reason(x)
@@ -449,8 +440,7 @@ def _prepare_w8a16_dequant(x, w, w_scale, bias):
 
 @register_kernel("w4a16_gemm", "triton", "triton_w4a16_gemm_dequant",
                  supports=lambda x, qweight, *_: (_canonical_reason(x, qweight)
-                                                  or _dequant_reason("w4a16_gemm", x,
-                                                                     qweight.shape[0])),
+                                                  or _dequant_reason("w4a16_gemm", x)),
                  available=available, priority=PRIORITY + 1, prepare=_prepare_w4a16_dequant)
 def w4a16_gemm_dequant(x, qweight, scales, zeros, group_size, perm, bias):
     return _prepare_w4a16_dequant(x, qweight, scales, zeros, group_size, perm, bias)(
@@ -458,7 +448,7 @@ def w4a16_gemm_dequant(x, qweight, scales, zeros, group_size, perm, bias):
 
 
 @register_kernel("w8a16_gemm", "triton", "triton_w8a16_gemm_dequant",
-                 supports=lambda x, w, *_: _dequant_reason("w8a16_gemm", x, w.shape[0]),
+                 supports=lambda x, w, *_: _dequant_reason("w8a16_gemm", x),
                  available=available, priority=PRIORITY + 1, prepare=_prepare_w8a16_dequant)
 def w8a16_gemm_dequant(x, w, w_scale, bias):
     return _prepare_w8a16_dequant(x, w, w_scale, bias)(x, w, w_scale, bias)
