@@ -1,6 +1,7 @@
 """Tile configs of the Triton weight-only GEMM (triton_kernels/wxa16_gemm.py) at M = 17-64,
-where its table (heuristics.WXA16_GEMM_TABLE, written without a GPU) runs 1.6-2.0x the CUDA
-backend's time against issue 15's 1.5x. One GPU:
+against its table (heuristics.WXA16_GEMM_TABLE, whose M = 17-64 row came from this sweep's
+first run: bench/NOTES.md, 2026-12-06) and the CUDA backend (issue 15 asks the Triton rows
+within 1.5x of CUDA's time). One GPU:
 
     python -m bench.sweep_triton_wxa16 [--shapes 32x4096x4096,...] [--bits 4,8] [--rep-ms 30]
 
