@@ -344,8 +344,9 @@ def test_table_fits_and_respects_groups():
 
 
 def test_tiles_cover_the_sms_above_the_decode_regime():
-    """Without a K split, BLOCK_N halves (to 32 at least) while the tiles number fewer than
-    the SMs; the decode regime splits K instead and keeps the table's tile."""
+    """At M = 17-64 (no K split) BLOCK_N halves (to 32 at least) while the tiles number fewer
+    than the SMs; the decode regime splits K instead and keeps the table's tile, and the
+    rows above M = 64 (not yet swept) keep theirs."""
     cfg = heuristics.wxa16_gemm_config
     table_n = cfg(64, 14336, 4096, 128).block_n
     assert table_n == 64
@@ -354,6 +355,7 @@ def test_tiles_cover_the_sms_above_the_decode_regime():
     assert cfg(64, 4096, 4096, 128).block_n == 64  # no SM count: the table's
     assert cfg(40, 100, 4096, 0, sm_count=132).block_n == 32  # the floor
     assert cfg(16, 4096, 4096, 128, sm_count=132) == cfg(16, 4096, 4096, 128)
+    assert cfg(65, 4096, 4096, 128, sm_count=132) == cfg(65, 4096, 4096, 128)
 
 
 # --------------------------------------------------------------------- the registry

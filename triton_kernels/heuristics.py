@@ -192,14 +192,16 @@ def int8_gemm_config(m: int, n: int, k: int, smem_limit: Optional[int] = None) -
 # By M bucket, one config for the weight-only kernel (wxa16_gemm.py, int4 and int8 weights
 # alike). M <= WXA16_DECODE_MAX_M is the decode regime: a weight stream split along K
 # (``wxa16_split_k``) so one row keeps every SM busy; narrow N tiles, BLOCK_M = 16 (tl.dot's
-# least), deep pipelines. Larger M tiles without a split, BLOCK_N halved (to 32 at least)
-# while the grid has fewer tiles than the card has SMs. BLOCK_K is capped at the group
+# least), deep pipelines. Larger M tiles without a split; at M = 17-64 (the rows swept)
+# BLOCK_N halved (to 32 at least) while the grid has fewer tiles than the card has SMs.
+# BLOCK_K is capped at the group
 # size by the launcher (each K-step lies in one scale group). M = 17-64 is from
 # bench/sweep_triton_wxa16.py (H100, 2026-12-06, int4 group 128 and int8 per channel, bf16;
 # bench/NOTES.md): 128-wide K-steps and 4 stages, 64-wide N tiles at N = 14336 and 32-wide at
 # 4096 come within 4% of the best of 72-108 configs on each of six shapes, where the 64-wide
 # K-steps ran 1.2-3.8x slower. The other rows are not yet tuned on a GPU.
 WXA16_DECODE_MAX_M = 16
+WXA16_NARROW_MAX_M = 64
 WXA16_GEMM_TABLE: List[tuple] = [
     (WXA16_DECODE_MAX_M, GemmConfig(16, 64, 128, 1, 4, 4)),
     (64, GemmConfig(64, 64, 128, 8, 4, 4)),
@@ -216,13 +218,12 @@ def wxa16_gemm_config(m: int, n: int, k: int, group_size: int, bits: int = 4,
     """The table's config for x [m, k] (``x_bytes`` an element) times a ``bits``-bit weight
     [n, k] quantized in groups of ``group_size`` along K (0: per channel), shrunk to the
     problem and to ``smem_limit`` bytes (wxa16_fit_smem); BLOCK_K never exceeds the group, so
-    a K-step never straddles two scales. Above the decode regime (no K split), with
-    ``sm_count`` given, BLOCK_N is halved (to 32 at least) while the tiles number fewer than
-    the SMs."""
+    a K-step never straddles two scales. At M = 17-64 (no K split), with ``sm_count`` given,
+    BLOCK_N is halved (to 32 at least) while the tiles number fewer than the SMs."""
     cfg = _table_config(WXA16_GEMM_TABLE, "wxa16", m, n, k, 0, None)
     if group_size and cfg.block_k > group_size:
         cfg = cfg._replace(block_k=group_size)
-    if sm_count and m > WXA16_DECODE_MAX_M:
+    if sm_count and WXA16_DECODE_MAX_M < m <= WXA16_NARROW_MAX_M:
         while cfg.block_n > 32 and -(-m // cfg.block_m) * -(-n // cfg.block_n) < sm_count:
             cfg = cfg._replace(block_n=cfg.block_n // 2)
     if smem_limit is not None:

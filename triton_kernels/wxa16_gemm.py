@@ -31,8 +31,8 @@ Regimes, by M (``heuristics.WXA16_GEMM_TABLE``):
   Each split writes its fp32 partial tile to a workspace [SPLIT, M, N]; a second kernel
   sums the splits in split order, adds the bias and rounds once. No atomics: the result is
   the same bits on every run.
-- tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K; N
-  tiles narrowed (to 32) while they number fewer than the SMs.
+- tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K; at
+  M <= 64 N tiles narrowed (to 32) while they number fewer than the SMs.
 
 Above the decode regime the weight can instead be dequantized to x's dtype by
 ``_wxa16_dequant_kernel`` (``wxa16_dequant_launcher``) for a dense GEMM to multiply: the

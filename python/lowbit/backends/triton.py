@@ -373,8 +373,8 @@ def _prepare_w8a16_gemm(x, w, w_scale, bias):
 # then runs at cuBLAS's rate. Where they cross (H100, bench/NOTES.md): with the fused
 # kernel's M = 17-64 configs of 2026-12-06 it leads at M = 64 on every weight measured
 # (int4 group 128: 26.7 against 30.8 us at 64 x 4096 x 4096; 49.3 at 64 x 14336 x 4096,
-# where the dequantized path took 116 on 2026-12-05); both weight types' dequantized path leads from M = 256 on every shape
-# measured (2026-12-05). So: from M = 65.
+# where the dequantized path took 116 on 2026-12-05); both weight types' dequantized path
+# leads from M = 256 on every shape measured (2026-12-05). So: from M = 65.
 DEQUANT_MIN_M = {"w4a16_gemm": 65, "w8a16_gemm": 65}
 
 
