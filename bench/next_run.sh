@@ -34,6 +34,11 @@
 #   bash bench/next_run.sh wxsweep [OUTDIR] build, then bench/sweep_triton_wxa16.py (the
 #                                           Triton weight-only GEMM's configs at M = 32-64;
 #                                           WXSWEEP_ARGS, e.g. "--bits 4"; 450 s at most)
+#   bash bench/next_run.sh triton [OUTDIR]  build, the weight-only GPU tests (Triton and CUDA),
+#                                           `lowbit bench --kernels` on the weight-only ops
+#                                           (every kernel's row: Triton against CUDA), then
+#                                           bench/sweep_triton_wxa16.py on the rows not yet
+#                                           swept (TSWEEP_SHAPES; about 450 s in all)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -43,15 +48,12 @@
 # OUTDIR defaults to $OUT, else ./gpu_out. Each step writes under OUTDIR as it goes and runs
 # under a timeout; summary.txt gets a line per step. SKIP_BUILD=1: no build first (the
 # package an earlier step installed, e.g. `stages`, which ends on the default build). The
-# next session's first call, about 350 s, with a copy of 5c869f8's kernel in an untracked
-# folder of the tree (P/wxa16/sm90_wxa16_gemm_wgmma.cu and P/wxa16/wxa16_gemm.cuh, from
-# `git show`) to A/B against (bench/NOTES.md, "### Next", item 1):
-#   TRACE_VARIANTS="tree P:-DAB_WGMMA tree:-DAB_WGMMA tree:-DAB_WGMMA,-DLOWBIT_WXA16_N128_ABOVE=64
-#   P:-DAB_WGMMA,-DLOWBIT_WXA16_PRESCALE64" bash bench/next_run.sh wx $OUT
+# next session's first call (bench/NOTES.md, "### Next", item 1): `bash bench/next_run.sh
+# triton $OUT`, about 450 s.
 set -u
 WHAT=${1:-suite}
 case $WHAT in
-  suite | forms | probe | trace | wx | stages | swtrace | wxsweep | race) ;;
+  suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -193,6 +195,30 @@ if [ "$WHAT" = forms ] || [ "$WHAT" = probe ]; then
     say "3 probe rows=${r:-auto}: in $((SECONDS - t)) s"
   done
   [ "$WHAT" = forms ] && exit 0
+fi
+
+if [ "$WHAT" = triton ]; then
+  # Time limits within one 600 s call: build 200, tests 120, bench 90, sweep the rest.
+  t=$SECONDS
+  build_with "" "$OUTDIR/build_triton.log"
+  rc=$?
+  say "1 build: rc $rc in $((SECONDS - t)) s"
+  [ "$rc" = 0 ] || { tail -n 20 "$OUTDIR/build_triton.log"; exit 1; }
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 120 $PY -m pytest -q -n 10 -p no:cacheprovider \
+     "$R/tests/test_triton_wxa16.py" "$R/tests/test_cuda_wxa16.py") >"$OUTDIR/tests.log" 2>&1
+  say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/tests.log" | tail -n 1)"
+  t=$SECONDS
+  shapes=1x4096x4096,16x14336x4096,32x4096x4096,64x4096x4096,64x14336x4096,64x28672x8192
+  (cd "${TMPDIR:-/tmp}" && timeout 90 lowbit bench --op w4a16_gemm,w8a16_gemm --kernels \
+     --no-host --shapes "$shapes,128x14336x4096" --out "$OUTDIR/bench") >"$OUTDIR/bench.log" 2>&1
+  say "3 bench: rc $? in $((SECONDS - t)) s (bench.log)"
+  t=$SECONDS
+  (cd "$R" && timeout "${TSWEEP_S:-150}" $PY -m bench.sweep_triton_wxa16 --rep-ms 12 \
+     --shapes "${TSWEEP_SHAPES:-64x28672x8192,128x4096x4096,128x14336x4096}") \
+    >"$OUTDIR/tsweep.txt" 2>&1
+  say "4 sweep: rc $? in $((SECONDS - t)) s: $(grep -c BEST "$OUTDIR/tsweep.txt") shapes done"
+  exit 0
 fi
 
 if [ "$WHAT" = wxsweep ]; then
