@@ -20,6 +20,8 @@ import argparse
 import itertools
 from typing import Iterator, List, Optional, Tuple
 
+import torch
+
 import lowbit  # noqa: F401  (registers the kernels)
 from lowbit.bench.cases import OPS, error_text, rel_err
 from lowbit.bench.timing import bench, require_cuda
@@ -74,10 +76,12 @@ def calls(bits: int, m: int, n: int, k: int) -> Tuple[dict, Iterator]:
         def triton(cfg, split):
             return lambda: wxa16_gemm.w8a16_gemm(x, w, ws, config=cfg, split_k=split)
 
-    table_cfg = wxa16_gemm_config(m, n, k, group)
-    # The Triton backend's own choice may be its dequantize-then-GEMM kernel (from M = 33 on
-    # int4 weights of at most 4096 x 4096, lowbit/backends/triton.py); the fused kernel with
-    # the table's config is the sweep's baseline.
+    # The config the launcher picks (N tiles narrowed to cover the SMs at M = 17-64).
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    table_cfg = wxa16_gemm_config(m, n, k, group, sm_count=sms)
+    # The Triton backend's own choice may be its dequantize-then-GEMM kernel (above M = 64,
+    # lowbit/backends/triton.py); the fused kernel with the table's config is the sweep's
+    # baseline.
     anchors = {"CUDA auto": cuda, "Triton auto": triton_auto, "F.linear bf16": w_bf16.fn,
                f"table {name(table_cfg, None)}": triton(None, None)}
     sweep = ((name(c, s), triton(c, s)) for c in candidates(m, bits, group) for s in SPLITS)

@@ -607,6 +607,8 @@ def empty_quant_inputs(granularity, group_size, device="cpu"):
 GPU_TARGETS = {"sm90": ("cuda", 90, 32), "sm80": ("cuda", 80, 32),
                "gfx942": ("hip", "gfx942", 64), "gfx950": ("hip", "gfx950", 64)}
 SMEM_LIMIT = {"sm90": 232448, "sm80": 166912, "gfx942": 65536, "gfx950": 163840}
+# SMs (CUs) of each target's flagship card: H100 SXM, A100, MI300X, MI355X.
+SM_COUNT = {"sm90": 132, "sm80": 108, "gfx942": 304, "gfx950": 256}
 
 
 def compile_kernel(kernel, target, signature: dict, constexprs: dict, aligned=(),

@@ -148,7 +148,7 @@ def test_w4a16_tiled_kernel(m, group, symmetric):
 @pytest.mark.parametrize("name", ["sm90_w4a16_gemm_wgmma", "cuda_w4a16_gemm_wide"])
 def test_w4a16_pinned_kernel(name, m, n, k, group, symmetric, dtype):
     """Kernels no call picks yet, called directly: the sm_90a wgmma kernel (the decode
-    kernel's fragments as wgmma's register operand; 32- and 64-token tiles) and the wide
+    kernel's fragments as wgmma's register operand; 32-, 64- and 128-token tiles) and the wide
     mma.sync kernel (64-token tiles, M <= 128): one row block with rows past N and a K too
     short to split (8 x 128), several token tiles and a K split (4096 x 4096), K = 4224 (the
     wide kernel's last stage two chunks long), rows past M; a prepared launch of the same

@@ -46,8 +46,7 @@ def test_int8_table_on_sm90(h100, op, m, first):
     (257, 14336, "cuda_w8a16_gemm_dequant"), (4096, 4096, "cuda_w8a16_gemm_dequant")])
 def test_w8a16_table_on_sm90(h100, m, n, first):
     """Decode to M = 16 on every weight and to 32 on weights of N <= 4096, else the wgmma
-    kernel to M = 128; above it dequantize-then-cuBLAS, but for M <= 256 on weights of
-    N > 4096 (Triton)."""
+    kernel to M = 256; above it dequantize-then-cuBLAS."""
     order = heuristics.preferred("w8a16_gemm", torch.device("cuda", 0), _args(m, n))
     assert order[0] == first
     from lowbit._backend import kernels

@@ -22,7 +22,7 @@ import json
 
 import pytest
 import torch
-from lowbit_testing import (GPU_TARGETS as TARGETS, SMEM_LIMIT as SMEM,
+from lowbit_testing import (GPU_TARGETS as TARGETS, SM_COUNT as SMS, SMEM_LIMIT as SMEM,
                             call_in_fresh_process, compile_kernel)
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
@@ -210,7 +210,8 @@ def _large_tiles(spec: dict, target: str) -> list:
     """A GEMM launch again with the tiles the host code picks for full-size problems on
     ``target`` (its table's configs fitted to the chip's shared memory: MI300 has 64 KB,
     not an H100's 227): M = 1 and 64 where the launch is a decode one (the weight-only
-    GEMM's split), else M = 64 and 4096, on a 4096 x 4096 weight."""
+    GEMM's split), else M = 64 and 4096, on a 4096 x 4096 weight (the weight-only GEMM's
+    also with its N tiles narrowed to the target's SM count)."""
     from lowbit.triton_kernels import heuristics as H
 
     consts, name, smem = spec["constexprs"], spec["name"], SMEM[target]
@@ -223,8 +224,9 @@ def _large_tiles(spec: dict, target: str) -> list:
     elif name == "_wxa16_kernel":
         group = 0 if consts["PER_CHANNEL"] else 64  # the recorded weights' groups
         x_bytes = 4 if consts["FP32_DOT"] else 2
-        cfgs = [H.wxa16_gemm_config(m, 4096, 4096, group, consts["BITS"], x_bytes, smem)
-                for m in ((1, 16) if consts["PARTIAL"] else (64, 4096))]
+        cfgs = [H.wxa16_gemm_config(m, 4096, 4096, group, consts["BITS"], x_bytes, smem, sms)
+                for m in ((1, 16) if consts["PARTIAL"] else (64, 4096))
+                for sms in (None, SMS[target])]
     else:
         return _gpu_quantizer_tiles(spec)
     forms = []

@@ -252,7 +252,7 @@ def test_dequant_prepared_call_gathers_each_calls_perm():
     iw = int4_weight(24, 256, 32, False, torch.float16, perm=True, seed=31)
     other = torch.randperm(256, generator=gen(32)).to(iw.perm.device)
     kernel = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")
-    x = activations(33, 256, torch.float16, seed=33)
+    x = activations(65, 256, torch.float16, seed=33)
     args = (x, iw.qweight, iw.scales, iw.zeros, iw.group_size, iw.perm, None)
     run = kernel.prepare(*args)
     check(run(*args), expected(x, int4_dense(iw), None, iw.perm), torch.float16, "first")

@@ -194,8 +194,7 @@ def int8_gemm_config(m: int, n: int, k: int, smem_limit: Optional[int] = None) -
 # (``wxa16_split_k``) so one row keeps every SM busy; narrow N tiles, BLOCK_M = 16 (tl.dot's
 # least), deep pipelines. Larger M tiles without a split; at M = 17-64 (the rows swept)
 # BLOCK_N halved (to 32 at least) while the grid has fewer tiles than the card has SMs.
-# BLOCK_K is capped at the group
-# size by the launcher (each K-step lies in one scale group). M = 17-64 is from
+# BLOCK_K is capped at the group size (each K-step lies in one scale group). M = 17-64 is from
 # bench/sweep_triton_wxa16.py (H100, 2026-12-06, int4 group 128 and int8 per channel, bf16;
 # bench/NOTES.md): 128-wide K-steps and 4 stages, 64-wide N tiles at N = 14336 and 32-wide at
 # 4096 come within 4% of the best of 72-108 configs on each of six shapes, where the 64-wide

@@ -29,8 +29,8 @@
 // groups with scales of x's dtype, the weights multiplied by their scales in registers as the
 // dequantize-then-GEMM path's weights are), or each chunk's wgmmas write a zeroed partial
 // tile that is added to the fp32 accumulator times the rows' scales once the next chunk's
-// wgmmas are in flight (two partial tiles, as the FP8 kernels promote). Above 128 tokens,
-// under kAcc alone, 128-token tiles (run_of).
+// wgmmas are in flight (two partial tiles, as the FP8 kernels promote). Under kAcc alone,
+// 128-token tiles from M = 65 where they pay (takes_128_token_tiles).
 //
 // Grid: (row blocks of 128 x token tiles, K splits); the token tiles of a row block are
 // adjacent, so they read its weight from L2 after the first. K splits use the decode

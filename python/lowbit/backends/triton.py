@@ -19,7 +19,7 @@ Kernels (op: name):
 - int8_mm: triton_int8_mm
 - int8_gemm: triton_int8_gemm
 - w4a16_gemm: triton_w4a16_gemm (the canonical int4 layout only), triton_w4a16_gemm_dequant
-  (the same layout, above the decode regime: dequantized, then torch's GEMM)
+  (the same layout, above M = 64: dequantized, then torch's GEMM)
 - w8a16_gemm: triton_w8a16_gemm, triton_w8a16_gemm_dequant
 - int4_quantize: triton_int4_quantize (bit-exact with the reference, as the CUDA kernel)
 """
