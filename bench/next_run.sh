@@ -70,6 +70,19 @@ build_with() {
   LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} timeout 200 $PY -m pip install \
     --no-build-isolation -q -C "cmake.define.CMAKE_CUDA_FLAGS=$1" . >>"$2" 2>&1
 }
+# Summary step 1: the default build, its log $1 (none under SKIP_BUILD). A failed build ends
+# the run with the log's tail: the steps after would time the package an earlier call installed.
+first_build() {
+  if [ -n "${SKIP_BUILD:-}" ]; then
+    say "1 build: skipped (SKIP_BUILD)"
+    return
+  fi
+  local t=$SECONDS rc
+  build_with "" "$1"
+  rc=$?
+  say "1 build: rc $rc in $((SECONDS - t)) s"
+  [ "$rc" = 0 ] || { tail -n 20 "$1"; exit 1; }
+}
 
 # The wgmma weight-only kernel's trace (bench/wxa16_ab.sh, no package build), as summary
 # step $1. Where the wgmma W4A16 / W8A16 kernel's time goes (issue 15's M = 64): decode, the
@@ -91,16 +104,7 @@ fi
 
 if [ "$WHAT" = wx ]; then
   # Time limits within one 600 s call: build 200, tests 110, trace 120, probes 100 + 60.
-  if [ -n "${SKIP_BUILD:-}" ]; then
-    say "1 build: skipped (SKIP_BUILD)"
-  else
-    t=$SECONDS
-    build_with "" "$OUTDIR/build_wx.log"
-    rc=$?
-    say "1 build: rc $rc in $((SECONDS - t)) s"
-    # The tests and the probe would time the package an earlier call installed.
-    [ "$rc" = 0 ] || { tail -n 20 "$OUTDIR/build_wx.log"; exit 1; }
-  fi
+  first_build "$OUTDIR/build_wx.log"
   t=$SECONDS
   (cd "${TMPDIR:-/tmp}" && timeout "${WX_TEST_S:-110}" $PY -m pytest -q -x -n 8 \
      -p no:cacheprovider "$R/tests/test_cuda_wxa16.py") >"$OUTDIR/wx_tests.log" 2>&1
@@ -120,6 +124,26 @@ if [ "$WHAT" = wx ]; then
   (cd "${TMPDIR:-/tmp}" && timeout 60 $PY "$R/bench/m64_probe.py" --kernels swapab,triton \
      --shapes "$shapes,32x28672x4096,64x28672x4096") >"$OUTDIR/mx_probe.log" 2>&1
   say "5 swap-AB / Triton probe: rc $? in $((SECONDS - t)) s (mx_probe.log)"
+  exit 0
+fi
+
+if [ "$WHAT" = triton ]; then
+  # Time limits within one 600 s call: build 200, tests 120, bench 90, sweep the rest.
+  first_build "$OUTDIR/build_triton.log"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 120 $PY -m pytest -q -n 10 -p no:cacheprovider \
+     "$R/tests/test_triton_wxa16.py" "$R/tests/test_cuda_wxa16.py") >"$OUTDIR/tests.log" 2>&1
+  say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/tests.log" | tail -n 1)"
+  t=$SECONDS
+  shapes=1x4096x4096,16x14336x4096,32x4096x4096,64x4096x4096,64x14336x4096,64x28672x8192
+  (cd "${TMPDIR:-/tmp}" && timeout 90 lowbit bench --op w4a16_gemm,w8a16_gemm --kernels \
+     --no-host --shapes "$shapes,128x14336x4096" --out "$OUTDIR/bench") >"$OUTDIR/bench.log" 2>&1
+  say "3 bench: rc $? in $((SECONDS - t)) s (bench.log)"
+  t=$SECONDS
+  (cd "$R" && timeout "${TSWEEP_S:-150}" $PY -m bench.sweep_triton_wxa16 --rep-ms 12 \
+     --shapes "${TSWEEP_SHAPES:-64x28672x8192,128x4096x4096,128x14336x4096}") \
+    >"$OUTDIR/tsweep.txt" 2>&1
+  say "4 sweep: rc $? in $((SECONDS - t)) s: $(grep -c BEST "$OUTDIR/tsweep.txt") shapes done"
   exit 0
 fi
 
@@ -195,30 +219,6 @@ if [ "$WHAT" = forms ] || [ "$WHAT" = probe ]; then
     say "3 probe rows=${r:-auto}: in $((SECONDS - t)) s"
   done
   [ "$WHAT" = forms ] && exit 0
-fi
-
-if [ "$WHAT" = triton ]; then
-  # Time limits within one 600 s call: build 200, tests 120, bench 90, sweep the rest.
-  t=$SECONDS
-  build_with "" "$OUTDIR/build_triton.log"
-  rc=$?
-  say "1 build: rc $rc in $((SECONDS - t)) s"
-  [ "$rc" = 0 ] || { tail -n 20 "$OUTDIR/build_triton.log"; exit 1; }
-  t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout 120 $PY -m pytest -q -n 10 -p no:cacheprovider \
-     "$R/tests/test_triton_wxa16.py" "$R/tests/test_cuda_wxa16.py") >"$OUTDIR/tests.log" 2>&1
-  say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/tests.log" | tail -n 1)"
-  t=$SECONDS
-  shapes=1x4096x4096,16x14336x4096,32x4096x4096,64x4096x4096,64x14336x4096,64x28672x8192
-  (cd "${TMPDIR:-/tmp}" && timeout 90 lowbit bench --op w4a16_gemm,w8a16_gemm --kernels \
-     --no-host --shapes "$shapes,128x14336x4096" --out "$OUTDIR/bench") >"$OUTDIR/bench.log" 2>&1
-  say "3 bench: rc $? in $((SECONDS - t)) s (bench.log)"
-  t=$SECONDS
-  (cd "$R" && timeout "${TSWEEP_S:-150}" $PY -m bench.sweep_triton_wxa16 --rep-ms 12 \
-     --shapes "${TSWEEP_SHAPES:-64x28672x8192,128x4096x4096,128x14336x4096}") \
-    >"$OUTDIR/tsweep.txt" 2>&1
-  say "4 sweep: rc $? in $((SECONDS - t)) s: $(grep -c BEST "$OUTDIR/tsweep.txt") shapes done"
-  exit 0
 fi
 
 if [ "$WHAT" = wxsweep ]; then
