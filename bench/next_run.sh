@@ -36,9 +36,10 @@
 #                                           WXSWEEP_ARGS, e.g. "--bits 4"; 450 s at most)
 #   bash bench/next_run.sh triton [OUTDIR]  build, the weight-only GPU tests (Triton and CUDA),
 #                                           `lowbit bench --kernels` on the weight-only ops
-#                                           (every kernel's row: Triton against CUDA), then
-#                                           bench/sweep_triton_wxa16.py on the rows not yet
-#                                           swept (TSWEEP_SHAPES; about 450 s in all)
+#                                           (every kernel's row: Triton against CUDA;
+#                                           TBENCH_SHAPES), then bench/sweep_triton_wxa16.py
+#                                           at M = 128-256 with 128-row tiles and no K split
+#                                           (TSWEEP_SHAPES, TSWEEP_ARGS; about 300 s in all)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -136,13 +137,15 @@ if [ "$WHAT" = triton ]; then
   say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/tests.log" | tail -n 1)"
   t=$SECONDS
   shapes=1x4096x4096,16x14336x4096,32x4096x4096,64x4096x4096,64x14336x4096,64x28672x8192
-  (cd "${TMPDIR:-/tmp}" && timeout 90 lowbit bench --op w4a16_gemm,w8a16_gemm --kernels \
-     --no-host --shapes "$shapes,128x14336x4096" --out "$OUTDIR/bench") >"$OUTDIR/bench.log" 2>&1
+  shapes=${TBENCH_SHAPES:-$shapes,128x4096x4096,128x14336x4096,256x14336x4096,1024x14336x4096}
+  (cd "${TMPDIR:-/tmp}" && timeout 120 lowbit bench --op w4a16_gemm,w8a16_gemm --kernels \
+     --no-host --shapes "$shapes" --out "$OUTDIR/bench") >"$OUTDIR/bench.log" 2>&1
   say "3 bench: rc $? in $((SECONDS - t)) s (bench.log)"
   t=$SECONDS
+  # shellcheck disable=SC2086
   (cd "$R" && timeout "${TSWEEP_S:-150}" $PY -m bench.sweep_triton_wxa16 --rep-ms 12 \
-     --shapes "${TSWEEP_SHAPES:-64x28672x8192,128x4096x4096,128x14336x4096}") \
-    >"$OUTDIR/tsweep.txt" 2>&1
+     --shapes "${TSWEEP_SHAPES:-128x4096x4096,128x14336x4096,256x14336x4096}" \
+     ${TSWEEP_ARGS:---splits 1}) >"$OUTDIR/tsweep.txt" 2>&1
   say "4 sweep: rc $? in $((SECONDS - t)) s: $(grep -c BEST "$OUTDIR/tsweep.txt") shapes done"
   exit 0
 fi

@@ -125,9 +125,11 @@ def _run_ops() -> None:
 
     fused4 = next(k for k in kernels("w4a16_gemm") if k.name == "triton_w4a16_gemm")
     x65 = torch.randn(65, 256, generator=g).bfloat16()
-    # decode (K split, then the split sum), tiled, and dequantize-then-GEMM (w4a16 from
-    # M = 17, w8a16 from M = 65), with the fused kernel pinned where the dequantizer leads
-    for xm in (x[:4], x, x65):
+    x129 = torch.randn(129, 256, generator=g).bfloat16()
+    # decode (K split, then the split sum), tiled (M = 17-64 and 65-128 rows), and
+    # dequantize-then-GEMM (from M = 129), with the fused kernel pinned where the dequantizer
+    # leads
+    for xm in (x[:4], x, x65, x129):
         for sym in (True, False):
             iw = lowbit.int4_quantize(w, group_size=64, symmetric=sym, backend=t)
             lowbit.w4a16_gemm(xm, iw, backend=t)

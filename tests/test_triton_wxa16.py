@@ -216,12 +216,12 @@ def test_int8_dequantized_weight_is_exact(group_size, dtype):
     assert torch.equal(got.cpu(), want.cpu())
 
 
-@pytest.mark.parametrize("m", [65, 70])
+@pytest.mark.parametrize("m", [129, 140])
 @pytest.mark.parametrize("group_size", [32, -1], ids=["g32", "channel"])
 @pytest.mark.parametrize("perm", [False, True], ids=["", "actorder"])
 @half
 def test_w4a16_dequant_kernel(m, group_size, perm, dtype):
-    """Above M = 64 the Triton backend dequantizes the weight and multiplies in x's dtype; a
+    """Above M = 128 the Triton backend dequantizes the weight and multiplies in x's dtype; a
     bias of another dtype is added in fp32. Act order gathers x's columns."""
     n, k = 24, 256
     iw = int4_weight(n, k, group_size, False, dtype, perm)
@@ -238,7 +238,7 @@ def test_w4a16_dequant_kernel(m, group_size, perm, dtype):
 def test_w8a16_dequant_kernel(group_size, dtype):
     n, k = 24, 256
     q, s = int8_weight(n, k, group_size, seed=23)
-    x = activations(65, k, dtype)
+    x = activations(129, k, dtype)
     assert lowbit.explain(lowbit.w8a16_gemm, x, q, s, backend="triton").kernel == \
         "triton_w8a16_gemm_dequant"
     for b in (None, bias_of(n, dtype)):
@@ -252,7 +252,7 @@ def test_dequant_prepared_call_gathers_each_calls_perm():
     iw = int4_weight(24, 256, 32, False, torch.float16, perm=True, seed=31)
     other = torch.randperm(256, generator=gen(32)).to(iw.perm.device)
     kernel = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")
-    x = activations(65, 256, torch.float16, seed=33)
+    x = activations(129, 256, torch.float16, seed=33)
     args = (x, iw.qweight, iw.scales, iw.zeros, iw.group_size, iw.perm, None)
     run = kernel.prepare(*args)
     check(run(*args), expected(x, int4_dense(iw), None, iw.perm), torch.float16, "first")
@@ -265,7 +265,7 @@ def test_w8a16_k0_gives_the_bias():
     q = torch.zeros(8, 0, dtype=torch.int8, device=DEVICE)
     s = torch.ones(8, 0, device=DEVICE)
     bias = bias_of(8, torch.float16)
-    for m in (3, 65):
+    for m in (3, 129):
         x = torch.zeros(m, 0, dtype=torch.float16, device=DEVICE)
         for backend in ("triton", "reference"):
             got = lowbit.w8a16_gemm(x, q, s, bias, backend=backend)
@@ -276,13 +276,13 @@ def test_dequant_kernels_decline_the_decode_range_and_fp32():
     iw = int4_weight(8, 128, 32, True, torch.bfloat16)
     k4 = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")
     args = (iw.qweight, iw.scales, iw.zeros, 32, None, None)
-    assert "M = 64" in k4.supports(activations(64, 128, torch.bfloat16), *args)
-    assert k4.supports(activations(65, 128, torch.bfloat16), *args) is None
-    assert "float32" in k4.supports(activations(65, 128, torch.float32), *args)
+    assert "M = 128" in k4.supports(activations(128, 128, torch.bfloat16), *args)
+    assert k4.supports(activations(129, 128, torch.bfloat16), *args) is None
+    assert "float32" in k4.supports(activations(129, 128, torch.float32), *args)
     q, s = int8_weight(8, 128, 0)
     k8 = _kernel("w8a16_gemm", "triton_w8a16_gemm_dequant")
-    assert "M = 64" in k8.supports(activations(64, 128, torch.bfloat16), q, s, None)
-    assert k8.supports(activations(65, 128, torch.bfloat16), q, s, None) is None
+    assert "M = 128" in k8.supports(activations(128, 128, torch.bfloat16), q, s, None)
+    assert k8.supports(activations(129, 128, torch.bfloat16), q, s, None) is None
     # The fused kernel still serves every M when pinned, and fp32 activations above M = 16.
     x32 = activations(17, 128, torch.float32)
     assert lowbit.explain(lowbit.w4a16_gemm, x32, iw, backend="triton").kernel == \
@@ -346,7 +346,7 @@ def test_table_fits_and_respects_groups():
 def test_tiles_cover_the_sms_above_the_decode_regime():
     """At M = 17-64 (no K split) BLOCK_N halves (to 32 at least) while the tiles number fewer
     than the SMs; the decode regime splits K instead and keeps the table's tile, and the
-    rows above M = 64 (not yet swept) keep theirs."""
+    rows above M = 64 keep theirs (the M = 65-128 row was swept unnarrowed)."""
     cfg = heuristics.wxa16_gemm_config
     table_n = cfg(64, 14336, 4096, 128).block_n
     assert table_n == 64
@@ -356,6 +356,7 @@ def test_tiles_cover_the_sms_above_the_decode_regime():
     assert cfg(40, 100, 4096, 0, sm_count=132).block_n == 32  # the floor
     assert cfg(16, 4096, 4096, 128, sm_count=132) == cfg(16, 4096, 4096, 128)
     assert cfg(65, 4096, 4096, 128, sm_count=132) == cfg(65, 4096, 4096, 128)
+    assert cfg(128, 4096, 4096, 128, sm_count=132).block_n == 64  # 128 tiles, kept
 
 
 # --------------------------------------------------------------------- the registry

@@ -34,11 +34,11 @@ Regimes, by M (``heuristics.WXA16_GEMM_TABLE``):
 - tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K; at
   M <= 64 N tiles narrowed (to 32) while they number fewer than the SMs.
 
-Above the decode regime the weight can instead be dequantized to x's dtype by
-``_wxa16_dequant_kernel`` (``wxa16_dequant_launcher``) for a dense GEMM to multiply: the
-same weight bits as the CUDA backend's dequantizer, ``(u - z) * s`` in fp32 rounded once,
-and a temporary [N, K] weight per call (the backend's ``triton_w4a16_gemm_dequant`` and
-``triton_w8a16_gemm_dequant``).
+Above M = 128 (bf16 and fp16 x; lowbit/backends/triton.py, DEQUANT_MIN_M) the backend
+dequantizes the weight to x's dtype with ``_wxa16_dequant_kernel``
+(``wxa16_dequant_launcher``) for a dense GEMM to multiply: the same weight bits as the CUDA
+backend's dequantizer, ``(u - z) * s`` in fp32 rounded once, and a temporary [N, K] weight
+per call (the backend's ``triton_w4a16_gemm_dequant`` and ``triton_w8a16_gemm_dequant``).
 
 Any M (0 included), any N, K a multiple of the group size (any K per channel); strided x
 is read through its strides. Under ``TRITON_INTERPRET=1`` (CI), whose NumPy has no bf16,

@@ -19,7 +19,7 @@ Kernels (op: name):
 - int8_mm: triton_int8_mm
 - int8_gemm: triton_int8_gemm
 - w4a16_gemm: triton_w4a16_gemm (the canonical int4 layout only), triton_w4a16_gemm_dequant
-  (the same layout, above M = 64: dequantized, then torch's GEMM)
+  (the same layout, above M = 128: dequantized, then torch's GEMM)
 - w8a16_gemm: triton_w8a16_gemm, triton_w8a16_gemm_dequant
 - int4_quantize: triton_int4_quantize (bit-exact with the reference, as the CUDA kernel)
 """
@@ -365,17 +365,18 @@ def _prepare_w8a16_gemm(x, w, w_scale, bias):
     return _prepared_on(x.device, launch, "triton_w8a16_gemm")
 
 
-# Above the decode regime: the weight dequantized to x's dtype by a Triton kernel (the same
-# bits as the CUDA backend's dequantizer), then torch's GEMM (cuBLAS, or hipBLASLt on AMD),
-# as the CUDA backend's ``*_dequant`` kernels do above M = 64. The fused Triton kernel
-# converts the weight per output tile, so its cost grows with the M tiles; the dequantized
-# path pays a fixed write and read of the whole weight in x's dtype (2 bytes a weight) and
-# then runs at cuBLAS's rate. Where they cross (H100, bench/NOTES.md): with the fused
-# kernel's M = 17-64 configs of 2026-12-06 it leads at M = 64 on every weight measured
-# (int4 group 128: 26.7 against 30.8 us at 64 x 4096 x 4096; 49.3 at 64 x 14336 x 4096,
-# where the dequantized path took 116 on 2026-12-05); both weight types' dequantized path
-# leads from M = 256 on every shape measured (2026-12-05). So: from M = 65.
-DEQUANT_MIN_M = {"w4a16_gemm": 65, "w8a16_gemm": 65}
+# Above M = 128: the weight dequantized to x's dtype by a Triton kernel (the same bits as the
+# CUDA backend's dequantizer), then torch's GEMM (cuBLAS, or hipBLASLt on AMD), as the CUDA
+# backend's ``*_dequant`` kernels do. The fused Triton kernel converts the weight per output
+# tile, so its cost grows with the M tiles; the dequantized path pays a fixed write and read
+# of the whole weight in x's dtype (2 bytes a weight) and then runs at cuBLAS's rate. Where
+# they cross (H100, bench/NOTES.md): with the fused kernel's configs of 2026-12-06 it leads
+# at M = 64 on every weight measured (int4 group 128: 26.7 against 30.8 us at
+# 64 x 4096 x 4096) and at M = 128 (int4: 87.6 against 105.4 us at 128 x 14336 x 4096,
+# level at 128 x 4096 x 4096, 34.8 against 34.3; int8 per channel: 75.0 against 113.8 and
+# 29.8 against 36.4); the dequantized path leads from M = 256 on every shape measured
+# (2026-12-05). So: from M = 129.
+DEQUANT_MIN_M = {"w4a16_gemm": 129, "w8a16_gemm": 129}
 
 
 def _dequant_reason(op: str, x) -> Optional[str]:
