@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -58,6 +58,23 @@ def name(cfg: GemmConfig, split: Optional[int]) -> str:
             f"{s}")
 
 
+def _bound_once(build: Callable, args: tuple) -> Callable:
+    """fn() that runs the launcher ``build()`` returns, built on the first call: a timed call
+    is the launches alone, as the backend's prepared path makes them. Building the launcher
+    per call (``w4a16_gemm(..., config=...)``) puts its host time in the number wherever it
+    outlasts the L2 flush (about 0.1 ms): rows that swing by up to 2x between runs
+    (bench/NOTES.md)."""
+    launch = None
+
+    def fn():
+        nonlocal launch
+        if launch is None:
+            launch = build()
+        return launch(*args)
+
+    return fn
+
+
 def calls(bits: int, m: int, n: int, k: int, splits=SPLITS) -> Tuple[dict, Iterator]:
     """The anchors (CUDA auto, bf16) and the sweep's (label, fn) pairs for one shape."""
     if bits == 4:
@@ -69,7 +86,8 @@ def calls(bits: int, m: int, n: int, k: int, splits=SPLITS) -> Tuple[dict, Itera
         w_bf16 = next(a for a in canon.anchors if a.role == "bf16")
 
         def triton(cfg, split):
-            return lambda: wxa16_gemm.w4a16_gemm(x, qw, sc, z, group, config=cfg, split_k=split)
+            return _bound_once(lambda: wxa16_gemm.w4a16_gemm_launcher(
+                x, qw, sc, z, group, config=cfg, split_k=split), (x, qw, sc, z, group, None, None))
     else:
         case = OPS["w8a16_gemm"].build("channel", (m, n, k))
         x, w, ws = case.args[:3]
@@ -79,7 +97,8 @@ def calls(bits: int, m: int, n: int, k: int, splits=SPLITS) -> Tuple[dict, Itera
         w_bf16 = next(a for a in case.anchors if a.role == "bf16")
 
         def triton(cfg, split):
-            return lambda: wxa16_gemm.w8a16_gemm(x, w, ws, config=cfg, split_k=split)
+            return _bound_once(lambda: wxa16_gemm.w8a16_gemm_launcher(
+                x, w, ws, config=cfg, split_k=split), (x, w, ws, None))
 
     # The config the launcher picks (N tiles narrowed to cover the SMs at M = 17-64).
     sms = torch.cuda.get_device_properties(0).multi_processor_count
