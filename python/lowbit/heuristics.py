@@ -138,10 +138,13 @@ def _n_of(op: str, args) -> Optional[int]:
 
 # A quantized layer's measured speed against the bf16 nn.Linear it replaces, per quantize_
 # scheme and capability: {(N, K): ((M, speed-up), ...)}, GPU time against F.linear bf16 in
-# lowbit bench on the H200 (bench/RESULTS.md, 2026-12-03; int4 and w8a16 at M <= 64 from the
-# 2026-12-04 runs of the third decode kernel, 18:14 and 20:15 UTC, the kernel auto runs): the
-# layer ops for fp8 and int8 (quantizer + GEMM), the GEMM for the weight-only schemes (their
-# layers' only kernel).
+# lowbit bench (bench/RESULTS.md): the layer ops for fp8 and int8 (quantizer + GEMM), the
+# GEMM for the weight-only schemes (their layers' only kernel), as auto runs them. fp8 and
+# int8: H200, 2026-12-03. int4 and w8a16: H100, 2026-12-06 (the decode and sm_90a wgmma
+# kernels; the 03:47-04:06 and 05:45 UTC runs) where that day measured the point; the
+# points it did not keep the H200's of 2026-12-03/04 (before the wgmma kernels and the
+# decode rework, on a card whose bf16 GEMM streams faster: they understate the layer
+# rather than overstate it).
 # ``quantize_``'s ``keep_slower`` reads it; shapes and token counts between the measured
 # ones take the nearest measured point, which the summary names.
 LayerRows = Dict[Tuple[int, int], Tuple[Tuple[int, float], ...]]
@@ -162,18 +165,23 @@ LAYER_SPEEDUP: Dict[str, Dict[Tuple[int, int], LayerRows]] = {
     },
     "int4": {
         (9, 0): {
-            (4096, 4096): ((1, 1.54), (16, 1.35), (32, 1.14), (64, 0.87), (1024, 0.70)),
-            (14336, 4096): ((1, 2.10), (16, 1.83), (32, 1.35), (64, 0.77), (1024, 0.71)),
-            (4096, 14336): ((1, 2.08), (16, 1.87), (32, 1.39), (64, 0.92), (1024, 0.74)),
-            (28672, 8192): ((1, 2.41), (16, 2.03), (32, 1.23), (64, 0.73), (1024, 0.73)),
+            (4096, 4096): ((1, 1.71), (16, 1.35), (32, 1.31), (64, 1.09), (128, 0.84),
+                           (256, 0.84), (1024, 0.70)),
+            (14336, 4096): ((1, 2.43), (16, 2.17), (32, 1.35), (64, 1.55), (96, 1.33),
+                            (128, 1.27), (256, 0.72), (1024, 0.70)),
+            (4096, 14336): ((1, 2.40), (16, 1.87), (32, 1.39), (64, 0.92), (1024, 0.74)),
+            (28672, 8192): ((1, 3.03), (16, 2.03), (32, 1.23), (64, 1.52), (128, 0.97),
+                            (1024, 0.73)),
         },
     },
     "w8a16": {
         (9, 0): {
-            (4096, 4096): ((1, 1.31), (16, 1.24), (32, 1.00), (64, 0.66)),
-            (14336, 4096): ((1, 1.58), (16, 1.44), (32, 1.05), (64, 0.90)),
-            (4096, 14336): ((1, 1.55), (16, 1.53), (32, 1.03), (64, 0.64)),
-            (28672, 8192): ((1, 1.64), (16, 1.57), (32, 1.15), (64, 0.87)),
+            (4096, 4096): ((1, 1.48), (16, 1.24), (32, 1.13), (64, 1.05), (128, 0.92),
+                           (256, 0.83)),
+            (14336, 4096): ((1, 1.70), (16, 1.57), (32, 1.05), (64, 1.41), (96, 1.21),
+                            (128, 1.15), (256, 0.69), (1024, 0.68)),
+            (4096, 14336): ((1, 1.77), (16, 1.53), (32, 1.03), (64, 0.64)),
+            (28672, 8192): ((1, 1.74), (16, 1.57), (32, 1.15), (64, 1.55), (128, 0.94)),
         },
     },
 }
