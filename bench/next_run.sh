@@ -50,7 +50,7 @@
 # under a timeout; summary.txt gets a line per step. SKIP_BUILD=1: no build first (the
 # package an earlier step installed, e.g. `stages`, which ends on the default build). The
 # next session's first call (bench/NOTES.md, "### Next", item 1): `bash bench/next_run.sh
-# triton $OUT`, about 450 s.
+# triton $OUT`, about 300 s.
 set -u
 WHAT=${1:-suite}
 case $WHAT in

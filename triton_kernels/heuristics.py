@@ -198,12 +198,14 @@ def int8_gemm_config(m: int, n: int, k: int, smem_limit: Optional[int] = None) -
 # bench/sweep_triton_wxa16.py (H100, 2026-12-06, int4 group 128 and int8 per channel, bf16;
 # bench/NOTES.md): 128-wide K-steps and 4 stages, 64-wide N tiles at N = 14336 and 32-wide at
 # 4096 come within 4% of the best of 72-108 configs on each of six shapes, where the 64-wide
-# K-steps ran 1.2-3.8x slower. M = 65-128 from the same sweep at M = 128 on N = 4096 and
-# 14336 (K = 4096): 64 x 64 x 128 tiles with 3 stages, without narrowing (128 tiles at
-# N = 4096), within 12% of each shape's best of 72 but the int8 weight on N = 14336 (75 us
-# against 61 with 128-wide N tiles), and 1.2-1.5x faster than the M = 129-256 row's config
-# there. Above M = 128 the backend dequantizes the weight for a dense GEMM (bf16 and fp16
-# x); the rows above serve fp32 x and pinned calls and are not yet tuned on a GPU.
+# K-steps ran 1.2-3.8x slower. M = 65-128: 64 x 64 x 128 tiles, 3 stages, not narrowed (128
+# tiles at N = 4096); lowbit bench (H100, 2026-12-06) timed it at 35.9 and 84.9 us on
+# 128 x 4096 x 4096 and 128 x 14336 x 4096 (int4 group 128), 30.5 and 75.8 (int8 per
+# channel). The next row's 64 x 128 x 64 tile ran 87.7 and 62.4 at 128 x 14336 x 4096, but
+# makes only 64 tiles at N = 4096 (half the SMs idle); which tile leads per weight type is
+# for the sweep to settle (bench/NOTES.md). Above M = 128 the backend dequantizes the weight
+# for a dense GEMM (bf16 and fp16 x); the rows above serve fp32 x and pinned calls and are
+# not yet tuned on a GPU.
 WXA16_DECODE_MAX_M = 16
 WXA16_NARROW_MAX_M = 64
 WXA16_GEMM_TABLE: List[tuple] = [
