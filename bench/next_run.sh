@@ -137,14 +137,15 @@ if [ "$WHAT" = triton ]; then
   say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/tests.log" | tail -n 1)"
   t=$SECONDS
   shapes=1x4096x4096,16x14336x4096,32x4096x4096,64x4096x4096,64x14336x4096,64x28672x8192
-  shapes=${TBENCH_SHAPES:-$shapes,128x4096x4096,128x14336x4096,256x14336x4096,1024x14336x4096}
+  shapes=$shapes,128x4096x4096,128x14336x4096,256x4096x4096,256x14336x4096,1024x14336x4096
+  shapes=${TBENCH_SHAPES:-$shapes}
   (cd "${TMPDIR:-/tmp}" && timeout 120 lowbit bench --op w4a16_gemm,w8a16_gemm --kernels \
      --no-host --shapes "$shapes" --out "$OUTDIR/bench") >"$OUTDIR/bench.log" 2>&1
   say "3 bench: rc $? in $((SECONDS - t)) s (bench.log)"
   t=$SECONDS
   # shellcheck disable=SC2086
   (cd "$R" && timeout "${TSWEEP_S:-150}" $PY -m bench.sweep_triton_wxa16 --rep-ms 12 \
-     --shapes "${TSWEEP_SHAPES:-128x4096x4096,128x14336x4096,256x14336x4096}" \
+     --shapes "${TSWEEP_SHAPES:-128x4096x4096,128x14336x4096,256x4096x4096,256x14336x4096}" \
      ${TSWEEP_ARGS:---splits 1}) >"$OUTDIR/tsweep.txt" 2>&1
   say "4 sweep: rc $? in $((SECONDS - t)) s: $(grep -c BEST "$OUTDIR/tsweep.txt") shapes done"
   exit 0
