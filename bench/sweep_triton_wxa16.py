@@ -103,7 +103,7 @@ def calls(bits: int, m: int, n: int, k: int, splits=SPLITS) -> Tuple[dict, Itera
     # The config the launcher picks (N tiles narrowed to cover the SMs at M = 17-64).
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     table_cfg = wxa16_gemm_config(m, n, k, group, sm_count=sms)
-    # The Triton backend's own choice may be its dequantize-then-GEMM kernel (above M = 64,
+    # The Triton backend's own choice may be its dequantize-then-GEMM kernel (above M = 128,
     # lowbit/backends/triton.py); the fused kernel with the table's config is the sweep's
     # baseline.
     if not cuda_kernel.startswith("cuda/"):
