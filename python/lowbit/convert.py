@@ -232,14 +232,17 @@ def no_fused_layers(model: nn.Module) -> None:
 
 def _slower(scheme: str, lin: nn.Linear, m: int):
     """(why the layer stays in full precision, or None; a note for a swapped layer)."""
-    from .heuristics import layer_speedup
+    from .heuristics import device_capability, layer_speedup
 
     dev = lin.weight.device
     found = layer_speedup(scheme, dev, lin.out_features, lin.in_features, m)
     if found is None:
         return None, f"; speed at M = {m} not measured for {scheme} on {_device_name(dev)}"
     ratio, (mm, n, k) = found
-    point = f"measured {ratio:.2f}x bf16 at {mm}x{n}x{k} on {_device_name(dev)}"
+    # The table's capability, not this card's name: its rows were measured on one card of
+    # that capability (an H200 or an H100 for sm_90), which may not be the card at hand.
+    cap = device_capability(dev)
+    point = f"measured {ratio:.2f}x bf16 at {mm}x{n}x{k} on sm_{cap[0]}{cap[1]}"
     if ratio < 1.0:
         return f"slower quantized: {point}", ""
     return None, f"; {point}"
