@@ -146,7 +146,7 @@ if [ "$WHAT" = triton ]; then
   # shellcheck disable=SC2086
   (cd "$R" && timeout "${TSWEEP_S:-150}" $PY -m bench.sweep_triton_wxa16 --rep-ms 12 \
      --shapes "${TSWEEP_SHAPES:-128x4096x4096,128x14336x4096,256x4096x4096,256x14336x4096}" \
-     ${TSWEEP_ARGS:---splits 1}) >"$OUTDIR/tsweep.txt" 2>&1
+     ${TSWEEP_ARGS---splits 1}) >"$OUTDIR/tsweep.txt" 2>&1
   say "4 sweep: rc $? in $((SECONDS - t)) s: $(grep -c BEST "$OUTDIR/tsweep.txt") shapes done"
   exit 0
 fi

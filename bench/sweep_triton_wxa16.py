@@ -1,7 +1,7 @@
 """Tile configs of the Triton weight-only GEMM (triton_kernels/wxa16_gemm.py) above the decode
-regime, against its table (heuristics.WXA16_GEMM_TABLE, whose M = 17-64 and 65-128 rows came
-from this sweep: bench/NOTES.md, 2026-12-06) and the CUDA kernels (the Triton rows are to
-stay within 1.5x of CUDA's time). One GPU:
+regime, against its table (heuristics.WXA16_GEMM_TABLE, whose M = 17-64 row came from this
+sweep: bench/NOTES.md, 2026-12-06) and the CUDA kernels (the Triton rows are to stay within
+1.5x of CUDA's time). One GPU:
 
     python -m bench.sweep_triton_wxa16 [--shapes 32x4096x4096,...] [--bits 4,8] [--rep-ms 30]
                                      [--splits 1,2,4]

@@ -138,7 +138,7 @@ def _run_ops() -> None:
         lowbit.w8a16_gemm(xm.half(), qg, sg, backend=t)
     # fp32 activations (the fused kernel at any M, fp32 tiles: the largest shared memory)
     iw = lowbit.int4_quantize(w, group_size=64, backend=t)
-    for m in (4, 17, 65, 257):
+    for m in (4, 17, 65, 129, 257):
         xf = torch.randn(m, 256, generator=g)
         lowbit.w4a16_gemm(xf, iw, backend=t)
         lowbit.w8a16_gemm(xf, qb, sb, backend=t)
@@ -227,7 +227,7 @@ def _large_tiles(spec: dict, target: str) -> list:
         group = 0 if consts["PER_CHANNEL"] else 64  # the recorded weights' groups
         x_bytes = 4 if consts["FP32_DOT"] else 2
         cfgs = [H.wxa16_gemm_config(m, 4096, 4096, group, consts["BITS"], x_bytes, smem, sms)
-                for m in ((1, 16) if consts["PARTIAL"] else (64, 4096))
+                for m in ((1, 16) if consts["PARTIAL"] else (64, 128, 256, 4096))
                 for sms in (None, SMS[target])]
     else:
         return _gpu_quantizer_tiles(spec)

@@ -276,12 +276,12 @@ def test_dequant_kernels_decline_the_decode_range_and_fp32():
     iw = int4_weight(8, 128, 32, True, torch.bfloat16)
     k4 = _kernel("w4a16_gemm", "triton_w4a16_gemm_dequant")
     args = (iw.qweight, iw.scales, iw.zeros, 32, None, None)
-    assert "M = 128" in k4.supports(activations(128, 128, torch.bfloat16), *args)
+    assert "below 129" in k4.supports(activations(128, 128, torch.bfloat16), *args)
     assert k4.supports(activations(129, 128, torch.bfloat16), *args) is None
     assert "float32" in k4.supports(activations(129, 128, torch.float32), *args)
     q, s = int8_weight(8, 128, 0)
     k8 = _kernel("w8a16_gemm", "triton_w8a16_gemm_dequant")
-    assert "M = 128" in k8.supports(activations(128, 128, torch.bfloat16), q, s, None)
+    assert "below 129" in k8.supports(activations(128, 128, torch.bfloat16), q, s, None)
     assert k8.supports(activations(129, 128, torch.bfloat16), q, s, None) is None
     # The fused kernel still serves every M when pinned, and fp32 activations above M = 16.
     x32 = activations(17, 128, torch.float32)
@@ -346,7 +346,7 @@ def test_table_fits_and_respects_groups():
 def test_tiles_cover_the_sms_above_the_decode_regime():
     """At M = 17-64 (no K split) BLOCK_N halves (to 32 at least) while the tiles number fewer
     than the SMs; the decode regime splits K instead and keeps the table's tile, and the
-    rows above M = 64 keep theirs (the M = 65-128 row was swept unnarrowed)."""
+    rows above M = 64 keep theirs (the M = 65-128 row was timed unnarrowed)."""
     cfg = heuristics.wxa16_gemm_config
     table_n = cfg(64, 14336, 4096, 128).block_n
     assert table_n == 64

@@ -26,10 +26,11 @@ against 38.8 at 32 x 4096 x 14336); the sm_90a wgmma kernel at M = 17-256 everyw
 (H100, 2026-12-06: 35.3 against decode's 38.9 and Triton's 44.8 us at 32 x 14336 x 4096; at
 M = 48-64 1.0-1.45x ahead of the next kernel on every benchmark weight, 37.8 against
 Triton's 49.0 at 64 x 14336 x 4096, 115.3 against 156.6 at 64 x 28672 x 8192; 23.9 against
-Triton's dequantize-then-GEMM's 36.6 at 128 x 4096 x 4096, 32.5 against 40.3 at
-256 x 4096 x 4096, 82.7 against Triton's 91.3 at 256 x 14336 x 4096); behind it, for
-the shapes it declines, what led before it at M = 129-256: dequantize-then-cuBLAS on
-N <= 4096, Triton's fused kernel above.
+Triton's dequantize-then-GEMM's 36.6 at 128 x 4096 x 4096 (Triton's fused kernel, which
+its backend runs there now: 30.5), 32.5 against 40.3 at 256 x 4096 x 4096, 82.7 against
+Triton's 91.3 at 256 x 14336 x 4096); behind it, for the shapes it declines, what led
+before it at M = 129-256: dequantize-then-cuBLAS on N <= 4096, Triton's fused kernel
+above.
 Above M = 256 the weight dequantized then cuBLAS (``cuda_w8a16_gemm_dequant``) leads
 (217.9 against Triton's 317.4 us at 1024 x 14336 x 4096, 2952 against 4758 at
 4096 x 28672 x 8192; 2026-12-05; level with Triton at 512 x 14336 x 4096, 160.0 against

@@ -375,7 +375,7 @@ def _prepare_w8a16_gemm(x, w, w_scale, bias):
 # 64 x 4096 x 4096) and at M = 128 (int4: 84.9 against 105.5 us at 128 x 14336 x 4096,
 # level at 128 x 4096 x 4096, 35.9 against 34.3; int8 per channel: 75.8 against 113.7 and
 # 30.5 against 36.4). At M = 256 the int4 weight's dequantized path leads (111.6 against
-# 150.6 us at 256 x 14336 x 4096); the int8 weight's fused kernel led there too (89.3
+# 150.6 us at 256 x 14336 x 4096), but the int8 weight's fused kernel led there (89.3
 # against 119.9), on that one shape, so both take the dequantized path from M = 129 until
 # more int8 shapes are measured.
 DEQUANT_MIN_M = {"w4a16_gemm": 129, "w8a16_gemm": 129}
