@@ -4,10 +4,12 @@ CUDA kernel, then the Triton rows that looked wrong, re-timed in detail. One GPU
     python -m bench.sweep_triton_gemm [--md PATH] [--rep-ms 40] [--parts configs,anomalies]
 
 configs: rowwise scales, bf16 out, promoted accumulation; each shape runs every GemmConfig of
-CONFIGS through ``fp8_scaled_mm(..., config=...)`` beside the anchor (``torch._scaled_mm``,
-rowwise) and ``sm90_fp8_gemm_wgmma`` where the build has it. A config that does not compile
-or launch gets an ``error:`` row and the sweep goes on; ``regs`` / ``spills`` come from the
-compiled kernel (ptxas), so a slow row can be told from a spilling one.
+CONFIGS through ``fp8_scaled_mm_launcher(..., config=...)``, bound once per config as the
+backend's prepared path binds it (lowbit.bench.cases.bound_once), beside the anchor
+(``torch._scaled_mm``, rowwise) and ``sm90_fp8_gemm_wgmma`` where the build has it. A config
+that does not compile or launch gets an ``error:`` row and the sweep goes on; ``regs`` /
+``spills`` come from the compiled kernel (ptxas), so a slow row can be told from a spilling
+one.
 
 anomalies: the table's own config (``config=None``) and every registered Triton kernel, on rows
 whose timings looked off, beside the anchor and the CUDA kernels: median, p20 and p80 of the
@@ -31,8 +33,8 @@ from lowbit.triton_kernels import fp8_gemm
 from lowbit.triton_kernels.heuristics import GemmConfig, fp8_gemm_config, gemm_smem_bytes
 
 from lowbit.bench import table
-from lowbit.bench.cases import (error_text, fp8_operands, prepared_call, rel_err, runnable_kernels,
-                                scaled_mm_anchor)
+from lowbit.bench.cases import (bound_once, error_text, fp8_operands, prepared_call, rel_err,
+                                runnable_kernels, scaled_mm_anchor)
 from lowbit.bench.timing import bench, capture_graph, eager_host_us
 
 SHAPES = [(2048, 4096, 4096), (4096, 4096, 4096), (512, 4096, 14336), (512, 28672, 8192),
@@ -120,8 +122,9 @@ def config_rows(m, n, k, rep, rep_ms):
     fns = [("torch._scaled_mm", anchor_fn, "")]
     fns += [(kern.name, prepared_call(kern, args), "")
             for kern in runnable_kernels("fp8_scaled_mm", args, ("cuda",), names=(CUDA_KERNEL,))]
-    fns += [(config_name(cfg), lambda cfg=cfg: fp8_gemm.fp8_scaled_mm(a, b, sa, sb, config=cfg,
-                                                                  **tiles),
+    fns += [(config_name(cfg),
+             bound_once(lambda cfg=cfg: fp8_gemm.fp8_scaled_mm_launcher(*args, cfg, **tiles),
+                        args),
              "table" if cfg == table_cfg else "") for cfg in CONFIGS]
     for name, fn, note in fns:
         row = dict(shape=f"{m}x{n}x{k}", impl=name)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 
 import lowbit  # noqa: F401  (registers the kernels)
-from lowbit.bench.cases import OPS, error_text, rel_err
+from lowbit.bench.cases import OPS, bound_once, error_text, rel_err
 from lowbit.bench.timing import bench, require_cuda
 from lowbit.triton_kernels import wxa16_gemm
 from lowbit.triton_kernels.heuristics import GemmConfig, wxa16_gemm_config, wxa16_smem_bytes
@@ -58,23 +58,6 @@ def name(cfg: GemmConfig, split: Optional[int]) -> str:
             f"{s}")
 
 
-def _bound_once(build: Callable, args: tuple) -> Callable:
-    """fn() that runs the launcher ``build()`` returns, built on the first call: a timed call
-    is the launches alone, as the backend's prepared path makes them. Building the launcher
-    per call (``w4a16_gemm(..., config=...)``) puts its host time in the number wherever it
-    outlasts the L2 flush (about 0.1 ms): rows that swing by up to 2x between runs
-    (bench/NOTES.md)."""
-    launch = None
-
-    def fn():
-        nonlocal launch
-        if launch is None:
-            launch = build()
-        return launch(*args)
-
-    return fn
-
-
 def calls(bits: int, m: int, n: int, k: int, splits=SPLITS) -> Tuple[dict, Iterator]:
     """The anchors (CUDA auto, bf16) and the sweep's (label, fn) pairs for one shape."""
     if bits == 4:
@@ -86,7 +69,9 @@ def calls(bits: int, m: int, n: int, k: int, splits=SPLITS) -> Tuple[dict, Itera
         w_bf16 = next(a for a in canon.anchors if a.role == "bf16")
 
         def triton(cfg, split):
-            return _bound_once(lambda: wxa16_gemm.w4a16_gemm_launcher(
+            # The launcher bound once per config, as the backend's prepared path binds it
+            # (``w4a16_gemm(..., config=...)`` rebinds per call: rows that swung by up to 2x).
+            return bound_once(lambda: wxa16_gemm.w4a16_gemm_launcher(
                 x, qw, sc, z, group, config=cfg, split_k=split), (x, qw, sc, z, group, None, None))
     else:
         case = OPS["w8a16_gemm"].build("channel", (m, n, k))
@@ -97,7 +82,7 @@ def calls(bits: int, m: int, n: int, k: int, splits=SPLITS) -> Tuple[dict, Itera
         w_bf16 = next(a for a in case.anchors if a.role == "bf16")
 
         def triton(cfg, split):
-            return _bound_once(lambda: wxa16_gemm.w8a16_gemm_launcher(
+            return bound_once(lambda: wxa16_gemm.w8a16_gemm_launcher(
                 x, w, ws, config=cfg, split_k=split), (x, w, ws, None))
 
     # The config the launcher picks (N tiles narrowed to cover the SMs at M = 17-64).

@@ -98,20 +98,28 @@ def runnable_kernels(op: str, args: Sequence, backends: Sequence[str] = GPU_BACK
             yield k
 
 
-def prepared_call(kernel, args: Sequence) -> Callable[[], Any]:
-    """``kernel`` run on ``args`` as an op call that chose it runs it: through the function
-    its ``prepare`` makes once for the signature (a remembered choice's, lowbit/_backend.py),
-    prepared at the first call, which the timing's warm-up makes. Without one, ``kernel.fn``.
-    Calling ``kernel.fn`` itself would redo per call what a signature's preparation does once
-    (a Triton launcher's binding, a compile-cache lookup per kernel), which no op call does."""
-    prepared = []
+def bound_once(build: Callable[[], Callable], args: Sequence) -> Callable[[], Any]:
+    """A call of the function ``build()`` returns on ``args``, built at the first call (which
+    the timing's warm-up makes), so that a timed call is the launch alone. Building per call
+    (a Triton launcher's binding, a compile-cache lookup per kernel) puts host time in the
+    number wherever it outlasts the L2 flush (about 0.1 ms), which no op call pays."""
+    bound = []
 
     def call():
-        if not prepared:
-            prepared.append(kernel.fn if kernel.prepare is None else kernel.prepare(*args))
-        return prepared[0](*args)
+        if not bound:
+            bound.append(build())
+        return bound[0](*args)
 
     return call
+
+
+def prepared_call(kernel, args: Sequence) -> Callable[[], Any]:
+    """``kernel`` run on ``args`` as an op call that chose it runs it: through the function
+    its ``prepare`` makes once for the signature (a remembered choice's, lowbit/_backend.py;
+    bound_once). Without one, ``kernel.fn``."""
+    if kernel.prepare is None:
+        return lambda: kernel.fn(*args)
+    return bound_once(lambda: kernel.prepare(*args), args)
 
 
 # ---------------------------------------------------------------------------- operands
