@@ -238,7 +238,7 @@ def test_w4a16_dequant_kernel(m, group_size, perm, dtype):
 def test_w8a16_dequant_kernel(group_size, dtype):
     n, k = 24, 256
     q, s = int8_weight(n, k, group_size, seed=23)
-    x = activations(129, k, dtype)
+    x = activations(257, k, dtype)  # int8's fused range ends at M = 256
     assert lowbit.explain(lowbit.w8a16_gemm, x, q, s, backend="triton").kernel == \
         "triton_w8a16_gemm_dequant"
     for b in (None, bias_of(n, dtype)):
@@ -281,8 +281,8 @@ def test_dequant_kernels_decline_the_decode_range_and_fp32():
     assert "float32" in k4.supports(activations(129, 128, torch.float32), *args)
     q, s = int8_weight(8, 128, 0)
     k8 = _kernel("w8a16_gemm", "triton_w8a16_gemm_dequant")
-    assert "below 129" in k8.supports(activations(128, 128, torch.bfloat16), q, s, None)
-    assert k8.supports(activations(129, 128, torch.bfloat16), q, s, None) is None
+    assert "below 257" in k8.supports(activations(256, 128, torch.bfloat16), q, s, None)
+    assert k8.supports(activations(257, 128, torch.bfloat16), q, s, None) is None
     # The fused kernel still serves every M when pinned, and fp32 activations above M = 16.
     x32 = activations(17, 128, torch.float32)
     assert lowbit.explain(lowbit.w4a16_gemm, x32, iw, backend="triton").kernel == \
@@ -338,15 +338,18 @@ def test_table_fits_and_respects_groups():
             assert cfg.block_m >= 16 and cfg.block_n >= 16 and cfg.block_k >= 32
             if g:
                 assert g % cfg.block_k == 0, (m, g, cfg)
-            for bits in (4, 8):  # within the 99 KB of an sm_86 / sm_89 card
-                assert heuristics.wxa16_smem_bytes(cfg, bits) <= 96 * 1024, cfg
+            for bits in (4, 8):  # shrunk to the 99 KB of an sm_86 / sm_89 card
+                fit = heuristics.wxa16_fit_smem(cfg, bits, 2, 99 * 1024)
+                assert heuristics.wxa16_smem_bytes(fit, bits) <= 96 * 1024, fit
+                assert fit.block_k == cfg.block_k, (fit, cfg)  # stages go first
     assert heuristics.wxa16_gemm_config(1, 3, 128, 0).block_n == 16
 
 
 def test_tiles_cover_the_sms_above_the_decode_regime():
     """At M = 17-64 (no K split) BLOCK_N halves (to 32 at least) while the tiles number fewer
-    than the SMs; the decode regime splits K instead and keeps the table's tile, and the
-    rows above M = 64 keep theirs (the M = 65-128 row was timed unnarrowed)."""
+    than the SMs; the decode regime splits K instead and keeps the table's tile. Above M = 64
+    the row's 128 x 128 tile stays while it fills 3/4 of the SMs, else the first fill tile
+    that does (128 x 64, then 64 x 64)."""
     cfg = heuristics.wxa16_gemm_config
     table_n = cfg(64, 14336, 4096, 128).block_n
     assert table_n == 64
@@ -355,8 +358,19 @@ def test_tiles_cover_the_sms_above_the_decode_regime():
     assert cfg(64, 4096, 4096, 128).block_n == 64  # no SM count: the table's
     assert cfg(40, 100, 4096, 0, sm_count=132).block_n == 32  # the floor
     assert cfg(16, 4096, 4096, 128, sm_count=132) == cfg(16, 4096, 4096, 128)
-    assert cfg(65, 4096, 4096, 128, sm_count=132) == cfg(65, 4096, 4096, 128)
-    assert cfg(128, 4096, 4096, 128, sm_count=132).block_n == 64  # 128 tiles, kept
+
+    def tile(*args):
+        c = cfg(*args)
+        return c.block_m, c.block_n, c.block_k
+
+    assert tile(128, 14336, 4096, 128, 4, 2, None, 132) == (128, 128, 128)  # 112 tiles
+    assert tile(128, 4096, 4096, 128, 4, 2, None, 132) == (64, 64, 128)  # 32 / 64 / 128
+    assert tile(128, 4096, 4096, 128) == (128, 128, 128)  # no SM count: the table's
+    assert tile(256, 14336, 4096, 128, 8, 2, None, 132) == (128, 128, 64)  # 224 tiles
+    assert tile(256, 4096, 4096, 0, 8, 2, None, 132) == (128, 64, 128)  # 64 / 128
+    assert tile(256, 4096, 4096, 64, 8, 2, None, 132) == (128, 64, 64)  # the group caps K
+    assert tile(100, 40, 256, 0, 4, 2, None, 132) == (64, 64, 128)  # none fills: the last
+    assert tile(4096, 4096, 4096, 128, 4, 2, None, 132) == (128, 128, 64)  # 1024 tiles
 
 
 # --------------------------------------------------------------------- the registry

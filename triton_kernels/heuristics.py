@@ -98,16 +98,22 @@ def _table_config(table, family: str, m: int, n: int, k: int, column: int,
             if key[1] <= max_m:
                 cfg = configs[column]
                 break
-        bm = max(16, min(cfg.block_m, key[1]))
-        bn = max(16, min(cfg.block_n, key[2]))
-        bk = max(32, min(cfg.block_k, key[3]))
-        # Two K-steps per iteration only for full 128-wide steps (the promotion interval).
-        cfg = cfg._replace(block_m=bm, block_n=bn, block_k=bk,
-                           k_unroll=cfg.k_unroll if bk == 128 else 1)
+        cfg = _fit_problem(cfg, m, n, k)
         if smem_limit is not None:
             cfg = _fit_smem(cfg, smem_limit)
         _gemm_cache[key] = cfg
     return cfg
+
+
+def _fit_problem(cfg: GemmConfig, m: int, n: int, k: int) -> GemmConfig:
+    """``cfg``'s tiles shrunk to the problem's powers of two (never below tl.dot's 16; K-steps
+    of 32 at least, 128 at most)."""
+    bm = max(16, min(cfg.block_m, next_pow2(m)))
+    bn = max(16, min(cfg.block_n, next_pow2(n)))
+    bk = max(32, min(cfg.block_k, next_pow2(k), 128))
+    # Two K-steps per iteration only for full 128-wide steps (the promotion interval).
+    return cfg._replace(block_m=bm, block_n=bn, block_k=bk,
+                        k_unroll=cfg.k_unroll if bk == 128 else 1)
 
 
 def _fit_smem(cfg: GemmConfig, limit: int, staged: int = 0) -> GemmConfig:
@@ -192,29 +198,33 @@ def int8_gemm_config(m: int, n: int, k: int, smem_limit: Optional[int] = None) -
 # By M bucket, one config for the weight-only kernel (wxa16_gemm.py, int4 and int8 weights
 # alike). M <= WXA16_DECODE_MAX_M is the decode regime: a weight stream split along K
 # (``wxa16_split_k``) so one row keeps every SM busy; narrow N tiles, BLOCK_M = 16 (tl.dot's
-# least), deep pipelines. Larger M tiles without a split; at M = 17-64 (the rows swept)
-# BLOCK_N halved (to 32 at least) while the grid has fewer tiles than the card has SMs.
-# BLOCK_K is capped at the group size (each K-step lies in one scale group). M = 17-64 is from
-# bench/sweep_triton_wxa16.py (H100, 2026-12-06, int4 group 128 and int8 per channel, bf16;
-# bench/NOTES.md): 128-wide K-steps and 4 stages, 64-wide N tiles at N = 14336 and 32-wide at
-# 4096 come within 4% of the best of 72-108 configs on each of six shapes, where the 64-wide
-# K-steps ran 1.2-3.8x slower. M = 65-128: 64 x 64 x 128 tiles, 3 stages, not narrowed (128
-# tiles at N = 4096); lowbit bench (H100, 2026-12-06) timed it at 35.9 and 84.9 us on
-# 128 x 4096 x 4096 and 128 x 14336 x 4096 (int4 group 128), 30.5 and 75.8 (int8 per
-# channel). The next row's 64 x 128 x 64 tile ran 87.7 and 62.4 at 128 x 14336 x 4096, but
-# makes only 64 tiles at N = 4096 (half the SMs idle); which tile leads per weight type is
-# for the sweep to settle (bench/NOTES.md). Above M = 128 the backend dequantizes the weight
-# for a dense GEMM (bf16 and fp16 x); the rows above serve fp32 x and pinned calls and are
-# not yet tuned on a GPU.
+# least), deep pipelines. Larger M tiles without a split. BLOCK_K is capped at the group size
+# (each K-step lies in one scale group). The rows come from bench/sweep_triton_wxa16.py
+# (H100, 2026-12-06, int4 group 128 and int8 per channel, bf16; bench/NOTES.md):
+# - M = 17-64: 128-wide K-steps and 4 stages, BLOCK_N halved (to 32 at least) while the grid
+#   has fewer tiles than the card has SMs: 64-wide N tiles at N = 14336 and 32-wide at 4096
+#   came within 4% of the best of 72-108 configs on each of six shapes.
+# - M = 65-256: 128 x 128 tiles (one conversion of a weight tile serves 128 rows), while
+#   they make at least WXA16_FILL of the SMs' worth of tiles; else the first of
+#   WXA16_FILL_TILES that does. Each choice led, or came within 7%, of the 36 configs swept
+#   at 128 and 256 x {4096, 14336} x 4096: 69.6 / 55.0 us (int4 / int8) at 128 x 14336
+#   (128 x 128 x 128), 34.4 / 29.7 at 128 x 4096 (64 x 64 x 128: 128 x 128 makes 32 tiles),
+#   109.5 / 82.1 at 256 x 14336 (128 x 128 x 64: 128-wide K-steps ran 1.2x slower there),
+#   41.3 / 33.2 at 256 x 4096 (128 x 64 x 128).
+# Above the fused kernel's range (lowbit/backends/triton.py, DEQUANT_MIN_M) the backend
+# dequantizes the weight for a dense GEMM (bf16 and fp16 x); the last row serves fp32 x and
+# pinned calls there and is not tuned on a GPU.
 WXA16_DECODE_MAX_M = 16
 WXA16_NARROW_MAX_M = 64
 WXA16_GEMM_TABLE: List[tuple] = [
     (WXA16_DECODE_MAX_M, GemmConfig(16, 64, 128, 1, 4, 4)),
     (64, GemmConfig(64, 64, 128, 8, 4, 4)),
-    (128, GemmConfig(64, 64, 128, 8, 4, 3)),
-    (256, GemmConfig(64, 128, 64, 8, 4, 3)),
+    (128, GemmConfig(128, 128, 128, 8, 8, 3)),
+    (256, GemmConfig(128, 128, 64, 8, 8, 3)),
     (1 << 62, GemmConfig(128, 128, 64, 8, 8, 3)),
 ]
+WXA16_FILL = 0.75
+WXA16_FILL_TILES = (GemmConfig(128, 64, 128, 8, 8, 4), GemmConfig(64, 64, 128, 8, 4, 3))
 # The splits of a decode GEMM aim at this many programs per SM.
 WXA16_PROGRAMS_PER_SM = 2
 
@@ -225,14 +235,22 @@ def wxa16_gemm_config(m: int, n: int, k: int, group_size: int, bits: int = 4,
     """The table's config for x [m, k] (``x_bytes`` an element) times a ``bits``-bit weight
     [n, k] quantized in groups of ``group_size`` along K (0: per channel), shrunk to the
     problem and to ``smem_limit`` bytes (wxa16_fit_smem); BLOCK_K never exceeds the group, so
-    a K-step never straddles two scales. At M = 17-64 (no K split), with ``sm_count`` given,
-    BLOCK_N is halved (to 32 at least) while the tiles number fewer than the SMs."""
+    a K-step never straddles two scales. With ``sm_count`` given: at M = 17-64 (no K split)
+    BLOCK_N is halved (to 32 at least) while the tiles number fewer than the SMs; above
+    M = 64 a tile of WXA16_FILL_TILES replaces the row's while the row's tiles fill less than
+    WXA16_FILL of the SMs."""
+    def tiles(c: GemmConfig) -> int:
+        return -(-m // c.block_m) * -(-n // c.block_n)
+
     cfg = _table_config(WXA16_GEMM_TABLE, "wxa16", m, n, k, 0, None)
+    if sm_count and WXA16_DECODE_MAX_M < m <= WXA16_NARROW_MAX_M:
+        while cfg.block_n > 32 and tiles(cfg) < sm_count:
+            cfg = cfg._replace(block_n=cfg.block_n // 2)
+    elif sm_count and m > WXA16_NARROW_MAX_M and tiles(cfg) < WXA16_FILL * sm_count:
+        fills = [_fit_problem(c, m, n, k) for c in WXA16_FILL_TILES]
+        cfg = next((c for c in fills if tiles(c) >= WXA16_FILL * sm_count), fills[-1])
     if group_size and cfg.block_k > group_size:
         cfg = cfg._replace(block_k=group_size)
-    if sm_count and WXA16_DECODE_MAX_M < m <= WXA16_NARROW_MAX_M:
-        while cfg.block_n > 32 and -(-m // cfg.block_m) * -(-n // cfg.block_n) < sm_count:
-            cfg = cfg._replace(block_n=cfg.block_n // 2)
     if smem_limit is not None:
         cfg = wxa16_fit_smem(cfg, bits, x_bytes, smem_limit)
     return cfg

@@ -365,20 +365,19 @@ def _prepare_w8a16_gemm(x, w, w_scale, bias):
     return _prepared_on(x.device, launch, "triton_w8a16_gemm")
 
 
-# Above M = 128: the weight dequantized to x's dtype by a Triton kernel (the same bits as the
-# CUDA backend's dequantizer), then torch's GEMM (cuBLAS, or hipBLASLt on AMD), as the CUDA
-# backend's ``*_dequant`` kernels do. The fused Triton kernel converts the weight per output
-# tile, so its cost grows with the M tiles; the dequantized path pays a fixed write and read
-# of the whole weight in x's dtype (2 bytes a weight) and then runs at cuBLAS's rate. Where
-# they cross (H100, bench/NOTES.md): with the fused kernel's configs of 2026-12-06 it leads
-# at M = 64 on every weight measured (int4 group 128: 26.7 against 30.8 us at
-# 64 x 4096 x 4096) and at M = 128 (int4: 84.9 against 105.5 us at 128 x 14336 x 4096,
-# level at 128 x 4096 x 4096, 35.9 against 34.3; int8 per channel: 75.8 against 113.7 and
-# 30.5 against 36.4). At M = 256 the int4 weight's dequantized path leads (111.6 against
-# 150.6 us at 256 x 14336 x 4096), but the int8 weight's fused kernel led there (89.3
-# against 119.9), on that one shape, so both take the dequantized path from M = 129 until
-# more int8 shapes are measured.
-DEQUANT_MIN_M = {"w4a16_gemm": 129, "w8a16_gemm": 129}
+# Above the fused kernel's range (int4: M = 128; int8: 256): the weight dequantized to x's
+# dtype by a Triton kernel (the same bits as the CUDA backend's dequantizer), then torch's
+# GEMM (cuBLAS, or hipBLASLt on AMD), as the CUDA backend's ``*_dequant`` kernels do. The
+# fused Triton kernel converts the weight per output tile, so its cost grows with the M
+# tiles; the dequantized path pays a fixed write and read of the whole weight in x's dtype
+# (2 bytes a weight) and then runs at cuBLAS's rate. Where they cross (H100, 2026-12-06,
+# bench/NOTES.md), with the fused kernel's 128-row tiles (heuristics.WXA16_GEMM_TABLE): at
+# M = 128 the fused kernel leads on both weights (int4 group 128: 69.6 against 105.5 us at
+# 128 x 14336 x 4096; int8 per channel: 55.0 against 113.7). At M = 256 the int8 weight's
+# fused kernel leads (82.1 against 119.5 us at 256 x 14336 x 4096, 33.2 against 40.5 at
+# 256 x 4096 x 4096), the int4 weight's runs level (109.5 against 112.1) or behind (41.3
+# against 37.9), so int4 dequantizes from M = 129 and int8 from 257.
+DEQUANT_MIN_M = {"w4a16_gemm": 129, "w8a16_gemm": 257}
 
 
 def _dequant_reason(op: str, x) -> Optional[str]:
