@@ -13,8 +13,8 @@
 // kernel with its phase trace, and each shape prints, from one more launch, where its CTAs'
 // time went: the spread of their starts, the first chunk's arrival, the mainloop, the
 // epilogue (the K split's gather included), and the cycles per chunk that the consumers
-// waited for stages, the encoding warps for x and in the permutation, the producer for
-// empty slots.
+// waited for stages and spent gathering and dequantizing their weight fragments, and that
+// the producer waited for empty slots.
 // Prints per shape the planned split, the median of 25 launches (CUDA events), the weight
 // stream's rate and two sums of the bf16 outputs: variants that keep the kernel's summation
 // order print the same sums. The data are hash-filled, not meaningful numbers.
@@ -118,8 +118,7 @@ void print_trace(void* flush, int chunks, Call&& call) {
   stat("epilogue (gather, store)", [&](auto& r) { return ns(r[tr::kEnd], r[tr::kMainEnd]); },
        1e3);
   stat("consumer wait for a stage", [&](auto& r) { return r[tr::kWaitFull]; }, per_chunk);
-  stat("encoder wait for x", [&](auto& r) { return r[tr::kWaitStaged]; }, per_chunk);
-  stat("encoder permutation", [&](auto& r) { return r[tr::kPermute]; }, per_chunk);
+  stat("consumer weight fragments", [&](auto& r) { return r[tr::kFragments]; }, per_chunk);
   stat("producer wait for a slot", [&](auto& r) { return r[tr::kWaitEmpty]; }, per_chunk);
 }
 #endif

@@ -96,6 +96,16 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
       : "memory");
 }
 
+// A [box_depth x box_rows x box_cols] box at (col, row, plane) of a 3-D map; completes on bar.
+__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, uint64_t* bar,
+                                            int col, int row, int plane) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5}], [%2];" ::"r"(smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(col), "r"(row), "r"(plane)
+      : "memory");
+}
+
 // TMA tile store from shared memory (bulk-group completion), and its waits. The writes to the
 // source tile must be made visible to the async proxy first (fence_async_smem + a barrier).
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int col,
@@ -352,20 +362,27 @@ inline PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 static_assert(sizeof(CUtensorMap) == 128 && alignof(CUtensorMap) <= 128,
               "TensorMapCache::Slot holds a CUtensorMap in 128 bytes aligned to 128");
 
-// Encodes a 2-D tiled map (no interleave, no OOB fill: out-of-range reads are zeros), or
-// copies it from `slot` when the slot holds the map of the same arguments (see
-// tensor_map_cache.h); a fresh encode replaces the slot's map. `slot` may be null.
-inline bool encode_2d(CUtensorMap* map, TensorMapCache::Slot* slot, CUtensorMapDataType type,
-                      void* base, uint64_t cols, uint64_t rows, uint64_t stride_bytes,
-                      uint32_t box_cols, uint32_t box_rows, CUtensorMapSwizzle swizzle,
-                      CUtensorMapL2promotion l2) {
+// Encodes a tiled map of rank 2 ([rows][cols], rows `stride_bytes` apart, [box_rows]
+// [box_cols] boxes) or 3 (`depth` such planes `plane_bytes` apart, boxes `box_depth` planes
+// deep), no interleave, no OOB fill (out-of-range reads are zeros); or copies it from `slot`
+// when the slot holds the map of the same arguments (see tensor_map_cache.h). A fresh encode
+// replaces the slot's map. `slot` may be null. encode_2d and encode_3d below name the rank.
+inline bool encode_tiled(CUtensorMap* map, TensorMapCache::Slot* slot, CUtensorMapDataType type,
+                         int rank, void* base, uint64_t cols, uint64_t rows, uint64_t depth,
+                         uint64_t stride_bytes, uint64_t plane_bytes, uint32_t box_cols,
+                         uint32_t box_rows, uint32_t box_depth, CUtensorMapSwizzle swizzle,
+                         CUtensorMapL2promotion l2) {
   TensorMapCache::Key key;
   key.base = base;
+  key.rank = rank;
   key.cols = cols;
   key.rows = rows;
   key.stride_bytes = stride_bytes;
+  key.depth = rank == 3 ? depth : 1;
+  key.plane_bytes = rank == 3 ? plane_bytes : 0;
   key.box_cols = box_cols;
   key.box_rows = box_rows;
+  key.box_depth = rank == 3 ? box_depth : 1;
   key.type = static_cast<int>(type);
   key.swizzle = static_cast<int>(swizzle);
   key.l2 = static_cast<int>(l2);
@@ -375,12 +392,15 @@ inline bool encode_2d(CUtensorMap* map, TensorMapCache::Slot* slot, CUtensorMapD
   }
   auto fn = encode_fn();
   if (!fn) return false;
-  cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride_bytes)};
-  cuuint32_t box[2] = {box_cols, box_rows};
-  cuuint32_t elem[2] = {1, 1};
-  if (fn(map, type, 2, base, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-         l2, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+  cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
+                        static_cast<cuuint64_t>(key.depth)};
+  cuuint64_t strides[2] = {static_cast<cuuint64_t>(stride_bytes),
+                           static_cast<cuuint64_t>(key.plane_bytes)};
+  cuuint32_t box[3] = {box_cols, box_rows, key.box_depth};
+  cuuint32_t elem[3] = {1, 1, 1};
+  if (fn(map, type, static_cast<cuuint32_t>(rank), base, dims, strides, box, elem,
+         CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, l2, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) !=
+      CUDA_SUCCESS)
     return false;
   if (slot != nullptr) {
     *reinterpret_cast<CUtensorMap*>(slot->map) = *map;
@@ -388,6 +408,23 @@ inline bool encode_2d(CUtensorMap* map, TensorMapCache::Slot* slot, CUtensorMapD
     slot->valid = true;
   }
   return true;
+}
+
+inline bool encode_2d(CUtensorMap* map, TensorMapCache::Slot* slot, CUtensorMapDataType type,
+                      void* base, uint64_t cols, uint64_t rows, uint64_t stride_bytes,
+                      uint32_t box_cols, uint32_t box_rows, CUtensorMapSwizzle swizzle,
+                      CUtensorMapL2promotion l2) {
+  return encode_tiled(map, slot, type, 2, base, cols, rows, 1, stride_bytes, 0, box_cols,
+                      box_rows, 1, swizzle, l2);
+}
+// Rank 3 whatever the depth (a 3-D load needs a 3-D map, even over one plane).
+inline bool encode_3d(CUtensorMap* map, TensorMapCache::Slot* slot, CUtensorMapDataType type,
+                      void* base, uint64_t cols, uint64_t rows, uint64_t depth,
+                      uint64_t stride_bytes, uint64_t plane_bytes, uint32_t box_cols,
+                      uint32_t box_rows, uint32_t box_depth, CUtensorMapSwizzle swizzle,
+                      CUtensorMapL2promotion l2) {
+  return encode_tiled(map, slot, type, 3, base, cols, rows, depth, stride_bytes, plane_bytes,
+                      box_cols, box_rows, box_depth, swizzle, l2);
 }
 
 // A 2-D map over a K-major byte matrix [rows, k] (row stride ld bytes), read in boxes of

@@ -12,16 +12,20 @@ namespace lowbit {
 struct TensorMapCache {
   enum Role { kA = 0, kB, kOut, kAScale, kBScale, kRoles };
 
-  // The encode arguments of a 2-D map (the only rank the kernels use).
+  // The encode arguments of a 2-D map, or of a 3-D one (rank 3: `depth` planes
+  // `plane_bytes` apart, boxes `box_depth` planes deep).
   struct Key {
     const void* base = nullptr;
-    uint64_t cols = 0, rows = 0, stride_bytes = 0;
-    uint32_t box_cols = 0, box_rows = 0;
+    int rank = 2;
+    uint64_t cols = 0, rows = 0, stride_bytes = 0, depth = 1, plane_bytes = 0;
+    uint32_t box_cols = 0, box_rows = 0, box_depth = 1;
     int type = -1, swizzle = -1, l2 = -1;
     bool operator==(const Key& o) const {
-      return base == o.base && cols == o.cols && rows == o.rows &&
-             stride_bytes == o.stride_bytes && box_cols == o.box_cols &&
-             box_rows == o.box_rows && type == o.type && swizzle == o.swizzle && l2 == o.l2;
+      return base == o.base && rank == o.rank && cols == o.cols && rows == o.rows &&
+             stride_bytes == o.stride_bytes && depth == o.depth &&
+             plane_bytes == o.plane_bytes && box_cols == o.box_cols &&
+             box_rows == o.box_rows && box_depth == o.box_depth && type == o.type &&
+             swizzle == o.swizzle && l2 == o.l2;
     }
   };
 

@@ -1,28 +1,37 @@
 // sm_90a W4A16 / W8A16 GEMMs above the decode range (sm90_w4a16_gemm_wgmma, any M;
-// sm90_w8a16_gemm_wgmma, M <= 256): the decode kernel's weight path (wxa16_gemm.cuh: int4 prepacked or
-// int8 fragments dequantized in registers, exactly) feeding wgmma with the weight as its
-// register A operand, so one dequantized fragment serves a tile of kN = 32, 64 or 128 tokens in
-// one instruction, where the mma.sync decode kernel dequantizes it once per 16 tokens
-// (bench/NOTES.md, "Decode to M = 64").
+// sm90_w8a16_gemm_wgmma, M <= 256): the decode kernel's weight conversion (wxa16_gemm.cuh:
+// int4 prepacked or int8 fragments dequantized in registers, exactly) feeding wgmma with the
+// weight as its register A operand, so one dequantized fragment serves a tile of kN = 32, 64
+// or 128 tokens in one instruction, where the mma.sync decode kernel dequantizes it once per
+// 16 tokens (bench/NOTES.md, "Decode to M = 64").
 //
 // Operands. A: the weight, 64 rows per consumer warpgroup (warp w: 16-row tile w, its lanes'
-// A fragments exactly those of mma.sync m16n8k16, which the decode kernel builds). B: the
-// activations, [kN tokens][64 K] bf16/fp16 per 64-K chunk in shared memory, K-major with the
-// 128-byte swizzle (one 128-byte row per token). The decode kernel's fragments permute K
-// inside a chunk (lane (g, t), k-step s holds k = 16 t + 4 s + {0, 1} and 16 t + 4 s +
-// {2, 3}: wxa16_gemm.cuh, "K order"; the int4 prepacked layout stores its nibbles so, and a
-// lane's 16 bytes of an int8 row are k = 16 t .. 16 t + 15), so the B tile is permuted alike:
-// its logical 16-byte column L (k' = 8 L .. 8 L + 7, k-step L / 2) holds, for t = 0..3, the x
-// pair at k = 16 t + 2 L .. + 1, i.e. 4-byte words L, L + 8, L + 16, L + 24 of the token's
-// 128-byte chunk.
+// A fragments those of mma.sync m16n8k16). B: the activations, [kN tokens][64 K] bf16/fp16
+// per 64-K chunk in shared memory, K-major with the 128-byte swizzle (one 128-byte row per
+// token), as TMA lands them: the K order is the natural one, wgmma k-step s taking
+// k = 16 s .. 16 s + 15 of the chunk.
+//
+// The weight's K order. The decode kernel's fragments permute K inside a chunk (lane (g, t),
+// k-step s holds k = 16 t + 4 s + {0, 1} and 16 t + 4 s + {2, 3}: wxa16_gemm.cuh, "K order";
+// the int4 prepacked layout stores its nibbles so, and reads a lane's 16 bytes of an int8 row
+// as k = 16 t .. 16 t + 15), which the activations of mma.sync follow in registers for free.
+// Here the weight follows x instead: in natural k-step s, lane (g, t) needs k = 16 s + 2 t
+// + {0, 1} and 16 s + 2 t + 8 + {0, 1} of rows g and g + 8, which lie in two 4-byte words of
+// the chunk in shared memory (int4: words h and h + 2 of lane (g, s)'s 16 prepacked bytes,
+// bytes p and p + 2 of each, h = t / 2, p = t % 2; int8: words 4 s + h and 4 s + h + 2 of the
+// row, bytes 2 p and 2 p + 1 of each), so each k-step is two 4-byte loads and one byte
+// permute into the word the decode kernel's conversion takes (int4_fragment,
+// int8_fragment). Permuting x instead took three warps and 32 KB of shared-memory traffic
+// a 128-token chunk; without it the kernel runs 1-12% faster (bench/NOTES.md, "The
+// weight-only wgmma kernel without its encoder"). The weight lands swizzled (int4: the
+// 128-byte swizzle, the prepacked tensor viewed as [row tiles][chunks x 4][128 bytes];
+// int8: the 64-byte swizzle on 64-byte rows), which makes these loads free of bank
+// conflicts: the 8 rows g a warp reads at once fall in 8 distinct 16-byte columns.
 //
 // Roles (384 threads). Warpgroup 0 produces: its first thread TMA-loads each chunk's weight
-// (int4: 8 row tiles x 512 bytes, one box of the prepacked tensor viewed as [row tiles]
-// [chunks x 512 bytes]; int8: 128 rows x 64 bytes of [N, K]) onto the stage's full barrier
-// and x's [kN][64] box (128-byte swizzle) into a staging slot; its other three warps permute
-// the staged x into the B tile, fence it for the async proxy and arrive on the full barrier
-// (1 + 3 arrivals and the weight's bytes). Warpgroups 1 and 2 consume: per chunk each thread
-// reads its weight bytes from shared memory (int4: 16, int8: 16 of rows g and g + 8),
+// (int4: 8 row tiles x 512 bytes; int8: 128 rows x 64 bytes of [N, K]) and x's [kN][64] box
+// onto the stage's full barrier; its other warps only join the split's gather. Warpgroups 1
+// and 2 consume: per chunk each thread gathers its weight words from shared memory,
 // dequantizes the 4 k-steps' A fragments and issues four m64nNk16 wgmmas. A chunk lies in one
 // group (G = 64, 128, or one scale per row); G = 32 is the decode kernel's. The chunks' sums
 // either stay in the tensor core (kAcc: one scale per row, applied after the mainloop; int4
@@ -35,6 +44,7 @@
 // Grid: (row blocks of 128 x token tiles, K splits); the token tiles of a row block are
 // adjacent, so they read its weight from L2 after the first. K splits use the decode
 // kernel's workspace and counters (gather_splits: partials added in split order).
+
 #include "common/sm90.cuh"
 #include "wxa16/wxa16_gemm.cuh"
 
@@ -45,9 +55,12 @@ namespace wg {
 constexpr int kThreads = 384;
 constexpr int kConsumerThreads = 256;
 constexpr int kConsumerWarps = 8;
-constexpr int kEncodeWarps = 3;
 constexpr int kRowTiles = 8;  // 16-row tiles per CTA: 128 rows
 constexpr int kRows = 16 * kRowTiles;
+// A prepacked int4 tile (16 rows x 64 K) as TMA's 128-byte swizzle takes it: 4 lines of 32
+// words.
+constexpr int kLineWords = 32;
+constexpr int kTileLines = kTileBytes4 / (4 * kLineWords);
 // One chunk of the CTA's 128 rows: int4, 8 prepacked 16 x 64 tiles (4 KB); int8, 128 rows of
 // 64 bytes (8 KB).
 template <int Bits>
@@ -73,13 +86,13 @@ struct Config {
   static constexpr int kRegs = kN / 2;
   static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
   static constexpr int kWBytes = kWeightBytes<Bits>;
-  static constexpr int kStageBytes = kWBytes + 2 * kActBytes;  // weight, B tile, staging
-  // Fixed: 3 barriers per stage, the split's "last CTA" flag, the alignment slack.
-  static constexpr int kFixedBytes = (3 * kMaxStages + 1) * 8 + 1024;
+  static constexpr int kStageBytes = kWBytes + kActBytes;  // weight, B tile
+  // Fixed: 2 barriers per stage, the split's "last CTA" flag, the alignment slack.
+  static constexpr int kFixedBytes = (2 * kMaxStages + 1) * 8 + 1024;
   static constexpr int kStages = (kSmemLimit - kFixedBytes) / kStageBytes < kMaxStages
                                      ? (kSmemLimit - kFixedBytes) / kStageBytes
                                      : kMaxStages;
-  static constexpr int kSmemBytes = kStages * kStageBytes + (3 * kStages + 1) * 8 + 1024;
+  static constexpr int kSmemBytes = kStages * kStageBytes + (2 * kStages + 1) * 8 + 1024;
   static_assert(kStages >= 4, "too shallow a ring");
 };
 
@@ -131,76 +144,17 @@ __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) {
   }
 }
 
-// One stage's B tile from its staged x ([kN][64] elements, 128-byte swizzle as TMA wrote it),
-// by the encoding warps: logical column L of token n gathers words L, L + 8, L + 16, L + 24
-// of the token's row (see the file comment), stored where the 128-byte swizzle puts column L.
-// A warp's item is 32 units: 4 tokens of one parity of an 8-token atom (n, n + 2, n + 4,
-// n + 6) x 8 columns, lane (j, L) taking token 2 j + parity; tokens an odd distance apart
-// would share banks after the swizzle's XOR, these do not, for the reads and the writes. The
-// kN / 4 items go round the three warps (warp ew takes items ew, ew + 3, ...), so a warp's
-// i-th item has parity (ew + i) & 1 and lies 3 atoms past its (i - 2)-th: each thread's byte
-// offsets are those of its first two items plus a constant, computed once per CTA, and a
-// stage costs its loads and stores alone (index arithmetic per unit made this loop the
-// kernel's critical path: bench/NOTES.md, "the weight-only wgmma kernel's encoder").
-struct PermuteUnits {
-  // [item i & 1]: the staged offset of word L of the token (word L + 8 q's: this XOR q << 5,
-  // the swizzle's XOR acting on the 16-byte column's bits 1-2 alone), and the tile offset of
-  // the token's column L.
-  uint32_t rd[2], wr[2];
-  __device__ __forceinline__ explicit PermuteUnits(int et) {
-    static_assert(kEncodeWarps == 3, "the item walk below assumes three encoding warps");
-    const int ew = et / 32, j = (et % 32) / 8, L = et % 8;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int item = ew + kEncodeWarps * h;  // the warp's first (h = 0) or second item
-      const int n = (item >> 1) * 8 + 2 * j + (item & 1);
-      rd[h] = n * 128 + (((L >> 2) ^ (n & 7)) << 4) + (L & 3) * 4;
-      wr[h] = n * 128 + ((L ^ (n & 7)) << 4);
-    }
-  }
-};
-
-template <int kN>
-__device__ __forceinline__ void permute_stage(const uint8_t* staged, uint8_t* tile,
-                                              const PermuteUnits& pu, int ew) {
-  constexpr int kItems = kN / 4;
-  constexpr int kIters = (kItems + kEncodeWarps - 1) / kEncodeWarps;
-  // Two items at a time, loads before stores, so that one item's loads wait out the other's.
-#pragma unroll
-  for (int i = 0; i < kIters; i += 2) {
-    bool todo[2];
-    uint32_t w[2][4];
-    // Items i and i - 2 lie 2 kEncodeWarps items, kEncodeWarps atoms of 1024 bytes, apart.
-    const uint32_t step = static_cast<uint32_t>(i >> 1) * kEncodeWarps * 1024;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      todo[h] = i + h < kIters && ew + kEncodeWarps * (i + h) < kItems;
-      if (todo[h]) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q)
-          w[h][q] = *reinterpret_cast<const uint32_t*>(staged + ((pu.rd[h] ^ (q << 5)) + step));
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      if (todo[h])
-        *reinterpret_cast<uint4*>(tile + pu.wr[h] + step) =
-            make_uint4(w[h][0], w[h][1], w[h][2], w[h][3]);
-  }
-}
-
 #endif  // LOWBIT_SM90A
 
 // Phase trace (built only with -DLOWBIT_WXA16_TRACE, by bench/wxa16_ab.cu): per CTA (index
 // blockIdx.y * gridDim.x + blockIdx.x, the first kCtas), %globaltimer stamps of its start, the
 // first chunk's arrival at the consumers, the end of the mainloop and the CTA's end, and SM
 // cycles (32-bit %clock; differences wrap safely) summed over the chunks: the first consumer
-// thread's waits on its full barriers, the first encoding thread's waits on its staged x and
-// its time in the permutation, the producer thread's waits on empty stages. It says where a
-// chunk's time goes where ncu's stall sampling is not available.
+// thread's waits on its full barriers and its time gathering and dequantizing the weight's
+// fragments, the producer thread's waits on empty stages. It says where a chunk's time goes
+// where ncu's stall sampling is not available.
 namespace trace {
-enum Slot { kStart, kFirstFull, kMainEnd, kEnd, kWaitFull, kWaitStaged, kPermute, kWaitEmpty,
-            kSlots };
+enum Slot { kStart, kFirstFull, kMainEnd, kEnd, kWaitFull, kFragments, kWaitEmpty, kSlots };
 constexpr int kCtas = 2048;
 #ifdef LOWBIT_WXA16_TRACE
 __device__ unsigned long long stamps[kCtas][kSlots];
@@ -224,6 +178,46 @@ __device__ __forceinline__ void put(Slot s, unsigned long long v) {
 #endif
 
 #ifdef LOWBIT_SM90A
+// Where a consumer thread's weight words lie in a stage (see "The weight's K order" at the
+// top): natural k-step s takes the 4-byte words at off[s] and off[s] + 8, whose bytes
+// __byte_perm(·, ·, sel) puts in the order the conversion takes (int4: [A.p, B.p, A.p + 2,
+// B.p + 2], k = 16 s + 2 t, + 8, + 1, + 9: nibble pairs (k, k + 1) and (k + 8, k + 9) of
+// rows g (low nibbles) and g + 8 (high); int8: [A.2p, A.2p + 1, B.2p, B.2p + 1]). int4: lane
+// (g, s)'s 16 bytes of the warp's row tile wt lie in 128-byte line L = 4 wt + g / 2, 16-byte
+// column 4 (g % 2) + s, the column XORed with L % 8 by the 128-byte swizzle. int8: row
+// 16 wt + g (g + 8: 512 bytes on, the same swizzle) is one 64-byte line, the 16-byte column
+// s XORed with (row / 2) % 4 by the 64-byte swizzle.
+template <int Bits>
+struct WeightWords {
+  uint32_t off[4];
+  uint32_t sel;
+  __device__ __forceinline__ WeightWords(int wt, int g, int t) {
+    const int h = t >> 1, p = t & 1;
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      if constexpr (Bits == 4) {
+        const int line = 4 * wt + (g >> 1);
+        off[s] = line * 128 + (((4 * (g & 1) + s) ^ (line & 7)) << 4) + 4 * h;
+      } else {
+        const int row = 16 * wt + g;
+        off[s] = row * 64 + ((s ^ ((row >> 1) & 3)) << 4) + 4 * h;
+      }
+    }
+    sel = Bits == 4 ? 0x6240u + 0x1111u * p : (p ? 0x7632u : 0x5410u);
+  }
+  // The four k-steps' words from stage `w` (+ `skip` bytes: int8's row g + 8).
+  __device__ __forceinline__ uint4 gather(const uint8_t* w, int skip) const {
+    uint32_t q[4];
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const uint8_t* at = w + skip + off[s];
+      q[s] = __byte_perm(*reinterpret_cast<const uint32_t*>(at),
+                         *reinterpret_cast<const uint32_t*>(at + 8), sel);
+    }
+    return make_uint4(q[0], q[1], q[2], q[3]);
+  }
+};
+
 // A consumer thread's weight metadata for one chunk: the scale bits of rows g and g + 8 and
 // their int4 zero-point pairs (int4_zero_lo / int4_zero_hi), loaded 2 kMetaDepth chunks
 // ahead.
@@ -244,13 +238,11 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   uint8_t* w_tiles = align_smem_1024(smem_raw);  // [stage][8 row tiles][512] (int4) or
                                                  // [stage][128 rows][64] (int8)
   uint8_t* b_tiles = w_tiles + kStages * kWBytes;            // [stage][kN][128], swizzled
-  uint8_t* staging = b_tiles + kStages * C::kActBytes;       // [stage][kN][128], swizzled
-  uint64_t* full = reinterpret_cast<uint64_t*>(staging + kStages * C::kActBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(b_tiles + kStages * C::kActBytes);
   uint64_t* empty = full + kStages;
-  uint64_t* staged = empty + kStages;
   // (In the dynamic allocation: a static __shared__ variable would put the dynamic base after
   // a 1 KB pad, for its alignment.)
-  bool& last_cta = *reinterpret_cast<bool*>(staged + kStages);
+  bool& last_cta = *reinterpret_cast<bool*>(empty + kStages);
 
   const int wg = threadIdx.x / 128;
   const int nk = (p.K + kChunkK - 1) / kChunkK;
@@ -263,59 +255,32 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 
   if (threadIdx.x == 0) {
     WXA16_TRACE_NOW(kStart);
-    for (int s = 0; s < kStages; ++s) sm90::mbar_init(&staged[s], 1);
-    sm90::init_ring(full, empty, kStages, kConsumerWarps, 1 + kEncodeWarps);  // (its fence
-                                                                              // covers all)
+    sm90::init_ring(full, empty, kStages, kConsumerWarps);
     sm90::tma_prefetch_desc(&map_w);
     sm90::tma_prefetch_desc(&map_x);
   }
   __syncthreads();
   grid_dependency_wait();
 
-  // 56 + 2 x 224 registers a thread (168 x 3 at launch): the encoding warps hold two items'
-  // loads and their offsets (below 56); the consumers stay below 200.
+  // 56 + 2 x 224 registers a thread (168 x 3 at launch): the consumers stay below 200.
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;");
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (warp == 0) {
-      if (lane == 0) {
-        [[maybe_unused]] unsigned wait_empty = 0;
-        for (int it = 0; it < steps; ++it) {
-          const int s = it % kStages, c = c_begin + it;
-          WXA16_TRACE_CLOCK(t0);
-          sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
-          WXA16_TRACE_ADD(wait_empty, t0);
-          sm90::mbar_expect_tx(&full[s], kWBytes);
-          if constexpr (Bits == 4)
-            sm90::tma_load_2d(w_tiles + s * kWBytes, &map_w, &full[s], c * (kTileBytes4 / 4),
-                              bx * kRowTiles);
-          else
-            sm90::tma_load_2d(w_tiles + s * kWBytes, &map_w, &full[s], c * kChunkK, bx * kRows);
-          sm90::mbar_expect_tx(&staged[s], C::kActBytes);
-          sm90::tma_load_2d(staging + s * C::kActBytes, &map_x, &staged[s], c * kChunkK, m0);
-        }
-        WXA16_TRACE_PUT(kWaitEmpty, wait_empty);
-      }
-    } else {
-      [[maybe_unused]] unsigned wait_staged = 0, permute = 0;
-      const PermuteUnits units(threadIdx.x - 32);
+    if (threadIdx.x == 0) {
+      [[maybe_unused]] unsigned wait_empty = 0;
       for (int it = 0; it < steps; ++it) {
-        const int s = it % kStages;
+        const int s = it % kStages, c = c_begin + it;
         WXA16_TRACE_CLOCK(t0);
-        sm90::mbar_wait(&staged[s], (it / kStages) & 1);
-        WXA16_TRACE_ADD(wait_staged, t0);
-        WXA16_TRACE_CLOCK(t1);
-        permute_stage<kN>(staging + s * C::kActBytes, b_tiles + s * C::kActBytes, units,
-                          warp - 1);
-        sm90::fence_async_smem();  // the tile, written by this thread, for wgmma to read
-        __syncwarp();
-        if (lane == 0) sm90::mbar_arrive(&full[s]);
-        WXA16_TRACE_ADD(permute, t1);
+        sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+        WXA16_TRACE_ADD(wait_empty, t0);
+        sm90::mbar_expect_tx(&full[s], kWBytes + C::kActBytes);
+        if constexpr (Bits == 4)
+          sm90::tma_load_3d(w_tiles + s * kWBytes, &map_w, &full[s], 0, c * kTileLines,
+                            bx * kRowTiles);
+        else
+          sm90::tma_load_2d(w_tiles + s * kWBytes, &map_w, &full[s], c * kChunkK, bx * kRows);
+        sm90::tma_load_2d(b_tiles + s * C::kActBytes, &map_x, &full[s], c * kChunkK, m0);
       }
-      if (threadIdx.x == 32) {
-        WXA16_TRACE_PUT(kWaitStaged, wait_staged);
-        WXA16_TRACE_PUT(kPermute, permute);
-      }
+      WXA16_TRACE_PUT(kWaitEmpty, wait_empty);
     }
     launch_dependents();
     // gather_splits holds CTA barriers: the producer joins them, with nothing to add (the
@@ -390,7 +355,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 
   const uint32_t b_lo = sm90::desc_lo(b_tiles);
   constexpr uint32_t kBUnits = C::kActBytes / 16;
-  [[maybe_unused]] unsigned wait_full = 0;
+  const WeightWords<Bits> words(wt, g, t);
+  [[maybe_unused]] unsigned wait_full = 0, fragments = 0;
   auto issue_into = [&](float(&d)[C::kRegs], uint32_t(&a)[4][4], float(&f)[2],
                         Meta (&ms)[kMetaDepth], int i) {
     const int s = (i) % kStages;
@@ -409,9 +375,10 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     sm90::mbar_wait(&full[s], (i / kStages) & 1);
     WXA16_TRACE_ADD(wait_full, t0);
     if (i == 0 && ctid == 0) WXA16_TRACE_NOW(kFirstFull);
+    WXA16_TRACE_CLOCK(t1);
     const uint8_t* wsm = w_tiles + s * kWBytes;
     if constexpr (Bits == 4) {
-      const uint4 v = *reinterpret_cast<const uint4*>(wsm + wt * kTileBytes4 + lane * 16);
+      const uint4 v = words.gather(wsm, 0);
       // Scale pairs of rows g and g + 8 (prescaled: the scales are x's dtype, 16 bits), or
       // ones: multiplying by a selected pair costs fewer instructions than a branch.
       constexpr uint32_t kOnes = std::is_same<T, __nv_bfloat16>::value ? 0x3f803f80u : 0x3c003c00u;
@@ -426,14 +393,13 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
           for (int j = 0; j < 4; ++j) a[k][j] = mul2<T>(a[k][j], sp[j & 1]);
         }
       }
-    } else {  // rows g and g + 8 of the warp's tile, k = 16 t .. 16 t + 15 of the chunk
-      const uint8_t* row = wsm + (wt * 16 + g) * kChunkK + 16 * t;
-      const uint4 vg = *reinterpret_cast<const uint4*>(row);
-      const uint4 vg8 = *reinterpret_cast<const uint4*>(row + 8 * kChunkK);
+    } else {  // rows g and g + 8 of the warp's tile
+      const uint4 vg = words.gather(wsm, 0), vg8 = words.gather(wsm, 8 * kChunkK);
       meta_next();
 #pragma unroll
       for (int k = 0; k < 4; ++k) int8_fragment<T>(vg, vg8, k, a[k]);
     }
+    WXA16_TRACE_ADD(fragments, t1);
     sm90::fence_regs(d);
     sm90::wgmma_fence();
     // A partial starts from zero; in the tensor core the sums go on (zeroed above).
@@ -483,6 +449,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   if (ctid == 0) {
     WXA16_TRACE_NOW(kMainEnd);
     WXA16_TRACE_PUT(kWaitFull, wait_full);
+    WXA16_TRACE_PUT(kFragments, fragments);
   }
 
   float(&flat)[C::kRegs] = acc;
@@ -497,11 +464,12 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 #endif
 }
 
-// The weight's map: the prepacked int4 tensor as [row tiles][chunks x 128 words], boxes of
-// 8 row tiles x one chunk (4 KB); x's: [M][K] 16-bit elements in [kN][64] boxes with the
-// 128-byte swizzle. Rows and chunks past the ends read as zero. Kept in the launch object's
-// cache (p.map_cache) between calls.
-// int8: w [N][K] bytes (row stride ldw) in boxes of 128 rows x 64 bytes.
+// The weight's map: the prepacked int4 tensor as [row tiles][chunks x 4][128 bytes], boxes
+// of 8 row tiles x one chunk's 4 lines (4 KB) with the 128-byte swizzle; int8: w [N][K] bytes
+// (row stride ldw) in boxes of 128 rows x 64 bytes with the 64-byte swizzle (see
+// WeightWords). x's: [M][K] 16-bit elements in [kn][64] boxes with the 128-byte swizzle.
+// Rows and chunks past the ends read as zero.
+// Kept in the launch object's cache (p.map_cache) between calls.
 inline bool make_maps(CUtensorMap* w, CUtensorMap* x, const WXA16GemmArgs& p, int kn) {
   const int nk = (p.K + kChunkK - 1) / kChunkK;
   auto slot = [&](TensorMapCache::Role r) {
@@ -509,15 +477,17 @@ inline bool make_maps(CUtensorMap* w, CUtensorMap* x, const WXA16GemmArgs& p, in
   };
   const bool w_ok =
       p.bits == 4
-          ? sm90::encode_2d(w, slot(TensorMapCache::kB), CU_TENSOR_MAP_DATA_TYPE_UINT32,
-                            const_cast<void*>(p.w), static_cast<uint64_t>(nk) * (kTileBytes4 / 4),
-                            static_cast<uint64_t>((p.N + 15) / 16),
-                            static_cast<uint64_t>(nk) * kTileBytes4, kTileBytes4 / 4, kRowTiles,
-                            CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B)
+          ? sm90::encode_3d(w, slot(TensorMapCache::kB), CU_TENSOR_MAP_DATA_TYPE_UINT32,
+                            const_cast<void*>(p.w), kLineWords,
+                            static_cast<uint64_t>(nk) * kTileLines,
+                            static_cast<uint64_t>((p.N + 15) / 16), kLineWords * 4,
+                            static_cast<uint64_t>(nk) * kTileBytes4, kLineWords, kTileLines,
+                            kRowTiles, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B)
           : sm90::encode_2d(w, slot(TensorMapCache::kB), CU_TENSOR_MAP_DATA_TYPE_UINT8,
                             const_cast<void*>(p.w), static_cast<uint64_t>(p.K),
                             static_cast<uint64_t>(p.N), static_cast<uint64_t>(p.ldw), kChunkK,
-                            kRows, CU_TENSOR_MAP_SWIZZLE_NONE,
+                            kRows, CU_TENSOR_MAP_SWIZZLE_64B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
   return w_ok &&
          sm90::encode_2d(x, slot(TensorMapCache::kA), CU_TENSOR_MAP_DATA_TYPE_UINT16,
