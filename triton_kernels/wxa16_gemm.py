@@ -32,9 +32,11 @@ Regimes, by M (``heuristics.WXA16_GEMM_TABLE``):
   sums the splits in split order, adds the bias and rounds once. No atomics: the result is
   the same bits on every run.
 - tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K; at
-  M <= 64 N tiles narrowed (to 32) while they number fewer than the SMs.
+  M <= 64 N tiles narrowed (to 32) while they number fewer than the SMs; above, 128 x 128
+  tiles while they fill 3/4 of the SMs, else narrower ones (``heuristics.WXA16_FILL_TILES``).
 
-Above M = 128 (bf16 and fp16 x; lowbit/backends/triton.py, DEQUANT_MIN_M) the backend
+Above the fused kernel's range (int4: M = 128, int8: M = 256; bf16 and fp16 x;
+lowbit/backends/triton.py, DEQUANT_MIN_M) the backend
 dequantizes the weight to x's dtype with ``_wxa16_dequant_kernel``
 (``wxa16_dequant_launcher``) for a dense GEMM to multiply: the same weight bits as the CUDA
 backend's dequantizer, ``(u - z) * s`` in fp32 rounded once, and a temporary [N, K] weight
