@@ -77,6 +77,15 @@ constexpr int kMetaDepth = LOWBIT_WXA16_META_DEPTH;
 constexpr int kMetaDepth = 1;
 #endif
 static_assert(kMetaDepth >= 1 && kMetaDepth <= 4, "metadata 2 to 8 chunks ahead");
+// A timing experiment's build flag (bench/wxa16_ab.sh; its outputs are wrong):
+// -DLOWBIT_WXA16_AB_SKIP=1 issues the wgmmas on fixed fragments (no gather, no conversion),
+// =2 builds the fragments and issues no wgmma, so that a chunk's two halves are timed apart.
+#ifdef LOWBIT_WXA16_AB_SKIP
+constexpr int kAbSkip = LOWBIT_WXA16_AB_SKIP;
+#else
+constexpr int kAbSkip = 0;
+#endif
+static_assert(kAbSkip >= 0 && kAbSkip <= 2, "0: the kernel; 1: no fragments; 2: no wgmmas");
 
 // kAcc: the chunks accumulate in the tensor core, in acc (both slots), with no partial tiles
 // (see "How a chunk's products reach acc" in the kernel).
@@ -377,7 +386,13 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     if (i == 0 && ctid == 0) WXA16_TRACE_NOW(kFirstFull);
     WXA16_TRACE_CLOCK(t1);
     const uint8_t* wsm = w_tiles + s * kWBytes;
-    if constexpr (Bits == 4) {
+    if constexpr (kAbSkip == 1) {
+      meta_next();
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) a[k][j] = 0x3c003c00u + static_cast<uint32_t>(i & 1);
+    } else if constexpr (Bits == 4) {
       const uint4 v = words.gather(wsm, 0);
       // Scale pairs of rows g and g + 8 (prescaled: the scales are x's dtype, 16 bits), or
       // ones: multiplying by a selected pair costs fewer instructions than a branch.
@@ -403,10 +418,12 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     sm90::fence_regs(d);
     sm90::wgmma_fence();
     // A partial starts from zero; in the tensor core the sums go on (zeroed above).
-    wgmma_rs<T, kN>(d, a[0], sm90::desc_of(b_lo + s * kBUnits), kAcc);
+    if constexpr (kAbSkip != 2) {
+      wgmma_rs<T, kN>(d, a[0], sm90::desc_of(b_lo + s * kBUnits), kAcc);
 #pragma unroll
-    for (int k = 1; k < 4; ++k)
-      wgmma_rs<T, kN>(d, a[k], sm90::desc_of(b_lo + s * kBUnits + 2 * k), true);
+      for (int k = 1; k < 4; ++k)
+        wgmma_rs<T, kN>(d, a[k], sm90::desc_of(b_lo + s * kBUnits + 2 * k), true);
+    }
     sm90::wgmma_commit();
     sm90::fence_regs(d);
     return s;
