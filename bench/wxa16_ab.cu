@@ -14,7 +14,8 @@
 // time went: the spread of their starts, the first chunk's arrival, the mainloop, the
 // epilogue (the K split's gather included), and the cycles per chunk that the consumers
 // waited for stages and spent gathering and dequantizing their weight fragments, and that
-// the producer waited for empty slots.
+// the producer waited for empty slots. -DLOWBIT_WXA16_AB_SKIP=1 or 2 beside -DAB_WGMMA times
+// that kernel's chunk without its fragments or without its wgmmas (outputs then wrong).
 // Prints per shape the planned split, the median of 25 launches (CUDA events), the weight
 // stream's rate and two sums of the bf16 outputs: variants that keep the kernel's summation
 // order print the same sums. The data are hash-filled, not meaningful numbers.

@@ -342,6 +342,22 @@ def test_table_fits_and_respects_groups():
                 fit = heuristics.wxa16_fit_smem(cfg, bits, 2, 99 * 1024)
                 assert heuristics.wxa16_smem_bytes(fit, bits) <= 96 * 1024, fit
                 assert fit.block_k == cfg.block_k, (fit, cfg)  # stages go first
+
+
+@pytest.mark.parametrize("smem,sms", [(64 * 1024, 304), (99 * 1024, 84)], ids=["mi300", "sm86"])
+@pytest.mark.parametrize("x_bytes", [2, 4])
+def test_small_shared_memory_shortens_k_steps_before_narrowing_tiles(smem, sms, x_bytes):
+    """On 64 KB (MI300) or 99 KB (sm_86 / sm_89) a program, the M = 65-256 rows' 128-wide
+    tiles keep their width: K-steps shrink (to 32, still dividing the group) after the stages,
+    before BLOCK_N halves."""
+    for m, n in ((128, 14336), (256, 14336), (128, 32768), (200, 65536), (128, 4096)):
+        for g in (0, 32, 128):
+            for bits in (4, 8):
+                cfg = heuristics.wxa16_gemm_config(m, n, 4096, g, bits, x_bytes, smem, sms)
+                assert heuristics.wxa16_smem_bytes(cfg, bits, x_bytes) + 2048 <= smem, cfg
+                assert cfg.block_n >= 32 and cfg.block_k >= 32, (m, n, g, bits, cfg)
+                if g:
+                    assert g % cfg.block_k == 0, cfg
     assert heuristics.wxa16_gemm_config(1, 3, 128, 0).block_n == 16
 
 
@@ -349,7 +365,7 @@ def test_tiles_cover_the_sms_above_the_decode_regime():
     """At M = 17-64 (no K split) BLOCK_N halves (to 32 at least) while the tiles number fewer
     than the SMs; the decode regime splits K instead and keeps the table's tile. Above M = 64
     the row's 128 x 128 tile stays while it fills 3/4 of the SMs, else the first fill tile
-    that does (128 x 64, then 64 x 64)."""
+    that does (128 x 64, then 64 x 32), up to M = 256."""
     cfg = heuristics.wxa16_gemm_config
     table_n = cfg(64, 14336, 4096, 128).block_n
     assert table_n == 64
@@ -364,12 +380,13 @@ def test_tiles_cover_the_sms_above_the_decode_regime():
         return c.block_m, c.block_n, c.block_k
 
     assert tile(128, 14336, 4096, 128, 4, 2, None, 132) == (128, 128, 128)  # 112 tiles
-    assert tile(128, 4096, 4096, 128, 4, 2, None, 132) == (64, 64, 128)  # 32 / 64 / 128
+    assert tile(128, 4096, 4096, 128, 4, 2, None, 132) == (64, 32, 128)  # 32 / 64 / 256
     assert tile(128, 4096, 4096, 128) == (128, 128, 128)  # no SM count: the table's
     assert tile(256, 14336, 4096, 128, 8, 2, None, 132) == (128, 128, 64)  # 224 tiles
     assert tile(256, 4096, 4096, 0, 8, 2, None, 132) == (128, 64, 128)  # 64 / 128
     assert tile(256, 4096, 4096, 64, 8, 2, None, 132) == (128, 64, 64)  # the group caps K
-    assert tile(100, 40, 256, 0, 4, 2, None, 132) == (64, 64, 128)  # none fills: the last
+    assert tile(100, 40, 256, 0, 4, 2, None, 132) == (64, 32, 128)  # none fills: the last
+    assert tile(300, 256, 4096, 0, 4, 2, None, 132) == (128, 128, 64)  # above 256: the row's
     assert tile(4096, 4096, 4096, 128, 4, 2, None, 132) == (128, 128, 64)  # 1024 tiles
 
 

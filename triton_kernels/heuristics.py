@@ -120,15 +120,17 @@ def _fit_smem(cfg: GemmConfig, limit: int, staged: int = 0) -> GemmConfig:
     return _shrink_to(cfg, limit, lambda c: gemm_smem_bytes(c, staged))
 
 
-def _shrink_to(cfg: GemmConfig, limit: int, size) -> GemmConfig:
-    """``cfg`` with one K-step per iteration, then fewer stages (2 at least), then narrower N
-    and M tiles (16 at least), until its ``size(cfg)`` bytes of shared memory fit
-    ``limit``."""
+def _shrink_to(cfg: GemmConfig, limit: int, size, min_k: Optional[int] = None) -> GemmConfig:
+    """``cfg`` with one K-step per iteration, then fewer stages (2 at least), then (with
+    ``min_k``) shorter K-steps down to ``min_k``, then narrower N and M tiles (16 at least),
+    until its ``size(cfg)`` bytes of shared memory fit ``limit``."""
     while size(cfg) + SMEM_MARGIN > limit:
         if cfg.k_unroll > 1:
             cfg = cfg._replace(k_unroll=1)
         elif cfg.num_stages > 2:
             cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+        elif min_k is not None and cfg.block_k > min_k:
+            cfg = cfg._replace(block_k=cfg.block_k // 2)
         elif cfg.block_n > 16:
             cfg = cfg._replace(block_n=cfg.block_n // 2)
         elif cfg.block_m > 16:
@@ -206,14 +208,15 @@ def int8_gemm_config(m: int, n: int, k: int, smem_limit: Optional[int] = None) -
 #   came within 4% of the best of 72-108 configs on each of six shapes.
 # - M = 65-256: 128 x 128 tiles (one conversion of a weight tile serves 128 rows), while
 #   they make at least WXA16_FILL of the SMs' worth of tiles; else the first of
-#   WXA16_FILL_TILES that does. Each choice led, or came within 7%, of the 36 configs swept
-#   at 128 and 256 x {4096, 14336} x 4096: 69.6 / 55.0 us (int4 / int8) at 128 x 14336
-#   (128 x 128 x 128), 34.4 / 29.7 at 128 x 4096 (64 x 64 x 128: 128 x 128 makes 32 tiles),
-#   109.5 / 82.1 at 256 x 14336 (128 x 128 x 64: 128-wide K-steps ran 1.2x slower there),
-#   41.3 / 33.2 at 256 x 4096 (128 x 64 x 128).
+#   WXA16_FILL_TILES that does (the last if none does). Each choice was the best of the 36
+#   configs swept at 128 and 256 x {4096, 14336} x 4096, int4 and int8, or within 1% of it:
+#   69.6 / 55.0 us (int4 / int8) at 128 x 14336 (128 x 128 x 128), 32.2 / 26.4 at 128 x 4096
+#   (64 x 32 x 128: 128 x 128 makes 32 tiles, 64 x 64 x 128 ran 34.4 / 29.7), 109.5 / 82.1 at
+#   256 x 14336 (128 x 128 x 64: 128-wide K-steps ran 1.2x slower there), 41.3 / 33.2 at
+#   256 x 4096 (128 x 64 x 128).
 # Above the fused kernel's range (lowbit/backends/triton.py, DEQUANT_MIN_M) the backend
 # dequantizes the weight for a dense GEMM (bf16 and fp16 x); the last row serves fp32 x and
-# pinned calls there and is not tuned on a GPU.
+# pinned calls there, as the table gives it (no fill tiles), and is not tuned on a GPU.
 WXA16_DECODE_MAX_M = 16
 WXA16_NARROW_MAX_M = 64
 WXA16_GEMM_TABLE: List[tuple] = [
@@ -224,7 +227,8 @@ WXA16_GEMM_TABLE: List[tuple] = [
     (1 << 62, GemmConfig(128, 128, 64, 8, 8, 3)),
 ]
 WXA16_FILL = 0.75
-WXA16_FILL_TILES = (GemmConfig(128, 64, 128, 8, 8, 4), GemmConfig(64, 64, 128, 8, 4, 3))
+WXA16_FILL_MAX_M = 256
+WXA16_FILL_TILES = (GemmConfig(128, 64, 128, 8, 8, 4), GemmConfig(64, 32, 128, 8, 4, 4))
 # The splits of a decode GEMM aim at this many programs per SM.
 WXA16_PROGRAMS_PER_SM = 2
 
@@ -236,9 +240,9 @@ def wxa16_gemm_config(m: int, n: int, k: int, group_size: int, bits: int = 4,
     [n, k] quantized in groups of ``group_size`` along K (0: per channel), shrunk to the
     problem and to ``smem_limit`` bytes (wxa16_fit_smem); BLOCK_K never exceeds the group, so
     a K-step never straddles two scales. With ``sm_count`` given: at M = 17-64 (no K split)
-    BLOCK_N is halved (to 32 at least) while the tiles number fewer than the SMs; above
-    M = 64 a tile of WXA16_FILL_TILES replaces the row's while the row's tiles fill less than
-    WXA16_FILL of the SMs."""
+    BLOCK_N is halved (to 32 at least) while the tiles number fewer than the SMs; at
+    M = 65-256 a tile of WXA16_FILL_TILES replaces the row's where the row's tiles fill less
+    than WXA16_FILL of the SMs."""
     def tiles(c: GemmConfig) -> int:
         return -(-m // c.block_m) * -(-n // c.block_n)
 
@@ -246,7 +250,8 @@ def wxa16_gemm_config(m: int, n: int, k: int, group_size: int, bits: int = 4,
     if sm_count and WXA16_DECODE_MAX_M < m <= WXA16_NARROW_MAX_M:
         while cfg.block_n > 32 and tiles(cfg) < sm_count:
             cfg = cfg._replace(block_n=cfg.block_n // 2)
-    elif sm_count and m > WXA16_NARROW_MAX_M and tiles(cfg) < WXA16_FILL * sm_count:
+    elif (sm_count and WXA16_NARROW_MAX_M < m <= WXA16_FILL_MAX_M
+          and tiles(cfg) < WXA16_FILL * sm_count):
         fills = [_fit_problem(c, m, n, k) for c in WXA16_FILL_TILES]
         cfg = next((c for c in fills if tiles(c) >= WXA16_FILL * sm_count), fills[-1])
     if group_size and cfg.block_k > group_size:
@@ -257,10 +262,12 @@ def wxa16_gemm_config(m: int, n: int, k: int, group_size: int, bits: int = 4,
 
 
 def wxa16_fit_smem(cfg: GemmConfig, bits: int, x_bytes: int, limit: int) -> GemmConfig:
-    """``cfg`` with fewer stages, then narrower tiles, until its operand tiles fit ``limit``
-    bytes of shared memory (fp32 activations double x's tile: MI300 has 64 KB a program,
-    sm_86 / sm_89 99 KB)."""
-    return _shrink_to(cfg, limit, lambda c: wxa16_smem_bytes(c, bits, x_bytes))
+    """``cfg`` with fewer stages, then K-steps down to 32, then narrower tiles, until its
+    operand tiles fit ``limit`` bytes of shared memory (fp32 activations double x's tile:
+    MI300 has 64 KB a program, sm_86 / sm_89 99 KB). Shorter K-steps go before narrower
+    tiles so that a 128 x 128 tile keeps converting each weight tile once for 128 rows
+    (halving a power-of-two K-step keeps it a divisor of the group)."""
+    return _shrink_to(cfg, limit, lambda c: wxa16_smem_bytes(c, bits, x_bytes), min_k=32)
 
 
 def wxa16_split_k(tiles: int, k_units: int, sm_count: int) -> int:

@@ -22,11 +22,12 @@
 // row, bytes 2 p and 2 p + 1 of each), so each k-step is two 4-byte loads and one byte
 // permute into the word the decode kernel's conversion takes (int4_fragment,
 // int8_fragment). Permuting x instead took three warps and 32 KB of shared-memory traffic
-// a 128-token chunk; without it the kernel runs 1-12% faster (bench/NOTES.md, "The
-// weight-only wgmma kernel without its encoder"). The weight lands swizzled (int4: the
-// 128-byte swizzle, the prepacked tensor viewed as [row tiles][chunks x 4][128 bytes];
-// int8: the 64-byte swizzle on 64-byte rows), which makes these loads free of bank
-// conflicts: the 8 rows g a warp reads at once fall in 8 distinct 16-byte columns.
+// a 128-token chunk; without it the kernel runs up to 12% faster (one shape 3% slower:
+// bench/NOTES.md, "The weight-only wgmma kernel without its encoder"). The weight lands
+// swizzled (int4: the 128-byte swizzle, the prepacked tensor viewed as [row tiles]
+// [chunks x 4][128 bytes]; int8: the 64-byte swizzle on 64-byte rows), which makes these
+// loads free of bank conflicts: the 8 rows g a warp reads at once fall in 8 distinct
+// 16-byte columns.
 //
 // Roles (384 threads). Warpgroup 0 produces: its first thread TMA-loads each chunk's weight
 // (int4: 8 row tiles x 512 bytes; int8: 128 rows x 64 bytes of [N, K]) and x's [kN][64] box
@@ -245,7 +246,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   constexpr int kStages = C::kStages, kWBytes = C::kWBytes;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* w_tiles = align_smem_1024(smem_raw);  // [stage][8 row tiles][512] (int4) or
-                                                 // [stage][128 rows][64] (int8)
+                                                 // [stage][128 rows][64] (int8), swizzled
+                                                 // (WeightWords)
   uint8_t* b_tiles = w_tiles + kStages * kWBytes;            // [stage][kN][128], swizzled
   uint64_t* full = reinterpret_cast<uint64_t*>(b_tiles + kStages * C::kActBytes);
   uint64_t* empty = full + kStages;
@@ -311,7 +313,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   // Scales and zero points of chunk c for rows n0, n1 (rows past N: scale 0, zero 8). The
   // rows' addresses are formed once: per chunk a load is its row's base plus the group's
   // offset (the 64-bit row products recomputed per chunk were a quarter of a chunk's
-  // instructions: bench/NOTES.md, "the weight-only wgmma kernel's encoder").
+  // instructions: bench/NOTES.md, "The whole GPU suite green; the weight-only wgmma kernel's
+  // encoder").
   const bool f32_scale = p.scale_dtype == FloatType::kF32;
   const uint8_t* srow[2];
   const uint8_t* zrow[2];
@@ -568,8 +571,10 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
 // 14336, 25.1 against 24.1 at 128 x 4096 x 4096). int8, with twice the bytes a chunk and
 // less dequantization, only where 64-token tiles would take more than one wave of CTAs
 // (46.6 against 57.7 us at 128 x 14336 x 4096); within one wave the 64-token grid splits K
-// less and leads (31.9 against 36.9 us at 128 x 8192 x 4096). LOWBIT_WXA16_N128_ABOVE, a
-// build flag for bench/wxa16_ab.sh, puts the start at a fixed M instead.
+// less and leads (31.9 against 36.9 us at 128 x 8192 x 4096). These were timed while x was
+// still permuted in shared memory (before e1dc072), a cost that grew with the token tile.
+// LOWBIT_WXA16_N128_ABOVE, a build flag for bench/wxa16_ab.sh, puts the start at a fixed M
+// instead.
 template <int Bits>
 inline bool takes_128_token_tiles(const WXA16GemmArgs& p) {
 #ifdef LOWBIT_WXA16_N128_ABOVE

@@ -20,7 +20,7 @@ Kernels (op: name):
 - int8_gemm: triton_int8_gemm
 - w4a16_gemm: triton_w4a16_gemm (the canonical int4 layout only), triton_w4a16_gemm_dequant
   (the same layout, above M = 128: dequantized, then torch's GEMM)
-- w8a16_gemm: triton_w8a16_gemm, triton_w8a16_gemm_dequant
+- w8a16_gemm: triton_w8a16_gemm, triton_w8a16_gemm_dequant (above M = 256)
 - int4_quantize: triton_int4_quantize (bit-exact with the reference, as the CUDA kernel)
 """
 from __future__ import annotations
