@@ -126,14 +126,16 @@ def _run_ops() -> None:
     fused4 = next(k for k in kernels("w4a16_gemm") if k.name == "triton_w4a16_gemm")
     x65 = torch.randn(65, 256, generator=g).bfloat16()
     x129 = torch.randn(129, 256, generator=g).bfloat16()
+    x257 = torch.randn(257, 256, generator=g).bfloat16()
     # decode (K split, then the split sum), tiled (M = 17-64 and 65-128 rows), and
-    # dequantize-then-GEMM (from M = 129), with the fused kernel pinned where the dequantizer
-    # leads
+    # dequantize-then-GEMM (int4 from M = 129, int8 from 257), with the fused kernel pinned
+    # where the dequantizer leads
     for xm in (x[:4], x, x65, x129):
         for sym in (True, False):
             iw = lowbit.int4_quantize(w, group_size=64, symmetric=sym, backend=t)
             lowbit.w4a16_gemm(xm, iw, backend=t)
             fused4.fn(xm, iw.qweight, iw.scales, iw.zeros, iw.group_size, None, None)
+    for xm in (x[:4], x, x65, x129, x257):
         lowbit.w8a16_gemm(xm, qb, sb, backend=t)
         lowbit.w8a16_gemm(xm.half(), qg, sg, backend=t)
     # fp32 activations (the fused kernel at any M, fp32 tiles: the largest shared memory)
