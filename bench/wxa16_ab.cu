@@ -1,6 +1,6 @@
 // A/B timing of the W4A16 / W8A16 decode kernels without building the package: compiled
 // against a copy of csrc/wxa16/wxa16_gemm.cuh (bench/wxa16_ab.sh picks which), it times
-// wxa16::decode<4> (int4 prepacked, group 128, bf16 scales, symmetric) and decode<8> (int8,
+// wxa16::decode<4> (int4 prepacked, group 128 or $GROUP, bf16 scales, symmetric) and decode<8> (int8,
 // fp32 scale per channel) on the decode benchmark weights at M = 1, 8 and 16 (or the shapes
 // of $SHAPES, e.g. "32x4096x4096,64x28672x8192"), bf16 activations, with a 256 MB memset
 // between repetitions so that the weight comes from DRAM. With $BF16 set, each shape also
@@ -142,6 +142,8 @@ int main(int argc, char** argv) {
       if (*c == ',') ++c;
     }
   }
+  // GROUP=64 times int4 weights of 64-wide groups (default 128).
+  const int group4 = std::getenv("GROUP") ? std::atoi(std::getenv("GROUP")) : 128;
 #ifdef WITH_CUBLAS
   const bool bf16 = std::getenv("BF16") != nullptr;
   cublasHandle_t blas = nullptr;
@@ -161,7 +163,7 @@ int main(int argc, char** argv) {
     for (const Shape& s : shapes) {
       const size_t wbytes = bits == 4 ? static_cast<size_t>((s.n + 15) / 16) * ((s.k + 63) / 64) * 512
                                       : static_cast<size_t>(s.n) * s.k;
-      const size_t scales = bits == 4 ? static_cast<size_t>(s.n) * (s.k / 128) : s.n;
+      const size_t scales = bits == 4 ? static_cast<size_t>(s.n) * (s.k / group4) : s.n;
       void *w, *sc, *x, *out;
       CHECK(cudaMalloc(&w, wbytes));
       CHECK(cudaMalloc(&sc, scales * 4 + 16));
@@ -187,8 +189,8 @@ int main(int argc, char** argv) {
       a.ldw = s.k;
       a.scales = sc;
       a.scale_dtype = bits == 4 ? FloatType::kBF16 : FloatType::kF32;
-      a.scale_ld = bits == 4 ? s.k / 128 : 1;
-      a.group = bits == 4 ? 128 : 0;
+      a.scale_ld = bits == 4 ? s.k / group4 : 1;
+      a.group = bits == 4 ? group4 : 0;
       a.bias_dtype = FloatType::kBF16;
       a.out = out;
       a.ldo = s.n;
