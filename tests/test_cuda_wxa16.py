@@ -1,8 +1,10 @@
 """The mixed-input CUDA GEMMs (csrc/wxa16): w4a16_gemm on the prepacked int4 layout and
 w8a16 on plain int8 weights, against float64 products of the same quantized weights (SPEC:
-relative Frobenius error <= 1e-2 for bf16/fp16 outputs). M <= 64 runs the decode kernel
-(K split over CTAs), larger M the tiled one; both are mma.sync kernels of every arch from
-sm_80, so ``LOWBIT_ARCH=80`` (the A100 path) must pick the same kernels on a newer card.
+relative Frobenius error <= 1e-2 for bf16/fp16 outputs). In the portable order M <= 64 runs
+the decode kernel (K split over CTAs), larger M dequantize-then-cuBLAS; the decode kernel is
+mma.sync code of every arch from sm_80, so ``LOWBIT_ARCH=80`` or ``89`` (the A100 and sm_89
+paths) must pick the same kernels on a newer card. On sm_90 ``auto`` and ``backend="cuda"``
+take the sm_90a wgmma kernels where heuristics.TABLE puts them first.
 
 The W8A16 kernels are also launched directly through ``_C.WXA16GemmLaunch``, so they are
 tested whether or not this build defines the ``w8a16_gemm`` op."""
@@ -46,9 +48,10 @@ def _x(m, k, dtype, seed=0):
     return torch.randn(m, k, generator=_gen(seed)).to(dtype).cuda()
 
 
-def _expected_kernel(bits, m):
-    """What backend="cuda" runs: decode at M <= 64; above, the weight dequantized, then
-    multiplied (cuBLAS)."""
+def _portable_kernel(bits, m):
+    """What backend="cuda" runs in the portable order (registration priority: LOWBIT_ARCH=80
+    or 89 on a Hopper card, or any card without a row in heuristics.TABLE): decode at
+    M <= 64; above, the weight dequantized, then multiplied (cuBLAS)."""
     return f"cuda_w{bits}a16_gemm_" + ("decode" if m <= 64 else "dequant")
 
 
@@ -65,13 +68,17 @@ def _check(out, ref, dtype):
 @pytest.mark.parametrize("group", GROUPS + [-1], ids=["g32", "g64", "g128", "channel"])
 @pytest.mark.parametrize("n,k", NKS)
 @pytest.mark.parametrize("m", MS)
-def test_w4a16(m, n, k, group, symmetric, dtype):
+def test_w4a16(monkeypatch, m, n, k, group, symmetric, dtype):
+    """The portable kernels (decode, dequantize-then-cuBLAS) at every group, zero points,
+    dtype and bias: LOWBIT_ARCH=89 gives backend="cuda" their order on a Hopper card too
+    (natively it takes the wgmma kernel at M = 33-256, tested with `auto` below)."""
+    monkeypatch.setenv("LOWBIT_ARCH", "89")
     _, wd = _int4(n, k, group, symmetric)
     w = _prepacked(n, k, group, symmetric)
     x = _x(m, k, dtype, seed=m)
     bias = (torch.randn(n, generator=_gen(3)).to(dtype).cuda() if m % 2 else None)
     choice = lowbit.explain(lowbit.w4a16_gemm, x, w, bias, backend="cuda")
-    assert choice.kernel == _expected_kernel(4, m), str(choice)
+    assert choice.kernel == _portable_kernel(4, m), str(choice)
     out = lowbit.w4a16_gemm(x, w, bias, backend="cuda")
     ref = x.double() @ wd.T
     if bias is not None:
@@ -87,7 +94,7 @@ def test_w4a16_sm80_path(monkeypatch, m):
     w = _prepacked(3000, 4224, 128, False)
     x = _x(m, 4224, torch.bfloat16)
     choice = lowbit.explain(lowbit.w4a16_gemm, x, w, backend="cuda")
-    assert choice.kernel == _expected_kernel(4, m), str(choice)
+    assert choice.kernel == _portable_kernel(4, m), str(choice)
     _check(lowbit.w4a16_gemm(x, w, backend="cuda"), x.double() @ wd.T, torch.bfloat16)
 
 
@@ -97,9 +104,12 @@ def test_w4a16_sm80_path(monkeypatch, m):
     (4, 256, 3000, 128, "sm90_w4a16_gemm_wgmma"), (4, 48, 3000, 32, "cuda_w4a16_gemm_decode"),
     (8, 32, 3000, 0, "cuda_w8a16_gemm_decode"), (8, 17, 8192, 0, "sm90_w8a16_gemm_wgmma"),
     (8, 100, 3000, 128, "sm90_w8a16_gemm_wgmma")])
-def test_auto_takes_the_wgmma_kernels_on_sm90(monkeypatch, bits, m, n, group, expected):
-    """backend="auto" on an sm_90 card runs what heuristics.TABLE names where it supports the
-    inputs (G = 32: the wgmma kernel declines, decode runs), and its output is right."""
+@pytest.mark.parametrize("backend", ["auto", "cuda"])
+def test_auto_and_cuda_take_the_wgmma_kernels_on_sm90(monkeypatch, backend, bits, m, n, group,
+                                                      expected):
+    """backend="auto", and backend="cuda" among its kernels, on an sm_90 card run what
+    heuristics.TABLE names where it supports the inputs (G = 32: the wgmma kernel declines,
+    decode runs), and the output is right."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the sm_90 table")
     monkeypatch.delenv("LOWBIT_ARCH", raising=False)
@@ -108,12 +118,12 @@ def test_auto_takes_the_wgmma_kernels_on_sm90(monkeypatch, bits, m, n, group, ex
     if bits == 4:
         _, wd = _int4(n, k, group, True)
         w = _prepacked(n, k, group, True)
-        choice = lowbit.explain(lowbit.w4a16_gemm, x, w, backend="auto")
-        out, ref = lowbit.w4a16_gemm(x, w, backend="auto"), x.double() @ wd.T
+        choice = lowbit.explain(lowbit.w4a16_gemm, x, w, backend=backend)
+        out, ref = lowbit.w4a16_gemm(x, w, backend=backend), x.double() @ wd.T
     else:
         q, s = _int8_weight(n, k, group)
-        choice = lowbit.explain(lowbit.w8a16_gemm, x, q, s, None, backend="auto")
-        out, ref = lowbit.w8a16_gemm(x, q, s, None, backend="auto"), _int8_ref(x, q, s, None)
+        choice = lowbit.explain(lowbit.w8a16_gemm, x, q, s, None, backend=backend)
+        out, ref = lowbit.w8a16_gemm(x, q, s, None, backend=backend), _int8_ref(x, q, s, None)
     assert choice.kernel == expected, str(choice)
     _check(out, ref, torch.bfloat16)
 
@@ -331,14 +341,15 @@ def test_w8a16_k_ends_mid_chunk(m):
     pieces past K are zero-filled, on both kernels."""
     q, s = _int8_weight(3000, 4240, 0)
     x = _x(m, 4240, torch.float16, seed=m)
-    _check(_launch_w8(_expected_kernel(8, m), x, q, s, None), _int8_ref(x, q, s, None),
+    _check(_launch_w8(_portable_kernel(8, m), x, q, s, None), _int8_ref(x, q, s, None),
            torch.float16)
 
 
 @gpu
-def test_w4a16_dequant_bias_in_fp32():
+def test_w4a16_dequant_bias_in_fp32(monkeypatch):
     """The dequantize-then-GEMM path adds an fp32 bias after the product (cuBLAS takes a
-    bias in x's dtype only)."""
+    bias in x's dtype only). LOWBIT_ARCH=89: the portable order, which dequantizes here."""
+    monkeypatch.setenv("LOWBIT_ARCH", "89")
     _, wd = _int4(3000, 4224, 128, False)
     w = _prepacked(3000, 4224, 128, False)
     x = _x(80, 4224, torch.bfloat16, seed=6)
@@ -631,9 +642,10 @@ def test_w8a16_dequantized_weight_is_exact(n, k, group, dtype):
 @pytest.mark.parametrize("group", [0, 32, 128], ids=["channel", "g32", "g128"])
 @pytest.mark.parametrize("m", [65, 100, 256])
 @pytest.mark.parametrize("bias_dtype", [None, "x", torch.float32], ids=["nobias", "xbias", "f32bias"])
-def test_w8a16_dequant(m, group, dtype, bias_dtype):
-    """backend="cuda" above M = 64: dequantize, then cuBLAS (a bias of x's dtype through
-    cuBLAS, an fp32 one after the product)."""
+def test_w8a16_dequant(monkeypatch, m, group, dtype, bias_dtype):
+    """backend="cuda" above M = 64 in the portable order (LOWBIT_ARCH=89): dequantize, then
+    cuBLAS (a bias of x's dtype through cuBLAS, an fp32 one after the product)."""
+    monkeypatch.setenv("LOWBIT_ARCH", "89")
     q, s = _int8_weight(3000, 4224, group)
     x = _x(m, 4224, dtype, seed=m)
     bias = (None if bias_dtype is None else
@@ -650,10 +662,12 @@ def test_w8a16_dequant(m, group, dtype, bias_dtype):
 @pytest.mark.parametrize("group", [0, 32, 128], ids=["channel", "g32", "g128"])
 @pytest.mark.parametrize("m", [0, 1, 17])
 def test_w8a16_op(m, group, dtype):
+    """The op at M <= 17 on N = 3000: decode in either order (heuristics.TABLE's and the
+    portable one)."""
     q, s = _int8_weight(3000, 4224, group)
     x = _x(m, 4224, dtype)
     choice = lowbit.explain(lowbit.w8a16_gemm, x, q, s, None, backend="cuda")
-    assert choice.kernel == _expected_kernel(8, m), str(choice)
+    assert choice.kernel == _portable_kernel(8, m), str(choice)
     _check(lowbit.w8a16_gemm(x, q, s, None, backend="cuda"), _int8_ref(x, q, s, None), dtype)
 
 

@@ -97,10 +97,34 @@ def test_choose_follows_table_then_skips_unsupported(h100, monkeypatch):
     # swapab declines: the next name of the row runs.
     assert _backend.choose("fp8_scaled_mm", dev, "auto", _args(8)).kernel == "sm89_fp8_gemm_smallm"
     assert _backend.choose("fp8_scaled_mm", dev, "auto", _args(512)).kernel == "sm90_fp8_gemm_wgmma"
-    # An explicit backend keeps registration priority within that backend.
+    # Pinned to CUDA, the CUDA kernels in the same order; pinned to Triton, by priority.
     monkeypatch.setattr(_backend, "_gpu_unavailable_reason", lambda: None)
     assert _backend.choose("fp8_scaled_mm", dev, "triton", _args(512)).kernel == "triton_fp8_scaled_mm"
     assert _backend.choose("fp8_scaled_mm", dev, "cuda", _args(8)).kernel == "sm89_fp8_gemm_smallm"
+
+
+def test_pinned_backend_follows_the_table_not_registration(h100, monkeypatch):
+    """backend="cuda" runs the kernel the table puts first among the CUDA ones, even where
+    registration priority would put another first; without a table row (here: LOWBIT_ARCH=89
+    on the H100) it is registration priority, the portable order. backend="triton" keeps
+    priority: a second Triton kernel the table does not name still comes first."""
+    def kernel(name, backend, priority):
+        return _backend.Kernel("fp8_scaled_mm", backend, name, lambda *a: name, None, None,
+                               priority)
+
+    fake = [kernel("sm89_fp8_gemm_mma", "cuda", 40), kernel("sm90_fp8_gemm_wgmma", "cuda", 30),
+            kernel("triton_fp8_scaled_mm_decoded", "triton", -5),
+            kernel("triton_fp8_scaled_mm", "triton", -10), kernel("reference", "reference", 0)]
+    monkeypatch.setitem(_backend._KERNELS, "fp8_scaled_mm", fake)
+    monkeypatch.setattr(_backend, "_gpu_unavailable_reason", lambda: None)
+    dev = torch.device("cuda", 0)
+    for backend in ("cuda", "auto"):
+        choice = _backend.choose("fp8_scaled_mm", dev, backend, _args(512))
+        assert choice.kernel == "sm90_fp8_gemm_wgmma", (backend, choice)
+    assert _backend.choose("fp8_scaled_mm", dev, "triton", _args(512)).kernel == \
+        "triton_fp8_scaled_mm_decoded"
+    monkeypatch.setenv("LOWBIT_ARCH", "89")
+    assert _backend.choose("fp8_scaled_mm", dev, "cuda", _args(512)).kernel == "sm89_fp8_gemm_mma"
 
 
 def test_choice_is_remembered_per_signature(h100, monkeypatch):

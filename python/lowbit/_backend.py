@@ -5,9 +5,10 @@ says arch, dtype and variant. ``choose`` picks it:
 
 - ``backend="reference"``: the NumPy kernel. It runs anywhere; CUDA inputs are copied through
   the host (that copy is what the caller asked for).
-- ``backend="cuda"`` / ``"triton"``: the best registered kernel of that backend that supports
-  the inputs, or a ``ValueError`` (no CUDA device, or CPU tensors) / ``NotImplementedError``
-  (no such kernel for these inputs) saying why.
+- ``backend="cuda"`` / ``"triton"``: the first kernel of that backend that supports the
+  inputs (CUDA's in heuristic order, as ``auto`` orders them; Triton's by priority), or a
+  ``ValueError`` (no CUDA device, or CPU tensors) / ``NotImplementedError`` (no such kernel
+  for these inputs) saying why.
 - ``backend="auto"`` (the default): CPU tensors run the reference kernel (it *is* the CPU
   backend); CUDA tensors run the first supporting kernel in heuristic order, and never fall
   back to the host: with no GPU kernel for the inputs it raises ``NotImplementedError``
@@ -271,12 +272,17 @@ def choose(op: str, device: torch.device, backend: str, args, remember: bool = F
         if missing:
             raise ValueError(f"{op}: backend={backend!r} cannot run: {missing}")
         candidates = [k for k in regs if k.backend == backend]
-    else:  # auto on a GPU: the measured preference of lowbit/heuristics.py, then priority
+    else:  # auto on a GPU
+        candidates = [k for k in regs if k.backend in ("cuda", "triton")]
+    if device.type == "cuda" and backend in ("auto", "cuda"):
+        # The measured preference of lowbit/heuristics.py, then priority. Pinned to CUDA, the
+        # CUDA kernels in that order (the sm_90a weight-only kernels where they lead, not the
+        # portable order). Pinned to Triton, its kernels by priority: the table names one of
+        # a weight-only op's two Triton kernels, which split the M range by their supports.
         # Imported here: heuristics reads the device helpers of lowbit.backends, whose
         # modules import this one to register their kernels.
         from . import heuristics
 
-        candidates = [k for k in regs if k.backend in ("cuda", "triton")]
         order = heuristics.preferred(op, device, args)
         if order:
             rank = {name: i for i, name in enumerate(order)}

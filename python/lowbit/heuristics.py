@@ -1,4 +1,5 @@
-"""Which kernel ``backend="auto"`` tries first, per op, device and shape.
+"""Which kernel ``backend="auto"`` tries first, per op, device and shape (``backend="cuda"``
+takes the CUDA kernels in the same order).
 
 ``TABLE[op][capability]`` is a tuple of rows ``(max_m, kernel names)`` or ``(max_m, kernel
 names, max_n)``: the first row whose ``max_m`` (None: any) is at least the first dimension
