@@ -10,8 +10,7 @@ Per shape and weight (int4 group 128 in the canonical layout, the Triton kernel'
 channel), bf16 activations: every config of ``candidates(m)`` with each K split (--splits),
 through ``w4a16_gemm`` / ``w8a16_gemm``'s ``config`` and ``split_k`` overrides, beside the
 table's own choice, the Triton backend's choice, ``auto`` on the CUDA kernels' weight (the
-prepacked int4 layout an NVIDIA GPU holds; ``backend="cuda"`` would take the backend's
-portable order, not the measured one) and bf16 ``F.linear``: us (median, L2 flushed), the
+prepacked int4 layout an NVIDIA GPU holds) and bf16 ``F.linear``: us (median, L2 flushed), the
 ratio to CUDA, and the error against the table's output (a config that does not compile or
 launch gets a row that says why). Each shape ends with the best config; a table row that
 changes goes into heuristics.py by hand, with the numbers in bench/NOTES.md.

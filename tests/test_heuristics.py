@@ -108,6 +108,7 @@ def test_pinned_backend_follows_the_table_not_registration(h100, monkeypatch):
     registration priority would put another first; without a table row (here: LOWBIT_ARCH=89
     on the H100) it is registration priority, the portable order. backend="triton" keeps
     priority: a second Triton kernel the table does not name still comes first."""
+    monkeypatch.delenv("LOWBIT_ARCH", raising=False)
     def kernel(name, backend, priority):
         return _backend.Kernel("fp8_scaled_mm", backend, name, lambda *a: name, None, None,
                                priority)

@@ -409,9 +409,10 @@ def test_act_order_checkpoint_is_the_direct_weight(version):
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt", ["awq", "gptq1", "gptq2", "gptq1-act-order"])
 def test_imported_checkpoints_on_the_gpu_kernels(fmt):
-    """On the CUDA kernels (prepacked weight; decode, dequantize path) and the Triton kernel
-    (canonical weight), an imported checkpoint gives exactly the output of the directly
-    quantized weight (act order: of x[:, perm] times it)."""
+    """On the CUDA kernels (prepacked weight: decode; at M = 100 the wgmma kernel on sm_90,
+    the dequantize path elsewhere) and the Triton kernel (canonical weight), an imported
+    checkpoint gives exactly the output of the directly quantized weight (act order: of
+    x[:, perm] times it)."""
     direct = _direct()
     act = fmt.endswith("act-order")
     imp = _as_checkpoint(direct, fmt.split("-")[0], _act_order_g_idx(1152, 128) if act else None)
