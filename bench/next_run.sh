@@ -40,6 +40,14 @@
 #                                           TBENCH_SHAPES), then bench/sweep_triton_wxa16.py
 #                                           at M = 128-256 with 128-row tiles and no K split
 #                                           (TSWEEP_SHAPES, TSWEEP_ARGS; about 300 s in all)
+#   bash bench/next_run.sh ab [OUTDIR]      the weight-only wgmma kernel of this tree against
+#                                           the copy in abx/old/wxa16/ (made before the call,
+#                                           e.g. `git show main:csrc/wxa16/sm90_wxa16_gemm_
+#                                           wgmma.cu`), group 128 and GROUP=64 (AB_SHAPES),
+#                                           while the package builds; then the GPU tests of
+#                                           the weight-only kernels and of the kernel choice
+#                                           (test_cuda_wxa16, test_int4, test_heuristics,
+#                                           test_auto_gpu; about 250 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -54,7 +62,7 @@
 set -u
 WHAT=${1:-suite}
 case $WHAT in
-  suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race) ;;
+  suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -100,6 +108,28 @@ trace_step() {
 
 if [ "$WHAT" = trace ]; then
   trace_step 1
+  exit 0
+fi
+
+if [ "$WHAT" = ab ]; then
+  [ -f abx/old/wxa16/sm90_wxa16_gemm_wgmma.cu ] || { say "ab: no abx/old/wxa16 copy"; exit 2; }
+  t=$SECONDS
+  first_build "$OUTDIR/build_ab.log" &
+  build_pid=$!
+  shapes=${AB_SHAPES:-64x14336x4096,128x4096x4096,128x14336x4096,256x14336x4096,1024x14336x4096}
+  v="abx/old:-DAB_WGMMA tree:-DAB_WGMMA"
+  # shellcheck disable=SC2086
+  SHAPES=$shapes BF16=1 timeout 120 bash bench/wxa16_ab.sh $v $v >"$OUTDIR/ab128.txt" 2>&1
+  say "2 A/B, group 128: rc $? at $((SECONDS - t)) s (ab128.txt)"
+  # shellcheck disable=SC2086
+  GROUP=64 SHAPES=$shapes timeout 90 bash bench/wxa16_ab.sh $v >"$OUTDIR/ab64.txt" 2>&1
+  say "3 A/B, group 64: rc $? at $((SECONDS - t)) s (ab64.txt)"
+  wait "$build_pid" || exit 1
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout "${AB_TEST_S:-240}" $PY -m pytest -q -n 12 \
+     -p no:cacheprovider "$R/tests/test_cuda_wxa16.py" "$R/tests/test_int4.py" \
+     "$R/tests/test_heuristics.py" "$R/tests/test_auto_gpu.py") >"$OUTDIR/ab_tests.log" 2>&1
+  say "4 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/ab_tests.log" | tail -n 1)"
   exit 0
 fi
 
