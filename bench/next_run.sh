@@ -46,8 +46,8 @@
 #                                           wgmma.cu`), group 128 and GROUP=64 (AB_SHAPES),
 #                                           while the package builds; then the GPU tests of
 #                                           the weight-only kernels and of the kernel choice
-#                                           (test_cuda_wxa16, test_int4, test_heuristics,
-#                                           test_auto_gpu; about 250 s)
+#                                           (test_cuda_wxa16, test_triton_wxa16, test_int4,
+#                                           test_heuristics, test_auto_gpu; about 300 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -127,8 +127,9 @@ if [ "$WHAT" = ab ]; then
   wait "$build_pid" || exit 1
   t=$SECONDS
   (cd "${TMPDIR:-/tmp}" && timeout "${AB_TEST_S:-240}" $PY -m pytest -q -n 12 \
-     -p no:cacheprovider "$R/tests/test_cuda_wxa16.py" "$R/tests/test_int4.py" \
-     "$R/tests/test_heuristics.py" "$R/tests/test_auto_gpu.py") >"$OUTDIR/ab_tests.log" 2>&1
+     -p no:cacheprovider "$R/tests/test_cuda_wxa16.py" "$R/tests/test_triton_wxa16.py" \
+     "$R/tests/test_int4.py" "$R/tests/test_heuristics.py" "$R/tests/test_auto_gpu.py") \
+    >"$OUTDIR/ab_tests.log" 2>&1
   say "4 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/ab_tests.log" | tail -n 1)"
   exit 0
 fi

@@ -421,13 +421,33 @@ def test_explain_names_the_kernels():
         "triton_w8a16_gemm"
 
 
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
+@pytest.mark.parametrize("group_size", [64, 128], ids=["g64", "g128"])
+@half
+def test_w4a16_prescale_in_x_dtype_is_the_fp32_prescale(group_size, symmetric, dtype):
+    """Above M = 64 the group scales multiply the weight before the dot: scales of x's dtype
+    in that dtype (packed pairs; fp16 under the interpreter, both dtypes on a GPU), fp32
+    scales in fp32. The same scale values give the same bits either way."""
+    iw = int4_weight(48, 256, group_size, symmetric, dtype)
+    assert iw.scales.dtype == dtype
+    iw32 = lowbit.Int4Weight(iw.qweight, iw.scales.float(), iw.zeros, group_size)
+    x = activations(100, 256, dtype)
+    got = lowbit.w4a16_gemm(x, iw, backend="triton")
+    want = lowbit.w4a16_gemm(x, iw32, backend="triton")
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+    check(got, expected(x, int4_dense(iw)), dtype)
+
+
 # ------------------------------------------------------- compiled for GPUs, without one
-def _compile(target, bits, per_channel, decode):
+def _compile(target, bits, per_channel, decode, s_in_dot=False):
     """Compile the kernel for ``target`` (no device needed), as a launch would specialize
-    it: unit K strides, 16-byte aligned pointers and leading strides."""
+    it: unit K strides, 16-byte aligned pointers and leading strides. int4 takes bf16 scales
+    (their int16 bits); ``s_in_dot``: they multiply the weight in bf16 (x's dtype), as a GPU
+    launch with bf16 x does."""
     kern = wxa16_gemm._wxa16_kernel
     block = (16, 64, 128) if decode else (128, 128, 64)
     const = dict(BITS=bits, PER_CHANNEL=per_channel, SCALE_W=not (per_channel or decode),
+                 S_IN_DOT=s_in_dot,
                  HAS_ZERO=bits == 4, S_BF16=bits == 4, HAS_BIAS=True, BIAS_BF16=True,
                  X_BF16_BITS=False, FP32_DOT=False, PARTIAL=decode, OUT_BF16_BITS=False,
                  BLOCK_M=block[0], BLOCK_N=block[1], BLOCK_K=block[2], GROUP_M=8,
@@ -447,9 +467,10 @@ def compile_checks(target) -> None:
     """Compile both regimes and both bit widths for ``target`` (GPUTarget's arguments); on
     NVIDIA the tiled regime must run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
     and decode on mma.sync."""
-    for bits, per_channel in ((4, False), (8, True), (8, False)):
+    for bits, per_channel, s_in_dot in ((4, False, False), (4, False, True), (8, True, False),
+                                        (8, False, False)):
         for decode in (True, False):
-            c = _compile(target, bits, per_channel, decode)
+            c = _compile(target, bits, per_channel, decode, s_in_dot)
             if target[0] == "cuda":
                 want = "wgmma" if target[1] == 90 and not decode else "mma.sync"
                 assert want in c.asm["ptx"], (target, bits, per_channel, decode)

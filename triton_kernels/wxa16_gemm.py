@@ -172,7 +172,7 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
                   stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sg,
                   stride_zn, stride_zg, stride_cs, stride_cm, stride_cn,
                   BITS: tl.constexpr, PER_CHANNEL: tl.constexpr, SCALE_W: tl.constexpr,
-                  HAS_ZERO: tl.constexpr,
+                  S_IN_DOT: tl.constexpr, HAS_ZERO: tl.constexpr,
                   S_BF16: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
                   X_BF16_BITS: tl.constexpr, FP32_DOT: tl.constexpr, PARTIAL: tl.constexpr,
                   OUT_BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -198,8 +198,12 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
         DOT_T: tl.constexpr = tl.float32
     else:
         DOT_T: tl.constexpr = x_ptr.dtype.element_ty
-    # u - z is formed in fp32 when the scale multiplies the weight, else in DOT_T.
-    if SCALE_W:
+    # u - z is formed in fp32 when the scale multiplies the weight, else in DOT_T. S_IN_DOT
+    # (scales of x's dtype, bf16 or fp16): the weight times its scale in DOT_T too, packed
+    # pairs instead of fp32 per element and a conversion (u - z is exact there, and the
+    # product of two 16-bit values rounded once is the fp32 product rounded once: the same
+    # bits as the fp32 path).
+    if SCALE_W and not S_IN_DOT:
         Z_T: tl.constexpr = tl.float32
     else:
         Z_T: tl.constexpr = DOT_T
@@ -239,11 +243,19 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
                 acc = _dot(x, tl.trans(w), acc, FP32_DOT)
             else:
                 # The step lies in group k0 // G.
-                s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
-                if SCALE_W:
+                if SCALE_W and S_IN_DOT:
+                    if S_BF16:
+                        s16 = tl.load(s_rows + (k0 // G) * stride_sg, mask=n_ok, other=0)
+                        s16 = s16.to(tl.bfloat16, bitcast=True)
+                    else:
+                        s16 = tl.load(s_rows + (k0 // G) * stride_sg, mask=n_ok, other=0.0)
+                    acc = _dot(x, tl.trans(w * s16[:, None]), acc, FP32_DOT)
+                elif SCALE_W:
+                    s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
                     w = (w * s[:, None]).to(DOT_T)
                     acc = _dot(x, tl.trans(w), acc, FP32_DOT)
                 else:
+                    s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
                     part = _dot(x, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_N), tl.float32),
                                 FP32_DOT)
                     acc += part * s[None, :]
@@ -424,6 +436,7 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
              m * n if partial else 0, n, 1)
     gemm = bind(_wxa16_kernel, (tiles, split), (xk, w, sk, zk, bias_k, ws0, *sizes), dict(
         BITS=bits, PER_CHANNEL=not group_size, SCALE_W=bool(group_size) and not decode,
+        S_IN_DOT=scales.dtype == dtype and dtype != torch.float32 and not x_bits,
         HAS_ZERO=zeros is not None, S_BF16=s_bf16,
         HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, X_BF16_BITS=x_bits,
         FP32_DOT=dtype == torch.float32, PARTIAL=partial, OUT_BF16_BITS=out_bits,
