@@ -243,22 +243,21 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
                 acc = _dot(x, tl.trans(w), acc, FP32_DOT)
             else:
                 # The step lies in group k0 // G.
+                s_ptrs = s_rows + (k0 // G) * stride_sg
                 if SCALE_W and S_IN_DOT:
+                    s16 = tl.load(s_ptrs, mask=n_ok, other=0)
                     if S_BF16:
-                        s16 = tl.load(s_rows + (k0 // G) * stride_sg, mask=n_ok, other=0)
                         s16 = s16.to(tl.bfloat16, bitcast=True)
-                    else:
-                        s16 = tl.load(s_rows + (k0 // G) * stride_sg, mask=n_ok, other=0.0)
                     acc = _dot(x, tl.trans(w * s16[:, None]), acc, FP32_DOT)
-                elif SCALE_W:
-                    s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
-                    w = (w * s[:, None]).to(DOT_T)
-                    acc = _dot(x, tl.trans(w), acc, FP32_DOT)
                 else:
-                    s = load_f32(s_rows + (k0 // G) * stride_sg, n_ok, S_BF16)
-                    part = _dot(x, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_N), tl.float32),
-                                FP32_DOT)
-                    acc += part * s[None, :]
+                    s = load_f32(s_ptrs, n_ok, S_BF16)
+                    if SCALE_W:
+                        w = (w * s[:, None]).to(DOT_T)
+                        acc = _dot(x, tl.trans(w), acc, FP32_DOT)
+                    else:
+                        part = _dot(x, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_N), tl.float32),
+                                    FP32_DOT)
+                        acc += part * s[None, :]
     if PER_CHANNEL:
         acc = acc * load_f32(s_rows, n_ok, S_BF16)[None, :]
 
