@@ -68,16 +68,19 @@ template <int Bits>
 constexpr int kWeightBytes = Bits == 4 ? kRowTiles * kTileBytes4 : kRows * kChunkK;
 constexpr int kMaxStages = 8;
 using sm90::kSmemLimit;
-// How many chunks ahead a consumer loads its scales and zero points, in pairs of chunks (the
-// two slots alternate): 1 loads them two chunks ahead. A build flag
-// (-DLOWBIT_WXA16_META_DEPTH=2: four ahead) for bench/wxa16_ab.sh, to time whether these
-// global loads' latency is on the chunk's critical path.
-#ifdef LOWBIT_WXA16_META_DEPTH
-constexpr int kMetaDepth = LOWBIT_WXA16_META_DEPTH;
-#else
-constexpr int kMetaDepth = 1;
-#endif
-static_assert(kMetaDepth >= 1 && kMetaDepth <= 4, "metadata 2 to 8 chunks ahead");
+// The weight's metadata staged beside each chunk: for every warp row tile wt and lane row g,
+// 8 words that consumer lanes (g, *) of warp wt read with two LDS.128 (the zero pairs of
+// rows g and g + 8, as int4_fragment takes them; their prescale pairs; their fp32 scales;
+// two unused). Two producer warps (kMetaThreads, one (wt, g) each) load and form them, so
+// the consumers' loop has no global loads or address arithmetic for them: there, about 40
+// instructions a chunk, they cost a fifth of the chunk (bench/NOTES.md, "The weight-only
+// wgmma chunk: the consumer's instruction stream").
+constexpr int kMetaWords = 8;
+constexpr int kMetaBytes = kRowTiles * 8 * kMetaWords * 4;  // 2 KB a stage
+constexpr int kMetaThreads = kRowTiles * 8;                 // producer warps 1 and 2
+// How many chunks ahead a metadata thread loads (its loads' latency, about a microsecond
+// under the weight stream, against half a microsecond a chunk).
+constexpr int kMetaAhead = 4;
 // A timing experiment's build flag (bench/wxa16_ab.sh; its outputs are wrong):
 // -DLOWBIT_WXA16_AB_SKIP=1 issues the wgmmas on fixed fragments (no gather, no conversion),
 // =2 builds the fragments and issues no wgmma, so that a chunk's two halves are timed apart.
@@ -96,7 +99,7 @@ struct Config {
   static constexpr int kRegs = kN / 2;
   static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
   static constexpr int kWBytes = kWeightBytes<Bits>;
-  static constexpr int kStageBytes = kWBytes + kActBytes;  // weight, B tile
+  static constexpr int kStageBytes = kWBytes + kActBytes + kMetaBytes;  // weight, B, metadata
   // Fixed: 2 barriers per stage, the split's "last CTA" flag, the alignment slack.
   static constexpr int kFixedBytes = (2 * kMaxStages + 1) * 8 + 1024;
   static constexpr int kStages = (kSmemLimit - kFixedBytes) / kStageBytes < kMaxStages
@@ -228,13 +231,72 @@ struct WeightWords {
   }
 };
 
-// A consumer thread's weight metadata for one chunk: the scale bits of rows g and g + 8 and
-// their int4 zero-point pairs (int4_zero_lo / int4_zero_hi), loaded 2 kMetaDepth chunks
-// ahead.
+// A metadata thread's raw loads for one chunk: the scale bits of rows g and g + 8 and their
+// int4 zero points.
 struct Meta {
   uint32_t s[2];
   uint32_t z[2];
 };
+#endif  // LOWBIT_SM90A
+
+#ifdef LOWBIT_SM90A
+// The metadata of every chunk c_begin .. c_end - 1 into its stage's entry (wt, g) = (j / 8,
+// j % 8): the scales and zero points of rows 16 (8 bx + wt) + g and + 8 (rows past N: scale 0,
+// zero 8) formed as the consumers take them, then an arrival on the stage's full barrier
+// (whose release orders the stores before the consumers' reads). The loads run kMetaAhead
+// chunks ahead of the stores; the empty barrier is waited on as the TMA thread waits on it.
+template <int Bits, typename T, bool kAcc, int kStages>
+__device__ __forceinline__ void stage_metadata(const WXA16GemmArgs& p, uint8_t* meta_tiles,
+                                               uint64_t* full, uint64_t* empty, int j, int bx,
+                                               int c_begin, int c_end) {
+  const int wt = j / 8, g = j % 8;
+  const int64_t n0 = (static_cast<int64_t>(bx) * kRowTiles + wt) * 16 + g;
+  const bool f32_scale = p.scale_dtype == FloatType::kF32;
+  const uint8_t* srow[2];
+  const uint8_t* zrow[2];
+  bool row_ok[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t n = n0 + 8 * r;
+    row_ok[r] = n < p.N;
+    srow[r] = static_cast<const uint8_t*>(p.scales) +
+              (row_ok[r] ? n * p.scale_ld * (f32_scale ? 4 : 2) : 0);
+    zrow[r] = Bits == 4 && row_ok[r] && p.zeros != nullptr ? p.zeros + n * p.zero_ld : nullptr;
+  }
+  auto load = [&](int c, Meta& m) {
+    const int gi = (c * kChunkK) >> p.group_shift;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const bool ok = row_ok[r] && c < c_end;
+      m.s[r] = ok ? load_scale_bits(srow[r], f32_scale, gi) : 0u;
+      m.z[r] = Bits == 4 && ok && zrow[r] != nullptr ? zrow[r][gi] : 8u;
+    }
+  };
+  // The prescale (kAcc, int4 groups: scales of x's dtype multiplied into the weights) or ones:
+  // multiplying by a selected pair costs the consumer fewer instructions than a branch.
+  const bool prescale = kAcc && Bits == 4 && p.group != 0;
+  constexpr uint32_t kOnes = std::is_same<T, __nv_bfloat16>::value ? 0x3f803f80u : 0x3c003c00u;
+  Meta q[kMetaAhead];
+#pragma unroll
+  for (int a = 0; a < kMetaAhead; ++a) load(c_begin + a, q[a]);
+  uint8_t* entry = meta_tiles + j * kMetaWords * 4;
+  for (int it = 0; c_begin + it < c_end; ++it) {
+    const Meta m = q[0];
+#pragma unroll
+    for (int a = 0; a + 1 < kMetaAhead; ++a) q[a] = q[a + 1];
+    load(c_begin + it + kMetaAhead, q[kMetaAhead - 1]);
+    const uint4 e0 = make_uint4(int4_zero_lo<T>(m.z[0]), int4_zero_hi<T>(m.z[1]),
+                                prescale ? m.s[0] * 0x00010001u : kOnes,
+                                prescale ? m.s[1] * 0x00010001u : kOnes);
+    const uint2 e1 = make_uint2(__float_as_uint(scale_bits_to_float(m.s[0], p.scale_dtype)),
+                                __float_as_uint(scale_bits_to_float(m.s[1], p.scale_dtype)));
+    const int s = it % kStages;
+    sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+    *reinterpret_cast<uint4*>(entry + s * kMetaBytes) = e0;
+    *reinterpret_cast<uint2*>(entry + s * kMetaBytes + 16) = e1;
+    sm90::mbar_arrive(&full[s]);
+  }
+}
 #endif  // LOWBIT_SM90A
 
 template <int Bits, typename T, int kN, bool kAcc>
@@ -249,7 +311,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
                                                  // [stage][128 rows][64] (int8), swizzled
                                                  // (WeightWords)
   uint8_t* b_tiles = w_tiles + kStages * kWBytes;            // [stage][kN][128], swizzled
-  uint64_t* full = reinterpret_cast<uint64_t*>(b_tiles + kStages * C::kActBytes);
+  uint8_t* meta_tiles = b_tiles + kStages * C::kActBytes;     // [stage][kMetaBytes]
+  uint64_t* full = reinterpret_cast<uint64_t*>(meta_tiles + kStages * kMetaBytes);
   uint64_t* empty = full + kStages;
   // (In the dynamic allocation: a static __shared__ variable would put the dynamic base after
   // a 1 KB pad, for its alignment.)
@@ -266,7 +329,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 
   if (threadIdx.x == 0) {
     WXA16_TRACE_NOW(kStart);
-    sm90::init_ring(full, empty, kStages, kConsumerWarps);
+    // full: the TMA bytes and each metadata thread's arrival.
+    sm90::init_ring(full, empty, kStages, kConsumerWarps, 1 + kMetaThreads);
     sm90::tma_prefetch_desc(&map_w);
     sm90::tma_prefetch_desc(&map_x);
   }
@@ -292,6 +356,9 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
         sm90::tma_load_2d(b_tiles + s * C::kActBytes, &map_x, &full[s], c * kChunkK, m0);
       }
       WXA16_TRACE_PUT(kWaitEmpty, wait_empty);
+    } else if (threadIdx.x >= 32 && threadIdx.x < 32 + kMetaThreads) {
+      stage_metadata<Bits, T, kAcc, kStages>(p, meta_tiles, full, empty, threadIdx.x - 32, bx,
+                                             c_begin, c_end);
     }
     launch_dependents();
     // gather_splits holds CTA barriers: the producer joins them, with nothing to add (the
@@ -308,34 +375,9 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   const int g = lane / 4, t = lane % 4;
   const int wt = cw * 4 + warp;  // this warp's row tile in the CTA
   const int rt = bx * kRowTiles + wt;
-  const int n0 = rt * 16 + g, n1 = n0 + 8;
 
-  // Scales and zero points of chunk c for rows n0, n1 (rows past N: scale 0, zero 8). The
-  // rows' addresses are formed once: per chunk a load is its row's base plus the group's
-  // offset (the 64-bit row products recomputed per chunk were a quarter of a chunk's
-  // instructions: bench/NOTES.md, "The whole GPU suite green; the weight-only wgmma kernel's
-  // encoder").
-  const bool f32_scale = p.scale_dtype == FloatType::kF32;
-  const uint8_t* srow[2];
-  const uint8_t* zrow[2];
-  bool row_ok[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t n = r ? n1 : n0;
-    row_ok[r] = n < p.N;
-    srow[r] = static_cast<const uint8_t*>(p.scales) +
-              (row_ok[r] ? n * p.scale_ld * (f32_scale ? 4 : 2) : 0);
-    zrow[r] = Bits == 4 && row_ok[r] && p.zeros != nullptr ? p.zeros + n * p.zero_ld : nullptr;
-  }
-  auto meta_load = [&](int c, Meta& m) {
-    const int gi = (c * kChunkK) >> p.group_shift;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const bool ok = row_ok[r] && c < c_end;
-      m.s[r] = ok ? load_scale_bits(srow[r], f32_scale, gi) : 0u;
-      m.z[r] = Bits == 4 && ok && zrow[r] != nullptr ? zrow[r][gi] : 8u;
-    }
-  };
+  // This lane's metadata entry in a stage (stage_metadata).
+  const uint8_t* meta_entry = meta_tiles + (wt * 8 + g) * kMetaWords * 4;
 
   // How a chunk's products reach acc (the launcher picks kAcc):
   // - kAcc, one scale per row (group 0): the chunks accumulate in the tensor core, (u - z)
@@ -346,7 +388,6 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   // - else each chunk's partial, from zero, is promoted into acc with its rows' fp32 scales.
   // kAcc spares the promotion's kN / 2 FMAs a chunk and two partial tiles of registers
   // (bench/NOTES.md, "the tensor core keeps the sums").
-  const bool prescale = kAcc && Bits == 4 && p.group != 0;
   float acc[C::kRegs];
 #pragma unroll
   for (int i = 0; i < C::kRegs; ++i) acc[i] = 0.f;
@@ -356,53 +397,33 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   float(&part1)[C::kRegs] = *reinterpret_cast<float(*)[C::kRegs]>(kAcc ? acc : part1_);
   uint32_t a0[4][4], a1[4][4];  // the A fragments of the chunk in flight in each slot
   float f0[2], f1[2];           // its rows' scales
-  // The next chunks' metadata, a slot each: slot q's [j] is chunk c_begin + i + 2 j at its
-  // issue of step i.
-  Meta m0_[kMetaDepth], m1_[kMetaDepth];
-#pragma unroll
-  for (int j = 0; j < kMetaDepth; ++j) {
-    meta_load(c_begin + 2 * j, m0_[j]);
-    meta_load(c_begin + 2 * j + 1, m1_[j]);
-  }
 
   const uint32_t b_lo = sm90::desc_lo(b_tiles);
   constexpr uint32_t kBUnits = C::kActBytes / 16;
   const WeightWords<Bits> words(wt, g, t);
   [[maybe_unused]] unsigned wait_full = 0, fragments = 0;
-  auto issue_into = [&](float(&d)[C::kRegs], uint32_t(&a)[4][4], float(&f)[2],
-                        Meta (&ms)[kMetaDepth], int i) {
+  auto issue_into = [&](float(&d)[C::kRegs], uint32_t(&a)[4][4], float(&f)[2], int i) {
     const int s = (i) % kStages;
-    const Meta m = ms[0];
-    // This slot's chunk 2 kMetaDepth ahead, into the FIFO's end (issued below, once m's
-    // registers are read).
-    auto meta_next = [&] {
-#pragma unroll
-      for (int j = 0; j + 1 < kMetaDepth; ++j) ms[j] = ms[j + 1];
-      meta_load(c_begin + i + 2 * kMetaDepth, ms[kMetaDepth - 1]);
-    };
-    const uint32_t z[2] = {int4_zero_lo<T>(m.z[0]), int4_zero_hi<T>(m.z[1])};
-    f[0] = scale_bits_to_float(m.s[0], p.scale_dtype);
-    f[1] = scale_bits_to_float(m.s[1], p.scale_dtype);
     WXA16_TRACE_CLOCK(t0);
     sm90::mbar_wait(&full[s], (i / kStages) & 1);
     WXA16_TRACE_ADD(wait_full, t0);
     if (i == 0 && ctid == 0) WXA16_TRACE_NOW(kFirstFull);
     WXA16_TRACE_CLOCK(t1);
     const uint8_t* wsm = w_tiles + s * kWBytes;
+    // Zero pairs, prescale pairs (or ones), scales of rows g and g + 8.
+    const uint4 e0 = *reinterpret_cast<const uint4*>(meta_entry + s * kMetaBytes);
+    const uint2 e1 = *reinterpret_cast<const uint2*>(meta_entry + s * kMetaBytes + 16);
+    const uint32_t z[2] = {e0.x, e0.y};
+    const uint32_t sp[2] = {e0.z, e0.w};
+    f[0] = __uint_as_float(e1.x);
+    f[1] = __uint_as_float(e1.y);
     if constexpr (kAbSkip == 1) {
-      meta_next();
 #pragma unroll
       for (int k = 0; k < 4; ++k)
 #pragma unroll
         for (int j = 0; j < 4; ++j) a[k][j] = 0x3c003c00u + static_cast<uint32_t>(i & 1);
     } else if constexpr (Bits == 4) {
       const uint4 v = words.gather(wsm, 0);
-      // Scale pairs of rows g and g + 8 (prescaled: the scales are x's dtype, 16 bits), or
-      // ones: multiplying by a selected pair costs fewer instructions than a branch.
-      constexpr uint32_t kOnes = std::is_same<T, __nv_bfloat16>::value ? 0x3f803f80u : 0x3c003c00u;
-      const uint32_t sp[2] = {prescale ? m.s[0] * 0x00010001u : kOnes,
-                              prescale ? m.s[1] * 0x00010001u : kOnes};
-      meta_next();
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         int4_fragment<T>(v, k, z, a[k]);
@@ -413,7 +434,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
       }
     } else {  // rows g and g + 8 of the warp's tile
       const uint4 vg = words.gather(wsm, 0), vg8 = words.gather(wsm, 8 * kChunkK);
-      meta_next();
+      (void)z;
+      (void)sp;
 #pragma unroll
       for (int k = 0; k < 4; ++k) int8_fragment<T>(vg, vg8, k, a[k]);
     }
@@ -448,9 +470,9 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   };
   auto issue = [&](auto slot, int i) {
     if constexpr (decltype(slot)::value == 0)
-      return issue_into(part0, a0, f0, m0_, i);
+      return issue_into(part0, a0, f0, i);
     else
-      return issue_into(part1, a1, f1, m1_, i);
+      return issue_into(part1, a1, f1, i);
   };
   auto finish = [&](auto slot, int s) {
     if constexpr (decltype(slot)::value == 0)
