@@ -69,7 +69,7 @@ constexpr int kWeightBytes = Bits == 4 ? kRowTiles * kTileBytes4 : kRows * kChun
 constexpr int kMaxStages = 8;
 using sm90::kSmemLimit;
 // The weight's metadata staged beside each chunk: for every warp row tile wt and lane row g,
-// 8 words that consumer lanes (g, *) of warp wt read with two LDS.128 (the zero pairs of
+// 8 words that consumer lanes (g, *) of warp wt read with two loads (the zero pairs of
 // rows g and g + 8, as int4_fragment takes them; their prescale pairs; their fp32 scales;
 // two unused). Two producer warps (kMetaThreads, one (wt, g) each) load and form them, so
 // the consumers' loop has no global loads or address arithmetic for them: there, about 40
@@ -78,9 +78,11 @@ using sm90::kSmemLimit;
 constexpr int kMetaWords = 8;
 constexpr int kMetaBytes = kRowTiles * 8 * kMetaWords * 4;  // 2 KB a stage
 constexpr int kMetaThreads = kRowTiles * 8;                 // producer warps 1 and 2
-// How many chunks ahead a metadata thread loads (its loads' latency, about a microsecond
-// under the weight stream, against half a microsecond a chunk).
-constexpr int kMetaAhead = 4;
+// How many chunks' metadata a metadata thread loads at once. A thread cannot wait for one of
+// several global loads in flight without waiting for all (they complete out of order), so
+// the loads go in batches: one latency (about a microsecond under the weight stream) a
+// batch, against half a microsecond a chunk, with the ring's 8 stages of lead.
+constexpr int kMetaBatch = 4;
 // A timing experiment's build flag (bench/wxa16_ab.sh; its outputs are wrong):
 // -DLOWBIT_WXA16_AB_SKIP=1 issues the wgmmas on fixed fragments (no gather, no conversion),
 // =2 builds the fragments and issues no wgmma, so that a chunk's two halves are timed apart.
@@ -243,8 +245,8 @@ struct Meta {
 // The metadata of every chunk c_begin .. c_end - 1 into its stage's entry (wt, g) = (j / 8,
 // j % 8): the scales and zero points of rows 16 (8 bx + wt) + g and + 8 (rows past N: scale 0,
 // zero 8) formed as the consumers take them, then an arrival on the stage's full barrier
-// (whose release orders the stores before the consumers' reads). The loads run kMetaAhead
-// chunks ahead of the stores; the empty barrier is waited on as the TMA thread waits on it.
+// (whose release orders the stores before the consumers' reads). The loads go kMetaBatch
+// chunks at a time; the empty barrier is waited on as the TMA thread waits on it.
 template <int Bits, typename T, bool kAcc, int kStages>
 __device__ __forceinline__ void stage_metadata(const WXA16GemmArgs& p, uint8_t* meta_tiles,
                                                uint64_t* full, uint64_t* empty, int j, int bx,
@@ -276,15 +278,9 @@ __device__ __forceinline__ void stage_metadata(const WXA16GemmArgs& p, uint8_t* 
   // multiplying by a selected pair costs the consumer fewer instructions than a branch.
   const bool prescale = kAcc && Bits == 4 && p.group != 0;
   constexpr uint32_t kOnes = std::is_same<T, __nv_bfloat16>::value ? 0x3f803f80u : 0x3c003c00u;
-  Meta q[kMetaAhead];
-#pragma unroll
-  for (int a = 0; a < kMetaAhead; ++a) load(c_begin + a, q[a]);
   uint8_t* entry = meta_tiles + j * kMetaWords * 4;
-  for (int it = 0; c_begin + it < c_end; ++it) {
-    const Meta m = q[0];
-#pragma unroll
-    for (int a = 0; a + 1 < kMetaAhead; ++a) q[a] = q[a + 1];
-    load(c_begin + it + kMetaAhead, q[kMetaAhead - 1]);
+  // Chunk c_begin + it's entry from its loads m, once its stage is free.
+  auto stage_one = [&](const Meta& m, int it) {
     const uint4 e0 = make_uint4(int4_zero_lo<T>(m.z[0]), int4_zero_hi<T>(m.z[1]),
                                 prescale ? m.s[0] * 0x00010001u : kOnes,
                                 prescale ? m.s[1] * 0x00010001u : kOnes);
@@ -295,6 +291,16 @@ __device__ __forceinline__ void stage_metadata(const WXA16GemmArgs& p, uint8_t* 
     *reinterpret_cast<uint4*>(entry + s * kMetaBytes) = e0;
     *reinterpret_cast<uint2*>(entry + s * kMetaBytes + 16) = e1;
     sm90::mbar_arrive(&full[s]);
+  };
+  for (int base = 0; c_begin + base < c_end; base += kMetaBatch) {
+    Meta q[kMetaBatch];
+#pragma unroll
+    for (int a = 0; a < kMetaBatch; ++a) load(c_begin + base + a, q[a]);
+#pragma unroll
+    for (int a = 0; a < kMetaBatch; ++a) {
+      const int it = base + a;
+      if (c_begin + it < c_end) stage_one(q[a], it);
+    }
   }
 }
 #endif  // LOWBIT_SM90A
@@ -460,6 +466,9 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     for (int k = 0; k < 4; ++k)
 #pragma unroll
       for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[k][j])::"memory");
+    // Every lane's reads of the stage (its metadata entry's too, whose scales are used after
+    // this) before the lane that releases it.
+    __syncwarp();
     if (lane == 0) sm90::mbar_arrive(&empty[s]);
     if constexpr (!kAcc) {
 #pragma unroll
