@@ -190,7 +190,8 @@ def test_w4a16_pinned_kernel(name, m, n, k, group, symmetric, dtype):
 @pytest.mark.parametrize("group", [64, 128, -1], ids=["g64", "g128", "channel"])
 @pytest.mark.parametrize("m", [129, 300, 1024])
 def test_w4a16_wgmma_kernel_large_m(m, group, symmetric, dtype):
-    """Above M = 128 the wgmma kernel takes 128-token tiles summed in the tensor core: group
+    """Above M = 128 the wgmma kernel takes 128- or 256-token tiles summed in the tensor core
+    (256 at M = 1024 on this weight, 128 at M = 129 and 300): group
     scales of x's dtype applied to the weights in registers ((u - z) * scale rounded once,
     as the dequantize path does), one scale per row (any dtype) applied after the mainloop;
     fp32 group scales keep 64-token tiles with fp32 promotion."""
@@ -213,6 +214,20 @@ def test_w4a16_wgmma_kernel_large_m(m, group, symmetric, dtype):
         _check(wgmma.fn(*args), x.double() @ wd.T, dtype)
 
 
+def _wgmma_on_a_half_wave_weight(bits, m, k):
+    """The sm_90a wgmma kernel of w{bits}a16_gemm, and a weight of N = 64 * SMs + 72 rows
+    (half a wave of 128-row blocks and one more, ragged) with its bf16 x of m tokens."""
+    from lowbit._backend import kernels
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("an sm_90a kernel")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    n, dtype = 64 * sms + 72, torch.bfloat16
+    wgmma, = (kk for kk in kernels(f"w{bits}a16_gemm")
+              if kk.name == f"sm90_w{bits}a16_gemm_wgmma")
+    return wgmma, n, k, _x(m, k, dtype, seed=m), dtype
+
+
 @gpu
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("m", [65, 100, 128])
@@ -221,15 +236,7 @@ def test_wgmma_kernels_take_128_token_tiles_on_wide_weights_from_m_65(m, bits):
     the wgmma kernels take 128-token tiles summed in the tensor core (the last one partial
     below M = 128): int4 with group scales of x's dtype and per channel, int8 per channel;
     int8 groups (fp32 scales) keep 64-token tiles. N is ragged past the last 128-row block."""
-    from lowbit._backend import kernels
-
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("an sm_90a kernel")
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    n, k, dtype = 64 * sms + 72, 512, torch.bfloat16
-    wgmma, = (kk for kk in kernels(f"w{bits}a16_gemm")
-              if kk.name == f"sm90_w{bits}a16_gemm_wgmma")
-    x = _x(m, k, dtype, seed=m)
+    wgmma, n, k, x, dtype = _wgmma_on_a_half_wave_weight(bits, m, 512)
     if bits == 4:
         w_full = (torch.randn(n, k, generator=_gen(7)) * 0.05).to(dtype)
         for group in (128, -1):
@@ -245,6 +252,48 @@ def test_wgmma_kernels_take_128_token_tiles_on_wide_weights_from_m_65(m, bits):
         args = (x, q, s, bias)
         assert wgmma.supports(*args) is None
         _check(wgmma.fn(*args), _int8_ref(x, q, s, bias), dtype)
+
+
+@gpu
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m", [129, 200, 256, 300])
+def test_wgmma_kernels_take_256_token_tiles_where_they_make_half_a_wave(m, bits):
+    """Above M = 128, where 256-token tiles make at least half a wave of CTAs, the wgmma
+    kernels take them (sums in the tensor core; the last tile partial but at M = 256): int4
+    with group scales of x's dtype and per channel, int8 per channel (to M = 256, its
+    kernel's range); fp32 group scales keep 64-token tiles. N is ragged past the last
+    128-row block."""
+    if bits == 8 and m > 256:
+        pytest.skip("the int8 wgmma kernel serves M <= 256")
+    wgmma, n, k, x, dtype = _wgmma_on_a_half_wave_weight(bits, m, 1024)
+    if bits == 4:
+        w_full = (torch.randn(n, k, generator=_gen(11)) * 0.05).to(dtype)
+        bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda()
+        for group, scales_dtype in ((128, dtype), (64, torch.float16), (-1, torch.float32)):
+            q = lowbit.int4_quantize(w_full.to(scales_dtype), group_size=group,
+                                     symmetric=False)
+            w = q.to("cuda").prepack()
+            ref = x.double() @ q.dequantize(torch.float64).cuda().T
+            args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, None)
+            assert wgmma.supports(*args) is None
+            _check(wgmma.fn(*args), ref, dtype)
+            if group == 128:
+                # With a bias, and an odd N (out's rows not 16-byte aligned: the epilogue
+                # stores thread by thread instead of through TMA).
+                args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, bias)
+                _check(wgmma.fn(*args), ref + bias.double(), dtype)
+                odd = lowbit.int4_quantize(w_full[:n - 3], group_size=group, symmetric=False)
+                wo = odd.to("cuda").prepack()
+                args = (x, wo.qweight, wo.scales, wo.zeros, wo.group_size, None, None)
+                assert wgmma.supports(*args) is None
+                _check(wgmma.fn(*args), x.double() @ odd.dequantize(torch.float64).cuda().T,
+                       dtype)
+        return
+    bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda()
+    q, s = _int8_weight(n, k, 0)
+    args = (x, q, s, bias)
+    assert wgmma.supports(*args) is None
+    _check(wgmma.fn(*args), _int8_ref(x, q, s, bias), dtype)
 
 
 @gpu

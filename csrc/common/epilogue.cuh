@@ -28,6 +28,17 @@ __device__ __forceinline__ void store_out(void* p, FloatType d, int64_t i, float
   }
 }
 
+// Two values of one output row as a register of 16-bit pairs (the lower column in the low
+// half), as mma fragments and stmatrix hold them.
+__device__ __forceinline__ uint32_t pack2(FloatType d, float v0, float v1) {
+  if (d == FloatType::kBF16) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  const __half2 h = __floats2half2_rn(v0, v1);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
 // Elements i and i + 1 in one store; i even and the output's base aligned to two elements
 // (checked by the caller, see pair_store_ok).
 __device__ __forceinline__ void store_out2(void* p, FloatType d, int64_t i, float v0, float v1) {

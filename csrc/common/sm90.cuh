@@ -163,6 +163,26 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t addr, const uint32_t (&r)[4
                : "memory");
 }
 
+// Offset in a staging tile of element (r, c) for TMA stores of 128-byte-wide boxes: 128-byte
+// rows, one box of 128 / kOutBytes columns after another (64 rows, 8 KB each, where c passes
+// the first box), 16-byte chunks swizzled with r % 8 as TMA's 128-byte swizzle expects.
+template <int kOutBytes>
+__device__ __forceinline__ int staged_offset(int r, int c) {
+  constexpr int kBoxCols = 128 / kOutBytes;
+  const int byte = (c % kBoxCols) * kOutBytes;
+  return (c / kBoxCols) * (64 * 128) + r * 128 + ((((byte >> 4) ^ r) & 7) << 4) + (byte & 15);
+}
+
+// The same, transposed: lane l's fragment element (row r, column c) of each matrix lands at
+// row c, element r, so a thread's column pair goes to two rows (a column-major fragment, as
+// a wgmma accumulator of the transposed product holds it, stored row-major).
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(
+                   addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 }
@@ -238,6 +258,7 @@ __device__ __forceinline__ void double_buffered_steps(int nk, Issue&& issue, Fin
 #define LOWBIT_ACC24(c, d, i) LOWBIT_ACC16(c, d, i), LOWBIT_ACC8(c, d, i + 16)
 #define LOWBIT_ACC28(c, d, i) LOWBIT_ACC24(c, d, i), LOWBIT_ACC4(c, d, i + 24)
 #define LOWBIT_ACC64(c, d, i) LOWBIT_ACC32(c, d, i), LOWBIT_ACC32(c, d, i + 32)
+#define LOWBIT_ACC128(c, d, i) LOWBIT_ACC64(c, d, i), LOWBIT_ACC64(c, d, i + 64)
 #define LOWBIT_REGS4 "{%0, %1, %2, %3}"
 #define LOWBIT_REGS8 "{%0, %1, %2, %3, %4, %5, %6, %7}"
 #define LOWBIT_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
@@ -256,6 +277,16 @@ __device__ __forceinline__ void double_buffered_steps(int nk, Issue&& issue, Fin
   "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "    \
   "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "     \
   "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define LOWBIT_REGS128                                                                       \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "        \
+  "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, "         \
+  "%34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, "         \
+  "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, "         \
+  "%66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, "         \
+  "%82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, "         \
+  "%98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "       \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, "     \
+  "%126, %127}"
 // The two descriptors and scale-d, the operands after R accumulator registers.
 #define LOWBIT_DESCS4 ", %4, %5, %6"
 #define LOWBIT_DESCS8 ", %8, %9, %10"

@@ -282,31 +282,10 @@ __device__ __forceinline__ void epilogue_direct(const GemmArgs& p, const float (
   }
 }
 
-// Offset in a staging tile of element (r, c), r < 64, c < 128: 128-byte rows, one box of
-// 128 / kOutBytes columns after another (8 KB each), 16-byte chunks swizzled with r % 8 as
-// TMA's 128-byte swizzle expects.
-template <int kOutBytes>
-__device__ __forceinline__ int staged_offset(int r, int c) {
-  constexpr int kBoxCols = 128 / kOutBytes;
-  const int byte = (c % kBoxCols) * kOutBytes;
-  return (c / kBoxCols) * (64 * 128) + r * 128 + ((((byte >> 4) ^ r) & 7) << 4) + (byte & 15);
-}
-
 // Two fp32 values of one row into a 32-bit staging tile (16-bit outputs go through
 // stage_16bit).
 __device__ __forceinline__ void put_f32x2(uint8_t* stage, int r, int c, float v0, float v1) {
   *reinterpret_cast<float2*>(stage + staged_offset<4>(r, c)) = make_float2(v0, v1);
-}
-
-// Two values of one output row as a register of 16-bit pairs (the lower column in the low
-// half), as mma fragments and stmatrix hold them.
-__device__ __forceinline__ uint32_t pack2(FloatType d, float v0, float v1) {
-  if (d == FloatType::kBF16) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-  const __half2 h = __floats2half2_rn(v0, v1);
-  return *reinterpret_cast<const uint32_t*>(&h);
 }
 
 // A warp's 16 rows x 128 columns of a 16-bit staging tile: value = acc * row scale * column

@@ -1,8 +1,8 @@
 // sm_90a W4A16 / W8A16 GEMMs above the decode range (sm90_w4a16_gemm_wgmma, any M;
 // sm90_w8a16_gemm_wgmma, M <= 256): the decode kernel's weight conversion (wxa16_gemm.cuh:
 // int4 prepacked or int8 fragments dequantized in registers, exactly) feeding wgmma with the
-// weight as its register A operand, so one dequantized fragment serves a tile of kN = 32, 64
-// or 128 tokens in one instruction, where the mma.sync decode kernel dequantizes it once per
+// weight as its register A operand, so one dequantized fragment serves a tile of kN = 32, 64,
+// 128 or 256 tokens in one instruction, where the mma.sync decode kernel dequantizes it once per
 // 16 tokens (bench/NOTES.md, "Decode to M = 64").
 //
 // Operands. A: the weight, 64 rows per consumer warpgroup (warp w: 16-row tile w, its lanes'
@@ -40,11 +40,13 @@
 // dequantize-then-GEMM path's weights are), or each chunk's wgmmas write a zeroed partial
 // tile that is added to the fp32 accumulator times the rows' scales once the next chunk's
 // wgmmas are in flight (two partial tiles, as the FP8 kernels promote). Under kAcc alone,
-// 128-token tiles from M = 65 where they pay (takes_128_token_tiles).
+// 128-token tiles from M = 65 where they pay (takes_128_token_tiles) and 256-token tiles
+// (a 128-register accumulator a consumer thread) above M = 128 (takes_256_token_tiles).
 //
-// Grid: (row blocks of 128 x token tiles, K splits); the token tiles of a row block are
-// adjacent, so they read its weight from L2 after the first. K splits use the decode
-// kernel's workspace and counters (gather_splits: partials added in split order).
+// Grid: (row blocks of 128 x token tiles, K splits), in groups of 16 row blocks whose CTAs
+// go token tile by token tile (kRasterRows): the weight of a group and the x tile of its
+// current token tile are read from L2 after the first CTA. K splits use the decode kernel's
+// workspace and counters (gather_splits: partials added in split order).
 
 #include "common/sm90.cuh"
 #include "wxa16/wxa16_gemm.cuh"
@@ -67,6 +69,12 @@ constexpr int kTileLines = kTileBytes4 / (4 * kLineWords);
 template <int Bits>
 constexpr int kWeightBytes = Bits == 4 ? kRowTiles * kTileBytes4 : kRows * kChunkK;
 constexpr int kMaxStages = 8;
+// The grid's raster: groups of 16 row blocks, each group's CTAs one token tile after another,
+// so a wave of CTAs (132 on an H100) reads about 8 x tiles, each from DRAM once for 16 row
+// blocks, and 16 row blocks of weight, which stay in L2 through the group's token tiles.
+// Row block by row block (the order before), a wave at M = 8192 read the whole x (128 MB at
+// K = 8192, past L2) once a wave.
+constexpr int kRasterRows = 16;
 using sm90::kSmemLimit;
 // The weight's metadata staged beside each chunk: for every warp row tile wt and lane row g,
 // 8 words that consumer lanes (g, *) of warp wt read with two loads (the zero pairs of
@@ -85,19 +93,23 @@ constexpr int kMetaThreads = kRowTiles * 8;                 // producer warps 1 
 constexpr int kMetaBatch = 4;
 // A timing experiment's build flag (bench/wxa16_ab.sh; its outputs are wrong):
 // -DLOWBIT_WXA16_AB_SKIP=1 issues the wgmmas on fixed fragments (no gather, no conversion),
-// =2 builds the fragments and issues no wgmma, so that a chunk's two halves are timed apart.
+// =2 builds the fragments and issues no wgmma, so that a chunk's two halves are timed apart;
+// =3 is 1 without x's loads (the wgmmas read whatever the stage holds): what the x tiles'
+// L2-to-SM traffic costs.
 #ifdef LOWBIT_WXA16_AB_SKIP
 constexpr int kAbSkip = LOWBIT_WXA16_AB_SKIP;
 #else
 constexpr int kAbSkip = 0;
 #endif
-static_assert(kAbSkip >= 0 && kAbSkip <= 2, "0: the kernel; 1: no fragments; 2: no wgmmas");
+static_assert(kAbSkip >= 0 && kAbSkip <= 3,
+              "0: the kernel; 1: no fragments; 2: no wgmmas; 3: no fragments, no x");
 
 // kAcc: the chunks accumulate in the tensor core, in acc (both slots), with no partial tiles
 // (see "How a chunk's products reach acc" in the kernel).
 template <int Bits, int kN, bool kAcc>
 struct Config {
-  static_assert(kN == 32 || kN == 64 || (kN == 128 && kAcc), "token tiles of 32, 64, 128");
+  static_assert(kN == 32 || kN == 64 || ((kN == 128 || kN == 256) && kAcc),
+                "token tiles of 32, 64, 128, 256");
   static constexpr int kRegs = kN / 2;
   static constexpr int kActBytes = kN * 128;  // one 128-byte swizzled row per token
   static constexpr int kWBytes = kWeightBytes<Bits>;
@@ -135,11 +147,16 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[kN / 2], const uint32_t (&a)
       LOWBIT_WGMMA_RS(64, 32, "bf16", "{%32, %33, %34, %35}, %36", "%37");
     else
       LOWBIT_WGMMA_RS(64, 32, "f16", "{%32, %33, %34, %35}, %36", "%37");
-  } else {
+  } else if constexpr (kN == 128) {
     if constexpr (kBf16)
       LOWBIT_WGMMA_RS(128, 64, "bf16", "{%64, %65, %66, %67}, %68", "%69");
     else
       LOWBIT_WGMMA_RS(128, 64, "f16", "{%64, %65, %66, %67}, %68", "%69");
+  } else {
+    if constexpr (kBf16)
+      LOWBIT_WGMMA_RS(256, 128, "bf16", "{%128, %129, %130, %131}, %132", "%133");
+    else
+      LOWBIT_WGMMA_RS(256, 128, "f16", "{%128, %129, %130, %131}, %132", "%133");
   }
 #undef LOWBIT_WGMMA_RS
 }
@@ -305,10 +322,58 @@ __device__ __forceinline__ void stage_metadata(const WXA16GemmArgs& p, uint8_t* 
 }
 #endif  // LOWBIT_SM90A
 
+#ifdef LOWBIT_SM90A
+// A consumer warpgroup's 64 rows x kN tokens of out (+ bias) by one TMA store: the
+// accumulator fragments, transposed by stmatrix into a staging tile laid out as out is
+// ([kN tokens][64 rows], 128-byte rows, the 128-byte swizzle), then stored as one box from
+// (n0, m0); TMA clips rows and tokens past the ends. Each thread writes 128-bit rows of 8
+// outputs where store_tiles writes kN / 2 two-byte values to 4 tokens' rows at once: at
+// kN = 256 the CTA's epilogue took 8-10 us of a 50 us tile that way (trace, H100).
+template <int kN>
+__device__ __forceinline__ void store_tile_tma(const WXA16GemmArgs& p, const CUtensorMap* map,
+                                               const float (&acc)[kN / 2], uint8_t* stage,
+                                               int rt, int m0, int n0, int warp, int lane) {
+  const int g = lane / 4;
+  float bias[2] = {0.f, 0.f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int n = rt * 16 + g + 8 * r;
+    if (p.bias != nullptr && n < p.N) bias[r] = load_bias(p.bias, p.bias_dtype, n);
+  }
+  // Lane l addresses row l % 8 of matrix l / 8: matrices (token block j, rows g), (j, g + 8),
+  // (j + 1, g), (j + 1, g + 8), each stored transposed (tokens as rows).
+  const uint32_t base = smem_u32(stage);
+  const int mi = lane / 8;
+  const int col = 16 * warp + 8 * (mi & 1);
+#pragma unroll
+  for (int j = 0; j < kN / 8; j += 2) {
+    uint32_t q[4];
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        q[2 * e + r] = pack2(p.x_dtype, acc[4 * (j + e) + 2 * r] + bias[r],
+                             acc[4 * (j + e) + 2 * r + 1] + bias[r]);
+    sm90::stmatrix_x4_trans(base + sm90::staged_offset<2>(8 * (j + (mi >> 1)) + lane % 8, col),
+                            q);
+  }
+  sm90::fence_async_smem();
+  const int wg = threadIdx.x / 128;
+  sm90::named_sync(1 + wg, 128);
+  if (threadIdx.x % 128 == 0 && n0 < p.N) {
+    sm90::tma_store_2d(map, stage, n0, m0);
+    sm90::bulk_commit();
+    sm90::bulk_wait();  // the staging tile outlives the store's reads, the CTA its writes
+  }
+}
+#endif  // LOWBIT_SM90A
+
 template <int Bits, typename T, int kN, bool kAcc>
 __global__ void __launch_bounds__(kThreads, 1)
 wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
-                   const __grid_constant__ CUtensorMap map_x, const WXA16GemmArgs p) {
+                   const __grid_constant__ CUtensorMap map_x,
+                   const __grid_constant__ CUtensorMap map_out, const WXA16GemmArgs p,
+                   bool tma_out) {
 #ifdef LOWBIT_SM90A
   using C = Config<Bits, kN, kAcc>;
   constexpr int kStages = C::kStages, kWBytes = C::kWBytes;
@@ -330,8 +395,15 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   const int c_end = static_cast<int>(static_cast<int64_t>(nk) * (blockIdx.y + 1) / p.splits);
   const int steps = c_end - c_begin;
   const int token_tiles = (p.M + kN - 1) / kN;
-  const int bx = static_cast<int>(blockIdx.x) / token_tiles;  // row block: row tiles 8 bx ..
-  const int m0 = static_cast<int>(blockIdx.x) % token_tiles * kN;
+  // The tile's row block (row tiles 8 bx ..) and first token: blockIdx.x runs over the row
+  // blocks of a group of kRasterRows, then over its token tiles, then over the groups.
+  const int row_blocks = (p.N + kRows - 1) / kRows;
+  const int per_group = kRasterRows * token_tiles;
+  const int first = static_cast<int>(blockIdx.x) / per_group * kRasterRows;
+  const int in_group = min(kRasterRows, row_blocks - first);
+  const int r_in = static_cast<int>(blockIdx.x) % per_group;
+  const int bx = first + r_in % in_group;
+  const int m0 = r_in / in_group * kN;
 
   if (threadIdx.x == 0) {
     WXA16_TRACE_NOW(kStart);
@@ -353,13 +425,14 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
         WXA16_TRACE_CLOCK(t0);
         sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
         WXA16_TRACE_ADD(wait_empty, t0);
-        sm90::mbar_expect_tx(&full[s], kWBytes + C::kActBytes);
+        sm90::mbar_expect_tx(&full[s], kWBytes + (kAbSkip == 3 ? 0 : C::kActBytes));
         if constexpr (Bits == 4)
           sm90::tma_load_3d(w_tiles + s * kWBytes, &map_w, &full[s], 0, c * kTileLines,
                             bx * kRowTiles);
         else
           sm90::tma_load_2d(w_tiles + s * kWBytes, &map_w, &full[s], c * kChunkK, bx * kRows);
-        sm90::tma_load_2d(b_tiles + s * C::kActBytes, &map_x, &full[s], c * kChunkK, m0);
+        if constexpr (kAbSkip != 3)
+          sm90::tma_load_2d(b_tiles + s * C::kActBytes, &map_x, &full[s], c * kChunkK, m0);
       }
       WXA16_TRACE_PUT(kWaitEmpty, wait_empty);
     } else if (threadIdx.x >= 32 && threadIdx.x < 32 + kMetaThreads) {
@@ -423,7 +496,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     const uint32_t sp[2] = {e0.z, e0.w};
     f[0] = __uint_as_float(e1.x);
     f[1] = __uint_as_float(e1.y);
-    if constexpr (kAbSkip == 1) {
+    if constexpr (kAbSkip == 1 || kAbSkip == 3) {
 #pragma unroll
       for (int k = 0; k < 4; ++k)
 #pragma unroll
@@ -508,6 +581,17 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     if (ctid == 0) WXA16_TRACE_NOW(kEnd);
     return;
   }
+  if constexpr (kN >= 128) {
+    if (tma_out) {
+      // The staging tiles reuse the ring's first stages: every consumer past its last reads
+      // of them first (a split's gather has synchronized the CTA already).
+      if (p.splits == 1) sm90::named_sync(1, kConsumerThreads);
+      store_tile_tma<kN>(p, &map_out, acc, w_tiles + cw * kN * 128, rt, m0, bx * kRows + cw * 64,
+                         warp, lane);
+      if (ctid == 0) WXA16_TRACE_NOW(kEnd);
+      return;
+    }
+  }
   store_tiles<1, kN / 8>(p, reinterpret_cast<const float(&)[1][kN / 8][4]>(acc), rt, m0, g, t);
   if (ctid == 0) WXA16_TRACE_NOW(kEnd);
 #else
@@ -571,13 +655,16 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (plan) {
     p.group_shift = group_shift(p.group);
     // One CTA per SM: split K until the grid fills whole waves, each split at least
-    // kStages chunks (a full ring); fewer splits win ties, as the decode kernel plans.
+    // kStages chunks (a full ring); fewer splits win ties, as the decode kernel plans. A grid
+    // of a wave or more is not split: the partials' round trip and each split's ring fill
+    // cost more than the last wave's idle SMs (H100, w4a16 1024 x 14336 x 4096 in 256-token
+    // tiles, 448 CTAs: 246 us in two splits, 178 in one).
     const int64_t sms = sm_count(device) > 0 ? sm_count(device) : 132;
     const int64_t tiles = grid.x;
     const int nk = (p.K + kChunkK - 1) / kChunkK;
     int best = 1;
     int64_t best_cost = -1;
-    for (int s = 1; s <= 16 && s * C::kStages <= nk; ++s) {
+    for (int s = 1; s <= (tiles >= sms ? 1 : 16) && s * C::kStages <= nk; ++s) {
       const int64_t waves = (tiles * s + sms - 1) / sms;
       const int64_t cost = waves * ((nk + s - 1) / s + C::kStages);
       if (best_cost < 0 || cost < best_cost) best = s, best_cost = cost;
@@ -589,11 +676,22 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   e = check_launch_args(p, grid);
   if (e != cudaSuccess) return e;
-  CUtensorMap map_w, map_x;
+  CUtensorMap map_w, map_x, map_out{};
   if (!make_maps(&map_w, &map_x, p, kN)) return cudaErrorInvalidValue;
+  // 128- and 256-token tiles store through TMA where out's base and rows are 16-byte
+  // aligned (store_tile_tma); else, and for smaller tiles, thread by thread.
+  const bool tma_out =
+      kN >= 128 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && p.ldo % 8 == 0 &&
+      sm90::make_map_out(&map_out, p.out,
+                         p.x_dtype == FloatType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                       : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                         2, p.M, p.N, p.ldo, kN,
+                         p.map_cache != nullptr ? p.map_cache->slot(TensorMapCache::kOut)
+                                                : nullptr);
   const LaunchConfig cfg(dim3(grid.x, p.splits, 1), kThreads, C::kSmemBytes, stream, 1,
                          programmatic_launch());
-  return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, p));
+  return launch_status(
+      cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, map_out, p, tma_out));
 }
 
 // Whether 128-token tiles (kAcc) serve M: above M = 128, and from M = 65 for int4, whose
@@ -620,8 +718,29 @@ inline bool takes_128_token_tiles(const WXA16GemmArgs& p) {
 #endif
 }
 
-// Token tiles: 32 up to M = 32, 64 or 128 above (takes_128_token_tiles) where the tensor core
-// keeps the sums (kAcc: 3 x 64 fp32 registers a thread, with partial tiles, would not fit).
+// Whether 256-token tiles (kAcc) serve M: each 64-K chunk of weight is dequantized once for
+// twice the tokens of a 128-token tile, and one m64n256k16 wgmma does the work of two
+// m64n128k16, so the conversion's share of a chunk halves (the tensor core then bounds the
+// chunk). LOWBIT_WXA16_N256_ABOVE, a build flag for bench/wxa16_ab.sh, moves the start.
+// They take M > 128 where they make at least half a wave of CTAs; below that the 128-token
+// grid, split less, leads (H100, w4a16: 53.0 against 66.0 us at 256 x 14336 x 4096, 112
+// CTAs; 54.5 against 65.7 at 1024 x 4096 x 4096, 128 CTAs; 35.4 against 28.2 at
+// 256 x 4096 x 4096, 32 CTAs).
+inline bool takes_256_token_tiles(const WXA16GemmArgs& p) {
+#ifdef LOWBIT_WXA16_N256_ABOVE
+  return p.M > LOWBIT_WXA16_N256_ABOVE;
+#else
+  if (p.M <= 128) return false;
+  int device = 0;
+  if (current_device(device) != cudaSuccess) return false;
+  const int64_t sms = sm_count(device) > 0 ? sm_count(device) : 132;
+  return (p.N + kRows - 1) / kRows * ((p.M + 255) / 256) * 2 >= sms;
+#endif
+}
+
+// Token tiles: 32 up to M = 32, 64, or 128 and 256 above (takes_128_token_tiles,
+// takes_256_token_tiles) where the tensor core keeps the sums (kAcc: 3 x 64 fp32 registers
+// a thread, with partial tiles, would not fit).
 // kAcc under one scale per row, and for int4 groups with scales of x's dtype from 33 tokens
 // (at 32 the multiplies ahead of the wgmmas cost more than the promotion they spare).
 template <int Bits, typename T>
@@ -631,6 +750,7 @@ cudaError_t run_of(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     return p.group == 0 ? run<Bits, T, 32, true>(p, stream, plan)
                         : run<Bits, T, 32, false>(p, stream, plan);
   }
+  if (acc && takes_256_token_tiles(p)) return run<Bits, T, 256, true>(p, stream, plan);
   if (acc && takes_128_token_tiles<Bits>(p)) return run<Bits, T, 128, true>(p, stream, plan);
   return acc ? run<Bits, T, 64, true>(p, stream, plan) : run<Bits, T, 64, false>(p, stream, plan);
 }
