@@ -56,9 +56,10 @@ def test_w8a16_table_on_sm90(h100, m, n, first):
 @pytest.mark.parametrize("m,n,first", [
     (1, 28672, "cuda_w4a16_gemm_decode"), (32, 28672, "cuda_w4a16_gemm_decode"),
     (33, 4096, "sm90_w4a16_gemm_wgmma"), (64, 14336, "sm90_w4a16_gemm_wgmma"),
-    (256, 14336, "sm90_w4a16_gemm_wgmma"), (257, 14336, None)])
+    (256, 14336, "sm90_w4a16_gemm_wgmma"), (257, 14336, "sm90_w4a16_gemm_wgmma"),
+    (8192, 8192, "sm90_w4a16_gemm_wgmma")])
 def test_w4a16_table_on_sm90(h100, m, n, first):
-    """Decode to M = 32, the wgmma kernel at M = 33-256, then registration order. N is the
+    """Decode to M = 32, the wgmma kernel above (dequantize-then-cuBLAS behind it). N is the
     scales' first dimension: a prepacked qweight is 4-D, its first dimension is not N."""
     meta = dict(device="meta")
     args = (torch.empty(m, 64, **meta), torch.empty(2, 2, 32, 4, dtype=torch.int32, **meta),

@@ -41,13 +41,15 @@ w4a16_gemm: the weight's layout picks the backend (prepacked: the CUDA kernels; 
 Triton, its fused kernel and its dequantize-then-GEMM kernel by their supports and
 priorities). On sm_90 the CUDA decode kernel leads to M = 32 (14.4 against the wgmma
 kernel's 15.9 us at 16 x 4096 x 4096, 30.8 against 32.8 at 32 x 14336 x 4096; level at
-32 x 4096 x 4096), the sm_90a wgmma kernel at M = 33-256 (H100, 2026-12-06: 35.5 against
+32 x 4096 x 4096), the sm_90a wgmma kernel from M = 33 (H100, 2026-12-06: 35.5 against
 decode's 53.8 and the wide kernel's 47.7 us at 64 x 14336 x 4096, 118.6 against 168.5 at
 64 x 28672 x 8192, 19.0 against 20.5 at 64 x 4096 x 4096; 42.5 and 82.0 against
 dequantize-then-cuBLAS's 117.0 and 123.0 at 128 and 256 x 14336 x 4096), decode or the
-dequantize path behind it for the group size it declines (32). Above M = 256 the
-dequantize-then-cuBLAS kernel, by the M ranges. N is read from the scales (the prepacked
-qweight is 4-D).
+dequantize path behind it for the group size it declines (32). Above M = 256 too, in
+256-token tiles (H100, 2026-12-06, 10:45: 183.0 against dequantize-then-cuBLAS's 230.0 us
+at 1024 x 14336 x 4096, 344.4 against 392.5 at 2048 x 14336 x 4096, 673.0 against 888.9
+at 1024 x 28672 x 8192; level at 8192^3, 1570-1620 against 1613), the dequantize path
+behind it. N is read from the scales (the prepacked qweight is 4-D).
 """
 from __future__ import annotations
 
@@ -83,6 +85,7 @@ TABLE: Dict[str, Dict[Tuple[int, int], Rows]] = {
             (32, ("cuda_w4a16_gemm_decode",)),
             (256, ("sm90_w4a16_gemm_wgmma", "cuda_w4a16_gemm_decode",
                    "cuda_w4a16_gemm_dequant")),
+            (None, ("sm90_w4a16_gemm_wgmma", "cuda_w4a16_gemm_dequant")),
         ),
     },
     "w8a16_gemm": {

@@ -79,7 +79,7 @@ WXA16_DECODE_MAX_M = 64  # kWXA16DecodeMaxM in csrc/wxa16/wxa16_gemm.h
 WXA16_WIDE_MAX_M = 128  # kWXA16WideMaxM
 # The sm_90a wgmma kernels and the wide mma.sync kernels (one dequantized fragment per 64
 # tokens) come last by priority: lowbit/heuristics.py puts the wgmma kernels first on sm_90
-# where they lead (w4a16 at M = 33-256, w8a16 at M = 17-256 but M <= 32 on N <= 4096; H100,
+# where they lead (w4a16 from M = 33, w8a16 at M = 17-256 but M <= 32 on N <= 4096; H100,
 # 2026-12-06); the wide kernel leads nowhere measured since, and stays for explicit use and
 # comparison.
 KERNELS["w4a16_gemm"] = {
