@@ -103,13 +103,15 @@ def test_w4a16_sm80_path(monkeypatch, m):
     (4, 32, 3000, 128, "cuda_w4a16_gemm_decode"), (4, 33, 3000, 128, "sm90_w4a16_gemm_wgmma"),
     (4, 256, 3000, 128, "sm90_w4a16_gemm_wgmma"), (4, 48, 3000, 32, "cuda_w4a16_gemm_decode"),
     (8, 32, 3000, 0, "cuda_w8a16_gemm_decode"), (8, 17, 8192, 0, "sm90_w8a16_gemm_wgmma"),
-    (8, 100, 3000, 128, "sm90_w8a16_gemm_wgmma")])
+    (8, 100, 3000, 128, "sm90_w8a16_gemm_wgmma"), (4, 300, 3000, 128, "sm90_w4a16_gemm_wgmma"),
+    (8, 300, 3000, 0, "sm90_w8a16_gemm_wgmma"), (8, 300, 3000, 128, "cuda_w8a16_gemm_dequant")])
 @pytest.mark.parametrize("backend", ["auto", "cuda"])
 def test_auto_and_cuda_take_the_wgmma_kernels_on_sm90(monkeypatch, backend, bits, m, n, group,
                                                       expected):
     """backend="auto", and backend="cuda" among its kernels, on an sm_90 card run what
     heuristics.TABLE names where it supports the inputs (G = 32: the wgmma kernel declines,
-    decode runs), and the output is right."""
+    decode runs; int8 groups above M = 256: dequantize-then-cuBLAS runs), and the output is
+    right."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the sm_90 table")
     monkeypatch.delenv("LOWBIT_ARCH", raising=False)
@@ -260,11 +262,9 @@ def test_wgmma_kernels_take_128_token_tiles_on_wide_weights_from_m_65(m, bits):
 def test_wgmma_kernels_take_256_token_tiles_where_they_make_half_a_wave(m, bits):
     """Above M = 128, where 256-token tiles make at least half a wave of CTAs, the wgmma
     kernels take them (sums in the tensor core; the last tile partial but at M = 256): int4
-    with group scales of x's dtype and per channel, int8 per channel (to M = 256, its
-    kernel's range); fp32 group scales keep 64-token tiles. N is ragged past the last
-    128-row block."""
-    if bits == 8 and m > 256:
-        pytest.skip("the int8 wgmma kernel serves M <= 256")
+    with group scales of x's dtype and per channel, int8 per channel; fp32 group scales keep
+    64-token tiles, which int8 groups are taken in only to M = 256. N is ragged past the
+    last 128-row block."""
     wgmma, n, k, x, dtype = _wgmma_on_a_half_wave_weight(bits, m, 1024)
     if bits == 4:
         w_full = (torch.randn(n, k, generator=_gen(11)) * 0.05).to(dtype)
@@ -294,6 +294,13 @@ def test_wgmma_kernels_take_256_token_tiles_where_they_make_half_a_wave(m, bits)
     args = (x, q, s, bias)
     assert wgmma.supports(*args) is None
     _check(wgmma.fn(*args), _int8_ref(x, q, s, bias), dtype)
+    q, s = _int8_weight(n, k, 128)
+    why = wgmma.supports(x, q, s, bias)
+    if m > 256:
+        assert why is not None and "group scales up to M = 256" in why
+    else:
+        assert why is None
+        _check(wgmma.fn(x, q, s, bias), _int8_ref(x, q, s, bias), dtype)
 
 
 @gpu

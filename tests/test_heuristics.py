@@ -43,10 +43,10 @@ def test_int8_table_on_sm90(h100, op, m, first):
     (64, 14336, "sm90_w8a16_gemm_wgmma"),
     (128, 4096, "sm90_w8a16_gemm_wgmma"), (128, 14336, "sm90_w8a16_gemm_wgmma"),
     (129, 4096, "sm90_w8a16_gemm_wgmma"), (256, 14336, "sm90_w8a16_gemm_wgmma"),
-    (257, 14336, "cuda_w8a16_gemm_dequant"), (4096, 4096, "cuda_w8a16_gemm_dequant")])
+    (257, 14336, "sm90_w8a16_gemm_wgmma"), (4096, 4096, "sm90_w8a16_gemm_wgmma")])
 def test_w8a16_table_on_sm90(h100, m, n, first):
     """Decode to M = 16 on every weight and to 32 on weights of N <= 4096, else the wgmma
-    kernel to M = 256; above it dequantize-then-cuBLAS."""
+    kernel (which takes int8 groups to M = 256 only; dequantize-then-cuBLAS after it)."""
     order = heuristics.preferred("w8a16_gemm", torch.device("cuda", 0), _args(m, n))
     assert order[0] == first
     from lowbit._backend import kernels

@@ -1,5 +1,6 @@
 // sm_90a W4A16 / W8A16 GEMMs above the decode range (sm90_w4a16_gemm_wgmma, any M;
-// sm90_w8a16_gemm_wgmma, M <= 256): the decode kernel's weight conversion (wxa16_gemm.cuh:
+// sm90_w8a16_gemm_wgmma, any M per channel, M <= 256 with groups, as the Python side
+// offers them): the decode kernel's weight conversion (wxa16_gemm.cuh:
 // int4 prepacked or int8 fragments dequantized in registers, exactly) feeding wgmma with the
 // weight as its register A operand, so one dequantized fragment serves a tile of kN = 32, 64,
 // 128 or 256 tokens in one instruction, where the mma.sync decode kernel dequantizes it once per

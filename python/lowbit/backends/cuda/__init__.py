@@ -79,7 +79,7 @@ WXA16_DECODE_MAX_M = 64  # kWXA16DecodeMaxM in csrc/wxa16/wxa16_gemm.h
 WXA16_WIDE_MAX_M = 128  # kWXA16WideMaxM
 # The sm_90a wgmma kernels and the wide mma.sync kernels (one dequantized fragment per 64
 # tokens) come last by priority: lowbit/heuristics.py puts the wgmma kernels first on sm_90
-# where they lead (w4a16 from M = 33, w8a16 at M = 17-256 but M <= 32 on N <= 4096; H100,
+# where they lead (w4a16 from M = 33, w8a16 from M = 17 but M <= 32 on N <= 4096; H100,
 # 2026-12-06); the wide kernel leads nowhere measured since, and stays for explicit use and
 # comparison.
 KERNELS["w4a16_gemm"] = {
@@ -93,7 +93,7 @@ KERNELS["w8a16_gemm"] = {
     "cuda_w8a16_gemm_decode": ((0, WXA16_DECODE_MAX_M), 20, None),
     "cuda_w8a16_gemm_dequant": ((WXA16_DECODE_MAX_M + 1, _BIG), 15, "dequant"),
     "cuda_w8a16_gemm_tiled": ((0, WXA16_TILED_MAX_M), 10, None),
-    "sm90_w8a16_gemm_wgmma": ((1, 256), 5, "wgmma"),
+    "sm90_w8a16_gemm_wgmma": ((1, _BIG), 5, "wgmma"),
     "cuda_w8a16_gemm_wide": ((0, WXA16_WIDE_MAX_M), 3, "wide"),
 }
 KERNELS["int4_quantize"] = {"cuda_int4_quantize": (None, 10, None)}

@@ -161,13 +161,25 @@ def _groups_reason(o: _Operands) -> Optional[str]:
     return None
 
 
-def _wgmma_reason(o: _Operands) -> Optional[str]:
+# int8 groups run the wgmma kernel to this M: their fp32 scales are applied chunk by chunk
+# (promoted) in 64-token tiles, which lose to dequantize-then-cuBLAS above it; per channel
+# the sums stay in the tensor core, in 256-token tiles (H100, 2026-12-06: 182.9 us against
+# the dequantize path's 232.4 at 1024 x 14336 x 4096).
+W8A16_WGMMA_GROUPS_MAX_M = 256
+
+
+def _wgmma_reason(o: _Operands, bits: int) -> Optional[str]:
     """What the sm_90a wgmma kernel adds to ``_reason``: an sm_90 device (not stepped down by
-    LOWBIT_ARCH), groups of 64, 128 or one scale per row, and an int8 weight whose rows lie
-    apart (its TMA map takes no row stride below K; x is copied where its rows overlap)."""
+    LOWBIT_ARCH), groups of 64, 128 or one scale per row (int8 groups to M = 256), and an
+    int8 weight whose rows lie apart (its TMA map takes no row stride below K; x is copied
+    where its rows overlap)."""
     if o.w.dim() == 2 and _overlapping_rows(o.w, o.k):
         return "the int8 weight's rows overlap (row stride below K): TMA cannot read them"
-    return arch_reason(90, o.x.device) or _groups_reason(o)
+    why = arch_reason(90, o.x.device) or _groups_reason(o)
+    if why is None and bits == 8 and o.group and o.x.shape[0] > W8A16_WGMMA_GROUPS_MAX_M:
+        why = (f"takes int8 weights with group scales up to M = {W8A16_WGMMA_GROUPS_MAX_M} "
+               f"(per channel at any M); got M = {o.x.shape[0]}")
+    return why
 
 
 def _overlapping_rows(t: torch.Tensor, k: int) -> bool:
@@ -204,7 +216,7 @@ def _make(op: str, bits: int, operands):
             o = operands(*args)
             why = _reason(bits, o, m_range, variant)
             if why is None and variant == "wgmma":
-                why = _wgmma_reason(o)
+                why = _wgmma_reason(o, bits)
             if why is None and variant == "wide":
                 why = _groups_reason(o)
             return why
