@@ -34,7 +34,7 @@ before it at M = 129-256: dequantize-then-cuBLAS on N <= 4096, Triton's fused ke
 above.
 Above M = 256 the wgmma kernel per channel, in 256-token tiles (H100, 2026-12-06: 182.9 us
 at 1024 x 14336 x 4096 in `bench/wxa16_ab.sh`, where `lowbit bench` timed
-dequantize-then-cuBLAS at 232.4 the same morning, both L2-flushed; 0.94-0.97x cuBLAS bf16
+dequantize-then-cuBLAS at 232.4 the same morning, both L2-flushed; 0.83-0.97x cuBLAS bf16
 at M = 2048-8192 in the same process, `bench/wxa16_ab.sh`); int8 groups, which it declines there
 (W8A16_WGMMA_GROUPS_MAX_M), take the weight dequantized then cuBLAS
 (``cuda_w8a16_gemm_dequant``: 217.9 against Triton's 317.4 us at 1024 x 14336 x 4096, 2952
