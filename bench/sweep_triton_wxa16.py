@@ -37,11 +37,13 @@ ERR_LIMIT = 1e-2  # bf16 outputs of the same products summed in another order
 
 def candidates(m: int, bits: int, group: int) -> List[GemmConfig]:
     """Configs for M rows: BLOCK_M of 32 and 64 (16 too at M <= 32: two tiles of tl.dot's
-    least; 128 too above M = 64: one conversion of each weight tile for 128 rows), N tiles of
-    32-128, K steps of 64 and 128 (at most the group), 3 and 4 stages; 8 warps from 64 x 128
-    tiles. Those whose stages exceed the shared memory are left out."""
+    least; 128 too above M = 64: one conversion of each weight tile for 128 rows; 256 too
+    above M = 128, as the CUDA kernel's 256-token tiles), N tiles of 32-128, K steps of 64
+    and 128 (at most the group), 3 and 4 stages; 8 warps from 64 x 128 tiles. Those whose
+    stages exceed the shared memory are left out."""
     out = []
-    bms = (16, 32, 64) if m <= 32 else (32, 64) if m <= 64 else (32, 64, 128)
+    bms = ((16, 32, 64) if m <= 32 else (32, 64) if m <= 64 else (32, 64, 128) if m <= 128
+           else (32, 64, 128, 256))
     for bm, bn, bk, st in itertools.product(bms, (32, 64, 128), (64, 128), (3, 4)):
         if group and bk > group:
             continue
