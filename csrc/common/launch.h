@@ -138,6 +138,15 @@ inline int sm_count(int device) {
   return device_attribute<cudaDevAttrMultiProcessorCount>(device);
 }
 
+// The SM count of the current device, or `fallback` where it is unknown (the failed query's
+// error cleared): what a launcher sizes its grid or picks its tile by.
+inline int current_sm_count(int fallback) {
+  int device = 0;
+  const int sms = current_device(device) == cudaSuccess ? sm_count(device) : 0;
+  if (sms == 0) cudaGetLastError();
+  return sms > 0 ? sms : fallback;
+}
+
 // major * 10 + minor of `device` (0: unknown).
 inline int compute_capability(int device) {
   const int major = device_attribute<cudaDevAttrComputeCapabilityMajor>(device);

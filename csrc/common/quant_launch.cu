@@ -37,15 +37,6 @@ int tile_shift(int64_t extent) {
   }
 }
 
-// The SM count of the current device (common/launch.h's cache); 132 when unknown, which only
-// sizes the amax grid.
-int sm_count() {
-  int dev = 0;
-  const int sms = current_device(dev) == cudaSuccess ? lowbit::sm_count(dev) : 0;
-  if (sms == 0) cudaGetLastError();
-  return sms > 0 ? sms : 132;
-}
-
 // Strides of size-1 dimensions carry no meaning; give them the contiguous value.
 void normalize_strides(int64_t rows, int64_t cols, int64_t& row_stride, int64_t& col_stride) {
   if (cols <= 1) col_stride = 1;
@@ -261,8 +252,9 @@ cudaError_t quantize_per_tensor(const QuantizeView& a, const QuantLaunch& codec,
   amax.kernel = QuantKernel::kAmax;
   amax.p.workspace = a.workspace;
   amax.threads = kAmaxBlockThreads;
+  // An unknown SM count (132 assumed) only sizes the amax grid.
   amax.grid = plan_amax_grid(p.rows * ceil_div(p.cols, 16), kAmaxBlockThreads,
-                                          cache_chunks(a.x_type), sm_count());
+                             cache_chunks(a.x_type), current_sm_count(132));
   err = launch_quant(f, a.x_type, amax, stream);
   if (err != cudaSuccess) return err;
   l.kernel = QuantKernel::kStream;  // th_shift = tw_shift = 63, s_ld = 0: one scale

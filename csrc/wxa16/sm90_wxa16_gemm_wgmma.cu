@@ -712,10 +712,7 @@ inline bool takes_128_token_tiles(const WXA16GemmArgs& p) {
 #else
   if (p.M <= 64) return false;
   if (p.M > 128 || Bits == 4) return true;
-  int device = 0;
-  if (current_device(device) != cudaSuccess) return false;
-  const int64_t sms = sm_count(device) > 0 ? sm_count(device) : 132;
-  return (p.N + kRows - 1) / kRows * 2 > sms;
+  return (p.N + kRows - 1) / kRows * 2 > current_sm_count(132);
 #endif
 }
 
@@ -732,10 +729,7 @@ inline bool takes_256_token_tiles(const WXA16GemmArgs& p) {
   return p.M > LOWBIT_WXA16_N256_ABOVE;
 #else
   if (p.M <= 128) return false;
-  int device = 0;
-  if (current_device(device) != cudaSuccess) return false;
-  const int64_t sms = sm_count(device) > 0 ? sm_count(device) : 132;
-  return (p.N + kRows - 1) / kRows * ((p.M + 255) / 256) * 2 >= sms;
+  return (p.N + kRows - 1) / kRows * ((p.M + 255) / 256) * 2 >= current_sm_count(132);
 #endif
 }
 
