@@ -32,11 +32,12 @@ its backend runs there now: 30.5), 32.5 against 40.3 at 256 x 4096 x 4096, 82.7 
 Triton's 91.3 at 256 x 14336 x 4096); behind it, for the shapes it declines, what led
 before it at M = 129-256: dequantize-then-cuBLAS on N <= 4096, Triton's fused kernel
 above.
-Above M = 256 the wgmma kernel per channel, in 256-token tiles (H100, 2026-12-06: 182.9 us
-at 1024 x 14336 x 4096 in `bench/wxa16_ab.sh`, where `lowbit bench` timed
+Above M = 256 the wgmma kernel per channel, in 256-token tiles (H100, 2026-12-06,
+`bench/wxa16_ab.sh`: 182.9 us at 1024 x 14336 x 4096, where `lowbit bench` timed
 dequantize-then-cuBLAS at 232.4 the same morning, both L2-flushed; 0.83-0.97x cuBLAS bf16
-at M = 2048-8192 in the same process, `bench/wxa16_ab.sh`); int8 groups, which it declines there
-(W8A16_WGMMA_GROUPS_MAX_M), take the weight dequantized then cuBLAS
+in the same process at 2048 and 4096 x 14336 x 4096, 4096^3, 1024 x 28672 x 8192 and
+8192^3); int8 groups, which it declines there (W8A16_WGMMA_GROUPS_MAX_M), take the weight
+dequantized then cuBLAS
 (``cuda_w8a16_gemm_dequant``: 217.9 against Triton's 317.4 us at 1024 x 14336 x 4096, 2952
 against 4758 at 4096 x 28672 x 8192; 2026-12-05; level with Triton at 512 x 14336 x 4096,
 160.0 against 157.1 us). The CUDA tiled kernel trails both.

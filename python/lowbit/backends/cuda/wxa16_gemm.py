@@ -163,8 +163,8 @@ def _groups_reason(o: _Operands) -> Optional[str]:
 
 # int8 groups run the wgmma kernel to this M, as far as it was measured to lead: their fp32
 # scales are applied chunk by chunk (promoted) in 64-token tiles, a quarter of the tokens a
-# dequantized chunk serves per channel, and are not timed above it; per channel
-# the sums stay in the tensor core, in 256-token tiles (H100, 2026-12-06: 182.9 us at
+# dequantized chunk serves per channel, and are not timed above it. Per channel the sums
+# stay in the tensor core, in 256-token tiles, at any M (H100, 2026-12-06: 182.9 us at
 # 1024 x 14336 x 4096, where the dequantize path timed 232.4; lowbit/heuristics.py).
 W8A16_WGMMA_GROUPS_MAX_M = 256
 
