@@ -16,7 +16,9 @@
 // waited for stages and spent gathering and dequantizing their weight fragments, and that
 // the producer waited for empty slots. -DLOWBIT_WXA16_AB_SKIP=1 or 2 beside -DAB_WGMMA times
 // that kernel's chunk without its fragments or without its wgmmas (outputs then wrong).
-// Prints per shape the planned split, the median of 25 launches (CUDA events), the weight
+// -DLOWBIT_WXA16_DECODE_SPLITS=S forces the decode kernel's K split (at most its stages).
+// Prints first an empty kernel's time under the same method (the floor a small weight's
+// time is read against), then per shape the planned split, the median of 25 launches (CUDA events), the weight
 // stream's rate and two sums of the bf16 outputs: variants that keep the kernel's summation
 // order print the same sums. The data are hash-filled, not meaningful numbers.
 #include <algorithm>
@@ -50,6 +52,8 @@ __global__ void fill(uint32_t* p, size_t n, uint32_t seed, uint32_t mask, uint32
     p[i] = (h & mask) | bits;
   }
 }
+
+__global__ void empty_kernel() {}
 
 void check(cudaError_t e, int line) {
   if (e != cudaSuccess) {
@@ -159,6 +163,10 @@ int main(int argc, char** argv) {
   cudaEvent_t e0, e1;
   CHECK(cudaEventCreate(&e0));
   CHECK(cudaEventCreate(&e1));
+  // The method's floor: an empty kernel timed the same way (the flush's write-back and a
+  // launch), against which a small weight's time is read.
+  std::printf("%-12s empty kernel  %7.1f us\n", name,
+              median_us(flush, e0, e1, [&] { empty_kernel<<<1, 32>>>(); }));
   for (int bits : {4, 8}) {
     for (const Shape& s : shapes) {
       const size_t wbytes = bits == 4 ? static_cast<size_t>((s.n + 15) / 16) * ((s.k + 63) / 64) * 512

@@ -937,6 +937,10 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
       const int64_t cost = waves * ((ns_all + s - 1) / s + 3);
       if (best_cost < 0 || cost < best_cost) best = s, best_cost = cost;
     }
+#ifdef LOWBIT_WXA16_DECODE_SPLITS
+    // A forced split, for bench/wxa16_ab.sh's A/B of the planner's choice.
+    best = LOWBIT_WXA16_DECODE_SPLITS < ns_all ? LOWBIT_WXA16_DECODE_SPLITS : ns_all;
+#endif
     p.splits = best;
     plan_workspace(p, tiles, D::kThreads, MT * 4);
     return cudaSuccess;
