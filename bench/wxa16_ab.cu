@@ -14,13 +14,14 @@
 // time went: the spread of their starts, the first chunk's arrival, the mainloop, the
 // epilogue (the K split's gather included), and the cycles per chunk that the consumers
 // waited for stages and spent gathering and dequantizing their weight fragments, and that
-// the producer waited for empty slots. -DLOWBIT_WXA16_AB_SKIP=1 or 2 beside -DAB_WGMMA times
-// that kernel's chunk without its fragments or without its wgmmas (outputs then wrong).
-// -DLOWBIT_WXA16_DECODE_SPLITS=S forces the decode kernel's K split (at most its stages).
-// Prints first an empty kernel's time under the same method (the floor a small weight's
-// time is read against), then per shape the planned split, the median of 25 launches (CUDA events), the weight
-// stream's rate and two sums of the bf16 outputs: variants that keep the kernel's summation
-// order print the same sums. The data are hash-filled, not meaningful numbers.
+// the producer waited for empty slots. -DLOWBIT_WXA16_AB_SKIP=1, 2 or 3 beside -DAB_WGMMA
+// times that kernel's chunk without its fragments, without its wgmmas, or without its
+// fragments and x's loads (outputs then wrong). -DLOWBIT_WXA16_DECODE_SPLITS=S forces the
+// decode kernel's K split (at most its stages). Prints first an empty kernel's time under
+// the same method (the floor a small weight's time is read against), then per shape the
+// planned split, the median of 25 launches (CUDA events), the weight stream's rate and two
+// sums of the bf16 outputs: variants that keep the kernel's summation order print the same
+// sums. The data are hash-filled, not meaningful numbers.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>

@@ -37,10 +37,9 @@ Above M = 256 the wgmma kernel per channel, in 256-token tiles (H100, 2026-12-06
 dequantize-then-cuBLAS at 232.4 the same morning, both L2-flushed; 0.83-0.97x cuBLAS bf16
 in the same process at 2048 and 4096 x 14336 x 4096, 4096^3, 1024 x 28672 x 8192 and
 8192^3); int8 groups, which it declines there (W8A16_WGMMA_GROUPS_MAX_M), take the weight
-dequantized then cuBLAS
-(``cuda_w8a16_gemm_dequant``: 217.9 against Triton's 317.4 us at 1024 x 14336 x 4096, 2952
-against 4758 at 4096 x 28672 x 8192; 2026-12-05; level with Triton at 512 x 14336 x 4096,
-160.0 against 157.1 us). The CUDA tiled kernel trails both.
+dequantized then cuBLAS (``cuda_w8a16_gemm_dequant``: 217.9 against Triton's 317.4 us at
+1024 x 14336 x 4096, 2952 against 4758 at 4096 x 28672 x 8192; 2026-12-05; level with
+Triton at 512 x 14336 x 4096, 160.0 against 157.1 us). The CUDA tiled kernel trails both.
 
 w4a16_gemm: the weight's layout picks the backend (prepacked: the CUDA kernels; canonical:
 Triton, its fused kernel and its dequantize-then-GEMM kernel by their supports and
