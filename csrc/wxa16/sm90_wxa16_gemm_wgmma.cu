@@ -330,7 +330,7 @@ __device__ __forceinline__ void stage_metadata(const WXA16GemmArgs& p, uint8_t* 
 // (n0, m0); TMA clips rows and tokens past the ends. Each thread writes 128-bit rows of 8
 // outputs where store_tiles writes kN / 2 two-byte values to 4 tokens' rows at once: at
 // kN = 256 the CTA's epilogue took 8-10 us of a 50 us tile that way (trace, H100).
-template <int kN>
+template <typename T, int kN>
 __device__ __forceinline__ void store_tile_tma(const WXA16GemmArgs& p, const CUtensorMap* map,
                                                const float (&acc)[kN / 2], uint8_t* stage,
                                                int rt, int m0, int n0, int warp, int lane) {
@@ -353,8 +353,8 @@ __device__ __forceinline__ void store_tile_tma(const WXA16GemmArgs& p, const CUt
     for (int e = 0; e < 2; ++e)
 #pragma unroll
       for (int r = 0; r < 2; ++r)
-        q[2 * e + r] = pack2(p.x_dtype, acc[4 * (j + e) + 2 * r] + bias[r],
-                             acc[4 * (j + e) + 2 * r + 1] + bias[r]);
+        q[2 * e + r] = pack2<T>(acc[4 * (j + e) + 2 * r] + bias[r],
+                                acc[4 * (j + e) + 2 * r + 1] + bias[r]);
     sm90::stmatrix_x4_trans(base + sm90::staged_offset<2>(8 * (j + (mi >> 1)) + lane % 8, col),
                             q);
   }
@@ -587,8 +587,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
       // The staging tiles reuse the ring's first stages: every consumer past its last reads
       // of them first (a split's gather has synchronized the CTA already).
       if (p.splits == 1) sm90::named_sync(1, kConsumerThreads);
-      store_tile_tma<kN>(p, &map_out, acc, w_tiles + cw * kN * 128, rt, m0, bx * kRows + cw * 64,
-                         warp, lane);
+      store_tile_tma<T, kN>(p, &map_out, acc, w_tiles + cw * kN * 128, rt, m0,
+                            bx * kRows + cw * 64, warp, lane);
       if (ctid == 0) WXA16_TRACE_NOW(kEnd);
       return;
     }
