@@ -138,13 +138,21 @@ inline int sm_count(int device) {
   return device_attribute<cudaDevAttrMultiProcessorCount>(device);
 }
 
-// The SM count of the current device, or `fallback` where it is unknown (the failed query's
-// error cleared): what a launcher sizes its grid or picks its tile by.
+// The SM count of `device`, or `fallback` where it is unknown: what a launcher sizes its grid
+// or picks its tile by.
+inline int sm_count_or(int device, int fallback) {
+  const int sms = sm_count(device);
+  return sms > 0 ? sms : fallback;
+}
+
+// sm_count_or of the current device (a failed query's error cleared).
 inline int current_sm_count(int fallback) {
   int device = 0;
-  const int sms = current_device(device) == cudaSuccess ? sm_count(device) : 0;
-  if (sms == 0) cudaGetLastError();
-  return sms > 0 ? sms : fallback;
+  if (current_device(device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return fallback;
+  }
+  return sm_count_or(device, fallback);
 }
 
 // major * 10 + minor of `device` (0: unknown).

@@ -1024,7 +1024,7 @@ cudaError_t form_cost(int device, const GemmArgs& p, int64_t& cost, int& splits)
   const cudaError_t e =
       plan_splits<Op, 64, kPromote, false, false, F>(device, tiles, steps, splits);
   if (e != cudaSuccess) return e;
-  const int sms = sm_count(device) > 0 ? sm_count(device) : 1;
+  const int sms = sm_count_or(device, 1);
   const int waves = splits > 1 ? 1 : (tiles + sms - 1) / sms;
   cost = int64_t(F::kRows) * ((steps + splits - 1) / splits) * waves;
   return cudaSuccess;

@@ -660,7 +660,7 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     // of a wave or more is not split: the partials' round trip and each split's ring fill
     // cost more than the last wave's idle SMs (H100, w4a16 1024 x 14336 x 4096 in 256-token
     // tiles, 448 CTAs: 246 us in two splits, 178 in one).
-    const int64_t sms = sm_count(device) > 0 ? sm_count(device) : 132;
+    const int64_t sms = sm_count_or(device, 132);
     const int64_t tiles = grid.x;
     const int nk = (p.K + kChunkK - 1) / kChunkK;
     int best = 1;

@@ -923,8 +923,8 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     int per_sm = 0;
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, D::kThreads, kSmem);
     if (e != cudaSuccess) return e;
-    const int64_t slots = static_cast<int64_t>(sm_count(device) > 0 ? sm_count(device) : 108) *
-                          (per_sm > 0 ? per_sm : 1);
+    const int64_t slots =
+        static_cast<int64_t>(sm_count_or(device, 108)) * (per_sm > 0 ? per_sm : 1);
     const int64_t tiles = static_cast<int64_t>(grid.x) * (grid.z > 0 ? grid.z : 1);
     const int nk = (p.K + kChunkK - 1) / kChunkK;
     const int ns_all = (nk + D::kChunks - 1) / D::kChunks;
@@ -961,7 +961,7 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     int device = 0;
     const cudaError_t e = current_device(device);
     if (e != cudaSuccess) return e;
-    const int sms = sm_count(device) > 0 ? sm_count(device) : 108;
+    const int sms = sm_count_or(device, 108);
     const int64_t tiles = static_cast<int64_t>(grid.x) * (grid.z > 0 ? grid.z : 1);
     const int nk = (p.K + kChunkK - 1) / kChunkK;
     // Enough CTAs for four per SM, each with at least kPf chunks to keep its loads in flight.
