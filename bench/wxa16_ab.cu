@@ -259,6 +259,7 @@ int main(int argc, char** argv) {
       std::printf("%-12s w%da16 %3d x %5d x %5d  splits %2d  %7.1f us  %5.2f TB/s  sum %.6e  abs %.6e",
                   name, bits, s.m, s.n, s.k, a.splits, t, wbytes / t * 1e-6, sum, asum);
       if (tb > 0) std::printf("  bf16 %7.1f us (%.2fx)", tb, tb / t);
+      if (a.split_from > 0) std::printf("  (split from tile %d)", a.split_from);
       std::printf("\n");
 #ifdef LOWBIT_WXA16_TRACE
       print_trace(flush, (s.k + 63) / 64 / std::max(a.splits, 1),

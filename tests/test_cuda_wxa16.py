@@ -257,6 +257,52 @@ def test_wgmma_kernels_take_128_token_tiles_on_wide_weights_from_m_65(m, bits):
 
 
 @gpu
+def test_wgmma_kernels_split_only_the_last_partial_wave():
+    """A grid of more than a wave whose last wave fills at most half the SMs runs its tiles
+    whole but for that wave's, which are split over the SMs (`split_from`: the first split
+    tile): M = 1024 in 256-token tiles on a ragged weight of 4 x (SMs / 4 + 3) tiles, so
+    12-ish tiles in the last wave. Sums match the reference, repeated launches give the same
+    bits and leave the split counters zero; int4 runs the same plan through its op."""
+    from lowbit.backends.cuda import kernel_id
+    from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("an sm_90a kernel")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    m, k, dtype = 1024, 2048, torch.bfloat16
+    blocks = -(-sms // 4) + 3
+    n = 128 * blocks - 40
+    tiles = blocks * 4
+    assert tiles > sms and 0 < tiles % sms <= sms // 2
+    x = _x(m, k, dtype, seed=3)
+    bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda()
+    q, s = _int8_weight(n, k, 0)
+    name = "sm90_w8a16_gemm_wgmma"
+    launch = wxa16_gemm_launch(kernel_id(name), 8, m, n, k, 0, k, x.dtype, k, s.dtype, 1,
+                               False, 0, bias.dtype)
+    assert launch.split_from == tiles - tiles % sms and launch.splits > 1
+    counters = torch.zeros(launch.counter_bytes, dtype=torch.uint8, device="cuda")
+    outs = [_launch_w8(name, x, q, s, bias, counters) for _ in range(3)]
+    torch.cuda.synchronize()
+    assert int(counters.count_nonzero()) == 0
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+    _check(outs[0], _int8_ref(x, q, s, bias), dtype)
+
+    from lowbit._backend import kernels
+
+    wgmma, = (kk for kk in kernels("w4a16_gemm") if kk.name == "sm90_w4a16_gemm_wgmma")
+    w_full = (torch.randn(n, k, generator=_gen(13)) * 0.05).to(dtype)
+    q4 = lowbit.int4_quantize(w_full, group_size=128, symmetric=False)
+    w4 = q4.to("cuda").prepack()
+    args = (x, w4.qweight, w4.scales, w4.zeros, w4.group_size, None, bias)
+    assert wgmma.supports(*args) is None
+    first = wgmma.fn(*args)
+    assert torch.equal(wgmma.fn(*args), first)
+    _check(first, x.double() @ q4.dequantize(torch.float64).cuda().T + bias.double(), dtype)
+
+
+@gpu
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("m", [129, 200, 256, 300])
 def test_wgmma_kernels_take_256_token_tiles_where_they_make_half_a_wave(m, bits):

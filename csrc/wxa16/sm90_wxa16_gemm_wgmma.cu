@@ -47,7 +47,11 @@
 // Grid: (row blocks of 128 x token tiles, K splits), in groups of 16 row blocks whose CTAs
 // go token tile by token tile (kRasterRows): the weight of a group and the x tile of its
 // current token tile are read from L2 after the first CTA. K splits use the decode kernel's
-// workspace and counters (gather_splits: partials added in split order).
+// workspace and counters (gather_splits: partials added in split order). A grid of more than
+// a wave splits only its last partial wave's tiles (WXA16GemmArgs::split_from), whose CTAs
+// follow the whole tiles' along x.
+
+#include <algorithm>
 
 #include "common/sm90.cuh"
 #include "wxa16/wxa16_gemm.cuh"
@@ -392,17 +396,31 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
 
   const int wg = threadIdx.x / 128;
   const int nk = (p.K + kChunkK - 1) / kChunkK;
-  const int c_begin = static_cast<int>(static_cast<int64_t>(nk) * blockIdx.y / p.splits);
-  const int c_end = static_cast<int>(static_cast<int64_t>(nk) * (blockIdx.y + 1) / p.splits);
+  // This CTA's tile, and its part of K: the split along blockIdx.y, or with a tail split
+  // (p.split_from > 0) the tiles before split_from whole and the CTAs past them the splits
+  // of the tiles from it on, each tile's splits adjacent (slot: its workspace index).
+  int tile = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.y);
+  int splits = p.splits, slot = tile;
+  if (p.split_from > 0) {
+    const int i = tile - p.split_from;
+    if (i < 0) {
+      split = 0, splits = 1;
+    } else {
+      slot = i / p.splits, split = i % p.splits;
+      tile = p.split_from + slot;
+    }
+  }
+  const int c_begin = static_cast<int>(static_cast<int64_t>(nk) * split / splits);
+  const int c_end = static_cast<int>(static_cast<int64_t>(nk) * (split + 1) / splits);
   const int steps = c_end - c_begin;
   const int token_tiles = (p.M + kN - 1) / kN;
-  // The tile's row block (row tiles 8 bx ..) and first token: blockIdx.x runs over the row
+  // The tile's row block (row tiles 8 bx ..) and first token: the tiles run over the row
   // blocks of a group of kRasterRows, then over its token tiles, then over the groups.
   const int row_blocks = (p.N + kRows - 1) / kRows;
   const int per_group = kRasterRows * token_tiles;
-  const int first = static_cast<int>(blockIdx.x) / per_group * kRasterRows;
+  const int first = tile / per_group * kRasterRows;
   const int in_group = min(kRasterRows, row_blocks - first);
-  const int r_in = static_cast<int>(blockIdx.x) % per_group;
+  const int r_in = tile % per_group;
   const int bx = first + r_in % in_group;
   const int m0 = r_in / in_group * kN;
 
@@ -445,7 +463,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     // issuing lane rejoins its warp first: the barriers are warp-aligned).
     __syncwarp();
     float none[C::kRegs];
-    if (p.splits > 1) gather_splits<C::kRegs, kConsumerThreads>(p, none, false, 0, last_cta);
+    if (splits > 1)
+      gather_splits<C::kRegs, kConsumerThreads>(p, none, false, 0, last_cta, slot, split);
     return;
   }
 
@@ -578,7 +597,8 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
   }
 
   float(&flat)[C::kRegs] = acc;
-  if (p.splits > 1 && !gather_splits<C::kRegs, kConsumerThreads>(p, flat, true, ctid, last_cta)) {
+  if (splits > 1 &&
+      !gather_splits<C::kRegs, kConsumerThreads>(p, flat, true, ctid, last_cta, slot, split)) {
     if (ctid == 0) WXA16_TRACE_NOW(kEnd);
     return;
   }
@@ -586,7 +606,7 @@ wxa16_wgmma_kernel(const __grid_constant__ CUtensorMap map_w,
     if (tma_out) {
       // The staging tiles reuse the ring's first stages: every consumer past its last reads
       // of them first (a split's gather has synchronized the CTA already).
-      if (p.splits == 1) sm90::named_sync(1, kConsumerThreads);
+      if (splits == 1) sm90::named_sync(1, kConsumerThreads);
       store_tile_tma<T, kN>(p, &map_out, acc, w_tiles + cw * kN * 128, rt, m0,
                             bx * kRows + cw * 64, warp, lane);
       if (ctid == 0) WXA16_TRACE_NOW(kEnd);
@@ -671,6 +691,22 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
       if (best_cost < 0 || cost < best_cost) best = s, best_cost = cost;
     }
     p.splits = best;
+    p.split_from = 0;
+    // A grid of more than a wave whose last wave fills at most half the SMs: the tiles of
+    // that wave split s ways (s x its tiles at most one wave), the others whole. Its cost
+    // beside the whole last wave's: s-th of the chunks, the ring's fill, and the gather
+    // (the last CTA reads s + 1 slots of partials, about 2 chunks' time each; a 256-token
+    // tile's slot is 128 KB). w4a16 1024 x 14336 x 4096 (448 tiles on 132 SMs, 52 in the
+    // last wave): 3 waves + 104 half tiles instead of 4 waves.
+    const int64_t full = tiles / sms, rem = tiles % sms;
+    const int s = rem > 0 ? static_cast<int>(std::min<int64_t>(4, sms / rem)) : 1;
+    if (full > 0 && s >= 2 && s * C::kStages <= nk &&
+        (nk + s - 1) / s + C::kStages + 2 * (s + 1) < nk + C::kStages) {
+      p.splits = s;
+      p.split_from = static_cast<int>(tiles - rem);
+      plan_workspace(p, rem, kConsumerThreads, C::kRegs);
+      return cudaSuccess;
+    }
     plan_workspace(p, tiles, kConsumerThreads, C::kRegs);
     return cudaSuccess;
   }
@@ -689,8 +725,14 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
                          2, p.M, p.N, p.ldo, kN,
                          p.map_cache != nullptr ? p.map_cache->slot(TensorMapCache::kOut)
                                                 : nullptr);
-  const LaunchConfig cfg(dim3(grid.x, p.splits, 1), kThreads, C::kSmemBytes, stream, 1,
-                         programmatic_launch());
+  // A tail split's CTAs follow the whole tiles' along x (the kernel maps them back).
+  const dim3 ctas = p.split_from > 0
+                        ? dim3(static_cast<unsigned>(p.split_from +
+                                                     (grid.x - p.split_from) * p.splits))
+                        : dim3(grid.x, p.splits, 1);
+  if (p.split_from < 0 || p.split_from >= static_cast<int64_t>(grid.x))
+    return cudaErrorInvalidValue;
+  const LaunchConfig cfg(ctas, kThreads, C::kSmemBytes, stream, 1, programmatic_launch());
   return launch_status(
       cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, map_out, p, tma_out));
 }

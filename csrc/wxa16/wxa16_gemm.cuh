@@ -267,11 +267,12 @@ __device__ __forceinline__ void int8_fragment(const uint4& vg, const uint4& vg8,
 // launch. A slot holds float4 i of every thread, then float4 i + 1: a warp's stores and
 // loads are 512 contiguous bytes each (thread-major, each lane's 16 bytes fell in a line of
 // its own: eight times the L2 transactions, all CTAs at once).
+// `tile` indexes the workspace's slots and counters, `split` is this CTA's part of K, of
+// `splits` (p.splits, or 1 for a CTA that needs no gather).
 template <int kAcc, int kParts>
 __device__ __forceinline__ bool gather_splits(const WXA16GemmArgs& p, float (&acc)[kAcc],
-                                              bool part, int pi, bool& last_cta) {
-  const int split = blockIdx.y;
-  const int64_t tile = static_cast<int64_t>(blockIdx.z) * gridDim.x + blockIdx.x;
+                                              bool part, int pi, bool& last_cta, int64_t tile,
+                                              int split) {
   unsigned* counters = p.counters;
   float* partials = static_cast<float*>(p.partials);
   auto slot = [&](int sp) {
@@ -313,6 +314,15 @@ __device__ __forceinline__ bool gather_splits(const WXA16GemmArgs& p, float (&ac
     }
   }
   return true;
+}
+
+// gather_splits of the grid's own split: K along blockIdx.y, tiles along x and z.
+template <int kAcc, int kParts>
+__device__ __forceinline__ bool gather_splits(const WXA16GemmArgs& p, float (&acc)[kAcc],
+                                              bool part, int pi, bool& last_cta) {
+  return gather_splits<kAcc, kParts>(p, acc, part, pi, last_cta,
+                                     static_cast<int64_t>(blockIdx.z) * gridDim.x + blockIdx.x,
+                                     static_cast<int>(blockIdx.y));
 }
 
 // out[m, n] = acc + bias for one warp's WN x MT accumulator tiles. Fragment (i) -> (n, m):

@@ -47,6 +47,11 @@ struct WXA16GemmArgs {
   // every later launch on one stream (no memset per call); `partials` (partial_bytes of fp32
   // partial sums) need no clearing.
   int splits;
+  // The sm_90a wgmma kernel's tail split: where set (> 0), the tiles before it run whole, one
+  // CTA each, and only the tiles from it on are split `splits` ways (a last partial wave of
+  // CTAs spread over the SMs); the workspace then holds those tiles only. 0: every tile is
+  // split `splits` ways. Set by the plan.
+  int split_from;
   size_t counter_bytes;
   size_t partial_bytes;
   unsigned* counters;
