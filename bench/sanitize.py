@@ -164,6 +164,19 @@ def wxa16_cases() -> Dict[str, List[Callable]]:
                                    lowbit.w8a16_gemm(_x(m, k).to(dtype), _i8(n, k),
                                                      torch.rand(n, groups, device=DEV) * 0.01,
                                                      backend="cuda"))
+    # More than a wave of 256-token tiles with a last wave of at most half the SMs, which
+    # the sm_90a wgmma kernel splits alone (WXA16GemmArgs::split_from): M = 1024 on
+    # SMs / 4 + 3 row blocks of 128, the last one ragged.
+    sms = torch.cuda.get_device_properties(DEV).multi_processor_count
+    m, n, k = 1024, 128 * (-(-sms // 4) + 3) - 40, 2048
+    c["w4a16_gemm"].append(lambda m=m, n=n, k=k: lowbit.w4a16_gemm(
+        _x(m, k), lowbit.Int4Weight(
+            torch.randint(0, 256, (n, k // 2), device=DEV, dtype=torch.uint8),
+            (torch.rand(n, k // 128, device=DEV) * 0.01).to(torch.bfloat16),
+            torch.randint(0, 16, (n, k // 128), device=DEV, dtype=torch.uint8), 128).prepack(),
+        torch.randn(n, device=DEV), backend="cuda"))
+    c["w8a16_gemm"].append(lambda m=m, n=n, k=k: lowbit.w8a16_gemm(
+        _x(m, k), _i8(n, k), torch.rand(n, 1, device=DEV) * 0.01, backend="cuda"))
     return c
 
 
