@@ -27,11 +27,32 @@ for tool in memcheck racecheck; do
     skip=()
     [ "$tool" = racecheck ] && only=(--kernel-name kns=lowbit) && skip=(--no-cublas)
     (cd "${TMPDIR:-/tmp}" && env "${env[@]}" compute-sanitizer --tool "$tool" "${only[@]}" \
-        --error-exitcode 3 --print-limit 20 $PY "$HERE/sanitize.py" "${skip[@]}" "$@") >"$log" 2>&1
+        --error-exitcode 3 --print-limit 200 $PY "$HERE/sanitize.py" "${skip[@]}" "$@") >"$log" 2>&1
     rc=$?
+    note=""
+    if [ "$tool" = racecheck ] && [ "$rc" = 3 ]; then
+      # racecheck does not model mbarrier ordering: a race-free hand-off of plain shared
+      # stores through an mbarrier gets hazards too (bench/racecheck_mbarrier.cu; H100,
+      # compute-sanitizer 2025.3.1). The wgmma weight-only kernels hand each stage's scales
+      # from their metadata warps (stage_metadata) to the consumers that way, so those pairs
+      # are the tool's. A run passes when every hazard is such a pair and all were displayed.
+      known=$(awk '
+        function close_block() { if (inb) { total++; if (meta) k++ } inb = 0 }
+        /Error: Race reported between/ { close_block(); inb = 1; meta = /stage_metadata</; next }
+        inb && /^=========     and / { if (/stage_metadata</) meta = 1; next }
+        { close_block() }
+        /RACECHECK SUMMARY:/ { shown = $4 + 0; errs = substr($7, 2) + 0; warns = $9 + 0 }
+        END { close_block(); print (total > 0 && k == total && total == shown &&
+                                    shown == errs + warns) ? total : 0 }' "$log")
+      if [ "$known" -gt 0 ]; then
+        rc=0
+        note=" ($known hazards, all the wgmma weight-only kernels' metadata hand-off through an mbarrier, which racecheck does not model)"
+      fi
+    fi
     [ "$rc" != 0 ] && status=1
     echo "$tool arch=$arch: rc $rc in $((SECONDS - t)) s; $(grep -c 'ran ' "$log") kernels ran;" \
-         "$(grep -m1 'ERROR SUMMARY' "$log" || echo 'no summary line')" | tee -a "$SUMMARY"
+         "$(grep -m1 -e 'ERROR SUMMARY' -e 'RACECHECK SUMMARY' "$log" || echo 'no summary line')$note" \
+      | tee -a "$SUMMARY"
   done
 done
 # Every kernel must have run a case in some arch's memcheck pass: a run that checked nothing
