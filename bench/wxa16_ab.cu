@@ -262,7 +262,8 @@ int main(int argc, char** argv) {
       if (a.split_from > 0) std::printf("  (split from tile %d)", a.split_from);
       std::printf("\n");
 #ifdef LOWBIT_WXA16_TRACE
-      print_trace(flush, (s.k + 63) / 64 / std::max(a.splits, 1),
+      // Chunks per CTA: a tail split's whole tiles (most of its CTAs) run every chunk.
+      print_trace(flush, (s.k + 63) / 64 / (a.split_from > 0 ? 1 : std::max(a.splits, 1)),
                   [&] { CHECK(fn(a, nullptr, false)); });
 #endif
       CHECK(cudaFree(w));

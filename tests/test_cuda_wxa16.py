@@ -262,7 +262,8 @@ def test_wgmma_kernels_split_only_the_last_partial_wave():
     whole but for that wave's, which are split over the SMs (`split_from`: the first split
     tile): M = 1024 in 256-token tiles on a ragged weight of 4 x (SMs / 4 + 3) tiles, so
     12-ish tiles in the last wave. Sums match the reference, repeated launches give the same
-    bits and leave the split counters zero; int4 runs the same plan through its op."""
+    bits and leave the split counters zero; int4 runs the same planner (same tiles, same
+    stage count) through its op."""
     from lowbit.backends.cuda import kernel_id
     from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
 
@@ -273,7 +274,8 @@ def test_wgmma_kernels_split_only_the_last_partial_wave():
     blocks = -(-sms // 4) + 3
     n = 128 * blocks - 40
     tiles = blocks * 4
-    assert tiles > sms and 0 < tiles % sms <= sms // 2
+    if not (tiles > sms and 0 < tiles % sms <= sms // 2):
+        pytest.skip(f"{sms} SMs: no weight of this form leaves a last wave of at most half")
     x = _x(m, k, dtype, seed=3)
     bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda()
     q, s = _int8_weight(n, k, 0)

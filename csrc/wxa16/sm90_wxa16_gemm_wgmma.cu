@@ -677,9 +677,10 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     p.group_shift = group_shift(p.group);
     // One CTA per SM: split K until the grid fills whole waves, each split at least
     // kStages chunks (a full ring); fewer splits win ties, as the decode kernel plans. A grid
-    // of a wave or more is not split: the partials' round trip and each split's ring fill
-    // cost more than the last wave's idle SMs (H100, w4a16 1024 x 14336 x 4096 in 256-token
-    // tiles, 448 CTAs: 246 us in two splits, 178 in one).
+    // of a wave or more does not split every tile: the partials' round trip and each split's
+    // ring fill cost more than the last wave's idle SMs (H100, w4a16 1024 x 14336 x 4096 in
+    // 256-token tiles, 448 CTAs: 246 us in two splits, 178 in one); only its last partial
+    // wave may be split (below).
     const int64_t sms = sm_count_or(device, 132);
     const int64_t tiles = grid.x;
     const int nk = (p.K + kChunkK - 1) / kChunkK;

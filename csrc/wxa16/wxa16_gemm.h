@@ -62,11 +62,11 @@ struct WXA16GemmArgs {
 };
 
 // A launcher of the family. plan = true: choose this kernel's split of K for these sizes on
-// the current device and set args.splits, counter_bytes and partial_bytes (no launch); the
-// caller then provides the two buffers. plan = false: launch with the planned split (M = 0 launches
-// nothing). The caller has checked: K a multiple of 16 (bits 8) or of the group (bits 4), x's
-// rows 16-byte aligned (K and ldx multiples of 8, x 16-byte aligned), bits 8: w's rows
-// 16-byte aligned.
+// the current device and set args.splits (the sm_90a wgmma kernel's split_from too),
+// counter_bytes and partial_bytes (no launch); the caller then provides the two buffers.
+// plan = false: launch with the planned split (M = 0 launches nothing). The caller has
+// checked: K a multiple of 16 (bits 8) or of the group (bits 4), x's rows 16-byte aligned
+// (K and ldx multiples of 8, x 16-byte aligned), bits 8: w's rows 16-byte aligned.
 using WXA16GemmFn = cudaError_t(WXA16GemmArgs& args, cudaStream_t stream, bool plan);
 
 // Decode (M <= 16): 128 rows of w x 8 or 16 tokens per CTA, each warp's weights streamed
