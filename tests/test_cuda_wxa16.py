@@ -264,9 +264,6 @@ def test_wgmma_kernels_split_only_the_last_partial_wave():
     12-ish tiles in the last wave. Sums match the reference, repeated launches give the same
     bits and leave the split counters zero; int4 runs the same planner (same tiles, same
     stage count) through its op."""
-    from lowbit.backends.cuda import kernel_id
-    from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
-
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("an sm_90a kernel")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -280,16 +277,10 @@ def test_wgmma_kernels_split_only_the_last_partial_wave():
     bias = torch.randn(n, generator=_gen(3)).to(dtype).cuda()
     q, s = _int8_weight(n, k, 0)
     name = "sm90_w8a16_gemm_wgmma"
-    launch = wxa16_gemm_launch(kernel_id(name), 8, m, n, k, 0, k, x.dtype, k, s.dtype, 1,
-                               False, 0, bias.dtype)
+    launch = _plan_w8(name, x, q, s, bias)
     assert launch.split_from == tiles - tiles % sms and launch.splits > 1
-    counters = torch.zeros(launch.counter_bytes, dtype=torch.uint8, device="cuda")
-    outs = [_launch_w8(name, x, q, s, bias, counters) for _ in range(3)]
-    torch.cuda.synchronize()
-    assert int(counters.count_nonzero()) == 0
-    for out in outs[1:]:
-        assert torch.equal(out, outs[0])
-    _check(outs[0], _int8_ref(x, q, s, bias), dtype)
+    out = _launch_w8_thrice(name, x, q, s, bias, launch.counter_bytes)
+    _check(out, _int8_ref(x, q, s, bias), dtype)
 
     from lowbit._backend import kernels
 
@@ -547,17 +538,22 @@ def _int8_ref(x, q, s, bias):
     return out if bias is None else out + bias.double()
 
 
-def _launch_w8(name, x, q, s, bias, counters=None):
-    """Launches W8A16 kernel ``name`` directly (contiguous operands); ``counters``: the
-    split counters to use (fresh zeros when None)."""
+def _plan_w8(name, x, q, s, bias):
+    """W8A16 kernel ``name``'s launch object (its plan) for contiguous operands."""
     from lowbit.backends.cuda import kernel_id
     from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
 
     m, k = x.shape
-    n = q.shape[0]
     group = 0 if s.shape[1] == 1 else k // s.shape[1]
-    launch = wxa16_gemm_launch(kernel_id(name), 8, m, n, k, group, k, x.dtype, k, s.dtype,
-                               s.shape[1], False, 0, None if bias is None else bias.dtype)
+    return wxa16_gemm_launch(kernel_id(name), 8, m, q.shape[0], k, group, k, x.dtype, k,
+                             s.dtype, s.shape[1], False, 0, None if bias is None else bias.dtype)
+
+
+def _launch_w8(name, x, q, s, bias, counters=None):
+    """Launches W8A16 kernel ``name`` directly (contiguous operands); ``counters``: the
+    split counters to use (fresh zeros when None)."""
+    m, n = x.shape[0], q.shape[0]
+    launch = _plan_w8(name, x, q, s, bias)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if counters is None:
         counters = torch.zeros(max(launch.counter_bytes, 16), dtype=torch.uint8, device=x.device)
@@ -566,6 +562,19 @@ def _launch_w8(name, x, q, s, bias, counters=None):
                   0 if bias is None else bias.data_ptr(), counters.data_ptr(),
                   partials.data_ptr(), out.data_ptr(), torch.cuda.current_stream().cuda_stream)
     return out
+
+
+def _launch_w8_thrice(name, x, q, s, bias, counter_bytes):
+    """Three launches of W8A16 kernel ``name`` on one set of split counters (zeroed once, as
+    the launchers keep them): each must leave them zero, and the sums must be bit-identical.
+    Returns the first output."""
+    counters = torch.zeros(counter_bytes, dtype=torch.uint8, device="cuda")
+    outs = [_launch_w8(name, x, q, s, bias, counters) for _ in range(3)]
+    torch.cuda.synchronize()
+    assert int(counters.count_nonzero()) == 0
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+    return outs[0]
 
 
 @gpu
@@ -669,21 +678,12 @@ def test_w4a16_kernels_dequantize_every_code_exactly(group, symmetric, dtype):
 def test_split_launches_leave_their_counters_zero(name, m):
     """The launchers zero their split counters once and reuse them (no memset per call):
     each launch must leave them zero, and repeated launches give bit-identical sums."""
-    from lowbit.backends.cuda import kernel_id
-    from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
-
     q, s = _int8_weight(8, 4224, 128)  # one output tile: K is split over many CTAs
     x = _x(m, 4224, torch.bfloat16)
-    launch = wxa16_gemm_launch(kernel_id(name), 8, m, 8, 4224, 128, 4224, x.dtype, 4224,
-                               s.dtype, s.shape[1], False, 0, None)
+    launch = _plan_w8(name, x, q, s, None)
     assert launch.splits > 1 and launch.counter_bytes > 0
-    counters = torch.zeros(launch.counter_bytes, dtype=torch.uint8, device="cuda")
-    outs = [_launch_w8(name, x, q, s, None, counters) for _ in range(3)]
-    torch.cuda.synchronize()
-    assert int(counters.count_nonzero()) == 0
-    for out in outs[1:]:
-        assert torch.equal(out, outs[0])
-    _check(outs[0], _int8_ref(x, q, s, None), torch.bfloat16)
+    out = _launch_w8_thrice(name, x, q, s, None, launch.counter_bytes)
+    _check(out, _int8_ref(x, q, s, None), torch.bfloat16)
 
 
 @gpu
