@@ -726,13 +726,13 @@ cudaError_t run(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
                          2, p.M, p.N, p.ldo, kN,
                          p.map_cache != nullptr ? p.map_cache->slot(TensorMapCache::kOut)
                                                 : nullptr);
+  if (p.split_from < 0 || p.split_from >= static_cast<int64_t>(grid.x))
+    return cudaErrorInvalidValue;
   // A tail split's CTAs follow the whole tiles' along x (the kernel maps them back).
   const dim3 ctas = p.split_from > 0
                         ? dim3(static_cast<unsigned>(p.split_from +
                                                      (grid.x - p.split_from) * p.splits))
                         : dim3(grid.x, p.splits, 1);
-  if (p.split_from < 0 || p.split_from >= static_cast<int64_t>(grid.x))
-    return cudaErrorInvalidValue;
   const LaunchConfig cfg(ctas, kThreads, C::kSmemBytes, stream, 1, programmatic_launch());
   return launch_status(
       cudaLaunchKernelEx(cfg.get(), kernel, map_w, map_x, map_out, p, tma_out));
