@@ -14,7 +14,11 @@
 // time went: the spread of their starts, the first chunk's arrival, the mainloop, the
 // epilogue (the K split's gather included), and the cycles per chunk that the consumers
 // waited for stages and spent gathering and dequantizing their weight fragments, and that
-// the producer waited for empty slots. -DLOWBIT_WXA16_AB_SKIP=1, 2 or 3 beside -DAB_WGMMA
+// the producer waited for empty slots. -DLOWBIT_WXA16_DECODE_TRACE (without -DAB_WGMMA or
+// -DAB_WIDE: the decode kernel) prints the decode kernel's trace the same way: when its CTAs
+// started, had their first stage's activations and scales in shared memory, ended their
+// mainloop and took the K split's counter, and how long the gathering CTAs took from there.
+// -DLOWBIT_WXA16_AB_SKIP=1, 2 or 3 beside -DAB_WGMMA
 // times that kernel's chunk without its fragments, without its wgmmas, or without its
 // fragments and x's loads (outputs then wrong). -DLOWBIT_WXA16_DECODE_SPLITS=S forces the
 // decode kernel's K split (at most its stages). Prints first an empty kernel's time under
@@ -87,6 +91,20 @@ float median_us(void* flush, cudaEvent_t e0, cudaEvent_t e1, Call&& call) {
   return us[us.size() / 2];
 }
 
+#if defined(LOWBIT_WXA16_TRACE) || defined(LOWBIT_WXA16_DECODE_TRACE)
+// One launch of `call` after a flush, its trace buffer `stamps` zeroed before and read into
+// `h` after.
+template <class Stamps, class Call>
+void traced_launch(void* flush, Stamps& stamps, Stamps& h, Call&& call) {
+  std::memset(h, 0, sizeof(h));
+  CHECK(cudaMemcpyToSymbol(stamps, h, sizeof(h)));
+  CHECK(cudaMemsetAsync(flush, 7, 256 << 20));
+  call();
+  CHECK(cudaDeviceSynchronize());
+  CHECK(cudaMemcpyFromSymbol(h, stamps, sizeof(h)));
+}
+#endif
+
 #ifdef LOWBIT_WXA16_TRACE
 // One launch's phase trace (sm90_wxa16_gemm_wgmma.cu, namespace trace): medians and maxima
 // over the CTAs, in us from the first CTA's start, and cycles per chunk of `chunks`.
@@ -94,12 +112,7 @@ template <class Call>
 void print_trace(void* flush, int chunks, Call&& call) {
   namespace tr = wxa16::wg::trace;
   static unsigned long long h[tr::kCtas][tr::kSlots];
-  std::memset(h, 0, sizeof(h));
-  CHECK(cudaMemcpyToSymbol(tr::stamps, h, sizeof(h)));
-  CHECK(cudaMemsetAsync(flush, 7, 256 << 20));
-  call();
-  CHECK(cudaDeviceSynchronize());
-  CHECK(cudaMemcpyFromSymbol(h, tr::stamps, sizeof(h)));
+  traced_launch(flush, tr::stamps, h, call);
   std::vector<int> ctas;
   unsigned long long t0 = ~0ull;
   for (int c = 0; c < tr::kCtas; ++c)
@@ -126,6 +139,47 @@ void print_trace(void* flush, int chunks, Call&& call) {
   stat("consumer wait for a stage", [&](auto& r) { return r[tr::kWaitFull]; }, per_chunk);
   stat("consumer weight fragments", [&](auto& r) { return r[tr::kFragments]; }, per_chunk);
   stat("producer wait for a slot", [&](auto& r) { return r[tr::kWaitEmpty]; }, per_chunk);
+}
+#endif
+
+#ifdef LOWBIT_WXA16_DECODE_TRACE
+// One launch's decode trace (wxa16_gemm.cuh, namespace dtrace): medians and maxima in us
+// from the first CTA's start, over all CTAs and over the CTAs that gathered a split.
+template <class Call>
+void print_decode_trace(void* flush, Call&& call) {
+  namespace tr = wxa16::dtrace;
+  static unsigned long long h[tr::kCtas][tr::kSlots];
+  traced_launch(flush, tr::stamps, h, call);
+  std::vector<int> all, last;
+  unsigned long long t0 = ~0ull;
+  for (int c = 0; c < tr::kCtas; ++c)
+    if (h[c][tr::kStart] != 0) {
+      all.push_back(c), t0 = std::min(t0, h[c][tr::kStart]);
+      if (h[c][tr::kLast] == 1) last.push_back(c);
+    }
+  if (all.empty()) return;
+  auto ns = [](unsigned long long a, unsigned long long b) { return a > b ? a - b : 0ull; };
+  auto stat = [&](const char* what, const std::vector<int>& ctas, auto value) {
+    if (ctas.empty()) return;
+    std::vector<double> v;
+    for (int c : ctas) v.push_back(static_cast<double>(value(h[c])) / 1e3);
+    std::sort(v.begin(), v.end());
+    std::printf("  %-40s min %7.2f  median %7.2f  max %7.2f\n", what, v.front(), v[v.size() / 2],
+                v.back());
+  };
+  std::printf("  decode trace: %zu CTAs, %zu gathered (us from the first start)\n", all.size(),
+              last.size());
+  stat("start", all, [&](auto& r) { return ns(r[tr::kStart], t0); });
+  stat("stage 0 in shared memory", all, [&](auto& r) { return ns(r[tr::kStage0], t0); });
+  stat("warp 0's first weight chunk (after it)", all, [&](auto& r) { return ns(r[tr::kWeight0], t0); });
+  stat("mainloop end (warp 0)", all, [&](auto& r) { return ns(r[tr::kMainEnd], t0); });
+  stat("split counter taken", all, [&](auto& r) { return ns(r[tr::kArrive], t0); });
+  stat("end", all, [&](auto& r) { return ns(r[tr::kEnd], t0); });
+  stat("own: start -> stage 0", all, [&](auto& r) { return ns(r[tr::kStage0], r[tr::kStart]); });
+  stat("own: stage 0 -> mainloop end", all, [&](auto& r) { return ns(r[tr::kMainEnd], r[tr::kStage0]); });
+  stat("own: mainloop end -> counter", all, [&](auto& r) { return ns(r[tr::kArrive], r[tr::kMainEnd]); });
+  stat("gatherer: counter -> end", last, [&](auto& r) { return ns(r[tr::kEnd], r[tr::kArrive]); });
+  stat("gatherer: end", last, [&](auto& r) { return ns(r[tr::kEnd], t0); });
 }
 #endif
 
@@ -261,6 +315,9 @@ int main(int argc, char** argv) {
       if (tb > 0) std::printf("  bf16 %7.1f us (%.2fx)", tb, tb / t);
       if (a.split_from > 0) std::printf("  (split from tile %d)", a.split_from);
       std::printf("\n");
+#ifdef LOWBIT_WXA16_DECODE_TRACE
+      print_decode_trace(flush, [&] { CHECK(fn(a, nullptr, false)); });
+#endif
 #ifdef LOWBIT_WXA16_TRACE
       // Chunks per CTA: a tail split's whole tiles (most of its CTAs) run every chunk.
       print_trace(flush, (s.k + 63) / 64 / (a.split_from > 0 ? 1 : std::max(a.splits, 1)),

@@ -260,6 +260,48 @@ __device__ __forceinline__ void int8_fragment(const uint4& vg, const uint4& vg8,
   a[3] = Half<T>::template int8_pair<2>(qg8);
 }
 
+// Decode phase trace (built only with -DLOWBIT_WXA16_DECODE_TRACE, by bench/wxa16_ab.cu): per
+// CTA (index blockIdx.y * gridDim.x + blockIdx.x, the first kCtas), thread 0's %globaltimer
+// stamps of its start, the arrival of warp 0's first weight chunk, the first stage's
+// activations and scales in shared memory (after the first barrier), the end of warp 0's
+// mainloop, the K split's counter taken (after the CTA's partials were stored), and the CTA's
+// end; kLast is 1 in the CTA that gathered the split. It says where a small weight's
+// microseconds go, which ncu's per-kernel view does not split.
+namespace dtrace {
+enum Slot { kStart, kWeight0, kStage0, kMainEnd, kArrive, kEnd, kLast, kSlots };
+constexpr int kCtas = 4096;
+#ifdef LOWBIT_WXA16_DECODE_TRACE
+__device__ unsigned long long stamps[kCtas][kSlots];
+__device__ __forceinline__ unsigned long long now() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// The time once `v` has landed: the clock read is predicated on a test of v, so it cannot
+// issue before v's load completes.
+__device__ __forceinline__ unsigned long long now_after(uint32_t v) {
+  unsigned long long t;
+  asm volatile(
+      "{ .reg .pred p; setp.ne.u32 p, %1, 0x1234567; @p mov.u64 %0, %%globaltimer; "
+      "@!p mov.u64 %0, %%globaltimer; }"
+      : "=l"(t)
+      : "r"(v));
+  return t;
+}
+__device__ __forceinline__ void put(Slot s, unsigned long long v) {
+  const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0 && cta < kCtas) stamps[cta][s] = v;
+}
+#endif
+}  // namespace dtrace
+#ifdef LOWBIT_WXA16_DECODE_TRACE
+#define WXA16_DTRACE_NOW(slot) dtrace::put(dtrace::slot, dtrace::now())
+#define WXA16_DTRACE_PUT(slot, v) dtrace::put(dtrace::slot, (v))
+#else
+#define WXA16_DTRACE_NOW(slot) (void)0
+#define WXA16_DTRACE_PUT(slot, v) (void)0
+#endif
+
 // Split-K across CTAs, called by every thread of the CTA: the kParts threads with `part` set
 // (index `pi`) hold kAcc fp32 accumulators each. They write them to this split's slot of the
 // workspace; the last CTA of the tile to arrive reloads every split's slot in split order
@@ -286,30 +328,50 @@ __device__ __forceinline__ bool gather_splits(const WXA16GemmArgs& p, float (&ac
       __stcg(mine + i * kParts,
              make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]));
   }
-  // The CTA's stores, then one release by thread 0 (the barrier orders the others' stores
-  // before its fence, as a grid-wide barrier's arrival does).
+  // The CTA's stores, then one acquire-release increment by thread 0: the barrier orders
+  // the other threads' stores before it, and a release is cumulative, so they are visible to
+  // whichever CTA acquires the last count; that CTA's barrier then orders its threads' loads
+  // after the acquire. (A sequentially consistent fence each side, __threadfence, cost
+  // about a microsecond more per small tile: bench/NOTES.md.)
   __syncthreads();
   if (threadIdx.x == 0) {
-    __threadfence();
-    const unsigned prev = atomicAdd(&counters[tile], 1u);
+    unsigned prev;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                 : "=r"(prev)
+                 : "l"(counters + tile)
+                 : "memory");
     last_cta = prev == static_cast<unsigned>(p.splits - 1);
+    WXA16_DTRACE_PUT(kArrive, dtrace::now_after(prev));
+    WXA16_DTRACE_PUT(kLast, last_cta ? 1 : 0);
     if (last_cta) counters[tile] = 0;  // ready for the next launch
   }
   __syncthreads();
   if (!last_cta) return false;
-  __threadfence();
   if (part) {
 #pragma unroll
     for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
-    for (int sp = 0; sp < p.splits; ++sp) {
-      const float4* src = slot(sp);
+    // The slots' loads go out kBatch splits at a time (about 32 registers of them) before
+    // the sums that wait on them, so a small tile's gather pays an L2 round trip per batch,
+    // not per split; the sums keep split order.
+    constexpr int kBatch = kAcc >= 32 ? 1 : 32 / kAcc;
+    for (int sp0 = 0; sp0 < p.splits; sp0 += kBatch) {
+      float4 v[kBatch][kAcc / 4];
 #pragma unroll
-      for (int i = 0; i < kAcc / 4; ++i) {
-        const float4 v = __ldcg(src + i * kParts);
-        acc[4 * i] += v.x;
-        acc[4 * i + 1] += v.y;
-        acc[4 * i + 2] += v.z;
-        acc[4 * i + 3] += v.w;
+      for (int b = 0; b < kBatch; ++b)
+#pragma unroll
+        for (int i = 0; i < kAcc / 4; ++i)
+          v[b][i] = sp0 + b < p.splits ? __ldcg(slot(sp0 + b) + i * kParts)
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        if (sp0 + b >= p.splits) break;
+#pragma unroll
+        for (int i = 0; i < kAcc / 4; ++i) {
+          acc[4 * i] += v[b][i].x;
+          acc[4 * i + 1] += v[b][i].y;
+          acc[4 * i + 2] += v[b][i].z;
+          acc[4 * i + 3] += v[b][i].w;
+        }
       }
     }
   }
@@ -652,6 +714,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   float* ssm = reinterpret_cast<float*>(smem + D::kXStages * kXStage * 2);  // [2][q][row]
   uint32_t* zsm = reinterpret_cast<uint32_t*>(ssm + 2 * D::kMeta);        // [2][q][row]
   __shared__ bool last_cta;
+  WXA16_DTRACE_NOW(kStart);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -846,33 +909,41 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
     }
   };
 
-  // Prologue: the first stage's weights and all but one stage of activations in flight, the
-  // first stage's scales in place and the second's loaded.
+  // Prologue: the first stage's scales and activations, then its weights, then the later
+  // stages' activations and scales are requested, and the first stage's scales stored. In
+  // this order the first stage's small loads do not queue behind the whole grid's first ring
+  // of weight (a small weight's whole stream, one stage per CTA): its barrier passes as the
+  // first chunks land, and the mainloop runs beside the rest of the weight's arrival.
+  constexpr int kXAhead = D::kXStages - 1;  // activation stages in flight ahead of compute
+  Meta first, later;
+  meta_load(0, first);
+  if (ns > 0) load_x(0, 0);
+  mma_tiled::cp_async_commit();
   {
     const int lim = stage_limit(0);
 #pragma unroll
     for (int j = 0; j < kChunks; ++j) load_chunk(j, lim, ring[j]);
     advance_w();
   }
-  constexpr int kXAhead = D::kXStages - 1;  // activation stages in flight ahead of compute
 #pragma unroll
-  for (int st = 0; st < kXAhead; ++st) {
+  for (int st = 1; st < kXAhead; ++st) {
     if (st < ns) load_x(st, st);
     mma_tiled::cp_async_commit();
   }
-  Meta later;
-  {
-    Meta first;
-    meta_load(0, first);
-    if (ns > 1) meta_load(1, later);
-    meta_store(0, first);
-  }
+  if (ns > 1) meta_load(1, later);
+  meta_store(0, first);
   // Step st: x(st) has landed and every warp is done with stage st - 1, whose x slot
   // ((st + kXAhead) % kXStages) and meta slot ((st + 1) % 2) are refilled for stages
   // st + kXAhead and st + 1.
   for (int st = 0; st < ns; ++st) {
     mma_tiled::cp_async_wait<kXAhead - 1>();
     __syncthreads();
+#ifdef LOWBIT_WXA16_DECODE_TRACE
+    if (st == 0) {
+      WXA16_DTRACE_NOW(kStage0);
+      WXA16_DTRACE_PUT(kWeight0, dtrace::now_after(ring[0][0].x));
+    }
+#endif
     if (st + 1 < ns) meta_store((st + 1) & 1, later);
     if (st + kXAhead < ns) load_x(st + kXAhead, (st + kXAhead) % D::kXStages);
     mma_tiled::cp_async_commit();
@@ -881,12 +952,16 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
     advance_w();
   }
   mma_tiled::cp_async_wait<0>();
+  WXA16_DTRACE_PUT(kMainEnd, dtrace::now_after(__float_as_uint(acc[0][0][0])));
 
   float(&flat)[MT * 4] = reinterpret_cast<float(&)[MT * 4]>(acc);
   if (p.splits > 1 &&
-      !gather_splits<MT * 4, kThreads>(p, flat, true, threadIdx.x, last_cta))
+      !gather_splits<MT * 4, kThreads>(p, flat, true, threadIdx.x, last_cta)) {
+    WXA16_DTRACE_NOW(kEnd);
     return;
+  }
   store_tiles<1, MT>(p, acc, rt, m0, g, t);
+  WXA16_DTRACE_NOW(kEnd);
 }
 
 inline int group_shift(int group) {
