@@ -264,8 +264,9 @@ def test_info_groups_kernels_by_status():
         assert "torch sees no CUDA device" not in body[0]
 
 
-def test_main_end_to_end_on_cpu(cpu_timers, monkeypatch, tmp_path, capsys):
-    """main() as on a GPU machine, with the GPU facts faked: ceilings, ops, host, a model."""
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """main() sees a GPU machine: its facts (card, ceilings) faked, no kernel rows."""
     env = dict(card="FakeGPU", capability="9.0", sms=1, l2_mb=1, memory_gib=1, torch="t",
                cuda="c", triton=None, python="3", lowbit="0", date="today", lowbit_build={})
     monkeypatch.setattr(timing, "no_gpu_reason", lambda: None)
@@ -273,8 +274,12 @@ def test_main_end_to_end_on_cpu(cpu_timers, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(run, "measure_ceilings", lambda: dict(
         copy_gbps=1000.0, bf16_tflops=100.0, bf16_shape="8192^3",
         peak_tflops={"bf16": 100.0, "fp8": 200.0}))
-    monkeypatch.setattr(cases, "gpu_kernels", lambda op: [] if op == "dequantize_fp8" else ["k"])
     monkeypatch.setattr(cases, "runnable_kernels", lambda *a, **k: iter(()))
+
+
+def test_main_end_to_end_on_cpu(cpu_timers, fake_gpu, monkeypatch, tmp_path, capsys):
+    """main() as on a GPU machine, with the GPU facts faked: ceilings, ops, host, a model."""
+    monkeypatch.setattr(cases, "gpu_kernels", lambda op: [] if op == "dequantize_fp8" else ["k"])
 
     def tiny_model(rounds, progress, precisions):
         progress("tiny")
@@ -292,6 +297,29 @@ def test_main_end_to_end_on_cpu(cpu_timers, monkeypatch, tmp_path, capsys):
     assert data["complete"] and data["models"][0]["model"] == "tiny"
     assert {r["op"] for r in data["ops"]} == set(cases.OPS) - {"dequantize_fp8"}
     assert (out / "bench.md").exists()
+
+
+def test_flush_mode_reaches_the_timer_and_the_report(cpu_timers, fake_gpu, monkeypatch, tmp_path,
+                                                     capsys):
+    """--flush picks the L2 flush every timed rep uses (timing.FLUSH_MODE) and is written
+    into the report's method line and the JSON's meta; anything but write / read is a usage
+    error."""
+    assert run.parse_args([]).flush == "write"
+    with pytest.raises(SystemExit) as e:
+        run.parse_args(["--flush", "none"])
+    assert e.value.code == 2
+    monkeypatch.setattr(timing, "FLUSH_MODE", timing.FLUSH_MODE)  # restored after the test
+    monkeypatch.setattr(cases, "gpu_kernels", lambda op: ["k"])
+    seen = []
+    monkeypatch.setattr(timing, "bench", lambda fn, **kw: (
+        fn(), seen.append(timing.FLUSH_MODE), dict(median_us=10.0, p20_us=9.0, p80_us=11.0, n=5))[2])
+    out = tmp_path / "o"
+    assert run.main(["--op", "fp8_scaled_mm", "--shapes", "2x256x256", "--no-host",
+                     "--flush", "read", "--out", str(out)]) == 0
+    assert seen and set(seen) == {"read"}
+    assert "L2 flushed between reps (a 256 MB read)" in capsys.readouterr().out
+    assert json.loads((out / "bench.json").read_text())["meta"]["l2_flush"] == "read"
+    assert "(a 256 MB read)" in (out / "bench.md").read_text()
 
 
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])

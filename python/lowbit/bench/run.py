@@ -61,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "per-token activations), int4 (W4A16, group 128), w8a16 (weight-only "
                         "int8); default fp8")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per model row (default 7; --quick 3)")
+    p.add_argument("--flush", choices=("write", "read"), default="write",
+                   help="how the L2 is flushed between timed reps: 'write' (default: a 256 MB "
+                        "zero_, as triton's do_bench, whose dirty lines' write-back the next "
+                        "timed call pays) or 'read' (a sum over the buffer: clean lines, as "
+                        "in a decode step whose kernels before mostly read weights)")
     args = p.parse_args(argv)
     args.rep = args.rep or (30 if args.quick else 100)
     args.rounds = args.rounds or (3 if args.quick else 7)
@@ -453,7 +458,8 @@ def header_lines(env: dict, ceilings: dict, argv, elapsed_s: float, complete: bo
                      f"read + written); bf16 matmul {ceilings['bf16_tflops']:.0f} TFLOP/s "
                      f"({ceilings['bf16_shape']} F.linear); fp8 and int8 taken as twice that")
     lines.append(
-        "- method: CUDA events, median of up to N reps after warm-up, L2 flushed between reps; "
+        "- method: CUDA events, median of up to N reps after warm-up, L2 flushed between reps "
+        f"(a 256 MB {env.get('l2_flush', 'write')}); "
         "rate = TFLOP/s for GEMMs, TB/s of bytes moved for casts; weight TB/s = weight bytes / "
         "time; of ceiling = max(bytes / copy, flops / peak) / time; vs anchor, vs bf16 = that "
         "time / this time (> 1: faster); err = relative Frobenius error against the anchor")
@@ -510,6 +516,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from . import timing
 
+    timing.FLUSH_MODE = args.flush
     why = timing.no_gpu_reason()
     if why:
         print(f"lowbit bench: nothing measured: {why}. lowbit bench times lowbit's GPU kernels "
@@ -522,7 +529,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still writes the rows so far
     torch.manual_seed(0)
     t0 = time.time()
-    env = environment()
+    env = dict(environment(), l2_flush=args.flush)
     print(f"lowbit bench on {env['card']}: torch {env['torch']} (CUDA {env['cuda']}), "
           f"triton {env['triton']}, lowbit {env['lowbit']}", flush=True)
     ops = []
