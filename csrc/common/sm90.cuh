@@ -39,7 +39,7 @@ struct S8 {
 };
 
 // The GPU's global nanosecond clock (%globaltimer), comparable across SMs: the kernels' phase
-// traces (LOWBIT_SWAPAB_TRACE, LOWBIT_WXA16_TRACE) stamp with it.
+// traces (LOWBIT_SWAPAB_TRACE, LOWBIT_WXA16_TRACE, LOWBIT_WXA16_DECODE_TRACE) stamp with it.
 __device__ __forceinline__ unsigned long long globaltimer_ns() {
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));

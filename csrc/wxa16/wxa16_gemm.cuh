@@ -91,6 +91,9 @@
 #include "common/mma_sync.cuh"
 #include "common/smem.cuh"
 #include "wxa16/wxa16_gemm.h"
+#ifdef LOWBIT_WXA16_DECODE_TRACE
+#include "common/sm90.cuh"  // globaltimer_ns, the trace's clock (any arch)
+#endif
 
 
 namespace lowbit {
@@ -272,11 +275,6 @@ enum Slot { kStart, kWeight0, kStage0, kMainEnd, kArrive, kEnd, kLast, kSlots };
 constexpr int kCtas = 4096;
 #ifdef LOWBIT_WXA16_DECODE_TRACE
 __device__ unsigned long long stamps[kCtas][kSlots];
-__device__ __forceinline__ unsigned long long now() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 // The time once `v` has landed: the clock read is predicated on a test of v, so it cannot
 // issue before v's load completes.
 __device__ __forceinline__ unsigned long long now_after(uint32_t v) {
@@ -295,7 +293,7 @@ __device__ __forceinline__ void put(Slot s, unsigned long long v) {
 #endif
 }  // namespace dtrace
 #ifdef LOWBIT_WXA16_DECODE_TRACE
-#define WXA16_DTRACE_NOW(slot) dtrace::put(dtrace::slot, dtrace::now())
+#define WXA16_DTRACE_NOW(slot) dtrace::put(dtrace::slot, sm90::globaltimer_ns())
 #define WXA16_DTRACE_PUT(slot, v) dtrace::put(dtrace::slot, (v))
 #else
 #define WXA16_DTRACE_NOW(slot) (void)0
