@@ -200,7 +200,7 @@ def int4_quantize_cases() -> Dict[str, List[Callable]]:
 # H200, 2026-12-03) even when told to look at lowbit's kernels only, and their lowbit part,
 # the dequantize kernel, has no shared memory to race on: racecheck runs leave them out
 # (--no-cublas); memcheck runs them.
-CUBLAS_KERNELS = ("cuda_w4a16_gemm_dequant",)
+CUBLAS_KERNELS = ("cuda_w4a16_gemm_dequant", "cuda_w8a16_gemm_dequant")
 FUSED_OPS = ("fp8_linear", "int8_linear")
 
 
