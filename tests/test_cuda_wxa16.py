@@ -836,6 +836,51 @@ def test_split_scratch_is_kept_per_stream_and_never_made_in_a_capture():
 
 
 @gpu
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_decode_chain_under_programmatic_launch(bits, m):
+    """On sm_90 the decode kernel is a programmatic dependent launch: it may be placed while
+    the kernel before it still runs (that one lets it start after its mainloop, beside its
+    split's gather), and waits for it before any global access. A chain of decode GEMMs,
+    each reading the one before's output (K split both ways), launched back to back, gives
+    the bits of plain stream order."""
+    from lowbit._backend import kernels
+    from lowbit.backends.cuda.gemm import programmatic_launch, set_programmatic_launch
+
+    op = f"w{bits}a16_gemm"
+    kernel, = (kk for kk in kernels(op) if kk.name == f"cuda_{op}_decode")
+    n = 4096
+    if bits == 4:
+        ws = [_prepacked(n, n, 128, True)]
+        args = lambda x: (x, ws[0].qweight, ws[0].scales, ws[0].zeros, 128, None, None)  # noqa: E731
+    else:
+        q, s = _int8_weight(n, n, 0)
+        args = lambda x: (x, q, s, None)  # noqa: E731
+    x0 = _x(m, n, torch.bfloat16, seed=21)
+
+    def chain():
+        outs, x = [], x0
+        for _ in range(6):  # decode after decode, nothing between (the output grows 2-4x a step)
+            x = kernel.fn(*args(x))
+            outs.append(x)
+        return outs
+
+    was = programmatic_launch()
+    try:
+        set_programmatic_launch(False)
+        want = chain()
+        set_programmatic_launch(True)
+        got = [chain() for _ in range(3)]
+    finally:
+        set_programmatic_launch(was)
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(o).all() for o in want)
+    for outs in got:
+        for a, b in zip(outs, want):
+            assert torch.equal(a, b)
+
+
+@gpu
 def test_graphs_captured_at_different_m_replay_in_any_order():
     """Split decode launches inside CUDA graphs: two graphs captured on the same capture
     stream at different M (different splits and buffer sizes), replayed second-first and

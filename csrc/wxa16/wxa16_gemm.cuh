@@ -75,6 +75,11 @@
 // fit every arch's shared memory; one CTA per SM.
 //
 // Epilogue: + bias in fp32, rounded once to x's dtype.
+//
+// Launch (decode and wide, sm_90 code): a programmatic dependent launch while
+// programmatic_launch() is on, so the CTAs are placed while the kernel before them ends; they
+// wait for it (griddepcontrol.wait) before any global access, the weight's included, and let
+// the next kernel start its setup once their mainloop is done (beside the split's gather).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -89,6 +94,7 @@
 #include "common/gemm_smallm.cuh"
 #include "common/launch.h"
 #include "common/mma_sync.cuh"
+#include "common/pdl.cuh"
 #include "common/smem.cuh"
 #include "wxa16/wxa16_gemm.h"
 #ifdef LOWBIT_WXA16_DECODE_TRACE
@@ -914,6 +920,11 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   // first chunks land, and the mainloop runs beside the rest of the weight's arrival.
   constexpr int kXAhead = D::kXStages - 1;  // activation stages in flight ahead of compute
   Meta first, later;
+  // Launched as a programmatic dependent launch (sm_90, run_decode), the CTAs were placed and
+  // set up while the kernel before them ran; nothing global is touched before that kernel is
+  // done, the weight included: an op call cannot know that the kernel before it did not
+  // write the weight (a state_dict load's copy).
+  grid_dependency_wait();
   meta_load(0, first);
   if (ns > 0) load_x(0, 0);
   mma_tiled::cp_async_commit();
@@ -951,6 +962,9 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   }
   mma_tiled::cp_async_wait<0>();
   WXA16_DTRACE_PUT(kMainEnd, dtrace::now_after(__float_as_uint(acc[0][0][0])));
+  // The next kernel (if launched programmatically) may start its setup beside the gather;
+  // it waits for this grid to end before touching global memory.
+  launch_dependents();
 
   float(&flat)[MT * 4] = reinterpret_cast<float(&)[MT * 4]>(acc);
   if (p.splits > 1 &&
@@ -982,11 +996,35 @@ inline cudaError_t check_launch_args(const WXA16GemmArgs& p, const dim3& grid) {
   return cudaSuccess;
 }
 
+// Whether `kernel`'s code on `device` holds the programmatic-launch wait (griddepcontrol.wait
+// exists from sm_90: code built for an older arch, which a newer card runs where the build has
+// none of its own, has none, and launched programmatically it could read x before the kernel
+// before it wrote it). `known`: the kernel's answers per device (0 unread, 1 no, 2 yes); an
+// unreadable attribute is not cached and counts as no.
+template <typename Kernel>
+inline bool kernel_waits(Kernel kernel, int device, std::atomic<int> (&known)[kMaxDevices]) {
+  const int k = known[device].load(std::memory_order_relaxed);
+  if (k != 0) return k == 2;
+  if (compute_capability(device) < 90) {
+    known[device].store(1, std::memory_order_relaxed);
+    return false;
+  }
+  cudaFuncAttributes attr = {};
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const bool waits = attr.ptxVersion >= 90;
+  known[device].store(waits ? 2 : 1, std::memory_order_relaxed);
+  return waits;
+}
+
 template <int Bits, typename T, int MT, int kG, bool kZeros, bool kWide>
 cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   using D = Decode<Bits, kG, kWide>;
   constexpr int kRows = D::kRows, kSmem = D::template smem_bytes<MT>();
   static std::atomic<bool> opted[kMaxDevices];
+  static std::atomic<int> waits[kMaxDevices];
   const auto kernel = wxa16_decode_kernel<Bits, T, MT, kG, kZeros, kWide>;
   // Row tiles x token tiles, flattened into x (the kernel splits them).
   const int64_t row_tiles = (p.N + kRows - 1) / kRows, token_tiles = (p.M + 8 * MT - 1) / (8 * MT);
@@ -1031,8 +1069,9 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   e = check_launch_args(p, grid);
   if (e != cudaSuccess) return e;
-  return launch_plain(kernel, dim3(grid.x, p.splits, grid.z), dim3(D::kThreads), kSmem, stream,
-                      p);
+  const LaunchConfig cfg(dim3(grid.x, p.splits, grid.z), D::kThreads, kSmem, stream, 1,
+                         programmatic_launch() && kernel_waits(kernel, device, waits));
+  return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, p));
 }
 
 // Plan (split and workspace) or launch one tiled configuration.
