@@ -314,6 +314,7 @@ int main(int argc, char** argv) {
                   name, bits, s.m, s.n, s.k, a.splits, t, wbytes / t * 1e-6, sum, asum);
       if (tb > 0) std::printf("  bf16 %7.1f us (%.2fx)", tb, tb / t);
       if (a.split_from > 0) std::printf("  (split from tile %d)", a.split_from);
+      if (a.parts > 1) std::printf("  (K parts %d)", a.parts);
       std::printf("\n");
 #ifdef LOWBIT_WXA16_DECODE_TRACE
       print_decode_trace(flush, [&] { CHECK(fn(a, nullptr, false)); });

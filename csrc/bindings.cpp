@@ -41,7 +41,8 @@
 //     .native() -> as Fp8LinearLaunch's
 //   WXA16GemmLaunch(kernel_id, bits, M, N, K, group, ldx, x_dtype, ldw, scale_dtype,
 //                   scale_ld, has_zeros, zero_ld, bias_dtype, ldo)
-//     .counter_bytes, .partial_bytes (planned on the current device), .splits, .split_from
+//     .counter_bytes, .partial_bytes (planned on the current device), .splits, .split_from,
+//     .parts
 //     .launch(x, w, scales, zeros, bias, counters, partials, out, stream)
 //     .native() -> as GemmLaunch's (its split counters its own, per stream)
 //   Int4QuantizeLaunch(kernel_id, w_dtype, rows, cols, row_stride, col_stride, group,
@@ -463,6 +464,7 @@ class WXA16GemmLaunch
   size_t partial_bytes() const { return args_.partial_bytes; }
   int splits() const { return args_.splits; }
   int split_from() const { return args_.split_from; }
+  int parts() const { return args_.parts > 1 ? args_.parts : 1; }
 
   void launch(uintptr_t x, uintptr_t w, uintptr_t scales, uintptr_t zeros, uintptr_t bias,
               uintptr_t counters, uintptr_t partials, uintptr_t out, uintptr_t stream) {
@@ -1018,6 +1020,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("split_from", &WXA16GemmLaunch::split_from,
                              "the first tile split `splits` ways where only a grid's last "
                              "partial wave is split (sm_90a wgmma kernel), else 0")
+      .def_property_readonly("parts", &WXA16GemmLaunch::parts,
+                             "the decode kernel's K parts per CTA (summed in shared memory; "
+                             "1: none)")
       .def("launch", serialized(&WXA16GemmLaunch::launch),
            py::arg("x"), py::arg("w"), py::arg("scales"), py::arg("zeros"), py::arg("bias"),
            py::arg("counters"), py::arg("partials"), py::arg("out"), py::arg("stream"))

@@ -836,6 +836,66 @@ def test_split_scratch_is_kept_per_stream_and_never_made_in_a_capture():
 
 
 @gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("group", [0] + GROUPS, ids=["channel", "g32", "g64", "g128"])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (1, 3000, 4224), (2, 5000, 4224),
+                                   (3, 9000, 4224), (4, 9000, 1536), (1, 4096, 14336),
+                                   (4, 4096, 4096), (5, 3000, 4224)])
+def test_decode_k_parts(m, n, k, bits, group, dtype):
+    """At M <= 4 the decode kernel's CTA may split K among its own warps (K parts: 8 / P row
+    tiles x P interleaved stage sequences, summed in shared memory) instead of over CTAs:
+    P = 8 at M = 1, 4 at M = 2, 2 at M <= 4, where 128 / P-row CTAs fill the SMs in one
+    wave. Against float64 at every group size, with zero points (int4) and a bias at odd M;
+    K = 4224 ends inside a stage and leaves some parts a stage short (K = 1536: int4's three
+    stages leave one part a step short); N = 3000, 5000 and 9000 end inside a tile;
+    4 x 4096^2 (64 CTAs) and M = 5 take none. A prepared launch repeats the bits."""
+    from lowbit._backend import kernels
+    from lowbit.backends.cuda import kernel_id
+    from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
+
+    if group and k % group:
+        pytest.skip("K is not a multiple of the group")
+    if bits == 4 and group == 0:
+        pytest.skip("int4 per channel is group 128's kernel")
+    x = _x(m, k, dtype, seed=m + n)
+    bias = torch.randn(n, generator=_gen(7)).to(dtype).cuda() if m % 2 else None
+    op = f"w{bits}a16_gemm"
+    kernel, = (kk for kk in kernels(op) if kk.name == f"cuda_{op}_decode")
+    if bits == 4:
+        _, wd = _int4(n, k, group, False)
+        w = _prepacked(n, k, group, False)
+        args = (x, w.qweight, w.scales, w.zeros, w.group_size, None, bias)
+        ref = x.double() @ wd.T
+        ref = ref if bias is None else ref + bias.double()
+        launch = wxa16_gemm_launch(kernel_id(kernel.name), 4, m, n, k, group, k, dtype, 0,
+                                   w.scales.dtype, w.scales.stride(0), True, w.zeros.stride(0),
+                                   None if bias is None else bias.dtype)
+    else:
+        q, s = _int8_weight(n, k, group)
+        args = (x, q, s, bias)
+        ref = _int8_ref(x, q, s, bias)
+        launch = _plan_w8(kernel.name, x, q, s, bias)
+    # The plan's rule: the most parts P (8, 4, 2) with M <= 8 / P, at least P stages of K
+    # (512 K int4, 256 K int8) and one wave of 128 / P-row CTAs (two per SM), no fewer
+    # CTAs than SMs.
+    stages = -(-k // (512 if bits == 4 else 256))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    want = next((P for P in (8, 4, 2) if m <= 8 // P and stages >= P
+                 and sms <= -(-n // (128 // P)) <= 2 * sms), 1)
+    if sms == 132:  # H100 / H200: every form is taken at these shapes
+        assert want == ({1: 8, 2: 4, 3: 2, 4: 2}.get(m, 1) if n != 4096 or m != 4 else 1)
+    assert launch.parts == want, (launch.parts, want)
+    if want > 1:
+        assert launch.splits == 1 and launch.counter_bytes == 0
+    out = kernel.fn(*args)
+    _check(out, ref, dtype)
+    run = kernel.prepare(*args)
+    for _ in range(2):
+        assert torch.equal(run(*args), out)
+
+
+@gpu
 @pytest.mark.parametrize("m", [1, 16])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_decode_chain_under_programmatic_launch(bits, m):

@@ -60,6 +60,12 @@
 // which CTA finished last. It resets the counter, so the caller zeroes the counters once
 // rather than before every launch (no memset launch on the decode path).
 //
+// K parts, decode at M <= 4 (WXA16GemmArgs::parts = P of 2, 4, 8): instead of splitting K
+// over CTAs, the CTA's 8 warps are 8 / P row tiles x P parts of K (part kp takes stages kp,
+// kp + P, ...), a stage's 8 activation rows hold P parts x 8 / P tokens, and the parts' sums
+// meet in shared memory at the end: no workspace, counters or L2 round trips. The plan takes
+// it where 128 / P-row CTAs fill the SMs in one wave (bench/NOTES.md, "K parts").
+//
 // Tokens, decode. A CTA takes 8 (M <= 8) or 16 tokens; above 16 the token tiles of one row
 // tile are neighbours in blockIdx.x, so the CTAs that stream the same weight rows run
 // together and all but the first read them from L2. Every token tile dequantizes the weight
@@ -727,11 +733,22 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   const int s_begin = static_cast<int>(static_cast<int64_t>(ns_all) * blockIdx.y / p.splits);
   const int s_end = static_cast<int>(static_cast<int64_t>(ns_all) * (blockIdx.y + 1) / p.splits);
   const int ns = s_end - s_begin;
+  // K parts (WXA16GemmArgs::parts, P): warp w takes row tile w % R of the CTA's R = 8 / P and
+  // stages kp, kp + P, kp + 2 P, ... of the split (kp = w / R); a step of the loop is then P
+  // stages, one per part, whose activations fill the stage's 8 rows of x as P parts x
+  // 8 / P tokens. P = 1 is the plain kernel.
+  // (Compiled out of the 16-token and wide kernels, whose registers are all taken.)
+  constexpr bool kCanPart = !kWide && MT == 1;
+  const int P = kCanPart && p.parts > 1 ? p.parts : 1;
+  const int R = kCanPart ? D::kWarps / P : D::kWarps;  // row tiles
+  const int TR = kCanPart ? kTok / P : kTok;           // tokens per part
+  const int kp = kCanPart ? warp / R : 0;
+  const int steps = kCanPart ? (ns + P - 1) / P : ns;
   // blockIdx.x: row tile bx, token tile bz (token tiles of a row tile adjacent).
   const int token_tiles = (p.M + kTok - 1) / kTok;
   const int bx = static_cast<int>(blockIdx.x) / token_tiles;
   const int bz = static_cast<int>(blockIdx.x) % token_tiles;
-  const int rt = bx * D::kWarps + warp;  // this warp's 16-row tile
+  const int rt = kCanPart ? bx * R + warp % R : bx * D::kWarps + warp;  // this warp's 16-row tile
   const int m0 = bz * kTok;
   constexpr bool two = kG == 32;  // a chunk holds two groups
   constexpr int gsh = kG == 32 ? 5 : kG == 64 ? 6 : 7;  // group of k: k >> gsh
@@ -747,7 +764,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   if constexpr (Bits == 4) {
     wok[0] = rt < (p.N + 15) / 16;
     const int64_t chunk0 = static_cast<int64_t>(wok[0] ? rt : 0) * nk +
-                           static_cast<int64_t>(s_begin) * kChunks;  // the split's first
+                           static_cast<int64_t>(s_begin + kp) * kChunks;  // the part's first
     w_next[0] = static_cast<const uint8_t*>(p.w) + (chunk0 * 32 + lane) * 16;
   } else {
 #pragma unroll
@@ -755,7 +772,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
       const int n = rt * 16 + g + 8 * r;
       wok[r] = n < p.N;
       w_next[r] = static_cast<const uint8_t*>(p.w) + static_cast<int64_t>(wok[r] ? n : 0) * p.ldw +
-                  static_cast<int64_t>(s_begin) * D::kStageK + 16 * t;
+                  static_cast<int64_t>(s_begin + kp) * D::kStageK + 16 * t;
     }
   }
   uint4 ring[kChunks][kW];
@@ -763,6 +780,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   // Chunk j of stage st loads when j < lim (int4: the chunks the layout holds; int8: the
   // lane's k inside K, counted in 64-K steps as j * 64 < lim); 0 past the split.
   auto stage_limit = [&](int st) {
+    st = st * P + kp;  // the warp's stage of step st
     if (st >= ns) return 0;
     const int c0 = (s_begin + st) * kChunks;
     return Bits == 4 ? nk - c0 : p.K - c0 * kChunkK - 16 * t;
@@ -775,7 +793,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   };
   auto advance_w = [&]() {
 #pragma unroll
-    for (int r = 0; r < kW; ++r) w_next[r] += kChunks * kWStep;
+    for (int r = 0; r < kW; ++r) w_next[r] += P * kChunks * kWStep;
   };
 
   // Activations: this thread's share of a stage's 16-byte copies, zero-filled past M and
@@ -788,19 +806,20 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   constexpr int kXRowStep = kThreads / kXPerRow;
   const int x_row0 = static_cast<int>(threadIdx.x) / kXPerRow;
   const int x_k = (static_cast<int>(threadIdx.x) % kXPerRow) * 8;
-  const int64_t x_ld_step = kXRowStep * p.ldx;
-  const T* x_src = static_cast<const T*>(p.x) + static_cast<int64_t>(m0 + x_row0) * p.ldx + x_k;
+  const T* x_src = static_cast<const T*>(p.x) + static_cast<int64_t>(m0) * p.ldx + x_k;
   const uint32_t x_dst = smem_u32(xsm + x_row0 * kXRowE + x_k);
+  // Row `row` of a step's x: part row / TR's stage, token row % TR (P = 1: token row).
   auto load_x = [&](int st, int slot) {
-    const int64_t k0 = static_cast<int64_t>(s_begin + st) * D::kStageK;
-    const bool k_ok = k0 + x_k < p.K;
 #pragma unroll
     for (int u = 0; u < kXP; ++u) {
       const int row = x_row0 + u * kXRowStep;
       if (kXPieces % kThreads != 0 && row >= kTok) continue;
-      const bool ok = k_ok && m0 + row < p.M;
+      const int part = kCanPart ? row / TR : 0, token = kCanPart ? row % TR : row;
+      const int stage = st * P + part;
+      const int64_t k0 = static_cast<int64_t>(s_begin + stage) * D::kStageK;
+      const bool ok = stage < ns && k0 + x_k < p.K && m0 + token < p.M;
       mma_tiled::cp_async16(x_dst + (slot * kXStage + u * kXRowStep * kXRowE) * 2,
-                            ok ? x_src + u * x_ld_step + k0 : static_cast<const T*>(p.x), ok);
+                            ok ? x_src + token * p.ldx + k0 : static_cast<const T*>(p.x), ok);
     }
   };
 
@@ -809,7 +828,10 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   // group m_q0 + u * kQStep.
   constexpr int kQStep = kThreads / kRows;
   static_assert(kThreads % kRows == 0, "a thread's entries share a row");
-  const int m_n = bx * kRows + static_cast<int>(threadIdx.x) % kRows;
+  // Entry row v (0..127) is row v % 16 of warp v / 16's tile: part m_kp, CTA row m_n.
+  const int m_kp = kCanPart ? (static_cast<int>(threadIdx.x) % kRows) / (16 * R) : 0;
+  const int m_n = kCanPart ? bx * 16 * R + (static_cast<int>(threadIdx.x) % kRows) % (16 * R)
+                           : bx * kRows + static_cast<int>(threadIdx.x) % kRows;
   const int m_q0 = static_cast<int>(threadIdx.x) / kRows;
   const bool m_row_ok = m_n < p.N;
   const int m_scale = static_cast<int>(m_n * p.scale_ld);  // < 2^31: checked by the plan
@@ -828,7 +850,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   constexpr bool kSomeIdle = D::kMeta % kThreads != 0;
   // A stage's groups: g0 + q of the row, past K none (G = 32 with K % 64 == 32).
   auto meta_load = [&](int st, Meta& m) {
-    const int g0 = ((s_begin + st) * D::kStageK) >> gsh;
+    const int g0 = ((s_begin + st * P + m_kp) * D::kStageK) >> gsh;
 #pragma unroll
     for (int u = 0; u < D::kMetaPer; ++u) {
       const int q = m_q0 + u * kQStep;
@@ -863,7 +885,9 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
 
   // Stage st from x slot xs and meta slot ms with its weights in the ring; each chunk's
   // registers are refilled with the next stage's chunk (up to lim) once dequantized.
-  const int x_lane = g * kXRowE + 16 * t;  // the lane's B fragment, token g, k = 16 t
+  // The lane's B fragment, token g, k = 16 t: in part kp's rows. With parts, lanes g >= TR
+  // read a token of the part again: their tokens' sums are never stored (M <= TR).
+  const int x_lane = (kCanPart ? kp * TR + g % TR : g) * kXRowE + 16 * t;
   auto compute = [&](int xs, int ms, int lim) {
     const T* xst = xsm + xs * kXStage + x_lane;
     const float* sst = ssm + ms * D::kMeta + warp * 16 + g;
@@ -926,7 +950,7 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   // write the weight (a state_dict load's copy).
   grid_dependency_wait();
   meta_load(0, first);
-  if (ns > 0) load_x(0, 0);
+  if (steps > 0) load_x(0, 0);
   mma_tiled::cp_async_commit();
   {
     const int lim = stage_limit(0);
@@ -936,15 +960,15 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   }
 #pragma unroll
   for (int st = 1; st < kXAhead; ++st) {
-    if (st < ns) load_x(st, st);
+    if (st < steps) load_x(st, st);
     mma_tiled::cp_async_commit();
   }
-  if (ns > 1) meta_load(1, later);
+  if (steps > 1) meta_load(1, later);
   meta_store(0, first);
   // Step st: x(st) has landed and every warp is done with stage st - 1, whose x slot
   // ((st + kXAhead) % kXStages) and meta slot ((st + 1) % 2) are refilled for stages
   // st + kXAhead and st + 1.
-  for (int st = 0; st < ns; ++st) {
+  for (int st = 0; st < steps; ++st) {
     mma_tiled::cp_async_wait<kXAhead - 1>();
     __syncthreads();
 #ifdef LOWBIT_WXA16_DECODE_TRACE
@@ -953,10 +977,10 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
       WXA16_DTRACE_PUT(kWeight0, dtrace::now_after(ring[0][0].x));
     }
 #endif
-    if (st + 1 < ns) meta_store((st + 1) & 1, later);
-    if (st + kXAhead < ns) load_x(st + kXAhead, (st + kXAhead) % D::kXStages);
+    if (st + 1 < steps) meta_store((st + 1) & 1, later);
+    if (st + kXAhead < steps) load_x(st + kXAhead, (st + kXAhead) % D::kXStages);
     mma_tiled::cp_async_commit();
-    if (st + 2 < ns) meta_load(st + 2, later);
+    if (st + 2 < steps) meta_load(st + 2, later);
     compute(st % D::kXStages, st & 1, stage_limit(st + 1));
     advance_w();
   }
@@ -966,6 +990,26 @@ wxa16_decode_kernel(const WXA16GemmArgs p) {
   // it waits for this grid to end before touching global memory.
   launch_dependents();
 
+  if (P > 1) {
+    // The parts' sums of a row tile, added in part order by the warp of part 0 through the
+    // activation ring's shared memory (done with: every warp has passed its last barrier's
+    // reads once all reach this one).
+    static_assert(kThreads * MT * 4 * 4 <= D::kXStages * kXStage * 2, "sums fit the x ring");
+    float4* red = reinterpret_cast<float4*>(smem);
+    __syncthreads();
+    red[threadIdx.x] = make_float4(acc[0][0][0], acc[0][0][1], acc[0][0][2], acc[0][0][3]);
+    __syncthreads();
+    if (kp != 0) return;
+    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int q = 0; q < P; ++q) {
+      const float4 v = red[(q * R + warp) * 32 + lane];
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    acc[0][0][0] = sum.x, acc[0][0][1] = sum.y, acc[0][0][2] = sum.z, acc[0][0][3] = sum.w;
+  }
   float(&flat)[MT * 4] = reinterpret_cast<float(&)[MT * 4]>(acc);
   if (p.splits > 1 &&
       !gather_splits<MT * 4, kThreads>(p, flat, true, threadIdx.x, last_cta)) {
@@ -1026,8 +1070,13 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   static std::atomic<bool> opted[kMaxDevices];
   static std::atomic<int> waits[kMaxDevices];
   const auto kernel = wxa16_decode_kernel<Bits, T, MT, kG, kZeros, kWide>;
-  // Row tiles x token tiles, flattened into x (the kernel splits them).
-  const int64_t row_tiles = (p.N + kRows - 1) / kRows, token_tiles = (p.M + 8 * MT - 1) / (8 * MT);
+  // Row tiles x token tiles, flattened into x (the kernel splits them); a CTA of K parts
+  // (WXA16GemmArgs::parts) takes 128 / parts rows.
+  if (plan) p.parts = 0;
+  const int parts = !kWide && MT == 1 && p.parts > 1 ? p.parts : 1;
+  const int cta_rows = kRows / parts;
+  const int64_t row_tiles = (p.N + cta_rows - 1) / cta_rows,
+                token_tiles = (p.M + 8 * MT - 1) / (8 * MT);
   if (row_tiles * token_tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(row_tiles * token_tiles), 1, 1);
   int device = 0;
@@ -1049,6 +1098,24 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     const int64_t tiles = static_cast<int64_t>(grid.x) * (grid.z > 0 ? grid.z : 1);
     const int nk = (p.K + kChunkK - 1) / kChunkK;
     const int ns_all = (nk + D::kChunks - 1) / D::kChunks;
+#ifndef LOWBIT_WXA16_NO_PARTS
+    // K parts instead of a split over CTAs where 128 / P-row CTAs hold the weight in one
+    // wave with every SM busy and M fits a part's 8 / P tokens: the parts' sums meet in
+    // shared memory, not in L2 (bench/NOTES.md, "K parts"; 64 CTAs of 4096 rows took 25%
+    // longer than 8 splits through L2). (-DLOWBIT_WXA16_NO_PARTS: bench/wxa16_ab.sh's A/B.)
+    if (!kWide && MT == 1) {
+      const int64_t sms = sm_count_or(device, 108);
+      for (int P = 8; P >= 2; P /= 2) {
+        const int64_t ctas = (p.N + kRows / P - 1) / (kRows / P);
+        if (p.M <= 8 / P && ns_all >= P && ctas >= sms && ctas <= slots) {
+          p.parts = P;
+          p.splits = 1;
+          plan_workspace(p, ctas, D::kThreads, MT * 4);
+          return cudaSuccess;
+        }
+      }
+    }
+#endif
     int best = 1;
     int64_t best_cost = -1;
     for (int s = 1; s <= 16 && s <= ns_all; ++s) {

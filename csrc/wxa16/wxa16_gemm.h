@@ -52,6 +52,10 @@ struct WXA16GemmArgs {
   // CTAs spread over the SMs); the workspace then holds those tiles only. 0: every tile is
   // split `splits` ways. Set by the plan.
   int split_from;
+  // The decode kernel at M <= 8 / parts (parts 2, 4 or 8; 0 or 1: off): the CTA's 8 warps
+  // are 8 / parts row tiles x `parts` interleaved stage sequences of K, summed through
+  // shared memory at the end instead of a K split over CTAs. Set by the plan.
+  int parts;
   size_t counter_bytes;
   size_t partial_bytes;
   unsigned* counters;
@@ -71,7 +75,8 @@ using WXA16GemmFn = cudaError_t(WXA16GemmArgs& args, cudaStream_t stream, bool p
 
 // Decode (M <= 16): 128 rows of w x 8 or 16 tokens per CTA, each warp's weights streamed
 // into registers a stage ahead, activations and scales through a cp.async ring, K split over
-// CTAs until the grid fills whole waves; the partials are added in a fixed order. A kernel
+// CTAs until the grid fills whole waves; the partials are added in a fixed order. At M <= 4,
+// where CTAs of 128 / P rows fill one wave, K is split among a CTA's warps instead (parts). A kernel
 // per group size (32, 64, 128; one scale per row runs as 128) and, int4, zero points or not.
 WXA16GemmFn cuda_w4a16_gemm_decode;
 WXA16GemmFn cuda_w8a16_gemm_decode;
