@@ -162,4 +162,21 @@ inline int compute_capability(int device) {
                    : 0;
 }
 
+// The arch (80, 89, 90...) that `kernel`'s code running on `device` was compiled for (its
+// ptxVersion): an sm_90 device runs sm_80 / sm_89 code through the JIT where the build has
+// no sm_90 target, and so does a newer device. `known`: the kernel's answers per device (0:
+// not read yet). 0 where it cannot be read (not cached: asked again).
+template <typename Kernel>
+inline int kernel_code_arch(Kernel kernel, int device, std::atomic<int> (&known)[kMaxDevices]) {
+  const int k = known[device].load(std::memory_order_relaxed);
+  if (k != 0) return k;
+  cudaFuncAttributes attr = {};
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  known[device].store(attr.ptxVersion, std::memory_order_relaxed);
+  return attr.ptxVersion;
+}
+
 }  // namespace lowbit

@@ -56,19 +56,10 @@ void set_vector_flags(KernelParams& p, int in_bytes, int out_bytes) {
 __global__ void quant_arch_probe() {}
 
 // The arch (80, 89, 90...) the quantize kernels' code that runs on `device` was compiled
-// for: an sm_90 device runs sm_80 / sm_89 PTX through the JIT when the build has no sm_90
-// target, and so does a newer device. 0 where it cannot be read (not cached: asked again).
+// for (kernel_code_arch of a kernel built from the same arch list).
 int quant_code_arch(int device) {
-  static std::atomic<int> known[kMaxDevices] = {};  // 0: not read yet
-  const int k = known[device].load(std::memory_order_relaxed);
-  if (k != 0) return k;
-  cudaFuncAttributes attr = {};
-  if (cudaFuncGetAttributes(&attr, quant_arch_probe) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  known[device].store(attr.ptxVersion, std::memory_order_relaxed);
-  return attr.ptxVersion;
+  static std::atomic<int> known[kMaxDevices] = {};
+  return kernel_code_arch(quant_arch_probe, device, known);
 }
 
 // Whether the quantize kernels that run on `device` hold the PDL wait: they do when that code

@@ -1040,40 +1040,18 @@ inline cudaError_t check_launch_args(const WXA16GemmArgs& p, const dim3& grid) {
   return cudaSuccess;
 }
 
-// Whether `kernel`'s code on `device` holds the programmatic-launch wait (griddepcontrol.wait
-// exists from sm_90: code built for an older arch, which a newer card runs where the build has
-// none of its own, has none, and launched programmatically it could read x before the kernel
-// before it wrote it). `known`: the kernel's answers per device (0 unread, 1 no, 2 yes); an
-// unreadable attribute is not cached and counts as no.
-template <typename Kernel>
-inline bool kernel_waits(Kernel kernel, int device, std::atomic<int> (&known)[kMaxDevices]) {
-  const int k = known[device].load(std::memory_order_relaxed);
-  if (k != 0) return k == 2;
-  if (compute_capability(device) < 90) {
-    known[device].store(1, std::memory_order_relaxed);
-    return false;
-  }
-  cudaFuncAttributes attr = {};
-  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  const bool waits = attr.ptxVersion >= 90;
-  known[device].store(waits ? 2 : 1, std::memory_order_relaxed);
-  return waits;
-}
-
 template <int Bits, typename T, int MT, int kG, bool kZeros, bool kWide>
 cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   using D = Decode<Bits, kG, kWide>;
   constexpr int kRows = D::kRows, kSmem = D::template smem_bytes<MT>();
   static std::atomic<bool> opted[kMaxDevices];
-  static std::atomic<int> waits[kMaxDevices];
+  static std::atomic<int> code_arch[kMaxDevices];
   const auto kernel = wxa16_decode_kernel<Bits, T, MT, kG, kZeros, kWide>;
   // Row tiles x token tiles, flattened into x (the kernel splits them); a CTA of K parts
   // (WXA16GemmArgs::parts) takes 128 / parts rows.
+  constexpr bool kCanPart = !kWide && MT == 1;  // as in the kernel
   if (plan) p.parts = 0;
-  const int parts = !kWide && MT == 1 && p.parts > 1 ? p.parts : 1;
+  const int parts = kCanPart && p.parts > 1 ? p.parts : 1;
   const int cta_rows = kRows / parts;
   const int64_t row_tiles = (p.N + cta_rows - 1) / cta_rows,
                 token_tiles = (p.M + 8 * MT - 1) / (8 * MT);
@@ -1098,12 +1076,13 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     const int64_t tiles = static_cast<int64_t>(grid.x) * (grid.z > 0 ? grid.z : 1);
     const int nk = (p.K + kChunkK - 1) / kChunkK;
     const int ns_all = (nk + D::kChunks - 1) / D::kChunks;
-#ifndef LOWBIT_WXA16_NO_PARTS
+#if !defined(LOWBIT_WXA16_NO_PARTS) && !defined(LOWBIT_WXA16_DECODE_SPLITS)
     // K parts instead of a split over CTAs where 128 / P-row CTAs hold the weight in one
     // wave with every SM busy and M fits a part's 8 / P tokens: the parts' sums meet in
     // shared memory, not in L2 (bench/NOTES.md, "K parts"; 64 CTAs of 4096 rows took 25%
-    // longer than 8 splits through L2). (-DLOWBIT_WXA16_NO_PARTS: bench/wxa16_ab.sh's A/B.)
-    if (!kWide && MT == 1) {
+    // longer than 8 splits through L2). (-DLOWBIT_WXA16_NO_PARTS, or a forced split:
+    // bench/wxa16_ab.sh's A/B.)
+    if (kCanPart) {
       const int64_t sms = sm_count_or(device, 108);
       for (int P = 8; P >= 2; P /= 2) {
         const int64_t ctas = (p.N + kRows / P - 1) / (kRows / P);
@@ -1136,8 +1115,11 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   e = check_launch_args(p, grid);
   if (e != cudaSuccess) return e;
+  // Programmatic where the kernel's code here holds the wait (griddepcontrol.wait exists
+  // from sm_90; older code launched so could read x before the kernel before wrote it).
   const LaunchConfig cfg(dim3(grid.x, p.splits, grid.z), D::kThreads, kSmem, stream, 1,
-                         programmatic_launch() && kernel_waits(kernel, device, waits));
+                         programmatic_launch() && compute_capability(device) >= 90 &&
+                             kernel_code_arch(kernel, device, code_arch) >= 90);
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, p));
 }
 
