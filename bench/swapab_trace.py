@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import statistics
 
 import torch
@@ -73,6 +74,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="1x4096x4096,16x4096x4096,64x4096x4096,1x14336x4096,"
                     "64x14336x4096")
+    ap.add_argument("--dump", default="", help="a folder: each traced launch's stamps (ns, "
+                    "a CTA a row) as SHAPE.csv there")
     args = ap.parse_args()
     fn = reader()
     for shape in args.shapes.split(","):
@@ -84,7 +87,13 @@ def main():
             call = prepared_call(kern, call_args)
             t = bench(call, rep=200)
             print(f"{shape} {kern.name}: {t['median_us']:.2f} us (median of 200, L2 flushed)")
-            report(traced(fn, call))
+            rows = traced(fn, call)
+            report(rows)
+            if args.dump:
+                os.makedirs(args.dump, exist_ok=True)
+                with open(os.path.join(args.dump, f"{shape}.csv"), "w") as f:
+                    f.write(",".join(STAMPS) + "\n")
+                    f.writelines(",".join(str(r[s]) for s in STAMPS) + "\n" for r in rows)
 
 
 if __name__ == "__main__":

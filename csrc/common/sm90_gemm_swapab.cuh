@@ -499,14 +499,26 @@ __device__ __forceinline__ Acc ld_cluster_acc(uint32_t cluster_addr) {
 // bias, and the store. Consecutive threads take consecutive output columns n, so the stores are
 // coalesced. a_smem: the fused quantizer's scale of each token (else null: p.a_scale).
 //
-// Each thread takes kStoreBatch elements at a time and issues all of their loads (the
-// partials, over distributed shared memory when split, and the scales, bias and zero-point
-// terms from global memory) before it uses any: one element at a time, every element paid
-// the loads' whole latency in turn, and at kN = 64 (a thread's 11 elements of a 3-way split,
-// or 32 without one) that latency was most of the GEMM's growth from M = 1 to 64
-// (bench/NOTES.md, "The swap-AB epilogue's latency"). Elements past the share (or past N)
-// load from element 0's addresses, which are always valid, and store nothing.
-constexpr int kStoreBatch = 8;
+// Each thread takes a batch of elements at a time (store_batch) and issues all of their
+// loads (the partials, over distributed shared memory when split, and the scales, bias and
+// zero-point terms from global memory) before it uses any: one element at a time, every
+// element paid the loads' whole latency in turn, and at kN = 64 (a thread's 11 elements of
+// a 3-way split, or 32 without one) that latency was most of the GEMM's growth from M = 1 to
+// 64 (bench/NOTES.md, "The swap-AB epilogue's latency"). A batch covers a thread's whole
+// share at every split the host picks with kN <= 64 (12 at kN = 64: 112 rows / 3 x 64
+// tokens is 9-10 a thread, 128 / 3 x 64 is 11, 96 / 2 x 64 is 12; 16 spills in the fused
+// INT8 kernel), so the share costs one round of latency; 8 at kN = 64 took two, where
+// M = 48 (7 a thread) took one. Without a split the fragment
+// is stored directly (direct_store). Elements past the share (or past N) load from element
+// 0's addresses, which are always valid, and store nothing. LOWBIT_SWAPAB_STORE_BATCH_64 (a
+// build flag) sets kN = 64's for a comparison.
+#ifndef LOWBIT_SWAPAB_STORE_BATCH_64
+#define LOWBIT_SWAPAB_STORE_BATCH_64 12
+#endif
+template <int kN>
+__host__ __device__ constexpr int store_batch() {
+  return kN >= 64 ? LOWBIT_SWAPAB_STORE_BATCH_64 : 8;
+}
 
 template <class Op, int kN, bool kBlock, class F>
 __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename Op::Acc* red,
@@ -514,6 +526,7 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
                                              const float* a_smem) {
   using Acc = typename Op::Acc;
   constexpr int kRedLd = Config<kN, false, false, F>::kRedLd;
+  constexpr int kStoreBatch = store_batch<kN>();
   const int first = rank * F::kRows / splits, rows = (rank + 1) * F::kRows / splits - first;
   const int tokens = min(p.M, kN);
   const int n_first = tile * F::kRows + first;
@@ -579,6 +592,126 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
       v *= fb[u];
       if (p.bias) v += bias[u];
       store_out(p.out, p.out_dtype, o, v);
+    }
+  }
+}
+
+// Without a K split, each consumer thread applies the epilogue to its own fragment and
+// stores it: no partial tile, no barrier, and every load of the thread's elements (its
+// tokens' scales, its weight rows' scales, bias and INT8's zero-point terms) in flight at
+// once. Through the partial tile a thread of a 64-token, 112-row tile took its 28 elements
+// 8 at a time, each batch behind the last one's loads. The stores are less coalesced (a
+// warp writes 8 tokens x 8 columns at once, tokens as A; 8 tokens x 16 weight rows swapped,
+// one element each), which at M <= 64 is a few KB a CTA. Same operations in the same order
+// as reduce_store at splits 1, so the same bits. LOWBIT_SWAPAB_DIRECT_STORE=0 (a build flag)
+// keeps the partial tile for the comparison.
+#ifndef LOWBIT_SWAPAB_DIRECT_STORE
+#define LOWBIT_SWAPAB_DIRECT_STORE 1
+#endif
+constexpr bool kDirectStore = LOWBIT_SWAPAB_DIRECT_STORE != 0;
+
+// direct_store's int8_mm case: the int32 sums, pairs of adjacent columns as one 8-byte
+// store where the output allows (tokens as A).
+template <class F, int R, class Token, class Column, class TokenOf, class ColumnOf>
+__device__ __forceinline__ void direct_store_int32(const GemmArgs& p, const int32_t (&acc)[R],
+                                                   Token token, Column column, TokenOf token_of,
+                                                   ColumnOf column_of) {
+  const bool pairs = F::kTokensA && pair_store_ok(p.out, FloatType::kF32, p.ldo);
+#pragma unroll
+  for (int i = 0; i < R; i += F::kTokensA ? 2 : 1) {
+    const int m = token(token_of(i)), n = column(column_of(i));
+    if (m >= p.M || n >= p.N) continue;
+    const int64_t o = int64_t(m) * p.ldo + n;
+    if constexpr (F::kTokensA)
+      store_i32_pair(p.out, o, acc[i], acc[i + 1], n + 1 < p.N, pairs);
+    else
+      static_cast<int32_t*>(p.out)[o] = acc[i];
+  }
+}
+
+template <class Op, int kN, bool kBlock, class F, int R>
+__device__ __forceinline__ void direct_store(const GemmArgs& p, const typename Op::Acc (&acc)[R],
+                                             int tile, int cw, int warp, int lane,
+                                             const float* a_smem) {
+  // The fragment's tokens and weight rows (output columns). Tokens as A: tokens m0, m0 + 8
+  // (h), columns 8j + 2(lane % 4) + e of the warpgroup's rows, register 4j + 2h + e.
+  // Swapped: tokens 8j + 2(lane % 4) + e, rows r0, r0 + 8 (h), register 4j + 2h + e.
+  constexpr int T = F::kTokensA ? 2 : kN / 4;  // tokens per thread
+  constexpr int Cn = F::kTokensA ? R / 2 : 2;  // columns per thread
+  auto token = [&](int t) {
+    return F::kTokensA ? warp * 16 + lane / 4 + 8 * t : 8 * (t / 2) + 2 * (lane % 4) + t % 2;
+  };
+  auto column = [&](int c) {
+    return tile * F::kRows + cw * F::kWgRows +
+           (F::kTokensA ? 8 * (c / 2) + 2 * (lane % 4) + c % 2 : warp * 16 + lane / 4 + 8 * c);
+  };
+  auto token_of = [](int i) { return F::kTokensA ? (i / 2) % 2 : 2 * (i / 4) + i % 2; };
+  auto column_of = [](int i) { return F::kTokensA ? 2 * (i / 4) + i % 2 : (i / 2) % 2; };
+  const bool a_step = kBlock && p.a_mode == ScaleMode::kBlock;
+  const bool b_step = kBlock && p.b_mode == ScaleMode::kBlock;
+  [[maybe_unused]] const bool int_out = Op::kInt && p.out_int32;
+  [[maybe_unused]] const bool zeros = Op::kInt && p.a_zero != nullptr;
+  if constexpr (Op::kInt) {
+    if (int_out) {  // int8_mm: the int32 sums themselves (it has no scales to load)
+      direct_store_int32<F>(p, acc, token, column, token_of, column_of);
+      return;
+    }
+  }
+  float fa[T], fb[Cn], bias[Cn];
+  [[maybe_unused]] int32_t zero[T], b_sum[Cn];
+  // Every load first (addresses clamped to element 0's, always valid): the stores below
+  // may alias them as far as the compiler knows, so it would not hoist them itself.
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const int m = token(t) < p.M ? token(t) : 0;
+    fa[t] = a_step ? 1.f
+            : a_smem != nullptr ? a_smem[m]
+                                : __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m : 0]);
+    if constexpr (Op::kInt) zero[t] = zeros ? a_zero_of(p, m) : 0;
+  }
+#pragma unroll
+  for (int c = 0; c < Cn; ++c) {
+    const int n = column(c) < p.N ? column(c) : 0;
+    fb[c] = b_step ? 1.f : __ldg(&p.b_scale[p.b_mode == ScaleMode::kRow ? n : 0]);
+    bias[c] = p.bias ? load_bias(p.bias, p.bias_dtype, n) : 0.f;
+    if constexpr (Op::kInt) b_sum[c] = zeros ? __ldg(&p.b_sum[n]) : 0;
+  }
+  float v[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int t = token_of(i), c = column_of(i);
+    if constexpr (Op::kInt)
+      v[i] = int_acc_value(acc[i], zeros, zero[t], b_sum[c]);
+    else
+      v[i] = acc[i];
+    // a's scale, then b's, then the bias, one rounding each, as reduce_store.
+    v[i] *= fa[t];
+    v[i] *= fb[c];
+    if (p.bias) v[i] += bias[c];
+  }
+  if constexpr (F::kTokensA) {
+    // Registers i, i + 1 are columns n, n + 1 (n even: tiles and warpgroup rows are even) of
+    // one token: one store where both exist and the output allows pairs.
+    const bool pairs = pair_store_ok(p.out, p.out_dtype, p.ldo);
+#pragma unroll
+    for (int i = 0; i < R; i += 2) {
+      const int m = token(token_of(i)), n = column(column_of(i));
+      if (m >= p.M || n >= p.N) continue;
+      const int64_t o = int64_t(m) * p.ldo + n;
+      const bool second = n + 1 < p.N;
+      if (pairs && second) {
+        store_out2(p.out, p.out_dtype, o, v[i], v[i + 1]);
+      } else {
+        store_out(p.out, p.out_dtype, o, v[i]);
+        if (second) store_out(p.out, p.out_dtype, o + 1, v[i + 1]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int m = token(token_of(i)), n = column(column_of(i));
+      if (m >= p.M || n >= p.N) continue;
+      store_out(p.out, p.out_dtype, int64_t(m) * p.ldo + n, v[i]);
     }
   }
 }
@@ -939,6 +1072,12 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
         acc, p, w_tiles, x_tiles, scales, full, empty, tile, k_begin, k_end, it, cw, lane);
     if (tile + gridDim.y >= tiles) launch_dependents();
     SWAPAB_TRACE_STAMP(kMain);
+    if (kDirectStore && splits == 1) {
+      SWAPAB_TRACE_STAMP(kSync);
+      direct_store<Op, kN, kBlock, F>(p, acc, tile, cw, warp, lane, a_smem);
+      SWAPAB_TRACE_STAMP(kStore);
+      continue;
+    }
     write_partial<kN, F>(red, acc, cw, warp, lane);
     tile_sync(splits);
     SWAPAB_TRACE_STAMP(kSync);
