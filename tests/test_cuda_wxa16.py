@@ -839,17 +839,17 @@ def test_split_scratch_is_kept_per_stream_and_never_made_in_a_capture():
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("group", [0] + GROUPS, ids=["channel", "g32", "g64", "g128"])
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (1, 3000, 4224), (2, 5000, 4224),
-                                   (3, 9000, 4224), (4, 9000, 1536), (1, 4096, 14336),
-                                   (4, 4096, 4096), (5, 3000, 4224)])
+@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (1, 3000, 4224), (2, 8000, 4224),
+                                   (2, 14000, 4224), (2, 5000, 4224), (3, 9000, 4224),
+                                   (1, 4096, 14336), (4, 4096, 4096), (5, 3000, 4224)])
 def test_decode_k_parts(m, n, k, bits, group, dtype):
-    """At M <= 4 the decode kernel's CTA may split K among its own warps (K parts: 8 / P row
+    """At M <= 2 the decode kernel's CTA may split K among its own warps (K parts: 8 / P row
     tiles x P interleaved stage sequences, summed in shared memory) instead of over CTAs:
-    P = 8 at M = 1, 4 at M = 2, 2 at M <= 4, where 128 / P-row CTAs fill the SMs in one
+    P = 8 at M = 1, 4 at M = 2, else 2, where 128 / P-row CTAs fill the SMs 1.5-2 deep in one
     wave. Against float64 at every group size, with zero points (int4) and a bias at odd M;
-    K = 4224 ends inside a stage and leaves some parts a stage short (K = 1536: int4's three
-    stages leave one part a step short); N = 3000, 5000 and 9000 end inside a tile;
-    4 x 4096^2 (64 CTAs) and M = 5 take none. A prepared launch repeats the bits."""
+    K = 4224 ends inside a stage and leaves some parts a stage short; N = 3000, 5000, 8000,
+    9000 and 14000 end inside a tile; 1 x 3000 and 2 x 5000 (too few CTAs), M = 3 to 5 take
+    none. A prepared launch repeats the bits."""
     from lowbit._backend import kernels
     from lowbit.backends.cuda import kernel_id
     from lowbit.backends.cuda.wxa16_gemm import wxa16_gemm_launch
@@ -876,15 +876,15 @@ def test_decode_k_parts(m, n, k, bits, group, dtype):
         args = (x, q, s, bias)
         ref = _int8_ref(x, q, s, bias)
         launch = _plan_w8(kernel.name, x, q, s, bias)
-    # The plan's rule: the most parts P (8, 4, 2) with M <= 8 / P, at least P stages of K
-    # (512 K int4, 256 K int8) and one wave of 128 / P-row CTAs (two per SM), no fewer
-    # CTAs than SMs.
+    # The plan's rule: at M <= 2 the most parts P (8, 4, 2) with M <= 8 / P, at least P
+    # stages of K (512 K int4, 256 K int8) and one wave of 128 / P-row CTAs (two per SM),
+    # at least 1.5 CTAs per SM.
     stages = -(-k // (512 if bits == 4 else 256))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    want = next((P for P in (8, 4, 2) if m <= 8 // P and stages >= P
-                 and sms <= -(-n // (128 // P)) <= 2 * sms), 1)
+    want = next((P for P in (8, 4, 2) if m <= 2 and m <= 8 // P and stages >= P
+                 and 3 * sms <= 2 * -(-n // (128 // P)) <= 4 * sms), 1)
     if sms == 132:  # H100 / H200: every form is taken at these shapes
-        assert want == ({1: 8, 2: 4, 3: 2, 4: 2}.get(m, 1) if n != 4096 or m != 4 else 1)
+        assert want == {(1, 4096): 8, (2, 8000): 4, (2, 14000): 2}.get((m, n), 1)
     assert launch.parts == want, (launch.parts, want)
     if want > 1:
         assert launch.splits == 1 and launch.counter_bytes == 0

@@ -64,7 +64,8 @@
 // over CTAs, the CTA's 8 warps are 8 / P row tiles x P parts of K (part kp takes stages kp,
 // kp + P, ...), a stage's 8 activation rows hold P parts x 8 / P tokens, and the parts' sums
 // meet in shared memory at the end: no workspace, counters or L2 round trips. The plan takes
-// it where 128 / P-row CTAs fill the SMs in one wave (bench/NOTES.md, "K parts").
+// it at M <= 2 where 128 / P-row CTAs fill the SMs one and a half to two deep in one wave
+// (bench/NOTES.md, "K parts").
 //
 // Tokens, decode. A CTA takes 8 (M <= 8) or 16 tokens; above 16 the token tiles of one row
 // tile are neighbours in blockIdx.x, so the CTAs that stream the same weight rows run
@@ -1077,16 +1078,17 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
     const int nk = (p.K + kChunkK - 1) / kChunkK;
     const int ns_all = (nk + D::kChunks - 1) / D::kChunks;
 #if !defined(LOWBIT_WXA16_NO_PARTS) && !defined(LOWBIT_WXA16_DECODE_SPLITS)
-    // K parts instead of a split over CTAs where 128 / P-row CTAs hold the weight in one
-    // wave with every SM busy and M fits a part's 8 / P tokens: the parts' sums meet in
-    // shared memory, not in L2 (bench/NOTES.md, "K parts"; 64 CTAs of 4096 rows took 25%
-    // longer than 8 splits through L2). (-DLOWBIT_WXA16_NO_PARTS, or a forced split:
-    // bench/wxa16_ab.sh's A/B.)
-    if (kCanPart) {
+    // K parts instead of a split over CTAs at M <= 2 where 128 / P-row CTAs hold the weight
+    // in one wave and number at least 1.5 per SM: the parts' sums meet in shared memory, not
+    // in L2. Fewer CTAs hide less latency than the split's (bench/NOTES.md, "K parts": 141
+    // and 157 CTAs on 132 SMs took 15-25% longer than the split, 224-256 matched or beat
+    // it), and at M = 3-4 two parts were level or 6% slower. (-DLOWBIT_WXA16_NO_PARTS, or a
+    // forced split: bench/wxa16_ab.sh's A/B.)
+    if (kCanPart && p.M <= 2) {
       const int64_t sms = sm_count_or(device, 108);
       for (int P = 8; P >= 2; P /= 2) {
         const int64_t ctas = (p.N + kRows / P - 1) / (kRows / P);
-        if (p.M <= 8 / P && ns_all >= P && ctas >= sms && ctas <= slots) {
+        if (p.M <= 8 / P && ns_all >= P && 2 * ctas >= 3 * sms && ctas <= slots) {
           p.parts = P;
           p.splits = 1;
           plan_workspace(p, ctas, D::kThreads, MT * 4);

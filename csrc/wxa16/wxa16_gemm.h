@@ -75,8 +75,9 @@ using WXA16GemmFn = cudaError_t(WXA16GemmArgs& args, cudaStream_t stream, bool p
 
 // Decode (M <= 16): 128 rows of w x 8 or 16 tokens per CTA, each warp's weights streamed
 // into registers a stage ahead, activations and scales through a cp.async ring, K split over
-// CTAs until the grid fills whole waves; the partials are added in a fixed order. At M <= 4,
-// where CTAs of 128 / P rows fill one wave, K is split among a CTA's warps instead (parts). A kernel
+// CTAs until the grid fills whole waves; the partials are added in a fixed order. At M <= 2,
+// where 1.5-2 CTAs of 128 / P rows per SM fill one wave, K is split among a CTA's warps
+// instead (parts). A kernel
 // per group size (32, 64, 128; one scale per row runs as 128) and, int4, zero points or not.
 WXA16GemmFn cuda_w4a16_gemm_decode;
 WXA16GemmFn cuda_w8a16_gemm_decode;
