@@ -610,25 +610,6 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
 #endif
 constexpr bool kDirectStore = LOWBIT_SWAPAB_DIRECT_STORE != 0;
 
-// direct_store's int8_mm case: the int32 sums, pairs of adjacent columns as one 8-byte
-// store where the output allows (tokens as A).
-template <class F, int R, class Token, class Column, class TokenOf, class ColumnOf>
-__device__ __forceinline__ void direct_store_int32(const GemmArgs& p, const int32_t (&acc)[R],
-                                                   Token token, Column column, TokenOf token_of,
-                                                   ColumnOf column_of) {
-  const bool pairs = F::kTokensA && pair_store_ok(p.out, FloatType::kF32, p.ldo);
-#pragma unroll
-  for (int i = 0; i < R; i += F::kTokensA ? 2 : 1) {
-    const int m = token(token_of(i)), n = column(column_of(i));
-    if (m >= p.M || n >= p.N) continue;
-    const int64_t o = int64_t(m) * p.ldo + n;
-    if constexpr (F::kTokensA)
-      store_i32_pair(p.out, o, acc[i], acc[i + 1], n + 1 < p.N, pairs);
-    else
-      static_cast<int32_t*>(p.out)[o] = acc[i];
-  }
-}
-
 template <class Op, int kN, bool kBlock, class F, int R>
 __device__ __forceinline__ void direct_store(const GemmArgs& p, const typename Op::Acc (&acc)[R],
                                              int tile, int cw, int warp, int lane,
@@ -649,14 +630,7 @@ __device__ __forceinline__ void direct_store(const GemmArgs& p, const typename O
   auto column_of = [](int i) { return F::kTokensA ? 2 * (i / 4) + i % 2 : (i / 2) % 2; };
   const bool a_step = kBlock && p.a_mode == ScaleMode::kBlock;
   const bool b_step = kBlock && p.b_mode == ScaleMode::kBlock;
-  [[maybe_unused]] const bool int_out = Op::kInt && p.out_int32;
   [[maybe_unused]] const bool zeros = Op::kInt && p.a_zero != nullptr;
-  if constexpr (Op::kInt) {
-    if (int_out) {  // int8_mm: the int32 sums themselves (it has no scales to load)
-      direct_store_int32<F>(p, acc, token, column, token_of, column_of);
-      return;
-    }
-  }
   float fa[T], fb[Cn], bias[Cn];
   [[maybe_unused]] int32_t zero[T], b_sum[Cn];
   // Every load first (addresses clamped to element 0's, always valid): the stores below
@@ -1072,7 +1046,9 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
         acc, p, w_tiles, x_tiles, scales, full, empty, tile, k_begin, k_end, it, cw, lane);
     if (tile + gridDim.y >= tiles) launch_dependents();
     SWAPAB_TRACE_STAMP(kMain);
-    if (kDirectStore && splits == 1) {
+    // int8_mm's int32 sums (no scales) keep the partial tile (bench/NOTES.md, "The swap-AB
+    // epilogue in one round").
+    if (kDirectStore && splits == 1 && !(Op::kInt && p.out_int32)) {
       SWAPAB_TRACE_STAMP(kSync);
       direct_store<Op, kN, kBlock, F>(p, acc, tile, cw, warp, lane, a_smem);
       SWAPAB_TRACE_STAMP(kStore);
