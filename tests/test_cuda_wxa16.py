@@ -845,7 +845,7 @@ def test_split_scratch_is_kept_per_stream_and_never_made_in_a_capture():
 def test_decode_k_parts(m, n, k, bits, group, dtype):
     """At M <= 2 the decode kernel's CTA may split K among its own warps (K parts: 8 / P row
     tiles x P interleaved stage sequences, summed in shared memory) instead of over CTAs:
-    P = 8 at M = 1, 4 at M = 2, else 2, where 128 / P-row CTAs fill the SMs 1.5-2 deep in one
+    the most of P = 8 (M = 1), 4 and 2 whose 128 / P-row CTAs fill the SMs 1.5-2 deep in one
     wave. Against float64 at every group size, with zero points (int4) and a bias at odd M;
     K = 4224 ends inside a stage and leaves some parts a stage short; N = 3000, 5000, 8000,
     9000 and 14000 end inside a tile; 1 x 3000 and 2 x 5000 (too few CTAs), M = 3 to 5 take

@@ -55,9 +55,12 @@
 // The cost: S is at most 8 (the portable cluster size), so a weight of one or two tiles
 // (N <= 256) is streamed by at most 16 SMs; such GEMMs take a few microseconds anyway.
 //
-// Epilogue. The partial tile goes through shared memory (transposed, [token][weight row])
-// even without a split: the store loop then gives consecutive threads consecutive output
-// columns n, so the writes of out[m, n] are coalesced.
+// Epilogue. With a split, the partial tiles go through shared memory (transposed,
+// [token][weight row]) and the store loop gives consecutive threads consecutive output
+// columns n, so the writes of out[m, n] are coalesced. Without one, each thread scales and
+// stores its own fragment (direct_store): less coalesced, but no round trip through shared
+// memory and no barrier, which at M = 64 cost more than the scattered stores (int8_mm's
+// int32 output still takes the partial tile).
 //
 // Schedule. The host picks S (split_count: the largest S <= 8 with S * tiles <= SMs, >= 4
 // steps of 128 K per CTA, and every cluster of S resident at once) and the grid (S, tiles)
