@@ -48,6 +48,11 @@
 #                                           the weight-only kernels and of the kernel choice
 #                                           (test_cuda_wxa16, test_triton_wxa16, test_int4,
 #                                           test_heuristics, test_auto_gpu; about 300 s)
+#   bash bench/next_run.sh verify [OUTDIR]  the harness's K parts against the split in one
+#                                           tree (-DLOWBIT_WXA16_NO_PARTS) at VERIFY_SHAPES,
+#                                           then build, the decode tests (test_cuda_wxa16 -k
+#                                           "k_parts or split_launches or decode") and the
+#                                           swap-AB, fused and early-weight tests (about 250 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -58,11 +63,11 @@
 # under a timeout; summary.txt gets a line per step. SKIP_BUILD=1: no build first (the
 # package an earlier step installed, e.g. `stages`, which ends on the default build). The
 # next session's first call (bench/NOTES.md, "### Next", item 1): `bash bench/next_run.sh
-# triton $OUT`, about 300 s.
+# verify $OUT`, about 250 s.
 set -u
 WHAT=${1:-suite}
 case $WHAT in
-  suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab) ;;
+  suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -82,7 +87,33 @@ build_with() {
 # Summary step 1: the default build, its log $1 (none under SKIP_BUILD). A failed build ends
 # the run with the log's tail: the steps after would time the package an earlier call installed.
 first_build() {
-  if [ -n "${SKIP_BUILD:-}" ]; then
+  if [ "$WHAT" = verify ]; then
+  # bench/NOTES.md, "The swap-AB epilogue in one round", ### Next, item 1: what landed without
+  # a GPU run. The harness needs no build; the parts the rule takes must not lose to the split.
+  t=$SECONDS
+  SHAPES=${VERIFY_SHAPES:-1x4096x4096,2x8000x4224,2x14000x4224,1x14336x4096,2x5000x4224} \
+    BF16=1 timeout 90 bash bench/wxa16_ab.sh tree:-DLOWBIT_WXA16_NO_PARTS tree \
+    >"$OUTDIR/parts_ab.log" 2>&1
+  say "1 harness, split against parts: rc $? in $((SECONDS - t)) s (parts_ab.log)"
+  t=$SECONDS
+  build_with "" "$OUTDIR/build.log"
+  say "2 build: rc $? in $((SECONDS - t)) s"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 90 $PY -m pytest -q -n 14 -p no:cacheprovider \
+     "$R/tests/test_cuda_wxa16.py" -k "k_parts or split_launches or decode") \
+    >"$OUTDIR/decode_tests.log" 2>&1
+  say "3 decode tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/decode_tests.log" | tail -n 1)"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 200 $PY -m pytest -q -n 14 -p no:cacheprovider \
+     "$R/tests/test_swapab_forms.py" "$R/tests/test_cuda_fp8_gemm.py" \
+     "$R/tests/test_cuda_int8_gemm.py" "$R/tests/test_fused_linear.py" \
+     "$R/tests/test_weight_early.py" -k "forms or swapab or fused or early") \
+    >"$OUTDIR/swapab_tests.log" 2>&1
+  say "4 swap-AB tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/swapab_tests.log" | tail -n 1)"
+  exit 0
+fi
+
+if [ -n "${SKIP_BUILD:-}" ]; then
     say "1 build: skipped (SKIP_BUILD)"
     return
   fi
