@@ -22,7 +22,7 @@
 // times that kernel's chunk without its fragments, without its wgmmas, or without its
 // fragments and x's loads (outputs then wrong). -DLOWBIT_WXA16_DECODE_SPLITS=S forces the
 // decode kernel's K split (at most its stages; no K parts then); -DLOWBIT_WXA16_NO_PARTS
-// keeps the split over CTAs where the plan would take K parts (M <= 4). Prints first an empty kernel's time under
+// keeps the split over CTAs where the plan would take K parts (M <= 2). Prints first an empty kernel's time under
 // the same method (the floor a small weight's time is read against), then per shape the
 // planned split, the median of 25 launches (CUDA events), the weight stream's rate and two
 // sums of the bf16 outputs: variants that keep the kernel's summation order print the same

@@ -179,4 +179,14 @@ inline int kernel_code_arch(Kernel kernel, int device, std::atomic<int> (&known)
   return attr.ptxVersion;
 }
 
+// Whether `kernel` as it runs on `device` holds the PDL wait (griddepcontrol.wait,
+// common/pdl.cuh), so it may go out as a programmatic dependent launch while
+// programmatic_launch() is on: a device of sm_90+ running code compiled for sm_90+. Older
+// code has no wait, and launched so it could read its inputs before the kernel before it
+// wrote them. `known`: as for kernel_code_arch.
+template <typename Kernel>
+inline bool holds_pdl_wait(Kernel kernel, int device, std::atomic<int> (&known)[kMaxDevices]) {
+  return compute_capability(device) >= 90 && kernel_code_arch(kernel, device, known) >= 90;
+}
+
 }  // namespace lowbit

@@ -57,15 +57,10 @@ __global__ void quant_arch_probe() {}
 
 // The arch (80, 89, 90...) the quantize kernels' code that runs on `device` was compiled
 // for (kernel_code_arch of a kernel built from the same arch list).
+std::atomic<int> quant_arch_known[kMaxDevices] = {};
 int quant_code_arch(int device) {
-  static std::atomic<int> known[kMaxDevices] = {};
-  return kernel_code_arch(quant_arch_probe, device, known);
+  return kernel_code_arch(quant_arch_probe, device, quant_arch_known);
 }
-
-// Whether the quantize kernels that run on `device` hold the PDL wait: they do when that code
-// was compiled for sm_90+ (common/pdl.cuh); code for an older arch has no wait, and launched
-// programmatically it could read x before the kernel before it wrote it.
-bool quant_kernels_wait(int device) { return quant_code_arch(device) >= 90; }
 
 // Every quantize kernel launches through here. Where its code holds the PDL wait (sm_90, and
 // while programmatic_launch() is on, as for the GEMMs) it is a programmatic dependent launch:
@@ -76,7 +71,7 @@ cudaError_t launch_quant(const QuantFamily& f, FloatType t, const QuantLaunch& l
   if (!lowbit::valid(t)) return cudaErrorInvalidValue;
   int dev = 0;
   const bool programmatic = programmatic_launch() && current_device(dev) == cudaSuccess &&
-                            compute_capability(dev) >= 90 && quant_kernels_wait(dev);
+                            holds_pdl_wait(quant_arch_probe, dev, quant_arch_known);
   if (programmatic == l.programmatic) return f.by_dtype[static_cast<int>(t)](l, stream);
   QuantLaunch pl = l;
   pl.programmatic = programmatic;

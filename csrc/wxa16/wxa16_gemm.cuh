@@ -60,7 +60,7 @@
 // which CTA finished last. It resets the counter, so the caller zeroes the counters once
 // rather than before every launch (no memset launch on the decode path).
 //
-// K parts, decode at M <= 4 (WXA16GemmArgs::parts = P of 2, 4, 8): instead of splitting K
+// K parts, decode at M <= 8 / P (WXA16GemmArgs::parts = P of 2, 4, 8): instead of splitting K
 // over CTAs, the CTA's 8 warps are 8 / P row tiles x P parts of K (part kp takes stages kp,
 // kp + P, ...), a stage's 8 activation rows hold P parts x 8 / P tokens, and the parts' sums
 // meet in shared memory at the end: no workspace, counters or L2 round trips. The plan takes
@@ -1117,11 +1117,9 @@ cudaError_t run_decode(WXA16GemmArgs& p, cudaStream_t stream, bool plan) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   e = check_launch_args(p, grid);
   if (e != cudaSuccess) return e;
-  // Programmatic where the kernel's code here holds the wait (griddepcontrol.wait exists
-  // from sm_90; older code launched so could read x before the kernel before wrote it).
+  // Programmatic where the kernel's code here holds the wait.
   const LaunchConfig cfg(dim3(grid.x, p.splits, grid.z), D::kThreads, kSmem, stream, 1,
-                         programmatic_launch() && compute_capability(device) >= 90 &&
-                             kernel_code_arch(kernel, device, code_arch) >= 90);
+                         programmatic_launch() && holds_pdl_wait(kernel, device, code_arch));
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, p));
 }
 
