@@ -84,6 +84,15 @@ build_with() {
   LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} timeout 200 $PY -m pip install \
     --no-build-isolation -q -C "cmake.define.CMAKE_CUDA_FLAGS=$1" . >>"$2" 2>&1
 }
+# The swap-AB GEMM's tests (its forms, every scale mode and epilogue, the fused linear
+# kernels, the early weight loads) under a timeout of $1 s, extra pytest flags $2, log $3.
+swapab_tests() {
+  # shellcheck disable=SC2086
+  (cd "${TMPDIR:-/tmp}" && timeout "$1" $PY -m pytest -q $2 -p no:cacheprovider \
+     "$R/tests/test_swapab_forms.py" "$R/tests/test_cuda_fp8_gemm.py" \
+     "$R/tests/test_cuda_int8_gemm.py" "$R/tests/test_fused_linear.py" \
+     "$R/tests/test_weight_early.py" -k "forms or swapab or fused or early") >"$3" 2>&1
+}
 # Summary step 1: the default build, its log $1 (none under SKIP_BUILD). A failed build ends
 # the run with the log's tail: the steps after would time the package an earlier call installed.
 first_build() {
@@ -104,11 +113,7 @@ first_build() {
     >"$OUTDIR/decode_tests.log" 2>&1
   say "3 decode tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/decode_tests.log" | tail -n 1)"
   t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout 200 $PY -m pytest -q -n 14 -p no:cacheprovider \
-     "$R/tests/test_swapab_forms.py" "$R/tests/test_cuda_fp8_gemm.py" \
-     "$R/tests/test_cuda_int8_gemm.py" "$R/tests/test_fused_linear.py" \
-     "$R/tests/test_weight_early.py" -k "forms or swapab or fused or early") \
-    >"$OUTDIR/swapab_tests.log" 2>&1
+  swapab_tests 200 "-n 14" "$OUTDIR/swapab_tests.log"
   say "4 swap-AB tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/swapab_tests.log" | tail -n 1)"
   exit 0
 fi
@@ -266,11 +271,7 @@ if [ "$WHAT" = forms ] || [ "$WHAT" = probe ]; then
   # The swap-AB GEMM's two forms at M = 33..64: their tests, then the probe per form.
   if [ "$WHAT" = forms ]; then
     t=$SECONDS
-    (cd "${TMPDIR:-/tmp}" && timeout "${FORMS_TEST_S:-200}" $PY -m pytest -q -x -n 8 \
-       -p no:cacheprovider "$R/tests/test_swapab_forms.py" "$R/tests/test_cuda_fp8_gemm.py" \
-       "$R/tests/test_cuda_int8_gemm.py" "$R/tests/test_fused_linear.py" \
-       "$R/tests/test_weight_early.py" -k "forms or swapab or fused or early") \
-       >"$OUTDIR/forms_tests.log" 2>&1
+    swapab_tests "${FORMS_TEST_S:-200}" "-x -n 8" "$OUTDIR/forms_tests.log"
     say "2 tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/forms_tests.log" | tail -n 1)"
   fi
   shapes=1x4096x4096,16x4096x4096,33x4096x4096,48x4096x4096,64x4096x4096,64x6144x4096
