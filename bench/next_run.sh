@@ -51,7 +51,8 @@
 #   bash bench/next_run.sh verify [OUTDIR]  the harness's K parts against the split in one
 #                                           tree (-DLOWBIT_WXA16_NO_PARTS) at VERIFY_SHAPES,
 #                                           then build, the decode tests (test_cuda_wxa16 -k
-#                                           "k_parts or split_launches or decode") and the
+#                                           "k_parts or split_launches or decode"), the
+#                                           quantizers' programmatic-launch tests and the
 #                                           swap-AB, fused and early-weight tests (about 250 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
@@ -109,7 +110,8 @@ first_build() {
   say "2 build: rc $? in $((SECONDS - t)) s"
   t=$SECONDS
   (cd "${TMPDIR:-/tmp}" && timeout 90 $PY -m pytest -q -n 14 -p no:cacheprovider \
-     "$R/tests/test_cuda_wxa16.py" -k "k_parts or split_launches or decode") \
+     "$R/tests/test_cuda_wxa16.py" "$R/tests/test_cuda_fp8_quant.py" \
+     -k "k_parts or split_launches or decode or programmatic") \
     >"$OUTDIR/decode_tests.log" 2>&1
   say "3 decode tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/decode_tests.log" | tail -n 1)"
   t=$SECONDS
