@@ -60,7 +60,7 @@
 // columns n, so the writes of out[m, n] are coalesced. Without one, each thread scales and
 // stores its own fragment (direct_store): less coalesced, but no round trip through shared
 // memory and no barrier, which at M = 64 cost more than the scattered stores (int8_mm's
-// int32 output still takes the partial tile).
+// int32 sums too, tokens-as-A column pairs as one 8-byte store).
 //
 // Schedule. The host picks S (split_count: the largest S <= 8 with S * tiles <= SMs, >= 4
 // steps of 128 K per CTA, and every cluster of S resident at once) and the grid (S, tiles)
@@ -631,6 +631,27 @@ __device__ __forceinline__ void direct_store(const GemmArgs& p, const typename O
   };
   auto token_of = [](int i) { return F::kTokensA ? (i / 2) % 2 : 2 * (i / 4) + i % 2; };
   auto column_of = [](int i) { return F::kTokensA ? 2 * (i / 4) + i % 2 : (i / 2) % 2; };
+  if constexpr (Op::kInt) {
+    if (p.out_int32) {  // int8_mm: the int32 sums as they are; it has no scales or bias
+      if constexpr (F::kTokensA) {
+        const bool pairs = pair_store_ok(p.out, FloatType::kF32, p.ldo);
+#pragma unroll
+        for (int i = 0; i < R; i += 2) {
+          const int m = token(token_of(i)), n = column(column_of(i));
+          if (m < p.M && n < p.N)
+            store_i32_pair(p.out, int64_t(m) * p.ldo + n, acc[i], acc[i + 1], n + 1 < p.N,
+                           pairs);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+          const int m = token(token_of(i)), n = column(column_of(i));
+          if (m < p.M && n < p.N) static_cast<int32_t*>(p.out)[int64_t(m) * p.ldo + n] = acc[i];
+        }
+      }
+      return;
+    }
+  }
   const bool a_step = kBlock && p.a_mode == ScaleMode::kBlock;
   const bool b_step = kBlock && p.b_mode == ScaleMode::kBlock;
   [[maybe_unused]] const bool zeros = Op::kInt && p.a_zero != nullptr;
@@ -1049,9 +1070,7 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
         acc, p, w_tiles, x_tiles, scales, full, empty, tile, k_begin, k_end, it, cw, lane);
     if (tile + gridDim.y >= tiles) launch_dependents();
     SWAPAB_TRACE_STAMP(kMain);
-    // int8_mm's int32 sums (no scales) keep the partial tile (bench/NOTES.md, "The swap-AB
-    // epilogue in one round").
-    if (kDirectStore && splits == 1 && !(Op::kInt && p.out_int32)) {
+    if (kDirectStore && splits == 1) {
       SWAPAB_TRACE_STAMP(kSync);
       direct_store<Op, kN, kBlock, F>(p, acc, tile, cw, warp, lane, a_smem);
       SWAPAB_TRACE_STAMP(kStore);
