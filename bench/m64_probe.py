@@ -25,8 +25,11 @@ from lowbit.bench.timing import bench
 
 def cases(m: int, n: int, k: int):
     a, b, sa, sb = fp8_operands(m, n, k, "row")
+    # bf16 F.linear on the same shape: the layer an FP8 one replaces (PERF.md's second anchor).
+    x, w = a.to(torch.bfloat16), b.to(torch.bfloat16)
     yield ("fp8_scaled_mm", (a, b, sa, sb, None, torch.bfloat16, False),
-           {"_scaled_mm": scaled_mm_anchor(a, b, sa, sb, "row")})
+           {"_scaled_mm": scaled_mm_anchor(a, b, sa, sb, "row"),
+            "F.linear_bf16": lambda: torch.nn.functional.linear(x, w)})
     qa, qb = int8(m, k), int8(n, k)
     ra, rb = scales(m, 1), scales(n, 1)
     anchors = {} if m <= 16 else {"_int_mm": _int_mm_anchor(qa, qb)}  # it refuses M <= 16
