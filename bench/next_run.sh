@@ -97,7 +97,18 @@ swapab_tests() {
 # Summary step 1: the default build, its log $1 (none under SKIP_BUILD). A failed build ends
 # the run with the log's tail: the steps after would time the package an earlier call installed.
 first_build() {
-  if [ "$WHAT" = verify ]; then
+  if [ -n "${SKIP_BUILD:-}" ]; then
+    say "1 build: skipped (SKIP_BUILD)"
+    return
+  fi
+  local t=$SECONDS rc
+  build_with "" "$1"
+  rc=$?
+  say "1 build: rc $rc in $((SECONDS - t)) s"
+  [ "$rc" = 0 ] || { tail -n 20 "$1"; exit 1; }
+}
+
+if [ "$WHAT" = verify ]; then
   # bench/NOTES.md, "The swap-AB epilogue in one round", ### Next, item 1: what landed without
   # a GPU run. The harness needs no build; the parts the rule takes must not lose to the split.
   t=$SECONDS
@@ -119,17 +130,6 @@ first_build() {
   say "4 swap-AB tests: rc $? in $((SECONDS - t)) s: $(grep -E 'passed|failed' "$OUTDIR/swapab_tests.log" | tail -n 1)"
   exit 0
 fi
-
-if [ -n "${SKIP_BUILD:-}" ]; then
-    say "1 build: skipped (SKIP_BUILD)"
-    return
-  fi
-  local t=$SECONDS rc
-  build_with "" "$1"
-  rc=$?
-  say "1 build: rc $rc in $((SECONDS - t)) s"
-  [ "$rc" = 0 ] || { tail -n 20 "$1"; exit 1; }
-}
 
 # The wgmma weight-only kernel's trace (bench/wxa16_ab.sh, no package build), as summary
 # step $1. Where the wgmma W4A16 / W8A16 kernel's time goes (issue 15's M = 64): decode, the
