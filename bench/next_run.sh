@@ -29,7 +29,8 @@
 #                                           STAGES_SHAPES (about 80 s a depth)
 #   bash bench/next_run.sh swtrace [OUTDIR] a build with the swap-AB phase trace
 #                                           (-DLOWBIT_SWAPAB_TRACE), bench/swapab_trace.py
-#                                           at SWTRACE_SHAPES, then the default build again
+#                                           at SWTRACE_SHAPES for SWTRACE_OPS (default
+#                                           fp8,int8), then the default build again
 #                                           (about 2.5 minutes)
 #   bash bench/next_run.sh wxsweep [OUTDIR] build, then bench/sweep_triton_wxa16.py (the
 #                                           Triton weight-only GEMM's configs at M = 32-64;
@@ -248,7 +249,8 @@ if [ "$WHAT" = swtrace ]; then
     say "1 build [${flags:-default}]: rc $? at $((SECONDS - t)) s"
     [ -z "$flags" ] && break
     (cd "${TMPDIR:-/tmp}" && timeout 120 $PY "$R/bench/swapab_trace.py" \
-       ${SWTRACE_SHAPES:+--shapes "$SWTRACE_SHAPES"}) >"$OUTDIR/swapab_trace.txt" 2>&1
+       ${SWTRACE_SHAPES:+--shapes "$SWTRACE_SHAPES"} --ops "${SWTRACE_OPS:-fp8,int8}") \
+      >"$OUTDIR/swapab_trace.txt" 2>&1
     say "2 swapab_trace.py: rc $? at $((SECONDS - t)) s (swapab_trace.txt)"
   done
   exit 0

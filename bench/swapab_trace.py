@@ -1,16 +1,17 @@
-"""Where one launch of the sm_90a swap-AB FP8 GEMM spends its microseconds, CTA by CTA: the
+"""Where one launch of the sm_90a swap-AB GEMM spends its microseconds, CTA by CTA: the
 phase trace of csrc/common/sm90_gemm_swapab.cuh, which only a build with the flag has:
 
     pip install --no-build-isolation -C cmake.define.CMAKE_CUDA_FLAGS=-DLOWBIT_SWAPAB_TRACE .
-    python bench/swapab_trace.py [--shapes 1x4096x4096,64x14336x4096]
+    python bench/swapab_trace.py [--shapes 1x4096x4096,64x14336x4096] [--ops fp8,int8]
 
 (bench/next_run.sh swtrace builds it, runs this, and builds the default again.) Per shape
-(FP8 rowwise, bf16 out): the kernel's time as the benchmarks take it (median of 200 with the
+and op (FP8 `fp8_scaled_mm` or INT8 `int8_gemm`, rowwise scales, bf16 out): the kernel's time as the benchmarks take it (median of 200 with the
 L2 flushed), then one traced launch after an L2 flush, and per phase the median and maximum
 over the CTAs, in us: the CTAs' starts from the first; the wait for the kernel before (PDL);
 the first stage's arrival; the mainloop; the partial tile's barrier (a K split's cluster
 barrier); the stores; the last barrier; and the launch's span from the first start to the last
-exit. Only the FP8 GEMM's kernels are traced (each translation unit keeps its own stamps).
+exit. The GEMMs' kernels are traced, not the fused linear ones (each translation unit keeps
+its own stamps and exports its own reader).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 
 import lowbit  # noqa: F401  (registers the kernels)
 from lowbit._build import _C
-from lowbit.bench.cases import fp8_operands, prepared_call, runnable_kernels
+from lowbit.bench.cases import fp8_operands, int8, prepared_call, runnable_kernels, scales
 from lowbit.bench.timing import bench
 
 CTAS = 4096  # trace::kCtas
@@ -35,9 +36,14 @@ PHASES = (("start (from the first CTA's)", None, "start"),
           ("last barrier", "store", "end"))
 
 
-def reader():
+# op -> (its reader in lowbit._C, the swap-AB kernel's name)
+OPS = {"fp8": ("lowbit_swapab_trace", "sm90_fp8_gemm_swapab"),
+       "int8": ("lowbit_swapab_trace_int8", "sm90_int8_gemm_swapab")}
+
+
+def reader(symbol: str):
     try:
-        fn = ctypes.CDLL(_C.__file__).lowbit_swapab_trace
+        fn = getattr(ctypes.CDLL(_C.__file__), symbol)
     except (AttributeError, OSError) as e:
         raise SystemExit("lowbit._C has no phase trace: build it with -C cmake.define."
                          f"CMAKE_CUDA_FLAGS=-DLOWBIT_SWAPAB_TRACE ({e})")
@@ -51,12 +57,12 @@ def traced(fn, call) -> list:
     flush."""
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     if fn(None, CTAS, len(STAMPS)) != 0:
-        raise SystemExit("lowbit_swapab_trace: the build's trace has another shape")
+        raise SystemExit("the swap-AB trace: the build's trace has another shape")
     flush.fill_(1)
     call()
     buf = (ctypes.c_ulonglong * (CTAS * len(STAMPS)))()
     if fn(ctypes.addressof(buf), CTAS, len(STAMPS)) != 0:
-        raise SystemExit("lowbit_swapab_trace: a CUDA error")
+        raise SystemExit("the swap-AB trace: a CUDA error")
     rows = [dict(zip(STAMPS, buf[i * len(STAMPS):(i + 1) * len(STAMPS)])) for i in range(CTAS)]
     return [r for r in rows if r["start"] and r["end"]]
 
@@ -75,25 +81,33 @@ def main():
     ap.add_argument("--shapes", default="1x4096x4096,16x4096x4096,64x4096x4096,1x14336x4096,"
                     "64x14336x4096")
     ap.add_argument("--dump", default="", help="a folder: each traced launch's stamps (ns, "
-                    "a CTA a row) as SHAPE.csv there")
+                    "a CTA a row) as OP-SHAPE.csv there")
+    ap.add_argument("--ops", default="fp8", help="comma list of fp8, int8")
     args = ap.parse_args()
-    fn = reader()
     for shape in args.shapes.split(","):
         m, n, k = map(int, shape.split("x"))
-        a, b, sa, sb = fp8_operands(m, n, k, "row")
-        call_args = (a, b, sa, sb, None, torch.bfloat16, False)
-        for kern in runnable_kernels("fp8_scaled_mm", call_args, backends=("cuda",),
-                                     names=["sm90_fp8_gemm_swapab"]):
-            call = prepared_call(kern, call_args)
-            t = bench(call, rep=200)
-            print(f"{shape} {kern.name}: {t['median_us']:.2f} us (median of 200, L2 flushed)")
-            rows = traced(fn, call)
-            report(rows)
-            if args.dump:
-                os.makedirs(args.dump, exist_ok=True)
-                with open(os.path.join(args.dump, f"{shape}.csv"), "w") as f:
-                    f.write(",".join(STAMPS) + "\n")
-                    f.writelines(",".join(str(r[s]) for s in STAMPS) + "\n" for r in rows)
+        for op in args.ops.split(","):
+            symbol, kernel = OPS[op]
+            fn = reader(symbol)
+            if op == "fp8":
+                a, b, sa, sb = fp8_operands(m, n, k, "row")
+                name, call_args = "fp8_scaled_mm", (a, b, sa, sb, None, torch.bfloat16, False)
+            else:
+                name = "int8_gemm"
+                call_args = (int8(m, k), int8(n, k), scales(m, 1), scales(n, 1), None,
+                             torch.bfloat16, None)
+            for kern in runnable_kernels(name, call_args, backends=("cuda",), names=[kernel]):
+                call = prepared_call(kern, call_args)
+                t = bench(call, rep=200)
+                print(f"{shape} {kern.name}: {t['median_us']:.2f} us (median of 200, L2 flushed)")
+                rows = traced(fn, call)
+                report(rows)
+                if args.dump:
+                    os.makedirs(args.dump, exist_ok=True)
+                    path = os.path.join(args.dump, f"{op}-{shape}.csv")
+                    with open(path, "w") as f:
+                        f.write(",".join(STAMPS) + "\n")
+                        f.writelines(",".join(str(r[s]) for s in STAMPS) + "\n" for r in rows)
 
 
 if __name__ == "__main__":

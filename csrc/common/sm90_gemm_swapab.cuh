@@ -227,8 +227,8 @@ inline int split_count(int tiles, int steps, int sms, ClustersFit&& clusters_fit
 // (PDL), the first stage's arrival, the mainloop's end, the partial tile's barrier, the end
 // of its stores and its exit (for a CTA of several tiles, the last tile's). It says where a
 // launch's microseconds go, which ncu's counters do not. Kept in device memory (a printf
-// would make ptxas serialize the wgmmas); each translation unit has its own copy, and the
-// FP8 GEMM's exports a reader (sm90_fp8_gemm_swapab.cu).
+// would make ptxas serialize the wgmmas); each translation unit has its own copy and exports
+// a reader of it (LOWBIT_SWAPAB_TRACE_READER: the FP8 GEMM's unit and the INT8 GEMM's).
 #ifdef LOWBIT_SWAPAB_TRACE
 namespace trace {
 enum Stamp { kStart, kDep, kFirst, kMain, kSync, kStore, kEnd, kStamps };
@@ -239,7 +239,28 @@ __device__ __forceinline__ unsigned long long* mine() {
   const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;
   return threadIdx.x == 128 && cta < kCtas ? stamps[cta] : nullptr;
 }
+// This unit's stamps: `ctas` rows of `stamps` 64-bit values into `dst`, or zeroed where `dst`
+// is null. 0 on success; -2 where the caller's sizes are not the build's; -1 on a CUDA
+// error. Static, as `stamps` is: each unit reads its own copy.
+[[maybe_unused]] static int read(void* dst, int ctas, int n_stamps) {
+  if (ctas != kCtas || n_stamps != kStamps) return -2;
+  const size_t bytes = sizeof(unsigned long long) * kCtas * kStamps;
+  cudaError_t e;
+  if (dst == nullptr) {
+    static unsigned long long zeros[kCtas][kStamps];
+    e = cudaMemcpyToSymbol(stamps, zeros, bytes);
+  } else {
+    e = cudaDeviceSynchronize();
+    if (e == cudaSuccess) e = cudaMemcpyFromSymbol(dst, stamps, bytes);
+  }
+  return e == cudaSuccess ? 0 : -1;
+}
 }  // namespace trace
+// The C entry of a unit's reader, for bench/swapab_trace.py through ctypes.
+#define LOWBIT_SWAPAB_TRACE_READER(name)                                                   \
+  extern "C" __attribute__((visibility("default"))) int name(void* dst, int ctas, int n) { \
+    return ::lowbit::sm90::swapab::trace::read(dst, ctas, n);                              \
+  }
 #define SWAPAB_TRACE_STAMP(slot)                  \
   do {                                            \
     if (unsigned long long* row_ = trace::mine()) \

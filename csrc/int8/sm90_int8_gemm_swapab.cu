@@ -11,3 +11,8 @@ cudaError_t sm90_int8_gemm_swapab(const GemmArgs& p, cudaStream_t stream) {
 }
 
 }  // namespace lowbit
+
+#ifdef LOWBIT_SWAPAB_TRACE
+// The phase trace of this unit's kernels (the INT8 GEMM's), for bench/swapab_trace.py.
+LOWBIT_SWAPAB_TRACE_READER(lowbit_swapab_trace_int8)
+#endif
