@@ -652,24 +652,32 @@ __device__ __forceinline__ void direct_store(const GemmArgs& p, const typename O
   };
   auto token_of = [](int i) { return F::kTokensA ? (i / 2) % 2 : 2 * (i / 4) + i % 2; };
   auto column_of = [](int i) { return F::kTokensA ? 2 * (i / 4) + i % 2 : (i / 2) % 2; };
+  // The fragment's stores, in bounds: tokens as A, registers i, i + 1 are columns n, n + 1
+  // (n even: tiles and warpgroup rows are even) of one token, `pair(o, i, second)` with
+  // `second` whether n + 1 exists; swapped, `one(o, i)` per register. o: the output offset.
+  auto store_fragment = [&](auto&& pair, auto&& one) {
+    if constexpr (F::kTokensA) {
+#pragma unroll
+      for (int i = 0; i < R; i += 2) {
+        const int m = token(token_of(i)), n = column(column_of(i));
+        if (m < p.M && n < p.N) pair(int64_t(m) * p.ldo + n, i, n + 1 < p.N);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        const int m = token(token_of(i)), n = column(column_of(i));
+        if (m < p.M && n < p.N) one(int64_t(m) * p.ldo + n, i);
+      }
+    }
+  };
   if constexpr (Op::kInt) {
     if (p.out_int32) {  // int8_mm: the int32 sums as they are; it has no scales or bias
-      if constexpr (F::kTokensA) {
-        const bool pairs = pair_store_ok(p.out, FloatType::kF32, p.ldo);
-#pragma unroll
-        for (int i = 0; i < R; i += 2) {
-          const int m = token(token_of(i)), n = column(column_of(i));
-          if (m < p.M && n < p.N)
-            store_i32_pair(p.out, int64_t(m) * p.ldo + n, acc[i], acc[i + 1], n + 1 < p.N,
-                           pairs);
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < R; ++i) {
-          const int m = token(token_of(i)), n = column(column_of(i));
-          if (m < p.M && n < p.N) static_cast<int32_t*>(p.out)[int64_t(m) * p.ldo + n] = acc[i];
-        }
-      }
+      const bool pairs = pair_store_ok(p.out, FloatType::kF32, p.ldo);
+      store_fragment(
+          [&](int64_t o, int i, bool second) {
+            store_i32_pair(p.out, o, acc[i], acc[i + 1], second, pairs);
+          },
+          [&](int64_t o, int i) { static_cast<int32_t*>(p.out)[o] = acc[i]; });
       return;
     }
   }
@@ -708,31 +716,18 @@ __device__ __forceinline__ void direct_store(const GemmArgs& p, const typename O
     v[i] *= fb[c];
     if (p.bias) v[i] += bias[c];
   }
-  if constexpr (F::kTokensA) {
-    // Registers i, i + 1 are columns n, n + 1 (n even: tiles and warpgroup rows are even) of
-    // one token: one store where both exist and the output allows pairs.
-    const bool pairs = pair_store_ok(p.out, p.out_dtype, p.ldo);
-#pragma unroll
-    for (int i = 0; i < R; i += 2) {
-      const int m = token(token_of(i)), n = column(column_of(i));
-      if (m >= p.M || n >= p.N) continue;
-      const int64_t o = int64_t(m) * p.ldo + n;
-      const bool second = n + 1 < p.N;
-      if (pairs && second) {
-        store_out2(p.out, p.out_dtype, o, v[i], v[i + 1]);
-      } else {
-        store_out(p.out, p.out_dtype, o, v[i]);
-        if (second) store_out(p.out, p.out_dtype, o + 1, v[i + 1]);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int m = token(token_of(i)), n = column(column_of(i));
-      if (m >= p.M || n >= p.N) continue;
-      store_out(p.out, p.out_dtype, int64_t(m) * p.ldo + n, v[i]);
-    }
-  }
+  // A column pair as one store where both exist and the output allows pairs.
+  const bool pairs = pair_store_ok(p.out, p.out_dtype, p.ldo);
+  store_fragment(
+      [&](int64_t o, int i, bool second) {
+        if (pairs && second) {
+          store_out2(p.out, p.out_dtype, o, v[i], v[i + 1]);
+        } else {
+          store_out(p.out, p.out_dtype, o, v[i]);
+          if (second) store_out(p.out, p.out_dtype, o + 1, v[i + 1]);
+        }
+      },
+      [&](int64_t o, int i) { store_out(p.out, p.out_dtype, o, v[i]); });
 }
 
 // The consumers' barrier between writing the partial tile and reading it (and back): the
