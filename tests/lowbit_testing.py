@@ -709,3 +709,13 @@ def with_launch_hook(call):
         return call(), seen
     finally:
         restore()
+
+
+def tiny_llama(transformers):
+    """A 2-layer transformers Llama with random weights (seeded), bf16, eval: q, k, v, o,
+    gate, up and down per layer, grouped-query attention (4 heads, 2 KV heads)."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()

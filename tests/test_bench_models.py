@@ -5,6 +5,7 @@ replaced: no speed is asserted)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -49,7 +50,26 @@ def test_to_quantized_rejects_an_unknown_precision():
 
 
 def test_bench_precisions_are_built_by_the_same_swap():
-    assert set(models.PRECISIONS) <= set(models.LAYERS)
+    bases = {p[:-len(models.FUSED)] if p.endswith(models.FUSED) else p for p in models.PRECISIONS}
+    assert bases <= set(models.LAYERS)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int8+fused"])
+def test_fused_precision_fuses_the_bert_layers_siblings(precision):
+    from lowbit.nn import SiblingLinear
+
+    torch.manual_seed(0)
+    layer = models.BertLayer(64, 4, 128).to(torch.bfloat16).eval()
+    q_layer = copy.deepcopy(layer)
+    note = models.quantize_model(q_layer, precision)
+    fused = precision.endswith(models.FUSED)
+    assert note == "6 Linears swapped" + (", 1 sibling groups fused" if fused else "")
+    assert isinstance(q_layer.key, SiblingLinear) == fused
+    x = torch.randn(2, 8, 64, dtype=torch.bfloat16)
+    plain = copy.deepcopy(layer)
+    models.to_quantized(plain, "int8")
+    with torch.no_grad():
+        assert torch.equal(q_layer(x), plain(x))  # (int8 accumulates exactly: the same numbers)
 
 
 def test_time_interleaved_order_and_hook(monkeypatch):

@@ -1,10 +1,13 @@
 """lowbit.quantize_, save_quantized and load_quantized on small models (CPU, reference)."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import lowbit
 from lowbit.nn import Fp8Linear
+from lowbit_testing import tiny_llama
 
 
 class Block(nn.Module):
@@ -275,13 +278,8 @@ def test_quantize_a_hugging_face_decoder(scheme):
     the LM head are swapped, the logits stay close to the bf16 model's, and the quantized
     model generates without error."""
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64)
-    ref = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
-    model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
-    model.load_state_dict(ref.state_dict())
+    ref = tiny_llama(transformers)
+    model = copy.deepcopy(ref)
     linears = [n for n, m in ref.named_modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer; lm_head
     summary = lowbit.quantize_(model, scheme, group_size=32)

@@ -31,6 +31,7 @@ from .calibrate import (AbsMaxObserver, Calibration, MseObserver, PercentileObse
                         calibrate)
 from .convert import SCHEMES, QuantizeSummary, quantize_
 from .serialize import load_quantized, save_quantized
+from .nn.siblings import fuse_siblings
 from .smoothquant import SmoothReport, smooth_quant
 from .awq import AwqReport, awq
 from .mixed import Plan, apply_plan, mixed_precision, sensitivity
@@ -47,6 +48,7 @@ __all__ = [
     "w8a16_gemm", "native_fp8_format", "Int4Weight",
     "BACKENDS", "Choice", "default_backend", "explain", "use_backend", "build_info",
     "quantize_", "QuantizeSummary", "SCHEMES", "save_quantized", "load_quantized",
+    "fuse_siblings",
     "validate", "ValidationReport", "calibrate", "Calibration", "AbsMaxObserver",
     "PercentileObserver", "MseObserver", "smooth_quant", "SmoothReport",
     "awq", "AwqReport", "mixed_precision", "sensitivity", "apply_plan", "Plan",

@@ -55,6 +55,7 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
     from safetensors.torch import load_model
 
     from . import nn as lnn
+    from .nn.siblings import link as link_siblings
 
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.exists(path):
@@ -65,11 +66,14 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
     if config.get("format") != FORMAT or config.get("version") != VERSION:
         raise ValueError(f"load_quantized: {path} is not a {FORMAT} file of version {VERSION}; "
                          f"got format={config.get('format')!r} version={config.get('version')!r}")
+    devices = {}  # name -> device of each fused sibling layer's original Linear
     for name, entry in config["layers"].items():  # parents before children (named_modules)
-        try:
-            old = model.get_submodule(name)
-        except AttributeError:
-            old = None
+        parent_name, _, leaf = name.rpartition(".")
+        old = _submodule(model, name)
+        holder = None  # the fused sibling layer that owns this module (a group's weights)
+        if old is None and leaf == "fused":
+            holder = _submodule(model, parent_name)
+            old = holder if isinstance(holder, lnn.SiblingLinear) else None
         if old is None:
             raise ValueError(f"load_quantized: the model has no module {name!r}, which the "
                              "saved model quantized (another architecture?)")
@@ -78,15 +82,25 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
             raise ValueError(f"load_quantized: unknown module class {entry['class']!r} for "
                              f"{name!r}")
         cfg = dict(entry["config"])
-        shape = (cfg.get("in_features"), cfg.get("out_features"))
+        shape = (cfg.get("in_features"), _out_features(cls, cfg))
         if isinstance(old, nn.Linear) and shape != (old.in_features, old.out_features):
             raise ValueError(f"load_quantized: {name!r} was saved as a {shape[0]} -> {shape[1]} "
                              f"layer; the model's is {old.in_features} -> "
                              f"{old.out_features} (another architecture?)")
+        device = devices.get(parent_name) if holder is not None else \
+            next((t.device for t in old.parameters()), torch.device("cpu"))
+        if cls is lnn.SiblingLinear:
+            devices[name] = device
+            model.set_submodule(name, cls(**cfg))
+            continue
         cfg["dtype"] = getattr(torch, cfg["dtype"])
-        device = next((t.device for t in old.parameters()), torch.device("cpu"))
         new = cls(**cfg, device=device)
-        model.set_submodule(name, new)
+        if holder is not None:
+            holder.fused = new
+        else:
+            model.set_submodule(name, new)
+    for name in devices:  # every group's members, linked to its owner
+        link_siblings(_submodule(model, name.rpartition(".")[0]))
     _take_saved_dtypes(model, os.path.join(directory, STATE_FILE))
     missing, unexpected = load_model(model, os.path.join(directory, STATE_FILE), strict=False,
                                      device=str(next((t.device for t in model.parameters()),
@@ -100,6 +114,21 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
 
 _FLOAT_CODES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,
                 "F16": torch.float16}
+
+
+def _submodule(model: nn.Module, name: str):
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _out_features(cls, cfg: dict):
+    """A saved layer's out_features (a fused sibling's: its size in the group)."""
+    if cls.__name__ != "SiblingLinear":
+        return cfg.get("out_features")
+    sizes, index = cfg.get("sizes") or [], cfg.get("index")
+    return sizes[index] if isinstance(index, int) and 0 <= index < len(sizes) else None
 
 
 def _take_saved_dtypes(model: nn.Module, path: str) -> None:

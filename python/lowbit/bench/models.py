@@ -104,7 +104,9 @@ class LlamaMLP(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
-PRECISIONS = ("fp8", "int8", "int4", "w8a16")  # what `lowbit bench --precision` takes
+FUSED = "+fused"  # a precision's suffix: its model with lowbit.fuse_siblings applied
+# what `lowbit bench --precision` takes
+PRECISIONS = ("fp8", "int8", "int4", "w8a16", "fp8" + FUSED, "int8" + FUSED)
 INT4_GROUP = 128  # the group size of the int4 rows (divides every K of both models)
 
 # precision -> what its layers compute (for a table); ``quantized_layer`` builds them.
@@ -119,6 +121,25 @@ LAYERS = {
 def _check_precision(precision: str) -> None:
     if precision not in LAYERS:
         raise ValueError(f"precision: unknown {precision!r}; choose from {', '.join(LAYERS)}")
+
+
+def quantize_model(model: nn.Module, precision: str) -> str:
+    """Swap ``model``'s Linears for ``precision``'s layers in place (``PRECISIONS``: a
+    ``LAYERS`` key, or one with ``FUSED`` appended: then its sibling layers that read one
+    input, BERT's query / key / value, are fused as ``lowbit.fuse_siblings`` does); returns
+    what was done, for the row's note."""
+    base = precision[:-len(FUSED)] if precision.endswith(FUSED) else precision
+    n = to_quantized(model, base)
+    note = f"{n} Linears swapped"
+    if base != precision:
+        from lowbit import fuse_siblings
+
+        groups = fuse_siblings(model)
+        fused = sum(v == "fused" for v in groups.values())
+        note += f", {fused} sibling groups fused"
+        kept = sorted({v for v in groups.values() if v != "fused"})
+        note += f" ({'; '.join(kept)})" if kept else ""
+    return note
 
 
 def quantized_layer(linear: nn.Linear, precision: str) -> nn.Module:
@@ -210,7 +231,7 @@ def compare(model_name: str, shape: str, bf16_model: nn.Module, inputs: tuple, s
     """One row per mode: bf16 and quantized (``q_*``) time per forward (median over
     interleaved rounds), samples per second, the speed-up and the output cosine."""
     q_model = copy.deepcopy(bf16_model)
-    swapped = to_quantized(q_model, precision)
+    swapped = quantize_model(q_model, precision)
     rows = []
     cosine, err = agreement(bf16_model, q_model, inputs)
     with torch.no_grad():
@@ -218,7 +239,7 @@ def compare(model_name: str, shape: str, bf16_model: nn.Module, inputs: tuple, s
             progress(f"{model_name} {shape} {precision} {mode}")
             row = dict(model=model_name, shape=shape, precision=precision, mode=mode,
                        cosine=cosine, err=err,
-                       note=f"{source}; {swapped} Linears swapped".lstrip("; "))
+                       note=f"{source}; {swapped}".lstrip("; "))
             try:
                 fns = [prepare_call(m, inputs, mode) for m in (bf16_model, q_model)]
                 times = time_interleaved(fns, rounds)

@@ -3,5 +3,6 @@ from .fp8_linear import Fp8Linear
 from .int4_linear import Int4Linear
 from .int8_linear import Int8Linear
 from .prescale import PreScale
+from .siblings import SiblingLinear
 
-__all__ = ["Fp8Linear", "Int8Linear", "Int4Linear", "PreScale"]
+__all__ = ["Fp8Linear", "Int8Linear", "Int4Linear", "PreScale", "SiblingLinear"]

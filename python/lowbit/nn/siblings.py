@@ -1,0 +1,256 @@
+"""Sibling Linears that read one input (attention's q, k and v; an MLP's gate and up),
+computed as one layer: ``lowbit.fuse_siblings(model)``.
+
+Each member becomes a ``SiblingLinear`` (no tensors of its own but its place in the group).
+The first member owns ``fused``: the quantized layer whose weight is the members' quantized
+weights one after another (per-channel scales and biases too, so the numbers are the
+members' own, not a re-quantization). A member's call whose input is the tensor the group's
+last fused call took, with no in-place change since (its version counter), returns its
+columns of that call's output; any other call runs the fused layer again and keeps the output
+for the siblings not yet served. One activation quantization, one GEMM launch and one host
+call serve the whole group, where the separate layers took three of each.
+
+What it changes for the caller:
+- a member's output is a view of the fused output (its columns), not a contiguous tensor, as
+  vLLM's merged QKV layer gives (``.view`` over the leading dimensions works, ``.view(-1)``
+  does not);
+- FP8 members' outputs may differ from the separate layers' in the last bits where the
+  GEMM accumulates in another order for the wider N (a K split chosen for the narrow
+  weight); INT8 accumulates exactly and gives the same numbers;
+- members whose inputs turn out to differ (cross-attention: q reads the decoder's states, k
+  and v the encoder's) are found at the first such call: the group warns once and from then
+  on each member runs alone, on views of its rows of the fused weight.
+
+Kept as it is: a member called twice with no sibling between, calls of one member only, the
+calls under ``torch.compile`` (the group's hand-off is traced as Python) and CUDA graphs.
+Not thread-safe across threads running one model at once (the hand-off is per group, as a
+prepared step is per module). W8A8 and weight-only ``Fp8Linear`` and ``Int8Linear`` fuse;
+``Int4Linear`` does not yet (its prepacked layout has no row views for the apart case).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .fp8_linear import Fp8Linear
+from .int8_linear import Int8Linear
+
+# Member names fused by default: attention projections and gated MLPs of the common
+# architectures (BERT; Llama, Mistral, Qwen; w1 / w3 of gated MLPs written as in Mixtral's
+# experts). Only siblings that are all present and all quantized alike fuse.
+DEFAULT_GROUPS: Tuple[Tuple[str, ...], ...] = (
+    ("query", "key", "value"),
+    ("q_proj", "k_proj", "v_proj"),
+    ("gate_proj", "up_proj"),
+    ("w1", "w3"),
+)
+FUSABLE = (Fp8Linear, Int8Linear)
+
+
+class SiblingLinear(nn.Module):
+    """One member of a group of quantized Linears that read one input (see the module
+    docstring). ``index``: its place in the group; ``sizes``: every member's out_features, in
+    order; ``members``: every member's name in the parent, in order (the first holds
+    ``fused``)."""
+
+    def __init__(self, in_features: int, sizes: Sequence[int], index: int,
+                 members: Sequence[str]):
+        super().__init__()
+        sizes, members = tuple(int(s) for s in sizes), tuple(members)
+        if len(sizes) < 2 or len(members) != len(sizes) or not 0 <= index < len(sizes):
+            raise ValueError(f"SiblingLinear: index {index} must name one of at least two "
+                             f"members and their sizes; got sizes={sizes}, members={members}")
+        self.in_features, self.sizes, self.index = in_features, sizes, index
+        self.members, self.owner = members, members[0]
+        self.out_features = sizes[index]
+        self.start = sum(sizes[:index])
+        self._bit = 1 << index
+        if index == 0:
+            self._all = (1 << len(sizes)) - 1
+            self._pending = None  # (x, x's version, fused output, members not yet served)
+            self._apart = False
+        self._own = None  # the member alone (on views of the fused rows), once apart
+
+    # The owning member, found through the parent once the group is linked (fuse_siblings,
+    # load_quantized): a plain attribute, not a registered child (the owner is the parent's).
+    def _link(self, owner: "SiblingLinear") -> None:
+        self.__dict__["_owner"] = owner
+
+    @property
+    def group(self) -> "SiblingLinear":
+        owner = self.__dict__.get("_owner")
+        if owner is None:
+            raise RuntimeError(f"SiblingLinear: member {self.index} of its group is not linked "
+                               "to its owner (build groups with lowbit.fuse_siblings, load "
+                               "them with lowbit.load_quantized)")
+        return owner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.group
+        compiling = torch.compiler.is_compiling()
+        if g._apart:
+            return self._alone(g, x)
+        pending = g._pending
+        if pending is not None:
+            px, version, y, left = pending
+            if px is x and left & self._bit and (compiling or version == x._version):
+                left &= ~self._bit
+                g._pending = (px, version, y, left) if left else None
+                return y.narrow(-1, self.start, self.out_features)
+            if not compiling:
+                # A call that is not its siblings' input while some sibling was never served
+                # (another input, this member called again, the input changed in place): the
+                # members are not called together on one input, and fusing would compute
+                # columns nobody reads. Each runs alone from now on.
+                g._pending = None
+                g._apart = True
+                warnings.warn(f"lowbit: the fused layers {'+'.join(g.members)} are not "
+                              "called together on one input; each now runs alone (fuse only "
+                              "layers that read one input)", RuntimeWarning, stacklevel=2)
+                return self._alone(g, x)
+        y = g.fused(x)
+        left = g._all & ~self._bit
+        g._pending = (x, -1 if compiling else x._version, y, left)
+        return y.narrow(-1, self.start, self.out_features)
+
+    def _alone(self, g: "SiblingLinear", x: torch.Tensor) -> torch.Tensor:
+        own = self._own
+        if own is None or own[0] is not g.fused.weight:  # (moved or re-cast since)
+            own = self._own = (g.fused.weight, rows_of(g.fused, self.start, self.out_features))
+        return own[1](x)
+
+    def config(self) -> dict:
+        return {"in_features": self.in_features, "sizes": list(self.sizes),
+                "index": self.index, "members": list(self.members)}
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"columns {self.start}:{self.start + self.out_features} of {self.owner}.fused")
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_own"] = None
+        if "_pending" in state:
+            state["_pending"] = None  # (tensors of a call in flight: never pickled)
+        return state
+
+
+def _row_tensors(mod: nn.Module) -> Iterable[str]:
+    """The names of ``mod``'s tensors with a row per output channel (weight, its scales,
+    bias); the others (static activation scale and zero point) are per layer."""
+    for name, t in (*mod._parameters.items(), *mod._buffers.items()):
+        if t is not None and t.dim() >= 1 and t.shape[0] == mod.out_features:
+            yield name
+
+
+def rows_of(mod: nn.Module, start: int, size: int) -> nn.Module:
+    """A module of ``mod``'s class computing output channels start:start + size of ``mod``,
+    its row tensors views of ``mod``'s (no copy), the per-layer ones shared."""
+    cfg = dict(mod.config(), out_features=size)
+    dev = mod.weight.device
+    part = type(mod)(**cfg, device=dev)
+    rows = set(_row_tensors(mod))
+    for name in list(part._buffers):
+        t = mod._buffers[name]
+        part._buffers[name] = t.narrow(0, start, size) if name in rows else t
+    if mod.bias is not None:
+        part.bias = nn.Parameter(mod.bias.detach().narrow(0, start, size), requires_grad=False)
+    return part
+
+
+def _fusable(members: List[nn.Module]) -> Optional[str]:
+    """None when ``members`` can be one layer, else why not."""
+    first = members[0]
+    if not all(type(m) is type(first) for m in members):
+        return "members of different classes"
+    if not isinstance(first, FUSABLE):
+        return f"{type(first).__name__} does not fuse"
+    cfg = {k: v for k, v in first.config().items() if k != "out_features"}
+    for m in members[1:]:
+        if {k: v for k, v in m.config().items() if k != "out_features"} != cfg:
+            return "members configured differently (bias, mode, format, dtype)"
+        for name, t in m._buffers.items():
+            if name in set(_row_tensors(m)) or t is None:
+                continue
+            if not torch.equal(t, first._buffers[name]):
+                return f"members with different {name}"
+    if len({m.weight.device for m in members}) > 1:
+        return "members on different devices"
+    return None
+
+
+def _fused_of(members: List[nn.Module]) -> nn.Module:
+    first = members[0]
+    total = sum(m.out_features for m in members)
+    fused = type(first)(**dict(first.config(), out_features=total), device=first.weight.device)
+    rows = set(_row_tensors(first))
+    with torch.no_grad():
+        for name in fused._buffers:
+            src = [m._buffers[name] for m in members]
+            if src[0] is None:
+                continue
+            fused._buffers[name] = torch.cat(src) if name in rows else src[0].clone()
+        if first.bias is not None:
+            fused.bias.copy_(torch.cat([m.bias.detach() for m in members]))
+    return fused
+
+
+def fuse_siblings(model: nn.Module,
+                  groups: Sequence[Sequence[str]] = DEFAULT_GROUPS) -> Dict[str, str]:
+    """Fuse, in place, each set of sibling quantized Linears named in ``groups`` (member
+    names within one parent, in order) into one layer (see the module docstring).
+
+    Returns what happened, by the parent's name and the group's members
+    (``"encoder.layer.0.attention.self: query+key+value"``): "fused", or why not (a member
+    missing is no entry: the group does not apply to that parent)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fuse_siblings: model must be a torch.nn.Module; got "
+                        f"{type(model).__name__}")
+    groups = [tuple(g) for g in groups]
+    if any(len(g) < 2 or len(set(g)) != len(g) or not all(isinstance(n, str) for n in g)
+           for g in groups):
+        raise ValueError(f"fuse_siblings: groups must be sequences of at least two distinct "
+                         f"member names; got {groups!r}")
+    report: Dict[str, str] = {}
+    for parent_name, parent in list(model.named_modules()):
+        children = parent._modules
+        for names in groups:
+            members = [children.get(n) for n in names]
+            if any(m is None for m in members):
+                continue
+            key = f"{parent_name}: {'+'.join(names)}" if parent_name else "+".join(names)
+            if all(isinstance(m, SiblingLinear) for m in members):
+                continue  # (fused before)
+            why = _fusable(members)
+            if why is not None:
+                report[key] = f"kept: {why}"
+                continue
+            if len({m.in_features for m in members}) > 1:
+                report[key] = "kept: members of different in_features"
+                continue
+            fused = _fused_of(members)
+            sizes = [m.out_features for m in members]
+            new = [SiblingLinear(members[0].in_features, sizes, i, names)
+                   for i in range(len(names))]
+            new[0].fused = fused
+            for n, m in zip(names, new):
+                setattr(parent, n, m)
+            link(parent)
+            report[key] = "fused"
+    return report
+
+
+def link(parent: nn.Module) -> None:
+    """Point every ``SiblingLinear`` child of ``parent`` at its group's owner (after
+    fuse_siblings, and after load_quantized has built empty members)."""
+    for child in parent._modules.values():
+        if isinstance(child, SiblingLinear):
+            owner = parent._modules.get(child.owner)
+            if not isinstance(owner, SiblingLinear) or owner.index != 0 or \
+                    owner.sizes != child.sizes or owner.members != child.members:
+                raise ValueError(f"SiblingLinear: its owner {child.owner!r} is not the first "
+                                 f"member of a group of sizes {child.sizes}")
+            child._link(owner)

@@ -1,0 +1,235 @@
+"""lowbit.fuse_siblings and lowbit.nn.SiblingLinear: quantized Linears that read one input run
+as one layer. On the CPU (the reference ops) and, where there is one, on the GPU."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.nn import Fp8Linear, Int4Linear, Int8Linear, SiblingLinear
+from lowbit_testing import tiny_llama
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SCHEMES = ["fp8", "int8", "fp8-w8a16", "w8a16"]
+
+
+class Attention(nn.Module):
+    """BERT's self-attention projections (q, k, v of different widths, to catch an offset
+    mix-up) and an output projection that must stay alone."""
+
+    def __init__(self, d=64, kv=32):
+        super().__init__()
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, kv), nn.Linear(d, kv)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x):
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        return self.out(q) + torch.cat([k, v], -1)
+
+
+class Stack(nn.Module):
+    def __init__(self, layers=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(Attention() for _ in range(layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _pair(scheme, device, **kw):
+    """(quantized model, the same with its siblings fused, the report)."""
+    model = Stack().to(device, torch.bfloat16).eval()
+    lowbit.quantize_(model, scheme, **kw)
+    fused = copy.deepcopy(model)
+    return model, fused, lowbit.fuse_siblings(fused)
+
+
+def _x(device, rows=5):
+    return torch.randn(3, rows, 64, generator=torch.Generator().manual_seed(1)).to(
+        device, torch.bfloat16)
+
+
+def _same(got, want, scheme, device):
+    """Bit for bit, except FP8 W8A8 on the GPU: its GEMM may accumulate the wider fused
+    weight in another order (another K split), which moves a bf16 output by a step."""
+    if device == "cuda" and scheme == "fp8":
+        torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7,
+                                   atol=2 ** -7 * want.float().abs().mean().item())
+    else:
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fused_group_gives_the_members_outputs(scheme, device):
+    model, fused, report = _pair(scheme, device)
+    assert report == {f"layers.{i}: query+key+value": "fused" for i in range(2)}
+    att = fused.layers[0]
+    assert isinstance(att.out, (Fp8Linear, Int8Linear))  # not a member of any group
+    assert [type(m) for m in (att.query, att.key, att.value)] == [SiblingLinear] * 3
+    assert att.query.fused.out_features == 64 + 32 + 32
+    x = _x(device)
+    with torch.no_grad():
+        _same(fused(x), model(x), scheme, device)
+        # each member alone, called as the model calls them (q, k, v on one input)
+        ref = model.layers[0]
+        outs = [getattr(att, n)(x) for n in ("query", "key", "value")]
+        for n, got in zip(("query", "key", "value"), outs):
+            _same(got, getattr(ref, n)(x), scheme, device)
+    # The members' outputs are columns of one fused output (one GEMM, no copies).
+    base = outs[0]._base if outs[0]._base is not None else outs[0]
+    assert all(o._base is base or o._base is base._base for o in outs)
+    assert [o.data_ptr() - outs[0].data_ptr() for o in outs] == [0, 64 * 2, 96 * 2]
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "int8"])
+def test_one_fused_call_serves_the_group(scheme, monkeypatch):
+    _, fused, _ = _pair(scheme, "cpu")
+    calls = []
+    for layer in fused.layers:
+        layer.query.fused.register_forward_hook(lambda m, i, o: calls.append(m))
+    x = _x("cpu")
+    with torch.no_grad():
+        fused(x)
+        assert len(calls) == 2  # one per layer's group
+        # a member called again before its siblings: the group runs again (no stale output)
+        att = fused.layers[0]
+        att.query(x), att.key(x), att.value(x)
+        assert len(calls) == 3
+        assert att.query._pending is None  # (every member served: nothing kept)
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "int8"])
+def test_members_on_different_inputs_run_alone_and_say_so(scheme):
+    model, fused, _ = _pair(scheme, "cpu")
+    x, x2 = _x("cpu"), _x("cpu") * 2
+    att, ref = fused.layers[0], model.layers[0]
+    with torch.no_grad(), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        q = att.query(x)  # cross-attention: q on one input, k and v on another
+        k, v = att.key(x2), att.value(x2)
+        assert [str(w.message) for w in seen] == [
+            "lowbit: the fused layers query+key+value are not called together on one input; "
+            "each now runs alone (fuse only layers that read one input)"]
+        assert att.query._apart
+        assert torch.equal(q, ref.query(x))
+        assert torch.equal(k, ref.key(x2)) and torch.equal(v, ref.value(x2))
+        # from then on each runs alone, on views of its rows of the fused weight
+        assert torch.equal(att.value(x), ref.value(x))
+        assert att.value._own[1].weight.data_ptr() == \
+            att.query.fused.weight.data_ptr() + 96 * 64 * att.query.fused.weight.element_size()
+        assert len(seen) == 1
+
+
+def test_an_input_changed_in_place_is_not_served_stale():
+    model, fused, _ = _pair("int8", "cpu")
+    att, ref = fused.layers[0], model.layers[0]
+    x = _x("cpu")
+    with torch.no_grad(), warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        att.query(x)
+        x.mul_(3)  # the same tensor, another version: the pending output is not its
+        assert torch.equal(att.key(x), ref.key(x))
+        assert torch.equal(att.value(x), ref.value(x))
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "int8"])
+def test_compiled_fullgraph_runs_one_op_per_group(scheme):
+    model, fused, _ = _pair(scheme, "cpu")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x = _x("cpu")
+    with torch.no_grad():
+        want = fused(x)
+        torch._dynamo.reset()
+        got = torch.compile(fused, fullgraph=True, backend=backend)(x)
+    assert torch.equal(got, want)
+    ops = [str(n.target) for gm in graphs for n in gm.graph.nodes
+           if n.op == "call_function" and "lowbit" in str(n.target)]
+    assert len(ops) == 2 * 2, ops  # per layer: the fused group and the output projection
+    assert fused.layers[0].query._pending is None
+    torch._dynamo.reset()
+
+
+def test_save_load_and_copies_keep_the_groups(tmp_path):
+    model, fused, _ = _pair("fp8", "cpu")
+    x = _x("cpu")
+    with torch.no_grad():
+        want = fused(x)
+    lowbit.save_quantized(fused, str(tmp_path))
+    fresh = Stack().to(torch.bfloat16).eval()
+    lowbit.load_quantized(fresh, str(tmp_path))
+    assert "layers.0.query.fused.weight" in fresh.state_dict()
+    assert not any(k.startswith("layers.0.key.") for k in fresh.state_dict())
+    for m in (fresh, copy.deepcopy(fused)):
+        att = m.layers[0]
+        assert att.key.group is att.query and att.value.group is att.query
+        with torch.no_grad():
+            assert torch.equal(m(x), want)
+
+
+def test_what_does_not_fuse_is_kept_and_reported():
+    model = Stack().to(torch.bfloat16).eval()
+    # one member left in bf16: not alike
+    lowbit.quantize_(model, "int8", filter=lambda name, m: name == "layers.0.key")
+    report = lowbit.fuse_siblings(model)
+    assert report["layers.0: query+key+value"] == "kept: members of different classes"
+    assert report["layers.1: query+key+value"] == "fused"
+    # static activation scales that differ cannot share one quantization
+    model = Stack().to(torch.bfloat16).eval()
+    lowbit.quantize_(model, "fp8")
+    for i, name in enumerate(("query", "key", "value")):
+        layer = getattr(model.layers[0], name)
+        setattr(model.layers[0], name, Fp8Linear.from_linear(
+            nn.Linear(64, layer.out_features).bfloat16(), act_scale=0.01 * (i + 1)))
+    report = lowbit.fuse_siblings(model)
+    assert report["layers.0: query+key+value"] == "kept: members with different act_scale"
+    # int4: no row views of its prepacked layout yet
+    model = Stack().to(torch.bfloat16).eval()
+    lowbit.quantize_(model, "int4", group_size=32)
+    assert isinstance(model.layers[0].query, Int4Linear)
+    assert set(lowbit.fuse_siblings(model).values()) == {"kept: Int4Linear does not fuse"}
+    # fusing again changes nothing
+    _, fused, _ = _pair("fp8", "cpu")
+    assert lowbit.fuse_siblings(fused) == {}
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="fuse_siblings: model must be a torch.nn.Module"):
+        lowbit.fuse_siblings("model")
+    with pytest.raises(ValueError, match="groups must be sequences of at least two"):
+        lowbit.fuse_siblings(Stack(), groups=[("query",)])
+    with pytest.raises(ValueError, match="SiblingLinear: index 3"):
+        SiblingLinear(64, [8, 8], 3, ["a", "b"])
+    lone = SiblingLinear(64, [8, 8], 1, ["a", "b"])
+    with pytest.raises(RuntimeError, match="not linked to its owner"):
+        lone(torch.zeros(1, 64))
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "int8"])
+def test_a_hugging_face_decoder_generates_the_same_tokens(scheme):
+    """q/k/v and gate/up of a 2-layer Llama fused: the same logits and the same generation
+    (with its KV cache, q, k and v still read one input each step)."""
+    transformers = pytest.importorskip("transformers")
+    model = tiny_llama(transformers)
+    lowbit.quantize_(model, scheme)
+    fused = copy.deepcopy(model)
+    report = lowbit.fuse_siblings(fused)
+    assert sorted(report) == sorted(f"model.layers.{i}.{p}" for i in range(2) for p in (
+        "self_attn: q_proj+k_proj+v_proj", "mlp: gate_proj+up_proj"))
+    assert set(report.values()) == {"fused"}
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no group may fall apart
+        assert torch.equal(fused(ids).logits, model(ids).logits)
+        gen = fused.generate(ids[:1, :4], max_new_tokens=4, do_sample=False)
+        assert torch.equal(gen, model.generate(ids[:1, :4], max_new_tokens=4, do_sample=False))
