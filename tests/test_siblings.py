@@ -12,7 +12,7 @@ from lowbit.nn import Fp8Linear, Int4Linear, Int8Linear, SiblingLinear
 from lowbit_testing import tiny_llama
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-SCHEMES = ["fp8", "int8", "fp8-w8a16", "w8a16"]
+SCHEMES = ["fp8", "int8", "fp8-w8a16", "w8a16", "int4"]
 
 
 class Attention(nn.Module):
@@ -44,7 +44,7 @@ class Stack(nn.Module):
 def _pair(scheme, device, **kw):
     """(quantized model, the same with its siblings fused, the report)."""
     model = Stack().to(device, torch.bfloat16).eval()
-    lowbit.quantize_(model, scheme, **kw)
+    lowbit.quantize_(model, scheme, **({"group_size": 32} if scheme == "int4" else {}), **kw)
     fused = copy.deepcopy(model)
     return model, fused, lowbit.fuse_siblings(fused)
 
@@ -70,7 +70,7 @@ def test_fused_group_gives_the_members_outputs(scheme, device):
     model, fused, report = _pair(scheme, device)
     assert report == {f"layers.{i}: query+key+value": "fused" for i in range(2)}
     att = fused.layers[0]
-    assert isinstance(att.out, (Fp8Linear, Int8Linear))  # not a member of any group
+    assert isinstance(att.out, (Fp8Linear, Int8Linear, Int4Linear))  # in no group
     assert [type(m) for m in (att.query, att.key, att.value)] == [SiblingLinear] * 3
     assert att.query.fused.out_features == 64 + 32 + 32
     x = _x(device)
@@ -124,6 +124,26 @@ def test_members_on_different_inputs_run_alone_and_say_so(scheme):
         assert att.value._own[1].weight.data_ptr() == \
             att.query.fused.weight.data_ptr() + 96 * 64 * att.query.fused.weight.element_size()
         assert len(seen) == 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int4_members_alone_hold_their_rows_in_the_fused_layout(device):
+    """An int4 group runs alone on its rows of the canonical weight (views) or, prepacked on
+    a GPU, on those rows prepacked anew: the same numbers as the separate layers."""
+    model, fused, _ = _pair("int4", device)
+    att, ref = fused.layers[0], model.layers[0]
+    assert att.query.fused.layout == ref.query.layout
+    x, x2 = _x(device), _x(device) * 2
+    with torch.no_grad(), warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        q, k, v = att.query(x), att.key(x2), att.value(x2)
+        assert att.query._apart
+        assert torch.equal(q, ref.query(x))
+        assert torch.equal(k, ref.key(x2)) and torch.equal(v, ref.value(x2))
+        own = att.value._own[1]
+        assert own.layout == ref.value.layout
+        if own.layout == "canonical":
+            assert own.qweight.data_ptr() == att.query.fused.qweight.data_ptr() + 96 * 32
 
 
 def test_an_input_changed_in_place_is_not_served_stale():
@@ -193,11 +213,13 @@ def test_what_does_not_fuse_is_kept_and_reported():
             nn.Linear(64, layer.out_features).bfloat16(), act_scale=0.01 * (i + 1)))
     report = lowbit.fuse_siblings(model)
     assert report["layers.0: query+key+value"] == "kept: members with different act_scale"
-    # int4: no row views of its prepacked layout yet
+    # int4 groups of different sizes cannot share one weight layout
     model = Stack().to(torch.bfloat16).eval()
-    lowbit.quantize_(model, "int4", group_size=32)
-    assert isinstance(model.layers[0].query, Int4Linear)
-    assert set(lowbit.fuse_siblings(model).values()) == {"kept: Int4Linear does not fuse"}
+    lowbit.quantize_(model, "int4", group_size=32, filter="layers.0.key")
+    model.layers[0].key = Int4Linear.from_linear(nn.Linear(64, 32).bfloat16(), group_size=64)
+    report = lowbit.fuse_siblings(model)
+    assert report["layers.0: query+key+value"] == \
+        "kept: members configured differently (bias, mode, format, dtype, groups)"
     # fusing again changes nothing
     _, fused, _ = _pair("fp8", "cpu")
     assert lowbit.fuse_siblings(fused) == {}
@@ -215,13 +237,13 @@ def test_bad_arguments():
         lone(torch.zeros(1, 64))
 
 
-@pytest.mark.parametrize("scheme", ["fp8", "int8"])
+@pytest.mark.parametrize("scheme", ["fp8", "int8", "int4"])
 def test_a_hugging_face_decoder_generates_the_same_tokens(scheme):
     """q/k/v and gate/up of a 2-layer Llama fused: the same logits and the same generation
     (with its KV cache, q, k and v still read one input each step)."""
     transformers = pytest.importorskip("transformers")
     model = tiny_llama(transformers)
-    lowbit.quantize_(model, scheme)
+    lowbit.quantize_(model, scheme, group_size=32)
     fused = copy.deepcopy(model)
     report = lowbit.fuse_siblings(fused)
     assert sorted(report) == sorted(f"model.layers.{i}.{p}" for i in range(2) for p in (

@@ -24,18 +24,21 @@ What it changes for the caller:
 Kept as it is: a member called twice with no sibling between, calls of one member only, the
 calls under ``torch.compile`` (the group's hand-off is traced as Python) and CUDA graphs.
 Not thread-safe across threads running one model at once (the hand-off is per group, as a
-prepared step is per module). W8A8 and weight-only ``Fp8Linear`` and ``Int8Linear`` fuse;
-``Int4Linear`` does not yet (its prepacked layout has no row views for the apart case).
+prepared step is per module). ``Fp8Linear``, ``Int8Linear`` (W8A8 and weight-only) and
+``Int4Linear`` fuse; an int4 member running alone holds its rows prepacked anew (a copy: the
+prepacked layout has no row views).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..int4_weight import CANONICAL
 from .fp8_linear import Fp8Linear
+from .int4_linear import Int4Linear
 from .int8_linear import Int8Linear
 
 # Member names fused by default: attention projections and gated MLPs of the common
@@ -47,7 +50,12 @@ DEFAULT_GROUPS: Tuple[Tuple[str, ...], ...] = (
     ("gate_proj", "up_proj"),
     ("w1", "w3"),
 )
-FUSABLE = (Fp8Linear, Int8Linear)
+# Each fusable class's tensors with a row per output channel, concatenated in the fused
+# layer (bias included); its other tensors (static activation scale and zero point, int4's
+# act-order permutation of K) are per layer and must be equal across the members.
+ROWS = {Fp8Linear: ("weight", "weight_scale", "bias"),
+        Int8Linear: ("weight", "weight_scale", "bias"),
+        Int4Linear: ("qweight", "scales", "zeros", "bias")}
 
 
 class SiblingLinear(nn.Module):
@@ -118,8 +126,9 @@ class SiblingLinear(nn.Module):
 
     def _alone(self, g: "SiblingLinear", x: torch.Tensor) -> torch.Tensor:
         own = self._own
-        if own is None or own[0] is not g.fused.weight:  # (moved or re-cast since)
-            own = self._own = (g.fused.weight, rows_of(g.fused, self.start, self.out_features))
+        weight = _weight(g.fused)
+        if own is None or own[0] is not weight:  # (moved or re-cast since)
+            own = self._own = (weight, rows_of(g.fused, self.start, self.out_features))
         return own[1](x)
 
     def config(self) -> dict:
@@ -138,27 +147,51 @@ class SiblingLinear(nn.Module):
         return state
 
 
-def _row_tensors(mod: nn.Module) -> Iterable[str]:
-    """The names of ``mod``'s tensors with a row per output channel (weight, its scales,
-    bias); the others (static activation scale and zero point) are per layer."""
-    for name, t in (*mod._parameters.items(), *mod._buffers.items()):
-        if t is not None and t.dim() >= 1 and t.shape[0] == mod.out_features:
-            yield name
+def _weight(mod: nn.Module) -> torch.Tensor:
+    return mod.qweight if isinstance(mod, Int4Linear) else mod.weight
+
+
+def _rows(mod: nn.Module) -> dict:
+    """``mod``'s row tensors (``ROWS``) that it has, by name; an int4 weight in the canonical
+    layout (its prepacked one interleaves rows)."""
+    out = {}
+    for name in ROWS[type(mod)]:
+        t = getattr(mod, name)
+        if t is not None:
+            out[name] = t.detach()
+    if isinstance(mod, Int4Linear) and mod.layout != CANONICAL:
+        out["qweight"] = mod.weight_int4().canonical_qweight()
+    return out
+
+
+def _per_layer(mod: nn.Module) -> dict:
+    rows = ROWS[type(mod)]
+    return {n: t for n, t in mod._buffers.items() if n not in rows}
+
+
+def _build(like: nn.Module, out_features: int, rows: dict) -> nn.Module:
+    """A module of ``like``'s class and configuration with ``out_features`` outputs, the
+    given row tensors (held as they are: views stay views) and ``like``'s per-layer ones;
+    an int4 layer is prepacked as ``like`` is."""
+    mod = type(like)(**dict(like.config(), out_features=out_features),
+                     device=_weight(like).device)
+    for name, t in _per_layer(like).items():
+        mod._buffers[name] = t
+    for name, t in rows.items():
+        if name == "bias":
+            mod.bias = nn.Parameter(t, requires_grad=False)
+        else:
+            mod._buffers[name] = t
+    if isinstance(like, Int4Linear) and like.layout != CANONICAL:
+        mod.prepack()
+    return mod
 
 
 def rows_of(mod: nn.Module, start: int, size: int) -> nn.Module:
-    """A module of ``mod``'s class computing output channels start:start + size of ``mod``,
-    its row tensors views of ``mod``'s (no copy), the per-layer ones shared."""
-    cfg = dict(mod.config(), out_features=size)
-    dev = mod.weight.device
-    part = type(mod)(**cfg, device=dev)
-    rows = set(_row_tensors(mod))
-    for name in list(part._buffers):
-        t = mod._buffers[name]
-        part._buffers[name] = t.narrow(0, start, size) if name in rows else t
-    if mod.bias is not None:
-        part.bias = nn.Parameter(mod.bias.detach().narrow(0, start, size), requires_grad=False)
-    return part
+    """A module of ``mod``'s class computing output channels start:start + size of ``mod``:
+    its row tensors views of ``mod``'s (an int4 weight prepacked anew, from the canonical
+    rows), the per-layer ones shared."""
+    return _build(mod, size, {n: t.narrow(0, start, size) for n, t in _rows(mod).items()})
 
 
 def _fusable(members: List[nn.Module]) -> Optional[str]:
@@ -166,36 +199,28 @@ def _fusable(members: List[nn.Module]) -> Optional[str]:
     first = members[0]
     if not all(type(m) is type(first) for m in members):
         return "members of different classes"
-    if not isinstance(first, FUSABLE):
+    if type(first) not in ROWS:
         return f"{type(first).__name__} does not fuse"
     cfg = {k: v for k, v in first.config().items() if k != "out_features"}
     for m in members[1:]:
         if {k: v for k, v in m.config().items() if k != "out_features"} != cfg:
-            return "members configured differently (bias, mode, format, dtype)"
-        for name, t in m._buffers.items():
-            if name in set(_row_tensors(m)) or t is None:
-                continue
-            if not torch.equal(t, first._buffers[name]):
+            return "members configured differently (bias, mode, format, dtype, groups)"
+        for name, t in _per_layer(m).items():
+            other = first._buffers[name]
+            if (t is None) != (other is None) or (t is not None and not torch.equal(t, other)):
                 return f"members with different {name}"
-    if len({m.weight.device for m in members}) > 1:
+        if isinstance(m, Int4Linear) and m.layout != first.layout:
+            return "members in different weight layouts"
+    if len({_weight(m).device for m in members}) > 1:
         return "members on different devices"
     return None
 
 
 def _fused_of(members: List[nn.Module]) -> nn.Module:
-    first = members[0]
-    total = sum(m.out_features for m in members)
-    fused = type(first)(**dict(first.config(), out_features=total), device=first.weight.device)
-    rows = set(_row_tensors(first))
+    parts = [_rows(m) for m in members]
     with torch.no_grad():
-        for name in fused._buffers:
-            src = [m._buffers[name] for m in members]
-            if src[0] is None:
-                continue
-            fused._buffers[name] = torch.cat(src) if name in rows else src[0].clone()
-        if first.bias is not None:
-            fused.bias.copy_(torch.cat([m.bias.detach() for m in members]))
-    return fused
+        rows = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+    return _build(members[0], sum(m.out_features for m in members), rows)
 
 
 def fuse_siblings(model: nn.Module,
