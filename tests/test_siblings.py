@@ -158,6 +158,20 @@ def test_an_input_changed_in_place_is_not_served_stale():
         assert torch.equal(att.value(x), ref.value(x))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_inference_mode(device):
+    """Tensors made under inference_mode have no version counter: the group still hands
+    its output on."""
+    model, fused, _ = _pair("int8", device)
+    calls = []
+    for layer in fused.layers:
+        layer.query.fused.register_forward_hook(lambda m, i, o: calls.append(m))
+    with torch.inference_mode():
+        x = _x(device)
+        assert torch.equal(fused(x), model(x))
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("scheme", ["fp8", "int8"])
 def test_compiled_fullgraph_runs_one_op_per_group(scheme):
     model, fused, _ = _pair(scheme, "cpu")

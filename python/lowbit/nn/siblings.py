@@ -7,7 +7,8 @@ weights one after another (per-channel scales and biases too, so the numbers are
 members' own, not a re-quantization). A member's call whose input is the tensor the group's
 last fused call took, with no in-place change since (its version counter), returns its
 columns of that call's output; any other call runs the fused layer again and keeps the output
-for the siblings not yet served. One activation quantization, one GEMM launch and one host
+for the siblings not yet served. (A tensor made under ``torch.inference_mode`` has no version
+counter: there an in-place change of the input between siblings' calls goes unseen.) One activation quantization, one GEMM launch and one host
 call serve the whole group, where the separate layers took three of each.
 
 What it changes for the caller:
@@ -104,7 +105,7 @@ class SiblingLinear(nn.Module):
         pending = g._pending
         if pending is not None:
             px, version, y, left = pending
-            if px is x and left & self._bit and (compiling or version == x._version):
+            if px is x and left & self._bit and (compiling or version == _version(x)):
                 left &= ~self._bit
                 g._pending = (px, version, y, left) if left else None
                 return y.narrow(-1, self.start, self.out_features)
@@ -121,7 +122,7 @@ class SiblingLinear(nn.Module):
                 return self._alone(g, x)
         y = g.fused(x)
         left = g._all & ~self._bit
-        g._pending = (x, -1 if compiling else x._version, y, left)
+        g._pending = (x, -1 if compiling else _version(x), y, left)
         return y.narrow(-1, self.start, self.out_features)
 
     def _alone(self, g: "SiblingLinear", x: torch.Tensor) -> torch.Tensor:
@@ -145,6 +146,12 @@ class SiblingLinear(nn.Module):
         if "_pending" in state:
             state["_pending"] = None  # (tensors of a call in flight: never pickled)
         return state
+
+
+def _version(x: torch.Tensor) -> int:
+    """x's version counter (bumped by every in-place change); -1 for an inference tensor
+    (made under torch.inference_mode), which has none."""
+    return -1 if x.is_inference() else x._version
 
 
 def _weight(mod: nn.Module) -> torch.Tensor:
