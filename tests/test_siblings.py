@@ -101,7 +101,7 @@ def test_one_fused_call_serves_the_group(scheme, monkeypatch):
         att = fused.layers[0]
         att.query(x), att.key(x), att.value(x)
         assert len(calls) == 3
-        assert att.query._pending is None  # (every member served: nothing kept)
+        assert att.query._hand.pending is None  # (every member served: nothing kept)
 
 
 @pytest.mark.parametrize("scheme", ["fp8", "int8"])
@@ -116,7 +116,7 @@ def test_members_on_different_inputs_run_alone_and_say_so(scheme):
         assert [str(w.message) for w in seen] == [
             "lowbit: the fused layers query+key+value are not called together on one input; "
             "each now runs alone (fuse only layers that read one input)"]
-        assert att.query._apart
+        assert att.query._hand.apart
         assert torch.equal(q, ref.query(x))
         assert torch.equal(k, ref.key(x2)) and torch.equal(v, ref.value(x2))
         # from then on each runs alone, on views of its rows of the fused weight
@@ -137,7 +137,7 @@ def test_int4_members_alone_hold_their_rows_in_the_fused_layout(device):
     with torch.no_grad(), warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         q, k, v = att.query(x), att.key(x2), att.value(x2)
-        assert att.query._apart
+        assert att.query._hand.apart
         assert torch.equal(q, ref.query(x))
         assert torch.equal(k, ref.key(x2)) and torch.equal(v, ref.value(x2))
         own = att.value._own[1]
@@ -190,7 +190,7 @@ def test_compiled_fullgraph_runs_one_op_per_group(scheme):
     ops = [str(n.target) for gm in graphs for n in gm.graph.nodes
            if n.op == "call_function" and "lowbit" in str(n.target)]
     assert len(ops) == 2 * 2, ops  # per layer: the fused group and the output projection
-    assert fused.layers[0].query._pending is None
+    assert fused.layers[0].query._hand.pending is None
     torch._dynamo.reset()
 
 

@@ -59,6 +59,23 @@ ROWS = {Fp8Linear: ("weight", "weight_scale", "bias"),
         Int4Linear: ("qweight", "scales", "zeros", "bias")}
 
 
+class _Handoff:
+    """A group's state between its members' calls, a plain object: setting an attribute of
+    an nn.Module costs about 1 us (Module.__setattr__'s checks), a sibling's whole call
+    about 2."""
+
+    def __init__(self, sizes: Tuple[int, ...]):
+        self.all = (1 << len(sizes)) - 1  # a bit per member
+        self.split = list(sizes)
+        self.pending = None  # (x, x's version, each member's output, members not yet served)
+        self.apart = False  # the members were found not to read one input
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["pending"] = None  # (tensors of a call in flight: never pickled)
+        return state
+
+
 class SiblingLinear(nn.Module):
     """One member of a group of quantized Linears that read one input (see the module
     docstring). ``index``: its place in the group; ``sizes``: every member's out_features, in
@@ -77,20 +94,19 @@ class SiblingLinear(nn.Module):
         self.out_features = sizes[index]
         self.start = sum(sizes[:index])
         self._bit = 1 << index
-        if index == 0:
-            self._all = (1 << len(sizes)) - 1
-            self._pending = None  # (x, x's version, fused output, members not yet served)
-            self._apart = False
+        self._hand = _Handoff(sizes) if index == 0 else None  # the owner's, once linked
         self._own = None  # the member alone (on views of the fused rows), once apart
 
     # The owning member, found through the parent once the group is linked (fuse_siblings,
     # load_quantized): a plain attribute, not a registered child (the owner is the parent's).
     def _link(self, owner: "SiblingLinear") -> None:
-        self.__dict__["_owner"] = owner
+        if owner is not self:  # (the owner holding itself would be a reference cycle)
+            self.__dict__["_owner"] = owner
+            self.__dict__["_hand"] = owner._hand
 
     @property
     def group(self) -> "SiblingLinear":
-        owner = self.__dict__.get("_owner")
+        owner = self if self.index == 0 else self.__dict__.get("_owner")
         if owner is None:
             raise RuntimeError(f"SiblingLinear: member {self.index} of its group is not linked "
                                "to its owner (build groups with lowbit.fuse_siblings, load "
@@ -98,32 +114,35 @@ class SiblingLinear(nn.Module):
         return owner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.group
+        h = self._hand
+        if h is None:
+            self.group  # (raises: not linked)
+        if h.apart:
+            return self._alone(self.group, x)
         compiling = torch.compiler.is_compiling()
-        if g._apart:
-            return self._alone(g, x)
-        pending = g._pending
+        pending = h.pending
         if pending is not None:
-            px, version, y, left = pending
+            px, version, parts, left = pending
             if px is x and left & self._bit and (compiling or version == _version(x)):
                 left &= ~self._bit
-                g._pending = (px, version, y, left) if left else None
-                return y.narrow(-1, self.start, self.out_features)
+                h.pending = (px, version, parts, left) if left else None
+                return parts[self.index]
             if not compiling:
                 # A call that is not its siblings' input while some sibling was never served
                 # (another input, this member called again, the input changed in place): the
                 # members are not called together on one input, and fusing would compute
                 # columns nobody reads. Each runs alone from now on.
-                g._pending = None
-                g._apart = True
-                warnings.warn(f"lowbit: the fused layers {'+'.join(g.members)} are not "
+                h.pending = None
+                h.apart = True
+                warnings.warn(f"lowbit: the fused layers {'+'.join(self.members)} are not "
                               "called together on one input; each now runs alone (fuse only "
                               "layers that read one input)", RuntimeWarning, stacklevel=2)
-                return self._alone(g, x)
-        y = g.fused(x)
-        left = g._all & ~self._bit
-        g._pending = (x, -1 if compiling else _version(x), y, left)
-        return y.narrow(-1, self.start, self.out_features)
+                return self._alone(self.group, x)
+        # Every member's columns as views at once: one split costs about what one narrow
+        # does, and a sibling's call then only picks its view.
+        parts = torch.split_with_sizes(self.group.fused(x), h.split, -1)
+        h.pending = (x, -1 if compiling else _version(x), parts, h.all & ~self._bit)
+        return parts[self.index]
 
     def _alone(self, g: "SiblingLinear", x: torch.Tensor) -> torch.Tensor:
         own = self._own
@@ -143,8 +162,6 @@ class SiblingLinear(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_own"] = None
-        if "_pending" in state:
-            state["_pending"] = None  # (tensors of a call in flight: never pickled)
         return state
 
 
