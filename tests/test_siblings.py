@@ -194,6 +194,78 @@ def test_compiled_fullgraph_runs_one_op_per_group(scheme):
     torch._dynamo.reset()
 
 
+class Cross(nn.Module):
+    """Cross-attention's projections: q on the decoder's states, k and v on the encoder's."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.query, self.key, self.value = nn.Linear(64, 64), nn.Linear(64, 32), nn.Linear(64, 32)
+
+    def forward(self, x, e):
+        return self.query(x), self.key(e), self.value(e)
+
+
+@pytest.mark.parametrize("eager_first", [False, True])
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_compiled_members_on_different_inputs_stay_correct(scheme, eager_first):
+    """Under torch.compile a group cannot be parted (no module is built inside a traced
+    graph): each input gets its own hand-off, and the outputs are the separate layers'.
+    After an eager call has parted it, the compiled graph runs the members alone."""
+    model = Cross().to(torch.bfloat16).eval()
+    lowbit.quantize_(model, scheme, group_size=32)
+    fused = copy.deepcopy(model)
+    lowbit.fuse_siblings(fused)
+    x, e = _x("cpu"), _x("cpu", rows=7) * 2
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if eager_first:
+            fused(x, e)
+            assert fused.query._hand.apart
+        torch._dynamo.reset()
+        compiled = torch.compile(fused, fullgraph=True)
+        for _ in range(3):
+            for got, want in zip(compiled(x, e), model(x, e)):
+                assert torch.equal(got, want)
+    torch._dynamo.reset()
+
+
+def test_members_alone_follow_a_cast_of_the_model():
+    """`.half()` replaces the bias and the scales, not the integer weight: a member running
+    alone must not keep computing with the old ones."""
+    model = Stack().eval()
+    lowbit.quantize_(model, "int8")
+    fused = copy.deepcopy(model)
+    lowbit.fuse_siblings(fused)
+    x = torch.randn(3, 64)
+    att = fused.layers[0]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        att.query(x), att.key(x * 2), att.value(x * 2)  # parts the group
+        assert att.query._hand.apart
+        model.half(), fused.half()
+        for name in ("query", "key", "value"):
+            got, want = getattr(att, name)(x.half()), getattr(model.layers[0], name)(x.half())
+            assert got.dtype == want.dtype == torch.float16
+            assert torch.equal(got, want)
+
+
+def test_the_fused_layer_owns_its_per_layer_tensors():
+    """Copies, not the first member's: shared with a member still registered under another
+    name, a checkpoint would keep the tensor under that name only."""
+    model = Stack().to(torch.bfloat16).eval()
+    lowbit.quantize_(model, "int8")
+    for name in ("query", "key", "value"):
+        layer = getattr(model.layers[0], name)
+        setattr(model.layers[0], name, Int8Linear.from_linear(
+            nn.Linear(64, layer.out_features).bfloat16(), act_scale=0.02))
+    first = model.layers[0].query
+    lowbit.fuse_siblings(model)
+    fused = model.layers[0].query.fused
+    assert torch.equal(fused.act_scale, first.act_scale)
+    assert fused.act_scale.data_ptr() != first.act_scale.data_ptr()
+
+
 def test_save_load_and_copies_keep_the_groups(tmp_path):
     model, fused, _ = _pair("fp8", "cpu")
     x = _x("cpu")
@@ -234,6 +306,13 @@ def test_what_does_not_fuse_is_kept_and_reported():
     report = lowbit.fuse_siblings(model)
     assert report["layers.0: query+key+value"] == \
         "kept: members configured differently (bias, mode, format, dtype, groups)"
+    # a cross-attention whose k and v read wider states
+    model = Stack().to(torch.bfloat16).eval()
+    model.layers[0].key = nn.Linear(96, 32).bfloat16()
+    model.layers[0].value = nn.Linear(96, 32).bfloat16()
+    lowbit.quantize_(model, "int8")
+    assert lowbit.fuse_siblings(model)["layers.0: query+key+value"] == \
+        "kept: members of different in_features"
     # fusing again changes nothing
     _, fused, _ = _pair("fp8", "cpu")
     assert lowbit.fuse_siblings(fused) == {}
@@ -242,6 +321,9 @@ def test_what_does_not_fuse_is_kept_and_reported():
 def test_bad_arguments():
     with pytest.raises(TypeError, match="fuse_siblings: model must be a torch.nn.Module"):
         lowbit.fuse_siblings("model")
+    # one group passed bare (it would read as groups of single letters)
+    with pytest.raises(ValueError, match="groups must be a sequence of groups"):
+        lowbit.fuse_siblings(Stack(), groups=("query", "key", "value"))
     with pytest.raises(ValueError, match="groups must be sequences of at least two"):
         lowbit.fuse_siblings(Stack(), groups=[("query",)])
     with pytest.raises(ValueError, match="SiblingLinear: index 3"):

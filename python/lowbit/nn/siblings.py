@@ -8,7 +8,9 @@ members' own, not a re-quantization). A member's call whose input is the tensor 
 last fused call took, with no in-place change since (its version counter), returns its
 columns of that call's output; any other call runs the fused layer again and keeps the output
 for the siblings not yet served. (A tensor made under ``torch.inference_mode`` has no version
-counter: there an in-place change of the input between siblings' calls goes unseen.) One activation quantization, one GEMM launch and one host
+counter, and inside a ``torch.compile``d graph versions are not traced: in both an in-place
+change of the input between two siblings' calls goes unseen, so fuse only layers that read one
+input unchanged, as attention's projections and gated MLPs do.) One activation quantization, one GEMM launch and one host
 call serve the whole group, where the separate layers took three of each.
 
 What it changes for the caller:
@@ -25,7 +27,7 @@ What it changes for the caller:
 Kept as it is: a member called twice with no sibling between, calls of one member only, the
 calls under ``torch.compile`` (the group's hand-off is traced as Python) and CUDA graphs.
 Not thread-safe across threads running one model at once (the hand-off is per group, as a
-prepared step is per module). ``Fp8Linear``, ``Int8Linear`` (W8A8 and weight-only) and
+prepared step is per module), nor for ``nn.DataParallel``'s replicas (they would share it). ``Fp8Linear``, ``Int8Linear`` (W8A8 and weight-only) and
 ``Int4Linear`` fuse; an int4 member running alone holds its rows prepacked anew (a copy: the
 prepacked layout has no row views).
 """
@@ -117,9 +119,15 @@ class SiblingLinear(nn.Module):
         h = self._hand
         if h is None:
             self.group  # (raises: not linked)
-        if h.apart:
-            return self._alone(self.group, x)
         compiling = torch.compiler.is_compiling()
+        if h.apart:
+            own = self._own_layer()
+            if own is not None:
+                return own(x)
+            if not compiling:
+                return self._build_own()(x)
+            # (no module can be built inside a traced graph: the fused layer's columns)
+            return torch.split_with_sizes(self.group.fused(x), h.split, -1)[self.index]
         pending = h.pending
         if pending is not None:
             px, version, parts, left = pending
@@ -131,25 +139,41 @@ class SiblingLinear(nn.Module):
                 # A call that is not its siblings' input while some sibling was never served
                 # (another input, this member called again, the input changed in place): the
                 # members are not called together on one input, and fusing would compute
-                # columns nobody reads. Each runs alone from now on.
+                # columns nobody reads. Each runs alone from now on. (Under torch.compile
+                # the call below hands off anew: correct, and the eager call that first
+                # meets the pattern parts the group.)
                 h.pending = None
                 h.apart = True
                 warnings.warn(f"lowbit: the fused layers {'+'.join(self.members)} are not "
                               "called together on one input; each now runs alone (fuse only "
                               "layers that read one input)", RuntimeWarning, stacklevel=2)
-                return self._alone(self.group, x)
+                return self._build_own()(x)
         # Every member's columns as views at once: one split costs about what one narrow
         # does, and a sibling's call then only picks its view.
         parts = torch.split_with_sizes(self.group.fused(x), h.split, -1)
         h.pending = (x, -1 if compiling else _version(x), parts, h.all & ~self._bit)
         return parts[self.index]
 
-    def _alone(self, g: "SiblingLinear", x: torch.Tensor) -> torch.Tensor:
+    def _held(self) -> tuple:
+        fused = self.group.fused
+        return (*fused._parameters.values(), *fused._buffers.values())
+
+    def _own_layer(self) -> Optional[nn.Module]:
+        """This member alone, built by ``_build_own`` and still over the fused layer's
+        tensors: a cast or move of the model replaces some (``.half()`` replaces the bias
+        and int4's scales, not the integer weight), and views of the old ones would compute
+        with them."""
         own = self._own
-        weight = _weight(g.fused)
-        if own is None or own[0] is not weight:  # (moved or re-cast since)
-            own = self._own = (weight, rows_of(g.fused, self.start, self.out_features))
-        return own[1](x)
+        if own is None:
+            return None
+        held = self._held()
+        if len(own[0]) != len(held) or any(a is not b for a, b in zip(own[0], held)):
+            return None
+        return own[1]
+
+    def _build_own(self) -> nn.Module:
+        self._own = (self._held(), rows_of(self.group.fused, self.start, self.out_features))
+        return self._own[1]
 
     def config(self) -> dict:
         return {"in_features": self.in_features, "sizes": list(self.sizes),
@@ -193,14 +217,14 @@ def _per_layer(mod: nn.Module) -> dict:
     return {n: t for n, t in mod._buffers.items() if n not in rows}
 
 
-def _build(like: nn.Module, out_features: int, rows: dict) -> nn.Module:
+def _build(like: nn.Module, out_features: int, rows: dict, copy: bool = False) -> nn.Module:
     """A module of ``like``'s class and configuration with ``out_features`` outputs, the
-    given row tensors (held as they are: views stay views) and ``like``'s per-layer ones;
-    an int4 layer is prepacked as ``like`` is."""
+    given row tensors (held as they are: views stay views) and ``like``'s per-layer ones
+    (``copy``: copies of them); an int4 layer is prepacked as ``like`` is."""
     mod = type(like)(**dict(like.config(), out_features=out_features),
                      device=_weight(like).device)
     for name, t in _per_layer(like).items():
-        mod._buffers[name] = t
+        mod._buffers[name] = t.clone() if copy and t is not None else t
     for name, t in rows.items():
         if name == "bias":
             mod.bias = nn.Parameter(t, requires_grad=False)
@@ -225,6 +249,8 @@ def _fusable(members: List[nn.Module]) -> Optional[str]:
         return "members of different classes"
     if type(first) not in ROWS:
         return f"{type(first).__name__} does not fuse"
+    if len({m.in_features for m in members}) > 1:
+        return "members of different in_features"
     cfg = {k: v for k, v in first.config().items() if k != "out_features"}
     for m in members[1:]:
         if {k: v for k, v in m.config().items() if k != "out_features"} != cfg:
@@ -244,7 +270,10 @@ def _fused_of(members: List[nn.Module]) -> nn.Module:
     parts = [_rows(m) for m in members]
     with torch.no_grad():
         rows = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
-    return _build(members[0], sum(m.out_features for m in members), rows)
+    # The per-layer tensors copied: shared with a member still registered elsewhere in the
+    # model (an alias), a checkpoint would keep only one name of the two, and the fused
+    # layer would load without its act-order permutation or activation scale.
+    return _build(members[0], sum(m.out_features for m in members), rows, copy=True)
 
 
 def fuse_siblings(model: nn.Module,
@@ -258,6 +287,10 @@ def fuse_siblings(model: nn.Module,
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse_siblings: model must be a torch.nn.Module; got "
                         f"{type(model).__name__}")
+    if isinstance(groups, str) or any(isinstance(g, str) for g in groups):
+        # (one group passed bare would be read as groups of single letters)
+        raise ValueError(f"fuse_siblings: groups must be a sequence of groups, each a tuple of "
+                         f"member names, e.g. [('query', 'key', 'value')]; got {groups!r}")
     groups = [tuple(g) for g in groups]
     if any(len(g) < 2 or len(set(g)) != len(g) or not all(isinstance(n, str) for n in g)
            for g in groups):
@@ -276,9 +309,6 @@ def fuse_siblings(model: nn.Module,
             why = _fusable(members)
             if why is not None:
                 report[key] = f"kept: {why}"
-                continue
-            if len({m.in_features for m in members}) > 1:
-                report[key] = "kept: members of different in_features"
                 continue
             fused = _fused_of(members)
             sizes = [m.out_features for m in members]
