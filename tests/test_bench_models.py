@@ -54,22 +54,22 @@ def test_bench_precisions_are_built_by_the_same_swap():
     assert bases <= set(models.LAYERS)
 
 
-@pytest.mark.parametrize("precision", ["int8", "int8+fused"])
+@pytest.mark.parametrize("precision", ["int8", "int8+fused", "int4+fused"])
 def test_fused_precision_fuses_the_bert_layers_siblings(precision):
     from lowbit.nn import SiblingLinear
 
     torch.manual_seed(0)
-    layer = models.BertLayer(64, 4, 128).to(torch.bfloat16).eval()
+    layer = models.BertLayer(128, 4, 256).to(torch.bfloat16).eval()  # (K: whole int4 groups)
     q_layer = copy.deepcopy(layer)
     note = models.quantize_model(q_layer, precision)
     fused = precision.endswith(models.FUSED)
     assert note == "6 Linears swapped" + (", 1 sibling groups fused" if fused else "")
     assert isinstance(q_layer.key, SiblingLinear) == fused
-    x = torch.randn(2, 8, 64, dtype=torch.bfloat16)
+    x = torch.randn(2, 8, 128, dtype=torch.bfloat16)
     plain = copy.deepcopy(layer)
-    models.to_quantized(plain, "int8")
+    models.to_quantized(plain, precision.split("+")[0])
     with torch.no_grad():
-        assert torch.equal(q_layer(x), plain(x))  # (int8 accumulates exactly: the same numbers)
+        assert torch.equal(q_layer(x), plain(x))  # (the reference accumulates alike)
 
 
 def test_time_interleaved_order_and_hook(monkeypatch):

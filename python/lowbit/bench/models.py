@@ -106,7 +106,8 @@ class LlamaMLP(nn.Module):
 
 FUSED = "+fused"  # a precision's suffix: its model with lowbit.fuse_siblings applied
 # what `lowbit bench --precision` takes
-PRECISIONS = ("fp8", "int8", "int4", "w8a16", "fp8" + FUSED, "int8" + FUSED)
+_BASE = ("fp8", "int8", "int4", "w8a16")
+PRECISIONS = (*_BASE, *(p + FUSED for p in _BASE))
 INT4_GROUP = 128  # the group size of the int4 rows (divides every K of both models)
 
 # precision -> what its layers compute (for a table); ``quantized_layer`` builds them.

@@ -59,8 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp8",
                    help="comma list of the model rows' precisions: fp8, int8 (W8A8 layers, "
                         "per-token activations), int4 (W4A16, group 128), w8a16 (weight-only "
-                        "int8), fp8+fused / int8+fused (the W8A8 model with sibling layers "
-                        "that read one input fused: lowbit.fuse_siblings); default fp8")
+                        "int8), each also as <precision>+fused (sibling layers that read one "
+                        "input fused: lowbit.fuse_siblings); default fp8")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per model row (default 7; --quick 3)")
     p.add_argument("--flush", choices=("write", "read"), default="write",
                    help="how the L2 is flushed between timed reps: 'write' (default: a 256 MB "
