@@ -55,6 +55,12 @@
 #                                           "k_parts or split_launches or decode"), the
 #                                           quantizers' programmatic-launch tests and the
 #                                           swap-AB, fused and early-weight tests (about 250 s)
+#   bash bench/next_run.sh siblings [OUTDIR] build, the sibling groups' GPU tests
+#                                           (test_siblings.py, test_bench_models.py -k fused),
+#                                           then `lowbit bench --model bert-large` at
+#                                           SIB_PRECISIONS (default fp8,fp8+fused,int8,
+#                                           int8+fused; eager, compiled and graph, 5 rounds;
+#                                           about 300 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -69,7 +75,8 @@
 set -u
 WHAT=${1:-suite}
 case $WHAT in
-  suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify) ;;
+  suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
+    siblings) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -261,6 +268,22 @@ if [ -n "${SKIP_BUILD:-}" ]; then
 else
   LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} STEPS=build timeout 200 bash bench/gpu_check.sh "$OUTDIR/b" >/dev/null 2>&1
   say "1 build: $(grep build "$OUTDIR/b/summary.txt" 2>/dev/null)"
+fi
+
+if [ "$WHAT" = siblings ]; then
+  # bench/NOTES.md, "Sibling Linears as one layer": its GPU tests, then issue 18's BERT rows
+  # with and without the q/k/v groups.
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 90 $PY -m pytest -q -p no:cacheprovider \
+     "$R/tests/test_siblings.py" "$R/tests/test_bench_models.py" -k "cuda or fused") \
+    >"$OUTDIR/siblings_tests.log" 2>&1
+  say "2 sibling tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/siblings_tests.log")"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout "${SIB_S:-300}" lowbit bench --model bert-large --rounds 5 \
+     --precision "${SIB_PRECISIONS:-fp8,fp8+fused,int8,int8+fused}" --out "$OUTDIR/bert") \
+    >"$OUTDIR/bert.log" 2>&1
+  say "3 bert-large: rc $? in $((SECONDS - t)) s ($OUTDIR/bert/bench.md)"
+  exit 0
 fi
 
 if [ "$WHAT" = suite ]; then
