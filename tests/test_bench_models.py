@@ -50,8 +50,7 @@ def test_to_quantized_rejects_an_unknown_precision():
 
 
 def test_bench_precisions_are_built_by_the_same_swap():
-    bases = {p[:-len(models.FUSED)] if p.endswith(models.FUSED) else p for p in models.PRECISIONS}
-    assert bases <= set(models.LAYERS)
+    assert {p.removesuffix(models.FUSED) for p in models.PRECISIONS} <= set(models.LAYERS)
 
 
 @pytest.mark.parametrize("precision", ["int8", "int8+fused", "int4+fused"])

@@ -82,8 +82,7 @@ def test_fused_group_gives_the_members_outputs(scheme, device):
         for n, got in zip(("query", "key", "value"), outs):
             _same(got, getattr(ref, n)(x), scheme, device)
     # The members' outputs are columns of one fused output (one GEMM, no copies).
-    base = outs[0]._base if outs[0]._base is not None else outs[0]
-    assert all(o._base is base or o._base is base._base for o in outs)
+    assert outs[0]._base is not None and all(o._base is outs[0]._base for o in outs)
     assert [o.data_ptr() - outs[0].data_ptr() for o in outs] == [0, 64 * 2, 96 * 2]
 
 

@@ -82,7 +82,7 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
             raise ValueError(f"load_quantized: unknown module class {entry['class']!r} for "
                              f"{name!r}")
         cfg = dict(entry["config"])
-        shape = (cfg.get("in_features"), _out_features(cls, cfg))
+        shape = (cfg.get("in_features"), _out_features(cfg, cls is lnn.SiblingLinear))
         if isinstance(old, nn.Linear) and shape != (old.in_features, old.out_features):
             raise ValueError(f"load_quantized: {name!r} was saved as a {shape[0]} -> {shape[1]} "
                              f"layer; the model's is {old.in_features} -> "
@@ -123,9 +123,9 @@ def _submodule(model: nn.Module, name: str):
         return None
 
 
-def _out_features(cls, cfg: dict):
+def _out_features(cfg: dict, sibling: bool):
     """A saved layer's out_features (a fused sibling's: its size in the group)."""
-    if cls.__name__ != "SiblingLinear":
+    if not sibling:
         return cfg.get("out_features")
     sizes, index = cfg.get("sizes") or [], cfg.get("index")
     return sizes[index] if isinstance(index, int) and 0 <= index < len(sizes) else None

@@ -129,7 +129,7 @@ def quantize_model(model: nn.Module, precision: str) -> str:
     ``LAYERS`` key, or one with ``FUSED`` appended: then its sibling layers that read one
     input, BERT's query / key / value, are fused as ``lowbit.fuse_siblings`` does); returns
     what was done, for the row's note."""
-    base = precision[:-len(FUSED)] if precision.endswith(FUSED) else precision
+    base = precision.removesuffix(FUSED)
     n = to_quantized(model, base)
     note = f"{n} Linears swapped"
     if base != precision:

@@ -10,8 +10,9 @@ columns of that call's output; any other call runs the fused layer again and kee
 for the siblings not yet served. (A tensor made under ``torch.inference_mode`` has no version
 counter, and inside a ``torch.compile``d graph versions are not traced: in both an in-place
 change of the input between two siblings' calls goes unseen, so fuse only layers that read one
-input unchanged, as attention's projections and gated MLPs do.) One activation quantization, one GEMM launch and one host
-call serve the whole group, where the separate layers took three of each.
+input unchanged, as attention's projections and gated MLPs do.) One activation quantization,
+one GEMM launch and one host call serve the whole group, where the separate layers took three
+of each.
 
 What it changes for the caller:
 - a member's output is a view of the fused output (its columns), not a contiguous tensor, as
@@ -27,9 +28,9 @@ What it changes for the caller:
 Kept as it is: a member called twice with no sibling between, calls of one member only, the
 calls under ``torch.compile`` (the group's hand-off is traced as Python) and CUDA graphs.
 Not thread-safe across threads running one model at once (the hand-off is per group, as a
-prepared step is per module), nor for ``nn.DataParallel``'s replicas (they would share it). ``Fp8Linear``, ``Int8Linear`` (W8A8 and weight-only) and
-``Int4Linear`` fuse; an int4 member running alone holds its rows prepacked anew (a copy: the
-prepacked layout has no row views).
+prepared step is per module), nor for ``nn.DataParallel``'s replicas (they would share it).
+``Fp8Linear``, ``Int8Linear`` (W8A8 and weight-only) and ``Int4Linear`` fuse; an int4 member
+running alone holds its rows prepacked anew (a copy: the prepacked layout has no row views).
 """
 from __future__ import annotations
 
