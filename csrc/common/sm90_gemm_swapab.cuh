@@ -1168,9 +1168,16 @@ inline int forced_rows() {
   return forced;
 }
 
+// What each split rank past the first adds to a tile's time, in K steps: the cluster's
+// reduction through distributed shared memory and the wait on its peers. Measured on the
+// H100 at 48 and 64 x 4096 x 4096, where 96 rows in 2 ranks beat 112 rows in 3 in every
+// pair (bench/NOTES.md, "The forms at 48-64 x 4096^2").
+constexpr int kSplitRankSteps = 3;
+
 // The weight rows x steps that the busiest CTA of form F streams (its split as planned, in
-// `splits`), in `cost`; the time of a weight-streaming GEMM follows it, since every CTA
-// streams at about the same rate.
+// `splits`), each split rank past the first counted as kSplitRankSteps more steps, in `cost`;
+// the time of a weight-streaming GEMM follows it, since every CTA streams at about the same
+// rate.
 template <class Op, bool kPromote, class F>
 cudaError_t form_cost(int device, const GemmArgs& p, int64_t& cost, int& splits) {
   const int tiles = (p.N + F::kRows - 1) / F::kRows, steps = (p.K + kBK - 1) / kBK;
@@ -1179,7 +1186,8 @@ cudaError_t form_cost(int device, const GemmArgs& p, int64_t& cost, int& splits)
   if (e != cudaSuccess) return e;
   const int sms = sm_count_or(device, 1);
   const int waves = splits > 1 ? 1 : (tiles + sms - 1) / sms;
-  cost = int64_t(F::kRows) * ((steps + splits - 1) / splits) * waves;
+  cost = int64_t(F::kRows) * ((steps + splits - 1) / splits + kSplitRankSteps * (splits - 1)) *
+         waves;
   return cudaSuccess;
 }
 
