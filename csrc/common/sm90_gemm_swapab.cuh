@@ -1171,7 +1171,7 @@ inline int forced_rows() {
 // What each split rank past the first adds to a tile's time, in K steps: the cluster's
 // reduction through distributed shared memory and the wait on its peers. Measured on the
 // H100 at 48 and 64 x 4096 x 4096, where 96 rows in 2 ranks beat 112 rows in 3 in every
-// pair (bench/NOTES.md, "The forms at 48-64 x 4096^2").
+// pair (bench/NOTES.md, "The split's ranks in the swap-AB form choice").
 constexpr int kSplitRankSteps = 3;
 
 // The weight rows x steps that the busiest CTA of form F streams (its split as planned, in
