@@ -282,6 +282,41 @@ def test_save_load_and_copies_keep_the_groups(tmp_path):
             assert torch.equal(m(x), want)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_member_without_bias_fuses(scheme, device, tmp_path):
+    """Whisper's attention: k_proj has no bias beside q_proj's and v_proj's. The fused layer
+    adds zeros in its rows, which changes no output; saved and loaded, the group holds."""
+    def whisper_like():
+        m = Stack().to(device, torch.bfloat16).eval()
+        for layer in m.layers:
+            layer.key = nn.Linear(64, 32, bias=False).to(device, torch.bfloat16)
+        return m
+
+    model = whisper_like()
+    lowbit.quantize_(model, scheme, **({"group_size": 32} if scheme == "int4" else {}))
+    fused = copy.deepcopy(model)
+    assert lowbit.fuse_siblings(fused)["layers.0: query+key+value"] == "fused"
+    bias = fused.layers[0].query.fused.bias
+    assert bias is not None and not bias[64:96].any() and torch.equal(
+        bias[:64], model.layers[0].query.bias)
+    x = _x(device)
+    with torch.no_grad():
+        want = fused(x)
+        _same(want, model(x), scheme, device)
+    lowbit.save_quantized(fused, str(tmp_path))
+    fresh = whisper_like()
+    lowbit.load_quantized(fresh, str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), want)
+    # apart (members on different inputs), the member without a bias still adds none
+    att, ref = fresh.layers[0], model.layers[0]
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="not called together"):
+        att.query(x), att.key(x * 2)
+    with torch.no_grad():
+        _same(att.key(x), ref.key(x), scheme, device)
+
+
 def test_what_does_not_fuse_is_kept_and_reported():
     model = Stack().to(torch.bfloat16).eval()
     # one member left in bf16: not alike
@@ -304,7 +339,7 @@ def test_what_does_not_fuse_is_kept_and_reported():
     model.layers[0].key = Int4Linear.from_linear(nn.Linear(64, 32).bfloat16(), group_size=64)
     report = lowbit.fuse_siblings(model)
     assert report["layers.0: query+key+value"] == \
-        "kept: members configured differently (bias, mode, format, dtype, groups)"
+        "kept: members configured differently (mode, format, dtype, groups)"
     # a cross-attention whose k and v read wider states
     model = Stack().to(torch.bfloat16).eval()
     model.layers[0].key = nn.Linear(96, 32).bfloat16()

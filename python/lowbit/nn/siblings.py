@@ -4,7 +4,8 @@ computed as one layer: ``lowbit.fuse_siblings(model)``.
 Each member becomes a ``SiblingLinear`` (no tensors of its own but its place in the group).
 The first member owns ``fused``: the quantized layer whose weight is the members' quantized
 weights one after another (per-channel scales and biases too, so the numbers are the
-members' own, not a re-quantization). A member's call whose input is the tensor the group's
+members' own, not a re-quantization; a member without a bias gets zeros in the fused bias,
+which leave its outputs as they were). A member's call whose input is the tensor the group's
 last fused call took, with no in-place change since (its version counter), returns its
 columns of that call's output; any other call runs the fused layer again and keeps the output
 for the siblings not yet served. (A tensor made under ``torch.inference_mode`` has no version
@@ -222,7 +223,7 @@ def _build(like: nn.Module, out_features: int, rows: dict, copy: bool = False) -
     """A module of ``like``'s class and configuration with ``out_features`` outputs, the
     given row tensors (held as they are: views stay views) and ``like``'s per-layer ones
     (``copy``: copies of them); an int4 layer is prepacked as ``like`` is."""
-    mod = type(like)(**dict(like.config(), out_features=out_features),
+    mod = type(like)(**dict(like.config(), out_features=out_features, bias="bias" in rows),
                      device=_weight(like).device)
     for name, t in _per_layer(like).items():
         mod._buffers[name] = t.clone() if copy and t is not None else t
@@ -243,6 +244,9 @@ def rows_of(mod: nn.Module, start: int, size: int) -> nn.Module:
     return _build(mod, size, {n: t.narrow(0, start, size) for n, t in _rows(mod).items()})
 
 
+_EITHER = ("out_features", "bias")  # config keys in which members may differ
+
+
 def _fusable(members: List[nn.Module]) -> Optional[str]:
     """None when ``members`` can be one layer, else why not."""
     first = members[0]
@@ -252,10 +256,12 @@ def _fusable(members: List[nn.Module]) -> Optional[str]:
         return f"{type(first).__name__} does not fuse"
     if len({m.in_features for m in members}) > 1:
         return "members of different in_features"
-    cfg = {k: v for k, v in first.config().items() if k != "out_features"}
+    # (a bias or not may differ: the fused layer adds zeros for a member without one, as
+    # Whisper's k_proj beside q_proj and v_proj)
+    cfg = {k: v for k, v in first.config().items() if k not in _EITHER}
     for m in members[1:]:
-        if {k: v for k, v in m.config().items() if k != "out_features"} != cfg:
-            return "members configured differently (bias, mode, format, dtype, groups)"
+        if {k: v for k, v in m.config().items() if k not in _EITHER} != cfg:
+            return "members configured differently (mode, format, dtype, groups)"
         for name, t in _per_layer(m).items():
             other = first._buffers[name]
             if (t is None) != (other is None) or (t is not None and not torch.equal(t, other)):
@@ -269,6 +275,11 @@ def _fusable(members: List[nn.Module]) -> Optional[str]:
 
 def _fused_of(members: List[nn.Module]) -> nn.Module:
     parts = [_rows(m) for m in members]
+    bias = next((p["bias"] for p in parts if "bias" in p), None)
+    if bias is not None:
+        # A member without a bias adds zeros: x + 0 is x in fp32 (but -0, which turns +0).
+        for p, m in zip(parts, members):
+            p.setdefault("bias", bias.new_zeros(m.out_features))
     with torch.no_grad():
         rows = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
     # The per-layer tensors copied: shared with a member still registered elsewhere in the
