@@ -318,6 +318,61 @@ def test_transformer_encoder_layer_runs_after_quantizing():
         assert torch.allclose(q(x), ref, atol=1e-5)
 
 
+class GatedFFN(nn.Module):
+    """T5's gated FFN: its forward casts the activations to ``wo.weight.dtype`` (the model
+    keeps ``wo`` in fp32 and says so in ``_keep_in_fp32_modules``)."""
+
+    def __init__(self, d=64, f=128):
+        super().__init__()
+        self.wi_0, self.wi_1 = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False)
+        self.wo = nn.Linear(f, d, bias=False)
+
+    def forward(self, x):
+        h = torch.nn.functional.gelu(self.wi_0(x)) * self.wi_1(x)
+        if h.dtype != self.wo.weight.dtype and self.wo.weight.dtype != torch.int8:
+            h = h.to(self.wo.weight.dtype)
+        return self.wo(h)
+
+
+class T5Like(nn.Module):
+    _keep_in_fp32_modules = ["wo", "extra.proj"]
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.block = nn.ModuleList(GatedFFN() for _ in range(2))
+        self.extra = nn.ModuleDict({"proj": nn.Linear(64, 64), "two": nn.Linear(64, 64)})
+
+    def forward(self, x):
+        for b in self.block:
+            x = x + b(x)
+        return self.extra["two"](self.extra["proj"](x))
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "fp8-w8a16", "int4"])
+def test_layers_the_model_keeps_in_full_precision_stay(scheme):
+    """Without the rule, T5's forward would hand fp8 codes to Fp8Linear (or find no
+    ``weight`` on Int4Linear); a nested model's list applies below it only, by whole
+    name components (``two`` is not ``wo``)."""
+    outer = nn.Sequential(nn.Linear(64, 64), T5Like()).to(torch.bfloat16).eval()
+    x = torch.randn(2, 5, 64).bfloat16()
+    with torch.no_grad():
+        ref = outer(x)
+    s = lowbit.quantize_(outer, scheme, group_size=32)
+    assert sorted(s.swapped) == ["0", "1.block.0.wi_0", "1.block.0.wi_1", "1.block.1.wi_0",
+                                 "1.block.1.wi_1", "1.extra.two"]
+    assert s.skipped["1.block.0.wo"] == \
+        "kept in full precision by the model (T5Like._keep_in_fp32_modules lists 'wo')"
+    assert "lists 'extra.proj'" in s.skipped["1.extra.proj"]
+    with torch.no_grad():
+        assert _cos(outer(x), ref) > 0.98
+    # a calibration need not hold the kept layers
+    model = T5Like().bfloat16().eval()
+    cal = lowbit.calibrate(model, [x], progress=False)
+    del cal.clips["block.0.wo"]
+    assert "block.0.wo" in lowbit.quantize_(model, "int8", calibration=cal).skipped
+
+
 def test_linear_subclasses_are_reported_kept():
     class MyLinear(nn.Linear):
         pass

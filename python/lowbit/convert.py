@@ -11,7 +11,9 @@ Schemes (``SCHEMES``):
 - ``"w8a16"``: INT8 weights only (``Int8Linear(mode="w8a16")``);
 - ``"int4"``: W4A16 group-wise (``Int4Linear``, ``group_size``, ``symmetric``).
 
-Every ``nn.Linear`` the scheme supports is swapped unless ``filter`` excludes it. A layer the
+Every ``nn.Linear`` the scheme supports is swapped unless ``filter`` excludes it or the model
+keeps it in full precision (a Hugging Face model's ``_keep_in_fp32_modules``, as T5's ``wo``,
+which its code reads the weight of; transformers' quantizers skip them too). A layer the
 scheme cannot take is skipped with the reason (K not a multiple of the int4 group), and so is
 one that no kernel of the model's device runs: each swapped layer runs one forward on a
 one-row zero input on its device, and a ``NotImplementedError`` there (no GPU kernel for the
@@ -140,6 +142,36 @@ def _excluder(filter: Filter, model: nn.Module) -> Callable[[str, nn.Module], bo
     return excluded
 
 
+def _kept_by_model(model: nn.Module) -> Callable[[str], Optional[str]]:
+    """name -> why the model itself keeps that Linear in full precision, or None.
+
+    A Hugging Face model lists in ``_keep_in_fp32_modules`` the modules its code keeps in
+    fp32, and may read their weights: T5's gated FFN casts its activations to
+    ``wo.weight.dtype`` before calling ``wo`` (fp8 codes for an Fp8Linear; an Int4Linear has
+    no ``weight``). transformers' own quantizers leave those modules alone; so does
+    quantize_. A listed name matches whole components of a layer's name below the model
+    that lists it (``wo`` matches ``...DenseReluDense.wo``, ``qformer`` everything in it)."""
+    lists = []
+    for prefix, mod in model.named_modules():
+        keep = getattr(mod, "_keep_in_fp32_modules", None)
+        if isinstance(keep, (list, tuple, set, frozenset)) and keep:
+            keys = sorted(k for k in keep if isinstance(k, str) and k)
+            if keys:
+                lists.append((f"{prefix}." if prefix else "", keys, type(mod).__name__))
+
+    def why(name: str) -> Optional[str]:
+        for prefix, keys, owner in lists:
+            if name.startswith(prefix):
+                path = f".{name[len(prefix):]}."
+                hit = next((k for k in keys if f".{k}." in path), None)
+                if hit is not None:
+                    return (f"kept in full precision by the model ({owner}."
+                            f"_keep_in_fp32_modules lists {hit!r})")
+        return None
+
+    return why
+
+
 def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibration=None,
               group_size: int = 128, symmetric: bool = True,
               check_device: bool = True, keep_slower: Optional[int] = None) -> QuantizeSummary:
@@ -172,13 +204,13 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
                                     not isinstance(keep_slower, int) or keep_slower < 1):
         raise ValueError(f"quantize_: keep_slower must be the tokens per forward, an int >= 1; "
                          f"got {keep_slower!r}")
-    excluded = _excluder(filter, model)
+    excluded, kept = _excluder(filter, model), _kept_by_model(model)
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError("quantize_: the model has no nn.Linear layer to quantize")
     if calibration is not None:
-        missing = [name for name, m in linears if type(m) is nn.Linear
-                   and not excluded(name, m) and name not in calibration.clips]
+        missing = [name for name, m in linears if type(m) is nn.Linear and not excluded(name, m)
+                   and kept(name) is None and name not in calibration.clips]
         if missing:
             raise ValueError(f"quantize_: calibration has no activation statistics for "
                              f"{len(missing)} layer(s): {', '.join(missing[:8])}"
@@ -194,6 +226,8 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
                    "swapped")
         elif excluded(name, lin):
             why = "excluded by filter"
+        elif kept(name) is not None:
+            why = kept(name)
         elif scheme == "int4" and lin.in_features % (32 if group_size == -1 else group_size):
             need = "32 (int4 per channel)" if group_size == -1 else f"group_size = {group_size}"
             why = f"in_features = {lin.in_features} is not a multiple of {need}"
