@@ -385,3 +385,55 @@ def test_a_hugging_face_decoder_generates_the_same_tokens(scheme):
         assert torch.equal(fused(ids).logits, model(ids).logits)
         gen = fused.generate(ids[:1, :4], max_new_tokens=4, do_sample=False)
         assert torch.equal(gen, model.generate(ids[:1, :4], max_new_tokens=4, do_sample=False))
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "int8", "int4"])
+def test_a_hugging_face_t5_generates_the_same_tokens(scheme):
+    """Flan-T5's layout (gated FFN): the encoder's and the decoder's self-attention q/k/v and
+    wi_0/wi_1 fuse, the decoder's cross-attention is kept by name (its q reads the decoder's
+    states, k and v the encoder's), and generation gives the same tokens with no warning."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=96, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                num_heads=4, feed_forward_proj="gated-gelu",
+                                decoder_start_token_id=0, pad_token_id=0)
+    model = transformers.T5ForConditionalGeneration(cfg).to(torch.bfloat16).eval()
+    lowbit.quantize_(model, scheme, group_size=32)
+    fused = copy.deepcopy(model)
+    report = lowbit.fuse_siblings(fused)
+    cross = {k for k in report if ".EncDecAttention:" in k}
+    assert len(cross) == 2 and {report[k] for k in cross} == {
+        "kept: cross-attention (the query reads other states)"}
+    assert len(report) == 2 + 4 * 2  # per layer of each stack: q+k+v and wi_0+wi_1
+    assert {v for k, v in report.items() if k not in cross} == {"fused"}
+    ids = torch.randint(1, 96, (2, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no group may fall apart
+        gen = fused.generate(ids, max_new_tokens=4, do_sample=False)
+        assert torch.equal(gen, model.generate(ids, max_new_tokens=4, do_sample=False))
+
+
+@pytest.mark.parametrize("names", [("q_lin", "k_lin", "v_lin"), ("q", "k", "v")])
+def test_other_default_names_fuse_and_cross_attention_is_kept(names):
+    """DistilBERT's and T5's names fuse by default; the same group under a module named as
+    transformers names a cross-attention is kept and says why."""
+    class Att(nn.Module):
+        def __init__(self):
+            super().__init__()
+            for n in names:
+                setattr(self, n, nn.Linear(64, 64))
+
+        def forward(self, x):
+            return sum(getattr(self, n)(x) for n in names)
+
+    model = nn.ModuleDict({"self_attn": Att(), "crossattention": nn.Sequential(Att())})
+    model = model.to(torch.bfloat16).eval()
+    lowbit.quantize_(model, "int8")
+    ref = copy.deepcopy(model)
+    report = lowbit.fuse_siblings(model)
+    member = "+".join(names)
+    assert report == {f"self_attn: {member}": "fused", f"crossattention.0: {member}":
+                      "kept: cross-attention (the query reads other states)"}
+    x = _x("cpu")
+    with torch.no_grad():
+        assert torch.equal(model["self_attn"](x), ref["self_attn"](x))

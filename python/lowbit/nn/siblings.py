@@ -22,9 +22,10 @@ What it changes for the caller:
 - FP8 members' outputs may differ from the separate layers' in the last bits where the
   GEMM accumulates in another order for the wider N (a K split chosen for the narrow
   weight); INT8 accumulates exactly and gives the same numbers;
-- members whose inputs turn out to differ (cross-attention: q reads the decoder's states, k
-  and v the encoder's) are found at the first such call: the group warns once and from then
-  on each member runs alone, on views of its rows of the fused weight.
+- a group under a module named as transformers names a cross-attention (``CROSS_ATTENTION``:
+  q reads the decoder's states, k and v the encoder's) is not fused; members whose inputs
+  turn out to differ elsewhere are found at the first such call: the group warns once and
+  from then on each member runs alone, on views of its rows of the fused weight.
 
 Kept as it is: a member called twice with no sibling between, calls of one member only, the
 calls under ``torch.compile`` (the group's hand-off is traced as Python) and CUDA graphs.
@@ -47,14 +48,22 @@ from .int4_linear import Int4Linear
 from .int8_linear import Int8Linear
 
 # Member names fused by default: attention projections and gated MLPs of the common
-# architectures (BERT; Llama, Mistral, Qwen; w1 / w3 of gated MLPs written as in Mixtral's
-# experts). Only siblings that are all present and all quantized alike fuse.
+# architectures (BERT, RoBERTa, ViT; Llama, Mistral, Qwen, Whisper, CLIP; DistilBERT; T5;
+# w1 / w3 of gated MLPs written as in Mixtral's experts, wi_0 / wi_1 as in T5 v1.1). Only
+# siblings that are all present and all quantized alike fuse.
 DEFAULT_GROUPS: Tuple[Tuple[str, ...], ...] = (
     ("query", "key", "value"),
     ("q_proj", "k_proj", "v_proj"),
+    ("q_lin", "k_lin", "v_lin"),
+    ("q", "k", "v"),
     ("gate_proj", "up_proj"),
     ("w1", "w3"),
+    ("wi_0", "wi_1"),
 )
+# Modules whose query reads other states than their key and value (the decoder's against
+# the encoder's), by the names transformers gives them (T5, BART and Whisper, BERT as a
+# decoder): a group under one is kept, where fusing would warn and part at the first call.
+CROSS_ATTENTION = frozenset({"EncDecAttention", "encoder_attn", "crossattention"})
 # Each fusable class's tensors with a row per output channel, concatenated in the fused
 # layer (bias included); its other tensors (static activation scale and zero point, int4's
 # act-order permutation of K) are per layer and must be equal across the members.
@@ -318,6 +327,9 @@ def fuse_siblings(model: nn.Module,
             key = f"{parent_name}: {'+'.join(names)}" if parent_name else "+".join(names)
             if all(isinstance(m, SiblingLinear) for m in members):
                 continue  # (fused before)
+            if not CROSS_ATTENTION.isdisjoint(parent_name.split(".")):
+                report[key] = "kept: cross-attention (the query reads other states)"
+                continue
             why = _fusable(members)
             if why is not None:
                 report[key] = f"kept: {why}"
