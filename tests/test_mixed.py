@@ -75,3 +75,18 @@ def test_apply_plan_checks_its_plan():
     with pytest.raises(ValueError, match=r"apply_plan: plan names layers the model does not "
                                          r"have: \['nope'\]"):
         apply_plan(m, {"nope": "int8", "0": "int8"})
+
+
+def test_layers_the_model_keeps_stay_full_in_the_plan():
+    """A layer quantize_ would keep (the model's _keep_in_fp32_modules) is planned at full
+    precision, so the plan's bytes are what apply_plan gives."""
+    class Kept(nn.Sequential):
+        _keep_in_fp32_modules = ["2"]
+
+    ref = Kept(*_model())
+    plan = mixed_precision(ref, DATA, 1.0, group_size=32)
+    assert plan.schemes == {"0": "int4", "2": FULL, "4": "int4"}
+    q = Kept(*_model())
+    s = apply_plan(q, plan, group_size=32)
+    assert sorted(n for summary in s for n in summary.swapped) == ["0", "4"]
+    assert _err(q, ref) == pytest.approx(plan.error, rel=1e-9, abs=1e-12)

@@ -21,7 +21,7 @@ from torch import nn
 from ._batches import run_batch
 from ._scaling import collect_inputs
 
-from .convert import SCHEMES, QuantizeSummary, module_bytes, quantize_
+from .convert import SCHEMES, QuantizeSummary, _kept_by_model, module_bytes, quantize_
 
 DEFAULT_SCHEMES = ("int4", "int8", "fp8")
 FULL = "none"  # a layer kept in full precision
@@ -143,6 +143,10 @@ def mixed_precision(model: nn.Module, batches, budget: float, *,
         raise ValueError("mixed_precision: batches is empty")
     sens = sensitivity(model, batches, schemes, group_size=group_size, forward=forward)
     lin = _linears(model)
+    kept = _kept_by_model(model)
+    for n in lin:
+        if kept(n) is not None:
+            sens[n] = {}  # (quantize_ would keep it: full precision is its only rung)
     nbytes = {n: {s: module_bytes(_quantized(m, s, group_size)) for s in sens[n]}
               for n, m in lin.items()}
     for n, m in lin.items():
