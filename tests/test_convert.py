@@ -401,3 +401,28 @@ def test_load_keeps_the_saved_dtypes_and_checks_shapes(tmp_path):
                                          r"the model's is 64 -> 48"):
         lowbit.load_quantized(nn.Sequential(nn.Linear(64, 48), nn.LayerNorm(48),
                                             nn.Linear(48, 32)), str(tmp_path))
+
+
+class Experts(nn.Module):
+    """A transformers MoE layer's experts: 3-D weights, no nn.Linear to swap."""
+
+    def __init__(self, n=4, d=64, f=128):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(n, 2 * f, d))
+        self.down_proj = nn.Parameter(torch.randn(n, d, f))
+
+
+def test_the_summary_names_the_weights_outside_linears():
+    model = nn.ModuleDict({"attn": nn.Linear(64, 64), "experts": Experts(),
+                           "embed": nn.Embedding(50, 64), "norm": nn.LayerNorm(64)})
+    s = lowbit.quantize_(model, "int8")
+    assert s.swapped == ["attn"]
+    # the experts' tensors, not the embedding's or the norm's
+    assert s.outside == {"experts.gate_up_proj": 4 * 256 * 64 * 4,
+                         "experts.down_proj": 4 * 64 * 128 * 4}
+    assert ("weights outside nn.Linear layers, left as they are: 2 tensors, 0.38 MiB (largest: "
+            "experts.gate_up_proj, experts.down_proj)") in str(s)
+    # a small table beside large Linears is no line of the summary
+    small = nn.ModuleDict({"a": nn.Linear(256, 256), "pos": Experts(1, 4, 4)})
+    s = lowbit.quantize_(small, "int8")
+    assert len(s.outside) == 2 and "outside" not in str(s)

@@ -19,7 +19,9 @@ one that no kernel of the model's device runs: each swapped layer runs one forwa
 one-row zero input on its device, and a ``NotImplementedError`` there (no GPU kernel for the
 scheme's ops yet) keeps the layer in full precision, saying why. The returned
 ``QuantizeSummary`` lists every layer, swapped or skipped and why, and the bytes of the
-layers' parameters and buffers before and after.
+layers' parameters and buffers before and after, and names the weights no ``nn.Linear`` holds
+(``outside``), which it cannot reach: a transformers MoE layer keeps its experts as 3-D
+tensors (Mixtral's ``experts.gate_up_proj``), which stay as they are.
 
 ``calibration`` (``lowbit.calibrate``'s result) gives the W8A8 schemes static per-tensor
 activation scales: ``calibration.scale(name, fmt)`` for each swapped layer, ``fmt`` the
@@ -65,6 +67,8 @@ class LayerReport:
 class QuantizeSummary:
     scheme: str
     layers: List[LayerReport] = field(default_factory=list)
+    # Weight tensors held outside any nn.Linear, by qualified name: bytes (``_outside``)
+    outside: Dict[str, int] = field(default_factory=dict)
 
     @property
     def swapped(self) -> List[str]:
@@ -92,7 +96,35 @@ class QuantizeSummary:
         if skipped:
             lines.append("kept in full precision:")
             lines += [f"  {name}: {why}" for name, why in skipped.items()]
+        out = sum(self.outside.values())
+        if out >= 0.05 * before:  # (a position table or a class token is not worth a line)
+            big = sorted(self.outside, key=self.outside.get, reverse=True)
+            lines.append(f"weights outside nn.Linear layers, left as they are: {len(big)} "
+                         f"tensors, {_mib(out)} (largest: {', '.join(big[:3])})")
         return "\n".join(lines)
+
+
+# Modules whose weights are not a Linear's by design: tables, convolutions, norms.
+_NOT_LINEAR = (nn.Embedding, nn.EmbeddingBag, nn.modules.conv._ConvNd, nn.LayerNorm,
+               nn.GroupNorm, nn.modules.batchnorm._NormBase)
+
+
+def _outside(model: nn.Module) -> Dict[str, int]:
+    """Bytes of the weight tensors (2-D and more) that no nn.Linear holds and that are not an
+    embedding's, a convolution's or a norm's, by name: what quantize_ cannot reach, as the
+    experts of a transformers MoE layer (MixtralExperts' 3-D gate_up_proj and down_proj)."""
+    out, seen = {}, set()
+    for prefix, mod in model.named_modules():
+        if isinstance(mod, (nn.Linear,) + _NOT_LINEAR):
+            seen.update(id(p) for p in mod.parameters(recurse=False))
+    for prefix, mod in model.named_modules():
+        if isinstance(mod, (nn.Linear,) + _NOT_LINEAR):
+            continue
+        for pname, p in mod.named_parameters(recurse=False):
+            if p.dim() >= 2 and id(p) not in seen:
+                seen.add(id(p))  # (a tied tensor counted once)
+                out[f"{prefix}.{pname}" if prefix else pname] = p.numel() * p.element_size()
+    return out
 
 
 def _mib(n: int) -> str:
@@ -215,7 +247,7 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
             raise ValueError(f"quantize_: calibration has no activation statistics for "
                              f"{len(missing)} layer(s): {', '.join(missing[:8])}"
                              f"{' ...' if len(missing) > 8 else ''} (calibrate this model)")
-    summary = QuantizeSummary(scheme)
+    summary = QuantizeSummary(scheme, outside=_outside(model))
     for name, lin in linears:
         before = module_bytes(lin)
         why, note = None, ""
