@@ -104,21 +104,23 @@ class QuantizeSummary:
         return "\n".join(lines)
 
 
-# Modules whose weights are not a Linear's by design: tables, convolutions, norms.
-_NOT_LINEAR = (nn.Embedding, nn.EmbeddingBag, nn.modules.conv._ConvNd, nn.LayerNorm,
-               nn.GroupNorm, nn.modules.batchnorm._NormBase)
+# Modules whose weights quantize_ swaps (nn.Linear) or are not a Linear's by design: tables,
+# convolutions, norms.
+_NOT_OUTSIDE = (nn.Linear, nn.Embedding, nn.EmbeddingBag, nn.modules.conv._ConvNd, nn.LayerNorm,
+                nn.GroupNorm, nn.modules.batchnorm._NormBase)
 
 
 def _outside(model: nn.Module) -> Dict[str, int]:
     """Bytes of the weight tensors (2-D and more) that no nn.Linear holds and that are not an
     embedding's, a convolution's or a norm's, by name: what quantize_ cannot reach, as the
     experts of a transformers MoE layer (MixtralExperts' 3-D gate_up_proj and down_proj)."""
-    out, seen = {}, set()
-    for prefix, mod in model.named_modules():
-        if isinstance(mod, (nn.Linear,) + _NOT_LINEAR):
-            seen.update(id(p) for p in mod.parameters(recurse=False))
-    for prefix, mod in model.named_modules():
-        if isinstance(mod, (nn.Linear,) + _NOT_LINEAR):
+    mods = list(model.named_modules())
+    # (a tensor tied to one of those modules', as a tied LM head's, is theirs)
+    seen = {id(p) for _, mod in mods if isinstance(mod, _NOT_OUTSIDE)
+            for p in mod.parameters(recurse=False)}
+    out = {}
+    for prefix, mod in mods:
+        if isinstance(mod, _NOT_OUTSIDE):
             continue
         for pname, p in mod.named_parameters(recurse=False):
             if p.dim() >= 2 and id(p) not in seen:
@@ -258,8 +260,8 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
                    "swapped")
         elif excluded(name, lin):
             why = "excluded by filter"
-        elif kept(name) is not None:
-            why = kept(name)
+        elif (held := kept(name)) is not None:
+            why = held
         elif scheme == "int4" and lin.in_features % (32 if group_size == -1 else group_size):
             need = "32 (int4 per channel)" if group_size == -1 else f"group_size = {group_size}"
             why = f"in_features = {lin.in_features} is not a multiple of {need}"
