@@ -2,8 +2,11 @@
 expectation built here never reuses the code under test."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+from torch import nn
 
 # The SPEC's format table.
 FP8 = {
@@ -719,3 +722,106 @@ def tiny_llama(transformers):
                                    num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=64)
     return transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+
+
+# A transformers experts module (MoE), for QuantizedExperts without transformers installed.
+def _dispatch(cls):
+    """What transformers' use_experts_implementation does to a class that matters here: the
+    layout flags on each instance and a functools.wraps wrapper as its forward."""
+    init, forward = cls.__init__, cls.forward
+
+    @functools.wraps(init)
+    def __init__(self, *args, transposed=False, gated=True, bias=False, post_norm=False,
+                 **kwargs):
+        init(self, *args, transposed=transposed, gated=gated, bias=bias, post_norm=post_norm,
+             **kwargs)
+        self.is_transposed, self.has_gate, self.has_bias = transposed, gated, bias
+        self.has_post_expert_norm = post_norm
+
+    @functools.wraps(forward)
+    def dispatched(self, *args, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    cls.__init__, cls.forward = __init__, dispatched
+    return cls
+
+
+@_dispatch
+class Experts(nn.Module):
+    """transformers' eager experts loop (MixtralExperts' forward), in every layout the
+    decorator's flags describe: transposed weights, no gate (up_proj alone), biases, a
+    post-expert norm; the gate is SiLU(gate) * up over the two halves, or, with
+    ``interleaved``, GPT-OSS's clamped gate over even and odd columns."""
+
+    def __init__(self, n=4, d=64, f=96, *, transposed, gated, bias, post_norm,
+                 interleaved=False):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        first = 2 * f if gated else f
+        self.num_experts = n
+        shape1, shape2 = ((n, d, first), (n, f, d)) if transposed else ((n, first, d), (n, d, f))
+        name = "gate_up_proj" if gated else "up_proj"
+        self.register_parameter(name, nn.Parameter(torch.randn(*shape1, generator=g) / d**0.5))
+        self.down_proj = nn.Parameter(torch.randn(*shape2, generator=g) / f**0.5)
+        if bias:
+            self.register_parameter(f"{name}_bias",
+                                    nn.Parameter(torch.randn(n, first, generator=g) / 4))
+            self.down_proj_bias = nn.Parameter(torch.randn(n, d, generator=g) / 4)
+        self.act_fn = nn.SiLU()
+        self.post_expert_norm = nn.LayerNorm(d) if post_norm else None
+        self.interleaved, self.limit = interleaved, 2.0
+
+    def _apply_gate(self, y):
+        if self.interleaved:
+            gate, up = y[..., ::2].clamp(max=self.limit), y[..., 1::2].clamp(-self.limit,
+                                                                           self.limit)
+            return (up + 1) * gate * torch.sigmoid(gate * 1.702)
+        gate, up = y.chunk(2, dim=-1)
+        return self.act_fn(gate) * up
+
+    def _proj(self, x, name, e):
+        w = getattr(self, name)[e]
+        y = x @ w if self.is_transposed else x @ w.t()
+        return y + getattr(self, f"{name}_bias")[e] if self.has_bias else y
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden_states)
+        mask = nn.functional.one_hot(top_k_index, num_classes=self.num_experts + 1)
+        mask = mask.permute(2, 1, 0)
+        for e in range(self.num_experts):
+            pos, token = torch.where(mask[e])
+            if token.numel() == 0:
+                continue
+            y = self._proj(hidden_states[token], "gate_up_proj" if self.has_gate else "up_proj",
+                           e)
+            y = self._apply_gate(y) if self.has_gate else self.act_fn(y)
+            y = self._proj(y, "down_proj", e)
+            if self.has_post_expert_norm:
+                y = self.post_expert_norm(y)
+            y = y * top_k_weights[token, pos, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+
+LAYOUTS = {
+    "mixtral": dict(transposed=False, gated=True, bias=False, post_norm=False),
+    "gpt-oss": dict(transposed=True, gated=True, bias=True, post_norm=False, interleaved=True),
+    "no-gate": dict(transposed=False, gated=False, bias=False, post_norm=False),
+    "post-norm": dict(transposed=True, gated=True, bias=False, post_norm=True),
+}
+
+
+def routing(tokens, n=4, k=2, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    index = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(tokens)])
+    weights = torch.rand(tokens, k, generator=g).softmax(-1)
+    return index.to(device), weights.to(device)
+
+
+def as_linear(lin):
+    """``make`` for from_experts that keeps the expert's slice in full precision."""
+    new = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+    new.weight.data.copy_(lin.weight)
+    if lin.bias is not None:
+        new.bias.data.copy_(lin.bias)
+    return new

@@ -19,9 +19,16 @@ one that no kernel of the model's device runs: each swapped layer runs one forwa
 one-row zero input on its device, and a ``NotImplementedError`` there (no GPU kernel for the
 scheme's ops yet) keeps the layer in full precision, saying why. The returned
 ``QuantizeSummary`` lists every layer, swapped or skipped and why, and the bytes of the
-layers' parameters and buffers before and after, and names the weights no ``nn.Linear`` holds
-(``outside``), which it cannot reach: a transformers MoE layer keeps its experts as 3-D
-tensors (Mixtral's ``experts.gate_up_proj``), which stay as they are.
+layers' parameters and buffers before and after, and names the weights left outside the
+swapped layers (``outside``).
+
+A transformers mixture-of-experts layer keeps its experts as 3-D tensors in one module
+(Mixtral's ``experts.gate_up_proj`` [E, 2I, H] and ``experts.down_proj``), marked with their
+layout by transformers' ``use_experts_implementation``; quantize_ swaps such a module for a
+``lowbit.nn.QuantizedExperts``, each expert's two projections quantized by the scheme as a
+Linear of that shape would be (the W8A8 schemes' activations per token: calibration covers
+nn.Linear layers). ``filter`` and the model's keep list apply to its name; an experts module
+without those flags, or holding other tensors, stays as it is and is named in ``outside``.
 
 ``calibration`` (``lowbit.calibrate``'s result) gives the W8A8 schemes static per-tensor
 activation scales: ``calibration.scale(name, fmt)`` for each swapped layer, ``fmt`` the
@@ -61,6 +68,7 @@ class LayerReport:
     reason: str  # what it became, or why it was kept
     bytes_before: int
     bytes_after: int
+    experts: bool = False  # a MoE layer's experts module (QuantizedExperts), not a Linear
 
 
 @dataclass
@@ -87,10 +95,14 @@ class QuantizeSummary:
         return sum(r.bytes_after for r in self.layers)
 
     def __str__(self) -> str:
-        n, total = len(self.swapped), len(self.layers)
+        counts = []
+        for kind, rows in (("Linear layers", [r for r in self.layers if not r.experts]),
+                           ("experts modules", [r for r in self.layers if r.experts])):
+            if rows or not counts:
+                counts.append(f"{sum(r.swapped for r in rows)} of {len(rows)} {kind}")
         before, after = self.bytes_before, self.bytes_after
         ratio = f" ({before / after:.2f}x smaller)" if after else ""
-        lines = [f"lowbit.quantize_({self.scheme!r}): {n} of {total} Linear layers swapped; "
+        lines = [f"lowbit.quantize_({self.scheme!r}): {' and '.join(counts)} swapped; "
                  f"their bytes {_mib(before)} -> {_mib(after)}{ratio}"]
         skipped = self.skipped
         if skipped:
@@ -112,8 +124,8 @@ _NOT_OUTSIDE = (nn.Linear, nn.Embedding, nn.EmbeddingBag, nn.modules.conv._ConvN
 
 def _outside(model: nn.Module) -> Dict[str, int]:
     """Bytes of the weight tensors (2-D and more) that no nn.Linear holds and that are not an
-    embedding's, a convolution's or a norm's, by name: what quantize_ cannot reach, as the
-    experts of a transformers MoE layer (MixtralExperts' 3-D gate_up_proj and down_proj)."""
+    embedding's, a convolution's or a norm's, by name: what quantize_ did not reach, as the
+    3-D weights of an experts module without transformers' layout flags."""
     mods = list(model.named_modules())
     # (a tensor tied to one of those modules', as a tied LM head's, is theirs)
     seen = {id(p) for _, mod in mods if isinstance(mod, _NOT_OUTSIDE)
@@ -219,6 +231,7 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
     measured for the scheme on that device the layer is swapped and the summary says so.
     Returns the summary (print it)."""
     from . import nn as lnn
+    from .nn.experts import experts_layout
 
     if scheme not in SCHEMES:
         raise ValueError(f"quantize_: scheme must be one of {tuple(SCHEMES)}; got {scheme!r}")
@@ -240,8 +253,10 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
                          f"got {keep_slower!r}")
     excluded, kept = _excluder(filter, model), _kept_by_model(model)
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("quantize_: the model has no nn.Linear layer to quantize")
+    experts = [(name, m) for name, m in model.named_modules() if experts_layout(m) is not None]
+    if not linears and not experts:
+        raise ValueError("quantize_: the model has no nn.Linear layer or experts module to "
+                         "quantize")
     if calibration is not None:
         missing = [name for name, m in linears if type(m) is nn.Linear and not excluded(name, m)
                    and kept(name) is None and name not in calibration.clips]
@@ -249,7 +264,7 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
             raise ValueError(f"quantize_: calibration has no activation statistics for "
                              f"{len(missing)} layer(s): {', '.join(missing[:8])}"
                              f"{' ...' if len(missing) > 8 else ''} (calibrate this model)")
-    summary = QuantizeSummary(scheme, outside=_outside(model))
+    summary = QuantizeSummary(scheme)
     for name, lin in linears:
         before = module_bytes(lin)
         why, note = None, ""
@@ -263,8 +278,7 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
         elif (held := kept(name)) is not None:
             why = held
         elif scheme == "int4" and lin.in_features % (32 if group_size == -1 else group_size):
-            need = "32 (int4 per channel)" if group_size == -1 else f"group_size = {group_size}"
-            why = f"in_features = {lin.in_features} is not a multiple of {need}"
+            why = _int4_misfit(lin.in_features, group_size)
         elif keep_slower is not None:
             why, note = _slower(scheme, lin, keep_slower)
         new = None
@@ -281,8 +295,65 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
         model.set_submodule(name, new)
         summary.layers.append(LayerReport(name, True, repr_short(new) + note, before,
                                           module_bytes(new)))
+    for name, src in experts:
+        summary.layers.append(_quantize_experts(model, name, src, scheme, cls, kwargs,
+                                                excluded, kept, group_size, check_device,
+                                                keep_slower, calibration))
+    summary.outside = _outside(model)
     no_fused_layers(model)
     return summary
+
+
+def _int4_misfit(k: int, group_size: int) -> str:
+    need = "32 (int4 per channel)" if group_size == -1 else f"group_size = {group_size}"
+    return f"in_features = {k} is not a multiple of {need}"
+
+
+def _quantize_experts(model, name, src, scheme, cls, kwargs, excluded, kept, group_size,
+                      check_device, keep_slower, calibration) -> LayerReport:
+    """Swap one transformers experts module for a QuantizedExperts (each expert's two
+    projections as ``cls`` layers), or say why not."""
+    from .nn.experts import QuantizedExperts, experts_layout
+
+    before = module_bytes(src)
+    _, _, _, e, h, i = experts_layout(src)
+    why, note = None, ""
+    if excluded(name, src):
+        why = "excluded by filter"
+    elif (held := kept(name)) is not None:
+        why = held
+    elif scheme == "int4" and (bad := next((k for k in (h, i) if k % (
+            32 if group_size == -1 else group_size)), None)) is not None:
+        why = "experts: " + _int4_misfit(bad, group_size)
+    if why is None:
+        try:
+            new = QuantizedExperts.from_experts(src, lambda lin: cls.from_linear(lin, **kwargs))
+        except ValueError as err:  # (tensors besides the experts' weights)
+            why = str(err).splitlines()[0]
+    if why is None and check_device:
+        why = _experts_run(new, src)
+    if why is not None:
+        return LayerReport(name, False, why, before, before, experts=True)
+    model.set_submodule(name, new)
+    if calibration is not None and SCHEMES[scheme][2] is not None:
+        note += "; activations per token (calibration covers nn.Linear layers)"
+    if keep_slower is not None:
+        note += f"; speed at M = {keep_slower} not judged for experts"
+    return LayerReport(name, True, repr_short(new) + note, before, module_bytes(new),
+                       experts=True)
+
+
+def _experts_run(new: nn.Module, src: nn.Module) -> Optional[str]:
+    """None when ``new`` runs a one-token forward through expert 0 on its device."""
+    w = next(src.parameters())
+    x = torch.zeros(1, new.hidden_size, dtype=w.dtype, device=w.device)
+    index = torch.zeros(1, 1, dtype=torch.int64, device=w.device)
+    try:
+        with torch.no_grad():
+            new(x, index, torch.ones(1, 1, dtype=w.dtype, device=w.device))
+    except (NotImplementedError, ValueError) as e:
+        return f"does not run on {w.device} ({w.dtype}): {str(e).splitlines()[0]}"
+    return None
 
 
 def no_fused_layers(model: nn.Module) -> None:

@@ -67,6 +67,7 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
         raise ValueError(f"load_quantized: {path} is not a {FORMAT} file of version {VERSION}; "
                          f"got format={config.get('format')!r} version={config.get('version')!r}")
     devices = {}  # name -> device of each fused sibling layer's original Linear
+    expert_devices = {}  # name -> device of each experts module's original weights
     for name, entry in config["layers"].items():  # parents before children (named_modules)
         parent_name, _, leaf = name.rpartition(".")
         old = _submodule(model, name)
@@ -88,7 +89,13 @@ def load_quantized(model: nn.Module, directory: str) -> nn.Module:
                              f"layer; the model's is {old.in_features} -> "
                              f"{old.out_features} (another architecture?)")
         device = devices.get(parent_name) if holder is not None else \
-            next((t.device for t in old.parameters()), torch.device("cpu"))
+            next((t.device for t in old.parameters()), None) or \
+            _saved_above(expert_devices, name) or torch.device("cpu")
+        if cls is lnn.QuantizedExperts:
+            # Its experts' layers are placeholders until their own entries, which follow.
+            expert_devices[name] = device
+            model.set_submodule(name, cls.like(old, **cfg))
+            continue
         if cls is lnn.SiblingLinear:
             devices[name] = device
             model.set_submodule(name, cls(**cfg))
@@ -121,6 +128,16 @@ def _submodule(model: nn.Module, name: str):
         return model.get_submodule(name)
     except AttributeError:
         return None
+
+
+def _saved_above(devices: dict, name: str):
+    """The device recorded for the nearest module above ``name`` (an experts module: its
+    experts' layers are placeholders that hold no tensor), or None."""
+    while "." in name:
+        name = name.rpartition(".")[0]
+        if name in devices:
+            return devices[name]
+    return None
 
 
 def _out_features(cfg: dict, sibling: bool):

@@ -1,0 +1,199 @@
+"""QuantizedExperts: a transformers mixture-of-experts layer's experts, each expert's two
+projections held as lowbit quantized Linears.
+
+transformers (5.x) keeps a MoE layer's experts as 3-D parameters of one module, e.g.
+MixtralExperts' ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I], marked by the
+``use_experts_implementation`` decorator with their layout (``is_transposed``: [E, H, 2I] and
+[E, I, H]; ``has_gate``: ``up_proj`` alone when False; ``has_bias``: ``<name>_bias`` [E, N];
+``is_concatenated``, which only the module's ``_apply_gate`` reads). ``from_experts`` quantizes
+each expert's slice as an ``nn.Linear`` of that shape would be (``make(linear)``, e.g.
+``Fp8Linear.from_linear``), into ModuleLists under the same names (``gate_up_proj.3`` is
+expert 3's), and keeps the rest of the module: its activation, its post-expert norm, its own
+``_apply_gate`` (GPT-OSS's clamped SwiGLU over interleaved columns) and its attributes.
+
+The forward computes what the module's eager forward computes, expert by expert: each
+expert's tokens (in the order of transformers' loop: by top-k slot, then token) through its
+first projection, the gate (or the activation), its down projection and the post-expert
+norm, times the routing weight, added into the output in expert order. Routing ids outside
+[0, E) (an expert-parallel rank's sentinels) are skipped, as transformers skips them. The
+tokens per expert are read to the host once per forward (one synchronization, where
+transformers' loop makes several); under ``torch.compile`` that read is a graph break.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import nn
+
+_FLAGS = ("has_gate", "is_transposed")
+
+
+def experts_layout(mod: nn.Module) -> Optional[Tuple[str, bool, bool, int, int, int]]:
+    """(first projection's name, transposed, bias, E, H, I) when ``mod`` is a transformers
+    experts module lowbit can quantize, else None: the decorator's flags, and 3-D weights
+    (and 2-D biases) of shapes that agree."""
+    if not all(isinstance(getattr(mod, f, None), bool) for f in _FLAGS):
+        return None
+    # The forward must be the decorator's dispatch (a functools.wraps wrapper over the eager
+    # loop this module reproduces): a subclass with a forward of its own (Ergo's: a
+    # post-expert norm per expert, routes summed after it) computes something else.
+    if getattr(getattr(type(mod), "forward", None), "__wrapped__", None) is None:
+        return None
+    if mod.has_gate and not callable(getattr(type(mod), "_apply_gate", None)):
+        return None
+    first = "gate_up_proj" if mod.has_gate else "up_proj"
+    params = mod._parameters
+    w1, w2 = params.get(first), params.get("down_proj")
+    if w1 is None or w2 is None or w1.dim() != 3 or w2.dim() != 3:
+        return None
+    t = mod.is_transposed
+    e, h, i = (w2.shape[0], *(reversed(w2.shape[1:]) if t else w2.shape[1:]))
+    f = 2 * i if mod.has_gate else i
+    if tuple(w1.shape) != ((e, h, f) if t else (e, f, h)):
+        return None
+    bias = bool(getattr(mod, "has_bias", False))
+    if bias:
+        b1, b2 = params.get(f"{first}_bias"), params.get("down_proj_bias")
+        if b1 is None or b2 is None or tuple(b1.shape) != (e, f) or tuple(b2.shape) != (e, h):
+            return None
+    return first, t, bias, e, h, i
+
+
+def _expert_linear(w: torch.Tensor, b: Optional[torch.Tensor], transposed: bool) -> nn.Linear:
+    """One expert's slice as the nn.Linear a quantizer takes (weight [out, in])."""
+    w = w.detach()
+    w = w.t().contiguous() if transposed else w
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+    lin.weight = nn.Parameter(w, requires_grad=False)
+    if b is not None:
+        lin.bias = nn.Parameter(b.detach(), requires_grad=False)
+    return lin
+
+
+class QuantizedExperts(nn.Module):
+    """A transformers experts module with quantized experts (see the module docstring).
+    Built by ``from_experts`` (``lowbit.quantize_`` does it for every such module) or, empty,
+    by ``like`` (``lowbit.load_quantized``)."""
+
+    def __init__(self, source: nn.Module, num_experts: int, hidden_size: int,
+                 intermediate_size: int, gated: bool, bias: bool):
+        super().__init__()
+        layout = experts_layout(source)
+        want = (num_experts, hidden_size, intermediate_size)
+        if layout is None or layout[3:] != want or source.has_gate != gated \
+                or layout[2] != bias:
+            got = "not a transformers experts module" if layout is None else \
+                f"E, H, I = {layout[3:]}, gated={source.has_gate}, bias={layout[2]}"
+            raise ValueError(f"QuantizedExperts: source must be a transformers experts module "
+                             f"with E, H, I = {want}, gated={gated}, bias={bias}; got {got} "
+                             f"({type(source).__name__})")
+        first = layout[0]
+        weights = {first, "down_proj", f"{first}_bias", "down_proj_bias"}
+        other = [n for n, _ in source.named_parameters(recurse=False) if n not in weights] + \
+            [n for n, _ in source.named_buffers(recurse=False)]
+        if other:
+            raise ValueError(f"QuantizedExperts: {type(source).__name__} holds tensors besides "
+                             f"its experts' weights ({', '.join(other)}), which this module "
+                             "would drop")
+        # The source's attributes (its flags, config, the constants its _apply_gate reads)
+        # and submodules (activation, post-expert norm) carry over, so that its own
+        # _apply_gate runs on this module as it ran on the source.
+        mine = vars(self)
+        for key, value in vars(source).items():
+            if key not in mine:
+                setattr(self, key, value)
+        for key, child in source.named_children():
+            self.add_module(key, child)
+        self._source_cls = type(source)
+        self._first = first
+        self.num_experts, self.hidden_size = num_experts, hidden_size
+        self.intermediate_size, self.gated, self.bias = intermediate_size, gated, bias
+        # Placeholders until from_experts or load_quantized puts each expert's layer in.
+        self.add_module(first, nn.ModuleList(nn.Identity() for _ in range(num_experts)))
+        self.add_module("down_proj", nn.ModuleList(nn.Identity() for _ in range(num_experts)))
+
+    @classmethod
+    def like(cls, source: nn.Module, **config) -> "QuantizedExperts":
+        """An empty module of ``config()``'s structure over ``source``'s activation, gate and
+        attributes; its experts' layers are placeholders."""
+        return cls(source, **config)
+
+    @classmethod
+    def from_experts(cls, source: nn.Module,
+                     make: Callable[[nn.Linear], nn.Module]) -> "QuantizedExperts":
+        """Quantize every expert of ``source`` with ``make`` (an ``nn.Linear`` -> a quantized
+        module, e.g. ``lambda lin: Fp8Linear.from_linear(lin)``), one expert at a time."""
+        layout = experts_layout(source)
+        if layout is None:
+            raise ValueError(f"QuantizedExperts: source must be a transformers experts module "
+                             f"(3-D weights, use_experts_implementation's flags); got "
+                             f"{type(source).__name__}")
+        first, transposed, bias, e, h, i = layout
+        mod = cls(source, e, h, i, source.has_gate, bias)
+        p = source._parameters
+        for name in (first, "down_proj"):
+            w, b = p[name], p.get(f"{name}_bias") if bias else None
+            layers = getattr(mod, name)
+            for x in range(e):
+                layers[x] = make(_expert_linear(w[x], None if b is None else b[x], transposed))
+        return mod
+
+    def config(self) -> dict:
+        """The structure ``like`` rebuilds (``lowbit.load_quantized``)."""
+        return {"num_experts": self.num_experts, "hidden_size": self.hidden_size,
+                "intermediate_size": self.intermediate_size, "gated": self.gated,
+                "bias": self.bias}
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() == 0 or \
+                hidden_states.shape[-1] != self.hidden_size:
+            got = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else \
+                type(hidden_states).__name__
+            raise ValueError(f"QuantizedExperts: hidden_states must have last dimension "
+                             f"hidden_size = {self.hidden_size}; got {got}")
+        x = hidden_states.reshape(-1, self.hidden_size)
+        if top_k_index.dim() != 2 or top_k_index.shape[0] != x.shape[0] or \
+                tuple(top_k_weights.shape) != tuple(top_k_index.shape):
+            raise ValueError(f"QuantizedExperts: top_k_index and top_k_weights must both be "
+                             f"[tokens = {x.shape[0]}, top_k]; got {tuple(top_k_index.shape)} "
+                             f"and {tuple(top_k_weights.shape)}")
+        out = torch.zeros_like(x)
+        tokens = x.shape[0]
+        # Slot-major, as transformers' loop (torch.where over the [top_k, tokens] mask)
+        # visits an expert's tokens: the same rows in the same order into each GEMM.
+        ids = top_k_index.t().reshape(-1)
+        weights = top_k_weights.t().reshape(-1)
+        # Ids past the experts (an expert-parallel rank's sentinels) go to bucket E, skipped;
+        # a negative id to bucket E + 1, an error (transformers' one_hot rejects it too).
+        e_all = self.num_experts
+        bucket = torch.where(ids < 0, e_all + 1, ids.clamp(max=e_all))
+        order = torch.argsort(bucket, stable=True)
+        counts = torch.bincount(bucket, minlength=e_all + 2).tolist()  # the one host sync
+        if counts[e_all + 1]:
+            raise ValueError(f"QuantizedExperts: top_k_index holds {counts[e_all + 1]} "
+                             "negative expert id(s)")
+        first, down = getattr(self, self._first), self.down_proj
+        start = 0
+        for e in range(e_all):
+            n = counts[e]
+            if n == 0:
+                continue
+            pick = order[start:start + n]
+            start += n
+            token = pick % tokens
+            y = first[e](x[token])
+            y = self._source_cls._apply_gate(self, y) if self.has_gate else self.act_fn(y)
+            y = down[e](y)
+            if getattr(self, "has_post_expert_norm", False):
+                y = self.post_expert_norm(y)
+            y = y * weights[pick, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out.reshape(hidden_states.shape)
+
+    def extra_repr(self) -> str:
+        kind = "gated" if self.gated else "not gated"
+        return (f"experts={self.num_experts}, {self.hidden_size} -> {self.intermediate_size} "
+                f"({kind}) -> {self.hidden_size}, bias={self.bias}, "
+                f"layers={type(getattr(self, self._first)[0]).__name__}")

@@ -1,0 +1,224 @@
+"""lowbit.nn.QuantizedExperts and quantize_ on mixture-of-experts layers: a transformers experts
+module (3-D weights) with each expert's projections quantized. On the CPU (the reference ops)
+and, where there is one, on the GPU; the transformers models where transformers is installed."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.nn import Fp8Linear, Int4Linear, Int8Linear, QuantizedExperts
+from lowbit.nn.experts import experts_layout
+from lowbit_testing import LAYOUTS, Experts, as_linear, routing
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+LAYER = {"fp8": Fp8Linear, "int8": Int8Linear, "fp8-w8a16": Fp8Linear, "w8a16": Int8Linear,
+         "int4": Int4Linear}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_experts_loop_is_reproduced(layout):
+    # In fp32 with each expert's slice kept as an nn.Linear, the module computes what the
+    # eager loop computes: same tokens, same order, same gate, same sums.
+    src = Experts(**LAYOUTS[layout]).eval()
+    mod = QuantizedExperts.from_experts(src, as_linear)
+    x = torch.randn(11, 64)
+    index, weights = routing(11)
+    with torch.no_grad():
+        want, got = src(x, index, weights), mod(x, index, weights)
+    if LAYOUTS[layout]["bias"] or LAYOUTS[layout]["transposed"]:
+        # (x @ w vs x @ w.T-as-contiguous and a bias added after: other rounding in fp32)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        assert torch.equal(got, want)
+
+
+def test_layout_is_read_from_the_flags():
+    src = Experts(**LAYOUTS["gpt-oss"])
+    assert experts_layout(src) == ("gate_up_proj", True, True, 4, 64, 96)
+    assert experts_layout(Experts(**LAYOUTS["no-gate"]))[:3] == ("up_proj", False, False)
+
+    class OwnForward(Experts):  # a forward of its own: not the loop QuantizedExperts runs
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            return hidden_states
+
+    assert experts_layout(OwnForward(**LAYOUTS["mixtral"])) is None
+    bad = Experts(**LAYOUTS["mixtral"])
+    bad.down_proj = nn.Parameter(torch.zeros(4, 64, 95))  # I disagrees with gate_up_proj
+    assert experts_layout(bad) is None
+    plain = nn.Module()
+    plain.gate_up_proj, plain.down_proj = (nn.Parameter(torch.zeros(4, 8, 4)),
+                                           nn.Parameter(torch.zeros(4, 4, 4)))
+    assert experts_layout(plain) is None  # no flags
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scheme", list(LAYER))
+@pytest.mark.parametrize("layout", ["mixtral", "gpt-oss"])
+def test_each_expert_is_its_quantized_linear(device, scheme, layout):
+    # Expert e's projections are what from_linear makes of an nn.Linear holding its slice,
+    # and the forward is the eager loop over those layers.
+    def source():
+        return Experts(**LAYOUTS[layout]).to(device, torch.bfloat16)
+
+    holder = nn.ModuleDict({"experts": source()})
+    s = lowbit.quantize_(holder, scheme, group_size=32)
+    assert s.swapped == ["experts"] and s.layers[0].experts
+    mod = holder["experts"]
+    kwargs = dict(group_size=32) if scheme == "int4" else \
+        {"mode": "w8a16" if "w8a16" in scheme else "w8a8"}
+    src = source()
+    first = src.gate_up_proj.detach()
+    for e in range(4):
+        w = first[e].t() if src.is_transposed else first[e]
+        lin = nn.Linear(64, 192, device=device, dtype=torch.bfloat16)
+        lin.weight.data.copy_(w)
+        lin.bias.data.copy_(src.gate_up_proj_bias[e] if src.has_bias else 0)
+        if not src.has_bias:
+            lin.bias = None
+        own = LAYER[scheme].from_linear(lin, **kwargs)
+        layer = mod.gate_up_proj[e]
+        assert isinstance(layer, LAYER[scheme])
+        assert own.state_dict().keys() == layer.state_dict().keys()
+        assert all(torch.equal(a, layer.state_dict()[k]) for k, a in own.state_dict().items())
+    x = torch.randn(9, 64, device=device, dtype=torch.bfloat16)
+    index, weights = routing(9, device=device)
+    with torch.no_grad():
+        got = mod(x, index, weights)
+        want = torch.zeros_like(x)
+        for e in range(4):
+            pos, token = torch.where(index.t() == e)
+            y = Experts._apply_gate(mod, mod.gate_up_proj[e](x[token]))
+            y = mod.down_proj[e](y) * weights[token, pos, None]
+            want.index_add_(0, token, y.to(x.dtype))
+        full = src(x, index, weights)
+    assert torch.equal(got, want)
+    # and it stays near the full-precision experts
+    cos = nn.functional.cosine_similarity(got.float().flatten(), full.float().flatten(), dim=0)
+    assert cos > (0.97 if scheme == "int4" else 0.995)
+
+
+def test_sentinel_ids_are_skipped_and_negative_ids_rejected():
+    src = Experts(**LAYOUTS["mixtral"])
+    mod = QuantizedExperts.from_experts(src, as_linear)
+    x = torch.randn(5, 64)
+    index, weights = routing(5)
+    index[1, 0] = 4  # an expert-parallel rank's sentinel: a route to no local expert
+    with torch.no_grad():
+        assert torch.equal(mod(x, index, weights), src(x, index, weights))
+        index[2, 1] = -1
+        with pytest.raises(ValueError, match="top_k_index holds 1 negative expert id"):
+            mod(x, index, weights)
+        with pytest.raises(ValueError, match="hidden_size = 64; got \\(5, 32\\)"):
+            mod(x[:, :32], index, weights)
+        with pytest.raises(ValueError, match="top_k_index and top_k_weights must both be"):
+            mod(x, index[:4], weights[:4])
+
+
+def test_a_token_routed_nowhere_gets_zeros():
+    mod = QuantizedExperts.from_experts(Experts(**LAYOUTS["mixtral"]), as_linear)
+    index = torch.full((3, 2), 4)  # every route a sentinel
+    out = mod(torch.randn(3, 64), index, torch.ones(3, 2))
+    assert torch.equal(out, torch.zeros(3, 64))
+
+
+def test_quantize_reports_experts_and_skips_what_it_cannot_take():
+    model = nn.ModuleDict({"attn": nn.Linear(64, 64),
+                           "experts": Experts(**LAYOUTS["mixtral"]),
+                           "other": Experts(**LAYOUTS["mixtral"])})
+    s = lowbit.quantize_(model, "int4", filter="other", group_size=64)
+    assert s.swapped == ["attn"]  # I = 96 is no multiple of 64
+    assert s.skipped == {"experts": "experts: in_features = 96 is not a multiple of "
+                                    "group_size = 64",
+                         "other": "excluded by filter"}
+    text = str(s)
+    assert "1 of 1 Linear layers and 0 of 2 experts modules swapped" in text
+    # the experts left as they are are named as weights outside
+    assert "experts.gate_up_proj" in s.outside and "other.down_proj" in s.outside
+    s = lowbit.quantize_(model, "int8", filter="other")
+    assert s.swapped == ["experts"] and isinstance(model["experts"], QuantizedExperts)
+    assert "experts.gate_up_proj" not in s.outside
+    row = next(r for r in s.layers if r.name == "experts")
+    # fp32 weights: 4 bytes a weight before, 1 (and a scale per row) after
+    assert row.bytes_before == 4 * (4 * 192 * 64 + 4 * 64 * 96)
+    assert row.bytes_after == 4 * 192 * 64 + 4 * 64 * 96 + 4 * 4 * (192 + 64)
+    assert "QuantizedExperts(experts=4, 64 -> 96 (gated) -> 64, bias=False, " \
+        "layers=Int8Linear)" in row.reason
+
+
+def test_tensors_besides_the_weights_keep_the_module():
+    src = Experts(**LAYOUTS["mixtral"])
+    src.register_buffer("expert_bias", torch.zeros(4))  # e.g. a routing correction
+    with pytest.raises(ValueError, match=r"holds tensors besides its experts' weights "
+                                         r"\(expert_bias\)"):
+        QuantizedExperts.from_experts(src, as_linear)
+    s = lowbit.quantize_(nn.ModuleDict({"e": src, "l": nn.Linear(64, 64)}), "fp8")
+    assert "holds tensors besides" in s.skipped["e"]
+
+
+def test_save_load_and_deepcopy_keep_the_numbers(tmp_path):
+    def build():
+        torch.manual_seed(0)
+        return nn.ModuleDict({"proj": nn.Linear(64, 64),
+                              "experts": Experts(**LAYOUTS["gpt-oss"]),
+                              "plain": Experts(**LAYOUTS["post-norm"])}).to(torch.bfloat16)
+
+    model = build()
+    lowbit.quantize_(model, "fp8")
+    x = torch.randn(6, 64, dtype=torch.bfloat16)
+    index, weights = routing(6)
+    with torch.no_grad():
+        want = model["experts"](x, index, weights), model["plain"](x, index, weights)
+    lowbit.save_quantized(model, str(tmp_path))
+    back = lowbit.load_quantized(build(), str(tmp_path))
+    twin = copy.deepcopy(model)
+    for m in (back, twin):
+        assert isinstance(m["experts"].gate_up_proj[3], Fp8Linear)
+        with torch.no_grad():
+            got = m["experts"](x, index, weights), m["plain"](x, index, weights)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(ValueError, match="QuantizedExperts: source must be"):
+        wrong = nn.ModuleDict({"proj": nn.Linear(64, 64),
+                               "experts": Experts(8, **LAYOUTS["gpt-oss"]),
+                               "plain": Experts(**LAYOUTS["post-norm"])})
+        lowbit.load_quantized(wrong, str(tmp_path))
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "int4"])
+def test_a_transformers_moe_model(scheme):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(vocab_size=96, hidden_size=64, intermediate_size=128,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2)
+    model = transformers.MixtralForCausalLM(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 96, (2, 9))
+    with torch.no_grad():
+        ref = model(ids).logits
+    s = lowbit.quantize_(model, scheme, group_size=32)
+    assert [r.name for r in s.layers if r.experts and r.swapped] == \
+        [f"model.layers.{i}.mlp.experts" for i in range(2)]
+    # nothing of the experts is left in full precision (the routers' [E, H] weights are)
+    assert sorted(s.outside) == [f"model.layers.{i}.mlp.gate.weight" for i in range(2)]
+    with torch.no_grad():
+        out = model(ids).logits
+        generated = model.generate(ids[:1], max_new_tokens=4, do_sample=False)
+    cos = nn.functional.cosine_similarity(out.float().flatten(), ref.float().flatten(), dim=0)
+    assert cos > (0.98 if scheme == "int4" else 0.995)
+    assert generated.shape == (1, 13)
+
+
+def test_compiled_module_matches_eager():
+    # Under torch.compile the routing read is a graph break (fullgraph=True raises, as for
+    # transformers' own eager loop); the pieces around it compile. fp32: inductor's fusion of
+    # the gate rounds nothing that eager rounds.
+    holder = nn.ModuleDict({"e": Experts(**LAYOUTS["mixtral"])})
+    lowbit.quantize_(holder, "int8")
+    x = torch.randn(9, 64)
+    index, weights = routing(9)
+    with torch.no_grad():
+        want = holder["e"](x, index, weights)
+        got = torch.compile(holder["e"])(x, index, weights)
+    assert torch.equal(got, want)
