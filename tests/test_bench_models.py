@@ -39,6 +39,30 @@ def test_to_quantized_swaps_every_linear(precision):
     assert cosine > 0.99 and err is not None and err < 0.15
 
 
+@pytest.mark.parametrize("precision", list(models.LAYERS))
+def test_to_quantized_swaps_experts_modules(precision):
+    # the mixtral-moe rows: the block's experts module becomes a QuantizedExperts of the
+    # precision's layers, next to the plain Linears
+    from lowbit.nn import QuantizedExperts
+    from lowbit_testing import LAYOUTS, Experts, routing
+
+    def block():
+        return nn.ModuleDict({"router": nn.Linear(128, 4, bias=False),
+                              "experts": Experts(4, 128, 128, **LAYOUTS["mixtral"])}
+                             ).to(torch.bfloat16)
+
+    ref, m = block(), block()
+    assert models.to_quantized(m, precision) == 1 + 2 * 4
+    assert isinstance(m["experts"], QuantizedExperts)
+    assert type(m["experts"].down_proj[3]) is KINDS[precision][0]
+    x = torch.randn(6, 128, dtype=torch.bfloat16)
+    index, weights = routing(6)
+    with torch.no_grad():
+        want, got = ref["experts"](x, index, weights), m["experts"](x, index, weights)
+    assert nn.functional.cosine_similarity(want.float().flatten(), got.float().flatten(),
+                                           dim=0) > (0.97 if precision == "int4" else 0.99)
+
+
 def test_to_quantized_rejects_an_unknown_precision():
     with pytest.raises(ValueError, match="precision: unknown 'int3'"):
         models.to_quantized(_mlp(), "int3")

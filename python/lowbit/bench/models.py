@@ -16,6 +16,11 @@ thing.
   same shapes built from torch.nn modules (the row says which).
 - ``llama-mlp``: a Llama-3-8B MLP block, gate and up fused in one 4096 -> 28672 linear,
   SiLU(gate) * up, down 14336 -> 4096, at M = 1, 16 and 2048.
+- ``mixtral-moe``: a Mixtral-8x7B MoE block (transformers' ``MixtralSparseMoeBlock``: router,
+  8 experts of 4096 -> 2 x 14336 -> 4096, top-2) at M = 1, 16 and 2048 tokens; the bf16 block
+  runs transformers' default experts implementation (``grouped_mm`` where torch has it), the
+  quantized one ``lowbit.nn.QuantizedExperts`` (one GEMM per projection and expert hit).
+  Needs transformers.
 """
 from __future__ import annotations
 
@@ -159,13 +164,21 @@ def quantized_layer(linear: nn.Linear, precision: str) -> nn.Module:
 
 def to_quantized(model: nn.Module, precision: str = "fp8") -> int:
     """Replace every nn.Linear of `model` (in place) by the layer of `precision` (``LAYERS``:
-    fp8, int8, int4, w8a16); returns how many."""
+    fp8, int8, int4, w8a16), and every transformers experts module by a
+    ``QuantizedExperts`` of those layers; returns how many Linears (an expert's projection
+    counts as one)."""
+    from lowbit.nn.experts import QuantizedExperts, experts_layout
+
     _check_precision(precision)
     n = 0
     for name, child in model.named_children():
         if isinstance(child, nn.Linear):
             setattr(model, name, quantized_layer(child, precision))
             n += 1
+        elif experts_layout(child) is not None:
+            setattr(model, name, QuantizedExperts.from_experts(
+                child, lambda lin: quantized_layer(lin, precision)))
+            n += 2 * child.num_experts
         else:
             n += to_quantized(child, precision)
     return n
@@ -276,6 +289,47 @@ def run_llama_mlp(rounds: int, progress=lambda s: None, precisions=("fp8",),
     return rows
 
 
+def mixtral_moe_block():
+    """A Mixtral-8x7B MoE block on the GPU in bf16 with random weights (std 0.02, as the
+    model's initializer), transformers' default experts implementation for it."""
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    cfg = MixtralConfig(hidden_size=4096, intermediate_size=14336, num_local_experts=8,
+                        num_experts_per_tok=2)
+    try:  # what from_pretrained picks for Mixtral where transformers has it
+        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+        impl = "grouped_mm" if "grouped_mm" in ALL_EXPERTS_FUNCTIONS else "eager"
+    except ImportError:
+        impl = "eager"
+    cfg._experts_implementation = impl
+    torch.manual_seed(0)
+    block = MixtralSparseMoeBlock(cfg)
+    for p in block.parameters():
+        nn.init.normal_(p, std=0.02)
+    return block.to("cuda", torch.bfloat16).eval(), impl
+
+
+def run_mixtral_moe(rounds: int, progress=lambda s: None, precisions=("fp8",),
+                    ms=(1, 16, 2048)) -> list[dict]:
+    try:
+        model, impl = mixtral_moe_block()
+    except Exception as e:  # noqa: BLE001 - no transformers, or one without Mixtral's block
+        return [dict(model="mixtral-moe", shape="-", precision=p, mode=mode,
+                     error=f"needs transformers' MixtralSparseMoeBlock: {error_text(e)}")
+                for p in precisions for mode in MODES]
+    rows = []
+    for m in ms:
+        x = torch.randn(1, m, 4096, device="cuda", dtype=torch.bfloat16)
+        for p in precisions:
+            rows += compare("mixtral-moe", f"M={m}", model, (x,), m, rounds,
+                            f"8 experts 4096->2x14336->4096, top-2; bf16 experts: {impl}; "
+                            "/s = tokens", progress, p)
+    return rows
+
+
 # runner, progress steps per precision. The MLP first: a model whose graph capture fails (a host sync in
 # its forward) runs last, so that a capture left half-done cannot spoil the other rows.
-MODELS = {"llama-mlp": (run_llama_mlp, 9), "bert-large": (run_bert, 3)}
+MODELS = {"llama-mlp": (run_llama_mlp, 9), "mixtral-moe": (run_mixtral_moe, 9),
+          "bert-large": (run_bert, 3)}
