@@ -61,6 +61,10 @@
 #                                           SIB_PRECISIONS (default fp8,fp8+fused,int8,
 #                                           int8+fused; eager, compiled and graph, 5 rounds;
 #                                           about 300 s)
+#   bash bench/next_run.sh moe [OUTDIR]      build, QuantizedExperts' GPU tests, then `lowbit
+#                                           bench --model mixtral-moe` at MOE_PRECISIONS
+#                                           (default fp8,int8,int4; MOE_ROUNDS 3; MOE_S
+#                                           300 s at most)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -76,7 +80,7 @@ set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings) ;;
+    siblings | moe) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -275,14 +279,30 @@ if [ "$WHAT" = siblings ]; then
   # with and without the q/k/v groups.
   t=$SECONDS
   (cd "${TMPDIR:-/tmp}" && timeout 90 $PY -m pytest -q -p no:cacheprovider \
-     "$R/tests/test_siblings.py" "$R/tests/test_bench_models.py" -k "cuda or fused") \
-    >"$OUTDIR/siblings_tests.log" 2>&1
+     "$R/tests/test_siblings.py" "$R/tests/test_experts.py" "$R/tests/test_bench_models.py" \
+     -k "cuda or fused or experts") >"$OUTDIR/siblings_tests.log" 2>&1
   say "2 sibling tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/siblings_tests.log")"
   t=$SECONDS
   (cd "${TMPDIR:-/tmp}" && timeout "${SIB_S:-300}" lowbit bench --model bert-large --rounds 5 \
      --precision "${SIB_PRECISIONS:-fp8,fp8+fused,int8,int8+fused}" --out "$OUTDIR/bert") \
     >"$OUTDIR/bert.log" 2>&1
   say "3 bert-large: rc $? in $((SECONDS - t)) s ($OUTDIR/bert/bench.md)"
+  exit 0
+fi
+
+if [ "$WHAT" = moe ]; then
+  # bench/NOTES.md, "MoE experts quantized": the GPU cases of QuantizedExperts, then the
+  # Mixtral block's rows (the per-expert loop against bf16 grouped_mm).
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 90 $PY -m pytest -q -p no:cacheprovider \
+     "$R/tests/test_experts.py" "$R/tests/test_bench_models.py" -k "cuda or experts") \
+    >"$OUTDIR/moe_tests.log" 2>&1
+  say "2 experts tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/moe_tests.log")"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout "${MOE_S:-300}" lowbit bench --model mixtral-moe \
+     --rounds "${MOE_ROUNDS:-3}" --precision "${MOE_PRECISIONS:-fp8,int8,int4}" \
+     --out "$OUTDIR/moe") >"$OUTDIR/moe.log" 2>&1
+  say "3 mixtral-moe: rc $? in $((SECONDS - t)) s ($OUTDIR/moe/bench.md)"
   exit 0
 fi
 
