@@ -116,6 +116,25 @@ def test_sentinel_ids_are_skipped_and_negative_ids_rejected():
             mod(x, index[:4], weights[:4])
 
 
+def test_a_forward_patched_onto_the_source_is_not_carried():
+    # accelerate's device hooks set forward (and _old_forward, _hf_hook) on the instance:
+    # carried over, the module would run the source's loop on its full-precision weights
+    src = Experts(**LAYOUTS["mixtral"])
+    src._old_forward, src._hf_hook = src.forward, object()
+    src.forward = lambda *args: src._old_forward(*args)
+    src.some_constant = 3
+    mod = QuantizedExperts.from_experts(src, lambda lin: Int8Linear.from_linear(lin))
+    assert "forward" not in vars(mod) and not hasattr(mod, "_hf_hook")
+    assert mod.some_constant == 3
+    x = torch.randn(4, 64)
+    index, weights = routing(4)
+    plain = QuantizedExperts.from_experts(Experts(**LAYOUTS["mixtral"]),
+                                          lambda lin: Int8Linear.from_linear(lin))
+    with torch.no_grad():
+        assert torch.equal(mod(x, index, weights), plain(x, index, weights))
+        assert not torch.equal(mod(x, index, weights), src(x, index, weights))
+
+
 def test_a_token_routed_nowhere_gets_zeros():
     mod = QuantizedExperts.from_experts(Experts(**LAYOUTS["mixtral"]), as_linear)
     index = torch.full((3, 2), 4)  # every route a sentinel

@@ -345,7 +345,7 @@ def _quantize_experts(model, name, src, scheme, cls, kwargs, excluded, kept, gro
 
 def _experts_run(new: nn.Module, src: nn.Module) -> Optional[str]:
     """None when ``new`` runs a one-token forward through expert 0 on its device."""
-    w = next(src.parameters())
+    w = getattr(src, new._first)
     x = torch.zeros(1, new.hidden_size, dtype=w.dtype, device=w.device)
     index = torch.zeros(1, 1, dtype=torch.int64, device=w.device)
     try:

@@ -27,6 +27,10 @@ import torch
 from torch import nn
 
 _FLAGS = ("has_gate", "is_transposed")
+# Instance attributes that belong to the source object itself: a forward patched onto it
+# (accelerate's device hooks keep the old one and the hook beside it) would run the source's
+# loop over weights this module no longer has.
+_NOT_CARRIED = frozenset({"forward", "_old_forward", "_hf_hook"})
 
 
 def experts_layout(mod: nn.Module) -> Optional[Tuple[str, bool, bool, int, int, int]]:
@@ -101,7 +105,7 @@ class QuantizedExperts(nn.Module):
         # _apply_gate runs on this module as it ran on the source.
         mine = vars(self)
         for key, value in vars(source).items():
-            if key not in mine:
+            if key not in mine and key not in _NOT_CARRIED:
                 setattr(self, key, value)
         for key, child in source.named_children():
             self.add_module(key, child)
