@@ -820,7 +820,8 @@ def routing(tokens, n=4, k=2, seed=0, device="cpu"):
 
 def as_linear(lin):
     """``make`` for from_experts that keeps the expert's slice in full precision."""
-    new = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+    new = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                    dtype=lin.weight.dtype, device=lin.weight.device)
     new.weight.data.copy_(lin.weight)
     if lin.bias is not None:
         new.bias.data.copy_(lin.bias)

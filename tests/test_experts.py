@@ -86,12 +86,13 @@ def test_each_expert_is_its_quantized_linear(device, scheme, layout):
     index, weights = routing(9, device=device)
     with torch.no_grad():
         got = mod(x, index, weights)
-        want = torch.zeros_like(x)
+        want = torch.zeros(x.shape)  # (summed in fp32, rounded once)
         for e in range(4):
             pos, token = torch.where(index.t() == e)
             y = Experts._apply_gate(mod, mod.gate_up_proj[e](x[token]))
-            y = mod.down_proj[e](y) * weights[token, pos, None]
-            want.index_add_(0, token, y.to(x.dtype))
+            y = mod.down_proj[e](y)
+            want.index_add_(0, token, y.float() * weights[token, pos, None].float())
+        want = want.to(x.dtype)
         full = src(x, index, weights)
     assert torch.equal(got, want)
     # and it stays near the full-precision experts
@@ -135,6 +136,22 @@ def test_a_forward_patched_onto_the_source_is_not_carried():
         assert not torch.equal(mod(x, index, weights), src(x, index, weights))
 
 
+def test_contributions_are_summed_in_fp32():
+    # bf16 hidden states: each expert's contribution added in fp32 and the sum rounded
+    # once; transformers' eager loop (the source here) rounds after each expert
+    src = Experts(**LAYOUTS["mixtral"]).to(torch.bfloat16)
+    mod = QuantizedExperts.from_experts(src, as_linear)
+    x = torch.randn(64, 64, dtype=torch.bfloat16)
+    index, weights = routing(64)
+    with torch.no_grad():
+        got = mod(x, index, weights)
+        exact = copy.deepcopy(src).double()(x.double(), index, weights.double())
+        eager = src(x, index, weights)
+    assert got.dtype == torch.bfloat16
+    err = (got.double() - exact).abs().sum()
+    assert err < (eager.double() - exact).abs().sum()
+
+
 def test_a_token_routed_nowhere_gets_zeros():
     mod = QuantizedExperts.from_experts(Experts(**LAYOUTS["mixtral"]), as_linear)
     index = torch.full((3, 2), 4)  # every route a sentinel
@@ -176,6 +193,34 @@ def test_tensors_besides_the_weights_keep_the_module():
     assert "holds tensors besides" in s.skipped["e"]
 
 
+def test_a_filter_that_raises_leaves_the_model_as_it_was():
+    model = nn.ModuleDict({"attn": nn.Linear(64, 64), "experts": Experts(**LAYOUTS["mixtral"])})
+
+    def by_width(name, m):  # written for Linears
+        return m.out_features < 32
+
+    with pytest.raises(AttributeError, match="out_features"):
+        lowbit.quantize_(model, "int8", filter=by_width)
+    assert type(model["attn"]) is nn.Linear and isinstance(model["experts"], Experts)
+    s = lowbit.quantize_(model, "int8", filter=lambda name, m: isinstance(m, Experts))
+    assert s.swapped == ["attn"] and s.skipped == {"experts": "excluded by filter"}
+
+
+def test_a_transformers_config_attribute_does_not_hide_config(tmp_path):
+    # transformers' decorator sets the model's config on every experts module
+    def build():
+        src = Experts(**LAYOUTS["mixtral"])
+        src.config = {"model": "config"}
+        return nn.ModuleDict({"experts": src})
+
+    model = build()
+    lowbit.quantize_(model, "fp8")
+    assert model["experts"].config()["num_experts"] == 4
+    lowbit.save_quantized(model, str(tmp_path))
+    back = lowbit.load_quantized(build(), str(tmp_path))
+    assert back["experts"].config() == model["experts"].config()
+
+
 def test_save_load_and_deepcopy_keep_the_numbers(tmp_path):
     def build():
         torch.manual_seed(0)
@@ -197,6 +242,10 @@ def test_save_load_and_deepcopy_keep_the_numbers(tmp_path):
         with torch.no_grad():
             got = m["experts"](x, index, weights), m["plain"](x, index, weights)
         assert all(torch.equal(a, b) for a, b in zip(got, want))
+    # loading into a model that is already quantized (a second load) works as for Linears
+    again = lowbit.load_quantized(back, str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(again["experts"](x, index, weights), want[0])
     with pytest.raises(ValueError, match="QuantizedExperts: source must be"):
         wrong = nn.ModuleDict({"proj": nn.Linear(64, 64),
                                "experts": Experts(8, **LAYOUTS["gpt-oss"]),

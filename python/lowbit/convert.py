@@ -152,9 +152,10 @@ def module_bytes(m: nn.Module) -> int:
 
 
 def _excluder(filter: Filter, model: nn.Module) -> Callable[[str, nn.Module], bool]:
-    """filter -> excluded(name, linear). Names: a qualified name (the layer or a module above
-    it) or an fnmatch pattern; types: the layer's type, or a module type above the layer;
-    a callable(name, module) -> True to exclude."""
+    """filter -> excluded(name, module), module a Linear or an experts module. Names: a
+    qualified name (the layer or a module above it) or an fnmatch pattern; types: the
+    layer's type, or a module type above the layer; a callable(name, module) -> True to
+    exclude."""
     if filter is None:
         return lambda name, m: False
     if callable(filter) and not isinstance(filter, type):
@@ -251,12 +252,17 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
                                     not isinstance(keep_slower, int) or keep_slower < 1):
         raise ValueError(f"quantize_: keep_slower must be the tokens per forward, an int >= 1; "
                          f"got {keep_slower!r}")
-    excluded, kept = _excluder(filter, model), _kept_by_model(model)
+    exclude, kept = _excluder(filter, model), _kept_by_model(model)
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     experts = [(name, m) for name, m in model.named_modules() if experts_layout(m) is not None]
     if not linears and not experts:
         raise ValueError("quantize_: the model has no nn.Linear layer or experts module to "
                          "quantize")
+    # The filter asked about every layer before any is swapped: a filter that raises (one
+    # written for Linears, reading out_features of an experts module) leaves the model as it
+    # was, not half quantized.
+    excluded_names = {name for name, m in linears + experts if exclude(name, m)}
+    excluded = lambda name, m: name in excluded_names  # noqa: E731
     if calibration is not None:
         missing = [name for name, m in linears if type(m) is nn.Linear and not excluded(name, m)
                    and kept(name) is None and name not in calibration.clips]

@@ -14,7 +14,9 @@ expert 3's), and keeps the rest of the module: its activation, its post-expert n
 The forward computes what the module's eager forward computes, expert by expert: each
 expert's tokens (in the order of transformers' loop: by top-k slot, then token) through its
 first projection, the gate (or the activation), its down projection and the post-expert
-norm, times the routing weight, added into the output in expert order. Routing ids outside
+norm, times the routing weight, added into the output in expert order, in fp32 (rounded to
+the input dtype once, as transformers' grouped_mm path sums; its eager loop rounds after
+each expert, so in bf16 the two differ by that rounding). Routing ids outside
 [0, E) (an expert-parallel rank's sentinels) are skipped, as transformers skips them. The
 tokens per expert are read to the host once per forward (one synchronization, where
 transformers' loop makes several); under ``torch.compile`` that read is a graph break.
@@ -27,10 +29,11 @@ import torch
 from torch import nn
 
 _FLAGS = ("has_gate", "is_transposed")
-# Instance attributes that belong to the source object itself: a forward patched onto it
+# Instance attributes not carried over from the source: a forward patched onto it
 # (accelerate's device hooks keep the old one and the hook beside it) would run the source's
-# loop over weights this module no longer has.
-_NOT_CARRIED = frozenset({"forward", "_old_forward", "_hf_hook"})
+# loop over weights this module no longer has; ``config``, the model's config that the
+# decorator sets for its dispatch (which this module does not do), would hide config().
+_NOT_CARRIED = frozenset({"forward", "_old_forward", "_hf_hook", "config"})
 
 
 def experts_layout(mod: nn.Module) -> Optional[Tuple[str, bool, bool, int, int, int]]:
@@ -83,16 +86,24 @@ class QuantizedExperts(nn.Module):
     def __init__(self, source: nn.Module, num_experts: int, hidden_size: int,
                  intermediate_size: int, gated: bool, bias: bool):
         super().__init__()
-        layout = experts_layout(source)
-        want = (num_experts, hidden_size, intermediate_size)
-        if layout is None or layout[3:] != want or source.has_gate != gated \
-                or layout[2] != bias:
-            got = "not a transformers experts module" if layout is None else \
-                f"E, H, I = {layout[3:]}, gated={source.has_gate}, bias={layout[2]}"
+        want = (num_experts, hidden_size, intermediate_size, gated, bias)
+        if isinstance(source, QuantizedExperts):  # (load_quantized into a quantized model)
+            got, first, source_cls = source.config(), source._first, source._source_cls
+            got = tuple(got.values())
+            children = {k: c for k, c in source.named_children()
+                        if k not in (first, "down_proj")}
+        else:
+            layout = experts_layout(source)
+            got = None if layout is None else (*layout[3:], source.has_gate, layout[2])
+            if got is not None:
+                first, source_cls = layout[0], type(source)
+                children = dict(source.named_children())
+        if got != want:
+            what = "not a transformers experts module" if got is None else \
+                "E, H, I = {}, gated={}, bias={}".format(got[:3], *got[3:])
             raise ValueError(f"QuantizedExperts: source must be a transformers experts module "
-                             f"with E, H, I = {want}, gated={gated}, bias={bias}; got {got} "
-                             f"({type(source).__name__})")
-        first = layout[0]
+                             f"with E, H, I = {want[:3]}, gated={gated}, bias={bias}; got "
+                             f"{what} ({type(source).__name__})")
         weights = {first, "down_proj", f"{first}_bias", "down_proj_bias"}
         other = [n for n, _ in source.named_parameters(recurse=False) if n not in weights] + \
             [n for n, _ in source.named_buffers(recurse=False)]
@@ -100,16 +111,16 @@ class QuantizedExperts(nn.Module):
             raise ValueError(f"QuantizedExperts: {type(source).__name__} holds tensors besides "
                              f"its experts' weights ({', '.join(other)}), which this module "
                              "would drop")
-        # The source's attributes (its flags, config, the constants its _apply_gate reads)
-        # and submodules (activation, post-expert norm) carry over, so that its own
-        # _apply_gate runs on this module as it ran on the source.
+        # The source's attributes (its flags, the constants its _apply_gate reads) and
+        # submodules (activation, post-expert norm) carry over, so that its own _apply_gate
+        # runs on this module as it ran on the source.
         mine = vars(self)
         for key, value in vars(source).items():
             if key not in mine and key not in _NOT_CARRIED:
                 setattr(self, key, value)
-        for key, child in source.named_children():
+        for key, child in children.items():
             self.add_module(key, child)
-        self._source_cls = type(source)
+        self._source_cls = source_cls
         self._first = first
         self.num_experts, self.hidden_size = num_experts, hidden_size
         self.intermediate_size, self.gated, self.bias = intermediate_size, gated, bias
@@ -163,7 +174,10 @@ class QuantizedExperts(nn.Module):
             raise ValueError(f"QuantizedExperts: top_k_index and top_k_weights must both be "
                              f"[tokens = {x.shape[0]}, top_k]; got {tuple(top_k_index.shape)} "
                              f"and {tuple(top_k_weights.shape)}")
-        out = torch.zeros_like(x)
+        # The experts' contributions summed in fp32 and rounded once, as transformers'
+        # grouped_mm and batched_mm paths sum them (its eager loop rounds after each).
+        out = torch.zeros(x.shape, dtype=torch.promote_types(x.dtype, torch.float32),
+                          device=x.device)
         tokens = x.shape[0]
         # Slot-major, as transformers' loop (torch.where over the [top_k, tokens] mask)
         # visits an expert's tokens: the same rows in the same order into each GEMM.
@@ -192,9 +206,8 @@ class QuantizedExperts(nn.Module):
             y = down[e](y)
             if getattr(self, "has_post_expert_norm", False):
                 y = self.post_expert_norm(y)
-            y = y * weights[pick, None]
-            out.index_add_(0, token, y.to(out.dtype))
-        return out.reshape(hidden_states.shape)
+            out.index_add_(0, token, y.to(out.dtype) * weights[pick, None].to(out.dtype))
+        return out.to(x.dtype).reshape(hidden_states.shape)
 
     def extra_repr(self) -> str:
         kind = "gated" if self.gated else "not gated"
