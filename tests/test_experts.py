@@ -86,7 +86,7 @@ def test_each_expert_is_its_quantized_linear(device, scheme, layout):
     index, weights = routing(9, device=device)
     with torch.no_grad():
         got = mod(x, index, weights)
-        want = torch.zeros(x.shape)  # (summed in fp32, rounded once)
+        want = torch.zeros(x.shape, device=device)  # (summed in fp32, rounded once)
         for e in range(4):
             pos, token = torch.where(index.t() == e)
             y = Experts._apply_gate(mod, mod.gate_up_proj[e](x[token]))
