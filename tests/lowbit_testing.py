@@ -803,7 +803,7 @@ class Experts(nn.Module):
         return out
 
 
-LAYOUTS = {
+EXPERT_LAYOUTS = {
     "mixtral": dict(transposed=False, gated=True, bias=False, post_norm=False),
     "gpt-oss": dict(transposed=True, gated=True, bias=True, post_norm=False, interleaved=True),
     "no-gate": dict(transposed=False, gated=False, bias=False, post_norm=False),

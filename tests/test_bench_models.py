@@ -44,11 +44,11 @@ def test_to_quantized_swaps_experts_modules(precision):
     # the mixtral-moe rows: the block's experts module becomes a QuantizedExperts of the
     # precision's layers, next to the plain Linears
     from lowbit.nn import QuantizedExperts
-    from lowbit_testing import LAYOUTS, Experts, routing
+    from lowbit_testing import EXPERT_LAYOUTS, Experts, routing
 
     def block():
         return nn.ModuleDict({"router": nn.Linear(128, 4, bias=False),
-                              "experts": Experts(4, 128, 128, **LAYOUTS["mixtral"])}
+                              "experts": Experts(4, 128, 128, **EXPERT_LAYOUTS["mixtral"])}
                              ).to(torch.bfloat16)
 
     ref, m = block(), block()

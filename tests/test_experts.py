@@ -10,24 +10,24 @@ from torch import nn
 import lowbit
 from lowbit.nn import Fp8Linear, Int4Linear, Int8Linear, QuantizedExperts
 from lowbit.nn.experts import experts_layout
-from lowbit_testing import LAYOUTS, Experts, as_linear, routing
+from lowbit_testing import EXPERT_LAYOUTS, Experts, as_linear, routing
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 LAYER = {"fp8": Fp8Linear, "int8": Int8Linear, "fp8-w8a16": Fp8Linear, "w8a16": Int8Linear,
          "int4": Int4Linear}
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", EXPERT_LAYOUTS)
 def test_the_experts_loop_is_reproduced(layout):
     # In fp32 with each expert's slice kept as an nn.Linear, the module computes what the
     # eager loop computes: same tokens, same order, same gate, same sums.
-    src = Experts(**LAYOUTS[layout]).eval()
+    src = Experts(**EXPERT_LAYOUTS[layout]).eval()
     mod = QuantizedExperts.from_experts(src, as_linear)
     x = torch.randn(11, 64)
     index, weights = routing(11)
     with torch.no_grad():
         want, got = src(x, index, weights), mod(x, index, weights)
-    if LAYOUTS[layout]["bias"] or LAYOUTS[layout]["transposed"]:
+    if EXPERT_LAYOUTS[layout]["bias"] or EXPERT_LAYOUTS[layout]["transposed"]:
         # (x @ w vs x @ w.T-as-contiguous and a bias added after: other rounding in fp32)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     else:
@@ -35,16 +35,16 @@ def test_the_experts_loop_is_reproduced(layout):
 
 
 def test_layout_is_read_from_the_flags():
-    src = Experts(**LAYOUTS["gpt-oss"])
+    src = Experts(**EXPERT_LAYOUTS["gpt-oss"])
     assert experts_layout(src) == ("gate_up_proj", True, True, 4, 64, 96)
-    assert experts_layout(Experts(**LAYOUTS["no-gate"]))[:3] == ("up_proj", False, False)
+    assert experts_layout(Experts(**EXPERT_LAYOUTS["no-gate"]))[:3] == ("up_proj", False, False)
 
     class OwnForward(Experts):  # a forward of its own: not the loop QuantizedExperts runs
         def forward(self, hidden_states, top_k_index, top_k_weights):
             return hidden_states
 
-    assert experts_layout(OwnForward(**LAYOUTS["mixtral"])) is None
-    bad = Experts(**LAYOUTS["mixtral"])
+    assert experts_layout(OwnForward(**EXPERT_LAYOUTS["mixtral"])) is None
+    bad = Experts(**EXPERT_LAYOUTS["mixtral"])
     bad.down_proj = nn.Parameter(torch.zeros(4, 64, 95))  # I disagrees with gate_up_proj
     assert experts_layout(bad) is None
     plain = nn.Module()
@@ -60,7 +60,7 @@ def test_each_expert_is_its_quantized_linear(device, scheme, layout):
     # Expert e's projections are what from_linear makes of an nn.Linear holding its slice,
     # and the forward is the eager loop over those layers.
     def source():
-        return Experts(**LAYOUTS[layout]).to(device, torch.bfloat16)
+        return Experts(**EXPERT_LAYOUTS[layout]).to(device, torch.bfloat16)
 
     holder = nn.ModuleDict({"experts": source()})
     s = lowbit.quantize_(holder, scheme, group_size=32)
@@ -101,7 +101,7 @@ def test_each_expert_is_its_quantized_linear(device, scheme, layout):
 
 
 def test_sentinel_ids_are_skipped_and_negative_ids_rejected():
-    src = Experts(**LAYOUTS["mixtral"])
+    src = Experts(**EXPERT_LAYOUTS["mixtral"])
     mod = QuantizedExperts.from_experts(src, as_linear)
     x = torch.randn(5, 64)
     index, weights = routing(5)
@@ -120,7 +120,7 @@ def test_sentinel_ids_are_skipped_and_negative_ids_rejected():
 def test_a_forward_patched_onto_the_source_is_not_carried():
     # accelerate's device hooks set forward (and _old_forward, _hf_hook) on the instance:
     # carried over, the module would run the source's loop on its full-precision weights
-    src = Experts(**LAYOUTS["mixtral"])
+    src = Experts(**EXPERT_LAYOUTS["mixtral"])
     src._old_forward, src._hf_hook = src.forward, object()
     src.forward = lambda *args: src._old_forward(*args)
     src.some_constant = 3
@@ -129,7 +129,7 @@ def test_a_forward_patched_onto_the_source_is_not_carried():
     assert mod.some_constant == 3
     x = torch.randn(4, 64)
     index, weights = routing(4)
-    plain = QuantizedExperts.from_experts(Experts(**LAYOUTS["mixtral"]),
+    plain = QuantizedExperts.from_experts(Experts(**EXPERT_LAYOUTS["mixtral"]),
                                           lambda lin: Int8Linear.from_linear(lin))
     with torch.no_grad():
         assert torch.equal(mod(x, index, weights), plain(x, index, weights))
@@ -139,7 +139,7 @@ def test_a_forward_patched_onto_the_source_is_not_carried():
 def test_contributions_are_summed_in_fp32():
     # bf16 hidden states: each expert's contribution added in fp32 and the sum rounded
     # once; transformers' eager loop (the source here) rounds after each expert
-    src = Experts(**LAYOUTS["mixtral"]).to(torch.bfloat16)
+    src = Experts(**EXPERT_LAYOUTS["mixtral"]).to(torch.bfloat16)
     mod = QuantizedExperts.from_experts(src, as_linear)
     x = torch.randn(64, 64, dtype=torch.bfloat16)
     index, weights = routing(64)
@@ -153,7 +153,7 @@ def test_contributions_are_summed_in_fp32():
 
 
 def test_a_token_routed_nowhere_gets_zeros():
-    mod = QuantizedExperts.from_experts(Experts(**LAYOUTS["mixtral"]), as_linear)
+    mod = QuantizedExperts.from_experts(Experts(**EXPERT_LAYOUTS["mixtral"]), as_linear)
     index = torch.full((3, 2), 4)  # every route a sentinel
     out = mod(torch.randn(3, 64), index, torch.ones(3, 2))
     assert torch.equal(out, torch.zeros(3, 64))
@@ -161,8 +161,8 @@ def test_a_token_routed_nowhere_gets_zeros():
 
 def test_quantize_reports_experts_and_skips_what_it_cannot_take():
     model = nn.ModuleDict({"attn": nn.Linear(64, 64),
-                           "experts": Experts(**LAYOUTS["mixtral"]),
-                           "other": Experts(**LAYOUTS["mixtral"])})
+                           "experts": Experts(**EXPERT_LAYOUTS["mixtral"]),
+                           "other": Experts(**EXPERT_LAYOUTS["mixtral"])})
     s = lowbit.quantize_(model, "int4", filter="other", group_size=64)
     assert s.swapped == ["attn"]  # I = 96 is no multiple of 64
     assert s.skipped == {"experts": "experts: in_features = 96 is not a multiple of "
@@ -184,7 +184,7 @@ def test_quantize_reports_experts_and_skips_what_it_cannot_take():
 
 
 def test_tensors_besides_the_weights_keep_the_module():
-    src = Experts(**LAYOUTS["mixtral"])
+    src = Experts(**EXPERT_LAYOUTS["mixtral"])
     src.register_buffer("expert_bias", torch.zeros(4))  # e.g. a routing correction
     with pytest.raises(ValueError, match=r"holds tensors besides its experts' weights "
                                          r"\(expert_bias\)"):
@@ -194,7 +194,8 @@ def test_tensors_besides_the_weights_keep_the_module():
 
 
 def test_a_filter_that_raises_leaves_the_model_as_it_was():
-    model = nn.ModuleDict({"attn": nn.Linear(64, 64), "experts": Experts(**LAYOUTS["mixtral"])})
+    model = nn.ModuleDict({"attn": nn.Linear(64, 64),
+                           "experts": Experts(**EXPERT_LAYOUTS["mixtral"])})
 
     def by_width(name, m):  # written for Linears
         return m.out_features < 32
@@ -209,7 +210,7 @@ def test_a_filter_that_raises_leaves_the_model_as_it_was():
 def test_a_transformers_config_attribute_does_not_hide_config(tmp_path):
     # transformers' decorator sets the model's config on every experts module
     def build():
-        src = Experts(**LAYOUTS["mixtral"])
+        src = Experts(**EXPERT_LAYOUTS["mixtral"])
         src.config = {"model": "config"}
         return nn.ModuleDict({"experts": src})
 
@@ -225,8 +226,8 @@ def test_save_load_and_deepcopy_keep_the_numbers(tmp_path):
     def build():
         torch.manual_seed(0)
         return nn.ModuleDict({"proj": nn.Linear(64, 64),
-                              "experts": Experts(**LAYOUTS["gpt-oss"]),
-                              "plain": Experts(**LAYOUTS["post-norm"])}).to(torch.bfloat16)
+                              "experts": Experts(**EXPERT_LAYOUTS["gpt-oss"]),
+                              "plain": Experts(**EXPERT_LAYOUTS["post-norm"])}).to(torch.bfloat16)
 
     model = build()
     lowbit.quantize_(model, "fp8")
@@ -248,8 +249,8 @@ def test_save_load_and_deepcopy_keep_the_numbers(tmp_path):
         assert torch.equal(again["experts"](x, index, weights), want[0])
     with pytest.raises(ValueError, match="QuantizedExperts: source must be"):
         wrong = nn.ModuleDict({"proj": nn.Linear(64, 64),
-                               "experts": Experts(8, **LAYOUTS["gpt-oss"]),
-                               "plain": Experts(**LAYOUTS["post-norm"])})
+                               "experts": Experts(8, **EXPERT_LAYOUTS["gpt-oss"]),
+                               "plain": Experts(**EXPERT_LAYOUTS["post-norm"])})
         lowbit.load_quantized(wrong, str(tmp_path))
 
 
@@ -282,7 +283,7 @@ def test_compiled_module_matches_eager():
     # Under torch.compile the routing read is a graph break (fullgraph=True raises, as for
     # transformers' own eager loop); the pieces around it compile. fp32: inductor's fusion of
     # the gate rounds nothing that eager rounds.
-    holder = nn.ModuleDict({"e": Experts(**LAYOUTS["mixtral"])})
+    holder = nn.ModuleDict({"e": Experts(**EXPERT_LAYOUTS["mixtral"])})
     lowbit.quantize_(holder, "int8")
     x = torch.randn(9, 64)
     index, weights = routing(9)

@@ -329,8 +329,8 @@ def run_mixtral_moe(rounds: int, progress=lambda s: None, precisions=("fp8",),
     return rows
 
 
-# runner, progress steps per precision. The MLP first: a model whose graph capture fails (a host sync in
-# its forward) runs last, so that a capture left half-done cannot spoil the other rows: the
-# quantized MoE block reads its tokens per expert to the host every forward.
+# runner, progress steps per precision. The MLP first: a model whose graph capture fails (a
+# host sync in its forward) runs last, so that a capture left half-done cannot spoil the
+# other rows: the quantized MoE block reads its tokens per expert to the host every forward.
 MODELS = {"llama-mlp": (run_llama_mlp, 9), "bert-large": (run_bert, 3),
           "mixtral-moe": (run_mixtral_moe, 9)}
