@@ -193,20 +193,28 @@ class QuantizedExperts(nn.Module):
             raise ValueError(f"QuantizedExperts: top_k_index holds {counts[e_all + 1]} "
                              "negative expert id(s)")
         first, down = getattr(self, self._first), self.down_proj
+        gate = self._source_cls._apply_gate if self.has_gate else None
+        post = self.post_expert_norm if getattr(self, "has_post_expert_norm", False) else None
+        # Every expert's rows gathered once, in expert order: each expert then takes a slice
+        # (a view, no launch). A decode step's loop is host-bound (bench/NOTES.md, "MoE
+        # experts quantized"): per expert the two GEMMs, the gate, one multiply, one add.
+        token = order % tokens
+        rows = x[token]
+        scale = weights[order].to(out.dtype)[:, None]
         start = 0
         for e in range(e_all):
             n = counts[e]
             if n == 0:
                 continue
-            pick = order[start:start + n]
-            start += n
-            token = pick % tokens
-            y = first[e](x[token])
-            y = self._source_cls._apply_gate(self, y) if self.has_gate else self.act_fn(y)
+            end = start + n
+            y = first[e](rows[start:end])
+            y = gate(self, y) if gate is not None else self.act_fn(y)
             y = down[e](y)
-            if getattr(self, "has_post_expert_norm", False):
-                y = self.post_expert_norm(y)
-            out.index_add_(0, token, y.to(out.dtype) * weights[pick, None].to(out.dtype))
+            if post is not None:
+                y = post(y)
+            # (y in the layer dtype times an fp32 scale: the product in fp32, one launch)
+            out.index_add_(0, token[start:end], y * scale[start:end])
+            start = end
         return out.to(x.dtype).reshape(hidden_states.shape)
 
     def extra_repr(self) -> str:
