@@ -5,6 +5,8 @@ from torch import nn
 
 import lowbit
 from lowbit.mixed import FULL, apply_plan, mixed_precision, sensitivity
+from lowbit.nn import QuantizedExperts
+from lowbit_testing import EXPERT_LAYOUTS, Experts
 
 
 def _model():
@@ -90,3 +92,31 @@ def test_layers_the_model_keeps_stay_full_in_the_plan():
     s = apply_plan(q, plan, group_size=32)
     assert sorted(n for summary in s for n in summary.swapped) == ["0", "4"]
     assert _err(q, ref) == pytest.approx(plan.error, rel=1e-9, abs=1e-12)
+
+
+class _MoE(nn.Module):
+    """A Linear, then MoE experts routed to experts 0 and 1 (the plan's unplanned part)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(64, 64)
+        self.experts = Experts(**EXPERT_LAYOUTS["mixtral"])
+
+    def forward(self, x):
+        index = torch.tensor([[0, 1]]).expand(x.shape[0], 2)
+        return self.experts(self.proj(x), index, torch.full((x.shape[0], 2), 0.5))
+
+
+def test_experts_are_not_planned_and_a_hand_plan_may_name_them():
+    ref = _MoE()
+    plan = mixed_precision(ref, DATA, 1.0, group_size=32)
+    assert set(plan.schemes) == {"proj"}
+    assert plan.experts == {"experts": 4 * (4 * 192 * 64 + 4 * 64 * 96)}
+    assert "1 experts modules not planned, in full precision (0.28 MiB)" in str(plan)
+    m = _MoE()
+    apply_plan(m, plan, group_size=32)
+    assert isinstance(m.experts, Experts)
+    m = _MoE()
+    apply_plan(m, {"proj": FULL, "experts": "int8"})
+    assert isinstance(m.experts, QuantizedExperts) and type(m.proj) is nn.Linear

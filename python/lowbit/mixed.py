@@ -95,6 +95,9 @@ class Plan:
     bytes: int  # of the Linear layers under the plan
     bytes_full: int  # of the Linear layers in full precision
     steps: List[str] = field(default_factory=list)
+    # MoE experts modules (quantize_'s QuantizedExperts targets), not planned: they stay in
+    # full precision under the plan unless named in it by hand. name -> bytes.
+    experts: Dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         counts: Dict[str, int] = {}
@@ -102,9 +105,13 @@ class Plan:
             counts[s] = counts.get(s, 0) + 1
         mix = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         ok = "meets" if self.error <= self.budget else "misses"
-        return (f"mixed precision: {mix}; output error {self.error:.4g} {ok} the budget "
+        text = (f"mixed precision: {mix}; output error {self.error:.4g} {ok} the budget "
                 f"{self.budget}; Linear bytes {self.bytes_full / 2**20:.2f} -> "
                 f"{self.bytes / 2**20:.2f} MiB")
+        if self.experts:
+            text += (f"; {len(self.experts)} experts modules not planned, in full precision "
+                     f"({sum(self.experts.values()) / 2**20:.2f} MiB)")
+        return text
 
 
 def apply_plan(model: nn.Module, plan, *, group_size: int = 128,
@@ -194,5 +201,9 @@ def mixed_precision(model: nn.Module, batches, budget: float, *,
         err = error(plan_now())
         steps.append(f"{len(steps) + 1}: error {err:.4g}")
     assign = plan_now()
+    from .nn.experts import experts_layout
+
+    experts = {n: module_bytes(m) for n, m in model.named_modules()
+               if experts_layout(m) is not None}
     return Plan(assign, err, budget, sum(nbytes[n][s] for n, s in assign.items()),
-                sum(nbytes[n][FULL] for n in lin), steps)
+                sum(nbytes[n][FULL] for n in lin), steps, experts)
