@@ -3,7 +3,6 @@ import pytest
 import torch
 from torch import nn
 
-import lowbit
 from lowbit.mixed import FULL, apply_plan, mixed_precision, sensitivity
 from lowbit.nn import QuantizedExperts
 from lowbit_testing import EXPERT_LAYOUTS, Experts
