@@ -1,0 +1,65 @@
+"""Where an eager MoE block's time goes: the Mixtral-8x7B block of `lowbit bench --model
+mixtral-moe`, bf16 (transformers' default experts implementation) against the block with
+`lowbit.nn.QuantizedExperts`, at decode sizes.
+
+    python -m bench.profile_moe [--precision fp8] [--m 1,16] [--calls 30]
+
+For each M: wall time per forward of back-to-back calls of each block; then one quantized
+expert layer called at one M and at four M in turn (what the loop does from expert to
+expert: does a change of M cost host time?); then torch.profiler's ops of five quantized
+forwards at the last M, by total CPU time, with their CUDA time beside.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lowbit.bench.models import mixtral_moe_block, to_quantized
+
+
+def wall_us(fn, calls: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / calls * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--precision", default="fp8")
+    ap.add_argument("--m", default="1,16")
+    ap.add_argument("--calls", type=int, default=30)
+    args = ap.parse_args()
+    block, impl = mixtral_moe_block()
+    quantized = copy.deepcopy(block)
+    to_quantized(quantized, args.precision)
+    ms = [int(m) for m in args.m.split(",")]
+    with torch.no_grad():
+        for m in ms:
+            x = torch.randn(1, m, 4096, device="cuda", dtype=torch.bfloat16)
+            print(f"M = {m}: bf16 block ({impl}) {wall_us(lambda: block(x), args.calls):.0f} us, "
+                  f"{args.precision} block {wall_us(lambda: quantized(x), args.calls):.0f} us")
+        layer = quantized.experts.gate_up_proj[0]
+        xs = [torch.randn(r, 4096, device="cuda", dtype=torch.bfloat16) for r in (1, 2, 3, 5)]
+        one = wall_us(lambda: layer(xs[0]), 10 * args.calls)
+        cycle = wall_us(lambda: [layer(t) for t in xs], 10 * args.calls) / len(xs)
+        print(f"{type(layer).__name__} 4096 -> 28672: {one:.1f} us a call at one M, "
+              f"{cycle:.1f} us a call cycling M = 1, 2, 3, 5")
+        x = torch.randn(1, ms[-1], 4096, device="cuda", dtype=torch.bfloat16)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                quantized(x)
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=30,
+                                    max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
