@@ -157,6 +157,9 @@ def test_a_token_routed_nowhere_gets_zeros():
     index = torch.full((3, 2), 4)  # every route a sentinel
     out = mod(torch.randn(3, 64), index, torch.ones(3, 2))
     assert torch.equal(out, torch.zeros(3, 64))
+    # and no token at all
+    empty = torch.zeros(0, 2, dtype=torch.int64)
+    assert mod(torch.zeros(0, 64), empty, torch.zeros(0, 2)).shape == (0, 64)
 
 
 def test_quantize_reports_experts_and_skips_what_it_cannot_take():
