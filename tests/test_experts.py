@@ -152,6 +152,34 @@ def test_contributions_are_summed_in_fp32():
     assert err < (eager.double() - exact).abs().sum()
 
 
+def test_a_layer_wider_than_the_sum_is_rounded_to_it():
+    # a make() that computes in fp64 (a reference): its output is rounded to the fp32 sum
+    def wide(lin):
+        return as_linear(lin).double()
+
+    src = Experts(**EXPERT_LAYOUTS["mixtral"])
+    mod = QuantizedExperts.from_experts(src, as_linear)
+    widened = QuantizedExperts.from_experts(src, wide)
+
+    class Back(nn.Module):  # fp32 in, the fp64 layer, fp64 out
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer(x.double())
+
+    for name in ("gate_up_proj", "down_proj"):
+        for e in range(4):
+            getattr(widened, name)[e] = Back(getattr(widened, name)[e])
+    x = torch.randn(5, 64)
+    index, weights = routing(5)
+    with torch.no_grad():
+        got = widened(x, index, weights)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, mod(x, index, weights), rtol=1e-5, atol=1e-5)
+
+
 def test_a_token_routed_nowhere_gets_zeros():
     mod = QuantizedExperts.from_experts(Experts(**EXPERT_LAYOUTS["mixtral"]), as_linear)
     index = torch.full((3, 2), 4)  # every route a sentinel

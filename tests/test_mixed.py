@@ -116,6 +116,8 @@ def test_experts_are_not_planned_and_a_hand_plan_may_name_them():
     m = _MoE()
     apply_plan(m, plan, group_size=32)
     assert isinstance(m.experts, Experts)
+    plan.schemes["experts"] = "int8"  # planned by hand: no longer reported as unplanned
+    assert "not planned" not in str(plan)
     m = _MoE()
     apply_plan(m, {"proj": FULL, "experts": "int8"})
     assert isinstance(m.experts, QuantizedExperts) and type(m.proj) is nn.Linear

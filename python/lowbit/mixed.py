@@ -108,9 +108,12 @@ class Plan:
         text = (f"mixed precision: {mix}; output error {self.error:.4g} {ok} the budget "
                 f"{self.budget}; Linear bytes {self.bytes_full / 2**20:.2f} -> "
                 f"{self.bytes / 2**20:.2f} MiB")
-        if self.experts:
-            text += (f"; {len(self.experts)} experts modules not planned, in full precision "
-                     f"({sum(self.experts.values()) / 2**20:.2f} MiB)")
+        # (one named in schemes by hand is planned; a Plan pickled before the field had none)
+        unplanned = {n: b for n, b in getattr(self, "experts", {}).items()
+                     if n not in self.schemes}
+        if unplanned:
+            text += (f"; {len(unplanned)} experts modules not planned, in full precision "
+                     f"({sum(unplanned.values()) / 2**20:.2f} MiB)")
         return text
 
 

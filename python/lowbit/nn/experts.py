@@ -198,6 +198,7 @@ class QuantizedExperts(nn.Module):
         # Every expert's rows gathered once, in expert order: each expert then takes a slice
         # (a view, no launch). A decode step's loop is host-bound (bench/NOTES.md, "MoE
         # experts quantized"): per expert the two GEMMs, the gate, one multiply, one add.
+        order = order[:sum(counts[:e_all])]  # (the sentinels' rows: no expert reads them)
         token = order % tokens
         rows = x[token]
         scale = weights[order].to(out.dtype)[:, None]
@@ -212,7 +213,10 @@ class QuantizedExperts(nn.Module):
             y = down[e](y)
             if post is not None:
                 y = post(y)
-            # (y in the layer dtype times an fp32 scale: the product in fp32, one launch)
+            # (y in the layer dtype times an fp32 scale: the product in fp32, one launch; a
+            # layer wider than the sum, an fp64 one, is rounded to it first)
+            if torch.promote_types(y.dtype, out.dtype) != out.dtype:
+                y = y.to(out.dtype)
             out.index_add_(0, token[start:end], y * scale[start:end])
             start = end
         return out.to(x.dtype).reshape(hidden_states.shape)
