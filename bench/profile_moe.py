@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from lowbit.bench import timing
 from lowbit.bench.models import mixtral_moe_block, to_quantized
 
 
 def wall_us(fn, calls: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / calls * 1e6
+    """Wall time per call (us) of back-to-back calls after one untimed call."""
+    return timing.eager_host_us(fn, n=calls, warmup=1)
 
 
 def main() -> None:

@@ -283,8 +283,8 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
             why = "excluded by filter"
         elif (held := kept(name)) is not None:
             why = held
-        elif scheme == "int4" and lin.in_features % (32 if group_size == -1 else group_size):
-            why = _int4_misfit(lin.in_features, group_size)
+        elif scheme == "int4" and (misfit := _int4_misfit(lin.in_features, group_size)):
+            why = misfit
         elif keep_slower is not None:
             why, note = _slower(scheme, lin, keep_slower)
         new = None
@@ -310,7 +310,10 @@ def quantize_(model: nn.Module, scheme: str, *, filter: Filter = None, calibrati
     return summary
 
 
-def _int4_misfit(k: int, group_size: int) -> str:
+def _int4_misfit(k: int, group_size: int) -> Optional[str]:
+    """Why an int4 layer of in_features k cannot take group_size (-1: per channel), or None."""
+    if k % (32 if group_size == -1 else group_size) == 0:
+        return None
     need = "32 (int4 per channel)" if group_size == -1 else f"group_size = {group_size}"
     return f"in_features = {k} is not a multiple of {need}"
 
@@ -328,9 +331,9 @@ def _quantize_experts(model, name, src, scheme, cls, kwargs, excluded, kept, gro
         why = "excluded by filter"
     elif (held := kept(name)) is not None:
         why = held
-    elif scheme == "int4" and (bad := next((k for k in (h, i) if k % (
-            32 if group_size == -1 else group_size)), None)) is not None:
-        why = "experts: " + _int4_misfit(bad, group_size)
+    elif scheme == "int4" and (misfit := _int4_misfit(h, group_size) or
+                               _int4_misfit(i, group_size)):
+        why = "experts: " + misfit
     if why is None:
         try:
             new = QuantizedExperts.from_experts(src, lambda lin: cls.from_linear(lin, **kwargs))

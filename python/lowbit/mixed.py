@@ -151,6 +151,8 @@ def mixed_precision(model: nn.Module, batches, budget: float, *,
     batches = list(batches)
     if not batches:
         raise ValueError("mixed_precision: batches is empty")
+    from .nn.experts import experts_layout
+
     sens = sensitivity(model, batches, schemes, group_size=group_size, forward=forward)
     lin = _linears(model)
     kept = _kept_by_model(model)
@@ -204,8 +206,6 @@ def mixed_precision(model: nn.Module, batches, budget: float, *,
         err = error(plan_now())
         steps.append(f"{len(steps) + 1}: error {err:.4g}")
     assign = plan_now()
-    from .nn.experts import experts_layout
-
     experts = {n: module_bytes(m) for n, m in model.named_modules()
                if experts_layout(m) is not None}
     return Plan(assign, err, budget, sum(nbytes[n][s] for n, s in assign.items()),
