@@ -544,7 +544,11 @@ __host__ __device__ constexpr int store_batch() {
   return kN >= 64 ? LOWBIT_SWAPAB_STORE_BATCH_64 : 8;
 }
 
-template <class Op, int kN, bool kBlock, class F>
+// kIntOut: int8_mm's int32 store (p.out_int32), a parameter so that each path's batch holds
+// one store per element: with the runtime flag INT8's batch kept both stores and their
+// predicates, and its store phase took 1.1 us more than FP8's at 64 x 4096^2 (bench/NOTES.md,
+// "The sibling groups, the new form pick, INT8's phases").
+template <class Op, int kN, bool kBlock, class F, bool kIntOut>
 __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename Op::Acc* red,
                                              int tile, int rank, int splits, int ctid,
                                              const float* a_smem) {
@@ -557,7 +561,7 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
   const int total = rows * tokens;
   const bool a_step = kBlock && p.a_mode == ScaleMode::kBlock;
   const bool b_step = kBlock && p.b_mode == ScaleMode::kBlock;
-  [[maybe_unused]] const bool int_out = Op::kInt && p.out_int32;
+  [[maybe_unused]] constexpr bool int_out = Op::kInt && kIntOut;
   [[maybe_unused]] const bool zeros = Op::kInt && p.a_zero != nullptr;
   for (int e0 = ctid; e0 < total; e0 += kStoreBatch * kConsumerThreads) {
     int m[kStoreBatch], n[kStoreBatch], at[kStoreBatch];  // at: the element's offset in red
@@ -575,7 +579,7 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
       at[u] = m[u] * kRedLd + first + (ok[u] ? r : 0);
       sum[u] = splits == 1 ? red[at[u]]
                            : ld_cluster_acc<Acc>(cluster_map(smem_u32(red + at[u]), 0));
-      if (Op::kInt && int_out) continue;
+      if constexpr (int_out) continue;  // (int8_mm: no scales, bias or zero points)
       fa[u] = a_step                ? 1.f
               : a_smem != nullptr ? a_smem[m[u]]
                                   : __ldg(&p.a_scale[p.a_mode == ScaleMode::kRow ? m[u] : 0]);
@@ -601,21 +605,20 @@ __device__ __forceinline__ void reduce_store(const GemmArgs& p, const typename O
     for (int u = 0; u < kStoreBatch; ++u) {
       if (!ok[u]) continue;
       const int64_t o = int64_t(m[u]) * p.ldo + n[u];
-      float v;
-      if constexpr (Op::kInt) {
-        if (int_out) {
-          static_cast<int32_t*>(p.out)[o] = sum[u];
-          continue;
-        }
-        v = int_acc_value(sum[u], zeros, zero[u], b_sum[u]);
+      if constexpr (int_out) {
+        static_cast<int32_t*>(p.out)[o] = sum[u];
       } else {
-        v = sum[u];
+        float v;
+        if constexpr (Op::kInt)
+          v = int_acc_value(sum[u], zeros, zero[u], b_sum[u]);
+        else
+          v = sum[u];
+        // a's scale, then b's, then the bias, one rounding each (a factor of 1 is exact).
+        v *= fa[u];
+        v *= fb[u];
+        if (p.bias) v += bias[u];
+        store_out(p.out, p.out_dtype, o, v);
       }
-      // a's scale, then b's, then the bias, one rounding each (a factor of 1 is exact).
-      v *= fa[u];
-      v *= fb[u];
-      if (p.bias) v += bias[u];
-      store_out(p.out, p.out_dtype, o, v);
     }
   }
 }
@@ -1095,7 +1098,10 @@ sm90_gemm_swapab_kernel(const __grid_constant__ CUtensorMap map_w,
     write_partial<kN, F>(red, acc, cw, warp, lane);
     tile_sync(splits);
     SWAPAB_TRACE_STAMP(kSync);
-    reduce_store<Op, kN, kBlock, F>(p, red, tile, rank, splits, ctid, a_smem);
+    if (Op::kInt && p.out_int32)
+      reduce_store<Op, kN, kBlock, F, Op::kInt>(p, red, tile, rank, splits, ctid, a_smem);
+    else
+      reduce_store<Op, kN, kBlock, F, false>(p, red, tile, rank, splits, ctid, a_smem);
     SWAPAB_TRACE_STAMP(kStore);
     tile_sync(splits);  // peers are done reading red: it may be rewritten, or the CTA exit
   }
