@@ -322,3 +322,140 @@ def test_compiled_module_matches_eager():
         want = holder["e"](x, index, weights)
         got = torch.compile(holder["e"])(x, index, weights)
     assert torch.equal(got, want)
+
+
+# The grouped path (lowbit/nn/_experts_grouped.py): on the GPU, and on the CPU through the
+# Triton interpreter (TRITON_INTERPRET=1; without it a CPU forward runs the loop).
+
+
+def _interpret(monkeypatch, device):
+    if device == "cpu":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    elif lowbit.backends.triton.available() is not None:
+        pytest.skip(lowbit.backends.triton.available())
+
+
+def _quantized(scheme, layout, device, dtype=torch.bfloat16):
+    holder = nn.ModuleDict({"e": Experts(**EXPERT_LAYOUTS[layout]).to(device, dtype)})
+    lowbit.quantize_(holder, scheme, group_size=32)
+    return holder["e"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_route_cuts_the_pairs_into_blocks_of_one_expert(seed):
+    from lowbit.nn._experts_grouped import BLOCK_M, route
+
+    g = torch.Generator().manual_seed(seed)
+    t, k, e = [(1, 2, 8), (16, 2, 8), (40, 4, 3), (7, 1, 5), (33, 2, 2), (0, 2, 4)][seed]
+    ids = torch.randint(-1, e + 1, (t, k), generator=g)  # -1 and e: routed nowhere
+    pair, block_expert, valid = route(ids, e)
+    flat = ids.t().reshape(-1)
+    assert torch.equal(valid, (flat >= 0) & (flat < e))
+    lanes = pair.view(-1, BLOCK_M)
+    seen = []
+    for b, ex in enumerate(block_expert.tolist()):
+        got = [p for p in lanes[b].tolist() if p >= 0]
+        if ex < 0:
+            assert not got
+            continue
+        assert got and lanes[b, :len(got)].tolist() == got  # filled from the first lane
+        assert all(flat[p] == ex for p in got)
+        seen += got
+    # every valid pair once, by expert, in pair order within an expert (the loop's order)
+    want = sorted((p for p in range(t * k) if valid[p]), key=lambda p: (int(flat[p]), p))
+    assert seen == want
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scheme", ["fp8", "int8"])
+@pytest.mark.parametrize("layout", EXPERT_LAYOUTS)
+def test_grouped_path_computes_the_loop(monkeypatch, device, scheme, layout):
+    _interpret(monkeypatch, device)
+    mod = _quantized(scheme, layout, device)
+    x = torch.randn(9, 64, device=device, dtype=torch.bfloat16)
+    index, weights = routing(9, device=device)
+    index[1, 0] = 4  # a sentinel
+    assert mod.path(9, 2, x) == "grouped"
+    with torch.no_grad():
+        got = mod(x, index, weights)
+        mod.grouped = False
+        assert mod.path(9, 2, x) == "loop: grouped is False"
+        want = mod(x, index, weights)
+    # The same quantized activations and epilogue roundings as each expert's layer; int8
+    # sums exactly, and two slots' contributions add in either order alike: equal. fp8's
+    # fp32 sums of the products run in another order on the GPU (on the CPU both sum
+    # these K = 64 / 96 products without rounding).
+    if scheme == "int8" or device == "cpu":
+        assert torch.equal(got, want)
+    else:
+        err = (got.float() - want.float()).norm() / want.float().norm()
+        assert err < 1e-2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grouped_path_skips_negative_ids(monkeypatch, device):
+    # The grouped path never reads ids on the host: a negative id is skipped as a sentinel
+    # (the loop, which reads them, raises).
+    _interpret(monkeypatch, device)
+    mod = _quantized("int8", "mixtral", device)
+    x = torch.randn(5, 64, device=device, dtype=torch.bfloat16)
+    index, weights = routing(5, device=device)
+    with torch.no_grad():
+        neg, sentinel = index.clone(), index.clone()
+        neg[2, 1], sentinel[2, 1] = -1, 4
+        assert torch.equal(mod(x, neg, weights), mod(x, sentinel, weights))
+
+
+def test_path_names_why_the_loop_runs(monkeypatch):
+    from lowbit.nn._experts_grouped import MAX_PAIRS
+
+    mod = _quantized("fp8", "mixtral", "cpu")
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert mod.path(1, 2, x).startswith("loop: x is on cpu")
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert mod.path(1, 2, x) == "grouped"
+    assert mod.path(MAX_PAIRS // 2 + 1, 2, x) == \
+        f"loop: {MAX_PAIRS + 2} routed pairs (the grouped kernel serves up to {MAX_PAIRS})"
+    assert mod.path(4, 2) == "grouped"  # (x by default: the experts' device and dtype)
+    assert _quantized("int4", "mixtral", "cpu").path(1, 2, x) == \
+        "loop: a Int4Linear expert (the grouped kernel runs W8A8 only)"
+    w8a16 = _quantized("w8a16", "mixtral", "cpu")
+    assert w8a16.path(1, 2, x) == \
+        "loop: an Int8Linear expert that is not W8A8 with symmetric activations"
+
+
+def test_grouped_path_compiles_whole(monkeypatch):
+    # No host read: fullgraph=True traces the grouped forward (the loop's is a graph break).
+    _interpret(monkeypatch, "cpu")
+    mod = _quantized("int8", "mixtral", "cpu", torch.float32)
+    x = torch.randn(9, 64)
+    index, weights = routing(9)
+    with torch.no_grad():
+        want = mod(x, index, weights)
+        got = torch.compile(mod, fullgraph=True)(x, index, weights)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("scheme", ["fp8", "int8"])
+def test_grouped_path_captures_in_a_cuda_graph(scheme):
+    mod = _quantized(scheme, "gpt-oss", "cuda")
+    x = torch.randn(3, 64, device="cuda", dtype=torch.bfloat16)
+    index, weights = routing(3, device="cuda")
+    with torch.no_grad():
+        want = mod(x, index, weights)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = mod(x, index, weights)
+        assert torch.equal(out, want)  # (capture ran the forward once)
+        other_index, other_weights = routing(3, seed=1, device="cuda")
+        index.copy_(other_index)  # another routing, replayed from the device
+        weights.copy_(other_weights)
+        graph.replay()
+        torch.cuda.synchronize()
+        want = mod(x, other_index, other_weights)
+    assert not torch.equal(want, mod(x, *routing(3, device="cuda")))
+    assert torch.equal(out, want)

@@ -20,6 +20,10 @@ each expert, so in bf16 the two differ by that rounding). Routing ids outside
 [0, E) (an expert-parallel rank's sentinels) are skipped, as transformers skips them. The
 tokens per expert are read to the host once per forward (one synchronization, where
 transformers' loop makes several); under ``torch.compile`` that read is a graph break.
+
+At decode sizes W8A8 experts take the grouped path instead (_experts_grouped.py: each
+projection of every expert in one launch, no host read); ``path()`` says which a forward
+takes.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
+
+from . import _experts_grouped as _grouped
 
 _FLAGS = ("has_gate", "is_transposed")
 # Instance attributes not carried over from the source: a forward patched onto it
@@ -122,6 +128,9 @@ class QuantizedExperts(nn.Module):
             self.add_module(key, child)
         self._source_cls = source_cls
         self._first = first
+        # False: every forward runs the loop (the grouped path's kernels differ from the
+        # per-expert layers' in fp32 summation order; see path()).
+        self.grouped = True
         self.num_experts, self.hidden_size = num_experts, hidden_size
         self.intermediate_size, self.gated, self.bias = intermediate_size, gated, bias
         # Placeholders until from_experts or load_quantized puts each expert's layer in.
@@ -154,6 +163,30 @@ class QuantizedExperts(nn.Module):
                 layers[x] = make(_expert_linear(w[x], None if b is None else b[x], transposed))
         return mod
 
+    def _grouped_family(self) -> Tuple[Optional[str], str]:
+        # Decided once, at the first forward (the experts' layer types and modes do not
+        # change under .to() or load_state_dict).
+        got = self.__dict__.get("_grouped")
+        if got is None:
+            got = self.__dict__["_grouped"] = _grouped.family(self)
+        return got
+
+    def path(self, tokens: int, top_k: int, x: Optional[torch.Tensor] = None) -> str:
+        """Which path a forward of ``tokens`` tokens routed to ``top_k`` experts each takes:
+        ``"grouped"`` (each projection of every expert in one launch,
+        lowbit/nn/_experts_grouped.py) or ``"loop: <why>"``. ``x``: a tensor like the
+        forward's input (its device and dtype matter), by default an empty one on the
+        experts' device in their layer dtype."""
+        if x is None:
+            lay = getattr(self, self._first)[0]
+            x = torch.empty(0, device=lay.weight.device,
+                            dtype=getattr(lay, "dtype", torch.bfloat16))
+        if not self.__dict__.get("grouped", True):
+            return "loop: grouped is False"
+        fam, why = self._grouped_family()
+        why = _grouped.path_reason(self, x, tokens * top_k, fam, why)
+        return "grouped" if why is None else f"loop: {why}"
+
     def config(self) -> dict:
         """The structure ``like`` rebuilds (``lowbit.load_quantized``)."""
         return {"num_experts": self.num_experts, "hidden_size": self.hidden_size,
@@ -174,6 +207,11 @@ class QuantizedExperts(nn.Module):
             raise ValueError(f"QuantizedExperts: top_k_index and top_k_weights must both be "
                              f"[tokens = {x.shape[0]}, top_k]; got {tuple(top_k_index.shape)} "
                              f"and {tuple(top_k_weights.shape)}")
+        fam, why = self._grouped_family()
+        if self.__dict__.get("grouped", True) and \
+                _grouped.path_reason(self, x, top_k_index.numel(), fam, why) is None:
+            return _grouped.forward(self, fam, x, top_k_index, top_k_weights).reshape(
+                hidden_states.shape)
         # The experts' contributions summed in fp32 and rounded once, as transformers'
         # grouped_mm and batched_mm paths sum them (its eager loop rounds after each).
         out = torch.zeros(x.shape, dtype=torch.promote_types(x.dtype, torch.float32),
