@@ -119,10 +119,28 @@ def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torc
     return hit[0]
 
 
-def _config(n: int, k: int):
-    # Decode-sized blocks stream the weights: 64 channels a program keeps every SM busy
-    # from N = 4096 on at one block per expert; 128 K a step is a 8 KB fp8 weight tile.
-    return dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
+_SMS: dict = {}
+
+
+def _config(blocks: int, n: int, device: torch.device) -> dict:
+    """Tiles for ``blocks`` blocks of pairs over N channels. Decode streams the weights: the
+    narrowest channel slice that still fills every SM four times over would leave each
+    program too little to stream, so the widest of 128 / 64 / 32 / 16 channels that gives
+    at least four programs an SM (the down projection of two experts at N = 4096 takes 32),
+    with 256 K a step below 64 channels so that a stage stays 8 KB of weight."""
+    if device.type == "cuda":
+        sms = _SMS.get(device.index)
+        if sms is None:
+            sms = _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        sms = 1
+    block_n = 16
+    for bn in (128, 64, 32):
+        if blocks * triton.cdiv(n, bn) >= 4 * sms:
+            block_n = bn
+            break
+    return dict(BLOCK_N=block_n, BLOCK_K=128 if block_n >= 64 else 256, num_warps=4,
+                num_stages=4)
 
 
 def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, a_row: torch.Tensor,
@@ -144,7 +162,7 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, a_row: torch.Tensor,
     w_tab = pointer_table(weights, dev)
     ws_tab = pointer_table(scales, dev)
     b_tab = pointer_table(biases, dev) if biases is not None else w_tab
-    cfg = _config(n, k)
+    cfg = _config(blocks, n, dev)
     grid = (blocks, triton.cdiv(n, cfg["BLOCK_N"]))
     c = out.view(torch.int16) if bf16_bits else out
     _experts_w8a8_kernel[grid](
