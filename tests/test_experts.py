@@ -342,29 +342,44 @@ def _quantized(scheme, layout, device, dtype=torch.bfloat16):
     return holder["e"]
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_route_cuts_the_pairs_into_blocks_of_one_expert(seed):
-    from lowbit.nn._experts_grouped import BLOCK_M, route
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", range(5))
+def test_experts_kernel_is_each_experts_gemm(monkeypatch, device, case):
+    # Every routed pair's row is its expert's int8_gemm of its row (int32 sums: exact, so
+    # equal); rows routed nowhere are zero. Cases: decode, several blocks an expert (T * k
+    # past 16 pairs), a token sent to one expert twice, ids outside [0, E), biases.
+    _interpret(monkeypatch, device)
+    from lowbit.triton_kernels.experts_gemm import experts_w8a8
 
-    g = torch.Generator().manual_seed(seed)
-    t, k, e = [(1, 2, 8), (16, 2, 8), (40, 4, 3), (7, 1, 5), (33, 2, 2), (0, 2, 4)][seed]
+    t, k, e, n, kk, by_token, bias = [(1, 2, 8, 40, 64, True, False),
+                                      (40, 4, 3, 24, 96, True, True),
+                                      (9, 2, 4, 130, 64, False, True),
+                                      (5, 3, 4, 16, 200, False, False),
+                                      (17, 1, 2, 8, 32, True, False)][case]
+    g = torch.Generator().manual_seed(case)
     ids = torch.randint(-1, e + 1, (t, k), generator=g)  # -1 and e: routed nowhere
-    pair, block_expert, valid = route(ids, e)
-    flat = ids.t().reshape(-1)
-    assert torch.equal(valid, (flat >= 0) & (flat < e))
-    lanes = pair.view(-1, BLOCK_M)
-    seen = []
-    for b, ex in enumerate(block_expert.tolist()):
-        got = [p for p in lanes[b].tolist() if p >= 0]
-        if ex < 0:
-            assert not got
+    ids[0] = 1  # every slot of token 0 to expert 1 (twice, or more)
+    rows = t if by_token else t * k
+    a = torch.randint(-127, 128, (rows, kk), generator=g, dtype=torch.int8)
+    sa = torch.rand(rows, 1, generator=g) + 0.5
+    ws = [torch.randint(-127, 128, (n, kk), generator=g, dtype=torch.int8) for _ in range(e)]
+    ss = [torch.rand(n, 1, generator=g) / 64 for _ in range(e)]
+    bs = [torch.randn(n, generator=g).to(torch.bfloat16) for _ in range(e)] if bias else None
+    to = {"device": device}
+    got = experts_w8a8(a.to(**to), sa.to(**to), ids.to(**to), by_token,
+                       [w.to(**to) for w in ws], [s.to(**to) for s in ss],
+                       None if bs is None else [b.to(**to) for b in bs], torch.bfloat16).cpu()
+    assert got.shape == (t * k, n)
+    for p in range(t * k):
+        ex = int(ids[p % t, p // t])
+        if not 0 <= ex < e:
+            assert not got[p].any()
             continue
-        assert got and lanes[b, :len(got)].tolist() == got  # filled from the first lane
-        assert all(flat[p] == ex for p in got)
-        seen += got
-    # every valid pair once, by expert, in pair order within an expert (the loop's order)
-    want = sorted((p for p in range(t * k) if valid[p]), key=lambda p: (int(flat[p]), p))
-    assert seen == want
+        r = p % t if by_token else p
+        want = lowbit.int8_gemm(a[r:r + 1], ws[ex], sa[r:r + 1], ss[ex],
+                                None if bs is None else bs[ex], out_dtype=torch.bfloat16,
+                                backend="reference")
+        assert torch.equal(got[p], want[0]), p
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,18 +1,21 @@
 """A MoE layer's W8A8 expert GEMMs in one launch: every routed (token, expert) pair's row
 times its expert's weight, for all experts of a projection at once.
 
-Each program takes one block of BLOCK_M pairs routed to the same expert and one BLOCK_N
-slice of that expert's output channels:
+The pairs are p = slot * T + token (transformers' slot-major order) of the router's
+``top_k_index`` [T, top_k]. Program (e * B + b, j) takes expert e's pairs of rank
+b * BLOCK_M ... b * BLOCK_M + BLOCK_M - 1 (ranked in pair order: the order of transformers'
+loop) and the j-th BLOCK_N slice of its output channels:
 
-    c[c_row[p], n] = (sum_k a[a_row[p], k] * w_e[n, k]) * a_scale[a_row[p]] * w_scale_e[n]
-                     (+ bias_e[n])
+    c[p, n] = (sum_k a[row(p), k] * w_e[n, k]) * a_scale[row(p)] * w_scale_e[n] (+ bias_e[n])
 
-with ``e = block_expert[block]`` and the pair p's two rows from ``a_row`` / ``c_row``
-(``-1``: an empty lane; a block of expert -1 does nothing). The experts' weights are not
-stacked: each expert keeps its own module's tensors, and the kernel reads their addresses
-from tables (``w_table`` etc., int64 data pointers), so quantizing a MoE layer needs no
-second copy of its weights. The routing (which pairs go to which block) is built on the
-device by the caller, with no host read, so the launch is capturable in a CUDA graph.
+with row(p) the pair's token (the first projection reads x) or p itself (the down
+projection reads the pairs' rows). Each program reads the whole routing (a few hundred ids
+at decode) and finds its pairs itself: no sort, no launch before the GEMM, no host read,
+so the launch is capturable in a CUDA graph. B = ceil(T * top_k / BLOCK_M) blocks are
+launched per expert; those past an expert's pairs return at once. The experts' weights are
+not stacked: each expert keeps its own module's tensors, and the kernel reads their
+addresses from tables (``pointer_table``), so quantizing a MoE layer needs no second copy
+of its weights.
 
 a: fp8 e4m3fn or int8 [R, K], per-row fp32 scales [R, 1]; weights [N, K] of the same type,
 contiguous, fp32 per-channel scales [N, 1]; bias bf16 / fp16 / fp32 or none; out bf16 /
@@ -34,23 +37,38 @@ from ._common import interpreting as _interpreting
 
 __all__ = ["experts_w8a8", "BLOCK_M", "pointer_table"]
 
-BLOCK_M = 16  # pairs a program takes (tl.dot's smallest M); the caller's routing blocks
+BLOCK_M = 16  # pairs a program takes (tl.dot's smallest M)
 
 
 @jit
-def _experts_w8a8_kernel(a_ptr, sa_ptr, a_row_ptr, c_row_ptr, block_expert_ptr,
-                         w_table, ws_table, bias_table, c_ptr, N, K, stride_am, stride_cm,
+def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, c_ptr,
+                         T, P, E, N, K, stride_it, stride_is, stride_am, stride_cm,
+                         BLOCKS_PER_EXPERT, A_BY_TOKEN: tl.constexpr,
                          INT8: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
-                         BIAS_F16: tl.constexpr, BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    block = tl.program_id(0)
-    e = tl.load(block_expert_ptr + block)
-    if e < 0:
+                         BIAS_F16: tl.constexpr, BF16_BITS: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    e = tl.program_id(0) // BLOCKS_PER_EXPERT
+    first = (tl.program_id(0) % BLOCKS_PER_EXPERT) * BLOCK_M
+    # The routing, read whole by every program (P <= a few hundred ids, from L2): pair
+    # p = slot * T + token; this expert's pairs ranked in pair order (the loop's order);
+    # lane j takes the pair of rank first + j.
+    offs_p = tl.arange(0, BLOCK_P)
+    p_ok = offs_p < P
+    ids = tl.load(ids_ptr + (offs_p % T).to(tl.int64) * stride_it +
+                  (offs_p // T).to(tl.int64) * stride_is, mask=p_ok, other=-1)
+    hit = (ids == e) & p_ok
+    count = tl.sum(hit.to(tl.int32), axis=0)
+    if count <= first:
         return
-    lanes = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    a_row = tl.load(a_row_ptr + lanes)
-    m_ok = a_row >= 0
-    a_row64 = tl.where(m_ok, a_row, 0).to(tl.int64)
+    rank = tl.cumsum(hit.to(tl.int32), axis=0) - 1
+    want = first + tl.arange(0, BLOCK_M)
+    match = hit[None, :] & (rank[None, :] == want[:, None])
+    pair = tl.sum(tl.where(match, offs_p[None, :], 0), axis=1)
+    m_ok = want < count
+    if A_BY_TOKEN:
+        a_row64 = (pair % T).to(tl.int64)
+    else:
+        a_row64 = pair.to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_n64 = offs_n.to(tl.int64)
@@ -91,8 +109,7 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, a_row_ptr, c_row_ptr, block_expert_ptr,
         else:
             bias_ptr = tl.load(bias_table + e).to(tl.pointer_type(tl.float32))
         out = out + load_f32(bias_ptr + offs_n64, n_ok, BIAS_BF16)[None, :]
-    c_row = tl.load(c_row_ptr + lanes).to(tl.int64)
-    c_ptrs = c_ptr + c_row[:, None] * stride_cm + offs_n64[None, :]
+    c_ptrs = c_ptr + pair.to(tl.int64)[:, None] * stride_cm + offs_n64[None, :]
     c_mask = m_ok[:, None] & n_ok[None, :]
     if BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates
         tl.store(c_ptrs, f32_to_bf16_bits(out), mask=c_mask)
@@ -123,7 +140,7 @@ _SMS: dict = {}
 
 
 def _config(blocks: int, n: int, device: torch.device) -> dict:
-    """Tiles for ``blocks`` blocks of pairs over N channels. Decode streams the weights: the
+    """Tiles for about ``blocks`` busy blocks of pairs over N channels. Decode streams the weights: the
     narrowest channel slice that still fills every SM four times over would leave each
     program too little to stream, so the widest of 128 / 64 / 32 / 16 channels that gives
     at least four programs an SM (the down projection of two experts at N = 4096 takes 32),
@@ -143,32 +160,37 @@ def _config(blocks: int, n: int, device: torch.device) -> dict:
                 num_stages=4)
 
 
-def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, a_row: torch.Tensor,
-                 c_row: torch.Tensor, block_expert: torch.Tensor,
-                 weights: Sequence[torch.Tensor], scales: Sequence[torch.Tensor],
-                 biases: Optional[Sequence[torch.Tensor]], rows_out: int,
+def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tensor,
+                 a_by_token: bool, weights: Sequence[torch.Tensor],
+                 scales: Sequence[torch.Tensor], biases: Optional[Sequence[torch.Tensor]],
                  out_dtype: torch.dtype) -> torch.Tensor:
-    """out [rows_out, N] of ``out_dtype`` (rows no block writes are zero); see the module.
-    a [R, K] contiguous; a_scale [R, 1] fp32; a_row, c_row int32 [blocks * BLOCK_M];
-    block_expert int32 [blocks]; weights / scales / biases: one per expert, all alike."""
+    """out [T * top_k, N] of ``out_dtype``: row p = slot * T + token is that pair's product
+    with its expert's weight; rows of pairs routed to no expert (ids outside [0, E)) are
+    zero. a [R, K] contiguous rows: the tokens' (``a_by_token``: R = T) or the pairs' (R =
+    T * top_k); a_scale [R, 1] fp32; top_k_index [T, top_k] integer; weights / scales /
+    biases: one per expert, all alike (see the module)."""
     n, k = weights[0].shape
-    dev = a.device
+    t, top_k = top_k_index.shape
+    p, e_all, dev = t * top_k, len(weights), a.device
     bf16_bits = out_dtype == torch.bfloat16 and _interpreting()
-    out = torch.zeros(rows_out, n, dtype=out_dtype, device=dev)
-    blocks = block_expert.shape[0]
-    if blocks == 0 or rows_out == 0 or n == 0:
+    out = torch.zeros(p, n, dtype=out_dtype, device=dev)
+    if p == 0 or n == 0:
         return out
     bias_bf16 = biases is not None and biases[0].dtype == torch.bfloat16
     w_tab = pointer_table(weights, dev)
     ws_tab = pointer_table(scales, dev)
     b_tab = pointer_table(biases, dev) if biases is not None else w_tab
-    cfg = _config(blocks, n, dev)
-    grid = (blocks, triton.cdiv(n, cfg["BLOCK_N"]))
+    # Blocks an expert may need: all P pairs (a router that sends a token to one expert
+    # twice included); programs past an expert's pairs return at once.
+    per_expert = triton.cdiv(p, BLOCK_M)
+    cfg = _config(min(e_all, p) * triton.cdiv(min(t, p), BLOCK_M), n, dev)
+    grid = (e_all * per_expert, triton.cdiv(n, cfg["BLOCK_N"]))
     c = out.view(torch.int16) if bf16_bits else out
     _experts_w8a8_kernel[grid](
-        a, a_scale, a_row, c_row, block_expert, w_tab, ws_tab, b_tab, c, n, k, a.stride(0),
-        out.stride(0), INT8=a.dtype == torch.int8, HAS_BIAS=biases is not None,
+        a, a_scale, top_k_index, w_tab, ws_tab, b_tab, c, t, p, e_all, n, k,
+        top_k_index.stride(0), top_k_index.stride(1), a.stride(0), out.stride(0), per_expert,
+        A_BY_TOKEN=a_by_token, INT8=a.dtype == torch.int8, HAS_BIAS=biases is not None,
         BIAS_BF16=bias_bf16, BIAS_F16=biases is not None and biases[0].dtype == torch.float16,
-        BF16_BITS=bf16_bits, BLOCK_M=BLOCK_M,
+        BF16_BITS=bf16_bits, BLOCK_P=max(16, triton.next_power_of_2(p)), BLOCK_M=BLOCK_M,
         enable_fp_fusion=False, **cfg)
     return out

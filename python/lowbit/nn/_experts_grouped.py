@@ -6,13 +6,13 @@ multiply and an add per expert hit: host-bound at decode, a graph break under
 ``torch.compile``, impossible to capture in a CUDA graph. Here a forward is a fixed
 sequence of launches whose sizes depend only on the number of tokens and top_k:
 
-1. the routed pairs (pair p = slot * T + token, transformers' slot-major order) sorted by
-   expert, and cut into blocks of ``BLOCK_M`` pairs of one expert each (``route``);
-2. x quantized per token once (each expert's layer would quantize its rows the same way:
+1. x quantized per token once (each expert's layer would quantize its rows the same way:
    a per-token scale depends on the row only);
-3. the first projection of all blocks in one launch, into one row per pair;
-4. the module's own gate (or activation), then those rows quantized per token;
-5. the down projection in one launch; the post-expert norm; the pairs' rows times their
+2. the first projection of every routed pair (pair p = slot * T + token, transformers'
+   slot-major order) in one launch, into one row per pair: each program finds its expert's
+   pairs in the routing itself (triton_kernels/experts_gemm.py);
+3. the module's own gate (or activation), then those rows quantized per token;
+4. the down projection in one launch; the post-expert norm; the pairs' rows times their
    routing weights summed per token over the slots in fp32, rounded once to x's dtype.
 
 What it runs is what the loop runs, layer for layer (the same quantized activations, the
@@ -38,10 +38,9 @@ from .. import _backend, ops
 from ..backends import triton as _triton
 from ._layer import _dtype_name
 
-BLOCK_M = 16  # = triton_kernels.experts_gemm.BLOCK_M (that module loads with triton only)
 # Routed pairs (tokens x top_k) up to which a forward takes the grouped path. Above, the
 # loop's GEMMs run full tiles on the tensor cores; the grouped kernel's 16-pair blocks are
-# sized for decode.
+# sized for decode, and each of its programs reads the whole routing.
 MAX_PAIRS = 256
 
 
@@ -86,38 +85,6 @@ def _kernel_reason(x: Tensor) -> Optional[str]:
     return _triton.available()
 
 
-def route(top_k_index: Tensor, num_experts: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """(pair [B * BLOCK_M] int32, block_expert [B] int32, valid [P] bool) for
-    ``top_k_index`` [T, k]: the pairs p = slot * T + token sorted by expert (stably, so in
-    the loop's order within an expert), cut into blocks of BLOCK_M pairs of one expert;
-    lanes past an expert's pairs and blocks past the last hold -1. B is the most blocks
-    any routing of T x k pairs over the experts can take, so the sizes depend on T and k
-    only (no host read). ``valid``: the pair's id is an expert's."""
-    t, k = top_k_index.shape
-    p, e_all, dev = t * k, num_experts, top_k_index.device
-    ids = top_k_index.t().reshape(-1)
-    valid = (ids >= 0) & (ids < e_all)
-    bucket = torch.where(valid, ids, e_all)
-    order = torch.argsort(bucket, stable=True)
-    # (scatter_add rather than bincount: its size is static, so it traces)
-    counts = torch.zeros(e_all + 1, dtype=torch.int64, device=dev).scatter_add_(
-        0, bucket, torch.ones_like(bucket))[:e_all]
-    blocks = (counts + BLOCK_M - 1) // BLOCK_M
-    block_end = blocks.cumsum(0)
-    seg_end = counts.cumsum(0)
-    n_blocks = min(p, (p + min(e_all, p) * (BLOCK_M - 1)) // BLOCK_M)
-    b = torch.arange(n_blocks, device=dev)
-    e = torch.searchsorted(block_end, b, right=True)
-    used = e < e_all
-    ec = e.clamp(max=e_all - 1)
-    first_pos = (seg_end - counts)[ec] + (b - (block_end - blocks)[ec]) * BLOCK_M
-    pos = first_pos[:, None] + torch.arange(BLOCK_M, device=dev)
-    lane = used[:, None] & (pos < seg_end[ec][:, None])
-    pair = torch.where(lane, order[pos.clamp(max=max(p - 1, 0))], -1)
-    return (pair.reshape(-1).to(torch.int32), torch.where(used, e, -1).to(torch.int32),
-            valid)
-
-
 def _quantize(x2: Tensor, fam: str) -> Tuple[Tensor, Tensor]:
     """x2 quantized per token as each expert's layer quantizes its input (lowbit/_linear.py's
     quantizer arguments for a dynamic layer)."""
@@ -130,58 +97,55 @@ def _quantize(x2: Tensor, fam: str) -> Tuple[Tensor, Tensor]:
     return q, s
 
 
-def _gemm_eager(a, a_scale, a_row, c_row, block_expert, weights, scales, biases,
-                rows_out: int, out_dtype: torch.dtype) -> Tensor:
+def _gemm_eager(a, a_scale, top_k_index, a_by_token: bool, weights, scales, biases,
+                out_dtype: torch.dtype) -> Tensor:
     from ..triton_kernels import experts_gemm
 
-    return experts_gemm.experts_w8a8(a, a_scale, a_row, c_row, block_expert, weights, scales,
-                                     biases, rows_out, out_dtype)
+    return experts_gemm.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights, scales,
+                                     biases, out_dtype)
 
 
-def _gemm_fake(a, a_scale, a_row, c_row, block_expert, weights, scales, biases,
-               rows_out: int, out_dtype: torch.dtype) -> Tensor:
-    return a.new_empty((rows_out, weights[0].shape[0]), dtype=out_dtype)
+def _gemm_fake(a, a_scale, top_k_index, a_by_token: bool, weights, scales, biases,
+               out_dtype: torch.dtype) -> Tensor:
+    return a.new_empty((top_k_index.numel(), weights[0].shape[0]), dtype=out_dtype)
 
 
-ops._LIB.define("experts_w8a8(Tensor a, Tensor a_scale, Tensor a_row, Tensor c_row, "
-                "Tensor block_expert, Tensor[] weights, Tensor[] scales, Tensor[]? biases, "
-                "int rows_out, ScalarType out_dtype) -> Tensor")
+ops._LIB.define("experts_w8a8(Tensor a, Tensor a_scale, Tensor top_k_index, bool a_by_token, "
+                "Tensor[] weights, Tensor[] scales, Tensor[]? biases, ScalarType out_dtype) "
+                "-> Tensor")
 ops._LIB.impl("experts_w8a8", _gemm_eager, "CompositeExplicitAutograd")
 ops._LIB.impl("experts_w8a8", torch.library.fallthrough_kernel, "Autograd")
 torch.library.register_fake("lowbit::experts_w8a8", _gemm_fake, lib=ops._LIB)
 
 
-def _gemm(layers, a, a_scale, a_row, c_row, block_expert, rows_out: int,
-          out_dtype: torch.dtype) -> Tensor:
+def _gemm(layers, a, a_scale, top_k_index, a_by_token: bool, out_dtype: torch.dtype) -> Tensor:
     weights: List[Tensor] = [lay.weight for lay in layers]
     scales: List[Tensor] = [lay.weight_scale for lay in layers]
     biases = None if layers[0].bias is None else [lay.bias for lay in layers]
     if torch.compiler.is_compiling():
-        return torch.ops.lowbit.experts_w8a8(a, a_scale, a_row, c_row, block_expert, weights,
-                                             scales, biases, rows_out, out_dtype)
-    return _gemm_eager(a, a_scale, a_row, c_row, block_expert, weights, scales, biases,
-                       rows_out, out_dtype)
+        return torch.ops.lowbit.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights,
+                                             scales, biases, out_dtype)
+    return _gemm_eager(a, a_scale, top_k_index, a_by_token, weights, scales, biases,
+                       out_dtype)
 
 
 def forward(mod, fam: str, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
     """The experts' output [T, H] for x [T, H] (see the module docstring)."""
     t, k = top_k_index.shape
-    p = t * k
     firsts, downs = getattr(mod, mod._first), mod.down_proj
-    dtype = x.dtype  # (a layer's output dtype is its input's)
-    pair, block_expert, valid = route(top_k_index, mod.num_experts)
-    ok = pair >= 0
-    token_row = torch.where(ok, pair % max(t, 1), -1).to(torch.int32)
     qx, sx = _quantize(x, fam)
-    y = _gemm(firsts, qx, sx, token_row, pair, block_expert, p, dtype)
+    # (a layer's output dtype is its input's)
+    y = _gemm(firsts, qx, sx, top_k_index, True, x.dtype)
     y = mod._source_cls._apply_gate(mod, y) if mod.has_gate else mod.act_fn(y)
     qh, sh = _quantize(y.contiguous(), fam)
-    z = _gemm(downs, qh, sh, pair, pair, block_expert, p, dtype)
+    z = _gemm(downs, qh, sh, top_k_index, False, x.dtype)
     if getattr(mod, "has_post_expert_norm", False):
         z = mod.post_expert_norm(z)
     acc = torch.promote_types(z.dtype, torch.float32)
+    ids = top_k_index.t().reshape(-1, 1)
+    routed = (ids >= 0) & (ids < mod.num_experts)
     w = top_k_weights.t().reshape(-1, 1).to(acc)
-    contrib = torch.where(valid[:, None], z.to(acc) * w, 0.0)
+    contrib = torch.where(routed, z.to(acc) * w, 0.0)
     return contrib.view(k, t, -1).sum(0).to(x.dtype)
 
 
