@@ -241,11 +241,15 @@ def time_interleaved(fns, rounds: int, measure_s: Optional[float] = None,
 
 def compare(model_name: str, shape: str, bf16_model: nn.Module, inputs: tuple, samples: int,
             rounds: int, source: str = "", progress: Callable[[str], None] = lambda s: None,
-            precision: str = "fp8") -> list[dict]:
+            precision: str = "fp8", note_of: Optional[Callable[[nn.Module], str]] = None
+            ) -> list[dict]:
     """One row per mode: bf16 and quantized (``q_*``) time per forward (median over
-    interleaved rounds), samples per second, the speed-up and the output cosine."""
+    interleaved rounds), samples per second, the speed-up and the output cosine.
+    ``note_of(quantized model)``: more for the row's note."""
     q_model = copy.deepcopy(bf16_model)
     swapped = quantize_model(q_model, precision)
+    if note_of is not None:
+        swapped += "; " + note_of(q_model)
     rows = []
     cosine, err = agreement(bf16_model, q_model, inputs)
     with torch.no_grad():
@@ -311,6 +315,14 @@ def mixtral_moe_block():
     return block.to("cuda", torch.bfloat16).eval(), impl
 
 
+def _experts_path(tokens: int, top_k: int) -> Callable[[nn.Module], str]:
+    """note_of for a MoE block: the path its quantized experts take (QuantizedExperts.path)."""
+    def note(q_block: nn.Module) -> str:
+        path = getattr(getattr(q_block, "experts", None), "path", None)
+        return "quantized experts: " + (path(tokens, top_k) if path else "not swapped")
+    return note
+
+
 def run_mixtral_moe(rounds: int, progress=lambda s: None, precisions=("fp8",),
                     ms=(1, 16, 2048)) -> list[dict]:
     try:
@@ -325,7 +337,7 @@ def run_mixtral_moe(rounds: int, progress=lambda s: None, precisions=("fp8",),
         for p in precisions:
             rows += compare("mixtral-moe", f"M={m}", model, (x,), m, rounds,
                             f"8 experts 4096->2x14336->4096, top-2; bf16 experts: {impl}; "
-                            "/s = tokens", progress, p)
+                            "/s = tokens", progress, p, note_of=_experts_path(m, 2))
     return rows
 
 
