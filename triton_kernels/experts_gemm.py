@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import f32_to_bf16_bits, jit, load_f32
+from ._common import bind, f32_to_bf16_bits, jit, load_f32
 from ._common import interpreting as _interpreting
 
 __all__ = ["experts_w8a8", "BLOCK_M", "pointer_table"]
@@ -117,6 +117,7 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
         tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
+_BOUND: dict = {}  # signature -> bound launcher (see experts_w8a8)
 _TABLES: dict = {}  # tuple of data pointers -> (device table, its pinned host source)
 
 
@@ -140,17 +141,16 @@ _SMS: dict = {}
 
 
 def _config(blocks: int, n: int, device: torch.device) -> dict:
-    """Tiles for about ``blocks`` busy blocks of pairs over N channels. Decode streams the weights: the
-    narrowest channel slice that still fills every SM four times over would leave each
-    program too little to stream, so the widest of 128 / 64 / 32 / 16 channels that gives
-    at least four programs an SM (the down projection of two experts at N = 4096 takes 32),
-    with 256 K a step below 64 channels so that a stage stays 8 KB of weight."""
+    """Tiles for about ``blocks`` busy blocks of pairs over N channels. Decode streams the
+    weights, so every SM needs programs: the widest of 128 / 64 / 32 channels that gives at
+    least four programs an SM, else 16 (the down projection of two experts at N = 4096),
+    with 256 K a step below 64 channels so that a stage stays 8 KB of fp8 weight."""
+    sms = 1
     if device.type == "cuda":
         sms = _SMS.get(device.index)
         if sms is None:
-            sms = _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        sms = 1
+            props = torch.cuda.get_device_properties(device)
+            sms = _SMS[device.index] = props.multi_processor_count
     block_n = 16
     for bn in (128, 64, 32):
         if blocks * triton.cdiv(n, bn) >= 4 * sms:
@@ -176,21 +176,36 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     out = torch.zeros(p, n, dtype=out_dtype, device=dev)
     if p == 0 or n == 0:
         return out
-    bias_bf16 = biases is not None and biases[0].dtype == torch.bfloat16
+    has_bias = biases is not None
+    bias_bf16 = has_bias and biases[0].dtype == torch.bfloat16
+    bias_f16 = has_bias and biases[0].dtype == torch.float16
     w_tab = pointer_table(weights, dev)
     ws_tab = pointer_table(scales, dev)
-    b_tab = pointer_table(biases, dev) if biases is not None else w_tab
+    b_tab = pointer_table(biases, dev) if has_bias else w_tab
     # Blocks an expert may need: all P pairs (a router that sends a token to one expert
     # twice included); programs past an expert's pairs return at once.
     per_expert = triton.cdiv(p, BLOCK_M)
-    cfg = _config(min(e_all, p) * triton.cdiv(min(t, p), BLOCK_M), n, dev)
-    grid = (e_all * per_expert, triton.cdiv(n, cfg["BLOCK_N"]))
+    sizes = (t, p, e_all, n, k, top_k_index.stride(0), top_k_index.stride(1), a.stride(0),
+             out.stride(0), per_expert)
+    # Everything the compiled kernel is specialized on (dtypes, the integers, each pointer's
+    # 16-byte alignment) keys its bound launcher: a decode step's launch skips Triton's
+    # generic path (_common.bind).
+    key = (dev, a.dtype, top_k_index.dtype, out_dtype, a_by_token, has_bias, bias_bf16,
+           bias_f16, sizes, a.data_ptr() % 16, a_scale.data_ptr() % 16,
+           top_k_index.data_ptr() % 16)
+    launch = _BOUND.get(key)
     c = out.view(torch.int16) if bf16_bits else out
-    _experts_w8a8_kernel[grid](
-        a, a_scale, top_k_index, w_tab, ws_tab, b_tab, c, t, p, e_all, n, k,
-        top_k_index.stride(0), top_k_index.stride(1), a.stride(0), out.stride(0), per_expert,
-        A_BY_TOKEN=a_by_token, INT8=a.dtype == torch.int8, HAS_BIAS=biases is not None,
-        BIAS_BF16=bias_bf16, BIAS_F16=biases is not None and biases[0].dtype == torch.float16,
-        BF16_BITS=bf16_bits, BLOCK_P=max(16, triton.next_power_of_2(p)), BLOCK_M=BLOCK_M,
-        enable_fp_fusion=False, **cfg)
+    args = (a, a_scale, top_k_index, w_tab, ws_tab, b_tab, c, *sizes)
+    if launch is None:
+        cfg = _config(min(e_all, p) * triton.cdiv(min(t, p), BLOCK_M), n, dev)
+        grid = (e_all * per_expert, triton.cdiv(n, cfg["BLOCK_N"]))
+        consts = dict(A_BY_TOKEN=a_by_token, INT8=a.dtype == torch.int8, HAS_BIAS=has_bias,
+                      BIAS_BF16=bias_bf16, BIAS_F16=bias_f16, BF16_BITS=bf16_bits,
+                      BLOCK_P=max(16, triton.next_power_of_2(p)), BLOCK_M=BLOCK_M,
+                      enable_fp_fusion=False, **cfg)
+        launch = _BOUND[key] = bind(_experts_w8a8_kernel, grid, args, consts)
+    if not launch.direct(a.data_ptr(), a_scale.data_ptr(), top_k_index.data_ptr(),
+                         w_tab.data_ptr(), ws_tab.data_ptr(), b_tab.data_ptr(), c.data_ptr(),
+                         *sizes):
+        launch(*args)
     return out
