@@ -4,7 +4,8 @@ mixtral-moe`, bf16 (transformers' default experts implementation) against the bl
 
     python -m bench.profile_moe [--precision fp8] [--m 1,16] [--calls 30]
 
-For each M: wall time per forward of back-to-back calls of each block; then one quantized
+For each M: wall time per forward of back-to-back calls of each block (where the experts
+take the grouped path, also on the loop, and both blocks as CUDA-graph replays); then one quantized
 expert layer called at one M and at four M in turn (what the loop does from expert to
 expert: does a change of M cost host time?); then torch.profiler's ops of five quantized
 forwards at the last M, by total CPU time, with their CUDA time beside.
@@ -37,10 +38,24 @@ def main() -> None:
     to_quantized(quantized, args.precision)
     ms = [int(m) for m in args.m.split(",")]
     with torch.no_grad():
+        experts = quantized.experts
         for m in ms:
             x = torch.randn(1, m, 4096, device="cuda", dtype=torch.bfloat16)
-            print(f"M = {m}: bf16 block ({impl}) {wall_us(lambda: block(x), args.calls):.0f} us, "
-                  f"{args.precision} block {wall_us(lambda: quantized(x), args.calls):.0f} us")
+            line = f"M = {m}: bf16 block ({impl}) {wall_us(lambda: block(x), args.calls):.0f} us"
+            line += f", {args.precision} block ({experts.path(m, 2)}) " \
+                f"{wall_us(lambda: quantized(x), args.calls):.0f} us"
+            if experts.path(m, 2) == "grouped":
+                experts.grouped = False
+                line += f", on the loop {wall_us(lambda: quantized(x), args.calls):.0f} us"
+                experts.grouped = True
+                graph = timing.capture_graph(lambda: quantized(x))
+                line += f"; graph replays: grouped {wall_us(graph, args.calls):.0f} us"
+                try:
+                    bf16_graph = timing.capture_graph(lambda: block(x))
+                    line += f", bf16 {wall_us(bf16_graph, args.calls):.0f} us"
+                except RuntimeError as e:  # (a bf16 path that reads to the host)
+                    line += f", bf16 not capturable ({str(e)[:60]})"
+            print(line)
         layer = quantized.experts.gate_up_proj[0]
         xs = [torch.randn(r, 4096, device="cuda", dtype=torch.bfloat16) for r in (1, 2, 3, 5)]
         one = wall_us(lambda: layer(xs[0]), 10 * args.calls)
