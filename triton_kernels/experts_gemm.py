@@ -84,8 +84,10 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = offs_k < K - k0
+    # (a trip count rather than range(0, K, BLOCK_K): Triton 3.6's interpreter cannot take
+    # a runtime K as range()'s bound)
+    for kt in range(0, tl.cdiv(K, BLOCK_K)):
+        k_ok = offs_k < K - kt * BLOCK_K
         if INT8:
             a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0)
             b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0)
@@ -163,12 +165,13 @@ def _config(blocks: int, n: int, device: torch.device) -> dict:
 def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tensor,
                  a_by_token: bool, weights: Sequence[torch.Tensor],
                  scales: Sequence[torch.Tensor], biases: Optional[Sequence[torch.Tensor]],
-                 out_dtype: torch.dtype) -> torch.Tensor:
+                 out_dtype: torch.dtype, tiles: Optional[dict] = None) -> torch.Tensor:
     """out [T * top_k, N] of ``out_dtype``: row p = slot * T + token is that pair's product
     with its expert's weight; rows of pairs routed to no expert (ids outside [0, E)) are
     zero. a [R, K] contiguous rows: the tokens' (``a_by_token``: R = T) or the pairs' (R =
     T * top_k); a_scale [R, 1] fp32; top_k_index [T, top_k] integer; weights / scales /
-    biases: one per expert, all alike (see the module)."""
+    biases: one per expert, all alike (see the module). ``tiles``: BLOCK_N, BLOCK_K,
+    num_warps, num_stages instead of ``_config``'s (bench/sweep_experts.py)."""
     n, k = weights[0].shape
     t, top_k = top_k_index.shape
     p, e_all, dev = t * top_k, len(weights), a.device
@@ -191,13 +194,13 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     # 16-byte alignment) keys its bound launcher: a decode step's launch skips Triton's
     # generic path (_common.bind).
     key = (dev, a.dtype, top_k_index.dtype, out_dtype, a_by_token, has_bias, bias_bf16,
-           bias_f16, sizes, a.data_ptr() % 16, a_scale.data_ptr() % 16,
+           bias_f16, sizes, tuple(sorted(tiles.items())) if tiles else None, a.data_ptr() % 16, a_scale.data_ptr() % 16,
            top_k_index.data_ptr() % 16)
     launch = _BOUND.get(key)
     c = out.view(torch.int16) if bf16_bits else out
     args = (a, a_scale, top_k_index, w_tab, ws_tab, b_tab, c, *sizes)
     if launch is None:
-        cfg = _config(min(e_all, p) * triton.cdiv(min(t, p), BLOCK_M), n, dev)
+        cfg = tiles or _config(min(e_all, p) * triton.cdiv(min(t, p), BLOCK_M), n, dev)
         grid = (e_all * per_expert, triton.cdiv(n, cfg["BLOCK_N"]))
         consts = dict(A_BY_TOKEN=a_by_token, INT8=a.dtype == torch.int8, HAS_BIAS=has_bias,
                       BIAS_BF16=bias_bf16, BIAS_F16=bias_f16, BF16_BITS=bf16_bits,

@@ -38,10 +38,11 @@ from .. import _backend, ops
 from ..backends import triton as _triton
 from ._layer import _dtype_name
 
-# Routed pairs (tokens x top_k) up to which a forward takes the grouped path. Above, the
-# loop's GEMMs run full tiles on the tensor cores; the grouped kernel's 16-pair blocks are
-# sized for decode, and each of its programs reads the whole routing.
-MAX_PAIRS = 256
+# Routed pairs (tokens x top_k) up to which a forward takes the grouped path. A Mixtral
+# block on an H100 (bench/NOTES.md, "The grouped path measured"): grouped ahead of the loop
+# at 2 and 32 pairs (M = 1, 16 at top-2), behind at 128 and 256, where the loop's GEMMs run
+# full tiles and each grouped program reads the whole routing.
+MAX_PAIRS = 32
 
 
 def family(mod) -> Tuple[Optional[str], str]:
