@@ -143,23 +143,21 @@ _SMS: dict = {}
 
 
 def _config(blocks: int, n: int, device: torch.device) -> dict:
-    """Tiles for about ``blocks`` busy blocks of pairs over N channels. Decode streams the
-    weights, so every SM needs programs: the widest of 128 / 64 / 32 channels that gives at
-    least four programs an SM, else 16 (the down projection of two experts at N = 4096),
-    with 256 K a step below 64 channels so that a stage stays 8 KB of fp8 weight."""
+    """Tiles for about ``blocks`` busy blocks of pairs over N channels, from
+    bench/sweep_experts.py on an H100 (bench/NOTES.md, "The grouped path measured"): 64
+    channels and 128 K a step where that gives at least two programs an SM (a Mixtral
+    layer's both projections at M = 16, its first at M = 1); else 16 channels and 512 K a
+    step in three stages (its down projection at M = 1: two experts at N = 4096), 1.4x the
+    64-channel tiles there."""
     sms = 1
     if device.type == "cuda":
         sms = _SMS.get(device.index)
         if sms is None:
             props = torch.cuda.get_device_properties(device)
             sms = _SMS[device.index] = props.multi_processor_count
-    block_n = 16
-    for bn in (128, 64, 32):
-        if blocks * triton.cdiv(n, bn) >= 4 * sms:
-            block_n = bn
-            break
-    return dict(BLOCK_N=block_n, BLOCK_K=128 if block_n >= 64 else 256, num_warps=4,
-                num_stages=4)
+    if blocks * triton.cdiv(n, 64) >= 2 * sms:
+        return dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
+    return dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=3)
 
 
 def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tensor,
