@@ -414,6 +414,26 @@ def test_grouped_path_computes_the_loop(monkeypatch, device, scheme, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_grouped_path_takes_no_tokens_and_3d_input(monkeypatch, device):
+    _interpret(monkeypatch, device)
+    mod = _quantized("fp8", "mixtral", device)
+    x = torch.randn(0, 64, device=device, dtype=torch.bfloat16)
+    assert mod.path(0, 2, x) == "grouped"
+    with torch.no_grad():
+        empty = mod(x, torch.zeros(0, 2, dtype=torch.int64, device=device),
+                    torch.zeros(0, 2, device=device))
+        assert empty.shape == (0, 64)
+        x3 = torch.randn(2, 3, 64, device=device, dtype=torch.bfloat16)
+        index, weights = routing(6, device=device)
+        got = mod(x3, index, weights)
+        mod.grouped = False
+        want = mod(x3, index, weights)
+    assert got.shape == (2, 3, 64)
+    if device == "cpu":
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_grouped_path_skips_negative_ids(monkeypatch, device):
     # The grouped path never reads ids on the host: a negative id is skipped as a sentinel
     # (the loop, which reads them, raises).

@@ -147,7 +147,7 @@ def forward(mod, fam: str, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor
     routed = (ids >= 0) & (ids < mod.num_experts)
     w = top_k_weights.t().reshape(-1, 1).to(acc)
     contrib = torch.where(routed, z.to(acc) * w, 0.0)
-    return contrib.view(k, t, -1).sum(0).to(x.dtype)
+    return contrib.view(k, t, contrib.shape[-1]).sum(0).to(x.dtype)
 
 
 def path_reason(mod, x: Tensor, pairs: int, fam: Optional[str], why: str) -> Optional[str]:
