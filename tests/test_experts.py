@@ -469,6 +469,28 @@ def test_path_names_why_the_loop_runs(monkeypatch):
         "loop: an Int8Linear expert that is not W8A8 with symmetric activations"
 
 
+def test_grouped_path_follows_the_experts(monkeypatch, tmp_path):
+    # The path is decided again when the experts' layers or devices change: a model loaded
+    # over a quantized one of another scheme, experts moved elsewhere, a named backend.
+    _interpret(monkeypatch, "cpu")
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    index, weights = routing(3)
+    for have, saved in [("int8", "fp8"), ("fp8", "int8"), ("int8", "w8a16")]:
+        holder = nn.ModuleDict({"e": _quantized(have, "mixtral", "cpu")})
+        with torch.no_grad():
+            holder["e"](x, index, weights)  # (decides the path for int8 / fp8 experts)
+            other = nn.ModuleDict({"e": _quantized(saved, "mixtral", "cpu")})
+            lowbit.save_quantized(other, str(tmp_path / saved))
+            holder = lowbit.load_quantized(holder, str(tmp_path / saved))
+            assert holder["e"].path(3, 2, x) == other["e"].path(3, 2, x)
+            assert torch.equal(holder["e"](x, index, weights), other["e"](x, index, weights))
+    mod = _quantized("int8", "mixtral", "cpu")
+    with lowbit.use_backend("reference"):
+        assert mod.path(3, 2, x) == "loop: a backend is named (lowbit.use_backend / explain)"
+    mod.to("meta")
+    assert mod.path(3, 2, x) == "loop: x is on cpu, the experts on meta"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_grouped_path_compiles_whole(monkeypatch, device):
     # No host read: fullgraph=True traces the grouped forward (the loop's is a graph break).
@@ -477,9 +499,13 @@ def test_grouped_path_compiles_whole(monkeypatch, device):
     x = torch.randn(9, 64, device=device)
     index, weights = routing(9, device=device)
     with torch.no_grad():
+        got = torch.compile(mod, fullgraph=True)(x, index, weights)  # (compiled first)
         want = mod(x, index, weights)
-        got = torch.compile(mod, fullgraph=True)(x, index, weights)
-    assert torch.equal(got, want)
+    if device == "cpu":
+        assert torch.equal(got, want)
+    else:  # (Inductor's SiLU and fused multiply-adds round otherwise than eager's kernels)
+        cos = nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+        assert cos > 0.9999
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -489,11 +515,17 @@ def test_grouped_path_captures_in_a_cuda_graph(scheme):
     x = torch.randn(3, 64, device="cuda", dtype=torch.bfloat16)
     index, weights = routing(3, device="cuda")
     with torch.no_grad():
+        graph = torch.cuda.CUDAGraph()
+        with pytest.raises(RuntimeError, match="run one forward of the layer before"):
+            with torch.cuda.graph(graph):  # (no eager forward yet: no address table)
+                mod(x, index, weights)
         want = mod(x, index, weights)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = mod(x, index, weights)
-        assert torch.equal(out, want)  # (capture ran the forward once)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, want)
         other_index, other_weights = routing(3, seed=1, device="cuda")
         index.copy_(other_index)  # another routing, replayed from the device
         weights.copy_(other_weights)

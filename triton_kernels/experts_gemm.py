@@ -120,23 +120,29 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
 
 
 _BOUND: dict = {}  # signature -> bound launcher (see experts_w8a8)
-_TABLES: dict = {}  # tuple of data pointers -> (device table, its pinned host source)
+_TABLES: dict = {}  # (device, data pointers...) -> the device table
 
 
 def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
     """int64 [len(tensors)] on ``device``: the tensors' data pointers, built once per set of
-    addresses. The copy comes from pinned memory, kept beside the table, so a first call
-    inside a CUDA-graph capture records a copy that stays valid for the graph's replays. A
-    table only says where tensors are: one kept for addresses that a later set of tensors
-    reuses is right for those too."""
+    addresses and kept (a CUDA graph that captured a launch reading it needs it for good;
+    a new set comes only with new weights: a reload, a ``.to()``). Built outside a CUDA-graph
+    capture only: the copy a capture records runs at the graph's first replay, so a table
+    made there would hold nothing until then. A table only says where tensors are: one
+    kept for addresses that a later set of tensors reuses is right for those too."""
     key = (device, *(t.data_ptr() for t in tensors))
     hit = _TABLES.get(key)
     if hit is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "experts_w8a8: these experts' weights were never run outside a CUDA-graph "
+                "capture; run one forward of the layer before capturing it (its table of "
+                "weight addresses is built then)")
         host = torch.tensor(key[1:], dtype=torch.int64)
         if device.type == "cuda":
             host = host.pin_memory()
-        hit = _TABLES[key] = (host.to(device, non_blocking=True), host)
-    return hit[0]
+        hit = _TABLES[key] = host.to(device, non_blocking=True)
+    return hit
 
 
 _SMS: dict = {}
@@ -192,7 +198,7 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     # 16-byte alignment) keys its bound launcher: a decode step's launch skips Triton's
     # generic path (_common.bind).
     key = (dev, a.dtype, top_k_index.dtype, out_dtype, a_by_token, has_bias, bias_bf16,
-           bias_f16, sizes, tuple(sorted(tiles.items())) if tiles else None, a.data_ptr() % 16, a_scale.data_ptr() % 16,
+           bias_f16, bf16_bits, sizes, tuple(sorted(tiles.items())) if tiles else None, a.data_ptr() % 16, a_scale.data_ptr() % 16,
            top_k_index.data_ptr() % 16)
     launch = _BOUND.get(key)
     c = out.view(torch.int16) if bf16_bits else out

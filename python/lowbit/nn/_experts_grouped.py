@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, ops
+from ..backends import _device
 from ..backends import triton as _triton
 from ._layer import _dtype_name
 
@@ -68,6 +69,10 @@ def family(mod) -> Tuple[Optional[str], str]:
             return None, "an expert with a static activation scale"
         if not lay.weight.is_contiguous():
             return None, "an expert whose weight is not contiguous"
+        if getattr(lay, "_hf_hook", None) is not None:
+            # (accelerate's offload hooks run in the layer's forward, which the grouped
+            # kernel does not call: it reads the tensors where they are)
+            return None, "an expert with a forward hook of accelerate's"
     if len(kinds) != 1:
         return None, "experts of more than one precision"
     dtypes = {lay.dtype for lay in layers}
@@ -77,12 +82,33 @@ def family(mod) -> Tuple[Optional[str], str]:
     for group in (firsts, mod.down_proj):
         if len({lay.bias is None for lay in group}) != 1:
             return None, "experts with and without a bias in one projection"
+    devices = {t.device for lay in layers
+               for t in (lay.weight, lay.weight_scale, lay.bias) if t is not None}
+    if len(devices) != 1:
+        return None, "experts on more than one device"
     return kinds.pop(), ""
 
 
-def _kernel_reason(x: Tensor) -> Optional[str]:
+_CAPABILITY: dict = {}
+
+
+def _kernel_reason(x: Tensor, fam: str, device: torch.device) -> Optional[str]:
+    if device != x.device:
+        return f"x is on {x.device}, the experts on {device}"
     if x.device.type != "cuda" and not _backend._interpreting():
         return f"x is on {x.device} (the grouped kernel runs on CUDA, or under TRITON_INTERPRET=1)"
+    if x.device.type == "cuda":
+        if fam == "fp8" and torch.version.hip:
+            return "fp8 e4m3fn experts on ROCm (the grouped kernel's fp8 is NVIDIA's)"
+        cap = _CAPABILITY.get(x.device.index)
+        if cap is None:
+            cap = _CAPABILITY[x.device.index] = _device.capability(
+                x.device.index if x.device.index is not None else torch.cuda.current_device())
+        arch = _device.arch_override() or cap[0] * 10 + cap[1]
+        need = 89 if fam == "fp8" else 80
+        if arch < need:
+            return (f"sm_{arch} (the grouped kernel's {fam} tensor-core dot needs sm_{need}; "
+                    "the loop runs the layers' own kernels)")
     return _triton.available()
 
 
@@ -102,8 +128,9 @@ def _gemm_eager(a, a_scale, top_k_index, a_by_token: bool, weights, scales, bias
                 out_dtype: torch.dtype) -> Tensor:
     from ..triton_kernels import experts_gemm
 
-    return experts_gemm.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights, scales,
-                                     biases, out_dtype)
+    with _device.OnDevice(a.device):  # (Triton launches on the current device's stream)
+        return experts_gemm.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights,
+                                         scales, biases, out_dtype)
 
 
 def _gemm_fake(a, a_scale, top_k_index, a_by_token: bool, weights, scales, biases,
@@ -159,4 +186,7 @@ def path_reason(mod, x: Tensor, pairs: int, fam: Optional[str], why: str) -> Opt
         return f"{pairs} routed pairs (the grouped kernel serves up to {MAX_PAIRS})"
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"x of dtype {_dtype_name(x.dtype)}"
-    return _kernel_reason(x)
+    if _backend._context.get() is not None:
+        # (lowbit.use_backend or lowbit.explain: the layers' ops take the named backend)
+        return "a backend is named (lowbit.use_backend / explain)"
+    return _kernel_reason(x, fam, getattr(mod, mod._first)[0].weight.device)

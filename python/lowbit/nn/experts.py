@@ -39,7 +39,9 @@ _FLAGS = ("has_gate", "is_transposed")
 # (accelerate's device hooks keep the old one and the hook beside it) would run the source's
 # loop over weights this module no longer has; ``config``, the model's config that the
 # decorator sets for its dispatch (which this module does not do), would hide config().
-_NOT_CARRIED = frozenset({"forward", "_old_forward", "_hf_hook", "config"})
+# ``_grouped``: the source's cached path decision (a QuantizedExperts source, under
+# load_quantized), about layers this module replaces.
+_NOT_CARRIED = frozenset({"forward", "_old_forward", "_hf_hook", "config", "_grouped"})
 
 
 def experts_layout(mod: nn.Module) -> Optional[Tuple[str, bool, bool, int, int, int]]:
@@ -164,12 +166,18 @@ class QuantizedExperts(nn.Module):
         return mod
 
     def _grouped_family(self) -> Tuple[Optional[str], str]:
-        # Decided once, at the first forward (the experts' layer types and modes do not
-        # change under .to() or load_state_dict).
+        # Decided at the first forward, again after .to() (devices) or a change of the
+        # experts' layers (the key: the layers themselves).
+        layers = (*getattr(self, self._first), *self.down_proj)
         got = self.__dict__.get("_grouped")
-        if got is None:
-            got = self.__dict__["_grouped"] = _grouped.family(self)
-        return got
+        if got is None or len(got[0]) != len(layers) or \
+                any(a is not b for a, b in zip(got[0], layers)):
+            got = self.__dict__["_grouped"] = (layers, _grouped.family(self))
+        return got[1]
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_grouped", None)  # (the devices may change)
+        return super()._apply(fn, recurse)
 
     def path(self, tokens: int, top_k: int, x: Optional[torch.Tensor] = None) -> str:
         """Which path a forward of ``tokens`` tokens routed to ``top_k`` experts each takes:
