@@ -347,12 +347,17 @@ def _quantized(scheme, layout, device, dtype=torch.bfloat16):
     return holder["e"]
 
 
+GEMV_TILES = dict(GEMV=True, BLOCK_M=2, BLOCK_N=16, BLOCK_K=32, num_warps=4, num_stages=2)
+
+
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("form", ["dot", "gemv"])
 @pytest.mark.parametrize("case", range(5))
-def test_experts_kernel_is_each_experts_gemm(monkeypatch, device, case):
-    # Every routed pair's row is its expert's int8_gemm of its row (int32 sums: exact, so
-    # equal); rows routed nowhere are zero. Cases: decode, several blocks an expert (T * k
-    # past 16 pairs), a token sent to one expert twice, ids outside [0, E), biases.
+def test_experts_kernel_is_each_experts_gemm(monkeypatch, device, form, case):
+    # Every routed pair's row is its expert's int8_gemm of its row (int32 sums, exact in both
+    # forms, the tensor-core dot and the GEMV form: equal); rows routed nowhere are zero.
+    # Cases: decode, several blocks an expert (T * k past 16 pairs), a token sent to one
+    # expert twice, ids outside [0, E), biases.
     _interpret(monkeypatch, device)
     from lowbit.triton_kernels.experts_gemm import experts_w8a8
 
@@ -373,7 +378,8 @@ def test_experts_kernel_is_each_experts_gemm(monkeypatch, device, case):
     to = {"device": device}
     got = experts_w8a8(a.to(**to), sa.to(**to), ids.to(**to), by_token,
                        [w.to(**to) for w in ws], [s.to(**to) for s in ss],
-                       None if bs is None else [b.to(**to) for b in bs], torch.bfloat16).cpu()
+                       None if bs is None else [b.to(**to) for b in bs], torch.bfloat16,
+                       GEMV_TILES if form == "gemv" else None).cpu()
     assert got.shape == (t * k, n)
     for p in range(t * k):
         ex = int(ids[p % t, p // t])

@@ -46,7 +46,8 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
                          BLOCKS_PER_EXPERT, A_BY_TOKEN: tl.constexpr,
                          INT8: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
                          BIAS_F16: tl.constexpr, BF16_BITS: tl.constexpr, BLOCK_P: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         GEMV: tl.constexpr = False):
     e = tl.program_id(0) // BLOCKS_PER_EXPERT
     first = (tl.program_id(0) % BLOCKS_PER_EXPERT) * BLOCK_M
     # The routing, read whole by every program (P <= a few hundred ids, from L2): pair
@@ -78,8 +79,12 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
     else:
         w_ptr = tl.load(w_table + e).to(tl.pointer_type(tl.float8e4nv))
     a_ptrs = a_ptr + a_row64[:, None] * stride_am + offs_k[None, :]
-    # The weight [N, K] K-major; its tile read as [BLOCK_K, BLOCK_N], contiguous along K.
-    b_ptrs = w_ptr + offs_n64[None, :] * K + offs_k[:, None]
+    # The weight [N, K] K-major; its tile read as [BLOCK_K, BLOCK_N] for tl.dot, as
+    # [BLOCK_N, BLOCK_K] for the GEMV form, contiguous along K either way.
+    if GEMV:
+        b_ptrs = w_ptr + offs_n64[:, None] * K + offs_k[None, :]
+    else:
+        b_ptrs = w_ptr + offs_n64[None, :] * K + offs_k[:, None]
     if INT8:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
@@ -88,7 +93,20 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
     # a runtime K as range()'s bound)
     for kt in range(0, tl.cdiv(K, BLOCK_K)):
         k_ok = offs_k < K - kt * BLOCK_K
-        if INT8:
+        if GEMV:
+            # A few pairs a program (BLOCK_M of 1-8): the products and a row sum on the CUDA
+            # cores, no tensor-core layout for the weight tile (fp8 products are exact in
+            # fp32; int8 ones sum exactly in int32, as the dot's).
+            if INT8:
+                a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
+                b = tl.load(b_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
+            else:
+                a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc += tl.sum(a[:, None, :] * b[None, :, :], axis=2)
+        elif INT8:
             a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0)
             b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0)
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
@@ -175,7 +193,8 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     zero. a [R, K] contiguous rows: the tokens' (``a_by_token``: R = T) or the pairs' (R =
     T * top_k); a_scale [R, 1] fp32; top_k_index [T, top_k] integer; weights / scales /
     biases: one per expert, all alike (see the module). ``tiles``: BLOCK_N, BLOCK_K,
-    num_warps, num_stages instead of ``_config``'s (bench/sweep_experts.py)."""
+    num_warps, num_stages instead of ``_config``'s, and optionally GEMV=True with BLOCK_M
+    of 1-8 pairs a program (bench/sweep_experts.py)."""
     n, k = weights[0].shape
     t, top_k = top_k_index.shape
     p, e_all, dev = t * top_k, len(weights), a.device
@@ -191,7 +210,8 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     b_tab = pointer_table(biases, dev) if has_bias else w_tab
     # Blocks an expert may need: all P pairs (a router that sends a token to one expert
     # twice included); programs past an expert's pairs return at once.
-    per_expert = triton.cdiv(p, BLOCK_M)
+    block_m = (tiles or {}).get("BLOCK_M", BLOCK_M)
+    per_expert = triton.cdiv(p, block_m)
     sizes = (t, p, e_all, n, k, top_k_index.stride(0), top_k_index.stride(1), a.stride(0),
              out.stride(0), per_expert)
     # Everything the compiled kernel is specialized on (dtypes, the integers, each pointer's
@@ -208,8 +228,8 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
         grid = (e_all * per_expert, triton.cdiv(n, cfg["BLOCK_N"]))
         consts = dict(A_BY_TOKEN=a_by_token, INT8=a.dtype == torch.int8, HAS_BIAS=has_bias,
                       BIAS_BF16=bias_bf16, BIAS_F16=bias_f16, BF16_BITS=bf16_bits,
-                      BLOCK_P=max(16, triton.next_power_of_2(p)), BLOCK_M=BLOCK_M,
-                      enable_fp_fusion=False, **cfg)
+                      BLOCK_P=max(16, triton.next_power_of_2(p)), enable_fp_fusion=False,
+                      **{"BLOCK_M": BLOCK_M, **cfg})
         launch = _BOUND[key] = bind(_experts_w8a8_kernel, grid, args, consts)
     if not launch.direct(a.data_ptr(), a_scale.data_ptr(), top_k_index.data_ptr(),
                          w_tab.data_ptr(), ws_tab.data_ptr(), b_tab.data_ptr(), c.data_ptr(),
