@@ -65,6 +65,12 @@
 #                                           bench --model mixtral-moe` at MOE_PRECISIONS
 #                                           (default fp8,int8,int4; MOE_ROUNDS 3; MOE_S
 #                                           300 s at most)
+#   bash bench/next_run.sh grouped [OUTDIR]  build, QuantizedExperts' GPU tests (the grouped
+#                                           path's among them), bench/sweep_experts.py (the
+#                                           dot and GEMV forms' tiles, fp8 then int8, M = 1
+#                                           and 16), bench/profile_moe.py at M = 1, 16, 32,
+#                                           then `lowbit bench --model mixtral-moe` (fp8,
+#                                           int8; about 400 s in all)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -74,13 +80,13 @@
 # OUTDIR defaults to $OUT, else ./gpu_out. Each step writes under OUTDIR as it goes and runs
 # under a timeout; summary.txt gets a line per step. SKIP_BUILD=1: no build first (the
 # package an earlier step installed, e.g. `stages`, which ends on the default build). The
-# next session's first call (bench/NOTES.md, "### Next", item 1): `bash bench/next_run.sh
-# verify $OUT`, about 250 s.
+# next session's first call (bench/NOTES.md, "### Next", items 1-2): `bash bench/next_run.sh
+# grouped $OUT`, about 400 s.
 set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings | moe) ;;
+    siblings | moe | grouped) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -303,6 +309,28 @@ if [ "$WHAT" = moe ]; then
      --rounds "${MOE_ROUNDS:-3}" --precision "${MOE_PRECISIONS:-fp8,int8,int4}" \
      --out "$OUTDIR/moe") >"$OUTDIR/moe.log" 2>&1
   say "3 mixtral-moe: rc $? in $((SECONDS - t)) s ($OUTDIR/moe/bench.md)"
+  exit 0
+fi
+
+if [ "$WHAT" = grouped ]; then
+  # bench/NOTES.md, "The grouped path measured", ### Next, items 1-2.
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 120 $PY -m pytest -q -n 12 -p no:cacheprovider \
+     "$R/tests/test_experts.py") >"$OUTDIR/experts_tests.log" 2>&1
+  say "2 experts tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/experts_tests.log")"
+  for prec in fp8 int8; do
+    t=$SECONDS
+    timeout 90 $PY -m bench.sweep_experts --precision $prec --m 1,16 \
+      >"$OUTDIR/sweep_$prec.txt" 2>&1
+    say "3 sweep_experts $prec: rc $? in $((SECONDS - t)) s (sweep_$prec.txt)"
+  done
+  t=$SECONDS
+  timeout 60 $PY -m bench.profile_moe --precision fp8 --m 1,16,32 >"$OUTDIR/profile_moe.txt" 2>&1
+  say "4 profile_moe: rc $? in $((SECONDS - t)) s (profile_moe.txt)"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --model mixtral-moe --rounds 3 \
+     --precision fp8,int8 --out "$OUTDIR/moe") >"$OUTDIR/moe.log" 2>&1
+  say "5 mixtral-moe: rc $? in $((SECONDS - t)) s ($OUTDIR/moe/bench.md)"
   exit 0
 fi
 
