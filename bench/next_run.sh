@@ -67,8 +67,8 @@
 #                                           300 s at most)
 #   bash bench/next_run.sh grouped [OUTDIR]  build, QuantizedExperts' GPU tests (the grouped
 #                                           path's among them), bench/sweep_experts.py (the
-#                                           dot and GEMV forms' tiles, fp8 then int8, M = 1
-#                                           and 16), bench/profile_moe.py at M = 1, 16, 32,
+#                                           dot and GEMV forms' tiles, fp8 at M = 1 and 16,
+#                                           int8 at 1), bench/profile_moe.py at M = 1, 16, 32,
 #                                           then `lowbit bench --model mixtral-moe` (fp8,
 #                                           int8; about 400 s in all)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
@@ -318,11 +318,13 @@ if [ "$WHAT" = grouped ]; then
   (cd "${TMPDIR:-/tmp}" && timeout 120 $PY -m pytest -q -n 12 -p no:cacheprovider \
      "$R/tests/test_experts.py") >"$OUTDIR/experts_tests.log" 2>&1
   say "2 experts tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/experts_tests.log")"
-  for prec in fp8 int8; do
+  # (a tile's first launch compiles it: about 1-2 s each; int8 at M = 1 only)
+  for run in "fp8 1,16 120" "int8 1 80"; do
+    set -- $run
     t=$SECONDS
-    timeout 90 $PY -m bench.sweep_experts --precision $prec --m 1,16 \
-      >"$OUTDIR/sweep_$prec.txt" 2>&1
-    say "3 sweep_experts $prec: rc $? in $((SECONDS - t)) s (sweep_$prec.txt)"
+    timeout "$3" $PY -m bench.sweep_experts --precision "$1" --m "$2" \
+      >"$OUTDIR/sweep_$1.txt" 2>&1
+    say "3 sweep_experts $1: rc $? in $((SECONDS - t)) s (sweep_$1.txt)"
   done
   t=$SECONDS
   timeout 60 $PY -m bench.profile_moe --precision fp8 --m 1,16,32 >"$OUTDIR/profile_moe.txt" 2>&1
