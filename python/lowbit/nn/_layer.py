@@ -7,7 +7,7 @@ from typing import Callable, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .. import _backend, _checks, _linear, _native, ops
+from .. import _backend, _checks, _compiled_quant, _linear, _native, ops
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -199,7 +199,12 @@ class W8A8Forward:
         op.check(x, *state)
         if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
             # One registered op per layer in a compiled graph (one dispatcher crossing), and
-            # the dispatcher for tensor subclasses (tracing).
+            # the dispatcher for tensor subclasses (tracing). Opt-in: the quantizer as torch
+            # ops that Inductor can fuse into the activation's producer (_compiled_quant).
+            if torch.compiler.is_compiling() and _compiled_quant.enabled():
+                y = _compiled_quant.linear(self._family.op, x, state)
+                if y is not None:
+                    return y
             return ops.OPS[self._family.op](x, *state, "default")
         if op.values is not None:  # (values, never under tracing)
             op.values(x, *state)

@@ -1,0 +1,96 @@
+"""Dynamic per-token activation quantization written as torch ops, for compiled graphs.
+
+A quantized Linear in a compiled graph is one registered op (``fp8_linear``,
+``int8_linear``): opaque to Inductor, so the quantizer reads the activation again after the
+kernel that produced it (a LayerNorm, a GELU, a residual add) wrote it. Written as torch
+ops, the quantizer is something Inductor can fuse into that producer; the GEMM stays
+lowbit's registered op. BERT-large compiled on an H100 spends 1.26 ms of its 8.57 ms in the
+145 separate quantizer launches (bench/NOTES.md, "The grouped path measured; where BERT's
+compiled and captured forwards go").
+
+Opt-in, ``LOWBIT_COMPILED_QUANT=inductor`` when the graph is traced, and only for
+M > ``MIN_ROWS`` rows, dynamic per-token activations (e4m3fn; symmetric int8). The numbers are the SPEC's, written out step by step: ``scale =
+max(absmax / qmax, 2^-126)`` in fp32 (1 for an all-zero row, NaN for a row holding one),
+``inv = 1 / scale``, ``q = encode(x * inv)``: fp8 saturated to the format's max, NaN to the
+canonical code; int8 ``clamp(rint(x * inv), -127, 127)``, NaN to 0. Each step is one IEEE
+operation in torch's eager semantics; whether the fused kernel Inductor generates keeps
+each one correctly rounded (the division above all) is what
+tests/test_compiled_quant.py checks on the device it runs on.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._env import getenv
+
+MIN_SCALE = 2.0 ** -126
+# At decode sizes the registered op hides its quantizer already: the GEMM loads weights and
+# sets up while the quantizer runs (early weight loads, programmatic launch; README).
+MIN_ROWS = 64
+FP8_MAX = {torch.float8_e4m3fn: 448.0}  # formats whose torch cast encodes as the SPEC
+
+
+def enabled() -> bool:
+    return getenv("LOWBIT_COMPILED_QUANT") == "inductor"
+
+
+def _scale(xf: Tensor, qmax: float) -> Tensor:
+    amax = xf.abs().amax(dim=-1, keepdim=True)  # (NaN propagates, as the reference's)
+    scale = amax / qmax
+    scale = torch.where(scale < MIN_SCALE, MIN_SCALE, scale)  # (NaN compares false: kept)
+    # A NaN row's scale as the reference's, +qNaN (x86's reductions make the negative one)
+    scale = torch.where(scale != scale, float("nan"), scale)
+    return torch.where(amax == 0, 1.0, scale)
+
+
+def fp8_per_token(x2: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """(q [M, K] of the fp8 ``dtype``, scale [M, 1] fp32), as ``quantize_fp8(x2, fmt,
+    granularity="token", saturate=True)``."""
+    qmax = FP8_MAX[dtype]
+    xf = x2.float()
+    scale = _scale(xf, qmax)
+    y = (xf * (1.0 / scale)).clamp(-qmax, qmax)
+    y = torch.where(y != y, float("nan"), y)  # (a NaN of either sign: the canonical code)
+    return y.to(dtype), scale
+
+
+def int8_per_token(x2: Tensor) -> Tuple[Tensor, Tensor]:
+    """(q [M, K] int8, scale [M, 1] fp32), as ``quantize_int8(x2, granularity="token",
+    symmetric=True)``."""
+    xf = x2.float()
+    scale = _scale(xf, 127.0)
+    y = torch.round(xf * (1.0 / scale))  # (half to even)
+    y = torch.where(y != y, 0.0, y).clamp(-127.0, 127.0)
+    return y.to(torch.int8), scale
+
+
+def linear(family_op: str, x: Tensor, state: tuple) -> Optional[Tensor]:
+    """The quantized Linear's forward with the activation quantized by torch ops, or None
+    where this path does not apply (see the module docstring): ``family_op`` is the layer
+    op's name, ``state`` the module's arguments after x."""
+    from . import ops
+
+    weight = state[0]
+    m = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if not isinstance(m, int) or m <= MIN_ROWS:
+        return None
+    x2 = x.reshape(-1, x.shape[-1])
+    out_shape = (*x.shape[:-1], weight.shape[0])
+    if family_op == "fp8_linear":
+        _, weight_scale, bias, act_scale = state
+        if act_scale is not None or weight.dtype not in FP8_MAX:
+            return None
+        q, s = fp8_per_token(x2, weight.dtype)
+        y = ops.OPS["fp8_scaled_mm"](q, weight, s, weight_scale, bias, x.dtype, False, "default")
+        return y.reshape(out_shape)
+    if family_op == "int8_linear":
+        _, weight_scale, bias, act_scale, _act_zero, act_symmetric = state
+        if act_scale is not None or not act_symmetric:
+            return None
+        q, s = int8_per_token(x2)
+        y = ops.OPS["int8_gemm"](q, weight, s, weight_scale, bias, x.dtype, None, "default")
+        return y.reshape(out_shape)
+    return None
