@@ -167,12 +167,11 @@ _SMS: dict = {}
 
 
 def _config(blocks: int, n: int, device: torch.device) -> dict:
-    """Tiles for about ``blocks`` busy blocks of pairs over N channels, from
-    bench/sweep_experts.py on an H100 (bench/NOTES.md, "The grouped path measured"): 64
-    channels and 128 K a step where that gives at least two programs an SM (a Mixtral
-    layer's both projections at M = 16, its first at M = 1); else 16 channels and 512 K a
-    step in three stages (its down projection at M = 1: two experts at N = 4096), 1.4x the
-    64-channel tiles there."""
+    """Tiles for about ``blocks`` busy blocks of pairs over N channels, the best of
+    bench/sweep_experts.py (bench/NOTES.md, "The grouped path measured"): 64 channels and
+    128 K a step where that gives at least two programs an SM (a Mixtral layer's both
+    projections at M = 16, its first at M = 1); else 16 channels and 512 K a step in three
+    stages (its down projection at M = 1: two experts at N = 4096)."""
     sms = 1
     if device.type == "cuda":
         sms = _SMS.get(device.index)

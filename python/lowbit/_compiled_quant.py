@@ -4,9 +4,8 @@ A quantized Linear in a compiled graph is one registered op (``fp8_linear``,
 ``int8_linear``): opaque to Inductor, so the quantizer reads the activation again after the
 kernel that produced it (a LayerNorm, a GELU, a residual add) wrote it. Written as torch
 ops, the quantizer is something Inductor can fuse into that producer; the GEMM stays
-lowbit's registered op. BERT-large compiled on an H100 spends 1.26 ms of its 8.57 ms in the
-145 separate quantizer launches (bench/NOTES.md, "The grouped path measured; where BERT's
-compiled and captured forwards go").
+lowbit's registered op (why: bench/NOTES.md, "where BERT's compiled and captured forwards
+go").
 
 Opt-in, ``LOWBIT_COMPILED_QUANT=inductor`` when the graph is traced, and only for
 M > ``MIN_ROWS`` rows, dynamic per-token activations (e4m3fn; symmetric int8). The numbers are the SPEC's, written out step by step: ``scale =
