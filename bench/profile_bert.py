@@ -2,7 +2,7 @@
 eager, compiled and as a CUDA-graph replay, kernel by kernel.
 
     python -m bench.profile_bert [--precision fp8,int8] [--modes eager,compile,graph]
-                                 [--calls 3] [--top 12]
+                                 [--calls 3] [--top 12] [--sdpa flash,cudnn]
 
 For each model and mode: wall time per forward of back-to-back calls, then torch.profiler's
 CUDA kernels over ``--calls`` forwards: GPU time per forward in total and by kind (GEMM,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
 import re
 
@@ -77,6 +78,10 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,compile,graph")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--sdpa", default="default",
+                    help="the attention backends SDPA may take, comma-separated (flash, "
+                         "cudnn, efficient, math), for both models in every mode; default: "
+                         "torch's own choice")
     args = ap.parse_args()
     model, inputs, source = bert_large()
     print(f"bert-large 32x128: {source}; {torch.cuda.get_device_name()}")
@@ -84,7 +89,15 @@ def main() -> None:
     for p in args.precision.split(","):
         q = copy.deepcopy(model)
         models.append((f"{p} ({quantize_model(q, p)})", q))
-    with torch.no_grad():
+    ctx = contextlib.nullcontext()
+    if args.sdpa != "default":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        names = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+        ctx = sdpa_kernel([names[b] for b in args.sdpa.split(",")])
+        print(f"SDPA backends allowed: {args.sdpa}")
+    with torch.no_grad(), ctx:
         for mode in args.modes.split(","):
             for label, m in models:
                 report(f"{label} {mode}", prepare_call(m, inputs, mode), args.calls, args.top)
