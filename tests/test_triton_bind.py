@@ -377,7 +377,7 @@ def test_the_weight_only_gemms_direct_and_own_launches_agree(monkeypatch):
 
     monkeypatch.setattr(wx, "_interpreting", lambda: False)
     monkeypatch.setattr(wx, "bind", bind)
-    monkeypatch.setattr(wx, "_sm_count", lambda i: 132)
+    monkeypatch.setattr(wx, "sm_count", lambda i: 132)
     monkeypatch.setattr(wx, "smem_per_block", lambda i: 232448)  # an H100's
     monkeypatch.setattr(wx, "device_index", lambda d: 0)
     ptr = lambda v: v.data_ptr() if isinstance(v, torch.Tensor) else v  # noqa: E731

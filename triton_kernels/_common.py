@@ -242,6 +242,11 @@ def capability(index: int):
 
 
 @functools.lru_cache(maxsize=None)
+def sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
 def smem_per_block(index: int) -> int:
     """The shared memory one program may opt in to on device ``index``: 227 KB on an H100,
     99 KB on sm_86 / sm_89, an MI300's 64 KB of LDS. A torch build that reports no opt-in

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import bind, f32_to_bf16_bits, jit, load_f32
+from ._common import bind, device_index, f32_to_bf16_bits, jit, load_f32, sm_count
 from ._common import interpreting as _interpreting
 
 __all__ = ["experts_w8a8", "BLOCK_M", "pointer_table"]
@@ -163,21 +163,13 @@ def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torc
     return hit
 
 
-_SMS: dict = {}
-
-
 def _config(blocks: int, n: int, device: torch.device) -> dict:
     """Tiles for about ``blocks`` busy blocks of pairs over N channels, the best of
     bench/sweep_experts.py (bench/NOTES.md, "The grouped path measured"): 64 channels and
     128 K a step where that gives at least two programs an SM (a Mixtral layer's both
     projections at M = 16, its first at M = 1); else 16 channels and 512 K a step in three
     stages (its down projection at M = 1: two experts at N = 4096)."""
-    sms = 1
-    if device.type == "cuda":
-        sms = _SMS.get(device.index)
-        if sms is None:
-            props = torch.cuda.get_device_properties(device)
-            sms = _SMS[device.index] = props.multi_processor_count
+    sms = sm_count(device_index(device)) if device.type == "cuda" else 1
     if blocks * triton.cdiv(n, 64) >= 2 * sms:
         return dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
     return dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=3)
@@ -217,8 +209,8 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     # 16-byte alignment) keys its bound launcher: a decode step's launch skips Triton's
     # generic path (_common.bind).
     key = (dev, a.dtype, top_k_index.dtype, out_dtype, a_by_token, has_bias, bias_bf16,
-           bias_f16, bf16_bits, sizes, tuple(sorted(tiles.items())) if tiles else None, a.data_ptr() % 16, a_scale.data_ptr() % 16,
-           top_k_index.data_ptr() % 16)
+           bias_f16, bf16_bits, sizes, tuple(sorted(tiles.items())) if tiles else None,
+           a.data_ptr() % 16, a_scale.data_ptr() % 16, top_k_index.data_ptr() % 16)
     launch = _BOUND.get(key)
     c = out.view(torch.int16) if bf16_bits else out
     args = (a, a_scale, top_k_index, w_tab, ws_tab, b_tab, c, *sizes)

@@ -54,7 +54,6 @@ calls are the allocations and the two launches.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
@@ -62,7 +61,7 @@ import triton
 import triton.language as tl
 
 from ._common import (allocator, bind, device_index, f32_to_bf16_bits, grouped_tile, jit,
-                      kernel_input, load_f32, smem_per_block, tile_offsets)
+                      kernel_input, load_f32, sm_count, smem_per_block, tile_offsets)
 from ._common import interpreting as _interpreting
 from .heuristics import WXA16_DECODE_MAX_M, wxa16_gemm_config, wxa16_split_k
 
@@ -73,11 +72,6 @@ __all__ = ["w4a16_gemm", "w8a16_gemm", "w4a16_gemm_launcher", "w8a16_gemm_launch
 # make hundreds of splits, so the decode split is sized for this many "SMs" there (enough
 # to exercise the split and its reduction).
 INTERPRET_SMS = 4
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @jit
@@ -397,7 +391,7 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
             torch.zeros(shape, dtype=dtype, device=dev) if bias is None
             else bias.to(dtype).expand(shape).clone())
     interp = _interpreting()
-    sms = INTERPRET_SMS if interp else _sm_count(device_index(x.device))
+    sms = INTERPRET_SMS if interp else sm_count(device_index(x.device))
     cfg = config if config is not None else wxa16_gemm_config(
         m, n, k, group_size, bits, x.element_size(),
         None if interp else smem_per_block(device_index(x.device)), sms)

@@ -8,7 +8,8 @@ lowbit's registered op (why: bench/NOTES.md, "where BERT's compiled and captured
 go").
 
 Opt-in, ``LOWBIT_COMPILED_QUANT=inductor`` when the graph is traced, and only for
-M > ``MIN_ROWS`` rows, dynamic per-token activations (e4m3fn; symmetric int8). The numbers are the SPEC's, written out step by step: ``scale =
+M > ``MIN_ROWS`` rows, dynamic per-token activations (e4m3fn; symmetric int8). The numbers
+are the SPEC's, written out step by step: ``scale =
 max(absmax / qmax, 2^-126)`` in fp32 (1 for an all-zero row, NaN for a row holding one),
 ``inv = 1 / scale``, ``q = encode(x * inv)``: fp8 saturated to the format's max, NaN to the
 canonical code; int8 ``clamp(rint(x * inv), -127, 127)``, NaN to 0. Each step is one IEEE
@@ -24,8 +25,9 @@ import torch
 from torch import Tensor
 
 from ._env import getenv
+from .reference.quant import MIN_SCALE as _REFERENCE_MIN_SCALE
 
-MIN_SCALE = 2.0 ** -126
+MIN_SCALE = float(_REFERENCE_MIN_SCALE)  # the floor of a dynamic scale (2^-126)
 # At decode sizes the registered op hides its quantizer already: the GEMM loads weights and
 # sets up while the quantizer runs (early weight loads, programmatic launch; README).
 MIN_ROWS = 64

@@ -89,9 +89,6 @@ def family(mod) -> Tuple[Optional[str], str]:
     return kinds.pop(), ""
 
 
-_CAPABILITY: dict = {}
-
-
 def _kernel_reason(x: Tensor, fam: str, device: torch.device) -> Optional[str]:
     if device != x.device:
         return f"x is on {x.device}, the experts on {device}"
@@ -100,10 +97,7 @@ def _kernel_reason(x: Tensor, fam: str, device: torch.device) -> Optional[str]:
     if x.device.type == "cuda":
         if fam == "fp8" and torch.version.hip:
             return "fp8 e4m3fn experts on ROCm (the grouped kernel's fp8 is NVIDIA's)"
-        cap = _CAPABILITY.get(x.device.index)
-        if cap is None:
-            cap = _CAPABILITY[x.device.index] = _device.capability(
-                x.device.index if x.device.index is not None else torch.cuda.current_device())
+        cap = _device.capability(_device.device_index(x.device))
         arch = _device.arch_override() or cap[0] * 10 + cap[1]
         need = 89 if fam == "fp8" else 80
         if arch < need:
@@ -112,16 +106,13 @@ def _kernel_reason(x: Tensor, fam: str, device: torch.device) -> Optional[str]:
     return _triton.available()
 
 
-def _quantize(x2: Tensor, fam: str) -> Tuple[Tensor, Tensor]:
-    """x2 quantized per token as each expert's layer quantizes its input (lowbit/_linear.py's
-    quantizer arguments for a dynamic layer)."""
-    compiling = torch.compiler.is_compiling()
-    if fam == "fp8":
-        q_op = ops.OPS["quantize_fp8"] if compiling else ops.EAGER["quantize_fp8"]
-        return q_op(x2, None, "e4m3fn", "token", 128, [128, 128], True, "default")
-    q_op = ops.OPS["quantize_int8"] if compiling else ops.EAGER["quantize_int8"]
-    q, s, _ = q_op(x2, None, None, "token", 128, [128, 128], True, "default")
-    return q, s
+def _quantize(x2: Tensor, layer) -> Tuple[Tensor, Tensor]:
+    """x2 quantized per token as ``layer`` (one of the experts) quantizes its input: its
+    family's quantizer op and arguments (lowbit/_linear.py)."""
+    fam = layer._family
+    q_op = (ops.OPS if torch.compiler.is_compiling() else ops.EAGER)[fam.quantize]
+    qs = q_op(*fam.quant_args(x2, *layer._state()), "default")
+    return qs[0], qs[1]
 
 
 def _gemm_eager(a, a_scale, top_k_index, a_by_token: bool, weights, scales, biases,
@@ -157,15 +148,15 @@ def _gemm(layers, a, a_scale, top_k_index, a_by_token: bool, out_dtype: torch.dt
                        out_dtype)
 
 
-def forward(mod, fam: str, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
+def forward(mod, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
     """The experts' output [T, H] for x [T, H] (see the module docstring)."""
     t, k = top_k_index.shape
     firsts, downs = getattr(mod, mod._first), mod.down_proj
-    qx, sx = _quantize(x, fam)
+    qx, sx = _quantize(x, firsts[0])
     # (a layer's output dtype is its input's)
     y = _gemm(firsts, qx, sx, top_k_index, True, x.dtype)
     y = mod._source_cls._apply_gate(mod, y) if mod.has_gate else mod.act_fn(y)
-    qh, sh = _quantize(y.contiguous(), fam)
+    qh, sh = _quantize(y.contiguous(), downs[0])
     z = _gemm(downs, qh, sh, top_k_index, False, x.dtype)
     if getattr(mod, "has_post_expert_norm", False):
         z = mod.post_expert_norm(z)

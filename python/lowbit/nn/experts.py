@@ -189,11 +189,16 @@ class QuantizedExperts(nn.Module):
             lay = getattr(self, self._first)[0]
             x = torch.empty(0, device=lay.weight.device,
                             dtype=getattr(lay, "dtype", torch.bfloat16))
-        if not self.__dict__.get("grouped", True):
-            return "loop: grouped is False"
-        fam, why = self._grouped_family()
-        why = _grouped.path_reason(self, x, tokens * top_k, fam, why)
+        why = self._loop_reason(x, tokens * top_k)
         return "grouped" if why is None else f"loop: {why}"
+
+    def _loop_reason(self, x: torch.Tensor, pairs: int) -> Optional[str]:
+        """None when a forward of ``pairs`` routed pairs on ``x`` takes the grouped path, else
+        why it runs the loop."""
+        if not self.__dict__.get("grouped", True):
+            return "grouped is False"
+        fam, why = self._grouped_family()
+        return _grouped.path_reason(self, x, pairs, fam, why)
 
     def config(self) -> dict:
         """The structure ``like`` rebuilds (``lowbit.load_quantized``)."""
@@ -215,10 +220,8 @@ class QuantizedExperts(nn.Module):
             raise ValueError(f"QuantizedExperts: top_k_index and top_k_weights must both be "
                              f"[tokens = {x.shape[0]}, top_k]; got {tuple(top_k_index.shape)} "
                              f"and {tuple(top_k_weights.shape)}")
-        fam, why = self._grouped_family()
-        if self.__dict__.get("grouped", True) and \
-                _grouped.path_reason(self, x, top_k_index.numel(), fam, why) is None:
-            return _grouped.forward(self, fam, x, top_k_index, top_k_weights).reshape(
+        if self._loop_reason(x, top_k_index.numel()) is None:
+            return _grouped.forward(self, x, top_k_index, top_k_weights).reshape(
                 hidden_states.shape)
         # The experts' contributions summed in fp32 and rounded once, as transformers'
         # grouped_mm and batched_mm paths sum them (its eager loop rounds after each).
