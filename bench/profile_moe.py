@@ -5,9 +5,9 @@ mixtral-moe`, bf16 (transformers' default experts implementation) against the bl
     python -m bench.profile_moe [--precision fp8] [--m 1,16] [--calls 30]
 
 For each M: wall time per forward of back-to-back calls of each block (where the experts
-take the grouped path, also on the loop, and both blocks as CUDA-graph replays); then one quantized
-expert layer called at one M and at four M in turn (what the loop does from expert to
-expert: does a change of M cost host time?); then torch.profiler's ops of five quantized
+take the grouped path, also on the loop, and both blocks as CUDA-graph replays); then one
+quantized expert layer called at one M and at four M in turn (what the loop does from
+expert to expert: does a change of M cost host time?); then torch.profiler's ops of five quantized
 forwards at the last M, by total CPU time, with their CUDA time beside.
 """
 from __future__ import annotations
@@ -41,10 +41,11 @@ def main() -> None:
         experts = quantized.experts
         for m in ms:
             x = torch.randn(1, m, 4096, device="cuda", dtype=torch.bfloat16)
+            path = experts.path(m, 2)
             line = f"M = {m}: bf16 block ({impl}) {wall_us(lambda: block(x), args.calls):.0f} us"
-            line += f", {args.precision} block ({experts.path(m, 2)}) " \
+            line += f", {args.precision} block ({path}) " \
                 f"{wall_us(lambda: quantized(x), args.calls):.0f} us"
-            if experts.path(m, 2) == "grouped":
+            if path == "grouped":
                 experts.grouped = False
                 line += f", on the loop {wall_us(lambda: quantized(x), args.calls):.0f} us"
                 experts.grouped = True
