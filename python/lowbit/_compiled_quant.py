@@ -40,11 +40,29 @@ def enabled() -> bool:
 
 def _scale(xf: Tensor, qmax: float) -> Tensor:
     amax = xf.abs().amax(dim=-1, keepdim=True)  # (NaN propagates, as the reference's)
-    scale = amax / qmax
+    scale = _div_rn(amax, qmax)
     scale = torch.where(scale < MIN_SCALE, MIN_SCALE, scale)  # (NaN compares false: kept)
     # A NaN row's scale as the reference's, +qNaN (x86's reductions make the negative one)
     scale = torch.where(scale != scale, float("nan"), scale)
     return torch.where(amax == 0, 1.0, scale)
+
+
+def _div_rn(a: Tensor, b: float) -> Tensor:
+    """fp32 ``a / b`` correctly rounded, as the CUDA quantizers' ``__fdiv_rn``. Not ``a / b``
+    in fp32: torch's CUDA division by a Python number multiplies by its rounded reciprocal,
+    and Triton's fp32 ``/`` (what Inductor emits by default) is ``div.full``, within 2 ulp;
+    either misses the correctly rounded scale of some rows. Taken in fp64 and rounded to
+    fp32 it is right whichever way fp64 divides: a / b (a in fp32, b = 448 or 127) lies at
+    least about 2^-(25 + 9) relative from every fp32 rounding midpoint, far beyond fp64's
+    error of about 2^-52."""
+    return (a.double() / b).float()
+
+
+def _recip_rn(s: Tensor) -> Tensor:
+    """fp32 1 / s correctly rounded, as ``__frcp_rn``, by the same argument: 1 / s of a
+    24-bit s lies at least about 2^-49 relative from every fp32 midpoint (1 - s * t of a
+    25-bit midpoint t is a nonzero multiple of 2^-49 or s is a power of two)."""
+    return (1.0 / s.double()).float()
 
 
 def fp8_per_token(x2: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
@@ -53,7 +71,7 @@ def fp8_per_token(x2: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
     qmax = FP8_MAX[dtype]
     xf = x2.float()
     scale = _scale(xf, qmax)
-    y = (xf * (1.0 / scale)).clamp(-qmax, qmax)
+    y = (xf * _recip_rn(scale)).clamp(-qmax, qmax)
     y = torch.where(y != y, float("nan"), y)  # (a NaN of either sign: the canonical code)
     return y.to(dtype), scale
 
@@ -63,7 +81,7 @@ def int8_per_token(x2: Tensor) -> Tuple[Tensor, Tensor]:
     symmetric=True)``."""
     xf = x2.float()
     scale = _scale(xf, 127.0)
-    y = torch.round(xf * (1.0 / scale))  # (half to even)
+    y = torch.round(xf * _recip_rn(scale))  # (half to even)
     y = torch.where(y != y, 0.0, y).clamp(-127.0, 127.0)
     return y.to(torch.int8), scale
 
