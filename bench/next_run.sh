@@ -66,9 +66,10 @@
 #                                           (default fp8,int8,int4; MOE_ROUNDS 3; MOE_S
 #                                           300 s at most)
 #   bash bench/next_run.sh grouped [OUTDIR]  build, QuantizedExperts' GPU tests (the grouped
-#                                           path's among them), bench/sweep_experts.py (the
-#                                           dot and GEMV forms' tiles, fp8 at M = 1 and 16,
-#                                           int8 at 1), bench/profile_moe.py at M = 1, 16, 32,
+#                                           path's among them), bench/sweep_experts.py (its
+#                                           tiles, fp8 at M = 1 and 16, int8 at 1),
+#                                           bench/profile_moe.py at M = 1-64 with the grouped
+#                                           path allowed 256 pairs (where it beats the loop),
 #                                           then `lowbit bench --model mixtral-moe` (fp8,
 #                                           int8; about 400 s in all)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
@@ -327,7 +328,8 @@ if [ "$WHAT" = grouped ]; then
     say "3 sweep_experts $1: rc $? in $((SECONDS - t)) s (sweep_$1.txt)"
   done
   t=$SECONDS
-  timeout 60 $PY -m bench.profile_moe --precision fp8 --m 1,16,32 >"$OUTDIR/profile_moe.txt" 2>&1
+  timeout 80 $PY -m bench.profile_moe --precision fp8 --m 1,16,32,64 --max-pairs 256 \
+    >"$OUTDIR/profile_moe.txt" 2>&1
   say "4 profile_moe: rc $? in $((SECONDS - t)) s (profile_moe.txt)"
   t=$SECONDS
   (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --model mixtral-moe --rounds 3 \

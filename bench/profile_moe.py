@@ -2,13 +2,15 @@
 mixtral-moe`, bf16 (transformers' default experts implementation) against the block with
 `lowbit.nn.QuantizedExperts`, at decode sizes.
 
-    python -m bench.profile_moe [--precision fp8] [--m 1,16] [--calls 30]
+    python -m bench.profile_moe [--precision fp8] [--m 1,16] [--calls 30] [--max-pairs P]
 
 For each M: wall time per forward of back-to-back calls of each block (where the experts
 take the grouped path, also on the loop, and both blocks as CUDA-graph replays); then one
 quantized expert layer called at one M and at four M in turn (what the loop does from
 expert to expert: does a change of M cost host time?); then torch.profiler's ops of five quantized
-forwards at the last M, by total CPU time, with their CUDA time beside.
+forwards at the last M, by total CPU time, with their CUDA time beside. ``--max-pairs``:
+the grouped path's limit of routed pairs for this run (``_experts_grouped.MAX_PAIRS``), to
+time it where the loop would run.
 """
 from __future__ import annotations
 
@@ -32,7 +34,12 @@ def main() -> None:
     ap.add_argument("--precision", default="fp8")
     ap.add_argument("--m", default="1,16")
     ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--max-pairs", type=int, default=None)
     args = ap.parse_args()
+    if args.max_pairs is not None:
+        from lowbit.nn import _experts_grouped
+
+        _experts_grouped.MAX_PAIRS = args.max_pairs
     block, impl = mixtral_moe_block()
     quantized = copy.deepcopy(block)
     to_quantized(quantized, args.precision)

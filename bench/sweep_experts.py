@@ -2,11 +2,10 @@
 Mixtral-8x7B layer's two projections (8 experts; 4096 -> 28672 and 14336 -> 4096) at
 decode sizes, fp8 or int8, against bf16 F.linear over the same experts' weights.
 
-    python -m bench.sweep_experts [--precision fp8] [--m 1,16] [--tiles 64,128,4,4[,gR] ...]
+    python -m bench.sweep_experts [--precision fp8] [--m 1,16] [--tiles 64,128,4,4 ...]
 
 For each M and projection: GPU time (median of L2-flushed runs) of the kernel with the
-default tiles (_config) and with each ``--tiles BLOCK_N,BLOCK_K,num_warps,num_stages`` (with
-``,gR`` appended: the GEMV form, R pairs a program), the
+default tiles (_config) and with each ``--tiles BLOCK_N,BLOCK_K,num_warps,num_stages``, the
 weight bytes the routed experts stream, and the rate; then bf16 F.linear run once per
 routed expert on the bf16 weights (what a loop over bf16 experts streams).
 """
@@ -22,11 +21,8 @@ from lowbit.bench.timing import bench
 from lowbit.triton_kernels import experts_gemm
 
 PROJECTIONS = {"gate_up": (28672, 4096), "down": (4096, 14336)}
-DEFAULT_TILES = ["64,128,4,4", "32,256,4,4", "16,512,4,3",
-                 # the GEMV form (pairs a program after "g"): M = 1 at top-2 is one pair an
-                 # expert
-                 "64,128,4,4,g1", "32,256,4,4,g1", "16,512,4,3,g1", "128,64,4,4,g1",
-                 "64,128,4,4,g2", "32,256,8,4,g2", "64,128,4,4,g4"]
+DEFAULT_TILES = ["64,128,4,4", "32,256,4,4", "16,512,4,3", "128,128,4,4", "64,256,4,3",
+                 "32,128,4,6"]
 
 
 def main() -> None:
@@ -62,11 +58,8 @@ def main() -> None:
             for tiles in ["default", *args.tiles]:
                 cfg = None
                 if tiles != "default":
-                    parts = tiles.split(",")
-                    bn, bk, warps, stages = (int(v) for v in parts[:4])
+                    bn, bk, warps, stages = (int(v) for v in tiles.split(","))
                     cfg = dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-                    if len(parts) > 4:  # "gR": the GEMV form, R pairs a program
-                        cfg.update(GEMV=True, BLOCK_M=int(parts[4][1:]))
                 try:
                     r = bench(lambda: experts_gemm.experts_w8a8(
                         a, sa, ids, by_token, weights, scales, None, torch.bfloat16, cfg))

@@ -26,7 +26,7 @@ bias, each in fp32 (no FMA: ``enable_fp_fusion=False``), then once to the out dt
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -47,7 +47,7 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
                          INT8: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
                          BIAS_F16: tl.constexpr, BF16_BITS: tl.constexpr, BLOCK_P: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         GEMV: tl.constexpr = False):
+                         W_ALIGNED: tl.constexpr = False, WS_ALIGNED: tl.constexpr = False):
     e = tl.program_id(0) // BLOCKS_PER_EXPERT
     first = (tl.program_id(0) % BLOCKS_PER_EXPERT) * BLOCK_M
     # The routing, read whole by every program (P <= a few hundred ids, from L2): pair
@@ -74,17 +74,18 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
     n_ok = offs_n < N
     offs_n64 = offs_n.to(tl.int64)
     offs_k = tl.arange(0, BLOCK_K)
+    # A weight's address comes from memory, so Triton knows nothing of its alignment and
+    # would read the weight a byte at a time; the host checked the table's addresses
+    # (pointer_table), and where all are 16-byte multiples it says so (16-byte loads).
     if INT8:
         w_ptr = tl.load(w_table + e).to(tl.pointer_type(tl.int8))
     else:
         w_ptr = tl.load(w_table + e).to(tl.pointer_type(tl.float8e4nv))
+    if W_ALIGNED:
+        w_ptr = tl.multiple_of(w_ptr, 16)
     a_ptrs = a_ptr + a_row64[:, None] * stride_am + offs_k[None, :]
-    # The weight [N, K] K-major; its tile read as [BLOCK_K, BLOCK_N] for tl.dot, as
-    # [BLOCK_N, BLOCK_K] for the GEMV form, contiguous along K either way.
-    if GEMV:
-        b_ptrs = w_ptr + offs_n64[:, None] * K + offs_k[None, :]
-    else:
-        b_ptrs = w_ptr + offs_n64[None, :] * K + offs_k[:, None]
+    # The weight [N, K] K-major, its tile read as [BLOCK_K, BLOCK_N] for tl.dot.
+    b_ptrs = w_ptr + offs_n64[None, :] * K + offs_k[:, None]
     if INT8:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
@@ -93,20 +94,7 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
     # a runtime K as range()'s bound)
     for kt in range(0, tl.cdiv(K, BLOCK_K)):
         k_ok = offs_k < K - kt * BLOCK_K
-        if GEMV:
-            # A few pairs a program (BLOCK_M of 1-8): the products and a row sum on the CUDA
-            # cores, no tensor-core layout for the weight tile (fp8 products are exact in
-            # fp32; int8 ones sum exactly in int32, as the dot's).
-            if INT8:
-                a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
-                b = tl.load(b_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
-            else:
-                a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc += tl.sum(a[:, None, :] * b[None, :, :], axis=2)
-        elif INT8:
+        if INT8:
             a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0)
             b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0)
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
@@ -117,6 +105,8 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     ws_ptr = tl.load(ws_table + e).to(tl.pointer_type(tl.float32))
+    if WS_ALIGNED:
+        ws_ptr = tl.multiple_of(ws_ptr, 16)
     sa = tl.load(sa_ptr + a_row64, mask=m_ok, other=0.0)
     sb = tl.load(ws_ptr + offs_n64, mask=n_ok, other=0.0)
     out = acc.to(tl.float32) * sa[:, None]
@@ -141,13 +131,15 @@ _BOUND: dict = {}  # signature -> bound launcher (see experts_w8a8)
 _TABLES: dict = {}  # (device, data pointers...) -> the device table
 
 
-def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """int64 [len(tensors)] on ``device``: the tensors' data pointers, built once per set of
-    addresses and kept (a CUDA graph that captured a launch reading it needs it for good;
-    a new set comes only with new weights: a reload, a ``.to()``). Built outside a CUDA-graph
-    capture only: the copy a capture records runs at the graph's first replay, so a table
-    made there would hold nothing until then. A table only says where tensors are: one
-    kept for addresses that a later set of tensors reuses is right for those too."""
+def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device
+                  ) -> Tuple[torch.Tensor, bool]:
+    """(int64 [len(tensors)] on ``device``: the tensors' data pointers, whether every one is
+    a multiple of 16). The table is built once per set of addresses and kept (a CUDA graph
+    that captured a launch reading it needs it for good; a new set comes only with new
+    weights: a reload, a ``.to()``). Built outside a CUDA-graph capture only: the copy a
+    capture records runs at the graph's first replay, so a table made there would hold
+    nothing until then. A table only says where tensors are: one kept for addresses that a
+    later set of tensors reuses is right for those too."""
     key = (device, *(t.data_ptr() for t in tensors))
     hit = _TABLES.get(key)
     if hit is None:
@@ -159,20 +151,21 @@ def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torc
         host = torch.tensor(key[1:], dtype=torch.int64)
         if device.type == "cuda":
             host = host.pin_memory()
-        hit = _TABLES[key] = host.to(device, non_blocking=True)
+        hit = _TABLES[key] = (host.to(device, non_blocking=True),
+                              all(ptr % 16 == 0 for ptr in key[1:]))
     return hit
 
 
 def _config(blocks: int, n: int, device: torch.device) -> dict:
     """Tiles for about ``blocks`` busy blocks of pairs over N channels, the best of
-    bench/sweep_experts.py (bench/NOTES.md, "The grouped path measured"): 64 channels and
-    128 K a step where that gives at least two programs an SM (a Mixtral layer's both
-    projections at M = 16, its first at M = 1); else 16 channels and 512 K a step in three
-    stages (its down projection at M = 1: two experts at N = 4096)."""
+    bench/sweep_experts.py (bench/NOTES.md, "The grouped kernel's weights read in 16-byte
+    pieces"): 64 channels and 128 K a step where that gives at least two programs an SM (a
+    Mixtral layer's both projections at M = 16, its first at M = 1); else 32 channels and
+    256 K a step (its down projection at M = 1: two experts at N = 4096)."""
     sms = sm_count(device_index(device)) if device.type == "cuda" else 1
     if blocks * triton.cdiv(n, 64) >= 2 * sms:
         return dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
-    return dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=3)
+    return dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=4)
 
 
 def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tensor,
@@ -184,8 +177,7 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     zero. a [R, K] contiguous rows: the tokens' (``a_by_token``: R = T) or the pairs' (R =
     T * top_k); a_scale [R, 1] fp32; top_k_index [T, top_k] integer; weights / scales /
     biases: one per expert, all alike (see the module). ``tiles``: BLOCK_N, BLOCK_K,
-    num_warps, num_stages instead of ``_config``'s, and optionally GEMV=True with BLOCK_M
-    of 1-8 pairs a program (bench/sweep_experts.py)."""
+    num_warps, num_stages instead of ``_config``'s (bench/sweep_experts.py)."""
     n, k = weights[0].shape
     t, top_k = top_k_index.shape
     p, e_all, dev = t * top_k, len(weights), a.device
@@ -196,20 +188,20 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     has_bias = biases is not None
     bias_bf16 = has_bias and biases[0].dtype == torch.bfloat16
     bias_f16 = has_bias and biases[0].dtype == torch.float16
-    w_tab = pointer_table(weights, dev)
-    ws_tab = pointer_table(scales, dev)
-    b_tab = pointer_table(biases, dev) if has_bias else w_tab
+    w_tab, w_aligned = pointer_table(weights, dev)
+    ws_tab, ws_aligned = pointer_table(scales, dev)
+    b_tab = pointer_table(biases, dev)[0] if has_bias else w_tab
     # Blocks an expert may need: all P pairs (a router that sends a token to one expert
     # twice included); programs past an expert's pairs return at once.
-    block_m = (tiles or {}).get("BLOCK_M", BLOCK_M)
-    per_expert = triton.cdiv(p, block_m)
+    per_expert = triton.cdiv(p, BLOCK_M)
     sizes = (t, p, e_all, n, k, top_k_index.stride(0), top_k_index.stride(1), a.stride(0),
              out.stride(0), per_expert)
     # Everything the compiled kernel is specialized on (dtypes, the integers, each pointer's
     # 16-byte alignment) keys its bound launcher: a decode step's launch skips Triton's
     # generic path (_common.bind).
     key = (dev, a.dtype, top_k_index.dtype, out_dtype, a_by_token, has_bias, bias_bf16,
-           bias_f16, bf16_bits, sizes, tuple(sorted(tiles.items())) if tiles else None,
+           bias_f16, bf16_bits, w_aligned, ws_aligned, sizes,
+           tuple(sorted(tiles.items())) if tiles else None,
            a.data_ptr() % 16, a_scale.data_ptr() % 16, top_k_index.data_ptr() % 16)
     launch = _BOUND.get(key)
     c = out.view(torch.int16) if bf16_bits else out
@@ -219,8 +211,9 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
         grid = (e_all * per_expert, triton.cdiv(n, cfg["BLOCK_N"]))
         consts = dict(A_BY_TOKEN=a_by_token, INT8=a.dtype == torch.int8, HAS_BIAS=has_bias,
                       BIAS_BF16=bias_bf16, BIAS_F16=bias_f16, BF16_BITS=bf16_bits,
+                      W_ALIGNED=w_aligned, WS_ALIGNED=ws_aligned,
                       BLOCK_P=max(16, triton.next_power_of_2(p)), enable_fp_fusion=False,
-                      **{"BLOCK_M": BLOCK_M, **cfg})
+                      BLOCK_M=BLOCK_M, **cfg)
         launch = _BOUND[key] = bind(_experts_w8a8_kernel, grid, args, consts)
     if not launch.direct(a.data_ptr(), a_scale.data_ptr(), top_k_index.data_ptr(),
                          w_tab.data_ptr(), ws_tab.data_ptr(), b_tab.data_ptr(), c.data_ptr(),

@@ -177,7 +177,7 @@ def path_reason(mod, x: Tensor, pairs: int, fam: Optional[str], why: str) -> Opt
         return f"{pairs} routed pairs (the grouped kernel serves up to {MAX_PAIRS})"
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"x of dtype {_dtype_name(x.dtype)}"
-    if _backend._context.get() is not None:
+    if _backend.named_at_trace():
         # (lowbit.use_backend: the layers' ops take the named backend)
         return "a backend is named (lowbit.use_backend)"
     return _kernel_reason(x, fam, getattr(mod, mod._first)[0].weight.device)
