@@ -359,7 +359,8 @@ def _weight_loads(target, int8: bool, aligned: bool) -> str:
                  BF16_BITS=False, BLOCK_P=16, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
                  W_ALIGNED=aligned, WS_ALIGNED=aligned)
     ptrs = dict(a_ptr="*i8" if int8 else "*fp8e4nv", sa_ptr="*fp32", ids_ptr="*i64",
-                w_table="*i64", ws_table="*i64", bias_table="*i64", c_ptr="*bf16")
+                w_table="*i64", ws_table="*i64", bias_table="*i64", rw_ptr="*fp32",
+                c_ptr="*bf16")
     sig = {a: "constexpr" if a in const else ptrs.get(a, "i32") for a in kern.arg_names}
     aligned_args = [a for a in kern.arg_names
                     if a in ptrs or a in ("N", "K", "stride_am", "stride_cm")]
@@ -431,8 +432,17 @@ def test_experts_kernel_is_each_experts_gemm(monkeypatch, device, offset, case):
                        [placed(w) for w in ws], [s.to(**to) for s in ss],
                        None if bs is None else [b.to(**to) for b in bs], torch.bfloat16).cpu()
     assert got.shape == (t * k, n)
+    # With routing weights: each row as above (rounded to bf16) times its pair's weight in
+    # fp32, an fp32 output (the down projection's epilogue in QuantizedExperts).
+    rw = torch.rand(t, k, generator=g).to([torch.bfloat16, torch.float16, torch.float32][case % 3])
+    routed = experts_w8a8(a.to(**to), sa.to(**to), ids.to(**to), by_token,
+                          [placed(w) for w in ws], [s.to(**to) for s in ss],
+                          None if bs is None else [b.to(**to) for b in bs], torch.bfloat16,
+                          rw.to(**to)).cpu()
+    assert routed.dtype == torch.float32
     for p in range(t * k):
         ex = int(ids[p % t, p // t])
+        assert torch.equal(routed[p], got[p].float() * rw[p % t, p // t].float()), p
         if not 0 <= ex < e:
             assert not got[p].any()
             continue
@@ -446,13 +456,15 @@ def test_experts_kernel_is_each_experts_gemm(monkeypatch, device, offset, case):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scheme", ["fp8", "int8"])
 @pytest.mark.parametrize("layout", EXPERT_LAYOUTS)
-def test_grouped_path_computes_the_loop(monkeypatch, device, scheme, layout):
+@pytest.mark.parametrize("route_dtype", [torch.float32, torch.bfloat16], ids=["w32", "w16"])
+def test_grouped_path_computes_the_loop(monkeypatch, device, scheme, layout, route_dtype):
     _interpret(monkeypatch, device)
     torch.manual_seed(0)
     src = Experts(**EXPERT_LAYOUTS[layout]).to(device, torch.bfloat16)
     mod = _quantized(scheme, layout, device)  # (the same weights: Experts seeds its own)
     x = torch.randn(9, 64, device=device, dtype=torch.bfloat16)
     index, weights = routing(9, device=device)
+    weights = weights.to(route_dtype)  # (a router's softmax in x's dtype, or in fp32)
     index[1, 0] = 4  # a sentinel
     assert mod.path(9, 2, x) == "grouped"
     with torch.no_grad():

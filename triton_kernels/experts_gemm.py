@@ -41,13 +41,15 @@ BLOCK_M = 16  # pairs a program takes (tl.dot's smallest M)
 
 
 @jit
-def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, c_ptr,
+def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, rw_ptr, c_ptr,
                          T, P, E, N, K, stride_it, stride_is, stride_am, stride_cm,
-                         BLOCKS_PER_EXPERT, A_BY_TOKEN: tl.constexpr,
+                         stride_rt, stride_rs, BLOCKS_PER_EXPERT, A_BY_TOKEN: tl.constexpr,
                          INT8: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
                          BIAS_F16: tl.constexpr, BF16_BITS: tl.constexpr, BLOCK_P: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         W_ALIGNED: tl.constexpr = False, WS_ALIGNED: tl.constexpr = False):
+                         W_ALIGNED: tl.constexpr = False, WS_ALIGNED: tl.constexpr = False,
+                         ROUTE: tl.constexpr = False, ROUND_BF16: tl.constexpr = False,
+                         ROUND_F16: tl.constexpr = False, RW_BF16: tl.constexpr = False):
     e = tl.program_id(0) // BLOCKS_PER_EXPERT
     first = (tl.program_id(0) % BLOCKS_PER_EXPERT) * BLOCK_M
     # The routing, read whole by every program (P <= a few hundred ids, from L2): pair
@@ -121,7 +123,21 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
         out = out + load_f32(bias_ptr + offs_n64, n_ok, BIAS_BF16)[None, :]
     c_ptrs = c_ptr + pair.to(tl.int64)[:, None] * stride_cm + offs_n64[None, :]
     c_mask = m_ok[:, None] & n_ok[None, :]
-    if BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates
+    if ROUTE:
+        # The pair's product as its layer returns it (rounded once to the layer's dtype),
+        # times the pair's routing weight in fp32: the term the module's sum over the
+        # slots adds, stored in fp32.
+        if ROUND_BF16:
+            if BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates
+                out = (f32_to_bf16_bits(out).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+            else:
+                out = out.to(tl.bfloat16).to(tl.float32)
+        elif ROUND_F16:
+            out = out.to(tl.float16).to(tl.float32)
+        rw = load_f32(rw_ptr + (pair % T).to(tl.int64) * stride_rt +
+                      (pair // T).to(tl.int64) * stride_rs, m_ok, RW_BF16)
+        tl.store(c_ptrs, out * rw[:, None], mask=c_mask)
+    elif BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates
         tl.store(c_ptrs, f32_to_bf16_bits(out), mask=c_mask)
     else:
         tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=c_mask)
@@ -171,20 +187,28 @@ def _config(blocks: int, n: int, device: torch.device) -> dict:
 def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tensor,
                  a_by_token: bool, weights: Sequence[torch.Tensor],
                  scales: Sequence[torch.Tensor], biases: Optional[Sequence[torch.Tensor]],
-                 out_dtype: torch.dtype, tiles: Optional[dict] = None) -> torch.Tensor:
+                 out_dtype: torch.dtype, route_weights: Optional[torch.Tensor] = None,
+                 tiles: Optional[dict] = None) -> torch.Tensor:
     """out [T * top_k, N] of ``out_dtype``: row p = slot * T + token is that pair's product
     with its expert's weight; rows of pairs routed to no expert (ids outside [0, E)) are
     zero. a [R, K] contiguous rows: the tokens' (``a_by_token``: R = T) or the pairs' (R =
     T * top_k); a_scale [R, 1] fp32; top_k_index [T, top_k] integer; weights / scales /
-    biases: one per expert, all alike (see the module). ``tiles``: BLOCK_N, BLOCK_K,
-    num_warps, num_stages instead of ``_config``'s (bench/sweep_experts.py)."""
+    biases: one per expert, all alike (see the module). ``route_weights`` [T, top_k] (bf16,
+    fp16 or fp32): each row is instead the product rounded to ``out_dtype`` times its pair's
+    routing weight, in fp32 (an fp32 output). ``tiles``: BLOCK_N, BLOCK_K, num_warps,
+    num_stages instead of ``_config``'s (bench/sweep_experts.py)."""
     n, k = weights[0].shape
     t, top_k = top_k_index.shape
     p, e_all, dev = t * top_k, len(weights), a.device
+    route = route_weights is not None
     bf16_bits = out_dtype == torch.bfloat16 and _interpreting()
-    out = torch.zeros(p, n, dtype=out_dtype, device=dev)
+    out = torch.zeros(p, n, dtype=torch.float32 if route else out_dtype, device=dev)
     if p == 0 or n == 0:
         return out
+    rw_bf16 = route and route_weights.dtype == torch.bfloat16
+    # (bf16 routing weights travel as their int16 bits: the interpreter reads no bf16)
+    rw = route_weights.view(torch.int16) if rw_bf16 else route_weights if route else a_scale
+    rw_strides = (rw.stride(0), rw.stride(1)) if route else (0, 0)
     has_bias = biases is not None
     bias_bf16 = has_bias and biases[0].dtype == torch.bfloat16
     bias_f16 = has_bias and biases[0].dtype == torch.float16
@@ -195,28 +219,31 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     # twice included); programs past an expert's pairs return at once.
     per_expert = triton.cdiv(p, BLOCK_M)
     sizes = (t, p, e_all, n, k, top_k_index.stride(0), top_k_index.stride(1), a.stride(0),
-             out.stride(0), per_expert)
+             out.stride(0), *rw_strides, per_expert)
     # Everything the compiled kernel is specialized on (dtypes, the integers, each pointer's
     # 16-byte alignment) keys its bound launcher: a decode step's launch skips Triton's
     # generic path (_common.bind).
     key = (dev, a.dtype, top_k_index.dtype, out_dtype, a_by_token, has_bias, bias_bf16,
            bias_f16, bf16_bits, w_aligned, ws_aligned, sizes,
            tuple(sorted(tiles.items())) if tiles else None,
-           a.data_ptr() % 16, a_scale.data_ptr() % 16, top_k_index.data_ptr() % 16)
+           a.data_ptr() % 16, a_scale.data_ptr() % 16, top_k_index.data_ptr() % 16,
+           rw.dtype if route else None, rw.data_ptr() % 16)
     launch = _BOUND.get(key)
-    c = out.view(torch.int16) if bf16_bits else out
-    args = (a, a_scale, top_k_index, w_tab, ws_tab, b_tab, c, *sizes)
+    c = out.view(torch.int16) if bf16_bits and not route else out
+    args = (a, a_scale, top_k_index, w_tab, ws_tab, b_tab, rw, c, *sizes)
     if launch is None:
         cfg = tiles or _config(min(e_all, p) * triton.cdiv(min(t, p), BLOCK_M), n, dev)
         grid = (e_all * per_expert, triton.cdiv(n, cfg["BLOCK_N"]))
         consts = dict(A_BY_TOKEN=a_by_token, INT8=a.dtype == torch.int8, HAS_BIAS=has_bias,
                       BIAS_BF16=bias_bf16, BIAS_F16=bias_f16, BF16_BITS=bf16_bits,
-                      W_ALIGNED=w_aligned, WS_ALIGNED=ws_aligned,
+                      W_ALIGNED=w_aligned, WS_ALIGNED=ws_aligned, ROUTE=route,
+                      ROUND_BF16=route and out_dtype == torch.bfloat16,
+                      ROUND_F16=route and out_dtype == torch.float16, RW_BF16=rw_bf16,
                       BLOCK_P=max(16, triton.next_power_of_2(p)), enable_fp_fusion=False,
                       BLOCK_M=BLOCK_M, **cfg)
         launch = _BOUND[key] = bind(_experts_w8a8_kernel, grid, args, consts)
     if not launch.direct(a.data_ptr(), a_scale.data_ptr(), top_k_index.data_ptr(),
-                         w_tab.data_ptr(), ws_tab.data_ptr(), b_tab.data_ptr(), c.data_ptr(),
-                         *sizes):
+                         w_tab.data_ptr(), ws_tab.data_ptr(), b_tab.data_ptr(), rw.data_ptr(),
+                         c.data_ptr(), *sizes):
         launch(*args)
     return out

@@ -12,8 +12,10 @@ sequence of launches whose sizes depend only on the number of tokens and top_k:
    slot-major order) in one launch, into one row per pair: each program finds its expert's
    pairs in the routing itself (triton_kernels/experts_gemm.py);
 3. the module's own gate (or activation), then those rows quantized per token;
-4. the down projection in one launch; the post-expert norm; the pairs' rows times their
-   routing weights summed per token over the slots in fp32, rounded once to x's dtype.
+4. the down projection in one launch, whose epilogue rounds each pair's row to x's dtype
+   and multiplies it by the pair's routing weight in fp32 (a model with a post-expert norm:
+   the norm, then that product in torch); the rows summed per token over the slots in
+   fp32, rounded once to x's dtype.
 
 What it runs is what the loop runs, layer for layer (the same quantized activations, the
 same epilogue's roundings); the GEMMs' fp32 sums run in another order, and the experts'
@@ -116,36 +118,42 @@ def _quantize(x2: Tensor, layer) -> Tuple[Tensor, Tensor]:
 
 
 def _gemm_eager(a, a_scale, top_k_index, a_by_token: bool, weights, scales, biases,
-                out_dtype: torch.dtype) -> Tensor:
+                out_dtype: torch.dtype, route_weights: Optional[Tensor] = None) -> Tensor:
     from ..triton_kernels import experts_gemm
 
     with _device.OnDevice(a.device):  # (Triton launches on the current device's stream)
         return experts_gemm.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights,
-                                         scales, biases, out_dtype)
+                                         scales, biases, out_dtype, route_weights)
 
 
 def _gemm_fake(a, a_scale, top_k_index, a_by_token: bool, weights, scales, biases,
-               out_dtype: torch.dtype) -> Tensor:
-    return a.new_empty((top_k_index.numel(), weights[0].shape[0]), dtype=out_dtype)
+               out_dtype: torch.dtype, route_weights: Optional[Tensor] = None) -> Tensor:
+    dtype = out_dtype if route_weights is None else torch.float32
+    return a.new_empty((top_k_index.numel(), weights[0].shape[0]), dtype=dtype)
 
 
 ops._LIB.define("experts_w8a8(Tensor a, Tensor a_scale, Tensor top_k_index, bool a_by_token, "
-                "Tensor[] weights, Tensor[] scales, Tensor[]? biases, ScalarType out_dtype) "
-                "-> Tensor")
+                "Tensor[] weights, Tensor[] scales, Tensor[]? biases, ScalarType out_dtype, "
+                "Tensor? route_weights=None) -> Tensor")
 ops._LIB.impl("experts_w8a8", _gemm_eager, "CompositeExplicitAutograd")
 ops._LIB.impl("experts_w8a8", torch.library.fallthrough_kernel, "Autograd")
 torch.library.register_fake("lowbit::experts_w8a8", _gemm_fake, lib=ops._LIB)
 
 
-def _gemm(layers, a, a_scale, top_k_index, a_by_token: bool, out_dtype: torch.dtype) -> Tensor:
+def _gemm(layers, a, a_scale, top_k_index, a_by_token: bool, out_dtype: torch.dtype,
+          route_weights: Optional[Tensor] = None) -> Tensor:
     weights: List[Tensor] = [lay.weight for lay in layers]
     scales: List[Tensor] = [lay.weight_scale for lay in layers]
     biases = None if layers[0].bias is None else [lay.bias for lay in layers]
     if torch.compiler.is_compiling():
         return torch.ops.lowbit.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights,
-                                             scales, biases, out_dtype)
+                                             scales, biases, out_dtype, route_weights)
     return _gemm_eager(a, a_scale, top_k_index, a_by_token, weights, scales, biases,
-                       out_dtype)
+                       out_dtype, route_weights)
+
+
+# Routing weights the down projection's epilogue takes (what the sum's fp32 cast is exact for)
+_ROUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def forward(mod, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
@@ -157,8 +165,14 @@ def forward(mod, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tenso
     y = _gemm(firsts, qx, sx, top_k_index, True, x.dtype)
     y = mod._source_cls._apply_gate(mod, y) if mod.has_gate else mod.act_fn(y)
     qh, sh = _quantize(y.contiguous(), downs[0])
+    post_norm = getattr(mod, "has_post_expert_norm", False)
+    if not post_norm and top_k_weights.dtype in _ROUTE_DTYPES:
+        # Each pair's output rounded to x's dtype and weighted in fp32 by the kernel's
+        # epilogue, as below, without the ops that would do it after the launch.
+        contrib = _gemm(downs, qh, sh, top_k_index, False, x.dtype, top_k_weights)
+        return contrib.view(k, t, contrib.shape[-1]).sum(0).to(x.dtype)
     z = _gemm(downs, qh, sh, top_k_index, False, x.dtype)
-    if getattr(mod, "has_post_expert_norm", False):
+    if post_norm:
         z = mod.post_expert_norm(z)
     acc = torch.promote_types(z.dtype, torch.float32)
     ids = top_k_index.t().reshape(-1, 1)
