@@ -102,3 +102,13 @@ def test_compiled_layer_takes_it_when_asked(monkeypatch, device, layer):
     assert seen == [True, False]
     assert torch.equal(got, want)
     assert torch.equal(small, mod(x[:1, :8]))
+
+
+def test_long_rows_keep_the_registered_op(monkeypatch):
+    # Rows past MAX_K: the layer's own op (the fused looped reduction ran slower).
+    monkeypatch.setenv("LOWBIT_COMPILED_QUANT", "inductor")
+    mod = Fp8Linear.from_linear(torch.nn.Linear(cq.MAX_K + 16, 32).to(torch.bfloat16))
+    x = torch.randn(cq.MIN_ROWS + 1, cq.MAX_K + 16, dtype=torch.bfloat16)
+    assert cq.linear("fp8_linear", x, mod._state()) is None
+    assert cq.linear("fp8_linear", x[:, :cq.MAX_K], Fp8Linear.from_linear(
+        torch.nn.Linear(cq.MAX_K, 32).to(torch.bfloat16))._state()) is not None
