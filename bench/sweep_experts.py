@@ -62,7 +62,8 @@ def main() -> None:
                     cfg = dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
                 try:
                     r = bench(lambda: experts_gemm.experts_w8a8(
-                        a, sa, ids, by_token, weights, scales, None, torch.bfloat16, cfg))
+                        a, sa, ids, by_token, weights, scales, None, torch.bfloat16,
+                        tiles=cfg))
                 except Exception as exc:  # noqa: BLE001 - a tile that does not compile
                     print(f"{name:8} M={m:<4} {tiles:14} failed: {str(exc)[:80]}")
                     continue

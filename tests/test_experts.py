@@ -438,7 +438,7 @@ def test_experts_kernel_is_each_experts_gemm(monkeypatch, device, offset, case):
     routed = experts_w8a8(a.to(**to), sa.to(**to), ids.to(**to), by_token,
                           [placed(w) for w in ws], [s.to(**to) for s in ss],
                           None if bs is None else [b.to(**to) for b in bs], torch.bfloat16,
-                          rw.to(**to)).cpu()
+                          route_weights=rw.to(**to)).cpu()
     assert routed.dtype == torch.float32
     for p in range(t * k):
         ex = int(ids[p % t, p // t])
@@ -486,6 +486,23 @@ def test_grouped_path_computes_the_loop(monkeypatch, device, scheme, layout, rou
         def err(y):
             return ((y.float() - exact).norm() / exact.norm()).item()
         assert err(got) < 1.25 * err(want), (err(got), err(want))
+
+
+def test_grouped_path_keeps_the_routing_weights_gradient(monkeypatch):
+    # A router being trained: the routing weights' multiply stays in torch (the kernel's
+    # epilogue has no backward), so their gradient is the loop's.
+    _interpret(monkeypatch, "cpu")
+    mod = _quantized("fp8", "mixtral", "cpu")
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    index, weights = routing(5)
+    grads = []
+    for grouped in (True, False):
+        mod.grouped = grouped
+        w = weights.clone().requires_grad_()
+        mod(x, index, w).float().sum().backward()
+        grads.append(w.grad)
+    assert grads[0] is not None and grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("device", DEVICES)

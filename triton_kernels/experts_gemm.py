@@ -187,7 +187,7 @@ def _config(blocks: int, n: int, device: torch.device) -> dict:
 def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tensor,
                  a_by_token: bool, weights: Sequence[torch.Tensor],
                  scales: Sequence[torch.Tensor], biases: Optional[Sequence[torch.Tensor]],
-                 out_dtype: torch.dtype, route_weights: Optional[torch.Tensor] = None,
+                 out_dtype: torch.dtype, *, route_weights: Optional[torch.Tensor] = None,
                  tiles: Optional[dict] = None) -> torch.Tensor:
     """out [T * top_k, N] of ``out_dtype``: row p = slot * T + token is that pair's product
     with its expert's weight; rows of pairs routed to no expert (ids outside [0, E)) are

@@ -123,7 +123,8 @@ def _gemm_eager(a, a_scale, top_k_index, a_by_token: bool, weights, scales, bias
 
     with _device.OnDevice(a.device):  # (Triton launches on the current device's stream)
         return experts_gemm.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights,
-                                         scales, biases, out_dtype, route_weights)
+                                         scales, biases, out_dtype,
+                                         route_weights=route_weights)
 
 
 def _gemm_fake(a, a_scale, top_k_index, a_by_token: bool, weights, scales, biases,
@@ -147,7 +148,8 @@ def _gemm(layers, a, a_scale, top_k_index, a_by_token: bool, out_dtype: torch.dt
     biases = None if layers[0].bias is None else [lay.bias for lay in layers]
     if torch.compiler.is_compiling():
         return torch.ops.lowbit.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights,
-                                             scales, biases, out_dtype, route_weights)
+                                             scales, biases, out_dtype,
+                                         route_weights=route_weights)
     return _gemm_eager(a, a_scale, top_k_index, a_by_token, weights, scales, biases,
                        out_dtype, route_weights)
 
@@ -166,7 +168,9 @@ def forward(mod, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tenso
     y = mod._source_cls._apply_gate(mod, y) if mod.has_gate else mod.act_fn(y)
     qh, sh = _quantize(y.contiguous(), downs[0])
     post_norm = getattr(mod, "has_post_expert_norm", False)
-    if not post_norm and top_k_weights.dtype in _ROUTE_DTYPES:
+    # (a router being trained needs the multiply in torch: the kernel has no backward)
+    if not post_norm and top_k_weights.dtype in _ROUTE_DTYPES and not (
+            top_k_weights.requires_grad and torch.is_grad_enabled()):
         # Each pair's output rounded to x's dtype and weighted in fp32 by the kernel's
         # epilogue, as below, without the ops that would do it after the launch.
         contrib = _gemm(downs, qh, sh, top_k_index, False, x.dtype, top_k_weights)
