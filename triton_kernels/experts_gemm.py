@@ -22,7 +22,9 @@ contiguous, fp32 per-channel scales [N, 1]; bias bf16 / fp16 / fp32 or none; out
 fp16 / fp32. fp8 sums each K-step's product into an fp32 accumulator (the promotion of
 fp8_gemm.py); int8 accumulates in int32, exactly. The epilogue rounds as fp8_scaled_mm /
 int8_gemm do: the product to fp32, times the row scale, times the channel scale, plus the
-bias, each in fp32 (no FMA: ``enable_fp_fusion=False``), then once to the out dtype.
+bias, each in fp32 (no FMA: ``enable_fp_fusion=False``), then once to the out dtype. Given
+routing weights (the down projection of QuantizedExperts), it then multiplies that rounded
+value by the pair's weight in fp32 and stores fp32: the term the module sums per token.
 """
 from __future__ import annotations
 
