@@ -488,6 +488,44 @@ def test_grouped_path_computes_the_loop(monkeypatch, device, scheme, layout, rou
         assert err(got) < 1.25 * err(want), (err(got), err(want))
 
 
+def test_import_leaves_dynamo_unloaded():
+    # (marking the use_backend check for Dynamo imports torch._dynamo: over a second, paid
+    # when experts are quantized, not by every `import lowbit`)
+    import subprocess
+    import sys
+
+    code = "import sys, lowbit; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-1] == "False"
+
+
+def test_grouped_path_traces_whole_and_keeps_its_trace_decision(monkeypatch):
+    # fullgraph: the use_backend check is a constant of the trace (Dynamo cannot read a
+    # ContextVar); a block opened after the trace leaves the compiled graph as it was.
+    from lowbit.triton_kernels import experts_gemm
+
+    _interpret(monkeypatch, "cpu")
+    torch._dynamo.reset()
+    launches = []
+    real = experts_gemm.experts_w8a8
+    monkeypatch.setattr(experts_gemm, "experts_w8a8",
+                        lambda *a, **kw: launches.append(1) or real(*a, **kw))
+    mod = _quantized("int8", "mixtral", "cpu")
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    index, weights = routing(3)
+    with torch.no_grad():
+        want = mod(x, index, weights)
+        compiled = torch.compile(mod, fullgraph=True, backend="eager")
+        assert torch.equal(compiled(x, index, weights), want)
+        with lowbit.use_backend("reference"):
+            assert mod.path(3, 2, x).startswith("loop")
+            launches.clear()
+            assert torch.equal(compiled(x, index, weights), want)
+            assert len(launches) == 2  # the grouped kernel's two projections, as traced
+    torch._dynamo.reset()
+
+
 def test_grouped_path_keeps_the_routing_weights_gradient(monkeypatch):
     # A router being trained: the routing weights' multiply stays in torch (the kernel's
     # epilogue has no backward), so their gradient is the loop's.

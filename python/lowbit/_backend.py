@@ -61,14 +61,6 @@ def default_backend() -> str:
     return "auto"
 
 
-@torch.compiler.assume_constant_result
-def named_at_trace() -> bool:
-    """Whether a ``use_backend`` block is open, for a path decision in Python that a
-    compiled graph fixes when it is traced (Dynamo cannot read a ContextVar: it takes this
-    value as a constant of the graph, so a block opened later does not change that graph)."""
-    return _context.get() is not None
-
-
 def arg(backend: Optional[str]) -> str:
     """The public ``backend=`` argument as the registered ops take it: ``None`` travels as
     ``"default"`` and is resolved when the op runs, so the context manager and the

@@ -186,6 +186,26 @@ def forward(mod, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tenso
     return contrib.view(k, t, contrib.shape[-1]).sum(0).to(x.dtype)
 
 
+def _backend_named() -> bool:
+    """Whether a ``use_backend`` block is open. Dynamo cannot read its ContextVar, so
+    ``mark_for_tracing`` lets a compiled graph take this as a constant of its trace (a block
+    opened later does not change that graph)."""
+    return _backend._context.get() is not None
+
+
+_MARKED = False
+
+
+def mark_for_tracing() -> None:
+    """Marks ``_backend_named`` for Dynamo (``assume_constant_result``); called when a
+    QuantizedExperts is built, which comes before any compile of it. Not at import:
+    marking imports torch._dynamo, over a second that ``import lowbit`` need not pay."""
+    global _MARKED, _backend_named
+    if not _MARKED:
+        _backend_named = torch.compiler.assume_constant_result(_backend_named)
+        _MARKED = True
+
+
 def path_reason(mod, x: Tensor, pairs: int, fam: Optional[str], why: str) -> Optional[str]:
     """None when a forward of ``pairs`` routed pairs on ``x`` takes the grouped path, else
     why it runs the loop."""
@@ -195,7 +215,7 @@ def path_reason(mod, x: Tensor, pairs: int, fam: Optional[str], why: str) -> Opt
         return f"{pairs} routed pairs (the grouped kernel serves up to {MAX_PAIRS})"
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"x of dtype {_dtype_name(x.dtype)}"
-    if _backend.named_at_trace():
+    if _backend_named():
         # (lowbit.use_backend: the layers' ops take the named backend)
         return "a backend is named (lowbit.use_backend)"
     return _kernel_reason(x, fam, getattr(mod, mod._first)[0].weight.device)

@@ -94,6 +94,7 @@ class QuantizedExperts(nn.Module):
     def __init__(self, source: nn.Module, num_experts: int, hidden_size: int,
                  intermediate_size: int, gated: bool, bias: bool):
         super().__init__()
+        _grouped.mark_for_tracing()
         want = (num_experts, hidden_size, intermediate_size, gated, bias)
         if isinstance(source, QuantizedExperts):  # (load_quantized into a quantized model)
             got, first, source_cls = source.config(), source._first, source._source_cls
