@@ -500,6 +500,23 @@ def test_import_leaves_dynamo_unloaded():
     assert out[-1] == "False"
 
 
+def test_an_unpickled_module_is_marked_for_tracing(tmp_path):
+    # torch.load of a whole model in a fresh process builds QuantizedExperts without
+    # __init__; its use_backend check must still be marked for Dynamo.
+    import subprocess
+    import sys
+
+    torch.save(_quantized("int8", "mixtral", "cpu"), tmp_path / "m.pt")
+    here = str(__import__("pathlib").Path(__file__).parent)  # (the source class's module)
+    code = (f"import sys; sys.path.insert(0, {here!r}); "
+            "import torch, lowbit, lowbit.nn._experts_grouped as g; "
+            f"torch.load({str(tmp_path / 'm.pt')!r}, weights_only=False); "
+            "print(getattr(g._backend_named, '_dynamo_marked_constant', False))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-1] == "True"
+
+
 def test_grouped_path_traces_whole_and_keeps_its_trace_decision(monkeypatch):
     # fullgraph: the use_backend check is a constant of the trace (Dynamo cannot read a
     # ContextVar); a block opened after the trace leaves the compiled graph as it was.

@@ -180,6 +180,12 @@ class QuantizedExperts(nn.Module):
         self.__dict__.pop("_grouped", None)  # (the devices may change)
         return super()._apply(fn, recurse)
 
+    def __setstate__(self, state):
+        # (a module unpickled in a fresh process, by torch.load of a whole model, is not
+        # built through __init__)
+        super().__setstate__(state)
+        _grouped.mark_for_tracing()
+
     def path(self, tokens: int, top_k: int, x: Optional[torch.Tensor] = None) -> str:
         """Which path a forward of ``tokens`` tokens routed to ``top_k`` experts each takes:
         ``"grouped"`` (each projection of every expert in one launch,
