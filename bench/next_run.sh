@@ -72,6 +72,12 @@
 #                                           path allowed 256 pairs (where it beats the loop),
 #                                           then `lowbit bench --model mixtral-moe` (fp8,
 #                                           int8; about 400 s in all)
+#   bash bench/next_run.sh cq [OUTDIR]       build, the compiled quantizer's GPU tests
+#                                           (test_compiled_quant.py), BERT-large's compiled
+#                                           forward profiled without and with
+#                                           LOWBIT_COMPILED_QUANT=inductor, then `lowbit bench
+#                                           --model bert-large --precision fp8` with it
+#                                           (about 450 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -87,7 +93,7 @@ set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings | moe | grouped) ;;
+    siblings | moe | grouped | cq) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -335,6 +341,25 @@ if [ "$WHAT" = grouped ]; then
   (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --model mixtral-moe --rounds 3 \
      --precision fp8,int8 --out "$OUTDIR/moe") >"$OUTDIR/moe.log" 2>&1
   say "5 mixtral-moe: rc $? in $((SECONDS - t)) s ($OUTDIR/moe/bench.md)"
+  exit 0
+fi
+
+if [ "$WHAT" = cq ]; then
+  # bench/NOTES.md, "The grouped kernel's weights read in 16-byte pieces", ### Next, item 3.
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 90 $PY -m pytest -q -n 12 -p no:cacheprovider \
+     "$R/tests/test_compiled_quant.py") >"$OUTDIR/cq_tests.log" 2>&1
+  say "2 compiled-quant tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/cq_tests.log")"
+  for cq in "" inductor; do
+    t=$SECONDS
+    LOWBIT_COMPILED_QUANT=$cq timeout 130 $PY -m bench.profile_bert --modes compile --top 10 \
+      >"$OUTDIR/profile_bert_${cq:-default}.txt" 2>&1
+    say "3 profile_bert compiled, LOWBIT_COMPILED_QUANT=${cq:-unset}: rc $? in $((SECONDS - t)) s"
+  done
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && LOWBIT_COMPILED_QUANT=inductor timeout 150 lowbit bench \
+     --model bert-large --rounds 3 --precision fp8 --out "$OUTDIR/bert") >"$OUTDIR/bert.log" 2>&1
+  say "4 bert-large with it: rc $? in $((SECONDS - t)) s ($OUTDIR/bert/bench.md)"
   exit 0
 fi
 
