@@ -119,6 +119,15 @@ swapab_tests() {
      "$R/tests/test_cuda_int8_gemm.py" "$R/tests/test_fused_linear.py" \
      "$R/tests/test_weight_early.py" -k "forms or swapab or fused or early") >"$3" 2>&1
 }
+# A summary step that runs GPU tests: its label $1 (e.g. "2 experts tests"), a timeout of $2
+# s, the log $3, then pytest's arguments (the files, -n, -k ...).
+tests_step() {
+  local label=$1 limit=$2 log=$3 t=$SECONDS
+  shift 3
+  (cd "${TMPDIR:-/tmp}" && timeout "$limit" $PY -m pytest -q -p no:cacheprovider "$@") \
+    >"$log" 2>&1
+  say "$label: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$log")"
+}
 # Summary step 1: the default build, its log $1 (none under SKIP_BUILD). A failed build ends
 # the run with the log's tail: the steps after would time the package an earlier call installed.
 first_build() {
@@ -290,11 +299,8 @@ fi
 if [ "$WHAT" = siblings ]; then
   # bench/NOTES.md, "Sibling Linears as one layer": its GPU tests, then issue 18's BERT rows
   # with and without the q/k/v groups.
-  t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout 90 $PY -m pytest -q -p no:cacheprovider \
-     "$R/tests/test_siblings.py" "$R/tests/test_experts.py" "$R/tests/test_bench_models.py" \
-     -k "cuda or fused or experts") >"$OUTDIR/siblings_tests.log" 2>&1
-  say "2 sibling tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/siblings_tests.log")"
+  tests_step "2 sibling tests" 90 "$OUTDIR/siblings_tests.log" "$R/tests/test_siblings.py" \
+    "$R/tests/test_experts.py" "$R/tests/test_bench_models.py" -k "cuda or fused or experts"
   t=$SECONDS
   (cd "${TMPDIR:-/tmp}" && timeout "${SIB_S:-300}" lowbit bench --model bert-large --rounds 5 \
      --precision "${SIB_PRECISIONS:-fp8,fp8+fused,int8,int8+fused}" --out "$OUTDIR/bert") \
@@ -306,11 +312,8 @@ fi
 if [ "$WHAT" = moe ]; then
   # bench/NOTES.md, "MoE experts quantized": the GPU cases of QuantizedExperts, then the
   # Mixtral block's rows (the per-expert loop against bf16 grouped_mm).
-  t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout 90 $PY -m pytest -q -p no:cacheprovider \
-     "$R/tests/test_experts.py" "$R/tests/test_bench_models.py" -k "cuda or experts") \
-    >"$OUTDIR/moe_tests.log" 2>&1
-  say "2 experts tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/moe_tests.log")"
+  tests_step "2 experts tests" 90 "$OUTDIR/moe_tests.log" "$R/tests/test_experts.py" \
+    "$R/tests/test_bench_models.py" -k "cuda or experts"
   t=$SECONDS
   (cd "${TMPDIR:-/tmp}" && timeout "${MOE_S:-300}" lowbit bench --model mixtral-moe \
      --rounds "${MOE_ROUNDS:-3}" --precision "${MOE_PRECISIONS:-fp8,int8,int4}" \
@@ -321,10 +324,7 @@ fi
 
 if [ "$WHAT" = grouped ]; then
   # bench/NOTES.md, "The grouped path measured", ### Next, items 1-2.
-  t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout 120 $PY -m pytest -q -n 12 -p no:cacheprovider \
-     "$R/tests/test_experts.py") >"$OUTDIR/experts_tests.log" 2>&1
-  say "2 experts tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/experts_tests.log")"
+  tests_step "2 experts tests" 120 "$OUTDIR/experts_tests.log" -n 12 "$R/tests/test_experts.py"
   # (a tile's first launch compiles it: about 1-2 s each; int8 at M = 1 only)
   for run in "fp8 1,16 120" "int8 1 80"; do
     set -- $run
@@ -346,10 +346,8 @@ fi
 
 if [ "$WHAT" = cq ]; then
   # bench/NOTES.md, "The grouped kernel's weights read in 16-byte pieces", ### Next, item 3.
-  t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout 90 $PY -m pytest -q -n 12 -p no:cacheprovider \
-     "$R/tests/test_compiled_quant.py") >"$OUTDIR/cq_tests.log" 2>&1
-  say "2 compiled-quant tests: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$OUTDIR/cq_tests.log")"
+  tests_step "2 compiled-quant tests" 90 "$OUTDIR/cq_tests.log" -n 12 \
+    "$R/tests/test_compiled_quant.py"
   for cq in "" inductor; do
     t=$SECONDS
     LOWBIT_COMPILED_QUANT=$cq timeout 130 $PY -m bench.profile_bert --modes compile --top 10 \
