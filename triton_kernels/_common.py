@@ -518,6 +518,13 @@ def f32_to_bf16_bits(v):
 
 
 @jit
+def round_to_bf16(v):
+    """fp32 v rounded to bf16 (nearest even) and held in fp32, the same on every backend
+    (the interpreter's own fp32 -> bf16 cast truncates)."""
+    return (f32_to_bf16_bits(v).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+
+
+@jit
 def _static_scale_zero(s_ptrs, z_ptrs, mask, CODEC: tl.constexpr, MASKED: tl.constexpr):
     """(scale, zero as fp32, zero as stored) of a given scale (and zero point); ``mask``
     is read only when MASKED (a single scale's load takes none)."""

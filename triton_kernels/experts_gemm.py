@@ -34,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import bind, device_index, f32_to_bf16_bits, jit, load_f32, sm_count
+from ._common import (bind, device_index, f32_to_bf16_bits, jit, load_f32, round_to_bf16,
+                      sm_count)
 from ._common import interpreting as _interpreting
 
 __all__ = ["experts_w8a8", "BLOCK_M", "pointer_table"]
@@ -130,10 +131,7 @@ def _experts_w8a8_kernel(a_ptr, sa_ptr, ids_ptr, w_table, ws_table, bias_table, 
         # times the pair's routing weight in fp32: the term the module's sum over the
         # slots adds, stored in fp32.
         if ROUND_BF16:
-            if BF16_BITS:  # the interpreter's own fp32 -> bf16 cast truncates
-                out = (f32_to_bf16_bits(out).to(tl.int32) << 16).to(tl.float32, bitcast=True)
-            else:
-                out = out.to(tl.bfloat16).to(tl.float32)
+            out = round_to_bf16(out)
         elif ROUND_F16:
             out = out.to(tl.float16).to(tl.float32)
         rw = load_f32(rw_ptr + (pair % T).to(tl.int64) * stride_rt +

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ._common import (_abs_bits, _inv, _key_value, _keys, _launch_options,
                       _scale_from_extent_bits, f32_to_bf16_bits, interpreting, jit,
-                      kernel_input, load_f32, rint_f32, INT8)
+                      kernel_input, load_f32, rint_f32, round_to_bf16, INT8)
 
 # S_KIND: how the scales are stored (the weight's dtype when half, else fp32).
 _S_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -62,7 +62,7 @@ def _int4_quant_kernel(w_ptr, q_ptr, s_ptr, z_ptr, N, stride_n, stride_k, ngroup
     else:
         s = _scale_from_extent_bits(abs_k, 7.0)
     if S_KIND == 1:
-        s = (f32_to_bf16_bits(s).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+        s = round_to_bf16(s)
     elif S_KIND == 2:
         s = s.to(tl.float16).to(tl.float32)
     s = tl.where(s == 0.0, 1.0, s)
