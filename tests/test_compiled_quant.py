@@ -8,6 +8,7 @@ import torch
 import lowbit
 from lowbit import _compiled_quant as cq
 from lowbit.nn import Fp8Linear, Int8Linear
+from lowbit_testing import assert_bits_equal
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -26,31 +27,6 @@ def _rows(device, dtype):
     return x.to(device, dtype)
 
 
-def _same_bits(a, b):
-    """Bit for bit; a NaN of a wider float equals any NaN (the SPEC fixes the fp8 NaN code,
-    compared as bits, but no fp32 NaN payload: the CUDA quantizers' NaN scale is the GPU's
-    canonical 0x7FFFFFFF, torch's 0x7FC00000)."""
-    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.dtype.is_floating_point:
-        nan = a.isnan()
-        if a.element_size() > 1 and not torch.equal(nan, b.isnan()):
-            return False
-        keep = ~nan if a.element_size() > 1 else torch.ones_like(nan)
-        a, b = a.view(ints[a.element_size()])[keep], b.view(ints[b.element_size()])[keep]
-    return torch.equal(a, b)
-
-
-def _rows_differing(a, b) -> list:
-    """The rows where a and b differ (for a failure's message)."""
-    if a.dtype.is_floating_point:
-        differ = (a.float() != b.float()) & ~(a.float().isnan() & b.float().isnan())
-    else:
-        differ = a != b
-    return differ.reshape(a.shape[0], -1).any(-1).nonzero().flatten().tolist()
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("compiled", [False, True])
@@ -59,8 +35,10 @@ def test_fp8_per_token_is_quantize_fp8(device, dtype, compiled):
     fn = torch.compile(cq.fp8_per_token, fullgraph=True) if compiled else cq.fp8_per_token
     q, s = fn(x, torch.float8_e4m3fn)
     want_q, want_s = lowbit.quantize_fp8(x, granularity="token")
-    assert _same_bits(s, want_s), _rows_differing(s, want_s)
-    assert _same_bits(q, want_q), _rows_differing(q, want_q)
+    # (any NaN for a NaN row's scale: the SPEC fixes no fp32 NaN payload, and the CUDA
+    # quantizers write the GPU's 0x7FFFFFFF where torch writes 0x7FC00000; fp8 codes as bits)
+    assert_bits_equal(s, want_s, "scales")
+    assert_bits_equal(q, want_q, "codes")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -73,8 +51,8 @@ def test_int8_per_token_is_quantize_int8(device, dtype, compiled):
     fn = torch.compile(cq.int8_per_token, fullgraph=True) if compiled else cq.int8_per_token
     q, s = fn(x)
     want_q, want_s, _ = lowbit.quantize_int8(x, granularity="token")
-    assert _same_bits(s, want_s), _rows_differing(s, want_s)
-    assert torch.equal(q, want_q), _rows_differing(q, want_q)
+    assert_bits_equal(s, want_s, "scales")
+    assert_bits_equal(q, want_q, "codes")
 
 
 @pytest.mark.parametrize("device", DEVICES)
