@@ -149,7 +149,7 @@ def _gemm(layers, a, a_scale, top_k_index, a_by_token: bool, out_dtype: torch.dt
     if torch.compiler.is_compiling():
         return torch.ops.lowbit.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights,
                                              scales, biases, out_dtype,
-                                         route_weights=route_weights)
+                                             route_weights=route_weights)
     return _gemm_eager(a, a_scale, top_k_index, a_by_token, weights, scales, biases,
                        out_dtype, route_weights)
 
