@@ -342,9 +342,9 @@ def _interpret(monkeypatch, device):
         pytest.skip(lowbit.backends.triton.available())
 
 
-def _quantized(scheme, layout, device, dtype=torch.bfloat16):
+def _quantized(scheme, layout, device, dtype=torch.bfloat16, check_device=True):
     holder = nn.ModuleDict({"e": Experts(**EXPERT_LAYOUTS[layout]).to(device, dtype)})
-    lowbit.quantize_(holder, scheme, group_size=32)
+    lowbit.quantize_(holder, scheme, group_size=32, check_device=check_device)
     return holder["e"]
 
 
@@ -517,32 +517,6 @@ def test_an_unpickled_module_is_marked_for_tracing(tmp_path):
     assert out[-1] == "True"
 
 
-def test_grouped_path_traces_whole_and_keeps_its_trace_decision(monkeypatch):
-    # fullgraph: the use_backend check is a constant of the trace (Dynamo cannot read a
-    # ContextVar); a block opened after the trace leaves the compiled graph as it was.
-    from lowbit.triton_kernels import experts_gemm
-
-    _interpret(monkeypatch, "cpu")
-    torch._dynamo.reset()
-    launches = []
-    real = experts_gemm.experts_w8a8
-    monkeypatch.setattr(experts_gemm, "experts_w8a8",
-                        lambda *a, **kw: launches.append(1) or real(*a, **kw))
-    mod = _quantized("int8", "mixtral", "cpu")
-    x = torch.randn(3, 64, dtype=torch.bfloat16)
-    index, weights = routing(3)
-    with torch.no_grad():
-        want = mod(x, index, weights)
-        compiled = torch.compile(mod, fullgraph=True, backend="eager")
-        assert torch.equal(compiled(x, index, weights), want)
-        with lowbit.use_backend("reference"):
-            assert mod.path(3, 2, x).startswith("loop")
-            launches.clear()
-            assert torch.equal(compiled(x, index, weights), want)
-            assert len(launches) == 2  # the grouped kernel's two projections, as traced
-    torch._dynamo.reset()
-
-
 def test_grouped_path_keeps_the_routing_weights_gradient(monkeypatch):
     # A router being trained: the routing weights' multiply stays in torch (the kernel's
     # epilogue has no backward), so their gradient is the loop's.
@@ -641,13 +615,29 @@ def test_grouped_path_follows_the_experts(monkeypatch, tmp_path):
 @pytest.mark.parametrize("device", DEVICES)
 def test_grouped_path_compiles_whole(monkeypatch, device):
     # No host read: fullgraph=True traces the grouped forward (the loop's is a graph break).
+    # The use_backend check is a constant of the trace (Dynamo cannot read a ContextVar): a
+    # block opened after the trace leaves the compiled graph as it was.
+    from lowbit.triton_kernels import experts_gemm
+
     _interpret(monkeypatch, device)
+    torch._dynamo.reset()
+    launches = []
+    real = experts_gemm.experts_w8a8
+    monkeypatch.setattr(experts_gemm, "experts_w8a8",
+                        lambda *a, **kw: launches.append(1) or real(*a, **kw))
     mod = _quantized("int8", "mixtral", device, torch.float32)
     x = torch.randn(9, 64, device=device)
     index, weights = routing(9, device=device)
     with torch.no_grad():
-        got = torch.compile(mod, fullgraph=True)(x, index, weights)  # (compiled first)
+        compiled = torch.compile(mod, fullgraph=True)
+        got = compiled(x, index, weights)  # (compiled first)
         want = mod(x, index, weights)
+        with lowbit.use_backend("reference"):
+            assert mod.path(9, 2, x).startswith("loop")
+            launches.clear()
+            assert torch.equal(compiled(x, index, weights), got)
+            assert len(launches) == 2  # the grouped kernel's two projections, as traced
+    torch._dynamo.reset()
     if device == "cpu":
         assert torch.equal(got, want)
     else:  # (Inductor's SiLU and fused multiply-adds round otherwise than eager's kernels)
@@ -662,10 +652,8 @@ def test_grouped_path_captures_in_a_cuda_graph(scheme, monkeypatch):
 
     # (an earlier test's experts freed at these weights' addresses left a table for them)
     monkeypatch.setattr(experts_gemm, "_TABLES", {})
-    holder = nn.ModuleDict({"e": Experts(**EXPERT_LAYOUTS["gpt-oss"]).to("cuda", torch.bfloat16)})
     # (quantize_'s device check runs a forward, which would build the table)
-    lowbit.quantize_(holder, scheme, group_size=32, check_device=False)
-    mod = holder["e"]
+    mod = _quantized(scheme, "gpt-oss", "cuda", check_device=False)
     x = torch.randn(3, 64, device="cuda", dtype=torch.bfloat16)
     index, weights = routing(3, device="cuda")
     with torch.no_grad():
