@@ -357,7 +357,8 @@ def _weight_loads(target, int8: bool, aligned: bool) -> str:
     kern = experts_gemm._experts_w8a8_kernel
     const = dict(A_BY_TOKEN=True, INT8=int8, HAS_BIAS=False, BIAS_BF16=False, BIAS_F16=False,
                  BF16_BITS=False, BLOCK_P=16, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
-                 W_ALIGNED=aligned, WS_ALIGNED=aligned)
+                 W_ALIGNED=aligned, WS_ALIGNED=aligned, ROUTE=False, ROUND_BF16=False,
+                 ROUND_F16=False, RW_BF16=False)
     ptrs = dict(a_ptr="*i8" if int8 else "*fp8e4nv", sa_ptr="*fp32", ids_ptr="*i64",
                 w_table="*i64", ws_table="*i64", bias_table="*i64", rw_ptr="*fp32",
                 c_ptr="*bf16")
