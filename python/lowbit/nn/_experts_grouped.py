@@ -91,15 +91,18 @@ def family(mod) -> Tuple[Optional[str], str]:
     return kinds.pop(), ""
 
 
-def _kernel_reason(x: Tensor, fam: str, device: torch.device) -> Optional[str]:
-    if device != x.device:
-        return f"x is on {x.device}, the experts on {device}"
-    if x.device.type != "cuda" and not _backend._interpreting():
-        return f"x is on {x.device} (the grouped kernel runs on CUDA, or under TRITON_INTERPRET=1)"
-    if x.device.type == "cuda":
+def _kernel_reason(x_device: torch.device, fam: str, device: torch.device) -> Optional[str]:
+    """None when the grouped kernel of ``fam`` runs for x on ``x_device`` and experts on
+    ``device``, else why not. Constant for a trace (``mark_for_tracing``): it reads the
+    card's capability, through a cache Dynamo would warn about."""
+    if device != x_device:
+        return f"x is on {x_device}, the experts on {device}"
+    if x_device.type != "cuda" and not _backend._interpreting():
+        return f"x is on {x_device} (the grouped kernel runs on CUDA, or under TRITON_INTERPRET=1)"
+    if x_device.type == "cuda":
         if fam == "fp8" and torch.version.hip:
             return "fp8 e4m3fn experts on ROCm (the grouped kernel's fp8 is NVIDIA's)"
-        cap = _device.capability(_device.device_index(x.device))
+        cap = _device.capability(_device.device_index(x_device))
         arch = _device.arch_override() or cap[0] * 10 + cap[1]
         need = 89 if fam == "fp8" else 80
         if arch < need:
@@ -197,12 +200,13 @@ _MARKED = False
 
 
 def mark_for_tracing() -> None:
-    """Marks ``_backend_named`` for Dynamo (``assume_constant_result``); called when a
-    QuantizedExperts is built, which comes before any compile of it. Not at import:
-    marking imports torch._dynamo, over a second that ``import lowbit`` need not pay."""
-    global _MARKED, _backend_named
+    """Marks ``_backend_named`` and ``_kernel_reason`` for Dynamo (``assume_constant_result``);
+    called when a QuantizedExperts is built, which comes before any compile of it. Not at
+    import: marking imports torch._dynamo, over a second that ``import lowbit`` need not pay."""
+    global _MARKED, _backend_named, _kernel_reason
     if not _MARKED:
         _backend_named = torch.compiler.assume_constant_result(_backend_named)
+        _kernel_reason = torch.compiler.assume_constant_result(_kernel_reason)
         _MARKED = True
 
 
@@ -218,4 +222,4 @@ def path_reason(mod, x: Tensor, pairs: int, fam: Optional[str], why: str) -> Opt
     if _backend_named():
         # (lowbit.use_backend: the layers' ops take the named backend)
         return "a backend is named (lowbit.use_backend)"
-    return _kernel_reason(x, fam, getattr(mod, mod._first)[0].weight.device)
+    return _kernel_reason(x.device, fam, getattr(mod, mod._first)[0].weight.device)
