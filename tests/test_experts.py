@@ -490,6 +490,24 @@ def test_grouped_path_computes_the_loop(monkeypatch, device, scheme, layout, rou
         assert err(got) < 1.25 * err(want), (err(got), err(want))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_grouped_path_at_its_most_pairs(monkeypatch, device):
+    # MAX_PAIRS routed pairs: an expert's pairs span several blocks of BLOCK_M, and each
+    # program scans the whole routing. int8 sums exactly: equal to the loop.
+    from lowbit.nn._experts_grouped import MAX_PAIRS
+
+    _interpret(monkeypatch, device)
+    mod = _quantized("int8", "mixtral", device)
+    tokens = MAX_PAIRS // 2
+    x = torch.randn(tokens, 64, device=device, dtype=torch.bfloat16)
+    index, weights = routing(tokens, device=device)
+    assert mod.path(tokens, 2, x) == "grouped"
+    with torch.no_grad():
+        got = mod(x, index, weights)
+        mod.grouped = False
+        assert torch.equal(got, mod(x, index, weights))
+
+
 def test_import_leaves_dynamo_unloaded():
     # (marking the use_backend check for Dynamo imports torch._dynamo: over a second, paid
     # when experts are quantized, not by every `import lowbit`)

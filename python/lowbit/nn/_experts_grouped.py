@@ -42,10 +42,11 @@ from ..backends import triton as _triton
 from ._layer import _dtype_name
 
 # Routed pairs (tokens x top_k) up to which a forward takes the grouped path. A Mixtral
-# block on an H100 (bench/NOTES.md, "The grouped path measured"): grouped ahead of the loop
-# at 2 and 32 pairs (M = 1, 16 at top-2), behind at 128 and 256, where the loop's GEMMs run
-# full tiles and each grouped program reads the whole routing.
-MAX_PAIRS = 32
+# block on an H100, its weights read in 16-byte pieces (bench/NOTES.md, "The grouped path
+# to 256 pairs"): grouped ahead of the loop from 2 to 256 pairs (M = 1-128 at top-2; 814
+# against 1270 us eager at 256), level at 512, where the loop's GEMMs run full tiles and
+# each grouped program reads the whole routing.
+MAX_PAIRS = 256
 
 
 def family(mod) -> Tuple[Optional[str], str]:
