@@ -490,6 +490,30 @@ def test_grouped_path_computes_the_loop(monkeypatch, device, scheme, layout, rou
         assert err(got) < 1.25 * err(want), (err(got), err(want))
 
 
+def test_grouped_path_reads_what_changed_after_a_forward(monkeypatch):
+    # An eager forward keeps what it read of the layers (lowbit/nn/_experts_grouped.py,
+    # Prepared) only while each object it read is still in its place: a Parameter replaced
+    # after a forward, a static scale set on an expert, are read by the next forward.
+    _interpret(monkeypatch, "cpu")
+    mod = _quantized("int8", "mixtral", "cpu")
+    other = _quantized("int8", "mixtral", "cpu")
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    index, weights = routing(5)
+    with torch.no_grad():
+        before = mod(x, index, weights)
+        lay, new = mod.gate_up_proj[index[0, 0]], other.gate_up_proj[index[0, 0] + 1]
+        lay.weight = nn.Parameter(new.weight.clone(), requires_grad=False)
+        lay.weight_scale = new.weight_scale.clone()
+        got = mod(x, index, weights)
+        mod.grouped = False
+        want = mod(x, index, weights)
+        mod.grouped = True
+        assert not torch.equal(got, before)
+        assert torch.equal(got, want)
+        mod.down_proj[2].act_scale = torch.tensor(0.05)
+        assert mod.path(5, 2, x) == "loop: an expert with a static activation scale"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_grouped_path_at_its_most_pairs(monkeypatch, device):
     # MAX_PAIRS routed pairs: an expert's pairs span several blocks of BLOCK_M, and each

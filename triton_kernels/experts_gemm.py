@@ -147,6 +147,9 @@ _BOUND: dict = {}  # signature -> bound launcher (see experts_w8a8)
 _TABLES: dict = {}  # (device, data pointers...) -> the device table
 
 
+_data_ptr = torch.Tensor.data_ptr
+
+
 def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device
                   ) -> Tuple[torch.Tensor, bool]:
     """(int64 [len(tensors)] on ``device``: the tensors' data pointers, whether every one is
@@ -156,7 +159,7 @@ def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device
     capture records runs at the graph's first replay, so a table made there would hold
     nothing until then. A table only says where tensors are: one kept for addresses that a
     later set of tensors reuses is right for those too."""
-    key = (device, *(t.data_ptr() for t in tensors))
+    key = (device, *map(_data_ptr, tensors))
     hit = _TABLES.get(key)
     if hit is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -217,7 +220,7 @@ def experts_w8a8(a: torch.Tensor, a_scale: torch.Tensor, top_k_index: torch.Tens
     b_tab = pointer_table(biases, dev)[0] if has_bias else w_tab
     # Blocks an expert may need: all P pairs (a router that sends a token to one expert
     # twice included); programs past an expert's pairs return at once.
-    per_expert = triton.cdiv(p, BLOCK_M)
+    per_expert = -(-p // BLOCK_M)  # (not triton.cdiv: a Triton function, slower to call)
     sizes = (t, p, e_all, n, k, top_k_index.stride(0), top_k_index.stride(1), a.stride(0),
              out.stride(0), *rw_strides, per_expert)
     # Everything the compiled kernel is specialized on (dtypes, the integers, each pointer's

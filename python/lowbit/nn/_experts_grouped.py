@@ -31,7 +31,8 @@ the loop. ``QuantizedExperts.path(tokens)`` says which a forward takes, and why.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import operator
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -112,12 +113,63 @@ def _kernel_reason(x_device: torch.device, fam: str, device: torch.device) -> Op
     return _triton.available()
 
 
-def _quantize(x2: Tensor, layer) -> Tuple[Tensor, Tensor]:
-    """x2 quantized per token as ``layer`` (one of the experts) quantizes its input: its
+class Projection(NamedTuple):
+    """What the grouped path reads of one projection's experts: their weights, scales and
+    biases (None without), and the first expert's ``_STATE`` (its quantizer's arguments:
+    every expert quantizes its input alike)."""
+    weights: List[Tensor]
+    scales: List[Tensor]
+    biases: Optional[List[Tensor]]
+    family: object  # the layers' lowbit._linear.Family
+    state: tuple
+
+
+def _projection(layers) -> Projection:
+    first = layers[0]
+    return Projection([lay.weight for lay in layers], [lay.weight_scale for lay in layers],
+                      None if first.bias is None else [lay.bias for lay in layers],
+                      first._family, first._state())
+
+
+class Prepared:
+    """An eager forward's reading of the module, taken once and kept while it holds: the
+    path decision (``family``) and each projection's tensors. It holds while every object
+    it was read from is still there: the two ModuleLists, each expert's layer, and each
+    layer's ``_STATE`` attributes (a reload, a replaced layer or Parameter, a static scale
+    set later: each is a new object in one of those places, and the reading is taken
+    again). A tensor's storage swapped under the same Parameter (``param.data = ...``) is
+    not such a change; its address is, which the kernel's table of addresses follows."""
+
+    def __init__(self, mod):
+        firsts, downs = mod._modules[mod._first], mod._modules["down_proj"]
+        self.family, self.why = family(mod)
+        held = [(mod._modules, mod._first, firsts), (mod._modules, "down_proj", downs)]
+        for group in (firsts, downs):
+            for key, lay in group._modules.items():
+                held.append((group._modules, key, lay))
+                for name in getattr(lay, "_STATE", ()):
+                    where = lay._holder(name)
+                    if where is not None:
+                        # (the instance dict or _parameters / _buffers: where the layer
+                        # keeps it; a property elsewhere is read anew by family())
+                        held.append((lay.__dict__ if where == "" else lay.__dict__[where],
+                                     name, lay.__dict__[where][name] if where else
+                                     lay.__dict__[name]))
+        self._dicts, self._keys, self._values = (tuple(v) for v in zip(*held))
+        self.projections = None if self.family is None else \
+            (_projection(list(firsts)), _projection(list(downs)))
+
+    def holds(self) -> bool:
+        # (map and operator.is_: the comparisons in C, a few microseconds for 16 experts)
+        return all(map(operator.is_, map(dict.get, self._dicts, self._keys), self._values))
+
+
+def _quantize(x2: Tensor, proj: Projection) -> Tuple[Tensor, Tensor]:
+    """x2 quantized per token as the projection's experts quantize their input: their
     family's quantizer op and arguments (lowbit/_linear.py)."""
-    fam = layer._family
+    fam = proj.family
     q_op = (ops.OPS if torch.compiler.is_compiling() else ops.EAGER)[fam.quantize]
-    qs = q_op(*fam.quant_args(x2, *layer._state()), "default")
+    qs = q_op(*fam.quant_args(x2, *proj.state), "default")
     return qs[0], qs[1]
 
 
@@ -145,11 +197,9 @@ ops._LIB.impl("experts_w8a8", torch.library.fallthrough_kernel, "Autograd")
 torch.library.register_fake("lowbit::experts_w8a8", _gemm_fake, lib=ops._LIB)
 
 
-def _gemm(layers, a, a_scale, top_k_index, a_by_token: bool, out_dtype: torch.dtype,
-          route_weights: Optional[Tensor] = None) -> Tensor:
-    weights: List[Tensor] = [lay.weight for lay in layers]
-    scales: List[Tensor] = [lay.weight_scale for lay in layers]
-    biases = None if layers[0].bias is None else [lay.bias for lay in layers]
+def _gemm(proj: Projection, a, a_scale, top_k_index, a_by_token: bool,
+          out_dtype: torch.dtype, route_weights: Optional[Tensor] = None) -> Tensor:
+    weights, scales, biases = proj.weights, proj.scales, proj.biases
     if torch.compiler.is_compiling():
         return torch.ops.lowbit.experts_w8a8(a, a_scale, top_k_index, a_by_token, weights,
                                              scales, biases, out_dtype,
@@ -162,24 +212,29 @@ def _gemm(layers, a, a_scale, top_k_index, a_by_token: bool, out_dtype: torch.dt
 _ROUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def forward(mod, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
-    """The experts' output [T, H] for x [T, H] (see the module docstring)."""
+def forward(mod, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor,
+            prepared: Optional[Prepared] = None) -> Tensor:
+    """The experts' output [T, H] for x [T, H] (see the module docstring). ``prepared``:
+    the module's reading (eager); None under tracing, which reads the layers itself."""
     t, k = top_k_index.shape
-    firsts, downs = getattr(mod, mod._first), mod.down_proj
-    qx, sx = _quantize(x, firsts[0])
+    if prepared is None:
+        first, down = _projection(getattr(mod, mod._first)), _projection(mod.down_proj)
+    else:
+        first, down = prepared.projections
+    qx, sx = _quantize(x, first)
     # (a layer's output dtype is its input's)
-    y = _gemm(firsts, qx, sx, top_k_index, True, x.dtype)
+    y = _gemm(first, qx, sx, top_k_index, True, x.dtype)
     y = mod._source_cls._apply_gate(mod, y) if mod.has_gate else mod.act_fn(y)
-    qh, sh = _quantize(y.contiguous(), downs[0])
+    qh, sh = _quantize(y.contiguous(), down)
     post_norm = getattr(mod, "has_post_expert_norm", False)
     # (a router being trained needs the multiply in torch: the kernel has no backward)
     if not post_norm and top_k_weights.dtype in _ROUTE_DTYPES and not (
             top_k_weights.requires_grad and torch.is_grad_enabled()):
         # Each pair's output rounded to x's dtype and weighted in fp32 by the kernel's
         # epilogue, as below, without the ops that would do it after the launch.
-        contrib = _gemm(downs, qh, sh, top_k_index, False, x.dtype, top_k_weights)
+        contrib = _gemm(down, qh, sh, top_k_index, False, x.dtype, top_k_weights)
         return contrib.view(k, t, contrib.shape[-1]).sum(0).to(x.dtype)
-    z = _gemm(downs, qh, sh, top_k_index, False, x.dtype)
+    z = _gemm(down, qh, sh, top_k_index, False, x.dtype)
     if post_norm:
         z = mod.post_expert_norm(z)
     acc = torch.promote_types(z.dtype, torch.float32)

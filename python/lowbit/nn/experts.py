@@ -39,7 +39,7 @@ _FLAGS = ("has_gate", "is_transposed")
 # (accelerate's device hooks keep the old one and the hook beside it) would run the source's
 # loop over weights this module no longer has; ``config``, the model's config that the
 # decorator sets for its dispatch (which this module does not do), would hide config().
-# ``_grouped``: the source's cached path decision (a QuantizedExperts source, under
+# ``_grouped``: the source's reading for the grouped path (a QuantizedExperts source, under
 # load_quantized), about layers this module replaces.
 _NOT_CARRIED = frozenset({"forward", "_old_forward", "_hf_hook", "config", "_grouped"})
 
@@ -166,19 +166,24 @@ class QuantizedExperts(nn.Module):
                 layers[x] = make(_expert_linear(w[x], None if b is None else b[x], transposed))
         return mod
 
-    def _grouped_family(self) -> Tuple[Optional[str], str]:
-        # Decided at the first forward, again after .to() (devices) or a change of the
-        # experts' layers (the key: the layers themselves).
-        layers = (*getattr(self, self._first), *self.down_proj)
+    def _prepared(self) -> "_grouped.Prepared":
+        # Read at the first eager forward, again once any layer or state tensor it read was
+        # replaced, and after .to() (devices).
         got = self.__dict__.get("_grouped")
-        if got is None or len(got[0]) != len(layers) or \
-                any(a is not b for a, b in zip(got[0], layers)):
-            got = self.__dict__["_grouped"] = (layers, _grouped.family(self))
-        return got[1]
+        if got is None or not got.holds():
+            got = self.__dict__["_grouped"] = _grouped.Prepared(self)
+        return got
 
     def _apply(self, fn, recurse=True):
         self.__dict__.pop("_grouped", None)  # (the devices may change)
         return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        # (the forward's reading is not carried: it is taken again from what was unpickled
+        # or copied, and its layers' op families hold functions pickle cannot take)
+        state = self.__dict__.copy()
+        state.pop("_grouped", None)
+        return state
 
     def __setstate__(self, state):
         # (a module unpickled in a fresh process, by torch.load of a whole model, is not
@@ -204,7 +209,11 @@ class QuantizedExperts(nn.Module):
         why it runs the loop."""
         if not self.__dict__.get("grouped", True):
             return "grouped is False"
-        fam, why = self._grouped_family()
+        if torch.compiler.is_compiling():  # (decided once, for the trace)
+            fam, why = _grouped.family(self)
+        else:
+            prep = self._prepared()
+            fam, why = prep.family, prep.why
         return _grouped.path_reason(self, x, pairs, fam, why)
 
     def config(self) -> dict:
@@ -228,7 +237,8 @@ class QuantizedExperts(nn.Module):
                              f"[tokens = {x.shape[0]}, top_k]; got {tuple(top_k_index.shape)} "
                              f"and {tuple(top_k_weights.shape)}")
         if self._loop_reason(x, top_k_index.numel()) is None:
-            return _grouped.forward(self, x, top_k_index, top_k_weights).reshape(
+            prep = None if torch.compiler.is_compiling() else self.__dict__["_grouped"]
+            return _grouped.forward(self, x, top_k_index, top_k_weights, prep).reshape(
                 hidden_states.shape)
         # The experts' contributions summed in fp32 and rounded once, as transformers'
         # grouped_mm and batched_mm paths sum them (its eager loop rounds after each).
