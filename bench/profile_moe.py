@@ -3,6 +3,7 @@ mixtral-moe`, bf16 (transformers' default experts implementation) against the bl
 `lowbit.nn.QuantizedExperts`, at decode sizes.
 
     python -m bench.profile_moe [--precision fp8] [--m 1,16] [--calls 30] [--max-pairs P]
+                                [--compile]
 
 For each M: wall time per forward of back-to-back calls of each block (where the experts
 take the grouped path, also on the loop, and both blocks as CUDA-graph replays); then one
@@ -10,7 +11,8 @@ quantized expert layer called at one M and at four M in turn (what the loop does
 expert to expert: does a change of M cost host time?); then torch.profiler's ops of five quantized
 forwards at the last M, by total CPU time, with their CUDA time beside. ``--max-pairs``:
 the grouped path's limit of routed pairs for this run (``_experts_grouped.MAX_PAIRS``), to
-time it where the loop would run.
+time it where the loop would run. ``--compile``: also each block compiled (``dynamic=False``,
+no CUDA graphs), whose host time is what bounds it at decode sizes.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def main() -> None:
     ap.add_argument("--m", default="1,16")
     ap.add_argument("--calls", type=int, default=30)
     ap.add_argument("--max-pairs", type=int, default=None)
+    ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
     if args.max_pairs is not None:
         from lowbit.nn import _experts_grouped
@@ -44,6 +47,9 @@ def main() -> None:
     quantized = copy.deepcopy(block)
     to_quantized(quantized, args.precision)
     ms = [int(m) for m in args.m.split(",")]
+    if args.compile:
+        compiled = {"bf16": torch.compile(block, dynamic=False),
+                    args.precision: torch.compile(quantized, dynamic=False)}
     with torch.no_grad():
         experts = quantized.experts
         for m in ms:
@@ -63,6 +69,10 @@ def main() -> None:
                     line += f", bf16 {wall_us(bf16_graph, args.calls):.0f} us"
                 except RuntimeError as e:  # (a bf16 path that reads to the host)
                     line += f", bf16 not capturable ({str(e)[:60]})"
+            if args.compile:
+                for name, fn in compiled.items():
+                    fn(x)  # (compiles, outside the timing)
+                    line += f"; compiled {name} {wall_us(lambda: fn(x), args.calls):.0f} us"
             print(line)
         layer = quantized.experts.gate_up_proj[0]
         xs = [torch.randn(r, 4096, device="cuda", dtype=torch.bfloat16) for r in (1, 2, 3, 5)]
