@@ -492,19 +492,21 @@ def test_grouped_path_computes_the_loop(monkeypatch, device, scheme, layout, rou
 
 def test_grouped_path_reads_what_changed_after_a_forward(monkeypatch):
     # An eager forward keeps what it read of the layers (lowbit/nn/_experts_grouped.py,
-    # Prepared) only while each object it read is still in its place: a Parameter replaced
-    # after a forward, a static scale set on an expert, are read by the next forward.
+    # Prepared) only while each object it read is still in its place: a weight scale
+    # replaced after a forward, a static scale set on an expert, are read by the next
+    # forward; a reading that still holds is kept.
     _interpret(monkeypatch, "cpu")
     mod = _quantized("int8", "mixtral", "cpu")
-    other = _quantized("int8", "mixtral", "cpu")
     x = torch.randn(5, 64, dtype=torch.bfloat16)
     index, weights = routing(5)
     with torch.no_grad():
         before = mod(x, index, weights)
-        lay, new = mod.gate_up_proj[index[0, 0]], other.gate_up_proj[index[0, 0] + 1]
-        lay.weight = nn.Parameter(new.weight.clone(), requires_grad=False)
-        lay.weight_scale = new.weight_scale.clone()
+        kept = mod._prepared()
+        assert mod(x, index, weights).equal(before) and mod._prepared() is kept
+        lay = mod.gate_up_proj[index[0, 0]]
+        lay.weight_scale = lay.weight_scale * 2  # (a new tensor in the buffer's place)
         got = mod(x, index, weights)
+        assert mod._prepared() is not kept
         mod.grouped = False
         want = mod(x, index, weights)
         mod.grouped = True
@@ -512,6 +514,54 @@ def test_grouped_path_reads_what_changed_after_a_forward(monkeypatch):
         assert torch.equal(got, want)
         mod.down_proj[2].act_scale = torch.tensor(0.05)
         assert mod.path(5, 2, x) == "loop: an expert with a static activation scale"
+
+
+def test_grouped_path_reads_a_parametrized_scale_every_forward(monkeypatch):
+    # A _STATE attribute behind a parametrization (a property) has no place to hold: every
+    # forward reads it anew, as the loop does.
+    from torch.nn.utils import parametrize
+
+    class Times(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.factor = 1.0
+
+        def forward(self, t):
+            return t * self.factor
+
+    _interpret(monkeypatch, "cpu")
+    mod = _quantized("int8", "mixtral", "cpu")
+    times = Times()
+    for lay in mod.down_proj:
+        parametrize.register_parametrization(lay, "weight_scale", times)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    index, weights = routing(5)
+    with torch.no_grad():
+        before = mod(x, index, weights)
+        times.factor = 2.0
+        got = mod(x, index, weights)
+        mod.grouped = False
+        want = mod(x, index, weights)
+    assert not torch.equal(got, before)
+    assert torch.equal(got, want)
+
+
+def test_grouped_path_keeps_no_replaced_weight_alive(monkeypatch):
+    # The reading remembers the layers' tensors by weak reference: a weight replaced after a
+    # forward is freed at once, not at the next forward.
+    import weakref
+
+    _interpret(monkeypatch, "cpu")
+    mod = _quantized("fp8", "mixtral", "cpu")
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        mod(x, *routing(3))
+    lay = mod.down_proj[1]
+    old = weakref.ref(lay.weight)
+    lay.weight = lay.weight.clone()
+    assert old() is None
+    mod.compile()  # (pickling and copying leave out torch's compiled call, as a module's)
+    assert copy.deepcopy(mod)._compiled_call_impl is None
 
 
 @pytest.mark.parametrize("device", DEVICES)

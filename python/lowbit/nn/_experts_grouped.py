@@ -31,7 +31,8 @@ the loop. ``QuantizedExperts.path(tokens)`` says which a forward takes, and why.
 """
 from __future__ import annotations
 
-import operator
+import itertools
+import weakref
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -132,36 +133,80 @@ def _projection(layers) -> Projection:
 
 
 class Prepared:
-    """An eager forward's reading of the module, taken once and kept while it holds: the
-    path decision (``family``) and each projection's tensors. It holds while every object
-    it was read from is still there: the two ModuleLists, each expert's layer, and each
-    layer's ``_STATE`` attributes (a reload, a replaced layer or Parameter, a static scale
-    set later: each is a new object in one of those places, and the reading is taken
-    again). A tensor's storage swapped under the same Parameter (``param.data = ...``) is
-    not such a change; its address is, which the kernel's table of addresses follows."""
+    """An eager forward's reading of the module: the path decision (``family``) and where
+    each projection's tensors live, kept while it holds. It holds while every object it read
+    is still in its place: the two ModuleLists, each expert's layer and each layer's
+    ``_STATE`` attributes (a reload, a replaced layer or Parameter, a static scale set
+    later: each puts a new object in one of those places, and the reading is taken again).
+    It remembers those objects by identity and holds only the dicts they live in (a weight
+    replaced before the next forward is freed at once, a replaced layer's tensors at the
+    next forward; a weak reference tells when an object is freed, so that no other can take
+    its identity unseen), and it reads the tensors from their places on each forward. A layer whose _STATE attribute is a property (a parametrization) is read
+    anew on every forward. A tensor's storage swapped under the same Parameter
+    (``param.data = ...``) is not a new object; its address is new, which the kernel's
+    table of addresses follows. The layers' other attributes (their mode, a hook) are
+    read when the reading is taken: they change with the layers' tensors (accelerate's
+    offload replaces them), or not at all."""
 
     def __init__(self, mod):
         firsts, downs = mod._modules[mod._first], mod._modules["down_proj"]
         self.family, self.why = family(mod)
-        held = [(mod._modules, mod._first, firsts), (mod._modules, "down_proj", downs)]
+        self.volatile = False
+        places = [(mod._modules, mod._first, firsts), (mod._modules, "down_proj", downs)]
+        # Per projection, where each layer keeps each _STATE attribute.
+        self._where: List[List[Tuple[dict, ...]]] = []
         for group in (firsts, downs):
+            where = []
             for key, lay in group._modules.items():
-                held.append((group._modules, key, lay))
-                for name in getattr(lay, "_STATE", ()):
-                    where = lay._holder(name)
-                    if where is not None:
-                        # (the instance dict or _parameters / _buffers: where the layer
-                        # keeps it; a property elsewhere is read anew by family())
-                        held.append((lay.__dict__ if where == "" else lay.__dict__[where],
-                                     name, lay.__dict__[where][name] if where else
-                                     lay.__dict__[name]))
-        self._dicts, self._keys, self._values = (tuple(v) for v in zip(*held))
-        self.projections = None if self.family is None else \
-            (_projection(list(firsts)), _projection(list(downs)))
+                places.append((group._modules, key, lay))
+                names = getattr(lay, "_STATE", ())
+                held = [lay.__dict__ if w == "" else lay.__dict__.get(w)
+                        for w in map(lay._holder, names)] if names else []
+                if any(d is None for d in held):
+                    self.volatile = True  # (a property: nothing to hold)
+                places += [(d, n, d[n]) for d, n in zip(held, names) if d is not None]
+                where.append(tuple(held))
+            self._where.append(where)
+        self._dicts, self._keys, objs = (tuple(v) for v in zip(*places))
+        self._ids = tuple(map(id, objs))
+        # A freed object sets the flag (its identity may then be another's); what cannot be
+        # weakly referenced (None, a bool) is kept: nothing there to free.
+        dead = self._dead = [False]
+
+        def freed(_ref, dead=dead):  # (no reference to self: no cycle)
+            dead[0] = True
+
+        weak = (Tensor, torch.nn.Module)
+        self._refs = [weakref.ref(v, freed) for v in objs if isinstance(v, weak)]
+        self._kept = [v for v in objs if not isinstance(v, weak)]
+        self._family = self._state_names = self._columns = None
+        if self.family is not None and not self.volatile:
+            first = firsts[0]
+            self._family = (first._family, downs[0]._family)
+            # ("weight", "weight_scale", "bias" lead every _STATE: where each layer keeps
+            # them, by column, and where the first layer keeps each of its _STATE)
+            self._state_names = (first._STATE, downs[0]._STATE)
+            self._columns = tuple((*(tuple(w[c] for w in where) for c in range(3)), where[0])
+                                  for where in self._where)
 
     def holds(self) -> bool:
-        # (map and operator.is_: the comparisons in C, a few microseconds for 16 experts)
-        return all(map(operator.is_, map(dict.get, self._dicts, self._keys), self._values))
+        # (map and a tuple comparison: the reads and comparisons in C, a few microseconds
+        # for 16 experts)
+        return not self.volatile and not self._dead[0] and \
+            tuple(map(id, map(dict.get, self._dicts, self._keys))) == self._ids
+
+    def projections(self) -> Tuple[Projection, Projection]:
+        """Each projection's tensors, read from their places now (not volatile)."""
+        out = []
+        for (w, s, b, first), fam, names in zip(self._columns, self._family,
+                                                 self._state_names):
+            state = tuple(map(dict.get, first, names))
+            biases = None if state[2] is None else list(map(dict.get, b, itertools.repeat(
+                names[2], len(b))))
+            out.append(Projection(list(map(dict.get, w, itertools.repeat(names[0], len(w)))),
+                                  list(map(dict.get, s, itertools.repeat(names[1], len(s)))),
+                                  biases, fam, state))
+        return out[0], out[1]
 
 
 def _quantize(x2: Tensor, proj: Projection) -> Tuple[Tensor, Tensor]:
@@ -215,12 +260,13 @@ _ROUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 def forward(mod, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor,
             prepared: Optional[Prepared] = None) -> Tensor:
     """The experts' output [T, H] for x [T, H] (see the module docstring). ``prepared``:
-    the module's reading (eager); None under tracing, which reads the layers itself."""
+    the module's reading (eager); None under tracing, which reads the layers itself, as a
+    volatile reading does."""
     t, k = top_k_index.shape
-    if prepared is None:
+    if prepared is None or prepared.volatile:
         first, down = _projection(getattr(mod, mod._first)), _projection(mod.down_proj)
     else:
-        first, down = prepared.projections
+        first, down = prepared.projections()
     qx, sx = _quantize(x, first)
     # (a layer's output dtype is its input's)
     y = _gemm(first, qx, sx, top_k_index, True, x.dtype)

@@ -180,8 +180,8 @@ class QuantizedExperts(nn.Module):
 
     def __getstate__(self):
         # (the forward's reading is not carried: it is taken again from what was unpickled
-        # or copied, and its layers' op families hold functions pickle cannot take)
-        state = self.__dict__.copy()
+        # or copied, and it holds weak references, which pickle cannot take)
+        state = super().__getstate__()  # (a copy, without a compiled call of torch's)
         state.pop("_grouped", None)
         return state
 
@@ -237,7 +237,7 @@ class QuantizedExperts(nn.Module):
                              f"[tokens = {x.shape[0]}, top_k]; got {tuple(top_k_index.shape)} "
                              f"and {tuple(top_k_weights.shape)}")
         if self._loop_reason(x, top_k_index.numel()) is None:
-            prep = None if torch.compiler.is_compiling() else self.__dict__["_grouped"]
+            prep = None if torch.compiler.is_compiling() else self._prepared()
             return _grouped.forward(self, x, top_k_index, top_k_weights, prep).reshape(
                 hidden_states.shape)
         # The experts' contributions summed in fp32 and rounded once, as transformers'
