@@ -141,8 +141,9 @@ class Prepared:
     It remembers those objects by identity and holds only the dicts they live in (a weight
     replaced before the next forward is freed at once, a replaced layer's tensors at the
     next forward; a weak reference tells when an object is freed, so that no other can take
-    its identity unseen), and it reads the tensors from their places on each forward. A layer whose _STATE attribute is a property (a parametrization) is read
-    anew on every forward. A tensor's storage swapped under the same Parameter
+    its identity unseen), and it reads the tensors from their places on each forward. A
+    layer whose _STATE attribute is a property (a parametrization) is read anew on every
+    forward. A tensor's storage swapped under the same Parameter
     (``param.data = ...``) is not a new object; its address is new, which the kernel's
     table of addresses follows. The layers' other attributes (their mode, a hook) are
     read when the reading is taken: they change with the layers' tensors (accelerate's
@@ -154,7 +155,7 @@ class Prepared:
         self.volatile = False
         places = [(mod._modules, mod._first, firsts), (mod._modules, "down_proj", downs)]
         # Per projection, where each layer keeps each _STATE attribute.
-        self._where: List[List[Tuple[dict, ...]]] = []
+        wheres: List[List[Tuple[dict, ...]]] = []
         for group in (firsts, downs):
             where = []
             for key, lay in group._modules.items():
@@ -166,7 +167,7 @@ class Prepared:
                     self.volatile = True  # (a property: nothing to hold)
                 places += [(d, n, d[n]) for d, n in zip(held, names) if d is not None]
                 where.append(tuple(held))
-            self._where.append(where)
+            wheres.append(where)
         self._dicts, self._keys, objs = (tuple(v) for v in zip(*places))
         self._ids = tuple(map(id, objs))
         # A freed object sets the flag (its identity may then be another's); what cannot be
@@ -187,7 +188,7 @@ class Prepared:
             # them, by column, and where the first layer keeps each of its _STATE)
             self._state_names = (first._STATE, downs[0]._STATE)
             self._columns = tuple((*(tuple(w[c] for w in where) for c in range(3)), where[0])
-                                  for where in self._where)
+                                  for where in wheres)
 
     def holds(self) -> bool:
         # (map and a tuple comparison: the reads and comparisons in C, a few microseconds

@@ -207,14 +207,21 @@ class QuantizedExperts(nn.Module):
     def _loop_reason(self, x: torch.Tensor, pairs: int) -> Optional[str]:
         """None when a forward of ``pairs`` routed pairs on ``x`` takes the grouped path, else
         why it runs the loop."""
+        return self._decide(x, pairs)[0]
+
+    def _decide(self, x: torch.Tensor, pairs: int
+                ) -> Tuple[Optional[str], Optional["_grouped.Prepared"]]:
+        """(``_loop_reason``, the eager reading the grouped path runs on: None when tracing,
+        which reads the layers itself, or where the loop runs without one)."""
         if not self.__dict__.get("grouped", True):
-            return "grouped is False"
+            return "grouped is False", None
         if torch.compiler.is_compiling():  # (decided once, for the trace)
+            prep = None
             fam, why = _grouped.family(self)
         else:
             prep = self._prepared()
             fam, why = prep.family, prep.why
-        return _grouped.path_reason(self, x, pairs, fam, why)
+        return _grouped.path_reason(self, x, pairs, fam, why), prep
 
     def config(self) -> dict:
         """The structure ``like`` rebuilds (``lowbit.load_quantized``)."""
@@ -236,8 +243,8 @@ class QuantizedExperts(nn.Module):
             raise ValueError(f"QuantizedExperts: top_k_index and top_k_weights must both be "
                              f"[tokens = {x.shape[0]}, top_k]; got {tuple(top_k_index.shape)} "
                              f"and {tuple(top_k_weights.shape)}")
-        if self._loop_reason(x, top_k_index.numel()) is None:
-            prep = None if torch.compiler.is_compiling() else self._prepared()
+        why, prep = self._decide(x, top_k_index.numel())
+        if why is None:
             return _grouped.forward(self, x, top_k_index, top_k_weights, prep).reshape(
                 hidden_states.shape)
         # The experts' contributions summed in fp32 and rounded once, as transformers'
