@@ -1,7 +1,9 @@
 """Tile configs of the Triton fp8_scaled_mm (accurate mode) against torch._scaled_mm and the
-CUDA kernel, then the Triton rows that looked wrong, re-timed in detail. One GPU:
+CUDA kernel, then the Triton rows that looked wrong, re-timed in detail; with ``--op int8``,
+the tile configs of the Triton int8_gemm instead. One GPU:
 
     python -m bench.sweep_triton_gemm [--md PATH] [--rep-ms 40] [--parts configs,anomalies]
+    python -m bench.sweep_triton_gemm --op int8 [--shapes 512x4096x4096,...]
 
 configs: rowwise scales, bf16 out, promoted accumulation; each shape runs every GemmConfig of
 CONFIGS through ``fp8_scaled_mm_launcher(..., config=...)``, bound once per config as the
@@ -16,6 +18,12 @@ whose timings looked off, beside the anchor and the CUDA kernels: median, p20 an
 L2-flushed time; the same for a CUDA-graph replay (GPU time without the host); and
 back-to-back wall time per call, eager and replayed (host overhead shows as their gap).
 
+int8 (configs only): per-token x per-channel scales, bf16 out, each GemmConfig of
+INT8_CONFIGS through ``int8_gemm_launcher(..., config=...)``, bound once, beside
+``torch._int_mm`` plus the same epilogue in torch (the anchor) and ``sm90_int8_gemm_wgmma``
+(the CUDA time the Triton backend is held to: within 1.5x), at M = 128-512, where the table's
+rows (copied from fp8 fast_accum's) were never timed on a GPU.
+
 ``err`` is the relative Frobenius difference from the anchor's bf16 output (block rows: from
 the dequantized operands' float64 product rounded to bf16, as the anchor ignores block
 scales); above ERR_LIMIT the row is flagged WRONG.
@@ -29,12 +37,14 @@ import triton
 
 import lowbit
 from lowbit.scale_layout import scale_tile
-from lowbit.triton_kernels import fp8_gemm
-from lowbit.triton_kernels.heuristics import GemmConfig, fp8_gemm_config, gemm_smem_bytes
+from lowbit.triton_kernels import fp8_gemm, int8_gemm
+from lowbit.triton_kernels.heuristics import (GemmConfig, fp8_gemm_config, gemm_smem_bytes,
+                                              int8_gemm_config)
 
 from lowbit.bench import table
-from lowbit.bench.cases import (bound_once, error_text, fp8_operands, prepared_call, rel_err,
-                                runnable_kernels, scaled_mm_anchor)
+from lowbit.bench.cases import (bound_once, error_text, fp8_operands, int8, prepared_call,
+                                rel_err, runnable_kernels, scaled_mm_anchor, scales)
+from lowbit.bench.matrix import parse_shapes
 from lowbit.bench.timing import bench, capture_graph, eager_host_us
 
 SHAPES = [(2048, 4096, 4096), (4096, 4096, 4096), (512, 4096, 14336), (512, 28672, 8192),
@@ -54,6 +64,24 @@ ANOMALIES = [(64, 4096, 4096, "row"), (64, 14336, 4096, "block"), (1, 4096, 1433
              (64, 14336, 4096, "row"), (64, 4096, 4096, "block"), (1, 4096, 4096, "block")]
 CUDA_KERNEL = "sm90_fp8_gemm_wgmma"
 ERR_LIMIT = 1e-3
+# int8: the M range where the Triton GEMM trailed the CUDA one by more than 1.5x (H100,
+# 2026-12-07: 1.69x at 128 x 4096 x 14336, 1.89x at 512 x 4096 x 4096, 1.97x at
+# 512 x 4096 x 14336; bench/RESULTS.md), the other weights at the same M, and one M = 4096.
+INT8_SHAPES = [(m, n, k) for m in (128, 256, 512)
+               for n, k in ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192))]
+INT8_SHAPES.append((4096, 4096, 4096))
+# The table's 128 x 128 and 128 x 256 tiles over stages and L2 grouping; tiles of half the
+# rows or columns, which double the grid where 128 x 128 leaves SMs idle (32 tiles at
+# 128 x 4096, 64 at 512 x 4096 with 128 x 256); 64-wide K-steps with deeper pipelines.
+# int32 accumulates exactly: no promotion, so no second accumulator to spill.
+INT8_CONFIGS = (
+    [GemmConfig(128, 128, 128, g, 8, s) for g in (4, 8) for s in (3, 4, 5)]
+    + [GemmConfig(128, 256, 128, 8, 8, s) for s in (3, 4)]
+    + [GemmConfig(64, 128, 128, 8, w, s) for w in (4, 8) for s in (4, 6)]
+    + [GemmConfig(128, 64, 128, 8, 4, s) for s in (4, 6)]
+    + [GemmConfig(64, 256, 128, 8, 8, 4), GemmConfig(128, 128, 64, 8, 8, 6)]
+)
+INT8_CUDA_KERNEL = "sm90_int8_gemm_wgmma"
 
 
 def config_name(cfg: GemmConfig) -> str:
@@ -67,11 +95,16 @@ def err_note(err) -> str:
     return f"{err:.1e}" + (" WRONG" if err > ERR_LIMIT else "")
 
 
+_JIT = {"fp8": lambda: fp8_gemm._fp8_scaled_mm_kernel,
+        "int8": lambda: int8_gemm._int8_gemm_kernel}
+_op = ["fp8"]  # the family main() sweeps
+
+
 def compiled_kernels() -> dict:
-    """id -> CompiledKernel that Triton holds for the GEMM kernel on this device. Reads
+    """id -> CompiledKernel that Triton holds for the swept GEMM kernel on this device. Reads
     Triton's JIT cache (its layout in triton 3.6 - 3.9); empty where that has moved."""
     try:
-        cache = fp8_gemm._fp8_scaled_mm_kernel.device_caches[torch.cuda.current_device()][0]
+        cache = _JIT[_op[0]]().device_caches[torch.cuda.current_device()][0]
         return {id(k): k for k in cache.values()}
     except Exception:  # noqa: BLE001 - the register count is a nicety, never a failure
         return {}
@@ -116,9 +149,7 @@ def config_rows(m, n, k, rep, rep_ms):
     tiles = _tiles(a, b, sa, sb)
     args = (a, b, sa, sb, None, torch.bfloat16, False)
     anchor_fn = scaled_mm_anchor(a, b, sa, sb, "row")
-    ref = anchor_fn()
     table_cfg = fp8_gemm_config(m, n, k)
-    t_anchor = None
     fns = [("torch._scaled_mm", anchor_fn, "")]
     fns += [(kern.name, prepared_call(kern, args), "")
             for kern in runnable_kernels("fp8_scaled_mm", args, ("cuda",), names=(CUDA_KERNEL,))]
@@ -126,6 +157,32 @@ def config_rows(m, n, k, rep, rep_ms):
              bound_once(lambda cfg=cfg: fp8_gemm.fp8_scaled_mm_launcher(*args, cfg, **tiles),
                         args),
              "table" if cfg == table_cfg else "") for cfg in CONFIGS]
+    yield from _time_rows(m, n, k, fns, anchor_fn, rep, rep_ms)
+
+
+def int8_config_rows(m, n, k, rep, rep_ms):
+    a, b, sa, sb = int8(m, k), int8(n, k), scales(m, 1), scales(n, 1)
+    args = (a, b, sa, sb, None, torch.bfloat16, None)
+
+    def anchor_fn():  # what a torch user writes: _int_mm, then the epilogue in torch
+        return (torch._int_mm(a, b.t()).float() * sa * sb.t()).to(torch.bfloat16)
+
+    table_cfg = int8_gemm_config(m, n, k)
+    fns = [("torch._int_mm + torch epilogue", anchor_fn, "")]
+    fns += [(kern.name, prepared_call(kern, args), "")
+            for kern in runnable_kernels("int8_gemm", args, ("cuda",), names=(INT8_CUDA_KERNEL,))]
+    cfgs = list(INT8_CONFIGS) + ([table_cfg] if table_cfg not in INT8_CONFIGS else [])
+    fns += [(config_name(cfg),
+             bound_once(lambda cfg=cfg: int8_gemm.int8_gemm_launcher(*args, config=cfg), args),
+             "table" if cfg == table_cfg else "") for cfg in cfgs]
+    yield from _time_rows(m, n, k, fns, anchor_fn, rep, rep_ms)
+
+
+def _time_rows(m, n, k, fns, anchor_fn, rep, rep_ms):
+    """A row per (name, fn, note) of ``fns``: its median time, its error against the
+    anchor's output and its speed against the anchor's time."""
+    ref = anchor_fn()
+    t_anchor = None
     for name, fn, note in fns:
         row = dict(shape=f"{m}x{n}x{k}", impl=name)
         try:
@@ -196,13 +253,23 @@ def main():
     ap.add_argument("--rep-ms", type=float, default=40,
                     help="timed calls per row: as many as fit in this many ms (at least 5)")
     ap.add_argument("--parts", default="configs,anomalies",
-                    help="comma-separated: configs (the tile sweep), anomalies (the re-timing)")
+                    help="comma-separated: configs (the tile sweep), anomalies (the re-timing; "
+                         "fp8 only)")
+    ap.add_argument("--op", choices=("fp8", "int8"), default="fp8",
+                    help="the Triton GEMM swept: fp8_scaled_mm (default) or int8_gemm")
+    ap.add_argument("--shapes", help="M x N x K list instead of the op's own shapes")
     args = ap.parse_args()
-    parts = args.parts.split(",")
+    _op[0] = args.op
+    parts = args.parts.split(",") if args.op == "fp8" else ["configs"]
+    shapes = (parse_shapes(args.shapes) if args.shapes else
+              SHAPES if args.op == "fp8" else INT8_SHAPES)
+    if any(len(s) != 3 for s in shapes):
+        ap.error("--shapes: GEMM shapes are M x N x K")
     torch.manual_seed(0)
+    mode = ("accurate mode (promoted)" if args.op == "fp8" else
+            "int8_gemm, per-token x per-channel scales")
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
-             f"{triton.__version__}; accurate mode (promoted), bf16 out; err > {ERR_LIMIT:g} is "
-             "flagged WRONG"]
+             f"{triton.__version__}; {mode}, bf16 out; err > {ERR_LIMIT:g} is flagged WRONG"]
     print(lines[0], flush=True)
 
     def section(title, columns, groups):
@@ -218,8 +285,10 @@ def main():
         lines.extend(["", f"## {title}", "", table.format_table(rows, columns, markdown=True)])
 
     if "configs" in parts:
-        section("Triton tile configs, rowwise scales", CONFIG_COLUMNS,
-                ((f"{m}x{n}x{k}", config_rows(m, n, k, args.rep, args.rep_ms)) for m, n, k in SHAPES))
+        rows_of = config_rows if args.op == "fp8" else int8_config_rows
+        section(f"Triton {args.op} tile configs, rowwise scales", CONFIG_COLUMNS,
+                ((f"{m}x{n}x{k}", rows_of(m, n, k, args.rep, args.rep_ms))
+                 for m, n, k in shapes))
     if "anomalies" in parts:
         section("Anomalous rows with the table's configs (us; graph = CUDA-graph replay; "
                 "b2b = back-to-back wall time, no L2 flush)", ANOMALY_COLUMNS,

@@ -82,6 +82,23 @@ def test_int8_gemm_zero_correction_past_int32():
     assert torch.equal(out.cpu(), want.expand(2, 3))
 
 
+@pytest.mark.parametrize("cfg", [
+    heuristics.GemmConfig(64, 128, 128, 8, 4, 4), heuristics.GemmConfig(128, 64, 128, 8, 4, 6),
+    heuristics.GemmConfig(128, 128, 64, 8, 8, 6), heuristics.GemmConfig(64, 256, 128, 8, 8, 4)],
+    ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}s{c.num_stages}")
+def test_int8_gemm_other_tiles(cfg):
+    """Tiles other than the table's (the ones bench/sweep_triton_gemm.py --op int8 times for
+    it): the reference's bits, over ragged edges and several K-steps."""
+    m, n, k = (200, 300, 1040) if HAS_CUDA else (70, 200, 392)
+    a, b, sa, sb, za, bias = _operands(m, n, k, seed=5)
+    for z in (None, za):
+        got = int8_gemm.int8_gemm_launcher(a, b, sa, sb, bias, torch.bfloat16, z, config=cfg)(
+            a, b, sa, sb, bias, torch.bfloat16, z)
+        want = lowbit.int8_gemm(a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), bias.cpu(),
+                                out_dtype=torch.bfloat16, a_zero=_cpu(z), backend="reference")
+        assert_bits_equal(got, want, f"zero={z is not None}")
+
+
 def test_int8_gemm_table():
     """The table's tiles shrink to the problem, never below tl.dot's 16, and fit the shared
     memory they are given."""
