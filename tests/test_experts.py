@@ -744,6 +744,40 @@ def test_grouped_path_compiles_whole(monkeypatch, device):
         assert cos > 0.9999
 
 
+def test_the_loop_refuses_capture_by_name(monkeypatch):
+    # The loop reads the routing counts on the host: under capture it says so, and why the
+    # forward took it, before torch would (its error names a CPU copy).
+    from lowbit.nn import experts
+
+    mod = _quantized("fp8", "mixtral", "cpu")
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    index, weights = routing(3)
+    want = mod(x, index, weights)  # (not capturing: the loop runs)
+    monkeypatch.setattr(experts, "_capturing", lambda x: True)
+    why = mod.path(3, 2, x)[len("loop: "):]
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph") as err:
+        mod(x, index, weights)
+    assert f"loop ({why})" in str(err.value)
+    monkeypatch.setattr(experts, "_capturing", lambda x: False)
+    assert torch.equal(mod(x, index, weights), want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_loop_under_capture_raises_before_any_work():
+    from lowbit.nn._experts_grouped import MAX_PAIRS
+
+    mod = _quantized("int8", "mixtral", "cuda")
+    tokens = MAX_PAIRS // 2 + 1  # (top-2: one pair past the grouped kernel's)
+    x = torch.randn(tokens, 64, device="cuda", dtype=torch.bfloat16)
+    index, weights = routing(tokens, device="cuda")
+    with torch.no_grad():
+        mod(x, index, weights)  # (the loop runs eagerly)
+        graph = torch.cuda.CUDAGraph()
+        with pytest.raises(RuntimeError, match="routed pairs.*cannot be captured"):
+            with torch.cuda.graph(graph):
+                mod(x, index, weights)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("scheme", ["fp8", "int8"])
 def test_grouped_path_captures_in_a_cuda_graph(scheme, monkeypatch):

@@ -44,6 +44,13 @@ _FLAGS = ("has_gate", "is_transposed")
 _NOT_CARRIED = frozenset({"forward", "_old_forward", "_hf_hook", "config", "_grouped"})
 
 
+def _capturing(x: torch.Tensor) -> bool:
+    """Whether x's CUDA stream is capturing a graph (never while tracing: a compiled graph
+    breaks at the loop's host read instead)."""
+    return (x.device.type == "cuda" and not torch.compiler.is_compiling()
+            and torch.cuda.is_current_stream_capturing())
+
+
 def experts_layout(mod: nn.Module) -> Optional[Tuple[str, bool, bool, int, int, int]]:
     """(first projection's name, transposed, bias, E, H, I) when ``mod`` is a transformers
     experts module lowbit can quantize, else None: the decorator's flags, and 3-D weights
@@ -247,6 +254,11 @@ class QuantizedExperts(nn.Module):
         if why is None:
             return _grouped.forward(self, x, top_k_index, top_k_weights, prep).reshape(
                 hidden_states.shape)
+        if _capturing(x):  # (before any launch: torch's own error would name a CPU copy)
+            raise RuntimeError(
+                f"QuantizedExperts: this forward runs the per-expert loop ({why}), which "
+                "reads the routing counts on the host and cannot be captured in a CUDA "
+                "graph; the grouped path captures (QuantizedExperts.path says which runs)")
         # The experts' contributions summed in fp32 and rounded once, as transformers'
         # grouped_mm and batched_mm paths sum them (its eager loop rounds after each).
         out = torch.zeros(x.shape, dtype=torch.promote_types(x.dtype, torch.float32),
