@@ -335,6 +335,30 @@ def test_dequantize_round_trip_and_nd():
 
 
 @gpu
+@pytest.mark.parametrize("granularity", ["tensor", "token", "group", "block"])
+def test_prepared_and_general_dequantizers_agree(granularity):
+    """A remembered dequantize signature runs the launch its kernel prepared (geometry, scale
+    tiles and the launch object worked out once): the general path's bits, for every scale
+    layout, a 3-D q whose rows are a view, and another call's tensors; a q whose rows are
+    a copy (leading dimensions no stride merges) keeps the general path."""
+    from lowbit import _backend
+    x = special_data((40, 384), torch.bfloat16, seed=23, device="cuda")
+    block = (128, 128)
+    if granularity != "block":
+        x = x.reshape(4, 10, 384)  # leading dimensions merged by a view
+    q, s = cuda_quant(x, None, granularity=granularity, block=block)
+    (kern,) = [k for k in _backend.kernels("dequantize_fp8") if k.backend == "cuda"]
+    for dtype in DTYPES:
+        prepared = kern.prepare(q, s, dtype)
+        assert prepared is not kern.fn
+        for q_, s_ in ((q, s), cuda_quant(x * 3, None, granularity=granularity, block=block)):
+            assert_bits_equal(prepared(q_, s_, dtype), kern.fn(q_, s_, dtype),
+                              f"{granularity} {dtype} prepared")
+    if granularity == "tensor":
+        assert kern.prepare(q.permute(1, 0, 2), s, torch.float32) is kern.fn
+
+
+@gpu
 def test_auto_picks_a_gpu_kernel():
     x = torch.randn(8, 256, device="cuda", dtype=torch.bfloat16)
     choice = lowbit.explain(lowbit.quantize_fp8, x, granularity="token", backend="cuda")

@@ -235,6 +235,27 @@ def test_prepared_and_general_launchers_agree(symmetric, granularity, block, sta
 
 
 @gpu
+@SYMS
+@pytest.mark.parametrize("granularity", ["tensor", "token", "group"])
+def test_prepared_and_general_dequantizers_agree(symmetric, granularity):
+    """A remembered dequantize signature runs the launch its kernel prepared: the general
+    path's bits (zero points included), also on another call's tensors."""
+    from lowbit import _backend
+    x = special_data((40, 384), torch.bfloat16, seed=24, device="cuda").reshape(4, 10, 384)
+    q, s, z = lowbit.quantize_int8(x, granularity=granularity, symmetric=symmetric,
+                                   backend="cuda")
+    q2, s2, z2 = lowbit.quantize_int8(x * 3, granularity=granularity, symmetric=symmetric,
+                                      backend="cuda")
+    (kern,) = [k for k in _backend.kernels("dequantize_int8") if k.backend == "cuda"]
+    for dtype in DTYPES:
+        prepared = kern.prepare(q, s, z, dtype)
+        assert prepared is not kern.fn
+        for args in ((q, s, z, dtype), (q2, s2, z2, dtype)):
+            assert_bits_equal(prepared(*args), kern.fn(*args),
+                              f"{granularity} sym={symmetric} {dtype} prepared")
+
+
+@gpu
 def test_side_stream_and_cuda_graph():
     x = special_data((64, 1024), torch.bfloat16, seed=9, device="cuda")
     lowbit.quantize_int8(x, granularity="tensor", symmetric=False, backend="cuda")

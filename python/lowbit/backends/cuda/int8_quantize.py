@@ -18,7 +18,7 @@ from ..._build import _C
 from ...scale_layout import quant_tile, scale_shape
 from .._device import OnDevice, device_index, raw_stream
 from . import DTYPE_CODE, KERNELS, device_reason, kernel_id, register
-from .quantize import _rows_view, dequantize_into, make_quantize, needs_amax_word
+from .quantize import dequantize_into, make_quantize, needs_amax_word, prepare_dequantize
 
 _STATIC = next(n for n, row in KERNELS["quantize_int8"].items() if row[2] == "static")
 
@@ -83,17 +83,25 @@ register("quantize_int8", "int8_quantize", _make_quantize)
 def _make_dequantize(name: str, m_range, variant):
     kid = kernel_id(name)
 
+    def binding(*a):
+        return _C.Int8DequantizeLaunch(kid, *a)
+
     def run(q, scale, zero, out_dtype):
         if zero is not None:
             zero = zero.contiguous()
-        return dequantize_into(q, scale, out_dtype,
-                               lambda *a: _C.Int8DequantizeLaunch(kid, *a), (), (_ptr(zero),))
+        return dequantize_into(q, scale, out_dtype, binding, (), (_ptr(zero),))
+
+    def prepare(q, scale, zero, out_dtype):
+        launch = prepare_dequantize(q, scale, out_dtype, binding, ())
+        if launch is None or (zero is not None and not zero.is_contiguous()):
+            return run
+        return lambda q, scale, zero, out_dtype: launch(q, scale, _ptr(zero))
 
     def supports(q, scale, zero, out_dtype) -> Optional[str]:
         return device_reason(q)
 
     run.__name__ = name
-    return run, supports, None
+    return run, supports, prepare
 
 
 register("dequantize_int8", "int8_dequantize", _make_dequantize)

@@ -203,34 +203,68 @@ def dequantize_into(q, scale, out_dtype, binding, codec_args, extra_ptrs=()):
     """A new ``out_dtype`` tensor of q's shape: codes ``q`` with ``scale`` (any layout)
     through the launch ``binding(*view, *codec_args, tile_rows, tile_cols, scale_ld,
     out_dtype_code)``, launched with (q, scale, *extra_ptrs, out, stream)."""
-    dev = q.device
-    out = torch.empty(q.shape, dtype=out_dtype, device=dev)
     if q.numel() == 0:
-        return out
-    v, rows, cols, rs, cs = _rows_view(q)
-    tile_rows, tile_cols = scale_tile(scale.shape, q.shape)
+        return torch.empty(q.shape, dtype=out_dtype, device=q.device)
+    v, *geometry = _rows_view(q)
     scale = scale.contiguous()
+    return _dequantize_launch(q, scale, out_dtype, binding, codec_args, geometry)(
+        v, scale, *extra_ptrs)
+
+
+def _dequantize_launch(q, scale, out_dtype, binding, codec_args, geometry):
+    """launch(src, scale, *extra_ptrs) -> out for inputs of the signature of q and scale (a
+    dense scale) whose rows are ``src`` ([rows, cols] with strides rs, cs: ``geometry``):
+    the launch object, the output's shape and the stream's device worked out once."""
+    dev, shape = q.device, tuple(q.shape)
+    idx = device_index(dev)
+    rows, cols, rs, cs = geometry
+    tile_rows, tile_cols = scale_tile(scale.shape, q.shape)
     launch = binding(rows, cols, rs, cs, *codec_args, tile_rows, tile_cols,
                      scale_ld(scale.shape), DTYPE_CODE[out_dtype]).launch
-    with OnDevice(dev):
-        launch(v.data_ptr(), scale.data_ptr(), *extra_ptrs, out.data_ptr(),
-               raw_stream(device_index(dev)))
-    return out
+    empty = torch.empty
+
+    def run(src, scale, *extra_ptrs):
+        out = empty(shape, dtype=out_dtype, device=dev)
+        with OnDevice(dev):
+            launch(src.data_ptr(), scale.data_ptr(), *extra_ptrs, out.data_ptr(),
+                   raw_stream(idx))
+        return out
+
+    return run
+
+
+def prepare_dequantize(q, scale, out_dtype, binding, codec_args):
+    """The launch a remembered signature of a dequantizer runs (``_dequantize_launch``), or
+    None where its calls keep the general path: no elements, rows that are no view of q (a
+    copy per call), a scale that is not dense."""
+    v, *geometry = _rows_view(q)
+    if v.data_ptr() != q.data_ptr() or q.numel() == 0 or not scale.is_contiguous():
+        return None
+    return _dequantize_launch(q, scale, out_dtype, binding, codec_args, geometry)
 
 
 def _make_dequantize(name: str, m_range, variant):
     kid = kernel_id(name)
 
+    def binding(*a):
+        return _C.DequantizeLaunch(kid, *a)
+
     def run(q, scale, out_dtype):
         fmt = FP8_FORMAT_CODE[FP8_FORMAT_OF[q.dtype]]
-        return dequantize_into(q, scale, out_dtype,
-                               lambda *a: _C.DequantizeLaunch(kid, *a), (fmt,))
+        return dequantize_into(q, scale, out_dtype, binding, (fmt,))
+
+    def prepare(q, scale, out_dtype):
+        launch = prepare_dequantize(q, scale, out_dtype, binding,
+                                    (FP8_FORMAT_CODE[FP8_FORMAT_OF[q.dtype]],))
+        if launch is None:
+            return run
+        return lambda q, scale, out_dtype: launch(q, scale)
 
     def supports(q, scale, out_dtype) -> Optional[str]:
         return device_reason(q)
 
     run.__name__ = name
-    return run, supports, None
+    return run, supports, prepare
 
 
 register("dequantize_fp8", "fp8_dequantize", _make_dequantize)
