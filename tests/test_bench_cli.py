@@ -146,9 +146,29 @@ def cpu_timers(monkeypatch):
     monkeypatch.setattr(timing, "bench", lambda fn, **kw: (fn(), dict(stats))[1])
     monkeypatch.setattr(timing, "eager_host_us", lambda fn, **kw: (fn(), 8.0)[1])
     monkeypatch.setattr(timing, "wall_us", lambda fn, n: (fn(), 1000.0)[1])
+    monkeypatch.setattr(timing, "require_cuda", lambda: None)
     monkeypatch.setattr(timing, "capture_graph", lambda fn, **kw: fn)
     monkeypatch.setattr(cases, "gpu_kernels", lambda op: [])
     monkeypatch.setattr(matrix, "HOST_GEMM", (1, 256, 256))
+
+
+def test_host_ratio_is_the_median_of_interleaved_rounds(monkeypatch):
+    # Each round times the reference, then the call; one slow round moves neither median.
+    monkeypatch.setattr(timing, "require_cuda", lambda: None)
+    calls = []
+    times = {"ref": iter([10.0, 20.0, 10.0, 10.0, 12.0]), "fn": iter([15.0, 30.0, 15.0, 100.0, 18.0])}
+    monkeypatch.setattr(timing, "wall_us", lambda f, n: (calls.append(f.__name__),
+                                                        next(times[f.__name__]))[1])
+
+    def ref():
+        pass
+
+    def fn():
+        pass
+
+    f_us, r_us, ratio = timing.paired_host_us(fn, ref, rounds=5, warmup=0)
+    assert calls == ["ref", "fn"] * 5
+    assert (f_us, r_us, ratio) == (18.0, 10.0, 1.5)
 
 
 def test_op_rows_and_outputs_on_cpu(cpu_timers, tmp_path, capsys):

@@ -328,19 +328,22 @@ class Bench:
                 bar.update()
 
     # -------------------------------------------------------------------- host time
-    def _host_row(self, impl: str, shape: str, fn, op: str = "") -> dict:
+    def _host_row(self, impl: str, shape: str, fn, op: str = "", ref=None) -> dict:
+        """One host-time row: ``fn``'s eager wall time per call and its CUDA-graph time;
+        with ``ref`` (the torch.add_ call), timed against it in interleaved rounds, its
+        ratio the median of the rounds' (timing.paired_host_us)."""
         from . import timing
 
         row = dict(op=op, impl=impl, shape=shape)
         try:
-            row["eager_us"] = timing.eager_host_us(fn)
+            if ref is None:
+                row["eager_us"] = timing.eager_host_us(fn)
+            else:
+                row["eager_us"], row["add_us"], row["vs_add"] = timing.paired_host_us(fn, ref)
             replay = timing.capture_graph(fn, calls=GRAPH_CALLS)
             row["graph_us"] = timing.eager_host_us(replay, n=20) / GRAPH_CALLS
         except Exception as e:  # noqa: BLE001 - e.g. an op that syncs cannot be captured
             row["error"] = error_text(e)
-        add = self.host[0].get("eager_us") if self.host else None
-        if add and row.get("eager_us"):
-            row["vs_add"] = row["eager_us"] / add
         return row
 
     def run_host(self, ops, bar) -> None:
@@ -355,7 +358,8 @@ class Bench:
         m, n, k = matrix.HOST_GEMM
         x = torch.ones(m, k, device=DEVICE, dtype=torch.bfloat16)
         y = torch.zeros_like(x)
-        self.host.append(self._host_row("torch.add_", matrix.shape_str(x.shape), lambda: y.add_(x)))
+        self._add = add = lambda: y.add_(x)  # noqa: E731  (every row's reference)
+        self.host.append(self._host_row("torch.add_", matrix.shape_str(x.shape), add))
         self.host[0]["vs_add"] = 1.0 if self.host[0].get("eager_us") else None
         for op in ops:
             ob = OPS[op]
@@ -370,7 +374,7 @@ class Bench:
             served = " [C++]" if _native.serves(op) else ""
             fns.append((f"torch.ops.lowbit.{op}{served}", case.dispatcher()))
             for impl, fn in fns:
-                self.host.append(self._host_row(impl, shape, fn, op))
+                self.host.append(self._host_row(impl, shape, fn, op, add))
             bar.update()
         modules = [name for name, wants in _HOST_MODULES.items() if wants & set(ops)]
         if modules:
@@ -400,9 +404,10 @@ class Bench:
         with torch.no_grad():
             for label, layer in layers:
                 self.host.append(self._host_row(label, shape, functools.partial(layer, x),
-                                                "module"))
+                                                "module", self._add))
                 self.host.append(self._host_row(f"torch.compile({label})", shape,
-                                                functools.partial(compiled(layer), x), "module"))
+                                                functools.partial(compiled(layer), x), "module",
+                                                self._add))
 
     # -------------------------------------------------------------------- models
     def run_models(self, bar) -> None:
@@ -477,8 +482,10 @@ def report(bench: Bench, env: dict, argv, elapsed_s: float, complete: bool) -> t
         sections.append(("Ops: lowbit against torch (GEMM shapes M x N x K, casts rows x cols)",
                          bench.rows, table.OP_COLUMNS))
     if bench.host:
-        sections.append(("Host time: eager calls back to back (no L2 flush) against torch.add_; "
-                         f"graph = GPU time per call in a CUDA graph of {GRAPH_CALLS} calls",
+        sections.append(("Host time: eager calls back to back (no L2 flush), each row timed "
+                         "against torch.add_ in 5 interleaved rounds (medians; x torch.add_ is "
+                         "the median of the rounds' ratios); graph = GPU time per call in a CUDA "
+                         f"graph of {GRAPH_CALLS} calls",
                          bench.host, table.HOST_COLUMNS))
     if bench.models:
         sections.append(("Models: bf16 against every Linear quantized (Fp8Linear or Int8Linear, "

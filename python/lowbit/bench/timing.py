@@ -3,7 +3,8 @@
 GPU time comes from CUDA events around each repetition, after a warm-up, with the L2 flushed
 between repetitions so that a weight that fits in the 50 MB L2 is not served from cache (the
 method of triton.testing.do_bench). Host overhead is measured separately: `eager_host_us`
-is the wall time per call of back-to-back calls, `graph_bench` the GPU time of a CUDA-graph
+is the wall time per call of back-to-back calls (`paired_host_us`: against a reference call in
+interleaved rounds), `graph_bench` the GPU time of a CUDA-graph
 replay (no Python, no dispatcher). Only torch is imported, and CUDA is looked for at call
 time, so this module imports on a CPU-only machine.
 """
@@ -151,6 +152,36 @@ def eager_host_us(fn: Callable[[], Any], *, n: int = 200, warmup: int = 10) -> f
     for _ in range(warmup):
         fn()
     return wall_us(fn, n)
+
+
+def paired_host_us(fn: Callable[[], Any], ref: Callable[[], Any], *, rounds: int = 5,
+                   n: int = 200, warmup: int = 10) -> tuple:
+    """(fn's wall us per call, ref's, fn / ref) as eager_host_us times them, in ``rounds``
+    interleaved rounds (ref's n calls, then fn's), each the median over the rounds; the
+    ratio is the median of the rounds' own ratios.
+
+    A host-bound call's wall time follows the host's state (clock, other processes, the
+    allocator), which drifts over a run: a ratio of two timings taken apart moves with it
+    (``torch.add_`` read 4.5-8.8 us on one machine in one hour), one taken round by round
+    does not, and one slow round does not move the median."""
+    require_cuda()
+    for _ in range(warmup):
+        ref()
+        fn()
+    fs, rs, qs = [], [], []
+    for _ in range(rounds):
+        r = wall_us(ref, n)
+        f = wall_us(fn, n)
+        fs.append(f)
+        rs.append(r)
+        qs.append(f / r if r > 0 else float("nan"))
+    return _median(fs), _median(rs), _median(qs)
+
+
+def _median(xs: list) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
 def wall_us(fn: Callable[[], Any], n: int) -> float:
