@@ -261,8 +261,11 @@ def main():
     args = ap.parse_args()
     _op[0] = args.op
     parts = args.parts.split(",") if args.op == "fp8" else ["configs"]
-    shapes = (parse_shapes(args.shapes) if args.shapes else
-              SHAPES if args.op == "fp8" else INT8_SHAPES)
+    try:
+        shapes = (parse_shapes(args.shapes) if args.shapes else
+                  SHAPES if args.op == "fp8" else INT8_SHAPES)
+    except ValueError as e:
+        ap.error(str(e))
     if any(len(s) != 3 for s in shapes):
         ap.error("--shapes: GEMM shapes are M x N x K")
     torch.manual_seed(0)

@@ -763,7 +763,7 @@ def test_the_loop_refuses_capture_by_name(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_the_loop_under_capture_raises_before_any_work():
+def test_the_loop_under_capture_raises_by_name():
     from lowbit.nn._experts_grouped import MAX_PAIRS
 
     mod = _quantized("int8", "mixtral", "cuda")

@@ -92,8 +92,10 @@ def _make_dequantize(name: str, m_range, variant):
         return dequantize_into(q, scale, out_dtype, binding, (), (_ptr(zero),))
 
     def prepare(q, scale, zero, out_dtype):
+        if zero is not None and not zero.is_contiguous():
+            return run
         launch = prepare_dequantize(q, scale, out_dtype, binding, ())
-        if launch is None or (zero is not None and not zero.is_contiguous()):
+        if launch is None:
             return run
         return lambda q, scale, zero, out_dtype: launch(q, scale, _ptr(zero))
 
