@@ -64,9 +64,8 @@ ANOMALIES = [(64, 4096, 4096, "row"), (64, 14336, 4096, "block"), (1, 4096, 1433
              (64, 14336, 4096, "row"), (64, 4096, 4096, "block"), (1, 4096, 4096, "block")]
 CUDA_KERNEL = "sm90_fp8_gemm_wgmma"
 ERR_LIMIT = 1e-3
-# int8: the M range where the Triton GEMM trailed the CUDA one by more than 1.5x (H100,
-# 2026-12-07: 1.69x at 128 x 4096 x 14336, 1.89x at 512 x 4096 x 4096, 1.97x at
-# 512 x 4096 x 14336; bench/RESULTS.md), the other weights at the same M, and one M = 4096.
+# int8: the M range where the Triton GEMM trailed the CUDA one by more than 1.5x (bench/
+# NOTES.md, "Every family's table at 9df9dd9"), the four weights at each M, and one M = 4096.
 INT8_SHAPES = [(m, n, k) for m in (128, 256, 512)
                for n, k in ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192))]
 INT8_SHAPES.append((4096, 4096, 4096))

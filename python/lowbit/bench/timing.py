@@ -161,9 +161,8 @@ def paired_host_us(fn: Callable[[], Any], ref: Callable[[], Any], *, rounds: int
     ratio is the median of the rounds' own ratios.
 
     A host-bound call's wall time follows the host's state (clock, other processes, the
-    allocator), which drifts over a run: a ratio of two timings taken apart moves with it
-    (``torch.add_`` read 4.5-8.8 us on one machine in one hour), one taken round by round
-    does not, and one slow round does not move the median."""
+    allocator), which drifts over a run: a ratio of two timings taken apart moves with it,
+    one taken round by round does not, and one slow round does not move the median."""
     require_cuda()
     for _ in range(warmup):
         ref()
