@@ -84,6 +84,12 @@
 #                                           weights against the CUDA wgmma kernel and
 #                                           `_int_mm` + epilogue; INT8TRI_SHAPES narrows
 #                                           it; about 300 s)
+#   bash bench/next_run.sh pending [OUTDIR] build, the GPU tests of what landed after 9df9dd9
+#                                           without a GPU run (the loop's capture error, the
+#                                           prepared dequantizers, the Triton INT8 tiles),
+#                                           then `lowbit bench`'s host table at 1 x 4096 x
+#                                           4096 (rows against torch.add_ in interleaved
+#                                           rounds; about 200 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -99,7 +105,7 @@ set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings | moe | grouped | cq | int8tri) ;;
+    siblings | moe | grouped | cq | int8tri | pending) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -364,6 +370,21 @@ if [ "$WHAT" = int8tri ]; then
     ${INT8TRI_SHAPES:+--shapes "$INT8TRI_SHAPES"} --md "$OUTDIR/int8tri.md" \
     >"$OUTDIR/int8tri.log" 2>&1
   say "3 sweep_triton_gemm --op int8: rc $? in $((SECONDS - t)) s (int8tri.md)"
+  exit 0
+fi
+
+if [ "$WHAT" = pending ]; then
+  # bench/NOTES.md, "Every family's table at 9df9dd9", ### Next, item 1.
+  tests_step "2 experts capture tests" 120 "$OUTDIR/experts_tests.log" \
+    "$R/tests/test_experts.py" -k "capture"
+  tests_step "2 dequantizer tests" 120 "$OUTDIR/dequant_tests.log" -n 8 \
+    "$R/tests/test_cuda_fp8_quant.py" "$R/tests/test_cuda_int8_quant.py" -k "dequantiz"
+  tests_step "2 triton int8 tests" 150 "$OUTDIR/int8_tests.log" -n 12 \
+    "$R/tests/test_triton_int8.py"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --op all --shapes 1x4096x4096 \
+     --rep-ms 30 --out "$OUTDIR/host") >"$OUTDIR/host.log" 2>&1
+  say "3 host table: rc $? in $((SECONDS - t)) s ($OUTDIR/host/bench.md)"
   exit 0
 fi
 
