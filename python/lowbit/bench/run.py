@@ -358,7 +358,7 @@ class Bench:
         m, n, k = matrix.HOST_GEMM
         x = torch.ones(m, k, device=DEVICE, dtype=torch.bfloat16)
         y = torch.zeros_like(x)
-        self._add = add = lambda: y.add_(x)  # noqa: E731  (every row's reference)
+        add = lambda: y.add_(x)  # noqa: E731  (every row's reference)
         self.host.append(self._host_row("torch.add_", matrix.shape_str(x.shape), add))
         self.host[0]["vs_add"] = 1.0 if self.host[0].get("eager_us") else None
         for op in ops:
@@ -378,12 +378,13 @@ class Bench:
             bar.update()
         modules = [name for name, wants in _HOST_MODULES.items() if wants & set(ops)]
         if modules:
-            self._host_modules(modules)
+            self._host_modules(modules, add)
 
-    def _host_modules(self, modules) -> None:
+    def _host_modules(self, modules, add) -> None:
         """Each quantized module of ``modules`` (``lowbit.nn`` class names) beside the bf16
         nn.Linear it replaces, at the decode size, eager and compiled: a quantized module's
-        forward should cost no more host time than nn.Linear's, both ways."""
+        forward should cost no more host time than nn.Linear's, both ways. ``add``: the
+        torch.add_ call each row is timed against."""
         import torch
 
         import lowbit.nn
@@ -404,10 +405,10 @@ class Bench:
         with torch.no_grad():
             for label, layer in layers:
                 self.host.append(self._host_row(label, shape, functools.partial(layer, x),
-                                                "module", self._add))
+                                                "module", add))
                 self.host.append(self._host_row(f"torch.compile({label})", shape,
                                                 functools.partial(compiled(layer), x), "module",
-                                                self._add))
+                                                add))
 
     # -------------------------------------------------------------------- models
     def run_models(self, bar) -> None:
@@ -482,10 +483,12 @@ def report(bench: Bench, env: dict, argv, elapsed_s: float, complete: bool) -> t
         sections.append(("Ops: lowbit against torch (GEMM shapes M x N x K, casts rows x cols)",
                          bench.rows, table.OP_COLUMNS))
     if bench.host:
+        from .timing import HOST_ROUNDS
+
         sections.append(("Host time: eager calls back to back (no L2 flush), each row timed "
-                         "against torch.add_ in 5 interleaved rounds (medians; x torch.add_ is "
-                         "the median of the rounds' ratios); graph = GPU time per call in a CUDA "
-                         f"graph of {GRAPH_CALLS} calls",
+                         f"against torch.add_ in {HOST_ROUNDS} interleaved rounds (medians; "
+                         "x torch.add_ is the median of the rounds' ratios); graph = GPU time "
+                         f"per call in a CUDA graph of {GRAPH_CALLS} calls",
                          bench.host, table.HOST_COLUMNS))
     if bench.models:
         sections.append(("Models: bf16 against every Linear quantized (Fp8Linear or Int8Linear, "

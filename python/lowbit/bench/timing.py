@@ -154,8 +154,11 @@ def eager_host_us(fn: Callable[[], Any], *, n: int = 200, warmup: int = 10) -> f
     return wall_us(fn, n)
 
 
-def paired_host_us(fn: Callable[[], Any], ref: Callable[[], Any], *, rounds: int = 5,
-                   n: int = 200, warmup: int = 10) -> tuple:
+HOST_ROUNDS = 5  # paired_host_us's rounds (lowbit bench's host table names the count)
+
+
+def paired_host_us(fn: Callable[[], Any], ref: Callable[[], Any], *,
+                   rounds: int = HOST_ROUNDS, n: int = 200, warmup: int = 10) -> tuple:
     """(fn's wall us per call, ref's, fn / ref) as eager_host_us times them, in ``rounds``
     interleaved rounds (ref's n calls, then fn's), each the median over the rounds; the
     ratio is the median of the rounds' own ratios.

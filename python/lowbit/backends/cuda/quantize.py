@@ -249,13 +249,14 @@ def _make_dequantize(name: str, m_range, variant):
     def binding(*a):
         return _C.DequantizeLaunch(kid, *a)
 
+    def codec(q):  # (the launch's codec arguments: q's fp8 format)
+        return (FP8_FORMAT_CODE[FP8_FORMAT_OF[q.dtype]],)
+
     def run(q, scale, out_dtype):
-        fmt = FP8_FORMAT_CODE[FP8_FORMAT_OF[q.dtype]]
-        return dequantize_into(q, scale, out_dtype, binding, (fmt,))
+        return dequantize_into(q, scale, out_dtype, binding, codec(q))
 
     def prepare(q, scale, out_dtype):
-        launch = prepare_dequantize(q, scale, out_dtype, binding,
-                                    (FP8_FORMAT_CODE[FP8_FORMAT_OF[q.dtype]],))
+        launch = prepare_dequantize(q, scale, out_dtype, binding, codec(q))
         if launch is None:
             return run
         return lambda q, scale, out_dtype: launch(q, scale)
