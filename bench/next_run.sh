@@ -84,6 +84,11 @@
 #                                           weights against the CUDA wgmma kernel and
 #                                           `_int_mm` + epilogue; INT8TRI_SHAPES narrows
 #                                           it; about 300 s)
+#   bash bench/next_run.sh int8 [OUTDIR]    build, every INT8 GPU test file (CUDA and Triton
+#                                           kernels, Int8Linear, auto's picks), then the
+#                                           INT8 family's table (`lowbit bench --op
+#                                           int8_gemm,quantize_int8,int8_linear
+#                                           --kernels`, the PERF.md matrix; about 450 s)
 #   bash bench/next_run.sh pending [OUTDIR] build, the GPU tests of what landed after 9df9dd9
 #                                           without a GPU run (the loop's capture error, the
 #                                           prepared dequantizers, the Triton INT8 tiles),
@@ -105,7 +110,7 @@ set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings | moe | grouped | cq | int8tri | pending) ;;
+    siblings | moe | grouped | cq | int8tri | pending | int8) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -370,6 +375,19 @@ if [ "$WHAT" = int8tri ]; then
     ${INT8TRI_SHAPES:+--shapes "$INT8TRI_SHAPES"} --md "$OUTDIR/int8tri.md" \
     >"$OUTDIR/int8tri.log" 2>&1
   say "3 sweep_triton_gemm --op int8: rc $? in $((SECONDS - t)) s (int8tri.md)"
+  exit 0
+fi
+
+if [ "$WHAT" = int8 ]; then
+  # The INT8 family whole, from one tree: its GPU tests, then its table with every anchor.
+  tests_step "2 int8 tests" 240 "$OUTDIR/int8_tests.log" -n 12 \
+    "$R/tests/test_cuda_int8_gemm.py" "$R/tests/test_cuda_int8_quant.py" \
+    "$R/tests/test_triton_int8.py" "$R/tests/test_int8_linear.py" \
+    "$R/tests/test_int8_kernels.py" "$R/tests/test_auto_gpu.py"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 300 lowbit bench --op int8_gemm,quantize_int8,int8_linear \
+     --kernels --no-host --rep-ms 50 --out "$OUTDIR/int8") >"$OUTDIR/int8.log" 2>&1
+  say "3 int8 table: rc $? in $((SECONDS - t)) s ($OUTDIR/int8/bench.md)"
   exit 0
 fi
 
