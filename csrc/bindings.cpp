@@ -24,6 +24,7 @@
 //   DequantizeLaunch(kernel_id, rows, cols, row_stride, col_stride, fmt, scale_tile_rows,
 //                    scale_tile_cols, scale_ld, out_dtype)
 //     .launch(q, scale, out, stream)
+//     .native() -> as GemmLaunch's
 //   Int8QuantizeLaunch(kernel_id, x_dtype, rows, cols, row_stride, col_stride, symmetric,
 //                      tile_rows, tile_cols)
 //     .launch(x, q, scale_in, zero_in, scale_out, zero_out, workspace, stream)
@@ -31,6 +32,7 @@
 //   Int8DequantizeLaunch(kernel_id, rows, cols, row_stride, col_stride, scale_tile_rows,
 //                        scale_tile_cols, scale_ld, out_dtype)
 //     .launch(q, scale, zero, out, stream)
+//     .native() -> as GemmLaunch's
 //   Fp8LinearLaunch(quantize_launch, gemm_launch, scale_offset, amax_offset,
 //                   fused_kernel_id=-1, weight_early=False)
 //     .launch(x, x_scale, b, b_scale, bias, workspace, out, stream)
@@ -951,6 +953,24 @@ int int4_quantize_native(void* self, const uintptr_t* p, uintptr_t stream, char*
   });
 }
 
+// dequantize_fp8(q, scale, out_dtype): q, scale, workspace (none), out.
+int dequantize_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                      size_t error_size) {
+  return native_launch<DequantizeLaunch>(self, error, error_size, [&](DequantizeLaunch& l) {
+    l.launch(p[0], p[1], p[3], stream);
+  });
+}
+
+// dequantize_int8(q, scale, zero, out_dtype): q, scale, zero (0 without one), workspace
+// (none), out.
+int int8_dequantize_native(void* self, const uintptr_t* p, uintptr_t stream, char* error,
+                           size_t error_size) {
+  return native_launch<Int8DequantizeLaunch>(self, error, error_size,
+                                             [&](Int8DequantizeLaunch& l) {
+                                               l.launch(p[0], p[1], p[2], p[4], stream);
+                                             });
+}
+
 // (object address, entry address) for the Python side to hand to lowbit._torch_ops; the
 // Python object must outlive every use.
 template <class L>
@@ -1055,7 +1075,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("col_stride"), py::arg("fmt"), py::arg("scale_tile_rows"),
            py::arg("scale_tile_cols"), py::arg("scale_ld"), py::arg("out_dtype"))
       .def("launch", serialized(&DequantizeLaunch::launch),
-           py::arg("q"), py::arg("scale"), py::arg("out"), py::arg("stream"));
+           py::arg("q"), py::arg("scale"), py::arg("out"), py::arg("stream"))
+      .def("native", [](DequantizeLaunch& l) { return native_handle(l, &dequantize_native); },
+           "as GemmLaunch.native");
   py::class_<Int8QuantizeLaunch>(m, "Int8QuantizeLaunch",
                                  "An INT8 quantize kernel's launch for one call signature: "
                                  "q = clamp(rint(x * (1 / scale)) + zero), static or dynamic "
@@ -1078,7 +1100,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("col_stride"), py::arg("scale_tile_rows"), py::arg("scale_tile_cols"),
            py::arg("scale_ld"), py::arg("out_dtype"))
       .def("launch", serialized(&Int8DequantizeLaunch::launch), py::arg("q"), py::arg("scale"),
-           py::arg("zero"), py::arg("out"), py::arg("stream"));
+           py::arg("zero"), py::arg("out"), py::arg("stream"))
+      .def("native",
+           [](Int8DequantizeLaunch& l) { return native_handle(l, &int8_dequantize_native); },
+           "as GemmLaunch.native");
   py::class_<Int4QuantizeLaunch>(m, "Int4QuantizeLaunch",
                                  "int4_quantize of one signature (csrc/wxa16/int4_quant.h)")
       .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int, bool>(),

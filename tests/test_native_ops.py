@@ -52,7 +52,13 @@ def test_the_built_library_loads_under_its_torch():
 def test_cuda_kernels_are_registered_in_cpp(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lowbit::{op}", "CUDA")
     assert hasattr(torch.ops.lowbit, f"_{op}_prepare") and _native.serves(op)
-    assert not _native.serves("dequantize_fp8")
+    assert not _native.serves("no_such_op")
+
+
+def test_every_registered_op_is_implemented_in_cpp():
+    """A new op is added to the C++ table too (its torch.ops calls would otherwise pay the
+    Python implementation's host time)."""
+    assert sorted(_native.OPS) == sorted(lowbit.ops.DEFS)
 
 
 @needs_native
@@ -502,6 +508,76 @@ def test_quantize_fp8_plans_give_the_bits_of_the_python_path(kw, shape):
             want = lowbit.quantize_fp8(x2, scale, **kw)
         assert _same(got, want) and _same(tuple(got_op), want)
     assert _native.stats()["hits"] >= hits + 4, "no plan served the known signature"
+
+
+DEQUANT_CASES = [  # (family, the quantizer's arguments, out_dtype, q's layout)
+    ("fp8", dict(granularity="token"), torch.bfloat16, "2d"),
+    ("fp8", dict(granularity="tensor", fmt="e5m2"), torch.float32, "3d"),
+    ("fp8", dict(granularity="block"), torch.float16, "2d"),
+    ("fp8", dict(granularity="channel"), torch.bfloat16, "transposed"),
+    ("fp8", dict(granularity="tensor"), torch.bfloat16, "unmergeable"),
+    ("int8", dict(granularity="token"), torch.bfloat16, "2d"),
+    ("int8", dict(granularity="tensor", symmetric=False), torch.float16, "3d"),
+    ("int8", dict(granularity="group", group_size=64, symmetric=False), torch.float32, "2d"),
+    ("int8", dict(granularity="tensor", symmetric=False), torch.bfloat16, "transposed"),
+    ("int8", dict(granularity="tensor"), torch.bfloat16, "unmergeable"),
+]
+
+
+def _dequant_inputs(family, kw, layout):
+    """(q, scale, zero) as the family's quantizer makes them, q laid out as ``layout``
+    says: contiguous 2-D or 3-D, a transposed 2-D view, or a 3-D view whose leading
+    dimensions no single stride describes (the dequantizer copies it: no plan)."""
+    shape = {"2d": (256, 512), "3d": (3, 50, 384), "transposed": (384, 256),
+             "unmergeable": (6, 40, 128)}[layout]
+    x = torch.randn(*shape, dtype=torch.bfloat16, device="cuda") * 3
+    if family == "fp8":
+        q, scale = lowbit.quantize_fp8(x, **kw)
+        zero = None
+    else:
+        q, scale, zero = lowbit.quantize_int8(x, **kw)
+    if layout == "transposed":
+        q, scale = q.t(), scale.t().contiguous()
+        zero = None if zero is None else zero.t().contiguous()
+    elif layout == "unmergeable":
+        q = q.permute(1, 0, 2)  # [40, 6, 128]: rows 40 x 6 with no single stride
+    return q, scale, zero
+
+
+@needs_native
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", DEQUANT_CASES,
+                         ids=lambda c: f"{c[0]}-{'-'.join(map(str, c[1].values()))}-{c[3]}")
+def test_dequantize_plans_give_the_bits_of_the_python_path(case):
+    """lowbit.dequantize_fp8 / dequantize_int8 and their torch.ops calls of a known signature
+    run its plan where the kernel reads q in place (contiguous or a transposed view), with
+    Python's bits; a q the kernel must copy gets no plan and the same bits."""
+    family, kw, out_dtype, layout = case
+    q, scale, zero = _dequant_inputs(family, kw, layout)
+    if family == "fp8":
+        def eager(q):
+            return lowbit.dequantize_fp8(q, scale, out_dtype=out_dtype)
+
+        def through_op(q):
+            return torch.ops.lowbit.dequantize_fp8(q, scale, out_dtype, "default")
+    else:
+        def eager(q):
+            return lowbit.dequantize_int8(q, scale, zero, out_dtype=out_dtype)
+
+        def through_op(q):
+            return torch.ops.lowbit.dequantize_int8(q, scale, zero, out_dtype, "default")
+    assert lowbit.explain(eager, q).kernel.startswith("cuda_")
+    eager(q)  # prepared
+    hits = _native.stats()["hits"]
+    for _ in range(3):
+        q2 = _dequant_inputs(family, kw, layout)[0]
+        got, got_op = eager(q2), through_op(q2)
+        with _python_path():
+            want = eager(q2)
+        assert got.dtype == out_dtype and got.shape == q2.shape
+        assert _same(got, want) and _same(got_op, want)
+    planned = layout != "unmergeable"
+    assert _native.stats()["hits"] == hits + (6 if planned else 0)
 
 
 GEMM_CASES = [  # (M, N, K, scales, bias, out_dtype, fast_accum)

@@ -1,6 +1,6 @@
 // lowbit._torch_ops: the CUDA implementations of registered ops in C++ (fp8_linear,
-// int8_linear, fp8_scaled_mm, quantize_fp8, int8_mm, int8_gemm, quantize_int8, w4a16_gemm,
-// w8a16_gemm, int4_quantize), so that a
+// int8_linear, fp8_scaled_mm, quantize_fp8, dequantize_fp8, int8_mm, int8_gemm, quantize_int8,
+// dequantize_int8, w4a16_gemm, w8a16_gemm, int4_quantize), so that a
 // call through the torch dispatcher (what a compiled graph makes, and torch.ops.lowbit.<op>)
 // costs no Python, and the entries of the eager API and the quantized modules into the same
 // code.
@@ -172,7 +172,9 @@ enum Op : int64_t {
   kQuantizeInt8,
   kW4a16Gemm,
   kW8a16Gemm,
-  kInt4Quantize
+  kInt4Quantize,
+  kDequantizeFp8,
+  kDequantizeInt8
 };
 
 int backend_code(c10::string_view backend) {
@@ -447,6 +449,23 @@ Call<5, 3> int4_quantize_call(c10::string_view backend, const at::Tensor& w, int
           w.device()};
 }
 
+// The dequantizers' launch takes q, scale (and int8's zero), the workspace (none) and the
+// output.
+Call<4, 1> dequantize_fp8_call(c10::string_view backend, const at::Tensor& q,
+                               const at::Tensor& scale, at::ScalarType out_dtype) {
+  return {signature(kDequantizeFp8, backend, q, scale, static_cast<int64_t>(out_dtype)),
+          {address(q), address(scale), 0, 0},
+          q.device()};
+}
+
+Call<5, 1> dequantize_int8_call(c10::string_view backend, const at::Tensor& q,
+                                const at::Tensor& scale, const at::Tensor& zero,
+                                at::ScalarType out_dtype) {
+  return {signature(kDequantizeInt8, backend, q, scale, zero, static_cast<int64_t>(out_dtype)),
+          {address(q), address(scale), address(zero), 0, 0},
+          q.device()};
+}
+
 const at::Tensor& value(const std::optional<at::Tensor>& t) {
   static const at::Tensor undefined;
   return t.has_value() ? *t : undefined;
@@ -617,6 +636,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_quantize(const at::Tensor& w
           const at::Tensor&, int64_t, bool, c10::string_view)>("lowbit::_int4_quantize_prepare");
   return as_tuple(serve("int4_quantize", int4_quantize_call(backend, w, group_size, symmetric),
                         [&] { return prepared(prepare.call(w, group_size, symmetric, backend)); }));
+}
+
+at::Tensor dequantize_fp8(const at::Tensor& q, const at::Tensor& scale,
+                          at::ScalarType out_dtype, c10::string_view backend) {
+  static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
+      const at::Tensor&, const at::Tensor&, at::ScalarType, c10::string_view)>(
+      "lowbit::_dequantize_fp8_prepare");
+  return serve("dequantize_fp8", dequantize_fp8_call(backend, q, scale, out_dtype),
+               [&] { return prepared(prepare.call(q, scale, out_dtype, backend)); })[0];
+}
+
+at::Tensor dequantize_int8(const at::Tensor& q, const at::Tensor& scale,
+                           const std::optional<at::Tensor>& zero, at::ScalarType out_dtype,
+                           c10::string_view backend) {
+  static const auto prepare = prepare_op<std::tuple<at::Tensor, std::vector<int64_t>>(
+      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::ScalarType,
+      c10::string_view)>("lowbit::_dequantize_int8_prepare");
+  return serve("dequantize_int8", dequantize_int8_call(backend, q, scale, value(zero), out_dtype),
+               [&] { return prepared(prepare.call(q, scale, zero, out_dtype, backend)); })[0];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1012,6 +1050,35 @@ PyObject* int4_quantize_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs
   END_HANDLE_TH_ERRORS
 }
 
+PyObject* dequantize_fp8_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("dequantize_fp8", "q, scale, out_dtype, backend", 4, nargs)) return nullptr;
+  const Args a{args};
+  const at::Tensor *q, *scale;
+  at::ScalarType out_dtype;
+  c10::string_view backend;
+  if (!a.cuda_input(0, q) || !a.tensor(1, scale) || !a.dtype(2, out_dtype) ||
+      !a.string(3, backend))
+    return none();
+  return serve_entry("dequantize_fp8", dequantize_fp8_call(backend, *q, *scale, out_dtype), true);
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* dequantize_int8_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (!arity("dequantize_int8", "q, scale, zero, out_dtype, backend", 5, nargs)) return nullptr;
+  const Args a{args};
+  const at::Tensor *q, *scale, *zero;
+  at::ScalarType out_dtype;
+  c10::string_view backend;
+  if (!a.cuda_input(0, q) || !a.tensor(1, scale) || !a.tensor(2, zero, true) ||
+      !a.dtype(3, out_dtype) || !a.string(4, backend))
+    return none();
+  return serve_entry("dequantize_int8",
+                     dequantize_int8_call(backend, *q, *scale, *zero, out_dtype), true);
+  END_HANDLE_TH_ERRORS
+}
+
 // empty(device, dtype, *sizes) -> torch.empty(sizes, dtype=dtype, device=device), without
 // torch's Python argument parser, which is most of torch.empty's 3.3 us a call (H100 host,
 // bench/NOTES.md): the Triton kernels' launchers allocate their outputs and workspaces with
@@ -1067,6 +1134,10 @@ PyMethodDef g_methods[] = {
      "lowbit::w8a16_gemm's arguments -> its output when a plan serves it"},
     {"int4_quantize", LOWBIT_FASTCALL(int4_quantize_entry), METH_FASTCALL,
      "lowbit::int4_quantize's arguments -> (q, scales, zeros) when a plan serves it"},
+    {"dequantize_fp8", LOWBIT_FASTCALL(dequantize_fp8_entry), METH_FASTCALL,
+     "lowbit::dequantize_fp8's arguments -> its output when a plan serves it"},
+    {"dequantize_int8", LOWBIT_FASTCALL(dequantize_int8_entry), METH_FASTCALL,
+     "lowbit::dequantize_int8's arguments -> its output when a plan serves it"},
     {"empty", LOWBIT_FASTCALL(empty_entry), METH_FASTCALL,
      "empty(device, dtype, *sizes): torch.empty(sizes, dtype=dtype, device=device)"},
     {nullptr, nullptr, 0, nullptr}};
@@ -1088,6 +1159,8 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
   m.impl("w4a16_gemm", &w4a16_gemm);
   m.impl("w8a16_gemm", &w8a16_gemm);
   m.impl("int4_quantize", &int4_quantize);
+  m.impl("dequantize_fp8", &dequantize_fp8);
+  m.impl("dequantize_int8", &dequantize_int8);
 }
 
 PyMODINIT_FUNC PyInit__torch_ops() {

@@ -1,9 +1,8 @@
-"""``lowbit._torch_ops``: the C++ implementations of the registered ops of ``OPS``
-(``fp8_linear``, ``int8_linear``, ``fp8_scaled_mm``, ``quantize_fp8``, ``int8_mm``,
-``int8_gemm``, ``quantize_int8``, ``w4a16_gemm``, ``w8a16_gemm``, ``int4_quantize``) on CUDA
-tensors
-(csrc/torch/plans.cpp), their entries for the eager API and the quantized modules, and their
-control from Python.
+"""``lowbit._torch_ops``: the C++ implementations of the registered ops of ``OPS`` (every
+op lowbit registers: ``fp8_linear``, ``int8_linear``, ``fp8_scaled_mm``, ``quantize_fp8``,
+``dequantize_fp8``, ``int8_mm``, ``int8_gemm``, ``quantize_int8``, ``dequantize_int8``,
+``w4a16_gemm``, ``w8a16_gemm``, ``int4_quantize``) on CUDA tensors (csrc/torch/plans.cpp),
+their entries for the eager API and the quantized modules, and their control from Python.
 
 A compiled graph calls ``torch.ops.lowbit.<op>`` (once per quantized layer for the linear
 ops). With a Python implementation each call costs the dispatcher's crossing into Python and
@@ -51,8 +50,9 @@ The GEMM of asymmetric INT8 activations has no C++ launch: it reads the weight's
 which the Python step keeps per weight (``int8_linear``: its calls take the Python
 implementation) or computes per call (``int8_gemm`` with ``a_zero``: its plan names the
 Python step, eager; through ``torch.ops``, the Python implementation). The asymmetric
-quantizer itself has a plan. The ops without a C++ implementation here (the dequantizers)
-take the Python implementation.
+quantizer itself has a plan. The dequantizers have plans where their CUDA kernel reads q in
+place (not for an empty q, a q whose rows no single stride describes, or a scale or zero
+point that is not contiguous: those copy first, in Python).
 
 The weight-only GEMMs (``w4a16_gemm``, ``w8a16_gemm``) have plans for their CUDA decode and
 tiled kernels (not for an act-order ``perm``, whose gather is a kernel of its own, nor for
@@ -151,7 +151,8 @@ def loaded() -> bool:
 
 # The registered ops the library implements on CUDA tensors.
 OPS = ("fp8_linear", "int8_linear", "fp8_scaled_mm", "quantize_fp8", "int8_mm", "int8_gemm",
-       "quantize_int8", "w4a16_gemm", "w8a16_gemm", "int4_quantize")
+       "quantize_int8", "w4a16_gemm", "w8a16_gemm", "int4_quantize", "dequantize_fp8",
+       "dequantize_int8")
 # op -> entry(module, x) for the quantized modules of that op (lowbit/nn/_layer.py): the
 # output when a plan serves the call, None when the module's Python path must (no plan for
 # the signature, or a call plans do not take: CPU, tensor subclasses, held), NotImplemented

@@ -97,7 +97,12 @@ def _make_dequantize(name: str, m_range, variant):
         launch = prepare_dequantize(q, scale, out_dtype, binding, ())
         if launch is None:
             return run
-        return lambda q, scale, zero, out_dtype: launch(q, scale, _ptr(zero))
+
+        def step(q, scale, zero, out_dtype):
+            return launch(q, scale, _ptr(zero))
+
+        step.native = launch.native  # (zero: the plan's pointer, 0 without one)
+        return step
 
     def supports(q, scale, zero, out_dtype) -> Optional[str]:
         return device_reason(q)

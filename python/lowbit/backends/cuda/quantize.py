@@ -219,8 +219,9 @@ def _dequantize_launch(q, scale, out_dtype, binding, codec_args, geometry):
     idx = device_index(dev)
     rows, cols, rs, cs = geometry
     tile_rows, tile_cols = scale_tile(scale.shape, q.shape)
-    launch = binding(rows, cols, rs, cs, *codec_args, tile_rows, tile_cols,
-                     scale_ld(scale.shape), DTYPE_CODE[out_dtype]).launch
+    params = (rows, cols, rs, cs, *codec_args, tile_rows, tile_cols, scale_ld(scale.shape),
+              DTYPE_CODE[out_dtype])
+    launch = binding(*params).launch
     empty = torch.empty
 
     def run(src, scale, *extra_ptrs):
@@ -230,13 +231,17 @@ def _dequantize_launch(q, scale, out_dtype, binding, codec_args, geometry):
                    raw_stream(idx))
         return out
 
+    # native() for lowbit/_native.py: (a launch object of its own, no workspace), made once
+    # (see gemm.py).
+    run.native = functools.cache(lambda: (binding(*params), 0))
     return run
 
 
 def prepare_dequantize(q, scale, out_dtype, binding, codec_args):
     """The launch a remembered signature of a dequantizer runs (``_dequantize_launch``), or
     None where its calls keep the general path: no elements, rows that are no view of q (a
-    copy per call), a scale that is not dense."""
+    copy per call), a scale that is not dense. Its ``native`` is what the op's C++ plan
+    launches (the pointers of q and the scale, as here)."""
     v, *geometry = _rows_view(q)
     if v.data_ptr() != q.data_ptr() or q.numel() == 0 or not scale.is_contiguous():
         return None
@@ -259,7 +264,12 @@ def _make_dequantize(name: str, m_range, variant):
         launch = prepare_dequantize(q, scale, out_dtype, binding, codec(q))
         if launch is None:
             return run
-        return lambda q, scale, out_dtype: launch(q, scale)
+
+        def step(q, scale, out_dtype):
+            return launch(q, scale)
+
+        step.native = launch.native
+        return step
 
     def supports(q, scale, out_dtype) -> Optional[str]:
         return device_reason(q)
