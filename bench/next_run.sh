@@ -89,6 +89,17 @@
 #                                           INT8 family's table (`lowbit bench --op
 #                                           int8_gemm,quantize_int8,int8_linear
 #                                           --kernels`, the PERF.md matrix; about 450 s)
+#   bash bench/next_run.sh int8tune [OUTDIR] build, the Triton INT8 tile sweep at M = 128
+#                                           and 512 on 4096 x 4096 and 4096 x 14336 (the
+#                                           cells that trail the CUDA kernel most;
+#                                           INT8TUNE_SHAPES replaces them), its rows
+#                                           written into this tree's
+#                                           triton_kernels/heuristics.py and the installed
+#                                           copy (bench/pick_triton_table.py --apply), then
+#                                           test_triton_int8.py and int8_gemm's rows at
+#                                           M = 128-512 under them (about 350 s). The
+#                                           edited heuristics.py is left in OUTDIR: the
+#                                           same sweep gives the same file here.
 #   bash bench/next_run.sh pending [OUTDIR] build, the GPU tests of what landed after 9df9dd9
 #                                           without a GPU run (the loop's capture error, the
 #                                           prepared dequantizers, the Triton INT8 tiles),
@@ -110,7 +121,7 @@ set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings | moe | grouped | cq | int8tri | pending | int8) ;;
+    siblings | moe | grouped | cq | int8tri | pending | int8 | int8tune) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -388,6 +399,31 @@ if [ "$WHAT" = int8 ]; then
   (cd "${TMPDIR:-/tmp}" && timeout 300 lowbit bench --op int8_gemm,quantize_int8,int8_linear \
      --kernels --no-host --rep-ms 50 --out "$OUTDIR/int8") >"$OUTDIR/int8.log" 2>&1
   say "3 int8 table: rc $? in $((SECONDS - t)) s ($OUTDIR/int8/bench.md)"
+  exit 0
+fi
+
+if [ "$WHAT" = int8tune ]; then
+  # bench/NOTES.md, "A session without a device", ### Next, item 1.
+  t=$SECONDS
+  timeout 150 $PY -m bench.sweep_triton_gemm --op int8 --rep-ms 15 --md "$OUTDIR/int8tri.md" \
+    --shapes "${INT8TUNE_SHAPES:-128x4096x4096,128x4096x14336,512x4096x4096,512x4096x14336}" \
+    >"$OUTDIR/int8tri.log" 2>&1
+  say "2 sweep_triton_gemm --op int8: rc $? in $((SECONDS - t)) s (int8tri.md)"
+  $PY -m bench.pick_triton_table "$OUTDIR/int8tri.md" --apply triton_kernels/heuristics.py \
+    >"$OUTDIR/pick.txt" 2>&1
+  say "3 pick_triton_table --apply: rc $? ($OUTDIR/pick.txt)"
+  cp triton_kernels/heuristics.py "$OUTDIR/heuristics.py"
+  installed=$(cd "${TMPDIR:-/tmp}" && $PY -c \
+    "import lowbit, os; print(os.path.dirname(lowbit.__file__))")
+  cp triton_kernels/heuristics.py "$installed/triton_kernels/heuristics.py"
+  tests_step "4 triton int8 tests" 100 "$OUTDIR/int8_tests.log" -n 12 \
+    "$R/tests/test_triton_int8.py"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 90 lowbit bench --op int8_gemm --kernels --no-host \
+     --rep-ms 20 --out "$OUTDIR/int8" --shapes \
+     128x4096x4096,128x4096x14336,256x4096x4096,256x4096x14336,512x4096x4096,512x4096x14336,512x14336x4096) \
+    >"$OUTDIR/int8.log" 2>&1
+  say "5 int8_gemm rows: rc $? in $((SECONDS - t)) s ($OUTDIR/int8/bench.md)"
   exit 0
 fi
 
