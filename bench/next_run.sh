@@ -102,7 +102,8 @@
 #                                           same sweep gives the same file here.
 #   bash bench/next_run.sh pending [OUTDIR] build, the GPU tests of what landed after 9df9dd9
 #                                           without a GPU run (the loop's capture error, the
-#                                           prepared dequantizers, the Triton INT8 tiles),
+#                                           dequantizers' prepared launches and C++ plans,
+#                                           the Triton INT8 tiles),
 #                                           then `lowbit bench`'s host table at 1 x 4096 x
 #                                           4096 (rows against torch.add_ in interleaved
 #                                           rounds; about 200 s)
@@ -432,7 +433,8 @@ if [ "$WHAT" = pending ]; then
   tests_step "2 experts capture tests" 120 "$OUTDIR/experts_tests.log" \
     "$R/tests/test_experts.py" -k "capture"
   tests_step "2 dequantizer tests" 120 "$OUTDIR/dequant_tests.log" -n 8 \
-    "$R/tests/test_cuda_fp8_quant.py" "$R/tests/test_cuda_int8_quant.py" -k "dequantiz"
+    "$R/tests/test_cuda_fp8_quant.py" "$R/tests/test_cuda_int8_quant.py" \
+    "$R/tests/test_native_ops.py" -k "dequantiz or registered"
   tests_step "2 triton int8 tests" 150 "$OUTDIR/int8_tests.log" -n 12 \
     "$R/tests/test_triton_int8.py"
   t=$SECONDS
