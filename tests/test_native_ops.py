@@ -514,7 +514,7 @@ DEQUANT_CASES = [  # (family, the quantizer's arguments, out_dtype, q's layout)
     ("fp8", dict(granularity="token"), torch.bfloat16, "2d"),
     ("fp8", dict(granularity="tensor", fmt="e5m2"), torch.float32, "3d"),
     ("fp8", dict(granularity="block"), torch.float16, "2d"),
-    ("fp8", dict(granularity="channel"), torch.bfloat16, "transposed"),
+    ("fp8", dict(granularity="block"), torch.bfloat16, "transposed"),  # (3, 2) -> (2, 3)
     ("fp8", dict(granularity="tensor"), torch.bfloat16, "unmergeable"),
     ("int8", dict(granularity="token"), torch.bfloat16, "2d"),
     ("int8", dict(granularity="tensor", symmetric=False), torch.float16, "3d"),
@@ -568,9 +568,9 @@ def test_dequantize_plans_give_the_bits_of_the_python_path(case):
             return torch.ops.lowbit.dequantize_int8(q, scale, zero, out_dtype, "default")
     assert lowbit.explain(eager, q).kernel.startswith("cuda_")
     eager(q)  # prepared
+    others = [_dequant_inputs(family, kw, layout)[0] for _ in range(3)]  # (quantizer plans)
     hits = _native.stats()["hits"]
-    for _ in range(3):
-        q2 = _dequant_inputs(family, kw, layout)[0]
+    for q2 in others:
         got, got_op = eager(q2), through_op(q2)
         with _python_path():
             want = eager(q2)

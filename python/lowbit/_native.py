@@ -51,8 +51,8 @@ which the Python step keeps per weight (``int8_linear``: its calls take the Pyth
 implementation) or computes per call (``int8_gemm`` with ``a_zero``: its plan names the
 Python step, eager; through ``torch.ops``, the Python implementation). The asymmetric
 quantizer itself has a plan. The dequantizers have plans where their CUDA kernel reads q in
-place (not for an empty q, a q whose rows no single stride describes, or a scale or zero
-point that is not contiguous: those copy first, in Python).
+place; an empty q, a q whose rows no single stride describes (copied first) and a scale or
+zero point that is not contiguous take the Python step.
 
 The weight-only GEMMs (``w4a16_gemm``, ``w8a16_gemm``) have plans for their CUDA decode and
 tiled kernels (not for an act-order ``perm``, whose gather is a kernel of its own, nor for
