@@ -333,6 +333,24 @@ def _dequantize_fp8(variant: str, shape: tuple) -> Case:
                 _torch_versions(dequant, q, s), bytes_moved=3 * r * c + 4 * s.numel())
 
 
+def int8_dequant(q, s, z=None):
+    v = q.float() if z is None else (q.int() - z).float()  # (q - zero) exactly, then fp32
+    return (v * s).to(torch.bfloat16)
+
+
+def _dequantize_int8(variant: str, shape: tuple) -> Case:
+    import lowbit
+
+    r, c = shape
+    q, s = int8(r, c), scales(r, 1)
+    z = (torch.randint(-20, 21, (r, 1), device=DEVICE, dtype=torch.int32)
+         if variant == "token_asym" else None)
+    return Case("dequantize_int8", variant, shape, (q, s, z, torch.bfloat16),
+                (lowbit.dequantize_int8, (q, s, z), dict(out_dtype=torch.bfloat16)),
+                _torch_versions(int8_dequant, q, s, z),
+                bytes_moved=3 * r * c + (4 if z is None else 8) * r)
+
+
 def _int8_from_scale(x, scale, zero=None):
     q = torch.round(x.float() * (1.0 / scale))
     if zero is None:
@@ -546,6 +564,8 @@ OPS = {
                               _dequantize_fp8),
     "quantize_int8": OpBench("quantize_int8", "cast", ("token", "token_asym", "tensor"),
                              ("token",), _quantize_int8),
+    "dequantize_int8": OpBench("dequantize_int8", "cast", ("token", "token_asym"), ("token",),
+                               _dequantize_int8),
     "fp8_linear": OpBench("fp8_linear", "gemm", ("token",), ("token",), _linear("fp8_linear")),
     "int8_linear": OpBench("int8_linear", "gemm", ("token",), ("token",), _linear("int8_linear")),
     "w4a16_gemm": OpBench("w4a16_gemm", "gemm", ("prepacked", "canonical"),
