@@ -78,12 +78,6 @@
 #                                           LOWBIT_COMPILED_QUANT=inductor, then `lowbit bench
 #                                           --model bert-large --precision fp8` with it
 #                                           (about 450 s)
-#   bash bench/next_run.sh int8tri [OUTDIR] build, the Triton INT8 GEMM's GPU tests, then
-#                                           bench/sweep_triton_gemm.py --op int8 (its tile
-#                                           configs at M = 128-512 on the four PERF.md
-#                                           weights against the CUDA wgmma kernel and
-#                                           `_int_mm` + epilogue; INT8TRI_SHAPES narrows
-#                                           it; about 300 s)
 #   bash bench/next_run.sh int8 [OUTDIR]    build, every INT8 GPU test file (CUDA and Triton
 #                                           kernels, Int8Linear, auto's picks), then the
 #                                           INT8 family's table (`lowbit bench --op
@@ -122,7 +116,7 @@ set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings | moe | grouped | cq | int8tri | pending | int8 | int8tune) ;;
+    siblings | moe | grouped | cq | pending | int8 | int8tune) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -375,18 +369,6 @@ if [ "$WHAT" = grouped ]; then
   (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --model mixtral-moe --rounds 3 \
      --precision fp8,int8 --out "$OUTDIR/moe") >"$OUTDIR/moe.log" 2>&1
   say "5 mixtral-moe: rc $? in $((SECONDS - t)) s ($OUTDIR/moe/bench.md)"
-  exit 0
-fi
-
-if [ "$WHAT" = int8tri ]; then
-  # bench/NOTES.md, "Every family's table at 9df9dd9", ### Next, item 1.
-  tests_step "2 triton int8 tests" 150 "$OUTDIR/int8_tests.log" -n 12 \
-    "$R/tests/test_triton_int8.py"
-  t=$SECONDS
-  timeout 360 $PY -m bench.sweep_triton_gemm --op int8 --rep-ms 30 \
-    ${INT8TRI_SHAPES:+--shapes "$INT8TRI_SHAPES"} --md "$OUTDIR/int8tri.md" \
-    >"$OUTDIR/int8tri.log" 2>&1
-  say "3 sweep_triton_gemm --op int8: rc $? in $((SECONDS - t)) s (int8tri.md)"
   exit 0
 fi
 

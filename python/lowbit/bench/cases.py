@@ -334,8 +334,7 @@ def _dequantize_fp8(variant: str, shape: tuple) -> Case:
 
 
 def int8_dequant(q, s, z=None):
-    v = q.float() if z is None else (q.int() - z).float()  # (q - zero) exactly, then fp32
-    return (v * s).to(torch.bfloat16)
+    return dequant(q if z is None else q.int() - z, s)  # (q - zero) exactly, then fp32
 
 
 def _dequantize_int8(variant: str, shape: tuple) -> Case:

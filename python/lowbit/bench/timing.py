@@ -10,6 +10,7 @@ time, so this module imports on a CPU-only machine.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any, Callable
 
@@ -177,13 +178,7 @@ def paired_host_us(fn: Callable[[], Any], ref: Callable[[], Any], *,
         fs.append(f)
         rs.append(r)
         qs.append(f / r if r > 0 else float("nan"))
-    return _median(fs), _median(rs), _median(qs)
-
-
-def _median(xs: list) -> float:
-    xs = sorted(xs)
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+    return statistics.median(fs), statistics.median(rs), statistics.median(qs)
 
 
 def wall_us(fn: Callable[[], Any], n: int) -> float:
