@@ -1,6 +1,7 @@
-"""A linear layer's swap-AB GEMM loading its first weight stages before it waits for the
-layer's activation quantizer (GemmArgs::b_static, csrc/common/sm90_gemm_swapab.cuh; switched
-by LOWBIT_EARLY_WEIGHTS, lowbit/backends/cuda/linear.py). The output must be the two op
+"""A linear layer's sm_90a GEMM (swap-AB at M <= 64, wgmma above) loading its first weight
+stages before it waits for the layer's activation quantizer (GemmArgs::b_static,
+csrc/common/sm90_gemm_swapab.cuh and sm90_gemm_wgmma.cuh; switched by LOWBIT_EARLY_WEIGHTS,
+lowbit/backends/cuda/linear.py). The output must be the two op
 calls' bit for bit, also when the weight was rewritten by the kernel just before the
 quantizer: the early loads may not see a stale weight. The switch and the launch objects'
 flag are checked without a GPU."""
@@ -26,12 +27,14 @@ def early_on(monkeypatch):
     monkeypatch.setenv(cuda_linear.FUSED_ENV, "0")
 
 
-def test_the_switch_names_the_swapab_gemms_only(monkeypatch):
+def test_the_switch_names_the_sm90a_gemms_only(monkeypatch):
     monkeypatch.setenv(cuda_linear.WEIGHT_EARLY_ENV, "1")
-    for gemm in cuda_linear.WEIGHT_EARLY_GEMMS:
+    for gemm in ("sm90_fp8_gemm_swapab", "sm90_int8_gemm_swapab", "sm90_fp8_gemm_wgmma",
+                 "sm90_int8_gemm_wgmma"):
         assert cuda_linear.weight_early(gemm)
-    assert not cuda_linear.weight_early("sm90_fp8_gemm_wgmma")
-    assert not cuda_linear.weight_early("sm89_fp8_gemm_smallm")
+    for gemm in ("sm89_fp8_gemm_smallm", "sm89_fp8_gemm_mma", "sm80_int8_gemm_mma",
+                 "triton_fp8_scaled_mm", "triton_int8_gemm"):
+        assert not cuda_linear.weight_early(gemm)
     monkeypatch.setenv(cuda_linear.WEIGHT_EARLY_ENV, "0")
     assert not cuda_linear.weight_early("sm90_fp8_gemm_swapab")
     monkeypatch.delenv(cuda_linear.WEIGHT_EARLY_ENV)
@@ -42,8 +45,9 @@ def test_the_switch_names_the_swapab_gemms_only(monkeypatch):
 def test_lowbit_info_says_whether_weights_load_early(monkeypatch, capsys):
     for value, state in (("1", "on here"), ("0", "off here")):
         text = info_text(monkeypatch, capsys, cuda_linear.WEIGHT_EARLY_ENV, value)
-        assert "early weights: sm90_fp8_gemm_swapab starts its weight loads" in text
-        assert "early weights: sm90_int8_gemm_swapab starts its weight loads" in text
+        for family in ("fp8", "int8"):
+            assert (f"early weights: sm90_{family}_gemm_swapab and sm90_{family}_gemm_wgmma "
+                    "start their weight loads" in " ".join(text.split()))
         assert f"{cuda_linear.WEIGHT_EARLY_ENV}=1 ({state})" in text
 
 
@@ -64,11 +68,19 @@ def test_the_launch_objects_carry_the_flag():
 
 
 # ------------------------------------------------------------------- bit for bit on a GPU
-# One CTA per tile with K split over a cluster; no split; 157 tiles of 16 steps on 132 SMs
-# (CTAs walk two tiles, the early stages span a tile's end at small K); K % 128 != 0.
+# Swap-AB (M <= 64): one CTA per tile with K split over a cluster; no split; 157 tiles of 16
+# steps on 132 SMs (CTAs walk two tiles, the early stages span a tile's end at small K);
+# K % 128 != 0.
 SHAPES = [(4096, 256), (896, 9000), (2048, 20000), (400, 200)]
 SHAPE_IDS = ["k-split", "no-split", "tiles-per-cta", "k-tail"]
 MS = [1, 2, 5, 8, 9, 16, 17, 31, 32, 33, 48, 63, 64]
+# The wgmma kernel (M > 64), persistent over 128 x 128 tiles on a 132-SM card: 32-64 CTAs
+# of 32 steps (160 tiles at M = 513); tiles of 2 steps, 128-640 of them (from M = 200 CTAs
+# walk several, and the first ring of 6 stages spans 3 tiles); K, N and M tails; 8 steps
+# over 64-320 tiles (several a CTA at M = 513).
+WGMMA_SHAPES = [(4096, 4096), (256, 16384), (400, 1000), (1024, 8192)]
+WGMMA_SHAPE_IDS = ["few-ctas", "ring-spans-tiles", "tails", "tiles-per-cta"]
+WGMMA_MS = [65, 128, 200, 256, 513]
 
 
 def _on_hopper():
@@ -80,26 +92,28 @@ def _two_ops(mod, x):
     return (fp8_two_ops if isinstance(mod, Fp8Linear) else int8_two_ops)(mod, x)
 
 
-def _module(family, k, n, dtype):
+def _module(family, k, n, dtype, gemm="swapab"):
     torch.manual_seed(k + n)
     lin = nn.Linear(k, n, bias=family == "fp8").to("cuda", dtype)
     if family == "fp8":
-        return Fp8Linear.from_linear(lin), FP8_STEP
-    return Int8Linear.from_linear(lin, act_symmetric=True), INT8_STEP
+        return Fp8Linear.from_linear(lin), FP8_STEP.replace("swapab", gemm)
+    return Int8Linear.from_linear(lin, act_symmetric=True), INT8_STEP.replace("swapab", gemm)
 
 
 @pytest.mark.gpu
 @needs_swapab
 @pytest.mark.parametrize("family", ["fp8", "int8"])
 @pytest.mark.parametrize("path", ["python", "plans"])
-@pytest.mark.parametrize("k,n", SHAPES, ids=SHAPE_IDS)
-def test_early_weights_are_the_two_ops(early_on, monkeypatch, k, n, path, family):
+@pytest.mark.parametrize("gemm,k,n", [("swapab",) + s for s in SHAPES]
+                         + [("wgmma",) + s for s in WGMMA_SHAPES],
+                         ids=SHAPE_IDS + ["wgmma-" + i for i in WGMMA_SHAPE_IDS])
+def test_early_weights_are_the_two_ops(early_on, monkeypatch, gemm, k, n, path, family):
     _on_hopper()
     if path == "python":
         from lowbit.nn import _layer
         monkeypatch.setattr(_layer, "_MODULE_ENTRY", {})
-    mod, name = _module(family, k, n, torch.bfloat16)
-    for m in MS:
+    mod, name = _module(family, k, n, torch.bfloat16, gemm)
+    for m in MS if gemm == "swapab" else WGMMA_MS:
         x = rows(m, k, torch.bfloat16, seed=m)
         mod(x)  # the checked ops, which prepare the step
         y = mod(x)
@@ -111,12 +125,13 @@ def test_early_weights_are_the_two_ops(early_on, monkeypatch, k, n, path, family
 @pytest.mark.gpu
 @needs_swapab
 @pytest.mark.parametrize("family", ["fp8", "int8"])
-def test_a_weight_written_just_before_is_read_new(early_on, family):
+@pytest.mark.parametrize("m", [4, 128])  # swap-AB, wgmma
+def test_a_weight_written_just_before_is_read_new(early_on, family, m):
     """The weight rewritten in place by a kernel (an elementwise xor, not a copy, which the
     stream would order more strictly) right before the forward, eagerly and inside a
     captured graph: every output is the new weight's."""
     _on_hopper()
-    mod, _ = _module(family, 4096, 2048, torch.bfloat16)
+    mod, name = _module(family, 4096, 2048, torch.bfloat16, "swapab" if m <= 64 else "wgmma")
     bits = mod.weight.view(torch.uint8)
     weights = [bits.clone(), bits.flip(0).contiguous()]
     zero = torch.zeros_like(bits)
@@ -124,7 +139,13 @@ def test_a_weight_written_just_before_is_read_new(early_on, family):
     def write(w):  # one elementwise kernel that writes the weight's bytes
         torch.bitwise_xor(w, zero, out=bits)
 
-    x = rows(4, 4096, torch.bfloat16, seed=1)
+    x = rows(m, 4096, torch.bfloat16, seed=1)
+    from lowbit.nn import _layer
+    with pytest.MonkeyPatch.context() as mp:  # the Python path names the step it prepared
+        mp.setattr(_layer, "_MODULE_ENTRY", {})
+        mod(x)
+        mod(x)
+        assert mod._step.run.__name__ == name and mod._step.run.weight_early
     mod(x)
     want = []
     for w in weights:

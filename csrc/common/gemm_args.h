@@ -46,10 +46,11 @@ struct GemmArgs {
   TensorMapCache* map_cache;
   // b is not written by the kernel this launch follows in its stream, and that kernel
   // triggers its dependents only after its own grid-dependency wait (a layer's weight after
-  // the layer's activation quantizer, common/quant_kernels.cuh): the sm_90a swap-AB kernel
-  // then issues its first stages' b loads before its own wait, so under programmatic
-  // dependent launch the weight streams while the quantizer runs. The launcher must also
-  // enqueue the two kernels back to back (the linear launch objects do, in one call).
+  // the layer's activation quantizer, common/quant_kernels.cuh): the sm_90a swap-AB and
+  // wgmma kernels then issue their first stages' b loads before their own wait, so under
+  // programmatic dependent launch the weight streams while the quantizer runs. The launcher
+  // must also enqueue the two kernels back to back (the linear launch objects do, in one
+  // call).
   // Other kernels ignore it.
   bool b_static;
 };

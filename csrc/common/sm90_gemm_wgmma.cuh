@@ -348,14 +348,35 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
   const int tiles = tiles_m * tiles_n;
   const int nk = (p.K + kBK - 1) / kBK;
 
+  const bool sa = kScaleTma && p.a_mode == ScaleMode::kBlock;
+  const bool sb = kScaleTma && p.b_mode == ScaleMode::kBlock;
+  const int stage_bytes = 2 * kTileBytes + (sa ? kBM * 16 : 0) + (sb ? 16 : 0);
+  int early = 0;  // steps whose b tile is already on its way (issuing thread only)
   if (threadIdx.x == 0) {
     init_ring(full, empty, kStages, kConsumerWarps);
     tma_prefetch_desc(&map_a);
     tma_prefetch_desc(&map_b);
+    // Early weight loads (GemmArgs::b_static, a linear layer's GEMM after its own activation
+    // quantizer; the conditions that make them safe: sm90_gemm_swapab.cuh, "Early weight
+    // loads"): the b tiles of the first ring go out before the wait below, so the weight
+    // streams while the quantizer runs. Their stages are fresh (no empty wait); the producer
+    // adds the rest of each stage's loads after the wait.
+    if (p.b_static) {
+      const int mine = static_cast<int>(blockIdx.x) < tiles
+                           ? (tiles - 1 - static_cast<int>(blockIdx.x)) / gridDim.x + 1
+                           : 0;
+      early = nk * mine < kStages ? nk * mine : kStages;
+      for (int i = 0; i < early; ++i) {
+        const Tile tile = tile_at(blockIdx.x + (i / nk) * gridDim.x, tiles_m, tiles_n, group);
+        mbar_expect_tx(&full[i], stage_bytes);
+        tma_load_2d(tiles_b + i * kTileBytes, &map_b, &full[i], (i % nk) * kBK, tile.n0);
+      }
+    }
   }
   __syncthreads();
-  // Programmatic dependent launch: the setup above overlaps the end of the kernel before, and
-  // each thread lets the next kernel start its setup once it is past its last mainloop.
+  // Programmatic dependent launch: the setup above (global memory untouched but for the early
+  // weight loads) overlaps the end of the kernel before, and each thread lets the next kernel
+  // start its setup once it is past its last mainloop.
   grid_dependency_wait();
 
   if (wg == 0) {
@@ -366,13 +387,13 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
         const Tile tile = tile_at(t, tiles_m, tiles_n, group);
         for (int i = 0; i < nk; ++i, ++it) {
           const int s = it % kStages;
-          // A fresh barrier completes phase "1" at once, so the first pass does not wait.
-          mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
-          const bool sa = kScaleTma && p.a_mode == ScaleMode::kBlock;
-          const bool sb = kScaleTma && p.b_mode == ScaleMode::kBlock;
-          mbar_expect_tx(&full[s], 2 * kTileBytes + (sa ? kBM * 16 : 0) + (sb ? 16 : 0));
+          if (it >= early) {
+            // A fresh barrier completes phase "1" at once, so the first pass does not wait.
+            mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+            mbar_expect_tx(&full[s], stage_bytes);
+            tma_load_2d(tiles_b + s * kTileBytes, &map_b, &full[s], i * kBK, tile.n0);
+          }
           tma_load_2d(tiles_a + s * kTileBytes, &map_a, &full[s], i * kBK, tile.m0);
-          tma_load_2d(tiles_b + s * kTileBytes, &map_b, &full[s], i * kBK, tile.n0);
           uint8_t* slot = scales + s * L::kScaleSlot;
           if (sa) tma_load_2d(slot, &map_sa, &full[s], i & ~3, tile.m0);
           if (sb) tma_load_2d(slot + kBM * 16, &map_sb, &full[s], i & ~3, tile.n0 / 128);

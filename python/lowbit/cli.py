@@ -55,17 +55,22 @@ def _fused_line(op: str) -> list:
 
 
 def _early_line(op: str) -> list:
-    """Whether layer op ``op``'s swap-AB GEMM loads its first weight stages before waiting
+    """Whether layer op ``op``'s sm_90a GEMMs load their first weight stages before waiting
     for the quantizer, and the switch (lowbit/backends/cuda/linear.py); empty when this build
     has no such GEMM."""
     from .backends.cuda import FUSED_LINEAR, kernel_id
-    from .backends.cuda.linear import WEIGHT_EARLY_ENV, weight_early
+    from .backends.cuda.linear import WEIGHT_EARLY_ENV, WEIGHT_EARLY_GEMMS, weight_early
 
-    if op not in FUSED_LINEAR or kernel_id(FUSED_LINEAR[op][2]) is None:
+    if op not in FUSED_LINEAR:
         return []
-    gemm = FUSED_LINEAR[op][2]
-    state = "on" if weight_early(gemm) else "off"
-    return [f"{gemm} starts its weight loads before the quantizer ends",
+    family = FUSED_LINEAR[op][2].split("_")[1]  # sm90_<family>_gemm_swapab
+    gemms = [g for g in WEIGHT_EARLY_GEMMS
+             if g.split("_")[1] == family and kernel_id(g) is not None]
+    if not gemms:
+        return []
+    state = "on" if weight_early(gemms[0]) else "off"
+    verb = "starts its" if len(gemms) == 1 else "start their"
+    return [f"{' and '.join(gemms)} {verb} weight loads before the quantizer ends",
             f"with {WEIGHT_EARLY_ENV}=1 ({state} here)"]
 
 

@@ -27,7 +27,7 @@ ran. ``LOWBIT_FUSED_QUANT=1`` turns it on, ``0`` off; unset, ``FUSED_BY_DEFAULT`
 off, since on the H200 the fused kernel ran slower than the two launches at every M
 (bench/NOTES.md, "The first GPU run since 6200c02").
 
-Where the two launches run and the GEMM is the swap-AB kernel, it may instead load the
+Where the two launches run and the GEMM is an sm_90a kernel (swap-AB or wgmma), it may load the
 first ring of weight tiles before its grid-dependency wait, so that under programmatic
 dependent launch the weight streams while the quantizer runs (``GemmArgs::b_static`` in
 ``csrc/common/gemm_args.h``; the launch object's ``weight_early``): safe because the quantizer
@@ -129,7 +129,8 @@ def fused_enabled() -> bool:
 WEIGHT_EARLY_ENV = "LOWBIT_EARLY_WEIGHTS"
 WEIGHT_EARLY_BY_DEFAULT = True
 # The GEMMs that read GemmArgs::b_static.
-WEIGHT_EARLY_GEMMS = ("sm90_fp8_gemm_swapab", "sm90_int8_gemm_swapab")
+WEIGHT_EARLY_GEMMS = ("sm90_fp8_gemm_swapab", "sm90_int8_gemm_swapab",
+                      "sm90_fp8_gemm_wgmma", "sm90_int8_gemm_wgmma")
 
 
 def weight_early(gemm_kernel: str) -> bool:
