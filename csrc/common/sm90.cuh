@@ -57,6 +57,18 @@ __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, int bytes) {
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
+// An arrival when `on`, predicated inside the asm: a branch around mbar_arrive between two
+// wgmma groups makes ptxas serialize the wgmmas of the loop (warnings C7514 / C7517).
+__device__ __forceinline__ void mbar_arrive_if(uint64_t* bar, bool on) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.s32 p, %1, 0;\n"
+      "@p mbarrier.arrive.shared::cta.b64 _, [%0];\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(static_cast<int>(on))
+      : "memory");
+}
 // The barriers of a `stages`-deep TMA ring: full[s] completes when stage s has landed (the
 // producer's expect_tx arrival plus the bytes; and full_arrivals - 1 more arrivals where
 // producer threads also write the stage), empty[s] when `consumers` arrivals have released

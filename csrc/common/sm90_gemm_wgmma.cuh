@@ -21,6 +21,19 @@
 // at one time share their a and b panels in L2. The producer runs ahead into the next tile
 // while the consumers write the epilogue of the current one.
 //
+// Ping-pong (kPing, the FP8 promoted kernel with 16-bit outputs only, when
+// LOWBIT_WGMMA_SCHEDULE=pingpong: an experiment switch, read once per process, for the
+// schedule comparison of bench/NOTES.md). Each consumer warpgroup owns whole 64 x 128 tiles
+// instead of half of a 128 x 128 one: the CTA's tiles alternate between the two warpgroups,
+// and since the producer fills the ring in tile order, one warpgroup's mainloop runs while
+// the other stores its tile, so the tensor cores need not wait for an epilogue. A stage is
+// then a 64-row tile of a and a 128-row tile of b (8 stages of 24 KB): 1.5x the operand
+// bytes per MAC of the cooperative tile, whose a and b tiles serve both warpgroups. (The
+// promotion's two partial-sum tiles leave no registers for a 128 x 128 tile per warpgroup.)
+// A warpgroup starts waiting for its tile's stages only once the other has waited for every
+// stage of the tile before (the "turn" mbarrier, one phase per tile): the ring's barriers
+// tell phases apart by parity alone, so a waiter may never run two phases ahead of a stage.
+//
 // Epilogue. Each consumer warpgroup scales its 64 x 128 fp32 tile, converts it and writes it
 // to a shared-memory staging tile in the 128-byte-swizzled layout (no bank conflicts; 16-bit
 // outputs with stmatrix, four 8 x 8 matrices per instruction), and
@@ -50,6 +63,8 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "common/sm90_gemm.cuh"
 
@@ -70,6 +85,7 @@ inline int raster_group(int N, int K) {
   return N >= 8192 && K >= 8192 ? 4 : 8;
 }
 constexpr int kTileBytes = kBM * kBK;  // one operand tile, bytes (fp8)
+constexpr int kPingRows = 64;          // a tile's rows under the ping-pong schedule
 constexpr int kThreads = 384;          // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumerWarps = 8;  // arrivals that free a stage
 static_assert(kBK == 128, "one 128-byte swizzle row per tile row");
@@ -81,21 +97,30 @@ static_assert(kBN == kBM, "both operand tiles are 128 x 128");
 // travel with the stages), one 64 x 128 staging tile and 128 column factors and biases per
 // consumer warpgroup, the stages' block scales (kScaleTma), the barriers. The dynamic
 // shared-memory base is 1024-byte aligned (checked in the kernel), as the swizzle needs.
-template <int kOutBytes, bool kScaleTma>
+// Under ping-pong (kPing) a stage's a tile has 64 rows, and the ring is as deep as fits, up
+// to 8 stages.
+template <int kOutBytes, bool kScaleTma, bool kPing = false>
 struct Smem {
-  static constexpr int kStages = (kOutBytes == 4 ? 5 : 6) - (kScaleTma ? 1 : 0);
+  static_assert(!(kPing && kScaleTma), "ping-pong: no block scales");
+  static constexpr int kATile = kPing ? kPingRows * kBK : kTileBytes;  // bytes of a per stage
   static constexpr int kStageOut = 64 * kBN * kOutBytes;  // one warpgroup's staging tile
+  static constexpr int kPingStages =
+      (kSmemLimit - 2 * kStageOut - 4 * kBN * 4 - 256) / (kATile + kTileBytes);
+  static constexpr int kStages =
+      kPing ? (kPingStages < 8 ? kPingStages : 8)
+            : (kOutBytes == 4 ? 5 : 6) - (kScaleTma ? 1 : 0);
   // Per stage: a's scales of the tile's 128 rows for 4 consecutive steps [128][4], then b's
   // 4 (TMA destinations are 128-byte aligned).
   static constexpr int kScaleSlot = kScaleTma ? kBM * 4 * 4 + 128 : 0;
   static constexpr int kA = 0;
-  static constexpr int kB = kA + kStages * kTileBytes;
+  static constexpr int kB = kA + kStages * kATile;
   static constexpr int kOut = kB + kStages * kTileBytes;
   static constexpr int kCol = kOut + 2 * kStageOut;
   static constexpr int kAdd = kCol + 2 * kBN * 4;
   static constexpr int kScales = kAdd + 2 * kBN * 4;
   static constexpr int kBars = kScales + kStages * kScaleSlot;
-  static constexpr int kBytes = kBars + 2 * kStages * 8;
+  static constexpr int kTurn = kBars + 2 * kStages * 8;  // ping-pong's turn barrier
+  static constexpr int kBytes = kTurn + (kPing ? 8 : 0);
   static_assert(kBytes <= kSmemLimit, "over the 227 KB a CTA may opt in to");
 };
 
@@ -103,21 +128,22 @@ struct Tile {
   int m0, n0;
 };
 
-// Grouped raster: tile t -> (row tile, column tile), `group` row tiles at a time (a negative
-// group: -group column tiles at a time).
+// Grouped raster: tile t -> (row tile, column tile), `group` row tiles of kRows rows at a time
+// (a negative group: -group column tiles at a time).
+template <int kRows = kBM>
 __device__ __forceinline__ Tile tile_at(int t, int tiles_m, int tiles_n, int group) {
   if (group < 0) {
     const int per_group = -group * tiles_m;
     const int first_n = (t / per_group) * -group;
     const int cols = min(tiles_n - first_n, -group);
     const int r = t % per_group;
-    return {(r / cols) * kBM, (first_n + r % cols) * kBN};
+    return {(r / cols) * kRows, (first_n + r % cols) * kBN};
   }
   const int per_group = group * tiles_n;
   const int first_m = (t / per_group) * group;
   const int rows = min(tiles_m - first_m, group);
   const int r = t % per_group;
-  return {(first_m + r % rows) * kBM, (r / rows) * kBN};
+  return {(first_m + r % rows) * kRows, (r / rows) * kBN};
 }
 
 #ifdef LOWBIT_SM90A
@@ -319,9 +345,11 @@ __device__ __forceinline__ void stage_16bit(uint8_t* stage, FloatType d, const f
 
 // Op: the operand type (E4M3 or S8); kPromote: fp32 promotion every 128 K (else fast_accum,
 // and always for S8); kBlock: per-128-block scales applied per step; kOutBytes: output
-// element size (2 or 4); kRaw: S8 only, the output is the int32 accumulator. map_out is used
-// when tma_store is set; group: row tiles per raster group.
-template <class Op, bool kPromote, bool kBlock, bool kScaleTma, int kOutBytes, bool kRaw>
+// element size (2 or 4); kRaw: S8 only, the output is the int32 accumulator; kPing: the
+// ping-pong schedule (above). map_out is used when tma_store is set; group: row tiles per
+// raster group.
+template <class Op, bool kPromote, bool kBlock, bool kScaleTma, int kOutBytes, bool kRaw,
+          bool kPing>
 __global__ void __launch_bounds__(kThreads, 1)
 sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
                            const __grid_constant__ CUtensorMap map_b,
@@ -332,28 +360,34 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
   static_assert(!Op::kInt || !(kPromote || kBlock || kScaleTma),
                 "int32 accumulation is exact: no promotion, no block scales");
   static_assert(!kRaw || (Op::kInt && kOutBytes == 4), "a raw output is S8's int32");
+  static_assert(!kPing || (!kBlock && !kScaleTma), "ping-pong: no block scales");
 #ifdef LOWBIT_SM90A
-  using L = Smem<kOutBytes, kScaleTma>;
+  using L = Smem<kOutBytes, kScaleTma, kPing>;
   constexpr int kStages = L::kStages;
+  constexpr int kRows = kPing ? kPingRows : kBM;  // a tile's rows
+  // Arrivals that free a stage: the warps of the warpgroups that read it.
+  constexpr int kReaders = kPing ? kConsumerWarps / 2 : kConsumerWarps;
   extern __shared__ __align__(1024) uint8_t smem[];
   if (smem_u32(smem) & 1023) __trap();  // the swizzled tiles need it; never seen otherwise
   uint8_t* tiles_a = smem + L::kA;
   uint8_t* tiles_b = smem + L::kB;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBars);
   uint64_t* empty = full + kStages;
+  [[maybe_unused]] uint64_t* turn = reinterpret_cast<uint64_t*>(smem + L::kTurn);  // kPing
   uint8_t* scales = smem + L::kScales;
 
   const int wg = threadIdx.x / 128;
-  const int tiles_m = (p.M + kBM - 1) / kBM, tiles_n = (p.N + kBN - 1) / kBN;
+  const int tiles_m = (p.M + kRows - 1) / kRows, tiles_n = (p.N + kBN - 1) / kBN;
   const int tiles = tiles_m * tiles_n;
   const int nk = (p.K + kBK - 1) / kBK;
 
   const bool sa = kScaleTma && p.a_mode == ScaleMode::kBlock;
   const bool sb = kScaleTma && p.b_mode == ScaleMode::kBlock;
-  const int stage_bytes = 2 * kTileBytes + (sa ? kBM * 16 : 0) + (sb ? 16 : 0);
+  const int stage_bytes = L::kATile + kTileBytes + (sa ? kBM * 16 : 0) + (sb ? 16 : 0);
   int early = 0;  // steps whose b tile is already on its way (issuing thread only)
   if (threadIdx.x == 0) {
-    init_ring(full, empty, kStages, kConsumerWarps);
+    if constexpr (kPing) mbar_init(turn, kConsumerWarps / 2);  // published by init_ring's fence
+    init_ring(full, empty, kStages, kReaders);
     tma_prefetch_desc(&map_a);
     tma_prefetch_desc(&map_b);
     // Early weight loads (GemmArgs::b_static, a linear layer's GEMM after its own activation
@@ -367,7 +401,8 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
                            : 0;
       early = nk * mine < kStages ? nk * mine : kStages;
       for (int i = 0; i < early; ++i) {
-        const Tile tile = tile_at(blockIdx.x + (i / nk) * gridDim.x, tiles_m, tiles_n, group);
+        const Tile tile =
+            tile_at<kRows>(blockIdx.x + (i / nk) * gridDim.x, tiles_m, tiles_n, group);
         mbar_expect_tx(&full[i], stage_bytes);
         tma_load_2d(tiles_b + i * kTileBytes, &map_b, &full[i], (i % nk) * kBK, tile.n0);
       }
@@ -384,7 +419,7 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
     if (threadIdx.x == 0) {
       int it = 0;  // steps issued by this CTA, across its tiles
       for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-        const Tile tile = tile_at(t, tiles_m, tiles_n, group);
+        const Tile tile = tile_at<kRows>(t, tiles_m, tiles_n, group);
         for (int i = 0; i < nk; ++i, ++it) {
           const int s = it % kStages;
           if (it >= early) {
@@ -393,7 +428,7 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
             mbar_expect_tx(&full[s], stage_bytes);
             tma_load_2d(tiles_b + s * kTileBytes, &map_b, &full[s], i * kBK, tile.n0);
           }
-          tma_load_2d(tiles_a + s * kTileBytes, &map_a, &full[s], i * kBK, tile.m0);
+          tma_load_2d(tiles_a + s * L::kATile, &map_a, &full[s], i * kBK, tile.m0);
           uint8_t* slot = scales + s * L::kScaleSlot;
           if (sa) tma_load_2d(slot, &map_sa, &full[s], i & ~3, tile.m0);
           if (sb) tma_load_2d(slot + kBM * 16, &map_sb, &full[s], i & ~3, tile.n0 / 128);
@@ -405,30 +440,50 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-  const int cw = wg - 1;  // consumer warpgroup: rows cw*64 .. cw*64+63 of the tile
+  // Consumer warpgroup: rows cw*64 .. cw*64+63 of the tile (ping-pong: the whole tile, of
+  // every other of the CTA's tiles).
+  const int cw = wg - 1;
+  const int wg_row = kPing ? 0 : cw * 64;
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
   const bool pair_ok = pair_store_ok(p.out, p.out_dtype, p.ldo);
   const bool a_step = p.a_mode == ScaleMode::kBlock, b_step = p.b_mode == ScaleMode::kBlock;
   uint8_t* stage_out = smem + L::kOut + cw * L::kStageOut;
   float* col_s = reinterpret_cast<float*>(smem + L::kCol) + cw * kBN;
   float* add_s = reinterpret_cast<float*>(smem + L::kAdd) + cw * kBN;
-  const uint8_t* a_rows = tiles_a + cw * 64 * kBK;
+  const uint8_t* a_rows = tiles_a + wg_row * kBK;
   const uint32_t a_lo = desc_lo(a_rows), b_lo = desc_lo(tiles_b);
-  constexpr uint32_t kStageUnits = kTileBytes / 16;  // one stage further on, in descriptor units
+  // One stage further on, in descriptor units.
+  constexpr uint32_t kAUnits = L::kATile / 16, kBUnits = kTileBytes / 16;
 
-  int it = 0;  // steps consumed, in the producer's order
+  int it = 0;  // the tile's first step, in the producer's order
   auto wait_full = [&](int step) {
     const int s = step % kStages;
     mbar_wait(&full[s], (step / kStages) & 1);
+    if constexpr (kPing)  // the tile's last stage has arrived: the other warpgroup may go on
+      mbar_arrive_if(turn, step == it + nk - 1 && lane == 0);
     return s;
   };
   auto release = [&](int s) {
     if (lane == 0) mbar_arrive(&empty[s]);
   };
 
-  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const Tile tile = tile_at(t, tiles_m, tiles_n, group);
-    const int row0 = tile.m0 + cw * 64 + warp * 16 + lane / 4;  // and row0 + 8
+  // The CTA's j-th tile is blockIdx.x + j * gridDim.x; its steps are j * nk ... in the ring.
+  constexpr int kTileStride = kPing ? 2 : 1;
+  for (int j = kPing ? cw : 0;; j += kTileStride) {
+    const int t = blockIdx.x + j * gridDim.x;
+    if (t >= tiles) break;
+    it = j * nk;
+    if constexpr (kPing) {
+      if (j > 0) {
+        // Every warp of this warpgroup has arrived for its tile before (j - 2), so the phase
+        // awaited is the turn barrier's current or last one: tile j - 1's stages have all
+        // been waited for.
+        named_sync(1 + cw, 128);
+        mbar_wait(turn, (j - 1) & 1);
+      }
+    }
+    const Tile tile = tile_at<kRows>(t, tiles_m, tiles_n, group);
+    const int row0 = tile.m0 + wg_row + warp * 16 + lane / 4;  // and row0 + 8
     // This thread's share of the epilogue's factors, loaded once the tile's first wgmmas are
     // issued (wgmma.fence waits for every load in flight, so loads go after an issue, never
     // just before one), used after the mainloop.
@@ -458,7 +513,7 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
       float f0a, f1a, f0b, f1b;
       auto issue_into = [&](float(&d)[64], int step, float& g0, float& g1) {
         const int s = wait_full(it + step);
-        issue_step<Op, 0>(d, a_lo + s * kStageUnits, b_lo + s * kStageUnits);
+        issue_step<Op, 0>(d, a_lo + s * kAUnits, b_lo + s * kBUnits);
         if constexpr (kScaleTma)  // read before the stage is released
           step_scales_smem(p, reinterpret_cast<const float*>(scales + s * L::kScaleSlot),
                            row0 - tile.m0, step, g0, g1);
@@ -484,12 +539,11 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
           finish_from(part1, s, f0b, f1b);
       };
       double_buffered_steps(nk, issue, finish, load_epilogue_factors);
-      it += nk;
     } else {
       int prev = 0;
       for (int i = 0; i < nk; ++i) {
         const int s = wait_full(it + i);
-        const uint32_t ta = a_lo + s * kStageUnits, tb = b_lo + s * kStageUnits;
+        const uint32_t ta = a_lo + s * kAUnits, tb = b_lo + s * kBUnits;
         if (i == 0) {
           issue_step<Op, 0>(acc, ta, tb);
           load_epilogue_factors();
@@ -503,9 +557,8 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
       wgmma_wait<0>();
       fence_regs(acc);
       release(prev);
-      it += nk;
     }
-    if (t + gridDim.x >= tiles) launch_dependents();
+    if (t + kTileStride * gridDim.x >= tiles) launch_dependents();
 
     if (!tma_store) {
       if constexpr (Op::kInt) {
@@ -557,7 +610,7 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
 #pragma unroll
         for (int b = 0; b < kBN / kBoxCols; ++b)
           tma_store_2d(&map_out, stage_out + b * 64 * 128, tile.n0 + b * kBoxCols,
-                       tile.m0 + cw * 64);
+                       tile.m0 + wg_row);
         bulk_commit();
       }
     };
@@ -570,6 +623,10 @@ sm90_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a,
       stage_and_store(acc);
     }
   }
+  // Ping-pong: a warpgroup with no tile of its own (a CTA of one tile) has not let the next
+  // kernel start.
+  if (kPing && static_cast<int>(blockIdx.x) + cw * static_cast<int>(gridDim.x) >= tiles)
+    launch_dependents();
   if (tma_store && tid == 0) bulk_wait();  // the staging tile must outlive its stores
 #else
   __trap();  // built without sm_90a: the host never launches this
@@ -580,24 +637,45 @@ struct Maps {
   CUtensorMap a, b, out, sa, sb;
 };
 
-template <class Op, bool kPromote, bool kBlock, bool kScaleTma, int kOutBytes, bool kRaw = false>
+template <class Op, bool kPromote, bool kBlock, bool kScaleTma, int kOutBytes, bool kRaw = false,
+          bool kPing = false>
 cudaError_t launch(const Maps& maps, bool tma_store, const GemmArgs& p, cudaStream_t stream) {
-  auto kernel = sm90_gemm_wgmma_kernel<Op, kPromote, kBlock, kScaleTma, kOutBytes, kRaw>;
-  constexpr int kSmemBytes = Smem<kOutBytes, kScaleTma>::kBytes;
+  auto kernel = sm90_gemm_wgmma_kernel<Op, kPromote, kBlock, kScaleTma, kOutBytes, kRaw, kPing>;
+  constexpr int kSmemBytes = Smem<kOutBytes, kScaleTma, kPing>::kBytes;
+  constexpr int kRows = kPing ? kPingRows : kBM;
   int device = 0;
   cudaError_t e = current_device(device);
   if (e != cudaSuccess) return e;
   static std::atomic<bool> smem_set[kMaxDevices];
   e = opt_in_smem(kernel, kSmemBytes, device, smem_set);
   if (e != cudaSuccess) return e;
-  const int tiles = ((p.M + kBM - 1) / kBM) * ((p.N + kBN - 1) / kBN);
+  const int tiles = ((p.M + kRows - 1) / kRows) * ((p.N + kBN - 1) / kBN);
   const int sms = sm_count(device);
+  // A raster group of row tiles spans the same rows whatever their height.
+  const int group = raster_group(p.N, p.K);
+  const int rows_group = group > 0 ? group * (kBM / kRows) : group;
   const int grid = sms > 0 && sms < tiles ? sms : tiles;
   const LaunchConfig cfg(dim3(grid, 1, 1), kThreads, kSmemBytes, stream, 1,
                          programmatic_launch());
   // The launch's own status: an error left by earlier, unrelated work is not reported here.
   return launch_status(cudaLaunchKernelEx(cfg.get(), kernel, maps.a, maps.b, maps.out, maps.sa,
-                                          maps.sb, p, tma_store, raster_group(p.N, p.K)));
+                                          maps.sb, p, tma_store, rows_group));
+}
+
+// LOWBIT_WGMMA_SCHEDULE=pingpong: the ping-pong schedule for the kernels that have it (FP8,
+// promoted, per-row or per-tensor scales, 16-bit output). Read once per process.
+inline bool pingpong_forced() {
+  static const bool on = [] {
+    const char* v = std::getenv("LOWBIT_WGMMA_SCHEDULE");
+    return v != nullptr && std::strcmp(v, "pingpong") == 0;
+  }();
+  return on;
+}
+template <class Op>
+bool runs_pingpong(const GemmArgs& p) {
+  return !Op::kInt && pingpong_forced() && !p.fast_accum && !p.out_int32 &&
+         p.out_dtype != FloatType::kF32 && p.a_mode != ScaleMode::kBlock &&
+         p.b_mode != ScaleMode::kBlock;
 }
 
 // The output map (when TMA can address the output) and the kernel for the output's type and
@@ -624,6 +702,10 @@ cudaError_t launch_for_out(Maps& maps, const GemmArgs& p, cudaStream_t stream) {
       return launch<Op, true, true, false, kOutBytes>(maps, tma_store, p, stream);
     }
     if (p.fast_accum) return launch<Op, false, false, false, kOutBytes>(maps, tma_store, p, stream);
+    if constexpr (kOutBytes == 2) {
+      if (runs_pingpong<Op>(p))
+        return launch<Op, true, false, false, 2, false, true>(maps, tma_store, p, stream);
+    }
     return launch<Op, true, false, false, kOutBytes>(maps, tma_store, p, stream);
   }
 }
@@ -633,7 +715,8 @@ template <class Op>
 cudaError_t gemm_wgmma(const GemmArgs& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   Maps maps{};
-  if (!make_map_k128(&maps.a, p.a, p.M, p.K, p.lda, kBM, map_slot(p, TensorMapCache::kA)) ||
+  const int a_rows = runs_pingpong<Op>(p) ? kPingRows : kBM;  // a's box: a tile's rows
+  if (!make_map_k128(&maps.a, p.a, p.M, p.K, p.lda, a_rows, map_slot(p, TensorMapCache::kA)) ||
       !make_map_k128(&maps.b, p.b, p.N, p.K, p.ldb, kBN, map_slot(p, TensorMapCache::kB)))
     return cudaErrorInvalidValue;
   if (p.out_int32 || p.out_dtype == FloatType::kF32) return launch_for_out<Op, 4>(maps, p, stream);
