@@ -94,6 +94,19 @@
 #                                           M = 128-512 under them (about 350 s). The
 #                                           edited heuristics.py is left in OUTDIR: the
 #                                           same sweep gives the same file here.
+#   bash bench/next_run.sh pingpong [OUTDIR] build, the FP8 wgmma GEMM's two schedules
+#                                           bit for bit (test_wgmma_schedule.py) and its
+#                                           tests under LOWBIT_WGMMA_SCHEDULE=pingpong, then
+#                                           `lowbit bench --op fp8_scaled_mm:row` at
+#                                           M >= 4096 (PING_SHAPES) in processes that
+#                                           alternate cooperative and ping-pong,
+#                                           PING_ROUNDS (default 2) of each (about 300 s)
+#   bash bench/next_run.sh early [OUTDIR]   build, the early-weight tests (test_weight_early.py:
+#                                           swap-AB and, above M = 64, wgmma), then
+#                                           `lowbit bench --op int8_linear,fp8_linear` at
+#                                           M = 128-4096 (EARLY_SHAPES) in processes that
+#                                           alternate LOWBIT_EARLY_WEIGHTS=0 and 1, two
+#                                           rounds (about 250 s)
 #   bash bench/next_run.sh pending [OUTDIR] build, the GPU tests of what landed after 9df9dd9
 #                                           without a GPU run (the loop's capture error, the
 #                                           dequantizers' prepared launches and C++ plans,
@@ -109,14 +122,16 @@
 #                                           the swap-AB / Triton kernels at N = 14336
 # OUTDIR defaults to $OUT, else ./gpu_out. Each step writes under OUTDIR as it goes and runs
 # under a timeout; summary.txt gets a line per step. SKIP_BUILD=1: no build first (the
-# package an earlier step installed, e.g. `stages`, which ends on the default build). The
+# package an earlier step installed, e.g. `stages`, which ends on the default build). PACK=1:
+# on exit, everything under OUTDIR but summary.txt goes into OUTDIR/out.tgz (the device
+# tool brings back at most 8 files of a call). The
 # next session's first call (bench/NOTES.md, "### Next", items 1-2): `bash bench/next_run.sh
 # grouped $OUT`, about 400 s.
 set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings | moe | grouped | cq | pending | int8 | int8tune) ;;
+    siblings | moe | grouped | cq | pending | int8 | int8tune | pingpong | early) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -126,6 +141,12 @@ R=$(pwd)
 PY=${PYTHON:-python3}
 SUMMARY=$OUTDIR/summary.txt
 say() { echo "$*" | tee -a "$SUMMARY"; }
+pack() {
+  [ -n "${PACK:-}" ] || return 0
+  tar czf "$OUTDIR/out.tgz" -C "$OUTDIR" --exclude=./out.tgz --exclude=./summary.txt . &&
+    find "$OUTDIR" -mindepth 1 -maxdepth 1 ! -name summary.txt ! -name out.tgz -exec rm -rf {} +
+}
+trap pack EXIT
 say "0 $WHAT: $(nvidia-smi --query-gpu=name --format=csv,noheader) $(date -u +%FT%TZ)"
 # The package built with extra nvcc flags ($1; empty: none), the log appended to $2. The flags
 # stay in the build folder's CMake cache until a build passes others.
@@ -150,6 +171,21 @@ tests_step() {
   (cd "${TMPDIR:-/tmp}" && timeout "$limit" $PY -m pytest -q -p no:cacheprovider "$@") \
     >"$log" 2>&1
   say "$label: rc $? in $((SECONDS - t)) s: $(tail -n 1 "$log")"
+}
+# `lowbit bench --op $4 --shapes $5 --no-host` in processes that alternate the values $2 (a
+# space-separated list) of the environment variable $1, $3 rounds, each process under a
+# timeout of $6 s with --rep-ms $7; its rows under OUTDIR/<variable>_<value>_<round>.
+ab_rounds() {
+  local var=$1 values=$2 rounds=$3 ops=$4 shapes=$5 limit=$6 rep=$7 round v t
+  for round in $(seq "$rounds"); do
+    for v in $values; do
+      t=$SECONDS
+      (cd "${TMPDIR:-/tmp}" && env "$var=$v" timeout "$limit" lowbit bench --op "$ops" \
+         --no-host --rep-ms "$rep" --shapes "$shapes" --out "$OUTDIR/${var}_${v}_$round") \
+        >"$OUTDIR/${var}_${v}_$round.log" 2>&1
+      say "3 $var=$v, round $round: rc $? in $((SECONDS - t)) s"
+    done
+  done
 }
 # Summary step 1: the default build, its log $1 (none under SKIP_BUILD). A failed build ends
 # the run with the log's tail: the steps after would time the package an earlier call installed.
@@ -407,6 +443,28 @@ if [ "$WHAT" = int8tune ]; then
      128x4096x4096,128x4096x14336,256x4096x4096,256x4096x14336,512x4096x4096,512x4096x14336,512x14336x4096) \
     >"$OUTDIR/int8.log" 2>&1
   say "5 int8_gemm rows: rc $? in $((SECONDS - t)) s ($OUTDIR/int8/bench.md)"
+  exit 0
+fi
+
+if [ "$WHAT" = pingpong ]; then
+  # Issue 16 asks for the ping-pong consumer schedule measured against the cooperative one
+  # (bench/NOTES.md, "INT8 and FP8: the rows below their targets").
+  tests_step "2 schedule tests" 150 "$OUTDIR/ping_tests.log" "$R/tests/test_wgmma_schedule.py"
+  LOWBIT_WGMMA_SCHEDULE=pingpong tests_step "2b fp8 GEMM tests, ping-pong" 150 \
+    "$OUTDIR/ping_gemm_tests.log" -n 12 "$R/tests/test_cuda_fp8_gemm.py" -k "wgmma or large"
+  ab_rounds LOWBIT_WGMMA_SCHEDULE "cooperative pingpong" "${PING_ROUNDS:-2}" fp8_scaled_mm:row \
+    "${PING_SHAPES:-4096x4096x4096,4096x14336x4096,4096x4096x14336,4096x28672x8192,8192x8192x8192}" \
+    100 50
+  exit 0
+fi
+
+if [ "$WHAT" = early ]; then
+  # The wgmma GEMM's early weight loads (a layer's forward above M = 64): bits, then time.
+  tests_step "2 early-weight tests" 150 "$OUTDIR/early_tests.log" -n 8 \
+    "$R/tests/test_weight_early.py"
+  ab_rounds LOWBIT_EARLY_WEIGHTS "0 1" 2 int8_linear,fp8_linear \
+    "${EARLY_SHAPES:-128x4096x4096,128x4096x14336,256x4096x4096,512x14336x4096,4096x4096x4096}" \
+    45 20
   exit 0
 fi
 
