@@ -187,7 +187,9 @@ def _stack_free(arch, name):
         # INT8 with a 16- or 32-bit float output: the direct-store epilogue (outputs TMA
         # cannot address) of asymmetric activations corrects the zero point in 64 bits and
         # spills there, after the mainloop; the TMA-store path and the mainloop do not.
-        return not re.search(r"<lowbit::sm90::S8, false, false, false, [24], false>", name)
+        # (The last template argument is the schedule: INT8 has the cooperative one only.)
+        return not re.search(r"<lowbit::sm90::S8, false, false, false, [24], false, false>",
+                             name)
     if re.search(r"quant::detail::\w+_kernel<\(lowbit::FloatType\)[12]", name):
         return True  # the bf16 / fp16 quantizers (fp32's software fp8 encoder may spill)
     if "mma_tiled::gemm_mma_kernel" in name:
