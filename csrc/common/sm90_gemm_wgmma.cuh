@@ -678,10 +678,10 @@ bool runs_pingpong(const GemmArgs& p) {
          p.b_mode != ScaleMode::kBlock;
 }
 
-// The output map (when TMA can address the output) and the kernel for the output's type and
-// the scales' modes.
+// The output map (when TMA can address the output) and the kernel for the output's type, the
+// scales' modes and the schedule (ping: runs_pingpong, which a's map was made for).
 template <class Op, int kOutBytes>
-cudaError_t launch_for_out(Maps& maps, const GemmArgs& p, cudaStream_t stream) {
+cudaError_t launch_for_out(Maps& maps, const GemmArgs& p, bool ping, cudaStream_t stream) {
   const CUtensorMapDataType type = p.out_int32                         ? CU_TENSOR_MAP_DATA_TYPE_INT32
                                    : p.out_dtype == FloatType::kF32    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
                                    : p.out_dtype == FloatType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
@@ -703,8 +703,7 @@ cudaError_t launch_for_out(Maps& maps, const GemmArgs& p, cudaStream_t stream) {
     }
     if (p.fast_accum) return launch<Op, false, false, false, kOutBytes>(maps, tma_store, p, stream);
     if constexpr (kOutBytes == 2) {
-      if (runs_pingpong<Op>(p))
-        return launch<Op, true, false, false, 2, false, true>(maps, tma_store, p, stream);
+      if (ping) return launch<Op, true, false, false, 2, false, true>(maps, tma_store, p, stream);
     }
     return launch<Op, true, false, false, kOutBytes>(maps, tma_store, p, stream);
   }
@@ -715,12 +714,14 @@ template <class Op>
 cudaError_t gemm_wgmma(const GemmArgs& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   Maps maps{};
-  const int a_rows = runs_pingpong<Op>(p) ? kPingRows : kBM;  // a's box: a tile's rows
+  const bool ping = runs_pingpong<Op>(p);
+  const int a_rows = ping ? kPingRows : kBM;  // a's box: a tile's rows
   if (!make_map_k128(&maps.a, p.a, p.M, p.K, p.lda, a_rows, map_slot(p, TensorMapCache::kA)) ||
       !make_map_k128(&maps.b, p.b, p.N, p.K, p.ldb, kBN, map_slot(p, TensorMapCache::kB)))
     return cudaErrorInvalidValue;
-  if (p.out_int32 || p.out_dtype == FloatType::kF32) return launch_for_out<Op, 4>(maps, p, stream);
-  return launch_for_out<Op, 2>(maps, p, stream);
+  if (p.out_int32 || p.out_dtype == FloatType::kF32)
+    return launch_for_out<Op, 4>(maps, p, ping, stream);
+  return launch_for_out<Op, 2>(maps, p, ping, stream);
 }
 
 }  // namespace sm90
