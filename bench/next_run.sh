@@ -110,7 +110,8 @@
 #   bash bench/next_run.sh pending [OUTDIR] build, the GPU tests of what landed after 9df9dd9
 #                                           without a GPU run (the loop's capture error, the
 #                                           dequantizers' prepared launches and C++ plans,
-#                                           the Triton INT8 tiles),
+#                                           the Triton INT8 tiles, the Triton weight-only
+#                                           GEMM's split summed in its own launch),
 #                                           then `lowbit bench`'s host table at 1 x 4096 x
 #                                           4096 (rows against torch.add_ in interleaved
 #                                           rounds; about 200 s)
@@ -477,6 +478,8 @@ if [ "$WHAT" = pending ]; then
     "$R/tests/test_native_ops.py" -k "dequantiz or registered"
   tests_step "2 triton int8 tests" 150 "$OUTDIR/int8_tests.log" -n 12 \
     "$R/tests/test_triton_int8.py"
+  tests_step "2 triton weight-only tests (the split summed in its launch)" 150 \
+    "$OUTDIR/wx_tests.log" -n 12 "$R/tests/test_triton_wxa16.py" "$R/tests/test_triton_bind.py"
   t=$SECONDS
   (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --op all --shapes 1x4096x4096 \
      --rep-ms 30 --out "$OUTDIR/host") >"$OUTDIR/host.log" 2>&1

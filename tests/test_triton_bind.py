@@ -351,26 +351,28 @@ def _wxa16_cases():
     ]
 
 
-_WX_POINTERS = {"_wxa16_kernel": 6, "_split_sum_kernel": 3}  # leading pointer parameters
+_WX_POINTERS = 8  # the weight-only kernel's leading pointer parameters
 
 
 def test_the_weight_only_gemms_direct_and_own_launches_agree(monkeypatch):
-    """Both kernels of a weight-only GEMM call (the split GEMM and its reduction) get from
-    the direct launch the data pointers of the tensors Triton's own path gets, in the same
-    order and roles, and were bound on tensors of the dtypes and alignment those have."""
+    """A weight-only GEMM call (one launch, the split's sum in the same kernel) gives the
+    direct launch the data pointers of the tensors Triton's own path gets, in the same order
+    and roles, and the kernel was bound on tensors of the dtypes and alignment those have;
+    a split launch gets the stream's counters and workspace, not the stand-ins it was
+    bound with."""
     from lowbit.triton_kernels import wxa16_gemm as wx
-    log, declines = [], set()
+    log = []
 
     def bind(kernel, grid, args, consts):
         name = kernel.fn.__name__
-        log.append(("bind", name, args))
+        log.append(("bind", name, args, consts))
 
         def launch(*a):
             log.append(("own", name, a))
 
-        def direct(*a):
+        def direct(*a):  # declined: the call goes on to Triton's own path
             log.append(("direct", name, a))
-            return name not in declines
+            return False
 
         launch.direct = direct
         return launch
@@ -385,37 +387,37 @@ def test_the_weight_only_gemms_direct_and_own_launches_agree(monkeypatch):
     for name, make, args in _wxa16_cases():
         log.clear()
         launch = make()
-        binds = {e[1]: e[2] for e in log if e[0] == "bind"}
-        split = "_split_sum_kernel" in binds
-        # The GEMM declines its direct launch; then the GEMM launches, the reduction declines.
-        for declined in (["_wxa16_kernel"], ["_split_sum_kernel"] if split else []):
-            if not declined:
-                continue
-            declines.clear()
-            declines.update(declined)
+        binds = [e for e in log if e[0] == "bind"]
+        assert [e[1] for e in binds] == ["_wxa16_kernel"], (name, log)
+        bound_args, split = binds[0][2], binds[0][3]["PARTIAL"]
+        log.clear()
+        # A later call of the signature: other tensors of the same shapes and dtypes.
+        call = tuple(v.clone() if isinstance(v, torch.Tensor) else v for v in args)
+        out = launch(*call)
+        direct = [e[2] for e in log if e[0] == "direct"]
+        own = [e[2] for e in log if e[0] == "own"]
+        assert len(direct) == 1 and len(own) == 1, (name, log)
+        assert direct[0] == tuple(ptr(v) for v in own[0]), name
+        # Nothing bound is reused: every pointer is this call's (its tensors, its output,
+        # the stream's workspace and counters), none a tensor the launcher was bound with.
+        bound = {v.data_ptr() for v in bound_args if isinstance(v, torch.Tensor)}
+        assert not bound & set(direct[0][:_WX_POINTERS]), name
+        for b, o in zip(bound_args, own[0]):
+            if isinstance(o, torch.Tensor):
+                assert b.dtype == o.dtype, name
+                assert (b.data_ptr() % 16 == 0) == (o.data_ptr() % 16 == 0), name
+            else:
+                assert b == o, name
+        # The result lands in the output; a split's partials and counters are the
+        # stream's scratch (fp32, int32), the same again on the next call.
+        assert own[0][5].data_ptr() == out.data_ptr(), name
+        if split:
+            ws, cnt = own[0][6], own[0][7]
+            assert ws.dtype == torch.float32 and cnt.dtype == torch.int32, name
             log.clear()
-            # A later call of the signature: other tensors of the same shapes and dtypes.
-            call = tuple(v.clone() if isinstance(v, torch.Tensor) else v for v in args)
-            out = launch(*call)
-            kernel = declined[0]
-            direct = [e[2] for e in log if e[0] == "direct" and e[1] == kernel]
-            own = [e[2] for e in log if e[0] == "own" and e[1] == kernel]
-            assert len(direct) == 1 and len(own) == 1, (name, kernel, log)
-            assert direct[0] == tuple(ptr(v) for v in own[0]), (name, kernel)
-            # Nothing bound is reused: every pointer is this call's (its tensors, its output
-            # and workspace), none a tensor the launcher was bound with.
-            bound = {v.data_ptr() for v in binds[kernel] if isinstance(v, torch.Tensor)}
-            assert not bound & {v for v in direct[0][:_WX_POINTERS[kernel]]}, (name, kernel)
-            for b, o in zip(binds[kernel], own[0]):
-                if isinstance(o, torch.Tensor):
-                    assert b.dtype == o.dtype, (name, kernel)
-                    assert (b.data_ptr() % 16 == 0) == (o.data_ptr() % 16 == 0), (name, kernel)
-                else:
-                    assert b == o, (name, kernel)
-            # The result lands in the output: the GEMM's when it does not split, else the
-            # reduction's.
-            c_arg = 5 if kernel == "_wxa16_kernel" else 2
-            if kernel == "_split_sum_kernel" or not split:
-                assert own[0][c_arg].data_ptr() == out.data_ptr(), (name, kernel)
-            seen.add((kernel, split))
-    assert {("_wxa16_kernel", True), ("_wxa16_kernel", False), ("_split_sum_kernel", True)} <= seen
+            launch(*call)
+            again = [e[2] for e in log if e[0] == "own"][0]
+            assert (again[6].data_ptr(), again[7].data_ptr()) == (ws.data_ptr(),
+                                                                  cnt.data_ptr()), name
+        seen.add(split)
+    assert seen == {True, False}

@@ -8,6 +8,8 @@ N = 3000 only with M <= 3); with one, the same cases run on it, plus K = 4224 an
 benchmark shapes (marked ``gpu``). w8a16 runs through the reference backend for every case
 as well.
 """
+import re
+
 import pytest
 import torch
 
@@ -297,7 +299,8 @@ def test_dequant_kernels_decline_the_decode_range_and_fp32():
 @pytest.mark.parametrize("m", [1, 16])
 def test_decode_split_k_is_deterministic_and_correct(bits, m):
     """Every split of K (1 to one K-step per split) meets the tolerance, and a split's
-    result is the same bits on every run (a fixed summation order, no atomics)."""
+    result is the same bits on every run (the last program to arrive sums the partials in
+    split order); every launch leaves the tile counters zero for the next."""
     k = 512
     x = activations(m, k, torch.bfloat16, seed=14)
     bias = bias_of(40, torch.bfloat16)
@@ -319,6 +322,30 @@ def test_decode_split_k_is_deterministic_and_correct(bits, m):
         first = run(split)
         check(first, want, torch.bfloat16, f"split_k={split}")
         assert torch.equal(first.view(torch.int16), run(split).view(torch.int16)), split
+        for counters, _ in wxa16_gemm._SCRATCH.values():
+            assert not counters.any(), f"split_k={split}: counters left {counters.tolist()}"
+
+
+def test_split_launches_of_two_signatures_share_the_stream_scratch():
+    """Split launches of different signatures on one stream take the same counters and
+    workspace (grown for the larger), one after the other: each result is what it is
+    alone, and a stale counter would hand a tile's sum to the wrong program."""
+    k = 256
+    x1, x2 = activations(1, k, torch.bfloat16, seed=21), activations(9, k, torch.bfloat16,
+                                                                        seed=22)
+    q1, s1 = int8_weight(24, k, 0, seed=23)
+    q2, s2 = int8_weight(72, k, 64, seed=24)
+    alone = [wxa16_gemm.w8a16_gemm(x1, q1, s1, None, split_k=4),
+             wxa16_gemm.w8a16_gemm(x2, q2, s2, None, split_k=2)]
+    for _ in range(2):
+        a = wxa16_gemm.w8a16_gemm(x1, q1, s1, None, split_k=4)
+        b = wxa16_gemm.w8a16_gemm(x2, q2, s2, None, split_k=2)
+        assert torch.equal(a.view(torch.int16), alone[0].view(torch.int16))
+        assert torch.equal(b.view(torch.int16), alone[1].view(torch.int16))
+    check(alone[0], expected(x1, int8_dense(q1, s1)), torch.bfloat16)
+    check(alone[1], expected(x2, int8_dense(q2, s2)), torch.bfloat16)
+    for counters, _ in wxa16_gemm._SCRATCH.values():
+        assert not counters.any()
 
 
 def test_split_k_heuristic():
@@ -454,7 +481,8 @@ def _compile(target, bits, per_channel, decode, s_in_dot=False):
                  EVEN_K=True, stride_xk=1, stride_wk=1, stride_sg=1, stride_zg=1, stride_cn=1)
     ptrs = dict(x_ptr="*bf16", w_ptr="*u8" if bits == 4 else "*i8",
                 s_ptr="*i16" if bits == 4 else "*fp32", z_ptr="*u8", bias_ptr="*i16",
-                c_ptr="*fp32" if decode else "*bf16")
+                c_ptr="*bf16", ws_ptr="*fp32" if decode else "*bf16",
+                cnt_ptr="*i32" if decode else "*bf16")
     sig = {a: "constexpr" if a in const else ptrs.get(a, "i32") for a in kern.arg_names}
     aligned = [a for a in kern.arg_names if a in ptrs or a in (
         "N", "K", "G", "stride_xm", "stride_wn", "stride_sn", "stride_zn", "stride_cs",
@@ -466,7 +494,8 @@ def _compile(target, bits, per_channel, decode, s_in_dot=False):
 def compile_checks(target) -> None:
     """Compile both regimes and both bit widths for ``target`` (GPUTarget's arguments); on
     NVIDIA the tiled regime must run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
-    and decode on mma.sync."""
+    and decode on mma.sync, its split counted in with one acquire-release atomic at GPU
+    scope."""
     for bits, per_channel, s_in_dot in ((4, False, False), (4, False, True), (8, True, False),
                                         (8, False, False)):
         for decode in (True, False):
@@ -474,6 +503,8 @@ def compile_checks(target) -> None:
             if target[0] == "cuda":
                 want = "wgmma" if target[1] == 90 and not decode else "mma.sync"
                 assert want in c.asm["ptx"], (target, bits, per_channel, decode)
+                atoms = re.findall(r"atom\.[\w.]+", c.asm["ptx"])
+                assert atoms == (["atom.global.gpu.acq_rel.add.u32"] if decode else []), atoms
 
 
 @pytest.mark.parametrize("target", [GPU_TARGETS[t] for t in ("sm90", "sm80", "gfx942")],
@@ -537,8 +568,8 @@ def test_gpu_benchmark_shapes(nk):
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 16, 40])
 def test_gpu_bound_launches_match_the_jit_launches(m):
-    """The prepared weight-only GEMMs launch their compiled kernels directly (the split GEMM
-    and its reduction at M <= 16): bit for bit what the launches through ``kernel[grid]``
+    """The prepared weight-only GEMMs launch their compiled kernel directly (one launch, the
+    split's sum in it at M <= 16): bit for bit what the launches through ``kernel[grid]``
     give (taken while a launch hook is set), with zero points, act order, bias and both
     scale layouts of the int8 weight."""
     from lowbit_testing import assert_bits_equal, with_launch_hook
@@ -557,6 +588,6 @@ def test_gpu_bound_launches_match_the_jit_launches(m):
         bound = call()
         hooked, seen = with_launch_hook(call)
         torch.cuda.synchronize()
-        assert len(seen) in (1, 2), (what, len(seen))  # the GEMM, and its reduction if split
+        assert len(seen) == 1, (what, len(seen))  # the GEMM, its split summed in it
         assert_bits_equal(bound, first, f"{what}: bound launch, twice")
         assert_bits_equal(bound, hooked, f"{what}: bound launch vs kernel[grid]")

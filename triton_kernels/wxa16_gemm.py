@@ -28,9 +28,14 @@ fp32. Where the scale goes (a K-step never straddles two groups: BLOCK_K divides
 Regimes, by M (``heuristics.WXA16_GEMM_TABLE``):
 - decode, M <= 16: few output tiles, so the K-steps are split among
   ``heuristics.wxa16_split_k`` programs per tile to keep every SM streaming the weight.
-  Each split writes its fp32 partial tile to a workspace [SPLIT, M, N]; a second kernel
-  sums the splits in split order, adds the bias and rounds once. No atomics: the result is
-  the same bits on every run.
+  Each split writes its fp32 partial tile to a workspace [SPLIT, M, N] and counts itself in
+  the tile's arrival counter (one acquire-release atomic); the last of the tile's programs
+  to arrive sums the partials in split order, adds the bias, rounds once and sets the
+  counter back to zero. The sum's order does not depend on the arrival order: the result is
+  the same bits on every run. One launch a call (a second kernel for the sum cost a
+  launch's host time, about as much again as the GEMM's), with the counters and the
+  workspace kept per device and stream (``_scratch``; counters zeroed once, left zero by
+  every launch) and a pair of its own for a launch being captured in a CUDA graph.
 - tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K; at
   M <= 64 N tiles narrowed (to 32) while they number fewer than the SMs; above, 128 x 128
   tiles while they fill 3/4 of the SMs, else narrower ones (``heuristics.WXA16_FILL_TILES``).
@@ -48,9 +53,9 @@ bf16 tensors travel as their int16 bits: x is widened to fp32 and multiplied in 
 (exact: every bf16 is an fp32), and the output is rounded to bf16 in the kernel.
 Nothing here is NVIDIA-only (no inline assembly): the same source serves AMD GPUs.
 
-``w4a16_gemm_launcher`` / ``w8a16_gemm_launcher`` work out a signature's config, split, grids
-and constexprs once and bind both kernels (``_common.bind``): the Triton backend's prepared
-calls are the allocations and the two launches.
+``w4a16_gemm_launcher`` / ``w8a16_gemm_launcher`` work out a signature's config, split, grid
+and constexprs once and bind the kernel (``_common.bind``): the Triton backend's prepared
+calls are the output's allocation and one launch.
 """
 from __future__ import annotations
 
@@ -70,7 +75,7 @@ __all__ = ["w4a16_gemm", "w8a16_gemm", "w4a16_gemm_launcher", "w8a16_gemm_launch
 
 # Under the interpreter a program costs milliseconds of Python: a GPU's SM count would
 # make hundreds of splits, so the decode split is sized for this many "SMs" there (enough
-# to exercise the split and its reduction).
+# to exercise the split and its sum).
 INTERPRET_SMS = 4
 
 
@@ -162,7 +167,8 @@ def _store_out(acc, bias_ptr, offs_n, n_ok, c_ptrs, c_mask, HAS_BIAS: tl.constex
 
 
 @jit
-def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS_PER_SPLIT,
+def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, ws_ptr, cnt_ptr, M, N, K, G,
+                  STEPS_PER_SPLIT,
                   stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sg,
                   stride_zn, stride_zg, stride_cs, stride_cm, stride_cn,
                   BITS: tl.constexpr, PER_CHANNEL: tl.constexpr, SCALE_W: tl.constexpr,
@@ -172,8 +178,10 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
                   OUT_BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
     """Program (tile, split): the output tile's sum over the split's K-steps
-    [split * STEPS_PER_SPLIT, ...). PARTIAL: the fp32 sum goes to the workspace c[split]
-    (no bias); else it is the output."""
+    [split * STEPS_PER_SPLIT, ...). PARTIAL: the fp32 sum goes to the workspace ws[split]
+    (rows and columns at c's strides, splits stride_cs apart), and the tile's last program
+    to arrive at its counter cnt[tile] (int32, zero at the launch) writes the output;
+    else the sum is the output."""
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     split = tl.program_id(1)
     offs_m, offs_n, m_ok, n_ok, offs_m64, offs_n64 = tile_offsets(pid_m, pid_n, M, N,
@@ -256,32 +264,31 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, G, STEPS
         acc = acc * load_f32(s_rows, n_ok, S_BF16)[None, :]
 
     c_mask = m_ok[:, None] & n_ok[None, :]
+    tile_at = offs_m64[:, None] * stride_cm + offs_n64[None, :] * stride_cn
     if PARTIAL:
-        c_ptrs = (c_ptr + split.to(tl.int64) * stride_cs + offs_m64[:, None] * stride_cm
-                  + offs_n64[None, :] * stride_cn)
-        tl.store(c_ptrs, acc, mask=c_mask)
+        stride_cs = tl.cast(stride_cs, tl.int64)
+        tl.store(ws_ptr + split.to(tl.int64) * stride_cs + tile_at, acc, mask=c_mask)
+        # Every thread's partial is stored before the program counts itself: the barrier
+        # orders them before the one thread's atomic, whose release covers them (and its
+        # acquire, broadcast through the barrier Triton puts after a scalar atomic, the
+        # other partials before the reads below).
+        tl.debug_barrier()
+        tile = tl.program_id(0)
+        n_split = tl.num_programs(1)
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == n_split - 1:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in range(0, n_split):
+                # .cg: from L2, where the other programs' stores are (not an L1 line).
+                acc += tl.load(ws_ptr + tl.cast(s, tl.int64) * stride_cs + tile_at,
+                               mask=c_mask, other=0.0, cache_modifier=".cg")
+            _store_out(acc, bias_ptr, offs_n, n_ok, c_ptr + tile_at, c_mask, HAS_BIAS,
+                       BIAS_BF16, OUT_BF16_BITS)
+            # Every program of the tile has counted: zero again for the next launch.
+            tl.store(cnt_ptr + tile, 0)
     else:
-        c_ptrs = c_ptr + offs_m64[:, None] * stride_cm + offs_n64[None, :] * stride_cn
-        _store_out(acc, bias_ptr, offs_n, n_ok, c_ptrs, c_mask, HAS_BIAS, BIAS_BF16,
+        _store_out(acc, bias_ptr, offs_n, n_ok, c_ptr + tile_at, c_mask, HAS_BIAS, BIAS_BF16,
                    OUT_BF16_BITS)
-
-
-@jit
-def _split_sum_kernel(ws_ptr, bias_ptr, c_ptr, M, N, SPLIT, stride_ws, stride_wm, stride_wn,
-                      stride_cm, stride_cn, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
-                      OUT_BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr):
-    """out = sum over the splits of the workspace, in split order (a fixed order: the same
-    bits every run), + bias, rounded once."""
-    _, offs_n, m_ok, n_ok, offs_m64, offs_n64 = tile_offsets(
-        tl.program_id(0), tl.program_id(1), M, N, BLOCK_M, BLOCK_N)
-    mask = m_ok[:, None] & n_ok[None, :]
-    ws = ws_ptr + offs_m64[:, None] * stride_wm + offs_n64[None, :] * stride_wn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for s in range(0, SPLIT):
-        acc += tl.load(ws + s * stride_ws, mask=mask, other=0.0)
-    c_ptrs = c_ptr + offs_m64[:, None] * stride_cm + offs_n64[None, :] * stride_cn
-    _store_out(acc, bias_ptr, offs_n, n_ok, c_ptrs, mask, HAS_BIAS, BIAS_BF16, OUT_BF16_BITS)
 
 
 @jit
@@ -369,8 +376,36 @@ def wxa16_dequant_launcher(w: torch.Tensor, bits: int, scales: torch.Tensor,
     return launch
 
 
-# Tile of the split reduction: M <= 16 rows, a wide strip of N.
-_SUM_BLOCK_M, _SUM_BLOCK_N = 16, 128
+# (device, stream) -> [counters, workspace] of the split launches on that stream outside
+# graph captures: launches on one stream run in order, and each leaves its counters zero. A
+# launch being captured gets a pair of its own (its counters zeroed by a memset the graph
+# holds), so no graph shares counters with eager launches or with another graph, and no
+# cached buffer is made inside a capture.
+_SCRATCH: dict = {}
+
+
+def _scratch(dev: torch.device, stream, counters: int, floats: int):
+    """(int32 counters, fp32 workspace) tensors of at least these sizes for a launch on
+    ``stream`` (None: a device without streams, as the interpreter's CPU tensors); the
+    caller holds them until the launch is enqueued."""
+    if stream is not None and torch.cuda.is_current_stream_capturing():
+        return (torch.zeros(counters, dtype=torch.int32, device=dev),
+                torch.empty(floats, dtype=torch.float32, device=dev))
+    have = _SCRATCH.setdefault((dev, stream), [None, None])
+    if have[0] is None or have[0].numel() < counters:
+        have[0] = torch.zeros(counters, dtype=torch.int32, device=dev)
+    if have[1] is None or have[1].numel() < floats:
+        have[1] = torch.empty(floats, dtype=torch.float32, device=dev)
+    return have[0], have[1]
+
+
+def _stream_of(dev: torch.device):
+    """``stream()``: the current stream's handle on ``dev`` (the one a launch goes to), or
+    None where tensors live on the host."""
+    if dev.type == "cpu":
+        return lambda: None
+    get, index = triton.runtime.driver.active.get_current_stream, device_index(dev)
+    return lambda: get(index)
 
 
 def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: torch.Tensor,
@@ -378,9 +413,9 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
                         bias: Optional[torch.Tensor], config=None, split_k: Optional[int] = None):
     """launch(x, w, scales, zeros, bias) -> out for arguments of the signature of these
     (shapes, strides, dtypes, alignment; ``group_size`` 0: one scale per row of the weight,
-    scales [N, 1]): the config, the split, the grids and the constexprs are worked out and
-    both kernels bound once (_common.bind), so that a call is the output's (and the split
-    workspace's) allocation and the launches. Arguments are validated by lowbit.ops."""
+    scales [N, 1]): the config, the split, the grid and the constexprs are worked out and
+    the kernel bound once (_common.bind), so that a call is the output's allocation and one
+    launch. Arguments are validated by lowbit.ops."""
     m, k = x.shape
     n = w.shape[0]
     dev, dtype, empty, shape = x.device, x.dtype, torch.empty, (m, n)
@@ -417,58 +452,50 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
     bias_k, bias_bf16 = kernel_input(bias.contiguous()) if bias is not None else (sk, False)
     zk = zeros if zeros is not None else sk  # (not read without zeros)
     out_bits = interp and dtype == torch.bfloat16
-    # Aligned stand-ins of the output (as the kernels see it) and of the workspace, which a
-    # launch allocates: [M, N] and [SPLIT, M, N], contiguous.
+    # Aligned stand-ins of the output (as the kernel sees it), the workspace and the
+    # counters, which a launch takes from _scratch: [M, N], [SPLIT, M, N], [tiles].
     c0 = empty(16, dtype=dtype, device=dev)
     c0 = c0.view(torch.int16) if out_bits else c0
     ws0 = empty(16, dtype=torch.float32, device=dev) if partial else c0
+    cnt0 = torch.zeros(16, dtype=torch.int32, device=dev) if partial else c0
     # A per-channel scale's group is all of K (its column index k0 // G is 0).
     g = group_size if group_size else max(k, 1)
     sizes = (m, n, k, g, per_split, xk.stride(0), xk.stride(1), w.stride(0), w.stride(1),
              sk.stride(0), sk.stride(1), zk.stride(0), zk.stride(1),
              m * n if partial else 0, n, 1)
-    gemm = bind(_wxa16_kernel, (tiles, split), (xk, w, sk, zk, bias_k, ws0, *sizes), dict(
-        BITS=bits, PER_CHANNEL=not group_size, SCALE_W=bool(group_size) and not decode,
-        S_IN_DOT=scales.dtype == dtype and dtype != torch.float32 and not x_bits,
-        HAS_ZERO=zeros is not None, S_BF16=s_bf16,
-        HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, X_BF16_BITS=x_bits,
-        FP32_DOT=dtype == torch.float32, PARTIAL=partial, OUT_BF16_BITS=out_bits,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.group_m, EVEN_K=k % bk == 0,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages))
-    sum_sizes = (m, n, split, m * n, n, 1, n, 1)
-    if partial:
-        reduce = bind(_split_sum_kernel,
-                      (triton.cdiv(m, _SUM_BLOCK_M), triton.cdiv(n, _SUM_BLOCK_N)),
-                      (ws0, bias_k, c0, *sum_sizes),
-                      dict(HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16,
-                           OUT_BF16_BITS=out_bits, BLOCK_M=_SUM_BLOCK_M, BLOCK_N=_SUM_BLOCK_N,
-                           num_warps=4))
-
-    new = allocator()
+    gemm = bind(_wxa16_kernel, (tiles, split), (xk, w, sk, zk, bias_k, c0, ws0, cnt0, *sizes),
+                dict(BITS=bits, PER_CHANNEL=not group_size,
+                     SCALE_W=bool(group_size) and not decode,
+                     S_IN_DOT=scales.dtype == dtype and dtype != torch.float32 and not x_bits,
+                     HAS_ZERO=zeros is not None, S_BF16=s_bf16,
+                     HAS_BIAS=bias is not None, BIAS_BF16=bias_bf16, X_BF16_BITS=x_bits,
+                     FP32_DOT=dtype == torch.float32, PARTIAL=partial,
+                     OUT_BF16_BITS=out_bits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                     GROUP_M=cfg.group_m, EVEN_K=k % bk == 0,
+                     num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    new, stream = allocator(), _stream_of(dev)
+    ws_floats = split * m * n
 
     def launch(x, w, scales, zeros, bias):
         out = new(dev, dtype, m, n)
-        ws = new(dev, torch.float32, split, m, n) if partial else out
+        if partial:
+            cnt, ws = _scratch(dev, stream(), tiles, ws_floats)
+        else:
+            cnt = ws = out
         bias = bias.contiguous() if bias is not None else None
-        # The direct launches take the data pointers (no views to build); Triton's own path,
+        # The direct launch takes the data pointers (no views to build); Triton's own path,
         # where bind leaves the launch to it, the tensors as bound.
-        sp, wsp = scales.data_ptr(), ws.data_ptr()
-        bp = bias.data_ptr() if bias is not None else sp
+        sp = scales.data_ptr()
         if gemm.direct(x.data_ptr(), w.data_ptr(), sp,
-                       zeros.data_ptr() if zeros is not None else sp, bp, wsp, *sizes):
-            if partial and not reduce.direct(wsp, bp, out.data_ptr(), *sum_sizes):
-                # (a launch hook set between the two launches) Triton's own path
-                reduce(ws, kernel_input(bias if bias is not None else scales)[0], out,
-                       *sum_sizes)
+                       zeros.data_ptr() if zeros is not None else sp,
+                       bias.data_ptr() if bias is not None else sp, out.data_ptr(),
+                       ws.data_ptr(), cnt.data_ptr(), *sizes):
             return out
         s_k = kernel_input(scales)[0]
         b_k = kernel_input(bias)[0] if bias is not None else s_k
         c = out.view(torch.int16) if out_bits else out
-        w_k = ws if partial else c
         gemm(kernel_input(x)[0] if interp else x, w, s_k, zeros if zeros is not None else s_k,
-             b_k, w_k, *sizes)
-        if partial:
-            reduce(w_k, b_k, c, *sum_sizes)
+             b_k, c, ws if partial else c, cnt if partial else c, *sizes)
         return out
 
     return launch
