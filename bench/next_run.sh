@@ -115,6 +115,16 @@
 #                                           then `lowbit bench`'s host table at 1 x 4096 x
 #                                           4096 (rows against torch.add_ in interleaved
 #                                           rounds; about 200 s)
+#   bash bench/next_run.sh untested [OUTDIR] build, then the GPU tests of everything that
+#                                           landed after 9df9dd9 without a GPU run (the
+#                                           wgmma early weight loads, the ping-pong
+#                                           schedule, the loop's capture error, the
+#                                           dequantizers' plans, the Triton INT8 tiles, the
+#                                           Triton weight-only split in one launch; two
+#                                           pytest runs, 360 s at most), then the host
+#                                           table as `pending` (about 570 s in all). After
+#                                           it, `early` and `pingpong` with NO_TESTS=1 time
+#                                           without testing again.
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -132,7 +142,7 @@ set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings | moe | grouped | cq | pending | int8 | int8tune | pingpong | early) ;;
+    siblings | moe | grouped | cq | pending | int8 | int8tune | pingpong | early | untested) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -450,7 +460,10 @@ fi
 if [ "$WHAT" = pingpong ]; then
   # Issue 16 asks for the ping-pong consumer schedule measured against the cooperative one
   # (bench/NOTES.md, "INT8 and FP8: the rows below their targets").
-  tests_step "2 schedule tests" 150 "$OUTDIR/ping_tests.log" "$R/tests/test_wgmma_schedule.py"
+  if [ -z "${NO_TESTS:-}" ]; then
+    tests_step "2 schedule tests" 150 "$OUTDIR/ping_tests.log" \
+      "$R/tests/test_wgmma_schedule.py"
+  fi
   LOWBIT_WGMMA_SCHEDULE=pingpong tests_step "2b fp8 GEMM tests, ping-pong" 150 \
     "$OUTDIR/ping_gemm_tests.log" -n 12 "$R/tests/test_cuda_fp8_gemm.py" -k "wgmma or large"
   ab_rounds LOWBIT_WGMMA_SCHEDULE "cooperative pingpong" "${PING_ROUNDS:-2}" fp8_scaled_mm:row \
@@ -461,11 +474,27 @@ fi
 
 if [ "$WHAT" = early ]; then
   # The wgmma GEMM's early weight loads (a layer's forward above M = 64): bits, then time.
-  tests_step "2 early-weight tests" 150 "$OUTDIR/early_tests.log" -n 8 \
-    "$R/tests/test_weight_early.py"
+  [ -z "${NO_TESTS:-}" ] && tests_step "2 early-weight tests" 150 "$OUTDIR/early_tests.log" \
+    -n 8 "$R/tests/test_weight_early.py"
   ab_rounds LOWBIT_EARLY_WEIGHTS "0 1" 2 int8_linear,fp8_linear \
     "${EARLY_SHAPES:-128x4096x4096,128x4096x14336,256x4096x4096,512x14336x4096,4096x4096x4096}" \
     45 20
+  exit 0
+fi
+
+if [ "$WHAT" = untested ]; then
+  tests_step "2 untested GPU tests" 240 "$OUTDIR/untested_tests.log" -n 12 \
+    "$R/tests/test_weight_early.py" "$R/tests/test_wgmma_schedule.py" \
+    "$R/tests/test_triton_int8.py" "$R/tests/test_triton_wxa16.py" \
+    "$R/tests/test_triton_bind.py"
+  tests_step "2b capture and dequantizer tests" 120 "$OUTDIR/untested_tests2.log" -n 12 \
+    "$R/tests/test_experts.py" "$R/tests/test_cuda_fp8_quant.py" \
+    "$R/tests/test_cuda_int8_quant.py" "$R/tests/test_native_ops.py" \
+    -k "capture or dequantiz or registered"
+  t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --op all --shapes 1x4096x4096 \
+     --rep-ms 30 --out "$OUTDIR/host") >"$OUTDIR/host.log" 2>&1
+  say "3 host table: rc $? in $((SECONDS - t)) s ($OUTDIR/host/bench.md)"
   exit 0
 fi
 
