@@ -180,12 +180,19 @@ def fp8_gemm_configs() -> List[GemmConfig]:
 # int32 accumulates exactly, so there is no promotion and no second accumulator: tiles may
 # be as large as fp8 fast_accum's. BLOCK_K = 128 int8 bytes is one 128-byte row per operand
 # row per stage, as for fp8. M <= 16 (decode) streams the weight: narrow N tiles, deep
-# pipelines, mma.sync (BLOCK_M = 16). Not yet tuned on a GPU: the rows copy fp8
-# fast_accum's, which is the same shape of work with the same operand bytes.
+# pipelines, mma.sync (BLOCK_M = 16). The rows to M = 64 and above 512 copy fp8
+# fast_accum's (the same shape of work with the same operand bytes). M = 65-128 and
+# 129-512 are bench/sweep_triton_gemm.py --op int8's picks (bench/pick_triton_table.py;
+# H100, 2026-12-07, 23:31 UTC; us at N x K = 4096 x 4096 / 4096 x 14336, against the CUDA
+# wgmma kernel's in the same run): M = 128, 128 x 64 tiles in six stages 18.9 / 46.2
+# (CUDA 19.3 / 46.6; the copied 128 x 128 x 3 ran 27.6 / 78.7); M = 512, 64 x 128 in four
+# stages 23.6 / 63.4 (CUDA 20.1 / 48.5; the copied 128 x 256 ran 36.3 / 101.9). More rows
+# a program lose here: at N = 4096 they leave most of the 132 SMs without a tile.
 INT8_GEMM_TABLE: List[tuple] = [
     (16, GemmConfig(16, 64, 128, 1, 4, 5)),
     (64, GemmConfig(64, 64, 128, 8, 4, 4)),
-    (128, GemmConfig(128, 128, 128, 8, 8, 3)),
+    (128, GemmConfig(128, 64, 128, 8, 4, 6)),
+    (512, GemmConfig(64, 128, 128, 8, 8, 4)),
     (1 << 62, GemmConfig(128, 256, 128, 8, 8, 3)),
 ]
 
