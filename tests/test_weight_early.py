@@ -39,6 +39,18 @@ def test_the_switch_names_the_sm90a_gemms_only(monkeypatch):
     assert not cuda_linear.weight_early("sm90_fp8_gemm_swapab")
     monkeypatch.delenv(cuda_linear.WEIGHT_EARLY_ENV)
     assert cuda_linear.weight_early("sm90_fp8_gemm_swapab") == cuda_linear.WEIGHT_EARLY_BY_DEFAULT
+    # Unset, the wgmma GEMMs load early only to WGMMA_EARLY_MAX_M rows (slower above, as
+    # measured); "1" turns them on at any M, "0" off at any.
+    top = cuda_linear.WGMMA_EARLY_MAX_M
+    for gemm in ("sm90_fp8_gemm_wgmma", "sm90_int8_gemm_wgmma"):
+        assert cuda_linear.weight_early(gemm, top) == cuda_linear.WEIGHT_EARLY_BY_DEFAULT
+        assert not cuda_linear.weight_early(gemm, top + 1)
+        assert cuda_linear.weight_early("sm90_int8_gemm_swapab", 64) == \
+            cuda_linear.WEIGHT_EARLY_BY_DEFAULT
+    monkeypatch.setenv(cuda_linear.WEIGHT_EARLY_ENV, "1")
+    assert cuda_linear.weight_early("sm90_fp8_gemm_wgmma", 4096)
+    monkeypatch.setenv(cuda_linear.WEIGHT_EARLY_ENV, "0")
+    assert not cuda_linear.weight_early("sm90_fp8_gemm_wgmma", 128)
 
 
 @needs_swapab

@@ -59,7 +59,9 @@ def _early_line(op: str) -> list:
     for the quantizer, and the switch (lowbit/backends/cuda/linear.py); empty when this build
     has no such GEMM."""
     from .backends.cuda import FUSED_LINEAR, kernel_id
-    from .backends.cuda.linear import WEIGHT_EARLY_ENV, WEIGHT_EARLY_GEMMS, weight_early
+    from .backends.cuda.linear import (WEIGHT_EARLY_ENV, WEIGHT_EARLY_GEMMS,
+                                       WGMMA_EARLY_MAX_M, weight_early)
+    from ._env import getenv
 
     if op not in FUSED_LINEAR:
         return []
@@ -70,8 +72,12 @@ def _early_line(op: str) -> list:
         return []
     state = "on" if weight_early(gemms[0]) else "off"
     verb = "starts its" if len(gemms) == 1 else "start their"
-    return [f"{' and '.join(gemms)} {verb} weight loads before the quantizer ends",
-            f"with {WEIGHT_EARLY_ENV}=1 ({state} here)"]
+    items = [f"{' and '.join(gemms)} {verb} weight loads before the quantizer ends",
+             f"with {WEIGHT_EARLY_ENV}=1 ({state} here)"]
+    wgmma = [g for g in gemms if g.endswith("_wgmma")]
+    if wgmma and state == "on" and getenv(WEIGHT_EARLY_ENV) is None:
+        items.append(f"{wgmma[0]} to M = {WGMMA_EARLY_MAX_M} while it is unset")
+    return items
 
 
 def _wrap(first: str, indent: int, items: list[str]) -> list[str]:

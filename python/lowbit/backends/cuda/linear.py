@@ -35,7 +35,11 @@ never writes the weight and lets the GEMM start only once every earlier kernel o
 has completed. ``LOWBIT_EARLY_WEIGHTS=1`` turns it on, ``0`` off; unset,
 ``WEIGHT_EARLY_BY_DEFAULT`` decides: on, since on the H100 it took 0.5-1.7 us off every
 two-kernel forward measured at M = 1-64, bringing the forward at M = 1-16 within 1.02-1.10x
-(FP8) and 1.01-1.15x (INT8) of the GEMM alone on pre-quantized input (bench/NOTES.md, "Early weight loads, measured").
+(FP8) and 1.01-1.15x (INT8) of the GEMM alone on pre-quantized input (bench/NOTES.md, "Early
+weight loads, measured"). Unset, the wgmma GEMMs load early only to ``WGMMA_EARLY_MAX_M``
+rows: 1.0-1.2 us faster a forward at M = 128-256 on 4096 x 4096, level at 128 x 4096 x
+14336, but 0.3-0.7 us slower at 512 x 14336 x 4096 and 1-5 us at 4096^3 (H100, 2026-12-07,
+two interleaved rounds; bench/NOTES.md).
 """
 from __future__ import annotations
 
@@ -131,13 +135,20 @@ WEIGHT_EARLY_BY_DEFAULT = True
 # The GEMMs that read GemmArgs::b_static.
 WEIGHT_EARLY_GEMMS = ("sm90_fp8_gemm_swapab", "sm90_int8_gemm_swapab",
                       "sm90_fp8_gemm_wgmma", "sm90_int8_gemm_wgmma")
+# The wgmma GEMMs' early loads by default: to this many rows (the module's docstring).
+WGMMA_EARLY_MAX_M = 256
 
 
-def weight_early(gemm_kernel: str) -> bool:
+def weight_early(gemm_kernel: str, rows: int = 0) -> bool:
     """Whether a layer's GEMM ``gemm_kernel`` loads its first weight stages before waiting for
-    the layer's quantizer (``WEIGHT_EARLY_ENV``; the module's docstring)."""
-    return gemm_kernel in WEIGHT_EARLY_GEMMS and _switch(WEIGHT_EARLY_ENV,
-                                                         WEIGHT_EARLY_BY_DEFAULT)
+    the layer's quantizer, for ``rows`` activation rows (``WEIGHT_EARLY_ENV``; unset, the
+    wgmma GEMMs only to ``WGMMA_EARLY_MAX_M``; the module's docstring)."""
+    if gemm_kernel not in WEIGHT_EARLY_GEMMS:
+        return False
+    if getenv(WEIGHT_EARLY_ENV) is None:
+        return WEIGHT_EARLY_BY_DEFAULT and (not gemm_kernel.endswith("_wgmma")
+                                            or rows <= WGMMA_EARLY_MAX_M)
+    return _switch(WEIGHT_EARLY_ENV, WEIGHT_EARLY_BY_DEFAULT)
 
 
 def _fused_kernel(op: str, quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
@@ -206,7 +217,7 @@ def fp8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor,
         "fp8_linear", quant_kernel, gemm_kernel, x, geometry, weight_scale, n)
     if fused >= 0:
         ws_bytes = 0  # one kernel, from x to out
-    early = fused < 0 and weight_early(gemm_kernel)
+    early = fused < 0 and weight_early(gemm_kernel, rows)
     objects = tuple(_C.Fp8LinearLaunch(q, gemm, scale_offset, amax_offset, fused, early)
                     for q in quants)
     launches = tuple(o.launch for o in objects)
@@ -269,7 +280,7 @@ def int8_linear_step(quant_kernel: str, gemm_kernel: str, x: torch.Tensor, q_arg
         "int8_linear", quant_kernel, gemm_kernel, x, geometry, weight_scale, n)
     if fused >= 0:
         ws_bytes = 0  # one kernel, from x to out
-    early = fused < 0 and weight_early(gemm_kernel)
+    early = fused < 0 and weight_early(gemm_kernel, rows)
     obj = _C.Int8LinearLaunch(quant, gemm, scale_offset, zero_offset, amax_offset, fused,
                               early)
     launch = obj.launch
