@@ -37,9 +37,9 @@ has completed. ``LOWBIT_EARLY_WEIGHTS=1`` turns it on, ``0`` off; unset,
 two-kernel forward measured at M = 1-64, bringing the forward at M = 1-16 within 1.02-1.10x
 (FP8) and 1.01-1.15x (INT8) of the GEMM alone on pre-quantized input (bench/NOTES.md, "Early
 weight loads, measured"). Unset, the wgmma GEMMs load early only to ``WGMMA_EARLY_MAX_M``
-rows: 1.0-1.2 us faster a forward at M = 128-256 on 4096 x 4096, level at 128 x 4096 x
-14336, but 0.3-0.7 us slower at 512 x 14336 x 4096 and 1-5 us at 4096^3 (H100, 2026-12-07,
-two interleaved rounds; bench/NOTES.md).
+rows: 0.8-1.2 us faster a forward at M = 128-256 on 4096 x 4096, level at 128 x 4096 x
+14336, but 0.2-0.7 us slower at 512 x 14336 x 4096 and 1.1-5.4 us at 4096^3 (H100,
+2026-12-07, two interleaved rounds; bench/NOTES.md).
 """
 from __future__ import annotations
 
