@@ -125,6 +125,12 @@
 #                                           table as `pending` (about 570 s in all). After
 #                                           it, `early` and `pingpong` with NO_TESTS=1 time
 #                                           without testing again.
+#   bash bench/next_run.sh order [OUTDIR]   the wgmma GEMM's producer issuing a stage's a
+#                                           tile first (-DLOWBIT_WGMMA_A_FIRST) against the
+#                                           default: builds alternating, fp8_scaled_mm:row
+#                                           and int8_gemm at M >= 4096 (ORDER_SHAPES), two
+#                                           rounds, the experiment build left installed
+#                                           (a step after it must build; about 450 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -142,7 +148,8 @@ set -u
 WHAT=${1:-suite}
 case $WHAT in
   suite | forms | probe | trace | wx | stages | swtrace | wxsweep | triton | race | ab | verify | \
-    siblings | moe | grouped | cq | pending | int8 | int8tune | pingpong | early | untested) ;;
+    siblings | moe | grouped | cq | pending | int8 | int8tune | pingpong | early | untested | \
+    order) ;;
   *) echo "next_run.sh: unknown step '$WHAT' (see the comment at the top)" >&2; exit 2 ;;
 esac
 OUTDIR=${2:-${OUT:-./gpu_out}}
@@ -355,6 +362,30 @@ if [ "$WHAT" = swtrace ]; then
        ${SWTRACE_SHAPES:+--shapes "$SWTRACE_SHAPES"} --ops "${SWTRACE_OPS:-fp8,int8}") \
       >"$OUTDIR/swapab_trace.txt" 2>&1
     say "2 swapab_trace.py: rc $? at $((SECONDS - t)) s (swapab_trace.txt)"
+  done
+  exit 0
+fi
+
+if [ "$WHAT" = order ]; then
+  # bench/NOTES.md, "What landed without a GPU run, run", ### Next, item 1: the wgmma GEMM's
+  # producer issuing a stage's a tile before its b tile (-DLOWBIT_WGMMA_A_FIRST) against the
+  # default, FP8 and INT8 at M >= 4096, builds alternating, two rounds. The experiment build
+  # is left installed: a step after it builds again (no SKIP_BUILD).
+  shapes=${ORDER_SHAPES:-4096x4096x4096,4096x14336x4096,4096x4096x14336,8192x8192x8192}
+  n=1
+  for round in 1 2; do
+    for flags in "" -DLOWBIT_WGMMA_A_FIRST; do
+      t=$SECONDS
+      build_with "$flags" "$OUTDIR/build_order.log"
+      rc=$?
+      tag=main
+      [ -n "$flags" ] && tag=a_first
+      (cd "${TMPDIR:-/tmp}" && timeout 70 lowbit bench --op fp8_scaled_mm:row,int8_gemm \
+         --no-host --rep-ms 30 --shapes "$shapes" --out "$OUTDIR/order_${tag}_$round") \
+        >"$OUTDIR/order_${tag}_$round.log" 2>&1
+      say "$n order [$tag] round $round: build rc $rc, bench rc $? in $((SECONDS - t)) s"
+      n=$((n + 1))
+    done
   done
   exit 0
 fi
