@@ -205,6 +205,14 @@ ab_rounds() {
     done
   done
 }
+# Summary step 3 of `untested` and `pending`: `lowbit bench`'s host table at 1 x 4096 x 4096
+# (every op against torch.add_ in interleaved rounds) under OUTDIR/host.
+host_table() {
+  local t=$SECONDS
+  (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --op all --shapes 1x4096x4096 \
+     --rep-ms 30 --out "$OUTDIR/host") >"$OUTDIR/host.log" 2>&1
+  say "3 host table: rc $? in $((SECONDS - t)) s ($OUTDIR/host/bench.md)"
+}
 # Summary step 1: the default build, its log $1 (none under SKIP_BUILD). A failed build ends
 # the run with the log's tail: the steps after would time the package an earlier call installed.
 first_build() {
@@ -522,10 +530,7 @@ if [ "$WHAT" = untested ]; then
     "$R/tests/test_experts.py" "$R/tests/test_cuda_fp8_quant.py" \
     "$R/tests/test_cuda_int8_quant.py" "$R/tests/test_native_ops.py" \
     -k "capture or dequantiz or registered"
-  t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --op all --shapes 1x4096x4096 \
-     --rep-ms 30 --out "$OUTDIR/host") >"$OUTDIR/host.log" 2>&1
-  say "3 host table: rc $? in $((SECONDS - t)) s ($OUTDIR/host/bench.md)"
+  host_table
   exit 0
 fi
 
@@ -540,10 +545,7 @@ if [ "$WHAT" = pending ]; then
     "$R/tests/test_triton_int8.py"
   tests_step "2 triton weight-only tests (the split summed in its launch)" 150 \
     "$OUTDIR/wx_tests.log" -n 12 "$R/tests/test_triton_wxa16.py" "$R/tests/test_triton_bind.py"
-  t=$SECONDS
-  (cd "${TMPDIR:-/tmp}" && timeout 150 lowbit bench --op all --shapes 1x4096x4096 \
-     --rep-ms 30 --out "$OUTDIR/host") >"$OUTDIR/host.log" 2>&1
-  say "3 host table: rc $? in $((SECONDS - t)) s ($OUTDIR/host/bench.md)"
+  host_table
   exit 0
 fi
 

@@ -61,7 +61,6 @@ def _early_line(op: str) -> list:
     from .backends.cuda import FUSED_LINEAR, kernel_id
     from .backends.cuda.linear import (WEIGHT_EARLY_ENV, WEIGHT_EARLY_GEMMS,
                                        WGMMA_EARLY_MAX_M, weight_early)
-    from ._env import getenv
 
     if op not in FUSED_LINEAR:
         return []
@@ -75,7 +74,8 @@ def _early_line(op: str) -> list:
     items = [f"{' and '.join(gemms)} {verb} weight loads before the quantizer ends",
              f"with {WEIGHT_EARLY_ENV}=1 ({state} here)"]
     wgmma = [g for g in gemms if g.endswith("_wgmma")]
-    if wgmma and state == "on" and getenv(WEIGHT_EARLY_ENV) is None:
+    # weight_early's own rule says where the row limit applies (the switch unset).
+    if wgmma and weight_early(wgmma[0]) and not weight_early(wgmma[0], WGMMA_EARLY_MAX_M + 1):
         items.append(f"{wgmma[0]} to M = {WGMMA_EARLY_MAX_M} while it is unset")
     return items
 
