@@ -671,6 +671,9 @@ def test_quantize_int8_plans_give_the_bits_of_the_python_path(kw, shape):
     chosen = lowbit.explain(lowbit.quantize_int8, x, scale, zero=zero, **kw)
     if chosen.backend == "cuda":  # (else a Triton kernel: the plan names its Python step)
         assert _native.stats()["hits"] >= hits + 4, "no plan served the known signature"
+        # The eager entry does not make the empty zero points that the API drops.
+        served = _native.ENTRY["quantize_int8"](x, *args)
+        assert type(served) is tuple and (served[2] is None) == symmetric
 
 
 INT8_GEMM_CASES = [  # (M, N, K, per-row scales, bias, out_dtype)
@@ -1002,6 +1005,9 @@ def test_int4_quantize_plans_give_the_bits_of_the_python_path(group, symmetric):
         for a, b in zip(got_op, want):
             assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
     assert _native.stats()["hits"] == hits + (4 if planned else 0)
+    if planned:  # (the eager entry does not make the empty zero points the API drops)
+        served = _native.ENTRY["int4_quantize"](w, g, symmetric, "default")
+        assert type(served) is tuple and (served[2] is None) == symmetric
 
 
 @needs_native

@@ -290,9 +290,12 @@ struct Call {
 // Allocates the outputs and the workspace, then makes the plan's launch on the device's
 // current stream, with g_mutex held: launch objects keep per-call state, and a reset (which
 // takes the mutex) must not free one in use. nullopt: the launch declined the call.
+// `unused`: a bit per output its caller drops, left undefined (its pointer 0) when the plan
+// makes it empty: a symmetric quantizer's zero points, which the eager API discards.
 template <size_t P, size_t N>
 std::optional<std::array<at::Tensor, N>> run_locked(const char* op, const Plan& plan,
-                                                    const Call<P, N>& call) {
+                                                    const Call<P, N>& call,
+                                                    uint32_t unused = 0) {
   static_assert(P > N, "the pointers end with the workspace and the outputs");
   TORCH_CHECK(plan.outputs.size() == N, "lowbit::", op, ": a plan of ", plan.outputs.size(),
               " outputs");
@@ -301,6 +304,11 @@ std::optional<std::array<at::Tensor, N>> run_locked(const char* op, const Plan& 
   std::array<at::Tensor, N> outputs;
   for (size_t i = 0; i < N; ++i) {
     const Output& o = plan.outputs[i];
+    if (((unused >> i) & 1u) != 0 &&
+        std::find(o.sizes.begin(), o.sizes.end(), int64_t{0}) != o.sizes.end()) {
+      pointers[P - N + i] = 0;
+      continue;
+    }
     outputs[i] = at::empty(o.sizes, at::TensorOptions().dtype(o.dtype).device(call.device));
     pointers[P - N + i] = address(outputs[i]);
   }
@@ -735,7 +743,8 @@ PyObject* wrap(std::array<at::Tensor, N>&& outputs) {
   PyObject* tuple = PyTuple_New(N);
   if (!tuple) return nullptr;
   for (size_t i = 0; i < N; ++i) {
-    PyObject* t = THPVariable_Wrap(std::move(outputs[i]));
+    PyObject* t = outputs[i].defined() ? THPVariable_Wrap(std::move(outputs[i]))
+                                       : (Py_INCREF(Py_None), Py_None);  // (run_locked's unused)
     if (!t) {
       Py_DECREF(tuple);
       return nullptr;
@@ -747,8 +756,10 @@ PyObject* wrap(std::array<at::Tensor, N>&& outputs) {
 
 // An entry's call: the plan's outputs, None ("no plan", no key, or a launch that declined the
 // call), [step] (a plan that names a Python step, when `steps`), NotImplemented (unseen).
+// `unused`: as run_locked's; such an output is None in the tuple.
 template <size_t P, size_t N>
-PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false) {
+PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false,
+                      uint32_t unused = 0) {
   if (!call.key) return none();
   std::array<at::Tensor, N> outputs;
   PyObject* step = nullptr;  // a new reference, once the plan names a Python step
@@ -772,7 +783,7 @@ PyObject* serve_entry(const char* op, const Call<P, N>& call, bool steps = false
       step = plan->step;
       Py_INCREF(step);
     } else {
-      auto served = run_locked(op, *plan, call);
+      auto served = run_locked(op, *plan, call, unused);
       if (!served) return none();
       g_hits.fetch_add(1, std::memory_order_relaxed);
       outputs = std::move(*served);
@@ -997,9 +1008,10 @@ PyObject* quantize_int8_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs
       !a.string(3, granularity) || !a.integer(4, group_size) || !a.ints(5, block) ||
       !a.flag(6, symmetric) || !a.string(7, backend))
     return none();
+  // (a symmetric quantizer's zero points: an empty tensor the eager API drops, not made)
   return serve_entry("quantize_int8", quantize_int8_call(backend, *x, *scale, *zero,
                                                          granularity, group_size, block,
-                                                         symmetric), true);
+                                                         symmetric), true, symmetric ? 4u : 0u);
   END_HANDLE_TH_ERRORS
 }
 
@@ -1046,7 +1058,7 @@ PyObject* int4_quantize_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs
       !a.string(3, backend))
     return none();
   return serve_entry("int4_quantize", int4_quantize_call(backend, *w, group_size, symmetric),
-                     true);
+                     true, symmetric ? 4u : 0u);  // (as quantize_int8's zero points)
   END_HANDLE_TH_ERRORS
 }
 
