@@ -804,35 +804,41 @@ def test_w8a16_wgmma_kernel(m, n, k, group, dtype):
 
 
 def test_split_scratch_is_kept_per_stream_and_never_made_in_a_capture():
-    """The split counters and partials (backends/cuda/wxa16_gemm._scratch): outside a graph
-    capture one pair per (device, stream), reused while big enough and each regrown on its
-    own (counters zeroed); a launch being captured gets a fresh zeroed pair that is never
-    cached, so no graph shares counters with eager launches or another graph. Runs anywhere:
-    the buffers' device is a parameter."""
-    from lowbit.backends.cuda import wxa16_gemm as wx
+    """The split counters and partials of both backends' decode kernels
+    (lowbit.triton_kernels.scratch): outside a graph capture one pair per (device, stream,
+    dtypes), reused while big enough and each regrown on its own (counters zeroed); a launch
+    being captured gets a fresh zeroed pair that is never kept, so no graph shares counters
+    with eager launches or another graph. Runs anywhere: the buffers' device is a
+    parameter."""
+    from lowbit.triton_kernels import scratch
 
     cpu = torch.device("cpu")
-    saved = dict(wx._SCRATCH)
-    wx._SCRATCH.clear()
+    saved = dict(scratch._KEPT)
+    scratch._KEPT.clear()
     try:
-        c, p = wx._scratch(cpu, 7, 64, 1024, False)
+        c, p = scratch.split_scratch(cpu, 7, 64, 1024, False)
         assert c.numel() >= 64 and p.numel() >= 1024 and int(c.count_nonzero()) == 0
-        c2, p2 = wx._scratch(cpu, 7, 32, 512, False)
+        assert c.dtype == p.dtype == torch.uint8  # (the CUDA backend's: bytes)
+        c2, p2 = scratch.split_scratch(cpu, 7, 32, 512, False)
         assert c2 is c and p2 is p  # big enough: the same buffers
-        c3, p3 = wx._scratch(cpu, 8, 64, 1024, False)  # another stream: its own
+        c3, p3 = scratch.split_scratch(cpu, 8, 64, 1024, False)  # another stream: its own
         assert c3 is not c and p3 is not p
-        c4, p4 = wx._scratch(cpu, 7, 64, 4096, False)  # partials regrow, counters stay
+        typed = scratch.split_scratch(cpu, 7, 64, 1024, False, (torch.int32, torch.float32))
+        assert typed[0] is not c and (typed[0].dtype, typed[1].dtype) == (torch.int32,
+                                                                         torch.float32)
+        c4, p4 = scratch.split_scratch(cpu, 7, 64, 4096, False)  # partials regrow, counters stay
         assert c4 is c and p4.numel() >= 4096
         c.fill_(1)  # (a launch in flight would leave them zero; this checks the regrow)
-        c5, _ = wx._scratch(cpu, 7, 4096, 16, False)
+        c5, _ = scratch.split_scratch(cpu, 7, 4096, 16, False)
         assert c5 is not c and int(c5.count_nonzero()) == 0
-        g1, gp1 = wx._scratch(cpu, 7, 64, 1024, True)
-        g2, _ = wx._scratch(cpu, 7, 64, 1024, True)
+        g1, gp1 = scratch.split_scratch(cpu, 7, 64, 1024, True)
+        g2, _ = scratch.split_scratch(cpu, 7, 64, 1024, True)
         assert g1 is not g2 and g1 is not c5 and int(g1.count_nonzero()) == 0
-        assert wx._SCRATCH[(None, 7)][0] is c5  # the capture left the cache alone
+        assert scratch._KEPT[(cpu, 7, (torch.uint8, torch.uint8))][0] is c5  # capture: untouched
+        assert len(scratch.kept()) == 3
     finally:
-        wx._SCRATCH.clear()
-        wx._SCRATCH.update(saved)
+        scratch._KEPT.clear()
+        scratch._KEPT.update(saved)
 
 
 @gpu

@@ -22,7 +22,7 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 triton = pytest.importorskip("triton", reason="triton is not installed")
 import lowbit  # noqa: E402
 from lowbit._backend import kernels  # noqa: E402
-from lowbit.triton_kernels import heuristics, wxa16_gemm  # noqa: E402
+from lowbit.triton_kernels import heuristics, scratch, wxa16_gemm  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("triton_interpreter")]
 HALF = (torch.bfloat16, torch.float16)
@@ -322,7 +322,7 @@ def test_decode_split_k_is_deterministic_and_correct(bits, m):
         first = run(split)
         check(first, want, torch.bfloat16, f"split_k={split}")
         assert torch.equal(first.view(torch.int16), run(split).view(torch.int16)), split
-        for counters, _ in wxa16_gemm._SCRATCH.values():
+        for counters, _ in scratch.kept():
             assert not counters.any(), f"split_k={split}: counters left {counters.tolist()}"
 
 
@@ -344,7 +344,7 @@ def test_split_launches_of_two_signatures_share_the_stream_scratch():
         assert torch.equal(b.view(torch.int16), alone[1].view(torch.int16))
     check(alone[0], expected(x1, int8_dense(q1, s1)), torch.bfloat16)
     check(alone[1], expected(x2, int8_dense(q2, s2)), torch.bfloat16)
-    for counters, _ in wxa16_gemm._SCRATCH.values():
+    for counters, _ in scratch.kept():
         assert not counters.any()
 
 

@@ -34,8 +34,9 @@ Regimes, by M (``heuristics.WXA16_GEMM_TABLE``):
   counter back to zero. The sum's order does not depend on the arrival order: the result is
   the same bits on every run. One launch a call (a second kernel for the sum cost a
   launch's host time, about as much again as the GEMM's), with the counters and the
-  workspace kept per device and stream (``_scratch``; counters zeroed once, left zero by
-  every launch) and a pair of its own for a launch being captured in a CUDA graph.
+  workspace kept per device and stream (``scratch.split_scratch``; counters zeroed once,
+  left zero by every launch) and a pair of its own for a launch being captured in a CUDA
+  graph.
 - tiled, M > 16: one program per output tile (grouped order for L2 reuse), all of K; at
   M <= 64 N tiles narrowed (to 32) while they number fewer than the SMs; above, 128 x 128
   tiles while they fill 3/4 of the SMs, else narrower ones (``heuristics.WXA16_FILL_TILES``).
@@ -69,6 +70,9 @@ from ._common import (allocator, bind, device_index, f32_to_bf16_bits, grouped_t
                       kernel_input, load_f32, sm_count, smem_per_block, tile_offsets)
 from ._common import interpreting as _interpreting
 from .heuristics import WXA16_DECODE_MAX_M, wxa16_gemm_config, wxa16_split_k
+from .scratch import split_scratch
+
+_SCRATCH_DTYPES = (torch.int32, torch.float32)  # the tile counters, the partial sums
 
 __all__ = ["w4a16_gemm", "w8a16_gemm", "w4a16_gemm_launcher", "w8a16_gemm_launcher",
            "w4a16_dequant_launcher", "w8a16_dequant_launcher"]
@@ -376,29 +380,6 @@ def wxa16_dequant_launcher(w: torch.Tensor, bits: int, scales: torch.Tensor,
     return launch
 
 
-# (device, stream) -> [counters, workspace] of the split launches on that stream outside
-# graph captures: launches on one stream run in order, and each leaves its counters zero. A
-# launch being captured gets a pair of its own (its counters zeroed by a memset the graph
-# holds), so no graph shares counters with eager launches or with another graph, and no
-# cached buffer is made inside a capture.
-_SCRATCH: dict = {}
-
-
-def _scratch(dev: torch.device, stream, counters: int, floats: int):
-    """(int32 counters, fp32 workspace) tensors of at least these sizes for a launch on
-    ``stream`` (None: a device without streams, as the interpreter's CPU tensors); the
-    caller holds them until the launch is enqueued."""
-    if stream is not None and torch.cuda.is_current_stream_capturing():
-        return (torch.zeros(counters, dtype=torch.int32, device=dev),
-                torch.empty(floats, dtype=torch.float32, device=dev))
-    have = _SCRATCH.setdefault((dev, stream), [None, None])
-    if have[0] is None or have[0].numel() < counters:
-        have[0] = torch.zeros(counters, dtype=torch.int32, device=dev)
-    if have[1] is None or have[1].numel() < floats:
-        have[1] = torch.empty(floats, dtype=torch.float32, device=dev)
-    return have[0], have[1]
-
-
 def _stream_of(dev: torch.device):
     """``stream()``: the current stream's handle on ``dev`` (the one a launch goes to), or
     None where tensors live on the host."""
@@ -453,7 +434,7 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
     zk = zeros if zeros is not None else sk  # (not read without zeros)
     out_bits = interp and dtype == torch.bfloat16
     # Aligned stand-ins of the output (as the kernel sees it), the workspace and the
-    # counters, which a launch takes from _scratch: [M, N], [SPLIT, M, N], [tiles].
+    # counters, which a launch takes from split_scratch: [M, N], [SPLIT, M, N], [tiles].
     c0 = empty(16, dtype=dtype, device=dev)
     c0 = c0.view(torch.int16) if out_bits else c0
     ws0 = empty(16, dtype=torch.float32, device=dev) if partial else c0
@@ -479,7 +460,10 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
     def launch(x, w, scales, zeros, bias):
         out = new(dev, dtype, m, n)
         if partial:
-            cnt, ws = _scratch(dev, stream(), tiles, ws_floats)
+            now = stream()
+            cnt, ws = split_scratch(dev, now, tiles, ws_floats,
+                                    now is not None and torch.cuda.is_current_stream_capturing(),
+                                    _SCRATCH_DTYPES)
         else:
             cnt = ws = out
         bias = bias.contiguous() if bias is not None else None

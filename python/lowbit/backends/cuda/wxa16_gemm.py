@@ -15,9 +15,10 @@ weight), for a product that keeps near bf16's speed at large M. GPTQ act order: 
 is gathered once per call here.
 
 A split launch needs arrival counters that are zero when it starts and that it leaves zero,
-and scratch for its partials: both are kept per device and stream (``_scratch``; counters
-zeroed once), so an eager decode call is one kernel launch with no memset and no allocation
-of its own. Under graph capture each launch gets its own pair instead.
+and scratch for its partials: both are kept per device and stream
+(``lowbit.triton_kernels.scratch``, which the Triton backend's split keeps its own in too;
+counters zeroed once), so an eager decode call is one kernel launch with no memset and no
+allocation of its own. Under graph capture each launch gets its own pair instead.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 
 from ... import ops as _ops
 from ..._build import _C
+from ...triton_kernels.scratch import split_scratch
 from .._dense import product, without_k
 from .._device import OnDevice, raw_stream
 from . import DTYPE_CODE, WXA16_DECODE_MAX_M, device_reason, kernel_id, register
@@ -49,30 +51,6 @@ def wxa16_gemm_launch(kid: int, bits: int, m: int, n: int, k: int, group: int, l
                               DTYPE_CODE[scale_dtype], scale_ld, has_zeros, zero_ld,
                               DTYPE_CODE[bias_dtype] if bias_dtype is not None else 0,
                               n if ldo is None else ldo)
-
-
-# (device index, stream) -> [counters, partials], reused by the split launches on that
-# stream outside graph captures: launches on one stream run in order, and each leaves its
-# counters zero. A launch being captured gets buffers of its own instead (zeroed by a memset
-# node the graph owns), so no graph shares counters with eager launches or with another
-# graph, and no cached buffer is ever made inside a capture.
-_SCRATCH: dict = {}
-
-
-def _scratch(dev: torch.device, stream: int, counter_bytes: int, partial_bytes: int,
-             capturing: bool):
-    """(counters, partials) tensors of at least these sizes for a launch on ``stream``; the
-    caller holds them until the launch is enqueued."""
-    u8 = torch.uint8
-    if capturing:
-        return (torch.zeros(max(counter_bytes, 16), dtype=u8, device=dev),
-                torch.empty(max(partial_bytes, 16), dtype=u8, device=dev))
-    have = _SCRATCH.setdefault((dev.index, stream), [None, None])
-    if have[0] is None or have[0].numel() < counter_bytes:
-        have[0] = torch.zeros(max(counter_bytes, 16), dtype=u8, device=dev)
-    if have[1] is None or have[1].numel() < partial_bytes:
-        have[1] = torch.empty(max(partial_bytes, 16), dtype=u8, device=dev)
-    return have[0], have[1]
 
 
 def _aligned_rows(t: torch.Tensor) -> bool:
@@ -247,8 +225,8 @@ def _make(op: str, bits: int, operands):
                     stream = raw_stream(idx)
                     cp = pp = 0
                     if c_bytes:
-                        counters, partials = _scratch(dev, stream, c_bytes, p_bytes,
-                                                      capturing())
+                        counters, partials = split_scratch(dev, stream, c_bytes, p_bytes,
+                                                           capturing())
                         cp, pp = counters.data_ptr(), partials.data_ptr()
                     go(o.x.data_ptr(), o.w.data_ptr(), o.scales.data_ptr(),
                        0 if o.zeros is None else o.zeros.data_ptr(),
