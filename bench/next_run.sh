@@ -115,16 +115,12 @@
 #                                           then `lowbit bench`'s host table at 1 x 4096 x
 #                                           4096 (rows against torch.add_ in interleaved
 #                                           rounds; about 200 s)
-#   bash bench/next_run.sh untested [OUTDIR] build, then the GPU tests of everything that
-#                                           landed after 9df9dd9 without a GPU run (the
-#                                           wgmma early weight loads, the ping-pong
-#                                           schedule, the loop's capture error, the
-#                                           dequantizers' plans, the Triton INT8 tiles, the
-#                                           Triton weight-only split in one launch; two
-#                                           pytest runs, 360 s at most), then the host
-#                                           table as `pending` (about 570 s in all). After
-#                                           it, `early` and `pingpong` with NO_TESTS=1 time
-#                                           without testing again.
+#   bash bench/next_run.sh untested [OUTDIR] build, then the GPU tests of what landed after
+#                                           965ea05 without a GPU run (the eager quantizer
+#                                           entries' dropped zero points, the weight-only
+#                                           split scratch in one module; 240 s at most),
+#                                           then the host table as `pending` (about 400 s
+#                                           in all).
 #   bash bench/next_run.sh order [OUTDIR]   the wgmma GEMM's producer issuing a stage's a
 #                                           tile first (-DLOWBIT_WGMMA_A_FIRST) against the
 #                                           default: builds alternating, fp8_scaled_mm:row
@@ -522,14 +518,13 @@ if [ "$WHAT" = early ]; then
 fi
 
 if [ "$WHAT" = untested ]; then
+  # What landed after 965ea05 without a GPU run (bench/NOTES.md, the last "### Next"): the
+  # eager quantizer entries without the dropped zero points, the split scratch both
+  # weight-only backends now keep in one place.
   tests_step "2 untested GPU tests" 240 "$OUTDIR/untested_tests.log" -n 12 \
-    "$R/tests/test_weight_early.py" "$R/tests/test_wgmma_schedule.py" \
-    "$R/tests/test_triton_int8.py" "$R/tests/test_triton_wxa16.py" \
-    "$R/tests/test_triton_bind.py"
-  tests_step "2b capture and dequantizer tests" 120 "$OUTDIR/untested_tests2.log" -n 12 \
-    "$R/tests/test_experts.py" "$R/tests/test_cuda_fp8_quant.py" \
-    "$R/tests/test_cuda_int8_quant.py" "$R/tests/test_native_ops.py" \
-    -k "capture or dequantiz or registered"
+    "$R/tests/test_native_ops.py" "$R/tests/test_triton_wxa16.py" \
+    "$R/tests/test_cuda_wxa16.py" \
+    -k "quantize_int8_plans or int4_quantize_plans or split or scratch or graphs or decode"
   host_table
   exit 0
 fi
