@@ -322,6 +322,7 @@ def test_decode_split_k_is_deterministic_and_correct(bits, m):
         first = run(split)
         check(first, want, torch.bfloat16, f"split_k={split}")
         assert torch.equal(first.view(torch.int16), run(split).view(torch.int16)), split
+        assert split == 1 or scratch.kept(), "no split took the kept scratch"
         for counters, _ in scratch.kept():
             assert not counters.any(), f"split_k={split}: counters left {counters.tolist()}"
 
@@ -344,6 +345,7 @@ def test_split_launches_of_two_signatures_share_the_stream_scratch():
         assert torch.equal(b.view(torch.int16), alone[1].view(torch.int16))
     check(alone[0], expected(x1, int8_dense(q1, s1)), torch.bfloat16)
     check(alone[1], expected(x2, int8_dense(q2, s2)), torch.bfloat16)
+    assert scratch.kept(), "no split took the kept scratch"
     for counters, _ in scratch.kept():
         assert not counters.any()
 
@@ -478,7 +480,8 @@ def _compile(target, bits, per_channel, decode, s_in_dot=False):
                  HAS_ZERO=bits == 4, S_BF16=bits == 4, HAS_BIAS=True, BIAS_BF16=True,
                  X_BF16_BITS=False, FP32_DOT=False, PARTIAL=decode, OUT_BF16_BITS=False,
                  BLOCK_M=block[0], BLOCK_N=block[1], BLOCK_K=block[2], GROUP_M=8,
-                 EVEN_K=True, stride_xk=1, stride_wk=1, stride_sg=1, stride_zg=1, stride_cn=1)
+                 EVEN_K=True, AMD_STORE_WAIT=decode and target[0] == "hip",
+                 stride_xk=1, stride_wk=1, stride_sg=1, stride_zg=1, stride_cn=1)
     ptrs = dict(x_ptr="*bf16", w_ptr="*u8" if bits == 4 else "*i8",
                 s_ptr="*i16" if bits == 4 else "*fp32", z_ptr="*u8", bias_ptr="*i16",
                 c_ptr="*bf16", ws_ptr="*fp32" if decode else "*bf16",
@@ -495,7 +498,8 @@ def compile_checks(target) -> None:
     """Compile both regimes and both bit widths for ``target`` (GPUTarget's arguments); on
     NVIDIA the tiled regime must run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
     and decode on mma.sync, its split counted in with one acquire-release atomic at GPU
-    scope."""
+    scope; on AMD each wave waits for its partial's stores before the barrier that comes
+    before the atomic (s_barrier alone does not)."""
     for bits, per_channel, s_in_dot in ((4, False, False), (4, False, True), (8, True, False),
                                         (8, False, False)):
         for decode in (True, False):
@@ -505,6 +509,14 @@ def compile_checks(target) -> None:
                 assert want in c.asm["ptx"], (target, bits, per_channel, decode)
                 atoms = re.findall(r"atom\.[\w.]+", c.asm["ptx"])
                 assert atoms == (["atom.global.gpu.acq_rel.add.u32"] if decode else []), atoms
+            elif decode:  # AMD: each wave waits for its partial's stores before the barrier
+                lines = c.asm["amdgcn"].splitlines()
+                atom = [i for i, line in enumerate(lines) if "global_atomic_add" in line]
+                assert len(atom) == 1, atom
+                store = max(i for i in range(atom[0]) if "global_store" in lines[i])
+                barrier = next(i for i in range(store, atom[0]) if "s_barrier" in lines[i])
+                assert any("s_waitcnt vmcnt(0)" in line for line in lines[store:barrier]), \
+                    (bits, per_channel, s_in_dot, lines[store:barrier])
 
 
 @pytest.mark.parametrize("target", [GPU_TARGETS[t] for t in ("sm90", "sm80", "gfx942")],

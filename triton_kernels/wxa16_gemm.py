@@ -180,12 +180,13 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, ws_ptr, cnt_ptr, 
                   S_BF16: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_BF16: tl.constexpr,
                   X_BF16_BITS: tl.constexpr, FP32_DOT: tl.constexpr, PARTIAL: tl.constexpr,
                   OUT_BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+                  AMD_STORE_WAIT: tl.constexpr = False):
     """Program (tile, split): the output tile's sum over the split's K-steps
     [split * STEPS_PER_SPLIT, ...). PARTIAL: the fp32 sum goes to the workspace ws[split]
     (rows and columns at c's strides, splits stride_cs apart), and the tile's last program
     to arrive at its counter cnt[tile] (int32, zero at the launch) writes the output;
-    else the sum is the output."""
+    else the sum is the output. AMD_STORE_WAIT: compiled for an AMD GPU (see below)."""
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     split = tl.program_id(1)
     offs_m, offs_n, m_ok, n_ok, offs_m64, offs_n64 = tile_offsets(pid_m, pid_n, M, N,
@@ -275,7 +276,13 @@ def _wxa16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, ws_ptr, cnt_ptr, 
         # Every thread's partial is stored before the program counts itself: the barrier
         # orders them before the one thread's atomic, whose release covers them (and its
         # acquire, broadcast through the barrier Triton puts after a scalar atomic, the
-        # other partials before the reads below).
+        # other partials before the reads below). On NVIDIA, bar.sync orders the stores of
+        # the threads it waits for; AMD's s_barrier only meets the waves, and the atomic's
+        # release waits for its own wave's stores alone, so each wave first waits for its
+        # own (the asm has side effects: it stays after the store; one per element).
+        if AMD_STORE_WAIT:
+            acc = tl.inline_asm_elementwise("s_waitcnt vmcnt(0)", "=v,0", [acc],
+                                            dtype=tl.float32, is_pure=False, pack=1)
         tl.debug_barrier()
         tile = tl.program_id(0)
         n_split = tl.num_programs(1)
@@ -453,6 +460,7 @@ def wxa16_gemm_launcher(x: torch.Tensor, w: torch.Tensor, bits: int, scales: tor
                      FP32_DOT=dtype == torch.float32, PARTIAL=partial,
                      OUT_BF16_BITS=out_bits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                      GROUP_M=cfg.group_m, EVEN_K=k % bk == 0,
+                     AMD_STORE_WAIT=partial and not interp and torch.version.hip is not None,
                      num_warps=cfg.num_warps, num_stages=cfg.num_stages))
     new, stream = allocator(), _stream_of(dev)
     ws_floats = split * m * n
