@@ -61,6 +61,17 @@ def test_lowbit_info_says_whether_weights_load_early(monkeypatch, capsys):
             assert (f"early weights: sm90_{family}_gemm_swapab and sm90_{family}_gemm_wgmma "
                     "start their weight loads" in " ".join(text.split()))
         assert f"{cuda_linear.WEIGHT_EARLY_ENV}=1 ({state})" in text
+        assert "while it is unset" not in text
+    # Unset: the default, with the wgmma GEMMs' row limit named.
+    from lowbit.cli import main
+
+    monkeypatch.delenv(cuda_linear.WEIGHT_EARLY_ENV, raising=False)
+    assert main(["info"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    limit = f"to M = {cuda_linear.WGMMA_EARLY_MAX_M} while it is unset"
+    for family in ("fp8", "int8"):
+        assert (f"sm90_{family}_gemm_wgmma {limit}" in text) == \
+            cuda_linear.WEIGHT_EARLY_BY_DEFAULT, text
 
 
 @needs_swapab
