@@ -48,7 +48,9 @@ if want build; then
     if ls .whl/*.whl >/dev/null 2>&1; then
       $PY -m pip install --no-index --no-deps .whl/*.whl || echo "wheel install from .whl/ failed"
     fi
-    $PY -m pip install --no-build-isolation -v .
+    # No extra nvcc flags: an experiment's (next_run.sh build_with) would otherwise stay in
+    # the build folder's CMake cache and build into this package unseen.
+    $PY -m pip install --no-build-isolation -v -C "cmake.define.CMAKE_CUDA_FLAGS=" .
   } >"$OUTDIR/build.log" 2>&1
   BUILD_RC=$?
   say "build: rc $BUILD_RC in $((SECONDS - t)) s (log: build.log)"

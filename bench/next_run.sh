@@ -125,8 +125,8 @@
 #                                           tile first (-DLOWBIT_WGMMA_A_FIRST) against the
 #                                           default: builds alternating, fp8_scaled_mm:row
 #                                           and int8_gemm at M >= 4096 (ORDER_SHAPES), two
-#                                           rounds, the experiment build left installed
-#                                           (a step after it must build; about 450 s)
+#                                           rounds, ending on the default build (about
+#                                           450 s)
 #   bash bench/next_run.sh race [OUTDIR]    build, then the racecheck crash narrowed: the W8A16
 #                                           kernels' cases whole, then W4A16 + W8A16, each in
 #                                           a process of its own (a line per finished case:
@@ -163,7 +163,7 @@ pack() {
 trap pack EXIT
 say "0 $WHAT: $(nvidia-smi --query-gpu=name --format=csv,noheader) $(date -u +%FT%TZ)"
 # The package built with extra nvcc flags ($1; empty: none), the log appended to $2. The flags
-# stay in the build folder's CMake cache until a build passes others.
+# stay in the build folder's CMake cache until a build passes others (gpu_check.sh's passes none).
 build_with() {
   LOWBIT_CUDA_ARCHS=${LOWBIT_CUDA_ARCHS:-90a} timeout 200 $PY -m pip install \
     --no-build-isolation -q -C "cmake.define.CMAKE_CUDA_FLAGS=$1" . >>"$2" 2>&1
@@ -373,17 +373,22 @@ fi
 if [ "$WHAT" = order ]; then
   # bench/NOTES.md, "What landed without a GPU run, run", ### Next, item 1: the wgmma GEMM's
   # producer issuing a stage's a tile before its b tile (-DLOWBIT_WGMMA_A_FIRST) against the
-  # default, FP8 and INT8 at M >= 4096, builds alternating, two rounds. The experiment build
-  # is left installed: a step after it builds again (no SKIP_BUILD).
+  # default, FP8 and INT8 at M >= 4096, builds alternating, two rounds, each round's
+  # experiment first so that the step ends on the default build. A failed build is not timed.
   shapes=${ORDER_SHAPES:-4096x4096x4096,4096x14336x4096,4096x4096x14336,8192x8192x8192}
   n=1
   for round in 1 2; do
-    for flags in "" -DLOWBIT_WGMMA_A_FIRST; do
+    for flags in -DLOWBIT_WGMMA_A_FIRST ""; do
       t=$SECONDS
       build_with "$flags" "$OUTDIR/build_order.log"
       rc=$?
       tag=main
       [ -n "$flags" ] && tag=a_first
+      if [ "$rc" != 0 ]; then
+        say "$n order [$tag] round $round: build rc $rc in $((SECONDS - t)) s, not timed"
+        n=$((n + 1))
+        continue
+      fi
       (cd "${TMPDIR:-/tmp}" && timeout 70 lowbit bench --op fp8_scaled_mm:row,int8_gemm \
          --no-host --rep-ms 30 --shapes "$shapes" --out "$OUTDIR/order_${tag}_$round") \
         >"$OUTDIR/order_${tag}_$round.log" 2>&1
