@@ -525,11 +525,11 @@ fi
 if [ "$WHAT" = untested ]; then
   # What landed after 965ea05 without a GPU run (bench/NOTES.md, the last "### Next"): the
   # eager quantizer entries without the dropped zero points, the split scratch both
-  # weight-only backends now keep in one place.
+  # weight-only backends now keep in one place, the Triton decode kernel's new constexpr.
   tests_step "2 untested GPU tests" 240 "$OUTDIR/untested_tests.log" -n 12 \
     "$R/tests/test_native_ops.py" "$R/tests/test_triton_wxa16.py" \
-    "$R/tests/test_cuda_wxa16.py" \
-    -k "quantize_int8_plans or int4_quantize_plans or split or scratch or graphs or decode"
+    "$R/tests/test_cuda_wxa16.py" "$R/tests/test_triton_bind.py" \
+    -k "quantize_int8_plans or int4_quantize_plans or split or scratch or graphs or decode or bind"
   host_table
   exit 0
 fi
